@@ -1,0 +1,228 @@
+"""The epoch: an immutable, plain-data snapshot of everything a worker needs.
+
+The master compiles Envoy configuration into an :class:`Epoch` (see
+``proxyd.config``) and sends it to every worker as one msgpack frame. Workers never
+see protobuf; they compile what they need (matchers, balancers, log plans) from these
+values once per epoch.
+
+Every class here is a frozen dataclass of plain values (str, int, float, bool,
+tuples of the same, or other classes from this module), so :func:`to_wire` and
+:func:`from_wire` can turn any of them into msgpack-encodable lists and back without a
+per-class encoder. Field order is the wire order: append new fields at the end with a
+default, and bump ``proxyd.ipc.WIRE_VERSION`` when a change is not backward compatible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, TypeVar
+
+# -- clusters -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One upstream host, resolved to an IP address by the master."""
+
+    address: str
+    port: int
+    weight: int = 1
+    # The name it came from (STRICT_DNS) or "" for a literal address.
+    hostname: str = ""
+    healthy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    # "STATIC" or "STRICT_DNS" (the master resolves names; workers see addresses).
+    type: str
+    connect_timeout_s: float
+    # "ROUND_ROBIN", "LEAST_REQUEST" or "RANDOM".
+    lb_policy: str
+    endpoints: tuple[Endpoint, ...]
+    # LEAST_REQUEST: how many hosts are sampled (Envoy's choice_count, default 2).
+    choice_count: int = 2
+    # Envoy's per-cluster limit on requests per upstream connection; 0 = unlimited.
+    max_requests_per_connection: int = 0
+    # Upstream idle connection timeout (common_http_protocol_options.idle_timeout);
+    # Envoy's default is 1 hour. 0 = disabled.
+    idle_timeout_s: float = 3600.0
+
+
+# -- routes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    """Envoy's ``type.matcher.v3.StringMatcher``."""
+
+    # "exact", "prefix", "suffix", "contains" or "safe_regex".
+    kind: str
+    value: str
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    """Envoy's ``config.route.v3.HeaderMatcher``; ``name`` is lower case."""
+
+    name: str
+    # "present" (match is None), or a string match. "present_match: false" is
+    # expressed as kind "present" with invert_match True.
+    match: StringMatch | None
+    invert_match: bool = False
+    # Envoy's treat_missing_header_as_empty.
+    treat_missing_as_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    # "prefix", "path" or "safe_regex" (a full match of the path, without the query).
+    kind: str
+    value: str
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: RouteMatch
+    cluster: str
+    # Route timeout (RouteAction.timeout); Envoy's default is 15 s; 0 = disabled.
+    timeout_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    # Lower-cased as configured: exact, "*.suffix", "prefix*" or "*". A domain may
+    # carry a port ("example.com:8080"); Envoy matches that against the full Host.
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+
+
+# -- listeners ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """A file access log; ``format`` is Envoy's text format string.
+
+    ``format`` is "" for Envoy's default format.
+    """
+
+    path: str
+    format: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConnectionManager:
+    stat_prefix: str
+    # "AUTO" or "HTTP1" (HTTP2 arrives with its own issue).
+    codec_type: str
+    route_config: RouteConfig
+    access_logs: tuple[AccessLog, ...] = ()
+    use_remote_address: bool = False
+    xff_num_trusted_hops: int = 0
+    max_request_headers_kb: int = 60
+    # Envoy's defaults: request_timeout disabled (0), stream_idle_timeout 5 min,
+    # request_headers_timeout disabled, idle_timeout (downstream keep-alive) 1 h.
+    request_timeout_s: float = 0.0
+    stream_idle_timeout_s: float = 300.0
+    request_headers_timeout_s: float = 0.0
+    idle_timeout_s: float = 3600.0
+    # Value of the "server" response header (Envoy's server_name, default "envoy").
+    server_name: str = "envoy"
+    # Envoy's generate_request_id (default true).
+    generate_request_id: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: str
+    port: int
+    hcm: HttpConnectionManager
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+
+    @property
+    def stat_name(self) -> str:
+        """Envoy's listener stat scope: ``listener.<address>_<port>``."""
+        return f"{self.address}_{self.port}"
+
+
+# -- the epoch ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    number: int
+    listeners: tuple[Listener, ...]
+    clusters: tuple[Cluster, ...]
+
+    def cluster(self, name: str) -> Cluster | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None
+
+
+# -- wire form ------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def to_wire(value: Any) -> Any:
+    """A dataclass from this module → nested lists of plain values (msgpack-ready)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, tuple):
+        return [to_wire(v) for v in value]
+    return value
+
+
+@cache
+def _decoders(cls: type) -> tuple[Any, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(_decoder_for(hints[f.name]) for f in dataclasses.fields(cls))
+
+
+def _decoder_for(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return lambda v, cls=tp: _decode(cls, v)
+    if origin is tuple:
+        inner = _decoder_for(typing.get_args(tp)[0])
+        if inner is None:
+            return tuple
+        return lambda v: tuple(inner(x) for x in v)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _decoder_for(args[0])
+        if inner is None:
+            return None
+        return lambda v: None if v is None else inner(v)
+    return None  # a plain value: used as is
+
+
+def _decode(cls: type[T], data: list[Any]) -> T:
+    decs = _decoders(cls)
+    args = [v if d is None else d(v) for d, v in zip(decs, data, strict=False)]
+    return cls(*args)
+
+
+def from_wire(cls: type[T], data: list[Any]) -> T:
+    """The inverse of :func:`to_wire` for a dataclass ``cls`` from this module."""
+    return _decode(cls, data)

@@ -1,0 +1,32 @@
+"""One error hierarchy for proxyd.
+
+* :class:`ConfigError` carries the file, the field path and the reason; its message is
+  what an operator sees from ``proxyd --mode validate`` and ``proxyctl reload``.
+* :class:`ProtocolError` carries the HTTP status the peer gets (400, 431, ...).
+
+Bad input raises only these; any other exception from a parser is a bug.
+"""
+
+from __future__ import annotations
+
+
+class ProxydError(Exception):
+    """Root of every error proxyd raises on purpose."""
+
+
+class ConfigError(ProxydError):
+    def __init__(self, file: str, path: str, reason: str) -> None:
+        self.file = file
+        self.path = path
+        self.reason = reason
+        where = f"{file}: {path}" if path else file
+        super().__init__(f"{where}: {reason}")
+
+
+class ProtocolError(ProxydError):
+    """The peer broke the protocol; ``status`` is what it is answered with."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)

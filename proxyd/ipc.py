@@ -1,0 +1,241 @@
+"""Messages between the master and its workers (and proxyctl), and how they travel.
+
+One place for the wire: every message is a frozen dataclass; a frame is a 4-byte
+big-endian length followed by ``msgpack([tag, field, field, ...])``. File descriptors
+(listening sockets) ride along a frame as SCM_RIGHTS ancillary data; a message that
+carries them says how many in its ``fd_count`` field, and the receiver takes that many
+from the queue of fds that arrived with the bytes, in order.
+
+The framing (:class:`FrameDecoder`, :func:`encode`) is sans-IO. :class:`Channel` is the
+thin trio layer over a connected ``AF_UNIX`` stream socket.
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+import struct
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import msgpack
+import trio
+
+from proxyd.epoch import Epoch, from_wire, to_wire
+
+# Bump whenever a message or the epoch changes incompatibly; Hello carries it so an old
+# and a new process can tell that they disagree.
+WIRE_VERSION = 1
+
+MAX_FRAME = 256 * 1024 * 1024
+MAX_FDS_PER_FRAME = 1024
+_LEN = struct.Struct(">I")
+
+
+class IpcError(Exception):
+    """The peer sent something that is not a valid frame or message."""
+
+
+# -- master → worker ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message to a worker. Carries its listening sockets, one per name."""
+
+    worker_id: int
+    wire_version: int
+    listener_names: tuple[str, ...]
+    fd_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddSockets:
+    """More listening sockets (a listener added by a reload); precedes the Epoch."""
+
+    listener_names: tuple[str, ...]
+    fd_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpochMsg:
+    epoch: Epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Stop accepting, finish in-flight requests within ``deadline_s``, then exit 0."""
+
+    deadline_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Exit now."""
+
+
+# -- worker → master ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker applied epoch ``epoch`` and is accepting on its sockets."""
+
+    worker_id: int
+    pid: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReport:
+    """Counter deltas since the last report, and gauges as absolute values.
+
+    Keys are Envoy stat names ("cluster.up.upstream_rq_total"). Sent about once a
+    second; it doubles as the worker's heartbeat.
+    """
+
+    worker_id: int
+    counters: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, int] = field(default_factory=dict)
+
+
+# -- proxyctl ↔ master (control socket) -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequest:
+    """``command`` is "status", "reload" or "stop"."""
+
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReply:
+    ok: bool
+    # A readable error when not ok; the result (plain data) when ok.
+    error: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+MESSAGES: tuple[type, ...] = (
+    Hello,
+    AddSockets,
+    EpochMsg,
+    Drain,
+    Stop,
+    Ready,
+    StatsReport,
+    ControlRequest,
+    ControlReply,
+)
+_TAG_OF = {cls: i for i, cls in enumerate(MESSAGES)}
+
+
+# -- sans-IO framing ------------------------------------------------------------------
+
+
+def encode(msg: Any) -> bytes:
+    tag = _TAG_OF[type(msg)]
+    if isinstance(msg, EpochMsg):
+        body = [tag, to_wire(msg.epoch)]
+    else:
+        body = [tag, *(_plain(getattr(msg, f.name)) for f in fields(msg))]
+    payload = msgpack.packb(body, use_bin_type=True)
+    return _LEN.pack(len(payload)) + payload
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def decode(payload: bytes) -> Any:
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        tag, *values = body
+        cls = MESSAGES[tag]
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise IpcError(f"undecodable frame: {exc}") from exc
+    if cls is EpochMsg:
+        return EpochMsg(from_wire(Epoch, values[0]))
+    kwargs = {}
+    for f, v in zip(fields(cls), values, strict=False):
+        kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+class FrameDecoder:
+    """Bytes in, messages out."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_message(self) -> Any | None:
+        if len(self._buf) < 4:
+            return None
+        (n,) = _LEN.unpack_from(self._buf)
+        if n > MAX_FRAME:
+            raise IpcError(f"frame of {n} bytes is over the limit")
+        if len(self._buf) < 4 + n:
+            return None
+        payload = bytes(self._buf[4 : 4 + n])
+        del self._buf[: 4 + n]
+        return decode(payload)
+
+
+# -- trio transport -------------------------------------------------------------------
+
+
+class Channel:
+    """Messages (with optional fds) over a connected AF_UNIX stream socket."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self._decoder = FrameDecoder()
+        self._fds: deque[int] = deque()
+        self._send_lock = trio.Lock()
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Channel:
+        s = socket.socket(fileno=fd)
+        return cls(trio.socket.from_stdlib_socket(s))
+
+    async def send(self, msg: Any, fds: list[int] | tuple[int, ...] = ()) -> None:
+        data = encode(msg)
+        async with self._send_lock:
+            if fds:
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+                sent = await self.sock.sendmsg([data], anc)
+                data = data[sent:]
+            view = memoryview(data)
+            while view:
+                sent = await self.sock.send(view)
+                view = view[sent:]
+
+    async def receive(self) -> tuple[Any, list[int]]:
+        """The next message and the fds it carries. Raises EOFError at end of stream."""
+        while True:
+            msg = self._decoder.next_message()
+            if msg is not None:
+                n = getattr(msg, "fd_count", 0)
+                if len(self._fds) < n:
+                    raise IpcError(f"{type(msg).__name__} announced {n} fds, got {len(self._fds)}")
+                return msg, [self._fds.popleft() for _ in range(n)]
+            data, anc, _flags, _addr = await self.sock.recvmsg(
+                65536, socket.CMSG_SPACE(MAX_FDS_PER_FRAME * 4)
+            )
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[: len(payload) - len(payload) % 4])
+                    self._fds.extend(fds)
+            if not data:
+                raise EOFError("peer closed the channel")
+            self._decoder.feed(data)
+
+    def close(self) -> None:
+        self.sock.close()
