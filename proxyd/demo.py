@@ -1,0 +1,253 @@
+"""Demo upstreams, and the launcher behind ``make run``.
+
+``python -m proxyd.demo --config conf/front-proxy.yaml`` starts the two demo services
+of the front-proxy example (service1 on 127.0.0.1:18081, service2 on 127.0.0.1:18082),
+then proxyd on that config, prints the curl line to try, and stops everything on
+Ctrl-C. ``python -m proxyd.demo upstream --name NAME --port PORT`` runs one upstream.
+
+The upstream is a small HTTP/1.1 keep-alive server from the standard library. It is also
+what the integration and compatibility tests proxy to, so it understands a few paths:
+
+* ``/delay/<ms>/...`` waits that long before answering;
+* ``/status/<code>`` answers with that status;
+* ``/bytes/<n>`` answers with n bytes (content-length), ``/chunked/<n>`` chunked;
+* ``/echo`` answers with JSON describing the request: method, path, headers, and the
+  length and SHA-256 of the body, which is read as it streams and never kept.
+
+Every response carries ``x-upstream-name: <name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DEMO_SERVICES = (("service1", 18081), ("service2", 18082))
+CHUNK = 64 * 1024
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        pass  # the demo upstream keeps quiet; proxyd's access log tells what happened
+
+    def _body_chunks(self):
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers are read and dropped
+                    return
+                left = size
+                while left:
+                    data = self.rfile.read(min(left, CHUNK))
+                    if not data:
+                        raise ConnectionError("client closed mid-chunk")
+                    left -= len(data)
+                    yield data
+                self.rfile.readline(3)
+        else:
+            left = int(self.headers.get("content-length") or 0)
+            while left:
+                data = self.rfile.read(min(left, CHUNK))
+                if not data:
+                    raise ConnectionError("client closed mid-body")
+                left -= len(data)
+                yield data
+
+    def _send(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("x-upstream-name", self.server.name)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self) -> None:
+        self.server.count_request()
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in self._body_chunks():
+            digest.update(chunk)
+            size += len(chunk)
+        path = self.path
+        parts = path.split("?", 1)[0].split("/")
+        if len(parts) > 2 and parts[1] == "delay":
+            time.sleep(int(parts[2]) / 1000)
+            parts = ["", *parts[3:]]
+        head = parts[1] if len(parts) > 1 else ""
+        arg = parts[2] if len(parts) > 2 else ""
+        if head == "status" and arg.isdigit():
+            self._send(int(arg), f"{self.server.name} status {arg}\n".encode())
+        elif head == "bytes" and arg.isdigit():
+            self._send(200, b"x" * int(arg), "application/octet-stream")
+        elif head == "chunked" and arg.isdigit():
+            self._send_chunked(int(arg))
+        elif head == "echo":
+            info = {
+                "upstream": self.server.name,
+                "method": self.command,
+                "path": path,
+                "headers": [[k.lower(), v] for k, v in self.headers.items()],
+                "body_bytes": size,
+                "body_sha256": digest.hexdigest(),
+            }
+            self._send(200, json.dumps(info).encode(), "application/json")
+        else:
+            self._send(200, f"Hello from {self.server.name} ({self.command} {path})\n".encode())
+
+    def _send_chunked(self, n: int) -> None:
+        self.send_response(200)
+        self.send_header("x-upstream-name", self.server.name)
+        self.send_header("content-type", "application/octet-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        block = b"y" * CHUNK
+        while n:
+            k = min(n, CHUNK)
+            self.wfile.write(b"%x\r\n" % k + block[:k] + b"\r\n")
+            n -= k
+        self.wfile.write(b"0\r\n\r\n")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, name: str, addr: tuple[str, int]) -> None:
+        self.name = name
+        self.connections = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        super().__init__(addr, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self.connections += 1
+        super().process_request(request, client_address)
+
+    def count_request(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+
+class UpstreamServer:
+    """A demo upstream in a background thread: ``with UpstreamServer("a") as up: up.port``."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = _Server(name, (host, port))
+        self.name = name
+        self.host = host
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far."""
+        return self._server.connections
+
+    @property
+    def requests(self) -> int:
+        return self._server.requests
+
+    def start(self) -> UpstreamServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> UpstreamServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_ready(admin_url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(admin_url + "/ready", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    return False
+
+
+def run_front_proxy(config: str, concurrency: int | None) -> int:
+    servers = []
+    for name, port in DEMO_SERVICES:
+        try:
+            servers.append(UpstreamServer(name, port=port).start())
+        except OSError as exc:
+            print(f"cannot start demo upstream {name} on port {port}: {exc}", file=sys.stderr)
+            return 1
+    cmd = [sys.executable, "-m", "proxyd", "-c", config]
+    if concurrency:
+        cmd += ["--concurrency", str(concurrency)]
+    proc = subprocess.Popen(cmd)
+    try:
+        if _wait_ready("http://127.0.0.1:9901", proc):
+            print(
+                "\nproxyd is up on port 15001 (admin on 127.0.0.1:9901). Try:\n\n"
+                "    curl -H 'Host: service1.example.com' localhost:15001/\n"
+                "    curl -H 'Host: service2.example.com' localhost:15001/\n\n"
+                "Ctrl-C stops it.\n",
+                flush=True,
+            )
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for s in servers:
+            s.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m proxyd.demo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    up = sub.add_parser("upstream", help="run one demo upstream")
+    up.add_argument("--name", required=True)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, required=True)
+    parser.add_argument("--config", default="conf/front-proxy.yaml")
+    parser.add_argument("--concurrency", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.command == "upstream":
+        server = _Server(args.name, (args.host, args.port))
+        print(f"upstream {args.name} on {args.host}:{server.server_address[1]}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how the demo upstream is meant to stop
+        return 0
+    return run_front_proxy(args.config, args.concurrency)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

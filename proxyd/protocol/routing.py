@@ -1,0 +1,269 @@
+"""Route selection: Envoy's virtual host and route matching, compiled once per epoch.
+
+:class:`RouteTable` turns a :class:`proxyd.epoch.RouteConfig` into lookup tables and
+matcher tuples when it is built; :meth:`RouteTable.match` then costs a dict lookup (the
+virtual host, cached per distinct Host value) plus a walk over that host's routes.
+
+Envoy's rules, as implemented in ``source/common/router/config_impl.cc``:
+
+* **Virtual host.** The Host value is lower-cased and matched as it is, port and all
+  (Envoy strips the port only with ``ignore_port_in_host_matching`` or the HCM's
+  ``strip_*_host_port`` options, which proxyd does not accept). Exact domains first; then
+  suffix wildcards (``*.foo.com``, ``*-bar.foo.com``) longest first; then prefix wildcards
+  (``foo.*``) longest first; then ``*``. A wildcard never matches an empty remainder:
+  ``*.foo.com`` does not match ``.foo.com``.
+* **Routes** are tried in order; the first whose path matcher and header matchers all
+  match wins. ``prefix``, ``path`` and ``safe_regex`` all look at the path with the query
+  string and fragment removed (``PathMatcher::match`` calls ``removeQueryAndFragment``).
+  ``safe_regex`` must match the whole path and ignores ``case_sensitive``.
+* **Header matchers** (``HeaderUtility``): a string matcher on a missing header fails,
+  even when inverted, unless ``treat_missing_header_as_empty`` makes the value "". A
+  present matcher is true when the header is present (XOR ``invert_match``). A matcher
+  on ``host`` or ``:authority`` reads the Host value, one on ``:path`` the raw path.
+* **Repeated headers** reach :meth:`RouteTable.match` joined with "," and are matched as
+  one value. That is what Envoy does for the headers its codec coalesces (user-agent and
+  the other inline headers); for other repeated headers Envoy 1.40 matches when *any*
+  single value matches (and ``invert_match`` when none does), which a joined value
+  cannot express. Header values that themselves contain commas are far more common, and
+  splitting them would be wrong, so the joined form is matched as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from proxyd.epoch import HeaderMatch, Route, RouteConfig, StringMatch, VirtualHost
+
+# Host values repeat; after this many distinct ones the cache starts over.
+_VHOST_CACHE_LIMIT = 1024
+
+# Path matcher kinds, as small ints so the hot loop compares integers.
+_PREFIX, _PREFIX_NOCASE, _PATH, _PATH_NOCASE, _REGEX = range(5)
+
+# Envoy lower-cases with absl::AsciiStrToLower: only A-Z change.
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def ascii_lower(s: str) -> str:
+    """``s`` with A-Z lower-cased and every other character left alone."""
+    return s.lower() if s.isascii() else s.translate(_ASCII_LOWER)
+
+
+# Header names the route table reads from its own arguments instead of ``headers``.
+_FROM_ARGS = frozenset({":authority", ":path"})
+
+# A compiled header matcher: (name, test, invert, treat_missing_as_empty). ``test`` is
+# None for a present matcher, else a predicate on the header's value.
+_HeaderTest = tuple[str, Callable[[str], bool] | None, bool, bool]
+# A compiled route: (kind, value, compiled regex or None, header tests, route).
+_CompiledRoute = tuple[int, str, "re.Pattern[str] | None", tuple[_HeaderTest, ...], Route]
+
+
+def compile_string_match(sm: StringMatch) -> Callable[[str], bool]:
+    """Envoy's ``StringMatcher`` as a predicate; ``ignore_case`` has no effect on regex."""
+    kind = sm.kind
+    if kind == "safe_regex":
+        return re.compile(sm.value).fullmatch  # type: ignore[return-value]
+    value = ascii_lower(sm.value) if sm.ignore_case else sm.value
+    if kind == "exact":
+        if sm.ignore_case:
+            return lambda s: ascii_lower(s) == value
+        return value.__eq__
+    if kind == "prefix":
+        if sm.ignore_case:
+            return lambda s: ascii_lower(s).startswith(value)
+        return lambda s: s.startswith(value)
+    if kind == "suffix":
+        if sm.ignore_case:
+            return lambda s: ascii_lower(s).endswith(value)
+        return lambda s: s.endswith(value)
+    if kind == "contains":
+        if sm.ignore_case:
+            return lambda s: value in ascii_lower(s)
+        return lambda s: value in s
+    raise ValueError(f"unknown string match kind {kind!r}")
+
+
+def _compile_header(hm: HeaderMatch) -> _HeaderTest:
+    test = None if hm.match is None else compile_string_match(hm.match)
+    name = ascii_lower(hm.name)
+    if name == "host":  # Envoy keeps Host as :authority; a "host" matcher reads it
+        name = ":authority"
+    return (name, test, hm.invert_match, hm.treat_missing_as_empty)
+
+
+def _compile_route(route: Route) -> _CompiledRoute:
+    m = route.match
+    rx: re.Pattern[str] | None = None
+    value = m.value
+    if m.kind == "prefix":
+        kind = _PREFIX if m.case_sensitive else _PREFIX_NOCASE
+    elif m.kind == "path":
+        kind = _PATH if m.case_sensitive else _PATH_NOCASE
+    elif m.kind == "safe_regex":
+        kind = _REGEX
+        rx = re.compile(value)
+    else:
+        raise ValueError(f"route {route.name!r}: unknown path match kind {m.kind!r}")
+    if kind in (_PREFIX_NOCASE, _PATH_NOCASE):
+        value = ascii_lower(value)
+    headers = tuple(_compile_header(h) for h in m.headers)
+    return (kind, value, rx, headers, route)
+
+
+def _headers_match(
+    tests: tuple[_HeaderTest, ...], headers: dict[str, str], host: str, path: str
+) -> bool:
+    for name, test, invert, missing_as_empty in tests:
+        if name == ":authority":
+            value: str | None = host
+        elif name == ":path":
+            value = path
+        else:
+            value = headers.get(name)
+        if test is None:  # present match
+            if (value is not None) == invert:
+                return False
+            continue
+        if value is None:
+            if not missing_as_empty:
+                return False
+            value = ""
+        if bool(test(value)) == invert:
+            return False
+    return True
+
+
+class _CompiledVirtualHost:
+    __slots__ = ("vhost", "routes")
+
+    def __init__(self, vhost: VirtualHost) -> None:
+        self.vhost = vhost
+        self.routes: tuple[_CompiledRoute, ...] = tuple(_compile_route(r) for r in vhost.routes)
+
+
+class RouteTable:
+    """One route configuration, compiled: ``match(host, path, headers)`` → Route or None."""
+
+    def __init__(self, rc: RouteConfig) -> None:
+        self.name = rc.name
+        self._exact: dict[str, _CompiledVirtualHost] = {}
+        suffixes: dict[int, dict[str, _CompiledVirtualHost]] = {}
+        prefixes: dict[int, dict[str, _CompiledVirtualHost]] = {}
+        self._default: _CompiledVirtualHost | None = None
+        needed: set[str] = set()
+        for vh in rc.virtual_hosts:
+            cvh = _CompiledVirtualHost(vh)
+            for _kind, _value, _rx, tests, _route in cvh.routes:
+                needed.update(t[0] for t in tests)
+            for raw in vh.domains:
+                domain = ascii_lower(raw)
+                if domain == "*":
+                    if self._default is not None:
+                        raise ValueError(
+                            f"route config {rc.name!r}: only one virtual host may use '*'"
+                        )
+                    self._default = cvh
+                    continue
+                if domain.startswith("*"):
+                    table, key = suffixes.setdefault(len(domain) - 1, {}), domain[1:]
+                elif domain.endswith("*"):
+                    table, key = prefixes.setdefault(len(domain) - 1, {}), domain[:-1]
+                else:
+                    table, key = self._exact, domain
+                if key in table:
+                    raise ValueError(
+                        f"route config {rc.name!r}: duplicate domain {raw!r} "
+                        f"(virtual host {vh.name!r})"
+                    )
+                table[key] = cvh
+        # Longest wildcard first.
+        self._suffixes = tuple(sorted(suffixes.items(), reverse=True))
+        self._prefixes = tuple(sorted(prefixes.items(), reverse=True))
+        self._only_default = not (self._exact or self._suffixes or self._prefixes)
+        self._cache: dict[str, _CompiledVirtualHost | None] = {}
+        self.needed_headers: frozenset[str] = frozenset(needed - _FROM_ARGS)
+
+    # -- virtual hosts --------------------------------------------------------------
+
+    def _find_vhost(self, host: str) -> _CompiledVirtualHost | None:
+        host = ascii_lower(host)
+        found = self._exact.get(host)
+        if found is not None:
+            return found
+        n = len(host)
+        for length, table in self._suffixes:
+            if length < n:
+                found = table.get(host[n - length :])
+                if found is not None:
+                    return found
+        for length, table in self._prefixes:
+            if length < n:
+                found = table.get(host[:length])
+                if found is not None:
+                    return found
+        return self._default
+
+    def virtual_host(self, host: str) -> VirtualHost | None:
+        """The virtual host a Host value selects (None: no virtual host matches)."""
+        cvh = self._lookup(host)
+        return None if cvh is None else cvh.vhost
+
+    def _lookup(self, host: str) -> _CompiledVirtualHost | None:
+        if self._only_default:
+            return self._default
+        cache = self._cache
+        try:
+            return cache[host]
+        except KeyError:
+            pass
+        cvh = self._find_vhost(host)
+        if len(cache) >= _VHOST_CACHE_LIMIT:
+            cache.clear()
+        cache[host] = cvh
+        return cvh
+
+    # -- routes ---------------------------------------------------------------------
+
+    def match(self, host: str, path: str, headers: dict[str, str]) -> Route | None:
+        """The first route of the selected virtual host that matches, or None (404).
+
+        ``host`` is the raw Host value, ``path`` the raw request target (query
+        included), ``headers`` lower-case names → values (repeats joined with ",");
+        only :attr:`needed_headers` are looked at.
+        """
+        cvh = self._lookup(host)
+        if cvh is None:
+            return None
+        # Path matchers see the path without query string and fragment.
+        bare = path
+        cut = path.find("?")
+        if cut >= 0:
+            bare = path[:cut]
+        cut = bare.find("#")
+        if cut >= 0:
+            bare = bare[:cut]
+        lowered: str | None = None
+        for kind, value, rx, tests, route in cvh.routes:
+            if kind == _PREFIX:
+                if not bare.startswith(value):
+                    continue
+            elif kind == _PATH:
+                if bare != value:
+                    continue
+            elif kind == _REGEX:
+                if rx.fullmatch(bare) is None:  # type: ignore[union-attr]
+                    continue
+            else:
+                if lowered is None:
+                    lowered = ascii_lower(bare)
+                if kind == _PREFIX_NOCASE:
+                    if not lowered.startswith(value):
+                        continue
+                elif lowered != value:
+                    continue
+            if tests and not _headers_match(tests, headers, host, path):
+                continue
+            return route
+        return None

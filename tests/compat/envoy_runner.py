@@ -1,0 +1,142 @@
+"""Run real Envoy for compatibility tests.
+
+``EnvoyRunner(yaml_text)`` is a context manager: it adds an ``admin`` block on a free
+loopback port to the given bootstrap, writes it to a temporary directory, starts
+``envoy -c FILE --concurrency 1 --disable-hot-restart --base-id N --log-level warning``,
+waits until the admin ``/ready`` endpoint answers ``LIVE``, and always stops Envoy on
+exit (SIGTERM, then SIGKILL after 10 s). Upstreams come from ``proxyd.demo``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from tests.support import free_port
+
+ENVOY_BINARY = str(Path(sys.executable).with_name("envoy"))
+
+_base_ids = itertools.count(os.getpid() % 10_000 * 100)
+
+
+def envoy_available() -> bool:
+    return os.access(ENVOY_BINARY, os.X_OK)
+
+
+class EnvoyRunner:
+    """Real Envoy on a given bootstrap; use as ``with EnvoyRunner(text) as envoy:``."""
+
+    def __init__(
+        self,
+        config_yaml: str,
+        *,
+        log_level: str = "warning",
+        startup_timeout_s: float = 30.0,
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        self.config: dict[str, Any] = yaml.safe_load(config_yaml)
+        self.log_level = log_level
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = list(extra_args)
+        self.admin_port = 0
+        self.workdir: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "envoy.log"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> EnvoyRunner:
+        self.workdir = Path(tempfile.mkdtemp(prefix="envoy-compat-"))
+        self.admin_port = free_port()
+        self.config["admin"] = {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}
+        }
+        cfg = self.workdir / "envoy.yaml"
+        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        cmd = [
+            ENVOY_BINARY,
+            "-c",
+            str(cfg),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--base-id",
+            str(next(_base_ids)),
+            "--log-level",
+            self.log_level,
+            *self.extra_args,
+        ]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        """Poll the admin ``/ready`` endpoint until it says LIVE (or Envoy dies)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        url = f"http://127.0.0.1:{self.admin_port}/ready"
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"envoy exited with {self.proc.returncode} during startup:\n{self.log_text()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as resp:
+                    if resp.read().strip() == b"LIVE":
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass  # not listening yet, or answering 503 while initializing
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"envoy not LIVE after {self.startup_timeout_s}s:\n{self.log_text()}"
+                )
+            time.sleep(0.05)
+
+    def _stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None

@@ -1,0 +1,96 @@
+"""Every routing case through real Envoy and through RouteTable: both must agree.
+
+The upstreams are ``proxyd.demo`` servers, one per cluster, each answering with an
+``x-upstream-name`` header, so the answer tells which route Envoy chose. The same cases
+then go through :class:`proxyd.protocol.routing.RouteTable` built on the epoch form of
+the same route table.
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Iterator
+
+import pytest
+
+from proxyd.demo import UpstreamServer
+from proxyd.protocol.routing import RouteTable
+from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.compat.routing_cases import (
+    CASES,
+    KNOWN_DIVERGENCES,
+    UPSTREAMS,
+    RoutingCase,
+    envoy_config_yaml,
+    epoch_route_config,
+)
+from tests.support import free_port
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
+]
+
+
+def send(port: int, case: RoutingCase) -> tuple[int, str | None]:
+    """One request with the case's Host and headers; (status, x-upstream-name)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", case.path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", case.host)
+        for name, value in case.headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("x-upstream-name")
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def envoy_port() -> Iterator[int]:
+    upstreams = [UpstreamServer(name).start() for name in UPSTREAMS]
+    try:
+        port = free_port()
+        ports = {u.name: u.port for u in upstreams}
+        with EnvoyRunner(envoy_config_yaml(port, ports)):
+            yield port
+    finally:
+        for u in upstreams:
+            u.stop()
+
+
+@pytest.fixture(scope="module")
+def table() -> RouteTable:
+    return RouteTable(epoch_route_config())
+
+
+def test_enough_cases() -> None:
+    assert len(CASES) >= 25
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_envoy_and_route_table_agree(envoy_port: int, table: RouteTable, case: RoutingCase) -> None:
+    envoy_status, envoy_upstream = send(envoy_port, case)
+    route = table.match(case.host, case.path, case.joined_headers())
+    ours = (200, route.cluster) if route is not None else (404, None)
+    assert (envoy_status, envoy_upstream) == ours, "Envoy and RouteTable disagree"
+    assert ours == (case.status, case.upstream)
+
+
+@pytest.mark.parametrize("case", KNOWN_DIVERGENCES, ids=lambda c: c.id)
+@pytest.mark.xfail(reason="repeated non-inline headers: Envoy matches any one value")
+def test_known_divergences(envoy_port: int, table: RouteTable, case: RoutingCase) -> None:
+    assert send(envoy_port, case) == (case.status, case.upstream)  # Envoy's answer
+    route = table.match(case.host, case.path, case.joined_headers())
+    assert route is not None and route.cluster == case.upstream
+
+
+def test_runner_reports_a_config_envoy_rejects() -> None:
+    bad = "static_resources:\n  clusters:\n  - name: x\n    type: NOT_A_TYPE\n"
+    runner = EnvoyRunner(bad)
+    with pytest.raises(RuntimeError, match="NOT_A_TYPE"), runner:
+        pass
+    assert runner.workdir is None and runner.proc is None

@@ -1,0 +1,255 @@
+"""Helpers shared by the integration and compatibility tests: ports, upstreams, proxyd.
+
+Everything here starts real things: real upstream servers (``proxyd.demo``), real
+``proxyd`` processes, real sockets on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from proxyd.demo import UpstreamServer
+
+__all__ = [
+    "UpstreamServer",
+    "free_port",
+    "wait_for",
+    "ProxydProcess",
+    "http_config",
+    "VENV_BIN",
+]
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def http_config(
+    listen_port: int,
+    admin_port: int,
+    clusters: dict[str, list[int]],
+    routes: str | None = None,
+    *,
+    hcm_extra: str = "",
+    route_extra: str = "",
+    cluster_extra: str = "",
+) -> str:
+    """An Envoy v3 bootstrap: one HTTP listener, one static cluster per entry.
+
+    ``clusters`` maps a cluster name to upstream ports on 127.0.0.1. ``routes`` is the
+    YAML of the single virtual host's ``routes`` list (indented for that place); by
+    default every path goes to the first cluster. ``hcm_extra`` is added to the
+    connection manager's typed_config, ``route_extra`` to the default route's action,
+    ``cluster_extra`` to every cluster (each already indented).
+    """
+    first = next(iter(clusters))
+    if routes is None:
+        routes = f"""
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {first} {route_extra} }}"""
+    out = [
+        f"""admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+static_resources:
+  listeners:
+  - name: ingress
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+{hcm_extra}
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:{routes}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:"""
+    ]
+    for name, ports in clusters.items():
+        eps = "".join(
+            f"""
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {p} }}"""
+            for p in ports
+        )
+        out.append(
+            f"""
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: ROUND_ROBIN
+{cluster_extra}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:{eps}"""
+        )
+    return "".join(out) + "\n"
+
+
+class ProxydProcess:
+    """A real ``proxyd`` master with its workers, started from a config file.
+
+    ``with ProxydProcess(tmp_path, yaml_text, admin_port) as p:`` waits until the admin
+    ``/ready`` answers 200; leaving the block stops it (SIGTERM, then SIGKILL).
+    """
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: str,
+        admin_port: int,
+        concurrency: int = 2,
+        extra_args: tuple[str, ...] = (),
+        config_name: str = "proxyd.yaml",
+    ) -> None:
+        self.dir = Path(tmp_path)
+        self.config_path = self.dir / config_name
+        self.config_path.write_text(config)
+        self.admin_port = admin_port
+        self.control_socket = str(self.dir / "control.sock")
+        self.log_path = self.dir / "proxyd.log"
+        self.args = [
+            sys.executable, "-m", "proxyd",
+            "-c", str(self.config_path),
+            "--concurrency", str(concurrency),
+            "--control-socket", self.control_socket,
+            "--log-format", "json",
+            *extra_args,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> ProxydProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxyd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.admin("/ready")[0] == 200:
+                    return self
+            except OSError:
+                pass  # admin not listening yet
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"proxyd not ready within {timeout} s:\n{self.log()}")
+
+    def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def stats(self) -> dict[str, int]:
+        """The admin ``/stats`` counters and gauges as a dict."""
+        out = {}
+        for line in self.admin("/stats")[1].splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def ctl(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run ``proxyctl`` against this master's control socket."""
+        return subprocess.run(
+            [str(VENV_BIN / "proxyctl"), "--control-socket", self.control_socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def status(self) -> dict[str, Any]:
+        res = self.ctl("status", "--json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.status()["workers"]]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> ProxydProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        children = _children_of(self.pid)
+        self.stop()
+        # No orphans: any worker left behind by a failed test is killed here.
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it exited on its own meanwhile
+
+
+def _children_of(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
