@@ -52,6 +52,11 @@ class Cluster:
     # Upstream idle connection timeout (common_http_protocol_options.idle_timeout);
     # Envoy's default is 1 hour. 0 = disabled.
     idle_timeout_s: float = 3600.0
+    # STRICT_DNS: how the master resolves hostnames (Envoy's dns_lookup_family: "AUTO",
+    # "V4_ONLY", "V6_ONLY", "V4_PREFERRED" or "ALL") and how often (dns_refresh_rate,
+    # default 5 s).
+    dns_lookup_family: str = "AUTO"
+    dns_refresh_rate_s: float = 5.0
 
 
 # -- routes ---------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""static_resources.clusters → epoch Clusters.
+
+Runs after ``proxyd.config.supported`` has rejected unsupported fields and broken proto
+constraints, so only the checks Envoy makes in code (and proxyd's narrower choice of
+enum values) are here. Envoy's defaults apply to what is not set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from proxyd.config.proto import join
+from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
+from proxyd.config.values import (
+    duration_or,
+    enum_name,
+    is_ip_literal,
+    require_ip,
+    socket_address,
+    wrapped_or,
+)
+from proxyd.epoch import Cluster, Endpoint
+from proxyd.errors import ConfigError
+
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+
+# Envoy's defaults (cluster.proto and upstreams/http/v3/http_protocol_options.proto).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_DNS_REFRESH_RATE_S = 5.0
+DEFAULT_CHOICE_COUNT = 2
+DEFAULT_UPSTREAM_IDLE_TIMEOUT_S = 3600.0
+
+
+def compile_clusters(clusters: Sequence[Any], path: str, file: str) -> tuple[Cluster, ...]:
+    out: list[Cluster] = []
+    seen: set[str] = set()
+    for i, c in enumerate(clusters):
+        here = f"{path}[{i}]"
+        if c.name in seen:
+            raise ConfigError(file, join(here, "name"), f"duplicate cluster '{c.name}'")
+        seen.add(c.name)
+        out.append(compile_cluster(c, here, file))
+    return tuple(out)
+
+
+def compile_cluster(c: Any, path: str, file: str) -> Cluster:
+    kind = enum_name(c, "type")
+    if kind not in CLUSTER_TYPES:
+        raise ConfigError(
+            file,
+            join(path, "type"),
+            f"cluster type {kind} not supported by proxyd (supported: {', '.join(CLUSTER_TYPES)})",
+        )
+    lb_policy = enum_name(c, "lb_policy")
+    if lb_policy not in LB_POLICIES:
+        raise ConfigError(
+            file,
+            join(path, "lb_policy"),
+            f"lb_policy {lb_policy} not supported by proxyd (supported: {', '.join(LB_POLICIES)})",
+        )
+    choice_count = DEFAULT_CHOICE_COUNT
+    if c.HasField("least_request_lb_config"):
+        choice_count = wrapped_or(c.least_request_lb_config, "choice_count", DEFAULT_CHOICE_COUNT)
+
+    idle_timeout_s, max_requests = _upstream_http_options(c, path, file)
+    if c.HasField("max_requests_per_connection"):
+        if max_requests is not None:
+            raise ConfigError(
+                file,
+                join(path, "max_requests_per_connection"),
+                "set max_requests_per_connection either on the cluster or in "
+                "common_http_protocol_options, not both",
+            )
+        max_requests = c.max_requests_per_connection.value
+
+    return Cluster(
+        name=c.name,
+        type=kind,
+        connect_timeout_s=duration_or(c, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S),
+        lb_policy=lb_policy,
+        endpoints=_endpoints(c, kind, join(path, "load_assignment"), file),
+        choice_count=choice_count,
+        max_requests_per_connection=max_requests or 0,
+        idle_timeout_s=idle_timeout_s,
+        dns_lookup_family=enum_name(c, "dns_lookup_family"),
+        dns_refresh_rate_s=duration_or(c, "dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE_S),
+    )
+
+
+def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | None]:
+    """(idle timeout, max requests per connection or None) from the protocol options."""
+    options = c.typed_extension_protocol_options
+    idle_timeout_s = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
+    max_requests: int | None = None
+    for key in sorted(options):
+        here = f"{join(path, 'typed_extension_protocol_options')}[{key!r}]"
+        if key != UPSTREAM_HTTP_TYPE:
+            raise ConfigError(file, here, f"protocol options for '{key}' not supported by proxyd")
+        opts = unpack(options[key])
+        if opts is None or not opts.HasField("common_http_protocol_options"):
+            continue
+        common = opts.common_http_protocol_options
+        idle_timeout_s = duration_or(common, "idle_timeout", DEFAULT_UPSTREAM_IDLE_TIMEOUT_S)
+        if common.HasField("max_requests_per_connection"):
+            max_requests = common.max_requests_per_connection.value
+    return idle_timeout_s, max_requests
+
+
+def _endpoints(c: Any, kind: str, path: str, file: str) -> tuple[Endpoint, ...]:
+    if not c.HasField("load_assignment"):
+        return ()
+    out: list[Endpoint] = []
+    for i, locality in enumerate(c.load_assignment.endpoints):
+        for j, lb in enumerate(locality.lb_endpoints):
+            here = f"{path}.endpoints[{i}].lb_endpoints[{j}]"
+            if not lb.HasField("endpoint") or not lb.endpoint.HasField("address"):
+                raise ConfigError(file, join(here, "endpoint.address"), "an address is required")
+            addr_path = join(here, "endpoint.address.socket_address")
+            address, port = socket_address(
+                lb.endpoint.address, join(here, "endpoint.address"), file
+            )
+            if port == 0:
+                raise ConfigError(
+                    file, join(addr_path, "port_value"), "an upstream port is required (1-65535)"
+                )
+            hostname = ""
+            if kind == "STATIC":
+                require_ip(address, addr_path, file)
+            elif not is_ip_literal(address):
+                hostname = address
+            out.append(
+                Endpoint(
+                    address=address,
+                    port=port,
+                    weight=wrapped_or(lb, "load_balancing_weight", 1),
+                    hostname=hostname,
+                )
+            )
+    return tuple(out)

@@ -1,0 +1,198 @@
+"""static_resources.listeners → epoch Listeners (one filter chain, one HTTP connection
+manager each), with the checks Envoy makes in code and proxyd's narrower choices.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Container, Sequence
+from typing import Any
+
+from proxyd.config.proto import join
+from proxyd.config.routes import compile_route_config
+from proxyd.config.supported import FILE_LOG_TYPE, HCM_TYPE, ROUTER_TYPE, unpack
+from proxyd.config.values import (
+    duration_or,
+    enum_name,
+    require_ip,
+    socket_address,
+    wrapped_or,
+)
+from proxyd.epoch import AccessLog, HttpConnectionManager, Listener
+from proxyd.errors import ConfigError
+
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+ROUTER_NAME = "envoy.filters.http.router"
+FILE_LOG_NAME = "envoy.access_loggers.file"
+CODEC_TYPES = ("AUTO", "HTTP1")
+
+# Envoy's defaults (listener.proto, http_connection_manager.proto, protocol.proto).
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
+DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0
+DEFAULT_IDLE_TIMEOUT_S = 3600.0
+DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+DEFAULT_SERVER_NAME = "envoy"
+
+
+def compile_listeners(
+    listeners: Sequence[Any], path: str, clusters: Container[str], file: str
+) -> tuple[Listener, ...]:
+    out: list[Listener] = []
+    names: dict[str, int] = {}
+    addresses: dict[tuple[str, int], str] = {}
+    for i, lst in enumerate(listeners):
+        here = f"{path}[{i}]"
+        listener = compile_listener(lst, here, clusters, file)
+        if listener.name in names:
+            raise ConfigError(
+                file, join(here, "name"), f"duplicate listener name '{listener.name}'"
+            )
+        names[listener.name] = i
+        key = (listener.address, listener.port)
+        if listener.port != 0 and key in addresses:
+            raise ConfigError(
+                file,
+                join(here, "address"),
+                f"duplicate address '{listener.address}:{listener.port}' "
+                f"(listener '{addresses[key]}' has it)",
+            )
+        addresses[key] = listener.name
+        out.append(listener)
+    return tuple(out)
+
+
+def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -> Listener:
+    if not lst.HasField("address"):
+        raise ConfigError(file, join(path, "address"), "an address is required")
+    address, port = socket_address(lst.address, join(path, "address"), file)
+    require_ip(address, join(path, "address.socket_address"), file)
+    if len(lst.filter_chains) != 1:
+        raise ConfigError(
+            file,
+            join(path, "filter_chains"),
+            f"exactly one filter chain is supported by proxyd, got {len(lst.filter_chains)}",
+        )
+    chain_path = join(path, "filter_chains[0]")
+    filters = lst.filter_chains[0].filters
+    if len(filters) != 1:
+        raise ConfigError(
+            file,
+            join(chain_path, "filters"),
+            f"exactly one network filter ({HCM_NAME}) is supported by proxyd, got {len(filters)}",
+        )
+    filter_path = join(chain_path, "filters[0]")
+    hcm_msg = _typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
+    hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
+    return Listener(
+        name=lst.name or f"{address}_{port}",
+        address=address,
+        port=port,
+        hcm=hcm,
+        per_connection_buffer_limit_bytes=wrapped_or(
+            lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
+        ),
+    )
+
+
+def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> HttpConnectionManager:
+    codec = enum_name(hcm, "codec_type")
+    if codec not in CODEC_TYPES:
+        raise ConfigError(
+            file,
+            join(path, "codec_type"),
+            f"codec_type {codec} not supported by proxyd (supported: {', '.join(CODEC_TYPES)})",
+        )
+    if not hcm.HasField("route_config"):
+        raise ConfigError(file, join(path, "route_config"), "an inline route_config is required")
+    _check_http_filters(hcm.http_filters, join(path, "http_filters"), file)
+    idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
+    if hcm.HasField("common_http_protocol_options"):
+        idle_timeout_s = duration_or(
+            hcm.common_http_protocol_options, "idle_timeout", DEFAULT_IDLE_TIMEOUT_S
+        )
+    return HttpConnectionManager(
+        stat_prefix=hcm.stat_prefix,
+        codec_type=codec,
+        route_config=compile_route_config(
+            hcm.route_config, join(path, "route_config"), clusters, file
+        ),
+        access_logs=tuple(
+            _access_log(a, f"{join(path, 'access_log')}[{i}]", file)
+            for i, a in enumerate(hcm.access_log)
+        ),
+        use_remote_address=wrapped_or(hcm, "use_remote_address", False),
+        xff_num_trusted_hops=hcm.xff_num_trusted_hops,
+        max_request_headers_kb=wrapped_or(
+            hcm, "max_request_headers_kb", DEFAULT_MAX_REQUEST_HEADERS_KB
+        ),
+        request_timeout_s=duration_or(hcm, "request_timeout", 0.0),
+        stream_idle_timeout_s=duration_or(
+            hcm, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT_S
+        ),
+        request_headers_timeout_s=duration_or(hcm, "request_headers_timeout", 0.0),
+        idle_timeout_s=idle_timeout_s,
+        server_name=hcm.server_name or DEFAULT_SERVER_NAME,
+        generate_request_id=wrapped_or(hcm, "generate_request_id", True),
+    )
+
+
+def _check_http_filters(http_filters: Sequence[Any], path: str, file: str) -> None:
+    """Only the router, once, last; no filters at all means the router alone."""
+    for i, f in enumerate(http_filters):
+        here = f"{path}[{i}]"
+        _typed_config(f, ROUTER_TYPE, ROUTER_NAME, "HTTP filter", here, file)
+        if i != len(http_filters) - 1:
+            raise ConfigError(
+                file,
+                here,
+                f"terminal filter '{f.name or ROUTER_NAME}' must be the last HTTP filter",
+            )
+
+
+def _access_log(a: Any, path: str, file: str) -> AccessLog:
+    log = _typed_config(a, FILE_LOG_TYPE, FILE_LOG_NAME, "access logger", path, file)
+    fmt_path = join(path, "typed_config")
+    which = log.WhichOneof("access_log_format")
+    fmt = ""
+    if which == "format":
+        fmt = log.format
+        fmt_path = join(fmt_path, "format")
+    elif which == "log_format":
+        fmt = log.log_format.text_format_source.inline_string
+        fmt_path = join(fmt_path, "log_format.text_format_source.inline_string")
+    check_log_format(fmt, fmt_path, file)
+    return AccessLog(path=log.path, format=fmt)
+
+
+def check_log_format(fmt: str, path: str, file: str) -> None:
+    """Compile the format with proxyd's access-log formatter, when it is installed."""
+    if importlib.util.find_spec("proxyd.protocol.access_log") is None:
+        return
+    access_log = importlib.import_module("proxyd.protocol.access_log")
+    try:
+        access_log.LogFormat(fmt)
+    except ValueError as exc:
+        raise ConfigError(file, path, str(exc)) from exc
+
+
+def _typed_config(
+    holder: Any, type_name: str, default_name: str, what: str, path: str, file: str
+) -> Any:
+    """The payload of ``holder.typed_config``, which must be ``type_name``.
+
+    ``supported.check_bootstrap`` has already rejected other payload types; here a
+    missing typed_config is reported by the extension's name, as Envoy does.
+    """
+    if not holder.HasField("typed_config"):
+        if holder.name != default_name:
+            raise ConfigError(file, path, f"{what} '{holder.name}' not supported by proxyd")
+        raise ConfigError(
+            file,
+            join(path, "typed_config"),
+            f"{what} '{holder.name}' needs a typed_config of type {type_name}",
+        )
+    payload = unpack(holder.typed_config)
+    if payload is None or payload.DESCRIPTOR.full_name != type_name:
+        raise ConfigError(file, path, f"{what} '{holder.name}' not supported by proxyd")
+    return payload

@@ -1,0 +1,107 @@
+"""``load(path)``: an Envoy v3 bootstrap file → a validated, compiled LoadedConfig.
+
+The steps, each raising ConfigError(file, field path, reason) on bad input:
+
+1. read YAML or JSON (``source``);
+2. parse into ``envoy.config.bootstrap.v3.Bootstrap`` (``proto``): unknown fields and
+   wrong types, as Envoy rejects them;
+3. reject every set field proxyd does not implement and every broken proto
+   constraint (``supported``, ``rules``);
+4. compile clusters, then listeners (whose routes must name existing clusters), then
+   admin, to plain epoch data (``clusters``, ``listeners``, ``routes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+
+from proxyd.config.clusters import compile_clusters
+from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners
+from proxyd.config.proto import join, parse_bootstrap
+from proxyd.config.source import read_config_file
+from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap, unpack
+from proxyd.config.values import require_ip, socket_address
+from proxyd.epoch import Epoch
+from proxyd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """Where the admin HTTP API listens; ``access_log_path`` is "" when there is none."""
+
+    address: str
+    port: int
+    access_log_path: str
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    # number=0: the master sets the number with dataclasses.replace.
+    epoch_template: Epoch
+    admin: AdminConfig | None
+    # The bootstrap as plain JSON-able data (proto field names), for /config_dump.
+    bootstrap_json: dict[str, Any]
+    file: str
+
+
+def load(path: str) -> LoadedConfig:
+    """Read, validate and compile the bootstrap at ``path``. Raises ConfigError."""
+    data = read_config_file(path)
+    return compile_bootstrap(data, path)
+
+
+def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
+    """Validate and compile already-read bootstrap data; ``file`` names it in errors."""
+    bootstrap = parse_bootstrap(data, file)
+    check_bootstrap(bootstrap, file)
+    static = bootstrap.static_resources
+    clusters = compile_clusters(static.clusters, "static_resources.clusters", file)
+    cluster_names = frozenset(c.name for c in clusters)
+    listeners = compile_listeners(
+        static.listeners, "static_resources.listeners", cluster_names, file
+    )
+    admin = _admin(bootstrap, file) if bootstrap.HasField("admin") else None
+    return LoadedConfig(
+        epoch_template=Epoch(number=0, listeners=listeners, clusters=clusters),
+        admin=admin,
+        bootstrap_json=json_format.MessageToDict(bootstrap, preserving_proto_field_name=True),
+        file=file,
+    )
+
+
+def _admin(bootstrap: Any, file: str) -> AdminConfig | None:
+    admin = bootstrap.admin
+    log_path = admin.access_log_path
+    if len(admin.access_log) > 1:
+        raise ConfigError(
+            file, "admin.access_log", "only one admin access log is supported by proxyd"
+        )
+    if admin.access_log:
+        if log_path:
+            raise ConfigError(
+                file, "admin.access_log", "set access_log_path or access_log, not both"
+            )
+        log_path = _admin_log_path(admin.access_log[0], "admin.access_log[0]", file)
+    if not admin.HasField("address"):
+        return None  # as in Envoy: no address, no admin listener
+    address, port = socket_address(admin.address, "admin.address", file)
+    require_ip(address, "admin.address.socket_address", file)
+    return AdminConfig(address=address, port=port, access_log_path=log_path)
+
+
+def _admin_log_path(entry: Any, path: str, file: str) -> str:
+    if not entry.HasField("typed_config"):
+        if entry.name != FILE_LOG_NAME:
+            raise ConfigError(file, path, f"access logger '{entry.name}' not supported by proxyd")
+        raise ConfigError(
+            file,
+            join(path, "typed_config"),
+            f"access logger needs a typed_config of type {FILE_LOG_TYPE}",
+        )
+    log = unpack(entry.typed_config)
+    if log is None or log.DESCRIPTOR.full_name != FILE_LOG_TYPE:
+        raise ConfigError(file, path, f"access logger '{entry.name}' not supported by proxyd")
+    return str(log.path)

@@ -1,0 +1,262 @@
+"""Plain data → Envoy's own protobuf types, with errors that name the field path.
+
+``json_format.ParseDict`` rejects unknown fields and wrong types exactly as Envoy does,
+but its messages do not name the full path. When it fails, :func:`parse_bootstrap` walks
+the data against the message descriptors (into ``Any`` by type URL) to find the first
+field that is unknown or does not parse, and reports that field's path.
+
+``Any`` payloads are resolved by type URL in the default descriptor pool. The modules
+for the types proxyd supports are imported here; for any other ``envoy.*`` type the
+``_pb2`` modules of its proto package are imported on demand, so an unsupported
+extension still parses and is then rejected by name (see ``proxyd.config.supported``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import pkgutil
+import re
+from functools import cache
+from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401 - registers the type
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from proxyd.errors import ConfigError
+
+ANY = "google.protobuf.Any"
+# Messages whose JSON form is not an object of their fields: json_format parses them
+# as a whole, so the locator treats them as leaves.
+_SPECIAL_JSON = frozenset(
+    {
+        "google.protobuf.Duration",
+        "google.protobuf.Timestamp",
+        "google.protobuf.FieldMask",
+        "google.protobuf.Struct",
+        "google.protobuf.Value",
+        "google.protobuf.ListValue",
+        "google.protobuf.Empty",
+        "google.protobuf.BoolValue",
+        "google.protobuf.BytesValue",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.Int32Value",
+        "google.protobuf.Int64Value",
+        "google.protobuf.StringValue",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.UInt64Value",
+    }
+)
+# json_format appends ' at "Bootstrap.a.b"' or ' at Bootstrap.a.b' to its reasons.
+_JSON_FORMAT_WHERE = re.compile(r'\.? at "?[A-Za-z_][^ ]*$')
+# Proto packages that may be imported on demand to resolve a type URL.
+_IMPORTABLE_ROOTS = ("envoy.", "udpa.", "xds.", "google.protobuf.")
+
+
+def join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def message_class(desc: Descriptor) -> type[Message]:
+    return message_factory.GetMessageClass(desc)
+
+
+@cache
+def find_type(type_url: str) -> Descriptor | None:
+    """The descriptor for ``type.googleapis.com/<full name>``, importing it if needed."""
+    full_name = type_url.rsplit("/", 1)[-1]
+    pool = descriptor_pool.Default()
+    try:
+        return pool.FindMessageTypeByName(full_name)
+    except KeyError:
+        pass
+    if not full_name.startswith(_IMPORTABLE_ROOTS):
+        return None
+    # A nested message type has more than one trailing component; try each package.
+    parts = full_name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        if _import_proto_package(".".join(parts[:end])):
+            try:
+                return pool.FindMessageTypeByName(full_name)
+            except KeyError:
+                continue
+    return None
+
+
+def _import_proto_package(package: str) -> bool:
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for info in pkgutil.iter_modules(spec.submodule_search_locations):
+        if info.name.endswith("_pb2"):
+            importlib.import_module(f"{package}.{info.name}")
+    return True
+
+
+def _import_types(value: Any) -> None:
+    """Make every '@type' named in ``value`` known to the descriptor pool."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            type_url = item.get("@type")
+            if isinstance(type_url, str):
+                find_type(type_url)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def parse_bootstrap(data: dict[str, Any], file: str) -> bootstrap_pb2.Bootstrap:
+    """ParseDict into a Bootstrap; on failure, ConfigError with the offending field path."""
+    bootstrap = bootstrap_pb2.Bootstrap()
+    _import_types(data)
+    try:
+        json_format.ParseDict(data, bootstrap)
+    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+        found = locate_error(data, bootstrap_pb2.Bootstrap.DESCRIPTOR, "")
+        if found is None:
+            raise ConfigError(file, "", f"invalid configuration: {_clean(str(exc))}") from exc
+        path, reason = found
+        raise ConfigError(file, path, reason) from exc
+    return bootstrap
+
+
+def locate_error(value: Any, desc: Descriptor, path: str) -> tuple[str, str] | None:
+    """The first (path, reason) in ``value`` that does not parse as ``desc``, or None."""
+    if desc.full_name in _SPECIAL_JSON:
+        return _parse_alone(value, desc, path)
+    if not isinstance(value, dict):
+        return path, f"expected an object ({desc.full_name}), got {_kind(value)}"
+    if desc.full_name == ANY:
+        return _locate_in_any(value, path)
+    fields = _fields_by_json_key(desc)
+    oneofs_seen: dict[str, str] = {}
+    for key, item in value.items():
+        here = join(path, str(key))
+        field = fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            return here, _unknown_field_reason(str(key), desc)
+        if field.containing_oneof is not None and item is not None:
+            other = oneofs_seen.setdefault(field.containing_oneof.name, field.name)
+            if other != field.name:
+                return here, (
+                    f"'{field.name}' and '{other}' are both set, but only one of "
+                    f"'{field.containing_oneof.name}' may be"
+                )
+        if item is None:
+            continue
+        found = _locate_in_field(key, item, field, desc, here)
+        if found is not None:
+            return found
+    return None
+
+
+def _locate_in_field(
+    key: str, item: Any, field: FieldDescriptor, desc: Descriptor, here: str
+) -> tuple[str, str] | None:
+    is_message = field.type == FieldDescriptor.TYPE_MESSAGE
+    if is_message and field.message_type.GetOptions().map_entry:
+        if not isinstance(item, dict):
+            return here, f"expected a map, got {_kind(item)}"
+        value_field = field.message_type.fields_by_name["value"]
+        for k, v in item.items():
+            at = f"{here}[{k!r}]" if isinstance(k, str) else f"{here}[{k}]"
+            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                found = locate_error(v, value_field.message_type, at)
+            else:
+                found = _parse_alone({key: {k: v}}, desc, at)
+            if found is not None:
+                return found
+        return _parse_alone({key: item}, desc, here)  # keys of the wrong type
+    if field.is_repeated:
+        if not isinstance(item, list):
+            return here, f"expected a list, got {_kind(item)}"
+        for i, element in enumerate(item):
+            at = f"{here}[{i}]"
+            if is_message:
+                found = locate_error(element, field.message_type, at)
+            else:
+                found = _parse_alone({key: [element]}, desc, at)
+            if found is not None:
+                return found
+        return None
+    if is_message:
+        return locate_error(item, field.message_type, here)
+    return _parse_alone({key: item}, desc, here)
+
+
+def _locate_in_any(value: dict[str, Any], path: str) -> tuple[str, str] | None:
+    type_url = value.get("@type")
+    if not isinstance(type_url, str) or not type_url:
+        return join(path, "@type"), "a typed_config (Any) needs an '@type' type URL"
+    inner = find_type(type_url)
+    if inner is None:
+        return join(path, "@type"), f"unknown type URL '{type_url}'"
+    if inner.full_name in _SPECIAL_JSON:
+        if "value" not in value:
+            return path, f"'{type_url}' needs its payload in 'value'"
+        return locate_error(value["value"], inner, join(path, "value"))
+    return locate_error({k: v for k, v in value.items() if k != "@type"}, inner, path)
+
+
+def _parse_alone(value: Any, desc: Descriptor, path: str) -> tuple[str, str] | None:
+    """Parse ``value`` as ``desc`` with json_format; its own message is the reason."""
+    try:
+        json_format.ParseDict(value, message_class(desc)())
+    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+        return path, _clean(str(exc))
+    return None
+
+
+@cache
+def _fields_by_json_key(desc: Descriptor) -> dict[str, FieldDescriptor]:
+    out: dict[str, FieldDescriptor] = {}
+    for f in desc.fields:
+        out[f.name] = f
+        out[f.json_name] = f
+    return out
+
+
+def _unknown_field_reason(key: str, desc: Descriptor) -> str:
+    names = [f.name for f in desc.fields]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown field '{key}' in {desc.full_name}{hint}"
+
+
+def _clean(message: str) -> str:
+    """json_format's reason without its own nesting ("Failed to parse x field: ...")."""
+    text = message
+    while text.startswith("Failed to parse ") and ": " in text:
+        text = text.split(": ", 1)[1]
+    text = _JSON_FORMAT_WHERE.sub("", text.split("\n", 1)[0])
+    return text.rstrip(".").strip()
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {value}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{type(value).__name__} {value!r}"

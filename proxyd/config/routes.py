@@ -1,0 +1,120 @@
+"""An inline route_config → epoch RouteConfig, with the checks Envoy makes in code.
+
+Domains and header names are lower-cased; a domain may appear in only one virtual host
+of a route config and "*" only once ("Only a single wildcard domain is permitted");
+regexes must compile as RE2 would; a route's cluster must exist ("unknown cluster").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from typing import Any
+
+from proxyd.config.proto import join
+from proxyd.config.values import check_regex, duration_or, wrapped_or
+from proxyd.epoch import HeaderMatch, Route, RouteConfig, RouteMatch, StringMatch, VirtualHost
+from proxyd.errors import ConfigError
+
+# Envoy's RouteAction.timeout default; 0 disables it.
+DEFAULT_ROUTE_TIMEOUT_S = 15.0
+
+
+def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str) -> RouteConfig:
+    domains_seen: set[str] = set()
+    vhosts = []
+    for i, vh in enumerate(rc.virtual_hosts):
+        here = f"{join(path, 'virtual_hosts')}[{i}]"
+        domains = []
+        for j, domain in enumerate(vh.domains):
+            d = domain.lower()
+            if d in domains_seen:
+                where = f"{here}.domains[{j}]"
+                if d == "*":
+                    raise ConfigError(
+                        file,
+                        where,
+                        f"only a single wildcard domain is permitted in route '{rc.name}'",
+                    )
+                raise ConfigError(
+                    file,
+                    where,
+                    f"only unique values for domains are permitted: duplicate entry of "
+                    f"domain {d} in route '{rc.name}'",
+                )
+            domains_seen.add(d)
+            domains.append(d)
+        routes = tuple(
+            _route(r, f"{join(here, 'routes')}[{k}]", clusters, file)
+            for k, r in enumerate(vh.routes)
+        )
+        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=routes))
+    return RouteConfig(name=rc.name, virtual_hosts=tuple(vhosts))
+
+
+def _route(r: Any, path: str, clusters: Container[str], file: str) -> Route:
+    action = r.route
+    cluster_path = join(path, "route.cluster")
+    if action.WhichOneof("cluster_specifier") != "cluster":
+        raise ConfigError(file, cluster_path, "a cluster is required")
+    if action.cluster not in clusters:
+        raise ConfigError(file, cluster_path, f"unknown cluster '{action.cluster}'")
+    return Route(
+        name=r.name,
+        match=_route_match(r.match, join(path, "match"), file),
+        cluster=action.cluster,
+        timeout_s=duration_or(action, "timeout", DEFAULT_ROUTE_TIMEOUT_S),
+    )
+
+
+def _route_match(m: Any, path: str, file: str) -> RouteMatch:
+    kind = m.WhichOneof("path_specifier")
+    case_sensitive = wrapped_or(m, "case_sensitive", True)
+    if kind == "safe_regex":
+        value = m.safe_regex.regex
+        check_regex(value, join(path, "safe_regex.regex"), file)
+        case_sensitive = True  # Envoy ignores case_sensitive for safe_regex
+    elif kind in ("prefix", "path"):
+        value = getattr(m, kind)
+    else:  # the proto constraint already asked for one of them
+        raise ConfigError(file, path, "one of prefix, path or safe_regex is required")
+    headers = tuple(
+        _header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
+    )
+    return RouteMatch(kind=kind, value=value, case_sensitive=case_sensitive, headers=headers)
+
+
+def _header_match(h: Any, path: str, file: str) -> HeaderMatch:
+    invert = h.invert_match
+    which = h.WhichOneof("header_match_specifier")
+    match: StringMatch | None
+    if which == "exact_match":
+        match = StringMatch("exact", h.exact_match)
+    elif which == "string_match":
+        match = string_match(h.string_match, join(path, "string_match"), file)
+    elif which == "present_match":
+        match = None
+        if not h.present_match:  # "must be absent": present, inverted
+            invert = not invert
+    else:  # Envoy: no specifier means the header must be present
+        match = None
+    return HeaderMatch(
+        name=h.name.lower(),
+        match=match,
+        invert_match=invert,
+        treat_missing_as_empty=h.treat_missing_header_as_empty,
+    )
+
+
+def string_match(sm: Any, path: str, file: str) -> StringMatch:
+    """A type.matcher.v3.StringMatcher → StringMatch (a safe_regex keeps its pattern)."""
+    kind = sm.WhichOneof("match_pattern")
+    if kind == "safe_regex":
+        value = sm.safe_regex.regex
+        check_regex(value, join(path, "safe_regex.regex"), file)
+    elif kind in ("exact", "prefix", "suffix", "contains"):
+        value = getattr(sm, kind)
+    else:
+        raise ConfigError(
+            file, path, "one of exact, prefix, suffix, contains or safe_regex is required"
+        )
+    return StringMatch(kind=kind, value=value, ignore_case=sm.ignore_case)

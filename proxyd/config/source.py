@@ -1,0 +1,99 @@
+"""Reading a bootstrap file into plain data (dicts, lists, scalars).
+
+Like Envoy, a ``.json`` file is read as JSON and anything else as YAML. YAML is read
+with ``yaml.safe_load`` semantics, except that a key given twice in one mapping is an
+error (the second value would otherwise win silently).
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any
+
+import yaml
+
+from proxyd.errors import ConfigError
+
+# libyaml's parser when it is built in (about ten times faster), else the pure-Python one.
+_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_SafeLoader):
+    """A safe loader that refuses duplicate mapping keys."""
+
+
+def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, typing.Hashable):
+            continue  # construct_mapping reports an unhashable key itself
+        if key in seen:
+            first = seen[key].start_mark
+            raise yaml.constructor.ConstructorError(
+                f"while constructing a mapping (key first seen at line {first.line + 1})",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The file's content as a dict. Raises ConfigError naming the file (and line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read the file: {exc}") from exc
+    return parse_config_text(text, path)
+
+
+def parse_config_text(text: str, path: str) -> dict[str, Any]:
+    """Parse ``text`` as JSON (for a ``.json`` path) or YAML; ``path`` is for messages."""
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                path, "", f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from exc
+    else:
+        try:
+            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, "", _yaml_reason(exc)) from exc
+    if data is None:
+        raise ConfigError(path, "", "the file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            path, "", f"the top level must be a mapping (a Bootstrap), not {_kind(data)}"
+        )
+    return data
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    detail = f"{problem} ({context})" if context else problem
+    if mark is not None:
+        return f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {detail}"
+    return f"YAML syntax error: {detail}"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"

@@ -1,0 +1,235 @@
+"""What proxyd supports of the Envoy v3 bootstrap, and the walk that enforces it.
+
+:data:`BOOTSTRAP` is the coverage tree: for each message, the fields proxyd implements,
+each mapped to the tree of its own message (or :data:`LEAF` for a scalar, enum,
+duration or wrapper). A typed ``Any`` maps its allowed payload types to their trees.
+:func:`check_bootstrap` walks the parsed config with ``ListFields`` (so only fields the
+user set count) and rejects the first field outside the tree by its path, "... field
+not supported by proxyd". It checks Envoy's proto constraints (``proxyd.config.rules``)
+on every message it visits, so the compiler may rely on both.
+
+docs/configuration.md describes the same tree for operators; keep them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from proxyd.config import rules
+from proxyd.config.proto import find_type, join, message_class
+from proxyd.errors import ConfigError
+
+HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
+FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+class _Leaf:
+    def __repr__(self) -> str:
+        return "LEAF"
+
+
+LEAF = _Leaf()
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """A typed ``Any`` field: payload types proxyd supports, by full name."""
+
+    what: str  # "HTTP filter", "access logger", ... for messages
+    types: dict[str, Spec]
+
+
+Spec = dict[str, "Spec"] | _Leaf | AnyOf
+
+ADDRESS: Spec = {"socket_address": {"address": LEAF, "port_value": LEAF}}
+
+ADMIN: Spec = {
+    "address": ADDRESS,
+    "access_log_path": LEAF,
+    "access_log": {
+        "name": LEAF,
+        "typed_config": AnyOf("access logger", {FILE_LOG_TYPE: {"path": LEAF}}),
+    },
+}
+
+REGEX: Spec = {"regex": LEAF}
+
+STRING_MATCHER: Spec = {
+    "exact": LEAF,
+    "prefix": LEAF,
+    "suffix": LEAF,
+    "contains": LEAF,
+    "safe_regex": REGEX,
+    "ignore_case": LEAF,
+}
+
+ROUTE_CONFIG: Spec = {
+    "name": LEAF,
+    "virtual_hosts": {
+        "name": LEAF,
+        "domains": LEAF,
+        "routes": {
+            "name": LEAF,
+            "match": {
+                "prefix": LEAF,
+                "path": LEAF,
+                "safe_regex": REGEX,
+                "case_sensitive": LEAF,
+                "headers": {
+                    "name": LEAF,
+                    "exact_match": LEAF,
+                    "present_match": LEAF,
+                    "string_match": STRING_MATCHER,
+                    "invert_match": LEAF,
+                    "treat_missing_header_as_empty": LEAF,
+                },
+            },
+            "route": {"cluster": LEAF, "timeout": LEAF},
+        },
+    },
+}
+
+FILE_ACCESS_LOG: Spec = {
+    "path": LEAF,
+    "format": LEAF,
+    "log_format": {"text_format_source": {"inline_string": LEAF}},
+}
+
+HCM: Spec = {
+    "stat_prefix": LEAF,
+    "codec_type": LEAF,
+    "route_config": ROUTE_CONFIG,
+    "http_filters": {
+        "name": LEAF,
+        "typed_config": AnyOf("HTTP filter", {ROUTER_TYPE: {}}),
+    },
+    "access_log": {
+        "name": LEAF,
+        "typed_config": AnyOf("access logger", {FILE_LOG_TYPE: FILE_ACCESS_LOG}),
+    },
+    "request_timeout": LEAF,
+    "stream_idle_timeout": LEAF,
+    "request_headers_timeout": LEAF,
+    "common_http_protocol_options": {"idle_timeout": LEAF},
+    "use_remote_address": LEAF,
+    "xff_num_trusted_hops": LEAF,
+    "max_request_headers_kb": LEAF,
+    "server_name": LEAF,
+    "generate_request_id": LEAF,
+}
+
+LISTENER: Spec = {
+    "name": LEAF,
+    "address": ADDRESS,
+    "per_connection_buffer_limit_bytes": LEAF,
+    "filter_chains": {
+        "filters": {
+            "name": LEAF,
+            "typed_config": AnyOf("network filter", {HCM_TYPE: HCM}),
+        },
+    },
+}
+
+UPSTREAM_HTTP: Spec = {
+    "explicit_http_config": {"http_protocol_options": {}},
+    "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
+}
+
+CLUSTER: Spec = {
+    "name": LEAF,
+    "type": LEAF,
+    "connect_timeout": LEAF,
+    "lb_policy": LEAF,
+    "least_request_lb_config": {"choice_count": LEAF},
+    "load_assignment": {
+        "cluster_name": LEAF,
+        "endpoints": {
+            "lb_endpoints": {
+                "endpoint": {"address": ADDRESS},
+                "load_balancing_weight": LEAF,
+            },
+        },
+    },
+    "dns_lookup_family": LEAF,
+    "dns_refresh_rate": LEAF,
+    "max_requests_per_connection": LEAF,
+    "typed_extension_protocol_options": AnyOf(
+        "protocol options", {UPSTREAM_HTTP_TYPE: UPSTREAM_HTTP}
+    ),
+}
+
+BOOTSTRAP: dict[str, Spec] = {
+    "admin": ADMIN,
+    "node": {"id": LEAF, "cluster": LEAF},
+    "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},
+}
+
+
+def check_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, file: str) -> None:
+    """Raise ConfigError for the first unsupported field or broken proto constraint."""
+    _check_message(bootstrap, BOOTSTRAP, "", file)
+
+
+def unpack(any_msg: Message) -> Message | None:
+    """The payload of an ``Any``, or None when its type is unknown."""
+    desc = find_type(any_msg.type_url)
+    if desc is None:
+        return None
+    inner = message_class(desc)()
+    any_msg.Unpack(inner)
+    return inner
+
+
+def _check_message(msg: Message, spec: dict[str, Spec], path: str, file: str) -> None:
+    for field, value in msg.ListFields():
+        sub = spec.get(field.name)
+        here = join(path, field.name)
+        if sub is None:
+            raise ConfigError(file, here, "field not supported by proxyd")
+        if sub is LEAF:
+            continue
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            for key in sorted(value):
+                _check_value(msg, value[key], sub, f"{here}[{key!r}]", file)
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                _check_value(msg, item, sub, f"{here}[{i}]", file)
+        else:
+            _check_value(msg, value, sub, here, file)
+    for name, reason in rules.violations(msg):
+        raise ConfigError(file, join(path, name), reason)
+
+
+def _check_value(parent: Message, value: Any, spec: Spec, path: str, file: str) -> None:
+    if isinstance(spec, AnyOf):
+        _check_any(parent, value, spec, path, file)
+    elif isinstance(spec, dict):
+        _check_message(value, spec, path, file)
+
+
+def _check_any(parent: Message, any_msg: Any, spec: AnyOf, path: str, file: str) -> None:
+    if not any_msg.type_url:
+        raise ConfigError(file, join(path, "@type"), "a typed_config needs an '@type' type URL")
+    type_name = any_msg.type_url.rsplit("/", 1)[-1]
+    inner_spec = spec.types.get(type_name)
+    if inner_spec is None:
+        owner = path.rsplit(".", 1)[0] if "." in path else path
+        name = getattr(parent, "name", "") if "name" in parent.DESCRIPTOR.fields_by_name else ""
+        label = f"'{name}' ({type_name})" if name else type_name
+        if path.endswith("]"):  # a map value: the key names it
+            owner, label = path, type_name
+        raise ConfigError(file, owner, f"{spec.what} {label} not supported by proxyd")
+    inner = unpack(any_msg)
+    if inner is None:  # parse_bootstrap resolved every type URL already
+        raise ConfigError(file, path, f"unknown type URL '{any_msg.type_url}'")
+    if isinstance(inner_spec, dict):
+        _check_message(inner, inner_spec, path, file)

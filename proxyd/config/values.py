@@ -1,0 +1,121 @@
+"""Small conversions shared by the compilers: durations, wrappers, addresses, regexes."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import warnings
+
+# Python's regex parser (3.11+) tells RE2 syntax apart from what only Python accepts.
+from re import _constants as _re_constants  # type: ignore[attr-defined]
+from re import _parser as _re_parser  # type: ignore[attr-defined]
+from typing import Any
+
+from google.protobuf.message import Message
+
+from proxyd.config.proto import join
+from proxyd.errors import ConfigError
+
+
+def seconds(duration: Any) -> float:
+    """A google.protobuf.Duration as float seconds."""
+    return duration.seconds + duration.nanos / 1e9
+
+
+def duration_or(msg: Message, field: str, default: float) -> float:
+    """``msg.field`` in seconds, or ``default`` when it is not set."""
+    if msg.HasField(field):
+        return seconds(getattr(msg, field))
+    return default
+
+
+def wrapped_or(msg: Message, field: str, default: Any) -> Any:
+    """The value of a wrapper field (UInt32Value, BoolValue, ...) or ``default``."""
+    if msg.HasField(field):
+        return getattr(msg, field).value
+    return default
+
+
+def enum_name(msg: Message, field: str) -> str:
+    desc = msg.DESCRIPTOR.fields_by_name[field].enum_type
+    number = getattr(msg, field)
+    value = desc.values_by_number.get(number)
+    return value.name if value is not None else str(number)
+
+
+def socket_address(address: Any, path: str, file: str) -> tuple[str, int]:
+    """(address, port) from a core.v3.Address that holds a socket_address."""
+    if not address.HasField("socket_address"):
+        raise ConfigError(file, path, "a socket_address is required")
+    sa = address.socket_address
+    return sa.address, sa.port_value
+
+
+def is_ip_literal(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def require_ip(text: str, path: str, file: str) -> None:
+    if not is_ip_literal(text):
+        raise ConfigError(file, join(path, "address"), f"malformed IP address: {text}")
+
+
+# Regex opcodes Python accepts but RE2 (Envoy's engine) does not.
+_NOT_RE2 = {
+    _re_constants.ASSERT: "lookaround assertions",
+    _re_constants.ASSERT_NOT: "negative lookaround assertions",
+    _re_constants.GROUPREF: "backreferences",
+    _re_constants.GROUPREF_EXISTS: "conditional groups",
+}
+for _name, _what in (
+    ("ATOMIC_GROUP", "atomic groups"),
+    ("POSSESSIVE_REPEAT", "possessive repeats"),
+):
+    if hasattr(_re_constants, _name):
+        _NOT_RE2[getattr(_re_constants, _name)] = _what
+
+
+def check_regex(pattern: str, path: str, file: str) -> None:
+    """Reject a pattern that does not compile, or uses syntax RE2 does not have."""
+    try:
+        with warnings.catch_warnings():
+            # Python warns where RE2 syntax means something else, e.g. "[[:alpha:]]".
+            warnings.simplefilter("error", FutureWarning)
+            re.compile(pattern)
+            parsed = _re_parser.parse(pattern)
+    except re.error as exc:
+        raise ConfigError(file, path, f"invalid regex {pattern!r}: {exc}") from exc
+    except FutureWarning as exc:
+        raise ConfigError(
+            file,
+            path,
+            f"invalid regex {pattern!r}: {exc} (POSIX classes are not supported by proxyd)",
+        ) from exc
+    unsupported = _find_not_re2(parsed)
+    if unsupported:
+        raise ConfigError(
+            file, path, f"invalid regex {pattern!r}: {unsupported} are not supported by RE2"
+        )
+
+
+def _find_not_re2(parsed: Any) -> str:
+    stack = [parsed]
+    while stack:
+        for op, arg in stack.pop():
+            what = _NOT_RE2.get(op)
+            if what:
+                return what
+            _push_subpatterns(arg, stack)
+    return ""
+
+
+def _push_subpatterns(arg: Any, stack: list[Any]) -> None:
+    if isinstance(arg, _re_parser.SubPattern):
+        stack.append(arg)
+    elif isinstance(arg, (list, tuple)):
+        for item in arg:
+            _push_subpatterns(item, stack)
