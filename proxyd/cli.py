@@ -1,0 +1,128 @@
+"""``proxyd``: the command line, in Envoy's terms.
+
+``proxyd -c FILE`` loads an Envoy v3 bootstrap and runs the master with its workers;
+``--mode validate`` only loads and checks the configuration, as ``envoy --mode validate``
+does. Exit codes: 0 clean stop or valid config; 1 invalid config or a start/run error;
+2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from proxyd import __version__
+from proxyd.errors import ConfigError
+from proxyd.log import FORMATS, LEVELS, configure, default_format
+from proxyd.master.control import default_control_socket
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="proxyd",
+        description="An edge and service proxy that runs Envoy v3 bootstrap configuration.",
+        epilog=(
+            "Signals: SIGTERM drains and exits 0; SIGINT, SIGQUIT or a second SIGTERM stop "
+            "at once; SIGHUP reloads the configuration. The control socket is what "
+            "proxyctl talks to."
+        ),
+    )
+    parser.add_argument("-c", "--config", "--config-path", dest="config", required=True, metavar="FILE", help="Envoy v3 bootstrap, YAML or JSON")  # fmt: skip
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+        help="number of worker processes (default: the number of CPUs, %(default)s here)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mode", choices=("serve", "validate"), default="serve",
+        help="serve (default), or validate: check the configuration and exit",
+    )  # fmt: skip
+    parser.add_argument(
+        "--control-socket", metavar="PATH", default=None,
+        help=(
+            "control socket for proxyctl (default: $PROXYD_CONTROL_SOCKET, else "
+            "/run/proxyd/control.sock when /run/proxyd is writable, else "
+            f"/tmp/proxyd-<uid>/control.sock; here: {default_control_socket().replace('%', '%%')})"
+        ),
+    )  # fmt: skip
+    parser.add_argument("-l", "--log-level", choices=LEVELS, default="info", help="default: info")
+    parser.add_argument(
+        "--log-format", choices=FORMATS, default=None,
+        help="json or console (default: console when stderr is a terminal, else json)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drain-time-s", type=_seconds, default=600.0, metavar="S",
+        help="how long in-flight requests get to finish on SIGTERM (default: 600, as Envoy)",
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"proxyd {__version__}")
+    return parser
+
+
+def validate(path: str) -> int:
+    from proxyd.config import load
+
+    try:
+        load(path)
+    except ConfigError as exc:
+        print(f"proxyd: {exc}", file=sys.stderr)
+        return 1
+    print(f"configuration '{path}' OK")
+    return 0
+
+
+def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import trio
+
+    from proxyd.master.master import Master, MasterOptions
+    from proxyd.master.procname import set_process_name
+
+    fmt = args.log_format or default_format()
+    configure(args.log_level, fmt)
+    set_process_name("proxyd-master")
+    options = MasterOptions(
+        config_path=args.config,
+        concurrency=args.concurrency,
+        control_socket=args.control_socket or default_control_socket(),
+        drain_time_s=args.drain_time_s,
+        log_level=args.log_level,
+        log_format=fmt,
+        argv=tuple(argv),
+    )
+    master = Master(options)
+    code = trio.run(master.run)
+    if code != 0 and master.error:
+        print(f"proxyd: error: {master.error}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.mode == "validate":
+        return validate(args.config)
+    return serve(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

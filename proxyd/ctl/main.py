@@ -1,0 +1,165 @@
+"""``proxyctl``: talk to a running proxyd master over its control socket.
+
+    proxyctl [--control-socket PATH] status [--json]
+    proxyctl [--control-socket PATH] reload
+    proxyctl [--control-socket PATH] stop [--fast]
+
+Exit codes: 0 done; 1 the master refused (an invalid config on reload: the message
+says which file, field and why); 2 no master to talk to, or a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from proxyd import ipc
+from proxyd.master.control import default_control_socket
+
+EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
+
+
+class Unreachable(Exception):
+    """No master answers on the control socket."""
+
+
+def request(path: str, command: str, args: dict[str, Any] | None = None, timeout: float = 120.0) -> ipc.ControlReply:  # fmt: skip
+    """Send one ControlRequest and wait for its reply (blocking; sans-IO framing)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise Unreachable(f"no control socket at {path}: is proxyd running? (see --control-socket)") from None  # fmt: skip
+        except ConnectionRefusedError:
+            raise Unreachable(f"nothing listens on {path}: proxyd is not running (a stale socket file?)") from None  # fmt: skip
+        except PermissionError:
+            raise Unreachable(f"permission denied on {path}: run proxyctl as the user running proxyd") from None  # fmt: skip
+        except OSError as exc:
+            raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        sock.sendall(ipc.encode(ipc.ControlRequest(command, args or {})))
+        decoder = ipc.FrameDecoder()
+        while True:
+            msg = decoder.next_message()
+            if msg is not None:
+                if not isinstance(msg, ipc.ControlReply):
+                    raise ipc.IpcError(f"unexpected answer {type(msg).__name__}")
+                return msg
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                raise Unreachable(f"proxyd did not answer on {path} within {timeout:g} s") from None
+            if not data:
+                raise Unreachable(f"proxyd closed the control connection on {path} without answering")  # fmt: skip
+            decoder.feed(data)
+    finally:
+        sock.close()
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A readable table of the master and its workers."""
+    lines = [
+        f"proxyd master  pid {status['pid']}  state {status.get('state', '?')}  "
+        f"epoch {status['epoch']}  uptime {_duration(status['uptime_s'])}  "
+        f"concurrency {status['concurrency']}",
+        f"config         {status['config']}",
+        "",
+    ]
+    header = ("WORKER", "PID", "EPOCH", "RSS", "CPU%", "STARTED", "RESTARTS")
+    rows = [header]
+    for w in status["workers"]:
+        started = (
+            datetime.datetime.fromtimestamp(w["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+            if w.get("started_at")
+            else "-"
+        )
+        rows.append(
+            (
+                str(w["id"]),
+                str(w["pid"]) if w["pid"] else "(down)",
+                str(w["epoch"]),
+                _size(w["rss"]),
+                f"{w['cpu_percent']:.1f}",
+                started,
+                str(w.get("restarts", 0)),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proxyctl", description="Control a running proxyd.")
+    parser.add_argument(
+        "--control-socket", metavar="PATH", default=None,
+        help=f"the master's control socket (default: {default_control_socket()})",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = sub.add_parser("status", help="the master, its epoch and its workers")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_parser("reload", help="re-read the configuration; an invalid one changes nothing")
+    stop = sub.add_parser("stop", help="graceful stop (workers drain first)")
+    stop.add_argument("--fast", action="store_true", help="stop at once, without draining")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = args.control_socket or default_control_socket()
+    call_args = {"fast": True} if getattr(args, "fast", False) else {}
+    try:
+        reply = request(path, args.command, call_args)
+    except Unreachable as exc:
+        print(f"proxyctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ipc.IpcError as exc:
+        print(f"proxyctl: bad answer from proxyd: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.ok:
+        print(f"proxyctl: {args.command} failed: {reply.error}", file=sys.stderr)
+        return EXIT_REFUSED
+    result = reply.result
+    if args.command == "status":
+        sys.stdout.write(
+            json.dumps(result, indent=2) + "\n" if args.json else format_status(result)
+        )
+    elif args.command == "reload":
+        print(f"reloaded: epoch {result['epoch']}")
+    elif args.command == "stop":
+        print(f"stopping proxyd (pid {result['pid']}, {'graceful' if result.get('graceful') else 'fast'})")  # fmt: skip
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

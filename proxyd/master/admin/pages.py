@@ -1,0 +1,287 @@
+"""The admin API's pages, in Envoy's paths and shapes; no I/O here.
+
+:class:`AdminPages` maps a request (method, path, query) to a :class:`Response`, reading
+the master's state. ``server.py`` moves the bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from proxyd import __version__ as _version
+from proxyd import ipc
+from proxyd.epoch import Cluster
+from proxyd.master.admin.config_dump import config_dump
+
+if TYPE_CHECKING:
+    from proxyd.master.master import Master
+
+TEXT = "text/plain; charset=UTF-8"
+JSON = "application/json"
+
+# Envoy's circuit breaker defaults; the epoch has no thresholds of its own yet.
+_THRESHOLDS = (("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3))  # fmt: skip
+_HOST_STATS = ("cx_active", "cx_connect_fail", "cx_total", "rq_active", "rq_error", "rq_pending_active", "rq_success", "rq_timeout", "rq_total")  # fmt: skip
+
+
+def version_string() -> str:
+    """Envoy's "<revision>/<version>/<status>/<build type>/<ssl>" shape."""
+    return f"proxyd/{_version}/Clean/RELEASE/{ssl.OPENSSL_VERSION.split()[0]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = TEXT
+    # Run after the response went out (e.g. begin a graceful stop).
+    after: Callable[[], None] | None = None
+
+
+def _text(status: int, text: str) -> Response:
+    return Response(status, text.encode())
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(status, (json.dumps(value, indent=1) + "\n").encode(), JSON)
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds)}s"
+
+
+def host_key(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+class AdminPages:
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        # path → (handler, POST only, help)
+        self.routes: dict[str, tuple[Callable[[dict[str, list[str]]], Response], bool, str]] = {
+            "/ready": (self.ready, False, "print server state, return 200 if LIVE, otherwise return 503"),
+            "/server_info": (self.server_info, False, "print server version/status information"),
+            "/stats": (self.stats, False, "print server stats"),
+            "/stats/prometheus": (self.prometheus, False, "print server stats in prometheus format"),
+            "/clusters": (self.clusters, False, "upstream cluster status"),
+            "/config_dump": (self.config_dump, False, "dump current Envoy configs"),
+            "/listeners": (self.listeners, False, "print listener info"),
+            "/quitquitquit": (self.quit, True, "exit the server (gracefully: workers drain first)"),
+        }  # fmt: skip
+
+    def handle(self, method: str, target: str) -> Response:
+        path, _, query_string = target.partition("?")
+        query = parse_qs(query_string, keep_blank_values=True)
+        route = self.routes.get(path)
+        if route is None:
+            return _text(404, self._help("invalid path. admin commands are:\n"))
+        handler, post_only, _help = route
+        if post_only and method != "POST":
+            return _text(405, f"Method {method} not allowed, POST required.\n")
+        if method not in ("GET", "HEAD", "POST"):
+            return _text(405, f"Method {method} not allowed.\n")
+        return handler(query)
+
+    def _help(self, heading: str) -> str:
+        lines = [heading]
+        for path, (_h, post_only, text) in sorted(self.routes.items()):
+            lines.append(f"  {path}{' (POST)' if post_only else ''}: {text}\n")
+        return "".join(lines)
+
+    # -- pages ------------------------------------------------------------------------
+
+    def ready(self, _q: dict[str, list[str]]) -> Response:
+        state = self.master.state
+        return _text(200 if state == "LIVE" else 503, f"{state}\n")
+
+    def server_info(self, _q: dict[str, list[str]]) -> Response:
+        m = self.master
+        opts = m.options
+        bootstrap = m.loaded.bootstrap_json if m.loaded is not None else {}
+        node = dict(bootstrap.get("node") or {})
+        node.setdefault("id", "")
+        node.setdefault("cluster", "")
+        major, minor, patch = (_version.split(".") + ["0", "0", "0"])[:3]
+        node["user_agent_name"] = "proxyd"
+        node["user_agent_build_version"] = {
+            "version": {
+                "major_number": int(major),
+                "minor_number": int(minor),
+                "patch": int(patch),
+            },
+            "metadata": {"revision.status": "Clean", "build.type": "RELEASE"},
+        }
+        uptime = _duration(m.uptime_s())
+        return _json(
+            {
+                "version": version_string(),
+                "state": m.state,
+                "uptime_current_epoch": uptime,
+                "uptime_all_epochs": uptime,
+                "hot_restart_version": f"proxyd.{ipc.WIRE_VERSION}",
+                "command_line_options": {
+                    "base_id": "0",
+                    "concurrency": opts.concurrency,
+                    "config_path": opts.config_path,
+                    "config_yaml": "",
+                    "log_level": opts.log_level,
+                    "log_format": opts.log_format,
+                    "log_path": "",
+                    "service_cluster": node["cluster"],
+                    "service_node": node["id"],
+                    "drain_time": _duration(opts.drain_time_s),
+                    "parent_shutdown_time": "900s",
+                    "mode": "Serve",
+                    "restart_epoch": 0,
+                    "disable_hot_restart": True,
+                    "drain_strategy": "Gradual",
+                    "socket_path": opts.control_socket,
+                    "socket_mode": 0o600,
+                },
+                "node": node,
+                "hot_restart_initializing": False,
+                "epoch": m.epoch.number,
+            }
+        )
+
+    def stats(self, q: dict[str, list[str]]) -> Response:
+        self.master.refresh_server_stats()
+        store = self.master.stats
+        fmt = (q.get("format") or [""])[0]
+        if fmt == "prometheus":
+            return self.prometheus(q)
+        pattern = (q.get("filter") or [""])[0] or None
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                return _text(400, f"Invalid regex: {exc}\n")
+        if fmt == "json":
+            return _json(store.render_json(pattern))
+        return _text(200, store.render_text(pattern, used_only="usedonly" in q))
+
+    def prometheus(self, _q: dict[str, list[str]]) -> Response:
+        self.master.refresh_server_stats()
+        return Response(200, self.master.stats.render_prometheus().encode(), "text/plain; version=0.0.4; charset=UTF-8")  # fmt: skip
+
+    def clusters(self, q: dict[str, list[str]]) -> Response:
+        clusters = self.master.epoch.clusters
+        if (q.get("format") or [""])[0] == "json":
+            return _json({"cluster_statuses": [self._cluster_json(c) for c in clusters]})
+        return _text(
+            200, "".join(self._cluster_text(c) for c in sorted(clusters, key=lambda c: c.name))
+        )
+
+    def _cluster_text(self, c: Cluster) -> str:
+        out = [f"{c.name}::observability_name::{c.name}\n"]
+        for priority in ("default_priority", "high_priority"):
+            for key, value in _THRESHOLDS:
+                out.append(f"{c.name}::{priority}::{key}::{value}\n")
+        out.append(f"{c.name}::added_via_api::false\n")
+        for e in c.endpoints:
+            host = host_key(e.address, e.port)
+            values = self.master.stats.host_stats(c.name, host)
+            prefix = f"{c.name}::{host}::"
+            out.extend(f"{prefix}{k}::{values.get(k, 0)}\n" for k in _HOST_STATS)
+            out.append(f"{prefix}hostname::{e.hostname}\n")
+            out.append(
+                f"{prefix}health_flags::{'healthy' if e.healthy else '/failed_eds_health'}\n"
+            )
+            out.append(f"{prefix}weight::{e.weight}\n")
+            out.extend(f"{prefix}{k}::\n" for k in ("region", "zone", "sub_zone"))
+            out.append(f"{prefix}canary::false\n{prefix}priority::0\n")
+            out.append(f"{prefix}success_rate::-1\n{prefix}local_origin_success_rate::-1\n")
+        return "".join(out)
+
+    def _cluster_json(self, c: Cluster) -> dict[str, Any]:
+        hosts = []
+        for e in c.endpoints:
+            values = self.master.stats.host_stats(c.name, host_key(e.address, e.port))
+            hosts.append(
+                {
+                    "address": {"socket_address": {"address": e.address, "port_value": e.port}},
+                    "stats": [
+                        {"name": k, "value": str(values.get(k, 0)), **({"type": "GAUGE"} if k.endswith("_active") else {})}
+                        for k in _HOST_STATS
+                    ],
+                    "health_status": {"eds_health_status": "HEALTHY" if e.healthy else "UNHEALTHY"},
+                    "weight": e.weight,
+                    "hostname": e.hostname,
+                    "locality": {},
+                }
+            )  # fmt: skip
+        return {"name": c.name, "observability_name": c.name, "host_statuses": hosts}
+
+    def config_dump(self, q: dict[str, list[str]]) -> Response:
+        m = self.master
+        if m.loaded is None:
+            return _json({"configs": []})
+        dump = config_dump(m.loaded.bootstrap_json, m.config_loaded_wall)
+        resource = (q.get("resource") or [""])[0]
+        if resource:
+            wanted = {
+                "static_clusters": "ClustersConfigDump",
+                "static_listeners": "ListenersConfigDump",
+                "static_route_configs": "RoutesConfigDump",
+                "bootstrap": "BootstrapConfigDump",
+            }.get(resource)
+            if wanted is None:
+                return _text(404, f"{resource} not found in config dump\n")
+            items = [
+                {"@type": c["@type"], **item} if isinstance(item, dict) else item
+                for c in dump["configs"]
+                if c["@type"].endswith(wanted)
+                for item in (
+                    c.get(resource) if isinstance(c.get(resource), list) else [c.get(resource)]
+                )
+            ]
+            return _json({"configs": items})
+        return _json(dump)
+
+    def listeners(self, q: dict[str, list[str]]) -> Response:
+        m = self.master
+        rows = []
+        for listener in m.epoch.listeners:
+            address, port = (
+                m.sockets.address_of(listener.name)
+                if listener.name in m.sockets
+                else (listener.address, listener.port)
+            )
+            rows.append((listener.name, address, port))
+        if (q.get("format") or [""])[0] == "json":
+            return _json(
+                {
+                    "listener_statuses": [
+                        {"name": n, "local_address": {"socket_address": {"address": a, "port_value": p}}}
+                        for n, a, p in rows
+                    ]
+                }
+            )  # fmt: skip
+        return _text(200, "".join(f"{n}::{host_key(a, p)}\n" for n, a, p in rows))
+
+    def quit(self, _q: dict[str, list[str]]) -> Response:
+        return Response(200, b"OK\n", after=lambda: self.master.request_stop(graceful=True))
+
+
+def access_log_line(
+    method: str, path: str, protocol: str, status: int, received: int, sent: int,
+    started: float, duration_ms: int, headers: dict[str, str],
+) -> str:  # fmt: skip
+    """One line in Envoy's default access log format."""
+    stamp = datetime.datetime.fromtimestamp(started, datetime.UTC)
+    start = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+    def h(name: str) -> str:
+        return headers.get(name) or "-"
+
+    return (
+        f'[{start}] "{method} {path} {protocol}" {status} - {received} {sent} {duration_ms} - '
+        f'"{h("x-forwarded-for")}" "{h("user-agent")}" "{h("x-request-id")}" "{h("host")}" "-"\n'
+    )

@@ -1,0 +1,187 @@
+"""The admin listener: a small HTTP/1.1 server (httptools) in the master.
+
+Keep-alive, one request at a time per connection, bodies read and ignored. Pages come
+from :class:`~proxyd.master.admin.pages.AdminPages`. When the bootstrap names an
+``access_log_path``, every admin request gets a line in Envoy's default format.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+import httptools
+import trio
+
+from proxyd.log import get_logger
+from proxyd.master.admin.pages import AdminPages, Response, access_log_line
+
+if TYPE_CHECKING:
+    from proxyd.master.master import Master
+
+IDLE_TIMEOUT_S = 60.0
+MAX_HEAD = 64 * 1024
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+
+log = get_logger("proxyd.master.admin")
+
+
+class _Request:
+    """httptools callbacks, collecting one request at a time."""
+
+    def __init__(self) -> None:
+        self.parser: Any = None
+        self.url = bytearray()
+        self.headers: dict[str, str] = {}
+        self.head_size = 0
+        self.body_size = 0
+        # (method, url, protocol, keep-alive, headers, bytes received)
+        self.complete: list[tuple[str, str, str, bool, dict[str, str], int]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value)
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+
+    def on_message_complete(self) -> None:
+        p = self.parser
+        self.complete.append(
+            (
+                p.get_method().decode("latin-1"),
+                self.url.decode("latin-1"),
+                f"HTTP/{p.get_http_version()}",
+                p.should_keep_alive(),
+                self.headers,
+                self.head_size + self.body_size,
+            )
+        )
+        self.url = bytearray()
+        self.headers = {}
+        self.head_size = self.body_size = 0
+
+
+class AdminServer:
+    def __init__(self, master: Master, address: str, port: int, access_log_path: str = "") -> None:
+        self.master = master
+        self.address = address
+        self.port = port
+        self.access_log_path = access_log_path
+        self.pages = AdminPages(master)
+        self._listeners: list[trio.SocketListener] = []
+        self._access_log: IO[str] | None = None
+
+    async def bind(self) -> None:
+        """Bind the admin address (errors are the master's start errors)."""
+        try:
+            self._listeners = await trio.open_tcp_listeners(self.port, host=self.address)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot bind admin address {self.address}:{self.port}: {exc.strerror}"
+            ) from exc
+        self._open_access_log()
+        if self.port == 0:
+            self.port = self._listeners[0].socket.getsockname()[1]
+        log.info("admin_listening", address=self.address, port=self.port)
+
+    def _open_access_log(self) -> None:
+        if self.access_log_path:
+            self._access_log = open(self.access_log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    async def serve(self) -> None:
+        await trio.serve_listeners(self._serve_connection, self._listeners)
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.socket.close()
+        if self._access_log is not None:
+            self._access_log.close()
+            self._access_log = None
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        stats = self.master.stats
+        stats.add_counter("listener.admin.downstream_cx_total")
+        stats.add_counter("http.admin.downstream_cx_total")
+        request = _Request()
+        parser = httptools.HttpRequestParser(request)
+        request.parser = parser
+        try:
+            while True:
+                with trio.move_on_after(IDLE_TIMEOUT_S) as idle:
+                    data = await stream.receive_some(65536)
+                if idle.cancelled_caught or not data:
+                    return
+                started = time.time()
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserError:
+                    await self._respond(stream, "-", "-", "HTTP/1.1", Response(400, b"Bad Request\n"), {}, 0, started, close=True)  # fmt: skip
+                    return
+                if request.head_size > MAX_HEAD:
+                    return
+                while request.complete:
+                    method, url, protocol, keep_alive, headers, received = request.complete.pop(0)
+                    response = self._handle(method, url)
+                    await self._respond(
+                        stream, method, url, protocol, response, headers,
+                        received, started, close=not keep_alive,
+                        head_only=method == "HEAD",
+                    )  # fmt: skip
+                    if response.after is not None:
+                        response.after()
+                    if not keep_alive:
+                        return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client went away
+        finally:
+            await stream.aclose()
+
+    def _handle(self, method: str, url: str) -> Response:
+        try:
+            return self.pages.handle(method, url)
+        except Exception:  # a bug in a page must not take the master down
+            log.exception("admin_page_failed", method=method, path=url)
+            return Response(500, b"internal error; see the proxyd log\n")
+
+    async def _respond(
+        self, stream: trio.SocketStream, method: str, url: str, protocol: str,
+        response: Response, headers: dict[str, str], received: int, started: float,
+        close: bool, head_only: bool = False,
+    ) -> None:  # fmt: skip
+        head = [
+            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
+            f"content-type: {response.content_type}",
+            "cache-control: no-cache, max-age=0",
+            "x-content-type-options: nosniff",
+            f"date: {email.utils.formatdate(usegmt=True)}",
+            "server: envoy",
+            f"content-length: {len(response.body)}",
+        ]
+        if close:
+            head.append("connection: close")
+        payload = ("\r\n".join(head) + "\r\n\r\n").encode() + (b"" if head_only else response.body)
+        await stream.send_all(payload)
+        stats = self.master.stats
+        stats.add_counter("http.admin.downstream_rq_total")
+        stats.add_counter(f"http.admin.downstream_rq_{response.status // 100}xx")
+        if self._access_log is not None:
+            self._write_access_log(method, url, protocol, response, headers, received, len(payload), started)  # fmt: skip
+
+    def _write_access_log(
+        self, method: str, url: str, protocol: str, response: Response,
+        headers: dict[str, Any], received: int, sent: int, started: float,
+    ) -> None:  # fmt: skip
+        assert self._access_log is not None
+        duration_ms = int((time.time() - started) * 1000)
+        line = access_log_line(method, url, protocol, response.status, received, sent, started, duration_ms, headers)  # fmt: skip
+        try:
+            self._access_log.write(line)
+            self._access_log.flush()
+        except OSError as exc:  # a full disk must not take the admin API down
+            log.warning("admin_access_log_failed", path=self.access_log_path, error=str(exc))

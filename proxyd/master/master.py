@@ -1,0 +1,432 @@
+"""The master process: config → epochs, listening sockets, workers, signals, reload.
+
+The master never touches a request. It loads the bootstrap, binds the listening
+sockets, resolves STRICT_DNS names, publishes epochs to its workers and supervises them
+(``workers.py``), aggregates their stats, and serves the admin API and the control
+socket. Signals arrive through ``trio.open_signal_receiver`` and go to ``handle_<name>``:
+
+* SIGTERM: graceful stop (workers drain within ``--drain-time-s``), exit 0;
+* SIGINT, SIGQUIT, a second SIGTERM: fast stop;
+* SIGHUP: reload.
+
+:meth:`Master.run` returns the process exit code; :attr:`Master.error` says why when it
+is not 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from proxyd import ipc
+from proxyd.epoch import Epoch
+from proxyd.errors import ConfigError, ProxydError
+from proxyd.log import get_logger
+from proxyd.master import dns
+from proxyd.master.listeners import BindError, ListenerSockets
+from proxyd.master.server_stats import ServerStats
+from proxyd.master.workers import WorkerSlot, WorkerSupervisor
+from proxyd.stats import StatsStore
+
+# How long workers get to exit after Stop before they are killed.
+STOP_GRACE_S = 2.0
+# Beyond the drain time, how long the master waits for draining workers to exit.
+DRAIN_GRACE_S = 5.0
+# How long a reload waits for the workers to acknowledge the new epoch.
+RELOAD_ACK_TIMEOUT_S = 10.0
+
+log = get_logger("proxyd.master")
+
+
+class MasterError(ProxydError):
+    """The master cannot start or must stop (bad bind, a worker that cannot start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MasterOptions:
+    config_path: str
+    concurrency: int
+    control_socket: str
+    drain_time_s: float = 600.0
+    log_level: str = "info"
+    log_format: str = "json"
+    argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    epoch: int
+    error: str = ""
+    # Listener names added and removed by this reload.
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass
+class _Stop:
+    requested: trio.Event = field(default_factory=trio.Event)
+    fast: trio.Event = field(default_factory=trio.Event)
+
+
+class Master:
+    # Envoy's server states (server.state gauge values in parentheses).
+    LIVE, DRAINING, PRE_INITIALIZING, INITIALIZING = "LIVE", "DRAINING", "PRE_INITIALIZING", "INITIALIZING"  # fmt: skip
+
+    def __init__(self, options: MasterOptions) -> None:
+        self.options = options
+        self.stats = StatsStore()
+        self.state = self.PRE_INITIALIZING
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
+        self.epoch_started_at = self.started_at
+        self.loaded: Any = None  # proxyd.config.LoadedConfig
+        self.config_loaded_wall = time.time()
+        self.epoch = Epoch(0, (), ())
+        self.sockets = ListenerSockets(options.concurrency)
+        self.slots = [WorkerSlot(i) for i in range(options.concurrency)]
+        self.error = ""
+        self.exit_code = 0
+        self.stopping = False
+        self.draining = False
+        self._template = self.epoch
+        self._dns = dns.DnsResolver()
+        self._publish_lock = trio.Lock()
+        self._changed = trio.Event()  # replaced after each set: "some worker changed"
+        self._stop = _Stop()
+        self._server_stats = ServerStats(self)
+        self._nursery: trio.Nursery
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start everything, serve until stopped; the exit code."""
+        from proxyd.master.admin.server import AdminServer
+        from proxyd.master.control import ControlServer
+
+        admin: AdminServer | None = None
+        control: ControlServer | None = None
+
+        try:
+            self.loaded = await self._load_config()
+            self.config_loaded_wall = time.time()
+            self._template = self.loaded.epoch_template
+            self.sockets.bind_all(self._template.listeners)
+            control = ControlServer(self, self.options.control_socket)
+            control.bind()
+            if self.loaded.admin is not None:
+                a = self.loaded.admin
+                admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
+                await admin.bind()
+        except (ConfigError, BindError, MasterError, OSError) as exc:
+            if control is not None:
+                control.close()
+            if admin is not None:
+                admin.close()
+            self.sockets.close_all()
+            self.error = str(exc)
+            log.error("master_start_failed", error=self.error)
+            return 1
+        assert control is not None
+        self.state = self.INITIALIZING
+        log.info(
+            "master_starting", pid=os.getpid(), config=self.options.config_path,
+            concurrency=self.options.concurrency, control_socket=self.options.control_socket,
+        )  # fmt: skip
+        try:
+            epoch = await self._dns.resolve(self._template)
+            self._set_epoch(dataclasses.replace(epoch, number=1))
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._handle_signals)
+                nursery.start_soon(control.serve)
+                if admin is not None:
+                    nursery.start_soon(admin.serve)
+                for slot in self.slots:
+                    nursery.start_soon(WorkerSupervisor(self, slot, self._notify).run)
+                nursery.start_soon(self._wait_live)
+                nursery.start_soon(self._refresh_dns)
+                await self._stop.requested.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            control.close()
+            if admin is not None:
+                admin.close()
+            self.sockets.close_all()
+        log.info("master_exited", exit_code=self.exit_code, epoch=self.epoch.number)
+        return self.exit_code
+
+    async def _load_config(self) -> Any:
+        from proxyd.config import load
+
+        return await trio.to_thread.run_sync(load, self.options.config_path)
+
+    async def _wait_live(self) -> None:
+        while not all(s.epoch >= 1 for s in self.slots):
+            await self.wait_changed()
+        if self.state == self.INITIALIZING:
+            self.state = self.LIVE
+            log.info("master_live", epoch=self.epoch.number, workers=[s.pid for s in self.slots])
+
+    def request_stop(self, graceful: bool = True) -> None:
+        """Begin a graceful stop (drain) or a fast stop; a second request escalates."""
+        if not graceful or self._stop.requested.is_set():
+            self._stop.fast.set()
+        self._stop.requested.set()
+
+    def fatal(self, message: str) -> None:
+        """Stop with an error (exit 1): a worker that cannot start, for one."""
+        if not self.error:
+            self.error = message
+            self.exit_code = 1
+            log.error("master_fatal", error=message, epoch=self.epoch.number)
+        self.request_stop(graceful=False)
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        self.draining = True
+        self.state = self.DRAINING
+        if not self._stop.fast.is_set():
+            log.info(
+                "master_draining", drain_time_s=self.options.drain_time_s, epoch=self.epoch.number
+            )
+            await self._broadcast(ipc.Drain(self.options.drain_time_s))
+            with trio.move_on_after(self.options.drain_time_s + DRAIN_GRACE_S):
+                async with trio.open_nursery() as race:
+
+                    async def exited() -> None:
+                        await self._wait_workers_exited()
+                        race.cancel_scope.cancel()
+
+                    async def escalated() -> None:
+                        await self._stop.fast.wait()
+                        race.cancel_scope.cancel()
+
+                    race.start_soon(exited)
+                    race.start_soon(escalated)
+        if any(s.alive for s in self.slots):
+            log.info("master_stopping_workers", epoch=self.epoch.number)
+            await self._broadcast(ipc.Stop())
+            with trio.move_on_after(STOP_GRACE_S):
+                await self._wait_workers_exited()
+        for slot in self.slots:
+            if slot.alive and slot.process is not None:
+                log.warning("worker_killed", worker_id=slot.id, pid=slot.pid)
+                slot.process.kill()
+        with trio.move_on_after(STOP_GRACE_S):
+            await self._wait_workers_exited()
+
+    async def _wait_workers_exited(self) -> None:
+        while any(s.alive for s in self.slots):
+            await self.wait_changed()
+
+    # -- signals ----------------------------------------------------------------------
+
+    async def _handle_signals(self) -> None:
+        sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+        with trio.open_signal_receiver(*sigs) as receiver:
+            async for signum in receiver:
+                name = signal.Signals(signum).name.lower()
+                log.info("signal_received", signal=name.upper(), epoch=self.epoch.number)
+                getattr(self, f"handle_{name}")()
+
+    def handle_sigterm(self) -> None:
+        self.request_stop(graceful=True)
+
+    def handle_sigint(self) -> None:
+        self.request_stop(graceful=False)
+
+    def handle_sigquit(self) -> None:
+        self.request_stop(graceful=False)
+
+    def handle_sighup(self) -> None:
+        self._nursery.start_soon(self.reload)
+
+    # -- workers ----------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Wait until a worker starts, exits or acknowledges an epoch."""
+        await self._changed.wait()
+
+    async def send_hello(self, slot: WorkerSlot) -> None:
+        """First words to a new worker: its sockets, then the current epoch."""
+        async with slot.lock:
+            channel = slot.channel
+            if channel is None:
+                return
+            names = tuple(listener.name for listener in self.epoch.listeners)
+            fds = self.sockets.fds_for(slot.id, names)
+            try:
+                await channel.send(ipc.Hello(slot.id, ipc.WIRE_VERSION, names, len(fds)), fds)
+                slot.listeners = names
+                await channel.send(ipc.EpochMsg(self.epoch))
+                slot.sent_epoch = self.epoch.number
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.warning("worker_send_failed", worker_id=slot.id, error=str(exc))
+
+    async def _send_epoch(self, slot: WorkerSlot) -> None:
+        async with slot.lock:
+            channel, epoch = slot.channel, self.epoch
+            if channel is None or slot.sent_epoch >= epoch.number:
+                return
+            wanted = tuple(listener.name for listener in epoch.listeners)
+            missing = tuple(n for n in wanted if n not in slot.listeners)
+            try:
+                if missing:
+                    fds = self.sockets.fds_for(slot.id, missing)
+                    await channel.send(ipc.AddSockets(missing, len(fds)), fds)
+                await channel.send(ipc.EpochMsg(epoch))
+                slot.sent_epoch = epoch.number
+                slot.listeners = wanted
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.warning("worker_send_failed", worker_id=slot.id, error=str(exc))
+
+    async def _broadcast(self, msg: Any) -> None:
+        for slot in self.slots:
+            async with slot.lock:
+                if slot.channel is None:
+                    continue
+                try:
+                    await slot.channel.send(msg)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the worker is gone already; its supervisor sees the exit
+
+    async def wait_epoch_acked(self, number: int) -> None:
+        """Wait until every live worker applied epoch ``number`` (or a later one)."""
+        while any(s.alive and s.epoch < number for s in self.slots):
+            await self.wait_changed()
+
+    # -- epochs -----------------------------------------------------------------------
+
+    def _set_epoch(self, epoch: Epoch) -> None:
+        previous = self.epoch
+        self.epoch = epoch
+        self.epoch_started_at = time.monotonic()
+        self._server_stats.epoch_changed(previous, epoch)
+
+    async def _publish(self, epoch: Epoch, reason: str) -> None:
+        self._set_epoch(epoch)
+        log.info(
+            "epoch_published", epoch=epoch.number, reason=reason,
+            listeners=len(epoch.listeners), clusters=len(epoch.clusters),
+        )  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots:
+                nursery.start_soon(self._send_epoch, slot)
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the config; publish it, or keep the running epoch and say why."""
+        async with self._publish_lock:
+            if self.stopping:
+                return ReloadResult(False, self.epoch.number, "proxyd is stopping")
+            try:
+                loaded = await self._load_config()
+                self._check_listener_addresses(loaded.epoch_template)
+                result = await self._apply(loaded)
+            except (ConfigError, BindError, MasterError) as exc:
+                result = ReloadResult(False, self.epoch.number, str(exc))
+            except Exception as exc:  # a bug in the config compiler must not kill the master
+                log.exception("reload_internal_error", epoch=self.epoch.number)
+                result = ReloadResult(False, self.epoch.number, f"internal error: {exc!r}")
+        if result.ok:
+            self.stats.add_counter("server.proxyd.reload_success")
+            log.info(
+                "reload_succeeded", epoch=result.epoch, config=self.options.config_path,
+                listeners_added=list(result.added), listeners_removed=list(result.removed),
+            )  # fmt: skip
+        else:
+            self.stats.add_counter("server.proxyd.reload_failure")
+            log.error("reload_failed", epoch=result.epoch, error=result.error)
+        return result
+
+    def _check_listener_addresses(self, template: Epoch) -> None:
+        for listener in template.listeners:
+            if listener.name not in self.sockets:
+                continue
+            address, port = self.sockets.address_of(listener.name)
+            old = next((x for x in self.epoch.listeners if x.name == listener.name), None)
+            old_port = old.port if old is not None else port
+            if listener.address != address or listener.port != old_port:
+                raise MasterError(
+                    f"error updating listener '{listener.name}': it has a different address "
+                    f"'{listener.address}:{listener.port}' from the existing listener address "
+                    f"'{address}:{old_port}'"
+                )
+
+    async def _apply(self, loaded: Any) -> ReloadResult:
+        template: Epoch = loaded.epoch_template
+        added = self.sockets.bind_all(template.listeners)
+        epoch = await self._dns.resolve(template)
+        epoch = dataclasses.replace(epoch, number=self.epoch.number + 1)
+        self.loaded, self._template = loaded, template
+        self.config_loaded_wall = time.time()
+        wanted = {listener.name for listener in epoch.listeners}
+        removed = tuple(n for n in self.sockets.names() if n not in wanted)
+        await self._publish(epoch, reason="reload")
+        acked = False
+        with trio.move_on_after(RELOAD_ACK_TIMEOUT_S):
+            await self.wait_epoch_acked(epoch.number)
+            acked = True
+        if not acked:
+            log.warning(
+                "epoch_not_acknowledged", epoch=epoch.number, timeout_s=RELOAD_ACK_TIMEOUT_S
+            )
+        if acked:
+            for name in removed:
+                self.sockets.close(name)
+        else:
+            # Closing now could pull a socket from under a worker still on the old
+            # epoch; close once everyone has moved on.
+            self._nursery.start_soon(self._close_when_acked, epoch.number, removed)
+        return ReloadResult(True, epoch.number, added=tuple(added), removed=removed)
+
+    async def _close_when_acked(self, number: int, names: tuple[str, ...]) -> None:
+        await self.wait_epoch_acked(number)
+        wanted = {listener.name for listener in self.epoch.listeners}
+        for name in names:
+            if name not in wanted:
+                self.sockets.close(name)
+
+    async def _refresh_dns(self) -> None:
+        while True:
+            interval = dns.refresh_interval(self._template)
+            await trio.sleep(interval if interval != float("inf") else dns.DEFAULT_REFRESH_S)
+            if not dns.needs_dns(self._template):
+                continue
+            async with self._publish_lock:
+                if self.stopping:
+                    return
+                resolved = await self._dns.resolve(self._template)
+                if resolved.clusters != self.epoch.clusters:
+                    epoch = dataclasses.replace(resolved, number=self.epoch.number + 1)
+                    await self._publish(epoch, reason="dns")
+
+    # -- views for the admin API and proxyctl -----------------------------------------
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "state": self.state,
+            "epoch": self.epoch.number,
+            "config": os.path.abspath(self.options.config_path),
+            "uptime_s": round(self.uptime_s(), 3),
+            "concurrency": self.options.concurrency,
+            "workers": [slot.info() for slot in self.slots],
+        }
+
+    def refresh_server_stats(self) -> None:
+        self._server_stats.refresh()
