@@ -45,9 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="An edge and service proxy that runs Envoy v3 bootstrap configuration.",
         epilog=(
             "Signals: SIGTERM drains and exits 0; SIGINT, SIGQUIT or a second SIGTERM stop "
-            "at once; SIGHUP reloads the configuration. The control socket is what "
-            "proxyctl talks to."
+            "at once; SIGHUP reloads the configuration; SIGUSR2 hot-restarts (a new master "
+            "takes the sockets over). The control socket is what proxyctl talks to."
         ),
+        # Exact option names only: a hot restart rewrites the command line by name.
+        allow_abbrev=False,
     )
     parser.add_argument("-c", "--config", "--config-path", dest="config", required=True, metavar="FILE", help="Envoy v3 bootstrap, YAML or JSON")  # fmt: skip
     parser.add_argument(
@@ -75,8 +77,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-time-s", type=_seconds, default=600.0, metavar="S",
         help="how long in-flight requests get to finish on SIGTERM (default: 600, as Envoy)",
     )  # fmt: skip
+    parser.add_argument(
+        "--parent-shutdown-time-s", type=_seconds, default=900.0, metavar="S",
+        help=(
+            "after a hot restart, when the new master tells the old one to exit whatever "
+            "is left (default: 900, as Envoy)"
+        ),
+    )  # fmt: skip
+    parser.add_argument(
+        "--restart-epoch", type=_non_negative_int, default=0, metavar="N",
+        help="0 for a first start; set (with --hot-restart-socket) by the master that starts a hot restart",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hot-restart-socket", metavar="PATH", default="",
+        help="the old master's hot-restart socket (set by the master that starts a hot restart)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-heartbeat-timeout-s", type=_positive_seconds, default=10.0, metavar="S",
+        help="a worker silent this long is killed and replaced (default: 10)",
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"proxyd {__version__}")
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return value
 
 
 def validate(path: str) -> int:
@@ -108,6 +146,10 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log_level=args.log_level,
         log_format=fmt,
         argv=tuple(argv),
+        parent_shutdown_time_s=args.parent_shutdown_time_s,
+        restart_epoch=args.restart_epoch,
+        hot_restart_socket=args.hot_restart_socket,
+        worker_heartbeat_timeout_s=args.worker_heartbeat_timeout_s,
     )
     master = Master(options)
     code = trio.run(master.run)
@@ -118,7 +160,13 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.restart_epoch) != bool(args.hot_restart_socket):
+        parser.error(
+            "--restart-epoch N (N > 0) and --hot-restart-socket go together; they are set by "
+            "the master that starts a hot restart (proxyctl hot-restart, SIGUSR2)"
+        )
     if args.mode == "validate":
         return validate(args.config)
     return serve(args, argv)

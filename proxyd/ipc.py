@@ -105,7 +105,7 @@ class StatsReport:
 
 @dataclass(frozen=True, slots=True)
 class ControlRequest:
-    """``command`` is "status", "reload" or "stop"."""
+    """``command`` is "status", "reload", "hot-restart" or "stop"."""
 
     command: str
     args: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +119,89 @@ class ControlReply:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+# -- new master ↔ old master (hot restart) ----------------------------------------------
+#
+# On the old master's hot-restart socket, in this order (see proxyd.master.hot_restart):
+# new → old HotRestartHello; old → new HotRestartWelcome; new → old
+# PassListenSocketsRequest; old → new PassListenSockets (one per listener, admin and
+# control socket, the last with ``last``), then StatsTransfer (counter totals); new → old
+# DrainListeners (its workers are ready) or HotRestartFailed; old → new
+# DrainListenersReply; later new → old Terminate (parent shutdown time reached), and old
+# → new a last StatsTransfer (deltas counted while draining) before it exits.
+
+
+@dataclass(frozen=True, slots=True)
+class HotRestartHello:
+    """New master → old: who it is. ``restart_epoch`` is the new one's."""
+
+    wire_version: int
+    restart_epoch: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class HotRestartWelcome:
+    """Old master → new: the answer to HotRestartHello. Not ``ok`` ends the handshake."""
+
+    ok: bool
+    error: str
+    wire_version: int
+    restart_epoch: int  # the old master's
+    generation: int  # the old master's hot_restart_generation
+    pid: int
+    first_started_at: float  # wall clock when the first master of the line started
+
+
+@dataclass(frozen=True, slots=True)
+class PassListenSocketsRequest:
+    """New master → old: send me every listening socket."""
+
+
+@dataclass(frozen=True, slots=True)
+class PassListenSockets:
+    """Old master → new: the sockets of one listener (every worker slot's), or the admin
+    or control socket (``kind``), by SCM_RIGHTS; ``last`` on the final one."""
+
+    kind: str  # "listener", "admin" or "control"
+    name: str
+    address: str
+    port: int
+    shared: bool  # one socket for all slots (from systemd)
+    fd_count: int
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatsTransfer:
+    """Old master → new: counter totals (first) or deltas since the last transfer."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DrainListeners:
+    """New master → old: my workers are ready; stop accepting and drain."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainListenersReply:
+    """Old master → new: no longer accepting (listeners, admin, control); draining."""
+
+    drain_time_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class HotRestartFailed:
+    """New master → old: it gives up (an invalid config, a worker that cannot start)."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    """New master → old: the parent shutdown time is over; exit now."""
+
+
 MESSAGES: tuple[type, ...] = (
     Hello,
     AddSockets,
@@ -129,6 +212,16 @@ MESSAGES: tuple[type, ...] = (
     StatsReport,
     ControlRequest,
     ControlReply,
+    # Appended for hot restart (tags of the messages above are unchanged).
+    HotRestartHello,
+    HotRestartWelcome,
+    PassListenSocketsRequest,
+    PassListenSockets,
+    StatsTransfer,
+    DrainListeners,
+    DrainListenersReply,
+    HotRestartFailed,
+    Terminate,
 )
 _TAG_OF = {cls: i for i, cls in enumerate(MESSAGES)}
 

@@ -189,6 +189,17 @@ class StatsStore:
     def add_counter(self, name: str, delta: int = 1) -> None:
         self._counters[name] = self._counters.get(name, 0) + delta
 
+    def counter_totals(self) -> dict[str, int]:
+        """Every counter total, per-host ones included: what a hot-restart successor
+        carries over (gauges describe live processes and do not carry over)."""
+        return {**self._counters, **self._host_counters}
+
+    def add_counters(self, deltas: dict[str, int]) -> None:
+        """Add counters from elsewhere (a hot-restart predecessor's totals or deltas)."""
+        for name, delta in deltas.items():
+            target = self._host_counters if HOST_SEP in name else self._counters
+            target[name] = target.get(name, 0) + int(delta)
+
     def ensure_counters(self, names: list[str] | tuple[str, ...]) -> None:
         """Make counters visible at 0 before anything has counted them (as Envoy does)."""
         for name in names:

@@ -2,10 +2,12 @@
 
     proxyctl [--control-socket PATH] status [--json]
     proxyctl [--control-socket PATH] reload
+    proxyctl [--control-socket PATH] hot-restart [--config FILE] [--timeout S]
     proxyctl [--control-socket PATH] stop [--fast]
 
-Exit codes: 0 done; 1 the master refused (an invalid config on reload: the message
-says which file, field and why); 2 no master to talk to, or a bad command line.
+Exit codes: 0 done; 1 the master refused (an invalid config on reload or hot restart:
+the message says which file, field and why; a new master that crashed or timed out);
+2 no master to talk to, or a bad command line.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -90,7 +93,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"proxyd master  pid {status['pid']}  state {status.get('state', '?')}  "
         f"epoch {status['epoch']}  uptime {_duration(status['uptime_s'])}  "
-        f"concurrency {status['concurrency']}",
+        f"concurrency {status['concurrency']}  restart epoch {status.get('restart_epoch', 0)}",
         f"config         {status['config']}",
         "",
     ]
@@ -129,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the master, its epoch and its workers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_parser("reload", help="re-read the configuration; an invalid one changes nothing")
+    hot = sub.add_parser(
+        "hot-restart",
+        help="start a new master from the installed proxyd, hand it the sockets, drain the old one",
+    )
+    hot.add_argument("--config", metavar="FILE", default=None, help="the new master's config (default: the running one's)")  # fmt: skip
+    hot.add_argument(
+        "--timeout", type=float, default=None, metavar="S",
+        help="give up (and keep the old master serving) when the new one has not taken over by then (default: 60)",
+    )  # fmt: skip
     stop = sub.add_parser("stop", help="graceful stop (workers drain first)")
     stop.add_argument("--fast", action="store_true", help="stop at once, without draining")
     return parser
@@ -137,9 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = args.control_socket or default_control_socket()
-    call_args = {"fast": True} if getattr(args, "fast", False) else {}
+    call_args: dict[str, Any] = {"fast": True} if getattr(args, "fast", False) else {}
+    if args.command == "hot-restart":
+        if args.config:
+            call_args["config"] = os.path.abspath(args.config)
+        if args.timeout:
+            call_args["timeout_s"] = args.timeout
     try:
-        reply = request(path, args.command, call_args)
+        reply = request(
+            path, args.command, call_args, timeout=360.0 if args.command == "hot-restart" else 120.0
+        )
     except Unreachable as exc:
         print(f"proxyctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -156,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.command == "reload":
         print(f"reloaded: epoch {result['epoch']}")
+    elif args.command == "hot-restart":
+        print(
+            f"hot restart: new master pid {result['pid']} (restart epoch {result['restart_epoch']}); "
+            f"old master pid {result['old_pid']} drains for up to {result['drain_time_s']:g} s"
+        )
     elif args.command == "stop":
         print(f"stopping proxyd (pid {result['pid']}, {'graceful' if result.get('graceful') else 'fast'})")  # fmt: skip
     return EXIT_OK

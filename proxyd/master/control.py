@@ -7,7 +7,15 @@ connection carries ``ipc.ControlRequest`` frames, each answered with one
 * ``status`` → ``{pid, state, epoch, config, uptime_s, concurrency, workers: [...]}``;
 * ``reload`` → ``{epoch}`` when the new config is running; not ok with the error text
   (file, field path, reason) when it is not, and the running epoch is untouched;
+* ``hot-restart`` → ``{pid, old_pid, restart_epoch, drain_time_s}`` once a new master
+  (``args: {"config": FILE}`` to use another config file, ``{"timeout_s": S}`` to bound
+  the handoff) took the sockets over and this one drains; not ok with the reason (an
+  invalid config, a crash, a timeout) when it did not, and this master goes on serving;
 * ``stop`` → graceful stop (``args: {"fast": true}`` for a fast one); answered first.
+
+After a hot restart the listening control socket belongs to the new master: the old
+one stops accepting on it (it still answers the connections it has) and leaves the
+socket file in place.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ if TYPE_CHECKING:
 log = get_logger("proxyd.master.control")
 
 REQUEST_TIMEOUT_S = 60.0
+# A hot restart answers once the new master took over (or failed): allow for that.
+HOT_RESTART_REQUEST_TIMEOUT_S = 300.0
 
 
 class ControlSocketError(OSError):
@@ -52,6 +62,27 @@ class ControlServer:
         self.master = master
         self.path = path
         self._sock: trio.socket.SocketType | None = None
+        self._accepting = trio.CancelScope()
+        # Whether close() removes the socket file: not before a new master took over
+        # an adopted socket, and not after this one handed it to a successor.
+        self._owns_file = False
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve on a listening socket a hot-restart predecessor handed over; the file
+        becomes this master's once it took over (:meth:`own_file`)."""
+        sock.setblocking(False)
+        self._sock = trio.socket.from_stdlib_socket(sock)
+
+    def own_file(self) -> None:
+        self._owns_file = True
+
+    def fileno(self) -> int | None:
+        return self._sock.fileno() if self._sock is not None else None
+
+    def stop_accepting(self) -> None:
+        """A successor serves the socket now: accept nothing more, keep the file."""
+        self._owns_file = False
+        self._accepting.cancel()
 
     def bind(self) -> None:
         """Create the socket file (0600); refuse when another master answers on it."""
@@ -78,16 +109,20 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
+        self._owns_file = True
         sock.listen(16)
         sock.setblocking(False)
         self._sock = trio.socket.from_stdlib_socket(sock)
 
     async def serve(self) -> None:
         assert self._sock is not None, "bind() first"
+        sock = self._sock
+        # Connections already accepted are answered even after stop_accepting().
         async with trio.open_nursery() as nursery:
-            while True:
-                conn, _addr = await self._sock.accept()
-                nursery.start_soon(self._serve_connection, conn)
+            with self._accepting:
+                while True:
+                    conn, _addr = await sock.accept()
+                    nursery.start_soon(self._serve_connection, conn)
 
     async def _serve_connection(self, conn: trio.socket.SocketType) -> None:
         channel = ipc.Channel(conn)
@@ -102,7 +137,10 @@ class ControlServer:
                 if not isinstance(msg, ipc.ControlRequest):
                     await channel.send(ipc.ControlReply(False, f"expected a ControlRequest, got {type(msg).__name__}"))  # fmt: skip
                     return
-                with trio.move_on_after(REQUEST_TIMEOUT_S):
+                hot = msg.command == "hot-restart"
+                with trio.move_on_after(
+                    HOT_RESTART_REQUEST_TIMEOUT_S if hot else REQUEST_TIMEOUT_S
+                ):
                     try:
                         reply = await self.handle(msg)
                     except Exception as exc:  # a bug here must not take the master down
@@ -127,18 +165,34 @@ class ControlServer:
                 "removed": list(result.removed),
             }
             return ipc.ControlReply(result.ok, result.error, info)
+        if request.command == "hot-restart":
+            config = request.args.get("config") or None
+            timeout = request.args.get("timeout_s")
+            result = await m.hot_restart(
+                str(config) if config else None,
+                float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
+            )
+            info = {
+                "pid": result.new_pid,
+                "old_pid": os.getpid(),
+                "restart_epoch": result.restart_epoch,
+                "drain_time_s": m.options.drain_time_s,
+            }
+            return ipc.ControlReply(result.ok, result.error, info)
         if request.command == "stop":
             fast = bool(request.args.get("fast", False))
             m.request_stop(graceful=not fast)
             return ipc.ControlReply(True, result={"pid": os.getpid(), "graceful": not fast})
         return ipc.ControlReply(
-            False, f"unknown command {request.command!r} (status, reload, stop)"
+            False, f"unknown command {request.command!r} (status, reload, hot-restart, stop)"
         )
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            if not self._owns_file:
+                return  # the file belongs to the other master of a hot restart
             try:
                 os.unlink(self.path)
             except FileNotFoundError:

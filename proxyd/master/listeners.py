@@ -4,6 +4,12 @@ worker slot, bound once and kept open for the life of the listener.
 Workers get duplicates of their slot's sockets (SCM_RIGHTS); the kernel spreads new
 connections over the sockets of a port, so a worker that dies leaves its accept queue
 with the master's copy, and its replacement accepts from the same queue.
+
+Sockets can also come from outside, *offered* before the listeners are bound: the old
+master's sockets on a hot restart (all slots of a listener) and systemd's on socket
+activation (one socket, shared by every slot). :meth:`ListenerSockets.bind` takes an
+offered socket whose name matches the listener, or else whose address and port match,
+before it binds anything new.
 """
 
 from __future__ import annotations
@@ -25,6 +31,31 @@ class _Bound:
     address: str
     port: int
     sockets: list[socket.socket]
+    # One socket for every slot (systemd gave one); else one per slot.
+    shared: bool = False
+
+
+@dataclass
+class Offered:
+    """Sockets from outside for one listener: a hot-restart parent's or systemd's."""
+
+    name: str
+    address: str
+    port: int
+    sockets: list[socket.socket]
+    shared: bool
+    origin: str  # "hot-restart" or "systemd"
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """One listener's sockets as a successor gets them (see :meth:`ListenerSockets.export`)."""
+
+    name: str
+    address: str
+    port: int
+    fds: tuple[int, ...]
+    shared: bool
 
 
 def bind_reuseport(address: str, port: int) -> socket.socket:
@@ -52,6 +83,7 @@ class ListenerSockets:
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
         self._bound: dict[str, _Bound] = {}
+        self._offered: list[Offered] = []
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._bound)
@@ -59,16 +91,62 @@ class ListenerSockets:
     def __contains__(self, name: str) -> bool:
         return name in self._bound
 
+    def inherited(self, name: str) -> bool:
+        """The listener serves a socket systemd passed (its address is the unit's)."""
+        return self._bound[name].shared
+
     def address_of(self, name: str) -> tuple[str, int]:
         b = self._bound[name]
         return b.address, b.port
 
+    def offer(self, offered: Offered) -> None:
+        """Sockets a listener should take instead of binding new ones."""
+        self._offered.append(offered)
+
+    def _take_offered(self, listener: Listener) -> Offered | None:
+        def same_address(o: Offered) -> bool:
+            return o.address == listener.address and listener.port in (0, o.port)
+
+        # By name: systemd's sockets (shared) whatever their address, which the .socket
+        # unit decides ("[::]:80" for a listener written "0.0.0.0:80"), also when a hot
+        # restart passes them on; a hot-restart parent's own only at the same address.
+        match = next(
+            (o for o in self._offered if o.name == listener.name and (o.shared or same_address(o))),
+            None,
+        )  # fmt: skip
+        if match is None:
+            match = next((o for o in self._offered if same_address(o)), None)
+        if match is not None:
+            self._offered.remove(match)
+        return match
+
+    def close_offered(self, origin: str) -> list[str]:
+        """Close the offered sockets from ``origin`` no listener took; their names."""
+        left = [o for o in self._offered if o.origin == origin]
+        self._offered = [o for o in self._offered if o.origin != origin]
+        for o in left:
+            for s in o.sockets:
+                s.close()
+        return [o.name for o in left]
+
+    def offered(self) -> list[Offered]:
+        return list(self._offered)
+
     def bind(self, listener: Listener) -> None:
-        """Bind ``concurrency`` sockets for ``listener``; all or none."""
+        """Bind ``concurrency`` sockets for ``listener`` (or take offered ones); all or none."""
+        taken = self._take_offered(listener)
         socks: list[socket.socket] = []
-        port = listener.port
+        if taken is not None:
+            if taken.shared:
+                self._bound[listener.name] = _Bound(taken.address, taken.port, taken.sockets, True)
+                return
+            # A hot restart with more workers than before: the new slots get new sockets
+            # in the same SO_REUSEPORT group. With fewer, the extra sockets stay open
+            # (their queues must still be served), so fewer is refused earlier.
+            socks = list(taken.sockets)
+        port = socks[0].getsockname()[1] if socks else listener.port
         try:
-            for _ in range(self.concurrency):
+            for _ in range(self.concurrency - len(socks)):
                 s = bind_reuseport(listener.address, port)
                 socks.append(s)
                 port = s.getsockname()[1]  # port 0: every slot shares the first's port
@@ -96,7 +174,18 @@ class ListenerSockets:
         return added
 
     def fds_for(self, slot: int, names: tuple[str, ...] | list[str]) -> list[int]:
-        return [self._bound[name].sockets[slot].fileno() for name in names]
+        out = []
+        for name in names:
+            b = self._bound[name]
+            out.append(b.sockets[0 if b.shared else slot].fileno())
+        return out
+
+    def export(self) -> list[Exported]:
+        """Every listener's sockets (every slot's), for a hot-restart successor."""
+        return [
+            Exported(name, b.address, b.port, tuple(s.fileno() for s in b.sockets), b.shared)
+            for name, b in self._bound.items()
+        ]
 
     def close(self, name: str) -> None:
         bound = self._bound.pop(name, None)
@@ -107,3 +196,7 @@ class ListenerSockets:
     def close_all(self) -> None:
         for name in list(self._bound):
             self.close(name)
+        for o in self._offered:
+            for s in o.sockets:
+                s.close()
+        self._offered = []

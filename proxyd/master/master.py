@@ -7,7 +7,12 @@ socket. Signals arrive through ``trio.open_signal_receiver`` and go to ``handle_
 
 * SIGTERM: graceful stop (workers drain within ``--drain-time-s``), exit 0;
 * SIGINT, SIGQUIT, a second SIGTERM: fast stop;
-* SIGHUP: reload.
+* SIGHUP: reload;
+* SIGUSR2: hot restart (:mod:`proxyd.master.hot_restart`).
+
+State changes go to systemd through :class:`~proxyd.master.sd_notify.Notifier`; a master
+started by a hot restart (``--hot-restart-socket``) takes its sockets from the old master
+and tells systemd it is the main process once it took over.
 
 :meth:`Master.run` returns the process exit code; :attr:`Master.error` says why when it
 is not 0.
@@ -29,7 +34,17 @@ from proxyd.epoch import Epoch
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
 from proxyd.master import dns
+from proxyd.master.hot_restart import (
+    HotRestartResult,
+    PassedSocket,
+    Predecessor,
+    Successor,
+    take_passed,
+    take_sockets,
+)
+from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
+from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.stats import StatsStore
@@ -57,6 +72,12 @@ class MasterOptions:
     log_level: str = "info"
     log_format: str = "json"
     argv: tuple[str, ...] = ()
+    # Envoy's --parent-shutdown-time-s and --restart-epoch; where the old master waits.
+    parent_shutdown_time_s: float = 900.0
+    restart_epoch: int = 0
+    hot_restart_socket: str = ""
+    # Worker health: how long a worker may stay silent before it is replaced.
+    worker_heartbeat_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +123,15 @@ class Master:
         self._stop = _Stop()
         self._server_stats = ServerStats(self)
         self._nursery: trio.Nursery
+        self.notifier = Notifier()
+        # Envoy's server.hot_restart_generation: 1, then the predecessor's + 1.
+        self.generation = 1
+        self.first_started_wall = self.started_wall
+        self.predecessor: Predecessor | None = None
+        self.successor: Successor | None = None
+        self.handed_off_to = 0  # the new master's pid once this one stepped aside
+        self._control: Any = None  # ControlServer
+        self._admin: Any = None  # AdminServer
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -112,19 +142,27 @@ class Master:
 
         admin: AdminServer | None = None
         control: ControlServer | None = None
+        passed: list[PassedSocket] = []
 
         try:
+            passed = await take_sockets(self)
             self.loaded = await self._load_config()
             self.config_loaded_wall = time.time()
             self._template = self.loaded.epoch_template
             self.sockets.bind_all(self._template.listeners)
-            control = ControlServer(self, self.options.control_socket)
-            control.bind()
+            for name in self.sockets.close_offered("hot-restart"):
+                log.info("hot_restart_socket_unused", listener=name)
+            control = self._control = ControlServer(self, self.options.control_socket)
+            inherited = take_passed(passed, "control", self.options.control_socket, 0)
+            if inherited:
+                control.adopt(inherited[0])
+            else:
+                control.bind()
             if self.loaded.admin is not None:
                 a = self.loaded.admin
-                admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
-                await admin.bind()
-        except (ConfigError, BindError, MasterError, OSError) as exc:
+                admin = self._admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
+                await admin.bind(take_passed(passed, "admin", a.address, a.port))
+        except (ConfigError, BindError, MasterError, HotRestartError, OSError) as exc:
             if control is not None:
                 control.close()
             if admin is not None:
@@ -132,12 +170,19 @@ class Master:
             self.sockets.close_all()
             self.error = str(exc)
             log.error("master_start_failed", error=self.error)
+            if self.predecessor is not None:
+                await self.predecessor.fail(self.error)
             return 1
+        finally:
+            for p in passed:
+                for sock in p.sockets:
+                    sock.close()  # passed sockets nobody took (taken ones were removed)
         assert control is not None
         self.state = self.INITIALIZING
         log.info(
             "master_starting", pid=os.getpid(), config=self.options.config_path,
             concurrency=self.options.concurrency, control_socket=self.options.control_socket,
+            restart_epoch=self.options.restart_epoch, generation=self.generation,
         )  # fmt: skip
         try:
             epoch = await self._dns.resolve(self._template)
@@ -145,16 +190,20 @@ class Master:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._handle_signals)
-                nursery.start_soon(control.serve)
-                if admin is not None:
-                    nursery.start_soon(admin.serve)
+                nursery.start_soon(self._watchdog_pings)
+                if self.predecessor is None:  # else once the old master stepped aside
+                    self._serve_front(control, admin)
                 for slot in self.slots:
                     nursery.start_soon(WorkerSupervisor(self, slot, self._notify).run)
-                nursery.start_soon(self._wait_live)
+                nursery.start_soon(self._wait_live, control, admin)
                 nursery.start_soon(self._refresh_dns)
                 await self._stop.requested.wait()
                 await self._shutdown()
+                if self.successor is not None:
+                    await self.successor.finish()
                 nursery.cancel_scope.cancel()
+            if self.predecessor is not None and not self.predecessor.hs.handed_off:
+                await self.predecessor.fail(self.error or "the new master stopped before taking over")  # fmt: skip
         finally:
             control.close()
             if admin is not None:
@@ -163,17 +212,51 @@ class Master:
         log.info("master_exited", exit_code=self.exit_code, epoch=self.epoch.number)
         return self.exit_code
 
+    def _serve_front(self, control: Any, admin: Any) -> None:
+        """Start accepting proxyctl and admin connections."""
+        self._nursery.start_soon(control.serve)
+        if admin is not None:
+            self._nursery.start_soon(admin.serve)
+
     async def _load_config(self) -> Any:
         from proxyd.config import load
 
         return await trio.to_thread.run_sync(load, self.options.config_path)
 
-    async def _wait_live(self) -> None:
+    async def _wait_live(self, control: Any, admin: Any) -> None:
         while not all(s.epoch >= 1 for s in self.slots):
             await self.wait_changed()
+        if self.stopping:
+            return
+        mainpid = None
+        if self.predecessor is not None:
+            # Every worker accepts on the old master's sockets: now it may stop.
+            await self.predecessor.take_over()
+            control.own_file()
+            self._serve_front(control, admin)
+            self._nursery.start_soon(self.predecessor.serve, self, self.options.parent_shutdown_time_s)  # fmt: skip
+            mainpid = os.getpid()
         if self.state == self.INITIALIZING:
             self.state = self.LIVE
             log.info("master_live", epoch=self.epoch.number, workers=[s.pid for s in self.slots])
+            self.notifier.ready(self.status_line(), mainpid=mainpid)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: state, epoch, workers ready."""
+        ready = sum(1 for s in self.slots if s.alive and s.epoch >= 1)
+        return (
+            f"{self.state.lower()}: epoch {self.epoch.number}, {ready}/{len(self.slots)} "
+            f"workers ready, restart epoch {self.options.restart_epoch}"
+        )
+
+    async def _watchdog_pings(self) -> None:
+        """WATCHDOG=1 every WATCHDOG_USEC/2 while this master's loop runs."""
+        interval = self.notifier.watchdog_s
+        if interval is None:
+            return
+        while self.notifier.enabled:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
 
     def request_stop(self, graceful: bool = True) -> None:
         """Begin a graceful stop (drain) or a fast stop; a second request escalates."""
@@ -193,10 +276,12 @@ class Master:
         self.stopping = True
         self.draining = True
         self.state = self.DRAINING
+        self.notifier.stopping(f"stopping: epoch {self.epoch.number}")
         if not self._stop.fast.is_set():
             log.info(
-                "master_draining", drain_time_s=self.options.drain_time_s, epoch=self.epoch.number
-            )
+                "master_draining", drain_time_s=self.options.drain_time_s, epoch=self.epoch.number,
+                reason="hot restart" if self.handed_off_to else "stop",
+            )  # fmt: skip
             await self._broadcast(ipc.Drain(self.options.drain_time_s))
             with trio.move_on_after(self.options.drain_time_s + DRAIN_GRACE_S):
                 async with trio.open_nursery() as race:
@@ -230,7 +315,7 @@ class Master:
     # -- signals ----------------------------------------------------------------------
 
     async def _handle_signals(self) -> None:
-        sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+        sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2)
         with trio.open_signal_receiver(*sigs) as receiver:
             async for signum in receiver:
                 name = signal.Signals(signum).name.lower()
@@ -248,6 +333,60 @@ class Master:
 
     def handle_sighup(self) -> None:
         self._nursery.start_soon(self.reload)
+
+    def handle_sigusr2(self) -> None:
+        self._nursery.start_soon(self.hot_restart)
+
+    # -- hot restart ------------------------------------------------------------------
+
+    async def hot_restart(self, config: str | None = None, timeout_s: float | None = None) -> HotRestartResult:  # fmt: skip
+        """Start a new master and hand it the sockets; the outcome (this master drains
+        on success, and goes on serving on failure)."""
+        epoch = self.options.restart_epoch + 1
+        if self.stopping:
+            return HotRestartResult(False, "proxyd is stopping", 0, epoch)
+        if self.state != self.LIVE:
+            return HotRestartResult(False, f"proxyd is not live yet (state {self.state})", 0, epoch)
+        if self.successor is not None:
+            return HotRestartResult(False, "a hot restart is in progress already", 0, epoch)
+        successor = self.successor = Successor(self)
+        self.notifier.reloading(f"hot restart: starting restart epoch {epoch}")
+        try:
+            async with self._publish_lock:  # no reload while the sockets change hands
+                if timeout_s is None:
+                    result = await successor.run(config or self.options.config_path)
+                else:
+                    result = await successor.run(config or self.options.config_path, timeout_s)
+        finally:
+            if not successor.hs.handed_off:
+                self.successor = None
+        if result.ok:
+            self._nursery.start_soon(successor.serve)  # obeys Terminate until we exit
+            self.stats.add_counter("server.proxyd.hot_restart_success")
+            log.info("hot_restart_succeeded", new_pid=result.new_pid, restart_epoch=epoch)
+        else:
+            self.stats.add_counter("server.proxyd.hot_restart_failure")
+            log.error("hot_restart_failed", error=result.error, restart_epoch=epoch)
+            self.notifier.ready(self.status_line())
+        return result
+
+    def step_aside(self, new_pid: int) -> None:
+        """The new master's workers accept on every socket: stop accepting, drain, exit.
+
+        From here systemd hears only from the new master (its MAINPID)."""
+        self.notifier.silence()
+        self.handed_off_to = new_pid
+        if self._control is not None:
+            self._control.stop_accepting()
+        if self._admin is not None:
+            self._admin.stop_accepting()
+        self.request_stop(graceful=True)
+
+    def admin_sockets(self) -> list[tuple[str, int, int]]:
+        return self._admin.sockets() if self._admin is not None else []
+
+    def control_fd(self) -> int | None:
+        return self._control.fileno() if self._control is not None else None
 
     # -- workers ----------------------------------------------------------------------
 
@@ -330,6 +469,7 @@ class Master:
         async with self._publish_lock:
             if self.stopping:
                 return ReloadResult(False, self.epoch.number, "proxyd is stopping")
+            self.notifier.reloading(f"reloading: epoch {self.epoch.number}")
             try:
                 loaded = await self._load_config()
                 self._check_listener_addresses(loaded.epoch_template)
@@ -339,6 +479,7 @@ class Master:
             except Exception as exc:  # a bug in the config compiler must not kill the master
                 log.exception("reload_internal_error", epoch=self.epoch.number)
                 result = ReloadResult(False, self.epoch.number, f"internal error: {exc!r}")
+            self.notifier.ready(self.status_line())
         if result.ok:
             self.stats.add_counter("server.proxyd.reload_success")
             log.info(
@@ -352,8 +493,8 @@ class Master:
 
     def _check_listener_addresses(self, template: Epoch) -> None:
         for listener in template.listeners:
-            if listener.name not in self.sockets:
-                continue
+            if listener.name not in self.sockets or self.sockets.inherited(listener.name):
+                continue  # not bound yet, or bound where systemd's socket unit says
             address, port = self.sockets.address_of(listener.name)
             old = next((x for x in self.epoch.listeners if x.name == listener.name), None)
             old_port = old.port if old is not None else port
@@ -425,6 +566,8 @@ class Master:
             "config": os.path.abspath(self.options.config_path),
             "uptime_s": round(self.uptime_s(), 3),
             "concurrency": self.options.concurrency,
+            "restart_epoch": self.options.restart_epoch,
+            "hot_restart_generation": self.generation,
             "workers": [slot.info() for slot in self.slots],
         }
 

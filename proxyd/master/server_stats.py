@@ -85,8 +85,8 @@ class ServerStats:
         store.set_gauge("server.state", _STATE_VALUE.get(m.state, 0))
         store.set_gauge("server.uptime", int(m.uptime_s()))
         store.set_gauge("server.concurrency", m.options.concurrency)
-        store.set_gauge("server.hot_restart_epoch", 0)
-        store.set_gauge("server.hot_restart_generation", 1)
+        store.set_gauge("server.hot_restart_epoch", m.options.restart_epoch)
+        store.set_gauge("server.hot_restart_generation", m.generation)
         try:
             rss = self._me.memory_info().rss
             for slot in m.slots:

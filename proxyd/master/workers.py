@@ -28,6 +28,7 @@ import trio
 
 from proxyd import ipc
 from proxyd.log import get_logger
+from proxyd.master.sd_notify import child_environment
 
 if TYPE_CHECKING:
     from proxyd.master.master import Master
@@ -38,7 +39,8 @@ WORKER_COMMAND_ENV = "PROXYD_WORKER_COMMAND"
 EXIT_CANNOT_START = 3
 # The first worker of a slot must be Ready this soon.
 FIRST_READY_TIMEOUT_S = 10.0
-# A worker silent this long (no StatsReport, no Ready) is killed and replaced.
+# A worker silent this long (no StatsReport, no Ready) is killed and replaced
+# (the default of --worker-heartbeat-timeout-s).
 HEARTBEAT_TIMEOUT_S = 10.0
 # A worker that closed its channel but did not exit gets this long before SIGKILL.
 EXIT_AFTER_EOF_S = 2.0
@@ -169,7 +171,7 @@ class WorkerSupervisor:
             proc = await trio.lowlevel.open_process(
                 worker_argv(child.fileno(), slot.id),
                 pass_fds=(child.fileno(),),
-                env=dict(os.environ),
+                env=child_environment(os.environ, keep_notify=False),
             )
         except OSError as exc:
             parent.close()
@@ -253,13 +255,14 @@ class WorkerSupervisor:
             )
             proc.kill()
             return
+        timeout = self.master.options.worker_heartbeat_timeout_s
         while True:
             silent_for = trio.current_time() - slot.last_heard
-            if silent_for >= HEARTBEAT_TIMEOUT_S and not self.master.draining:
+            if silent_for >= timeout and not self.master.draining:
                 log.error(
                     "worker_unresponsive", worker_id=slot.id, pid=proc.pid,
                     reason=f"no heartbeat for {silent_for:.1f} s",
                 )  # fmt: skip
                 proc.kill()
                 return
-            await trio.sleep(max(0.5, HEARTBEAT_TIMEOUT_S - silent_for))
+            await trio.sleep(max(0.5, timeout - silent_for))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -119,12 +121,13 @@ class AdminPages:
             "metadata": {"revision.status": "Clean", "build.type": "RELEASE"},
         }
         uptime = _duration(m.uptime_s())
+        all_epochs = _duration(max(m.uptime_s(), time.time() - m.first_started_wall))
         return _json(
             {
                 "version": version_string(),
                 "state": m.state,
                 "uptime_current_epoch": uptime,
-                "uptime_all_epochs": uptime,
+                "uptime_all_epochs": all_epochs,
                 "hot_restart_version": f"proxyd.{ipc.WIRE_VERSION}",
                 "command_line_options": {
                     "base_id": "0",
@@ -137,16 +140,19 @@ class AdminPages:
                     "service_cluster": node["cluster"],
                     "service_node": node["id"],
                     "drain_time": _duration(opts.drain_time_s),
-                    "parent_shutdown_time": "900s",
+                    "parent_shutdown_time": _duration(opts.parent_shutdown_time_s),
                     "mode": "Serve",
-                    "restart_epoch": 0,
-                    "disable_hot_restart": True,
+                    "restart_epoch": opts.restart_epoch,
+                    "disable_hot_restart": False,
                     "drain_strategy": "Gradual",
                     "socket_path": opts.control_socket,
                     "socket_mode": 0o600,
                 },
                 "node": node,
-                "hot_restart_initializing": False,
+                "hot_restart_initializing": m.predecessor is not None and m.state == "INITIALIZING",
+                "hot_restart_generation": m.generation,
+                "restart_epoch": opts.restart_epoch,
+                "pid": os.getpid(),
                 "epoch": m.epoch.number,
             }
         )

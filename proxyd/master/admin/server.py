@@ -8,6 +8,8 @@ from :class:`~proxyd.master.admin.pages.AdminPages`. When the bootstrap names an
 from __future__ import annotations
 
 import email.utils
+import errno
+import socket
 import time
 from typing import IO, TYPE_CHECKING, Any
 
@@ -76,9 +78,19 @@ class AdminServer:
         self.pages = AdminPages(master)
         self._listeners: list[trio.SocketListener] = []
         self._access_log: IO[str] | None = None
+        self._accepting = trio.CancelScope()
 
-    async def bind(self) -> None:
-        """Bind the admin address (errors are the master's start errors)."""
+    async def bind(self, inherited: list[socket.socket] | None = None) -> None:
+        """Bind the admin address, or serve ``inherited`` sockets (a hot-restart
+        predecessor's); errors are the master's start errors."""
+        if inherited:
+            for sock in inherited:
+                sock.setblocking(False)
+                self._listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            self._open_access_log()
+            self.port = self._listeners[0].socket.getsockname()[1]
+            log.info("admin_listening", address=self.address, port=self.port, inherited=True)
+            return
         try:
             self._listeners = await trio.open_tcp_listeners(self.port, host=self.address)
         except OSError as exc:
@@ -94,8 +106,37 @@ class AdminServer:
         if self.access_log_path:
             self._access_log = open(self.access_log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
+    def sockets(self) -> list[tuple[str, int, int]]:
+        """(address, port, fd) of each listening socket, for a hot-restart successor."""
+        out = []
+        for listener in self._listeners:
+            address, port = listener.socket.getsockname()[:2]
+            out.append((address, port, listener.socket.fileno()))
+        return out
+
+    def stop_accepting(self) -> None:
+        """A successor serves the admin address now; answer what is open, accept nothing."""
+        self._accepting.cancel()
+
     async def serve(self) -> None:
-        await trio.serve_listeners(self._serve_connection, self._listeners)
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                async with trio.open_nursery() as acceptors:
+                    for listener in self._listeners:
+                        acceptors.start_soon(self._accept_loop, listener, connections)
+
+    async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                    raise
+                # Out of descriptors or memory: what is open keeps being served.
+                log.warning("admin_accept_failed", error=str(exc))
+                await trio.sleep(0.1)
+                continue
+            connections.start_soon(self._serve_connection, stream)
 
     def close(self) -> None:
         for listener in self._listeners:
