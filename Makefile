@@ -15,12 +15,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the benchmark and some tests use (wrk, nginx); best effort, root only.
+# Debian packages the benchmark and some tests use (wrk, nginx, systemd-analyze); root only.
 system-deps:
-	@if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then \
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 \
+	    || ! { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light) >/dev/null 2>&1 \
-	      || echo "note: could not install wrk/nginx; tests that need them will say so"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light systemd) >/dev/null 2>&1 \
+	      || echo "note: could not install wrk/nginx/systemd; tests that need them will say so"; \
 	  fi; \
 	fi
 

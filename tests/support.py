@@ -154,6 +154,7 @@ class ProxydProcess:
             "--concurrency", str(concurrency),
             "--control-socket", self.control_socket,
             "--log-format", "json",
+            "--drain-time-s", "5",
             *extra_args,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None

@@ -147,20 +147,12 @@ def _after(events: list[tuple[float, str]], failure: tuple[float, str, str]) -> 
     return f"{kind} client, {at - step[0]:.3f} s after {step[1]}: {error}"
 
 
-WORKER_DRAIN_RACE = (
-    "worker drain closes keep-alive connections without 'connection: close': after Drain, "
-    "_read_head returns -1 on a connection whose last response went out keep-alive just "
-    "before, and begin_drain() closes idle ones, racing the client's next request "
-    "(proxyd/worker/downstream.py); with both changed this test passes (0 failures)"
-)
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "clients",
     [
         "fresh",
-        pytest.param("keepalive", marks=pytest.mark.xfail(reason=WORKER_DRAIN_RACE, strict=True)),
+        "keepalive",
     ],
 )
 def test_five_hot_restarts_and_five_reloads_under_load(

@@ -1,0 +1,544 @@
+"""HTTP/1.1 message framing, sans-IO, on httptools (llhttp).
+
+The proxy forwards heads as the bytes that arrived, so this module does not build
+header lists. It does three things:
+
+* :func:`find_head_end` finds where a head ends in a receive buffer (``CRLF CRLF``;
+  llhttp rejects bare LF line ends, so the two always agree);
+* :class:`RequestHeadParser` / :class:`ResponseHeadParser` run llhttp over exactly one
+  head, validate it, and collect what the proxy needs: framing (content-length,
+  chunked), connection semantics, the names of headers that must be removed on the
+  way through (hop-by-hop ones), and the values of the few headers routing and
+  logging asked for;
+* :class:`ChunkedDecoder` frames a chunked body strictly and hands back views of the
+  data, so a body streams through a reused buffer without being copied or kept.
+
+llhttp is fed heads only. A body is framed here (content-length is a count; chunked
+is :class:`ChunkedDecoder`), because llhttp reports neither where a message ends in
+its input nor can it be paused, and a pipelined next request must stay in the buffer.
+
+Bad input raises :class:`proxyd.errors.ProtocolError` with the status the peer gets.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httptools
+
+from proxyd.errors import ProtocolError
+
+CRLF2 = b"\r\n\r\n"
+
+# Request headers the proxy consumes itself. Values are the kind codes below.
+_H_HOST = 1
+_H_CL = 2
+_H_TE = 3
+_H_CONNECTION = 4
+_H_EXPECT = 5
+_H_XFF = 6
+_H_RID = 7
+_H_XFP = 8
+_H_HOP = 9  # hop-by-hop: always removed (keep-alive, proxy-connection, upgrade)
+_H_TE_HDR = 10  # TE: removed unless it is exactly "trailers"
+
+_REQUEST_SPECIAL = {
+    b"host": _H_HOST,
+    b"content-length": _H_CL,
+    b"transfer-encoding": _H_TE,
+    b"connection": _H_CONNECTION,
+    b"expect": _H_EXPECT,
+    b"x-forwarded-for": _H_XFF,
+    b"x-request-id": _H_RID,
+    b"x-forwarded-proto": _H_XFP,
+    b"keep-alive": _H_HOP,
+    b"proxy-connection": _H_HOP,
+    b"upgrade": _H_HOP,
+    b"te": _H_TE_HDR,
+}
+
+
+_ENVOY_PREFIX = b"x-envoy-"
+
+
+def find_head_end(buf: bytes | bytearray, start: int, end: int) -> int:
+    """Index just past the empty line that ends the head in ``buf[start:end]``, or -1.
+
+    The empty line is CRLF CRLF, or a bare LF after a line (``\\n\\n``), which Envoy
+    accepts too: such a head is rewritten with CRLF by :func:`normalize_head`.
+    """
+    i = buf.find(CRLF2, start, end)
+    j = buf.find(b"\n\n", start, end if i < 0 else i)
+    if j >= 0:
+        return j + 2
+    return -1 if i < 0 else i + 4
+
+
+def normalize_head(head: bytes) -> bytes | None:
+    """``head`` with bare-LF line ends made CRLF and each obs-fold unfolded (its CRLF
+    dropped, its whitespace kept, as Envoy 1.40 does; RFC 9112 §2.2 and §5.2 allow
+    both), or None when there is nothing to change."""
+    fixed = _BARE_LF.sub(b"\r\n", head)
+    fixed = _OBS_FOLD.sub(b"", fixed)
+    return None if fixed == head else fixed
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_OBS_FOLD = re.compile(rb"\r\n(?=[ \t]+[^ \t\r\n])")
+
+
+def skip_leading_crlf(buf: bytes | bytearray, start: int, end: int) -> int:
+    """RFC 9112 §2.2: a server ignores empty lines received before a request line."""
+    while start + 1 < end and buf[start] == 13 and buf[start + 1] == 10:
+        start += 2
+    return start
+
+
+class RequestHead:
+    """What the proxy needs from one request head; ``raw`` is the head as it arrived."""
+
+    __slots__ = (
+        "raw",
+        "method",
+        "url",
+        "path",
+        "host",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "expect_continue",
+        "remove",
+        "xff",
+        "request_id",
+        "xfp",
+        "envoy_headers",
+        "headers",
+        "rewrite",
+    )
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.method = ""
+        self.url = b""
+        # The path as routing sees it (str; the query string included).
+        self.path = ""
+        self.host = ""
+        # -1 when the request has no content-length.
+        self.content_length = -1
+        self.chunked = False
+        self.keep_alive = True
+        self.expect_continue = False
+        # Lower-case names of header lines that must not go upstream.
+        self.remove: list[bytes] = []
+        self.xff = b""
+        self.request_id = b""
+        self.xfp = b""
+        # Lower-case names of incoming x-envoy-* headers (removed on edge requests).
+        self.envoy_headers: list[bytes] = []
+        # The headers routing and logging asked for: lower-case name -> value.
+        self.headers: dict[str, str] = {}
+        # The head cannot go as it came: the request line was in absolute form, or Host
+        # was repeated. The upstream gets origin form and one Host line (``host``).
+        self.rewrite = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+
+class ResponseHead:
+    __slots__ = (
+        "raw",
+        "status",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "cuts",
+        "has_date",
+        "headers",
+    )
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.status = 0
+        self.content_length = -1
+        self.chunked = False
+        self.keep_alive = True
+        # Spans of ``raw`` (each "CRLF name: value") that must not go downstream.
+        self.cuts: list[tuple[int, int]] = []
+        self.has_date = False
+        self.headers: dict[str, str] = {}
+
+
+def _connection_tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def _parse_content_length(value: bytes) -> int:
+    # llhttp already rejects non-digits and duplicates; this also bounds the size.
+    if not value.isdigit() or len(value) > 18:
+        raise ProtocolError("invalid content-length", 400)
+    return int(value)
+
+
+class RequestHeadParser:
+    """Parses one request head at a time; one instance serves a whole connection.
+
+    ``parse(view, wanted)`` takes a view of exactly one head (ending in CRLF CRLF) and
+    returns a :class:`RequestHead`. ``wanted`` maps lower-case header names (bytes) to
+    the str keys under which their values are collected.
+    """
+
+    __slots__ = ("_parser", "_clean", "_head", "_wanted", "_conn_tokens", "_done")
+
+    def __init__(self) -> None:
+        self._parser: httptools.HttpRequestParser | None = None
+        self._clean = False
+        self._head = RequestHead()
+        self._wanted: dict[bytes, str] = {}
+        self._conn_tokens: list[bytes] = []
+        self._done = False
+
+    # -- httptools callbacks ----------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        h = self._head
+        lname = name.lower()
+        kind = _REQUEST_SPECIAL.get(lname)
+        if kind is not None:
+            if kind == _H_HOST:
+                if not h.host:
+                    h.host = value.decode("latin-1")
+                else:
+                    # Envoy 1.40 joins a repeated Host into one authority, "a,b".
+                    h.host += "," + value.decode("latin-1")
+                    h.rewrite = True
+            elif kind == _H_CL:
+                h.content_length = _parse_content_length(value)
+            elif kind == _H_TE:
+                h.remove.append(lname)
+                if value.strip().lower() != b"chunked":
+                    # Only "chunked" alone is accepted (Envoy answers 501 for others;
+                    # llhttp rejects most). A list ending in chunked is refused too.
+                    raise ProtocolError("unsupported transfer-encoding", 501)
+                h.chunked = True
+            elif kind == _H_CONNECTION:
+                h.remove.append(lname)
+                self._conn_tokens.extend(_connection_tokens(value))
+            elif kind == _H_EXPECT:
+                if value.strip().lower() == b"100-continue":
+                    h.expect_continue = True
+                    h.remove.append(lname)
+            elif kind == _H_XFF:
+                h.xff = value if not h.xff else h.xff + b"," + value
+            elif kind == _H_RID:
+                h.request_id = value
+            elif kind == _H_XFP:
+                h.xfp = value
+            elif kind == _H_HOP:
+                h.remove.append(lname)
+            elif kind == _H_TE_HDR:
+                if value.strip().lower() != b"trailers":
+                    h.remove.append(lname)
+        elif lname.startswith(_ENVOY_PREFIX):
+            h.envoy_headers.append(lname)
+        key = self._wanted.get(lname)
+        if key is not None:
+            v = value.decode("latin-1")
+            old = h.headers.get(key)
+            h.headers[key] = v if old is None else old + "," + v
+
+    def on_headers_complete(self) -> None:
+        self._done = True
+
+    # -- API ----------------------------------------------------------------------------
+
+    def parse(self, view: memoryview | bytes, wanted: dict[bytes, str]) -> RequestHead:
+        parser = self._parser
+        if parser is None or not self._clean:
+            parser = self._parser = httptools.HttpRequestParser(self)
+        self._clean = False
+        self._done = False
+        self._head = h = RequestHead()
+        self._wanted = wanted
+        self._conn_tokens = []
+        fixed = None
+        try:
+            parser.feed_data(view)
+        except ProtocolError:
+            self._parser = None
+            raise
+        except httptools.HttpParserCallbackError as exc:
+            self._parser = None
+            cause = exc.__context__
+            if isinstance(cause, ProtocolError):
+                raise cause from None
+            raise
+        except httptools.HttpParserUpgrade:
+            # "Upgrade" (websocket, h2c) is not supported yet: served as plain HTTP/1.1
+            # with the Upgrade header removed, as Envoy does without upgrade_configs.
+            self._parser = None
+        except httptools.HttpParserError as exc:
+            self._parser = None
+            fixed = normalize_head(bytes(view))
+            if fixed is None:
+                self._raise_for(str(exc))
+        if fixed is not None:
+            # Bare LF line ends or obs-fold: llhttp is strict, Envoy is not. Parse the
+            # head again as CRLF with folds unfolded (outside the except block, so the
+            # callbacks' own errors keep their cause), and forward that.
+            h = self.parse(fixed, wanted)
+            h.rewrite = True
+            self._parser = None
+            return h
+        if not self._done:
+            self._parser = None
+            raise ProtocolError("incomplete request head", 400)
+        # llhttp validated the request line: "METHOD SP target SP HTTP/x.y".
+        raw = h.raw = bytes(view)
+        eol = raw.find(b"\r\n")
+        sp1 = raw.find(b" ", 0, eol)
+        sp2 = raw.rfind(b" ", 0, eol)
+        if raw[sp2 + 1 : eol] != b"HTTP/1.1":
+            # Envoy refuses HTTP/1.0 unless accept_http_10 is set.
+            self._parser = None
+            raise ProtocolError("only HTTP/1.1 is accepted", 426)
+        h.method = raw[:sp1].decode("ascii")
+        url = h.url = raw[sp1 + 1 : sp2]
+        if not h.host:
+            raise ProtocolError("missing host", 400)
+        if h.method == "CONNECT":
+            # CONNECT tunnels are not supported: no route matches one (Envoy answers
+            # 404 without a connect_matcher route) and the connection ends after it.
+            h.path = url.decode("latin-1")
+            h.keep_alive = False
+            self._parser = None
+        elif url[:1] != b"/":
+            self._absolute_form(h, url)
+        else:
+            h.path = url.decode("latin-1")
+        tokens = self._conn_tokens
+        if tokens:
+            if b"close" in tokens:
+                h.keep_alive = False
+            for t in tokens:
+                if t not in (b"close", b"keep-alive") and t not in h.remove:
+                    h.remove.append(t)
+        if h.chunked and h.content_length >= 0:
+            raise ProtocolError("content-length with transfer-encoding", 400)
+        # llhttp finished the message iff it has no body: then the parser is reused.
+        self._clean = self._parser is not None and not h.has_body
+        return h
+
+    @staticmethod
+    def _raise_for(reason: str) -> None:
+        """llhttp's error as the status Envoy answers it with."""
+        if "version" in reason.lower():
+            raise ProtocolError(reason, 426) from None
+        if "`Transfer-Encoding`" in reason:
+            # A coding other than chunked last (Envoy: 501 Not Implemented).
+            raise ProtocolError(reason, 501) from None
+        raise ProtocolError(reason, 400) from None
+
+    @staticmethod
+    def _absolute_form(h: RequestHead, url: bytes) -> None:
+        if url == b"*" and h.method == "OPTIONS":
+            h.path = "*"
+            return
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise ProtocolError("invalid request target", 400) from None
+        if not parsed.schema or not parsed.host:
+            raise ProtocolError("invalid request target", 400)
+        path = parsed.path or b"/"
+        if parsed.query:
+            path += b"?" + parsed.query
+        h.path = path.decode("latin-1")
+        host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        h.host = host.decode("latin-1")
+        h.rewrite = True
+
+
+# The response header lines the proxy looks at, found in one scan of the lower-cased
+# head: framing, the hop-by-hop ones it drops, server (overwritten) and date.
+_RESPONSE_LINES = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
+    rb"|upgrade|te|server|date):"
+)
+
+
+class ResponseHeadParser:
+    """Parses one upstream response head: ``parse(view, wanted)``.
+
+    llhttp validates the head; the few facts the proxy needs are then found by one
+    regex scan of the lower-cased head for ``CRLF name:`` (llhttp guarantees there is
+    no whitespace before a colon and no obs-fold, so that finds exactly the header
+    lines). That costs less than one Python callback per header, and it yields the
+    spans of the lines to drop, ready for splicing.
+    """
+
+    __slots__ = ("_done",)
+
+    def __init__(self) -> None:
+        self._done = False
+
+    def on_headers_complete(self) -> None:
+        self._done = True
+
+    def parse(self, view: memoryview | bytes, wanted: dict[bytes, str]) -> ResponseHead:
+        # A fresh llhttp parser per head: a response's framing depends on the request
+        # (HEAD), which llhttp is not told, so its state after the head is not reused.
+        self._done = False
+        parser = httptools.HttpResponseParser(self)
+        try:
+            parser.feed_data(view)
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(str(exc), 502) from None
+        except httptools.HttpParserUpgrade:
+            pass  # a 101 is treated like any other head; the caller refuses it
+        if not self._done:
+            raise ProtocolError("incomplete response head", 502)
+        h = ResponseHead()
+        raw = h.raw = bytes(view)
+        h.status = parser.get_status_code()
+        if raw[5:8] != b"1.1":
+            h.keep_alive = parser.should_keep_alive()
+        low = raw.lower()
+        cuts = h.cuts
+        tokens: list[bytes] | None = None
+        for m in _RESPONSE_LINES.finditer(low):
+            name = m.group(1)
+            i = m.start()
+            j = low.find(b"\r\n", i + 2)
+            if name == b"content-length":
+                h.content_length = _parse_content_length(raw[m.end() : j].strip())
+                continue
+            if name == b"date":
+                h.has_date = True
+                continue
+            cuts.append((i, j))
+            if name == b"connection":
+                value = low[m.end() : j].strip()
+                if value != b"keep-alive":
+                    tokens = (tokens or []) + _connection_tokens(value)
+            elif name == b"transfer-encoding":
+                h.chunked = low[m.end() : j].strip().endswith(b"chunked")
+        if tokens:
+            if b"close" in tokens:
+                h.keep_alive = False
+            for t in tokens:
+                if t not in (b"close", b"keep-alive"):
+                    pat = b"\r\n" + t + b":"
+                    i = low.find(pat)
+                    while i >= 0:
+                        j = low.find(b"\r\n", i + 2)
+                        cuts.append((i, j))
+                        i = low.find(pat, j)
+        if wanted:
+            for name, key in wanted.items():
+                pat = b"\r\n" + name + b":"
+                i = low.find(pat)
+                while i >= 0:
+                    j = low.find(b"\r\n", i + 2)
+                    v = raw[i + len(pat) : j].strip().decode("latin-1")
+                    old = h.headers.get(key)
+                    h.headers[key] = v if old is None else old + "," + v
+                    i = low.find(pat, j)
+        if len(cuts) > 1:
+            cuts.sort()
+        return h
+
+
+def response_has_body(status: int, head_request: bool) -> bool:
+    """RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 have no body."""
+    return not (head_request or status < 200 or status == 204 or status == 304)
+
+
+class ChunkedDecoder:
+    """A strict chunked-body framer over a receive buffer.
+
+    ``feed(buf, start, end)`` consumes what it can from ``buf[start:end]`` and returns
+    ``(pieces, new_start)``: ``pieces`` is a list of ``(offset, length)`` of chunk data
+    inside ``buf``. ``done`` becomes True after the last chunk and its trailers;
+    ``new_start`` then points at the first byte after the body (a pipelined request).
+    Chunk extensions are ignored; trailers are consumed and dropped.
+    """
+
+    __slots__ = ("state", "remaining", "done", "line_limit")
+
+    # states
+    SIZE = 0
+    DATA = 1
+    DATA_CRLF = 2
+    TRAILER = 3
+
+    def __init__(self, line_limit: int = 4096) -> None:
+        self.state = self.SIZE
+        self.remaining = 0
+        self.done = False
+        self.line_limit = line_limit
+
+    def feed(
+        self, buf: bytes | bytearray, start: int, end: int
+    ) -> tuple[list[tuple[int, int]], int]:
+        pieces: list[tuple[int, int]] = []
+        pos = start
+        while pos < end and not self.done:
+            state = self.state
+            if state == self.DATA:
+                n = min(self.remaining, end - pos)
+                pieces.append((pos, n))
+                pos += n
+                self.remaining -= n
+                if self.remaining == 0:
+                    self.state = self.DATA_CRLF
+            elif state == self.SIZE:
+                nl = buf.find(b"\r\n", pos, end)
+                if nl < 0:
+                    if end - pos > self.line_limit:
+                        raise ProtocolError("chunk size line too long", 400)
+                    break
+                line = bytes(buf[pos:nl])
+                pos = nl + 2
+                size_part = line.split(b";", 1)[0].rstrip(b" \t")
+                if (
+                    not size_part
+                    or len(size_part) > 15
+                    or size_part.strip(b"0123456789abcdefABCDEF")
+                ):
+                    raise ProtocolError("invalid chunk size", 400)
+                size = int(size_part, 16)
+                if size == 0:
+                    self.state = self.TRAILER
+                else:
+                    self.remaining = size
+                    self.state = self.DATA
+            elif state == self.DATA_CRLF:
+                if end - pos < 2:
+                    if buf[pos] != 13:
+                        raise ProtocolError("missing CRLF after chunk data", 400)
+                    break
+                if buf[pos] != 13 or buf[pos + 1] != 10:
+                    raise ProtocolError("missing CRLF after chunk data", 400)
+                pos += 2
+                self.state = self.SIZE
+            else:  # TRAILER: lines until an empty one
+                nl = buf.find(b"\r\n", pos, end)
+                if nl < 0:
+                    if end - pos > self.line_limit:
+                        raise ProtocolError("trailer line too long", 400)
+                    break
+                if nl == pos:
+                    self.done = True
+                elif buf.find(b":", pos, nl) <= pos:
+                    raise ProtocolError("invalid trailer line", 400)
+                pos = nl + 2
+        return pieces, pos
+
+
+def chunk_header(n: int) -> bytes:
+    return b"%x\r\n" % n
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,338 @@
+"""Header edits on HTTP/1 heads forwarded as their original bytes, and local replies.
+
+A head is never rebuilt from a header list: lines that must go are cut out of the raw
+bytes (:func:`head_without`) and new lines are appended before the final CRLF. What is
+cut and added follows Envoy's connection manager:
+
+* request (:class:`RequestHeaderPolicy`, compiled per HttpConnectionManager):
+  hop-by-hop headers out; x-forwarded-for appended when ``use_remote_address``;
+  x-forwarded-proto set; Envoy's internal x-envoy-* headers from an edge client
+  dropped and x-envoy-external-address set; x-request-id generated; the route's
+  x-envoy-expected-rq-timeout-ms;
+* response (:func:`response_head`): hop-by-hop headers out, ``server`` overwritten,
+  x-envoy-upstream-service-time added, re-framed as chunked when the upstream length
+  is unknown, ``connection: close`` when the downstream connection ends;
+* local replies (:func:`local_reply`): Envoy's status lines, bodies and headers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from email.utils import formatdate
+
+from proxyd.protocol.http1 import RequestHead, ResponseHead
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Envoy's router-control headers: the router consumes them, so they never reach the
+# upstream (proxyd does not act on them). A request from outside (at the edge) also
+# loses Envoy's other internal headers; other x-envoy-* headers pass (checked against
+# Envoy 1.40).
+ALWAYS_STRIPPED = frozenset(
+    {
+        b"x-envoy-internal",
+        b"x-envoy-expected-rq-timeout-ms",
+        b"x-envoy-hedge-on-per-try-timeout",
+        b"x-envoy-is-timeout-retry",
+        b"x-envoy-max-retries",
+        b"x-envoy-retriable-header-names",
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-retry-on",
+        b"x-envoy-upstream-alt-stat-name",
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-upstream-rq-timeout-ms",
+    }
+)
+EDGE_STRIPPED = ALWAYS_STRIPPED | {
+    b"x-envoy-decorator-operation",
+    b"x-envoy-downstream-service-cluster",
+    b"x-envoy-downstream-service-node",
+    b"x-envoy-external-address",
+    b"x-envoy-force-trace",
+    b"x-envoy-ip-tags",
+    b"x-envoy-original-path",
+    b"x-envoy-original-url",
+}
+
+
+def head_without(raw: bytes, names: list[bytes]) -> bytes:
+    """``raw`` without its final CRLF and without the header lines named in ``names``.
+
+    ``names`` are lower case. The result ends with the CRLF of its last line, ready for
+    more lines and the closing CRLF.
+    """
+    body = raw[:-2]
+    if not names:
+        return body
+    low = body.lower()
+    cuts: list[tuple[int, int]] = []
+    for name in set(names):
+        pat = b"\r\n" + name + b":"
+        i = low.find(pat)
+        while i >= 0:
+            j = low.find(b"\r\n", i + 2)
+            cuts.append((i, j))
+            i = low.find(pat, j)
+    if not cuts:
+        return body
+    cuts.sort()
+    out = []
+    pos = 0
+    for i, j in cuts:
+        out.append(body[pos:i])
+        pos = j
+    out.append(body[pos:])
+    return b"".join(out)
+
+
+# -- request ----------------------------------------------------------------------------
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+class RequestIdGenerator:
+    """uuid4 strings, made 256 at a time from one getrandom call.
+
+    ``next()`` gives ``(id, header_line)``: the id and its ready ``x-request-id`` line.
+    """
+
+    __slots__ = ("_batch",)
+
+    BATCH = 256
+
+    def __init__(self) -> None:
+        self._batch: list[tuple[str, bytes]] = []
+
+    def _refill(self) -> None:
+        hx = os.urandom(16 * self.BATCH).hex()
+        ids = [
+            f"{hx[i : i + 8]}-{hx[i + 8 : i + 12]}-4{hx[i + 13 : i + 16]}-"
+            f"{_VARIANT[hx[i + 16]]}{hx[i + 17 : i + 20]}-{hx[i + 20 : i + 32]}"
+            for i in range(0, 32 * self.BATCH, 32)
+        ]
+        self._batch = [(i, b"x-request-id: " + i.encode() + b"\r\n") for i in ids]
+
+    def next(self) -> tuple[str, bytes]:
+        batch = self._batch
+        if not batch:
+            self._refill()
+            batch = self._batch
+        return batch.pop()
+
+
+def _is_loopback(ip: str) -> bool:
+    if ip.startswith("127.") or ip == "::1":
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def _xff_from_right(xff: bytes, skip: int) -> str:
+    """The address ``skip`` places from the right of an x-forwarded-for list, or ""."""
+    parts = [p.strip() for p in xff.split(b",")]
+    if skip >= len(parts):
+        return ""
+    value = parts[len(parts) - 1 - skip].decode("latin-1")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return ""
+    return value
+
+
+class RequestHeaderPolicy:
+    """The request header edits of one HttpConnectionManager, compiled once per epoch.
+
+    ``apply(h, remote_ip, timeout_header)`` (the route's whole
+    ``x-envoy-expected-rq-timeout-ms`` line, or b"") returns ``(upstream_head, request_id,
+    trusted_address, xff)``: the head to send upstream, the x-request-id it carries,
+    the client address Envoy would trust (``%DOWNSTREAM_REMOTE_ADDRESS%``) and the
+    x-forwarded-for value sent upstream (b"" when none), the last three for the log.
+    """
+
+    __slots__ = (
+        "use_remote_address",
+        "trusted_hops",
+        "generate_request_id",
+        "local_address",
+        "ids",
+    )
+
+    def __init__(
+        self,
+        use_remote_address: bool,
+        xff_num_trusted_hops: int,
+        generate_request_id: bool,
+        local_address: str,
+        ids: RequestIdGenerator,
+    ) -> None:
+        self.use_remote_address = use_remote_address
+        self.trusted_hops = xff_num_trusted_hops
+        self.generate_request_id = generate_request_id
+        self.local_address = local_address
+        self.ids = ids
+
+    def apply(
+        self, h: RequestHead, remote_ip: str, timeout_header: bytes
+    ) -> tuple[bytes, str, str, bytes]:
+        remove = h.remove
+        add: list[bytes] = []
+        hops = self.trusted_hops
+        edge = self.use_remote_address
+        xff = h.xff
+        trusted = remote_ip
+        if edge:
+            if hops > 0 and xff:
+                trusted = _xff_from_right(xff, hops - 1) or remote_ip
+            hop = self.local_address if _is_loopback(remote_ip) else remote_ip
+            if xff:
+                remove.append(b"x-forwarded-for")
+                xff = xff + b"," + hop.encode()
+            else:
+                xff = hop.encode()
+            add.append(b"x-forwarded-for: " + xff + b"\r\n")
+        elif xff:
+            trusted = _xff_from_right(xff, hops) or remote_ip
+        # At the edge an untrusted client's x-forwarded-proto is overwritten; behind a
+        # trusted hop (or off the edge) the one that came is kept (Envoy 1.40).
+        if not h.xfp or (edge and hops == 0):
+            if h.xfp:
+                remove.append(b"x-forwarded-proto")
+            add.append(b"x-forwarded-proto: http\r\n")
+        envoy_headers = h.envoy_headers
+        if edge:
+            for name in envoy_headers:
+                if name in EDGE_STRIPPED:
+                    remove.append(name)
+            add.append(b"x-envoy-external-address: " + trusted.encode() + b"\r\n")
+        elif envoy_headers:
+            for name in envoy_headers:
+                if name in ALWAYS_STRIPPED:
+                    remove.append(name)
+        rid = h.request_id
+        if self.generate_request_id and (edge or not rid):
+            if rid:
+                remove.append(b"x-request-id")
+            request_id, line = self.ids.next()
+            add.append(line)
+        else:
+            request_id = rid.decode("latin-1")
+        if timeout_header:
+            add.append(timeout_header)
+        if h.chunked:
+            add.append(b"transfer-encoding: chunked\r\n")
+        add.append(b"\r\n")
+        raw = h.raw
+        if h.rewrite:
+            # Origin form and a single Host, as Envoy sends them.
+            eol = raw.find(b"\r\n")
+            line = b"%s %s HTTP/1.1" % (h.method.encode(), h.path.encode("latin-1"))
+            raw = line + raw[eol:]
+            remove.append(b"host")
+            add.insert(0, b"host: " + h.host.encode("latin-1") + b"\r\n")
+        return head_without(raw, remove) + b"".join(add), request_id, trusted, xff
+
+
+# -- response ---------------------------------------------------------------------------
+
+
+def response_head(
+    r: ResponseHead, server: bytes, service_time_ms: int, chunked: bool, close: bool
+) -> bytes:
+    """The head to send downstream for upstream response ``r``.
+
+    ``server`` is the full ``server: name\\r\\n`` line; ``chunked`` re-frames the body
+    as chunked; ``close`` adds ``connection: close``.
+    """
+    raw = r.raw
+    cuts = r.cuts
+    if not cuts:
+        base = raw[:-2]
+    else:
+        out = []
+        pos = 0
+        for i, j in cuts:
+            out.append(raw[pos:i])
+            pos = j
+        out.append(raw[pos:-2])
+        base = b"".join(out)
+    if base[5:8] == b"1.0":
+        base = b"HTTP/1.1" + base[8:]
+    extra = b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms
+    if chunked:
+        extra += b"transfer-encoding: chunked\r\n"
+    if close:
+        extra += b"connection: close\r\n"
+    if not r.has_date:
+        extra += b"date: " + http_date() + b"\r\n"
+    return base + server + extra + b"\r\n"
+
+
+# -- local replies ----------------------------------------------------------------------
+
+_date_cache: list = [0, b""]
+
+
+def http_date() -> bytes:
+    """The IMF-fixdate of now, recomputed at most once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode()
+    return _date_cache[1]
+
+
+def local_reply(
+    status: int,
+    body: str,
+    server: bytes,
+    close: bool = False,
+    head_request: bool = False,
+    request_id: str = "",
+) -> bytes:
+    """A complete response generated by the proxy, shaped as Envoy's.
+
+    With a body: content-length, content-type text/plain, date, server. Without one
+    (Envoy's 404 for no route): date, server, content-length 0.
+    """
+    data = body.encode()
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Unknown").encode())]
+    if data:
+        out.append(b"content-length: %d\r\ncontent-type: text/plain\r\n" % len(data))
+        out.append(b"date: " + http_date() + b"\r\n" + server)
+    else:
+        out.append(b"date: " + http_date() + b"\r\n" + server + b"content-length: 0\r\n")
+    if close:
+        out.append(b"connection: close\r\n")
+    out.append(b"\r\n")
+    if data and not head_request:
+        out.append(data)
+    return b"".join(out)
+
+
+def server_line(name: str) -> bytes:
+    return b"server: " + name.encode("latin-1") + b"\r\n"

@@ -1,0 +1,41 @@
+"""``python -m proxyd.worker --ipc-fd N --worker-id I``: one worker process.
+
+The master starts it with one end of a socketpair as fd N; everything else (listening
+sockets, epochs, drain and stop) arrives over that channel, see
+:mod:`proxyd.worker.process`. Exit codes: 0 done, 3 cannot start, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import trio
+
+from proxyd.ipc import Channel
+from proxyd.worker.process import EXIT_CANNOT_START, Worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m proxyd.worker")
+    parser.add_argument("--ipc-fd", type=int, required=True)
+    parser.add_argument("--worker-id", type=int, required=True)
+    args = parser.parse_args(argv)
+    # Ctrl-C in a terminal reaches the whole process group; the master decides how the
+    # workers stop (Drain or Stop), so the worker does not die on its own SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def run() -> int:
+        try:
+            channel = Channel.from_fd(args.ipc_fd)
+        except OSError as exc:
+            print(f"proxyd worker: bad --ipc-fd {args.ipc_fd}: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_START
+        return await Worker(channel, args.worker_id).run()
+
+    return trio.run(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""An epoch compiled for the request path: one :class:`ListenerPlan` per listener.
+
+Everything a request needs that follows from configuration is resolved here, once per
+epoch: the route table, which headers the parser collects, the route → cluster and
+timeout table, the header policy, the access-log plans and the stat scopes. A request
+looks up its listener's plan when it starts and uses that plan to the end, so an epoch
+swap never changes a request in flight.
+"""
+
+from __future__ import annotations
+
+import math
+
+from proxyd.epoch import Epoch, Listener
+from proxyd.protocol.access_log import LogFormat
+from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
+from proxyd.protocol.routing import RouteTable
+from proxyd.worker.accesslog import AccessLogWriter
+from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
+from proxyd.worker.upstream import ClusterState
+
+
+class RoutePlan:
+    """What a matched route leads to (``cluster`` is None when it names no cluster)."""
+
+    __slots__ = ("name", "cluster", "cluster_name", "timeout_s", "timeout_header")
+
+    def __init__(
+        self, name: str, cluster: ClusterState | None, cluster_name: str, timeout_s: float
+    ):
+        self.name = name
+        self.cluster = cluster
+        self.cluster_name = cluster_name
+        self.timeout_s = timeout_s
+        ms = int(round(timeout_s * 1000))
+        # x-envoy-expected-rq-timeout-ms, ready to splice (b"" when there is none).
+        self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
+
+
+class ListenerPlan:
+    def __init__(
+        self,
+        listener: Listener,
+        clusters: dict[str, ClusterState],
+        stats: StatsStore,
+        writers: dict[str, AccessLogWriter],
+        local_address: str,
+        ids: RequestIdGenerator,
+    ) -> None:
+        hcm = listener.hcm
+        self.name = listener.name
+        self.listener_stats: ListenerStats = stats.listener(listener.stat_name)
+        self.http_stats: HttpStats = stats.http(hcm.stat_prefix)
+        self.routes = RouteTable(hcm.route_config)
+        self.route_plans: dict[int, RoutePlan] = {}
+        for vh in hcm.route_config.virtual_hosts:
+            for r in vh.routes:
+                self.route_plans[id(r)] = RoutePlan(
+                    r.name, clusters.get(r.cluster), r.cluster, r.timeout_s
+                )
+        self.logs: list[tuple[LogFormat, AccessLogWriter]] = []
+        log_req: set[str] = set()
+        log_resp: set[str] = set()
+        for al in hcm.access_logs:
+            fmt = LogFormat(al.format)
+            log_req |= fmt.request_headers
+            log_resp |= fmt.response_headers
+            self.logs.append((fmt, writers[al.path]))
+        if self.logs:
+            log_req.add("user-agent")
+        # Header names (bytes, lower case) the request parser collects, by the key under
+        # which routing and logging look them up.
+        wanted = set(self.routes.needed_headers) | log_req
+        self.request_wanted = {n.encode("latin-1"): n for n in wanted}
+        self.response_wanted = {n.encode("latin-1"): n for n in log_resp}
+        self.policy = RequestHeaderPolicy(
+            hcm.use_remote_address,
+            hcm.xff_num_trusted_hops,
+            hcm.generate_request_id,
+            local_address,
+            ids,
+        )
+        self.server = server_line(hcm.server_name)
+        self.max_head = hcm.max_request_headers_kb * 1024
+        # Bytes read from one side before they are written to the other (Envoy's soft
+        # per-connection limit; the receive buffers themselves are smaller still).
+        self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
+        self.request_timeout = hcm.request_timeout_s or math.inf
+        self.headers_timeout = hcm.request_headers_timeout_s or math.inf
+        self.stream_idle = hcm.stream_idle_timeout_s or math.inf
+        self.idle_timeout = hcm.idle_timeout_s or math.inf
+
+
+class CompiledEpoch:
+    """Plans by listener name and cluster states by name for one epoch."""
+
+    def __init__(
+        self,
+        epoch: Epoch,
+        old_clusters: dict[str, ClusterState],
+        stats: StatsStore,
+        writers: dict[str, AccessLogWriter],
+        local_address: str,
+        ids: RequestIdGenerator,
+    ) -> None:
+        self.epoch = epoch
+        self.clusters: dict[str, ClusterState] = {}
+        for c in epoch.clusters:
+            old = old_clusters.get(c.name)
+            if old is not None and old.cluster == c and not old.retired:
+                self.clusters[c.name] = old
+            else:
+                self.clusters[c.name] = ClusterState(c, stats.cluster(c.name))
+        self.plans = {
+            lst.name: ListenerPlan(lst, self.clusters, stats, writers, local_address, ids)
+            for lst in epoch.listeners
+        }
+
+    def retire_replaced(self, old_clusters: dict[str, ClusterState]) -> None:
+        """Retire the old clusters this epoch did not keep (after it is in place)."""
+        for name, old in old_clusters.items():
+            if self.clusters.get(name) is not old:
+                old.retire()

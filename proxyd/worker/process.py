@@ -1,0 +1,322 @@
+"""The worker process: the IPC conversation with the master, epochs, accept loops, drain.
+
+Conversation (all messages from :mod:`proxyd.ipc`):
+
+* ``Hello`` (with one listening socket per listener name), then ``EpochMsg``; the worker
+  compiles the epoch, starts accepting and answers ``Ready``. A bad Hello (wrong wire
+  version, wrong worker id, missing fds) or an epoch it cannot compile at start exits
+  with :data:`EXIT_CANNOT_START`, so the master stops instead of respawning in a loop.
+* later: ``AddSockets`` (+ fds) before the ``EpochMsg`` that uses them; each applied
+  epoch is answered with ``Ready``. An epoch that fails to compile is logged and the
+  running one stays.
+* ``Drain(deadline_s)``: stop accepting, close idle keep-alive connections, let requests
+  in flight finish (their responses carry ``connection: close``), exit 0 by the deadline.
+* ``Stop``, or end of the channel (the master is gone): exit now.
+
+About once a second the worker sends ``StatsReport`` (counter deltas, gauges), which is
+also its heartbeat, flushes access logs and sweeps idle upstream connections.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import psutil
+import structlog
+import trio
+
+from proxyd import ipc
+from proxyd.protocol.http1_headers import RequestIdGenerator
+from proxyd.worker import io
+from proxyd.worker.accesslog import AccessLogWriter, update_writers
+from proxyd.worker.deadlines import WATCHDOG_TICK_S
+from proxyd.worker.downstream import DownstreamConnection
+from proxyd.worker.plan import CompiledEpoch, ListenerPlan
+from proxyd.worker.stats import StatsStore
+from proxyd.worker.upstream import ClusterState
+
+log = structlog.get_logger()
+
+EXIT_OK = 0
+EXIT_CANNOT_START = 3
+REPORT_INTERVAL_S = 1.0
+ACCEPT_BATCH = 64
+
+
+def local_address() -> str:
+    """The host's first non-loopback IPv4 address (Envoy's local address for XFF)."""
+    try:
+        for addrs in psutil.net_if_addrs().values():
+            for a in addrs:
+                if a.family == socket.AF_INET and not a.address.startswith("127."):
+                    return a.address
+    except OSError:
+        pass  # no interface list: loopback below, as Envoy falls back to
+    return "127.0.0.1"
+
+
+class CannotStart(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, channel: ipc.Channel, worker_id: int) -> None:
+        self.channel = channel
+        self.worker_id = worker_id
+        self.stats = StatsStore()
+        self.listen_socks: dict[str, socket.socket] = {}
+        self.accepting: dict[str, trio.CancelScope] = {}
+        self.plans: dict[str, ListenerPlan] = {}
+        self.compiled: CompiledEpoch | None = None
+        self.writers: dict[str, AccessLogWriter] = {}
+        self.connections: set[DownstreamConnection] = set()
+        self.draining = False
+        self.ids = RequestIdGenerator()
+        self.local_address = local_address()
+        self.exit_code = EXIT_OK
+        self._all_closed: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # -- start --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            epoch = await self._handshake()
+            self._apply(epoch)
+        except CannotStart as exc:
+            log.error("worker cannot start", worker_id=self.worker_id, reason=str(exc))
+            return EXIT_CANNOT_START
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._start_accepting()
+                await self._send_ready()
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._watchdog)
+                await self._control_loop()
+                nursery.cancel_scope.cancel()
+            await self._final_report()
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    async def _final_report(self) -> None:
+        """The counts since the last tick, so a drained worker's requests are not lost."""
+        counters, gauges = self.stats.report()
+        with trio.move_on_after(1.0):
+            try:
+                await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))
+            except OSError:
+                pass  # the master is gone: nobody is left to count them
+
+    async def _handshake(self):
+        try:
+            hello, fds = await self.channel.receive()
+        except (EOFError, OSError, ipc.IpcError) as exc:
+            raise CannotStart(f"no Hello: {exc}") from None
+        if not isinstance(hello, ipc.Hello):
+            raise CannotStart(f"expected Hello, got {type(hello).__name__}")
+        if hello.wire_version != ipc.WIRE_VERSION:
+            raise CannotStart(f"wire version {hello.wire_version}, expected {ipc.WIRE_VERSION}")
+        if hello.worker_id != self.worker_id:
+            raise CannotStart(f"Hello for worker {hello.worker_id}, this is {self.worker_id}")
+        if len(fds) != len(hello.listener_names):
+            raise CannotStart("listener names and sockets do not match")
+        self._add_sockets(hello.listener_names, fds)
+        try:
+            msg, _ = await self.channel.receive()
+        except (EOFError, OSError, ipc.IpcError) as exc:
+            raise CannotStart(f"no epoch: {exc}") from None
+        if not isinstance(msg, ipc.EpochMsg):
+            raise CannotStart(f"expected EpochMsg, got {type(msg).__name__}")
+        return msg.epoch
+
+    def _add_sockets(self, names: tuple[str, ...], fds: list[int]) -> None:
+        for name, fd in zip(names, fds, strict=True):
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            old = self.listen_socks.pop(name, None)
+            if old is not None:
+                self._stop_listener(name, old)
+            self.listen_socks[name] = sock
+
+    # -- epochs -------------------------------------------------------------------------
+
+    def _apply(self, epoch) -> None:
+        paths = {al.path for lst in epoch.listeners for al in lst.hcm.access_logs}
+        old_clusters = self.compiled.clusters if self.compiled is not None else {}
+        try:
+            writers = update_writers(self.writers, paths)
+            compiled = CompiledEpoch(
+                epoch, old_clusters, self.stats, writers, self.local_address, self.ids
+            )
+        except Exception as exc:
+            if self.compiled is None:
+                raise CannotStart(f"epoch {epoch.number} does not compile: {exc}") from exc
+            log.error("epoch rejected by worker", epoch=epoch.number, error=repr(exc))
+            raise
+        self.writers = writers
+        self.compiled = compiled
+        self.plans = compiled.plans
+        compiled.retire_replaced(old_clusters)
+        log.debug("epoch applied", worker_id=self.worker_id, epoch=epoch.number)
+
+    def _start_accepting(self) -> None:
+        nursery = self._nursery
+        assert nursery is not None
+        if self.draining:
+            return
+        for name in list(self.accepting):
+            if name not in self.plans:
+                self._stop_listener(name, self.listen_socks.pop(name, None))
+        for name, sock in self.listen_socks.items():
+            if name in self.plans and name not in self.accepting:
+                scope = trio.CancelScope()
+                self.accepting[name] = scope
+                nursery.start_soon(self._accept_loop, name, sock, scope)
+
+    def _stop_listener(self, name: str, sock: socket.socket | None) -> None:
+        scope = self.accepting.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        if sock is not None:
+            io.close(sock)
+
+    async def _send_ready(self) -> None:
+        assert self.compiled is not None
+        await self.channel.send(ipc.Ready(self.worker_id, os.getpid(), self.compiled.epoch.number))
+
+    # -- accepting ----------------------------------------------------------------------
+
+    async def _accept_loop(self, name: str, lsock: socket.socket, scope: trio.CancelScope) -> None:
+        nursery = self._nursery
+        assert nursery is not None
+        with scope:
+            batch = 0
+            while True:
+                try:
+                    sock, peer = lsock.accept()
+                except BlockingIOError:
+                    batch = 0
+                    await io.wait_readable(lsock)
+                    continue
+                except OSError as exc:
+                    # EMFILE/ENFILE/ENOBUFS: out of descriptors or memory; back off a
+                    # little instead of spinning, and keep serving what is open.
+                    log.warning("accept failed", listener=name, error=str(exc))
+                    await trio.sleep(0.05)
+                    continue
+                plan = self.plans.get(name)
+                if plan is None:
+                    sock.close()
+                    continue
+                sock.setblocking(False)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass  # not TCP (a unix listener): no Nagle to turn off
+                nursery.start_soon(DownstreamConnection(self, name, sock, peer).serve, plan)
+                batch += 1
+                if batch >= ACCEPT_BATCH:
+                    batch = 0
+                    await io.checkpoint()
+
+    # -- the master's messages ----------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        while True:
+            try:
+                msg, fds = await self.channel.receive()
+            except (EOFError, OSError):
+                log.info("channel to the master closed; exiting", worker_id=self.worker_id)
+                return
+            except ipc.IpcError as exc:
+                log.error("bad message from the master; exiting", error=str(exc))
+                self.exit_code = 1
+                return
+            if isinstance(msg, ipc.AddSockets):
+                if len(fds) != len(msg.listener_names):
+                    log.error("AddSockets without its sockets", names=msg.listener_names)
+                    for fd in fds:
+                        socket.socket(fileno=fd).close()
+                    continue
+                self._add_sockets(msg.listener_names, fds)
+            elif isinstance(msg, ipc.EpochMsg):
+                try:
+                    self._apply(msg.epoch)
+                except Exception:  # logged in _apply; the running epoch stays
+                    continue
+                self._start_accepting()
+                await self._send_ready()
+            elif isinstance(msg, ipc.Drain):
+                if not self.draining:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._drain, msg.deadline_s)
+            elif isinstance(msg, ipc.Stop):
+                return
+            else:
+                log.warning("unexpected message from the master", type=type(msg).__name__)
+
+    async def _drain(self, deadline_s: float) -> None:
+        self.draining = True
+        self._all_closed = trio.Event()
+        for name in list(self.accepting):
+            self._stop_listener(name, self.listen_socks.pop(name, None))
+        # A busy connection ends after its response, which carries "connection: close".
+        # An idle keep-alive connection is left open: closing it now would race a
+        # request the client may already be sending. Its next request is answered with
+        # "connection: close"; if none comes, it is closed when the drain window ends
+        # (or its idle timeout fires first), as Envoy does.
+        with trio.move_on_after(max(deadline_s, 0.0)):
+            if self.connections:
+                await self._all_closed.wait()
+        self.exit_code = EXIT_OK
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    def connection_closed(self) -> None:
+        if self._all_closed is not None and not self.connections:
+            self._all_closed.set()
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """Timeouts of the request path: wake connections whose deadline passed.
+
+        One scan of the open connections every WATCHDOG_TICK_S replaces a cancel scope
+        per request and per wait (see proxyd.worker.deadlines)."""
+        while True:
+            await trio.sleep(WATCHDOG_TICK_S)
+            now = time.monotonic()
+            for conn in self.connections:
+                if conn.deadline <= now:
+                    conn.expire()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(REPORT_INTERVAL_S)
+            counters, gauges = self.stats.report()
+            try:
+                await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))
+            except OSError:
+                return  # the control loop sees the closed channel and ends the worker
+            for writer in self.writers.values():
+                writer.flush()
+            if self.compiled is not None:
+                now = time.monotonic()
+                for cluster in self.compiled.clusters.values():
+                    cluster.sweep(now)
+
+    def _shutdown(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        clusters: list[ClusterState] = (
+            list(self.compiled.clusters.values()) if self.compiled is not None else []
+        )
+        for cluster in clusters:
+            cluster.close_all()
+        for name, sock in list(self.listen_socks.items()):
+            self._stop_listener(name, sock)
+        self.listen_socks.clear()

@@ -1,0 +1,590 @@
+"""The router: one request from a downstream connection to an upstream host and back.
+
+:meth:`Exchange.run` takes a routed request whose host is already picked and whose
+upstream head is already built, and
+
+1. takes an idle pooled connection to the host (or connects; a failure is Envoy's 503
+   ``UF``), sends the head and whatever body bytes are already buffered;
+2. streams the rest of the request body (content-length or chunked, re-framed) in a
+   second task while it waits for the response, so an upstream that answers early is
+   heard and neither side can fill the other's buffers;
+3. forwards the response head (edited, see :mod:`proxyd.protocol.http1_headers`) and
+   streams the body through the connection's buffer with backpressure: nothing is read
+   from one side before what was read has been written to the other.
+
+A reused connection that fails before any response byte is retried once on a new
+connection when the request had no body. The route timeout (Envoy's, counted from the
+end of the request) gives 504 ``UT`` before the response started, and a reset
+downstream connection after. Everything here is sans-parsing: codecs live in
+``proxyd.protocol``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from proxyd.errors import ProtocolError
+from proxyd.protocol.http1 import (
+    CRLF2,
+    LAST_CHUNK,
+    ChunkedDecoder,
+    RequestHead,
+    ResponseHead,
+    chunk_header,
+    response_has_body,
+)
+from proxyd.protocol.http1_headers import CONTINUE_100, local_reply, response_head
+from proxyd.worker import io
+from proxyd.worker.deadlines import INF, REQUEST, ROUTE, STREAM_IDLE
+from proxyd.worker.upstream import ConnectFailure, HostState, UpstreamConnection
+
+if TYPE_CHECKING:
+    from proxyd.worker.downstream import DownstreamConnection
+    from proxyd.worker.plan import ListenerPlan, RoutePlan
+
+# A response body this small (and already received) goes out in one write with its head.
+SMALL_BODY = 4096
+RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
+CRLF = b"\r\n"
+
+
+class DownstreamGone(Exception):
+    """The client closed or reset its connection while the request was in flight."""
+
+
+class UpstreamGone(Exception):
+    """The upstream closed or broke the connection in the middle of a response."""
+
+
+def _framed(buf: memoryview, pieces: list[tuple[int, int]], out: list) -> None:
+    for off, n in pieces:
+        out.append(chunk_header(n))
+        out.append(buf[off : off + n])
+        out.append(CRLF)
+
+
+class Exchange:
+    """One request forwarded upstream; ``run()`` is True when the downstream connection
+    stays open."""
+
+    __slots__ = (
+        "dc",
+        "plan",
+        "h",
+        "rp",
+        "cluster",
+        "host",
+        "head",
+        "conn",
+        "body_left",
+        "decoder",
+        "body_done",
+        "body_sent",
+        "pump_error",
+        "t_sent",
+        "request_deadline",
+    )
+
+    def __init__(
+        self,
+        dc: DownstreamConnection,
+        plan: ListenerPlan,
+        h: RequestHead,
+        rp: RoutePlan,
+        host: HostState,
+        head: bytes,
+    ) -> None:
+        self.dc = dc
+        self.plan = plan
+        self.h = h
+        self.rp = rp
+        self.cluster = rp.cluster
+        self.host = host
+        self.head = head
+        self.conn: UpstreamConnection | None = None
+        self.body_left = 0
+        self.decoder: ChunkedDecoder | None = None
+        self.body_done = not h.has_body
+        self.body_sent = False
+        self.pump_error = ""
+        self.t_sent = 0.0
+        self.request_deadline = INF
+
+    async def run(self) -> bool:
+        dc = self.dc
+        cluster = self.cluster
+        assert cluster is not None
+        cstats = cluster.stats
+        host = self.host
+        host.active_requests += 1
+        cstats.rq_total += 1
+        cstats.rq_active += 1
+        dc.upstream_host = host.label
+        if self.body_done:
+            self._arm_route()
+        else:
+            if self.plan.request_timeout != INF:
+                self.request_deadline = time.monotonic() + self.plan.request_timeout
+            dc.arm(REQUEST, min(self.plan.request_timeout, self.plan.stream_idle))
+        try:
+            h = self.h
+            retried = False
+            while True:
+                conn = cluster.take_idle(self.host)
+                reused = conn is not None
+                if conn is None:
+                    try:
+                        conn = await cluster.connect(self.host)
+                    except ConnectFailure as exc:
+                        self.dc.flags = "UF"
+                        cluster.stats.count_response(503)
+                        return await self._reply(503, RESET_BEFORE_HEADERS + exc.reason)
+                self.conn = conn
+                self.dc.upstream_sock = conn.sock
+                self.t_sent = time.monotonic()
+                try:
+                    if h.has_body:
+                        await self._send_request(conn)
+                    else:
+                        head = self.head
+                        try:
+                            sent = conn.sock.send(head)
+                        except BlockingIOError:
+                            sent = 0
+                        if sent != len(head):
+                            await io.send_all(conn.sock, memoryview(head)[sent:])
+                except OSError:
+                    cluster.destroy(conn)
+                    self.conn = None
+                    dc.upstream_sock = None
+                    if reused and not retried and not h.has_body:
+                        retried = True
+                        continue
+                    return await self._reset_before_headers("UC", "connection termination")
+                if not self.body_done:
+                    return await self._duplex(conn)
+                r = await self._read_response_head(conn)
+                if r is None:
+                    cluster.destroy(conn)
+                    self.conn = None
+                    dc.upstream_sock = None
+                    if reused and not retried and not h.has_body:
+                        retried = True
+                        continue
+                    return await self._reset_before_headers("UC", "connection termination")
+                return await self._relay(conn, r)
+        except trio.ClosedResourceError:
+            # The watchdog woke us: which timeout fired decides the answer.
+            kind = dc.expired
+            if kind == ROUTE:
+                return await self._timed_out("UT", 504, "upstream request timeout")
+            if kind == STREAM_IDLE:
+                # Envoy: 504 once the request is complete (408 while it is not).
+                return await self._timed_out("SI", 504, "stream timeout")
+            if kind == REQUEST:
+                self.body_done = False
+                if time.monotonic() >= self.request_deadline:
+                    return await self._timed_out("-", 408, "request timeout")
+                return await self._timed_out("SI", 408, "stream timeout")
+            dc.flags = "DC"
+            return False
+        except ProtocolError as exc:
+            # A malformed request body (ours to answer) or response (the upstream's).
+            if exc.status == 502:
+                dc.flags = "UPE"
+                cstats.count_response(502)
+                return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
+            dc.flags = "DPE"
+            self.body_done = False
+            return await self._reply(exc.status, "Bad Request")
+        except DownstreamGone:
+            dc.flags = "DC"
+            return False
+        except UpstreamGone:
+            dc.flags = "UC"
+            return False
+        finally:
+            dc.upstream_sock = None
+            dc.deadline = INF
+            host.active_requests -= 1
+            cstats.rq_active -= 1
+            if self.conn is not None:
+                cluster.destroy(self.conn)
+                self.conn = None
+
+    def _arm_route(self) -> None:
+        """The request is complete: the route timeout runs from now (0 = none, and then
+        only the stream idle timeout applies)."""
+        timeout = self.rp.timeout_s
+        if timeout:
+            self.dc.arm(ROUTE, min(timeout, self.plan.stream_idle))
+            if self.plan.stream_idle < timeout:
+                self.dc.deadline_kind = STREAM_IDLE
+        else:
+            self.dc.arm(STREAM_IDLE, self.plan.stream_idle)
+
+    # -- outcomes made here -------------------------------------------------------------
+
+    async def _reply(self, status: int, body: str) -> bool:
+        dc = self.dc
+        if dc.response_started:
+            return False
+        h = self.h
+        keep = h.keep_alive and self.body_done and not dc.worker.draining
+        dc.status = status
+        data = local_reply(
+            status, body, self.plan.server, close=not keep, head_request=h.method == "HEAD"
+        )
+        try:
+            await io.send_all(dc.sock, data)
+        except (OSError, trio.ClosedResourceError):
+            return False
+        dc.bytes_sent += len(data) - data.find(CRLF2) - 4
+        return keep
+
+    async def _timed_out(self, flag: str, status: int, body: str) -> bool:
+        dc = self.dc
+        cstats = self.cluster.stats  # type: ignore[union-attr]
+        if flag == "UT":
+            cstats.rq_timeout += 1
+        dc.flags = flag
+        if self.conn is not None:
+            self.cluster.destroy(self.conn)  # type: ignore[union-attr]
+            self.conn = None
+        if dc.response_started:
+            return False  # the client got a head already: all that is left is a reset
+        if flag == "UT":
+            cstats.count_response(status)
+        return await self._reply(status, body)
+
+    async def _reset_before_headers(self, flag: str, reason: str) -> bool:
+        self.dc.flags = flag
+        self.cluster.stats.count_response(503)  # type: ignore[union-attr]
+        return await self._reply(503, RESET_BEFORE_HEADERS + reason)
+
+    # -- the exchange -------------------------------------------------------------------
+
+    async def _send_request(self, conn: UpstreamConnection) -> None:
+        """The head and the body bytes already received, in one write."""
+        h = self.h
+        if not h.has_body:
+            await io.send_all(conn.sock, self.head)
+            return
+        dc = self.dc
+        start = dc.start
+        end = dc.end
+        if h.content_length > 0:
+            take = min(end - start, h.content_length)
+            dc.start = start + take
+            dc.bytes_received += take
+            self.body_left = h.content_length - take
+            self.body_done = self.body_left == 0
+            if self.body_done:
+                self._arm_route()
+            self.body_sent = take > 0
+            if take:
+                await io.send_parts(conn.sock, [self.head, dc.view[start : start + take]])
+            else:
+                await io.send_all(conn.sock, self.head)
+            return
+        dec = self.decoder = ChunkedDecoder()
+        pieces, pos = dec.feed(dc.buf, start, end)
+        parts: list = [self.head]
+        _framed(dc.view, pieces, parts)
+        for _, n in pieces:
+            dc.bytes_received += n
+        if dec.done:
+            parts.append(LAST_CHUNK)
+            self.body_done = True
+            self._arm_route()
+        dc.start = pos
+        self.body_sent = bool(pieces)
+        await io.send_parts(conn.sock, parts)
+
+    async def _duplex(self, conn: UpstreamConnection) -> bool:
+        """Stream the request body in a second task while waiting for the response."""
+        dc = self.dc
+        if self.h.expect_continue:
+            try:
+                await io.send_all(dc.sock, CONTINUE_100)
+            except OSError:
+                raise DownstreamGone() from None
+        keep = False
+        r: ResponseHead | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, conn, nursery.cancel_scope)
+                r = await self._read_response_head(conn)
+                if r is None:
+                    nursery.cancel_scope.cancel()
+                else:
+                    keep = await self._relay(conn, r)
+                    if not self.body_done:
+                        # The upstream answered before the request ended: the rest of
+                        # the body cannot be told from a next request, so the
+                        # connection ends.
+                        nursery.cancel_scope.cancel()
+                        keep = False
+        except BaseExceptionGroup as group:
+            # Nursery errors come wrapped; the request path raises one at a time.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        error = self.pump_error
+        if error == "DC":
+            raise DownstreamGone()
+        if error == "DPE":
+            raise ProtocolError("malformed request body", 400)
+        if error == "TIMEOUT":
+            raise trio.ClosedResourceError()
+        if r is None:
+            return await self._reset_before_headers("UC", "connection termination")
+        return keep
+
+    async def _pump(self, conn: UpstreamConnection, cancel: trio.CancelScope) -> None:
+        try:
+            if self.decoder is None:
+                await self._pump_length(conn)
+            else:
+                await self._pump_chunked(conn, self.decoder)
+        except DownstreamGone:
+            self.pump_error = "DC"
+            cancel.cancel()
+        except ProtocolError:
+            self.pump_error = "DPE"
+            cancel.cancel()
+        except trio.ClosedResourceError:
+            self.pump_error = "TIMEOUT"
+            cancel.cancel()
+        except OSError:
+            # The upstream stopped reading; its response (or its close) tells the rest.
+            self.pump_error = "UP"
+            return
+        self.body_done = True
+        self._arm_route()
+
+    async def _recv_downstream(self, dc: DownstreamConnection, at: int) -> int:
+        # Never more in flight than the listener's per_connection_buffer_limit_bytes.
+        n = await io.recv_into(dc.sock, dc.view[at : at + self.plan.buffer_limit])
+        if n == 0:
+            raise DownstreamGone()
+        stream_idle = self.plan.stream_idle
+        if stream_idle != INF and dc.deadline_kind == REQUEST:
+            # Activity: the stream idle timer starts over (request_timeout does not).
+            dc.deadline = min(self.request_deadline, time.monotonic() + stream_idle)
+        return n
+
+    async def _pump_length(self, conn: UpstreamConnection) -> None:
+        dc = self.dc
+        left = self.body_left
+        usock = conn.sock
+        while left:
+            n = await self._recv_downstream(dc, 0)
+            take = n if n < left else left
+            dc.bytes_received += take
+            await io.send_all(usock, dc.view[:take])
+            left -= take
+            self.body_left = left
+            dc.start = take
+            dc.end = n
+
+    async def _pump_chunked(self, conn: UpstreamConnection, dec: ChunkedDecoder) -> None:
+        dc = self.dc
+        usock = conn.sock
+        while not dec.done:
+            # Keep an unfinished chunk-size line, move it to the front.
+            start, end = dc.start, dc.end
+            if start < end:
+                dc.buf[: end - start] = dc.buf[start:end]
+            end -= start
+            if end >= len(dc.buf):
+                raise ProtocolError("chunk line too long", 400)
+            n = await self._recv_downstream(dc, end)
+            end += n
+            pieces, pos = dec.feed(dc.buf, 0, end)
+            parts: list = []
+            _framed(dc.view, pieces, parts)
+            for _, k in pieces:
+                dc.bytes_received += k
+            if dec.done:
+                parts.append(LAST_CHUNK)
+            dc.start = pos
+            dc.end = end
+            if parts:
+                await io.send_parts(usock, parts)
+
+    # -- the response -------------------------------------------------------------------
+
+    async def _read_response_head(self, conn: UpstreamConnection) -> ResponseHead | None:
+        """The final response head; None when the upstream closed before sending one."""
+        buf = conn.buf
+        start = conn.start
+        end = conn.end
+        wanted = self.plan.response_wanted
+        while True:
+            if start < end:
+                he = buf.find(CRLF2, start, end)
+                if he >= 0:
+                    r = conn.parser.parse(conn.view[start : he + 4], wanted)
+                    start = he + 4
+                    if 100 <= r.status < 200 and r.status != 101:
+                        continue  # 100 Continue and other interim heads are not forwarded
+                    conn.start = start
+                    conn.end = end
+                    if r.status == 101:
+                        raise ProtocolError("unexpected 101 from upstream", 502)
+                    return r
+            if end == len(buf):
+                if start == 0:
+                    raise ProtocolError("upstream response head too large", 502)
+                buf[: end - start] = buf[start:end]
+                end -= start
+                start = 0
+            if start == end:
+                # The upstream has to answer first: let the other connections run, then
+                # read (under load the answer is usually there by then).
+                await io.yield_now()
+                if self.dc.expired:
+                    raise trio.ClosedResourceError()
+            try:
+                n = conn.sock.recv_into(conn.view[end:])
+            except BlockingIOError:
+                n = await io.recv_into(conn.sock, conn.view[end:])
+            except (ConnectionResetError, ConnectionAbortedError):
+                n = 0
+            if n == 0:
+                return None
+            end += n
+
+    async def _relay(self, conn: UpstreamConnection, r: ResponseHead) -> bool:
+        dc = self.dc
+        h = self.h
+        cluster = self.cluster
+        assert cluster is not None
+        status = r.status
+        if status == 204 and (r.content_length > 0 or r.chunked):
+            # A 204 that announces a body is refused, as Envoy's codec does.
+            raise ProtocolError("204 response with a body", 502)
+        service_ms = int((time.monotonic() - self.t_sent) * 1000)
+        dc.service_ms = service_ms
+        dc.status = status
+        cluster.stats.count_response(status)
+        if self.plan.response_wanted:
+            dc.resp_headers = r.headers
+        if not response_has_body(status, h.method == "HEAD"):
+            mode = 0
+        elif r.chunked:
+            mode = 2
+        elif r.content_length >= 0:
+            mode = 1 if r.content_length else 0
+        else:
+            mode = 3  # until close, re-framed as chunked
+        close = not h.keep_alive or not self.body_done or dc.worker.draining
+        out = response_head(r, self.plan.server, service_ms, mode >= 2, close)
+        dsock = dc.sock
+        start = conn.start
+        end = conn.end
+        view = conn.view
+        dc.response_started = True
+        try:
+            if mode == 0:
+                await io.send_all(dsock, out)
+            elif mode == 1:
+                left = r.content_length
+                take = min(end - start, left)
+                if take <= SMALL_BODY:
+                    # One small write: copying a few KiB beats a scatter list.
+                    data = out + view[start : start + take] if take else out
+                    try:
+                        sent = dsock.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent != len(data):
+                        await io.send_all(dsock, memoryview(data)[sent:])
+                else:
+                    await io.send_parts(dsock, [out, view[start : start + take]])
+                start += take
+                left -= take
+                dc.bytes_sent += take
+                while left:
+                    n = await self._recv_upstream(conn)
+                    take = n if n < left else left
+                    await io.send_all(dsock, view[:take])
+                    dc.bytes_sent += take
+                    left -= take
+                    start = take
+                    end = n
+            else:
+                start, end = await self._relay_chunked(conn, r, out, mode == 3)
+        except OSError:
+            raise DownstreamGone() from None
+        conn.start = start
+        conn.end = end
+        self.conn = None
+        cluster.release(conn, r.keep_alive and mode != 3 and self.pump_error == "")
+        return not close
+
+    async def _recv_upstream(self, conn: UpstreamConnection, at: int = 0) -> int:
+        n = await io.recv_into(conn.sock, conn.view[at : at + self.plan.buffer_limit])
+        if n == 0:
+            raise UpstreamGone()
+        self._touch()
+        return n
+
+    def _touch(self) -> None:
+        """Bytes moved: with no route timeout, the stream idle timer starts over."""
+        dc = self.dc
+        if dc.deadline_kind == STREAM_IDLE and self.plan.stream_idle != INF:
+            dc.deadline = time.monotonic() + self.plan.stream_idle
+
+    async def _relay_chunked(
+        self, conn: UpstreamConnection, r: ResponseHead, out: bytes, until_close: bool
+    ) -> tuple[int, int]:
+        dc = self.dc
+        dsock = dc.sock
+        buf = conn.buf
+        view = conn.view
+        start = conn.start
+        end = conn.end
+        parts: list = [out]
+        if until_close:
+            if end > start:
+                parts += [chunk_header(end - start), view[start:end], CRLF]
+                dc.bytes_sent += end - start
+            await io.send_parts(dsock, parts)
+            limit = self.plan.buffer_limit
+            while True:
+                n = await io.recv_into(conn.sock, view[:limit])
+                self._touch()
+                if n == 0:
+                    await io.send_all(dsock, LAST_CHUNK)
+                    return 0, 0
+                dc.bytes_sent += n
+                await io.send_parts(dsock, [chunk_header(n), view[:n], CRLF])
+        dec = ChunkedDecoder()
+        try:
+            while True:
+                pieces, pos = dec.feed(buf, start, end)
+                _framed(view, pieces, parts)
+                for _, k in pieces:
+                    dc.bytes_sent += k
+                if dec.done:
+                    parts.append(LAST_CHUNK)
+                if parts:
+                    await io.send_parts(dsock, parts)
+                    parts = []
+                if dec.done:
+                    return pos, end
+                # Keep an unfinished chunk line, then read more behind it.
+                if pos < end:
+                    buf[: end - pos] = buf[pos:end]
+                end -= pos
+                start = 0
+                if end >= len(buf):
+                    raise UpstreamGone()
+                end += await self._recv_upstream(conn, end)
+        except ProtocolError:
+            raise UpstreamGone() from None

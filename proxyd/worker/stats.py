@@ -1,0 +1,174 @@
+"""The worker's counters and gauges: plain integers on small objects, Envoy's names.
+
+A scope object (:class:`ClusterStats`, :class:`HttpStats`, :class:`ListenerStats`) is
+resolved once per epoch by name and kept for the life of the worker, so a request
+bumps an attribute and never formats a stat name. :meth:`StatsStore.report` turns the
+whole store into ``(counter deltas since the last report, absolute gauges)`` with the
+full Envoy stat names, which is what :class:`proxyd.ipc.StatsReport` carries.
+"""
+
+from __future__ import annotations
+
+
+class _Scope:
+    """Subclasses list their counter and gauge attributes with their Envoy suffixes."""
+
+    __slots__ = ("prefix", "_last")
+    COUNTERS: tuple[tuple[str, str], ...] = ()
+    GAUGES: tuple[tuple[str, str], ...] = ()
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._last: dict[str, int] = {}
+        for attr, _ in self.COUNTERS:
+            setattr(self, attr, 0)
+        for attr, _ in self.GAUGES:
+            setattr(self, attr, 0)
+
+    def collect(self, counters: dict[str, int], gauges: dict[str, int]) -> None:
+        last = self._last
+        prefix = self.prefix
+        for attr, suffix in self.COUNTERS:
+            value = getattr(self, attr)
+            delta = value - last.get(attr, 0)
+            if delta:
+                counters[prefix + suffix] = delta
+                last[attr] = value
+        for attr, suffix in self.GAUGES:
+            gauges[prefix + suffix] = getattr(self, attr)
+
+
+class ClusterStats(_Scope):
+    """``cluster.<name>.*``. ``by_code`` counts ``upstream_rq_<code>``."""
+
+    __slots__ = (
+        "rq_total",
+        "rq_timeout",
+        "cx_total",
+        "cx_connect_fail",
+        "cx_connect_timeout",
+        "cx_destroy",
+        "cx_active",
+        "rq_active",
+        "by_class",
+        "by_code",
+        "_last_codes",
+    )
+    COUNTERS = (
+        ("rq_total", "upstream_rq_total"),
+        ("rq_timeout", "upstream_rq_timeout"),
+        ("cx_total", "upstream_cx_total"),
+        ("cx_connect_fail", "upstream_cx_connect_fail"),
+        ("cx_connect_timeout", "upstream_cx_connect_timeout"),
+        ("cx_destroy", "upstream_cx_destroy"),
+    )
+    GAUGES = (("cx_active", "upstream_cx_active"), ("rq_active", "upstream_rq_active"))
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"cluster.{name}.")
+        # upstream_rq_1xx .. 5xx, indexed by status // 100.
+        self.by_class = [0] * 6
+        self.by_code: dict[int, int] = {}
+        self._last_codes: dict[str, int] = {}
+
+    def count_response(self, status: int) -> None:
+        self.by_class[status // 100 if status < 600 else 5] += 1
+        codes = self.by_code
+        codes[status] = codes.get(status, 0) + 1
+
+    def collect(self, counters: dict[str, int], gauges: dict[str, int]) -> None:
+        super().collect(counters, gauges)
+        last = self._last_codes
+        prefix = self.prefix
+        for i in range(1, 6):
+            name = f"{prefix}upstream_rq_{i}xx"
+            delta = self.by_class[i] - last.get(name, 0)
+            if delta:
+                counters[name] = delta
+                last[name] = self.by_class[i]
+        for code, value in self.by_code.items():
+            name = f"{prefix}upstream_rq_{code}"
+            delta = value - last.get(name, 0)
+            if delta:
+                counters[name] = delta
+                last[name] = value
+
+
+class HttpStats(_Scope):
+    """``http.<stat_prefix>.*`` (the HttpConnectionManager's scope)."""
+
+    __slots__ = (
+        "rq_total",
+        "cx_total",
+        "cx_active",
+        "rq_active",
+        "cx_destroy",
+        "by_class",
+        "_last_classes",
+        "rq_timeout",
+        "header_overflow",
+        "cx_protocol_error",
+    )
+    COUNTERS = (
+        ("rq_total", "downstream_rq_total"),
+        ("cx_total", "downstream_cx_total"),
+        ("cx_destroy", "downstream_cx_destroy"),
+        ("rq_timeout", "downstream_rq_timeout"),
+        ("header_overflow", "downstream_cx_header_overflow"),
+        ("cx_protocol_error", "downstream_cx_protocol_error"),
+    )
+    GAUGES = (("cx_active", "downstream_cx_active"), ("rq_active", "downstream_rq_active"))
+
+    def __init__(self, stat_prefix: str) -> None:
+        super().__init__(f"http.{stat_prefix}.")
+        self.by_class = [0] * 6
+        self._last_classes = [0] * 6
+
+    def collect(self, counters: dict[str, int], gauges: dict[str, int]) -> None:
+        super().collect(counters, gauges)
+        for i in range(1, 6):
+            delta = self.by_class[i] - self._last_classes[i]
+            if delta:
+                counters[f"{self.prefix}downstream_rq_{i}xx"] = delta
+                self._last_classes[i] = self.by_class[i]
+
+
+class ListenerStats(_Scope):
+    """``listener.<address>_<port>.*``."""
+
+    __slots__ = ("cx_total", "cx_active")
+    COUNTERS = (("cx_total", "downstream_cx_total"),)
+    GAUGES = (("cx_active", "downstream_cx_active"),)
+
+    def __init__(self, stat_name: str) -> None:
+        super().__init__(f"listener.{stat_name}.")
+
+
+class StatsStore:
+    """Every scope the worker has resolved, by full prefix; scopes are never dropped."""
+
+    def __init__(self) -> None:
+        self._scopes: dict[str, _Scope] = {}
+
+    def _get(self, cls: type, key: str, arg: str) -> _Scope:
+        scope = self._scopes.get(key)
+        if scope is None:
+            scope = self._scopes[key] = cls(arg)
+        return scope
+
+    def cluster(self, name: str) -> ClusterStats:
+        return self._get(ClusterStats, "cluster." + name, name)  # type: ignore[return-value]
+
+    def http(self, stat_prefix: str) -> HttpStats:
+        return self._get(HttpStats, "http." + stat_prefix, stat_prefix)  # type: ignore[return-value]
+
+    def listener(self, stat_name: str) -> ListenerStats:
+        return self._get(ListenerStats, "listener." + stat_name, stat_name)  # type: ignore[return-value]
+
+    def report(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Counter deltas since the previous call, and gauges as absolute values."""
+        counters: dict[str, int] = {}
+        gauges: dict[str, int] = {}
+        for scope in self._scopes.values():
+            scope.collect(counters, gauges)
+        return counters, gauges

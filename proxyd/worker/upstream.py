@@ -1,0 +1,181 @@
+"""Upstream clusters of one worker: hosts, balancers and HTTP/1 connection pools.
+
+A :class:`ClusterState` is compiled from an :class:`proxyd.epoch.Cluster` and lives as
+long as the cluster is unchanged, across epochs, so its pools and connections survive
+reloads. Each :class:`HostState` keeps the idle keep-alive connections to one host
+(LIFO, so the warmest is reused and the coldest times out) and its
+``active_requests`` for the balancer.
+
+An idle connection is checked before reuse: one idle for longer than the cluster's
+``idle_timeout_s`` is closed, and one idle for more than :data:`PEEK_AFTER_S` is
+peeked (non-blocking) so a peer that closed it, or sent bytes nobody asked for, is
+noticed before a request is written to it. A connection handed back moments ago is
+reused without the extra syscall; if its upstream closed it in that moment, the
+router's retry (a reused connection failing before any response byte) covers it, as
+Envoy's does for the same race. :meth:`ClusterState.sweep` peeks all idle connections
+about once a second, so a closed upstream does not leave sockets in CLOSE_WAIT.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from proxyd.epoch import Cluster
+from proxyd.protocol.balancers import make_balancer
+from proxyd.protocol.http1 import ResponseHeadParser
+from proxyd.worker import io
+from proxyd.worker.stats import ClusterStats
+
+UPSTREAM_BUFFER = 64 * 1024
+PEEK_AFTER_S = 0.05
+
+
+class ConnectFailure(Exception):
+    """Connecting to an upstream host failed; ``reason`` is Envoy's reset reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a host, with its receive buffer and head parser."""
+
+    __slots__ = ("sock", "host", "requests", "idle_since", "buf", "view", "start", "end", "parser")
+
+    def __init__(self, sock: socket.socket, host: HostState) -> None:
+        self.sock = sock
+        self.host = host
+        self.requests = 0
+        self.idle_since = 0.0
+        self.buf = bytearray(UPSTREAM_BUFFER)
+        self.view = memoryview(self.buf)
+        # Unconsumed bytes are buf[start:end].
+        self.start = 0
+        self.end = 0
+        self.parser = ResponseHeadParser()
+
+
+class HostState:
+    """One endpoint of a cluster as the balancer and the pool see it."""
+
+    __slots__ = ("address", "port", "weight", "active_requests", "idle", "cluster", "label")
+
+    def __init__(self, address: str, port: int, weight: int, cluster: ClusterState) -> None:
+        self.address = address
+        self.port = port
+        self.weight = weight
+        self.active_requests = 0
+        self.idle: list[UpstreamConnection] = []
+        self.cluster = cluster
+        # %UPSTREAM_HOST% as Envoy prints it.
+        self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+class ClusterState:
+    """A cluster compiled for this worker: its hosts, balancer, pools and stats."""
+
+    def __init__(self, cluster: Cluster, stats: ClusterStats) -> None:
+        self.cluster = cluster
+        self.name = cluster.name
+        self.stats = stats
+        self.retired = False
+        self.connect_timeout = cluster.connect_timeout_s
+        self.idle_timeout = cluster.idle_timeout_s
+        self.max_requests = cluster.max_requests_per_connection
+        self.hosts = [
+            HostState(ep.address, ep.port, max(ep.weight, 1), self)
+            for ep in cluster.endpoints
+            if ep.healthy
+        ]
+        self.balancer = make_balancer(cluster.lb_policy, self.hosts, cluster.choice_count)
+        self.open: set[UpstreamConnection] = set()
+
+    # -- connections ------------------------------------------------------------------
+
+    def take_idle(self, host: HostState) -> UpstreamConnection | None:
+        """The most recently used live idle connection to ``host``, or None."""
+        idle = host.idle
+        while idle:
+            conn = idle.pop()
+            idle_for = time.monotonic() - conn.idle_since
+            if idle_for > PEEK_AFTER_S:
+                if self.idle_timeout and idle_for > self.idle_timeout:
+                    self.destroy(conn)
+                    continue
+                if io.peer_closed(conn.sock):
+                    self.destroy(conn)
+                    continue
+            return conn
+        return None
+
+    async def connect(self, host: HostState) -> UpstreamConnection:
+        stats = self.stats
+        stats.cx_total += 1
+        try:
+            sock = await io.connect(host.address, host.port, self.connect_timeout)
+        except io.Timeout:
+            stats.cx_connect_fail += 1
+            stats.cx_connect_timeout += 1
+            raise ConnectFailure("connection timeout") from None
+        except OSError:
+            stats.cx_connect_fail += 1
+            raise ConnectFailure("remote connection failure") from None
+        conn = UpstreamConnection(sock, host)
+        stats.cx_active += 1
+        self.open.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """Give a connection back after a complete exchange (or destroy it)."""
+        conn.requests += 1
+        if (
+            not reusable
+            or self.retired
+            or conn.start != conn.end
+            or (self.max_requests and conn.requests >= self.max_requests)
+        ):
+            self.destroy(conn)
+            return
+        conn.start = conn.end = 0
+        conn.idle_since = time.monotonic()
+        conn.host.idle.append(conn)
+
+    def destroy(self, conn: UpstreamConnection) -> None:
+        if conn in self.open:
+            self.open.discard(conn)
+            self.stats.cx_active -= 1
+            self.stats.cx_destroy += 1
+        io.close(conn.sock)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections that timed out or that the upstream closed."""
+        limit = self.idle_timeout
+        for host in self.hosts:
+            if not host.idle:
+                continue
+            keep = []
+            for conn in host.idle:
+                if (limit and now - conn.idle_since > limit) or io.peer_closed(conn.sock):
+                    self.destroy(conn)
+                else:
+                    keep.append(conn)
+            host.idle[:] = keep
+
+    def retire(self) -> None:
+        """The cluster left the epoch or changed: close idle connections now, busy ones
+        when their request ends."""
+        self.retired = True
+        for host in self.hosts:
+            for conn in host.idle:
+                self.destroy(conn)
+            host.idle.clear()
+
+    def close_all(self) -> None:
+        for conn in list(self.open):
+            self.destroy(conn)
+        for host in self.hosts:
+            host.idle.clear()
