@@ -29,6 +29,7 @@ run: $(STAMP)
 	$(BIN)/python -m proxyd.demo --config $(CONFIG)
 
 test: $(STAMP) system-deps
+	$(BIN)/ruff check proxyd tests bench
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

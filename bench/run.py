@@ -181,7 +181,7 @@ def main() -> int:
             targets[name] = listen
 
         results: dict[str, dict[str, list[float]]] = {n: {"rps": [], "p99_ms": []} for n in targets}
-        for name, port in targets.items():  # warm-up, not recorded
+        for port in targets.values():  # warm-up, not recorded
             run_wrk(port, args.warmup, args.connections)
         for r in range(args.rounds):
             order = list(targets) if r % 2 == 0 else list(reversed(targets))

@@ -19,14 +19,19 @@ from proxyd.log import FORMATS, LEVELS, configure, default_format
 from proxyd.master.control import default_control_socket
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
 
 
 def _seconds(text: str) -> float:
@@ -53,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", "--config-path", dest="config", required=True, metavar="FILE", help="Envoy v3 bootstrap, YAML or JSON")  # fmt: skip
     parser.add_argument(
-        "--concurrency", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+        "--concurrency", type=_int_at_least(1), default=os.cpu_count() or 1, metavar="N",
         help="number of worker processes (default: the number of CPUs, %(default)s here)",
     )  # fmt: skip
     parser.add_argument(
@@ -85,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )  # fmt: skip
     parser.add_argument(
-        "--restart-epoch", type=_non_negative_int, default=0, metavar="N",
+        "--restart-epoch", type=_int_at_least(0), default=0, metavar="N",
         help="0 for a first start; set (with --hot-restart-socket) by the master that starts a hot restart",
     )  # fmt: skip
     parser.add_argument(
@@ -98,16 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"proxyd {__version__}")
     return parser
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
 
 
 def _positive_seconds(text: str) -> float:

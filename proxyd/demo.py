@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import signal
-import socketserver
 import subprocess
 import sys
 import threading

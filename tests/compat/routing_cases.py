@@ -11,6 +11,7 @@ answer says which route matched. ``CASES`` are the requests and what Envoy answe
 
 from __future__ import annotations
 
+import http.client
 from dataclasses import dataclass
 from typing import Any
 
@@ -363,3 +364,19 @@ def epoch_route_config() -> RouteConfig:
             compiled.append(Route(rname, rm, cluster))
         vhosts.append(VirtualHost(name, tuple(d.lower() for d in domains), tuple(compiled)))
     return RouteConfig("compat_routes", tuple(vhosts))
+
+
+def send(port: int, case: RoutingCase) -> tuple[int, str | None]:
+    """One request with the case's Host and headers (repeats kept); (status, upstream)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", case.path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", case.host)
+        for name, value in case.headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("x-upstream-name")
+    finally:
+        conn.close()

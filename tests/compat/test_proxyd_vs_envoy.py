@@ -27,6 +27,7 @@ from tests.compat.routing_cases import (
     RoutingCase,
     envoy_config,
     epoch_route_config,
+    send,
 )
 from tests.support import ProxydProcess, free_port
 
@@ -36,22 +37,6 @@ pytestmark = [
 ]
 
 Answer = tuple[int, str | None]
-
-
-def send(port: int, case: RoutingCase) -> Answer:
-    """One request with the case's Host and headers (repeats kept); (status, upstream)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.putrequest("GET", case.path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", case.host)
-        for name, value in case.headers:
-            conn.putheader(name, value)
-        conn.endheaders()
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status, resp.getheader("x-upstream-name")
-    finally:
-        conn.close()
 
 
 def send_all(port: int, cases: list[RoutingCase]) -> dict[str, Answer | str]:

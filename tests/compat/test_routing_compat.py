@@ -8,7 +8,6 @@ the same route table.
 
 from __future__ import annotations
 
-import http.client
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +22,7 @@ from tests.compat.routing_cases import (
     RoutingCase,
     envoy_config_yaml,
     epoch_route_config,
+    send,
 )
 from tests.support import free_port
 
@@ -30,22 +30,6 @@ pytestmark = [
     pytest.mark.compat,
     pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
 ]
-
-
-def send(port: int, case: RoutingCase) -> tuple[int, str | None]:
-    """One request with the case's Host and headers; (status, x-upstream-name)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.putrequest("GET", case.path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", case.host)
-        for name, value in case.headers:
-            conn.putheader(name, value)
-        conn.endheaders()
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status, resp.getheader("x-upstream-name")
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
