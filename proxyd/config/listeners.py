@@ -4,8 +4,6 @@ manager each), with the checks Envoy makes in code and proxyd's narrower choices
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Container, Sequence
 from typing import Any
 
@@ -21,6 +19,7 @@ from proxyd.config.values import (
 )
 from proxyd.epoch import AccessLog, HttpConnectionManager, Listener
 from proxyd.errors import ConfigError
+from proxyd.protocol.access_log import LogFormat
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 ROUTER_NAME = "envoy.filters.http.router"
@@ -82,7 +81,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             f"exactly one network filter ({HCM_NAME}) is supported by proxyd, got {len(filters)}",
         )
     filter_path = join(chain_path, "filters[0]")
-    hcm_msg = _typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
+    hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
     hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
     return Listener(
         name=lst.name or f"{address}_{port}",
@@ -141,7 +140,7 @@ def _check_http_filters(http_filters: Sequence[Any], path: str, file: str) -> No
     """Only the router, once, last; no filters at all means the router alone."""
     for i, f in enumerate(http_filters):
         here = f"{path}[{i}]"
-        _typed_config(f, ROUTER_TYPE, ROUTER_NAME, "HTTP filter", here, file)
+        typed_config(f, ROUTER_TYPE, ROUTER_NAME, "HTTP filter", here, file)
         if i != len(http_filters) - 1:
             raise ConfigError(
                 file,
@@ -151,7 +150,7 @@ def _check_http_filters(http_filters: Sequence[Any], path: str, file: str) -> No
 
 
 def _access_log(a: Any, path: str, file: str) -> AccessLog:
-    log = _typed_config(a, FILE_LOG_TYPE, FILE_LOG_NAME, "access logger", path, file)
+    log = typed_config(a, FILE_LOG_TYPE, FILE_LOG_NAME, "access logger", path, file)
     fmt_path = join(path, "typed_config")
     which = log.WhichOneof("access_log_format")
     fmt = ""
@@ -166,17 +165,14 @@ def _access_log(a: Any, path: str, file: str) -> AccessLog:
 
 
 def check_log_format(fmt: str, path: str, file: str) -> None:
-    """Compile the format with proxyd's access-log formatter, when it is installed."""
-    if importlib.util.find_spec("proxyd.protocol.access_log") is None:
-        return
-    access_log = importlib.import_module("proxyd.protocol.access_log")
+    """Compile the format with the workers' access-log formatter: it names a bad operator."""
     try:
-        access_log.LogFormat(fmt)
+        LogFormat(fmt)
     except ValueError as exc:
         raise ConfigError(file, path, str(exc)) from exc
 
 
-def _typed_config(
+def typed_config(
     holder: Any, type_name: str, default_name: str, what: str, path: str, file: str
 ) -> Any:
     """The payload of ``holder.typed_config``, which must be ``type_name``.

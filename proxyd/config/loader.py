@@ -19,10 +19,10 @@ from typing import Any
 from google.protobuf import json_format
 
 from proxyd.config.clusters import compile_clusters
-from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners
-from proxyd.config.proto import join, parse_bootstrap
+from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
+from proxyd.config.proto import parse_bootstrap
 from proxyd.config.source import read_config_file
-from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap, unpack
+from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
 from proxyd.config.values import require_ip, socket_address
 from proxyd.epoch import Epoch
 from proxyd.errors import ConfigError
@@ -93,15 +93,5 @@ def _admin(bootstrap: Any, file: str) -> AdminConfig | None:
 
 
 def _admin_log_path(entry: Any, path: str, file: str) -> str:
-    if not entry.HasField("typed_config"):
-        if entry.name != FILE_LOG_NAME:
-            raise ConfigError(file, path, f"access logger '{entry.name}' not supported by proxyd")
-        raise ConfigError(
-            file,
-            join(path, "typed_config"),
-            f"access logger needs a typed_config of type {FILE_LOG_TYPE}",
-        )
-    log = unpack(entry.typed_config)
-    if log is None or log.DESCRIPTOR.full_name != FILE_LOG_TYPE:
-        raise ConfigError(file, path, f"access logger '{entry.name}' not supported by proxyd")
+    log = typed_config(entry, FILE_LOG_TYPE, FILE_LOG_NAME, "access logger", path, file)
     return str(log.path)
