@@ -37,6 +37,58 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderToAdd:
+    """A header an HTTP health check adds (Envoy's HeaderValueOption)."""
+
+    name: str
+    value: str
+    # Envoy's append_action: "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT",
+    # "OVERWRITE_IF_EXISTS_OR_ADD" or "OVERWRITE_IF_EXISTS".
+    action: str = "APPEND_IF_EXISTS_OR_ADD"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRange:
+    """Envoy's type.v3.Int64Range of HTTP statuses: ``start`` <= status < ``end``."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Envoy's core.v3.HealthCheck, with every default resolved. Used by the master
+    (``proxyd.master.health``); workers only see its outcome in ``Endpoint.healthy``."""
+
+    # "http" or "tcp".
+    kind: str
+    timeout_s: float
+    interval_s: float
+    unhealthy_threshold: int
+    healthy_threshold: int
+    initial_jitter_s: float = 0.0
+    interval_jitter_s: float = 0.0
+    interval_jitter_percent: int = 0
+    reuse_connection: bool = True
+    no_traffic_interval_s: float = 60.0
+    no_traffic_healthy_interval_s: float = 60.0
+    unhealthy_interval_s: float = 0.0
+    unhealthy_edge_interval_s: float = 0.0
+    healthy_edge_interval_s: float = 0.0
+    # HTTP: Host ("" = the cluster name), path, extra headers, expected and retriable
+    # statuses (expected defaults to 200 only).
+    http_host: str = ""
+    http_path: str = ""
+    http_headers: tuple[HeaderToAdd, ...] = ()
+    expected_statuses: tuple[StatusRange, ...] = (StatusRange(200, 201),)
+    retriable_statuses: tuple[StatusRange, ...] = ()
+    # TCP: bytes to send, and byte strings to find in order in the reply; both empty
+    # means connect-only.
+    tcp_send: bytes = b""
+    tcp_receive: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     # "STATIC" or "STRICT_DNS" (the master resolves names; workers see addresses).
@@ -57,6 +109,8 @@ class Cluster:
     # default 5 s).
     dns_lookup_family: str = "AUTO"
     dns_refresh_rate_s: float = 5.0
+    # Active health checking (at most one, as in Envoy); the master runs it.
+    health_checks: tuple[HealthCheck, ...] = ()
 
 
 # -- routes ---------------------------------------------------------------------------

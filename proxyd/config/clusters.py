@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from proxyd.config.health_checks import compile_health_checks
 from proxyd.config.proto import join
 from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
 from proxyd.config.values import (
@@ -86,6 +87,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         idle_timeout_s=idle_timeout_s,
         dns_lookup_family=enum_name(c, "dns_lookup_family"),
         dns_refresh_rate_s=duration_or(c, "dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE_S),
+        health_checks=compile_health_checks(c.health_checks, join(path, "health_checks"), file),
     )
 
 

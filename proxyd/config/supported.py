@@ -142,6 +142,36 @@ UPSTREAM_HTTP: Spec = {
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
 }
 
+PAYLOAD: Spec = {"text": LEAF, "binary": LEAF}
+
+HEALTH_CHECK: Spec = {
+    "timeout": LEAF,
+    "interval": LEAF,
+    "initial_jitter": LEAF,
+    "interval_jitter": LEAF,
+    "interval_jitter_percent": LEAF,
+    "unhealthy_threshold": LEAF,
+    "healthy_threshold": LEAF,
+    "reuse_connection": LEAF,
+    "no_traffic_interval": LEAF,
+    "no_traffic_healthy_interval": LEAF,
+    "unhealthy_interval": LEAF,
+    "unhealthy_edge_interval": LEAF,
+    "healthy_edge_interval": LEAF,
+    "http_health_check": {
+        "host": LEAF,
+        "path": LEAF,
+        "method": LEAF,
+        "request_headers_to_add": {
+            "header": {"key": LEAF, "value": LEAF},
+            "append_action": LEAF,
+        },
+        "expected_statuses": {"start": LEAF, "end": LEAF},
+        "retriable_statuses": {"start": LEAF, "end": LEAF},
+    },
+    "tcp_health_check": {"send": PAYLOAD, "receive": PAYLOAD},
+}
+
 CLUSTER: Spec = {
     "name": LEAF,
     "type": LEAF,
@@ -160,6 +190,7 @@ CLUSTER: Spec = {
     "dns_lookup_family": LEAF,
     "dns_refresh_rate": LEAF,
     "max_requests_per_connection": LEAF,
+    "health_checks": HEALTH_CHECK,
     "typed_extension_protocol_options": AnyOf(
         "protocol options", {UPSTREAM_HTTP_TYPE: UPSTREAM_HTTP}
     ),

@@ -34,6 +34,7 @@ from proxyd.epoch import Epoch
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
 from proxyd.master import dns
+from proxyd.master.health.checker import HealthChecker
 from proxyd.master.hot_restart import (
     HotRestartResult,
     PassedSocket,
@@ -118,6 +119,7 @@ class Master:
         self.draining = False
         self._template = self.epoch
         self._dns = dns.DnsResolver()
+        self.health = HealthChecker(self.stats, self._has_traffic)
         self._publish_lock = trio.Lock()
         self._changed = trio.Event()  # replaced after each set: "some worker changed"
         self._stop = _Stop()
@@ -186,9 +188,11 @@ class Master:
         )  # fmt: skip
         try:
             epoch = await self._dns.resolve(self._template)
-            self._set_epoch(dataclasses.replace(epoch, number=1))
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.health.run)
+                epoch = await self.health.warm(epoch)  # first checks, as Envoy warms
+                self._set_epoch(dataclasses.replace(epoch, number=1))
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._watchdog_pings)
                 if self.predecessor is None:  # else once the old master stepped aside
@@ -197,6 +201,7 @@ class Master:
                     nursery.start_soon(WorkerSupervisor(self, slot, self._notify).run)
                 nursery.start_soon(self._wait_live, control, admin)
                 nursery.start_soon(self._refresh_dns)
+                nursery.start_soon(self._publish_health)
                 await self._stop.requested.wait()
                 await self._shutdown()
                 if self.successor is not None:
@@ -508,7 +513,7 @@ class Master:
     async def _apply(self, loaded: Any) -> ReloadResult:
         template: Epoch = loaded.epoch_template
         added = self.sockets.bind_all(template.listeners)
-        epoch = await self._dns.resolve(template)
+        epoch = await self.health.warm(await self._dns.resolve(template))
         epoch = dataclasses.replace(epoch, number=self.epoch.number + 1)
         self.loaded, self._template = loaded, template
         self.config_loaded_wall = time.time()
@@ -548,10 +553,26 @@ class Master:
             async with self._publish_lock:
                 if self.stopping:
                     return
-                resolved = await self._dns.resolve(self._template)
+                resolved = await self.health.warm(await self._dns.resolve(self._template))
                 if resolved.clusters != self.epoch.clusters:
                     epoch = dataclasses.replace(resolved, number=self.epoch.number + 1)
                     await self._publish(epoch, reason="dns")
+
+    async def _publish_health(self) -> None:
+        """Publish a new epoch whenever active health checking flipped a host."""
+        while True:
+            await self.health.wait_changed()
+            async with self._publish_lock:
+                if self.stopping:
+                    return
+                checked = self.health.apply(self.epoch)
+                if checked.clusters != self.epoch.clusters:
+                    epoch = dataclasses.replace(checked, number=self.epoch.number + 1)
+                    await self._publish(epoch, reason="health_check")
+
+    def _has_traffic(self, cluster: str) -> bool:
+        """Envoy's test for the no-traffic intervals: has the cluster ever connected?"""
+        return self.stats.counter(f"cluster.{cluster}.upstream_cx_total") > 0
 
     # -- views for the admin API and proxyctl -----------------------------------------
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from proxyd import __version__ as _version
 from proxyd import ipc
-from proxyd.epoch import Cluster
+from proxyd.epoch import Cluster, Endpoint
 from proxyd.master.admin.config_dump import config_dump
 
 if TYPE_CHECKING:
@@ -197,9 +197,7 @@ class AdminPages:
             prefix = f"{c.name}::{host}::"
             out.extend(f"{prefix}{k}::{values.get(k, 0)}\n" for k in _HOST_STATS)
             out.append(f"{prefix}hostname::{e.hostname}\n")
-            out.append(
-                f"{prefix}health_flags::{'healthy' if e.healthy else '/failed_eds_health'}\n"
-            )
+            out.append(f"{prefix}health_flags::{self._health_flags(c, e)}\n")
             out.append(f"{prefix}weight::{e.weight}\n")
             out.extend(f"{prefix}{k}::\n" for k in ("region", "zone", "sub_zone"))
             out.append(f"{prefix}canary::false\n{prefix}priority::0\n")
@@ -217,13 +215,35 @@ class AdminPages:
                         {"name": k, "value": str(values.get(k, 0)), **({"type": "GAUGE"} if k.endswith("_active") else {})}
                         for k in _HOST_STATS
                     ],
-                    "health_status": {"eds_health_status": "HEALTHY" if e.healthy else "UNHEALTHY"},
+                    "health_status": self._health_status(c, e),
                     "weight": e.weight,
                     "hostname": e.hostname,
                     "locality": {},
                 }
             )  # fmt: skip
         return {"name": c.name, "observability_name": c.name, "host_statuses": hosts}
+
+    def _flags(self, c: Cluster, e: Endpoint) -> tuple[str, ...]:
+        """Envoy's health flag names: active checking's, else the EDS status."""
+        checked = self.master.health.flags(c.name, e.address, e.port)
+        if checked is not None:
+            return checked
+        return () if e.healthy else ("failed_eds_health",)
+
+    def _health_flags(self, c: Cluster, e: Endpoint) -> str:
+        """Envoy's health_flags text: "healthy" or "/flag/flag"."""
+        return "".join(f"/{f}" for f in self._flags(c, e)) or "healthy"
+
+    def _health_status(self, c: Cluster, e: Endpoint) -> dict[str, Any]:
+        """Envoy's HostHealthStatus for /clusters?format=json."""
+        flags = self._flags(c, e)
+        out: dict[str, Any] = {}
+        if "failed_active_hc" in flags:
+            out["failed_active_health_check"] = True
+        if "active_hc_timeout" in flags:
+            out["active_hc_timeout"] = True
+        out["eds_health_status"] = "UNHEALTHY" if "failed_eds_health" in flags else "HEALTHY"
+        return out
 
     def config_dump(self, q: dict[str, list[str]]) -> Response:
         m = self.master
