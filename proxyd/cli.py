@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-heartbeat-timeout-s", type=_positive_seconds, default=10.0, metavar="S",
         help="a worker silent this long is killed and replaced (default: 10)",
     )  # fmt: skip
+    parser.add_argument(
+        "--worker-rss-limit-mb", type=_int_at_least(0), default=0, metavar="MB",
+        help=(
+            "a worker whose resident memory is above this is replaced gracefully: a new "
+            "worker starts on the same sockets, then the old one drains (default: 0, no limit)"
+        ),
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"proxyd {__version__}")
     return parser
 
@@ -145,6 +152,7 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         restart_epoch=args.restart_epoch,
         hot_restart_socket=args.hot_restart_socket,
         worker_heartbeat_timeout_s=args.worker_heartbeat_timeout_s,
+        worker_rss_limit_mb=args.worker_rss_limit_mb,
     )
     master = Master(options)
     code = trio.run(master.run)

@@ -29,7 +29,6 @@ from typing import Any
 
 import trio
 
-from proxyd import ipc
 from proxyd.epoch import Epoch
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
@@ -47,13 +46,10 @@ from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
+from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.stats import StatsStore
 
-# How long workers get to exit after Stop before they are killed.
-STOP_GRACE_S = 2.0
-# Beyond the drain time, how long the master waits for draining workers to exit.
-DRAIN_GRACE_S = 5.0
 # How long a reload waits for the workers to acknowledge the new epoch.
 RELOAD_ACK_TIMEOUT_S = 10.0
 
@@ -77,8 +73,10 @@ class MasterOptions:
     parent_shutdown_time_s: float = 900.0
     restart_epoch: int = 0
     hot_restart_socket: str = ""
-    # Worker health: how long a worker may stay silent before it is replaced.
+    # Worker health: how long a worker may stay silent before it is replaced, and the
+    # resident memory above which it is replaced gracefully (0: no limit).
     worker_heartbeat_timeout_s: float = 10.0
+    worker_rss_limit_mb: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +110,7 @@ class Master:
         self.config_loaded_wall = time.time()
         self.epoch = Epoch(0, (), ())
         self.sockets = ListenerSockets(options.concurrency)
-        self.slots = [WorkerSlot(i) for i in range(options.concurrency)]
+        self.workers = WorkerPool(self, options.concurrency)
         self.error = ""
         self.exit_code = 0
         self.stopping = False
@@ -121,7 +119,6 @@ class Master:
         self._dns = dns.DnsResolver()
         self.health = HealthChecker(self.stats, self._has_traffic)
         self._publish_lock = trio.Lock()
-        self._changed = trio.Event()  # replaced after each set: "some worker changed"
         self._stop = _Stop()
         self._server_stats = ServerStats(self)
         self._nursery: trio.Nursery
@@ -198,7 +195,7 @@ class Master:
                 if self.predecessor is None:  # else once the old master stepped aside
                     self._serve_front(control, admin)
                 for slot in self.slots:
-                    nursery.start_soon(WorkerSupervisor(self, slot, self._notify).run)
+                    nursery.start_soon(WorkerSupervisor(self, slot).run)
                 nursery.start_soon(self._wait_live, control, admin)
                 nursery.start_soon(self._refresh_dns)
                 nursery.start_soon(self._publish_health)
@@ -230,7 +227,7 @@ class Master:
 
     async def _wait_live(self, control: Any, admin: Any) -> None:
         while not all(s.epoch >= 1 for s in self.slots):
-            await self.wait_changed()
+            await self.workers.wait_changed()
         if self.stopping:
             return
         mainpid = None
@@ -282,40 +279,14 @@ class Master:
         self.draining = True
         self.state = self.DRAINING
         self.notifier.stopping(f"stopping: epoch {self.epoch.number}")
+        drain_time_s = None
         if not self._stop.fast.is_set():
             log.info(
                 "master_draining", drain_time_s=self.options.drain_time_s, epoch=self.epoch.number,
                 reason="hot restart" if self.handed_off_to else "stop",
             )  # fmt: skip
-            await self._broadcast(ipc.Drain(self.options.drain_time_s))
-            with trio.move_on_after(self.options.drain_time_s + DRAIN_GRACE_S):
-                async with trio.open_nursery() as race:
-
-                    async def exited() -> None:
-                        await self._wait_workers_exited()
-                        race.cancel_scope.cancel()
-
-                    async def escalated() -> None:
-                        await self._stop.fast.wait()
-                        race.cancel_scope.cancel()
-
-                    race.start_soon(exited)
-                    race.start_soon(escalated)
-        if any(s.alive for s in self.slots):
-            log.info("master_stopping_workers", epoch=self.epoch.number)
-            await self._broadcast(ipc.Stop())
-            with trio.move_on_after(STOP_GRACE_S):
-                await self._wait_workers_exited()
-        for slot in self.slots:
-            if slot.alive and slot.process is not None:
-                log.warning("worker_killed", worker_id=slot.id, pid=slot.pid)
-                slot.process.kill()
-        with trio.move_on_after(STOP_GRACE_S):
-            await self._wait_workers_exited()
-
-    async def _wait_workers_exited(self) -> None:
-        while any(s.alive for s in self.slots):
-            await self.wait_changed()
+            drain_time_s = self.options.drain_time_s
+        await self.workers.stop(drain_time_s, self._stop.fast)
 
     # -- signals ----------------------------------------------------------------------
 
@@ -395,61 +366,14 @@ class Master:
 
     # -- workers ----------------------------------------------------------------------
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_changed(self) -> None:
-        """Wait until a worker starts, exits or acknowledges an epoch."""
-        await self._changed.wait()
-
-    async def send_hello(self, slot: WorkerSlot) -> None:
-        """First words to a new worker: its sockets, then the current epoch."""
-        async with slot.lock:
-            channel = slot.channel
-            if channel is None:
-                return
-            names = tuple(listener.name for listener in self.epoch.listeners)
-            fds = self.sockets.fds_for(slot.id, names)
-            try:
-                await channel.send(ipc.Hello(slot.id, ipc.WIRE_VERSION, names, len(fds)), fds)
-                slot.listeners = names
-                await channel.send(ipc.EpochMsg(self.epoch))
-                slot.sent_epoch = self.epoch.number
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.warning("worker_send_failed", worker_id=slot.id, error=str(exc))
-
-    async def _send_epoch(self, slot: WorkerSlot) -> None:
-        async with slot.lock:
-            channel, epoch = slot.channel, self.epoch
-            if channel is None or slot.sent_epoch >= epoch.number:
-                return
-            wanted = tuple(listener.name for listener in epoch.listeners)
-            missing = tuple(n for n in wanted if n not in slot.listeners)
-            try:
-                if missing:
-                    fds = self.sockets.fds_for(slot.id, missing)
-                    await channel.send(ipc.AddSockets(missing, len(fds)), fds)
-                await channel.send(ipc.EpochMsg(epoch))
-                slot.sent_epoch = epoch.number
-                slot.listeners = wanted
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.warning("worker_send_failed", worker_id=slot.id, error=str(exc))
-
-    async def _broadcast(self, msg: Any) -> None:
-        for slot in self.slots:
-            async with slot.lock:
-                if slot.channel is None:
-                    continue
-                try:
-                    await slot.channel.send(msg)
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the worker is gone already; its supervisor sees the exit
+    @property
+    def slots(self) -> list[WorkerSlot]:
+        """Each slot's current worker."""
+        return self.workers.slots
 
     async def wait_epoch_acked(self, number: int) -> None:
         """Wait until every live worker applied epoch ``number`` (or a later one)."""
-        while any(s.alive and s.epoch < number for s in self.slots):
-            await self.wait_changed()
+        await self.workers.wait_epoch_acked(number)
 
     # -- epochs -----------------------------------------------------------------------
 
@@ -465,9 +389,7 @@ class Master:
             "epoch_published", epoch=epoch.number, reason=reason,
             listeners=len(epoch.listeners), clusters=len(epoch.clusters),
         )  # fmt: skip
-        async with trio.open_nursery() as nursery:
-            for slot in self.slots:
-                nursery.start_soon(self._send_epoch, slot)
+        await self.workers.publish()
 
     async def reload(self) -> ReloadResult:
         """Re-read the config; publish it, or keep the running epoch and say why."""
@@ -590,6 +512,8 @@ class Master:
             "restart_epoch": self.options.restart_epoch,
             "hot_restart_generation": self.generation,
             "workers": [slot.info() for slot in self.slots],
+            # Replaced workers still draining, and replacements not ready yet.
+            "extra_workers": [w.info() for w in self.workers.extra],
         }
 
     def refresh_server_stats(self) -> None:

@@ -88,10 +88,7 @@ class ServerStats:
         store.set_gauge("server.hot_restart_epoch", m.options.restart_epoch)
         store.set_gauge("server.hot_restart_generation", m.generation)
         try:
-            rss = self._me.memory_info().rss
-            for slot in m.slots:
-                if slot.ps is not None and slot.alive:
-                    rss += slot.ps.memory_info().rss
+            rss = self._me.memory_info().rss + m.workers.rss_total()
         except psutil.Error:
             return  # a worker exited while we looked; the next refresh is right again
         store.set_gauge("server.memory_physical_size", rss)

@@ -10,6 +10,13 @@ is started again with the same sockets and the current epoch, at once after a si
 crash and with growing delays (:class:`Backoff`) when it keeps dying. It gives up — and
 asks the master to stop with an error — when a worker exits with
 :data:`EXIT_CANNOT_START` or the first worker of a slot is not ready in time.
+
+Worker health: a worker silent for ``--worker-heartbeat-timeout-s`` is killed (and so
+restarted). A worker whose resident memory is above ``--worker-rss-limit-mb`` is
+*replaced* (:meth:`WorkerSupervisor.replace`): a second worker starts in the same slot on
+the same sockets, and once it is Ready the old one is sent ``Drain`` and exits when its
+requests are done. :class:`RssLimit` decides when, at most once per slot per drain
+period, so a limit below what a fresh worker needs cannot cause a replacement storm.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,12 +39,13 @@ from proxyd.master.sd_notify import child_environment
 
 if TYPE_CHECKING:
     from proxyd.master.master import Master
+    from proxyd.master.worker_pool import WorkerPool
 
 WORKER_COMMAND_ENV = "PROXYD_WORKER_COMMAND"
 # A worker that exits with this code cannot run with what it was given (a broken
 # install, an epoch it cannot compile): restarting it would only loop.
 EXIT_CANNOT_START = 3
-# The first worker of a slot must be Ready this soon.
+# The first worker of a slot (and a replacement) must be Ready this soon.
 FIRST_READY_TIMEOUT_S = 10.0
 # A worker silent this long (no StatsReport, no Ready) is killed and replaced
 # (the default of --worker-heartbeat-timeout-s).
@@ -46,6 +54,13 @@ HEARTBEAT_TIMEOUT_S = 10.0
 EXIT_AFTER_EOF_S = 2.0
 # A worker that lived at least this long resets the backoff.
 STABLE_AFTER_S = 10.0
+# Beyond the drain time, how long a draining worker gets before it is killed.
+DRAIN_GRACE_S = 5.0
+# How often the master samples each worker's RSS when --worker-rss-limit-mb is set.
+RSS_CHECK_INTERVAL_S = 1.0
+# At most one RSS replacement per slot this often (or per drain time, if longer).
+RSS_REPLACE_MIN_INTERVAL_S = 30.0
+RSS_REPLACEMENTS_STAT = "server.proxyd.worker_rss_replacements"
 
 log = get_logger("proxyd.master.workers")
 
@@ -67,9 +82,40 @@ class Backoff:
         return min(self.cap, self.first * 2 ** (self.quick_failures - 2))
 
 
-@dataclass
+class RssLimit:
+    """When a slot's worker is replaced for its memory; values in, a decision out.
+
+    ``limit_bytes`` 0 is no limit. After a replacement the slot is left alone for
+    ``interval_s`` (the drain period, at least :data:`RSS_REPLACE_MIN_INTERVAL_S`): the
+    old worker may still be draining, and a limit that even a fresh worker exceeds
+    then costs one replacement per interval, not a storm.
+    """
+
+    def __init__(self, limit_bytes: int, interval_s: float) -> None:
+        self.limit_bytes = limit_bytes
+        self.interval_s = interval_s
+        self._last_replaced: float | None = None
+
+    def over(self, rss: int) -> bool:
+        return self.limit_bytes > 0 and rss > self.limit_bytes
+
+    def should_replace(self, rss: int, now: float) -> bool:
+        if not self.over(rss):
+            return False
+        return self._last_replaced is None or now - self._last_replaced >= self.interval_s
+
+    def replaced(self, now: float) -> None:
+        self._last_replaced = now
+
+
+@dataclass(eq=False)
 class WorkerSlot:
-    """What the master knows about the worker in slot ``id``."""
+    """What the master knows about one worker process in slot ``id``.
+
+    ``WorkerPool.slots[id]`` is the slot's current worker; during an RSS replacement a
+    second one (the replacement starting, then the old one draining) lives in
+    ``WorkerPool.extra`` with the same ``id``.
+    """
 
     id: int
     pid: int = 0
@@ -81,16 +127,29 @@ class WorkerSlot:
     started_at: float = 0.0  # wall clock (time.time())
     started_mono: float = 0.0
     restarts: int = 0
+    rss_replacements: int = 0
     last_heard: float = 0.0  # trio.current_time()
     # Listener names whose sockets this worker holds.
     listeners: tuple[str, ...] = ()
     # Serialises everything sent to the worker, so Hello/AddSockets/Epoch stay in order.
     lock: trio.Lock = field(default_factory=trio.Lock)
     ps: psutil.Process | None = None
+    ready: trio.Event = field(default_factory=trio.Event)  # its first Ready arrived
+    exited: trio.Event = field(default_factory=trio.Event)
+    draining: bool = False
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
+
+    def rss(self) -> int:
+        """Resident memory in bytes; 0 when it is not running (or just exited)."""
+        if self.ps is None or not self.alive:
+            return 0
+        try:
+            return int(self.ps.memory_info().rss)
+        except psutil.Error:
+            return 0  # it exited between the check and the read
 
     def info(self) -> dict[str, object]:
         """For ``proxyctl status``: pid, memory, CPU."""
@@ -111,6 +170,8 @@ class WorkerSlot:
             "epoch": self.epoch,
             "started_at": self.started_at,
             "restarts": self.restarts,
+            "rss_replacements": self.rss_replacements,
+            "draining": self.draining,
         }
 
 
@@ -127,21 +188,51 @@ def worker_argv(ipc_fd: int, worker_id: int) -> list[str]:
 
 
 class WorkerSupervisor:
-    """Runs slot ``slot`` for as long as the master runs."""
+    """Runs slot ``slot.id`` for as long as the master runs.
 
-    def __init__(self, master: Master, slot: WorkerSlot, on_change: Callable[[], None]) -> None:
+    Every worker process of the slot is served (read loop, heartbeat watchdog) by a
+    task in this supervisor's nursery, so a replaced worker goes on being served while
+    it drains. Only the exit of the slot's *current* worker counts as a restart.
+    """
+
+    def __init__(self, master: Master, slot: WorkerSlot) -> None:
         self.master = master
-        self.slot = slot
-        self._on_change = on_change
+        self.pool: WorkerPool = master.workers
+        self.slot = slot  # the current worker
         self._backoff = Backoff()
         self._ever_ready = False
+        # Set when a replacement in progress has become current or given up.
+        self._replacing: trio.Event | None = None
+        self._swapped = trio.Event()  # set (and renewed) when a replacement takes over
+        options = master.options
+        self.rss_limit = RssLimit(
+            options.worker_rss_limit_mb * 1024 * 1024,
+            max(options.drain_time_s, RSS_REPLACE_MIN_INTERVAL_S),
+        )
+        self._nursery: trio.Nursery
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            memory_watch = trio.CancelScope()
+            if self.rss_limit.limit_bytes > 0:
+                self.master.stats.ensure_counters([RSS_REPLACEMENTS_STAT])
+                nursery.start_soon(self._watch_memory, memory_watch)
+            await self._supervise()
+            memory_watch.cancel()
+            # Replaced workers still draining are served here until they exit (the
+            # master's stop drains, stops and kills them like any other).
+
+    async def _supervise(self) -> None:
         slot = self.slot
         while not self.master.stopping:
-            code, ready = await self._run_once()
+            if not await self._launch(slot):
+                return
+            slot = await self._wait_current_exited()
             if self.master.stopping:
                 return
+            code = slot.process.returncode if slot.process is not None else 1
+            ready = slot.ready.is_set()
             lived = time.monotonic() - slot.started_mono
             if code == EXIT_CANNOT_START:
                 self.master.fatal(
@@ -156,16 +247,35 @@ class WorkerSupervisor:
                 return
             self._ever_ready = self._ever_ready or ready
             delay = self._backoff.next_delay(lived)
-            slot.restarts += 1
+            slot = self._successor_of(slot, restarts=slot.restarts + 1)
+            self.pool.slots[slot.id] = self.slot = slot
             log.warning(
                 "worker_restart", worker_id=slot.id, delay_s=delay, restarts=slot.restarts,
                 epoch=self.master.epoch.number,
             )  # fmt: skip
             await trio.sleep(delay)
 
-    async def _run_once(self) -> tuple[int, bool]:
-        """Start a worker, serve it until it exits; (exit code, became ready)."""
-        slot = self.slot
+    async def _wait_current_exited(self) -> WorkerSlot:
+        """Wait until the slot's current worker exits (following replacements); it."""
+        while True:
+            slot, swapped = self.slot, self._swapped
+            await _first_of(slot.exited.wait, swapped.wait)
+            if self.slot is not slot:
+                continue  # replaced: watch the replacement
+            if not slot.exited.is_set():
+                continue
+            if self._replacing is not None:
+                # A replacement is starting: it takes over (or fails) before we decide.
+                await self._replacing.wait()
+            if self.slot is slot:
+                return slot
+
+    @staticmethod
+    def _successor_of(slot: WorkerSlot, restarts: int) -> WorkerSlot:
+        return WorkerSlot(slot.id, restarts=restarts, rss_replacements=slot.rss_replacements)
+
+    async def _launch(self, slot: WorkerSlot) -> bool:
+        """Start a worker process for ``slot`` and serve it in the background."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = await trio.lowlevel.open_process(
@@ -175,12 +285,15 @@ class WorkerSupervisor:
             )
         except OSError as exc:
             parent.close()
-            self.master.fatal(f"cannot start worker {slot.id}: {exc}")
-            return 1, False
+            if slot is self.slot:
+                self.master.fatal(f"cannot start worker {slot.id}: {exc}")
+            else:  # a replacement: the current worker goes on serving
+                log.error("worker_start_failed", worker_id=slot.id, error=str(exc))
+            return False
         finally:
             child.close()
-        channel = ipc.Channel(trio.socket.from_stdlib_socket(parent))
-        slot.process, slot.channel, slot.pid = proc, channel, proc.pid
+        slot.process, slot.pid = proc, proc.pid
+        slot.channel = ipc.Channel(trio.socket.from_stdlib_socket(parent))
         slot.epoch = slot.sent_epoch = 0
         slot.started_at, slot.started_mono = time.time(), time.monotonic()
         slot.last_heard = trio.current_time()
@@ -190,30 +303,36 @@ class WorkerSupervisor:
         except psutil.Error:
             slot.ps = None
         log.info("worker_started", worker_id=slot.id, pid=proc.pid, epoch=self.master.epoch.number)
-        self._on_change()
-        ready = trio.Event()
+        self.pool.notify()
+        self._nursery.start_soon(self._serve, slot, proc, slot.channel)
+        return True
+
+    async def _serve(self, slot: WorkerSlot, proc: trio.Process, channel: ipc.Channel) -> None:
+        """Talk to one worker process until it exits."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop, channel, proc, ready)
-                nursery.start_soon(self._watchdog, proc, ready)
-                await self.master.send_hello(slot)
+                nursery.start_soon(self._read_loop, slot, channel, proc)
+                nursery.start_soon(self._watchdog, slot, proc)
+                await self.pool.send_hello(slot)
                 await proc.wait()
                 nursery.cancel_scope.cancel()
         finally:
             channel.close()
             slot.channel = None
-            self.master.stats.drop_worker(slot.id)
+            # Gauges are per process (two may share a slot while one drains).
+            self.master.stats.drop_worker(proc.pid)
+            self.pool.forget(slot)
+            slot.exited.set()
+            self.pool.notify()
         code = proc.returncode
+        expected = code == 0 and (self.master.stopping or slot.draining)
         log.log(
-            20 if self.master.stopping and code == 0 else 30,
+            20 if expected else 30,
             "worker_exited", worker_id=slot.id, pid=proc.pid, exit_code=code,
-            epoch=self.master.epoch.number,
+            epoch=self.master.epoch.number, draining=slot.draining,
         )  # fmt: skip
-        self._on_change()
-        return code, ready.is_set()
 
-    async def _read_loop(self, channel: ipc.Channel, proc: trio.Process, ready: trio.Event) -> None:
-        slot = self.slot
+    async def _read_loop(self, slot: WorkerSlot, channel: ipc.Channel, proc: trio.Process) -> None:
         while True:
             try:
                 msg, fds = await channel.receive()
@@ -226,13 +345,13 @@ class WorkerSupervisor:
                 os.close(fd)
             slot.last_heard = trio.current_time()
             if isinstance(msg, ipc.StatsReport):
-                self.master.stats.add_report(slot.id, msg.counters, msg.gauges)
+                self.master.stats.add_report(proc.pid, msg.counters, msg.gauges)
             elif isinstance(msg, ipc.Ready):
                 slot.epoch = msg.epoch
-                if not ready.is_set():
-                    ready.set()
+                if not slot.ready.is_set():
+                    slot.ready.set()
                     log.info("worker_ready", worker_id=slot.id, pid=msg.pid, epoch=msg.epoch)
-                self._on_change()
+                self.pool.notify()
             else:
                 log.warning("worker_unexpected_message", worker_id=slot.id, type=type(msg).__name__)
         # The channel is closed: the worker is exiting (or broken). Give it a moment.
@@ -244,12 +363,11 @@ class WorkerSupervisor:
             )
             proc.kill()
 
-    async def _watchdog(self, proc: trio.Process, ready: trio.Event) -> None:
+    async def _watchdog(self, slot: WorkerSlot, proc: trio.Process) -> None:
         """Kill a worker that is not ready in time or stops sending heartbeats."""
-        slot = self.slot
         with trio.move_on_after(FIRST_READY_TIMEOUT_S):
-            await ready.wait()
-        if not ready.is_set():
+            await slot.ready.wait()
+        if not slot.ready.is_set():
             log.error(
                 "worker_not_ready", worker_id=slot.id, pid=proc.pid, timeout_s=FIRST_READY_TIMEOUT_S
             )
@@ -266,3 +384,83 @@ class WorkerSupervisor:
                 proc.kill()
                 return
             await trio.sleep(max(0.5, timeout - silent_for))
+
+    # -- memory -----------------------------------------------------------------------
+
+    async def _watch_memory(self, scope: trio.CancelScope) -> None:
+        """Sample the current worker's RSS; replace it when it is above the limit."""
+        with scope:
+            while True:
+                await trio.sleep(RSS_CHECK_INTERVAL_S)
+                slot = self.slot
+                if self.master.stopping or not slot.ready.is_set() or self._replacing is not None:
+                    continue
+                rss = slot.rss()
+                if self.rss_limit.should_replace(rss, trio.current_time()):
+                    self.rss_limit.replaced(trio.current_time())
+                    await self.replace(slot, rss)
+
+    async def replace(self, old: WorkerSlot, rss: int) -> None:
+        """Start a replacement for ``old`` on the same sockets; once it is Ready, make it
+        the slot's worker and drain ``old`` (killed if it outlives the drain time)."""
+        done = self._replacing = trio.Event()
+        new = self._successor_of(old, restarts=old.restarts)
+        new.rss_replacements += 1
+        limit_mb = self.master.options.worker_rss_limit_mb
+        log.warning(
+            "worker_rss_over_limit", worker_id=old.id, pid=old.pid, rss=rss,
+            limit_mb=limit_mb, epoch=self.master.epoch.number,
+        )  # fmt: skip
+        self.pool.extra.append(new)
+        try:
+            if not await self._launch(new):
+                self.pool.forget(new)
+                return
+            with trio.move_on_after(FIRST_READY_TIMEOUT_S + 1.0):
+                await _first_of(new.ready.wait, new.exited.wait)
+            if not new.ready.is_set() or self.master.stopping or self.slot is not old:
+                log.error(
+                    "worker_rss_replacement_failed", worker_id=old.id, pid=old.pid,
+                    new_pid=new.pid, reason="not ready" if not new.ready.is_set() else "stopping",
+                )  # fmt: skip
+                if new.alive and new.process is not None:
+                    new.process.kill()
+                return
+            self.slot = new
+            self.pool.swap(old, new)
+            self._swapped.set()
+            self._swapped = trio.Event()
+            done.set()
+            # An epoch published while the replacement started reaches it now.
+            await self.pool.send_epoch(new)
+            self.master.stats.add_counter(RSS_REPLACEMENTS_STAT)
+            log.warning(
+                "worker_rss_replaced", worker_id=old.id, old_pid=old.pid, new_pid=new.pid,
+                rss=rss, limit_mb=limit_mb, epoch=self.master.epoch.number,
+            )  # fmt: skip
+        finally:
+            self._replacing = None
+            done.set()
+        self._nursery.start_soon(self._drain_replaced, old)
+
+    async def _drain_replaced(self, old: WorkerSlot) -> None:
+        drain_s = self.master.options.drain_time_s
+        old.draining = True
+        if await self.pool.send(old, ipc.Drain(drain_s)):
+            with trio.move_on_after(drain_s + DRAIN_GRACE_S):
+                await old.exited.wait()
+        if old.alive and old.process is not None:
+            log.warning("worker_killed", worker_id=old.id, pid=old.pid, reason="drain time over")
+            old.process.kill()
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as any of ``waits`` returns."""
+    async with trio.open_nursery() as nursery:
+        for wait in waits:
+
+            async def one(wait: Callable[[], Awaitable[object]] = wait) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(one)
