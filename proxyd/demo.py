@@ -228,7 +228,9 @@ def run_front_proxy(config: str, concurrency: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m proxyd.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m proxyd.demo", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command")
     up = sub.add_parser("upstream", help="run one demo upstream")
     up.add_argument("--name", required=True)
