@@ -60,7 +60,10 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per event, newline included (print() writes the newline apart):
+        # the master and its workers share stderr, and two workers' lines written in
+        # pieces come out spliced together.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 

@@ -186,7 +186,8 @@ class ProxydProcess:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+            with e:  # the error holds the response and its socket: close both now
+                return e.code, e.read().decode()
 
     def stats(self) -> dict[str, int]:
         """The admin ``/stats`` counters and gauges as a dict."""

@@ -3,6 +3,10 @@
 The master starts it with one end of a socketpair as fd N; everything else (listening
 sockets, epochs, drain and stop) arrives over that channel, see
 :mod:`proxyd.worker.process`. Exit codes: 0 done, 3 cannot start, 1 anything else.
+
+The worker logs at the level and in the format the master chose (passed in the
+environment, see :func:`proxyd.log.configure_from_env`) and names itself
+``proxyd-worker`` for ``ps`` and ``top``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import sys
 import trio
 
 from proxyd.ipc import Channel
+from proxyd.log import configure_from_env
+from proxyd.master.procname import set_process_name
 from proxyd.worker.process import EXIT_CANNOT_START, Worker
 
 
@@ -22,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ipc-fd", type=int, required=True)
     parser.add_argument("--worker-id", type=int, required=True)
     args = parser.parse_args(argv)
+    configure_from_env()
+    set_process_name("proxyd-worker")
     # Ctrl-C in a terminal reaches the whole process group; the master decides how the
     # workers stop (Drain or Stop), so the worker does not die on its own SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

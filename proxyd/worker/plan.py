@@ -110,7 +110,7 @@ class CompiledEpoch:
             if old is not None and old.cluster == c and not old.retired:
                 self.clusters[c.name] = old
             else:
-                self.clusters[c.name] = ClusterState(c, stats.cluster(c.name))
+                self.clusters[c.name] = ClusterState(c, stats)
         self.plans = {
             lst.name: ListenerPlan(lst, self.clusters, stats, writers, local_address, ids)
             for lst in epoch.listeners

@@ -295,8 +295,13 @@ class Worker:
                     conn.expire()
 
     async def _ticker(self) -> None:
+        """Every REPORT_INTERVAL_S, changed or not, a StatsReport: the master takes it
+        as the heartbeat. The next tick is set from the last one, so the time spent
+        sending, flushing and sweeping does not stretch the interval."""
+        next_tick = trio.current_time()
         while True:
-            await trio.sleep(REPORT_INTERVAL_S)
+            next_tick = max(next_tick + REPORT_INTERVAL_S, trio.current_time())
+            await trio.sleep_until(next_tick)
             counters, gauges = self.stats.report()
             try:
                 await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))

@@ -119,9 +119,12 @@ class Exchange:
         assert cluster is not None
         cstats = cluster.stats
         host = self.host
+        hstats = host.stats
         host.active_requests += 1
         cstats.rq_total += 1
         cstats.rq_active += 1
+        hstats.rq_total += 1
+        hstats.rq_active += 1
         dc.upstream_host = host.label
         if self.body_done:
             self._arm_route()
@@ -141,6 +144,7 @@ class Exchange:
                     except ConnectFailure as exc:
                         self.dc.flags = "UF"
                         cluster.stats.count_response(503)
+                        hstats.rq_error += 1
                         return await self._reply(503, RESET_BEFORE_HEADERS + exc.reason)
                 self.conn = conn
                 self.dc.upstream_sock = conn.sock
@@ -196,6 +200,7 @@ class Exchange:
             if exc.status == 502:
                 dc.flags = "UPE"
                 cstats.count_response(502)
+                hstats.rq_error += 1
                 return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
             dc.flags = "DPE"
             self.body_done = False
@@ -211,6 +216,7 @@ class Exchange:
             dc.deadline = INF
             host.active_requests -= 1
             cstats.rq_active -= 1
+            hstats.rq_active -= 1
             if self.conn is not None:
                 cluster.destroy(self.conn)
                 self.conn = None
@@ -250,6 +256,8 @@ class Exchange:
         cstats = self.cluster.stats  # type: ignore[union-attr]
         if flag == "UT":
             cstats.rq_timeout += 1
+            self.host.stats.rq_timeout += 1
+            self.host.stats.rq_error += 1
         dc.flags = flag
         if self.conn is not None:
             self.cluster.destroy(self.conn)  # type: ignore[union-attr]
@@ -263,6 +271,7 @@ class Exchange:
     async def _reset_before_headers(self, flag: str, reason: str) -> bool:
         self.dc.flags = flag
         self.cluster.stats.count_response(503)  # type: ignore[union-attr]
+        self.host.stats.rq_error += 1
         return await self._reply(503, RESET_BEFORE_HEADERS + reason)
 
     # -- the exchange -------------------------------------------------------------------
@@ -472,6 +481,10 @@ class Exchange:
         dc.service_ms = service_ms
         dc.status = status
         cluster.stats.count_response(status)
+        if status < 500:
+            self.host.stats.rq_success += 1
+        else:
+            self.host.stats.rq_error += 1
         if self.plan.response_wanted:
             dc.resp_headers = r.headers
         if not response_has_body(status, h.method == "HEAD"):

@@ -5,9 +5,15 @@ resolved once per epoch by name and kept for the life of the worker, so a reques
 bumps an attribute and never formats a stat name. :meth:`StatsStore.report` turns the
 whole store into ``(counter deltas since the last report, absolute gauges)`` with the
 full Envoy stat names, which is what :class:`proxyd.ipc.StatsReport` carries.
+
+Per-host values for the admin ``/clusters`` page (:class:`HostStats`) travel in the same
+report under ``<cluster>::<ip>:<port>::<stat>``, which the master keeps out of ``/stats``
+(see :mod:`proxyd.stats`).
 """
 
 from __future__ import annotations
+
+from proxyd.stats import HOST_SEP
 
 
 class _Scope:
@@ -144,6 +150,37 @@ class ListenerStats(_Scope):
         super().__init__(f"listener.{stat_name}.")
 
 
+class HostStats(_Scope):
+    """``<cluster>::<host>::*``: one upstream host of a cluster, for ``/clusters``.
+
+    ``rq_success`` and ``rq_error`` split the finished requests: a response below 500
+    is a success; a 5xx response, a failed connect, a reset or a timeout is an error.
+    """
+
+    __slots__ = (
+        "rq_total",
+        "rq_success",
+        "rq_error",
+        "rq_timeout",
+        "cx_total",
+        "cx_connect_fail",
+        "cx_active",
+        "rq_active",
+    )
+    COUNTERS = (
+        ("rq_total", "rq_total"),
+        ("rq_success", "rq_success"),
+        ("rq_error", "rq_error"),
+        ("rq_timeout", "rq_timeout"),
+        ("cx_total", "cx_total"),
+        ("cx_connect_fail", "cx_connect_fail"),
+    )
+    GAUGES = (("cx_active", "cx_active"), ("rq_active", "rq_active"))
+
+    def __init__(self, cluster: str, host: str) -> None:
+        super().__init__(f"{cluster}{HOST_SEP}{host}{HOST_SEP}")
+
+
 class StatsStore:
     """Every scope the worker has resolved, by full prefix; scopes are never dropped."""
 
@@ -161,6 +198,14 @@ class StatsStore:
 
     def http(self, stat_prefix: str) -> HttpStats:
         return self._get(HttpStats, "http." + stat_prefix, stat_prefix)  # type: ignore[return-value]
+
+    def host(self, cluster: str, host: str) -> HostStats:
+        """``host`` as /clusters prints it: ``ip:port``, or ``[ip6]:port``."""
+        key = f"host.{cluster}{HOST_SEP}{host}"
+        scope = self._scopes.get(key)
+        if scope is None:
+            scope = self._scopes[key] = HostStats(cluster, host)
+        return scope  # type: ignore[return-value]
 
     def listener(self, stat_name: str) -> ListenerStats:
         return self._get(ListenerStats, "listener." + stat_name, stat_name)  # type: ignore[return-value]

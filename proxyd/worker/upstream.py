@@ -3,8 +3,9 @@
 A :class:`ClusterState` is compiled from an :class:`proxyd.epoch.Cluster` and lives as
 long as the cluster is unchanged, across epochs, so its pools and connections survive
 reloads. Each :class:`HostState` keeps the idle keep-alive connections to one host
-(LIFO, so the warmest is reused and the coldest times out) and its
-``active_requests`` for the balancer.
+(LIFO, so the warmest is reused and the coldest times out), its
+``active_requests`` for the balancer and its :class:`HostStats` (resolved when the
+cluster is compiled, so a request never formats a stat name).
 
 An idle connection is checked before reuse: one idle for longer than the cluster's
 ``idle_timeout_s`` is closed, and one idle for more than :data:`PEEK_AFTER_S` is
@@ -25,7 +26,7 @@ from proxyd.epoch import Cluster
 from proxyd.protocol.balancers import make_balancer
 from proxyd.protocol.http1 import ResponseHeadParser
 from proxyd.worker import io
-from proxyd.worker.stats import ClusterStats
+from proxyd.worker.stats import ClusterStats, HostStats, StatsStore
 
 UPSTREAM_BUFFER = 64 * 1024
 PEEK_AFTER_S = 0.05
@@ -60,32 +61,37 @@ class UpstreamConnection:
 class HostState:
     """One endpoint of a cluster as the balancer and the pool see it."""
 
-    __slots__ = ("address", "port", "weight", "active_requests", "idle", "cluster", "label")
+    __slots__ = (
+        "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
+    )  # fmt: skip
 
-    def __init__(self, address: str, port: int, weight: int, cluster: ClusterState) -> None:
+    def __init__(
+        self, address: str, port: int, weight: int, cluster: ClusterState, store: StatsStore
+    ) -> None:
         self.address = address
         self.port = port
         self.weight = weight
         self.active_requests = 0
         self.idle: list[UpstreamConnection] = []
         self.cluster = cluster
-        # %UPSTREAM_HOST% as Envoy prints it.
+        # %UPSTREAM_HOST% as Envoy prints it, which is also the host's key in /clusters.
         self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        self.stats: HostStats = store.host(cluster.name, self.label)
 
 
 class ClusterState:
     """A cluster compiled for this worker: its hosts, balancer, pools and stats."""
 
-    def __init__(self, cluster: Cluster, stats: ClusterStats) -> None:
+    def __init__(self, cluster: Cluster, store: StatsStore) -> None:
         self.cluster = cluster
         self.name = cluster.name
-        self.stats = stats
+        self.stats: ClusterStats = store.cluster(cluster.name)
         self.retired = False
         self.connect_timeout = cluster.connect_timeout_s
         self.idle_timeout = cluster.idle_timeout_s
         self.max_requests = cluster.max_requests_per_connection
         self.hosts = [
-            HostState(ep.address, ep.port, max(ep.weight, 1), self)
+            HostState(ep.address, ep.port, max(ep.weight, 1), self, store)
             for ep in cluster.endpoints
             if ep.healthy
         ]
@@ -112,18 +118,23 @@ class ClusterState:
 
     async def connect(self, host: HostState) -> UpstreamConnection:
         stats = self.stats
+        hstats = host.stats
         stats.cx_total += 1
+        hstats.cx_total += 1
         try:
             sock = await io.connect(host.address, host.port, self.connect_timeout)
         except io.Timeout:
             stats.cx_connect_fail += 1
             stats.cx_connect_timeout += 1
+            hstats.cx_connect_fail += 1
             raise ConnectFailure("connection timeout") from None
         except OSError:
             stats.cx_connect_fail += 1
+            hstats.cx_connect_fail += 1
             raise ConnectFailure("remote connection failure") from None
         conn = UpstreamConnection(sock, host)
         stats.cx_active += 1
+        hstats.cx_active += 1
         self.open.add(conn)
         return conn
 
@@ -147,6 +158,7 @@ class ClusterState:
             self.open.discard(conn)
             self.stats.cx_active -= 1
             self.stats.cx_destroy += 1
+            conn.host.stats.cx_active -= 1
         io.close(conn.sock)
 
     # -- life cycle -------------------------------------------------------------------

@@ -123,3 +123,37 @@ def test_quitquitquit_is_post_only_and_stops_gracefully(proxy: ProxydProcess) ->
     assert proxy.admin("/quitquitquit")[0] == 405
     assert proxy.admin("/quitquitquit", method="POST") == (200, "OK\n")
     assert proxy.proc.wait(20) == 0
+
+
+def test_clusters_page_counts_requests_per_host(proxy: ProxydProcess) -> None:
+    """Per-host values come from the workers' reports, summed over both workers."""
+    errors = 3
+    for _ in range(N):  # a new connection each: the kernel spreads them over both workers
+        assert get(proxy.listen_port)[0] == 200
+    for _ in range(errors):
+        assert get(proxy.listen_port, "/status/503")[0] == 503
+    host = f"up::127.0.0.1:{proxy.upstream_port}::"
+
+    def host_values() -> dict[str, str]:
+        text = proxy.admin("/clusters")[1]
+        return {
+            line[len(host) :].partition("::")[0]: line.rpartition("::")[2]
+            for line in text.splitlines()
+            if line.startswith(host)
+        }
+
+    wait_for(lambda: host_values().get("rq_total") == str(N + errors), timeout=10)
+    values = host_values()
+    assert values["rq_success"] == str(N)
+    assert values["rq_error"] == str(errors)
+    assert values["rq_timeout"] == "0"
+    assert values["rq_active"] == "0"
+    assert values["cx_connect_fail"] == "0"
+    assert int(values["cx_total"]) >= 1  # each worker pools its upstream connections
+    assert int(values["cx_active"]) <= int(values["cx_total"])
+    doc = json.loads(proxy.admin("/clusters?format=json")[1])
+    (status,) = doc["cluster_statuses"][0]["host_statuses"]
+    stats = {s["name"]: s["value"] for s in status["stats"]}
+    assert stats["rq_total"] == str(N + errors) and stats["rq_success"] == str(N)
+    # Per-host values stay out of /stats, as in Envoy.
+    assert "::" not in proxy.admin("/stats")[1]

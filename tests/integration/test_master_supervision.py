@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,13 @@ def test_master_and_two_workers_are_visible(proxy: ProxydProcess) -> None:
     assert any("proxyd" in part for part in master.cmdline())
     for child in children:
         assert "proxyd.worker" in child.cmdline()
+        assert child.name() == "proxyd-worker"
+    # What an operator sees: ps shows the kernel's comm name of each process.
+    ps = subprocess.run(
+        ["ps", "-o", "comm=", "-p", ",".join(str(p.pid) for p in (master, *children))],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert sorted(ps.stdout.split()) == ["proxyd-master", "proxyd-worker", "proxyd-worker"]
     status = proxy.status()
     assert status["pid"] == proxy.pid
     assert status["epoch"] == 1
@@ -42,6 +50,25 @@ def test_master_and_two_workers_are_visible(proxy: ProxydProcess) -> None:
         assert w["rss"] > 0
         assert isinstance(w["cpu_percent"], float)
         assert w["epoch"] == 1
+
+
+def test_workers_log_like_their_master(tmp_path: Path, upstream) -> None:
+    """--log-level and --log-format reach the workers: debug lines in JSON here, and
+    none at the default info level (the fixture above)."""
+    up = upstream("up")
+    port, admin = free_port(), free_port()
+    config = http_config(port, admin, {"up": [up.port]})
+    with ProxydProcess(tmp_path, config, admin, extra_args=("--log-level", "debug")) as p:
+        wait_for(lambda: p.log().count('"epoch applied"') >= 2, timeout=10)
+        applied = [json.loads(line) for line in p.log().splitlines() if '"epoch applied"' in line]
+    assert sorted(e["worker_id"] for e in applied[:2]) == [0, 1]
+    assert all(e["level"] == "debug" for e in applied)
+
+
+def test_workers_do_not_log_below_the_masters_level(proxy: ProxydProcess) -> None:
+    assert get(proxy.listen_port)[0] == 200
+    assert '"master_' in proxy.log()  # the master's info lines are there
+    assert "epoch applied" not in proxy.log()  # the workers' debug lines are not
 
 
 def test_killed_worker_is_replaced_while_clients_keep_going(proxy: ProxydProcess) -> None:

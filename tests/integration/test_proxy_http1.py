@@ -164,15 +164,18 @@ def raw_get(
 ) -> http.client.HTTPResponse:
     """One GET with exactly these header lines (plus Host), on a new connection; read."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
-    conn.putheader("Host", host)
-    for name, value in headers:
-        conn.putheader(name, value)
-    conn.endheaders()
-    resp = conn.getresponse()
-    resp.body = resp.read()  # type: ignore[attr-defined]
-    conn.close()
-    return resp
+    try:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        with resp:
+            resp.body = resp.read()  # type: ignore[attr-defined]
+        return resp
+    finally:
+        conn.close()
 
 
 # -- plain requests ---------------------------------------------------------------------

@@ -135,11 +135,10 @@ def test_broken_clients_do_not_hurt_the_worker(worker) -> None:
         b"\x00\xff" * 1000,
         b"GET /delay/200/ HTTP/1.1\r\nHost: a\r\n\r\n",  # gone before the answer
     ):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(data)
-        time.sleep(0.05)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        s.close()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(data)
+            time.sleep(0.05)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
     time.sleep(0.4)
     # Half a chunked body, then garbage where the next chunk size belongs.
     out = raw_exchange(

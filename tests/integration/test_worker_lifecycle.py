@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import subprocess
@@ -78,42 +79,63 @@ def test_listeners_added_and_removed(start_worker, upstream) -> None:
     assert httpx.get(f"http://127.0.0.1:{port2}/").status_code == 200
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response with a content-length body: the head and the body may come
+    in separate segments, and a later recv must not find the rest of this one."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a complete head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")[1:]
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed mid-body"
+        body += chunk
+    assert len(body) == length, "more bytes than the response announced"
+    return head + b"\r\n\r\n" + body
+
+
 def test_drain_finishes_requests_closes_idle_and_exits_0(start_worker, upstream) -> None:
     a = upstream("a")
     port = free_port()
     w = start_worker(make_epoch(1, port, {"a": [a.port]}))
-    idle = socket.create_connection(("127.0.0.1", port))
-    idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
-    busy = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    busy.request("GET", "/delay/600/")
-    time.sleep(0.2)
-    quiet = socket.create_connection(("127.0.0.1", port))
-    quiet.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert quiet.recv(65536).startswith(b"HTTP/1.1 200")
-    w.drain(3.0)
-    time.sleep(0.05)
-    # An idle keep-alive connection may still bring a request (the client may have
-    # sent it as the drain began); it is answered with connection: close.
-    idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    idle.settimeout(3)
-    answer = idle.recv(65536)
-    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
-    assert idle.recv(100) == b""
-    idle.close()
-    r = busy.getresponse()
-    assert r.status == 200 and r.getheader("connection") == "close"
-    r.read()
-    busy.close()
-    # Another idle keep-alive connection is not cut off while the drain window lasts
-    # (closing it would race a request the client may be sending)...
-    quiet.settimeout(1.0)
-    with pytest.raises(TimeoutError):
-        quiet.recv(100)
-    # ...and is closed, without a word, when the window ends.
-    quiet.settimeout(10)
-    assert quiet.recv(100) == b""
-    quiet.close()
+    with contextlib.ExitStack() as open_connections:
+        idle = open_connections.enter_context(socket.create_connection(("127.0.0.1", port)))
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(idle).startswith(b"HTTP/1.1 200")
+        busy = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        open_connections.callback(busy.close)
+        busy.request("GET", "/delay/600/")
+        time.sleep(0.2)
+        quiet = open_connections.enter_context(socket.create_connection(("127.0.0.1", port)))
+        quiet.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(quiet).startswith(b"HTTP/1.1 200")
+        w.drain(3.0)
+        time.sleep(0.05)
+        # An idle keep-alive connection may still bring a request (the client may have
+        # sent it as the drain began); it is answered with connection: close.
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        idle.settimeout(3)
+        answer = read_response(idle)
+        assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
+        assert idle.recv(100) == b""
+        r = busy.getresponse()
+        assert r.status == 200 and r.getheader("connection") == "close"
+        r.read()
+        # Another idle keep-alive connection is not cut off while the drain window lasts
+        # (closing it would race a request the client may be sending)...
+        quiet.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            quiet.recv(100)
+        # ...and is closed, without a word, when the window ends.
+        quiet.settimeout(10)
+        assert quiet.recv(100) == b""
     assert w.wait_exit(5) == 0
 
 

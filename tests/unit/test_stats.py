@@ -184,3 +184,25 @@ def test_prometheus_label_values_are_escaped() -> None:
     assert (
         'envoy_cluster_upstream_rq_total{envoy_cluster_name="a\\"b"} 1\n' in s.render_prometheus()
     )
+
+
+def test_worker_host_stats_travel_as_host_keys_and_stay_out_of_stats() -> None:
+    from proxyd.worker.stats import StatsStore as WorkerStats
+
+    worker = WorkerStats()
+    h = worker.host("up", "127.0.0.1:8080")
+    assert worker.host("up", "127.0.0.1:8080") is h  # resolved once, then reused
+    h.rq_total += 2
+    h.rq_success += 2
+    h.cx_active = 1
+    counters, gauges = worker.report()
+    assert counters == {"up::127.0.0.1:8080::rq_total": 2, "up::127.0.0.1:8080::rq_success": 2}
+    assert gauges["up::127.0.0.1:8080::cx_active"] == 1
+    assert gauges["up::127.0.0.1:8080::rq_active"] == 0
+    assert worker.report()[0] == {}  # deltas: nothing new since the last report
+    master = StatsStore()
+    master.add_report(0, counters, gauges)
+    master.add_report(1, {"up::127.0.0.1:8080::rq_total": 1}, {"up::127.0.0.1:8080::cx_active": 1})
+    values = master.host_stats("up", "127.0.0.1:8080")
+    assert values["rq_total"] == 3 and values["rq_success"] == 2 and values["cx_active"] == 2
+    assert "::" not in master.render_text()
