@@ -111,6 +111,12 @@ class Cluster:
     dns_refresh_rate_s: float = 5.0
     # Active health checking (at most one, as in Envoy); the master runs it.
     health_checks: tuple[HealthCheck, ...] = ()
+    # Circuit breakers (Envoy's DEFAULT-priority thresholds, defaults as Envoy's), for
+    # the whole proxy: each worker enforces ceil(limit / Epoch.worker_count).
+    # 0 = no limit: proxyd enforces max_connections only when it is configured (see
+    # docs/configuration.md, circuit breakers).
+    cb_max_connections: int = 0
+    cb_max_requests: int = 1024
 
 
 # -- routes ---------------------------------------------------------------------------
@@ -230,6 +236,8 @@ class Epoch:
     number: int
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
+    # How many workers share the proxy-wide limits (set by the master when publishing).
+    worker_count: int = 1
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

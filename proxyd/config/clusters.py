@@ -32,6 +32,12 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DNS_REFRESH_RATE_S = 5.0
 DEFAULT_CHOICE_COUNT = 2
 DEFAULT_UPSTREAM_IDLE_TIMEOUT_S = 3600.0
+# circuit_breaker.proto: CircuitBreakers.Thresholds. Envoy's max_connections default is
+# 1024 too, but beyond it Envoy queues requests (max_pending_requests) where proxyd, with
+# no pending queue, would refuse them; so proxyd enforces max_connections only when it
+# is set (0 = no limit).
+UNSET_MAX_CONNECTIONS = 0
+DEFAULT_MAX_REQUESTS = 1024
 
 
 def compile_clusters(clusters: Sequence[Any], path: str, file: str) -> tuple[Cluster, ...]:
@@ -76,6 +82,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
             )
         max_requests = c.max_requests_per_connection.value
 
+    max_cx, max_rq = _circuit_breakers(c, join(path, "circuit_breakers"), file)
     return Cluster(
         name=c.name,
         type=kind,
@@ -88,7 +95,36 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         dns_lookup_family=enum_name(c, "dns_lookup_family"),
         dns_refresh_rate_s=duration_or(c, "dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE_S),
         health_checks=compile_health_checks(c.health_checks, join(path, "health_checks"), file),
+        cb_max_connections=max_cx,
+        cb_max_requests=max_rq,
     )
+
+
+def _circuit_breakers(c: Any, path: str, file: str) -> tuple[int, int]:
+    """(max_connections, max_requests) of the DEFAULT priority.
+
+    As in Envoy, the first thresholds entry for a priority wins and unset fields keep
+    their defaults; proxyd has one priority, so a HIGH entry is rejected.
+    """
+    defaults = (UNSET_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS)
+    if not c.HasField("circuit_breakers"):
+        return defaults
+    found: tuple[int, int] | None = None
+    for i, t in enumerate(c.circuit_breakers.thresholds):
+        here = f"{join(path, 'thresholds')}[{i}]"
+        priority = enum_name(t, "priority")
+        if priority != "DEFAULT":
+            raise ConfigError(
+                file,
+                join(here, "priority"),
+                f"circuit breaker priority {priority} not supported by proxyd (supported: DEFAULT)",
+            )
+        if found is None:
+            found = (
+                wrapped_or(t, "max_connections", UNSET_MAX_CONNECTIONS),
+                wrapped_or(t, "max_requests", DEFAULT_MAX_REQUESTS),
+            )
+    return found or defaults
 
 
 def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | None]:

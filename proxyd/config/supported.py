@@ -191,6 +191,13 @@ CLUSTER: Spec = {
     "dns_refresh_rate": LEAF,
     "max_requests_per_connection": LEAF,
     "health_checks": HEALTH_CHECK,
+    "circuit_breakers": {
+        "thresholds": {
+            "priority": LEAF,
+            "max_connections": LEAF,
+            "max_requests": LEAF,
+        },
+    },
     "typed_extension_protocol_options": AnyOf(
         "protocol options", {UPSTREAM_HTTP_TYPE: UPSTREAM_HTTP}
     ),

@@ -107,10 +107,15 @@ class CompiledEpoch:
         self.clusters: dict[str, ClusterState] = {}
         for c in epoch.clusters:
             old = old_clusters.get(c.name)
-            if old is not None and old.cluster == c and not old.retired:
+            if (
+                old is not None
+                and old.cluster == c
+                and old.worker_count == epoch.worker_count
+                and not old.retired
+            ):
                 self.clusters[c.name] = old
             else:
-                self.clusters[c.name] = ClusterState(c, stats)
+                self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
         self.plans = {
             lst.name: ListenerPlan(lst, self.clusters, stats, writers, local_address, ids)
             for lst in epoch.listeners

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 SMALL_BODY = 4096
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
 CRLF = b"\r\n"
+OVERLOADED = b"x-envoy-overloaded: true\r\n"
 
 
 class DownstreamGone(Exception):
@@ -120,6 +121,8 @@ class Exchange:
         cstats = cluster.stats
         host = self.host
         hstats = host.stats
+        if cluster.overflow():
+            return await self._overflow()
         host.active_requests += 1
         cstats.rq_total += 1
         cstats.rq_active += 1
@@ -139,6 +142,8 @@ class Exchange:
                 conn = cluster.take_idle(self.host)
                 reused = conn is not None
                 if conn is None:
+                    if not cluster.connection_allowed():
+                        return await self._overflow()
                     try:
                         conn = await cluster.connect(self.host)
                     except ConnectFailure as exc:
@@ -234,7 +239,13 @@ class Exchange:
 
     # -- outcomes made here -------------------------------------------------------------
 
-    async def _reply(self, status: int, body: str) -> bool:
+    async def _overflow(self) -> bool:
+        """A circuit breaker tripped: Envoy's 503 ``UO`` with x-envoy-overloaded."""
+        self.dc.flags = "UO"
+        self.cluster.stats.count_response(503)  # type: ignore[union-attr]
+        return await self._reply(503, RESET_BEFORE_HEADERS + "overflow", OVERLOADED)
+
+    async def _reply(self, status: int, body: str, extra: bytes = b"") -> bool:
         dc = self.dc
         if dc.response_started:
             return False
@@ -242,7 +253,12 @@ class Exchange:
         keep = h.keep_alive and self.body_done and not dc.worker.draining
         dc.status = status
         data = local_reply(
-            status, body, self.plan.server, close=not keep, head_request=h.method == "HEAD"
+            status,
+            body,
+            self.plan.server,
+            close=not keep,
+            head_request=h.method == "HEAD",
+            extra=extra,
         )
         try:
             await io.send_all(dc.sock, data)

@@ -56,6 +56,9 @@ class ClusterStats(_Scope):
         "cx_destroy",
         "cx_active",
         "rq_active",
+        "rq_active_overflow",
+        "cx_overflow",
+        "rq_pending_overflow",
         "by_class",
         "by_code",
         "_last_codes",
@@ -67,6 +70,9 @@ class ClusterStats(_Scope):
         ("cx_connect_fail", "upstream_cx_connect_fail"),
         ("cx_connect_timeout", "upstream_cx_connect_timeout"),
         ("cx_destroy", "upstream_cx_destroy"),
+        ("rq_active_overflow", "upstream_rq_active_overflow"),
+        ("cx_overflow", "upstream_cx_overflow"),
+        ("rq_pending_overflow", "upstream_rq_pending_overflow"),
     )
     GAUGES = (("cx_active", "upstream_cx_active"), ("rq_active", "upstream_rq_active"))
 

@@ -19,6 +19,7 @@ about once a second, so a closed upstream does not leave sockets in CLOSE_WAIT.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 
@@ -82,8 +83,13 @@ class HostState:
 class ClusterState:
     """A cluster compiled for this worker: its hosts, balancer, pools and stats."""
 
-    def __init__(self, cluster: Cluster, store: StatsStore) -> None:
+    def __init__(self, cluster: Cluster, store: StatsStore, worker_count: int = 1) -> None:
         self.cluster = cluster
+        # Circuit breakers: the proxy-wide limits, split evenly over the workers.
+        self.worker_count = worker_count
+        workers = max(worker_count, 1)
+        self.cb_max_connections = math.ceil(cluster.cb_max_connections / workers)
+        self.cb_max_requests = math.ceil(cluster.cb_max_requests / workers)
         self.name = cluster.name
         self.stats: ClusterStats = store.cluster(cluster.name)
         self.retired = False
@@ -97,6 +103,27 @@ class ClusterState:
         ]
         self.balancer = make_balancer(cluster.lb_policy, self.hosts, cluster.choice_count)
         self.open: set[UpstreamConnection] = set()
+
+    # -- circuit breakers -------------------------------------------------------------
+
+    def overflow(self) -> str:
+        """Why a new request may not go upstream now, or "" when it may; counts the
+        Envoy overflow stat. Called before the request counts as active."""
+        stats = self.stats
+        if stats.rq_active >= self.cb_max_requests:
+            stats.rq_active_overflow += 1
+            return "max_requests"
+        return ""
+
+    def connection_allowed(self) -> bool:
+        """Whether one more connection fits under max_connections; counts
+        ``upstream_cx_overflow`` and ``upstream_rq_pending_overflow`` when it does not
+        (proxyd queues no requests: it behaves as Envoy with max_pending_requests 0)."""
+        if not self.cb_max_connections or len(self.open) < self.cb_max_connections:
+            return True
+        self.stats.cx_overflow += 1
+        self.stats.rq_pending_overflow += 1
+        return False
 
     # -- connections ------------------------------------------------------------------
 
