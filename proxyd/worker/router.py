@@ -166,25 +166,23 @@ class Exchange:
                         if sent != len(head):
                             await io.send_all(conn.sock, memoryview(head)[sent:])
                 except OSError:
-                    cluster.destroy(conn)
-                    self.conn = None
-                    dc.upstream_sock = None
-                    if reused and not retried and not h.has_body:
-                        retried = True
-                        continue
-                    return await self._reset_before_headers("UC", "connection termination")
-                if not self.body_done:
-                    return await self._duplex(conn)
-                r = await self._read_response_head(conn)
-                if r is None:
-                    cluster.destroy(conn)
-                    self.conn = None
-                    dc.upstream_sock = None
-                    if reused and not retried and not h.has_body:
-                        retried = True
-                        continue
-                    return await self._reset_before_headers("UC", "connection termination")
-                return await self._relay(conn, r)
+                    r = None
+                else:
+                    if not self.body_done:
+                        return await self._duplex(conn)
+                    r = await self._read_response_head(conn)
+                if r is not None:
+                    return await self._relay(conn, r)
+                # The connection died before any response byte (writing the head, or
+                # closed by the upstream): a reused one is retried once on a new
+                # connection when there is no body to resend.
+                cluster.destroy(conn)
+                self.conn = None
+                dc.upstream_sock = None
+                if reused and not retried and not h.has_body:
+                    retried = True
+                    continue
+                return await self._reset_before_headers("UC", "connection termination")
         except trio.ClosedResourceError:
             # The watchdog woke us: which timeout fired decides the answer.
             kind = dc.expired
