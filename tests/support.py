@@ -27,6 +27,8 @@ __all__ = [
     "wait_for",
     "ProxydProcess",
     "http_config",
+    "http_listener",
+    "static_cluster",
     "VENV_BIN",
 ]
 
@@ -124,6 +126,55 @@ static_resources:
       - lb_endpoints:{eps}"""
         )
     return "".join(out) + "\n"
+
+
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network."
+    "http_connection_manager.v3.HttpConnectionManager"
+)
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def static_cluster(name: str, ports: list[int]) -> dict[str, Any]:
+    """A STATIC round-robin cluster of upstreams on 127.0.0.1, as bootstrap data."""
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+        for p in ports
+    ]
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+    }
+
+
+def http_listener(
+    name: str, port: int, route_config: dict[str, Any], **hcm_fields: Any
+) -> dict[str, Any]:
+    """A listener on 127.0.0.1 with one connection manager (stat_prefix = name) and the
+    router, as bootstrap data; ``hcm_fields`` are added to the connection manager."""
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": name,
+        **hcm_fields,
+        "route_config": route_config,
+        "http_filters": [
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+        ],
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
 
 
 class ProxydProcess:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from proxyd.epoch import HeaderMatch, Route, RouteConfig, RouteMatch, StringMatch, VirtualHost
+from tests.support import http_listener, static_cluster
 
 # name → (domains, routes); a route is (name, match dict, cluster).
 _Route = tuple[str, dict[str, Any], str]
@@ -262,60 +263,10 @@ def route_config() -> dict[str, Any]:
 
 def envoy_config(listen_port: int, upstream_ports: dict[str, int]) -> dict[str, Any]:
     """The bootstrap as data: one listener on 127.0.0.1, one STATIC cluster per upstream."""
-    hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-        "http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "compat",
-        "codec_type": "AUTO",
-        "route_config": route_config(),
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
-    }
-    listener = {
-        "name": "compat_listener",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
-    }
-    clusters = [
-        {
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "lb_policy": "ROUND_ROBIN",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {
-                                            "address": "127.0.0.1",
-                                            "port_value": upstream_ports[name],
-                                        }
-                                    }
-                                }
-                            }
-                        ]
-                    }
-                ],
-            },
-        }
-        for name in UPSTREAMS
-    ]
+    listener = http_listener(
+        "compat_listener", listen_port, route_config(), stat_prefix="compat", codec_type="AUTO"
+    )
+    clusters = [static_cluster(name, [upstream_ports[name]]) for name in UPSTREAMS]
     return {"static_resources": {"listeners": [listener], "clusters": clusters}}
 
 

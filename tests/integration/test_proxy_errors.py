@@ -21,15 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import ProxydProcess, UpstreamServer, free_port
+from tests.support import ProxydProcess, UpstreamServer, free_port, http_listener, static_cluster
 
 CASES_FILE = Path(__file__).resolve().parents[1] / "compat" / "cases" / "malformed_requests.yaml"
-
-HCM_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network."
-    "http_connection_manager.v3.HttpConnectionManager"
-)
-ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 CONNECT_ERROR = "upstream connect error or disconnect/reset before headers"
 
@@ -68,20 +62,6 @@ def malformed_cases(local_replies_only: bool = False) -> list[MalformedCase]:
     return cases
 
 
-def _cluster(name: str, port: int) -> dict[str, Any]:
-    address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
-        },
-    }
-
-
 def errors_config(admin_port: int, ports: dict[str, int], good_port: int, dead_port: int) -> str:
     """The bootstrap both proxyd and Envoy get: one listener per :data:`LISTENERS` entry.
 
@@ -97,43 +77,20 @@ def errors_config(admin_port: int, ports: dict[str, int], good_port: int, dead_p
             for p in ("/echo", "/status", "/bytes")
         ),
     ]
-    listeners = []
-    for name, extra in LISTENERS.items():
-        hcm = {
-            "@type": HCM_TYPE,
-            "stat_prefix": name,
-            **extra,
-            "route_config": {
-                "name": "local_route",
-                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
-            },
-            "http_filters": [
-                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
-            ],
-        }
-        listeners.append(
-            {
-                "name": name,
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[name]}},
-                "filter_chains": [
-                    {
-                        "filters": [
-                            {
-                                "name": "envoy.filters.network.http_connection_manager",
-                                "typed_config": hcm,
-                            }
-                        ]
-                    }
-                ],
-            }
-        )
+    route_config = {
+        "name": "local_route",
+        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+    }
+    listeners = [
+        http_listener(name, ports[name], route_config, **extra) for name, extra in LISTENERS.items()
+    ]
     boot = {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
         "static_resources": {
             "listeners": listeners,
-            "clusters": [_cluster("good", good_port), _cluster("dead", dead_port)],
+            "clusters": [static_cluster("good", [good_port]), static_cluster("dead", [dead_port])],
         },
     }
     return yaml.safe_dump(boot, sort_keys=False)

@@ -31,42 +31,10 @@ import psutil
 import pytest
 import yaml
 
-from tests.support import ProxydProcess, UpstreamServer, free_port
+from tests.support import ProxydProcess, UpstreamServer, free_port, http_listener, static_cluster
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 MiB = 1 << 20
-
-HCM_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network."
-    "http_connection_manager.v3.HttpConnectionManager"
-)
-ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-
-
-def _cluster(name: str, ports: list[int]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": p}
-                                }
-                            }
-                        }
-                        for p in ports
-                    ]
-                }
-            ],
-        },
-    }
 
 
 def _pick(value: str) -> list[dict[str, Any]]:
@@ -82,29 +50,11 @@ def _listener(name: str, port: int, **hcm_fields: Any) -> dict[str, Any]:
         },
         {"match": {"prefix": "/"}, "route": {"cluster": "single"}},
     ]
-    hcm = {
-        "@type": HCM_TYPE,
-        "stat_prefix": name,
-        **hcm_fields,
-        "route_config": {
-            "name": "local_route",
-            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
-        },
-        "http_filters": [
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
-        ],
+    route_config = {
+        "name": "local_route",
+        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
     }
-    return {
-        "name": name,
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
-    }
+    return http_listener(name, port, route_config, **hcm_fields)
 
 
 def proxy_config(
@@ -119,7 +69,7 @@ def proxy_config(
                 _listener("inner", inner_port),
                 _listener("edge", edge_port, use_remote_address=True),
             ],
-            "clusters": [_cluster("single", [single]), _cluster("rr", rr)],
+            "clusters": [static_cluster("single", [single]), static_cluster("rr", rr)],
         },
     }
     return yaml.safe_dump(boot, sort_keys=False)
