@@ -151,16 +151,24 @@ def main() -> int:
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            raise SystemExit(f"{tool} is not installed (apt-get install {tool}; `make bench` does it)")
+            raise SystemExit(
+                f"{tool} is not installed (apt-get install {tool}; `make bench` does it)"
+            )
     envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
 
     tmp = Path(tempfile.mkdtemp(prefix="proxyd-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         up = free_port()
-        (tmp / "nginx.conf").write_text(NGINX_CONFIG.format(dir=tmp, port=up, body=BODY.strip() + "\\n"))
+        (tmp / "nginx.conf").write_text(
+            NGINX_CONFIG.format(dir=tmp, port=up, body=BODY.strip() + "\\n")
+        )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        procs.append(subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")]))
+        procs.append(
+            subprocess.Popen(
+                [nginx, "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")]
+            )
+        )
         wait_http(f"http://127.0.0.1:{up}/", procs[-1], "nginx")
 
         targets = {}

@@ -34,6 +34,19 @@ class Endpoint:
     # The name it came from (STRICT_DNS) or "" for a literal address.
     hostname: str = ""
     healthy: bool = True
+    # Envoy's LocalityLbEndpoints.priority (0 is the highest) and the locality the host
+    # belongs to ("region/zone/sub_zone", "" for none) with that locality's
+    # load_balancing_weight (0 = not set).
+    priority: int = 0
+    locality: str = ""
+    locality_weight: int = 0
+    # Ejected by outlier detection (the master decides; see proxyd.master.outlier).
+    ejected: bool = False
+
+    @property
+    def usable(self) -> bool:
+        """Healthy by active health checking and not ejected by outlier detection."""
+        return self.healthy and not self.ejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +102,59 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Envoy's core.v3.ConfigSource: where the master fetches an xDS resource type.
+
+    Only the master reads it (``proxyd.master.xds``); it rides in the epoch with the
+    listener or cluster that names it."""
+
+    # "path" (a watched file), "rest" (REST-JSON polling), "grpc" (a per-type gRPC
+    # stream) or "ads" (the bootstrap's aggregated stream).
+    kind: str
+    path: str = ""
+    # rest/grpc: the static cluster of the management server.
+    cluster: str = ""
+    refresh_delay_s: float = 0.0
+    request_timeout_s: float = 1.0
+    initial_fetch_timeout_s: float = 15.0
+    node_on_first_message_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Envoy's cluster.v3.OutlierDetection with every default resolved (Envoy's own).
+
+    The master runs it (``proxyd.master.outlier``); workers only report outcomes for a
+    cluster that has one and see the decisions in ``Endpoint.ejected``. Percentages
+    are 0-100; ``success_rate_stdev_factor`` is in thousandths, as in Envoy."""
+
+    consecutive_5xx: int = 5
+    interval_s: float = 10.0
+    base_ejection_time_s: float = 30.0
+    max_ejection_percent: int = 10
+    enforcing_consecutive_5xx: int = 100
+    enforcing_success_rate: int = 100
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900
+    consecutive_gateway_failure: int = 5
+    enforcing_consecutive_gateway_failure: int = 0
+    split_external_local_origin_errors: bool = False
+    consecutive_local_origin_failure: int = 5
+    enforcing_consecutive_local_origin_failure: int = 100
+    enforcing_local_origin_success_rate: int = 100
+    failure_percentage_threshold: int = 85
+    enforcing_failure_percentage: int = 0
+    enforcing_failure_percentage_local_origin: int = 0
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+    # Envoy's default is max(300 s, base_ejection_time); the compiler resolves it.
+    max_ejection_time_s: float = 300.0
+    max_ejection_time_jitter_s: float = 0.0
+    always_eject_one_host: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     # "STATIC" or "STRICT_DNS" (the master resolves names; workers see addresses).
@@ -117,6 +183,44 @@ class Cluster:
     # docs/configuration.md, circuit breakers).
     cb_max_connections: int = 0
     cb_max_requests: int = 1024
+    # EDS: the ClusterLoadAssignment name (eds_cluster_config.service_name, else the
+    # cluster's name); the master fills ``endpoints`` from it.
+    eds_service_name: str = ""
+    # explicit_http_config.http2_protocol_options: only xDS gRPC streams use such a
+    # cluster (routes may not name it), so workers never see HTTP/2 upstreams.
+    http2: bool = False
+    eds_source: ConfigSource | None = None
+    # STRICT_DNS and LOGICAL_DNS: TTLs, failure backoff and the resolver (master only;
+    # None = Envoy's defaults, see proxyd.master.dns).
+    dns: DnsSettings | None = None
+    # Envoy's outlier_detection (None = off): workers report per-host outcomes, the
+    # master decides (proxyd.master.outlier) and sets Endpoint.ejected.
+    outlier_detection: OutlierDetection | None = None
+    # Priorities and localities (proxyd.protocol.priority): the load assignment's
+    # policy.overprovisioning_factor (percent), common_lb_config.healthy_panic_threshold
+    # (whole percent, truncated as Envoy does; 0 = never panic) and whether
+    # common_lb_config.locality_weighted_lb_config is set.
+    overprovisioning_factor: int = 140
+    healthy_panic_threshold: int = 50
+    locality_weighted_lb: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """How the master refreshes a DNS cluster's names; workers never read it."""
+
+    # respect_dns_ttl: refresh each name after its record TTL (dns_refresh_rate if 0).
+    respect_dns_ttl: bool = False
+    # dns_failure_refresh_rate (base, max); 0 = retry at dns_refresh_rate.
+    failure_base_s: float = 0.0
+    failure_max_s: float = 0.0
+    # dns_jitter: up to this much later than due, at random.
+    jitter_s: float = 0.0
+    # typed_dns_resolver_config (c-ares): name servers as (ip, port); () = resolv.conf.
+    resolvers: tuple[tuple[str, int], ...] = ()
+    resolvers_as_fallback: bool = False
+    use_tcp: bool = False
+    no_default_search_domain: bool = False
 
 
 # -- routes ---------------------------------------------------------------------------
@@ -212,6 +316,10 @@ class HttpConnectionManager:
     server_name: str = "envoy"
     # Envoy's generate_request_id (default true).
     generate_request_id: bool = True
+    # RDS: the RouteConfiguration name; the master puts the delivered one in
+    # ``route_config`` before a worker sees the listener.
+    rds_route_config_name: str = ""
+    rds_source: ConfigSource | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,19 @@ class StatsReport:
     gauges: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class HostOutcomes:
+    """Request outcomes per upstream host since the last report, for outlier detection.
+
+    ``outcomes[cluster][host]`` is ``[kind, count, kind, count, ...]`` in order, with
+    ``host`` as /clusters prints it and the kinds of :mod:`proxyd.worker.outcomes`.
+    Sent with the StatsReport, only when a cluster with outlier_detection had traffic.
+    """
+
+    worker_id: int
+    outcomes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+
 # -- proxyctl ↔ master (control socket) -----------------------------------------------
 
 
@@ -222,6 +235,8 @@ MESSAGES: tuple[type, ...] = (
     DrainListenersReply,
     HotRestartFailed,
     Terminate,
+    # Appended for outlier detection.
+    HostOutcomes,
 )
 _TAG_OF = {cls: i for i, cls in enumerate(MESSAGES)}
 

@@ -18,6 +18,7 @@ with Envoy's default tag extraction (:func:`extract_tags`).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ class StatsStore:
         self._master_gauges: dict[str, int] = {}
         self._host_counters: dict[str, int] = {}
         self._worker_host_gauges: dict[int, dict[str, int]] = {}
+        # Envoy's text readouts (an xDS subscription's version_text, ...).
+        self._texts: dict[str, str] = {}
 
     # -- input ------------------------------------------------------------------------
 
@@ -208,6 +211,13 @@ class StatsStore:
     def set_gauge(self, name: str, value: int) -> None:
         """A gauge the master owns (server.*, cluster.<name>.membership_*)."""
         self._master_gauges[name] = int(value)
+
+    def set_text(self, name: str, value: str) -> None:
+        """A text readout the master owns (``<subscription>.version_text``)."""
+        self._texts[name] = value
+
+    def text(self, name: str) -> str:
+        return self._texts.get(name, "")
 
     def remove_gauges(self, prefix: str) -> None:
         """Forget master gauges under ``prefix`` (a cluster or listener went away)."""
@@ -259,17 +269,19 @@ class StatsStore:
             if not used_only or value:
                 values[name] = value
         values.update(self.gauges())
+        shown: dict[str, str] = {n: str(v) for n, v in values.items()}
+        shown.update((n, json.dumps(v)) for n, v in self._texts.items())  # quoted, as Envoy
         pattern = re.compile(filter_regex) if filter_regex else None
         lines = [
-            f"{name}: {values[name]}\n"
-            for name in sorted(values)
+            f"{name}: {shown[name]}\n"
+            for name in sorted(shown)
             if pattern is None or pattern.search(name)
         ]
         return "".join(lines)
 
     def render_json(self, filter_regex: str | None = None) -> dict[str, list[dict[str, object]]]:
         """Envoy's ``/stats?format=json``: ``{"stats": [{"name": ..., "value": ...}]}``."""
-        values = {**self._counters, **self.gauges()}
+        values: dict[str, object] = {**self._counters, **self.gauges(), **self._texts}
         pattern = re.compile(filter_regex) if filter_regex else None
         return {
             "stats": [

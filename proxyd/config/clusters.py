@@ -10,21 +10,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from proxyd.config.dns import check_logical_dns, compile_dns
+from proxyd.config.dynamic import compile_config_source
+from proxyd.config.endpoints import (
+    LoadAssignment,
+    compile_common_lb_config,
+    compile_load_assignment,
+)
 from proxyd.config.health_checks import compile_health_checks
+from proxyd.config.outlier import compile_outlier_detection
 from proxyd.config.proto import join
 from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
 from proxyd.config.values import (
     duration_or,
     enum_name,
-    is_ip_literal,
-    require_ip,
-    socket_address,
     wrapped_or,
 )
-from proxyd.epoch import Cluster, Endpoint
+from proxyd.epoch import Cluster
 from proxyd.errors import ConfigError
 
-CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
 LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 
 # Envoy's defaults (cluster.proto and upstreams/http/v3/http_protocol_options.proto).
@@ -60,6 +65,8 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
             join(path, "type"),
             f"cluster type {kind} not supported by proxyd (supported: {', '.join(CLUSTER_TYPES)})",
         )
+    if kind == "LOGICAL_DNS":
+        check_logical_dns(c, path, file)
     lb_policy = enum_name(c, "lb_policy")
     if lb_policy not in LB_POLICIES:
         raise ConfigError(
@@ -71,7 +78,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
     if c.HasField("least_request_lb_config"):
         choice_count = wrapped_or(c.least_request_lb_config, "choice_count", DEFAULT_CHOICE_COUNT)
 
-    idle_timeout_s, max_requests = _upstream_http_options(c, path, file)
+    idle_timeout_s, max_requests, http2 = _upstream_http_options(c, path, file)
     if c.HasField("max_requests_per_connection"):
         if max_requests is not None:
             raise ConfigError(
@@ -83,12 +90,14 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         max_requests = c.max_requests_per_connection.value
 
     max_cx, max_rq = _circuit_breakers(c, join(path, "circuit_breakers"), file)
+    assignment = _load_assignment(c, kind, join(path, "load_assignment"), file)
+    panic_threshold, locality_weighted = compile_common_lb_config(c)
     return Cluster(
         name=c.name,
         type=kind,
         connect_timeout_s=duration_or(c, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S),
         lb_policy=lb_policy,
-        endpoints=_endpoints(c, kind, join(path, "load_assignment"), file),
+        endpoints=assignment.endpoints,
         choice_count=choice_count,
         max_requests_per_connection=max_requests or 0,
         idle_timeout_s=idle_timeout_s,
@@ -97,7 +106,43 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         health_checks=compile_health_checks(c.health_checks, join(path, "health_checks"), file),
         cb_max_connections=max_cx,
         cb_max_requests=max_rq,
+        eds_service_name=_eds_service_name(c, kind, path, file),
+        eds_source=(
+            compile_config_source(
+                c.eds_cluster_config.eds_config, join(path, "eds_cluster_config.eds_config"), file
+            )
+            if kind == "EDS"
+            else None
+        ),
+        http2=http2,
+        outlier_detection=compile_outlier_detection(c, join(path, "outlier_detection"), file),
+        dns=compile_dns(c, path, file),
+        overprovisioning_factor=assignment.overprovisioning_factor,
+        healthy_panic_threshold=panic_threshold,
+        locality_weighted_lb=locality_weighted,
     )
+
+
+def _eds_service_name(c: Any, kind: str, path: str, file: str) -> str:
+    """EDS: the ClusterLoadAssignment to ask for; its source is checked by
+    ``proxyd.config.dynamic`` with the rest of the bootstrap's config sources."""
+    if kind != "EDS":
+        if c.HasField("eds_cluster_config"):
+            raise ConfigError(
+                file, join(path, "eds_cluster_config"), f"only for clusters of type EDS, not {kind}"
+            )
+        return ""
+    if not c.eds_cluster_config.HasField("eds_config"):
+        raise ConfigError(
+            file, join(path, "eds_cluster_config.eds_config"), "an EDS cluster needs an eds_config"
+        )
+    if c.HasField("load_assignment"):
+        raise ConfigError(
+            file,
+            join(path, "load_assignment"),
+            "an EDS cluster takes its endpoints from EDS, not from load_assignment",
+        )
+    return c.eds_cluster_config.service_name or c.name
 
 
 def _circuit_breakers(c: Any, path: str, file: str) -> tuple[int, int]:
@@ -127,53 +172,30 @@ def _circuit_breakers(c: Any, path: str, file: str) -> tuple[int, int]:
     return found or defaults
 
 
-def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | None]:
-    """(idle timeout, max requests per connection or None) from the protocol options."""
+def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | None, bool]:
+    """(idle timeout, max requests per connection or None, HTTP/2) from the protocol
+    options."""
     options = c.typed_extension_protocol_options
     idle_timeout_s = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
     max_requests: int | None = None
+    http2 = False
     for key in sorted(options):
         here = f"{join(path, 'typed_extension_protocol_options')}[{key!r}]"
         if key != UPSTREAM_HTTP_TYPE:
             raise ConfigError(file, here, f"protocol options for '{key}' not supported by proxyd")
         opts = unpack(options[key])
+        if opts is not None and opts.HasField("explicit_http_config"):
+            http2 = opts.explicit_http_config.HasField("http2_protocol_options")
         if opts is None or not opts.HasField("common_http_protocol_options"):
             continue
         common = opts.common_http_protocol_options
         idle_timeout_s = duration_or(common, "idle_timeout", DEFAULT_UPSTREAM_IDLE_TIMEOUT_S)
         if common.HasField("max_requests_per_connection"):
             max_requests = common.max_requests_per_connection.value
-    return idle_timeout_s, max_requests
+    return idle_timeout_s, max_requests, http2
 
 
-def _endpoints(c: Any, kind: str, path: str, file: str) -> tuple[Endpoint, ...]:
+def _load_assignment(c: Any, kind: str, path: str, file: str) -> LoadAssignment:
     if not c.HasField("load_assignment"):
-        return ()
-    out: list[Endpoint] = []
-    for i, locality in enumerate(c.load_assignment.endpoints):
-        for j, lb in enumerate(locality.lb_endpoints):
-            here = f"{path}.endpoints[{i}].lb_endpoints[{j}]"
-            if not lb.HasField("endpoint") or not lb.endpoint.HasField("address"):
-                raise ConfigError(file, join(here, "endpoint.address"), "an address is required")
-            addr_path = join(here, "endpoint.address.socket_address")
-            address, port = socket_address(
-                lb.endpoint.address, join(here, "endpoint.address"), file
-            )
-            if port == 0:
-                raise ConfigError(
-                    file, join(addr_path, "port_value"), "an upstream port is required (1-65535)"
-                )
-            hostname = ""
-            if kind == "STATIC":
-                require_ip(address, addr_path, file)
-            elif not is_ip_literal(address):
-                hostname = address
-            out.append(
-                Endpoint(
-                    address=address,
-                    port=port,
-                    weight=wrapped_or(lb, "load_balancing_weight", 1),
-                    hostname=hostname,
-                )
-            )
-    return tuple(out)
+        return LoadAssignment(())
+    return compile_load_assignment(c.load_assignment, kind, path, file)

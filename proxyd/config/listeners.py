@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from typing import Any
 
+from proxyd.config.dynamic import compile_config_source
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
 from proxyd.config.supported import FILE_LOG_TYPE, HCM_TYPE, ROUTER_TYPE, unpack
@@ -17,7 +18,7 @@ from proxyd.config.values import (
     socket_address,
     wrapped_or,
 )
-from proxyd.epoch import AccessLog, HttpConnectionManager, Listener
+from proxyd.epoch import AccessLog, HttpConnectionManager, Listener, RouteConfig
 from proxyd.errors import ConfigError
 from proxyd.protocol.access_log import LogFormat
 
@@ -102,8 +103,27 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
             join(path, "codec_type"),
             f"codec_type {codec} not supported by proxyd (supported: {', '.join(CODEC_TYPES)})",
         )
-    if not hcm.HasField("route_config"):
-        raise ConfigError(file, join(path, "route_config"), "an inline route_config is required")
+    which = hcm.WhichOneof("route_specifier")
+    rds_name = ""
+    rds_source = None
+    if which == "route_config":
+        route_config = compile_route_config(
+            hcm.route_config, join(path, "route_config"), clusters, file
+        )
+    elif which == "rds":
+        rds_name = hcm.rds.route_config_name
+        if not rds_name:
+            raise ConfigError(file, join(path, "rds.route_config_name"), "a name is required")
+        if not hcm.rds.HasField("config_source"):
+            raise ConfigError(file, join(path, "rds.config_source"), "a config source is required")
+        rds_source = compile_config_source(
+            hcm.rds.config_source, join(path, "rds.config_source"), file
+        )
+        route_config = RouteConfig(name=rds_name, virtual_hosts=())  # until RDS delivers
+    else:
+        raise ConfigError(
+            file, path, f"a route_config or rds is required ({which} not supported by proxyd)"
+        )
     _check_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
     if hcm.HasField("common_http_protocol_options"):
@@ -113,9 +133,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
     return HttpConnectionManager(
         stat_prefix=hcm.stat_prefix,
         codec_type=codec,
-        route_config=compile_route_config(
-            hcm.route_config, join(path, "route_config"), clusters, file
-        ),
+        route_config=route_config,
         access_logs=tuple(
             _access_log(a, f"{join(path, 'access_log')}[{i}]", file)
             for i, a in enumerate(hcm.access_log)
@@ -133,6 +151,8 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         idle_timeout_s=idle_timeout_s,
         server_name=hcm.server_name or DEFAULT_SERVER_NAME,
         generate_request_id=wrapped_or(hcm, "generate_request_id", True),
+        rds_route_config_name=rds_name,
+        rds_source=rds_source,
     )
 
 

@@ -13,14 +13,22 @@ The steps, each raising ConfigError(file, field path, reason) on bad input:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
 
 from proxyd.config.clusters import compile_clusters
+from proxyd.config.dynamic import (
+    DynamicResources,
+    Node,
+    check_source,
+    compile_dynamic_resources,
+    epoch_sources,
+)
 from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
 from proxyd.config.proto import parse_bootstrap
+from proxyd.config.routes import route_targets
 from proxyd.config.source import read_config_file
 from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
 from proxyd.config.values import require_ip, socket_address
@@ -45,6 +53,9 @@ class LoadedConfig:
     # The bootstrap as plain JSON-able data (proto field names), for /config_dump.
     bootstrap_json: dict[str, Any]
     file: str
+    # dynamic_resources and the node identity, for the master's xDS client.
+    dynamic: DynamicResources = field(default_factory=DynamicResources)
+    node: Node = field(default_factory=Node)
 
 
 def load(path: str) -> LoadedConfig:
@@ -59,16 +70,35 @@ def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
     check_bootstrap(bootstrap, file)
     static = bootstrap.static_resources
     clusters = compile_clusters(static.clusters, "static_resources.clusters", file)
-    cluster_names = frozenset(c.name for c in clusters)
     listeners = compile_listeners(
-        static.listeners, "static_resources.listeners", cluster_names, file
+        static.listeners, "static_resources.listeners", route_targets(clusters), file
     )
     admin = _admin(bootstrap, file) if bootstrap.HasField("admin") else None
+    dynamic = compile_dynamic_resources(bootstrap, file)
+    template = Epoch(number=0, listeners=listeners, clusters=clusters)
+    static_clusters = {c.name: c for c in clusters}
+    sources = [("dynamic_resources.lds_config", dynamic.lds), ("dynamic_resources.cds_config", dynamic.cds)]  # fmt: skip
+    sources += epoch_sources(template, "static_resources.listeners", "static_resources.clusters")
+    if dynamic.ads is not None:
+        sources.append(("dynamic_resources.ads_config", dynamic.ads))
+    if any(s is not None for _, s in sources) and not (
+        bootstrap.node.id and bootstrap.node.cluster
+    ):
+        raise ConfigError(
+            file,
+            "node",
+            "node 'id' and 'cluster' are required when resources come from config sources",
+        )
+    for where, source in sources:
+        if source is not None:
+            check_source(source, static_clusters, dynamic, where, file)
     return LoadedConfig(
-        epoch_template=Epoch(number=0, listeners=listeners, clusters=clusters),
+        epoch_template=template,
         admin=admin,
         bootstrap_json=json_format.MessageToDict(bootstrap, preserving_proto_field_name=True),
         file=file,
+        dynamic=dynamic,
+        node=Node(id=bootstrap.node.id, cluster=bootstrap.node.cluster),
     )
 
 

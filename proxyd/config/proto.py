@@ -19,7 +19,7 @@ import importlib.util
 import pkgutil
 import re
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401 - registers the type
@@ -125,17 +125,31 @@ def _import_types(value: Any) -> None:
 
 def parse_bootstrap(data: dict[str, Any], file: str) -> bootstrap_pb2.Bootstrap:
     """ParseDict into a Bootstrap; on failure, ConfigError with the offending field path."""
-    bootstrap = bootstrap_pb2.Bootstrap()
+    return parse_message(data, bootstrap_pb2.Bootstrap, file)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_message(data: dict[str, Any], cls: type[M], file: str) -> M:
+    """ParseDict into ``cls`` (a Bootstrap, a DiscoveryResponse in a file, ...); on
+    failure, ConfigError with the offending field path."""
+    message = cls()
     _import_types(data)
     try:
-        json_format.ParseDict(data, bootstrap)
+        json_format.ParseDict(data, message)
     except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
-        found = locate_error(data, bootstrap_pb2.Bootstrap.DESCRIPTOR, "")
+        found = locate_error(data, cls.DESCRIPTOR, "")
         if found is None:
             raise ConfigError(file, "", f"invalid configuration: {_clean(str(exc))}") from exc
         path, reason = found
         raise ConfigError(file, path, reason) from exc
-    return bootstrap
+    return message
+
+
+def import_types(value: Any) -> None:
+    """Make every '@type' named in ``value`` (JSON-like data) known to the pool."""
+    _import_types(value)
 
 
 def locate_error(value: Any, desc: Descriptor, path: str) -> tuple[str, str] | None:

@@ -19,6 +19,30 @@ from proxyd.errors import ConfigError
 DEFAULT_ROUTE_TIMEOUT_S = 15.0
 
 
+class RouteTargets(frozenset[str]):
+    """The cluster names a route may name; ``grpc_only`` are HTTP/2 clusters that exist
+    for xDS gRPC streams only (proxyd forwards HTTP/1.1 upstream)."""
+
+    grpc_only: frozenset[str] = frozenset()
+
+
+class AnyCluster:
+    """RDS routes are not checked against the clusters (Envoy's validate_clusters
+    defaults to false there): a missing cluster answers 503 at request time."""
+
+    grpc_only: frozenset[str] = frozenset()
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+def route_targets(clusters: Any) -> RouteTargets:
+    """RouteTargets for compiled epoch Clusters."""
+    targets = RouteTargets(c.name for c in clusters if not c.http2)
+    targets.grpc_only = frozenset(c.name for c in clusters if c.http2)
+    return targets
+
+
 def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str) -> RouteConfig:
     domains_seen: set[str] = set()
     vhosts = []
@@ -56,6 +80,13 @@ def _route(r: Any, path: str, clusters: Container[str], file: str) -> Route:
     cluster_path = join(path, "route.cluster")
     if action.WhichOneof("cluster_specifier") != "cluster":
         raise ConfigError(file, cluster_path, "a cluster is required")
+    if action.cluster in getattr(clusters, "grpc_only", ()):
+        raise ConfigError(
+            file,
+            cluster_path,
+            f"cluster '{action.cluster}' is an HTTP/2 cluster, which proxyd uses only for xDS "
+            "gRPC; routes cannot name it",
+        )
     if action.cluster not in clusters:
         raise ConfigError(file, cluster_path, f"unknown cluster '{action.cluster}'")
     return Route(

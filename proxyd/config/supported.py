@@ -96,6 +96,25 @@ ROUTE_CONFIG: Spec = {
     },
 }
 
+# core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).
+API_CONFIG_SOURCE: Spec = {
+    "api_type": LEAF,
+    "transport_api_version": LEAF,
+    "cluster_names": LEAF,
+    "grpc_services": {"envoy_grpc": {"cluster_name": LEAF}},
+    "refresh_delay": LEAF,
+    "request_timeout": LEAF,
+    "set_node_on_first_message_only": LEAF,
+}
+
+CONFIG_SOURCE: Spec = {
+    "path_config_source": {"path": LEAF},
+    "api_config_source": API_CONFIG_SOURCE,
+    "ads": {},
+    "resource_api_version": LEAF,
+    "initial_fetch_timeout": LEAF,
+}
+
 FILE_ACCESS_LOG: Spec = {
     "path": LEAF,
     "format": LEAF,
@@ -106,6 +125,7 @@ HCM: Spec = {
     "stat_prefix": LEAF,
     "codec_type": LEAF,
     "route_config": ROUTE_CONFIG,
+    "rds": {"config_source": CONFIG_SOURCE, "route_config_name": LEAF},
     "http_filters": {
         "name": LEAF,
         "typed_config": AnyOf("HTTP filter", {ROUTER_TYPE: {}}),
@@ -138,7 +158,8 @@ LISTENER: Spec = {
 }
 
 UPSTREAM_HTTP: Spec = {
-    "explicit_http_config": {"http_protocol_options": {}},
+    # HTTP/2 only for the clusters xDS gRPC streams use (proxyd.config.dynamic checks).
+    "explicit_http_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
 }
 
@@ -172,23 +193,77 @@ HEALTH_CHECK: Spec = {
     "tcp_health_check": {"send": PAYLOAD, "receive": PAYLOAD},
 }
 
+# Everything but ``monitors`` (extension monitors); see proxyd.config.outlier.
+OUTLIER_DETECTION: Spec = {
+    name: LEAF
+    for name in (
+        "consecutive_5xx", "interval", "base_ejection_time", "max_ejection_percent",
+        "enforcing_consecutive_5xx", "enforcing_success_rate", "success_rate_minimum_hosts",
+        "success_rate_request_volume", "success_rate_stdev_factor",
+        "consecutive_gateway_failure", "enforcing_consecutive_gateway_failure",
+        "split_external_local_origin_errors", "consecutive_local_origin_failure",
+        "enforcing_consecutive_local_origin_failure", "enforcing_local_origin_success_rate",
+        "failure_percentage_threshold", "enforcing_failure_percentage",
+        "enforcing_failure_percentage_local_origin", "failure_percentage_minimum_hosts",
+        "failure_percentage_request_volume", "max_ejection_time", "max_ejection_time_jitter",
+        "successful_active_health_check_uneject_host", "always_eject_one_host",
+    )
+}  # fmt: skip
+
+# Envoy's c-ares resolver (proxyd.master.dns_client implements it); the other
+# CaresDnsResolverConfig fields are rejected by name.
+CARES_TYPE = "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
+DNS_RESOLVER: Spec = {
+    "name": LEAF,
+    "typed_config": AnyOf(
+        "DNS resolver",
+        {
+            CARES_TYPE: {
+                "resolvers": ADDRESS,
+                "use_resolvers_as_fallback": LEAF,
+                "dns_resolver_options": {
+                    "use_tcp_for_dns_lookups": LEAF,
+                    "no_default_search_domain": LEAF,
+                },
+            }
+        },
+    ),
+}
+
+# endpoint.v3.ClusterLoadAssignment: a cluster's load_assignment and an EDS resource
+# (proxyd.config.endpoints compiles it).
+CLUSTER_LOAD_ASSIGNMENT: Spec = {
+    "cluster_name": LEAF,
+    "endpoints": {
+        "locality": {"region": LEAF, "zone": LEAF, "sub_zone": LEAF},
+        "lb_endpoints": {
+            "endpoint": {"address": ADDRESS},
+            "load_balancing_weight": LEAF,
+        },
+        "load_balancing_weight": LEAF,
+        "priority": LEAF,
+    },
+    "policy": {"overprovisioning_factor": LEAF},
+}
+
 CLUSTER: Spec = {
     "name": LEAF,
     "type": LEAF,
     "connect_timeout": LEAF,
     "lb_policy": LEAF,
     "least_request_lb_config": {"choice_count": LEAF},
-    "load_assignment": {
-        "cluster_name": LEAF,
-        "endpoints": {
-            "lb_endpoints": {
-                "endpoint": {"address": ADDRESS},
-                "load_balancing_weight": LEAF,
-            },
-        },
+    "load_assignment": CLUSTER_LOAD_ASSIGNMENT,
+    "common_lb_config": {
+        "healthy_panic_threshold": {"value": LEAF},
+        "locality_weighted_lb_config": {},
     },
     "dns_lookup_family": LEAF,
     "dns_refresh_rate": LEAF,
+    "respect_dns_ttl": LEAF,
+    "dns_failure_refresh_rate": {"base_interval": LEAF, "max_interval": LEAF},
+    "dns_jitter": LEAF,
+    "typed_dns_resolver_config": DNS_RESOLVER,
+    "eds_cluster_config": {"eds_config": CONFIG_SOURCE, "service_name": LEAF},
     "max_requests_per_connection": LEAF,
     "health_checks": HEALTH_CHECK,
     "circuit_breakers": {
@@ -201,18 +276,29 @@ CLUSTER: Spec = {
     "typed_extension_protocol_options": AnyOf(
         "protocol options", {UPSTREAM_HTTP_TYPE: UPSTREAM_HTTP}
     ),
+    "outlier_detection": OUTLIER_DETECTION,
 }
 
 BOOTSTRAP: dict[str, Spec] = {
     "admin": ADMIN,
     "node": {"id": LEAF, "cluster": LEAF},
     "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},
+    "dynamic_resources": {
+        "lds_config": CONFIG_SOURCE,
+        "cds_config": CONFIG_SOURCE,
+        "ads_config": API_CONFIG_SOURCE,
+    },
 }
 
 
 def check_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, file: str) -> None:
     """Raise ConfigError for the first unsupported field or broken proto constraint."""
     _check_message(bootstrap, BOOTSTRAP, "", file)
+
+
+def check_message(msg: Message, spec: dict[str, Spec], path: str, file: str) -> None:
+    """The same walk for one resource (an xDS Cluster, Listener, ...) under ``path``."""
+    _check_message(msg, spec, path, file)
 
 
 def unpack(any_msg: Message) -> Message | None:

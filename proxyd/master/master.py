@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from proxyd.epoch import Epoch
+from proxyd.epoch import Epoch, Listener
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
 from proxyd.master import dns
@@ -44,10 +44,12 @@ from proxyd.master.hot_restart import (
 )
 from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
+from proxyd.master.outlier import OutlierDetector
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
 from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
+from proxyd.master.xds.client import Hooks, XdsClient
 from proxyd.stats import StatsStore
 
 # How long a reload waits for the workers to acknowledge the new epoch.
@@ -116,9 +118,15 @@ class Master:
         self.stopping = False
         self.draining = False
         self._template = self.epoch
-        self._dns = dns.DnsResolver()
+        self._dns = dns.DnsRefresher()
         self.health = HealthChecker(self.stats, self._has_traffic)
+        self.outlier = OutlierDetector(self.stats)
         self._publish_lock = trio.Lock()
+        self.xds = XdsClient(
+            self.stats, Hooks(self._xds_address, self._bind_xds_listeners, self._on_xds_change)
+        )
+        self._xds_changed = trio.Event()
+        self._static_resolved = self.epoch  # the static clusters, resolved at start
         self._stop = _Stop()
         self._server_stats = ServerStats(self)
         self._nursery: trio.Nursery
@@ -149,8 +157,7 @@ class Master:
             self.config_loaded_wall = time.time()
             self._template = self.loaded.epoch_template
             self.sockets.bind_all(self._template.listeners)
-            for name in self.sockets.close_offered("hot-restart"):
-                log.info("hot_restart_socket_unused", listener=name)
+            self.xds.configure(self._template, self.loaded.dynamic, self.loaded.node)
             control = self._control = ControlServer(self, self.options.control_socket)
             inherited = take_passed(passed, "control", self.options.control_socket, 0)
             if inherited:
@@ -184,21 +191,29 @@ class Master:
             restart_epoch=self.options.restart_epoch, generation=self.generation,
         )  # fmt: skip
         try:
-            epoch = await self._dns.resolve(self._template)
+            self._static_resolved = await self._dns.resolve(self._template)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.predecessor is None:  # else once the old master stepped aside
+                    self._serve_front(control, admin)  # the admin answers during init
+                await self._start_xds()
+                for name in self.sockets.close_offered("hot-restart"):
+                    log.info("hot_restart_socket_unused", listener=name)
+                epoch = await self._dns.resolve(self._template)
                 await nursery.start(self.health.run)
                 epoch = await self.health.warm(epoch)  # first checks, as Envoy warms
+                epoch = self.outlier.apply(epoch)
                 self._set_epoch(dataclasses.replace(epoch, number=1))
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._watchdog_pings)
-                if self.predecessor is None:  # else once the old master stepped aside
-                    self._serve_front(control, admin)
                 for slot in self.slots:
                     nursery.start_soon(WorkerSupervisor(self, slot).run)
                 nursery.start_soon(self._wait_live, control, admin)
                 nursery.start_soon(self._refresh_dns)
                 nursery.start_soon(self._publish_health)
+                nursery.start_soon(self._publish_xds)
+                nursery.start_soon(self.outlier.run)
+                nursery.start_soon(self._publish_outliers)
                 await self._stop.requested.wait()
                 await self._shutdown()
                 if self.successor is not None:
@@ -435,15 +450,101 @@ class Master:
                 )
 
     async def _apply(self, loaded: Any) -> ReloadResult:
-        template: Epoch = loaded.epoch_template
+        added = self.sockets.bind_all(loaded.epoch_template.listeners)  # all or none
+        self.xds.configure(loaded.epoch_template, loaded.dynamic, loaded.node)
+        self.loaded = loaded
+        self.config_loaded_wall = time.time()
+        _, removed = await self._publish_template(self.xds.compose(), reason="reload")
+        return ReloadResult(True, self.epoch.number, added=tuple(added), removed=removed)
+
+    async def _close_when_acked(self, number: int, names: tuple[str, ...]) -> None:
+        await self.wait_epoch_acked(number)
+        wanted = {listener.name for listener in self.epoch.listeners}
+        for name in names:
+            if name not in wanted:
+                self.sockets.close(name)
+
+    async def _refresh_dns(self) -> None:
+        while True:
+            await self._dns.wait_changed(lambda: self._template)  # per-name schedules
+            async with self._publish_lock:
+                if self.stopping:
+                    return
+                resolved = await self.health.warm(self._dns.expand(self._template))
+                resolved = self.outlier.apply(resolved)
+                if resolved.clusters != self.epoch.clusters:
+                    epoch = dataclasses.replace(resolved, number=self.epoch.number + 1)
+                    await self._publish(epoch, reason="dns")
+
+    async def _publish_health(self) -> None:
+        """Publish a new epoch whenever active health checking flipped a host."""
+        while True:
+            await self.health.wait_changed()
+            async with self._publish_lock:
+                if self.stopping:
+                    return
+                checked = self.outlier.apply(self.health.apply(self.epoch))
+                if checked.clusters != self.epoch.clusters:
+                    epoch = dataclasses.replace(checked, number=self.epoch.number + 1)
+                    await self._publish(epoch, reason="health_check")
+
+    async def _publish_outliers(self) -> None:
+        """Publish a new epoch whenever outlier detection ejected or returned a host."""
+        while True:
+            await self.outlier.wait_changed()
+            async with self._publish_lock:
+                if self.stopping:
+                    return
+                decided = self.outlier.apply(self.epoch)
+                if decided.clusters != self.epoch.clusters:
+                    epoch = dataclasses.replace(decided, number=self.epoch.number + 1)
+                    await self._publish(epoch, reason="outlier_detection")
+
+    # -- xDS ----------------------------------------------------------------------------
+
+    async def _start_xds(self) -> None:
+        """Start the xDS client and wait for its first answers (as Envoy's init waits,
+        up to initial_fetch_timeout) before the first epoch."""
+        await self._nursery.start(self.xds.run)
+        if not self.xds.enabled:
+            return
+        timeout = self.xds.initial_fetch_timeout_s()
+        with trio.move_on_after(timeout) as scope:
+            await self.xds.wait_initialized()
+        if scope.cancelled_caught:
+            log.warning("xds_initial_fetch_timeout", timeout_s=timeout)
+        self._template = self.xds.compose()
+        self.sockets.bind_all(self._template.listeners)
+
+    def _on_xds_change(self) -> None:
+        self._xds_changed.set()
+
+    async def _publish_xds(self) -> None:
+        """Publish a new epoch when xDS delivered something, or a warming resource's
+        initial_fetch_timeout passed."""
+        while True:
+            with trio.move_on_at(self.xds.state.next_timeout):
+                await self._xds_changed.wait()
+            self._xds_changed = trio.Event()
+            async with self._publish_lock:
+                if self.stopping:
+                    return
+                template = self.xds.compose()
+                if template == self._template:
+                    continue
+                await self._publish_template(template, reason="xds")
+
+    async def _publish_template(self, template: Epoch, reason: str) -> tuple[list[str], tuple[str, ...]]:  # fmt: skip
+        """Resolve, health-check and publish ``template``; close the sockets of listeners
+        it dropped once every worker moved on. (listeners added, listeners removed)"""
         added = self.sockets.bind_all(template.listeners)
         epoch = await self.health.warm(await self._dns.resolve(template))
+        epoch = self.outlier.apply(epoch)
         epoch = dataclasses.replace(epoch, number=self.epoch.number + 1)
-        self.loaded, self._template = loaded, template
-        self.config_loaded_wall = time.time()
+        self._template = template
         wanted = {listener.name for listener in epoch.listeners}
         removed = tuple(n for n in self.sockets.names() if n not in wanted)
-        await self._publish(epoch, reason="reload")
+        await self._publish(epoch, reason=reason)
         acked = False
         with trio.move_on_after(RELOAD_ACK_TIMEOUT_S):
             await self.wait_epoch_acked(epoch.number)
@@ -459,40 +560,25 @@ class Master:
             # Closing now could pull a socket from under a worker still on the old
             # epoch; close once everyone has moved on.
             self._nursery.start_soon(self._close_when_acked, epoch.number, removed)
-        return ReloadResult(True, epoch.number, added=tuple(added), removed=removed)
+        return added, removed
 
-    async def _close_when_acked(self, number: int, names: tuple[str, ...]) -> None:
-        await self.wait_epoch_acked(number)
-        wanted = {listener.name for listener in self.epoch.listeners}
-        for name in names:
-            if name not in wanted:
-                self.sockets.close(name)
+    def _xds_address(self, cluster: str) -> tuple[str, int] | None:
+        """Where a management server cluster's first usable host is."""
+        for epoch in (self.epoch, self._static_resolved):
+            c = epoch.cluster(cluster)
+            if c is not None and c.endpoints:
+                e = next((e for e in c.endpoints if e.usable), c.endpoints[0])
+                return e.address, e.port
+        return None
 
-    async def _refresh_dns(self) -> None:
-        while True:
-            interval = dns.refresh_interval(self._template)
-            await trio.sleep(interval if interval != float("inf") else dns.DEFAULT_REFRESH_S)
-            if not dns.needs_dns(self._template):
-                continue
-            async with self._publish_lock:
-                if self.stopping:
-                    return
-                resolved = await self.health.warm(await self._dns.resolve(self._template))
-                if resolved.clusters != self.epoch.clusters:
-                    epoch = dataclasses.replace(resolved, number=self.epoch.number + 1)
-                    await self._publish(epoch, reason="dns")
-
-    async def _publish_health(self) -> None:
-        """Publish a new epoch whenever active health checking flipped a host."""
-        while True:
-            await self.health.wait_changed()
-            async with self._publish_lock:
-                if self.stopping:
-                    return
-                checked = self.health.apply(self.epoch)
-                if checked.clusters != self.epoch.clusters:
-                    epoch = dataclasses.replace(checked, number=self.epoch.number + 1)
-                    await self._publish(epoch, reason="health_check")
+    def _bind_xds_listeners(self, listeners: tuple[Listener, ...]) -> None:
+        """Check that LDS listeners keep their addresses, and bind the new ones."""
+        current = Epoch(0, listeners, ())
+        try:
+            self._check_listener_addresses(current)
+            self.sockets.bind_all(listeners)
+        except BindError as exc:
+            raise MasterError(str(exc)) from exc
 
     def _has_traffic(self, cluster: str) -> bool:
         """Envoy's test for the no-traffic intervals: has the cluster ever connected?"""

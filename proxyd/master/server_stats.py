@@ -53,7 +53,7 @@ class ServerStats:
             store.ensure_counters([f"cluster.{name}.{c}" for c in _CLUSTER_COUNTERS])
             store.set_gauge(f"cluster.{name}.membership_total", len(cluster.endpoints))
             store.set_gauge(
-                f"cluster.{name}.membership_healthy", sum(1 for e in cluster.endpoints if e.healthy)
+                f"cluster.{name}.membership_healthy", sum(1 for e in cluster.endpoints if e.usable)
             )
         for name in old_clusters.keys() - new_clusters.keys():
             store.add_counter("cluster_manager.cluster_removed")

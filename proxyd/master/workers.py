@@ -346,6 +346,8 @@ class WorkerSupervisor:
             slot.last_heard = trio.current_time()
             if isinstance(msg, ipc.StatsReport):
                 self.master.stats.add_report(proc.pid, msg.counters, msg.gauges)
+            elif isinstance(msg, ipc.HostOutcomes):
+                self.master.outlier.add_report(msg.outcomes)
             elif isinstance(msg, ipc.Ready):
                 slot.epoch = msg.epoch
                 if not slot.ready.is_set():

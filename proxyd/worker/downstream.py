@@ -68,6 +68,7 @@ class DownstreamConnection:
         "resp_headers",
         "response_started",
         "close_after",
+        "listener_updated",
     )
 
     def __init__(
@@ -93,6 +94,9 @@ class DownstreamConnection:
         self.deadline_kind = 0
         self.expired = 0
         self.upstream_sock: socket.socket | None = None
+        # The listener's config changed since this connection was accepted: its
+        # responses say "connection: close" (Envoy drains an updated listener).
+        self.listener_updated = False
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -137,6 +141,7 @@ class DownstreamConnection:
         hstats.cx_active += 1
         worker = self.worker
         worker.connections.add(self)
+        generation = plan.generation
         try:
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request.
@@ -152,6 +157,8 @@ class DownstreamConnection:
                     plan = worker.plans.get(self.listener_name)
                     if plan is None:
                         return
+                    if plan.generation is not generation:
+                        self.listener_updated = True
                     h = self.parser.parse(self.view[start : self.start], plan.request_wanted)
                 except ProtocolError as exc:
                     await self._reject(plan, exc)
@@ -330,7 +337,12 @@ class DownstreamConnection:
 
     async def _local(self, plan: ListenerPlan, h: RequestHead, status: int, body: str) -> bool:
         """A reply made here; the connection survives only if no request body is left."""
-        keep = h.keep_alive and not h.has_body and not self.worker.draining
+        keep = (
+            h.keep_alive
+            and not h.has_body
+            and not self.worker.draining
+            and not self.listener_updated
+        )
         self.status = status
         data = local_reply(
             status, body, plan.server, close=not keep, head_request=h.method == "HEAD"

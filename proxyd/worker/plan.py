@@ -49,6 +49,12 @@ class ListenerPlan:
     ) -> None:
         hcm = listener.hcm
         self.name = listener.name
+        self.listener = listener
+        # Connections accepted under one generation of a listener's config get
+        # "connection: close" once an epoch changes that listener (Envoy drains the
+        # connections of an updated listener); an unchanged listener keeps its
+        # generation across epochs (CompiledEpoch).
+        self.generation = object()
         self.listener_stats: ListenerStats = stats.listener(listener.stat_name)
         self.http_stats: HttpStats = stats.http(hcm.stat_prefix)
         self.routes = RouteTable(hcm.route_config)
@@ -102,6 +108,7 @@ class CompiledEpoch:
         writers: dict[str, AccessLogWriter],
         local_address: str,
         ids: RequestIdGenerator,
+        old_plans: dict[str, ListenerPlan] | None = None,
     ) -> None:
         self.epoch = epoch
         self.clusters: dict[str, ClusterState] = {}
@@ -120,6 +127,10 @@ class CompiledEpoch:
             lst.name: ListenerPlan(lst, self.clusters, stats, writers, local_address, ids)
             for lst in epoch.listeners
         }
+        for name, plan in self.plans.items():
+            old = (old_plans or {}).get(name)
+            if old is not None and old.listener == plan.listener:
+                plan.generation = old.generation
 
     def retire_replaced(self, old_clusters: dict[str, ClusterState]) -> None:
         """Retire the old clusters this epoch did not keep (after it is in place)."""

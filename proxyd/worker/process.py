@@ -14,7 +14,9 @@ Conversation (all messages from :mod:`proxyd.ipc`):
 * ``Stop``, or end of the channel (the master is gone): exit now.
 
 About once a second the worker sends ``StatsReport`` (counter deltas, gauges), which is
-also its heartbeat, flushes access logs and sweeps idle upstream connections.
+also its heartbeat, and ``HostOutcomes`` for outlier detection when there are any
+(:mod:`proxyd.worker.outcomes`), flushes access logs and sweeps idle upstream
+connections.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class Worker:
         with trio.move_on_after(1.0):
             try:
                 await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))
+                await self._send_outcomes()
             except OSError:
                 pass  # the master is gone: nobody is left to count them
 
@@ -150,7 +153,7 @@ class Worker:
         try:
             writers = update_writers(self.writers, paths)
             compiled = CompiledEpoch(
-                epoch, old_clusters, self.stats, writers, self.local_address, self.ids
+                epoch, old_clusters, self.stats, writers, self.local_address, self.ids, self.plans
             )
         except Exception as exc:
             if self.compiled is None:
@@ -305,6 +308,7 @@ class Worker:
             counters, gauges = self.stats.report()
             try:
                 await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))
+                await self._send_outcomes()
             except OSError:
                 return  # the control loop sees the closed channel and ends the worker
             for writer in self.writers.values():
@@ -313,6 +317,12 @@ class Worker:
                 now = time.monotonic()
                 for cluster in self.compiled.clusters.values():
                     cluster.sweep(now)
+
+    async def _send_outcomes(self) -> None:
+        """Per-host outcomes for outlier detection (proxyd.worker.outcomes), if any."""
+        outcomes = self.stats.outcomes.report()
+        if outcomes:
+            await self.channel.send(ipc.HostOutcomes(self.worker_id, outcomes))
 
     def _shutdown(self) -> None:
         for writer in self.writers.values():

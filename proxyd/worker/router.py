@@ -150,6 +150,7 @@ class Exchange:
                         self.dc.flags = "UF"
                         cluster.stats.count_response(503)
                         hstats.rq_error += 1
+                        host.outcomes.connect_failed()
                         return await self._reply(503, RESET_BEFORE_HEADERS + exc.reason)
                 self.conn = conn
                 self.dc.upstream_sock = conn.sock
@@ -204,6 +205,7 @@ class Exchange:
                 dc.flags = "UPE"
                 cstats.count_response(502)
                 hstats.rq_error += 1
+                host.outcomes.reset()
                 return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
             dc.flags = "DPE"
             self.body_done = False
@@ -248,7 +250,9 @@ class Exchange:
         if dc.response_started:
             return False
         h = self.h
-        keep = h.keep_alive and self.body_done and not dc.worker.draining
+        keep = (
+            h.keep_alive and self.body_done and not dc.worker.draining and not dc.listener_updated
+        )
         dc.status = status
         data = local_reply(
             status,
@@ -272,6 +276,8 @@ class Exchange:
             cstats.rq_timeout += 1
             self.host.stats.rq_timeout += 1
             self.host.stats.rq_error += 1
+            if self.conn is not None and not dc.response_started:
+                self.host.outcomes.timeout()  # connected, no response head yet
         dc.flags = flag
         if self.conn is not None:
             self.cluster.destroy(self.conn)  # type: ignore[union-attr]
@@ -286,6 +292,7 @@ class Exchange:
         self.dc.flags = flag
         self.cluster.stats.count_response(503)  # type: ignore[union-attr]
         self.host.stats.rq_error += 1
+        self.host.outcomes.reset()
         return await self._reply(503, RESET_BEFORE_HEADERS + reason)
 
     # -- the exchange -------------------------------------------------------------------
@@ -499,6 +506,7 @@ class Exchange:
             self.host.stats.rq_success += 1
         else:
             self.host.stats.rq_error += 1
+        self.host.outcomes.response(status)
         if self.plan.response_wanted:
             dc.resp_headers = r.headers
         if not response_has_body(status, h.method == "HEAD"):
@@ -509,7 +517,7 @@ class Exchange:
             mode = 1 if r.content_length else 0
         else:
             mode = 3  # until close, re-framed as chunked
-        close = not h.keep_alive or not self.body_done or dc.worker.draining
+        close = not h.keep_alive or not self.body_done or dc.worker.draining or dc.listener_updated
         out = response_head(r, self.plan.server, service_ms, mode >= 2, close)
         dsock = dc.sock
         start = conn.start

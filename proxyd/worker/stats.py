@@ -14,6 +14,7 @@ report under ``<cluster>::<ip>:<port>::<stat>``, which the master keeps out of `
 from __future__ import annotations
 
 from proxyd.stats import HOST_SEP
+from proxyd.worker.outcomes import OutcomeStore
 
 
 class _Scope:
@@ -59,6 +60,7 @@ class ClusterStats(_Scope):
         "rq_active_overflow",
         "cx_overflow",
         "rq_pending_overflow",
+        "lb_healthy_panic",
         "by_class",
         "by_code",
         "_last_codes",
@@ -73,8 +75,12 @@ class ClusterStats(_Scope):
         ("rq_active_overflow", "upstream_rq_active_overflow"),
         ("cx_overflow", "upstream_cx_overflow"),
         ("rq_pending_overflow", "upstream_rq_pending_overflow"),
+        # Requests balanced in panic mode (proxyd.protocol.priority).
+        ("lb_healthy_panic", "lb_healthy_panic"),
     )
     GAUGES = (("cx_active", "upstream_cx_active"), ("rq_active", "upstream_rq_active"))
+    # Declared for proxyd.protocol.priority.PanicCounter (set in _Scope.__init__).
+    lb_healthy_panic: int
 
     def __init__(self, name: str) -> None:
         super().__init__(f"cluster.{name}.")
@@ -192,6 +198,8 @@ class StatsStore:
 
     def __init__(self) -> None:
         self._scopes: dict[str, _Scope] = {}
+        # Per-host outcomes for outlier detection, shipped beside the stats report.
+        self.outcomes = OutcomeStore()
 
     def _get(self, cls: type, key: str, arg: str) -> _Scope:
         scope = self._scopes.get(key)

@@ -23,10 +23,11 @@ import math
 import socket
 import time
 
-from proxyd.epoch import Cluster
-from proxyd.protocol.balancers import make_balancer
+from proxyd.epoch import Cluster, Endpoint
 from proxyd.protocol.http1 import ResponseHeadParser
+from proxyd.protocol.priority import make_priority_balancer
 from proxyd.worker import io
+from proxyd.worker.outcomes import NO_LOG, OutcomeLog
 from proxyd.worker.stats import ClusterStats, HostStats, StatsStore
 
 UPSTREAM_BUFFER = 64 * 1024
@@ -64,20 +65,40 @@ class HostState:
 
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
+        "outcomes", "priority", "locality", "locality_weight", "usable",
     )  # fmt: skip
 
     def __init__(
-        self, address: str, port: int, weight: int, cluster: ClusterState, store: StatsStore
+        self,
+        address: str,
+        port: int,
+        weight: int,
+        cluster: ClusterState,
+        store: StatsStore,
+        endpoint: Endpoint | None = None,
     ) -> None:
         self.address = address
         self.port = port
         self.weight = weight
+        # What proxyd.protocol.priority reads: the endpoint's level, locality and
+        # whether it may take traffic outside panic mode (healthy and not ejected).
+        ep = endpoint or Endpoint(address, port)
+        self.priority = ep.priority
+        self.locality = ep.locality
+        self.locality_weight = ep.locality_weight
+        self.usable = ep.usable
         self.active_requests = 0
         self.idle: list[UpstreamConnection] = []
         self.cluster = cluster
         # %UPSTREAM_HOST% as Envoy prints it, which is also the host's key in /clusters.
         self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         self.stats: HostStats = store.host(cluster.name, self.label)
+        # What the router tells outlier detection (a no-op log when the cluster has none).
+        self.outcomes: OutcomeLog = (
+            store.outcomes.log(cluster.name, self.label)
+            if cluster.cluster.outlier_detection is not None
+            else NO_LOG
+        )
 
 
 class ClusterState:
@@ -96,12 +117,21 @@ class ClusterState:
         self.connect_timeout = cluster.connect_timeout_s
         self.idle_timeout = cluster.idle_timeout_s
         self.max_requests = cluster.max_requests_per_connection
+        # Every host, usable or not: a priority level in panic routes to all of its hosts
+        # (proxyd.protocol.priority decides which ones a pick may use).
         self.hosts = [
-            HostState(ep.address, ep.port, max(ep.weight, 1), self, store)
+            HostState(ep.address, ep.port, max(ep.weight, 1), self, store, ep)
             for ep in cluster.endpoints
-            if ep.healthy
         ]
-        self.balancer = make_balancer(cluster.lb_policy, self.hosts, cluster.choice_count)
+        self.balancer = make_priority_balancer(
+            cluster.lb_policy,
+            self.hosts,
+            choice_count=cluster.choice_count,
+            overprovisioning_factor=cluster.overprovisioning_factor,
+            panic_threshold=cluster.healthy_panic_threshold,
+            locality_weighted=cluster.locality_weighted_lb,
+            stats=self.stats,
+        )
         self.open: set[UpstreamConnection] = set()
 
     # -- circuit breakers -------------------------------------------------------------

@@ -57,9 +57,15 @@ def worker(start_worker, upstream):
         hcm={"max_request_headers_kb": 2},
         unhealthy=frozenset(),
     )
-    # "sick" has only an unhealthy endpoint.
+    # "sick" has only an unhealthy endpoint, and panic mode off (with Envoy's default
+    # 50% threshold the cluster would panic and route to that host anyway).
     sick = ep.Cluster(
-        "sick", "STATIC", 1.0, "ROUND_ROBIN", (ep.Endpoint("127.0.0.1", a.port, healthy=False),)
+        "sick",
+        "STATIC",
+        1.0,
+        "ROUND_ROBIN",
+        (ep.Endpoint("127.0.0.1", a.port, healthy=False),),
+        healthy_panic_threshold=0,
     )
     epoch = ep.Epoch(
         1, epoch.listeners, tuple(c if c.name != "sick" else sick for c in epoch.clusters)

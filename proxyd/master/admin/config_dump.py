@@ -80,3 +80,119 @@ def config_dump(bootstrap: dict[str, Any], loaded_wall: float) -> dict[str, Any]
             {"@type": _ADMIN + "SecretsConfigDump"},
         ]
     }
+
+
+# -- dynamic resources (xDS) -------------------------------------------------------------
+
+
+def add_dynamic(dump: dict[str, Any], state: Any, include_eds: bool) -> None:
+    """Add what xDS delivered (``proxyd.master.xds.state.XdsState``) to ``dump``:
+    active and warming resources with version_info and last_updated, and the last
+    refused update of each type as Envoy's ``error_state``."""
+    from google.protobuf import json_format
+
+    from proxyd.master.xds import resources as rs
+
+    def body(res: Any) -> dict[str, Any]:
+        return {
+            "@type": res.type_url,
+            **json_format.MessageToDict(res.message, preserving_proto_field_name=True),
+        }
+
+    def error_state(type_url: str, name: str | None) -> dict[str, Any] | None:
+        rejected = state.types[type_url].rejected
+        if rejected is None or (name is not None and rejected.name != name):
+            return None
+        out: dict[str, Any] = {
+            "last_update_attempt": timestamp(rejected.when),
+            "details": rejected.details,
+        }
+        if rejected.version:
+            out["version_info"] = rejected.version
+        if rejected.failed is not None:
+            out["failed_configuration"] = {
+                "@type": rejected.failed.type_url,
+                **json_format.MessageToDict(
+                    _decoded(rejected.failed), preserving_proto_field_name=True
+                ),
+            }
+        return out
+
+    def entry(res: Any, key: str) -> dict[str, Any]:
+        return {"version_info": res.version, key: body(res), "last_updated": timestamp(res.last_updated)}  # fmt: skip
+
+    warming_clusters, warming_listeners = state.warming()
+    configs = {c["@type"].rsplit(".", 1)[-1]: c for c in dump["configs"]}
+
+    cds = state.types[rs.CLUSTER]
+    clusters = configs["ClustersConfigDump"]
+    if cds.version:
+        clusters["version_info"] = cds.version
+    active = []
+    for name, res in sorted(state.active_clusters.items()):
+        item = entry(res, "cluster")
+        err = error_state(rs.CLUSTER, name)
+        if err:
+            item["error_state"] = err
+        active.append(item)
+    if active:
+        clusters["dynamic_active_clusters"] = active
+    if warming_clusters:
+        clusters["dynamic_warming_clusters"] = [entry(r, "cluster") for r in warming_clusters]
+    err = error_state(rs.CLUSTER, None)
+    if err and not any("error_state" in a for a in active):
+        clusters.setdefault("dynamic_active_clusters", []).append({"error_state": err})
+
+    lds = state.types[rs.LISTENER]
+    listeners = configs["ListenersConfigDump"]
+    if lds.version:
+        listeners["version_info"] = lds.version
+    warming = {r.name: r for r in warming_listeners}
+    names = sorted(set(state.active_listeners) | set(warming))
+    rejected = lds.rejected
+    if rejected is not None and rejected.name and rejected.name not in names:
+        names.append(rejected.name)
+    dynamic = []
+    for name in names:
+        item: dict[str, Any] = {"name": name}
+        if name in state.active_listeners:
+            item["active_state"] = entry(state.active_listeners[name], "listener")
+        if name in warming:
+            item["warming_state"] = entry(warming[name], "listener")
+        err = error_state(rs.LISTENER, name)
+        if err:
+            item["error_state"] = err
+        dynamic.append(item)
+    err = error_state(rs.LISTENER, None)
+    if err and (rejected is None or not rejected.name):
+        dynamic.append({"name": "", "error_state": err})
+    if dynamic:
+        listeners["dynamic_listeners"] = dynamic
+
+    routes = []
+    for name, r in sorted(state.types[rs.ROUTE].resources.items()):
+        item = entry(r, "route_config")
+        err = error_state(rs.ROUTE, name)
+        if err:
+            item["error_state"] = err
+        routes.append(item)
+    if routes:
+        configs["RoutesConfigDump"]["dynamic_route_configs"] = routes
+    if include_eds:
+        eds = [
+            {
+                "version_info": r.version,
+                "endpoint_config": body(r),
+                "last_updated": timestamp(r.last_updated),
+            }
+            for _, r in sorted(state.types[rs.ENDPOINT].resources.items())
+        ]
+        dump["configs"].insert(
+            2, {"@type": _ADMIN + "EndpointsConfigDump", "dynamic_endpoint_configs": eds}
+        )
+
+
+def _decoded(any_msg: Any) -> Any:
+    from proxyd.config.supported import unpack
+
+    return unpack(any_msg) or any_msg

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 from proxyd import __version__ as _version
 from proxyd import ipc
 from proxyd.epoch import Cluster, Endpoint
-from proxyd.master.admin.config_dump import config_dump
+from proxyd.master.admin.config_dump import add_dynamic, config_dump
 
 if TYPE_CHECKING:
     from proxyd.master.master import Master
@@ -59,8 +59,20 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def _rate(value: float) -> str:
+    """A success rate as Envoy prints a double: 100, 66.66666666666667, -1."""
+    return str(int(value)) if value == int(value) else repr(value)
+
+
 def host_key(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _locality(e: Endpoint) -> dict[str, str]:
+    """An endpoint's locality ("region/zone/sub_zone" in the epoch) as Envoy's fields."""
+    parts = e.locality.split("/", 2) if e.locality else []
+    parts += [""] * (3 - len(parts))
+    return {"region": parts[0], "zone": parts[1], "sub_zone": parts[2]}
 
 
 class AdminPages:
@@ -199,9 +211,11 @@ class AdminPages:
             out.append(f"{prefix}hostname::{e.hostname}\n")
             out.append(f"{prefix}health_flags::{self._health_flags(c, e)}\n")
             out.append(f"{prefix}weight::{e.weight}\n")
-            out.extend(f"{prefix}{k}::\n" for k in ("region", "zone", "sub_zone"))
-            out.append(f"{prefix}canary::false\n{prefix}priority::0\n")
-            out.append(f"{prefix}success_rate::-1\n{prefix}local_origin_success_rate::-1\n")
+            out.extend(f"{prefix}{k}::{v}\n" for k, v in _locality(e).items())
+            out.append(f"{prefix}canary::false\n{prefix}priority::{e.priority}\n")
+            rates = self.master.outlier.success_rates(c.name, e.address, e.port)
+            out.append(f"{prefix}success_rate::{_rate(rates[0])}\n")
+            out.append(f"{prefix}local_origin_success_rate::{_rate(rates[1])}\n")
         return "".join(out)
 
     def _cluster_json(self, c: Cluster) -> dict[str, Any]:
@@ -218,17 +232,21 @@ class AdminPages:
                     "health_status": self._health_status(c, e),
                     "weight": e.weight,
                     "hostname": e.hostname,
-                    "locality": {},
+                    "locality": {k: v for k, v in _locality(e).items() if v},
+                    **({"priority": e.priority} if e.priority else {}),
                 }
             )  # fmt: skip
         return {"name": c.name, "observability_name": c.name, "host_statuses": hosts}
 
     def _flags(self, c: Cluster, e: Endpoint) -> tuple[str, ...]:
-        """Envoy's health flag names: active checking's, else the EDS status."""
+        """Envoy's health flag names: active checking's, else the EDS status; an
+        outlier ejection after failed_active_hc (Envoy's order)."""
         checked = self.master.health.flags(c.name, e.address, e.port)
-        if checked is not None:
-            return checked
-        return () if e.healthy else ("failed_eds_health",)
+        flags = checked if checked is not None else () if e.healthy else ("failed_eds_health",)
+        if e.ejected:
+            n = 1 if flags[:1] == ("failed_active_hc",) else 0
+            flags = (*flags[:n], "failed_outlier_check", *flags[n:])
+        return flags
 
     def _health_flags(self, c: Cluster, e: Endpoint) -> str:
         """Envoy's health_flags text: "healthy" or "/flag/flag"."""
@@ -240,6 +258,8 @@ class AdminPages:
         out: dict[str, Any] = {}
         if "failed_active_hc" in flags:
             out["failed_active_health_check"] = True
+        if "failed_outlier_check" in flags:
+            out["failed_outlier_check"] = True
         if "active_hc_timeout" in flags:
             out["active_hc_timeout"] = True
         out["eds_health_status"] = "UNHEALTHY" if "failed_eds_health" in flags else "HEALTHY"
@@ -250,12 +270,19 @@ class AdminPages:
         if m.loaded is None:
             return _json({"configs": []})
         dump = config_dump(m.loaded.bootstrap_json, m.config_loaded_wall)
+        include_eds = "include_eds" in q
+        add_dynamic(dump, m.xds.state, include_eds)
         resource = (q.get("resource") or [""])[0]
         if resource:
             wanted = {
                 "static_clusters": "ClustersConfigDump",
+                "dynamic_active_clusters": "ClustersConfigDump",
+                "dynamic_warming_clusters": "ClustersConfigDump",
                 "static_listeners": "ListenersConfigDump",
+                "dynamic_listeners": "ListenersConfigDump",
                 "static_route_configs": "RoutesConfigDump",
+                "dynamic_route_configs": "RoutesConfigDump",
+                "dynamic_endpoint_configs": "EndpointsConfigDump",
                 "bootstrap": "BootstrapConfigDump",
             }.get(resource)
             if wanted is None:

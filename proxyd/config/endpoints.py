@@ -1,0 +1,117 @@
+"""A ClusterLoadAssignment → epoch Endpoints and its overprovisioning factor.
+
+Used for a cluster's ``load_assignment`` and for EDS resources alike, so it takes a bare
+``envoy.config.endpoint.v3.ClusterLoadAssignment``. Its unsupported fields and proto
+constraints are checked by ``proxyd.config.supported`` (:data:`CLUSTER_LOAD_ASSIGNMENT`)
+before this runs.
+
+As in Envoy's ``PriorityStateManager``: each ``LocalityLbEndpoints`` gives its hosts a
+priority (0 when unset; gaps between levels are allowed and are empty levels) and a
+locality. A locality's ``load_balancing_weight`` counts only when the entry names a
+locality; it is kept per (priority, locality), the last entry wins, and a locality
+without one has weight 0, which locality weighted balancing never picks. The weight is
+written on every endpoint of that (priority, locality), so workers read it from any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxyd.config.proto import join
+from proxyd.config.values import is_ip_literal, require_ip, socket_address, wrapped_or
+from proxyd.epoch import Endpoint
+from proxyd.errors import ConfigError
+
+# endpoint.proto: ClusterLoadAssignment.Policy.overprovisioning_factor, in percent.
+DEFAULT_OVERPROVISIONING_FACTOR = 140
+# cluster.proto: CommonLbConfig.healthy_panic_threshold, in percent.
+DEFAULT_PANIC_THRESHOLD = 50
+# Cluster types whose endpoint addresses must be IP literals (Envoy resolves the names
+# of the DNS types).
+IP_ONLY_KINDS = ("STATIC", "EDS")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadAssignment:
+    endpoints: tuple[Endpoint, ...]
+    overprovisioning_factor: int = DEFAULT_OVERPROVISIONING_FACTOR
+
+
+def compile_load_assignment(cla: Any, kind: str, path: str, file: str) -> LoadAssignment:
+    """``cla`` (a ClusterLoadAssignment, at ``path`` in ``file``) for a cluster of type
+    ``kind`` ("STATIC", "STRICT_DNS", "EDS", ...)."""
+    weights: dict[tuple[int, str], int] = {}
+    found: list[tuple[int, str, Endpoint]] = []
+    for i, group in enumerate(cla.endpoints):
+        here = f"{join(path, 'endpoints')}[{i}]"
+        locality = _locality(group)
+        if group.HasField("locality") and group.HasField("load_balancing_weight"):
+            weights[(group.priority, locality)] = group.load_balancing_weight.value
+        for j, lb in enumerate(group.lb_endpoints):
+            found.append(
+                (group.priority, locality, _endpoint(lb, kind, f"{here}.lb_endpoints[{j}]", file))
+            )
+    endpoints = tuple(
+        Endpoint(
+            address=e.address,
+            port=e.port,
+            weight=e.weight,
+            hostname=e.hostname,
+            priority=priority,
+            locality=locality,
+            locality_weight=weights.get((priority, locality), 0),
+        )
+        for priority, locality, e in found
+    )
+    factor = DEFAULT_OVERPROVISIONING_FACTOR
+    if cla.HasField("policy"):
+        factor = wrapped_or(cla.policy, "overprovisioning_factor", DEFAULT_OVERPROVISIONING_FACTOR)
+    return LoadAssignment(endpoints, factor)
+
+
+def _locality(group: Any) -> str:
+    """The group's locality as "region/zone/sub_zone", or "" for none (an empty
+    Locality is the same locality as none, as in Envoy)."""
+    loc = group.locality
+    if not (loc.region or loc.zone or loc.sub_zone):
+        return ""
+    return f"{loc.region}/{loc.zone}/{loc.sub_zone}"
+
+
+def _endpoint(lb: Any, kind: str, path: str, file: str) -> Endpoint:
+    if not lb.HasField("endpoint") or not lb.endpoint.HasField("address"):
+        raise ConfigError(file, join(path, "endpoint.address"), "an address is required")
+    addr_path = join(path, "endpoint.address.socket_address")
+    address, port = socket_address(lb.endpoint.address, join(path, "endpoint.address"), file)
+    if port == 0:
+        raise ConfigError(
+            file, join(addr_path, "port_value"), "an upstream port is required (1-65535)"
+        )
+    hostname = ""
+    if kind in IP_ONLY_KINDS:
+        require_ip(address, addr_path, file)
+    elif not is_ip_literal(address):
+        hostname = address
+    return Endpoint(
+        address=address,
+        port=port,
+        weight=wrapped_or(lb, "load_balancing_weight", 1),
+        hostname=hostname,
+    )
+
+
+def compile_common_lb_config(c: Any) -> tuple[int, bool]:
+    """A Cluster's (healthy panic threshold in whole percent, locality weighted LB).
+
+    Envoy turns the threshold's Percent into an integer by truncation
+    (``PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT`` → ``100 * (value / 100.0)``), so
+    33.9 is 33 and anything below 1 disables panic mode; this does the same.
+    """
+    if not c.HasField("common_lb_config"):
+        return DEFAULT_PANIC_THRESHOLD, False
+    common = c.common_lb_config
+    threshold = DEFAULT_PANIC_THRESHOLD
+    if common.HasField("healthy_panic_threshold"):
+        threshold = int(100 * (common.healthy_panic_threshold.value / 100.0))
+    return threshold, common.HasField("locality_weighted_lb_config")

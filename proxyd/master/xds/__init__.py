@@ -1,0 +1,1 @@
+"""The xDS client in the master: subscriptions, ACK/NACK bookkeeping and their transports."""

@@ -1,0 +1,297 @@
+"""What xDS has delivered, and the epoch template it makes with the static config.
+
+:class:`XdsState` keeps, per resource type, the accepted resources by name and the
+last rejected update (Envoy's ``error_state``). :meth:`XdsState.apply` takes one
+state-of-the-world response: every resource is validated and compiled first and the
+update is applied only when all of them are good, so a NACKed update changes nothing.
+For LDS and CDS the response is the whole set (a missing resource is removed); for
+RDS and EDS it adds or replaces the resources it holds.
+
+:meth:`XdsState.compose` lays the dynamic resources over the static epoch template,
+with Envoy's warming rules:
+
+* a cluster of type EDS waits for its ClusterLoadAssignment; a listener whose HTTP
+  connection manager uses RDS waits for its RouteConfiguration;
+* while a new or updated resource warms, the previous version (if any) keeps serving
+  (make before break); a resource that never warms joins without what it waits for
+  once its source's ``initial_fetch_timeout`` has passed (an EDS cluster with no hosts,
+  an RDS listener with no routes), as Envoy's init manager gives up waiting;
+* static EDS clusters and static RDS listeners are always present (empty until their
+  resources arrive), because static routes were checked against them.
+
+Composed clusters and listeners are cached with the resources they came from, so an EDS update to one cluster rebuilds that cluster only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxyd.epoch import Cluster, ConfigSource, Endpoint, Epoch, Listener
+from proxyd.errors import ConfigError
+from proxyd.master.xds import resources as rs
+from proxyd.master.xds.resources import Context, Resource
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Envoy's UpdateFailureState: the last update of a type that was refused."""
+
+    version: str
+    details: str
+    when: float  # wall clock
+    # The resource that was refused (its name and Any), when one was.
+    name: str = ""
+    failed: Any = None
+
+
+@dataclass
+class TypeState:
+    type_url: str
+    resources: dict[str, Resource] = field(default_factory=dict)
+    version: str = ""  # of the last accepted update
+    rejected: Rejection | None = None
+    # Counters as Envoy names them under its stat scope (update_attempt, ...).
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("update_attempt", "update_success", "update_rejected", "update_failure"), 0
+        )
+    )
+
+
+class XdsState:
+    def __init__(self) -> None:
+        self.types = {t: TypeState(t) for t in rs.ORDER}
+        # When each resource was first seen waiting (for initial_fetch_timeout).
+        self._waiting_since: dict[tuple[str, str], float] = {}
+        # Composed values by name, with the identities they were built from.
+        self._clusters: dict[str, tuple[Resource, Resource | None, Cluster]] = {}
+        self._listeners: dict[str, tuple[Resource, Resource | None, Listener]] = {}
+        # The dynamic resources in the last composed epoch (the "active" ones).
+        self.active_clusters: dict[str, Resource] = {}
+        self.active_listeners: dict[str, Resource] = {}
+        # Earliest monotonic time at which a warming resource times out (or inf).
+        self.next_timeout = float("inf")
+
+    # -- updates ----------------------------------------------------------------------
+
+    def apply(
+        self,
+        type_url: str,
+        version: str,
+        resources: Sequence[Any],
+        origin: str,
+        ctx: Context,
+        check: Callable[[str, dict[str, Resource]], None] | None = None,
+    ) -> list[str]:
+        """Apply one response; the names of the resources it changed.
+
+        Raises ConfigError (nothing changed) when any resource is bad; ``check`` may
+        refuse the new set as a whole (listener addresses, names taken by static
+        resources)."""
+        ts = self.types[type_url]
+        ts.counts["update_attempt"] += 1
+        file = f"{rs.SHORT[type_url]} update version '{version}' from {origin}"
+        name, any_msg = "", None
+        try:
+            fresh: dict[str, Resource] = {}
+            for i, any_msg in enumerate(resources):
+                path = f"resources[{i}]"
+                name = ""
+                message = rs.decode(type_url, any_msg, path, file)
+                name = rs.name_of(type_url, message)
+                path = f"{path} ({rs.label(type_url, name)})"
+                if name in fresh:
+                    raise ConfigError(file, path, f"duplicate {rs.label(type_url, name)}")
+                old = ts.resources.get(name)
+                if old is not None and old.raw == any_msg.value:
+                    fresh[name] = old  # unchanged: keep the compiled value and its time
+                    continue
+                fresh[name] = rs.compile_resource(
+                    type_url, message, any_msg.value, version, path, file, ctx
+                )
+            if type_url in rs.WILDCARD:
+                new_set = fresh
+            else:
+                new_set = {**ts.resources, **fresh}
+            if check is not None:
+                name, any_msg = "", None  # the set as a whole
+                check(file, new_set)
+        except ConfigError as exc:
+            ts.counts["update_rejected"] += 1
+            ts.rejected = Rejection(version, str(exc), time.time(), name, any_msg)
+            raise
+        changed = [n for n, r in new_set.items() if ts.resources.get(n) is not r]
+        changed += [n for n in ts.resources if n not in new_set]
+        ts.resources = new_set
+        ts.version = version
+        ts.rejected = None
+        ts.counts["update_success"] += 1
+        return changed
+
+    def reject_unreadable(self, type_url: str, version: str, details: str) -> None:
+        """An update that could not even be read (a bad file, a bad response body)."""
+        ts = self.types[type_url]
+        ts.counts["update_attempt"] += 1
+        ts.counts["update_rejected"] += 1
+        ts.rejected = Rejection(version, details, time.time())
+
+    # -- what is wanted ---------------------------------------------------------------
+
+    def wanted(self, static: Epoch, type_url: str) -> dict[ConfigSource, set[str]]:
+        """For RDS and EDS: the names each source must deliver, by source."""
+        out: dict[ConfigSource, set[str]] = {}
+        if type_url == rs.ENDPOINT:
+            for c in self._all_clusters(static):
+                if c.eds_source is not None:
+                    out.setdefault(c.eds_source, set()).add(c.eds_service_name)
+        elif type_url == rs.ROUTE:
+            for lst in self._all_listeners(static):
+                hcm = lst.hcm
+                if hcm.rds_source is not None:
+                    out.setdefault(hcm.rds_source, set()).add(hcm.rds_route_config_name)
+        return out
+
+    def clusters_in_use(self, static: Epoch) -> Iterable[Cluster]:
+        """Static, delivered and active clusters (a name may repeat)."""
+        return self._all_clusters(static)
+
+    def listeners_in_use(self, static: Epoch) -> Iterable[Listener]:
+        return self._all_listeners(static)
+
+    def _all_clusters(self, static: Epoch) -> Iterable[Cluster]:
+        yield from static.clusters
+        for r in self.types[rs.CLUSTER].resources.values():
+            yield r.value
+        for r in self.active_clusters.values():
+            yield r.value
+
+    def _all_listeners(self, static: Epoch) -> Iterable[Listener]:
+        yield from static.listeners
+        for r in self.types[rs.LISTENER].resources.values():
+            yield r.value
+        for r in self.active_listeners.values():
+            yield r.value
+
+    # -- composition ------------------------------------------------------------------
+
+    def compose(self, static: Epoch, now: float | None = None) -> Epoch:
+        """The epoch template: static resources, then the dynamic ones that are warm."""
+        now = time.monotonic() if now is None else now
+        self.next_timeout = float("inf")
+        endpoints = self.types[rs.ENDPOINT].resources
+        routes = self.types[rs.ROUTE].resources
+
+        clusters: list[Cluster] = [self._eds_filled(c, endpoints) for c in static.clusters]
+        active_clusters: dict[str, Resource] = {}
+        for name, res in self.types[rs.CLUSTER].resources.items():
+            chosen = self._warm_or_previous(res, self.active_clusters.get(name), endpoints, now)
+            if chosen is not None:
+                active_clusters[name] = chosen
+                clusters.append(self._composed_cluster(chosen, endpoints))
+        self.active_clusters = active_clusters
+
+        listeners: list[Listener] = [self._rds_filled(lst, routes) for lst in static.listeners]
+        active_listeners: dict[str, Resource] = {}
+        for name, res in self.types[rs.LISTENER].resources.items():
+            chosen = self._warm_or_previous(res, self.active_listeners.get(name), routes, now)
+            if chosen is not None:
+                active_listeners[name] = chosen
+                listeners.append(self._composed_listener(chosen, routes))
+        self.active_listeners = active_listeners
+        live = {(rs.CLUSTER, n) for n in self.types[rs.CLUSTER].resources} | {
+            (rs.LISTENER, n) for n in self.types[rs.LISTENER].resources
+        }
+        for key in [k for k in self._waiting_since if k not in live]:
+            del self._waiting_since[key]
+        return dataclasses.replace(static, listeners=tuple(listeners), clusters=tuple(clusters))
+
+    def warming(self) -> tuple[list[Resource], list[Resource]]:
+        """(clusters, listeners) delivered but not in the last composed epoch as sent."""
+        clusters = [
+            r
+            for n, r in self.types[rs.CLUSTER].resources.items()
+            if self.active_clusters.get(n) is not r
+        ]
+        listeners = [
+            r
+            for n, r in self.types[rs.LISTENER].resources.items()
+            if self.active_listeners.get(n) is not r
+        ]
+        return clusters, listeners
+
+    def _needs(self, res: Resource) -> tuple[str, ConfigSource | None]:
+        """The RDS/EDS name a resource waits for, and the source it comes from."""
+        if res.type_url == rs.CLUSTER:
+            c: Cluster = res.value
+            return c.eds_service_name, c.eds_source
+        hcm = res.value.hcm
+        return hcm.rds_route_config_name, hcm.rds_source
+
+    def _warm_or_previous(
+        self,
+        res: Resource,
+        previous: Resource | None,
+        needed: dict[str, Resource],
+        now: float,
+    ) -> Resource | None:
+        name, source = self._needs(res)
+        key = (res.type_url, res.name)
+        if source is None or name in needed:
+            self._waiting_since.pop(key, None)
+            return res
+        since = self._waiting_since.setdefault(key, now)
+        deadline = since + source.initial_fetch_timeout_s
+        if source.initial_fetch_timeout_s > 0 and now >= deadline:
+            return res  # waited long enough: joins without it, as Envoy's init does
+        if source.initial_fetch_timeout_s > 0:
+            self.next_timeout = min(self.next_timeout, deadline)
+        return previous
+
+    def _eds_filled(self, c: Cluster, endpoints: dict[str, Resource]) -> Cluster:
+        if c.eds_source is None:
+            return c
+        cla = endpoints.get(c.eds_service_name)
+        return c if cla is None else _with_endpoints(c, cla.value)
+
+    def _composed_cluster(self, res: Resource, endpoints: dict[str, Resource]) -> Cluster:
+        c: Cluster = res.value
+        cla = endpoints.get(c.eds_service_name) if c.eds_source is not None else None
+        cached = self._clusters.get(res.name)
+        if cached is not None and cached[0] is res and cached[1] is cla:
+            return cached[2]
+        composed = c if cla is None else _with_endpoints(c, cla.value)
+        self._clusters[res.name] = (res, cla, composed)
+        return composed
+
+    def _rds_filled(self, lst: Listener, routes: dict[str, Resource]) -> Listener:
+        if lst.hcm.rds_source is None:
+            return lst
+        rc = routes.get(lst.hcm.rds_route_config_name)
+        return lst if rc is None else _with_routes(lst, rc.value)
+
+    def _composed_listener(self, res: Resource, routes: dict[str, Resource]) -> Listener:
+        lst: Listener = res.value
+        rc = routes.get(lst.hcm.rds_route_config_name) if lst.hcm.rds_source is not None else None
+        cached = self._listeners.get(res.name)
+        if cached is not None and cached[0] is res and cached[1] is rc:
+            return cached[2]
+        composed = lst if rc is None else _with_routes(lst, rc.value)
+        self._listeners[res.name] = (res, rc, composed)
+        return composed
+
+
+def _with_endpoints(c: Cluster, value: Any) -> Cluster:
+    """``value`` is the LoadAssignment proxyd.config.endpoints compiled from a
+    ClusterLoadAssignment."""
+    endpoints: tuple[Endpoint, ...] = value.endpoints
+    return dataclasses.replace(
+        c, endpoints=endpoints, overprovisioning_factor=value.overprovisioning_factor
+    )
+
+
+def _with_routes(lst: Listener, route_config: Any) -> Listener:
+    return dataclasses.replace(lst, hcm=dataclasses.replace(lst.hcm, route_config=route_config))

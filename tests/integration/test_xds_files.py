@@ -1,0 +1,266 @@
+"""xDS from files (path_config_source): LDS → RDS and CDS → EDS, all as watched files.
+
+Each file holds a DiscoveryResponse, as Envoy's filesystem subscriptions read them.
+Files are replaced by rename (write a temporary file, then rename it over the old one),
+the way operators and config agents update them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import HCM_TYPE, ROUTER_TYPE, ProxydProcess, free_port, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+CLUSTER_T = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+CLA_T = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER_T = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_T = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+
+def write(path: Path, version: str, resources: list[dict[str, Any]]) -> None:
+    """Replace ``path`` by rename with a DiscoveryResponse holding ``resources``."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version_info": version, "resources": resources}))
+    os.replace(tmp, path)
+
+
+def source(path: Path) -> dict[str, Any]:
+    return {"path_config_source": {"path": str(path)}, "resource_api_version": "V3"}
+
+
+def eds_cluster(name: str, eds: Path) -> dict[str, Any]:
+    return {
+        "@type": CLUSTER_T,
+        "name": name,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": {"eds_config": source(eds)},
+    }
+
+
+def cla(name: str, ports: list[int]) -> dict[str, Any]:
+    eps = [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+        for p in ports
+    ]
+    return {"@type": CLA_T, "cluster_name": name, "endpoints": [{"lb_endpoints": eps}]}
+
+
+def rds_listener(name: str, port: int, route_name: str, rds: Path) -> dict[str, Any]:
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": name,
+        "rds": {"route_config_name": route_name, "config_source": source(rds)},
+        "http_filters": [
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+        ],
+    }
+    return {
+        "@type": LISTENER_T,
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }  # fmt: skip
+        ],
+    }
+
+
+def route_config(name: str, routes: dict[str, str], regex: str = "") -> dict[str, Any]:
+    out = [{"match": {"prefix": p}, "route": {"cluster": c}} for p, c in routes.items()]
+    if regex:
+        out.insert(0, {"match": {"safe_regex": {"regex": regex}}, "route": {"cluster": "a"}})
+    return {
+        "@type": ROUTE_T,
+        "name": name,
+        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": out}],
+    }
+
+
+def bootstrap(admin_port: int, lds: Path, cds: Path) -> str:
+    return json.dumps(
+        {
+            "node": {"id": "proxy-1", "cluster": "test"},
+            "admin": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+            },
+            "dynamic_resources": {"lds_config": source(lds), "cds_config": source(cds)},
+        }
+    )
+
+
+def upstream_of(url: str) -> str:
+    r = httpx.get(url, timeout=5)
+    return r.headers.get("x-upstream-name", str(r.status_code))
+
+
+def config_dump(p: ProxydProcess) -> dict[str, Any]:
+    status, body = p.admin("/config_dump")
+    assert status == 200
+    return {c["@type"].rsplit(".", 1)[-1]: c for c in json.loads(body)["configs"]}
+
+
+def test_files_feed_listeners_routes_clusters_and_endpoints(tmp_path, upstream):
+    a, b = upstream("a"), upstream("b")
+    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
+    port, port2, admin_port = free_port(), free_port(), free_port()
+    write(eds, "e1", [cla("a", [a.port]), cla("b", [b.port])])
+    write(cds, "c1", [eds_cluster("a", eds), eds_cluster("b", eds)])
+    write(rds, "r1", [route_config("routes", {"/": "a"})])
+    write(lds, "l1", [rds_listener("front", port, "routes", rds)])
+    config = bootstrap(admin_port, lds, cds)
+    with ProxydProcess(tmp_path, config, admin_port, config_name="proxyd.json") as p:
+        url = f"http://127.0.0.1:{port}/x"
+        assert upstream_of(url) == "a"
+
+        # RDS update: the route now leads to b.
+        write(rds, "r2", [route_config("routes", {"/": "b"})])
+        wait_for(lambda: upstream_of(url) == "b", timeout=10)
+
+        # EDS update: cluster b's endpoint moves to a's server.
+        write(eds, "e2", [cla("a", [a.port]), cla("b", [a.port])])
+        wait_for(lambda: upstream_of(url) == "a", timeout=10)
+
+        # A route that does not compile: refused, the running routes stay, the
+        # rejection shows in /config_dump and the stats.
+        write(rds, "r3", [route_config("routes", {"/": "a"}, regex="(?<=x)y")])
+        dump = wait_for(
+            lambda: (
+                (d := config_dump(p))["RoutesConfigDump"].get("dynamic_route_configs")
+                and "error_state" in d["RoutesConfigDump"]["dynamic_route_configs"][0]
+                and d
+            ),
+            timeout=10,
+        )
+        routes = dump["RoutesConfigDump"]["dynamic_route_configs"][0]
+        assert routes["version_info"] == "r2"
+        assert routes["error_state"]["version_info"] == "r3"
+        assert "safe_regex" in routes["error_state"]["details"]
+        assert upstream_of(url) == "a"  # r2's route to b, whose endpoint is now a
+
+        # LDS: add a second listener, then remove it; the first keeps serving.
+        write(lds, "l2", [rds_listener("front", port, "routes", rds), rds_listener("second", port2, "routes", rds)])  # fmt: skip
+        url2 = f"http://127.0.0.1:{port2}/y"
+        wait_for(lambda: _answers(url2), timeout=10)
+        dump = config_dump(p)
+        names = [x["name"] for x in dump["ListenersConfigDump"]["dynamic_listeners"]]
+        assert names == ["front", "second"]
+        assert dump["ListenersConfigDump"]["version_info"] == "l2"
+        write(lds, "l3", [rds_listener("front", port, "routes", rds)])
+        wait_for(lambda: not _answers(url2), timeout=10)
+        assert upstream_of(url) == "a"
+
+        # CDS: the dump shows the active clusters with their versions.
+        clusters = config_dump(p)["ClustersConfigDump"]
+        assert [c["cluster"]["name"] for c in clusters["dynamic_active_clusters"]] == ["a", "b"]
+        assert clusters["version_info"] == "c1"
+        stats = p.stats()
+        assert stats["cluster_manager.cds.update_success"] >= 1
+        assert stats["listener_manager.lds.update_success"] >= 3
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_bad_file_keeps_the_last_good_config(tmp_path, upstream):
+    a = upstream("a")
+    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
+    port, admin_port = free_port(), free_port()
+    write(eds, "e1", [cla("a", [a.port])])
+    write(cds, "c1", [eds_cluster("a", eds)])
+    write(rds, "r1", [route_config("routes", {"/": "a"})])
+    write(lds, "l1", [rds_listener("front", port, "routes", rds)])
+    with ProxydProcess(tmp_path, bootstrap(admin_port, lds, cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
+        assert upstream_of(url) == "a"
+        tmp = cds.with_suffix(".tmp")
+        tmp.write_text("{ not json")
+        os.replace(tmp, cds)
+        wait_for(lambda: p.stats().get("cluster_manager.cds.update_rejected", 0) >= 1, timeout=10)
+        clusters = config_dump(p)["ClustersConfigDump"]
+        assert [c["cluster"]["name"] for c in clusters["dynamic_active_clusters"] if "cluster" in c] == ["a"]  # fmt: skip
+        errors = [
+            c["error_state"] for c in clusters["dynamic_active_clusters"] if "error_state" in c
+        ]
+        assert errors and "JSON syntax error" in errors[0]["details"]
+        # A cluster with a field proxyd does not implement is refused by name.
+        bad = eds_cluster("a", eds) | {"lb_policy": "MAGLEV"}
+        write(cds, "c2", [bad])
+        wait_for(lambda: p.stats().get("cluster_manager.cds.update_rejected", 0) >= 2, timeout=10)
+        assert "lb_policy MAGLEV not supported by proxyd" in p.log()
+        assert upstream_of(url) == "a"
+
+
+def test_eds_cluster_warms_until_its_endpoints_arrive(tmp_path, upstream):
+    """A CDS cluster of type EDS is not used before its ClusterLoadAssignment exists;
+    once the endpoints arrive it serves."""
+    a = upstream("a")
+    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
+    port, admin_port = free_port(), free_port()
+    write(eds, "e1", [])
+    source_with_timeout = source(eds) | {"initial_fetch_timeout": "0s"}
+    cluster = eds_cluster("a", eds) | {"eds_cluster_config": {"eds_config": source_with_timeout}}
+    write(cds, "c1", [cluster])
+    write(rds, "r1", [route_config("routes", {"/": "a"})])
+    write(lds, "l1", [rds_listener("front", port, "routes", rds)])
+    with ProxydProcess(tmp_path, bootstrap(admin_port, lds, cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
+        clusters = config_dump(p)["ClustersConfigDump"]
+        assert [c["cluster"]["name"] for c in clusters["dynamic_warming_clusters"]] == ["a"]
+        assert "dynamic_active_clusters" not in clusters
+        assert httpx.get(url, timeout=5).status_code == 503  # the route's cluster is not there
+        write(eds, "e2", [cla("a", [a.port])])
+        wait_for(lambda: upstream_of(url) == "a", timeout=10)
+        clusters = config_dump(p)["ClustersConfigDump"]
+        assert [c["cluster"]["name"] for c in clusters["dynamic_active_clusters"]] == ["a"]
+        assert "dynamic_warming_clusters" not in clusters
+
+
+def test_listener_update_drains_only_that_listeners_connections(tmp_path, upstream):
+    """An updated listener's open connections get "connection: close" on their next
+    response; connections of an unchanged listener stay open."""
+    a = upstream("a")
+    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
+    port1, port2, admin_port = free_port(), free_port(), free_port()
+    write(eds, "e1", [cla("a", [a.port])])
+    write(cds, "c1", [eds_cluster("a", eds)])
+    write(rds, "r1", [route_config("routes", {"/": "a"})])
+    first, second = rds_listener("one", port1, "routes", rds), rds_listener("two", port2, "routes", rds)  # fmt: skip
+    write(lds, "l1", [first, second])
+    with (
+        ProxydProcess(
+            tmp_path,
+            bootstrap(admin_port, lds, cds),
+            admin_port,
+            concurrency=1,
+            config_name="proxyd.json",
+        ) as p,  # fmt: skip
+        httpx.Client(timeout=5) as c1,
+        httpx.Client(timeout=5) as c2,
+    ):
+        for client, port in ((c1, port1), (c2, port2)):
+            r = client.get(f"http://127.0.0.1:{port}/")
+            assert r.status_code == 200 and r.headers.get("connection") != "close"
+        write(lds, "l2", [first, second | {"per_connection_buffer_limit_bytes": 65536}])
+        wait_for(lambda: p.stats().get("listener_manager.lds.update_success", 0) >= 2, timeout=10)
+        wait_for(lambda: config_dump(p)["ListenersConfigDump"].get("version_info") == "l2", timeout=10)  # fmt: skip
+        wait_for(lambda: (s := p.status())["workers"][0]["epoch"] == s["epoch"], timeout=5)
+        r1 = c1.get(f"http://127.0.0.1:{port1}/")
+        r2 = c2.get(f"http://127.0.0.1:{port2}/")
+        assert r1.status_code == 200 and r1.headers.get("connection") != "close"
+        assert r2.status_code == 200 and r2.headers.get("connection") == "close"
