@@ -138,6 +138,12 @@ class _Server(ThreadingHTTPServer):
         self._lock = threading.Lock()
         super().__init__(addr, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client (the proxy) that went away mid-exchange is normal here; say nothing.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:
             self.connections += 1

@@ -73,7 +73,7 @@ class HealthCheck:
     """Envoy's core.v3.HealthCheck, with every default resolved. Used by the master
     (``proxyd.master.health``); workers only see its outcome in ``Endpoint.healthy``."""
 
-    # "http" or "tcp".
+    # "http", "tcp" or "grpc".
     kind: str
     timeout_s: float
     interval_s: float
@@ -99,6 +99,12 @@ class HealthCheck:
     # means connect-only.
     tcp_send: bytes = b""
     tcp_receive: tuple[bytes, ...] = ()
+    # gRPC ("grpc", proxyd.master.health.grpc_check): grpc.health.v1.Health/Check with
+    # this service name ("" = the server as a whole), :authority ("" = the cluster
+    # name) and initial_metadata.
+    grpc_service_name: str = ""
+    grpc_authority: str = ""
+    grpc_metadata: tuple[HeaderToAdd, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +158,8 @@ class OutlierDetection:
     max_ejection_time_s: float = 300.0
     max_ejection_time_jitter_s: float = 0.0
     always_eject_one_host: bool = False
+    # A passing active health check (the host healthy after it) ends an ejection.
+    successful_active_health_check_uneject_host: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +186,9 @@ class Cluster:
     # Active health checking (at most one, as in Envoy); the master runs it.
     health_checks: tuple[HealthCheck, ...] = ()
     # Circuit breakers (Envoy's DEFAULT-priority thresholds, defaults as Envoy's), for
-    # the whole proxy: each worker enforces ceil(limit / Epoch.worker_count).
-    # 0 = no limit: proxyd enforces max_connections only when it is configured (see
-    # docs/configuration.md, circuit breakers).
-    cb_max_connections: int = 0
+    # the whole proxy: each worker enforces ceil(limit / Epoch.worker_count) (see
+    # docs/configuration.md, circuit breakers; more cb_* fields at the end).
+    cb_max_connections: int = 1024
     cb_max_requests: int = 1024
     # EDS: the ClusterLoadAssignment name (eds_cluster_config.service_name, else the
     # cluster's name); the master fills ``endpoints`` from it.
@@ -203,6 +210,13 @@ class Cluster:
     overprovisioning_factor: int = 140
     healthy_panic_threshold: int = 50
     locality_weighted_lb: bool = False
+    # Circuit breakers, continued: max_pending_requests, max_retries and retry_budget
+    # (budget_percent, min_retry_concurrency); a budget percent below 0 = no
+    # retry_budget (max_retries applies), else it replaces max_retries.
+    cb_max_pending_requests: int = 1024
+    cb_max_retries: int = 3
+    cb_retry_budget_percent: float = -1.0
+    cb_min_retry_concurrency: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,11 +375,46 @@ T = TypeVar("T")
 
 def to_wire(value: Any) -> Any:
     """A dataclass from this module → nested lists of plain values (msgpack-ready)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    names = _field_names(type(value))
+    if names is not None:
+        return [to_wire(getattr(value, name)) for name in names]
     if isinstance(value, tuple):
         return [to_wire(v) for v in value]
     return value
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    if dataclasses.is_dataclass(cls):
+        return tuple(f.name for f in dataclasses.fields(cls))
+    return None
+
+
+class EpochWire:
+    """:func:`to_wire` for successive epochs of one master.
+
+    Listeners and clusters are immutable and an epoch keeps the objects of the previous
+    one that did not change (see ``proxyd.master.xds.state``), so their wire form is
+    kept with them: an EDS update to one of 1,000 clusters encodes one cluster."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, tuple[Any, Any]] = {}
+
+    def encode(self, epoch: Epoch) -> list[Any]:
+        parts: dict[int, tuple[Any, Any]] = {}
+
+        def part(obj: Any) -> Any:
+            kept = self._parts.get(id(obj))
+            wire = kept[1] if kept is not None and kept[0] is obj else to_wire(obj)
+            parts[id(obj)] = (obj, wire)
+            return wire
+
+        out = [to_wire(getattr(epoch, name)) for name in _field_names(Epoch) or ()]
+        index = {f.name: i for i, f in enumerate(dataclasses.fields(Epoch))}
+        out[index["listeners"]] = [part(x) for x in epoch.listeners]
+        out[index["clusters"]] = [part(c) for c in epoch.clusters]
+        self._parts = parts
+        return out
 
 
 @cache

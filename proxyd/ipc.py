@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import trio
 
-from proxyd.epoch import Epoch, from_wire, to_wire
+from proxyd.epoch import Epoch, EpochWire, from_wire
 
 # Bump whenever a message or the epoch changes incompatibly; Hello carries it so an old
 # and a new process can tell that they disagree.
@@ -244,12 +244,31 @@ _TAG_OF = {cls: i for i, cls in enumerate(MESSAGES)}
 # -- sans-IO framing ------------------------------------------------------------------
 
 
+class _EpochFrames:
+    """The frame of the latest epoch, encoded once for all workers (EpochWire keeps
+    unchanged listeners and clusters encoded between epochs)."""
+
+    def __init__(self) -> None:
+        self.wire = EpochWire()
+        self.epoch: Epoch | None = None
+        self.frame = b""
+
+    def encode(self, epoch: Epoch) -> bytes:
+        if epoch is not self.epoch:
+            body = [_TAG_OF[EpochMsg], self.wire.encode(epoch)]
+            payload = msgpack.packb(body, use_bin_type=True)
+            self.epoch, self.frame = epoch, _LEN.pack(len(payload)) + payload
+        return self.frame
+
+
+_EPOCH_FRAMES = _EpochFrames()
+
+
 def encode(msg: Any) -> bytes:
     tag = _TAG_OF[type(msg)]
     if isinstance(msg, EpochMsg):
-        body = [tag, to_wire(msg.epoch)]
-    else:
-        body = [tag, *(_plain(getattr(msg, f.name)) for f in fields(msg))]
+        return _EPOCH_FRAMES.encode(msg.epoch)
+    body = [tag, *(_plain(getattr(msg, f.name)) for f in fields(msg))]
     payload = msgpack.packb(body, use_bin_type=True)
     return _LEN.pack(len(payload)) + payload
 

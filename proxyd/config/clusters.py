@@ -37,12 +37,15 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DNS_REFRESH_RATE_S = 5.0
 DEFAULT_CHOICE_COUNT = 2
 DEFAULT_UPSTREAM_IDLE_TIMEOUT_S = 3600.0
-# circuit_breaker.proto: CircuitBreakers.Thresholds. Envoy's max_connections default is
-# 1024 too, but beyond it Envoy queues requests (max_pending_requests) where proxyd, with
-# no pending queue, would refuse them; so proxyd enforces max_connections only when it
-# is set (0 = no limit).
-UNSET_MAX_CONNECTIONS = 0
+# circuit_breaker.proto: CircuitBreakers.Thresholds (and RetryBudget). Beyond
+# max_connections a request waits in the cluster's pending queue, up to
+# max_pending_requests, as in Envoy.
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_PENDING_REQUESTS = 1024
 DEFAULT_MAX_REQUESTS = 1024
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_BUDGET_PERCENT = 20.0
+DEFAULT_MIN_RETRY_CONCURRENCY = 3
 
 
 def compile_clusters(clusters: Sequence[Any], path: str, file: str) -> tuple[Cluster, ...]:
@@ -89,7 +92,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
             )
         max_requests = c.max_requests_per_connection.value
 
-    max_cx, max_rq = _circuit_breakers(c, join(path, "circuit_breakers"), file)
+    breakers = _circuit_breakers(c, join(path, "circuit_breakers"), file)
     assignment = _load_assignment(c, kind, join(path, "load_assignment"), file)
     panic_threshold, locality_weighted = compile_common_lb_config(c)
     return Cluster(
@@ -103,9 +106,9 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         idle_timeout_s=idle_timeout_s,
         dns_lookup_family=enum_name(c, "dns_lookup_family"),
         dns_refresh_rate_s=duration_or(c, "dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE_S),
-        health_checks=compile_health_checks(c.health_checks, join(path, "health_checks"), file),
-        cb_max_connections=max_cx,
-        cb_max_requests=max_rq,
+        health_checks=compile_health_checks(
+            c.health_checks, join(path, "health_checks"), file, cluster_name=c.name, http2=http2
+        ),
         eds_service_name=_eds_service_name(c, kind, path, file),
         eds_source=(
             compile_config_source(
@@ -120,6 +123,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         overprovisioning_factor=assignment.overprovisioning_factor,
         healthy_panic_threshold=panic_threshold,
         locality_weighted_lb=locality_weighted,
+        **breakers,
     )
 
 
@@ -145,31 +149,49 @@ def _eds_service_name(c: Any, kind: str, path: str, file: str) -> str:
     return c.eds_cluster_config.service_name or c.name
 
 
-def _circuit_breakers(c: Any, path: str, file: str) -> tuple[int, int]:
-    """(max_connections, max_requests) of the DEFAULT priority.
+def _circuit_breakers(c: Any, path: str, file: str) -> dict[str, Any]:
+    """The DEFAULT priority's thresholds as ``Cluster.cb_*`` keyword arguments.
 
     As in Envoy, the first thresholds entry for a priority wins and unset fields keep
-    their defaults; proxyd has one priority, so a HIGH entry is rejected.
+    their defaults; routes have no priority in proxyd, so a HIGH entry is rejected.
+    A retry_budget, when present, replaces max_retries (its unset fields: 20 %, 3).
     """
-    defaults = (UNSET_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS)
-    if not c.HasField("circuit_breakers"):
-        return defaults
-    found: tuple[int, int] | None = None
-    for i, t in enumerate(c.circuit_breakers.thresholds):
-        here = f"{join(path, 'thresholds')}[{i}]"
-        priority = enum_name(t, "priority")
-        if priority != "DEFAULT":
-            raise ConfigError(
-                file,
-                join(here, "priority"),
-                f"circuit breaker priority {priority} not supported by proxyd (supported: DEFAULT)",
-            )
-        if found is None:
-            found = (
-                wrapped_or(t, "max_connections", UNSET_MAX_CONNECTIONS),
-                wrapped_or(t, "max_requests", DEFAULT_MAX_REQUESTS),
-            )
-    return found or defaults
+    if c.HasField("circuit_breakers"):
+        for i, t in enumerate(c.circuit_breakers.thresholds):
+            here = f"{join(path, 'thresholds')}[{i}]"
+            priority = enum_name(t, "priority")
+            if priority != "DEFAULT":
+                raise ConfigError(
+                    file,
+                    join(here, "priority"),
+                    f"circuit breaker priority {priority} not supported by proxyd "
+                    "(supported: DEFAULT)",
+                )
+        for t in c.circuit_breakers.thresholds:
+            return _thresholds(t)
+    return {}
+
+
+def _thresholds(t: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "cb_max_connections": wrapped_or(t, "max_connections", DEFAULT_MAX_CONNECTIONS),
+        "cb_max_pending_requests": wrapped_or(
+            t, "max_pending_requests", DEFAULT_MAX_PENDING_REQUESTS
+        ),
+        "cb_max_requests": wrapped_or(t, "max_requests", DEFAULT_MAX_REQUESTS),
+        "cb_max_retries": wrapped_or(t, "max_retries", DEFAULT_MAX_RETRIES),
+    }
+    if t.HasField("retry_budget"):
+        budget = t.retry_budget
+        out["cb_retry_budget_percent"] = (
+            budget.budget_percent.value
+            if budget.HasField("budget_percent")
+            else DEFAULT_RETRY_BUDGET_PERCENT
+        )
+        out["cb_min_retry_concurrency"] = wrapped_or(
+            budget, "min_retry_concurrency", DEFAULT_MIN_RETRY_CONCURRENCY
+        )
+    return out
 
 
 def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | None, bool]:

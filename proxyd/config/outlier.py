@@ -7,10 +7,8 @@ most 100), so only the checks Envoy makes in code are here:
 * ``max_ejection_time`` may not be smaller than ``base_ejection_time``; when it is not
   set it is max(300 s, base_ejection_time), as in Envoy's DetectorConfig.
 * ``successful_active_health_check_uneject_host`` (Envoy's default: true) lets a
-  passing active health check end an ejection. proxyd's health checker does not tell
-  the outlier detector about each check, so on a cluster that also has
-  ``health_checks`` it must be set to false explicitly; that is refused by name rather
-  than ignored.
+  passing active health check end an ejection (the master's health checker tells
+  the outlier detector of each check that passed).
 """
 
 from __future__ import annotations
@@ -64,14 +62,6 @@ def compile_outlier_detection(c: Any, path: str, file: str) -> OutlierDetection 
     jitter = duration_or(od, "max_ejection_time_jitter", 0.0)
     if jitter < 0:
         raise ConfigError(file, join(path, "max_ejection_time_jitter"), "must not be negative")
-    uneject_on_check = wrapped_or(od, "successful_active_health_check_uneject_host", True)
-    if c.health_checks and uneject_on_check:
-        raise ConfigError(
-            file,
-            join(path, "successful_active_health_check_uneject_host"),
-            "unejecting a host when an active health check passes is not supported by "
-            "proxyd; with health_checks on the cluster, set it to false",
-        )
     counts = {name: wrapped_or(od, name, getattr(_DEFAULTS, name)) for name in _COUNTS}
     return OutlierDetection(
         interval_s=duration_or(od, "interval", _DEFAULTS.interval_s),
@@ -80,5 +70,8 @@ def compile_outlier_detection(c: Any, path: str, file: str) -> OutlierDetection 
         max_ejection_time_jitter_s=jitter,
         split_external_local_origin_errors=od.split_external_local_origin_errors,
         always_eject_one_host=wrapped_or(od, "always_eject_one_host", False),
+        successful_active_health_check_uneject_host=wrapped_or(
+            od, "successful_active_health_check_uneject_host", True
+        ),
         **counts,
     )

@@ -191,6 +191,15 @@ HEALTH_CHECK: Spec = {
         "retriable_statuses": {"start": LEAF, "end": LEAF},
     },
     "tcp_health_check": {"send": PAYLOAD, "receive": PAYLOAD},
+    # proxyd.master.health.grpc_check; the cluster must be HTTP/2 (health_checks.py).
+    "grpc_health_check": {
+        "service_name": LEAF,
+        "authority": LEAF,
+        "initial_metadata": {
+            "header": {"key": LEAF, "value": LEAF},
+            "append_action": LEAF,
+        },
+    },
 }
 
 # Everything but ``monitors`` (extension monitors); see proxyd.config.outlier.
@@ -270,7 +279,10 @@ CLUSTER: Spec = {
         "thresholds": {
             "priority": LEAF,
             "max_connections": LEAF,
+            "max_pending_requests": LEAF,
             "max_requests": LEAF,
+            "max_retries": LEAF,
+            "retry_budget": {"budget_percent": {"value": LEAF}, "min_retry_concurrency": LEAF},
         },
     },
     "typed_extension_protocol_options": AnyOf(

@@ -121,6 +121,8 @@ class Master:
         self._dns = dns.DnsRefresher()
         self.health = HealthChecker(self.stats, self._has_traffic)
         self.outlier = OutlierDetector(self.stats)
+        # successful_active_health_check_uneject_host: a passing check ends an ejection.
+        self.health.add_check_passed_callback(self.outlier.health_check_passed)
         self._publish_lock = trio.Lock()
         self.xds = XdsClient(
             self.stats, Hooks(self._xds_address, self._bind_xds_listeners, self._on_xds_change)

@@ -23,7 +23,7 @@ _STATE_VALUE = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING":
 _CLUSTER_COUNTERS = (
     "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
     "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
-    "upstream_rq_pending_total", "membership_change",
+    "upstream_rq_pending_total", "membership_change", "lb_healthy_panic",
 )  # fmt: skip
 _LISTENER_COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "no_filter_chain_match")
 _HCM_COUNTERS = (

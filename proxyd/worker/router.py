@@ -3,9 +3,12 @@
 :meth:`Exchange.run` takes a routed request whose host is already picked and whose
 upstream head is already built, and
 
-1. takes an idle pooled connection to the host (or connects; a failure is Envoy's 503
-   ``UF``), sends the head and whatever body bytes are already buffered;
-2. streams the rest of the request body (content-length or chunked, re-framed) in a
+1. takes an idle pooled connection to the host, or gets one from the cluster's pool
+   (:meth:`ClusterState.acquire`: connects, or waits in the pending queue beyond
+   max_connections; a connect failure is Envoy's 503 ``UF``, a full queue 503 ``UO``),
+   then attaches the request to it (the max_requests breaker), sends the head and
+   whatever body bytes are already buffered;
+2. streams the rest of the request body (:mod:`proxyd.worker.request_body`) in a
    second task while it waits for the response, so an upstream that answers early is
    heard and neither side can fill the other's buffers;
 3. forwards the response head (edited, see :mod:`proxyd.protocol.http1_headers`) and
@@ -13,8 +16,9 @@ upstream head is already built, and
    from one side before what was read has been written to the other.
 
 A reused connection that fails before any response byte is retried once on a new
-connection when the request had no body. The route timeout (Envoy's, counted from the
-end of the request) gives 504 ``UT`` before the response started, and a reset
+connection when the request had no body, if the max_retries (or retry_budget) breaker
+allows. The route timeout (Envoy's, counted from the end of the request, also while the
+request is pending) gives 504 ``UT`` before the response started, and a reset
 downstream connection after. Everything here is sans-parsing: codecs live in
 ``proxyd.protocol``.
 """
@@ -39,7 +43,13 @@ from proxyd.protocol.http1 import (
 from proxyd.protocol.http1_headers import CONTINUE_100, local_reply, response_head
 from proxyd.worker import io
 from proxyd.worker.deadlines import INF, REQUEST, ROUTE, STREAM_IDLE
-from proxyd.worker.upstream import ConnectFailure, HostState, UpstreamConnection
+from proxyd.worker.request_body import DownstreamGone, framed, pump, send_request
+from proxyd.worker.upstream import (
+    ConnectFailure,
+    HostState,
+    Overflow,
+    UpstreamConnection,
+)
 
 if TYPE_CHECKING:
     from proxyd.worker.downstream import DownstreamConnection
@@ -52,19 +62,8 @@ CRLF = b"\r\n"
 OVERLOADED = b"x-envoy-overloaded: true\r\n"
 
 
-class DownstreamGone(Exception):
-    """The client closed or reset its connection while the request was in flight."""
-
-
 class UpstreamGone(Exception):
     """The upstream closed or broke the connection in the middle of a response."""
-
-
-def _framed(buf: memoryview, pieces: list[tuple[int, int]], out: list) -> None:
-    for off, n in pieces:
-        out.append(chunk_header(n))
-        out.append(buf[off : off + n])
-        out.append(CRLF)
 
 
 class Exchange:
@@ -87,6 +86,8 @@ class Exchange:
         "pump_error",
         "t_sent",
         "request_deadline",
+        "attached",
+        "retrying",
     )
 
     def __init__(
@@ -113,6 +114,10 @@ class Exchange:
         self.pump_error = ""
         self.t_sent = 0.0
         self.request_deadline = INF
+        # Counted in upstream_rq_active (max_requests) once it has a connection; a retry
+        # outstanding (max_retries) until its attempt gets a response or fails.
+        self.attached = False
+        self.retrying = False
 
     async def run(self) -> bool:
         dc = self.dc
@@ -121,16 +126,10 @@ class Exchange:
         cstats = cluster.stats
         host = self.host
         hstats = host.stats
-        if cluster.overflow():
-            return await self._overflow()
         host.active_requests += 1
-        cstats.rq_total += 1
-        cstats.rq_active += 1
-        hstats.rq_total += 1
-        hstats.rq_active += 1
         dc.upstream_host = host.label
         if self.body_done:
-            self._arm_route()
+            self.arm_route()
         else:
             if self.plan.request_timeout != INF:
                 self.request_deadline = time.monotonic() + self.plan.request_timeout
@@ -139,25 +138,41 @@ class Exchange:
             h = self.h
             retried = False
             while True:
-                conn = cluster.take_idle(self.host)
+                # Envoy's upstream service time includes the wait for a connection.
+                self.t_sent = time.monotonic()
+                conn = cluster.take_idle(host)
                 reused = conn is not None
                 if conn is None:
-                    if not cluster.connection_allowed():
-                        return await self._overflow()
                     try:
-                        conn = await cluster.connect(self.host)
+                        # The request's deadline runs on while it is pending.
+                        with trio.move_on_after(max(dc.deadline - self.t_sent, 0.0)):
+                            conn = await cluster.acquire(host)
                     except ConnectFailure as exc:
                         self.dc.flags = "UF"
                         cluster.stats.count_response(503)
                         hstats.rq_error += 1
                         host.outcomes.connect_failed()
                         return await self._reply(503, RESET_BEFORE_HEADERS + exc.reason)
+                    except Overflow:
+                        return await self._overflow()
+                    if conn is None:
+                        dc.expired = dc.deadline_kind
+                        raise trio.ClosedResourceError()
+                if not self.attached:
+                    if cluster.overflow():
+                        cluster.put_back(conn)
+                        return await self._overflow()
+                    self.attached = True
+                    cstats.rq_active += 1
+                    hstats.rq_active += 1
+                # Every attempt counts, as Envoy counts a retry.
+                cstats.rq_total += 1
+                hstats.rq_total += 1
                 self.conn = conn
                 self.dc.upstream_sock = conn.sock
-                self.t_sent = time.monotonic()
                 try:
                     if h.has_body:
-                        await self._send_request(conn)
+                        await send_request(self, conn)
                     else:
                         head = self.head
                         try:
@@ -173,6 +188,9 @@ class Exchange:
                         return await self._duplex(conn)
                     r = await self._read_response_head(conn)
                 if r is not None:
+                    if self.retrying:
+                        self.retrying = False
+                        cluster.retry_done(success=True)
                     return await self._relay(conn, r)
                 # The connection died before any response byte (writing the head, or
                 # closed by the upstream): a reused one is retried once on a new
@@ -182,7 +200,9 @@ class Exchange:
                 dc.upstream_sock = None
                 if reused and not retried and not h.has_body:
                     retried = True
-                    continue
+                    if cluster.retry_allowed():
+                        self.retrying = True
+                        continue
                 return await self._reset_before_headers("UC", "connection termination")
         except trio.ClosedResourceError:
             # The watchdog woke us: which timeout fired decides the answer.
@@ -220,13 +240,16 @@ class Exchange:
             dc.upstream_sock = None
             dc.deadline = INF
             host.active_requests -= 1
-            cstats.rq_active -= 1
-            hstats.rq_active -= 1
+            if self.attached:
+                cstats.rq_active -= 1
+                hstats.rq_active -= 1
+            if self.retrying:
+                cluster.retry_done(success=False)
             if self.conn is not None:
                 cluster.destroy(self.conn)
                 self.conn = None
 
-    def _arm_route(self) -> None:
+    def arm_route(self) -> None:
         """The request is complete: the route timeout runs from now (0 = none, and then
         only the stream idle timeout applies)."""
         timeout = self.rp.timeout_s
@@ -242,6 +265,7 @@ class Exchange:
     async def _overflow(self) -> bool:
         """A circuit breaker tripped: Envoy's 503 ``UO`` with x-envoy-overloaded."""
         self.dc.flags = "UO"
+        self.dc.upstream_host = None
         self.cluster.stats.count_response(503)  # type: ignore[union-attr]
         return await self._reply(503, RESET_BEFORE_HEADERS + "overflow", OVERLOADED)
 
@@ -274,8 +298,9 @@ class Exchange:
         cstats = self.cluster.stats  # type: ignore[union-attr]
         if flag == "UT":
             cstats.rq_timeout += 1
-            self.host.stats.rq_timeout += 1
-            self.host.stats.rq_error += 1
+            if self.attached:  # not while pending: Envoy has no upstream host then
+                self.host.stats.rq_timeout += 1
+                self.host.stats.rq_error += 1
             if self.conn is not None and not dc.response_started:
                 self.host.outcomes.timeout()  # connected, no response head yet
         dc.flags = flag
@@ -297,43 +322,6 @@ class Exchange:
 
     # -- the exchange -------------------------------------------------------------------
 
-    async def _send_request(self, conn: UpstreamConnection) -> None:
-        """The head and the body bytes already received, in one write."""
-        h = self.h
-        if not h.has_body:
-            await io.send_all(conn.sock, self.head)
-            return
-        dc = self.dc
-        start = dc.start
-        end = dc.end
-        if h.content_length > 0:
-            take = min(end - start, h.content_length)
-            dc.start = start + take
-            dc.bytes_received += take
-            self.body_left = h.content_length - take
-            self.body_done = self.body_left == 0
-            if self.body_done:
-                self._arm_route()
-            self.body_sent = take > 0
-            if take:
-                await io.send_parts(conn.sock, [self.head, dc.view[start : start + take]])
-            else:
-                await io.send_all(conn.sock, self.head)
-            return
-        dec = self.decoder = ChunkedDecoder()
-        pieces, pos = dec.feed(dc.buf, start, end)
-        parts: list = [self.head]
-        _framed(dc.view, pieces, parts)
-        for _, n in pieces:
-            dc.bytes_received += n
-        if dec.done:
-            parts.append(LAST_CHUNK)
-            self.body_done = True
-            self._arm_route()
-        dc.start = pos
-        self.body_sent = bool(pieces)
-        await io.send_parts(conn.sock, parts)
-
     async def _duplex(self, conn: UpstreamConnection) -> bool:
         """Stream the request body in a second task while waiting for the response."""
         dc = self.dc
@@ -346,7 +334,7 @@ class Exchange:
         r: ResponseHead | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, conn, nursery.cancel_scope)
+                nursery.start_soon(pump, self, conn, nursery.cancel_scope)
                 r = await self._read_response_head(conn)
                 if r is None:
                     nursery.cancel_scope.cancel()
@@ -373,78 +361,6 @@ class Exchange:
         if r is None:
             return await self._reset_before_headers("UC", "connection termination")
         return keep
-
-    async def _pump(self, conn: UpstreamConnection, cancel: trio.CancelScope) -> None:
-        try:
-            if self.decoder is None:
-                await self._pump_length(conn)
-            else:
-                await self._pump_chunked(conn, self.decoder)
-        except DownstreamGone:
-            self.pump_error = "DC"
-            cancel.cancel()
-        except ProtocolError:
-            self.pump_error = "DPE"
-            cancel.cancel()
-        except trio.ClosedResourceError:
-            self.pump_error = "TIMEOUT"
-            cancel.cancel()
-        except OSError:
-            # The upstream stopped reading; its response (or its close) tells the rest.
-            self.pump_error = "UP"
-            return
-        self.body_done = True
-        self._arm_route()
-
-    async def _recv_downstream(self, dc: DownstreamConnection, at: int) -> int:
-        # Never more in flight than the listener's per_connection_buffer_limit_bytes.
-        n = await io.recv_into(dc.sock, dc.view[at : at + self.plan.buffer_limit])
-        if n == 0:
-            raise DownstreamGone()
-        stream_idle = self.plan.stream_idle
-        if stream_idle != INF and dc.deadline_kind == REQUEST:
-            # Activity: the stream idle timer starts over (request_timeout does not).
-            dc.deadline = min(self.request_deadline, time.monotonic() + stream_idle)
-        return n
-
-    async def _pump_length(self, conn: UpstreamConnection) -> None:
-        dc = self.dc
-        left = self.body_left
-        usock = conn.sock
-        while left:
-            n = await self._recv_downstream(dc, 0)
-            take = n if n < left else left
-            dc.bytes_received += take
-            await io.send_all(usock, dc.view[:take])
-            left -= take
-            self.body_left = left
-            dc.start = take
-            dc.end = n
-
-    async def _pump_chunked(self, conn: UpstreamConnection, dec: ChunkedDecoder) -> None:
-        dc = self.dc
-        usock = conn.sock
-        while not dec.done:
-            # Keep an unfinished chunk-size line, move it to the front.
-            start, end = dc.start, dc.end
-            if start < end:
-                dc.buf[: end - start] = dc.buf[start:end]
-            end -= start
-            if end >= len(dc.buf):
-                raise ProtocolError("chunk line too long", 400)
-            n = await self._recv_downstream(dc, end)
-            end += n
-            pieces, pos = dec.feed(dc.buf, 0, end)
-            parts: list = []
-            _framed(dc.view, pieces, parts)
-            for _, k in pieces:
-                dc.bytes_received += k
-            if dec.done:
-                parts.append(LAST_CHUNK)
-            dc.start = pos
-            dc.end = end
-            if parts:
-                await io.send_parts(usock, parts)
 
     # -- the response -------------------------------------------------------------------
 
@@ -603,7 +519,7 @@ class Exchange:
         try:
             while True:
                 pieces, pos = dec.feed(buf, start, end)
-                _framed(view, pieces, parts)
+                framed(view, pieces, parts)
                 for _, k in pieces:
                     dc.bytes_sent += k
                 if dec.done:

@@ -13,6 +13,8 @@ report under ``<cluster>::<ip>:<port>::<stat>``, which the master keeps out of `
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from proxyd.stats import HOST_SEP
 from proxyd.worker.outcomes import OutcomeStore
 
@@ -45,6 +47,12 @@ class _Scope:
             gauges[prefix + suffix] = getattr(self, attr)
 
 
+class BreakerState(Protocol):
+    """What ClusterStats reads from proxyd.worker.upstream.ClusterState."""
+
+    def open_gauges(self) -> tuple[int, int, int, int]: ...
+
+
 class ClusterStats(_Scope):
     """``cluster.<name>.*``. ``by_code`` counts ``upstream_rq_<code>``."""
 
@@ -61,6 +69,13 @@ class ClusterStats(_Scope):
         "cx_overflow",
         "rq_pending_overflow",
         "lb_healthy_panic",
+        "rq_pending_total",
+        "rq_pending_active",
+        "rq_cancelled",
+        "rq_retry",
+        "rq_retry_success",
+        "rq_retry_overflow",
+        "breakers",
         "by_class",
         "by_code",
         "_last_codes",
@@ -77,8 +92,20 @@ class ClusterStats(_Scope):
         ("rq_pending_overflow", "upstream_rq_pending_overflow"),
         # Requests balanced in panic mode (proxyd.protocol.priority).
         ("lb_healthy_panic", "lb_healthy_panic"),
+        # Circuit breakers and the pending queue (proxyd.worker.upstream).
+        ("rq_pending_total", "upstream_rq_pending_total"),
+        ("rq_cancelled", "upstream_rq_cancelled"),
+        ("rq_retry", "upstream_rq_retry"),
+        ("rq_retry_success", "upstream_rq_retry_success"),
+        ("rq_retry_overflow", "upstream_rq_retry_overflow"),
     )
-    GAUGES = (("cx_active", "upstream_cx_active"), ("rq_active", "upstream_rq_active"))
+    GAUGES = (
+        ("cx_active", "upstream_cx_active"),
+        ("rq_active", "upstream_rq_active"),
+        ("rq_pending_active", "upstream_rq_pending_active"),
+    )
+    # The cluster's newest ClusterState: its circuit breaker *_open gauges.
+    BREAKER_GAUGES = ("cx_open", "rq_pending_open", "rq_open", "rq_retry_open")
     # Declared for proxyd.protocol.priority.PanicCounter (set in _Scope.__init__).
     lb_healthy_panic: int
 
@@ -88,6 +115,7 @@ class ClusterStats(_Scope):
         self.by_class = [0] * 6
         self.by_code: dict[int, int] = {}
         self._last_codes: dict[str, int] = {}
+        self.breakers: BreakerState | None = None
 
     def count_response(self, status: int) -> None:
         self.by_class[status // 100 if status < 600 else 5] += 1
@@ -98,6 +126,9 @@ class ClusterStats(_Scope):
         super().collect(counters, gauges)
         last = self._last_codes
         prefix = self.prefix
+        if self.breakers is not None:
+            for name, value in zip(self.BREAKER_GAUGES, self.breakers.open_gauges(), strict=True):
+                gauges[f"{prefix}circuit_breakers.default.{name}"] = value
         for i in range(1, 6):
             name = f"{prefix}upstream_rq_{i}xx"
             delta = self.by_class[i] - last.get(name, 0)

@@ -19,11 +19,14 @@ about once a second, so a closed upstream does not leave sockets in CLOSE_WAIT.
 
 from __future__ import annotations
 
-import math
 import socket
 import time
+from collections import deque
+
+import trio
 
 from proxyd.epoch import Cluster, Endpoint
+from proxyd.protocol.circuit_breakers import per_worker, retry_limit
 from proxyd.protocol.http1 import ResponseHeadParser
 from proxyd.protocol.priority import make_priority_balancer
 from proxyd.worker import io
@@ -40,6 +43,22 @@ class ConnectFailure(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Overflow(Exception):
+    """A circuit breaker refused the request (the stat is counted already)."""
+
+
+class _Waiter:
+    """A pending request in the queue: woken with a released connection (``conn``) or
+    with a reserved connection slot (``conn`` None) to open one itself."""
+
+    __slots__ = ("host", "conn", "event")
+
+    def __init__(self, host: HostState) -> None:
+        self.host = host
+        self.conn: UpstreamConnection | None = None
+        self.event = trio.Event()
 
 
 class UpstreamConnection:
@@ -65,7 +84,7 @@ class HostState:
 
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
-        "outcomes", "priority", "locality", "locality_weight", "usable",
+        "outcomes", "priority", "locality", "locality_weight", "usable", "connections",
     )  # fmt: skip
 
     def __init__(
@@ -88,6 +107,8 @@ class HostState:
         self.locality_weight = ep.locality_weight
         self.usable = ep.usable
         self.active_requests = 0
+        # This pool's connections to the host, open or being opened.
+        self.connections = 0
         self.idle: list[UpstreamConnection] = []
         self.cluster = cluster
         # %UPSTREAM_HOST% as Envoy prints it, which is also the host's key in /clusters.
@@ -106,11 +127,16 @@ class ClusterState:
 
     def __init__(self, cluster: Cluster, store: StatsStore, worker_count: int = 1) -> None:
         self.cluster = cluster
-        # Circuit breakers: the proxy-wide limits, split evenly over the workers.
+        # Circuit breakers: the proxy-wide limits, split evenly over the workers
+        # (proxyd.protocol.circuit_breakers).
         self.worker_count = worker_count
         workers = max(worker_count, 1)
-        self.cb_max_connections = math.ceil(cluster.cb_max_connections / workers)
-        self.cb_max_requests = math.ceil(cluster.cb_max_requests / workers)
+        self.cb_max_connections = per_worker(cluster.cb_max_connections, workers)
+        self.cb_max_pending = per_worker(cluster.cb_max_pending_requests, workers)
+        self.cb_max_requests = per_worker(cluster.cb_max_requests, workers)
+        self.cb_max_retries = per_worker(cluster.cb_max_retries, workers)
+        self.cb_budget_percent = cluster.cb_retry_budget_percent
+        self.cb_min_retry_concurrency = per_worker(cluster.cb_min_retry_concurrency, workers)
         self.name = cluster.name
         self.stats: ClusterStats = store.cluster(cluster.name)
         self.retired = False
@@ -133,27 +159,144 @@ class ClusterState:
             stats=self.stats,
         )
         self.open: set[UpstreamConnection] = set()
+        # Connections open or being opened (or promised to a waiter): max_connections.
+        self.connections = 0
+        # Requests without a connection yet (max_pending_requests), the FIFO of those
+        # that wait for one, and retries outstanding (max_retries / retry_budget).
+        self.pending = 0
+        self.waiters: deque[_Waiter] = deque()
+        self.retries = 0
+        # The newest state of the cluster reports the *_open gauges.
+        self.stats.breakers = self
 
     # -- circuit breakers -------------------------------------------------------------
 
     def overflow(self) -> str:
-        """Why a new request may not go upstream now, or "" when it may; counts the
-        Envoy overflow stat. Called before the request counts as active."""
+        """Why a request may not be attached to a connection now, or "" when it may;
+        counts the Envoy overflow stat. Called before the request counts as active."""
         stats = self.stats
         if stats.rq_active >= self.cb_max_requests:
             stats.rq_active_overflow += 1
             return "max_requests"
         return ""
 
-    def connection_allowed(self) -> bool:
-        """Whether one more connection fits under max_connections; counts
-        ``upstream_cx_overflow`` and ``upstream_rq_pending_overflow`` when it does not
-        (proxyd queues no requests: it behaves as Envoy with max_pending_requests 0)."""
-        if not self.cb_max_connections or len(self.open) < self.cb_max_connections:
+    def retry_limit(self) -> int:
+        return retry_limit(
+            self.cb_max_retries,
+            self.cb_budget_percent,
+            self.cb_min_retry_concurrency,
+            self.stats.rq_active,
+            self.pending,
+        )
+
+    def retry_allowed(self) -> bool:
+        """Whether one more retry may start (then it is outstanding until
+        :meth:`retry_done`); counts ``upstream_rq_retry`` or, refused,
+        ``upstream_rq_retry_overflow``."""
+        if self.retries < self.retry_limit():
+            self.retries += 1
+            self.stats.rq_retry += 1
             return True
-        self.stats.cx_overflow += 1
-        self.stats.rq_pending_overflow += 1
+        self.stats.rq_retry_overflow += 1
         return False
+
+    def retry_done(self, success: bool) -> None:
+        """The retried attempt got a response (``success``) or ended without one."""
+        self.retries -= 1
+        if success:
+            self.stats.rq_retry_success += 1
+
+    def open_gauges(self) -> tuple[int, int, int, int]:
+        """Envoy's ``circuit_breakers.default.{cx,rq_pending,rq,rq_retry}_open``: 1 while
+        the count is at its limit."""
+        return (
+            int(self.connections >= self.cb_max_connections),
+            int(self.pending >= self.cb_max_pending),
+            int(self.stats.rq_active >= self.cb_max_requests),
+            int(self.retries >= self.retry_limit()),
+        )
+
+    # -- the pending queue --------------------------------------------------------------
+
+    async def acquire(self, host: HostState) -> UpstreamConnection:
+        """A connection to ``host`` for a request that found no idle one.
+
+        As in Envoy's pools, the request is *pending* until it has one: while a new
+        connection is opened for it, or, with max_connections reached, while it waits
+        (FIFO) for a connection of the host to be released or for a connection of the
+        cluster to close. Raises :class:`Overflow` beyond max_pending_requests, or
+        :class:`ConnectFailure`; the caller's cancel scope is the request's deadline
+        (a cancelled pending request is Envoy's ``upstream_rq_cancelled``).
+        """
+        stats = self.stats
+        if self.pending >= self.cb_max_pending:
+            stats.rq_pending_overflow += 1
+            raise Overflow()
+        stats.rq_pending_total += 1
+        stats.rq_pending_active += 1
+        self.pending += 1
+        try:
+            if self.connections >= self.cb_max_connections:
+                stats.cx_overflow += 1
+                # Envoy opens one anyway to a host with none, so every waiter has a
+                # connection of its host that will wake it.
+                if host.connections:
+                    conn = await self._wait(host)
+                    if conn is not None:
+                        return conn
+                    return await self.connect(host, reserved=True)
+            return await self.connect(host)
+        except ConnectFailure:
+            raise
+        except BaseException:
+            stats.rq_cancelled += 1
+            raise
+        finally:
+            stats.rq_pending_active -= 1
+            self.pending -= 1
+
+    async def _wait(self, host: HostState) -> UpstreamConnection | None:
+        """Queue up; a released connection, or None for a reserved slot to connect."""
+        w = _Waiter(host)
+        self.waiters.append(w)
+        try:
+            await w.event.wait()
+        except BaseException:
+            self._give_up(w)
+            raise
+        return w.conn
+
+    def _give_up(self, w: _Waiter) -> None:
+        """A waiter was cancelled: out of the queue, or what it was just given passes
+        on."""
+        if not w.event.is_set():
+            self.waiters.remove(w)
+        elif w.conn is not None:
+            self.put_back(w.conn)
+        else:
+            self._unreserve(w.host)
+
+    def _first_waiter(self, host: HostState) -> _Waiter | None:
+        for w in self.waiters:
+            if w.host is host:
+                return w
+        return None
+
+    def _slot_freed(self, host: HostState) -> None:
+        """A connection to ``host`` closed (or was never opened): the oldest waiter for
+        that host, else the oldest waiter, may open one if the limit allows."""
+        w = self._first_waiter(host) or self.waiters[0]
+        if self.connections < self.cb_max_connections or not w.host.connections:
+            self.waiters.remove(w)
+            self.connections += 1
+            w.host.connections += 1
+            w.event.set()
+
+    def _unreserve(self, host: HostState) -> None:
+        self.connections -= 1
+        host.connections -= 1
+        if self.waiters:
+            self._slot_freed(host)
 
     # -- connections ------------------------------------------------------------------
 
@@ -173,7 +316,11 @@ class ClusterState:
             return conn
         return None
 
-    async def connect(self, host: HostState) -> UpstreamConnection:
+    async def connect(self, host: HostState, reserved: bool = False) -> UpstreamConnection:
+        """Open a connection to ``host`` (its slot counted here unless ``reserved``)."""
+        if not reserved:
+            self.connections += 1
+            host.connections += 1
         stats = self.stats
         hstats = host.stats
         stats.cx_total += 1
@@ -184,11 +331,16 @@ class ClusterState:
             stats.cx_connect_fail += 1
             stats.cx_connect_timeout += 1
             hstats.cx_connect_fail += 1
+            self._unreserve(host)
             raise ConnectFailure("connection timeout") from None
         except OSError:
             stats.cx_connect_fail += 1
             hstats.cx_connect_fail += 1
+            self._unreserve(host)
             raise ConnectFailure("remote connection failure") from None
+        except BaseException:
+            self._unreserve(host)
+            raise
         conn = UpstreamConnection(sock, host)
         stats.cx_active += 1
         hstats.cx_active += 1
@@ -207,6 +359,25 @@ class ClusterState:
             self.destroy(conn)
             return
         conn.start = conn.end = 0
+        if self.waiters:
+            self.put_back(conn)
+            return
+        conn.idle_since = time.monotonic()
+        conn.host.idle.append(conn)
+
+    def put_back(self, conn: UpstreamConnection) -> None:
+        """A clean, reusable connection: to the oldest request waiting for its host, or
+        to the host's idle list."""
+        if self.retired:
+            self.destroy(conn)
+            return
+        if self.waiters:
+            w = self._first_waiter(conn.host)
+            if w is not None:
+                self.waiters.remove(w)
+                w.conn = conn
+                w.event.set()
+                return
         conn.idle_since = time.monotonic()
         conn.host.idle.append(conn)
 
@@ -216,6 +387,7 @@ class ClusterState:
             self.stats.cx_active -= 1
             self.stats.cx_destroy += 1
             conn.host.stats.cx_active -= 1
+            self._unreserve(conn.host)
         io.close(conn.sock)
 
     # -- life cycle -------------------------------------------------------------------

@@ -207,23 +207,24 @@ def test_bad_file_keeps_the_last_good_config(tmp_path, upstream):
 
 
 def test_eds_cluster_warms_until_its_endpoints_arrive(tmp_path, upstream):
-    """A CDS cluster of type EDS is not used before its ClusterLoadAssignment exists;
-    once the endpoints arrive it serves."""
+    """A CDS cluster of type EDS added while running is not used before its
+    ClusterLoadAssignment exists; once the endpoints arrive it serves."""
     a = upstream("a")
     lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
     port, admin_port = free_port(), free_port()
     write(eds, "e1", [])
-    source_with_timeout = source(eds) | {"initial_fetch_timeout": "0s"}
-    cluster = eds_cluster("a", eds) | {"eds_cluster_config": {"eds_config": source_with_timeout}}
-    write(cds, "c1", [cluster])
+    write(cds, "c1", [])
     write(rds, "r1", [route_config("routes", {"/": "a"})])
     write(lds, "l1", [rds_listener("front", port, "routes", rds)])
     with ProxydProcess(tmp_path, bootstrap(admin_port, lds, cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
         url = f"http://127.0.0.1:{port}/"
+        assert httpx.get(url, timeout=5).status_code == 503  # no cluster 'a' yet
+        write(cds, "c2", [eds_cluster("a", eds)])
+        wait_for(lambda: p.stats().get("cluster_manager.cds.update_success", 0) >= 2, timeout=10)
         clusters = config_dump(p)["ClustersConfigDump"]
         assert [c["cluster"]["name"] for c in clusters["dynamic_warming_clusters"]] == ["a"]
         assert "dynamic_active_clusters" not in clusters
-        assert httpx.get(url, timeout=5).status_code == 503  # the route's cluster is not there
+        assert httpx.get(url, timeout=5).status_code == 503  # still warming
         write(eds, "e2", [cla("a", [a.port])])
         wait_for(lambda: upstream_of(url) == "a", timeout=10)
         clusters = config_dump(p)["ClustersConfigDump"]
@@ -264,3 +265,51 @@ def test_listener_update_drains_only_that_listeners_connections(tmp_path, upstre
         r2 = c2.get(f"http://127.0.0.1:{port2}/")
         assert r1.status_code == 200 and r1.headers.get("connection") != "close"
         assert r2.status_code == 200 and r2.headers.get("connection") == "close"
+
+
+def test_hot_restart_keeps_dynamic_listeners_serving(tmp_path, upstream):
+    """The new master subscribes afresh, takes the LDS listener's socket from the old
+    one, and not a request is lost on the way."""
+    import signal
+    import threading
+
+    import psutil
+
+    a = upstream("a")
+    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
+    port, admin_port = free_port(), free_port()
+    write(eds, "e1", [cla("a", [a.port])])
+    write(cds, "c1", [eds_cluster("a", eds)])
+    write(rds, "r1", [route_config("routes", {"/": "a"})])
+    write(lds, "l1", [rds_listener("front", port, "routes", rds)])
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=5) as client:
+            while not stop.is_set():
+                try:
+                    results.append(client.get(f"http://127.0.0.1:{port}/").status_code)
+                except httpx.HTTPError:
+                    results.append(0)
+
+    new_pid = 0
+    with ProxydProcess(tmp_path, bootstrap(admin_port, lds, cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            wait_for(lambda: len(results) > 20, timeout=10)
+            res = p.ctl("hot-restart", timeout=60)
+            assert res.returncode == 0, res.stderr
+            new_pid = int(res.stdout.split("new master pid ")[1].split()[0])
+            p.proc.wait(30)  # the old master drained and left
+            count = len(results)
+            wait_for(lambda: len(results) > count + 20, timeout=10)
+        finally:
+            stop.set()
+            worker.join(10)
+            if new_pid:
+                children = psutil.Process(new_pid).children(recursive=True)
+                os.kill(new_pid, signal.SIGTERM)
+                psutil.wait_procs([psutil.Process(new_pid), *children], timeout=20)
+    assert results and set(results) == {200}, f"{len(results)} requests, failures: {[r for r in results if r != 200][:5]}"  # fmt: skip

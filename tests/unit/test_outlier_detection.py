@@ -454,12 +454,12 @@ def test_config_every_field() -> None:
             "enforcing_failure_percentage": 30, "enforcing_failure_percentage_local_origin": 20,
             "failure_percentage_minimum_hosts": 2, "failure_percentage_request_volume": 7,
             "max_ejection_time": "9s", "max_ejection_time_jitter": "0.5s",
-            "always_eject_one_host": True, "successful_active_health_check_uneject_host": True,
+            "always_eject_one_host": True, "successful_active_health_check_uneject_host": False,
         }
     )  # fmt: skip
     assert od == OutlierDetection(
         3, 1.0, 2.0, 50, 90, 80, 3, 10, 1000, 4, 70, True, 6, 60, 50, 40, 30, 20, 2, 7,
-        9.0, 0.5, True,
+        9.0, 0.5, True, False,
     )  # fmt: skip
 
 
@@ -471,7 +471,6 @@ def test_config_every_field() -> None:
         ({"interval": "0s"}, {}, "interval", "greater than 0s"),
         ({"monitors": [{"name": "x"}]}, {}, "monitors", "field not supported by proxyd"),
         ({"max_ejection_time_jitter": "-1s"}, {}, "max_ejection_time_jitter", "must not be negative"),
-        ({}, {"health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}]}, "successful_active_health_check_uneject_host", "not supported by proxyd"),
     ],
 )  # fmt: skip
 def test_config_errors(
@@ -483,6 +482,9 @@ def test_config_errors(
     assert reason in info.value.reason
 
 
-def test_config_health_checks_with_uneject_off_is_accepted() -> None:
+@pytest.mark.parametrize(("od", "uneject"), [({}, True), ({"successful_active_health_check_uneject_host": False}, False)])  # fmt: skip
+def test_config_health_checks_with_outlier_detection(od: dict[str, Any], uneject: bool) -> None:
     hc = [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}]  # fmt: skip
-    assert _compile({"successful_active_health_check_uneject_host": False}, health_checks=hc)
+    compiled = _compile(od, health_checks=hc)
+    assert compiled is not None
+    assert compiled.successful_active_health_check_uneject_host is uneject

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 TEXT = "text/plain; charset=UTF-8"
 JSON = "application/json"
 
-# Envoy's circuit breaker defaults; the epoch has no thresholds of its own yet.
+# Envoy's circuit breaker defaults (the HIGH priority, which proxyd does not route by).
 _THRESHOLDS = (("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3))  # fmt: skip
 _HOST_STATS = ("cx_active", "cx_connect_fail", "cx_total", "rq_active", "rq_error", "rq_pending_active", "rq_success", "rq_timeout", "rq_total")  # fmt: skip
 
@@ -199,10 +199,17 @@ class AdminPages:
 
     def _cluster_text(self, c: Cluster) -> str:
         out = [f"{c.name}::observability_name::{c.name}\n"]
-        for priority in ("default_priority", "high_priority"):
-            for key, value in _THRESHOLDS:
+        configured = (
+            ("max_connections", c.cb_max_connections),
+            ("max_pending_requests", c.cb_max_pending_requests),
+            ("max_requests", c.cb_max_requests),
+            ("max_retries", c.cb_max_retries),
+        )
+        for priority, thresholds in (("default_priority", configured), ("high_priority", _THRESHOLDS)):  # fmt: skip
+            for key, value in thresholds:
                 out.append(f"{c.name}::{priority}::{key}::{value}\n")
-        out.append(f"{c.name}::added_via_api::false\n")
+        via_api = "true" if c.name in self.master.xds.state.active_clusters else "false"
+        out.append(f"{c.name}::added_via_api::{via_api}\n")
         for e in c.endpoints:
             host = host_key(e.address, e.port)
             values = self.master.stats.host_stats(c.name, host)

@@ -6,7 +6,13 @@ one :class:`_Session` per (cluster, address, port) of every cluster that has
 for their first check (as Envoy's cluster warming does before the server goes live),
 then returns the epoch with ``Endpoint.healthy`` set from what the checks found;
 :meth:`HealthChecker.apply` does the same without waiting. When a host's health flips,
-:meth:`wait_changed` wakes the master, which publishes a new epoch.
+:meth:`wait_changed` wakes the master, which publishes a new epoch. Callbacks added
+with :meth:`HealthChecker.add_check_passed_callback` hear of every check that passed
+with the host healthy after it (Envoy's host-check-complete callback, which outlier
+detection uses to end an ejection).
+
+The checks are HTTP/1.1 and TCP (``probes``) and gRPC (``grpc_check``, one unary
+``grpc.health.v1.Health/Check`` call on a new HTTP/2 connection each time).
 
 Stats, as Envoy's: ``cluster.<name>.health_check.attempt``, ``success``, ``failure``,
 ``network_failure``, ``passive_failure``, ``verify_cluster`` (counters) and
@@ -17,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import socket
+import select
 from collections.abc import Callable
 
 import trio
 
 from proxyd.epoch import Cluster, Endpoint, Epoch, HealthCheck
 from proxyd.log import get_logger
+from proxyd.master.health import grpc_check
 from proxyd.master.health.probes import HttpResponseReader, http_request, tcp_match
 from proxyd.master.health.state import (
     HostHealth,
@@ -32,6 +39,7 @@ from proxyd.master.health.state import (
     initial_delay,
     next_interval,
 )
+from proxyd.master.xds.grpc import GrpcError, GrpcStream, open_stream
 from proxyd.stats import StatsStore
 
 log = get_logger("proxyd.master.health")
@@ -43,13 +51,12 @@ HostKey = tuple[str, str, int]  # (cluster, address, port)
 
 
 def _peer_closed(stream: trio.SocketStream) -> bool:
-    """True when an idle kept connection was closed (or reset) by the host."""
-    try:
-        return stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False  # nothing to read: still open
-    except OSError:
-        return True  # reset
+    """True when an idle kept connection has something to read: the host closed or
+    reset it (or sent bytes nobody asked for); either way it is not reused. (A
+    trio socket's recv is a coroutine, so readiness is asked of poll instead.)"""
+    poller = select.poll()
+    poller.register(stream.socket.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Session:
@@ -83,6 +90,8 @@ class _Session:
 
     async def check_once(self) -> Result:
         self.owner.count(self.key[0], "attempt")
+        if self.hc.kind == "grpc":
+            return await self._probe_grpc()
         result = Result.TIMEOUT
         with trio.move_on_after(self.hc.timeout_s):
             try:
@@ -133,6 +142,49 @@ class _Session:
             buffer += data
         return Result.SUCCESS
 
+    async def _probe_grpc(self) -> Result:
+        """One Check call on a new HTTP/2 connection. The timeout is kept inside the
+        call, so a call that timed out is still cancelled and closed in good order."""
+        cluster, address, port = self.key
+        deadline = trio.current_time() + self.hc.timeout_s
+        try:
+            async with open_stream(
+                address, port, grpc_check.METHOD,
+                authority=grpc_check.authority(self.hc, cluster),
+                metadata=grpc_check.metadata(self.hc),
+                connect_timeout_s=self.hc.timeout_s,
+            ) as stream:  # fmt: skip
+                with trio.move_on_at(deadline):
+                    return await self._grpc_call(stream)
+                return Result.TIMEOUT
+        except GrpcError:
+            # Only the connect raises here: _grpc_call takes every error of the call.
+            return Result.TIMEOUT if trio.current_time() >= deadline else Result.NETWORK_FAILURE
+
+    async def _grpc_call(self, stream: GrpcStream) -> Result:
+        reply = grpc_check.CheckReply()
+        try:
+            await stream.send(grpc_check.encode_request(self.hc.grpc_service_name))
+            await stream.close()
+        except GrpcError:
+            # The call ended while we were still writing (a fast answer, or an error);
+            # what the host sent before that is still to be received below.
+            pass
+        try:
+            while True:
+                failed = reply.message(await stream.receive())
+                if failed is not None:
+                    return failed
+        except GrpcError as end:  # how every call ends, OK included
+            result = reply.end(end.status)
+            if result is not Result.SUCCESS:
+                log.debug(
+                    "grpc_health_check_failed", cluster=self.key[0],
+                    host=f"{self.key[1]}:{self.key[2]}", result=result.value, status=end.status,
+                    message=end.message, response=reply.response,
+                )  # fmt: skip
+            return result
+
     async def _close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
@@ -157,6 +209,7 @@ class HealthChecker:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self._checked: set[str] = set()  # clusters with health checks
+        self._passed_callbacks: list[Callable[[str, str, int], None]] = []
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the sessions' nursery until cancelled."""
@@ -221,6 +274,11 @@ class HealthChecker:
         await self._changed.wait()
         self._changed = trio.Event()
 
+    def add_check_passed_callback(self, callback: Callable[[str, str, int], None]) -> None:
+        """Call ``callback(cluster, address, port)`` after each check that passed and
+        left the host healthy."""
+        self._passed_callbacks.append(callback)
+
     # -- bookkeeping (called by sessions) ---------------------------------------------
 
     def count(self, cluster: str, name: str) -> None:
@@ -243,6 +301,9 @@ class HealthChecker:
             )  # fmt: skip
             self._set_healthy_gauge(cluster)
             self._changed.set()
+        if result is Result.SUCCESS and session.health.healthy:
+            for callback in self._passed_callbacks:
+                callback(cluster, address, port)
         return transition
 
     def _set_healthy_gauge(self, cluster: str) -> None:

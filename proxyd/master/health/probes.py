@@ -23,7 +23,7 @@ from proxyd.master.health.state import Result
 USER_AGENT = "Envoy/HC"
 
 
-def _add_header(headers: list[tuple[str, str]], name: str, value: str, action: str) -> None:
+def add_header(headers: list[tuple[str, str]], name: str, value: str, action: str) -> None:
     """Envoy's HeaderValueOption.append_action on a list of (lower-case name, value)."""
     present = any(n == name for n, _v in headers)
     if action == "ADD_IF_ABSENT":
@@ -47,7 +47,7 @@ def http_request(hc: HealthCheck, cluster_name: str) -> bytes:
         ("user-agent", USER_AGENT),
     ]
     for h in hc.http_headers:
-        _add_header(headers, h.name, h.value, h.action)
+        add_header(headers, h.name, h.value, h.action)
     lines = [f"GET {hc.http_path} HTTP/1.1"]
     lines.extend(f"{n}: {v}" for n, v in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

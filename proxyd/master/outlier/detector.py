@@ -27,6 +27,9 @@ every ``interval``; read :meth:`ClusterDetector.is_ejected`. The rules, all Envo
   then with the ``enforcing_*`` probability; it lasts min(base_ejection_time ×
   multiplier, max_ejection_time) plus up to ``max_ejection_time_jitter``, where the
   multiplier goes up by one per ejection while base × multiplier < max + base.
+* with ``successful_active_health_check_uneject_host`` (the default), an active health
+  check that passes with the host healthy after it ends the host's ejection at once
+  (:meth:`ClusterDetector.health_check_passed`); the ejection multiplier stays.
 
 Stats go through ``count(name)`` with Envoy's names under ``outlier_detection.``:
 ``ejections_detected_<type>``, ``ejections_enforced_<type>``,
@@ -311,6 +314,15 @@ class ClusterDetector:
         """How long ``m``'s current ejection lasts (before the interval rounds it up)."""
         cfg = self.config
         return min(cfg.base_ejection_time_s * m.backoff, cfg.max_ejection_time_s) + m.jitter_s
+
+    def health_check_passed(self, host: str, now: float) -> None:
+        """An active health check passed and left ``host`` healthy: with
+        ``successful_active_health_check_uneject_host`` (Envoy's default) that ends
+        its ejection, as Envoy's DetectorImpl does from the health checker's
+        callback."""
+        m = self.hosts.get(host)
+        if m is not None and m.ejected and self.config.successful_active_health_check_uneject_host:
+            self._uneject(m, now)
 
     def _uneject(self, m: HostMonitor, now: float) -> None:
         m.ejected = False

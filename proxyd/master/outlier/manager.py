@@ -11,7 +11,8 @@ each cluster's detector every ``interval``. When a host is ejected or comes back
 
 A decision takes effect when the workers apply the epoch: an ejection lags the
 outcomes that caused it by up to one worker report period (about a second) plus the
-publish. Stats (Envoy's names): ``cluster.<name>.outlier_detection.<counter>`` (see
+publish. The master hands :meth:`health_check_passed` to its health checker, so a
+passing active check ends an ejection (``successful_active_health_check_uneject_host``). Stats (Envoy's names): ``cluster.<name>.outlier_detection.<counter>`` (see
 ``detector.COUNTERS``) and the gauge ``cluster.<name>.outlier_detection.ejections_active``.
 """
 
@@ -114,6 +115,14 @@ class OutlierDetector:
                 continue  # outlier detection is off for it now
             for host, runs in hosts.items():
                 entry.detector.record(host, runs, now)
+            self._after(cluster, entry)
+
+    def health_check_passed(self, cluster: str, address: str, port: int) -> None:
+        """The health checker's callback: a check of the host passed and it is healthy
+        (see ClusterDetector.health_check_passed)."""
+        entry = self._clusters.get(cluster)
+        if entry is not None:
+            entry.detector.health_check_passed(host_label(address, port), trio.current_time())
             self._after(cluster, entry)
 
     async def run(self) -> None:

@@ -43,6 +43,9 @@ from proxyd.stats import StatsStore
 
 log = get_logger("proxyd.master.xds")
 
+# How long a subscription loop that failed unexpectedly rests before it starts again.
+RESTART_AFTER_FAILURE_S = 1.0
+
 # A subscription: (type URL, source kind, path, cluster).
 SubKey = tuple[str, str, str, str]
 
@@ -74,7 +77,8 @@ class XdsClient:
         self._ads: sources.Stream | None = None
         self._ads_scope: trio.CancelScope | None = None
         self._rethink = trio.Event()
-        self._accepted = trio.Event()  # set (and replaced) at each accepted update
+        # Set (and replaced) at each update, accepted or not, and each new subscription.
+        self._progress = trio.Event()
         self._connected: dict[int, bool] = {}
         self._nursery: trio.Nursery | None = None
         # Envoy's init order: listeners are asked for once the clusters are warm (or
@@ -137,18 +141,19 @@ class XdsClient:
     async def wait_initialized(self) -> None:
         """Until every subscription answered once and nothing warms any more (bounded
         by the caller, as Envoy's initial_fetch_timeout bounds its init)."""
-        while True:
-            pending = [s for s in self._subs.values() if not s.responded.is_set()]
-            if not pending:
-                self.compose()
-                clusters, listeners = self.state.warming()
-                if (
-                    not clusters
-                    and not listeners
-                    and all(s.responded.is_set() for s in self._subs.values())
-                ):
-                    return
-            await trio.sleep(0.05)
+        while not self._initialized():
+            await self._progress.wait()
+
+    def _initialized(self) -> bool:
+        top = [(t, s) for t, s in ((rs.CLUSTER, self.dynamic.cds), (rs.LISTENER, self.dynamic.lds))]
+        for type_url, source in top:
+            if source is not None and _key(type_url, source) not in self._subs:
+                return False  # LDS is asked for once the clusters are warm
+        if not all(s.responded.is_set() for s in self._subs.values()):
+            return False
+        self.compose()
+        clusters, listeners = self.state.warming()
+        return not clusters and not listeners
 
     def initial_fetch_timeout_s(self) -> float:
         timeouts = [s.source.initial_fetch_timeout_s for s in self._subs.values()]
@@ -169,7 +174,7 @@ class XdsClient:
         Envoy pauses CDS while clusters warm), at most ``timeout_s``."""
         with trio.move_on_after(timeout_s if timeout_s > 0 else float("inf")):
             while not self.clusters_warm():
-                await self._accepted.wait()
+                await self._progress.wait()
 
     def _check_clusters_initialized(self) -> bool:
         if not self._clusters_initialized:
@@ -212,6 +217,7 @@ class XdsClient:
             sub = sources.Subscription(self, key[0], source, names)
             self._subs[key] = sub
             self._start(sub)
+            self._signal_progress()
 
     def _start(self, sub: sources.Subscription) -> None:
         assert self._nursery is not None
@@ -237,8 +243,15 @@ class XdsClient:
 
     @staticmethod
     async def _run_in(scope: trio.CancelScope, fn: Any, *args: Any) -> None:
+        """Run a subscription's loop; a bug in it is logged and the loop restarted, never
+        allowed to stop the master."""
         with scope:
-            await fn(*args)
+            while True:
+                try:
+                    await fn(*args)
+                except Exception:
+                    log.exception("xds_subscription_failed")
+                    await trio.sleep(RESTART_AFTER_FAILURE_S)
 
     def _stop(self, sub: sources.Subscription) -> None:
         sub.cancel_scope.cancel()
@@ -252,6 +265,7 @@ class XdsClient:
     ) -> str:
         """Apply one response for ``sub``; "" when accepted, else the NACK reason."""
         type_url = sub.type_url
+        sub.responded.set()
         check = self._check_listeners if type_url == rs.LISTENER else None
         if type_url == rs.CLUSTER:
             check = self._check_clusters
@@ -264,6 +278,7 @@ class XdsClient:
                 "xds_update_rejected", type=sub.short, version=version, origin=origin,
                 error=str(exc),
             )  # fmt: skip
+            self._signal_progress()
             return str(exc)
         self._count(scopes, "update_success", "update_attempt")
         for scope in scopes:
@@ -276,8 +291,7 @@ class XdsClient:
         if changed:
             self.hooks.changed()
         self._rethink.set()
-        self._accepted.set()
-        self._accepted = trio.Event()
+        self._signal_progress()
         return ""
 
     def unreadable(self, sub: sources.Subscription, version: str, details: str) -> None:
@@ -286,6 +300,11 @@ class XdsClient:
         self._count(self._scopes(sub.type_url, None, sub), "update_rejected", "update_attempt")
         log.error("xds_update_rejected", type=sub.short, version=version, error=details)
         sub.responded.set()
+        self._signal_progress()
+
+    def _signal_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
 
     def fetch_failed(self, sub: sources.Subscription, details: str) -> None:
         self._count(self._scopes(sub.type_url, None, sub), "update_failure", "update_attempt")

@@ -98,7 +98,6 @@ class Subscription:
         error = self.client.deliver(self, version, resources, origin)
         if not error:
             self.version = version
-        self.responded.set()
         return error
 
     def request(self, error: str = "", with_node: bool = True) -> discovery_pb2.DiscoveryRequest:
@@ -224,6 +223,17 @@ class _Backoff:
         await trio.sleep(delay)
 
 
+def _grpc_error(exc: BaseException) -> GrpcError | None:
+    """The GrpcError that ended a stream, also from inside trio's exception groups."""
+    if isinstance(exc, GrpcError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_grpc_error(e) for e in exc.exceptions]
+        if found and all(found):
+            return found[0]
+    return None
+
+
 class Stream:
     """One gRPC stream carrying one subscription (per-type) or several (ADS)."""
 
@@ -257,7 +267,10 @@ class Stream:
                 async with open_stream(address[0], address[1], self.method) as stream:
                     self.client.connected(self, True)
                     await self._converse(stream, backoff)
-            except GrpcError as exc:
+            except (GrpcError, BaseExceptionGroup) as raised:
+                exc = _grpc_error(raised)
+                if exc is None:
+                    raise
                 self.client.connected(self, False)
                 log.warning(
                     "xds_stream_closed", cluster=self.source.cluster, method=self.method,
@@ -267,6 +280,8 @@ class Stream:
 
     async def _converse(self, stream: Any, backoff: _Backoff) -> None:
         self._sent_node = False
+        for sub in self.subs.values():
+            sub.nonce = ""  # nonces belong to a stream; versions carry over
         asked: dict[str, frozenset[str] | None] = {}
         lock = trio.Lock()
 

@@ -1,0 +1,100 @@
+"""Circuit breakers: real Envoy and proxyd on the same YAML answer a burst the same way.
+
+A cluster allowed one connection and one pending request, in front of a slow demo
+upstream: of three staggered requests the first is served, the second waits for the
+first's connection and is served, the third overflows (503, ``x-envoy-overloaded``).
+And a request whose route timeout passes while it is pending gets Envoy's 504. Both
+proxies must give the same statuses, headers and bodies, and count the same stats.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.integration.test_circuit_breakers import (
+    ONE_CONNECTION_ONE_PENDING,
+    SLOW_AND_IMPATIENT,
+    Answer,
+    staggered,
+)
+from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
+]
+
+STATS = (
+    "upstream_rq_total",
+    "upstream_rq_200",
+    "upstream_rq_503",
+    "upstream_rq_504",
+    "upstream_rq_timeout",
+    "upstream_rq_cancelled",
+    "upstream_rq_pending_total",
+    "upstream_rq_pending_overflow",
+    "upstream_rq_pending_active",
+    "upstream_cx_total",
+    "upstream_cx_overflow",
+    "circuit_breakers.default.cx_open",
+    "circuit_breakers.default.rq_pending_open",
+    "circuit_breakers.default.rq_open",
+    "circuit_breakers.default.rq_retry_open",
+)
+
+
+def _seen(answers: list[Answer]) -> list[tuple[int, str | None, bytes]]:
+    return [(status, h.get("x-envoy-overloaded"), body) for status, h, body, _ in answers]
+
+
+def _envoy_stats(admin_port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.isdigit():
+            out[name] = int(value)
+    return out
+
+
+def _pick(stats: dict[str, int]) -> dict[str, int]:
+    return {name: stats.get(f"cluster.a.{name}", 0) for name in STATS}
+
+
+def _answered(stats: dict[str, int]) -> int:
+    return sum(stats[f"upstream_rq_{code}"] for code in (200, 503, 504))
+
+
+@pytest.mark.parametrize(
+    ("routes", "paths", "total"),
+    [
+        (None, ["/delay/1000"] * 3, 2),
+        (SLOW_AND_IMPATIENT, ["/delay/2000", "/delay/10"], 1),
+    ],
+    ids=["queue-then-overflow", "route-timeout-while-pending"],
+)
+def test_envoy_and_proxyd_agree(
+    tmp_path: Path, routes: str | None, paths: list[str], total: int
+) -> None:
+    with UpstreamServer("a") as up:
+        listen, admin = free_port(), free_port()
+        config = http_config(
+            listen, admin, {"a": [up.port]}, routes, cluster_extra=ONE_CONNECTION_ONE_PENDING
+        )
+        with EnvoyRunner(config) as envoy:
+            envoy_answers = _seen(staggered(listen, paths))
+            envoy_stats = _pick(_envoy_stats(envoy.admin_port))
+        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+            proxyd_answers = _seen(staggered(listen, paths))
+            # Workers report each second: wait until every answer is counted.
+            proxyd_stats = wait_for(
+                lambda: (s := _pick(p.stats())) and _answered(s) == len(paths) and s
+            )
+    assert proxyd_answers == envoy_answers
+    assert proxyd_stats == envoy_stats
+    assert envoy_stats["upstream_rq_total"] == total
