@@ -1,7 +1,8 @@
 """xDS through every source (ADS, per-type gRPC, REST polling, files) against a real proxy.
 
 One scenario, run for each (target, source) pair: real Envoy (``EnvoyTarget``) and
-proxyd (``ProxydTarget``) on the same bootstrap and the same pushed resources. The resources: an RDS listener on a free loopback port, route config ``routes``
+proxyd (``ProxydTarget``) on the same bootstrap and the same pushed resources. The
+resources: an RDS listener on a free loopback port, route config ``routes``
 (``/a`` → ``cluster_a``, ``/b`` → ``cluster_b``), both clusters ``type: EDS``, endpoints
 the demo upstreams A, B, C, W (each answers with its name in ``x-upstream-name``). The
 scenario, in order:
@@ -25,6 +26,7 @@ The files source cannot show steps 1 and 6's warming (Envoy refuses a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,7 @@ import pytest
 from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.xds_harness import (
+    ADS_SOURCE,
     AdsSource,
     EnvoyTarget,
     FileSource,
@@ -205,3 +208,60 @@ def test_xds_routing_updates_nacks_and_warming(
     if source.name == "rest":
         # Envoy's REST fetcher takes 304 as "nothing new" and keeps its version.
         assert any(r.status == 304 and r.version == "l1" for r in xds.responses(LISTENER))
+
+
+def _key_paths(value: object, prefix: str = "", depth: int = 0) -> set[str]:
+    """Every key path in a JSON value (list items merged), down to resource bodies."""
+    out: set[str] = set()
+    if depth > 3:
+        return out
+    if isinstance(value, dict):
+        for k, v in value.items():
+            here = f"{prefix}.{k}"
+            out.add(here)
+            if k not in ("cluster", "listener", "route_config", "failed_configuration"):
+                out |= _key_paths(v, here, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            out |= _key_paths(v, prefix + "[]", depth)
+    return out
+
+
+def _dynamic_dump_shape(target: Target, tmp_path: Path, upstream_port: int) -> set[str]:
+    """Serve one EDS cluster and an RDS listener over ADS, refuse a listener update, and
+    return the key paths of /config_dump (without the bootstrap)."""
+    with XdsServer() as xds:
+        source = AdsSource(xds, LISTENER_NAME)
+        port = free_port()
+        source.push(ENDPOINT, "e1", [load_assignment("cluster_a", [upstream_port])])
+        source.push(CLUSTER, "c1", [eds_cluster("cluster_a", ADS_SOURCE)])
+        source.push(ROUTE, "r1", [route_config(ROUTES, {"/": "cluster_a"})])
+        source.push(LISTENER, "l1", [rds_listener(LISTENER_NAME, port, ROUTES, ADS_SOURCE)])
+        admin = target.start(source.bootstrap(), tmp_path)
+        wait_for(lambda: ready_state(admin) == "LIVE", timeout=20)
+        bad = rds_listener(LISTENER_NAME, port, ROUTES, ADS_SOURCE)
+        bad.address.socket_address.address = "not-an-ip"
+        source.push(LISTENER, "l2", [bad])
+        xds.wait_for_nack(LISTENER, "l2", timeout=5)
+        dump = json.loads(admin_get(admin, "/config_dump")[1])
+        configs = [{k: v for k, v in c.items() if k != "bootstrap"} for c in dump["configs"]]
+        return {p for c in configs for p in _key_paths(c, c["@type"].rsplit(".", 1)[-1])}
+
+
+def test_config_dump_of_dynamic_resources_has_envoys_shape(tmp_path: Path, upstreams) -> None:
+    """Active clusters, listeners (with the refused update's error_state) and route
+    configs appear under the same keys in both dumps."""
+    shapes = {}
+    for cls in (EnvoyTarget, ProxydTarget):
+        target = cls()
+        try:
+            workdir = tmp_path / cls.name
+            workdir.mkdir()
+            shapes[cls.name] = _dynamic_dump_shape(target, workdir, upstreams["A"].port)
+        finally:
+            target.stop()
+    # proxyd also says which version a refused update carried (UpdateFailureState has
+    # the field; Envoy leaves it empty for listeners).
+    extra = {"ListenersConfigDump.dynamic_listeners[].error_state.version_info"}
+    assert shapes["proxyd"] - extra == shapes["envoy"]
+    assert "ListenersConfigDump.dynamic_listeners[].error_state.details" in shapes["envoy"]

@@ -313,3 +313,29 @@ def test_hot_restart_keeps_dynamic_listeners_serving(tmp_path, upstream):
                 os.kill(new_pid, signal.SIGTERM)
                 psutil.wait_procs([psutil.Process(new_pid), *children], timeout=20)
     assert results and set(results) == {200}, f"{len(results)} requests, failures: {[r for r in results if r != 200][:5]}"  # fmt: skip
+
+
+def test_reload_keeps_what_xds_delivered(tmp_path, upstream):
+    """proxyctl reload with unchanged config sources keeps the dynamic resources (and
+    their connections); the static part of the new file is applied beside them."""
+    a = upstream("a")
+    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
+    port, admin_port = free_port(), free_port()
+    write(eds, "e1", [cla("a", [a.port])])
+    write(cds, "c1", [eds_cluster("a", eds)])
+    write(rds, "r1", [route_config("routes", {"/": "a"})])
+    write(lds, "l1", [rds_listener("front", port, "routes", rds)])
+    config = bootstrap(admin_port, lds, cds)
+    with (
+        ProxydProcess(tmp_path, config, admin_port, config_name="proxyd.json") as p,
+        httpx.Client(timeout=5) as client,
+    ):
+        url = f"http://127.0.0.1:{port}/"
+        assert client.get(url).headers["x-upstream-name"] == "a"
+        res = p.ctl("reload")
+        assert res.returncode == 0, res.stderr
+        r = client.get(url)  # the same keep-alive connection: the listener did not change
+        assert r.headers["x-upstream-name"] == "a" and r.headers.get("connection") != "close"
+        dump = config_dump(p)
+        assert dump["ListenersConfigDump"]["version_info"] == "l1"
+        assert [c["cluster"]["name"] for c in dump["ClustersConfigDump"]["dynamic_active_clusters"]] == ["a"]  # fmt: skip

@@ -49,6 +49,15 @@ def config_dump(bootstrap: dict[str, Any], loaded_wall: float) -> dict[str, Any]
     listeners = [x for x in static.get("listeners") or () if isinstance(x, dict)]
     clusters = [c for c in static.get("clusters") or () if isinstance(c, dict)]
     routes = [rc for x in listeners for rc in route_configs(x)]
+    static_clusters = [
+        {"cluster": {"@type": _CLUSTER, **c}, "last_updated": updated} for c in clusters
+    ]
+    static_listeners = [
+        {"listener": {"@type": _LISTENER, **x}, "last_updated": updated} for x in listeners
+    ]
+    static_routes = [
+        {"route_config": {"@type": _ROUTE, **rc}, "last_updated": updated} for rc in routes
+    ]
     return {
         "configs": [
             {
@@ -56,30 +65,18 @@ def config_dump(bootstrap: dict[str, Any], loaded_wall: float) -> dict[str, Any]
                 "bootstrap": bootstrap,
                 "last_updated": updated,
             },
-            {
-                "@type": _ADMIN + "ClustersConfigDump",
-                "static_clusters": [
-                    {"cluster": {"@type": _CLUSTER, **c}, "last_updated": updated} for c in clusters
-                ],
-            },
-            {
-                "@type": _ADMIN + "ListenersConfigDump",
-                "static_listeners": [
-                    {"listener": {"@type": _LISTENER, **x}, "last_updated": updated}
-                    for x in listeners
-                ],
-            },
+            _dump("ClustersConfigDump", static_clusters=static_clusters),
+            _dump("ListenersConfigDump", static_listeners=static_listeners),
             {"@type": _ADMIN + "ScopedRoutesConfigDump"},
-            {
-                "@type": _ADMIN + "RoutesConfigDump",
-                "static_route_configs": [
-                    {"route_config": {"@type": _ROUTE, **rc}, "last_updated": updated}
-                    for rc in routes
-                ],
-            },
+            _dump("RoutesConfigDump", static_route_configs=static_routes),
             {"@type": _ADMIN + "SecretsConfigDump"},
         ]
     }
+
+
+def _dump(kind: str, **lists: list[Any]) -> dict[str, Any]:
+    """One ``*ConfigDump``; empty lists are left out, as Envoy's JSON leaves them out."""
+    return {"@type": _ADMIN + kind, **{k: v for k, v in lists.items() if v}}
 
 
 # -- dynamic resources (xDS) -------------------------------------------------------------

@@ -301,6 +301,7 @@ class AdminPages:
                 for item in (
                     c.get(resource) if isinstance(c.get(resource), list) else [c.get(resource)]
                 )
+                if item is not None  # an empty list is left out of the dump
             ]
             return _json({"configs": items})
         return _json(dump)

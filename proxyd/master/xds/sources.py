@@ -9,12 +9,12 @@ loop then acknowledges as Envoy does:
 * NACK: the previous good ``version_info``, the nonce, and ``error_detail`` (code 13,
   as Envoy sends, with the reason) — the last good resources stay in place.
 
-A REST poll carries only the version (Envoy sends no nonce or error_detail there). gRPC streams reconnect with
-jittered exponential backoff (0.5 s doubling up to 30 s, as Envoy's defaults) and send
-the last accepted version on the new stream. Files are polled for a change of inode,
-size or modification time every :data:`FILE_POLL_S`, so a file replaced by rename (the
-safe way to update one) is picked up; a file that does not parse is reported and the
-last good content stays.
+A REST poll carries only the version (Envoy sends no nonce or error_detail there). gRPC
+streams reconnect with jittered exponential backoff (0.5 s doubling up to 30 s, as
+Envoy's defaults) and send the last accepted version on the new stream. Files are polled
+for a change of inode, size or modification time every :data:`FILE_POLL_S`, so a file
+replaced by rename (the safe way to update one) is picked up; a file that does not parse
+is reported and the last good content stays.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ with Envoy's warming rules:
 * static EDS clusters and static RDS listeners are always present (empty until their
   resources arrive), because static routes were checked against them.
 
-Composed clusters and listeners are cached with the resources they came from, so an EDS update to one cluster rebuilds that cluster only.
+Composed clusters and listeners are cached with the resources they came from, so an EDS
+update to one cluster rebuilds that cluster only.
 """
 
 from __future__ import annotations
