@@ -24,6 +24,7 @@ open (RST_STREAM CANCEL, GOAWAY) and closes the socket.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import struct
 from collections import deque
@@ -215,6 +216,7 @@ class GrpcStream:
         self._ended: GrpcError | None = None  # how the call ended, once it has
         self._half_closed = False
         self._broken = False  # the socket failed; nothing more can be written
+        self._writing = False  # the writer task is running (not cancelled or done)
         self._changed = trio.Event()  # replaced each time something changes
         self._outbound = trio.Event()  # set when h2 has bytes for the writer
         self._queued = 0  # sequence of the last change to h2's outbound buffer
@@ -322,6 +324,13 @@ class GrpcStream:
         self._unacknowledged = 0
 
     async def _write_loop(self) -> None:
+        self._writing = True
+        try:
+            await self._write_forever()
+        finally:
+            self._writing = False
+
+    async def _write_forever(self) -> None:
         while True:
             await self._outbound.wait()
             self._outbound = trio.Event()
@@ -389,10 +398,10 @@ class GrpcStream:
             name = code.name if isinstance(code, ErrorCodes) else code
             self._end(GrpcError(status, f"stream reset by the server ({name})"))
         elif isinstance(event, h2.events.ConnectionTerminated):
-            code = event.error_code
-            name = code.name if isinstance(code, ErrorCodes) else code
+            goaway_code = event.error_code
+            goaway = goaway_code.name if isinstance(goaway_code, ErrorCodes) else goaway_code
             detail = f": {event.additional_data!r}" if event.additional_data else ""
-            self._end(GrpcError(Status.UNAVAILABLE, f"server sent GOAWAY ({name}){detail}"))
+            self._end(GrpcError(Status.UNAVAILABLE, f"server sent GOAWAY ({goaway}){detail}"))
         # PINGs and SETTINGS are acknowledged by h2 itself; window updates wake send()
         # through the _notify() after each batch; other events need nothing.
 
@@ -446,6 +455,13 @@ class GrpcStream:
             self._conn.close_connection()
         except h2.exceptions.ProtocolError:
             pass  # h2 is already closed (a GOAWAY came in); there is nothing to add
+        if not self._writing:
+            # Cancelled from outside: the writer is gone, so write the goodbye here.
+            data = self._conn.data_to_send()
+            if data:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._sock.send_all(data)
+            return
         self._kick_writer()
         sequence = self._queued
         while self._written < sequence and not self._broken:
