@@ -28,12 +28,15 @@ system-deps:
 run: $(STAMP)
 	$(BIN)/python -m proxyd.demo --config $(CONFIG)
 
+# mypy's files and settings are in pyproject.toml ([tool.mypy]).
 test: $(STAMP) system-deps
 	$(BIN)/ruff check proxyd tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxyd tests bench
+	$(BIN)/mypy
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py

@@ -217,6 +217,26 @@ class Cluster:
     cb_max_retries: int = 3
     cb_retry_budget_percent: float = -1.0
     cb_min_retry_concurrency: int = 3
+    # The HIGH routing priority's thresholds (for routes with RouteAction.priority
+    # HIGH; the cb_* fields above are the DEFAULT priority's), Envoy's defaults when
+    # the config has no HIGH entry.
+    cb_high: CircuitBreakerThresholds = dataclasses.field(
+        default_factory=lambda: CircuitBreakerThresholds()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerThresholds:
+    """One routing priority's circuit breaker thresholds (Envoy's
+    CircuitBreakers.Thresholds with Envoy's defaults), for the whole proxy; a
+    ``retry_budget_percent`` below 0 = no retry_budget (max_retries applies)."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    retry_budget_percent: float = -1.0
+    min_retry_concurrency: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +299,9 @@ class Route:
     cluster: str
     # Route timeout (RouteAction.timeout); Envoy's default is 15 s; 0 = disabled.
     timeout_s: float = 15.0
+    # RouteAction.priority, "DEFAULT" or "HIGH": which circuit breaker thresholds and
+    # connection pool of the cluster the route's requests use.
+    priority: str = "DEFAULT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +398,9 @@ T = TypeVar("T")
 
 def to_wire(value: Any) -> Any:
     """A dataclass from this module → nested lists of plain values (msgpack-ready)."""
-    names = _field_names(type(value))
+    # Typed as plain ``type``: mypy does not see ``type[Any]`` as Hashable for @cache.
+    cls: type = type(value)
+    names = _field_names(cls)
     if names is not None:
         return [to_wire(getattr(value, name)) for name in names]
     if isinstance(value, tuple):
@@ -442,7 +467,8 @@ def _decoder_for(tp: Any) -> Any:
 
 
 def _decode(cls: type[T], data: list[Any]) -> T:
-    decs = _decoders(cls)
+    plain: type = cls  # mypy does not see ``type[T]`` as Hashable for @cache
+    decs = _decoders(plain)
     args = [v if d is None else d(v) for d, v in zip(decs, data, strict=False)]
     return cls(*args)
 

@@ -31,15 +31,29 @@ import dns.rdatatype
 import dns.rrset
 
 
+def _bind_pair(host: str, attempts: int = 20) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on the same free port (DNS answers on both). The port the
+    kernel picks for UDP may be taken for TCP by some other test: then try another."""
+    for _ in range(attempts):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((host, 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        return udp, tcp
+    raise OSError(f"no port free for both UDP and TCP on {host} after {attempts} tries")
+
+
 class DnsServer:
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind((host, 0))
         self.host = host
+        self._udp, self._tcp = _bind_pair(host)
         self.port = self._udp.getsockname()[1]
-        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._tcp.bind((host, self.port))
         self._tcp.listen(16)
         self._lock = threading.Lock()
         self._records: dict[str, tuple[list[str], int]] = {}

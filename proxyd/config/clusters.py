@@ -26,7 +26,7 @@ from proxyd.config.values import (
     enum_name,
     wrapped_or,
 )
-from proxyd.epoch import Cluster
+from proxyd.epoch import CircuitBreakerThresholds, Cluster
 from proxyd.errors import ConfigError
 
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
@@ -150,45 +150,51 @@ def _eds_service_name(c: Any, kind: str, path: str, file: str) -> str:
 
 
 def _circuit_breakers(c: Any, path: str, file: str) -> dict[str, Any]:
-    """The DEFAULT priority's thresholds as ``Cluster.cb_*`` keyword arguments.
+    """Each routing priority's thresholds as ``Cluster`` keyword arguments: DEFAULT's
+    in the flat ``cb_*`` fields, HIGH's in ``cb_high``.
 
-    As in Envoy, the first thresholds entry for a priority wins and unset fields keep
-    their defaults; routes have no priority in proxyd, so a HIGH entry is rejected.
-    A retry_budget, when present, replaces max_retries (its unset fields: 20 %, 3).
+    As in Envoy, the first thresholds entry for a priority wins, and a priority with no
+    entry (or an entry's unset fields) keeps Envoy's defaults. A retry_budget, when
+    present, replaces max_retries (its unset fields: 20 %, 3).
     """
-    if c.HasField("circuit_breakers"):
-        for i, t in enumerate(c.circuit_breakers.thresholds):
-            here = f"{join(path, 'thresholds')}[{i}]"
-            priority = enum_name(t, "priority")
-            if priority != "DEFAULT":
-                raise ConfigError(
-                    file,
-                    join(here, "priority"),
-                    f"circuit breaker priority {priority} not supported by proxyd "
-                    "(supported: DEFAULT)",
-                )
-        for t in c.circuit_breakers.thresholds:
-            return _thresholds(t)
-    return {}
+    out: dict[str, Any] = {}
+    if not c.HasField("circuit_breakers"):
+        return out
+    seen: set[str] = set()
+    for i, t in enumerate(c.circuit_breakers.thresholds):
+        priority = enum_name(t, "priority")
+        if priority not in ("DEFAULT", "HIGH"):
+            raise ConfigError(
+                file,
+                join(f"{join(path, 'thresholds')}[{i}]", "priority"),
+                f"unknown routing priority {priority} (DEFAULT or HIGH)",
+            )
+        if priority in seen:
+            continue
+        seen.add(priority)
+        if priority == "HIGH":
+            out["cb_high"] = CircuitBreakerThresholds(**_thresholds(t))
+        else:
+            out.update({f"cb_{key}": value for key, value in _thresholds(t).items()})
+    return out
 
 
 def _thresholds(t: Any) -> dict[str, Any]:
+    """A Thresholds entry as ``epoch.CircuitBreakerThresholds`` keyword arguments."""
     out: dict[str, Any] = {
-        "cb_max_connections": wrapped_or(t, "max_connections", DEFAULT_MAX_CONNECTIONS),
-        "cb_max_pending_requests": wrapped_or(
-            t, "max_pending_requests", DEFAULT_MAX_PENDING_REQUESTS
-        ),
-        "cb_max_requests": wrapped_or(t, "max_requests", DEFAULT_MAX_REQUESTS),
-        "cb_max_retries": wrapped_or(t, "max_retries", DEFAULT_MAX_RETRIES),
+        "max_connections": wrapped_or(t, "max_connections", DEFAULT_MAX_CONNECTIONS),
+        "max_pending_requests": wrapped_or(t, "max_pending_requests", DEFAULT_MAX_PENDING_REQUESTS),
+        "max_requests": wrapped_or(t, "max_requests", DEFAULT_MAX_REQUESTS),
+        "max_retries": wrapped_or(t, "max_retries", DEFAULT_MAX_RETRIES),
     }
     if t.HasField("retry_budget"):
         budget = t.retry_budget
-        out["cb_retry_budget_percent"] = (
+        out["retry_budget_percent"] = (
             budget.budget_percent.value
             if budget.HasField("budget_percent")
             else DEFAULT_RETRY_BUDGET_PERCENT
         )
-        out["cb_min_retry_concurrency"] = wrapped_or(
+        out["min_retry_concurrency"] = wrapped_or(
             budget, "min_retry_concurrency", DEFAULT_MIN_RETRY_CONCURRENCY
         )
     return out

@@ -139,7 +139,10 @@ def parse_message(data: dict[str, Any], cls: type[M], file: str) -> M:
     try:
         json_format.ParseDict(data, message)
     except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
-        found = locate_error(data, cls.DESCRIPTOR, "")
+        desc = cls.DESCRIPTOR
+        # The stubs also name upb's Descriptor; it passes isinstance(desc, Descriptor).
+        assert isinstance(desc, Descriptor)
+        found = locate_error(data, desc, "")
         if found is None:
             raise ConfigError(file, "", f"invalid configuration: {_clean(str(exc))}") from exc
         path, reason = found
@@ -185,15 +188,16 @@ def locate_error(value: Any, desc: Descriptor, path: str) -> tuple[str, str] | N
 def _locate_in_field(
     key: str, item: Any, field: FieldDescriptor, desc: Descriptor, here: str
 ) -> tuple[str, str] | None:
-    is_message = field.type == FieldDescriptor.TYPE_MESSAGE
-    if is_message and field.message_type.GetOptions().map_entry:
+    message_type = _message_type(field)
+    if message_type is not None and message_type.GetOptions().map_entry:
         if not isinstance(item, dict):
             return here, f"expected a map, got {_kind(item)}"
-        value_field = field.message_type.fields_by_name["value"]
+        value_field = message_type.fields_by_name["value"]
+        value_type = _message_type(value_field)
         for k, v in item.items():
             at = f"{here}[{k!r}]" if isinstance(k, str) else f"{here}[{k}]"
-            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                found = locate_error(v, value_field.message_type, at)
+            if value_type is not None:
+                found = locate_error(v, value_type, at)
             else:
                 found = _parse_alone({key: {k: v}}, desc, at)
             if found is not None:
@@ -204,16 +208,24 @@ def _locate_in_field(
             return here, f"expected a list, got {_kind(item)}"
         for i, element in enumerate(item):
             at = f"{here}[{i}]"
-            if is_message:
-                found = locate_error(element, field.message_type, at)
+            if message_type is not None:
+                found = locate_error(element, message_type, at)
             else:
                 found = _parse_alone({key: [element]}, desc, at)
             if found is not None:
                 return found
         return None
-    if is_message:
-        return locate_error(item, field.message_type, here)
+    if message_type is not None:
+        return locate_error(item, message_type, here)
     return _parse_alone({key: item}, desc, here)
+
+
+def _message_type(field: FieldDescriptor) -> Descriptor | None:
+    """The message type of a message field; None for any other field."""
+    if field.type != FieldDescriptor.TYPE_MESSAGE:
+        return None
+    assert field.message_type is not None  # set on every message field
+    return field.message_type
 
 
 def _locate_in_any(value: dict[str, Any], path: str) -> tuple[str, str] | None:

@@ -11,7 +11,7 @@ from collections.abc import Container
 from typing import Any
 
 from proxyd.config.proto import join
-from proxyd.config.values import check_regex, duration_or, wrapped_or
+from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import HeaderMatch, Route, RouteConfig, RouteMatch, StringMatch, VirtualHost
 from proxyd.errors import ConfigError
 
@@ -94,7 +94,17 @@ def _route(r: Any, path: str, clusters: Container[str], file: str) -> Route:
         match=_route_match(r.match, join(path, "match"), file),
         cluster=action.cluster,
         timeout_s=duration_or(action, "timeout", DEFAULT_ROUTE_TIMEOUT_S),
+        priority=_priority(action, join(path, "route.priority"), file),
     )
+
+
+def _priority(action: Any, path: str, file: str) -> str:
+    """RouteAction.priority: which of the cluster's circuit breaker thresholds (and
+    connection pools) the route's requests use; Envoy's default is DEFAULT."""
+    priority = enum_name(action, "priority")
+    if priority not in ("DEFAULT", "HIGH"):
+        raise ConfigError(file, path, f"unknown routing priority {priority} (DEFAULT or HIGH)")
+    return priority
 
 
 def _route_match(m: Any, path: str, file: str) -> RouteMatch:

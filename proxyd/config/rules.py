@@ -98,6 +98,7 @@ def _check_field(msg: Message, field: FieldDescriptor, rules: Any) -> Iterator[t
             yield name, f"value must contain at least {r.min_pairs} pair(s)"
         return
     if field.type == FieldDescriptor.TYPE_MESSAGE:
+        assert field.message_type is not None  # set on every message field
         full_name = field.message_type.full_name
         if kind == "duration":
             if rules.duration.required and not msg.HasField(name):
@@ -115,8 +116,10 @@ def _check_field(msg: Message, field: FieldDescriptor, rules: Any) -> Iterator[t
         else:
             return
     if kind == "enum" and rules.enum.defined_only and not field.is_repeated:
-        if value not in field.enum_type.values_by_number:
-            yield name, f"value {value} is not a defined {field.enum_type.name}"
+        enum_type = field.enum_type
+        assert enum_type is not None  # protoc-gen-validate puts enum rules on enum fields
+        if value not in enum_type.values_by_number:
+            yield name, f"value {value} is not a defined {enum_type.name}"
     for reason in _check_value(value, rules):
         yield name, reason
 

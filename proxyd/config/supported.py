@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from google.protobuf import any_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -70,7 +71,7 @@ STRING_MATCHER: Spec = {
     "ignore_case": LEAF,
 }
 
-ROUTE_CONFIG: Spec = {
+ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
         "name": LEAF,
@@ -91,7 +92,7 @@ ROUTE_CONFIG: Spec = {
                     "treat_missing_header_as_empty": LEAF,
                 },
             },
-            "route": {"cluster": LEAF, "timeout": LEAF},
+            "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
         },
     },
 }
@@ -145,7 +146,7 @@ HCM: Spec = {
     "generate_request_id": LEAF,
 }
 
-LISTENER: Spec = {
+LISTENER: dict[str, Spec] = {
     "name": LEAF,
     "address": ADDRESS,
     "per_connection_buffer_limit_bytes": LEAF,
@@ -255,7 +256,7 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
     "policy": {"overprovisioning_factor": LEAF},
 }
 
-CLUSTER: Spec = {
+CLUSTER: dict[str, Spec] = {
     "name": LEAF,
     "type": LEAF,
     "connect_timeout": LEAF,
@@ -313,8 +314,11 @@ def check_message(msg: Message, spec: dict[str, Spec], path: str, file: str) -> 
     _check_message(msg, spec, path, file)
 
 
-def unpack(any_msg: Message) -> Message | None:
-    """The payload of an ``Any``, or None when its type is unknown."""
+def unpack(any_msg: any_pb2.Any) -> Any | None:
+    """The payload of an ``Any``, or None when its type is unknown.
+
+    The payload is typed ``Any``: its generated class (an xds-protos message) has no stubs.
+    """
     desc = find_type(any_msg.type_url)
     if desc is None:
         return None
@@ -333,6 +337,7 @@ def _check_message(msg: Message, spec: dict[str, Spec], path: str, file: str) ->
             continue
         if field.type != FieldDescriptor.TYPE_MESSAGE:
             continue
+        assert field.message_type is not None  # set on every message field
         if field.message_type.GetOptions().map_entry:
             for key in sorted(value):
                 _check_value(msg, value[key], sub, f"{here}[{key!r}]", file)

@@ -38,6 +38,7 @@ def wrapped_or(msg: Message, field: str, default: Any) -> Any:
 
 def enum_name(msg: Message, field: str) -> str:
     desc = msg.DESCRIPTOR.fields_by_name[field].enum_type
+    assert desc is not None, f"{field} is not an enum field"
     number = getattr(msg, field)
     value = desc.values_by_number.get(number)
     return value.name if value is not None else str(number)

@@ -168,17 +168,17 @@ class ControlServer:
         if request.command == "hot-restart":
             config = request.args.get("config") or None
             timeout = request.args.get("timeout_s")
-            result = await m.hot_restart(
+            restart = await m.hot_restart(
                 str(config) if config else None,
                 float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
             )
             info = {
-                "pid": result.new_pid,
+                "pid": restart.new_pid,
                 "old_pid": os.getpid(),
-                "restart_epoch": result.restart_epoch,
+                "restart_epoch": restart.restart_epoch,
                 "drain_time_s": m.options.drain_time_s,
             }
-            return ipc.ControlReply(result.ok, result.error, info)
+            return ipc.ControlReply(restart.ok, restart.error, info)
         if request.command == "stop":
             fast = bool(request.args.get("fast", False))
             m.request_stop(graceful=not fast)

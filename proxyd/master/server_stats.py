@@ -63,10 +63,10 @@ class ServerStats:
         old_listeners = {x.name: x for x in previous.listeners}
         new_listeners = {x.name: x for x in epoch.listeners}
         for name, listener in new_listeners.items():
-            old = old_listeners.get(name)
-            if old is None:
+            old_listener = old_listeners.get(name)
+            if old_listener is None:
                 store.add_counter("listener_manager.listener_added")
-            elif old != listener:
+            elif old_listener != listener:
                 store.add_counter("listener_manager.listener_modified")
             scope = f"listener.{listener.stat_name}"
             store.ensure_counters([f"{scope}.{c}" for c in _LISTENER_COUNTERS])

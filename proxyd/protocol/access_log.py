@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
@@ -111,13 +111,17 @@ _REQ_FIELDS = {
 _MS_SUFFIX = tuple(f".{i:03d}Z" for i in range(1000))
 
 
-def _inline(getter: Getter, expr: str) -> Getter:
+_G = TypeVar("_G", bound=Callable[[LogRecord], str | None])
+
+
+def _inline(getter: _G, expr: str) -> _G:
     """Mark ``getter`` as equivalent to the Python expression ``expr`` over ``rec``.
 
     The compiled format inlines such expressions instead of calling the getter. Only
     expressions built here from fixed attribute names and repr()'d header names are
     ever inlined; nothing from the format string is pasted in unquoted.
     """
+    # A function attribute, which mypy cannot declare; LogFormat reads it with getattr().
     getter.inline = expr  # type: ignore[attr-defined]
     return getter
 
@@ -388,7 +392,7 @@ class LogFormat:
             raise ValueError(f"access log: {name} does not take any parameters")
         return getter
 
-    def format(self, rec: LogRecord) -> str:  # type: ignore[no-redef]
+    def format(self, rec: LogRecord) -> str:
         """The log line for ``rec`` (replaced per instance by the compiled plan)."""
         return self._template % tuple([g(rec) for g in self._getters])
 

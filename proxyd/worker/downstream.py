@@ -27,7 +27,7 @@ from proxyd.worker import io, router
 from proxyd.worker.deadlines import HEADERS, IDLE, INF
 
 if TYPE_CHECKING:
-    from proxyd.worker.plan import ListenerPlan
+    from proxyd.worker.plan import ListenerPlan, RoutePlan
     from proxyd.worker.process import Worker
 
 log = structlog.get_logger()
@@ -146,17 +146,19 @@ class DownstreamConnection:
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request.
             while True:
-                plan = worker.plans.get(self.listener_name)
-                if plan is None:
+                current = worker.plans.get(self.listener_name)
+                if current is None:
                     return  # the listener left the epoch: no new requests on it
+                plan = current
                 try:
                     start = await self._read_head(plan)
                     if start < 0:
                         return
                     # The head is here: the request belongs to the epoch in place now.
-                    plan = worker.plans.get(self.listener_name)
-                    if plan is None:
+                    current = worker.plans.get(self.listener_name)
+                    if current is None:
                         return
+                    plan = current
                     if plan.generation is not generation:
                         self.listener_updated = True
                     h = self.parser.parse(self.view[start : self.start], plan.request_wanted)
@@ -365,7 +367,7 @@ class DownstreamConnection:
         h: RequestHead | None,
         t_wall: float,
         t0: float,
-        rp: object,
+        rp: RoutePlan | None,
         route_name: str | None,
         request_id: str,
         trusted: str,
@@ -386,7 +388,7 @@ class DownstreamConnection:
         rec.downstream_local_address = self.local
         rec.route_name = route_name
         if rp is not None:
-            rec.upstream_cluster = rp.cluster_name  # type: ignore[attr-defined]
+            rec.upstream_cluster = rp.cluster_name
         if h is not None:
             rec.method = h.method
             rec.path = h.path

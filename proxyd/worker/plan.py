@@ -1,7 +1,7 @@
 """An epoch compiled for the request path: one :class:`ListenerPlan` per listener.
 
 Everything a request needs that follows from configuration is resolved here, once per
-epoch: the route table, which headers the parser collects, the route → cluster and
+epoch: the route table, which headers the parser collects, the route → cluster, pool and
 timeout table, the header policy, the access-log plans and the stat scopes. A request
 looks up its listener's plan when it starts and uses that plan to the end, so an epoch
 swap never changes a request in flight.
@@ -17,19 +17,27 @@ from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerato
 from proxyd.protocol.routing import RouteTable
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
-from proxyd.worker.upstream import ClusterState
+from proxyd.worker.upstream import ClusterState, ConnPool
 
 
 class RoutePlan:
-    """What a matched route leads to (``cluster`` is None when it names no cluster)."""
+    """What a matched route leads to (``cluster`` and ``pool`` are None when it names no
+    cluster). ``pool`` is the cluster's connection pool for the route's priority, with
+    that priority's circuit breakers (RouteAction.priority)."""
 
-    __slots__ = ("name", "cluster", "cluster_name", "timeout_s", "timeout_header")
+    __slots__ = ("name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header")
 
     def __init__(
-        self, name: str, cluster: ClusterState | None, cluster_name: str, timeout_s: float
+        self,
+        name: str,
+        cluster: ClusterState | None,
+        cluster_name: str,
+        timeout_s: float,
+        priority: str = "DEFAULT",
     ):
         self.name = name
         self.cluster = cluster
+        self.pool: ConnPool | None = cluster.pool(priority) if cluster is not None else None
         self.cluster_name = cluster_name
         self.timeout_s = timeout_s
         ms = int(round(timeout_s * 1000))
@@ -62,7 +70,7 @@ class ListenerPlan:
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
                 self.route_plans[id(r)] = RoutePlan(
-                    r.name, clusters.get(r.cluster), r.cluster, r.timeout_s
+                    r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority
                 )
         self.logs: list[tuple[LogFormat, AccessLogWriter]] = []
         log_req: set[str] = set()
@@ -128,9 +136,9 @@ class CompiledEpoch:
             for lst in epoch.listeners
         }
         for name, plan in self.plans.items():
-            old = (old_plans or {}).get(name)
-            if old is not None and old.listener == plan.listener:
-                plan.generation = old.generation
+            old_plan = (old_plans or {}).get(name)
+            if old_plan is not None and old_plan.listener == plan.listener:
+                plan.generation = old_plan.generation
 
     def retire_replaced(self, old_clusters: dict[str, ClusterState]) -> None:
         """Retire the old clusters this epoch did not keep (after it is in place)."""

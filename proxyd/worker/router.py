@@ -4,10 +4,10 @@
 upstream head is already built, and
 
 1. takes an idle pooled connection to the host, or gets one from the cluster's pool
-   (:meth:`ClusterState.acquire`: connects, or waits in the pending queue beyond
-   max_connections; a connect failure is Envoy's 503 ``UF``, a full queue 503 ``UO``),
-   then attaches the request to it (the max_requests breaker), sends the head and
-   whatever body bytes are already buffered;
+   for the route's priority (:meth:`ConnPool.acquire`: connects, or waits in the
+   pending queue beyond max_connections; a connect failure is Envoy's 503 ``UF``, a full
+   queue 503 ``UO``), then attaches the request to it (the max_requests breaker of that
+   priority), sends the head and whatever body bytes are already buffered;
 2. streams the rest of the request body (:mod:`proxyd.worker.request_body`) in a
    second task while it waits for the response, so an upstream that answers early is
    heard and neither side can fill the other's buffers;
@@ -43,13 +43,9 @@ from proxyd.protocol.http1 import (
 from proxyd.protocol.http1_headers import CONTINUE_100, local_reply, response_head
 from proxyd.worker import io
 from proxyd.worker.deadlines import INF, REQUEST, ROUTE, STREAM_IDLE
+from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
 from proxyd.worker.request_body import DownstreamGone, framed, pump, send_request
-from proxyd.worker.upstream import (
-    ConnectFailure,
-    HostState,
-    Overflow,
-    UpstreamConnection,
-)
+from proxyd.worker.upstream import HostState
 
 if TYPE_CHECKING:
     from proxyd.worker.downstream import DownstreamConnection
@@ -75,7 +71,7 @@ class Exchange:
         "plan",
         "h",
         "rp",
-        "cluster",
+        "pool",
         "host",
         "head",
         "conn",
@@ -103,7 +99,10 @@ class Exchange:
         self.plan = plan
         self.h = h
         self.rp = rp
-        self.cluster = rp.cluster
+        # The route's pool (its priority's connections and circuit breakers).
+        pool = rp.pool
+        assert pool is not None
+        self.pool: ConnPool = pool
         self.host = host
         self.head = head
         self.conn: UpstreamConnection | None = None
@@ -121,9 +120,8 @@ class Exchange:
 
     async def run(self) -> bool:
         dc = self.dc
-        cluster = self.cluster
-        assert cluster is not None
-        cstats = cluster.stats
+        pool = self.pool
+        cstats = pool.stats
         host = self.host
         hstats = host.stats
         host.active_requests += 1
@@ -140,16 +138,16 @@ class Exchange:
             while True:
                 # Envoy's upstream service time includes the wait for a connection.
                 self.t_sent = time.monotonic()
-                conn = cluster.take_idle(host)
+                conn = pool.take_idle(host)
                 reused = conn is not None
                 if conn is None:
                     try:
                         # The request's deadline runs on while it is pending.
                         with trio.move_on_after(max(dc.deadline - self.t_sent, 0.0)):
-                            conn = await cluster.acquire(host)
+                            conn = await pool.acquire(host)
                     except ConnectFailure as exc:
                         self.dc.flags = "UF"
-                        cluster.stats.count_response(503)
+                        cstats.count_response(503)
                         hstats.rq_error += 1
                         host.outcomes.connect_failed()
                         return await self._reply(503, RESET_BEFORE_HEADERS + exc.reason)
@@ -159,8 +157,8 @@ class Exchange:
                         dc.expired = dc.deadline_kind
                         raise trio.ClosedResourceError()
                 if not self.attached:
-                    if cluster.overflow():
-                        cluster.put_back(conn)
+                    if not pool.attach():
+                        pool.put_back(conn)
                         return await self._overflow()
                     self.attached = True
                     cstats.rq_active += 1
@@ -190,17 +188,17 @@ class Exchange:
                 if r is not None:
                     if self.retrying:
                         self.retrying = False
-                        cluster.retry_done(success=True)
+                        pool.retry_done(success=True)
                     return await self._relay(conn, r)
                 # The connection died before any response byte (writing the head, or
                 # closed by the upstream): a reused one is retried once on a new
                 # connection when there is no body to resend.
-                cluster.destroy(conn)
+                pool.destroy(conn)
                 self.conn = None
                 dc.upstream_sock = None
                 if reused and not retried and not h.has_body:
                     retried = True
-                    if cluster.retry_allowed():
+                    if pool.retry_allowed():
                         self.retrying = True
                         continue
                 return await self._reset_before_headers("UC", "connection termination")
@@ -241,12 +239,13 @@ class Exchange:
             dc.deadline = INF
             host.active_requests -= 1
             if self.attached:
+                pool.requests -= 1  # ResourceManager.detach(), inline
                 cstats.rq_active -= 1
                 hstats.rq_active -= 1
             if self.retrying:
-                cluster.retry_done(success=False)
+                pool.retry_done(success=False)
             if self.conn is not None:
-                cluster.destroy(self.conn)
+                pool.destroy(self.conn)
                 self.conn = None
 
     def arm_route(self) -> None:
@@ -266,7 +265,7 @@ class Exchange:
         """A circuit breaker tripped: Envoy's 503 ``UO`` with x-envoy-overloaded."""
         self.dc.flags = "UO"
         self.dc.upstream_host = None
-        self.cluster.stats.count_response(503)  # type: ignore[union-attr]
+        self.pool.stats.count_response(503)
         return await self._reply(503, RESET_BEFORE_HEADERS + "overflow", OVERLOADED)
 
     async def _reply(self, status: int, body: str, extra: bytes = b"") -> bool:
@@ -295,7 +294,7 @@ class Exchange:
 
     async def _timed_out(self, flag: str, status: int, body: str) -> bool:
         dc = self.dc
-        cstats = self.cluster.stats  # type: ignore[union-attr]
+        cstats = self.pool.stats
         if flag == "UT":
             cstats.rq_timeout += 1
             if self.attached:  # not while pending: Envoy has no upstream host then
@@ -305,7 +304,7 @@ class Exchange:
                 self.host.outcomes.timeout()  # connected, no response head yet
         dc.flags = flag
         if self.conn is not None:
-            self.cluster.destroy(self.conn)  # type: ignore[union-attr]
+            self.pool.destroy(self.conn)
             self.conn = None
         if dc.response_started:
             return False  # the client got a head already: all that is left is a reset
@@ -315,7 +314,7 @@ class Exchange:
 
     async def _reset_before_headers(self, flag: str, reason: str) -> bool:
         self.dc.flags = flag
-        self.cluster.stats.count_response(503)  # type: ignore[union-attr]
+        self.pool.stats.count_response(503)
         self.host.stats.rq_error += 1
         self.host.outcomes.reset()
         return await self._reply(503, RESET_BEFORE_HEADERS + reason)
@@ -408,8 +407,7 @@ class Exchange:
     async def _relay(self, conn: UpstreamConnection, r: ResponseHead) -> bool:
         dc = self.dc
         h = self.h
-        cluster = self.cluster
-        assert cluster is not None
+        pool = self.pool
         status = r.status
         if status == 204 and (r.content_length > 0 or r.chunked):
             # A 204 that announces a body is refused, as Envoy's codec does.
@@ -417,7 +415,7 @@ class Exchange:
         service_ms = int((time.monotonic() - self.t_sent) * 1000)
         dc.service_ms = service_ms
         dc.status = status
-        cluster.stats.count_response(status)
+        pool.stats.count_response(status)
         if status < 500:
             self.host.stats.rq_success += 1
         else:
@@ -475,7 +473,7 @@ class Exchange:
         conn.start = start
         conn.end = end
         self.conn = None
-        cluster.release(conn, r.keep_alive and mode != 3 and self.pump_error == "")
+        pool.release(conn, r.keep_alive and mode != 3 and self.pump_error == "")
         return not close
 
     async def _recv_upstream(self, conn: UpstreamConnection, at: int = 0) -> int:

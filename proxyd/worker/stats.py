@@ -13,7 +13,7 @@ report under ``<cluster>::<ip>:<port>::<stat>``, which the master keeps out of `
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from proxyd.stats import HOST_SEP
 from proxyd.worker.outcomes import OutcomeStore
@@ -47,10 +47,15 @@ class _Scope:
             gauges[prefix + suffix] = getattr(self, attr)
 
 
+_S = TypeVar("_S", bound=_Scope)
+
+
 class BreakerState(Protocol):
     """What ClusterStats reads from proxyd.worker.upstream.ClusterState."""
 
-    def open_gauges(self) -> tuple[int, int, int, int]: ...
+    def open_gauges(self) -> tuple[tuple[str, tuple[int, int, int, int]], ...]:
+        """(priority stat name, BREAKER_GAUGES values) for each routing priority."""
+        ...
 
 
 class ClusterStats(_Scope):
@@ -106,8 +111,26 @@ class ClusterStats(_Scope):
     )
     # The cluster's newest ClusterState: its circuit breaker *_open gauges.
     BREAKER_GAUGES = ("cx_open", "rq_pending_open", "rq_open", "rq_retry_open")
-    # Declared for proxyd.protocol.priority.PanicCounter (set in _Scope.__init__).
+    # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__ (lb_healthy_panic
+    # is also what proxyd.protocol.priority.PanicCounter reads).
+    rq_total: int
+    rq_timeout: int
+    cx_total: int
+    cx_connect_fail: int
+    cx_connect_timeout: int
+    cx_destroy: int
+    rq_active_overflow: int
+    cx_overflow: int
+    rq_pending_overflow: int
     lb_healthy_panic: int
+    rq_pending_total: int
+    rq_cancelled: int
+    rq_retry: int
+    rq_retry_success: int
+    rq_retry_overflow: int
+    cx_active: int
+    rq_active: int
+    rq_pending_active: int
 
     def __init__(self, name: str) -> None:
         super().__init__(f"cluster.{name}.")
@@ -127,8 +150,9 @@ class ClusterStats(_Scope):
         last = self._last_codes
         prefix = self.prefix
         if self.breakers is not None:
-            for name, value in zip(self.BREAKER_GAUGES, self.breakers.open_gauges(), strict=True):
-                gauges[f"{prefix}circuit_breakers.default.{name}"] = value
+            for priority, values in self.breakers.open_gauges():
+                for name, value in zip(self.BREAKER_GAUGES, values, strict=True):
+                    gauges[f"{prefix}circuit_breakers.{priority}.{name}"] = value
         for i in range(1, 6):
             name = f"{prefix}upstream_rq_{i}xx"
             delta = self.by_class[i] - last.get(name, 0)
@@ -167,6 +191,15 @@ class HttpStats(_Scope):
         ("cx_protocol_error", "downstream_cx_protocol_error"),
     )
     GAUGES = (("cx_active", "downstream_cx_active"), ("rq_active", "downstream_rq_active"))
+    # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
+    rq_total: int
+    cx_total: int
+    cx_destroy: int
+    rq_timeout: int
+    header_overflow: int
+    cx_protocol_error: int
+    cx_active: int
+    rq_active: int
 
     def __init__(self, stat_prefix: str) -> None:
         super().__init__(f"http.{stat_prefix}.")
@@ -188,6 +221,9 @@ class ListenerStats(_Scope):
     __slots__ = ("cx_total", "cx_active")
     COUNTERS = (("cx_total", "downstream_cx_total"),)
     GAUGES = (("cx_active", "downstream_cx_active"),)
+    # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
+    cx_total: int
+    cx_active: int
 
     def __init__(self, stat_name: str) -> None:
         super().__init__(f"listener.{stat_name}.")
@@ -219,6 +255,15 @@ class HostStats(_Scope):
         ("cx_connect_fail", "cx_connect_fail"),
     )
     GAUGES = (("cx_active", "cx_active"), ("rq_active", "rq_active"))
+    # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
+    rq_total: int
+    rq_success: int
+    rq_error: int
+    rq_timeout: int
+    cx_total: int
+    cx_connect_fail: int
+    cx_active: int
+    rq_active: int
 
     def __init__(self, cluster: str, host: str) -> None:
         super().__init__(f"{cluster}{HOST_SEP}{host}{HOST_SEP}")
@@ -232,28 +277,27 @@ class StatsStore:
         # Per-host outcomes for outlier detection, shipped beside the stats report.
         self.outcomes = OutcomeStore()
 
-    def _get(self, cls: type, key: str, arg: str) -> _Scope:
+    def _get(self, cls: type[_S], key: str, *args: str) -> _S:
         scope = self._scopes.get(key)
         if scope is None:
-            scope = self._scopes[key] = cls(arg)
+            new = self._scopes[key] = cls(*args)
+            return new
+        # Each key's prefix ("cluster.", "http.", ...) belongs to one scope class.
+        assert isinstance(scope, cls)
         return scope
 
     def cluster(self, name: str) -> ClusterStats:
-        return self._get(ClusterStats, "cluster." + name, name)  # type: ignore[return-value]
+        return self._get(ClusterStats, "cluster." + name, name)
 
     def http(self, stat_prefix: str) -> HttpStats:
-        return self._get(HttpStats, "http." + stat_prefix, stat_prefix)  # type: ignore[return-value]
+        return self._get(HttpStats, "http." + stat_prefix, stat_prefix)
 
     def host(self, cluster: str, host: str) -> HostStats:
         """``host`` as /clusters prints it: ``ip:port``, or ``[ip6]:port``."""
-        key = f"host.{cluster}{HOST_SEP}{host}"
-        scope = self._scopes.get(key)
-        if scope is None:
-            scope = self._scopes[key] = HostStats(cluster, host)
-        return scope  # type: ignore[return-value]
+        return self._get(HostStats, f"host.{cluster}{HOST_SEP}{host}", cluster, host)
 
     def listener(self, stat_name: str) -> ListenerStats:
-        return self._get(ListenerStats, "listener." + stat_name, stat_name)  # type: ignore[return-value]
+        return self._get(ListenerStats, "listener." + stat_name, stat_name)
 
     def report(self) -> tuple[dict[str, int], dict[str, int]]:
         """Counter deltas since the previous call, and gauges as absolute values."""

@@ -3,8 +3,11 @@
 A cluster allowed one connection and one pending request, in front of a slow demo
 upstream: of three staggered requests the first is served, the second waits for the
 first's connection and is served, the third overflows (503, ``x-envoy-overloaded``).
-And a request whose route timeout passes while it is pending gets Envoy's 504. Both
-proxies must give the same statuses, headers and bodies, and count the same stats.
+And a request whose route timeout passes while it is pending gets Envoy's 504. And with
+DEFAULT and HIGH thresholds (RouteAction.priority), a second DEFAULT request overflows
+while HIGH requests to the same cluster pass, on connections of their own. Both proxies
+must give the same statuses, headers and bodies, count the same stats and show the
+same thresholds in /clusters.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import pytest
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.integration.test_circuit_breakers import (
+    DEFAULT_1_HIGH_5,
+    HIGH_ROUTE,
     ONE_CONNECTION_ONE_PENDING,
+    PRIORITY_PATHS,
     SLOW_AND_IMPATIENT,
     Answer,
     staggered,
@@ -44,6 +50,17 @@ STATS = (
     "circuit_breakers.default.rq_pending_open",
     "circuit_breakers.default.rq_open",
     "circuit_breakers.default.rq_retry_open",
+    "circuit_breakers.high.cx_open",
+    "circuit_breakers.high.rq_pending_open",
+    "circuit_breakers.high.rq_open",
+    "circuit_breakers.high.rq_retry_open",
+)
+# Also compared for the routing-priority case.
+PRIORITY_STATS = (
+    *STATS,
+    "upstream_rq_active_overflow",
+    "upstream_cx_active",
+    "upstream_rq_active",
 )
 
 
@@ -62,8 +79,13 @@ def _envoy_stats(admin_port: int) -> dict[str, int]:
     return out
 
 
-def _pick(stats: dict[str, int]) -> dict[str, int]:
-    return {name: stats.get(f"cluster.a.{name}", 0) for name in STATS}
+def _pick(stats: dict[str, int], names: tuple[str, ...] = STATS) -> dict[str, int]:
+    return {name: stats.get(f"cluster.a.{name}", 0) for name in names}
+
+
+def _thresholds(clusters_text: str) -> list[str]:
+    """The /clusters lines with cluster a's circuit breaker thresholds."""
+    return sorted(line for line in clusters_text.splitlines() if "_priority::" in line)
 
 
 def _answered(stats: dict[str, int]) -> int:
@@ -98,3 +120,35 @@ def test_envoy_and_proxyd_agree(
     assert proxyd_answers == envoy_answers
     assert proxyd_stats == envoy_stats
     assert envoy_stats["upstream_rq_total"] == total
+
+
+def test_routing_priorities_agree(tmp_path: Path) -> None:
+    with UpstreamServer("a") as up:
+        listen, admin = free_port(), free_port()
+        config = http_config(
+            listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=DEFAULT_1_HIGH_5
+        )
+        with EnvoyRunner(config) as envoy:
+            envoy_answers = _seen(staggered(listen, PRIORITY_PATHS, gap=0.15))
+            envoy_stats = _pick(_envoy_stats(envoy.admin_port), PRIORITY_STATS)
+            url = f"http://127.0.0.1:{envoy.admin_port}/clusters"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                envoy_thresholds = _thresholds(r.read().decode())
+        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+            proxyd_answers = _seen(staggered(listen, PRIORITY_PATHS, gap=0.15))
+            proxyd_stats = wait_for(
+                lambda: (
+                    (s := _pick(p.stats(), PRIORITY_STATS))
+                    and _answered(s) == len(PRIORITY_PATHS)
+                    and s
+                )
+            )
+            proxyd_thresholds = _thresholds(p.admin("/clusters")[1])
+    assert [a[0] for a in envoy_answers] == [200, 200, 200, 200, 503]
+    assert proxyd_answers == envoy_answers
+    assert proxyd_stats == envoy_stats
+    # HIGH's connections are its own (at its max_connections, 3): a pool per priority.
+    assert envoy_stats["upstream_cx_total"] == 5
+    assert envoy_stats["circuit_breakers.high.cx_open"] == 1
+    assert "a::high_priority::max_requests::5" in envoy_thresholds
+    assert proxyd_thresholds == envoy_thresholds

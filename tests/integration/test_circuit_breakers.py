@@ -184,3 +184,76 @@ def test_retry_is_counted_and_bounded_by_max_retries(
                 assert stats.get("cluster.a.upstream_rq_retry", 0) == 0
                 assert stats["cluster.a.upstream_rq_retry_overflow"] == 1
                 assert stats["cluster.a.circuit_breakers.default.rq_retry_open"] == 1
+
+
+# -- routing priority (RouteAction.priority: DEFAULT / HIGH thresholds) -------------------
+
+DEFAULT_1_HIGH_5 = """    circuit_breakers:
+      thresholds:
+      - priority: DEFAULT
+        max_requests: 1
+      - priority: HIGH
+        max_requests: 5
+        max_connections: 3"""
+
+# /delay/2000/high goes to cluster a at HIGH priority; everything else at DEFAULT.
+HIGH_ROUTE = """
+              - match: { path: "/delay/2000/high" }
+                route: { cluster: a, priority: HIGH }
+              - match: { prefix: "/" }
+                route: { cluster: a }"""
+
+# A slow DEFAULT request first, then three HIGH ones and a second DEFAULT one, all
+# while the first is in flight.
+PRIORITY_PATHS = ["/delay/2000", *["/delay/2000/high"] * 3, "/delay/2000"]
+
+
+def test_high_priority_has_its_own_thresholds(tmp_path: Path) -> None:
+    with UpstreamServer("a") as up:
+        listen, admin = free_port(), free_port()
+        config = http_config(
+            listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=DEFAULT_1_HIGH_5
+        )
+        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+            answers = staggered(listen, PRIORITY_PATHS, gap=0.15)
+            # DEFAULT allows one request at a time; HIGH's five are not touched by it.
+            assert [a[0] for a in answers] == [200, 200, 200, 200, 503]
+            assert answers[4][1]["x-envoy-overloaded"] == "true"
+            assert answers[4][2] == OVERFLOW_BODY
+            stats = settled(p, 5)
+            assert stats["cluster.a.upstream_rq_active_overflow"] == 1
+            assert stats["cluster.a.upstream_rq_200"] == 4
+            assert stats["cluster.a.upstream_rq_503"] == 1
+            # Envoy keeps a connection pool per priority: HIGH never reuses DEFAULT's.
+            assert stats["cluster.a.upstream_cx_total"] == 5
+            # HIGH's three connections (its max_connections) stay open; DEFAULT has two.
+            assert stats["cluster.a.circuit_breakers.high.cx_open"] == 1
+            assert stats["cluster.a.circuit_breakers.default.cx_open"] == 0
+            for name in ("rq_pending_open", "rq_open", "rq_retry_open"):
+                assert stats[f"cluster.a.circuit_breakers.high.{name}"] == 0
+            # /clusters shows each priority's configured thresholds.
+            text = p.admin("/clusters")[1]
+            assert "a::default_priority::max_requests::1\n" in text
+            assert "a::high_priority::max_requests::5\n" in text
+            assert "a::high_priority::max_connections::3\n" in text
+            assert "a::high_priority::max_pending_requests::1024\n" in text
+            # With the DEFAULT request done, DEFAULT admits one again.
+            assert get(listen, "/")[0] == 200
+
+
+def test_high_priority_overflows_at_its_own_limit(tmp_path: Path) -> None:
+    # The other way round: HIGH allows 1, DEFAULT the default 1024.
+    with UpstreamServer("a") as up:
+        listen, admin = free_port(), free_port()
+        extra = """    circuit_breakers:
+      thresholds:
+      - priority: HIGH
+        max_requests: 1"""
+        config = http_config(listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=extra)
+        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+            paths = ["/delay/2000/high", "/delay/2000", "/delay/2000/high"]
+            answers = staggered(listen, paths, gap=0.3)
+            assert [a[0] for a in answers] == [200, 200, 503]
+            assert answers[2][1]["x-envoy-overloaded"] == "true"
+            stats = settled(p, 3)
+            assert stats["cluster.a.upstream_rq_active_overflow"] == 1

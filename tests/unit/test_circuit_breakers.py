@@ -15,9 +15,9 @@ import trio.testing
 from proxyd.config import load
 from proxyd.epoch import Cluster, Endpoint
 from proxyd.errors import ConfigError
-from proxyd.protocol.circuit_breakers import per_worker, retry_limit
+from proxyd.protocol.circuit_breakers import DEFAULT, per_worker, retry_limit
 from proxyd.worker.stats import StatsStore
-from proxyd.worker.upstream import ClusterState, Overflow, UpstreamConnection
+from proxyd.worker.upstream import ClusterState, ConnPool, Overflow, UpstreamConnection
 from tests.unit.test_config_load import MINIMAL, write
 
 ANCHOR = "  - name: c\n"
@@ -64,7 +64,6 @@ def test_retry_budget_defaults_and_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("thresholds", "where"),
     [
-        ("      - {priority: HIGH, max_requests: 7}\n", "thresholds[0].priority"),
         ("      - {track_remaining: true}\n", "track_remaining"),
         ("      - {max_connection_pools: 2}\n", "max_connection_pools"),
         ("      - {retry_budget: {budget_percent: {value: 101}}}\n", "budget_percent"),
@@ -81,13 +80,14 @@ def test_workers_split_limits() -> None:
         "c", "STATIC", 1.0, "ROUND_ROBIN", (), cb_max_connections=5, cb_max_requests=1,
         cb_max_pending_requests=3, cb_max_retries=3, cb_min_retry_concurrency=5,
     )  # fmt: skip
-    state = ClusterState(c, StatsStore(), worker_count=2)
-    assert (state.cb_max_connections, state.cb_max_requests, state.cb_max_pending) == (3, 1, 2)
-    assert (state.cb_max_retries, state.cb_min_retry_concurrency) == (2, 3)
-    assert state.overflow() == ""
-    state.stats.rq_active = 1
-    assert state.overflow() == "max_requests"
-    assert state.stats.rq_active_overflow == 1
+    pool = ClusterState(c, StatsStore(), worker_count=2).pools[DEFAULT]
+    assert (pool.cb_max_connections, pool.cb_max_requests, pool.cb_max_pending) == (3, 1, 2)
+    assert (pool.cb_max_retries, pool.cb_min_retry_concurrency) == (2, 3)
+    assert pool.attach()
+    assert not pool.attach()
+    assert (pool.requests, pool.stats.rq_active_overflow) == (1, 1)
+    pool.detach()
+    assert pool.attach()
     assert per_worker(0, 4) == 0 and per_worker(1024, 3) == 342
 
 
@@ -104,7 +104,7 @@ def test_retry_limit() -> None:
 def test_retries_outstanding_are_bounded() -> None:
     state = ClusterState(
         Cluster("c", "STATIC", 1.0, "ROUND_ROBIN", (), cb_max_retries=1), StatsStore()
-    )
+    ).pools[DEFAULT]
     assert state.retry_allowed()
     assert not state.retry_allowed()
     stats = state.stats
@@ -115,26 +115,27 @@ def test_retries_outstanding_are_bounded() -> None:
     assert state.retry_allowed()
 
 
-def _limited(max_connections: int, max_pending: int) -> tuple[ClusterState, list[socket.socket]]:
-    """A one-host cluster whose connection slots are all taken by busy connections."""
+def _limited(max_connections: int, max_pending: int) -> tuple[ConnPool, list[socket.socket]]:
+    """The DEFAULT pool of a one-host cluster whose connection slots are all taken by
+    busy connections."""
     c = Cluster(
         "c", "STATIC", 1.0, "ROUND_ROBIN", (Endpoint("127.0.0.1", 9),),
         cb_max_connections=max_connections, cb_max_pending_requests=max_pending,
     )  # fmt: skip
-    state = ClusterState(c, StatsStore())
-    state.connections = state.hosts[0].connections = max_connections
+    state = ClusterState(c, StatsStore()).pools[DEFAULT]
+    state.connections = state.cluster.hosts[0].connections[DEFAULT] = max_connections
     return state, []
 
 
-def _conn(state: ClusterState, keep: list[socket.socket]) -> UpstreamConnection:
+def _conn(state: ConnPool, keep: list[socket.socket]) -> UpstreamConnection:
     a, b = socket.socketpair()
     keep += [a, b]
-    return UpstreamConnection(a, state.hosts[0])
+    return UpstreamConnection(a, state.cluster.hosts[0])
 
 
 def test_pending_queue_fifo_overflow_and_cancel() -> None:
     state, socks = _limited(max_connections=1, max_pending=2)
-    host = state.hosts[0]
+    host = state.cluster.hosts[0]
     got: list[tuple[str, UpstreamConnection | None]] = []
 
     async def request(name: str) -> None:
@@ -159,7 +160,7 @@ def test_pending_queue_fifo_overflow_and_cancel() -> None:
             released = [_conn(state, socks), _conn(state, socks)]
             state.put_back(released[0])  # to the oldest waiter, not to the idle list
             await trio.testing.wait_all_tasks_blocked()
-            assert got[1] == ("first", released[0]) and not host.idle
+            assert got[1] == ("first", released[0]) and not host.idle[DEFAULT]
             state.put_back(released[1])
             await trio.testing.wait_all_tasks_blocked()
             assert got[2] == ("second", released[1])
@@ -170,7 +171,7 @@ def test_pending_queue_fifo_overflow_and_cancel() -> None:
             assert (stats.rq_cancelled, len(state.waiters), state.pending) == (1, 0, 0)
             # With nobody waiting, a released connection goes idle.
             state.put_back(released[0])
-            assert host.idle == [released[0]]
+            assert host.idle[DEFAULT] == [released[0]]
 
     try:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -183,11 +184,11 @@ def test_zero_pending_requests_overflow_at_once() -> None:
     # max_pending_requests 0: even a request that would open a connection overflows,
     # as in Envoy (a request is pending while its connection is being opened).
     state, _ = _limited(max_connections=5, max_pending=0)
-    state.connections = state.hosts[0].connections = 0
+    state.connections = state.cluster.hosts[0].connections[DEFAULT] = 0
 
     async def main() -> None:
         with pytest.raises(Overflow):
-            await state.acquire(state.hosts[0])
+            await state.acquire(state.cluster.hosts[0])
 
     trio.run(main)
     assert (state.stats.rq_pending_overflow, state.stats.cx_total) == (1, 0)

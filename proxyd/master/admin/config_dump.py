@@ -151,7 +151,7 @@ def add_dynamic(dump: dict[str, Any], state: Any, include_eds: bool) -> None:
         names.append(rejected.name)
     dynamic = []
     for name in names:
-        item: dict[str, Any] = {"name": name}
+        item = {"name": name}
         if name in state.active_listeners:
             item["active_state"] = entry(state.active_listeners[name], "listener")
         if name in warming:

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 TEXT = "text/plain; charset=UTF-8"
 JSON = "application/json"
 
-# Envoy's circuit breaker defaults (the HIGH priority, which proxyd does not route by).
-_THRESHOLDS = (("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3))  # fmt: skip
+# The circuit breaker thresholds /clusters shows for each routing priority.
+_THRESHOLDS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
 _HOST_STATS = ("cx_active", "cx_connect_fail", "cx_total", "rq_active", "rq_error", "rq_pending_active", "rq_success", "rq_timeout", "rq_total")  # fmt: skip
 
 
@@ -199,22 +199,21 @@ class AdminPages:
 
     def _cluster_text(self, c: Cluster) -> str:
         out = [f"{c.name}::observability_name::{c.name}\n"]
-        configured = (
-            ("max_connections", c.cb_max_connections),
-            ("max_pending_requests", c.cb_max_pending_requests),
-            ("max_requests", c.cb_max_requests),
-            ("max_retries", c.cb_max_retries),
-        )
-        for priority, thresholds in (("default_priority", configured), ("high_priority", _THRESHOLDS)):  # fmt: skip
-            for key, value in thresholds:
+        default = (c.cb_max_connections, c.cb_max_pending_requests, c.cb_max_requests, c.cb_max_retries)  # fmt: skip
+        high = c.cb_high
+        for priority, values in (
+            ("default_priority", default),
+            ("high_priority", tuple(getattr(high, key) for key in _THRESHOLDS)),
+        ):
+            for key, value in zip(_THRESHOLDS, values, strict=True):
                 out.append(f"{c.name}::{priority}::{key}::{value}\n")
         via_api = "true" if c.name in self.master.xds.state.active_clusters else "false"
         out.append(f"{c.name}::added_via_api::{via_api}\n")
         for e in c.endpoints:
             host = host_key(e.address, e.port)
-            values = self.master.stats.host_stats(c.name, host)
+            host_values = self.master.stats.host_stats(c.name, host)
             prefix = f"{c.name}::{host}::"
-            out.extend(f"{prefix}{k}::{values.get(k, 0)}\n" for k in _HOST_STATS)
+            out.extend(f"{prefix}{k}::{host_values.get(k, 0)}\n" for k in _HOST_STATS)
             out.append(f"{prefix}hostname::{e.hostname}\n")
             out.append(f"{prefix}health_flags::{self._health_flags(c, e)}\n")
             out.append(f"{prefix}weight::{e.weight}\n")

@@ -205,9 +205,9 @@ class XdsClient:
 
     def _reconcile(self) -> None:
         wanted = self._wanted()
-        for key, sub in list(self._subs.items()):
+        for key, unwanted in list(self._subs.items()):
             if key not in wanted:
-                self._stop(sub)
+                self._stop(unwanted)
                 del self._subs[key]
         for key, (source, names) in wanted.items():
             sub = self._subs.get(key)

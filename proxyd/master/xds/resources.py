@@ -92,10 +92,11 @@ def decode(type_url: str, any_msg: Any, path: str, file: str) -> Message:
     return message
 
 
-def name_of(type_url: str, message: Message) -> str:
+def name_of(type_url: str, message: Any) -> str:
+    """``message`` is a generated xds-protos class (no stubs): a Cluster, Listener, ..."""
     if type_url == ENDPOINT:
-        return message.cluster_name  # type: ignore[attr-defined, no-any-return]
-    return message.name  # type: ignore[attr-defined, no-any-return]
+        return message.cluster_name
+    return message.name
 
 
 def label(type_url: str, name: str) -> str:
@@ -123,7 +124,8 @@ def compile_resource(
         if value.eds_source is not None:
             ctx.check_source(value.eds_source, f"{path}.eds_cluster_config.eds_config", file)
     elif type_url == ENDPOINT:
-        load_assignment = supported.CLUSTER["load_assignment"]  # type: ignore[index]
+        load_assignment = supported.CLUSTER["load_assignment"]
+        assert isinstance(load_assignment, dict)  # a message spec, not a leaf
         supported.check_message(message, load_assignment, path, file)
         value = compile_endpoints(message, path, file)
     elif type_url == LISTENER:
@@ -133,7 +135,7 @@ def compile_resource(
             where = f"{path}.filter_chains[0].filters[0].typed_config.rds.config_source"
             ctx.check_source(value.hcm.rds_source, where, file)
     else:
-        supported.check_message(message, supported.ROUTE_CONFIG, path, file)  # type: ignore[arg-type]
+        supported.check_message(message, supported.ROUTE_CONFIG, path, file)
         value = compile_route_config(message, path, AnyCluster(), file)
     return Resource(type_url, name, version, time.time(), message, raw, value)
 

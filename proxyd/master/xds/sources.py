@@ -280,8 +280,8 @@ class Stream:
 
     async def _converse(self, stream: Any, backoff: _Backoff) -> None:
         self._sent_node = False
-        for sub in self.subs.values():
-            sub.nonce = ""  # nonces belong to a stream; versions carry over
+        for known in self.subs.values():
+            known.nonce = ""  # nonces belong to a stream; versions carry over
         asked: dict[str, frozenset[str] | None] = {}
         lock = trio.Lock()
 

@@ -1,0 +1,310 @@
+"""One routing priority's HTTP/1 connection pool of a cluster in one worker.
+
+Envoy keeps a separate connection pool per routing priority (and per host), each
+accounted against that priority's circuit breakers. proxyd does the same: a
+:class:`proxyd.worker.upstream.ClusterState` has one :class:`ConnPool` per priority
+(``DEFAULT``, ``HIGH``), and a route's plan holds the pool its priority leads to, so a
+request never looks its priority up. A pool is the priority's
+:class:`~proxyd.protocol.circuit_breakers.ResourceManager` plus its connections: the
+idle keep-alive connections of each host for this priority (``HostState.idle[p]``,
+LIFO, so the warmest is reused and the coldest times out), the connections open or
+being opened, and the FIFO of pending requests beyond max_connections. A connection
+opened for one priority is never used by the other.
+
+An idle connection is checked before reuse: one idle for longer than the cluster's
+``idle_timeout_s`` is closed, and one idle for more than :data:`PEEK_AFTER_S` is
+peeked (non-blocking) so a peer that closed it, or sent bytes nobody asked for, is
+noticed before a request is written to it. A connection handed back moments ago is
+reused without the extra syscall; if its upstream closed it in that moment, the
+router's retry (a reused connection failing before any response byte) covers it, as
+Envoy's does for the same race. :meth:`ConnPool.sweep` peeks all idle connections
+about once a second, so a closed upstream does not leave sockets in CLOSE_WAIT.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from proxyd.protocol.circuit_breakers import DEFAULT, ResourceManager, thresholds
+from proxyd.protocol.http1 import ResponseHeadParser
+from proxyd.worker import io
+
+if TYPE_CHECKING:
+    from proxyd.worker.upstream import ClusterState, HostState
+
+UPSTREAM_BUFFER = 64 * 1024
+PEEK_AFTER_S = 0.05
+
+
+class ConnectFailure(Exception):
+    """Connecting to an upstream host failed; ``reason`` is Envoy's reset reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Overflow(Exception):
+    """A circuit breaker refused the request (the stat is counted already)."""
+
+
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a host, with its receive buffer and head parser."""
+
+    __slots__ = ("sock", "host", "requests", "idle_since", "buf", "view", "start", "end", "parser")
+
+    def __init__(self, sock: socket.socket, host: HostState) -> None:
+        self.sock = sock
+        self.host = host
+        self.requests = 0
+        self.idle_since = 0.0
+        self.buf = bytearray(UPSTREAM_BUFFER)
+        self.view = memoryview(self.buf)
+        # Unconsumed bytes are buf[start:end].
+        self.start = 0
+        self.end = 0
+        self.parser = ResponseHeadParser()
+
+
+class _Waiter:
+    """A pending request in the queue: woken with a released connection (``conn``) or
+    with a reserved connection slot (``conn`` None) to open one itself."""
+
+    __slots__ = ("host", "conn", "event")
+
+    def __init__(self, host: HostState) -> None:
+        self.host = host
+        self.conn: UpstreamConnection | None = None
+        self.event = trio.Event()
+
+
+class ConnPool(ResourceManager):
+    """The connections of one routing priority of a cluster, and its circuit breakers."""
+
+    def __init__(self, cluster: ClusterState, priority: int = DEFAULT) -> None:
+        c = cluster.cluster
+        super().__init__(thresholds(c, priority), cluster.worker_count, cluster.stats, priority)
+        self.cluster = cluster
+        self.name = cluster.name
+        self.stats = cluster.stats
+        self.retired = False
+        self.connect_timeout = c.connect_timeout_s
+        self.idle_timeout = c.idle_timeout_s
+        self.max_requests = c.max_requests_per_connection
+        self.open: set[UpstreamConnection] = set()
+        # Requests waiting for a connection beyond max_connections, oldest first.
+        self.waiters: deque[_Waiter] = deque()
+
+    # -- the pending queue --------------------------------------------------------------
+
+    async def acquire(self, host: HostState) -> UpstreamConnection:
+        """A connection to ``host`` for a request that found no idle one.
+
+        As in Envoy's pools, the request is *pending* until it has one: while a new
+        connection is opened for it, or, with max_connections reached, while it waits
+        (FIFO) for a connection of the host to be released or for a connection of the
+        pool to close. Raises :class:`Overflow` beyond max_pending_requests, or
+        :class:`ConnectFailure`; the caller's cancel scope is the request's deadline
+        (a cancelled pending request is Envoy's ``upstream_rq_cancelled``).
+        """
+        stats = self.stats
+        if self.pending >= self.cb_max_pending:
+            stats.rq_pending_overflow += 1
+            raise Overflow()
+        stats.rq_pending_total += 1
+        stats.rq_pending_active += 1
+        self.pending += 1
+        try:
+            if self.connections >= self.cb_max_connections:
+                stats.cx_overflow += 1
+                # Envoy opens one anyway to a host with none, so every waiter has a
+                # connection of its host that will wake it.
+                if host.connections[self.priority]:
+                    conn = await self._wait(host)
+                    if conn is not None:
+                        return conn
+                    return await self.connect(host, reserved=True)
+            return await self.connect(host)
+        except ConnectFailure:
+            raise
+        except BaseException:
+            stats.rq_cancelled += 1
+            raise
+        finally:
+            stats.rq_pending_active -= 1
+            self.pending -= 1
+
+    async def _wait(self, host: HostState) -> UpstreamConnection | None:
+        """Queue up; a released connection, or None for a reserved slot to connect."""
+        w = _Waiter(host)
+        self.waiters.append(w)
+        try:
+            await w.event.wait()
+        except BaseException:
+            self._give_up(w)
+            raise
+        return w.conn
+
+    def _give_up(self, w: _Waiter) -> None:
+        """A waiter was cancelled: out of the queue, or what it was just given passes
+        on."""
+        if not w.event.is_set():
+            self.waiters.remove(w)
+        elif w.conn is not None:
+            self.put_back(w.conn)
+        else:
+            self._unreserve(w.host)
+
+    def _first_waiter(self, host: HostState) -> _Waiter | None:
+        for w in self.waiters:
+            if w.host is host:
+                return w
+        return None
+
+    def _slot_freed(self, host: HostState) -> None:
+        """A connection to ``host`` closed (or was never opened): the oldest waiter for
+        that host, else the oldest waiter, may open one if the limit allows."""
+        w = self._first_waiter(host) or self.waiters[0]
+        p = self.priority
+        if self.connections < self.cb_max_connections or not w.host.connections[p]:
+            self.waiters.remove(w)
+            self.connections += 1
+            w.host.connections[p] += 1
+            w.event.set()
+
+    def _unreserve(self, host: HostState) -> None:
+        self.connections -= 1
+        host.connections[self.priority] -= 1
+        if self.waiters:
+            self._slot_freed(host)
+
+    # -- connections ------------------------------------------------------------------
+
+    def take_idle(self, host: HostState) -> UpstreamConnection | None:
+        """The most recently used live idle connection to ``host``, or None."""
+        idle = host.idle[self.priority]
+        while idle:
+            conn = idle.pop()
+            idle_for = time.monotonic() - conn.idle_since
+            if idle_for > PEEK_AFTER_S:
+                if self.idle_timeout and idle_for > self.idle_timeout:
+                    self.destroy(conn)
+                    continue
+                if io.peer_closed(conn.sock):
+                    self.destroy(conn)
+                    continue
+            return conn
+        return None
+
+    async def connect(self, host: HostState, reserved: bool = False) -> UpstreamConnection:
+        """Open a connection to ``host`` (its slot counted here unless ``reserved``)."""
+        if not reserved:
+            self.connections += 1
+            host.connections[self.priority] += 1
+        stats = self.stats
+        hstats = host.stats
+        stats.cx_total += 1
+        hstats.cx_total += 1
+        try:
+            sock = await io.connect(host.address, host.port, self.connect_timeout)
+        except io.Timeout:
+            stats.cx_connect_fail += 1
+            stats.cx_connect_timeout += 1
+            hstats.cx_connect_fail += 1
+            self._unreserve(host)
+            raise ConnectFailure("connection timeout") from None
+        except OSError:
+            stats.cx_connect_fail += 1
+            hstats.cx_connect_fail += 1
+            self._unreserve(host)
+            raise ConnectFailure("remote connection failure") from None
+        except BaseException:
+            self._unreserve(host)
+            raise
+        conn = UpstreamConnection(sock, host)
+        stats.cx_active += 1
+        hstats.cx_active += 1
+        self.open.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """Give a connection back after a complete exchange (or destroy it)."""
+        conn.requests += 1
+        if (
+            not reusable
+            or self.retired
+            or conn.start != conn.end
+            or (self.max_requests and conn.requests >= self.max_requests)
+        ):
+            self.destroy(conn)
+            return
+        conn.start = conn.end = 0
+        if self.waiters:
+            self.put_back(conn)
+            return
+        conn.idle_since = time.monotonic()
+        conn.host.idle[self.priority].append(conn)
+
+    def put_back(self, conn: UpstreamConnection) -> None:
+        """A clean, reusable connection: to the oldest request waiting for its host, or
+        to the host's idle list."""
+        if self.retired:
+            self.destroy(conn)
+            return
+        if self.waiters:
+            w = self._first_waiter(conn.host)
+            if w is not None:
+                self.waiters.remove(w)
+                w.conn = conn
+                w.event.set()
+                return
+        conn.idle_since = time.monotonic()
+        conn.host.idle[self.priority].append(conn)
+
+    def destroy(self, conn: UpstreamConnection) -> None:
+        if conn in self.open:
+            self.open.discard(conn)
+            self.stats.cx_active -= 1
+            self.stats.cx_destroy += 1
+            conn.host.stats.cx_active -= 1
+            self._unreserve(conn.host)
+        io.close(conn.sock)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections that timed out or that the upstream closed."""
+        limit = self.idle_timeout
+        p = self.priority
+        for host in self.cluster.hosts:
+            idle = host.idle[p]
+            if not idle:
+                continue
+            keep = []
+            for conn in idle:
+                if (limit and now - conn.idle_since > limit) or io.peer_closed(conn.sock):
+                    self.destroy(conn)
+                else:
+                    keep.append(conn)
+            idle[:] = keep
+
+    def retire(self) -> None:
+        """Close idle connections now, busy ones when their request ends."""
+        self.retired = True
+        p = self.priority
+        for host in self.cluster.hosts:
+            idle = host.idle[p]
+            for conn in idle:
+                self.destroy(conn)
+            idle.clear()
+
+    def close_all(self) -> None:
+        for conn in list(self.open):
+            self.destroy(conn)
+        for host in self.cluster.hosts:
+            host.idle[self.priority].clear()

@@ -1,0 +1,50 @@
+"""The worker's stat scopes declare every counter and gauge they create.
+
+_Scope.__init__ sets each COUNTERS and GAUGES attribute to 0 by name; the class
+annotations are what mypy checks ``stats.rq_total += 1`` against, so the three lists
+(``__slots__``, COUNTERS + GAUGES, the ``int`` annotations) must name the same attributes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from proxyd.worker.stats import ClusterStats, HostStats, HttpStats, ListenerStats, StatsStore
+
+SCOPES = [ClusterStats, HttpStats, ListenerStats, HostStats]
+
+
+@pytest.mark.parametrize("cls", SCOPES, ids=lambda c: c.__name__)
+def test_counters_and_gauges_are_declared_and_slotted(cls: type) -> None:
+    stat_attrs = [attr for attr, _ in cls.COUNTERS + cls.GAUGES]
+    assert len(set(stat_attrs)) == len(stat_attrs)
+    declared = {name for name, tp in cls.__annotations__.items() if tp == "int"}
+    assert declared == set(stat_attrs)
+    assert set(stat_attrs) <= set(cls.__slots__)
+
+
+def test_new_scopes_start_at_zero_and_report_envoy_names() -> None:
+    store = StatsStore()
+    cluster = store.cluster("up")
+    assert store.cluster("up") is cluster
+    for attr, _ in ClusterStats.COUNTERS + ClusterStats.GAUGES:
+        assert getattr(cluster, attr) == 0
+    cluster.rq_total += 2
+    cluster.rq_active += 1
+    http = store.http("ingress")
+    http.rq_total += 1
+    host = store.host("up", "127.0.0.1:8080")
+    assert store.host("up", "127.0.0.1:8080") is host
+    host.rq_error += 1
+    store.listener("0.0.0.0_80").cx_active += 3
+    counters, gauges = store.report()
+    assert counters == {
+        "cluster.up.upstream_rq_total": 2,
+        "http.ingress.downstream_rq_total": 1,
+        "up::127.0.0.1:8080::rq_error": 1,
+    }
+    assert gauges["cluster.up.upstream_rq_active"] == 1
+    assert gauges["listener.0.0.0.0_80.downstream_cx_active"] == 3
+    assert gauges["http.ingress.downstream_rq_active"] == 0
+    # Counters report deltas: nothing new since the previous report.
+    assert store.report()[0] == {}
