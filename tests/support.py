@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from proxyd.demo import UpstreamServer
 
 __all__ = [
@@ -175,6 +177,37 @@ def http_listener(
             }
         ],
     }
+
+
+# An HTTP health check that notices a dead or revived host within a few tenths of a
+# second (the demo upstreams answer /healthz).
+FAST_HEALTH_CHECK: dict[str, Any] = {
+    "timeout": "0.5s",
+    "interval": "0.2s",
+    "no_traffic_interval": "0.2s",
+    "unhealthy_threshold": 1,
+    "healthy_threshold": 1,
+    "reuse_connection": False,
+    "http_health_check": {"path": "/healthz"},
+}
+
+
+def lb_endpoint(port: int) -> dict[str, Any]:
+    """One load_assignment lb_endpoint on 127.0.0.1:``port``, as bootstrap data."""
+    return {
+        "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+    }
+
+
+def grouped_config(listen: int, admin: int, groups: list[dict[str, Any]], **cluster: Any) -> str:
+    """http_config with one cluster "svc" whose load_assignment.endpoints are ``groups``
+    (priorities, localities), checked by FAST_HEALTH_CHECK, with ``cluster`` merged in."""
+    data = yaml.safe_load(http_config(listen, admin, {"svc": [1]}))
+    (c,) = data["static_resources"]["clusters"]
+    c["load_assignment"]["endpoints"] = groups
+    c["health_checks"] = [FAST_HEALTH_CHECK]
+    c.update(cluster)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 class ProxydProcess:

@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.integration.master_fixtures import get
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
+from tests.support import (
+    ProxydProcess,
+    UpstreamServer,
+    free_port,
+    grouped_config,
+    lb_endpoint,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.compat,
@@ -28,30 +34,6 @@ pytestmark = [
 ]
 
 REQUESTS = 300
-HEALTH_CHECK = {
-    "timeout": "0.5s",
-    "interval": "0.2s",
-    "no_traffic_interval": "0.2s",
-    "unhealthy_threshold": 1,
-    "healthy_threshold": 1,
-    "reuse_connection": False,
-    "http_health_check": {"path": "/healthz"},
-}
-
-
-def ep(port: int) -> dict[str, Any]:
-    return {
-        "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
-    }
-
-
-def config(listen: int, admin: int, groups: list[dict[str, Any]], **cluster: Any) -> str:
-    data = yaml.safe_load(http_config(listen, admin, {"svc": [1]}))
-    (c,) = data["static_resources"]["clusters"]
-    c["load_assignment"]["endpoints"] = groups
-    c["health_checks"] = [HEALTH_CHECK]
-    c.update(cluster)
-    return yaml.safe_dump(data, sort_keys=False)
 
 
 def shares(listen: int) -> dict[str, float]:
@@ -110,10 +92,10 @@ def test_partial_failover_to_p1(tmp_path: Path, upstreams: list[UpstreamServer])
     a, b = upstreams
     dead = free_port()
     groups = [
-        {"lb_endpoints": [ep(a.port), ep(dead)]},
-        {"priority": 1, "lb_endpoints": [ep(b.port)]},
+        {"lb_endpoints": [lb_endpoint(a.port), lb_endpoint(dead)]},
+        {"priority": 1, "lb_endpoints": [lb_endpoint(b.port)]},
     ]
-    envoy, ours = run_both(tmp_path, lambda listen, admin: config(listen, admin, groups))
+    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(listen, admin, groups))
     for got, panics in (envoy, ours):
         assert_shape(got, {"a": 0.7, "b": 0.3}, 0.1)
         assert panics == 0
@@ -124,10 +106,10 @@ def test_full_failover_to_p1(tmp_path: Path, upstreams: list[UpstreamServer]) ->
     """P0 = {dead}: P1 takes everything and nothing panics (total health is 100)."""
     _, b = upstreams
     groups = [
-        {"lb_endpoints": [ep(free_port())]},
-        {"priority": 1, "lb_endpoints": [ep(b.port)]},
+        {"lb_endpoints": [lb_endpoint(free_port())]},
+        {"priority": 1, "lb_endpoints": [lb_endpoint(b.port)]},
     ]
-    envoy, ours = run_both(tmp_path, lambda listen, admin: config(listen, admin, groups))
+    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(listen, admin, groups))
     assert envoy == ours == ({"b": 1.0}, 0)
 
 
@@ -137,16 +119,20 @@ def test_locality_weights(tmp_path: Path, upstreams: list[UpstreamServer]) -> No
     healthy)."""
     a, b = upstreams
     groups = [
-        {"locality": {"zone": "zone-x"}, "load_balancing_weight": 1, "lb_endpoints": [ep(a.port)]},
+        {
+            "locality": {"zone": "zone-x"},
+            "load_balancing_weight": 1,
+            "lb_endpoints": [lb_endpoint(a.port)],
+        },
         {
             "locality": {"zone": "zone-y"},
             "load_balancing_weight": 3,
-            "lb_endpoints": [ep(b.port), ep(free_port())],
+            "lb_endpoints": [lb_endpoint(b.port), lb_endpoint(free_port())],
         },
     ]
     envoy, ours = run_both(
         tmp_path,
-        lambda listen, admin: config(
+        lambda listen, admin: grouped_config(
             listen, admin, groups, common_lb_config={"locality_weighted_lb_config": {}}
         ),
     )
@@ -159,8 +145,10 @@ def test_panic_routes_to_all_hosts(tmp_path: Path, upstreams: list[UpstreamServe
     """{a, dead, dead}: 33% healthy < 50% → panic: about a third answered by a, the rest
     503 from the dead hosts; every request counted in lb_healthy_panic."""
     a, _ = upstreams
-    groups = [{"lb_endpoints": [ep(a.port), ep(free_port()), ep(free_port())]}]
-    envoy, ours = run_both(tmp_path, lambda listen, admin: config(listen, admin, groups))
+    groups = [
+        {"lb_endpoints": [lb_endpoint(a.port), lb_endpoint(free_port()), lb_endpoint(free_port())]}
+    ]
+    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(listen, admin, groups))
     for got, panics in (envoy, ours):
         assert_shape(got, {"a": 1 / 3, "503": 2 / 3}, 0.1)
         assert panics >= REQUESTS

@@ -12,39 +12,16 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from tests.integration.master_fixtures import get
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
-
-HEALTH_CHECK = {
-    "timeout": "0.5s",
-    "interval": "0.2s",
-    "no_traffic_interval": "0.2s",
-    "unhealthy_threshold": 1,
-    "healthy_threshold": 1,
-    "reuse_connection": False,
-    "http_health_check": {"path": "/healthz"},
-}
-
-
-def ep(port: int) -> dict[str, Any]:
-    return {
-        "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
-    }
-
-
-def priority_config(listen: int, admin: int, groups: list[dict[str, Any]], **cluster: Any) -> str:
-    """http_config with the cluster's load_assignment.endpoints replaced by ``groups``
-    and ``cluster`` merged into the cluster."""
-    data = yaml.safe_load(http_config(listen, admin, {"svc": [1]}))
-    (c,) = data["static_resources"]["clusters"]
-    c["load_assignment"]["endpoints"] = groups
-    c["health_checks"] = [HEALTH_CHECK]
-    c.update(cluster)
-    return yaml.safe_dump(data, sort_keys=False)
+from tests.support import (
+    ProxydProcess,
+    UpstreamServer,
+    free_port,
+    grouped_config,
+    lb_endpoint,
+    wait_for,
+)
 
 
 class Client:
@@ -73,8 +50,11 @@ class Client:
 def test_failover_to_the_next_priority_and_back(tmp_path: Path) -> None:
     a, b = UpstreamServer("a").start(), UpstreamServer("b").start()
     listen, admin = free_port(), free_port()
-    groups = [{"lb_endpoints": [ep(a.port)]}, {"priority": 1, "lb_endpoints": [ep(b.port)]}]
-    config = priority_config(listen, admin, groups)
+    groups = [
+        {"lb_endpoints": [lb_endpoint(a.port)]},
+        {"priority": 1, "lb_endpoints": [lb_endpoint(b.port)]},
+    ]
+    config = grouped_config(listen, admin, groups)
     back = None
     client = Client(listen)
     try:
@@ -104,11 +84,11 @@ def test_panic_routes_to_unhealthy_hosts(tmp_path: Path) -> None:
     a = UpstreamServer("a").start()
     dead = [free_port(), free_port()]
     listen, admin = free_port(), free_port()
-    groups = [{"lb_endpoints": [ep(a.port), ep(dead[0]), ep(dead[1])]}]
+    groups = [{"lb_endpoints": [lb_endpoint(a.port), lb_endpoint(dead[0]), lb_endpoint(dead[1])]}]
     (tmp_path / "panic").mkdir()
     (tmp_path / "off").mkdir()
     try:
-        config = priority_config(listen, admin, groups)
+        config = grouped_config(listen, admin, groups)
         client = Client(listen)
         with ProxydProcess(tmp_path / "panic", config, admin) as p:
             # 1 of 3 healthy: panic, all three hosts take requests; the dead ones fail.
@@ -116,7 +96,7 @@ def test_panic_routes_to_unhealthy_hosts(tmp_path: Path) -> None:
             assert got["a"] > 0 and got["503"] > 0 and set(got) == {"a", "503"}
             assert client.panics(p) == 30
 
-        config = priority_config(
+        config = grouped_config(
             listen, admin, groups, common_lb_config={"healthy_panic_threshold": {"value": 0}}
         )
         client = Client(listen)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,25 @@ def bootstrap(admin_port: int, lds: Path, cds: Path) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Files:
+    lds: Path
+    rds: Path
+    cds: Path
+    eds: Path
+
+
+def one_cluster(tmp_path: Path, upstream_port: int, listeners: dict[str, int]) -> Files:
+    """Version 1 of every file: cluster "a" (EDS) at ``upstream_port``, route "/" → a,
+    and an RDS listener per ``{name: port}``."""
+    f = Files(*(tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds")))
+    write(f.eds, "e1", [cla("a", [upstream_port])])
+    write(f.cds, "c1", [eds_cluster("a", f.eds)])
+    write(f.rds, "r1", [route_config("routes", {"/": "a"})])
+    write(f.lds, "l1", [rds_listener(n, port, "routes", f.rds) for n, port in listeners.items()])
+    return f
+
+
 def upstream_of(url: str) -> str:
     r = httpx.get(url, timeout=5)
     return r.headers.get("x-upstream-name", str(r.status_code))
@@ -179,12 +199,9 @@ def _answers(url: str) -> bool:
 
 def test_bad_file_keeps_the_last_good_config(tmp_path, upstream):
     a = upstream("a")
-    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
     port, admin_port = free_port(), free_port()
-    write(eds, "e1", [cla("a", [a.port])])
-    write(cds, "c1", [eds_cluster("a", eds)])
-    write(rds, "r1", [route_config("routes", {"/": "a"})])
-    write(lds, "l1", [rds_listener("front", port, "routes", rds)])
+    f = one_cluster(tmp_path, a.port, {"front": port})
+    lds, cds, eds = f.lds, f.cds, f.eds
     with ProxydProcess(tmp_path, bootstrap(admin_port, lds, cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
         url = f"http://127.0.0.1:{port}/"
         assert upstream_of(url) == "a"
@@ -236,13 +253,10 @@ def test_listener_update_drains_only_that_listeners_connections(tmp_path, upstre
     """An updated listener's open connections get "connection: close" on their next
     response; connections of an unchanged listener stay open."""
     a = upstream("a")
-    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
     port1, port2, admin_port = free_port(), free_port(), free_port()
-    write(eds, "e1", [cla("a", [a.port])])
-    write(cds, "c1", [eds_cluster("a", eds)])
-    write(rds, "r1", [route_config("routes", {"/": "a"})])
-    first, second = rds_listener("one", port1, "routes", rds), rds_listener("two", port2, "routes", rds)  # fmt: skip
-    write(lds, "l1", [first, second])
+    f = one_cluster(tmp_path, a.port, {"one": port1, "two": port2})
+    lds, cds = f.lds, f.cds
+    first, second = (rds_listener(n, p, "routes", f.rds) for n, p in (("one", port1), ("two", port2)))  # fmt: skip
     with (
         ProxydProcess(
             tmp_path,
@@ -276,12 +290,9 @@ def test_hot_restart_keeps_dynamic_listeners_serving(tmp_path, upstream):
     import psutil
 
     a = upstream("a")
-    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
     port, admin_port = free_port(), free_port()
-    write(eds, "e1", [cla("a", [a.port])])
-    write(cds, "c1", [eds_cluster("a", eds)])
-    write(rds, "r1", [route_config("routes", {"/": "a"})])
-    write(lds, "l1", [rds_listener("front", port, "routes", rds)])
+    f = one_cluster(tmp_path, a.port, {"front": port})
+    lds, cds = f.lds, f.cds
     results: list[int] = []
     stop = threading.Event()
 
@@ -319,12 +330,9 @@ def test_reload_keeps_what_xds_delivered(tmp_path, upstream):
     """proxyctl reload with unchanged config sources keeps the dynamic resources (and
     their connections); the static part of the new file is applied beside them."""
     a = upstream("a")
-    lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
     port, admin_port = free_port(), free_port()
-    write(eds, "e1", [cla("a", [a.port])])
-    write(cds, "c1", [eds_cluster("a", eds)])
-    write(rds, "r1", [route_config("routes", {"/": "a"})])
-    write(lds, "l1", [rds_listener("front", port, "routes", rds)])
+    f = one_cluster(tmp_path, a.port, {"front": port})
+    lds, cds = f.lds, f.cds
     config = bootstrap(admin_port, lds, cds)
     with (
         ProxydProcess(tmp_path, config, admin_port, config_name="proxyd.json") as p,
