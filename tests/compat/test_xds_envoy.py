@@ -46,6 +46,7 @@ from tests.compat.xds_harness import (
     Target,
     admin_get,
     ready_state,
+    stats,
     wait_routing,
 )
 from tests.support import free_port, wait_for
@@ -265,3 +266,34 @@ def test_config_dump_of_dynamic_resources_has_envoys_shape(tmp_path: Path, upstr
     extra = {"ListenersConfigDump.dynamic_listeners[].error_state.version_info"}
     assert shapes["proxyd"] - extra == shapes["envoy"]
     assert "ListenersConfigDump.dynamic_listeners[].error_state.details" in shapes["envoy"]
+
+
+@pytest.mark.parametrize("target_cls", [EnvoyTarget, ProxydTarget], ids=["envoy", "proxyd"])
+def test_partly_bad_cds_update_is_applied_resource_by_resource(
+    target_cls: type, tmp_path: Path, upstreams: dict[str, UpstreamServer]
+) -> None:
+    """A CDS response naming cluster_a twice and leaving cluster_b out is NACKed, yet its
+    good part is taken: cluster_b is removed (its route answers 503), cluster_a serves on,
+    and the CDS version stays at the last good one."""
+    target = target_cls()
+    with XdsServer() as xds:
+        source = AdsSource(xds, LISTENER_NAME)
+        port = free_port()
+        ports = {"cluster_a": upstreams["A"].port, "cluster_b": upstreams["B"].port}
+        source.push(ENDPOINT, "e1", [load_assignment(c, [p]) for c, p in ports.items()])
+        source.push(CLUSTER, "c1", [eds_cluster(c, ADS_SOURCE) for c in ports])
+        source.push(ROUTE, "r1", [route_config(ROUTES, {"/a": "cluster_a", "/b": "cluster_b"})])
+        source.push(LISTENER, "l1", [rds_listener(LISTENER_NAME, port, ROUTES, ADS_SOURCE)])
+        try:
+            admin = target.start(source.bootstrap(), tmp_path)
+            wait_for(lambda: ready_state(admin) == "LIVE", timeout=20)
+            wait_routing(port, {"/a": (200, "A"), "/b": (200, "B")})
+            twice = [eds_cluster("cluster_a", ADS_SOURCE), eds_cluster("cluster_a", ADS_SOURCE)]
+            source.push(CLUSTER, "c2", twice)
+            nack = xds.wait_for_nack(CLUSTER, "c2", timeout=5)
+            assert nack.request.version_info == "c1"
+            assert "cluster_a" in nack.request.error_detail.message
+            wait_routing(port, {"/a": (200, "A"), "/b": (503, None)})
+            assert stats(admin)["cluster_manager.cds.version_text"] == "c1"
+        finally:
+            target.stop()

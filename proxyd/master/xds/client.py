@@ -38,7 +38,7 @@ from proxyd.log import get_logger
 from proxyd.master.xds import resources as rs
 from proxyd.master.xds import sources
 from proxyd.master.xds.resources import Context, Resource
-from proxyd.master.xds.state import XdsState
+from proxyd.master.xds.state import Applied, XdsState
 from proxyd.stats import StatsStore
 
 log = get_logger("proxyd.master.xds")
@@ -270,16 +270,25 @@ class XdsClient:
         if type_url == rs.CLUSTER:
             check = self._check_clusters
         scopes = self._scopes(type_url, resources)
+        applied: Applied | None = None
         try:
-            changed = self.state.apply(type_url, version, resources, origin, self._context(), check)
+            applied = self.state.apply(type_url, version, resources, origin, self._context(), check)  # fmt: skip
+            error = applied.error
         except ConfigError as exc:
+            error = str(exc)
+        if applied is not None and applied.changed:
+            self.hooks.changed()
+            self._rethink.set()
+        if error:
             self._count(scopes, "update_rejected", "update_attempt")
             log.error(
                 "xds_update_rejected", type=sub.short, version=version, origin=origin,
-                error=str(exc),
+                error=error, changed=0 if applied is None else len(applied.changed),
             )  # fmt: skip
             self._signal_progress()
-            return str(exc)
+            return error
+        assert applied is not None
+        changed = applied.changed
         self._count(scopes, "update_success", "update_attempt")
         for scope in scopes:
             self.stats.set_text(f"{scope}.version_text", version)
@@ -288,8 +297,6 @@ class XdsClient:
             "xds_update_accepted", type=sub.short, version=version, origin=origin,
             resources=len(resources), changed=len(changed),
         )  # fmt: skip
-        if changed:
-            self.hooks.changed()
         self._rethink.set()
         self._signal_progress()
         return ""

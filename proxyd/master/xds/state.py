@@ -2,10 +2,10 @@
 
 :class:`XdsState` keeps, per resource type, the accepted resources by name and the
 last rejected update (Envoy's ``error_state``). :meth:`XdsState.apply` takes one
-state-of-the-world response: every resource is validated and compiled first and the
-update is applied only when all of them are good, so a NACKed update changes nothing.
-For LDS and CDS the response is the whole set (a missing resource is removed); for
-RDS and EDS it adds or replaces the resources it holds.
+state-of-the-world response resource by resource, as Envoy does: every good resource is
+taken, a bad one is refused and its last good version stays, and any refusal NACKs the
+response. For LDS and CDS the response is the whole set (a missing resource is
+removed); for RDS and EDS it adds or replaces the resources it holds.
 
 :meth:`XdsState.compose` lays the dynamic resources over the static epoch template,
 with Envoy's warming rules:
@@ -49,6 +49,15 @@ class Rejection:
     failed: Any = None
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What one response did: the names it changed, and why it was (partly) refused
+    ("" when every resource was taken)."""
+
+    changed: list[str]
+    error: str
+
+
 @dataclass
 class TypeState:
     type_url: str
@@ -87,21 +96,24 @@ class XdsState:
         origin: str,
         ctx: Context,
         check: Callable[[str, dict[str, Resource]], None] | None = None,
-    ) -> list[str]:
-        """Apply one response; the names of the resources it changed.
+    ) -> Applied:
+        """Apply one response, resource by resource, as Envoy does.
 
-        Raises ConfigError (nothing changed) when any resource is bad; ``check`` may
-        refuse the new set as a whole (listener addresses, names taken by static
-        resources)."""
+        Each good resource is taken; a bad one is refused and its previous version (if
+        any) stays; for LDS and CDS a resource missing from the response is removed.
+        Any refusal makes the whole response a NACK (``Applied.error``) and keeps the
+        type's version. ``check`` may refuse the resulting set as a whole (listener
+        addresses, names taken by static resources): then nothing changes and it raises
+        ConfigError."""
         ts = self.types[type_url]
         ts.counts["update_attempt"] += 1
         file = f"{rs.SHORT[type_url]} update version '{version}' from {origin}"
-        name, any_msg = "", None
-        try:
-            fresh: dict[str, Resource] = {}
-            for i, any_msg in enumerate(resources):
-                path = f"resources[{i}]"
-                name = ""
+        fresh: dict[str, Resource] = {}
+        refused: list[tuple[str, Any, ConfigError]] = []
+        for i, any_msg in enumerate(resources):
+            path = f"resources[{i}]"
+            name = ""
+            try:
                 message = rs.decode(type_url, any_msg, path, file)
                 name = rs.name_of(type_url, message)
                 path = f"{path} ({rs.label(type_url, name)})"
@@ -114,24 +126,32 @@ class XdsState:
                 fresh[name] = rs.compile_resource(
                     type_url, message, any_msg.value, version, path, file, ctx
                 )
-            if type_url in rs.WILDCARD:
-                new_set = fresh
-            else:
-                new_set = {**ts.resources, **fresh}
-            if check is not None:
-                name, any_msg = "", None  # the set as a whole
+            except ConfigError as exc:
+                refused.append((name, any_msg, exc))
+                kept = ts.resources.get(name) if name else None
+                if kept is not None and name not in fresh:
+                    fresh[name] = kept  # the last good version stays
+        new_set = fresh if type_url in rs.WILDCARD else {**ts.resources, **fresh}
+        if check is not None:
+            try:
                 check(file, new_set)
-        except ConfigError as exc:
-            ts.counts["update_rejected"] += 1
-            ts.rejected = Rejection(version, str(exc), time.time(), name, any_msg)
-            raise
+            except ConfigError as exc:
+                ts.counts["update_rejected"] += 1
+                ts.rejected = Rejection(version, str(exc), time.time())
+                raise
         changed = [n for n, r in new_set.items() if ts.resources.get(n) is not r]
         changed += [n for n in ts.resources if n not in new_set]
         ts.resources = new_set
+        if refused:
+            ts.counts["update_rejected"] += 1
+            name, any_msg, _ = refused[0]
+            details = "; ".join(str(exc) for _, _, exc in refused)
+            ts.rejected = Rejection(version, details, time.time(), name, any_msg)
+            return Applied(changed, details)
         ts.version = version
         ts.rejected = None
         ts.counts["update_success"] += 1
-        return changed
+        return Applied(changed, "")
 
     def reject_unreadable(self, type_url: str, version: str, details: str) -> None:
         """An update that could not even be read (a bad file, a bad response body)."""
