@@ -383,6 +383,9 @@ class Epoch:
     clusters: tuple[Cluster, ...]
     # How many workers share the proxy-wide limits (set by the master when publishing).
     worker_count: int = 1
+    # --drain-time-s: how long an updated or removed listener's old connections may
+    # stay open (idle ones are closed after it; set by the master when publishing).
+    drain_time_s: float = 600.0
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

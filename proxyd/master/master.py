@@ -397,7 +397,9 @@ class Master:
     def _set_epoch(self, epoch: Epoch) -> None:
         previous = self.epoch
         # Workers split the proxy-wide circuit breaker limits by this count.
-        epoch = dataclasses.replace(epoch, worker_count=self.options.concurrency)
+        epoch = dataclasses.replace(
+            epoch, worker_count=self.options.concurrency, drain_time_s=self.options.drain_time_s
+        )
         self.epoch = epoch
         self.epoch_started_at = time.monotonic()
         self._server_stats.epoch_changed(previous, epoch)

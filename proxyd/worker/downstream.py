@@ -69,6 +69,7 @@ class DownstreamConnection:
         "response_started",
         "close_after",
         "listener_updated",
+        "generation",
     )
 
     def __init__(
@@ -97,6 +98,7 @@ class DownstreamConnection:
         # The listener's config changed since this connection was accepted: its
         # responses say "connection: close" (Envoy drains an updated listener).
         self.listener_updated = False
+        self.generation: object = None  # the listener config it was accepted under
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -141,25 +143,25 @@ class DownstreamConnection:
         hstats.cx_active += 1
         worker = self.worker
         worker.connections.add(self)
-        generation = plan.generation
+        self.generation = plan.generation
         try:
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request.
             while True:
-                current = worker.plans.get(self.listener_name)
-                if current is None:
-                    return  # the listener left the epoch: no new requests on it
-                plan = current
+                # A listener that left the epoch keeps its last plan for the requests of
+                # the connections it still has; they close after their response.
+                plan = worker.plans.get(self.listener_name) or plan
                 try:
                     start = await self._read_head(plan)
                     if start < 0:
                         return
                     # The head is here: the request belongs to the epoch in place now.
                     current = worker.plans.get(self.listener_name)
-                    if current is None:
-                        return
-                    plan = current
-                    if plan.generation is not generation:
+                    if current is not None:
+                        plan = current
+                    if current is None or current.generation is not self.generation:
+                        # Updated or removed since the connection was accepted: this
+                        # response says "connection: close" (Envoy drains the listener).
                         self.listener_updated = True
                     h = self.parser.parse(self.view[start : self.start], plan.request_wanted)
                 except ProtocolError as exc:

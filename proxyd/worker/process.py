@@ -33,7 +33,7 @@ from proxyd import ipc
 from proxyd.protocol.http1_headers import RequestIdGenerator
 from proxyd.worker import io
 from proxyd.worker.accesslog import AccessLogWriter, update_writers
-from proxyd.worker.deadlines import WATCHDOG_TICK_S
+from proxyd.worker.deadlines import IDLE, WATCHDOG_TICK_S
 from proxyd.worker.downstream import DownstreamConnection
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
 from proxyd.worker.stats import StatsStore
@@ -162,8 +162,14 @@ class Worker:
             raise
         self.writers = writers
         self.compiled = compiled
-        self.plans = compiled.plans
+        old_plans, self.plans = self.plans, compiled.plans
         compiled.retire_replaced(old_clusters)
+        for name, old in old_plans.items():
+            new = self.plans.get(name)
+            if (new is None or new.generation is not old.generation) and self._nursery is not None:
+                self._nursery.start_soon(
+                    self._drain_old_connections, name, old.generation, epoch.drain_time_s
+                )
         log.debug("epoch applied", worker_id=self.worker_id, epoch=epoch.number)
 
     def _start_accepting(self) -> None:
@@ -278,6 +284,16 @@ class Worker:
         self.exit_code = EXIT_OK
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
+
+    async def _drain_old_connections(self, name: str, generation: object, after_s: float) -> None:
+        """An epoch updated or removed listener ``name``: its connections accepted under
+        the old config answer with "connection: close" meanwhile (downstream); when
+        the drain time is over, those still idle are closed, as Envoy closes a drained
+        listener's connections."""
+        await trio.sleep(max(after_s, 0.0))
+        for conn in list(self.connections):
+            if conn.listener_name == name and conn.generation is generation and conn.idle:
+                conn.arm(IDLE, 0.0)  # the watchdog closes it quietly at its next tick
 
     def connection_closed(self) -> None:
         if self._all_closed is not None and not self.connections:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,48 @@ def test_reload_keeps_what_xds_delivered(tmp_path, upstream):
         dump = config_dump(p)
         assert dump["ListenersConfigDump"]["version_info"] == "l1"
         assert [c["cluster"]["name"] for c in dump["ClustersConfigDump"]["dynamic_active_clusters"]] == ["a"]  # fmt: skip
+
+
+def _exchange(sock: socket.socket) -> bytes:
+    """Send one GET on ``sock``, read the whole response, return its head (lower case)."""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed without a response: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    head = head.lower()
+    length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_removed_and_updated_listeners_drain_their_connections(tmp_path, upstream):
+    """A request on a kept-alive connection of a removed listener is still answered
+    (with connection: close), and an updated listener's idle connections are closed once
+    the drain time (--drain-time-s, 5 s in these tests) is over."""
+    a = upstream("a")
+    port1, port2, admin_port = free_port(), free_port(), free_port()
+    f = one_cluster(tmp_path, a.port, {"one": port1, "two": port2})
+    one, two = (rds_listener(n, p, "routes", f.rds) for n, p in (("one", port1), ("two", port2)))  # fmt: skip
+    config = bootstrap(admin_port, f.lds, f.cds)
+    with ProxydProcess(tmp_path, config, admin_port, concurrency=1, config_name="proxyd.json") as p:  # fmt: skip
+        s1 = socket.create_connection(("127.0.0.1", port1), timeout=10)
+        s2 = socket.create_connection(("127.0.0.1", port2), timeout=10)
+        with s1, s2:
+            assert b"connection: close" not in _exchange(s1)
+            assert b"connection: close" not in _exchange(s2)
+            # "one" is updated, "two" removed.
+            write(f.lds, "l2", [one | {"per_connection_buffer_limit_bytes": 65536}])
+            wait_for(lambda: (s := p.status())["workers"][0]["epoch"] == s["epoch"] > 1, timeout=10)  # fmt: skip
+            head = _exchange(s2)
+            assert head.startswith(b"http/1.1 200") and b"connection: close" in head
+            assert s2.recv(1) == b""  # and closed after it
+            # s1 stays idle: closed by proxyd when the drain time is over, not before.
+            s1.settimeout(2.5)
+            with pytest.raises(TimeoutError):
+                s1.recv(1)
+            s1.settimeout(10)
+            assert s1.recv(1) == b""
