@@ -24,6 +24,7 @@ import dataclasses
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,11 +212,14 @@ class Master:
                 for slot in self.slots:
                     nursery.start_soon(WorkerSupervisor(self, slot).run)
                 nursery.start_soon(self._wait_live, control, admin)
-                nursery.start_soon(self._refresh_dns)
-                nursery.start_soon(self._publish_health)
+                for wait, build, reason in (
+                    (self._dns_wait, self._dns_epoch, "dns"),
+                    (self.health.wait_changed, self._health_epoch, "health_check"),
+                    (self.outlier.wait_changed, self._outlier_epoch, "outlier_detection"),
+                ):
+                    nursery.start_soon(self._publish_on_change, wait, build, reason)
                 nursery.start_soon(self._publish_xds)
                 nursery.start_soon(self.outlier.run)
-                nursery.start_soon(self._publish_outliers)
                 await self._stop.requested.wait()
                 await self._shutdown()
                 if self.successor is not None:
@@ -468,41 +472,36 @@ class Master:
             if name not in wanted:
                 self.sockets.close(name)
 
-    async def _refresh_dns(self) -> None:
+    async def _publish_on_change(
+        self,
+        wait_changed: Callable[[], Awaitable[None]],
+        build: Callable[[], Awaitable[Epoch]],
+        reason: str,
+    ) -> None:
+        """Each time ``wait_changed()`` returns, build the next epoch and publish it when
+        its clusters differ (DNS answers, health flips, outlier decisions)."""
         while True:
-            await self._dns.wait_changed(lambda: self._template)  # per-name schedules
+            await wait_changed()
             async with self._publish_lock:
                 if self.stopping:
                     return
-                resolved = await self.health.warm(self._dns.expand(self._template))
-                resolved = self.outlier.apply(resolved)
-                if resolved.clusters != self.epoch.clusters:
-                    epoch = dataclasses.replace(resolved, number=self.epoch.number + 1)
-                    await self._publish(epoch, reason="dns")
+                built = await build()
+                if built.clusters != self.epoch.clusters:
+                    epoch = dataclasses.replace(built, number=self.epoch.number + 1)
+                    await self._publish(epoch, reason=reason)
 
-    async def _publish_health(self) -> None:
-        """Publish a new epoch whenever active health checking flipped a host."""
-        while True:
-            await self.health.wait_changed()
-            async with self._publish_lock:
-                if self.stopping:
-                    return
-                checked = self.outlier.apply(self.health.apply(self.epoch))
-                if checked.clusters != self.epoch.clusters:
-                    epoch = dataclasses.replace(checked, number=self.epoch.number + 1)
-                    await self._publish(epoch, reason="health_check")
+    async def _dns_wait(self) -> None:
+        await self._dns.wait_changed(lambda: self._template)  # per-name schedules
 
-    async def _publish_outliers(self) -> None:
-        """Publish a new epoch whenever outlier detection ejected or returned a host."""
-        while True:
-            await self.outlier.wait_changed()
-            async with self._publish_lock:
-                if self.stopping:
-                    return
-                decided = self.outlier.apply(self.epoch)
-                if decided.clusters != self.epoch.clusters:
-                    epoch = dataclasses.replace(decided, number=self.epoch.number + 1)
-                    await self._publish(epoch, reason="outlier_detection")
+    async def _dns_epoch(self) -> Epoch:
+        resolved = await self.health.warm(self._dns.expand(self._template))
+        return self.outlier.apply(resolved)
+
+    async def _health_epoch(self) -> Epoch:
+        return self.outlier.apply(self.health.apply(self.epoch))
+
+    async def _outlier_epoch(self) -> Epoch:
+        return self.outlier.apply(self.epoch)
 
     # -- xDS ----------------------------------------------------------------------------
 
