@@ -40,6 +40,7 @@ lint: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/xds_scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
