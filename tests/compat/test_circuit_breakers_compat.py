@@ -12,8 +12,10 @@ same thresholds in /clusters.
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +85,12 @@ def _pick(stats: dict[str, int], names: tuple[str, ...] = STATS) -> dict[str, in
     return {name: stats.get(f"cluster.a.{name}", 0) for name in names}
 
 
+def _breakers_json(clusters_json: str) -> Any:
+    """Cluster a's circuit_breakers in /clusters?format=json."""
+    (status,) = [c for c in json.loads(clusters_json)["cluster_statuses"] if c["name"] == "a"]
+    return status["circuit_breakers"]
+
+
 def _thresholds(clusters_text: str) -> list[str]:
     """The /clusters lines with cluster a's circuit breaker thresholds."""
     return sorted(line for line in clusters_text.splitlines() if "_priority::" in line)
@@ -134,6 +142,8 @@ def test_routing_priorities_agree(tmp_path: Path) -> None:
             url = f"http://127.0.0.1:{envoy.admin_port}/clusters"
             with urllib.request.urlopen(url, timeout=5) as r:
                 envoy_thresholds = _thresholds(r.read().decode())
+            with urllib.request.urlopen(url + "?format=json", timeout=5) as r:
+                envoy_json = _breakers_json(r.read().decode())
         with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
             proxyd_answers = _seen(staggered(listen, PRIORITY_PATHS, gap=0.15))
             proxyd_stats = wait_for(
@@ -144,6 +154,7 @@ def test_routing_priorities_agree(tmp_path: Path) -> None:
                 )
             )
             proxyd_thresholds = _thresholds(p.admin("/clusters")[1])
+            proxyd_json = _breakers_json(p.admin("/clusters?format=json")[1])
     assert [a[0] for a in envoy_answers] == [200, 200, 200, 200, 503]
     assert proxyd_answers == envoy_answers
     assert proxyd_stats == envoy_stats
@@ -152,3 +163,4 @@ def test_routing_priorities_agree(tmp_path: Path) -> None:
     assert envoy_stats["circuit_breakers.high.cx_open"] == 1
     assert "a::high_priority::max_requests::5" in envoy_thresholds
     assert proxyd_thresholds == envoy_thresholds
+    assert proxyd_json == envoy_json

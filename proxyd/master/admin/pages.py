@@ -242,7 +242,32 @@ class AdminPages:
                     **({"priority": e.priority} if e.priority else {}),
                 }
             )  # fmt: skip
-        return {"name": c.name, "observability_name": c.name, "host_statuses": hosts}
+        default = {
+            "max_connections": c.cb_max_connections,
+            "max_pending_requests": c.cb_max_pending_requests,
+            "max_requests": c.cb_max_requests,
+            "max_retries": c.cb_max_retries,
+        }
+        high = c.cb_high
+        thresholds = [
+            default,  # DEFAULT is the enum's zero value: Envoy's JSON leaves "priority" out
+            {
+                "priority": "HIGH",
+                "max_connections": high.max_connections,
+                "max_pending_requests": high.max_pending_requests,
+                "max_requests": high.max_requests,
+                "max_retries": high.max_retries,
+            },
+        ]
+        out: dict[str, Any] = {
+            "name": c.name,
+            "observability_name": c.name,
+            "circuit_breakers": {"thresholds": thresholds},
+            "host_statuses": hosts,
+        }
+        if c.name in self.master.xds.state.active_clusters:
+            out["added_via_api"] = True
+        return out
 
     def _flags(self, c: Cluster, e: Endpoint) -> tuple[str, ...]:
         """Envoy's health flag names: active checking's, else the EDS status; an
