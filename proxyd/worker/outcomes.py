@@ -3,7 +3,8 @@
 Outlier detection is global (DESIGN.md, shared-nothing): a worker only records what
 happened to each request it sent to a host of a cluster that has
 ``outlier_detection``, and ships it to the master in :class:`proxyd.ipc.HostOutcomes`
-on the same timer as its StatsReport. The master (:mod:`proxyd.master.outlier`) runs
+on the same timer as its StatsReport, and at its next watchdog tick (50 ms) when a
+failure was recorded, so the master's consecutive detectors are not a second late. The master (:mod:`proxyd.master.outlier`) runs
 Envoy's detectors on the outcomes of all workers, decides ejections and publishes
 them in a new epoch (``Endpoint.ejected``).
 
@@ -46,10 +47,11 @@ KINDS = (OK, ERROR_5XX, GATEWAY_ERROR, CONNECT_FAILED, RESET, TIMEOUT)
 class OutcomeLog:
     """One host's outcomes since the last report, run-length encoded."""
 
-    __slots__ = ("runs",)
+    __slots__ = ("runs", "store")
 
-    def __init__(self) -> None:
+    def __init__(self, store: OutcomeStore | None = None) -> None:
         self.runs: list[int] = []
+        self.store = store
 
     def add(self, kind: int) -> None:
         runs = self.runs
@@ -58,6 +60,8 @@ class OutcomeLog:
         else:
             runs.append(kind)
             runs.append(1)
+        if kind != OK and self.store is not None:
+            self.store.failures_pending = True
 
     def response(self, status: int) -> None:
         """The upstream answered with ``status`` (a final response head)."""
@@ -105,18 +109,23 @@ class OutcomeStore:
 
     def __init__(self) -> None:
         self._logs: dict[str, dict[str, OutcomeLog]] = {}
+        # A failure was recorded since the last report: the worker sends the outcomes
+        # at its next watchdog tick instead of waiting for the stats timer, so the
+        # master's consecutive detectors see a failing host within ~50 ms.
+        self.failures_pending = False
 
     def log(self, cluster: str, host: str) -> OutcomeLog:
         """``host`` as /clusters prints it (``ip:port`` or ``[ip6]:port``)."""
         hosts = self._logs.setdefault(cluster, {})
         log = hosts.get(host)
         if log is None:
-            log = hosts[host] = OutcomeLog()
+            log = hosts[host] = OutcomeLog(self)
         return log
 
     def report(self) -> dict[str, dict[str, list[int]]]:
         """The runs of every host with outcomes since the last call, by cluster."""
         out: dict[str, dict[str, list[int]]] = {}
+        self.failures_pending = False
         for cluster, hosts in self._logs.items():
             for host, log in hosts.items():
                 if log.runs:

@@ -312,6 +312,16 @@ class Worker:
             for conn in self.connections:
                 if conn.deadline <= now:
                     conn.expire()
+            if self.stats.outcomes.failures_pending and self._nursery is not None:
+                self.stats.outcomes.failures_pending = False
+                self._nursery.start_soon(self._send_failures)
+
+    async def _send_failures(self) -> None:
+        """Outcomes with a failure in them go to the master now (outlier detection)."""
+        try:
+            await self._send_outcomes()
+        except OSError:
+            return  # the control loop sees the closed channel and ends the worker
 
     async def _ticker(self) -> None:
         """Every REPORT_INTERVAL_S, changed or not, a StatsReport: the master takes it

@@ -488,3 +488,20 @@ def test_config_health_checks_with_outlier_detection(od: dict[str, Any], uneject
     compiled = _compile(od, health_checks=hc)
     assert compiled is not None
     assert compiled.successful_active_health_check_uneject_host is uneject
+
+
+def test_a_failure_asks_for_an_early_report() -> None:
+    """Only a failure outcome flags the store for the worker's early send; a report
+    clears the flag."""
+    from proxyd.worker.outcomes import OutcomeStore
+
+    store = OutcomeStore()
+    log = store.log("c", "127.0.0.1:80")
+    log.response(200)
+    assert not store.failures_pending
+    log.response(503)
+    assert store.failures_pending
+    assert store.report() == {"c": {"127.0.0.1:80": [0, 1, 2, 1]}}
+    assert not store.failures_pending
+    log.connect_failed()
+    assert store.failures_pending

@@ -10,8 +10,8 @@ each cluster's detector every ``interval``. When a host is ejected or comes back
 :meth:`apply` too, so a reload or a DNS refresh keeps the ejections.
 
 A decision takes effect when the workers apply the epoch: an ejection lags the
-outcomes that caused it by up to one worker report period (about a second) plus the
-publish. The master hands :meth:`health_check_passed` to its health checker, so a
+outcome that caused it by up to a worker watchdog tick (failures are sent at once, see
+``proxyd.worker.outcomes``) plus the publish. The master hands :meth:`health_check_passed` to its health checker, so a
 passing active check ends an ejection (``successful_active_health_check_uneject_host``). Stats (Envoy's names): ``cluster.<name>.outlier_detection.<counter>`` (see
 ``detector.COUNTERS``) and the gauge ``cluster.<name>.outlier_detection.ejections_active``.
 """
