@@ -186,9 +186,14 @@ class PassListenSockets:
 
 @dataclass(frozen=True, slots=True)
 class StatsTransfer:
-    """Old master → new: counter totals (first) or deltas since the last transfer."""
+    """Old master → new: counter totals (first) or deltas since the last transfer.
+
+    The first also carries what xDS delivered to the old master
+    (``XdsClient.export()``), so the new one starts with it instead of waiting for the
+    management servers (appended field: an older master sends none)."""
 
     counters: dict[str, int] = field(default_factory=dict)
+    xds: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

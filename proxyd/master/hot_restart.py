@@ -216,7 +216,7 @@ class Successor:
         for passed, fds in self._exported():
             await _send(channel, self.hs, passed, fds)
         self._sent_counters = m.stats.counter_totals()
-        await _send(channel, self.hs, ipc.StatsTransfer(self._sent_counters))
+        await _send(channel, self.hs, ipc.StatsTransfer(self._sent_counters, m.xds.export()))
         # The new master loads its config and starts its workers: no answer timeout here
         # (the caller's handoff timeout covers it).
         msg, _ = await _receive(channel, self.hs, float("inf"))
@@ -326,6 +326,7 @@ async def take_sockets(master: Master) -> list[PassedSocket]:
     master.first_started_wall = pred.welcome.first_started_at
     passed, counters = await pred.receive_sockets()
     master.stats.add_counters(counters)
+    master.xds_seed = pred.xds_state
     log.info("hot_restart_sockets_received", parent_pid=pred.pid, sockets=[(p.kind, p.name, len(p.sockets)) for p in passed])  # fmt: skip
     rest = []
     for p in passed:
@@ -363,6 +364,7 @@ class Predecessor:
         self.welcome = welcome
         self.hs = hs
         self.pid = welcome.pid
+        self.xds_state: tuple[Any, ...] = ()  # what xDS delivered to it (XdsClient.export)
 
     @classmethod
     async def connect(cls, path: str, restart_epoch: int) -> Predecessor:
@@ -396,6 +398,7 @@ class Predecessor:
             while True:
                 msg, fds = await _receive(self.channel, self.hs, ANSWER_TIMEOUT_S)
                 if isinstance(msg, ipc.StatsTransfer):
+                    self.xds_state = msg.xds
                     return out, dict(msg.counters)
                 socks = [_adopt(fd) for fd in fds]
                 prev = out[-1] if out else None

@@ -130,6 +130,7 @@ class Master:
         )
         self._xds_changed = trio.Event()
         self._static_resolved = self.epoch  # the static clusters, resolved at start
+        self.xds_seed: tuple[Any, ...] = ()  # from the old master of a hot restart
         self._stop = _Stop()
         self._server_stats = ServerStats(self)
         self._nursery: trio.Nursery
@@ -161,6 +162,7 @@ class Master:
             self._template = self.loaded.epoch_template
             self.sockets.bind_all(self._template.listeners)
             self.xds.configure(self._template, self.loaded.dynamic, self.loaded.node)
+            self.xds.seed(self.xds_seed)
             control = self._control = ControlServer(self, self.options.control_socket)
             inherited = take_passed(passed, "control", self.options.control_socket, 0)
             if inherited:

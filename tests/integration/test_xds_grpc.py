@@ -107,3 +107,46 @@ def test_many_clusters_by_cds_and_eds_and_one_eds_update(tmp_path: Path, upstrea
             assert accepted and '"changed": 1' in accepted[0]
         finally:
             target.stop()
+
+
+def test_hot_restart_hands_xds_resources_over(tmp_path: Path, upstream) -> None:
+    """The old master gives the new one what xDS delivered: with the management server
+    down, the new master still serves the dynamic listener and cluster at once."""
+    import json
+    import os
+    import signal
+
+    import psutil
+
+    a = upstream("a")
+    port = free_port()
+    xds = XdsServer().start()
+    target = ProxydTarget()
+    new_pid = 0
+    try:
+        source = AdsSource(xds, "ingress")
+        push_all(source, "v1", port, a)
+        admin = target.start(source.bootstrap(), tmp_path)
+        wait_for(lambda: get(port, "/")[1] == "a", timeout=10)
+        xds.close()  # the control plane is gone from here on
+        proc = target._proc
+        assert proc is not None
+        res = proc.ctl("hot-restart", timeout=60)
+        assert res.returncode == 0, res.stderr + proc.log()
+        new_pid = int(res.stdout.split("new master pid ")[1].split()[0])
+        assert proc.proc is not None
+        proc.proc.wait(30)  # the old master drained and left
+        assert get(port, "/") == (200, "a")
+        status, body = proc.admin("/config_dump")
+        dump = {c["@type"].rsplit(".", 1)[-1]: c for c in json.loads(body)["configs"]}
+        assert dump["ClustersConfigDump"]["version_info"] == "v1"
+        assert [x["name"] for x in dump["ListenersConfigDump"]["dynamic_listeners"]] == ["ingress"]
+        assert '"xds_seeded"' in proc.log()
+        assert stats(admin)["control_plane.connected_state"] == "0"
+    finally:
+        if new_pid:
+            children = psutil.Process(new_pid).children(recursive=True)
+            os.kill(new_pid, signal.SIGTERM)
+            psutil.wait_procs([psutil.Process(new_pid), *children], timeout=20)
+        target.stop()
+        xds.close()

@@ -24,11 +24,12 @@ update_rejected, update_failure, the version_text readout and the update_time ga
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+from google.protobuf import any_pb2
 
 from proxyd.config.dynamic import DynamicResources, Node, check_source
 from proxyd.config.routes import route_targets
@@ -85,6 +86,8 @@ class XdsClient:
         # CDS's initial_fetch_timeout passed); a latch, set once.
         self._clusters_initialized = False
         self._init_deadline = float("inf")
+        # Versions by type that a hot restart's seed provided.
+        self._seeded: dict[str, str] = {}
 
     @property
     def enabled(self) -> bool:
@@ -112,6 +115,7 @@ class XdsClient:
             if self._subs or not self.dynamic.empty:
                 self.state = XdsState()
             self._subs.clear()
+            self._seeded.clear()
             self._clusters_initialized = False
             cds = dynamic.cds
             timeout = cds.initial_fetch_timeout_s if cds is not None else 0.0
@@ -122,6 +126,41 @@ class XdsClient:
                 scope = _SCOPES[ts.type_url]
                 self.stats.ensure_counters([f"{scope}.{k}" for k in ts.counts])
         self._rethink.set()
+
+    # -- hot restart ------------------------------------------------------------------
+
+    def export(self) -> tuple[Any, ...]:
+        """What was delivered, for a hot-restart successor: ``[type_url, version,
+        [resource bytes, ...]]`` per type (plain data for msgpack)."""
+        return tuple(
+            [ts.type_url, ts.version, [r.raw for r in ts.resources.values()]]
+            for ts in self.state.types.values()
+            if ts.resources
+        )
+
+    def seed(self, exported: Sequence[Any]) -> None:
+        """Start from what the old master of a hot restart had (see :meth:`export`), so
+        the new one serves the same dynamic config even while the management servers
+        are slow or down. Subscriptions then ask with those versions and count as
+        answered; whatever the servers send next replaces the seed as usual."""
+        by_type = {entry[0]: entry for entry in exported}
+        for type_url in rs.ORDER:
+            entry = by_type.get(type_url)
+            if entry is None:
+                continue
+            _, version, raws = entry
+            anys = [any_pb2.Any(type_url=type_url, value=bytes(raw)) for raw in raws]
+            check = self._check_listeners if type_url == rs.LISTENER else None
+            try:
+                applied = self.state.apply(type_url, version, anys, "the previous master", self._context(), check)  # fmt: skip
+            except ConfigError as exc:
+                log.warning("xds_seed_refused", type=rs.SHORT[type_url], error=str(exc))
+                continue
+            if applied.error:
+                log.warning("xds_seed_partly_refused", type=rs.SHORT[type_url], error=applied.error)  # fmt: skip
+            self._seeded[type_url] = version
+        if self._seeded:
+            log.info("xds_seeded", types=[rs.SHORT[t] for t in self._seeded])
 
     def compose(self) -> Epoch:
         """The epoch template for the static config plus what xDS delivered."""
@@ -204,6 +243,14 @@ class XdsClient:
         return wanted
 
     def _reconcile(self) -> None:
+        # Twice at most: new CDS/EDS subscriptions may complete the clusters' init at
+        # once (seeded by a hot restart), which lets the LDS subscription start.
+        keys = set(self._subs)
+        self._reconcile_once()
+        if set(self._subs) != keys:
+            self._reconcile_once()
+
+    def _reconcile_once(self) -> None:
         wanted = self._wanted()
         for key, unwanted in list(self._subs.items()):
             if key not in wanted:
@@ -215,6 +262,9 @@ class XdsClient:
                 sub.set_names(names)
                 continue
             sub = sources.Subscription(self, key[0], source, names)
+            if key[0] in self._seeded:  # a hot restart handed the resources over
+                sub.version = self._seeded[key[0]]
+                sub.responded.set()
             self._subs[key] = sub
             self._start(sub)
             self._signal_progress()
