@@ -187,7 +187,10 @@ async def run_rest(sub: Subscription) -> None:
                 raise HttpClientError(f"status {status} from {where}")
         except HttpClientError as exc:
             sub.client.fetch_failed(sub, str(exc))
-        await _sleep_or_interest(sub, source.refresh_delay_s)
+        # Envoy waits refresh_delay plus up to one more of random jitter, so that many
+        # proxies started together do not poll the server in step.
+        jitter = random.uniform(0, source.refresh_delay_s)  # noqa: S311 - not security
+        await _sleep_or_interest(sub, source.refresh_delay_s + jitter)
 
 
 async def _sleep_or_interest(sub: Subscription, delay_s: float) -> None:
