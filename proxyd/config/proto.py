@@ -150,11 +150,6 @@ def parse_message(data: dict[str, Any], cls: type[M], file: str) -> M:
     return message
 
 
-def import_types(value: Any) -> None:
-    """Make every '@type' named in ``value`` (JSON-like data) known to the pool."""
-    _import_types(value)
-
-
 def locate_error(value: Any, desc: Descriptor, path: str) -> tuple[str, str] | None:
     """The first (path, reason) in ``value`` that does not parse as ``desc``, or None."""
     if desc.full_name in _SPECIAL_JSON:

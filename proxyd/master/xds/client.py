@@ -24,7 +24,7 @@ update_rejected, update_failure, the version_text readout and the update_time ga
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,13 +319,13 @@ class XdsClient:
         check = self._check_listeners if type_url == rs.LISTENER else None
         if type_url == rs.CLUSTER:
             check = self._check_clusters
-        scopes = self._scopes(type_url, resources)
         applied: Applied | None = None
         try:
             applied = self.state.apply(type_url, version, resources, origin, self._context(), check)  # fmt: skip
             error = applied.error
-        except ConfigError as exc:
+        except ConfigError as exc:  # the set as a whole (LDS, CDS: scoped by type)
             error = str(exc)
+        scopes = self._scopes(type_url, applied.names if applied is not None else ())
         if applied is not None and applied.changed:
             self.hooks.changed()
             self._rethink.set()
@@ -354,7 +354,9 @@ class XdsClient:
     def unreadable(self, sub: sources.Subscription, version: str, details: str) -> None:
         """A file or REST body that could not be read at all: reported, nothing changes."""
         self.state.reject_unreadable(sub.type_url, version, details)
-        self._count(self._scopes(sub.type_url, None, sub), "update_rejected", "update_attempt")
+        self._count(
+            self._scopes(sub.type_url, sub.names or ()), "update_rejected", "update_attempt"
+        )
         log.error("xds_update_rejected", type=sub.short, version=version, error=details)
         sub.responded.set()
         self._signal_progress()
@@ -364,7 +366,7 @@ class XdsClient:
         self._progress = trio.Event()
 
     def fetch_failed(self, sub: sources.Subscription, details: str) -> None:
-        self._count(self._scopes(sub.type_url, None, sub), "update_failure", "update_attempt")
+        self._count(self._scopes(sub.type_url, sub.names or ()), "update_failure", "update_attempt")
         log.warning("xds_fetch_failed", type=sub.short, error=details)
 
     def connected(self, stream: sources.Stream, up: bool) -> None:
@@ -379,27 +381,21 @@ class XdsClient:
             for name in names:
                 self.stats.add_counter(f"{scope}.{name}")
 
-    def _scopes(
-        self, type_url: str, resources: list[Any] | None, sub: sources.Subscription | None = None
-    ) -> list[str]:
-        """The stat scopes an update of ``type_url`` counts in: by the names it holds
-        (RDS, EDS), or by what ``sub`` asks for when there is nothing to read."""
+    def _scopes(self, type_url: str, names: Iterable[str]) -> list[str]:
+        """The stat scopes an update of ``type_url`` counts in: LDS and CDS have one;
+        RDS and EDS one per resource name (those a response held, or those asked for
+        when nothing could be read)."""
         if type_url in _SCOPES:
             return [_SCOPES[type_url]]
-        names: set[str] = set(sub.names or ()) if sub is not None else set()
-        for any_msg in resources or ():
-            try:
-                names.add(rs.name_of(type_url, rs.decode(type_url, any_msg, "", "")))
-            except ConfigError:
-                continue
+        wanted = set(names)
         out: list[str] = []
         if type_url == rs.ROUTE:
             for lst in self.state.listeners_in_use(self.static):
-                if lst.hcm.rds_route_config_name in names:
+                if lst.hcm.rds_route_config_name in wanted:
                     out.append(f"http.{lst.hcm.stat_prefix}.rds.{lst.hcm.rds_route_config_name}")
         else:
             for c in self.state.clusters_in_use(self.static):
-                if c.eds_source is not None and c.eds_service_name in names:
+                if c.eds_source is not None and c.eds_service_name in wanted:
                     out.append(f"cluster.{c.name}")
         return sorted(set(out))
 

@@ -19,6 +19,7 @@ is reported and the last good content stays.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -175,12 +176,12 @@ async def run_rest(sub: Subscription) -> None:
             )
             where = f"REST {address[0]}:{address[1]}"
             if status == 200:
-                response = discovery_pb2.DiscoveryResponse()
                 try:
-                    _import_any_types(body)
-                    json_format.Parse(body, response)
-                except (json_format.ParseError, ValueError) as exc:
-                    sub.client.unreadable(sub, "", f"bad DiscoveryResponse from {where}: {exc}")
+                    response = parse_message(json.loads(body), discovery_pb2.DiscoveryResponse, where)  # fmt: skip
+                except ValueError as exc:  # not JSON
+                    sub.client.unreadable(sub, "", f"{where}: not a JSON DiscoveryResponse: {exc}")
+                except ConfigError as exc:  # JSON, not a DiscoveryResponse: by field path
+                    sub.client.unreadable(sub, "", str(exc))
                 else:
                     sub.deliver(response.version_info, list(response.resources), where)
             elif status != 304:  # 304: nothing new since version_info
@@ -197,17 +198,6 @@ async def _sleep_or_interest(sub: Subscription, delay_s: float) -> None:
     with trio.move_on_after(delay_s):
         await sub.interest.wait()
     sub.interest = trio.Event()
-
-
-def _import_any_types(body: bytes) -> None:
-    import json
-
-    from proxyd.config.proto import import_types
-
-    try:
-        import_types(json.loads(body))
-    except ValueError:
-        pass  # json_format.Parse reports it
 
 
 # -- gRPC ------------------------------------------------------------------------------

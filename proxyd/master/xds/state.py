@@ -51,11 +51,12 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Applied:
-    """What one response did: the names it changed, and why it was (partly) refused
-    ("" when every resource was taken)."""
+    """What one response did: the names it changed, why it was (partly) refused (""
+    when every resource was taken), and the names of the resources it held."""
 
     changed: list[str]
     error: str
+    names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -109,6 +110,7 @@ class XdsState:
         ts.counts["update_attempt"] += 1
         file = f"{rs.SHORT[type_url]} update version '{version}' from {origin}"
         fresh: dict[str, Resource] = {}
+        named: list[str] = []  # every name the response holds, good or bad
         refused: list[tuple[str, Any, ConfigError]] = []
         for i, any_msg in enumerate(resources):
             path = f"resources[{i}]"
@@ -116,6 +118,7 @@ class XdsState:
             try:
                 message = rs.decode(type_url, any_msg, path, file)
                 name = rs.name_of(type_url, message)
+                named.append(name)
                 path = f"{path} ({rs.label(type_url, name)})"
                 if name in fresh:
                     raise ConfigError(file, path, f"duplicate {rs.label(type_url, name)}")
@@ -147,11 +150,11 @@ class XdsState:
             name, any_msg, _ = refused[0]
             details = "; ".join(str(exc) for _, _, exc in refused)
             ts.rejected = Rejection(version, details, time.time(), name, any_msg)
-            return Applied(changed, details)
+            return Applied(changed, details, tuple(named))
         ts.version = version
         ts.rejected = None
         ts.counts["update_success"] += 1
-        return Applied(changed, "")
+        return Applied(changed, "", tuple(named))
 
     def reject_unreadable(self, type_url: str, version: str, details: str) -> None:
         """An update that could not even be read (a bad file, a bad response body)."""
