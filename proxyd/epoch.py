@@ -302,6 +302,23 @@ class Route:
     # RouteAction.priority, "DEFAULT" or "HIGH": which circuit breaker thresholds and
     # connection pool of the cluster the route's requests use.
     priority: str = "DEFAULT"
+    # typed_per_filter_config resolved for this route: the most specific of the
+    # route's, its virtual host's and its route configuration's, by filter name.
+    filter_configs: tuple[FilterOverride, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOverride:
+    """A route's config for one HTTP filter (typed_per_filter_config[name]).
+
+    ``config`` is the filter's per-route plain data (None when the entry only enables
+    or disables it: ``envoy.config.route.v3.FilterConfig``); ``disabled`` turns the
+    filter off on the route, and ``enabled`` turns on a filter the HCM disabled."""
+
+    name: str
+    config: Any = None
+    disabled: bool = False
+    enabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +351,20 @@ class AccessLog:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpFilter:
+    """One entry of the HCM's http_filters other than the terminal router.
+
+    ``type_name`` is its typed_config's proto type (``proxyd.filters.PACKAGES``);
+    ``config`` is the plain data its compiler made; ``disabled`` is Envoy's
+    ``HttpFilter.disabled`` (off unless a route enables it)."""
+
+    name: str
+    type_name: str
+    config: Any
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
     # "AUTO" or "HTTP1" (HTTP2 arrives with its own issue).
@@ -357,6 +388,8 @@ class HttpConnectionManager:
     # ``route_config`` before a worker sees the listener.
     rds_route_config_name: str = ""
     rds_source: ConfigSource | None = None
+    # http_filters before the router, in order (the router is always last).
+    http_filters: tuple[HttpFilter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

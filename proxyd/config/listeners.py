@@ -8,9 +8,10 @@ from collections.abc import Container, Sequence
 from typing import Any
 
 from proxyd.config.dynamic import compile_config_source
+from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
-from proxyd.config.supported import FILE_LOG_TYPE, HCM_TYPE, ROUTER_TYPE, unpack
+from proxyd.config.supported import FILE_LOG_TYPE, HCM_TYPE, unpack
 from proxyd.config.values import (
     duration_or,
     enum_name,
@@ -23,7 +24,6 @@ from proxyd.errors import ConfigError
 from proxyd.protocol.access_log import LogFormat
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
-ROUTER_NAME = "envoy.filters.http.router"
 FILE_LOG_NAME = "envoy.access_loggers.file"
 CODEC_TYPES = ("AUTO", "HTTP1")
 
@@ -124,7 +124,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         raise ConfigError(
             file, path, f"a route_config or rds is required ({which} not supported by proxyd)"
         )
-    _check_http_filters(hcm.http_filters, join(path, "http_filters"), file)
+    http_filters = compile_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
     if hcm.HasField("common_http_protocol_options"):
         idle_timeout_s = duration_or(
@@ -153,20 +153,8 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         generate_request_id=wrapped_or(hcm, "generate_request_id", True),
         rds_route_config_name=rds_name,
         rds_source=rds_source,
+        http_filters=http_filters,
     )
-
-
-def _check_http_filters(http_filters: Sequence[Any], path: str, file: str) -> None:
-    """Only the router, once, last; no filters at all means the router alone."""
-    for i, f in enumerate(http_filters):
-        here = f"{path}[{i}]"
-        typed_config(f, ROUTER_TYPE, ROUTER_NAME, "HTTP filter", here, file)
-        if i != len(http_filters) - 1:
-            raise ConfigError(
-                file,
-                here,
-                f"terminal filter '{f.name or ROUTER_NAME}' must be the last HTTP filter",
-            )
 
 
 def _access_log(a: Any, path: str, file: str) -> AccessLog:

@@ -10,9 +10,18 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
+from proxyd.config.http_filters import compile_per_filter_config, merge_overrides
 from proxyd.config.proto import join
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
-from proxyd.epoch import HeaderMatch, Route, RouteConfig, RouteMatch, StringMatch, VirtualHost
+from proxyd.epoch import (
+    FilterOverride,
+    HeaderMatch,
+    Route,
+    RouteConfig,
+    RouteMatch,
+    StringMatch,
+    VirtualHost,
+)
 from proxyd.errors import ConfigError
 
 # Envoy's RouteAction.timeout default; 0 disables it.
@@ -45,6 +54,7 @@ def route_targets(clusters: Any) -> RouteTargets:
 
 def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str) -> RouteConfig:
     domains_seen: set[str] = set()
+    rc_filters = compile_per_filter_config(rc, path, file)
     vhosts = []
     for i, vh in enumerate(rc.virtual_hosts):
         here = f"{join(path, 'virtual_hosts')}[{i}]"
@@ -67,15 +77,22 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
                 )
             domains_seen.add(d)
             domains.append(d)
+        vh_filters = compile_per_filter_config(vh, here, file)
         routes = tuple(
-            _route(r, f"{join(here, 'routes')}[{k}]", clusters, file)
+            _route(r, f"{join(here, 'routes')}[{k}]", clusters, file, (rc_filters, vh_filters))
             for k, r in enumerate(vh.routes)
         )
         vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=routes))
     return RouteConfig(name=rc.name, virtual_hosts=tuple(vhosts))
 
 
-def _route(r: Any, path: str, clusters: Container[str], file: str) -> Route:
+def _route(
+    r: Any,
+    path: str,
+    clusters: Container[str],
+    file: str,
+    outer: tuple[dict[str, FilterOverride], ...],
+) -> Route:
     action = r.route
     cluster_path = join(path, "route.cluster")
     if action.WhichOneof("cluster_specifier") != "cluster":
@@ -95,6 +112,7 @@ def _route(r: Any, path: str, clusters: Container[str], file: str) -> Route:
         cluster=action.cluster,
         timeout_s=duration_or(action, "timeout", DEFAULT_ROUTE_TIMEOUT_S),
         priority=_priority(action, join(path, "route.priority"), file),
+        filter_configs=merge_overrides(*outer, compile_per_filter_config(r, path, file)),
     )
 
 

@@ -21,7 +21,7 @@ from google.protobuf import any_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from proxyd.config import rules
+from proxyd.config import http_filters, rules
 from proxyd.config.proto import find_type, join, message_class
 from proxyd.errors import ConfigError
 
@@ -71,6 +71,20 @@ STRING_MATCHER: Spec = {
     "ignore_case": LEAF,
 }
 
+# typed_per_filter_config values: each filter's per-route type, or the FilterConfig
+# wrapper (enable/disable, with or without a config) around one.
+_PER_ROUTE: dict[str, Spec] = http_filters.per_route_types()
+PER_FILTER_CONFIG: Spec = AnyOf(
+    "per-route filter config",
+    {
+        **_PER_ROUTE,
+        http_filters.FILTER_CONFIG_TYPE: {
+            "config": AnyOf("per-route filter config", _PER_ROUTE),
+            "disabled": LEAF,
+        },
+    },
+)
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -93,8 +107,11 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 },
             },
             "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
+            "typed_per_filter_config": PER_FILTER_CONFIG,
         },
+        "typed_per_filter_config": PER_FILTER_CONFIG,
     },
+    "typed_per_filter_config": PER_FILTER_CONFIG,
 }
 
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).
@@ -129,7 +146,8 @@ HCM: Spec = {
     "rds": {"config_source": CONFIG_SOURCE, "route_config_name": LEAF},
     "http_filters": {
         "name": LEAF,
-        "typed_config": AnyOf("HTTP filter", {ROUTER_TYPE: {}}),
+        "typed_config": AnyOf("HTTP filter", {ROUTER_TYPE: {}, **http_filters.filter_types()}),
+        "disabled": LEAF,
     },
     "access_log": {
         "name": LEAF,

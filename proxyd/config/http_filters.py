@@ -1,0 +1,140 @@
+"""HCM ``http_filters`` and ``typed_per_filter_config`` → epoch filter entries.
+
+Each filter other than the terminal router is compiled by its own package's
+``config.compile`` (:mod:`proxyd.filters`); its per-route config by
+``config.compile_per_route``. Per-route entries are keyed by the filter's configured
+name, as in Envoy, and the most specific level wins: route, then virtual host, then
+route configuration. ``envoy.config.route.v3.FilterConfig`` wraps an entry to enable or
+disable the filter on a route (``disabled``), with or without a config of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from proxyd import filters
+from proxyd.config.proto import join
+from proxyd.epoch import FilterOverride, HttpFilter
+from proxyd.errors import ConfigError
+
+ROUTER_NAME = "envoy.filters.http.router"
+ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
+FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
+
+
+def _unpack(any_msg: Any) -> Any | None:
+    # Imported here: proxyd.config.supported imports this module for its specs.
+    from proxyd.config.supported import unpack
+
+    return unpack(any_msg)
+
+
+def compile_http_filters(
+    http_filters: Sequence[Any], path: str, file: str
+) -> tuple[HttpFilter, ...]:
+    """The filters before the router, in order; the router must be last, once."""
+    out: list[HttpFilter] = []
+    names: set[str] = set()
+    for i, f in enumerate(http_filters):
+        here = f"{path}[{i}]"
+        if f.name in names:
+            raise ConfigError(file, join(here, "name"), f"duplicate HTTP filter name '{f.name}'")
+        names.add(f.name)
+        if not f.HasField("typed_config"):
+            if f.name != ROUTER_NAME:
+                raise ConfigError(file, here, f"HTTP filter '{f.name}' not supported by proxyd")
+            raise ConfigError(
+                file,
+                join(here, "typed_config"),
+                f"HTTP filter '{f.name}' needs a typed_config of type {ROUTER_TYPE}",
+            )
+        type_name = f.typed_config.type_url.rsplit("/", 1)[-1]
+        last = i == len(http_filters) - 1
+        if type_name == ROUTER_TYPE:
+            if not last:
+                raise ConfigError(
+                    file, here, f"terminal filter '{f.name}' must be the last HTTP filter"
+                )
+            continue
+        if last:
+            raise ConfigError(
+                file,
+                here,
+                f"non-terminal filter '{f.name}' is the last filter in an HTTP filter chain",
+            )
+        module = filters.config_module(type_name)
+        if module is None:
+            raise ConfigError(
+                file, here, f"HTTP filter '{f.name}' ({type_name}) not supported by proxyd"
+            )
+        msg = _unpack(f.typed_config)
+        config = module.compile(msg, join(here, "typed_config"), file)
+        out.append(HttpFilter(f.name, type_name, config, disabled=f.disabled))
+    return tuple(out)
+
+
+def compile_per_filter_config(holder: Any, path: str, file: str) -> dict[str, FilterOverride]:
+    """``holder.typed_per_filter_config`` (a route, virtual host or route config)."""
+    out: dict[str, FilterOverride] = {}
+    entries = holder.typed_per_filter_config
+    for key in sorted(entries):
+        here = f"{join(path, 'typed_per_filter_config')}[{key!r}]"
+        any_msg = entries[key]
+        type_name = any_msg.type_url.rsplit("/", 1)[-1]
+        disabled = False
+        enabled = False
+        if type_name == FILTER_CONFIG_TYPE:
+            wrapper = _unpack(any_msg)
+            disabled = wrapper.disabled
+            enabled = not wrapper.disabled
+            if not wrapper.HasField("config"):
+                out[key] = FilterOverride(key, None, disabled=disabled, enabled=enabled)
+                continue
+            any_msg = wrapper.config
+            here = join(here, "config")
+            type_name = any_msg.type_url.rsplit("/", 1)[-1]
+        module = _per_route_module(type_name)
+        if module is None:
+            raise ConfigError(
+                file, here, f"per-route filter config {type_name} not supported by proxyd"
+            )
+        config = module.compile_per_route(_unpack(any_msg), here, file)
+        out[key] = FilterOverride(key, config, disabled=disabled, enabled=enabled)
+    return out
+
+
+def _per_route_module(type_name: str) -> Any | None:
+    for filter_type in filters.PACKAGES:
+        module = filters.config_module(filter_type)
+        if module is not None and getattr(module, "PER_ROUTE_TYPE", None) == type_name:
+            return module
+    return None
+
+
+def per_route_types() -> dict[str, Any]:
+    """Per-route config type → its allow-list spec, for proxyd.config.supported."""
+    out: dict[str, Any] = {}
+    for filter_type in filters.PACKAGES:
+        module = filters.config_module(filter_type)
+        if module is not None and getattr(module, "PER_ROUTE_TYPE", None):
+            out[module.PER_ROUTE_TYPE] = module.PER_ROUTE_SPEC
+    return out
+
+
+def filter_types() -> dict[str, Any]:
+    """Filter config type → its allow-list spec, for proxyd.config.supported."""
+    out: dict[str, Any] = {}
+    for filter_type in filters.PACKAGES:
+        module = filters.config_module(filter_type)
+        if module is not None:
+            out[module.TYPE] = module.SPEC
+    return out
+
+
+def merge_overrides(*levels: dict[str, FilterOverride]) -> tuple[FilterOverride, ...]:
+    """The most specific entry per filter name; ``levels`` from least to most specific."""
+    merged: dict[str, FilterOverride] = {}
+    for level in levels:
+        merged.update(level)
+    return tuple(merged[k] for k in sorted(merged))

@@ -1,0 +1,173 @@
+"""The HTTP filter interface, as Envoy's connection manager has it.
+
+A filter is a small object per stream (:class:`HttpFilter`), made by a
+:class:`FilterFactory` that was compiled once per epoch and per route from the filter's
+config and the route's ``typed_per_filter_config``. The chain
+(:mod:`proxyd.worker.filter_chain`) calls the decoder side in configuration order:
+
+* ``on_request_headers(stream, end_stream)``, then ``on_request_data(stream, data,
+  end_stream)`` for each body piece, then ``on_request_trailers(stream)``;
+
+and the encoder side in reverse order:
+
+* ``on_response_headers(stream, response, end_stream)``, ``on_response_data(stream,
+  data, end_stream)``.
+
+Each returns a :class:`FilterStatus` or a :class:`LocalReply`:
+
+* ``CONTINUE``: what it was given goes on to the next filter;
+* ``STOP`` (headers): the headers wait here; the filter is given the body as it comes
+  and continues the stream by returning ``CONTINUE`` from ``on_request_data``;
+* ``STOP_AND_BUFFER`` (data): the chain keeps this data (up to the listener's buffer
+  limit, else 413 as Envoy answers) and calls the filter again with more; the kept data
+  goes on, as one piece, when the filter returns ``CONTINUE``;
+* a :class:`LocalReply`: the stream is answered here and the router never sees it;
+  the reply passes through the encoder filters in reverse order, as a reply made by
+  Envoy's ``sendLocalReply`` does.
+
+A filter that must await something (a fault delay, an authorization call) simply awaits
+inside its method: the chain awaits it, and the stream's deadlines still apply.
+The filter modules import nothing from ``proxyd.worker``: what they see of a stream is
+:class:`FilterStream`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class FilterStatus(enum.Enum):
+    CONTINUE = "continue"
+    STOP = "stop"
+    STOP_AND_BUFFER = "stop_and_buffer"
+
+
+CONTINUE = FilterStatus.CONTINUE
+STOP = FilterStatus.STOP
+STOP_AND_BUFFER = FilterStatus.STOP_AND_BUFFER
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReply:
+    """Answer the stream here. ``flag`` is Envoy's response flag (e.g. "FI");
+    ``headers`` are added to the reply; ``grpc_status`` answers a gRPC request the
+    gRPC way (HTTP 200 with ``grpc-status``/``grpc-message``) when set."""
+
+    status: int
+    body: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    flag: str = ""
+    details: str = ""
+    grpc_status: int | None = None
+
+
+Result = FilterStatus | LocalReply
+
+
+class RequestView(Protocol):
+    """The request head as filters see it. ``headers`` holds the headers the active
+    filters (and routing and logging) asked for, lower-case names, repeated values
+    joined with ","."""
+
+    method: str
+    path: str
+    host: str
+    content_length: int
+    chunked: bool
+    headers: dict[str, str]
+
+    @property
+    def has_body(self) -> bool: ...
+
+
+class ResponseView(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+
+class FilterStream(Protocol):
+    """What a filter may read and change of its stream."""
+
+    head: RequestView
+    route_name: str | None
+    upstream_cluster: str | None
+
+    def set_request_header(self, name: str, value: str) -> None:
+        """Replace (or add) a request header on its way upstream."""
+        ...
+
+    def remove_request_header(self, name: str) -> None: ...
+
+    def set_request_length(self, length: int) -> None:
+        """The request body goes upstream with this content-length (no chunking)."""
+        ...
+
+    def set_response_header(self, name: str, value: str) -> None:
+        """Replace (or add) a response header on its way downstream."""
+        ...
+
+    def set_flag(self, flag: str) -> None:
+        """Add Envoy's response flag ``flag`` (e.g. "DI") for the access log."""
+        ...
+
+
+class HttpFilter:
+    """Base class of a per-stream filter: every hook continues unless overridden."""
+
+    __slots__ = ()
+
+    async def on_request_headers(self, stream: FilterStream, end_stream: bool) -> Result:
+        return CONTINUE
+
+    async def on_request_data(self, stream: FilterStream, data: bytes, end_stream: bool) -> Result:
+        return CONTINUE
+
+    async def on_request_trailers(self, stream: FilterStream) -> Result:
+        return CONTINUE
+
+    async def on_response_headers(
+        self, stream: FilterStream, response: ResponseView, end_stream: bool
+    ) -> Result:
+        return CONTINUE
+
+    async def on_response_data(self, stream: FilterStream, data: bytes, end_stream: bool) -> Result:
+        return CONTINUE
+
+    def on_stream_complete(self, stream: FilterStream) -> None:
+        """The stream ended (whichever way): release what the filter holds."""
+
+
+class StatsScope(Protocol):
+    """A stat scope the worker gives a filter factory (``http.<prefix>.<filter>.``):
+    counters and gauges by Envoy's suffix."""
+
+    def inc(self, name: str, by: int = 1) -> None: ...
+
+    def gauge_add(self, name: str, by: int) -> None: ...
+
+
+class FilterFactory(Protocol):
+    """Compiled once per epoch and route: makes a filter per stream.
+
+    ``wanted_headers`` are the lower-case request header names the filter reads from
+    ``stream.head.headers``; ``encodes`` / ``decodes`` say which sides it has, so the
+    chain skips the other."""
+
+    name: str
+    wanted_headers: frozenset[str]
+    decodes: bool
+    encodes: bool
+
+    def create(self) -> HttpFilter: ...
+
+
+class FactoryMaker(Protocol):
+    """``filter.Factory``'s constructor: the filter's plain config from the epoch, the
+    route's plain per-route config (None when the route has none), and its stats."""
+
+    def __call__(
+        self, name: str, config: Any, per_route: Any, stats: StatsScope
+    ) -> FilterFactory: ...

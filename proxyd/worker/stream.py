@@ -1,0 +1,191 @@
+"""One request and its response: the stream, and the interface the router works on.
+
+A :class:`Stream` holds everything that belongs to one request — its head, whether the
+request body has all arrived, the response's state, the byte counts, the upstream host,
+the timings and the response flags the access log prints — so nothing about a request
+lives on the connection it happens to use. HTTP/1 has one stream at a time per
+connection; HTTP/2 will have many.
+
+The router never touches a socket of the downstream side. It talks to the stream's
+:class:`DownstreamSink`: the request body as data pieces with backpressure (nothing more
+is read from the client until the router asked for it), and the response as a head,
+data pieces, or a local reply. The HTTP/1 connection (:mod:`proxyd.worker.downstream`)
+is one sink; the HTTP filter chain (:mod:`proxyd.worker.filter_chain`) is another, which
+wraps the codec's and runs the filters on what passes through; an HTTP/2 codec will be a
+third. The router cannot tell them apart.
+
+How a stream ends early is a typed exception (:class:`StreamError` and its subclasses)
+or, for a deadline, the :class:`~proxyd.worker.deadlines.DeadlineKind` recorded in
+``Stream.timed_out``; a local failure is told from an upstream one by its type, never by
+reading a status code back.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Protocol
+
+from proxyd.errors import ProxydError
+
+if TYPE_CHECKING:
+    from proxyd.protocol.http1 import RequestHead, ResponseHead
+    from proxyd.worker.deadlines import DeadlineKind
+    from proxyd.worker.plan import RoutePlan
+
+
+class BodyMode(enum.Enum):
+    """How a message body is framed on the wire it arrived on."""
+
+    NONE = "none"  # no body (HEAD, 204, 304, 1xx, or a length of 0)
+    LENGTH = "content-length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"  # an HTTP/1 response without a length: until EOF
+
+
+class ResponseFlag(enum.Enum):
+    """Envoy's response flags (``%RESPONSE_FLAGS%``), the ones proxyd sets."""
+
+    NONE = "-"
+    NO_ROUTE = "NR"
+    NO_CLUSTER = "NC"
+    NO_HEALTHY_UPSTREAM = "UH"
+    UPSTREAM_CONNECTION_FAILURE = "UF"
+    UPSTREAM_CONNECTION_TERMINATION = "UC"
+    UPSTREAM_OVERFLOW = "UO"
+    UPSTREAM_REQUEST_TIMEOUT = "UT"
+    UPSTREAM_PROTOCOL_ERROR = "UPE"
+    STREAM_IDLE_TIMEOUT = "SI"
+    DOWNSTREAM_CONNECTION_TERMINATION = "DC"
+    DOWNSTREAM_PROTOCOL_ERROR = "DPE"
+    FAULT_INJECTED = "FI"
+    DELAY_INJECTED = "DI"
+
+
+# -- how a stream ends early -------------------------------------------------------------
+
+
+class StreamError(ProxydError):
+    """A stream could not complete; the subclass says which side failed and how."""
+
+
+class DownstreamReset(StreamError):
+    """The client closed or reset its connection while the request was in flight."""
+
+
+class UpstreamReset(StreamError):
+    """The upstream closed or reset its connection; ``before_headers`` when no response
+    head had come yet (then the client may still get a 503)."""
+
+    def __init__(self, reason: str = "connection termination", before_headers: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.before_headers = before_headers
+
+
+class UpstreamProtocolError(StreamError):
+    """The upstream's response broke HTTP (Envoy's 502 ``UPE``)."""
+
+
+class RequestTooLarge(StreamError):
+    """A filter that buffers the request found it over its limit (Envoy's 413)."""
+
+
+# -- the stream --------------------------------------------------------------------------
+
+
+class Stream:
+    """One request/response exchange; the HTTP/1 codec makes one per request."""
+
+    __slots__ = (
+        "head",
+        "sink",
+        "request_complete",
+        "response_started",
+        "status",
+        "flags",
+        "details",
+        "bytes_received",
+        "bytes_sent",
+        "upstream_host",
+        "upstream_cluster",
+        "service_ms",
+        "resp_headers",
+        "route_name",
+        "route_plan",
+        "request_id",
+        "trusted_address",
+        "xff",
+        "t_wall",
+        "t0",
+        "timed_out",
+        "filter_state",
+    )
+
+    def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:
+        self.head = head
+        self.sink = sink
+        # The request body has all been delivered to the router (or there is none).
+        self.request_complete = head is None or not head.has_body
+        self.response_started = False
+        self.status = 0
+        self.flags = ResponseFlag.NONE
+        # Envoy's %RESPONSE_CODE_DETAILS%-like reason for a local reply ("" when none).
+        self.details = ""
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.upstream_host: str | None = None
+        self.upstream_cluster: str | None = None
+        self.service_ms: int | None = None
+        self.resp_headers: dict[str, str] | None = None
+        self.route_name: str | None = None
+        self.route_plan: RoutePlan | None = None
+        self.request_id = ""
+        self.trusted_address = ""
+        self.xff = b""
+        self.t_wall = 0.0
+        self.t0 = 0.0
+        # Which deadline ended this stream, when one did (set by the deadline's fire).
+        self.timed_out: DeadlineKind | None = None
+        # Per-filter state a filter keeps for the access log or stats (name -> value).
+        self.filter_state: dict[str, object] | None = None
+
+
+class DownstreamSink(Protocol):
+    """What the router (and the filters) may do with a stream's downstream side.
+
+    Body data travels as lists of buffer views (one list per read, already de-framed);
+    a view is valid only until the next call on the same sink. An empty list from
+    :meth:`recv_body` means the request body is complete (``stream.request_complete``).
+    """
+
+    def take_buffered_body(self) -> list[memoryview]:
+        """Request body bytes that arrived with the head, without waiting."""
+        ...
+
+    async def recv_body(self) -> list[memoryview]:
+        """The next request body pieces, waiting for the client; ``[]`` at the end.
+        Raises :class:`DownstreamReset` or ``ProtocolError`` (bad framing)."""
+        ...
+
+    async def send_continue(self) -> None:
+        """Answer ``Expect: 100-continue`` (when the client asked for it)."""
+        ...
+
+    async def send_headers(
+        self, r: ResponseHead, service_ms: int, length: int, first: list, end_stream: bool
+    ) -> None:
+        """The response head (``length`` is the body length, -1 when unknown), with the
+        first body pieces; ``end_stream`` when nothing follows."""
+        ...
+
+    async def send_data(self, parts: list, end_stream: bool) -> None:
+        """More response body pieces; ``end_stream`` ends the response."""
+        ...
+
+    async def send_local_reply(self, status: int, body: str, extra: bytes = b"") -> None:
+        """A response made by the proxy (Envoy's shape); ``extra`` is header lines."""
+        ...
+
+    def wants_close(self) -> bool:
+        """The connection cannot carry another request after this one."""
+        ...
