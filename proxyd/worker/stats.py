@@ -18,6 +18,9 @@ from typing import Protocol, TypeVar
 from proxyd.stats import HOST_SEP
 from proxyd.worker.outcomes import OutcomeStore
 
+# Counted by the worker's catch-all handlers (proxyd's own stat; Envoy has none).
+UNEXPECTED_ERRORS = "server.worker_unexpected_errors"
+
 
 class _Scope:
     """Subclasses list their counter and gauge attributes with their Envoy suffixes."""
@@ -269,6 +272,35 @@ class HostStats(_Scope):
         super().__init__(f"{cluster}{HOST_SEP}{host}{HOST_SEP}")
 
 
+class NamedStats(_Scope):
+    """A filter's scope: counters and gauges by Envoy suffix, made on first use
+    (``inc("fault.aborts_injected")``), for :class:`proxyd.filters.api.StatsScope`."""
+
+    __slots__ = ("counters", "gauges")
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.counters: dict[str, int] = {}
+        self.gauges: dict[str, int] = {}
+
+    def inc(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+    def gauge_add(self, name: str, by: int) -> None:
+        self.gauges[name] = self.gauges.get(name, 0) + by
+
+    def collect(self, counters: dict[str, int], gauges: dict[str, int]) -> None:
+        last = self._last
+        prefix = self.prefix
+        for name, value in self.counters.items():
+            delta = value - last.get(name, 0)
+            if delta:
+                counters[prefix + name] = delta
+                last[name] = value
+        for name, value in self.gauges.items():
+            gauges[prefix + name] = value
+
+
 class StatsStore:
     """Every scope the worker has resolved, by full prefix; scopes are never dropped."""
 
@@ -276,6 +308,9 @@ class StatsStore:
         self._scopes: dict[str, _Scope] = {}
         # Per-host outcomes for outlier detection, shipped beside the stats report.
         self.outcomes = OutcomeStore()
+        # Exceptions a catch-all on the request path caught (bugs: each is logged once).
+        self.unexpected_errors = 0
+        self._unexpected_reported = 0
 
     def _get(self, cls: type[_S], key: str, *args: str) -> _S:
         scope = self._scopes.get(key)
@@ -299,10 +334,17 @@ class StatsStore:
     def listener(self, stat_name: str) -> ListenerStats:
         return self._get(ListenerStats, "listener." + stat_name, stat_name)
 
+    def named(self, prefix: str) -> NamedStats:
+        """A free-form scope under ``prefix`` (e.g. "http.ingress."), for filters."""
+        return self._get(NamedStats, "named." + prefix, prefix)
+
     def report(self) -> tuple[dict[str, int], dict[str, int]]:
         """Counter deltas since the previous call, and gauges as absolute values."""
         counters: dict[str, int] = {}
         gauges: dict[str, int] = {}
         for scope in self._scopes.values():
             scope.collect(counters, gauges)
+        if self.unexpected_errors != self._unexpected_reported:
+            counters[UNEXPECTED_ERRORS] = self.unexpected_errors - self._unexpected_reported
+            self._unexpected_reported = self.unexpected_errors
         return counters, gauges
