@@ -425,6 +425,7 @@ class Run:
     proxy: str
     round: int
     connections: int
+    process: str = ""  # the name of the process measured: envoy, proxyd-worker
     pid: int = 0
     nofile_soft: int = 0
     rss_before_bytes: int = 0
@@ -454,6 +455,7 @@ def measure(
     nofile = connections + 1024
     with running_proxy(name, tmp, upstreams, nofile) as (port, holder):
         addr = ("127.0.0.1", port)
+        run.process = holder.name()
         run.pid = holder.pid
         run.nofile_soft = holder.rlimit(psutil.RLIMIT_NOFILE)[0]
         if run.nofile_soft < connections + 64:
@@ -477,7 +479,7 @@ def measure(
             run.rss_idle_bytes = rss(holder, settle, samples)
             # One more request on every connection still open: all N must be answered.
             t0 = time.monotonic()
-            idle = [s for s in socks if s is not None]
+            idle: list[socket.socket | None] = [s for s in socks if s is not None]
             socks, run.answered_second = exchange(idle, addr, window=window, timeout=timeout)
             run.seconds_second = time.monotonic() - t0
             run.rss_after_second_bytes = rss(holder, 0.0, 1)
@@ -579,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=5, help="RSS readings per measurement")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per pass of requests")
     ap.add_argument("--json", action="store_true", help="print the JSON instead of the text")
+    ap.add_argument(
+        "--results-dir", type=Path, default=HERE / "results", help="where the JSON goes"
+    )
     args = ap.parse_args(argv)
     verbose = not args.json
 
@@ -595,9 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         settle=args.settle, samples=args.samples, timeout=args.timeout, progress=progress,
     )  # fmt: skip
     result["envoy_version"] = envoy_version()
-    result["args"] = vars(args)
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
+    result["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    out_dir = args.results_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"idle-memory-{result['date']}.json").write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps(result, indent=2))
