@@ -134,8 +134,8 @@ def validate(path: str) -> int:
 def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import trio
 
+    from proxyd.log import set_process_name
     from proxyd.master.master import Master, MasterOptions
-    from proxyd.master.procname import set_process_name
 
     fmt = args.log_format or default_format()
     configure(args.log_level, fmt)

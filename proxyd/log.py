@@ -1,4 +1,4 @@
-"""structlog set-up shared by the master and the workers.
+"""structlog set-up shared by the master and the workers, and their process names.
 
 Logs go to stderr, one event per line: JSON objects in production, structlog's console
 renderer for a person at a terminal. The master passes its choice to the workers it
@@ -8,6 +8,8 @@ starts through the environment (:data:`LEVEL_ENV`, :data:`FORMAT_ENV`), so a wor
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
@@ -85,3 +87,21 @@ def get_logger(name: str, **bound: Any) -> Any:
     Lazy: safe to create at import time, before :func:`configure` runs.
     """
     return structlog.get_logger(component=name, **bound)
+
+
+# -- the name ``ps`` and ``top`` show (``/proc/<pid>/comm``) ------------------------------
+
+PR_SET_NAME = 15
+
+
+def set_process_name(name: str) -> bool:
+    """Set this process's comm name ("proxyd-master", "proxyd-worker"); True when the
+    kernel accepted it. Linux keeps at most 15 bytes; elsewhere this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return False  # no libc to call: the name stays "python3", nothing else changes
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    return libc.prctl(PR_SET_NAME, buf, 0, 0, 0) == 0

@@ -18,8 +18,7 @@ import sys
 import trio
 
 from proxyd.ipc import Channel
-from proxyd.log import configure_from_env
-from proxyd.master.procname import set_process_name
+from proxyd.log import configure_from_env, set_process_name
 from proxyd.worker.process import EXIT_CANNOT_START, Worker
 
 

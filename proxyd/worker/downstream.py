@@ -32,15 +32,8 @@ import structlog
 import trio
 
 from proxyd.errors import ProtocolError
-from proxyd.protocol.http1 import (
-    CRLF2,
-    LAST_CHUNK,
-    ChunkedDecoder,
-    ResponseHead,
-    chunk_header,
-    find_head_end,
-    skip_leading_crlf,
-)
+from proxyd.protocol.http1 import CRLF2, LAST_CHUNK, ResponseHead, chunk_header
+from proxyd.protocol.http1_framing import BodyReader, ReceiveBuffer
 from proxyd.protocol.http1_headers import CONTINUE_100, REASONS, local_reply, response_head
 from proxyd.worker import io, manager
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
@@ -78,8 +71,7 @@ class BufferPool:
             self._free.append((buf, view))
 
 
-_EMPTY = bytearray()
-_EMPTY_VIEW = memoryview(_EMPTY)
+NO_BODY = BodyReader()
 
 
 class DownstreamConnection:
@@ -92,10 +84,7 @@ class DownstreamConnection:
         "remote_ip",
         "remote",
         "local",
-        "buf",
-        "view",
-        "start",
-        "end",
+        "rb",
         "idle",
         "deadline",
         "scope",
@@ -105,8 +94,7 @@ class DownstreamConnection:
         "generation",
         "closing",
         # request body state of the current stream
-        "body_left",
-        "decoder",
+        "body",
         "continue_sent",
         "chunked_out",
     )
@@ -120,10 +108,8 @@ class DownstreamConnection:
         self.remote_ip = peer[0]
         self.remote = f"{peer[0]}:{peer[1]}" if ":" not in peer[0] else f"[{peer[0]}]:{peer[1]}"
         self.local = ""  # asked of the socket only when the access log wants it
-        self.buf = _EMPTY
-        self.view = _EMPTY_VIEW
-        self.start = 0
-        self.end = 0
+        buffers = worker.buffers
+        self.rb = ReceiveBuffer(60 * 1024, allocate=buffers.take, free=buffers.give)
         self.idle = False
         self.deadline = Deadline(self._deadline_passed)
         self.scope: trio.CancelScope | None = None
@@ -134,8 +120,7 @@ class DownstreamConnection:
         self.listener_updated = False
         self.generation: object = None  # the listener config it was accepted under
         self.closing = False
-        self.body_left = 0
-        self.decoder: ChunkedDecoder | None = None
+        self.body = NO_BODY
         self.continue_sent = False
         self.chunked_out = False
 
@@ -182,7 +167,8 @@ class DownstreamConnection:
             worker.timers.clear(self.deadline)
             worker.connections.discard(self)
             io.close(self.sock)
-            self._release_buffer()
+            self.rb.start = self.rb.end
+            self.rb.release()
             lstats.cx_active -= 1
             hstats.cx_active -= 1
             hstats.cx_destroy += 1
@@ -197,8 +183,8 @@ class DownstreamConnection:
             # the connections it still has; they close after their response.
             plan = worker.plans.get(self.listener_name) or plan
             try:
-                start = await self._read_head(plan)
-                if start < 0:
+                head = await self._read_head(plan)
+                if head is None:
                     return
                 # The head is here: the request belongs to the epoch in place now.
                 current = worker.plans.get(self.listener_name)
@@ -209,23 +195,20 @@ class DownstreamConnection:
                     # response says "connection: close" (Envoy drains the listener).
                     self.listener_updated = True
                 self.plan = plan
-                h = worker.head_parser.parse(self.view[start : self.start], plan.request_wanted)
+                h = worker.head_parser.parse(head, plan.request_wanted)
             except ProtocolError as exc:
                 await self._reject(plan, exc)
                 return
             stream = Stream(h, self)
             self.stream = stream
-            self.body_left = h.content_length if h.content_length > 0 else 0
-            self.decoder = ChunkedDecoder() if h.chunked else None
+            self.body = BodyReader(h.content_length, h.chunked) if h.has_body else NO_BODY
             self.continue_sent = False
             self.chunked_out = False
             keep = await manager.handle(stream, plan, self)
             self.stream = None
             if not keep or self.closing:
                 return
-            if self.start == self.end:
-                self.start = self.end = 0
-            else:
+            if self.rb.buffered:
                 # A pipelined request is already here: let other tasks run first.
                 await io.checkpoint()
 
@@ -246,119 +229,62 @@ class DownstreamConnection:
 
     # -- request head -------------------------------------------------------------------
 
-    def _take_buffer(self) -> None:
-        self.buf, self.view = self.worker.buffers.take()
-
-    def _release_buffer(self) -> None:
-        if self.buf is not _EMPTY:
-            self.worker.buffers.give(self.buf, self.view)
-            self.buf = _EMPTY
-            self.view = _EMPTY_VIEW
-            self.start = self.end = 0
-
-    async def _read_head(self, plan: ListenerPlan) -> int:
-        """Wait for a complete head; its start, or -1 when the connection should close.
-
-        On return the head is ``buf[start:self.start]``."""
-        start = self.start
-        end = self.end
-        buf = self.buf
+    async def _read_head(self, plan: ListenerPlan) -> memoryview | None:
+        """Wait for a complete head (the view is valid until the next read), or None
+        when the connection should close."""
+        rb = self.rb
+        rb.max_head = plan.max_head
         sock = self.sock
         timers = self.worker.timers
         head_armed = False
-        if start < end:
-            start = skip_leading_crlf(buf, start, end)
-            if start < end:
-                head_armed = True
-                timers.set(
-                    self.deadline,
-                    DeadlineKind.REQUEST_HEADERS,
-                    min(plan.headers_timeout, plan.request_timeout),
-                )
-        searched = start
         while True:
-            if start < end:
-                he = find_head_end(buf, max(searched - 3, start), end)
-                if he >= 0:
-                    break
-                searched = end
-                if end - start > plan.max_head:
-                    plan.http_stats.header_overflow += 1
-                    raise ProtocolError("request headers too large", 431)
-                if end == len(buf):
-                    if start > 0:
-                        n = end - start
-                        buf[:n] = buf[start:end]
-                        searched -= start
-                        start, end = 0, n
-                    else:
-                        self._grow(plan.max_head + 8192)
-                        buf = self.buf
-            if start == end:
-                start = end = searched = 0
+            head = rb.next_head()
+            if head is not None:
+                return head
+            if rb.head_started:
+                if not head_armed:
+                    head_armed = True
+                    timers.set(
+                        self.deadline,
+                        DeadlineKind.REQUEST_HEADERS,
+                        min(plan.headers_timeout, plan.request_timeout),
+                    )
+                try:
+                    n = sock.recv_into(rb.space())
+                except BlockingIOError:
+                    n = -1
+                except (ConnectionResetError, ConnectionAbortedError):
+                    n = 0
+                if n < 0:
+                    n = await io.recv_into(sock, rb.space())
+            else:
                 self.idle = True
                 timers.set(self.deadline, DeadlineKind.IDLE, plan.idle_timeout)
                 # Nothing yet: the client sends once it has read our last answer.
                 # Let the other connections run first; by then it often has.
                 await io.yield_now()
                 n = -1
-                if buf is not _EMPTY:
+                if rb.holds_buffer:
                     try:
-                        n = sock.recv_into(self.view)
+                        n = sock.recv_into(rb.space())
                     except BlockingIOError:
                         n = -1
                     except (ConnectionResetError, ConnectionAbortedError):
                         n = 0
                 if n < 0:
                     # Idle for real: the buffer goes back until bytes arrive.
-                    self._release_buffer()
+                    rb.release()
                     await io.wait_readable(sock)
-                    self._take_buffer()
-                    buf = self.buf
                     try:
-                        n = sock.recv_into(self.view)
+                        n = sock.recv_into(rb.space())
                     except BlockingIOError:
                         continue
                     except (ConnectionResetError, ConnectionAbortedError):
                         n = 0
                 self.idle = False
-            else:
-                try:
-                    n = sock.recv_into(self.view[end:])
-                except BlockingIOError:
-                    n = await io.recv_into(sock, self.view[end:])
-                except (ConnectionResetError, ConnectionAbortedError):
-                    n = 0
             if n == 0:
-                self.start = self.end = 0
-                return -1  # closed (or reset) before a complete head: nothing to answer
-            if not head_armed:
-                head_armed = True
-                timers.set(
-                    self.deadline,
-                    DeadlineKind.REQUEST_HEADERS,
-                    min(plan.headers_timeout, plan.request_timeout),
-                )
-            end += n
-            if buf[start] == 13:
-                start = skip_leading_crlf(buf, start, end)
-                searched = start
-        if he - start > plan.max_head:
-            plan.http_stats.header_overflow += 1
-            raise ProtocolError("request headers too large", 431)
-        self.start = he
-        self.end = end
-        return start
-
-    def _grow(self, limit: int) -> None:
-        size = len(self.buf)
-        if size >= limit:
-            raise ProtocolError("request headers too large", 431)
-        new = bytearray(min(size * 4, limit))
-        new[:size] = self.buf
-        self.worker.buffers.give(self.buf, self.view)
-        self.buf = new
-        self.view = memoryview(new)
+                return None  # closed (or reset) before a complete head: nothing to answer
+            rb.commit(n)
 
     async def _reject(self, plan: ListenerPlan, exc: ProtocolError) -> None:
         """Answer a request that could not be parsed, log it, and let the caller close."""
@@ -400,29 +326,13 @@ class DownstreamConnection:
         assert stream is not None
         if stream.request_complete:
             return []
-        start = self.start
-        end = self.end
-        if self.decoder is None:
-            take = min(end - start, self.body_left)
-            if not take:
-                return []
-            self.start = start + take
-            self.body_left -= take
-            stream.bytes_received += take
-            if self.body_left == 0:
-                stream.request_complete = True
-            return [self.view[start : start + take]]
-        dec = self.decoder
-        pieces, pos = dec.feed(self.buf, start, end)
-        self.start = pos
-        view = self.view
-        out = []
-        for off, n in pieces:
-            stream.bytes_received += n
-            out.append(view[off : off + n])
-        if dec.done:
+        body = self.body
+        pieces = body.read(self.rb)
+        for p in pieces:
+            stream.bytes_received += len(p)
+        if body.done:
             stream.request_complete = True
-        return out
+        return pieces
 
     async def recv_body(self) -> list[memoryview]:
         stream = self.stream
@@ -431,56 +341,26 @@ class DownstreamConnection:
             return []
         plan = self.plan
         assert plan is not None
+        body = self.body
+        rb = self.rb
         limit = plan.buffer_limit
-        if self.decoder is None:
-            # Content-length: read into the front of the buffer, at most what is left.
-            n = await self._recv_body_bytes(0, min(limit, self.body_left, len(self.buf)))
-            take = n if n < self.body_left else self.body_left
-            self.body_left -= take
-            stream.bytes_received += take
-            self.start = take
-            self.end = n
-            if self.body_left == 0:
-                stream.request_complete = True
-            return [self.view[:take]]
-        dec = self.decoder
-        buf = self.buf
         while True:
-            # Keep an unfinished chunk-size line, move it to the front.
-            start, end = self.start, self.end
-            if start < end:
-                buf[: end - start] = buf[start:end]
-            end -= start
-            self.start = 0
-            self.end = end
-            if end >= len(buf):
-                raise ProtocolError("chunk line too long", 400)
-            n = await self._recv_body_bytes(end, min(limit, len(buf) - end))
-            end += n
-            self.end = end
-            pieces, pos = dec.feed(buf, 0, end)
-            self.start = pos
-            if dec.done:
+            # Never more in flight than the listener's per_connection_buffer_limit_bytes.
+            room = rb.space(min(limit, body.left) if body.decoder is None else limit)
+            n = await io.recv_into(self.sock, room)
+            if n == 0:
+                raise DownstreamReset()
+            rb.commit(n)
+            if plan.stream_idle != INF and not stream.request_complete:
+                # Activity: the stream idle timer starts over (request_timeout does not).
+                arm_request_phase(stream, plan, self.worker.timers, self.deadline)
+            pieces = body.read(rb)
+            for p in pieces:
+                stream.bytes_received += len(p)
+            if body.done:
                 stream.request_complete = True
-            if pieces or dec.done:
-                view = self.view
-                out = []
-                for off, k in pieces:
-                    stream.bytes_received += k
-                    out.append(view[off : off + k])
-                return out
-
-    async def _recv_body_bytes(self, at: int, size: int) -> int:
-        n = await io.recv_into(self.sock, self.view[at : at + size])
-        if n == 0:
-            raise DownstreamReset()
-        plan = self.plan
-        assert plan is not None
-        stream = self.stream
-        if plan.stream_idle != INF and stream is not None and not stream.request_complete:
-            # Activity: the stream idle timer starts over (request_timeout does not).
-            arm_request_phase(stream, plan, self.worker.timers, self.deadline)
-        return n
+            if pieces or body.done:
+                return pieces
 
     async def send_continue(self) -> None:
         if self.continue_sent:

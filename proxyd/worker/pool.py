@@ -32,6 +32,7 @@ import trio
 
 from proxyd.protocol.circuit_breakers import DEFAULT, ResourceManager, thresholds
 from proxyd.protocol.http1 import ResponseHeadParser
+from proxyd.protocol.http1_framing import ReceiveBuffer
 from proxyd.worker import io
 
 if TYPE_CHECKING:
@@ -56,18 +57,17 @@ class Overflow(Exception):
 class UpstreamConnection:
     """One HTTP/1.1 connection to a host, with its receive buffer and head parser."""
 
-    __slots__ = ("sock", "host", "requests", "idle_since", "buf", "view", "start", "end", "parser")
+    __slots__ = ("sock", "host", "requests", "idle_since", "rb", "parser")
 
     def __init__(self, sock: socket.socket, host: HostState) -> None:
         self.sock = sock
         self.host = host
         self.requests = 0
         self.idle_since = 0.0
-        self.buf = bytearray(UPSTREAM_BUFFER)
-        self.view = memoryview(self.buf)
-        # Unconsumed bytes are buf[start:end].
-        self.start = 0
-        self.end = 0
+        # Received, unconsumed bytes; a response head over 64 KiB is a 502.
+        self.rb = ReceiveBuffer(
+            UPSTREAM_BUFFER, too_large_status=502, skip_crlf=False, size=UPSTREAM_BUFFER
+        )
         self.parser = ResponseHeadParser()
 
 
@@ -238,12 +238,11 @@ class ConnPool(ResourceManager):
         if (
             not reusable
             or self.retired
-            or conn.start != conn.end
+            or conn.rb.buffered
             or (self.max_requests and conn.requests >= self.max_requests)
         ):
             self.destroy(conn)
             return
-        conn.start = conn.end = 0
         if self.waiters:
             self.put_back(conn)
             return

@@ -36,14 +36,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from proxyd.errors import ProtocolError
-from proxyd.protocol.http1 import (
-    CRLF2,
-    LAST_CHUNK,
-    ChunkedDecoder,
-    ResponseHead,
-    chunk_header,
-    response_has_body,
-)
+from proxyd.protocol.http1 import LAST_CHUNK, ResponseHead, chunk_header, response_has_body
+from proxyd.protocol.http1_framing import BodyReader
 from proxyd.worker import io
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind, Timers
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
@@ -399,45 +393,39 @@ class Exchange:
 
     async def _read_response_head(self, conn: UpstreamConnection) -> ResponseHead | None:
         """The final response head; None when the upstream closed before sending one."""
-        buf = conn.buf
-        start = conn.start
-        end = conn.end
+        rb = conn.rb
         wanted = self.plan.response_wanted
+        sock = conn.sock
         while True:
-            if start < end:
-                he = buf.find(CRLF2, start, end)
-                if he >= 0:
-                    try:
-                        r = conn.parser.parse(conn.view[start : he + 4], wanted)
-                    except ProtocolError as exc:
-                        raise UpstreamProtocolError(exc.reason) from None
-                    start = he + 4
-                    if 100 <= r.status < 200 and r.status != 101:
-                        continue  # 100 Continue and other interim heads are not forwarded
-                    conn.start = start
-                    conn.end = end
-                    if r.status == 101:
-                        raise UpstreamProtocolError("unexpected 101 from upstream")
-                    return r
-            if end == len(buf):
-                if start == 0:
-                    raise UpstreamProtocolError("upstream response head too large")
-                buf[: end - start] = buf[start:end]
-                end -= start
-                start = 0
-            if start == end:
+            try:
+                head = rb.next_head()
+            except ProtocolError as exc:
+                raise UpstreamProtocolError(exc.reason) from None
+            if head is not None:
+                try:
+                    r = conn.parser.parse(head, wanted)
+                except ProtocolError as exc:
+                    raise UpstreamProtocolError(exc.reason) from None
+                if 100 <= r.status < 200 and r.status != 101:
+                    continue  # 100 Continue and other interim heads are not forwarded
+                if r.status == 101:
+                    raise UpstreamProtocolError("unexpected 101 from upstream")
+                return r
+            if not rb.buffered:
                 # The upstream has to answer first: let the other connections run, then
                 # read (under load the answer is usually there by then).
                 await io.yield_now()
             try:
-                n = conn.sock.recv_into(conn.view[end:])
+                n = sock.recv_into(rb.space())
             except BlockingIOError:
-                n = await io.recv_into(conn.sock, conn.view[end:])
+                n = -1
             except (ConnectionResetError, ConnectionAbortedError):
                 n = 0
+            if n < 0:
+                n = await io.recv_into(sock, rb.space())
             if n == 0:
                 return None
-            end += n
+            rb.commit(n)
 
     async def _relay(self, conn: UpstreamConnection, r: ResponseHead) -> bool:
         stream = self.stream
@@ -468,44 +456,38 @@ class Exchange:
             mode = BodyMode.LENGTH if r.content_length else BodyMode.NONE
         else:
             mode = BodyMode.UNTIL_CLOSE  # re-framed as chunked downstream
-        start = conn.start
-        end = conn.end
-        view = conn.view
+        rb = conn.rb
         if mode is BodyMode.NONE:
             await sink.send_headers(r, service_ms, 0, [], True)
-        elif mode is BodyMode.LENGTH:
-            left = r.content_length
-            take = min(end - start, left)
-            left -= take
-            await sink.send_headers(
-                r, service_ms, r.content_length, [view[start : start + take]] if take else [],
-                left == 0,
-            )  # fmt: skip
-            start += take
-            while left:
-                n = await self._recv_upstream(conn)
-                take = n if n < left else left
-                left -= take
-                await sink.send_data([view[:take]], left == 0)
-                start = take
-                end = n
-        elif mode is BodyMode.UNTIL_CLOSE:
-            await sink.send_headers(
-                r, service_ms, -1, [view[start:end]] if end > start else [], False
-            )
-            limit = self.plan.buffer_limit
-            while True:
-                n = await io.recv_into(conn.sock, view[:limit])
-                self._touch()
-                if n == 0:
-                    await sink.send_data([], True)
-                    break
-                await sink.send_data([view[:n]], False)
-            start = end = 0
         else:
-            start, end = await self._relay_chunked(conn, r, service_ms)
-        conn.start = start
-        conn.end = end
+            if mode is BodyMode.LENGTH:
+                body = BodyReader(r.content_length)
+                length = r.content_length
+            else:
+                body = BodyReader(
+                    chunked=mode is BodyMode.CHUNKED, until_close=mode is BodyMode.UNTIL_CLOSE
+                )
+                length = -1
+            try:
+                pieces = body.read(rb)
+                await sink.send_headers(r, service_ms, length, pieces, body.done)
+                limit = self.plan.buffer_limit
+                while not body.done:
+                    room = rb.space(min(limit, body.left) if mode is BodyMode.LENGTH else limit)
+                    n = await io.recv_into(conn.sock, room)
+                    if n == 0:
+                        if mode is BodyMode.UNTIL_CLOSE:
+                            body.end_of_stream()
+                            await sink.send_data([], True)
+                            break
+                        raise UpstreamReset()
+                    rb.commit(n)
+                    self._touch()
+                    pieces = body.read(rb)
+                    if pieces or body.done:
+                        await sink.send_data(pieces, body.done)
+            except ProtocolError:
+                raise UpstreamReset("bad chunk framing") from None
         self.conn = None
         pool.release(
             conn,
@@ -513,47 +495,8 @@ class Exchange:
         )
         return True
 
-    async def _recv_upstream(self, conn: UpstreamConnection, at: int = 0) -> int:
-        n = await io.recv_into(conn.sock, conn.view[at : at + self.plan.buffer_limit])
-        if n == 0:
-            raise UpstreamReset()
-        self._touch()
-        return n
-
     def _touch(self) -> None:
         """Bytes moved: with no route timeout, the stream idle timer starts over."""
         d = self.deadline
         if d.kind is DeadlineKind.STREAM_IDLE and self.plan.stream_idle != INF:
             self.timers.set(d, DeadlineKind.STREAM_IDLE, self.plan.stream_idle)
-
-    async def _relay_chunked(
-        self, conn: UpstreamConnection, r: ResponseHead, service_ms: int
-    ) -> tuple[int, int]:
-        sink = self.sink
-        buf = conn.buf
-        view = conn.view
-        start = conn.start
-        end = conn.end
-        dec = ChunkedDecoder()
-        head_sent = False
-        try:
-            while True:
-                pieces, pos = dec.feed(buf, start, end)
-                parts = [view[off : off + k] for off, k in pieces]
-                if not head_sent:
-                    head_sent = True
-                    await sink.send_headers(r, service_ms, -1, parts, dec.done)
-                elif parts or dec.done:
-                    await sink.send_data(parts, dec.done)
-                if dec.done:
-                    return pos, end
-                # Keep an unfinished chunk line, then read more behind it.
-                if pos < end:
-                    buf[: end - pos] = buf[pos:end]
-                end -= pos
-                start = 0
-                if end >= len(buf):
-                    raise UpstreamReset("chunk line too long")
-                end += await self._recv_upstream(conn, end)
-        except ProtocolError:
-            raise UpstreamReset("bad chunk framing") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind, Timers
@@ -20,7 +21,7 @@ def test_fires_exactly_when_due_and_only_once() -> None:
         d = Deadline(lambda d: fired.append((trio.current_time(), d.kind)))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(timers.run)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             t0 = trio.current_time()
             timers.set(d, DeadlineKind.ROUTE, 2.5)
             await trio.sleep(10)
@@ -41,7 +42,7 @@ def test_moving_later_and_earlier_and_clearing() -> None:
         c = Deadline(lambda d: fired.append(("c", trio.current_time())))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(timers.run)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             t0 = trio.current_time()
             timers.set(a, DeadlineKind.IDLE, 5)
             timers.set(a, DeadlineKind.IDLE, 8)  # later: the same entry, re-queued at 5
@@ -72,7 +73,7 @@ def test_idle_timers_do_no_periodic_work() -> None:
         d = Deadline(lambda d: None)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(timers.run)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             timers.set(d, DeadlineKind.IDLE, 3600)
             await trio.sleep(3599)
             assert wakes == 0
@@ -105,10 +106,10 @@ def test_deadline_cancels_only_its_scope() -> None:
     """Two streams: the one whose deadline passes is cancelled, the other finishes."""
     results: dict[str, str] = {}
 
-    async def stream(name: str, timers: Timers, timeout: float, work: float) -> None:
+    async def stream(name: str, timers: Timers, limit_s: float, work: float) -> None:
         with trio.CancelScope() as scope:
             d = Deadline(lambda d: scope.cancel())
-            timers.set(d, DeadlineKind.ROUTE, timeout)
+            timers.set(d, DeadlineKind.ROUTE, limit_s)
             await trio.sleep(work)
             timers.clear(d)
             results[name] = "done"
