@@ -9,7 +9,11 @@ Each ``proxyd/filters/<name>/`` has
   ``compile_per_route(msg, path, file)``;
 * ``filter.py`` (worker side, never imports protobuf): ``Factory``, a
   :class:`proxyd.filters.api.FilterFactory` made once per epoch and route from the
-  plain data, which makes one :class:`proxyd.filters.api.HttpFilter` per stream.
+  plain data, which makes one :class:`proxyd.filters.api.HttpFilter` per stream, and
+  ``STAT_PREFIX``, where its stats go after the connection manager's ``http.<stat_prefix>.``
+  (``"fault."``; ``""`` for the buffer filter, which counts Envoy's
+  ``downstream_rq_too_large`` there): its factory's scope is
+  ``StatsStore.named(f"http.{stat_prefix}.{STAT_PREFIX}")`` (:mod:`proxyd.worker.stats`).
 
 :data:`PACKAGES` maps each filter's proto type to its package; the router
 (``envoy.filters.http.router``) is the terminal filter and is not in it.
@@ -20,7 +24,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-PACKAGES: dict[str, str] = {}
+PACKAGES: dict[str, str] = {
+    "envoy.extensions.filters.http.buffer.v3.Buffer": "proxyd.filters.buffer",
+    "envoy.extensions.filters.http.fault.v3.HTTPFault": "proxyd.filters.fault",
+}
 
 
 def config_module(type_name: str) -> ModuleType | None:

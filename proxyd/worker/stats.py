@@ -1,8 +1,8 @@
 """The worker's counters and gauges: plain integers on small objects, Envoy's names.
 
-A scope object (:class:`ClusterStats`, :class:`HttpStats`, :class:`ListenerStats`) is
-resolved once per epoch by name and kept for the life of the worker, so a request
-bumps an attribute and never formats a stat name. :meth:`StatsStore.report` turns the
+A scope object (:class:`ClusterStats`, :class:`HttpStats`, :class:`ListenerStats`,
+:class:`NamedStats` for HTTP filters) is resolved once per epoch by name and kept for
+the life of the worker, so a request bumps an attribute and never formats a stat name. :meth:`StatsStore.report` turns the
 whole store into ``(counter deltas since the last report, absolute gauges)`` with the
 full Envoy stat names, which is what :class:`proxyd.ipc.StatsReport` carries.
 
@@ -269,6 +269,44 @@ class HostStats(_Scope):
         super().__init__(f"{cluster}{HOST_SEP}{host}{HOST_SEP}")
 
 
+class NamedStats(_Scope):
+    """A scope whose stats are named when first touched: an HTTP filter's
+    (:class:`proxyd.filters.api.StatsScope`), e.g. ``http.<stat_prefix>.fault.``.
+
+    ``inc(name, 0)`` and ``gauge_add(name, 0)`` make a stat visible at 0 before anything
+    has counted it, as Envoy shows a filter's stats from the start. Counters report
+    deltas, gauges absolute values, like the other scopes."""
+
+    __slots__ = ("counters", "gauges")
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.counters: dict[str, int] = {}
+        self.gauges: dict[str, int] = {}
+
+    def inc(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+    def gauge_add(self, name: str, by: int) -> None:
+        self.gauges[name] = self.gauges.get(name, 0) + by
+
+    def value(self, name: str) -> int:
+        if name in self.gauges:
+            return self.gauges[name]
+        return self.counters.get(name, 0)
+
+    def collect(self, counters: dict[str, int], gauges: dict[str, int]) -> None:
+        last = self._last
+        prefix = self.prefix
+        for name, value in self.counters.items():
+            before = last.get(name)
+            if before is None or value != before:  # a new name is reported even at 0
+                counters[prefix + name] = value - (before or 0)
+                last[name] = value
+        for name, value in self.gauges.items():
+            gauges[prefix + name] = value
+
+
 class StatsStore:
     """Every scope the worker has resolved, by full prefix; scopes are never dropped."""
 
@@ -298,6 +336,11 @@ class StatsStore:
 
     def listener(self, stat_name: str) -> ListenerStats:
         return self._get(ListenerStats, "listener." + stat_name, stat_name)
+
+    def named(self, prefix: str) -> NamedStats:
+        """An HTTP filter's scope; ``prefix`` is the full one with its trailing dot,
+        ``http.<stat_prefix>.`` + the filter module's ``STAT_PREFIX``."""
+        return self._get(NamedStats, "named." + prefix, prefix)
 
     def report(self) -> tuple[dict[str, int], dict[str, int]]:
         """Counter deltas since the previous call, and gauges as absolute values."""
