@@ -41,6 +41,7 @@ lint: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/xds_scale.py
+	$(BIN)/python bench/idle_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

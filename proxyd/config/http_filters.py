@@ -86,6 +86,7 @@ def compile_per_filter_config(holder: Any, path: str, file: str) -> dict[str, Fi
         enabled = False
         if type_name == FILTER_CONFIG_TYPE:
             wrapper = _unpack(any_msg)
+            assert wrapper is not None  # the allow-list walk resolved every type URL
             disabled = wrapper.disabled
             enabled = not wrapper.disabled
             if not wrapper.HasField("config"):

@@ -9,11 +9,9 @@ Each ``proxyd/filters/<name>/`` has
   ``compile_per_route(msg, path, file)``;
 * ``filter.py`` (worker side, never imports protobuf): ``Factory``, a
   :class:`proxyd.filters.api.FilterFactory` made once per epoch and route from the
-  plain data, which makes one :class:`proxyd.filters.api.HttpFilter` per stream, and
-  ``STAT_PREFIX``, where its stats go after the connection manager's ``http.<stat_prefix>.``
-  (``"fault."``; ``""`` for the buffer filter, which counts Envoy's
-  ``downstream_rq_too_large`` there): its factory's scope is
-  ``StatsStore.named(f"http.{stat_prefix}.{STAT_PREFIX}")`` (:mod:`proxyd.worker.stats`).
+  plain data, which makes one :class:`proxyd.filters.api.HttpFilter` per stream. Its
+  stats scope is the connection manager's ``http.<stat_prefix>.``; a filter counts by
+  Envoy's name below it (``fault.aborts_injected``, ``downstream_rq_too_large``).
 
 :data:`PACKAGES` maps each filter's proto type to its package; the router
 (``envoy.filters.http.router``) is the terminal filter and is not in it.

@@ -326,8 +326,10 @@ class RequestHeadParser:
                     h.remove.append(t)
         if h.chunked and h.content_length >= 0:
             raise ProtocolError("content-length with transfer-encoding", 400)
-        # llhttp finished the message iff it has no body: then the parser is reused.
-        self._clean = self._parser is not None and not h.has_body
+        # llhttp finished the message iff it has no body: then the parser is reused
+        # (one parser serves every connection of a worker, heads are parsed whole).
+        # (After "connection: close" llhttp refuses more input: a fresh one then.)
+        self._clean = self._parser is not None and not h.has_body and h.keep_alive
         return h
 
     @staticmethod

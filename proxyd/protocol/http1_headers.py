@@ -197,7 +197,11 @@ class RequestHeaderPolicy:
         self.ids = ids
 
     def apply(
-        self, h: RequestHead, remote_ip: str, timeout_header: bytes
+        self,
+        h: RequestHead,
+        remote_ip: str,
+        timeout_header: bytes,
+        added: list[bytes] | None = None,
     ) -> tuple[bytes, str, str, bytes]:
         remove = h.remove
         add: list[bytes] = []
@@ -243,6 +247,8 @@ class RequestHeaderPolicy:
             request_id = rid.decode("latin-1")
         if timeout_header:
             add.append(timeout_header)
+        if added:
+            add.extend(added)  # filters' request header edits
         if h.chunked:
             add.append(b"transfer-encoding: chunked\r\n")
         add.append(b"\r\n")
@@ -261,7 +267,12 @@ class RequestHeaderPolicy:
 
 
 def response_head(
-    r: ResponseHead, server: bytes, service_time_ms: int, chunked: bool, close: bool
+    r: ResponseHead,
+    server: bytes,
+    service_time_ms: int,
+    chunked: bool,
+    close: bool,
+    added: list[bytes] | None = None,
 ) -> bytes:
     """The head to send downstream for upstream response ``r``.
 
@@ -289,6 +300,8 @@ def response_head(
         extra += b"connection: close\r\n"
     if not r.has_date:
         extra += b"date: " + http_date() + b"\r\n"
+    if added:
+        extra += b"".join(added)  # filters' response header edits
     return base + server + extra + b"\r\n"
 
 

@@ -35,6 +35,8 @@ results Envoy's router and connection pool report for it (``putResult`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 OK = 0
 ERROR_5XX = 1
 GATEWAY_ERROR = 2
@@ -61,7 +63,11 @@ class OutcomeLog:
             runs.append(kind)
             runs.append(1)
         if kind != OK and self.store is not None:
-            self.store.failures_pending = True
+            store = self.store
+            if not store.failures_pending:
+                store.failures_pending = True
+                if store.on_failure is not None:
+                    store.on_failure()
 
     def response(self, status: int) -> None:
         """The upstream answered with ``status`` (a final response head)."""
@@ -109,10 +115,11 @@ class OutcomeStore:
 
     def __init__(self) -> None:
         self._logs: dict[str, dict[str, OutcomeLog]] = {}
-        # A failure was recorded since the last report: the worker sends the outcomes
-        # at its next watchdog tick instead of waiting for the stats timer, so the
-        # master's consecutive detectors see a failing host within ~50 ms.
+        # A failure was recorded since the last report: ``on_failure`` (set by the
+        # worker) has the outcomes sent within milliseconds instead of waiting for the
+        # stats timer, so the master's consecutive detectors see a failing host soon.
         self.failures_pending = False
+        self.on_failure: Callable[[], None] | None = None
 
     def log(self, cluster: str, host: str) -> OutcomeLog:
         """``host`` as /clusters prints it (``ip:port`` or ``[ip6]:port``)."""

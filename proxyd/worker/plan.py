@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 
-from proxyd.epoch import Epoch, Listener
+from proxyd import filters
+from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener
+from proxyd.filters.api import FilterFactory
 from proxyd.protocol.access_log import LogFormat
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.routing import RouteTable
@@ -20,12 +22,38 @@ from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
+def compile_filters(
+    http_filters: tuple[HttpFilter, ...],
+    overrides: tuple[FilterOverride, ...],
+    stat_prefix: str,
+    stats: StatsStore,
+) -> tuple[FilterFactory, ...]:
+    """The factories of a route's filters, with its per-route config resolved; those
+    disabled on the route (or in the HCM and not enabled by the route) are left out."""
+    if not http_filters:
+        return ()
+    by_name = {o.name: o for o in overrides}
+    out = []
+    for f in http_filters:
+        o = by_name.get(f.name)
+        if o is not None and o.disabled:
+            continue
+        if f.disabled and (o is None or not (o.enabled or o.config is not None)):
+            continue
+        module = filters.runtime_module(f.type_name)
+        scope = stats.named(f"http.{stat_prefix}.")
+        out.append(module.Factory(f.name, f.config, o.config if o else None, scope))
+    return tuple(out)
+
+
 class RoutePlan:
     """What a matched route leads to (``cluster`` and ``pool`` are None when it names no
     cluster). ``pool`` is the cluster's connection pool for the route's priority, with
     that priority's circuit breakers (RouteAction.priority)."""
 
-    __slots__ = ("name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header")
+    __slots__ = (
+        "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -43,6 +71,8 @@ class RoutePlan:
         ms = int(round(timeout_s * 1000))
         # x-envoy-expected-rq-timeout-ms, ready to splice (b"" when there is none).
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
+        # The route's HTTP filters before the router (empty: the router alone).
+        self.filters: tuple[FilterFactory, ...] = ()
 
 
 class ListenerPlan:
@@ -67,11 +97,20 @@ class ListenerPlan:
         self.http_stats: HttpStats = stats.http(hcm.stat_prefix)
         self.routes = RouteTable(hcm.route_config)
         self.route_plans: dict[int, RoutePlan] = {}
+        filter_headers: set[str] = set()
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
-                self.route_plans[id(r)] = RoutePlan(
-                    r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority
+                rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
+                rp.filters = compile_filters(
+                    hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
                 )
+                for f in rp.filters:
+                    filter_headers |= f.wanted_headers
+                self.route_plans[id(r)] = rp
+        # A request no route matches still passes the filters (with their HCM config).
+        self.no_route_filters = compile_filters(hcm.http_filters, (), hcm.stat_prefix, stats)
+        for f in self.no_route_filters:
+            filter_headers |= f.wanted_headers
         self.logs: list[tuple[LogFormat, AccessLogWriter]] = []
         log_req: set[str] = set()
         log_resp: set[str] = set()
@@ -84,7 +123,7 @@ class ListenerPlan:
             log_req.add("user-agent")
         # Header names (bytes, lower case) the request parser collects, by the key under
         # which routing and logging look them up.
-        wanted = set(self.routes.needed_headers) | log_req
+        wanted = set(self.routes.needed_headers) | log_req | filter_headers
         self.request_wanted = {n.encode("latin-1"): n for n in wanted}
         self.response_wanted = {n.encode("latin-1"): n for n in log_resp}
         self.policy = RequestHeaderPolicy(

@@ -30,11 +30,12 @@ import structlog
 import trio
 
 from proxyd import ipc
+from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
 from proxyd.worker import io
 from proxyd.worker.accesslog import AccessLogWriter, update_writers
-from proxyd.worker.deadlines import IDLE, WATCHDOG_TICK_S
-from proxyd.worker.downstream import DownstreamConnection
+from proxyd.worker.deadlines import DeadlineKind, Timers
+from proxyd.worker.downstream import BufferPool, DownstreamConnection
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
 from proxyd.worker.stats import StatsStore
 from proxyd.worker.upstream import ClusterState
@@ -45,6 +46,8 @@ EXIT_OK = 0
 EXIT_CANNOT_START = 3
 REPORT_INTERVAL_S = 1.0
 ACCEPT_BATCH = 64
+# Failing outcomes recorded within this window go to the master in one message.
+FAILURE_BATCH_S = 0.005
 
 
 def local_address() -> str:
@@ -78,6 +81,14 @@ class Worker:
         self.ids = RequestIdGenerator()
         self.local_address = local_address()
         self.exit_code = EXIT_OK
+        # Every deadline of the request path, fired by one task (no periodic scan).
+        self.timers = Timers()
+        # Receive buffers, taken by a connection while bytes arrive.
+        self.buffers = BufferPool()
+        # Request heads are parsed whole and at once: one parser serves every connection.
+        self.head_parser = RequestHeadParser()
+        self._unexpected_seen: set[tuple[str, str]] = set()
+        self._failures_scheduled = False
         self._all_closed: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -96,7 +107,8 @@ class Worker:
                 self._start_accepting()
                 await self._send_ready()
                 nursery.start_soon(self._ticker)
-                nursery.start_soon(self._watchdog)
+                nursery.start_soon(self.timers.run)
+                self.stats.outcomes.on_failure = self._failure_recorded
                 await self._control_loop()
                 nursery.cancel_scope.cancel()
             await self._final_report()
@@ -293,7 +305,7 @@ class Worker:
         await trio.sleep(max(after_s, 0.0))
         for conn in list(self.connections):
             if conn.listener_name == name and conn.generation is generation and conn.idle:
-                conn.arm(IDLE, 0.0)  # the watchdog closes it quietly at its next tick
+                conn.set_deadline(DeadlineKind.DRAIN, 0.0)  # closes it quietly
 
     def connection_closed(self) -> None:
         if self._all_closed is not None and not self.connections:
@@ -301,23 +313,27 @@ class Worker:
 
     # -- housekeeping -------------------------------------------------------------------
 
-    async def _watchdog(self) -> None:
-        """Timeouts of the request path: wake connections whose deadline passed.
+    def note_unexpected(self, exc: BaseException, where: str, **context: object) -> None:
+        """A catch-all on the request path caught ``exc``: count it, log it once per
+        place and type (with its traceback), and let only that connection end."""
+        self.stats.unexpected_errors += 1
+        key = (where, type(exc).__name__)
+        if key not in self._unexpected_seen:
+            self._unexpected_seen.add(key)
+            log.error("unexpected error", where=where, exc_info=exc, **context)
 
-        One scan of the open connections every WATCHDOG_TICK_S replaces a cancel scope
-        per request and per wait (see proxyd.worker.deadlines)."""
-        while True:
-            await trio.sleep(WATCHDOG_TICK_S)
-            now = time.monotonic()
-            for conn in self.connections:
-                if conn.deadline <= now:
-                    conn.expire()
-            if self.stats.outcomes.failures_pending and self._nursery is not None:
-                self.stats.outcomes.failures_pending = False
-                self._nursery.start_soon(self._send_failures)
+    def _failure_recorded(self) -> None:
+        """A failing outcome was recorded: send the outcomes to the master shortly
+        (a few milliseconds, so failures in a burst travel together)."""
+        if not self._failures_scheduled and self._nursery is not None:
+            self._failures_scheduled = True
+            self._nursery.start_soon(self._send_failures)
 
     async def _send_failures(self) -> None:
         """Outcomes with a failure in them go to the master now (outlier detection)."""
+        await trio.sleep(FAILURE_BATCH_S)
+        self._failures_scheduled = False
+        self.stats.outcomes.failures_pending = False
         try:
             await self._send_outcomes()
         except OSError:

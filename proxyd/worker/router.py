@@ -1,30 +1,35 @@
-"""The router: one request from a downstream connection to an upstream host and back.
+"""The router, the terminal filter: one stream to an upstream host and back.
 
-:meth:`Exchange.run` takes a routed request whose host is already picked and whose
+:meth:`Exchange.run` takes a routed stream whose host is already picked and whose
 upstream head is already built, and
 
 1. takes an idle pooled connection to the host, or gets one from the cluster's pool
    for the route's priority (:meth:`ConnPool.acquire`: connects, or waits in the
    pending queue beyond max_connections; a connect failure is Envoy's 503 ``UF``, a full
    queue 503 ``UO``), then attaches the request to it (the max_requests breaker of that
-   priority), sends the head and whatever body bytes are already buffered;
-2. streams the rest of the request body (:mod:`proxyd.worker.request_body`) in a
-   second task while it waits for the response, so an upstream that answers early is
-   heard and neither side can fill the other's buffers;
-3. forwards the response head (edited, see :mod:`proxyd.protocol.http1_headers`) and
-   streams the body through the connection's buffer with backpressure: nothing is read
-   from one side before what was read has been written to the other.
+   priority), sends the head and the request body pieces the stream already has;
+2. streams the rest of the request body (pieces from the stream's sink, framed for the
+   upstream) in a second task while it waits for the response, so an upstream that
+   answers early is heard and neither side can fill the other's buffers;
+3. hands the response head and body pieces to the stream's sink with backpressure:
+   nothing more is read from the upstream before what was read has been written.
+
+The router never touches the downstream connection: it works on the stream's
+:class:`~proxyd.worker.stream.DownstreamSink`, so it cannot tell the HTTP/1 codec from
+the filter chain (or, later, HTTP/2).
 
 A reused connection that fails before any response byte is retried once on a new
 connection when the request had no body, if the max_retries (or retry_budget) breaker
-allows. The route timeout (Envoy's, counted from the end of the request, also while the
-request is pending) gives 504 ``UT`` before the response started, and a reset
-downstream connection after. Everything here is sans-parsing: codecs live in
-``proxyd.protocol``.
+allows. Deadlines are the stream's (:mod:`proxyd.worker.deadlines`): the route timeout
+(Envoy's, counted from the end of the request, also while the request is pending) is
+armed here; when one fires, the stream's cancel scope ends the exchange wherever it
+waits, :meth:`Exchange._deadline_fired` does the upstream side's bookkeeping, and the
+connection manager answers the client.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import TYPE_CHECKING
 
@@ -35,69 +40,101 @@ from proxyd.protocol.http1 import (
     CRLF2,
     LAST_CHUNK,
     ChunkedDecoder,
-    RequestHead,
     ResponseHead,
     chunk_header,
     response_has_body,
 )
-from proxyd.protocol.http1_headers import CONTINUE_100, local_reply, response_head
 from proxyd.worker import io
-from proxyd.worker.deadlines import INF, REQUEST, ROUTE, STREAM_IDLE
+from proxyd.worker.deadlines import INF, Deadline, DeadlineKind, Timers
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
-from proxyd.worker.request_body import DownstreamGone, framed, pump, send_request
+from proxyd.worker.stream import (
+    BodyMode,
+    DownstreamReset,
+    LocalReplied,
+    ResponseFlag,
+    Stream,
+    UpstreamProtocolError,
+    UpstreamReset,
+)
 from proxyd.worker.upstream import HostState
 
 if TYPE_CHECKING:
-    from proxyd.worker.downstream import DownstreamConnection
     from proxyd.worker.plan import ListenerPlan, RoutePlan
 
-# A response body this small (and already received) goes out in one write with its head.
-SMALL_BODY = 4096
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
 CRLF = b"\r\n"
 OVERLOADED = b"x-envoy-overloaded: true\r\n"
 
 
-class UpstreamGone(Exception):
-    """The upstream closed or broke the connection in the middle of a response."""
+class PumpEnd(enum.Enum):
+    """How the request body pump stopped early."""
+
+    DOWNSTREAM_RESET = "downstream reset"
+    BAD_REQUEST_BODY = "bad request body"
+    UPSTREAM_STOPPED_READING = "upstream stopped reading"
+
+
+def arm_request_phase(stream: Stream, plan: ListenerPlan, timers: Timers, d: Deadline) -> None:
+    """The request body is still arriving: request_timeout (from the start of the
+    request) or stream_idle_timeout (from the last activity), whichever is first."""
+    idle_at = timers.now() + plan.stream_idle if plan.stream_idle != INF else INF
+    req_at = stream.request_deadline
+    if req_at <= idle_at:
+        timers.set_at(d, DeadlineKind.REQUEST, req_at)
+    else:
+        timers.set_at(d, DeadlineKind.STREAM_IDLE, idle_at)
+
+
+def frame_request(parts: list, pieces: list, chunked: bool, last: bool) -> None:
+    """Request body pieces as the upstream gets them (chunked: re-framed)."""
+    if chunked:
+        for p in pieces:
+            n = len(p)
+            if n:
+                parts.append(chunk_header(n))
+                parts.append(p)
+                parts.append(CRLF)
+        if last:
+            parts.append(LAST_CHUNK)
+    else:
+        parts.extend(pieces)
 
 
 class Exchange:
-    """One request forwarded upstream; ``run()`` is True when the downstream connection
-    stays open."""
+    """One stream forwarded upstream; ``run()`` is False when the downstream connection
+    cannot carry another request."""
 
     __slots__ = (
-        "dc",
+        "stream",
+        "sink",
         "plan",
-        "h",
         "rp",
         "pool",
         "host",
         "head",
         "conn",
-        "body_left",
-        "decoder",
-        "body_done",
-        "body_sent",
+        "timers",
+        "deadline",
+        "pump_end",
         "pump_error",
         "t_sent",
-        "request_deadline",
         "attached",
         "retrying",
+        "chunked_up",
     )
 
     def __init__(
         self,
-        dc: DownstreamConnection,
+        stream: Stream,
         plan: ListenerPlan,
-        h: RequestHead,
         rp: RoutePlan,
         host: HostState,
         head: bytes,
+        deadline: tuple[Timers, Deadline],
     ) -> None:
-        self.dc = dc
+        self.stream = stream
+        self.sink = stream.sink
         self.plan = plan
-        self.h = h
         self.rp = rp
         # The route's pool (its priority's connections and circuit breakers).
         pool = rp.pool
@@ -106,34 +143,36 @@ class Exchange:
         self.host = host
         self.head = head
         self.conn: UpstreamConnection | None = None
-        self.body_left = 0
-        self.decoder: ChunkedDecoder | None = None
-        self.body_done = not h.has_body
-        self.body_sent = False
-        self.pump_error = ""
+        self.timers, self.deadline = deadline
+        self.pump_end: PumpEnd | None = None
+        self.pump_error: ProtocolError | None = None
         self.t_sent = 0.0
-        self.request_deadline = INF
         # Counted in upstream_rq_active (max_requests) once it has a connection; a retry
         # outstanding (max_retries) until its attempt gets a response or fails.
         self.attached = False
         self.retrying = False
+        h = stream.head
+        assert h is not None
+        self.chunked_up = h.chunked
 
     async def run(self) -> bool:
-        dc = self.dc
+        stream = self.stream
         pool = self.pool
         cstats = pool.stats
         host = self.host
         hstats = host.stats
         host.active_requests += 1
-        dc.upstream_host = host.label
-        if self.body_done:
+        stream.upstream_host = host.label
+        h = stream.head
+        assert h is not None
+        has_body = h.has_body
+        if stream.request_complete:
             self.arm_route()
         else:
             if self.plan.request_timeout != INF:
-                self.request_deadline = time.monotonic() + self.plan.request_timeout
-            dc.arm(REQUEST, min(self.plan.request_timeout, self.plan.stream_idle))
+                stream.request_deadline = self.timers.now() + self.plan.request_timeout
+            arm_request_phase(stream, self.plan, self.timers, self.deadline)
         try:
-            h = self.h
             retried = False
             while True:
                 # Envoy's upstream service time includes the wait for a connection.
@@ -142,20 +181,15 @@ class Exchange:
                 reused = conn is not None
                 if conn is None:
                     try:
-                        # The request's deadline runs on while it is pending.
-                        with trio.move_on_after(max(dc.deadline - self.t_sent, 0.0)):
-                            conn = await pool.acquire(host)
+                        conn = await pool.acquire(host)
                     except ConnectFailure as exc:
-                        self.dc.flags = "UF"
+                        stream.flags = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
                         cstats.count_response(503)
                         hstats.rq_error += 1
                         host.outcomes.connect_failed()
                         return await self._reply(503, RESET_BEFORE_HEADERS + exc.reason)
                     except Overflow:
                         return await self._overflow()
-                    if conn is None:
-                        dc.expired = dc.deadline_kind
-                        raise trio.ClosedResourceError()
                 if not self.attached:
                     if not pool.attach():
                         pool.put_back(conn)
@@ -167,10 +201,10 @@ class Exchange:
                 cstats.rq_total += 1
                 hstats.rq_total += 1
                 self.conn = conn
-                self.dc.upstream_sock = conn.sock
+                r: ResponseHead | None
                 try:
-                    if h.has_body:
-                        await send_request(self, conn)
+                    if has_body:
+                        await self._send_request_start(conn)
                     else:
                         head = self.head
                         try:
@@ -182,7 +216,7 @@ class Exchange:
                 except OSError:
                     r = None
                 else:
-                    if not self.body_done:
+                    if not stream.request_complete:
                         return await self._duplex(conn)
                     r = await self._read_response_head(conn)
                 if r is not None:
@@ -195,48 +229,34 @@ class Exchange:
                 # connection when there is no body to resend.
                 pool.destroy(conn)
                 self.conn = None
-                dc.upstream_sock = None
-                if reused and not retried and not h.has_body:
+                if reused and not retried and not has_body:
                     retried = True
                     if pool.retry_allowed():
                         self.retrying = True
                         continue
-                return await self._reset_before_headers("UC", "connection termination")
-        except trio.ClosedResourceError:
-            # The watchdog woke us: which timeout fired decides the answer.
-            kind = dc.expired
-            if kind == ROUTE:
-                return await self._timed_out("UT", 504, "upstream request timeout")
-            if kind == STREAM_IDLE:
-                # Envoy: 504 once the request is complete (408 while it is not).
-                return await self._timed_out("SI", 504, "stream timeout")
-            if kind == REQUEST:
-                self.body_done = False
-                if time.monotonic() >= self.request_deadline:
-                    return await self._timed_out("-", 408, "request timeout")
-                return await self._timed_out("SI", 408, "stream timeout")
-            dc.flags = "DC"
-            return False
+                return await self._reset_before_headers("connection termination")
+        except trio.Cancelled:
+            self._deadline_fired()
+            raise
+        except UpstreamProtocolError:
+            stream.flags = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
+            cstats.count_response(502)
+            hstats.rq_error += 1
+            host.outcomes.reset()
+            return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
         except ProtocolError as exc:
-            # A malformed request body (ours to answer) or response (the upstream's).
-            if exc.status == 502:
-                dc.flags = "UPE"
-                cstats.count_response(502)
-                hstats.rq_error += 1
-                host.outcomes.reset()
-                return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
-            dc.flags = "DPE"
-            self.body_done = False
+            # A malformed request body: ours to answer.
+            stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
             return await self._reply(exc.status, "Bad Request")
-        except DownstreamGone:
-            dc.flags = "DC"
+        except DownstreamReset:
+            stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
             return False
-        except UpstreamGone:
-            dc.flags = "UC"
+        except UpstreamReset:
+            stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
             return False
+        except LocalReplied:
+            return False  # a filter answered (its reply went out already)
         finally:
-            dc.upstream_sock = None
-            dc.deadline = INF
             host.active_requests -= 1
             if self.attached:
                 pool.requests -= 1  # ResourceManager.detach(), inline
@@ -252,113 +272,127 @@ class Exchange:
         """The request is complete: the route timeout runs from now (0 = none, and then
         only the stream idle timeout applies)."""
         timeout = self.rp.timeout_s
-        if timeout:
-            self.dc.arm(ROUTE, min(timeout, self.plan.stream_idle))
-            if self.plan.stream_idle < timeout:
-                self.dc.deadline_kind = STREAM_IDLE
+        stream_idle = self.plan.stream_idle
+        if timeout and timeout <= stream_idle:
+            self.timers.set(self.deadline, DeadlineKind.ROUTE, timeout)
         else:
-            self.dc.arm(STREAM_IDLE, self.plan.stream_idle)
+            self.timers.set(self.deadline, DeadlineKind.STREAM_IDLE, stream_idle)
+
+    def _deadline_fired(self) -> None:
+        """A deadline ended the exchange: the upstream side's stats and outcomes."""
+        stream = self.stream
+        if stream.timed_out is DeadlineKind.ROUTE:
+            cstats = self.pool.stats
+            cstats.rq_timeout += 1
+            if self.attached:  # not while pending: Envoy has no upstream host then
+                self.host.stats.rq_timeout += 1
+                self.host.stats.rq_error += 1
+            if self.conn is not None and not stream.response_started:
+                self.host.outcomes.timeout()  # connected, no response head yet
+            if not stream.response_started:
+                cstats.count_response(504)
 
     # -- outcomes made here -------------------------------------------------------------
 
     async def _overflow(self) -> bool:
         """A circuit breaker tripped: Envoy's 503 ``UO`` with x-envoy-overloaded."""
-        self.dc.flags = "UO"
-        self.dc.upstream_host = None
+        self.stream.flags = ResponseFlag.UPSTREAM_OVERFLOW
+        self.stream.upstream_host = None
         self.pool.stats.count_response(503)
         return await self._reply(503, RESET_BEFORE_HEADERS + "overflow", OVERLOADED)
 
     async def _reply(self, status: int, body: str, extra: bytes = b"") -> bool:
-        dc = self.dc
-        if dc.response_started:
+        if self.stream.response_started:
             return False
-        h = self.h
-        keep = (
-            h.keep_alive and self.body_done and not dc.worker.draining and not dc.listener_updated
-        )
-        dc.status = status
-        data = local_reply(
-            status,
-            body,
-            self.plan.server,
-            close=not keep,
-            head_request=h.method == "HEAD",
-            extra=extra,
-        )
         try:
-            await io.send_all(dc.sock, data)
-        except (OSError, trio.ClosedResourceError):
+            await self.sink.send_local_reply(status, body, extra)
+        except DownstreamReset:
             return False
-        dc.bytes_sent += len(data) - data.find(CRLF2) - 4
-        return keep
+        return True
 
-    async def _timed_out(self, flag: str, status: int, body: str) -> bool:
-        dc = self.dc
-        cstats = self.pool.stats
-        if flag == "UT":
-            cstats.rq_timeout += 1
-            if self.attached:  # not while pending: Envoy has no upstream host then
-                self.host.stats.rq_timeout += 1
-                self.host.stats.rq_error += 1
-            if self.conn is not None and not dc.response_started:
-                self.host.outcomes.timeout()  # connected, no response head yet
-        dc.flags = flag
-        if self.conn is not None:
-            self.pool.destroy(self.conn)
-            self.conn = None
-        if dc.response_started:
-            return False  # the client got a head already: all that is left is a reset
-        if flag == "UT":
-            cstats.count_response(status)
-        return await self._reply(status, body)
-
-    async def _reset_before_headers(self, flag: str, reason: str) -> bool:
-        self.dc.flags = flag
+    async def _reset_before_headers(self, reason: str) -> bool:
+        self.stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
         self.pool.stats.count_response(503)
         self.host.stats.rq_error += 1
         self.host.outcomes.reset()
         return await self._reply(503, RESET_BEFORE_HEADERS + reason)
 
-    # -- the exchange -------------------------------------------------------------------
+    # -- the request --------------------------------------------------------------------
+
+    async def _send_request_start(self, conn: UpstreamConnection) -> None:
+        """The head and the body pieces the stream already has, in one write."""
+        stream = self.stream
+        pieces = self.sink.take_buffered_body()
+        if not pieces and not stream.request_complete:
+            await io.send_all(conn.sock, self.head)
+            return
+        parts: list = [self.head]
+        frame_request(parts, pieces, self.chunked_up, stream.request_complete)
+        await io.send_parts(conn.sock, parts)
+        if stream.request_complete:
+            self.arm_route()
+
+    async def _pump(self, conn: UpstreamConnection, cancel: trio.CancelScope) -> None:
+        """The rest of the request body, from the sink to the upstream."""
+        stream = self.stream
+        sink = self.sink
+        usock = conn.sock
+        chunked = self.chunked_up
+        try:
+            while not stream.request_complete:
+                pieces = await sink.recv_body()
+                parts: list = []
+                frame_request(parts, pieces, chunked, stream.request_complete)
+                if parts:
+                    await io.send_parts(usock, parts)
+        except DownstreamReset:
+            self.pump_end = PumpEnd.DOWNSTREAM_RESET
+            cancel.cancel()
+            return
+        except ProtocolError as exc:
+            self.pump_end = PumpEnd.BAD_REQUEST_BODY
+            self.pump_error = exc
+            cancel.cancel()
+            return
+        except OSError:
+            # The upstream stopped reading; its response (or its close) tells the rest.
+            self.pump_end = PumpEnd.UPSTREAM_STOPPED_READING
+            return
+        self.arm_route()
 
     async def _duplex(self, conn: UpstreamConnection) -> bool:
         """Stream the request body in a second task while waiting for the response."""
-        dc = self.dc
-        if self.h.expect_continue:
-            try:
-                await io.send_all(dc.sock, CONTINUE_100)
-            except OSError:
-                raise DownstreamGone() from None
+        h = self.stream.head
+        assert h is not None
+        if h.expect_continue:
+            await self.sink.send_continue()
         keep = False
         r: ResponseHead | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, self, conn, nursery.cancel_scope)
+                nursery.start_soon(self._pump, conn, nursery.cancel_scope)
                 r = await self._read_response_head(conn)
                 if r is None:
                     nursery.cancel_scope.cancel()
                 else:
                     keep = await self._relay(conn, r)
-                    if not self.body_done:
+                    if not self.stream.request_complete:
                         # The upstream answered before the request ended: the rest of
                         # the body cannot be told from a next request, so the
-                        # connection ends.
+                        # connection ends (the sink said "connection: close").
                         nursery.cancel_scope.cancel()
-                        keep = False
         except BaseExceptionGroup as group:
-            # Nursery errors come wrapped; the request path raises one at a time.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-        error = self.pump_error
-        if error == "DC":
-            raise DownstreamGone()
-        if error == "DPE":
-            raise ProtocolError("malformed request body", 400)
-        if error == "TIMEOUT":
-            raise trio.ClosedResourceError()
+            # Nursery errors come wrapped; the request path raises one at a time (a
+            # deadline cancels both tasks: one Cancelled goes on for the scope).
+            raise group.exceptions[0] from None
+        end = self.pump_end
+        if end is PumpEnd.DOWNSTREAM_RESET:
+            raise DownstreamReset()
+        if end is PumpEnd.BAD_REQUEST_BODY:
+            assert self.pump_error is not None
+            raise self.pump_error
         if r is None:
-            return await self._reset_before_headers("UC", "connection termination")
+            return await self._reset_before_headers("connection termination")
         return keep
 
     # -- the response -------------------------------------------------------------------
@@ -373,18 +407,21 @@ class Exchange:
             if start < end:
                 he = buf.find(CRLF2, start, end)
                 if he >= 0:
-                    r = conn.parser.parse(conn.view[start : he + 4], wanted)
+                    try:
+                        r = conn.parser.parse(conn.view[start : he + 4], wanted)
+                    except ProtocolError as exc:
+                        raise UpstreamProtocolError(exc.reason) from None
                     start = he + 4
                     if 100 <= r.status < 200 and r.status != 101:
                         continue  # 100 Continue and other interim heads are not forwarded
                     conn.start = start
                     conn.end = end
                     if r.status == 101:
-                        raise ProtocolError("unexpected 101 from upstream", 502)
+                        raise UpstreamProtocolError("unexpected 101 from upstream")
                     return r
             if end == len(buf):
                 if start == 0:
-                    raise ProtocolError("upstream response head too large", 502)
+                    raise UpstreamProtocolError("upstream response head too large")
                 buf[: end - start] = buf[start:end]
                 end -= start
                 start = 0
@@ -392,8 +429,6 @@ class Exchange:
                 # The upstream has to answer first: let the other connections run, then
                 # read (under load the answer is usually there by then).
                 await io.yield_now()
-                if self.dc.expired:
-                    raise trio.ClosedResourceError()
             try:
                 n = conn.sock.recv_into(conn.view[end:])
             except BlockingIOError:
@@ -405,16 +440,18 @@ class Exchange:
             end += n
 
     async def _relay(self, conn: UpstreamConnection, r: ResponseHead) -> bool:
-        dc = self.dc
-        h = self.h
+        stream = self.stream
+        sink = self.sink
+        h = stream.head
+        assert h is not None
         pool = self.pool
         status = r.status
         if status == 204 and (r.content_length > 0 or r.chunked):
             # A 204 that announces a body is refused, as Envoy's codec does.
-            raise ProtocolError("204 response with a body", 502)
+            raise UpstreamProtocolError("204 response with a body")
         service_ms = int((time.monotonic() - self.t_sent) * 1000)
-        dc.service_ms = service_ms
-        dc.status = status
+        stream.service_ms = service_ms
+        stream.status = status
         pool.stats.count_response(status)
         if status < 500:
             self.host.stats.rq_success += 1
@@ -422,109 +459,92 @@ class Exchange:
             self.host.stats.rq_error += 1
         self.host.outcomes.response(status)
         if self.plan.response_wanted:
-            dc.resp_headers = r.headers
+            stream.resp_headers = r.headers
         if not response_has_body(status, h.method == "HEAD"):
-            mode = 0
+            mode = BodyMode.NONE
         elif r.chunked:
-            mode = 2
+            mode = BodyMode.CHUNKED
         elif r.content_length >= 0:
-            mode = 1 if r.content_length else 0
+            mode = BodyMode.LENGTH if r.content_length else BodyMode.NONE
         else:
-            mode = 3  # until close, re-framed as chunked
-        close = not h.keep_alive or not self.body_done or dc.worker.draining or dc.listener_updated
-        out = response_head(r, self.plan.server, service_ms, mode >= 2, close)
-        dsock = dc.sock
+            mode = BodyMode.UNTIL_CLOSE  # re-framed as chunked downstream
         start = conn.start
         end = conn.end
         view = conn.view
-        dc.response_started = True
-        try:
-            if mode == 0:
-                await io.send_all(dsock, out)
-            elif mode == 1:
-                left = r.content_length
-                take = min(end - start, left)
-                if take <= SMALL_BODY:
-                    # One small write: copying a few KiB beats a scatter list.
-                    data = out + view[start : start + take] if take else out
-                    try:
-                        sent = dsock.send(data)
-                    except BlockingIOError:
-                        sent = 0
-                    if sent != len(data):
-                        await io.send_all(dsock, memoryview(data)[sent:])
-                else:
-                    await io.send_parts(dsock, [out, view[start : start + take]])
-                start += take
+        if mode is BodyMode.NONE:
+            await sink.send_headers(r, service_ms, 0, [], True)
+        elif mode is BodyMode.LENGTH:
+            left = r.content_length
+            take = min(end - start, left)
+            left -= take
+            await sink.send_headers(
+                r, service_ms, r.content_length, [view[start : start + take]] if take else [],
+                left == 0,
+            )  # fmt: skip
+            start += take
+            while left:
+                n = await self._recv_upstream(conn)
+                take = n if n < left else left
                 left -= take
-                dc.bytes_sent += take
-                while left:
-                    n = await self._recv_upstream(conn)
-                    take = n if n < left else left
-                    await io.send_all(dsock, view[:take])
-                    dc.bytes_sent += take
-                    left -= take
-                    start = take
-                    end = n
-            else:
-                start, end = await self._relay_chunked(conn, r, out, mode == 3)
-        except OSError:
-            raise DownstreamGone() from None
-        conn.start = start
-        conn.end = end
-        self.conn = None
-        pool.release(conn, r.keep_alive and mode != 3 and self.pump_error == "")
-        return not close
-
-    async def _recv_upstream(self, conn: UpstreamConnection, at: int = 0) -> int:
-        n = await io.recv_into(conn.sock, conn.view[at : at + self.plan.buffer_limit])
-        if n == 0:
-            raise UpstreamGone()
-        self._touch()
-        return n
-
-    def _touch(self) -> None:
-        """Bytes moved: with no route timeout, the stream idle timer starts over."""
-        dc = self.dc
-        if dc.deadline_kind == STREAM_IDLE and self.plan.stream_idle != INF:
-            dc.deadline = time.monotonic() + self.plan.stream_idle
-
-    async def _relay_chunked(
-        self, conn: UpstreamConnection, r: ResponseHead, out: bytes, until_close: bool
-    ) -> tuple[int, int]:
-        dc = self.dc
-        dsock = dc.sock
-        buf = conn.buf
-        view = conn.view
-        start = conn.start
-        end = conn.end
-        parts: list = [out]
-        if until_close:
-            if end > start:
-                parts += [chunk_header(end - start), view[start:end], CRLF]
-                dc.bytes_sent += end - start
-            await io.send_parts(dsock, parts)
+                await sink.send_data([view[:take]], left == 0)
+                start = take
+                end = n
+        elif mode is BodyMode.UNTIL_CLOSE:
+            await sink.send_headers(
+                r, service_ms, -1, [view[start:end]] if end > start else [], False
+            )
             limit = self.plan.buffer_limit
             while True:
                 n = await io.recv_into(conn.sock, view[:limit])
                 self._touch()
                 if n == 0:
-                    await io.send_all(dsock, LAST_CHUNK)
-                    return 0, 0
-                dc.bytes_sent += n
-                await io.send_parts(dsock, [chunk_header(n), view[:n], CRLF])
+                    await sink.send_data([], True)
+                    break
+                await sink.send_data([view[:n]], False)
+            start = end = 0
+        else:
+            start, end = await self._relay_chunked(conn, r, service_ms)
+        conn.start = start
+        conn.end = end
+        self.conn = None
+        pool.release(
+            conn,
+            r.keep_alive and mode is not BodyMode.UNTIL_CLOSE and self.pump_end is None,
+        )
+        return True
+
+    async def _recv_upstream(self, conn: UpstreamConnection, at: int = 0) -> int:
+        n = await io.recv_into(conn.sock, conn.view[at : at + self.plan.buffer_limit])
+        if n == 0:
+            raise UpstreamReset()
+        self._touch()
+        return n
+
+    def _touch(self) -> None:
+        """Bytes moved: with no route timeout, the stream idle timer starts over."""
+        d = self.deadline
+        if d.kind is DeadlineKind.STREAM_IDLE and self.plan.stream_idle != INF:
+            self.timers.set(d, DeadlineKind.STREAM_IDLE, self.plan.stream_idle)
+
+    async def _relay_chunked(
+        self, conn: UpstreamConnection, r: ResponseHead, service_ms: int
+    ) -> tuple[int, int]:
+        sink = self.sink
+        buf = conn.buf
+        view = conn.view
+        start = conn.start
+        end = conn.end
         dec = ChunkedDecoder()
+        head_sent = False
         try:
             while True:
                 pieces, pos = dec.feed(buf, start, end)
-                framed(view, pieces, parts)
-                for _, k in pieces:
-                    dc.bytes_sent += k
-                if dec.done:
-                    parts.append(LAST_CHUNK)
-                if parts:
-                    await io.send_parts(dsock, parts)
-                    parts = []
+                parts = [view[off : off + k] for off, k in pieces]
+                if not head_sent:
+                    head_sent = True
+                    await sink.send_headers(r, service_ms, -1, parts, dec.done)
+                elif parts or dec.done:
+                    await sink.send_data(parts, dec.done)
                 if dec.done:
                     return pos, end
                 # Keep an unfinished chunk line, then read more behind it.
@@ -533,7 +553,7 @@ class Exchange:
                 end -= pos
                 start = 0
                 if end >= len(buf):
-                    raise UpstreamGone()
+                    raise UpstreamReset("chunk line too long")
                 end += await self._recv_upstream(conn, end)
         except ProtocolError:
-            raise UpstreamGone() from None
+            raise UpstreamReset("bad chunk framing") from None

@@ -18,6 +18,9 @@ from typing import Protocol, TypeVar
 from proxyd.stats import HOST_SEP
 from proxyd.worker.outcomes import OutcomeStore
 
+# Counted by the worker's catch-all handlers (proxyd's own stat; Envoy has none).
+UNEXPECTED_ERRORS = "server.worker_unexpected_errors"
+
 
 class _Scope:
     """Subclasses list their counter and gauge attributes with their Envoy suffixes."""
@@ -270,8 +273,9 @@ class HostStats(_Scope):
 
 
 class NamedStats(_Scope):
-    """A scope whose stats are named when first touched: an HTTP filter's
-    (:class:`proxyd.filters.api.StatsScope`), e.g. ``http.<stat_prefix>.fault.``.
+    """A scope whose stats are named when first touched: the HTTP filters'
+    (:class:`proxyd.filters.api.StatsScope`) under ``http.<stat_prefix>.``, by Envoy's
+    name below it (``inc("fault.aborts_injected")``).
 
     ``inc(name, 0)`` and ``gauge_add(name, 0)`` make a stat visible at 0 before anything
     has counted it, as Envoy shows a filter's stats from the start. Counters report
@@ -314,6 +318,9 @@ class StatsStore:
         self._scopes: dict[str, _Scope] = {}
         # Per-host outcomes for outlier detection, shipped beside the stats report.
         self.outcomes = OutcomeStore()
+        # Exceptions a catch-all on the request path caught (bugs: each is logged once).
+        self.unexpected_errors = 0
+        self._unexpected_reported = 0
 
     def _get(self, cls: type[_S], key: str, *args: str) -> _S:
         scope = self._scopes.get(key)
@@ -338,8 +345,7 @@ class StatsStore:
         return self._get(ListenerStats, "listener." + stat_name, stat_name)
 
     def named(self, prefix: str) -> NamedStats:
-        """An HTTP filter's scope; ``prefix`` is the full one with its trailing dot,
-        ``http.<stat_prefix>.`` + the filter module's ``STAT_PREFIX``."""
+        """A free-form scope under ``prefix`` (e.g. "http.ingress."), for filters."""
         return self._get(NamedStats, "named." + prefix, prefix)
 
     def report(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -348,4 +354,7 @@ class StatsStore:
         gauges: dict[str, int] = {}
         for scope in self._scopes.values():
             scope.collect(counters, gauges)
+        if self.unexpected_errors != self._unexpected_reported:
+            counters[UNEXPECTED_ERRORS] = self.unexpected_errors - self._unexpected_reported
+            self._unexpected_reported = self.unexpected_errors
         return counters, gauges

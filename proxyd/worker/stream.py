@@ -26,6 +26,7 @@ import enum
 from typing import TYPE_CHECKING, Protocol
 
 from proxyd.errors import ProxydError
+from proxyd.worker.deadlines import INF
 
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import RequestHead, ResponseHead
@@ -86,8 +87,9 @@ class UpstreamProtocolError(StreamError):
     """The upstream's response broke HTTP (Envoy's 502 ``UPE``)."""
 
 
-class RequestTooLarge(StreamError):
-    """A filter that buffers the request found it over its limit (Envoy's 413)."""
+class LocalReplied(StreamError):
+    """A filter answered the stream while the router was running (its reply, or a
+    reset when a response had started, went out already)."""
 
 
 # -- the stream --------------------------------------------------------------------------
@@ -119,6 +121,10 @@ class Stream:
         "t0",
         "timed_out",
         "filter_state",
+        "extra_flags",
+        "request_added",
+        "response_added",
+        "request_deadline",
     )
 
     def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:
@@ -148,6 +154,69 @@ class Stream:
         self.timed_out: DeadlineKind | None = None
         # Per-filter state a filter keeps for the access log or stats (name -> value).
         self.filter_state: dict[str, object] | None = None
+        # Response flags set by filters (Envoy prints every flag, comma-separated).
+        self.extra_flags: list[str] | None = None
+        # Header lines filters add to the request / response (each ending in CRLF).
+        self.request_added: list[bytes] | None = None
+        self.response_added: list[bytes] | None = None
+        # request_timeout: when the whole request must have arrived (trio's clock).
+        self.request_deadline = INF
+
+    def flag_text(self) -> str:
+        """%RESPONSE_FLAGS%: every flag set, comma-separated, or "-"."""
+        extra = self.extra_flags
+        if not extra:
+            return self.flags.value
+        flags = list(extra)
+        if self.flags is not ResponseFlag.NONE:
+            flags.append(self.flags.value)
+        return ",".join(flags)
+
+    # -- what filters may change (proxyd.filters.api.FilterStream) --------------------
+
+    def set_request_header(self, name: str, value: str) -> None:
+        h = self.head
+        assert h is not None
+        lname = name.lower()
+        h.remove.append(lname.encode("latin-1"))
+        if self.request_added is None:
+            self.request_added = []
+        line = lname.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        self.request_added = [
+            x for x in self.request_added if not x.startswith(lname.encode("latin-1") + b":")
+        ]
+        self.request_added.append(line)
+        h.headers[lname] = value
+
+    def remove_request_header(self, name: str) -> None:
+        h = self.head
+        assert h is not None
+        lname = name.lower()
+        h.remove.append(lname.encode("latin-1"))
+        if self.request_added:
+            prefix = lname.encode("latin-1") + b":"
+            self.request_added = [x for x in self.request_added if not x.startswith(prefix)]
+        h.headers.pop(lname, None)
+
+    def set_request_length(self, length: int) -> None:
+        h = self.head
+        assert h is not None
+        h.chunked = False
+        h.content_length = length
+        self.set_request_header("content-length", str(length))
+
+    def set_response_header(self, name: str, value: str) -> None:
+        if self.response_added is None:
+            self.response_added = []
+        self.response_added.append(
+            name.lower().encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        )
+
+    def set_flag(self, flag: str) -> None:
+        if self.extra_flags is None:
+            self.extra_flags = []
+        if flag not in self.extra_flags:
+            self.extra_flags.append(flag)
 
 
 class DownstreamSink(Protocol):

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from proxyd.filters.api import CONTINUE, STOP, STOP_AND_BUFFER, LocalReply
-from proxyd.filters.buffer.filter import STAT_PREFIX, Factory
+from proxyd.filters.buffer.filter import Factory
 from proxyd.worker.stats import StatsStore
 from tests.unit.filter_stream import Head, MemoryStream, Outcome, run_request
 
@@ -17,7 +17,7 @@ CONFIG = {"max_request_bytes": 10}
 
 def factory(per_route: Any = None, store: StatsStore | None = None) -> Factory:
     store = store or StatsStore()
-    return Factory("buffer", CONFIG, per_route, store.named(f"http.ingress.{STAT_PREFIX}"))
+    return Factory("buffer", CONFIG, per_route, store.named("http.ingress."))
 
 
 def send(

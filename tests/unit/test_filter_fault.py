@@ -16,7 +16,8 @@ from proxyd.filters.fault.filter import STAT_PREFIX, Factory, header_uint
 from proxyd.worker.stats import StatsStore
 from tests.unit.filter_stream import Head, MemoryStream
 
-PREFIX = f"http.ingress.{STAT_PREFIX}"
+SCOPE = "http.ingress."  # the scope the chain gives the factory
+PREFIX = f"{SCOPE}{STAT_PREFIX}"
 DENOMINATORS = (100, 10_000, 1_000_000)
 
 
@@ -61,7 +62,7 @@ class Scenario:
 
     def __init__(self, config: dict[str, Any], per_route: dict[str, Any] | None = None) -> None:
         self.store = StatsStore()
-        self.stats = self.store.named(PREFIX)
+        self.stats = self.store.named(SCOPE)
         self.factory = Factory("fault", config, per_route, self.stats)
 
     def run(self, headers: dict[str, str] | None = None, **stream: Any) -> tuple[Any, MemoryStream]:
@@ -77,7 +78,7 @@ class Scenario:
         return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)), s
 
     def counters(self) -> dict[str, int]:
-        return {k: v for k, v in self.stats.counters.items() if v}
+        return {k.removeprefix(STAT_PREFIX): v for k, v in self.stats.counters.items() if v}
 
 
 def aborted(result: Any) -> bool:
@@ -93,7 +94,7 @@ def test_http_abort() -> None:
     assert result == LocalReply(503, "fault filter abort", details="fault_filter_abort")
     assert stream.flags == ["FI"]
     assert sc.counters() == {"aborts_injected": 1}
-    assert sc.stats.value("active_faults") == 0  # released when the stream completed
+    assert sc.stats.value("fault.active_faults") == 0  # released when the stream completed
 
 
 def test_grpc_abort_is_http_200_with_grpc_status() -> None:
@@ -293,11 +294,11 @@ def test_active_faults_while_delaying_and_after() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flt.on_request_headers, s, True)
             await trio.sleep(0.5)
-            seen.append(sc.stats.value("active_faults"))
+            seen.append(sc.stats.value("fault.active_faults"))
         # A delay not followed by an abort stops counting when it ends.
-        seen.append(sc.stats.value("active_faults"))
+        seen.append(sc.stats.value("fault.active_faults"))
         flt.on_stream_complete(s)
-        seen.append(sc.stats.value("active_faults"))
+        seen.append(sc.stats.value("fault.active_faults"))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert seen == [1, 0, 0]
@@ -311,11 +312,11 @@ def test_cancelled_delay_releases_the_active_fault() -> None:
         flt = sc.factory.create()
         with trio.move_on_after(1):  # the stream's deadline ends it mid-delay
             await flt.on_request_headers(s, True)
-        assert sc.stats.value("active_faults") == 1
+        assert sc.stats.value("fault.active_faults") == 1
         flt.on_stream_complete(s)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert sc.stats.value("active_faults") == 0
+    assert sc.stats.value("fault.active_faults") == 0
 
 
 # -- max_active_faults ------------------------------------------------------------------------
@@ -356,9 +357,9 @@ def test_max_active_faults_is_shared_by_the_routes_of_a_worker() -> None:
     # Two routes' factories in one HCM scope: the gauge they read is the same.
     config = settings(delay=delay(1000), max_active_faults=1)
     store = StatsStore()
-    one = Factory("fault", config, None, store.named(PREFIX))
+    one = Factory("fault", config, None, store.named(SCOPE))
     two = Factory(
-        "fault", config, settings(abort=abort(503), max_active_faults=1), store.named(PREFIX)
+        "fault", config, settings(abort=abort(503), max_active_faults=1), store.named(SCOPE)
     )
 
     async def main() -> Any:
@@ -368,7 +369,7 @@ def test_max_active_faults_is_shared_by_the_routes_of_a_worker() -> None:
             return await two.create().on_request_headers(MemoryStream(), True)
 
     assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) is CONTINUE
-    assert store.named(PREFIX).value("faults_overflow") == 1
+    assert store.named(SCOPE).value("fault.faults_overflow") == 1
 
 
 # -- which requests ----------------------------------------------------------------------------

@@ -52,21 +52,21 @@ def test_new_scopes_start_at_zero_and_report_envoy_names() -> None:
 
 def test_named_scope_reports_deltas_and_shows_new_names_at_zero() -> None:
     store = StatsStore()
-    fault = store.named("http.ingress.fault.")
-    assert store.named("http.ingress.fault.") is fault
-    fault.inc("aborts_injected", 0)
-    fault.gauge_add("active_faults", 0)
+    fault = store.named("http.ingress.")
+    assert store.named("http.ingress.") is fault
+    fault.inc("fault.aborts_injected", 0)
+    fault.gauge_add("fault.active_faults", 0)
     assert store.report() == (
         {"http.ingress.fault.aborts_injected": 0},
         {"http.ingress.fault.active_faults": 0},
     )
-    fault.inc("aborts_injected")
-    fault.inc("aborts_injected")
-    fault.inc("web.aborts_injected")
-    fault.gauge_add("active_faults", 2)
-    fault.gauge_add("active_faults", -1)
-    assert fault.value("active_faults") == 1
-    assert fault.value("aborts_injected") == 2
+    fault.inc("fault.aborts_injected")
+    fault.inc("fault.aborts_injected")
+    fault.inc("fault.web.aborts_injected")
+    fault.gauge_add("fault.active_faults", 2)
+    fault.gauge_add("fault.active_faults", -1)
+    assert fault.value("fault.active_faults") == 1
+    assert fault.value("fault.aborts_injected") == 2
     assert fault.value("never_touched") == 0
     counters, gauges = store.report()
     assert counters == {

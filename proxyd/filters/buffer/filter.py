@@ -25,9 +25,8 @@ from proxyd.filters.api import (
     StatsScope,
 )
 
-# The stats scope this filter counts in, after ``http.<stat_prefix>.``: Envoy counts an
-# overflowing buffer in the connection manager's own scope.
-STAT_PREFIX = ""
+# Counted in the filter's stats scope (``http.<stat_prefix>.``): Envoy counts an
+# overflowing buffer in the connection manager's own stats.
 TOO_LARGE_STAT = "downstream_rq_too_large"
 TOO_LARGE = LocalReply(413, "Payload Too Large", details="request_payload_too_large")
 

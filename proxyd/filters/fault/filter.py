@@ -38,14 +38,15 @@ from proxyd.epoch import HeaderMatch, from_wire
 from proxyd.filters.api import CONTINUE, FilterStream, HttpFilter, LocalReply, Result, StatsScope
 from proxyd.protocol.routing import compile_headers, header_names, headers_match
 
-# The stats scope, after ``http.<stat_prefix>.``; the names are Envoy's.
+# Envoy's names in the filter's stats scope (``http.<stat_prefix>.``); the per
+# downstream cluster counters are ``fault.<cluster>.aborts_injected`` and so on.
 STAT_PREFIX = "fault."
 ABORTS = "aborts_injected"
 DELAYS = "delays_injected"
-OVERFLOW = "faults_overflow"
-ACTIVE = "active_faults"
+OVERFLOW = STAT_PREFIX + "faults_overflow"
+ACTIVE = STAT_PREFIX + "active_faults"
 # Envoy creates it with the others; proxyd refuses response_rate_limit, so it stays 0.
-RATE_LIMITED = "response_rl_injected"
+RATE_LIMITED = STAT_PREFIX + "response_rl_injected"
 
 ABORT_HEADER = "x-envoy-fault-abort-request"
 ABORT_GRPC_HEADER = "x-envoy-fault-abort-grpc-request"
@@ -152,7 +153,7 @@ class Factory:
         if self.cluster_stats:
             wanted.add(DOWNSTREAM_CLUSTER_HEADER)
         self.wanted_headers = frozenset(wanted)
-        for counter in (ABORTS, DELAYS, OVERFLOW, RATE_LIMITED):
+        for counter in (STAT_PREFIX + ABORTS, STAT_PREFIX + DELAYS, OVERFLOW, RATE_LIMITED):
             stats.inc(counter, 0)  # shown at 0 from the start, as Envoy does
         stats.gauge_add(ACTIVE, 0)
 
@@ -255,9 +256,9 @@ class FaultFilter(HttpFilter):
 
     def _count(self, stat: str) -> None:
         stats = self.factory.stats
-        stats.inc(stat)
+        stats.inc(STAT_PREFIX + stat)
         if self.cluster:
-            stats.inc(f"{self.cluster}.{stat}")
+            stats.inc(f"{STAT_PREFIX}{self.cluster}.{stat}")
 
     def _activate(self) -> bool:
         """Count this stream in active_faults, unless max_active_faults are active."""

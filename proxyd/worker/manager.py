@@ -1,0 +1,174 @@
+"""The connection manager's steps for one stream, whatever codec it came from.
+
+:func:`handle` takes a stream whose request head has arrived and runs it to its end:
+route it, run the route's HTTP filter chain when it has one
+(:mod:`proxyd.worker.filter_chain`; a route whose chain is only the router has none,
+and pays nothing), then the router (:mod:`proxyd.worker.router`) or the local reply
+Envoy's router gives (404 no route, 503 no cluster or no healthy host); then count it
+and write its access log. :func:`finish_after_deadline` ends a stream one of whose
+deadlines fired (the codec calls it once the stream's cancel scope has ended).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from proxyd.protocol.access_log import LogRecord
+from proxyd.worker import router
+from proxyd.worker.deadlines import DeadlineKind
+from proxyd.worker.filter_chain import FilterChain
+from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
+
+if TYPE_CHECKING:
+    from proxyd.worker.downstream import DownstreamConnection
+    from proxyd.worker.plan import ListenerPlan
+
+# What the client gets when a deadline ends its stream, by kind (the status of a
+# stream idle timeout depends on whether the request had all arrived).
+_TIMEOUT_REPLIES = {
+    DeadlineKind.ROUTE: (504, "upstream request timeout", ResponseFlag.UPSTREAM_REQUEST_TIMEOUT),
+    DeadlineKind.REQUEST: (408, "request timeout", ResponseFlag.NONE),
+    DeadlineKind.REQUEST_HEADERS: (408, "request header timeout", ResponseFlag.NONE),
+}
+
+
+def clock_now(plan: ListenerPlan) -> tuple[float, float]:
+    return (time.time(), time.monotonic()) if plan.logs else (0.0, 0.0)
+
+
+async def handle(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> bool:
+    """Serve one stream; False when its connection cannot carry another request."""
+    if plan.logs:
+        stream.t_wall = time.time()
+        stream.t0 = time.monotonic()
+    plan.http_stats.rq_total += 1
+    plan.http_stats.rq_active += 1
+    try:
+        keep = await _run(stream, plan, conn)
+    except DownstreamReset:
+        stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+        keep = False
+    finish(stream, plan, conn)
+    return keep
+
+
+async def _run(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> bool:
+    h = stream.head
+    assert h is not None
+    route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
+    if route is None:
+        rp = None
+        filters = plan.no_route_filters
+    else:
+        rp = plan.route_plans[id(route)]
+        stream.route_plan = rp
+        stream.route_name = rp.name
+        stream.upstream_cluster = rp.cluster_name
+        filters = rp.filters
+    if filters:
+        chain = FilterChain(stream, conn, filters, plan.buffer_limit)
+        stream.sink = chain
+        reply = await chain.decode_headers()
+        if reply is not None:
+            await chain.send_filter_reply(reply)
+            return True
+    if rp is None:
+        stream.flags = ResponseFlag.NO_ROUTE
+        await stream.sink.send_local_reply(404, "")
+        return True
+    cluster = rp.cluster
+    if cluster is None:
+        stream.flags = ResponseFlag.NO_CLUSTER
+        await stream.sink.send_local_reply(503, "")
+        return True
+    host = cluster.balancer.pick()
+    if host is None:
+        stream.flags = ResponseFlag.NO_HEALTHY_UPSTREAM
+        cluster.stats.count_response(503)
+        await stream.sink.send_local_reply(503, "no healthy upstream")
+        return True
+    head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
+        h, conn.remote_ip, rp.timeout_header, stream.request_added
+    )
+    return await router.Exchange(
+        stream, plan, rp, host, head, (conn.worker.timers, conn.deadline)
+    ).run()
+
+
+async def finish_after_deadline(
+    stream: Stream, plan: ListenerPlan, conn: DownstreamConnection
+) -> bool:
+    """A deadline ended ``stream``: answer as Envoy does if no response went out yet."""
+    kind = stream.timed_out or conn.deadline.kind
+    if kind is DeadlineKind.STREAM_IDLE:
+        status = 504 if stream.request_complete else 408
+        body, flag = "stream timeout", ResponseFlag.STREAM_IDLE_TIMEOUT
+    else:
+        status, body, flag = _TIMEOUT_REPLIES.get(kind, (408, "request timeout", ResponseFlag.NONE))
+    if kind is DeadlineKind.REQUEST:
+        plan.http_stats.rq_timeout += 1
+    stream.flags = flag
+    stream.details = kind.value
+    keep = False
+    if not stream.response_started:
+        try:
+            await stream.sink.send_local_reply(status, body)
+            keep = True
+        except DownstreamReset:
+            pass
+    finish(stream, plan, conn)
+    return keep
+
+
+def finish(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> None:
+    """The stream is over: its counters, its filters' clean-up, its access log."""
+    stats = plan.http_stats
+    stats.rq_active -= 1
+    status = stream.status
+    if status:
+        stats.by_class[status // 100 if status < 600 else 5] += 1
+    sink = stream.sink
+    if sink is not conn:
+        sink.complete()  # type: ignore[attr-defined]  # the filter chain
+    if plan.logs:
+        write_log(stream, plan, conn)
+
+
+# -- access log ---------------------------------------------------------------------------
+
+
+def write_log(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> None:
+    rec = LogRecord()
+    rec.start_time = stream.t_wall
+    rec.response_code = stream.status
+    rec.response_flags = stream.flag_text()
+    rec.bytes_received = stream.bytes_received
+    rec.bytes_sent = stream.bytes_sent
+    rec.duration_ms = int((time.monotonic() - stream.t0) * 1000)
+    rec.upstream_service_time_ms = stream.service_ms
+    rec.upstream_host = stream.upstream_host
+    trusted = stream.trusted_address
+    rec.downstream_remote_address = (
+        conn.remote if not trusted or trusted == conn.remote_ip else f"{trusted}:0"
+    )
+    rec.downstream_local_address = conn.local_address()
+    rec.route_name = stream.route_name
+    rp = stream.route_plan
+    if rp is not None:
+        rec.upstream_cluster = rp.cluster_name
+    h = stream.head
+    if h is not None:
+        rec.method = h.method
+        rec.path = h.path
+        rec.authority = h.host
+        rec.request_id = stream.request_id or None
+        rec.x_forwarded_for = stream.xff.decode("latin-1") if stream.xff else None
+        rec.user_agent = h.headers.get("user-agent")
+        rec.req_headers = h.headers
+    else:
+        rec.protocol = None
+    if stream.resp_headers is not None:
+        rec.resp_headers = stream.resp_headers
+    for fmt, writer in plan.logs:
+        writer.write(fmt.format(rec))
