@@ -291,6 +291,9 @@ CASES: dict[str, bytes] = {
     "header_abort_199_ignored": request("GET", "x-envoy-fault-abort-request: 199"),
     "header_abort_600_ignored": request("GET", "x-envoy-fault-abort-request: 600"),
     "header_abort_not_a_number": request("GET", "x-envoy-fault-abort-request: 5x"),
+    "header_abort_repeated_first_value": request(
+        "GET", "x-envoy-fault-abort-request: 503", "x-envoy-fault-abort-request: 404"
+    ),
     "header_abort_percentage_0": request(
         "GET", "x-envoy-fault-abort-request: 503", "x-envoy-fault-abort-request-percentage: 0"
     ),
