@@ -137,12 +137,12 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
     else:  # the proto constraint already asked for one of them
         raise ConfigError(file, path, "one of prefix, path or safe_regex is required")
     headers = tuple(
-        _header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
+        header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
     )
     return RouteMatch(kind=kind, value=value, case_sensitive=case_sensitive, headers=headers)
 
 
-def _header_match(h: Any, path: str, file: str) -> HeaderMatch:
+def header_match(h: Any, path: str, file: str) -> HeaderMatch:
     invert = h.invert_match
     which = h.WhichOneof("header_match_specifier")
     match: StringMatch | None

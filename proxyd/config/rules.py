@@ -6,7 +6,7 @@ greater than 0s", ...). proxyd checks the same annotations, read from the descri
 so a config one rejects the other rejects too. The rule kinds that Envoy's supported
 fields use are implemented: required messages and oneofs, numeric bounds (also on
 wrapper types), string lengths and header-name/value patterns, enum ``defined_only``,
-duration bounds, repeated and map sizes, and rules on repeated items.
+duration bounds, a bool's ``const``, repeated and map sizes, and rules on repeated items.
 """
 
 from __future__ import annotations
@@ -67,16 +67,17 @@ def violations(msg: Message) -> Iterator[tuple[str, str]]:
 
 
 def _check_field(msg: Message, field: FieldDescriptor, rules: Any) -> Iterator[tuple[str, str]]:
-    kind = rules.WhichOneof("type")
     name = field.name
-    if kind is None:
-        return
     oneof = field.containing_oneof
     if oneof is not None and msg.WhichOneof(oneof.name) != name:
         return  # rules on a oneof member apply only when it is the one set
-    if kind == "message":
-        if rules.message.required and not msg.HasField(name):
-            yield name, "value is required"
+    # ``message`` sits beside the ``type`` oneof: a wrapper may have both (Buffer's
+    # max_request_bytes is required and greater than 0).
+    if rules.HasField("message") and rules.message.required and not msg.HasField(name):
+        yield name, "value is required"
+        return
+    kind = rules.WhichOneof("type")
+    if kind is None:
         return
     value = getattr(msg, name)
     if kind == "repeated":
@@ -134,6 +135,9 @@ def _check_value(value: Any, rules: Any) -> Iterator[str]:
         yield from _check_enum(value, rules.enum)
     elif kind == "duration":
         yield from _check_duration(value, rules.duration)
+    elif kind == "bool":
+        if rules.bool.HasField("const") and value != rules.bool.const:
+            yield f"value must equal {str(rules.bool.const).lower()}"
 
 
 def _check_number(value: float, r: Any) -> Iterator[str]:

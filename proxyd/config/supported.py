@@ -13,7 +13,6 @@ docs/configuration.md describes the same tree for operators; keep them together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -23,31 +22,13 @@ from google.protobuf.message import Message
 
 from proxyd.config import http_filters, rules
 from proxyd.config.proto import find_type, join, message_class
+from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, AnyOf, Spec
 from proxyd.errors import ConfigError
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-
-class _Leaf:
-    def __repr__(self) -> str:
-        return "LEAF"
-
-
-LEAF = _Leaf()
-
-
-@dataclass(frozen=True)
-class AnyOf:
-    """A typed ``Any`` field: payload types proxyd supports, by full name."""
-
-    what: str  # "HTTP filter", "access logger", ... for messages
-    types: dict[str, Spec]
-
-
-Spec = dict[str, "Spec"] | _Leaf | AnyOf
 
 ADDRESS: Spec = {"socket_address": {"address": LEAF, "port_value": LEAF}}
 
@@ -58,17 +39,6 @@ ADMIN: Spec = {
         "name": LEAF,
         "typed_config": AnyOf("access logger", {FILE_LOG_TYPE: {"path": LEAF}}),
     },
-}
-
-REGEX: Spec = {"regex": LEAF}
-
-STRING_MATCHER: Spec = {
-    "exact": LEAF,
-    "prefix": LEAF,
-    "suffix": LEAF,
-    "contains": LEAF,
-    "safe_regex": REGEX,
-    "ignore_case": LEAF,
 }
 
 # typed_per_filter_config values: each filter's per-route type, or the FilterConfig
@@ -97,14 +67,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "path": LEAF,
                 "safe_regex": REGEX,
                 "case_sensitive": LEAF,
-                "headers": {
-                    "name": LEAF,
-                    "exact_match": LEAF,
-                    "present_match": LEAF,
-                    "string_match": STRING_MATCHER,
-                    "invert_match": LEAF,
-                    "treat_missing_header_as_empty": LEAF,
-                },
+                "headers": HEADER_MATCHER,
             },
             "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
             "typed_per_filter_config": PER_FILTER_CONFIG,

@@ -9,7 +9,9 @@ Each ``proxyd/filters/<name>/`` has
   ``compile_per_route(msg, path, file)``;
 * ``filter.py`` (worker side, never imports protobuf): ``Factory``, a
   :class:`proxyd.filters.api.FilterFactory` made once per epoch and route from the
-  plain data, which makes one :class:`proxyd.filters.api.HttpFilter` per stream.
+  plain data, which makes one :class:`proxyd.filters.api.HttpFilter` per stream. Its
+  stats scope is the connection manager's ``http.<stat_prefix>.``; a filter counts by
+  Envoy's name below it (``fault.aborts_injected``, ``downstream_rq_too_large``).
 
 :data:`PACKAGES` maps each filter's proto type to its package; the router
 (``envoy.filters.http.router``) is the terminal filter and is not in it.
@@ -20,7 +22,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-PACKAGES: dict[str, str] = {}
+PACKAGES: dict[str, str] = {
+    "envoy.extensions.filters.http.buffer.v3.Buffer": "proxyd.filters.buffer",
+    "envoy.extensions.filters.http.fault.v3.HTTPFault": "proxyd.filters.fault",
+}
 
 
 def config_module(type_name: str) -> ModuleType | None:

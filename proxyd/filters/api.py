@@ -148,6 +148,11 @@ class StatsScope(Protocol):
 
     def gauge_add(self, name: str, by: int) -> None: ...
 
+    def value(self, name: str) -> int:
+        """A gauge's (else a counter's) value in this worker, 0 when never touched: the
+        fault filter's ``max_active_faults`` reads its ``active_faults`` gauge."""
+        ...
+
 
 class FilterFactory(Protocol):
     """Compiled once per epoch and route: makes a filter per stream.

@@ -93,6 +93,17 @@ def _compile_header(hm: HeaderMatch) -> _HeaderTest:
     return (name, test, hm.invert_match, hm.treat_missing_as_empty)
 
 
+def compile_headers(matches: tuple[HeaderMatch, ...]) -> tuple[_HeaderTest, ...]:
+    """Header matchers compiled for :func:`headers_match` (routes, and the HTTP filters
+    that take Envoy's ``HeaderMatcher`` list, such as the fault filter's ``headers``)."""
+    return tuple(_compile_header(h) for h in matches)
+
+
+def header_names(tests: tuple[_HeaderTest, ...]) -> frozenset[str]:
+    """The request header names ``tests`` read from ``headers`` (not Host, not the path)."""
+    return frozenset(t[0] for t in tests if t[0] not in _FROM_ARGS)
+
+
 def _compile_route(route: Route) -> _CompiledRoute:
     m = route.match
     rx: re.Pattern[str] | None = None
@@ -108,11 +119,11 @@ def _compile_route(route: Route) -> _CompiledRoute:
         raise ValueError(f"route {route.name!r}: unknown path match kind {m.kind!r}")
     if kind in (_PREFIX_NOCASE, _PATH_NOCASE):
         value = ascii_lower(value)
-    headers = tuple(_compile_header(h) for h in m.headers)
+    headers = compile_headers(m.headers)
     return (kind, value, rx, headers, route)
 
 
-def _headers_match(
+def headers_match(
     tests: tuple[_HeaderTest, ...], headers: dict[str, str], host: str, path: str
 ) -> bool:
     for name, test, invert, missing_as_empty in tests:
@@ -263,7 +274,7 @@ class RouteTable:
                         continue
                 elif lowered != value:
                     continue
-            if tests and not _headers_match(tests, headers, host, path):
+            if tests and not headers_match(tests, headers, host, path):
                 continue
             return route
         return None

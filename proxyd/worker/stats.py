@@ -1,8 +1,8 @@
 """The worker's counters and gauges: plain integers on small objects, Envoy's names.
 
-A scope object (:class:`ClusterStats`, :class:`HttpStats`, :class:`ListenerStats`) is
-resolved once per epoch by name and kept for the life of the worker, so a request
-bumps an attribute and never formats a stat name. :meth:`StatsStore.report` turns the
+A scope object (:class:`ClusterStats`, :class:`HttpStats`, :class:`ListenerStats`,
+:class:`NamedStats` for HTTP filters) is resolved once per epoch by name and kept for
+the life of the worker, so a request bumps an attribute and never formats a stat name. :meth:`StatsStore.report` turns the
 whole store into ``(counter deltas since the last report, absolute gauges)`` with the
 full Envoy stat names, which is what :class:`proxyd.ipc.StatsReport` carries.
 
@@ -273,8 +273,13 @@ class HostStats(_Scope):
 
 
 class NamedStats(_Scope):
-    """A filter's scope: counters and gauges by Envoy suffix, made on first use
-    (``inc("fault.aborts_injected")``), for :class:`proxyd.filters.api.StatsScope`."""
+    """A scope whose stats are named when first touched: the HTTP filters'
+    (:class:`proxyd.filters.api.StatsScope`) under ``http.<stat_prefix>.``, by Envoy's
+    name below it (``inc("fault.aborts_injected")``).
+
+    ``inc(name, 0)`` and ``gauge_add(name, 0)`` make a stat visible at 0 before anything
+    has counted it, as Envoy shows a filter's stats from the start. Counters report
+    deltas, gauges absolute values, like the other scopes."""
 
     __slots__ = ("counters", "gauges")
 
@@ -289,13 +294,18 @@ class NamedStats(_Scope):
     def gauge_add(self, name: str, by: int) -> None:
         self.gauges[name] = self.gauges.get(name, 0) + by
 
+    def value(self, name: str) -> int:
+        if name in self.gauges:
+            return self.gauges[name]
+        return self.counters.get(name, 0)
+
     def collect(self, counters: dict[str, int], gauges: dict[str, int]) -> None:
         last = self._last
         prefix = self.prefix
         for name, value in self.counters.items():
-            delta = value - last.get(name, 0)
-            if delta:
-                counters[prefix + name] = delta
+            before = last.get(name)
+            if before is None or value != before:  # a new name is reported even at 0
+                counters[prefix + name] = value - (before or 0)
                 last[name] = value
         for name, value in self.gauges.items():
             gauges[prefix + name] = value

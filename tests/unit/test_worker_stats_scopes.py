@@ -48,3 +48,42 @@ def test_new_scopes_start_at_zero_and_report_envoy_names() -> None:
     assert gauges["http.ingress.downstream_rq_active"] == 0
     # Counters report deltas: nothing new since the previous report.
     assert store.report()[0] == {}
+
+
+def test_named_scope_reports_deltas_and_shows_new_names_at_zero() -> None:
+    store = StatsStore()
+    fault = store.named("http.ingress.")
+    assert store.named("http.ingress.") is fault
+    fault.inc("fault.aborts_injected", 0)
+    fault.gauge_add("fault.active_faults", 0)
+    assert store.report() == (
+        {"http.ingress.fault.aborts_injected": 0},
+        {"http.ingress.fault.active_faults": 0},
+    )
+    fault.inc("fault.aborts_injected")
+    fault.inc("fault.aborts_injected")
+    fault.inc("fault.web.aborts_injected")
+    fault.gauge_add("fault.active_faults", 2)
+    fault.gauge_add("fault.active_faults", -1)
+    assert fault.value("fault.active_faults") == 1
+    assert fault.value("fault.aborts_injected") == 2
+    assert fault.value("never_touched") == 0
+    counters, gauges = store.report()
+    assert counters == {
+        "http.ingress.fault.aborts_injected": 2,
+        "http.ingress.fault.web.aborts_injected": 1,
+    }
+    assert gauges == {"http.ingress.fault.active_faults": 1}
+    assert store.report()[0] == {}
+
+
+def test_named_scope_beside_the_hcm_scope_of_the_same_prefix() -> None:
+    # The buffer filter counts http.<prefix>.downstream_rq_too_large in a named scope
+    # whose prefix is the HCM's own.
+    store = StatsStore()
+    store.http("ingress").rq_total += 1
+    store.named("http.ingress.").inc("downstream_rq_too_large")
+    assert store.report()[0] == {
+        "http.ingress.downstream_rq_total": 1,
+        "http.ingress.downstream_rq_too_large": 1,
+    }
