@@ -109,6 +109,11 @@ class FilterStream(Protocol):
         """Replace (or add) a response header on its way downstream."""
         ...
 
+    def set_buffer_limit(self, limit: int) -> None:
+        """How much request body the chain may keep for this stream (Envoy's
+        ``setDecoderBufferLimit``); beyond it the stream is answered 413."""
+        ...
+
     def set_flag(self, flag: str) -> None:
         """Add Envoy's response flag ``flag`` (e.g. "DI") for the access log."""
         ...

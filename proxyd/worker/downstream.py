@@ -379,7 +379,7 @@ class DownstreamConnection:
         return (
             h is None
             or not h.keep_alive
-            or (stream is not None and not stream.request_complete)
+            or (stream is not None and (not stream.request_complete or stream.close_connection))
             or self.worker.draining
             or self.listener_updated
         )

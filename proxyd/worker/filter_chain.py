@@ -35,6 +35,7 @@ from proxyd.worker.stream import DownstreamSink, LocalReplied, ResponseFlag, Str
 
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import ResponseHead
+    from proxyd.worker.stats import HttpStats
 
 PAYLOAD_TOO_LARGE = LocalReply(413, "Payload Too Large", details="request_payload_too_large")
 
@@ -49,15 +50,23 @@ class _Response:
         self.headers = headers
 
 
-def local_reply_of(reply: LocalReply) -> tuple[int, str, bytes]:
-    """A filter's LocalReply as (status, body, extra header lines)."""
+# Envoy's Grpc::Utility::httpToGrpcStatus, for local replies to gRPC requests.
+_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, bytes]:
+    """A filter's LocalReply as (status, body, extra header lines). A gRPC request is
+    answered the gRPC way, as Envoy's sendLocalReply does: HTTP 200 with grpc-status
+    (the reply's own, or its HTTP status mapped) and the body as grpc-message."""
     extra = b"".join(
         n.lower().encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n"
         for n, v in reply.headers
     )
-    if reply.grpc_status is not None:
-        # gRPC answers in HTTP 200 with the status in grpc-status (Envoy: trailers-only).
-        extra += b"content-type: application/grpc\r\ngrpc-status: %d\r\n" % reply.grpc_status
+    if grpc_request:
+        code = reply.grpc_status
+        if code is None:
+            code = _HTTP_TO_GRPC.get(reply.status, 2)
+        extra += b"content-type: application/grpc\r\ngrpc-status: %d\r\n" % code
         if reply.body:
             extra += b"grpc-message: " + reply.body.encode("latin-1") + b"\r\n"
         return 200, "", extra
@@ -83,7 +92,9 @@ class FilterChain:
         "limit",
         "kept",
         "pending",
+        "ready",
         "first_taken",
+        "http_stats",
     )
 
     def __init__(
@@ -92,6 +103,7 @@ class FilterChain:
         inner: DownstreamSink,
         factories: tuple[FilterFactory, ...],
         limit: int,
+        http_stats: HttpStats | None = None,
     ) -> None:
         self.stream = stream
         # What the filters see of the stream (proxyd.filters.api.FilterStream).
@@ -109,7 +121,10 @@ class FilterChain:
         self.kept: dict[int, bytearray] = {}
         # Body that came out of the filters before the router asked: (data, from index).
         self.pending: list[tuple[bytes, int]] = []
+        # Body that passed every filter before the router started, for the router.
+        self.ready: list[bytes] = []
         self.first_taken = False
+        self.http_stats = http_stats
 
     # -- decoding -----------------------------------------------------------------------
 
@@ -128,10 +143,15 @@ class FilterChain:
             if res is CONTINUE or stream.request_complete:
                 continue
             # The head waits at filter i-1: the body goes through filters [0, i) until
-            # data comes out of filter i-1 (it continued), or the body ends.
+            # data comes out of filter i-1 (it continued), or the body ends. What
+            # arrives meanwhile is held, up to the stream's buffer limit.
+            held = 0
             while True:
                 pieces = await self._next_pieces()
                 data = b"".join(pieces) if len(pieces) != 1 else bytes(pieces[0])
+                held += len(data)
+                if held > (stream.buffer_limit or self.limit):
+                    return self._too_large()
                 out = await self._run_data(data, self.stream.request_complete, 0, i)
                 if isinstance(out, LocalReply):
                     return out
@@ -140,6 +160,15 @@ class FilterChain:
                     break
                 if stream.request_complete:
                     break
+        # Every filter has the head: what came out of a stopped filter passes the rest.
+        n = len(decoders)
+        while self.pending:
+            data, at = self.pending.pop(0)
+            out = await self._run_data(data, stream.request_complete and not self.pending, at, n)
+            if isinstance(out, LocalReply):
+                return out
+            if out is not None:
+                self.ready.append(out)
         return None
 
     async def _next_pieces(self) -> list[memoryview]:
@@ -170,8 +199,8 @@ class FilterChain:
             if kept is None:
                 kept = self.kept[j] = bytearray()
             kept += data
-            if sum(len(k) for k in self.kept.values()) > self.limit:
-                return PAYLOAD_TOO_LARGE
+            if sum(len(k) for k in self.kept.values()) > (self.stream.buffer_limit or self.limit):
+                return self._too_large()
             if end:
                 # Nothing more will come: what the filter kept goes on.
                 data = bytes(kept)
@@ -180,7 +209,19 @@ class FilterChain:
             return None
         return data
 
+    def _too_large(self) -> LocalReply:
+        """A filter's buffer overflowed: Envoy's connection manager answers 413, counts
+        it, and closes the connection (the rest of the body is not read)."""
+        if self.http_stats is not None:
+            self.http_stats.rq_too_large += 1
+        self.stream.close_connection = True
+        return PAYLOAD_TOO_LARGE
+
     def take_buffered_body(self) -> list[memoryview]:
+        if self.ready:
+            out = [memoryview(b) for b in self.ready]
+            self.ready = []
+            return out
         if self.pending:
             return []  # recv_body delivers it (it may still have filters to pass)
         if not self.data_decoders:
@@ -190,6 +231,8 @@ class FilterChain:
 
     async def recv_body(self) -> list[memoryview]:
         n = len(self.decoders)
+        if self.ready:
+            return self.take_buffered_body()
         while True:
             if self.pending:
                 data, at = self.pending.pop(0)
@@ -216,6 +259,7 @@ class FilterChain:
                 return []
 
     async def _reply_mid_stream(self, reply: LocalReply) -> NoReturn:
+        self.stream.close_connection = True  # the rest of the request cannot be read
         await self.send_filter_reply(reply)
         raise LocalReplied(reply.details or str(reply.status))
 
@@ -277,7 +321,9 @@ class FilterChain:
             stream.details = reply.details
         if reply is PAYLOAD_TOO_LARGE and stream.flags is ResponseFlag.NONE:
             stream.details = reply.details
-        status, body, extra = local_reply_of(reply)
+        h = stream.head
+        grpc = h is not None and h.headers.get("content-type", "").startswith("application/grpc")
+        status, body, extra = local_reply_of(reply, grpc)
         if encode:
             await self.send_local_reply(status, body, extra)
         else:

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from proxyd.protocol.access_log import LogRecord
+from proxyd.protocol.http1_headers import EDGE_STRIPPED
 from proxyd.worker import router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
@@ -23,6 +24,8 @@ from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
 if TYPE_CHECKING:
     from proxyd.worker.downstream import DownstreamConnection
     from proxyd.worker.plan import ListenerPlan
+
+EDGE_STRIPPED_NAMES = tuple(n.decode("latin-1") for n in EDGE_STRIPPED)
 
 # What the client gets when a deadline ends its stream, by kind (the status of a
 # stream idle timeout depends on whether the request had all arrived).
@@ -67,7 +70,12 @@ async def _run(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -
         stream.upstream_cluster = rp.cluster_name
         filters = rp.filters
     if filters:
-        chain = FilterChain(stream, conn, filters, plan.buffer_limit)
+        if plan.policy.use_remote_address:
+            # At the edge Envoy drops a client's internal x-envoy-* headers before
+            # its filters run (the upstream head loses them in policy.apply).
+            for name in EDGE_STRIPPED_NAMES:
+                h.headers.pop(name, None)
+        chain = FilterChain(stream, conn, filters, plan.buffer_limit, plan.http_stats)
         stream.sink = chain
         reply = await chain.decode_headers()
         if reply is not None:

@@ -42,7 +42,9 @@ def compile_filters(
             continue
         module = filters.runtime_module(f.type_name)
         scope = stats.named(f"http.{stat_prefix}.")
-        out.append(module.Factory(f.name, f.config, o.config if o else None, scope))
+        factory = module.Factory(f.name, f.config, o.config if o else None, scope)
+        if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
+            out.append(factory)
     return tuple(out)
 
 
@@ -111,6 +113,11 @@ class ListenerPlan:
         self.no_route_filters = compile_filters(hcm.http_filters, (), hcm.stat_prefix, stats)
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
+        if filter_headers or self.no_route_filters or any(
+            rp.filters for rp in self.route_plans.values()
+        ):
+            # A filter's local reply to a gRPC request is a gRPC reply.
+            filter_headers.add("content-type")
         self.logs: list[tuple[LogFormat, AccessLogWriter]] = []
         log_req: set[str] = set()
         log_resp: set[str] = set()

@@ -44,7 +44,10 @@ class _Scope:
             value = getattr(self, attr)
             delta = value - last.get(attr, 0)
             if delta:
-                counters[prefix + suffix] = delta
+                # Added, not set: two scopes may count one name (a filter's and the
+                # connection manager's downstream_rq_too_large).
+                key = prefix + suffix
+                counters[key] = counters.get(key, 0) + delta
                 last[attr] = value
         for attr, suffix in self.GAUGES:
             gauges[prefix + suffix] = getattr(self, attr)
@@ -184,6 +187,7 @@ class HttpStats(_Scope):
         "rq_timeout",
         "header_overflow",
         "cx_protocol_error",
+        "rq_too_large",
     )
     COUNTERS = (
         ("rq_total", "downstream_rq_total"),
@@ -192,6 +196,7 @@ class HttpStats(_Scope):
         ("rq_timeout", "downstream_rq_timeout"),
         ("header_overflow", "downstream_cx_header_overflow"),
         ("cx_protocol_error", "downstream_cx_protocol_error"),
+        ("rq_too_large", "downstream_rq_too_large"),
     )
     GAUGES = (("cx_active", "downstream_cx_active"), ("rq_active", "downstream_rq_active"))
     # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
@@ -201,6 +206,7 @@ class HttpStats(_Scope):
     rq_timeout: int
     header_overflow: int
     cx_protocol_error: int
+    rq_too_large: int
     cx_active: int
     rq_active: int
 
@@ -305,7 +311,8 @@ class NamedStats(_Scope):
         for name, value in self.counters.items():
             before = last.get(name)
             if before is None or value != before:  # a new name is reported even at 0
-                counters[prefix + name] = value - (before or 0)
+                key = prefix + name
+                counters[key] = counters.get(key, 0) + value - (before or 0)
                 last[name] = value
         for name, value in self.gauges.items():
             gauges[prefix + name] = value

@@ -125,6 +125,8 @@ class Stream:
         "request_added",
         "response_added",
         "request_deadline",
+        "buffer_limit",
+        "close_connection",
     )
 
     def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:
@@ -161,6 +163,11 @@ class Stream:
         self.response_added: list[bytes] | None = None
         # request_timeout: when the whole request must have arrived (trio's clock).
         self.request_deadline = INF
+        # A filter's buffer limit for this stream (0: the listener's).
+        self.buffer_limit = 0
+        # The connection must close after this stream (e.g. a filter answered before
+        # the request body was read).
+        self.close_connection = False
 
     def flag_text(self) -> str:
         """%RESPONSE_FLAGS%: every flag set, comma-separated, or "-"."""
@@ -211,6 +218,9 @@ class Stream:
         self.response_added.append(
             name.lower().encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
         )
+
+    def set_buffer_limit(self, limit: int) -> None:
+        self.buffer_limit = limit
 
     def set_flag(self, flag: str) -> None:
         if self.extra_flags is None:

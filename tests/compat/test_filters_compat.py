@@ -527,21 +527,7 @@ EDGE_HEADERS = (
     "worker: at the edge Envoy removes x-envoy-downstream-service-cluster and -node before "
     "the filters run; proxyd's filters still see them in stream.head.headers"
 )
-CHAIN_ISSUES = {
-    "edge_downstream_node_matches": EDGE_HEADERS,
-    "buffer_length_at_limit": BODY_LOST,
-    "buffer_chunked_gets_content_length": BODY_LOST,
-    "buffer_chunked_at_limit": BODY_LOST,
-    "buffer_route_limit_100": BODY_LOST,
-    "buffer_route_over_vhost_5": BODY_LOST,
-    "buffer_length_over_limit_413": OPEN_AFTER_413,
-    "buffer_chunked_over_limit_413": OPEN_AFTER_413,
-    "buffer_route_limit_100_over_413": OPEN_AFTER_413,
-    "buffer_route_over_vhost_6_413": OPEN_AFTER_413,
-    "fault_abort_grpc_status_plain_request": GRPC_REPLY_TO_PLAIN,
-    "header_abort_grpc_plain_request": GRPC_REPLY_TO_PLAIN,
-    "header_abort_http_on_grpc_request": HTTP_REPLY_TO_GRPC,
-}
+CHAIN_ISSUES: dict[str, str] = {}
 
 
 def _case(name: str) -> Any:
@@ -564,7 +550,7 @@ def test_max_active_faults(results: Results) -> None:
     "prefix",
     [
         "ingress_http",
-        pytest.param("edge_http", marks=pytest.mark.xfail(strict=True, reason=EDGE_HEADERS)),
+        "edge_http",
     ],
 )
 def test_fault_stats_like_envoy(results: Results, prefix: str) -> None:

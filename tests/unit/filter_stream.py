@@ -38,6 +38,7 @@ class MemoryStream:
     response_headers: dict[str, str] = field(default_factory=dict)
     request_length: int | None = None
     flags: list[str] = field(default_factory=list)
+    buffer_limit: int = 0
 
     def set_request_header(self, name: str, value: str) -> None:
         self.request_headers[name] = value
@@ -53,6 +54,14 @@ class MemoryStream:
 
     def set_flag(self, flag: str) -> None:
         self.flags.append(flag)
+
+    def set_buffer_limit(self, limit: int) -> None:
+        self.buffer_limit = limit
+
+
+# What the chain (proxyd.worker.filter_chain) answers when a stream's held body goes
+# over its buffer limit.
+TOO_LARGE = LocalReply(413, "Payload Too Large", details="request_payload_too_large")
 
 
 @dataclass
@@ -79,8 +88,13 @@ async def run_request(
         return Outcome(result, forwarded, statuses)
     statuses.append(result)
     assert result in (CONTINUE, STOP)
+    held = 0
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1 and not trailers
+        held += len(piece)
+        if result is STOP and stream.buffer_limit and held > stream.buffer_limit:
+            # The head is held: the chain holds the body too, up to the limit.
+            return Outcome(TOO_LARGE, forwarded, statuses)
         result = await flt.on_request_data(stream, piece, last)
         if isinstance(result, LocalReply):
             return Outcome(result, forwarded, statuses)
@@ -91,6 +105,7 @@ async def run_request(
             kept = b""
         else:
             assert result is STOP_AND_BUFFER
+            result = STOP  # the head is still held
     if trailers:
         result = await flt.on_request_trailers(stream)
         if isinstance(result, LocalReply):

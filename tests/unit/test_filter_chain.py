@@ -75,7 +75,7 @@ class Factory:
 
 
 def make_stream(raw: bytes, sink: MemorySink) -> Stream:
-    h = RequestHeadParser().parse(raw, {})
+    h = RequestHeadParser().parse(raw, {b"content-type": "content-type"})
     stream = Stream(h, sink)
     sink.stream = stream
     return stream
@@ -174,22 +174,28 @@ def test_stop_and_buffer_holds_the_head_until_the_body_is_complete() -> None:
         assert await chain.decode_headers() is None
         # The filter after the buffering one saw the head only once the body was whole.
         assert stream.request_complete
-        assert log == ["after:req-headers:False"]
-        body = await chain.recv_body()
+        assert log == ["after:req-headers:False", "after:req-data:abcdef:True"]
+        # The router gets the whole body at once, as it starts.
+        body = chain.take_buffered_body()
         assert b"".join(bytes(p) for p in body) == b"abcdef"
-        assert log[-1] == "after:req-data:abcdef:True"
         assert await chain.recv_body() == []
 
     trio.run(main)
 
 
-def test_buffer_over_the_limit_is_413() -> None:
+def test_buffer_over_the_limit_is_413_counted_and_closes() -> None:
+    from proxyd.worker.stats import StatsStore
+
     async def main() -> None:
+        store = StatsStore()
+        stats = store.http("ingress")
         sink = MemorySink([b"x" * 600, b"y" * 600, b"z"])
         stream = make_stream(POST, sink)
-        chain = FilterChain(stream, sink, (Factory(Buffering),), 1000)
+        chain = FilterChain(stream, sink, (Factory(Buffering),), 1000, stats)
         reply = await chain.decode_headers()
         assert isinstance(reply, LocalReply) and reply.status == 413
+        assert stream.close_connection
+        assert store.report()[0]["http.ingress.downstream_rq_too_large"] == 1
 
     trio.run(main)
 
@@ -226,15 +232,28 @@ def test_local_reply_passes_the_encoders_and_skips_later_decoders() -> None:
     ]
 
 
-def test_grpc_local_reply_is_http_200_with_grpc_status() -> None:
-    async def main() -> None:
+GRPC = b"POST /s/M HTTP/1.1\r\nhost: a\r\ncontent-type: application/grpc\r\n\r\n"
+
+
+def test_local_replies_to_grpc_requests_are_grpc() -> None:
+    """A gRPC request gets HTTP 200 with grpc-status (its own, or the HTTP status
+    mapped as Envoy maps it); a plain request gets the plain reply."""
+
+    async def reply(raw: bytes, local: LocalReply) -> tuple[int, str, bytes]:
         sink = MemorySink([])
-        stream = make_stream(GET, sink)
-        chain = FilterChain(stream, sink, (), 1024)
-        await chain.send_filter_reply(LocalReply(503, "down", grpc_status=14))
-        status, body, extra = sink.sent[0][1]
-        assert status == 200 and body == ""
+        stream = make_stream(raw, sink)
+        await FilterChain(stream, sink, (), 1024).send_filter_reply(local)
+        result: tuple[int, str, bytes] = sink.sent[0][1]
+        return result
+
+    async def main() -> None:
+        status, body, extra = await reply(GRPC, LocalReply(503, "down"))
+        assert (status, body) == (200, "")
         assert b"grpc-status: 14\r\n" in extra and b"grpc-message: down\r\n" in extra
+        status, body, extra = await reply(GRPC, LocalReply(200, "abort", grpc_status=4))
+        assert b"grpc-status: 4\r\n" in extra
+        status, body, extra = await reply(GET, LocalReply(200, "abort", grpc_status=4))
+        assert (status, body, extra) == (200, "abort", b"")
 
     trio.run(main)
 

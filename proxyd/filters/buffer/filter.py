@@ -3,9 +3,10 @@
 As Envoy's ``BufferFilter``: a request with a body stops at its headers; each body piece
 is kept by the chain (``STOP_AND_BUFFER``) until the last one, and the whole body then
 goes upstream with a ``content-length`` of its size (a chunked request is sent with a
-length instead). Once more than ``max_request_bytes`` has arrived, the stream is answered
-413 "Payload Too Large" and ``http.<stat_prefix>.downstream_rq_too_large`` counts it, as
-Envoy's connection manager does when a filter's buffer overflows. A request without a
+length instead). The filter sets the stream's buffer limit to ``max_request_bytes``; once
+more has arrived, the chain answers 413 "Payload Too Large" and counts it in
+``http.<stat_prefix>.downstream_rq_too_large``, as Envoy's connection manager does when
+a filter's buffer overflows. A request without a
 body, and any request on a route whose ``BufferPerRoute`` disables the filter, passes
 untouched.
 """
@@ -61,15 +62,16 @@ class BufferFilter(HttpFilter):
     async def on_request_headers(self, stream: FilterStream, end_stream: bool) -> Result:
         if end_stream or not self.factory.decodes or not stream.head.has_body:
             return CONTINUE
+        # The chain keeps up to max_request_bytes for this stream and answers 413
+        # beyond it (counted in downstream_rq_too_large), as Envoy's connection
+        # manager does for the buffer filter's decoder buffer limit.
+        stream.set_buffer_limit(self.factory.max_request_bytes)
         return STOP
 
     async def on_request_data(self, stream: FilterStream, data: bytes, end_stream: bool) -> Result:
         if not self.factory.decodes:
             return CONTINUE
         self.received += len(data)
-        if self.received > self.factory.max_request_bytes:
-            self.factory.stats.inc(TOO_LARGE_STAT)
-            return TOO_LARGE
         if not end_stream:
             return STOP_AND_BUFFER
         stream.set_request_length(self.received)
