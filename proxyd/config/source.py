@@ -1,8 +1,15 @@
 """Reading a bootstrap file into plain data (dicts, lists, scalars).
 
 Like Envoy, a ``.json`` file is read as JSON and anything else as YAML. YAML is read
-with ``yaml.safe_load`` semantics, except that a key given twice in one mapping is an
-error (the second value would otherwise win silently).
+with ``yaml.safe_load`` semantics, changed where Envoy's YAML reader (yaml-cpp) differs:
+
+* a key tagged ``!ignore`` is dropped with its value (a place to keep anchors that
+  aliases elsewhere use), and a tag Envoy does not know on a value is ignored (the
+  value reads as if untagged);
+* a YAML merge key ``<<`` is an ordinary key, so Envoy's parser refuses it as an
+  unknown field, and so does proxyd's;
+* a key given twice in one mapping is an error (proxyd's choice: Envoy takes one of
+  the two silently).
 """
 
 from __future__ import annotations
@@ -19,12 +26,20 @@ from proxyd.errors import ConfigError
 _SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+IGNORE_TAG = "!ignore"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 class _StrictLoader(_SafeLoader):
-    """A safe loader that refuses duplicate mapping keys."""
+    """A safe loader that reads YAML as Envoy does (see the module docstring)."""
 
 
 def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
-    loader.flatten_mapping(node)
+    node.value = [(k, v) for k, v in node.value if k.tag != IGNORE_TAG]
+    for key_node, _value_node in node.value:
+        if key_node.tag == _MERGE_TAG:  # '<<' is a plain key to Envoy (no merging)
+            key_node.tag = _STR_TAG
     seen: dict[Any, yaml.Node] = {}
     for key_node, _value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -42,10 +57,22 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) 
     return loader.construct_mapping(node, deep=deep)
 
 
+def _construct_local_tag(loader: Any, _suffix: str, node: yaml.Node) -> Any:
+    """A value with a local tag (``!custom``, or ``!ignore`` on a value) reads as the
+    same node untagged, as yaml-cpp's conversion in Envoy does."""
+    if isinstance(node, yaml.MappingNode):
+        return _construct_mapping(loader, node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    tag = loader.resolve(yaml.ScalarNode, node.value, (True, False))
+    return loader.yaml_constructors[tag](loader, node)
+
+
 _StrictLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+_StrictLoader.add_multi_constructor("!", _construct_local_tag)
 
 
 def read_config_file(path: str) -> dict[str, Any]:
