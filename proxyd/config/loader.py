@@ -33,13 +33,10 @@ from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
 from proxyd.config.source import read_config_file
 from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
-from proxyd.config.translate import Translation, translate
+from proxyd.config.translate import Translation, log_deprecations, translate
 from proxyd.config.values import require_ip, socket_address
 from proxyd.epoch import Epoch
 from proxyd.errors import ConfigError
-from proxyd.log import get_logger
-
-log = get_logger("proxyd.config")
 
 
 @dataclass(frozen=True)
@@ -81,20 +78,6 @@ def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
     log_deprecations(translation)
     with translation.file_paths():
         return _compile(bootstrap, bootstrap_json, translation, file)
-
-
-def log_deprecations(translation: Translation) -> None:
-    """Warn about each deprecated field, as Envoy does when it loads a config."""
-    for d in translation.deprecations:
-        extra = {"ignored_because": d.ignored_because} if d.ignored_because else {}
-        log.warning(
-            "deprecated field",
-            file=translation.file,
-            field=d.path,
-            option=d.option,
-            replacement=d.replacement,
-            **extra,
-        )
 
 
 def _compile(

@@ -34,6 +34,9 @@ from proxyd.config.proto import (
     unknown_type_reason,
 )
 from proxyd.errors import ConfigError
+from proxyd.log import get_logger
+
+log = get_logger("proxyd.config")
 
 TYPED_STRUCTS = frozenset({"udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"})
 
@@ -105,6 +108,20 @@ class Translation:
             if path == exc.path:
                 raise
             raise ConfigError(exc.file, path, exc.reason) from exc
+
+
+def log_deprecations(translation: Translation) -> None:
+    """Warn about each deprecated field, as Envoy does when it loads a config."""
+    for d in translation.deprecations:
+        extra = {"ignored_because": d.ignored_because} if d.ignored_because else {}
+        log.warning(
+            "deprecated field",
+            file=translation.file,
+            field=d.path,
+            option=d.option,
+            replacement=d.replacement,
+            **extra,
+        )
 
 
 def translate(msg: Message, path: str, file: str) -> Translation:
