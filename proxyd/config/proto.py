@@ -8,7 +8,7 @@ walking the data against the message descriptors:
 * a single value where a repeated field is expected (a list of one);
 * a ``Duration`` written as an object ``{seconds: 5, nanos: 0}``, and a wrapper
   (``UInt32Value``, ``BoolValue``, ...) written as an object ``{value: ...}``;
-* ``"true"`` and ``"false"`` in quotes for a bool.
+* a bool as a string: "true", "yes", "y", "t", "1" and their opposites, in any case.
 
 ``json_format.ParseDict`` then rejects unknown fields and wrong types exactly as Envoy
 does, but its messages do not name the full path. When it fails, :func:`parse_bootstrap` walks
@@ -77,6 +77,9 @@ _WRAPPERS = frozenset(
         "google.protobuf.UInt64Value",
     }
 )  # fmt: skip
+# A bool in quotes, as Envoy's parser reads one (any letter case).
+_TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
 _DURATION_MAX_SECONDS = 315_576_000_000  # protobuf's bound, about 10,000 years
 # json_format appends ' at "Bootstrap.a.b"' or ' at Bootstrap.a.b' to its reasons.
 _JSON_FORMAT_WHERE = re.compile(r'\.? at "?[A-Za-z_][^ ]*$')
@@ -198,7 +201,7 @@ def envoy_forms(value: Any, desc: Descriptor, path: str, file: str) -> Any:
     if name in _WRAPPERS:
         if isinstance(value, dict) and set(value) == {"value"}:
             value = value["value"]
-        return _scalar(value, desc.fields_by_name["value"])
+        return _scalar(value, desc.fields_by_name["value"], path, file)
     if name in _SPECIAL_JSON or not isinstance(value, dict):
         return value
     if name == ANY:
@@ -246,17 +249,24 @@ def _one(item: Any, field: FieldDescriptor, path: str, file: str) -> Any:
     message_type = _message_type(field)
     if message_type is not None:
         return envoy_forms(item, message_type, path, file)
-    return _scalar(item, field)
+    return _scalar(item, field, path, file)
 
 
-def _scalar(item: Any, field: FieldDescriptor) -> Any:
+def _scalar(item: Any, field: FieldDescriptor, path: str, file: str) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM and isinstance(item, str):
         enum_type = field.enum_type
         assert enum_type is not None  # set on every enum field
         if item not in enum_type.values_by_name and item.upper() in enum_type.values_by_name:
             return item.upper()
-    elif field.type == FieldDescriptor.TYPE_BOOL and item in ("true", "false"):
-        return item == "true"
+    elif field.type == FieldDescriptor.TYPE_BOOL and isinstance(item, str):
+        word = item.lower()
+        if word not in _TRUE_WORDS and word not in _FALSE_WORDS:
+            raise ConfigError(
+                file,
+                path,
+                f"expected true or false (or in quotes: yes, y, 1, ...), got {_kind(item)}",
+            )
+        return word in _TRUE_WORDS
     return item
 
 

@@ -111,9 +111,27 @@ def test_merge_key_is_an_ordinary_key() -> None:
     assert reject(d).path == f"{CLUSTER0}.<<"
 
 
-def test_duplicate_keys_stay_refused() -> None:
-    with pytest.raises(ConfigError, match="duplicate key 'a'"):
-        parse_config_text("a: 1\na: 2\n", "c.yaml")
+def test_duplicate_keys_take_the_last_value_with_a_warning() -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert parse_config_text("a: 1\nb: {c: 1}\na: 2\n", "c.yaml") == {"a": 2, "b": {"c": 1}}
+    assert [(e["key"], e["line"], e["first_line"]) for e in logs] == [("a", 3, 1)]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("yes", True), ("Y", True), ("tRuE", True), ("1", True), ("N", False), ("0", False)],
+)
+def test_bools_in_quotes(text: str, value: bool) -> None:
+    d = base()
+    hcm(d)["use_remote_address"] = text
+    assert load(d).epoch_template.listeners[0].hcm.use_remote_address is value
+
+
+def test_quoted_on_is_not_a_bool() -> None:
+    d = base()
+    hcm(d)["use_remote_address"] = "on"
+    err = reject(d)
+    assert (err.path, "got the string 'on'" in err.reason) == (f"{HCM}.use_remote_address", True)
 
 
 # -- Envoy's lenient JSON forms --------------------------------------------------------
