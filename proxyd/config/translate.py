@@ -64,20 +64,17 @@ class Translation:
         self.file = file
         self.deprecations: list[Deprecation] = []
         self._moves: list[tuple[str, str, bool]] = []  # (new path, file path, whole)
-        self.changes = 0
 
     def moved(self, new: str, old: str, *, whole: bool = True) -> None:
         """``new`` (and what is under it) is at ``old`` in the file; with ``whole``
         False only what is under ``new`` moved (a TypedStruct's payload)."""
         self._moves.append((new, old, whole))
-        self.changes += 1
 
     def ignored(self, path: str, because: str) -> None:
         """A deprecated field Envoy does not use, ``because`` its replacement is set."""
         for i, d in enumerate(self.deprecations):
             if d.path == path:
                 self.deprecations[i] = Deprecation(d.path, d.option, d.replacement, because)
-        self.changes += 1
 
     def file_path(self, path: str) -> str:
         """``path`` in the translated message → the same place as the file has it.
@@ -175,10 +172,8 @@ def _walk_any(any_msg: Any, path: str, t: Translation) -> None:
     inner = message_class(desc)()
     if not any_msg.Unpack(inner):
         return
-    before = t.changes
     _walk(inner, path, t)
-    if t.changes != before:
-        any_msg.value = inner.SerializeToString()
+    any_msg.value = inner.SerializeToString()  # with whatever the walk changed
 
 
 def _unwrap_typed_struct(any_msg: Any, type_name: str, path: str, t: Translation) -> None:

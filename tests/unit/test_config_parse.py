@@ -474,3 +474,14 @@ def test_xds_cluster_with_deprecated_fields() -> None:
     resource = compile_resource(CLUSTER, message, b"", "1", "resources[0]", "CDS update", ctx)
     assert resource.value.http2 is True
     assert message.HasField("http2_protocol_options")  # /config_dump shows it as delivered
+
+
+def test_a_change_alone_in_a_typed_config_is_kept() -> None:
+    # Only google_re2 {} (dropped, no field moved) inside the HCM's Any.
+    d = base()
+    route(d)["match"] = {"safe_regex": {"google_re2": {}, "regex": "/.*"}}
+    load(d)
+    d = base()
+    log = {"@type": LOG_T, "path": "/dev/null", "format": ""}  # empty: the default format
+    hcm(d)["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": log}]
+    assert load(d).epoch_template.listeners[0].hcm.access_logs[0].format == ""
