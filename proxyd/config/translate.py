@@ -7,7 +7,8 @@ set field and every ``Any`` payload it can decode, and changes it in place:
    the type it names, its ``value`` parsed as that type like a file (Envoy's
    ``translateOpaqueConfig``); an error inside names ``<path>.value.<field>``;
 2. each deprecated field set is recorded (Envoy logs "Using deprecated option ...")
-   and moved to its replacement (``proxyd.config.deprecated``).
+   and moved to its replacement (``proxyd.config.deprecated``); one marked
+   ``disallowed_by_default`` is refused, as Envoy refuses it.
 
 The returned :class:`Translation` holds the deprecations and the moves. Errors found
 later, by the allow-list walk or the compilers, name paths in the translated message;
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.annotations import deprecation_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -131,8 +133,15 @@ def translate(msg: Message, path: str, file: str) -> Translation:
 def _walk(msg: Message, path: str, t: Translation) -> None:
     desc = msg.DESCRIPTOR
     for field, _value in msg.ListFields():
-        if field.GetOptions().deprecated:
+        options = field.GetOptions()
+        if options.deprecated:
             option = field.full_name
+            if options.Extensions[deprecation_pb2.disallowed_by_default]:
+                raise ConfigError(
+                    t.file,
+                    join(path, field.name),
+                    f"Using deprecated option '{option}', which is fatal by default in Envoy",
+                )
             replacement = REPLACEMENTS.get(option, "described in Envoy's version history")
             t.deprecations.append(Deprecation(join(path, field.name), option, replacement))
     fix = FIXES.get(desc.full_name)

@@ -485,3 +485,20 @@ def test_a_change_alone_in_a_typed_config_is_kept() -> None:
     log = {"@type": LOG_T, "path": "/dev/null", "format": ""}  # empty: the default format
     hcm(d)["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": log}]
     assert load(d).epoch_template.listeners[0].hcm.access_logs[0].format == ""
+
+
+def test_a_deprecated_field_fatal_by_default_is_refused() -> None:
+    d = base()
+    action = {
+        "dynamic_metadata": {
+            "descriptor_key": "k",
+            "metadata_key": {"key": "a", "path": [{"key": "b"}]},
+        }
+    }  # noqa: E501
+    hcm(d)["route_config"]["virtual_hosts"][0]["rate_limits"] = [{"actions": [action]}]
+    err = reject(d)
+    assert (
+        err.path
+        == f"{HCM}.route_config.virtual_hosts[0].rate_limits[0].actions[0].dynamic_metadata"
+    )  # noqa: E501
+    assert "fatal by default" in err.reason
