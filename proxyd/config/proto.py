@@ -5,7 +5,8 @@ Envoy's JSON parser (protobuf's, in its legacy mode) takes a few forms that
 walking the data against the message descriptors:
 
 * an enum name in any letter case (``round_robin``, ``Strict_Dns``);
-* a single value where a repeated field is expected (a list of one);
+* a single value where a repeated field is expected (a list of one), and ``null`` as an
+  item of a list (the item's default value);
 * a ``Duration`` written as an object ``{seconds: 5, nanos: 0}``, and a wrapper
   (``UInt32Value``, ``BoolValue``, ...) written as an object ``{value: ...}``;
 * a bool as a string: "true", "yes", "y", "t", "1" and their opposites, in any case.
@@ -241,8 +242,20 @@ def _field_forms(item: Any, field: FieldDescriptor, path: str, file: str) -> Any
         return {k: _one(v, value_field, f"{path}[{k!r}]", file) for k, v in item.items()}
     if field.is_repeated:
         items = item if isinstance(item, list) else [item]  # Envoy: one value, a list of one
+        # Envoy: a null item is the item's default value (an empty message, "", 0).
+        items = [_default_json(field) if v is None else v for v in items]
         return [_one(v, field, f"{path}[{i}]", file) for i, v in enumerate(items)]
     return _one(item, field, path, file)
+
+
+def _default_json(field: FieldDescriptor) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return {}
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        return ""
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return False
+    return 0  # numbers, and an enum's first value
 
 
 def _one(item: Any, field: FieldDescriptor, path: str, file: str) -> Any:

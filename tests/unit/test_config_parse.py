@@ -502,3 +502,12 @@ def test_a_deprecated_field_fatal_by_default_is_refused() -> None:
         == f"{HCM}.route_config.virtual_hosts[0].rate_limits[0].actions[0].dynamic_metadata"
     )  # noqa: E501
     assert "fatal by default" in err.reason
+
+
+def test_null_items_are_default_values() -> None:
+    d = base()
+    hcm(d)["route_config"]["virtual_hosts"][0]["domains"] = ["Example.com", None]
+    vh = load(d).epoch_template.listeners[0].hcm.route_config.virtual_hosts[0]
+    assert vh.domains == ("example.com", "")
+    hcm(d)["http_filters"] = [None]
+    assert reject(d).path == f"{HCM}.http_filters[0].name"  # an HttpFilter with no name
