@@ -25,7 +25,7 @@ from typing import Any
 from envoy.annotations import deprecation_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from proxyd.config.deprecated import FIXES, REPLACEMENTS
 from proxyd.config.proto import (
@@ -179,8 +179,11 @@ def _walk_any(any_msg: Any, path: str, t: Translation) -> None:
     if desc is None:
         return  # the allow-list walk refuses it by name
     inner = message_class(desc)()
-    if not any_msg.Unpack(inner):
-        return
+    try:
+        if not any_msg.Unpack(inner):
+            return
+    except DecodeError as exc:  # an xDS resource's bytes; a file's were parsed already
+        raise ConfigError(t.file, path, f"cannot decode the {desc.full_name}: {exc}") from exc
     _walk(inner, path, t)
     any_msg.value = inner.SerializeToString()  # with whatever the walk changed
 
@@ -189,7 +192,10 @@ def _unwrap_typed_struct(any_msg: Any, type_name: str, path: str, t: Translation
     desc = find_type(any_msg.type_url)
     assert desc is not None  # TYPED_STRUCTS are in xds-protos
     typed_struct: Any = message_class(desc)()  # xds-protos classes have no stubs
-    any_msg.Unpack(typed_struct)
+    try:
+        any_msg.Unpack(typed_struct)
+    except DecodeError as exc:
+        raise ConfigError(t.file, path, f"cannot decode the {type_name}: {exc}") from exc
     type_url = typed_struct.type_url
     inner_desc = find_type(type_url) if type_url else None
     if inner_desc is None:

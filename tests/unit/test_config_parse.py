@@ -511,3 +511,25 @@ def test_null_items_are_default_values() -> None:
     assert vh.domains == ("example.com", "")
     hcm(d)["http_filters"] = [None]
     assert reject(d).path == f"{HCM}.http_filters[0].name"  # an HttpFilter with no name
+
+
+def test_undecodable_payload_in_an_xds_resource() -> None:
+    message = cluster_pb2.Cluster(name="grpc", type=cluster_pb2.Cluster.STATIC)
+    options = message.typed_extension_protocol_options[UPSTREAM_HTTP]
+    options.type_url = f"type.googleapis.com/{UPSTREAM_HTTP}"
+    options.value = b"\xff\xff"
+    ctx = Context(route_targets=frozenset(), check_source=lambda *a: None)
+    with pytest.raises(ConfigError, match="cannot decode") as info:
+        compile_resource(CLUSTER, message, b"", "1", "resources[0]", "CDS update", ctx)
+    assert info.value.path == f"resources[0].typed_extension_protocol_options[{UPSTREAM_HTTP!r}]"
+
+
+def test_typed_json_format_is_refused_by_name() -> None:
+    d = base()
+    log = {"@type": LOG_T, "path": "/dev/null", "typed_json_format": {"code": "%RESPONSE_CODE%"}}
+    hcm(d)["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": log}]
+    err = reject(d)
+    assert (err.path, err.reason) == (
+        f"{HCM}.access_log[0].typed_config.typed_json_format",
+        "field not supported by proxyd",
+    )
