@@ -194,7 +194,7 @@ class UpstreamServer:
         self.stop()
 
 
-def _wait_ready(admin_url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+def _wait_ready(admin_url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:

@@ -51,7 +51,7 @@ def test_launcher_stops_proxyd_when_stopped(tmp_path: Path, sig: signal.Signals)
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for(lambda: "proxyd is up" in out.read_text() or launcher.poll() is not None, 60)
+        wait_for(lambda: "proxyd is up" in out.read_text() or launcher.poll() is not None, 150)
         assert launcher.poll() is None, out.read_text()
         assert f"localhost:{port}/" in out.read_text()
         request = urllib.request.Request(
