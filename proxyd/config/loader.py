@@ -71,10 +71,11 @@ def load(path: str) -> LoadedConfig:
 
 def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
     """Validate and compile already-read bootstrap data; ``file`` names it in errors."""
-    bootstrap = parse_bootstrap(data, file)
+    singles: list[str] = []  # single values read as lists of one, for error paths
+    bootstrap = parse_bootstrap(data, file, singles)
     # As written (before translation), as Envoy's /config_dump shows it.
     bootstrap_json = json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
-    translation = translate(bootstrap, "", file)
+    translation = translate(bootstrap, "", file, singles)
     log_deprecations(translation)
     with translation.file_paths():
         return _compile(bootstrap, bootstrap_json, translation, file)

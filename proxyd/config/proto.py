@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
 
@@ -159,24 +160,34 @@ def _import_types(value: Any) -> None:
 # -- parsing ---------------------------------------------------------------------------
 
 
-def parse_bootstrap(data: dict[str, Any], file: str) -> bootstrap_pb2.Bootstrap:
+def parse_bootstrap(
+    data: dict[str, Any], file: str, wrapped: list[str] | None = None
+) -> bootstrap_pb2.Bootstrap:
     """ParseDict into a Bootstrap; on failure, ConfigError with the offending field path."""
-    return parse_message(data, bootstrap_pb2.Bootstrap, file)
+    return parse_message(data, bootstrap_pb2.Bootstrap, file, wrapped=wrapped)
 
 
 M = TypeVar("M", bound=Message)
 
 
-def parse_message(data: dict[str, Any], cls: type[M], file: str, path: str = "") -> M:
+def parse_message(
+    data: dict[str, Any],
+    cls: type[M],
+    file: str,
+    path: str = "",
+    wrapped: list[str] | None = None,
+) -> M:
     """ParseDict into ``cls`` (a Bootstrap, a DiscoveryResponse in a file, ...) after
     :func:`envoy_forms`; on failure, ConfigError with the offending field path (under
-    ``path``, where the data sits in the file)."""
+    ``path``, where the data sits in the file). The paths of single values read as
+    lists are appended to ``wrapped``: errors found later map back with them."""
     message = cls()
     desc = cls.DESCRIPTOR
     # The stubs also name upb's Descriptor; it passes isinstance(desc, Descriptor).
     assert isinstance(desc, Descriptor)
     _import_types(data)
-    data = envoy_forms(data, desc, path, file)
+    singles: list[str] = [] if wrapped is None else wrapped
+    data = envoy_forms(data, desc, path, file, singles)
     try:
         json_format.ParseDict(data, message)
     except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
@@ -184,29 +195,57 @@ def parse_message(data: dict[str, Any], cls: type[M], file: str, path: str = "")
         if found is None:
             raise ConfigError(file, path, f"invalid configuration: {_clean(str(exc))}") from exc
         where, reason = found
-        raise ConfigError(file, where, reason) from exc
+        raise ConfigError(file, file_path(where, singles), reason) from exc
     return message
 
 
 # -- Envoy's forms -> json_format's ------------------------------------------------------
 
 
-def envoy_forms(value: Any, desc: Descriptor, path: str, file: str) -> Any:
+@dataclass
+class _Forms:
+    file: str
+    # Paths (in the rewritten data) of single values made lists of one, outer first.
+    wrapped: list[str]
+
+
+def envoy_forms(
+    value: Any, desc: Descriptor, path: str, file: str, wrapped: list[str] | None = None
+) -> Any:
     """``value`` (data for a ``desc`` message) with Envoy's lenient forms rewritten into
     the canonical JSON form (see the module docstring). Data that is wrong in another
     way is returned as it is, for ParseDict and :func:`locate_error` to report; a
-    Duration object that is wrong raises ConfigError here, naming its path."""
+    Duration object that is wrong raises ConfigError here, naming its path. The paths
+    of single values made lists are appended to ``wrapped`` (see :func:`file_path`)."""
+    ctx = _Forms(file, [] if wrapped is None else wrapped)
+    try:
+        return _forms(value, desc, path, ctx)
+    except ConfigError as exc:
+        raise ConfigError(ctx.file, file_path(exc.path, ctx.wrapped), exc.reason) from exc
+
+
+def file_path(path: str, wrapped: list[str]) -> str:
+    """``path`` in data rewritten by :func:`envoy_forms` → the same place in the file:
+    ``x[0]...`` is ``x...`` where ``x`` was a single value made a list of one."""
+    for single in sorted(wrapped, key=len, reverse=True):
+        item = f"{single}[0]"
+        if path == item or path.startswith((item + ".", item + "[")):
+            path = single + path[len(item) :]
+    return path
+
+
+def _forms(value: Any, desc: Descriptor, path: str, ctx: _Forms) -> Any:
     name = desc.full_name
     if name == _DURATION:
-        return _duration(value, path, file) if isinstance(value, dict) else value
+        return _duration(value, path, ctx) if isinstance(value, dict) else value
     if name in _WRAPPERS:
         if isinstance(value, dict) and set(value) == {"value"}:
             value = value["value"]
-        return _scalar(value, desc.fields_by_name["value"], path, file)
+        return _scalar(value, desc.fields_by_name["value"], path, ctx)
     if name in _SPECIAL_JSON or not isinstance(value, dict):
         return value
     if name == ANY:
-        return _any_forms(value, path, file)
+        return _any_forms(value, path, ctx)
     fields = _fields_by_json_key(desc)
     out: dict[Any, Any] = {}
     for key, item in value.items():
@@ -214,38 +253,41 @@ def envoy_forms(value: Any, desc: Descriptor, path: str, file: str) -> Any:
         if field is None or item is None:
             out[key] = item
         else:
-            out[key] = _field_forms(item, field, join(path, key), file)
+            out[key] = _field_forms(item, field, join(path, key), ctx)
     return out
 
 
-def _any_forms(value: dict[str, Any], path: str, file: str) -> Any:
+def _any_forms(value: dict[str, Any], path: str, ctx: _Forms) -> Any:
     type_url = value.get("@type")
     if isinstance(type_url, str) and is_v2_type(type_url):
-        raise ConfigError(file, join(path, "@type"), unknown_type_reason(type_url))
+        raise ConfigError(ctx.file, join(path, "@type"), unknown_type_reason(type_url))
     inner = find_type(type_url) if isinstance(type_url, str) and type_url else None
     if inner is None:
         return value  # locate_error names the missing or unknown type URL
     if inner.full_name in _SPECIAL_JSON:
         if "value" not in value:
             return value
-        return {**value, "value": envoy_forms(value["value"], inner, join(path, "value"), file)}
-    rest = envoy_forms({k: v for k, v in value.items() if k != "@type"}, inner, path, file)
+        return {**value, "value": _forms(value["value"], inner, join(path, "value"), ctx)}
+    rest = _forms({k: v for k, v in value.items() if k != "@type"}, inner, path, ctx)
     return {"@type": type_url, **rest}
 
 
-def _field_forms(item: Any, field: FieldDescriptor, path: str, file: str) -> Any:
+def _field_forms(item: Any, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
     message_type = _message_type(field)
     if message_type is not None and message_type.GetOptions().map_entry:
         value_field = message_type.fields_by_name["value"]
         if not isinstance(item, dict):
             return item
-        return {k: _one(v, value_field, f"{path}[{k!r}]", file) for k, v in item.items()}
+        return {k: _one(v, value_field, f"{path}[{k!r}]", ctx) for k, v in item.items()}
     if field.is_repeated:
-        items = item if isinstance(item, list) else [item]  # Envoy: one value, a list of one
+        if not isinstance(item, list):  # Envoy: one value is a list of one
+            ctx.wrapped.append(path)
+            item = [item]
+        items = item
         # Envoy: a null item is the item's default value (an empty message, "", 0).
         items = [_default_json(field) if v is None else v for v in items]
-        return [_one(v, field, f"{path}[{i}]", file) for i, v in enumerate(items)]
-    return _one(item, field, path, file)
+        return [_one(v, field, f"{path}[{i}]", ctx) for i, v in enumerate(items)]
+    return _one(item, field, path, ctx)
 
 
 def _default_json(field: FieldDescriptor) -> Any:
@@ -258,14 +300,14 @@ def _default_json(field: FieldDescriptor) -> Any:
     return 0  # numbers, and an enum's first value
 
 
-def _one(item: Any, field: FieldDescriptor, path: str, file: str) -> Any:
+def _one(item: Any, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
     message_type = _message_type(field)
     if message_type is not None:
-        return envoy_forms(item, message_type, path, file)
-    return _scalar(item, field, path, file)
+        return _forms(item, message_type, path, ctx)
+    return _scalar(item, field, path, ctx)
 
 
-def _scalar(item: Any, field: FieldDescriptor, path: str, file: str) -> Any:
+def _scalar(item: Any, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM and isinstance(item, str):
         enum_type = field.enum_type
         assert enum_type is not None  # set on every enum field
@@ -275,7 +317,7 @@ def _scalar(item: Any, field: FieldDescriptor, path: str, file: str) -> Any:
         word = item.lower()
         if word not in _TRUE_WORDS and word not in _FALSE_WORDS:
             raise ConfigError(
-                file,
+                ctx.file,
                 path,
                 f"expected true or false (or in quotes: yes, y, 1, ...), got {_kind(item)}",
             )
@@ -283,36 +325,38 @@ def _scalar(item: Any, field: FieldDescriptor, path: str, file: str) -> Any:
     return item
 
 
-def _duration(value: dict[Any, Any], path: str, file: str) -> str:
+def _duration(value: dict[Any, Any], path: str, ctx: _Forms) -> str:
     """``{seconds: S, nanos: N}`` as the string json_format parses ("S.NNNNNNNNNs")."""
     for key in value:
         if key not in ("seconds", "nanos"):
-            raise ConfigError(file, join(path, str(key)), f"unknown field '{key}' in {_DURATION}")
-    seconds = _integer(value.get("seconds", 0), join(path, "seconds"), file)
-    nanos = _integer(value.get("nanos", 0), join(path, "nanos"), file)
+            raise ConfigError(
+                ctx.file, join(path, str(key)), f"unknown field '{key}' in {_DURATION}"
+            )
+    seconds = _integer(value.get("seconds", 0), join(path, "seconds"), ctx)
+    nanos = _integer(value.get("nanos", 0), join(path, "nanos"), ctx)
     if (
         abs(seconds) > _DURATION_MAX_SECONDS
         or abs(nanos) >= 1_000_000_000
         or (seconds > 0 and nanos < 0)
         or (seconds < 0 and nanos > 0)
     ):
-        raise ConfigError(file, path, "Duration out-of-range")
+        raise ConfigError(ctx.file, path, "Duration out-of-range")
     total = abs(seconds) * 1_000_000_000 + abs(nanos)
     sign = "-" if seconds < 0 or nanos < 0 else ""
     return f"{sign}{total // 1_000_000_000}.{total % 1_000_000_000:09d}s"
 
 
-def _integer(value: Any, path: str, file: str) -> int:
+def _integer(value: Any, path: str, ctx: _Forms) -> int:
     """An int64 or int32 as JSON gives it: a number without a fraction, or its string."""
     if isinstance(value, bool):
-        raise ConfigError(file, path, f"expected an integer, got {_kind(value)}")
+        raise ConfigError(ctx.file, path, f"expected an integer, got {_kind(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
         return int(value)
-    raise ConfigError(file, path, f"expected an integer, got {_kind(value)}")
+    raise ConfigError(ctx.file, path, f"expected an integer, got {_kind(value)}")
 
 
 def locate_error(value: Any, desc: Descriptor, path: str) -> tuple[str, str] | None:

@@ -17,7 +17,7 @@ later, by the allow-list walk or the compilers, name paths in the translated mes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +72,11 @@ class Translation:
         False only what is under ``new`` moved (a TypedStruct's payload)."""
         self._moves.append((new, old, whole))
 
+    def read_as_lists(self, paths: Iterable[str]) -> None:
+        """Each of ``paths`` was a single value in the file, read as a list of one."""
+        for single in paths:
+            self.moved(f"{single}[0]", single)
+
     def ignored(self, path: str, because: str) -> None:
         """A deprecated field Envoy does not use, ``because`` its replacement is set."""
         for i, d in enumerate(self.deprecations):
@@ -123,9 +128,11 @@ def log_deprecations(translation: Translation) -> None:
         )
 
 
-def translate(msg: Message, path: str, file: str) -> Translation:
-    """Unwrap TypedStructs and move deprecated fields in ``msg``, in place."""
+def translate(msg: Message, path: str, file: str, wrapped: Iterable[str] = ()) -> Translation:
+    """Unwrap TypedStructs and move deprecated fields in ``msg``, in place. ``wrapped``
+    are the paths of single values the parser read as lists of one (``parse_message``)."""
     t = Translation(file)
+    t.read_as_lists(wrapped)
     _walk(msg, path, t)
     return t
 
@@ -202,7 +209,9 @@ def _unwrap_typed_struct(any_msg: Any, type_name: str, path: str, t: Translation
         reason = unknown_type_reason(type_url) if type_url else "a type_url is required"
         raise ConfigError(t.file, join(path, "type_url"), f"{type_name}: {reason}")
     data = json_format.MessageToDict(typed_struct.value)
-    inner = parse_message(data, message_class(inner_desc), t.file, join(path, "value"))
+    singles: list[str] = []
+    inner = parse_message(data, message_class(inner_desc), t.file, join(path, "value"), singles)
+    t.read_as_lists(singles)  # in the file's terms: before the TypedStruct's own move
     any_msg.type_url = type_url
     any_msg.value = inner.SerializeToString()
     t.moved(path, join(path, "value"), whole=False)

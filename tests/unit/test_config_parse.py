@@ -533,3 +533,26 @@ def test_typed_json_format_is_refused_by_name() -> None:
         f"{HCM}.access_log[0].typed_config.typed_json_format",
         "field not supported by proxyd",
     )
+
+
+def test_errors_in_a_single_value_name_it_as_the_file_has_it() -> None:
+    d = base()
+    vhosts = hcm(d)["route_config"]["virtual_hosts"]
+    hcm(d)["route_config"]["virtual_hosts"] = vhosts[0]
+    vhosts[0]["domains"] = {"host": "example.com"}  # parse error, in a single value
+    err = reject(d)
+    assert (err.path, err.reason) == (
+        f"{HCM}.route_config.virtual_hosts.domains",
+        "expected a string, got an object",
+    )
+    vhosts[0]["domains"] = "*"
+    vhosts[0]["routes"] = {"match": {"prefix": "/"}, "route": {"cluster": "nowhere"}}
+    assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.cluster"
+    vhosts[0]["routes"] = {"match": {"prefix": "/", "headers": {"name": "x", "exact_match": "y"}}}
+    vhosts[0]["routes"]["route"] = {"cluster": "web", "max_grpc_timeout": "1s"}
+    assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.max_grpc_timeout"
+    wrapped = {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct", "type_url": HCM_T}
+    wrapped["value"] = {"stat_prefix": "s", "http_filters": {"name": "x"}, "route_config": {}}
+    hcm(d).clear()
+    hcm(d).update(wrapped)
+    assert reject(d).path == f"{HCM}.value.http_filters"
