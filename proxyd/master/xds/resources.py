@@ -2,9 +2,10 @@
 
 A resource arrives as a ``google.protobuf.Any`` in a DiscoveryResponse. It is unpacked
 into its Envoy message, translated as a bootstrap is (TypedStruct wrappers unwrapped,
-deprecated fields moved to their replacements and logged), walked with the same allow-list as the bootstrap (so a field
-proxyd does not implement is refused by name and path, as in a file) and compiled with
-the same compilers (``proxyd.config``). The result is a :class:`Resource`: the plain
+deprecated fields moved to their replacements and logged: ``proxyd.config.translate``),
+walked with the same allow-list as the bootstrap (so a field proxyd does not implement
+is refused by name and path, as in a file) and compiled with the same compilers
+(``proxyd.config``). The result is a :class:`Resource`: the plain
 epoch value plus what ``/config_dump`` shows (version, last update, the message).
 
 Every problem is a :class:`~proxyd.errors.ConfigError` whose "file" names the update
