@@ -231,12 +231,12 @@ class _StopOnSignals:
             self._timer.start()
 
     def kill_group(self) -> None:
-        """SIGKILL to proxyd's process group, unless the master is gone already."""
-        if self._proc.poll() is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # it exited between poll() and killpg()
+        """SIGKILL to what is left of proxyd's process group (the master, or workers
+        it left behind); nothing when the group is empty."""
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is empty: everything exited
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -295,7 +295,7 @@ def run_front_proxy(config: str, concurrency: int | None) -> int:
             )
         return proc.wait()
     finally:
-        stopper.kill_group()  # only if the master is still there (an error above)
+        stopper.kill_group()  # leftovers only: after proc.wait() the group is empty
         stopper.uninstall()
         for s in servers:
             s.stop()
