@@ -171,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the master that starts a hot restart (proxyctl hot-restart, SIGUSR2)"
         )
     if args.mode == "validate":
+        # Deprecated fields are logged as warnings (stderr), as Envoy logs them.
+        configure(args.log_level, args.log_format or default_format())
         return validate(args.config)
     return serve(args, argv)
 

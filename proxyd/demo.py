@@ -1,9 +1,12 @@
 """Demo upstreams, and the launcher behind ``make run``.
 
 ``python -m proxyd.demo --config conf/front-proxy.yaml`` starts the two demo services
-of the front-proxy example (service1 on 127.0.0.1:18081, service2 on 127.0.0.1:18082),
-then proxyd on that config, prints the curl line to try, and stops everything on
-Ctrl-C. ``python -m proxyd.demo upstream --name NAME --port PORT`` runs one upstream.
+of the front-proxy example (service1 and service2, on the ports the config's clusters
+of those names point at: 127.0.0.1:18081 and :18082), then proxyd on that config, prints
+the curl line to try, and stops everything on Ctrl-C (SIGINT) or SIGTERM: the signal
+is passed on to proxyd (SIGTERM: graceful stop, SIGINT: fast stop), and proxyd's
+processes are killed if they are still there :data:`STOP_GRACE_S` later.
+``python -m proxyd.demo upstream --name NAME --port PORT`` runs one upstream.
 
 The upstream is a small HTTP/1.1 keep-alive server from the standard library. It is also
 what the integration and compatibility tests proxy to, so it understands a few paths:
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -31,8 +35,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-DEMO_SERVICES = (("service1", 18081), ("service2", 18082))
+DEMO_SERVICES = ("service1", "service2")
 CHUNK = 64 * 1024
+# After passing SIGTERM or SIGINT on, how long proxyd has to exit before it is killed.
+STOP_GRACE_S = 15.0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -188,7 +194,7 @@ class UpstreamServer:
         self.stop()
 
 
-def _wait_ready(admin_url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+def _wait_ready(admin_url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -201,34 +207,96 @@ def _wait_ready(admin_url: str, proc: subprocess.Popen[bytes], timeout: float = 
     return False
 
 
+class _StopOnSignals:
+    """While installed, SIGTERM and SIGINT to the launcher go on to proxyd.
+
+    proxyd runs in its own session (process group: the master and its workers), so
+    a terminal's Ctrl-C reaches it only through here, once. A timer kills the whole
+    group if it is still there STOP_GRACE_S after the first signal.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self._timer: threading.Timer | None = None
+        self._previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self._proc.poll() is None:
+            self._proc.send_signal(signum)
+        if self._timer is None:
+            self._timer = threading.Timer(STOP_GRACE_S, self.kill_group)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def kill_group(self) -> None:
+        """SIGKILL to what is left of proxyd's process group (the master, or workers
+        it left behind); nothing when the group is empty."""
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is empty: everything exited
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _demo_ports(config: str) -> tuple[tuple[str, int], int, list[tuple[str, int]]]:
+    """(admin address, listener port, [(service, port)]) from the
+    config proxyd will run, so the launcher follows the file (and tests can move it)."""
+    from proxyd.config import load
+
+    loaded = load(config)
+    if loaded.admin is None or not loaded.epoch_template.listeners:
+        raise ValueError(f"{config}: the demo needs an admin address and a listener")
+    admin = (loaded.admin.address, loaded.admin.port)
+    listener = loaded.epoch_template.listeners[0]
+    services = []
+    for cluster in loaded.epoch_template.clusters:
+        if cluster.name in DEMO_SERVICES and cluster.endpoints:
+            services.append((cluster.name, cluster.endpoints[0].port))
+    return admin, listener.port, services
+
+
 def run_front_proxy(config: str, concurrency: int | None) -> int:
+    from proxyd.errors import ConfigError
+
+    try:
+        admin, listen_port, services = _demo_ports(config)
+    except (ConfigError, ValueError) as exc:
+        print(f"cannot run the demo: {exc}", file=sys.stderr)
+        return 1
     servers = []
-    for name, port in DEMO_SERVICES:
+    for name, port in services:
         try:
             servers.append(UpstreamServer(name, port=port).start())
         except OSError as exc:
             print(f"cannot start demo upstream {name} on port {port}: {exc}", file=sys.stderr)
+            for s in servers:
+                s.stop()
             return 1
     cmd = [sys.executable, "-m", "proxyd", "-c", config]
     if concurrency:
         cmd += ["--concurrency", str(concurrency)]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stopper = _StopOnSignals(proc)
     try:
-        if _wait_ready("http://127.0.0.1:9901", proc):
+        if _wait_ready(f"http://{admin[0]}:{admin[1]}", proc):
             print(
-                "\nproxyd is up on port 15001 (admin on 127.0.0.1:9901). Try:\n\n"
-                "    curl -H 'Host: service1.example.com' localhost:15001/\n"
-                "    curl -H 'Host: service2.example.com' localhost:15001/\n\n"
+                f"\nproxyd is up on port {listen_port} (admin on {admin[0]}:{admin[1]}). Try:\n\n"
+                f"    curl -H 'Host: service1.example.com' localhost:{listen_port}/\n"
+                f"    curl -H 'Host: service2.example.com' localhost:{listen_port}/\n\n"
                 "Ctrl-C stops it.\n",
                 flush=True,
             )
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stopper.kill_group()  # leftovers only: after proc.wait() the group is empty
+        stopper.uninstall()
         for s in servers:
             s.stop()
 

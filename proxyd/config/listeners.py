@@ -67,6 +67,13 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         raise ConfigError(file, join(path, "address"), "an address is required")
     address, port = socket_address(lst.address, join(path, "address"), file)
     require_ip(address, join(path, "address.socket_address"), file)
+    if not wrapped_or(lst, "enable_reuse_port", True):
+        raise ConfigError(
+            file,
+            join(path, "enable_reuse_port"),
+            "enable_reuse_port false not supported by proxyd (each worker accepts on its "
+            "own SO_REUSEPORT socket)",
+        )
     if len(lst.filter_chains) != 1:
         raise ConfigError(
             file,

@@ -3,11 +3,13 @@
 The steps, each raising ConfigError(file, field path, reason) on bad input:
 
 1. read YAML or JSON (``source``);
-2. parse into ``envoy.config.bootstrap.v3.Bootstrap`` (``proto``): unknown fields and
-   wrong types, as Envoy rejects them;
-3. reject every set field proxyd does not implement and every broken proto
+2. parse into ``envoy.config.bootstrap.v3.Bootstrap`` (``proto``), taking the forms
+   Envoy's parser takes: unknown fields and wrong types, as Envoy rejects them;
+3. unwrap TypedStructs and move deprecated fields to their replacements, logging a
+   warning for each deprecated field (``translate``, ``deprecated``);
+4. reject every set field proxyd does not implement and every broken proto
    constraint (``supported``, ``rules``);
-4. compile clusters, then listeners (whose routes must name existing clusters), then
+5. compile clusters, then listeners (whose routes must name existing clusters), then
    admin, to plain epoch data (``clusters``, ``listeners``, ``routes``).
 """
 
@@ -31,6 +33,7 @@ from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
 from proxyd.config.source import read_config_file
 from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
+from proxyd.config.translate import Translation, log_deprecations, translate
 from proxyd.config.values import require_ip, socket_address
 from proxyd.epoch import Epoch
 from proxyd.errors import ConfigError
@@ -56,6 +59,8 @@ class LoadedConfig:
     # dynamic_resources and the node identity, for the master's xDS client.
     dynamic: DynamicResources = field(default_factory=DynamicResources)
     node: Node = field(default_factory=Node)
+    # "Using deprecated option ..." for each deprecated field the file sets.
+    deprecations: tuple[str, ...] = ()
 
 
 def load(path: str) -> LoadedConfig:
@@ -66,7 +71,19 @@ def load(path: str) -> LoadedConfig:
 
 def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
     """Validate and compile already-read bootstrap data; ``file`` names it in errors."""
-    bootstrap = parse_bootstrap(data, file)
+    singles: list[str] = []  # single values read as lists of one, for error paths
+    bootstrap = parse_bootstrap(data, file, singles)
+    # As written (before translation), as Envoy's /config_dump shows it.
+    bootstrap_json = json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
+    translation = translate(bootstrap, "", file, singles)
+    log_deprecations(translation)
+    with translation.file_paths():
+        return _compile(bootstrap, bootstrap_json, translation, file)
+
+
+def _compile(
+    bootstrap: Any, bootstrap_json: dict[str, Any], translation: Translation, file: str
+) -> LoadedConfig:
     check_bootstrap(bootstrap, file)
     static = bootstrap.static_resources
     clusters = compile_clusters(static.clusters, "static_resources.clusters", file)
@@ -95,25 +112,22 @@ def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
     return LoadedConfig(
         epoch_template=template,
         admin=admin,
-        bootstrap_json=json_format.MessageToDict(bootstrap, preserving_proto_field_name=True),
+        bootstrap_json=bootstrap_json,
         file=file,
         dynamic=dynamic,
         node=Node(id=bootstrap.node.id, cluster=bootstrap.node.cluster),
+        deprecations=tuple(d.message() for d in translation.deprecations),
     )
 
 
 def _admin(bootstrap: Any, file: str) -> AdminConfig | None:
     admin = bootstrap.admin
-    log_path = admin.access_log_path
+    log_path = ""  # access_log_path is in access_log now (proxyd.config.deprecated)
     if len(admin.access_log) > 1:
         raise ConfigError(
             file, "admin.access_log", "only one admin access log is supported by proxyd"
         )
     if admin.access_log:
-        if log_path:
-            raise ConfigError(
-                file, "admin.access_log", "set access_log_path or access_log, not both"
-            )
         log_path = _admin_log_path(admin.access_log[0], "admin.access_log[0]", file)
     if not admin.HasField("address"):
         return None  # as in Envoy: no address, no admin listener

@@ -1,7 +1,18 @@
 """Plain data → Envoy's own protobuf types, with errors that name the field path.
 
-``json_format.ParseDict`` rejects unknown fields and wrong types exactly as Envoy does,
-but its messages do not name the full path. When it fails, :func:`parse_bootstrap` walks
+Envoy's JSON parser (protobuf's, in its legacy mode) takes a few forms that
+``json_format`` refuses; :func:`envoy_forms` rewrites them into the canonical form first,
+walking the data against the message descriptors:
+
+* an enum name in any letter case (``round_robin``, ``Strict_Dns``);
+* a single value where a repeated field is expected (a list of one), and ``null`` as an
+  item of a list (the item's default value);
+* a ``Duration`` written as an object ``{seconds: 5, nanos: 0}``, and a wrapper
+  (``UInt32Value``, ``BoolValue``, ...) written as an object ``{value: ...}``;
+* a bool as a string: "true", "yes", "y", "t", "1" and their opposites, in any case.
+
+``json_format.ParseDict`` then rejects unknown fields and wrong types exactly as Envoy
+does, but its messages do not name the full path. When it fails, :func:`parse_bootstrap` walks
 the data against the message descriptors (into ``Any`` by type URL) to find the first
 field that is unknown or does not parse, and reports that field's path.
 
@@ -18,6 +29,7 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
 
@@ -57,10 +69,26 @@ _SPECIAL_JSON = frozenset(
         "google.protobuf.UInt64Value",
     }
 )
+_DURATION = "google.protobuf.Duration"
+_WRAPPERS = frozenset(
+    {
+        "google.protobuf.BoolValue", "google.protobuf.BytesValue",
+        "google.protobuf.DoubleValue", "google.protobuf.FloatValue",
+        "google.protobuf.Int32Value", "google.protobuf.Int64Value",
+        "google.protobuf.StringValue", "google.protobuf.UInt32Value",
+        "google.protobuf.UInt64Value",
+    }
+)  # fmt: skip
+# A bool in quotes, as Envoy's parser reads one (any letter case).
+_TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
+_DURATION_MAX_SECONDS = 315_576_000_000  # protobuf's bound, about 10,000 years
 # json_format appends ' at "Bootstrap.a.b"' or ' at Bootstrap.a.b' to its reasons.
 _JSON_FORMAT_WHERE = re.compile(r'\.? at "?[A-Za-z_][^ ]*$')
 # Proto packages that may be imported on demand to resolve a type URL.
 _IMPORTABLE_ROOTS = ("envoy.", "udpa.", "xds.", "google.protobuf.")
+# Package versions of Envoy's v2 API: xds-protos still has some, Envoy 1.40 has none.
+_V2_VERSIONS = frozenset({"v2", "v2alpha", "v2alpha1"})
 
 
 def join(path: str, name: str) -> str:
@@ -71,9 +99,18 @@ def message_class(desc: Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(desc)
 
 
+def is_v2_type(type_url: str) -> bool:
+    """A type of Envoy's v2 API (``envoy.api.v2.Cluster``, ``...v2.HttpConnectionManager``)."""
+    parts = type_url.rsplit("/", 1)[-1].split(".")
+    return parts[0] == "envoy" and (parts[1:2] == ["api"] or not _V2_VERSIONS.isdisjoint(parts))
+
+
 @cache
 def find_type(type_url: str) -> Descriptor | None:
-    """The descriptor for ``type.googleapis.com/<full name>``, importing it if needed."""
+    """The descriptor for ``type.googleapis.com/<full name>``, importing it if needed;
+    None for an unknown type and for Envoy's v2 API types."""
+    if is_v2_type(type_url):
+        return None
     full_name = type_url.rsplit("/", 1)[-1]
     pool = descriptor_pool.Default()
     try:
@@ -123,31 +160,203 @@ def _import_types(value: Any) -> None:
 # -- parsing ---------------------------------------------------------------------------
 
 
-def parse_bootstrap(data: dict[str, Any], file: str) -> bootstrap_pb2.Bootstrap:
+def parse_bootstrap(
+    data: dict[str, Any], file: str, wrapped: list[str] | None = None
+) -> bootstrap_pb2.Bootstrap:
     """ParseDict into a Bootstrap; on failure, ConfigError with the offending field path."""
-    return parse_message(data, bootstrap_pb2.Bootstrap, file)
+    return parse_message(data, bootstrap_pb2.Bootstrap, file, wrapped=wrapped)
 
 
 M = TypeVar("M", bound=Message)
 
 
-def parse_message(data: dict[str, Any], cls: type[M], file: str) -> M:
-    """ParseDict into ``cls`` (a Bootstrap, a DiscoveryResponse in a file, ...); on
-    failure, ConfigError with the offending field path."""
+def parse_message(
+    data: dict[str, Any],
+    cls: type[M],
+    file: str,
+    path: str = "",
+    wrapped: list[str] | None = None,
+) -> M:
+    """ParseDict into ``cls`` (a Bootstrap, a DiscoveryResponse in a file, ...) after
+    :func:`envoy_forms`; on failure, ConfigError with the offending field path (under
+    ``path``, where the data sits in the file). The paths of single values read as
+    lists are appended to ``wrapped``: errors found later map back with them."""
     message = cls()
+    desc = cls.DESCRIPTOR
+    # The stubs also name upb's Descriptor; it passes isinstance(desc, Descriptor).
+    assert isinstance(desc, Descriptor)
     _import_types(data)
+    singles: list[str] = [] if wrapped is None else wrapped
+    data = envoy_forms(data, desc, path, file, singles)
     try:
         json_format.ParseDict(data, message)
     except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
-        desc = cls.DESCRIPTOR
-        # The stubs also name upb's Descriptor; it passes isinstance(desc, Descriptor).
-        assert isinstance(desc, Descriptor)
-        found = locate_error(data, desc, "")
+        found = locate_error(data, desc, path)
         if found is None:
-            raise ConfigError(file, "", f"invalid configuration: {_clean(str(exc))}") from exc
-        path, reason = found
-        raise ConfigError(file, path, reason) from exc
+            raise ConfigError(file, path, f"invalid configuration: {_clean(str(exc))}") from exc
+        where, reason = found
+        raise ConfigError(file, file_path(where, singles), reason) from exc
     return message
+
+
+# -- Envoy's forms -> json_format's ------------------------------------------------------
+
+
+@dataclass
+class _Forms:
+    file: str
+    # Paths (in the rewritten data) of single values made lists of one, outer first.
+    wrapped: list[str]
+
+
+def envoy_forms(
+    value: Any, desc: Descriptor, path: str, file: str, wrapped: list[str] | None = None
+) -> Any:
+    """``value`` (data for a ``desc`` message) with Envoy's lenient forms rewritten into
+    the canonical JSON form (see the module docstring). Data that is wrong in another
+    way is returned as it is, for ParseDict and :func:`locate_error` to report; a
+    Duration object that is wrong raises ConfigError here, naming its path. The paths
+    of single values made lists are appended to ``wrapped`` (see :func:`file_path`)."""
+    ctx = _Forms(file, [] if wrapped is None else wrapped)
+    try:
+        return _forms(value, desc, path, ctx)
+    except ConfigError as exc:
+        raise ConfigError(ctx.file, file_path(exc.path, ctx.wrapped), exc.reason) from exc
+
+
+def file_path(path: str, wrapped: list[str]) -> str:
+    """``path`` in data rewritten by :func:`envoy_forms` → the same place in the file:
+    ``x[0]...`` is ``x...`` where ``x`` was a single value made a list of one."""
+    for single in sorted(wrapped, key=len, reverse=True):
+        item = f"{single}[0]"
+        if path == item or path.startswith((item + ".", item + "[")):
+            path = single + path[len(item) :]
+    return path
+
+
+def _forms(value: Any, desc: Descriptor, path: str, ctx: _Forms) -> Any:
+    name = desc.full_name
+    if name == _DURATION:
+        return _duration(value, path, ctx) if isinstance(value, dict) else value
+    if name in _WRAPPERS:
+        if isinstance(value, dict) and set(value) == {"value"}:
+            value = value["value"]
+        return _scalar(value, desc.fields_by_name["value"], path, ctx)
+    if name in _SPECIAL_JSON or not isinstance(value, dict):
+        return value
+    if name == ANY:
+        return _any_forms(value, path, ctx)
+    fields = _fields_by_json_key(desc)
+    out: dict[Any, Any] = {}
+    for key, item in value.items():
+        field = fields.get(key) if isinstance(key, str) else None
+        if field is None or item is None:
+            out[key] = item
+        else:
+            out[key] = _field_forms(item, field, join(path, key), ctx)
+    return out
+
+
+def _any_forms(value: dict[str, Any], path: str, ctx: _Forms) -> Any:
+    type_url = value.get("@type")
+    if isinstance(type_url, str) and is_v2_type(type_url):
+        raise ConfigError(ctx.file, join(path, "@type"), unknown_type_reason(type_url))
+    inner = find_type(type_url) if isinstance(type_url, str) and type_url else None
+    if inner is None:
+        return value  # locate_error names the missing or unknown type URL
+    if inner.full_name in _SPECIAL_JSON:
+        if "value" not in value:
+            return value
+        return {**value, "value": _forms(value["value"], inner, join(path, "value"), ctx)}
+    rest = _forms({k: v for k, v in value.items() if k != "@type"}, inner, path, ctx)
+    return {"@type": type_url, **rest}
+
+
+def _field_forms(item: Any, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
+    message_type = _message_type(field)
+    if message_type is not None and message_type.GetOptions().map_entry:
+        value_field = message_type.fields_by_name["value"]
+        if not isinstance(item, dict):
+            return item
+        return {k: _one(v, value_field, f"{path}[{k!r}]", ctx) for k, v in item.items()}
+    if field.is_repeated:
+        if not isinstance(item, list):  # Envoy: one value is a list of one
+            ctx.wrapped.append(path)
+            item = [item]
+        items = item
+        # Envoy: a null item is the item's default value (an empty message, "", 0).
+        items = [_default_json(field) if v is None else v for v in items]
+        return [_one(v, field, f"{path}[{i}]", ctx) for i, v in enumerate(items)]
+    return _one(item, field, path, ctx)
+
+
+def _default_json(field: FieldDescriptor) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return {}
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        return ""
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return False
+    return 0  # numbers, and an enum's first value
+
+
+def _one(item: Any, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
+    message_type = _message_type(field)
+    if message_type is not None:
+        return _forms(item, message_type, path, ctx)
+    return _scalar(item, field, path, ctx)
+
+
+def _scalar(item: Any, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM and isinstance(item, str):
+        enum_type = field.enum_type
+        assert enum_type is not None  # set on every enum field
+        if item not in enum_type.values_by_name and item.upper() in enum_type.values_by_name:
+            return item.upper()
+    elif field.type == FieldDescriptor.TYPE_BOOL and isinstance(item, str):
+        word = item.lower()
+        if word not in _TRUE_WORDS and word not in _FALSE_WORDS:
+            raise ConfigError(
+                ctx.file,
+                path,
+                f"expected true or false (or in quotes: yes, y, 1, ...), got {_kind(item)}",
+            )
+        return word in _TRUE_WORDS
+    return item
+
+
+def _duration(value: dict[Any, Any], path: str, ctx: _Forms) -> str:
+    """``{seconds: S, nanos: N}`` as the string json_format parses ("S.NNNNNNNNNs")."""
+    for key in value:
+        if key not in ("seconds", "nanos"):
+            raise ConfigError(
+                ctx.file, join(path, str(key)), f"unknown field '{key}' in {_DURATION}"
+            )
+    seconds = _integer(value.get("seconds", 0), join(path, "seconds"), ctx)
+    nanos = _integer(value.get("nanos", 0), join(path, "nanos"), ctx)
+    if (
+        abs(seconds) > _DURATION_MAX_SECONDS
+        or abs(nanos) >= 1_000_000_000
+        or (seconds > 0 and nanos < 0)
+        or (seconds < 0 and nanos > 0)
+    ):
+        raise ConfigError(ctx.file, path, "Duration out-of-range")
+    total = abs(seconds) * 1_000_000_000 + abs(nanos)
+    sign = "-" if seconds < 0 or nanos < 0 else ""
+    return f"{sign}{total // 1_000_000_000}.{total % 1_000_000_000:09d}s"
+
+
+def _integer(value: Any, path: str, ctx: _Forms) -> int:
+    """An int64 or int32 as JSON gives it: a number without a fraction, or its string."""
+    if isinstance(value, bool):
+        raise ConfigError(ctx.file, path, f"expected an integer, got {_kind(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        return int(value)
+    raise ConfigError(ctx.file, path, f"expected an integer, got {_kind(value)}")
 
 
 def locate_error(value: Any, desc: Descriptor, path: str) -> tuple[str, str] | None:
@@ -205,6 +414,8 @@ def _locate_in_field(
             at = f"{here}[{i}]"
             if message_type is not None:
                 found = locate_error(element, message_type, at)
+            elif isinstance(element, (dict, list)):
+                found = at, f"expected {_scalar_kind(field)}, got {_kind(element)}"
             else:
                 found = _parse_alone({key: [element]}, desc, at)
             if found is not None:
@@ -212,7 +423,20 @@ def _locate_in_field(
         return None
     if message_type is not None:
         return locate_error(item, message_type, here)
+    if isinstance(item, (dict, list)):
+        return here, f"expected {_scalar_kind(field)}, got {_kind(item)}"
     return _parse_alone({key: item}, desc, here)
+
+
+def _scalar_kind(field: FieldDescriptor) -> str:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None  # set on every enum field
+        return f"a {field.enum_type.full_name} name"
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return "true or false"
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        return "a string"
+    return "a number"
 
 
 def _message_type(field: FieldDescriptor) -> Descriptor | None:
@@ -229,7 +453,7 @@ def _locate_in_any(value: dict[str, Any], path: str) -> tuple[str, str] | None:
         return join(path, "@type"), "a typed_config (Any) needs an '@type' type URL"
     inner = find_type(type_url)
     if inner is None:
-        return join(path, "@type"), f"unknown type URL '{type_url}'"
+        return join(path, "@type"), unknown_type_reason(type_url)
     if inner.full_name in _SPECIAL_JSON:
         if "value" not in value:
             return path, f"'{type_url}' needs its payload in 'value'"
@@ -253,6 +477,12 @@ def _fields_by_json_key(desc: Descriptor) -> dict[str, FieldDescriptor]:
         out[f.name] = f
         out[f.json_name] = f
     return out
+
+
+def unknown_type_reason(type_url: str) -> str:
+    if is_v2_type(type_url):
+        return f"unknown type URL '{type_url}' (an Envoy v2 API type; only v3 is read)"
+    return f"unknown type URL '{type_url}'"
 
 
 def _unknown_field_reason(key: str, desc: Descriptor) -> str:

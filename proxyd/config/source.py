@@ -1,8 +1,15 @@
 """Reading a bootstrap file into plain data (dicts, lists, scalars).
 
 Like Envoy, a ``.json`` file is read as JSON and anything else as YAML. YAML is read
-with ``yaml.safe_load`` semantics, except that a key given twice in one mapping is an
-error (the second value would otherwise win silently).
+with ``yaml.safe_load`` semantics, changed where Envoy's YAML reader (yaml-cpp) differs:
+
+* a key tagged ``!ignore`` is dropped with its value (a place to keep anchors that
+  aliases elsewhere use), and a tag Envoy does not know on a value is ignored (the
+  value reads as if untagged);
+* a YAML merge key ``<<`` is an ordinary key, so Envoy's parser refuses it as an
+  unknown field, and so does proxyd's;
+* a key given twice in one mapping takes the last value, as in Envoy; proxyd also
+  logs a warning naming the key and both lines.
 """
 
 from __future__ import annotations
@@ -14,38 +21,61 @@ from typing import Any
 import yaml
 
 from proxyd.errors import ConfigError
+from proxyd.log import get_logger
+
+log = get_logger("proxyd.config")
 
 # libyaml's parser when it is built in (about ten times faster), else the pure-Python one.
 _SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _StrictLoader(_SafeLoader):
-    """A safe loader that refuses duplicate mapping keys."""
+IGNORE_TAG = "!ignore"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+class _EnvoyLoader(_SafeLoader):
+    """A safe loader that reads YAML as Envoy does (see the module docstring)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # (key, line, line of the first occurrence), 1-based lines.
+        self.duplicates: list[tuple[Any, int, int]] = []
 
 
 def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
-    loader.flatten_mapping(node)
+    node.value = [(k, v) for k, v in node.value if k.tag != IGNORE_TAG]
+    for key_node, _value_node in node.value:
+        if key_node.tag == _MERGE_TAG:  # '<<' is a plain key to Envoy (no merging)
+            key_node.tag = _STR_TAG
     seen: dict[Any, yaml.Node] = {}
     for key_node, _value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, typing.Hashable):
             continue  # construct_mapping reports an unhashable key itself
-        if key in seen:
-            first = seen[key].start_mark
-            raise yaml.constructor.ConstructorError(
-                f"while constructing a mapping (key first seen at line {first.line + 1})",
-                node.start_mark,
-                f"found duplicate key {key!r}",
-                key_node.start_mark,
-            )
+        if key in seen:  # the last one wins, as in Envoy
+            first = seen[key].start_mark.line + 1
+            loader.duplicates.append((key, key_node.start_mark.line + 1, first))
         seen[key] = key_node
     return loader.construct_mapping(node, deep=deep)
 
 
-_StrictLoader.add_constructor(
+def _construct_local_tag(loader: Any, _suffix: str, node: yaml.Node) -> Any:
+    """A value with a local tag (``!custom``, or ``!ignore`` on a value) reads as the
+    same node untagged, as yaml-cpp's conversion in Envoy does."""
+    if isinstance(node, yaml.MappingNode):
+        return _construct_mapping(loader, node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    tag = loader.resolve(yaml.ScalarNode, node.value, (True, False))
+    return loader.yaml_constructors[tag](loader, node)
+
+
+_EnvoyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+_EnvoyLoader.add_multi_constructor("!", _construct_local_tag)
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -68,10 +98,21 @@ def parse_config_text(text: str, path: str) -> dict[str, Any]:
                 path, "", f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}"
             ) from exc
     else:
+        loader = _EnvoyLoader(text)
         try:
-            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+            data = loader.get_single_data()
         except yaml.YAMLError as exc:
             raise ConfigError(path, "", _yaml_reason(exc)) from exc
+        finally:
+            loader.dispose()
+        for key, line, first in loader.duplicates:
+            log.warning(
+                "duplicate key, the last value is used",
+                file=path,
+                key=key,
+                line=line,
+                first_line=first,
+            )
     if data is None:
         raise ConfigError(path, "", "the file is empty")
     if not isinstance(data, dict):

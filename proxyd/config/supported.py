@@ -21,7 +21,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import http_filters, rules
-from proxyd.config.proto import find_type, join, message_class
+from proxyd.config.proto import find_type, is_v2_type, join, message_class, unknown_type_reason
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, AnyOf, Spec
 from proxyd.errors import ConfigError
 
@@ -131,6 +131,8 @@ LISTENER: dict[str, Spec] = {
     "name": LEAF,
     "address": ADDRESS,
     "per_connection_buffer_limit_bytes": LEAF,
+    # true only (proxyd.config.listeners): each worker has its own SO_REUSEPORT socket.
+    "enable_reuse_port": LEAF,
     "filter_chains": {
         "filters": {
             "name": LEAF,
@@ -341,6 +343,8 @@ def _check_value(parent: Message, value: Any, spec: Spec, path: str, file: str) 
 def _check_any(parent: Message, any_msg: Any, spec: AnyOf, path: str, file: str) -> None:
     if not any_msg.type_url:
         raise ConfigError(file, join(path, "@type"), "a typed_config needs an '@type' type URL")
+    if is_v2_type(any_msg.type_url):
+        raise ConfigError(file, join(path, "@type"), unknown_type_reason(any_msg.type_url))
     type_name = any_msg.type_url.rsplit("/", 1)[-1]
     inner_spec = spec.types.get(type_name)
     if inner_spec is None:

@@ -1,9 +1,11 @@
 """xDS resources: decode, validate and compile one delivered resource.
 
 A resource arrives as a ``google.protobuf.Any`` in a DiscoveryResponse. It is unpacked
-into its Envoy message, walked with the same allow-list as the bootstrap (so a field
-proxyd does not implement is refused by name and path, as in a file) and compiled with
-the same compilers (``proxyd.config``). The result is a :class:`Resource`: the plain
+into its Envoy message, translated as a bootstrap is (TypedStruct wrappers unwrapped,
+deprecated fields moved to their replacements and logged: ``proxyd.config.translate``),
+walked with the same allow-list as the bootstrap (so a field proxyd does not implement
+is refused by name and path, as in a file) and compiled with the same compilers
+(``proxyd.config``). The result is a :class:`Resource`: the plain
 epoch value plus what ``/config_dump`` shows (version, last update, the message).
 
 Every problem is a :class:`~proxyd.errors.ConfigError` whose "file" names the update
@@ -27,6 +29,7 @@ from proxyd.config import supported
 from proxyd.config.clusters import compile_cluster
 from proxyd.config.listeners import compile_listener
 from proxyd.config.routes import AnyCluster, compile_route_config
+from proxyd.config.translate import log_deprecations, translate
 from proxyd.errors import ConfigError
 
 _PREFIX = "type.googleapis.com/"
@@ -117,6 +120,17 @@ def compile_resource(
     if not name:
         field = "cluster_name" if type_url == ENDPOINT else "name"
         raise ConfigError(file, f"{path}.{field}", f"a {_KIND[type_url]} needs a name")
+    # Translated in a copy: /config_dump shows the resource as delivered, as Envoy's does.
+    working = type(message)()
+    working.CopyFrom(message)
+    translation = translate(working, path, file)
+    log_deprecations(translation)
+    with translation.file_paths():
+        value = _compile(type_url, working, path, file, ctx)
+    return Resource(type_url, name, version, time.time(), message, raw, value)
+
+
+def _compile(type_url: str, message: Message, path: str, file: str, ctx: Context) -> Any:
     value: Any
     if type_url == CLUSTER:
         supported.check_message(message, supported.CLUSTER, path, file)
@@ -137,7 +151,7 @@ def compile_resource(
     else:
         supported.check_message(message, supported.ROUTE_CONFIG, path, file)
         value = compile_route_config(message, path, AnyCluster(), file)
-    return Resource(type_url, name, version, time.time(), message, raw, value)
+    return value
 
 
 def compile_endpoints(cla: Message, path: str, file: str) -> Any:
