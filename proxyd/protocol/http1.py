@@ -75,16 +75,29 @@ def find_head_end(buf: bytes | bytearray, start: int, end: int) -> int:
 
 
 def normalize_head(head: bytes) -> bytes | None:
-    """``head`` with bare-LF line ends made CRLF and each obs-fold unfolded (its CRLF
-    dropped, its whitespace kept, as Envoy 1.40 does; RFC 9112 §2.2 and §5.2 allow
-    both), or None when there is nothing to change."""
+    """``head`` as Envoy 1.40 reads it, or None when there is nothing to change.
+
+    Bare-LF line ends become CRLF; a bare CR in a header value is dropped; each
+    obs-fold is unfolded (its CRLF dropped, its whitespace kept) and a line of only
+    whitespace goes the same way (RFC 9112 §2.2 and §5.2 allow all of it). What is
+    still wrong after that (a bare CR in a name, an unfolded Host with a space in it)
+    is refused when the result is parsed.
+    """
     fixed = _BARE_LF.sub(b"\r\n", head)
+    if b"\r" in fixed.replace(b"\r\n", b""):
+        lines = fixed.split(b"\r\n")
+        for i in range(1, len(lines)):
+            line = lines[i]
+            colon = line.find(b":")
+            if b"\r" in line and colon > 0 and b"\r" not in line[:colon]:
+                lines[i] = line[:colon] + line[colon:].replace(b"\r", b"")
+        fixed = b"\r\n".join(lines)
     fixed = _OBS_FOLD.sub(b"", fixed)
     return None if fixed == head else fixed
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-_OBS_FOLD = re.compile(rb"\r\n(?=[ \t]+[^ \t\r\n])")
+_OBS_FOLD = re.compile(rb"\r\n(?=[ \t])")
 
 
 def skip_leading_crlf(buf: bytes | bytearray, start: int, end: int) -> int:
@@ -137,8 +150,8 @@ class RequestHead:
         self.envoy_headers: list[bytes] = []
         # The headers routing and logging asked for: lower-case name -> value.
         self.headers: dict[str, str] = {}
-        # The head cannot go as it came: the request line was in absolute form, or Host
-        # was repeated. The upstream gets origin form and one Host line (``host``).
+        # Kept for the API: ``raw`` is always already the head as Envoy writes it
+        # upstream (origin form, one Host line first), so this stays False.
         self.rewrite = False
 
     @property
@@ -175,21 +188,89 @@ def _connection_tokens(value: bytes) -> list[bytes]:
 
 
 def _parse_content_length(value: bytes) -> int:
-    # llhttp already rejects non-digits and duplicates; this also bounds the size.
+    # llhttp already rejects other characters and duplicates; optional whitespace
+    # around the value is allowed (RFC 9110 §5.5); this also bounds the size.
+    value = value.strip(b" \t")
     if not value.isdigit() or len(value) > 18:
         raise ProtocolError("invalid content-length", 400)
     return int(value)
 
 
+# The methods Envoy's HTTP/1 codec (balsa) accepts; any other token is a 400.
+METHODS = frozenset(
+    b"ACL BIND CHECKOUT CONNECT COPY DELETE GET HEAD LINK LOCK M-SEARCH MERGE MKACTIVITY "
+    b"MKCALENDAR MKCOL MOVE MSEARCH NOTIFY OPTIONS PATCH POST PROPFIND PROPPATCH PURGE "
+    b"PUT REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND UNLINK UNLOCK "
+    b"UNSUBSCRIBE".split()
+)
+# Requests that carry no body: any other method without one is sent upstream with
+# "content-length: 0", as Envoy's encoder does.
+_BODILESS = frozenset({"GET", "HEAD", "DELETE", "TRACE", "CONNECT"})
+# Envoy splits the request line on spaces and tabs, and allows them after the version.
+_REQUEST_LINE = re.compile(rb"([^ \t]+)[ \t]+([^ \t]+)(?:[ \t]+([^ \t]+))?[ \t]*\Z")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
+# Bytes Envoy refuses anywhere in a request target: controls, space, DEL, non-ASCII.
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff]")
+# What an authority may hold (RFC 3986 §3.2, as nghttp2_check_authority and Envoy).
+_BAD_AUTHORITY = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@\[\]%]")
+# Envoy's max_request_headers_count default (HttpProtocolOptions.max_headers_count).
+MAX_HEADERS_COUNT = 100
+
+
+def check_request_line(line: bytes) -> tuple[bytes, bytes]:
+    """``(method, target)`` of a request line (without its line end), or the
+    :class:`ProtocolError` Envoy answers it with: 426 for a version other than
+    HTTP/1.1 (HTTP/1.0, a line with no version as in HTTP/0.9, ``HTTP/1.2``,
+    ``HTTP/2.0``), 400 for anything else that is not ``method SP target SP HTTP/x.y``.
+
+    The worker can call it as soon as the first line of a head is in, so that a
+    request line that can never lead anywhere is answered without waiting for the rest.
+    """
+    m = _REQUEST_LINE.match(line)
+    if m is None:
+        raise ProtocolError("invalid request line", 400)
+    method, target, version = m.groups()
+    if method not in METHODS:
+        raise ProtocolError("invalid method", 400)
+    if version is None and target.startswith(b"HTTP/"):
+        raise ProtocolError("no request target", 400)
+    if version != b"HTTP/1.1":
+        if version is None or _VERSION.match(version):
+            # Envoy refuses HTTP/1.0 unless accept_http_10 is set.
+            raise ProtocolError("only HTTP/1.1 is accepted", 426)
+        raise ProtocolError("invalid HTTP version", 400)
+    if _BAD_TARGET.search(target):
+        raise ProtocolError("invalid character in the request target", 400)
+    return method, target
+
+
 class RequestHeadParser:
     """Parses one request head at a time; one instance serves a whole connection.
 
-    ``parse(view, wanted)`` takes a view of exactly one head (ending in CRLF CRLF) and
-    returns a :class:`RequestHead`. ``wanted`` maps lower-case header names (bytes) to
-    the str keys under which their values are collected.
+    ``parse(view, wanted)`` takes a view of exactly one head (ending in CRLF CRLF, or
+    bare LFs) and returns a :class:`RequestHead`. ``wanted`` maps lower-case header
+    names (bytes) to the str keys under which their values are collected.
+
+    The request line is checked here (:func:`check_request_line`); llhttp checks the
+    header lines. The head is then written the way Envoy's encoder writes it upstream:
+    ``METHOD origin-form HTTP/1.1``, ``host`` first, then every other header in the
+    order it came as ``lower-case-name: value`` with the whitespace around the value
+    trimmed, without ``transfer-encoding`` (added back at the end for a chunked body).
     """
 
-    __slots__ = ("_parser", "_clean", "_head", "_wanted", "_conn_tokens", "_done")
+    __slots__ = (
+        "_parser",
+        "_clean",
+        "_head",
+        "_wanted",
+        "_conn_tokens",
+        "_done",
+        "_lines",
+        "_count",
+        "_has_host",
+        "_upgrade",
+        "_te_kept",
+    )
 
     def __init__(self) -> None:
         self._parser: httptools.HttpRequestParser | None = None
@@ -198,35 +279,53 @@ class RequestHeadParser:
         self._wanted: dict[bytes, str] = {}
         self._conn_tokens: list[bytes] = []
         self._done = False
+        self._lines: list[bytes] = []
+        self._count = 0
+        self._has_host = False
+        self._upgrade = b""
+        self._te_kept = False
 
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
         h = self._head
+        self._count += 1
+        if self._count > MAX_HEADERS_COUNT:
+            raise ProtocolError("too many headers", 431)
         lname = name.lower()
+        # llhttp drops the whitespace before a value, not the whitespace after it.
+        value = value.rstrip(b" \t")
         kind = _REQUEST_SPECIAL.get(lname)
-        if kind is not None:
-            if kind == _H_HOST:
-                if not h.host:
-                    h.host = value.decode("latin-1")
-                else:
-                    # Envoy 1.40 joins a repeated Host into one authority, "a,b".
-                    h.host += "," + value.decode("latin-1")
-                    h.rewrite = True
-            elif kind == _H_CL:
+        if kind is None:
+            if lname.startswith(_ENVOY_PREFIX):
+                h.envoy_headers.append(lname)
+            self._lines.append(lname + b": " + value + b"\r\n")
+        elif kind == _H_HOST:
+            if not self._has_host:
+                self._has_host = True
+                h.host = value.decode("latin-1")
+            else:
+                # Envoy 1.40 joins a repeated Host into one authority, "a,b".
+                h.host += "," + value.decode("latin-1")
+        else:
+            if kind == _H_CL:
                 h.content_length = _parse_content_length(value)
             elif kind == _H_TE:
                 h.remove.append(lname)
-                if value.strip().lower() != b"chunked":
+                coding = value.lower()
+                if coding != b"chunked":
+                    if coding == b"identity":
+                        raise ProtocolError("transfer-encoding identity", 400)
                     # Only "chunked" alone is accepted (Envoy answers 501 for others;
                     # llhttp rejects most). A list ending in chunked is refused too.
                     raise ProtocolError("unsupported transfer-encoding", 501)
                 h.chunked = True
+                return  # written back at the end of the head, as Envoy does
             elif kind == _H_CONNECTION:
                 h.remove.append(lname)
                 self._conn_tokens.extend(_connection_tokens(value))
             elif kind == _H_EXPECT:
-                if value.strip().lower() == b"100-continue":
+                if value.lower() == b"100-continue":
                     h.expect_continue = True
                     h.remove.append(lname)
             elif kind == _H_XFF:
@@ -237,11 +336,14 @@ class RequestHeadParser:
                 h.xfp = value
             elif kind == _H_HOP:
                 h.remove.append(lname)
+                if lname == b"upgrade":
+                    self._upgrade = value
             elif kind == _H_TE_HDR:
-                if value.strip().lower() != b"trailers":
+                if value.lower() == b"trailers":
+                    self._te_kept = True
+                else:
                     h.remove.append(lname)
-        elif lname.startswith(_ENVOY_PREFIX):
-            h.envoy_headers.append(lname)
+            self._lines.append(lname + b": " + value + b"\r\n")
         key = self._wanted.get(lname)
         if key is not None:
             v = value.decode("latin-1")
@@ -254,6 +356,20 @@ class RequestHeadParser:
     # -- API ----------------------------------------------------------------------------
 
     def parse(self, view: memoryview | bytes, wanted: dict[bytes, str]) -> RequestHead:
+        data = bytes(view)
+        eol = data.find(b"\n")
+        if eol < 0:
+            raise ProtocolError("incomplete request head", 400)
+        line = data[: eol - 1] if eol and data[eol - 1] == 13 else data[:eol]
+        method, target = check_request_line(line)
+        # llhttp sees the method, a placeholder target and HTTP/1.1: the target and
+        # the version were checked above, by Envoy's rules rather than llhttp's.
+        fed = method + b" / HTTP/1.1\r\n" + data[eol + 1 :]
+        return self._parse_headers(method, target, fed, wanted)
+
+    def _parse_headers(
+        self, method: bytes, target: bytes, fed: bytes, wanted: dict[bytes, str]
+    ) -> RequestHead:
         parser = self._parser
         if parser is None or not self._clean:
             parser = self._parser = httptools.HttpRequestParser(self)
@@ -262,9 +378,14 @@ class RequestHeadParser:
         self._head = h = RequestHead()
         self._wanted = wanted
         self._conn_tokens = []
+        self._lines = []
+        self._count = 0
+        self._has_host = False
+        self._upgrade = b""
+        self._te_kept = False
         fixed = None
         try:
-            parser.feed_data(view)
+            parser.feed_data(fed)
         except ProtocolError:
             self._parser = None
             raise
@@ -275,57 +396,70 @@ class RequestHeadParser:
                 raise cause from None
             raise
         except httptools.HttpParserUpgrade:
-            # "Upgrade" (websocket, h2c) is not supported yet: served as plain HTTP/1.1
-            # with the Upgrade header removed, as Envoy does without upgrade_configs.
+            # An upgrade (or CONNECT): llhttp stops after the head. Decided below.
             self._parser = None
         except httptools.HttpParserError as exc:
             self._parser = None
-            fixed = normalize_head(bytes(view))
+            fixed = normalize_head(fed)
             if fixed is None:
                 self._raise_for(str(exc))
         if fixed is not None:
-            # Bare LF line ends or obs-fold: llhttp is strict, Envoy is not. Parse the
-            # head again as CRLF with folds unfolded (outside the except block, so the
-            # callbacks' own errors keep their cause), and forward that.
-            h = self.parse(fixed, wanted)
-            h.rewrite = True
+            # Bare LF line ends, obs-fold or a bare CR in a value: llhttp is strict,
+            # Envoy is not. Parse the head again as Envoy reads it (outside the except
+            # block, so the callbacks' own errors keep their cause).
+            h = self._parse_headers(method, target, fixed, wanted)
             self._parser = None
             return h
         if not self._done:
             self._parser = None
             raise ProtocolError("incomplete request head", 400)
-        # llhttp validated the request line: "METHOD SP target SP HTTP/x.y".
-        raw = h.raw = bytes(view)
-        eol = raw.find(b"\r\n")
-        sp1 = raw.find(b" ", 0, eol)
-        sp2 = raw.rfind(b" ", 0, eol)
-        if raw[sp2 + 1 : eol] != b"HTTP/1.1":
-            # Envoy refuses HTTP/1.0 unless accept_http_10 is set.
-            self._parser = None
-            raise ProtocolError("only HTTP/1.1 is accepted", 426)
-        h.method = raw[:sp1].decode("ascii")
-        url = h.url = raw[sp1 + 1 : sp2]
-        if not h.host:
-            raise ProtocolError("missing host", 400)
-        if h.method == "CONNECT":
+        h.method = smethod = method.decode("ascii")
+        h.url = target
+        if smethod == "CONNECT":
             # CONNECT tunnels are not supported: no route matches one (Envoy answers
             # 404 without a connect_matcher route) and the connection ends after it.
-            h.path = url.decode("latin-1")
+            h.path = target.decode("latin-1")
             h.keep_alive = False
             self._parser = None
-        elif url[:1] != b"/":
-            self._absolute_form(h, url)
+        elif target[:1] == b"/":
+            if b"#" in target:
+                raise ProtocolError("fragment in the request target", 400, body="")
+            h.path = target.decode("latin-1")
         else:
-            h.path = url.decode("latin-1")
+            self._absolute_form(h, target)
+        if not self._has_host and not h.host:
+            raise ProtocolError("missing host", 400, body="")
+        if _BAD_AUTHORITY.search(h.host.encode("latin-1")):
+            raise ProtocolError("invalid host", 400)
         tokens = self._conn_tokens
         if tokens:
             if b"close" in tokens:
                 h.keep_alive = False
+            if b"upgrade" in tokens and self._upgrade and self._upgrade.lower() != b"h2c":
+                # Envoy without upgrade_configs for it answers 403 and closes.
+                raise ProtocolError("upgrade not configured", 403, body="")
             for t in tokens:
-                if t not in (b"close", b"keep-alive") and t not in h.remove:
-                    h.remove.append(t)
+                if t in (b"close", b"keep-alive") or t in h.remove:
+                    continue
+                if t == b"te" and self._te_kept:
+                    continue  # "te: trailers" stays, as Envoy keeps it
+                h.remove.append(t)
         if h.chunked and h.content_length >= 0:
             raise ProtocolError("content-length with transfer-encoding", 400)
+        lines = self._lines
+        if h.content_length < 0 and not h.chunked and smethod not in _BODILESS:
+            lines.append(b"content-length: 0\r\n")
+        h.raw = b"".join(
+            (
+                method,
+                b" ",
+                h.path.encode("latin-1"),
+                b" HTTP/1.1\r\n",
+                b"host: " + h.host.encode("latin-1") + b"\r\n",
+                *lines,
+                b"\r\n",
+            )
+        )
         # llhttp finished the message iff it has no body: then the parser is reused.
         self._clean = self._parser is not None and not h.has_body
         return h
@@ -333,8 +467,6 @@ class RequestHeadParser:
     @staticmethod
     def _raise_for(reason: str) -> None:
         """llhttp's error as the status Envoy answers it with."""
-        if "version" in reason.lower():
-            raise ProtocolError(reason, 426) from None
         if "`Transfer-Encoding`" in reason:
             # A coding other than chunked last (Envoy: 501 Not Implemented).
             raise ProtocolError(reason, 501) from None
@@ -342,14 +474,21 @@ class RequestHeadParser:
 
     @staticmethod
     def _absolute_form(h: RequestHead, url: bytes) -> None:
-        if url == b"*" and h.method == "OPTIONS":
+        if url == b"*":
+            if h.method != "OPTIONS":
+                raise ProtocolError("invalid request target", 400)
             h.path = "*"
             return
+        scheme = url[:8].lower()
+        if not (scheme.startswith(b"http://") or scheme == b"https://"):
+            raise ProtocolError("invalid request target", 400)
+        if b"#" in url:
+            raise ProtocolError("fragment in the request target", 400, body="")
         try:
             parsed = httptools.parse_url(url)
         except httptools.HttpParserInvalidURLError:
             raise ProtocolError("invalid request target", 400) from None
-        if not parsed.schema or not parsed.host:
+        if not parsed.host:
             raise ProtocolError("invalid request target", 400)
         path = parsed.path or b"/"
         if parsed.query:
@@ -357,7 +496,6 @@ class RequestHeadParser:
         h.path = path.decode("latin-1")
         host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
         h.host = host.decode("latin-1")
-        h.rewrite = True
 
 
 # The response header lines the proxy looks at, found in one scan of the lower-cased
@@ -462,7 +600,13 @@ class ChunkedDecoder:
     ``(pieces, new_start)``: ``pieces`` is a list of ``(offset, length)`` of chunk data
     inside ``buf``. ``done`` becomes True after the last chunk and its trailers;
     ``new_start`` then points at the first byte after the body (a pipelined request).
-    Chunk extensions are ignored; trailers are consumed and dropped.
+    Chunk extensions are ignored (one with a CR in it is refused); trailers are
+    checked as field lines, then dropped.
+
+    Stricter than Envoy in two ways that keep unchecked bytes out (RFC 9112 §7.1):
+    chunk data longer than its size (Envoy skips ahead to the next line) and a bare LF
+    after chunk data (Envoy accepts it) are refused with 400. A size of 16 hex digits or
+    more is refused too (Envoy waits for that many bytes).
     """
 
     __slots__ = ("state", "remaining", "done", "line_limit")
@@ -494,18 +638,22 @@ class ChunkedDecoder:
                 if self.remaining == 0:
                     self.state = self.DATA_CRLF
             elif state == self.SIZE:
-                nl = buf.find(b"\r\n", pos, end)
+                nl = buf.find(b"\n", pos, end)
                 if nl < 0:
                     if end - pos > self.line_limit:
                         raise ProtocolError("chunk size line too long", 400)
                     break
-                line = bytes(buf[pos:nl])
-                pos = nl + 2
-                size_part = line.split(b";", 1)[0].rstrip(b" \t")
+                if nl == pos or buf[nl - 1] != 13:
+                    raise ProtocolError("bare LF after a chunk size", 400)
+                line = bytes(buf[pos : nl - 1])
+                pos = nl + 1
+                size_part, _, ext = line.partition(b";")
+                size_part = size_part.rstrip(b" \t")
                 if (
                     not size_part
                     or len(size_part) > 15
                     or size_part.strip(b"0123456789abcdefABCDEF")
+                    or b"\r" in ext
                 ):
                     raise ProtocolError("invalid chunk size", 400)
                 size = int(size_part, 16)
@@ -523,18 +671,23 @@ class ChunkedDecoder:
                     raise ProtocolError("missing CRLF after chunk data", 400)
                 pos += 2
                 self.state = self.SIZE
-            else:  # TRAILER: lines until an empty one
-                nl = buf.find(b"\r\n", pos, end)
+            else:  # TRAILER: field lines until an empty one; bare LF ends a line too
+                nl = buf.find(b"\n", pos, end)
                 if nl < 0:
                     if end - pos > self.line_limit:
                         raise ProtocolError("trailer line too long", 400)
                     break
-                if nl == pos:
+                stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+                if stop == pos:
                     self.done = True
-                elif buf.find(b":", pos, nl) <= pos:
+                elif _TRAILER_LINE.match(bytes(buf[pos:stop])) is None:
                     raise ProtocolError("invalid trailer line", 400)
-                pos = nl + 2
+                pos = nl + 1
         return pieces, pos
+
+
+# A trailer field line: a token, a colon, a value without control characters but HTAB.
+_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 
 
 def chunk_header(n: int) -> bytes:
