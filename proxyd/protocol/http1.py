@@ -267,7 +267,7 @@ class RequestHeadParser:
         "_done",
         "_lines",
         "_count",
-        "_has_host",
+        "_host",
         "_upgrade",
         "_te_kept",
     )
@@ -281,32 +281,32 @@ class RequestHeadParser:
         self._done = False
         self._lines: list[bytes] = []
         self._count = 0
-        self._has_host = False
+        self._host: bytes | None = None
         self._upgrade = b""
         self._te_kept = False
 
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        h = self._head
-        self._count += 1
-        if self._count > MAX_HEADERS_COUNT:
-            raise ProtocolError("too many headers", 431)
         lname = name.lower()
         # llhttp drops the whitespace before a value, not the whitespace after it.
         value = value.rstrip(b" \t")
         kind = _REQUEST_SPECIAL.get(lname)
         if kind is None:
-            if lname.startswith(_ENVOY_PREFIX):
-                h.envoy_headers.append(lname)
             self._lines.append(lname + b": " + value + b"\r\n")
-        elif kind == _H_HOST:
-            if not self._has_host:
-                self._has_host = True
-                h.host = value.decode("latin-1")
+            if lname.startswith(_ENVOY_PREFIX):
+                self._head.envoy_headers.append(lname)
+            if self._wanted:
+                self._collect(lname, value)
+            return
+        h = self._head
+        self._count += 1  # header lines not in _lines
+        if kind == _H_HOST:
+            if self._host is None:
+                self._host = value
             else:
                 # Envoy 1.40 joins a repeated Host into one authority, "a,b".
-                h.host += "," + value.decode("latin-1")
+                self._host += b"," + value
         else:
             if kind == _H_CL:
                 h.content_length = _parse_content_length(value)
@@ -344,11 +344,17 @@ class RequestHeadParser:
                 else:
                     h.remove.append(lname)
             self._lines.append(lname + b": " + value + b"\r\n")
+            self._count -= 1
+        if self._wanted:
+            self._collect(lname, value)
+
+    def _collect(self, lname: bytes, value: bytes) -> None:
         key = self._wanted.get(lname)
         if key is not None:
+            headers = self._head.headers
             v = value.decode("latin-1")
-            old = h.headers.get(key)
-            h.headers[key] = v if old is None else old + "," + v
+            old = headers.get(key)
+            headers[key] = v if old is None else old + "," + v
 
     def on_headers_complete(self) -> None:
         self._done = True
@@ -357,18 +363,33 @@ class RequestHeadParser:
 
     def parse(self, view: memoryview | bytes, wanted: dict[bytes, str]) -> RequestHead:
         data = bytes(view)
+        # The common request line, "METHOD SP target SP HTTP/1.1" CRLF, is checked here
+        # in a few steps and parsed by llhttp as it is; any other goes to
+        # check_request_line.
+        eol = data.find(b"\r\n")
+        sp1 = data.find(b" ", 0, eol)
+        sp2 = data.find(b" ", sp1 + 1, eol)
+        if sp1 > 0 and sp2 == eol - 9 > sp1 + 1 and data[sp2:eol] == b" HTTP/1.1":
+            method = data[:sp1]
+            target = data[sp1 + 1 : sp2]
+            if method in METHODS and _BAD_TARGET.search(target) is None:
+                return self._parse_headers(method, target, data, wanted, False)
         eol = data.find(b"\n")
         if eol < 0:
             raise ProtocolError("incomplete request head", 400)
         line = data[: eol - 1] if eol and data[eol - 1] == 13 else data[:eol]
         method, target = check_request_line(line)
-        # llhttp sees the method, a placeholder target and HTTP/1.1: the target and
-        # the version were checked above, by Envoy's rules rather than llhttp's.
-        fed = method + b" / HTTP/1.1\r\n" + data[eol + 1 :]
-        return self._parse_headers(method, target, fed, wanted)
+        return self._parse_headers(method, target, self._placeholder(method, data), wanted, True)
+
+    @staticmethod
+    def _placeholder(method: bytes, data: bytes) -> bytes:
+        """``data`` with its request line made ``METHOD / HTTP/1.1``: the target and the
+        version were checked by Envoy's rules, and llhttp's (stricter on the target's
+        characters, on the separators) must not get a say."""
+        return method + b" / HTTP/1.1\r\n" + data[data.find(b"\n") + 1 :]
 
     def _parse_headers(
-        self, method: bytes, target: bytes, fed: bytes, wanted: dict[bytes, str]
+        self, method: bytes, target: bytes, fed: bytes, wanted: dict[bytes, str], placeholder: bool
     ) -> RequestHead:
         parser = self._parser
         if parser is None or not self._clean:
@@ -380,7 +401,7 @@ class RequestHeadParser:
         self._conn_tokens = []
         self._lines = []
         self._count = 0
-        self._has_host = False
+        self._host = None
         self._upgrade = b""
         self._te_kept = False
         fixed = None
@@ -400,21 +421,30 @@ class RequestHeadParser:
             self._parser = None
         except httptools.HttpParserError as exc:
             self._parser = None
-            fixed = normalize_head(fed)
-            if fixed is None:
-                self._raise_for(str(exc))
+            if not placeholder:
+                fixed = self._placeholder(method, fed)
+                placeholder = True
+            else:
+                fixed = normalize_head(fed)
+                if fixed is None:
+                    self._raise_for(str(exc))
         if fixed is not None:
-            # Bare LF line ends, obs-fold or a bare CR in a value: llhttp is strict,
-            # Envoy is not. Parse the head again as Envoy reads it (outside the except
-            # block, so the callbacks' own errors keep their cause).
-            h = self._parse_headers(method, target, fixed, wanted)
+            # llhttp refused what Envoy takes: a target character, bare LF line ends,
+            # obs-fold or a bare CR in a value. Parse the head again as Envoy reads it
+            # (outside the except block, so the callbacks' own errors keep their cause).
+            h = self._parse_headers(method, target, fixed, wanted, placeholder)
             self._parser = None
             return h
         if not self._done:
             self._parser = None
             raise ProtocolError("incomplete request head", 400)
+        lines = self._lines
+        if len(lines) + self._count > MAX_HEADERS_COUNT:
+            self._parser = None
+            raise ProtocolError("too many headers", 431)
         h.method = smethod = method.decode("ascii")
         h.url = target
+        host = self._host
         if smethod == "CONNECT":
             # CONNECT tunnels are not supported: no route matches one (Envoy answers
             # 404 without a connect_matcher route) and the connection ends after it.
@@ -426,11 +456,12 @@ class RequestHeadParser:
                 raise ProtocolError("fragment in the request target", 400, body="")
             h.path = target.decode("latin-1")
         else:
-            self._absolute_form(h, target)
-        if not self._has_host and not h.host:
+            host = self._absolute_form(h, target) or host
+        if host is None:
             raise ProtocolError("missing host", 400, body="")
-        if _BAD_AUTHORITY.search(h.host.encode("latin-1")):
+        if _BAD_AUTHORITY.search(host):
             raise ProtocolError("invalid host", 400)
+        h.host = host.decode("latin-1")
         tokens = self._conn_tokens
         if tokens:
             if b"close" in tokens:
@@ -446,7 +477,6 @@ class RequestHeadParser:
                 h.remove.append(t)
         if h.chunked and h.content_length >= 0:
             raise ProtocolError("content-length with transfer-encoding", 400)
-        lines = self._lines
         if h.content_length < 0 and not h.chunked and smethod not in _BODILESS:
             lines.append(b"content-length: 0\r\n")
         h.raw = b"".join(
@@ -455,7 +485,7 @@ class RequestHeadParser:
                 b" ",
                 h.path.encode("latin-1"),
                 b" HTTP/1.1\r\n",
-                b"host: " + h.host.encode("latin-1") + b"\r\n",
+                b"host: " + host + b"\r\n",
                 *lines,
                 b"\r\n",
             )
@@ -473,12 +503,14 @@ class RequestHeadParser:
         raise ProtocolError(reason, 400) from None
 
     @staticmethod
-    def _absolute_form(h: RequestHead, url: bytes) -> None:
+    def _absolute_form(h: RequestHead, url: bytes) -> bytes | None:
+        """Sets ``h.path`` from an absolute-form target (or ``*``); returns the host
+        the target names, which wins over a Host header (None for ``*``)."""
         if url == b"*":
             if h.method != "OPTIONS":
                 raise ProtocolError("invalid request target", 400)
             h.path = "*"
-            return
+            return None
         scheme = url[:8].lower()
         if not (scheme.startswith(b"http://") or scheme == b"https://"):
             raise ProtocolError("invalid request target", 400)
@@ -494,8 +526,7 @@ class RequestHeadParser:
         if parsed.query:
             path += b"?" + parsed.query
         h.path = path.decode("latin-1")
-        host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
-        h.host = host.decode("latin-1")
+        return parsed.host + (b":%d" % parsed.port if parsed.port else b"")
 
 
 # The response header lines the proxy looks at, found in one scan of the lower-cased

@@ -123,7 +123,7 @@ def play_corpus(ports: list[int], recorder: UpstreamRecorder) -> dict[str, Any]:
             "upstream": upstream_view(recorder.received(recorder.ports[i])),
         }
 
-    with ThreadPoolExecutor(max_workers=24) as pool:
+    with ThreadPoolExecutor(max_workers=64) as pool:
         results = list(pool.map(one, range(len(CASES))))
     recorder.clear()
     return dict(zip(CASES, results, strict=True))
