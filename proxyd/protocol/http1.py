@@ -1,17 +1,20 @@
 """HTTP/1.1 message framing, sans-IO, on httptools (llhttp).
 
-The proxy forwards heads as the bytes that arrived, so this module does not build
-header lists. It does three things:
+It does three things, as strictly as Envoy 1.40's codec does (the corpus in
+tests/compat/http1_corpus runs through both):
 
-* :func:`find_head_end` finds where a head ends in a receive buffer (``CRLF CRLF``;
-  llhttp rejects bare LF line ends, so the two always agree);
-* :class:`RequestHeadParser` / :class:`ResponseHeadParser` run llhttp over exactly one
-  head, validate it, and collect what the proxy needs: framing (content-length,
+* :func:`find_head_end` finds where a head ends in a receive buffer (``CRLF CRLF``, or
+  bare LFs, which Envoy accepts);
+* :class:`RequestHeadParser` checks the request line
+  (:mod:`proxyd.protocol.http1_request_line`), runs llhttp over the header lines of
+  exactly one head, and collects what the proxy needs: framing (content-length,
   chunked), connection semantics, the names of headers that must be removed on the
   way through (hop-by-hop ones), and the values of the few headers routing and
-  logging asked for;
-* :class:`ChunkedDecoder` frames a chunked body strictly and hands back views of the
-  data, so a body streams through a reused buffer without being copied or kept.
+  logging asked for. It writes the head the way Envoy's encoder sends it upstream
+  (``RequestHead.raw``). :class:`ResponseHeadParser` does the same for a response, whose
+  head is forwarded as the bytes that arrived, less the lines that must go;
+* :class:`ChunkedDecoder` (:mod:`proxyd.protocol.http1_chunked`) frames a chunked body
+  strictly and hands back where its data is.
 
 llhttp is fed heads only. A body is framed here (content-length is a count; chunked
 is :class:`ChunkedDecoder`), because llhttp reports neither where a message ends in
@@ -27,6 +30,32 @@ import re
 import httptools
 
 from proxyd.errors import ProtocolError
+from proxyd.protocol.http1_chunked import LAST_CHUNK, ChunkedDecoder, chunk_header
+from proxyd.protocol.http1_request_line import (
+    BAD_AUTHORITY,
+    BAD_TARGET,
+    BODILESS_METHODS,
+    MAX_HEADERS_COUNT,
+    METHODS,
+    check_request_line,
+)
+
+__all__ = [
+    "CRLF2",
+    "LAST_CHUNK",
+    "MAX_HEADERS_COUNT",
+    "ChunkedDecoder",
+    "RequestHead",
+    "RequestHeadParser",
+    "ResponseHead",
+    "ResponseHeadParser",
+    "check_request_line",
+    "chunk_header",
+    "find_head_end",
+    "normalize_head",
+    "response_has_body",
+    "skip_leading_crlf",
+]
 
 CRLF2 = b"\r\n\r\n"
 
@@ -108,7 +137,8 @@ def skip_leading_crlf(buf: bytes | bytearray, start: int, end: int) -> int:
 
 
 class RequestHead:
-    """What the proxy needs from one request head; ``raw`` is the head as it arrived."""
+    """What the proxy needs from one request head; ``raw`` is the head as Envoy would
+    send it upstream (see :class:`RequestHeadParser`)."""
 
     __slots__ = (
         "raw",
@@ -194,54 +224,6 @@ def _parse_content_length(value: bytes) -> int:
     if not value.isdigit() or len(value) > 18:
         raise ProtocolError("invalid content-length", 400)
     return int(value)
-
-
-# The methods Envoy's HTTP/1 codec (balsa) accepts; any other token is a 400.
-METHODS = frozenset(
-    b"ACL BIND CHECKOUT CONNECT COPY DELETE GET HEAD LINK LOCK M-SEARCH MERGE MKACTIVITY "
-    b"MKCALENDAR MKCOL MOVE MSEARCH NOTIFY OPTIONS PATCH POST PROPFIND PROPPATCH PURGE "
-    b"PUT REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND UNLINK UNLOCK "
-    b"UNSUBSCRIBE".split()
-)
-# Requests that carry no body: any other method without one is sent upstream with
-# "content-length: 0", as Envoy's encoder does.
-_BODILESS = frozenset({"GET", "HEAD", "DELETE", "TRACE", "CONNECT"})
-# Envoy splits the request line on spaces and tabs, and allows them after the version.
-_REQUEST_LINE = re.compile(rb"([^ \t]+)[ \t]+([^ \t]+)(?:[ \t]+([^ \t]+))?[ \t]*\Z")
-_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
-# Bytes Envoy refuses anywhere in a request target: controls, space, DEL, non-ASCII.
-_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff]")
-# What an authority may hold (RFC 3986 §3.2, as nghttp2_check_authority and Envoy).
-_BAD_AUTHORITY = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@\[\]%]")
-# Envoy's max_request_headers_count default (HttpProtocolOptions.max_headers_count).
-MAX_HEADERS_COUNT = 100
-
-
-def check_request_line(line: bytes) -> tuple[bytes, bytes]:
-    """``(method, target)`` of a request line (without its line end), or the
-    :class:`ProtocolError` Envoy answers it with: 426 for a version other than
-    HTTP/1.1 (HTTP/1.0, a line with no version as in HTTP/0.9, ``HTTP/1.2``,
-    ``HTTP/2.0``), 400 for anything else that is not ``method SP target SP HTTP/x.y``.
-
-    The worker can call it as soon as the first line of a head is in, so that a
-    request line that can never lead anywhere is answered without waiting for the rest.
-    """
-    m = _REQUEST_LINE.match(line)
-    if m is None:
-        raise ProtocolError("invalid request line", 400)
-    method, target, version = m.groups()
-    if method not in METHODS:
-        raise ProtocolError("invalid method", 400)
-    if version is None and target.startswith(b"HTTP/"):
-        raise ProtocolError("no request target", 400)
-    if version != b"HTTP/1.1":
-        if version is None or _VERSION.match(version):
-            # Envoy refuses HTTP/1.0 unless accept_http_10 is set.
-            raise ProtocolError("only HTTP/1.1 is accepted", 426)
-        raise ProtocolError("invalid HTTP version", 400)
-    if _BAD_TARGET.search(target):
-        raise ProtocolError("invalid character in the request target", 400)
-    return method, target
 
 
 class RequestHeadParser:
@@ -372,7 +354,7 @@ class RequestHeadParser:
         if sp1 > 0 and sp2 == eol - 9 > sp1 + 1 and data[sp2:eol] == b" HTTP/1.1":
             method = data[:sp1]
             target = data[sp1 + 1 : sp2]
-            if method in METHODS and _BAD_TARGET.search(target) is None:
+            if method in METHODS and BAD_TARGET.search(target) is None:
                 return self._parse_headers(method, target, data, wanted, False)
         eol = data.find(b"\n")
         if eol < 0:
@@ -448,6 +430,10 @@ class RequestHeadParser:
         if smethod == "CONNECT":
             # CONNECT tunnels are not supported: no route matches one (Envoy answers
             # 404 without a connect_matcher route) and the connection ends after it.
+            # Its target must be host:port (Envoy: 400 otherwise).
+            name, _, port = target.rpartition(b":")
+            if not name or not port.isdigit() or BAD_AUTHORITY.search(target):
+                raise ProtocolError("CONNECT target is not host:port", 400)
             h.path = target.decode("latin-1")
             h.keep_alive = False
             self._parser = None
@@ -459,7 +445,7 @@ class RequestHeadParser:
             host = self._absolute_form(h, target) or host
         if host is None:
             raise ProtocolError("missing host", 400, body="")
-        if _BAD_AUTHORITY.search(host):
+        if BAD_AUTHORITY.search(host):
             raise ProtocolError("invalid host", 400)
         h.host = host.decode("latin-1")
         tokens = self._conn_tokens
@@ -477,7 +463,7 @@ class RequestHeadParser:
                 h.remove.append(t)
         if h.chunked and h.content_length >= 0:
             raise ProtocolError("content-length with transfer-encoding", 400)
-        if h.content_length < 0 and not h.chunked and smethod not in _BODILESS:
+        if h.content_length < 0 and not h.chunked and smethod not in BODILESS_METHODS:
             lines.append(b"content-length: 0\r\n")
         h.raw = b"".join(
             (
@@ -622,107 +608,3 @@ class ResponseHeadParser:
 def response_has_body(status: int, head_request: bool) -> bool:
     """RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 have no body."""
     return not (head_request or status < 200 or status == 204 or status == 304)
-
-
-class ChunkedDecoder:
-    """A strict chunked-body framer over a receive buffer.
-
-    ``feed(buf, start, end)`` consumes what it can from ``buf[start:end]`` and returns
-    ``(pieces, new_start)``: ``pieces`` is a list of ``(offset, length)`` of chunk data
-    inside ``buf``. ``done`` becomes True after the last chunk and its trailers;
-    ``new_start`` then points at the first byte after the body (a pipelined request).
-    Chunk extensions are ignored (one with a CR in it is refused); trailers are
-    checked as field lines, then dropped.
-
-    Stricter than Envoy in two ways that keep unchecked bytes out (RFC 9112 §7.1):
-    chunk data longer than its size (Envoy skips ahead to the next line) and a bare LF
-    after chunk data (Envoy accepts it) are refused with 400. A size of 16 hex digits or
-    more is refused too (Envoy waits for that many bytes).
-    """
-
-    __slots__ = ("state", "remaining", "done", "line_limit")
-
-    # states
-    SIZE = 0
-    DATA = 1
-    DATA_CRLF = 2
-    TRAILER = 3
-
-    def __init__(self, line_limit: int = 4096) -> None:
-        self.state = self.SIZE
-        self.remaining = 0
-        self.done = False
-        self.line_limit = line_limit
-
-    def feed(
-        self, buf: bytes | bytearray, start: int, end: int
-    ) -> tuple[list[tuple[int, int]], int]:
-        pieces: list[tuple[int, int]] = []
-        pos = start
-        while pos < end and not self.done:
-            state = self.state
-            if state == self.DATA:
-                n = min(self.remaining, end - pos)
-                pieces.append((pos, n))
-                pos += n
-                self.remaining -= n
-                if self.remaining == 0:
-                    self.state = self.DATA_CRLF
-            elif state == self.SIZE:
-                nl = buf.find(b"\n", pos, end)
-                if nl < 0:
-                    if end - pos > self.line_limit:
-                        raise ProtocolError("chunk size line too long", 400)
-                    break
-                if nl == pos or buf[nl - 1] != 13:
-                    raise ProtocolError("bare LF after a chunk size", 400)
-                line = bytes(buf[pos : nl - 1])
-                pos = nl + 1
-                size_part, _, ext = line.partition(b";")
-                size_part = size_part.rstrip(b" \t")
-                if (
-                    not size_part
-                    or len(size_part) > 15
-                    or size_part.strip(b"0123456789abcdefABCDEF")
-                    or b"\r" in ext
-                ):
-                    raise ProtocolError("invalid chunk size", 400)
-                size = int(size_part, 16)
-                if size == 0:
-                    self.state = self.TRAILER
-                else:
-                    self.remaining = size
-                    self.state = self.DATA
-            elif state == self.DATA_CRLF:
-                if end - pos < 2:
-                    if buf[pos] != 13:
-                        raise ProtocolError("missing CRLF after chunk data", 400)
-                    break
-                if buf[pos] != 13 or buf[pos + 1] != 10:
-                    raise ProtocolError("missing CRLF after chunk data", 400)
-                pos += 2
-                self.state = self.SIZE
-            else:  # TRAILER: field lines until an empty one; bare LF ends a line too
-                nl = buf.find(b"\n", pos, end)
-                if nl < 0:
-                    if end - pos > self.line_limit:
-                        raise ProtocolError("trailer line too long", 400)
-                    break
-                stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
-                if stop == pos:
-                    self.done = True
-                elif _TRAILER_LINE.match(bytes(buf[pos:stop])) is None:
-                    raise ProtocolError("invalid trailer line", 400)
-                pos = nl + 1
-        return pieces, pos
-
-
-# A trailer field line: a token, a colon, a value without control characters but HTAB.
-_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\Z")
-
-
-def chunk_header(n: int) -> bytes:
-    return b"%x\r\n" % n
-
-
-LAST_CHUNK = b"0\r\n\r\n"

@@ -246,14 +246,7 @@ class RequestHeaderPolicy:
         if h.chunked:
             add.append(b"transfer-encoding: chunked\r\n")
         add.append(b"\r\n")
-        raw = h.raw
-        if h.rewrite:
-            # Origin form and a single Host, as Envoy sends them.
-            eol = raw.find(b"\r\n")
-            line = b"%s %s HTTP/1.1" % (h.method.encode(), h.path.encode("latin-1"))
-            raw = line + raw[eol:]
-            remove.append(b"host")
-            add.insert(0, b"host: " + h.host.encode("latin-1") + b"\r\n")
+        raw = h.raw  # already origin form with one host line first (RequestHeadParser)
         return head_without(raw, remove) + b"".join(add), request_id, trusted, xff
 
 

@@ -55,6 +55,7 @@ def test_request_lines_envoy_accepts(line: bytes, method: bytes, target: bytes) 
         (b" GET / HTTP/1.1", 400),
         (b"get / HTTP/1.1", 400),
         (b"FOO / HTTP/1.1", 400),
+        (b"M-SEARCH * HTTP/1.1", 400),
         (b"GET /a b HTTP/1.1", 400),
         (b"GET /a\x7fb HTTP/1.1", 400),
         (b"GET /a\x80b HTTP/1.1", 400),
@@ -156,6 +157,8 @@ def _headers(n: int) -> bytes:
             "",
         ),
         (b"GET /\r\n\r\n", 426, None),
+        (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", 400, None),
+        (b"CONNECT a HTTP/1.1\r\nHost: a\r\n\r\n", 400, None),
         (b"GET / HTTP/1.1\r\nHost: a\r\n" + _headers(MAX_HEADERS_COUNT) + b"\r\n", 431, None),
     ],
     ids=[
@@ -174,6 +177,8 @@ def _headers(n: int) -> bytes:
         "te-gzip",
         "websocket-upgrade",
         "http09",
+        "connect-origin-form",
+        "connect-without-port",
         "101-headers",
     ],
 )
@@ -181,6 +186,11 @@ def test_heads_envoy_refuses(data: bytes, status: int, body: str | None, step: i
     with pytest.raises(ProtocolError) as info:
         drive(data, step)
     assert (info.value.status, info.value.body) == (status, body)
+
+
+def test_connect_to_host_and_port() -> None:
+    h, _, _ = drive(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 1)
+    assert (h.method, h.path, h.keep_alive) == ("CONNECT", "a.example:443", False)
 
 
 def test_100_headers_pass() -> None:
