@@ -1,8 +1,10 @@
-"""Header edits on HTTP/1 heads forwarded as their original bytes, and local replies.
+"""Header edits on HTTP/1 heads, and local replies.
 
-A head is never rebuilt from a header list: lines that must go are cut out of the raw
-bytes (:func:`head_without`) and new lines are appended before the final CRLF. What is
-cut and added follows Envoy's connection manager:
+A head is never rebuilt from a header list: lines that must go are cut out of its bytes
+(:func:`head_without`) and new lines are appended before the final CRLF. A request
+head comes as :class:`~proxyd.protocol.http1.RequestHeadParser` wrote it (as Envoy
+sends it), a response head as it arrived. What is cut and added follows Envoy's
+connection manager:
 
 * request (:class:`RequestHeaderPolicy`, compiled per HttpConnectionManager):
   hop-by-hop headers out; x-forwarded-for appended when ``use_remote_address``;

@@ -287,9 +287,9 @@ def play(
     port: int,
     request: bytes,
     half_close: bool = False,
-    answer_wait: float = 2.0,
-    quiet: float = 0.3,
-    close_wait: float = 1.6,
+    answer_wait: float = 3.0,
+    quiet: float = 1.0,
+    close_wait: float = 3.0,
 ) -> Outcome:
     """Send ``request`` on a new connection; read answers until the proxy closes, or
     until it has answered and then stayed quiet for ``quiet`` seconds (``close_wait``
