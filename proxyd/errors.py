@@ -24,9 +24,16 @@ class ConfigError(ProxydError):
 
 
 class ProtocolError(ProxydError):
-    """The peer broke the protocol; ``status`` is what it is answered with."""
+    """The peer broke the protocol; ``status`` is what it is answered with.
 
-    def __init__(self, reason: str, status: int = 400) -> None:
+    ``body`` is the local reply's body: None for the status's reason phrase (what
+    Envoy's codec answers), "" for the empty body of a request Envoy's connection
+    manager refuses after the codec accepted it (no Host, a fragment in the target,
+    an upgrade nothing is configured for).
+    """
+
+    def __init__(self, reason: str, status: int = 400, body: str | None = None) -> None:
         self.reason = reason
         self.status = status
+        self.body = body
         super().__init__(reason)

@@ -1,17 +1,20 @@
 """HTTP/1.1 message framing, sans-IO, on httptools (llhttp).
 
-The proxy forwards heads as the bytes that arrived, so this module does not build
-header lists. It does three things:
+It does three things, as strictly as Envoy 1.40's codec does (the corpus in
+tests/compat/http1_corpus runs through both):
 
-* :func:`find_head_end` finds where a head ends in a receive buffer (``CRLF CRLF``;
-  llhttp rejects bare LF line ends, so the two always agree);
-* :class:`RequestHeadParser` / :class:`ResponseHeadParser` run llhttp over exactly one
-  head, validate it, and collect what the proxy needs: framing (content-length,
+* :func:`find_head_end` finds where a head ends in a receive buffer (``CRLF CRLF``, or
+  bare LFs, which Envoy accepts);
+* :class:`RequestHeadParser` checks the request line
+  (:mod:`proxyd.protocol.http1_request_line`), runs llhttp over the header lines of
+  exactly one head, and collects what the proxy needs: framing (content-length,
   chunked), connection semantics, the names of headers that must be removed on the
   way through (hop-by-hop ones), and the values of the few headers routing and
-  logging asked for;
-* :class:`ChunkedDecoder` frames a chunked body strictly and hands back views of the
-  data, so a body streams through a reused buffer without being copied or kept.
+  logging asked for. It writes the head the way Envoy's encoder sends it upstream
+  (``RequestHead.raw``). :class:`ResponseHeadParser` does the same for a response, whose
+  head is forwarded as the bytes that arrived, less the lines that must go;
+* :class:`ChunkedDecoder` (:mod:`proxyd.protocol.http1_chunked`) frames a chunked body
+  strictly and hands back where its data is.
 
 llhttp is fed heads only. A body is framed here (content-length is a count; chunked
 is :class:`ChunkedDecoder`), because llhttp reports neither where a message ends in
@@ -27,6 +30,32 @@ import re
 import httptools
 
 from proxyd.errors import ProtocolError
+from proxyd.protocol.http1_chunked import LAST_CHUNK, ChunkedDecoder, chunk_header
+from proxyd.protocol.http1_request_line import (
+    BAD_AUTHORITY,
+    BAD_TARGET,
+    BODILESS_METHODS,
+    MAX_HEADERS_COUNT,
+    METHODS,
+    check_request_line,
+)
+
+__all__ = [
+    "CRLF2",
+    "LAST_CHUNK",
+    "MAX_HEADERS_COUNT",
+    "ChunkedDecoder",
+    "RequestHead",
+    "RequestHeadParser",
+    "ResponseHead",
+    "ResponseHeadParser",
+    "check_request_line",
+    "chunk_header",
+    "find_head_end",
+    "normalize_head",
+    "response_has_body",
+    "skip_leading_crlf",
+]
 
 CRLF2 = b"\r\n\r\n"
 
@@ -75,16 +104,29 @@ def find_head_end(buf: bytes | bytearray, start: int, end: int) -> int:
 
 
 def normalize_head(head: bytes) -> bytes | None:
-    """``head`` with bare-LF line ends made CRLF and each obs-fold unfolded (its CRLF
-    dropped, its whitespace kept, as Envoy 1.40 does; RFC 9112 §2.2 and §5.2 allow
-    both), or None when there is nothing to change."""
+    """``head`` as Envoy 1.40 reads it, or None when there is nothing to change.
+
+    Bare-LF line ends become CRLF; a bare CR in a header value is dropped; each
+    obs-fold is unfolded (its CRLF dropped, its whitespace kept) and a line of only
+    whitespace goes the same way (RFC 9112 §2.2 and §5.2 allow all of it). What is
+    still wrong after that (a bare CR in a name, an unfolded Host with a space in it)
+    is refused when the result is parsed.
+    """
     fixed = _BARE_LF.sub(b"\r\n", head)
+    if b"\r" in fixed.replace(b"\r\n", b""):
+        lines = fixed.split(b"\r\n")
+        for i in range(1, len(lines)):
+            line = lines[i]
+            colon = line.find(b":")
+            if b"\r" in line and colon > 0 and b"\r" not in line[:colon]:
+                lines[i] = line[:colon] + line[colon:].replace(b"\r", b"")
+        fixed = b"\r\n".join(lines)
     fixed = _OBS_FOLD.sub(b"", fixed)
     return None if fixed == head else fixed
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-_OBS_FOLD = re.compile(rb"\r\n(?=[ \t]+[^ \t\r\n])")
+_OBS_FOLD = re.compile(rb"\r\n(?=[ \t])")
 
 
 def skip_leading_crlf(buf: bytes | bytearray, start: int, end: int) -> int:
@@ -95,7 +137,8 @@ def skip_leading_crlf(buf: bytes | bytearray, start: int, end: int) -> int:
 
 
 class RequestHead:
-    """What the proxy needs from one request head; ``raw`` is the head as it arrived."""
+    """What the proxy needs from one request head; ``raw`` is the head as Envoy would
+    send it upstream (see :class:`RequestHeadParser`)."""
 
     __slots__ = (
         "raw",
@@ -137,8 +180,8 @@ class RequestHead:
         self.envoy_headers: list[bytes] = []
         # The headers routing and logging asked for: lower-case name -> value.
         self.headers: dict[str, str] = {}
-        # The head cannot go as it came: the request line was in absolute form, or Host
-        # was repeated. The upstream gets origin form and one Host line (``host``).
+        # Kept for the API: ``raw`` is always already the head as Envoy writes it
+        # upstream (origin form, one Host line first), so this stays False.
         self.rewrite = False
 
     @property
@@ -175,7 +218,9 @@ def _connection_tokens(value: bytes) -> list[bytes]:
 
 
 def _parse_content_length(value: bytes) -> int:
-    # llhttp already rejects non-digits and duplicates; this also bounds the size.
+    # llhttp already rejects other characters and duplicates; optional whitespace
+    # around the value is allowed (RFC 9110 §5.5); this also bounds the size.
+    value = value.strip(b" \t")
     if not value.isdigit() or len(value) > 18:
         raise ProtocolError("invalid content-length", 400)
     return int(value)
@@ -184,12 +229,30 @@ def _parse_content_length(value: bytes) -> int:
 class RequestHeadParser:
     """Parses one request head at a time; one instance serves a whole connection.
 
-    ``parse(view, wanted)`` takes a view of exactly one head (ending in CRLF CRLF) and
-    returns a :class:`RequestHead`. ``wanted`` maps lower-case header names (bytes) to
-    the str keys under which their values are collected.
+    ``parse(view, wanted)`` takes a view of exactly one head (ending in CRLF CRLF, or
+    bare LFs) and returns a :class:`RequestHead`. ``wanted`` maps lower-case header
+    names (bytes) to the str keys under which their values are collected.
+
+    The request line is checked here (:func:`check_request_line`); llhttp checks the
+    header lines. The head is then written the way Envoy's encoder writes it upstream:
+    ``METHOD origin-form HTTP/1.1``, ``host`` first, then every other header in the
+    order it came as ``lower-case-name: value`` with the whitespace around the value
+    trimmed, without ``transfer-encoding`` (added back at the end for a chunked body).
     """
 
-    __slots__ = ("_parser", "_clean", "_head", "_wanted", "_conn_tokens", "_done")
+    __slots__ = (
+        "_parser",
+        "_clean",
+        "_head",
+        "_wanted",
+        "_conn_tokens",
+        "_done",
+        "_lines",
+        "_count",
+        "_host",
+        "_upgrade",
+        "_te_kept",
+    )
 
     def __init__(self) -> None:
         self._parser: httptools.HttpRequestParser | None = None
@@ -198,35 +261,53 @@ class RequestHeadParser:
         self._wanted: dict[bytes, str] = {}
         self._conn_tokens: list[bytes] = []
         self._done = False
+        self._lines: list[bytes] = []
+        self._count = 0
+        self._host: bytes | None = None
+        self._upgrade = b""
+        self._te_kept = False
 
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        h = self._head
         lname = name.lower()
+        # llhttp drops the whitespace before a value, not the whitespace after it.
+        value = value.rstrip(b" \t")
         kind = _REQUEST_SPECIAL.get(lname)
-        if kind is not None:
-            if kind == _H_HOST:
-                if not h.host:
-                    h.host = value.decode("latin-1")
-                else:
-                    # Envoy 1.40 joins a repeated Host into one authority, "a,b".
-                    h.host += "," + value.decode("latin-1")
-                    h.rewrite = True
-            elif kind == _H_CL:
+        if kind is None:
+            self._lines.append(lname + b": " + value + b"\r\n")
+            if lname.startswith(_ENVOY_PREFIX):
+                self._head.envoy_headers.append(lname)
+            if self._wanted:
+                self._collect(lname, value)
+            return
+        h = self._head
+        self._count += 1  # header lines not in _lines
+        if kind == _H_HOST:
+            if self._host is None:
+                self._host = value
+            else:
+                # Envoy 1.40 joins a repeated Host into one authority, "a,b".
+                self._host += b"," + value
+        else:
+            if kind == _H_CL:
                 h.content_length = _parse_content_length(value)
             elif kind == _H_TE:
                 h.remove.append(lname)
-                if value.strip().lower() != b"chunked":
+                coding = value.lower()
+                if coding != b"chunked":
+                    if coding == b"identity":
+                        raise ProtocolError("transfer-encoding identity", 400)
                     # Only "chunked" alone is accepted (Envoy answers 501 for others;
                     # llhttp rejects most). A list ending in chunked is refused too.
                     raise ProtocolError("unsupported transfer-encoding", 501)
                 h.chunked = True
+                return  # written back at the end of the head, as Envoy does
             elif kind == _H_CONNECTION:
                 h.remove.append(lname)
                 self._conn_tokens.extend(_connection_tokens(value))
             elif kind == _H_EXPECT:
-                if value.strip().lower() == b"100-continue":
+                if value.lower() == b"100-continue":
                     h.expect_continue = True
                     h.remove.append(lname)
             elif kind == _H_XFF:
@@ -237,16 +318,25 @@ class RequestHeadParser:
                 h.xfp = value
             elif kind == _H_HOP:
                 h.remove.append(lname)
+                if lname == b"upgrade":
+                    self._upgrade = value
             elif kind == _H_TE_HDR:
-                if value.strip().lower() != b"trailers":
+                if value.lower() == b"trailers":
+                    self._te_kept = True
+                else:
                     h.remove.append(lname)
-        elif lname.startswith(_ENVOY_PREFIX):
-            h.envoy_headers.append(lname)
+            self._lines.append(lname + b": " + value + b"\r\n")
+            self._count -= 1
+        if self._wanted:
+            self._collect(lname, value)
+
+    def _collect(self, lname: bytes, value: bytes) -> None:
         key = self._wanted.get(lname)
         if key is not None:
+            headers = self._head.headers
             v = value.decode("latin-1")
-            old = h.headers.get(key)
-            h.headers[key] = v if old is None else old + "," + v
+            old = headers.get(key)
+            headers[key] = v if old is None else old + "," + v
 
     def on_headers_complete(self) -> None:
         self._done = True
@@ -254,6 +344,35 @@ class RequestHeadParser:
     # -- API ----------------------------------------------------------------------------
 
     def parse(self, view: memoryview | bytes, wanted: dict[bytes, str]) -> RequestHead:
+        data = bytes(view)
+        # The common request line, "METHOD SP target SP HTTP/1.1" CRLF, is checked here
+        # in a few steps and parsed by llhttp as it is; any other goes to
+        # check_request_line.
+        eol = data.find(b"\r\n")
+        sp1 = data.find(b" ", 0, eol)
+        sp2 = data.find(b" ", sp1 + 1, eol)
+        if sp1 > 0 and sp2 == eol - 9 > sp1 + 1 and data[sp2:eol] == b" HTTP/1.1":
+            method = data[:sp1]
+            target = data[sp1 + 1 : sp2]
+            if method in METHODS and BAD_TARGET.search(target) is None:
+                return self._parse_headers(method, target, data, wanted, False)
+        eol = data.find(b"\n")
+        if eol < 0:
+            raise ProtocolError("incomplete request head", 400)
+        line = data[: eol - 1] if eol and data[eol - 1] == 13 else data[:eol]
+        method, target = check_request_line(line)
+        return self._parse_headers(method, target, self._placeholder(method, data), wanted, True)
+
+    @staticmethod
+    def _placeholder(method: bytes, data: bytes) -> bytes:
+        """``data`` with its request line made ``METHOD / HTTP/1.1``: the target and the
+        version were checked by Envoy's rules, and llhttp's (stricter on the target's
+        characters, on the separators) must not get a say."""
+        return method + b" / HTTP/1.1\r\n" + data[data.find(b"\n") + 1 :]
+
+    def _parse_headers(
+        self, method: bytes, target: bytes, fed: bytes, wanted: dict[bytes, str], placeholder: bool
+    ) -> RequestHead:
         parser = self._parser
         if parser is None or not self._clean:
             parser = self._parser = httptools.HttpRequestParser(self)
@@ -262,9 +381,14 @@ class RequestHeadParser:
         self._head = h = RequestHead()
         self._wanted = wanted
         self._conn_tokens = []
+        self._lines = []
+        self._count = 0
+        self._host = None
+        self._upgrade = b""
+        self._te_kept = False
         fixed = None
         try:
-            parser.feed_data(view)
+            parser.feed_data(fed)
         except ProtocolError:
             self._parser = None
             raise
@@ -275,57 +399,83 @@ class RequestHeadParser:
                 raise cause from None
             raise
         except httptools.HttpParserUpgrade:
-            # "Upgrade" (websocket, h2c) is not supported yet: served as plain HTTP/1.1
-            # with the Upgrade header removed, as Envoy does without upgrade_configs.
+            # An upgrade (or CONNECT): llhttp stops after the head. Decided below.
             self._parser = None
         except httptools.HttpParserError as exc:
             self._parser = None
-            fixed = normalize_head(bytes(view))
-            if fixed is None:
-                self._raise_for(str(exc))
+            if not placeholder:
+                fixed = self._placeholder(method, fed)
+                placeholder = True
+            else:
+                fixed = normalize_head(fed)
+                if fixed is None:
+                    self._raise_for(str(exc))
         if fixed is not None:
-            # Bare LF line ends or obs-fold: llhttp is strict, Envoy is not. Parse the
-            # head again as CRLF with folds unfolded (outside the except block, so the
-            # callbacks' own errors keep their cause), and forward that.
-            h = self.parse(fixed, wanted)
-            h.rewrite = True
+            # llhttp refused what Envoy takes: a target character, bare LF line ends,
+            # obs-fold or a bare CR in a value. Parse the head again as Envoy reads it
+            # (outside the except block, so the callbacks' own errors keep their cause).
+            h = self._parse_headers(method, target, fixed, wanted, placeholder)
             self._parser = None
             return h
         if not self._done:
             self._parser = None
             raise ProtocolError("incomplete request head", 400)
-        # llhttp validated the request line: "METHOD SP target SP HTTP/x.y".
-        raw = h.raw = bytes(view)
-        eol = raw.find(b"\r\n")
-        sp1 = raw.find(b" ", 0, eol)
-        sp2 = raw.rfind(b" ", 0, eol)
-        if raw[sp2 + 1 : eol] != b"HTTP/1.1":
-            # Envoy refuses HTTP/1.0 unless accept_http_10 is set.
+        lines = self._lines
+        if len(lines) + self._count > MAX_HEADERS_COUNT:
             self._parser = None
-            raise ProtocolError("only HTTP/1.1 is accepted", 426)
-        h.method = raw[:sp1].decode("ascii")
-        url = h.url = raw[sp1 + 1 : sp2]
-        if not h.host:
-            raise ProtocolError("missing host", 400)
-        if h.method == "CONNECT":
+            raise ProtocolError("too many headers", 431)
+        h.method = smethod = method.decode("ascii")
+        h.url = target
+        host = self._host
+        if smethod == "CONNECT":
             # CONNECT tunnels are not supported: no route matches one (Envoy answers
             # 404 without a connect_matcher route) and the connection ends after it.
-            h.path = url.decode("latin-1")
+            # Its target must be host:port (Envoy: 400 otherwise).
+            name, _, port = target.rpartition(b":")
+            if not name or not port.isdigit() or BAD_AUTHORITY.search(target):
+                raise ProtocolError("CONNECT target is not host:port", 400)
+            h.path = target.decode("latin-1")
             h.keep_alive = False
             self._parser = None
-        elif url[:1] != b"/":
-            self._absolute_form(h, url)
+        elif target[:1] == b"/":
+            if b"#" in target:
+                raise ProtocolError("fragment in the request target", 400, body="")
+            h.path = target.decode("latin-1")
         else:
-            h.path = url.decode("latin-1")
+            host = self._absolute_form(h, target) or host
+        if host is None:
+            raise ProtocolError("missing host", 400, body="")
+        if BAD_AUTHORITY.search(host):
+            raise ProtocolError("invalid host", 400)
+        h.host = host.decode("latin-1")
         tokens = self._conn_tokens
         if tokens:
             if b"close" in tokens:
                 h.keep_alive = False
+            if b"upgrade" in tokens and self._upgrade and self._upgrade.lower() != b"h2c":
+                # Envoy without upgrade_configs for it answers 403 and closes.
+                raise ProtocolError("upgrade not configured", 403, body="")
             for t in tokens:
-                if t not in (b"close", b"keep-alive") and t not in h.remove:
-                    h.remove.append(t)
+                if t in (b"close", b"keep-alive") or t in h.remove:
+                    continue
+                if t == b"te" and self._te_kept:
+                    continue  # "te: trailers" stays, as Envoy keeps it
+                h.remove.append(t)
         if h.chunked and h.content_length >= 0:
             raise ProtocolError("content-length with transfer-encoding", 400)
+        if h.content_length < 0 and not h.chunked and smethod not in BODILESS_METHODS:
+            lines.append(b"content-length: 0\r\n")
+        h.raw = b"".join(
+            (
+                method,
+                b" ",
+                h.path.encode("latin-1"),
+                b" HTTP/1.1\r\n",
+                b"host: " + host + b"\r\n",
+                *lines,
+                b"\r\n",
+            )
+        )
         # llhttp finished the message iff it has no body: then the parser is reused
         # (one parser serves every connection of a worker, heads are parsed whole).
         # (After "connection: close" llhttp refuses more input: a fresh one then.)
@@ -335,31 +485,36 @@ class RequestHeadParser:
     @staticmethod
     def _raise_for(reason: str) -> None:
         """llhttp's error as the status Envoy answers it with."""
-        if "version" in reason.lower():
-            raise ProtocolError(reason, 426) from None
         if "`Transfer-Encoding`" in reason:
             # A coding other than chunked last (Envoy: 501 Not Implemented).
             raise ProtocolError(reason, 501) from None
         raise ProtocolError(reason, 400) from None
 
     @staticmethod
-    def _absolute_form(h: RequestHead, url: bytes) -> None:
-        if url == b"*" and h.method == "OPTIONS":
+    def _absolute_form(h: RequestHead, url: bytes) -> bytes | None:
+        """Sets ``h.path`` from an absolute-form target (or ``*``); returns the host
+        the target names, which wins over a Host header (None for ``*``)."""
+        if url == b"*":
+            if h.method != "OPTIONS":
+                raise ProtocolError("invalid request target", 400)
             h.path = "*"
-            return
+            return None
+        scheme = url[:8].lower()
+        if not (scheme.startswith(b"http://") or scheme == b"https://"):
+            raise ProtocolError("invalid request target", 400)
+        if b"#" in url:
+            raise ProtocolError("fragment in the request target", 400, body="")
         try:
             parsed = httptools.parse_url(url)
         except httptools.HttpParserInvalidURLError:
             raise ProtocolError("invalid request target", 400) from None
-        if not parsed.schema or not parsed.host:
+        if not parsed.host:
             raise ProtocolError("invalid request target", 400)
         path = parsed.path or b"/"
         if parsed.query:
             path += b"?" + parsed.query
         h.path = path.decode("latin-1")
-        host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
-        h.host = host.decode("latin-1")
-        h.rewrite = True
+        return parsed.host + (b":%d" % parsed.port if parsed.port else b"")
 
 
 # The response header lines the proxy looks at, found in one scan of the lower-cased
@@ -455,92 +610,3 @@ class ResponseHeadParser:
 def response_has_body(status: int, head_request: bool) -> bool:
     """RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 have no body."""
     return not (head_request or status < 200 or status == 204 or status == 304)
-
-
-class ChunkedDecoder:
-    """A strict chunked-body framer over a receive buffer.
-
-    ``feed(buf, start, end)`` consumes what it can from ``buf[start:end]`` and returns
-    ``(pieces, new_start)``: ``pieces`` is a list of ``(offset, length)`` of chunk data
-    inside ``buf``. ``done`` becomes True after the last chunk and its trailers;
-    ``new_start`` then points at the first byte after the body (a pipelined request).
-    Chunk extensions are ignored; trailers are consumed and dropped.
-    """
-
-    __slots__ = ("state", "remaining", "done", "line_limit")
-
-    # states
-    SIZE = 0
-    DATA = 1
-    DATA_CRLF = 2
-    TRAILER = 3
-
-    def __init__(self, line_limit: int = 4096) -> None:
-        self.state = self.SIZE
-        self.remaining = 0
-        self.done = False
-        self.line_limit = line_limit
-
-    def feed(
-        self, buf: bytes | bytearray, start: int, end: int
-    ) -> tuple[list[tuple[int, int]], int]:
-        pieces: list[tuple[int, int]] = []
-        pos = start
-        while pos < end and not self.done:
-            state = self.state
-            if state == self.DATA:
-                n = min(self.remaining, end - pos)
-                pieces.append((pos, n))
-                pos += n
-                self.remaining -= n
-                if self.remaining == 0:
-                    self.state = self.DATA_CRLF
-            elif state == self.SIZE:
-                nl = buf.find(b"\r\n", pos, end)
-                if nl < 0:
-                    if end - pos > self.line_limit:
-                        raise ProtocolError("chunk size line too long", 400)
-                    break
-                line = bytes(buf[pos:nl])
-                pos = nl + 2
-                size_part = line.split(b";", 1)[0].rstrip(b" \t")
-                if (
-                    not size_part
-                    or len(size_part) > 15
-                    or size_part.strip(b"0123456789abcdefABCDEF")
-                ):
-                    raise ProtocolError("invalid chunk size", 400)
-                size = int(size_part, 16)
-                if size == 0:
-                    self.state = self.TRAILER
-                else:
-                    self.remaining = size
-                    self.state = self.DATA
-            elif state == self.DATA_CRLF:
-                if end - pos < 2:
-                    if buf[pos] != 13:
-                        raise ProtocolError("missing CRLF after chunk data", 400)
-                    break
-                if buf[pos] != 13 or buf[pos + 1] != 10:
-                    raise ProtocolError("missing CRLF after chunk data", 400)
-                pos += 2
-                self.state = self.SIZE
-            else:  # TRAILER: lines until an empty one
-                nl = buf.find(b"\r\n", pos, end)
-                if nl < 0:
-                    if end - pos > self.line_limit:
-                        raise ProtocolError("trailer line too long", 400)
-                    break
-                if nl == pos:
-                    self.done = True
-                elif buf.find(b":", pos, nl) <= pos:
-                    raise ProtocolError("invalid trailer line", 400)
-                pos = nl + 2
-        return pieces, pos
-
-
-def chunk_header(n: int) -> bytes:
-    return b"%x\r\n" % n
-
-
-LAST_CHUNK = b"0\r\n\r\n"

@@ -55,6 +55,8 @@ class ReceiveBuffer:
         "skip_crlf",
         "_allocate",
         "_free",
+        "check_first_line",
+        "_line_checked",
     )
 
     def __init__(
@@ -66,6 +68,7 @@ class ReceiveBuffer:
         size: int = 16 * 1024,
         allocate: Allocator | None = None,
         free: Callable[[bytearray, memoryview], None] | None = None,
+        check_first_line: Callable[[bytes], object] | None = None,
     ) -> None:
         self.buf = _EMPTY
         self.view = _EMPTY_VIEW
@@ -79,6 +82,11 @@ class ReceiveBuffer:
         self.skip_crlf = skip_crlf
         self._allocate = allocate or _allocate(size)
         self._free = free
+        # Called with a head's first line (no line end) as soon as it is complete,
+        # before the rest of the head: it raises ProtocolError for a line that can never
+        # lead anywhere (an HTTP/0.9 request has no empty line to wait for).
+        self.check_first_line = check_first_line
+        self._line_checked = False
 
     # -- room for bytes ----------------------------------------------------------------
 
@@ -169,6 +177,11 @@ class ReceiveBuffer:
                 return None
         he = find_head_end(buf, max(self.searched - 3, start), end)
         if he < 0:
+            if self.check_first_line is not None and not self._line_checked:
+                nl = buf.find(b"\n", start, end)
+                if nl >= 0:
+                    self._line_checked = True
+                    self.check_first_line(bytes(buf[start:nl]).rstrip(b"\r"))
             self.searched = end
             if end - start > self.max_head:
                 raise ProtocolError("headers too large", self.too_large_status)
@@ -176,6 +189,7 @@ class ReceiveBuffer:
         if he - start > self.max_head:
             raise ProtocolError("headers too large", self.too_large_status)
         self.start = self.searched = he
+        self._line_checked = False
         return self.view[start:he]
 
     @property

@@ -1,8 +1,10 @@
-"""Header edits on HTTP/1 heads forwarded as their original bytes, and local replies.
+"""Header edits on HTTP/1 heads, and local replies.
 
-A head is never rebuilt from a header list: lines that must go are cut out of the raw
-bytes (:func:`head_without`) and new lines are appended before the final CRLF. What is
-cut and added follows Envoy's connection manager:
+A head is never rebuilt from a header list: lines that must go are cut out of its bytes
+(:func:`head_without`) and new lines are appended before the final CRLF. A request
+head comes as :class:`~proxyd.protocol.http1.RequestHeadParser` wrote it (as Envoy
+sends it), a response head as it arrived. What is cut and added follows Envoy's
+connection manager:
 
 * request (:class:`RequestHeaderPolicy`, compiled per HttpConnectionManager):
   hop-by-hop headers out; x-forwarded-for appended when ``use_remote_address``;
@@ -252,14 +254,7 @@ class RequestHeaderPolicy:
         if h.chunked:
             add.append(b"transfer-encoding: chunked\r\n")
         add.append(b"\r\n")
-        raw = h.raw
-        if h.rewrite:
-            # Origin form and a single Host, as Envoy sends them.
-            eol = raw.find(b"\r\n")
-            line = b"%s %s HTTP/1.1" % (h.method.encode(), h.path.encode("latin-1"))
-            raw = line + raw[eol:]
-            remove.append(b"host")
-            add.insert(0, b"host: " + h.host.encode("latin-1") + b"\r\n")
+        raw = h.raw  # already origin form with one host line first (RequestHeadParser)
         return head_without(raw, remove) + b"".join(add), request_id, trusted, xff
 
 

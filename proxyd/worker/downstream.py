@@ -35,6 +35,7 @@ from proxyd.errors import ProtocolError
 from proxyd.protocol.http1 import CRLF2, LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader, ReceiveBuffer
 from proxyd.protocol.http1_headers import CONTINUE_100, REASONS, local_reply, response_head
+from proxyd.protocol.http1_request_line import check_request_line
 from proxyd.worker import io, manager
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 from proxyd.worker.router import arm_request_phase
@@ -109,7 +110,12 @@ class DownstreamConnection:
         self.remote = f"{peer[0]}:{peer[1]}" if ":" not in peer[0] else f"[{peer[0]}]:{peer[1]}"
         self.local = ""  # asked of the socket only when the access log wants it
         buffers = worker.buffers
-        self.rb = ReceiveBuffer(60 * 1024, allocate=buffers.take, free=buffers.give)
+        self.rb = ReceiveBuffer(
+            60 * 1024,
+            allocate=buffers.take,
+            free=buffers.give,
+            check_first_line=check_request_line,
+        )
         self.idle = False
         self.deadline = Deadline(self._deadline_passed)
         self.scope: trio.CancelScope | None = None
@@ -294,9 +300,11 @@ class DownstreamConnection:
         stats.by_class[status // 100] += 1
         if status == 400 or status == 501:
             stats.cx_protocol_error += 1
-        # Envoy's codec errors answer with the reason phrase as the body, except a
-        # missing Host, which gets an empty 400.
-        if status == 408:
+        # Envoy's codec errors answer with the reason phrase as the body, unless the
+        # error says otherwise (a missing Host, a fragment: an empty body).
+        if exc.body is not None:
+            body = exc.body
+        elif status == 408:
             body = exc.reason
         elif exc.reason == "missing host":
             body = ""
