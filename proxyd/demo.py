@@ -12,12 +12,16 @@ The upstream is a small HTTP/1.1 keep-alive server from the standard library. It
 what the integration and compatibility tests proxy to, so it understands a few paths:
 
 * ``/delay/<ms>/...`` waits that long before answering;
+* ``/hold/...`` waits until :meth:`UpstreamServer.release` is called (at most
+  :data:`HOLD_LIMIT_S`), then answers the rest of the path: a request a test keeps in
+  flight for as long as it needs, without guessing a delay;
 * ``/status/<code>`` answers with that status;
 * ``/bytes/<n>`` answers with n bytes (content-length), ``/chunked/<n>`` chunked;
 * ``/echo`` answers with JSON describing the request: method, path, headers, and the
   length and SHA-256 of the body, which is read as it streams and never kept.
 
-Every response carries ``x-upstream-name: <name>``.
+Every response carries ``x-upstream-name: <name>``. A test waits for requests to arrive
+with :meth:`UpstreamServer.wait_requests` (a request counts once its head is read).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ DEMO_SERVICES = ("service1", "service2")
 CHUNK = 64 * 1024
 # After passing SIGTERM or SIGINT on, how long proxyd has to exit before it is killed.
 STOP_GRACE_S = 15.0
+HOLD_LIMIT_S = 60.0  # a /hold/ request nobody releases ends after this long
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -95,6 +100,9 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) > 2 and parts[1] == "delay":
             time.sleep(int(parts[2]) / 1000)
             parts = ["", *parts[3:]]
+        elif len(parts) > 1 and parts[1] == "hold":
+            self.server.released.wait(HOLD_LIMIT_S)
+            parts = ["", *parts[2:]]
         head = parts[1] if len(parts) > 1 else ""
         arg = parts[2] if len(parts) > 2 else ""
         if head == "status" and arg.isdigit():
@@ -141,7 +149,8 @@ class _Server(ThreadingHTTPServer):
         self.name = name
         self.connections = 0
         self.requests = 0
-        self._lock = threading.Lock()
+        self.counted = threading.Condition()  # notified when either count moves
+        self.released = threading.Event()  # set: /hold/ requests go on
         super().__init__(addr, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -151,13 +160,15 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._lock:
+        with self.counted:
             self.connections += 1
+            self.counted.notify_all()
         super().process_request(request, client_address)
 
     def count_request(self) -> None:
-        with self._lock:
+        with self.counted:
             self.requests += 1
+            self.counted.notify_all()
 
 
 class UpstreamServer:
@@ -177,13 +188,33 @@ class UpstreamServer:
 
     @property
     def requests(self) -> int:
+        """Requests whose head has been read so far."""
         return self._server.requests
+
+    def wait_requests(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until at least ``n`` request heads have arrived (in all, since the start);
+        TimeoutError after ``timeout`` seconds."""
+        server = self._server
+        with server.counted:
+            if not server.counted.wait_for(lambda: server.requests >= n, timeout):
+                raise TimeoutError(
+                    f"upstream {self.name}: {server.requests} requests, not {n}, in {timeout} s"
+                )
+
+    def release(self) -> None:
+        """Let the ``/hold/`` requests go on, those waiting and those still to come."""
+        self._server.released.set()
+
+    def hold(self) -> None:
+        """After a :meth:`release`: hold the ``/hold/`` requests that come from now on."""
+        self._server.released.clear()
 
     def start(self) -> UpstreamServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self.release()  # a held request must not outlive its server by HOLD_LIMIT_S
         self._server.shutdown()
         self._server.server_close()
 

@@ -1,8 +1,10 @@
 """Circuit breakers: real Envoy and proxyd on the same YAML answer a burst the same way.
 
-A cluster allowed one connection and one pending request, in front of a slow demo
-upstream: of three staggered requests the first is served, the second waits for the
-first's connection and is served, the third overflows (503, ``x-envoy-overloaded``).
+A cluster allowed one connection and one pending request, in front of a demo upstream
+that holds the first request: of three requests started in turn (each once the one
+before is at the upstream or in the pending queue) the first is served, the second waits
+for the first's connection and is served, the third overflows (503,
+``x-envoy-overloaded``).
 And a request whose route timeout passes while it is pending gets Envoy's 504. And with
 DEFAULT and HIGH thresholds (RouteAction.priority), a second DEFAULT request overflows
 while HIGH requests to the same cluster pass, on connections of their own. Both proxies
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,13 @@ from tests.integration.test_circuit_breakers import (
     DEFAULT_1_HIGH_5,
     HIGH_ROUTE,
     ONE_CONNECTION_ONE_PENDING,
-    PRIORITY_PATHS,
     SLOW_AND_IMPATIENT,
     Answer,
+    Step,
+    priority_steps,
+    queue_steps,
     staggered,
+    timeout_steps,
 )
 from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
 
@@ -100,16 +106,19 @@ def _answered(stats: dict[str, int]) -> int:
     return sum(stats[f"upstream_rq_{code}"] for code in (200, 503, 504))
 
 
+StepsFor = Callable[[UpstreamServer, Callable[[], dict[str, int]]], list[Step]]
+
+
 @pytest.mark.parametrize(
-    ("routes", "paths", "total"),
+    ("routes", "steps_for", "total"),
     [
-        (None, ["/delay/1000"] * 3, 2),
-        (SLOW_AND_IMPATIENT, ["/delay/2000", "/delay/10"], 1),
+        (None, queue_steps, 2),
+        (SLOW_AND_IMPATIENT, lambda up, _stats: timeout_steps(up), 1),
     ],
     ids=["queue-then-overflow", "route-timeout-while-pending"],
 )
 def test_envoy_and_proxyd_agree(
-    tmp_path: Path, routes: str | None, paths: list[str], total: int
+    tmp_path: Path, routes: str | None, steps_for: StepsFor, total: int
 ) -> None:
     with UpstreamServer("a") as up:
         listen, admin = free_port(), free_port()
@@ -117,13 +126,15 @@ def test_envoy_and_proxyd_agree(
             listen, admin, {"a": [up.port]}, routes, cluster_extra=ONE_CONNECTION_ONE_PENDING
         )
         with EnvoyRunner(config) as envoy:
-            envoy_answers = _seen(staggered(listen, paths))
+            steps = steps_for(up, lambda: _envoy_stats(envoy.admin_port))
+            envoy_answers = _seen(staggered(listen, up, steps))
             envoy_stats = _pick(_envoy_stats(envoy.admin_port))
         with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
-            proxyd_answers = _seen(staggered(listen, paths))
+            steps = steps_for(up, p.stats)
+            proxyd_answers = _seen(staggered(listen, up, steps))
             # Workers report each second: wait until every answer is counted.
             proxyd_stats = wait_for(
-                lambda: (s := _pick(p.stats())) and _answered(s) == len(paths) and s
+                lambda: (s := _pick(p.stats())) and _answered(s) == len(steps) and s
             )
     assert proxyd_answers == envoy_answers
     assert proxyd_stats == envoy_stats
@@ -137,7 +148,7 @@ def test_routing_priorities_agree(tmp_path: Path) -> None:
             listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=DEFAULT_1_HIGH_5
         )
         with EnvoyRunner(config) as envoy:
-            envoy_answers = _seen(staggered(listen, PRIORITY_PATHS, gap=0.15))
+            envoy_answers = _seen(staggered(listen, up, priority_steps(up)))
             envoy_stats = _pick(_envoy_stats(envoy.admin_port), PRIORITY_STATS)
             url = f"http://127.0.0.1:{envoy.admin_port}/clusters"
             with urllib.request.urlopen(url, timeout=5) as r:
@@ -145,13 +156,10 @@ def test_routing_priorities_agree(tmp_path: Path) -> None:
             with urllib.request.urlopen(url + "?format=json", timeout=5) as r:
                 envoy_json = _breakers_json(r.read().decode())
         with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
-            proxyd_answers = _seen(staggered(listen, PRIORITY_PATHS, gap=0.15))
+            steps = priority_steps(up)
+            proxyd_answers = _seen(staggered(listen, up, steps))
             proxyd_stats = wait_for(
-                lambda: (
-                    (s := _pick(p.stats(), PRIORITY_STATS))
-                    and _answered(s) == len(PRIORITY_PATHS)
-                    and s
-                )
+                lambda: (s := _pick(p.stats(), PRIORITY_STATS)) and _answered(s) == len(steps) and s
             )
             proxyd_thresholds = _thresholds(p.admin("/clusters")[1])
             proxyd_json = _breakers_json(p.admin("/clusters?format=json")[1])

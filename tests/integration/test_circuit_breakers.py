@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,13 +31,16 @@ def test_max_requests_overflow(tmp_path: Path) -> None:
             results: list[tuple[int, dict[str, str], bytes]] = []
 
             def slow() -> None:
-                results.append(get(listen, "/delay/1000"))
+                results.append(get(listen, "/hold/"))
 
             first = threading.Thread(target=slow)
             first.start()
-            time.sleep(0.3)  # the first request is in flight upstream
-            status, headers, body = get(listen, "/delay/1000")
-            first.join()
+            try:
+                up.wait_requests(1)  # the first request is in flight upstream
+                status, headers, body = get(listen, "/")
+            finally:
+                up.release()
+                first.join()
             assert results[0][0] == 200
             assert status == 503
             assert headers["x-envoy-overloaded"] == "true"
@@ -44,7 +48,7 @@ def test_max_requests_overflow(tmp_path: Path) -> None:
                 body == b"upstream connect error or disconnect/reset before headers. "
                 b"reset reason: overflow"
             )
-            stats = p.stats()
+            stats = settled(p, 2)  # workers report each second
             assert stats["cluster.a.upstream_rq_active_overflow"] == 1
             assert stats["cluster.a.upstream_rq_503"] == 1
             # The breaker closes again once the first request is done.
@@ -59,32 +63,75 @@ ONE_CONNECTION_ONE_PENDING = """    circuit_breakers:
         max_connections: 1
         max_pending_requests: 1"""
 
-# /delay/2000 may take its time; anything else times out after 0.3 s (also while pending).
+# /hold/ (held by the upstream until the test releases it) may take its time; anything
+# else times out after 0.3 s (also while pending).
 SLOW_AND_IMPATIENT = """
-              - match: { path: "/delay/2000" }
-                route: { cluster: a, timeout: 5s }
+              - match: { prefix: "/hold/" }
+                route: { cluster: a, timeout: 10s }
               - match: { prefix: "/" }
                 route: { cluster: a, timeout: 0.3s }"""
 
 Answer = tuple[int, dict[str, str], bytes, float]
+# A request's path, and how to wait until it is where it should be before the next one
+# starts (None: until it is answered).
+Step = tuple[str, Callable[[], object] | None]
 
 
-def staggered(port: int, paths: list[str], gap: float = 0.3) -> list[Answer]:
-    """One request per path, each on its own connection, started ``gap`` seconds apart
-    (so they reach the proxy in order); (status, headers, body, monotonic end time)."""
+def staggered(port: int, up: UpstreamServer, steps: list[Step]) -> list[Answer]:
+    """One request per step, each on its own connection and in its own thread, in order:
+    the next one starts once the step's wait returned (this one reached the upstream, or
+    the pending queue) or, without one, once this one is answered. The ``/hold/``
+    requests are held by ``up`` until all have started, then released.
+    (status, headers, body, monotonic end time) for each."""
     answers: dict[int, Answer] = {}
 
     def one(i: int, path: str) -> None:
         status, headers, body = get(port, path, timeout=10)
         answers[i] = (status, headers, body, time.monotonic())
 
-    threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(paths)]
-    for t in threads:
-        t.start()
-        time.sleep(gap)
-    for t in threads:
-        t.join()
-    return [answers[i] for i in range(len(paths))]
+    threads: list[threading.Thread] = []
+    up.hold()
+    try:
+        for i, (path, wait) in enumerate(steps):
+            t = threading.Thread(target=one, args=(i, path))
+            t.start()
+            threads.append(t)
+            if wait is None:
+                t.join()
+            else:
+                wait()
+    finally:
+        up.release()
+        for t in threads:
+            t.join()
+    return [answers[i] for i in range(len(steps))]
+
+
+def at_upstream(up: UpstreamServer, n: int) -> Callable[[], None]:
+    """A step's wait: until ``up`` has received ``n`` more requests than it has now."""
+    base = up.requests
+    return lambda: up.wait_requests(base + n)
+
+
+def stat_is(stats: Callable[[], dict[str, int]], name: str, value: int) -> Callable[[], object]:
+    """A step's wait: until the proxy's stat ``name`` (of cluster a) is ``value``."""
+    return lambda: wait_for(lambda: stats().get(f"cluster.a.{name}") == value)
+
+
+def queue_steps(up: UpstreamServer, stats: Callable[[], dict[str, int]]) -> list[Step]:
+    """The first request takes the one connection and is held there, the second waits
+    in the pending queue (Envoy counts the first as pending too, while its connection
+    opened), the third overflows."""
+    return [
+        ("/hold/", at_upstream(up, 1)),
+        ("/", stat_is(stats, "upstream_rq_pending_total", 2)),
+        ("/", None),
+    ]
+
+
+def timeout_steps(up: UpstreamServer) -> list[Step]:
+    """A held request on the one connection, then one that times out while pending."""
+    return [("/hold/", at_upstream(up, 1)), ("/delay/10", None)]
 
 
 def settled(p: ProxydProcess, answers: int) -> dict[str, int]:
@@ -106,7 +153,7 @@ def test_pending_queue_waits_for_the_connection_then_overflows(tmp_path: Path) -
             listen, admin, {"a": [up.port]}, cluster_extra=ONE_CONNECTION_ONE_PENDING
         )
         with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
-            first, second, third = staggered(listen, ["/delay/1000"] * 3)
+            first, second, third = staggered(listen, up, queue_steps(up, p.stats))
             assert (first[0], second[0], third[0]) == (200, 200, 503)
             # The second waited for the first's connection and went out on it.
             assert second[3] > first[3]
@@ -138,7 +185,7 @@ def test_route_timeout_while_pending_is_a_504(tmp_path: Path) -> None:
             cluster_extra=ONE_CONNECTION_ONE_PENDING,
         )
         with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
-            slow, impatient = staggered(listen, ["/delay/2000", "/delay/10"])
+            slow, impatient = staggered(listen, up, timeout_steps(up))
             assert slow[0] == 200
             assert (impatient[0], impatient[2]) == (504, b"upstream request timeout")
             assert impatient[3] < slow[3]  # it never got the connection
@@ -196,16 +243,24 @@ DEFAULT_1_HIGH_5 = """    circuit_breakers:
         max_requests: 5
         max_connections: 3"""
 
-# /delay/2000/high goes to cluster a at HIGH priority; everything else at DEFAULT.
+# /hold/high goes to cluster a at HIGH priority; everything else at DEFAULT.
 HIGH_ROUTE = """
-              - match: { path: "/delay/2000/high" }
+              - match: { path: "/hold/high" }
                 route: { cluster: a, priority: HIGH }
               - match: { prefix: "/" }
                 route: { cluster: a }"""
 
-# A slow DEFAULT request first, then three HIGH ones and a second DEFAULT one, all
-# while the first is in flight.
-PRIORITY_PATHS = ["/delay/2000", *["/delay/2000/high"] * 3, "/delay/2000"]
+
+def priority_steps(up: UpstreamServer) -> list[Step]:
+    """A held DEFAULT request first, then three held HIGH ones, then a second DEFAULT
+    one, all while the first is in flight."""
+    return [
+        ("/hold/", at_upstream(up, 1)),
+        ("/hold/high", at_upstream(up, 2)),
+        ("/hold/high", at_upstream(up, 3)),
+        ("/hold/high", at_upstream(up, 4)),
+        ("/hold/", None),
+    ]
 
 
 def test_high_priority_has_its_own_thresholds(tmp_path: Path) -> None:
@@ -215,7 +270,7 @@ def test_high_priority_has_its_own_thresholds(tmp_path: Path) -> None:
             listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=DEFAULT_1_HIGH_5
         )
         with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
-            answers = staggered(listen, PRIORITY_PATHS, gap=0.15)
+            answers = staggered(listen, up, priority_steps(up))
             # DEFAULT allows one request at a time; HIGH's five are not touched by it.
             assert [a[0] for a in answers] == [200, 200, 200, 200, 503]
             assert answers[4][1]["x-envoy-overloaded"] == "true"
@@ -251,8 +306,12 @@ def test_high_priority_overflows_at_its_own_limit(tmp_path: Path) -> None:
         max_requests: 1"""
         config = http_config(listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=extra)
         with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
-            paths = ["/delay/2000/high", "/delay/2000", "/delay/2000/high"]
-            answers = staggered(listen, paths, gap=0.3)
+            steps = [
+                ("/hold/high", at_upstream(up, 1)),
+                ("/hold/", at_upstream(up, 2)),
+                ("/hold/high", None),
+            ]
+            answers = staggered(listen, up, steps)
             assert [a[0] for a in answers] == [200, 200, 503]
             assert answers[2][1]["x-envoy-overloaded"] == "true"
             stats = settled(p, 3)

@@ -91,6 +91,7 @@ def line(tmp_path: Path, upstream):
     p.start()
     ml = MasterLine(p)
     ml.port, ml.admin_port, ml.clusters = port, admin, clusters
+    ml.upstreams = {"a": a, "b": b}
     try:
         yield ml
     finally:
@@ -142,19 +143,21 @@ def test_slow_request_finishes_on_the_old_master(line: MasterLine, tmp_path: Pat
     other.write_text(http_config(line.port, line.admin_port, line.clusters, routes=ROUTE_TO_B))
     outcome: dict[str, object] = {}
 
+    a = line.upstreams["a"]
+
     def slow() -> None:
-        started = time.monotonic()
-        status, headers, _ = get(line.port, "/delay/3000/slow", timeout=15)
-        outcome.update(status=status, upstream=headers.get("x-upstream-name"), took=time.monotonic() - started)  # fmt: skip
+        status, headers, _ = get(line.port, "/hold/slow", timeout=15)
+        outcome.update(status=status, upstream=headers.get("x-upstream-name"))
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.3)  # the request is at the upstream, on the old master's worker
+    a.wait_requests(1)  # the request is at the upstream, on the old master's worker
     res = line.hot_restart("--config", str(other))
     assert res.returncode == 0, res.stderr + p.log()
     # New requests go to the new master (which routes to b) while the old one drains.
     assert {upstream_name(line.port) for _ in range(10)} == {"b"}
     assert p.proc.poll() is None, "the old master must wait for its slow request"
+    a.release()  # the slow request ends now, within the old master's drain time
     t.join(15)
     assert outcome["status"] == 200
     assert outcome["upstream"] == "a"  # answered by the old master's epoch

@@ -32,7 +32,7 @@ class RssWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_of(self.pid))
-            time.sleep(0.02)
+            time.sleep(0.02)  # the sampling interval
 
     def __enter__(self) -> RssWatch:
         self._thread.start()
@@ -97,7 +97,10 @@ def test_slow_client_gets_a_large_download_with_backpressure(start_worker, upstr
     with RssWatch(w.pid) as watch, socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % size)
-        time.sleep(0.5)  # the client does not read: the worker must not buffer for it
+        a.wait_requests(1)  # the upstream has the request: it sends from now on
+        # A pacing gap, counted from there: the client does not read for a while, and the
+        # worker must not buffer for it meanwhile.
+        time.sleep(0.5)
         received = len(_read_response(s))
     assert received > size
     assert watch.peak - before < 8 * MB, (before, watch.peak)

@@ -72,6 +72,7 @@ def worker(start_worker, upstream):
     )
     w = start_worker(epoch)
     w.port = port
+    w.upstream = a
     return w
 
 
@@ -133,19 +134,41 @@ def test_oversized_headers_are_431_and_close(worker) -> None:
 
 def test_broken_clients_do_not_hurt_the_worker(worker) -> None:
     port = worker.port
+    up = worker.upstream
     linger = struct.pack("ii", 1, 0)
-    for data in (
-        b"GET /a HTTP/1.1\r\nHost: a\r\nX-Partial",  # head cut off, then reset
-        b"POST /a/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nabc",  # body cut
-        b"POST /a/echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
-        b"\x00\xff" * 1000,
-        b"GET /delay/200/ HTTP/1.1\r\nHost: a\r\n\r\n",  # gone before the answer
+
+    def unseen(s: socket.socket) -> None:
+        # The worker waits for the rest of the head; nothing tells that it read the bytes:
+        # a pacing gap, so it most likely has before the reset (in either order it is a
+        # broken client that the worker must survive).
+        time.sleep(0.05)
+
+    heads = 0  # request heads the upstream got in this test
+
+    def forwarded(s: socket.socket) -> None:
+        nonlocal heads
+        heads += 1
+        up.wait_requests(heads)  # the head is at the upstream: reset mid-request
+
+    for wait, data in (
+        # the head cut off, then reset
+        (unseen, b"GET /a HTTP/1.1\r\nHost: a\r\nX-Partial"),
+        # the body cut off
+        (forwarded, b"POST /a/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nabc"),
+        (
+            forwarded,
+            b"POST /a/echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        ),
+        (unseen, b"\x00\xff" * 1000),
+        # gone before the answer
+        (forwarded, b"GET /delay/200/ HTTP/1.1\r\nHost: a\r\n\r\n"),
     ):
-        with socket.create_connection(("127.0.0.1", port)) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(data)
-            time.sleep(0.05)
+            wait(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    time.sleep(0.4)
+    # The worker is done with all five (stats come once a second).
+    assert worker.wait_stat("http.ingress_http.downstream_cx_destroy", 5) == 5
     # Half a chunked body, then garbage where the next chunk size belongs.
     out = raw_exchange(
         port,

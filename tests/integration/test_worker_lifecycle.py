@@ -19,8 +19,9 @@ from tests.integration.worker_harness import (
     WorkerHarness,
     listening_socket,
     make_epoch,
+    read_response,
 )
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 start_worker = worker_harness.start_worker  # the fixture
 
@@ -50,9 +51,10 @@ def test_request_in_flight_finishes_on_its_epoch(start_worker, upstream) -> None
     port = free_port()
     w = start_worker(make_epoch(1, port, {"a": [a.port], "b": [b.port]}))
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    c.request("GET", "/delay/500/")
-    time.sleep(0.1)
+    c.request("GET", "/hold/")
+    a.wait_requests(1)
     w.send_epoch(make_epoch(2, port, {"b": [b.port]}))  # cluster "a" is gone
+    a.release()
     r = c.getresponse()
     assert r.status == 200 and r.getheader("x-upstream-name") == "a"
     r.read()
@@ -79,28 +81,6 @@ def test_listeners_added_and_removed(start_worker, upstream) -> None:
     assert httpx.get(f"http://127.0.0.1:{port2}/").status_code == 200
 
 
-def read_response(sock: socket.socket) -> bytes:
-    """One whole response with a content-length body: the head and the body may come
-    in separate segments, and a later recv must not find the rest of this one."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before a complete head: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")[1:]
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed mid-body"
-        body += chunk
-    assert len(body) == length, "more bytes than the response announced"
-    return head + b"\r\n\r\n" + body
-
-
 def test_drain_finishes_requests_closes_idle_and_exits_0(start_worker, upstream) -> None:
     a = upstream("a")
     port = free_port()
@@ -111,13 +91,24 @@ def test_drain_finishes_requests_closes_idle_and_exits_0(start_worker, upstream)
         assert read_response(idle).startswith(b"HTTP/1.1 200")
         busy = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         open_connections.callback(busy.close)
-        busy.request("GET", "/delay/600/")
-        time.sleep(0.2)
+        open_connections.callback(a.release)
+        busy.request("GET", "/hold/")
+        a.wait_requests(2)  # the busy request is at the upstream, held there
         quiet = open_connections.enter_context(socket.create_connection(("127.0.0.1", port)))
         quiet.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert read_response(quiet).startswith(b"HTTP/1.1 200")
+        # A connection to watch the drain begin on (accepted: it had an answer).
+        probe = open_connections.enter_context(socket.create_connection(("127.0.0.1", port)))
+        probe.settimeout(3)
+
+        def draining() -> bool:
+            """The worker has taken the Drain in: it answers "connection: close"."""
+            probe.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            return b"connection: close" in read_response(probe).lower()
+
+        assert not draining()
         w.drain(3.0)
-        time.sleep(0.05)
+        wait_for(draining)
         # An idle keep-alive connection may still bring a request (the client may have
         # sent it as the drain began); it is answered with connection: close.
         idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -125,6 +116,7 @@ def test_drain_finishes_requests_closes_idle_and_exits_0(start_worker, upstream)
         answer = read_response(idle)
         assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
         assert idle.recv(100) == b""
+        a.release()  # the busy request ends during the drain
         r = busy.getresponse()
         assert r.status == 200 and r.getheader("connection") == "close"
         r.read()
@@ -144,8 +136,8 @@ def test_drain_deadline_cuts_slow_requests(start_worker, upstream) -> None:
     port = free_port()
     w = start_worker(make_epoch(1, port, {"a": [a.port]}))
     busy = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    busy.request("GET", "/delay/5000/")
-    time.sleep(0.2)
+    busy.request("GET", "/hold/")  # held by the upstream until the test ends
+    a.wait_requests(1)
     t0 = time.monotonic()
     w.drain(0.5)
     assert w.wait_exit(5) == 0
@@ -206,8 +198,7 @@ def test_stats_reports_are_deltas_with_gauges(start_worker, upstream) -> None:
         assert w.stat(f"listener.127.0.0.1_{port}.downstream_cx_total") == 1
     assert w.wait_stat("http.ingress_http.downstream_cx_active", 0) == 0
     reports = w.reports
-    time.sleep(1.5)
-    assert w.reports > reports  # the heartbeat keeps coming
+    wait_for(lambda: w.reports > reports)  # the heartbeat keeps coming
     assert w.stat("http.ingress_http.downstream_rq_total") == 4  # deltas, not totals
 
 

@@ -152,7 +152,7 @@ def test_response_without_length_is_rechunked(start_worker) -> None:
     def handler(conn: socket.socket) -> None:
         read_head(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello ")
-        time.sleep(0.05)
+        time.sleep(0.05)  # a pacing gap: the body likely comes in two reads (either passes)
         conn.sendall(b"world")
 
     with RawUpstream(handler) as up:
@@ -169,15 +169,17 @@ def test_idle_upstream_connection_closed_by_upstream_is_not_used(start_worker) -
     def handler(conn: socket.socket) -> None:
         read_head(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        time.sleep(0.1)  # then close, as an upstream with a short keep-alive does
+        # A pacing gap: then close, as an upstream with a short keep-alive does (the
+        # connection has been idle in the pool for a while when the close comes).
+        time.sleep(0.1)
 
     with RawUpstream(handler) as up:
         port = free_port()
         start_worker(make_epoch(1, port, {"u": [up.port]}))
         with httpx.Client() as client:
-            for _ in range(4):
+            for i in range(4):
                 assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
-                time.sleep(0.3)
+                up.wait_closed(i + 1)  # the upstream closed the pooled connection
         assert up.connections == 4
 
 

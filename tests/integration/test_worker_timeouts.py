@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import httpx
 
 from proxyd import epoch as ep
 from tests.integration import worker_harness
-from tests.integration.worker_harness import make_epoch
+from tests.integration.worker_harness import make_epoch, read_response
 from tests.support import free_port
 
 start_worker = worker_harness.start_worker  # the fixture
@@ -30,10 +31,9 @@ def test_idle_keep_alive_connection_is_closed(start_worker, upstream) -> None:
     start_worker(make_epoch(1, port, {"a": [a.port]}, hcm={"idle_timeout_s": 0.3}))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        time.sleep(0.1)
-        t0 = time.monotonic()
-        data = _read_all(s)  # the response, then the close
-        assert data.startswith(b"HTTP/1.1 200")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()  # the connection is idle from about now
+        assert _read_all(s) == b""  # then closed, without a word
         assert 0.1 < time.monotonic() - t0 < 2
 
 
@@ -74,17 +74,22 @@ def test_stream_idle_timeout_without_route_timeout(start_worker, upstream) -> No
 
 
 def test_route_timeout_after_the_response_started_resets(start_worker) -> None:
+    released = threading.Event()
+
     def handler(conn: socket.socket) -> None:
         worker_harness.read_head(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        time.sleep(2)
+        released.wait(30)  # the rest of the body never comes while the test runs
 
     with worker_harness.RawUpstream(handler) as up:
         port = free_port()
         routes = [ep.Route("r", ep.RouteMatch("prefix", "/"), "u", timeout_s=0.3)]
         w = start_worker(make_epoch(1, port, {"u": [up.port]}, routes))
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            data = _read_all(s)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                data = _read_all(s)
+        finally:
+            released.set()
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"abc")
         assert w.wait_stat("cluster.u.upstream_rq_timeout", 1) == 1

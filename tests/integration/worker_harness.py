@@ -259,7 +259,8 @@ def rss_of(pid: int) -> int:
 
 class RawUpstream:
     """A loopback TCP server that runs ``handler(sock)`` for each connection (a thread
-    each): for upstreams that misbehave on purpose."""
+    each): for upstreams that misbehave on purpose. ``connections`` counts those
+    accepted, ``closed`` those whose handler returned (the socket is closed then)."""
 
     def __init__(self, handler) -> None:
         self.handler = handler
@@ -269,6 +270,8 @@ class RawUpstream:
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         self.connections = 0
+        self.closed = 0
+        self._closed_changed = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -288,6 +291,15 @@ class RawUpstream:
             pass  # the proxy closed the connection: that is what some tests do
         finally:
             conn.close()
+            with self._closed_changed:
+                self.closed += 1
+                self._closed_changed.notify_all()
+
+    def wait_closed(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until ``n`` connections in all were closed by this side."""
+        with self._closed_changed:
+            if not self._closed_changed.wait_for(lambda: self.closed >= n, timeout):
+                raise TimeoutError(f"{self.closed} connections closed, not {n}, in {timeout} s")
 
     def __enter__(self) -> RawUpstream:
         self._thread.start()
@@ -307,6 +319,28 @@ def read_head(conn: socket.socket) -> bytes:
             return data
         data += chunk
     return data
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response with a content-length body: the head and the body may come
+    in separate segments, and a later recv must not find the rest of this one."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a complete head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")[1:]
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed mid-body"
+        body += chunk
+    assert len(body) == length, "more bytes than the response announced"
+    return head + b"\r\n\r\n" + body
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
