@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from proxyd import ipc
 from proxyd.epoch import Epoch, Listener
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
@@ -51,10 +52,14 @@ from proxyd.master.server_stats import ServerStats
 from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.master.xds.client import Hooks, XdsClient
+from proxyd.protocol.epoch_check import EpochChecker, EpochRejected
 from proxyd.stats import StatsStore
 
-# How long a reload waits for the workers to acknowledge the new epoch.
+# How long a reload (or an xDS update) waits for every worker to apply or refuse the
+# new epoch.
 RELOAD_ACK_TIMEOUT_S = 10.0
+# Counted each time a worker refuses an epoch (EpochRefused).
+EPOCH_REFUSED_STAT = "server.proxyd.worker_epoch_refused"
 
 log = get_logger("proxyd.master")
 
@@ -125,6 +130,13 @@ class Master:
         # successful_active_health_check_uneject_host: a passing check ends an ejection.
         self.health.add_check_passed_callback(self.outlier.health_check_passed)
         self._publish_lock = trio.Lock()
+        # Every epoch is checked the way a worker compiles it before it is published
+        # (proxyd.protocol.epoch_check). The last epoch every worker applied, and the
+        # template it came from, are what a refused epoch is reverted to.
+        self.checker = EpochChecker()
+        self._good = self.epoch
+        self._good_template = self.epoch
+        self._last_rejection = ""
         self.xds = XdsClient(
             self.stats, Hooks(self._xds_address, self._bind_xds_listeners, self._on_xds_change)
         )
@@ -160,6 +172,7 @@ class Master:
             self.loaded = await self._load_config()
             self.config_loaded_wall = time.time()
             self._template = self.loaded.epoch_template
+            self.checker.check(self._template)  # what the workers would refuse
             self.sockets.bind_all(self._template.listeners)
             self.xds.configure(self._template, self.loaded.dynamic, self.loaded.node)
             self.xds.seed(self.xds_seed)
@@ -173,7 +186,9 @@ class Master:
                 a = self.loaded.admin
                 admin = self._admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
                 await admin.bind(take_passed(passed, "admin", a.address, a.port))
-        except (ConfigError, BindError, MasterError, HotRestartError, OSError) as exc:
+        except (
+            ConfigError, BindError, MasterError, HotRestartError, EpochRejected, OSError
+        ) as exc:  # fmt: skip
             if control is not None:
                 control.close()
             if admin is not None:
@@ -208,10 +223,15 @@ class Master:
                 await nursery.start(self.health.run)
                 epoch = await self.health.warm(epoch)  # first checks, as Envoy warms
                 epoch = self.outlier.apply(epoch)
+                try:
+                    self.checker.check(epoch)  # what xDS and DNS added to the template
+                except EpochRejected as exc:
+                    self.fatal(f"the first epoch cannot be compiled: {exc}")
                 self._set_epoch(dataclasses.replace(epoch, number=1))
+                self._good_template = self._template
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._watchdog_pings)
-                for slot in self.slots:
+                for slot in self.slots if not self.error else ():  # error: refused above
                     nursery.start_soon(WorkerSupervisor(self, slot).run)
                 nursery.start_soon(self._wait_live, control, admin)
                 for wait, build, reason in (
@@ -411,12 +431,58 @@ class Master:
         self._server_stats.epoch_changed(previous, epoch)
 
     async def _publish(self, epoch: Epoch, reason: str) -> None:
+        """The one place an epoch is published: checked as a worker will compile it
+        (EpochRejected, and nothing changes, when a worker would refuse it), then sent
+        to every worker."""
+        self.checker.check(epoch)
         self._set_epoch(epoch)
         log.info(
             "epoch_published", epoch=epoch.number, reason=reason,
             listeners=len(epoch.listeners), clusters=len(epoch.clusters),
         )  # fmt: skip
         await self.workers.publish()
+
+    def _rejected(self, reason: str, exc: EpochRejected) -> None:
+        """An epoch built for ``reason`` (dns, health_check, xds, ...) would be refused
+        by the workers: the running one stays. Logged once while the reason repeats."""
+        if str(exc) != self._last_rejection:
+            self._last_rejection = str(exc)
+            log.error("epoch_rejected", reason=reason, error=str(exc), epoch=self.epoch.number)
+
+    def epoch_applied(self) -> None:
+        """A worker sent Ready: once every worker runs the current epoch, it is what a
+        refused epoch is reverted to."""
+        if self.epoch.number and self.workers.all_applied(self.epoch.number):
+            self._good, self._good_template = self.epoch, self._template
+
+    def epoch_refused(self, worker: WorkerSlot, msg: ipc.EpochRefused) -> None:
+        """A worker refused epoch ``msg.epoch`` and runs the one it had: log it, and
+        revert the others to the epoch every worker applied (unless the publisher is
+        waiting for the answers and does that itself)."""
+        self.stats.add_counter(EPOCH_REFUSED_STAT)
+        log.error(
+            "worker_epoch_refused", worker_id=worker.id, pid=msg.pid, epoch=msg.epoch,
+            running_epoch=worker.epoch, reason=msg.reason,
+        )  # fmt: skip
+        if worker.ready.is_set() and msg.epoch == self.epoch.number and not self.stopping:
+            self._nursery.start_soon(self._revert_refused, msg.epoch)
+
+    async def _revert_refused(self, number: int) -> None:
+        async with self._publish_lock:
+            if not self.stopping and self.epoch.number == number:
+                await self._revert(number)
+
+    async def _revert(self, refused: int) -> None:
+        """Workers refused epoch ``refused``: publish the last epoch every worker
+        applied again, under a new number, so that the master and its workers agree
+        and a restarted worker gets what the others run."""
+        if not self._good.number:
+            return  # no epoch was ever applied everywhere: nothing to go back to
+        self._template = self._good_template
+        epoch = dataclasses.replace(self._good, number=self.epoch.number + 1)
+        await self._publish(epoch, reason=f"revert: epoch {refused} refused")
+        await self._wait_answered(epoch.number)
+        self._close_unwanted(epoch.number)
 
     async def reload(self) -> ReloadResult:
         """Re-read the config; publish it, or keep the running epoch and say why."""
@@ -427,8 +493,9 @@ class Master:
             try:
                 loaded = await self._load_config()
                 self._check_listener_addresses(loaded.epoch_template)
+                self.checker.check(loaded.epoch_template)  # before anything changes
                 result = await self._apply(loaded)
-            except (ConfigError, BindError, MasterError) as exc:
+            except (ConfigError, BindError, MasterError, EpochRejected) as exc:
                 result = ReloadResult(False, self.epoch.number, str(exc))
             except Exception as exc:  # a bug in the config compiler must not kill the master
                 log.exception("reload_internal_error", epoch=self.epoch.number)
@@ -460,12 +527,34 @@ class Master:
                 )
 
     async def _apply(self, loaded: Any) -> ReloadResult:
+        before = (self.loaded, self.config_loaded_wall, self.xds.static, self.xds.dynamic, self.xds.node)  # fmt: skip
         added = self.sockets.bind_all(loaded.epoch_template.listeners)  # all or none
         self.xds.configure(loaded.epoch_template, loaded.dynamic, loaded.node)
         self.loaded = loaded
         self.config_loaded_wall = time.time()
-        _, removed = await self._publish_template(self.xds.compose(), reason="reload")
+        try:
+            _, removed, refused = await self._publish_template(self.xds.compose(), reason="reload")
+        except EpochRejected:
+            self._restore(before)
+            for name in added:
+                self.sockets.close(name)  # no worker was sent them
+            raise
+        if refused:
+            self._restore(before)  # the revert closes the sockets it does not use
+            number = refused[0].refused_epoch
+            why = "; ".join(
+                f"worker {w.id} (pid {w.pid}) refused epoch {number}: {w.refused_reason}"
+                for w in refused
+            )
+            return ReloadResult(
+                False, self.epoch.number, f"{why}; the running config stays (epoch {self.epoch.number})"
+            )  # fmt: skip
         return ReloadResult(True, self.epoch.number, added=tuple(added), removed=removed)
+
+    def _restore(self, before: tuple[Any, ...]) -> None:
+        """The config in place before a reload that was refused (see _apply)."""
+        self.loaded, self.config_loaded_wall, static, dynamic, node = before
+        self.xds.configure(static, dynamic, node)
 
     async def _close_when_acked(self, number: int, names: tuple[str, ...]) -> None:
         await self.wait_epoch_acked(number)
@@ -490,7 +579,10 @@ class Master:
                 built = await build()
                 if built.clusters != self.epoch.clusters:
                     epoch = dataclasses.replace(built, number=self.epoch.number + 1)
-                    await self._publish(epoch, reason=reason)
+                    try:
+                        await self._publish(epoch, reason=reason)
+                    except EpochRejected as exc:
+                        self._rejected(reason, exc)
 
     async def _dns_wait(self) -> None:
         await self._dns.wait_changed(lambda: self._template)  # per-name schedules
@@ -537,35 +629,60 @@ class Master:
                 template = self.xds.compose()
                 if template == self._template:
                     continue
-                await self._publish_template(template, reason="xds")
+                try:
+                    await self._publish_template(template, reason="xds")
+                except EpochRejected as exc:
+                    self._rejected("xds", exc)
 
-    async def _publish_template(self, template: Epoch, reason: str) -> tuple[list[str], tuple[str, ...]]:  # fmt: skip
-        """Resolve, health-check and publish ``template``; close the sockets of listeners
-        it dropped once every worker moved on. (listeners added, listeners removed)"""
+    async def _publish_template(self, template: Epoch, reason: str) -> tuple[list[str], tuple[str, ...], list[WorkerSlot]]:  # fmt: skip
+        """Resolve, health-check and publish ``template`` (EpochRejected when a worker
+        would refuse it) and wait until every worker applied or refused it; close the
+        sockets of listeners it dropped once every worker moved on. (listeners added,
+        listeners removed, the workers that refused it: then it was reverted)"""
         added = self.sockets.bind_all(template.listeners)
         epoch = await self.health.warm(await self._dns.resolve(template))
         epoch = self.outlier.apply(epoch)
         epoch = dataclasses.replace(epoch, number=self.epoch.number + 1)
-        self._template = template
-        wanted = {listener.name for listener in epoch.listeners}
-        removed = tuple(n for n in self.sockets.names() if n not in wanted)
-        await self._publish(epoch, reason=reason)
-        acked = False
+        previous, self._template = self._template, template
+        try:
+            await self._publish(epoch, reason=reason)
+        except EpochRejected:
+            self._template = previous
+            for name in added:
+                self.sockets.close(name)  # no worker was sent them
+            raise
+        refused = await self._wait_answered(epoch.number)
+        if refused:
+            await self._revert(epoch.number)
+            return added, (), refused
+        return added, self._close_unwanted(epoch.number), []
+
+    async def _wait_answered(self, number: int) -> list[WorkerSlot]:
+        """Wait (at most RELOAD_ACK_TIMEOUT_S) until every worker applied or refused
+        epoch ``number``; those that refused it."""
         with trio.move_on_after(RELOAD_ACK_TIMEOUT_S):
-            await self.wait_epoch_acked(epoch.number)
-            acked = True
-        if not acked:
+            await self.workers.wait_epoch_answered(number)
+        slow = self.workers.unanswered(number)
+        if slow:
             log.warning(
-                "epoch_not_acknowledged", epoch=epoch.number, timeout_s=RELOAD_ACK_TIMEOUT_S
-            )
-        if acked:
+                "epoch_not_acknowledged", epoch=number, timeout_s=RELOAD_ACK_TIMEOUT_S,
+                workers=[w.id for w in slow],
+            )  # fmt: skip
+        return [w for w in self.slots if w.refused_epoch == number]
+
+    def _close_unwanted(self, number: int) -> tuple[str, ...]:
+        """Close the sockets of listeners the current epoch (``number``) does not have,
+        now if every worker applied it, else once they all have; their names."""
+        wanted = {listener.name for listener in self.epoch.listeners}
+        removed = tuple(n for n in self.sockets.names() if n not in wanted)
+        if self.workers.all_applied(number):
             for name in removed:
                 self.sockets.close(name)
-        else:
+        elif removed:
             # Closing now could pull a socket from under a worker still on the old
             # epoch; close once everyone has moved on.
-            self._nursery.start_soon(self._close_when_acked, epoch.number, removed)
-        return added, removed
+            self._nursery.start_soon(self._close_when_acked, number, removed)
+        return removed
 
     def _xds_address(self, cluster: str) -> tuple[str, int] | None:
         """Where a management server cluster's first usable host is."""
