@@ -1,9 +1,10 @@
 """The master process: config → epochs, listening sockets, workers, signals, reload.
 
 The master never touches a request. It loads the bootstrap, binds the listening
-sockets, resolves STRICT_DNS names, publishes epochs to its workers and supervises them
-(``workers.py``), aggregates their stats, and serves the admin API and the control
-socket. Signals arrive through ``trio.open_signal_receiver`` and go to ``handle_<name>``:
+sockets, resolves STRICT_DNS names, publishes epochs to its workers (``epochs.py``,
+which first checks each the way a worker will compile it, and reverts one a worker
+refused) and supervises them (``workers.py``), aggregates their stats, and serves the
+admin API and the control socket. Signals arrive through ``trio.open_signal_receiver`` and go to ``handle_<name>``:
 
 * SIGTERM: graceful stop (workers drain within ``--drain-time-s``), exit 0;
 * SIGINT, SIGQUIT, a second SIGTERM: fast stop;
@@ -30,11 +31,11 @@ from typing import Any
 
 import trio
 
-from proxyd import ipc
 from proxyd.epoch import Epoch, Listener
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
 from proxyd.master import dns
+from proxyd.master.epochs import EpochPublisher, refusal_text
 from proxyd.master.health.checker import HealthChecker
 from proxyd.master.hot_restart import (
     HotRestartResult,
@@ -52,14 +53,8 @@ from proxyd.master.server_stats import ServerStats
 from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.master.xds.client import Hooks, XdsClient
-from proxyd.protocol.epoch_check import EpochChecker, EpochRejected
+from proxyd.protocol.epoch_check import EpochRejected
 from proxyd.stats import StatsStore
-
-# How long a reload (or an xDS update) waits for every worker to apply or refuse the
-# new epoch.
-RELOAD_ACK_TIMEOUT_S = 10.0
-# Counted each time a worker refuses an epoch (EpochRefused).
-EPOCH_REFUSED_STAT = "server.proxyd.worker_epoch_refused"
 
 log = get_logger("proxyd.master")
 
@@ -123,20 +118,14 @@ class Master:
         self.exit_code = 0
         self.stopping = False
         self.draining = False
-        self._template = self.epoch
+        self.template = self.epoch  # the epoch template in place (config + xDS)
         self._dns = dns.DnsRefresher()
         self.health = HealthChecker(self.stats, self._has_traffic)
         self.outlier = OutlierDetector(self.stats)
         # successful_active_health_check_uneject_host: a passing check ends an ejection.
         self.health.add_check_passed_callback(self.outlier.health_check_passed)
-        self._publish_lock = trio.Lock()
-        # Every epoch is checked the way a worker compiles it before it is published
-        # (proxyd.protocol.epoch_check). The last epoch every worker applied, and the
-        # template it came from, are what a refused epoch is reverted to.
-        self.checker = EpochChecker()
-        self._good = self.epoch
-        self._good_template = self.epoch
-        self._last_rejection = ""
+        # Publishing, checking, and what a refused epoch does (proxyd.master.epochs).
+        self.epochs = EpochPublisher(self)
         self.xds = XdsClient(
             self.stats, Hooks(self._xds_address, self._bind_xds_listeners, self._on_xds_change)
         )
@@ -171,10 +160,10 @@ class Master:
             passed = await take_sockets(self)
             self.loaded = await self._load_config()
             self.config_loaded_wall = time.time()
-            self._template = self.loaded.epoch_template
-            self.checker.check(self._template)  # what the workers would refuse
-            self.sockets.bind_all(self._template.listeners)
-            self.xds.configure(self._template, self.loaded.dynamic, self.loaded.node)
+            self.template = self.loaded.epoch_template
+            self.epochs.checker.check(self.template)  # what the workers would refuse
+            self.sockets.bind_all(self.template.listeners)
+            self.xds.configure(self.template, self.loaded.dynamic, self.loaded.node)
             self.xds.seed(self.xds_seed)
             control = self._control = ControlServer(self, self.options.control_socket)
             inherited = take_passed(passed, "control", self.options.control_socket, 0)
@@ -211,24 +200,23 @@ class Master:
             restart_epoch=self.options.restart_epoch, generation=self.generation,
         )  # fmt: skip
         try:
-            self._static_resolved = await self._dns.resolve(self._template)
+            self._static_resolved = await self._dns.resolve(self.template)
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._nursery = self.epochs.nursery = nursery
                 if self.predecessor is None:  # else once the old master stepped aside
                     self._serve_front(control, admin)  # the admin answers during init
                 await self._start_xds()
                 for name in self.sockets.close_offered("hot-restart"):
                     log.info("hot_restart_socket_unused", listener=name)
-                epoch = await self._dns.resolve(self._template)
+                epoch = await self._dns.resolve(self.template)
                 await nursery.start(self.health.run)
                 epoch = await self.health.warm(epoch)  # first checks, as Envoy warms
                 epoch = self.outlier.apply(epoch)
                 try:
-                    self.checker.check(epoch)  # what xDS and DNS added to the template
+                    self.epochs.checker.check(epoch)  # what xDS and DNS added to the template
                 except EpochRejected as exc:
                     self.fatal(f"the first epoch cannot be compiled: {exc}")
-                self._set_epoch(dataclasses.replace(epoch, number=1))
-                self._good_template = self._template
+                self.set_epoch(dataclasses.replace(epoch, number=1))
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._watchdog_pings)
                 for slot in self.slots if not self.error else ():  # error: refused above
@@ -371,7 +359,7 @@ class Master:
         successor = self.successor = Successor(self)
         self.notifier.reloading(f"hot restart: starting restart epoch {epoch}")
         try:
-            async with self._publish_lock:  # no reload while the sockets change hands
+            async with self.epochs.lock:  # no reload while the sockets change hands
                 if timeout_s is None:
                     result = await successor.run(config or self.options.config_path)
                 else:
@@ -414,13 +402,10 @@ class Master:
         """Each slot's current worker."""
         return self.workers.slots
 
-    async def wait_epoch_acked(self, number: int) -> None:
-        """Wait until every live worker applied epoch ``number`` (or a later one)."""
-        await self.workers.wait_epoch_acked(number)
-
     # -- epochs -----------------------------------------------------------------------
 
-    def _set_epoch(self, epoch: Epoch) -> None:
+    def set_epoch(self, epoch: Epoch) -> None:
+        """``epoch`` becomes the master's (EpochPublisher.publish sends it)."""
         previous = self.epoch
         # Workers split the proxy-wide circuit breaker limits by this count.
         epoch = dataclasses.replace(
@@ -430,70 +415,16 @@ class Master:
         self.epoch_started_at = time.monotonic()
         self._server_stats.epoch_changed(previous, epoch)
 
-    async def _publish(self, epoch: Epoch, reason: str) -> None:
-        """The one place an epoch is published: checked as a worker will compile it
-        (EpochRejected, and nothing changes, when a worker would refuse it), then sent
-        to every worker."""
-        self.checker.check(epoch)
-        self._set_epoch(epoch)
-        log.info(
-            "epoch_published", epoch=epoch.number, reason=reason,
-            listeners=len(epoch.listeners), clusters=len(epoch.clusters),
-        )  # fmt: skip
-        await self.workers.publish()
-
-    def _rejected(self, reason: str, exc: EpochRejected) -> None:
-        """An epoch built for ``reason`` (dns, health_check, xds, ...) would be refused
-        by the workers: the running one stays. Logged once while the reason repeats."""
-        if str(exc) != self._last_rejection:
-            self._last_rejection = str(exc)
-            log.error("epoch_rejected", reason=reason, error=str(exc), epoch=self.epoch.number)
-
-    def epoch_applied(self) -> None:
-        """A worker sent Ready: once every worker runs the current epoch, it is what a
-        refused epoch is reverted to."""
-        if self.epoch.number and self.workers.all_applied(self.epoch.number):
-            self._good, self._good_template = self.epoch, self._template
-
-    def epoch_refused(self, worker: WorkerSlot, msg: ipc.EpochRefused) -> None:
-        """A worker refused epoch ``msg.epoch`` and runs the one it had: log it, and
-        revert the others to the epoch every worker applied (unless the publisher is
-        waiting for the answers and does that itself)."""
-        self.stats.add_counter(EPOCH_REFUSED_STAT)
-        log.error(
-            "worker_epoch_refused", worker_id=worker.id, pid=msg.pid, epoch=msg.epoch,
-            running_epoch=worker.epoch, reason=msg.reason,
-        )  # fmt: skip
-        if worker.ready.is_set() and msg.epoch == self.epoch.number and not self.stopping:
-            self._nursery.start_soon(self._revert_refused, msg.epoch)
-
-    async def _revert_refused(self, number: int) -> None:
-        async with self._publish_lock:
-            if not self.stopping and self.epoch.number == number:
-                await self._revert(number)
-
-    async def _revert(self, refused: int) -> None:
-        """Workers refused epoch ``refused``: publish the last epoch every worker
-        applied again, under a new number, so that the master and its workers agree
-        and a restarted worker gets what the others run."""
-        if not self._good.number:
-            return  # no epoch was ever applied everywhere: nothing to go back to
-        self._template = self._good_template
-        epoch = dataclasses.replace(self._good, number=self.epoch.number + 1)
-        await self._publish(epoch, reason=f"revert: epoch {refused} refused")
-        await self._wait_answered(epoch.number)
-        self._close_unwanted(epoch.number)
-
     async def reload(self) -> ReloadResult:
         """Re-read the config; publish it, or keep the running epoch and say why."""
-        async with self._publish_lock:
+        async with self.epochs.lock:
             if self.stopping:
                 return ReloadResult(False, self.epoch.number, "proxyd is stopping")
             self.notifier.reloading(f"reloading: epoch {self.epoch.number}")
             try:
                 loaded = await self._load_config()
                 self._check_listener_addresses(loaded.epoch_template)
-                self.checker.check(loaded.epoch_template)  # before anything changes
+                self.epochs.checker.check(loaded.epoch_template)  # before anything changes
                 result = await self._apply(loaded)
             except (ConfigError, BindError, MasterError, EpochRejected) as exc:
                 result = ReloadResult(False, self.epoch.number, str(exc))
@@ -541,27 +472,14 @@ class Master:
             raise
         if refused:
             self._restore(before)  # the revert closes the sockets it does not use
-            number = refused[0].refused_epoch
-            why = "; ".join(
-                f"worker {w.id} (pid {w.pid}) refused epoch {number}: {w.refused_reason}"
-                for w in refused
-            )
-            return ReloadResult(
-                False, self.epoch.number, f"{why}; the running config stays (epoch {self.epoch.number})"
-            )  # fmt: skip
+            why = f"{refusal_text(refused)}; the running config stays (epoch {self.epoch.number})"
+            return ReloadResult(False, self.epoch.number, why)
         return ReloadResult(True, self.epoch.number, added=tuple(added), removed=removed)
 
     def _restore(self, before: tuple[Any, ...]) -> None:
         """The config in place before a reload that was refused (see _apply)."""
         self.loaded, self.config_loaded_wall, static, dynamic, node = before
         self.xds.configure(static, dynamic, node)
-
-    async def _close_when_acked(self, number: int, names: tuple[str, ...]) -> None:
-        await self.wait_epoch_acked(number)
-        wanted = {listener.name for listener in self.epoch.listeners}
-        for name in names:
-            if name not in wanted:
-                self.sockets.close(name)
 
     async def _publish_on_change(
         self,
@@ -573,22 +491,22 @@ class Master:
         its clusters differ (DNS answers, health flips, outlier decisions)."""
         while True:
             await wait_changed()
-            async with self._publish_lock:
+            async with self.epochs.lock:
                 if self.stopping:
                     return
                 built = await build()
                 if built.clusters != self.epoch.clusters:
                     epoch = dataclasses.replace(built, number=self.epoch.number + 1)
                     try:
-                        await self._publish(epoch, reason=reason)
+                        await self.epochs.publish(epoch, reason=reason)
                     except EpochRejected as exc:
-                        self._rejected(reason, exc)
+                        self.epochs.rejected(reason, exc)
 
     async def _dns_wait(self) -> None:
-        await self._dns.wait_changed(lambda: self._template)  # per-name schedules
+        await self._dns.wait_changed(lambda: self.template)  # per-name schedules
 
     async def _dns_epoch(self) -> Epoch:
-        resolved = await self.health.warm(self._dns.expand(self._template))
+        resolved = await self.health.warm(self._dns.expand(self.template))
         return self.outlier.apply(resolved)
 
     async def _health_epoch(self) -> Epoch:
@@ -610,8 +528,8 @@ class Master:
             await self.xds.wait_initialized()
         if scope.cancelled_caught:
             log.warning("xds_initial_fetch_timeout", timeout_s=timeout)
-        self._template = self.xds.compose()
-        self.sockets.bind_all(self._template.listeners)
+        self.template = self.xds.compose()
+        self.sockets.bind_all(self.template.listeners)
 
     def _on_xds_change(self) -> None:
         self._xds_changed.set()
@@ -623,16 +541,16 @@ class Master:
             with trio.move_on_at(self.xds.state.next_timeout):
                 await self._xds_changed.wait()
             self._xds_changed = trio.Event()
-            async with self._publish_lock:
+            async with self.epochs.lock:
                 if self.stopping:
                     return
                 template = self.xds.compose()
-                if template == self._template:
+                if template == self.template:
                     continue
                 try:
                     await self._publish_template(template, reason="xds")
                 except EpochRejected as exc:
-                    self._rejected("xds", exc)
+                    self.epochs.rejected("xds", exc)
 
     async def _publish_template(self, template: Epoch, reason: str) -> tuple[list[str], tuple[str, ...], list[WorkerSlot]]:  # fmt: skip
         """Resolve, health-check and publish ``template`` (EpochRejected when a worker
@@ -643,46 +561,19 @@ class Master:
         epoch = await self.health.warm(await self._dns.resolve(template))
         epoch = self.outlier.apply(epoch)
         epoch = dataclasses.replace(epoch, number=self.epoch.number + 1)
-        previous, self._template = self._template, template
+        previous, self.template = self.template, template
         try:
-            await self._publish(epoch, reason=reason)
+            await self.epochs.publish(epoch, reason=reason)
         except EpochRejected:
-            self._template = previous
+            self.template = previous
             for name in added:
                 self.sockets.close(name)  # no worker was sent them
             raise
-        refused = await self._wait_answered(epoch.number)
+        refused = await self.epochs.wait_answered(epoch.number)
         if refused:
-            await self._revert(epoch.number)
+            await self.epochs.revert(epoch.number)
             return added, (), refused
-        return added, self._close_unwanted(epoch.number), []
-
-    async def _wait_answered(self, number: int) -> list[WorkerSlot]:
-        """Wait (at most RELOAD_ACK_TIMEOUT_S) until every worker applied or refused
-        epoch ``number``; those that refused it."""
-        with trio.move_on_after(RELOAD_ACK_TIMEOUT_S):
-            await self.workers.wait_epoch_answered(number)
-        slow = self.workers.unanswered(number)
-        if slow:
-            log.warning(
-                "epoch_not_acknowledged", epoch=number, timeout_s=RELOAD_ACK_TIMEOUT_S,
-                workers=[w.id for w in slow],
-            )  # fmt: skip
-        return [w for w in self.slots if w.refused_epoch == number]
-
-    def _close_unwanted(self, number: int) -> tuple[str, ...]:
-        """Close the sockets of listeners the current epoch (``number``) does not have,
-        now if every worker applied it, else once they all have; their names."""
-        wanted = {listener.name for listener in self.epoch.listeners}
-        removed = tuple(n for n in self.sockets.names() if n not in wanted)
-        if self.workers.all_applied(number):
-            for name in removed:
-                self.sockets.close(name)
-        elif removed:
-            # Closing now could pull a socket from under a worker still on the old
-            # epoch; close once everyone has moved on.
-            self._nursery.start_soon(self._close_when_acked, number, removed)
-        return removed
+        return added, self.epochs.close_unwanted(epoch.number), []
 
     def _xds_address(self, cluster: str) -> tuple[str, int] | None:
         """Where a management server cluster's first usable host is."""

@@ -367,12 +367,12 @@ class WorkerSupervisor:
                 if not slot.ready.is_set():
                     slot.ready.set()
                     log.info("worker_ready", worker_id=slot.id, pid=msg.pid, epoch=msg.epoch)
-                self.master.epoch_applied()
+                self.master.epochs.applied()
                 self.pool.notify()
             elif isinstance(msg, ipc.EpochRefused):
                 slot.refused_epoch, slot.refused_reason = msg.epoch, msg.reason
                 slot.refused_at = time.time()
-                self.master.epoch_refused(slot, msg)
+                self.master.epochs.refused(slot, msg)
                 self.pool.notify()
             else:
                 log.warning("worker_unexpected_message", worker_id=slot.id, type=type(msg).__name__)
