@@ -91,10 +91,15 @@ class EpochPublisher:
 
     def applied(self) -> None:
         """A worker sent Ready: once every worker runs the current epoch, it is what a
-        refused epoch is reverted to."""
+        refused epoch is reverted to, and the log says so (``epoch_applied``, with each
+        worker's pid)."""
         m = self.master
-        if m.epoch.number and m.workers.all_applied(m.epoch.number):
+        if m.epoch.number and self.good is not m.epoch and m.workers.all_applied(m.epoch.number):
             self.good, self.good_template = m.epoch, m.template
+            log.info(
+                "epoch_applied", epoch=m.epoch.number,
+                workers={str(w.id): w.pid for w in m.workers.slots if w.alive},
+            )  # fmt: skip
 
     def refused(self, worker: WorkerSlot, msg: ipc.EpochRefused) -> None:
         """``worker`` refused epoch ``msg.epoch`` and runs the one it had (its slot has

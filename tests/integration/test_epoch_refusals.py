@@ -121,6 +121,10 @@ def test_server_info_shows_each_workers_epoch(setup) -> None:
         (1, 2, None),
     ]
     assert sorted(w["pid"] for w in workers) == sorted(p.worker_pids())
+    # The log says it too, once every worker runs the epoch.
+    events = [json.loads(line) for line in p.log().splitlines() if '"epoch_applied"' in line]
+    assert [e["epoch"] for e in events] == [1, 2]
+    assert events[-1]["workers"] == {str(w["id"]): w["pid"] for w in workers}
 
 
 def test_worker_refuses_an_epoch_and_keeps_its_own(start_worker, upstream, tmp_path) -> None:
