@@ -323,12 +323,16 @@ class WorkerSupervisor:
 
     async def _serve(self, slot: WorkerSlot, proc: trio.Process, channel: ipc.Channel) -> None:
         """Talk to one worker process until it exits."""
+        read_all = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop, slot, channel, proc)
+                nursery.start_soon(self._read_loop, slot, channel, proc, read_all)
                 nursery.start_soon(self._watchdog, slot, proc)
                 await self.pool.send_hello(slot)
                 await proc.wait()
+                # What it said last (EpochRefused before "cannot start") is read first.
+                with trio.move_on_after(EXIT_AFTER_EOF_S):
+                    await read_all.wait()
                 nursery.cancel_scope.cancel()
         finally:
             channel.close()
@@ -346,14 +350,18 @@ class WorkerSupervisor:
             epoch=self.master.epoch.number, draining=slot.draining,
         )  # fmt: skip
 
-    async def _read_loop(self, slot: WorkerSlot, channel: ipc.Channel, proc: trio.Process) -> None:
+    async def _read_loop(
+        self, slot: WorkerSlot, channel: ipc.Channel, proc: trio.Process, read_all: trio.Event
+    ) -> None:
         while True:
             try:
                 msg, fds = await channel.receive()
             except (EOFError, ConnectionResetError):
+                read_all.set()
                 break  # the worker exited (or is exiting): the usual end
             except (OSError, ipc.IpcError) as exc:
                 log.error("worker_channel_error", worker_id=slot.id, error=str(exc))
+                read_all.set()
                 break
             for fd in fds:  # a worker never sends fds; do not leak any it did
                 os.close(fd)
