@@ -161,7 +161,7 @@ class Master:
             self.loaded = await self._load_config()
             self.config_loaded_wall = time.time()
             self.template = self.loaded.epoch_template
-            self.epochs.checker.check(self.template)  # what the workers would refuse
+            self._check_file(self.template)
             self.sockets.bind_all(self.template.listeners)
             self.xds.configure(self.template, self.loaded.dynamic, self.loaded.node)
             self.xds.seed(self.xds_seed)
@@ -424,7 +424,7 @@ class Master:
             try:
                 loaded = await self._load_config()
                 self._check_listener_addresses(loaded.epoch_template)
-                self.epochs.checker.check(loaded.epoch_template)  # before anything changes
+                self._check_file(loaded.epoch_template)  # before anything changes
                 result = await self._apply(loaded)
             except (ConfigError, BindError, MasterError, EpochRejected) as exc:
                 result = ReloadResult(False, self.epoch.number, str(exc))
@@ -442,6 +442,14 @@ class Master:
             self.stats.add_counter("server.proxyd.reload_failure")
             log.error("reload_failed", epoch=result.epoch, error=result.error)
         return result
+
+    def _check_file(self, template: Epoch) -> None:
+        """Raise EpochRejected, naming the config file, if a worker could not compile
+        what it configures."""
+        try:
+            self.epochs.checker.check(template)
+        except EpochRejected as exc:
+            raise EpochRejected(f"{self.options.config_path}: {exc}") from exc
 
     def _check_listener_addresses(self, template: Epoch) -> None:
         for listener in template.listeners:

@@ -67,7 +67,7 @@ def test_reload_a_worker_could_not_compile_is_refused_by_the_master(setup) -> No
     )
     res = p.ctl("reload")
     assert res.returncode == 1, res.stdout
-    assert "listener 'ingress'" in res.stderr and "server_name" in res.stderr
+    assert f"reload failed: {p.config_path}: listener 'ingress': server_name 'sn☃w'" in res.stderr
     status = p.status()
     assert status["epoch"] == 1 and all(w["epoch"] == 1 for w in status["workers"])
     assert all(w["last_refusal"] is None for w in status["workers"])  # no worker was sent it
@@ -187,3 +187,18 @@ def test_master_with_a_worker_that_cannot_start_names_the_reason(tmp_path: Path,
         p.start()
     p.stop()
     assert f"refused epoch 1: access log '{bad_path}' cannot be opened" in p.log()
+
+
+def test_master_does_not_start_with_a_config_no_worker_could_compile(
+    tmp_path: Path, upstream
+) -> None:
+    a = upstream("a")
+    port, admin = free_port(), free_port()
+    snow = '          server_name: "sn☃w"'
+    p = ProxydProcess(tmp_path, http_config(port, admin, {"a": [a.port]}, hcm_extra=snow), admin)
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        p.start()
+    p.stop()
+    (failed,) = [json.loads(x) for x in p.log().splitlines() if '"master_start_failed"' in x]
+    assert failed["error"].startswith(f"{p.config_path}: listener 'ingress': server_name 'sn☃w'")
+    assert '"worker_started"' not in p.log()
