@@ -120,12 +120,18 @@ def _positive_seconds(text: str) -> float:
 
 
 def validate(path: str) -> int:
+    """Load the config and check its epoch as a worker would compile it: what serving
+    would refuse, validate refuses."""
     from proxyd.config import load
+    from proxyd.protocol.epoch_check import EpochRejected, check_epoch
 
     try:
-        load(path)
+        check_epoch(load(path).epoch_template)
     except ConfigError as exc:
         print(f"proxyd: {exc}", file=sys.stderr)
+        return 1
+    except EpochRejected as exc:
+        print(f"proxyd: {path}: {exc}", file=sys.stderr)
         return 1
     print(f"configuration '{path}' OK")
     return 0

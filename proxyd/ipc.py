@@ -88,6 +88,18 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class EpochRefused:
+    """The worker could not apply epoch ``epoch`` and goes on running the one it had
+    (or, for its first epoch, exits with "cannot start" after saying so). ``reason``
+    is readable: the listener or cluster, the part of it and why."""
+
+    worker_id: int
+    pid: int
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class StatsReport:
     """Counter deltas since the last report, and gauges as absolute values.
 
@@ -242,6 +254,10 @@ MESSAGES: tuple[type, ...] = (
     Terminate,
     # Appended for outlier detection.
     HostOutcomes,
+    # Appended for refused epochs. Appending keeps every tag, so WIRE_VERSION (which
+    # also gates hot restart between versions) stays; only a worker refusing an epoch
+    # sends it.
+    EpochRefused,
 )
 _TAG_OF = {cls: i for i, cls in enumerate(MESSAGES)}
 

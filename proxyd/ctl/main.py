@@ -6,7 +6,8 @@
     proxyctl [--control-socket PATH] stop [--fast]
 
 Exit codes: 0 done; 1 the master refused (an invalid config on reload or hot restart:
-the message says which file, field and why; a new master that crashed or timed out);
+the message says which file, field and why; a config a worker refused: which worker
+and why; a new master that crashed or timed out);
 2 no master to talk to, or a bad command line.
 """
 
@@ -119,6 +120,10 @@ def format_status(status: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+    for w in status["workers"]:
+        refusal = w.get("last_refusal")
+        if refusal:
+            lines.append(f"worker {w['id']} refused epoch {refusal['epoch']}: {refusal['reason']}")
     return "\n".join(lines) + "\n"
 
 

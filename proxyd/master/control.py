@@ -5,8 +5,9 @@ connection carries ``ipc.ControlRequest`` frames, each answered with one
 ``ipc.ControlReply``:
 
 * ``status`` → ``{pid, state, epoch, config, uptime_s, concurrency, workers: [...]}``;
-* ``reload`` → ``{epoch}`` when the new config is running; not ok with the error text
-  (file, field path, reason) when it is not, and the running epoch is untouched;
+* ``reload`` → ``{epoch}`` once every worker runs the new config; not ok with the error
+  text (file, field path, reason; or the workers that refused the new epoch and why,
+  :mod:`proxyd.master.epochs`) when it is not, and the running config stays;
 * ``hot-restart`` → ``{pid, old_pid, restart_epoch, drain_time_s}`` once a new master
   (``args: {"config": FILE}`` to use another config file, ``{"timeout_s": S}`` to bound
   the handoff) took the sockets over and this one drains; not ok with the reason (an

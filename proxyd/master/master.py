@@ -1,9 +1,10 @@
 """The master process: config → epochs, listening sockets, workers, signals, reload.
 
 The master never touches a request. It loads the bootstrap, binds the listening
-sockets, resolves STRICT_DNS names, publishes epochs to its workers and supervises them
-(``workers.py``), aggregates their stats, and serves the admin API and the control
-socket. Signals arrive through ``trio.open_signal_receiver`` and go to ``handle_<name>``:
+sockets, resolves STRICT_DNS names, publishes epochs to its workers (``epochs.py``,
+which first checks each the way a worker will compile it, and reverts one a worker
+refused) and supervises them (``workers.py``), aggregates their stats, and serves the
+admin API and the control socket. Signals arrive through ``trio.open_signal_receiver`` and go to ``handle_<name>``:
 
 * SIGTERM: graceful stop (workers drain within ``--drain-time-s``), exit 0;
 * SIGINT, SIGQUIT, a second SIGTERM: fast stop;
@@ -34,6 +35,7 @@ from proxyd.epoch import Epoch, Listener
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
 from proxyd.master import dns
+from proxyd.master.epochs import EpochPublisher, refusal_text
 from proxyd.master.health.checker import HealthChecker
 from proxyd.master.hot_restart import (
     HotRestartResult,
@@ -51,10 +53,8 @@ from proxyd.master.server_stats import ServerStats
 from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.master.xds.client import Hooks, XdsClient
+from proxyd.protocol.epoch_check import EpochRejected
 from proxyd.stats import StatsStore
-
-# How long a reload waits for the workers to acknowledge the new epoch.
-RELOAD_ACK_TIMEOUT_S = 10.0
 
 log = get_logger("proxyd.master")
 
@@ -118,13 +118,14 @@ class Master:
         self.exit_code = 0
         self.stopping = False
         self.draining = False
-        self._template = self.epoch
+        self.template = self.epoch  # the epoch template in place (config + xDS)
         self._dns = dns.DnsRefresher()
         self.health = HealthChecker(self.stats, self._has_traffic)
         self.outlier = OutlierDetector(self.stats)
         # successful_active_health_check_uneject_host: a passing check ends an ejection.
         self.health.add_check_passed_callback(self.outlier.health_check_passed)
-        self._publish_lock = trio.Lock()
+        # Publishing, checking, and what a refused epoch does (proxyd.master.epochs).
+        self.epochs = EpochPublisher(self)
         self.xds = XdsClient(
             self.stats, Hooks(self._xds_address, self._bind_xds_listeners, self._on_xds_change)
         )
@@ -159,9 +160,10 @@ class Master:
             passed = await take_sockets(self)
             self.loaded = await self._load_config()
             self.config_loaded_wall = time.time()
-            self._template = self.loaded.epoch_template
-            self.sockets.bind_all(self._template.listeners)
-            self.xds.configure(self._template, self.loaded.dynamic, self.loaded.node)
+            self.template = self.loaded.epoch_template
+            self._check_file(self.template)
+            self.sockets.bind_all(self.template.listeners)
+            self.xds.configure(self.template, self.loaded.dynamic, self.loaded.node)
             self.xds.seed(self.xds_seed)
             control = self._control = ControlServer(self, self.options.control_socket)
             inherited = take_passed(passed, "control", self.options.control_socket, 0)
@@ -173,7 +175,9 @@ class Master:
                 a = self.loaded.admin
                 admin = self._admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
                 await admin.bind(take_passed(passed, "admin", a.address, a.port))
-        except (ConfigError, BindError, MasterError, HotRestartError, OSError) as exc:
+        except (
+            ConfigError, BindError, MasterError, HotRestartError, EpochRejected, OSError
+        ) as exc:  # fmt: skip
             if control is not None:
                 control.close()
             if admin is not None:
@@ -196,22 +200,26 @@ class Master:
             restart_epoch=self.options.restart_epoch, generation=self.generation,
         )  # fmt: skip
         try:
-            self._static_resolved = await self._dns.resolve(self._template)
+            self._static_resolved = await self._dns.resolve(self.template)
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._nursery = self.epochs.nursery = nursery
                 if self.predecessor is None:  # else once the old master stepped aside
                     self._serve_front(control, admin)  # the admin answers during init
                 await self._start_xds()
                 for name in self.sockets.close_offered("hot-restart"):
                     log.info("hot_restart_socket_unused", listener=name)
-                epoch = await self._dns.resolve(self._template)
+                epoch = await self._dns.resolve(self.template)
                 await nursery.start(self.health.run)
                 epoch = await self.health.warm(epoch)  # first checks, as Envoy warms
                 epoch = self.outlier.apply(epoch)
-                self._set_epoch(dataclasses.replace(epoch, number=1))
+                try:
+                    self.epochs.checker.check(epoch)  # what xDS and DNS added to the template
+                except EpochRejected as exc:
+                    self.fatal(f"the first epoch cannot be compiled: {exc}")
+                self.set_epoch(dataclasses.replace(epoch, number=1))
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._watchdog_pings)
-                for slot in self.slots:
+                for slot in self.slots if not self.error else ():  # error: refused above
                     nursery.start_soon(WorkerSupervisor(self, slot).run)
                 nursery.start_soon(self._wait_live, control, admin)
                 for wait, build, reason in (
@@ -351,7 +359,7 @@ class Master:
         successor = self.successor = Successor(self)
         self.notifier.reloading(f"hot restart: starting restart epoch {epoch}")
         try:
-            async with self._publish_lock:  # no reload while the sockets change hands
+            async with self.epochs.lock:  # no reload while the sockets change hands
                 if timeout_s is None:
                     result = await successor.run(config or self.options.config_path)
                 else:
@@ -394,13 +402,10 @@ class Master:
         """Each slot's current worker."""
         return self.workers.slots
 
-    async def wait_epoch_acked(self, number: int) -> None:
-        """Wait until every live worker applied epoch ``number`` (or a later one)."""
-        await self.workers.wait_epoch_acked(number)
-
     # -- epochs -----------------------------------------------------------------------
 
-    def _set_epoch(self, epoch: Epoch) -> None:
+    def set_epoch(self, epoch: Epoch) -> None:
+        """``epoch`` becomes the master's (EpochPublisher.publish sends it)."""
         previous = self.epoch
         # Workers split the proxy-wide circuit breaker limits by this count.
         epoch = dataclasses.replace(
@@ -410,25 +415,18 @@ class Master:
         self.epoch_started_at = time.monotonic()
         self._server_stats.epoch_changed(previous, epoch)
 
-    async def _publish(self, epoch: Epoch, reason: str) -> None:
-        self._set_epoch(epoch)
-        log.info(
-            "epoch_published", epoch=epoch.number, reason=reason,
-            listeners=len(epoch.listeners), clusters=len(epoch.clusters),
-        )  # fmt: skip
-        await self.workers.publish()
-
     async def reload(self) -> ReloadResult:
         """Re-read the config; publish it, or keep the running epoch and say why."""
-        async with self._publish_lock:
+        async with self.epochs.lock:
             if self.stopping:
                 return ReloadResult(False, self.epoch.number, "proxyd is stopping")
             self.notifier.reloading(f"reloading: epoch {self.epoch.number}")
             try:
                 loaded = await self._load_config()
                 self._check_listener_addresses(loaded.epoch_template)
+                self._check_file(loaded.epoch_template)  # before anything changes
                 result = await self._apply(loaded)
-            except (ConfigError, BindError, MasterError) as exc:
+            except (ConfigError, BindError, MasterError, EpochRejected) as exc:
                 result = ReloadResult(False, self.epoch.number, str(exc))
             except Exception as exc:  # a bug in the config compiler must not kill the master
                 log.exception("reload_internal_error", epoch=self.epoch.number)
@@ -445,6 +443,14 @@ class Master:
             log.error("reload_failed", epoch=result.epoch, error=result.error)
         return result
 
+    def _check_file(self, template: Epoch) -> None:
+        """Raise EpochRejected, naming the config file, if a worker could not compile
+        what it configures."""
+        try:
+            self.epochs.checker.check(template)
+        except EpochRejected as exc:
+            raise EpochRejected(f"{self.options.config_path}: {exc}") from exc
+
     def _check_listener_addresses(self, template: Epoch) -> None:
         for listener in template.listeners:
             if listener.name not in self.sockets or self.sockets.inherited(listener.name):
@@ -460,19 +466,28 @@ class Master:
                 )
 
     async def _apply(self, loaded: Any) -> ReloadResult:
+        before = (self.loaded, self.config_loaded_wall, self.xds.static, self.xds.dynamic, self.xds.node)  # fmt: skip
         added = self.sockets.bind_all(loaded.epoch_template.listeners)  # all or none
         self.xds.configure(loaded.epoch_template, loaded.dynamic, loaded.node)
         self.loaded = loaded
         self.config_loaded_wall = time.time()
-        _, removed = await self._publish_template(self.xds.compose(), reason="reload")
+        try:
+            _, removed, refused = await self._publish_template(self.xds.compose(), reason="reload")
+        except EpochRejected:
+            self._restore(before)
+            for name in added:
+                self.sockets.close(name)  # no worker was sent them
+            raise
+        if refused:
+            self._restore(before)  # the revert closes the sockets it does not use
+            why = f"{refusal_text(refused)}; the running config stays (epoch {self.epoch.number})"
+            return ReloadResult(False, self.epoch.number, why)
         return ReloadResult(True, self.epoch.number, added=tuple(added), removed=removed)
 
-    async def _close_when_acked(self, number: int, names: tuple[str, ...]) -> None:
-        await self.wait_epoch_acked(number)
-        wanted = {listener.name for listener in self.epoch.listeners}
-        for name in names:
-            if name not in wanted:
-                self.sockets.close(name)
+    def _restore(self, before: tuple[Any, ...]) -> None:
+        """The config in place before a reload that was refused (see _apply)."""
+        self.loaded, self.config_loaded_wall, static, dynamic, node = before
+        self.xds.configure(static, dynamic, node)
 
     async def _publish_on_change(
         self,
@@ -484,19 +499,22 @@ class Master:
         its clusters differ (DNS answers, health flips, outlier decisions)."""
         while True:
             await wait_changed()
-            async with self._publish_lock:
+            async with self.epochs.lock:
                 if self.stopping:
                     return
                 built = await build()
                 if built.clusters != self.epoch.clusters:
                     epoch = dataclasses.replace(built, number=self.epoch.number + 1)
-                    await self._publish(epoch, reason=reason)
+                    try:
+                        await self.epochs.publish(epoch, reason=reason)
+                    except EpochRejected as exc:
+                        self.epochs.rejected(reason, exc)
 
     async def _dns_wait(self) -> None:
-        await self._dns.wait_changed(lambda: self._template)  # per-name schedules
+        await self._dns.wait_changed(lambda: self.template)  # per-name schedules
 
     async def _dns_epoch(self) -> Epoch:
-        resolved = await self.health.warm(self._dns.expand(self._template))
+        resolved = await self.health.warm(self._dns.expand(self.template))
         return self.outlier.apply(resolved)
 
     async def _health_epoch(self) -> Epoch:
@@ -518,8 +536,8 @@ class Master:
             await self.xds.wait_initialized()
         if scope.cancelled_caught:
             log.warning("xds_initial_fetch_timeout", timeout_s=timeout)
-        self._template = self.xds.compose()
-        self.sockets.bind_all(self._template.listeners)
+        self.template = self.xds.compose()
+        self.sockets.bind_all(self.template.listeners)
 
     def _on_xds_change(self) -> None:
         self._xds_changed.set()
@@ -531,41 +549,39 @@ class Master:
             with trio.move_on_at(self.xds.state.next_timeout):
                 await self._xds_changed.wait()
             self._xds_changed = trio.Event()
-            async with self._publish_lock:
+            async with self.epochs.lock:
                 if self.stopping:
                     return
                 template = self.xds.compose()
-                if template == self._template:
+                if template == self.template:
                     continue
-                await self._publish_template(template, reason="xds")
+                try:
+                    await self._publish_template(template, reason="xds")
+                except EpochRejected as exc:
+                    self.epochs.rejected("xds", exc)
 
-    async def _publish_template(self, template: Epoch, reason: str) -> tuple[list[str], tuple[str, ...]]:  # fmt: skip
-        """Resolve, health-check and publish ``template``; close the sockets of listeners
-        it dropped once every worker moved on. (listeners added, listeners removed)"""
+    async def _publish_template(self, template: Epoch, reason: str) -> tuple[list[str], tuple[str, ...], list[WorkerSlot]]:  # fmt: skip
+        """Resolve, health-check and publish ``template`` (EpochRejected when a worker
+        would refuse it) and wait until every worker applied or refused it; close the
+        sockets of listeners it dropped once every worker moved on. (listeners added,
+        listeners removed, the workers that refused it: then it was reverted)"""
         added = self.sockets.bind_all(template.listeners)
         epoch = await self.health.warm(await self._dns.resolve(template))
         epoch = self.outlier.apply(epoch)
         epoch = dataclasses.replace(epoch, number=self.epoch.number + 1)
-        self._template = template
-        wanted = {listener.name for listener in epoch.listeners}
-        removed = tuple(n for n in self.sockets.names() if n not in wanted)
-        await self._publish(epoch, reason=reason)
-        acked = False
-        with trio.move_on_after(RELOAD_ACK_TIMEOUT_S):
-            await self.wait_epoch_acked(epoch.number)
-            acked = True
-        if not acked:
-            log.warning(
-                "epoch_not_acknowledged", epoch=epoch.number, timeout_s=RELOAD_ACK_TIMEOUT_S
-            )
-        if acked:
-            for name in removed:
-                self.sockets.close(name)
-        else:
-            # Closing now could pull a socket from under a worker still on the old
-            # epoch; close once everyone has moved on.
-            self._nursery.start_soon(self._close_when_acked, epoch.number, removed)
-        return added, removed
+        previous, self.template = self.template, template
+        try:
+            await self.epochs.publish(epoch, reason=reason)
+        except EpochRejected:
+            self.template = previous
+            for name in added:
+                self.sockets.close(name)  # no worker was sent them
+            raise
+        refused = await self.epochs.wait_answered(epoch.number)
+        if refused:
+            await self.epochs.revert(epoch.number)
+            return added, (), refused
+        return added, self.epochs.close_unwanted(epoch.number), []
 
     def _xds_address(self, cluster: str) -> tuple[str, int] | None:
         """Where a management server cluster's first usable host is."""

@@ -77,6 +77,20 @@ class WorkerPool:
         while any(s.alive and s.epoch < number for s in self.slots):
             await self.wait_changed()
 
+    async def wait_epoch_answered(self, number: int) -> None:
+        """Wait until every live current worker applied epoch ``number`` (or a later
+        one) or refused it."""
+        while self.unanswered(number):
+            await self.wait_changed()
+
+    def unanswered(self, number: int) -> list[WorkerSlot]:
+        """Live current workers that neither applied nor refused epoch ``number``."""
+        return [s for s in self.slots if s.alive and max(s.epoch, s.refused_epoch) < number]
+
+    def all_applied(self, number: int) -> bool:
+        """Every live current worker runs epoch ``number`` (or a later one)."""
+        return all(s.epoch >= number for s in self.slots if s.alive)
+
     async def wait_exited(self) -> None:
         while self.any_alive():
             await self.wait_changed()

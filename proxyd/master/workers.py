@@ -134,6 +134,10 @@ class WorkerSlot:
     # Serialises everything sent to the worker, so Hello/AddSockets/Epoch stay in order.
     lock: trio.Lock = field(default_factory=trio.Lock)
     ps: psutil.Process | None = None
+    # The last epoch it refused (0: none), why, and when (wall clock).
+    refused_epoch: int = 0
+    refused_reason: str = ""
+    refused_at: float = 0.0
     ready: trio.Event = field(default_factory=trio.Event)  # its first Ready arrived
     exited: trio.Event = field(default_factory=trio.Event)
     draining: bool = False
@@ -151,8 +155,14 @@ class WorkerSlot:
         except psutil.Error:
             return 0  # it exited between the check and the read
 
+    def last_refusal(self) -> dict[str, object] | None:
+        """The last epoch it refused, why and when; None when it refused none."""
+        if not self.refused_epoch:
+            return None
+        return {"epoch": self.refused_epoch, "reason": self.refused_reason, "at": self.refused_at}
+
     def info(self) -> dict[str, object]:
-        """For ``proxyctl status``: pid, memory, CPU."""
+        """For ``proxyctl status``: pid, memory, CPU, epoch, the last refused epoch."""
         rss = 0
         cpu = 0.0
         if self.ps is not None and self.alive:
@@ -172,6 +182,7 @@ class WorkerSlot:
             "restarts": self.restarts,
             "rss_replacements": self.rss_replacements,
             "draining": self.draining,
+            "last_refusal": self.last_refusal(),
         }
 
 
@@ -235,9 +246,12 @@ class WorkerSupervisor:
             ready = slot.ready.is_set()
             lived = time.monotonic() - slot.started_mono
             if code == EXIT_CANNOT_START:
-                self.master.fatal(
-                    f"worker {slot.id} cannot start (exit code {code}); see its log above"
+                why = (
+                    f": it refused epoch {slot.refused_epoch}: {slot.refused_reason}"
+                    if slot.refused_epoch
+                    else "; see its log above"
                 )
+                self.master.fatal(f"worker {slot.id} cannot start (exit code {code}){why}")
                 return
             if not self._ever_ready and not ready:
                 self.master.fatal(
@@ -309,12 +323,16 @@ class WorkerSupervisor:
 
     async def _serve(self, slot: WorkerSlot, proc: trio.Process, channel: ipc.Channel) -> None:
         """Talk to one worker process until it exits."""
+        read_all = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop, slot, channel, proc)
+                nursery.start_soon(self._read_loop, slot, channel, proc, read_all)
                 nursery.start_soon(self._watchdog, slot, proc)
                 await self.pool.send_hello(slot)
                 await proc.wait()
+                # What it said last (EpochRefused before "cannot start") is read first.
+                with trio.move_on_after(EXIT_AFTER_EOF_S):
+                    await read_all.wait()
                 nursery.cancel_scope.cancel()
         finally:
             channel.close()
@@ -332,14 +350,18 @@ class WorkerSupervisor:
             epoch=self.master.epoch.number, draining=slot.draining,
         )  # fmt: skip
 
-    async def _read_loop(self, slot: WorkerSlot, channel: ipc.Channel, proc: trio.Process) -> None:
+    async def _read_loop(
+        self, slot: WorkerSlot, channel: ipc.Channel, proc: trio.Process, read_all: trio.Event
+    ) -> None:
         while True:
             try:
                 msg, fds = await channel.receive()
             except (EOFError, ConnectionResetError):
+                read_all.set()
                 break  # the worker exited (or is exiting): the usual end
             except (OSError, ipc.IpcError) as exc:
                 log.error("worker_channel_error", worker_id=slot.id, error=str(exc))
+                read_all.set()
                 break
             for fd in fds:  # a worker never sends fds; do not leak any it did
                 os.close(fd)
@@ -353,6 +375,12 @@ class WorkerSupervisor:
                 if not slot.ready.is_set():
                     slot.ready.set()
                     log.info("worker_ready", worker_id=slot.id, pid=msg.pid, epoch=msg.epoch)
+                self.master.epochs.applied()
+                self.pool.notify()
+            elif isinstance(msg, ipc.EpochRefused):
+                slot.refused_epoch, slot.refused_reason = msg.epoch, msg.reason
+                slot.refused_at = time.time()
+                self.master.epochs.refused(slot, msg)
                 self.pool.notify()
             else:
                 log.warning("worker_unexpected_message", worker_id=slot.id, type=type(msg).__name__)

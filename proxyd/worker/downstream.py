@@ -39,6 +39,7 @@ from proxyd.protocol.http1_request_line import check_request_line
 from proxyd.worker import io, manager
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 from proxyd.worker.router import arm_request_phase
+from proxyd.worker.stats import note_unexpected
 from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
@@ -167,8 +168,8 @@ class DownstreamConnection:
                 if not await self._after_deadline():
                     return
                 plan = self.plan or plan
-        except Exception as exc:
-            worker.note_unexpected(exc, "downstream connection", remote=self.remote)
+        except Exception as exc:  # a bug: counted, logged once, only this connection ends
+            note_unexpected(worker.stats, exc, "downstream connection")
         finally:
             worker.timers.clear(self.deadline)
             worker.connections.discard(self)

@@ -5,10 +5,13 @@ Conversation (all messages from :mod:`proxyd.ipc`):
 * ``Hello`` (with one listening socket per listener name), then ``EpochMsg``; the worker
   compiles the epoch, starts accepting and answers ``Ready``. A bad Hello (wrong wire
   version, wrong worker id, missing fds) or an epoch it cannot compile at start exits
-  with :data:`EXIT_CANNOT_START`, so the master stops instead of respawning in a loop.
+  with :data:`EXIT_CANNOT_START` (after ``EpochRefused`` with the reason, for an epoch),
+  so the master stops instead of respawning in a loop.
 * later: ``AddSockets`` (+ fds) before the ``EpochMsg`` that uses them; each applied
-  epoch is answered with ``Ready``. An epoch that fails to compile is logged and the
-  running one stays.
+  epoch is answered with ``Ready``, each refused one with ``EpochRefused(reason)``, and
+  the running one stays. An epoch is checked (:mod:`proxyd.protocol.epoch_check`, as
+  the master checked it), compiled, and only then are its new access-log files opened;
+  one that cannot be opened refuses the epoch.
 * ``Drain(deadline_s)``: stop accepting, close idle keep-alive connections, let requests
   in flight finish (their responses carry ``connection: close``), exit 0 by the deadline.
 * ``Stop``, or end of the channel (the master is gone): exit now.
@@ -17,6 +20,10 @@ About once a second the worker sends ``StatsReport`` (counter deltas, gauges), w
 also its heartbeat, and ``HostOutcomes`` for outlier detection when there are any
 (:mod:`proxyd.worker.outcomes`), flushes access logs and sweeps idle upstream
 connections.
+
+A catch-all handler here (accepting, housekeeping) counts what it caught
+and logs the first of each kind (:func:`proxyd.worker.stats.note_unexpected`) and the
+worker goes on.
 """
 
 from __future__ import annotations
@@ -30,14 +37,17 @@ import structlog
 import trio
 
 from proxyd import ipc
+from proxyd.epoch import Epoch
+from proxyd.errors import ProxydError
+from proxyd.protocol.epoch_check import EpochChecker
 from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
 from proxyd.worker import io
-from proxyd.worker.accesslog import AccessLogWriter, update_writers
+from proxyd.worker.accesslog import AccessLogWriter, open_writers, prepare_writers
 from proxyd.worker.deadlines import DeadlineKind, Timers
 from proxyd.worker.downstream import BufferPool, DownstreamConnection
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
-from proxyd.worker.stats import StatsStore
+from proxyd.worker.stats import StatsStore, note_unexpected
 from proxyd.worker.upstream import ClusterState
 
 log = structlog.get_logger()
@@ -66,6 +76,10 @@ class CannotStart(Exception):
     pass
 
 
+class EpochNotApplied(Exception):
+    """The worker refused an epoch; the message is the reason the master is told."""
+
+
 class Worker:
     def __init__(self, channel: ipc.Channel, worker_id: int) -> None:
         self.channel = channel
@@ -75,6 +89,7 @@ class Worker:
         self.accepting: dict[str, trio.CancelScope] = {}
         self.plans: dict[str, ListenerPlan] = {}
         self.compiled: CompiledEpoch | None = None
+        self.checker = EpochChecker()
         self.writers: dict[str, AccessLogWriter] = {}
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
@@ -87,7 +102,6 @@ class Worker:
         self.buffers = BufferPool()
         # Request heads are parsed whole and at once: one parser serves every connection.
         self.head_parser = RequestHeadParser()
-        self._unexpected_seen: set[tuple[str, str]] = set()
         self._failures_scheduled = False
         self._all_closed: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
@@ -97,7 +111,11 @@ class Worker:
     async def run(self) -> int:
         try:
             epoch = await self._handshake()
-            self._apply(epoch)
+            try:
+                self._apply(epoch)
+            except EpochNotApplied as exc:
+                await self._send_refused(epoch, str(exc))
+                raise CannotStart(f"epoch {epoch.number} refused: {exc}") from None
         except CannotStart as exc:
             log.error("worker cannot start", worker_id=self.worker_id, reason=str(exc))
             return EXIT_CANNOT_START
@@ -159,19 +177,28 @@ class Worker:
 
     # -- epochs -------------------------------------------------------------------------
 
-    def _apply(self, epoch) -> None:
+    def _apply(self, epoch: Epoch) -> None:
+        """Check and compile ``epoch``, open its new access-log files and put it in
+        place. When any step fails, raise :class:`EpochNotApplied` with the reason:
+        nothing was opened or closed and the running epoch stays."""
         paths = {al.path for lst in epoch.listeners for al in lst.hcm.access_logs}
         old_clusters = self.compiled.clusters if self.compiled is not None else {}
         try:
-            writers = update_writers(self.writers, paths)
+            self.checker.check(epoch)
+            writers = prepare_writers(self.writers, paths)  # opens nothing
             compiled = CompiledEpoch(
                 epoch, old_clusters, self.stats, writers, self.local_address, self.ids, self.plans
             )
+            open_writers(self.writers, writers)  # only now: the epoch compiled
         except Exception as exc:
-            if self.compiled is None:
-                raise CannotStart(f"epoch {epoch.number} does not compile: {exc}") from exc
-            log.error("epoch rejected by worker", epoch=epoch.number, error=repr(exc))
-            raise
+            if not isinstance(exc, ProxydError):  # the checker passed it: a bug
+                note_unexpected(self.stats, exc, "epoch compile")
+            # A cluster compiled for the refused epoch took over its circuit breaker
+            # gauges; the running epoch's cluster reports them again.
+            for cluster in old_clusters.values():
+                cluster.stats.breakers = cluster
+            reason = str(exc) if isinstance(exc, ProxydError) else f"compile failed: {exc!r}"
+            raise EpochNotApplied(reason) from exc
         self.writers = writers
         self.compiled = compiled
         old_plans, self.plans = self.plans, compiled.plans
@@ -183,6 +210,18 @@ class Worker:
                     self._drain_old_connections, name, old.generation, epoch.drain_time_s
                 )
         log.debug("epoch applied", worker_id=self.worker_id, epoch=epoch.number)
+
+    async def _send_refused(self, epoch: Epoch, reason: str) -> None:
+        """Tell the master (which logs it) that ``epoch`` was refused, and why."""
+        log.debug("epoch refused", worker_id=self.worker_id, epoch=epoch.number, reason=reason)
+        msg = ipc.EpochRefused(self.worker_id, os.getpid(), epoch.number, reason)
+        try:
+            await self.channel.send(msg)
+        except OSError as exc:  # the master is gone; the log is all that is left
+            log.error(
+                "epoch refused; the master cannot be told", epoch=epoch.number,
+                reason=reason, error=str(exc),
+            )  # fmt: skip
 
     def _start_accepting(self) -> None:
         nursery = self._nursery
@@ -238,7 +277,15 @@ class Worker:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass  # not TCP (a unix listener): no Nagle to turn off
-                nursery.start_soon(DownstreamConnection(self, name, sock, peer).serve, plan)
+                try:
+                    conn = DownstreamConnection(self, name, sock, peer)
+                except Exception as exc:  # a bug: this connection only, never the worker
+                    note_unexpected(self.stats, exc, "accept")
+                    io.close(sock)
+                    continue
+                # serve() counts and logs whatever escapes a request (note_unexpected)
+                # and ends only its own connection.
+                nursery.start_soon(conn.serve, plan)
                 batch += 1
                 if batch >= ACCEPT_BATCH:
                     batch = 0
@@ -267,7 +314,8 @@ class Worker:
             elif isinstance(msg, ipc.EpochMsg):
                 try:
                     self._apply(msg.epoch)
-                except Exception:  # logged in _apply; the running epoch stays
+                except EpochNotApplied as exc:  # the running epoch stays
+                    await self._send_refused(msg.epoch, str(exc))
                     continue
                 self._start_accepting()
                 await self._send_ready()
@@ -313,15 +361,6 @@ class Worker:
 
     # -- housekeeping -------------------------------------------------------------------
 
-    def note_unexpected(self, exc: BaseException, where: str, **context: object) -> None:
-        """A catch-all on the request path caught ``exc``: count it, log it once per
-        place and type (with its traceback), and let only that connection end."""
-        self.stats.unexpected_errors += 1
-        key = (where, type(exc).__name__)
-        if key not in self._unexpected_seen:
-            self._unexpected_seen.add(key)
-            log.error("unexpected error", where=where, exc_info=exc, **context)
-
     def _failure_recorded(self) -> None:
         """A failing outcome was recorded: send the outcomes to the master shortly
         (a few milliseconds, so failures in a burst travel together)."""
@@ -353,12 +392,15 @@ class Worker:
                 await self._send_outcomes()
             except OSError:
                 return  # the control loop sees the closed channel and ends the worker
-            for writer in self.writers.values():
-                writer.flush()
-            if self.compiled is not None:
-                now = time.monotonic()
-                for cluster in self.compiled.clusters.values():
-                    cluster.sweep(now)
+            try:
+                for writer in self.writers.values():
+                    writer.flush()
+                if self.compiled is not None:
+                    now = time.monotonic()
+                    for cluster in self.compiled.clusters.values():
+                        cluster.sweep(now)
+            except Exception as exc:  # a bug: the heartbeat must go on regardless
+                note_unexpected(self.stats, exc, "housekeeping")
 
     async def _send_outcomes(self) -> None:
         """Per-host outcomes for outlier detection (proxyd.worker.outcomes), if any."""

@@ -9,17 +9,25 @@ full Envoy stat names, which is what :class:`proxyd.ipc.StatsReport` carries.
 Per-host values for the admin ``/clusters`` page (:class:`HostStats`) travel in the same
 report under ``<cluster>::<ip>:<port>::<stat>``, which the master keeps out of ``/stats``
 (see :mod:`proxyd.stats`).
+
+:func:`note_unexpected` is what a catch-all handler in the worker calls: it counts the
+exception in ``server.proxyd.worker_exceptions`` (:class:`WorkerServerStats`) and logs
+the first one of each kind at each place, with its traceback.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, TypeVar
 
+import structlog
+
 from proxyd.stats import HOST_SEP
 from proxyd.worker.outcomes import OutcomeStore
 
-# Counted by the worker's catch-all handlers (proxyd's own stat; Envoy has none).
-UNEXPECTED_ERRORS = "server.worker_unexpected_errors"
+log = structlog.get_logger()
+
+# Exceptions a catch-all handler caught: a bug, counted and logged once per kind.
+WORKER_EXCEPTIONS_STAT = "server.proxyd.worker_exceptions"
 
 
 class _Scope:
@@ -318,6 +326,23 @@ class NamedStats(_Scope):
             gauges[prefix + name] = value
 
 
+class WorkerServerStats(_Scope):
+    """``server.proxyd.*`` counted by a worker (summed over the workers by the master).
+
+    ``worker_exceptions`` counts what catch-all handlers caught (:func:`note_unexpected`);
+    it is proxyd's own, as Envoy has no catch-all to count."""
+
+    __slots__ = ("worker_exceptions", "_logged")
+    COUNTERS = (("worker_exceptions", WORKER_EXCEPTIONS_STAT.removeprefix("server.proxyd.")),)
+    # The COUNTERS attributes, set to 0 in _Scope.__init__.
+    worker_exceptions: int
+
+    def __init__(self) -> None:
+        super().__init__("server.proxyd.")
+        # (where, exception type name) already logged with a traceback.
+        self._logged: set[tuple[str, str]] = set()
+
+
 class StatsStore:
     """Every scope the worker has resolved, by full prefix; scopes are never dropped."""
 
@@ -325,9 +350,7 @@ class StatsStore:
         self._scopes: dict[str, _Scope] = {}
         # Per-host outcomes for outlier detection, shipped beside the stats report.
         self.outcomes = OutcomeStore()
-        # Exceptions a catch-all on the request path caught (bugs: each is logged once).
-        self.unexpected_errors = 0
-        self._unexpected_reported = 0
+        self.server = self._scopes["server.proxyd."] = WorkerServerStats()
 
     def _get(self, cls: type[_S], key: str, *args: str) -> _S:
         scope = self._scopes.get(key)
@@ -361,7 +384,24 @@ class StatsStore:
         gauges: dict[str, int] = {}
         for scope in self._scopes.values():
             scope.collect(counters, gauges)
-        if self.unexpected_errors != self._unexpected_reported:
-            counters[UNEXPECTED_ERRORS] = self.unexpected_errors - self._unexpected_reported
-            self._unexpected_reported = self.unexpected_errors
         return counters, gauges
+
+
+def note_unexpected(stats: StatsStore, exc: BaseException, where: str) -> None:
+    """A catch-all handler at ``where`` caught ``exc``: count it in
+    ``server.proxyd.worker_exceptions`` and log it with its traceback the first time
+    this kind of exception is caught there (later ones are only counted, so a bug hit
+    by every request cannot flood the log)."""
+    server = stats.server
+    server.worker_exceptions += 1
+    key = (where, type(exc).__qualname__)
+    if key in server._logged:
+        return
+    server._logged.add(key)
+    log.error(
+        "unexpected exception",
+        where=where,
+        error=repr(exc),
+        exc_info=(type(exc), exc, exc.__traceback__),
+        note="logged once per place and exception type; counted in " + WORKER_EXCEPTIONS_STAT,
+    )

@@ -393,3 +393,27 @@ def test_removed_and_updated_listeners_drain_their_connections(tmp_path, upstrea
                 s1.recv(1)
             s1.settimeout(10)
             assert s1.recv(1) == b""
+
+
+def test_listener_a_worker_could_not_compile_is_nacked(tmp_path, upstream):
+    """Valid for the protos and the config compiler, refused by the worker's compile
+    (proxyd.protocol.epoch_check): NACKed, and the running listener stays."""
+    a = upstream("a")
+    port, admin_port = free_port(), free_port()
+    f = one_cluster(tmp_path, a.port, {"front": port})
+    with ProxydProcess(tmp_path, bootstrap(admin_port, f.lds, f.cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
+        assert upstream_of(url) == "a"
+        bad = rds_listener("front", port, "routes", f.rds)
+        hcm = bad["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["server_name"] = "sn☃w"
+        write(f.lds, "l2", [bad])
+        wait_for(lambda: p.stats().get("listener_manager.lds.update_rejected", 0) >= 1, timeout=10)
+        listeners = config_dump(p)["ListenersConfigDump"]
+        assert listeners["version_info"] == "l1"
+        (front,) = listeners["dynamic_listeners"]
+        details = front["error_state"]["details"]
+        assert "a worker cannot compile it" in details and "server_name 'sn☃w'" in details
+        assert p.status()["epoch"] == 1
+        r = httpx.get(url, timeout=5)
+        assert r.headers["x-upstream-name"] == "a" and r.headers["server"] == "envoy"

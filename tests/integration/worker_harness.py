@@ -3,8 +3,9 @@
 :class:`WorkerHarness` binds the SO_REUSEPORT listening sockets itself, starts the
 worker with one end of a socketpair (``pass_fds``), sends ``Hello`` (with the socket
 fds) and an ``EpochMsg`` built from :mod:`proxyd.epoch` objects, and waits for
-``Ready``. A background thread reads everything the worker sends: ``Ready`` messages
-go to a queue, ``StatsReport`` counters are summed and gauges kept.
+``Ready``. A background thread reads everything the worker sends: ``Ready`` and
+``EpochRefused`` messages go to queues, ``StatsReport`` counters are summed and gauges
+kept.
 
 :func:`make_epoch` builds the small epochs the tests need.
 """
@@ -83,6 +84,7 @@ class WorkerHarness:
         self.sockets: dict[str, socket.socket] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready: queue.Queue[ipc.Ready] = queue.Queue()
+        self.refused: queue.Queue[ipc.EpochRefused] = queue.Queue()
         self.counters: dict[str, int] = {}
         self.gauges: dict[str, int] = {}
         self.reports = 0
@@ -137,6 +139,15 @@ class WorkerHarness:
                 continue
             if msg.epoch == number:
                 return msg
+
+    def wait_refused(self, number: int, timeout: float = 15.0) -> ipc.EpochRefused:
+        """The worker's EpochRefused for epoch ``number``."""
+        try:
+            msg = self.refused.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no EpochRefused for epoch {number}:\n{self.log()}") from None
+        assert msg.epoch == number, msg
+        return msg
 
     def send_epoch(
         self,
@@ -243,6 +254,8 @@ class WorkerHarness:
             while (msg := decoder.next_message()) is not None:
                 if isinstance(msg, ipc.Ready):
                     self.ready.put(msg)
+                elif isinstance(msg, ipc.EpochRefused):
+                    self.refused.put(msg)
                 elif isinstance(msg, ipc.StatsReport):
                     with self._lock:
                         self.reports += 1

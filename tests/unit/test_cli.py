@@ -38,6 +38,21 @@ def test_validate_misspelt_field_names_file_path_and_reason(tmp_path: Path) -> N
     assert "Traceback" not in err
 
 
+def test_validate_refuses_what_a_worker_could_not_compile(tmp_path: Path) -> None:
+    # Envoy 1.40 validates this; proxyd's workers cannot send it, so serving would
+    # refuse it, and validate says so first.
+    cfg = tmp_path / "snow.yaml"
+    cfg.write_text(
+        http_config(15001, 19901, {"up": [18081]}, hcm_extra='          server_name: "sn☃w"')
+    )
+    res = _proxyd("-c", str(cfg), "--mode", "validate")
+    assert res.returncode == 1
+    assert res.stderr == (
+        f"proxyd: {cfg}: listener 'ingress': server_name 'sn☃w' cannot be sent as a header "
+        "value (character '☃' is not ISO-8859-1)\n"
+    )
+
+
 def test_validate_missing_file(tmp_path: Path) -> None:
     res = _proxyd("-c", str(tmp_path / "nope.yaml"), "--mode", "validate")
     assert res.returncode == 1

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from proxyd.worker.stats import ClusterStats, HostStats, HttpStats, ListenerStats, StatsStore
+from proxyd.worker.stats import (
+    ClusterStats,
+    HostStats,
+    HttpStats,
+    ListenerStats,
+    StatsStore,
+    WorkerServerStats,
+)
 
-SCOPES = [ClusterStats, HttpStats, ListenerStats, HostStats]
+SCOPES = [ClusterStats, HttpStats, ListenerStats, HostStats, WorkerServerStats]
 
 
 @pytest.mark.parametrize("cls", SCOPES, ids=lambda c: c.__name__)

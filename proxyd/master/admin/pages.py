@@ -166,6 +166,19 @@ class AdminPages:
                 "restart_epoch": opts.restart_epoch,
                 "pid": os.getpid(),
                 "epoch": m.epoch.number,
+                # proxyd's: the epoch each worker runs (draining ones too), and the
+                # last epoch it refused, with the reason.
+                "workers": [
+                    {
+                        "id": w.id,
+                        "pid": w.pid,
+                        "epoch": w.epoch,
+                        "draining": w.draining,
+                        "last_refusal": w.last_refusal(),
+                    }
+                    for w in m.workers.processes()
+                    if w.alive
+                ],
             }
         )
 

@@ -10,7 +10,9 @@ epoch value plus what ``/config_dump`` shows (version, last update, the message)
 
 Every problem is a :class:`~proxyd.errors.ConfigError` whose "file" names the update
 ("CDS update version 7 from ads") and whose path names the resource
-("resources[3] (cluster 'web').lb_policy"); the subscription turns it into a NACK.
+("resources[3] (cluster 'web').lb_policy"); the subscription turns it into a NACK. That
+includes what a worker would refuse to compile (:mod:`proxyd.protocol.epoch_check`),
+so such a resource is NACKed and never reaches an epoch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ from proxyd.config.listeners import compile_listener
 from proxyd.config.routes import AnyCluster, compile_route_config
 from proxyd.config.translate import log_deprecations, translate
 from proxyd.errors import ConfigError
+from proxyd.protocol.epoch_check import (
+    EpochRejected,
+    check_cluster,
+    check_listener,
+    check_route_config,
+)
 
 _PREFIX = "type.googleapis.com/"
 LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
@@ -151,7 +159,23 @@ def _compile(type_url: str, message: Message, path: str, file: str, ctx: Context
     else:
         supported.check_message(message, supported.ROUTE_CONFIG, path, file)
         value = compile_route_config(message, path, AnyCluster(), file)
+    _check_compiles(type_url, value, path, file)
     return value
+
+
+def _check_compiles(type_url: str, value: Any, path: str, file: str) -> None:
+    """What a worker would refuse in this resource, as a ConfigError (a NACK).
+
+    Endpoints are checked with their cluster, when the epoch is published."""
+    try:
+        if type_url == CLUSTER:
+            check_cluster(value)
+        elif type_url == LISTENER:
+            check_listener(value)
+        elif type_url == ROUTE:
+            check_route_config(value)
+    except EpochRejected as exc:
+        raise ConfigError(file, path, f"a worker cannot compile it: {exc}") from exc
 
 
 def compile_endpoints(cla: Message, path: str, file: str) -> Any:
