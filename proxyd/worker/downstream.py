@@ -35,7 +35,7 @@ from proxyd.errors import ProtocolError
 from proxyd.protocol.http1 import CRLF2, LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader, ReceiveBuffer
 from proxyd.protocol.http1_headers import CONTINUE_100, REASONS, local_reply, response_head
-from proxyd.protocol.http1_request_line import check_request_line
+from proxyd.protocol.http1_request_line import check_request_line, check_request_start
 from proxyd.worker import io, manager
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 from proxyd.worker.router import arm_request_phase
@@ -116,6 +116,7 @@ class DownstreamConnection:
             allocate=buffers.take,
             free=buffers.give,
             check_first_line=check_request_line,
+            check_line_start=check_request_start,
         )
         self.idle = False
         self.deadline = Deadline(self._deadline_passed)

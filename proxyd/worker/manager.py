@@ -41,67 +41,66 @@ def clock_now(plan: ListenerPlan) -> tuple[float, float]:
 
 
 async def handle(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> bool:
-    """Serve one stream; False when its connection cannot carry another request."""
+    """Serve one stream; False when its connection cannot carry another request.
+
+    Route, filter chain, router (or the router's local replies), then :func:`finish`.
+    One function, not several: each await level is paid at every wait of a request."""
     if plan.logs:
         stream.t_wall = time.time()
         stream.t0 = time.monotonic()
     plan.http_stats.rq_total += 1
     plan.http_stats.rq_active += 1
     try:
-        keep = await _run(stream, plan, conn)
+        h = stream.head
+        assert h is not None
+        route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
+        if route is None:
+            rp = None
+            filters = plan.no_route_filters
+        else:
+            rp = plan.route_plans[id(route)]
+            stream.route_plan = rp
+            stream.route_name = rp.name
+            stream.upstream_cluster = rp.cluster_name
+            filters = rp.filters
+        reply = None
+        if filters:
+            if plan.policy.use_remote_address:
+                # At the edge Envoy drops a client's internal x-envoy-* headers before
+                # its filters run (the upstream head loses them in policy.apply).
+                for name in EDGE_STRIPPED_NAMES:
+                    h.headers.pop(name, None)
+            chain = FilterChain(stream, conn, filters, plan.buffer_limit, plan.http_stats)
+            stream.sink = chain
+            reply = await chain.decode_headers()
+        keep = True
+        if reply is not None:
+            await chain.send_filter_reply(reply)
+        elif rp is None:
+            stream.flags = ResponseFlag.NO_ROUTE
+            await stream.sink.send_local_reply(404, "")
+        elif rp.cluster is None:
+            stream.flags = ResponseFlag.NO_CLUSTER
+            await stream.sink.send_local_reply(503, "")
+        else:
+            cluster = rp.cluster
+            host = cluster.balancer.pick()
+            if host is None:
+                stream.flags = ResponseFlag.NO_HEALTHY_UPSTREAM
+                cluster.stats.count_response(503)
+                await stream.sink.send_local_reply(503, "no healthy upstream")
+            else:
+                head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
+                    h, conn.remote_ip, rp.timeout_header, stream.request_added
+                )
+                keep = await router.Exchange(
+                    stream, plan, rp, host, head, (conn.worker.timers, conn.deadline)
+                ).run()
     except DownstreamReset:
         stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
         keep = False
     finish(stream, plan, conn)
     return keep
-
-
-async def _run(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> bool:
-    h = stream.head
-    assert h is not None
-    route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
-    if route is None:
-        rp = None
-        filters = plan.no_route_filters
-    else:
-        rp = plan.route_plans[id(route)]
-        stream.route_plan = rp
-        stream.route_name = rp.name
-        stream.upstream_cluster = rp.cluster_name
-        filters = rp.filters
-    if filters:
-        if plan.policy.use_remote_address:
-            # At the edge Envoy drops a client's internal x-envoy-* headers before
-            # its filters run (the upstream head loses them in policy.apply).
-            for name in EDGE_STRIPPED_NAMES:
-                h.headers.pop(name, None)
-        chain = FilterChain(stream, conn, filters, plan.buffer_limit, plan.http_stats)
-        stream.sink = chain
-        reply = await chain.decode_headers()
-        if reply is not None:
-            await chain.send_filter_reply(reply)
-            return True
-    if rp is None:
-        stream.flags = ResponseFlag.NO_ROUTE
-        await stream.sink.send_local_reply(404, "")
-        return True
-    cluster = rp.cluster
-    if cluster is None:
-        stream.flags = ResponseFlag.NO_CLUSTER
-        await stream.sink.send_local_reply(503, "")
-        return True
-    host = cluster.balancer.pick()
-    if host is None:
-        stream.flags = ResponseFlag.NO_HEALTHY_UPSTREAM
-        cluster.stats.count_response(503)
-        await stream.sink.send_local_reply(503, "no healthy upstream")
-        return True
-    head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
-        h, conn.remote_ip, rp.timeout_header, stream.request_added
-    )
-    return await router.Exchange(
-        stream, plan, rp, host, head, (conn.worker.timers, conn.deadline)
-    ).run()
 
 
 async def finish_after_deadline(

@@ -113,8 +113,10 @@ class ListenerPlan:
         self.no_route_filters = compile_filters(hcm.http_filters, (), hcm.stat_prefix, stats)
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
-        if filter_headers or self.no_route_filters or any(
-            rp.filters for rp in self.route_plans.values()
+        if (
+            filter_headers
+            or self.no_route_filters
+            or any(rp.filters for rp in self.route_plans.values())
         ):
             # A filter's local reply to a gRPC request is a gRPC reply.
             filter_headers.add("content-type")

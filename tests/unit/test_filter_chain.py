@@ -272,3 +272,24 @@ def test_request_header_edits_reach_the_upstream_head() -> None:
     lines = head.split(b"\r\n")
     assert b"x-a: 2" in lines and b"x-a: 1" not in lines
     assert lines.count(b"content-length: 3") == 1
+
+
+class RaisesLimit(Buffering):
+    """The buffer filter's way: the stream's limit becomes max_request_bytes."""
+
+    async def on_request_headers(self, stream: FilterStream, end_stream: bool) -> Result:
+        stream.set_buffer_limit(5000)
+        return await super().on_request_headers(stream, end_stream)
+
+
+def test_a_filter_may_raise_the_streams_buffer_limit() -> None:
+    async def main() -> None:
+        sink = MemorySink([b"x" * 900, b"y" * 900, b"z" * 900])
+        stream = make_stream(POST, sink)
+        chain = FilterChain(stream, sink, (Factory(RaisesLimit),), 1000)
+        assert await chain.decode_headers() is None  # 2,700 bytes held: over 1000, under 5000
+        body = b"".join(bytes(p) for p in chain.take_buffered_body())
+        assert body == b"x" * 900 + b"y" * 900 + b"z" * 900
+        assert not stream.close_connection
+
+    trio.run(main)

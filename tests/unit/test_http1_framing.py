@@ -163,3 +163,32 @@ def test_until_close_body_ends_at_eof() -> None:
     assert not reader.done
     reader.end_of_stream()
     assert reader.done
+
+
+def test_a_first_line_is_checked_before_the_head_is_complete() -> None:
+    from proxyd.protocol.http1_request_line import check_request_line, check_request_start
+
+    def framing() -> ReceiveBuffer:
+        return ReceiveBuffer(
+            max_head=1024, check_first_line=check_request_line, check_line_start=check_request_start
+        )
+
+    # An HTTP/0.9 request line has no empty line to wait for: 426 at once.
+    rb = framing()
+    rb.feed(b"GET /\r\n")
+    with pytest.raises(ProtocolError) as info:
+        rb.next_head()
+    assert info.value.status == 426
+    # Binary garbage without any line end: 400 at once, byte by byte too.
+    rb = framing()
+    with pytest.raises(ProtocolError) as info:
+        for b in b"\x00\xff" * 100:
+            rb.feed(bytes([b]))
+            rb.next_head()
+    assert info.value.status == 400
+    # A good head arriving byte by byte is not refused on the way.
+    rb = framing()
+    for b in REQ:
+        rb.feed(bytes([b]))
+        head = rb.next_head()
+    assert head is not None and bytes(head) == REQ
