@@ -354,7 +354,7 @@ class AccessLog:
 class HttpFilter:
     """One entry of the HCM's http_filters other than the terminal router.
 
-    ``type_name`` is its typed_config's proto type (``proxyd.filters.PACKAGES``);
+    ``type_name`` is its typed_config's proto type (``proxyd.filters.compilers``, ``proxyd.filters.runtimes``);
     ``config`` is the plain data its compiler made; ``disabled`` is Envoy's
     ``HttpFilter.disabled`` (off unless a route enables it)."""
 

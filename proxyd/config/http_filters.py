@@ -13,21 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from proxyd import filters
-from proxyd.config.proto import join
+from proxyd.config.proto import join, unpack
 from proxyd.epoch import FilterOverride, HttpFilter
 from proxyd.errors import ConfigError
+from proxyd.filters.compilers import COMPILERS, compiler
 
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
-
-
-def _unpack(any_msg: Any) -> Any | None:
-    # Imported here: proxyd.config.supported imports this module for its specs.
-    from proxyd.config.supported import unpack
-
-    return unpack(any_msg)
 
 
 def compile_http_filters(
@@ -63,12 +56,12 @@ def compile_http_filters(
                 here,
                 f"non-terminal filter '{f.name}' is the last filter in an HTTP filter chain",
             )
-        module = filters.config_module(type_name)
+        module = compiler(type_name)
         if module is None:
             raise ConfigError(
                 file, here, f"HTTP filter '{f.name}' ({type_name}) not supported by proxyd"
             )
-        msg = _unpack(f.typed_config)
+        msg = unpack(f.typed_config)
         config = module.compile(msg, join(here, "typed_config"), file)
         out.append(HttpFilter(f.name, type_name, config, disabled=f.disabled))
     return tuple(out)
@@ -85,7 +78,7 @@ def compile_per_filter_config(holder: Any, path: str, file: str) -> dict[str, Fi
         disabled = False
         enabled = False
         if type_name == FILTER_CONFIG_TYPE:
-            wrapper = _unpack(any_msg)
+            wrapper = unpack(any_msg)
             assert wrapper is not None  # the allow-list walk resolved every type URL
             disabled = wrapper.disabled
             enabled = not wrapper.disabled
@@ -100,15 +93,14 @@ def compile_per_filter_config(holder: Any, path: str, file: str) -> dict[str, Fi
             raise ConfigError(
                 file, here, f"per-route filter config {type_name} not supported by proxyd"
             )
-        config = module.compile_per_route(_unpack(any_msg), here, file)
+        config = module.compile_per_route(unpack(any_msg), here, file)
         out[key] = FilterOverride(key, config, disabled=disabled, enabled=enabled)
     return out
 
 
 def _per_route_module(type_name: str) -> Any | None:
-    for filter_type in filters.PACKAGES:
-        module = filters.config_module(filter_type)
-        if module is not None and getattr(module, "PER_ROUTE_TYPE", None) == type_name:
+    for module in COMPILERS.values():
+        if getattr(module, "PER_ROUTE_TYPE", None) == type_name:
             return module
     return None
 
@@ -116,9 +108,8 @@ def _per_route_module(type_name: str) -> Any | None:
 def per_route_types() -> dict[str, Any]:
     """Per-route config type → its allow-list spec, for proxyd.config.supported."""
     out: dict[str, Any] = {}
-    for filter_type in filters.PACKAGES:
-        module = filters.config_module(filter_type)
-        if module is not None and getattr(module, "PER_ROUTE_TYPE", None):
+    for module in COMPILERS.values():
+        if getattr(module, "PER_ROUTE_TYPE", None):
             out[module.PER_ROUTE_TYPE] = module.PER_ROUTE_SPEC
     return out
 
@@ -126,10 +117,8 @@ def per_route_types() -> dict[str, Any]:
 def filter_types() -> dict[str, Any]:
     """Filter config type → its allow-list spec, for proxyd.config.supported."""
     out: dict[str, Any] = {}
-    for filter_type in filters.PACKAGES:
-        module = filters.config_module(filter_type)
-        if module is not None:
-            out[module.TYPE] = module.SPEC
+    for module in COMPILERS.values():
+        out[module.TYPE] = module.SPEC
     return out
 
 

@@ -40,7 +40,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -511,3 +511,16 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return f"the string {value!r}"
     return f"{type(value).__name__} {value!r}"
+
+
+def unpack(any_msg: any_pb2.Any) -> Any | None:
+    """The payload of an ``Any``, or None when its type is unknown.
+
+    The payload is typed ``Any``: its generated class (an xds-protos message) has no stubs.
+    """
+    desc = find_type(any_msg.type_url)
+    if desc is None:
+        return None
+    inner = message_class(desc)()
+    any_msg.Unpack(inner)
+    return inner

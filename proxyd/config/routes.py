@@ -11,15 +11,14 @@ from collections.abc import Container
 from typing import Any
 
 from proxyd.config.http_filters import compile_per_filter_config, merge_overrides
+from proxyd.config.matchers import header_match
 from proxyd.config.proto import join
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     FilterOverride,
-    HeaderMatch,
     Route,
     RouteConfig,
     RouteMatch,
-    StringMatch,
     VirtualHost,
 )
 from proxyd.errors import ConfigError
@@ -140,40 +139,3 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
     )
     return RouteMatch(kind=kind, value=value, case_sensitive=case_sensitive, headers=headers)
-
-
-def header_match(h: Any, path: str, file: str) -> HeaderMatch:
-    invert = h.invert_match
-    which = h.WhichOneof("header_match_specifier")
-    match: StringMatch | None
-    if which == "exact_match":
-        match = StringMatch("exact", h.exact_match)
-    elif which == "string_match":
-        match = string_match(h.string_match, join(path, "string_match"), file)
-    elif which == "present_match":
-        match = None
-        if not h.present_match:  # "must be absent": present, inverted
-            invert = not invert
-    else:  # Envoy: no specifier means the header must be present
-        match = None
-    return HeaderMatch(
-        name=h.name.lower(),
-        match=match,
-        invert_match=invert,
-        treat_missing_as_empty=h.treat_missing_header_as_empty,
-    )
-
-
-def string_match(sm: Any, path: str, file: str) -> StringMatch:
-    """A type.matcher.v3.StringMatcher → StringMatch (a safe_regex keeps its pattern)."""
-    kind = sm.WhichOneof("match_pattern")
-    if kind == "safe_regex":
-        value = sm.safe_regex.regex
-        check_regex(value, join(path, "safe_regex.regex"), file)
-    elif kind in ("exact", "prefix", "suffix", "contains"):
-        value = getattr(sm, kind)
-    else:
-        raise ConfigError(
-            file, path, "one of exact, prefix, suffix, contains or safe_regex is required"
-        )
-    return StringMatch(kind=kind, value=value, ignore_case=sm.ignore_case)

@@ -16,12 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from google.protobuf import any_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import http_filters, rules
-from proxyd.config.proto import find_type, is_v2_type, join, message_class, unknown_type_reason
+from proxyd.config.proto import is_v2_type, join, unknown_type_reason
+from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, AnyOf, Spec
 from proxyd.errors import ConfigError
 
@@ -295,19 +295,6 @@ def check_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, file: str) -> None:
 def check_message(msg: Message, spec: dict[str, Spec], path: str, file: str) -> None:
     """The same walk for one resource (an xDS Cluster, Listener, ...) under ``path``."""
     _check_message(msg, spec, path, file)
-
-
-def unpack(any_msg: any_pb2.Any) -> Any | None:
-    """The payload of an ``Any``, or None when its type is unknown.
-
-    The payload is typed ``Any``: its generated class (an xds-protos message) has no stubs.
-    """
-    desc = find_type(any_msg.type_url)
-    if desc is None:
-        return None
-    inner = message_class(desc)()
-    any_msg.Unpack(inner)
-    return inner
 
 
 def _check_message(msg: Message, spec: dict[str, Spec], path: str, file: str) -> None:

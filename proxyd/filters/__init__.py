@@ -9,31 +9,10 @@ Each ``proxyd/filters/<name>/`` has
   ``compile_per_route(msg, path, file)``;
 * ``filter.py`` (worker side, never imports protobuf): ``Factory``, a
   :class:`proxyd.filters.api.FilterFactory` made once per epoch and route from the
-  plain data, which makes one :class:`proxyd.filters.api.HttpFilter` per stream. Its
-  stats scope is the connection manager's ``http.<stat_prefix>.``; a filter counts by
-  Envoy's name below it (``fault.aborts_injected``, ``downstream_rq_too_large``).
+  plain data, which makes one :class:`proxyd.filters.api.HttpFilter` per stream.
 
-:data:`PACKAGES` maps each filter's proto type to its package; the router
-(``envoy.filters.http.router``) is the terminal filter and is not in it.
+The two sides are listed once each, with plain imports so the layering can be read
+from the code: :mod:`proxyd.filters.compilers` (imported by the config layer) and
+:mod:`proxyd.filters.runtimes` (imported by the worker). The router
+(``envoy.filters.http.router``) is the terminal filter and is in neither.
 """
-
-from __future__ import annotations
-
-import importlib
-from types import ModuleType
-
-PACKAGES: dict[str, str] = {
-    "envoy.extensions.filters.http.buffer.v3.Buffer": "proxyd.filters.buffer",
-    "envoy.extensions.filters.http.fault.v3.HTTPFault": "proxyd.filters.fault",
-}
-
-
-def config_module(type_name: str) -> ModuleType | None:
-    """The master-side compiler of the filter of ``type_name`` (None: not supported)."""
-    pkg = PACKAGES.get(type_name)
-    return importlib.import_module(pkg + ".config") if pkg else None
-
-
-def runtime_module(type_name: str) -> ModuleType:
-    """The worker-side runtime of the filter of ``type_name``."""
-    return importlib.import_module(PACKAGES[type_name] + ".filter")

@@ -26,7 +26,7 @@ connection holds no buffer.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
@@ -43,8 +43,10 @@ from proxyd.worker.stats import note_unexpected
 from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
+    from proxyd.protocol.http1 import RequestHeadParser
+    from proxyd.worker.deadlines import Timers
     from proxyd.worker.plan import ListenerPlan
-    from proxyd.worker.process import Worker
+    from proxyd.worker.stats import StatsStore
 
 log = structlog.get_logger()
 
@@ -76,11 +78,26 @@ class BufferPool:
 NO_BODY = BodyReader()
 
 
+class WorkerContext(Protocol):
+    """What a connection uses of its worker (:class:`proxyd.worker.process.Worker`)."""
+
+    timers: Timers
+    buffers: BufferPool
+    head_parser: RequestHeadParser
+    stats: StatsStore
+    plans: dict[str, ListenerPlan]
+    connections: set[DownstreamConnection]
+    draining: bool
+
+    def connection_closed(self) -> None: ...
+
+
 class DownstreamConnection:
     """The HTTP/1.1 codec of one client connection, and the sink of its streams."""
 
     __slots__ = (
         "worker",
+        "timers",
         "listener_name",
         "sock",
         "remote_ip",
@@ -102,9 +119,10 @@ class DownstreamConnection:
     )
 
     def __init__(
-        self, worker: Worker, listener_name: str, sock: socket.socket, peer: tuple
+        self, worker: WorkerContext, listener_name: str, sock: socket.socket, peer: tuple
     ) -> None:
         self.worker = worker
+        self.timers = worker.timers
         self.listener_name = listener_name
         self.sock = sock
         self.remote_ip = peer[0]

@@ -19,10 +19,9 @@ from proxyd.protocol.http1_headers import EDGE_STRIPPED
 from proxyd.worker import router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
-from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
+from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
-    from proxyd.worker.downstream import DownstreamConnection
     from proxyd.worker.plan import ListenerPlan
 
 EDGE_STRIPPED_NAMES = tuple(n.decode("latin-1") for n in EDGE_STRIPPED)
@@ -40,7 +39,7 @@ def clock_now(plan: ListenerPlan) -> tuple[float, float]:
     return (time.time(), time.monotonic()) if plan.logs else (0.0, 0.0)
 
 
-async def handle(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> bool:
+async def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> bool:
     """Serve one stream; False when its connection cannot carry another request.
 
     Route, filter chain, router (or the router's local replies), then :func:`finish`.
@@ -70,7 +69,7 @@ async def handle(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection)
                 # its filters run (the upstream head loses them in policy.apply).
                 for name in EDGE_STRIPPED_NAMES:
                     h.headers.pop(name, None)
-            chain = FilterChain(stream, conn, filters, plan.buffer_limit, plan.http_stats)
+            chain = FilterChain(stream, stream.sink, filters, plan.buffer_limit, plan.http_stats)
             stream.sink = chain
             reply = await chain.decode_headers()
         keep = True
@@ -94,7 +93,7 @@ async def handle(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection)
                     h, conn.remote_ip, rp.timeout_header, stream.request_added
                 )
                 keep = await router.Exchange(
-                    stream, plan, rp, host, head, (conn.worker.timers, conn.deadline)
+                    stream, plan, rp, host, head, (conn.timers, conn.deadline)
                 ).run()
     except DownstreamReset:
         stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
@@ -103,9 +102,7 @@ async def handle(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection)
     return keep
 
 
-async def finish_after_deadline(
-    stream: Stream, plan: ListenerPlan, conn: DownstreamConnection
-) -> bool:
+async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connection) -> bool:
     """A deadline ended ``stream``: answer as Envoy does if no response went out yet."""
     kind = stream.timed_out or conn.deadline.kind
     if kind is DeadlineKind.STREAM_IDLE:
@@ -128,7 +125,7 @@ async def finish_after_deadline(
     return keep
 
 
-def finish(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> None:
+def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     """The stream is over: its counters, its filters' clean-up, its access log."""
     stats = plan.http_stats
     stats.rq_active -= 1
@@ -145,7 +142,7 @@ def finish(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> No
 # -- access log ---------------------------------------------------------------------------
 
 
-def write_log(stream: Stream, plan: ListenerPlan, conn: DownstreamConnection) -> None:
+def write_log(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     rec = LogRecord()
     rec.start_time = stream.t_wall
     rec.response_code = stream.status

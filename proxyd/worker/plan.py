@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from proxyd import filters
 from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener
 from proxyd.filters.api import FilterFactory
+from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import LogFormat
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.routing import RouteTable
@@ -40,9 +40,8 @@ def compile_filters(
             continue
         if f.disabled and (o is None or not (o.enabled or o.config is not None)):
             continue
-        module = filters.runtime_module(f.type_name)
         scope = stats.named(f"http.{stat_prefix}.")
-        factory = module.Factory(f.name, f.config, o.config if o else None, scope)
+        factory = FACTORIES[f.type_name](f.name, f.config, o.config if o else None, scope)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
     return tuple(out)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -36,7 +37,31 @@ from proxyd.protocol.http1_framing import ReceiveBuffer
 from proxyd.worker import io
 
 if TYPE_CHECKING:
-    from proxyd.worker.upstream import ClusterState, HostState
+    from proxyd.epoch import Cluster
+    from proxyd.worker.stats import ClusterStats, HostStats
+
+
+class HostState(Protocol):
+    """What a pool uses of a host (:class:`proxyd.worker.upstream.HostState`): its
+    address, its stats, and per routing priority its connections and idle ones."""
+
+    address: str
+    port: int
+    stats: HostStats
+    connections: list[int]
+    idle: tuple[list[UpstreamConnection], ...]
+
+
+class ClusterState(Protocol):
+    """What a pool uses of its cluster (:class:`proxyd.worker.upstream.ClusterState`)."""
+
+    cluster: Cluster
+    name: str
+    stats: ClusterStats
+    worker_count: int
+
+    @property
+    def hosts(self) -> Sequence[HostState]: ...
 
 UPSTREAM_BUFFER = 64 * 1024
 PEEK_AFTER_S = 0.05

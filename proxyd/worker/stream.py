@@ -30,7 +30,7 @@ from proxyd.worker.deadlines import INF
 
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import RequestHead, ResponseHead
-    from proxyd.worker.deadlines import DeadlineKind
+    from proxyd.worker.deadlines import Deadline, DeadlineKind, Timers
     from proxyd.worker.plan import RoutePlan
 
 
@@ -268,3 +268,16 @@ class DownstreamSink(Protocol):
     def wants_close(self) -> bool:
         """The connection cannot carry another request after this one."""
         ...
+
+
+class Connection(Protocol):
+    """What the connection manager (:mod:`proxyd.worker.manager`) needs of the
+    connection a stream came on, whatever its codec: the client's address, the
+    deadline the stream's timeouts move, and the worker's timers."""
+
+    remote_ip: str
+    remote: str
+    deadline: Deadline
+    timers: Timers
+
+    def local_address(self) -> str: ...

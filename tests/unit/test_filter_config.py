@@ -370,3 +370,12 @@ def test_fault_header_regex_checked() -> None:
     )
     err = reject(d)
     assert err.path == f"{FAULT_AT}.headers[0].string_match.safe_regex.regex"
+
+
+def test_every_filter_has_both_sides_under_one_type_name() -> None:
+    """The worker's factories and the master's compilers name the same filters."""
+    from proxyd.filters.compilers import COMPILERS
+    from proxyd.filters.runtimes import FACTORIES
+
+    assert set(FACTORIES) == set(COMPILERS)
+    assert all(COMPILERS[t].TYPE == t for t in COMPILERS)

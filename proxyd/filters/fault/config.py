@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxyd.config.matchers import header_match
 from proxyd.config.proto import join
-from proxyd.config.routes import header_match
 from proxyd.config.spec import HEADER_MATCHER, LEAF, Spec
 from proxyd.epoch import to_wire
 

@@ -1,0 +1,15 @@
+"""The master side of every HTTP filter: its config compiler, by proto type name."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from proxyd.filters.buffer import config as buffer_config
+from proxyd.filters.fault import config as fault_config
+
+COMPILERS: dict[str, ModuleType] = {m.TYPE: m for m in (buffer_config, fault_config)}
+
+
+def compiler(type_name: str) -> ModuleType | None:
+    """The config module of the filter whose typed_config is ``type_name``."""
+    return COMPILERS.get(type_name)

@@ -1,0 +1,15 @@
+"""The worker side of every HTTP filter: its factory, by proto type name.
+
+The type names are the config modules' ``TYPE`` (``proxyd.filters.compilers``), written
+out here so that the worker never imports a config module (they import protobuf)."""
+
+from __future__ import annotations
+
+from proxyd.filters.api import FactoryMaker
+from proxyd.filters.buffer.filter import Factory as BufferFactory
+from proxyd.filters.fault.filter import Factory as FaultFactory
+
+FACTORIES: dict[str, FactoryMaker] = {
+    "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
+    "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
+}
