@@ -176,17 +176,62 @@ class DownstreamConnection:
         self.generation = plan.generation
         self.plan = plan
         try:
-            while True:
+            # The request loop lives here rather than in a helper: every await level
+            # is paid again at each wait of every request. It runs in one cancel scope
+            # until a deadline cancels it; then the stream is ended and a new scope
+            # carries on.
+            closed = False
+            while not closed:
                 with trio.CancelScope() as scope:
                     self.scope = scope
-                    await self._request_loop(plan)
+                    while True:
+                        # A listener that left the epoch keeps its last plan for the
+                        # requests of the connections it still has; they close after
+                        # their response.
+                        plan = worker.plans.get(self.listener_name) or plan
+                        try:
+                            head = await self._read_head(plan)
+                            if head is None:
+                                closed = True
+                                break
+                            # The head is here: the request belongs to the epoch in
+                            # place now.
+                            current = worker.plans.get(self.listener_name)
+                            if current is not None:
+                                plan = current
+                            if current is None or current.generation is not self.generation:
+                                # Updated or removed since the connection was accepted:
+                                # this response says "connection: close" (Envoy drains
+                                # the listener).
+                                self.listener_updated = True
+                            self.plan = plan
+                            h = worker.head_parser.parse(head, plan.request_wanted)
+                        except ProtocolError as exc:
+                            await self._reject(plan, exc)
+                            closed = True
+                            break
+                        stream = Stream(h, self)
+                        self.stream = stream
+                        self.body = (
+                            BodyReader(h.content_length, h.chunked) if h.has_body else NO_BODY
+                        )
+                        self.continue_sent = False
+                        self.chunked_out = False
+                        keep = await manager.handle(stream, plan, self)
+                        manager.finish(stream, plan, self)
+                        self.stream = None
+                        if not keep or self.closing:
+                            closed = True
+                            break
+                        if self.rb.buffered:
+                            # A pipelined request is already here: let other tasks run
+                            # first.
+                            await io.checkpoint()
                 self.scope = None
-                if not scope.cancelled_caught:
-                    return
-                # A deadline fired: end what it belongs to, then go on if we may.
-                if not await self._after_deadline():
-                    return
-                plan = self.plan or plan
+                if scope.cancelled_caught:
+                    # A deadline fired: end what it belongs to, then go on if we may.
+                    closed = not await self._after_deadline()
+                    plan = self.plan or plan
         except Exception as exc:  # a bug: counted, logged once, only this connection ends
             note_unexpected(worker.stats, exc, "downstream connection")
         finally:
@@ -199,44 +244,6 @@ class DownstreamConnection:
             hstats.cx_active -= 1
             hstats.cx_destroy += 1
             worker.connection_closed()
-
-    async def _request_loop(self, plan: ListenerPlan) -> None:
-        # The loop lives here rather than in a helper: every await level is paid again
-        # at each wait of every request.
-        worker = self.worker
-        while True:
-            # A listener that left the epoch keeps its last plan for the requests of
-            # the connections it still has; they close after their response.
-            plan = worker.plans.get(self.listener_name) or plan
-            try:
-                head = await self._read_head(plan)
-                if head is None:
-                    return
-                # The head is here: the request belongs to the epoch in place now.
-                current = worker.plans.get(self.listener_name)
-                if current is not None:
-                    plan = current
-                if current is None or current.generation is not self.generation:
-                    # Updated or removed since the connection was accepted: this
-                    # response says "connection: close" (Envoy drains the listener).
-                    self.listener_updated = True
-                self.plan = plan
-                h = worker.head_parser.parse(head, plan.request_wanted)
-            except ProtocolError as exc:
-                await self._reject(plan, exc)
-                return
-            stream = Stream(h, self)
-            self.stream = stream
-            self.body = BodyReader(h.content_length, h.chunked) if h.has_body else NO_BODY
-            self.continue_sent = False
-            self.chunked_out = False
-            keep = await manager.handle(stream, plan, self)
-            self.stream = None
-            if not keep or self.closing:
-                return
-            if self.rb.buffered:
-                # A pipelined request is already here: let other tasks run first.
-                await io.checkpoint()
 
     async def _after_deadline(self) -> bool:
         """The connection's deadline fired; True when the connection goes on."""

@@ -12,6 +12,7 @@ deadlines fired (the codec calls it once the stream's cancel scope has ended).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from proxyd.protocol.access_log import LogRecord
@@ -22,7 +23,9 @@ from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
-    from proxyd.worker.plan import ListenerPlan
+    from proxyd.filters.api import FilterFactory
+    from proxyd.worker.plan import ListenerPlan, RoutePlan
+    from proxyd.worker.upstream import HostState
 
 EDGE_STRIPPED_NAMES = tuple(n.decode("latin-1") for n in EDGE_STRIPPED)
 
@@ -39,29 +42,70 @@ def clock_now(plan: ListenerPlan) -> tuple[float, float]:
     return (time.time(), time.monotonic()) if plan.logs else (0.0, 0.0)
 
 
-async def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> bool:
-    """Serve one stream; False when its connection cannot carry another request.
+def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bool]:
+    """Start serving one stream: what to await for it (True when its connection can
+    carry another request); the caller then calls :func:`finish`.
 
-    Route, filter chain, router (or the router's local replies), then :func:`finish`.
-    One function, not several: each await level is paid at every wait of a request."""
+    Routing is done here, synchronously. A route with no filters whose host is picked
+    hands back the router's own coroutine, so no frame of this module sits between the
+    connection and the router at the waits of every request; everything else (filters,
+    local replies) is :func:`_serve`."""
     if plan.logs:
         stream.t_wall = time.time()
         stream.t0 = time.monotonic()
     plan.http_stats.rq_total += 1
     plan.http_stats.rq_active += 1
+    h = stream.head
+    assert h is not None
+    route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
+    if route is None:
+        return _serve(stream, plan, conn, None, plan.no_route_filters)
+    rp = plan.route_plans[id(route)]
+    stream.route_plan = rp
+    stream.route_name = rp.name
+    stream.upstream_cluster = rp.cluster_name
+    if rp.filters or rp.cluster is None:
+        return _serve(stream, plan, conn, rp, rp.filters)
+    host = rp.cluster.balancer.pick()
+    if host is None:
+        return _no_healthy_upstream(stream, rp)
+    return _exchange(stream, plan, conn, rp, host).run()
+
+
+def _exchange(
+    stream: Stream, plan: ListenerPlan, conn: Connection, rp: RoutePlan, host: HostState
+) -> router.Exchange:
+    h = stream.head
+    assert h is not None
+    head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
+        h, conn.remote_ip, rp.timeout_header, stream.request_added
+    )
+    return router.Exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
+
+
+async def _no_healthy_upstream(stream: Stream, rp: RoutePlan) -> bool:
+    assert rp.cluster is not None
+    stream.flags = ResponseFlag.NO_HEALTHY_UPSTREAM
+    rp.cluster.stats.count_response(503)
     try:
-        h = stream.head
-        assert h is not None
-        route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
-        if route is None:
-            rp = None
-            filters = plan.no_route_filters
-        else:
-            rp = plan.route_plans[id(route)]
-            stream.route_plan = rp
-            stream.route_name = rp.name
-            stream.upstream_cluster = rp.cluster_name
-            filters = rp.filters
+        await stream.sink.send_local_reply(503, "no healthy upstream")
+    except DownstreamReset:
+        stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+        return False
+    return True
+
+
+async def _serve(
+    stream: Stream,
+    plan: ListenerPlan,
+    conn: Connection,
+    rp: RoutePlan | None,
+    filters: tuple[FilterFactory, ...],
+) -> bool:
+    """A stream with filters, or one the router answers itself (404, 503)."""
+    h = stream.head
+    assert h is not None
+    try:
         reply = None
         if filters:
             if plan.policy.use_remote_address:
@@ -72,7 +116,6 @@ async def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> bool:
             chain = FilterChain(stream, stream.sink, filters, plan.buffer_limit, plan.http_stats)
             stream.sink = chain
             reply = await chain.decode_headers()
-        keep = True
         if reply is not None:
             await chain.send_filter_reply(reply)
         elif rp is None:
@@ -82,24 +125,14 @@ async def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> bool:
             stream.flags = ResponseFlag.NO_CLUSTER
             await stream.sink.send_local_reply(503, "")
         else:
-            cluster = rp.cluster
-            host = cluster.balancer.pick()
+            host = rp.cluster.balancer.pick()
             if host is None:
-                stream.flags = ResponseFlag.NO_HEALTHY_UPSTREAM
-                cluster.stats.count_response(503)
-                await stream.sink.send_local_reply(503, "no healthy upstream")
-            else:
-                head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
-                    h, conn.remote_ip, rp.timeout_header, stream.request_added
-                )
-                keep = await router.Exchange(
-                    stream, plan, rp, host, head, (conn.timers, conn.deadline)
-                ).run()
+                return await _no_healthy_upstream(stream, rp)
+            return await _exchange(stream, plan, conn, rp, host).run()
     except DownstreamReset:
         stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
-        keep = False
-    finish(stream, plan, conn)
-    return keep
+        return False
+    return True
 
 
 async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connection) -> bool:

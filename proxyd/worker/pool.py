@@ -63,6 +63,7 @@ class ClusterState(Protocol):
     @property
     def hosts(self) -> Sequence[HostState]: ...
 
+
 UPSTREAM_BUFFER = 64 * 1024
 PEEK_AFTER_S = 0.05
 
