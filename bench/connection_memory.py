@@ -162,29 +162,29 @@ def short(filename: str) -> str:
 
 
 def sizes() -> None:
-    """sys.getsizeof of what a DownstreamConnection allocates at accept (its __init__)."""
+    """sys.getsizeof of what a DownstreamConnection holds while idle (after __init__)."""
+    from types import SimpleNamespace
+
+    from proxyd.worker.deadlines import Timers
+    from proxyd.worker.downstream import BufferPool
+
+    worker = SimpleNamespace(timers=Timers(), buffers=BufferPool())
     with listening_socket() as lsock, socket.create_connection(lsock.getsockname()):
         accepted, peer = lsock.accept()
         with accepted:
-            conn = DownstreamConnection(None, "front", accepted, peer)  # type: ignore[arg-type]
-        parser = conn.parser
+            conn = DownstreamConnection(worker, "front", accepted, peer)  # type: ignore[arg-type]
+        rb = conn.rb
         pieces = [
             ("DownstreamConnection (slots object)", sys.getsizeof(conn)),
-            ("buf: bytearray(INITIAL_BUFFER)", sys.getsizeof(conn.buf)),
-            ("view: memoryview of buf", sys.getsizeof(conn.view)),
-            ("remote, local: str", sys.getsizeof(conn.remote) + sys.getsizeof(conn.local)),
-            ("parser: RequestHeadParser", sys.getsizeof(parser)),
-            ("parser._head: an empty RequestHead", sys.getsizeof(parser._head)),
-            ("  its headers dict, remove and envoy_headers lists",
-             sys.getsizeof(parser._head.headers) + sys.getsizeof(parser._head.remove)
-             + sys.getsizeof(parser._head.envoy_headers)),
-            ("parser._wanted dict, _conn_tokens list",
-             sys.getsizeof(parser._wanted) + sys.getsizeof(parser._conn_tokens)),
+            ("rb: ReceiveBuffer (no buffer while idle)", sys.getsizeof(rb)),
+            ("deadline: Deadline", sys.getsizeof(conn.deadline)),
+            ("remote: str", sys.getsizeof(conn.remote)),
+            ("the receive buffer, only while bytes arrive", 0),
         ]  # fmt: skip
-    print("\nsys.getsizeof of the pieces allocated at accept (DownstreamConnection.__init__):")
+    print("\nsys.getsizeof of what an idle DownstreamConnection holds:")
     for what, n in pieces:
         print(f"{n:8,d}  {what}")
-    print(f"{sum(n for _, n in pieces):8,d}  total")
+    print(f"{sum(n for _, n in pieces):8,d}  total (the request-head parser is the worker's)")
 
 
 def main() -> int:

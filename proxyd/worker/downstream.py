@@ -220,6 +220,9 @@ class DownstreamConnection:
                         keep = await manager.handle(stream, plan, self)
                         manager.finish(stream, plan, self)
                         self.stream = None
+                        # An idle connection keeps nothing of the request it served
+                        # (this frame's locals live while it waits for the next one).
+                        del stream, h, head
                         if not keep or self.closing:
                             closed = True
                             break
