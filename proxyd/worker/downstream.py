@@ -285,12 +285,7 @@ class DownstreamConnection:
                         DeadlineKind.REQUEST_HEADERS,
                         min(plan.headers_timeout, plan.request_timeout),
                     )
-                try:
-                    n = sock.recv_into(rb.space())
-                except BlockingIOError:
-                    n = -1
-                except (ConnectionResetError, ConnectionAbortedError):
-                    n = 0
+                n = io.recv_now(sock, rb.space())
                 if n < 0:
                     n = await io.recv_into(sock, rb.space())
             else:
@@ -301,22 +296,14 @@ class DownstreamConnection:
                 await io.yield_now()
                 n = -1
                 if rb.holds_buffer:
-                    try:
-                        n = sock.recv_into(rb.space())
-                    except BlockingIOError:
-                        n = -1
-                    except (ConnectionResetError, ConnectionAbortedError):
-                        n = 0
+                    n = io.recv_now(sock, rb.space())
                 if n < 0:
                     # Idle for real: the buffer goes back until bytes arrive.
                     rb.release()
                     await io.wait_readable(sock)
-                    try:
-                        n = sock.recv_into(rb.space())
-                    except BlockingIOError:
-                        continue
-                    except (ConnectionResetError, ConnectionAbortedError):
-                        n = 0
+                    n = io.recv_now(sock, rb.space())
+                    if n < 0:
+                        continue  # woken without data: wait again
                 self.idle = False
             if n == 0:
                 return None  # closed (or reset) before a complete head: nothing to answer

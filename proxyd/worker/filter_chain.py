@@ -21,6 +21,7 @@ headers and see or hold body data but not replace it.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from proxyd.filters.api import (
@@ -73,8 +74,10 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
     return reply.status, reply.body, extra
 
 
-def _overrides(f: HttpFilter, hook: str) -> bool:
-    return getattr(type(f), hook) is not getattr(HttpFilter, hook)
+@cache
+def _overrides(cls: type, hook: str) -> bool:  # plain `type`: Hashable for @cache
+    """The filter class has its own ``hook`` (found once per class, not per stream)."""
+    return getattr(cls, hook) is not getattr(HttpFilter, hook)
 
 
 class FilterChain:
@@ -111,11 +114,11 @@ class FilterChain:
         self.inner = inner
         self.filters = [f.create() for f in factories]
         self.decoders = [f for f, fac in zip(self.filters, factories, strict=True) if fac.decodes]
-        self.data_decoders = any(_overrides(f, "on_request_data") for f in self.decoders)
+        self.data_decoders = any(_overrides(type(f), "on_request_data") for f in self.decoders)
         encoders = [f for f, fac in zip(self.filters, factories, strict=True) if fac.encodes]
         encoders.reverse()
         self.encoders = encoders
-        self.data_encoders = any(_overrides(f, "on_response_data") for f in encoders)
+        self.data_encoders = any(_overrides(type(f), "on_response_data") for f in encoders)
         self.limit = limit
         # Data a filter keeps (STOP_AND_BUFFER), by its index in decoders.
         self.kept: dict[int, bytearray] = {}

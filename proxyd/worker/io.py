@@ -37,6 +37,17 @@ class Timeout(Exception):
     """Connecting took longer than allowed."""
 
 
+def recv_now(sock: socket.socket, view: memoryview) -> int:
+    """Receive into ``view`` without waiting: the count, 0 at end of stream (or a
+    reset), -1 when nothing is there yet."""
+    try:
+        return sock.recv_into(view)
+    except BlockingIOError:
+        return -1
+    except (ConnectionResetError, ConnectionAbortedError):
+        return 0
+
+
 async def recv_into(sock: socket.socket, view: memoryview) -> int:
     """Receive into ``view``; 0 at end of stream. A reset counts as end of stream."""
     while True:

@@ -415,12 +415,7 @@ class Exchange:
                 # The upstream has to answer first: let the other connections run, then
                 # read (under load the answer is usually there by then).
                 await io.yield_now()
-            try:
-                n = sock.recv_into(rb.space())
-            except BlockingIOError:
-                n = -1
-            except (ConnectionResetError, ConnectionAbortedError):
-                n = 0
+            n = io.recv_now(sock, rb.space())
             if n < 0:
                 n = await io.recv_into(sock, rb.space())
             if n == 0:
