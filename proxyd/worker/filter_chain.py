@@ -74,8 +74,13 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
     return reply.status, reply.body, extra
 
 
+def _has_own(f: HttpFilter, hook: str) -> bool:
+    cls: type = type(f)  # typed plain ``type``: mypy sees it as Hashable for @cache
+    return _overrides(cls, hook)
+
+
 @cache
-def _overrides(cls: type, hook: str) -> bool:  # plain `type`: Hashable for @cache
+def _overrides(cls: type, hook: str) -> bool:
     """The filter class has its own ``hook`` (found once per class, not per stream)."""
     return getattr(cls, hook) is not getattr(HttpFilter, hook)
 
@@ -114,11 +119,11 @@ class FilterChain:
         self.inner = inner
         self.filters = [f.create() for f in factories]
         self.decoders = [f for f, fac in zip(self.filters, factories, strict=True) if fac.decodes]
-        self.data_decoders = any(_overrides(type(f), "on_request_data") for f in self.decoders)
+        self.data_decoders = any(_has_own(f, "on_request_data") for f in self.decoders)
         encoders = [f for f, fac in zip(self.filters, factories, strict=True) if fac.encodes]
         encoders.reverse()
         self.encoders = encoders
-        self.data_encoders = any(_overrides(type(f), "on_response_data") for f in encoders)
+        self.data_encoders = any(_has_own(f, "on_response_data") for f in encoders)
         self.limit = limit
         # Data a filter keeps (STOP_AND_BUFFER), by its index in decoders.
         self.kept: dict[int, bytearray] = {}
