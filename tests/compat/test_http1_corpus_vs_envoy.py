@@ -114,15 +114,32 @@ class Results:
     proxyd: dict[str, Any]
 
 
+def serve_corpus(start: Any, recorder: UpstreamRecorder) -> dict[str, Any]:
+    """Play the corpus through the proxy ``start(text, admin)`` starts. Its ~250 ports are
+    picked free and bound a moment later: should another process take one meanwhile,
+    the proxy cannot start, and the run is tried again on other ports (twice at most)."""
+    for attempt in range(3):
+        admin, *ports = distinct_free_ports(len(CASES) + 1, recorder.ports)
+        text = corpus_config(admin, ports, recorder.ports)
+        try:
+            with start(text, admin):
+                return play_corpus(ports, recorder)
+        except Exception as exc:
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     with UpstreamRecorder(len(CASES)) as recorder:
-        admin, *ports = distinct_free_ports(len(CASES) + 1, recorder.ports)
-        text = corpus_config(admin, ports, recorder.ports)
-        with EnvoyRunner(text):
-            envoy = play_corpus(ports, recorder)
-        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=1):
-            proxyd = play_corpus(ports, recorder)
+        envoy = serve_corpus(lambda text, admin: EnvoyRunner(text), recorder)
+        proxyd = serve_corpus(
+            lambda text, admin: ProxydProcess(
+                tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=1
+            ),
+            recorder,
+        )
         yield Results(envoy, proxyd)
 
 
