@@ -340,14 +340,51 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class AccessLog:
-    """A file access log; ``format`` is Envoy's text format string.
+class AccessLogFilter:
+    """One node of Envoy's ``config.accesslog.v3.AccessLogFilter``
+    (proxyd.protocol.access_log_filters evaluates it).
 
-    ``format`` is "" for Envoy's default format.
+    ``kind`` is the filter's field name without ``_filter`` ("status_code", "duration",
+    "not_health_check", "traceable", "runtime", "and", "or", "response_flag", "header",
+    "grpc_status", "log_type"). Comparisons use ``op`` ("EQ", "GE", "LE") against
+    ``value`` unless the runtime has ``runtime_key``; the runtime filter samples
+    ``value`` / ``denominator`` (its runtime key overrides). ``names`` holds response
+    flags or log types, ``codes`` gRPC status numbers; ``children`` the and/or operands.
+    """
+
+    kind: str
+    op: str = ""
+    value: int = 0
+    runtime_key: str = ""
+    denominator: int = 100
+    independent: bool = False
+    names: tuple[str, ...] = ()
+    codes: tuple[int, ...] = ()
+    exclude: bool = False
+    header: HeaderMatch | None = None
+    children: tuple[AccessLogFilter, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """An access log: where it goes and its ``log_format``.
+
+    ``sink`` is "file" (``path``), "stdout" or "stderr". ``format`` is Envoy's text
+    format ("" for the default format); ``json_format``, when not "", is the JSON text
+    of a ``json_format`` Struct and replaces ``format``.
     """
 
     path: str
     format: str = ""
+    sink: str = "file"
+    json_format: str = ""
+    omit_empty_values: bool = False
+    filter: AccessLogFilter | None = None
+
+    @property
+    def writer_key(self) -> str:
+        """The key of the worker's writer: the file path, or "stdout:" / "stderr:"."""
+        return self.path if self.sink == "file" else f"{self.sink}:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +427,10 @@ class HttpConnectionManager:
     rds_source: ConfigSource | None = None
     # http_filters before the router, in order (the router is always last).
     http_filters: tuple[HttpFilter, ...] = ()
+    # access_log_options: periodic logs of streams in flight (0: none), and a log when
+    # a request's headers arrive (ACCESS_LOG_TYPE DownstreamStart).
+    access_log_flush_interval_s: float = 0.0
+    flush_access_log_on_new_request: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +440,8 @@ class Listener:
     port: int
     hcm: HttpConnectionManager
     per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # The listener's own access_log: one line per downstream connection, at close.
+    access_logs: tuple[AccessLog, ...] = ()
 
     @property
     def stat_name(self) -> str:

@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from typing import Any
 
+from proxyd.config.access_logs import compile_access_logs
 from proxyd.config.dynamic import compile_config_source
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
-from proxyd.config.supported import FILE_LOG_TYPE, HCM_TYPE, unpack
+from proxyd.config.supported import HCM_TYPE, unpack
 from proxyd.config.values import (
     duration_or,
     enum_name,
@@ -19,9 +20,8 @@ from proxyd.config.values import (
     socket_address,
     wrapped_or,
 )
-from proxyd.epoch import AccessLog, HttpConnectionManager, Listener, RouteConfig
+from proxyd.epoch import HttpConnectionManager, Listener, RouteConfig
 from proxyd.errors import ConfigError
-from proxyd.protocol.access_log import LogFormat
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 FILE_LOG_NAME = "envoy.access_loggers.file"
@@ -99,6 +99,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         per_connection_buffer_limit_bytes=wrapped_or(
             lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
         ),
+        access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
     )
 
 
@@ -141,10 +142,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         stat_prefix=hcm.stat_prefix,
         codec_type=codec,
         route_config=route_config,
-        access_logs=tuple(
-            _access_log(a, f"{join(path, 'access_log')}[{i}]", file)
-            for i, a in enumerate(hcm.access_log)
-        ),
+        access_logs=compile_access_logs(hcm.access_log, join(path, "access_log"), file),
         use_remote_address=wrapped_or(hcm, "use_remote_address", False),
         xff_num_trusted_hops=hcm.xff_num_trusted_hops,
         max_request_headers_kb=wrapped_or(
@@ -161,30 +159,11 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         rds_route_config_name=rds_name,
         rds_source=rds_source,
         http_filters=http_filters,
+        access_log_flush_interval_s=duration_or(
+            hcm.access_log_options, "access_log_flush_interval", 0.0
+        ),
+        flush_access_log_on_new_request=hcm.access_log_options.flush_access_log_on_new_request,
     )
-
-
-def _access_log(a: Any, path: str, file: str) -> AccessLog:
-    log = typed_config(a, FILE_LOG_TYPE, FILE_LOG_NAME, "access logger", path, file)
-    fmt_path = join(path, "typed_config")
-    which = log.WhichOneof("access_log_format")
-    fmt = ""
-    if which == "format":
-        fmt = log.format
-        fmt_path = join(fmt_path, "format")
-    elif which == "log_format":
-        fmt = log.log_format.text_format_source.inline_string
-        fmt_path = join(fmt_path, "log_format.text_format_source.inline_string")
-    check_log_format(fmt, fmt_path, file)
-    return AccessLog(path=log.path, format=fmt)
-
-
-def check_log_format(fmt: str, path: str, file: str) -> None:
-    """Compile the format with the workers' access-log formatter: it names a bad operator."""
-    try:
-        LogFormat(fmt)
-    except ValueError as exc:
-        raise ConfigError(file, path, str(exc)) from exc
 
 
 def typed_config(

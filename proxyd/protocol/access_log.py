@@ -1,28 +1,43 @@
-"""Envoy's text access-log format, compiled once into a plan of literals and getters.
+"""Envoy's access-log formats (``SubstitutionFormatString``), compiled once into plans.
 
-The worker fills one :class:`LogRecord` per request; a :class:`LogFormat` built once per
-epoch turns it into a line with one ``%`` interpolation of small getter results. What
-the getters return follows Envoy 1.40 (checked against the real binary):
+The worker fills one :class:`LogRecord` per request (or per connection, for a
+listener's access log); a format built once per epoch turns it into a line.
 
-* a value that is not there renders as ``-``; a request header that is present but
-  empty renders as the empty string (so ``LogRecord`` uses None for "absent");
-* ``RESPONSE_CODE`` is ``0`` when no response was sent;
-* ``REQ(X?Y):Z`` takes header X, else Y, truncated to Z characters; ``REQ(HOST)`` is the
-  authority; only ``REQ`` and ``RESP`` take a length, and the other operators take no
-  parameter (``%PROTOCOL()%`` is allowed, ``%PROTOCOL(x)%`` and ``%PROTOCOL:3%`` are not);
-* ``START_TIME`` is UTC, ``2016-04-15T20:17:00.310Z`` by default; ``START_TIME(fmt)``
-  is strftime plus Envoy's ``%s``, ``%f`` / ``%1f`` … ``%9f``, ``%E<n>S`` and ``%E*S``.
+* :class:`LogFormat` is a text format: one ``%`` interpolation of small getter results,
+  compiled into a single function (the common operators are pasted in as expressions,
+  so the default format calls no getter at all).
+* :class:`JsonLogFormat` is ``json_format``: a dict whose string values hold operators.
+  A value that is exactly one operator keeps the operator's type (numbers stay numbers,
+  an absent value is ``null``); other strings are text formats. Keys come out sorted and
+  the line is compact JSON with a newline, as Envoy 1.40 writes it.
+* ``omit_empty_values``: in text an absent value renders as the empty string instead of
+  ``-``; in JSON a key whose value is absent is left out (and so is a nested object left
+  empty by that), while an empty string stays.
 
-Every other operator raises :class:`ValueError` naming it, so configuration validation
-can reject it by name.
+What the operators print is :mod:`proxyd.protocol.access_log_operators`. What the
+getters return follows Envoy 1.40 (checked against the real binary): a value that is
+not there renders as ``-``; a request header that is present but empty renders as the
+empty string (so ``LogRecord`` uses None for "absent"); ``RESPONSE_CODE`` is ``0`` when
+no response was sent. A bad format raises :class:`OperatorError` (a ValueError) naming
+the operator, so configuration validation rejects it by name.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
+
+from proxyd.protocol.access_log_operators import (
+    Getter,
+    OperatorError,
+    Value,
+    compile_operator,
+    parse,
+)
+
+__all__ = ["DEFAULT_FORMAT", "JsonLogFormat", "LogFormat", "LogRecord", "OperatorError"]
 
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
@@ -31,30 +46,43 @@ DEFAULT_FORMAT = (
     '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
 )
 
+# ACCESS_LOG_TYPE values (Envoy's AccessLogType names).
+DOWNSTREAM_END = "DownstreamEnd"
+DOWNSTREAM_START = "DownstreamStart"
+DOWNSTREAM_PERIODIC = "DownstreamPeriodic"
+NOT_SET = "NotSet"  # a listener's connection log
+
 
 class LogRecord:
-    """What the worker knows about one request when it is logged.
+    """What the worker knows about one request (or one connection) when it is logged.
 
     String fields use None for "not there" (rendered ``-``); a request header that was
-    sent empty is "". ``req_headers`` / ``resp_headers`` hold only the lower-case names
-    listed in :attr:`LogFormat.request_headers` / :attr:`LogFormat.response_headers`,
-    several values joined with ",".
+    sent empty is "". ``req_headers`` / ``resp_headers`` hold the lower-case names the
+    formats and filters asked for (several values joined with ",").
     """
 
     __slots__ = (
         "start_time",
         "method",
         "path",
+        "scheme",
         "protocol",
         "response_code",
         "response_flags",
+        "details",
         "bytes_received",
         "bytes_sent",
         "duration_ms",
         "upstream_service_time_ms",
         "upstream_host",
+        "upstream_hostname",
+        "upstream_remote_address",
+        "upstream_protocol",
         "upstream_cluster",
+        "attempt_count",
+        "transport_failure",
         "downstream_remote_address",
+        "downstream_direct_remote_address",
         "downstream_local_address",
         "request_id",
         "authority",
@@ -63,22 +91,33 @@ class LogRecord:
         "req_headers",
         "resp_headers",
         "route_name",
+        "listener_name",
+        "log_type",
+        "server",
     )
 
     def __init__(self, **fields: Any) -> None:
         self.start_time: float = time.time()
         self.method: str | None = None
         self.path: str | None = None
+        self.scheme: str | None = "http"
         self.protocol: str | None = "HTTP/1.1"
         self.response_code: int = 0
         self.response_flags: str = "-"
+        self.details: str | None = None
         self.bytes_received: int = 0
         self.bytes_sent: int = 0
         self.duration_ms: int = 0
         self.upstream_service_time_ms: int | None = None
         self.upstream_host: str | None = None
+        self.upstream_hostname: str | None = None
+        self.upstream_remote_address: str | None = None
+        self.upstream_protocol: str | None = None
         self.upstream_cluster: str | None = None
+        self.attempt_count: int = 0
+        self.transport_failure: str | None = None
         self.downstream_remote_address: str | None = None
+        self.downstream_direct_remote_address: str | None = None
         self.downstream_local_address: str | None = None
         self.request_id: str | None = None
         self.authority: str | None = None
@@ -87,285 +126,62 @@ class LogRecord:
         self.req_headers: dict[str, str] = {}
         self.resp_headers: dict[str, str] = {}
         self.route_name: str | None = None
+        self.listener_name: str | None = None
+        self.log_type: str = DOWNSTREAM_END
+        # The server header the client got (the HCM's server_name), None: no response.
+        self.server: str | None = None
         for name, value in fields.items():
             setattr(self, name, value)
 
 
-Getter = Callable[[LogRecord], str]
+def _text(getter: Getter, empty: str) -> Callable[[LogRecord], str]:
+    """``getter``'s value as text: None as ``empty`` ("-", or "" with omit_empty_values)."""
 
-# Envoy's command syntax: %NAME%, %NAME(param)%, %NAME(param):length%.
-_COMMAND = re.compile(r"%([A-Z0-9_]+)(?:\(([^)]*)\))?(?::([0-9]+))?%")
-
-# Request headers that live in LogRecord fields rather than in ``req_headers``.
-_REQ_FIELDS = {
-    ":method": "method",
-    ":path": "path",
-    ":authority": "authority",
-    "host": "authority",
-    "x-forwarded-for": "x_forwarded_for",
-    "user-agent": "user_agent",
-    "x-request-id": "request_id",
-}
-
-# Milliseconds suffixes for the default START_TIME, so rendering does no formatting.
-_MS_SUFFIX = tuple(f".{i:03d}Z" for i in range(1000))
-
-
-_G = TypeVar("_G", bound=Callable[[LogRecord], str | None])
-
-
-def _inline(getter: _G, expr: str) -> _G:
-    """Mark ``getter`` as equivalent to the Python expression ``expr`` over ``rec``.
-
-    The compiled format inlines such expressions instead of calling the getter. Only
-    expressions built here from fixed attribute names and repr()'d header names are
-    ever inlined; nothing from the format string is pasted in unquoted.
-    """
-    # A function attribute, which mypy cannot declare; LogFormat reads it with getattr().
-    getter.inline = expr  # type: ignore[attr-defined]
-    return getter
-
-
-def _field_or_dash(attr: str) -> Getter:
     def get(rec: LogRecord) -> str:
-        v = getattr(rec, attr)
-        return v if v else "-"
+        v = getter(rec)
+        if v is None:
+            return empty
+        return v if isinstance(v, str) else str(v)
 
-    return _inline(get, f'(rec.{attr} or "-")')
-
-
-def _int_field(attr: str) -> Getter:
-    def get(rec: LogRecord) -> str:
-        return str(getattr(rec, attr))
-
-    return _inline(get, f"rec.{attr}")  # "%s" renders the int as str() would
-
-
-def _without_port(rec: LogRecord) -> str:
-    addr = rec.downstream_remote_address
-    if not addr:
-        return "-"
-    if addr.startswith("["):  # "[::1]:80"
-        end = addr.find("]")
-        return addr[1:end] if end > 0 else addr
-    host, sep, _port = addr.rpartition(":")
-    return host if sep else addr
-
-
-# Operators that take no parameter and no length.
-_PLAIN: dict[str, Getter] = {
-    "PROTOCOL": _field_or_dash("protocol"),
-    "RESPONSE_CODE": _int_field("response_code"),
-    "RESPONSE_FLAGS": _field_or_dash("response_flags"),
-    "BYTES_RECEIVED": _int_field("bytes_received"),
-    "BYTES_SENT": _int_field("bytes_sent"),
-    "DURATION": _int_field("duration_ms"),
-    "UPSTREAM_HOST": _field_or_dash("upstream_host"),
-    "UPSTREAM_CLUSTER": _field_or_dash("upstream_cluster"),
-    "DOWNSTREAM_REMOTE_ADDRESS": _field_or_dash("downstream_remote_address"),
-    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _without_port,
-    "DOWNSTREAM_LOCAL_ADDRESS": _field_or_dash("downstream_local_address"),
-    "ROUTE_NAME": _field_or_dash("route_name"),
-}
-
-
-# -- START_TIME -------------------------------------------------------------------------
-
-
-def _split_usec(t: float) -> tuple[int, int]:
-    """Whole seconds and microseconds of a time.time() value (rounded to 1 µs)."""
-    us = round(t * 1_000_000)
-    return us // 1_000_000, us % 1_000_000
-
-
-class _DefaultStartTime:
-    """``2016-04-15T20:17:00.310Z``; the part up to the seconds is cached per second."""
-
-    __slots__ = ("_sec", "_prefix")
-
-    def __init__(self) -> None:
-        self._sec = -1
-        self._prefix = ""
-
-    def __call__(self, rec: LogRecord) -> str:
-        sec, us = _split_usec(rec.start_time)
-        if sec != self._sec:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-            self._sec = sec
-        return self._prefix + _MS_SUFFIX[us // 1000]
-
-
-# Pieces of a custom START_TIME format: strftime text, or one of Envoy's extensions.
-_STRFTIME, _EPOCH_SECONDS, _FRACTION, _SECONDS_FRACTION = range(4)
-_START_SPEC = re.compile(r"%(?:(s)|([1-9]?)f|E([0-9]+|\*)S|(.))", re.DOTALL)
-
-
-def _fraction(us: int, digits: int) -> str:
-    """The first ``digits`` (1-9) digits of the fraction, truncated like Envoy."""
-    return f"{us * 1000:09d}"[:digits]
-
-
-class _CustomStartTime:
-    __slots__ = ("_pieces", "_sec", "_rendered")
-
-    def __init__(self, fmt: str) -> None:
-        pieces: list[tuple[int, Any]] = []
-        text: list[str] = []
-
-        def flush() -> None:
-            if text:
-                pieces.append((_STRFTIME, "".join(text)))
-                text.clear()
-
-        pos = 0
-        for m in _START_SPEC.finditer(fmt):
-            text.append(fmt[pos : m.start()])
-            pos = m.end()
-            epoch, frac, sec_frac, other = m.groups()
-            if epoch:
-                flush()
-                pieces.append((_EPOCH_SECONDS, None))
-            elif other is not None:
-                text.append(m.group(0))  # plain strftime, "%%" included
-            elif sec_frac is not None:
-                flush()
-                pieces.append((_SECONDS_FRACTION, None if sec_frac == "*" else int(sec_frac)))
-            else:
-                flush()
-                pieces.append((_FRACTION, int(frac) if frac else 9))
-        text.append(fmt[pos:])
-        flush()
-        self._pieces = tuple(pieces)
-        self._sec = -1
-        self._rendered: tuple[str, ...] = ()
-
-    def _render_second(self, sec: int) -> tuple[str, ...]:
-        tm = time.gmtime(sec)
-        out = []
-        for kind, arg in self._pieces:
-            if kind == _STRFTIME:
-                out.append(time.strftime(arg, tm))
-            elif kind == _EPOCH_SECONDS:
-                out.append(str(sec))
-            elif kind == _SECONDS_FRACTION:
-                out.append(f"{tm.tm_sec:02d}")
-            else:
-                out.append("")
-        return tuple(out)
-
-    def __call__(self, rec: LogRecord) -> str:
-        sec, us = _split_usec(rec.start_time)
-        if sec != self._sec:
-            self._rendered = self._render_second(sec)
-            self._sec = sec
-        parts = []
-        for (kind, arg), fixed in zip(self._pieces, self._rendered, strict=True):
-            if kind == _FRACTION:
-                parts.append(_fraction(us, arg))
-            elif kind == _SECONDS_FRACTION:
-                if arg is None:  # %E*S: as many digits as needed
-                    digits = f"{us * 1000:09d}".rstrip("0")
-                    parts.append(f"{fixed}.{digits}" if digits else fixed)
-                elif arg == 0:
-                    parts.append(fixed)
-                else:
-                    parts.append(f"{fixed}.{f'{us * 1000:09d}'[:arg].ljust(arg, '0')}")
-            else:
-                parts.append(fixed)
-        return "".join(parts)
-
-
-# -- REQ / RESP ---------------------------------------------------------------------------
-
-
-def _header_source(name: str, response: bool) -> tuple[str, str]:
-    """Where a header's value comes from: ("field", attr) or ("dict", lower-case name)."""
-    if response:
-        if name == ":status":
-            return ("status", "")
-        if name == "x-envoy-upstream-service-time":
-            return ("service_time", "")
-        if name.startswith(":"):
-            raise ValueError(f"access log: RESP({name.upper()}) is not supported by proxyd")
-        return ("dict", name)
-    if name in _REQ_FIELDS:
-        return ("field", _REQ_FIELDS[name])
-    if name.startswith(":"):
-        raise ValueError(f"access log: REQ({name.upper()}) is not supported by proxyd")
-    return ("dict", name)
-
-
-# The ``inline`` expressions below render a missing value as "-" (the getters return
-# None for it, so that REQ(X?Y) can fall back to Y).
-def _header_value_getter(source: tuple[str, str]) -> Callable[[LogRecord], str | None]:
-    kind, key = source
-    if kind == "field":
-        return _inline(lambda rec: getattr(rec, key), f'("-" if rec.{key} is None else rec.{key})')
-    if kind == "status":
-        return _inline(
-            lambda rec: str(rec.response_code) if rec.response_code else None,
-            '(rec.response_code or "-")',
-        )
-    if kind == "service_time":
-
-        def service_time(rec: LogRecord) -> str | None:
-            v = rec.upstream_service_time_ms
-            return None if v is None else str(v)
-
-        return _inline(
-            service_time,
-            '("-" if rec.upstream_service_time_ms is None else rec.upstream_service_time_ms)',
-        )
-    if kind == "dict":
-        return _inline(lambda rec: rec.req_headers.get(key), f'rec.req_headers.get({key!r}, "-")')
-    raise AssertionError(kind)
-
-
-def _resp_dict_getter(key: str) -> Callable[[LogRecord], str | None]:
-    return _inline(lambda rec: rec.resp_headers.get(key), f'rec.resp_headers.get({key!r}, "-")')
+    return get
 
 
 class LogFormat:
     """A compiled Envoy text format; ``""`` is Envoy's default format."""
 
-    def __init__(self, fmt: str) -> None:
+    def __init__(self, fmt: str, omit_empty_values: bool = False) -> None:
         self.source = fmt or DEFAULT_FORMAT
         req: set[str] = set()
         resp: set[str] = set()
         literals: list[str] = []
         getters: list[Getter] = []
-        text: list[str] = []
-        s = self.source
-        i = 0
-        n = len(s)
-        while i < n:
-            pct = s.find("%", i)
-            if pct < 0:
-                text.append(s[i:])
-                break
-            text.append(s[i:pct])
-            if s.startswith("%%", pct):
-                text.append("%")
-                i = pct + 2
+        text = ""
+        for piece in parse(self.source):
+            if isinstance(piece, str):
+                text += piece
                 continue
-            m = _COMMAND.match(s, pct)
-            if m is None:
-                raise ValueError(
-                    f"access log format {s!r}: no valid command operator at position {pct}"
-                )
-            getters.append(self._compile(m.group(1), m.group(2), m.group(3), req, resp))
-            literals.append("".join(text))
-            text.clear()
-            i = m.end()
-        literals.append("".join(text))
+            getters.append(compile_operator(*piece, req, resp))
+            literals.append(text)
+            text = ""
+        literals.append(text)
+        self.getters = tuple(getters)
         self.request_headers: frozenset[str] = frozenset(req)
         self.response_headers: frozenset[str] = frozenset(resp)
-        self._getters = tuple(getters)
-        self._template = "%s".join(lit.replace("%", "%%") for lit in literals)
+        empty = "" if omit_empty_values else "-"
+        template = "%s".join(lit.replace("%", "%%") for lit in literals)
         # The plan becomes one function: ``T % (expr0, g1(rec), ...)``.
-        args = [getattr(g, "inline", None) or f"g{i}(rec)" for i, g in enumerate(getters)]
-        namespace: dict[str, Any] = {f"g{i}": g for i, g in enumerate(getters)}
-        namespace["T"] = self._template
+        args = []
+        namespace: dict[str, Any] = {"T": template}
+        for i, g in enumerate(getters):
+            inline = getattr(g, "inline", None)
+            if inline is not None and not omit_empty_values:
+                args.append(inline)
+            elif getattr(g, "text_safe", False):
+                namespace[f"g{i}"] = g
+                args.append(f"g{i}(rec)")
+            else:
+                namespace[f"g{i}"] = _text(g, empty)
+                args.append(f"g{i}(rec)")
         if getters:
             src = f"def format(rec):\n    return T % ({', '.join(args)},)\n"
         else:
@@ -375,62 +191,103 @@ class LogFormat:
         # An instance attribute: it shadows the method below, which documents it.
         self.format: Callable[[LogRecord], str] = namespace["format"]  # type: ignore[method-assign]
 
-    @staticmethod
-    def _compile(
-        name: str, param: str | None, length: str | None, req: set[str], resp: set[str]
-    ) -> Getter:
-        if name in ("REQ", "RESP"):
-            return _compile_header(name, param, length, req, resp)
-        if length is not None:
-            raise ValueError(f"access log: {name} does not take a length")
-        if name == "START_TIME":
-            return _CustomStartTime(param) if param else _DefaultStartTime()
-        getter = _PLAIN.get(name)
-        if getter is None:
-            raise ValueError(f"access log: unsupported command operator %{name}%")
-        if param:
-            raise ValueError(f"access log: {name} does not take any parameters")
-        return getter
-
     def format(self, rec: LogRecord) -> str:
         """The log line for ``rec`` (replaced per instance by the compiled plan)."""
-        return self._template % tuple([g(rec) for g in self._getters])
+        raise NotImplementedError  # never called: __init__ sets the instance attribute
 
 
-def _compile_header(
-    name: str, param: str | None, length: str | None, req: set[str], resp: set[str]
-) -> Getter:
-    if not param:
-        raise ValueError(f"access log: {name} requires a header name, as {name}(X?Y):Z")
-    names = param.split("?")
-    if len(names) > 2:
-        raise ValueError(f"access log: more than one alternative header in {name}({param})")
-    response = name == "RESP"
-    getters = []
-    for header in names:
-        if not header:
-            continue  # Envoy accepts "X?" and "?Y"
-        source = _header_source(header.lower(), response)
-        if source[0] == "dict":
-            (resp if response else req).add(source[1])
-            getters.append(
-                _resp_dict_getter(source[1]) if response else _header_value_getter(source)
-            )
-        else:
-            getters.append(_header_value_getter(source))
-    limit = int(length) if length is not None else None
-    first = getters[0] if getters else None
-    second = getters[1] if len(getters) > 1 else None
-    inline = getattr(first, "inline", None)
+# -- json_format ------------------------------------------------------------------------
 
-    def get(rec: LogRecord) -> str:
-        v = first(rec) if first is not None else None
-        if v is None and second is not None:
-            v = second(rec)
-        if v is None:
-            return "-"
-        return v if limit is None else v[:limit]
 
-    if inline is not None and second is None and limit is None:
-        return _inline(get, inline)
-    return get
+class _Omit:
+    """A JSON value left out (omit_empty_values)."""
+
+
+_OMIT = _Omit()
+
+JsonPlan = Callable[[LogRecord], Any]
+
+
+class JsonLogFormat:
+    """A compiled ``json_format`` (given as the JSON text of the Struct)."""
+
+    def __init__(self, source: str, omit_empty_values: bool = False) -> None:
+        self.source = source
+        self._req: set[str] = set()
+        self._resp: set[str] = set()
+        self._omit = omit_empty_values
+        struct = json.loads(source)
+        if not isinstance(struct, dict):
+            raise OperatorError("json_format must be an object")
+        self._plan = self._compile_value(struct)
+        self.request_headers: frozenset[str] = frozenset(self._req)
+        self.response_headers: frozenset[str] = frozenset(self._resp)
+        self._encode = json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), sort_keys=True
+        ).encode
+
+    def _compile_value(self, value: Any) -> JsonPlan:
+        if isinstance(value, dict):
+            items = [(k, self._compile_value(v)) for k, v in sorted(value.items())]
+            omit = self._omit
+
+            def obj(rec: LogRecord) -> Any:
+                out = {}
+                for k, plan in items:
+                    v = plan(rec)
+                    if v is not _OMIT:
+                        out[k] = v
+                if omit and not out:
+                    return _OMIT
+                return out
+
+            return obj
+        if isinstance(value, list):
+            plans = [self._compile_value(v) for v in value]
+
+            def array(rec: LogRecord) -> Any:
+                return [v for v in (p(rec) for p in plans) if v is not _OMIT]
+
+            return array
+        if isinstance(value, str):
+            return self._compile_string(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # a Struct holds doubles; Envoy prints 5, not 5.0
+        return lambda rec: value  # a number, bool or null as configured
+
+    def _compile_string(self, s: str) -> JsonPlan:
+        pieces = parse(s)
+        if not any(isinstance(p, tuple) for p in pieces):
+            literal = "".join(p for p in pieces if isinstance(p, str))
+            return lambda rec: literal
+        first = pieces[0]
+        if len(pieces) == 1 and isinstance(first, tuple):
+            name, param, length = first
+            getter = compile_operator(name, param, length, self._req, self._resp)
+            typed = name not in ("START_TIME", "START_TIME_LOCAL", "EMIT_TIME", "EMIT_TIME_LOCAL")
+            omit = self._omit
+
+            def single(rec: LogRecord) -> Any:
+                v: Value = getter(rec)
+                if v is None and omit:
+                    return _OMIT
+                return v if typed or v is None else str(v)
+
+            return single
+        fmt = LogFormat(s, self._omit)
+        self._req |= fmt.request_headers
+        self._resp |= fmt.response_headers
+        return fmt.format
+
+    def format(self, rec: LogRecord) -> str:
+        value = self._plan(rec)
+        return self._encode({} if value is _OMIT else value) + "\n"
+
+
+def make_format(
+    text: str, json_format: str = "", omit_empty_values: bool = False
+) -> LogFormat | JsonLogFormat:
+    """The format an access log's ``log_format`` describes (the epoch's plain data)."""
+    if json_format:
+        return JsonLogFormat(json_format, omit_empty_values)
+    return LogFormat(text, omit_empty_values)

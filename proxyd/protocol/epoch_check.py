@@ -21,7 +21,8 @@ from typing import Any
 
 from proxyd.epoch import Cluster, Epoch, Listener, RouteConfig
 from proxyd.errors import ProxydError
-from proxyd.protocol.access_log import LogFormat
+from proxyd.protocol.access_log import make_format
+from proxyd.protocol.access_log_filters import compile_filter
 from proxyd.protocol.http1_headers import server_line
 from proxyd.protocol.priority import make_priority_balancer
 from proxyd.protocol.routing import RouteTable
@@ -45,8 +46,15 @@ def check_listener(listener: Listener) -> None:
     where = f"listener '{listener.name}'"
     hcm = listener.hcm
     check_route_config(hcm.route_config, where)
-    for i, al in enumerate(hcm.access_logs):
-        _run(LogFormat, al.format, where=f"{where}: access_logs[{i}] ({al.path})")
+    for kind, logs in (
+        ("access_logs", hcm.access_logs),
+        ("listener access_logs", listener.access_logs),
+    ):
+        for i, al in enumerate(logs):
+            label = f"{where}: {kind}[{i}] ({al.path or al.sink})"
+            _run(lambda a: make_format(a.format, a.json_format, a.omit_empty_values), al, label)
+            if al.filter is not None:
+                _run(compile_filter, al.filter, where=label)
     try:
         server_line(hcm.server_name)
     except UnicodeEncodeError as exc:

@@ -1,4 +1,5 @@
-"""Access-log files, written in batches.
+"""Access logs in the worker: writers (files, stdout, stderr) written in batches, the
+per-epoch log plans with their filters, and the records of requests and connections.
 
 A request appends its formatted line to :attr:`AccessLogWriter.pending`; the worker's
 ticker calls :meth:`flush` about once a second, and a writer also flushes when a batch
@@ -23,6 +24,7 @@ from proxyd.errors import ProxydError
 log = structlog.get_logger()
 
 FLUSH_BYTES = 64 * 1024
+_STD_STREAMS = {"stdout:": 1, "stderr:": 2}
 
 
 class AccessLogError(ProxydError):
@@ -30,7 +32,9 @@ class AccessLogError(ProxydError):
 
 
 class AccessLogWriter:
-    """One access-log file. Made closed; :meth:`open` opens it."""
+    """One access-log file, or the worker's stdout / stderr (``path`` "stdout:" /
+    "stderr:", see :attr:`proxyd.epoch.AccessLog.writer_key`). Made closed;
+    :meth:`open` opens it."""
 
     __slots__ = ("path", "pending", "size", "_fd")
 
@@ -46,7 +50,13 @@ class AccessLogWriter:
 
     def open(self) -> None:
         """Open the file for appending (OSError when it cannot be)."""
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = self._new_fd()
+
+    def _new_fd(self) -> int:
+        std = _STD_STREAMS.get(self.path)
+        if std is not None:
+            return os.dup(std)  # its own fd: closing it leaves the process's stream open
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _open(self) -> None:
         try:
@@ -85,8 +95,10 @@ class AccessLogWriter:
         """Open the path again (an operator rotated the file); when that fails the old
         file stays in use, so no line is lost."""
         self.flush()
+        if self.path in _STD_STREAMS and self._fd >= 0:
+            return  # nothing to rotate
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = self._new_fd()
         except OSError as exc:
             log.error("access log cannot be reopened", path=self.path, error=str(exc))
             if self._fd < 0:

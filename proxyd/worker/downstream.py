@@ -36,7 +36,7 @@ from proxyd.protocol.http1 import CRLF2, LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader, ReceiveBuffer
 from proxyd.protocol.http1_headers import CONTINUE_100, REASONS, local_reply, response_head
 from proxyd.protocol.http1_request_line import check_request_line, check_request_start
-from proxyd.worker import io, manager
+from proxyd.worker import accesslog_plan, io, manager
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 from proxyd.worker.router import arm_request_phase
 from proxyd.worker.stats import note_unexpected
@@ -175,6 +175,8 @@ class DownstreamConnection:
         worker.connections.add(self)
         self.generation = plan.generation
         self.plan = plan
+        if plan.access.connection_logs:
+            accesslog_plan.connection_opened(self, plan)
         try:
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request. It runs in one cancel scope
@@ -238,6 +240,8 @@ class DownstreamConnection:
         except Exception as exc:  # a bug: counted, logged once, only this connection ends
             note_unexpected(worker.stats, exc, "downstream connection")
         finally:
+            if accesslog_plan.OPEN:
+                accesslog_plan.connection_closed(self)
             worker.timers.clear(self.deadline)
             worker.connections.discard(self)
             io.close(self.sock)

@@ -15,9 +15,8 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from proxyd.protocol.access_log import LogRecord
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import router
+from proxyd.worker import accesslog_plan, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
@@ -53,6 +52,8 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     if plan.logs:
         stream.t_wall = time.time()
         stream.t0 = time.monotonic()
+        if plan.log_hooks:
+            accesslog_plan.stream_started(stream, plan, conn)
     plan.http_stats.rq_total += 1
     plan.http_stats.rq_active += 1
     h = stream.head
@@ -176,36 +177,4 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
 
 
 def write_log(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
-    rec = LogRecord()
-    rec.start_time = stream.t_wall
-    rec.response_code = stream.status
-    rec.response_flags = stream.flag_text()
-    rec.bytes_received = stream.bytes_received
-    rec.bytes_sent = stream.bytes_sent
-    rec.duration_ms = int((time.monotonic() - stream.t0) * 1000)
-    rec.upstream_service_time_ms = stream.service_ms
-    rec.upstream_host = stream.upstream_host
-    trusted = stream.trusted_address
-    rec.downstream_remote_address = (
-        conn.remote if not trusted or trusted == conn.remote_ip else f"{trusted}:0"
-    )
-    rec.downstream_local_address = conn.local_address()
-    rec.route_name = stream.route_name
-    rp = stream.route_plan
-    if rp is not None:
-        rec.upstream_cluster = rp.cluster_name
-    h = stream.head
-    if h is not None:
-        rec.method = h.method
-        rec.path = h.path
-        rec.authority = h.host
-        rec.request_id = stream.request_id or None
-        rec.x_forwarded_for = stream.xff.decode("latin-1") if stream.xff else None
-        rec.user_agent = h.headers.get("user-agent")
-        rec.req_headers = h.headers
-    else:
-        rec.protocol = None
-    if stream.resp_headers is not None:
-        rec.resp_headers = stream.resp_headers
-    for fmt, writer in plan.logs:
-        writer.write(fmt.format(rec))
+    accesslog_plan.log_stream(stream, plan, conn)

@@ -14,10 +14,10 @@ import math
 from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener
 from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
-from proxyd.protocol.access_log import LogFormat
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.routing import RouteTable
 from proxyd.worker.accesslog import AccessLogWriter
+from proxyd.worker.accesslog_plan import LogPlan, LogPlans
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.upstream import ClusterState, ConnPool
 
@@ -119,16 +119,14 @@ class ListenerPlan:
         ):
             # A filter's local reply to a gRPC request is a gRPC reply.
             filter_headers.add("content-type")
-        self.logs: list[tuple[LogFormat, AccessLogWriter]] = []
-        log_req: set[str] = set()
-        log_resp: set[str] = set()
-        for al in hcm.access_logs:
-            fmt = LogFormat(al.format)
-            log_req |= fmt.request_headers
-            log_resp |= fmt.response_headers
-            self.logs.append((fmt, writers[al.path]))
-        if self.logs:
-            log_req.add("user-agent")
+        # The access logs (proxyd.worker.accesslog_plan); ``logs`` is empty when the
+        # HCM has none, and then a request pays nothing for them.
+        self.access = LogPlans(listener, writers)
+        self.logs: tuple[LogPlan, ...] = self.access.stream_logs
+        # The request hook (DownstreamStart lines, periodic lines) is wanted.
+        self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
+        log_req = set(self.access.request_headers)
+        log_resp = set(self.access.response_headers)
         # Header names (bytes, lower case) the request parser collects, by the key under
         # which routing and logging look them up.
         wanted = set(self.routes.needed_headers) | log_req | filter_headers

@@ -42,7 +42,7 @@ from proxyd.errors import ProxydError
 from proxyd.protocol.epoch_check import EpochChecker
 from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
-from proxyd.worker import io
+from proxyd.worker import accesslog_plan, io
 from proxyd.worker.accesslog import AccessLogWriter, open_writers, prepare_writers
 from proxyd.worker.deadlines import DeadlineKind, Timers
 from proxyd.worker.downstream import BufferPool, DownstreamConnection
@@ -125,6 +125,7 @@ class Worker:
                 self._start_accepting()
                 await self._send_ready()
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(accesslog_plan.PERIODIC.run)
                 nursery.start_soon(self.timers.run)
                 self.stats.outcomes.on_failure = self._failure_recorded
                 await self._control_loop()
@@ -181,7 +182,11 @@ class Worker:
         """Check and compile ``epoch``, open its new access-log files and put it in
         place. When any step fails, raise :class:`EpochNotApplied` with the reason:
         nothing was opened or closed and the running epoch stays."""
-        paths = {al.path for lst in epoch.listeners for al in lst.hcm.access_logs}
+        paths = {
+            al.writer_key
+            for lst in epoch.listeners
+            for al in (*lst.hcm.access_logs, *lst.access_logs)
+        }
         old_clusters = self.compiled.clusters if self.compiled is not None else {}
         try:
             self.checker.check(epoch)

@@ -69,8 +69,8 @@ REFUSED = {
     "two wildcards": (epoch(domains=(("*",), ("*",))), "only one virtual host may use '*'"),
     "log format": (
         epoch(hcm={"access_logs": (ep.AccessLog("/dev/null", "%NOT_AN_OPERATOR%"),)}),
-        "listener 'ingress': access_logs[0] (/dev/null): access log: unsupported command "
-        "operator %NOT_AN_OPERATOR%",
+        "listener 'ingress': access_logs[0] (/dev/null): Not supported field in StreamInfo: "
+        "NOT_AN_OPERATOR",
     ),
     "server name": (
         epoch(hcm={"server_name": "sn☃w"}),

@@ -1,0 +1,360 @@
+"""What the worker logs, and when: the per-epoch log plans and the records they format.
+
+* :class:`LogPlans` is compiled once per epoch for a listener (``ListenerPlan.access``):
+  the HCM's logs, the listener's connection logs, each a (format, filter, writer), and
+  the request / response headers they read.
+* :func:`log_stream` is the HCM's access log for one stream (``manager.write_log``),
+  with ACCESS_LOG_TYPE DownstreamEnd; :func:`stream_started` logs DownstreamStart
+  (``flush_access_log_on_new_request``) and enrols the stream for periodic logs
+  (``access_log_flush_interval``), which :class:`PeriodicLogs` writes while it lasts.
+* :func:`connection_opened` / :func:`connection_closed` bracket a downstream
+  connection of a listener with its own ``access_log``: one line per connection at
+  close, with the connection's operators (start, duration, bytes on the wire from the
+  kernel's TCP_INFO, addresses, listener name; the request operators print ``-``).
+
+The module state (:data:`PERIODIC`, the open connections) is per worker process: a
+worker is one process, and these are its own.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from proxyd.epoch import AccessLog
+from proxyd.protocol.access_log import (
+    DOWNSTREAM_END,
+    DOWNSTREAM_PERIODIC,
+    DOWNSTREAM_START,
+    NOT_SET,
+    JsonLogFormat,
+    LogFormat,
+    LogRecord,
+    make_format,
+)
+from proxyd.protocol.access_log_filters import (
+    NO_RUNTIME,
+    Predicate,
+    Runtime,
+    compile_filter,
+    filter_header_names,
+    filter_reads_grpc_status,
+)
+from proxyd.worker.accesslog import AccessLogWriter
+from proxyd.worker.stream import ResponseFlag
+
+if TYPE_CHECKING:
+    from proxyd.worker.plan import ListenerPlan
+    from proxyd.worker.stream import Connection, Stream
+
+
+class LogPlan:
+    """One access log of an epoch: its format, its filter (None: log everything), and
+    the writer it goes to."""
+
+    __slots__ = ("fmt", "test", "writer")
+
+    def __init__(
+        self, fmt: LogFormat | JsonLogFormat, test: Predicate | None, writer: AccessLogWriter
+    ) -> None:
+        self.fmt = fmt
+        self.test = test
+        self.writer = writer
+
+    def write(self, rec: LogRecord) -> None:
+        if self.test is None or self.test(rec):
+            self.writer.write(self.fmt.format(rec))
+
+
+def _compile(
+    logs: tuple[AccessLog, ...],
+    writers: dict[str, AccessLogWriter],
+    runtime: Runtime,
+    req: set[str],
+    resp: set[str],
+) -> tuple[LogPlan, ...]:
+    out = []
+    for al in logs:
+        fmt = make_format(al.format, al.json_format, al.omit_empty_values)
+        req |= fmt.request_headers
+        resp |= fmt.response_headers
+        test = None
+        if al.filter is not None:
+            test = compile_filter(al.filter, runtime)
+            req |= filter_header_names(al.filter)
+            if filter_reads_grpc_status(al.filter):
+                resp.add("grpc-status")
+        out.append(LogPlan(fmt, test, writers[al.writer_key]))
+    return tuple(out)
+
+
+class LogPlans:
+    """A listener's access logs for one epoch."""
+
+    __slots__ = (
+        "stream_logs", "connection_logs", "flush_interval", "log_on_new_request",
+        "request_headers", "response_headers", "listener_name", "server_name",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        listener: Any,
+        writers: dict[str, AccessLogWriter],
+        runtime: Runtime = NO_RUNTIME,
+    ) -> None:
+        hcm = listener.hcm
+        req: set[str] = set()
+        resp: set[str] = set()
+        self.stream_logs = _compile(hcm.access_logs, writers, runtime, req, resp)
+        self.connection_logs = _compile(listener.access_logs, writers, runtime, set(), set())
+        self.flush_interval = hcm.access_log_flush_interval_s if self.stream_logs else 0.0
+        self.log_on_new_request = bool(hcm.flush_access_log_on_new_request and self.stream_logs)
+        if self.stream_logs:
+            req.add("user-agent")
+            req.add("content-type")  # GRPC_STATUS: is the request gRPC?
+        self.request_headers = frozenset(req)
+        self.response_headers = frozenset(resp)
+        self.listener_name = listener.name
+        self.server_name = hcm.server_name
+
+
+# -- streams ------------------------------------------------------------------------------
+
+# RESPONSE_CODE_DETAILS for proxyd's own outcomes, by response flag (Envoy's strings).
+_DETAILS = {
+    ResponseFlag.NO_ROUTE: "route_not_found",
+    ResponseFlag.NO_CLUSTER: "cluster_not_found",
+    ResponseFlag.NO_HEALTHY_UPSTREAM: "no_healthy_upstream",
+    ResponseFlag.UPSTREAM_OVERFLOW: "upstream_reset_before_response_started{overflow}",
+    ResponseFlag.UPSTREAM_CONNECTION_FAILURE: (
+        "upstream_reset_before_response_started{remote_connection_failure}"
+    ),
+    ResponseFlag.UPSTREAM_PROTOCOL_ERROR: "upstream_reset_before_response_started{protocol_error}",
+    ResponseFlag.UPSTREAM_REQUEST_TIMEOUT: "upstream_response_timeout",
+    ResponseFlag.STREAM_IDLE_TIMEOUT: "stream_idle_timeout",
+}
+# A deadline's kind (stream.details) -> Envoy's details.
+_DEADLINE_DETAILS = {
+    "request_timeout": "request_overall_timeout",
+    "request_headers_timeout": "request_header_timeout",
+}
+_NOT_CONNECTED = (
+    ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
+    ResponseFlag.UPSTREAM_OVERFLOW,
+    ResponseFlag.NO_HEALTHY_UPSTREAM,
+)
+
+
+def _details(stream: Stream) -> str | None:
+    flag = stream.flags
+    if flag is ResponseFlag.UPSTREAM_CONNECTION_TERMINATION:
+        started = stream.service_ms is not None
+        return (
+            "upstream_reset_after_response_started{connection_termination}"
+            if started
+            else "upstream_reset_before_response_started{connection_termination}"
+        )
+    details = _DETAILS.get(flag)
+    if details is not None:
+        return details
+    if stream.details:
+        # A filter's local reply carries Envoy's details already.
+        return _DEADLINE_DETAILS.get(stream.details, stream.details)
+    if stream.service_ms is not None and stream.status:
+        return "via_upstream"
+    return None
+
+
+def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type: str) -> LogRecord:
+    rec = LogRecord()
+    rec.log_type = log_type
+    rec.listener_name = plan.name
+    rec.start_time = stream.t_wall
+    rec.response_code = stream.status
+    if stream.status:
+        rec.server = plan.access.server_name
+    rec.response_flags = stream.flag_text()
+    rec.bytes_received = stream.bytes_received
+    rec.bytes_sent = stream.bytes_sent
+    rec.duration_ms = int((time.monotonic() - stream.t0) * 1000)
+    rec.upstream_service_time_ms = stream.service_ms
+    host = stream.upstream_host
+    rec.upstream_host = host
+    if host is not None:
+        rec.attempt_count = 1
+        if stream.flags not in _NOT_CONNECTED:
+            rec.upstream_remote_address = host
+            rec.upstream_protocol = "HTTP/1.1"
+    elif stream.flags is ResponseFlag.UPSTREAM_OVERFLOW:
+        rec.attempt_count = 1
+    rec.details = _details(stream)
+    trusted = stream.trusted_address
+    rec.downstream_direct_remote_address = conn.remote
+    rec.downstream_remote_address = (
+        conn.remote if not trusted or trusted == conn.remote_ip else f"{trusted}:0"
+    )
+    rec.downstream_local_address = conn.local_address()
+    rec.route_name = stream.route_name or None
+    rp = stream.route_plan
+    if rp is not None and rp.cluster is not None:
+        rec.upstream_cluster = rp.cluster_name
+    h = stream.head
+    if h is not None:
+        rec.method = h.method
+        rec.path = h.path
+        rec.authority = h.host
+        # The id the request policy set or kept; a request the router never saw keeps
+        # the one it came with.
+        rid = stream.request_id or h.request_id
+        rec.request_id = (rid.decode("latin-1") if isinstance(rid, bytes) else rid) or None
+        rec.x_forwarded_for = stream.xff.decode("latin-1") if stream.xff else None
+        rec.user_agent = h.headers.get("user-agent")
+        rec.req_headers = h.headers
+    else:
+        rec.protocol = None
+        rec.scheme = None
+    if stream.resp_headers is not None:
+        rec.resp_headers = stream.resp_headers
+    elif stream.status and plan.access.response_headers:
+        rec.resp_headers = _local_reply_headers(stream, plan.access.response_headers)
+    return rec
+
+
+def _local_reply_headers(stream: Stream, wanted: frozenset[str]) -> dict[str, str]:
+    """The headers of a reply the proxy made itself, as Envoy's local replies have them
+    (a body is text/plain and has its length; an empty one has neither in the header
+    map Envoy logs), for the names the formats read."""
+    out = {}
+    if "content-type" in wanted and stream.bytes_sent:
+        out["content-type"] = "text/plain"
+    if "content-length" in wanted and stream.bytes_sent:
+        out["content-length"] = str(stream.bytes_sent)
+    return out
+
+
+def log_stream(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
+    """The stream ended: its DownstreamEnd lines."""
+    access = plan.access
+    if access.flush_interval:
+        PERIODIC.remove(stream)
+    rec = stream_record(stream, plan, conn, DOWNSTREAM_END)
+    for lp in access.stream_logs:
+        lp.write(rec)
+
+
+def stream_started(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
+    """A request's headers arrived (only called when a plan wants it)."""
+    access = plan.access
+    if access.log_on_new_request:
+        rec = stream_record(stream, plan, conn, DOWNSTREAM_START)
+        rec.duration_ms = 0
+        for lp in access.stream_logs:
+            lp.write(rec)
+    if access.flush_interval:
+        PERIODIC.add(stream, plan, conn, access.flush_interval)
+
+
+class PeriodicLogs:
+    """access_log_flush_interval: every stream in flight gets a DownstreamPeriodic line
+    each interval after it started, until it ends. :meth:`run` is one task per worker;
+    it sleeps until the next line is due, and is woken when a stream is enrolled."""
+
+    def __init__(self) -> None:
+        self._streams: dict[int, tuple[Stream, ListenerPlan, Connection, float, float]] = {}
+        self._wake = trio.Event()
+
+    def add(self, stream: Stream, plan: ListenerPlan, conn: Connection, interval: float) -> None:
+        due = trio.current_time() + interval
+        self._streams[id(stream)] = (stream, plan, conn, interval, due)
+        self._wake.set()
+
+    def remove(self, stream: Stream) -> None:
+        self._streams.pop(id(stream), None)
+
+    def write_due(self, now: float) -> float:
+        """Write the lines due at ``now``; the time the next one is due (inf: none)."""
+        next_due = math.inf
+        for key, (stream, plan, conn, interval, due) in list(self._streams.items()):
+            if due <= now:
+                rec = stream_record(stream, plan, conn, DOWNSTREAM_PERIODIC)
+                for lp in plan.access.stream_logs:
+                    lp.write(rec)
+                due = max(due + interval, now)
+                self._streams[key] = (stream, plan, conn, interval, due)
+            next_due = min(next_due, due)
+        return next_due
+
+    async def run(self) -> None:
+        while True:
+            next_due = self.write_due(trio.current_time())
+            self._wake = trio.Event()
+            with trio.move_on_at(next_due):
+                await self._wake.wait()
+
+
+PERIODIC = PeriodicLogs()
+
+
+# -- connections ----------------------------------------------------------------------------
+
+# Open connections of listeners with connection logs: id(conn) -> (wall start,
+# monotonic start, the plan they were accepted under).
+OPEN: dict[int, tuple[float, float, ListenerPlan]] = {}
+
+# TCP states after the peer's FIN arrived and before ours went out: CLOSE_WAIT,
+# LAST_ACK, CLOSING.
+_FIN_RECEIVED = (8, 9, 11)
+_TCP_INFO = struct.Struct("=120xQQ")  # tcpi_bytes_acked, tcpi_bytes_received
+_TCP_INFO_SENT = struct.Struct("=144xI52xQQ")  # tcpi_notsent_bytes ... bytes_sent, retrans
+
+
+def wire_bytes(sock: socket.socket) -> tuple[int, int]:
+    """(received, sent) bytes on a TCP connection, from the kernel (0, 0 if unknown).
+
+    Sent is what the application wrote: bytes sent minus retransmissions plus what
+    waits unsent (Linux 4.19+), else the bytes acknowledged."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+    except OSError:
+        return 0, 0
+    if len(info) < _TCP_INFO.size:
+        return 0, 0
+    acked, received = _TCP_INFO.unpack_from(info)
+    if info[0] in _FIN_RECEIVED and received:
+        received -= 1  # the peer's FIN takes a sequence number, and is not a byte
+    if len(info) >= _TCP_INFO_SENT.size:
+        notsent, sent, retrans = _TCP_INFO_SENT.unpack_from(info)
+        return received, sent - retrans + notsent
+    return received, acked
+
+
+def connection_opened(conn: Any, plan: ListenerPlan) -> None:
+    OPEN[id(conn)] = (time.time(), time.monotonic(), plan)
+
+
+def connection_closed(conn: Any) -> None:
+    """The connection is about to be closed: its listener's connection lines."""
+    opened = OPEN.pop(id(conn), None)
+    if opened is None:
+        return
+    t_wall, t0, plan = opened
+    rec = LogRecord()
+    rec.log_type = NOT_SET
+    rec.listener_name = plan.name
+    rec.start_time = t_wall
+    rec.duration_ms = int((time.monotonic() - t0) * 1000)
+    received, sent = wire_bytes(conn.sock)
+    rec.bytes_received = received
+    rec.bytes_sent = sent
+    rec.protocol = "HTTP/1.1" if received else None  # the codec starts on the first bytes
+    rec.scheme = None
+    rec.downstream_remote_address = conn.remote
+    rec.downstream_direct_remote_address = conn.remote
+    rec.downstream_local_address = conn.local_address()
+    for lp in plan.access.connection_logs:
+        lp.write(rec)
