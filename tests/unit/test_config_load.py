@@ -12,6 +12,7 @@ import pytest
 from proxyd.config import AdminConfig, LoadedConfig, load
 from proxyd.epoch import (
     AccessLog,
+    AccessLogFilter,
     Cluster,
     Endpoint,
     Epoch,
@@ -104,7 +105,26 @@ def test_listener_and_hcm(full: LoadedConfig) -> None:
             " %RESPONSE_CODE%\n",
         ),
         AccessLog("/tmp/access2.log", ""),
+        AccessLog(
+            "",
+            sink="stdout",
+            json_format='{"flags": "%RESPONSE_FLAGS%", "path": "%PATH(NQ)%", "status": "%RESPONSE_CODE%"}',
+            omit_empty_values=True,
+            filter=AccessLogFilter(
+                "or",
+                children=(
+                    AccessLogFilter(
+                        "status_code", op="GE", value=500, runtime_key="log.min_status"
+                    ),
+                    AccessLogFilter("runtime", value=1, denominator=100, runtime_key="log.sample"),
+                ),
+            ),
+        ),
     )
+    assert hcm.access_log_flush_interval_s == 10.0
+    assert not hcm.flush_access_log_on_new_request
+    (conn_log,) = listener.access_logs
+    assert (conn_log.sink, conn_log.path, conn_log.writer_key) == ("stderr", "", "stderr:")
 
 
 def test_routes(full: LoadedConfig) -> None:
