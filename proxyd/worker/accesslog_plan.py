@@ -99,6 +99,7 @@ class LogPlans:
     __slots__ = (
         "stream_logs", "connection_logs", "flush_interval", "log_on_new_request",
         "request_headers", "response_headers", "listener_name", "server_name",
+        "wants_hostname",
     )  # fmt: skip
 
     def __init__(
@@ -120,6 +121,11 @@ class LogPlans:
         self.request_headers = frozenset(req)
         self.response_headers = frozenset(resp)
         self.listener_name = listener.name
+        # UPSTREAM_HOST_NAME needs the endpoint's DNS name: looked up only when used.
+        self.wants_hostname = any(
+            "UPSTREAM_HOST_NAME" in (al.json_format or al.format)
+            for al in (*hcm.access_logs, *listener.access_logs)
+        )
         self.server_name = hcm.server_name
 
 
@@ -151,6 +157,8 @@ _NOT_CONNECTED = (
 
 
 def _details(stream: Stream) -> str | None:
+    if stream.head is None:
+        return None  # refused by the codec: Envoy's codec details are not known here
     flag = stream.flags
     if flag is ResponseFlag.UPSTREAM_CONNECTION_TERMINATION:
         started = stream.service_ms is not None
@@ -203,6 +211,8 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
     rp = stream.route_plan
     if rp is not None and rp.cluster is not None:
         rec.upstream_cluster = rp.cluster_name
+        if host is not None and plan.access.wants_hostname:
+            rec.upstream_hostname = _hostname(rp.cluster.cluster.endpoints, host)
     h = stream.head
     if h is not None:
         rec.method = h.method
@@ -235,6 +245,17 @@ def _local_reply_headers(stream: Stream, wanted: frozenset[str]) -> dict[str, st
     if "content-length" in wanted and stream.bytes_sent:
         out["content-length"] = str(stream.bytes_sent)
     return out
+
+
+def _hostname(endpoints: Any, label: str) -> str | None:
+    """The DNS name of the endpoint ``label`` ("ip:port") came from, None for an IP."""
+    for ep in endpoints:
+        if not ep.hostname:
+            continue
+        a = ep.address
+        if label == (f"[{a}]:{ep.port}" if ":" in a else f"{a}:{ep.port}"):
+            return str(ep.hostname)
+    return None
 
 
 def log_stream(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:

@@ -210,6 +210,7 @@ def make_config(
         {"name": "r_up", "match": {"prefix": "/a"}, "route": {"cluster": "up"}},
         {"match": {"prefix": "/status"}, "route": {"cluster": "up"}},
         {"match": {"prefix": "/delay"}, "route": {"cluster": "up"}},
+        {"match": {"prefix": "/dns"}, "route": {"cluster": "dns"}},
     ]
 
     def hcm(stat: str, access_log: list, extra: dict) -> dict:
@@ -303,6 +304,33 @@ def make_config(
                     },
                 }
                 for name, p in (("up", upstream), ("dead", dead))
+            ]
+            + [
+                {
+                    "name": "dns",
+                    "type": "STRICT_DNS",
+                    "dns_lookup_family": "V4_ONLY",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "dns",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "localhost",
+                                                    "port_value": upstream,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
             ],
         },
     }
@@ -342,6 +370,7 @@ def requests() -> list[Request]:
         Request("GET", "/a/second", _rid(12), port=2),
         Request("GET", "/zzz/second", _rid(13), port=2),
         Request("DELETE", "/status/500", _rid(14), (("x-log", "3"),)),
+        Request("GET", "/dns/name", _rid(17)),  # UPSTREAM_HOST_NAME: the DNS name
         # In flight for 600 ms: the 100 ms flush interval logs it while it lasts.
         Request("GET", "/delay/600/slow", _rid(15), port=3),
         Request("GET", "/a/fast", _rid(16), port=3),
@@ -623,3 +652,13 @@ def test_envoy_refuses_the_bad_formats_proxyd_refuses_for_envoys_reasons(
     else:
         assert rc != 0, out
         assert expect.split(":")[0].split("'")[0].strip() in out, out
+
+
+def test_upstream_host_name_of_a_dns_endpoint(runs: dict[str, Run]) -> None:
+    for who in ("envoy", "proxyd"):
+        line = _by_id(runs[who].logs["text"])[_rid(17)]
+        assert line["RESPONSE_CODE"] == "200", who
+        assert (line["UPSTREAM_HOST_NAME"], line["UPSTREAM_HOST_NAME_WITHOUT_PORT"]) == (
+            "localhost",
+            "localhost",
+        ), who
