@@ -301,6 +301,10 @@ class PeriodicLogs:
         """Write the lines due at ``now``; the time the next one is due (inf: none)."""
         next_due = math.inf
         for key, (stream, plan, conn, interval, due) in list(self._streams.items()):
+            sock = getattr(conn, "sock", None)
+            if sock is not None and sock.fileno() < 0:
+                del self._streams[key]  # its connection ended without finishing it
+                continue
             if due <= now:
                 rec = stream_record(stream, plan, conn, DOWNSTREAM_PERIODIC)
                 for lp in plan.access.stream_logs:

@@ -194,6 +194,15 @@ def make_config(
                 },
             },
         },
+        {
+            "name": "envoy.access_loggers.stderr",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+                "log_format": {
+                    "json_format": {"stderr": "%REQ(X-REQUEST-ID)%", "code": "%RESPONSE_CODE%"}
+                },
+            },
+        },
         *(
             _file_log(path(f"f_{name}"), {"text_format_source": {"inline_string": SHORT}}, flt)
             for name, flt in FILTERS.items()
@@ -402,6 +411,7 @@ class Run:
     logs: dict[str, list[str]]
     stdout: list[str]
     statuses: list[int]
+    stderr: list[str]
 
 
 def _read_logs(logdir: Path) -> dict[str, list[str]]:
@@ -434,7 +444,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
                     p.stop()
                     stdout = p.log_path.read_text(errors="replace").splitlines()
             out[who] = Run(
-                _read_logs(logdir), [s for s in stdout if s.startswith("STDOUT ")], statuses
+                _read_logs(logdir),
+                [s for s in stdout if s.startswith("STDOUT ")],
+                statuses,
+                [s for s in stdout if s.startswith('{"code":') and '"stderr":' in s],
             )
         yield out
     finally:
@@ -547,6 +560,9 @@ def test_omit_empty_text_and_stdout(runs: dict[str, Run]) -> None:
     assert sorted(runs["proxyd"].logs["text_omit"]) == sorted(runs["envoy"].logs["text_omit"])
     assert sorted(runs["proxyd"].stdout) == sorted(runs["envoy"].stdout)
     assert len(runs["proxyd"].stdout) == len([r for r in requests() if r.port == 1])
+    # stderr (JSON lines, beside proxyd's own events and Envoy's own log there).
+    assert sorted(runs["proxyd"].stderr) == sorted(runs["envoy"].stderr)
+    assert len(runs["proxyd"].stderr) == len(runs["proxyd"].stdout)
 
 
 def test_listener_connection_logs_agree(runs: dict[str, Run]) -> None:
