@@ -129,8 +129,12 @@ class ReceiveBuffer:
         loops: ``recv_into`` (a non-blocking socket's) fills the room. Returns the
         count, 0 at end of stream or a reset, -1 when nothing is there yet."""
         end = self.end
-        if end == self.start or end == len(self.buf):
-            view = self.space()  # empty (start over, or allocate), or full
+        if end == self.start and end:
+            # All consumed (the common case): start over at the front.
+            self.start = self.end = self.searched = end = 0
+            view = self.view
+        elif end == len(self.buf):
+            view = self.space()  # no buffer yet, or full: allocate, compact or grow
             end = self.end
         else:
             view = self.view[end:]

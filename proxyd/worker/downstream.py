@@ -226,7 +226,7 @@ class DownstreamConnection:
                         if not keep or self.closing:
                             closed = True
                             break
-                        if self.rb.buffered:
+                        if self.rb.end != self.rb.start:
                             # A pipelined request is already here: let other tasks run
                             # first.
                             await io.checkpoint()
