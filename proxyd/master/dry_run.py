@@ -24,7 +24,7 @@ the names), the first health checks, and a worker's refusal for another reason.
 The answer (a plain dict, the ``--json`` document) is ``{"valid": true, "config",
 "running_config", "epoch", "changed", "warnings", "diff", "bootstrap", "counts"}`` or
 ``{"valid": false, "config", "running_config", "epoch", "error"}``: see
-docs/operations.md, "Reload: dry run".
+docs/operations.md, "Dry run" under "Reload".
 """
 
 from __future__ import annotations
