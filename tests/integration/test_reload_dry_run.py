@@ -191,3 +191,52 @@ def test_reload_flags_that_need_dry_run(setup) -> None:
     assert res.returncode == 2
     assert "--dry-run" in res.stderr
     assert p.status()["epoch"] == 1
+
+
+def test_dry_run_with_xds_shows_the_reloads_changes_only(tmp_path: Path, upstream) -> None:
+    """What xDS delivered is the same on both sides of the diff: a static cluster added
+    shows as that alone; a new node identity drops the delivered resources, as the
+    reload would (the subscriptions start afresh)."""
+    from tests.integration.test_xds_files import bootstrap, one_cluster, upstream_of
+
+    a = upstream("a")
+    port, admin = free_port(), free_port()
+    files = one_cluster(tmp_path, a.port, {"front": port})
+    config = json.loads(bootstrap(admin, files.lds, files.cds))
+    with ProxydProcess(tmp_path, json.dumps(config), admin, config_name="proxyd.json") as p:
+        url = f"http://127.0.0.1:{port}/x"
+        assert upstream_of(url) == "a"
+        epoch = p.status()["epoch"]
+        static = {
+            "name": "static_extra",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": "static_extra",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": a.port}}}}]}],  # fmt: skip
+            },
+        }
+        candidate = tmp_path / "candidate.json"
+        candidate.write_text(json.dumps({**config, "static_resources": {"clusters": [static]}}))
+        res = p.ctl("reload", "--dry-run", "--json", "--config", str(candidate))
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        assert doc["changed"] is True and doc["bootstrap"] == []
+        diff = doc["diff"]
+        assert diff["clusters"] == {"added": [{"name": "static_extra"}], "removed": [], "changed": []}  # fmt: skip
+        for section in ("listeners", "route_configs", "virtual_hosts", "routes", "endpoints"):
+            assert diff[section] == {"added": [], "removed": [], "changed": []}, section
+        # The counts include what xDS delivered: the LDS listener with its RDS route,
+        # the EDS cluster with its endpoint.
+        assert doc["counts"]["listeners"] == 1 and doc["counts"]["routes"] == 1
+        assert doc["counts"]["clusters"] == 2 and doc["counts"]["endpoints"] == 2
+
+        renamed = {**config, "node": {"id": "proxy-2", "cluster": "test"}}
+        candidate.write_text(json.dumps(renamed))
+        doc = json.loads(p.ctl("reload", "--dry-run", "--json", "--config", str(candidate)).stdout)
+        assert doc["bootstrap"] == [{"field": "node.id", "old": "proxy-1", "new": "proxy-2"}]
+        assert doc["diff"]["listeners"]["removed"] == [{"name": "front"}]
+        assert doc["diff"]["clusters"]["removed"] == [{"name": "a"}]
+        # Nothing changed.
+        assert p.status()["epoch"] == epoch
+        assert upstream_of(url) == "a"
