@@ -240,3 +240,61 @@ def test_dry_run_with_xds_shows_the_reloads_changes_only(tmp_path: Path, upstrea
         # Nothing changed.
         assert p.status()["epoch"] == epoch
         assert upstream_of(url) == "a"
+
+
+# -- the probes on their own (no master) ------------------------------------------------
+
+
+def _listener(address: str, port: int):
+    from proxyd import epoch as ep
+
+    hcm = ep.HttpConnectionManager("s", "AUTO", ep.RouteConfig("r", ()))
+    return ep.Listener("probe", address, port, hcm)
+
+
+def test_probe_bind_binds_nothing_that_stays() -> None:
+    from proxyd.master.dry_run import probe_bind
+    from proxyd.master.listeners import BindError
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(BindError, match=f"cannot bind listener 'probe' to 127.0.0.1:{port}"):
+            probe_bind(_listener("127.0.0.1", port), offered=set())
+        probe_bind(_listener("127.0.0.1", port), offered={"probe"})  # systemd's socket: not probed
+    finally:
+        holder.close()
+    free = free_port()
+    probe_bind(_listener("127.0.0.1", free), offered=set())
+    # The probe is closed: the port can be bound (and listened on) by anyone at once.
+    again = socket.socket()
+    try:
+        again.bind(("127.0.0.1", free))
+        again.listen(1)
+    finally:
+        again.close()
+
+
+def test_probe_bind_creates_no_unix_socket_file(tmp_path: Path) -> None:
+    from proxyd.master.dry_run import probe_bind
+
+    path = tmp_path / "listener.sock"
+    probe_bind(_listener(str(path), 0), offered=set())
+    assert not path.exists()
+
+
+def test_probe_access_log(tmp_path: Path) -> None:
+    from proxyd.master.dry_run import DryRunRefused, probe_access_log
+
+    probe_access_log(str(tmp_path / "new.log"))  # can be created
+    assert not (tmp_path / "new.log").exists()  # and was not
+    existing = tmp_path / "old.log"
+    existing.write_text("kept\n")
+    probe_access_log(str(existing))
+    assert existing.read_text() == "kept\n"
+    with pytest.raises(DryRunRefused, match="cannot be opened: Is a directory"):
+        probe_access_log(str(tmp_path))
+    with pytest.raises(DryRunRefused, match="cannot be opened: No such file or directory"):
+        probe_access_log(str(tmp_path / "missing" / "a.log"))
