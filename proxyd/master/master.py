@@ -423,7 +423,7 @@ class Master:
             self.notifier.reloading(f"reloading: epoch {self.epoch.number}")
             try:
                 loaded = await self._load_config()
-                self._check_listener_addresses(loaded.epoch_template)
+                self.check_listener_addresses(loaded.epoch_template)
                 self._check_file(loaded.epoch_template)  # before anything changes
                 result = await self._apply(loaded)
             except (ConfigError, BindError, MasterError, EpochRejected) as exc:
@@ -451,7 +451,9 @@ class Master:
         except EpochRejected as exc:
             raise EpochRejected(f"{self.options.config_path}: {exc}") from exc
 
-    def _check_listener_addresses(self, template: Epoch) -> None:
+    def check_listener_addresses(self, template: Epoch) -> None:
+        """Raise MasterError when a bound listener of ``template`` moved (a reload
+        cannot move one)."""
         for listener in template.listeners:
             if listener.name not in self.sockets or self.sockets.inherited(listener.name):
                 continue  # not bound yet, or bound where systemd's socket unit says
@@ -596,7 +598,7 @@ class Master:
         """Check that LDS listeners keep their addresses, and bind the new ones."""
         current = Epoch(0, listeners, ())
         try:
-            self._check_listener_addresses(current)
+            self.check_listener_addresses(current)
             self.sockets.bind_all(listeners)
         except BindError as exc:
             raise MasterError(str(exc)) from exc

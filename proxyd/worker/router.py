@@ -395,32 +395,36 @@ class Exchange:
         """The final response head; None when the upstream closed before sending one."""
         rb = conn.rb
         wanted = self.plan.response_wanted
-        sock = conn.sock
+        recv = conn.sock.recv_into
+        waited = False
         while True:
-            try:
-                head = rb.next_head()
-            except ProtocolError as exc:
-                raise UpstreamProtocolError(exc.reason) from None
-            if head is not None:
+            if rb.start != rb.end:
                 try:
-                    r = conn.parser.parse(head, wanted)
+                    head = rb.next_head()
                 except ProtocolError as exc:
                     raise UpstreamProtocolError(exc.reason) from None
-                if 100 <= r.status < 200 and r.status != 101:
-                    continue  # 100 Continue and other interim heads are not forwarded
-                if r.status == 101:
-                    raise UpstreamProtocolError("unexpected 101 from upstream")
-                return r
-            if not rb.buffered:
+                if head is not None:
+                    try:
+                        r = conn.parser.parse(head, wanted)
+                    except ProtocolError as exc:
+                        raise UpstreamProtocolError(exc.reason) from None
+                    if 100 <= r.status < 200 and r.status != 101:
+                        continue  # 100 Continue and other interim heads are not forwarded
+                    if r.status == 101:
+                        raise UpstreamProtocolError("unexpected 101 from upstream")
+                    return r
+            elif not waited:
                 # The upstream has to answer first: let the other connections run, then
                 # read (under load the answer is usually there by then).
                 await io.yield_now()
-            n = io.recv_now(sock, rb.space())
+            n = rb.receive(recv)
             if n < 0:
-                n = await io.recv_into(sock, rb.space())
+                await io.wait_readable(conn.sock)
+                waited = True
+                continue
+            waited = False
             if n == 0:
                 return None
-            rb.commit(n)
 
     async def _relay(self, conn: UpstreamConnection, r: ResponseHead) -> bool:
         stream = self.stream
@@ -454,6 +458,11 @@ class Exchange:
         rb = conn.rb
         if mode is BodyMode.NONE:
             await sink.send_headers(r, service_ms, 0, [], True)
+        elif mode is BodyMode.LENGTH and rb.end - rb.start >= r.content_length:
+            # The whole body came with the head (the common small response).
+            start = rb.start
+            rb.start = end = start + r.content_length
+            await sink.send_headers(r, service_ms, r.content_length, [rb.view[start:end]], True)
         else:
             if mode is BodyMode.LENGTH:
                 body = BodyReader(r.content_length)

@@ -210,6 +210,7 @@ class Stream:
         assert h is not None
         h.chunked = False
         h.content_length = length
+        h.has_body = length > 0
         self.set_request_header("content-length", str(length))
 
     def set_response_header(self, name: str, value: str) -> None:

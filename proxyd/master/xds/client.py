@@ -166,6 +166,15 @@ class XdsClient:
         """The epoch template for the static config plus what xDS delivered."""
         return self.state.compose(self.static)
 
+    def preview(self, static: Epoch, dynamic: DynamicResources, node: Node) -> Epoch:
+        """The template :meth:`configure` with these and then :meth:`compose` would make
+        now, changing nothing (``proxyctl reload --dry-run``): new sources or a new node
+        identity drop what was delivered, as :meth:`configure` does."""
+        state = self.state
+        if (dynamic, node) != (self.dynamic, self.node) and (self._subs or not self.dynamic.empty):
+            state = XdsState()
+        return state.preview(static)
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
