@@ -134,8 +134,8 @@ def _access_log_paths(epoch: Epoch) -> set[str]:
     return {
         path
         for lst in epoch.listeners
-        for al in lst.hcm.access_logs
-        if (path := getattr(al, "path", ""))
+        for al in (*lst.hcm.access_logs, *lst.access_logs)
+        if (path := getattr(al, "path", ""))  # "" for stdout / stderr
     }
 
 
