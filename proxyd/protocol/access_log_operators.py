@@ -271,6 +271,41 @@ def _host_name_without_port(rec: Any) -> Value:
 _PLAIN["UPSTREAM_HOST_NAME"] = _host_name
 _PLAIN["UPSTREAM_HOST_NAME_WITHOUT_PORT"] = _host_name_without_port
 
+
+# The hosts attempted: proxyd makes one attempt, and Envoy lists a host once it connected
+# (a refused connection lists none).
+def _attempted(rec: Any) -> Value:
+    return rec.upstream_remote_address
+
+
+def _attempted_without_port(rec: Any) -> Value:
+    return split_host_port(rec.upstream_remote_address)[0]
+
+
+def _attempted_name(rec: Any) -> Value:
+    addr = rec.upstream_remote_address
+    return None if addr is None else rec.upstream_hostname or addr
+
+
+def _attempted_name_without_port(rec: Any) -> Value:
+    name = _attempted_name(rec)
+    return None if name is None else split_host_port(name)[0]  # type: ignore[arg-type]
+
+
+def _upstream_endpoint_id(rec: Any) -> Value:
+    # Endpoint ids belong to internal addresses, which proxyd has none of: Envoy prints
+    # nothing for a connected IP upstream, and "-" when there is no upstream.
+    return None if rec.upstream_remote_address is None else ""
+
+
+_PLAIN["UPSTREAM_HOSTS_ATTEMPTED"] = _attempted
+_PLAIN["UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT"] = _attempted_without_port
+_PLAIN["UPSTREAM_HOST_NAMES_ATTEMPTED"] = _attempted_name
+_PLAIN["UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT"] = _attempted_name_without_port
+_PLAIN["UPSTREAM_REMOTE_ADDRESS_ENDPOINT_ID"] = _upstream_endpoint_id
+_PLAIN["DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID"] = _const("")
+_PLAIN["DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID"] = _const("")
+
 # Absent for every config proxyd accepts (see the module docstring): Envoy prints "-".
 _ABSENT = (
     "REQUESTED_SERVER_NAME", "TRACE_ID", "SPAN_ID", "VIRTUAL_CLUSTER_NAME",
@@ -289,7 +324,7 @@ _ABSENT = (
     "UPSTREAM_TLS_GROUP", "UPSTREAM_PEER_CERT", "UPSTREAM_PEER_URI_SAN",
     "UPSTREAM_PEER_DNS_SAN", "UPSTREAM_PEER_IP_SAN", "UPSTREAM_LOCAL_URI_SAN",
     "UPSTREAM_LOCAL_DNS_SAN", "UPSTREAM_LOCAL_IP_SAN", "TLS_JA3_FINGERPRINT",
-    "TLS_JA4_FINGERPRINT",
+    "TLS_JA4_FINGERPRINT", "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
 )  # fmt: skip
 for _name in _ABSENT:
     _PLAIN[_name] = _const(None)
@@ -325,23 +360,15 @@ REFUSED: dict[str, str] = {
             "UPSTREAM_LOCAL_ADDRESS",
             "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
             "UPSTREAM_LOCAL_PORT",
-            "UPSTREAM_REMOTE_ADDRESS_ENDPOINT_ID",
-            "DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID",
-            "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID",
             "CONNECTION_ID",
             "UPSTREAM_CONNECTION_ID",
             "UPSTREAM_CONNECTION_IDS_ATTEMPTED",
-            "UPSTREAM_HOSTS_ATTEMPTED",
-            "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT",
-            "UPSTREAM_HOST_NAMES_ATTEMPTED",
-            "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
             "DOWNSTREAM_CX_RTT",
             "BYTES_RETRANSMITTED",
             "DOWNSTREAM_DETECTED_CLOSE_TYPE",
             "UPSTREAM_DETECTED_CLOSE_TYPE",
             "DOWNSTREAM_LOCAL_CLOSE_REASON",
             "UPSTREAM_LOCAL_CLOSE_REASON",
-            "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
             "LOCAL_REPLY_BODY",
             "ROUTE_RESOLUTION_COUNT",
             "ROUTE_RESOLUTION_TIME_US",
