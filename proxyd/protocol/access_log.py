@@ -176,6 +176,9 @@ class LogFormat:
             inline = getattr(g, "inline", None)
             if inline is not None and not omit_empty_values:
                 args.append(inline)
+            elif getattr(g, "text", None) is not None and not omit_empty_values:
+                namespace[f"g{i}"] = g.text  # type: ignore[attr-defined]
+                args.append(f"g{i}(rec)")
             elif getattr(g, "text_safe", False):
                 namespace[f"g{i}"] = g
                 args.append(f"g{i}(rec)")

@@ -616,6 +616,15 @@ def _headers_operator(
             return v
         return v[:length]  # type: ignore[index]
 
+    if first is not None and second is not None and length is None:
+        # The default format's REQ(X-ENVOY-ORIGINAL-PATH?:PATH): text without a wrapper.
+        def text(rec: Any) -> str:
+            v = first(rec)
+            if v is None:
+                v = second(rec)
+            return "-" if v is None else v  # type: ignore[return-value]
+
+        get.text = text  # type: ignore[attr-defined]
     return get
 
 

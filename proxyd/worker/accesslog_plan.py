@@ -157,9 +157,16 @@ _NOT_CONNECTED = (
 
 
 def _details(stream: Stream) -> str | None:
+    flag = stream.flags
+    if flag is _NONE:
+        if stream.details:
+            # A filter's local reply carries Envoy's details already.
+            return _DEADLINE_DETAILS.get(stream.details, stream.details)
+        if stream.service_ms is not None and stream.status:
+            return "via_upstream"
+        return None
     if stream.head is None:
         return None  # refused by the codec: Envoy's codec details are not known here
-    flag = stream.flags
     if flag is ResponseFlag.UPSTREAM_CONNECTION_TERMINATION:
         started = stream.service_ms is not None
         return (
@@ -170,68 +177,83 @@ def _details(stream: Stream) -> str | None:
     details = _DETAILS.get(flag)
     if details is not None:
         return details
-    if stream.details:
-        # A filter's local reply carries Envoy's details already.
-        return _DEADLINE_DETAILS.get(stream.details, stream.details)
-    if stream.service_ms is not None and stream.status:
-        return "via_upstream"
-    return None
+    return _DEADLINE_DETAILS.get(stream.details, stream.details) if stream.details else None
+
+
+_NONE = ResponseFlag.NONE
+_new_record = object.__new__
 
 
 def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type: str) -> LogRecord:
-    rec = LogRecord()
+    """The record of ``stream``; every field of LogRecord is set here exactly once
+    (LogRecord's own defaults would set each a second time, on every request)."""
+    rec: LogRecord = _new_record(LogRecord)
+    access = plan.access
+    status = stream.status
+    flags = stream.flags
     rec.log_type = log_type
     rec.listener_name = plan.name
     rec.start_time = stream.t_wall
-    rec.response_code = stream.status
-    if stream.status:
-        rec.server = plan.access.server_name
+    rec.response_code = status
+    rec.server = access.server_name if status else None
     rec.response_flags = stream.flag_text()
     rec.bytes_received = stream.bytes_received
     rec.bytes_sent = stream.bytes_sent
     rec.duration_ms = int((time.monotonic() - stream.t0) * 1000)
     rec.upstream_service_time_ms = stream.service_ms
+    rec.transport_failure = None
     host = stream.upstream_host
     rec.upstream_host = host
     if host is not None:
         rec.attempt_count = 1
-        if stream.flags not in _NOT_CONNECTED:
+        if flags is _NONE or flags not in _NOT_CONNECTED:
             rec.upstream_remote_address = host
             rec.upstream_protocol = "HTTP/1.1"
-    elif stream.flags is ResponseFlag.UPSTREAM_OVERFLOW:
-        rec.attempt_count = 1
+        else:
+            rec.upstream_remote_address = rec.upstream_protocol = None
+    else:
+        rec.attempt_count = 1 if flags is ResponseFlag.UPSTREAM_OVERFLOW else 0
+        rec.upstream_remote_address = rec.upstream_protocol = None
     rec.details = _details(stream)
     trusted = stream.trusted_address
-    rec.downstream_direct_remote_address = conn.remote
+    remote = conn.remote
+    rec.downstream_direct_remote_address = remote
     rec.downstream_remote_address = (
-        conn.remote if not trusted or trusted == conn.remote_ip else f"{trusted}:0"
+        remote if not trusted or trusted == conn.remote_ip else f"{trusted}:0"
     )
     rec.downstream_local_address = conn.local_address()
     rec.route_name = stream.route_name or None
     rp = stream.route_plan
+    rec.upstream_cluster = rec.upstream_hostname = None
     if rp is not None and rp.cluster is not None:
         rec.upstream_cluster = rp.cluster_name
-        if host is not None and plan.access.wants_hostname:
+        if host is not None and access.wants_hostname:
             rec.upstream_hostname = _hostname(rp.cluster.cluster.endpoints, host)
     h = stream.head
     if h is not None:
+        rec.protocol = "HTTP/1.1"
+        rec.scheme = "http"
         rec.method = h.method
         rec.path = h.path
         rec.authority = h.host
         # The id the request policy set or kept; a request the router never saw keeps
         # the one it came with.
-        rid = stream.request_id or h.request_id
-        rec.request_id = (rid.decode("latin-1") if isinstance(rid, bytes) else rid) or None
+        rec.request_id = stream.request_id or h.request_id.decode("latin-1") or None
         rec.x_forwarded_for = stream.xff.decode("latin-1") if stream.xff else None
-        rec.user_agent = h.headers.get("user-agent")
-        rec.req_headers = h.headers
+        headers = h.headers
+        rec.user_agent = headers.get("user-agent")
+        rec.req_headers = headers
     else:
-        rec.protocol = None
-        rec.scheme = None
-    if stream.resp_headers is not None:
-        rec.resp_headers = stream.resp_headers
-    elif stream.status and plan.access.response_headers:
-        rec.resp_headers = _local_reply_headers(stream, plan.access.response_headers)
+        rec.protocol = rec.scheme = rec.method = rec.path = rec.authority = None
+        rec.request_id = rec.x_forwarded_for = rec.user_agent = None
+        rec.req_headers = {}
+    resp = stream.resp_headers
+    if resp is not None:
+        rec.resp_headers = resp
+    elif status and access.response_headers:
+        rec.resp_headers = _local_reply_headers(stream, access.response_headers)
+    else:
+        rec.resp_headers = {}
     return rec
 
 
