@@ -42,24 +42,26 @@ Predicate = Callable[[LogRecord], bool]
 
 
 class Runtime(Protocol):
-    """What access-log filters read of the runtime."""
+    """What access-log filters read of the runtime (the shape of the runtime snapshot
+    a worker builds per epoch, ``proxyd.protocol.runtime.Snapshot``)."""
 
-    def get_integer(self, key: str, default: int) -> int:
-        """The key's integer value, or ``default`` when it has none."""
+    def integer(self, key: str, default: int) -> int:
+        """Envoy's ``getInteger``: the key's unsigned integer value, else ``default``."""
         ...
 
-    def fractional_percent(self, key: str) -> tuple[int, int] | None:
-        """The key's value as (numerator, denominator); an integer value N is
-        (N, 100). None when the key has no value."""
+    def fraction(self, key: str, numerator: int, denominator: int) -> tuple[int, int]:
+        """The (numerator, denominator) ``featureEnabled`` compares a sample with: the
+        key's fractional percent, or its integer value N as N/100 (over 100: always),
+        else the default given."""
         ...
 
 
 class _NoRuntime:
-    def get_integer(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int) -> int:
         return default
 
-    def fractional_percent(self, key: str) -> tuple[int, int] | None:
-        return None
+    def fraction(self, key: str, numerator: int, denominator: int) -> tuple[int, int]:
+        return numerator, denominator
 
 
 NO_RUNTIME: Runtime = _NoRuntime()
@@ -92,12 +94,9 @@ def _runtime_filter(f: AccessLogFilter, runtime: Runtime, rng: random.Random) ->
     def evaluate(rec: LogRecord) -> bool:
         sample = None if independent else request_id_sample(rec.request_id)
         value = rng.getrandbits(64) if sample is None else sample % denominator
-        percent = runtime.fractional_percent(key) if key else None
-        if percent is None:
-            return value % denominator < numerator
-        num, den = percent
-        if den == 100 and num > 100:
-            return True
+        num, den = (
+            runtime.fraction(key, numerator, denominator) if key else (numerator, denominator)
+        )
         return value % den < num
 
     return evaluate
@@ -113,7 +112,7 @@ def compile_filter(
         op, default, key = f.op, f.value, f.runtime_key
 
         def compare(rec: LogRecord) -> bool:
-            target = runtime.get_integer(key, default) if key else default
+            target = runtime.integer(key, default) if key else default
             return _compare(op, getattr(rec, attr), target)
 
         return compare

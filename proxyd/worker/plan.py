@@ -121,6 +121,8 @@ class ListenerPlan:
             filter_headers.add("content-type")
         # The access logs (proxyd.worker.accesslog_plan); ``logs`` is empty when the
         # HCM has none, and then a request pays nothing for them.
+        # Runtime-keyed filters use their defaults (NO_RUNTIME) until the epoch carries
+        # the runtime: then pass its snapshot as LogPlans(..., runtime=snapshot).
         self.access = LogPlans(listener, writers)
         self.logs: tuple[LogPlan, ...] = self.access.stream_logs
         # The request hook (DownstreamStart lines, periodic lines) is wanted.

@@ -25,20 +25,22 @@ def rec(**kw: object) -> LogRecord:
 
 
 class Runtime:
-    """A runtime snapshot with some keys set (what proxyd's layered runtime will pass)."""
+    """A runtime snapshot with some keys set (the shape of proxyd.protocol.runtime's)."""
 
     def __init__(self, values: dict[str, int | tuple[int, int]]) -> None:
         self.values = values
 
-    def get_integer(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int) -> int:
         v = self.values.get(key)
         return v if isinstance(v, int) else default
 
-    def fractional_percent(self, key: str) -> tuple[int, int] | None:
+    def fraction(self, key: str, numerator: int, denominator: int) -> tuple[int, int]:
         v = self.values.get(key)
         if v is None:
-            return None
-        return (v, 100) if isinstance(v, int) else v
+            return numerator, denominator
+        if isinstance(v, int):
+            return (1, 1) if v > 100 else (v, 100)
+        return v
 
 
 @pytest.mark.parametrize(
