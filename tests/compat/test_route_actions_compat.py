@@ -26,7 +26,7 @@ import yaml
 from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.test_errors_vs_envoy import described
-from tests.integration.test_proxy_errors import exchange
+from tests.integration.test_proxy_errors import RawConnection, exchange
 from tests.support import ProxydProcess, free_port, wait_for
 
 pytestmark = [
@@ -137,7 +137,14 @@ def actions_config(
             "stat_prefix": f"{name}_http",
             "route_config": {
                 "name": "local_route",
-                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes(body_file)}],
+                "virtual_hosts": [
+                    {
+                        "name": "narrow",
+                        "domains": ["narrow.example"],
+                        "routes": [_direct("/only/", 200, {"inline_string": "only"})],
+                    },
+                    {"name": "all", "domains": ["*"], "routes": routes(body_file)},
+                ],
             },
             "http_filters": filters,
             "access_log": [
@@ -331,6 +338,13 @@ CASES: dict[str, tuple[str, bytes]] = {
         "/rd/default/a", "x-envoy-fault-abort-request: 503", listener="filtered"
     ),
     "filtered_dr_post_with_body": req("/dr/200/a", method="POST", body=b"xyz", listener="filtered"),
+    # -- no route (the same local reply shapes) --
+    "no_route_404": req("/elsewhere", host="narrow.example"),
+    "no_route_404_head": req("/elsewhere", method="HEAD", host="narrow.example"),
+    "narrow_direct_response": req("/only/a", host="narrow.example"),
+    "filtered_no_route_404_head": req(
+        "/elsewhere", method="HEAD", host="narrow.example", listener="filtered"
+    ),
     # -- a route with a cluster, for contrast --
     "upstream_route": req("/echo"),
 }
@@ -348,10 +362,43 @@ def play(ports: Ports, name: str) -> Any:
     return described(reply)
 
 
+# Requests sent one after another on one connection, each once the previous answer
+# has arrived (Envoy does not answer pipelined requests reliably: it drops some).
+ONE_CONNECTION: list[bytes] = [
+    req("/dr/200/a", "x-log-id: one_connection")[1],
+    req("/rd/https/a?q=1", "x-log-id: one_connection")[1],
+    req("/dr/204/a", "x-log-id: one_connection", method="HEAD")[1],
+    req("/dr/404/a", "x-log-id: one_connection", method="POST", body=b"")[1],
+    req("/rd/prefix/a", "x-log-id: one_connection", method="POST", body=b"abc")[1],
+    req("/dr/404/a", "x-log-id: one_connection")[1],
+]
+
+
+def play_one_connection(ports: Ports) -> Any:
+    """Local replies one after another on one connection: each is answered, and the
+    connection stays usable (or closes) as Envoy's does."""
+    conn = RawConnection(ports["ingress"])
+    out: list[Any] = []
+    try:
+        for raw in ONE_CONNECTION:
+            try:
+                conn.sock.sendall(raw)
+                reply = conn.read_reply(head_request=raw.startswith(b"HEAD "))
+            except OSError:  # a clean close or a reset, depending on timing
+                out.append("closed")
+                break
+            out.append(described(reply))
+        return out
+    finally:
+        conn.close()
+
+
 def play_all(ports: Ports) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = {name: pool.submit(play, ports, name) for name in CASES}
-        return {name: f.result() for name, f in futures.items()}
+        replies = {name: f.result() for name, f in futures.items()}
+    replies["one_connection"] = play_one_connection(ports)
+    return replies
 
 
 PREFIXES = ("ingress_http", "edge_http", "filtered_http")
@@ -429,6 +476,10 @@ def test_proxyd_answers_like_envoy(results: Results, name: str) -> None:
     assert results.proxyd.replies[name] == results.envoy.replies[name]
 
 
+def test_one_connection_like_envoy(results: Results) -> None:
+    assert results.proxyd.replies["one_connection"] == results.envoy.replies["one_connection"]
+
+
 def test_stats_like_envoy(results: Results) -> None:
     assert results.proxyd.stats == results.envoy.stats
 
@@ -460,3 +511,8 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert e["dr_post_with_body"]["closed"] is True
     assert e["dr_post_empty_body"]["closed"] is False
     assert e["filtered_dr_fault_abort_first"]["status"] == 418
+    assert dict(e["no_route_404_head"]["headers"]).get("transfer-encoding") == "chunked"
+    # Five answers, then the connection closed after the request with an unread body.
+    assert [r if isinstance(r, str) else r["status"] for r in e["one_connection"]] == [
+        200, 301, 204, 404, 301, "closed",
+    ]  # fmt: skip
