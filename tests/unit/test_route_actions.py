@@ -8,10 +8,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from proxyd.config import compile_bootstrap
-from proxyd.epoch import DirectResponse, Redirect, Route, RouteMatch
+from proxyd.epoch import DirectResponse, Redirect, Route, RouteMatch, from_wire, to_wire
 from proxyd.errors import ConfigError
 from proxyd.protocol.http1_headers import local_reply
 from proxyd.protocol.redirect import LocalAction, re2_substitution, request_host, request_scheme
@@ -299,3 +300,13 @@ def test_local_reply_shapes() -> None:
     assert local_reply(404, "", server).endswith(b"content-length: 0\r\n\r\n")
     data = local_reply(200, b"\x00\xff", server)
     assert data.endswith(b"\r\n\r\n\x00\xff") and b"content-length: 2\r\n" in data
+
+
+def test_routes_cross_the_wire() -> None:
+    """Redirect and DirectResponse (a bytes body) survive the msgpack epoch frame."""
+    for route in (
+        Route("r", RouteMatch("prefix", "/"), "", redirect=Redirect(scheme="https", port=":1")),
+        Route("d", RouteMatch("path", "/p"), "", direct_response=DirectResponse(200, b"\0\xff")),
+    ):
+        data = msgpack.unpackb(msgpack.packb(to_wire(route), use_bin_type=True), raw=False)
+        assert from_wire(Route, data) == route
