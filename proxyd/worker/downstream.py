@@ -481,7 +481,7 @@ class DownstreamConnection:
                 stream.bytes_sent += len(p)
                 out.append(p)
 
-    async def send_local_reply(self, status: int, body: str, extra: bytes = b"") -> None:
+    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
         stream = self.stream
         assert stream is not None and self.plan is not None
         if stream.response_started:

@@ -266,7 +266,7 @@ class DownstreamSink(Protocol):
         """More response body pieces; ``end_stream`` ends the response."""
         ...
 
-    async def send_local_reply(self, status: int, body: str, extra: bytes = b"") -> None:
+    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
         """A response made by the proxy (Envoy's shape); ``extra`` is header lines."""
         ...
 
