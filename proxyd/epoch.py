@@ -305,6 +305,37 @@ class Route:
     # typed_per_filter_config resolved for this route: the most specific of the
     # route's, its virtual host's and its route configuration's, by filter name.
     filter_configs: tuple[FilterOverride, ...] = ()
+    # A route with one of these answers itself and names no cluster ("").
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Route.redirect (``config.route.v3.RedirectAction``); "" = not set."""
+
+    # scheme_redirect, or "https" for https_redirect.
+    scheme: str = ""
+    host: str = ""
+    # ":<port_redirect>" (Envoy keeps it with its colon), "" when not set.
+    port: str = ""
+    path: str = ""
+    # prefix_rewrite (None when not set: "" is a rewrite to "/").
+    prefix_rewrite: str | None = None
+    # regex_rewrite: the pattern and its substitution (RE2 syntax, \\1 for a group).
+    regex: str = ""
+    substitution: str = ""
+    strip_query: bool = False
+    # response_code as the HTTP status: 301, 302, 303, 307 or 308.
+    status: int = 301
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """Route.direct_response: the status and the body (read when the config loaded)."""
+
+    status: int
+    body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

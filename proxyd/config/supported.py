@@ -72,6 +72,22 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "headers": HEADER_MATCHER,
             },
             "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
+            "redirect": {
+                "https_redirect": LEAF,
+                "scheme_redirect": LEAF,
+                "host_redirect": LEAF,
+                "port_redirect": LEAF,
+                "path_redirect": LEAF,
+                "prefix_rewrite": LEAF,
+                "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
+                "response_code": LEAF,
+                "strip_query": LEAF,
+            },
+            # body: environment_variable is refused (read at load by Envoy; not here).
+            "direct_response": {
+                "status": LEAF,
+                "body": {"filename": LEAF, "inline_bytes": LEAF, "inline_string": LEAF},
+            },
             "typed_per_filter_config": PER_FILTER_CONFIG,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,

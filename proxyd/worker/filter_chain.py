@@ -322,7 +322,7 @@ class FilterChain:
         parts = await self._encode_data(parts, end_stream)
         await self.inner.send_data(parts, end_stream)
 
-    async def send_local_reply(self, status: int, body: str, extra: bytes = b"") -> None:
+    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
         reply = await self._encode_headers(status, {}, not body)
         if reply is not None:
             await self.send_filter_reply(reply, encode=False)
