@@ -25,11 +25,12 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
+
+from proxyd.protocol.access_log_time import time_getter
 
 Value = str | int | None
 Getter = Callable[[Any], Value]
@@ -331,50 +332,26 @@ for _name in _ABSENT:
 
 # Envoy 1.40 operators proxyd refuses, with the reason given at config time.
 _NOT_TRACKED = "proxyd does not track this value yet"
+_UNTRACKED = (
+    "REQUEST_HEADERS_BYTES", "RESPONSE_HEADERS_BYTES", "RESPONSE_TRAILERS_BYTES",
+    "UPSTREAM_WIRE_BYTES_SENT", "UPSTREAM_WIRE_BYTES_RECEIVED",
+    "UPSTREAM_HEADER_BYTES_SENT", "UPSTREAM_HEADER_BYTES_RECEIVED",
+    "UPSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
+    "UPSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED", "DOWNSTREAM_WIRE_BYTES_SENT",
+    "DOWNSTREAM_WIRE_BYTES_RECEIVED", "DOWNSTREAM_HEADER_BYTES_SENT",
+    "DOWNSTREAM_HEADER_BYTES_RECEIVED", "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
+    "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED", "REQUEST_DURATION",
+    "REQUEST_TX_DURATION", "RESPONSE_DURATION", "RESPONSE_TX_DURATION",
+    "ROUNDTRIP_DURATION", "UPSTREAM_CONNECTION_POOL_READY_DURATION", "COMMON_DURATION",
+    "UPSTREAM_LOCAL_ADDRESS", "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+    "UPSTREAM_LOCAL_PORT", "CONNECTION_ID", "UPSTREAM_CONNECTION_ID",
+    "UPSTREAM_CONNECTION_IDS_ATTEMPTED", "DOWNSTREAM_CX_RTT", "BYTES_RETRANSMITTED",
+    "DOWNSTREAM_DETECTED_CLOSE_TYPE", "UPSTREAM_DETECTED_CLOSE_TYPE",
+    "DOWNSTREAM_LOCAL_CLOSE_REASON", "UPSTREAM_LOCAL_CLOSE_REASON", "LOCAL_REPLY_BODY",
+    "ROUTE_RESOLUTION_COUNT", "ROUTE_RESOLUTION_TIME_US", "STREAM_INFO_REQ",
+)  # fmt: skip
 REFUSED: dict[str, str] = {
-    **{
-        n: _NOT_TRACKED
-        for n in (
-            "REQUEST_HEADERS_BYTES",
-            "RESPONSE_HEADERS_BYTES",
-            "RESPONSE_TRAILERS_BYTES",
-            "UPSTREAM_WIRE_BYTES_SENT",
-            "UPSTREAM_WIRE_BYTES_RECEIVED",
-            "UPSTREAM_HEADER_BYTES_SENT",
-            "UPSTREAM_HEADER_BYTES_RECEIVED",
-            "UPSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
-            "UPSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
-            "DOWNSTREAM_WIRE_BYTES_SENT",
-            "DOWNSTREAM_WIRE_BYTES_RECEIVED",
-            "DOWNSTREAM_HEADER_BYTES_SENT",
-            "DOWNSTREAM_HEADER_BYTES_RECEIVED",
-            "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
-            "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
-            "REQUEST_DURATION",
-            "REQUEST_TX_DURATION",
-            "RESPONSE_DURATION",
-            "RESPONSE_TX_DURATION",
-            "ROUNDTRIP_DURATION",
-            "UPSTREAM_CONNECTION_POOL_READY_DURATION",
-            "COMMON_DURATION",
-            "UPSTREAM_LOCAL_ADDRESS",
-            "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
-            "UPSTREAM_LOCAL_PORT",
-            "CONNECTION_ID",
-            "UPSTREAM_CONNECTION_ID",
-            "UPSTREAM_CONNECTION_IDS_ATTEMPTED",
-            "DOWNSTREAM_CX_RTT",
-            "BYTES_RETRANSMITTED",
-            "DOWNSTREAM_DETECTED_CLOSE_TYPE",
-            "UPSTREAM_DETECTED_CLOSE_TYPE",
-            "DOWNSTREAM_LOCAL_CLOSE_REASON",
-            "UPSTREAM_LOCAL_CLOSE_REASON",
-            "LOCAL_REPLY_BODY",
-            "ROUTE_RESOLUTION_COUNT",
-            "ROUTE_RESOLUTION_TIME_US",
-            "STREAM_INFO_REQ",
-        )
-    },
+    **{n: _NOT_TRACKED for n in _UNTRACKED},
     # Response trailers: proxyd does not keep them.
     "TRAILER": "response trailers are not kept by proxyd",
     "RESPONSE_TRAILER": "response trailers are not kept by proxyd",
@@ -404,135 +381,6 @@ PARAMETER_OPERATORS = (
 def implemented() -> frozenset[str]:
     """Every operator name proxyd prints."""
     return frozenset(_PLAIN) | frozenset(PARAMETER_OPERATORS)
-
-
-# -- times --------------------------------------------------------------------------------
-
-# Milliseconds suffixes for the default START_TIME, so rendering does no formatting.
-_MS_SUFFIX = tuple(f".{i:03d}Z" for i in range(1000))
-
-
-def _split_usec(t: float) -> tuple[int, int]:
-    """Whole seconds and microseconds of a time.time() value (rounded to 1 µs)."""
-    us = round(t * 1_000_000)
-    return us // 1_000_000, us % 1_000_000
-
-
-class _DefaultTime:
-    """``2016-04-15T20:17:00.310Z``; the part up to the seconds is cached per second.
-    Local time (``START_TIME_LOCAL``) ends with the offset as ``+0100`` instead of Z."""
-
-    __slots__ = ("_sec", "_prefix", "_attr", "_local")
-    text_safe = True  # always a str: the text plan calls it as it is
-
-    def __init__(self, attr: str, local: bool) -> None:
-        self._sec = -1
-        self._prefix = ""
-        self._attr = attr
-        self._local = local
-
-    def __call__(self, rec: Any) -> Value:
-        t = getattr(rec, self._attr) if self._attr else time.time()
-        sec, us = _split_usec(t)
-        if self._local:
-            tm = time.localtime(sec)
-            return (
-                time.strftime("%Y-%m-%dT%H:%M:%S", tm)
-                + f".{us // 1000:03d}"
-                + (time.strftime("%z", tm))
-            )
-        if sec != self._sec:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-            self._sec = sec
-        return self._prefix + _MS_SUFFIX[us // 1000]
-
-
-_STRFTIME, _EPOCH_SECONDS, _FRACTION, _SECONDS_FRACTION = range(4)
-_TIME_SPEC = re.compile(r"%(?:(s)|([1-9]?)f|E([0-9]+|\*)S|(.))", re.DOTALL)
-
-
-class _CustomTime:
-    """strftime plus Envoy's ``%s``, ``%f`` / ``%1f`` … ``%9f``, ``%E<n>S`` and ``%E*S``."""
-
-    __slots__ = ("_pieces", "_sec", "_rendered", "_attr", "_local")
-    text_safe = True
-
-    def __init__(self, fmt: str, attr: str, local: bool) -> None:
-        pieces: list[tuple[int, Any]] = []
-        text: list[str] = []
-
-        def flush() -> None:
-            if text:
-                pieces.append((_STRFTIME, "".join(text)))
-                text.clear()
-
-        pos = 0
-        for m in _TIME_SPEC.finditer(fmt):
-            text.append(fmt[pos : m.start()])
-            pos = m.end()
-            epoch, frac, sec_frac, other = m.groups()
-            if epoch:
-                flush()
-                pieces.append((_EPOCH_SECONDS, None))
-            elif other is not None:
-                text.append(m.group(0))  # plain strftime, "%%" included
-            elif sec_frac is not None:
-                flush()
-                pieces.append((_SECONDS_FRACTION, None if sec_frac == "*" else int(sec_frac)))
-            else:
-                flush()
-                pieces.append((_FRACTION, int(frac) if frac else 9))
-        text.append(fmt[pos:])
-        flush()
-        self._pieces = tuple(pieces)
-        self._sec = -1
-        self._rendered: tuple[str, ...] = ()
-        self._attr = attr
-        self._local = local
-
-    def _render_second(self, sec: int) -> tuple[str, ...]:
-        tm = time.localtime(sec) if self._local else time.gmtime(sec)
-        out = []
-        for kind, arg in self._pieces:
-            if kind == _STRFTIME:
-                out.append(time.strftime(arg, tm))
-            elif kind == _EPOCH_SECONDS:
-                out.append(str(sec))
-            elif kind == _SECONDS_FRACTION:
-                out.append(f"{tm.tm_sec:02d}")
-            else:
-                out.append("")
-        return tuple(out)
-
-    def __call__(self, rec: Any) -> Value:
-        t = getattr(rec, self._attr) if self._attr else time.time()
-        sec, us = _split_usec(t)
-        if sec != self._sec:
-            self._rendered = self._render_second(sec)
-            self._sec = sec
-        parts = []
-        for (kind, arg), fixed in zip(self._pieces, self._rendered, strict=True):
-            if kind == _FRACTION:
-                parts.append(f"{us * 1000:09d}"[:arg])
-            elif kind == _SECONDS_FRACTION:
-                if arg is None:  # %E*S: as many digits as needed
-                    digits = f"{us * 1000:09d}".rstrip("0")
-                    parts.append(f"{fixed}.{digits}" if digits else fixed)
-                elif arg == 0:
-                    parts.append(fixed)
-                else:
-                    parts.append(f"{fixed}.{f'{us * 1000:09d}'[:arg].ljust(arg, '0')}")
-            else:
-                parts.append(fixed)
-        return "".join(parts)
-
-
-def _time_getter(name: str, param: str | None) -> Getter:
-    attr = "start_time" if name.startswith("START") else ""  # EMIT_TIME: now
-    local = name.endswith("_LOCAL")
-    if param:
-        return _CustomTime(param, attr, local)
-    return _DefaultTime(attr, local)
 
 
 # -- headers --------------------------------------------------------------------------------
@@ -707,7 +555,7 @@ def compile_operator(
     if name in ("START_TIME", "START_TIME_LOCAL", "EMIT_TIME", "EMIT_TIME_LOCAL"):
         if limit is not None:
             raise OperatorError(f"{name} does not allow length to be specified.")
-        return _time_getter(name, param)
+        return time_getter(name, param)
     getter: Getter
     if name == "ENVIRONMENT":
         if not param:
