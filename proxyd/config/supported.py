@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from proxyd.config import http_filters, rules
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
-from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, AnyOf, Spec
+from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
 from proxyd.errors import ConfigError
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -275,6 +275,32 @@ CLUSTER: dict[str, Spec] = {
     "outlier_detection": OUTLIER_DETECTION,
 }
 
+# metrics.v3.StatsConfig and the UDP statsd sinks (proxyd.config.stats); the TCP
+# statsd sink (tcp_cluster_name) and histogram_bucket_settings are refused by name.
+STATS_CONFIG: Spec = {
+    "stats_tags": {"tag_name": LEAF, "regex": LEAF, "fixed_value": LEAF},
+    "use_all_default_tags": LEAF,
+    "stats_matcher": {
+        "reject_all": LEAF,
+        "exclusion_list": {"patterns": STRING_MATCHER},
+        "inclusion_list": {"patterns": STRING_MATCHER},
+    },
+}
+STATS_SINK: Spec = {
+    "name": LEAF,
+    "typed_config": AnyOf(
+        "stats sink",
+        {
+            "envoy.config.metrics.v3.StatsdSink": {"address": ADDRESS, "prefix": LEAF},
+            "envoy.config.metrics.v3.DogStatsdSink": {
+                "address": ADDRESS,
+                "prefix": LEAF,
+                "max_bytes_per_datagram": LEAF,
+            },
+        },
+    ),
+}
+
 BOOTSTRAP: dict[str, Spec] = {
     "admin": ADMIN,
     "node": {"id": LEAF, "cluster": LEAF},
@@ -284,6 +310,10 @@ BOOTSTRAP: dict[str, Spec] = {
         "cds_config": CONFIG_SOURCE,
         "ads_config": API_CONFIG_SOURCE,
     },
+    "stats_config": STATS_CONFIG,
+    "stats_sinks": STATS_SINK,
+    "stats_flush_interval": LEAF,
+    "stats_flush_on_admin": LEAF,
 }
 
 

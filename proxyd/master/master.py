@@ -50,6 +50,7 @@ from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.outlier import OutlierDetector
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
+from proxyd.master.stats_sinks import StatsFlusher
 from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.master.xds.client import Hooks, XdsClient
@@ -134,6 +135,8 @@ class Master:
         self.xds_seed: tuple[Any, ...] = ()  # from the old master of a hot restart
         self._stop = _Stop()
         self._server_stats = ServerStats(self)
+        # stats_config (tags, matcher) and the stats sinks' flush.
+        self.stats_flusher = StatsFlusher(self)
         self._nursery: trio.Nursery
         self.notifier = Notifier()
         # Envoy's server.hot_restart_generation: 1, then the predecessor's + 1.
@@ -165,6 +168,7 @@ class Master:
             self.sockets.bind_all(self.template.listeners)
             self.xds.configure(self.template, self.loaded.dynamic, self.loaded.node)
             self.xds.seed(self.xds_seed)
+            self.stats_flusher.configure(self.loaded.stats)
             control = self._control = ControlServer(self, self.options.control_socket)
             inherited = take_passed(passed, "control", self.options.control_socket, 0)
             if inherited:
@@ -230,6 +234,7 @@ class Master:
                     nursery.start_soon(self._publish_on_change, wait, build, reason)
                 nursery.start_soon(self._publish_xds)
                 nursery.start_soon(self.outlier.run)
+                nursery.start_soon(self.stats_flusher.run)
                 await self._stop.requested.wait()
                 await self._shutdown()
                 if self.successor is not None:
@@ -482,6 +487,7 @@ class Master:
             self._restore(before)  # the revert closes the sockets it does not use
             why = f"{refusal_text(refused)}; the running config stays (epoch {self.epoch.number})"
             return ReloadResult(False, self.epoch.number, why)
+        self.stats_flusher.configure(loaded.stats)
         return ReloadResult(True, self.epoch.number, added=tuple(added), removed=removed)
 
     def _restore(self, before: tuple[Any, ...]) -> None:

@@ -183,11 +183,12 @@ class AdminPages:
         )
 
     def stats(self, q: dict[str, list[str]]) -> Response:
-        self.master.refresh_server_stats()
-        store = self.master.stats
         fmt = (q.get("format") or [""])[0]
         if fmt == "prometheus":
             return self.prometheus(q)
+        self.master.stats_flusher.flush_on_admin()
+        self.master.refresh_server_stats()
+        store = self.master.stats
         pattern = (q.get("filter") or [""])[0] or None
         if pattern is not None:
             try:
@@ -199,6 +200,7 @@ class AdminPages:
         return _text(200, store.render_text(pattern, used_only="usedonly" in q))
 
     def prometheus(self, _q: dict[str, list[str]]) -> Response:
+        self.master.stats_flusher.flush_on_admin()
         self.master.refresh_server_stats()
         return Response(200, self.master.stats.render_prometheus().encode(), "text/plain; version=0.0.4; charset=UTF-8")  # fmt: skip
 
