@@ -218,7 +218,8 @@ def _default_extractors() -> list[TagExtractor]:
             ".ssl.versions.",
         ),
         _re2(
-            "envoy.ssl_cipher_suite",
+            # Envoy 1.40 names the cluster ciphers envoy.ssl_cipher too (no ssl_cipher_suite).
+            "envoy.ssl_cipher",
             r"^cluster\.<TAG_VALUE>\.ssl\.ciphers(\.(<CIPHER>))$",
             ".ssl.ciphers.",
         ),
