@@ -14,7 +14,7 @@ those outside the stats tree too) and is never listed by ``/stats``.
 Rendering is sans-IO: :meth:`StatsStore.render_text` is Envoy's ``/stats`` ("name: value"
 lines sorted by name) and :meth:`StatsStore.render_prometheus` is ``/stats/prometheus``
 with Envoy's tag extraction. Both show only the stats ``stats_config.stats_matcher``
-accepts, and the tags are ``stats_config``'s (:class:`proxyd.stats_tags.StatsView`, set
+accepts, and the tags are ``stats_config``'s (:class:`proxyd.protocol.stats_tags.StatsView`, set
 with :meth:`StatsStore.configure`); the store itself keeps every stat, so what the
 master reads for its own decisions does not depend on what is shown.
 """
@@ -24,12 +24,17 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from functools import cache
 
-from proxyd.stats_tags import StatsView
+from proxyd.protocol.stats_tags import StatsView
 
 HOST_SEP = "::"
 
-_DEFAULT_VIEW = StatsView()
+
+@cache
+def _default_view() -> StatsView:
+    # Built on first use: a worker imports this module for HOST_SEP only.
+    return StatsView()
 
 
 def extract_tags(name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -38,7 +43,7 @@ def extract_tags(name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     >>> extract_tags("cluster.up.upstream_rq_2xx")
     ('cluster.upstream_rq_xx', (('envoy.response_code_class', '2'), ('envoy.cluster_name', 'up')))
     """
-    return _DEFAULT_VIEW.tags.produce(name)
+    return _default_view().tags.produce(name)
 
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -73,7 +78,7 @@ class StatsStore:
         # Envoy's text readouts (an xDS subscription's version_text, ...).
         self._texts: dict[str, str] = {}
         # stats_config: the tags and the matcher, applied when rendering.
-        self.view = _DEFAULT_VIEW
+        self.view = _default_view()
         # Counter totals at the last sink flush, and the part of each total that came
         # from a hot-restart predecessor (which flushed it to the sinks itself).
         self._flushed: dict[str, int] = {}

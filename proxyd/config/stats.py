@@ -3,7 +3,7 @@
 * ``stats_config``: ``stats_tags`` (regex, fixed value, or a default tag's name),
   ``use_all_default_tags``, ``stats_matcher`` (reject_all, exclusion_list,
   inclusion_list); :func:`build_view` turns them into the
-  :class:`proxyd.stats_tags.StatsView` the master renders and flushes with;
+  :class:`proxyd.protocol.stats_tags.StatsView` the master renders and flushes with;
 * ``stats_sinks``: ``envoy.stat_sinks.statsd`` (UDP ``address``, ``prefix``) and
   ``envoy.stat_sinks.dog_statsd`` (``address``, ``prefix``, ``max_bytes_per_datagram``);
 * ``stats_flush_interval`` (5 s by default, as in Envoy) and ``stats_flush_on_admin``.
@@ -23,8 +23,14 @@ from proxyd.config.values import require_ip, socket_address
 from proxyd.epoch import StringMatch
 from proxyd.errors import ConfigError
 from proxyd.protocol.routing import compile_string_match
+from proxyd.protocol.stats_tags import (
+    StatsMatcher,
+    StatsView,
+    TagProducer,
+    TagSpec,
+    UnknownDefaultTag,
+)
 from proxyd.protocol.statsd import StatsdFormat
-from proxyd.stats_tags import StatsMatcher, StatsView, TagProducer, TagSpec, UnknownDefaultTag
 
 STATSD_TYPE = "envoy.config.metrics.v3.StatsdSink"
 DOG_STATSD_TYPE = "envoy.config.metrics.v3.DogStatsdSink"

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from proxyd.demo import UpstreamServer
-from proxyd.stats_tags import DEFAULT_TAG_NAMES
+from proxyd.protocol.stats_tags import default_tag_names
 from tests.compat.envoy_runner import ENVOY_BINARY, EnvoyRunner, envoy_available
 from tests.integration.master_fixtures import get
 from tests.statsd_receiver import StatsdReceiver
@@ -247,7 +247,7 @@ def _validate(binary: list[str], path: Path) -> int:
 def test_name_only_tags_accepted_for_each_default_name(tmp_path: Path) -> None:
     proxyd = [sys.executable, "-m", "proxyd"]
     envoy = [ENVOY_BINARY, "--disable-hot-restart"]
-    tags = "".join(f"  - {{tag_name: {name}}}\n" for name in sorted(DEFAULT_TAG_NAMES))
+    tags = "".join(f"  - {{tag_name: {name}}}\n" for name in sorted(default_tag_names()))
     good = tmp_path / "good.yaml"
     good.write_text(f"stats_config:\n  use_all_default_tags: false\n  stats_tags:\n{tags}")
     assert _validate(envoy, good) == 0

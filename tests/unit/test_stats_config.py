@@ -12,9 +12,7 @@ from proxyd.config.stats import DEFAULT_FLUSH_INTERVAL_S, build_view
 from proxyd.epoch import StringMatch
 from proxyd.errors import ConfigError
 from proxyd.protocol.routing import compile_string_match
-from proxyd.protocol.statsd import StatsdFormat, datagrams, flush_lines, statsd_line
-from proxyd.stats import StatsStore
-from proxyd.stats_tags import (
+from proxyd.protocol.stats_tags import (
     StatsMatcher,
     StatsView,
     TagProducer,
@@ -23,6 +21,8 @@ from proxyd.stats_tags import (
     UnknownDefaultTag,
     regex_prefix,
 )
+from proxyd.protocol.statsd import StatsdFormat, datagrams, flush_lines, statsd_line
+from proxyd.stats import StatsStore
 
 # -- tag extraction ---------------------------------------------------------------
 

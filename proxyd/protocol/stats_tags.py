@@ -302,7 +302,9 @@ def _default_extractors() -> list[TagExtractor]:
     ]
 
 
-DEFAULT_TAG_NAMES: frozenset[str] = frozenset(e.name for e in _default_extractors())
+def default_tag_names() -> frozenset[str]:
+    """The names of Envoy's default tags (a name-only ``stats_tags`` entry takes one)."""
+    return frozenset(e.name for e in _default_extractors())
 
 
 @dataclass(frozen=True, slots=True)
