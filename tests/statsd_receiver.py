@@ -88,3 +88,63 @@ class StatsdReceiver:
                     f"{key} sums to {self.counter_sums().get(key)} not {total}; got {self.lines()[-50:]}"
                 )
             time.sleep(0.05)
+
+
+class TcpStatsdReceiver(StatsdReceiver):
+    """The same on TCP: a listening socket; every accepted connection's bytes are
+    collected, each newline-terminated line counted once it is complete."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.datagrams = []  # one entry per complete line
+        self.connections: list[socket.socket] = []
+        self.partial_tails: list[bytes] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.connections.append(conn)
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        buffer = b""
+        while not self._stop.is_set():
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            buffer += data
+            *complete, buffer = buffer.split(b"\n")
+            with self._lock:
+                self.datagrams.extend(complete)
+        with self._lock:
+            self.partial_tails.append(buffer)
+
+    def close_connections(self) -> None:
+        """Close every accepted connection from this side (the proxy must reconnect)."""
+        with self._lock:
+            conns, self.connections = self.connections, []
+        for c in conns:
+            c.close()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.close_connections()

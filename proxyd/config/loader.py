@@ -94,7 +94,7 @@ def _compile(
         static.listeners, "static_resources.listeners", route_targets(clusters), file
     )
     admin = _admin(bootstrap, file) if bootstrap.HasField("admin") else None
-    stats = compile_stats(bootstrap, file)
+    stats = compile_stats(bootstrap, {c.name for c in clusters}, file)
     dynamic = compile_dynamic_resources(bootstrap, file)
     template = Epoch(number=0, listeners=listeners, clusters=clusters)
     static_clusters = {c.name: c for c in clusters}

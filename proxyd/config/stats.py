@@ -4,7 +4,8 @@
   ``use_all_default_tags``, ``stats_matcher`` (reject_all, exclusion_list,
   inclusion_list); :func:`build_view` turns them into the
   :class:`proxyd.protocol.stats_tags.StatsView` the master renders and flushes with;
-* ``stats_sinks``: ``envoy.stat_sinks.statsd`` (UDP ``address``, ``prefix``) and
+* ``stats_sinks``: ``envoy.stat_sinks.statsd`` (UDP ``address`` or ``tcp_cluster_name``,
+  ``prefix``) and
   ``envoy.stat_sinks.dog_statsd`` (``address``, ``prefix``, ``max_bytes_per_datagram``);
 * ``stats_flush_interval`` (5 s by default, as in Envoy) and ``stats_flush_on_admin``.
 
@@ -39,12 +40,14 @@ DEFAULT_FLUSH_INTERVAL_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class StatsSink:
-    """One UDP statsd sink: where it sends and how it writes lines."""
+    """One statsd sink: where it sends and how it writes lines."""
 
-    kind: str  # "statsd" or "dog_statsd"
+    kind: str  # "statsd", "dog_statsd" (UDP to address:port) or "tcp_statsd"
     address: str
     port: int
     format: StatsdFormat
+    # tcp_statsd: the static cluster whose hosts it connects to.
+    cluster: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,9 @@ def build_view(settings: StatsSettings) -> StatsView:
     )
 
 
-def compile_stats(bootstrap: Any, file: str) -> StatsSettings:
+def compile_stats(bootstrap: Any, static_clusters: set[str], file: str) -> StatsSettings:
+    """``static_clusters``: the bootstrap's cluster names (a TCP statsd sink's cluster
+    must be one, as in Envoy, which looks it up before CDS runs)."""
     config = bootstrap.stats_config
     tags = tuple(
         _tag(spec, f"stats_config.stats_tags[{i}]", file)
@@ -100,6 +105,16 @@ def compile_stats(bootstrap: Any, file: str) -> StatsSettings:
     sinks = tuple(
         _sink(sink, f"stats_sinks[{i}]", file) for i, sink in enumerate(bootstrap.stats_sinks)
     )
+    for i, sink in enumerate(sinks):
+        if sink.kind != "tcp_statsd":
+            continue
+        where = f"stats_sinks[{i}].typed_config.tcp_cluster_name"
+        if not (bootstrap.node.id and bootstrap.node.cluster):
+            raise ConfigError(
+                file, where, "tcp statsd: node 'id' and 'cluster' are required (set them in 'node')"
+            )
+        if sink.cluster not in static_clusters:
+            raise ConfigError(file, where, f"tcp statsd: unknown cluster '{sink.cluster}'")
     return StatsSettings(
         tags=tags,
         use_all_default_tags=use_all,
@@ -151,9 +166,11 @@ def _sink(sink: Any, path: str, file: str) -> StatsSink:
     assert config is not None  # check_bootstrap allowed only the two sink types
     type_name = sink.typed_config.type_url.rsplit("/", 1)[-1]
     here = join(path, "typed_config")
+    prefix = config.prefix or "envoy"
+    if type_name == STATSD_TYPE and config.WhichOneof("statsd_specifier") == "tcp_cluster_name":
+        return StatsSink("tcp_statsd", "", 0, StatsdFormat(prefix=prefix), config.tcp_cluster_name)
     address, port = socket_address(config.address, join(here, "address"), file)
     require_ip(address, join(here, "address.socket_address"), file)
-    prefix = config.prefix or "envoy"
     if type_name == DOG_STATSD_TYPE:
         max_bytes = (
             config.max_bytes_per_datagram.value if config.HasField("max_bytes_per_datagram") else 0

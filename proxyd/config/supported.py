@@ -275,8 +275,8 @@ CLUSTER: dict[str, Spec] = {
     "outlier_detection": OUTLIER_DETECTION,
 }
 
-# metrics.v3.StatsConfig and the UDP statsd sinks (proxyd.config.stats); the TCP
-# statsd sink (tcp_cluster_name) and histogram_bucket_settings are refused by name.
+# metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats);
+# histogram_bucket_settings is refused by name.
 STATS_CONFIG: Spec = {
     "stats_tags": {"tag_name": LEAF, "regex": LEAF, "fixed_value": LEAF},
     "use_all_default_tags": LEAF,
@@ -291,7 +291,11 @@ STATS_SINK: Spec = {
     "typed_config": AnyOf(
         "stats sink",
         {
-            "envoy.config.metrics.v3.StatsdSink": {"address": ADDRESS, "prefix": LEAF},
+            "envoy.config.metrics.v3.StatsdSink": {
+                "address": ADDRESS,
+                "tcp_cluster_name": LEAF,
+                "prefix": LEAF,
+            },
             "envoy.config.metrics.v3.DogStatsdSink": {
                 "address": ADDRESS,
                 "prefix": LEAF,

@@ -30,7 +30,7 @@ from proxyd.demo import UpstreamServer
 from proxyd.protocol.stats_tags import default_tag_names
 from tests.compat.envoy_runner import ENVOY_BINARY, EnvoyRunner, envoy_available
 from tests.integration.master_fixtures import get
-from tests.statsd_receiver import StatsdReceiver
+from tests.statsd_receiver import StatsdReceiver, TcpStatsdReceiver
 from tests.support import ProxydProcess, free_port, http_config, wait_for
 
 pytestmark = [
@@ -237,6 +237,56 @@ def test_matcher_hides_stats_from_admin_as_envoy(runs: tuple[Run, Run, int]) -> 
         assert "cluster.up.upstream_rq_total" in names
         assert not [n for n in names if n.startswith("cluster_manager.")]
         assert not [n for n in names if n.endswith(("_cx_destroy", "_rq_timeout"))]
+
+
+TCP_SINK = """node: {id: n1, cluster: c1}
+stats_flush_interval: 0.2s
+stats_sinks:
+- name: envoy.stat_sinks.statsd
+  typed_config:
+    "@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink
+    tcp_cluster_name: statsd
+    prefix: tcp
+"""
+
+
+def test_tcp_statsd_lines_match_envoy(tmp_path: Path) -> None:
+    up = UpstreamServer("up").start()
+    sums: list[dict[str, int]] = []
+    types: list[dict[str, str]] = []
+    try:
+        port, admin = free_port(), free_port()
+        for runner in ("envoy", "proxyd"):
+            with TcpStatsdReceiver() as tcp:
+                text = http_config(port, admin, {"up": [up.port], "statsd": [tcp.port]}) + TCP_SINK
+
+                def drive(r: TcpStatsdReceiver = tcp) -> None:
+                    for _ in range(N):
+                        assert get(port)[0] == 200
+                    r.wait_counter("tcp.cluster.up.upstream_rq_total", N)
+                    target = r.count() + 40
+                    wait_for(lambda: r.count() > target)  # a few more flushes
+                    sums.append(r.counter_sums())
+                    types.append(_types(r))
+
+                if runner == "envoy":
+                    with EnvoyRunner(text):
+                        drive()
+                else:
+                    with ProxydProcess(tmp_path, text, admin, concurrency=2):
+                        drive()
+                        # The flushes go over one connection, kept open.
+                        assert len(tcp.connections) == 1
+    finally:
+        up.stop()
+    envoy, proxyd = sums
+    for name in _well_known(port):
+        if name.endswith("_completed"):
+            continue
+        assert envoy.get(f"tcp.{name}") == proxyd.get(f"tcp.{name}") == N, name
+    common = types[0].keys() & types[1].keys()
+    assert len(common) >= 15
+    assert all(types[0][n] == types[1][n] for n in common)
 
 
 def _validate(binary: list[str], path: Path) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.master_fixtures import get
-from tests.statsd_receiver import StatsdReceiver
+from tests.statsd_receiver import StatsdReceiver, TcpStatsdReceiver
 from tests.support import ProxydProcess, free_port, http_config, wait_for
 
 N = 12
@@ -141,15 +141,49 @@ def test_flush_on_admin_and_reload(tmp_path: Path, upstream, receivers) -> None:
         assert dog.counter_sums()["px.cluster.upstream_rq_total|#envoy.cluster_name:up"] == N
 
 
-def test_tcp_statsd_is_refused_by_name(tmp_path: Path) -> None:
+TCP_SINK = """node: {id: n1, cluster: c1}
+stats_flush_interval: 0.2s
+stats_sinks:
+- name: envoy.stat_sinks.statsd
+  typed_config:
+    "@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink
+    tcp_cluster_name: statsd
+"""
+
+
+def test_tcp_statsd_through_a_cluster(tmp_path: Path, upstream) -> None:
+    up = upstream("up")
     port, admin = free_port(), free_port()
-    bad = http_config(port, admin, {"up": [1]}) + (
-        "stats_sinks:\n- name: envoy.stat_sinks.statsd\n  typed_config:\n"
-        '    "@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink\n'
-        "    tcp_cluster_name: up\n"
-    )
+    with TcpStatsdReceiver() as tcp:
+        text = http_config(port, admin, {"up": [up.port], "statsd": [tcp.port]}) + TCP_SINK
+        with ProxydProcess(tmp_path, text, admin):
+            for _ in range(N):
+                assert get(port)[0] == 200
+            tcp.wait_counter("envoy.cluster.up.upstream_rq_total", N)
+            assert tcp.gauges()["envoy.server.live"] == 1
+            # The peer closes: the next flush comes on a new connection, nothing breaks.
+            tcp.close_connections()
+            seen = tcp.count()
+            wait_for(lambda: len(tcp.connections) == 1 and tcp.count() > seen)
+            assert get(port)[0] == 200
+            tcp.wait_counter("envoy.cluster.up.upstream_rq_total", N + 1)
+        # Every line ended with a newline: no partial line was left on a connection.
+        assert all(tail == b"" for tail in tcp.partial_tails)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda t: t.replace("node: {id: n1, cluster: c1}\n", ""),
+         "stats_sinks[0].typed_config.tcp_cluster_name: tcp statsd: node 'id' and 'cluster' are required"),
+        (lambda t: t.replace("tcp_cluster_name: statsd", "tcp_cluster_name: nope"),
+         "stats_sinks[0].typed_config.tcp_cluster_name: tcp statsd: unknown cluster 'nope'"),
+    ],
+)  # fmt: skip
+def test_tcp_statsd_config_errors(tmp_path: Path, change, reason: str) -> None:
+    port, admin = free_port(), free_port()
     path = tmp_path / "bad.yaml"
-    path.write_text(bad)
+    path.write_text(change(http_config(port, admin, {"up": [1], "statsd": [2]}) + TCP_SINK))
     out = subprocess.run(
         [sys.executable, "-m", "proxyd", "--mode", "validate", "-c", str(path)],
         capture_output=True,
@@ -157,6 +191,4 @@ def test_tcp_statsd_is_refused_by_name(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode != 0
-    assert "stats_sinks[0].typed_config.tcp_cluster_name: field not supported by proxyd" in (
-        out.stdout + out.stderr
-    )
+    assert reason in out.stdout + out.stderr
