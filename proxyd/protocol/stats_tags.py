@@ -82,7 +82,8 @@ class TagExtractor:
 
 
 class RegexTagExtractor(TagExtractor):
-    """A regex extractor (Envoy's TagExtractorRe2Impl / TagExtractorStdRegexImpl)."""
+    """A default extractor's regex (Envoy's TagExtractorRe2Impl): a match whose group 1
+    is empty is no match, and the value is group 2, else group 1."""
 
     __slots__ = ("regex", "substr", "negative_match")
 
@@ -104,6 +105,27 @@ class RegexTagExtractor(TagExtractor):
         if self.negative_match and value == self.negative_match:
             return None
         return value, m.span(1)
+
+
+class CustomRegexTagExtractor(RegexTagExtractor):
+    """A ``stats_tags`` regex (Envoy's TagExtractorStdRegexImpl): any match of a regex
+    with a group counts; the value is group 2 when the regex has two groups (empty when
+    it did not take part), else group 1."""
+
+    __slots__ = ()
+
+    def extract(self, stat: str, tokens: list[str]) -> tuple[str, tuple[int, int]] | None:
+        m = self.regex.search(stat)
+        if m is None or m.re.groups < 1:
+            return None
+        if m.re.groups >= 2:
+            value = m.group(2) or ""
+        else:
+            value = m.group(1) or ""
+        start, end = m.span(1)
+        if start < 0:  # group 1 did not take part: nothing to remove
+            start = end = 0
+        return value, (start, end)
 
 
 class TokensTagExtractor(TagExtractor):
@@ -335,7 +357,7 @@ class TagProducer:
             if spec.fixed_value is not None:
                 self._add(FixedTagExtractor(spec.name, spec.fixed_value))
             elif spec.regex:
-                self._add(RegexTagExtractor(spec.name, spec.regex))
+                self._add(CustomRegexTagExtractor(spec.name, spec.regex))
             else:
                 defaults = [e for e in _default_extractors() if e.name == spec.name]
                 if not defaults:
@@ -390,7 +412,10 @@ class TagProducer:
         keep = bytearray(b"\x01") * len(stat)
         for start, end in removed:
             keep[start:end] = bytes(end - start)
-        return "".join(c for c, k in zip(stat, keep, strict=True) if k), tuple(tags)
+        # Envoy's stat names drop trailing dots ("cluster.." becomes "cluster"), not
+        # leading ones.
+        extracted = "".join(c for c, k in zip(stat, keep, strict=True) if k).rstrip(".")
+        return extracted, tuple(tags)
 
 
 # -- the matcher ----------------------------------------------------------------------

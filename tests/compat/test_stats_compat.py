@@ -306,3 +306,49 @@ def test_name_only_tags_accepted_for_each_default_name(tmp_path: Path) -> None:
     bad.write_text("stats_config:\n  stats_tags:\n  - {tag_name: envoy.not_a_default}\n")
     assert _validate(envoy, bad) != 0
     assert _validate(proxyd, bad) != 0
+
+
+EDGE_TAGS = r"""stats_config:
+  use_all_default_tags: false
+  stats_tags:
+  - {tag_name: two, regex: '^cluster\.(up(x?))\.'}
+  - {tag_name: one, regex: '\.(membership_total)$'}
+  - {tag_name: lead, regex: '^(cluster)\.up\.upstream_cx_connect_fail'}
+static_resources:
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9}}}
+"""
+
+
+def test_custom_regex_edge_cases_match_envoy(tmp_path: Path) -> None:
+    """An empty group 2 gives an empty value; trailing dots left by the removals go,
+    leading ones stay; only the named defaults run without use_all_default_tags."""
+    wanted = (
+        "envoy_cluster{",  # cluster.up.membership_total: "cluster.." → "cluster"
+        "envoy___upstream_cx_connect_fail{",  # ".up..." with "up" removed too
+        "envoy_cluster__upstream_cx_total{",
+    )
+
+    def pick(text: str) -> set[str]:
+        return {line for line in text.splitlines() if line.startswith(wanted)}
+
+    admin = free_port()
+    text = f"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\n"
+    with EnvoyRunner(text + EDGE_TAGS) as envoy:
+        url = f"http://127.0.0.1:{envoy.admin_port}/stats/prometheus"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            envoy_lines = pick(resp.read().decode())
+    with ProxydProcess(tmp_path, text + EDGE_TAGS, admin) as p:
+        proxyd_lines = pick(p.admin("/stats/prometheus")[1])
+    assert envoy_lines == proxyd_lines
+    assert envoy_lines == {
+        'envoy_cluster{one="membership_total",two=""} 1',
+        'envoy___upstream_cx_connect_fail{lead="cluster",two=""} 0',
+        'envoy_cluster__upstream_cx_total{two=""} 0',
+    }

@@ -105,7 +105,7 @@ def test_first_extractor_of_a_name_wins() -> None:
         use_all_default_tags=False,
     )
     # The no-prefix one runs first; the "a" one is then skipped.
-    assert producer.produce("a.b.c") == ("a.b.", (("x", "c"),))
+    assert producer.produce("a.b.c") == ("a.b", (("x", "c"),))
     only_prefixed = TagProducer((TagSpec("x", regex=r"^a\.((\w+)\.)"),), False)
     assert only_prefixed.produce("a.b.c") == ("a.c", (("x", "b"),))
 
@@ -300,3 +300,17 @@ def test_config_errors(extra: dict[str, Any], path: str, reason: str) -> None:
     err = _reject(extra)
     assert err.path == path
     assert reason in err.reason
+
+
+def test_custom_regex_values_as_std_regex() -> None:
+    producer = TagProducer(
+        (
+            TagSpec("two", regex=r"^a\.(b(x?))\."),  # group 2 matched empty: value ""
+            TagSpec("one", regex=r"\.(c)$"),
+        ),
+        use_all_default_tags=False,
+    )
+    # Trailing dots go (as Envoy's prometheus names show), leading ones stay.
+    assert producer.produce("a.b.c") == ("a", (("one", "c"), ("two", "")))
+    lead = TagProducer((TagSpec("lead", regex=r"^(cluster)\.up"),), use_all_default_tags=False)
+    assert lead.produce("cluster.up.x") == (".up.x", (("lead", "cluster"),))
