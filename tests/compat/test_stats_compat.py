@@ -77,6 +77,10 @@ class Run:
     dog: dict[str, int]
     prometheus: str
     stats: str
+    # Datagram shapes: statsd lines one per datagram; DogStatsD packed up to the limit.
+    statsd_multiline: int
+    dog_multiline: int
+    dog_largest: int
 
 
 def _types(receiver: StatsdReceiver) -> dict[str, str]:
@@ -99,6 +103,9 @@ def _drive(port: int, admin_page, statsd: StatsdReceiver, dog: StatsdReceiver) -
         dog=dog.counter_sums(),
         prometheus=admin_page("/stats/prometheus"),
         stats=admin_page("/stats"),
+        statsd_multiline=sum(b"\n" in d for d in list(statsd.datagrams)),
+        dog_multiline=sum(b"\n" in d for d in list(dog.datagrams)),
+        dog_largest=max(len(d) for d in list(dog.datagrams)),
     )
 
 
@@ -165,6 +172,10 @@ def test_statsd_lines_match_envoy(runs: tuple[Run, Run, int]) -> None:
 
 def test_dogstatsd_tags_match_envoy(runs: tuple[Run, Run, int]) -> None:
     envoy, proxyd, port = runs
+    for run in (envoy, proxyd):
+        assert run.statsd_multiline == 0
+        assert run.dog_multiline > 0
+        assert run.dog_largest <= 1024
     expected = [
         "envoy.cluster.upstream_rq_total|#team:edge,envoy.cluster_name:up",
         "envoy.cluster.upstream_rq|#envoy.response_code:200,team:edge,envoy.cluster_name:up",
