@@ -276,7 +276,11 @@ CLUSTER: dict[str, Spec] = {
 }
 
 # metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats);
-# histogram_bucket_settings is refused by name.
+# histogram_bucket_settings is refused by name. A UDP sink's socket_address may say
+# "protocol: UDP" (or TCP, which Envoy ignores there too: the sink sends datagrams).
+SINK_ADDRESS: Spec = {
+    "socket_address": {"address": LEAF, "port_value": LEAF, "protocol": LEAF},
+}
 STATS_CONFIG: Spec = {
     "stats_tags": {"tag_name": LEAF, "regex": LEAF, "fixed_value": LEAF},
     "use_all_default_tags": LEAF,
@@ -292,12 +296,12 @@ STATS_SINK: Spec = {
         "stats sink",
         {
             "envoy.config.metrics.v3.StatsdSink": {
-                "address": ADDRESS,
+                "address": SINK_ADDRESS,
                 "tcp_cluster_name": LEAF,
                 "prefix": LEAF,
             },
             "envoy.config.metrics.v3.DogStatsdSink": {
-                "address": ADDRESS,
+                "address": SINK_ADDRESS,
                 "prefix": LEAF,
                 "max_bytes_per_datagram": LEAF,
             },

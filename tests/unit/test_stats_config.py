@@ -254,7 +254,7 @@ def test_defaults_and_sinks() -> None:
         "name": "d",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink",
-            "address": {"socket_address": {"address": "::1", "port_value": 9}},
+            "address": {"socket_address": {"address": "::1", "port_value": 9, "protocol": "UDP"}},
             "max_bytes_per_datagram": 100,
         },
     }
