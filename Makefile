@@ -39,9 +39,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP) system-deps
+	@command -v valgrind >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null 2>&1; } || true
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/xds_scale.py
 	$(BIN)/python bench/idle_memory.py
+	$(BIN)/python bench/instructions.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
