@@ -9,6 +9,9 @@ projects that ship Envoy configs. For every file:
 * ``proxyd --mode validate`` accepts it, or refuses it by naming a feature proxyd does
   not implement ("... not supported by proxyd", with the field path), never with any
   other error: any other refusal of a file Envoy accepts is a parsing difference;
+* the whole file (not only up to proxyd's first refusal) parses and translates in
+  proxyd as in Envoy, but for what proxyd's descriptors are too old to know inside a
+  feature proxyd does not implement (proxyd.config.feature_check);
 * the outcome is the one expectations.json records, so a file that loaded and no
   longer does fails here. After a change that makes proxyd accept more, regenerate
   the expectations with ``.venv/bin/python -m tests.compat.envoy_corpus_report --write``
@@ -23,7 +26,13 @@ import os
 import re
 
 import pytest
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from proxyd.config.feature_check import unsupported_instead
+from proxyd.config.proto import parse_bootstrap
+from proxyd.config.source import read_config_file
+from proxyd.config.translate import translate
+from proxyd.errors import ConfigError
 from tests.compat import envoy_corpus_report as corpus
 from tests.compat.envoy_corpus_report import ACCEPTED, UNSUPPORTED, Outcome
 
@@ -89,6 +98,17 @@ def test_proxyd_loads_or_names_the_missing_feature(
         f"proxyd now gives {v.expectation()!r} ({v.reason}); expected {EXPECTED[name]!r}; "
         f"{REGENERATE} if the change is meant"
     )
+
+
+@pytest.mark.parametrize("path", FILES, ids=NAMES)
+def test_the_whole_file_parses_as_envoy_parses_it(path: os.PathLike[str]) -> None:
+    data = read_config_file(os.fspath(path))
+    singles: list[str] = []
+    try:
+        translate(parse_bootstrap(data, os.fspath(path), singles), "", os.fspath(path), singles)
+    except ConfigError as exc:
+        refusal = unsupported_instead(exc, data, bootstrap_pb2.Bootstrap.DESCRIPTOR)
+        assert refusal is not exc, f"a parsing difference from Envoy: {exc}"
 
 
 def test_the_report_counts_what_it_is_given() -> None:
