@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).parent / "envoy_corpus"
 MANIFEST = CORPUS / "manifest.json"
 EXPECTATIONS = CORPUS / "expectations.json"
+# Real files Envoy 1.40 refuses (v2-era, broken): proxyd must refuse them too.
+ENVOY_REFUSES = CORPUS / "envoy_refuses"
 ENVOY = Path(sys.executable).with_name("envoy")
 _NOT_CORPUS = {MANIFEST.name, EXPECTATIONS.name}
 ACCEPTED = "accepted"
@@ -62,16 +64,16 @@ class Verdict:
         return ACCEPTED if self.kind == ACCEPTED else f"{self.kind} {self.path}".rstrip()
 
 
-def corpus_files() -> list[Path]:
+def corpus_files(folder: Path = CORPUS) -> list[Path]:
     return sorted(
         p
-        for p in CORPUS.iterdir()
+        for p in folder.iterdir()
         if p.suffix in (".yaml", ".yml", ".json") and p.name not in _NOT_CORPUS
     )
 
 
-def manifest() -> list[dict[str, str]]:
-    entries: list[dict[str, str]] = json.loads(MANIFEST.read_text())
+def manifest(folder: Path = CORPUS) -> list[dict[str, str]]:
+    entries: list[dict[str, str]] = json.loads((folder / MANIFEST.name).read_text())
     return entries
 
 
@@ -83,7 +85,7 @@ def expectations() -> dict[str, str]:
 def envoy_validate(path: Path) -> Outcome:
     """``envoy --mode validate`` run in the corpus folder (certs/ is relative to it)."""
     result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", path.name, "--log-level", "error"],
+        [str(ENVOY), "--mode", "validate", "-c", str(path), "--log-level", "error"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -156,7 +158,13 @@ def reason_key(v: Verdict) -> str:
     return v.reason.replace(" not supported by proxyd", "")
 
 
-def report(paths: list[Path], proxyd: dict[str, Outcome], envoy: dict[str, Outcome] | None) -> str:
+def report(
+    paths: list[Path],
+    proxyd: dict[str, Outcome],
+    envoy: dict[str, Outcome] | None,
+    refused: dict[str, tuple[Outcome, Outcome | None]] | None = None,
+) -> str:
+    """The figures; ``refused`` holds proxyd's and Envoy's outcomes for envoy_refuses/."""
     verdicts = {p.name: verdict(p, proxyd[p.name]) for p in paths}
     lines = [f"corpus: {len(paths)} public Envoy v3 bootstraps ({MANIFEST.relative_to(ROOT)})"]
     if envoy is not None:
@@ -174,6 +182,12 @@ def report(paths: list[Path], proxyd: dict[str, Outcome], envoy: dict[str, Outco
     lines.append("refusal reasons by count (the first refusal of each file):")
     lines.extend(f"  {n:4d}  {key}" for key, n in counts.most_common())
     lines.append("accepted by proxyd: " + ", ".join(ok))
+    if refused:
+        by_proxyd = sum(1 for p, _e in refused.values() if p.rc != 0)
+        text = f"files Envoy refuses ({ENVOY_REFUSES.name}/): {len(refused)}"
+        if all(e is not None for _p, e in refused.values()):
+            text += f", refused by Envoy here: {sum(1 for _p, e in refused.values() if e and e.rc)}"
+        lines.append(f"{text}, refused by proxyd too: {by_proxyd}")
     return "\n".join(lines)
 
 
@@ -185,7 +199,11 @@ def main(argv: list[str]) -> int:
     paths = corpus_files()
     proxyd = proxyd_outcomes(paths)
     envoy = envoy_outcomes(paths) if args.envoy else None
-    print(report(paths, proxyd, envoy))
+    bad = corpus_files(ENVOY_REFUSES)
+    bad_proxyd = proxyd_outcomes(bad)
+    bad_envoy = envoy_outcomes(bad) if args.envoy else {}
+    refused = {p.name: (bad_proxyd[p.name], bad_envoy.get(p.name)) for p in bad}
+    print(report(paths, proxyd, envoy, refused))
     if args.write:
         verdicts = {p.name: verdict(p, proxyd[p.name]) for p in paths}
         if any(v.kind == "parse" for v in verdicts.values()):

@@ -12,6 +12,8 @@ projects that ship Envoy configs. For every file:
 * the whole file (not only up to proxyd's first refusal) parses and translates in
   proxyd as in Envoy, but for what proxyd's descriptors are too old to know inside a
   feature proxyd does not implement (proxyd.config.feature_check);
+* the few real files Envoy refuses (``envoy_refuses/``: v2-era and broken ones) are
+  refused by proxyd too;
 * the outcome is the one expectations.json records, so a file that loaded and no
   longer does fails here. After a change that makes proxyd accept more, regenerate
   the expectations with ``.venv/bin/python -m tests.compat.envoy_corpus_report --write``
@@ -109,6 +111,34 @@ def test_the_whole_file_parses_as_envoy_parses_it(path: os.PathLike[str]) -> Non
     except ConfigError as exc:
         refusal = unsupported_instead(exc, data, bootstrap_pb2.Bootstrap.DESCRIPTOR)
         assert refusal is not exc, f"a parsing difference from Envoy: {exc}"
+
+
+REFUSED = corpus.corpus_files(corpus.ENVOY_REFUSES)
+
+
+def test_the_files_envoy_refuses_have_their_origin_and_why() -> None:
+    entries = corpus.manifest(corpus.ENVOY_REFUSES)
+    assert sorted(e["file"] for e in entries) == [p.name for p in REFUSED]
+    for entry in entries:
+        assert entry["repo"] and entry["path"] and entry["envoy_refuses"], entry
+        assert re.fullmatch(r"[0-9a-f]{40}", entry["commit"]), entry
+
+
+@pytest.fixture(scope="module")
+def refused_outcomes() -> dict[str, tuple[Outcome, Outcome]]:
+    proxyd = corpus.proxyd_outcomes(REFUSED)
+    envoy = corpus.envoy_outcomes(REFUSED)
+    return {p.name: (envoy[p.name], proxyd[p.name]) for p in REFUSED}
+
+
+@needs_envoy
+@pytest.mark.parametrize("name", [p.name for p in REFUSED])
+def test_what_envoy_refuses_proxyd_refuses(
+    name: str, refused_outcomes: dict[str, tuple[Outcome, Outcome]]
+) -> None:
+    envoy, proxyd = refused_outcomes[name]
+    assert envoy.rc != 0, envoy.output[-2000:]
+    assert proxyd.rc == 1, proxyd.output[-2000:]
 
 
 def test_the_report_counts_what_it_is_given() -> None:
