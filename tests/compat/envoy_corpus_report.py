@@ -12,9 +12,10 @@ Run from the repository root::
     .venv/bin/python -m tests.compat.envoy_corpus_report --envoy    # and run real Envoy too
     .venv/bin/python -m tests.compat.envoy_corpus_report --write    # rewrite expectations.json
 
-``--write`` is the one command to run after a change makes proxyd accept more (or
-refuse elsewhere); it refuses to write while any file is refused for a parsing
-difference, since those are bugs to fix, not expectations to record.
+``make config-regen`` runs it with ``--envoy --write`` (and regenerates
+docs/config-coverage.md): the one command to run after a change makes proxyd accept
+more, or refuse elsewhere. ``--write`` refuses to write while any file is refused for
+a parsing difference, since those are bugs to fix, not expectations to record.
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ projects that ship Envoy configs. For every file:
   refused by proxyd too;
 * the outcome is the one expectations.json records, so a file that loaded and no
   longer does fails here. After a change that makes proxyd accept more, regenerate
-  the expectations with ``.venv/bin/python -m tests.compat.envoy_corpus_report --write``
-  (it prints the figures too).
+  the expectations with ``make config-regen`` (it prints the figures too).
 
 Envoy runs two files at a time, proxyd all files in one process: about half a minute.
 """
@@ -43,7 +42,7 @@ pytestmark = pytest.mark.compat
 FILES = corpus.corpus_files()
 NAMES = [p.name for p in FILES]
 EXPECTED = corpus.expectations()
-REGENERATE = "regenerate with: .venv/bin/python -m tests.compat.envoy_corpus_report --write"
+REGENERATE = "regenerate with: make config-regen"
 
 needs_envoy = pytest.mark.skipif(
     not os.access(corpus.ENVOY, os.X_OK), reason="envoy binary not installed"

@@ -9,7 +9,7 @@ from envoy.config.listener.v3 import listener_pb2
 
 from proxyd.config import coverage_doc
 
-REGENERATE = "regenerate it with: .venv/bin/python -m proxyd.config.coverage_doc --write"
+REGENERATE = "regenerate it with: make config-regen"
 
 
 def rows(text: str, section: str) -> dict[str, str]:
