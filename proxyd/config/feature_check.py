@@ -108,16 +108,25 @@ def unsupported_around(
 ) -> tuple[str, str] | None:
     """(path, reason) of the unimplemented feature in ``data`` (a ``desc`` message,
     checked against ``spec``) whose subtree holds ``error_path``; None if there is none."""
-    for path, reason in _refusals(data, desc, spec, ""):
+    for path, reason in refusals(data, desc, spec):
         if error_path == path or error_path.startswith((path + ".", path + "[")):
             return path, reason
     return None
 
 
+def refusals(data: Any, desc: Descriptor, spec: dict[str, Spec]) -> list[tuple[str, str]]:
+    """(path, reason) of every field or extension in ``data`` (a ``desc`` message) that
+    ``spec`` does not cover, outermost only (what is under one is not looked at).
+
+    A file's whole list, where loading stops at the first; the corpus report counts
+    them. Deprecated fields are left out (judged after translation), and so are
+    values proxyd refuses in code (an enum value, a second filter chain, ...)."""
+    return _refusals(data, desc, spec, "")
+
+
 def _refusals(
     data: Any, desc: Descriptor, spec: dict[str, Spec], path: str
 ) -> list[tuple[str, str]]:
-    """Every unimplemented field or extension in ``data``, outermost only."""
     if not isinstance(data, dict):
         return []
     fields = {f.name: f for f in desc.fields} | {f.json_name: f for f in desc.fields}
@@ -126,6 +135,8 @@ def _refusals(
         field = fields.get(key) if isinstance(key, str) else None
         if field is None or item is None or field.GetOptions().deprecated:
             continue  # unknown: the parser's error; deprecated: judged after translation
+        if _unset(field, item):
+            continue  # not set, as the allow-list walk sees it (ListFields)
         here = join(path, key)
         sub = spec.get(field.name)
         if sub is None:
@@ -149,6 +160,24 @@ def _refusals(
         else:
             out += _value(item, message_type, sub, here, data)
     return out
+
+
+def _unset(field: FieldDescriptor, item: Any) -> bool:
+    """An empty list or map, or a scalar without presence at its default (``protocol:
+    TCP``, ``port_value: 0``): protobuf does not count it as set."""
+    if field.is_repeated:
+        return isinstance(item, (list, dict)) and not item
+    if field.has_presence:
+        return False
+    if field.type == FieldDescriptor.TYPE_ENUM and isinstance(item, str):
+        assert field.enum_type is not None  # set on every enum field
+        value = field.enum_type.values_by_name.get(item) or field.enum_type.values_by_name.get(
+            item.upper()
+        )
+        return value is not None and value.number == 0
+    if isinstance(item, str) and field.type != FieldDescriptor.TYPE_STRING:
+        return item.lower() in ("0", "false", "")
+    return not isinstance(item, (dict, list)) and item == field.default_value
 
 
 def _value(

@@ -183,6 +183,7 @@ def report(
     lines.append("refusal reasons by count (the first refusal of each file):")
     lines.extend(f"  {n:4d}  {key}" for key, n in counts.most_common())
     lines.append("accepted by proxyd: " + ", ".join(ok))
+    lines.extend(_features_lacking(paths, verdicts))
     if refused:
         by_proxyd = sum(1 for p, _e in refused.values() if p.rc != 0)
         text = f"files Envoy refuses ({ENVOY_REFUSES.name}/): {len(refused)}"
@@ -190,6 +191,32 @@ def report(
             text += f", refused by Envoy here: {sum(1 for _p, e in refused.values() if e and e.rc)}"
         lines.append(f"{text}, refused by proxyd too: {by_proxyd}")
     return "\n".join(lines)
+
+
+def _features_lacking(paths: list[Path], verdicts: dict[str, Verdict]) -> list[str]:
+    """Every field and extension outside the coverage tree, by the files that use it,
+    and which single one would be all a refused file lacks."""
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+    from proxyd.config.feature_check import refusals
+    from proxyd.config.source import read_config_file
+    from proxyd.config.supported import BOOTSTRAP
+
+    used: Counter[str] = Counter()
+    alone: Counter[str] = Counter()
+    for p in paths:
+        if verdicts[p.name].kind == ACCEPTED:
+            continue
+        found = refusals(read_config_file(str(p)), bootstrap_pb2.Bootstrap.DESCRIPTOR, BOOTSTRAP)
+        keys = {reason_key(Verdict(UNSUPPORTED, where, why)) for where, why in found}
+        used.update(keys)
+        if len(keys) == 1:
+            alone.update(keys)
+    lines = ["fields and extensions outside the coverage tree, by the files that use them:"]
+    lines.extend(f"  {n:4d}  {key}" for key, n in used.most_common())
+    lines.append("the only one a file lacks (of those above), by files:")
+    lines.extend(f"  {n:4d}  {key}" for key, n in alone.most_common())
+    return lines
 
 
 def main(argv: list[str]) -> int:
