@@ -92,10 +92,10 @@ def test_envoy_accepts(name: str, envoy_outcomes: dict[str, Outcome]) -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", FILES, ids=NAMES)
 def test_proxyd_loads_or_names_the_missing_feature(
-    path: os.PathLike[str], proxyd_outcomes: dict[str, Outcome]
+    path: Path, proxyd_outcomes: dict[str, Outcome]
 ) -> None:
-    name = os.path.basename(path)
-    v = corpus.verdict(FILES[NAMES.index(name)], proxyd_outcomes[name])
+    name = path.name
+    v = corpus.verdict(path, proxyd_outcomes[name])
     assert v.kind != "parse", f"a parsing difference from Envoy: {v.path}: {v.reason}"
     assert v.expectation() == EXPECTED[name], (
         f"proxyd now gives {v.expectation()!r} ({v.reason}); expected {EXPECTED[name]!r}; "
@@ -104,11 +104,12 @@ def test_proxyd_loads_or_names_the_missing_feature(
 
 
 @pytest.mark.parametrize("path", FILES, ids=NAMES)
-def test_the_whole_file_parses_as_envoy_parses_it(path: os.PathLike[str]) -> None:
-    data = read_config_file(os.fspath(path))
+def test_the_whole_file_parses_as_envoy_parses_it(path: Path) -> None:
+    file = str(path)
+    data = read_config_file(file)
     singles: list[str] = []
     try:
-        translate(parse_bootstrap(data, os.fspath(path), singles), "", os.fspath(path), singles)
+        translate(parse_bootstrap(data, file, singles), "", file, singles)
     except ConfigError as exc:
         refusal = unsupported_instead(exc, data, bootstrap_pb2.Bootstrap.DESCRIPTOR)
         assert refusal is not exc, f"a parsing difference from Envoy: {exc}"
