@@ -312,13 +312,18 @@ class ProxydProcess:
         self.stop()
         raise TimeoutError(f"proxyd not ready within {timeout} s:\n{self.log()}")
 
-    def listener_port(self, name: str = "ingress") -> int:
-        """The port listener ``name`` is bound to, from the admin ``/listeners``."""
-        listeners = json.loads(self.admin("/listeners?format=json")[1])["listener_statuses"]
-        for entry in listeners:
-            if entry["name"] == name:
-                return int(entry["local_address"]["socket_address"]["port_value"])
-        raise KeyError(f"no listener {name!r} in /listeners: {listeners}")
+    def listener_port(self, name: str = "ingress", timeout: float = 10.0) -> int:
+        """The port listener ``name`` is bound to, from the admin ``/listeners``; waits
+        up to ``timeout`` for it to be there (an LDS listener may come later)."""
+
+        def port() -> int:
+            doc = json.loads(self.admin("/listeners?format=json")[1])
+            for entry in doc["listener_statuses"]:
+                if entry["name"] == name:
+                    return int(entry["local_address"]["socket_address"]["port_value"])
+            return 0
+
+        return int(wait_for(port, timeout=timeout))
 
     def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)

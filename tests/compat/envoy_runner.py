@@ -66,6 +66,13 @@ class EnvoyRunner:
         assert self.workdir is not None
         return self.workdir / "admin.address"
 
+    def learn_admin_port(self) -> bool:
+        """Read the admin port from --admin-address-path once Envoy wrote it; True when
+        known. (ValueError while the file is half written.)"""
+        if not self.admin_port and self.admin_address_path.exists():
+            self.admin_port = admin_address_port(self.admin_address_path.read_text())
+        return self.admin_port != 0
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -116,9 +123,7 @@ class EnvoyRunner:
                     f"envoy exited with {self.proc.returncode} during startup:\n{self.log_text()}"
                 )
             try:
-                if not self.admin_port and self.admin_address_path.exists():
-                    self.admin_port = admin_address_port(self.admin_address_path.read_text())
-                if self.admin_port:
+                if self.learn_admin_port():
                     url = f"http://127.0.0.1:{self.admin_port}/ready"
                     with urllib.request.urlopen(url, timeout=1.0) as resp:
                         if resp.read().strip() == b"LIVE":
