@@ -11,6 +11,7 @@ then SIGKILL after 10 s). Upstreams come from ``proxyd.demo``.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -72,6 +73,22 @@ class EnvoyRunner:
         if not self.admin_port and self.admin_address_path.exists():
             self.admin_port = admin_address_port(self.admin_address_path.read_text())
         return self.admin_port != 0
+
+    def listener_port(self, name: str, timeout: float = 10.0) -> int:
+        """The port listener ``name`` is bound to (admin ``/listeners``): a listener on
+        port 0 gets its port from the kernel, as in proxyd."""
+        from tests.support import wait_for
+
+        def port() -> int:
+            url = f"http://127.0.0.1:{self.admin_port}/listeners?format=json"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                doc = json.loads(r.read())
+            for entry in doc.get("listener_statuses", []):
+                if entry["name"] == name:
+                    return int(entry["local_address"]["socket_address"]["port_value"])
+            return 0
+
+        return int(wait_for(port, timeout=timeout))
 
     def log_text(self) -> str:
         try:
