@@ -343,3 +343,31 @@ def test_health_checks_reach_a_pipe_upstream(tmp_path: Path, sock_dir: Path) -> 
             os.unlink(up_path)  # nothing listens there any more: the checks fail
             wait_for(lambda: get(p.listener_port())[0] == 503, timeout=10)
             assert p.stats()["cluster.web.health_check.failure"] >= 1
+
+
+def test_rest_and_grpc_clients_reach_a_pipe(sock_dir: Path) -> None:
+    """The master's xDS clients connect to an endpoint with port 0 over its pipe: REST
+    with the cluster name as Host (as Envoy's REST fetcher sends it)."""
+    import trio
+
+    from proxyd.master.xds.grpc import GrpcError, open_stream
+    from proxyd.master.xds.http_client import post_json
+
+    path = str(sock_dir / "rest.sock")
+    with PipeUpstreamServer("rest", path):
+
+        async def main() -> tuple[int, bytes]:
+            return await post_json(path, 0, "/echo", b"{}", authority="xds_cluster")
+
+        status, body = trio.run(main)
+    assert status == 200
+    headers = dict(json.loads(body)["headers"])
+    assert {k.lower(): v for k, v in headers.items()}["host"] == "xds_cluster"
+
+    async def refused() -> None:
+        async with open_stream(str(sock_dir / "none.sock"), 0, "/x.Y/Z", connect_timeout_s=2):
+            raise AssertionError("connected to a pipe nobody listens on")
+
+    with pytest.raises(GrpcError) as failed:
+        trio.run(refused)
+    assert f"connect to {sock_dir / 'none.sock'} failed" in failed.value.message
