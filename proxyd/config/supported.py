@@ -30,7 +30,10 @@ ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-ADDRESS: Spec = {"socket_address": {"address": LEAF, "port_value": LEAF}}
+SOCKET_ADDRESS: Spec = {"address": LEAF, "port_value": LEAF}
+ADDRESS: Spec = {"socket_address": SOCKET_ADDRESS}
+# Where proxyd also takes a Unix socket (listeners, endpoints; proxyd.pipes).
+ADDRESS_OR_PIPE: Spec = {"socket_address": SOCKET_ADDRESS, "pipe": {"path": LEAF, "mode": LEAF}}
 
 ADMIN: Spec = {
     "address": ADDRESS,
@@ -145,7 +148,7 @@ HCM: Spec = {
 
 LISTENER: dict[str, Spec] = {
     "name": LEAF,
-    "address": ADDRESS,
+    "address": ADDRESS_OR_PIPE,
     "per_connection_buffer_limit_bytes": LEAF,
     # true only (proxyd.config.listeners): each worker has its own SO_REUSEPORT socket.
     "enable_reuse_port": LEAF,
@@ -246,7 +249,7 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
     "endpoints": {
         "locality": {"region": LEAF, "zone": LEAF, "sub_zone": LEAF},
         "lb_endpoints": {
-            "endpoint": {"address": ADDRESS},
+            "endpoint": {"address": ADDRESS_OR_PIPE},
             "load_balancing_weight": LEAF,
         },
         "load_balancing_weight": LEAF,

@@ -80,6 +80,8 @@ class MasterOptions:
     # resident memory above which it is replaced gracefully (0: no limit).
     worker_heartbeat_timeout_s: float = 10.0
     worker_rss_limit_mb: int = 0
+    # Envoy's --admin-address-path: where to write the admin address once bound.
+    admin_address_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,8 @@ class Master:
                 a = self.loaded.admin
                 admin = self._admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
                 await admin.bind(take_passed(passed, "admin", a.address, a.port))
+                if self.options.admin_address_path:
+                    admin.write_address(self.options.admin_address_path)
         except (
             ConfigError, BindError, MasterError, HotRestartError, EpochRejected, OSError
         ) as exc:  # fmt: skip
@@ -460,11 +464,16 @@ class Master:
             address, port = self.sockets.address_of(listener.name)
             old = next((x for x in self.epoch.listeners if x.name == listener.name), None)
             old_port = old.port if old is not None else port
-            if listener.address != address or listener.port != old_port:
+            old_pipe = old.pipe if old is not None else listener.pipe
+            if (
+                listener.address != address
+                or listener.port != old_port
+                or listener.pipe != old_pipe
+            ):
+                existing = address if old_pipe else f"{address}:{old_port}"
                 raise MasterError(
                     f"error updating listener '{listener.name}': it has a different address "
-                    f"'{listener.address}:{listener.port}' from the existing listener address "
-                    f"'{address}:{old_port}'"
+                    f"'{listener.address_text}' from the existing listener address '{existing}'"
                 )
 
     async def _apply(self, loaded: Any) -> ReloadResult:

@@ -15,15 +15,14 @@ import pytest
 
 from proxyd.master.workers import Backoff
 from tests.integration.master_fixtures import ClientLoop, get
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 
 @pytest.fixture
 def proxy(tmp_path: Path, upstream):
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    with ProxydProcess(tmp_path, http_config(port, admin, {"up": [up.port]}), admin) as p:
-        p.listen_port = port
+    with ProxydProcess(tmp_path, http_config(0, 0, {"up": [up.port]})) as p:
+        p.listen_port = p.listener_port()
         yield p
 
 
@@ -56,9 +55,8 @@ def test_workers_log_like_their_master(tmp_path: Path, upstream) -> None:
     """--log-level and --log-format reach the workers: debug lines in JSON here, and
     none at the default info level (the fixture above)."""
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    config = http_config(port, admin, {"up": [up.port]})
-    with ProxydProcess(tmp_path, config, admin, extra_args=("--log-level", "debug")) as p:
+    config = http_config(0, 0, {"up": [up.port]})
+    with ProxydProcess(tmp_path, config, extra_args=("--log-level", "debug")) as p:
         wait_for(lambda: p.log().count('"epoch applied"') >= 2, timeout=10)
         applied = [json.loads(line) for line in p.log().splitlines() if '"epoch applied"' in line]
     assert sorted(e["worker_id"] for e in applied[:2]) == [0, 1]
@@ -102,10 +100,9 @@ def test_killed_worker_is_replaced_while_clients_keep_going(proxy: ProxydProcess
 
 def test_sigterm_drains_and_exits_0(tmp_path: Path, upstream) -> None:
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    p = ProxydProcess(tmp_path, http_config(port, admin, {"up": [up.port]}), admin).start()
+    p = ProxydProcess(tmp_path, http_config(0, 0, {"up": [up.port]})).start()
     workers = psutil.Process(p.pid).children()
-    assert get(port)[0] == 200
+    assert get(p.listener_port())[0] == 200
     assert p.stop(signal.SIGTERM) == 0
     gone, alive = psutil.wait_procs(workers, timeout=5)
     assert alive == []
@@ -116,8 +113,7 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path, upstream) -> None:
 
 def test_sigint_stops_fast(tmp_path: Path, upstream) -> None:
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    p = ProxydProcess(tmp_path, http_config(port, admin, {"up": [up.port]}), admin).start()
+    p = ProxydProcess(tmp_path, http_config(0, 0, {"up": [up.port]})).start()
     workers = psutil.Process(p.pid).children()
     p.proc.send_signal(signal.SIGINT)
     assert p.proc.wait(10) == 0
@@ -128,9 +124,8 @@ def test_sigint_stops_fast(tmp_path: Path, upstream) -> None:
 
 def test_worker_that_cannot_start_stops_the_master(tmp_path: Path, upstream) -> None:
     up = upstream("up")
-    port, admin = free_port(), free_port()
     cfg = tmp_path / "proxyd.yaml"
-    cfg.write_text(http_config(port, admin, {"up": [up.port]}))
+    cfg.write_text(http_config(0, 0, {"up": [up.port]}))
     env = dict(os.environ, PROXYD_WORKER_COMMAND=f"{sys.executable} -c 'raise SystemExit(3)'")
     started = time.monotonic()
     res = subprocess.run(
@@ -148,7 +143,7 @@ def test_second_master_on_the_same_control_socket_is_refused(
     proxy: ProxydProcess, tmp_path: Path
 ) -> None:
     cfg = tmp_path / "other.yaml"
-    cfg.write_text(http_config(free_port(), free_port(), {"up": [1]}))
+    cfg.write_text(http_config(0, 0, {"up": [1]}))
     res = subprocess.run(
         [sys.executable, "-m", "proxyd", "-c", str(cfg), "--concurrency", "1",
          "--control-socket", proxy.control_socket],
@@ -167,7 +162,7 @@ def test_listener_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         cfg = tmp_path / "proxyd.yaml"
-        cfg.write_text(http_config(port, free_port(), {"up": [1]}))
+        cfg.write_text(http_config(port, 0, {"up": [1]}))
         res = subprocess.run(
             [sys.executable, "-m", "proxyd", "-c", str(cfg), "--concurrency", "1",
              "--control-socket", str(tmp_path / "c.sock")],

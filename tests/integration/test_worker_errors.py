@@ -43,10 +43,9 @@ def routes(*pairs: tuple[str, str, float]) -> list[ep.Route]:
 def worker(start_worker, upstream):
     a = upstream("a")
     refused = free_port()
-    port = free_port()
     epoch = make_epoch(
         1,
-        port,
+        0,
         {"a": [a.port], "refused": [refused], "sick": [a.port]},
         routes(
             ("/delay", "a", 0.3),
@@ -71,6 +70,7 @@ def worker(start_worker, upstream):
         1, epoch.listeners, tuple(c if c.name != "sick" else sick for c in epoch.clusters)
     )
     w = start_worker(epoch)
+    port = w.bound_port()
     w.port = port
     w.upstream = a
     return w
@@ -194,8 +194,8 @@ def test_broken_upstreams_do_not_hurt_the_worker(start_worker) -> None:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     with RawUpstream(handler) as up:
-        port = free_port()
-        w = start_worker(make_epoch(1, port, {"u": [up.port]}))
+        w = start_worker(make_epoch(1, 0, {"u": [up.port]}))
+        port = w.bound_port()
         r = httpx.get(f"http://127.0.0.1:{port}/garbage")
         assert r.status_code == 502 and r.text == RESET + "protocol error"
         r = httpx.get(f"http://127.0.0.1:{port}/close")
