@@ -70,9 +70,11 @@ def test_wedged_worker_is_replaced_while_the_other_keeps_serving(tmp_path: Path,
                 new = [x for x in pids if x not in (victim, survivor, 0)]
                 return new[0] if new and survivor in pids else None
 
-            new_pid = wait_for(replaced, timeout=timeout_s + 10, interval=0.05)
+            # Replaced because the heartbeat timed out, not before (the upper bound is
+            # wait_for's, generous: a loaded machine must not fail this).
+            new_pid = wait_for(replaced, timeout=timeout_s + 20, interval=0.05)
             took = time.monotonic() - stopped_at
-            assert took < timeout_s + 3.0, f"replaced after {took:.1f} s"
+            assert took >= timeout_s - 0.1, f"replaced after {took:.1f} s, before the timeout"
             assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie"
             assert sorted(p.worker_pids()) == sorted([survivor, new_pid])
             # Both sockets are served again: every request succeeds.
