@@ -135,7 +135,7 @@ def test_worker_that_cannot_start_stops_the_master(tmp_path: Path, upstream) -> 
         capture_output=True, text=True, timeout=30, env=env,
     )  # fmt: skip
     assert res.returncode == 1
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 25  # gave up rather than retrying forever
     assert "cannot start (exit code 3)" in res.stderr.splitlines()[-1]
     assert not (tmp_path / "c.sock").exists()
 

@@ -100,9 +100,9 @@ def test_refused_connection_is_503(worker) -> None:
 
 def test_route_timeout_is_504(worker) -> None:
     t0 = time.monotonic()
-    r = httpx.get(f"http://127.0.0.1:{worker.port}/delay/2000/")
+    r = httpx.get(f"http://127.0.0.1:{worker.port}/delay/6000/")
     assert r.status_code == 504 and r.text == "upstream request timeout"
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 4  # the timeout answered, not the 6 s upstream
     assert worker.wait_stat("cluster.a.upstream_rq_timeout", 1) == 1
     # Envoy keeps the downstream connection after a 504: so does the worker.
     with httpx.Client() as client:

@@ -143,7 +143,7 @@ def test_drain_deadline_cuts_slow_requests(start_worker, upstream) -> None:
     t0 = time.monotonic()
     w.drain(0.5)
     assert w.wait_exit(5) == 0
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 4.5  # the drain deadline ended it; the hold never ends
     busy.close()
 
 
