@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One upstream host, resolved to an IP address by the master."""
+    """One upstream host, resolved to an IP address by the master, or a pipe (Unix
+    socket): then ``address`` is its path ("@name" in the abstract namespace) and
+    ``port`` is 0, which no TCP endpoint has (see :mod:`proxyd.pipes`)."""
 
     address: str
     port: int
@@ -305,6 +307,37 @@ class Route:
     # typed_per_filter_config resolved for this route: the most specific of the
     # route's, its virtual host's and its route configuration's, by filter name.
     filter_configs: tuple[FilterOverride, ...] = ()
+    # A route with one of these answers itself and names no cluster ("").
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Route.redirect (``config.route.v3.RedirectAction``); "" = not set."""
+
+    # scheme_redirect, or "https" for https_redirect.
+    scheme: str = ""
+    host: str = ""
+    # ":<port_redirect>" (Envoy keeps it with its colon), "" when not set.
+    port: str = ""
+    path: str = ""
+    # prefix_rewrite (None when not set: "" is a rewrite to "/").
+    prefix_rewrite: str | None = None
+    # regex_rewrite: the pattern and its substitution (RE2 syntax, \\1 for a group).
+    regex: str = ""
+    substitution: str = ""
+    strip_query: bool = False
+    # response_code as the HTTP status: 301, 302, 303, 307 or 308.
+    status: int = 301
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """Route.direct_response: the status and the body (read when the config loaded)."""
+
+    status: int
+    body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,11 +432,22 @@ class Listener:
     port: int
     hcm: HttpConnectionManager
     per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # A pipe (Unix socket) listener: ``address`` is its path ("@name" in the abstract
+    # namespace), ``port`` 0, and ``pipe_mode`` the file mode to set (0: leave it).
+    # Port 0 without ``pipe`` is a TCP listener on a port the kernel picks.
+    pipe: bool = False
+    pipe_mode: int = 0
 
     @property
     def stat_name(self) -> str:
-        """Envoy's listener stat scope: ``listener.<address>_<port>``."""
-        return f"{self.address}_{self.port}"
+        """Envoy's listener stat scope: ``listener.<address>_<port>`` (the configured
+        port, 0 included), or ``listener.<path>`` for a pipe."""
+        return self.address if self.pipe else f"{self.address}_{self.port}"
+
+    @property
+    def address_text(self) -> str:
+        """The configured address as Envoy writes it in messages: "ip:port" or a path."""
+        return self.address if self.pipe else f"{self.address}:{self.port}"
 
 
 # -- the epoch ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import json_format
 
 from proxyd.config.clusters import compile_clusters
@@ -28,6 +29,7 @@ from proxyd.config.dynamic import (
     compile_dynamic_resources,
     epoch_sources,
 )
+from proxyd.config.feature_check import unsupported_instead
 from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
@@ -75,7 +77,14 @@ def load(path: str) -> LoadedConfig:
 def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
     """Validate and compile already-read bootstrap data; ``file`` names it in errors."""
     singles: list[str] = []  # single values read as lists of one, for error paths
-    bootstrap = parse_bootstrap(data, file, singles)
+    try:
+        bootstrap = parse_bootstrap(data, file, singles)
+    except ConfigError as exc:
+        # Inside a feature proxyd lacks, the missing feature is the error to give.
+        refusal = unsupported_instead(exc, data, bootstrap_pb2.Bootstrap.DESCRIPTOR)
+        if refusal is exc:
+            raise
+        raise refusal from exc
     # As written (before translation), as Envoy's /config_dump shows it.
     bootstrap_json = json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
     translation = translate(bootstrap, "", file, singles)

@@ -30,7 +30,10 @@ ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-ADDRESS: Spec = {"socket_address": {"address": LEAF, "port_value": LEAF}}
+SOCKET_ADDRESS: Spec = {"address": LEAF, "port_value": LEAF}
+ADDRESS: Spec = {"socket_address": SOCKET_ADDRESS}
+# Where proxyd also takes a Unix socket (listeners, endpoints; proxyd.pipes).
+ADDRESS_OR_PIPE: Spec = {"socket_address": SOCKET_ADDRESS, "pipe": {"path": LEAF, "mode": LEAF}}
 
 ADMIN: Spec = {
     "address": ADDRESS,
@@ -70,6 +73,22 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "headers": HEADER_MATCHER,
             },
             "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
+            "redirect": {
+                "https_redirect": LEAF,
+                "scheme_redirect": LEAF,
+                "host_redirect": LEAF,
+                "port_redirect": LEAF,
+                "path_redirect": LEAF,
+                "prefix_rewrite": LEAF,
+                "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
+                "response_code": LEAF,
+                "strip_query": LEAF,
+            },
+            # body: environment_variable is refused (read at load by Envoy; not here).
+            "direct_response": {
+                "status": LEAF,
+                "body": {"filename": LEAF, "inline_bytes": LEAF, "inline_string": LEAF},
+            },
             "typed_per_filter_config": PER_FILTER_CONFIG,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
@@ -129,7 +148,7 @@ HCM: Spec = {
 
 LISTENER: dict[str, Spec] = {
     "name": LEAF,
-    "address": ADDRESS,
+    "address": ADDRESS_OR_PIPE,
     "per_connection_buffer_limit_bytes": LEAF,
     # true only (proxyd.config.listeners): each worker has its own SO_REUSEPORT socket.
     "enable_reuse_port": LEAF,
@@ -230,7 +249,7 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
     "endpoints": {
         "locality": {"region": LEAF, "zone": LEAF, "sub_zone": LEAF},
         "lb_endpoints": {
-            "endpoint": {"address": ADDRESS},
+            "endpoint": {"address": ADDRESS_OR_PIPE},
             "load_balancing_weight": LEAF,
         },
         "load_balancing_weight": LEAF,

@@ -81,6 +81,8 @@ class MasterOptions:
     # resident memory above which it is replaced gracefully (0: no limit).
     worker_heartbeat_timeout_s: float = 10.0
     worker_rss_limit_mb: int = 0
+    # Envoy's --admin-address-path: where to write the admin address once bound.
+    admin_address_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,8 @@ class Master:
                 a = self.loaded.admin
                 admin = self._admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
                 await admin.bind(take_passed(passed, "admin", a.address, a.port))
+                if self.options.admin_address_path:
+                    admin.write_address(self.options.admin_address_path)
         except (
             ConfigError, BindError, MasterError, HotRestartError, EpochRejected, OSError
         ) as exc:  # fmt: skip
@@ -428,7 +432,7 @@ class Master:
             self.notifier.reloading(f"reloading: epoch {self.epoch.number}")
             try:
                 loaded = await self._load_config()
-                self._check_listener_addresses(loaded.epoch_template)
+                self.check_listener_addresses(loaded.epoch_template)
                 self._check_file(loaded.epoch_template)  # before anything changes
                 result = await self._apply(loaded)
             except (ConfigError, BindError, MasterError, EpochRejected) as exc:
@@ -456,18 +460,25 @@ class Master:
         except EpochRejected as exc:
             raise EpochRejected(f"{self.options.config_path}: {exc}") from exc
 
-    def _check_listener_addresses(self, template: Epoch) -> None:
+    def check_listener_addresses(self, template: Epoch) -> None:
+        """Raise MasterError when a bound listener of ``template`` moved (a reload
+        cannot move one)."""
         for listener in template.listeners:
             if listener.name not in self.sockets or self.sockets.inherited(listener.name):
                 continue  # not bound yet, or bound where systemd's socket unit says
             address, port = self.sockets.address_of(listener.name)
             old = next((x for x in self.epoch.listeners if x.name == listener.name), None)
             old_port = old.port if old is not None else port
-            if listener.address != address or listener.port != old_port:
+            old_pipe = old.pipe if old is not None else listener.pipe
+            if (
+                listener.address != address
+                or listener.port != old_port
+                or listener.pipe != old_pipe
+            ):
+                existing = address if old_pipe else f"{address}:{old_port}"
                 raise MasterError(
                     f"error updating listener '{listener.name}': it has a different address "
-                    f"'{listener.address}:{listener.port}' from the existing listener address "
-                    f"'{address}:{old_port}'"
+                    f"'{listener.address_text}' from the existing listener address '{existing}'"
                 )
 
     async def _apply(self, loaded: Any) -> ReloadResult:
@@ -602,7 +613,7 @@ class Master:
         """Check that LDS listeners keep their addresses, and bind the new ones."""
         current = Epoch(0, listeners, ())
         try:
-            self._check_listener_addresses(current)
+            self.check_listener_addresses(current)
             self.sockets.bind_all(listeners)
         except BindError as exc:
             raise MasterError(str(exc)) from exc

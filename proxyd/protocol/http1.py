@@ -157,6 +157,7 @@ class RequestHead:
         "envoy_headers",
         "headers",
         "rewrite",
+        "has_body",
     )
 
     def __init__(self) -> None:
@@ -183,10 +184,8 @@ class RequestHead:
         # Kept for the API: ``raw`` is always already the head as Envoy writes it
         # upstream (origin form, one Host line first), so this stays False.
         self.rewrite = False
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or self.content_length > 0
+        # ``chunked or content_length > 0``, set with them (read on every request).
+        self.has_body = False
 
 
 class ResponseHead:
@@ -476,6 +475,7 @@ class RequestHeadParser:
                 b"\r\n",
             )
         )
+        h.has_body = h.chunked or h.content_length > 0
         # llhttp finished the message iff it has no body: then the parser is reused
         # (one parser serves every connection of a worker, heads are parsed whole).
         # (After "connection: close" llhttp refuses more input: a fresh one then.)

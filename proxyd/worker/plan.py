@@ -16,6 +16,7 @@ from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import LogFormat
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
+from proxyd.protocol.redirect import LocalAction
 from proxyd.protocol.routing import RouteTable
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
@@ -54,6 +55,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
+        "local",
     )  # fmt: skip
 
     def __init__(
@@ -74,6 +76,8 @@ class RoutePlan:
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
         # The route's HTTP filters before the router (empty: the router alone).
         self.filters: tuple[FilterFactory, ...] = ()
+        # A redirect or direct_response route's answer (it has no cluster).
+        self.local: LocalAction | None = None
 
 
 class ListenerPlan:
@@ -102,6 +106,8 @@ class ListenerPlan:
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
+                if r.redirect is not None or r.direct_response is not None:
+                    rp.local = LocalAction(r.match, r.redirect, r.direct_response)
                 rp.filters = compile_filters(
                     hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
                 )
@@ -142,6 +148,9 @@ class ListenerPlan:
             ids,
         )
         self.server = server_line(hcm.server_name)
+        # The router sees x-forwarded-proto "http" when the edge overwrote the client's
+        # (the scheme of a redirect's location comes from it).
+        self.overwrite_xfp = hcm.use_remote_address and hcm.xff_num_trusted_hops == 0
         self.max_head = hcm.max_request_headers_kb * 1024
         # Bytes read from one side before they are written to the other (Envoy's soft
         # per-connection limit; the receive buffers themselves are smaller still).

@@ -264,7 +264,7 @@ class ConnPool(ResourceManager):
         if (
             not reusable
             or self.retired
-            or conn.rb.buffered
+            or conn.rb.end != conn.rb.start  # bytes nobody asked for
             or (self.max_requests and conn.requests >= self.max_requests)
         ):
             self.destroy(conn)
