@@ -1,0 +1,222 @@
+"""Connection-manager request and response transforms: real Envoy and real proxyd.
+
+One bootstrap holds one listener per scenario (:data:`SCENARIOS`: connection-manager
+fields such as ``normalize_path``, ``merge_slashes``, ``path_with_escaped_slashes_action``,
+``via``, ``server_header_transformation``, ``strip_any_host_port``, ...), each routing
+to the same :class:`~tests.compat.hcm_wire.EchoUpstream`. Envoy, then proxyd, run it;
+every case (raw request bytes, tagged with ``x-case``) is played on its scenario's
+listener on a fresh connection. What the client got (status, ``location``,
+``server``, ``via``, ``x-request-id``, the body of a local reply) and what the
+upstream received (request line and headers, values that change per run replaced by
+their shape) must be the same for both.
+
+The path cases come from ``tests/unit/path_corpus/paths.txt``; the unit test
+``tests/unit/test_path_normalize.py`` checks the normaliser against the expected
+results in ``expected.tsv``, and :func:`test_expected_tsv_is_envoys` checks that file
+against Envoy itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.compat.hcm_wire import Answer, EchoUpstream, send
+from tests.support import ProxydProcess, free_port, http_listener, static_cluster
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
+]
+
+CORPUS = Path(__file__).parents[1] / "unit" / "path_corpus"
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def origin_form(target: str) -> str:
+    """The path a proxy routes on: an absolute-form target without scheme and host."""
+    m = re.match(r"https?://[^/?]*", target)
+    return target[m.end() :] or "/" if m else target
+
+
+def corpus_paths() -> list[str]:
+    lines = (CORPUS / "paths.txt").read_text().splitlines()
+    return [line for line in lines if line and not line.startswith("# ")]
+
+
+# Scenario name -> connection-manager fields. The path scenarios' names are the
+# columns of expected.tsv.
+PATH_SCENARIOS: dict[str, dict[str, Any]] = {
+    "normalize": {"normalize_path": True},
+    "merge": {"merge_slashes": True},
+    "normalize_merge": {"normalize_path": True, "merge_slashes": True},
+    "reject_escaped": {"path_with_escaped_slashes_action": "REJECT_REQUEST"},
+    "redirect_escaped": {
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "normalize_path": True,
+    },
+    "forward_escaped": {"path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD"},
+    "forward_escaped_all": {
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",
+        "normalize_path": True,
+        "merge_slashes": True,
+    },
+}
+
+SCENARIOS: dict[str, dict[str, Any]] = {**PATH_SCENARIOS}
+
+
+def request(path: str, case: str, extra: str = "", host: str = "example.com") -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nhost: {host}\r\nx-case: {case}\r\n{extra}\r\n").encode(
+        "latin-1"
+    )
+
+
+def cases() -> list[tuple[str, str, bytes]]:
+    """(scenario, case id, request bytes)."""
+    out = []
+    for scenario in PATH_SCENARIOS:
+        for i, path in enumerate(corpus_paths()):
+            case = f"{scenario}:{i}"
+            out.append((scenario, case, request(path, case)))
+    return out
+
+
+def bootstrap(admin: int, ports: dict[str, int], upstream: int) -> str:
+    listeners = []
+    for name, fields in SCENARIOS.items():
+        route_config = {
+            "name": name,
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}],
+                }
+            ],
+        }
+        listeners.append(http_listener(name, ports[name], route_config, **fields))
+    boot = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": [static_cluster("echo", [upstream])],
+        },
+    }
+    return yaml.safe_dump(boot, sort_keys=False)
+
+
+def shaped(name: str, value: str) -> str:
+    if name == "date":
+        return "<date>"
+    if name == "x-envoy-upstream-service-time":
+        return "<ms>"
+    if name == "x-request-id" and UUID4.match(value):
+        return "<uuid4>"
+    return value
+
+
+def client_view(a: Answer) -> dict[str, Any]:
+    view: dict[str, Any] = {"status": a.status, "end": a.end}
+    for name in ("location", "server", "via", "x-request-id"):
+        value = a.header(name)
+        if value is not None:
+            view[name] = shaped(name, value)
+    if a.header("connection") is not None or a.status != 200:
+        view["body"] = a.body.decode("latin-1")
+    return view
+
+
+def upstream_view(head: bytes | None) -> Any:
+    if head is None:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            name = name.lower()
+            headers.append((name, shaped(name, value.strip())))
+    return {"request_line": lines[0], "headers": sorted(headers)}
+
+
+def play(start: Callable[[str, int], Any]) -> dict[str, Any]:
+    """Run every case through the proxy ``start(text, admin)`` starts."""
+    with EchoUpstream() as upstream:
+        for attempt in range(3):
+            admin = free_port()
+            ports = {name: free_port() for name in SCENARIOS}
+            text = bootstrap(admin, ports, upstream.port)
+            try:
+                with start(text, admin):
+                    return _play_all(ports, upstream)
+            except Exception as exc:
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+    raise AssertionError("unreachable")
+
+
+def _play_all(ports: dict[str, int], upstream: EchoUpstream) -> dict[str, Any]:
+    def one(item: tuple[str, str, bytes]) -> tuple[str, Any]:
+        scenario, case, raw = item
+        answer = send(ports[scenario], raw)
+        return case, {"client": client_view(answer), "upstream": upstream_view(None)}
+
+    all_cases = cases()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = dict(pool.map(one, all_cases))
+    for _, case, _ in all_cases:
+        results[case]["upstream"] = upstream_view(upstream.head_of(case))
+    return results
+
+
+@pytest.fixture(scope="module")
+def envoy_results() -> dict[str, Any]:
+    return play(lambda text, admin: EnvoyRunner(text))
+
+
+@pytest.fixture(scope="module")
+def proxyd_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return play(
+        lambda text, admin: ProxydProcess(
+            tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=1
+        )
+    )
+
+
+@pytest.mark.parametrize("case", [c for _, c, _ in cases()])
+def test_proxyd_transforms_like_envoy(
+    envoy_results: dict[str, Any], proxyd_results: dict[str, Any], case: str
+) -> None:
+    assert proxyd_results[case] == envoy_results[case]
+
+
+def expected_rows() -> Iterator[list[str]]:
+    for line in (CORPUS / "expected.tsv").read_text().splitlines()[1:]:
+        yield line.split("\t")
+
+
+def envoy_outcome(result: dict[str, Any]) -> str:
+    """One cell of expected.tsv: the path the upstream got, or "400", or "307 <path>"."""
+    client = result["client"]
+    if client["status"] == 307:
+        return f"307 {client['location']}"
+    if result["upstream"] is None:
+        return str(client["status"])
+    return result["upstream"]["request_line"].split(" ")[1]
+
+
+def test_expected_tsv_is_envoys(envoy_results: dict[str, Any]) -> None:
+    paths = corpus_paths()
+    rows = list(expected_rows())
+    assert [r[0] for r in rows] == paths
+    for i, row in enumerate(rows):
+        for scenario, cell in zip(PATH_SCENARIOS, row[1:], strict=True):
+            assert envoy_outcome(envoy_results[f"{scenario}:{i}"]) == cell, (paths[i], scenario)
