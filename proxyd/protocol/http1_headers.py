@@ -182,6 +182,8 @@ class RequestHeaderPolicy:
         "generate_request_id",
         "local_address",
         "ids",
+        "skip_xff_append",
+        "preserve_external_request_id",
     )
 
     def __init__(
@@ -197,6 +199,10 @@ class RequestHeaderPolicy:
         self.generate_request_id = generate_request_id
         self.local_address = local_address
         self.ids = ids
+        # HttpConnectionManager.skip_xff_append and .preserve_external_request_id
+        # (set by proxyd.worker.request_transforms).
+        self.skip_xff_append = False
+        self.preserve_external_request_id = False
 
     def apply(
         self,
@@ -214,13 +220,14 @@ class RequestHeaderPolicy:
         if edge:
             if hops > 0 and xff:
                 trusted = _xff_from_right(xff, hops - 1) or remote_ip
-            hop = self.local_address if _is_loopback(remote_ip) else remote_ip
-            if xff:
-                remove.append(b"x-forwarded-for")
-                xff = xff + b"," + hop.encode()
-            else:
-                xff = hop.encode()
-            add.append(b"x-forwarded-for: " + xff + b"\r\n")
+            if not self.skip_xff_append:
+                hop = self.local_address if _is_loopback(remote_ip) else remote_ip
+                if xff:
+                    remove.append(b"x-forwarded-for")
+                    xff = xff + b"," + hop.encode()
+                else:
+                    xff = hop.encode()
+                add.append(b"x-forwarded-for: " + xff + b"\r\n")
         elif xff:
             trusted = _xff_from_right(xff, hops) or remote_ip
         # At the edge an untrusted client's x-forwarded-proto is overwritten; behind a
@@ -240,7 +247,9 @@ class RequestHeaderPolicy:
                 if name in ALWAYS_STRIPPED:
                     remove.append(name)
         rid = h.request_id
-        if self.generate_request_id and (edge or not rid):
+        if self.generate_request_id and (
+            (edge and not self.preserve_external_request_id) or not rid
+        ):
             if rid:
                 remove.append(b"x-request-id")
             request_id, line = self.ids.next()
