@@ -18,6 +18,7 @@ from proxyd.protocol.access_log import LogFormat
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.routing import RouteTable
 from proxyd.worker.accesslog import AccessLogWriter
+from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.upstream import ClusterState, ConnPool
 
@@ -150,6 +151,8 @@ class ListenerPlan:
         self.headers_timeout = hcm.request_headers_timeout_s or math.inf
         self.stream_idle = hcm.stream_idle_timeout_s or math.inf
         self.idle_timeout = hcm.idle_timeout_s or math.inf
+        # The connection manager's request/response transforms; None when it sets none.
+        self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
 
 
 class CompiledEpoch:
