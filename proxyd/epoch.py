@@ -390,6 +390,31 @@ class HttpConnectionManager:
     rds_source: ConfigSource | None = None
     # http_filters before the router, in order (the router is always last).
     http_filters: tuple[HttpFilter, ...] = ()
+    # Request and response transforms (proxyd.worker.request_transforms; all off by
+    # default, as in Envoy): the path steps, what happens to the upstream's "server"
+    # header ("OVERWRITE", "APPEND_IF_ABSENT" or "PASS_THROUGH"), a "via" value for
+    # both directions, x-forwarded-for and x-request-id handling, the Host port strip
+    # ("" none, "matching" the listener's port, "any") and what a request header
+    # name with "_" does ("ALLOW", "REJECT_REQUEST" or "DROP_HEADER").
+    transforms: HcmTransforms | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HcmTransforms:
+    """The HttpConnectionManager fields that edit requests and responses (None in
+    ``HttpConnectionManager.transforms`` when the config sets none of them)."""
+
+    normalize_path: bool = False
+    merge_slashes: bool = False
+    # "KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD".
+    escaped_slashes: str = "KEEP_UNCHANGED"
+    server_header_transformation: str = "OVERWRITE"
+    via: str = ""
+    skip_xff_append: bool = False
+    preserve_external_request_id: bool = False
+    always_set_request_id_in_response: bool = False
+    strip_host_port: str = ""
+    headers_with_underscores: str = "ALLOW"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from collections.abc import Container, Sequence
 from typing import Any
 
 from proxyd.config.dynamic import compile_config_source
+from proxyd.config.hcm_transforms import compile_transforms
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
@@ -161,6 +162,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         rds_route_config_name=rds_name,
         rds_source=rds_source,
         http_filters=http_filters,
+        transforms=compile_transforms(hcm, path, file),
     )
 
 

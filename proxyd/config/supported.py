@@ -119,12 +119,26 @@ HCM: Spec = {
     "request_timeout": LEAF,
     "stream_idle_timeout": LEAF,
     "request_headers_timeout": LEAF,
-    "common_http_protocol_options": {"idle_timeout": LEAF},
+    "common_http_protocol_options": {
+        "idle_timeout": LEAF,
+        "headers_with_underscores_action": LEAF,
+    },
     "use_remote_address": LEAF,
     "xff_num_trusted_hops": LEAF,
     "max_request_headers_kb": LEAF,
     "server_name": LEAF,
     "generate_request_id": LEAF,
+    # proxyd.config.hcm_transforms, proxyd.worker.request_transforms.
+    "normalize_path": LEAF,
+    "merge_slashes": LEAF,
+    "path_with_escaped_slashes_action": LEAF,
+    "server_header_transformation": LEAF,
+    "via": LEAF,
+    "skip_xff_append": LEAF,
+    "preserve_external_request_id": LEAF,
+    "always_set_request_id_in_response": LEAF,
+    "strip_matching_host_port": LEAF,
+    "strip_any_host_port": LEAF,
 }
 
 LISTENER: dict[str, Spec] = {
