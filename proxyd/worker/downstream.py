@@ -334,7 +334,7 @@ class DownstreamConnection:
             stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
         self.closing = True
         t_wall, t0 = manager.clock_now(plan)
-        data = local_reply(status, body, plan.server, close=True)
+        data = local_reply(status, body, plan.reject_headers, close=True)
         try:
             await io.send_all(self.sock, data)
             stream.bytes_sent += len(data) - data.find(CRLF2) - 4
