@@ -143,6 +143,9 @@ class ListenerPlan:
             ids,
         )
         self.server = server_line(hcm.server_name)
+        # The header lines of a reply to a request that could not be parsed (the
+        # transforms add via, and choose the server line).
+        self.reject_headers = self.server
         self.max_head = hcm.max_request_headers_kb * 1024
         # Bytes read from one side before they are written to the other (Envoy's soft
         # per-connection limit; the receive buffers themselves are smaller still).
