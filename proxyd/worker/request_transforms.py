@@ -80,6 +80,10 @@ class Transforms:
             # The connection adds no server line; ResponseEdits decides per response.
             plan.server = b""
             plan.response_wanted[b"server"] = "server"
+        # A reply to a request that could not be parsed: Envoy's response steps apply.
+        plan.reject_headers = (b"" if self.server_mode == "PASS_THROUGH" else self.server) + (
+            b"via: " + self.via + b"\r\n" if self.via else b""
+        )
         plan.policy.skip_xff_append = t.skip_xff_append
         plan.policy.preserve_external_request_id = t.preserve_external_request_id
         self.response_edits = bool(
@@ -139,7 +143,6 @@ class Transforms:
             return None
         if self.underscores == "REJECT_REQUEST":
             self.stats.inc("requests_rejected_with_underscores_in_headers")
-            stream.close_connection = True
             return _reply(stream, 400, "Bad Request", b"", "unexpected_underscore")
         for name in names:
             h.remove.append(name)
@@ -149,7 +152,11 @@ class Transforms:
 
 
 async def _reply(stream: Stream, status: int, body: str, extra: bytes, details: str) -> bool:
+    """A local reply made before routing. After a 400 the connection closes, after a
+    307 it stays open (as Envoy 1.40 does)."""
     stream.details = details
+    if status == 400:
+        stream.close_connection = True
     try:
         await stream.sink.send_local_reply(status, body, extra)
     except DownstreamReset:

@@ -70,7 +70,86 @@ PATH_SCENARIOS: dict[str, dict[str, Any]] = {
     },
 }
 
-SCENARIOS: dict[str, dict[str, Any]] = {**PATH_SCENARIOS}
+EDGE = {"use_remote_address": True}
+UNDERSCORES = "headers_with_underscores_action"
+# Header scenarios: their virtual host takes only these domains, so a Host that is not
+# one of them (or one with a port nobody stripped) gets a 404 local reply.
+DOMAINS = ["example.com", "[::1]", "localhost"]
+HEADER_SCENARIOS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "server_name": {"server_name": "my-proxy"},
+    "server_append": {"server_header_transformation": "APPEND_IF_ABSENT", "server_name": "edge"},
+    "server_pass": {"server_header_transformation": "PASS_THROUGH"},
+    "via": {"via": "1.1 test-proxy"},
+    "edge": EDGE,
+    "edge_skip_xff": {**EDGE, "skip_xff_append": True},
+    "skip_xff_not_edge": {"skip_xff_append": True},
+    "edge_preserve_rid": {**EDGE, "preserve_external_request_id": True},
+    "rid_in_response": {"always_set_request_id_in_response": True},
+    "rid_in_response_edge": {**EDGE, "always_set_request_id_in_response": True},
+    "rid_in_response_no_generate": {
+        "always_set_request_id_in_response": True,
+        "generate_request_id": False,
+    },
+    "strip_any": {"strip_any_host_port": True},
+    "strip_matching": {"strip_matching_host_port": True},
+    "underscores_reject": {"common_http_protocol_options": {UNDERSCORES: "REJECT_REQUEST"}},
+    "underscores_drop": {"common_http_protocol_options": {UNDERSCORES: "DROP_HEADER"}},
+    "everything": {
+        **EDGE,
+        "via": "proxyd",
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "strip_any_host_port": True,
+        "always_set_request_id_in_response": True,
+        "server_header_transformation": "APPEND_IF_ABSENT",
+        "common_http_protocol_options": {"idle_timeout": "60s", UNDERSCORES: "DROP_HEADER"},
+    },
+}
+
+# (name, request template): {case} is the case id, {port} the scenario's listener port.
+HEADER_CASES: list[tuple[str, str]] = [
+    ("plain", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n\r\n"),
+    ("xff", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-forwarded-for: 10.1.2.3\r\n\r\n"),
+    ("xff_two", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-forwarded-for: 10.1.2.3, 10.4.5.6\r\n\r\n"),
+    ("request_id", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-request-id: client-id-1\r\n\r\n"),
+    ("via_in", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "via: 1.0 client\r\n\r\n"),
+    ("up_server", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-up-reply: server=upstream-srv\r\n\r\n"),
+    ("up_via", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-up-reply: via=1.1 up\r\n\r\n"),
+    ("up_request_id", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-request-id: client-id-2\r\nx-up-reply: x-request-id=up-id\r\n\r\n"),
+    ("up_all", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "via: 1.0 client\r\nx-up-reply: server=s;via=1.1 up;x-request-id=u\r\n\r\n"),
+    ("host_port_listener", "GET / HTTP/1.1\r\nhost: example.com:{port}\r\nx-case: {case}\r\n\r\n"),
+    ("host_port_other", "GET / HTTP/1.1\r\nhost: example.com:8080\r\nx-case: {case}\r\n\r\n"),
+    ("host_port_empty", "GET / HTTP/1.1\r\nhost: example.com:\r\nx-case: {case}\r\n\r\n"),
+    ("host_v6_port", "GET / HTTP/1.1\r\nhost: [::1]:{port}\r\nx-case: {case}\r\n\r\n"),
+    ("host_v6", "GET / HTTP/1.1\r\nhost: [::1]\r\nx-case: {case}\r\n\r\n"),
+    ("absolute_port", "GET http://localhost:{port}/x HTTP/1.1\r\nhost: a\r\nx-case: {case}\r\n\r\n"),
+    ("no_route", "GET / HTTP/1.1\r\nhost: other.org\r\nx-case: {case}\r\n"
+     "x-request-id: client-id-3\r\nvia: 1.0 client\r\n\r\n"),
+    ("underscore", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x_custom: 1\r\nx-fine: 2\r\n\r\n"),
+    ("underscore_no_route", "GET / HTTP/1.1\r\nhost: other.org\r\nx-case: {case}\r\n"
+     "x_custom: 1\r\n\r\n"),
+    ("dot_path", "GET /a/./b/../c//d HTTP/1.1\r\nhost: example.com:99\r\nx-case: {case}\r\n\r\n"),
+    ("escaped_slash", "GET /a%2Fb HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-request-id: client-id-4\r\n\r\n"),
+    ("bad_path", "GET /a%00 HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n\r\n"),
+    ("malformed", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\nbad header\r\n\r\n"),
+    ("http10", "GET / HTTP/1.0\r\nhost: example.com\r\nx-case: {case}\r\n\r\n"),
+    ("post", "POST /p HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "content-length: 3\r\n\r\nabc"),
+]  # fmt: skip
+
+SCENARIOS: dict[str, dict[str, Any]] = {**PATH_SCENARIOS, **HEADER_SCENARIOS}
 
 
 def request(path: str, case: str, extra: str = "", host: str = "example.com") -> bytes:
@@ -79,13 +158,17 @@ def request(path: str, case: str, extra: str = "", host: str = "example.com") ->
     )
 
 
-def cases() -> list[tuple[str, str, bytes]]:
-    """(scenario, case id, request bytes)."""
+def cases() -> list[tuple[str, str, str]]:
+    """(scenario, case id, request template)."""
     out = []
     for scenario in PATH_SCENARIOS:
         for i, path in enumerate(corpus_paths()):
             case = f"{scenario}:{i}"
-            out.append((scenario, case, request(path, case)))
+            out.append((scenario, case, request(path, case).decode("latin-1")))
+    for scenario in HEADER_SCENARIOS:
+        for name, template in HEADER_CASES:
+            case = f"{scenario}:{name}"
+            out.append((scenario, case, template.replace("{case}", case)))
     return out
 
 
@@ -102,6 +185,8 @@ def bootstrap(admin: int, ports: dict[str, int], upstream: int) -> str:
                 }
             ],
         }
+        if name in HEADER_SCENARIOS:
+            route_config["virtual_hosts"][0]["domains"] = DOMAINS
         listeners.append(http_listener(name, ports[name], route_config, **fields))
     boot = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
@@ -125,7 +210,7 @@ def shaped(name: str, value: str) -> str:
 
 def client_view(a: Answer) -> dict[str, Any]:
     view: dict[str, Any] = {"status": a.status, "end": a.end}
-    for name in ("location", "server", "via", "x-request-id"):
+    for name in ("location", "server", "via", "x-request-id", "connection"):
         value = a.header(name)
         if value is not None:
             view[name] = shaped(name, value)
@@ -147,12 +232,21 @@ def upstream_view(head: bytes | None) -> Any:
     return {"request_line": lines[0], "headers": sorted(headers)}
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    out: list[int] = []
+    while len(out) < count:
+        port = free_port()
+        if port not in out:
+            out.append(port)
+    return out
+
+
 def play(start: Callable[[str, int], Any]) -> dict[str, Any]:
     """Run every case through the proxy ``start(text, admin)`` starts."""
     with EchoUpstream() as upstream:
         for attempt in range(3):
-            admin = free_port()
-            ports = {name: free_port() for name in SCENARIOS}
+            admin, *picked = distinct_free_ports(len(SCENARIOS) + 1)
+            ports = dict(zip(SCENARIOS, picked, strict=True))
             text = bootstrap(admin, ports, upstream.port)
             try:
                 with start(text, admin):
@@ -164,8 +258,9 @@ def play(start: Callable[[str, int], Any]) -> dict[str, Any]:
 
 
 def _play_all(ports: dict[str, int], upstream: EchoUpstream) -> dict[str, Any]:
-    def one(item: tuple[str, str, bytes]) -> tuple[str, Any]:
-        scenario, case, raw = item
+    def one(item: tuple[str, str, str]) -> tuple[str, Any]:
+        scenario, case, template = item
+        raw = template.replace("{port}", str(ports[scenario])).encode("latin-1")
         answer = send(ports[scenario], raw)
         return case, {"client": client_view(answer), "upstream": upstream_view(None)}
 
