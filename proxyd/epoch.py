@@ -418,12 +418,31 @@ class HcmTransforms:
 
 
 @dataclass(frozen=True, slots=True)
+class SocketOption:
+    """Envoy's core.v3.SocketOption for a listening socket (the master applies it)."""
+
+    level: int
+    name: int
+    int_value: int = 0
+    # buf_value when ``is_buf`` (else int_value).
+    buf_value: bytes = b""
+    is_buf: bool = False
+    # "STATE_PREBIND", "STATE_BOUND" or "STATE_LISTENING": when it is set.
+    state: str = "STATE_PREBIND"
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: str
     port: int
     hcm: HttpConnectionManager
     per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # How the master binds the listener's sockets (proxyd.master.listeners): IP_FREEBIND,
+    # the listen() backlog (0: proxyd's default) and Envoy's socket_options.
+    freebind: bool = False
+    tcp_backlog_size: int = 0
+    socket_options: tuple[SocketOption, ...] = ()
 
     @property
     def stat_name(self) -> str:

@@ -12,6 +12,7 @@ from proxyd.config.hcm_transforms import compile_transforms
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
+from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import FILE_LOG_TYPE, HCM_TYPE, unpack
 from proxyd.config.values import (
     duration_or,
@@ -100,6 +101,9 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         per_connection_buffer_limit_bytes=wrapped_or(
             lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
         ),
+        freebind=wrapped_or(lst, "freebind", False),
+        tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
+        socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
     )
 
 

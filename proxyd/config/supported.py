@@ -147,6 +147,25 @@ LISTENER: dict[str, Spec] = {
     "per_connection_buffer_limit_bytes": LEAF,
     # true only (proxyd.config.listeners): each worker has its own SO_REUSEPORT socket.
     "enable_reuse_port": LEAF,
+    # Set on the listening sockets by the master (proxyd.master.listeners).
+    "freebind": LEAF,
+    "tcp_backlog_size": LEAF,
+    "socket_options": {
+        "description": LEAF,
+        "level": LEAF,
+        "name": LEAF,
+        "int_value": LEAF,
+        "buf_value": LEAF,
+        "state": LEAF,
+        "type": {"stream": {}, "datagram": {}},
+    },
+    # Without listener_filters (refused) the timeout has nothing to time, as in Envoy.
+    "listener_filters_timeout": LEAF,
+    "continue_on_listener_filters_timeout": LEAF,
+    # Envoy uses it for tracing and Windows original_dst only: no effect in proxyd.
+    "traffic_direction": LEAF,
+    # exact_balance: each worker accepts from its own SO_REUSEPORT socket (see docs).
+    "connection_balance_config": {"exact_balance": {}},
     "filter_chains": {
         "filters": {
             "name": LEAF,
