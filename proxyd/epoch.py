@@ -223,6 +223,12 @@ class Cluster:
     cb_high: CircuitBreakerThresholds = dataclasses.field(
         default_factory=lambda: CircuitBreakerThresholds()
     )
+    # upstream_connection_options.tcp_keepalive: SO_KEEPALIVE on upstream connections
+    # with TCP_KEEPCNT, TCP_KEEPIDLE, TCP_KEEPINTVL (0 = the system's).
+    tcp_keepalive: bool = False
+    keepalive_probes: int = 0
+    keepalive_time_s: int = 0
+    keepalive_interval_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,7 +124,25 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         healthy_panic_threshold=panic_threshold,
         locality_weighted_lb=locality_weighted,
         **breakers,
+        **_tcp_keepalive(c),
     )
+
+
+def _tcp_keepalive(c: Any) -> dict[str, Any]:
+    """upstream_connection_options.tcp_keepalive (Envoy: SO_KEEPALIVE, and each of
+    TCP_KEEPCNT/KEEPIDLE/KEEPINTVL that is set)."""
+    if not c.HasField("upstream_connection_options"):
+        return {}
+    opts = c.upstream_connection_options
+    if not opts.HasField("tcp_keepalive"):
+        return {}
+    ka = opts.tcp_keepalive
+    return {
+        "tcp_keepalive": True,
+        "keepalive_probes": wrapped_or(ka, "keepalive_probes", 0),
+        "keepalive_time_s": wrapped_or(ka, "keepalive_time", 0),
+        "keepalive_interval_s": wrapped_or(ka, "keepalive_interval", 0),
+    }
 
 
 def _eds_service_name(c: Any, kind: str, path: str, file: str) -> str:

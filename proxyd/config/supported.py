@@ -32,6 +32,11 @@ UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 ADDRESS: Spec = {"socket_address": {"address": LEAF, "port_value": LEAF}}
 
+# core.v3.Metadata on clusters, endpoints and routes: kept as written (/config_dump);
+# no proxyd feature reads it (subset load balancing and the metadata access-log
+# operators are refused), as in Envoy without a consumer.
+METADATA: Spec = {"filter_metadata": LEAF, "typed_filter_metadata": LEAF}
+
 ADMIN: Spec = {
     "address": ADDRESS,
     "access_log_path": LEAF,
@@ -71,6 +76,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
             },
             "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
             "typed_per_filter_config": PER_FILTER_CONFIG,
+            "metadata": METADATA,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
     },
@@ -265,6 +271,7 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
         "lb_endpoints": {
             "endpoint": {"address": ADDRESS},
             "load_balancing_weight": LEAF,
+            "metadata": METADATA,
         },
         "load_balancing_weight": LEAF,
         "priority": LEAF,
@@ -306,6 +313,15 @@ CLUSTER: dict[str, Spec] = {
         "protocol options", {UPSTREAM_HTTP_TYPE: UPSTREAM_HTTP}
     ),
     "outlier_detection": OUTLIER_DETECTION,
+    # SO_KEEPALIVE and its timers on upstream connections (proxyd.worker.pool).
+    "upstream_connection_options": {
+        "tcp_keepalive": {
+            "keepalive_probes": LEAF,
+            "keepalive_time": LEAF,
+            "keepalive_interval": LEAF,
+        },
+    },
+    "metadata": METADATA,
 }
 
 BOOTSTRAP: dict[str, Spec] = {
