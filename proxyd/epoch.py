@@ -42,6 +42,12 @@ class Endpoint:
     locality_weight: int = 0
     # Ejected by outlier detection (the master decides; see proxyd.master.outlier).
     ejected: bool = False
+    # Envoy's Endpoint.hostname (shown by /clusters in place of the DNS name) and
+    # health_check_config: the port and Host (gRPC :authority) active checks use
+    # (0 / "": the endpoint's port, the health check's own host or the cluster name).
+    endpoint_hostname: str = ""
+    hc_port: int = 0
+    hc_hostname: str = ""
 
     @property
     def usable(self) -> bool:
@@ -105,6 +111,9 @@ class HealthCheck:
     grpc_service_name: str = ""
     grpc_authority: str = ""
     grpc_metadata: tuple[HeaderToAdd, ...] = ()
+    # The port checks connect to (an endpoint's health_check_config.port_value; 0: the
+    # endpoint's own). Set per host by the master's health checker.
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -269,7 +269,11 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
     "endpoints": {
         "locality": {"region": LEAF, "zone": LEAF, "sub_zone": LEAF},
         "lb_endpoints": {
-            "endpoint": {"address": ADDRESS},
+            "endpoint": {
+                "address": ADDRESS,
+                "hostname": LEAF,
+                "health_check_config": {"port_value": LEAF, "hostname": LEAF},
+            },
             "load_balancing_weight": LEAF,
             "metadata": METADATA,
         },

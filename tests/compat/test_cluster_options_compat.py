@@ -20,7 +20,14 @@ import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.hcm_wire import send
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_listener, static_cluster
+from tests.support import (
+    ProxydProcess,
+    UpstreamServer,
+    free_port,
+    http_listener,
+    static_cluster,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.compat,
@@ -85,4 +92,72 @@ def test_tcp_keepalive_and_metadata_like_envoy(tmp_path: Path) -> None:
     envoy = observe(lambda text, admin: EnvoyRunner(text))
     proxyd = observe(lambda text, admin: ProxydProcess(tmp_path, text, admin, concurrency=1))
     assert envoy == {"status": 200, "connections": 1, "keepalive_from_77s": True}
+    assert proxyd == envoy
+
+
+def hc_cluster(name: str, hc_port: int, **endpoint: Any) -> dict[str, Any]:
+    """A STATIC cluster whose one endpoint (traffic port 1: nothing listens) is checked
+    over HTTP; ``endpoint`` fields go on its Endpoint; ``cfg_host`` is the check's host."""
+    c = static_cluster(name, [1])
+    ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    http: dict[str, Any] = {"path": "/healthz"}
+    if "cfg_host" in endpoint:
+        http["host"] = endpoint.pop("cfg_host")
+    ep.update(endpoint)
+    ep.setdefault("health_check_config", {})["port_value"] = hc_port
+    c["health_checks"] = [
+        {"timeout": "1s", "interval": "0.2s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+         "http_health_check": http}
+    ]  # fmt: skip
+    return c
+
+
+def observe_health_checks(start: Callable[[str, int], Any]) -> dict[str, Any]:
+    from tests.compat.hcm_wire import EchoUpstream
+
+    with EchoUpstream() as a, EchoUpstream() as b, EchoUpstream() as c:
+        clusters = [
+            hc_cluster("a", a.port, hostname="ep-host",
+                       health_check_config={"hostname": "hc-host"}),
+            hc_cluster("b", b.port, hostname="ep-host", cfg_host="cfg-host",
+                       health_check_config={"hostname": "hc-host"}),
+            hc_cluster("c", c.port, hostname="ep-only"),
+        ]  # fmt: skip
+        route_config = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}  # fmt: skip
+        admin = free_port()
+        boot = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {
+                "listeners": [http_listener("in", free_port(), route_config)],
+                "clusters": clusters,
+            },
+        }
+        with start(yaml.safe_dump(boot, sort_keys=False), admin) as proxy:
+            wait_for(lambda: all(u.head_of("") for u in (a, b, c)))
+            lines = wait_for(lambda: healthy_lines(proxy.admin_port))
+            hosts = {
+                name: u.head_of("").decode("latin-1").split("\r\n")[1]
+                for name, u in (("a", a), ("b", b), ("c", c))
+            }
+            return {"hosts": hosts, "clusters": lines}
+
+
+def healthy_lines(admin: int) -> list[str] | None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=5) as r:
+        text = r.read().decode()
+    lines = sorted(x for x in text.splitlines() if "::hostname::" in x or "::health_flags::" in x)
+    return (
+        lines if all("health_flags::healthy" in x for x in lines if "health_flags" in x) else None
+    )
+
+
+def test_endpoint_hostname_and_health_check_config_like_envoy(tmp_path: Path) -> None:
+    envoy = observe_health_checks(lambda text, admin: EnvoyRunner(text))
+    proxyd = observe_health_checks(
+        lambda text, admin: ProxydProcess(tmp_path, text, admin, concurrency=1)
+    )
+    assert envoy["hosts"] == {"a": "host: hc-host", "b": "host: hc-host", "c": "host: c"}
+    assert "a::127.0.0.1:1::hostname::ep-host" in envoy["clusters"]
     assert proxyd == envoy
