@@ -293,7 +293,13 @@ CLUSTER: dict[str, Spec] = {
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},
         "locality_weighted_lb_config": {},
+        # 0s only (proxyd.config.clusters): updates are applied at once.
+        "update_merge_window": LEAF,
     },
+    # proxyd removes a host as soon as service discovery drops it (true's meaning).
+    "ignore_health_on_host_removal": LEAF,
+    # HTTP pools drain a host's connections when it fails a check, as Envoy's do.
+    "close_connections_on_host_health_failure": LEAF,
     "dns_lookup_family": LEAF,
     "dns_refresh_rate": LEAF,
     "respect_dns_ttl": LEAF,

@@ -207,3 +207,30 @@ def test_keepalive_options_for_the_socket() -> None:
         (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4),
         (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 7),
     ]
+
+
+def test_host_update_fields() -> None:
+    d = base()
+    c = cluster(d)
+    c["ignore_health_on_host_removal"] = True
+    c["close_connections_on_host_health_failure"] = True
+    c["common_lb_config"] = {"update_merge_window": "0s"}
+    compiled(d)
+    c["common_lb_config"] = {"update_merge_window": "1s"}
+    err = reject(d)
+    assert err.path == "static_resources.clusters[0].common_lb_config.update_merge_window"
+    assert "applied at once" in err.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("track_cluster_stats", {"request_response_sizes": True}),
+        ("per_connection_buffer_limit_bytes", 32768),
+    ],
+)
+def test_cluster_fields_left_out_are_refused_by_name(field: str, value: Any) -> None:
+    d = base()
+    cluster(d)[field] = value
+    err = reject(d)
+    assert err.path == f"static_resources.clusters[0].{field}"
