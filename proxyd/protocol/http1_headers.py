@@ -184,6 +184,7 @@ class RequestHeaderPolicy:
         "ids",
         "skip_xff_append",
         "preserve_external_request_id",
+        "forced_xfp",
     )
 
     def __init__(
@@ -203,6 +204,9 @@ class RequestHeaderPolicy:
         # (set by proxyd.worker.request_transforms).
         self.skip_xff_append = False
         self.preserve_external_request_id = False
+        # scheme_header_transformation.scheme_to_overwrite: the x-forwarded-proto line
+        # every request gets (b"": none forced).
+        self.forced_xfp = b""
 
     def apply(
         self,
@@ -232,10 +236,11 @@ class RequestHeaderPolicy:
             trusted = _xff_from_right(xff, hops) or remote_ip
         # At the edge an untrusted client's x-forwarded-proto is overwritten; behind a
         # trusted hop (or off the edge) the one that came is kept (Envoy 1.40).
-        if not h.xfp or (edge and hops == 0):
+        forced = self.forced_xfp
+        if forced or not h.xfp or (edge and hops == 0):
             if h.xfp:
                 remove.append(b"x-forwarded-proto")
-            add.append(b"x-forwarded-proto: http\r\n")
+            add.append(forced or b"x-forwarded-proto: http\r\n")
         envoy_headers = h.envoy_headers
         if edge:
             for name in envoy_headers:
