@@ -189,6 +189,8 @@ class CompiledEpoch:
             for lst in epoch.listeners
         }
         for name, plan in self.plans.items():
+            if plan.transforms is not None:
+                plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation
