@@ -430,6 +430,12 @@ class HcmTransforms:
     always_set_request_id_in_response: bool = False
     strip_host_port: str = ""
     headers_with_underscores: str = "ALLOW"
+    # add_user_agent: x-envoy-downstream-service-cluster/-node from the bootstrap's
+    # node (Epoch.node_cluster, node_id), user-agent when the request has none.
+    add_user_agent: bool = False
+    # scheme_header_transformation.scheme_to_overwrite ("" = none): the scheme, and so
+    # x-forwarded-proto, of every request.
+    scheme: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +484,9 @@ class Epoch:
     # --drain-time-s: how long an updated or removed listener's old connections may
     # stay open (idle ones are closed after it; set by the master when publishing).
     drain_time_s: float = 600.0
+    # The bootstrap's node.id and node.cluster (add_user_agent sends them upstream).
+    node_id: str = ""
+    node_cluster: str = ""
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

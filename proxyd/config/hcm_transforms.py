@@ -49,6 +49,8 @@ def compile_transforms(hcm: Any, path: str, file: str) -> HcmTransforms | None:
         always_set_request_id_in_response=hcm.always_set_request_id_in_response,
         strip_host_port=strip,
         headers_with_underscores=underscores,
+        add_user_agent=wrapped_or(hcm, "add_user_agent", False),
+        scheme=hcm.scheme_header_transformation.scheme_to_overwrite,
     )
     return None if t == DEFAULT else t
 

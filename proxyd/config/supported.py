@@ -145,6 +145,9 @@ HCM: Spec = {
     "always_set_request_id_in_response": LEAF,
     "strip_matching_host_port": LEAF,
     "strip_any_host_port": LEAF,
+    "add_user_agent": LEAF,
+    # match_upstream: the :scheme of plain HTTP/1 upstreams, which HTTP/1 does not send.
+    "scheme_header_transformation": {"scheme_to_overwrite": LEAF, "match_upstream": LEAF},
 }
 
 LISTENER: dict[str, Spec] = {

@@ -17,10 +17,15 @@ before routing, in Envoy's order (``ConnectionManagerImpl::ActiveStream::decodeH
    ``downstream_rq_redirected_with_normalized_path``;
 3. the Host port (``strip_matching_host_port``, ``strip_any_host_port``), before
    routing sees the Host;
-4. ``via`` appended to the request's ``via`` header.
+4. ``add_user_agent``: ``x-envoy-downstream-service-cluster`` and ``-node`` from the
+   bootstrap's node, ``user-agent`` (the node's cluster) when the request has none or
+   an empty one;
+5. ``via`` appended to the request's ``via`` header.
 
-``skip_xff_append`` and ``preserve_external_request_id`` are knobs of the request
-header policy (:class:`~proxyd.protocol.http1_headers.RequestHeaderPolicy`).
+``skip_xff_append``, ``preserve_external_request_id`` and
+``scheme_header_transformation.scheme_to_overwrite`` (the ``x-forwarded-proto`` every
+request gets) are knobs of the request header policy
+(:class:`~proxyd.protocol.http1_headers.RequestHeaderPolicy`).
 
 Response edits (``via``, ``server_header_transformation`` other than ``OVERWRITE``,
 ``always_set_request_id_in_response``) are made by :class:`ResponseEdits`, a sink
@@ -58,6 +63,8 @@ class Transforms:
         "response_edits",
         "stats",
         "plan",
+        "user_agent",
+        "node_lines",
     )
 
     def __init__(self, t: HcmTransforms, plan: ListenerPlan, stats: NamedStats) -> None:
@@ -86,9 +93,30 @@ class Transforms:
         )
         plan.policy.skip_xff_append = t.skip_xff_append
         plan.policy.preserve_external_request_id = t.preserve_external_request_id
+        if t.scheme:
+            plan.policy.forced_xfp = b"x-forwarded-proto: " + t.scheme.encode() + b"\r\n"
+        # add_user_agent: the node's cluster (set_node) for user-agent, and the lines
+        # naming the downstream service.
+        self.user_agent: bytes | None = None
+        self.node_lines = b""
+        if t.add_user_agent:
+            self.user_agent = b""
+            plan.request_wanted[b"user-agent"] = "user-agent"
         self.response_edits = bool(
             self.via or self.server_mode != "OVERWRITE" or self.request_id_in_response
         )
+
+    def set_node(self, node_id: str, node_cluster: str) -> None:
+        """The bootstrap's node (add_user_agent), from the epoch."""
+        if self.user_agent is None:
+            return
+        cluster = node_cluster.encode("latin-1")
+        self.user_agent = cluster
+        self.node_lines = b"x-envoy-downstream-service-cluster: " + cluster + b"\r\n"
+        if node_id:
+            self.node_lines += (
+                b"x-envoy-downstream-service-node: " + node_id.encode("latin-1") + b"\r\n"
+            )
 
     def on_request(
         self, stream: Stream, plan: ListenerPlan, conn: Connection
@@ -123,6 +151,14 @@ class Transforms:
             host = _strip_port(h.host, self.strip, conn)
             if host is not None:
                 _set_host(h, host)
+        if self.user_agent is not None:
+            h.remove.append(b"x-envoy-downstream-service-cluster")
+            h.remove.append(b"x-envoy-downstream-service-node")
+            _add_request_line(stream, self.node_lines)
+            if not h.headers.get("user-agent"):
+                h.remove.append(b"user-agent")
+                _add_request_line(stream, b"user-agent: " + self.user_agent + b"\r\n")
+                h.headers["user-agent"] = self.user_agent.decode("latin-1")
         if self.via:
             old = h.headers.get("via")
             h.remove.append(b"via")

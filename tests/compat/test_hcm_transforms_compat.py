@@ -95,6 +95,11 @@ HEADER_SCENARIOS: dict[str, dict[str, Any]] = {
     "strip_matching": {"strip_matching_host_port": True},
     "underscores_reject": {"common_http_protocol_options": {UNDERSCORES: "REJECT_REQUEST"}},
     "underscores_drop": {"common_http_protocol_options": {UNDERSCORES: "DROP_HEADER"}},
+    "user_agent": {"add_user_agent": True},
+    "user_agent_edge": {**EDGE, "add_user_agent": True},
+    "scheme_https": {"scheme_header_transformation": {"scheme_to_overwrite": "https"}},
+    "scheme_https_edge": {**EDGE, "scheme_header_transformation": {"scheme_to_overwrite": "https"}},
+    "scheme_match_upstream": {"scheme_header_transformation": {"match_upstream": True}},
     "everything": {
         **EDGE,
         "via": "proxyd",
@@ -105,6 +110,8 @@ HEADER_SCENARIOS: dict[str, dict[str, Any]] = {
         "always_set_request_id_in_response": True,
         "server_header_transformation": "APPEND_IF_ABSENT",
         "common_http_protocol_options": {"idle_timeout": "60s", UNDERSCORES: "DROP_HEADER"},
+        "add_user_agent": True,
+        "scheme_header_transformation": {"scheme_to_overwrite": "http"},
     },
 }
 
@@ -143,6 +150,10 @@ HEADER_CASES: list[tuple[str, str]] = [
     ("escaped_slash", "GET /a%2Fb HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
      "x-request-id: client-id-4\r\n\r\n"),
     ("bad_path", "GET /a%00 HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n\r\n"),
+    ("client_ids", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\nuser-agent: curl\r\n"
+     "x-forwarded-proto: https\r\nx-envoy-downstream-service-cluster: c1\r\n"
+     "x-envoy-downstream-service-node: n1\r\n\r\n"),
+    ("empty_user_agent", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\nuser-agent: \r\n\r\n"),
     ("malformed", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\nbad header\r\n\r\n"),
     ("http10", "GET / HTTP/1.0\r\nhost: example.com\r\nx-case: {case}\r\n\r\n"),
     ("post", "POST /p HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
@@ -190,6 +201,8 @@ def bootstrap(admin: int, ports: dict[str, int], upstream: int) -> str:
         listeners.append(http_listener(name, ports[name], route_config, **fields))
     boot = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        # add_user_agent sends the node's cluster and id upstream.
+        "node": {"id": "node-1", "cluster": "svc-a"},
         "static_resources": {
             "listeners": listeners,
             "clusters": [static_cluster("echo", [upstream])],

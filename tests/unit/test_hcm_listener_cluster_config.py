@@ -70,6 +70,8 @@ def test_transform_fields() -> None:
             "always_set_request_id_in_response": True,
             "strip_any_host_port": True,
             "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
+            "add_user_agent": True,
+            "scheme_header_transformation": {"scheme_to_overwrite": "https"},
         }
     )
     assert compiled(d).listeners[0].hcm.transforms == HcmTransforms(
@@ -83,6 +85,8 @@ def test_transform_fields() -> None:
         always_set_request_id_in_response=True,
         strip_host_port="any",
         headers_with_underscores="DROP_HEADER",
+        add_user_agent=True,
+        scheme="https",
     )
 
 
@@ -103,8 +107,6 @@ def test_via_must_be_latin1() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("scheme_header_transformation", {"scheme_to_overwrite": "https"}),
-        ("add_user_agent", True),
         ("internal_address_config", {"unix_sockets": True}),
         ("http_protocol_options", {"accept_http_10": True}),
         ("delayed_close_timeout", "1s"),
@@ -234,3 +236,10 @@ def test_cluster_fields_left_out_are_refused_by_name(field: str, value: Any) -> 
     cluster(d)[field] = value
     err = reject(d)
     assert err.path == f"static_resources.clusters[0].{field}"
+
+
+def test_node_rides_in_the_epoch() -> None:
+    d = base()
+    d["node"] = {"id": "n-1", "cluster": "svc"}
+    epoch = compiled(d)
+    assert (epoch.node_id, epoch.node_cluster) == ("n-1", "svc")
