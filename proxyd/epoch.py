@@ -436,6 +436,11 @@ class HcmTransforms:
     # scheme_header_transformation.scheme_to_overwrite ("" = none): the scheme, and so
     # x-forwarded-proto, of every request.
     scheme: str = ""
+    # internal_address_config: set or not, its CIDR ranges ("addr/len"; none: Envoy's
+    # RFC 1918, loopback and unique-local defaults) and unix_sockets.
+    internal_address_config: bool = False
+    internal_cidrs: tuple[str, ...] = ()
+    internal_unix_sockets: bool = False
 
 
 @dataclass(frozen=True, slots=True)

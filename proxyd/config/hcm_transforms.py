@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from proxyd.config.proto import join
@@ -51,8 +52,26 @@ def compile_transforms(hcm: Any, path: str, file: str) -> HcmTransforms | None:
         headers_with_underscores=underscores,
         add_user_agent=wrapped_or(hcm, "add_user_agent", False),
         scheme=hcm.scheme_header_transformation.scheme_to_overwrite,
+        internal_address_config=hcm.HasField("internal_address_config"),
+        internal_cidrs=_cidrs(
+            hcm.internal_address_config, join(path, "internal_address_config"), file
+        ),
+        internal_unix_sockets=hcm.internal_address_config.unix_sockets,
     )
     return None if t == DEFAULT else t
+
+
+def _cidrs(config: Any, path: str, file: str) -> tuple[str, ...]:
+    out = []
+    for i, r in enumerate(config.cidr_ranges):
+        try:
+            net = ipaddress.ip_network(f"{r.address_prefix}/{r.prefix_len.value}", strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                file, f"{path}.cidr_ranges[{i}]", f"malformed CIDR range: {exc}"
+            ) from None
+        out.append(str(net))
+    return tuple(out)
 
 
 def _escaped_slashes(hcm: Any) -> str:

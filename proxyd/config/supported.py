@@ -146,6 +146,10 @@ HCM: Spec = {
     "strip_matching_host_port": LEAF,
     "strip_any_host_port": LEAF,
     "add_user_agent": LEAF,
+    "internal_address_config": {
+        "unix_sockets": LEAF,
+        "cidr_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+    },
     # match_upstream: the :scheme of plain HTTP/1 upstreams, which HTTP/1 does not send.
     "scheme_header_transformation": {"scheme_to_overwrite": LEAF, "match_upstream": LEAF},
 }

@@ -35,6 +35,7 @@ reply) on its way out, as Envoy's ``mutateResponseHeaders`` and server header st
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,8 @@ class Transforms:
         )
         plan.policy.skip_xff_append = t.skip_xff_append
         plan.policy.preserve_external_request_id = t.preserve_external_request_id
+        if t.internal_address_config:
+            plan.policy.internal = InternalAddresses(t.internal_cidrs, t.internal_unix_sockets)
         if t.scheme:
             plan.policy.forced_xfp = b"x-forwarded-proto: " + t.scheme.encode() + b"\r\n"
         # add_user_agent: the node's cluster (set_node) for user-agent, and the lines
@@ -355,6 +358,30 @@ class ResponseEdits:
             rid = policy.ids.next()[0]
         stream.request_id = rid
         return rid
+
+
+# Envoy's internal addresses when internal_address_config has no cidr_ranges.
+DEFAULT_INTERNAL = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "::1/128", "fc00::/7",
+)  # fmt: skip
+
+
+class InternalAddresses:
+    """internal_address_config: is a client address internal? A peer that is not an IP
+    address (a Unix socket) is internal with ``unix_sockets``."""
+
+    __slots__ = ("networks", "unix_sockets")
+
+    def __init__(self, cidrs: tuple[str, ...], unix_sockets: bool) -> None:
+        self.networks = [ipaddress.ip_network(c) for c in (cidrs or DEFAULT_INTERNAL)]
+        self.unix_sockets = unix_sockets
+
+    def __call__(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return self.unix_sockets
+        return any(ip in net for net in self.networks)
 
 
 def compile_transforms(plan: ListenerPlan, stats: NamedStats) -> Transforms | None:

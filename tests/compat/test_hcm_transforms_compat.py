@@ -75,6 +75,8 @@ UNDERSCORES = "headers_with_underscores_action"
 # Header scenarios: their virtual host takes only these domains, so a Host that is not
 # one of them (or one with a port nobody stripped) gets a 404 local reply.
 DOMAINS = ["example.com", "[::1]", "localhost"]
+LOOPBACK_INTERNAL = {"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]}
+TEN_INTERNAL = {"cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]}
 HEADER_SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
     "server_name": {"server_name": "my-proxy"},
@@ -100,6 +102,15 @@ HEADER_SCENARIOS: dict[str, dict[str, Any]] = {
     "scheme_https": {"scheme_header_transformation": {"scheme_to_overwrite": "https"}},
     "scheme_https_edge": {**EDGE, "scheme_header_transformation": {"scheme_to_overwrite": "https"}},
     "scheme_match_upstream": {"scheme_header_transformation": {"match_upstream": True}},
+    "internal_edge": {**EDGE, "internal_address_config": LOOPBACK_INTERNAL},
+    "internal_edge_elsewhere": {**EDGE, "internal_address_config": TEN_INTERNAL},
+    "internal_not_edge": {"internal_address_config": LOOPBACK_INTERNAL},
+    "internal_edge_hops": {
+        **EDGE,
+        "xff_num_trusted_hops": 1,
+        "internal_address_config": LOOPBACK_INTERNAL,
+    },
+    "internal_defaults": {**EDGE, "internal_address_config": {"unix_sockets": True}},
     "everything": {
         **EDGE,
         "via": "proxyd",
@@ -154,6 +165,11 @@ HEADER_CASES: list[tuple[str, str]] = [
      "x-forwarded-proto: https\r\nx-envoy-downstream-service-cluster: c1\r\n"
      "x-envoy-downstream-service-node: n1\r\n\r\n"),
     ("empty_user_agent", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\nuser-agent: \r\n\r\n"),
+    ("internal_headers", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-envoy-internal: true\r\nx-envoy-retry-on: 5xx\r\nx-envoy-decorator-operation: op\r\n"
+     "x-envoy-external-address: 9.9.9.9\r\n\r\n"),
+    ("xff_internal", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     "x-forwarded-for: 127.0.0.5\r\nx-envoy-decorator-operation: op\r\n\r\n"),
     ("malformed", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\nbad header\r\n\r\n"),
     ("http10", "GET / HTTP/1.0\r\nhost: example.com\r\nx-case: {case}\r\n\r\n"),
     ("post", "POST /p HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"

@@ -107,7 +107,6 @@ def test_via_must_be_latin1() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("internal_address_config", {"unix_sockets": True}),
         ("http_protocol_options", {"accept_http_10": True}),
         ("delayed_close_timeout", "1s"),
         ("drain_timeout", "1s"),
@@ -243,3 +242,26 @@ def test_node_rides_in_the_epoch() -> None:
     d["node"] = {"id": "n-1", "cluster": "svc"}
     epoch = compiled(d)
     assert (epoch.node_id, epoch.node_cluster) == ("n-1", "svc")
+
+
+def test_internal_address_config() -> None:
+    d = base()
+    hcm(d)["internal_address_config"] = {
+        "cidr_ranges": [{"address_prefix": "10.1.2.3", "prefix_len": 8}]
+    }
+    t = compiled(d).listeners[0].hcm.transforms
+    assert t is not None and t.internal_address_config and t.internal_cidrs == ("10.0.0.0/8",)
+    hcm(d)["internal_address_config"] = {
+        "cidr_ranges": [{"address_prefix": "ten", "prefix_len": 8}]
+    }
+    err = reject(d)
+    assert err.path.endswith("internal_address_config.cidr_ranges[0]")
+
+
+def test_internal_addresses_matcher() -> None:
+    from proxyd.worker.request_transforms import InternalAddresses
+
+    defaults = InternalAddresses((), unix_sockets=False)
+    assert defaults("10.9.9.9") and defaults("::1") and defaults("fd00::1")
+    assert not defaults("8.8.8.8") and not defaults("/run/x.sock")
+    assert InternalAddresses(("8.8.8.0/24",), unix_sockets=True)("/run/x.sock")
