@@ -24,6 +24,15 @@ def compile_transforms(hcm: Any, path: str, file: str) -> HcmTransforms | None:
             join(path, "strip_any_host_port"),
             "only one of strip_matching_host_port or strip_any_host_port can be set",
         )
+    if hcm.HasField("delayed_close_timeout"):
+        d = hcm.delayed_close_timeout
+        if d.seconds or d.nanos:
+            raise ConfigError(
+                file,
+                join(path, "delayed_close_timeout"),
+                "delayed_close_timeout other than 0s not supported by proxyd (it closes a "
+                "connection as soon as its last response is written)",
+            )
     strip = ""
     if hcm.strip_matching_host_port:
         strip = "matching"

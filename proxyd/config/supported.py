@@ -146,6 +146,8 @@ HCM: Spec = {
     "strip_matching_host_port": LEAF,
     "strip_any_host_port": LEAF,
     "add_user_agent": LEAF,
+    # 0s only (proxyd.config.hcm_transforms): proxyd closes at once.
+    "delayed_close_timeout": LEAF,
     "internal_address_config": {
         "unix_sockets": LEAF,
         "cidr_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},

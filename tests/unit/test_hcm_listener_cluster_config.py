@@ -108,7 +108,6 @@ def test_via_must_be_latin1() -> None:
     ("field", "value"),
     [
         ("http_protocol_options", {"accept_http_10": True}),
-        ("delayed_close_timeout", "1s"),
         ("drain_timeout", "1s"),
     ],
 )
@@ -265,3 +264,13 @@ def test_internal_addresses_matcher() -> None:
     assert defaults("10.9.9.9") and defaults("::1") and defaults("fd00::1")
     assert not defaults("8.8.8.8") and not defaults("/run/x.sock")
     assert InternalAddresses(("8.8.8.0/24",), unix_sockets=True)("/run/x.sock")
+
+
+def test_delayed_close_timeout_zero_only() -> None:
+    d = base()
+    hcm(d)["delayed_close_timeout"] = "0s"
+    compiled(d)
+    hcm(d)["delayed_close_timeout"] = "1s"
+    err = reject(d)
+    assert err.path == f"{HCM_PATH}.delayed_close_timeout"
+    assert "other than 0s" in err.reason
