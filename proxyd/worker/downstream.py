@@ -205,7 +205,9 @@ class DownstreamConnection:
                                 # the listener).
                                 self.listener_updated = True
                             self.plan = plan
-                            h = worker.head_parser.parse(head, plan.request_wanted)
+                            h = worker.head_parser.parse(
+                                head, plan.request_wanted, plan.max_headers
+                            )
                         except ProtocolError as exc:
                             await self._reject(plan, exc)
                             closed = True
