@@ -147,6 +147,7 @@ class ListenerPlan:
         # transforms add via, and choose the server line).
         self.reject_headers = self.server
         self.max_head = hcm.max_request_headers_kb * 1024
+        self.max_headers = hcm.max_headers_count
         # Bytes read from one side before they are written to the other (Envoy's soft
         # per-connection limit; the receive buffers themselves are smaller still).
         self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
