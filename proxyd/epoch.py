@@ -412,6 +412,8 @@ class HttpConnectionManager:
     # ("" none, "matching" the listener's port, "any") and what a request header
     # name with "_" does ("ALLOW", "REJECT_REQUEST" or "DROP_HEADER").
     transforms: HcmTransforms | None = None
+    # common_http_protocol_options.max_headers_count: more request headers get 431.
+    max_headers_count: int = 100
 
 
 @dataclass(frozen=True, slots=True)

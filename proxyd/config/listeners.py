@@ -35,6 +35,7 @@ DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0
 DEFAULT_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_SERVER_NAME = "envoy"
+DEFAULT_MAX_HEADERS_COUNT = 100
 
 
 def compile_listeners(
@@ -138,9 +139,13 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         )
     http_filters = compile_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
+    max_headers = DEFAULT_MAX_HEADERS_COUNT
     if hcm.HasField("common_http_protocol_options"):
         idle_timeout_s = duration_or(
             hcm.common_http_protocol_options, "idle_timeout", DEFAULT_IDLE_TIMEOUT_S
+        )
+        max_headers = wrapped_or(
+            hcm.common_http_protocol_options, "max_headers_count", DEFAULT_MAX_HEADERS_COUNT
         )
     return HttpConnectionManager(
         stat_prefix=hcm.stat_prefix,
@@ -167,6 +172,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         rds_source=rds_source,
         http_filters=http_filters,
         transforms=compile_transforms(hcm, path, file),
+        max_headers_count=max_headers,
     )
 
 

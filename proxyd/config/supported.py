@@ -128,6 +128,7 @@ HCM: Spec = {
     "common_http_protocol_options": {
         "idle_timeout": LEAF,
         "headers_with_underscores_action": LEAF,
+        "max_headers_count": LEAF,
     },
     "use_remote_address": LEAF,
     "xff_num_trusted_hops": LEAF,

@@ -111,6 +111,8 @@ HEADER_SCENARIOS: dict[str, dict[str, Any]] = {
         "internal_address_config": LOOPBACK_INTERNAL,
     },
     "internal_defaults": {**EDGE, "internal_address_config": {"unix_sockets": True}},
+    "max_headers_5": {"common_http_protocol_options": {"max_headers_count": 5}},
+    "max_headers_150": {"common_http_protocol_options": {"max_headers_count": 150}},
     "everything": {
         **EDGE,
         "via": "proxyd",
@@ -170,6 +172,12 @@ HEADER_CASES: list[tuple[str, str]] = [
      "x-envoy-external-address: 9.9.9.9\r\n\r\n"),
     ("xff_internal", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
      "x-forwarded-for: 127.0.0.5\r\nx-envoy-decorator-operation: op\r\n\r\n"),
+    ("five_headers", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\na: 1\r\nb: 2\r\n"
+     "c: 3\r\n\r\n"),
+    ("six_headers", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\na: 1\r\nb: 2\r\n"
+     "c: 3\r\nd: 4\r\n\r\n"),
+    ("120_headers", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"
+     + "".join(f"h{i}: {i}\r\n" for i in range(118)) + "\r\n"),
     ("malformed", "GET / HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\nbad header\r\n\r\n"),
     ("http10", "GET / HTTP/1.0\r\nhost: example.com\r\nx-case: {case}\r\n\r\n"),
     ("post", "POST /p HTTP/1.1\r\nhost: example.com\r\nx-case: {case}\r\n"

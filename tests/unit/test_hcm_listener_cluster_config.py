@@ -274,3 +274,9 @@ def test_delayed_close_timeout_zero_only() -> None:
     err = reject(d)
     assert err.path == f"{HCM_PATH}.delayed_close_timeout"
     assert "other than 0s" in err.reason
+
+
+def test_max_headers_count() -> None:
+    d = base()
+    hcm(d)["common_http_protocol_options"] = {"max_headers_count": 7}
+    assert compiled(d).listeners[0].hcm.max_headers_count == 7
