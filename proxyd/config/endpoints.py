@@ -61,6 +61,9 @@ def compile_load_assignment(cla: Any, kind: str, path: str, file: str) -> LoadAs
             priority=priority,
             locality=locality,
             locality_weight=weights.get((priority, locality), 0),
+            endpoint_hostname=e.endpoint_hostname,
+            hc_port=e.hc_port,
+            hc_hostname=e.hc_hostname,
         )
         for priority, locality, e in found
     )
@@ -103,11 +106,15 @@ def _endpoint(lb: Any, kind: str, path: str, file: str) -> Endpoint:
         require_ip(address, addr_path, file)
     elif not is_ip_literal(address):
         hostname = address
+    hc = lb.endpoint.health_check_config
     return Endpoint(
         address=address,
         port=port,
         weight=wrapped_or(lb, "load_balancing_weight", 1),
         hostname=hostname,
+        endpoint_hostname=lb.endpoint.hostname,
+        hc_port=hc.port_value,
+        hc_hostname=hc.hostname,
     )
 
 

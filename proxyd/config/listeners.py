@@ -8,9 +8,11 @@ from collections.abc import Container, Sequence
 from typing import Any
 
 from proxyd.config.dynamic import compile_config_source
+from proxyd.config.hcm_transforms import compile_transforms
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
+from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import FILE_LOG_TYPE, HCM_TYPE, unpack
 from proxyd.config.values import (
     compile_address,
@@ -33,6 +35,7 @@ DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0
 DEFAULT_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_SERVER_NAME = "envoy"
+DEFAULT_MAX_HEADERS_COUNT = 100
 
 
 def compile_listeners(
@@ -109,6 +112,9 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         ),
         pipe=where.pipe,
         pipe_mode=where.mode,
+        freebind=wrapped_or(lst, "freebind", False),
+        tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
+        socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
     )
 
 
@@ -143,9 +149,13 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         )
     http_filters = compile_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
+    max_headers = DEFAULT_MAX_HEADERS_COUNT
     if hcm.HasField("common_http_protocol_options"):
         idle_timeout_s = duration_or(
             hcm.common_http_protocol_options, "idle_timeout", DEFAULT_IDLE_TIMEOUT_S
+        )
+        max_headers = wrapped_or(
+            hcm.common_http_protocol_options, "max_headers_count", DEFAULT_MAX_HEADERS_COUNT
         )
     return HttpConnectionManager(
         stat_prefix=hcm.stat_prefix,
@@ -171,6 +181,8 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         rds_route_config_name=rds_name,
         rds_source=rds_source,
         http_filters=http_filters,
+        transforms=compile_transforms(hcm, path, file),
+        max_headers_count=max_headers,
     )
 
 

@@ -105,7 +105,13 @@ def _compile(
     admin = _admin(bootstrap, file) if bootstrap.HasField("admin") else None
     stats = compile_stats(bootstrap, {c.name for c in clusters}, file)
     dynamic = compile_dynamic_resources(bootstrap, file)
-    template = Epoch(number=0, listeners=listeners, clusters=clusters)
+    template = Epoch(
+        number=0,
+        listeners=listeners,
+        clusters=clusters,
+        node_id=bootstrap.node.id,
+        node_cluster=bootstrap.node.cluster,
+    )
     static_clusters = {c.name: c for c in clusters}
     sources = [("dynamic_resources.lds_config", dynamic.lds), ("dynamic_resources.cds_config", dynamic.cds)]  # fmt: skip
     sources += epoch_sources(template, "static_resources.listeners", "static_resources.clusters")

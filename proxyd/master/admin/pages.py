@@ -238,7 +238,7 @@ class AdminPages:
             host_values = self.master.stats.host_stats(c.name, host)
             prefix = f"{c.name}::{host}::"
             out.extend(f"{prefix}{k}::{host_values.get(k, 0)}\n" for k in _HOST_STATS)
-            out.append(f"{prefix}hostname::{e.hostname}\n")
+            out.append(f"{prefix}hostname::{e.endpoint_hostname or e.hostname}\n")
             out.append(f"{prefix}health_flags::{self._health_flags(c, e)}\n")
             out.append(f"{prefix}weight::{e.weight}\n")
             out.extend(f"{prefix}{k}::{v}\n" for k, v in _locality(e).items())
@@ -261,7 +261,7 @@ class AdminPages:
                     ],
                     "health_status": self._health_status(c, e),
                     "weight": e.weight,
-                    "hostname": e.hostname,
+                    "hostname": e.endpoint_hostname or e.hostname,
                     "locality": {k: v for k, v in _locality(e).items() if v},
                     **({"priority": e.priority} if e.priority else {}),
                 }
