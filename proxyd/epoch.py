@@ -308,6 +308,32 @@ class Route:
     # A route with one of these answers itself and names no cluster ("").
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
+    # The header mutations of the route, its virtual host and its route configuration
+    # that have any, in the order Envoy evaluates them (the last one wins).
+    header_mutations: tuple[HeaderMutations, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderAdd:
+    """One HeaderValueOption of a ``*_headers_to_add``: the name (lower case), the
+    value as configured (``%OPERATOR%`` substitutions checked at load), its
+    append_action by name and keep_empty_value."""
+
+    name: str
+    value: str
+    action: str = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutations:
+    """The header changes of one level (route configuration, virtual host or route);
+    names lower case."""
+
+    request_add: tuple[HeaderAdd, ...] = ()
+    request_remove: tuple[str, ...] = ()
+    response_add: tuple[HeaderAdd, ...] = ()
+    response_remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

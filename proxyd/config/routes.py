@@ -9,6 +9,7 @@ cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Container
 from typing import Any
@@ -20,6 +21,8 @@ from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
     FilterOverride,
+    HeaderAdd,
+    HeaderMutations,
     Redirect,
     Route,
     RouteConfig,
@@ -27,6 +30,7 @@ from proxyd.epoch import (
     VirtualHost,
 )
 from proxyd.errors import ConfigError
+from proxyd.protocol.header_mutations import ACTIONS, FRAMING, parse_value
 from proxyd.protocol.redirect import re2_substitution
 
 # Envoy's RouteAction.timeout default; 0 disables it.
@@ -60,6 +64,8 @@ def route_targets(clusters: Any) -> RouteTargets:
 def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str) -> RouteConfig:
     domains_seen: set[str] = set()
     rc_filters = compile_per_filter_config(rc, path, file)
+    rc_headers = header_mutations(rc, path, file)
+    most_specific_wins = rc.most_specific_header_mutations_wins
     vhosts = []
     for i, vh in enumerate(rc.virtual_hosts):
         here = f"{join(path, 'virtual_hosts')}[{i}]"
@@ -83,11 +89,19 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
             domains_seen.add(d)
             domains.append(d)
         vh_filters = compile_per_filter_config(vh, here, file)
-        routes = tuple(
-            _route(r, f"{join(here, 'routes')}[{k}]", clusters, file, (rc_filters, vh_filters))
-            for k, r in enumerate(vh.routes)
-        )
-        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=routes))
+        vh_headers = header_mutations(vh, here, file)
+        routes = []
+        for k, r in enumerate(vh.routes):
+            route_path = f"{join(here, 'routes')}[{k}]"
+            route = _route(r, route_path, clusters, file, (rc_filters, vh_filters))
+            levels = [rc_headers, vh_headers, header_mutations(r, route_path, file)]
+            if not most_specific_wins:
+                levels.reverse()  # Envoy evaluates the route's first: the outermost wins
+            kept = tuple(m for m in levels if m is not None)
+            if kept:
+                route = dataclasses.replace(route, header_mutations=kept)
+            routes.append(route)
+        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=tuple(routes)))
     return RouteConfig(name=rc.name, virtual_hosts=tuple(vhosts))
 
 
@@ -239,3 +253,64 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
     )
     return RouteMatch(kind=kind, value=value, case_sensitive=case_sensitive, headers=headers)
+
+
+def header_mutations(msg: Any, path: str, file: str) -> HeaderMutations | None:
+    """The request/response_headers_to_add/remove of a route configuration, virtual
+    host or route, with the checks Envoy's HeaderParser makes (None: it has none)."""
+    if not (
+        msg.request_headers_to_add
+        or msg.request_headers_to_remove
+        or msg.response_headers_to_add
+        or msg.response_headers_to_remove
+    ):
+        return None
+    return HeaderMutations(
+        request_add=_header_adds(msg, "request_headers_to_add", path, file),
+        request_remove=_header_removes(msg, "request_headers_to_remove", path, file),
+        response_add=_header_adds(msg, "response_headers_to_add", path, file),
+        response_remove=_header_removes(msg, "response_headers_to_remove", path, file),
+    )
+
+
+def _check_name(name: str, where: str, file: str, verb: str) -> str:
+    low = name.lower()
+    if low.startswith(":") or low == "host":
+        raise ConfigError(file, where, f":-prefixed or host headers may not be {verb}")
+    if low in FRAMING:
+        raise ConfigError(
+            file,
+            where,
+            f"proxyd frames each message itself: header mutations may not name '{low}'",
+        )
+    return low
+
+
+def _header_adds(msg: Any, field: str, path: str, file: str) -> tuple[HeaderAdd, ...]:
+    out = []
+    for i, opt in enumerate(getattr(msg, field)):
+        here = f"{join(path, field)}[{i}]"
+        name = _check_name(opt.header.key, join(here, "header.key"), file, "modified")
+        try:
+            parse_value(opt.header.value)
+        except ValueError as exc:
+            raise ConfigError(file, join(here, "header.value"), str(exc)) from exc
+        action = enum_name(opt, "append_action")
+        if action not in ACTIONS:
+            raise ConfigError(file, join(here, "append_action"), f"unknown append_action {action}")
+        out.append(
+            HeaderAdd(
+                name=name,
+                value=opt.header.value,
+                action=action,
+                keep_empty=opt.keep_empty_value,
+            )
+        )
+    return tuple(out)
+
+
+def _header_removes(msg: Any, field: str, path: str, file: str) -> tuple[str, ...]:
+    return tuple(
+        _check_name(name, f"{join(path, field)}[{i}]", file, "removed")
+        for i, name in enumerate(getattr(msg, field))
+    )

@@ -55,6 +55,20 @@ PER_FILTER_CONFIG: Spec = AnyOf(
     },
 )
 
+# request/response_headers_to_add/remove of a route configuration, virtual host or
+# route (proxyd.config.routes.header_mutations; proxyd.protocol.header_mutations).
+_HEADER_OPTION: Spec = {
+    "header": {"key": LEAF, "value": LEAF},
+    "append_action": LEAF,
+    "keep_empty_value": LEAF,
+}
+HEADER_MUTATIONS: dict[str, Spec] = {
+    "request_headers_to_add": _HEADER_OPTION,
+    "request_headers_to_remove": LEAF,
+    "response_headers_to_add": _HEADER_OPTION,
+    "response_headers_to_remove": LEAF,
+}
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -87,10 +101,14 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "body": {"filename": LEAF, "inline_bytes": LEAF, "inline_string": LEAF},
             },
             "typed_per_filter_config": PER_FILTER_CONFIG,
+            **HEADER_MUTATIONS,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
+        **HEADER_MUTATIONS,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
+    **HEADER_MUTATIONS,
+    "most_specific_header_mutations_wins": LEAF,
 }
 
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).

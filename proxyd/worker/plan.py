@@ -15,6 +15,7 @@ from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener
 from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import LogFormat
+from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.redirect import LocalAction
 from proxyd.protocol.routing import RouteTable
@@ -55,7 +56,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
-        "local",
+        "local", "mutations",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +79,8 @@ class RoutePlan:
         self.filters: tuple[FilterFactory, ...] = ()
         # A redirect or direct_response route's answer (it has no cluster).
         self.local: LocalAction | None = None
+        # The route's header mutations (None: it has none, and pays nothing).
+        self.mutations: MutationPlan | None = None
 
 
 class ListenerPlan:
@@ -108,6 +111,8 @@ class ListenerPlan:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
                 if r.redirect is not None or r.direct_response is not None:
                     rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+                if r.header_mutations:
+                    rp.mutations = MutationPlan(r.header_mutations)
                 rp.filters = compile_filters(
                     hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
                 )
