@@ -308,6 +308,13 @@ class Route:
     # A route with one of these answers itself and names no cluster ("").
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
+    # RouteAction's rewrites of what goes upstream: prefix_rewrite (None: not set; ""
+    # rewrites to nothing), regex_rewrite (pattern and RE2 substitution, "" = not set),
+    # host_rewrite_literal ("" = not set).
+    prefix_rewrite: str | None = None
+    regex_rewrite: str = ""
+    regex_substitution: str = ""
+    host_rewrite: str = ""
     # The header mutations of the route, its virtual host and its route configuration
     # that have any, in the order Envoy evaluates them (the last one wins).
     header_mutations: tuple[HeaderMutations, ...] = ()

@@ -142,10 +142,25 @@ def _route(
         )
     if action.cluster not in clusters:
         raise ConfigError(file, cluster_path, f"unknown cluster '{action.cluster}'")
+    regex = substitution = ""
+    if action.HasField("regex_rewrite"):
+        if action.prefix_rewrite:
+            raise ConfigError(
+                file,
+                join(path, "route"),
+                "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy",
+            )
+        regex, substitution = _regex_rewrite(
+            action.regex_rewrite, join(path, "route.regex_rewrite"), file
+        )
     return Route(
         name=r.name,
         match=match,
         cluster=action.cluster,
+        prefix_rewrite=action.prefix_rewrite or None,
+        regex_rewrite=regex,
+        regex_substitution=substitution,
+        host_rewrite=action.host_rewrite_literal,
         timeout_s=duration_or(action, "timeout", DEFAULT_ROUTE_TIMEOUT_S),
         priority=_priority(action, join(path, "route.priority"), file),
         filter_configs=filter_configs,
@@ -175,14 +190,7 @@ def _redirect(rd: Any, path: str, file: str) -> Redirect:
     scheme = "https" if rd.https_redirect else rd.scheme_redirect
     regex = substitution = ""
     if rd.HasField("regex_rewrite"):
-        here = join(path, "regex_rewrite")
-        regex = rd.regex_rewrite.pattern.regex
-        substitution = rd.regex_rewrite.substitution
-        check_regex(regex, join(here, "pattern.regex"), file)
-        try:
-            re2_substitution(substitution, re.compile(regex).groups)
-        except ValueError as exc:
-            raise ConfigError(file, join(here, "substitution"), str(exc)) from exc
+        regex, substitution = _regex_rewrite(rd.regex_rewrite, join(path, "regex_rewrite"), file)
     return Redirect(
         scheme=scheme,
         host=rd.host_redirect,
@@ -194,6 +202,19 @@ def _redirect(rd: Any, path: str, file: str) -> Redirect:
         strip_query=rd.strip_query,
         status=_REDIRECT_CODES[code],
     )
+
+
+def _regex_rewrite(rr: Any, here: str, file: str) -> tuple[str, str]:
+    """A RegexMatchAndSubstitute, checked as RE2 would compile it, and its substitution
+    as RE2's rewrite string (Envoy leaves a bad one to request time)."""
+    regex = rr.pattern.regex
+    substitution = rr.substitution
+    check_regex(regex, join(here, "pattern.regex"), file)
+    try:
+        re2_substitution(substitution, re.compile(regex).groups)
+    except ValueError as exc:
+        raise ConfigError(file, join(here, "substitution"), str(exc)) from exc
+    return regex, substitution
 
 
 def _direct_response(dr: Any, path: str, file: str) -> DirectResponse:

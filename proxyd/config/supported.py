@@ -83,7 +83,14 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
             },
-            "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
+            "route": {
+                "cluster": LEAF,
+                "timeout": LEAF,
+                "priority": LEAF,
+                "prefix_rewrite": LEAF,
+                "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
+                "host_rewrite_literal": LEAF,
+            },
             "redirect": {
                 "https_redirect": LEAF,
                 "scheme_redirect": LEAF,

@@ -36,6 +36,7 @@ from typing import Any
 
 from proxyd.epoch import HeaderMutations
 from proxyd.protocol.http1 import ResponseHead
+from proxyd.protocol.redirect import PathRewrite
 
 # The substitutions proxyd evaluates in header values (without Envoy's full formatter).
 OPERATORS = (
@@ -277,9 +278,20 @@ _RESPONSE_PROTECTED = frozenset({b"server", b"date"}) | frozenset(n.encode() for
 class MutationPlan:
     """The header mutations of one route, compiled for the request path."""
 
-    __slots__ = ("request", "response", "request_dynamic", "response_dynamic")
+    __slots__ = (
+        "request", "response", "request_dynamic", "response_dynamic", "rewrite", "host",
+    )  # fmt: skip
 
-    def __init__(self, levels: tuple[HeaderMutations, ...]) -> None:
+    def __init__(
+        self,
+        levels: tuple[HeaderMutations, ...],
+        rewrite: PathRewrite | None = None,
+        host: str = "",
+    ) -> None:
+        # RouteAction's path rewrite and host_rewrite_literal, applied after the
+        # header mutations as Envoy's finalizeRequestHeaders does.
+        self.rewrite = rewrite if rewrite is not None and rewrite.rewrites else None
+        self.host = b"host: " + host.encode("latin-1") if host else b""
         self.request = _compile([(m.request_remove, m.request_add) for m in levels])
         self.response = _compile([(m.response_remove, m.response_add) for m in levels])
         self.request_dynamic = _dynamic(self.request)
@@ -333,8 +345,36 @@ class MutationPlan:
     # -- the worker's hooks (a stream and its connection, duck-typed) ----------------
 
     def on_request(self, head: bytes, stream: Any, conn: Any, timeout_header: bytes) -> bytes:
-        facts = facts_of(stream, conn) if self.request_dynamic else None
-        return self.request_head(head, facts, bool(timeout_header))
+        if self.request:
+            facts = facts_of(stream, conn) if self.request_dynamic else None
+            head = self.request_head(head, facts, bool(timeout_header))
+        if self.rewrite is not None or self.host:
+            head = self.rewrite_head(head, stream.head)
+        return head
+
+    def rewrite_head(self, head: bytes, h: Any = None) -> bytes:
+        """The head with host_rewrite_literal and the path rewrite applied; the old
+        path goes in x-envoy-original-path (and ``h``, the request head, gets the new
+        path for the access log)."""
+        start, lines, rest = split_head(head)
+        if self.host:
+            # Envoy 1.40 keeps the Host it replaced in x-envoy-original-host.
+            was = next((ln[1][5:].strip() for ln in lines if ln[0] == b"host"), b"")
+            lines = [ln for ln in lines if ln[0] != b"host" and ln[0] != b"x-envoy-original-host"]
+            lines.insert(0, (b"host", self.host))
+            lines.append((b"x-envoy-original-host", b"x-envoy-original-host: " + was))
+        if self.rewrite is not None:
+            method, _, tail = start.partition(b" ")
+            target, _, version = tail.rpartition(b" ")
+            old = target.decode("latin-1")
+            new = self.rewrite.apply(old)
+            start = method + b" " + new.encode("latin-1") + b" " + version
+            lines = [ln for ln in lines if ln[0] != b"x-envoy-original-path"]
+            lines.append((b"x-envoy-original-path", b"x-envoy-original-path: " + target))
+            if h is not None:
+                h.headers["x-envoy-original-path"] = old
+                h.path = new
+        return join_head(start, lines, rest)
 
     def on_response(
         self, r: ResponseHead, stream: Any, conn: Any, service_ms: int

@@ -17,7 +17,7 @@ from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import LogFormat
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
-from proxyd.protocol.redirect import LocalAction
+from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
@@ -111,8 +111,16 @@ class ListenerPlan:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
                 if r.redirect is not None or r.direct_response is not None:
                     rp.local = LocalAction(r.match, r.redirect, r.direct_response)
-                if r.header_mutations:
-                    rp.mutations = MutationPlan(r.header_mutations)
+                if (
+                    r.header_mutations
+                    or r.prefix_rewrite is not None
+                    or r.regex_rewrite
+                    or r.host_rewrite
+                ):
+                    rewrite = PathRewrite(
+                        r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
+                    )
+                    rp.mutations = MutationPlan(r.header_mutations, rewrite, r.host_rewrite)
                 rp.filters = compile_filters(
                     hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
                 )

@@ -229,6 +229,41 @@ def routes() -> list[dict[str, Any]]:
     ]
 
 
+def rewrites() -> list[dict[str, Any]]:
+    """RouteAction's prefix_rewrite, regex_rewrite and host_rewrite_literal."""
+    regex = {"pattern": {"regex": "^/re/([a-z]+)/(.*)$"}, "substitution": "/\\2"}
+    return [
+        route("/pre/", route={"cluster": "svc", "prefix_rewrite": "/"}),
+        route("/pre2", route={"cluster": "svc", "prefix_rewrite": "/echo/"}),
+        {"match": {"path": "/exact/p"}, "route": {"cluster": "svc", "prefix_rewrite": "/echo"}},
+        {
+            "match": {"safe_regex": {"regex": "/re/[a-z]+/.*"}},
+            "route": {"cluster": "svc", "regex_rewrite": regex},
+        },
+        route(
+            "/rx/",
+            route={
+                "cluster": "svc",
+                "regex_rewrite": {"pattern": {"regex": "rx"}, "substitution": "echo"},
+            },
+        ),
+        {
+            "match": {"prefix": "/CI/", "case_sensitive": False},
+            "route": {"cluster": "svc", "prefix_rewrite": "/"},
+        },
+        route(
+            "/both/",
+            route={
+                "cluster": "svc",
+                "prefix_rewrite": "/",
+                "host_rewrite_literal": "rewritten.example",
+            },
+            request_headers_to_add=[add("x-both", "1"), add("x-envoy-original-path", "mine")],
+        ),
+        case("hostlit", route={"cluster": "svc", "host_rewrite_literal": "upstream.example"}),
+    ]
+
+
 def route_config() -> dict[str, Any]:
     return {
         "name": "local_route",
@@ -268,7 +303,7 @@ def route_config() -> dict[str, Any]:
                     add("x-resp-level", "vh", "OVERWRITE_IF_EXISTS_OR_ADD"),
                     add("x-resp-all", "vh"),
                 ],
-                "routes": [*routes(), route("/")],
+                "routes": [*routes(), *rewrites(), route("/")],
             },
         ],
     }
@@ -429,6 +464,19 @@ CASES: dict[str, tuple[str, bytes]] = {
     ),
     "no_route_404": ("ingress", get("/elsewhere", host="narrow.example")),
     "narrow_vhost_route": ("ingress", get("/only/echo", host="narrow.example")),
+    "prefix_rewrite_to_slash": ("ingress", get("/pre/echo?q=1")),
+    "prefix_rewrite_longer": ("ingress", get("/pre2/x")),
+    "prefix_rewrite_path_match": ("ingress", get("/exact/p")),
+    "regex_rewrite_groups_keeps_query": ("ingress", get("/re/abc/echo?x=1")),
+    "regex_rewrite_every_match": ("ingress", get("/rx/")),
+    "prefix_rewrite_case_insensitive": ("ingress", get("/ci/echo")),
+    "rewrite_overwrites_client_original_path": (
+        "ingress",
+        get("/pre/echo", "x-envoy-original-path: /client"),
+    ),
+    "rewrite_with_host_and_mutations": ("ingress", get("/both/echo")),
+    "rewrite_at_edge": ("edge", get("/both/echo", "x-envoy-original-path: /client")),
+    "host_rewrite_literal": ("ingress", get("/echo", "x-case: hostlit")),
     "post_with_body": (
         "ingress",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nx-case: overwrite\r\nContent-Length: 5\r\n\r\nhello",

@@ -171,3 +171,32 @@ def test_a_route_without_mutations_has_no_plan(tmp_path: object) -> None:
 
     rp = RoutePlan("r", None, "", 15.0)
     assert rp.mutations is None
+
+
+def test_rewrites_host_and_path_after_the_mutations() -> None:
+    from proxyd.epoch import RouteMatch
+    from proxyd.protocol.redirect import PathRewrite
+
+    class Head:
+        path = "/api/v1?q=1"
+        headers: dict[str, str] = {}
+
+    match = RouteMatch(kind="prefix", value="/api", case_sensitive=True, headers=())
+    m = MutationPlan((), PathRewrite(match, "/svc"), "up.example")
+    head = b"GET /api/v1?q=1 HTTP/1.1\r\nhost: x\r\nx-envoy-original-path: /c\r\n\r\n"
+    h = Head()
+    out = m.rewrite_head(head, h)
+    assert out == (
+        b"GET /svc/v1?q=1 HTTP/1.1\r\nhost: up.example\r\n"
+        b"x-envoy-original-host: x\r\nx-envoy-original-path: /api/v1?q=1\r\n\r\n"
+    )
+    assert h.path == "/svc/v1?q=1" and h.headers["x-envoy-original-path"] == "/api/v1?q=1"
+
+
+def test_regex_rewrite_keeps_the_query() -> None:
+    from proxyd.epoch import RouteMatch
+    from proxyd.protocol.redirect import PathRewrite
+
+    match = RouteMatch(kind="safe_regex", value=".*", case_sensitive=True, headers=())
+    rw = PathRewrite(match, None, "^/re/([a-z]+)/(.*)$", "/\\2/\\1")
+    assert rw.apply("/re/abc/echo?x=/re/q/") == "/echo/abc?x=/re/q/"
