@@ -315,6 +315,9 @@ class Route:
     regex_rewrite: str = ""
     regex_substitution: str = ""
     host_rewrite: str = ""
+    # host_rewrite_header (lower case; "" = not set) and auto_host_rewrite.
+    host_rewrite_header: str = ""
+    auto_host_rewrite: bool = False
     # The header mutations of the route, its virtual host and its route configuration
     # that have any, in the order Envoy evaluates them (the last one wins).
     header_mutations: tuple[HeaderMutations, ...] = ()

@@ -161,6 +161,8 @@ def _route(
         regex_rewrite=regex,
         regex_substitution=substitution,
         host_rewrite=action.host_rewrite_literal,
+        host_rewrite_header=action.host_rewrite_header.lower(),
+        auto_host_rewrite=action.auto_host_rewrite.value,
         timeout_s=duration_or(action, "timeout", DEFAULT_ROUTE_TIMEOUT_S),
         priority=_priority(action, join(path, "route.priority"), file),
         filter_configs=filter_configs,

@@ -90,6 +90,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "prefix_rewrite": LEAF,
                 "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
                 "host_rewrite_literal": LEAF,
+                "host_rewrite_header": LEAF,
+                "auto_host_rewrite": LEAF,
             },
             "redirect": {
                 "https_redirect": LEAF,

@@ -280,6 +280,7 @@ class MutationPlan:
 
     __slots__ = (
         "request", "response", "request_dynamic", "response_dynamic", "rewrite", "host",
+        "host_header", "auto_host", "rewrites",
     )  # fmt: skip
 
     def __init__(
@@ -287,11 +288,18 @@ class MutationPlan:
         levels: tuple[HeaderMutations, ...],
         rewrite: PathRewrite | None = None,
         host: str = "",
+        host_header: str = "",
+        auto_host: bool = False,
     ) -> None:
         # RouteAction's path rewrite and host_rewrite_literal, applied after the
         # header mutations as Envoy's finalizeRequestHeaders does.
         self.rewrite = rewrite if rewrite is not None and rewrite.rewrites else None
-        self.host = b"host: " + host.encode("latin-1") if host else b""
+        self.host = host.encode("latin-1")
+        # Else host_rewrite_header (its first value, when not empty), else (with
+        # auto_host_rewrite) the picked host's DNS name when it has one.
+        self.host_header = host_header.encode("latin-1")
+        self.auto_host = auto_host
+        self.rewrites = bool(self.rewrite or self.host or self.host_header or auto_host)
         self.request = _compile([(m.request_remove, m.request_add) for m in levels])
         self.response = _compile([(m.response_remove, m.response_add) for m in levels])
         self.request_dynamic = _dynamic(self.request)
@@ -344,24 +352,35 @@ class MutationPlan:
 
     # -- the worker's hooks (a stream and its connection, duck-typed) ----------------
 
-    def on_request(self, head: bytes, stream: Any, conn: Any, timeout_header: bytes) -> bytes:
+    def on_request(
+        self, head: bytes, stream: Any, conn: Any, timeout_header: bytes, upstream: Any = None
+    ) -> bytes:
+        """The upstream head of ``stream`` after the route's request mutations and
+        rewrites (``upstream``: the picked host, for auto_host_rewrite)."""
         if self.request:
             facts = facts_of(stream, conn) if self.request_dynamic else None
             head = self.request_head(head, facts, bool(timeout_header))
-        if self.rewrite is not None or self.host:
-            head = self.rewrite_head(head, stream.head)
+        if self.rewrites:
+            hostname = getattr(upstream, "hostname", "") if self.auto_host else ""
+            head = self.rewrite_head(head, stream.head, hostname)
         return head
 
-    def rewrite_head(self, head: bytes, h: Any = None) -> bytes:
+    def rewrite_head(self, head: bytes, h: Any = None, hostname: str = "") -> bytes:
         """The head with host_rewrite_literal and the path rewrite applied; the old
         path goes in x-envoy-original-path (and ``h``, the request head, gets the new
         path for the access log)."""
         start, lines, rest = split_head(head)
-        if self.host:
+        new_host = self.host
+        if not new_host and self.host_header:
+            name = self.host_header
+            new_host = next((ln[1][len(name) + 1 :].strip() for ln in lines if ln[0] == name), b"")
+        if not new_host and hostname:
+            new_host = hostname.encode("latin-1")
+        if new_host:
             # Envoy 1.40 keeps the Host it replaced in x-envoy-original-host.
             was = next((ln[1][5:].strip() for ln in lines if ln[0] == b"host"), b"")
             lines = [ln for ln in lines if ln[0] != b"host" and ln[0] != b"x-envoy-original-host"]
-            lines.insert(0, (b"host", self.host))
+            lines.insert(0, (b"host", b"host: " + new_host))
             lines.append((b"x-envoy-original-host", b"x-envoy-original-host: " + was))
         if self.rewrite is not None:
             method, _, tail = start.partition(b" ")

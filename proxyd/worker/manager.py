@@ -84,7 +84,7 @@ def _exchange(
         h, conn.remote_ip, rp.timeout_header, stream.request_added
     )
     if rp.mutations is not None:
-        head = rp.mutations.on_request(head, stream, conn, rp.timeout_header)
+        head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     return router.Exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
 
 

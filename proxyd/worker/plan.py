@@ -116,11 +116,19 @@ class ListenerPlan:
                     or r.prefix_rewrite is not None
                     or r.regex_rewrite
                     or r.host_rewrite
+                    or r.host_rewrite_header
+                    or r.auto_host_rewrite
                 ):
                     rewrite = PathRewrite(
                         r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
                     )
-                    rp.mutations = MutationPlan(r.header_mutations, rewrite, r.host_rewrite)
+                    rp.mutations = MutationPlan(
+                        r.header_mutations,
+                        rewrite,
+                        r.host_rewrite,
+                        r.host_rewrite_header,
+                        r.auto_host_rewrite,
+                    )
                 rp.filters = compile_filters(
                     hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
                 )

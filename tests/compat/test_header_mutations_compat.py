@@ -261,6 +261,14 @@ def rewrites() -> list[dict[str, Any]]:
             request_headers_to_add=[add("x-both", "1"), add("x-envoy-original-path", "mine")],
         ),
         case("hostlit", route={"cluster": "svc", "host_rewrite_literal": "upstream.example"}),
+        case("hosthdr", route={"cluster": "svc", "host_rewrite_header": "X-Up-Host"}),
+        case(
+            "hosthdradded",
+            route={"cluster": "svc", "host_rewrite_header": "x-added-host"},
+            request_headers_to_add=[add("x-added-host", "added.example")],
+        ),
+        case("autohost", route={"cluster": "dns", "auto_host_rewrite": True}),
+        case("autohoststatic", route={"cluster": "svc", "auto_host_rewrite": True}),
     ]
 
 
@@ -340,16 +348,14 @@ def listener(name: str, port: int, rc: dict[str, Any], edge: bool = False) -> di
     }
 
 
-def cluster(name: str, port: int | None) -> dict[str, Any]:
+def cluster(name: str, port: int | None, address: str = "127.0.0.1") -> dict[str, Any]:
     endpoints = (
         [
             {
                 "lb_endpoints": [
                     {
                         "endpoint": {
-                            "address": {
-                                "socket_address": {"address": "127.0.0.1", "port_value": port}
-                            }
+                            "address": {"socket_address": {"address": address, "port_value": port}}
                         }
                     }
                 ]
@@ -376,7 +382,15 @@ def config(ports: dict[str, int], admin: int, upstream: int) -> str:
                 listener("specific", ports["specific"], specific),
                 listener("edge", ports["edge"], copy.deepcopy(route_config()), edge=True),
             ],
-            "clusters": [cluster("svc", upstream), cluster("empty", None)],
+            "clusters": [
+                cluster("svc", upstream),
+                cluster("empty", None),
+                {
+                    **cluster("dns", upstream, "localhost"),
+                    "type": "STRICT_DNS",
+                    "dns_lookup_family": "V4_ONLY",
+                },
+            ],
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
     }
@@ -477,6 +491,16 @@ CASES: dict[str, tuple[str, bytes]] = {
     "rewrite_with_host_and_mutations": ("ingress", get("/both/echo")),
     "rewrite_at_edge": ("edge", get("/both/echo", "x-envoy-original-path: /client")),
     "host_rewrite_literal": ("ingress", get("/echo", "x-case: hostlit")),
+    "host_rewrite_header": ("ingress", get("/echo", "x-case: hosthdr", "x-up-host: h.example")),
+    "host_rewrite_header_first_value": (
+        "ingress",
+        get("/echo", "x-case: hosthdr", "x-up-host: one.example", "x-up-host: two.example"),
+    ),
+    "host_rewrite_header_absent": ("ingress", get("/echo", "x-case: hosthdr")),
+    "host_rewrite_header_empty": ("ingress", get("/echo", "x-case: hosthdr", "x-up-host:")),
+    "host_rewrite_header_added_by_mutation": ("ingress", get("/echo", "x-case: hosthdradded")),
+    "auto_host_rewrite_dns_cluster": ("ingress", get("/echo", "x-case: autohost")),
+    "auto_host_rewrite_static_cluster": ("ingress", get("/echo", "x-case: autohoststatic")),
     "post_with_body": (
         "ingress",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nx-case: overwrite\r\nContent-Length: 5\r\n\r\nhello",
@@ -601,3 +625,13 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert "location" not in sent("redirect")
     assert "x-resp-rc" not in sent("no_route_404")
     assert sent("proxy_owned_response_headers")["server"] == ["envoy"]
+    assert saw("auto_host_rewrite_dns_cluster")["host"] == ["localhost"]
+    assert saw("auto_host_rewrite_dns_cluster")["x-envoy-original-host"] == ["x"]
+    assert saw("auto_host_rewrite_static_cluster")["host"] == ["x"]
+    assert saw("host_rewrite_header_first_value")["host"] == ["one.example"]
+    assert saw("host_rewrite_header_empty")["host"] == ["x"]
+    assert saw("host_rewrite_header_added_by_mutation")["host"] == ["added.example"]
+    assert e["prefix_rewrite_to_slash"]["upstream_saw"]["path"] == "/echo?q=1"
+    assert saw("prefix_rewrite_to_slash")["x-envoy-original-path"] == ["/pre/echo?q=1"]
+    assert e["regex_rewrite_groups_keeps_query"]["upstream_saw"]["path"] == "/echo?x=1"
+    assert saw("rewrite_overwrites_client_original_path")["x-envoy-original-path"] == ["/pre/echo"]
