@@ -189,8 +189,10 @@ def _compile(levels: list[tuple[tuple[str, ...], tuple[Any, ...]]]) -> tuple[_Le
                 if not any(p.startswith("%") for p in pieces)
                 else pieces
             )
-            compiled.append((a.name.encode("latin-1"), value, ACTIONS[a.action], a.keep_empty))
-        out.append((frozenset(n.encode("latin-1") for n in removes), tuple(compiled)))
+            compiled.append(
+                (a.name.encode("latin-1", "replace"), value, ACTIONS[a.action], a.keep_empty)
+            )
+        out.append((frozenset(n.encode("latin-1", "replace") for n in removes), tuple(compiled)))
     return tuple(out)
 
 
@@ -294,10 +296,10 @@ class MutationPlan:
         # RouteAction's path rewrite and host_rewrite_literal, applied after the
         # header mutations as Envoy's finalizeRequestHeaders does.
         self.rewrite = rewrite if rewrite is not None and rewrite.rewrites else None
-        self.host = host.encode("latin-1")
+        self.host = host.encode("latin-1", "replace")
         # Else host_rewrite_header (its first value, when not empty), else (with
         # auto_host_rewrite) the picked host's DNS name when it has one.
-        self.host_header = host_header.encode("latin-1")
+        self.host_header = host_header.encode("latin-1", "replace")
         self.auto_host = auto_host
         self.rewrites = bool(self.rewrite or self.host or self.host_header or auto_host)
         self.request = _compile([(m.request_remove, m.request_add) for m in levels])
@@ -375,7 +377,7 @@ class MutationPlan:
             name = self.host_header
             new_host = next((ln[1][len(name) + 1 :].strip() for ln in lines if ln[0] == name), b"")
         if not new_host and hostname:
-            new_host = hostname.encode("latin-1")
+            new_host = hostname.encode("latin-1", "replace")
         if new_host:
             # Envoy 1.40 keeps the Host it replaced in x-envoy-original-host.
             was = next((ln[1][5:].strip() for ln in lines if ln[0] == b"host"), b"")
@@ -387,7 +389,7 @@ class MutationPlan:
             target, _, version = tail.rpartition(b" ")
             old = target.decode("latin-1")
             new = self.rewrite.apply(old)
-            start = method + b" " + new.encode("latin-1") + b" " + version
+            start = method + b" " + new.encode("latin-1", "replace") + b" " + version
             lines = [ln for ln in lines if ln[0] != b"x-envoy-original-path"]
             lines.append((b"x-envoy-original-path", b"x-envoy-original-path: " + target))
             if h is not None:

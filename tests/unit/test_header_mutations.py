@@ -200,3 +200,8 @@ def test_regex_rewrite_keeps_the_query() -> None:
     match = RouteMatch(kind="safe_regex", value=".*", case_sensitive=True, headers=())
     rw = PathRewrite(match, None, "^/re/([a-z]+)/(.*)$", "/\\2/\\1")
     assert rw.apply("/re/abc/echo?x=/re/q/") == "/echo/abc?x=/re/q/"
+
+
+def test_text_outside_latin_1_never_breaks_the_worker() -> None:
+    m = plan(req(HeaderAdd("x-€", "€ %PROTOCOL%"), remove=("x-€€",)))
+    assert b"x-?: ? HTTP/1.1" in m.request_head(HEAD, FACTS)
