@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One upstream host, resolved to an IP address by the master."""
+    """One upstream host, resolved to an IP address by the master, or a pipe (Unix
+    socket): then ``address`` is its path ("@name" in the abstract namespace) and
+    ``port`` is 0, which no TCP endpoint has (see :mod:`proxyd.pipes`)."""
 
     address: str
     port: int
@@ -466,11 +468,22 @@ class Listener:
     port: int
     hcm: HttpConnectionManager
     per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # A pipe (Unix socket) listener: ``address`` is its path ("@name" in the abstract
+    # namespace), ``port`` 0, and ``pipe_mode`` the file mode to set (0: leave it).
+    # Port 0 without ``pipe`` is a TCP listener on a port the kernel picks.
+    pipe: bool = False
+    pipe_mode: int = 0
 
     @property
     def stat_name(self) -> str:
-        """Envoy's listener stat scope: ``listener.<address>_<port>``."""
-        return f"{self.address}_{self.port}"
+        """Envoy's listener stat scope: ``listener.<address>_<port>`` (the configured
+        port, 0 included), or ``listener.<path>`` for a pipe."""
+        return self.address if self.pipe else f"{self.address}_{self.port}"
+
+    @property
+    def address_text(self) -> str:
+        """The configured address as Envoy writes it in messages: "ip:port" or a path."""
+        return self.address if self.pipe else f"{self.address}:{self.port}"
 
 
 # -- the epoch ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from proxyd.config import http_filters, rules
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
-from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, AnyOf, Spec
+from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
 from proxyd.errors import ConfigError
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -30,7 +30,10 @@ ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-ADDRESS: Spec = {"socket_address": {"address": LEAF, "port_value": LEAF}}
+SOCKET_ADDRESS: Spec = {"address": LEAF, "port_value": LEAF}
+ADDRESS: Spec = {"socket_address": SOCKET_ADDRESS}
+# Where proxyd also takes a Unix socket (listeners, endpoints; proxyd.pipes).
+ADDRESS_OR_PIPE: Spec = {"socket_address": SOCKET_ADDRESS, "pipe": {"path": LEAF, "mode": LEAF}}
 
 ADMIN: Spec = {
     "address": ADDRESS,
@@ -172,7 +175,7 @@ HCM: Spec = {
 
 LISTENER: dict[str, Spec] = {
     "name": LEAF,
-    "address": ADDRESS,
+    "address": ADDRESS_OR_PIPE,
     "per_connection_buffer_limit_bytes": LEAF,
     # true only (proxyd.config.listeners): each worker has its own SO_REUSEPORT socket.
     "enable_reuse_port": LEAF,
@@ -273,7 +276,7 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
     "endpoints": {
         "locality": {"region": LEAF, "zone": LEAF, "sub_zone": LEAF},
         "lb_endpoints": {
-            "endpoint": {"address": ADDRESS},
+            "endpoint": {"address": ADDRESS_OR_PIPE},
             "load_balancing_weight": LEAF,
         },
         "load_balancing_weight": LEAF,
@@ -318,6 +321,40 @@ CLUSTER: dict[str, Spec] = {
     "outlier_detection": OUTLIER_DETECTION,
 }
 
+# metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats);
+# histogram_bucket_settings is refused by name. A UDP sink's socket_address may say
+# "protocol: UDP" (or TCP, which Envoy ignores there too: the sink sends datagrams).
+SINK_ADDRESS: Spec = {
+    "socket_address": {"address": LEAF, "port_value": LEAF, "protocol": LEAF},
+}
+STATS_CONFIG: Spec = {
+    "stats_tags": {"tag_name": LEAF, "regex": LEAF, "fixed_value": LEAF},
+    "use_all_default_tags": LEAF,
+    "stats_matcher": {
+        "reject_all": LEAF,
+        "exclusion_list": {"patterns": STRING_MATCHER},
+        "inclusion_list": {"patterns": STRING_MATCHER},
+    },
+}
+STATS_SINK: Spec = {
+    "name": LEAF,
+    "typed_config": AnyOf(
+        "stats sink",
+        {
+            "envoy.config.metrics.v3.StatsdSink": {
+                "address": SINK_ADDRESS,
+                "tcp_cluster_name": LEAF,
+                "prefix": LEAF,
+            },
+            "envoy.config.metrics.v3.DogStatsdSink": {
+                "address": SINK_ADDRESS,
+                "prefix": LEAF,
+                "max_bytes_per_datagram": LEAF,
+            },
+        },
+    ),
+}
+
 BOOTSTRAP: dict[str, Spec] = {
     "admin": ADMIN,
     "node": {"id": LEAF, "cluster": LEAF},
@@ -327,6 +364,10 @@ BOOTSTRAP: dict[str, Spec] = {
         "cds_config": CONFIG_SOURCE,
         "ads_config": API_CONFIG_SOURCE,
     },
+    "stats_config": STATS_CONFIG,
+    "stats_sinks": STATS_SINK,
+    "stats_flush_interval": LEAF,
+    "stats_flush_on_admin": LEAF,
 }
 
 

@@ -10,6 +10,11 @@ master's sockets on a hot restart (all slots of a listener) and systemd's on soc
 activation (one socket, shared by every slot). :meth:`ListenerSockets.bind` takes an
 offered socket whose name matches the listener, or else whose address and port match,
 before it binds anything new.
+
+A pipe (Unix socket) listener has one socket, shared by every slot (SO_REUSEPORT does
+not spread a path over several sockets); :func:`proxyd.pipes.bind_listening` binds it
+as Envoy does, replacing a stale socket file. A hot restart passes it on like a TCP
+socket, and its file stays in place.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from proxyd import pipes
 from proxyd.epoch import Listener
 
 BACKLOG = 1024
@@ -31,8 +37,9 @@ class _Bound:
     address: str
     port: int
     sockets: list[socket.socket]
-    # One socket for every slot (systemd gave one); else one per slot.
+    # One socket for every slot (systemd gave one, or a pipe); else one per slot.
     shared: bool = False
+    pipe: bool = False
 
 
 @dataclass
@@ -45,6 +52,11 @@ class Offered:
     sockets: list[socket.socket]
     shared: bool
     origin: str  # "hot-restart" or "systemd"
+
+    @property
+    def pipe(self) -> bool:
+        """A Unix socket (a pipe listener's, from a hot-restart parent)."""
+        return bool(self.sockets) and self.sockets[0].family == socket.AF_UNIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +105,8 @@ class ListenerSockets:
 
     def inherited(self, name: str) -> bool:
         """The listener serves a socket systemd passed (its address is the unit's)."""
-        return self._bound[name].shared
+        b = self._bound[name]
+        return b.shared and not b.pipe
 
     def address_of(self, name: str) -> tuple[str, int]:
         b = self._bound[name]
@@ -105,13 +118,20 @@ class ListenerSockets:
 
     def _take_offered(self, listener: Listener) -> Offered | None:
         def same_address(o: Offered) -> bool:
-            return o.address == listener.address and listener.port in (0, o.port)
+            return (
+                o.pipe == listener.pipe
+                and o.address == listener.address
+                and listener.port in (0, o.port)
+            )
 
         # By name: systemd's sockets (shared) whatever their address, which the .socket
         # unit decides ("[::]:80" for a listener written "0.0.0.0:80"), also when a hot
         # restart passes them on; a hot-restart parent's own only at the same address.
         match = next(
-            (o for o in self._offered if o.name == listener.name and (o.shared or same_address(o))),
+            (
+                o for o in self._offered
+                if o.name == listener.name and ((o.shared and not o.pipe) or same_address(o))
+            ),
             None,
         )  # fmt: skip
         if match is None:
@@ -135,6 +155,9 @@ class ListenerSockets:
     def bind(self, listener: Listener) -> None:
         """Bind ``concurrency`` sockets for ``listener`` (or take offered ones); all or none."""
         taken = self._take_offered(listener)
+        if listener.pipe:
+            self._bind_pipe(listener, taken)
+            return
         socks: list[socket.socket] = []
         if taken is not None:
             if taken.shared:
@@ -158,6 +181,19 @@ class ListenerSockets:
                 f"{listener.address}:{listener.port}: {exc.strerror or exc}"
             ) from exc
         self._bound[listener.name] = _Bound(listener.address, port, socks)
+
+    def _bind_pipe(self, listener: Listener, taken: Offered | None) -> None:
+        if taken is not None:
+            socks = taken.sockets
+        else:
+            try:
+                socks = [pipes.bind_listening(listener.address, listener.pipe_mode, BACKLOG)]
+            except OSError as exc:
+                raise BindError(
+                    f"cannot bind listener '{listener.name}' to {listener.address}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+        self._bound[listener.name] = _Bound(listener.address, 0, socks, True, pipe=True)
 
     def bind_all(self, listeners: tuple[Listener, ...] | list[Listener]) -> list[str]:
         """Bind every listener not bound yet; all or none. Returns the names bound."""

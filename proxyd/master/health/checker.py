@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import trio
 
+from proxyd import pipes
 from proxyd.epoch import Cluster, Endpoint, Epoch, HealthCheck
 from proxyd.log import get_logger
 from proxyd.master.health import grpc_check
@@ -107,7 +108,7 @@ class _Session:
             await self._close()  # an idle connection the host closed: not a failure
         if self._stream is None:
             _cluster, address, port = self.key
-            self._stream = await trio.open_tcp_stream(address, port)
+            self._stream = await pipes.open_stream(address, port)
         return self._stream
 
     async def _probe(self) -> Result:
