@@ -325,6 +325,42 @@ class Route:
     # A route with one of these answers itself and names no cluster ("").
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
+    # RouteAction's rewrites of what goes upstream: prefix_rewrite (None: not set; ""
+    # rewrites to nothing), regex_rewrite (pattern and RE2 substitution, "" = not set),
+    # host_rewrite_literal ("" = not set).
+    prefix_rewrite: str | None = None
+    regex_rewrite: str = ""
+    regex_substitution: str = ""
+    host_rewrite: str = ""
+    # host_rewrite_header (lower case; "" = not set) and auto_host_rewrite.
+    host_rewrite_header: str = ""
+    auto_host_rewrite: bool = False
+    # The header mutations of the route, its virtual host and its route configuration
+    # that have any, in the order Envoy evaluates them (the last one wins).
+    header_mutations: tuple[HeaderMutations, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderAdd:
+    """One HeaderValueOption of a ``*_headers_to_add``: the name (lower case), the
+    value as configured (``%OPERATOR%`` substitutions checked at load), its
+    append_action by name and keep_empty_value."""
+
+    name: str
+    value: str
+    action: str = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutations:
+    """The header changes of one level (route configuration, virtual host or route);
+    names lower case."""
+
+    request_add: tuple[HeaderAdd, ...] = ()
+    request_remove: tuple[str, ...] = ()
+    response_add: tuple[HeaderAdd, ...] = ()
+    response_remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,20 @@ PER_FILTER_CONFIG: Spec = AnyOf(
     },
 )
 
+# request/response_headers_to_add/remove of a route configuration, virtual host or
+# route (proxyd.config.routes.header_mutations; proxyd.protocol.header_mutations).
+_HEADER_OPTION: Spec = {
+    "header": {"key": LEAF, "value": LEAF},
+    "append_action": LEAF,
+    "keep_empty_value": LEAF,
+}
+HEADER_MUTATIONS: dict[str, Spec] = {
+    "request_headers_to_add": _HEADER_OPTION,
+    "request_headers_to_remove": LEAF,
+    "response_headers_to_add": _HEADER_OPTION,
+    "response_headers_to_remove": LEAF,
+}
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -77,7 +91,16 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
             },
-            "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
+            "route": {
+                "cluster": LEAF,
+                "timeout": LEAF,
+                "priority": LEAF,
+                "prefix_rewrite": LEAF,
+                "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
+                "host_rewrite_literal": LEAF,
+                "host_rewrite_header": LEAF,
+                "auto_host_rewrite": LEAF,
+            },
             "redirect": {
                 "https_redirect": LEAF,
                 "scheme_redirect": LEAF,
@@ -96,10 +119,14 @@ ROUTE_CONFIG: dict[str, Spec] = {
             },
             "typed_per_filter_config": PER_FILTER_CONFIG,
             "metadata": METADATA,
+            **HEADER_MUTATIONS,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
+        **HEADER_MUTATIONS,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
+    **HEADER_MUTATIONS,
+    "most_specific_header_mutations_wins": LEAF,
 }
 
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).

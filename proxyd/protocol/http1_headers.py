@@ -321,7 +321,10 @@ def response_head(
         base = b"".join(out)
     if base[5:8] == b"1.0":
         base = b"HTTP/1.1" + base[8:]
-    extra = b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms
+    # (-1: the line is in the head already, placed before the route's header mutations)
+    extra = (
+        b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms if service_time_ms >= 0 else b""
+    )
     if chunked:
         extra += b"transfer-encoding: chunked\r\n"
     if close:

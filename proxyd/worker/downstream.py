@@ -426,6 +426,9 @@ class DownstreamConnection:
             self.closing = True
         chunked = length < 0
         self.chunked_out = chunked
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
         out = response_head(r, self.plan.server, service_ms, chunked, close, stream.response_added)
         stream.response_started = True
         try:
@@ -504,6 +507,9 @@ class DownstreamConnection:
             head_request=h is not None and h.method == "HEAD",
             extra=extra,
         )
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            data = rp.mutations.on_local_reply(data, stream, self)
         try:
             await io.send_all(self.sock, data)
         except (OSError, trio.ClosedResourceError):

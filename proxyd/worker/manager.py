@@ -87,6 +87,8 @@ def _exchange(
     head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
         h, conn.remote_ip, rp.timeout_header, stream.request_added
     )
+    if rp.mutations is not None:
+        head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     return router.Exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
 
 

@@ -15,8 +15,9 @@ from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener
 from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import LogFormat
+from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
-from proxyd.protocol.redirect import LocalAction
+from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.request_transforms import compile_transforms
@@ -56,7 +57,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
-        "local",
+        "local", "mutations",
     )  # fmt: skip
 
     def __init__(
@@ -79,6 +80,8 @@ class RoutePlan:
         self.filters: tuple[FilterFactory, ...] = ()
         # A redirect or direct_response route's answer (it has no cluster).
         self.local: LocalAction | None = None
+        # The route's header mutations (None: it has none, and pays nothing).
+        self.mutations: MutationPlan | None = None
 
 
 class ListenerPlan:
@@ -109,6 +112,24 @@ class ListenerPlan:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
                 if r.redirect is not None or r.direct_response is not None:
                     rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+                if (
+                    r.header_mutations
+                    or r.prefix_rewrite is not None
+                    or r.regex_rewrite
+                    or r.host_rewrite
+                    or r.host_rewrite_header
+                    or r.auto_host_rewrite
+                ):
+                    rewrite = PathRewrite(
+                        r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
+                    )
+                    rp.mutations = MutationPlan(
+                        r.header_mutations,
+                        rewrite,
+                        r.host_rewrite,
+                        r.host_rewrite_header,
+                        r.auto_host_rewrite,
+                    )
                 rp.filters = compile_filters(
                     hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
                 )

@@ -37,6 +37,7 @@ class HostState:
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
         "outcomes", "priority", "locality", "locality_weight", "usable", "connections",
+        "hostname",
     )  # fmt: skip
 
     def __init__(
@@ -58,6 +59,7 @@ class HostState:
         self.locality = ep.locality
         self.locality_weight = ep.locality_weight
         self.usable = ep.usable
+        self.hostname = ep.hostname  # a STRICT_DNS host's name (auto_host_rewrite)
         self.active_requests = 0
         # Per routing priority (the index of ConnPool.priority): the pool's
         # connections to the host, open or being opened, and its idle ones.
