@@ -284,12 +284,25 @@ class HeaderMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeFraction:
+    """Envoy's ``core.v3.RuntimeFractionalPercent``: its default_value, ``numerator`` out of
+    ``denominator`` (100, 10000 or 1000000), unless runtime key ``runtime_key`` is set
+    (``proxyd.protocol.runtime.feature_enabled``)."""
+
+    runtime_key: str
+    numerator: int
+    denominator: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class RouteMatch:
     # "prefix", "path" or "safe_regex" (a full match of the path, without the query).
     kind: str
     value: str
     case_sensitive: bool = True
     headers: tuple[HeaderMatch, ...] = ()
+    # RouteMatch.runtime_fraction (None: the route always passes this test).
+    runtime_fraction: RuntimeFraction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +419,24 @@ class Listener:
         return f"{self.address}_{self.port}"
 
 
+# -- runtime --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeValue:
+    """One key of the runtime, its layers merged (Envoy's ``Runtime::Snapshot`` entry).
+
+    The master parses each value once (``proxyd.config.runtime``): ``uint`` is Envoy's
+    ``uint_value_`` (a number >= 0, floored; None otherwise) and ``numerator`` /
+    ``denominator`` its ``fractional_percent_value_`` (denominator 0: none)."""
+
+    key: str
+    raw: str
+    uint: int | None = None
+    numerator: int = 0
+    denominator: int = 0
+
+
 # -- the epoch ------------------------------------------------------------------------
 
 
@@ -419,6 +450,9 @@ class Epoch:
     # --drain-time-s: how long an updated or removed listener's old connections may
     # stay open (idle ones are closed after it; set by the master when publishing).
     drain_time_s: float = 600.0
+    # The runtime (layered_runtime, every layer merged), by key order; set by the
+    # master when publishing (proxyd.master.runtime).
+    runtime: tuple[RuntimeValue, ...] = ()
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

@@ -23,14 +23,15 @@ from google.protobuf import json_format
 from proxyd.config.clusters import compile_clusters
 from proxyd.config.dynamic import (
     DynamicResources,
-    Node,
     check_source,
     compile_dynamic_resources,
     epoch_sources,
 )
 from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
+from proxyd.config.node import Node, compile_node
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
+from proxyd.config.runtime import RuntimeLayer, compile_layered_runtime
 from proxyd.config.source import read_config_file
 from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
 from proxyd.config.translate import Translation, log_deprecations, translate
@@ -61,6 +62,8 @@ class LoadedConfig:
     node: Node = field(default_factory=Node)
     # "Using deprecated option ..." for each deprecated field the file sets.
     deprecations: tuple[str, ...] = ()
+    # layered_runtime (proxyd.master.runtime reads the disk layers and keeps the admin one).
+    runtime_layers: tuple[RuntimeLayer, ...] = ()
 
 
 def load(path: str) -> LoadedConfig:
@@ -115,8 +118,9 @@ def _compile(
         bootstrap_json=bootstrap_json,
         file=file,
         dynamic=dynamic,
-        node=Node(id=bootstrap.node.id, cluster=bootstrap.node.cluster),
+        node=compile_node(bootstrap),
         deprecations=tuple(d.message() for d in translation.deprecations),
+        runtime_layers=compile_layered_runtime(bootstrap, file),
     )
 
 

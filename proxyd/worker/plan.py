@@ -17,6 +17,7 @@ from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import LogFormat
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.routing import RouteTable
+from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.upstream import ClusterState, ConnPool
@@ -85,6 +86,7 @@ class ListenerPlan:
         writers: dict[str, AccessLogWriter],
         local_address: str,
         ids: RequestIdGenerator,
+        runtime: Snapshot = EMPTY,
     ) -> None:
         hcm = listener.hcm
         self.name = listener.name
@@ -96,7 +98,8 @@ class ListenerPlan:
         self.generation = object()
         self.listener_stats: ListenerStats = stats.listener(listener.stat_name)
         self.http_stats: HttpStats = stats.http(hcm.stat_prefix)
-        self.routes = RouteTable(hcm.route_config)
+        # The epoch's runtime resolves the routes' runtime_fraction.
+        self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         filter_headers: set[str] = set()
         for vh in hcm.route_config.virtual_hosts:
@@ -178,8 +181,11 @@ class CompiledEpoch:
                 self.clusters[c.name] = old
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
+        self.runtime = Snapshot(epoch.runtime)
         self.plans = {
-            lst.name: ListenerPlan(lst, self.clusters, stats, writers, local_address, ids)
+            lst.name: ListenerPlan(
+                lst, self.clusters, stats, writers, local_address, ids, self.runtime
+            )
             for lst in epoch.listeners
         }
         for name, plan in self.plans.items():
