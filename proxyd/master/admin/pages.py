@@ -99,8 +99,8 @@ class AdminPages:
         """``form``: an application/x-www-form-urlencoded body, whose values join the
         query's (Envoy's admin reads both)."""
         path, _, query_string = target.partition("?")
-        query = parse_qs(query_string, keep_blank_values=True)
-        for key, values in parse_qs(form, keep_blank_values=True).items():
+        query = _parse_query(query_string)
+        for key, values in _parse_query(form).items():
             query.setdefault(key, []).extend(values)
         route = self.routes.get(path)
         if route is None:
@@ -379,6 +379,12 @@ class AdminPages:
             return _text(503, "No admin layer specified")
         runtime.modify({key: values[-1] for key, values in q.items()})
         return Response(200, b"OK\n", before=self.master.publish_runtime)
+
+
+def _parse_query(text: str) -> dict[str, list[str]]:
+    """Query or form parameters as Envoy's admin decodes them: percent escapes only, a
+    "+" stays a "+" (a /stats filter regex or a runtime value may hold one)."""
+    return parse_qs(text.replace("+", "%2B"), keep_blank_values=True)
 
 
 RUNTIME_MODIFY_USAGE = (
