@@ -105,7 +105,10 @@ def both(tmp_path: Path, make_config: Any) -> Iterator[list[Proxy]]:
     with envoy:
         proxyd_port, proxyd_admin = free_port(), free_port()
         with ProxydProcess(tmp_path, make_config(proxyd_port, proxyd_admin), proxyd_admin):
-            yield [Proxy("envoy", port, envoy.admin_port), Proxy("proxyd", proxyd_port, proxyd_admin)]
+            yield [
+                Proxy("envoy", port, envoy.admin_port),
+                Proxy("proxyd", proxyd_port, proxyd_admin),
+            ]
 
 
 @pytest.fixture
@@ -159,7 +162,7 @@ def test_runtime_modify_changes_routing(tmp_path: Path, ups: dict[str, UpstreamS
                 assert proxy.admin_call(f"/runtime_modify?{query}", "POST") == (200, "OK\n")
                 # Envoy applies it on its workers a moment later; proxyd before answering.
                 if proxy.name == "envoy":
-                    wait_for(lambda p=proxy: expected in p.upstreams(1))
+                    wait_for(lambda p=proxy, e=expected: e in p.upstreams(1))
                 seen = proxy.upstreams(20)
                 if value.startswith('{"numerator": 99'):
                     assert seen["a"] >= 15, (proxy.name, value, seen)  # 1 in 101 for "b"
@@ -178,13 +181,13 @@ def test_one_random_value_per_request_for_every_route(
 ) -> None:
     """Two routes at 50 %: the second never matches, since the request's draw that
     failed the first fails it too (Envoy draws once per stream)."""
-    route_yaml = f"""
-              - match: {{ prefix: "/", runtime_fraction: {{ default_value: {{ numerator: 50 }}, runtime_key: k1 }} }}
-                route: {{ cluster: b }}
-              - match: {{ prefix: "/", runtime_fraction: {{ default_value: {{ numerator: 50 }}, runtime_key: k2 }} }}
-                route: {{ cluster: c }}
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: a }}"""  # fmt: skip
+    route_yaml = """
+              - match: { prefix: "/", runtime_fraction: { default_value: { numerator: 50 }, runtime_key: k1 } }
+                route: { cluster: b }
+              - match: { prefix: "/", runtime_fraction: { default_value: { numerator: 50 }, runtime_key: k2 } }
+                route: { cluster: c }
+              - match: { prefix: "/" }
+                route: { cluster: a }"""  # fmt: skip
     config = lambda p, a: bootstrap(p, a, ups, {}, route_yaml=route_yaml)  # noqa: E731
     with both(tmp_path, config) as proxies:
         for proxy in proxies:
