@@ -28,6 +28,7 @@ def compile_filters(
     overrides: tuple[FilterOverride, ...],
     stat_prefix: str,
     stats: StatsStore,
+    runtime: Snapshot = EMPTY,
 ) -> tuple[FilterFactory, ...]:
     """The factories of a route's filters, with its per-route config resolved; those
     disabled on the route (or in the HCM and not enabled by the route) are left out."""
@@ -42,7 +43,8 @@ def compile_filters(
         if f.disabled and (o is None or not (o.enabled or o.config is not None)):
             continue
         scope = stats.named(f"http.{stat_prefix}.")
-        factory = FACTORIES[f.type_name](f.name, f.config, o.config if o else None, scope)
+        per_route = o.config if o else None
+        factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
     return tuple(out)
@@ -106,13 +108,15 @@ class ListenerPlan:
             for r in vh.routes:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
                 rp.filters = compile_filters(
-                    hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
+                    hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats, runtime
                 )
                 for f in rp.filters:
                     filter_headers |= f.wanted_headers
                 self.route_plans[id(r)] = rp
         # A request no route matches still passes the filters (with their HCM config).
-        self.no_route_filters = compile_filters(hcm.http_filters, (), hcm.stat_prefix, stats)
+        self.no_route_filters = compile_filters(
+            hcm.http_filters, (), hcm.stat_prefix, stats, runtime
+        )
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
         if (

@@ -8,6 +8,7 @@ upstreams answer with ``x-upstream-name``, so each answer says which route match
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -279,3 +280,64 @@ def test_runtime_modify_without_an_admin_layer_is_refused(
                 503,
                 "No admin layer specified",
             ), proxy.name
+
+
+FAULT = {
+    "name": "envoy.filters.http.fault",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "abort": {"http_status": 503, "percentage": {"numerator": 0}},
+    },
+}
+CLUSTER_HEADER = "x-envoy-downstream-service-cluster"
+
+
+def fault_status(proxy: Proxy, cluster: str | None) -> int:
+    headers = {} if cluster is None else {CLUSTER_HEADER: cluster}
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"connection": "close", **headers})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_fault_filter_reads_its_runtime_keys(
+    tmp_path: Path, ups: dict[str, UpstreamServer]
+) -> None:
+    """Envoy's keys: the global percentage and status without the downstream cluster
+    header; with it, only that cluster's percentage key (default: the configured 0 %)
+    and its status key over the global one (default: the configured 503)."""
+    static = {
+        "fault.http.abort.abort_percent": 100,
+        "fault.http.abort.http_status": 418,
+        "fault.http.svc.abort.abort_percent": 0,
+        "fault.http.svc2.abort.http_status": 419,
+    }
+
+    def config(p: int, a: int) -> str:
+        data = yaml.safe_load(bootstrap(p, a, ups, static))
+        hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        hcm["typed_config"]["http_filters"].insert(0, FAULT)
+        return yaml.safe_dump(data, sort_keys=False)
+
+    steps: list[tuple[str, dict[str | None, int]]] = [
+        ("", {None: 418, "svc": 200, "svc2": 200}),
+        (
+            "fault.http.abort.abort_percent=0&fault.http.svc.abort.abort_percent=100",
+            {None: 200, "svc": 503, "svc2": 200},
+        ),
+        ("fault.http.svc2.abort.abort_percent=100", {"svc2": 419}),
+    ]
+    with both(tmp_path, config) as proxies:
+        for query, expected in steps:
+            for proxy in proxies:
+                if query:
+                    assert proxy.admin_call(f"/runtime_modify?{query}", "POST")[0] == 200
+                for cluster, status in expected.items():
+                    wait_for(lambda p=proxy, c=cluster, s=status: fault_status(p, c) == s)
+                    assert [fault_status(proxy, cluster) for _ in range(5)] == [status] * 5, (
+                        proxy.name, query, cluster,
+                    )  # fmt: skip
