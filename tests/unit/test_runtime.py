@@ -4,10 +4,12 @@ layer's files, the merged snapshot, and route ``runtime_fraction`` matching."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 from envoy.config.core.v3 import base_pb2
@@ -16,12 +18,15 @@ from proxyd.config.loader import compile_bootstrap
 from proxyd.config.node import USER_AGENT_NAME, compile_node
 from proxyd.config.runtime import from_string, number_text
 from proxyd.epoch import (
+    Epoch,
     Route,
     RouteConfig,
     RouteMatch,
     RuntimeFraction,
     RuntimeValue,
     VirtualHost,
+    from_wire,
+    to_wire,
 )
 from proxyd.errors import ConfigError
 from proxyd.master.runtime import RuntimeLoader, disk_value, read_disk_layer
@@ -339,3 +344,22 @@ def test_node_defaults_fill_only_what_the_file_leaves_empty() -> None:
     msg = compile_node(holder).message()
     assert (msg.user_agent_name, msg.user_agent_version) == ("mine", "2.0")
     assert msg.metadata["env"] == "prod"
+
+
+def test_runtime_and_runtime_fraction_cross_the_epoch_wire() -> None:
+    loaded = compile_bootstrap(
+        bootstrap(layered_runtime={"layers": [{"name": "s", "static_layer": {"k": 7}}]}),
+        "f.yaml",
+    )
+    fraction = RuntimeFraction("k", 3, 10_000)
+    route = Route("r", RouteMatch("prefix", "/", runtime_fraction=fraction), "c")
+    listener = loaded.epoch_template.listeners[0]
+    rc = RouteConfig("rc", (VirtualHost("vh", ("*",), (route,)),))
+    listener = dataclasses.replace(listener, hcm=dataclasses.replace(listener.hcm, route_config=rc))
+    epoch = Epoch(
+        3, (listener,), loaded.epoch_template.clusters, runtime=loaded.runtime_layers[0].static
+    )
+    wire = msgpack.unpackb(msgpack.packb(to_wire(epoch), use_bin_type=True), raw=False)
+    back = from_wire(Epoch, wire)
+    assert back == epoch
+    assert back.runtime == (RuntimeValue("k", "7", uint=7),)
