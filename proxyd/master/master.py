@@ -536,10 +536,11 @@ class Master:
             return epoch.number
 
     async def publish_runtime(self) -> None:
-        """Publish the runtime's values now and wait until every worker answered."""
-        number = await self._publish_runtime()
-        if number:
-            await self.epochs.wait_answered(number)
+        """Publish the runtime's values now (unless that happened already) and wait
+        until every worker answered the epoch that carries them."""
+        await self._publish_runtime()
+        if self.epoch.number and self.epoch.runtime == self.runtime.values:
+            await self.epochs.wait_answered(self.epoch.number)
 
     async def _dns_wait(self) -> None:
         await self._dns.wait_changed(lambda: self.template)  # per-name schedules

@@ -55,6 +55,7 @@ class RuntimeLoader:
         self.values: tuple[RuntimeValue, ...] = ()
         self._signatures: dict[str, Any] = {}  # symlink_root → what it pointed at
         self._changed = trio.Event()
+        self._has_disk = trio.Event()  # set while a disk layer is configured
         stats.ensure_counters(["runtime.load_success", "runtime.load_error"])
 
     # -- loading ------------------------------------------------------------------------
@@ -71,6 +72,13 @@ class RuntimeLoader:
         }
         self._layer_values = [self._load_layer(layer, {}) for layer in layers]
         self._merge()
+        self._disk_configured()
+
+    def _disk_configured(self) -> None:
+        if self._signatures:
+            self._has_disk.set()
+        elif self._has_disk.is_set():
+            self._has_disk = trio.Event()
 
     def state(self) -> tuple[Any, ...]:
         """What :meth:`restore` puts back (a reload that failed)."""
@@ -79,6 +87,7 @@ class RuntimeLoader:
     def restore(self, state: tuple[Any, ...]) -> None:
         self.layers, self._layer_values, self.admin, self._signatures = state
         self._merge()
+        self._disk_configured()
 
     def _load_layer(self, layer: RuntimeLayer, previous: dict[str, RuntimeValue]) -> dict[str, RuntimeValue]:  # fmt: skip
         if layer.kind == "static":
@@ -154,6 +163,7 @@ class RuntimeLoader:
 
     async def _watch_disk(self) -> None:
         while True:
+            await self._has_disk.wait()  # no disk layer: nothing to look at
             await trio.sleep(WATCH_INTERVAL_S)
             swapped = False
             for root, seen in list(self._signatures.items()):
