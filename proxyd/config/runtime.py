@@ -4,8 +4,9 @@ A layer is one of ``static_layer`` (a Struct in the bootstrap), ``disk_layer`` (
 directory tree read by the master, ``proxyd.master.runtime``) or ``admin_layer`` (what
 ``/runtime_modify`` sets); ``rtds_layer`` is refused by name (the coverage tree leaves
 it out). Envoy's checks: layer names are unique ("Duplicate layer name: a"), at most one
-admin layer, and a static value may not be a list or null ("Invalid runtime entry value
-for k").
+admin layer, a static value may not be a list or null ("Invalid runtime entry value
+for k"), and a disk layer's ``symlink_root`` must be in a directory that exists (Envoy
+watches that directory: "unable to add filesystem watch for file ...").
 
 Values (``source/common/runtime/runtime_impl.cc``):
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,7 @@ def compile_layered_runtime(bootstrap: Any, file: str) -> tuple[RuntimeLayer, ..
             layers.append(RuntimeLayer(layer.name, "static", static=values))
         elif kind == "disk_layer":
             disk = layer.disk_layer
+            _check_watchable(disk.symlink_root, join(path, "disk_layer.symlink_root"), file)
             directory = disk.symlink_root
             if disk.subdirectory:
                 directory = f"{directory}/{disk.subdirectory}"
@@ -92,6 +95,18 @@ def compile_layered_runtime(bootstrap: Any, file: str) -> tuple[RuntimeLayer, ..
         else:  # rtds_layer is outside the coverage tree; the proto requires one of them
             raise ConfigError(file, path, f"runtime layer {kind} not supported by proxyd")
     return tuple(layers)
+
+
+def _check_watchable(symlink_root: str, path: str, file: str) -> None:
+    """Envoy watches the directory holding ``symlink_root`` for a rename onto it and
+    refuses the config when that directory does not exist (the link itself may not)."""
+    parent = os.path.dirname(symlink_root) or "."
+    if not os.path.isdir(parent):
+        raise ConfigError(
+            file,
+            path,
+            f"unable to add filesystem watch for file {symlink_root}: No such file or directory",
+        )
 
 
 # -- values ---------------------------------------------------------------------------
