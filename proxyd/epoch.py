@@ -285,9 +285,9 @@ class HeaderMatch:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeFraction:
-    """Envoy's ``core.v3.RuntimeFractionalPercent``: its default_value, ``numerator`` out of
-    ``denominator`` (100, 10000 or 1000000), unless runtime key ``runtime_key`` is set
-    (``proxyd.protocol.runtime.feature_enabled``)."""
+    """Envoy's ``core.v3.RuntimeFractionalPercent``: its default_value (``numerator``
+    out of ``denominator``: 100, 10000 or 1000000), unless the runtime has a value for
+    ``runtime_key`` (``proxyd.protocol.runtime.Snapshot.fraction``)."""
 
     runtime_key: str
     numerator: int

@@ -59,8 +59,3 @@ class Snapshot:
 
 
 EMPTY = Snapshot()
-
-
-def enabled(numerator: int, denominator: int, draw: int) -> bool:
-    """Envoy's ``evaluateFractionalPercent``: ``draw % denominator < numerator``."""
-    return draw % denominator < numerator
