@@ -518,3 +518,8 @@ def test_without_fault_keys_the_runtime_is_not_read() -> None:
     sc = Scenario(settings(abort=abort(503)), runtime={"routing.to_b": "100"})
     assert sc.factory.runtime is None
     assert "x-envoy-downstream-service-cluster" in sc.factory.wanted_headers  # its stats
+
+
+def test_a_runtime_status_outside_200_599_is_not_sent() -> None:
+    rt = {"fault.http.abort.http_status": "1000"}
+    assert Scenario(settings(abort=abort(503)), runtime=rt).run()[0].status == 503

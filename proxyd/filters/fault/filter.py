@@ -226,7 +226,8 @@ class Factory:
         ms = self.delay_ms
         if ms is None:
             numerator = _lowered(numerator, headers.get(DELAY_PERCENT_HEADER))
-        rt, cluster = self.runtime, headers.get(DOWNSTREAM_CLUSTER_HEADER)
+        rt = self.runtime
+        cluster = headers.get(DOWNSTREAM_CLUSTER_HEADER) if rt is not None else None
         if rt is not None:
             key = self._key(cluster, "delay_percent", "delay.fixed_delay_percent")
             numerator, denominator = rt.fraction(key, numerator, denominator)
@@ -275,7 +276,9 @@ class Factory:
                 status = None
             grpc = header_uint(headers.get(ABORT_GRPC_HEADER), _UINT64_MAX)
         if status is not None:
-            return (self._status(cluster, "abort_http_status", "abort.http_status", status), None)
+            # A runtime status outside 200-599 is not sent: the configured one is.
+            chosen = self._status(cluster, "abort_http_status", "abort.http_status", status)
+            return (chosen if 200 <= chosen < 600 else status, None)
         if grpc is not None:
             return (200, self._status(cluster, "abort_grpc_status", "abort.grpc_status", grpc))
         return None
