@@ -121,7 +121,8 @@ def test_a_layer_needs_a_name() -> None:
     assert err.path == "layered_runtime.layers[0].name"
 
 
-def test_disk_layer_directory() -> None:
+def test_disk_layer_directory(tmp_path: Path) -> None:
+    root = str(tmp_path / "current")
     data = bootstrap(
         node={"id": "n", "cluster": "edge"},
         layered_runtime={
@@ -129,7 +130,7 @@ def test_disk_layer_directory() -> None:
                 {
                     "name": "d",
                     "disk_layer": {
-                        "symlink_root": "/srv/runtime/current",
+                        "symlink_root": root,
                         "subdirectory": "envoy",
                         "append_service_cluster": True,
                     },
@@ -138,8 +139,8 @@ def test_disk_layer_directory() -> None:
         },
     )
     (layer,) = compile_bootstrap(data, "f.yaml").runtime_layers
-    assert (layer.kind, layer.symlink_root) == ("disk", "/srv/runtime/current")
-    assert layer.directory == "/srv/runtime/current/envoy/edge"
+    assert (layer.kind, layer.symlink_root) == ("disk", root)
+    assert layer.directory == f"{root}/envoy/edge"
 
 
 # -- values ---------------------------------------------------------------------------
