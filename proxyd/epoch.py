@@ -301,12 +301,25 @@ class HeaderMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeFraction:
+    """Envoy's ``core.v3.RuntimeFractionalPercent``: its default_value (``numerator``
+    out of ``denominator``: 100, 10000 or 1000000), unless the runtime has a value for
+    ``runtime_key`` (``proxyd.protocol.runtime.Snapshot.fraction``)."""
+
+    runtime_key: str
+    numerator: int
+    denominator: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class RouteMatch:
     # "prefix", "path" or "safe_regex" (a full match of the path, without the query).
     kind: str
     value: str
     case_sensitive: bool = True
     headers: tuple[HeaderMatch, ...] = ()
+    # RouteMatch.runtime_fraction (None: the route always passes this test).
+    runtime_fraction: RuntimeFraction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,6 +571,24 @@ class Listener:
         return self.address if self.pipe else f"{self.address}:{self.port}"
 
 
+# -- runtime --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeValue:
+    """One key of the runtime, its layers merged (Envoy's ``Runtime::Snapshot`` entry).
+
+    The master parses each value once (``proxyd.config.runtime``): ``uint`` is Envoy's
+    ``uint_value_`` (a number >= 0, floored; None otherwise) and ``numerator`` /
+    ``denominator`` its ``fractional_percent_value_`` (denominator 0: none)."""
+
+    key: str
+    raw: str
+    uint: int | None = None
+    numerator: int = 0
+    denominator: int = 0
+
+
 # -- the epoch ------------------------------------------------------------------------
 
 
@@ -574,6 +605,9 @@ class Epoch:
     # The bootstrap's node.id and node.cluster (add_user_agent sends them upstream).
     node_id: str = ""
     node_cluster: str = ""
+    # The runtime (layered_runtime, every layer merged), by key order; set by the
+    # master when publishing (proxyd.master.runtime).
+    runtime: tuple[RuntimeValue, ...] = ()
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

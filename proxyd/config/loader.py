@@ -24,15 +24,16 @@ from google.protobuf import json_format
 from proxyd.config.clusters import compile_clusters
 from proxyd.config.dynamic import (
     DynamicResources,
-    Node,
     check_source,
     compile_dynamic_resources,
     epoch_sources,
 )
 from proxyd.config.feature_check import unsupported_instead
 from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
+from proxyd.config.node import Node, compile_node
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
+from proxyd.config.runtime import RuntimeLayer, compile_layered_runtime
 from proxyd.config.source import read_config_file
 from proxyd.config.stats import StatsSettings, compile_stats
 from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
@@ -66,6 +67,8 @@ class LoadedConfig:
     deprecations: tuple[str, ...] = ()
     # stats_config, stats_sinks and the flush interval (proxyd.config.stats).
     stats: StatsSettings = field(default_factory=StatsSettings)
+    # layered_runtime (proxyd.master.runtime reads the disk layers and keeps the admin one).
+    runtime_layers: tuple[RuntimeLayer, ...] = ()
 
 
 def load(path: str) -> LoadedConfig:
@@ -134,9 +137,10 @@ def _compile(
         bootstrap_json=bootstrap_json,
         file=file,
         dynamic=dynamic,
-        node=Node(id=bootstrap.node.id, cluster=bootstrap.node.cluster),
+        node=compile_node(bootstrap),
         deprecations=tuple(d.message() for d in translation.deprecations),
         stats=stats,
+        runtime_layers=compile_layered_runtime(bootstrap, file),
     )
 
 

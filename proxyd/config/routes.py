@@ -27,11 +27,15 @@ from proxyd.epoch import (
     Route,
     RouteConfig,
     RouteMatch,
+    RuntimeFraction,
     VirtualHost,
 )
 from proxyd.errors import ConfigError
 from proxyd.protocol.header_mutations import ACTIONS, FRAMING, parse_value
 from proxyd.protocol.redirect import re2_substitution
+
+# type.v3.FractionalPercent.DenominatorType, by number.
+DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
 # Envoy's RouteAction.timeout default; 0 disables it.
 DEFAULT_ROUTE_TIMEOUT_S = 15.0
@@ -275,7 +279,21 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
     headers = tuple(
         header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
     )
-    return RouteMatch(kind=kind, value=value, case_sensitive=case_sensitive, headers=headers)
+    fraction = None
+    if m.HasField("runtime_fraction"):
+        rf = m.runtime_fraction
+        fraction = RuntimeFraction(
+            runtime_key=rf.runtime_key,
+            numerator=rf.default_value.numerator,
+            denominator=DENOMINATORS[rf.default_value.denominator],
+        )
+    return RouteMatch(
+        kind=kind,
+        value=value,
+        case_sensitive=case_sensitive,
+        headers=headers,
+        runtime_fraction=fraction,
+    )
 
 
 def header_mutations(msg: Any, path: str, file: str) -> HeaderMutations | None:

@@ -90,6 +90,11 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "safe_regex": REGEX,
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
+                # proxyd.protocol.routing, with the runtime's value for runtime_key.
+                "runtime_fraction": {
+                    "default_value": {"numerator": LEAF, "denominator": LEAF},
+                    "runtime_key": LEAF,
+                },
             },
             "route": {
                 "cluster": LEAF,
@@ -426,7 +431,33 @@ STATS_SINK: Spec = {
 
 BOOTSTRAP: dict[str, Spec] = {
     "admin": ADMIN,
-    "node": {"id": LEAF, "cluster": LEAF},
+    # proxyd.config.node: sent in every xDS request; metadata, dynamic_parameters and
+    # the rest as written (Struct and map leaves).
+    "node": {
+        "id": LEAF,
+        "cluster": LEAF,
+        "metadata": LEAF,
+        "dynamic_parameters": LEAF,
+        "locality": {"region": LEAF, "zone": LEAF, "sub_zone": LEAF},
+        "user_agent_name": LEAF,
+        "user_agent_version": LEAF,
+        "user_agent_build_version": LEAF,
+        "extensions": LEAF,
+        "client_features": LEAF,
+    },
+    # proxyd.config.runtime and proxyd.master.runtime; rtds_layer is refused.
+    "layered_runtime": {
+        "layers": {
+            "name": LEAF,
+            "static_layer": LEAF,
+            "disk_layer": {
+                "symlink_root": LEAF,
+                "subdirectory": LEAF,
+                "append_service_cluster": LEAF,
+            },
+            "admin_layer": {},
+        },
+    },
     "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},
     "dynamic_resources": {
         "lds_config": CONFIG_SOURCE,

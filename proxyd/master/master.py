@@ -48,6 +48,7 @@ from proxyd.master.hot_restart import (
 from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.outlier import OutlierDetector
+from proxyd.master.runtime import RuntimeLoader
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
 from proxyd.master.stats_sinks import StatsFlusher
@@ -125,6 +126,8 @@ class Master:
         self._dns = dns.DnsRefresher()
         self.health = HealthChecker(self.stats, self._has_traffic)
         self.outlier = OutlierDetector(self.stats)
+        # layered_runtime: merged in the master, sent in every epoch (set_epoch).
+        self.runtime = RuntimeLoader(self.stats)
         # successful_active_health_check_uneject_host: a passing check ends an ejection.
         self.health.add_check_passed_callback(self.outlier.health_check_passed)
         # Publishing, checking, and what a refused epoch does (proxyd.master.epochs).
@@ -166,6 +169,7 @@ class Master:
             self.loaded = await self._load_config()
             self.config_loaded_wall = time.time()
             self.template = self.loaded.epoch_template
+            self.runtime.configure(self.loaded.runtime_layers)
             self._check_file(self.template)
             self.sockets.bind_all(self.template.listeners)
             self.xds.configure(self.template, self.loaded.dynamic, self.loaded.node)
@@ -237,6 +241,7 @@ class Master:
                 ):
                     nursery.start_soon(self._publish_on_change, wait, build, reason)
                 nursery.start_soon(self._publish_xds)
+                nursery.start_soon(self.runtime.run, self._publish_runtime)
                 nursery.start_soon(self.outlier.run)
                 nursery.start_soon(self.stats_flusher.run)
                 await self._stop.requested.wait()
@@ -418,7 +423,10 @@ class Master:
         previous = self.epoch
         # Workers split the proxy-wide circuit breaker limits by this count.
         epoch = dataclasses.replace(
-            epoch, worker_count=self.options.concurrency, drain_time_s=self.options.drain_time_s
+            epoch,
+            worker_count=self.options.concurrency,
+            drain_time_s=self.options.drain_time_s,
+            runtime=self.runtime.values,
         )
         self.epoch = epoch
         self.epoch_started_at = time.monotonic()
@@ -482,9 +490,10 @@ class Master:
                 )
 
     async def _apply(self, loaded: Any) -> ReloadResult:
-        before = (self.loaded, self.config_loaded_wall, self.xds.static, self.xds.dynamic, self.xds.node)  # fmt: skip
+        before = (self.loaded, self.config_loaded_wall, self.xds.static, self.xds.dynamic, self.xds.node, self.runtime.state())  # fmt: skip
         added = self.sockets.bind_all(loaded.epoch_template.listeners)  # all or none
         self.xds.configure(loaded.epoch_template, loaded.dynamic, loaded.node)
+        self.runtime.configure(loaded.runtime_layers)
         self.loaded = loaded
         self.config_loaded_wall = time.time()
         try:
@@ -503,8 +512,9 @@ class Master:
 
     def _restore(self, before: tuple[Any, ...]) -> None:
         """The config in place before a reload that was refused (see _apply)."""
-        self.loaded, self.config_loaded_wall, static, dynamic, node = before
+        self.loaded, self.config_loaded_wall, static, dynamic, node, runtime = before
         self.xds.configure(static, dynamic, node)
+        self.runtime.restore(runtime)
 
     async def _publish_on_change(
         self,
@@ -526,6 +536,28 @@ class Master:
                         await self.epochs.publish(epoch, reason=reason)
                     except EpochRejected as exc:
                         self.epochs.rejected(reason, exc)
+
+    async def _publish_runtime(self) -> int:
+        """The runtime changed (a disk layer swap, /runtime_modify): the same epoch
+        again, under a new number, with the new values (set_epoch). Its number (0:
+        nothing to publish)."""
+        async with self.epochs.lock:
+            if self.stopping or not self.epoch.number or self.epoch.runtime == self.runtime.values:
+                return 0
+            epoch = dataclasses.replace(self.epoch, number=self.epoch.number + 1)
+            try:
+                await self.epochs.publish(epoch, reason="runtime")
+            except EpochRejected as exc:
+                self.epochs.rejected("runtime", exc)
+                return 0
+            return epoch.number
+
+    async def publish_runtime(self) -> None:
+        """Publish the runtime's values now (unless that happened already) and wait
+        until every worker answered the epoch that carries them."""
+        await self._publish_runtime()
+        if self.epoch.number and self.epoch.runtime == self.runtime.values:
+            await self.epochs.wait_answered(self.epoch.number)
 
     async def _dns_wait(self) -> None:
         await self._dns.wait_changed(lambda: self.template)  # per-name schedules

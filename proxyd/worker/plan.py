@@ -19,6 +19,7 @@ from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
+from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
@@ -30,6 +31,7 @@ def compile_filters(
     overrides: tuple[FilterOverride, ...],
     stat_prefix: str,
     stats: StatsStore,
+    runtime: Snapshot = EMPTY,
 ) -> tuple[FilterFactory, ...]:
     """The factories of a route's filters, with its per-route config resolved; those
     disabled on the route (or in the HCM and not enabled by the route) are left out."""
@@ -44,7 +46,8 @@ def compile_filters(
         if f.disabled and (o is None or not (o.enabled or o.config is not None)):
             continue
         scope = stats.named(f"http.{stat_prefix}.")
-        factory = FACTORIES[f.type_name](f.name, f.config, o.config if o else None, scope)
+        per_route = o.config if o else None
+        factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
     return tuple(out)
@@ -93,6 +96,7 @@ class ListenerPlan:
         writers: dict[str, AccessLogWriter],
         local_address: str,
         ids: RequestIdGenerator,
+        runtime: Snapshot = EMPTY,
     ) -> None:
         hcm = listener.hcm
         self.name = listener.name
@@ -104,7 +108,8 @@ class ListenerPlan:
         self.generation = object()
         self.listener_stats: ListenerStats = stats.listener(listener.stat_name)
         self.http_stats: HttpStats = stats.http(hcm.stat_prefix)
-        self.routes = RouteTable(hcm.route_config)
+        # The epoch's runtime resolves the routes' runtime_fraction.
+        self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         filter_headers: set[str] = set()
         for vh in hcm.route_config.virtual_hosts:
@@ -131,13 +136,15 @@ class ListenerPlan:
                         r.auto_host_rewrite,
                     )
                 rp.filters = compile_filters(
-                    hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
+                    hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats, runtime
                 )
                 for f in rp.filters:
                     filter_headers |= f.wanted_headers
                 self.route_plans[id(r)] = rp
         # A request no route matches still passes the filters (with their HCM config).
-        self.no_route_filters = compile_filters(hcm.http_filters, (), hcm.stat_prefix, stats)
+        self.no_route_filters = compile_filters(
+            hcm.http_filters, (), hcm.stat_prefix, stats, runtime
+        )
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
         if (
@@ -215,8 +222,11 @@ class CompiledEpoch:
                 self.clusters[c.name] = old
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
+        self.runtime = Snapshot(epoch.runtime)
         self.plans = {
-            lst.name: ListenerPlan(lst, self.clusters, stats, writers, local_address, ids)
+            lst.name: ListenerPlan(
+                lst, self.clusters, stats, writers, local_address, ids, self.runtime
+            )
             for lst in epoch.listeners
         }
         for name, plan in self.plans.items():

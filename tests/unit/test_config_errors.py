@@ -112,9 +112,9 @@ def test_locate_error_returns_none_for_valid_data() -> None:
 
 def test_unsupported_bootstrap_field() -> None:
     d = base()
-    d["layered_runtime"] = {"layers": [{"name": "static", "static_layer": {}}]}
+    d["header_prefix"] = "x-edge"
     err = reject(d)
-    assert (err.path, err.reason) == ("layered_runtime", "field not supported by proxyd")
+    assert (err.path, err.reason) == ("header_prefix", "field not supported by proxyd")
 
 
 def test_unsupported_filter_named_without_typed_config() -> None:

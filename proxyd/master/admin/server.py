@@ -1,6 +1,8 @@
 """The admin listener: a small HTTP/1.1 server (httptools) in the master.
 
-Keep-alive, one request at a time per connection, bodies read and ignored. Pages come
+Keep-alive, one request at a time per connection; a body is ignored unless it is a form
+(application/x-www-form-urlencoded, up to :data:`MAX_FORM` bytes), whose values join
+the query's, as Envoy's admin reads them (``/runtime_modify``). Pages come
 from :class:`~proxyd.master.admin.pages.AdminPages`. When the bootstrap names an
 ``access_log_path``, every admin request gets a line in Envoy's default format.
 """
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 IDLE_TIMEOUT_S = 60.0
 MAX_HEAD = 64 * 1024
+MAX_FORM = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 log = get_logger("proxyd.master.admin")
@@ -39,8 +42,9 @@ class _Request:
         self.headers: dict[str, str] = {}
         self.head_size = 0
         self.body_size = 0
-        # (method, url, protocol, keep-alive, headers, bytes received)
-        self.complete: list[tuple[str, str, str, bool, dict[str, str], int]] = []
+        self.form = bytearray()
+        # (method, url, protocol, keep-alive, headers, bytes received, form body)
+        self.complete: list[tuple[str, str, str, bool, dict[str, str], int, str]] = []
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -52,6 +56,10 @@ class _Request:
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
+        content_type = self.headers.get("content-type", "")
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            if len(self.form) + len(body) <= MAX_FORM:
+                self.form += body
 
     def on_message_complete(self) -> None:
         p = self.parser
@@ -63,8 +71,10 @@ class _Request:
                 p.should_keep_alive(),
                 self.headers,
                 self.head_size + self.body_size,
+                self.form.decode("latin-1"),
             )
         )
+        self.form = bytearray()
         self.url = bytearray()
         self.headers = {}
         self.head_size = self.body_size = 0
@@ -192,8 +202,10 @@ class AdminServer:
                 if request.head_size > MAX_HEAD:
                     return
                 while request.complete:
-                    method, url, protocol, keep_alive, headers, received = request.complete.pop(0)
-                    response = self._handle(method, url)
+                    method, url, protocol, keep_alive, headers, received, form = request.complete.pop(0)  # fmt: skip
+                    response = self._handle(method, url, form)
+                    if response.before is not None:
+                        await response.before()
                     await self._respond(
                         stream, method, url, protocol, response, headers,
                         received, started, close=not keep_alive,
@@ -208,9 +220,9 @@ class AdminServer:
         finally:
             await stream.aclose()
 
-    def _handle(self, method: str, url: str) -> Response:
+    def _handle(self, method: str, url: str, form: str = "") -> Response:
         try:
-            return self.pages.handle(method, url)
+            return self.pages.handle(method, url, form)
         except Exception:  # a bug in a page must not take the master down
             log.exception("admin_page_failed", method=method, path=url)
             return Response(500, b"internal error; see the proxyd log\n")

@@ -31,7 +31,8 @@ from typing import Any
 import trio
 from google.protobuf import any_pb2
 
-from proxyd.config.dynamic import DynamicResources, Node, check_source
+from proxyd.config.dynamic import DynamicResources, check_source
+from proxyd.config.node import Node
 from proxyd.config.routes import route_targets
 from proxyd.epoch import ConfigSource, Epoch, Listener
 from proxyd.errors import ConfigError, ProxydError

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 from google.rpc import status_pb2
@@ -110,10 +109,7 @@ class Subscription:
             resource_names=sorted(self.names or ()),
         )
         if with_node:
-            node = self.client.node
-            req.node.CopyFrom(
-                base_pb2.Node(id=node.id, cluster=node.cluster, user_agent_name="proxyd")
-            )
+            req.node.CopyFrom(self.client.node.message())
         if error:
             req.error_detail.CopyFrom(status_pb2.Status(code=INTERNAL, message=error))
         return req
