@@ -99,6 +99,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         per_connection_buffer_limit_bytes=wrapped_or(
             lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
         ),
+        ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
     )
 
 
