@@ -182,6 +182,9 @@ class MainThreadWatchdog:
         wd = self.master.loaded.watchdogs.main_thread
         kill_s = kill_timeout(wd)
         while not self._stop.wait(wd.loop_interval_s):
+            current = self.master.loaded.watchdogs.main_thread
+            if current is not wd:  # a reload changed it
+                wd, kill_s = current, kill_timeout(current)
             touched, now = self._touched, time.monotonic()
             miss, megamiss = alerts(state, wd, touched, now)
             self._seen[0] += miss

@@ -5,12 +5,14 @@ real Envoy). Also the shared connection count's arithmetic (proxyd.cx_limit)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import json_format
 
+from proxyd import ipc
 from proxyd.config.overload import (
     RUNTIME_KEY,
     RUNTIME_KEY_WARNING,
@@ -18,13 +20,17 @@ from proxyd.config.overload import (
     runtime_max_connections,
 )
 from proxyd.cx_limit import CellAllocator, SharedConnectionCount
+from proxyd.epoch import Epoch, HttpConnectionManager, Listener, RouteConfig
 from proxyd.master.watchdog import WatchState, alerts
+from proxyd.worker.overload import COUNTED, FREE, MONITOR_STATS, REFUSED, WorkerOverload
+from proxyd.worker.stats import ListenerStats, StatsStore
 from tests.unit.test_config_parse import base, load, reject
 
 DC_T = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"  # noqa: E501
 FH_T = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
 CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
 HEAP = "envoy.resource_monitors.fixed_heap"
+LISTENER = Listener("l", "127.0.0.1", 1, HttpConnectionManager("p", "AUTO", RouteConfig("r", ())))
 
 
 def monitors(limit: int = 100, heap: int = 0) -> list[dict[str, Any]]:
@@ -266,5 +272,46 @@ def test_shared_count_is_exact_and_a_dead_process_cell_is_zeroed() -> None:
         cells.release(b_cell)  # b's process exited: its connections went with it
         assert master.total() == a.held() == 1
         assert cells.acquire() == b_cell and master.total() == 1
+    finally:
+        master.close()
+
+
+class _Plan:
+    """What WorkerOverload.admit reads of a listener plan."""
+
+    def __init__(self, ignore: bool) -> None:
+        self.listener = dataclasses.replace(LISTENER, ignore_global_conn_limit=ignore)
+        self.listener_stats = ListenerStats("l")
+
+
+def test_admit_follows_envoys_order_and_the_two_ways_of_counting() -> None:
+    master = SharedConnectionCount.create(4)
+    try:
+        counts = SharedConnectionCount(master.fd, 1, 4)
+        stats = StatsStore()
+        w = WorkerOverload(counts, stats)
+        limited, exempt = _Plan(False), _Plan(True)
+        # The overload manager's monitor: exempt listeners are not counted.
+        w.apply_epoch(Epoch(1, (), (), global_cx_limit=1))
+        assert w.checks
+        assert [w.admit(exempt), w.admit(limited), w.admit(limited)] == [FREE, COUNTED, REFUSED]
+        assert limited.listener_stats.global_cx_overflow == 1
+        assert stats.named(MONITOR_STATS).value("failed_updates") == 1
+        w.give()
+        # The runtime key: every accepted connection counts, exempt ones are not refused.
+        w.apply_epoch(Epoch(2, (), (), global_cx_limit=1, global_cx_count_all=True))
+        assert [w.admit(exempt), w.admit(limited), w.admit(exempt)] == [COUNTED, REFUSED, COUNTED]
+        assert master.total() == 2
+        assert stats.named(MONITOR_STATS).value("failed_updates") == 1  # monitor only
+        w.give()
+        w.give()
+        # reject_incoming_connections comes after the limit and gives its slot back.
+        w.apply_actions(ipc.OverloadActions(reject_incoming_connections=True))
+        assert w.admit(limited) == REFUSED
+        assert limited.listener_stats.cx_overload_reject == 1 and master.total() == 0
+        # No limit, no action: nothing to check at accept.
+        w.apply_epoch(Epoch(3, (), ()))
+        w.apply_actions(ipc.OverloadActions())
+        assert not w.checks
     finally:
         master.close()
