@@ -10,12 +10,14 @@ runs one worker thread here, proxyd two worker processes sharing the count.)
 
 from __future__ import annotations
 
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from proxyd.config import load
+from tests.compat.envoy_runner import ENVOY_BINARY, EnvoyRunner, envoy_available
 from tests.integration.test_overload import connection_limit, open_served
 from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
 
@@ -81,3 +83,64 @@ def test_connection_limit_matches_envoy(tmp_path: Path) -> None:
     assert envoy_seen == [True] * LIMIT + [False] * 3 + [True, False]
     assert seen == envoy_seen
     assert stats == envoy_stats == {"overflow": 4, "failed_updates": 4}
+
+
+FULL = """
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+  profile_path: /tmp/envoy.prof
+  ignore_global_conn_limit: true
+  access_log:
+  - name: envoy.access_loggers.stdout
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+cluster_manager:
+  local_cluster_name: up
+watchdog:
+  miss_timeout: 0.5s
+overload_manager:
+  refresh_interval: 0.25s
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: 1000
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: 2147483648
+  actions:
+  - name: envoy.overload_actions.disable_http_keepalive
+    triggers:
+    - name: envoy.resource_monitors.fixed_heap
+      threshold: {value: 0.95}
+  - name: envoy.overload_actions.stop_accepting_connections
+    triggers:
+    - name: envoy.resource_monitors.fixed_heap
+      threshold: {value: 0.99}
+    - name: envoy.resource_monitors.global_downstream_max_connections
+      threshold: {value: 0.99}
+  - name: envoy.overload_actions.reject_incoming_connections
+    triggers:
+    - name: envoy.resource_monitors.fixed_heap
+      threshold: {value: 0.999}
+"""
+
+
+def test_every_field_proxyd_takes_here_is_accepted_by_envoy_too(tmp_path: Path) -> None:
+    path = tmp_path / "full.yaml"
+    text = http_config(10000, 0, {"up": [8080]}).split("static_resources:", 1)[1]
+    text = text.replace(
+        "  - name: ingress\n", "  - name: ingress\n    ignore_global_conn_limit: true\n"
+    )
+    path.write_text(FULL + "static_resources:" + text)
+    loaded = load(str(path))
+    assert loaded.overload.global_cx_limit == 1000 and len(loaded.overload.actions) == 3
+    assert loaded.watchdogs.worker.miss_s == 0.5 and loaded.local_cluster_name == "up"
+    result = subprocess.run(
+        [ENVOY_BINARY, "--mode", "validate", "-c", str(path), "--log-level", "critical"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
