@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 import psutil
@@ -46,12 +45,13 @@ def open_served(port: int) -> socket.socket | None:
 
 
 def held_by_worker(pids: list[int], port: int) -> list[int]:
-    """How many established connections on ``port`` each worker process holds."""
+    """How many connections on ``port`` each worker process still has open (a socket
+    the peer closed stays open, in CLOSE_WAIT, until the worker closes it)."""
     out = []
     for pid in pids:
         conns = psutil.Process(pid).net_connections(kind="tcp")
         out.append(
-            sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+            sum(1 for c in conns if c.status != psutil.CONN_LISTEN and c.laddr.port == port)
         )
     return out
 
@@ -184,24 +184,24 @@ def test_worker_watchdog_counts_misses_and_kills_a_silent_worker(tmp_path: Path,
         victim = workers[0]
         before = p.stats()
         os.kill(victim["pid"], signal.SIGSTOP)
-        stopped = time.monotonic()
         try:
 
             def replaced() -> bool:
                 pids = [w["pid"] for w in p.status()["workers"] if w["epoch"] >= 1]
                 return victim["pid"] not in pids and len(pids) == 2
 
-            wait_for(replaced, timeout=10)
+            wait_for(replaced, timeout=20)
         finally:
             try:
                 os.kill(victim["pid"], signal.SIGCONT)
             except ProcessLookupError:
                 pass  # killed, as expected
-        # Killed by the watchdog's kill_timeout, not the 10 s heartbeat timeout.
-        assert time.monotonic() - stopped < 8
         stats = p.stats()
         slot = victim["id"]
         assert stats[f"server.worker_{slot}.watchdog_miss"] > before.get(f"server.worker_{slot}.watchdog_miss", 0)  # fmt: skip
         assert stats[f"server.worker_{slot}.watchdog_mega_miss"] > before.get(f"server.worker_{slot}.watchdog_mega_miss", 0)  # fmt: skip
         assert stats["workers.watchdog_miss"] >= 1
-        assert "watchdog_kill" in p.log()
+        # Killed by the watchdog's kill_timeout, not the 10 s heartbeat timeout.
+        kills = [line for line in p.log().splitlines() if "watchdog_kill" in line]
+        assert len(kills) == 1 and str(victim["pid"]) in kills[0]
+        assert "worker_unresponsive" not in p.log()
