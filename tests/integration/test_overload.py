@@ -50,9 +50,7 @@ def held_by_worker(pids: list[int], port: int) -> list[int]:
     out = []
     for pid in pids:
         conns = psutil.Process(pid).net_connections(kind="tcp")
-        out.append(
-            sum(1 for c in conns if c.status != psutil.CONN_LISTEN and c.laddr.port == port)
-        )
+        out.append(sum(1 for c in conns if c.status != psutil.CONN_LISTEN and c.laddr.port == port))
     return out
 
 
