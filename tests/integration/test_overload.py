@@ -203,3 +203,29 @@ def test_worker_watchdog_counts_misses_and_kills_a_silent_worker(tmp_path: Path,
         kills = [line for line in p.log().splitlines() if "watchdog_kill" in line]
         assert len(kills) == 1 and str(victim["pid"]) in kills[0]
         assert "worker_unresponsive" not in p.log()
+
+
+def test_admin_stdout_access_log_and_profile_path(tmp_path: Path, upstream) -> None:
+    up = upstream("up")
+    port, admin = free_port(), free_port()
+    config = http_config(port, admin, {"up": [up.port]}).replace(
+        "admin:\n",
+        """admin:
+  profile_path: /tmp/proxyd-unused.prof
+  access_log:
+  - name: envoy.access_loggers.stdout
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+""",
+        1,
+    )
+    with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        assert p.admin("/server_info?probe=stdout")[0] == 200
+        # The master's standard output is the test's log file: Envoy's default format.
+        line = wait_for(
+            lambda: next(
+                (x for x in p.log().splitlines() if "/server_info?probe=stdout" in x), None
+            ),
+            timeout=5,
+        )
+        assert '"GET /server_info?probe=stdout HTTP/1.1" 200 -' in line
