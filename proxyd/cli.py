@@ -2,7 +2,9 @@
 
 ``proxyd -c FILE`` loads an Envoy v3 bootstrap and runs the master with its workers;
 ``--mode validate`` only loads and checks the configuration, as ``envoy --mode validate``
-does. Exit codes: 0 clean stop or valid config; 1 invalid config or a start/run error;
+does, prints Envoy's ``configuration '<path>' OK`` line and then a summary of what the
+config contains (:mod:`proxyd.protocol.epoch_summary`), or with ``--json`` one JSON
+document instead. Exit codes: 0 clean stop or valid config; 1 invalid config or a start/run error;
 2 bad command line.
 """
 
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve (default), or validate: check the configuration and exit",
     )  # fmt: skip
     parser.add_argument(
+        "--json", action="store_true",
+        help="with --mode validate: print one JSON document (valid, config, error or summary)",
+    )  # fmt: skip
+    parser.add_argument(
         "--control-socket", metavar="PATH", default=None,
         help=(
             "control socket for proxyctl (default: $PROXYD_CONTROL_SOCKET, else "
@@ -108,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
             "worker starts on the same sockets, then the old one drains (default: 0, no limit)"
         ),
     )  # fmt: skip
+    parser.add_argument(
+        "--admin-address-path", metavar="FILE", default="",
+        help=(
+            "write the admin address, once bound, to FILE as Envoy does (\"127.0.0.1:9901\", "
+            "no newline): with port_value 0 this is how to learn the port"
+        ),
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"proxyd {__version__}")
     return parser
 
@@ -119,22 +132,48 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def validate(path: str) -> int:
+def validate(path: str, as_json: bool = False) -> int:
     """Load the config and check its epoch as a worker would compile it: what serving
-    would refuse, validate refuses."""
+    would refuse, validate refuses. Prints Envoy's OK line and a summary (or with
+    ``as_json`` one JSON document: ``valid``, ``config``, then ``error``, or
+    ``warnings``, ``summary`` and ``dynamic``)."""
+    import json
+
     from proxyd.config import load
     from proxyd.protocol.epoch_check import EpochRejected, check_epoch
+    from proxyd.protocol.epoch_diff import plain
+    from proxyd.protocol.epoch_summary import format_summary, summarize
 
+    doc: dict[str, object] = {"valid": False, "config": path}
     try:
-        check_epoch(load(path).epoch_template)
+        loaded = load(path)
+        check_epoch(loaded.epoch_template)
     except ConfigError as exc:
-        print(f"proxyd: {exc}", file=sys.stderr)
-        return 1
+        doc["error"] = str(exc)
     except EpochRejected as exc:
-        print(f"proxyd: {path}: {exc}", file=sys.stderr)
-        return 1
-    print(f"configuration '{path}' OK")
-    return 0
+        doc["error"] = f"{path}: {exc}"
+    else:
+        dynamic = loaded.dynamic
+        doc.update(
+            valid=True,
+            warnings=list(loaded.deprecations),
+            summary=summarize(loaded.epoch_template),
+            # Where listeners and clusters also come from (None: the file only).
+            dynamic={"lds": plain(dynamic.lds), "cds": plain(dynamic.cds), "ads": plain(dynamic.ads)},
+        )  # fmt: skip
+    if as_json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    elif not doc["valid"]:
+        print(f"proxyd: {doc['error']}", file=sys.stderr)
+    else:
+        print(f"configuration '{path}' OK")
+        lines = format_summary(summarize(loaded.epoch_template))
+        for kind, source in (("listeners", dynamic.lds), ("clusters", dynamic.cds)):
+            if source is not None:
+                where = source.path or source.cluster
+                lines.append(f"{kind} also come from xDS ({source.kind}{' ' + where if where else ''})")  # fmt: skip
+        print("\n".join(lines))
+    return 0 if doc["valid"] else 1
 
 
 def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -159,6 +198,7 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         hot_restart_socket=args.hot_restart_socket,
         worker_heartbeat_timeout_s=args.worker_heartbeat_timeout_s,
         worker_rss_limit_mb=args.worker_rss_limit_mb,
+        admin_address_path=args.admin_address_path,
     )
     master = Master(options)
     code = trio.run(master.run)
@@ -176,10 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--restart-epoch N (N > 0) and --hot-restart-socket go together; they are set by "
             "the master that starts a hot restart (proxyctl hot-restart, SIGUSR2)"
         )
+    if args.json and args.mode != "validate":
+        parser.error("--json goes with --mode validate")
     if args.mode == "validate":
         # Deprecated fields are logged as warnings (stderr), as Envoy logs them.
         configure(args.log_level, args.log_format or default_format())
-        return validate(args.config)
+        return validate(args.config, as_json=args.json)
     return serve(args, argv)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import json_format
 
 from proxyd.config.clusters import compile_clusters
@@ -28,6 +29,7 @@ from proxyd.config.dynamic import (
     compile_dynamic_resources,
     epoch_sources,
 )
+from proxyd.config.feature_check import unsupported_instead
 from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
 from proxyd.config.overload import (
     OverloadConfig,
@@ -39,6 +41,7 @@ from proxyd.config.overload import (
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
 from proxyd.config.source import read_config_file
+from proxyd.config.stats import StatsSettings, compile_stats
 from proxyd.config.supported import FILE_LOG_TYPE, STDOUT_LOG_TYPE, check_bootstrap
 from proxyd.config.translate import Translation, log_deprecations, translate
 from proxyd.config.values import require_ip, socket_address
@@ -78,6 +81,8 @@ class LoadedConfig:
     overload: OverloadConfig = field(default_factory=OverloadConfig)
     watchdogs: Watchdogs = field(default_factory=Watchdogs)
     local_cluster_name: str = ""
+    # stats_config, stats_sinks and the flush interval (proxyd.config.stats).
+    stats: StatsSettings = field(default_factory=StatsSettings)
 
 
 def load(path: str) -> LoadedConfig:
@@ -89,7 +94,14 @@ def load(path: str) -> LoadedConfig:
 def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
     """Validate and compile already-read bootstrap data; ``file`` names it in errors."""
     singles: list[str] = []  # single values read as lists of one, for error paths
-    bootstrap = parse_bootstrap(data, file, singles)
+    try:
+        bootstrap = parse_bootstrap(data, file, singles)
+    except ConfigError as exc:
+        # Inside a feature proxyd lacks, the missing feature is the error to give.
+        refusal = unsupported_instead(exc, data, bootstrap_pb2.Bootstrap.DESCRIPTOR)
+        if refusal is exc:
+            raise
+        raise refusal from exc
     # As written (before translation), as Envoy's /config_dump shows it.
     bootstrap_json = json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
     translation = translate(bootstrap, "", file, singles)
@@ -108,8 +120,15 @@ def _compile(
         static.listeners, "static_resources.listeners", route_targets(clusters), file
     )
     admin = _admin(bootstrap, file) if bootstrap.HasField("admin") else None
+    stats = compile_stats(bootstrap, {c.name for c in clusters}, file)
     dynamic = compile_dynamic_resources(bootstrap, file)
-    template = Epoch(number=0, listeners=listeners, clusters=clusters)
+    template = Epoch(
+        number=0,
+        listeners=listeners,
+        clusters=clusters,
+        node_id=bootstrap.node.id,
+        node_cluster=bootstrap.node.cluster,
+    )
     static_clusters = {c.name: c for c in clusters}
     sources = [("dynamic_resources.lds_config", dynamic.lds), ("dynamic_resources.cds_config", dynamic.cds)]  # fmt: skip
     sources += epoch_sources(template, "static_resources.listeners", "static_resources.clusters")
@@ -138,6 +157,7 @@ def _compile(
         overload=compile_overload(bootstrap, file),
         watchdogs=compile_watchdogs(bootstrap),
         local_cluster_name=local_cluster,
+        stats=stats,
     )
 
 

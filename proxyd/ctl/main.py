@@ -1,11 +1,16 @@
 """``proxyctl``: talk to a running proxyd master over its control socket.
 
     proxyctl [--control-socket PATH] status [--json]
-    proxyctl [--control-socket PATH] reload
+    proxyctl [--control-socket PATH] reload [--dry-run [--config FILE] [--json]]
     proxyctl [--control-socket PATH] hot-restart [--config FILE] [--timeout S]
     proxyctl [--control-socket PATH] stop [--fast]
 
-Exit codes: 0 done; 1 the master refused (an invalid config on reload or hot restart:
+``reload --dry-run`` checks the config file (the running one, or ``--config FILE``) the
+way a reload would and prints what the reload would change, changing nothing
+(:mod:`proxyd.master.dry_run`); ``--json`` prints the master's document as it is.
+
+Exit codes: 0 done (a dry run: the config is valid); 1 the master refused (an invalid
+config on reload, dry run or hot restart:
 the message says which file, field and why; a config a worker refused: which worker
 and why; a new master that crashed or timed out);
 2 no master to talk to, or a bad command line.
@@ -24,6 +29,8 @@ from typing import Any
 
 from proxyd import ipc
 from proxyd.master.control import default_control_socket
+from proxyd.protocol.epoch_diff import format_diff, show
+from proxyd.protocol.epoch_summary import format_counts
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -136,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = sub.add_parser("status", help="the master, its epoch and its workers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    sub.add_parser("reload", help="re-read the configuration; an invalid one changes nothing")
+    reload = sub.add_parser("reload", help="re-read the configuration; an invalid one changes nothing")  # fmt: skip
+    reload.add_argument(
+        "--dry-run", action="store_true",
+        help="check the configuration as a reload would and print what it would change; change nothing",
+    )  # fmt: skip
+    reload.add_argument("--config", metavar="FILE", default=None, help="with --dry-run: check FILE instead of the running config file")  # fmt: skip
+    reload.add_argument("--json", action="store_true", help="with --dry-run: print a JSON document")  # fmt: skip
     hot = sub.add_parser(
         "hot-restart",
         help="start a new master from the installed proxyd, hand it the sockets, drain the old one",
@@ -151,25 +164,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def format_dry_run(doc: dict[str, Any]) -> str:
+    """A valid dry run's document for people: the validate line, then what a reload
+    would change (one line per object, one indented line per changed value)."""
+    lines = [f"configuration '{doc['config']}' OK"]
+    changes = format_diff(doc["diff"])
+    bootstrap = doc.get("bootstrap") or []
+    if bootstrap:
+        changes.append("~ bootstrap (outside static_resources)")
+        changes += [f"    {c['field']}: {show(c['old'])} -> {show(c['new'])}" for c in bootstrap]
+    if changes:
+        lines.append(f"a reload would change (running epoch {doc['epoch']}; nothing was changed):")
+        lines += [f"  {line}" for line in changes]
+    else:
+        lines.append(f"a reload would change nothing (running epoch {doc['epoch']})")
+    lines.append(f"after the reload: {format_counts(doc['counts'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _dry_run_output(args: argparse.Namespace, reply: ipc.ControlReply) -> int:
+    doc = dict(reply.result)
+    if not doc:  # a master that does not know the command, or another failure
+        doc = {"valid": False, "config": args.config or "", "error": reply.error}
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    elif reply.ok:
+        for warning in doc.get("warnings", ()):
+            print(f"proxyctl: warning: {warning}", file=sys.stderr)
+        sys.stdout.write(format_dry_run(doc))
+    else:
+        print(f"proxyctl: reload --dry-run: {reply.error}", file=sys.stderr)
+    return EXIT_OK if reply.ok else EXIT_REFUSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     path = args.control_socket or default_control_socket()
     call_args: dict[str, Any] = {"fast": True} if getattr(args, "fast", False) else {}
-    if args.command == "hot-restart":
-        if args.config:
-            call_args["config"] = os.path.abspath(args.config)
-        if args.timeout:
-            call_args["timeout_s"] = args.timeout
+    command = args.command
+    if command == "reload" and not args.dry_run and (args.config or args.json):
+        parser.error("reload: --config and --json go with --dry-run (a reload re-reads the running config file)")  # fmt: skip
+    if command == "reload" and args.dry_run:
+        command = "reload-dry-run"
+    if command in ("hot-restart", "reload-dry-run") and args.config:
+        call_args["config"] = os.path.abspath(args.config)
+    if command == "hot-restart" and args.timeout:
+        call_args["timeout_s"] = args.timeout
     try:
-        reply = request(
-            path, args.command, call_args, timeout=360.0 if args.command == "hot-restart" else 120.0
-        )
+        reply = request(path, command, call_args, timeout=360.0 if command == "hot-restart" else 120.0)  # fmt: skip
     except Unreachable as exc:
         print(f"proxyctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ipc.IpcError as exc:
         print(f"proxyctl: bad answer from proxyd: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if command == "reload-dry-run":
+        return _dry_run_output(args, reply)
     if not reply.ok:
         print(f"proxyctl: {args.command} failed: {reply.error}", file=sys.stderr)
         return EXIT_REFUSED

@@ -8,6 +8,10 @@ connection carries ``ipc.ControlRequest`` frames, each answered with one
 * ``reload`` → ``{epoch}`` once every worker runs the new config; not ok with the error
   text (file, field path, reason; or the workers that refused the new epoch and why,
   :mod:`proxyd.master.epochs`) when it is not, and the running config stays;
+* ``reload-dry-run`` → the checks of a reload (``args: {"config": FILE}`` for another
+  file than the running one) and what it would change, changing nothing
+  (:mod:`proxyd.master.dry_run`); ok when the file is valid, with the document either
+  way as the result (``proxyctl reload --dry-run --json`` prints it);
 * ``hot-restart`` → ``{pid, old_pid, restart_epoch, drain_time_s}`` once a new master
   (``args: {"config": FILE}`` to use another config file, ``{"timeout_s": S}`` to bound
   the handoff) took the sockets over and this one drains; not ok with the reason (an
@@ -166,6 +170,12 @@ class ControlServer:
                 "removed": list(result.removed),
             }
             return ipc.ControlReply(result.ok, result.error, info)
+        if request.command == "reload-dry-run":
+            from proxyd.master.dry_run import dry_run_reload  # not for proxyctl's import
+
+            config = request.args.get("config") or None
+            doc = await dry_run_reload(m, str(config) if config else None)
+            return ipc.ControlReply(bool(doc["valid"]), str(doc.get("error", "")), doc)
         if request.command == "hot-restart":
             config = request.args.get("config") or None
             timeout = request.args.get("timeout_s")
@@ -185,7 +195,8 @@ class ControlServer:
             m.request_stop(graceful=not fast)
             return ipc.ControlReply(True, result={"pid": os.getpid(), "graceful": not fast})
         return ipc.ControlReply(
-            False, f"unknown command {request.command!r} (status, reload, hot-restart, stop)"
+            False,
+            f"unknown command {request.command!r} (status, reload, reload-dry-run, hot-restart, stop)",
         )
 
     def close(self) -> None:

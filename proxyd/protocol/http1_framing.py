@@ -124,6 +124,29 @@ class ReceiveBuffer:
         """``n`` bytes were written into the view :meth:`space` gave."""
         self.end += n
 
+    def receive(self, recv_into: Callable[[memoryview], int]) -> int:
+        """:meth:`space` and :meth:`commit` in one step, for the I/O layer's hot
+        loops: ``recv_into`` (a non-blocking socket's) fills the room. Returns the
+        count, 0 at end of stream or a reset, -1 when nothing is there yet."""
+        end = self.end
+        if end == self.start and end:
+            # All consumed (the common case): start over at the front.
+            self.start = self.end = self.searched = end = 0
+            view = self.view
+        elif end == len(self.buf):
+            view = self.space()  # no buffer yet, or full: allocate, compact or grow
+            end = self.end
+        else:
+            view = self.view[end:]
+        try:
+            n = recv_into(view)
+        except BlockingIOError:
+            return -1
+        except (ConnectionResetError, ConnectionAbortedError):
+            return 0
+        self.end = end + n
+        return n
+
     def feed(self, data: bytes) -> None:
         """Copy ``data`` in (tests and small writers; the I/O path uses space/commit)."""
         pos = 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import heapq
 import math
+import time
 from collections.abc import Callable
 
 import trio
@@ -44,8 +45,8 @@ class DeadlineKind(enum.Enum):
 class Deadline:
     """When something must end, and why. ``fire`` is called once it is due.
 
-    ``at`` is trio's clock (``INF`` for none); change it only with :meth:`Timers.set`
-    and :meth:`Timers.clear`."""
+    ``at`` is on the clock of :attr:`Timers.now` (``INF`` for none); change it only
+    with :meth:`Timers.set` and :meth:`Timers.clear`."""
 
     __slots__ = ("at", "kind", "fire", "queued_at")
 
@@ -60,7 +61,7 @@ class Deadline:
 class Timers:
     """The worker's deadlines: a lazy heap and one task (:meth:`run`) that fires them."""
 
-    __slots__ = ("_heap", "_seq", "_wake", "_armed", "_prune_at", "now")
+    __slots__ = ("_heap", "_seq", "_wake", "_armed", "_prune_at", "now", "_to_trio")
 
     # Rebuild the heap when it holds this many more entries than twice the live ones.
     PRUNE_SLACK = 1024
@@ -72,9 +73,11 @@ class Timers:
         self._wake: trio.CancelScope | None = None
         self._armed = 0
         self._prune_at = self.PRUNE_SLACK
-        # trio's clock: trio.current_time until run() binds the clock's own method
-        # (cheaper on the request path).
+        # The timers' clock: trio's until run() binds a cheaper one. Under trio's
+        # SystemClock (perf_counter plus a fixed offset) it is time.perf_counter itself,
+        # a C call on the request path; ``_to_trio`` is what to add to get trio's time.
         self.now: Callable[[], float] = trio.current_time
+        self._to_trio = 0.0
 
     def statistics(self) -> dict[str, int]:
         return {"entries": len(self._heap), "armed": self._armed}
@@ -93,7 +96,7 @@ class Timers:
             self._push(d, at)
 
     def set_at(self, d: Deadline, kind: DeadlineKind, at: float) -> None:
-        """``d`` is due at ``at`` on trio's clock."""
+        """``d`` is due at ``at`` on the timers' clock (:attr:`now`)."""
         if at == INF:
             self.clear(d)
             return
@@ -115,8 +118,8 @@ class Timers:
         heap = self._heap
         heapq.heappush(heap, (at, self._seq, d))
         wake = self._wake
-        if wake is not None and at < wake.deadline:
-            wake.deadline = at
+        if wake is not None and at + self._to_trio < wake.deadline:
+            wake.deadline = at + self._to_trio
         if len(heap) > self._prune_at:
             self._prune()
 
@@ -135,7 +138,7 @@ class Timers:
         heapq.heapify(self._heap)
         self._prune_at = 2 * len(self._heap) + self.PRUNE_SLACK
         if self._wake is not None:
-            self._wake.deadline = self._heap[0][0] if self._heap else INF
+            self._wake.deadline = self._heap[0][0] + self._to_trio if self._heap else INF
 
     def fire_due(self, now: float) -> None:
         """Fire every deadline due at ``now``; re-queue entries whose deadline moved."""
@@ -152,10 +155,35 @@ class Timers:
 
     async def run(self) -> None:
         """The timer task: sleep until the earliest deadline, fire what is due, repeat."""
-        self.now = trio.lowlevel.current_clock().current_time
+        self._bind_clock()
         while True:
-            with trio.CancelScope(deadline=self._heap[0][0] if self._heap else INF) as wake:
+            first = self._heap[0][0] + self._to_trio if self._heap else INF
+            with trio.CancelScope(deadline=first) as wake:
                 self._wake = wake
                 await trio.sleep_forever()
             self._wake = None
-            self.fire_due(trio.current_time())
+            self.fire_due(self.now())
+
+    def _bind_clock(self) -> None:
+        """Use time.perf_counter when trio's clock is it plus a fixed offset (trio's
+        SystemClock), else the clock's own method (a test's MockClock). Deadlines
+        already set keep their meaning: they move by the difference."""
+        clock = trio.lowlevel.current_clock()
+        offset = getattr(clock, "offset", None)
+        now: Callable[[], float] = clock.current_time
+        to_trio = 0.0
+        if (
+            isinstance(offset, float)
+            and abs(clock.current_time() - (time.perf_counter() + offset)) < 1e-3
+        ):
+            now, to_trio = time.perf_counter, offset
+        shift = self._to_trio - to_trio
+        if shift:
+            self._heap = [(at + shift, seq, d) for at, seq, d in self._heap]
+            for d in {id(d): d for _, _, d in self._heap}.values():
+                if d.at != INF:
+                    d.at += shift
+                if d.queued_at != INF:
+                    d.queued_at += shift
+        self.now = now
+        self._to_trio = to_trio

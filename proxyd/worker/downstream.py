@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 INITIAL_BUFFER = 16 * 1024
+# Read on every request: a module constant is cheaper than the enum member (Python 3.11).
+_IDLE = DeadlineKind.IDLE
 CRLF = b"\r\n"
 
 
@@ -205,7 +207,9 @@ class DownstreamConnection:
                                 # the listener).
                                 self.listener_updated = True
                             self.plan = plan
-                            h = worker.head_parser.parse(head, plan.request_wanted)
+                            h = worker.head_parser.parse(
+                                head, plan.request_wanted, plan.max_headers
+                            )
                         except ProtocolError as exc:
                             await self._reject(plan, exc)
                             closed = True
@@ -226,7 +230,7 @@ class DownstreamConnection:
                         if not keep or self.closing:
                             closed = True
                             break
-                        if self.rb.buffered:
+                        if self.rb.end != self.rb.start:
                             # A pipelined request is already here: let other tasks run
                             # first.
                             await io.checkpoint()
@@ -271,13 +275,17 @@ class DownstreamConnection:
         rb = self.rb
         rb.max_head = plan.max_head
         sock = self.sock
+        recv = sock.recv_into
         timers = self.worker.timers
         head_armed = False
+        waited = False
         while True:
-            head = rb.next_head()
-            if head is not None:
-                return head
-            if rb.head_started:
+            if rb.start != rb.end:
+                head = rb.next_head()
+                if head is not None:
+                    return head
+            if rb.start != rb.end:
+                # Part of a head (next_head skipped any empty lines before it).
                 if not head_armed:
                     head_armed = True
                     timers.set(
@@ -285,29 +293,28 @@ class DownstreamConnection:
                         DeadlineKind.REQUEST_HEADERS,
                         min(plan.headers_timeout, plan.request_timeout),
                     )
-                n = io.recv_now(sock, rb.space())
+                n = rb.receive(recv)
                 if n < 0:
-                    n = await io.recv_into(sock, rb.space())
+                    await io.wait_readable(sock)
+                    continue
             else:
-                self.idle = True
-                timers.set(self.deadline, DeadlineKind.IDLE, plan.idle_timeout)
-                # Nothing yet: the client sends once it has read our last answer.
-                # Let the other connections run first; by then it often has.
-                await io.yield_now()
-                n = -1
-                if rb.holds_buffer:
-                    n = io.recv_now(sock, rb.space())
+                if not waited:
+                    self.idle = True
+                    timers.set(self.deadline, _IDLE, plan.idle_timeout)
+                    # Nothing yet: the client sends once it has read our last answer.
+                    # Let the other connections run first; by then it often has.
+                    await io.yield_now()
+                n = rb.receive(recv)
                 if n < 0:
                     # Idle for real: the buffer goes back until bytes arrive.
                     rb.release()
                     await io.wait_readable(sock)
-                    n = io.recv_now(sock, rb.space())
-                    if n < 0:
-                        continue  # woken without data: wait again
+                    waited = True
+                    continue
                 self.idle = False
+                waited = False
             if n == 0:
                 return None  # closed (or reset) before a complete head: nothing to answer
-            rb.commit(n)
 
     async def _reject(self, plan: ListenerPlan, exc: ProtocolError) -> None:
         """Answer a request that could not be parsed, log it, and let the caller close."""
@@ -334,7 +341,7 @@ class DownstreamConnection:
             stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
         self.closing = True
         t_wall, t0 = manager.clock_now(plan)
-        data = local_reply(status, body, plan.server, close=True)
+        data = local_reply(status, body, plan.reject_headers, close=True)
         try:
             await io.send_all(self.sock, data)
             stream.bytes_sent += len(data) - data.find(CRLF2) - 4
@@ -419,6 +426,9 @@ class DownstreamConnection:
             self.closing = True
         chunked = length < 0
         self.chunked_out = chunked
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
         out = response_head(r, self.plan.server, service_ms, chunked, close, stream.response_added)
         stream.response_started = True
         try:
@@ -476,7 +486,7 @@ class DownstreamConnection:
                 stream.bytes_sent += len(p)
                 out.append(p)
 
-    async def send_local_reply(self, status: int, body: str, extra: bytes = b"") -> None:
+    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
         stream = self.stream
         assert stream is not None and self.plan is not None
         if stream.response_started:
@@ -497,6 +507,9 @@ class DownstreamConnection:
             head_request=h is not None and h.method == "HEAD",
             extra=extra,
         )
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            data = rp.mutations.on_local_reply(data, stream, self)
         try:
             await io.send_all(self.sock, data)
         except (OSError, trio.ClosedResourceError):

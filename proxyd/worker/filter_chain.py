@@ -74,11 +74,6 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
     return reply.status, reply.body, extra
 
 
-def _has_own(f: HttpFilter, hook: str) -> bool:
-    cls: type = type(f)  # typed plain ``type``: mypy sees it as Hashable for @cache
-    return _overrides(cls, hook)
-
-
 @cache
 def _overrides(cls: type, hook: str) -> bool:
     """The filter class has its own ``hook`` (found once per class, not per stream)."""
@@ -117,13 +112,27 @@ class FilterChain:
         # What the filters see of the stream (proxyd.filters.api.FilterStream).
         self.fs = cast(FilterStream, stream)
         self.inner = inner
-        self.filters = [f.create() for f in factories]
-        self.decoders = [f for f, fac in zip(self.filters, factories, strict=True) if fac.decodes]
-        self.data_decoders = any(_has_own(f, "on_request_data") for f in self.decoders)
-        encoders = [f for f, fac in zip(self.filters, factories, strict=True) if fac.encodes]
-        encoders.reverse()
+        # One pass (this runs for every stream of a route with filters).
+        filters: list[HttpFilter] = []
+        decoders: list[HttpFilter] = []
+        encoders: list[HttpFilter] = []
+        self.filters = filters
+        self.decoders = decoders
         self.encoders = encoders
-        self.data_encoders = any(_has_own(f, "on_response_data") for f in encoders)
+        data_decoders = data_encoders = False
+        for fac in factories:
+            f = fac.create()
+            filters.append(f)
+            cls: type = type(f)
+            if fac.decodes:
+                decoders.append(f)
+                data_decoders = data_decoders or _overrides(cls, "on_request_data")
+            if fac.encodes:
+                encoders.append(f)
+                data_encoders = data_encoders or _overrides(cls, "on_response_data")
+        encoders.reverse()
+        self.data_decoders = data_decoders
+        self.data_encoders = data_encoders
         self.limit = limit
         # Data a filter keeps (STOP_AND_BUFFER), by its index in decoders.
         self.kept: dict[int, bytearray] = {}
@@ -313,7 +322,7 @@ class FilterChain:
         parts = await self._encode_data(parts, end_stream)
         await self.inner.send_data(parts, end_stream)
 
-    async def send_local_reply(self, status: int, body: str, extra: bytes = b"") -> None:
+    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
         reply = await self._encode_headers(status, {}, not body)
         if reply is not None:
             await self.send_filter_reply(reply, encode=False)

@@ -10,24 +10,26 @@ a keep-alive connection) the callers first :func:`yield_now` to let the other re
 tasks run, then try: under load the answer has arrived by then, which saves the epoll
 registration and wake-up of a wait (measured: ~15% fewer CPU-µs per request).
 
-Timeouts on the request path are not cancel scopes (entering one per request costs
-more than the rest of the request's scheduling): the worker's watchdog wakes a task
-that waits too long with ``trio.lowlevel.notify_closing`` on its socket, and the wait
-raises ``trio.ClosedResourceError``; the caller knows from its connection which
-timeout fired. :class:`Timeout` is raised only by :func:`connect`.
+Timeouts on the request path are not cancel scopes of their own (entering one per
+request costs more than the rest of the request's scheduling): a connection runs its
+requests inside one cancel scope, and :mod:`proxyd.worker.deadlines` cancels that scope
+when a deadline fires. :class:`Timeout` is raised only by :func:`connect`.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 import trio
 
+from proxyd import pipes
+
 wait_readable = trio.lowlevel.wait_readable
 # A trip through the scheduler's run queue with no I/O registration: other ready tasks
-# run first. Not a cancellation point (the request path's timeouts do not use cancel
-# scopes, see above).
+# run first. Not a cancellation point (a deadline that fires meanwhile is seen at the
+# next wait).
 yield_now = trio.lowlevel.cancel_shielded_checkpoint
 wait_writable = trio.lowlevel.wait_writable
 checkpoint = trio.lowlevel.checkpoint
@@ -35,17 +37,6 @@ checkpoint = trio.lowlevel.checkpoint
 
 class Timeout(Exception):
     """Connecting took longer than allowed."""
-
-
-def recv_now(sock: socket.socket, view: memoryview) -> int:
-    """Receive into ``view`` without waiting: the count, 0 at end of stream (or a
-    reset), -1 when nothing is there yet."""
-    try:
-        return sock.recv_into(view)
-    except BlockingIOError:
-        return -1
-    except (ConnectionResetError, ConnectionAbortedError):
-        return 0
 
 
 async def recv_into(sock: socket.socket, view: memoryview) -> int:
@@ -100,17 +91,24 @@ async def send_parts(sock: socket.socket, parts: list) -> None:
 
 
 async def connect(address: str, port: int, limit_s: float) -> socket.socket:
-    """A connected non-blocking TCP socket with TCP_NODELAY.
+    """A connected non-blocking TCP socket with TCP_NODELAY, or a Unix socket connected
+    to the pipe ``address`` when ``port`` is 0 (see :mod:`proxyd.pipes`).
 
     Raises ConnectionRefusedError (and other OSError) for a failed connect and
     :class:`Timeout` when ``limit_s`` (seconds, 0 = none) passes.
     """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    if port == 0:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = pipes.sockaddr(address)
+    else:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        target = (address, port)
     try:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        err = sock.connect_ex((address, port))
+        if port:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(target)
         if err in (errno.EINPROGRESS, errno.EAGAIN):
             if limit_s > 0:
                 with trio.move_on_after(limit_s):

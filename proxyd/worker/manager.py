@@ -5,8 +5,10 @@ route it, run the route's HTTP filter chain when it has one
 (:mod:`proxyd.worker.filter_chain`; a route whose chain is only the router has none,
 and pays nothing), then the router (:mod:`proxyd.worker.router`) or the local reply
 Envoy's router gives (404 no route, 503 no cluster or no healthy host); then count it
-and write its access log. :func:`finish_after_deadline` ends a stream one of whose
-deadlines fired (the codec calls it once the stream's cancel scope has ended).
+and write its access log. A redirect or direct_response route (no cluster) is answered
+by :func:`proxyd.worker.local_action.answer_locally`. :func:`finish_after_deadline`
+ends a stream one of whose deadlines fired (the codec calls it once the stream's cancel
+scope has ended).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from proxyd.protocol.http1_headers import EDGE_STRIPPED
 from proxyd.worker import router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
+from proxyd.worker.local_action import answer_locally
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
@@ -57,6 +60,10 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     plan.http_stats.rq_active += 1
     h = stream.head
     assert h is not None
+    if plan.transforms is not None:  # the HCM's path/host/header transforms
+        early = plan.transforms.on_request(stream, plan, conn)
+        if early is not None:
+            return early
     route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
     if route is None:
         return _serve(stream, plan, conn, None, plan.no_route_filters)
@@ -80,6 +87,8 @@ def _exchange(
     head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
         h, conn.remote_ip, rp.timeout_header, stream.request_added
     )
+    if rp.mutations is not None:
+        head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     return router.Exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
 
 
@@ -121,6 +130,8 @@ async def _serve(
         elif rp is None:
             stream.flags = ResponseFlag.NO_ROUTE
             await stream.sink.send_local_reply(404, "")
+        elif rp.local is not None:
+            await answer_locally(stream, plan, rp.local)
         elif rp.cluster is None:
             stream.flags = ResponseFlag.NO_CLUSTER
             await stream.sink.send_local_reply(503, "")

@@ -15,9 +15,12 @@ from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener
 from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import LogFormat
+from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
+from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.worker.accesslog import AccessLogWriter
+from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.upstream import ClusterState, ConnPool
 
@@ -54,6 +57,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
+        "local", "mutations",
     )  # fmt: skip
 
     def __init__(
@@ -74,6 +78,10 @@ class RoutePlan:
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
         # The route's HTTP filters before the router (empty: the router alone).
         self.filters: tuple[FilterFactory, ...] = ()
+        # A redirect or direct_response route's answer (it has no cluster).
+        self.local: LocalAction | None = None
+        # The route's header mutations (None: it has none, and pays nothing).
+        self.mutations: MutationPlan | None = None
 
 
 class ListenerPlan:
@@ -102,6 +110,26 @@ class ListenerPlan:
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
+                if r.redirect is not None or r.direct_response is not None:
+                    rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+                if (
+                    r.header_mutations
+                    or r.prefix_rewrite is not None
+                    or r.regex_rewrite
+                    or r.host_rewrite
+                    or r.host_rewrite_header
+                    or r.auto_host_rewrite
+                ):
+                    rewrite = PathRewrite(
+                        r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
+                    )
+                    rp.mutations = MutationPlan(
+                        r.header_mutations,
+                        rewrite,
+                        r.host_rewrite,
+                        r.host_rewrite_header,
+                        r.auto_host_rewrite,
+                    )
                 rp.filters = compile_filters(
                     hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
                 )
@@ -142,7 +170,14 @@ class ListenerPlan:
             ids,
         )
         self.server = server_line(hcm.server_name)
+        # The router sees x-forwarded-proto "http" when the edge overwrote the client's
+        # (the scheme of a redirect's location comes from it).
+        self.overwrite_xfp = hcm.use_remote_address and hcm.xff_num_trusted_hops == 0
+        # The header lines of a reply to a request that could not be parsed (the
+        # transforms add via, and choose the server line).
+        self.reject_headers = self.server
         self.max_head = hcm.max_request_headers_kb * 1024
+        self.max_headers = hcm.max_headers_count
         # Bytes read from one side before they are written to the other (Envoy's soft
         # per-connection limit; the receive buffers themselves are smaller still).
         self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
@@ -150,6 +185,8 @@ class ListenerPlan:
         self.headers_timeout = hcm.request_headers_timeout_s or math.inf
         self.stream_idle = hcm.stream_idle_timeout_s or math.inf
         self.idle_timeout = hcm.idle_timeout_s or math.inf
+        # The connection manager's request/response transforms; None when it sets none.
+        self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
 
 
 class CompiledEpoch:
@@ -183,6 +220,8 @@ class CompiledEpoch:
             for lst in epoch.listeners
         }
         for name, plan in self.plans.items():
+            if plan.transforms is not None:
+                plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation

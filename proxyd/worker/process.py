@@ -36,7 +36,7 @@ import psutil
 import structlog
 import trio
 
-from proxyd import ipc
+from proxyd import ipc, pipes
 from proxyd.cx_limit import SharedConnectionCount
 from proxyd.epoch import Epoch
 from proxyd.errors import ProxydError
@@ -268,6 +268,9 @@ class Worker:
         nursery = self._nursery
         assert nursery is not None
         overload = self.overload
+        # A pipe listener: Envoy names both ends of an accepted Unix socket by the
+        # listener's path (the client's own name is empty).
+        pipe = pipes.text(lsock.getsockname()) if lsock.family == socket.AF_UNIX else None
         with scope:
             batch = 0
             while True:
@@ -299,7 +302,11 @@ class Worker:
                 except OSError:
                     pass  # not TCP (a unix listener): no Nagle to turn off
                 try:
-                    conn = DownstreamConnection(self, name, sock, peer)
+                    if pipe is None:
+                        conn = DownstreamConnection(self, name, sock, peer)
+                    else:
+                        conn = DownstreamConnection(self, name, sock, (pipe, 0))
+                        conn.remote = conn.remote_ip = conn.local = pipe
                 except Exception as exc:  # a bug: this connection only, never the worker
                     note_unexpected(self.stats, exc, "accept")
                     io.close(sock)

@@ -56,6 +56,15 @@ if TYPE_CHECKING:
     from proxyd.worker.plan import ListenerPlan, RoutePlan
 
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+# Enum members read on every request, as module constants: under Python 3.11 reading
+# ``BodyMode.NONE`` costs several times a global's lookup.
+_NO_BODY = BodyMode.NONE
+_LENGTH = BodyMode.LENGTH
+_CHUNKED = BodyMode.CHUNKED
+_UNTIL_CLOSE = BodyMode.UNTIL_CLOSE
+_ROUTE = DeadlineKind.ROUTE
+_STREAM_IDLE = DeadlineKind.STREAM_IDLE
 CRLF = b"\r\n"
 OVERLOADED = b"x-envoy-overloaded: true\r\n"
 
@@ -268,9 +277,9 @@ class Exchange:
         timeout = self.rp.timeout_s
         stream_idle = self.plan.stream_idle
         if timeout and timeout <= stream_idle:
-            self.timers.set(self.deadline, DeadlineKind.ROUTE, timeout)
+            self.timers.set(self.deadline, _ROUTE, timeout)
         else:
-            self.timers.set(self.deadline, DeadlineKind.STREAM_IDLE, stream_idle)
+            self.timers.set(self.deadline, _STREAM_IDLE, stream_idle)
 
     def _deadline_fired(self) -> None:
         """A deadline ended the exchange: the upstream side's stats and outcomes."""
@@ -395,32 +404,36 @@ class Exchange:
         """The final response head; None when the upstream closed before sending one."""
         rb = conn.rb
         wanted = self.plan.response_wanted
-        sock = conn.sock
+        recv = conn.sock.recv_into
+        waited = False
         while True:
-            try:
-                head = rb.next_head()
-            except ProtocolError as exc:
-                raise UpstreamProtocolError(exc.reason) from None
-            if head is not None:
+            if rb.start != rb.end:
                 try:
-                    r = conn.parser.parse(head, wanted)
+                    head = rb.next_head()
                 except ProtocolError as exc:
                     raise UpstreamProtocolError(exc.reason) from None
-                if 100 <= r.status < 200 and r.status != 101:
-                    continue  # 100 Continue and other interim heads are not forwarded
-                if r.status == 101:
-                    raise UpstreamProtocolError("unexpected 101 from upstream")
-                return r
-            if not rb.buffered:
+                if head is not None:
+                    try:
+                        r = conn.parser.parse(head, wanted)
+                    except ProtocolError as exc:
+                        raise UpstreamProtocolError(exc.reason) from None
+                    if 100 <= r.status < 200 and r.status != 101:
+                        continue  # 100 Continue and other interim heads are not forwarded
+                    if r.status == 101:
+                        raise UpstreamProtocolError("unexpected 101 from upstream")
+                    return r
+            elif not waited:
                 # The upstream has to answer first: let the other connections run, then
                 # read (under load the answer is usually there by then).
                 await io.yield_now()
-            n = io.recv_now(sock, rb.space())
+            n = rb.receive(recv)
             if n < 0:
-                n = await io.recv_into(sock, rb.space())
+                await io.wait_readable(conn.sock)
+                waited = True
+                continue
+            waited = False
             if n == 0:
                 return None
-            rb.commit(n)
 
     async def _relay(self, conn: UpstreamConnection, r: ResponseHead) -> bool:
         stream = self.stream
@@ -444,34 +457,37 @@ class Exchange:
         if self.plan.response_wanted:
             stream.resp_headers = r.headers
         if not response_has_body(status, h.method == "HEAD"):
-            mode = BodyMode.NONE
+            mode = _NO_BODY
         elif r.chunked:
-            mode = BodyMode.CHUNKED
+            mode = _CHUNKED
         elif r.content_length >= 0:
-            mode = BodyMode.LENGTH if r.content_length else BodyMode.NONE
+            mode = _LENGTH if r.content_length else _NO_BODY
         else:
-            mode = BodyMode.UNTIL_CLOSE  # re-framed as chunked downstream
+            mode = _UNTIL_CLOSE  # re-framed as chunked downstream
         rb = conn.rb
-        if mode is BodyMode.NONE:
+        if mode is _NO_BODY:
             await sink.send_headers(r, service_ms, 0, [], True)
+        elif mode is _LENGTH and rb.end - rb.start >= r.content_length:
+            # The whole body came with the head (the common small response).
+            start = rb.start
+            rb.start = end = start + r.content_length
+            await sink.send_headers(r, service_ms, r.content_length, [rb.view[start:end]], True)
         else:
-            if mode is BodyMode.LENGTH:
+            if mode is _LENGTH:
                 body = BodyReader(r.content_length)
                 length = r.content_length
             else:
-                body = BodyReader(
-                    chunked=mode is BodyMode.CHUNKED, until_close=mode is BodyMode.UNTIL_CLOSE
-                )
+                body = BodyReader(chunked=mode is _CHUNKED, until_close=mode is _UNTIL_CLOSE)
                 length = -1
             try:
                 pieces = body.read(rb)
                 await sink.send_headers(r, service_ms, length, pieces, body.done)
                 limit = self.plan.buffer_limit
                 while not body.done:
-                    room = rb.space(min(limit, body.left) if mode is BodyMode.LENGTH else limit)
+                    room = rb.space(min(limit, body.left) if mode is _LENGTH else limit)
                     n = await io.recv_into(conn.sock, room)
                     if n == 0:
-                        if mode is BodyMode.UNTIL_CLOSE:
+                        if mode is _UNTIL_CLOSE:
                             body.end_of_stream()
                             await sink.send_data([], True)
                             break
@@ -486,12 +502,12 @@ class Exchange:
         self.conn = None
         pool.release(
             conn,
-            r.keep_alive and mode is not BodyMode.UNTIL_CLOSE and self.pump_end is None,
+            r.keep_alive and mode is not _UNTIL_CLOSE and self.pump_end is None,
         )
         return True
 
     def _touch(self) -> None:
         """Bytes moved: with no route timeout, the stream idle timer starts over."""
         d = self.deadline
-        if d.kind is DeadlineKind.STREAM_IDLE and self.plan.stream_idle != INF:
-            self.timers.set(d, DeadlineKind.STREAM_IDLE, self.plan.stream_idle)
+        if d.kind is _STREAM_IDLE and self.plan.stream_idle != INF:
+            self.timers.set(d, _STREAM_IDLE, self.plan.stream_idle)

@@ -196,6 +196,7 @@ class HttpStats(_Scope):
         "header_overflow",
         "cx_protocol_error",
         "rq_too_large",
+        "rq_direct_response",
     )
     COUNTERS = (
         ("rq_total", "downstream_rq_total"),
@@ -205,6 +206,8 @@ class HttpStats(_Scope):
         ("header_overflow", "downstream_cx_header_overflow"),
         ("cx_protocol_error", "downstream_cx_protocol_error"),
         ("rq_too_large", "downstream_rq_too_large"),
+        # The router's: requests a redirect or direct_response route answered.
+        ("rq_direct_response", "rq_direct_response"),
     )
     GAUGES = (("cx_active", "downstream_cx_active"), ("rq_active", "downstream_rq_active"))
     # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
@@ -215,6 +218,7 @@ class HttpStats(_Scope):
     header_overflow: int
     cx_protocol_error: int
     rq_too_large: int
+    rq_direct_response: int
     cx_active: int
     rq_active: int
 

@@ -92,6 +92,10 @@ class LocalReplied(StreamError):
     reset when a response had started, went out already)."""
 
 
+# Read for every stream: a module constant is cheaper than the enum member (Python 3.11).
+_NO_FLAG = ResponseFlag.NONE
+
+
 # -- the stream --------------------------------------------------------------------------
 
 
@@ -136,7 +140,7 @@ class Stream:
         self.request_complete = head is None or not head.has_body
         self.response_started = False
         self.status = 0
-        self.flags = ResponseFlag.NONE
+        self.flags = _NO_FLAG
         # Envoy's %RESPONSE_CODE_DETAILS%-like reason for a local reply ("" when none).
         self.details = ""
         self.bytes_received = 0
@@ -175,7 +179,7 @@ class Stream:
         if not extra:
             return self.flags.value
         flags = list(extra)
-        if self.flags is not ResponseFlag.NONE:
+        if self.flags is not _NO_FLAG:
             flags.append(self.flags.value)
         return ",".join(flags)
 
@@ -210,6 +214,7 @@ class Stream:
         assert h is not None
         h.chunked = False
         h.content_length = length
+        h.has_body = length > 0
         self.set_request_header("content-length", str(length))
 
     def set_response_header(self, name: str, value: str) -> None:
@@ -261,7 +266,7 @@ class DownstreamSink(Protocol):
         """More response body pieces; ``end_stream`` ends the response."""
         ...
 
-    async def send_local_reply(self, status: int, body: str, extra: bytes = b"") -> None:
+    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
         """A response made by the proxy (Envoy's shape); ``extra`` is header lines."""
         ...
 

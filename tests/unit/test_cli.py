@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,57 @@ def test_validate_good_config(tmp_path: Path) -> None:
     cfg.write_text(http_config(15001, 19901, {"up": [18081]}))
     res = _proxyd("-c", str(cfg), "--mode", "validate")
     assert res.returncode == 0, res.stderr
-    assert res.stdout == f"configuration '{cfg}' OK\n"
+    # Envoy's line first (scripts grep for it), then what the config contains.
+    assert res.stdout.splitlines() == [
+        f"configuration '{cfg}' OK",
+        "1 listener, 1 route config, 1 virtual host, 1 route, 1 cluster, 1 endpoint, "
+        "0 http filters before the router",
+        "listener 'ingress' 127.0.0.1:15001: router only",
+        "  virtual host 'all' (route config 'local_route'), domains *: 1 route",
+        "    route 'prefix /' -> cluster 'up'",
+        "cluster 'up' STATIC ROUND_ROBIN: 1 endpoint 127.0.0.1:18081",
+    ]
+
+
+def test_validate_json_document(tmp_path: Path) -> None:
+    cfg = tmp_path / "good.yaml"
+    routes = """
+              - match: { prefix: "/api" }
+                route: { cluster: b }
+              - match: { prefix: "/" }
+                route: { cluster: up }"""
+    cfg.write_text(http_config(15001, 19901, {"up": [18081, 18082], "b": [18090]}, routes))
+    res = _proxyd("-c", str(cfg), "--mode", "validate", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)  # the document only: no OK line
+    assert doc["valid"] is True and doc["config"] == str(cfg) and doc["warnings"] == []
+    assert doc["dynamic"] == {"lds": None, "cds": None, "ads": None}
+    summary = doc["summary"]
+    assert summary["counts"] == {
+        "listeners": 1, "route_configs": 1, "virtual_hosts": 1, "routes": 2,
+        "clusters": 2, "endpoints": 3, "http_filters": 0,
+    }  # fmt: skip
+    (lst,) = summary["listeners"]
+    assert (lst["name"], lst["address"], lst["port"]) == ("ingress", "127.0.0.1", 15001)
+    (vh,) = lst["route_config"]["virtual_hosts"]
+    assert vh["routes"] == [
+        {"name": "prefix /api", "cluster": "b"},
+        {"name": "prefix /", "cluster": "up"},
+    ]
+    assert [(c["name"], c["endpoints"]) for c in summary["clusters"]] == [
+        ("up", ["127.0.0.1:18081", "127.0.0.1:18082"]),
+        ("b", ["127.0.0.1:18090"]),
+    ]
+
+
+def test_validate_json_names_the_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(http_config(15001, 19901, {"up": [18081]}).replace("lb_policy", "lb_polcy"))
+    res = _proxyd("-c", str(cfg), "--mode", "validate", "--json")
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert doc["valid"] is False and doc["config"] == str(cfg)
+    assert str(cfg) in doc["error"] and "static_resources.clusters[0].lb_polcy" in doc["error"]
 
 
 def test_validate_misspelt_field_names_file_path_and_reason(tmp_path: Path) -> None:
@@ -66,6 +117,9 @@ def test_bad_command_lines_exit_2() -> None:
     assert res.returncode == 2
     assert "at least 1" in res.stderr
     assert _proxyd("-c", "x.yaml", "--mode", "check").returncode == 2
+    res = _proxyd("-c", "x.yaml", "--json")  # --json is for validate
+    assert res.returncode == 2
+    assert "--json goes with --mode validate" in res.stderr
 
 
 def test_help_documents_defaults() -> None:

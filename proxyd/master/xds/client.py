@@ -166,6 +166,15 @@ class XdsClient:
         """The epoch template for the static config plus what xDS delivered."""
         return self.state.compose(self.static)
 
+    def preview(self, static: Epoch, dynamic: DynamicResources, node: Node) -> Epoch:
+        """The template :meth:`configure` with these and then :meth:`compose` would make
+        now, changing nothing (``proxyctl reload --dry-run``): new sources or a new node
+        identity drop what was delivered, as :meth:`configure` does."""
+        state = self.state
+        if (dynamic, node) != (self.dynamic, self.node) and (self._subs or not self.dynamic.empty):
+            state = XdsState()
+        return state.preview(static)
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -421,7 +430,7 @@ class XdsClient:
 
     def _check_listeners(self, file: str, new: dict[str, Resource]) -> None:
         static = {lst.name: lst for lst in self.static.listeners}
-        taken = {(lst.address, lst.port): lst.name for lst in self.static.listeners}
+        taken = {(lst.address, lst.port, lst.pipe): lst.name for lst in self.static.listeners}
         for name, res in new.items():
             lst: Listener = res.value
             if name in static:
@@ -430,12 +439,12 @@ class XdsClient:
                     f"listener '{name}'",
                     "a static listener of that name exists; LDS cannot replace it",
                 )
-            key = (lst.address, lst.port)
-            if lst.port != 0 and key in taken:
+            key = (lst.address, lst.port, lst.pipe)
+            if (lst.port != 0 or lst.pipe) and key in taken:
                 raise ConfigError(
                     file,
                     f"listener '{name}'",
-                    f"duplicate address '{lst.address}:{lst.port}' (listener '{taken[key]}' has it)",
+                    f"duplicate address '{lst.address_text}' (listener '{taken[key]}' has it)",
                 )
             taken[key] = name
         try:

@@ -233,6 +233,17 @@ class XdsState:
             del self._waiting_since[key]
         return dataclasses.replace(static, listeners=tuple(listeners), clusters=tuple(clusters))
 
+    def preview(self, static: Epoch) -> Epoch:
+        """What :meth:`compose` would make of ``static`` with the resources active now,
+        changing nothing (no warming clock, no cache): ``proxyctl reload --dry-run``."""
+        endpoints = self.types[rs.ENDPOINT].resources
+        routes = self.types[rs.ROUTE].resources
+        clusters = [self._eds_filled(c, endpoints) for c in static.clusters]
+        clusters += [self._eds_filled(r.value, endpoints) for r in self.active_clusters.values()]
+        listeners = [self._rds_filled(lst, routes) for lst in static.listeners]
+        listeners += [self._rds_filled(r.value, routes) for r in self.active_listeners.values()]
+        return dataclasses.replace(static, listeners=tuple(listeners), clusters=tuple(clusters))
+
     def warming(self) -> tuple[list[Resource], list[Resource]]:
         """(clusters, listeners) delivered but not in the last composed epoch as sent."""
         clusters = [
