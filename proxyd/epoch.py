@@ -548,6 +548,9 @@ class Listener:
     port: int
     hcm: HttpConnectionManager
     per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # Envoy's ignore_global_conn_limit: the global downstream connection limit
+    # (Epoch.global_cx_limit) never refuses this listener's connections.
+    ignore_global_conn_limit: bool = False
     # A pipe (Unix socket) listener: ``address`` is its path ("@name" in the abstract
     # namespace), ``port`` 0, and ``pipe_mode`` the file mode to set (0: leave it).
     # Port 0 without ``pipe`` is a TCP listener on a port the kernel picks.
@@ -602,6 +605,15 @@ class Epoch:
     # --drain-time-s: how long an updated or removed listener's old connections may
     # stay open (idle ones are closed after it; set by the master when publishing).
     drain_time_s: float = 600.0
+    # The global downstream connection limit across every worker (proxyd.cx_limit;
+    # -1: none) and whether every accepted connection counts toward it (the runtime
+    # key) or only those the limit allowed (the overload manager's monitor). Set by
+    # the master when publishing.
+    global_cx_limit: int = -1
+    global_cx_count_all: bool = False
+    # How often a worker sends a Heartbeat (half the worker watchdog's interval; 0:
+    # none, the StatsReport once a second is the heartbeat). Set by the master.
+    heartbeat_interval_s: float = 0.0
     # The bootstrap's node.id and node.cluster (add_user_agent sends them upstream).
     node_id: str = ""
     node_cluster: str = ""

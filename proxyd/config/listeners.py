@@ -110,6 +110,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         per_connection_buffer_limit_bytes=wrapped_or(
             lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
         ),
+        ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
         pipe=where.pipe,
         pipe_mode=where.mode,
         freebind=wrapped_or(lst, "freebind", False),

@@ -31,12 +31,19 @@ from proxyd.config.dynamic import (
 from proxyd.config.feature_check import unsupported_instead
 from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
 from proxyd.config.node import Node, compile_node
+from proxyd.config.overload import (
+    OverloadConfig,
+    Watchdogs,
+    check_local_cluster,
+    compile_overload,
+    compile_watchdogs,
+)
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
 from proxyd.config.runtime import RuntimeLayer, compile_layered_runtime
 from proxyd.config.source import read_config_file
 from proxyd.config.stats import StatsSettings, compile_stats
-from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
+from proxyd.config.supported import FILE_LOG_TYPE, STDOUT_LOG_TYPE, check_bootstrap
 from proxyd.config.translate import Translation, log_deprecations, translate
 from proxyd.config.values import require_ip, socket_address
 from proxyd.epoch import Epoch
@@ -45,11 +52,16 @@ from proxyd.errors import ConfigError
 
 @dataclass(frozen=True)
 class AdminConfig:
-    """Where the admin HTTP API listens; ``access_log_path`` is "" when there is none."""
+    """Where the admin HTTP API listens; ``access_log_path`` is "" when there is none
+    ("-" for Envoy's stdout access logger)."""
 
     address: str
     port: int
     access_log_path: str
+    # Envoy's admin.ignore_global_conn_limit (the runtime-key limit counts and refuses
+    # admin connections unless it is set; the overload manager's monitor never does).
+    ignore_global_conn_limit: bool = False
+    profile_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,11 @@ class LoadedConfig:
     node: Node = field(default_factory=Node)
     # "Using deprecated option ..." for each deprecated field the file sets.
     deprecations: tuple[str, ...] = ()
+    # overload_manager (and the runtime-key connection limit), watchdogs and
+    # cluster_manager.local_cluster_name (proxyd.config.overload).
+    overload: OverloadConfig = field(default_factory=OverloadConfig)
+    watchdogs: Watchdogs = field(default_factory=Watchdogs)
+    local_cluster_name: str = ""
     # stats_config, stats_sinks and the flush interval (proxyd.config.stats).
     stats: StatsSettings = field(default_factory=StatsSettings)
     # layered_runtime (proxyd.master.runtime reads the disk layers and keeps the admin one).
@@ -131,6 +148,7 @@ def _compile(
     for where, source in sources:
         if source is not None:
             check_source(source, static_clusters, dynamic, where, file)
+    local_cluster = check_local_cluster(bootstrap, static_clusters, file)
     return LoadedConfig(
         epoch_template=template,
         admin=admin,
@@ -139,6 +157,9 @@ def _compile(
         dynamic=dynamic,
         node=compile_node(bootstrap),
         deprecations=tuple(d.message() for d in translation.deprecations),
+        overload=compile_overload(bootstrap, file),
+        watchdogs=compile_watchdogs(bootstrap),
+        local_cluster_name=local_cluster,
         stats=stats,
         runtime_layers=compile_layered_runtime(bootstrap, file),
     )
@@ -157,9 +178,23 @@ def _admin(bootstrap: Any, file: str) -> AdminConfig | None:
         return None  # as in Envoy: no address, no admin listener
     address, port = socket_address(admin.address, "admin.address", file)
     require_ip(address, "admin.address.socket_address", file)
-    return AdminConfig(address=address, port=port, access_log_path=log_path)
+    return AdminConfig(
+        address=address,
+        port=port,
+        access_log_path=log_path,
+        ignore_global_conn_limit=bool(admin.ignore_global_conn_limit),
+        profile_path=str(admin.profile_path),
+    )
+
+
+STDOUT_LOG_NAME = "envoy.access_loggers.stdout"
+# AdminConfig.access_log_path for Envoy's stdout access logger.
+STDOUT = "-"
 
 
 def _admin_log_path(entry: Any, path: str, file: str) -> str:
+    if entry.HasField("typed_config") and entry.typed_config.type_url.endswith(STDOUT_LOG_TYPE):
+        typed_config(entry, STDOUT_LOG_TYPE, STDOUT_LOG_NAME, "access logger", path, file)
+        return STDOUT
     log = typed_config(entry, FILE_LOG_TYPE, FILE_LOG_NAME, "access logger", path, file)
     return str(log.path)

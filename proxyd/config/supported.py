@@ -19,7 +19,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from proxyd.config import http_filters, rules
+from proxyd.config import http_filters, overload, rules
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
@@ -28,6 +28,7 @@ from proxyd.errors import ConfigError
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 SOCKET_ADDRESS: Spec = {"address": LEAF, "port_value": LEAF}
@@ -45,8 +46,13 @@ ADMIN: Spec = {
     "access_log_path": LEAF,
     "access_log": {
         "name": LEAF,
-        "typed_config": AnyOf("access logger", {FILE_LOG_TYPE: {"path": LEAF}}),
+        "typed_config": AnyOf(
+            "access logger", {FILE_LOG_TYPE: {"path": LEAF}, STDOUT_LOG_TYPE: {}}
+        ),
     },
+    # Accepted: proxyd has no /cpuprofiler or /heapprofiler to write there.
+    "profile_path": LEAF,
+    "ignore_global_conn_limit": LEAF,
 }
 
 # typed_per_filter_config values: each filter's per-route type, or the FilterConfig
@@ -214,6 +220,7 @@ LISTENER: dict[str, Spec] = {
     "per_connection_buffer_limit_bytes": LEAF,
     # true only (proxyd.config.listeners): each worker has its own SO_REUSEPORT socket.
     "enable_reuse_port": LEAF,
+    "ignore_global_conn_limit": LEAF,
     # Set on the listening sockets by the master (proxyd.master.listeners).
     "freebind": LEAF,
     "tcp_backlog_size": LEAF,
@@ -429,6 +436,31 @@ STATS_SINK: Spec = {
     ),
 }
 
+# proxyd.config.overload: the monitors and actions it implements, threshold triggers.
+OVERLOAD_MANAGER: Spec = {
+    "refresh_interval": LEAF,
+    "resource_monitors": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "resource monitor",
+            {
+                overload.DOWNSTREAM_CONNECTIONS_TYPE: {"max_active_downstream_connections": LEAF},
+                overload.FIXED_HEAP_TYPE: {"max_heap_size_bytes": LEAF},
+            },
+        ),
+    },
+    "actions": {"name": LEAF, "triggers": {"name": LEAF, "threshold": {"value": LEAF}}},
+}
+
+WATCHDOG: Spec = {
+    "miss_timeout": LEAF,
+    "megamiss_timeout": LEAF,
+    "kill_timeout": LEAF,
+    "max_kill_timeout_jitter": LEAF,
+    "multikill_timeout": LEAF,
+    "multikill_threshold": {"value": LEAF},
+}
+
 BOOTSTRAP: dict[str, Spec] = {
     "admin": ADMIN,
     # proxyd.config.node: sent in every xDS request; metadata, dynamic_parameters and
@@ -464,6 +496,9 @@ BOOTSTRAP: dict[str, Spec] = {
         "cds_config": CONFIG_SOURCE,
         "ads_config": API_CONFIG_SOURCE,
     },
+    "overload_manager": OVERLOAD_MANAGER,
+    "watchdogs": {"main_thread_watchdog": WATCHDOG, "worker_watchdog": WATCHDOG},
+    "cluster_manager": {"local_cluster_name": LEAF},
     "stats_config": STATS_CONFIG,
     "stats_sinks": STATS_SINK,
     "stats_flush_interval": LEAF,

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from proxyd.cx_limit import CellAllocator, SharedConnectionCount
 from proxyd.epoch import Epoch, Listener
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
@@ -48,10 +49,12 @@ from proxyd.master.hot_restart import (
 from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.outlier import OutlierDetector
+from proxyd.master.overload import OverloadManager
 from proxyd.master.runtime import RuntimeLoader
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
 from proxyd.master.stats_sinks import StatsFlusher
+from proxyd.master.watchdog import MainThreadWatchdog, WorkerWatchdog
 from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.master.xds.client import Hooks, XdsClient
@@ -152,6 +155,11 @@ class Master:
         self.handed_off_to = 0  # the new master's pid once this one stepped aside
         self._control: Any = None  # ControlServer
         self._admin: Any = None  # AdminServer
+        # The global downstream connection count shared with the workers: a cell per
+        # worker process (proxyd.cx_limit), and the overload manager's actions.
+        self.cx_counts = SharedConnectionCount.create(max(64, 4 * options.concurrency + 2))
+        self.cx_cells = CellAllocator(self.cx_counts)
+        self.overload = OverloadManager(self)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -183,7 +191,9 @@ class Master:
                 control.bind()
             if self.loaded.admin is not None:
                 a = self.loaded.admin
-                admin = self._admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
+                admin = self._admin = AdminServer(
+                    self, a.address, a.port, a.access_log_path or "", a.ignore_global_conn_limit
+                )
                 await admin.bind(take_passed(passed, "admin", a.address, a.port))
                 if self.options.admin_address_path:
                     admin.write_address(self.options.admin_address_path)
@@ -231,6 +241,9 @@ class Master:
                 self.set_epoch(dataclasses.replace(epoch, number=1))
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._watchdog_pings)
+                nursery.start_soon(self.overload.run)
+                nursery.start_soon(WorkerWatchdog(self).run)
+                nursery.start_soon(MainThreadWatchdog(self).run)
                 for slot in self.slots if not self.error else ():  # error: refused above
                     nursery.start_soon(WorkerSupervisor(self, slot).run)
                 nursery.start_soon(self._wait_live, control, admin)
@@ -256,6 +269,7 @@ class Master:
             if admin is not None:
                 admin.close()
             self.sockets.close_all()
+            self.cx_counts.close()
         log.info("master_exited", exit_code=self.exit_code, epoch=self.epoch.number)
         return self.exit_code
 
@@ -422,11 +436,15 @@ class Master:
         """``epoch`` becomes the master's (EpochPublisher.publish sends it)."""
         previous = self.epoch
         # Workers split the proxy-wide circuit breaker limits by this count.
+        overload, watchdogs = self.loaded.overload, self.loaded.watchdogs
         epoch = dataclasses.replace(
             epoch,
             worker_count=self.options.concurrency,
             drain_time_s=self.options.drain_time_s,
             runtime=self.runtime.values,
+            global_cx_limit=overload.global_cx_limit,
+            global_cx_count_all=overload.global_cx_count_all,
+            heartbeat_interval_s=watchdogs.worker.loop_interval_s / 2,
         )
         self.epoch = epoch
         self.epoch_started_at = time.monotonic()

@@ -239,12 +239,20 @@ class HttpStats(_Scope):
 class ListenerStats(_Scope):
     """``listener.<address>_<port>.*``."""
 
-    __slots__ = ("cx_total", "cx_active")
-    COUNTERS = (("cx_total", "downstream_cx_total"),)
+    __slots__ = ("cx_total", "cx_active", "global_cx_overflow", "cx_overload_reject")
+    COUNTERS = (
+        ("cx_total", "downstream_cx_total"),
+        # Refused at accept: the global connection limit, an overload action
+        # (proxyd.worker.overload).
+        ("global_cx_overflow", "downstream_global_cx_overflow"),
+        ("cx_overload_reject", "downstream_cx_overload_reject"),
+    )
     GAUGES = (("cx_active", "downstream_cx_active"),)
     # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
     cx_total: int
     cx_active: int
+    global_cx_overflow: int
+    cx_overload_reject: int
 
     def __init__(self, stat_name: str) -> None:
         super().__init__(f"listener.{stat_name}.")

@@ -4,7 +4,13 @@ Keep-alive, one request at a time per connection; a body is ignored unless it is
 (application/x-www-form-urlencoded, up to :data:`MAX_FORM` bytes), whose values join
 the query's, as Envoy's admin reads them (``/runtime_modify``). Pages come
 from :class:`~proxyd.master.admin.pages.AdminPages`. When the bootstrap names an
-``access_log_path``, every admin request gets a line in Envoy's default format.
+``access_log_path`` (or an ``envoy.access_loggers.stdout`` admin access log), every
+admin request gets a line in Envoy's default format.
+
+The global connection limit of the runtime key ``overload.global_downstream_max_connections``
+counts admin connections and refuses them over the limit (unless
+``ignore_global_conn_limit``), as in Envoy; the overload manager's monitor never
+counts them (:mod:`proxyd.cx_limit`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import email.utils
 import errno
 import os
 import socket
+import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
@@ -31,6 +38,7 @@ MAX_FORM = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 log = get_logger("proxyd.master.admin")
+STDOUT_LOG = "-"  # AdminConfig.access_log_path of Envoy's stdout access logger
 
 
 class _Request:
@@ -81,11 +89,20 @@ class _Request:
 
 
 class AdminServer:
-    def __init__(self, master: Master, address: str, port: int, access_log_path: str = "") -> None:
+    def __init__(
+        self,
+        master: Master,
+        address: str,
+        port: int,
+        access_log_path: str = "",
+        ignore_global_conn_limit: bool = False,
+    ) -> None:
         self.master = master
         self.address = address
         self.port = port
+        # STDOUT_LOG ("-"): Envoy's stdout access logger.
         self.access_log_path = access_log_path
+        self.ignore_global_conn_limit = ignore_global_conn_limit
         self.pages = AdminPages(master)
         self._listeners: list[trio.SocketListener] = []
         self._access_log: IO[str] | None = None
@@ -138,7 +155,9 @@ class AdminServer:
         log.info("admin_address_written", path=path, address=self.address_text())
 
     def _open_access_log(self) -> None:
-        if self.access_log_path:
+        if self.access_log_path == STDOUT_LOG:
+            self._access_log = sys.stdout
+        elif self.access_log_path:
             self._access_log = open(self.access_log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def sockets(self) -> list[tuple[str, int, int]]:
@@ -171,13 +190,37 @@ class AdminServer:
                 log.warning("admin_accept_failed", error=str(exc))
                 await trio.sleep(0.1)
                 continue
-            connections.start_soon(self._serve_connection, stream)
+            counted = False
+            if self.master.loaded.overload.global_cx_count_all:
+                counted = self._admit()
+                if not counted:
+                    self.master.stats.add_counter("listener.admin.downstream_global_cx_overflow")
+                    await stream.aclose()  # closed at accept, as Envoy does
+                    continue
+            connections.start_soon(
+                self._serve_counted if counted else self._serve_connection, stream
+            )
+
+    def _admit(self) -> bool:
+        """The runtime-key limit: count this connection; False when it is over."""
+        counts = self.master.cx_counts
+        if self.ignore_global_conn_limit:
+            counts.take()
+            return True
+        return counts.try_take(self.master.loaded.overload.global_cx_limit)
+
+    async def _serve_counted(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._serve_connection(stream)
+        finally:
+            self.master.cx_counts.give()
 
     def close(self) -> None:
         for listener in self._listeners:
             listener.socket.close()
         if self._access_log is not None:
-            self._access_log.close()
+            if self._access_log is not sys.stdout:
+                self._access_log.close()
             self._access_log = None
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
