@@ -126,16 +126,16 @@ def test_a_deprecated_field_is_left_to_the_parser_and_the_translation() -> None:
 def test_refusals_list_every_feature_set_and_skip_values_protobuf_leaves_unset() -> None:
     from proxyd.config.feature_check import refusals
 
-    data = bootstrap({"name": "x", "typed_config": {"@type": HCM_T}}, layered_runtime={})
+    data = bootstrap({"name": "x", "typed_config": {"@type": HCM_T}}, enable_dispatcher_stats=True)
     listener = data["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["protocol"] = "tcp"  # the default: not set
     listener["listener_filters"] = []  # empty: not set
-    listener["traffic_direction"] = "OUTBOUND"
+    listener["tcp_fast_open_queue_length"] = 5
     listener["filter_chains"][0]["transport_socket"] = {"name": "tls"}
     paths = [path for path, _reason in refusals(data, BOOTSTRAP_DESC, BOOTSTRAP)]
     assert paths == [
         f"{HCM}.http_filters[0]",  # an HttpConnectionManager is no HTTP filter
         "static_resources.listeners[0].filter_chains[0].transport_socket",
-        "static_resources.listeners[0].traffic_direction",
-        "layered_runtime",
+        "static_resources.listeners[0].tcp_fast_open_queue_length",
+        "enable_dispatcher_stats",
     ]
