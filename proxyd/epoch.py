@@ -308,6 +308,26 @@ class Route:
     # A route with one of these answers itself and names no cluster ("").
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
+    # RouteAction.retry_policy, else the virtual host's (None: neither, and the virtual
+    # host does not include_request_attempt_count).
+    retry: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """config.route.v3.RetryPolicy as the router applies it (proxyd.protocol.retry)."""
+
+    # retry_on as configured (comma-separated condition names; "" = none).
+    retry_on: str = ""
+    num_retries: int = 1
+    # per_try_timeout (0 = none; also 0 when not below a non-zero route timeout).
+    per_try_timeout_s: float = 0.0
+    # retry_back_off: base_interval and max_interval (default 10 x base).
+    base_interval_ms: int = 25
+    max_interval_ms: int = 250
+    retriable_status_codes: tuple[int, ...] = ()
+    # VirtualHost.include_request_attempt_count: x-envoy-attempt-count upstream.
+    include_attempt_count: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import Any
 from proxyd.config.http_filters import compile_per_filter_config, merge_overrides
 from proxyd.config.matchers import header_match
 from proxyd.config.proto import join
+from proxyd.config.retries import with_retry_policies
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
@@ -87,6 +88,7 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
             _route(r, f"{join(here, 'routes')}[{k}]", clusters, file, (rc_filters, vh_filters))
             for k, r in enumerate(vh.routes)
         )
+        routes = with_retry_policies(vh, here, routes, file)
         vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=routes))
     return RouteConfig(name=rc.name, virtual_hosts=tuple(vhosts))
 

@@ -55,6 +55,15 @@ PER_FILTER_CONFIG: Spec = AnyOf(
     },
 )
 
+# config.route.v3.RetryPolicy (proxyd.config.retries; retry_on names are checked there).
+RETRY_POLICY: Spec = {
+    "retry_on": LEAF,
+    "num_retries": LEAF,
+    "per_try_timeout": LEAF,
+    "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
+    "retriable_status_codes": LEAF,
+}
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -69,7 +78,12 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
             },
-            "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
+            "route": {
+                "cluster": LEAF,
+                "timeout": LEAF,
+                "priority": LEAF,
+                "retry_policy": RETRY_POLICY,
+            },
             "redirect": {
                 "https_redirect": LEAF,
                 "scheme_redirect": LEAF,
@@ -89,6 +103,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
             "typed_per_filter_config": PER_FILTER_CONFIG,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
+        "retry_policy": RETRY_POLICY,
+        "include_request_attempt_count": LEAF,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
 }
