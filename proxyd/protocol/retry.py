@@ -3,10 +3,7 @@
 A route's ``retry_policy`` (or its virtual host's) says on which outcomes of an attempt
 the router tries again (``retry_on``), how many times (``num_retries``), how long each
 attempt may take (``per_try_timeout``) and how long to wait between attempts
-(``retry_back_off``: Envoy's jittered exponential back-off). Off the edge, a request may
-add conditions (``x-envoy-retry-on``), set the number of retries
-(``x-envoy-max-retries``) and the per-try timeout
-(``x-envoy-upstream-rq-per-try-timeout-ms``).
+(``retry_back_off``: Envoy's jittered exponential back-off).
 
 :class:`RetryState` is one request's: the router tells it each attempt's outcome
 (:meth:`RetryState.would_retry_status` or :meth:`RetryState.would_retry_reset`) and then
@@ -170,16 +167,3 @@ class RetryState:
 
     def next_backoff_s(self) -> float:
         return self.backoff.next_backoff_ms() / 1000.0
-
-
-def header_int(value: str | None) -> int | None:
-    """A non-negative integer header value as Envoy's ``SimpleAtoi`` reads it (None
-    when absent or not a number)."""
-    if value is None:
-        return None
-    v = value.strip()
-    if v.startswith("+"):
-        v = v[1:]
-    if not v.isdigit() or not v.isascii():
-        return None
-    return int(v)

@@ -57,7 +57,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
-        "local", "retry", "exchange", "header_retry",
+        "local", "retry", "exchange",
     )  # fmt: skip
 
     def __init__(
@@ -84,13 +84,11 @@ class RoutePlan:
         # forwards its requests: Exchange, or RetryingExchange with a policy.
         self.retry: RetryPlan | None = None
         self.exchange: type[Exchange] = Exchange
-        # Off the edge, a request's x-envoy-retry-on retries on a route without a policy.
-        self.header_retry: RetryPlan | None = None
 
-    def set_retry(self, policy: RetryPolicy, honour_headers: bool) -> None:
-        self.retry = plan = RetryPlan(policy, self.timeout_s, honour_headers)
+    def set_retry(self, policy: RetryPolicy) -> None:
+        self.retry = plan = RetryPlan(policy, self.timeout_s)
         self.exchange = RetryingExchange
-        ms = plan.expected_timeout_ms(plan.config_per_try_s)
+        ms = plan.expected_timeout_ms()
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
 
 
@@ -122,10 +120,8 @@ class ListenerPlan:
             for r in vh.routes:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
                 if r.retry is not None and rp.cluster_name:
-                    rp.set_retry(r.retry, not hcm.use_remote_address)
+                    rp.set_retry(r.retry)
                     retry_headers = True
-                elif rp.cluster_name and not hcm.use_remote_address:
-                    rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s, True)
                 if r.redirect is not None or r.direct_response is not None:
                     rp.local = LocalAction(r.match, r.redirect, r.direct_response)
                 rp.filters = compile_filters(

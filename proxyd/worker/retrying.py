@@ -37,11 +37,10 @@ from proxyd.protocol.retry import (
     JitteredBackOff,
     Reset,
     RetryState,
-    header_int,
     parse_retry_on,
 )
 from proxyd.worker import io
-from proxyd.worker.deadlines import INF
+from proxyd.worker.deadlines import INF, DeadlineKind
 from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
 from proxyd.worker.router import RESET_BEFORE_HEADERS, Exchange, arm_request_phase, frame_request
 from proxyd.worker.stream import (
@@ -54,10 +53,6 @@ from proxyd.worker.stream import (
 
 if TYPE_CHECKING:
     from proxyd.epoch import RetryPolicy
-    from proxyd.worker.deadlines import Deadline, Timers
-    from proxyd.worker.plan import ListenerPlan, RoutePlan
-    from proxyd.worker.stream import Stream
-    from proxyd.worker.upstream import HostState
 
 _ATTEMPT_COUNT_LINE = re.compile(rb"\r\nx-envoy-attempt-count:[^\r\n]*", re.IGNORECASE)
 _EXPECTED_TIMEOUT_LINE = re.compile(rb"\r\nx-envoy-expected-rq-timeout-ms:[^\r\n]*")
@@ -74,83 +69,30 @@ class RetryPlan:
         "max_ms",
         "status_codes",
         "attempt_count",
-        "honour_headers",
         "timeout_s",
-        "config_per_try_s",
     )
 
-    def __init__(self, policy: RetryPolicy, timeout_s: float, honour_headers: bool) -> None:
+    def __init__(self, policy: RetryPolicy, timeout_s: float) -> None:
         self.retry_on = parse_retry_on(policy.retry_on)[0]
         self.num_retries = policy.num_retries
-        self.per_try_s = policy.per_try_timeout_s
+        per_try = policy.per_try_timeout_s
+        if timeout_s and per_try >= timeout_s:
+            per_try = 0.0  # Envoy: a per-try timeout not below the route timeout is none
+        self.per_try_s = per_try
         self.base_ms = policy.base_interval_ms
         self.max_ms = policy.max_interval_ms
         self.status_codes = frozenset(policy.retriable_status_codes)
         self.attempt_count = policy.include_attempt_count
-        # The request's x-envoy-retry-on, x-envoy-max-retries and
-        # x-envoy-upstream-rq-per-try-timeout-ms count off the edge only (at the edge
-        # they are a client's, and removed).
-        self.honour_headers = honour_headers
         self.timeout_s = timeout_s
-        # The per-try timeout without request headers (0: none).
-        self.config_per_try_s = self.state(None)[1]
 
-    def state(self, headers: dict[str, str] | None) -> tuple[RetryState, float]:
-        """A request's retry state and per-try timeout (0: none), with its headers."""
-        retry_on = self.retry_on
-        retries = self.num_retries
-        per_try = self.per_try_s
-        if headers is not None and self.honour_headers:
-            v = headers.get("x-envoy-retry-on")
-            if v:
-                retry_on |= parse_retry_on(v)[0]
-            n = header_int(headers.get("x-envoy-max-retries"))
-            if n is not None:
-                retries = n
-            ms = header_int(headers.get("x-envoy-upstream-rq-per-try-timeout-ms"))
-            if ms is not None:
-                per_try = ms / 1000.0
-        if self.timeout_s and per_try >= self.timeout_s:
-            per_try = 0.0  # Envoy: a per-try timeout not below the route timeout is none
+    def state(self) -> RetryState:
+        """A new request's retry state."""
         backoff = JitteredBackOff(self.base_ms, self.max_ms)
-        return RetryState(retry_on, retries, self.status_codes, backoff), per_try
+        return RetryState(self.retry_on, self.num_retries, self.status_codes, backoff)
 
-    def expected_timeout_ms(self, per_try: float) -> int:
+    def expected_timeout_ms(self) -> int:
         """x-envoy-expected-rq-timeout-ms: the per-try timeout when there is one."""
-        return int(round((per_try or self.timeout_s) * 1000))
-
-
-_RETRY_HEADER_LINE = re.compile(
-    rb"\r\n(x-envoy-retry-on|x-envoy-max-retries|x-envoy-upstream-rq-per-try-timeout-ms):"
-    rb"[ \t]*([^\r\n]*)",
-    re.IGNORECASE,
-)
-
-
-def retry_headers(raw: bytes) -> dict[str, str]:
-    """The request's retry headers, read from its head only when it has x-envoy-*
-    headers (the parser does not collect them for every request)."""
-    out: dict[str, str] = {}
-    for m in _RETRY_HEADER_LINE.finditer(raw):
-        out.setdefault(m.group(1).lower().decode(), m.group(2).strip().decode("latin-1"))
-    return out
-
-
-def header_retry_exchange(
-    stream: Stream,
-    plan: ListenerPlan,
-    rp: RoutePlan,
-    host: HostState,
-    head: bytes,
-    deadline: tuple[Timers, Deadline],
-) -> Exchange:
-    """The router for a request with x-envoy-* headers on a route without a policy:
-    with retries when it asks for them (x-envoy-retry-on)."""
-    h = stream.head
-    assert h is not None
-    if b"x-envoy-retry-on" in h.envoy_headers:
-        return RetryingExchange(stream, plan, rp, host, head, deadline)
-    return Exchange(stream, plan, rp, host, head, deadline)
+        return int(round((self.per_try_s or self.timeout_s) * 1000))
 
 
 class _AttemptFailed(Exception):
@@ -169,28 +111,21 @@ class RetryingExchange(Exchange):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        rplan = self.rp.retry or self.rp.header_retry
+        rplan = self.rp.retry
         assert rplan is not None
         self.rplan = rplan
-        h = self.stream.head
-        assert h is not None
-        self.retry, self.per_try_s = rplan.state(retry_headers(h.raw) if h.envoy_headers else None)
+        self.retry = rplan.state()
+        self.per_try_s = rplan.per_try_s
         self.attempts = 0
         # The request body as the upstream gets it, kept for each attempt.
         self.body_parts: list = []
         self.reused = False
         # False once the body went over the buffer limit: no retry then.
         self.replayable = True
-        head = self.head
-        if rplan.config_per_try_s != self.per_try_s:
-            ms = rplan.expected_timeout_ms(self.per_try_s)
-            line = b"\r\nx-envoy-expected-rq-timeout-ms: %d" % ms
-            head, n = _EXPECTED_TIMEOUT_LINE.subn(line, head, count=1)
-            if not n and ms:
-                head = head[:-4] + line + b"\r\n\r\n"
+        h = self.stream.head
+        assert h is not None
         if rplan.attempt_count and b"x-envoy-attempt-count" in h.envoy_headers:
-            head = _ATTEMPT_COUNT_LINE.sub(b"", head)
-        self.head = head
+            self.head = _ATTEMPT_COUNT_LINE.sub(b"", self.head)
 
     async def run(self) -> bool:
         stream = self.stream
@@ -368,6 +303,8 @@ class RetryingExchange(Exchange):
         stream = self.stream
         pool = self.pool
         head = self.head
+        if self.attempts > 1 and self.rp.timeout_header:
+            head = self._expected_timeout_now(head)
         if self.rplan.attempt_count:
             head = head[:-2] + b"x-envoy-attempt-count: %d\r\n\r\n" % self.attempts
         parts = self.body_parts
@@ -399,6 +336,18 @@ class RetryingExchange(Exchange):
             self.conn = None
             raise _Retry()
         return await self._relay(conn, r)
+
+    def _expected_timeout_now(self, head: bytes) -> bytes:
+        """A retry's x-envoy-expected-rq-timeout-ms: the per-try timeout or what is left
+        of the route timeout, whichever is less (at least 1 ms), as Envoy sets it."""
+        ms = self.rplan.expected_timeout_ms()
+        d = self.deadline
+        if self.rplan.timeout_s and d.kind is DeadlineKind.ROUTE and d.at != INF:
+            left = int((d.at - self.timers.now()) * 1000)
+            ms = max(1, min(ms, left))
+        return _EXPECTED_TIMEOUT_LINE.sub(
+            b"\r\nx-envoy-expected-rq-timeout-ms: %d" % ms, head, count=1
+        )
 
     # -- the body ---------------------------------------------------------------------------
 

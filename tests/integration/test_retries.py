@@ -53,9 +53,14 @@ def test_per_try_timeout_is_the_expected_timeout(setup: Setup) -> None:
     (case,) = [c for c in CASES if c.name == "pertry-then-ok"]
     out = play(case, setup.ports, setup.upstream, "expected")
     assert out.expected_timeouts == ["500", "500"]
-    (case,) = [c for c in CASES if c.name == "header-per-try"]
+    (case,) = [c for c in CASES if c.name == "header-per-try-ignored"]
     out = play(case, setup.ports, setup.upstream, "expected")
-    assert out.expected_timeouts == ["300", "300"]
+    assert out.expected_timeouts == ["500"]
+    (case,) = [c for c in CASES if c.name == "5xx-then-ok"]
+    out = play(case, setup.ports, setup.upstream, "expected")
+    first, *retries = [int(v or 0) for v in out.expected_timeouts]
+    # A retry is told what is left of the route timeout (15 s).
+    assert first == 15000 and all(14000 < v <= 15000 for v in retries)
 
 
 def test_retry_stats_count(setup: Setup) -> None:
