@@ -2,7 +2,8 @@
 
 A route's ``route.retry_policy`` replaces its virtual host's whole (Envoy does not merge
 them). A virtual host's ``include_request_attempt_count`` applies to its routes with or
-without a retry policy. retry_on names proxyd does not implement are refused by name.
+without a retry policy. retry_on conditions Envoy has and proxyd does not implement are
+refused by name; names Envoy does not know are ignored, as Envoy ignores them.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from proxyd.protocol.retry import DEFAULT_BASE_INTERVAL_MS, NOT_IMPLEMENTED, par
 def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPolicy:
     _bits, unknown = parse_retry_on(rp.retry_on)
     for name in unknown:
-        reason = (
-            "is not supported by proxyd"
-            if name in NOT_IMPLEMENTED
-            else "is not a retry_on condition Envoy knows"
-        )
-        raise ConfigError(file, join(path, "retry_on"), f"retry_on '{name}' {reason}")
+        # A name Envoy does not know it ignores (so does proxyd); one it implements and
+        # proxyd does not is refused.
+        if name in NOT_IMPLEMENTED:
+            raise ConfigError(
+                file, join(path, "retry_on"), f"retry_on '{name}' is not supported by proxyd"
+            )
     base_ms = DEFAULT_BASE_INTERVAL_MS
     max_ms = 0
     if rp.HasField("retry_back_off"):
