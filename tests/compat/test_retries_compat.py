@@ -71,10 +71,15 @@ def play_all(ports: dict[str, int], upstream: Any, tag: str) -> dict[str, Outcom
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     with scripted_upstream() as upstream:
-        ports = {"ingress": free_port(), "edge": free_port()}
+        ports = {"ingress": free_port(), "edge": free_port(), "small": free_port()}
         admin = free_port()
         text = retries_config(
-            ports["ingress"], ports["edge"], admin, upstream.server_address[1], free_port()
+            ports["ingress"],
+            ports["edge"],
+            ports["small"],
+            admin,
+            upstream.server_address[1],
+            free_port(),
         )
         with EnvoyRunner(text) as envoy:
             envoy_side = Side(play_all(ports, upstream, "envoy"), {})

@@ -7,7 +7,8 @@ with one retry policy each, in front of the scripted upstream
 (:mod:`tests.integration.scripted_upstream`) as cluster ``svc``, or of a port nobody
 listens on as cluster ``dead``. The virtual host ``vh.example`` has a virtual-host retry
 policy and include_request_attempt_count; one of its routes has its own policy. The
-listener ``edge`` (use_remote_address true) has the same routes. A request's
+listener ``edge`` (use_remote_address true) has the same routes, and so has ``small``
+(per_connection_buffer_limit_bytes 1024). A request's
 x-envoy-* retry headers count on neither (see the cases).
 """
 
@@ -56,11 +57,13 @@ ROUTES = "".join(
 )
 
 
-def retries_config(ingress: int, edge: int, admin: int, upstream: int, dead: int) -> str:
-    def listener(name: str, port: int, use_remote: bool) -> str:
+def retries_config(
+    ingress: int, edge: int, small: int, admin: int, upstream: int, dead: int
+) -> str:
+    def listener(name: str, port: int, use_remote: bool, extra: str = "") -> str:
         return f"""
   - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}{extra}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -88,11 +91,16 @@ def retries_config(ingress: int, edge: int, admin: int, upstream: int, dead: int
               domains: ["*"]
               routes:{ROUTES}"""
 
+    listeners = (
+        listener("ingress", ingress, False)
+        + listener("edge", edge, True)
+        + listener("small", small, False, "\n    per_connection_buffer_limit_bytes: 1024")
+    )
     return f"""
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 static_resources:
-  listeners:{listener("ingress", ingress, False)}{listener("edge", edge, True)}
+  listeners:{listeners}
   clusters:
   - name: svc
     connect_timeout: 1s
@@ -175,7 +183,9 @@ CASES = [
         listener="edge",
         headers=(("x-envoy-max-retries", "0"),),
     ),
-    Case("post-body-replayed", "5xx", "503,200", 200, 2, body=b"hello body " * 100),
+    Case("post-body-replayed", "5xx", "503,200", 200, 2, body=b"hello body " * 90),
+    # Over the listener's buffer limit (1 KiB) the body is not kept: no retry.
+    Case("body-over-limit", "5xx", "503,200", 503, 1, listener="small", body=b"x" * 4000),
     Case("vh-policy-attempt-count", "", "503,200", 200, 2, host="vh.example"),
     Case("route-over-vh-policy", "", "503,200", 503, 1, host="vh.example", path="/own"),
     Case("route-own-4xx", "", "409,200", 200, 2, host="vh.example", path="/own"),
@@ -228,6 +238,7 @@ RETRY_STATS = (
     "upstream_rq_retry_limit_exceeded",
     "upstream_rq_per_try_timeout",
     "upstream_rq_total",
+    "retry_or_shadow_abandoned",
 )
 
 

@@ -25,10 +25,15 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     with scripted_upstream() as upstream:
-        ports = {"ingress": free_port(), "edge": free_port()}
+        ports = {"ingress": free_port(), "edge": free_port(), "small": free_port()}
         admin = free_port()
         text = retries_config(
-            ports["ingress"], ports["edge"], admin, upstream.server_address[1], free_port()
+            ports["ingress"],
+            ports["edge"],
+            ports["small"],
+            admin,
+            upstream.server_address[1],
+            free_port(),
         )
         with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=1) as p:
             yield Setup(p, ports, upstream)
