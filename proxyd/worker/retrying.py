@@ -95,6 +95,13 @@ class RetryPlan:
         return int(round((self.per_try_s or self.timeout_s) * 1000))
 
 
+async def wait_back_off(state: RetryState) -> float:
+    """Wait the request's next back-off on trio's clock; the seconds waited."""
+    seconds = state.next_backoff_s()
+    await trio.sleep(seconds)
+    return seconds
+
+
 class _AttemptFailed(Exception):
     """An attempt ended without a response head (internal to :class:`RetryingExchange`)."""
 
@@ -222,7 +229,7 @@ class RetryingExchange(Exchange):
     async def _back_off(self) -> None:
         """Envoy's jittered back-off, then a host for the retry (the balancer's pick)."""
         self.pool.stats.rq_retry_backoff_exponential += 1
-        await trio.sleep(self.retry.next_backoff_s())
+        await wait_back_off(self.retry)
         cluster = self.rp.cluster
         assert cluster is not None
         host = cluster.balancer.pick()

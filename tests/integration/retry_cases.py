@@ -52,6 +52,7 @@ ROUTES = "".join(
             "retry_on: reset, num_retries: 1, per_try_timeout: 0.3s",
             extra=", timeout: 5s",
         ),
+        _route("overflow", "retry_on: 5xx, num_retries: 3", cluster="tight"),
         _route("mixed", "retry_on: 'connect-failure,retriable-4xx,gateway-error', num_retries: 4"),
     ]
 )
@@ -110,6 +111,15 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+  - name: tight
+    connect_timeout: 1s
+    type: STATIC
+    circuit_breakers: {{thresholds: [{{max_retries: 0}}]}}
+    load_assignment:
+      cluster_name: tight
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
   - name: dead
     connect_timeout: 1s
     type: STATIC
@@ -155,6 +165,8 @@ CASES = [
     Case("no-policy", "none", "503", 503, 1),
     Case("pertry-then-ok", "pertry", "hang,200", 200, 2),
     Case("pertry-last-504", "pertry-last", "hang", 504, 2),
+    # The cluster's max_retries is 0: the retry overflows, the client gets the 503.
+    Case("breaker-overflow", "overflow", "503,200", 503, 1),
     Case("mixed-409-503", "mixed", "409,503,500", 500, 3),
     # Envoy 1.40 acts on a request's x-envoy-retry-on, x-envoy-max-retries and
     # x-envoy-upstream-rq-per-try-timeout-ms only when the request is internal, which
@@ -244,5 +256,7 @@ RETRY_STATS = (
 
 def retry_stats(stats: dict[str, int]) -> dict[str, int]:
     return {
-        f"{c}.{s}": stats.get(f"cluster.{c}.{s}", 0) for c in ("svc", "dead") for s in RETRY_STATS
+        f"{c}.{s}": stats.get(f"cluster.{c}.{s}", 0)
+        for c in ("svc", "dead", "tight")
+        for s in RETRY_STATS
     }

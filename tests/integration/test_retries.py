@@ -73,7 +73,8 @@ def test_retry_stats_count(setup: Setup) -> None:
         # Every request the upstream saw is in the worker's reported stats.
         with setup.upstream.lock:
             seen = sum(setup.upstream.requests.values())
-        return retry_stats(setup.proxy.stats())["svc.upstream_rq_total"] == seen
+        stats = retry_stats(setup.proxy.stats())
+        return stats["svc.upstream_rq_total"] + stats["tight.upstream_rq_total"] == seen
 
     wait_for(settled, timeout=5)
     before = retry_stats(setup.proxy.stats())

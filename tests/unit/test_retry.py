@@ -9,6 +9,8 @@ from typing import Any
 
 import msgpack
 import pytest
+import trio
+import trio.testing
 
 from proxyd.config import compile_bootstrap
 from proxyd.epoch import RetryPolicy, Route, from_wire, to_wire
@@ -27,6 +29,7 @@ from proxyd.protocol.retry import (
     RetryState,
     parse_retry_on,
 )
+from proxyd.worker.retrying import wait_back_off
 
 # -- back-off -------------------------------------------------------------------------------
 
@@ -57,6 +60,26 @@ def test_backoff_is_spread_over_its_range() -> None:
     # Uniform on [0, 100): both halves get a fair share.
     low = sum(1 for d in draws if d < 50)
     assert 800 < low < 1200
+
+
+def test_back_off_waits_on_trios_clock() -> None:
+    """The waits between attempts, on a virtual clock: 24 ms, 49 ms, 99 ms with the
+    largest draws (base 25 ms), then again from the base for a new request."""
+
+    async def main() -> list[float]:
+        s = RetryState(RETRY_5XX, 3, frozenset(), JitteredBackOff(25, 250, lambda: 999))
+        marks = []
+        t0 = trio.current_time()
+        for _ in range(3):
+            await wait_back_off(s)
+            marks.append(round((trio.current_time() - t0) * 1000, 6))
+        return marks
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == [
+        24.0,
+        73.0,
+        172.0,
+    ]
 
 
 # -- decisions ------------------------------------------------------------------------------
