@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One upstream host, resolved to an IP address by the master."""
+    """One upstream host, resolved to an IP address by the master, or a pipe (Unix
+    socket): then ``address`` is its path ("@name" in the abstract namespace) and
+    ``port`` is 0, which no TCP endpoint has (see :mod:`proxyd.pipes`)."""
 
     address: str
     port: int
@@ -42,6 +44,12 @@ class Endpoint:
     locality_weight: int = 0
     # Ejected by outlier detection (the master decides; see proxyd.master.outlier).
     ejected: bool = False
+    # Envoy's Endpoint.hostname (shown by /clusters in place of the DNS name) and
+    # health_check_config: the port and Host (gRPC :authority) active checks use
+    # (0 / "": the endpoint's port, the health check's own host or the cluster name).
+    endpoint_hostname: str = ""
+    hc_port: int = 0
+    hc_hostname: str = ""
 
     @property
     def usable(self) -> bool:
@@ -105,6 +113,9 @@ class HealthCheck:
     grpc_service_name: str = ""
     grpc_authority: str = ""
     grpc_metadata: tuple[HeaderToAdd, ...] = ()
+    # The port checks connect to (an endpoint's health_check_config.port_value; 0: the
+    # endpoint's own). Set per host by the master's health checker.
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +234,12 @@ class Cluster:
     cb_high: CircuitBreakerThresholds = dataclasses.field(
         default_factory=lambda: CircuitBreakerThresholds()
     )
+    # upstream_connection_options.tcp_keepalive: SO_KEEPALIVE on upstream connections
+    # with TCP_KEEPCNT, TCP_KEEPIDLE, TCP_KEEPINTVL (0 = the system's).
+    tcp_keepalive: bool = False
+    keepalive_probes: int = 0
+    keepalive_time_s: int = 0
+    keepalive_interval_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +458,58 @@ class HttpConnectionManager:
     rds_source: ConfigSource | None = None
     # http_filters before the router, in order (the router is always last).
     http_filters: tuple[HttpFilter, ...] = ()
+    # Request and response transforms (proxyd.worker.request_transforms; all off by
+    # default, as in Envoy): the path steps, what happens to the upstream's "server"
+    # header ("OVERWRITE", "APPEND_IF_ABSENT" or "PASS_THROUGH"), a "via" value for
+    # both directions, x-forwarded-for and x-request-id handling, the Host port strip
+    # ("" none, "matching" the listener's port, "any") and what a request header
+    # name with "_" does ("ALLOW", "REJECT_REQUEST" or "DROP_HEADER").
+    transforms: HcmTransforms | None = None
+    # common_http_protocol_options.max_headers_count: more request headers get 431.
+    max_headers_count: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class HcmTransforms:
+    """The HttpConnectionManager fields that edit requests and responses (None in
+    ``HttpConnectionManager.transforms`` when the config sets none of them)."""
+
+    normalize_path: bool = False
+    merge_slashes: bool = False
+    # "KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD".
+    escaped_slashes: str = "KEEP_UNCHANGED"
+    server_header_transformation: str = "OVERWRITE"
+    via: str = ""
+    skip_xff_append: bool = False
+    preserve_external_request_id: bool = False
+    always_set_request_id_in_response: bool = False
+    strip_host_port: str = ""
+    headers_with_underscores: str = "ALLOW"
+    # add_user_agent: x-envoy-downstream-service-cluster/-node from the bootstrap's
+    # node (Epoch.node_cluster, node_id), user-agent when the request has none.
+    add_user_agent: bool = False
+    # scheme_header_transformation.scheme_to_overwrite ("" = none): the scheme, and so
+    # x-forwarded-proto, of every request.
+    scheme: str = ""
+    # internal_address_config: set or not, its CIDR ranges ("addr/len"; none: Envoy's
+    # RFC 1918, loopback and unique-local defaults) and unix_sockets.
+    internal_address_config: bool = False
+    internal_cidrs: tuple[str, ...] = ()
+    internal_unix_sockets: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOption:
+    """Envoy's core.v3.SocketOption for a listening socket (the master applies it)."""
+
+    level: int
+    name: int
+    int_value: int = 0
+    # buf_value when ``is_buf`` (else int_value).
+    buf_value: bytes = b""
+    is_buf: bool = False
+    # "STATE_PREBIND", "STATE_BOUND" or "STATE_LISTENING": when it is set.
+    state: str = "STATE_PREBIND"
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,11 +519,27 @@ class Listener:
     port: int
     hcm: HttpConnectionManager
     per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # A pipe (Unix socket) listener: ``address`` is its path ("@name" in the abstract
+    # namespace), ``port`` 0, and ``pipe_mode`` the file mode to set (0: leave it).
+    # Port 0 without ``pipe`` is a TCP listener on a port the kernel picks.
+    pipe: bool = False
+    pipe_mode: int = 0
+    # How the master binds the listener's sockets (proxyd.master.listeners): IP_FREEBIND,
+    # the listen() backlog (0: proxyd's default) and Envoy's socket_options.
+    freebind: bool = False
+    tcp_backlog_size: int = 0
+    socket_options: tuple[SocketOption, ...] = ()
 
     @property
     def stat_name(self) -> str:
-        """Envoy's listener stat scope: ``listener.<address>_<port>``."""
-        return f"{self.address}_{self.port}"
+        """Envoy's listener stat scope: ``listener.<address>_<port>`` (the configured
+        port, 0 included), or ``listener.<path>`` for a pipe."""
+        return self.address if self.pipe else f"{self.address}_{self.port}"
+
+    @property
+    def address_text(self) -> str:
+        """The configured address as Envoy writes it in messages: "ip:port" or a path."""
+        return self.address if self.pipe else f"{self.address}:{self.port}"
 
 
 # -- the epoch ------------------------------------------------------------------------
@@ -470,6 +555,9 @@ class Epoch:
     # --drain-time-s: how long an updated or removed listener's old connections may
     # stay open (idle ones are closed after it; set by the master when publishing).
     drain_time_s: float = 600.0
+    # The bootstrap's node.id and node.cluster (add_user_agent sends them upstream).
+    node_id: str = ""
+    node_cluster: str = ""
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

@@ -34,6 +34,7 @@ from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_conf
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
 from proxyd.config.source import read_config_file
+from proxyd.config.stats import StatsSettings, compile_stats
 from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
 from proxyd.config.translate import Translation, log_deprecations, translate
 from proxyd.config.values import require_ip, socket_address
@@ -63,6 +64,8 @@ class LoadedConfig:
     node: Node = field(default_factory=Node)
     # "Using deprecated option ..." for each deprecated field the file sets.
     deprecations: tuple[str, ...] = ()
+    # stats_config, stats_sinks and the flush interval (proxyd.config.stats).
+    stats: StatsSettings = field(default_factory=StatsSettings)
 
 
 def load(path: str) -> LoadedConfig:
@@ -100,8 +103,15 @@ def _compile(
         static.listeners, "static_resources.listeners", route_targets(clusters), file
     )
     admin = _admin(bootstrap, file) if bootstrap.HasField("admin") else None
+    stats = compile_stats(bootstrap, {c.name for c in clusters}, file)
     dynamic = compile_dynamic_resources(bootstrap, file)
-    template = Epoch(number=0, listeners=listeners, clusters=clusters)
+    template = Epoch(
+        number=0,
+        listeners=listeners,
+        clusters=clusters,
+        node_id=bootstrap.node.id,
+        node_cluster=bootstrap.node.cluster,
+    )
     static_clusters = {c.name: c for c in clusters}
     sources = [("dynamic_resources.lds_config", dynamic.lds), ("dynamic_resources.cds_config", dynamic.cds)]  # fmt: skip
     sources += epoch_sources(template, "static_resources.listeners", "static_resources.clusters")
@@ -126,6 +136,7 @@ def _compile(
         dynamic=dynamic,
         node=Node(id=bootstrap.node.id, cluster=bootstrap.node.cluster),
         deprecations=tuple(d.message() for d in translation.deprecations),
+        stats=stats,
     )
 
 

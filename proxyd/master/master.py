@@ -50,6 +50,7 @@ from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.outlier import OutlierDetector
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
+from proxyd.master.stats_sinks import StatsFlusher
 from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.master.xds.client import Hooks, XdsClient
@@ -80,6 +81,8 @@ class MasterOptions:
     # resident memory above which it is replaced gracefully (0: no limit).
     worker_heartbeat_timeout_s: float = 10.0
     worker_rss_limit_mb: int = 0
+    # Envoy's --admin-address-path: where to write the admin address once bound.
+    admin_address_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,8 @@ class Master:
         self.xds_seed: tuple[Any, ...] = ()  # from the old master of a hot restart
         self._stop = _Stop()
         self._server_stats = ServerStats(self)
+        # stats_config (tags, matcher) and the stats sinks' flush.
+        self.stats_flusher = StatsFlusher(self)
         self._nursery: trio.Nursery
         self.notifier = Notifier()
         # Envoy's server.hot_restart_generation: 1, then the predecessor's + 1.
@@ -165,6 +170,7 @@ class Master:
             self.sockets.bind_all(self.template.listeners)
             self.xds.configure(self.template, self.loaded.dynamic, self.loaded.node)
             self.xds.seed(self.xds_seed)
+            self.stats_flusher.configure(self.loaded.stats)
             control = self._control = ControlServer(self, self.options.control_socket)
             inherited = take_passed(passed, "control", self.options.control_socket, 0)
             if inherited:
@@ -175,6 +181,8 @@ class Master:
                 a = self.loaded.admin
                 admin = self._admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
                 await admin.bind(take_passed(passed, "admin", a.address, a.port))
+                if self.options.admin_address_path:
+                    admin.write_address(self.options.admin_address_path)
         except (
             ConfigError, BindError, MasterError, HotRestartError, EpochRejected, OSError
         ) as exc:  # fmt: skip
@@ -230,6 +238,7 @@ class Master:
                     nursery.start_soon(self._publish_on_change, wait, build, reason)
                 nursery.start_soon(self._publish_xds)
                 nursery.start_soon(self.outlier.run)
+                nursery.start_soon(self.stats_flusher.run)
                 await self._stop.requested.wait()
                 await self._shutdown()
                 if self.successor is not None:
@@ -460,11 +469,16 @@ class Master:
             address, port = self.sockets.address_of(listener.name)
             old = next((x for x in self.epoch.listeners if x.name == listener.name), None)
             old_port = old.port if old is not None else port
-            if listener.address != address or listener.port != old_port:
+            old_pipe = old.pipe if old is not None else listener.pipe
+            if (
+                listener.address != address
+                or listener.port != old_port
+                or listener.pipe != old_pipe
+            ):
+                existing = address if old_pipe else f"{address}:{old_port}"
                 raise MasterError(
                     f"error updating listener '{listener.name}': it has a different address "
-                    f"'{listener.address}:{listener.port}' from the existing listener address "
-                    f"'{address}:{old_port}'"
+                    f"'{listener.address_text}' from the existing listener address '{existing}'"
                 )
 
     async def _apply(self, loaded: Any) -> ReloadResult:
@@ -484,6 +498,7 @@ class Master:
             self._restore(before)  # the revert closes the sockets it does not use
             why = f"{refusal_text(refused)}; the running config stays (epoch {self.epoch.number})"
             return ReloadResult(False, self.epoch.number, why)
+        self.stats_flusher.configure(loaded.stats)
         return ReloadResult(True, self.epoch.number, added=tuple(added), removed=removed)
 
     def _restore(self, before: tuple[Any, ...]) -> None:

@@ -207,7 +207,9 @@ class DownstreamConnection:
                                 # the listener).
                                 self.listener_updated = True
                             self.plan = plan
-                            h = worker.head_parser.parse(head, plan.request_wanted)
+                            h = worker.head_parser.parse(
+                                head, plan.request_wanted, plan.max_headers
+                            )
                         except ProtocolError as exc:
                             await self._reject(plan, exc)
                             closed = True
@@ -339,7 +341,7 @@ class DownstreamConnection:
             stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
         self.closing = True
         t_wall, t0 = manager.clock_now(plan)
-        data = local_reply(status, body, plan.server, close=True)
+        data = local_reply(status, body, plan.reject_headers, close=True)
         try:
             await io.send_all(self.sock, data)
             stream.bytes_sent += len(data) - data.find(CRLF2) - 4

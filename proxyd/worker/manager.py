@@ -60,6 +60,10 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     plan.http_stats.rq_active += 1
     h = stream.head
     assert h is not None
+    if plan.transforms is not None:  # the HCM's path/host/header transforms
+        early = plan.transforms.on_request(stream, plan, conn)
+        if early is not None:
+            return early
     route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
     if route is None:
         return _serve(stream, plan, conn, None, plan.no_route_filters)

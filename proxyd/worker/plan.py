@@ -19,6 +19,7 @@ from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerato
 from proxyd.protocol.redirect import LocalAction
 from proxyd.protocol.routing import RouteTable
 from proxyd.worker.accesslog import AccessLogWriter
+from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
@@ -169,7 +170,11 @@ class ListenerPlan:
         # The router sees x-forwarded-proto "http" when the edge overwrote the client's
         # (the scheme of a redirect's location comes from it).
         self.overwrite_xfp = hcm.use_remote_address and hcm.xff_num_trusted_hops == 0
+        # The header lines of a reply to a request that could not be parsed (the
+        # transforms add via, and choose the server line).
+        self.reject_headers = self.server
         self.max_head = hcm.max_request_headers_kb * 1024
+        self.max_headers = hcm.max_headers_count
         # Bytes read from one side before they are written to the other (Envoy's soft
         # per-connection limit; the receive buffers themselves are smaller still).
         self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
@@ -177,6 +182,8 @@ class ListenerPlan:
         self.headers_timeout = hcm.request_headers_timeout_s or math.inf
         self.stream_idle = hcm.stream_idle_timeout_s or math.inf
         self.idle_timeout = hcm.idle_timeout_s or math.inf
+        # The connection manager's request/response transforms; None when it sets none.
+        self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
 
 
 class CompiledEpoch:
@@ -210,6 +217,8 @@ class CompiledEpoch:
             for lst in epoch.listeners
         }
         for name, plan in self.plans.items():
+            if plan.transforms is not None:
+                plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation

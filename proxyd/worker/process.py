@@ -36,7 +36,7 @@ import psutil
 import structlog
 import trio
 
-from proxyd import ipc
+from proxyd import ipc, pipes
 from proxyd.epoch import Epoch
 from proxyd.errors import ProxydError
 from proxyd.protocol.epoch_check import EpochChecker
@@ -253,6 +253,9 @@ class Worker:
     async def _accept_loop(self, name: str, lsock: socket.socket, scope: trio.CancelScope) -> None:
         nursery = self._nursery
         assert nursery is not None
+        # A pipe listener: Envoy names both ends of an accepted Unix socket by the
+        # listener's path (the client's own name is empty).
+        pipe = pipes.text(lsock.getsockname()) if lsock.family == socket.AF_UNIX else None
         with scope:
             batch = 0
             while True:
@@ -278,7 +281,11 @@ class Worker:
                 except OSError:
                     pass  # not TCP (a unix listener): no Nagle to turn off
                 try:
-                    conn = DownstreamConnection(self, name, sock, peer)
+                    if pipe is None:
+                        conn = DownstreamConnection(self, name, sock, peer)
+                    else:
+                        conn = DownstreamConnection(self, name, sock, (pipe, 0))
+                        conn.remote = conn.remote_ip = conn.local = pipe
                 except Exception as exc:  # a bug: this connection only, never the worker
                     note_unexpected(self.stats, exc, "accept")
                     io.close(sock)

@@ -12,6 +12,7 @@ cluster is compiled, so a request never formats a stat name).
 
 from __future__ import annotations
 
+from proxyd import pipes
 from proxyd.epoch import Cluster, Endpoint
 from proxyd.protocol.circuit_breakers import PRIORITIES, STAT_NAMES
 from proxyd.protocol.priority import make_priority_balancer
@@ -64,7 +65,7 @@ class HostState:
         self.idle: tuple[list[UpstreamConnection], ...] = tuple([] for _ in PRIORITIES)
         self.cluster = cluster
         # %UPSTREAM_HOST% as Envoy prints it, which is also the host's key in /clusters.
-        self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        self.label = pipes.host_label(address, port)
         self.stats: HostStats = store.host(cluster.name, self.label)
         # What the router tells outlier detection (a no-op log when the cluster has none).
         self.outcomes: OutcomeLog = (

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from proxyd import __version__ as _version
-from proxyd import ipc
+from proxyd import ipc, pipes
 from proxyd.epoch import Cluster, Endpoint
 from proxyd.master.admin.config_dump import add_dynamic, config_dump
 
@@ -65,7 +65,16 @@ def _rate(value: float) -> str:
 
 
 def host_key(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    """A host or listener as Envoy's admin pages print it ("ip:port", or a pipe's path
+    for port 0: a bound TCP listener always has its real port here)."""
+    return pipes.host_label(address, port)
+
+
+def address_json(address: str, port: int) -> dict[str, Any]:
+    """Envoy's JSON of a core.v3.Address: a socket_address, or a pipe for port 0."""
+    if port == 0:
+        return {"pipe": {"path": address}}
+    return {"socket_address": {"address": address, "port_value": port}}
 
 
 def _locality(e: Endpoint) -> dict[str, str]:
@@ -183,11 +192,12 @@ class AdminPages:
         )
 
     def stats(self, q: dict[str, list[str]]) -> Response:
-        self.master.refresh_server_stats()
-        store = self.master.stats
         fmt = (q.get("format") or [""])[0]
         if fmt == "prometheus":
             return self.prometheus(q)
+        self.master.stats_flusher.flush_on_admin()
+        self.master.refresh_server_stats()
+        store = self.master.stats
         pattern = (q.get("filter") or [""])[0] or None
         if pattern is not None:
             try:
@@ -199,6 +209,7 @@ class AdminPages:
         return _text(200, store.render_text(pattern, used_only="usedonly" in q))
 
     def prometheus(self, _q: dict[str, list[str]]) -> Response:
+        self.master.stats_flusher.flush_on_admin()
         self.master.refresh_server_stats()
         return Response(200, self.master.stats.render_prometheus().encode(), "text/plain; version=0.0.4; charset=UTF-8")  # fmt: skip
 
@@ -227,7 +238,7 @@ class AdminPages:
             host_values = self.master.stats.host_stats(c.name, host)
             prefix = f"{c.name}::{host}::"
             out.extend(f"{prefix}{k}::{host_values.get(k, 0)}\n" for k in _HOST_STATS)
-            out.append(f"{prefix}hostname::{e.hostname}\n")
+            out.append(f"{prefix}hostname::{e.endpoint_hostname or e.hostname}\n")
             out.append(f"{prefix}health_flags::{self._health_flags(c, e)}\n")
             out.append(f"{prefix}weight::{e.weight}\n")
             out.extend(f"{prefix}{k}::{v}\n" for k, v in _locality(e).items())
@@ -243,14 +254,14 @@ class AdminPages:
             values = self.master.stats.host_stats(c.name, host_key(e.address, e.port))
             hosts.append(
                 {
-                    "address": {"socket_address": {"address": e.address, "port_value": e.port}},
+                    "address": address_json(e.address, e.port),
                     "stats": [
                         {"name": k, "value": str(values.get(k, 0)), **({"type": "GAUGE"} if k.endswith("_active") else {})}
                         for k in _HOST_STATS
                     ],
                     "health_status": self._health_status(c, e),
                     "weight": e.weight,
-                    "hostname": e.hostname,
+                    "hostname": e.endpoint_hostname or e.hostname,
                     "locality": {k: v for k, v in _locality(e).items() if v},
                     **({"priority": e.priority} if e.priority else {}),
                 }
@@ -357,7 +368,7 @@ class AdminPages:
             return _json(
                 {
                     "listener_statuses": [
-                        {"name": n, "local_address": {"socket_address": {"address": a, "port_value": p}}}
+                        {"name": n, "local_address": address_json(a, p)}
                         for n, a, p in rows
                     ]
                 }

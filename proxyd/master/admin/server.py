@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import os
 import socket
 import time
 from typing import IO, TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import httptools
 import trio
 
 from proxyd.log import get_logger
-from proxyd.master.admin.pages import AdminPages, Response, access_log_line
+from proxyd.master.admin.pages import AdminPages, Response, access_log_line, host_key
 
 if TYPE_CHECKING:
     from proxyd.master.master import Master
@@ -101,6 +102,30 @@ class AdminServer:
         if self.port == 0:
             self.port = self._listeners[0].socket.getsockname()[1]
         log.info("admin_listening", address=self.address, port=self.port)
+
+    def address_text(self) -> str:
+        """The bound address as Envoy writes it: "127.0.0.1:9901", "[::1]:9901"."""
+        return host_key(self.address, self.port)
+
+    def write_address(self, path: str) -> None:
+        """``--admin-address-path``: the bound address, as Envoy writes it (no newline).
+
+        Written to a temporary file beside ``path`` and renamed over it, so a reader
+        never sees half of it. OSError when it cannot be written (a start error)."""
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.address_text())
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # never created, or already gone
+            raise OSError(
+                exc.errno, f"cannot write the admin address to {path}: {exc.strerror}"
+            ) from exc
+        log.info("admin_address_written", path=path, address=self.address_text())
 
     def _open_access_log(self) -> None:
         if self.access_log_path:

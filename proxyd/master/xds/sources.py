@@ -31,6 +31,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 from google.rpc import status_pb2
 
+from proxyd import pipes
 from proxyd.config.proto import parse_message
 from proxyd.config.source import parse_config_text
 from proxyd.epoch import ConfigSource
@@ -172,9 +173,11 @@ async def run_rest(sub: Subscription) -> None:
                 address[1],
                 REST_PATHS[sub.type_url],
                 request,
+                # A pipe has no host:port to name: the cluster, as Envoy's Host header.
+                authority="" if address[1] else source.cluster,
                 timeout_s=source.request_timeout_s,
             )
-            where = f"REST {address[0]}:{address[1]}"
+            where = f"REST {pipes.host_label(*address)}"
             if status == 200:
                 try:
                     response = parse_message(json.loads(body), discovery_pb2.DiscoveryResponse, where)  # fmt: skip
@@ -257,7 +260,9 @@ class Stream:
             try:
                 if address is None:
                     raise GrpcError(14, f"cluster '{self.source.cluster}' has no address")
-                async with open_stream(address[0], address[1], self.method) as stream:
+                # A pipe has no host:port: the cluster names it, as Envoy's :authority.
+                authority = "" if address[1] else self.source.cluster
+                async with open_stream(address[0], address[1], self.method, authority=authority) as stream:  # fmt: skip
                     self.client.connected(self, True)
                     await self._converse(stream, backoff)
             except (GrpcError, BaseExceptionGroup) as raised:
