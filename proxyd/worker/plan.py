@@ -58,7 +58,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
-        "local", "retry", "exchange",
+        "local", "retry", "exchange", "header_retry",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +85,9 @@ class RoutePlan:
         # forwards its requests: Exchange, or RetryingExchange with a policy.
         self.retry: RetryPlan | None = None
         self.exchange: type[Exchange] = Exchange
+        # With internal_address_config, and no retry policy: the retry plan an internal
+        # request's x-envoy-retry-on asks for (None: no such requests).
+        self.header_retry: RetryPlan | None = None
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -123,6 +126,8 @@ class ListenerPlan:
                 if r.retry is not None and rp.cluster_name:
                     rp.set_retry(r.retry)
                     retry_headers = True
+                elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
+                    rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
                 if r.redirect is not None or r.direct_response is not None:
                     rp.local = LocalAction(r.match, r.redirect, r.direct_response)
                 rp.filters = compile_filters(

@@ -14,6 +14,13 @@ Envoy's jittered back-off. The route timeout (armed once, when the request is co
 spans all attempts and the waits; the per-try timeout bounds each attempt, the response
 included, and a last attempt that runs out answers 504 ``UT``.
 
+An internal request (``internal_address_config``) may add conditions with
+``x-envoy-retry-on`` (also on a route without a policy: the manager hands such a request
+here through :func:`header_retry_exchange`), and set the retries
+(``x-envoy-max-retries``) and the per-try timeout
+(``x-envoy-upstream-rq-per-try-timeout-ms``), as Envoy lets it; other requests'
+are dropped unread, as Envoy drops them.
+
 A request body is kept to be replayed: the whole body is read before the first attempt
 (copied, up to the listener's per_connection_buffer_limit_bytes). A body that does not
 fit is sent as it comes and the request is not retried (``retry_or_shadow_abandoned``),
@@ -53,9 +60,41 @@ from proxyd.worker.stream import (
 
 if TYPE_CHECKING:
     from proxyd.epoch import RetryPolicy
+    from proxyd.worker.deadlines import Deadline, Timers
+    from proxyd.worker.plan import ListenerPlan, RoutePlan
+    from proxyd.worker.stream import Stream
+    from proxyd.worker.upstream import HostState
 
 _ATTEMPT_COUNT_LINE = re.compile(rb"\r\nx-envoy-attempt-count:[^\r\n]*", re.IGNORECASE)
 _EXPECTED_TIMEOUT_LINE = re.compile(rb"\r\nx-envoy-expected-rq-timeout-ms:[^\r\n]*")
+
+
+_INTERNAL_LINE = b"\r\nx-envoy-internal: true\r\n"
+_RETRY_HEADER_LINE = re.compile(
+    rb"\r\n(x-envoy-retry-on|x-envoy-max-retries|x-envoy-upstream-rq-per-try-timeout-ms):"
+    rb"[ \t]*([^\r\n]*)"
+)
+
+
+def internal_retry_headers(raw: bytes, head: bytes) -> dict[str, str] | None:
+    """An internal request's x-envoy-retry-on, x-envoy-max-retries and
+    x-envoy-upstream-rq-per-try-timeout-ms (the first of each), read from its head;
+    None for a request that is not internal (its upstream head says so), whose Envoy
+    drops them unread."""
+    if _INTERNAL_LINE not in head:
+        return None
+    out: dict[str, str] = {}
+    for m in _RETRY_HEADER_LINE.finditer(raw):
+        out.setdefault(m.group(1).decode(), m.group(2).strip().decode("latin-1"))
+    return out
+
+
+def header_int(value: str | None) -> int | None:
+    """A non-negative integer as Envoy's ``SimpleAtoi`` reads one (None: not one)."""
+    if value is None:
+        return None
+    v = value[1:] if value.startswith("+") else value
+    return int(v) if v.isascii() and v.isdigit() else None
 
 
 class RetryPlan:
@@ -85,14 +124,29 @@ class RetryPlan:
         self.attempt_count = policy.include_attempt_count
         self.timeout_s = timeout_s
 
-    def state(self) -> RetryState:
-        """A new request's retry state."""
+    def state(self, headers: dict[str, str] | None = None) -> tuple[RetryState, float]:
+        """A new request's retry state and per-try timeout (0: none), with an internal
+        request's retry headers."""
+        retry_on = self.retry_on
+        retries = self.num_retries
+        per_try = self.per_try_s
+        if headers:
+            retry_on |= parse_retry_on(headers.get("x-envoy-retry-on", ""))[0]
+            n = header_int(headers.get("x-envoy-max-retries"))
+            if n is not None:
+                retries = n
+            ms = header_int(headers.get("x-envoy-upstream-rq-per-try-timeout-ms"))
+            if ms is not None:
+                per_try = ms / 1000.0
+                if self.timeout_s and per_try >= self.timeout_s:
+                    per_try = 0.0
         backoff = JitteredBackOff(self.base_ms, self.max_ms)
-        return RetryState(self.retry_on, self.num_retries, self.status_codes, backoff)
+        return RetryState(retry_on, retries, self.status_codes, backoff), per_try
 
-    def expected_timeout_ms(self) -> int:
+    def expected_timeout_ms(self, per_try_s: float | None = None) -> int:
         """x-envoy-expected-rq-timeout-ms: the per-try timeout when there is one."""
-        return int(round((self.per_try_s or self.timeout_s) * 1000))
+        per_try = self.per_try_s if per_try_s is None else per_try_s
+        return int(round((per_try or self.timeout_s) * 1000))
 
 
 async def wait_back_off(state: RetryState) -> float:
@@ -100,6 +154,23 @@ async def wait_back_off(state: RetryState) -> float:
     seconds = state.next_backoff_s()
     await trio.sleep(seconds)
     return seconds
+
+
+def header_retry_exchange(
+    stream: Stream,
+    plan: ListenerPlan,
+    rp: RoutePlan,
+    host: HostState,
+    head: bytes,
+    deadline: tuple[Timers, Deadline],
+) -> Exchange:
+    """The router for a request with x-envoy-* headers on a route without a retry
+    policy: one that retries when the request is internal and says x-envoy-retry-on."""
+    h = stream.head
+    assert h is not None
+    if b"x-envoy-retry-on" in h.envoy_headers and _INTERNAL_LINE in head:
+        return RetryingExchange(stream, plan, rp, host, head, deadline)
+    return Exchange(stream, plan, rp, host, head, deadline)
 
 
 class _AttemptFailed(Exception):
@@ -118,19 +189,27 @@ class RetryingExchange(Exchange):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        rplan = self.rp.retry
+        rplan = self.rp.retry or self.rp.header_retry
         assert rplan is not None
         self.rplan = rplan
-        self.retry = rplan.state()
-        self.per_try_s = rplan.per_try_s
+        h = self.stream.head
+        assert h is not None
+        headers = internal_retry_headers(h.raw, self.head) if h.envoy_headers else None
+        self.retry, self.per_try_s = rplan.state(headers)
+        if self.per_try_s != rplan.per_try_s:
+            # x-envoy-expected-rq-timeout-ms says the request's per-try timeout.
+            ms = rplan.expected_timeout_ms(self.per_try_s)
+            line = b"\r\nx-envoy-expected-rq-timeout-ms: %d" % ms
+            head, n = _EXPECTED_TIMEOUT_LINE.subn(line, self.head, count=1)
+            if not n and ms:
+                head = head[:-4] + line + b"\r\n\r\n"
+            self.head = head
         self.attempts = 0
         # The request body as the upstream gets it, kept for each attempt.
         self.body_parts: list = []
         self.reused = False
         # False once the body went over the buffer limit: no retry then.
         self.replayable = True
-        h = self.stream.head
-        assert h is not None
         if rplan.attempt_count and b"x-envoy-attempt-count" in h.envoy_headers:
             self.head = _ATTEMPT_COUNT_LINE.sub(b"", self.head)
 
@@ -347,7 +426,7 @@ class RetryingExchange(Exchange):
     def _expected_timeout_now(self, head: bytes) -> bytes:
         """A retry's x-envoy-expected-rq-timeout-ms: the per-try timeout or what is left
         of the route timeout, whichever is less (at least 1 ms), as Envoy sets it."""
-        ms = self.rplan.expected_timeout_ms()
+        ms = self.rplan.expected_timeout_ms(self.per_try_s)
         d = self.deadline
         if self.rplan.timeout_s and d.kind is DeadlineKind.ROUTE and d.at != INF:
             left = int((d.at - self.timers.now()) * 1000)

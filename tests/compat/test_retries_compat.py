@@ -71,12 +71,13 @@ def play_all(ports: dict[str, int], upstream: Any, tag: str) -> dict[str, Outcom
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     with scripted_upstream() as upstream:
-        ports = {"ingress": free_port(), "edge": free_port(), "small": free_port()}
+        ports = {name: free_port() for name in ("ingress", "edge", "small", "internal")}
         admin = free_port()
         text = retries_config(
             ports["ingress"],
             ports["edge"],
             ports["small"],
+            ports["internal"],
             admin,
             upstream.server_address[1],
             free_port(),

@@ -8,8 +8,9 @@ with one retry policy each, in front of the scripted upstream
 listens on as cluster ``dead``. The virtual host ``vh.example`` has a virtual-host retry
 policy and include_request_attempt_count; one of its routes has its own policy. The
 listener ``edge`` (use_remote_address true) has the same routes, and so has ``small``
-(per_connection_buffer_limit_bytes 1024). A request's
-x-envoy-* retry headers count on neither (see the cases).
+(per_connection_buffer_limit_bytes 1024), and ``internal`` (use_remote_address true and
+internal_address_config: a loopback client is internal). A request's
+x-envoy-* retry headers count on the internal listener only (see the cases).
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ ROUTES = "".join(
 
 
 def retries_config(
-    ingress: int, edge: int, small: int, admin: int, upstream: int, dead: int
+    ingress: int, edge: int, small: int, internal: int, admin: int, upstream: int, dead: int
 ) -> str:
-    def listener(name: str, port: int, use_remote: bool, extra: str = "") -> str:
+    def listener(
+        name: str, port: int, use_remote: bool, extra: str = "", hcm_extra: str = ""
+    ) -> str:
         return f"""
   - name: {name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}{extra}
@@ -71,7 +74,7 @@ def retries_config(
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {name}_http
-          use_remote_address: {str(use_remote).lower()}
+          use_remote_address: {str(use_remote).lower()}{hcm_extra}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -96,6 +99,13 @@ def retries_config(
         listener("ingress", ingress, False)
         + listener("edge", edge, True)
         + listener("small", small, False, "\n    per_connection_buffer_limit_bytes: 1024")
+        + listener(
+            "internal",
+            internal,
+            True,
+            hcm_extra="\n          internal_address_config: "
+            "{cidr_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]}",
+        )
     )
     return f"""
 admin:
@@ -194,6 +204,35 @@ CASES = [
         3,
         listener="edge",
         headers=(("x-envoy-max-retries", "0"),),
+    ),
+    # With internal_address_config a loopback client without x-forwarded-for is
+    # internal: Envoy acts on its retry headers.
+    Case(
+        "internal-retry-on",
+        "none",
+        "503,200",
+        200,
+        2,
+        listener="internal",
+        headers=(("x-envoy-retry-on", "5xx"),),
+    ),
+    Case(
+        "internal-max-retries",
+        "5xx",
+        "503",
+        503,
+        4,
+        listener="internal",
+        headers=(("x-envoy-max-retries", "3"),),
+    ),
+    Case(
+        "internal-per-try",
+        "5xx",
+        "hang,200",
+        200,
+        2,
+        listener="internal",
+        headers=(("x-envoy-upstream-rq-per-try-timeout-ms", "300"),),
     ),
     Case("post-body-replayed", "5xx", "503,200", 200, 2, body=b"hello body " * 90),
     # Over the listener's buffer limit (1 KiB) the body is not kept: no retry.

@@ -25,12 +25,13 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     with scripted_upstream() as upstream:
-        ports = {"ingress": free_port(), "edge": free_port(), "small": free_port()}
+        ports = {name: free_port() for name in ("ingress", "edge", "small", "internal")}
         admin = free_port()
         text = retries_config(
             ports["ingress"],
             ports["edge"],
             ports["small"],
+            ports["internal"],
             admin,
             upstream.server_address[1],
             free_port(),
@@ -61,6 +62,9 @@ def test_per_try_timeout_is_the_expected_timeout(setup: Setup) -> None:
     (case,) = [c for c in CASES if c.name == "header-per-try-ignored"]
     out = play(case, setup.ports, setup.upstream, "expected")
     assert out.expected_timeouts == ["500"]
+    (case,) = [c for c in CASES if c.name == "internal-per-try"]
+    out = play(case, setup.ports, setup.upstream, "expected")
+    assert out.expected_timeouts == ["300", "300"]
     (case,) = [c for c in CASES if c.name == "5xx-then-ok"]
     out = play(case, setup.ports, setup.upstream, "expected")
     first, *retries = [int(v or 0) for v in out.expected_timeouts]

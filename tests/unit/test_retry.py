@@ -29,7 +29,7 @@ from proxyd.protocol.retry import (
     RetryState,
     parse_retry_on,
 )
-from proxyd.worker.retrying import wait_back_off
+from proxyd.worker.retrying import RetryPlan, header_int, internal_retry_headers, wait_back_off
 
 # -- back-off -------------------------------------------------------------------------------
 
@@ -309,3 +309,48 @@ def test_unsupported_fields_are_refused_by_name(field: str) -> None:
     )
     err = reject([route(retry_policy={"retry_on": "5xx", field: value})])
     assert field in err.path or field in err.reason
+
+
+# -- an internal request's retry headers -------------------------------------------------
+
+RAW = (
+    b"GET / HTTP/1.1\r\nhost: x\r\nx-envoy-retry-on: retriable-4xx,reset\r\n"
+    b"x-envoy-max-retries: 4\r\nx-envoy-upstream-rq-per-try-timeout-ms: 250\r\n\r\n"
+)
+
+
+def test_retry_headers_count_only_on_internal_requests() -> None:
+    internal_head = b"GET / HTTP/1.1\r\nhost: x\r\nx-envoy-internal: true\r\n\r\n"
+    assert internal_retry_headers(RAW, internal_head) == {
+        "x-envoy-retry-on": "retriable-4xx,reset",
+        "x-envoy-max-retries": "4",
+        "x-envoy-upstream-rq-per-try-timeout-ms": "250",
+    }
+    assert internal_retry_headers(RAW, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n") is None
+
+
+def test_retry_headers_change_the_policy() -> None:
+    plan = RetryPlan(RetryPolicy(retry_on="5xx", num_retries=1, per_try_timeout_s=1.0), 15.0)
+    s, per_try = plan.state(
+        {
+            "x-envoy-retry-on": "retriable-4xx,bogus",
+            "x-envoy-max-retries": "4",
+            "x-envoy-upstream-rq-per-try-timeout-ms": "250",
+        }
+    )
+    assert s.retry_on == RETRY_5XX | RETRY_RETRIABLE_4XX
+    assert (s.retries_left, per_try) == (4, 0.25)
+    # Not numbers: ignored; a per-try timeout not below the route timeout: none.
+    s, per_try = plan.state(
+        {"x-envoy-max-retries": "x", "x-envoy-upstream-rq-per-try-timeout-ms": "20000"}
+    )
+    assert (s.retries_left, per_try) == (1, 0.0)
+    s, per_try = plan.state(None)
+    assert (s.retry_on, s.retries_left, per_try) == (RETRY_5XX, 1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("3", 3), ("+3", 3), ("0", 0), ("-1", None), ("3x", None), ("", None)]
+)
+def test_header_int(text: str, value: int | None) -> None:
+    assert header_int(text) == value
