@@ -351,6 +351,9 @@ class Route:
     # The header mutations of the route, its virtual host and its route configuration
     # that have any, in the order Envoy evaluates them (the last one wins).
     header_mutations: tuple[HeaderMutations, ...] = ()
+    # RouteAction.retry_policy, else the virtual host's (None: neither, and the virtual
+    # host does not include_request_attempt_count).
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +377,23 @@ class HeaderMutations:
     request_remove: tuple[str, ...] = ()
     response_add: tuple[HeaderAdd, ...] = ()
     response_remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """config.route.v3.RetryPolicy as the router applies it (proxyd.protocol.retry)."""
+
+    # retry_on as configured (comma-separated condition names; "" = none).
+    retry_on: str = ""
+    num_retries: int = 1
+    # per_try_timeout (0 = none; also 0 when not below a non-zero route timeout).
+    per_try_timeout_s: float = 0.0
+    # retry_back_off: base_interval and max_interval (default 10 x base).
+    base_interval_ms: int = 25
+    max_interval_ms: int = 250
+    retriable_status_codes: tuple[int, ...] = ()
+    # VirtualHost.include_request_attempt_count: x-envoy-attempt-count upstream.
+    include_attempt_count: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 from proxyd.config.http_filters import compile_per_filter_config, merge_overrides
 from proxyd.config.matchers import header_match
 from proxyd.config.proto import join
+from proxyd.config.retries import with_retry_policies
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
@@ -105,7 +106,8 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
             if kept:
                 route = dataclasses.replace(route, header_mutations=kept)
             routes.append(route)
-        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=tuple(routes)))
+        kept_routes = with_retry_policies(vh, here, tuple(routes), file)
+        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes))
     return RouteConfig(name=rc.name, virtual_hosts=tuple(vhosts))
 
 

@@ -83,6 +83,15 @@ HEADER_MUTATIONS: dict[str, Spec] = {
     "response_headers_to_remove": LEAF,
 }
 
+# config.route.v3.RetryPolicy (proxyd.config.retries; retry_on names are checked there).
+RETRY_POLICY: Spec = {
+    "retry_on": LEAF,
+    "num_retries": LEAF,
+    "per_try_timeout": LEAF,
+    "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
+    "retriable_status_codes": LEAF,
+}
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -111,6 +120,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_literal": LEAF,
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
+                "retry_policy": RETRY_POLICY,
             },
             "redirect": {
                 "https_redirect": LEAF,
@@ -134,6 +144,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
         **HEADER_MUTATIONS,
+        "retry_policy": RETRY_POLICY,
+        "include_request_attempt_count": LEAF,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
     **HEADER_MUTATIONS,

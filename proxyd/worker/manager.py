@@ -23,6 +23,7 @@ from proxyd.worker import router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
+from proxyd.worker.retrying import header_retry_exchange
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
@@ -89,7 +90,10 @@ def _exchange(
     )
     if rp.mutations is not None:
         head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
-    return router.Exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
+    if h.envoy_headers and rp.header_retry is not None:
+        # An internal request's x-envoy-retry-on on a route without a retry policy.
+        return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
+    return rp.exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
 
 
 async def _no_healthy_upstream(stream: Stream, rp: RoutePlan) -> bool:

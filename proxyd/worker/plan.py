@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener
+from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener, RetryPolicy
 from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import LogFormat
@@ -22,6 +22,8 @@ from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.request_transforms import compile_transforms
+from proxyd.worker.retrying import RetryingExchange, RetryPlan
+from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.upstream import ClusterState, ConnPool
 
@@ -60,7 +62,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
-        "local", "mutations",
+        "local", "mutations", "retry", "exchange", "header_retry",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +87,19 @@ class RoutePlan:
         self.local: LocalAction | None = None
         # The route's header mutations (None: it has none, and pays nothing).
         self.mutations: MutationPlan | None = None
+        # The route's retry policy (proxyd.worker.retrying), and the router class that
+        # forwards its requests: Exchange, or RetryingExchange with a policy.
+        self.retry: RetryPlan | None = None
+        self.exchange: type[Exchange] = Exchange
+        # With internal_address_config, and no retry policy: the retry plan an internal
+        # request's x-envoy-retry-on asks for (None: no such requests).
+        self.header_retry: RetryPlan | None = None
+
+    def set_retry(self, policy: RetryPolicy) -> None:
+        self.retry = plan = RetryPlan(policy, self.timeout_s)
+        self.exchange = RetryingExchange
+        ms = plan.expected_timeout_ms()
+        self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
 
 
 class ListenerPlan:
@@ -112,9 +127,15 @@ class ListenerPlan:
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         filter_headers: set[str] = set()
+        retry_headers = False
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
+                if r.retry is not None and rp.cluster_name:
+                    rp.set_retry(r.retry)
+                    retry_headers = True
+                elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
+                    rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
                 if r.redirect is not None or r.direct_response is not None:
                     rp.local = LocalAction(r.match, r.redirect, r.direct_response)
                 if (
@@ -164,6 +185,8 @@ class ListenerPlan:
             self.logs.append((fmt, writers[al.path]))
         if self.logs:
             log_req.add("user-agent")
+        if retry_headers:
+            log_resp.add("x-envoy-overloaded")  # a response never retried
         # Header names (bytes, lower case) the request parser collects, by the key under
         # which routing and logging look them up.
         wanted = set(self.routes.needed_headers) | log_req | filter_headers
