@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= conf/front-proxy.yaml
 
-.PHONY: run test lint bench clean system-deps
+.PHONY: run test lint bench clean system-deps config-regen
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,10 +38,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check proxyd tests bench
 	$(BIN)/mypy
 
+# After a change to what the config loader accepts: rewrite the public corpus's
+# expectations and docs/config-coverage.md, and print the corpus figures.
+config-regen: $(STAMP)
+	$(BIN)/python -m tests.compat.envoy_corpus_report --envoy --write
+	$(BIN)/python -m proxyd.config.coverage_doc --write
+
 bench: $(STAMP) system-deps
+	@command -v valgrind >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null 2>&1; } || true
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/xds_scale.py
 	$(BIN)/python bench/idle_memory.py
+	$(BIN)/python bench/instructions.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
             "worker starts on the same sockets, then the old one drains (default: 0, no limit)"
         ),
     )  # fmt: skip
+    parser.add_argument(
+        "--admin-address-path", metavar="FILE", default="",
+        help=(
+            "write the admin address, once bound, to FILE as Envoy does (\"127.0.0.1:9901\", "
+            "no newline): with port_value 0 this is how to learn the port"
+        ),
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"proxyd {__version__}")
     return parser
 
@@ -191,6 +198,7 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         hot_restart_socket=args.hot_restart_socket,
         worker_heartbeat_timeout_s=args.worker_heartbeat_timeout_s,
         worker_rss_limit_mb=args.worker_rss_limit_mb,
+        admin_address_path=args.admin_address_path,
     )
     master = Master(options)
     code = trio.run(master.run)

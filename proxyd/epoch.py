@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One upstream host, resolved to an IP address by the master."""
+    """One upstream host, resolved to an IP address by the master, or a pipe (Unix
+    socket): then ``address`` is its path ("@name" in the abstract namespace) and
+    ``port`` is 0, which no TCP endpoint has (see :mod:`proxyd.pipes`)."""
 
     address: str
     port: int
@@ -42,6 +44,12 @@ class Endpoint:
     locality_weight: int = 0
     # Ejected by outlier detection (the master decides; see proxyd.master.outlier).
     ejected: bool = False
+    # Envoy's Endpoint.hostname (shown by /clusters in place of the DNS name) and
+    # health_check_config: the port and Host (gRPC :authority) active checks use
+    # (0 / "": the endpoint's port, the health check's own host or the cluster name).
+    endpoint_hostname: str = ""
+    hc_port: int = 0
+    hc_hostname: str = ""
 
     @property
     def usable(self) -> bool:
@@ -105,6 +113,9 @@ class HealthCheck:
     grpc_service_name: str = ""
     grpc_authority: str = ""
     grpc_metadata: tuple[HeaderToAdd, ...] = ()
+    # The port checks connect to (an endpoint's health_check_config.port_value; 0: the
+    # endpoint's own). Set per host by the master's health checker.
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +234,12 @@ class Cluster:
     cb_high: CircuitBreakerThresholds = dataclasses.field(
         default_factory=lambda: CircuitBreakerThresholds()
     )
+    # upstream_connection_options.tcp_keepalive: SO_KEEPALIVE on upstream connections
+    # with TCP_KEEPCNT, TCP_KEEPIDLE, TCP_KEEPINTVL (0 = the system's).
+    tcp_keepalive: bool = False
+    keepalive_probes: int = 0
+    keepalive_time_s: int = 0
+    keepalive_interval_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,12 +301,25 @@ class HeaderMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeFraction:
+    """Envoy's ``core.v3.RuntimeFractionalPercent``: its default_value (``numerator``
+    out of ``denominator``: 100, 10000 or 1000000), unless the runtime has a value for
+    ``runtime_key`` (``proxyd.protocol.runtime.Snapshot.fraction``)."""
+
+    runtime_key: str
+    numerator: int
+    denominator: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class RouteMatch:
     # "prefix", "path" or "safe_regex" (a full match of the path, without the query).
     kind: str
     value: str
     case_sensitive: bool = True
     headers: tuple[HeaderMatch, ...] = ()
+    # RouteMatch.runtime_fraction (None: the route always passes this test).
+    runtime_fraction: RuntimeFraction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +338,62 @@ class Route:
     # A route with one of these answers itself and names no cluster ("").
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
+    # RouteAction's rewrites of what goes upstream: prefix_rewrite (None: not set; ""
+    # rewrites to nothing), regex_rewrite (pattern and RE2 substitution, "" = not set),
+    # host_rewrite_literal ("" = not set).
+    prefix_rewrite: str | None = None
+    regex_rewrite: str = ""
+    regex_substitution: str = ""
+    host_rewrite: str = ""
+    # host_rewrite_header (lower case; "" = not set) and auto_host_rewrite.
+    host_rewrite_header: str = ""
+    auto_host_rewrite: bool = False
+    # The header mutations of the route, its virtual host and its route configuration
+    # that have any, in the order Envoy evaluates them (the last one wins).
+    header_mutations: tuple[HeaderMutations, ...] = ()
+    # RouteAction.retry_policy, else the virtual host's (None: neither, and the virtual
+    # host does not include_request_attempt_count).
+    retry: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderAdd:
+    """One HeaderValueOption of a ``*_headers_to_add``: the name (lower case), the
+    value as configured (``%OPERATOR%`` substitutions checked at load), its
+    append_action by name and keep_empty_value."""
+
+    name: str
+    value: str
+    action: str = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutations:
+    """The header changes of one level (route configuration, virtual host or route);
+    names lower case."""
+
+    request_add: tuple[HeaderAdd, ...] = ()
+    request_remove: tuple[str, ...] = ()
+    response_add: tuple[HeaderAdd, ...] = ()
+    response_remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """config.route.v3.RetryPolicy as the router applies it (proxyd.protocol.retry)."""
+
+    # retry_on as configured (comma-separated condition names; "" = none).
+    retry_on: str = ""
+    num_retries: int = 1
+    # per_try_timeout (0 = none; also 0 when not below a non-zero route timeout).
+    per_try_timeout_s: float = 0.0
+    # retry_back_off: base_interval and max_interval (default 10 x base).
+    base_interval_ms: int = 25
+    max_interval_ms: int = 250
+    retriable_status_codes: tuple[int, ...] = ()
+    # VirtualHost.include_request_attempt_count: x-envoy-attempt-count upstream.
+    include_attempt_count: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +548,58 @@ class HttpConnectionManager:
     # a request's headers arrive (ACCESS_LOG_TYPE DownstreamStart).
     access_log_flush_interval_s: float = 0.0
     flush_access_log_on_new_request: bool = False
+    # Request and response transforms (proxyd.worker.request_transforms; all off by
+    # default, as in Envoy): the path steps, what happens to the upstream's "server"
+    # header ("OVERWRITE", "APPEND_IF_ABSENT" or "PASS_THROUGH"), a "via" value for
+    # both directions, x-forwarded-for and x-request-id handling, the Host port strip
+    # ("" none, "matching" the listener's port, "any") and what a request header
+    # name with "_" does ("ALLOW", "REJECT_REQUEST" or "DROP_HEADER").
+    transforms: HcmTransforms | None = None
+    # common_http_protocol_options.max_headers_count: more request headers get 431.
+    max_headers_count: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class HcmTransforms:
+    """The HttpConnectionManager fields that edit requests and responses (None in
+    ``HttpConnectionManager.transforms`` when the config sets none of them)."""
+
+    normalize_path: bool = False
+    merge_slashes: bool = False
+    # "KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD".
+    escaped_slashes: str = "KEEP_UNCHANGED"
+    server_header_transformation: str = "OVERWRITE"
+    via: str = ""
+    skip_xff_append: bool = False
+    preserve_external_request_id: bool = False
+    always_set_request_id_in_response: bool = False
+    strip_host_port: str = ""
+    headers_with_underscores: str = "ALLOW"
+    # add_user_agent: x-envoy-downstream-service-cluster/-node from the bootstrap's
+    # node (Epoch.node_cluster, node_id), user-agent when the request has none.
+    add_user_agent: bool = False
+    # scheme_header_transformation.scheme_to_overwrite ("" = none): the scheme, and so
+    # x-forwarded-proto, of every request.
+    scheme: str = ""
+    # internal_address_config: set or not, its CIDR ranges ("addr/len"; none: Envoy's
+    # RFC 1918, loopback and unique-local defaults) and unix_sockets.
+    internal_address_config: bool = False
+    internal_cidrs: tuple[str, ...] = ()
+    internal_unix_sockets: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOption:
+    """Envoy's core.v3.SocketOption for a listening socket (the master applies it)."""
+
+    level: int
+    name: int
+    int_value: int = 0
+    # buf_value when ``is_buf`` (else int_value).
+    buf_value: bytes = b""
+    is_buf: bool = False
+    # "STATE_PREBIND", "STATE_BOUND" or "STATE_LISTENING": when it is set.
+    state: str = "STATE_PREBIND"
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,11 +611,48 @@ class Listener:
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     # The listener's own access_log: one line per downstream connection, at close.
     access_logs: tuple[AccessLog, ...] = ()
+    # Envoy's ignore_global_conn_limit: the global downstream connection limit
+    # (Epoch.global_cx_limit) never refuses this listener's connections.
+    ignore_global_conn_limit: bool = False
+    # A pipe (Unix socket) listener: ``address`` is its path ("@name" in the abstract
+    # namespace), ``port`` 0, and ``pipe_mode`` the file mode to set (0: leave it).
+    # Port 0 without ``pipe`` is a TCP listener on a port the kernel picks.
+    pipe: bool = False
+    pipe_mode: int = 0
+    # How the master binds the listener's sockets (proxyd.master.listeners): IP_FREEBIND,
+    # the listen() backlog (0: proxyd's default) and Envoy's socket_options.
+    freebind: bool = False
+    tcp_backlog_size: int = 0
+    socket_options: tuple[SocketOption, ...] = ()
 
     @property
     def stat_name(self) -> str:
-        """Envoy's listener stat scope: ``listener.<address>_<port>``."""
-        return f"{self.address}_{self.port}"
+        """Envoy's listener stat scope: ``listener.<address>_<port>`` (the configured
+        port, 0 included), or ``listener.<path>`` for a pipe."""
+        return self.address if self.pipe else f"{self.address}_{self.port}"
+
+    @property
+    def address_text(self) -> str:
+        """The configured address as Envoy writes it in messages: "ip:port" or a path."""
+        return self.address if self.pipe else f"{self.address}:{self.port}"
+
+
+# -- runtime --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeValue:
+    """One key of the runtime, its layers merged (Envoy's ``Runtime::Snapshot`` entry).
+
+    The master parses each value once (``proxyd.config.runtime``): ``uint`` is Envoy's
+    ``uint_value_`` (a number >= 0, floored; None otherwise) and ``numerator`` /
+    ``denominator`` its ``fractional_percent_value_`` (denominator 0: none)."""
+
+    key: str
+    raw: str
+    uint: int | None = None
+    numerator: int = 0
+    denominator: int = 0
 
 
 # -- the epoch ------------------------------------------------------------------------
@@ -493,6 +668,21 @@ class Epoch:
     # --drain-time-s: how long an updated or removed listener's old connections may
     # stay open (idle ones are closed after it; set by the master when publishing).
     drain_time_s: float = 600.0
+    # The global downstream connection limit across every worker (proxyd.cx_limit;
+    # -1: none) and whether every accepted connection counts toward it (the runtime
+    # key) or only those the limit allowed (the overload manager's monitor). Set by
+    # the master when publishing.
+    global_cx_limit: int = -1
+    global_cx_count_all: bool = False
+    # How often a worker sends a Heartbeat (half the worker watchdog's interval; 0:
+    # none, the StatsReport once a second is the heartbeat). Set by the master.
+    heartbeat_interval_s: float = 0.0
+    # The bootstrap's node.id and node.cluster (add_user_agent sends them upstream).
+    node_id: str = ""
+    node_cluster: str = ""
+    # The runtime (layered_runtime, every layer merged), by key order; set by the
+    # master when publishing (proxyd.master.runtime).
+    runtime: tuple[RuntimeValue, ...] = ()
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

@@ -75,6 +75,16 @@ class Stop:
     """Exit now."""
 
 
+@dataclass(frozen=True, slots=True)
+class OverloadActions:
+    """The overload manager's actions in force (proxyd.master.overload): sent when one
+    changes, and to a new worker after its first epoch when any is active."""
+
+    stop_accepting_connections: bool = False
+    reject_incoming_connections: bool = False
+    disable_http_keepalive: bool = False
+
+
 # -- worker → master ------------------------------------------------------------------
 
 
@@ -123,6 +133,14 @@ class HostOutcomes:
 
     worker_id: int
     outcomes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The worker's event loop is running: sent every half watchdog interval (see
+    proxyd.master.watchdog), besides the StatsReport once a second."""
+
+    worker_id: int
 
 
 # -- proxyctl ↔ master (control socket) -----------------------------------------------
@@ -258,6 +276,9 @@ MESSAGES: tuple[type, ...] = (
     # also gates hot restart between versions) stays; only a worker refusing an epoch
     # sends it.
     EpochRefused,
+    # Appended for the overload manager and the watchdog (tags above unchanged).
+    OverloadActions,
+    Heartbeat,
 )
 _TAG_OF = {cls: i for i, cls in enumerate(MESSAGES)}
 

@@ -13,7 +13,10 @@ those outside the stats tree too) and is never listed by ``/stats``.
 
 Rendering is sans-IO: :meth:`StatsStore.render_text` is Envoy's ``/stats`` ("name: value"
 lines sorted by name) and :meth:`StatsStore.render_prometheus` is ``/stats/prometheus``
-with Envoy's default tag extraction (:func:`extract_tags`).
+with Envoy's tag extraction. Both show only the stats ``stats_config.stats_matcher``
+accepts, and the tags are ``stats_config``'s (:class:`proxyd.protocol.stats_tags.StatsView`, set
+with :meth:`StatsStore.configure`); the store itself keeps every stat, so what the
+master reads for its own decisions does not depend on what is shown.
 """
 
 from __future__ import annotations
@@ -21,123 +24,26 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
+
+from proxyd.protocol.stats_tags import StatsView
 
 HOST_SEP = "::"
 
-# -- tag extraction (Envoy's source/common/config/well_known_names.cc) ----------------
 
-_WORD = r"[^\.]+"
-_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}_\d+|\[[_aAbBcCdDeEfF0-9]+\]_\d+)"
-_EXPAND = {
-    "<ADDRESS>": _ADDRESS,
-    "<CIPHER>": r"[0-9A-Za-z_-]+",
-    "<ROUTE_CONFIG_NAME>": r"[\w\-\.]+",
-}
+@cache
+def _default_view() -> StatsView:
+    # Built on first use: a worker imports this module for HOST_SEP only.
+    return StatsView()
 
 
-@dataclass(frozen=True, slots=True)
-class TagExtractor:
-    """One of Envoy's default tag regexes.
-
-    Group 1 is removed from the stat name, group 2 is the tag value. Like Envoy, every
-    extractor runs on the original name and the removals are applied together.
-    """
-
-    name: str
-    regex: re.Pattern[str]
-    # Envoy's cheap pre-filter: the regex is tried only when this substring is present.
-    substr: str = ""
-
-
-def _extractor(name: str, regex: str, substr: str = "") -> TagExtractor:
-    for key, value in _EXPAND.items():
-        regex = regex.replace(key, value)
-    regex = re.sub(r"<[A-Z_]+>", lambda _m: _WORD, regex)
-    return TagExtractor(name, re.compile(regex), substr)
-
-
-# In Envoy's order (it is also the order of the labels in /stats/prometheus).
-DEFAULT_TAG_EXTRACTORS: tuple[TagExtractor, ...] = (
-    _extractor("envoy.response_code", r"_rq(_(\d{3}))$", "_rq_"),
-    _extractor("envoy.response_code_class", r"_rq_((\d))xx$", "_rq_"),
-    _extractor(
-        "envoy.http_user_agent",
-        r"^http\.<STAT_PREFIX>\.user_agent\.((<USER_AGENT>)\.)",
-        ".user_agent.",
-    ),
-    _extractor(
-        "envoy.virtual_cluster",
-        r"^vhost\.<VIRTUAL_HOST_NAME>\.vcluster\.((<VIRTUAL_CLUSTER_NAME>)\.)",
-        ".vcluster.",
-    ),
-    _extractor(
-        "envoy.fault_downstream_cluster",
-        r"^http\.<STAT_PREFIX>\.fault\.((<DOWNSTREAM_CLUSTER>)\.)",
-        ".fault.",
-    ),
-    _extractor("envoy.ssl_cipher", r"^listener\..*?\.ssl\.cipher(\.(<CIPHER>))$"),
-    _extractor(
-        "envoy.ssl_cipher_suite",
-        r"^cluster\.<CLUSTER_NAME>\.ssl\.ciphers(\.(<CIPHER>))$",
-        ".ssl.ciphers.",
-    ),
-    _extractor("envoy.tcp_prefix", r"^tcp\.((<STAT_PREFIX>)\.)"),
-    _extractor("envoy.udp_prefix", r"^udp\.((<STAT_PREFIX>)\.)"),
-    _extractor("envoy.ratelimit_prefix", r"^ratelimit\.((<STAT_PREFIX>)\.)"),
-    # Per-worker scopes: listener.<address>.worker_<id>. and server.worker_<id>.
-    _extractor("envoy.worker_id", r"^listener\.<ADDRESS>\.worker_((\d+)\.)", ".worker_"),
-    _extractor("envoy.worker_id", r"^server\.worker_((\d+)\.)", "server.worker_"),
-    _extractor(
-        "envoy.worker_id",
-        r"^thread_local_cluster_manager\.worker_((\d+)\.)",
-        "thread_local_cluster_manager.worker_",
-    ),
-    _extractor("envoy.cluster_name", r"^cluster\.((<CLUSTER_NAME>)\.)"),
-    _extractor(
-        "envoy.http_conn_manager_prefix",
-        r"^listener\..*?\.http\.((<STAT_PREFIX>)\.)",
-        ".http.",
-    ),
-    _extractor("envoy.http_conn_manager_prefix", r"^http\.((<STAT_PREFIX>)\.)"),
-    _extractor("envoy.listener_address", r"^listener\.((<ADDRESS>)\.)"),
-    _extractor("envoy.virtual_host", r"^vhost\.((<VIRTUAL_HOST_NAME>)\.)"),
-    _extractor(
-        "envoy.rds_route_config",
-        r"^http\.<STAT_PREFIX>\.rds\.((<ROUTE_CONFIG_NAME>)\.)\w+?$",
-        ".rds.",
-    ),
-    _extractor(
-        "envoy.worker_id", r"^listener_manager\.((worker_\d+)\.)", "listener_manager.worker_"
-    ),
-)
-
-
-@lru_cache(maxsize=65536)
 def extract_tags(name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """Envoy's tag extraction: ``(tag-extracted name, ((tag, value), ...))``.
+    """Envoy's default tag extraction: ``(tag-extracted name, ((tag, value), ...))``.
 
     >>> extract_tags("cluster.up.upstream_rq_2xx")
     ('cluster.upstream_rq_xx', (('envoy.response_code_class', '2'), ('envoy.cluster_name', 'up')))
     """
-    removed: list[tuple[int, int]] = []
-    tags: list[tuple[str, str]] = []
-    for ex in DEFAULT_TAG_EXTRACTORS:
-        if ex.substr and ex.substr not in name:
-            continue
-        m = ex.regex.search(name)
-        if m is None:
-            continue
-        tags.append((ex.name, m.group(2)))
-        removed.append(m.span(1))
-    if not removed:
-        return name, ()
-    keep = [True] * len(name)
-    for start, end in removed:
-        for i in range(start, end):
-            keep[i] = False
-    return "".join(c for c, k in zip(name, keep, strict=True) if k), tuple(tags)
+    return _default_view().tags.produce(name)
 
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -171,6 +77,18 @@ class StatsStore:
         self._worker_host_gauges: dict[int, dict[str, int]] = {}
         # Envoy's text readouts (an xDS subscription's version_text, ...).
         self._texts: dict[str, str] = {}
+        # stats_config: the tags and the matcher, applied when rendering.
+        self.view = _default_view()
+        # Counter totals at the last sink flush, and the part of each total that came
+        # from a hot-restart predecessor (which flushed it to the sinks itself).
+        self._flushed: dict[str, int] = {}
+        # Master gauges set at least once, and worker gauges seen non-zero: Envoy's
+        # "used" gauges, the ones a sink flush sends.
+        self._used_gauges: set[str] = set()
+
+    def configure(self, view: StatsView) -> None:
+        """Use ``stats_config``'s tags and matcher from now on."""
+        self.view = view
 
     # -- input ------------------------------------------------------------------------
 
@@ -198,10 +116,15 @@ class StatsStore:
         return {**self._counters, **self._host_counters}
 
     def add_counters(self, deltas: dict[str, int]) -> None:
-        """Add counters from elsewhere (a hot-restart predecessor's totals or deltas)."""
+        """Add counters from elsewhere (a hot-restart predecessor's totals or deltas).
+
+        The predecessor sent these to the stats sinks itself, so they count as flushed."""
+        flushed = self._flushed
         for name, delta in deltas.items():
             target = self._host_counters if HOST_SEP in name else self._counters
             target[name] = target.get(name, 0) + int(delta)
+            if target is self._counters:
+                flushed[name] = flushed.get(name, 0) + int(delta)
 
     def ensure_counters(self, names: list[str] | tuple[str, ...]) -> None:
         """Make counters visible at 0 before anything has counted them (as Envoy does)."""
@@ -211,6 +134,7 @@ class StatsStore:
     def set_gauge(self, name: str, value: int) -> None:
         """A gauge the master owns (server.*, cluster.<name>.membership_*)."""
         self._master_gauges[name] = int(value)
+        self._used_gauges.add(name)
 
     def set_text(self, name: str, value: str) -> None:
         """A text readout the master owns (``<subscription>.version_text``)."""
@@ -272,10 +196,11 @@ class StatsStore:
         shown: dict[str, str] = {n: str(v) for n, v in values.items()}
         shown.update((n, json.dumps(v)) for n, v in self._texts.items())  # quoted, as Envoy
         pattern = re.compile(filter_regex) if filter_regex else None
+        accepts = self.view.matcher.accepts
         lines = [
             f"{name}: {shown[name]}\n"
             for name in sorted(shown)
-            if pattern is None or pattern.search(name)
+            if (pattern is None or pattern.search(name)) and accepts(name)
         ]
         return "".join(lines)
 
@@ -283,24 +208,58 @@ class StatsStore:
         """Envoy's ``/stats?format=json``: ``{"stats": [{"name": ..., "value": ...}]}``."""
         values: dict[str, object] = {**self._counters, **self.gauges(), **self._texts}
         pattern = re.compile(filter_regex) if filter_regex else None
+        accepts = self.view.matcher.accepts
         return {
             "stats": [
                 {"name": name, "value": values[name]}
                 for name in sorted(values)
-                if pattern is None or pattern.search(name)
+                if (pattern is None or pattern.search(name)) and accepts(name)
             ]
         }
 
     def render_prometheus(self) -> str:
-        """Envoy's ``/stats/prometheus``: counters, then gauges, each family sorted."""
+        """Envoy's ``/stats/prometheus``: counters, then gauges, each family sorted;
+        names and labels from the tag extraction ``stats_config`` sets."""
         out: list[str] = []
+        produce = self.view.tags.produce
+        accepts = self.view.matcher.accepts
         for kind, values in (("counter", self._counters), ("gauge", self.gauges())):
             families: dict[str, list[tuple[str, int]]] = defaultdict(list)
             for name, value in values.items():
-                base, tags = extract_tags(name)
+                if not accepts(name):
+                    continue
+                base, tags = produce(name)
                 families[prometheus_name(base)].append((_labels(tags), value))
             for metric in sorted(families):
                 out.append(f"# TYPE {metric} {kind}\n")
                 for labels, value in sorted(families[metric]):
                     out.append(f"{metric}{labels} {value}\n")
         return "".join(out)
+
+    # -- sinks ------------------------------------------------------------------------
+
+    def sink_snapshot(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """What one flush to the stats sinks sends, as Envoy's MetricSnapshot gives it to
+        its statsd sinks: ``(counters, gauges)``, each ``(name, value)``.
+
+        Counters are the *used* ones (counted at least once) with their change since
+        the previous flush, 0 included; gauges are the used ones with their value.
+        Stats the matcher rejects are left out. Each call latches the counters."""
+        accepts = self.view.matcher.accepts
+        flushed = self._flushed
+        counters: list[tuple[str, int]] = []
+        for name, total in self._counters.items():
+            if not total or not accepts(name):
+                continue
+            counters.append((name, total - flushed.get(name, 0)))
+            flushed[name] = total
+        used = self._used_gauges
+        gauges: list[tuple[str, int]] = []
+        for name, value in self.gauges().items():
+            if value:
+                used.add(name)
+            elif name not in used:
+                continue
+            if accepts(name):
+                gauges.append((name, value))
+        return counters, gauges

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,10 +22,12 @@ from typing import Any
 
 import yaml
 
-from proxyd.demo import UpstreamServer
+from proxyd import pipes
+from proxyd.demo import UpstreamServer, _Server
 
 __all__ = [
     "UpstreamServer",
+    "PipeUpstreamServer",
     "free_port",
     "wait_for",
     "ProxydProcess",
@@ -42,6 +45,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _PipeServer(_Server):
+    address_family = socket.AF_UNIX
+
+    def server_bind(self) -> None:
+        # HTTPServer's own takes the address apart as (host, port).
+        import socketserver
+
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", 0
+
+
+class PipeUpstreamServer(UpstreamServer):
+    """The demo upstream on a Unix socket at ``path`` ("@name": abstract namespace);
+    ``with PipeUpstreamServer("a", path) as up:``. Its ``port`` is 0 and ``host`` the
+    path, so ``pipes.host_label(up.host, up.port)`` is how proxyd names it."""
+
+    def __init__(self, name: str, path: str) -> None:  # noqa: D107 - see the class
+        if not pipes.is_abstract(path) and os.path.exists(path):
+            os.unlink(path)
+        self._server = _PipeServer(name, pipes.sockaddr(path))  # type: ignore[arg-type]
+        self.name = name
+        self.host = path
+        self.port = 0
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -215,13 +244,19 @@ class ProxydProcess:
 
     ``with ProxydProcess(tmp_path, yaml_text, admin_port) as p:`` waits until the admin
     ``/ready`` answers 200; leaving the block stops it (SIGTERM, then SIGKILL).
+
+    With ``admin_port`` 0 (the default) the config's admin address should have
+    ``port_value: 0`` too: proxyd binds a free port itself and writes the address to
+    ``--admin-address-path``, where :meth:`start` reads it (``p.admin_port``). Listeners
+    with ``port_value: 0`` get their port the same way; :meth:`listener_port` asks the
+    admin ``/listeners`` for it. Nothing picks a port before proxyd binds it.
     """
 
     def __init__(
         self,
         tmp_path: Path,
         config: str,
-        admin_port: int,
+        admin_port: int = 0,
         concurrency: int = 2,
         extra_args: tuple[str, ...] = (),
         config_name: str = "proxyd.yaml",
@@ -232,8 +267,10 @@ class ProxydProcess:
         self.admin_port = admin_port
         self.control_socket = str(self.dir / "control.sock")
         self.log_path = self.dir / "proxyd.log"
+        self.admin_address_path = self.dir / "admin.address"
         self.args = [
             sys.executable, "-m", "proxyd",
+            *(() if admin_port else ("--admin-address-path", str(self.admin_address_path))),
             "-c", str(self.config_path),
             "--concurrency", str(concurrency),
             "--control-socket", self.control_socket,
@@ -252,11 +289,20 @@ class ProxydProcess:
         """Start and wait until ``/ready`` says 200 (``live``), or until the admin
         answers at all (initialization may still be going on)."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        learn_port = self.admin_port == 0
+        if learn_port:
+            self.admin_address_path.unlink(missing_ok=True)  # a previous run's
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"proxyd exited with {self.proc.returncode}:\n{self.log()}")
+            if learn_port:
+                if not self.admin_address_path.exists():
+                    time.sleep(0.05)
+                    continue
+                self.admin_port = admin_address_port(self.admin_address_path.read_text())
+                learn_port = False
             try:
                 if self.admin("/ready")[0] == 200 or not live:
                     return self
@@ -265,6 +311,19 @@ class ProxydProcess:
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"proxyd not ready within {timeout} s:\n{self.log()}")
+
+    def listener_port(self, name: str = "ingress", timeout: float = 10.0) -> int:
+        """The port listener ``name`` is bound to, from the admin ``/listeners``; waits
+        up to ``timeout`` for it to be there (an LDS listener may come later)."""
+
+        def port() -> int:
+            doc = json.loads(self.admin("/listeners?format=json")[1])
+            for entry in doc["listener_statuses"]:
+                if entry["name"] == name:
+                    return int(entry["local_address"]["socket_address"]["port_value"])
+            return 0
+
+        return int(wait_for(port, timeout=timeout))
 
     def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
@@ -332,6 +391,14 @@ class ProxydProcess:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass  # it exited on its own meanwhile
+
+
+def admin_address_port(text: str) -> int:
+    """The port in what ``--admin-address-path`` holds ("127.0.0.1:9901", no newline)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"not an admin address: {text!r}")
+    return int(port)
 
 
 def _children_of(pid: int) -> list[int]:

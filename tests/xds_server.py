@@ -166,7 +166,7 @@ class _Stream:
 class XdsServer:
     """gRPC and REST xDS on loopback; ``with XdsServer() as xds: xds.grpc_port``."""
 
-    def __init__(self, max_streams: int = 64, grpc_port: int = 0) -> None:
+    def __init__(self, max_streams: int = 64, grpc_port: int = 0, grpc_pipe: str = "") -> None:
         # Reentrant: wait_until's predicates (find_ack, ...) take the lock themselves.
         self._cond = threading.Condition(threading.RLock())
         self._snapshots: dict[str, Snapshot] = {}
@@ -183,6 +183,13 @@ class XdsServer:
         lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(_Lds(self), self._grpc)
         rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(_Rds(self), self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{grpc_port}")
+        if grpc_pipe:  # gRPC on a Unix socket too ("@name": abstract namespace)
+            where = (
+                f"unix-abstract:{grpc_pipe[1:]}"
+                if grpc_pipe.startswith("@")
+                else f"unix:{grpc_pipe}"
+            )
+            self._grpc.add_insecure_port(where)
         self._http = _RestServer(self)
         self.rest_port: int = self._http.server_address[1]
         self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)

@@ -81,6 +81,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
     if c.HasField("least_request_lb_config"):
         choice_count = wrapped_or(c.least_request_lb_config, "choice_count", DEFAULT_CHOICE_COUNT)
 
+    _check_host_update_fields(c, path, file)
     idle_timeout_s, max_requests, http2 = _upstream_http_options(c, path, file)
     if c.HasField("max_requests_per_connection"):
         if max_requests is not None:
@@ -124,7 +125,41 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         healthy_panic_threshold=panic_threshold,
         locality_weighted_lb=locality_weighted,
         **breakers,
+        **_tcp_keepalive(c),
     )
+
+
+def _check_host_update_fields(c: Any, path: str, file: str) -> None:
+    """Fields whose Envoy meaning is how proxyd always works, in the values that mean
+    it: host updates are not merged over a window (update_merge_window 0). (A host
+    that service discovery drops goes at once, which is ignore_health_on_host_removal
+    true; a plain bool, so false cannot be told from unset.)"""
+    if c.HasField("common_lb_config") and c.common_lb_config.HasField("update_merge_window"):
+        window = c.common_lb_config.update_merge_window
+        if window.seconds or window.nanos:
+            raise ConfigError(
+                file,
+                join(path, "common_lb_config.update_merge_window"),
+                "update_merge_window other than 0s not supported by proxyd (health and "
+                "endpoint updates are applied at once)",
+            )
+
+
+def _tcp_keepalive(c: Any) -> dict[str, Any]:
+    """upstream_connection_options.tcp_keepalive (Envoy: SO_KEEPALIVE, and each of
+    TCP_KEEPCNT/KEEPIDLE/KEEPINTVL that is set)."""
+    if not c.HasField("upstream_connection_options"):
+        return {}
+    opts = c.upstream_connection_options
+    if not opts.HasField("tcp_keepalive"):
+        return {}
+    ka = opts.tcp_keepalive
+    return {
+        "tcp_keepalive": True,
+        "keepalive_probes": wrapped_or(ka, "keepalive_probes", 0),
+        "keepalive_time_s": wrapped_or(ka, "keepalive_time", 0),
+        "keepalive_interval_s": wrapped_or(ka, "keepalive_interval", 0),
+    }
 
 
 def _eds_service_name(c: Any, kind: str, path: str, file: str) -> str:

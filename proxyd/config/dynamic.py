@@ -34,14 +34,6 @@ DEFAULT_REQUEST_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
-class Node:
-    """The bootstrap's node identity, sent to management servers."""
-
-    id: str = ""
-    cluster: str = ""
-
-
-@dataclass(frozen=True)
 class DynamicResources:
     """``dynamic_resources``: where listeners and clusters come from, and the ADS stream."""
 

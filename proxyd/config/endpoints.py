@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxyd.config.proto import join
-from proxyd.config.values import is_ip_literal, require_ip, socket_address, wrapped_or
+from proxyd.config.values import compile_address, is_ip_literal, require_ip, wrapped_or
 from proxyd.epoch import Endpoint
 from proxyd.errors import ConfigError
 
@@ -61,6 +61,9 @@ def compile_load_assignment(cla: Any, kind: str, path: str, file: str) -> LoadAs
             priority=priority,
             locality=locality,
             locality_weight=weights.get((priority, locality), 0),
+            endpoint_hostname=e.endpoint_hostname,
+            hc_port=e.hc_port,
+            hc_hostname=e.hc_hostname,
         )
         for priority, locality, e in found
     )
@@ -82,8 +85,18 @@ def _locality(group: Any) -> str:
 def _endpoint(lb: Any, kind: str, path: str, file: str) -> Endpoint:
     if not lb.HasField("endpoint") or not lb.endpoint.HasField("address"):
         raise ConfigError(file, join(path, "endpoint.address"), "an address is required")
+    where = compile_address(lb.endpoint.address, join(path, "endpoint.address"), file)
+    address, port = where.address, where.port
+    if where.pipe:
+        if kind not in IP_ONLY_KINDS:
+            raise ConfigError(
+                file,
+                join(path, "endpoint.address.pipe"),
+                f"a pipe endpoint in a {kind} cluster not supported by proxyd (only "
+                f"{' and '.join(IP_ONLY_KINDS)} clusters take pipe endpoints)",
+            )
+        return Endpoint(address=address, port=0, weight=wrapped_or(lb, "load_balancing_weight", 1))
     addr_path = join(path, "endpoint.address.socket_address")
-    address, port = socket_address(lb.endpoint.address, join(path, "endpoint.address"), file)
     if port == 0:
         raise ConfigError(
             file, join(addr_path, "port_value"), "an upstream port is required (1-65535)"
@@ -93,11 +106,15 @@ def _endpoint(lb: Any, kind: str, path: str, file: str) -> Endpoint:
         require_ip(address, addr_path, file)
     elif not is_ip_literal(address):
         hostname = address
+    hc = lb.endpoint.health_check_config
     return Endpoint(
         address=address,
         port=port,
         weight=wrapped_or(lb, "load_balancing_weight", 1),
         hostname=hostname,
+        endpoint_hostname=lb.endpoint.hostname,
+        hc_port=hc.port_value,
+        hc_hostname=hc.hostname,
     )
 
 

@@ -9,15 +9,17 @@ from typing import Any
 
 from proxyd.config.access_logs import compile_access_logs
 from proxyd.config.dynamic import compile_config_source
+from proxyd.config.hcm_transforms import compile_transforms
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
+from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, unpack
 from proxyd.config.values import (
+    compile_address,
     duration_or,
     enum_name,
     require_ip,
-    socket_address,
     wrapped_or,
 )
 from proxyd.epoch import HttpConnectionManager, Listener, RouteConfig
@@ -33,6 +35,7 @@ DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0
 DEFAULT_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_SERVER_NAME = "envoy"
+DEFAULT_MAX_HEADERS_COUNT = 100
 
 
 def compile_listeners(
@@ -40,7 +43,7 @@ def compile_listeners(
 ) -> tuple[Listener, ...]:
     out: list[Listener] = []
     names: dict[str, int] = {}
-    addresses: dict[tuple[str, int], str] = {}
+    addresses: dict[tuple[str, int, bool], str] = {}
     for i, lst in enumerate(listeners):
         here = f"{path}[{i}]"
         listener = compile_listener(lst, here, clusters, file)
@@ -49,13 +52,12 @@ def compile_listeners(
                 file, join(here, "name"), f"duplicate listener name '{listener.name}'"
             )
         names[listener.name] = i
-        key = (listener.address, listener.port)
-        if listener.port != 0 and key in addresses:
+        key = (listener.address, listener.port, listener.pipe)
+        if (listener.port != 0 or listener.pipe) and key in addresses:
             raise ConfigError(
                 file,
                 join(here, "address"),
-                f"duplicate address '{listener.address}:{listener.port}' "
-                f"(listener '{addresses[key]}' has it)",
+                f"duplicate address '{listener.address_text}' (listener '{addresses[key]}' has it)",
             )
         addresses[key] = listener.name
         out.append(listener)
@@ -65,8 +67,10 @@ def compile_listeners(
 def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -> Listener:
     if not lst.HasField("address"):
         raise ConfigError(file, join(path, "address"), "an address is required")
-    address, port = socket_address(lst.address, join(path, "address"), file)
-    require_ip(address, join(path, "address.socket_address"), file)
+    where = compile_address(lst.address, join(path, "address"), file)
+    address, port = where.address, where.port
+    if not where.pipe:
+        require_ip(address, join(path, "address.socket_address"), file)
     if not wrapped_or(lst, "enable_reuse_port", True):
         raise ConfigError(
             file,
@@ -91,8 +95,15 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     filter_path = join(chain_path, "filters[0]")
     hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
     hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
+    if where.pipe and hcm.use_remote_address:
+        raise ConfigError(
+            file,
+            join(filter_path, "typed_config.use_remote_address"),
+            "use_remote_address on a pipe listener not supported by proxyd (a Unix socket "
+            "peer has no IP address to trust)",
+        )
     return Listener(
-        name=lst.name or f"{address}_{port}",
+        name=lst.name or (address if where.pipe else f"{address}_{port}"),
         address=address,
         port=port,
         hcm=hcm,
@@ -100,6 +111,12 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
         ),
         access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
+        ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
+        pipe=where.pipe,
+        pipe_mode=where.mode,
+        freebind=wrapped_or(lst, "freebind", False),
+        tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
+        socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
     )
 
 
@@ -134,9 +151,13 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         )
     http_filters = compile_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
+    max_headers = DEFAULT_MAX_HEADERS_COUNT
     if hcm.HasField("common_http_protocol_options"):
         idle_timeout_s = duration_or(
             hcm.common_http_protocol_options, "idle_timeout", DEFAULT_IDLE_TIMEOUT_S
+        )
+        max_headers = wrapped_or(
+            hcm.common_http_protocol_options, "max_headers_count", DEFAULT_MAX_HEADERS_COUNT
         )
     return HttpConnectionManager(
         stat_prefix=hcm.stat_prefix,
@@ -163,6 +184,8 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
             hcm.access_log_options, "access_log_flush_interval", 0.0
         ),
         flush_access_log_on_new_request=hcm.access_log_options.flush_access_log_on_new_request,
+        transforms=compile_transforms(hcm, path, file),
+        max_headers_count=max_headers,
     )
 
 

@@ -18,21 +18,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import json_format
 
 from proxyd.config.clusters import compile_clusters
 from proxyd.config.dynamic import (
     DynamicResources,
-    Node,
     check_source,
     compile_dynamic_resources,
     epoch_sources,
 )
+from proxyd.config.feature_check import unsupported_instead
 from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
+from proxyd.config.node import Node, compile_node
+from proxyd.config.overload import (
+    OverloadConfig,
+    Watchdogs,
+    check_local_cluster,
+    compile_overload,
+    compile_watchdogs,
+)
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
+from proxyd.config.runtime import RuntimeLayer, compile_layered_runtime
 from proxyd.config.source import read_config_file
-from proxyd.config.supported import FILE_LOG_TYPE, check_bootstrap
+from proxyd.config.stats import StatsSettings, compile_stats
+from proxyd.config.supported import FILE_LOG_TYPE, STDOUT_LOG_TYPE, check_bootstrap
 from proxyd.config.translate import Translation, log_deprecations, translate
 from proxyd.config.values import require_ip, socket_address
 from proxyd.epoch import Epoch
@@ -41,11 +52,16 @@ from proxyd.errors import ConfigError
 
 @dataclass(frozen=True)
 class AdminConfig:
-    """Where the admin HTTP API listens; ``access_log_path`` is "" when there is none."""
+    """Where the admin HTTP API listens; ``access_log_path`` is "" when there is none
+    ("-" for Envoy's stdout access logger)."""
 
     address: str
     port: int
     access_log_path: str
+    # Envoy's admin.ignore_global_conn_limit (the runtime-key limit counts and refuses
+    # admin connections unless it is set; the overload manager's monitor never does).
+    ignore_global_conn_limit: bool = False
+    profile_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,15 @@ class LoadedConfig:
     node: Node = field(default_factory=Node)
     # "Using deprecated option ..." for each deprecated field the file sets.
     deprecations: tuple[str, ...] = ()
+    # overload_manager (and the runtime-key connection limit), watchdogs and
+    # cluster_manager.local_cluster_name (proxyd.config.overload).
+    overload: OverloadConfig = field(default_factory=OverloadConfig)
+    watchdogs: Watchdogs = field(default_factory=Watchdogs)
+    local_cluster_name: str = ""
+    # stats_config, stats_sinks and the flush interval (proxyd.config.stats).
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    # layered_runtime (proxyd.master.runtime reads the disk layers and keeps the admin one).
+    runtime_layers: tuple[RuntimeLayer, ...] = ()
 
 
 def load(path: str) -> LoadedConfig:
@@ -72,7 +97,14 @@ def load(path: str) -> LoadedConfig:
 def compile_bootstrap(data: dict[str, Any], file: str) -> LoadedConfig:
     """Validate and compile already-read bootstrap data; ``file`` names it in errors."""
     singles: list[str] = []  # single values read as lists of one, for error paths
-    bootstrap = parse_bootstrap(data, file, singles)
+    try:
+        bootstrap = parse_bootstrap(data, file, singles)
+    except ConfigError as exc:
+        # Inside a feature proxyd lacks, the missing feature is the error to give.
+        refusal = unsupported_instead(exc, data, bootstrap_pb2.Bootstrap.DESCRIPTOR)
+        if refusal is exc:
+            raise
+        raise refusal from exc
     # As written (before translation), as Envoy's /config_dump shows it.
     bootstrap_json = json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
     translation = translate(bootstrap, "", file, singles)
@@ -91,8 +123,15 @@ def _compile(
         static.listeners, "static_resources.listeners", route_targets(clusters), file
     )
     admin = _admin(bootstrap, file) if bootstrap.HasField("admin") else None
+    stats = compile_stats(bootstrap, {c.name for c in clusters}, file)
     dynamic = compile_dynamic_resources(bootstrap, file)
-    template = Epoch(number=0, listeners=listeners, clusters=clusters)
+    template = Epoch(
+        number=0,
+        listeners=listeners,
+        clusters=clusters,
+        node_id=bootstrap.node.id,
+        node_cluster=bootstrap.node.cluster,
+    )
     static_clusters = {c.name: c for c in clusters}
     sources = [("dynamic_resources.lds_config", dynamic.lds), ("dynamic_resources.cds_config", dynamic.cds)]  # fmt: skip
     sources += epoch_sources(template, "static_resources.listeners", "static_resources.clusters")
@@ -109,14 +148,20 @@ def _compile(
     for where, source in sources:
         if source is not None:
             check_source(source, static_clusters, dynamic, where, file)
+    local_cluster = check_local_cluster(bootstrap, static_clusters, file)
     return LoadedConfig(
         epoch_template=template,
         admin=admin,
         bootstrap_json=bootstrap_json,
         file=file,
         dynamic=dynamic,
-        node=Node(id=bootstrap.node.id, cluster=bootstrap.node.cluster),
+        node=compile_node(bootstrap),
         deprecations=tuple(d.message() for d in translation.deprecations),
+        overload=compile_overload(bootstrap, file),
+        watchdogs=compile_watchdogs(bootstrap),
+        local_cluster_name=local_cluster,
+        stats=stats,
+        runtime_layers=compile_layered_runtime(bootstrap, file),
     )
 
 
@@ -133,9 +178,23 @@ def _admin(bootstrap: Any, file: str) -> AdminConfig | None:
         return None  # as in Envoy: no address, no admin listener
     address, port = socket_address(admin.address, "admin.address", file)
     require_ip(address, "admin.address.socket_address", file)
-    return AdminConfig(address=address, port=port, access_log_path=log_path)
+    return AdminConfig(
+        address=address,
+        port=port,
+        access_log_path=log_path,
+        ignore_global_conn_limit=bool(admin.ignore_global_conn_limit),
+        profile_path=str(admin.profile_path),
+    )
+
+
+STDOUT_LOG_NAME = "envoy.access_loggers.stdout"
+# AdminConfig.access_log_path for Envoy's stdout access logger.
+STDOUT = "-"
 
 
 def _admin_log_path(entry: Any, path: str, file: str) -> str:
+    if entry.HasField("typed_config") and entry.typed_config.type_url.endswith(STDOUT_LOG_TYPE):
+        typed_config(entry, STDOUT_LOG_TYPE, STDOUT_LOG_NAME, "access logger", path, file)
+        return STDOUT
     log = typed_config(entry, FILE_LOG_TYPE, FILE_LOG_NAME, "access logger", path, file)
     return str(log.path)

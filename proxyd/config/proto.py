@@ -86,6 +86,7 @@ _FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
 _DURATION_MAX_SECONDS = 315_576_000_000  # protobuf's bound, about 10,000 years
 # json_format appends ' at "Bootstrap.a.b"' or ' at Bootstrap.a.b' to its reasons.
 _JSON_FORMAT_WHERE = re.compile(r'\.? at "?[A-Za-z_][^ ]*$')
+_NOT_AN_INT = re.compile(r"invalid literal for int\(\) with base 10: ('.*')")
 # Proto packages that may be imported on demand to resolve a type URL.
 _IMPORTABLE_ROOTS = ("envoy.", "udpa.", "xds.", "google.protobuf.")
 # Package versions of Envoy's v2 API: xds-protos still has some, Envoy 1.40 has none.
@@ -499,7 +500,10 @@ def _clean(message: str) -> str:
     while text.startswith("Failed to parse ") and ": " in text:
         text = text.split(": ", 1)[1]
     text = _JSON_FORMAT_WHERE.sub("", text.split("\n", 1)[0])
-    return text.rstrip(".").strip()
+    text = text.rstrip(".").strip()
+    # Python's own words for a string that is not a number (json_format passes them on).
+    m = _NOT_AN_INT.fullmatch(text)
+    return f"expected an integer, got the string {m.group(1)}" if m else text
 
 
 def _kind(value: Any) -> str:

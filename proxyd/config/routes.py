@@ -9,6 +9,7 @@ cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Container
 from typing import Any
@@ -16,18 +17,26 @@ from typing import Any
 from proxyd.config.http_filters import compile_per_filter_config, merge_overrides
 from proxyd.config.matchers import header_match
 from proxyd.config.proto import join
+from proxyd.config.retries import with_retry_policies
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
     FilterOverride,
+    HeaderAdd,
+    HeaderMutations,
     Redirect,
     Route,
     RouteConfig,
     RouteMatch,
+    RuntimeFraction,
     VirtualHost,
 )
 from proxyd.errors import ConfigError
+from proxyd.protocol.header_mutations import ACTIONS, FRAMING, parse_value
 from proxyd.protocol.redirect import re2_substitution
+
+# type.v3.FractionalPercent.DenominatorType, by number.
+DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
 # Envoy's RouteAction.timeout default; 0 disables it.
 DEFAULT_ROUTE_TIMEOUT_S = 15.0
@@ -60,6 +69,8 @@ def route_targets(clusters: Any) -> RouteTargets:
 def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str) -> RouteConfig:
     domains_seen: set[str] = set()
     rc_filters = compile_per_filter_config(rc, path, file)
+    rc_headers = header_mutations(rc, path, file)
+    most_specific_wins = rc.most_specific_header_mutations_wins
     vhosts = []
     for i, vh in enumerate(rc.virtual_hosts):
         here = f"{join(path, 'virtual_hosts')}[{i}]"
@@ -83,11 +94,20 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
             domains_seen.add(d)
             domains.append(d)
         vh_filters = compile_per_filter_config(vh, here, file)
-        routes = tuple(
-            _route(r, f"{join(here, 'routes')}[{k}]", clusters, file, (rc_filters, vh_filters))
-            for k, r in enumerate(vh.routes)
-        )
-        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=routes))
+        vh_headers = header_mutations(vh, here, file)
+        routes = []
+        for k, r in enumerate(vh.routes):
+            route_path = f"{join(here, 'routes')}[{k}]"
+            route = _route(r, route_path, clusters, file, (rc_filters, vh_filters))
+            levels = [rc_headers, vh_headers, header_mutations(r, route_path, file)]
+            if not most_specific_wins:
+                levels.reverse()  # Envoy evaluates the route's first: the outermost wins
+            kept = tuple(m for m in levels if m is not None)
+            if kept:
+                route = dataclasses.replace(route, header_mutations=kept)
+            routes.append(route)
+        kept_routes = with_retry_policies(vh, here, tuple(routes), file)
+        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes))
     return RouteConfig(name=rc.name, virtual_hosts=tuple(vhosts))
 
 
@@ -128,10 +148,27 @@ def _route(
         )
     if action.cluster not in clusters:
         raise ConfigError(file, cluster_path, f"unknown cluster '{action.cluster}'")
+    regex = substitution = ""
+    if action.HasField("regex_rewrite"):
+        if action.prefix_rewrite:
+            raise ConfigError(
+                file,
+                join(path, "route"),
+                "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy",
+            )
+        regex, substitution = _regex_rewrite(
+            action.regex_rewrite, join(path, "route.regex_rewrite"), file
+        )
     return Route(
         name=r.name,
         match=match,
         cluster=action.cluster,
+        prefix_rewrite=action.prefix_rewrite or None,
+        regex_rewrite=regex,
+        regex_substitution=substitution,
+        host_rewrite=action.host_rewrite_literal,
+        host_rewrite_header=action.host_rewrite_header.lower(),
+        auto_host_rewrite=action.auto_host_rewrite.value,
         timeout_s=duration_or(action, "timeout", DEFAULT_ROUTE_TIMEOUT_S),
         priority=_priority(action, join(path, "route.priority"), file),
         filter_configs=filter_configs,
@@ -161,14 +198,7 @@ def _redirect(rd: Any, path: str, file: str) -> Redirect:
     scheme = "https" if rd.https_redirect else rd.scheme_redirect
     regex = substitution = ""
     if rd.HasField("regex_rewrite"):
-        here = join(path, "regex_rewrite")
-        regex = rd.regex_rewrite.pattern.regex
-        substitution = rd.regex_rewrite.substitution
-        check_regex(regex, join(here, "pattern.regex"), file)
-        try:
-            re2_substitution(substitution, re.compile(regex).groups)
-        except ValueError as exc:
-            raise ConfigError(file, join(here, "substitution"), str(exc)) from exc
+        regex, substitution = _regex_rewrite(rd.regex_rewrite, join(path, "regex_rewrite"), file)
     return Redirect(
         scheme=scheme,
         host=rd.host_redirect,
@@ -180,6 +210,19 @@ def _redirect(rd: Any, path: str, file: str) -> Redirect:
         strip_query=rd.strip_query,
         status=_REDIRECT_CODES[code],
     )
+
+
+def _regex_rewrite(rr: Any, here: str, file: str) -> tuple[str, str]:
+    """A RegexMatchAndSubstitute, checked as RE2 would compile it, and its substitution
+    as RE2's rewrite string (Envoy leaves a bad one to request time)."""
+    regex = rr.pattern.regex
+    substitution = rr.substitution
+    check_regex(regex, join(here, "pattern.regex"), file)
+    try:
+        re2_substitution(substitution, re.compile(regex).groups)
+    except ValueError as exc:
+        raise ConfigError(file, join(here, "substitution"), str(exc)) from exc
+    return regex, substitution
 
 
 def _direct_response(dr: Any, path: str, file: str) -> DirectResponse:
@@ -238,4 +281,79 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
     headers = tuple(
         header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
     )
-    return RouteMatch(kind=kind, value=value, case_sensitive=case_sensitive, headers=headers)
+    fraction = None
+    if m.HasField("runtime_fraction"):
+        rf = m.runtime_fraction
+        fraction = RuntimeFraction(
+            runtime_key=rf.runtime_key,
+            numerator=rf.default_value.numerator,
+            denominator=DENOMINATORS[rf.default_value.denominator],
+        )
+    return RouteMatch(
+        kind=kind,
+        value=value,
+        case_sensitive=case_sensitive,
+        headers=headers,
+        runtime_fraction=fraction,
+    )
+
+
+def header_mutations(msg: Any, path: str, file: str) -> HeaderMutations | None:
+    """The request/response_headers_to_add/remove of a route configuration, virtual
+    host or route, with the checks Envoy's HeaderParser makes (None: it has none)."""
+    if not (
+        msg.request_headers_to_add
+        or msg.request_headers_to_remove
+        or msg.response_headers_to_add
+        or msg.response_headers_to_remove
+    ):
+        return None
+    return HeaderMutations(
+        request_add=_header_adds(msg, "request_headers_to_add", path, file),
+        request_remove=_header_removes(msg, "request_headers_to_remove", path, file),
+        response_add=_header_adds(msg, "response_headers_to_add", path, file),
+        response_remove=_header_removes(msg, "response_headers_to_remove", path, file),
+    )
+
+
+def _check_name(name: str, where: str, file: str, verb: str) -> str:
+    low = name.lower()
+    if low.startswith(":") or low == "host":
+        raise ConfigError(file, where, f":-prefixed or host headers may not be {verb}")
+    if low in FRAMING:
+        raise ConfigError(
+            file,
+            where,
+            f"proxyd frames each message itself: header mutations may not name '{low}'",
+        )
+    return low
+
+
+def _header_adds(msg: Any, field: str, path: str, file: str) -> tuple[HeaderAdd, ...]:
+    out = []
+    for i, opt in enumerate(getattr(msg, field)):
+        here = f"{join(path, field)}[{i}]"
+        name = _check_name(opt.header.key, join(here, "header.key"), file, "modified")
+        try:
+            parse_value(opt.header.value)
+        except ValueError as exc:
+            raise ConfigError(file, join(here, "header.value"), str(exc)) from exc
+        action = enum_name(opt, "append_action")
+        if action not in ACTIONS:
+            raise ConfigError(file, join(here, "append_action"), f"unknown append_action {action}")
+        out.append(
+            HeaderAdd(
+                name=name,
+                value=opt.header.value,
+                action=action,
+                keep_empty=opt.keep_empty_value,
+            )
+        )
+    return tuple(out)
+
+
+def _header_removes(msg: Any, field: str, path: str, file: str) -> tuple[str, ...]:
+    return tuple(
+        _check_name(name, f"{join(path, field)}[{i}]", file, "removed")
+        for i, name in enumerate(getattr(msg, field))
+    )

@@ -19,10 +19,10 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from proxyd.config import http_filters, rules
+from proxyd.config import http_filters, overload, rules
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
-from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, AnyOf, Spec
+from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
 from proxyd.errors import ConfigError
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -32,15 +32,28 @@ STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-ADDRESS: Spec = {"socket_address": {"address": LEAF, "port_value": LEAF}}
+SOCKET_ADDRESS: Spec = {"address": LEAF, "port_value": LEAF}
+ADDRESS: Spec = {"socket_address": SOCKET_ADDRESS}
+# Where proxyd also takes a Unix socket (listeners, endpoints; proxyd.pipes).
+ADDRESS_OR_PIPE: Spec = {"socket_address": SOCKET_ADDRESS, "pipe": {"path": LEAF, "mode": LEAF}}
+
+# core.v3.Metadata on clusters, endpoints and routes: kept as written (/config_dump);
+# no proxyd feature reads it (subset load balancing and the metadata access-log
+# operators are refused), as in Envoy without a consumer.
+METADATA: Spec = {"filter_metadata": LEAF, "typed_filter_metadata": LEAF}
 
 ADMIN: Spec = {
     "address": ADDRESS,
     "access_log_path": LEAF,
     "access_log": {
         "name": LEAF,
-        "typed_config": AnyOf("access logger", {FILE_LOG_TYPE: {"path": LEAF}}),
+        "typed_config": AnyOf(
+            "access logger", {FILE_LOG_TYPE: {"path": LEAF}, STDOUT_LOG_TYPE: {}}
+        ),
     },
+    # Accepted: proxyd has no /cpuprofiler or /heapprofiler to write there.
+    "profile_path": LEAF,
+    "ignore_global_conn_limit": LEAF,
 }
 
 # typed_per_filter_config values: each filter's per-route type, or the FilterConfig
@@ -57,6 +70,29 @@ PER_FILTER_CONFIG: Spec = AnyOf(
     },
 )
 
+# request/response_headers_to_add/remove of a route configuration, virtual host or
+# route (proxyd.config.routes.header_mutations; proxyd.protocol.header_mutations).
+_HEADER_OPTION: Spec = {
+    "header": {"key": LEAF, "value": LEAF},
+    "append_action": LEAF,
+    "keep_empty_value": LEAF,
+}
+HEADER_MUTATIONS: dict[str, Spec] = {
+    "request_headers_to_add": _HEADER_OPTION,
+    "request_headers_to_remove": LEAF,
+    "response_headers_to_add": _HEADER_OPTION,
+    "response_headers_to_remove": LEAF,
+}
+
+# config.route.v3.RetryPolicy (proxyd.config.retries; retry_on names are checked there).
+RETRY_POLICY: Spec = {
+    "retry_on": LEAF,
+    "num_retries": LEAF,
+    "per_try_timeout": LEAF,
+    "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
+    "retriable_status_codes": LEAF,
+}
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -70,8 +106,23 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "safe_regex": REGEX,
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
+                # proxyd.protocol.routing, with the runtime's value for runtime_key.
+                "runtime_fraction": {
+                    "default_value": {"numerator": LEAF, "denominator": LEAF},
+                    "runtime_key": LEAF,
+                },
             },
-            "route": {"cluster": LEAF, "timeout": LEAF, "priority": LEAF},
+            "route": {
+                "cluster": LEAF,
+                "timeout": LEAF,
+                "priority": LEAF,
+                "prefix_rewrite": LEAF,
+                "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
+                "host_rewrite_literal": LEAF,
+                "host_rewrite_header": LEAF,
+                "auto_host_rewrite": LEAF,
+                "retry_policy": RETRY_POLICY,
+            },
             "redirect": {
                 "https_redirect": LEAF,
                 "scheme_redirect": LEAF,
@@ -89,10 +140,17 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "body": {"filename": LEAF, "inline_bytes": LEAF, "inline_string": LEAF},
             },
             "typed_per_filter_config": PER_FILTER_CONFIG,
+            "metadata": METADATA,
+            **HEADER_MUTATIONS,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
+        **HEADER_MUTATIONS,
+        "retry_policy": RETRY_POLICY,
+        "include_request_attempt_count": LEAF,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
+    **HEADER_MUTATIONS,
+    "most_specific_header_mutations_wins": LEAF,
 }
 
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).
@@ -185,22 +243,66 @@ HCM: Spec = {
     "request_timeout": LEAF,
     "stream_idle_timeout": LEAF,
     "request_headers_timeout": LEAF,
-    "common_http_protocol_options": {"idle_timeout": LEAF},
+    "common_http_protocol_options": {
+        "idle_timeout": LEAF,
+        "headers_with_underscores_action": LEAF,
+        "max_headers_count": LEAF,
+    },
     "use_remote_address": LEAF,
     "xff_num_trusted_hops": LEAF,
     "max_request_headers_kb": LEAF,
     "server_name": LEAF,
     "generate_request_id": LEAF,
+    # proxyd.config.hcm_transforms, proxyd.worker.request_transforms.
+    "normalize_path": LEAF,
+    "merge_slashes": LEAF,
+    "path_with_escaped_slashes_action": LEAF,
+    "server_header_transformation": LEAF,
+    "via": LEAF,
+    "skip_xff_append": LEAF,
+    "preserve_external_request_id": LEAF,
+    "always_set_request_id_in_response": LEAF,
+    "strip_matching_host_port": LEAF,
+    "strip_any_host_port": LEAF,
+    "add_user_agent": LEAF,
+    # 0s only (proxyd.config.hcm_transforms): proxyd closes at once.
+    "delayed_close_timeout": LEAF,
+    "internal_address_config": {
+        "unix_sockets": LEAF,
+        "cidr_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+    },
+    # match_upstream: the :scheme of plain HTTP/1 upstreams, which HTTP/1 does not send.
+    "scheme_header_transformation": {"scheme_to_overwrite": LEAF, "match_upstream": LEAF},
 }
 
 LISTENER: dict[str, Spec] = {
     "name": LEAF,
-    "address": ADDRESS,
+    "address": ADDRESS_OR_PIPE,
     "per_connection_buffer_limit_bytes": LEAF,
     # true only (proxyd.config.listeners): each worker has its own SO_REUSEPORT socket.
     "enable_reuse_port": LEAF,
     # One line per downstream connection, at close (proxyd.worker.accesslog).
     "access_log": ACCESS_LOG,
+    "ignore_global_conn_limit": LEAF,
+    # Set on the listening sockets by the master (proxyd.master.listeners).
+    "freebind": LEAF,
+    "tcp_backlog_size": LEAF,
+    "socket_options": {
+        "description": LEAF,
+        "level": LEAF,
+        "name": LEAF,
+        "int_value": LEAF,
+        "buf_value": LEAF,
+        "state": LEAF,
+        "type": {"stream": {}, "datagram": {}},
+    },
+    # Without listener_filters (refused) the timeout has nothing to time, as in Envoy.
+    "listener_filters_timeout": LEAF,
+    "continue_on_listener_filters_timeout": LEAF,
+    # Envoy uses it for tracing and Windows original_dst only: no effect in proxyd.
+    "traffic_direction": LEAF,
+    # exact_balance: each worker accepts from its own SO_REUSEPORT socket (see docs).
+    "connection_balance_config": {"exact_balance": {}},
     "filter_chains": {
         "filters": {
             "name": LEAF,
@@ -298,8 +400,13 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
     "endpoints": {
         "locality": {"region": LEAF, "zone": LEAF, "sub_zone": LEAF},
         "lb_endpoints": {
-            "endpoint": {"address": ADDRESS},
+            "endpoint": {
+                "address": ADDRESS_OR_PIPE,
+                "hostname": LEAF,
+                "health_check_config": {"port_value": LEAF, "hostname": LEAF},
+            },
             "load_balancing_weight": LEAF,
+            "metadata": METADATA,
         },
         "load_balancing_weight": LEAF,
         "priority": LEAF,
@@ -317,7 +424,13 @@ CLUSTER: dict[str, Spec] = {
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},
         "locality_weighted_lb_config": {},
+        # 0s only (proxyd.config.clusters): updates are applied at once.
+        "update_merge_window": LEAF,
     },
+    # proxyd removes a host as soon as service discovery drops it (true's meaning).
+    "ignore_health_on_host_removal": LEAF,
+    # HTTP pools drain a host's connections when it fails a check, as Envoy's do.
+    "close_connections_on_host_health_failure": LEAF,
     "dns_lookup_family": LEAF,
     "dns_refresh_rate": LEAF,
     "respect_dns_ttl": LEAF,
@@ -341,17 +454,118 @@ CLUSTER: dict[str, Spec] = {
         "protocol options", {UPSTREAM_HTTP_TYPE: UPSTREAM_HTTP}
     ),
     "outlier_detection": OUTLIER_DETECTION,
+    # SO_KEEPALIVE and its timers on upstream connections (proxyd.worker.pool).
+    "upstream_connection_options": {
+        "tcp_keepalive": {
+            "keepalive_probes": LEAF,
+            "keepalive_time": LEAF,
+            "keepalive_interval": LEAF,
+        },
+    },
+    "metadata": METADATA,
+}
+
+# metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats);
+# histogram_bucket_settings is refused by name. A UDP sink's socket_address may say
+# "protocol: UDP" (or TCP, which Envoy ignores there too: the sink sends datagrams).
+SINK_ADDRESS: Spec = {
+    "socket_address": {"address": LEAF, "port_value": LEAF, "protocol": LEAF},
+}
+STATS_CONFIG: Spec = {
+    "stats_tags": {"tag_name": LEAF, "regex": LEAF, "fixed_value": LEAF},
+    "use_all_default_tags": LEAF,
+    "stats_matcher": {
+        "reject_all": LEAF,
+        "exclusion_list": {"patterns": STRING_MATCHER},
+        "inclusion_list": {"patterns": STRING_MATCHER},
+    },
+}
+STATS_SINK: Spec = {
+    "name": LEAF,
+    "typed_config": AnyOf(
+        "stats sink",
+        {
+            "envoy.config.metrics.v3.StatsdSink": {
+                "address": SINK_ADDRESS,
+                "tcp_cluster_name": LEAF,
+                "prefix": LEAF,
+            },
+            "envoy.config.metrics.v3.DogStatsdSink": {
+                "address": SINK_ADDRESS,
+                "prefix": LEAF,
+                "max_bytes_per_datagram": LEAF,
+            },
+        },
+    ),
+}
+
+# proxyd.config.overload: the monitors and actions it implements, threshold triggers.
+OVERLOAD_MANAGER: Spec = {
+    "refresh_interval": LEAF,
+    "resource_monitors": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "resource monitor",
+            {
+                overload.DOWNSTREAM_CONNECTIONS_TYPE: {"max_active_downstream_connections": LEAF},
+                overload.FIXED_HEAP_TYPE: {"max_heap_size_bytes": LEAF},
+            },
+        ),
+    },
+    "actions": {"name": LEAF, "triggers": {"name": LEAF, "threshold": {"value": LEAF}}},
+}
+
+WATCHDOG: Spec = {
+    "miss_timeout": LEAF,
+    "megamiss_timeout": LEAF,
+    "kill_timeout": LEAF,
+    "max_kill_timeout_jitter": LEAF,
+    "multikill_timeout": LEAF,
+    "multikill_threshold": {"value": LEAF},
 }
 
 BOOTSTRAP: dict[str, Spec] = {
     "admin": ADMIN,
-    "node": {"id": LEAF, "cluster": LEAF},
+    # proxyd.config.node: sent in every xDS request; metadata, dynamic_parameters and
+    # the rest as written (Struct and map leaves).
+    "node": {
+        "id": LEAF,
+        "cluster": LEAF,
+        "metadata": LEAF,
+        "dynamic_parameters": LEAF,
+        "locality": {"region": LEAF, "zone": LEAF, "sub_zone": LEAF},
+        "user_agent_name": LEAF,
+        "user_agent_version": LEAF,
+        "user_agent_build_version": LEAF,
+        "extensions": LEAF,
+        "client_features": LEAF,
+    },
+    # proxyd.config.runtime and proxyd.master.runtime; rtds_layer is refused.
+    "layered_runtime": {
+        "layers": {
+            "name": LEAF,
+            "static_layer": LEAF,
+            "disk_layer": {
+                "symlink_root": LEAF,
+                "subdirectory": LEAF,
+                "append_service_cluster": LEAF,
+            },
+            "admin_layer": {},
+        },
+    },
     "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},
     "dynamic_resources": {
         "lds_config": CONFIG_SOURCE,
         "cds_config": CONFIG_SOURCE,
         "ads_config": API_CONFIG_SOURCE,
     },
+    "overload_manager": OVERLOAD_MANAGER,
+    "watchdogs": {"main_thread_watchdog": WATCHDOG, "worker_watchdog": WATCHDOG},
+    "cluster_manager": {"local_cluster_name": LEAF},
+    "stats_config": STATS_CONFIG,
+    "stats_sinks": STATS_SINK,
+    "stats_flush_interval": LEAF,
+    "stats_flush_on_admin": LEAF,
 }
 
 

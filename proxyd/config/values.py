@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import warnings
+from dataclasses import dataclass
 
 # Python's regex parser (3.11+) tells RE2 syntax apart from what only Python accepts.
 from re import _constants as _re_constants  # type: ignore[attr-defined]
@@ -13,6 +14,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from proxyd import pipes
 from proxyd.config.proto import join
 from proxyd.errors import ConfigError
 
@@ -50,6 +52,32 @@ def socket_address(address: Any, path: str, file: str) -> tuple[str, int]:
         raise ConfigError(file, path, "a socket_address is required")
     sa = address.socket_address
     return sa.address, sa.port_value
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A core.v3.Address: a socket address, or a pipe (Unix socket) at ``address``."""
+
+    address: str  # an IP literal or host name; for a pipe its path ("@name": abstract)
+    port: int  # 0 for a pipe
+    pipe: bool = False
+    mode: int = 0  # a pipe's file mode (Pipe.mode), 0 = as bind() leaves it
+
+
+def compile_address(address: Any, path: str, file: str) -> Address:
+    """A core.v3.Address holding a socket_address or a pipe (the coverage tree decides
+    where a pipe is allowed), with the checks Envoy makes on a pipe."""
+    if address.HasField("pipe"):
+        p = address.pipe
+        reason = pipes.check(p.path, p.mode)
+        if reason:
+            field = "mode" if p.mode and pipes.is_abstract(p.path) else "path"
+            raise ConfigError(file, join(path, f"pipe.{field}"), reason)
+        return Address(p.path, 0, pipe=True, mode=p.mode)
+    if not address.HasField("socket_address"):
+        raise ConfigError(file, path, "a socket_address or a pipe is required")
+    sa = address.socket_address
+    return Address(sa.address, sa.port_value)
 
 
 def is_ip_literal(text: str) -> bool:

@@ -176,8 +176,9 @@ class FilterFactory(Protocol):
 
 class FactoryMaker(Protocol):
     """``filter.Factory``'s constructor: the filter's plain config from the epoch, the
-    route's plain per-route config (None when the route has none), and its stats."""
+    route's plain per-route config (None when the route has none), its stats, and the
+    epoch's runtime (``proxyd.protocol.runtime.Snapshot``)."""
 
     def __call__(
-        self, name: str, config: Any, per_route: Any, stats: StatsScope
+        self, name: str, config: Any, per_route: Any, stats: StatsScope, runtime: Any = ...
     ) -> FilterFactory: ...

@@ -10,6 +10,11 @@ master's sockets on a hot restart (all slots of a listener) and systemd's on soc
 activation (one socket, shared by every slot). :meth:`ListenerSockets.bind` takes an
 offered socket whose name matches the listener, or else whose address and port match,
 before it binds anything new.
+
+A pipe (Unix socket) listener has one socket, shared by every slot (SO_REUSEPORT does
+not spread a path over several sockets); :func:`proxyd.pipes.bind_listening` binds it
+as Envoy does, replacing a stale socket file. A hot restart passes it on like a TCP
+socket, and its file stays in place.
 """
 
 from __future__ import annotations
@@ -17,9 +22,20 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from proxyd import pipes
 from proxyd.epoch import Listener
 
-BACKLOG = 1024
+
+def _somaxconn() -> int:
+    """net.core.somaxconn: Envoy's listen backlog when tcp_backlog_size is not set."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return socket.SOMAXCONN  # not Linux, or no /proc: the C library's value
+
+
+BACKLOG = _somaxconn()
 
 
 class BindError(Exception):
@@ -31,8 +47,11 @@ class _Bound:
     address: str
     port: int
     sockets: list[socket.socket]
-    # One socket for every slot (systemd gave one); else one per slot.
+    # One socket for every slot (systemd gave one, or a pipe); else one per slot.
     shared: bool = False
+    pipe: bool = False
+    # The listener's socket settings they were bound with (see settings_of).
+    settings: tuple = ()
 
 
 @dataclass
@@ -46,6 +65,11 @@ class Offered:
     shared: bool
     origin: str  # "hot-restart" or "systemd"
 
+    @property
+    def pipe(self) -> bool:
+        """A Unix socket (a pipe listener's, from a hot-restart parent)."""
+        return bool(self.sockets) and self.sockets[0].family == socket.AF_UNIX
+
 
 @dataclass(frozen=True, slots=True)
 class Exported:
@@ -58,8 +82,10 @@ class Exported:
     shared: bool
 
 
-def bind_reuseport(address: str, port: int) -> socket.socket:
-    """A non-blocking listening TCP socket with SO_REUSEPORT (backlog 1024)."""
+def bind_reuseport(address: str, port: int, listener: Listener | None = None) -> socket.socket:
+    """A non-blocking listening TCP socket with SO_REUSEPORT (backlog somaxconn), with the
+    listener's socket settings (``freebind``, ``tcp_backlog_size``, ``socket_options``
+    in their states, as Envoy applies them) when one is given."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -68,13 +94,52 @@ def bind_reuseport(address: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             # Envoy's default (ipv4_compat false): "::" means IPv6 only.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if listener is not None and listener.freebind:
+            level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
+            sock.setsockopt(
+                level, IPV6_FREEBIND if level == socket.IPPROTO_IPV6 else IP_FREEBIND, 1
+            )
+        set_options(sock, listener, "STATE_PREBIND")
         sock.bind((address, port))
-        sock.listen(BACKLOG)
+        set_options(sock, listener, "STATE_BOUND")
+        sock.listen(backlog_of(listener))
+        set_options(sock, listener, "STATE_LISTENING")
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+# Linux's values (the socket module has no names for them).
+IP_FREEBIND = 15
+IPV6_FREEBIND = 78
+
+
+def settings_of(listener: Listener) -> tuple:
+    return (listener.freebind, listener.tcp_backlog_size, listener.socket_options)
+
+
+def backlog_of(listener: Listener | None) -> int:
+    return listener.tcp_backlog_size if listener and listener.tcp_backlog_size else BACKLOG
+
+
+def set_options(sock: socket.socket, listener: Listener | None, state: str | None) -> None:
+    """The listener's ``socket_options`` for ``state`` (None: all of them)."""
+    if listener is None:
+        return
+    for opt in listener.socket_options:
+        if state is None or opt.state == state:
+            value = opt.buf_value if opt.is_buf else opt.int_value
+            sock.setsockopt(opt.level, opt.name, value)
+
+
+def refresh_settings(sock: socket.socket, listener: Listener) -> None:
+    """A socket bound before (a hot-restart parent's): the listener's options and
+    backlog as they are configured now (those that only matter before bind, such as
+    freebind, have done their part)."""
+    set_options(sock, listener, None)
+    sock.listen(backlog_of(listener))
 
 
 class ListenerSockets:
@@ -93,7 +158,8 @@ class ListenerSockets:
 
     def inherited(self, name: str) -> bool:
         """The listener serves a socket systemd passed (its address is the unit's)."""
-        return self._bound[name].shared
+        b = self._bound[name]
+        return b.shared and not b.pipe
 
     def address_of(self, name: str) -> tuple[str, int]:
         b = self._bound[name]
@@ -105,13 +171,20 @@ class ListenerSockets:
 
     def _take_offered(self, listener: Listener) -> Offered | None:
         def same_address(o: Offered) -> bool:
-            return o.address == listener.address and listener.port in (0, o.port)
+            return (
+                o.pipe == listener.pipe
+                and o.address == listener.address
+                and listener.port in (0, o.port)
+            )
 
         # By name: systemd's sockets (shared) whatever their address, which the .socket
         # unit decides ("[::]:80" for a listener written "0.0.0.0:80"), also when a hot
         # restart passes them on; a hot-restart parent's own only at the same address.
         match = next(
-            (o for o in self._offered if o.name == listener.name and (o.shared or same_address(o))),
+            (
+                o for o in self._offered
+                if o.name == listener.name and ((o.shared and not o.pipe) or same_address(o))
+            ),
             None,
         )  # fmt: skip
         if match is None:
@@ -135,6 +208,9 @@ class ListenerSockets:
     def bind(self, listener: Listener) -> None:
         """Bind ``concurrency`` sockets for ``listener`` (or take offered ones); all or none."""
         taken = self._take_offered(listener)
+        if listener.pipe:
+            self._bind_pipe(listener, taken)
+            return
         socks: list[socket.socket] = []
         if taken is not None:
             if taken.shared:
@@ -146,8 +222,10 @@ class ListenerSockets:
             socks = list(taken.sockets)
         port = socks[0].getsockname()[1] if socks else listener.port
         try:
+            for s in socks:
+                refresh_settings(s, listener)
             for _ in range(self.concurrency - len(socks)):
-                s = bind_reuseport(listener.address, port)
+                s = bind_reuseport(listener.address, port, listener)
                 socks.append(s)
                 port = s.getsockname()[1]  # port 0: every slot shares the first's port
         except OSError as exc:
@@ -157,16 +235,38 @@ class ListenerSockets:
                 f"cannot bind listener '{listener.name}' to "
                 f"{listener.address}:{listener.port}: {exc.strerror or exc}"
             ) from exc
-        self._bound[listener.name] = _Bound(listener.address, port, socks)
+        self._bound[listener.name] = _Bound(
+            listener.address, port, socks, False, settings=settings_of(listener)
+        )
+
+    def _bind_pipe(self, listener: Listener, taken: Offered | None) -> None:
+        if taken is not None:
+            socks = taken.sockets
+        else:
+            try:
+                socks = [pipes.bind_listening(listener.address, listener.pipe_mode, BACKLOG)]
+            except OSError as exc:
+                raise BindError(
+                    f"cannot bind listener '{listener.name}' to {listener.address}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+        self._bound[listener.name] = _Bound(listener.address, 0, socks, True, pipe=True)
 
     def bind_all(self, listeners: tuple[Listener, ...] | list[Listener]) -> list[str]:
         """Bind every listener not bound yet; all or none. Returns the names bound."""
         added: list[str] = []
         try:
             for listener in listeners:
-                if listener.name not in self._bound:
+                bound = self._bound.get(listener.name)
+                if bound is None:
                     self.bind(listener)
                     added.append(listener.name)
+                elif not bound.shared and bound.settings != settings_of(listener):
+                    raise BindError(
+                        f"listener '{listener.name}': freebind, tcp_backlog_size or "
+                        "socket_options changed; proxyd sets them when it binds a listener's "
+                        "sockets (a listener under a new name gets new sockets)"
+                    )
         except BindError:
             for name in added:
                 self.close(name)

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from proxyd.cx_limit import CellAllocator, SharedConnectionCount
 from proxyd.epoch import Epoch, Listener
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
@@ -48,8 +49,12 @@ from proxyd.master.hot_restart import (
 from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.outlier import OutlierDetector
+from proxyd.master.overload import OverloadManager
+from proxyd.master.runtime import RuntimeLoader
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
+from proxyd.master.stats_sinks import StatsFlusher
+from proxyd.master.watchdog import MainThreadWatchdog, WorkerWatchdog
 from proxyd.master.worker_pool import WorkerPool
 from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.master.xds.client import Hooks, XdsClient
@@ -80,6 +85,8 @@ class MasterOptions:
     # resident memory above which it is replaced gracefully (0: no limit).
     worker_heartbeat_timeout_s: float = 10.0
     worker_rss_limit_mb: int = 0
+    # Envoy's --admin-address-path: where to write the admin address once bound.
+    admin_address_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,8 @@ class Master:
         self._dns = dns.DnsRefresher()
         self.health = HealthChecker(self.stats, self._has_traffic)
         self.outlier = OutlierDetector(self.stats)
+        # layered_runtime: merged in the master, sent in every epoch (set_epoch).
+        self.runtime = RuntimeLoader(self.stats)
         # successful_active_health_check_uneject_host: a passing check ends an ejection.
         self.health.add_check_passed_callback(self.outlier.health_check_passed)
         # Publishing, checking, and what a refused epoch does (proxyd.master.epochs).
@@ -134,6 +143,8 @@ class Master:
         self.xds_seed: tuple[Any, ...] = ()  # from the old master of a hot restart
         self._stop = _Stop()
         self._server_stats = ServerStats(self)
+        # stats_config (tags, matcher) and the stats sinks' flush.
+        self.stats_flusher = StatsFlusher(self)
         self._nursery: trio.Nursery
         self.notifier = Notifier()
         # Envoy's server.hot_restart_generation: 1, then the predecessor's + 1.
@@ -144,6 +155,11 @@ class Master:
         self.handed_off_to = 0  # the new master's pid once this one stepped aside
         self._control: Any = None  # ControlServer
         self._admin: Any = None  # AdminServer
+        # The global downstream connection count shared with the workers: a cell per
+        # worker process (proxyd.cx_limit), and the overload manager's actions.
+        self.cx_counts = SharedConnectionCount.create(max(64, 4 * options.concurrency + 2))
+        self.cx_cells = CellAllocator(self.cx_counts)
+        self.overload = OverloadManager(self)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -161,10 +177,12 @@ class Master:
             self.loaded = await self._load_config()
             self.config_loaded_wall = time.time()
             self.template = self.loaded.epoch_template
+            self.runtime.configure(self.loaded.runtime_layers)
             self._check_file(self.template)
             self.sockets.bind_all(self.template.listeners)
             self.xds.configure(self.template, self.loaded.dynamic, self.loaded.node)
             self.xds.seed(self.xds_seed)
+            self.stats_flusher.configure(self.loaded.stats)
             control = self._control = ControlServer(self, self.options.control_socket)
             inherited = take_passed(passed, "control", self.options.control_socket, 0)
             if inherited:
@@ -173,8 +191,12 @@ class Master:
                 control.bind()
             if self.loaded.admin is not None:
                 a = self.loaded.admin
-                admin = self._admin = AdminServer(self, a.address, a.port, a.access_log_path or "")
+                admin = self._admin = AdminServer(
+                    self, a.address, a.port, a.access_log_path or "", a.ignore_global_conn_limit
+                )
                 await admin.bind(take_passed(passed, "admin", a.address, a.port))
+                if self.options.admin_address_path:
+                    admin.write_address(self.options.admin_address_path)
         except (
             ConfigError, BindError, MasterError, HotRestartError, EpochRejected, OSError
         ) as exc:  # fmt: skip
@@ -219,6 +241,9 @@ class Master:
                 self.set_epoch(dataclasses.replace(epoch, number=1))
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._watchdog_pings)
+                nursery.start_soon(self.overload.run)
+                nursery.start_soon(WorkerWatchdog(self).run)
+                nursery.start_soon(MainThreadWatchdog(self).run)
                 for slot in self.slots if not self.error else ():  # error: refused above
                     nursery.start_soon(WorkerSupervisor(self, slot).run)
                 nursery.start_soon(self._wait_live, control, admin)
@@ -229,7 +254,9 @@ class Master:
                 ):
                     nursery.start_soon(self._publish_on_change, wait, build, reason)
                 nursery.start_soon(self._publish_xds)
+                nursery.start_soon(self.runtime.run, self._publish_runtime)
                 nursery.start_soon(self.outlier.run)
+                nursery.start_soon(self.stats_flusher.run)
                 await self._stop.requested.wait()
                 await self._shutdown()
                 if self.successor is not None:
@@ -242,6 +269,7 @@ class Master:
             if admin is not None:
                 admin.close()
             self.sockets.close_all()
+            self.cx_counts.close()
         log.info("master_exited", exit_code=self.exit_code, epoch=self.epoch.number)
         return self.exit_code
 
@@ -408,8 +436,15 @@ class Master:
         """``epoch`` becomes the master's (EpochPublisher.publish sends it)."""
         previous = self.epoch
         # Workers split the proxy-wide circuit breaker limits by this count.
+        overload, watchdogs = self.loaded.overload, self.loaded.watchdogs
         epoch = dataclasses.replace(
-            epoch, worker_count=self.options.concurrency, drain_time_s=self.options.drain_time_s
+            epoch,
+            worker_count=self.options.concurrency,
+            drain_time_s=self.options.drain_time_s,
+            runtime=self.runtime.values,
+            global_cx_limit=overload.global_cx_limit,
+            global_cx_count_all=overload.global_cx_count_all,
+            heartbeat_interval_s=watchdogs.worker.loop_interval_s / 2,
         )
         self.epoch = epoch
         self.epoch_started_at = time.monotonic()
@@ -460,17 +495,23 @@ class Master:
             address, port = self.sockets.address_of(listener.name)
             old = next((x for x in self.epoch.listeners if x.name == listener.name), None)
             old_port = old.port if old is not None else port
-            if listener.address != address or listener.port != old_port:
+            old_pipe = old.pipe if old is not None else listener.pipe
+            if (
+                listener.address != address
+                or listener.port != old_port
+                or listener.pipe != old_pipe
+            ):
+                existing = address if old_pipe else f"{address}:{old_port}"
                 raise MasterError(
                     f"error updating listener '{listener.name}': it has a different address "
-                    f"'{listener.address}:{listener.port}' from the existing listener address "
-                    f"'{address}:{old_port}'"
+                    f"'{listener.address_text}' from the existing listener address '{existing}'"
                 )
 
     async def _apply(self, loaded: Any) -> ReloadResult:
-        before = (self.loaded, self.config_loaded_wall, self.xds.static, self.xds.dynamic, self.xds.node)  # fmt: skip
+        before = (self.loaded, self.config_loaded_wall, self.xds.static, self.xds.dynamic, self.xds.node, self.runtime.state())  # fmt: skip
         added = self.sockets.bind_all(loaded.epoch_template.listeners)  # all or none
         self.xds.configure(loaded.epoch_template, loaded.dynamic, loaded.node)
+        self.runtime.configure(loaded.runtime_layers)
         self.loaded = loaded
         self.config_loaded_wall = time.time()
         try:
@@ -484,12 +525,14 @@ class Master:
             self._restore(before)  # the revert closes the sockets it does not use
             why = f"{refusal_text(refused)}; the running config stays (epoch {self.epoch.number})"
             return ReloadResult(False, self.epoch.number, why)
+        self.stats_flusher.configure(loaded.stats)
         return ReloadResult(True, self.epoch.number, added=tuple(added), removed=removed)
 
     def _restore(self, before: tuple[Any, ...]) -> None:
         """The config in place before a reload that was refused (see _apply)."""
-        self.loaded, self.config_loaded_wall, static, dynamic, node = before
+        self.loaded, self.config_loaded_wall, static, dynamic, node, runtime = before
         self.xds.configure(static, dynamic, node)
+        self.runtime.restore(runtime)
 
     async def _publish_on_change(
         self,
@@ -511,6 +554,28 @@ class Master:
                         await self.epochs.publish(epoch, reason=reason)
                     except EpochRejected as exc:
                         self.epochs.rejected(reason, exc)
+
+    async def _publish_runtime(self) -> int:
+        """The runtime changed (a disk layer swap, /runtime_modify): the same epoch
+        again, under a new number, with the new values (set_epoch). Its number (0:
+        nothing to publish)."""
+        async with self.epochs.lock:
+            if self.stopping or not self.epoch.number or self.epoch.runtime == self.runtime.values:
+                return 0
+            epoch = dataclasses.replace(self.epoch, number=self.epoch.number + 1)
+            try:
+                await self.epochs.publish(epoch, reason="runtime")
+            except EpochRejected as exc:
+                self.epochs.rejected("runtime", exc)
+                return 0
+            return epoch.number
+
+    async def publish_runtime(self) -> None:
+        """Publish the runtime's values now (unless that happened already) and wait
+        until every worker answered the epoch that carries them."""
+        await self._publish_runtime()
+        if self.epoch.number and self.epoch.runtime == self.runtime.values:
+            await self.epochs.wait_answered(self.epoch.number)
 
     async def _dns_wait(self) -> None:
         await self._dns.wait_changed(lambda: self.template)  # per-name schedules

@@ -36,6 +36,7 @@ import trio
 from proxyd import ipc
 from proxyd.log import get_logger
 from proxyd.master.sd_notify import child_environment
+from proxyd.master.watchdog import WatchState
 
 if TYPE_CHECKING:
     from proxyd.master.master import Master
@@ -141,6 +142,10 @@ class WorkerSlot:
     ready: trio.Event = field(default_factory=trio.Event)  # its first Ready arrived
     exited: trio.Event = field(default_factory=trio.Event)
     draining: bool = False
+    # The cell of the shared connection count this process writes (proxyd.cx_limit).
+    cx_cell: int = -1
+    # The worker watchdog's alerts for the current silence (proxyd.master.watchdog).
+    watchdog: WatchState = field(default_factory=WatchState)
 
     @property
     def alive(self) -> bool:
@@ -186,8 +191,11 @@ class WorkerSlot:
         }
 
 
-def worker_argv(ipc_fd: int, worker_id: int) -> list[str]:
-    """``<python> -m proxyd.worker --ipc-fd FD --worker-id I``.
+def worker_argv(
+    ipc_fd: int, worker_id: int, cx_limit: tuple[int, int, int] | None = None
+) -> list[str]:
+    """``<python> -m proxyd.worker --ipc-fd FD --worker-id I``, and with ``cx_limit``
+    (fd, cell, cells) the shared connection count's ``--cx-limit-*`` arguments.
 
     ``$PROXYD_WORKER_COMMAND`` (split like a shell would) replaces the part before
     ``--ipc-fd``: a wrapper such as ``taskset -c 2 python3 -m proxyd.worker``, or a
@@ -195,7 +203,18 @@ def worker_argv(ipc_fd: int, worker_id: int) -> list[str]:
     """
     command = os.environ.get(WORKER_COMMAND_ENV)
     base = shlex.split(command) if command else [sys.executable, "-m", "proxyd.worker"]
-    return [*base, "--ipc-fd", str(ipc_fd), "--worker-id", str(worker_id)]
+    argv = [*base, "--ipc-fd", str(ipc_fd), "--worker-id", str(worker_id)]
+    if cx_limit is not None:
+        fd, cell, cells = cx_limit
+        argv += [
+            "--cx-limit-fd",
+            str(fd),
+            "--cx-limit-cell",
+            str(cell),
+            "--cx-limit-cells",
+            str(cells),
+        ]
+    return argv
 
 
 class WorkerSupervisor:
@@ -291,13 +310,19 @@ class WorkerSupervisor:
     async def _launch(self, slot: WorkerSlot) -> bool:
         """Start a worker process for ``slot`` and serve it in the background."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        counts = self.master.cx_counts
+        slot.cx_cell = self.master.cx_cells.acquire()
+        cx_limit = (counts.fd, slot.cx_cell, counts.cells) if slot.cx_cell > 0 else None
+        if cx_limit is None:
+            log.error("worker_no_cx_limit_cell", worker_id=slot.id)
         try:
             proc = await trio.lowlevel.open_process(
-                worker_argv(child.fileno(), slot.id),
-                pass_fds=(child.fileno(),),
+                worker_argv(child.fileno(), slot.id, cx_limit),
+                pass_fds=(child.fileno(), counts.fd),
                 env=child_environment(os.environ, keep_notify=False),
             )
         except OSError as exc:
+            self.master.cx_cells.release(slot.cx_cell)
             parent.close()
             if slot is self.slot:
                 self.master.fatal(f"cannot start worker {slot.id}: {exc}")
@@ -339,6 +364,9 @@ class WorkerSupervisor:
             slot.channel = None
             # Gauges are per process (two may share a slot while one drains).
             self.master.stats.drop_worker(proc.pid)
+            # Its connections closed with it: they no longer count toward the limit.
+            self.master.cx_cells.release(slot.cx_cell)
+            slot.cx_cell = -1
             self.pool.forget(slot)
             slot.exited.set()
             self.pool.notify()
@@ -370,11 +398,16 @@ class WorkerSupervisor:
                 self.master.stats.add_report(proc.pid, msg.counters, msg.gauges)
             elif isinstance(msg, ipc.HostOutcomes):
                 self.master.outlier.add_report(msg.outcomes)
+            elif isinstance(msg, ipc.Heartbeat):
+                pass  # last_heard, above, is all it says
             elif isinstance(msg, ipc.Ready):
                 slot.epoch = msg.epoch
                 if not slot.ready.is_set():
                     slot.ready.set()
                     log.info("worker_ready", worker_id=slot.id, pid=msg.pid, epoch=msg.epoch)
+                    actions = self.master.overload.actions
+                    if actions != ipc.OverloadActions():  # in force before it started
+                        self._nursery.start_soon(self.pool.send, slot, actions)
                 self.master.epochs.applied()
                 self.pool.notify()
             elif isinstance(msg, ipc.EpochRefused):

@@ -229,7 +229,6 @@ _PLAIN: dict[str, Getter] = {
     "BYTES_RECEIVED": _int("bytes_received"),
     "BYTES_SENT": _int("bytes_sent"),
     "DURATION": _int("duration_ms"),
-    "UPSTREAM_REQUEST_ATTEMPT_COUNT": _int("attempt_count"),
     "UPSTREAM_HOST": _field("upstream_host"),
     "UPSTREAM_CLUSTER": _field("upstream_cluster"),
     "UPSTREAM_CLUSTER_RAW": _field("upstream_cluster"),
@@ -273,36 +272,12 @@ _PLAIN["UPSTREAM_HOST_NAME"] = _host_name
 _PLAIN["UPSTREAM_HOST_NAME_WITHOUT_PORT"] = _host_name_without_port
 
 
-# The hosts attempted: proxyd makes one attempt, and Envoy lists a host once it connected
-# (a refused connection lists none).
-def _attempted(rec: Any) -> Value:
-    return rec.upstream_remote_address
-
-
-def _attempted_without_port(rec: Any) -> Value:
-    return split_host_port(rec.upstream_remote_address)[0]
-
-
-def _attempted_name(rec: Any) -> Value:
-    addr = rec.upstream_remote_address
-    return None if addr is None else rec.upstream_hostname or addr
-
-
-def _attempted_name_without_port(rec: Any) -> Value:
-    name = _attempted_name(rec)
-    return None if name is None else split_host_port(name)[0]  # type: ignore[arg-type]
-
-
 def _upstream_endpoint_id(rec: Any) -> Value:
     # Endpoint ids belong to internal addresses, which proxyd has none of: Envoy prints
     # nothing for a connected IP upstream, and "-" when there is no upstream.
     return None if rec.upstream_remote_address is None else ""
 
 
-_PLAIN["UPSTREAM_HOSTS_ATTEMPTED"] = _attempted
-_PLAIN["UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT"] = _attempted_without_port
-_PLAIN["UPSTREAM_HOST_NAMES_ATTEMPTED"] = _attempted_name
-_PLAIN["UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT"] = _attempted_name_without_port
 _PLAIN["UPSTREAM_REMOTE_ADDRESS_ENDPOINT_ID"] = _upstream_endpoint_id
 _PLAIN["DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID"] = _const("")
 _PLAIN["DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID"] = _const("")
@@ -352,6 +327,17 @@ _UNTRACKED = (
 )  # fmt: skip
 REFUSED: dict[str, str] = {
     **{n: _NOT_TRACKED for n in _UNTRACKED},
+    # Retries (retry_policy) count their attempts in the router, not on the stream yet.
+    **{
+        n: "attempts of retried requests are not counted for the access log yet"
+        for n in (
+            "UPSTREAM_REQUEST_ATTEMPT_COUNT",
+            "UPSTREAM_HOSTS_ATTEMPTED",
+            "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT",
+            "UPSTREAM_HOST_NAMES_ATTEMPTED",
+            "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
+        )
+    },
     # Response trailers: proxyd does not keep them.
     "TRAILER": "response trailers are not kept by proxyd",
     "RESPONSE_TRAILER": "response trailers are not kept by proxyd",

@@ -251,9 +251,11 @@ class RequestHeadParser:
         "_host",
         "_upgrade",
         "_te_kept",
+        "_max_headers",
     )
 
     def __init__(self) -> None:
+        self._max_headers = MAX_HEADERS_COUNT
         self._parser: httptools.HttpRequestParser | None = None
         self._clean = False
         self._head = RequestHead()
@@ -342,7 +344,13 @@ class RequestHeadParser:
 
     # -- API ----------------------------------------------------------------------------
 
-    def parse(self, view: memoryview | bytes, wanted: dict[bytes, str]) -> RequestHead:
+    def parse(
+        self,
+        view: memoryview | bytes,
+        wanted: dict[bytes, str],
+        max_headers: int = MAX_HEADERS_COUNT,
+    ) -> RequestHead:
+        self._max_headers = max_headers  # common_http_protocol_options.max_headers_count
         data = bytes(view)
         # The common request line, "METHOD SP target SP HTTP/1.1" CRLF, is checked here
         # in a few steps and parsed by llhttp as it is; any other goes to
@@ -420,7 +428,7 @@ class RequestHeadParser:
             self._parser = None
             raise ProtocolError("incomplete request head", 400)
         lines = self._lines
-        if len(lines) + self._count > MAX_HEADERS_COUNT:
+        if len(lines) + self._count > self._max_headers:
             self._parser = None
             raise ProtocolError("too many headers", 431)
         h.method = smethod = method.decode("ascii")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 
 from proxyd.protocol.http1 import RequestHead, ResponseHead
@@ -182,6 +183,10 @@ class RequestHeaderPolicy:
         "generate_request_id",
         "local_address",
         "ids",
+        "skip_xff_append",
+        "preserve_external_request_id",
+        "forced_xfp",
+        "internal",
     )
 
     def __init__(
@@ -197,6 +202,16 @@ class RequestHeaderPolicy:
         self.generate_request_id = generate_request_id
         self.local_address = local_address
         self.ids = ids
+        # HttpConnectionManager.skip_xff_append and .preserve_external_request_id
+        # (set by proxyd.worker.request_transforms).
+        self.skip_xff_append = False
+        self.preserve_external_request_id = False
+        # scheme_header_transformation.scheme_to_overwrite: the x-forwarded-proto line
+        # every request gets (b"": none forced).
+        self.forced_xfp = b""
+        # internal_address_config: whether a client address is internal (None: no
+        # address is, Envoy's default).
+        self.internal: Callable[[str], bool] | None = None
 
     def apply(
         self,
@@ -214,23 +229,37 @@ class RequestHeaderPolicy:
         if edge:
             if hops > 0 and xff:
                 trusted = _xff_from_right(xff, hops - 1) or remote_ip
-            hop = self.local_address if _is_loopback(remote_ip) else remote_ip
-            if xff:
-                remove.append(b"x-forwarded-for")
-                xff = xff + b"," + hop.encode()
-            else:
-                xff = hop.encode()
-            add.append(b"x-forwarded-for: " + xff + b"\r\n")
+            if not self.skip_xff_append:
+                hop = self.local_address if _is_loopback(remote_ip) else remote_ip
+                if xff:
+                    remove.append(b"x-forwarded-for")
+                    xff = xff + b"," + hop.encode()
+                else:
+                    xff = hop.encode()
+                add.append(b"x-forwarded-for: " + xff + b"\r\n")
         elif xff:
             trusted = _xff_from_right(xff, hops) or remote_ip
+        # Envoy's edge request: from outside, so its internal headers go. A request is
+        # internal (never edge) when it came without x-forwarded-for at the edge (off
+        # the edge: with exactly one address in it) from an internal address.
+        edge_request = edge
+        internal = False
+        if self.internal is not None:
+            if edge:
+                internal = not h.xff and self.internal(trusted)
+            else:
+                internal = bool(h.xff) and b"," not in h.xff and self.internal(trusted)
+            if internal:
+                edge_request = False
         # At the edge an untrusted client's x-forwarded-proto is overwritten; behind a
         # trusted hop (or off the edge) the one that came is kept (Envoy 1.40).
-        if not h.xfp or (edge and hops == 0):
+        forced = self.forced_xfp
+        if forced or not h.xfp or (edge and hops == 0):
             if h.xfp:
                 remove.append(b"x-forwarded-proto")
-            add.append(b"x-forwarded-proto: http\r\n")
+            add.append(forced or b"x-forwarded-proto: http\r\n")
         envoy_headers = h.envoy_headers
-        if edge:
+        if edge_request:
             for name in envoy_headers:
                 if name in EDGE_STRIPPED:
                     remove.append(name)
@@ -239,8 +268,12 @@ class RequestHeaderPolicy:
             for name in envoy_headers:
                 if name in ALWAYS_STRIPPED:
                     remove.append(name)
+        if internal:
+            add.append(b"x-envoy-internal: true\r\n")
         rid = h.request_id
-        if self.generate_request_id and (edge or not rid):
+        if self.generate_request_id and (
+            (edge_request and not self.preserve_external_request_id) or not rid
+        ):
             if rid:
                 remove.append(b"x-request-id")
             request_id, line = self.ids.next()
@@ -288,7 +321,10 @@ def response_head(
         base = b"".join(out)
     if base[5:8] == b"1.0":
         base = b"HTTP/1.1" + base[8:]
-    extra = b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms
+    # (-1: the line is in the head already, placed before the route's header mutations)
+    extra = (
+        b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms if service_time_ms >= 0 else b""
+    )
     if chunked:
         extra += b"transfer-encoding: chunked\r\n"
     if close:

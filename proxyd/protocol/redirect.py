@@ -100,12 +100,48 @@ def re2_substitution(template: str, groups: int) -> Callable[[re.Match[str]], st
     return expand
 
 
+class PathRewrite:
+    """A route's ``prefix_rewrite`` or ``regex_rewrite`` of ``:path`` (of a redirect's
+    path, or of the path sent upstream by a RouteAction)."""
+
+    __slots__ = ("rewrites", "_prefix", "_prefix_len", "_regex", "_substitution")
+
+    def __init__(
+        self, match: RouteMatch, prefix: str | None, regex: str = "", substitution: str = ""
+    ) -> None:
+        # prefix_rewrite replaces this many characters (None: the path without its query).
+        self._prefix = prefix
+        self._prefix_len: int | None = (
+            len(match.value) if match.kind in ("prefix", "path") else None
+        )
+        self._regex: re.Pattern[str] | None = None
+        self._substitution: Callable[[re.Match[str]], str] | None = None
+        if regex:
+            self._regex = re.compile(regex)
+            self._substitution = re2_substitution(substitution, self._regex.groups)
+        self.rewrites = prefix is not None or self._regex is not None
+
+    def apply(self, path: str) -> str:
+        if self._prefix is not None:
+            n = self._prefix_len
+            if n is None:
+                q = path.find("?")
+                n = len(path) if q == -1 else q
+            return self._prefix + path[n:]
+        if self._regex is not None:
+            assert self._substitution is not None
+            q = path.find("?")
+            bare, query = (path, "") if q == -1 else (path[:q], path[q:])
+            return self._regex.sub(self._substitution, bare) + query
+        return path
+
+
 class LocalAction:
     """What a redirect or direct_response route answers, ready for each request."""
 
     __slots__ = (
-        "status", "body", "redirect", "with_location", "rewrites_path", "_prefix",
-        "_prefix_len", "_regex", "_substitution", "_path_has_query",
+        "status", "body", "redirect", "with_location", "rewrites_path", "_rewrite",
+        "_path_has_query",
     )  # fmt: skip
 
     def __init__(
@@ -120,34 +156,18 @@ class LocalAction:
             self.status = direct.status
             self.body = direct.body
         self.with_location = redirect is not None or 300 <= self.status < 400
-        # prefix_rewrite replaces this many characters (None: the path without its query).
-        self._prefix = redirect.prefix_rewrite if redirect is not None else None
-        self._prefix_len: int | None = (
-            len(match.value) if match.kind in ("prefix", "path") else None
+        self._rewrite = (
+            PathRewrite(match, redirect.prefix_rewrite, redirect.regex, redirect.substitution)
+            if redirect is not None
+            else None
         )
-        self._regex: re.Pattern[str] | None = None
-        self._substitution: Callable[[re.Match[str]], str] | None = None
-        if redirect is not None and redirect.regex:
-            self._regex = re.compile(redirect.regex)
-            self._substitution = re2_substitution(redirect.substitution, self._regex.groups)
         self._path_has_query = redirect is not None and "?" in redirect.path
-        self.rewrites_path = self._prefix is not None or self._regex is not None
+        self.rewrites_path = self._rewrite is not None and self._rewrite.rewrites
 
     def rewritten_path(self, path: str) -> str:
         """The request path after the route's prefix_rewrite or regex_rewrite (Envoy
         rewrites ``:path`` itself; the access log shows the result)."""
-        if self._prefix is not None:
-            n = self._prefix_len
-            if n is None:
-                q = path.find("?")
-                n = len(path) if q == -1 else q
-            return self._prefix + path[n:]
-        if self._regex is not None:
-            assert self._substitution is not None
-            q = path.find("?")
-            bare, query = (path, "") if q == -1 else (path[:q], path[q:])
-            return self._regex.sub(self._substitution, bare) + query
-        return path
+        return self._rewrite.apply(path) if self._rewrite is not None else path
 
     def location(self, host: str, path: str, xfp: str) -> str:
         """The ``location`` for a request with this Host, (rewritten) path and

@@ -16,6 +16,14 @@ Envoy's rules, as implemented in ``source/common/router/config_impl.cc``:
   match wins. ``prefix``, ``path`` and ``safe_regex`` all look at the path with the query
   string and fragment removed (``PathMatcher::match`` calls ``removeQueryAndFragment``).
   ``safe_regex`` must match the whole path and ignores ``case_sensitive``.
+* **runtime_fraction** (``RouteEntryImplBase::evaluateRuntimeMatch``): the route also
+  needs ``featureEnabled(runtime_key, default_value, random)`` (``proxyd.protocol.runtime``),
+  where ``random`` is one 64-bit draw per request, the same for every route tried (Envoy
+  passes the stream id, a random uint64). The fraction is resolved from the epoch's
+  runtime when the table is built; a route without one costs nothing more, and a
+  request draws only when it reaches a route whose fraction is strictly between 0 and
+  1. The routes from the first one with a fraction on are matched by
+  :func:`_match_guarded`.
 * **Header matchers** (``HeaderUtility``): a string matcher on a missing header fails,
   even when inverted, unless ``treat_missing_header_as_empty`` makes the value "". A
   present matcher is true when the header is present (XOR ``invert_match``). A matcher
@@ -32,14 +40,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from proxyd.epoch import HeaderMatch, Route, RouteConfig, StringMatch, VirtualHost
+from proxyd.protocol.runtime import EMPTY, RANDOM, Snapshot
 
 # Host values repeat; after this many distinct ones the cache starts over.
 _VHOST_CACHE_LIMIT = 1024
 
-# Path matcher kinds, as small ints so the hot loop compares integers.
-_PREFIX, _PREFIX_NOCASE, _PATH, _PATH_NOCASE, _REGEX = range(5)
+# Path matcher kinds, as small ints so the hot loop compares integers. _GUARDED: a route
+# with a runtime_fraction; its third element is a _Guard with the path matcher.
+_PREFIX, _PREFIX_NOCASE, _PATH, _PATH_NOCASE, _REGEX, _GUARDED = range(6)
 
 # Envoy lower-cases with absl::AsciiStrToLower: only A-Z change.
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
@@ -56,8 +67,28 @@ _FROM_ARGS = frozenset({":authority", ":path"})
 # A compiled header matcher: (name, test, invert, treat_missing_as_empty). ``test`` is
 # None for a present matcher, else a predicate on the header's value.
 _HeaderTest = tuple[str, Callable[[str], bool] | None, bool, bool]
-# A compiled route: (kind, value, compiled regex or None, header tests, route).
-_CompiledRoute = tuple[int, str, "re.Pattern[str] | None", tuple[_HeaderTest, ...], Route]
+# A compiled route: (kind, value, compiled regex or None (a _Guard for _GUARDED), header
+# tests, route).
+_CompiledRoute = tuple[int, str, Any, tuple[_HeaderTest, ...], Route]
+
+
+class _Guard:
+    """A route's runtime_fraction, resolved for the epoch, and its own path matcher;
+    ``index`` is the route's place in its virtual host."""
+
+    __slots__ = ("kind", "value", "rx", "numerator", "denominator", "index")
+
+    def __init__(
+        self,
+        kind: int,
+        value: str,
+        rx: re.Pattern[str] | None,
+        fraction: tuple[int, int],
+        index: int,
+    ) -> None:
+        self.kind, self.value, self.rx = kind, value, rx
+        self.numerator, self.denominator = fraction
+        self.index = index
 
 
 def compile_string_match(sm: StringMatch) -> Callable[[str], bool]:
@@ -104,7 +135,7 @@ def header_names(tests: tuple[_HeaderTest, ...]) -> frozenset[str]:
     return frozenset(t[0] for t in tests if t[0] not in _FROM_ARGS)
 
 
-def _compile_route(route: Route) -> _CompiledRoute:
+def _compile_route(route: Route, runtime: Snapshot = EMPTY, index: int = 0) -> _CompiledRoute:
     m = route.match
     rx: re.Pattern[str] | None = None
     value = m.value
@@ -120,7 +151,53 @@ def _compile_route(route: Route) -> _CompiledRoute:
     if kind in (_PREFIX_NOCASE, _PATH_NOCASE):
         value = ascii_lower(value)
     headers = compile_headers(m.headers)
+    if m.runtime_fraction is not None:
+        guard = _Guard(kind, value, rx, runtime.runtime_fraction(m.runtime_fraction), index)
+        return (_GUARDED, "", guard, headers, route)
     return (kind, value, rx, headers, route)
+
+
+def _path_matches(kind: int, value: str, rx: re.Pattern[str] | None, bare: str) -> bool:
+    if kind == _PREFIX:
+        return bare.startswith(value)
+    if kind == _PATH:
+        return bare == value
+    if kind == _REGEX:
+        return rx.fullmatch(bare) is not None  # type: ignore[union-attr]
+    if kind == _PREFIX_NOCASE:
+        return ascii_lower(bare).startswith(value)
+    return ascii_lower(bare) == value
+
+
+def _match_guarded(
+    routes: tuple[_CompiledRoute, ...],
+    start: int,
+    host: str,
+    path: str,
+    bare: str,
+    headers: dict[str, str],
+) -> Route | None:
+    """:meth:`RouteTable.match` from ``routes[start]`` (a route with a runtime_fraction)
+    on, drawing the request's random value when a fraction first needs it."""
+    draw = -1
+    for kind, value, rx, tests, route in routes[start:]:
+        if kind == _GUARDED:
+            if not _path_matches(rx.kind, rx.value, rx.rx, bare):
+                continue
+            numerator, denominator = rx.numerator, rx.denominator
+            if numerator < denominator:
+                if numerator <= 0:
+                    continue
+                if draw < 0:
+                    draw = RANDOM.getrandbits(64)
+                if draw % denominator >= numerator:
+                    continue
+        elif not _path_matches(kind, value, rx, bare):
+            continue
+        if tests and not headers_match(tests, headers, host, path):
+            continue
+        return route
+    return None
 
 
 def headers_match(
@@ -149,15 +226,18 @@ def headers_match(
 class _CompiledVirtualHost:
     __slots__ = ("vhost", "routes")
 
-    def __init__(self, vhost: VirtualHost) -> None:
+    def __init__(self, vhost: VirtualHost, runtime: Snapshot = EMPTY) -> None:
         self.vhost = vhost
-        self.routes: tuple[_CompiledRoute, ...] = tuple(_compile_route(r) for r in vhost.routes)
+        self.routes: tuple[_CompiledRoute, ...] = tuple(
+            _compile_route(r, runtime, i) for i, r in enumerate(vhost.routes)
+        )
 
 
 class RouteTable:
-    """One route configuration, compiled: ``match(host, path, headers)`` → Route or None."""
+    """One route configuration, compiled: ``match(host, path, headers)`` → Route or None.
+    ``runtime`` resolves the routes' runtime_fraction (the epoch's runtime)."""
 
-    def __init__(self, rc: RouteConfig) -> None:
+    def __init__(self, rc: RouteConfig, runtime: Snapshot = EMPTY) -> None:
         self.name = rc.name
         self._exact: dict[str, _CompiledVirtualHost] = {}
         suffixes: dict[int, dict[str, _CompiledVirtualHost]] = {}
@@ -165,7 +245,7 @@ class RouteTable:
         self._default: _CompiledVirtualHost | None = None
         needed: set[str] = set()
         for vh in rc.virtual_hosts:
-            cvh = _CompiledVirtualHost(vh)
+            cvh = _CompiledVirtualHost(vh, runtime)
             for _kind, _value, _rx, tests, _route in cvh.routes:
                 needed.update(t[0] for t in tests)
             for raw in vh.domains:
@@ -264,9 +344,11 @@ class RouteTable:
                 if bare != value:
                     continue
             elif kind == _REGEX:
-                if rx.fullmatch(bare) is None:  # type: ignore[union-attr]
+                if rx.fullmatch(bare) is None:
                     continue
             else:
+                if kind == _GUARDED:
+                    return _match_guarded(cvh.routes, rx.index, host, path, bare, headers)
                 if lowered is None:
                     lowered = ascii_lower(bare)
                 if kind == _PREFIX_NOCASE:

@@ -17,6 +17,7 @@ import sys
 
 import trio
 
+from proxyd.cx_limit import SharedConnectionCount
 from proxyd.ipc import Channel
 from proxyd.log import configure_from_env, set_process_name
 from proxyd.worker.process import EXIT_CANNOT_START, Worker
@@ -26,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m proxyd.worker")
     parser.add_argument("--ipc-fd", type=int, required=True)
     parser.add_argument("--worker-id", type=int, required=True)
+    # The global downstream connection count (proxyd.cx_limit): the shared file, the
+    # cell this process writes, and how many cells it has.
+    parser.add_argument("--cx-limit-fd", type=int, default=-1)
+    parser.add_argument("--cx-limit-cell", type=int, default=-1)
+    parser.add_argument("--cx-limit-cells", type=int, default=0)
     args = parser.parse_args(argv)
     configure_from_env()
     set_process_name("proxyd-worker")
@@ -39,7 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"proxyd worker: bad --ipc-fd {args.ipc_fd}: {exc}", file=sys.stderr)
             return EXIT_CANNOT_START
-        return await Worker(channel, args.worker_id).run()
+        counts = None
+        if args.cx_limit_fd >= 0 and args.cx_limit_cell > 0:
+            try:
+                counts = SharedConnectionCount(
+                    args.cx_limit_fd, args.cx_limit_cell, args.cx_limit_cells
+                )
+            except (OSError, ValueError) as exc:
+                print(
+                    f"proxyd worker: bad --cx-limit-fd {args.cx_limit_fd}: {exc}", file=sys.stderr
+                )
+                return EXIT_CANNOT_START
+        return await Worker(channel, args.worker_id, counts).run()
 
     return trio.run(run)
 

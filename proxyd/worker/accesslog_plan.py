@@ -99,7 +99,7 @@ class LogPlans:
     __slots__ = (
         "stream_logs", "connection_logs", "flush_interval", "log_on_new_request",
         "request_headers", "response_headers", "listener_name", "server_name",
-        "wants_hostname",
+        "wants_hostname", "server_mode",
     )  # fmt: skip
 
     def __init__(
@@ -118,6 +118,14 @@ class LogPlans:
         if self.stream_logs:
             req.add("user-agent")
             req.add("content-type")  # GRPC_STATUS: is the request gRPC?
+        # server_header_transformation: the server header the client got is the
+        # upstream's unless it is OVERWRITE (the default).
+        transforms = getattr(hcm, "transforms", None)
+        self.server_mode = (
+            transforms.server_header_transformation if transforms is not None else "OVERWRITE"
+        )
+        if self.server_mode != "OVERWRITE" and self.stream_logs:
+            resp.add("server")
         self.request_headers = frozenset(req)
         self.response_headers = frozenset(resp)
         self.listener_name = listener.name
@@ -195,7 +203,15 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
     rec.listener_name = plan.name
     rec.start_time = stream.t_wall
     rec.response_code = status
-    rec.server = access.server_name if status else None
+    if not status:
+        rec.server = None
+    elif access.server_mode == "OVERWRITE":
+        rec.server = access.server_name
+    else:  # PASS_THROUGH / APPEND_IF_ABSENT: the upstream's, if it sent one
+        upstream = stream.resp_headers.get("server") if stream.resp_headers is not None else None
+        if upstream is None and access.server_mode == "APPEND_IF_ABSENT":
+            upstream = access.server_name
+        rec.server = upstream
     rec.response_flags = stream.flag_text()
     rec.bytes_received = stream.bytes_received
     rec.bytes_sent = stream.bytes_sent

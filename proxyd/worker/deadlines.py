@@ -172,7 +172,10 @@ class Timers:
         offset = getattr(clock, "offset", None)
         now: Callable[[], float] = clock.current_time
         to_trio = 0.0
-        if isinstance(offset, float) and abs(clock.current_time() - (time.perf_counter() + offset)) < 1e-3:
+        if (
+            isinstance(offset, float)
+            and abs(clock.current_time() - (time.perf_counter() + offset)) < 1e-3
+        ):
             now, to_trio = time.perf_counter, offset
         shift = self._to_trio - to_trio
         if shift:

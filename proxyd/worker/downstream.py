@@ -209,7 +209,9 @@ class DownstreamConnection:
                                 # the listener).
                                 self.listener_updated = True
                             self.plan = plan
-                            h = worker.head_parser.parse(head, plan.request_wanted)
+                            h = worker.head_parser.parse(
+                                head, plan.request_wanted, plan.max_headers
+                            )
                         except ProtocolError as exc:
                             await self._reject(plan, exc)
                             closed = True
@@ -343,7 +345,7 @@ class DownstreamConnection:
             stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
         self.closing = True
         t_wall, t0 = manager.clock_now(plan)
-        data = local_reply(status, body, plan.server, close=True)
+        data = local_reply(status, body, plan.reject_headers, close=True)
         try:
             await io.send_all(self.sock, data)
             stream.bytes_sent += len(data) - data.find(CRLF2) - 4
@@ -428,6 +430,9 @@ class DownstreamConnection:
             self.closing = True
         chunked = length < 0
         self.chunked_out = chunked
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
         out = response_head(r, self.plan.server, service_ms, chunked, close, stream.response_added)
         stream.response_started = True
         try:
@@ -506,6 +511,9 @@ class DownstreamConnection:
             head_request=h is not None and h.method == "HEAD",
             extra=extra,
         )
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            data = rp.mutations.on_local_reply(data, stream, self)
         try:
             await io.send_all(self.sock, data)
         except (OSError, trio.ClosedResourceError):

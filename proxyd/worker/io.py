@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 import trio
+
+from proxyd import pipes
 
 wait_readable = trio.lowlevel.wait_readable
 # A trip through the scheduler's run queue with no I/O registration: other ready tasks
@@ -88,17 +91,24 @@ async def send_parts(sock: socket.socket, parts: list) -> None:
 
 
 async def connect(address: str, port: int, limit_s: float) -> socket.socket:
-    """A connected non-blocking TCP socket with TCP_NODELAY.
+    """A connected non-blocking TCP socket with TCP_NODELAY, or a Unix socket connected
+    to the pipe ``address`` when ``port`` is 0 (see :mod:`proxyd.pipes`).
 
     Raises ConnectionRefusedError (and other OSError) for a failed connect and
     :class:`Timeout` when ``limit_s`` (seconds, 0 = none) passes.
     """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    if port == 0:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = pipes.sockaddr(address)
+    else:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        target = (address, port)
     try:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        err = sock.connect_ex((address, port))
+        if port:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(target)
         if err in (errno.EINPROGRESS, errno.EAGAIN):
             if limit_s > 0:
                 with trio.move_on_after(limit_s):

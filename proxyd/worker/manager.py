@@ -22,6 +22,7 @@ from proxyd.worker import accesslog_plan, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
+from proxyd.worker.retrying import header_retry_exchange
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     plan.http_stats.rq_active += 1
     h = stream.head
     assert h is not None
+    if plan.transforms is not None:  # the HCM's path/host/header transforms
+        early = plan.transforms.on_request(stream, plan, conn)
+        if early is not None:
+            return early
     route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
     if route is None:
         return _serve(stream, plan, conn, None, plan.no_route_filters)
@@ -84,7 +89,12 @@ def _exchange(
     head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
         h, conn.remote_ip, rp.timeout_header, stream.request_added
     )
-    return router.Exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
+    if rp.mutations is not None:
+        head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
+    if h.envoy_headers and rp.header_retry is not None:
+        # An internal request's x-envoy-retry-on on a route without a retry policy.
+        return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
+    return rp.exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
 
 
 async def _no_healthy_upstream(stream: Stream, rp: RoutePlan) -> bool:

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import math
 
-from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener
+from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener, RetryPolicy
 from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
+from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
-from proxyd.protocol.redirect import LocalAction
+from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
+from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans
+from proxyd.worker.request_transforms import compile_transforms
+from proxyd.worker.retrying import RetryingExchange, RetryPlan
+from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.upstream import ClusterState, ConnPool
 
@@ -28,6 +33,7 @@ def compile_filters(
     overrides: tuple[FilterOverride, ...],
     stat_prefix: str,
     stats: StatsStore,
+    runtime: Snapshot = EMPTY,
 ) -> tuple[FilterFactory, ...]:
     """The factories of a route's filters, with its per-route config resolved; those
     disabled on the route (or in the HCM and not enabled by the route) are left out."""
@@ -42,7 +48,8 @@ def compile_filters(
         if f.disabled and (o is None or not (o.enabled or o.config is not None)):
             continue
         scope = stats.named(f"http.{stat_prefix}.")
-        factory = FACTORIES[f.type_name](f.name, f.config, o.config if o else None, scope)
+        per_route = o.config if o else None
+        factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
     return tuple(out)
@@ -55,7 +62,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
-        "local",
+        "local", "mutations", "retry", "exchange", "header_retry",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +85,21 @@ class RoutePlan:
         self.filters: tuple[FilterFactory, ...] = ()
         # A redirect or direct_response route's answer (it has no cluster).
         self.local: LocalAction | None = None
+        # The route's header mutations (None: it has none, and pays nothing).
+        self.mutations: MutationPlan | None = None
+        # The route's retry policy (proxyd.worker.retrying), and the router class that
+        # forwards its requests: Exchange, or RetryingExchange with a policy.
+        self.retry: RetryPlan | None = None
+        self.exchange: type[Exchange] = Exchange
+        # With internal_address_config, and no retry policy: the retry plan an internal
+        # request's x-envoy-retry-on asks for (None: no such requests).
+        self.header_retry: RetryPlan | None = None
+
+    def set_retry(self, policy: RetryPolicy) -> None:
+        self.retry = plan = RetryPlan(policy, self.timeout_s)
+        self.exchange = RetryingExchange
+        ms = plan.expected_timeout_ms()
+        self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
 
 
 class ListenerPlan:
@@ -89,6 +111,7 @@ class ListenerPlan:
         writers: dict[str, AccessLogWriter],
         local_address: str,
         ids: RequestIdGenerator,
+        runtime: Snapshot = EMPTY,
     ) -> None:
         hcm = listener.hcm
         self.name = listener.name
@@ -100,22 +123,49 @@ class ListenerPlan:
         self.generation = object()
         self.listener_stats: ListenerStats = stats.listener(listener.stat_name)
         self.http_stats: HttpStats = stats.http(hcm.stat_prefix)
-        self.routes = RouteTable(hcm.route_config)
+        # The epoch's runtime resolves the routes' runtime_fraction.
+        self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         filter_headers: set[str] = set()
+        retry_headers = False
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
                 rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
+                if r.retry is not None and rp.cluster_name:
+                    rp.set_retry(r.retry)
+                    retry_headers = True
+                elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
+                    rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
                 if r.redirect is not None or r.direct_response is not None:
                     rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+                if (
+                    r.header_mutations
+                    or r.prefix_rewrite is not None
+                    or r.regex_rewrite
+                    or r.host_rewrite
+                    or r.host_rewrite_header
+                    or r.auto_host_rewrite
+                ):
+                    rewrite = PathRewrite(
+                        r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
+                    )
+                    rp.mutations = MutationPlan(
+                        r.header_mutations,
+                        rewrite,
+                        r.host_rewrite,
+                        r.host_rewrite_header,
+                        r.auto_host_rewrite,
+                    )
                 rp.filters = compile_filters(
-                    hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats
+                    hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats, runtime
                 )
                 for f in rp.filters:
                     filter_headers |= f.wanted_headers
                 self.route_plans[id(r)] = rp
         # A request no route matches still passes the filters (with their HCM config).
-        self.no_route_filters = compile_filters(hcm.http_filters, (), hcm.stat_prefix, stats)
+        self.no_route_filters = compile_filters(
+            hcm.http_filters, (), hcm.stat_prefix, stats, runtime
+        )
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
         if (
@@ -135,6 +185,8 @@ class ListenerPlan:
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
         log_req = set(self.access.request_headers)
         log_resp = set(self.access.response_headers)
+        if retry_headers:
+            log_resp.add("x-envoy-overloaded")  # a response never retried
         # Header names (bytes, lower case) the request parser collects, by the key under
         # which routing and logging look them up.
         wanted = set(self.routes.needed_headers) | log_req | filter_headers
@@ -151,7 +203,11 @@ class ListenerPlan:
         # The router sees x-forwarded-proto "http" when the edge overwrote the client's
         # (the scheme of a redirect's location comes from it).
         self.overwrite_xfp = hcm.use_remote_address and hcm.xff_num_trusted_hops == 0
+        # The header lines of a reply to a request that could not be parsed (the
+        # transforms add via, and choose the server line).
+        self.reject_headers = self.server
         self.max_head = hcm.max_request_headers_kb * 1024
+        self.max_headers = hcm.max_headers_count
         # Bytes read from one side before they are written to the other (Envoy's soft
         # per-connection limit; the receive buffers themselves are smaller still).
         self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
@@ -159,6 +215,8 @@ class ListenerPlan:
         self.headers_timeout = hcm.request_headers_timeout_s or math.inf
         self.stream_idle = hcm.stream_idle_timeout_s or math.inf
         self.idle_timeout = hcm.idle_timeout_s or math.inf
+        # The connection manager's request/response transforms; None when it sets none.
+        self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
 
 
 class CompiledEpoch:
@@ -187,11 +245,16 @@ class CompiledEpoch:
                 self.clusters[c.name] = old
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
+        self.runtime = Snapshot(epoch.runtime)
         self.plans = {
-            lst.name: ListenerPlan(lst, self.clusters, stats, writers, local_address, ids)
+            lst.name: ListenerPlan(
+                lst, self.clusters, stats, writers, local_address, ids, self.runtime
+            )
             for lst in epoch.listeners
         }
         for name, plan in self.plans.items():
+            if plan.transforms is not None:
+                plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation

@@ -80,6 +80,21 @@ class Overflow(Exception):
     """A circuit breaker refused the request (the stat is counted already)."""
 
 
+def keepalive_options(c: Cluster) -> list[tuple[int, int, int]]:
+    """(level, name, value) for the cluster's upstream_connection_options.tcp_keepalive."""
+    if not c.tcp_keepalive:
+        return []
+    out = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        (socket.TCP_KEEPCNT, c.keepalive_probes),
+        (socket.TCP_KEEPIDLE, c.keepalive_time_s),
+        (socket.TCP_KEEPINTVL, c.keepalive_interval_s),
+    ):
+        if value:
+            out.append((socket.IPPROTO_TCP, name, value))
+    return out
+
+
 class UpstreamConnection:
     """One HTTP/1.1 connection to a host, with its receive buffer and head parser."""
 
@@ -120,6 +135,8 @@ class ConnPool(ResourceManager):
         self.stats = cluster.stats
         self.retired = False
         self.connect_timeout = c.connect_timeout_s
+        # Socket options for each new connection (upstream_connection_options).
+        self.keepalive = keepalive_options(c)
         self.idle_timeout = c.idle_timeout_s
         self.max_requests = c.max_requests_per_connection
         self.open: set[UpstreamConnection] = set()
@@ -252,6 +269,9 @@ class ConnPool(ResourceManager):
         except BaseException:
             self._unreserve(host)
             raise
+        if self.keepalive:
+            for level, name, value in self.keepalive:
+                sock.setsockopt(level, name, value)
         conn = UpstreamConnection(sock, host)
         stats.cx_active += 1
         hstats.cx_active += 1

@@ -36,7 +36,8 @@ import psutil
 import structlog
 import trio
 
-from proxyd import ipc
+from proxyd import ipc, pipes
+from proxyd.cx_limit import SharedConnectionCount
 from proxyd.epoch import Epoch
 from proxyd.errors import ProxydError
 from proxyd.protocol.epoch_check import EpochChecker
@@ -46,6 +47,7 @@ from proxyd.worker import accesslog_plan, io
 from proxyd.worker.accesslog import AccessLogWriter, open_writers, prepare_writers
 from proxyd.worker.deadlines import DeadlineKind, Timers
 from proxyd.worker.downstream import BufferPool, DownstreamConnection
+from proxyd.worker.overload import COUNTED, FREE, REFUSED, WorkerOverload
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
 from proxyd.worker.stats import StatsStore, note_unexpected
 from proxyd.worker.upstream import ClusterState
@@ -81,10 +83,17 @@ class EpochNotApplied(Exception):
 
 
 class Worker:
-    def __init__(self, channel: ipc.Channel, worker_id: int) -> None:
+    def __init__(
+        self,
+        channel: ipc.Channel,
+        worker_id: int,
+        cx_counts: SharedConnectionCount | None = None,
+    ) -> None:
         self.channel = channel
         self.worker_id = worker_id
         self.stats = StatsStore()
+        # The global connection limit and the overload manager's actions at accept.
+        self.overload = WorkerOverload(cx_counts, self.stats)
         self.listen_socks: dict[str, socket.socket] = {}
         self.accepting: dict[str, trio.CancelScope] = {}
         self.plans: dict[str, ListenerPlan] = {}
@@ -92,7 +101,10 @@ class Worker:
         self.checker = EpochChecker()
         self.writers: dict[str, AccessLogWriter] = {}
         self.connections: set[DownstreamConnection] = set()
+        # Responses say "connection: close" (downstream.wants_close) while this is set:
+        # the worker drains, or the overload manager disabled HTTP keep-alive.
         self.draining = False
+        self.drain_started = False
         self.ids = RequestIdGenerator()
         self.local_address = local_address()
         self.exit_code = EXIT_OK
@@ -125,6 +137,7 @@ class Worker:
                 self._start_accepting()
                 await self._send_ready()
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(self._heartbeat)
                 nursery.start_soon(accesslog_plan.PERIODIC.run)
                 nursery.start_soon(self.timers.run)
                 self.stats.outcomes.on_failure = self._failure_recorded
@@ -206,6 +219,7 @@ class Worker:
             raise EpochNotApplied(reason) from exc
         self.writers = writers
         self.compiled = compiled
+        self.overload.apply_epoch(epoch)
         old_plans, self.plans = self.plans, compiled.plans
         compiled.retire_replaced(old_clusters)
         for name, old in old_plans.items():
@@ -231,7 +245,7 @@ class Worker:
     def _start_accepting(self) -> None:
         nursery = self._nursery
         assert nursery is not None
-        if self.draining:
+        if self.drain_started:
             return
         for name in list(self.accepting):
             if name not in self.plans:
@@ -258,9 +272,15 @@ class Worker:
     async def _accept_loop(self, name: str, lsock: socket.socket, scope: trio.CancelScope) -> None:
         nursery = self._nursery
         assert nursery is not None
+        overload = self.overload
+        # A pipe listener: Envoy names both ends of an accepted Unix socket by the
+        # listener's path (the client's own name is empty).
+        pipe = pipes.text(lsock.getsockname()) if lsock.family == socket.AF_UNIX else None
         with scope:
             batch = 0
             while True:
+                if overload.stop_accepting:  # connections wait in the backlog meanwhile
+                    await overload.wait_accepting()
                 try:
                     sock, peer = lsock.accept()
                 except BlockingIOError:
@@ -277,24 +297,44 @@ class Worker:
                 if plan is None:
                     sock.close()
                     continue
+                verdict = overload.admit(plan) if overload.checks else FREE
+                if verdict == REFUSED:
+                    io.close(sock)  # closed at accept, as Envoy does
+                    continue
                 sock.setblocking(False)
                 try:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass  # not TCP (a unix listener): no Nagle to turn off
                 try:
-                    conn = DownstreamConnection(self, name, sock, peer)
+                    if pipe is None:
+                        conn = DownstreamConnection(self, name, sock, peer)
+                    else:
+                        conn = DownstreamConnection(self, name, sock, (pipe, 0))
+                        conn.remote = conn.remote_ip = conn.local = pipe
                 except Exception as exc:  # a bug: this connection only, never the worker
                     note_unexpected(self.stats, exc, "accept")
                     io.close(sock)
+                    if verdict == COUNTED:
+                        overload.give()
                     continue
                 # serve() counts and logs whatever escapes a request (note_unexpected)
                 # and ends only its own connection.
-                nursery.start_soon(conn.serve, plan)
+                if verdict == COUNTED:
+                    nursery.start_soon(self._serve_counted, conn, plan)
+                else:
+                    nursery.start_soon(conn.serve, plan)
                 batch += 1
                 if batch >= ACCEPT_BATCH:
                     batch = 0
                     await io.checkpoint()
+
+    async def _serve_counted(self, conn: DownstreamConnection, plan: ListenerPlan) -> None:
+        """A connection the global limit counts: its slot is given back when it ends."""
+        try:
+            await conn.serve(plan)
+        finally:
+            self.overload.give()
 
     # -- the master's messages ----------------------------------------------------------
 
@@ -325,16 +365,19 @@ class Worker:
                 self._start_accepting()
                 await self._send_ready()
             elif isinstance(msg, ipc.Drain):
-                if not self.draining:
+                if not self.drain_started:
                     assert self._nursery is not None
                     self._nursery.start_soon(self._drain, msg.deadline_s)
+            elif isinstance(msg, ipc.OverloadActions):
+                self.overload.apply_actions(msg)
+                self.draining = self.drain_started or self.overload.disable_keepalive
             elif isinstance(msg, ipc.Stop):
                 return
             else:
                 log.warning("unexpected message from the master", type=type(msg).__name__)
 
     async def _drain(self, deadline_s: float) -> None:
-        self.draining = True
+        self.draining = self.drain_started = True
         self._all_closed = trio.Event()
         for name in list(self.accepting):
             self._stop_listener(name, self.listen_socks.pop(name, None))
@@ -406,6 +449,21 @@ class Worker:
                         cluster.sweep(now)
             except Exception as exc:  # a bug: the heartbeat must go on regardless
                 note_unexpected(self.stats, exc, "housekeeping")
+
+    async def _heartbeat(self) -> None:
+        """A Heartbeat every half watchdog interval (Epoch.heartbeat_interval_s; the
+        master's worker watchdog counts the misses): sent by this loop, so a worker
+        whose loop is stuck sends none."""
+        while True:
+            interval = self.compiled.epoch.heartbeat_interval_s if self.compiled else 0.0
+            if interval <= 0:
+                await trio.sleep(REPORT_INTERVAL_S)  # the StatsReport is the heartbeat
+                continue
+            await trio.sleep(interval)
+            try:
+                await self.channel.send(ipc.Heartbeat(self.worker_id))
+            except OSError:
+                return  # the control loop sees the closed channel and ends the worker
 
     async def _send_outcomes(self) -> None:
         """Per-host outcomes for outlier detection (proxyd.worker.outcomes), if any."""

@@ -477,9 +477,7 @@ class Exchange:
                 body = BodyReader(r.content_length)
                 length = r.content_length
             else:
-                body = BodyReader(
-                    chunked=mode is _CHUNKED, until_close=mode is _UNTIL_CLOSE
-                )
+                body = BodyReader(chunked=mode is _CHUNKED, until_close=mode is _UNTIL_CLOSE)
                 length = -1
             try:
                 pieces = body.read(rb)

@@ -94,6 +94,10 @@ class ClusterStats(_Scope):
         "rq_retry",
         "rq_retry_success",
         "rq_retry_overflow",
+        "rq_retry_limit_exceeded",
+        "rq_retry_backoff_exponential",
+        "rq_per_try_timeout",
+        "retry_or_shadow_abandoned",
         "breakers",
         "by_class",
         "by_code",
@@ -117,6 +121,11 @@ class ClusterStats(_Scope):
         ("rq_retry", "upstream_rq_retry"),
         ("rq_retry_success", "upstream_rq_retry_success"),
         ("rq_retry_overflow", "upstream_rq_retry_overflow"),
+        # Route retry policies (proxyd.worker.retrying).
+        ("rq_retry_limit_exceeded", "upstream_rq_retry_limit_exceeded"),
+        ("rq_retry_backoff_exponential", "upstream_rq_retry_backoff_exponential"),
+        ("rq_per_try_timeout", "upstream_rq_per_try_timeout"),
+        ("retry_or_shadow_abandoned", "retry_or_shadow_abandoned"),
     )
     GAUGES = (
         ("cx_active", "upstream_cx_active"),
@@ -142,6 +151,10 @@ class ClusterStats(_Scope):
     rq_retry: int
     rq_retry_success: int
     rq_retry_overflow: int
+    rq_retry_limit_exceeded: int
+    rq_retry_backoff_exponential: int
+    rq_per_try_timeout: int
+    retry_or_shadow_abandoned: int
     cx_active: int
     rq_active: int
     rq_pending_active: int
@@ -239,12 +252,20 @@ class HttpStats(_Scope):
 class ListenerStats(_Scope):
     """``listener.<address>_<port>.*``."""
 
-    __slots__ = ("cx_total", "cx_active")
-    COUNTERS = (("cx_total", "downstream_cx_total"),)
+    __slots__ = ("cx_total", "cx_active", "global_cx_overflow", "cx_overload_reject")
+    COUNTERS = (
+        ("cx_total", "downstream_cx_total"),
+        # Refused at accept: the global connection limit, an overload action
+        # (proxyd.worker.overload).
+        ("global_cx_overflow", "downstream_global_cx_overflow"),
+        ("cx_overload_reject", "downstream_cx_overload_reject"),
+    )
     GAUGES = (("cx_active", "downstream_cx_active"),)
     # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
     cx_total: int
     cx_active: int
+    global_cx_overflow: int
+    cx_overload_reject: int
 
     def __init__(self, stat_name: str) -> None:
         super().__init__(f"listener.{stat_name}.")

@@ -12,6 +12,7 @@ cluster is compiled, so a request never formats a stat name).
 
 from __future__ import annotations
 
+from proxyd import pipes
 from proxyd.epoch import Cluster, Endpoint
 from proxyd.protocol.circuit_breakers import PRIORITIES, STAT_NAMES
 from proxyd.protocol.priority import make_priority_balancer
@@ -36,6 +37,7 @@ class HostState:
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
         "outcomes", "priority", "locality", "locality_weight", "usable", "connections",
+        "hostname",
     )  # fmt: skip
 
     def __init__(
@@ -57,6 +59,7 @@ class HostState:
         self.locality = ep.locality
         self.locality_weight = ep.locality_weight
         self.usable = ep.usable
+        self.hostname = ep.hostname  # a STRICT_DNS host's name (auto_host_rewrite)
         self.active_requests = 0
         # Per routing priority (the index of ConnPool.priority): the pool's
         # connections to the host, open or being opened, and its idle ones.
@@ -64,7 +67,7 @@ class HostState:
         self.idle: tuple[list[UpstreamConnection], ...] = tuple([] for _ in PRIORITIES)
         self.cluster = cluster
         # %UPSTREAM_HOST% as Envoy prints it, which is also the host's key in /clusters.
-        self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        self.label = pipes.host_label(address, port)
         self.stats: HostStats = store.host(cluster.name, self.label)
         # What the router tells outlier detection (a no-op log when the cluster has none).
         self.outcomes: OutcomeLog = (

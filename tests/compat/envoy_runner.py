@@ -1,15 +1,17 @@
 """Run real Envoy for compatibility tests.
 
-``EnvoyRunner(yaml_text)`` is a context manager: it adds an ``admin`` block on a free
-loopback port to the given bootstrap, writes it to a temporary directory, starts
-``envoy -c FILE --concurrency 1 --disable-hot-restart --base-id N --log-level warning``,
-waits until the admin ``/ready`` endpoint answers ``LIVE``, and always stops Envoy on
-exit (SIGTERM, then SIGKILL after 10 s). Upstreams come from ``proxyd.demo``.
+``EnvoyRunner(yaml_text)`` is a context manager: it adds an ``admin`` block on loopback
+port 0 to the given bootstrap, writes it to a temporary directory, starts
+``envoy -c FILE --concurrency 1 --disable-hot-restart --base-id N --log-level warning
+--admin-address-path FILE``, learns the admin port from that file, waits until the
+admin ``/ready`` endpoint answers ``LIVE``, and always stops Envoy on exit (SIGTERM,
+then SIGKILL after 10 s). Upstreams come from ``proxyd.demo``.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -25,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import free_port
+from tests.support import admin_address_port
 
 ENVOY_BINARY = str(Path(sys.executable).with_name("envoy"))
 
@@ -60,6 +62,34 @@ class EnvoyRunner:
         assert self.workdir is not None
         return self.workdir / "envoy.log"
 
+    @property
+    def admin_address_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "admin.address"
+
+    def learn_admin_port(self) -> bool:
+        """Read the admin port from --admin-address-path once Envoy wrote it; True when
+        known. (ValueError while the file is half written.)"""
+        if not self.admin_port and self.admin_address_path.exists():
+            self.admin_port = admin_address_port(self.admin_address_path.read_text())
+        return self.admin_port != 0
+
+    def listener_port(self, name: str, timeout: float = 10.0) -> int:
+        """The port listener ``name`` is bound to (admin ``/listeners``): a listener on
+        port 0 gets its port from the kernel, as in proxyd."""
+        from tests.support import wait_for
+
+        def port() -> int:
+            url = f"http://127.0.0.1:{self.admin_port}/listeners?format=json"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                doc = json.loads(r.read())
+            for entry in doc.get("listener_statuses", []):
+                if entry["name"] == name:
+                    return int(entry["local_address"]["socket_address"]["port_value"])
+            return 0
+
+        return int(wait_for(port, timeout=timeout))
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -68,9 +98,9 @@ class EnvoyRunner:
 
     def __enter__(self) -> EnvoyRunner:
         self.workdir = Path(tempfile.mkdtemp(prefix="envoy-compat-"))
-        self.admin_port = free_port()
+        self.admin_port = 0  # Envoy binds one; --admin-address-path tells which
         self.config["admin"] = {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
         }
         cfg = self.workdir / "envoy.yaml"
         cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
@@ -85,6 +115,8 @@ class EnvoyRunner:
             str(next(_base_ids)),
             "--log-level",
             self.log_level,
+            "--admin-address-path",
+            str(self.admin_address_path),
             *self.extra_args,
         ]
         with open(self.log_path, "wb") as log:
@@ -102,18 +134,19 @@ class EnvoyRunner:
         """Poll the admin ``/ready`` endpoint until it says LIVE (or Envoy dies)."""
         assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout_s
-        url = f"http://127.0.0.1:{self.admin_port}/ready"
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"envoy exited with {self.proc.returncode} during startup:\n{self.log_text()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as resp:
-                    if resp.read().strip() == b"LIVE":
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass  # not listening yet, or answering 503 while initializing
+                if self.learn_admin_port():
+                    url = f"http://127.0.0.1:{self.admin_port}/ready"
+                    with urllib.request.urlopen(url, timeout=1.0) as resp:
+                        if resp.read().strip() == b"LIVE":
+                            return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+                pass  # not listening yet, answering 503 while initializing, or half written
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"envoy not LIVE after {self.startup_timeout_s}s:\n{self.log_text()}"

@@ -35,7 +35,7 @@ from tests.integration.test_circuit_breakers import (
     staggered,
     timeout_steps,
 )
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
+from tests.support import ProxydProcess, UpstreamServer, http_config, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -121,15 +121,16 @@ def test_envoy_and_proxyd_agree(
     tmp_path: Path, routes: str | None, steps_for: StepsFor, total: int
 ) -> None:
     with UpstreamServer("a") as up:
-        listen, admin = free_port(), free_port()
         config = http_config(
-            listen, admin, {"a": [up.port]}, routes, cluster_extra=ONE_CONNECTION_ONE_PENDING
+            0, 0, {"a": [up.port]}, routes, cluster_extra=ONE_CONNECTION_ONE_PENDING
         )
         with EnvoyRunner(config) as envoy:
+            listen = envoy.listener_port("ingress")
             steps = steps_for(up, lambda: _envoy_stats(envoy.admin_port))
             envoy_answers = _seen(staggered(listen, up, steps))
             envoy_stats = _pick(_envoy_stats(envoy.admin_port))
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
             steps = steps_for(up, p.stats)
             proxyd_answers = _seen(staggered(listen, up, steps))
             # Workers report each second: wait until every answer is counted.
@@ -143,11 +144,9 @@ def test_envoy_and_proxyd_agree(
 
 def test_routing_priorities_agree(tmp_path: Path) -> None:
     with UpstreamServer("a") as up:
-        listen, admin = free_port(), free_port()
-        config = http_config(
-            listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=DEFAULT_1_HIGH_5
-        )
+        config = http_config(0, 0, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=DEFAULT_1_HIGH_5)
         with EnvoyRunner(config) as envoy:
+            listen = envoy.listener_port("ingress")
             envoy_answers = _seen(staggered(listen, up, priority_steps(up)))
             envoy_stats = _pick(_envoy_stats(envoy.admin_port), PRIORITY_STATS)
             url = f"http://127.0.0.1:{envoy.admin_port}/clusters"
@@ -155,7 +154,8 @@ def test_routing_priorities_agree(tmp_path: Path) -> None:
                 envoy_thresholds = _thresholds(r.read().decode())
             with urllib.request.urlopen(url + "?format=json", timeout=5) as r:
                 envoy_json = _breakers_json(r.read().decode())
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
             steps = priority_steps(up)
             proxyd_answers = _seen(staggered(listen, up, steps))
             proxyd_stats = wait_for(

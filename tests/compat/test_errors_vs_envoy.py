@@ -292,14 +292,13 @@ class Results:
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     good = UpstreamServer("good").start()
     try:
-        admin = free_port()
-        ports = {name: free_port() for name in LISTENERS}
-        text = errors_config(admin, ports, good.port, free_port())
-        with EnvoyRunner(text):
-            envoy = play_all(ports)
-        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=2) as p:
+        # Listeners and admin on port 0: each proxy binds its own, /listeners says which.
+        text = errors_config(0, dict.fromkeys(LISTENERS, 0), good.port, free_port())
+        with EnvoyRunner(text) as runner:
+            envoy = play_all({name: runner.listener_port(name) for name in LISTENERS})
+        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, concurrency=2) as p:
             before = p.worker_pids()
-            proxyd = play_all(ports)
+            proxyd = play_all({name: p.listener_port(name) for name in LISTENERS})
             after = p.worker_pids()
         yield Results(envoy, proxyd, before, after)
     finally:

@@ -31,7 +31,7 @@ from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.test_errors_vs_envoy import described
 from tests.integration.test_proxy_errors import exchange
-from tests.support import ProxydProcess, free_port, wait_for
+from tests.support import ProxydProcess, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -482,15 +482,16 @@ class Results:
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     upstream = UpstreamServer("svc").start()
     try:
-        ports = {"ingress": free_port(), "edge": free_port()}
-        admin = free_port()
         log = tmp_path_factory.mktemp("log") / "access.log"
-        text = filters_config(ports["ingress"], ports["edge"], admin, upstream.port, str(log))
+        # Listeners and admin on port 0: each proxy binds its own, /listeners says which.
+        text = filters_config(0, 0, 0, upstream.port, str(log))
         with EnvoyRunner(text) as envoy:
+            ports = {name: envoy.listener_port(name) for name in ("ingress", "edge")}
             envoy_side = play_all(ports, lambda: envoy_stats(envoy.admin_port))
             envoy_side.stats = fault_stats(envoy_stats(envoy.admin_port))
         envoy_side.log = read_log(log)  # Envoy flushes it when it stops
-        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=1) as p:
+        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, concurrency=1) as p:
+            ports = {name: p.listener_port(name) for name in ("ingress", "edge")}
             proxyd_side = play_all(ports, p.stats)
             # Workers report stats in batches: wait until they say what Envoy said.
             try:

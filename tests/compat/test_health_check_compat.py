@@ -45,10 +45,10 @@ def _outcome(listen: int, clusters_text: str, dead: int) -> tuple[set[str], str]
 def test_envoy_and_proxyd_skip_the_dead_host(tmp_path: Path) -> None:
     a, b = UpstreamServer("a").start(), UpstreamServer("b").start()
     dead = free_port()
-    listen, admin = free_port(), free_port()
-    config = http_config(listen, admin, {"svc": [a.port, dead, b.port]}, cluster_extra=CHECK)
+    config = http_config(0, 0, {"svc": [a.port, dead, b.port]}, cluster_extra=CHECK)
     try:
         with EnvoyRunner(config) as envoy:
+            listen = envoy.listener_port("ingress")
             url = f"http://127.0.0.1:{envoy.admin_port}"
             with urllib.request.urlopen(url + "/clusters", timeout=5) as r:
                 envoy_clusters = r.read().decode()
@@ -59,7 +59,8 @@ def test_envoy_and_proxyd_skip_the_dead_host(tmp_path: Path) -> None:
                     for line in r.read().decode().splitlines()
                     if ".health_check." in line and line.startswith("cluster.")
                 }
-        with ProxydProcess(tmp_path, config, admin) as p:
+        with ProxydProcess(tmp_path, config) as p:
+            listen = p.listener_port()
             proxyd_result = _outcome(listen, p.admin("/clusters")[1], dead)
             proxyd_stats = {n for n in p.stats() if ".health_check." in n}
         assert envoy_result == proxyd_result == ({"a", "b"}, "/failed_active_hc")

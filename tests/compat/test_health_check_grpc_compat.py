@@ -60,8 +60,7 @@ def test_envoy_and_proxyd_judge_the_same(tmp_path: Path) -> None:
         a.set("app", SERVING)
         dead = free_port()
         ports = [a.port, b.port, dead]
-        admin = free_port()
-        config = grpc_config(admin, ports)
+        config = grpc_config(0, ports)  # admin on port 0
         with EnvoyRunner(config) as envoy:
             envoy_result = _run(lambda path: _fetch(envoy.admin_port, path), ports, a)
             envoy_stats = {
@@ -71,7 +70,7 @@ def test_envoy_and_proxyd_judge_the_same(tmp_path: Path) -> None:
             }
         envoy_call = a.calls[-1]
         a.calls.clear()
-        with ProxydProcess(tmp_path, config, admin) as p:
+        with ProxydProcess(tmp_path, config) as p:
             proxyd_result = _run(lambda path: p.admin(path)[1], ports, a)
             proxyd_stats = {n for n in p.stats() if n.startswith("cluster.backend.health_check.")}
         proxyd_call = a.calls[-1]

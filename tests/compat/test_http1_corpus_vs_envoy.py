@@ -13,6 +13,8 @@ adds itself; bodies decoded) must be the same for both proxies, except for the c
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.http1_wire import UpstreamRecorder, described, play, upstream_view
-from tests.support import ProxydProcess, free_port, http_listener, static_cluster
+from tests.support import ProxydProcess, http_listener, static_cluster
 
 pytestmark = [
     pytest.mark.compat,
@@ -76,16 +78,16 @@ def corpus_config(admin: int, listen_ports: list[int], upstream_ports: list[int]
     return yaml.safe_dump(boot, sort_keys=False)
 
 
-def distinct_free_ports(count: int, taken: list[int]) -> list[int]:
-    """``count`` free loopback ports, none twice and none in ``taken``."""
-    seen = set(taken)
-    out: list[int] = []
-    while len(out) < count:
-        port = free_port()
-        if port not in seen:
-            seen.add(port)
-            out.append(port)
-    return out
+def bound_ports(admin_port: int) -> dict[str, int]:
+    """Every listener's port by name, from the admin ``/listeners`` (Envoy's and
+    proxyd's answer the same)."""
+    url = f"http://127.0.0.1:{admin_port}/listeners?format=json"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        doc = json.loads(r.read())
+    return {
+        e["name"]: int(e["local_address"]["socket_address"]["port_value"])
+        for e in doc["listener_statuses"]
+    }
 
 
 def half_closes(name: str) -> bool:
@@ -115,29 +117,22 @@ class Results:
 
 
 def serve_corpus(start: Any, recorder: UpstreamRecorder) -> dict[str, Any]:
-    """Play the corpus through the proxy ``start(text, admin)`` starts. Its ~250 ports are
-    picked free and bound a moment later: should another process take one meanwhile,
-    the proxy cannot start, and the run is tried again on other ports (twice at most)."""
-    for attempt in range(3):
-        admin, *ports = distinct_free_ports(len(CASES) + 1, recorder.ports)
-        text = corpus_config(admin, ports, recorder.ports)
-        try:
-            with start(text, admin):
-                return play_corpus(ports, recorder)
-        except Exception as exc:
-            if "Address already in use" not in str(exc) or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    """Play the corpus through the proxy ``start(text)`` starts. Its ~250 listeners and
+    its admin are on port 0: the proxy binds them, and ``/listeners`` says which ports it
+    got (nothing is picked first and bound a moment later, when another process may have
+    taken it)."""
+    text = corpus_config(0, [0] * len(CASES), recorder.ports)
+    with start(text) as proxy:
+        by_name = bound_ports(proxy.admin_port)
+        return play_corpus([by_name[f"c{i}"] for i in range(len(CASES))], recorder)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     with UpstreamRecorder(len(CASES)) as recorder:
-        envoy = serve_corpus(lambda text, admin: EnvoyRunner(text), recorder)
+        envoy = serve_corpus(lambda text: EnvoyRunner(text), recorder)
         proxyd = serve_corpus(
-            lambda text, admin: ProxydProcess(
-                tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=1
-            ),
+            lambda text: ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, concurrency=1),
             recorder,
         )
         yield Results(envoy, proxyd)

@@ -16,7 +16,7 @@ import pytest
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.integration.failing_upstream import always_500
 from tests.integration.master_fixtures import get
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
+from tests.support import ProxydProcess, UpstreamServer, http_config, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -65,17 +65,16 @@ def _run(listen: int, admin_url: str, bad_port: int) -> tuple[str, set[str], dic
 
 def test_envoy_and_proxyd_eject_the_failing_host(tmp_path: Path) -> None:
     good = UpstreamServer("good").start()
-    listen, admin = free_port(), free_port()
     try:
         with always_500() as bad:
             bad_port = bad.server_address[1]
-            config = http_config(
-                listen, admin, {"svc": [good.port, bad_port]}, cluster_extra=OUTLIER
-            )
+            config = http_config(0, 0, {"svc": [good.port, bad_port]}, cluster_extra=OUTLIER)
             with EnvoyRunner(config) as envoy:
+                listen = envoy.listener_port("ingress")
                 envoy_result = _run(listen, f"http://127.0.0.1:{envoy.admin_port}", bad_port)
-            with ProxydProcess(tmp_path, config, admin, concurrency=2):
-                proxyd_result = _run(listen, f"http://127.0.0.1:{admin}", bad_port)
+            with ProxydProcess(tmp_path, config, concurrency=2) as p:
+                listen = p.listener_port()
+                proxyd_result = _run(listen, f"http://127.0.0.1:{p.admin_port}", bad_port)
     finally:
         good.stop()
     for flags, after, stats in (envoy_result, proxyd_result):

@@ -58,14 +58,15 @@ Outcome = tuple[dict[str, float], int]
 
 def run_both(tmp_path: Path, make: Callable[[int, int], str]) -> tuple[Outcome, Outcome]:
     """(shares, lb_healthy_panic) from Envoy, then from proxyd, on the same YAML."""
-    listen, admin = free_port(), free_port()
-    text = make(listen, admin)
+    text = make(0, 0)  # listener and admin on port 0: each proxy binds its own
     with EnvoyRunner(text) as envoy:
+        listen = envoy.listener_port("ingress")
         envoy_shares = shares(listen)
         url = f"http://127.0.0.1:{envoy.admin_port}/stats"
         with urllib.request.urlopen(url, timeout=5) as r:
             envoy_panic = panic_count(r.read().decode())
-    with ProxydProcess(tmp_path, text, admin) as p:
+    with ProxydProcess(tmp_path, text) as p:
+        listen = p.listener_port()
         proxyd_shares = shares(listen)
         # Workers report counters in batches: wait until all requests are in.
         wait_for(lambda: p.stats().get("http.ingress_http.downstream_rq_total", 0) >= REQUESTS)
@@ -95,7 +96,7 @@ def test_partial_failover_to_p1(tmp_path: Path, upstreams: list[UpstreamServer])
         {"lb_endpoints": [lb_endpoint(a.port), lb_endpoint(dead)]},
         {"priority": 1, "lb_endpoints": [lb_endpoint(b.port)]},
     ]
-    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(listen, admin, groups))
+    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(0, 0, groups))
     for got, panics in (envoy, ours):
         assert_shape(got, {"a": 0.7, "b": 0.3}, 0.1)
         assert panics == 0
@@ -109,7 +110,7 @@ def test_full_failover_to_p1(tmp_path: Path, upstreams: list[UpstreamServer]) ->
         {"lb_endpoints": [lb_endpoint(free_port())]},
         {"priority": 1, "lb_endpoints": [lb_endpoint(b.port)]},
     ]
-    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(listen, admin, groups))
+    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(0, 0, groups))
     assert envoy == ours == ({"b": 1.0}, 0)
 
 
@@ -133,7 +134,7 @@ def test_locality_weights(tmp_path: Path, upstreams: list[UpstreamServer]) -> No
     envoy, ours = run_both(
         tmp_path,
         lambda listen, admin: grouped_config(
-            listen, admin, groups, common_lb_config={"locality_weighted_lb_config": {}}
+            0, 0, groups, common_lb_config={"locality_weighted_lb_config": {}}
         ),
     )
     for got, panics in (envoy, ours):
@@ -148,7 +149,7 @@ def test_panic_routes_to_all_hosts(tmp_path: Path, upstreams: list[UpstreamServe
     groups = [
         {"lb_endpoints": [lb_endpoint(a.port), lb_endpoint(free_port()), lb_endpoint(free_port())]}
     ]
-    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(listen, admin, groups))
+    envoy, ours = run_both(tmp_path, lambda listen, admin: grouped_config(0, 0, groups))
     for got, panics in (envoy, ours):
         assert_shape(got, {"a": 1 / 3, "503": 2 / 3}, 0.1)
         assert panics >= REQUESTS

@@ -29,7 +29,7 @@ from tests.compat.routing_cases import (
     epoch_route_config,
     send,
 )
-from tests.support import ProxydProcess, free_port
+from tests.support import ProxydProcess
 
 pytestmark = [
     pytest.mark.compat,
@@ -59,18 +59,18 @@ class Answers:
 def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Answers]:
     upstreams = [UpstreamServer(name).start() for name in UPSTREAMS]
     try:
-        port, admin = free_port(), free_port()
-        boot = envoy_config(port, {u.name: u.port for u in upstreams})
+        # Listener and admin on port 0: each proxy binds its own, /listeners says which.
+        boot = envoy_config(0, {u.name: u.port for u in upstreams})
         boot = {
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             **boot,
         }
         text = yaml.safe_dump(boot, sort_keys=False)
         cases = CASES + KNOWN_DIVERGENCES
-        with EnvoyRunner(text):
-            envoy = send_all(port, cases)
-        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=2) as p:
-            proxyd = send_all(port, cases)
+        with EnvoyRunner(text) as runner:
+            envoy = send_all(runner.listener_port("compat_listener"), cases)
+        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, concurrency=2) as p:
+            proxyd = send_all(p.listener_port("compat_listener"), cases)
             assert len(p.worker_pids()) == 2
         yield Answers(envoy, proxyd)
     finally:

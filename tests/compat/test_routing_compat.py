@@ -24,7 +24,6 @@ from tests.compat.routing_cases import (
     epoch_route_config,
     send,
 )
-from tests.support import free_port
 
 pytestmark = [
     pytest.mark.compat,
@@ -36,10 +35,9 @@ pytestmark = [
 def envoy_port() -> Iterator[int]:
     upstreams = [UpstreamServer(name).start() for name in UPSTREAMS]
     try:
-        port = free_port()
         ports = {u.name: u.port for u in upstreams}
-        with EnvoyRunner(envoy_config_yaml(port, ports)):
-            yield port
+        with EnvoyRunner(envoy_config_yaml(0, ports)) as envoy:  # port 0: Envoy binds one
+            yield envoy.listener_port("compat_listener")
     finally:
         for u in upstreams:
             u.stop()

@@ -2,7 +2,7 @@
 
 One scenario, run for each (target, source) pair: real Envoy (``EnvoyTarget``) and
 proxyd (``ProxydTarget``) on the same bootstrap and the same pushed resources. The
-resources: an RDS listener on a free loopback port, route config ``routes``
+resources: an RDS listener on loopback port 0 (the proxy binds one), route config ``routes``
 (``/a`` → ``cluster_a``, ``/b`` → ``cluster_b``), both clusters ``type: EDS``, endpoints
 the demo upstreams A, B, C, W (each answers with its name in ``x-upstream-name``). The
 scenario, in order:
@@ -45,11 +45,12 @@ from tests.compat.xds_harness import (
     Source,
     Target,
     admin_get,
+    listener_port,
     ready_state,
     stats,
     wait_routing,
 )
-from tests.support import free_port, wait_for
+from tests.support import wait_for
 from tests.xds_server import (
     CLUSTER,
     ENDPOINT,
@@ -118,7 +119,7 @@ def test_xds_routing_updates_nacks_and_warming(
     upstreams: dict[str, UpstreamServer],
     tmp_path: Path,
 ) -> None:
-    port = free_port()
+    port = 0  # the proxy binds the listener's port; /listeners says which
     port_of = {name: u.port for name, u in upstreams.items()}
     ok = {name: (200, name) for name in port_of}
 
@@ -147,6 +148,7 @@ def test_xds_routing_updates_nacks_and_warming(
     wait_for(lambda: ready_state(admin) == "LIVE", timeout=10)
     for type_url, version in ((CLUSTER, "c1"), (ENDPOINT, "e1"), (LISTENER, "l1"), (ROUTE, "r1")):
         source.wait_applied(admin, type_url, version)
+    port = listener_port(admin, LISTENER_NAME)
     wait_routing(port, {"/a": ok["A"], "/b": ok["B"]})
 
     # 2. RDS swaps the routes
@@ -233,7 +235,7 @@ def _dynamic_dump_shape(target: Target, tmp_path: Path, upstream_port: int) -> s
     return the key paths of /config_dump (without the bootstrap)."""
     with XdsServer() as xds:
         source = AdsSource(xds, LISTENER_NAME)
-        port = free_port()
+        port = 0  # the proxy binds one
         source.push(ENDPOINT, "e1", [load_assignment("cluster_a", [upstream_port])])
         source.push(CLUSTER, "c1", [eds_cluster("cluster_a", ADS_SOURCE)])
         source.push(ROUTE, "r1", [route_config(ROUTES, {"/": "cluster_a"})])
@@ -278,7 +280,7 @@ def test_partly_bad_cds_update_is_applied_resource_by_resource(
     target = target_cls()
     with XdsServer() as xds:
         source = AdsSource(xds, LISTENER_NAME)
-        port = free_port()
+        port = 0  # the proxy binds one; /listeners says which
         ports = {"cluster_a": upstreams["A"].port, "cluster_b": upstreams["B"].port}
         source.push(ENDPOINT, "e1", [load_assignment(c, [p]) for c, p in ports.items()])
         source.push(CLUSTER, "c1", [eds_cluster(c, ADS_SOURCE) for c in ports])
@@ -287,6 +289,7 @@ def test_partly_bad_cds_update_is_applied_resource_by_resource(
         try:
             admin = target.start(source.bootstrap(), tmp_path)
             wait_for(lambda: ready_state(admin) == "LIVE", timeout=20)
+            port = listener_port(admin, LISTENER_NAME)
             wait_routing(port, {"/a": (200, "A"), "/b": (200, "B")})
             twice = [eds_cluster("cluster_a", ADS_SOURCE), eds_cluster("cluster_a", ADS_SOURCE)]
             source.push(CLUSTER, "c2", twice)

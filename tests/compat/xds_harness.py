@@ -17,6 +17,7 @@ stats (``…update_rejected``, ``…version_text``) for every source.
 from __future__ import annotations
 
 import http.client
+import json
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,7 @@ import yaml
 from google.protobuf.message import Message
 
 from tests.compat.envoy_runner import EnvoyRunner
-from tests.support import ProxydProcess, free_port
+from tests.support import ProxydProcess, wait_for
 from tests.xds_server import (
     CLUSTER,
     ENDPOINT,
@@ -69,18 +70,19 @@ class _EnvoyNoWait(EnvoyRunner):
     def wait_ready(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout_s
-        url = f"http://127.0.0.1:{self.admin_port}/ready"
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.log_text()}")
             try:
-                with urllib.request.urlopen(url, timeout=1.0):
-                    return
+                if self.learn_admin_port():
+                    url = f"http://127.0.0.1:{self.admin_port}/ready"
+                    with urllib.request.urlopen(url, timeout=1.0):
+                        return
             except urllib.error.HTTPError as exc:
                 exc.close()
                 return  # 503 PRE_INITIALIZING: the admin is up, init is not done
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass  # not listening yet
+            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+                pass  # not listening yet, or the address file half written
             if time.monotonic() > deadline:
                 raise TimeoutError(f"envoy admin not up:\n{self.log_text()}")
             time.sleep(0.05)
@@ -121,6 +123,22 @@ def admin_get(admin: str, path: str) -> tuple[int, str]:
 def ready_state(admin: str) -> str:
     """``/ready``'s body: LIVE, PRE_INITIALIZING, ..."""
     return admin_get(admin, "/ready")[1].strip()
+
+
+def listener_port(admin: str, name: str, timeout: float = 15.0) -> int:
+    """The port listener ``name`` is bound to (``/listeners``, the same in Envoy and
+    proxyd), once it is there: listeners on port 0 get theirs from the kernel."""
+
+    def port() -> int:
+        status, body = admin_get(admin, "/listeners?format=json")
+        if status != 200:
+            return 0
+        for entry in json.loads(body).get("listener_statuses", []):
+            if entry["name"] == name:
+                return int(entry["local_address"]["socket_address"]["port_value"])
+        return 0
+
+    return int(wait_for(port, timeout=timeout))
 
 
 def stats(admin: str) -> dict[str, str]:
@@ -394,18 +412,13 @@ class ProxydTarget:
         self._proc: ProxydProcess | None = None
 
     def start(self, bootstrap: dict[str, Any], workdir: Path) -> str:
-        admin_port = free_port()
         config = {
             **bootstrap,
-            "admin": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
-            },
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         }
-        self._proc = ProxydProcess(
-            workdir, yaml.safe_dump(config, sort_keys=False), admin_port, concurrency=1
-        )
-        self._proc.start(live=False)
-        return f"http://127.0.0.1:{admin_port}"
+        self._proc = ProxydProcess(workdir, yaml.safe_dump(config, sort_keys=False), concurrency=1)
+        self._proc.start(live=False)  # learns the admin port from --admin-address-path
+        return f"http://127.0.0.1:{self._proc.admin_port}"
 
     def log_text(self) -> str:
         return self._proc.log() if self._proc else ""

@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.master_fixtures import get
 from tests.integration.worker_harness import RawUpstream, read_head
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
+from tests.support import ProxydProcess, UpstreamServer, http_config, wait_for
 
 OVERFLOW_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
@@ -25,9 +25,10 @@ MAX_REQUESTS_1 = """    circuit_breakers:
 
 def test_max_requests_overflow(tmp_path: Path) -> None:
     with UpstreamServer("a") as up:
-        listen, admin = free_port(), free_port()
-        config = http_config(listen, admin, {"a": [up.port]}, cluster_extra=MAX_REQUESTS_1)
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        config = http_config(0, 0, {"a": [up.port]}, cluster_extra=MAX_REQUESTS_1)
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
+            listen = p.listener_port()
             results: list[tuple[int, dict[str, str], bytes]] = []
 
             def slow() -> None:
@@ -148,11 +149,10 @@ def settled(p: ProxydProcess, answers: int) -> dict[str, int]:
 
 def test_pending_queue_waits_for_the_connection_then_overflows(tmp_path: Path) -> None:
     with UpstreamServer("a") as up:
-        listen, admin = free_port(), free_port()
-        config = http_config(
-            listen, admin, {"a": [up.port]}, cluster_extra=ONE_CONNECTION_ONE_PENDING
-        )
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        config = http_config(0, 0, {"a": [up.port]}, cluster_extra=ONE_CONNECTION_ONE_PENDING)
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
+            listen = p.listener_port()
             first, second, third = staggered(listen, up, queue_steps(up, p.stats))
             assert (first[0], second[0], third[0]) == (200, 200, 503)
             # The second waited for the first's connection and went out on it.
@@ -176,15 +176,16 @@ def test_pending_queue_waits_for_the_connection_then_overflows(tmp_path: Path) -
 
 def test_route_timeout_while_pending_is_a_504(tmp_path: Path) -> None:
     with UpstreamServer("a") as up:
-        listen, admin = free_port(), free_port()
         config = http_config(
-            listen,
-            admin,
+            0,
+            0,
             {"a": [up.port]},
             SLOW_AND_IMPATIENT,
             cluster_extra=ONE_CONNECTION_ONE_PENDING,
         )
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
+            listen = p.listener_port()
             slow, impatient = staggered(listen, up, timeout_steps(up))
             assert slow[0] == 200
             assert (impatient[0], impatient[2]) == (504, b"upstream request timeout")
@@ -213,10 +214,11 @@ def test_retry_is_counted_and_bounded_by_max_retries(
     tmp_path: Path, max_retries: int, second_status: int
 ) -> None:
     with RawUpstream(_answers_once) as up:
-        listen, admin = free_port(), free_port()
         extra = MAX_REQUESTS_1.replace("max_requests: 1", f"max_retries: {max_retries}")
-        config = http_config(listen, admin, {"a": [up.port]}, cluster_extra=extra)
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        config = http_config(0, 0, {"a": [up.port]}, cluster_extra=extra)
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
+            listen = p.listener_port()
             assert get(listen, "/")[0] == 200
             status, _, body = get(listen, "/")  # on the reused connection, which dies
             assert status == second_status
@@ -265,11 +267,10 @@ def priority_steps(up: UpstreamServer) -> list[Step]:
 
 def test_high_priority_has_its_own_thresholds(tmp_path: Path) -> None:
     with UpstreamServer("a") as up:
-        listen, admin = free_port(), free_port()
-        config = http_config(
-            listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=DEFAULT_1_HIGH_5
-        )
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        config = http_config(0, 0, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=DEFAULT_1_HIGH_5)
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
+            listen = p.listener_port()
             answers = staggered(listen, up, priority_steps(up))
             # DEFAULT allows one request at a time; HIGH's five are not touched by it.
             assert [a[0] for a in answers] == [200, 200, 200, 200, 503]
@@ -299,13 +300,14 @@ def test_high_priority_has_its_own_thresholds(tmp_path: Path) -> None:
 def test_high_priority_overflows_at_its_own_limit(tmp_path: Path) -> None:
     # The other way round: HIGH allows 1, DEFAULT the default 1024.
     with UpstreamServer("a") as up:
-        listen, admin = free_port(), free_port()
         extra = """    circuit_breakers:
       thresholds:
       - priority: HIGH
         max_requests: 1"""
-        config = http_config(listen, admin, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=extra)
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        config = http_config(0, 0, {"a": [up.port]}, HIGH_ROUTE, cluster_extra=extra)
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
+            listen = p.listener_port()
             steps = [
                 ("/hold/high", at_upstream(up, 1)),
                 ("/hold/", at_upstream(up, 2)),

@@ -11,7 +11,7 @@ import pytest
 from proxyd.demo import UpstreamServer
 from tests.dns_server import DnsServer
 from tests.integration.master_fixtures import upstream_name
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 CARES = "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
 
@@ -55,9 +55,9 @@ def _names(port: int, n: int) -> set[str]:
 def test_respect_dns_ttl_follows_the_record_ttl(tmp_path: Path, dns_server: DnsServer, pair) -> None:  # fmt: skip
     a, _ = pair
     dns_server.set("svc.test", ["127.0.0.1"], ttl=1)
-    port, admin = free_port(), free_port()
     extra = "    dns_refresh_rate: 60s\n    respect_dns_ttl: true"
-    with ProxydProcess(tmp_path, _config(port, admin, a.port, dns_server.port, "STRICT_DNS", extra), admin):  # fmt: skip
+    with ProxydProcess(tmp_path, _config(0, 0, a.port, dns_server.port, "STRICT_DNS", extra)) as p:  # fmt: skip
+        port = p.listener_port()
         assert _names(port, 4) == {"a"}
         dns_server.set("svc.test", ["127.0.0.2"], ttl=1)
         wait_for(lambda: upstream_name(port) == "b", timeout=8)
@@ -68,9 +68,9 @@ def test_respect_dns_ttl_follows_the_record_ttl(tmp_path: Path, dns_server: DnsS
 def test_without_respect_dns_ttl_the_refresh_rate_holds(tmp_path: Path, dns_server: DnsServer, pair) -> None:  # fmt: skip
     a, _ = pair
     dns_server.set("svc.test", ["127.0.0.1"], ttl=1)
-    port, admin = free_port(), free_port()
     extra = "    dns_refresh_rate: 60s"
-    with ProxydProcess(tmp_path, _config(port, admin, a.port, dns_server.port, "STRICT_DNS", extra), admin):  # fmt: skip
+    with ProxydProcess(tmp_path, _config(0, 0, a.port, dns_server.port, "STRICT_DNS", extra)) as p:  # fmt: skip
+        port = p.listener_port()
         assert _names(port, 2) == {"a"}
         dns_server.set("svc.test", ["127.0.0.2"], ttl=1)
         # The same 5 s in which the TTL-respecting cluster moved: no refresh (60 s) yet.
@@ -84,10 +84,10 @@ def test_without_respect_dns_ttl_the_refresh_rate_holds(tmp_path: Path, dns_serv
 def test_logical_dns_uses_the_first_address(tmp_path: Path, dns_server: DnsServer, pair) -> None:
     a, b = pair
     dns_server.set("svc.test", ["127.0.0.1", "127.0.0.2"], ttl=1)
-    port, admin = free_port(), free_port()
     extra = "    dns_refresh_rate: 60s\n    respect_dns_ttl: true"
-    config = _config(port, admin, a.port, dns_server.port, "LOGICAL_DNS", extra)
-    with ProxydProcess(tmp_path, config, admin) as p:
+    config = _config(0, 0, a.port, dns_server.port, "LOGICAL_DNS", extra)
+    with ProxydProcess(tmp_path, config) as p:
+        port = p.listener_port()
         assert _names(port, 10) == {"a"}
         assert b.requests == 0
         clusters = p.admin("/clusters")[1]
@@ -101,12 +101,12 @@ def test_logical_dns_uses_the_first_address(tmp_path: Path, dns_server: DnsServe
 def test_failed_lookups_keep_the_last_answer_and_retry_with_backoff(tmp_path: Path, dns_server: DnsServer, pair) -> None:  # fmt: skip
     a, _ = pair
     dns_server.set("svc.test", ["127.0.0.1"], ttl=1)
-    port, admin = free_port(), free_port()
     extra = (
         "    dns_refresh_rate: 60s\n    respect_dns_ttl: true\n"
         "    dns_failure_refresh_rate: { base_interval: 0.2s, max_interval: 0.4s }"
     )
-    with ProxydProcess(tmp_path, _config(port, admin, a.port, dns_server.port, "STRICT_DNS", extra), admin):  # fmt: skip
+    with ProxydProcess(tmp_path, _config(0, 0, a.port, dns_server.port, "STRICT_DNS", extra)) as p:  # fmt: skip
+        port = p.listener_port()
         assert upstream_name(port) == "a"
         dns_server.fail = True  # SERVFAIL from now on
         asked = dns_server.count("svc.test")

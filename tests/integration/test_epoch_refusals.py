@@ -21,7 +21,7 @@ from proxyd import epoch as ep
 from tests.integration import worker_harness
 from tests.integration.master_fixtures import upstream_name
 from tests.integration.worker_harness import WorkerHarness, make_epoch
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 start_worker = worker_harness.start_worker  # the fixture
 
@@ -49,10 +49,10 @@ def unopenable(tmp_path: Path) -> Path:
 @pytest.fixture
 def setup(tmp_path: Path, upstream):
     a, b = upstream("a"), upstream("b")
-    port, admin = free_port(), free_port()
     clusters = {"a": [a.port], "b": [b.port]}
-    with ProxydProcess(tmp_path, http_config(port, admin, clusters), admin) as p:
-        yield p, port, admin, clusters
+    # Listener and admin on port 0: the config keeps 0, requests go to the bound port.
+    with ProxydProcess(tmp_path, http_config(0, 0, clusters)) as p:
+        yield p, p.listener_port(), 0, clusters
 
 
 # -- the master's check ------------------------------------------------------------------
@@ -63,7 +63,7 @@ def test_reload_a_worker_could_not_compile_is_refused_by_the_master(setup) -> No
     # Valid for Envoy's protos and proxyd's config compiler, but the worker writes the
     # server header in ISO-8859-1 (proxyd.protocol.http1_headers.server_line).
     p.config_path.write_text(
-        http_config(port, admin, clusters, ROUTE_TO_B, hcm_extra='          server_name: "sn☃w"')
+        http_config(0, admin, clusters, ROUTE_TO_B, hcm_extra='          server_name: "sn☃w"')
     )
     res = p.ctl("reload")
     assert res.returncode == 1, res.stdout
@@ -83,7 +83,7 @@ def test_reload_a_worker_refuses_fails_naming_the_worker(setup, tmp_path: Path) 
     good = p.config_path.read_text()
     bad_path = unopenable(tmp_path)
     p.config_path.write_text(
-        http_config(port, admin, clusters, ROUTE_TO_B, hcm_extra=access_log(bad_path))
+        http_config(0, admin, clusters, ROUTE_TO_B, hcm_extra=access_log(bad_path))
     )
     res = p.ctl("reload")
     assert res.returncode == 1, res.stdout
@@ -108,7 +108,7 @@ def test_reload_a_worker_refuses_fails_naming_the_worker(setup, tmp_path: Path) 
 
 def test_server_info_shows_each_workers_epoch(setup) -> None:
     p, port, admin, clusters = setup
-    p.config_path.write_text(http_config(port, admin, clusters, ROUTE_TO_B))
+    p.config_path.write_text(http_config(0, admin, clusters, ROUTE_TO_B))
     assert p.ctl("reload").returncode == 0
     status, body = p.admin("/server_info")
     assert status == 200
@@ -129,19 +129,19 @@ def test_server_info_shows_each_workers_epoch(setup) -> None:
 
 def test_worker_refuses_an_epoch_and_keeps_its_own(start_worker, upstream, tmp_path) -> None:
     a, b = upstream("a"), upstream("b")
-    port = free_port()
     running_log = tmp_path / "running.log"
     logs = {"access_logs": (ep.AccessLog(str(running_log), "%REQ(:PATH)%\n"),)}
-    w = start_worker(make_epoch(1, port, {"a": [a.port], "b": [b.port]}, hcm=logs))
+    w = start_worker(make_epoch(1, 0, {"a": [a.port], "b": [b.port]}, hcm=logs))
+    port = w.bound_port()
     bad = ep.AccessLog(str(unopenable(tmp_path)), "")
-    w.send_epoch(make_epoch(2, port, {"b": [b.port]}, hcm={"access_logs": (bad,)}), wait=False)
+    w.send_epoch(make_epoch(2, 0, {"b": [b.port]}, hcm={"access_logs": (bad,)}), wait=False)
     msg = w.wait_refused(2)
     assert (msg.worker_id, msg.pid) == (0, w.pid)
     assert msg.reason == f"access log '{bad.path}' cannot be opened: Not a directory"
     # Epoch 1 goes on, its access log too.
     assert httpx.get(f"http://127.0.0.1:{port}/one").headers["x-upstream-name"] == "a"
     wait_for(lambda: running_log.exists() and running_log.read_text() == "/one\n")
-    w.send_epoch(make_epoch(3, port, {"b": [b.port]}))
+    w.send_epoch(make_epoch(3, 0, {"b": [b.port]}))
     assert httpx.get(f"http://127.0.0.1:{port}/").headers["x-upstream-name"] == "b"
 
 
@@ -149,13 +149,13 @@ def test_an_epoch_that_does_not_compile_opens_no_access_log(
     start_worker, upstream, tmp_path
 ) -> None:
     a = upstream("a")
-    port = free_port()
-    w = start_worker(make_epoch(1, port, {"a": [a.port]}))
+    w = start_worker(make_epoch(1, 0, {"a": [a.port]}))
+    port = w.bound_port()
     new_log = tmp_path / "new.log"
     # The master's config compiler refuses this regex; a worker must not trust that.
     broken = ep.Route("broken", ep.RouteMatch("safe_regex", "(unclosed"), "a")
     logs = {"access_logs": (ep.AccessLog(str(new_log), ""),)}
-    w.send_epoch(make_epoch(2, port, {"a": [a.port]}, [broken], hcm=logs), wait=False)
+    w.send_epoch(make_epoch(2, 0, {"a": [a.port]}, [broken], hcm=logs), wait=False)
     msg = w.wait_refused(2)
     assert msg.reason.startswith("listener 'ingress': route config 'local_route': ")
     assert "missing ), unterminated subpattern" in msg.reason
@@ -166,7 +166,7 @@ def test_an_epoch_that_does_not_compile_opens_no_access_log(
 def test_a_first_epoch_refused_is_said_before_cannot_start(upstream, tmp_path) -> None:
     a = upstream("a")
     bad = ep.AccessLog(str(unopenable(tmp_path)), "")
-    epoch = make_epoch(1, free_port(), {"a": [a.port]}, hcm={"access_logs": (bad,)})
+    epoch = make_epoch(1, 0, {"a": [a.port]}, hcm={"access_logs": (bad,)})
     w = WorkerHarness(epoch, tmp_path)
     try:
         with pytest.raises(RuntimeError, match="worker exited with 3"):
@@ -178,11 +178,8 @@ def test_a_first_epoch_refused_is_said_before_cannot_start(upstream, tmp_path) -
 
 def test_master_with_a_worker_that_cannot_start_names_the_reason(tmp_path: Path, upstream) -> None:
     a = upstream("a")
-    port, admin = free_port(), free_port()
     bad_path = unopenable(tmp_path)
-    p = ProxydProcess(
-        tmp_path, http_config(port, admin, {"a": [a.port]}, hcm_extra=access_log(bad_path)), admin
-    )
+    p = ProxydProcess(tmp_path, http_config(0, 0, {"a": [a.port]}, hcm_extra=access_log(bad_path)))
     with pytest.raises(RuntimeError, match="exited with 1"):
         p.start()
     p.stop()
@@ -193,9 +190,8 @@ def test_master_does_not_start_with_a_config_no_worker_could_compile(
     tmp_path: Path, upstream
 ) -> None:
     a = upstream("a")
-    port, admin = free_port(), free_port()
     snow = '          server_name: "sn☃w"'
-    p = ProxydProcess(tmp_path, http_config(port, admin, {"a": [a.port]}, hcm_extra=snow), admin)
+    p = ProxydProcess(tmp_path, http_config(0, 0, {"a": [a.port]}, hcm_extra=snow))
     with pytest.raises(RuntimeError, match="exited with 1"):
         p.start()
     p.stop()

@@ -54,13 +54,11 @@ def _flags(p: ProxydProcess, port: int) -> str:
 def test_traffic_follows_health(tmp_path: Path, check: str) -> None:
     a, b, c = (UpstreamServer(n).start() for n in ("a", "b", "c"))
     dead = free_port()
-    listen, admin = free_port(), free_port()
-    config = http_config(
-        listen, admin, {"svc": [a.port, b.port, c.port, dead]}, cluster_extra=check
-    )
+    config = http_config(0, 0, {"svc": [a.port, b.port, c.port, dead]}, cluster_extra=check)
     restarted = None
     try:
-        with ProxydProcess(tmp_path, config, admin) as p:
+        with ProxydProcess(tmp_path, config) as p:
+            listen = p.listener_port()
             # Warm-up: the master checked every host before going live.
             assert set(_names(listen, 12)) == {"a", "b", "c"}
             assert _flags(p, dead) == "/failed_active_hc"
@@ -95,7 +93,6 @@ def test_expected_statuses_and_timeouts(tmp_path: Path) -> None:
     """expected_statuses decides what passes; a host that answers too late is failed
     with Envoy's extra "/active_hc_timeout" flag."""
     up = UpstreamServer("a").start()
-    listen, admin = free_port(), free_port()
     check = HTTP_CHECK.replace("path: /healthz", "path: /status/503")
     extra = check + "\n        expected_statuses: [{ start: 500, end: 504 }]"
     # Panic mode off: with Envoy's default 50% threshold a cluster whose only host
@@ -104,12 +101,14 @@ def test_expected_statuses_and_timeouts(tmp_path: Path) -> None:
     (tmp_path / "ok").mkdir()
     (tmp_path / "slow").mkdir()
     try:
-        config = http_config(listen, admin, {"svc": [up.port]}, cluster_extra=extra)
-        with ProxydProcess(tmp_path / "ok", config, admin) as p:
+        config = http_config(0, 0, {"svc": [up.port]}, cluster_extra=extra)
+        with ProxydProcess(tmp_path / "ok", config) as p:
+            listen = p.listener_port()
             assert upstream_name(listen) == "a"
             assert _flags(p, up.port) == "healthy"
-        config = http_config(listen, admin, {"svc": [up.port]}, cluster_extra=slow)
-        with ProxydProcess(tmp_path / "slow", config, admin) as p:
+        config = http_config(0, 0, {"svc": [up.port]}, cluster_extra=slow)
+        with ProxydProcess(tmp_path / "slow", config) as p:
+            listen = p.listener_port()
             assert _flags(p, up.port) == "/failed_active_hc/active_hc_timeout"
             text = p.admin("/clusters?format=json")[1]
             assert '"failed_active_health_check": true' in text

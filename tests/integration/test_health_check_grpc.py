@@ -76,11 +76,9 @@ def test_health_follows_the_served_status(tmp_path: Path) -> None:
     with HealthServer() as a, HealthServer() as b:
         a.set("app", SERVING)  # b does not know "app" yet: NOT_FOUND
         dead = free_port()
-        admin = free_port()
         with ProxydProcess(
             tmp_path,
-            grpc_config(admin, [a.port, b.port, dead]),
-            admin,
+            grpc_config(0, [a.port, b.port, dead]),
             extra_args=("--log-level", "debug"),
         ) as p:
             # Warm-up: each host was checked once before the server went live.
@@ -121,8 +119,7 @@ def test_a_late_answer_is_a_timeout(tmp_path: Path) -> None:
         slow.set("app", SERVING)
         ok.set("app", SERVING)
         slow.delay_s = 5.0
-        admin = free_port()
-        with ProxydProcess(tmp_path, grpc_config(admin, [slow.port, ok.port]), admin) as p:
+        with ProxydProcess(tmp_path, grpc_config(0, [slow.port, ok.port])) as p:
             assert _flags(p, slow.port) == "/failed_active_hc/active_hc_timeout"
             assert _flags(p, ok.port) == "healthy"
             assert _hc(p, "network_failure") >= 1

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.integration.master_fixtures import get, upstream_name
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 ROUTE_TO_B = """
               - match: { prefix: "/" }
@@ -84,13 +84,13 @@ class MasterLine:
 @pytest.fixture
 def line(tmp_path: Path, upstream):
     a, b = upstream("a"), upstream("b")
-    port, admin = free_port(), free_port()
     clusters = {"a": [a.port], "b": [b.port]}
     args = ("--drain-time-s", "10", "--parent-shutdown-time-s", "20")
-    p = ProxydProcess(tmp_path, http_config(port, admin, clusters), admin, extra_args=args)
+    # Listener and admin on port 0: the new masters inherit the sockets, so the ports.
+    p = ProxydProcess(tmp_path, http_config(0, 0, clusters), extra_args=args)
     p.start()
     ml = MasterLine(p)
-    ml.port, ml.admin_port, ml.clusters = port, admin, clusters
+    ml.port, ml.admin_port, ml.clusters = p.listener_port(), p.admin_port, clusters
     ml.upstreams = {"a": a, "b": b}
     try:
         yield ml
@@ -140,7 +140,7 @@ def test_hot_restart_replaces_the_master_and_carries_state_over(line: MasterLine
 def test_slow_request_finishes_on_the_old_master(line: MasterLine, tmp_path: Path) -> None:
     p = line.p
     other = tmp_path / "to-b.yaml"
-    other.write_text(http_config(line.port, line.admin_port, line.clusters, routes=ROUTE_TO_B))
+    other.write_text(http_config(0, 0, line.clusters, routes=ROUTE_TO_B))
     outcome: dict[str, object] = {}
 
     a = line.upstreams["a"]
@@ -168,7 +168,7 @@ def test_slow_request_finishes_on_the_old_master(line: MasterLine, tmp_path: Pat
 def test_invalid_config_fails_cleanly_and_changes_nothing(line: MasterLine, tmp_path: Path) -> None:
     p = line.p
     bad = tmp_path / "bad.yaml"
-    bad.write_text(http_config(line.port, line.admin_port, line.clusters).replace("lb_policy", "lb_polcy"))  # fmt: skip
+    bad.write_text(http_config(0, 0, line.clusters).replace("lb_policy", "lb_polcy"))
     workers = p.worker_pids()
     res = line.hot_restart("--config", str(bad))
     assert res.returncode == 1

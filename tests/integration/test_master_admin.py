@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.master_fixtures import get
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 N = 40
 
@@ -16,13 +16,12 @@ N = 40
 @pytest.fixture
 def proxy(tmp_path: Path, upstream):
     up = upstream("up")
-    port, admin = free_port(), free_port()
     log_path = tmp_path / "admin_access.log"
-    text = http_config(port, admin, {"up": [up.port]}).replace(
+    text = http_config(0, 0, {"up": [up.port]}).replace(
         "admin:\n", f"admin:\n  access_log_path: {log_path}\n", 1
     )
-    with ProxydProcess(tmp_path, text, admin) as p:
-        p.listen_port, p.upstream_port, p.admin_log = port, up.port, log_path
+    with ProxydProcess(tmp_path, text) as p:
+        p.listen_port, p.upstream_port, p.admin_log = p.listener_port(), up.port, log_path
         yield p
 
 

@@ -17,7 +17,7 @@ from proxyd.master.dns_client import DnsClient, HostsFile
 from proxyd.master.dns_protocol import Answer, DnsLookupError, SystemConfig
 from tests.dns_server import DnsServer
 from tests.integration.master_fixtures import upstream_name
-from tests.support import ProxydProcess, free_port, http_config
+from tests.support import ProxydProcess, http_config
 
 
 @pytest.fixture
@@ -277,14 +277,13 @@ def test_no_dns_clusters_sleep_until_resolve_is_called() -> None:
 
 def test_strict_dns_cluster_through_proxyd(tmp_path: Path, upstream) -> None:
     up = upstream("named")
-    port, admin = free_port(), free_port()
     text = (
-        http_config(port, admin, {"named": [up.port]})
+        http_config(0, 0, {"named": [up.port]})
         .replace("type: STATIC", "type: STRICT_DNS\n    dns_lookup_family: V4_ONLY")
         .replace(f"address: 127.0.0.1, port_value: {up.port}", f"address: localhost, port_value: {up.port}")
     )  # fmt: skip
     assert "localhost" in text
-    with ProxydProcess(tmp_path, text, admin) as p:
-        assert upstream_name(port) == "named"
+    with ProxydProcess(tmp_path, text) as p:
+        assert upstream_name(p.listener_port()) == "named"
         clusters = p.admin("/clusters")[1]
         assert f"named::127.0.0.1:{up.port}::hostname::localhost\n" in clusters

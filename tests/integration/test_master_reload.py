@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.master_fixtures import get, upstream_name
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 ROUTE_TO_B = """
               - match: { prefix: "/" }
@@ -18,16 +18,16 @@ ROUTE_TO_B = """
 @pytest.fixture
 def setup(tmp_path: Path, upstream):
     a, b = upstream("a"), upstream("b")
-    port, admin = free_port(), free_port()
     clusters = {"a": [a.port], "b": [b.port]}
-    with ProxydProcess(tmp_path, http_config(port, admin, clusters), admin) as p:
-        yield p, port, admin, clusters
+    # Listener and admin on port 0: the config keeps 0, requests go to the bound port.
+    with ProxydProcess(tmp_path, http_config(0, 0, clusters)) as p:
+        yield p, p.listener_port(), 0, clusters
 
 
 def test_reload_changing_a_route_takes_effect(setup) -> None:
     p, port, admin, clusters = setup
     assert {upstream_name(port) for _ in range(10)} == {"a"}
-    p.config_path.write_text(http_config(port, admin, clusters, routes=ROUTE_TO_B))
+    p.config_path.write_text(http_config(0, admin, clusters, routes=ROUTE_TO_B))
     res = p.ctl("reload")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "reloaded: epoch 2"
@@ -41,7 +41,7 @@ def test_reload_changing_a_route_takes_effect(setup) -> None:
 
 def test_sighup_reloads(setup) -> None:
     p, port, admin, clusters = setup
-    p.config_path.write_text(http_config(port, admin, clusters, routes=ROUTE_TO_B))
+    p.config_path.write_text(http_config(0, admin, clusters, routes=ROUTE_TO_B))
     p.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: p.status()["epoch"] == 2 and all(w["epoch"] == 2 for w in p.status()["workers"]))  # fmt: skip
     assert {upstream_name(port) for _ in range(20)} == {"b"}
@@ -51,7 +51,7 @@ def test_invalid_reload_keeps_the_running_epoch(setup) -> None:
     p, port, admin, clusters = setup
     good = p.config_path.read_text()
     p.config_path.write_text(
-        http_config(port, admin, clusters, routes=ROUTE_TO_B).replace("lb_policy", "lb_polcy")
+        http_config(0, admin, clusters, routes=ROUTE_TO_B).replace("lb_policy", "lb_polcy")
     )
     res = p.ctl("reload")
     assert res.returncode == 1
@@ -68,14 +68,15 @@ def test_invalid_reload_keeps_the_running_epoch(setup) -> None:
 
 def test_reload_adds_and_removes_a_listener(setup) -> None:
     p, port, admin, clusters = setup
-    text = http_config(port, admin, clusters)
-    second = free_port()
+    text = http_config(0, admin, clusters)
     extra = text.split("  clusters:")[0].split("  listeners:\n", 1)[1]
-    extra = extra.replace("name: ingress", "name: second").replace(f"port_value: {port}", f"port_value: {second}")  # fmt: skip
+    extra = extra.replace("name: ingress", "name: second")  # port 0 too: a port of its own
     with_second = text.replace("  clusters:", extra + "  clusters:", 1)
     p.config_path.write_text(with_second)
     res = p.ctl("reload")
     assert res.returncode == 0, res.stderr
+    second = p.listener_port("second")
+    assert second != port
     assert {upstream_name(second) for _ in range(10)} == {"a"}
     assert f"second::127.0.0.1:{second}" in p.admin("/listeners")[1]
     # Remove it again: the port stops accepting once the workers moved on.
@@ -97,7 +98,7 @@ def test_reload_adds_and_removes_a_listener(setup) -> None:
 
 def test_reload_cannot_move_a_listener_to_another_port(setup) -> None:
     p, port, admin, clusters = setup
-    p.config_path.write_text(http_config(free_port(), admin, clusters))
+    p.config_path.write_text(http_config(port, admin, clusters))  # 0 → a fixed port
     res = p.ctl("reload")
     assert res.returncode == 1
     assert "listener 'ingress'" in res.stderr and "different address" in res.stderr

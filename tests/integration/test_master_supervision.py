@@ -15,15 +15,14 @@ import pytest
 
 from proxyd.master.workers import Backoff
 from tests.integration.master_fixtures import ClientLoop, get
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 
 @pytest.fixture
 def proxy(tmp_path: Path, upstream):
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    with ProxydProcess(tmp_path, http_config(port, admin, {"up": [up.port]}), admin) as p:
-        p.listen_port = port
+    with ProxydProcess(tmp_path, http_config(0, 0, {"up": [up.port]})) as p:
+        p.listen_port = p.listener_port()
         yield p
 
 
@@ -56,9 +55,8 @@ def test_workers_log_like_their_master(tmp_path: Path, upstream) -> None:
     """--log-level and --log-format reach the workers: debug lines in JSON here, and
     none at the default info level (the fixture above)."""
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    config = http_config(port, admin, {"up": [up.port]})
-    with ProxydProcess(tmp_path, config, admin, extra_args=("--log-level", "debug")) as p:
+    config = http_config(0, 0, {"up": [up.port]})
+    with ProxydProcess(tmp_path, config, extra_args=("--log-level", "debug")) as p:
         wait_for(lambda: p.log().count('"epoch applied"') >= 2, timeout=10)
         applied = [json.loads(line) for line in p.log().splitlines() if '"epoch applied"' in line]
     assert sorted(e["worker_id"] for e in applied[:2]) == [0, 1]
@@ -77,7 +75,6 @@ def test_killed_worker_is_replaced_while_clients_keep_going(proxy: ProxydProcess
     victim, survivor = proxy.worker_pids()
     with ClientLoop(port, threads=4) as clients:
         wait_for(lambda: clients.snapshot()[0] >= 50, timeout=20)
-        killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
 
         def replaced() -> int | None:
@@ -86,8 +83,10 @@ def test_killed_worker_is_replaced_while_clients_keep_going(proxy: ProxydProcess
             new = [p for p in pids if p not in (victim, survivor, 0)]
             return new[0] if new and survivor in pids else None
 
-        new_pid = wait_for(replaced, timeout=5, interval=0.02)
-        assert time.monotonic() - killed_at < 2.0, "the replacement took over 2 s to be ready"
+        # How soon is the machine's business (tests never assert on speed); that the
+        # replacement comes, and serves, is the test's.
+        new_pid = wait_for(replaced, timeout=30, interval=0.02)
+        replaced_at = time.monotonic()
         ok_at_replacement = clients.snapshot()[0]
         # Enough traffic after the replacement that both sockets' queues are served.
         wait_for(lambda: clients.snapshot()[0] >= ok_at_replacement + 100, timeout=20)
@@ -95,17 +94,16 @@ def test_killed_worker_is_replaced_while_clients_keep_going(proxy: ProxydProcess
     assert new_pid in proxy.worker_pids()
     # Only connections in flight on the killed worker may fail: at most one per client.
     assert len(clients.failed) <= clients.threads, clients.failed
-    # Nothing failed after the kill settled (the replacement accepts its share).
-    late = [f for f in clients.failed if f[0] > killed_at + 1.0]
+    # Nothing failed once the replacement was ready (it accepts its share).
+    late = [f for f in clients.failed if f[0] > replaced_at]
     assert late == [], late
 
 
 def test_sigterm_drains_and_exits_0(tmp_path: Path, upstream) -> None:
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    p = ProxydProcess(tmp_path, http_config(port, admin, {"up": [up.port]}), admin).start()
+    p = ProxydProcess(tmp_path, http_config(0, 0, {"up": [up.port]})).start()
     workers = psutil.Process(p.pid).children()
-    assert get(port)[0] == 200
+    assert get(p.listener_port())[0] == 200
     assert p.stop(signal.SIGTERM) == 0
     gone, alive = psutil.wait_procs(workers, timeout=5)
     assert alive == []
@@ -116,8 +114,7 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path, upstream) -> None:
 
 def test_sigint_stops_fast(tmp_path: Path, upstream) -> None:
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    p = ProxydProcess(tmp_path, http_config(port, admin, {"up": [up.port]}), admin).start()
+    p = ProxydProcess(tmp_path, http_config(0, 0, {"up": [up.port]})).start()
     workers = psutil.Process(p.pid).children()
     p.proc.send_signal(signal.SIGINT)
     assert p.proc.wait(10) == 0
@@ -128,9 +125,8 @@ def test_sigint_stops_fast(tmp_path: Path, upstream) -> None:
 
 def test_worker_that_cannot_start_stops_the_master(tmp_path: Path, upstream) -> None:
     up = upstream("up")
-    port, admin = free_port(), free_port()
     cfg = tmp_path / "proxyd.yaml"
-    cfg.write_text(http_config(port, admin, {"up": [up.port]}))
+    cfg.write_text(http_config(0, 0, {"up": [up.port]}))
     env = dict(os.environ, PROXYD_WORKER_COMMAND=f"{sys.executable} -c 'raise SystemExit(3)'")
     started = time.monotonic()
     res = subprocess.run(
@@ -139,7 +135,7 @@ def test_worker_that_cannot_start_stops_the_master(tmp_path: Path, upstream) -> 
         capture_output=True, text=True, timeout=30, env=env,
     )  # fmt: skip
     assert res.returncode == 1
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 25  # gave up rather than retrying forever
     assert "cannot start (exit code 3)" in res.stderr.splitlines()[-1]
     assert not (tmp_path / "c.sock").exists()
 
@@ -148,7 +144,7 @@ def test_second_master_on_the_same_control_socket_is_refused(
     proxy: ProxydProcess, tmp_path: Path
 ) -> None:
     cfg = tmp_path / "other.yaml"
-    cfg.write_text(http_config(free_port(), free_port(), {"up": [1]}))
+    cfg.write_text(http_config(0, 0, {"up": [1]}))
     res = subprocess.run(
         [sys.executable, "-m", "proxyd", "-c", str(cfg), "--concurrency", "1",
          "--control-socket", proxy.control_socket],
@@ -167,7 +163,7 @@ def test_listener_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         cfg = tmp_path / "proxyd.yaml"
-        cfg.write_text(http_config(port, free_port(), {"up": [1]}))
+        cfg.write_text(http_config(port, 0, {"up": [1]}))
         res = subprocess.run(
             [sys.executable, "-m", "proxyd", "-c", str(cfg), "--concurrency", "1",
              "--control-socket", str(tmp_path / "c.sock")],

@@ -65,12 +65,10 @@ def _od(p: ProxydProcess, name: str) -> int:
 def test_consecutive_5xx_ejects_and_returns_the_host(tmp_path: Path, bad_upstream: Any) -> None:
     good = UpstreamServer("good").start()
     bad_port = bad_upstream.server_address[1]
-    listen, admin = free_port(), free_port()
-    config = http_config(
-        listen, admin, {"svc": [good.port, bad_port]}, cluster_extra=CONSECUTIVE_5XX
-    )
+    config = http_config(0, 0, {"svc": [good.port, bad_port]}, cluster_extra=CONSECUTIVE_5XX)
     try:
-        with ProxydProcess(tmp_path, config, admin, concurrency=2) as p:
+        with ProxydProcess(tmp_path, config, concurrency=2) as p:
+            listen = p.listener_port()
             assert _flags(p, bad_port) == "healthy"
             assert _od(p, "ejections_enforced_consecutive_5xx") == 0
             assert _od(p, "ejections_active") == 0
@@ -98,11 +96,11 @@ def test_consecutive_5xx_ejects_and_returns_the_host(tmp_path: Path, bad_upstrea
 def test_reload_keeps_the_ejection(tmp_path: Path, bad_upstream: Any) -> None:
     good = UpstreamServer("good").start()
     bad_port = bad_upstream.server_address[1]
-    listen, admin = free_port(), free_port()
     slow = CONSECUTIVE_5XX.replace("base_ejection_time: 2s", "base_ejection_time: 60s")
-    config = http_config(listen, admin, {"svc": [good.port, bad_port]}, cluster_extra=slow)
+    config = http_config(0, 0, {"svc": [good.port, bad_port]}, cluster_extra=slow)
     try:
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
             _upstreams(listen, 8)
             wait_for(lambda: _flags(p, bad_port) == "/failed_outlier_check", timeout=5)
             res = p.ctl("reload")
@@ -116,10 +114,10 @@ def test_reload_keeps_the_ejection(tmp_path: Path, bad_upstream: Any) -> None:
 def test_split_local_origin_failures_eject_a_dead_host(tmp_path: Path) -> None:
     good = UpstreamServer("good").start()
     dead = free_port()
-    listen, admin = free_port(), free_port()
-    config = http_config(listen, admin, {"svc": [good.port, dead]}, cluster_extra=LOCAL_ORIGIN)
+    config = http_config(0, 0, {"svc": [good.port, dead]}, cluster_extra=LOCAL_ORIGIN)
     try:
-        with ProxydProcess(tmp_path, config, admin, concurrency=2) as p:
+        with ProxydProcess(tmp_path, config, concurrency=2) as p:
+            listen = p.listener_port()
             seen = _upstreams(listen, 12)
             assert "503" in seen  # connect failures answered by proxyd
             wait_for(

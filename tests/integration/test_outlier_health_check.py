@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.master_fixtures import get
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
+from tests.support import ProxydProcess, UpstreamServer, http_config, wait_for
 
 EXTRA = """    health_checks:
     - timeout: 0.5s
@@ -37,13 +37,11 @@ def _stat(p: ProxydProcess, name: str) -> int:
 @pytest.mark.parametrize("uneject", [True, False], ids=["default", "off"])
 def test_passing_check_ends_the_ejection(tmp_path: Path, uneject: bool) -> None:
     a, b = UpstreamServer("a").start(), UpstreamServer("b").start()
-    listen, admin = free_port(), free_port()
     field = "" if uneject else "\n      successful_active_health_check_uneject_host: false"
-    config = http_config(
-        listen, admin, {"svc": [a.port, b.port]}, cluster_extra=EXTRA.format(uneject=field)
-    )
+    config = http_config(0, 0, {"svc": [a.port, b.port]}, cluster_extra=EXTRA.format(uneject=field))
     try:
-        with ProxydProcess(tmp_path, config, admin, concurrency=1) as p:
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            listen = p.listener_port()
             assert _stat(p, "lb_healthy_panic") == 0  # listed from the start, as in Envoy
             for _ in range(6):  # round robin: three 500s from each host
                 assert get(listen, "/status/500")[0] == 500

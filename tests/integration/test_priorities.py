@@ -49,16 +49,15 @@ class Client:
 
 def test_failover_to_the_next_priority_and_back(tmp_path: Path) -> None:
     a, b = UpstreamServer("a").start(), UpstreamServer("b").start()
-    listen, admin = free_port(), free_port()
     groups = [
         {"lb_endpoints": [lb_endpoint(a.port)]},
         {"priority": 1, "lb_endpoints": [lb_endpoint(b.port)]},
     ]
-    config = grouped_config(listen, admin, groups)
+    config = grouped_config(0, 0, groups)
     back = None
-    client = Client(listen)
     try:
-        with ProxydProcess(tmp_path, config, admin) as p:
+        with ProxydProcess(tmp_path, config) as p:
+            client = Client(p.listener_port())
             assert client.served_by(20) == Counter({"a": 20})
 
             a.stop()
@@ -83,24 +82,23 @@ def test_failover_to_the_next_priority_and_back(tmp_path: Path) -> None:
 def test_panic_routes_to_unhealthy_hosts(tmp_path: Path) -> None:
     a = UpstreamServer("a").start()
     dead = [free_port(), free_port()]
-    listen, admin = free_port(), free_port()
     groups = [{"lb_endpoints": [lb_endpoint(a.port), lb_endpoint(dead[0]), lb_endpoint(dead[1])]}]
     (tmp_path / "panic").mkdir()
     (tmp_path / "off").mkdir()
     try:
-        config = grouped_config(listen, admin, groups)
-        client = Client(listen)
-        with ProxydProcess(tmp_path / "panic", config, admin) as p:
+        config = grouped_config(0, 0, groups)
+        with ProxydProcess(tmp_path / "panic", config) as p:
+            client = Client(p.listener_port())
             # 1 of 3 healthy: panic, all three hosts take requests; the dead ones fail.
             got = client.served_by(30)
             assert got["a"] > 0 and got["503"] > 0 and set(got) == {"a", "503"}
             assert client.panics(p) == 30
 
         config = grouped_config(
-            listen, admin, groups, common_lb_config={"healthy_panic_threshold": {"value": 0}}
+            0, 0, groups, common_lb_config={"healthy_panic_threshold": {"value": 0}}
         )
-        client = Client(listen)
-        with ProxydProcess(tmp_path / "off", config, admin) as p:
+        with ProxydProcess(tmp_path / "off", config) as p:
+            client = Client(p.listener_port())
             assert client.served_by(30) == Counter({"a": 30})
             assert client.panics(p) == 0
     finally:

@@ -244,10 +244,9 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     good = UpstreamServer("good").start()
     try:
-        admin = free_port()
-        ports = {name: free_port() for name in LISTENERS}
-        text = errors_config(admin, ports, good.port, free_port())
-        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=2) as p:
+        text = errors_config(0, dict.fromkeys(LISTENERS, 0), good.port, free_port())
+        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, concurrency=2) as p:
+            ports = {name: p.listener_port(name) for name in LISTENERS}
             pids = p.worker_pids()
             assert len(pids) == 2
             yield Setup(p, ports, good, pids)

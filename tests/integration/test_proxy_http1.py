@@ -31,7 +31,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_listener, static_cluster
+from tests.support import ProxydProcess, UpstreamServer, http_listener, static_cluster
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 MiB = 1 << 20
@@ -92,10 +92,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     single = UpstreamServer("single").start()
     rr = [UpstreamServer("rr-b").start(), UpstreamServer("rr-c").start()]
     try:
-        admin, inner, edge = free_port(), free_port(), free_port()
-        text = proxy_config(admin, inner, edge, single.port, [u.port for u in rr])
-        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, admin, concurrency=2) as p:
-            yield Setup(p, inner, edge, single, rr)
+        text = proxy_config(0, 0, 0, single.port, [u.port for u in rr])
+        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, concurrency=2) as p:
+            yield Setup(p, p.listener_port("inner"), p.listener_port("edge"), single, rr)
     finally:
         for u in (single, *rr):
             u.stop()

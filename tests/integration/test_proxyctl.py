@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import VENV_BIN, ProxydProcess, free_port, http_config
+from tests.support import VENV_BIN, ProxydProcess, http_config
 
 
 def _ctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -21,8 +21,7 @@ def _ctl(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def proxy(tmp_path: Path, upstream):
     up = upstream("up")
-    port, admin = free_port(), free_port()
-    with ProxydProcess(tmp_path, http_config(port, admin, {"up": [up.port]}), admin) as p:
+    with ProxydProcess(tmp_path, http_config(0, 0, {"up": [up.port]})) as p:
         yield p
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_hot_restart import MasterLine, gone
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 WRK = shutil.which("wrk") or ("/usr/bin/wrk" if Path("/usr/bin/wrk").exists() else None)
 
@@ -159,11 +159,12 @@ def test_five_hot_restarts_and_five_reloads_under_load(
     tmp_path: Path, upstream, clients: str
 ) -> None:
     a, c = upstream("a"), upstream("c")
-    port, admin, second = free_port(), free_port(), free_port()
-    base = http_config(port, admin, {"a": [a.port]})
-    extra = _with_extra(base, port, second, c.port)
+    # Every listener on port 0: the second gets a new port each time a reload adds it.
+    base = http_config(0, 0, {"a": [a.port]})
+    extra = _with_extra(base, 0, 0, c.port)
     args = ("--drain-time-s", "5", "--parent-shutdown-time-s", "15")
-    p = ProxydProcess(tmp_path, base, admin, concurrency=2, extra_args=args).start()
+    p = ProxydProcess(tmp_path, base, concurrency=2, extra_args=args).start()
+    port = p.listener_port()
     line = MasterLine(p)
     wrk = None
     events: list[tuple[float, str]] = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_hot_restart import MasterLine
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, http_config, wait_for
 
 
 class NotifySocket:
@@ -87,8 +87,7 @@ def proxy_factory(tmp_path: Path, upstream, monkeypatch: pytest.MonkeyPatch):
     def start(env: dict[str, str], *extra: str) -> ProxydProcess:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        port, admin = free_port(), free_port()
-        p = ProxydProcess(tmp_path, http_config(port, admin, {"up": [up.port]}), admin, extra_args=extra)  # fmt: skip
+        p = ProxydProcess(tmp_path, http_config(0, 0, {"up": [up.port]}), extra_args=extra)
         started.append(p)
         return p.start()
 

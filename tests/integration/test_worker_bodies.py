@@ -13,7 +13,6 @@ from tests.integration.worker_harness import (
     make_epoch,
     rss_of,
 )
-from tests.support import free_port
 
 start_worker = worker_harness.start_worker  # the fixture
 
@@ -78,8 +77,8 @@ def _upload(port: int, size: int, chunked: bool) -> dict:
 
 def test_large_upload_does_not_grow_memory(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    w = start_worker(make_epoch(1, port, {"a": [a.port]}))
+    w = start_worker(make_epoch(1, 0, {"a": [a.port]}))
+    port = w.bound_port()
     _upload(port, MB, chunked=False)  # warm up: buffers, pools, imports
     before = rss_of(w.pid)
     with RssWatch(w.pid) as watch:
@@ -90,8 +89,8 @@ def test_large_upload_does_not_grow_memory(start_worker, upstream) -> None:
 
 def test_slow_client_gets_a_large_download_with_backpressure(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    w = start_worker(make_epoch(1, port, {"a": [a.port]}))
+    w = start_worker(make_epoch(1, 0, {"a": [a.port]}))
+    port = w.bound_port()
     before = rss_of(w.pid)
     size = 100 * MB
     with RssWatch(w.pid) as watch, socket.create_connection(("127.0.0.1", port), timeout=30) as s:

@@ -18,7 +18,6 @@ from tests.integration.worker_harness import (
     raw_exchange,
     read_head,
 )
-from tests.support import free_port
 
 start_worker = worker_harness.start_worker  # the fixture
 
@@ -31,8 +30,7 @@ def echo(client: httpx.Client, port: int, **kw) -> dict:
 
 def test_get_is_forwarded_with_envoy_headers(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    start_worker(make_epoch(1, port, {"a": [a.port]}))
+    port = start_worker(make_epoch(1, 0, {"a": [a.port]})).bound_port()
     r = httpx.get(f"http://127.0.0.1:{port}/echo?x=1", headers={"x-custom": "v"})
     assert r.status_code == 200
     assert r.headers["server"] == "envoy"
@@ -49,8 +47,9 @@ def test_get_is_forwarded_with_envoy_headers(start_worker, upstream) -> None:
 
 def test_use_remote_address_appends_to_x_forwarded_for(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    start_worker(make_epoch(1, port, {"a": [a.port]}, hcm={"use_remote_address": True}))
+    port = start_worker(
+        make_epoch(1, 0, {"a": [a.port]}, hcm={"use_remote_address": True})
+    ).bound_port()
     r = httpx.get(f"http://127.0.0.1:{port}/echo", headers={"x-forwarded-for": "1.2.3.4"})
     seen = dict(r.json()["headers"])
     first, _, added = seen["x-forwarded-for"].partition(",")
@@ -60,8 +59,7 @@ def test_use_remote_address_appends_to_x_forwarded_for(start_worker, upstream) -
 
 def test_keep_alive_reuses_upstream_connections(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    start_worker(make_epoch(1, port, {"a": [a.port]}))
+    port = start_worker(make_epoch(1, 0, {"a": [a.port]})).bound_port()
     with httpx.Client() as client:
         for _ in range(20):
             assert client.get(f"http://127.0.0.1:{port}/").status_code == 200
@@ -77,8 +75,9 @@ def test_keep_alive_reuses_upstream_connections(start_worker, upstream) -> None:
 
 def test_max_requests_per_connection(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    start_worker(make_epoch(1, port, {"a": [a.port]}, cluster={"max_requests_per_connection": 2}))
+    port = start_worker(
+        make_epoch(1, 0, {"a": [a.port]}, cluster={"max_requests_per_connection": 2})
+    ).bound_port()
     with httpx.Client() as client:
         for _ in range(6):
             assert client.get(f"http://127.0.0.1:{port}/").status_code == 200
@@ -87,8 +86,7 @@ def test_max_requests_per_connection(start_worker, upstream) -> None:
 
 def test_bodies_stream_both_ways(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    start_worker(make_epoch(1, port, {"a": [a.port]}))
+    port = start_worker(make_epoch(1, 0, {"a": [a.port]})).bound_port()
     body = bytes(range(256)) * 4000
     with httpx.Client() as client:
         info = echo(client, port, content=body)
@@ -116,8 +114,7 @@ def test_bodies_stream_both_ways(start_worker, upstream) -> None:
 
 def test_head_204_and_304_have_no_body(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    start_worker(make_epoch(1, port, {"a": [a.port]}))
+    port = start_worker(make_epoch(1, 0, {"a": [a.port]})).bound_port()
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     c.request("HEAD", "/bytes/500")
     r = c.getresponse()
@@ -136,8 +133,7 @@ def test_head_204_and_304_have_no_body(start_worker, upstream) -> None:
             conn.sendall(answer)
 
     with RawUpstream(handler) as up:
-        port = free_port()
-        start_worker(make_epoch(1, port, {"u": [up.port]}))
+        port = start_worker(make_epoch(1, 0, {"u": [up.port]})).bound_port()
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         for code in (204, 304, 200):
             c.request("GET", "/")
@@ -156,8 +152,7 @@ def test_response_without_length_is_rechunked(start_worker) -> None:
         conn.sendall(b"world")
 
     with RawUpstream(handler) as up:
-        port = free_port()
-        start_worker(make_epoch(1, port, {"u": [up.port]}))
+        port = start_worker(make_epoch(1, 0, {"u": [up.port]})).bound_port()
         with httpx.Client() as client:
             for _ in range(2):
                 r = client.get(f"http://127.0.0.1:{port}/")
@@ -174,8 +169,7 @@ def test_idle_upstream_connection_closed_by_upstream_is_not_used(start_worker) -
         time.sleep(0.1)
 
     with RawUpstream(handler) as up:
-        port = free_port()
-        start_worker(make_epoch(1, port, {"u": [up.port]}))
+        port = start_worker(make_epoch(1, 0, {"u": [up.port]})).bound_port()
         with httpx.Client() as client:
             for i in range(4):
                 assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
@@ -192,8 +186,7 @@ def test_reused_connection_that_fails_is_retried_once(start_worker) -> None:
         read_head(conn)
 
     with RawUpstream(handler) as up:
-        port = free_port()
-        start_worker(make_epoch(1, port, {"u": [up.port]}))
+        port = start_worker(make_epoch(1, 0, {"u": [up.port]})).bound_port()
         with httpx.Client() as client:
             assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
             assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
@@ -202,8 +195,7 @@ def test_reused_connection_that_fails_is_retried_once(start_worker) -> None:
 
 def test_expect_100_continue(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    start_worker(make_epoch(1, port, {"a": [a.port]}))
+    port = start_worker(make_epoch(1, 0, {"a": [a.port]})).bound_port()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(
             b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
@@ -222,8 +214,7 @@ def test_expect_100_continue(start_worker, upstream) -> None:
 
 def test_pipelined_requests_are_answered_in_order(start_worker, upstream) -> None:
     a = upstream("a")
-    port = free_port()
-    start_worker(make_epoch(1, port, {"a": [a.port]}))
+    port = start_worker(make_epoch(1, 0, {"a": [a.port]})).bound_port()
     out = raw_exchange(
         port,
         b"GET /bytes/3 HTTP/1.1\r\nHost: a\r\n\r\n"

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import HCM_TYPE, ROUTER_TYPE, ProxydProcess, free_port, wait_for
+from tests.support import HCM_TYPE, ROUTER_TYPE, ProxydProcess, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -135,14 +135,15 @@ def config_dump(p: ProxydProcess) -> dict[str, Any]:
 def test_files_feed_listeners_routes_clusters_and_endpoints(tmp_path, upstream):
     a, b = upstream("a"), upstream("b")
     lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
-    port, port2, admin_port = free_port(), free_port(), free_port()
+    port = port2 = 0  # bound by proxyd; the real ports come from /listeners
     write(eds, "e1", [cla("a", [a.port]), cla("b", [b.port])])
     write(cds, "c1", [eds_cluster("a", eds), eds_cluster("b", eds)])
     write(rds, "r1", [route_config("routes", {"/": "a"})])
     write(lds, "l1", [rds_listener("front", port, "routes", rds)])
-    config = bootstrap(admin_port, lds, cds)
-    with ProxydProcess(tmp_path, config, admin_port, config_name="proxyd.json") as p:
-        url = f"http://127.0.0.1:{port}/x"
+    config = bootstrap(0, lds, cds)
+    with ProxydProcess(tmp_path, config, config_name="proxyd.json") as p:
+        bound = p.listener_port("front")
+        url = f"http://127.0.0.1:{bound}/x"
         assert upstream_of(url) == "a"
 
         # RDS update: the route now leads to b.
@@ -172,7 +173,7 @@ def test_files_feed_listeners_routes_clusters_and_endpoints(tmp_path, upstream):
 
         # LDS: add a second listener, then remove it; the first keeps serving.
         write(lds, "l2", [rds_listener("front", port, "routes", rds), rds_listener("second", port2, "routes", rds)])  # fmt: skip
-        url2 = f"http://127.0.0.1:{port2}/y"
+        url2 = f"http://127.0.0.1:{p.listener_port('second')}/y"
         wait_for(lambda: _answers(url2), timeout=10)
         dump = config_dump(p)
         names = [x["name"] for x in dump["ListenersConfigDump"]["dynamic_listeners"]]
@@ -200,11 +201,12 @@ def _answers(url: str) -> bool:
 
 def test_bad_file_keeps_the_last_good_config(tmp_path, upstream):
     a = upstream("a")
-    port, admin_port = free_port(), free_port()
+    port = 0  # bound by proxyd; the real port comes from /listeners
     f = one_cluster(tmp_path, a.port, {"front": port})
     lds, cds, eds = f.lds, f.cds, f.eds
-    with ProxydProcess(tmp_path, bootstrap(admin_port, lds, cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
-        url = f"http://127.0.0.1:{port}/"
+    with ProxydProcess(tmp_path, bootstrap(0, lds, cds), config_name="proxyd.json") as p:  # fmt: skip
+        bound = p.listener_port("front")
+        url = f"http://127.0.0.1:{bound}/"
         assert upstream_of(url) == "a"
         tmp = cds.with_suffix(".tmp")
         tmp.write_text("{ not json")
@@ -229,13 +231,14 @@ def test_eds_cluster_warms_until_its_endpoints_arrive(tmp_path, upstream):
     ClusterLoadAssignment exists; once the endpoints arrive it serves."""
     a = upstream("a")
     lds, rds, cds, eds = (tmp_path / f"{t}.json" for t in ("lds", "rds", "cds", "eds"))
-    port, admin_port = free_port(), free_port()
+    port = 0  # bound by proxyd; the real port comes from /listeners
     write(eds, "e1", [])
     write(cds, "c1", [])
     write(rds, "r1", [route_config("routes", {"/": "a"})])
     write(lds, "l1", [rds_listener("front", port, "routes", rds)])
-    with ProxydProcess(tmp_path, bootstrap(admin_port, lds, cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
-        url = f"http://127.0.0.1:{port}/"
+    with ProxydProcess(tmp_path, bootstrap(0, lds, cds), config_name="proxyd.json") as p:  # fmt: skip
+        bound = p.listener_port("front")
+        url = f"http://127.0.0.1:{bound}/"
         assert httpx.get(url, timeout=5).status_code == 503  # no cluster 'a' yet
         write(cds, "c2", [eds_cluster("a", eds)])
         wait_for(lambda: p.stats().get("cluster_manager.cds.update_success", 0) >= 2, timeout=10)
@@ -254,30 +257,30 @@ def test_listener_update_drains_only_that_listeners_connections(tmp_path, upstre
     """An updated listener's open connections get "connection: close" on their next
     response; connections of an unchanged listener stay open."""
     a = upstream("a")
-    port1, port2, admin_port = free_port(), free_port(), free_port()
+    port1 = port2 = 0  # bound by proxyd; the real ports come from /listeners
     f = one_cluster(tmp_path, a.port, {"one": port1, "two": port2})
     lds, cds = f.lds, f.cds
     first, second = (rds_listener(n, p, "routes", f.rds) for n, p in (("one", port1), ("two", port2)))  # fmt: skip
     with (
         ProxydProcess(
             tmp_path,
-            bootstrap(admin_port, lds, cds),
-            admin_port,
+            bootstrap(0, lds, cds),
             concurrency=1,
             config_name="proxyd.json",
         ) as p,  # fmt: skip
         httpx.Client(timeout=5) as c1,
         httpx.Client(timeout=5) as c2,
     ):
-        for client, port in ((c1, port1), (c2, port2)):
+        bound1, bound2 = p.listener_port("one"), p.listener_port("two")
+        for client, port in ((c1, bound1), (c2, bound2)):
             r = client.get(f"http://127.0.0.1:{port}/")
             assert r.status_code == 200 and r.headers.get("connection") != "close"
         write(lds, "l2", [first, second | {"per_connection_buffer_limit_bytes": 65536}])
         wait_for(lambda: p.stats().get("listener_manager.lds.update_success", 0) >= 2, timeout=10)
         wait_for(lambda: config_dump(p)["ListenersConfigDump"].get("version_info") == "l2", timeout=10)  # fmt: skip
         wait_for(lambda: (s := p.status())["workers"][0]["epoch"] == s["epoch"], timeout=5)
-        r1 = c1.get(f"http://127.0.0.1:{port1}/")
-        r2 = c2.get(f"http://127.0.0.1:{port2}/")
+        r1 = c1.get(f"http://127.0.0.1:{bound1}/")
+        r2 = c2.get(f"http://127.0.0.1:{bound2}/")
         assert r1.status_code == 200 and r1.headers.get("connection") != "close"
         assert r2.status_code == 200 and r2.headers.get("connection") == "close"
 
@@ -291,7 +294,7 @@ def test_hot_restart_keeps_dynamic_listeners_serving(tmp_path, upstream):
     import psutil
 
     a = upstream("a")
-    port, admin_port = free_port(), free_port()
+    port = 0  # bound by proxyd; the real port comes from /listeners
     f = one_cluster(tmp_path, a.port, {"front": port})
     lds, cds = f.lds, f.cds
     results: list[int] = []
@@ -301,12 +304,13 @@ def test_hot_restart_keeps_dynamic_listeners_serving(tmp_path, upstream):
         with httpx.Client(timeout=5) as client:
             while not stop.is_set():
                 try:
-                    results.append(client.get(f"http://127.0.0.1:{port}/").status_code)
+                    results.append(client.get(f"http://127.0.0.1:{bound}/").status_code)
                 except httpx.HTTPError:
                     results.append(0)
 
     new_pid = 0
-    with ProxydProcess(tmp_path, bootstrap(admin_port, lds, cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
+    with ProxydProcess(tmp_path, bootstrap(0, lds, cds), config_name="proxyd.json") as p:  # fmt: skip
+        bound = p.listener_port("front")
         worker = threading.Thread(target=load)
         worker.start()
         try:
@@ -331,15 +335,16 @@ def test_reload_keeps_what_xds_delivered(tmp_path, upstream):
     """proxyctl reload with unchanged config sources keeps the dynamic resources (and
     their connections); the static part of the new file is applied beside them."""
     a = upstream("a")
-    port, admin_port = free_port(), free_port()
+    port = 0  # bound by proxyd; the real port comes from /listeners
     f = one_cluster(tmp_path, a.port, {"front": port})
     lds, cds = f.lds, f.cds
-    config = bootstrap(admin_port, lds, cds)
+    config = bootstrap(0, lds, cds)
     with (
-        ProxydProcess(tmp_path, config, admin_port, config_name="proxyd.json") as p,
+        ProxydProcess(tmp_path, config, config_name="proxyd.json") as p,
         httpx.Client(timeout=5) as client,
     ):
-        url = f"http://127.0.0.1:{port}/"
+        bound = p.listener_port("front")
+        url = f"http://127.0.0.1:{bound}/"
         assert client.get(url).headers["x-upstream-name"] == "a"
         res = p.ctl("reload")
         assert res.returncode == 0, res.stderr
@@ -371,13 +376,14 @@ def test_removed_and_updated_listeners_drain_their_connections(tmp_path, upstrea
     (with connection: close), and an updated listener's idle connections are closed once
     the drain time (--drain-time-s, 5 s in these tests) is over."""
     a = upstream("a")
-    port1, port2, admin_port = free_port(), free_port(), free_port()
+    port1 = port2 = 0  # bound by proxyd; the real ports come from /listeners
     f = one_cluster(tmp_path, a.port, {"one": port1, "two": port2})
     one, two = (rds_listener(n, p, "routes", f.rds) for n, p in (("one", port1), ("two", port2)))  # fmt: skip
-    config = bootstrap(admin_port, f.lds, f.cds)
-    with ProxydProcess(tmp_path, config, admin_port, concurrency=1, config_name="proxyd.json") as p:  # fmt: skip
-        s1 = socket.create_connection(("127.0.0.1", port1), timeout=10)
-        s2 = socket.create_connection(("127.0.0.1", port2), timeout=10)
+    config = bootstrap(0, f.lds, f.cds)
+    with ProxydProcess(tmp_path, config, concurrency=1, config_name="proxyd.json") as p:  # fmt: skip
+        bound1, bound2 = p.listener_port("one"), p.listener_port("two")
+        s1 = socket.create_connection(("127.0.0.1", bound1), timeout=10)
+        s2 = socket.create_connection(("127.0.0.1", bound2), timeout=10)
         with s1, s2:
             assert b"connection: close" not in _exchange(s1)
             assert b"connection: close" not in _exchange(s2)
@@ -399,10 +405,11 @@ def test_listener_a_worker_could_not_compile_is_nacked(tmp_path, upstream):
     """Valid for the protos and the config compiler, refused by the worker's compile
     (proxyd.protocol.epoch_check): NACKed, and the running listener stays."""
     a = upstream("a")
-    port, admin_port = free_port(), free_port()
+    port = 0  # bound by proxyd; the real port comes from /listeners
     f = one_cluster(tmp_path, a.port, {"front": port})
-    with ProxydProcess(tmp_path, bootstrap(admin_port, f.lds, f.cds), admin_port, config_name="proxyd.json") as p:  # fmt: skip
-        url = f"http://127.0.0.1:{port}/"
+    with ProxydProcess(tmp_path, bootstrap(0, f.lds, f.cds), config_name="proxyd.json") as p:  # fmt: skip
+        bound = p.listener_port("front")
+        url = f"http://127.0.0.1:{bound}/"
         assert upstream_of(url) == "a"
         bad = rds_listener("front", port, "routes", f.rds)
         hcm = bad["filter_chains"][0]["filters"][0]["typed_config"]

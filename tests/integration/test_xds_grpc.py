@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from proxyd.demo import UpstreamServer
-from tests.compat.xds_harness import ADS_SOURCE, AdsSource, ProxydTarget, get, stats
-from tests.support import free_port, wait_for
+from tests.compat.xds_harness import (
+    ADS_SOURCE,
+    AdsSource,
+    ProxydTarget,
+    get,
+    listener_port,
+    stats,
+)
+from tests.support import wait_for
 from tests.xds_server import (
     CLUSTER,
     ENDPOINT,
@@ -38,13 +45,13 @@ def push_all(source: AdsSource, version: str, port: int, upstream: UpstreamServe
 
 def test_ads_reconnects_and_resumes_with_its_versions(tmp_path: Path, upstream) -> None:
     a, b = upstream("a"), upstream("b")
-    port = free_port()
     first = XdsServer().start()
     target = ProxydTarget()
     try:
         source = AdsSource(first, "ingress")
-        push_all(source, "v1", port, a)
+        push_all(source, "v1", 0, a)  # port 0: proxyd binds one, /listeners says which
         admin = target.start(source.bootstrap(), tmp_path)
+        port = listener_port(admin, "ingress")
         wait_for(lambda: get(port, "/")[1] == "a", timeout=10)
         assert stats(admin)["control_plane.connected_state"] == "1"
 
@@ -56,7 +63,7 @@ def test_ads_reconnects_and_resumes_with_its_versions(tmp_path: Path, upstream) 
         second = XdsServer(grpc_port=grpc_port).start()
         try:
             source.xds = second
-            push_all(source, "v2", port, b)
+            push_all(source, "v2", 0, b)
             wait_for(lambda: get(port, "/")[1] == "b", timeout=15)
             assert stats(admin)["control_plane.connected_state"] == "1"
             # The new stream asked with the version proxyd held, as Envoy does.
@@ -77,7 +84,6 @@ def test_many_clusters_by_cds_and_eds_and_one_eds_update(tmp_path: Path, upstrea
     ups = [upstream(f"u{i}") for i in range(10)]
     ports = [u.port for u in ups]
     n = 300
-    port = free_port()
     names = [f"cluster_{i}" for i in range(n)]
     with XdsServer() as xds:
         source = AdsSource(xds, "ingress")
@@ -86,10 +92,11 @@ def test_many_clusters_by_cds_and_eds_and_one_eds_update(tmp_path: Path, upstrea
         source.push(CLUSTER, "c1", [eds_cluster(name, ADS_SOURCE) for name in names])
         routes = {f"/c{i}/": name for i, name in enumerate(names)}
         source.push(ROUTE, "r1", [route_config("routes", routes)])
-        source.push(LISTENER, "l1", [rds_listener("ingress", port, "routes", ADS_SOURCE)])
+        source.push(LISTENER, "l1", [rds_listener("ingress", 0, "routes", ADS_SOURCE)])
         target = ProxydTarget()
         try:
             admin = target.start(source.bootstrap(), tmp_path)
+            port = listener_port(admin, "ingress", timeout=30)
             wait_for(lambda: get(port, f"/c{n - 1}/")[0] == 200, timeout=30)
             assert all(get(port, f"/c{i}/")[0] == 200 for i in range(0, n, 7))
             assert stats(admin)["cluster.cluster_7.membership_total"] == "10"
@@ -119,14 +126,14 @@ def test_hot_restart_hands_xds_resources_over(tmp_path: Path, upstream) -> None:
     import psutil
 
     a = upstream("a")
-    port = free_port()
     xds = XdsServer().start()
     target = ProxydTarget()
     new_pid = 0
     try:
         source = AdsSource(xds, "ingress")
-        push_all(source, "v1", port, a)
+        push_all(source, "v1", 0, a)
         admin = target.start(source.bootstrap(), tmp_path)
+        port = listener_port(admin, "ingress")
         wait_for(lambda: get(port, "/")[1] == "a", timeout=10)
         xds.close()  # the control plane is gone from here on
         proc = target._proc

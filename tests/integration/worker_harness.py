@@ -92,6 +92,11 @@ class WorkerHarness:
         self._chan: socket.socket | None = None
         self._reader: threading.Thread | None = None
 
+    def bound_port(self, name: str = "ingress") -> int:
+        """The port of listener ``name``'s socket: ``make_epoch(n, 0, ...)`` has the
+        kernel choose it when the harness binds, as the master does for port 0."""
+        return int(self.sockets[name].getsockname()[1])
+
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self, hello: ipc.Hello | None = None, timeout: float = 15.0) -> WorkerHarness:

@@ -12,7 +12,12 @@ from proxyd.protocol.access_log import DEFAULT_FORMAT, LogFormat, LogRecord
 from proxyd.worker.accesslog_plan import stream_record
 from proxyd.worker.stream import ResponseFlag, Stream
 
-ACCESS = NS(server_name="edge", response_headers=frozenset({"content-type"}), wants_hostname=True)
+ACCESS = NS(
+    server_name="edge",
+    response_headers=frozenset({"content-type"}),
+    wants_hostname=True,
+    server_mode="OVERWRITE",
+)
 PLAN = NS(name="main", access=ACCESS)
 CONN = NS(remote="10.0.0.2:5555", remote_ip="10.0.0.2", local_address=lambda: "10.0.0.1:80")
 ROUTE = NS(

@@ -93,6 +93,17 @@ def test_wrong_type_inside_a_list() -> None:
     assert err.path == f"{HCM_PATH}.route_config.virtual_hosts[0].domains[1]"
 
 
+def test_a_string_that_is_not_a_number_is_named_as_such() -> None:
+    # A template placeholder left in a port, as in nighthawk's benchmark configs.
+    d = base()
+    cluster(d)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ]["port_value"] = "$server_port"
+    err = reject(d)
+    assert err.path.endswith("endpoint.address.socket_address.port_value")
+    assert err.reason == "expected an integer, got the string '$server_port'"
+
+
 def test_locate_error_returns_none_for_valid_data() -> None:
     from envoy.config.bootstrap.v3 import bootstrap_pb2
 
@@ -101,9 +112,9 @@ def test_locate_error_returns_none_for_valid_data() -> None:
 
 def test_unsupported_bootstrap_field() -> None:
     d = base()
-    d["layered_runtime"] = {"layers": [{"name": "static", "static_layer": {}}]}
+    d["header_prefix"] = "x-edge"
     err = reject(d)
-    assert (err.path, err.reason) == ("layered_runtime", "field not supported by proxyd")
+    assert (err.path, err.reason) == ("header_prefix", "field not supported by proxyd")
 
 
 def test_unsupported_filter_named_without_typed_config() -> None:

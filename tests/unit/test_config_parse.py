@@ -295,8 +295,10 @@ def test_unsupported_replacement_is_refused_by_the_deprecated_name() -> None:
         "field not supported by proxyd",
     )
     d = base()
+    # watchdog is watchdogs' two watchdogs; their actions (extensions) are refused.
+    d["watchdog"] = {"miss_timeout": "1s", "actions": [{"event": "KILL"}]}
+    assert reject(d).path == "watchdog.actions"
     d["watchdog"] = {"miss_timeout": "1s"}
-    assert reject(d).path == "watchdog"
     d["watchdogs"] = {}
     assert "Only one of watchdog or watchdogs" in reject(d).reason
 

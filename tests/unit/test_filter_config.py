@@ -128,7 +128,26 @@ def test_http_filters_compile_in_order() -> None:
         "headers": [],
         "max_active_faults": None,
         "disable_downstream_cluster_stats": False,
+        "runtime_keys": {
+            "abort_percent": "fault.http.abort.abort_percent",
+            "abort_http_status": "fault.http.abort.http_status",
+            "abort_grpc_status": "fault.http.abort.grpc_status",
+            "delay_percent": "fault.http.delay.fixed_delay_percent",
+            "delay_duration": "fault.http.delay.fixed_duration_ms",
+            "max_active_faults": "fault.http.max_active_faults",
+        },
     }
+
+
+def test_fault_runtime_key_fields_rename_the_keys() -> None:
+    d = base()
+    hcm(d)["http_filters"][1]["typed_config"].update(
+        abort_percent_runtime="canary.abort", max_active_faults_runtime="canary.max"
+    )
+    keys = compiled(d).http_filters[1].config["runtime_keys"]
+    assert keys["abort_percent"] == "canary.abort"
+    assert keys["max_active_faults"] == "canary.max"
+    assert keys["delay_percent"] == "fault.http.delay.fixed_delay_percent"
 
 
 def test_filter_entries_survive_the_epoch_wire() -> None:
@@ -315,24 +334,6 @@ def test_buffer_per_route_refused(entry: dict[str, Any], where: str, reason: str
         (
             {"response_rate_limit": {"fixed_limit": {"limit_kbps": 1}}},
             "response_rate_limit",
-            "not supported by proxyd",
-        ),
-        ({"delay_percent_runtime": "k"}, "delay_percent_runtime", "not supported by proxyd"),
-        ({"abort_percent_runtime": "k"}, "abort_percent_runtime", "not supported by proxyd"),
-        ({"delay_duration_runtime": "k"}, "delay_duration_runtime", "not supported by proxyd"),
-        (
-            {"abort_http_status_runtime": "k"},
-            "abort_http_status_runtime",
-            "not supported by proxyd",
-        ),
-        (
-            {"abort_grpc_status_runtime": "k"},
-            "abort_grpc_status_runtime",
-            "not supported by proxyd",
-        ),
-        (
-            {"max_active_faults_runtime": "k"},
-            "max_active_faults_runtime",
             "not supported by proxyd",
         ),
         (

@@ -9,10 +9,12 @@ import pytest
 import trio
 import trio.testing
 
+from proxyd.config.runtime import from_string
 from proxyd.epoch import HeaderMatch, StringMatch, to_wire
 from proxyd.filters.api import CONTINUE, LocalReply
 from proxyd.filters.fault import filter as fault
 from proxyd.filters.fault.filter import STAT_PREFIX, Factory, header_uint
+from proxyd.protocol.runtime import Snapshot
 from proxyd.worker.stats import StatsStore
 from tests.unit.filter_stream import Head, MemoryStream
 
@@ -60,10 +62,16 @@ def delay(ms: int | None = 2000, numerator: int = 100, denominator: int = 100) -
 class Scenario:
     """One factory (per-route config optional) with its stats store."""
 
-    def __init__(self, config: dict[str, Any], per_route: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        per_route: dict[str, Any] | None = None,
+        runtime: dict[str, str] | None = None,
+    ) -> None:
         self.store = StatsStore()
         self.stats = self.store.named(SCOPE)
-        self.factory = Factory("fault", config, per_route, self.stats)
+        snapshot = Snapshot(from_string(k, v) for k, v in (runtime or {}).items())
+        self.factory = Factory("fault", config, per_route, self.stats, snapshot)
 
     def run(self, headers: dict[str, str] | None = None, **stream: Any) -> tuple[Any, MemoryStream]:
         """Headers of one request (ended by them); the stream completes afterwards."""
@@ -449,3 +457,69 @@ def test_stats_visible_at_zero_with_envoys_names() -> None:
 )
 def test_header_uint(text: str | None, limit: int, value: int | None) -> None:
     assert header_uint(text, limit) == value
+
+
+# -- runtime keys ---------------------------------------------------------------------------
+
+CLUSTER = {"x-envoy-downstream-service-cluster": "svc"}
+
+
+def test_runtime_percentage_and_status_replace_the_configured_ones() -> None:
+    rt = {"fault.http.abort.abort_percent": "100", "fault.http.abort.http_status": "418"}
+    sc = Scenario(settings(abort=abort(503, numerator=0)), runtime=rt)
+    assert sc.run()[0].status == 418
+    rt = {"fault.http.abort.abort_percent": "0"}
+    assert not aborted(Scenario(settings(abort=abort(503)), runtime=rt).run()[0])
+
+
+def test_downstream_cluster_keys_replace_the_global_ones() -> None:
+    rt = {
+        "fault.http.abort.abort_percent": "100",
+        "fault.http.abort.http_status": "418",
+        "fault.http.svc.abort.http_status": "419",
+    }
+    sc = Scenario(settings(abort=abort(503, numerator=0)), runtime=rt)
+    assert sc.run()[0].status == 418
+    # With the header only svc's percentage key counts (absent: the configured 0 %).
+    assert not aborted(sc.run(CLUSTER)[0])
+    rt["fault.http.svc.abort.abort_percent"] = "100"
+    sc = Scenario(settings(abort=abort(503, numerator=0)), runtime=rt)
+    assert sc.run(CLUSTER)[0].status == 419
+    assert sc.run({"x-envoy-downstream-service-cluster": "other"})[0] == CONTINUE
+
+
+def test_runtime_grpc_status_delay_and_max_active_faults() -> None:
+    sc = Scenario(settings(abort=abort(grpc=14)), runtime={"fault.http.abort.grpc_status": "4"})
+    assert sc.run()[0].grpc_status == 4
+    rt = {"fault.http.delay.fixed_duration_ms": "0"}  # a delay of 0 ms is none
+    result, stream = Scenario(settings(delay=delay(2000)), runtime=rt).run()
+    assert result == CONTINUE and stream.flags == []
+    rt = {"fault.http.max_active_faults": "0"}
+    sc = Scenario(settings(abort=abort(503)), runtime=rt)
+    assert sc.run()[0] == CONTINUE
+    assert sc.counters() == {"faults_overflow": 1}
+
+
+def test_renamed_runtime_keys() -> None:
+    keys = {
+        "abort_percent": "canary.abort",
+        "abort_http_status": "canary.status",
+        "abort_grpc_status": "g",
+        "delay_percent": "d",
+        "delay_duration": "dd",
+        "max_active_faults": "m",
+    }
+    rt = {"canary.abort": "100", "canary.status": "429", "fault.http.abort.http_status": "418"}
+    sc = Scenario(settings(abort=abort(503, numerator=0), runtime_keys=keys), runtime=rt)
+    assert sc.run()[0].status == 429
+
+
+def test_without_fault_keys_the_runtime_is_not_read() -> None:
+    sc = Scenario(settings(abort=abort(503)), runtime={"routing.to_b": "100"})
+    assert sc.factory.runtime is None
+    assert "x-envoy-downstream-service-cluster" in sc.factory.wanted_headers  # its stats
+
+
+def test_a_runtime_status_outside_200_599_is_not_sent() -> None:
+    rt = {"fault.http.abort.http_status": "1000"}
+    assert Scenario(settings(abort=abort(503)), runtime=rt).run()[0].status == 503

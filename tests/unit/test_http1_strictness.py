@@ -331,3 +331,17 @@ def test_a_framing_error_is_seen_without_waiting_for_more(data: bytes) -> None:
         pos = 0
         for i in range(len(data)):
             _, pos = dec.feed(data[: i + 1], pos, i + 1)
+
+
+def test_max_headers_count_is_per_parse() -> None:
+    """common_http_protocol_options.max_headers_count: the limit each parse is given."""
+    parser = RequestHeadParser()
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n" + _headers(5) + b"\r\n"
+    with pytest.raises(ProtocolError) as info:
+        parser.parse(head, {}, 5)
+    assert info.value.status == 431
+    assert parser.parse(head, {}, 6).method == "GET"
+    big = b"GET / HTTP/1.1\r\nHost: a\r\n" + _headers(MAX_HEADERS_COUNT + 20) + b"\r\n"
+    assert parser.parse(big, {}, MAX_HEADERS_COUNT + 21).method == "GET"
+    with pytest.raises(ProtocolError):
+        parser.parse(big, {})

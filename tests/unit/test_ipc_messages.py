@@ -31,7 +31,20 @@ def test_epoch_refused_is_appended_and_older_tags_are_unchanged() -> None:
     # A master and a worker (or two masters in a hot restart) of the previous version
     # still agree on every message they both know: WIRE_VERSION stays.
     assert ipc.WIRE_VERSION == 1
-    assert ipc.MESSAGES[-1] is ipc.EpochRefused
+    assert ipc.MESSAGES.index(ipc.EpochRefused) == 19
     assert ipc.MESSAGES.index(ipc.Ready) == 5
     assert ipc.MESSAGES.index(ipc.HostOutcomes) == 18
     assert ipc.MESSAGES.index(ipc.Terminate) == 17
+
+
+def test_overload_and_heartbeat_messages_are_appended_and_round_trip() -> None:
+    assert ipc.MESSAGES[-2:] == (ipc.OverloadActions, ipc.Heartbeat)
+    msgs = [ipc.OverloadActions(True, False, True), ipc.Heartbeat(1), ipc.OverloadActions()]
+    data = b"".join(_frames(m) for m in msgs)
+    one = ipc.FrameDecoder()
+    got = []
+    for i in range(len(data)):
+        one.feed(data[i : i + 1])
+        while (m := one.next_message()) is not None:
+            got.append(m)
+    assert got == msgs

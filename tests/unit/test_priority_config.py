@@ -164,7 +164,8 @@ def test_priority_gaps_are_accepted() -> None:
                 }
             },
             "common_lb_config.update_merge_window",
-            "field not supported by proxyd",
+            "update_merge_window other than 0s not supported by proxyd (health and endpoint "
+            "updates are applied at once)",
         ),
         (
             {

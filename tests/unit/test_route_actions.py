@@ -200,9 +200,10 @@ def test_bad_regex_pattern() -> None:
 def test_unsupported_redirect_field_refused_by_name() -> None:
     with pytest.raises(ConfigError) as info:
         compile_bootstrap(
-            bootstrap({"match": ANY, "route": {"cluster": "x", "prefix_rewrite": "/"}}), "conf.yaml"
+            bootstrap({"match": ANY, "route": {"cluster": "x", "host_rewrite_path_regex": {}}}),
+            "conf.yaml",
         )
-    assert info.value.path == f"{ROUTE_PATH}.route.prefix_rewrite"
+    assert info.value.path == f"{ROUTE_PATH}.route.host_rewrite_path_regex"
 
 
 # -- the location -------------------------------------------------------------------------

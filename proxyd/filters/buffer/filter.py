@@ -37,7 +37,9 @@ class Factory:
 
     __slots__ = ("name", "wanted_headers", "decodes", "encodes", "max_request_bytes", "stats")
 
-    def __init__(self, name: str, config: Any, per_route: Any, stats: StatsScope) -> None:
+    def __init__(
+        self, name: str, config: Any, per_route: Any, stats: StatsScope, runtime: Any = None
+    ) -> None:
         settings = per_route if per_route is not None else config
         self.name = name
         self.wanted_headers: frozenset[str] = frozenset()

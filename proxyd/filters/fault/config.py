@@ -7,12 +7,15 @@ Envoy. The epoch carries a dict::
                       "header": bool, "numerator": int, "denominator": int},
      "delay": None | {"fixed_ms": int | None, "numerator": int, "denominator": int},
      "upstream_cluster": str, "downstream_nodes": [str], "headers": [HeaderMatch wire],
-     "max_active_faults": int | None, "disable_downstream_cluster_stats": bool}
+     "max_active_faults": int | None, "disable_downstream_cluster_stats": bool,
+     "runtime_keys": {"abort_percent": str, "abort_http_status": str, ...}}
 
 ``fixed_ms`` None means ``header_delay``; ``header`` means ``header_abort``. Unset
 percentages are Envoy's: 0 of HUNDRED (so a fault without a percentage never fires).
-What proxyd does not implement (response_rate_limit, the ``*_runtime`` keys,
-filter_metadata) is left out of :data:`SPEC` and refused by name.
+``runtime_keys`` are the runtime keys the filter reads (the ``*_runtime`` fields, else
+Envoy's defaults, :data:`RUNTIME_KEYS`). What proxyd does not implement
+(response_rate_limit and its runtime key, filter_metadata) is left out of :data:`SPEC`
+and refused by name.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from proxyd.config.matchers import header_match
 from proxyd.config.proto import join
 from proxyd.config.spec import HEADER_MATCHER, LEAF, Spec
 from proxyd.epoch import to_wire
+from proxyd.filters.fault.filter import RUNTIME_KEYS
 
 TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 PERCENT: Spec = {"numerator": LEAF, "denominator": LEAF}
@@ -39,7 +43,14 @@ SPEC: Spec = {
     "headers": HEADER_MATCHER,
     "max_active_faults": LEAF,
     "disable_downstream_cluster_stats": LEAF,
+    "abort_percent_runtime": LEAF,
+    "abort_http_status_runtime": LEAF,
+    "abort_grpc_status_runtime": LEAF,
+    "delay_percent_runtime": LEAF,
+    "delay_duration_runtime": LEAF,
+    "max_active_faults_runtime": LEAF,
 }
+
 PER_ROUTE_TYPE = TYPE
 PER_ROUTE_SPEC = SPEC
 
@@ -61,6 +72,9 @@ def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
             msg.max_active_faults.value if msg.HasField("max_active_faults") else None
         ),
         "disable_downstream_cluster_stats": msg.disable_downstream_cluster_stats,
+        "runtime_keys": {
+            name: getattr(msg, f"{name}_runtime") or key for name, key in RUNTIME_KEYS.items()
+        },
     }
 
 

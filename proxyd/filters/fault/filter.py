@@ -22,6 +22,19 @@ and ``faults_overflow`` counts it. Percentages are drawn per request from
 :data:`RANDOM` (``random % denominator < numerator``, as Envoy's ``featureEnabled``);
 0 never fires and a numerator of at least the denominator always does, without a draw.
 
+**Runtime** (Envoy's keys, or the config's ``*_runtime`` names for the global ones): a
+request without ``x-envoy-downstream-service-cluster`` draws against
+``fault.http.abort.abort_percent`` / ``fault.http.delay.fixed_delay_percent`` when the
+runtime has them (a fractional percent, or an integer percentage), else the configured
+percentage; ``fault.http.abort.http_status``, ``.grpc_status`` and
+``fault.http.delay.fixed_duration_ms`` replace the configured status and duration, and
+``fault.http.max_active_faults`` the limit. A request with that header (value ``C``)
+reads ``fault.http.C.abort.abort_percent`` and ``fault.http.C.delay.fixed_delay_percent``
+*instead of* the global percentage keys (with the configured percentage as default), and
+``fault.http.C.abort.http_status`` (...) over the global ones, as Envoy's
+``FaultFilter`` does. With no ``fault.http.`` key (nor a renamed one) in the runtime
+none of this runs: the epoch's runtime is looked at when the factory is built.
+
 Envoy reads only the first value of a repeated ``x-envoy-fault-*`` header; the stream
 gives repeated values joined with ",", so the text before the first "," is read.
 """
@@ -37,6 +50,7 @@ import trio
 from proxyd.epoch import HeaderMatch, from_wire
 from proxyd.filters.api import CONTINUE, FilterStream, HttpFilter, LocalReply, Result, StatsScope
 from proxyd.protocol.routing import compile_headers, header_names, headers_match
+from proxyd.protocol.runtime import EMPTY, Snapshot
 
 # Envoy's names in the filter's stats scope (``http.<stat_prefix>.``); the per
 # downstream cluster counters are ``fault.<cluster>.aborts_injected`` and so on.
@@ -62,6 +76,17 @@ ABORT_DETAILS = "fault_filter_abort"
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 _SPACE = " \t\n\v\f\r"
+
+# Envoy's default runtime keys, by the name of the ``*_runtime`` field that renames each.
+RUNTIME_KEYS = {
+    "abort_percent": "fault.http.abort.abort_percent",
+    "abort_http_status": "fault.http.abort.http_status",
+    "abort_grpc_status": "fault.http.abort.grpc_status",
+    "delay_percent": "fault.http.delay.fixed_delay_percent",
+    "delay_duration": "fault.http.delay.fixed_duration_ms",
+    "max_active_faults": "fault.http.max_active_faults",
+}
+RUNTIME_PREFIX = "fault.http."
 
 # One draw per decision, as Envoy takes a random number per featureEnabled call.
 RANDOM = random.Random(os.urandom(32))
@@ -110,9 +135,18 @@ class Factory:
         "header_tests",
         "max_active_faults",
         "cluster_stats",
+        "runtime",
+        "keys",
     )
 
-    def __init__(self, name: str, config: Any, per_route: Any, stats: StatsScope) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: Any,
+        per_route: Any,
+        stats: StatsScope,
+        runtime: Snapshot = EMPTY,
+    ) -> None:
         settings = per_route if per_route is not None else config
         self.name = name
         self.decodes = True
@@ -152,6 +186,17 @@ class Factory:
         self.cluster_stats = not settings["disable_downstream_cluster_stats"]
         if self.cluster_stats:
             wanted.add(DOWNSTREAM_CLUSTER_HEADER)
+        self.keys: dict[str, str] = settings.get("runtime_keys") or RUNTIME_KEYS
+        # The epoch's runtime, or None when it has no key this filter reads.
+        self.runtime: Snapshot | None = None
+        if any(k in runtime.values for k in self.keys.values()) or any(
+            k.startswith(RUNTIME_PREFIX) for k in runtime.values
+        ):
+            self.runtime = runtime
+            wanted.add(DOWNSTREAM_CLUSTER_HEADER)
+            limit = runtime.integer(self.keys["max_active_faults"], -1)
+            if limit >= 0:
+                self.max_active_faults = limit
         self.wanted_headers = frozenset(wanted)
         for counter in (STAT_PREFIX + ABORTS, STAT_PREFIX + DELAYS, OVERFLOW, RATE_LIMITED):
             stats.inc(counter, 0)  # shown at 0 from the start, as Envoy does
@@ -181,11 +226,34 @@ class Factory:
         ms = self.delay_ms
         if ms is None:
             numerator = _lowered(numerator, headers.get(DELAY_PERCENT_HEADER))
+        rt = self.runtime
+        cluster = headers.get(DOWNSTREAM_CLUSTER_HEADER) if rt is not None else None
+        if rt is not None:
+            key = self._key(cluster, "delay_percent", "delay.fixed_delay_percent")
+            numerator, denominator = rt.fraction(key, numerator, denominator)
         if not fires(numerator, denominator):
             return None
         if ms is None:
             ms = header_uint(headers.get(DELAY_HEADER), _UINT64_MAX)
+        if ms is not None and rt is not None:
+            ms = rt.integer(self.keys["delay_duration"], ms)
+            if cluster is not None:
+                ms = rt.integer(f"{RUNTIME_PREFIX}{cluster}.delay.fixed_duration_ms", ms)
         return ms if ms else None
+
+    def _key(self, cluster: str | None, name: str, suffix: str) -> str:
+        """With x-envoy-downstream-service-cluster, Envoy reads only that cluster's key."""
+        return self.keys[name] if cluster is None else f"{RUNTIME_PREFIX}{cluster}.{suffix}"
+
+    def _status(self, cluster: str | None, name: str, suffix: str, default: int) -> int:
+        """Envoy's abortHttpStatus / abortGrpcStatus: the cluster's key (with the
+        configured default) replaces the global one."""
+        rt = self.runtime
+        if rt is None:
+            return default
+        if cluster is not None:
+            return rt.integer(f"{RUNTIME_PREFIX}{cluster}.{suffix}", default)
+        return rt.integer(self.keys[name], default)
 
     def abort_for(self, headers: dict[str, str]) -> tuple[int, int | None] | None:
         """(HTTP status, gRPC status or None) to abort with, or None."""
@@ -194,18 +262,25 @@ class Factory:
         numerator, denominator = self.abort
         if self.abort_header:
             numerator = _lowered(numerator, headers.get(ABORT_PERCENT_HEADER))
+        cluster = headers.get(DOWNSTREAM_CLUSTER_HEADER) if self.runtime is not None else None
+        if self.runtime is not None:
+            key = self._key(cluster, "abort_percent", "abort.abort_percent")
+            numerator, denominator = self.runtime.fraction(key, numerator, denominator)
         if not fires(numerator, denominator):
             return None
-        if self.abort_http is not None:
-            return (self.abort_http, None)
-        if self.abort_grpc is not None:
-            return (200, self.abort_grpc)
-        status = header_uint(headers.get(ABORT_HEADER), _UINT64_MAX)
-        if status is not None and 200 <= status < 600:
-            return (status, None)
-        grpc = header_uint(headers.get(ABORT_GRPC_HEADER), _UINT64_MAX)
+        status: int | None = self.abort_http
+        grpc: int | None = self.abort_grpc
+        if self.abort_header:
+            status = header_uint(headers.get(ABORT_HEADER), _UINT64_MAX)
+            if status is not None and not 200 <= status < 600:
+                status = None
+            grpc = header_uint(headers.get(ABORT_GRPC_HEADER), _UINT64_MAX)
+        if status is not None:
+            # A runtime status outside 200-599 is not sent: the configured one is.
+            chosen = self._status(cluster, "abort_http_status", "abort.http_status", status)
+            return (chosen if 200 <= chosen < 600 else status, None)
         if grpc is not None:
-            return (200, grpc)
+            return (200, self._status(cluster, "abort_grpc_status", "abort.grpc_status", grpc))
         return None
 
 

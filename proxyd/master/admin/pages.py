@@ -12,13 +12,14 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from proxyd import __version__ as _version
-from proxyd import ipc
+from proxyd import ipc, pipes
+from proxyd.config.node import Node
 from proxyd.epoch import Cluster, Endpoint
 from proxyd.master.admin.config_dump import add_dynamic, config_dump
 
@@ -45,6 +46,8 @@ class Response:
     content_type: str = TEXT
     # Run after the response went out (e.g. begin a graceful stop).
     after: Callable[[], None] | None = None
+    # Awaited before the response goes out (e.g. until the workers run a change).
+    before: Callable[[], Awaitable[None]] | None = None
 
 
 def _text(status: int, text: str) -> Response:
@@ -65,7 +68,16 @@ def _rate(value: float) -> str:
 
 
 def host_key(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    """A host or listener as Envoy's admin pages print it ("ip:port", or a pipe's path
+    for port 0: a bound TCP listener always has its real port here)."""
+    return pipes.host_label(address, port)
+
+
+def address_json(address: str, port: int) -> dict[str, Any]:
+    """Envoy's JSON of a core.v3.Address: a socket_address, or a pipe for port 0."""
+    if port == 0:
+        return {"pipe": {"path": address}}
+    return {"socket_address": {"address": address, "port_value": port}}
 
 
 def _locality(e: Endpoint) -> dict[str, str]:
@@ -88,11 +100,17 @@ class AdminPages:
             "/config_dump": (self.config_dump, False, "dump current Envoy configs"),
             "/listeners": (self.listeners, False, "print listener info"),
             "/quitquitquit": (self.quit, True, "exit the server (gracefully: workers drain first)"),
+            "/runtime": (self.runtime, False, "print runtime values"),
+            "/runtime_modify": (self.runtime_modify, True, "Adds or modifies runtime values as passed in query parameters. To delete a previously added key, use an empty string as the value. Note that deletion only applies to overrides added via this endpoint; values loaded from disk can be modified via override but not deleted. E.g. ?key1=value1&key2=value2..."),
         }  # fmt: skip
 
-    def handle(self, method: str, target: str) -> Response:
+    def handle(self, method: str, target: str, form: str = "") -> Response:
+        """``form``: an application/x-www-form-urlencoded body, whose values join the
+        query's (Envoy's admin reads both)."""
         path, _, query_string = target.partition("?")
-        query = parse_qs(query_string, keep_blank_values=True)
+        query = _parse_query(query_string)
+        for key, values in _parse_query(form).items():
+            query.setdefault(key, []).extend(values)
         route = self.routes.get(path)
         if route is None:
             return _text(404, self._help("invalid path. admin commands are:\n"))
@@ -118,20 +136,10 @@ class AdminPages:
     def server_info(self, _q: dict[str, list[str]]) -> Response:
         m = self.master
         opts = m.options
-        bootstrap = m.loaded.bootstrap_json if m.loaded is not None else {}
-        node = dict(bootstrap.get("node") or {})
+        # The node as proxyd sends it to management servers (proxyd.config.node).
+        node = (m.loaded.node if m.loaded is not None else Node()).as_json()
         node.setdefault("id", "")
         node.setdefault("cluster", "")
-        major, minor, patch = (_version.split(".") + ["0", "0", "0"])[:3]
-        node["user_agent_name"] = "proxyd"
-        node["user_agent_build_version"] = {
-            "version": {
-                "major_number": int(major),
-                "minor_number": int(minor),
-                "patch": int(patch),
-            },
-            "metadata": {"revision.status": "Clean", "build.type": "RELEASE"},
-        }
         uptime = _duration(m.uptime_s())
         all_epochs = _duration(max(m.uptime_s(), time.time() - m.first_started_wall))
         return _json(
@@ -183,11 +191,12 @@ class AdminPages:
         )
 
     def stats(self, q: dict[str, list[str]]) -> Response:
-        self.master.refresh_server_stats()
-        store = self.master.stats
         fmt = (q.get("format") or [""])[0]
         if fmt == "prometheus":
             return self.prometheus(q)
+        self.master.stats_flusher.flush_on_admin()
+        self.master.refresh_server_stats()
+        store = self.master.stats
         pattern = (q.get("filter") or [""])[0] or None
         if pattern is not None:
             try:
@@ -199,6 +208,7 @@ class AdminPages:
         return _text(200, store.render_text(pattern, used_only="usedonly" in q))
 
     def prometheus(self, _q: dict[str, list[str]]) -> Response:
+        self.master.stats_flusher.flush_on_admin()
         self.master.refresh_server_stats()
         return Response(200, self.master.stats.render_prometheus().encode(), "text/plain; version=0.0.4; charset=UTF-8")  # fmt: skip
 
@@ -227,7 +237,7 @@ class AdminPages:
             host_values = self.master.stats.host_stats(c.name, host)
             prefix = f"{c.name}::{host}::"
             out.extend(f"{prefix}{k}::{host_values.get(k, 0)}\n" for k in _HOST_STATS)
-            out.append(f"{prefix}hostname::{e.hostname}\n")
+            out.append(f"{prefix}hostname::{e.endpoint_hostname or e.hostname}\n")
             out.append(f"{prefix}health_flags::{self._health_flags(c, e)}\n")
             out.append(f"{prefix}weight::{e.weight}\n")
             out.extend(f"{prefix}{k}::{v}\n" for k, v in _locality(e).items())
@@ -243,14 +253,14 @@ class AdminPages:
             values = self.master.stats.host_stats(c.name, host_key(e.address, e.port))
             hosts.append(
                 {
-                    "address": {"socket_address": {"address": e.address, "port_value": e.port}},
+                    "address": address_json(e.address, e.port),
                     "stats": [
                         {"name": k, "value": str(values.get(k, 0)), **({"type": "GAUGE"} if k.endswith("_active") else {})}
                         for k in _HOST_STATS
                     ],
                     "health_status": self._health_status(c, e),
                     "weight": e.weight,
-                    "hostname": e.hostname,
+                    "hostname": e.endpoint_hostname or e.hostname,
                     "locality": {k: v for k, v in _locality(e).items() if v},
                     **({"priority": e.priority} if e.priority else {}),
                 }
@@ -357,7 +367,7 @@ class AdminPages:
             return _json(
                 {
                     "listener_statuses": [
-                        {"name": n, "local_address": {"socket_address": {"address": a, "port_value": p}}}
+                        {"name": n, "local_address": address_json(a, p)}
                         for n, a, p in rows
                     ]
                 }
@@ -366,6 +376,33 @@ class AdminPages:
 
     def quit(self, _q: dict[str, list[str]]) -> Response:
         return Response(200, b"OK\n", after=lambda: self.master.request_stop(graceful=True))
+
+    def runtime(self, _q: dict[str, list[str]]) -> Response:
+        return _json(self.master.runtime.admin_json())
+
+    def runtime_modify(self, q: dict[str, list[str]]) -> Response:
+        """Into the admin layer (proxyd.master.runtime); answered once the workers
+        run the epoch with the new values (or refused it)."""
+        if not q:
+            return _text(400, RUNTIME_MODIFY_USAGE)
+        runtime = self.master.runtime
+        if not runtime.has_admin_layer:
+            return _text(503, "No admin layer specified")
+        runtime.modify({key: values[-1] for key, values in q.items()})
+        return Response(200, b"OK\n", before=self.master.publish_runtime)
+
+
+def _parse_query(text: str) -> dict[str, list[str]]:
+    """Query or form parameters as Envoy's admin decodes them: percent escapes only, a
+    "+" stays a "+" (a /stats filter regex or a runtime value may hold one)."""
+    return parse_qs(text.replace("+", "%2B"), keep_blank_values=True)
+
+
+RUNTIME_MODIFY_USAGE = (
+    "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+    "       or send the parameters as form values\n"
+    "use an empty value to remove a previously added override"
+)
 
 
 def access_log_line(

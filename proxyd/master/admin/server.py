@@ -1,15 +1,25 @@
 """The admin listener: a small HTTP/1.1 server (httptools) in the master.
 
-Keep-alive, one request at a time per connection, bodies read and ignored. Pages come
+Keep-alive, one request at a time per connection; a body is ignored unless it is a form
+(application/x-www-form-urlencoded, up to :data:`MAX_FORM` bytes), whose values join
+the query's, as Envoy's admin reads them (``/runtime_modify``). Pages come
 from :class:`~proxyd.master.admin.pages.AdminPages`. When the bootstrap names an
-``access_log_path``, every admin request gets a line in Envoy's default format.
+``access_log_path`` (or an ``envoy.access_loggers.stdout`` admin access log), every
+admin request gets a line in Envoy's default format.
+
+The global connection limit of the runtime key ``overload.global_downstream_max_connections``
+counts admin connections and refuses them over the limit (unless
+``ignore_global_conn_limit``), as in Envoy; the overload manager's monitor never
+counts them (:mod:`proxyd.cx_limit`).
 """
 
 from __future__ import annotations
 
 import email.utils
 import errno
+import os
 import socket
+import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
@@ -17,16 +27,18 @@ import httptools
 import trio
 
 from proxyd.log import get_logger
-from proxyd.master.admin.pages import AdminPages, Response, access_log_line
+from proxyd.master.admin.pages import AdminPages, Response, access_log_line, host_key
 
 if TYPE_CHECKING:
     from proxyd.master.master import Master
 
 IDLE_TIMEOUT_S = 60.0
 MAX_HEAD = 64 * 1024
+MAX_FORM = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 log = get_logger("proxyd.master.admin")
+STDOUT_LOG = "-"  # AdminConfig.access_log_path of Envoy's stdout access logger
 
 
 class _Request:
@@ -38,8 +50,9 @@ class _Request:
         self.headers: dict[str, str] = {}
         self.head_size = 0
         self.body_size = 0
-        # (method, url, protocol, keep-alive, headers, bytes received)
-        self.complete: list[tuple[str, str, str, bool, dict[str, str], int]] = []
+        self.form = bytearray()
+        # (method, url, protocol, keep-alive, headers, bytes received, form body)
+        self.complete: list[tuple[str, str, str, bool, dict[str, str], int, str]] = []
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -51,6 +64,10 @@ class _Request:
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
+        content_type = self.headers.get("content-type", "")
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            if len(self.form) + len(body) <= MAX_FORM:
+                self.form += body
 
     def on_message_complete(self) -> None:
         p = self.parser
@@ -62,19 +79,30 @@ class _Request:
                 p.should_keep_alive(),
                 self.headers,
                 self.head_size + self.body_size,
+                self.form.decode("latin-1"),
             )
         )
+        self.form = bytearray()
         self.url = bytearray()
         self.headers = {}
         self.head_size = self.body_size = 0
 
 
 class AdminServer:
-    def __init__(self, master: Master, address: str, port: int, access_log_path: str = "") -> None:
+    def __init__(
+        self,
+        master: Master,
+        address: str,
+        port: int,
+        access_log_path: str = "",
+        ignore_global_conn_limit: bool = False,
+    ) -> None:
         self.master = master
         self.address = address
         self.port = port
+        # STDOUT_LOG ("-"): Envoy's stdout access logger.
         self.access_log_path = access_log_path
+        self.ignore_global_conn_limit = ignore_global_conn_limit
         self.pages = AdminPages(master)
         self._listeners: list[trio.SocketListener] = []
         self._access_log: IO[str] | None = None
@@ -102,8 +130,34 @@ class AdminServer:
             self.port = self._listeners[0].socket.getsockname()[1]
         log.info("admin_listening", address=self.address, port=self.port)
 
+    def address_text(self) -> str:
+        """The bound address as Envoy writes it: "127.0.0.1:9901", "[::1]:9901"."""
+        return host_key(self.address, self.port)
+
+    def write_address(self, path: str) -> None:
+        """``--admin-address-path``: the bound address, as Envoy writes it (no newline).
+
+        Written to a temporary file beside ``path`` and renamed over it, so a reader
+        never sees half of it. OSError when it cannot be written (a start error)."""
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.address_text())
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # never created, or already gone
+            raise OSError(
+                exc.errno, f"cannot write the admin address to {path}: {exc.strerror}"
+            ) from exc
+        log.info("admin_address_written", path=path, address=self.address_text())
+
     def _open_access_log(self) -> None:
-        if self.access_log_path:
+        if self.access_log_path == STDOUT_LOG:
+            self._access_log = sys.stdout
+        elif self.access_log_path:
             self._access_log = open(self.access_log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def sockets(self) -> list[tuple[str, int, int]]:
@@ -136,13 +190,37 @@ class AdminServer:
                 log.warning("admin_accept_failed", error=str(exc))
                 await trio.sleep(0.1)
                 continue
-            connections.start_soon(self._serve_connection, stream)
+            counted = False
+            if self.master.loaded.overload.global_cx_count_all:
+                counted = self._admit()
+                if not counted:
+                    self.master.stats.add_counter("listener.admin.downstream_global_cx_overflow")
+                    await stream.aclose()  # closed at accept, as Envoy does
+                    continue
+            connections.start_soon(
+                self._serve_counted if counted else self._serve_connection, stream
+            )
+
+    def _admit(self) -> bool:
+        """The runtime-key limit: count this connection; False when it is over."""
+        counts = self.master.cx_counts
+        if self.ignore_global_conn_limit:
+            counts.take()
+            return True
+        return counts.try_take(self.master.loaded.overload.global_cx_limit)
+
+    async def _serve_counted(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._serve_connection(stream)
+        finally:
+            self.master.cx_counts.give()
 
     def close(self) -> None:
         for listener in self._listeners:
             listener.socket.close()
         if self._access_log is not None:
-            self._access_log.close()
+            if self._access_log is not sys.stdout:
+                self._access_log.close()
             self._access_log = None
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
@@ -167,8 +245,10 @@ class AdminServer:
                 if request.head_size > MAX_HEAD:
                     return
                 while request.complete:
-                    method, url, protocol, keep_alive, headers, received = request.complete.pop(0)
-                    response = self._handle(method, url)
+                    method, url, protocol, keep_alive, headers, received, form = request.complete.pop(0)  # fmt: skip
+                    response = self._handle(method, url, form)
+                    if response.before is not None:
+                        await response.before()
                     await self._respond(
                         stream, method, url, protocol, response, headers,
                         received, started, close=not keep_alive,
@@ -183,9 +263,9 @@ class AdminServer:
         finally:
             await stream.aclose()
 
-    def _handle(self, method: str, url: str) -> Response:
+    def _handle(self, method: str, url: str, form: str = "") -> Response:
         try:
-            return self.pages.handle(method, url)
+            return self.pages.handle(method, url, form)
         except Exception:  # a bug in a page must not take the master down
             log.exception("admin_page_failed", method=method, path=url)
             return Response(500, b"internal error; see the proxyd log\n")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import trio
 
+from proxyd import pipes
 from proxyd.epoch import Cluster, Endpoint, Epoch, HealthCheck
 from proxyd.log import get_logger
 from proxyd.master.health import grpc_check
@@ -57,6 +58,20 @@ def _peer_closed(stream: trio.SocketStream) -> bool:
     poller = select.poll()
     poller.register(stream.socket.fileno(), select.POLLIN)
     return bool(poller.poll(0))
+
+
+def for_endpoint(hc: HealthCheck, e: Endpoint) -> HealthCheck:
+    """The check as it runs against ``e``: its health_check_config's port, and its
+    hostname as the Host (gRPC :authority), which wins over the check's own (as in
+    Envoy)."""
+    if not (e.hc_port or e.hc_hostname):
+        return hc
+    return dataclasses.replace(
+        hc,
+        port=e.hc_port,
+        http_host=e.hc_hostname or hc.http_host,
+        grpc_authority=e.hc_hostname or hc.grpc_authority,
+    )
 
 
 class _Session:
@@ -107,7 +122,8 @@ class _Session:
             await self._close()  # an idle connection the host closed: not a failure
         if self._stream is None:
             _cluster, address, port = self.key
-            self._stream = await trio.open_tcp_stream(address, port)
+            # health_check_config.port_value moves a TCP check only (a pipe has no port).
+            self._stream = await pipes.open_stream(address, (self.hc.port or port) if port else 0)
         return self._stream
 
     async def _probe(self) -> Result:
@@ -149,7 +165,7 @@ class _Session:
         deadline = trio.current_time() + self.hc.timeout_s
         try:
             async with open_stream(
-                address, port, grpc_check.METHOD,
+                address, self.hc.port or port, grpc_check.METHOD,
                 authority=grpc_check.authority(self.hc, cluster),
                 metadata=grpc_check.metadata(self.hc),
                 connect_timeout_s=self.hc.timeout_s,
@@ -228,7 +244,7 @@ class HealthChecker:
         for c in epoch.clusters:
             if c.health_checks:
                 for e in c.endpoints:
-                    wanted[(c.name, e.address, e.port)] = c.health_checks[0]
+                    wanted[(c.name, e.address, e.port)] = for_endpoint(c.health_checks[0], e)
         for key, session in list(self._sessions.items()):
             if wanted.get(key) != session.hc:
                 session.cancel_scope.cancel()

@@ -24,6 +24,7 @@ import random
 
 import trio
 
+from proxyd import pipes
 from proxyd.epoch import Cluster, Endpoint, Epoch, OutlierDetection
 from proxyd.log import get_logger
 from proxyd.master.outlier.detector import COUNTERS, ClusterDetector
@@ -34,7 +35,7 @@ log = get_logger("proxyd.master.outlier")
 
 def host_label(address: str, port: int) -> str:
     """A host as workers report it and /clusters prints it."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return pipes.host_label(address, port)
 
 
 class _Entry:

@@ -31,7 +31,8 @@ from typing import Any
 import trio
 from google.protobuf import any_pb2
 
-from proxyd.config.dynamic import DynamicResources, Node, check_source
+from proxyd.config.dynamic import DynamicResources, check_source
+from proxyd.config.node import Node
 from proxyd.config.routes import route_targets
 from proxyd.epoch import ConfigSource, Epoch, Listener
 from proxyd.errors import ConfigError, ProxydError
@@ -430,7 +431,7 @@ class XdsClient:
 
     def _check_listeners(self, file: str, new: dict[str, Resource]) -> None:
         static = {lst.name: lst for lst in self.static.listeners}
-        taken = {(lst.address, lst.port): lst.name for lst in self.static.listeners}
+        taken = {(lst.address, lst.port, lst.pipe): lst.name for lst in self.static.listeners}
         for name, res in new.items():
             lst: Listener = res.value
             if name in static:
@@ -439,12 +440,12 @@ class XdsClient:
                     f"listener '{name}'",
                     "a static listener of that name exists; LDS cannot replace it",
                 )
-            key = (lst.address, lst.port)
-            if lst.port != 0 and key in taken:
+            key = (lst.address, lst.port, lst.pipe)
+            if (lst.port != 0 or lst.pipe) and key in taken:
                 raise ConfigError(
                     file,
                     f"listener '{name}'",
-                    f"duplicate address '{lst.address}:{lst.port}' (listener '{taken[key]}' has it)",
+                    f"duplicate address '{lst.address_text}' (listener '{taken[key]}' has it)",
                 )
             taken[key] = name
         try:

@@ -39,6 +39,7 @@ import h2.exceptions
 import trio
 from h2.errors import ErrorCodes
 
+from proxyd import pipes
 from proxyd.errors import ProxydError
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -485,13 +486,16 @@ def _frame_end(buffer: bytearray, max_frame_bytes: int) -> int:
 async def _connect(host: str, port: int, timeout_s: float) -> trio.SocketStream:
     try:
         with trio.fail_after(timeout_s):
-            return await trio.open_tcp_stream(host, port)
+            return await pipes.open_stream(host, port)
     except trio.TooSlowError:
         raise GrpcError(
-            Status.UNAVAILABLE, f"connect to {host}:{port} timed out after {timeout_s} s"
+            Status.UNAVAILABLE,
+            f"connect to {pipes.host_label(host, port)} timed out after {timeout_s} s",
         ) from None
     except OSError as exc:
-        raise GrpcError(Status.UNAVAILABLE, f"connect to {host}:{port} failed: {exc}") from exc
+        raise GrpcError(
+            Status.UNAVAILABLE, f"connect to {pipes.host_label(host, port)} failed: {exc}"
+        ) from exc
 
 
 @asynccontextmanager
@@ -505,7 +509,8 @@ async def open_stream(
     connect_timeout_s: float = 5.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> AsyncIterator[GrpcStream]:
-    """Connect to ``host:port`` and start a streaming call to ``method``.
+    """Connect to ``host:port`` (the pipe ``host`` when ``port`` is 0) and start a
+    streaming call to ``method``.
 
     ``method`` is ``/package.Service/Method``; ``authority`` defaults to ``host:port``.
     A received message over ``max_message_bytes`` ends the call ``RESOURCE_EXHAUSTED``;

@@ -15,6 +15,7 @@ from __future__ import annotations
 import httptools
 import trio
 
+from proxyd import pipes
 from proxyd.errors import ProxydError
 
 DEFAULT_TIMEOUT_S = 15.0
@@ -75,9 +76,9 @@ def _request_head(host: str, path: str, body: bytes) -> bytes:
 async def _exchange(
     host: str, port: int, request: bytes, max_response_bytes: int
 ) -> tuple[int, bytes]:
-    where = f"{host}:{port}"
+    where = pipes.host_label(host, port)
     try:
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await pipes.open_stream(host, port)
     except OSError as exc:
         raise HttpClientError(f"connect to {where} failed: {exc}") from exc
     async with stream:
@@ -113,7 +114,8 @@ async def post_json(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> tuple[int, bytes]:
-    """POST ``body`` (JSON) to ``http://host:port/path``; return ``(status, body)``.
+    """POST ``body`` (JSON) to ``http://host:port/path`` (the pipe ``host`` when ``port``
+    is 0); return ``(status, body)``.
 
     ``authority`` is the Host header (default ``host:port``); ``timeout_s`` bounds the
     whole exchange, connect included.

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 from google.rpc import status_pb2
 
+from proxyd import pipes
 from proxyd.config.proto import parse_message
 from proxyd.config.source import parse_config_text
 from proxyd.epoch import ConfigSource
@@ -109,10 +109,7 @@ class Subscription:
             resource_names=sorted(self.names or ()),
         )
         if with_node:
-            node = self.client.node
-            req.node.CopyFrom(
-                base_pb2.Node(id=node.id, cluster=node.cluster, user_agent_name="proxyd")
-            )
+            req.node.CopyFrom(self.client.node.message())
         if error:
             req.error_detail.CopyFrom(status_pb2.Status(code=INTERNAL, message=error))
         return req
@@ -172,9 +169,11 @@ async def run_rest(sub: Subscription) -> None:
                 address[1],
                 REST_PATHS[sub.type_url],
                 request,
+                # A pipe has no host:port to name: the cluster, as Envoy's Host header.
+                authority="" if address[1] else source.cluster,
                 timeout_s=source.request_timeout_s,
             )
-            where = f"REST {address[0]}:{address[1]}"
+            where = f"REST {pipes.host_label(*address)}"
             if status == 200:
                 try:
                     response = parse_message(json.loads(body), discovery_pb2.DiscoveryResponse, where)  # fmt: skip
@@ -257,7 +256,9 @@ class Stream:
             try:
                 if address is None:
                     raise GrpcError(14, f"cluster '{self.source.cluster}' has no address")
-                async with open_stream(address[0], address[1], self.method) as stream:
+                # A pipe has no host:port: the cluster names it, as Envoy's :authority.
+                authority = "" if address[1] else self.source.cluster
+                async with open_stream(address[0], address[1], self.method, authority=authority) as stream:  # fmt: skip
                     self.client.connected(self, True)
                     await self._converse(stream, backoff)
             except (GrpcError, BaseExceptionGroup) as raised:

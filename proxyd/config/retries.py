@@ -1,0 +1,89 @@
+"""RetryPolicy (route and virtual host) → epoch RetryPolicy.
+
+A route's ``route.retry_policy`` replaces its virtual host's whole (Envoy does not merge
+them). A virtual host's ``include_request_attempt_count`` applies to its routes with or
+without a retry policy. retry_on conditions Envoy has and proxyd does not implement are
+refused by name; names Envoy does not know are ignored, as Envoy ignores them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from proxyd.config.proto import join
+from proxyd.config.values import seconds, wrapped_or
+from proxyd.epoch import RetryPolicy, Route
+from proxyd.errors import ConfigError
+from proxyd.protocol.retry import DEFAULT_BASE_INTERVAL_MS, NOT_IMPLEMENTED, parse_retry_on
+
+
+def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPolicy:
+    _bits, unknown = parse_retry_on(rp.retry_on)
+    for name in unknown:
+        # A name Envoy does not know it ignores (so does proxyd); one it implements and
+        # proxyd does not is refused.
+        if name in NOT_IMPLEMENTED:
+            raise ConfigError(
+                file, join(path, "retry_on"), f"retry_on '{name}' is not supported by proxyd"
+            )
+    base_ms = DEFAULT_BASE_INTERVAL_MS
+    max_ms = 0
+    if rp.HasField("retry_back_off"):
+        bo = rp.retry_back_off
+        here = join(path, "retry_back_off")
+        if not bo.HasField("base_interval"):
+            raise ConfigError(file, join(here, "base_interval"), "base_interval is required")
+        base_ms = int(seconds(bo.base_interval) * 1000)
+        if base_ms < 1:
+            raise ConfigError(
+                file, join(here, "base_interval"), "base_interval must be at least 1ms"
+            )
+        if bo.HasField("max_interval"):
+            max_ms = int(seconds(bo.max_interval) * 1000)
+            if max_ms < base_ms:
+                raise ConfigError(
+                    file,
+                    join(here, "max_interval"),
+                    "max_interval must be greater than or equal to the base_interval",
+                )
+    codes = tuple(int(c) for c in rp.retriable_status_codes)
+    return RetryPolicy(
+        retry_on=rp.retry_on,
+        num_retries=wrapped_or(rp, "num_retries", 1),
+        per_try_timeout_s=seconds(rp.per_try_timeout) if rp.HasField("per_try_timeout") else 0.0,
+        base_interval_ms=base_ms,
+        max_interval_ms=max_ms or base_ms * 10,
+        retriable_status_codes=codes,
+        include_attempt_count=attempt_count,
+    )
+
+
+def with_retry_policies(
+    vh: Any, path: str, routes: tuple[Route, ...], file: str
+) -> tuple[Route, ...]:
+    """The virtual host's routes with their retry policy (the route's or the virtual
+    host's) resolved onto them."""
+    attempt_count = bool(vh.include_request_attempt_count)
+    vh_policy = None
+    if vh.HasField("retry_policy"):
+        vh_policy = retry_policy(vh.retry_policy, join(path, "retry_policy"), file, attempt_count)
+    elif attempt_count:
+        vh_policy = RetryPolicy(retry_on="", include_attempt_count=True)
+    out = []
+    for k, (r, route) in enumerate(zip(vh.routes, routes, strict=True)):
+        if r.WhichOneof("action") != "route":
+            out.append(route)
+            continue
+        policy = vh_policy
+        if r.route.HasField("retry_policy"):
+            here = join(f"{join(path, 'routes')}[{k}]", "route.retry_policy")
+            policy = retry_policy(r.route.retry_policy, here, file, attempt_count)
+        if policy is not None:
+            route = _replace_retry(route, policy)
+        out.append(route)
+    return tuple(out)
+
+
+def _replace_retry(route: Route, policy: RetryPolicy) -> Route:
+    return dataclasses.replace(route, retry=policy)

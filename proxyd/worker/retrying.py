@@ -1,0 +1,473 @@
+"""The router with a retry policy: attempts, per-try timeouts and back-off.
+
+A route with a ``retry_policy`` (its own or its virtual host's), or whose virtual host
+includes the attempt count, gets :class:`RetryingExchange` instead of the plain
+:class:`~proxyd.worker.router.Exchange` (the route's plan names the class, so a route
+without one pays nothing). Each attempt picks a host from the cluster's balancer (the
+first one was picked by the connection manager), sends the request, and reads the
+response head; the outcome (a status, or a reset of a kind: connect failure,
+connection termination, per-try timeout) goes to the request's
+:class:`~proxyd.protocol.retry.RetryState`, which says whether to retry. A retry passes
+the cluster's max_retries or retry_budget circuit breaker (``retry_allowed``) and is
+outstanding there until its attempt's outcome (``retry_done``), as in Envoy, then waits
+Envoy's jittered back-off. The route timeout (armed once, when the request is complete)
+spans all attempts and the waits; the per-try timeout bounds each attempt, the response
+included, and a last attempt that runs out answers 504 ``UT``.
+
+An internal request (``internal_address_config``) may add conditions with
+``x-envoy-retry-on`` (also on a route without a policy: the manager hands such a request
+here through :func:`header_retry_exchange`), and set the retries
+(``x-envoy-max-retries``) and the per-try timeout
+(``x-envoy-upstream-rq-per-try-timeout-ms``), as Envoy lets it; other requests'
+are dropped unread, as Envoy drops them.
+
+A request body is kept to be replayed: the whole body is read before the first attempt
+(copied, up to the listener's per_connection_buffer_limit_bytes). A body that does not
+fit is sent as it comes and the request is not retried (``retry_or_shadow_abandoned``),
+as Envoy abandons its retry buffer. Envoy starts the first attempt while the body still
+arrives; proxyd waits for it, which only an upstream that answers before reading the
+whole request could tell.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from proxyd.errors import ProtocolError
+from proxyd.protocol.http1 import ResponseHead
+from proxyd.protocol.retry import (
+    Decision,
+    JitteredBackOff,
+    Reset,
+    RetryState,
+    parse_retry_on,
+)
+from proxyd.worker import io
+from proxyd.worker.deadlines import INF, DeadlineKind
+from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
+from proxyd.worker.router import RESET_BEFORE_HEADERS, Exchange, arm_request_phase, frame_request
+from proxyd.worker.stream import (
+    DownstreamReset,
+    LocalReplied,
+    ResponseFlag,
+    UpstreamProtocolError,
+    UpstreamReset,
+)
+
+if TYPE_CHECKING:
+    from proxyd.epoch import RetryPolicy
+    from proxyd.worker.deadlines import Deadline, Timers
+    from proxyd.worker.plan import ListenerPlan, RoutePlan
+    from proxyd.worker.stream import Stream
+    from proxyd.worker.upstream import HostState
+
+_ATTEMPT_COUNT_LINE = re.compile(rb"\r\nx-envoy-attempt-count:[^\r\n]*", re.IGNORECASE)
+_EXPECTED_TIMEOUT_LINE = re.compile(rb"\r\nx-envoy-expected-rq-timeout-ms:[^\r\n]*")
+
+
+_INTERNAL_LINE = b"\r\nx-envoy-internal: true\r\n"
+_RETRY_HEADER_LINE = re.compile(
+    rb"\r\n(x-envoy-retry-on|x-envoy-max-retries|x-envoy-upstream-rq-per-try-timeout-ms):"
+    rb"[ \t]*([^\r\n]*)"
+)
+
+
+def internal_retry_headers(raw: bytes, head: bytes) -> dict[str, str] | None:
+    """An internal request's x-envoy-retry-on, x-envoy-max-retries and
+    x-envoy-upstream-rq-per-try-timeout-ms (the first of each), read from its head;
+    None for a request that is not internal (its upstream head says so), whose Envoy
+    drops them unread."""
+    if _INTERNAL_LINE not in head:
+        return None
+    out: dict[str, str] = {}
+    for m in _RETRY_HEADER_LINE.finditer(raw):
+        out.setdefault(m.group(1).decode(), m.group(2).strip().decode("latin-1"))
+    return out
+
+
+def header_int(value: str | None) -> int | None:
+    """A non-negative integer as Envoy's ``SimpleAtoi`` reads one (None: not one)."""
+    if value is None:
+        return None
+    v = value[1:] if value.startswith("+") else value
+    return int(v) if v.isascii() and v.isdigit() else None
+
+
+class RetryPlan:
+    """A route's retry policy compiled for the worker."""
+
+    __slots__ = (
+        "retry_on",
+        "num_retries",
+        "per_try_s",
+        "base_ms",
+        "max_ms",
+        "status_codes",
+        "attempt_count",
+        "timeout_s",
+    )
+
+    def __init__(self, policy: RetryPolicy, timeout_s: float) -> None:
+        self.retry_on = parse_retry_on(policy.retry_on)[0]
+        self.num_retries = policy.num_retries
+        per_try = policy.per_try_timeout_s
+        if timeout_s and per_try >= timeout_s:
+            per_try = 0.0  # Envoy: a per-try timeout not below the route timeout is none
+        self.per_try_s = per_try
+        self.base_ms = policy.base_interval_ms
+        self.max_ms = policy.max_interval_ms
+        self.status_codes = frozenset(policy.retriable_status_codes)
+        self.attempt_count = policy.include_attempt_count
+        self.timeout_s = timeout_s
+
+    def state(self, headers: dict[str, str] | None = None) -> tuple[RetryState, float]:
+        """A new request's retry state and per-try timeout (0: none), with an internal
+        request's retry headers."""
+        retry_on = self.retry_on
+        retries = self.num_retries
+        per_try = self.per_try_s
+        if headers:
+            retry_on |= parse_retry_on(headers.get("x-envoy-retry-on", ""))[0]
+            n = header_int(headers.get("x-envoy-max-retries"))
+            if n is not None:
+                retries = n
+            ms = header_int(headers.get("x-envoy-upstream-rq-per-try-timeout-ms"))
+            if ms is not None:
+                per_try = ms / 1000.0
+                if self.timeout_s and per_try >= self.timeout_s:
+                    per_try = 0.0
+        backoff = JitteredBackOff(self.base_ms, self.max_ms)
+        return RetryState(retry_on, retries, self.status_codes, backoff), per_try
+
+    def expected_timeout_ms(self, per_try_s: float | None = None) -> int:
+        """x-envoy-expected-rq-timeout-ms: the per-try timeout when there is one."""
+        per_try = self.per_try_s if per_try_s is None else per_try_s
+        return int(round((per_try or self.timeout_s) * 1000))
+
+
+async def wait_back_off(state: RetryState) -> float:
+    """Wait the request's next back-off on trio's clock; the seconds waited."""
+    seconds = state.next_backoff_s()
+    await trio.sleep(seconds)
+    return seconds
+
+
+def header_retry_exchange(
+    stream: Stream,
+    plan: ListenerPlan,
+    rp: RoutePlan,
+    host: HostState,
+    head: bytes,
+    deadline: tuple[Timers, Deadline],
+) -> Exchange:
+    """The router for a request with x-envoy-* headers on a route without a retry
+    policy: one that retries when the request is internal and says x-envoy-retry-on."""
+    h = stream.head
+    assert h is not None
+    if b"x-envoy-retry-on" in h.envoy_headers and _INTERNAL_LINE in head:
+        return RetryingExchange(stream, plan, rp, host, head, deadline)
+    return Exchange(stream, plan, rp, host, head, deadline)
+
+
+class _AttemptFailed(Exception):
+    """An attempt ended without a response head (internal to :class:`RetryingExchange`)."""
+
+    def __init__(self, reset: Reset, reason: str = "") -> None:
+        super().__init__(reset.value)
+        self.reset = reset
+        self.reason = reason
+
+
+class RetryingExchange(Exchange):
+    """:class:`Exchange` for a route with a retry policy."""
+
+    __slots__ = ("rplan", "retry", "per_try_s", "attempts", "body_parts", "reused", "replayable")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        rplan = self.rp.retry or self.rp.header_retry
+        assert rplan is not None
+        self.rplan = rplan
+        h = self.stream.head
+        assert h is not None
+        headers = internal_retry_headers(h.raw, self.head) if h.envoy_headers else None
+        self.retry, self.per_try_s = rplan.state(headers)
+        if self.per_try_s != rplan.per_try_s:
+            # x-envoy-expected-rq-timeout-ms says the request's per-try timeout.
+            ms = rplan.expected_timeout_ms(self.per_try_s)
+            line = b"\r\nx-envoy-expected-rq-timeout-ms: %d" % ms
+            head, n = _EXPECTED_TIMEOUT_LINE.subn(line, self.head, count=1)
+            if not n and ms:
+                head = head[:-4] + line + b"\r\n\r\n"
+            self.head = head
+        self.attempts = 0
+        # The request body as the upstream gets it, kept for each attempt.
+        self.body_parts: list = []
+        self.reused = False
+        # False once the body went over the buffer limit: no retry then.
+        self.replayable = True
+        if rplan.attempt_count and b"x-envoy-attempt-count" in h.envoy_headers:
+            self.head = _ATTEMPT_COUNT_LINE.sub(b"", self.head)
+
+    async def run(self) -> bool:
+        stream = self.stream
+        pool = self.pool
+        h = stream.head
+        assert h is not None
+        self.host.active_requests += 1
+        stream.upstream_host = self.host.label
+        if stream.request_complete:
+            self.arm_route()
+        else:
+            if self.plan.request_timeout != INF:
+                stream.request_deadline = self.timers.now() + self.plan.request_timeout
+            arm_request_phase(stream, self.plan, self.timers, self.deadline)
+        try:
+            if h.has_body:
+                await self._keep_body()
+            legacy_retried = False
+            while True:
+                try:
+                    return await self._attempt()
+                except _Retry:
+                    pass
+                except _AttemptFailed as failed:
+                    would = self.retry.would_retry_reset(failed.reset)
+                    if self.retrying:
+                        self.retrying = False
+                        pool.retry_done(success=not would)
+                    if (
+                        not would
+                        and failed.reset is Reset.CONNECTION_TERMINATION
+                        and self.reused
+                        and not legacy_retried
+                        and self.replayable
+                    ):
+                        # As without a policy: a reused connection that died before any
+                        # response byte is tried once more on a new one, at once.
+                        legacy_retried = True
+                        if pool.retry_allowed():
+                            self.retrying = True
+                            continue
+                    if not self._retry_granted(would):
+                        return await self._give_up(failed)
+                await self._back_off()
+        except trio.Cancelled:
+            self._deadline_fired()
+            raise
+        except UpstreamProtocolError:
+            stream.flags = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
+            pool.stats.count_response(502)
+            self.host.stats.rq_error += 1
+            self.host.outcomes.reset()
+            return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
+        except ProtocolError as exc:
+            stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
+            return await self._reply(exc.status, "Bad Request")
+        except DownstreamReset:
+            stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+            return False
+        except UpstreamReset:
+            if stream.flags is not ResponseFlag.UPSTREAM_REQUEST_TIMEOUT:
+                stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+            return False
+        except LocalReplied:
+            return False
+        finally:
+            self.host.active_requests -= 1
+            if self.attached:
+                pool.requests -= 1  # ResourceManager.detach(), inline
+                pool.stats.rq_active -= 1
+                self.host.stats.rq_active -= 1
+            if self.retrying:
+                pool.retry_done(success=False)
+            if self.conn is not None:
+                pool.destroy(self.conn)
+                self.conn = None
+
+    def _retry_granted(self, would: bool) -> bool:
+        """Envoy's shouldRetry: the retries left (upstream_rq_retry_limit_exceeded),
+        then the circuit breaker (upstream_rq_retry or upstream_rq_retry_overflow)."""
+        if not self.replayable:
+            return False
+        decision = self.retry.decide(would)
+        if decision is Decision.NO_RETRY:
+            return False
+        if decision is Decision.LIMIT_EXCEEDED:
+            self.pool.stats.rq_retry_limit_exceeded += 1
+            return False
+        if not self.pool.retry_allowed():
+            return False
+        self.retrying = True  # outstanding until the next attempt's outcome
+        return True
+
+    async def _back_off(self) -> None:
+        """Envoy's jittered back-off, then a host for the retry (the balancer's pick)."""
+        self.pool.stats.rq_retry_backoff_exponential += 1
+        await wait_back_off(self.retry)
+        cluster = self.rp.cluster
+        assert cluster is not None
+        host = cluster.balancer.pick()
+        if host is not None and host is not self.host:
+            self.host.active_requests -= 1
+            if self.attached:
+                self.host.stats.rq_active -= 1
+                host.stats.rq_active += 1
+            host.active_requests += 1
+            self.host = host
+            self.stream.upstream_host = host.label
+
+    async def _give_up(self, failed: _AttemptFailed) -> bool:
+        stream = self.stream
+        cstats = self.pool.stats
+        if failed.reset is Reset.CONNECT_FAILURE:
+            stream.flags = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+            cstats.count_response(503)
+            self.host.stats.rq_error += 1
+            return await self._reply(503, RESET_BEFORE_HEADERS + failed.reason)
+        if failed.reset is Reset.PER_TRY_TIMEOUT:
+            stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
+            stream.details = "upstream_per_try_timeout"
+            cstats.count_response(504)
+            self.host.stats.rq_error += 1
+            return await self._reply(504, "upstream request timeout")
+        self.stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        cstats.count_response(503)
+        self.host.stats.rq_error += 1
+        return await self._reply(503, RESET_BEFORE_HEADERS + "connection termination")
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    async def _attempt(self) -> bool:
+        pool = self.pool
+        host = self.host
+        self.t_sent = time.monotonic()
+        conn = pool.take_idle(host)
+        self.reused = conn is not None
+        if conn is None:
+            try:
+                conn = await pool.acquire(host)
+            except ConnectFailure as exc:
+                host.outcomes.connect_failed()
+                raise _AttemptFailed(Reset.CONNECT_FAILURE, exc.reason) from None
+            except Overflow:
+                return await self._overflow()  # Envoy never retries an overflow
+        if not self.attached:
+            if not pool.attach():
+                pool.put_back(conn)
+                return await self._overflow()
+            self.attached = True
+            pool.stats.rq_active += 1
+            host.stats.rq_active += 1
+        pool.stats.rq_total += 1
+        host.stats.rq_total += 1
+        self.conn = conn
+        self.attempts += 1
+        per_try = self.per_try_s
+        if not per_try:
+            return await self._exchange_once(conn)
+        with trio.CancelScope(deadline=trio.current_time() + per_try) as scope:
+            return await self._exchange_once(conn)
+        # The per-try timeout passed (Envoy's upstream_rq_per_try_timeout).
+        assert scope.cancelled_caught
+        pool.stats.rq_per_try_timeout += 1
+        if self.conn is not None:
+            pool.destroy(self.conn)
+            self.conn = None
+        if self.stream.response_started:
+            # Too late to answer or retry: the client's stream is reset.
+            self.stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
+            raise UpstreamReset("per try timeout")
+        host.outcomes.timeout()
+        raise _AttemptFailed(Reset.PER_TRY_TIMEOUT)
+
+    async def _exchange_once(self, conn: UpstreamConnection) -> bool:
+        stream = self.stream
+        pool = self.pool
+        head = self.head
+        if self.attempts > 1 and self.rp.timeout_header:
+            head = self._expected_timeout_now(head)
+        if self.rplan.attempt_count:
+            head = head[:-2] + b"x-envoy-attempt-count: %d\r\n\r\n" % self.attempts
+        parts = self.body_parts
+        try:
+            if parts:
+                await io.send_parts(conn.sock, [head, *parts])
+            else:
+                await io.send_all(conn.sock, head)
+        except OSError:
+            r = None
+        else:
+            if not stream.request_complete:
+                return await self._duplex(conn)  # the body did not fit: streamed once
+            r = await self._read_response_head(conn)
+        if r is None:
+            pool.destroy(conn)
+            self.conn = None
+            self.host.outcomes.reset()
+            raise _AttemptFailed(Reset.CONNECTION_TERMINATION)
+        would = self.retry.would_retry_status(r.status, _overloaded(r))
+        if self.retrying:
+            self.retrying = False
+            pool.retry_done(success=not would)
+        if would and self._retry_granted(True):
+            # The response is dropped with its connection (Envoy resets the stream).
+            self.host.stats.rq_error += 1
+            self.host.outcomes.response(r.status)
+            pool.destroy(conn)
+            self.conn = None
+            raise _Retry()
+        return await self._relay(conn, r)
+
+    def _expected_timeout_now(self, head: bytes) -> bytes:
+        """A retry's x-envoy-expected-rq-timeout-ms: the per-try timeout or what is left
+        of the route timeout, whichever is less (at least 1 ms), as Envoy sets it."""
+        ms = self.rplan.expected_timeout_ms(self.per_try_s)
+        d = self.deadline
+        if self.rplan.timeout_s and d.kind is DeadlineKind.ROUTE and d.at != INF:
+            left = int((d.at - self.timers.now()) * 1000)
+            ms = max(1, min(ms, left))
+        return _EXPECTED_TIMEOUT_LINE.sub(
+            b"\r\nx-envoy-expected-rq-timeout-ms: %d" % ms, head, count=1
+        )
+
+    # -- the body ---------------------------------------------------------------------------
+
+    async def _keep_body(self) -> None:
+        """Read and keep the request body (framed for the upstream) to send it with each
+        attempt; one over the buffer limit is kept as far as read and streamed."""
+        stream = self.stream
+        sink = self.sink
+        h = stream.head
+        assert h is not None
+        limit = self.plan.buffer_limit
+        pieces = [bytes(p) for p in sink.take_buffered_body()]
+        size = sum(len(p) for p in pieces)
+        if not stream.request_complete and h.expect_continue:
+            await sink.send_continue()
+        while not stream.request_complete and size <= limit:
+            for p in await sink.recv_body():
+                pieces.append(bytes(p))
+                size += len(p)
+        parts: list = []
+        frame_request(parts, pieces, self.chunked_up, stream.request_complete)
+        self.body_parts = parts
+        if stream.request_complete:
+            self.arm_route()
+            if size <= limit:
+                return
+        # Over the limit: no retry (the upstream gets what was read, then the rest).
+        self.pool.stats.retry_or_shadow_abandoned += 1
+        self.replayable = False
+
+
+class _Retry(Exception):
+    """The response was one to retry and a retry was allowed."""
+
+
+def _overloaded(r: ResponseHead) -> bool:
+    return "x-envoy-overloaded" in r.headers
