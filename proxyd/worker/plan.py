@@ -177,9 +177,8 @@ class ListenerPlan:
             filter_headers.add("content-type")
         # The access logs (proxyd.worker.accesslog_plan); ``logs`` is empty when the
         # HCM has none, and then a request pays nothing for them.
-        # Runtime-keyed filters use their defaults (NO_RUNTIME) until the epoch carries
-        # the runtime: then pass its snapshot as LogPlans(..., runtime=snapshot).
-        self.access = LogPlans(listener, writers)
+        # Runtime-keyed access-log filters (runtime_filter) read the epoch's runtime.
+        self.access = LogPlans(listener, writers, runtime=runtime)
         self.logs: tuple[LogPlan, ...] = self.access.stream_logs
         # The request hook (DownstreamStart lines, periodic lines) is wanted.
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
