@@ -29,10 +29,12 @@ run: $(STAMP)
 	$(BIN)/python -m proxyd.demo --config $(CONFIG)
 
 # mypy's files and settings are in pyproject.toml ([tool.mypy]).
+# The 25 slowest tests are listed at the end of every run (CI logs included), to show where
+# the suite's time goes; extra pytest arguments: make test PYTEST_ARGS='-k retry -x'.
 test: $(STAMP) system-deps
 	$(BIN)/ruff check proxyd tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxyd tests bench
