@@ -140,7 +140,15 @@ def test_pipe_listener_to_pipe_upstream(tmp_path: Path, sock_dir: Path) -> None:
             # The TCP listener on a kernel-chosen port reaches the pipe upstream too.
             assert get(p.listener_port("ingress"))[1]["x-upstream-name"] == "piped"
             up.wait_requests(4)
-            s = wait_for(lambda: (s := p.stats()).get(f"listener.{listen_path}.downstream_cx_total") == 3 and s)  # fmt: skip
+
+            # Workers push their counters to the admin now and then: wait for both to arrive.
+            def counted() -> dict[str, int] | None:
+                s = p.stats()
+                if s.get(f"listener.{listen_path}.downstream_cx_total") != 3:
+                    return None
+                return s if s.get("cluster.web.upstream_rq_200", 0) >= 4 else None
+
+            s = wait_for(counted)
             assert s["cluster.web.upstream_rq_200"] == 4
             clusters = json.loads(p.admin("/clusters?format=json")[1])
             (web,) = [c for c in clusters["cluster_statuses"] if c["name"] == "web"]
