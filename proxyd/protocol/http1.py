@@ -33,7 +33,6 @@ from proxyd.errors import ProtocolError
 from proxyd.protocol.http1_chunked import LAST_CHUNK, ChunkedDecoder, chunk_header
 from proxyd.protocol.http1_request_line import (
     BAD_AUTHORITY,
-    BAD_TARGET,
     BODILESS_METHODS,
     MAX_HEADERS_COUNT,
     METHODS,
@@ -225,6 +224,13 @@ def _parse_content_length(value: bytes) -> int:
     return int(value)
 
 
+# The common request line, parsed by llhttp as it is: a target with none of what Envoy
+# refuses in one (BAD_TARGET) and no "#" (a fragment, refused with its own answer once
+# the head is parsed; excluding it here costs less than ``b"#" in target``, which
+# first tries the needle as an integer and fails).
+_FAST_REQUEST_LINE = re.compile(rb"([^ \r\n]+) ([^\x00-\x20#\x7f-\xff]+) HTTP/1\.1\r\n")
+
+
 class RequestHeadParser:
     """Parses one request head at a time; one instance serves a whole connection.
 
@@ -353,16 +359,13 @@ class RequestHeadParser:
         self._max_headers = max_headers  # common_http_protocol_options.max_headers_count
         data = bytes(view)
         # The common request line, "METHOD SP target SP HTTP/1.1" CRLF, is checked here
-        # in a few steps and parsed by llhttp as it is; any other goes to
+        # with one regex and parsed by llhttp as it is; any other goes to
         # check_request_line.
-        eol = data.find(b"\r\n")
-        sp1 = data.find(b" ", 0, eol)
-        sp2 = data.find(b" ", sp1 + 1, eol)
-        if sp1 > 0 and sp2 == eol - 9 > sp1 + 1 and data[sp2:eol] == b" HTTP/1.1":
-            method = data[:sp1]
-            target = data[sp1 + 1 : sp2]
-            if method in METHODS and BAD_TARGET.search(target) is None:
-                return self._parse_headers(method, target, data, wanted, False)
+        m = _FAST_REQUEST_LINE.match(data)
+        if m is not None:
+            method = m[1]
+            if method in METHODS:
+                return self._parse_headers(method, m[2], data, wanted, False)
         eol = data.find(b"\n")
         if eol < 0:
             raise ProtocolError("incomplete request head", 400)
@@ -445,7 +448,8 @@ class RequestHeadParser:
             h.keep_alive = False
             self._parser = None
         elif target[:1] == b"/":
-            if b"#" in target:
+            # (A target with "#" never takes the fast path: see _FAST_REQUEST_LINE.)
+            if placeholder and b"#" in target:
                 raise ProtocolError("fragment in the request target", 400, body="")
             h.path = target.decode("latin-1")
         else:
@@ -529,7 +533,7 @@ class RequestHeadParser:
 # head: framing, the hop-by-hop ones it drops, server (overwritten) and date.
 _RESPONSE_LINES = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
-    rb"|upgrade|te|server|date):"
+    rb"|upgrade|te|server|date):([^\r]*)"
 )
 
 
@@ -544,6 +548,12 @@ class ResponseHeadParser:
     """
 
     __slots__ = ("_done",)
+
+    # httptools asks its protocol object for each callback with getattr(..., None); a
+    # missing one costs an AttributeError (its message formatted) per new llhttp
+    # parser, that is per response. None says "no callback" without one.
+    on_message_begin = on_header = on_status = on_body = None
+    on_message_complete = on_chunk_header = on_chunk_complete = None
 
     def __init__(self) -> None:
         self._done = False
@@ -572,23 +582,21 @@ class ResponseHeadParser:
         low = raw.lower()
         cuts = h.cuts
         tokens: list[bytes] | None = None
+        # Each match is one whole line but its CRLF: (name, value) and its span.
         for m in _RESPONSE_LINES.finditer(low):
-            name = m.group(1)
-            i = m.start()
-            j = low.find(b"\r\n", i + 2)
+            name = m[1]
             if name == b"content-length":
-                h.content_length = _parse_content_length(raw[m.end() : j].strip())
-                continue
-            if name == b"date":
+                h.content_length = _parse_content_length(m[2])
+            elif name == b"date":
                 h.has_date = True
-                continue
-            cuts.append((i, j))
-            if name == b"connection":
-                value = low[m.end() : j].strip()
-                if value != b"keep-alive":
-                    tokens = (tokens or []) + _connection_tokens(value)
-            elif name == b"transfer-encoding":
-                h.chunked = low[m.end() : j].strip().endswith(b"chunked")
+            else:
+                cuts.append(m.span())
+                if name == b"connection":
+                    value = m[2].strip()
+                    if value != b"keep-alive":
+                        tokens = (tokens or []) + _connection_tokens(value)
+                elif name == b"transfer-encoding":
+                    h.chunked = m[2].strip().endswith(b"chunked")
         if tokens:
             if b"close" in tokens:
                 h.keep_alive = False
