@@ -92,14 +92,15 @@ _ENVOY_PREFIX = b"x-envoy-"
 def find_head_end(buf: bytes | bytearray, start: int, end: int) -> int:
     """Index just past the empty line that ends the head in ``buf[start:end]``, or -1.
 
-    The empty line is CRLF CRLF, or a bare LF after a line (``\\n\\n``), which Envoy
-    accepts too: such a head is rewritten with CRLF by :func:`normalize_head`.
+    The empty line is CRLF or a bare LF, after a line that ends with either (Envoy
+    accepts bare LFs too: such a head is rewritten with CRLF by :func:`normalize_head`).
     """
-    i = buf.find(CRLF2, start, end)
-    j = buf.find(b"\n\n", start, end if i < 0 else i)
-    if j >= 0:
-        return j + 2
-    return -1 if i < 0 else i + 4
+    m = _HEAD_END.search(buf, start, end)
+    return -1 if m is None else m.end()
+
+
+# The first empty line: after CRLF or a bare LF, a line end of its own (CRLF or LF).
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 
 def normalize_head(head: bytes) -> bytes | None:

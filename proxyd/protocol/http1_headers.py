@@ -313,6 +313,14 @@ class RequestHeaderPolicy:
 # -- response ---------------------------------------------------------------------------
 
 
+# The x-envoy-upstream-service-time lines of the common service times, made once
+# (bytes % formatting costs more than the rest of writing the head).
+_SERVICE_TIME_CACHED = 256
+_SERVICE_TIME_LINES = [
+    b"x-envoy-upstream-service-time: %d\r\n" % ms for ms in range(_SERVICE_TIME_CACHED)
+]
+
+
 def response_head(
     r: ResponseHead,
     server: bytes,
@@ -341,9 +349,14 @@ def response_head(
     if base[5:8] == b"1.0":
         base = b"HTTP/1.1" + base[8:]
     # (-1: the line is in the head already, placed before the route's header mutations)
-    extra = (
-        b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms if service_time_ms >= 0 else b""
-    )
+    if 0 <= service_time_ms < _SERVICE_TIME_CACHED:
+        extra = _SERVICE_TIME_LINES[service_time_ms]
+    else:
+        extra = (
+            b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms
+            if service_time_ms >= 0
+            else b""
+        )
     if chunked:
         extra += b"transfer-encoding: chunked\r\n"
     if close:

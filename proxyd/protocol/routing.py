@@ -328,13 +328,12 @@ class RouteTable:
         if cvh is None:
             return None
         # Path matchers see the path without query string and fragment.
+        # (``in`` first: str.find parses its arguments the slow way.)
         bare = path
-        cut = path.find("?")
-        if cut >= 0:
-            bare = path[:cut]
-        cut = bare.find("#")
-        if cut >= 0:
-            bare = bare[:cut]
+        if "?" in path:
+            bare = path[: path.find("?")]
+        if "#" in bare:
+            bare = bare[: bare.find("#")]
         lowered: str | None = None
         for kind, value, rx, tests, route in cvh.routes:
             if kind == _PREFIX:
