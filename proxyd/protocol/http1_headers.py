@@ -328,44 +328,41 @@ def response_head(
     chunked: bool,
     close: bool,
     added: list[bytes] | None = None,
+    body: bytes | memoryview | None = None,
 ) -> bytes:
-    """The head to send downstream for upstream response ``r``.
+    """The head to send downstream for upstream response ``r`` (and ``body`` after it,
+    in the same bytes, when given).
 
     ``server`` is the full ``server: name\\r\\n`` line; ``chunked`` re-frames the body
     as chunked; ``close`` adds ``connection: close``.
     """
     raw = r.raw
-    cuts = r.cuts
-    if not cuts:
-        base = raw[:-2]
-    else:
-        out = []
-        pos = 0
-        for i, j in cuts:
-            out.append(raw[pos:i])
-            pos = j
-        out.append(raw[pos:-2])
-        base = b"".join(out)
-    if base[5:8] == b"1.0":
-        base = b"HTTP/1.1" + base[8:]
-    # (-1: the line is in the head already, placed before the route's header mutations)
+    out: list[bytes | memoryview] = []
+    pos = 0
+    for i, j in r.cuts:
+        out.append(raw[pos:i])
+        pos = j
+    out.append(raw[pos:-2])
+    if raw[5:8] == b"1.0":
+        out[0] = b"HTTP/1.1" + out[0][8:]
+    out.append(server)
     if 0 <= service_time_ms < _SERVICE_TIME_CACHED:
-        extra = _SERVICE_TIME_LINES[service_time_ms]
-    else:
-        extra = (
-            b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms
-            if service_time_ms >= 0
-            else b""
-        )
+        out.append(_SERVICE_TIME_LINES[service_time_ms])
+    elif service_time_ms >= 0:
+        out.append(b"x-envoy-upstream-service-time: %d\r\n" % service_time_ms)
+    # (-1: the line is in the head already, placed before the route's header mutations)
     if chunked:
-        extra += b"transfer-encoding: chunked\r\n"
+        out.append(b"transfer-encoding: chunked\r\n")
     if close:
-        extra += b"connection: close\r\n"
+        out.append(b"connection: close\r\n")
     if not r.has_date:
-        extra += b"date: " + http_date() + b"\r\n"
+        out.append(b"date: " + http_date() + b"\r\n")
     if added:
-        extra += b"".join(added)  # filters' response header edits
-    return base + server + extra + b"\r\n"
+        out += added  # filters' response header edits
+    out.append(b"\r\n")
+    if body is not None:
+        out.append(body)
+    return b"".join(out)
 
 
 # -- local replies ----------------------------------------------------------------------

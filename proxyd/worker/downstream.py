@@ -433,10 +433,11 @@ class DownstreamConnection:
         rp = stream.route_plan
         if rp is not None and rp.mutations is not None:
             r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
-        out = response_head(r, self.plan.server, service_ms, chunked, close, stream.response_added)
+        server = self.plan.server
         stream.response_started = True
         try:
             if not first:
+                out = response_head(r, server, service_ms, chunked, close, stream.response_added)
                 if chunked and end_stream:
                     out += LAST_CHUNK
                 await io.send_all(self.sock, out)
@@ -445,7 +446,9 @@ class DownstreamConnection:
                 # One small write: copying a few KiB beats a scatter list.
                 piece = first[0]
                 stream.bytes_sent += len(piece)
-                data = out + piece
+                data = response_head(
+                    r, server, service_ms, False, close, stream.response_added, piece
+                )
                 try:
                     sent = self.sock.send(data)
                 except BlockingIOError:
@@ -453,7 +456,9 @@ class DownstreamConnection:
                 if sent != len(data):
                     await io.send_all(self.sock, memoryview(data)[sent:])
                 return
-            parts: list = [out]
+            parts: list = [
+                response_head(r, server, service_ms, chunked, close, stream.response_added)
+            ]
             self._frame(first, end_stream, parts)
             await io.send_parts(self.sock, parts)
         except OSError:
