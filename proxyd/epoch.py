@@ -354,6 +354,29 @@ class Route:
     # RouteAction.retry_policy, else the virtual host's (None: neither, and the virtual
     # host does not include_request_attempt_count).
     retry: RetryPolicy | None = None
+    # RouteAction.cluster_header: the request header (lower case) that names the
+    # cluster ("" = not set; then ``cluster`` is "").
+    cluster_header: str = ""
+    # RouteAction.weighted_clusters (empty: not set; then ``cluster`` is ""), and its
+    # header_name (lower case): the header whose uint64 value picks the cluster in place
+    # of a random number.
+    weighted: tuple[WeightedTarget, ...] = ()
+    weight_header: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedTarget:
+    """One WeightedCluster.ClusterWeight: the cluster, its weight, and what it changes
+    of the route: its own header mutations (evaluated before the route's, as Envoy
+    does), host_rewrite_literal ("" = the route's), and the typed_per_filter_config the
+    requests it gets see: the most specific of its own, the route's, the virtual
+    host's and the route configuration's."""
+
+    name: str
+    weight: int
+    header_mutations: HeaderMutations | None = None
+    host_rewrite: str = ""
+    filter_configs: tuple[FilterOverride, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

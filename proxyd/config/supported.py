@@ -114,6 +114,21 @@ ROUTE_CONFIG: dict[str, Spec] = {
             },
             "route": {
                 "cluster": LEAF,
+                "cluster_header": LEAF,
+                # runtime_key_prefix, use_hash_policy and ClusterWeight.cluster_header /
+                # metadata_match are refused by name.
+                "weighted_clusters": {
+                    "clusters": {
+                        "name": LEAF,
+                        "weight": LEAF,
+                        "host_rewrite_literal": LEAF,
+                        "typed_per_filter_config": PER_FILTER_CONFIG,
+                        **HEADER_MUTATIONS,
+                    },
+                    # Deprecated; Envoy 1.40 ignores it (the weights' sum is the total).
+                    "total_weight": LEAF,
+                    "header_name": LEAF,
+                },
                 "timeout": LEAF,
                 "priority": LEAF,
                 "prefix_rewrite": LEAF,

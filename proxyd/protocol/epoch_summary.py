@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from proxyd.epoch import Cluster, Epoch, Listener
+from proxyd.epoch import Cluster, Epoch, Listener, Route
 from proxyd.protocol.epoch_diff import endpoint_key, route_key
 
 COUNTS = ("listeners", "route_configs", "virtual_hosts", "routes", "clusters", "endpoints", "http_filters")  # fmt: skip
@@ -58,12 +58,21 @@ def _listener(lst: Listener) -> dict[str, Any]:
                 {
                     "name": vh.name,
                     "domains": list(vh.domains),
-                    "routes": [{"name": route_key(r), "cluster": r.cluster} for r in vh.routes],
+                    "routes": [_route(r) for r in vh.routes],
                 }
                 for vh in rc.virtual_hosts
             ],
         },
     }
+
+
+def _route(r: Route) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": route_key(r), "cluster": r.cluster}
+    if r.weighted:
+        out["weighted_clusters"] = [{"name": t.name, "weight": t.weight} for t in r.weighted]
+    if r.cluster_header:
+        out["cluster_header"] = r.cluster_header
+    return out
 
 
 def _cluster(c: Cluster) -> dict[str, Any]:

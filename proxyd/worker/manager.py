@@ -70,6 +70,8 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     if route is None:
         return _serve(stream, plan, conn, None, plan.no_route_filters)
     rp = plan.route_plans[id(route)]
+    if rp.pick is not None:  # weighted_clusters, cluster_header: the cluster's plan
+        rp = rp.pick(h.headers)
     stream.route_plan = rp
     stream.route_name = rp.name
     stream.upstream_cluster = rp.cluster_name

@@ -10,8 +10,19 @@ swap never changes a request in flight.
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
+from functools import partial
 
-from proxyd.epoch import Epoch, FilterOverride, HttpFilter, Listener, RetryPolicy
+from proxyd.epoch import (
+    Epoch,
+    FilterOverride,
+    HeaderMutations,
+    HttpFilter,
+    Listener,
+    RetryPolicy,
+    Route,
+)
 from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.header_mutations import MutationPlan
@@ -62,7 +73,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
-        "local", "mutations", "retry", "exchange", "header_retry",
+        "local", "mutations", "retry", "exchange", "header_retry", "pick",
     )  # fmt: skip
 
     def __init__(
@@ -94,12 +105,83 @@ class RoutePlan:
         # With internal_address_config, and no retry policy: the retry plan an internal
         # request's x-envoy-retry-on asks for (None: no such requests).
         self.header_retry: RetryPlan | None = None
+        # weighted_clusters or cluster_header: what picks the plan of the cluster a
+        # request goes to, from its headers (None: this plan is the route's own).
+        self.pick: WeightedPick | HeaderPick | None = None
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
         self.exchange = RetryingExchange
         ms = plan.expected_timeout_ms()
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
+
+
+class WeightedPick:
+    """RouteAction.weighted_clusters: a cluster's plan by weight, as Envoy picks it (a
+    random number, or the header_name header's uint64 value, modulo the weights' sum,
+    against the running sum of the weights in order)."""
+
+    __slots__ = ("plans", "bounds", "total", "header", "_random")
+
+    def __init__(self, plans: tuple[RoutePlan, ...], weights: tuple[int, ...], header: str):
+        self.plans = plans
+        bounds = []
+        end = 0
+        for w in weights:
+            end += w
+            bounds.append(end)
+        self.bounds = tuple(bounds)
+        self.total = end
+        self.header = header
+        self._random = random.Random()
+
+    def __call__(self, headers: dict[str, str]) -> RoutePlan:
+        value = -1
+        if self.header:
+            raw = headers.get(self.header)
+            # One value only (repeats arrive joined with ","), all digits, in uint64.
+            if raw is not None and raw.isdigit() and raw.isascii() and len(raw) <= 20:
+                n = int(raw)
+                if n < 1 << 64:
+                    value = n
+        if value < 0:
+            value = self._random.getrandbits(64)
+        selected = value % self.total
+        for plan, end in zip(self.plans, self.bounds, strict=True):
+            if selected < end:
+                return plan
+        raise AssertionError("the bounds end at the total")  # pragma: no cover
+
+
+class HeaderPick:
+    """RouteAction.cluster_header: the plan of the cluster the header names, made the
+    first time a cluster is named (at most one per cluster of the epoch); a request
+    without the header, or naming no cluster, gets a plan with no cluster (503)."""
+
+    __slots__ = ("header", "make", "clusters", "plans", "none")
+
+    def __init__(
+        self,
+        header: str,
+        make: Callable[[str], RoutePlan],
+        clusters: dict[str, ClusterState],
+    ):
+        self.header = header
+        self.make = make
+        self.clusters = clusters
+        self.plans: dict[str, RoutePlan] = {}
+        self.none = make("")
+
+    def __call__(self, headers: dict[str, str]) -> RoutePlan:
+        name = headers.get(self.header)
+        if name is None:
+            return self.none
+        plan = self.plans.get(name)
+        if plan is None:
+            if name not in self.clusters:
+                return self.none
+            plan = self.plans[name] = self.make(name)
+        return plan
 
 
 class ListenerPlan:
@@ -127,40 +209,80 @@ class ListenerPlan:
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         filter_headers: set[str] = set()
+        pick_headers: set[str] = set()
         retry_headers = False
+
+        def route_plan(
+            r: Route,
+            cluster_name: str,
+            mutations: tuple[HeaderMutations, ...],
+            host_rewrite: str,
+            filter_configs: tuple[FilterOverride, ...],
+        ) -> RoutePlan:
+            nonlocal filter_headers, retry_headers
+            rp = RoutePlan(
+                r.name, clusters.get(cluster_name), cluster_name, r.timeout_s, r.priority
+            )
+            if r.retry is not None and rp.cluster_name:
+                rp.set_retry(r.retry)
+                retry_headers = True
+            elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
+                rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
+            if r.redirect is not None or r.direct_response is not None:
+                rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+            if (
+                mutations
+                or r.prefix_rewrite is not None
+                or r.regex_rewrite
+                or host_rewrite
+                or r.host_rewrite_header
+                or r.auto_host_rewrite
+            ):
+                rewrite = PathRewrite(
+                    r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
+                )
+                rp.mutations = MutationPlan(
+                    mutations, rewrite, host_rewrite, r.host_rewrite_header, r.auto_host_rewrite
+                )
+            rp.filters = compile_filters(
+                hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime
+            )
+            for f in rp.filters:
+                filter_headers |= f.wanted_headers
+            return rp
+
+        def plan_for(r: Route, cluster_name: str) -> RoutePlan:
+            return route_plan(r, cluster_name, r.header_mutations, r.host_rewrite, r.filter_configs)
+
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
-                rp = RoutePlan(r.name, clusters.get(r.cluster), r.cluster, r.timeout_s, r.priority)
-                if r.retry is not None and rp.cluster_name:
-                    rp.set_retry(r.retry)
-                    retry_headers = True
-                elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
-                    rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
-                if r.redirect is not None or r.direct_response is not None:
-                    rp.local = LocalAction(r.match, r.redirect, r.direct_response)
-                if (
-                    r.header_mutations
-                    or r.prefix_rewrite is not None
-                    or r.regex_rewrite
-                    or r.host_rewrite
-                    or r.host_rewrite_header
-                    or r.auto_host_rewrite
-                ):
-                    rewrite = PathRewrite(
-                        r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
+                if r.weighted:
+                    # One plan per weighted cluster: its header mutations go first (Envoy
+                    # evaluates them before the route's), its filter configs win.
+                    variants = tuple(
+                        route_plan(
+                            r,
+                            t.name,
+                            (t.header_mutations, *r.header_mutations)
+                            if t.header_mutations is not None
+                            else r.header_mutations,
+                            t.host_rewrite or r.host_rewrite,
+                            t.filter_configs,
+                        )
+                        for t in r.weighted
                     )
-                    rp.mutations = MutationPlan(
-                        r.header_mutations,
-                        rewrite,
-                        r.host_rewrite,
-                        r.host_rewrite_header,
-                        r.auto_host_rewrite,
+                    rp = RoutePlan(r.name, None, "", r.timeout_s, r.priority)
+                    rp.pick = WeightedPick(
+                        variants, tuple(t.weight for t in r.weighted), r.weight_header
                     )
-                rp.filters = compile_filters(
-                    hcm.http_filters, r.filter_configs, hcm.stat_prefix, stats, runtime
-                )
-                for f in rp.filters:
-                    filter_headers |= f.wanted_headers
+                    if r.weight_header:
+                        pick_headers.add(r.weight_header)
+                elif r.cluster_header:
+                    rp = RoutePlan(r.name, None, "", r.timeout_s, r.priority)
+                    rp.pick = HeaderPick(r.cluster_header, partial(plan_for, r), clusters)
+                    pick_headers.add(r.cluster_header)
+                else:
+                    rp = plan_for(r, r.cluster)
                 self.route_plans[id(r)] = rp
         # A request no route matches still passes the filters (with their HCM config).
         self.no_route_filters = compile_filters(
@@ -188,7 +310,7 @@ class ListenerPlan:
             log_resp.add("x-envoy-overloaded")  # a response never retried
         # Header names (bytes, lower case) the request parser collects, by the key under
         # which routing and logging look them up.
-        wanted = set(self.routes.needed_headers) | log_req | filter_headers
+        wanted = set(self.routes.needed_headers) | log_req | filter_headers | pick_headers
         self.request_wanted = {n.encode("latin-1"): n for n in wanted}
         self.response_wanted = {n.encode("latin-1"): n for n in log_resp}
         self.policy = RequestHeaderPolicy(
