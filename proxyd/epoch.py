@@ -362,6 +362,9 @@ class Route:
     # of a random number.
     weighted: tuple[WeightedTarget, ...] = ()
     weight_header: str = ""
+    # RouteAction.cluster_not_found_response_code as the status (503, 404 or 500): the
+    # answer when the route's cluster does not exist (RDS, cluster_header).
+    cluster_not_found_status: int = 503
 
 
 @dataclass(frozen=True, slots=True)

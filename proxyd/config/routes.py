@@ -166,6 +166,9 @@ def _route(
         match=match,
         cluster=action.cluster,
         cluster_header=action.cluster_header.lower(),
+        cluster_not_found_status=_NOT_FOUND_CODES[
+            enum_name(action, "cluster_not_found_response_code")
+        ],
         weighted=weighted,
         weight_header=weight_header,
         prefix_rewrite=action.prefix_rewrite or None,
@@ -226,6 +229,9 @@ def _weighted_clusters(
         )
     return tuple(out)
 
+
+# RouteAction.ClusterNotFoundResponseCode by name → the HTTP status.
+_NOT_FOUND_CODES = {"SERVICE_UNAVAILABLE": 503, "NOT_FOUND": 404, "INTERNAL_SERVER_ERROR": 500}
 
 # RedirectAction.RedirectResponseCode by name → the HTTP status.
 _REDIRECT_CODES = {

@@ -115,6 +115,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
             "route": {
                 "cluster": LEAF,
                 "cluster_header": LEAF,
+                "cluster_not_found_response_code": LEAF,
                 # runtime_key_prefix, use_hash_policy and ClusterWeight.cluster_header /
                 # metadata_match are refused by name.
                 "weighted_clusters": {

@@ -141,7 +141,7 @@ async def _serve(
             await answer_locally(stream, plan, rp.local)
         elif rp.cluster is None:
             stream.flags = ResponseFlag.NO_CLUSTER
-            await stream.sink.send_local_reply(503, "")
+            await stream.sink.send_local_reply(rp.not_found_status, "")
         else:
             host = rp.cluster.balancer.pick()
             if host is None:

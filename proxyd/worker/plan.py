@@ -73,7 +73,7 @@ class RoutePlan:
 
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
-        "local", "mutations", "retry", "exchange", "header_retry", "pick",
+        "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
     )  # fmt: skip
 
     def __init__(
@@ -108,6 +108,8 @@ class RoutePlan:
         # weighted_clusters or cluster_header: what picks the plan of the cluster a
         # request goes to, from its headers (None: this plan is the route's own).
         self.pick: WeightedPick | HeaderPick | None = None
+        # The answer when the cluster does not exist (cluster_not_found_response_code).
+        self.not_found_status = 503
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -223,6 +225,7 @@ class ListenerPlan:
             rp = RoutePlan(
                 r.name, clusters.get(cluster_name), cluster_name, r.timeout_s, r.priority
             )
+            rp.not_found_status = r.cluster_not_found_status
             if r.retry is not None and rp.cluster_name:
                 rp.set_retry(r.retry)
                 retry_headers = True

@@ -11,7 +11,8 @@ One bootstrap, one listener, three demo upstreams (``a``, ``b``, ``c``; each ans
 * ``/echo/z/``: weighted a:0, b:5 (a weight of 0 is never picked);
 * ``/echo/s/``: weighted a:1, b:1, c:2 with no header: random, compared as shares;
 * ``/echo/h/``: cluster_header ``x-cluster``: the header names the cluster; missing or
-  unknown, Envoy answers without an upstream.
+  unknown, Envoy answers without an upstream (``/echo/n/`` and ``/echo/i/``: with the
+  status of cluster_not_found_response_code).
 
 Every case runs through Envoy and then proxyd; what the client got (status, body when
 no upstream answered, the headers that matter) and what the upstream received (which
@@ -130,6 +131,20 @@ def config(ports: dict[str, int]) -> str:
             },
         },
         {"match": {"prefix": "/echo/h/"}, "route": {"cluster_header": "x-cluster"}},
+        {
+            "match": {"prefix": "/echo/n/"},
+            "route": {
+                "cluster_header": "x-cluster",
+                "cluster_not_found_response_code": "NOT_FOUND",
+            },
+        },
+        {
+            "match": {"prefix": "/echo/i/"},
+            "route": {
+                "cluster_header": "x-cluster",
+                "cluster_not_found_response_code": "INTERNAL_SERVER_ERROR",
+            },
+        },
     ]
     doc = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -189,6 +204,9 @@ CASES: dict[str, tuple[str, dict[str, str]]] = {
     "cluster_header_wrong_case": ("/echo/h/A", {"x-cluster": "A"}),
     "cluster_header_missing": ("/echo/h/none", {}),
     "cluster_header_empty": ("/echo/h/empty", {"x-cluster": ""}),
+    "not_found_code_404": ("/echo/n/x", {"x-cluster": "nope"}),
+    "not_found_code_404_found": ("/echo/n/a", {"x-cluster": "a"}),
+    "not_found_code_500": ("/echo/i/x", {}),
 }
 
 # Response headers a client may see that the cases compare (the rest vary: date,
@@ -294,6 +312,9 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert e["cluster_header_b_path"]["upstream"]["path"] == "/echo/h/b/deeper?q=1"
     for name in ("unknown", "wrong_case", "missing", "empty"):
         assert "upstream" not in e[f"cluster_header_{name}"], name
+        assert e[f"cluster_header_{name}"]["status"] == 503, name
+    assert e["not_found_code_404"]["status"] == 404 and e["not_found_code_500"]["status"] == 500
+    assert upstream("not_found_code_404_found") == "a"
 
 
 def test_random_picks_follow_the_weights(results: Results) -> None:
