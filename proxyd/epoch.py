@@ -320,6 +320,20 @@ class RouteMatch:
     headers: tuple[HeaderMatch, ...] = ()
     # RouteMatch.runtime_fraction (None: the route always passes this test).
     runtime_fraction: RuntimeFraction | None = None
+    # RouteMatch.query_parameters: every one must match.
+    query: tuple[QueryMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMatch:
+    """Envoy's ``config.route.v3.QueryParameterMatcher``: the first value of parameter
+    ``name`` in the query string, as it is (not percent-decoded; a parameter without
+    "=" has the value ""), must match ``match``; with no ``match``, the parameter must
+    be there (``present``) or not (present_match false)."""
+
+    name: str
+    match: StringMatch | None = None
+    present: bool = True
 
 
 @dataclass(frozen=True, slots=True)

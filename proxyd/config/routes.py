@@ -15,7 +15,7 @@ from collections.abc import Container
 from typing import Any
 
 from proxyd.config.http_filters import compile_per_filter_config, merge_overrides
-from proxyd.config.matchers import header_match
+from proxyd.config.matchers import header_match, string_match
 from proxyd.config.proto import join
 from proxyd.config.retries import with_retry_policies
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
@@ -24,6 +24,7 @@ from proxyd.epoch import (
     FilterOverride,
     HeaderAdd,
     HeaderMutations,
+    QueryMatch,
     Redirect,
     Route,
     RouteConfig,
@@ -347,13 +348,28 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
             numerator=rf.default_value.numerator,
             denominator=DENOMINATORS[rf.default_value.denominator],
         )
+    query = tuple(
+        _query_match(q, f"{join(path, 'query_parameters')}[{i}]", file)
+        for i, q in enumerate(m.query_parameters)
+    )
     return RouteMatch(
         kind=kind,
         value=value,
         case_sensitive=case_sensitive,
         headers=headers,
         runtime_fraction=fraction,
+        query=query,
     )
+
+
+def _query_match(q: Any, path: str, file: str) -> QueryMatch:
+    which = q.WhichOneof("query_parameter_match_specifier")
+    if which == "string_match":
+        return QueryMatch(q.name, string_match(q.string_match, join(path, "string_match"), file))
+    if which == "present_match":
+        return QueryMatch(q.name, None, q.present_match)
+    # Envoy: a matcher with neither matches a parameter that is there.
+    return QueryMatch(q.name)
 
 
 def header_mutations(msg: Any, path: str, file: str) -> HeaderMutations | None:

@@ -106,6 +106,11 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "safe_regex": REGEX,
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
+                "query_parameters": {
+                    "name": LEAF,
+                    "string_match": STRING_MATCHER,
+                    "present_match": LEAF,
+                },
                 # proxyd.protocol.routing, with the runtime's value for runtime_key.
                 "runtime_fraction": {
                     "default_value": {"numerator": LEAF, "denominator": LEAF},

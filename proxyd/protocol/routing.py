@@ -42,7 +42,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from proxyd.epoch import HeaderMatch, Route, RouteConfig, StringMatch, VirtualHost
+from proxyd.epoch import HeaderMatch, QueryMatch, Route, RouteConfig, StringMatch, VirtualHost
 from proxyd.protocol.runtime import EMPTY, RANDOM, Snapshot
 
 # Host values repeat; after this many distinct ones the cache starts over.
@@ -124,6 +124,27 @@ def _compile_header(hm: HeaderMatch) -> _HeaderTest:
     return (name, test, hm.invert_match, hm.treat_missing_as_empty)
 
 
+def _compile_query(qm: QueryMatch) -> _HeaderTest:
+    """A query parameter matcher as a header test on the name "?" + parameter (see
+    :func:`headers_match`); present_match false is a present test, inverted."""
+    test = None if qm.match is None else compile_string_match(qm.match)
+    return ("?" + qm.name, test, qm.match is None and not qm.present, False)
+
+
+def query_value(path: str, name: str) -> str | None:
+    """The first value of query parameter ``name`` in ``path``, as Envoy's route
+    matcher reads it: not percent-decoded, split at the first "=", "" when there is
+    none; None when the parameter is not there."""
+    _, sep, query = path.partition("?")
+    if not sep:
+        return None
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == name:
+            return value
+    return None
+
+
 def compile_headers(matches: tuple[HeaderMatch, ...]) -> tuple[_HeaderTest, ...]:
     """Header matchers compiled for :func:`headers_match` (routes, and the HTTP filters
     that take Envoy's ``HeaderMatcher`` list, such as the fault filter's ``headers``)."""
@@ -132,7 +153,7 @@ def compile_headers(matches: tuple[HeaderMatch, ...]) -> tuple[_HeaderTest, ...]
 
 def header_names(tests: tuple[_HeaderTest, ...]) -> frozenset[str]:
     """The request header names ``tests`` read from ``headers`` (not Host, not the path)."""
-    return frozenset(t[0] for t in tests if t[0] not in _FROM_ARGS)
+    return frozenset(t[0] for t in tests if t[0] not in _FROM_ARGS and t[0][0] != "?")
 
 
 def _compile_route(route: Route, runtime: Snapshot = EMPTY, index: int = 0) -> _CompiledRoute:
@@ -151,6 +172,8 @@ def _compile_route(route: Route, runtime: Snapshot = EMPTY, index: int = 0) -> _
     if kind in (_PREFIX_NOCASE, _PATH_NOCASE):
         value = ascii_lower(value)
     headers = compile_headers(m.headers)
+    if m.query:
+        headers += tuple(_compile_query(q) for q in m.query)
     if m.runtime_fraction is not None:
         guard = _Guard(kind, value, rx, runtime.runtime_fraction(m.runtime_fraction), index)
         return (_GUARDED, "", guard, headers, route)
@@ -208,6 +231,8 @@ def headers_match(
             value: str | None = host
         elif name == ":path":
             value = path
+        elif name[0] == "?":  # a query parameter (RouteMatch.query_parameters)
+            value = query_value(path, name[1:])
         else:
             value = headers.get(name)
         if test is None:  # present match
@@ -247,7 +272,7 @@ class RouteTable:
         for vh in rc.virtual_hosts:
             cvh = _CompiledVirtualHost(vh, runtime)
             for _kind, _value, _rx, tests, _route in cvh.routes:
-                needed.update(t[0] for t in tests)
+                needed.update(t[0] for t in tests if t[0][0] != "?")
             for raw in vh.domains:
                 domain = ascii_lower(raw)
                 if domain == "*":

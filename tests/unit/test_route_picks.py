@@ -1,4 +1,5 @@
-"""weighted_clusters and cluster_header picks (proxyd.worker.plan), without sockets."""
+"""weighted_clusters and cluster_header picks (proxyd.worker.plan) and query parameter
+values (proxyd.protocol.routing), without sockets."""
 
 from __future__ import annotations
 
@@ -51,3 +52,13 @@ def test_cluster_header_makes_one_plan_per_known_cluster() -> None:
     assert none.cluster_name == "" and pick({"x-cluster": "nope"}) is none
     assert pick({"x-cluster": ""}) is none
     assert made == ["", "a", "b"]
+
+
+def test_query_value_reads_the_first_raw_value() -> None:
+    from proxyd.protocol.routing import query_value
+
+    assert query_value("/p?a=1&a=2", "a") == "1"
+    assert query_value("/p?x&a", "a") == "" and query_value("/p?a=1=2", "a") == "1=2"
+    assert query_value("/p?%61=1", "a") is None and query_value("/p?a=%31", "a") == "%31"
+    assert query_value("/p", "a") is None and query_value("/p?", "a") is None
+    assert query_value("/p?&&a=1&&", "a") == "1" and query_value("/p??a=1", "a") is None
