@@ -597,6 +597,26 @@ class HttpConnectionManager:
     transforms: HcmTransforms | None = None
     # common_http_protocol_options.max_headers_count: more request headers get 431.
     max_headers_count: int = 100
+    # http_protocol_options (HTTP/1.0, header name case); None when it sets none of
+    # them (the request path then pays nothing for them).
+    http1: Http1Options | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Http1Options:
+    """The connection manager's ``http_protocol_options`` (core.v3.Http1ProtocolOptions)
+    proxyd implements (proxyd.protocol.http1_options)."""
+
+    # HTTP/1.0 requests are proxied (else answered 426), and the Host of one that has
+    # none (b"": such a request gets 400).
+    accept_http_10: bool = False
+    default_host_for_http_10: str = ""
+    # header_key_format: "" (lower case), "proper_case_words" (response header names
+    # written downstream in Proper-Case) or "preserve_case" (request header names go
+    # upstream as they arrived; with ``envoy_headers_proper_case`` the names proxyd
+    # adds are written in Proper-Case).
+    header_key_format: str = ""
+    envoy_headers_proper_case: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,9 @@ class ProtocolError(ProxydError):
     an upgrade nothing is configured for).
     """
 
+    # Set for an HTTP/1.0 request (accept_http_10): the answer's status line says so.
+    http10 = False
+
     def __init__(self, reason: str, status: int = 400, body: str | None = None) -> None:
         self.reason = reason
         self.status = status

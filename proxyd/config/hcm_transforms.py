@@ -1,15 +1,17 @@
 """The HttpConnectionManager fields that edit requests and responses → epoch
 :class:`~proxyd.epoch.HcmTransforms` (the worker side is
-:mod:`proxyd.worker.request_transforms`)."""
+:mod:`proxyd.worker.request_transforms`), and its ``http_protocol_options`` → epoch
+:class:`~proxyd.epoch.Http1Options` (the worker side is
+:mod:`proxyd.protocol.http1_options`)."""
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Any
 
-from proxyd.config.proto import join
+from proxyd.config.proto import join, unpack
 from proxyd.config.values import enum_name, wrapped_or
-from proxyd.epoch import HcmTransforms
+from proxyd.epoch import HcmTransforms, Http1Options
 from proxyd.errors import ConfigError
 
 DEFAULT = HcmTransforms()
@@ -88,3 +90,41 @@ def _escaped_slashes(hcm: Any) -> str:
     # IMPLEMENTATION_SPECIFIC_DEFAULT is KEEP_UNCHANGED in Envoy (its runtime key
     # http_connection_manager.path_with_escaped_slashes_action is not set).
     return "KEEP_UNCHANGED" if name == "IMPLEMENTATION_SPECIFIC_DEFAULT" else name
+
+
+def compile_http1_options(hcm: Any, path: str, file: str) -> Http1Options | None:
+    """``hcm.http_protocol_options`` as proxyd runs it, or None when it changes nothing
+    (the fields proxyd does not implement were refused by name before this)."""
+    if not hcm.HasField("http_protocol_options"):
+        return None
+    o = hcm.http_protocol_options
+    path = join(path, "http_protocol_options")
+    host = o.default_host_for_http_10
+    if host:
+        try:
+            host.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                file,
+                join(path, "default_host_for_http_10"),
+                "cannot be sent as a Host header (not ISO-8859-1)",
+            ) from None
+    key_format = ""
+    envoy_proper = False
+    fmt = o.header_key_format
+    which = fmt.WhichOneof("header_format") if o.HasField("header_key_format") else None
+    if which == "proper_case_words":
+        key_format = "proper_case_words"
+    elif which == "stateful_formatter":
+        # The coverage tree lets only the preserve_case formatter through.
+        config = unpack(fmt.stateful_formatter.typed_config)
+        assert config is not None
+        key_format = "preserve_case"
+        envoy_proper = enum_name(config, "formatter_type_on_envoy_headers") == "PROPER_CASE"
+    t = Http1Options(
+        accept_http_10=o.accept_http_10,
+        default_host_for_http_10=host,
+        header_key_format=key_format,
+        envoy_headers_proper_case=envoy_proper,
+    )
+    return None if t == Http1Options() else t

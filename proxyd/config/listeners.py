@@ -9,7 +9,7 @@ from typing import Any
 
 from proxyd.config.access_logs import compile_access_logs
 from proxyd.config.dynamic import compile_config_source
-from proxyd.config.hcm_transforms import compile_transforms
+from proxyd.config.hcm_transforms import compile_http1_options, compile_transforms
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
@@ -186,6 +186,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         flush_access_log_on_new_request=hcm.access_log_options.flush_access_log_on_new_request,
         transforms=compile_transforms(hcm, path, file),
         max_headers_count=max_headers,
+        http1=compile_http1_options(hcm, path, file),
     )
 
 

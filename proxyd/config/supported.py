@@ -31,6 +31,9 @@ FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+PRESERVE_CASE_TYPE = (
+    "envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"
+)
 
 SOCKET_ADDRESS: Spec = {"address": LEAF, "port_value": LEAF}
 ADDRESS: Spec = {"socket_address": SOCKET_ADDRESS}
@@ -294,6 +297,28 @@ HCM: Spec = {
     },
     # match_upstream: the :scheme of plain HTTP/1 upstreams, which HTTP/1 does not send.
     "scheme_header_transformation": {"scheme_to_overwrite": LEAF, "match_upstream": LEAF},
+    # proxyd.config.hcm_transforms.compile_http1_options, proxyd.protocol.http1_options.
+    "http_protocol_options": {
+        "accept_http_10": LEAF,
+        "default_host_for_http_10": LEAF,
+        "header_key_format": {
+            "proper_case_words": {},
+            "stateful_formatter": {
+                "name": LEAF,
+                "typed_config": AnyOf(
+                    "stateful header formatter",
+                    {
+                        # forward_reason_phrase acts on responses a cluster's codec
+                        # reads: on a connection manager it changes nothing (Envoy 1.40).
+                        PRESERVE_CASE_TYPE: {
+                            "formatter_type_on_envoy_headers": LEAF,
+                            "forward_reason_phrase": LEAF,
+                        }
+                    },
+                ),
+            },
+        },
+    },
 }
 
 LISTENER: dict[str, Spec] = {

@@ -26,20 +26,27 @@ Bad input raises :class:`proxyd.errors.ProtocolError` with the status the peer g
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import httptools
 
 from proxyd.errors import ProtocolError
 from proxyd.protocol.http1_chunked import LAST_CHUNK, ChunkedDecoder, chunk_header
+from proxyd.protocol.http1_options import original_names
 from proxyd.protocol.http1_request_line import (
     BAD_AUTHORITY,
     BODILESS_METHODS,
     MAX_HEADERS_COUNT,
     METHODS,
     check_request_line,
+    is_http10,
 )
 
+if TYPE_CHECKING:
+    from proxyd.protocol.http1_options import Http1Format
+
 __all__ = [
+    "original_names",
     "CRLF2",
     "LAST_CHUNK",
     "MAX_HEADERS_COUNT",
@@ -158,6 +165,8 @@ class RequestHead:
         "headers",
         "rewrite",
         "has_body",
+        "http10",
+        "names",
     )
 
     def __init__(self) -> None:
@@ -186,6 +195,10 @@ class RequestHead:
         self.rewrite = False
         # ``chunked or content_length > 0``, set with them (read on every request).
         self.has_body = False
+        # An HTTP/1.0 request (or one with no version), taken with accept_http_10.
+        self.http10 = False
+        # With preserve_case: lower-case name -> the spelling it arrived in.
+        self.names: dict[bytes, bytes] | None = None
 
 
 class ResponseHead:
@@ -358,7 +371,10 @@ class RequestHeadParser:
         view: memoryview | bytes,
         wanted: dict[bytes, str],
         max_headers: int = MAX_HEADERS_COUNT,
+        http1: Http1Format | None = None,
     ) -> RequestHead:
+        """``http1`` is the listener's http_protocol_options (None: Envoy's defaults):
+        HTTP/1.0 with accept_http_10, the names as they arrived with preserve_case."""
         self._max_headers = max_headers  # common_http_protocol_options.max_headers_count
         data = bytes(view)
         # The common request line, "METHOD SP target SP HTTP/1.1" CRLF, is checked here
@@ -368,13 +384,36 @@ class RequestHeadParser:
         if m is not None:
             method = m[1]
             if method in METHODS:
-                return self._parse_headers(method, m[2], data, wanted, False)
+                h = self._parse_headers(method, m[2], data, wanted, False)
+                if http1 is not None and http1.preserve_request_case:
+                    h.names = original_names(data)
+                return h
         eol = data.find(b"\n")
         if eol < 0:
             raise ProtocolError("incomplete request head", 400)
         line = data[: eol - 1] if eol and data[eol - 1] == 13 else data[:eol]
-        method, target = check_request_line(line)
-        return self._parse_headers(method, target, self._placeholder(method, data), wanted, True)
+        if http1 is None:
+            method, target = check_request_line(line)
+            return self._parse_headers(
+                method, target, self._placeholder(method, data), wanted, True
+            )
+        method, target = check_request_line(line, http1.accept_http_10)
+        http10 = is_http10(line)
+        try:
+            h = self._parse_headers(
+                method,
+                target,
+                self._placeholder(method, data),
+                wanted,
+                True,
+                http1 if http10 else None,
+            )
+        except ProtocolError as exc:
+            exc.http10 = http10  # answered with an HTTP/1.0 status line
+            raise
+        if http1.preserve_request_case:
+            h.names = original_names(data)
+        return h
 
     @staticmethod
     def _placeholder(method: bytes, data: bytes) -> bytes:
@@ -384,8 +423,17 @@ class RequestHeadParser:
         return method + b" / HTTP/1.1\r\n" + data[data.find(b"\n") + 1 :]
 
     def _parse_headers(
-        self, method: bytes, target: bytes, fed: bytes, wanted: dict[bytes, str], placeholder: bool
+        self,
+        method: bytes,
+        target: bytes,
+        fed: bytes,
+        wanted: dict[bytes, str],
+        placeholder: bool,
+        http10: Http1Format | None = None,
     ) -> RequestHead:
+        """``http10``: the listener's options when the request is HTTP/1.0 (None for
+        HTTP/1.1): its connection closes unless it asks for keep-alive, and it may
+        take the default Host."""
         parser = self._parser
         if parser is None or not self._clean:
             parser = self._parser = httptools.HttpRequestParser(self)
@@ -427,7 +475,7 @@ class RequestHeadParser:
             # llhttp refused what Envoy takes: a target character, bare LF line ends,
             # obs-fold or a bare CR in a value. Parse the head again as Envoy reads it
             # (outside the except block, so the callbacks' own errors keep their cause).
-            h = self._parse_headers(method, target, fixed, wanted, placeholder)
+            h = self._parse_headers(method, target, fixed, wanted, placeholder, http10)
             self._parser = None
             return h
         if not self._done:
@@ -461,7 +509,9 @@ class RequestHeadParser:
             host = self._absolute_form(h, target) or host
             path = h.path.encode("latin-1")
         if host is None:
-            raise ProtocolError("missing host", 400, body="")
+            if http10 is None or not http10.default_host:
+                raise ProtocolError("missing host", 400, body="")
+            host = http10.default_host  # default_host_for_http_10
         if BAD_AUTHORITY.search(host):
             raise ProtocolError("invalid host", 400)
         h.host = host.decode("latin-1")
@@ -478,6 +528,10 @@ class RequestHeadParser:
                 if t == b"te" and self._te_kept:
                     continue  # "te: trailers" stays, as Envoy keeps it
                 h.remove.append(t)
+        if http10 is not None:
+            # HTTP/1.0 closes after the response unless the request asks otherwise.
+            h.http10 = True
+            h.keep_alive = b"keep-alive" in tokens and b"close" not in tokens
         if h.chunked and h.content_length >= 0:
             raise ProtocolError("content-length with transfer-encoding", 400)
         if h.content_length < 0 and not h.chunked and smethod not in BODILESS_METHODS:

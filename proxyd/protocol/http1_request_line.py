@@ -37,11 +37,13 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 MAX_HEADERS_COUNT = 100
 
 
-def check_request_line(line: bytes) -> tuple[bytes, bytes]:
+def check_request_line(line: bytes, accept_http_10: bool = False) -> tuple[bytes, bytes]:
     """``(method, target)`` of a request line (without its line end), or the
     :class:`ProtocolError` Envoy answers it with: 426 for a version other than
     HTTP/1.1 (HTTP/1.0, a line with no version as in HTTP/0.9, ``HTTP/1.2``,
     ``HTTP/2.0``), 400 for anything else that is not ``method SP target SP HTTP/x.y``.
+    With ``accept_http_10`` (Http1ProtocolOptions) each of those 426s is taken as an
+    HTTP/1.0 request instead, as Envoy takes it (:func:`is_http10` tells them apart).
 
     The worker can call it as soon as the first line of a head is in, so that a
     request line that can never lead anywhere is answered without waiting for the rest.
@@ -56,12 +58,31 @@ def check_request_line(line: bytes) -> tuple[bytes, bytes]:
         raise ProtocolError("no request target", 400)
     if version != b"HTTP/1.1":
         if version is None or _VERSION.match(version):
+            if accept_http_10:
+                # Envoy 1.40 then takes any other version (HTTP/0.9, 1.2, 2.0, a line
+                # without one) as HTTP/1.0.
+                return method, _checked_target(target)
             # Envoy refuses HTTP/1.0 unless accept_http_10 is set.
             raise ProtocolError("only HTTP/1.1 is accepted", 426)
         raise ProtocolError("invalid HTTP version", 400)
+    return method, _checked_target(target)
+
+
+def _checked_target(target: bytes) -> bytes:
     if BAD_TARGET.search(target):
         raise ProtocolError("invalid character in the request target", 400)
-    return method, target
+    return target
+
+
+def check_http10_request_line(line: bytes) -> tuple[bytes, bytes]:
+    """:func:`check_request_line` with ``accept_http_10``."""
+    return check_request_line(line, True)
+
+
+def is_http10(line: bytes) -> bool:
+    """Whether a request line :func:`check_request_line` took is not HTTP/1.1."""
+    m = _LINE.match(line)
+    return m is not None and m[3] != b"HTTP/1.1"
 
 
 def check_request_start(prefix: bytes) -> None:

@@ -35,7 +35,11 @@ from proxyd.errors import ProtocolError
 from proxyd.protocol.http1 import CRLF2, LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader, ReceiveBuffer
 from proxyd.protocol.http1_headers import CONTINUE_100, REASONS, local_reply, response_head
-from proxyd.protocol.http1_request_line import check_request_line, check_request_start
+from proxyd.protocol.http1_request_line import (
+    check_http10_request_line,
+    check_request_line,
+    check_request_start,
+)
 from proxyd.worker import accesslog_plan, io, manager
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 from proxyd.worker.router import arm_request_phase
@@ -44,6 +48,7 @@ from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import RequestHeadParser
+    from proxyd.protocol.http1_options import Http1Format
     from proxyd.worker.deadlines import Timers
     from proxyd.worker.plan import ListenerPlan
     from proxyd.worker.stats import StatsStore
@@ -179,6 +184,10 @@ class DownstreamConnection:
         self.plan = plan
         if plan.access.connection_logs:
             accesslog_plan.connection_opened(self, plan)
+        if plan.http1 is not None and plan.http1.accept_http_10:
+            # (A listener update closes the connection after its response, so the
+            # plan it was accepted under decides for all its requests.)
+            self.rb.check_first_line = check_http10_request_line
         try:
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request. It runs in one cancel scope
@@ -210,7 +219,7 @@ class DownstreamConnection:
                                 self.listener_updated = True
                             self.plan = plan
                             h = worker.head_parser.parse(
-                                head, plan.request_wanted, plan.max_headers
+                                head, plan.request_wanted, plan.max_headers, plan.http1
                             )
                         except ProtocolError as exc:
                             await self._reject(plan, exc)
@@ -346,6 +355,8 @@ class DownstreamConnection:
         self.closing = True
         t_wall, t0 = manager.clock_now(plan)
         data = local_reply(status, body, plan.reject_headers, close=True)
+        if plan.http1 is not None:
+            data = plan.http1.downstream_head(data, exc.http10, False)
         try:
             await io.send_all(self.sock, data)
             stream.bytes_sent += len(data) - data.find(CRLF2) - 4
@@ -426,9 +437,14 @@ class DownstreamConnection:
         stream = self.stream
         assert stream is not None and self.plan is not None
         close = self.wants_close()
+        chunked = length < 0
+        http1 = self.plan.http1
+        if http1 is not None:
+            return await self._send_headers_http1(
+                http1, r, service_ms, close, chunked, first, end_stream
+            )
         if close:
             self.closing = True
-        chunked = length < 0
         self.chunked_out = chunked
         rp = stream.route_plan
         if rp is not None and rp.mutations is not None:
@@ -460,6 +476,42 @@ class DownstreamConnection:
                 response_head(r, server, service_ms, chunked, close, stream.response_added)
             ]
             self._frame(first, end_stream, parts)
+            await io.send_parts(self.sock, parts)
+        except OSError:
+            raise DownstreamReset() from None
+
+    async def _send_headers_http1(
+        self,
+        http1: Http1Format,
+        r: ResponseHead,
+        service_ms: int,
+        close: bool,
+        chunked: bool,
+        first: list,
+        end_stream: bool,
+    ) -> None:
+        """:meth:`send_headers` on a listener with http_protocol_options."""
+        stream = self.stream
+        assert stream is not None and self.plan is not None and stream.head is not None
+        http10 = stream.head.http10
+        if http10 and chunked:
+            # HTTP/1.0 has no chunked framing: the body ends with the connection.
+            chunked = False
+            close = True
+        if close:
+            self.closing = True
+        self.chunked_out = chunked
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
+        stream.response_started = True
+        out = response_head(r, self.plan.server, service_ms, chunked, close, stream.response_added)
+        parts: list = [http1.downstream_head(out, http10, not close)]
+        if first:
+            self._frame(first, end_stream, parts)
+        elif chunked and end_stream:
+            parts.append(LAST_CHUNK)
+        try:
             await io.send_parts(self.sock, parts)
         except OSError:
             raise DownstreamReset() from None
@@ -501,11 +553,14 @@ class DownstreamConnection:
         if stream.response_started:
             raise DownstreamReset()  # a head went out already: all that is left is a reset
         close = self.wants_close()
+        h = stream.head
+        http1 = self.plan.http1
+        if http1 is not None and h is not None and h.http10:
+            close = True  # Envoy closes after a local reply to HTTP/1.0, keep-alive or not
         if close:
             self.closing = True
         stream.status = status
         stream.response_started = True
-        h = stream.head
         if stream.response_added:
             extra += b"".join(stream.response_added)
         data = local_reply(
@@ -519,6 +574,8 @@ class DownstreamConnection:
         rp = stream.route_plan
         if rp is not None and rp.mutations is not None:
             data = rp.mutations.on_local_reply(data, stream, self)
+        if http1 is not None and h is not None:
+            data = http1.downstream_head(data, h.http10, not close)
         try:
             await io.send_all(self.sock, data)
         except (OSError, trio.ClosedResourceError):

@@ -93,6 +93,8 @@ def _exchange(
     )
     if rp.mutations is not None:
         head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
+    if plan.http1 is not None:  # preserve_case: the names as the client wrote them
+        head = plan.http1.upstream_head(head, h.names)
     if h.envoy_headers and rp.header_retry is not None:
         # An internal request's x-envoy-retry-on on a route without a retry policy.
         return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))

@@ -27,6 +27,7 @@ from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
+from proxyd.protocol.http1_options import Http1Format
 from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
@@ -332,6 +333,8 @@ class ListenerPlan:
         self.reject_headers = self.server
         self.max_head = hcm.max_request_headers_kb * 1024
         self.max_headers = hcm.max_headers_count
+        # http_protocol_options (HTTP/1.0, header name case); None when it sets none.
+        self.http1 = Http1Format(hcm.http1) if hcm.http1 is not None else None
         # Bytes read from one side before they are written to the other (Envoy's soft
         # per-connection limit; the receive buffers themselves are smaller still).
         self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)

@@ -66,7 +66,10 @@ if TYPE_CHECKING:
     from proxyd.worker.upstream import HostState
 
 _ATTEMPT_COUNT_LINE = re.compile(rb"\r\nx-envoy-attempt-count:[^\r\n]*", re.IGNORECASE)
-_EXPECTED_TIMEOUT_LINE = re.compile(rb"\r\nx-envoy-expected-rq-timeout-ms:[^\r\n]*")
+# (Any case: with preserve_case the head may spell it X-Envoy-Expected-Rq-Timeout-Ms.)
+_EXPECTED_TIMEOUT_LINE = re.compile(
+    rb"(\r\nx-envoy-expected-rq-timeout-ms):[^\r\n]*", re.IGNORECASE
+)
 
 
 _INTERNAL_LINE = b"\r\nx-envoy-internal: true\r\n"
@@ -81,8 +84,8 @@ def internal_retry_headers(raw: bytes, head: bytes) -> dict[str, str] | None:
     x-envoy-upstream-rq-per-try-timeout-ms (the first of each), read from its head;
     None for a request that is not internal (its upstream head says so), whose Envoy
     drops them unread."""
-    if _INTERNAL_LINE not in head:
-        return None
+    if _INTERNAL_LINE not in head and _INTERNAL_LINE not in head.lower():
+        return None  # (lower(): preserve_case may have written X-Envoy-Internal)
     out: dict[str, str] = {}
     for m in _RETRY_HEADER_LINE.finditer(raw):
         out.setdefault(m.group(1).decode(), m.group(2).strip().decode("latin-1"))
@@ -432,7 +435,7 @@ class RetryingExchange(Exchange):
             left = int((d.at - self.timers.now()) * 1000)
             ms = max(1, min(ms, left))
         return _EXPECTED_TIMEOUT_LINE.sub(
-            b"\r\nx-envoy-expected-rq-timeout-ms: %d" % ms, head, count=1
+            lambda m: m[1] + b": %d" % ms, head, count=1
         )
 
     # -- the body ---------------------------------------------------------------------------

@@ -4,7 +4,8 @@
   it receives by its ``x-case`` header, and answers ``200 ok`` with ``connection:
   close`` plus the response headers the request asked for in ``x-up-reply``
   (``name=value;name=value``), so a case can make the upstream send a ``server``,
-  ``via`` or ``x-request-id`` header.
+  ``via`` or ``x-request-id`` header; a request with ``x-up-chunked`` gets its body
+  chunked (a length the proxy does not know).
 * :func:`send` plays raw request bytes on a new connection and returns the response,
   reading exactly one response (by its content-length) with bounded waits.
 """
@@ -106,7 +107,15 @@ class EchoUpstream:
                 if "=" in item:
                     name, value = item.split("=", 1)
                     extra += f"{name}: {value}\r\n".encode("latin-1")
+            chunked = any(k.lower() == "x-up-chunked" for k, _ in headers)
             try:
+                if chunked:  # a body of unknown length
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n"
+                        + extra
+                        + b"\r\n2\r\nok\r\n0\r\n\r\n"
+                    )
+                    return
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n"
                     + extra
