@@ -10,6 +10,7 @@ One bootstrap, one listener, three demo upstreams (``a``, ``b``, ``c``; each ans
   cluster's before the route's, so the route's value is the one that stays);
 * ``/echo/z/``: weighted a:0, b:5 (a weight of 0 is never picked);
 * ``/echo/s/``: weighted a:1, b:1, c:2 with no header: random, compared as shares;
+* ``/echo/d/``: a route with a ``decorator`` (no tracing: it changes nothing);
 * ``/echo/h/``: cluster_header ``x-cluster``: the header names the cluster; missing or
   unknown, Envoy answers without an upstream (``/echo/n/`` and ``/echo/i/``: with the
   status of cluster_not_found_response_code).
@@ -132,6 +133,11 @@ def config(ports: dict[str, int]) -> str:
         },
         {"match": {"prefix": "/echo/h/"}, "route": {"cluster_header": "x-cluster"}},
         {
+            "match": {"prefix": "/echo/d/"},
+            "decorator": {"operation": "op", "propagate": True},
+            "route": {"cluster": "c"},
+        },
+        {
             "match": {"prefix": "/echo/n/"},
             "route": {
                 "cluster_header": "x-cluster",
@@ -207,13 +213,18 @@ CASES: dict[str, tuple[str, dict[str, str]]] = {
     "not_found_code_404": ("/echo/n/x", {"x-cluster": "nope"}),
     "not_found_code_404_found": ("/echo/n/a", {"x-cluster": "a"}),
     "not_found_code_500": ("/echo/i/x", {}),
+    "decorator_no_tracing": ("/echo/d/x", {"x-envoy-decorator-operation": "client"}),
+    "decorator_no_header": ("/echo/d/y", {}),
 }
 
 # Response headers a client may see that the cases compare (the rest vary: date,
 # x-envoy-upstream-service-time, content-length of the echo).
 COMPARED = ("x-upstream-name", "x-wc-resp", "x-route-resp", "server", "content-type")
 # What the upstream received that the cases compare.
-ECHOED = ("host", "x-wc", "x-route", "x-order", "x-drop", "x-pick", "x-cluster")
+ECHOED = (
+    "host", "x-wc", "x-route", "x-order", "x-drop", "x-pick", "x-cluster",
+    "x-envoy-decorator-operation",
+)  # fmt: skip
 
 
 def play(port: int, path: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -315,6 +326,10 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
         assert e[f"cluster_header_{name}"]["status"] == 503, name
     assert e["not_found_code_404"]["status"] == 404 and e["not_found_code_500"]["status"] == 500
     assert upstream("not_found_code_404_found") == "a"
+    # No tracing: a route's decorator changes nothing; the client's header goes on.
+    seen = e["decorator_no_tracing"]["upstream"]["headers"]
+    assert seen["x-envoy-decorator-operation"] == "client"
+    assert "x-envoy-decorator-operation" not in e["decorator_no_header"]["upstream"]["headers"]
 
 
 def test_random_picks_follow_the_weights(results: Results) -> None:
