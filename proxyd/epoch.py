@@ -313,7 +313,8 @@ class RuntimeFraction:
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
-    # "prefix", "path" or "safe_regex" (a full match of the path, without the query).
+    # "prefix", "path", "safe_regex" (a full match of the path, without the query) or
+    # "path_separated_prefix" (the prefix, then the end of the path or a "/").
     kind: str
     value: str
     case_sensitive: bool = True
@@ -322,6 +323,8 @@ class RouteMatch:
     runtime_fraction: RuntimeFraction | None = None
     # RouteMatch.query_parameters: every one must match.
     query: tuple[QueryMatch, ...] = ()
+    # RouteMatch.grpc: only gRPC requests (content-type application/grpc[+...]).
+    grpc: bool = False
 
 
 @dataclass(frozen=True, slots=True)

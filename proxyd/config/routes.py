@@ -190,8 +190,8 @@ def _check_cluster(name: str, path: str, clusters: Container[str], file: str, wh
         raise ConfigError(
             file,
             path,
-            f"cluster '{name}' is an HTTP/2 cluster, which proxyd uses only for xDS "
-            "gRPC; routes cannot name it",
+            f"cluster '{name}' is an HTTP/2 cluster: HTTP/2 upstreams for routes are not "
+            "supported by proxyd (it uses HTTP/2 clusters only for xDS gRPC)",
         )
     if name not in clusters:
         raise ConfigError(file, path, f"unknown {what} '{name}'")
@@ -333,10 +333,12 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         value = m.safe_regex.regex
         check_regex(value, join(path, "safe_regex.regex"), file)
         case_sensitive = True  # Envoy ignores case_sensitive for safe_regex
-    elif kind in ("prefix", "path"):
+    elif kind in ("prefix", "path", "path_separated_prefix"):
         value = getattr(m, kind)
-    else:  # the proto constraint already asked for one of them
-        raise ConfigError(file, path, "one of prefix, path or safe_regex is required")
+    else:  # the coverage tree refused the others by name
+        raise ConfigError(
+            file, path, "one of prefix, path, safe_regex or path_separated_prefix is required"
+        )
     headers = tuple(
         header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
     )
@@ -359,6 +361,7 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         headers=headers,
         runtime_fraction=fraction,
         query=query,
+        grpc=m.HasField("grpc"),
     )
 
 

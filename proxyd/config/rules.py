@@ -177,6 +177,9 @@ def _check_string(value: str, r: Any) -> Iterator[str]:
         yield f"value length must be at least {r.min_bytes} bytes"
     if r.HasField("max_bytes") and size > r.max_bytes:
         yield f"value length must be at most {r.max_bytes} bytes"
+    if r.HasField("pattern") and _pattern(r.pattern).search(value) is None:
+        # protoc-gen-validate's C++ checks use RE2::PartialMatch: a search.
+        yield f'value does not match regex pattern "{r.pattern}"'
     if r.HasField("well_known_regex"):
         strict = r.strict if r.HasField("strict") else True
         if r.well_known_regex == pgv.HTTP_HEADER_NAME:
@@ -186,6 +189,11 @@ def _check_string(value: str, r: Any) -> Iterator[str]:
             pattern = _HEADER_VALUE if strict else _HEADER_VALUE_LOOSE
             if not pattern.match(value):
                 yield "value does not match regex pattern for an HTTP header value"
+
+
+@cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 def _check_enum(value: int, r: Any) -> Iterator[str]:

@@ -107,6 +107,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "prefix": LEAF,
                 "path": LEAF,
                 "safe_regex": REGEX,
+                "path_separated_prefix": LEAF,
+                "grpc": {},
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
                 "query_parameters": {

@@ -50,7 +50,8 @@ _VHOST_CACHE_LIMIT = 1024
 
 # Path matcher kinds, as small ints so the hot loop compares integers. _GUARDED: a route
 # with a runtime_fraction; its third element is a _Guard with the path matcher.
-_PREFIX, _PREFIX_NOCASE, _PATH, _PATH_NOCASE, _REGEX, _GUARDED = range(6)
+# _SEP, _SEP_NOCASE: path_separated_prefix.
+_PREFIX, _PREFIX_NOCASE, _PATH, _PATH_NOCASE, _REGEX, _GUARDED, _SEP, _SEP_NOCASE = range(8)
 
 # Envoy lower-cases with absl::AsciiStrToLower: only A-Z change.
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
@@ -167,11 +168,15 @@ def _compile_route(route: Route, runtime: Snapshot = EMPTY, index: int = 0) -> _
     elif m.kind == "safe_regex":
         kind = _REGEX
         rx = re.compile(value)
+    elif m.kind == "path_separated_prefix":
+        kind = _SEP if m.case_sensitive else _SEP_NOCASE
     else:
         raise ValueError(f"route {route.name!r}: unknown path match kind {m.kind!r}")
-    if kind in (_PREFIX_NOCASE, _PATH_NOCASE):
+    if kind in (_PREFIX_NOCASE, _PATH_NOCASE, _SEP_NOCASE):
         value = ascii_lower(value)
     headers = compile_headers(m.headers)
+    if m.grpc:
+        headers += (("content-type", is_grpc_content_type, False, False),)
     if m.query:
         headers += tuple(_compile_query(q) for q in m.query)
     if m.runtime_fraction is not None:
@@ -189,7 +194,23 @@ def _path_matches(kind: int, value: str, rx: re.Pattern[str] | None, bare: str) 
         return rx.fullmatch(bare) is not None  # type: ignore[union-attr]
     if kind == _PREFIX_NOCASE:
         return ascii_lower(bare).startswith(value)
+    if kind == _SEP:
+        return _separated(bare, value)
+    if kind == _SEP_NOCASE:
+        return _separated(ascii_lower(bare), value)
     return ascii_lower(bare) == value
+
+
+def _separated(bare: str, prefix: str) -> bool:
+    """path_separated_prefix: the prefix, then the end of the path or a "/"."""
+    n = len(prefix)
+    return bare.startswith(prefix) and (len(bare) == n or bare[n] == "/")
+
+
+def is_grpc_content_type(value: str) -> bool:
+    """Envoy's Grpc::Common::hasGrpcContentType: exactly "application/grpc", or it
+    followed by "+" (application/grpc-web is not gRPC)."""
+    return value.startswith("application/grpc") and (len(value) == 16 or value[16] == "+")
 
 
 def _match_guarded(
@@ -373,13 +394,20 @@ class RouteTable:
             else:
                 if kind == _GUARDED:
                     return _match_guarded(cvh.routes, rx.index, host, path, bare, headers)
-                if lowered is None:
-                    lowered = ascii_lower(bare)
-                if kind == _PREFIX_NOCASE:
-                    if not lowered.startswith(value):
+                if kind == _SEP:
+                    if not _separated(bare, value):
                         continue
-                elif lowered != value:
-                    continue
+                else:
+                    if lowered is None:
+                        lowered = ascii_lower(bare)
+                    if kind == _PREFIX_NOCASE:
+                        if not lowered.startswith(value):
+                            continue
+                    elif kind == _SEP_NOCASE:
+                        if not _separated(lowered, value):
+                            continue
+                    elif lowered != value:
+                        continue
             if tests and not headers_match(tests, headers, host, path):
                 continue
             return route

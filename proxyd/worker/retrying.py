@@ -434,9 +434,7 @@ class RetryingExchange(Exchange):
         if self.rplan.timeout_s and d.kind is DeadlineKind.ROUTE and d.at != INF:
             left = int((d.at - self.timers.now()) * 1000)
             ms = max(1, min(ms, left))
-        return _EXPECTED_TIMEOUT_LINE.sub(
-            lambda m: m[1] + b": %d" % ms, head, count=1
-        )
+        return _EXPECTED_TIMEOUT_LINE.sub(lambda m: m[1] + b": %d" % ms, head, count=1)
 
     # -- the body ---------------------------------------------------------------------------
 

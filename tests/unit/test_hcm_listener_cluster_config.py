@@ -105,17 +105,21 @@ def test_via_must_be_latin1() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "refused"),
     [
-        ("http_protocol_options", {"accept_http_10": True}),
-        ("drain_timeout", "1s"),
+        (
+            "http_protocol_options",
+            {"enable_trailers": True},
+            "http_protocol_options.enable_trailers",
+        ),
+        ("drain_timeout", "1s", "drain_timeout"),
     ],
 )
-def test_hcm_fields_left_out_are_refused_by_name(field: str, value: Any) -> None:
+def test_hcm_fields_left_out_are_refused_by_name(field: str, value: Any, refused: str) -> None:
     d = base()
     hcm(d)[field] = value
     err = reject(d)
-    assert err.path == f"{HCM_PATH}.{field}"
+    assert err.path == f"{HCM_PATH}.{refused}"
     assert err.reason == "field not supported by proxyd"
 
 

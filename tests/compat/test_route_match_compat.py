@@ -1,5 +1,6 @@
-"""Route matching on query parameters (``RouteMatch.query_parameters``): real Envoy and
-real proxyd on the same route table.
+"""Route matching on query parameters (``RouteMatch.query_parameters``), on a
+``path_separated_prefix`` and on gRPC requests (``grpc``): real Envoy and real proxyd
+on the same route table.
 
 Each route answers with a direct_response naming itself, so no upstream is needed: a
 case is a request path, and Envoy and proxyd must pick the same route for it (the
@@ -7,7 +8,9 @@ body) with the same status. The routes cover every matcher kind (exact, prefix,
 suffix, contains, safe_regex, ignore_case, present_match true and false) and more than
 one parameter per route; the cases cover repeated keys, keys without a value or "=",
 percent-encoding in keys and values, "+", empty values, a fragment-free path with no
-query, and keys that only differ in case.
+query, and keys that only differ in case. The path_separated_prefix cases put the
+prefix at the end of the path, before "/", "?", other characters, in another case; the
+gRPC ones send the content types Envoy counts as gRPC and the ones it does not.
 """
 
 from __future__ import annotations
@@ -65,6 +68,21 @@ ROUTES = [
     _route("/q/", "empty_value", {"name": "nv", "string_match": _sm(exact="")}),
     _route("/r/", "absent", {"name": "z", "present_match": False}),
     {
+        "name": "sep",
+        "match": {"path_separated_prefix": "/sep/api"},
+        "direct_response": {"status": 200, "body": {"inline_string": "sep"}},
+    },
+    {
+        "name": "sep_nocase",
+        "match": {"path_separated_prefix": "/NoCase", "case_sensitive": False},
+        "direct_response": {"status": 200, "body": {"inline_string": "sep_nocase"}},
+    },
+    {
+        "name": "grpc",
+        "match": {"prefix": "/g/", "grpc": {}},
+        "direct_response": {"status": 200, "body": {"inline_string": "grpc"}},
+    },
+    {
         "name": "fallback",
         "match": {"prefix": "/"},
         "direct_response": {"status": 404, "body": {"inline_string": "none"}},
@@ -106,6 +124,29 @@ CASES: dict[str, str] = {
     "absent_ok": "/r/?y=1",
     "absent_present": "/r/?z=1",
     "absent_bare": "/r/?z",
+    "sep_exact": "/sep/api",
+    "sep_slash": "/sep/api/",
+    "sep_deeper": "/sep/api/v1/x",
+    "sep_query": "/sep/api?x=1",
+    "sep_longer_word": "/sep/apiv2",
+    "sep_dash": "/sep/api-x",
+    "sep_case": "/sep/API",
+    "sep_short": "/sep/ap",
+    "sep_nocase_exact": "/nocase",
+    "sep_nocase_deeper": "/NOCASE/x",
+    "sep_nocase_longer": "/nocasex",
+}
+
+# name -> (path, content-type); sent as POST with an empty body.
+GRPC_CASES: dict[str, tuple[str, str | None]] = {
+    "grpc_plain": ("/g/x", "application/grpc"),
+    "grpc_proto": ("/g/x", "application/grpc+proto"),
+    "grpc_json": ("/g/x", "application/grpc+json"),
+    "grpc_web": ("/g/x", "application/grpc-web"),
+    "grpc_params": ("/g/x", "application/grpc;charset=utf-8"),
+    "grpc_upper": ("/g/x", "Application/GRPC"),
+    "grpc_none": ("/g/x", None),
+    "grpc_json_ct": ("/g/x", "application/json"),
 }
 
 
@@ -157,6 +198,14 @@ def play_all(port: int) -> dict[str, tuple[int, str]]:
             conn.request("GET", path)
             r = conn.getresponse()
             out[name] = (r.status, r.read().decode())
+        for name, (path, ctype) in GRPC_CASES.items():
+            conn.request("POST", path, body=b"", headers={"content-type": ctype} if ctype else {})
+            r = conn.getresponse()
+            # The route that answered. (Envoy answers a gRPC request's local reply the
+            # gRPC way: 200, the body in grpc-message; proxyd does not yet, see Known
+            # differences; only which route matched is compared.)
+            body = r.read().decode()
+            out[name] = (0, r.getheader("grpc-message") or body)
     finally:
         conn.close()
     return out
@@ -178,8 +227,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     yield Results(envoy_side, proxyd_side)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_proxyd_matches_query_like_envoy(results: Results, name: str) -> None:
+@pytest.mark.parametrize("name", [*CASES, *GRPC_CASES])
+def test_proxyd_matches_like_envoy(results: Results, name: str) -> None:
     assert results.proxyd[name] == results.envoy[name]
 
 
@@ -189,3 +238,7 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert e["present_no_value"] == (200, "present") and e["two_one"] == (404, "none")
     assert e["regex"] == (200, "regex") and e["regex_partial"] == (404, "none")
     assert e["absent_ok"] == (200, "absent") and e["absent_present"] == (404, "none")
+    assert e["sep_deeper"] == (200, "sep") and e["sep_longer_word"] == (404, "none")
+    assert e["sep_nocase_deeper"] == (200, "sep_nocase")
+    assert e["grpc_proto"] == (0, "grpc") and e["grpc_web"] == (0, "none")
+    assert e["grpc_params"] == (0, "none") and e["grpc_upper"] == (0, "none")
