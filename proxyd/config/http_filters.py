@@ -49,6 +49,18 @@ def compile_http_filters(
                 raise ConfigError(
                     file, here, f"terminal filter '{f.name}' must be the last HTTP filter"
                 )
+            router = unpack(f.typed_config)
+            if (
+                router is not None
+                and router.HasField("dynamic_stats")
+                and not router.dynamic_stats.value
+            ):
+                raise ConfigError(
+                    file,
+                    join(here, "typed_config.dynamic_stats"),
+                    "dynamic_stats false (no per-status and timing stats) not supported by "
+                    "proxyd: it always keeps them",
+                )
             continue
         if last:
             raise ConfigError(

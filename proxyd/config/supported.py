@@ -176,6 +176,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
         **HEADER_MUTATIONS,
         "retry_policy": RETRY_POLICY,
         "include_request_attempt_count": LEAF,
+        "metadata": METADATA,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
     **HEADER_MUTATIONS,
@@ -260,7 +261,15 @@ HCM: Spec = {
     "rds": {"config_source": CONFIG_SOURCE, "route_config_name": LEAF},
     "http_filters": {
         "name": LEAF,
-        "typed_config": AnyOf("HTTP filter", {ROUTER_TYPE: {}, **http_filters.filter_types()}),
+        "typed_config": AnyOf(
+            "HTTP filter",
+            {
+                # start_child_span only matters with tracing (refused); dynamic_stats
+                # true is what proxyd does (false is refused by http_filters).
+                ROUTER_TYPE: {"start_child_span": LEAF, "dynamic_stats": LEAF},
+                **http_filters.filter_types(),
+            },
+        ),
         "disabled": LEAF,
     },
     "access_log": ACCESS_LOG,
@@ -359,6 +368,8 @@ LISTENER: dict[str, Spec] = {
             "name": LEAF,
             "typed_config": AnyOf("network filter", {HCM_TYPE: HCM}),
         },
+        # A label (/config_dump); with one filter chain per listener nothing refers to it.
+        "name": LEAF,
     },
 }
 
