@@ -494,6 +494,9 @@ class VirtualHost:
 class RouteConfig:
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
+    # internal_only_headers (lower case): removed from a request that is not internal
+    # before it is routed.
+    internal_only_headers: tuple[str, ...] = ()
 
 
 # -- listeners ------------------------------------------------------------------------

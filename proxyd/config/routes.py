@@ -110,7 +110,11 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
             routes.append(route)
         kept_routes = with_retry_policies(vh, here, tuple(routes), file)
         vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes))
-    return RouteConfig(name=rc.name, virtual_hosts=tuple(vhosts))
+    return RouteConfig(
+        name=rc.name,
+        virtual_hosts=tuple(vhosts),
+        internal_only_headers=tuple(dict.fromkeys(n.lower() for n in rc.internal_only_headers)),
+    )
 
 
 def _route(

@@ -181,6 +181,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
     "typed_per_filter_config": PER_FILTER_CONFIG,
     **HEADER_MUTATIONS,
     "most_specific_header_mutations_wins": LEAF,
+    "internal_only_headers": LEAF,
 }
 
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).

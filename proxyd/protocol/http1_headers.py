@@ -244,10 +244,8 @@ class RequestHeaderPolicy:
         hops = self.trusted_hops
         edge = self.use_remote_address
         xff = h.xff
-        trusted = remote_ip
+        trusted = self.trusted_address(h, remote_ip)
         if edge:
-            if hops > 0 and xff:
-                trusted = _xff_from_right(xff, hops - 1) or remote_ip
             if not self.skip_xff_append:
                 hop = self.local_address if _is_loopback(remote_ip) else remote_ip
                 if xff:
@@ -256,20 +254,9 @@ class RequestHeaderPolicy:
                 else:
                     xff = hop.encode()
                 add.append(b"x-forwarded-for: " + xff + b"\r\n")
-        elif xff:
-            trusted = _xff_from_right(xff, hops) or remote_ip
-        # Envoy's edge request: from outside, so its internal headers go. A request is
-        # internal (never edge) when it came without x-forwarded-for at the edge (off
-        # the edge: with exactly one address in it) from an internal address.
-        edge_request = edge
-        internal = False
-        if self.internal is not None:
-            if edge:
-                internal = not h.xff and self.internal(trusted)
-            else:
-                internal = bool(h.xff) and b"," not in h.xff and self.internal(trusted)
-            if internal:
-                edge_request = False
+        # Envoy's edge request: from outside, so its internal headers go.
+        internal = self.internal is not None and self._internal(h, trusted)
+        edge_request = edge and not internal
         # At the edge an untrusted client's x-forwarded-proto is overwritten; behind a
         # trusted hop (or off the edge) the one that came is kept (Envoy 1.40).
         forced = self.forced_xfp
@@ -308,6 +295,31 @@ class RequestHeaderPolicy:
         add.append(b"\r\n")
         raw = h.raw  # already origin form with one host line first (RequestHeadParser)
         return head_without(raw, remove) + b"".join(add), request_id, trusted, xff
+
+    def trusted_address(self, h: RequestHead, remote_ip: str) -> str:
+        """The client address Envoy trusts: the connection's peer, or the address
+        xff_num_trusted_hops places from the right of x-forwarded-for."""
+        xff = h.xff
+        if not xff:
+            return remote_ip
+        hops = self.trusted_hops
+        if self.use_remote_address:
+            if hops > 0:
+                return _xff_from_right(xff, hops - 1) or remote_ip
+            return remote_ip
+        return _xff_from_right(xff, hops) or remote_ip
+
+    def _internal(self, h: RequestHead, trusted: str) -> bool:
+        """A request is internal when it came without x-forwarded-for at the edge (off
+        the edge: with exactly one address in it) from an internal address."""
+        assert self.internal is not None
+        if self.use_remote_address:
+            return not h.xff and self.internal(trusted)
+        return bool(h.xff) and b"," not in h.xff and self.internal(trusted)
+
+    def is_internal(self, h: RequestHead, remote_ip: str) -> bool:
+        """Envoy's isEnvoyInternalRequest for this request (internal_address_config)."""
+        return self.internal is not None and self._internal(h, self.trusted_address(h, remote_ip))
 
 
 # -- response ---------------------------------------------------------------------------
