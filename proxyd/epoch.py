@@ -437,6 +437,10 @@ class RetryPolicy:
     retriable_status_codes: tuple[int, ...] = ()
     # VirtualHost.include_request_attempt_count: x-envoy-attempt-count upstream.
     include_attempt_count: bool = False
+    # retry_host_predicate previous_hosts: a retry's host is picked again (up to
+    # host_selection_retry_max_attempts more times) while it is one already tried.
+    avoid_previous_hosts: bool = False
+    host_selection_retry_max_attempts: int = 1
 
 
 @dataclass(frozen=True, slots=True)

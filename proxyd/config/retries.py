@@ -48,7 +48,20 @@ def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPol
                     "max_interval must be greater than or equal to the base_interval",
                 )
     codes = tuple(int(c) for c in rp.retriable_status_codes)
+    # Each predicate is envoy.retry_host_predicates.previous_hosts (the allow-list took
+    # no other type); one without a typed_config Envoy cannot resolve.
+    for i, pred in enumerate(rp.retry_host_predicate):
+        if not pred.HasField("typed_config"):
+            raise ConfigError(
+                file,
+                f"{join(path, 'retry_host_predicate')}[{i}]",
+                f"Didn't find a registered implementation for '{pred.name}' with type URL: ''",
+            )
+    avoid_previous = len(rp.retry_host_predicate) > 0
     return RetryPolicy(
+        avoid_previous_hosts=avoid_previous,
+        # Envoy: "if unspecified, this will default to retrying once".
+        host_selection_retry_max_attempts=rp.host_selection_retry_max_attempts or 1,
         retry_on=rp.retry_on,
         num_retries=wrapped_or(rp, "num_retries", 1),
         per_try_timeout_s=seconds(rp.per_try_timeout) if rp.HasField("per_try_timeout") else 0.0,

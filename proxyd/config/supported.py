@@ -88,8 +88,14 @@ HEADER_MUTATIONS: dict[str, Spec] = {
 }
 
 # config.route.v3.RetryPolicy (proxyd.config.retries; retry_on names are checked there).
+PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 RETRY_POLICY: Spec = {
     "retry_on": LEAF,
+    "retry_host_predicate": {
+        "name": LEAF,
+        "typed_config": AnyOf("retry host predicate", {PREVIOUS_HOSTS_TYPE: {}}),
+    },
+    "host_selection_retry_max_attempts": LEAF,
     "num_retries": LEAF,
     "per_try_timeout": LEAF,
     "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},

@@ -112,6 +112,7 @@ class RetryPlan:
         "status_codes",
         "attempt_count",
         "timeout_s",
+        "host_picks",
     )
 
     def __init__(self, policy: RetryPolicy, timeout_s: float) -> None:
@@ -126,6 +127,11 @@ class RetryPlan:
         self.status_codes = frozenset(policy.retriable_status_codes)
         self.attempt_count = policy.include_attempt_count
         self.timeout_s = timeout_s
+        # Picks of a retry's host: 1, or with previous_hosts one more per
+        # host_selection_retry_max_attempts while the pick is a host already tried.
+        self.host_picks = (
+            1 + policy.host_selection_retry_max_attempts if policy.avoid_previous_hosts else 1
+        )
 
     def state(self, headers: dict[str, str] | None = None) -> tuple[RetryState, float]:
         """A new request's retry state and per-try timeout (0: none), with an internal
@@ -188,7 +194,9 @@ class _AttemptFailed(Exception):
 class RetryingExchange(Exchange):
     """:class:`Exchange` for a route with a retry policy."""
 
-    __slots__ = ("rplan", "retry", "per_try_s", "attempts", "body_parts", "reused", "replayable")
+    __slots__ = (
+        "rplan", "retry", "per_try_s", "attempts", "body_parts", "reused", "replayable", "tried",
+    )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -213,6 +221,8 @@ class RetryingExchange(Exchange):
         self.reused = False
         # False once the body went over the buffer limit: no retry then.
         self.replayable = True
+        # The hosts attempts went to (kept for previous_hosts only).
+        self.tried: set[HostState] = set()
         if rplan.attempt_count and b"x-envoy-attempt-count" in h.envoy_headers:
             self.head = _ATTEMPT_COUNT_LINE.sub(b"", self.head)
 
@@ -315,6 +325,15 @@ class RetryingExchange(Exchange):
         cluster = self.rp.cluster
         assert cluster is not None
         host = cluster.balancer.pick()
+        picks = self.rplan.host_picks
+        if picks > 1:
+            # previous_hosts: pick again while it is a host an attempt went to (the last
+            # pick stands, as in Envoy).
+            tried = self.tried
+            tried.add(self.host)
+            while host is not None and host in tried and picks > 1:
+                picks -= 1
+                host = cluster.balancer.pick()
         if host is not None and host is not self.host:
             self.host.active_requests -= 1
             if self.attached:

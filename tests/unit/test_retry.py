@@ -294,21 +294,32 @@ def test_max_interval_below_base_is_refused() -> None:
     assert "greater than or equal to the base_interval" in err.reason
 
 
-@pytest.mark.parametrize(
-    "field", ["retry_host_predicate", "host_selection_retry_max_attempts", "per_try_idle_timeout"]
+OMIT_HOST_METADATA = (
+    "type.googleapis.com/envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig"
 )
-def test_unsupported_fields_are_refused_by_name(field: str) -> None:
-    value: Any = (
-        2
-        if field == "host_selection_retry_max_attempts"
-        else (
-            [{"name": "envoy.retry_host_predicates.previous_hosts"}]
-            if field == "retry_host_predicate"
-            else "1s"
-        )
-    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("retry_host_predicate", [{"name": "x", "typed_config": {"@type": OMIT_HOST_METADATA}}]),
+        ("retry_priority", {"name": "envoy.retry_priorities.previous_priorities"}),
+        ("per_try_idle_timeout", "1s"),
+    ],
+)
+def test_unsupported_fields_are_refused_by_name(field: str, value: Any) -> None:
     err = reject([route(retry_policy={"retry_on": "5xx", field: value})])
     assert field in err.path or field in err.reason
+
+
+def test_a_host_predicate_needs_its_typed_config() -> None:
+    policy = {
+        "retry_on": "5xx",
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+    }
+    err = reject([route(retry_policy=policy)])
+    assert err.path.endswith("retry_policy.retry_host_predicate[0]")
+    assert "Didn't find a registered implementation" in err.reason
 
 
 # -- an internal request's retry headers -------------------------------------------------
