@@ -41,6 +41,7 @@ from proxyd.protocol.http1_request_line import (
     check_request_start,
 )
 from proxyd.worker import accesslog_plan, io, manager
+from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 from proxyd.worker.durations import ConnectionDurations
 from proxyd.worker.router import arm_request_phase
@@ -56,33 +57,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-INITIAL_BUFFER = 16 * 1024
 # Read on every request: a module constant is cheaper than the enum member (Python 3.11).
 _IDLE = DeadlineKind.IDLE
 CRLF = b"\r\n"
 # max_stream_duration passed while a request head was arriving (Envoy's details and body).
 DURATION_TIMEOUT = ProtocolError("max_duration_timeout", 408, "downstream duration timeout")
-
-
-class BufferPool:
-    """Receive buffers of one size, reused across the connections of a worker."""
-
-    __slots__ = ("size", "_free", "limit")
-
-    def __init__(self, size: int = INITIAL_BUFFER, limit: int = 256) -> None:
-        self.size = size
-        self.limit = limit
-        self._free: list[tuple[bytearray, memoryview]] = []
-
-    def take(self) -> tuple[bytearray, memoryview]:
-        if self._free:
-            return self._free.pop()
-        buf = bytearray(self.size)
-        return buf, memoryview(buf)
-
-    def give(self, buf: bytearray, view: memoryview) -> None:
-        if len(buf) == self.size and len(self._free) < self.limit:
-            self._free.append((buf, view))
 
 
 NO_BODY = BodyReader()
