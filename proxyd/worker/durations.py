@@ -19,7 +19,9 @@ What Envoy 1.40 does on HTTP/1, and so proxyd (compared with real Envoy by
   flag; once the response head went out, the connection is reset. On a route that has
   the message, a gRPC request (``content-type: application/grpc`` or
   ``application/grpc+...``) goes upstream with ``grpc-timeout`` set to the limit in
-  milliseconds (removed when the route's ``0s`` switches the connection manager's off).
+  milliseconds (removed when the route's ``0s`` switches the connection manager's off),
+  and the route has no route ``timeout`` (Envoy 1.40 uses the message in its place:
+  :func:`proxyd.worker.plan.route_timeout`).
 
 A connection whose listener sets none of these has no :class:`ConnectionDurations`
 (its ``durations`` is None) and a route without the message has no
@@ -37,7 +39,7 @@ from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 if TYPE_CHECKING:
     from proxyd.worker.downstream import DownstreamConnection
     from proxyd.worker.plan import ListenerPlan
-    from proxyd.worker.stream import Stream
+    from proxyd.worker.stream import Connection, Stream
 
 _CONNECTION = DeadlineKind.CONNECTION_DURATION
 _DRAIN = DeadlineKind.DRAIN
@@ -69,6 +71,23 @@ def is_grpc(content_type: str) -> bool:
     return content_type.startswith("application/grpc") and (
         len(content_type) == 16 or content_type[16] == "+"
     )
+
+
+def route_matched(conn: Connection, stream: Stream, rd: RouteDuration) -> None:
+    """The stream's route has a max_stream_duration message: its limit replaces the
+    connection manager's, counted from the stream's start, and a gRPC request's
+    grpc-timeout says so. (A connection accepted under an epoch whose routes had no
+    limit has no deadline for one: it keeps that epoch's limits, as it keeps its
+    connection manager's; its responses close it, its listener having changed.)"""
+    d = conn.durations
+    if d is not None and d.limit is not None:
+        conn.timers.set_at(d.limit, _STREAM, d.started + rd.limit)
+    h = stream.head
+    if h is not None and is_grpc(h.headers.get("content-type", "")):
+        if rd.grpc_value:
+            stream.set_request_header("grpc-timeout", rd.grpc_value)
+        elif rd.remove_grpc:
+            stream.remove_request_header("grpc-timeout")
 
 
 class RouteDuration:
@@ -148,20 +167,6 @@ class ConnectionDurations:
             timers = self.conn.timers
             self.started = timers.now()
             timers.set_at(limit, _STREAM, self.started + self.plan.max_stream_duration)
-
-    def route_matched(self, stream: Stream, rd: RouteDuration) -> None:
-        """The stream's route has a max_stream_duration message: its limit replaces the
-        connection manager's, counted from the stream's start; a gRPC request's
-        grpc-timeout says so."""
-        limit = self.limit
-        assert limit is not None
-        self.conn.timers.set_at(limit, _STREAM, self.started + rd.limit)
-        h = stream.head
-        if h is not None and is_grpc(h.headers.get("content-type", "")):
-            if rd.grpc_value:
-                stream.set_request_header("grpc-timeout", rd.grpc_value)
-            elif rd.remove_grpc:
-                stream.remove_request_header("grpc-timeout")
 
     def stream_ended(self) -> None:
         limit = self.limit

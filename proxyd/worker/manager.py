@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import accesslog_plan, router
+from proxyd.worker import accesslog_plan, durations, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
@@ -74,8 +74,8 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
         rp = rp.pick(h.headers)
     stream.route_plan = rp
     stream.route_name = rp.name
-    if rp.duration is not None:  # RouteAction.max_stream_duration (worker/durations.py)
-        conn.durations.route_matched(stream, rp.duration)  # type: ignore[union-attr]
+    if rp.duration is not None:  # RouteAction.max_stream_duration
+        durations.route_matched(conn, stream, rp.duration)
     stream.upstream_cluster = rp.cluster_name
     if rp.filters or rp.cluster is None:
         return _serve(stream, plan, conn, rp, rp.filters)

@@ -17,6 +17,7 @@ from proxyd.worker.durations import (
     RouteDuration,
     grpc_timeout_value,
     is_grpc,
+    route_matched,
 )
 from proxyd.worker.stream import Stream
 
@@ -34,6 +35,7 @@ class FakeConnection:
         self.idle = True
         self.listener_updated = False
         self.ended: list[tuple[float, DeadlineKind]] = []
+        self.durations: ConnectionDurations | None = None
 
     def deadline_passed(self, d: Deadline) -> None:
         self.ended.append((trio.current_time(), d.kind))
@@ -161,12 +163,12 @@ def _stream(content_type: str | None) -> Stream:
 def test_route_limit(route_s: float | None, hcm_s: float, fires_at: float | None, grpc: str):
     async def body(timers: Timers, t0: float) -> None:
         conn = FakeConnection(timers)
-        d = ConnectionDurations(conn, plan(stream=hcm_s, route_limits=True))  # type: ignore[arg-type]
+        d = conn.durations = ConnectionDurations(conn, plan(stream=hcm_s, route_limits=True))  # type: ignore[arg-type]
         stream = _stream("application/grpc")
         conn.stream = stream
         conn.idle = False
         d.stream_started()
-        d.route_matched(stream, RouteDuration(route_s, hcm_s))
+        route_matched(conn, stream, RouteDuration(route_s, hcm_s))
         await trio.sleep(10)
         if fires_at is None:
             assert conn.ended == []
@@ -188,7 +190,7 @@ def test_route_limit(route_s: float | None, hcm_s: float, fires_at: float | None
 def test_grpc_timeout_only_for_grpc_requests() -> None:
     async def body(timers: Timers, t0: float) -> None:
         conn = FakeConnection(timers)
-        d = ConnectionDurations(conn, plan(route_limits=True))  # type: ignore[arg-type]
+        d = conn.durations = ConnectionDurations(conn, plan(route_limits=True))  # type: ignore[arg-type]
         for ct, edited in [
             ("application/grpc", True),
             ("application/grpc+proto", True),
@@ -198,7 +200,7 @@ def test_grpc_timeout_only_for_grpc_requests() -> None:
         ]:
             stream = _stream(ct)
             d.stream_started()
-            d.route_matched(stream, RouteDuration(1.0, INF))
+            route_matched(conn, stream, RouteDuration(1.0, INF))
             assert bool(stream.request_added) is edited, ct
             d.stream_ended()
 
@@ -214,3 +216,16 @@ def test_grpc_timeout_value_units() -> None:
     assert grpc_timeout_value(10**19) == "99999999H"
     assert is_grpc("application/grpc") and is_grpc("application/grpc+json")
     assert not is_grpc("application/grpc-web") and not is_grpc("Application/grpc")
+
+
+def test_a_connection_without_durations_still_gets_the_grpc_timeout() -> None:
+    """Accepted under an epoch whose routes had no limit: no deadline, same header."""
+
+    async def body(timers: Timers, t0: float) -> None:
+        conn = FakeConnection(timers)
+        stream = _stream("application/grpc")
+        route_matched(conn, stream, RouteDuration(0.25, INF))  # type: ignore[arg-type]
+        assert stream.request_added == [b"grpc-timeout: 250m\r\n"]
+        assert timers.statistics()["armed"] == 0
+
+    scenario(body)
