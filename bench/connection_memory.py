@@ -165,8 +165,8 @@ def sizes() -> None:
     """sys.getsizeof of what a DownstreamConnection holds while idle (after __init__)."""
     from types import SimpleNamespace
 
+    from proxyd.worker.buffers import BufferPool
     from proxyd.worker.deadlines import Timers
-    from proxyd.worker.downstream import BufferPool
 
     worker = SimpleNamespace(timers=Timers(), buffers=BufferPool())
     with listening_socket() as lsock, socket.create_connection(lsock.getsockname()):

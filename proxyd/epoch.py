@@ -382,6 +382,11 @@ class Route:
     # RouteAction.cluster_not_found_response_code as the status (503, 404 or 500): the
     # answer when the route's cluster does not exist (RDS, cluster_header).
     cluster_not_found_status: int = 503
+    # RouteAction.max_stream_duration: whether the message is set (Envoy then rewrites a
+    # gRPC request's grpc-timeout), and its max_stream_duration (None: not set, the
+    # connection manager's applies; 0: none for this route).
+    stream_duration_set: bool = False
+    max_stream_duration_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,6 +615,12 @@ class HttpConnectionManager:
     # http_protocol_options (HTTP/1.0, header name case); None when it sets none of
     # them (the request path then pays nothing for them).
     http1: Http1Options | None = None
+    # common_http_protocol_options.max_connection_duration and .max_stream_duration
+    # (0: none, Envoy's default), and drain_timeout: the grace a connection past its
+    # max_connection_duration gets before it is closed when idle (Envoy's 5 s).
+    max_connection_duration_s: float = 0.0
+    max_stream_duration_s: float = 0.0
+    drain_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

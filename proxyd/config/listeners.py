@@ -33,6 +33,7 @@ CODEC_TYPES = ("AUTO", "HTTP1")
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
 DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0
 DEFAULT_IDLE_TIMEOUT_S = 3600.0
+DEFAULT_DRAIN_TIMEOUT_S = 5.0  # HttpConnectionManager.drain_timeout
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_SERVER_NAME = "envoy"
 DEFAULT_MAX_HEADERS_COUNT = 100
@@ -152,13 +153,13 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
     http_filters = compile_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
     max_headers = DEFAULT_MAX_HEADERS_COUNT
+    max_connection_duration_s = max_stream_duration_s = 0.0
     if hcm.HasField("common_http_protocol_options"):
-        idle_timeout_s = duration_or(
-            hcm.common_http_protocol_options, "idle_timeout", DEFAULT_IDLE_TIMEOUT_S
-        )
-        max_headers = wrapped_or(
-            hcm.common_http_protocol_options, "max_headers_count", DEFAULT_MAX_HEADERS_COUNT
-        )
+        common = hcm.common_http_protocol_options
+        idle_timeout_s = duration_or(common, "idle_timeout", DEFAULT_IDLE_TIMEOUT_S)
+        max_headers = wrapped_or(common, "max_headers_count", DEFAULT_MAX_HEADERS_COUNT)
+        max_connection_duration_s = duration_or(common, "max_connection_duration", 0.0)
+        max_stream_duration_s = duration_or(common, "max_stream_duration", 0.0)
     return HttpConnectionManager(
         stat_prefix=hcm.stat_prefix,
         codec_type=codec,
@@ -187,6 +188,9 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         transforms=compile_transforms(hcm, path, file),
         max_headers_count=max_headers,
         http1=compile_http1_options(hcm, path, file),
+        max_connection_duration_s=max_connection_duration_s,
+        max_stream_duration_s=max_stream_duration_s,
+        drain_timeout_s=duration_or(hcm, "drain_timeout", DEFAULT_DRAIN_TIMEOUT_S),
     )
 
 

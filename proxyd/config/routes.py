@@ -185,6 +185,12 @@ def _route(
         timeout_s=duration_or(action, "timeout", DEFAULT_ROUTE_TIMEOUT_S),
         priority=_priority(action, join(path, "route.priority"), file),
         filter_configs=filter_configs,
+        stream_duration_set=action.HasField("max_stream_duration"),
+        max_stream_duration_s=(
+            duration_or(action.max_stream_duration, "max_stream_duration", 0.0)
+            if action.max_stream_duration.HasField("max_stream_duration")
+            else None
+        ),
     )
 
 

@@ -154,6 +154,9 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
                 "retry_policy": RETRY_POLICY,
+                # grpc_timeout_header_max / _offset are refused by name: proxyd has no
+                # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
+                "max_stream_duration": {"max_stream_duration": LEAF},
             },
             "redirect": {
                 "https_redirect": LEAF,
@@ -292,7 +295,12 @@ HCM: Spec = {
         "idle_timeout": LEAF,
         "headers_with_underscores_action": LEAF,
         "max_headers_count": LEAF,
+        # proxyd.worker.durations.
+        "max_connection_duration": LEAF,
+        "max_stream_duration": LEAF,
     },
+    # The grace a connection past max_connection_duration gets (proxyd.worker.durations).
+    "drain_timeout": LEAF,
     "use_remote_address": LEAF,
     "xff_num_trusted_hops": LEAF,
     "max_request_headers_kb": LEAF,

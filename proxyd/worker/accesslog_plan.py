@@ -156,6 +156,7 @@ _DETAILS = {
 _DEADLINE_DETAILS = {
     "request_timeout": "request_overall_timeout",
     "request_headers_timeout": "request_header_timeout",
+    "max_stream_duration": "max_duration_timeout",
 }
 _NOT_CONNECTED = (
     ResponseFlag.UPSTREAM_CONNECTION_FAILURE,

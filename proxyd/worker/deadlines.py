@@ -39,7 +39,9 @@ class DeadlineKind(enum.Enum):
     REQUEST = "request_timeout"  # the whole request must have arrived (408)
     ROUTE = "timeout"  # the route's timeout, waiting for the upstream (504 UT)
     STREAM_IDLE = "stream_idle_timeout"  # nothing moved (408 / 504 SI, or a reset)
-    DRAIN = "drain_timeout"  # a drained listener's idle connection (close quietly)
+    DRAIN = "drain_timeout"  # a drained listener's or connection's idle connection: closed
+    CONNECTION_DURATION = "max_connection_duration"  # the connection drains
+    STREAM_DURATION = "max_stream_duration"  # 408 / 504 "downstream duration timeout"
 
 
 class Deadline:

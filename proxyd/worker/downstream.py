@@ -41,7 +41,9 @@ from proxyd.protocol.http1_request_line import (
     check_request_start,
 )
 from proxyd.worker import accesslog_plan, io, manager
+from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
+from proxyd.worker.durations import ConnectionDurations
 from proxyd.worker.router import arm_request_phase
 from proxyd.worker.stats import note_unexpected
 from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
@@ -55,31 +57,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-INITIAL_BUFFER = 16 * 1024
 # Read on every request: a module constant is cheaper than the enum member (Python 3.11).
 _IDLE = DeadlineKind.IDLE
 CRLF = b"\r\n"
-
-
-class BufferPool:
-    """Receive buffers of one size, reused across the connections of a worker."""
-
-    __slots__ = ("size", "_free", "limit")
-
-    def __init__(self, size: int = INITIAL_BUFFER, limit: int = 256) -> None:
-        self.size = size
-        self.limit = limit
-        self._free: list[tuple[bytearray, memoryview]] = []
-
-    def take(self) -> tuple[bytearray, memoryview]:
-        if self._free:
-            return self._free.pop()
-        buf = bytearray(self.size)
-        return buf, memoryview(buf)
-
-    def give(self, buf: bytearray, view: memoryview) -> None:
-        if len(buf) == self.size and len(self._free) < self.limit:
-            self._free.append((buf, view))
+# max_stream_duration passed while a request head was arriving (Envoy's details and body).
+DURATION_TIMEOUT = ProtocolError("max_duration_timeout", 408, "downstream duration timeout")
 
 
 NO_BODY = BodyReader()
@@ -119,6 +101,8 @@ class DownstreamConnection:
         "listener_updated",
         "generation",
         "closing",
+        "durations",
+        "ended_by",
         # request body state of the current stream
         "body",
         "continue_sent",
@@ -144,7 +128,7 @@ class DownstreamConnection:
             check_line_start=check_request_start,
         )
         self.idle = False
-        self.deadline = Deadline(self._deadline_passed)
+        self.deadline = Deadline(self.deadline_passed)
         self.scope: trio.CancelScope | None = None
         self.stream: Stream | None = None
         self.plan: ListenerPlan | None = None
@@ -153,13 +137,18 @@ class DownstreamConnection:
         self.listener_updated = False
         self.generation: object = None  # the listener config it was accepted under
         self.closing = False
+        # max_connection_duration / max_stream_duration (None: the listener has none).
+        self.durations: ConnectionDurations | None = None
+        self.ended_by = _IDLE  # the kind of the last deadline that fired
         self.body = NO_BODY
         self.continue_sent = False
         self.chunked_out = False
 
     # -- deadlines --------------------------------------------------------------------
 
-    def _deadline_passed(self, d: Deadline) -> None:
+    def deadline_passed(self, d: Deadline) -> None:
+        """A deadline of the connection's (or of its durations') fired."""
+        self.ended_by = d.kind
         stream = self.stream
         if stream is not None:
             stream.timed_out = d.kind
@@ -184,6 +173,8 @@ class DownstreamConnection:
         self.plan = plan
         if plan.access.connection_logs:
             accesslog_plan.connection_opened(self, plan)
+        if plan.durations:
+            self.durations = ConnectionDurations(self, plan)
         if plan.http1 is not None and plan.http1.accept_http_10:
             # (A listener update closes the connection after its response, so the
             # plan it was accepted under decides for all its requests.)
@@ -227,6 +218,8 @@ class DownstreamConnection:
                             break
                         stream = Stream(h, self)
                         self.stream = stream
+                        if self.durations is not None:
+                            self.durations.stream_started()
                         self.body = (
                             BodyReader(h.content_length, h.chunked) if h.has_body else NO_BODY
                         )
@@ -235,6 +228,8 @@ class DownstreamConnection:
                         keep = await manager.handle(stream, plan, self)
                         manager.finish(stream, plan, self)
                         self.stream = None
+                        if self.durations is not None:
+                            self.durations.stream_ended()
                         # An idle connection keeps nothing of the request it served
                         # (this frame's locals live while it waits for the next one).
                         del stream, h, head
@@ -256,6 +251,8 @@ class DownstreamConnection:
             if accesslog_plan.OPEN:
                 accesslog_plan.connection_closed(self)
             worker.timers.clear(self.deadline)
+            if self.durations is not None:
+                self.durations.close()
             worker.connections.discard(self)
             io.close(self.sock)
             self.rb.start = self.rb.end
@@ -268,16 +265,20 @@ class DownstreamConnection:
     async def _after_deadline(self) -> bool:
         """The connection's deadline fired; True when the connection goes on."""
         stream = self.stream
-        kind = self.deadline.kind
+        kind = self.ended_by
         plan = self.plan
         assert plan is not None
         if stream is None:
             if kind is DeadlineKind.REQUEST_HEADERS or kind is DeadlineKind.REQUEST:
                 plan.http_stats.rq_timeout += 1
                 await self._reject(plan, ProtocolError("request header timeout", 408))
+            elif kind is DeadlineKind.STREAM_DURATION:  # a head was still arriving
+                await self._reject(plan, DURATION_TIMEOUT)
             return False  # idle_timeout or drain: close quietly, as Envoy does
         keep = await manager.finish_after_deadline(stream, plan, self)
         self.stream = None
+        if self.durations is not None:
+            self.durations.stream_ended()
         return keep and not self.closing
 
     # -- request head -------------------------------------------------------------------
@@ -301,6 +302,8 @@ class DownstreamConnection:
                 # Part of a head (next_head skipped any empty lines before it).
                 if not head_armed:
                     head_armed = True
+                    if self.durations is not None:
+                        self.durations.head_started()
                     timers.set(
                         self.deadline,
                         DeadlineKind.REQUEST_HEADERS,

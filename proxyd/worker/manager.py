@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import accesslog_plan, router
+from proxyd.worker import accesslog_plan, durations, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
@@ -79,6 +79,8 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
         rp = rp.pick(h.headers)
     stream.route_plan = rp
     stream.route_name = rp.name
+    if rp.duration is not None:  # RouteAction.max_stream_duration
+        durations.route_matched(conn, stream, rp.duration)
     stream.upstream_cluster = rp.cluster_name
     if rp.filters or rp.cluster is None:
         return _serve(stream, plan, conn, rp, rp.filters)
@@ -166,6 +168,9 @@ async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connec
     if kind is DeadlineKind.STREAM_IDLE:
         status = 504 if stream.request_complete else 408
         body, flag = "stream timeout", ResponseFlag.STREAM_IDLE_TIMEOUT
+    elif kind is DeadlineKind.STREAM_DURATION:  # max_stream_duration: no response flag
+        status = 504 if stream.request_complete else 408
+        body, flag = "downstream duration timeout", ResponseFlag.NONE
     else:
         status, body, flag = _TIMEOUT_REPLIES.get(kind, (408, "request timeout", ResponseFlag.NONE))
     if kind is DeadlineKind.REQUEST:

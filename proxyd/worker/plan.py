@@ -33,6 +33,7 @@ from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans
+from proxyd.worker.durations import RouteDuration
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
@@ -75,6 +76,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
+        "duration",
     )  # fmt: skip
 
     def __init__(
@@ -111,12 +113,20 @@ class RoutePlan:
         self.pick: WeightedPick | HeaderPick | None = None
         # The answer when the cluster does not exist (cluster_not_found_response_code).
         self.not_found_status = 503
+        # RouteAction.max_stream_duration (None: the route has none; worker/durations.py).
+        self.duration: RouteDuration | None = None
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
         self.exchange = RetryingExchange
         ms = plan.expected_timeout_ms()
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
+
+
+def route_timeout(r: Route) -> float:
+    """The router's timeout for ``r``: none when the route has a max_stream_duration
+    message, which Envoy 1.40 then uses in place of ``timeout`` (worker/durations.py)."""
+    return 0.0 if r.stream_duration_set else r.timeout_s
 
 
 class WeightedPick:
@@ -211,6 +221,7 @@ class ListenerPlan:
         # The epoch's runtime resolves the routes' runtime_fraction.
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
+        hcm_stream_s = hcm.max_stream_duration_s or math.inf
         filter_headers: set[str] = set()
         pick_headers: set[str] = set()
         retry_headers = False
@@ -224,9 +235,12 @@ class ListenerPlan:
         ) -> RoutePlan:
             nonlocal filter_headers, retry_headers
             rp = RoutePlan(
-                r.name, clusters.get(cluster_name), cluster_name, r.timeout_s, r.priority
+                r.name, clusters.get(cluster_name), cluster_name, route_timeout(r), r.priority
             )
             rp.not_found_status = r.cluster_not_found_status
+            if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
+                rp.duration = RouteDuration(r.max_stream_duration_s, hcm_stream_s)
+                filter_headers.add("content-type")
             if r.retry is not None and rp.cluster_name:
                 rp.set_retry(r.retry)
                 retry_headers = True
@@ -275,14 +289,14 @@ class ListenerPlan:
                         )
                         for t in r.weighted
                     )
-                    rp = RoutePlan(r.name, None, "", r.timeout_s, r.priority)
+                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority)
                     rp.pick = WeightedPick(
                         variants, tuple(t.weight for t in r.weighted), r.weight_header
                     )
                     if r.weight_header:
                         pick_headers.add(r.weight_header)
                 elif r.cluster_header:
-                    rp = RoutePlan(r.name, None, "", r.timeout_s, r.priority)
+                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority)
                     rp.pick = HeaderPick(r.cluster_header, partial(plan_for, r), clusters)
                     pick_headers.add(r.cluster_header)
                 else:
@@ -344,6 +358,15 @@ class ListenerPlan:
         self.headers_timeout = hcm.request_headers_timeout_s or math.inf
         self.stream_idle = hcm.stream_idle_timeout_s or math.inf
         self.idle_timeout = hcm.idle_timeout_s or math.inf
+        # max_connection_duration with drain_timeout, max_stream_duration (the connection
+        # manager's, or any route's): a connection then has ConnectionDurations.
+        self.max_connection_duration = hcm.max_connection_duration_s or math.inf
+        self.drain_timeout = hcm.drain_timeout_s
+        self.max_stream_duration = hcm_stream_s
+        self.stream_limits = hcm_stream_s != math.inf or any(
+            r.stream_duration_set for vh in hcm.route_config.virtual_hosts for r in vh.routes
+        )
+        self.durations = self.max_connection_duration != math.inf or self.stream_limits
         # The connection manager's request/response transforms; None when it sets none.
         self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
 

@@ -45,8 +45,9 @@ from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
 from proxyd.worker import accesslog_plan, io
 from proxyd.worker.accesslog import AccessLogWriter, open_writers, prepare_writers
+from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import DeadlineKind, Timers
-from proxyd.worker.downstream import BufferPool, DownstreamConnection
+from proxyd.worker.downstream import DownstreamConnection
 from proxyd.worker.overload import COUNTED, FREE, REFUSED, WorkerOverload
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
 from proxyd.worker.stats import StatsStore, note_unexpected

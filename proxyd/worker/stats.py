@@ -210,6 +210,8 @@ class HttpStats(_Scope):
         "cx_protocol_error",
         "rq_too_large",
         "rq_direct_response",
+        "cx_max_duration_reached",
+        "rq_max_duration_reached",
     )
     COUNTERS = (
         ("rq_total", "downstream_rq_total"),
@@ -221,6 +223,9 @@ class HttpStats(_Scope):
         ("rq_too_large", "downstream_rq_too_large"),
         # The router's: requests a redirect or direct_response route answered.
         ("rq_direct_response", "rq_direct_response"),
+        # max_connection_duration and max_stream_duration (proxyd.worker.durations).
+        ("cx_max_duration_reached", "downstream_cx_max_duration_reached"),
+        ("rq_max_duration_reached", "downstream_rq_max_duration_reached"),
     )
     GAUGES = (("cx_active", "downstream_cx_active"), ("rq_active", "downstream_rq_active"))
     # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
@@ -232,6 +237,8 @@ class HttpStats(_Scope):
     cx_protocol_error: int
     rq_too_large: int
     rq_direct_response: int
+    cx_max_duration_reached: int
+    rq_max_duration_reached: int
     cx_active: int
     rq_active: int
 

@@ -31,6 +31,7 @@ from proxyd.worker.deadlines import INF
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import RequestHead, ResponseHead
     from proxyd.worker.deadlines import Deadline, DeadlineKind, Timers
+    from proxyd.worker.durations import ConnectionDurations
     from proxyd.worker.plan import RoutePlan
 
 
@@ -284,5 +285,6 @@ class Connection(Protocol):
     remote: str
     deadline: Deadline
     timers: Timers
+    durations: ConnectionDurations | None
 
     def local_address(self) -> str: ...

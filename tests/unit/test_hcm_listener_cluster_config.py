@@ -112,7 +112,8 @@ def test_via_must_be_latin1() -> None:
             {"enable_trailers": True},
             "http_protocol_options.enable_trailers",
         ),
-        ("drain_timeout", "1s", "drain_timeout"),
+        ("http2_protocol_options", {}, "http2_protocol_options"),
+        ("http1_safe_max_connection_duration", True, "http1_safe_max_connection_duration"),
     ],
 )
 def test_hcm_fields_left_out_are_refused_by_name(field: str, value: Any, refused: str) -> None:
@@ -125,9 +126,32 @@ def test_hcm_fields_left_out_are_refused_by_name(field: str, value: Any, refused
 
 def test_common_http_protocol_options_left_out_are_refused() -> None:
     d = base()
-    hcm(d)["common_http_protocol_options"] = {"max_stream_duration": "5s"}
+    hcm(d)["common_http_protocol_options"] = {"max_requests_per_connection": 5}
     err = reject(d)
-    assert err.path == f"{HCM_PATH}.common_http_protocol_options.max_stream_duration"
+    assert err.path == f"{HCM_PATH}.common_http_protocol_options.max_requests_per_connection"
+
+
+def test_durations_compile() -> None:
+    d = base()
+    hcm(d)["common_http_protocol_options"] = {
+        "max_connection_duration": "2s",
+        "max_stream_duration": "0.5s",
+    }
+    hcm(d)["drain_timeout"] = "1.5s"
+    route = hcm(d)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    route["max_stream_duration"] = {"max_stream_duration": "0s"}
+    (lst,) = compiled(d).listeners
+    assert lst.hcm.max_connection_duration_s == 2.0
+    assert lst.hcm.max_stream_duration_s == 0.5
+    assert lst.hcm.drain_timeout_s == 1.5
+    r = lst.hcm.route_config.virtual_hosts[0].routes[0]
+    assert r.stream_duration_set and r.max_stream_duration_s == 0.0
+    route["max_stream_duration"] = {}
+    r = compiled(d).listeners[0].hcm.route_config.virtual_hosts[0].routes[0]
+    assert r.stream_duration_set and r.max_stream_duration_s is None
+    route["max_stream_duration"] = {"grpc_timeout_header_max": "1s"}
+    err = reject(d)
+    assert err.path.endswith("route.max_stream_duration.grpc_timeout_header_max")
 
 
 def test_listener_socket_settings() -> None:
