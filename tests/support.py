@@ -47,6 +47,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How often a server thread looks whether it should stop. stop() waits for it: with
+# serve_forever's default (0.5 s) each stopped upstream cost a quarter of a second on
+# average, in hundreds of test teardowns.
+SHUTDOWN_POLL_S = 0.02
+
+
+def _serving_thread(server: _Server) -> threading.Thread:
+    return threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True
+    )
+
+
 class _NoDelayHandler(demo._Handler):
     """The demo upstream's handler with TCP_NODELAY on each connection, as Envoy and
     production servers set it.
@@ -69,6 +81,7 @@ class UpstreamServer(demo.UpstreamServer):
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:  # noqa: D107
         super().__init__(name, host, port)
         self._server.RequestHandlerClass = _NoDelayHandler
+        self._thread = _serving_thread(self._server)
 
 
 class _PipeServer(_Server):
@@ -94,7 +107,7 @@ class PipeUpstreamServer(UpstreamServer):
         self.name = name
         self.host = path
         self.port = 0
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = _serving_thread(self._server)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
