@@ -25,9 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import yaml
-
-from tests.support import admin_address_port
+from tests.support import admin_address_port, dump_yaml, load_yaml
 
 
 def _envoy_binary() -> Path:
@@ -67,7 +65,7 @@ class EnvoyRunner:
         startup_timeout_s: float = 30.0,
         extra_args: Iterable[str] = (),
     ) -> None:
-        self.config: dict[str, Any] = yaml.safe_load(config_yaml)
+        self.config: dict[str, Any] = load_yaml(config_yaml)
         self.log_level = log_level
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
@@ -121,7 +119,7 @@ class EnvoyRunner:
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
         }
         cfg = self.workdir / "envoy.yaml"
-        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        cfg.write_text(dump_yaml(self.config))
         cmd = [
             ENVOY_BINARY,
             "-c",

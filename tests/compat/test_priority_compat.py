@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.integration.master_fixtures import get
@@ -27,6 +26,7 @@ from tests.support import (
     FAST_HEALTH_CHECK,
     ProxydProcess,
     UpstreamServer,
+    dump_yaml,
     free_port,
     http_listener,
     lb_endpoint,
@@ -151,7 +151,7 @@ def bootstrap(all_cases: list[Case]) -> str:
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
-    return yaml.safe_dump(boot, sort_keys=False)
+    return dump_yaml(boot)
 
 
 def all_shares(names: list[str], port_of: Any) -> dict[str, dict[str, float]]:
