@@ -398,7 +398,10 @@ def play(ports: Ports, name: str) -> Any:
         return f"{type(exc).__name__}: {exc}"  # a timeout or a reset is an answer too
     out = described(reply)
     if name in DELAYED_S:
-        out["delayed"] = time.monotonic() - started >= DELAYED_S[name]
+        # Envoy's timers run on its event loop's cached clock and can end a millisecond
+        # or so early as the client measures (0.1986 s seen for 0.2 s); an answer that
+        # is not delayed comes within a few milliseconds.
+        out["delayed"] = time.monotonic() - started >= DELAYED_S[name] * 0.9
     return out
 
 
