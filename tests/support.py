@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from proxyd import pipes
-from proxyd.demo import UpstreamServer, _Server
+from proxyd import demo, pipes
+from proxyd.demo import _Server
 
 __all__ = [
     "UpstreamServer",
@@ -40,11 +40,64 @@ __all__ = [
 VENV_BIN = Path(sys.executable).parent
 
 
+# libyaml's parser and emitter where PyYAML has them: the pure-Python ones take seconds
+# on the large generated bootstraps (hundreds of listeners), libyaml a fraction of that.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, with libyaml."""
+    return yaml.load(text, Loader=_YAML_LOADER)
+
+
+def dump_yaml(data: Any) -> str:
+    """``yaml.safe_dump(data, sort_keys=False)``, with libyaml."""
+    return str(yaml.dump(data, Dumper=_YAML_DUMPER, sort_keys=False))
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# How often a server thread looks whether it should stop. stop() waits for it: with
+# serve_forever's default (0.5 s) each stopped upstream cost a quarter of a second on
+# average, in hundreds of test teardowns.
+SHUTDOWN_POLL_S = 0.02
+
+
+def _serving_thread(server: _Server) -> threading.Thread:
+    return threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True
+    )
+
+
+class _NoDelayHandler(demo._Handler):
+    """The demo upstream's handler with TCP_NODELAY on each connection, as Envoy and
+    production servers set it.
+
+    The handler sends a response's head and its body in two writes. With Nagle on, the
+    body waits until the head is acknowledged, and a proxy's pooled keep-alive connection
+    acknowledges late (delayed ACK, 40 ms on Linux): every proxied request took ~40 ms,
+    about ten times the rest of its work, which made the integration and compatibility
+    tests minutes slower without testing anything more. (A Unix socket has no Nagle:
+    :class:`PipeUpstreamServer` keeps the plain handler.)
+    """
+
+    disable_nagle_algorithm = True
+
+
+class UpstreamServer(demo.UpstreamServer):
+    """:class:`proxyd.demo.UpstreamServer` answering without Nagle's delay (see
+    :class:`_NoDelayHandler`); tests take their upstreams from here."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:  # noqa: D107
+        super().__init__(name, host, port)
+        self._server.RequestHandlerClass = _NoDelayHandler
+        self._thread = _serving_thread(self._server)
 
 
 class _PipeServer(_Server):
@@ -70,7 +123,7 @@ class PipeUpstreamServer(UpstreamServer):
         self.name = name
         self.host = path
         self.port = 0
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = _serving_thread(self._server)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -231,12 +284,12 @@ def lb_endpoint(port: int) -> dict[str, Any]:
 def grouped_config(listen: int, admin: int, groups: list[dict[str, Any]], **cluster: Any) -> str:
     """http_config with one cluster "svc" whose load_assignment.endpoints are ``groups``
     (priorities, localities), checked by FAST_HEALTH_CHECK, with ``cluster`` merged in."""
-    data = yaml.safe_load(http_config(listen, admin, {"svc": [1]}))
+    data = load_yaml(http_config(listen, admin, {"svc": [1]}))
     (c,) = data["static_resources"]["clusters"]
     c["load_assignment"]["endpoints"] = groups
     c["health_checks"] = [FAST_HEALTH_CHECK]
     c.update(cluster)
-    return yaml.safe_dump(data, sort_keys=False)
+    return dump_yaml(data)
 
 
 class ProxydProcess:

@@ -192,7 +192,10 @@ class XdsServer:
             self._grpc.add_insecure_port(where)
         self._http = _RestServer(self)
         self.rest_port: int = self._http.server_address[1]
-        self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        # Polled for shutdown every 20 ms (not serve_forever's 0.5 s): close() waits for it.
+        self._http_thread = threading.Thread(
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._started = False
 
     # -- lifecycle ---------------------------------------------------------------------

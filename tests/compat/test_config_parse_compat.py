@@ -27,9 +27,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.compat.envoy_runner import ENVOY_PATH
+
 pytestmark = pytest.mark.compat
 
-ENVOY = Path(sys.executable).with_name("envoy")
+ENVOY = ENVOY_PATH
 ROOT = Path(__file__).resolve().parents[2]
 CASES_DIR = Path(__file__).parent / "config_parse"
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from proxyd.config import load
 from proxyd.errors import ConfigError
+from tests.compat.envoy_runner import ENVOY_PATH
 from tests.unit.test_config_corpus import CASES, CORPUS, Case
 
 pytestmark = pytest.mark.compat
 
-ENVOY = Path(sys.executable).with_name("envoy")
+ENVOY = ENVOY_PATH
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = [CORPUS / "good-full.yaml", *sorted((ROOT / "conf").glob("*.yaml"))]
 ENVOY_REJECTS = [c for c in CASES if c.envoy_rejects]

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.integration.test_proxy_errors import (
     CONNECT_ERROR,
@@ -35,7 +34,7 @@ from tests.integration.test_proxy_errors import (
     exchange,
     malformed_cases,
 )
-from tests.support import ProxydProcess, free_port
+from tests.support import ProxydProcess, UpstreamServer, free_port
 
 pytestmark = [
     pytest.mark.compat,

@@ -27,11 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.test_errors_vs_envoy import described
 from tests.integration.test_proxy_errors import exchange
-from tests.support import ProxydProcess, wait_for
+from tests.support import ProxydProcess, UpstreamServer, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -399,7 +398,10 @@ def play(ports: Ports, name: str) -> Any:
         return f"{type(exc).__name__}: {exc}"  # a timeout or a reset is an answer too
     out = described(reply)
     if name in DELAYED_S:
-        out["delayed"] = time.monotonic() - started >= DELAYED_S[name]
+        # Envoy's timers run on its event loop's cached clock and can end a millisecond
+        # or so early as the client measures (0.1986 s seen for 0.2 s); an answer that
+        # is not delayed comes within a few milliseconds.
+        out["delayed"] = time.monotonic() - started >= DELAYED_S[name] * 0.9
     return out
 
 

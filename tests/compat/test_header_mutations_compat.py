@@ -24,11 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.test_errors_vs_envoy import described
 from tests.integration.test_proxy_errors import exchange
-from tests.support import ProxydProcess, free_port
+from tests.support import ProxydProcess, UpstreamServer, free_port
 
 pytestmark = [
     pytest.mark.compat,

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.http1_wire import UpstreamRecorder, described, play, upstream_view
-from tests.support import ProxydProcess, http_listener, static_cluster
+from tests.support import ProxydProcess, dump_yaml, http_listener, static_cluster, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -75,7 +74,7 @@ def corpus_config(admin: int, listen_ports: list[int], upstream_ports: list[int]
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
-    return yaml.safe_dump(boot, sort_keys=False)
+    return dump_yaml(boot)
 
 
 def bound_ports(admin_port: int) -> dict[str, int]:
@@ -104,7 +103,9 @@ def play_corpus(ports: list[int], recorder: UpstreamRecorder) -> dict[str, Any]:
             "upstream": upstream_view(recorder.received(recorder.ports[i])),
         }
 
-    with ThreadPoolExecutor(max_workers=64) as pool:
+    # All cases at once: a case's time is mostly waiting (for a close, or for quiet
+    # after an answer, up to 3 s), so the corpus takes about as long as its slowest case.
+    with ThreadPoolExecutor(max_workers=len(CASES)) as pool:
         results = list(pool.map(one, range(len(CASES))))
     recorder.clear()
     return dict(zip(CASES, results, strict=True))
@@ -122,9 +123,16 @@ def serve_corpus(start: Any, recorder: UpstreamRecorder) -> dict[str, Any]:
     got (nothing is picked first and bound a moment later, when another process may have
     taken it)."""
     text = corpus_config(0, [0] * len(CASES), recorder.ports)
-    with start(text) as proxy:
+    names = [f"c{i}" for i in range(len(CASES))]
+
+    def all_bound() -> dict[str, int]:
         by_name = bound_ports(proxy.admin_port)
-        return play_corpus([by_name[f"c{i}"] for i in range(len(CASES))], recorder)
+        return by_name if all(n in by_name for n in names) else {}
+
+    with start(text) as proxy:
+        # Envoy can say it is ready a moment before /listeners lists all ~250 listeners.
+        by_name = wait_for(all_bound)
+        return play_corpus([by_name[n] for n in names], recorder)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from proxyd.protocol.routing import RouteTable
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.routing_cases import (
@@ -29,7 +28,7 @@ from tests.compat.routing_cases import (
     epoch_route_config,
     send,
 )
-from tests.support import ProxydProcess
+from tests.support import ProxydProcess, UpstreamServer
 
 pytestmark = [
     pytest.mark.compat,

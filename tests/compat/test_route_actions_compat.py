@@ -23,11 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.test_errors_vs_envoy import described
 from tests.integration.test_proxy_errors import RawConnection, exchange
-from tests.support import ProxydProcess, free_port, wait_for
+from tests.support import ProxydProcess, UpstreamServer, free_port, wait_for
 
 pytestmark = [
     pytest.mark.compat,

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxyd.demo import UpstreamServer
 from proxyd.protocol.routing import RouteTable
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.routing_cases import (
@@ -24,6 +23,7 @@ from tests.compat.routing_cases import (
     epoch_route_config,
     send,
 )
+from tests.support import UpstreamServer
 
 pytestmark = [
     pytest.mark.compat,

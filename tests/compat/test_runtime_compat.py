@@ -23,10 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.integration.master_fixtures import get
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
 
 pytestmark = [
     pytest.mark.compat,

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.demo import UpstreamServer
 from proxyd.protocol.stats_tags import default_tag_names
 from tests.compat.envoy_runner import ENVOY_BINARY, EnvoyRunner, envoy_available
 from tests.integration.master_fixtures import get
 from tests.statsd_receiver import StatsdReceiver, TcpStatsdReceiver
-from tests.support import ProxydProcess, free_port, http_config, wait_for
+from tests.support import ProxydProcess, UpstreamServer, free_port, http_config, wait_for
 
 pytestmark = [
     pytest.mark.compat,

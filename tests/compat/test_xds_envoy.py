@@ -32,7 +32,6 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.xds_harness import (
     ADS_SOURCE,
@@ -50,7 +49,7 @@ from tests.compat.xds_harness import (
     stats,
     wait_routing,
 )
-from tests.support import wait_for
+from tests.support import UpstreamServer, wait_for
 from tests.xds_server import (
     CLUSTER,
     ENDPOINT,

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support import SHUTDOWN_POLL_S
+
 
 class _Always500(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -35,7 +37,9 @@ def always_500() -> Iterator[Any]:
     server.daemon_threads = True
     server.requests = 0
     server.lock = threading.Lock()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True
+    )
     thread.start()
     try:
         yield server

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support import SHUTDOWN_POLL_S
+
 
 class _Scripted(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -70,7 +72,9 @@ def scripted_upstream() -> Iterator[Any]:
     server.seen = {}
     server.lock = threading.Lock()
     server.changed = threading.Condition(server.lock)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True
+    )
     thread.start()
     try:
         yield server

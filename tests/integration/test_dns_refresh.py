@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.demo import UpstreamServer
 from tests.dns_server import DnsServer
 from tests.integration.master_fixtures import upstream_name
-from tests.support import ProxydProcess, http_config, wait_for
+from tests.support import ProxydProcess, UpstreamServer, http_config, wait_for
 
 CARES = "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.integration.master_fixtures import upstream_name
-from tests.support import ProxydProcess, free_port, http_config
+from tests.support import ProxydProcess, UpstreamServer, free_port, http_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.demo import UpstreamServer
 from tests.compat.xds_harness import (
     ADS_SOURCE,
     AdsSource,
@@ -20,7 +19,7 @@ from tests.compat.xds_harness import (
     listener_port,
     stats,
 )
-from tests.support import wait_for
+from tests.support import UpstreamServer, wait_for
 from tests.xds_server import (
     CLUSTER,
     ENDPOINT,
