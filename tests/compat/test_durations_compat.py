@@ -26,9 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, http_listener, static_cluster, wait_for
+from tests.support import ProxydProcess, UpstreamServer, http_listener, static_cluster, wait_for
 
 pytestmark = [
     pytest.mark.compat,

@@ -21,10 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.compat.test_weighted_clusters_compat import UPSTREAMS, config
-from tests.support import ProxydProcess
+from tests.support import ProxydProcess, UpstreamServer
 
 pytestmark = [
     pytest.mark.compat,

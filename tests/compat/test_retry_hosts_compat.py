@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, free_port
+from tests.support import ProxydProcess, UpstreamServer, free_port
 
 pytestmark = [
     pytest.mark.compat,

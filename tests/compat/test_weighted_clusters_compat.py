@@ -32,9 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxyd.demo import UpstreamServer
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess
+from tests.support import ProxydProcess, UpstreamServer
 
 pytestmark = [
     pytest.mark.compat,
