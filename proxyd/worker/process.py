@@ -319,6 +319,10 @@ class Worker:
                     if verdict == COUNTED:
                         overload.give()
                     continue
+                # Counted as open now, not when its task first runs: a drain that starts
+                # in between must wait for it (its request gets an answer with
+                # "connection: close"), not end the worker under it.
+                self.connections.add(conn)
                 # serve() counts and logs whatever escapes a request (note_unexpected)
                 # and ends only its own connection.
                 if verdict == COUNTED:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from proxyd import demo
 from tests.integration.test_hot_restart import MasterLine, gone
 from tests.support import ProxydProcess, http_config, wait_for
 
@@ -148,27 +147,6 @@ def _after(events: list[tuple[float, str]], failure: tuple[float, str, str]) -> 
     return f"{kind} client, {at - step[0]:.3f} s after {step[1]}: {error}"
 
 
-@pytest.fixture
-def paced_upstream():
-    """The plain demo upstreams (``proxyd.demo``, Nagle on), which the load here was
-    written with: each proxied request waits ~40 ms for the proxy's delayed ACK, which
-    paces the clients at ~4,000 requests a run. With tests.support's upstreams
-    (TCP_NODELAY) the same clients make ~20,000, and then a fresh-connection client sees
-    one connection closed without a response about when a hot restart hands over (4
-    runs of 4): a proxyd bug to fix, after which this test should take the ``upstream``
-    fixture again."""
-    started: list[demo.UpstreamServer] = []
-
-    def start(name: str) -> demo.UpstreamServer:
-        server = demo.UpstreamServer(name).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "clients",
@@ -178,9 +156,9 @@ def paced_upstream():
     ],
 )
 def test_five_hot_restarts_and_five_reloads_under_load(
-    tmp_path: Path, paced_upstream, clients: str
+    tmp_path: Path, upstream, clients: str
 ) -> None:
-    a, c = paced_upstream("a"), paced_upstream("c")
+    a, c = upstream("a"), upstream("c")
     # Every listener on port 0: the second gets a new port each time a reload adds it.
     base = http_config(0, 0, {"a": [a.port]})
     extra = _with_extra(base, 0, 0, c.port)
