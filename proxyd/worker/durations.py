@@ -160,13 +160,9 @@ class ConnectionDurations:
             timers.set_at(limit, _STREAM, self.started + self.plan.max_stream_duration)
 
     def stream_started(self) -> None:
-        """A request head is complete and its stream made."""
-        self.spoke = True
-        limit = self.limit
-        if limit is not None and self.started == INF:
-            timers = self.conn.timers
-            self.started = timers.now()
-            timers.set_at(limit, _STREAM, self.started + self.plan.max_stream_duration)
+        """A request head is complete and its stream made (the limit runs from the
+        head's first byte: armed here only if :meth:`head_started` did not)."""
+        self.head_started()
 
     def stream_ended(self) -> None:
         limit = self.limit

@@ -68,9 +68,9 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
             return early
     if plan.internal_only and not plan.policy.is_internal(h, conn.remote_ip):
         # RouteConfiguration.internal_only_headers: gone before routing and filters.
-        for name in plan.internal_only:
+        for name, raw_name in plan.internal_only:
             h.headers.pop(name, None)
-            h.remove.append(name.encode("latin-1"))
+            h.remove.append(raw_name)
     route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
     if route is None:
         return _serve(stream, plan, conn, None, plan.no_route_filters)

@@ -331,7 +331,10 @@ class ListenerPlan:
         wanted = set(self.routes.needed_headers) | log_req | filter_headers | pick_headers
         self.request_wanted = {n.encode("latin-1"): n for n in wanted}
         # RouteConfiguration.internal_only_headers (empty: none, and nothing to do).
-        self.internal_only = hcm.route_config.internal_only_headers
+        # (name, its bytes for the upstream head's removal list)
+        self.internal_only = tuple(
+            (n, n.encode("latin-1")) for n in hcm.route_config.internal_only_headers
+        )
         self.response_wanted = {n.encode("latin-1"): n for n in log_resp}
         self.policy = RequestHeaderPolicy(
             hcm.use_remote_address,
