@@ -5,9 +5,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from proxyd.filters.buffer import config as buffer_config
+from proxyd.filters.compressor import config as compressor_config
 from proxyd.filters.fault import config as fault_config
 
-COMPILERS: dict[str, ModuleType] = {m.TYPE: m for m in (buffer_config, fault_config)}
+COMPILERS: dict[str, ModuleType] = {
+    m.TYPE: m for m in (buffer_config, compressor_config, fault_config)
+}
 
 
 def compiler(type_name: str) -> ModuleType | None:

@@ -550,7 +550,9 @@ class DownstreamConnection:
                 stream.bytes_sent += len(p)
                 out.append(p)
 
-    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
+    async def send_local_reply(
+        self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
+    ) -> None:
         stream = self.stream
         assert stream is not None and self.plan is not None
         if stream.response_started:
@@ -573,6 +575,7 @@ class DownstreamConnection:
             close=close,
             head_request=h is not None and h.method == "HEAD",
             extra=extra,
+            chunked=chunked and not (h is not None and h.http10),
         )
         rp = stream.route_plan
         if rp is not None and rp.mutations is not None:

@@ -223,6 +223,9 @@ class ListenerPlan:
         self.route_plans: dict[int, RoutePlan] = {}
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
         filter_headers: set[str] = set()
+        # Response header names the filters' on_response_headers read (optional on a
+        # factory: FilterFactory's ``response_headers``).
+        filter_response: set[str] = set()
         pick_headers: set[str] = set()
         retry_headers = False
 
@@ -267,6 +270,7 @@ class ListenerPlan:
             )
             for f in rp.filters:
                 filter_headers |= f.wanted_headers
+                filter_response.update(getattr(f, "response_headers", ()))
             return rp
 
         def plan_for(r: Route, cluster_name: str) -> RoutePlan:
@@ -308,6 +312,7 @@ class ListenerPlan:
         )
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
+            filter_response.update(getattr(f, "response_headers", ()))
         if (
             filter_headers
             or self.no_route_filters
@@ -335,7 +340,7 @@ class ListenerPlan:
         self.internal_only = tuple(
             (n, n.encode("latin-1")) for n in hcm.route_config.internal_only_headers
         )
-        self.response_wanted = {n.encode("latin-1"): n for n in log_resp}
+        self.response_wanted = {n.encode("latin-1"): n for n in log_resp | filter_response}
         self.policy = RequestHeaderPolicy(
             hcm.use_remote_address,
             hcm.xff_num_trusted_hops,
