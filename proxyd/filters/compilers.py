@@ -6,10 +6,17 @@ from types import ModuleType
 
 from proxyd.filters.buffer import config as buffer_config
 from proxyd.filters.compressor import config as compressor_config
+from proxyd.filters.decompressor import config as decompressor_config
 from proxyd.filters.fault import config as fault_config
 
 COMPILERS: dict[str, ModuleType] = {
-    m.TYPE: m for m in (buffer_config, compressor_config, fault_config)
+    m.TYPE: m
+    for m in (
+        buffer_config,
+        compressor_config,
+        decompressor_config,
+        fault_config,
+    )
 }
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 from proxyd.filters.api import FactoryMaker
 from proxyd.filters.buffer.filter import Factory as BufferFactory
 from proxyd.filters.compressor.filter import Factory as CompressorFactory
+from proxyd.filters.decompressor.filter import Factory as DecompressorFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
     "envoy.extensions.filters.http.compressor.v3.Compressor": CompressorFactory,
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor": DecompressorFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
 }

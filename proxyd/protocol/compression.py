@@ -28,6 +28,25 @@ ZSTD = "zstd"
 # The Content-Encoding token of each library (Envoy's factories' contentEncoding()).
 CONTENT_ENCODING = {GZIP: "gzip", BROTLI: "br", ZSTD: "zstd"}
 
+# The error stats of each decompressor library (``decompressor_library.<name>``).
+DECOMPRESSOR_STATS = {
+    GZIP: (
+        "zlib_buf_error",
+        "zlib_data_error",
+        "zlib_errno",
+        "zlib_mem_error",
+        "zlib_stream_error",
+        "zlib_version_error",
+    ),
+    BROTLI: ("brotli_error", "brotli_output_overflow", "brotli_redundant_input"),
+    ZSTD: (
+        "zstd_checksum_wrong_error",
+        "zstd_dictionary_error",
+        "zstd_generic_error",
+        "zstd_memory_error",
+    ),
+}
+
 # Envoy's defaults (source/extensions/compression/*/compressor/config.h).
 GZIP_DEFAULTS: dict[str, Any] = {
     "compression_level": zlib.Z_DEFAULT_COMPRESSION,
@@ -120,25 +139,27 @@ class Compressor:
         return out + z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
 
-class DecompressError(ValueError):
-    """The data is not valid in the stream's encoding."""
-
-
 class Decompressor:
-    """One stream's decompressor. ``max_output`` bounds what one stream may inflate to
-    (None: no bound); past it :meth:`decompress` raises :class:`DecompressError`."""
+    """One stream's decompressor, as Envoy's libraries decompress each piece.
 
-    __slots__ = ("_gzip", "_brotli", "_zstd", "max_ratio", "taken", "given")
+    Errors do not raise: the output decoded so far is returned and :attr:`error` names
+    the library's stat for it (``zlib_data_error``, ``brotli_error``,
+    ``zstd_generic_error``); later pieces give nothing. gzip's ``max_inflate_ratio``
+    bounds each piece's output at that many times its input, as Envoy's zlib
+    decompressor does: past it the rest of the piece is dropped and ``zlib_data_error``
+    counted (the stream goes on)."""
+
+    __slots__ = ("_gzip", "_brotli", "_zstd", "max_ratio", "error", "failed")
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self._gzip: Any = None
         self._brotli: Any = None
         self._zstd: Any = None
         library = settings["library"]
-        # Envoy's gzip max_inflate_ratio: output over input, checked as data comes.
         self.max_ratio: int | None = settings.get("max_inflate_ratio")
-        self.taken = 0  # compressed bytes given
-        self.given = 0  # decompressed bytes returned
+        # The stat of the last error ("" when none); ``failed``: nothing more decodes.
+        self.error = ""
+        self.failed = False
         if library == GZIP:
             self._gzip = zlib.decompressobj(settings["window_bits"] | _GZIP_WRAPPER)
         elif library == BROTLI:
@@ -147,32 +168,38 @@ class Decompressor:
             self._zstd = zstandard.ZstdDecompressor().decompressobj()
 
     def decompress(self, data: bytes | bytearray | memoryview) -> bytes:
-        if not data:
+        self.error = ""
+        if not data or self.failed:
             return b""
-        self.taken += len(data)
+        piece = bytes(data)
+        if self._gzip is not None:
+            return self._decompress_gzip(piece)
         try:
-            if self._gzip is not None:
-                out = self._decompress_gzip(bytes(data))
-            elif self._brotli is not None:
-                out = self._brotli.process(bytes(data))
-            else:
-                out = self._zstd.decompress(bytes(data))
-        except (zlib.error, brotli.error, zstandard.ZstdError) as exc:
-            raise DecompressError(str(exc)) from None
-        self.given += len(out)
-        return out
+            if self._brotli is not None:
+                return bytes(self._brotli.process(piece))
+            return bytes(self._zstd.decompress(piece))
+        except brotli.error:
+            self.error = "brotli_error"
+        except zstandard.ZstdError:
+            self.error = "zstd_generic_error"
+        self.failed = True
+        return b""
 
-    def _decompress_gzip(self, data: bytes) -> bytes:
+    def _decompress_gzip(self, piece: bytes) -> bytes:
         d = self._gzip
-        if self.max_ratio is None:
-            return bytes(d.decompress(data))
-        out = bytearray()
-        pending = data
-        while pending:
-            # Inflate in bounded steps so a bomb is caught before it is expanded.
-            room = self.max_ratio * self.taken - self.given - len(out)
-            if room <= 0:
-                raise DecompressError("inflate ratio exceeded")
-            out += d.decompress(pending, room)
-            pending = d.unconsumed_tail
+        if d.eof:
+            return b""  # what follows the gzip member is ignored, as zlib stops there
+        try:
+            if self.max_ratio is None:
+                return bytes(d.decompress(piece))
+            limit = self.max_ratio * len(piece)
+            out = d.decompress(piece, limit)
+        except zlib.error:
+            self.error = "zlib_data_error"
+            self.failed = True
+            return b""
+        if d.unconsumed_tail:
+            # Over the ratio: Envoy's zlib decompressor stops on this piece; the rest of
+            # it is not fed back (zlib's unconsumed_tail is dropped), the stream goes on.
+            self.error = "zlib_data_error"
         return bytes(out)

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.compat.compression_upstream import CompressionUpstream, body, decode
+from tests.compat.compression_upstream import CompressionUpstream, body, decode, encode
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.support import ProxydProcess, wait_for
 
@@ -53,7 +53,11 @@ PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Com
 GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 BROTLI = "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli"
 ZSTD = "type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd"
-LISTENERS = ("main", "opts", "legacy", "rtoff")
+DECOMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor"
+D_GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip"
+D_BROTLI = "type.googleapis.com/envoy.extensions.compression.brotli.decompressor.v3.Brotli"
+D_ZSTD = "type.googleapis.com/envoy.extensions.compression.zstd.decompressor.v3.Zstd"
+LISTENERS = ("main", "opts", "legacy", "rtoff", "dec")
 DIRECT_BODY = "direct response text " * 10
 
 
@@ -63,6 +67,17 @@ def _filter(name: str, lib_name: str, lib_type: str, lib: dict[str, Any], **cfg:
         "typed_config": {
             "@type": COMPRESSOR,
             "compressor_library": {"name": lib_name, "typed_config": {"@type": lib_type, **lib}},
+            **cfg,
+        },
+    }
+
+
+def _decompressor(name: str, lib_type: str, lib: dict[str, Any], **cfg: Any) -> Any:
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": DECOMPRESSOR,
+            "decompressor_library": {"name": name, "typed_config": {"@type": lib_type, **lib}},
             **cfg,
         },
     }
@@ -195,13 +210,35 @@ def config(port: int) -> str:
         [{"match": {"prefix": "/"}, **up}],
         "rtoff",
     )
+    dec = _listener(
+        "dec",
+        [
+            _decompressor("dgz", D_GZIP, {"window_bits": 15, "max_inflate_ratio": 200}),
+            _decompressor(
+                "dbr",
+                D_BROTLI,
+                {},
+                request_direction_config={"advertise_accept_encoding": False},
+            ),
+            _decompressor(
+                "dzs",
+                D_ZSTD,
+                {"chunk_size": 8192},
+                response_direction_config={
+                    "common_config": {"enabled": {"default_value": False, "runtime_key": "x.y"}}
+                },
+            ),
+        ],
+        [{"match": {"prefix": "/"}, **up}],
+        "dec",
+    )
     doc = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "layered_runtime": {
             "layers": [{"name": "static", "static_layer": {"comp": {"off": False}}}]
         },
         "static_resources": {
-            "listeners": [main, opts, legacy, rtoff],
+            "listeners": [main, opts, legacy, rtoff, dec],
             "clusters": [
                 {
                     "name": "up",
@@ -370,10 +407,57 @@ CASES: dict[str, Case] = {
     # runtime flag off.
     "rtoff_gzip": _case("gzip", "rtoff"),
     "rtoff_absent": _case(None, "rtoff"),
+    # The decompressor filters (gzip, br without advertising, zstd for requests only).
+    "dec_gzip": _case(None, "dec", encode="gzip"),
+    "dec_gzip_chunked": _case(None, "dec", encode="gzip", chunks="3", size="40000"),
+    "dec_br": _case("br;q=0.5, gzip;q=0.3", "dec", encode="br"),
+    "dec_zstd_response_off": _case("zstd", "dec", encode="zstd"),
+    "dec_upper_label": _case(None, "dec", encode="gzip", encode_label="GZIP"),
+    "dec_two_codings": _case(None, "dec", encode="gzip", encode_label="gzip, identity"),
+    "dec_second_coding": _case(None, "dec", encode="gzip", encode_label="identity, gzip"),
+    "dec_no_transform": _case(None, "dec", encode="gzip", h_cache_control="no-transform"),
+    "dec_plain": _case("gzip;q=0.2, deflate", "dec"),
+    "dec_head": Case("dec", "/x", (("x-encode", "gzip"),), "HEAD"),
+    "dec_request_gzip": Case(
+        "dec",
+        "/p",
+        (("content-encoding", "gzip"),),
+        "POST",
+        encode(body(3000), "gzip"),
+    ),
+    "dec_request_br": Case(
+        "dec", "/p", (("content-encoding", "br"),), "POST", encode(body(9000), "br")
+    ),
+    "dec_request_zstd": Case(
+        "dec", "/p", (("content-encoding", "zstd"),), "POST", encode(body(9000), "zstd")
+    ),
+    "dec_request_chunked": Case(
+        "dec",
+        "/p",
+        (("content-encoding", "gzip"), ("transfer-encoding", "chunked")),
+        "POST",
+        encode(body(90000), "gzip"),
+    ),
+    "dec_request_no_transform": Case(
+        "dec",
+        "/p",
+        (("content-encoding", "gzip"), ("cache-control", "no-transform")),
+        "POST",
+        encode(body(3000), "gzip"),
+    ),
+    "dec_request_bad_data": Case(
+        "dec", "/p", (("content-encoding", "gzip"),), "POST", b"this is not gzip at all"
+    ),
 }
 
 COMPARED = ("content-encoding", "vary", "etag", "transfer-encoding", "content-type")
-UPSTREAM_SAW = ("x-got-accept-encoding", "x-got-content-encoding", "x-got-te", "x-got-body")
+UPSTREAM_SAW = (
+    "x-got-accept-encoding",
+    "x-got-content-encoding",
+    "x-got-content-length",
+    "x-got-te",
+    "x-got-body",
+)
 
 
 def _send(port: int, case: Case) -> dict[str, Any]:
@@ -423,7 +507,9 @@ def _stats(admin_port: int) -> dict[str, int]:
     for line in text.splitlines():
         name, _, value = line.partition(": ")
         # Compressed sizes depend on where the body was cut into pieces (each is flushed).
-        if ".compressor." in name and not name.endswith("total_compressed_bytes"):
+        if ".compressor." in name and name.endswith("total_compressed_bytes"):
+            continue
+        if ".compressor." in name or ".decompressor." in name:
             out[name] = int(value)
     return out
 
