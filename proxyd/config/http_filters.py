@@ -26,14 +26,14 @@ FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
 def compile_http_filters(
     http_filters: Sequence[Any], path: str, file: str
 ) -> tuple[HttpFilter, ...]:
-    """The filters before the router, in order; the router must be last, once."""
+    """The filters before the router, in order; the router must be last, once.
+
+    Two filters may share a name, as Envoy allows (its compressor example has two
+    ``envoy.filters.http.compressor``); a route's ``typed_per_filter_config`` entry for
+    that name then applies to both."""
     out: list[HttpFilter] = []
-    names: set[str] = set()
     for i, f in enumerate(http_filters):
         here = f"{path}[{i}]"
-        if f.name in names:
-            raise ConfigError(file, join(here, "name"), f"duplicate HTTP filter name '{f.name}'")
-        names.add(f.name)
         if not f.HasField("typed_config"):
             if f.name != ROUTER_NAME:
                 raise ConfigError(file, here, f"HTTP filter '{f.name}' not supported by proxyd")
