@@ -5,8 +5,8 @@ returns what can go out now: Envoy's compressor filter compresses every piece wi
 ``State::Flush`` (zlib's ``Z_SYNC_FLUSH``, brotli's ``BROTLI_OPERATION_FLUSH``, zstd's
 ``ZSTD_e_flush``) and the last one with ``State::Finish``, so nothing waits in the
 compressor between pieces and a streamed response is never held. A
-:class:`Decompressor` does the reverse; its output is bounded
-(:attr:`Decompressor.max_output`) as Envoy's ``max_inflate_ratio`` bounds gzip.
+:class:`Decompressor` does the reverse, piece by piece, with gzip's output per piece
+bounded by Envoy's ``max_inflate_ratio``.
 
 Settings are the plain data the epoch carries (``proxyd.filters.compressor.config``):
 ``{"library": "gzip" | "brotli" | "zstd", ...}``, with Envoy's field names and
