@@ -65,7 +65,15 @@ def compile_filters(
         factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
-    return tuple(out)
+    chain = tuple(out)
+    for factory in chain:
+        # A factory that must know the others of its chain (the compressors choose an
+        # encoding together, as Envoy's register in the stream's filter state) says so
+        # with ``link_chain``.
+        link = getattr(factory, "link_chain", None)
+        if link is not None:
+            link(chain)
+    return chain
 
 
 class RoutePlan:

@@ -21,6 +21,11 @@ change ``remove_accept_encoding_header``) or else the filter's:
   unless it has the token) whether or not it is compressed, so caches keep the variants
   apart.
 
+**Chain.** Envoy's compressors register in the stream's filter state when the stream's
+filters are made; here each factory learns the compressors of its route's chain when the
+epoch is compiled (``link_chain``), and the stream's decision is kept in
+``stream.filter_state``.
+
 **Request.** The ``Accept-Encoding`` header is read, then removed when compression is
 enabled and ``remove_accept_encoding_header``. With ``request_direction_config`` (and its
 flag enabled), a request body is compressed the same way when its ``content-length`` (if
@@ -51,8 +56,7 @@ from proxyd.filters.compressor.negotiation import (
 from proxyd.protocol.compression import CONTENT_ENCODING, Compressor
 from proxyd.protocol.runtime import EMPTY, Snapshot
 
-# Envoy's StreamInfo filter state keys: the chain's compressors, the decision.
-REGISTRY_KEY = "compressors"
+# Envoy's StreamInfo filter state key of the stream's decision.
 DECISION_KEY = "encoding_decision"
 
 # Transfer codings that mean the message is compressed already (Envoy's list).
@@ -146,6 +150,7 @@ class Factory:
         "disable_on_etag",
         "uncompressible",
         "prefix",
+        "chain",
     )
 
     def __init__(
@@ -191,7 +196,8 @@ class Factory:
             wanted.update(("content-type", "content-encoding", "transfer-encoding"))
         self.wanted_headers = frozenset(wanted)
         self.response_headers = RESPONSE_HEADERS
-        # Every compressor is registered for the stream (on the request head).
+        # The compressors of this route's chain, in order (link_chain).
+        self.chain: tuple[Candidate, ...] = (self.candidate,)
         self.decodes = True
         self.encodes = True
         # Shown at 0 from the start, as Envoy does.
@@ -203,6 +209,10 @@ class Factory:
 
     def create(self) -> CompressorFilter:
         return CompressorFilter(self)
+
+    def link_chain(self, factories: tuple[Any, ...]) -> None:
+        """The route's filter factories, in order: the compressors among them choose."""
+        self.chain = tuple(f.candidate for f in factories if isinstance(f, Factory))
 
     def count(self, stat: str, by: int = 1) -> None:
         self.stats.inc(stat, by)
@@ -221,14 +231,6 @@ class CompressorFilter(HttpFilter):
 
     async def on_request_headers(self, stream: FilterStream, end_stream: bool) -> Result:
         f = self.factory
-        state = stream.filter_state
-        if state is None:
-            state = stream.filter_state = {}
-        registry = state.get(REGISTRY_KEY)
-        if registry is None:
-            registry = state[REGISTRY_KEY] = []
-        assert isinstance(registry, list)
-        registry.append(f.candidate)
         headers = stream.head.headers
         self.accept_encoding = headers.get("accept-encoding")
         if f.response_enabled and f.remove_accept_encoding and self.accept_encoding is not None:
@@ -365,12 +367,11 @@ class CompressorFilter(HttpFilter):
             f.count(f.prefix + "no_accept_header")
             return False
         state = stream.filter_state
-        assert state is not None  # on_request_headers registered this filter
+        if state is None:
+            state = stream.filter_state = {}
         decision = state.get(DECISION_KEY)
         if not isinstance(decision, Decision):
-            registry = state.get(REGISTRY_KEY)
-            assert isinstance(registry, list)
-            decision = choose(self.accept_encoding, headers.get("content-type"), registry)
+            decision = choose(self.accept_encoding, headers.get("content-type"), f.chain)
             state[DECISION_KEY] = decision
         mine = decision.encoding.lower() == f.encoding.lower()
         stat = decision.stat
