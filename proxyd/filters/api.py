@@ -101,6 +101,16 @@ class FilterStream(Protocol):
 
     def remove_request_header(self, name: str) -> None: ...
 
+    def add_request_header(self, name: str, value: str) -> None:
+        """Add a request header line, keeping those the request has of that name."""
+        ...
+
+    def downstream_addresses(self) -> tuple[str, str, str, int]:
+        """(the client address the connection manager trusts (x-forwarded-for and
+        xff_num_trusted_hops, Envoy's downstream remote address), the connection's peer
+        address, and the local address and port the connection came to)."""
+        ...
+
     def set_request_length(self, length: int) -> None:
         """The request body goes upstream with this content-length (no chunking)."""
         ...
@@ -156,6 +166,11 @@ class StatsScope(Protocol):
     def value(self, name: str) -> int:
         """A gauge's (else a counter's) value in this worker, 0 when never touched: the
         fault filter's ``max_active_faults`` reads its ``active_faults`` gauge."""
+        ...
+
+    def root(self, prefix: str) -> StatsScope:
+        """A scope at the top of the stat names, under ``prefix`` (Envoy's filters whose
+        stats are not under ``http.<stat_prefix>.``, e.g. ``<p>.http_local_rate_limit.``)."""
         ...
 
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 from proxyd.filters.api import FactoryMaker
 from proxyd.filters.buffer.filter import Factory as BufferFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
+from proxyd.filters.local_ratelimit.filter import Factory as LocalRateLimitFactory
+from proxyd.filters.rbac.filter import Factory as RbacFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": LocalRateLimitFactory,
+    "envoy.extensions.filters.http.rbac.v3.RBAC": RbacFactory,
 }
