@@ -107,6 +107,16 @@ class FilterStream(Protocol):
 
     def remove_request_header(self, name: str) -> None: ...
 
+    def add_request_header(self, name: str, value: str) -> None:
+        """Add a request header line, keeping those the request has of that name."""
+        ...
+
+    def downstream_addresses(self) -> tuple[str, str, str, int]:
+        """(the client address the connection manager trusts (x-forwarded-for and
+        xff_num_trusted_hops, Envoy's downstream remote address), the connection's peer
+        address, and the local address and port the connection came to)."""
+        ...
+
     def set_request_length(self, length: int) -> None:
         """The request body goes upstream with this content-length (no chunking)."""
         ...
@@ -182,6 +192,11 @@ class StatsScope(Protocol):
         fault filter's ``max_active_faults`` reads its ``active_faults`` gauge."""
         ...
 
+    def root(self, prefix: str) -> StatsScope:
+        """A scope at the top of the stat names, under ``prefix`` (Envoy's filters whose
+        stats are not under ``http.<stat_prefix>.``, e.g. ``<p>.http_local_rate_limit.``)."""
+        ...
+
 
 class FilterFactory(Protocol):
     """Compiled once per epoch and route: makes a filter per stream.
@@ -189,8 +204,8 @@ class FilterFactory(Protocol):
     ``wanted_headers`` are the lower-case request header names the filter reads from
     ``stream.head.headers``; a factory may also have ``response_headers``, the response
     header names its ``on_response_headers`` reads from ``response.headers`` (optional:
-    the plan reads it with ``getattr``, so filters that read none need not say so); ``encodes`` / ``decodes`` say which sides it has, so the
-    chain skips the other."""
+    the plan reads it with ``getattr``, so filters that read none need not say so);
+    ``encodes`` / ``decodes`` say which sides it has, so the chain skips the other."""
 
     name: str
     wanted_headers: frozenset[str]

@@ -10,10 +10,14 @@ from proxyd.filters.buffer.filter import Factory as BufferFactory
 from proxyd.filters.compressor.filter import Factory as CompressorFactory
 from proxyd.filters.decompressor.filter import Factory as DecompressorFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
+from proxyd.filters.local_ratelimit.filter import Factory as LocalRateLimitFactory
+from proxyd.filters.rbac.filter import Factory as RbacFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
     "envoy.extensions.filters.http.compressor.v3.Compressor": CompressorFactory,
     "envoy.extensions.filters.http.decompressor.v3.Decompressor": DecompressorFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": LocalRateLimitFactory,
+    "envoy.extensions.filters.http.rbac.v3.RBAC": RbacFactory,
 }

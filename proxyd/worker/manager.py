@@ -138,6 +138,10 @@ async def _serve(
                 # its filters run (the upstream head loses them in policy.apply).
                 for name in EDGE_STRIPPED_NAMES:
                     h.headers.pop(name, None)
+            # What the filters read of the connection (RBAC's addresses): the client
+            # address Envoy's connection manager has set by the time its filters run.
+            stream.connection = conn
+            stream.trusted_address = plan.policy.trusted_address(h, conn.remote_ip)
             chain = FilterChain(stream, stream.sink, filters, plan.buffer_limit, plan.http_stats)
             stream.sink = chain
             reply = await chain.decode_headers()

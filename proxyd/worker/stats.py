@@ -327,12 +327,17 @@ class NamedStats(_Scope):
     has counted it, as Envoy shows a filter's stats from the start. Counters report
     deltas, gauges absolute values, like the other scopes."""
 
-    __slots__ = ("counters", "gauges")
+    __slots__ = ("counters", "gauges", "store")
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, store: StatsStore | None = None) -> None:
         super().__init__(prefix)
         self.counters: dict[str, int] = {}
         self.gauges: dict[str, int] = {}
+        self.store = store  # where root() finds the other scopes
+
+    def root(self, prefix: str) -> NamedStats:
+        assert self.store is not None
+        return self.store.named(prefix)
 
     def inc(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
@@ -408,7 +413,9 @@ class StatsStore:
 
     def named(self, prefix: str) -> NamedStats:
         """A free-form scope under ``prefix`` (e.g. "http.ingress."), for filters."""
-        return self._get(NamedStats, "named." + prefix, prefix)
+        scope = self._get(NamedStats, "named." + prefix, prefix)
+        scope.store = self
+        return scope
 
     def report(self) -> tuple[dict[str, int], dict[str, int]]:
         """Counter deltas since the previous call, and gauges as absolute values."""

@@ -133,6 +133,7 @@ class Stream:
         "request_deadline",
         "buffer_limit",
         "close_connection",
+        "connection",
     )
 
     def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:
@@ -176,6 +177,9 @@ class Stream:
         # The connection must close after this stream (e.g. a filter answered before
         # the request body was read).
         self.close_connection = False
+        # The connection, for filters that read its addresses (set when the route has
+        # filters; None otherwise).
+        self.connection: Connection | None = None
 
     def flag_text(self) -> str:
         """%RESPONSE_FLAGS%: every flag set, comma-separated, or "-"."""
@@ -212,6 +216,30 @@ class Stream:
             prefix = lname.encode("latin-1") + b":"
             self.request_added = [x for x in self.request_added if not x.startswith(prefix)]
         h.headers.pop(lname, None)
+
+    def add_request_header(self, name: str, value: str) -> None:
+        h = self.head
+        assert h is not None
+        lname = name.lower()
+        if self.request_added is None:
+            self.request_added = []
+        self.request_added.append(
+            lname.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        )
+        old = h.headers.get(lname)
+        h.headers[lname] = value if old is None else f"{old},{value}"
+
+    def downstream_addresses(self) -> tuple[str, str, str, int]:
+        conn = self.connection
+        assert conn is not None
+        local = conn.local_address()
+        ip, _, port = local.rpartition(":")
+        return (
+            self.trusted_address or conn.remote_ip,
+            conn.remote_ip,
+            ip.strip("[]"),
+            int(port) if port.isdigit() else 0,
+        )
 
     def set_request_length(self, length: int) -> None:
         h = self.head

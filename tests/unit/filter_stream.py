@@ -39,12 +39,22 @@ class MemoryStream:
     request_length: int | None = None
     flags: list[str] = field(default_factory=list)
     buffer_limit: int = 0
+    # Lines add_request_header added, in order (name, value).
+    added_request_headers: list[tuple[str, str]] = field(default_factory=list)
+    # downstream_addresses(): (trusted client, peer, local ip, local port).
+    addresses: tuple[str, str, str, int] = ("127.0.0.1", "127.0.0.1", "127.0.0.1", 8000)
 
     def set_request_header(self, name: str, value: str) -> None:
         self.request_headers[name] = value
 
     def remove_request_header(self, name: str) -> None:
         self.removed_headers.append(name)
+
+    def add_request_header(self, name: str, value: str) -> None:
+        self.added_request_headers.append((name, value))
+
+    def downstream_addresses(self) -> tuple[str, str, str, int]:
+        return self.addresses
 
     def set_request_length(self, length: int) -> None:
         self.request_length = length

@@ -94,3 +94,15 @@ def test_named_scope_beside_the_hcm_scope_of_the_same_prefix() -> None:
         "http.ingress.downstream_rq_total": 1,
         "http.ingress.downstream_rq_too_large": 1,
     }
+
+
+def test_a_filter_scope_opens_a_top_level_scope() -> None:
+    """The local rate limit filter's stats are ``<stat_prefix>.http_local_rate_limit.*``,
+    not under ``http.<prefix>.``: its scope opens one at the top of the names."""
+    store = StatsStore()
+    scope = store.named("http.ingress.")
+    top = scope.root("rl.http_local_rate_limit.")
+    assert top is store.named("rl.http_local_rate_limit.")
+    top.inc("ok", 2)
+    scope.inc("rbac.allowed")
+    assert store.report()[0] == {"rl.http_local_rate_limit.ok": 2, "http.ingress.rbac.allowed": 1}
