@@ -11,7 +11,9 @@ One bootstrap with four listeners in front of one upstream
   ``remove_accept_encoding_header`` and ``request_direction_config``, then brotli;
 * ``legacy``: gzip with the deprecated top-level fields (``content_length`` 100,
   ``disable_on_etag_header``, ``runtime_enabled``);
-* ``rtoff``: gzip whose ``enabled`` flag the runtime turns off.
+* ``rtoff``: gzip whose ``enabled`` flag the runtime turns off;
+* ``dec``: three decompressor filters: gzip (``max_inflate_ratio`` 200), brotli (no
+  ``accept-encoding`` advertised) and zstd (response direction off by its flag).
 
 Each case goes through Envoy and proxyd; the client (``http.client``, which does not
 decompress) compares status, content-encoding, vary, etag, whether there is a
@@ -19,7 +21,9 @@ content-length (and its value when the proxy did not compress), transfer-encodin
 what the upstream received (accept-encoding, content-encoding, the request body after
 decoding) and the response body after decoding. The compressed bytes themselves are
 not compared: zlib, brotli and zstd settings are the same, but proxyd's pieces need not
-be cut where Envoy's are. Finally the ``compressor.`` stats of both must be equal.
+be cut where Envoy's are. Finally the ``compressor.`` and ``decompressor.`` stats of both
+must be equal (but ``total_compressed_bytes`` of the compressors, which depends on where
+the body was cut).
 """
 
 from __future__ import annotations
