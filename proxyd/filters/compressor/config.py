@@ -93,6 +93,7 @@ PER_ROUTE_SPEC: Spec = {
 }
 
 DEFAULT_MIN_CONTENT_LENGTH = 30
+ZSTD_MAX_LEVEL = 22  # ZSTD_maxCLevel()
 # Envoy's defaultContentEncoding(): the media types compressed when none are configured.
 DEFAULT_CONTENT_TYPES = (
     "text/html",
@@ -167,7 +168,10 @@ def library(any_msg: Any) -> dict[str, Any]:
     d = compression.ZSTD_DEFAULTS
     return {
         "library": compression.ZSTD,
-        "compression_level": _wrapped(msg, "compression_level", d["compression_level"]),
+        # No bound in the proto; zstd takes levels above its maximum as the maximum.
+        "compression_level": min(
+            _wrapped(msg, "compression_level", d["compression_level"]), ZSTD_MAX_LEVEL
+        ),
         "enable_checksum": msg.enable_checksum,
         "strategy": msg.strategy,
         "chunk_size": _wrapped(msg, "chunk_size", d["chunk_size"]),
