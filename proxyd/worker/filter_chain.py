@@ -353,10 +353,9 @@ class FilterChain:
         self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
     ) -> None:
         data = body.encode() if isinstance(body, str) else body
-        # The head the codec will write (proxyd.protocol.http1_headers.local_reply).
-        headers = {"content-length": str(len(data))}
-        if data:
-            headers["content-type"] = "text/plain"
+        # The head the filters see, as Envoy's sendLocalReply makes it: a body brings its
+        # content-length and content-type; without one the codec adds the length later.
+        headers = {"content-length": str(len(data)), "content-type": "text/plain"} if data else {}
         reply = await self._encode_headers(status, headers, not data)
         if reply is not None:
             await self.send_filter_reply(reply, encode=False)

@@ -144,6 +144,7 @@ def config(port: int) -> str:
             "match": {"prefix": "/direct/"},
             "direct_response": {"status": 200, "body": {"inline_string": DIRECT_BODY}},
         },
+        {"match": {"prefix": "/empty/"}, "direct_response": {"status": 503}},
         {"match": {"prefix": "/"}, **up},
     ]
     main = _listener(
@@ -195,7 +196,18 @@ def config(port: int) -> str:
                 runtime_enabled={"default_value": True, "runtime_key": "comp.legacy"},
             )
         ],
-        [{"match": {"prefix": "/"}, **up}],
+        [
+            {
+                # A request with x-no-route matches no route: Envoy's 404 local reply.
+                "match": {
+                    "prefix": "/",
+                    "headers": [
+                        {"name": "x-no-route", "present_match": True, "invert_match": True}
+                    ],
+                },
+                **up,
+            }
+        ],
         "legacy",
     )
     rtoff = _listener(
@@ -366,6 +378,7 @@ CASES: dict[str, Case] = {
     "route_strip_absent": _case(None, path="/strip/x"),
     "direct_response": _case("gzip", path="/direct/x"),
     "direct_response_plain": _case(None, path="/direct/x"),
+    "direct_response_no_body": _case("gzip", path="/empty/x"),
     # opts: content types, uncompressible codes, request direction, brotli second.
     "opts_json": _case("gzip", "opts", type="application/json"),
     "opts_text_plain_br": _case("gzip, br", "opts"),
@@ -408,6 +421,7 @@ CASES: dict[str, Case] = {
     "legacy_big": _case("gzip", "legacy", size="100"),
     "legacy_etag": _case("gzip", "legacy", h_etag='W/"x"'),
     "legacy_chunked": _case("gzip", "legacy", chunks="2"),
+    "legacy_no_route_404": _case("gzip", "legacy", no_route="1"),
     # runtime flag off.
     "rtoff_gzip": _case("gzip", "rtoff"),
     "rtoff_absent": _case(None, "rtoff"),
@@ -586,3 +600,10 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert e["opts_post_compressed"]["x-got-body"] == hashlib.sha256(body(5000)).hexdigest()
     assert e["rtoff_gzip"]["content-encoding"] is None
     assert e["chunked_big"]["body"] == hashlib.sha256(body(50000)).hexdigest()
+    # A local reply without a body has no content-length when the filters see it: it is
+    # compressible (so it varies) but has nothing to compress.
+    assert e["legacy_no_route_404"]["status"] == 404
+    assert e["legacy_no_route_404"]["vary"] == "Accept-Encoding"
+    assert e["direct_response_no_body"]["vary"] == "Accept-Encoding"
+    assert e["direct_response"]["content-encoding"] == "gzip"
+    assert e["direct_response"]["transfer-encoding"] == "chunked"
