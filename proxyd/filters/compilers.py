@@ -5,9 +5,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from proxyd.filters.buffer import config as buffer_config
+from proxyd.filters.cors import config as cors_config
+from proxyd.filters.csrf import config as csrf_config
 from proxyd.filters.fault import config as fault_config
 
-COMPILERS: dict[str, ModuleType] = {m.TYPE: m for m in (buffer_config, fault_config)}
+COMPILERS: dict[str, ModuleType] = {
+    m.TYPE: m for m in (buffer_config, cors_config, csrf_config, fault_config)
+}
 
 
 def compiler(type_name: str) -> ModuleType | None:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from proxyd.filters.api import FactoryMaker
 from proxyd.filters.buffer.filter import Factory as BufferFactory
+from proxyd.filters.cors.filter import Factory as CorsFactory
+from proxyd.filters.csrf.filter import Factory as CsrfFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
+    "envoy.extensions.filters.http.cors.v3.Cors": CorsFactory,
+    "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": CsrfFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
 }

@@ -61,6 +61,8 @@ def compile_filters(
         if f.disabled and (o is None or not (o.enabled or o.config is not None)):
             continue
         scope = stats.named(f"http.{stat_prefix}.")
+        if o is None or o.config is None:  # a route field for filters of this type (cors)
+            o = by_name.get(f.type_name, o)
         per_route = o.config if o else None
         factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
