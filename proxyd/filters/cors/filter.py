@@ -176,7 +176,7 @@ class Factory:
     ) -> None:
         self.name = name
         self.policy = Policy(_levels(per_route), runtime)
-        active = self.policy.enabled != _NEVER or self.policy.shadow != _NEVER
+        active = self.policy.enabled[0] > 0 or self.policy.shadow[0] > 0
         self.wanted_headers: frozenset[str] = WANTED if active else frozenset()
         self.decodes = active
         self.encodes = active
