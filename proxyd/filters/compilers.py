@@ -8,9 +8,17 @@ from proxyd.filters.buffer import config as buffer_config
 from proxyd.filters.cors import config as cors_config
 from proxyd.filters.csrf import config as csrf_config
 from proxyd.filters.fault import config as fault_config
+from proxyd.filters.header_mutation import config as header_mutation_config
 
 COMPILERS: dict[str, ModuleType] = {
-    m.TYPE: m for m in (buffer_config, cors_config, csrf_config, fault_config)
+    m.TYPE: m
+    for m in (
+        buffer_config,
+        cors_config,
+        csrf_config,
+        fault_config,
+        header_mutation_config,
+    )
 }
 
 

@@ -10,10 +10,12 @@ from proxyd.filters.buffer.filter import Factory as BufferFactory
 from proxyd.filters.cors.filter import Factory as CorsFactory
 from proxyd.filters.csrf.filter import Factory as CsrfFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
+from proxyd.filters.header_mutation.filter import Factory as HeaderMutationFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
     "envoy.extensions.filters.http.cors.v3.Cors": CorsFactory,
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": CsrfFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
+    "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation": HeaderMutationFactory,
 }

@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from proxyd.epoch import (
     Epoch,
@@ -47,9 +48,12 @@ def compile_filters(
     stat_prefix: str,
     stats: StatsStore,
     runtime: Snapshot = EMPTY,
+    header_levels: list[Any] | None = None,
 ) -> tuple[FilterFactory, ...]:
     """The factories of a route's filters, with its per-route config resolved; those
-    disabled on the route (or in the HCM and not enabled by the route) are left out."""
+    disabled on the route (or in the HCM and not enabled by the route) are left out.
+    A filter whose factory has ``header_levels`` (header_mutation) adds them to
+    ``header_levels``, in chain order, for the route's MutationPlan."""
     if not http_filters:
         return ()
     by_name = {o.name: o for o in overrides}
@@ -67,6 +71,9 @@ def compile_filters(
         factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
+        levels = getattr(factory, "header_levels", None)
+        if levels is not None and header_levels is not None:
+            header_levels.append(levels)
     return tuple(out)
 
 
@@ -250,6 +257,21 @@ class ListenerPlan:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
             if r.redirect is not None or r.direct_response is not None:
                 rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+            filter_levels: list[Any] = []
+            rp.filters = compile_filters(
+                hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime, filter_levels
+            )
+            for f in rp.filters:
+                filter_headers |= f.wanted_headers
+            if filter_levels:
+                # header_mutation: its request steps before the route's mutations (Envoy's
+                # router applies those after the filters), its response steps after them
+                # (the encoder filters run after the router's), in chain order each way.
+                mutations = (
+                    *(m for request, _ in filter_levels for m in request),
+                    *mutations,
+                    *(m for _, response in reversed(filter_levels) for m in response),
+                )
             if (
                 mutations
                 or r.prefix_rewrite is not None
@@ -264,11 +286,6 @@ class ListenerPlan:
                 rp.mutations = MutationPlan(
                     mutations, rewrite, host_rewrite, r.host_rewrite_header, r.auto_host_rewrite
                 )
-            rp.filters = compile_filters(
-                hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime
-            )
-            for f in rp.filters:
-                filter_headers |= f.wanted_headers
             return rp
 
         def plan_for(r: Route, cluster_name: str) -> RoutePlan:
