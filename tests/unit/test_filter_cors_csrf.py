@@ -1,4 +1,4 @@
-"""The CORS and CSRF filters' decisions, driven through their factories with an
+"""The CORS, CSRF and header_mutation filters' decisions, driven through their factories with an
 in-memory stream (:mod:`tests.unit.filter_stream`), and their configs through
 proxyd.config.compile_bootstrap (the per-route levels, the deprecated ``cors`` field)."""
 
@@ -17,6 +17,7 @@ from proxyd.filters.api import CONTINUE, LocalReply, Result
 from proxyd.filters.cors.filter import Factory as CorsFactory
 from proxyd.filters.csrf.filter import Factory as CsrfFactory
 from proxyd.filters.csrf.filter import host_and_port
+from proxyd.filters.header_mutation.filter import Factory as HmFactory
 from proxyd.protocol.http1 import ResponseHeadParser
 from proxyd.protocol.http1_headers import response_head
 from proxyd.protocol.runtime import Snapshot
@@ -338,3 +339,77 @@ def test_unknown_cors_field_is_refused_with_its_path() -> None:
     with pytest.raises(ConfigError) as info:
         compile_bootstrap(d, "conf.yaml")
     assert "allow_origin_string_match[0]" in info.value.path
+
+
+# -- header_mutation ----------------------------------------------------------------------
+
+HM = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+HM_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
+)
+
+
+def hm_step(key: str, value: str = "v", action: str = "APPEND_IF_EXISTS_OR_ADD") -> Any:
+    return {"append": {"header": {"key": key, "value": value}, "append_action": action}}
+
+
+def hm_route(key: str) -> dict[str, Any]:
+    return {
+        "hm": {
+            "@type": HM_ROUTE,
+            "mutations": {"request_mutations": [hm_step(key)], "response_mutations": []},
+        }
+    }
+
+
+def with_header_mutation(wins: bool) -> dict[str, Any]:
+    d = copy.deepcopy(base())
+    hcm(d)["http_filters"].insert(
+        0,
+        {
+            "name": "hm",
+            "typed_config": {
+                "@type": HM,
+                "most_specific_header_mutations_wins": wins,
+                "mutations": {
+                    "request_mutations": [hm_step("x-filter"), {"remove": "x-gone"}],
+                    "response_mutations": [hm_step("x-resp", "r", "ADD_IF_ABSENT")],
+                },
+            },
+        },
+    )
+    hcm(d)["route_config"]["typed_per_filter_config"] = hm_route("x-rc")
+    vhost(d)["typed_per_filter_config"] = hm_route("x-vh")
+    route(d, 0)["typed_per_filter_config"] = hm_route("x-route")
+    return d
+
+
+@pytest.mark.parametrize(
+    ("wins", "order"),
+    [(False, ["x-filter", "x-gone", "x-route", "x-vh", "x-rc"]),
+     (True, ["x-filter", "x-gone", "x-rc", "x-vh", "x-route"])],
+)  # fmt: skip
+def test_header_mutation_steps_in_envoys_order(wins: bool, order: list[str]) -> None:
+    d = with_header_mutation(wins)
+    lc = compile_bootstrap(d, "conf.yaml")
+    h = lc.epoch_template.listeners[0].hcm
+    assert h is not None
+    flt = next(f for f in h.http_filters if f.name == "hm")
+    o = {x.name: x for x in h.route_config.virtual_hosts[0].routes[0].filter_configs}["hm"]
+    factory = HmFactory("hm", flt.config, o.config, StatsStore().named(SCOPE))
+    assert not factory.decodes and not factory.encodes  # no code per stream
+    request, response = factory.header_levels
+    names = [(m.request_add[0].name if m.request_add else m.request_remove[0]) for m in request]
+    assert names == order
+    assert [(a.name, a.action) for m in response for a in m.response_add] == [
+        ("x-resp", "ADD_IF_ABSENT")
+    ]
+
+
+def test_header_mutation_framing_header_refused_with_its_path() -> None:
+    d = with_header_mutation(False)
+    vhost(d)["typed_per_filter_config"] = hm_route("content-length")
+    with pytest.raises(ConfigError) as info:
+        compile_bootstrap(d, "conf.yaml")
+    assert info.value.path.endswith("request_mutations[0].append.header.key")
+    assert "content-length" in info.value.reason
