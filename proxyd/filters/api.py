@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -157,6 +157,16 @@ class StatsScope(Protocol):
         """A gauge's (else a counter's) value in this worker, 0 when never touched: the
         fault filter's ``max_active_faults`` reads its ``active_faults`` gauge."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class EpochFacts:
+    """What a filter may know of its epoch beyond its config, given (as ``facts=``) to
+    a factory whose class sets ``takes_epoch_facts``: the bootstrap's ``node.cluster``
+    and, per cluster, (hosts, hosts able to take traffic: healthy and not ejected)."""
+
+    node_cluster: str = ""
+    membership: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class FilterFactory(Protocol):

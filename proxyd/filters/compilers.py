@@ -9,6 +9,7 @@ from proxyd.filters.cors import config as cors_config
 from proxyd.filters.csrf import config as csrf_config
 from proxyd.filters.fault import config as fault_config
 from proxyd.filters.header_mutation import config as header_mutation_config
+from proxyd.filters.health_check import config as health_check_config
 
 COMPILERS: dict[str, ModuleType] = {
     m.TYPE: m
@@ -18,6 +19,7 @@ COMPILERS: dict[str, ModuleType] = {
         csrf_config,
         fault_config,
         header_mutation_config,
+        health_check_config,
     )
 }
 

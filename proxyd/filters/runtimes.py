@@ -11,6 +11,7 @@ from proxyd.filters.cors.filter import Factory as CorsFactory
 from proxyd.filters.csrf.filter import Factory as CsrfFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
 from proxyd.filters.header_mutation.filter import Factory as HeaderMutationFactory
+from proxyd.filters.health_check.filter import Factory as HealthCheckFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
@@ -18,4 +19,5 @@ FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": CsrfFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation": HeaderMutationFactory,
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck": HealthCheckFactory,
 }

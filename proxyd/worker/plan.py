@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from proxyd.epoch import (
     Epoch,
@@ -24,7 +24,7 @@ from proxyd.epoch import (
     RetryPolicy,
     Route,
 )
-from proxyd.filters.api import FilterFactory
+from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
@@ -49,6 +49,7 @@ def compile_filters(
     stats: StatsStore,
     runtime: Snapshot = EMPTY,
     header_levels: list[Any] | None = None,
+    facts: EpochFacts | None = None,
 ) -> tuple[FilterFactory, ...]:
     """The factories of a route's filters, with its per-route config resolved; those
     disabled on the route (or in the HCM and not enabled by the route) are left out.
@@ -68,7 +69,12 @@ def compile_filters(
         if o is None or o.config is None:  # a route field for filters of this type (cors)
             o = by_name.get(f.type_name, o)
         per_route = o.config if o else None
-        factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
+        maker = FACTORIES[f.type_name]
+        if getattr(maker, "takes_epoch_facts", False):  # health_check: clusters, node
+            # (FactoryMaker leaves facts out: only such factories take it.)
+            factory = cast(Any, maker)(f.name, f.config, per_route, scope, runtime, facts=facts)
+        else:
+            factory = maker(f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
         levels = getattr(factory, "header_levels", None)
@@ -216,6 +222,7 @@ class ListenerPlan:
         local_address: str,
         ids: RequestIdGenerator,
         runtime: Snapshot = EMPTY,
+        facts: EpochFacts | None = None,
     ) -> None:
         hcm = listener.hcm
         self.name = listener.name
@@ -259,7 +266,13 @@ class ListenerPlan:
                 rp.local = LocalAction(r.match, r.redirect, r.direct_response)
             filter_levels: list[Any] = []
             rp.filters = compile_filters(
-                hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime, filter_levels
+                hcm.http_filters,
+                filter_configs,
+                hcm.stat_prefix,
+                stats,
+                runtime,
+                filter_levels,
+                facts,
             )
             for f in rp.filters:
                 filter_headers |= f.wanted_headers
@@ -323,7 +336,7 @@ class ListenerPlan:
                 self.route_plans[id(r)] = rp
         # A request no route matches still passes the filters (with their HCM config).
         self.no_route_filters = compile_filters(
-            hcm.http_filters, (), hcm.stat_prefix, stats, runtime
+            hcm.http_filters, (), hcm.stat_prefix, stats, runtime, facts=facts
         )
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
@@ -420,9 +433,16 @@ class CompiledEpoch:
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
         self.runtime = Snapshot(epoch.runtime)
+        facts = EpochFacts(
+            epoch.node_cluster,
+            {
+                name: (len(c.hosts), sum(1 for h in c.hosts if h.usable))
+                for name, c in self.clusters.items()
+            },
+        )
         self.plans = {
             lst.name: ListenerPlan(
-                lst, self.clusters, stats, writers, local_address, ids, self.runtime
+                lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
             for lst in epoch.listeners
         }

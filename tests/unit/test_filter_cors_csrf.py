@@ -1,4 +1,4 @@
-"""The CORS, CSRF and header_mutation filters' decisions, driven through their factories with an
+"""The CORS, CSRF, header_mutation and health_check filters' decisions, driven through their factories with an
 in-memory stream (:mod:`tests.unit.filter_stream`), and their configs through
 proxyd.config.compile_bootstrap (the per-route levels, the deprecated ``cors`` field)."""
 
@@ -18,6 +18,7 @@ from proxyd.filters.cors.filter import Factory as CorsFactory
 from proxyd.filters.csrf.filter import Factory as CsrfFactory
 from proxyd.filters.csrf.filter import host_and_port
 from proxyd.filters.header_mutation.filter import Factory as HmFactory
+from proxyd.filters.health_check.filter import cluster_status
 from proxyd.protocol.http1 import ResponseHeadParser
 from proxyd.protocol.http1_headers import response_head
 from proxyd.protocol.runtime import Snapshot
@@ -413,3 +414,47 @@ def test_header_mutation_framing_header_refused_with_its_path() -> None:
         compile_bootstrap(d, "conf.yaml")
     assert info.value.path.endswith("request_mutations[0].append.header.key")
     assert "content-length" in info.value.reason
+
+
+# -- health_check -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("min_healthy", "status", "details"),
+    [
+        ({}, 200, "health_check_ok"),
+        ({"a": 50}, 200, "health_check_ok_cluster_healthy"),
+        ({"a": 51}, 503, "health_check_failed_cluster_unhealthy"),
+        ({"nosuch": 0}, 503, "health_check_failed_no_cluster_found"),
+        ({"empty": 0, "a": 0}, 200, "health_check_ok_cluster_healthy"),
+        ({"empty": 1}, 503, "health_check_failed_cluster_empty"),
+    ],
+)
+def test_health_check_cluster_status(
+    min_healthy: dict[str, int], status: int, details: str
+) -> None:
+    membership = {"a": (2, 1), "empty": (0, 0)}
+    assert cluster_status(min_healthy, membership) == (status, details)
+
+
+def test_health_check_cache_time_needs_pass_through() -> None:
+    d = copy.deepcopy(base())
+    hcm(d)["http_filters"].insert(
+        0,
+        {
+            "name": "hc",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3."
+                "HealthCheck",
+                "pass_through_mode": False,
+                "cache_time": "5s",
+            },
+        },
+    )
+    with pytest.raises(ConfigError) as info:
+        compile_bootstrap(d, "conf.yaml")
+    assert info.value.path.endswith("http_filters[0].typed_config.cache_time")
+    del hcm(d)["http_filters"][0]["typed_config"]["pass_through_mode"]
+    with pytest.raises(ConfigError) as info:
+        compile_bootstrap(d, "conf.yaml")
+    assert info.value.reason == "value is required"
