@@ -74,6 +74,28 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
     return reply.status, reply.body, extra
 
 
+def cut_lines(r: ResponseHead, names: list[bytes]) -> None:
+    """Leave the lines named ``names`` (lower case) out of response head ``r``: a filter
+    replaced them (``FilterStream.set_response_header``)."""
+    low = r.raw.lower()
+    cuts = set(r.cuts)
+    for name in names:
+        needle = b"\r\n" + name + b":"
+        i = low.find(needle)
+        while i >= 0:
+            j = low.find(b"\r\n", i + 2)
+            cuts.add((i, j))
+            i = low.find(needle, j)
+        r.headers.pop(name.decode("latin-1"), None)
+    r.cuts = sorted(cuts)
+
+
+def without_lines(extra: bytes, names: list[bytes]) -> bytes:
+    """Header lines ``extra`` (each ending in CRLF) without those named ``names``."""
+    kept = [ln for ln in extra.split(b"\r\n") if ln and ln[: ln.find(b":")].lower() not in names]
+    return b"".join(ln + b"\r\n" for ln in kept)
+
+
 @cache
 def _overrides(cls: type, hook: str) -> bool:
     """The filter class has its own ``hook`` (found once per class, not per stream)."""
@@ -314,6 +336,8 @@ class FilterChain:
         reply = await self._encode_headers(r.status, r.headers, end_stream and not first)
         if reply is not None:
             await self._reply_mid_stream(reply)
+        if self.stream.response_removed:
+            cut_lines(r, self.stream.response_removed)
         if first:
             first = await self._encode_data(first, end_stream)
         await self.inner.send_headers(r, service_ms, length, first, end_stream)
@@ -327,6 +351,8 @@ class FilterChain:
         if reply is not None:
             await self.send_filter_reply(reply, encode=False)
             return
+        if extra and self.stream.response_removed:
+            extra = without_lines(extra, self.stream.response_removed)
         await self.inner.send_local_reply(status, body, extra)
 
     async def send_filter_reply(self, reply: LocalReply, encode: bool = True) -> None:

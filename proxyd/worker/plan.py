@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import Any, cast
 
 from proxyd.epoch import (
     Epoch,
@@ -23,7 +24,7 @@ from proxyd.epoch import (
     RetryPolicy,
     Route,
 )
-from proxyd.filters.api import FilterFactory
+from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
@@ -47,9 +48,13 @@ def compile_filters(
     stat_prefix: str,
     stats: StatsStore,
     runtime: Snapshot = EMPTY,
+    header_levels: list[Any] | None = None,
+    facts: EpochFacts | None = None,
 ) -> tuple[FilterFactory, ...]:
     """The factories of a route's filters, with its per-route config resolved; those
-    disabled on the route (or in the HCM and not enabled by the route) are left out."""
+    disabled on the route (or in the HCM and not enabled by the route) are left out.
+    A filter whose factory has ``header_levels`` (header_mutation) adds them to
+    ``header_levels``, in chain order, for the route's MutationPlan."""
     if not http_filters:
         return ()
     by_name = {o.name: o for o in overrides}
@@ -61,10 +66,20 @@ def compile_filters(
         if f.disabled and (o is None or not (o.enabled or o.config is not None)):
             continue
         scope = stats.named(f"http.{stat_prefix}.")
+        if o is None or o.config is None:  # a route field for filters of this type (cors)
+            o = by_name.get(f.type_name, o)
         per_route = o.config if o else None
-        factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
+        maker = FACTORIES[f.type_name]
+        if getattr(maker, "takes_epoch_facts", False):  # health_check: clusters, node
+            # (FactoryMaker leaves facts out: only such factories take it.)
+            factory = cast(Any, maker)(f.name, f.config, per_route, scope, runtime, facts=facts)
+        else:
+            factory = maker(f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
+        levels = getattr(factory, "header_levels", None)
+        if levels is not None and header_levels is not None:
+            header_levels.append(levels)
     return tuple(out)
 
 
@@ -207,6 +222,7 @@ class ListenerPlan:
         local_address: str,
         ids: RequestIdGenerator,
         runtime: Snapshot = EMPTY,
+        facts: EpochFacts | None = None,
     ) -> None:
         hcm = listener.hcm
         self.name = listener.name
@@ -248,6 +264,27 @@ class ListenerPlan:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
             if r.redirect is not None or r.direct_response is not None:
                 rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+            filter_levels: list[Any] = []
+            rp.filters = compile_filters(
+                hcm.http_filters,
+                filter_configs,
+                hcm.stat_prefix,
+                stats,
+                runtime,
+                filter_levels,
+                facts,
+            )
+            for f in rp.filters:
+                filter_headers |= f.wanted_headers
+            if filter_levels:
+                # header_mutation: its request steps before the route's mutations (Envoy's
+                # router applies those after the filters), its response steps after them
+                # (the encoder filters run after the router's), in chain order each way.
+                mutations = (
+                    *(m for request, _ in filter_levels for m in request),
+                    *mutations,
+                    *(m for _, response in reversed(filter_levels) for m in response),
+                )
             if (
                 mutations
                 or r.prefix_rewrite is not None
@@ -262,11 +299,6 @@ class ListenerPlan:
                 rp.mutations = MutationPlan(
                     mutations, rewrite, host_rewrite, r.host_rewrite_header, r.auto_host_rewrite
                 )
-            rp.filters = compile_filters(
-                hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime
-            )
-            for f in rp.filters:
-                filter_headers |= f.wanted_headers
             return rp
 
         def plan_for(r: Route, cluster_name: str) -> RoutePlan:
@@ -304,7 +336,7 @@ class ListenerPlan:
                 self.route_plans[id(r)] = rp
         # A request no route matches still passes the filters (with their HCM config).
         self.no_route_filters = compile_filters(
-            hcm.http_filters, (), hcm.stat_prefix, stats, runtime
+            hcm.http_filters, (), hcm.stat_prefix, stats, runtime, facts=facts
         )
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
@@ -401,9 +433,16 @@ class CompiledEpoch:
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
         self.runtime = Snapshot(epoch.runtime)
+        facts = EpochFacts(
+            epoch.node_cluster,
+            {
+                name: (len(c.hosts), sum(1 for h in c.hosts if h.usable))
+                for name, c in self.clusters.items()
+            },
+        )
         self.plans = {
             lst.name: ListenerPlan(
-                lst, self.clusters, stats, writers, local_address, ids, self.runtime
+                lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
             for lst in epoch.listeners
         }

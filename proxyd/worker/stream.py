@@ -129,6 +129,7 @@ class Stream:
         "extra_flags",
         "request_added",
         "response_added",
+        "response_removed",
         "request_deadline",
         "buffer_limit",
         "close_connection",
@@ -167,6 +168,8 @@ class Stream:
         # Header lines filters add to the request / response (each ending in CRLF).
         self.request_added: list[bytes] | None = None
         self.response_added: list[bytes] | None = None
+        # Names (lower case) whose lines a filter replaced in the response head.
+        self.response_removed: list[bytes] | None = None
         # request_timeout: when the whole request must have arrived (trio's clock).
         self.request_deadline = INF
         # A filter's buffer limit for this stream (0: the listener's).
@@ -247,11 +250,18 @@ class Stream:
         self.set_request_header("content-length", str(length))
 
     def set_response_header(self, name: str, value: str) -> None:
+        lname = name.lower().encode("latin-1")
         if self.response_added is None:
             self.response_added = []
-        self.response_added.append(
-            name.lower().encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
-        )
+        else:
+            prefix = lname + b":"
+            self.response_added = [x for x in self.response_added if not x.startswith(prefix)]
+        # The response's own lines of this name go (FilterChain.send_headers cuts them).
+        if self.response_removed is None:
+            self.response_removed = []
+        if lname not in self.response_removed:
+            self.response_removed.append(lname)
+        self.response_added.append(lname + b": " + value.encode("latin-1") + b"\r\n")
 
     def set_buffer_limit(self, limit: int) -> None:
         self.buffer_limit = limit
