@@ -7,7 +7,9 @@ the same weights as ``ring``, in the typed ``load_balancing_policy`` form). In t
 clusters ``u1`` has an ``envoy.lb`` ``hash_key`` metadata, which is hashed in place of its
 address. The routes hash
 on a header, a query parameter, a cookie (made by the proxy when missing, with ttl, path
-and attributes, or as a session cookie), the client's IP and several policies combined.
+and attributes, or as a session cookie), the client's IP and several policies combined;
+two retry every request (each attempt gets a 503) with ``previous_hosts``, so the host that
+answers last is the one the hash's further attempts picked.
 
 Each proxy gets every key twice; a key must land on one upstream both times, and since
 proxyd builds its rings and tables the way Envoy does from the same endpoints, on the same
@@ -40,6 +42,9 @@ HCM = (
     "HttpConnectionManager"
 )
 MAGLEV_TYPE = "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev"
+PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
 UPSTREAMS = tuple(f"u{i}" for i in range(5))
 WEIGHTS = (1, 2, 1, 3, 1)
 KEYS = 60
@@ -75,7 +80,31 @@ def config(ports: list[int]) -> str:
         }
 
     key_header = {"header": {"header_name": "x-key"}}
+    retry = {
+        "retry_on": "5xx",
+        "num_retries": 2,
+        "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.002s"},
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": PREVIOUS_HOSTS},
+            }
+        ],
+        "host_selection_retry_max_attempts": 4,
+    }
+
+    def retrying(cluster_name: str) -> dict[str, Any]:
+        return {
+            "match": {
+                "prefix": "/status/",
+                "headers": [{"name": "x-lb", "string_match": {"exact": cluster_name}}],
+            },
+            "route": {"cluster": cluster_name, "hash_policy": [key_header], "retry_policy": retry},
+        }
+
     routes = [
+        retrying("ring"),
+        retrying("maglev_w"),
         route("/h/ring/", "ring", key_header),
         route("/h/murmur/", "murmur", key_header),
         route("/h/maglev/", "maglev", key_header),
@@ -201,6 +230,10 @@ def cases() -> dict[str, list[tuple[str, dict[str, str]]]]:
         ]
         + [("/m/ring/x?k=" + k, {"x-a": k}) for k in keys[KEYS // 2 :]],
         "regex_rewrite_ring": [("/r/ring/x", {"x-key": k}) for k in keys],
+        # Every attempt fails (503): the last of three attempts answers, its host picked
+        # with the key's hash and previous_hosts' further attempts.
+        "retries_ring": [("/status/503", {"x-key": k, "x-lb": "ring"}) for k in keys[:30]],
+        "retries_maglev": [("/status/503", {"x-key": k, "x-lb": "maglev_w"}) for k in keys[:30]],
     }
 
 
@@ -318,3 +351,18 @@ def test_generated_cookie_is_set_like_envoy(results: Results) -> None:
 def test_a_request_without_a_key_is_balanced(results: Results) -> None:
     for side in (results.envoy, results.proxyd):
         assert set(side.no_key) <= set(UPSTREAMS) and all(side.no_key), side.no_key
+
+
+def test_retries_move_off_the_hosts_they_tried(results: Results) -> None:
+    """The answer to a retried request comes from another host than the key's own (the
+    first attempt's), for most keys, in Envoy and in proxyd alike."""
+    for side in (results.envoy, results.proxyd):
+        for retried, plain in (
+            ("retries_ring", "header_ring"),
+            ("retries_maglev", "header_maglev_weighted"),
+        ):
+            last, first = (
+                side.picks[retried][0],
+                side.picks[plain][0][: len(side.picks[retried][0])],
+            )
+            assert sum(a != b for a, b in zip(last, first, strict=True)) > len(last) // 2
