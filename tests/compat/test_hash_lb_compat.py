@@ -230,6 +230,12 @@ def cases() -> dict[str, list[tuple[str, dict[str, str]]]]:
         ]
         + [("/m/ring/x?k=" + k, {"x-a": k}) for k in keys[KEYS // 2 :]],
         "regex_rewrite_ring": [("/r/ring/x", {"x-key": k}) for k in keys],
+        # No use_remote_address: the trusted client address is x-forwarded-for's last.
+        "source_ip_from_xff_ring": [
+            ("/ip/ring/x", {"x-forwarded-for": f"192.0.2.1, 10.1.{i // 200}.{i % 200}"})
+            for i in range(KEYS)
+        ],
+        "query_encoded_maglev": [(f"/q/maglev/x?k={k}%20x&k=2", {}) for k in keys],
         # Every attempt fails (503): the last of three attempts answers, its host picked
         # with the key's hash and previous_hosts' further attempts.
         "retries_ring": [("/status/503", {"x-key": k, "x-lb": "ring"}) for k in keys[:30]],
@@ -284,6 +290,10 @@ def play(port: int) -> Side:
         path: _get(port, path, {}).headers.get_all("set-cookie") or []
         for path in ("/c/ring/x", "/c0/maglev/x", "/cn/ring/x")
     }
+    # An empty cookie counts as none: one is made.
+    set_cookie["empty"] = (
+        _get(port, "/c/ring/x", {"cookie": "sess="}).headers.get_all("set-cookie") or []
+    )
     no_key = [_get(port, "/h/ring/x", {}).getheader("x-upstream-name") or "" for _ in range(5)]
     return Side(picks, by_ip, set_cookie, no_key)
 
@@ -344,6 +354,7 @@ def test_generated_cookie_is_set_like_envoy(results: Results) -> None:
     ]
     assert [_shape(c) for c in e["/c0/maglev/x"]] == ['s0="<hash>"; HttpOnly']
     assert e["/cn/ring/x"] == []  # no ttl: no cookie is made
+    assert [_shape(c) for c in e["empty"]] == [_shape(c) for c in e["/c/ring/x"]]
     for path in e:
         assert [_shape(c) for c in p[path]] == [_shape(c) for c in e[path]], path
 
