@@ -6,9 +6,9 @@ Two forms, as Envoy 1.40 takes them:
   ``least_request_lb_config``, ``ring_hash_lb_config`` or ``maglev_lb_config``; a config
   of another policy than the one named is ignored, as Envoy ignores it;
 * ``load_balancing_policy`` (the typed extensions): its first policy is used and
-  ``lb_policy`` is then ignored. proxyd's allow-list (``proxyd.config.supported``)
-  takes the round_robin, least_request, random, ring_hash and maglev types, so the first
-  entry is always one proxyd implements, which is the one Envoy would take.
+  ``lb_policy`` is then ignored. The allow-list (:data:`LB_POLICY_SPEC`) takes the
+  round_robin, least_request, random, ring_hash and maglev types, so the first entry is
+  always one proxyd implements, which is the one Envoy would take.
 
 Envoy's checks made in code are made here: a ring's minimum size above its maximum,
 a Maglev table size that is not prime.
@@ -18,15 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxyd.config.proto import join
-from proxyd.config.supported import (
-    LB_LEAST_REQUEST_TYPE,
-    LB_MAGLEV_TYPE,
-    LB_RANDOM_TYPE,
-    LB_RING_HASH_TYPE,
-    LB_ROUND_ROBIN_TYPE,
-    unpack,
-)
+from proxyd.config.proto import join, unpack
+from proxyd.config.spec import LEAF, REGEX, AnyOf, Spec
 from proxyd.config.values import enum_name, wrapped_or
 from proxyd.errors import ConfigError
 from proxyd.protocol.hash_lb import (
@@ -37,6 +30,61 @@ from proxyd.protocol.hash_lb import (
 
 LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
 DEFAULT_CHOICE_COUNT = 2
+
+_LB = "envoy.extensions.load_balancing_policies."
+LB_ROUND_ROBIN_TYPE = _LB + "round_robin.v3.RoundRobin"
+LB_LEAST_REQUEST_TYPE = _LB + "least_request.v3.LeastRequest"
+LB_RANDOM_TYPE = _LB + "random.v3.Random"
+LB_RING_HASH_TYPE = _LB + "ring_hash.v3.RingHash"
+LB_MAGLEV_TYPE = _LB + "maglev.v3.Maglev"
+
+# The coverage tree's part for these (proxyd.config.supported takes them in): a
+# Cluster's policy fields, and RouteAction.hash_policy (proxyd.protocol.hash_policy;
+# filter_state is refused by name: proxyd has no filter state objects to hash).
+LB_POLICY_SPEC: dict[str, Spec] = {
+    "ring_hash_lb_config": {
+        "minimum_ring_size": LEAF,
+        "maximum_ring_size": LEAF,
+        "hash_function": LEAF,
+    },
+    "maglev_lb_config": {"table_size": LEAF},
+    "load_balancing_policy": {
+        "policies": {
+            "typed_extension_config": {
+                "name": LEAF,
+                "typed_config": AnyOf(
+                    "load balancing policy",
+                    {
+                        LB_ROUND_ROBIN_TYPE: {},
+                        LB_LEAST_REQUEST_TYPE: {"choice_count": LEAF},
+                        LB_RANDOM_TYPE: {},
+                        LB_RING_HASH_TYPE: {
+                            "hash_function": LEAF,
+                            "minimum_ring_size": LEAF,
+                            "maximum_ring_size": LEAF,
+                        },
+                        LB_MAGLEV_TYPE: {"table_size": LEAF},
+                    },
+                ),
+            },
+        },
+    },
+}
+HASH_POLICY: Spec = {
+    "header": {
+        "header_name": LEAF,
+        "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
+    },
+    "cookie": {
+        "name": LEAF,
+        "ttl": LEAF,
+        "path": LEAF,
+        "attributes": {"name": LEAF, "value": LEAF},
+    },
+    "connection_properties": {"source_ip": LEAF},
+    "query_parameter": {"name": LEAF},
+    "terminal": LEAF,
+}
 
 _TYPED = {
     LB_ROUND_ROBIN_TYPE: "ROUND_ROBIN",

@@ -20,6 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import http_filters, overload, rules
+from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
@@ -31,12 +32,6 @@ FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-_LB = "envoy.extensions.load_balancing_policies."
-LB_ROUND_ROBIN_TYPE = _LB + "round_robin.v3.RoundRobin"
-LB_LEAST_REQUEST_TYPE = _LB + "least_request.v3.LeastRequest"
-LB_RANDOM_TYPE = _LB + "random.v3.Random"
-LB_RING_HASH_TYPE = _LB + "ring_hash.v3.RingHash"
-LB_MAGLEV_TYPE = _LB + "maglev.v3.Maglev"
 PRESERVE_CASE_TYPE = (
     "envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"
 )
@@ -163,23 +158,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # grpc_timeout_header_max / _offset are refused by name: proxyd has no
                 # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
                 "max_stream_duration": {"max_stream_duration": LEAF},
-                # proxyd.protocol.hash_policy; filter_state is refused by name (proxyd
-                # has no filter state objects to hash).
-                "hash_policy": {
-                    "header": {
-                        "header_name": LEAF,
-                        "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
-                    },
-                    "cookie": {
-                        "name": LEAF,
-                        "ttl": LEAF,
-                        "path": LEAF,
-                        "attributes": {"name": LEAF, "value": LEAF},
-                    },
-                    "connection_properties": {"source_ip": LEAF},
-                    "query_parameter": {"name": LEAF},
-                    "terminal": LEAF,
-                },
+                # proxyd.config.lb_policy; filter_state is refused by name.
+                "hash_policy": HASH_POLICY,
             },
             "redirect": {
                 "https_redirect": LEAF,
@@ -521,33 +501,7 @@ CLUSTER: dict[str, Spec] = {
     "lb_policy": LEAF,
     "least_request_lb_config": {"choice_count": LEAF},
     # proxyd.config.lb_policy, proxyd.protocol.hash_lb.
-    "ring_hash_lb_config": {
-        "minimum_ring_size": LEAF,
-        "maximum_ring_size": LEAF,
-        "hash_function": LEAF,
-    },
-    "maglev_lb_config": {"table_size": LEAF},
-    "load_balancing_policy": {
-        "policies": {
-            "typed_extension_config": {
-                "name": LEAF,
-                "typed_config": AnyOf(
-                    "load balancing policy",
-                    {
-                        LB_ROUND_ROBIN_TYPE: {},
-                        LB_LEAST_REQUEST_TYPE: {"choice_count": LEAF},
-                        LB_RANDOM_TYPE: {},
-                        LB_RING_HASH_TYPE: {
-                            "hash_function": LEAF,
-                            "minimum_ring_size": LEAF,
-                            "maximum_ring_size": LEAF,
-                        },
-                        LB_MAGLEV_TYPE: {"table_size": LEAF},
-                    },
-                ),
-            },
-        },
-    },
+    **LB_POLICY_SPEC,
     "load_assignment": CLUSTER_LOAD_ASSIGNMENT,
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},

@@ -182,14 +182,15 @@ class Ring(Generic[H]):
 class MaglevTable(Generic[H]):
     """Envoy's Maglev table (``OriginalMaglevTable``; the compact one picks the same)."""
 
-    __slots__ = ("size", "table", "counts")
+    __slots__ = ("size", "table", "min_entries_per_host", "max_entries_per_host")
 
     def __init__(
         self, weighted: Sequence[tuple[H, float]], size: int = DEFAULT_MAGLEV_TABLE_SIZE
     ) -> None:
         self.size = size
         self.table: list[H] = []
-        self.counts: dict[int, int] = {}
+        self.min_entries_per_host = 0
+        self.max_entries_per_host = 0
         if not weighted:
             return
         max_weight = max(w for _, w in weighted)
@@ -224,7 +225,8 @@ class MaglevTable(Generic[H]):
             iteration += 1
         hosts = [h for _, h, _ in keyed]
         self.table = [hosts[i] for i in slots]
-        self.counts = {i: c for i, c in enumerate(counts)}
+        self.min_entries_per_host = min(counts)
+        self.max_entries_per_host = max(counts)
 
     def pick(self, h: int, attempt: int = 0) -> H | None:
         if not self.table:

@@ -139,6 +139,10 @@ def test_maglev_fills_the_table_evenly() -> None:
     counts = Counter(table.table)
     assert len(table.table) == 65537 and len(counts) == 5
     assert max(counts.values()) - min(counts.values()) <= 1
+    assert (table.min_entries_per_host, table.max_entries_per_host) == (
+        min(counts.values()),
+        max(counts.values()),
+    )
 
 
 def test_maglev_shares_follow_weights() -> None:
