@@ -9,7 +9,10 @@ address. The routes hash
 on a header, a query parameter, a cookie (made by the proxy when missing, with ttl, path
 and attributes, or as a session cookie), the client's IP and several policies combined;
 two retry every request (each attempt gets a 503) with ``previous_hosts``, so the host that
-answers last is the one the hash's further attempts picked.
+answers last is the one the hash's further attempts picked. Three health-checked clusters
+have dead ports among their hosts (one of them over two priority levels): once both
+proxies have failed them, keys must land on healthy hosts only, of the level
+``hash % 100`` picks, the same ones in both.
 
 Each proxy gets every key twice; a key must land on one upstream both times, and since
 proxyd builds its rings and tables the way Envoy does from the same endpoints, on the same
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +33,7 @@ import pytest
 import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, UpstreamServer
+from tests.support import ProxydProcess, UpstreamServer, free_port, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -52,7 +56,51 @@ KEYS = 60
 SOURCE_IPS = tuple(f"127.0.0.{i}" for i in range(1, 13))
 
 
-def config(ports: list[int]) -> str:
+HEALTH_CHECK = {
+    "timeout": "0.5s",
+    "interval": "0.2s",
+    "no_traffic_interval": "0.2s",
+    "unhealthy_threshold": 1,
+    "healthy_threshold": 1,
+    "reuse_connection": False,
+    "http_health_check": {"path": "/healthz"},
+}
+
+
+def _endpoint(port: int) -> dict[str, Any]:
+    return {
+        "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+    }
+
+
+def health_clusters(ports: list[int], dead: list[int]) -> list[dict[str, Any]]:
+    """Clusters whose dead ports fail active health checks: ``ring_hc`` and ``maglev_hc``
+    (u0..u3 and a dead port, one level), and ``prio_hc`` (RING_HASH; P0: u0 and two dead
+    ports, so P0 keeps 46 % of the load and P1, u3 and u4, takes the rest)."""
+
+    def hc(name: str, policy: str, levels: list[list[int]]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "connect_timeout": "1s",
+            "lb_policy": policy,
+            "health_checks": [HEALTH_CHECK],
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [
+                    {"priority": i, "lb_endpoints": [_endpoint(p) for p in level]}
+                    for i, level in enumerate(levels)
+                ],
+            },
+        }
+
+    return [
+        hc("ring_hc", "RING_HASH", [[*ports[:2], dead[0], *ports[2:4]]]),
+        hc("maglev_hc", "MAGLEV", [[*ports[:2], dead[0], *ports[2:4]]]),
+        hc("prio_hc", "RING_HASH", [[ports[0], dead[0], dead[1]], [ports[3], ports[4]]]),
+    ]
+
+
+def config(ports: list[int], dead: list[int]) -> str:
     def cluster(name: str, weighted: bool, **lb: Any) -> dict[str, Any]:
         endpoints = []
         for i, (port, weight) in enumerate(zip(ports, WEIGHTS, strict=True)):
@@ -103,6 +151,9 @@ def config(ports: list[int]) -> str:
         }
 
     routes = [
+        route("/hc/ring/", "ring_hc", key_header),
+        route("/hc/maglev/", "maglev_hc", key_header),
+        route("/hc/prio/", "prio_hc", key_header),
         retrying("ring"),
         retrying("maglev_w"),
         route("/h/ring/", "ring", key_header),
@@ -177,6 +228,7 @@ def config(ports: list[int]) -> str:
                 }
             ],
             "clusters": [
+                *health_clusters(ports, dead),
                 cluster("ring", True, lb_policy="RING_HASH"),
                 cluster(
                     "murmur",
@@ -236,6 +288,10 @@ def cases() -> dict[str, list[tuple[str, dict[str, str]]]]:
             for i in range(KEYS)
         ],
         "query_encoded_maglev": [(f"/q/maglev/x?k={k}%20x&k=2", {}) for k in keys],
+        # Only healthy hosts, in the level hash % 100 picks.
+        "health_ring": [("/hc/ring/x", {"x-key": k}) for k in keys],
+        "health_maglev": [("/hc/maglev/x", {"x-key": k}) for k in keys],
+        "health_priorities_ring": [("/hc/prio/x", {"x-key": k}) for k in keys],
         # Every attempt fails (503): the last of three attempts answers, its host picked
         # with the key's hash and previous_hosts' further attempts.
         "retries_ring": [("/status/503", {"x-key": k, "x-lb": "ring"}) for k in keys[:30]],
@@ -250,6 +306,11 @@ class Side:
     by_source_ip: dict[str, list[list[str]]]
     set_cookie: dict[str, list[str]]
     no_key: list[str]
+
+
+def _read(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
 
 
 def _get(
@@ -298,6 +359,22 @@ def play(port: int) -> Side:
     return Side(picks, by_ip, set_cookie, no_key)
 
 
+def wait_health_checked(clusters_text: Any, dead: list[int]) -> None:
+    """Until every health-checked host has its verdict: dead ports failed, others healthy."""
+
+    def settled() -> bool:
+        lines = [x for x in clusters_text().splitlines() if "::health_flags::" in x]
+        checked = [x for x in lines if x.split("::", 1)[0].endswith("_hc")]
+        return len(checked) == 15 and all(
+            x.endswith("/failed_active_hc")
+            if any(f":{port}::" in x for port in dead)
+            else x.endswith("::healthy")
+            for x in checked
+        )
+
+    wait_for(settled, timeout=15)
+
+
 @dataclass
 class Results:
     envoy: Side
@@ -308,10 +385,14 @@ class Results:
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     upstreams = [UpstreamServer(n).start() for n in UPSTREAMS]
     try:
-        text = config([u.port for u in upstreams])
+        dead = [free_port(), free_port()]
+        text = config([u.port for u in upstreams], dead)
         with EnvoyRunner(text) as envoy:
+            admin = f"http://127.0.0.1:{envoy.admin_port}/clusters"
+            wait_health_checked(lambda: _read(admin), dead)
             envoy_side = play(envoy.listener_port("ingress"))
         with ProxydProcess(tmp_path_factory.mktemp("hashlb"), text, concurrency=2) as p:
+            wait_health_checked(lambda: p.admin("/clusters")[1], dead)
             proxyd_side = play(p.listener_port("ingress"))
         yield Results(envoy_side, proxyd_side)
     finally:
@@ -377,3 +458,12 @@ def test_retries_move_off_the_hosts_they_tried(results: Results) -> None:
                 side.picks[plain][0][: len(side.picks[retried][0])],
             )
             assert sum(a != b for a, b in zip(last, first, strict=True)) > len(last) // 2
+
+
+def test_health_checked_clusters_use_healthy_hosts_of_both_levels(results: Results) -> None:
+    for side in (results.envoy, results.proxyd):
+        assert set(side.picks["health_ring"][0]) == {"u0", "u1", "u2", "u3"}
+        # P0 (u0 healthy, two dead) keeps 46 % of the keys; P1 (u3, u4) takes the rest.
+        prio = side.picks["health_priorities_ring"][0]
+        assert set(prio) == {"u0", "u3", "u4"}
+        assert 0.2 < prio.count("u0") / len(prio) < 0.7
