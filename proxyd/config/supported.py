@@ -20,6 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import http_filters, overload, rules
+from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
@@ -160,6 +161,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "max_stream_duration": {"max_stream_duration": LEAF},
                 # Deprecated; read by the CORS filter when no level has a CorsPolicy.
                 "cors": cors_config.ROUTE_FIELD_SPEC,
+                # proxyd.config.lb_policy; filter_state is refused by name.
+                "hash_policy": HASH_POLICY,
             },
             "redirect": {
                 "https_redirect": LEAF,
@@ -502,6 +505,8 @@ CLUSTER: dict[str, Spec] = {
     "connect_timeout": LEAF,
     "lb_policy": LEAF,
     "least_request_lb_config": {"choice_count": LEAF},
+    # proxyd.config.lb_policy, proxyd.protocol.hash_lb.
+    **LB_POLICY_SPEC,
     "load_assignment": CLUSTER_LOAD_ASSIGNMENT,
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},

@@ -26,6 +26,7 @@ from proxyd.epoch import (
 )
 from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
+from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.http1_options import Http1Format
@@ -91,7 +92,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration",
+        "duration", "hash",
     )  # fmt: skip
 
     def __init__(
@@ -130,6 +131,9 @@ class RoutePlan:
         self.not_found_status = 503
         # RouteAction.max_stream_duration (None: the route has none; worker/durations.py).
         self.duration: RouteDuration | None = None
+        # RouteAction.hash_policy when the cluster balances by hash (RING_HASH, MAGLEV):
+        # the request's hash picks the host (None: a plain pick; manager.pick_host).
+        self.hash: HashPlan | None = None
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -254,6 +258,8 @@ class ListenerPlan:
                 r.name, clusters.get(cluster_name), cluster_name, route_timeout(r), r.priority
             )
             rp.not_found_status = r.cluster_not_found_status
+            if r.hash_policy and rp.cluster is not None and rp.cluster.hashing is not None:
+                rp.hash = HashPlan(r.hash_policy)
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
                 rp.duration = RouteDuration(r.max_stream_duration_s, hcm_stream_s)
                 filter_headers.add("content-type")
@@ -306,6 +312,8 @@ class ListenerPlan:
 
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
+                if r.hash_policy:  # the headers its hash reads, whichever cluster it gets
+                    pick_headers |= HashPlan(r.hash_policy).headers
                 if r.weighted:
                     # One plan per weighted cluster: its header mutations go first (Envoy
                     # evaluates them before the route's), its filter configs win.

@@ -134,6 +134,7 @@ class Stream:
         "buffer_limit",
         "close_connection",
         "connection",
+        "lb_hash",
     )
 
     def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:
@@ -180,6 +181,9 @@ class Stream:
         # The connection, for filters that read its addresses (set when the route has
         # filters; None otherwise).
         self.connection: Connection | None = None
+        # The request's hash when its route hashes (RouteAction.hash_policy), for the
+        # hosts of its retries (None: no hash policy, or none gave a hash).
+        self.lb_hash: int | None = None
 
     def flag_text(self) -> str:
         """%RESPONSE_FLAGS%: every flag set, comma-separated, or "-"."""
