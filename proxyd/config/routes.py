@@ -22,6 +22,7 @@ from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
     FilterOverride,
+    HashPolicy,
     HeaderAdd,
     HeaderMutations,
     QueryMatch,
@@ -191,7 +192,53 @@ def _route(
             if action.max_stream_duration.HasField("max_stream_duration")
             else None
         ),
+        hash_policy=_hash_policies(action, join(path, "route.hash_policy"), file),
     )
+
+
+def _hash_policies(action: Any, path: str, file: str) -> tuple[HashPolicy, ...]:
+    """RouteAction.hash_policy in order (proxyd.protocol.hash_policy). As in Envoy, a
+    connection_properties policy with source_ip false hashes nothing and is left out."""
+    out: list[HashPolicy] = []
+    for i, hp in enumerate(action.hash_policy):
+        here = f"{path}[{i}]"
+        kind = hp.WhichOneof("policy_specifier")
+        terminal = hp.terminal
+        if kind == "header":
+            regex = substitution = ""
+            if hp.header.HasField("regex_rewrite"):
+                regex, substitution = _regex_rewrite(
+                    hp.header.regex_rewrite, join(here, "header.regex_rewrite"), file
+                )
+            out.append(
+                HashPolicy(
+                    "header",
+                    hp.header.header_name.lower(),
+                    terminal,
+                    regex=regex,
+                    substitution=substitution,
+                )
+            )
+        elif kind == "cookie":
+            ck = hp.cookie
+            out.append(
+                HashPolicy(
+                    "cookie",
+                    ck.name,
+                    terminal,
+                    ttl_s=ck.ttl.seconds if ck.HasField("ttl") else -1,
+                    path=ck.path,
+                    attributes=tuple((a.name, a.value) for a in ck.attributes),
+                )
+            )
+        elif kind == "connection_properties":
+            if hp.connection_properties.source_ip:
+                out.append(HashPolicy("source_ip", "", terminal))
+        elif kind == "query_parameter":
+            out.append(HashPolicy("query_parameter", hp.query_parameter.name, terminal))
+        else:  # unset (the proto rules require one); filter_state is refused by name
+            raise ConfigError(file, here, "a hash policy needs a policy specifier")
+    return tuple(out)
 
 
 def _check_cluster(name: str, path: str, clusters: Container[str], file: str, what: str) -> None:

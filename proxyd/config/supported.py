@@ -20,10 +20,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import http_filters, overload, rules
+from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
 from proxyd.errors import ConfigError
+from proxyd.filters.cors import config as cors_config
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -157,6 +159,10 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # grpc_timeout_header_max / _offset are refused by name: proxyd has no
                 # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
                 "max_stream_duration": {"max_stream_duration": LEAF},
+                # Deprecated; read by the CORS filter when no level has a CorsPolicy.
+                "cors": cors_config.ROUTE_FIELD_SPEC,
+                # proxyd.config.lb_policy; filter_state is refused by name.
+                "hash_policy": HASH_POLICY,
             },
             "redirect": {
                 "https_redirect": LEAF,
@@ -186,6 +192,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
         "retry_policy": RETRY_POLICY,
         "include_request_attempt_count": LEAF,
         "metadata": METADATA,
+        # Deprecated; read by the CORS filter when no level has a CorsPolicy.
+        "cors": cors_config.ROUTE_FIELD_SPEC,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
     **HEADER_MUTATIONS,
@@ -497,6 +505,8 @@ CLUSTER: dict[str, Spec] = {
     "connect_timeout": LEAF,
     "lb_policy": LEAF,
     "least_request_lb_config": {"choice_count": LEAF},
+    # proxyd.config.lb_policy, proxyd.protocol.hash_lb.
+    **LB_POLICY_SPEC,
     "load_assignment": CLUSTER_LOAD_ASSIGNMENT,
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -196,6 +196,16 @@ class StatsScope(Protocol):
         """A scope at the top of the stat names, under ``prefix`` (Envoy's filters whose
         stats are not under ``http.<stat_prefix>.``, e.g. ``<p>.http_local_rate_limit.``)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class EpochFacts:
+    """What a filter may know of its epoch beyond its config, given (as ``facts=``) to
+    a factory whose class sets ``takes_epoch_facts``: the bootstrap's ``node.cluster``
+    and, per cluster, (hosts, hosts able to take traffic: healthy and not ejected)."""
+
+    node_cluster: str = ""
+    membership: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class FilterFactory(Protocol):

@@ -79,19 +79,25 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
 
 
 def cut_lines(r: ResponseHead, names: list[bytes]) -> None:
-    """Drop the header lines named ``names`` (lower case) from the head ``r`` sends."""
-    raw = r.raw
-    low = raw.lower()
-    cuts = r.cuts
+    """Leave the lines named ``names`` (lower case) out of response head ``r``: a filter
+    replaced them (``FilterStream.set_response_header``)."""
+    low = r.raw.lower()
+    cuts = set(r.cuts)
     for name in names:
-        pat = b"\r\n" + name + b":"
-        i = low.find(pat)
+        needle = b"\r\n" + name + b":"
+        i = low.find(needle)
         while i >= 0:
             j = low.find(b"\r\n", i + 2)
-            if (i, j) not in cuts:
-                cuts.append((i, j))
-            i = low.find(pat, j)
-    cuts.sort()
+            cuts.add((i, j))
+            i = low.find(needle, j)
+        r.headers.pop(name.decode("latin-1"), None)
+    r.cuts = sorted(cuts)
+
+
+def without_lines(extra: bytes, names: list[bytes]) -> bytes:
+    """Header lines ``extra`` (each ending in CRLF) without those named ``names``."""
+    kept = [ln for ln in extra.split(b"\r\n") if ln and ln[: ln.find(b":")].lower() not in names]
+    return b"".join(ln + b"\r\n" for ln in kept)
 
 
 @cache
@@ -361,6 +367,8 @@ class FilterChain:
             await self.send_filter_reply(reply, encode=False)
             return
         removed = self.stream.response_removed
+        if extra and removed:
+            extra = without_lines(extra, removed)
         if data and removed and b"content-length" in removed:
             # A filter transforms the body (compression): the reply carries the result,
             # chunked, as Envoy's codec frames a body whose length was removed.

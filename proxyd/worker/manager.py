@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
 from proxyd.worker import accesslog_plan, durations, router
 from proxyd.worker.deadlines import DeadlineKind
@@ -26,6 +27,7 @@ from proxyd.worker.retrying import header_retry_exchange
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
+    from proxyd.epoch import HashPolicy
     from proxyd.filters.api import FilterFactory
     from proxyd.worker.plan import ListenerPlan, RoutePlan
     from proxyd.worker.upstream import HostState
@@ -82,7 +84,7 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     if rp.duration is not None:  # RouteAction.max_stream_duration
         durations.route_matched(conn, stream, rp.duration)
     stream.upstream_cluster = rp.cluster_name
-    if rp.filters or rp.cluster is None:
+    if rp.filters or rp.cluster is None or rp.hash is not None:
         return _serve(stream, plan, conn, rp, rp.filters)
     host = rp.cluster.balancer.pick()
     if host is None:
@@ -156,7 +158,7 @@ async def _serve(
             stream.flags = ResponseFlag.NO_CLUSTER
             await stream.sink.send_local_reply(rp.not_found_status, "")
         else:
-            host = rp.cluster.balancer.pick()
+            host = pick_host(stream, plan, conn, rp)
             if host is None:
                 return await _no_healthy_upstream(stream, rp)
             return await _exchange(stream, plan, conn, rp, host).run()
@@ -164,6 +166,41 @@ async def _serve(
         stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
         return False
     return True
+
+
+def pick_host(
+    stream: Stream, plan: ListenerPlan, conn: Connection, rp: RoutePlan
+) -> HostState | None:
+    """The host of a request to ``rp``'s cluster: by the request's hash when the route
+    has a hash policy and the cluster balances by hash (proxyd.protocol.hash_policy),
+    else the balancer's plain pick. A cookie the hash policy makes goes out as a
+    Set-Cookie line of the response."""
+    cluster = rp.cluster
+    assert cluster is not None
+    hp = rp.hash
+    if hp is None or cluster.hashing is None:
+        return cluster.balancer.pick()
+    h = stream.head
+    assert h is not None
+    source_ip = plan.policy.trusted_address(h, conn.remote_ip)
+
+    def make_cookie(policy: HashPolicy) -> str:
+        # Envoy hashes the downstream remote and local addresses (address:port).
+        remote = conn.remote if source_ip == conn.remote_ip else _with_port(source_ip, 0)
+        value = generated_cookie(remote, conn.local_address())
+        line = set_cookie_value(policy.name, value, policy.path, policy.ttl_s, policy.attributes)
+        stream.set_response_header("set-cookie", line)
+        return value
+
+    value = hp.hash(h.headers, h.path, source_ip, make_cookie)
+    stream.lb_hash = value
+    if value is None:
+        return cluster.hashing.pick()
+    return cluster.hashing.pick_hash(value)
+
+
+def _with_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connection) -> bool:

@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import Any, cast
 
 from proxyd.epoch import (
     Epoch,
@@ -23,8 +24,9 @@ from proxyd.epoch import (
     RetryPolicy,
     Route,
 )
-from proxyd.filters.api import FilterFactory
+from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
+from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.http1_options import Http1Format
@@ -47,9 +49,13 @@ def compile_filters(
     stat_prefix: str,
     stats: StatsStore,
     runtime: Snapshot = EMPTY,
+    header_levels: list[Any] | None = None,
+    facts: EpochFacts | None = None,
 ) -> tuple[FilterFactory, ...]:
     """The factories of a route's filters, with its per-route config resolved; those
-    disabled on the route (or in the HCM and not enabled by the route) are left out."""
+    disabled on the route (or in the HCM and not enabled by the route) are left out.
+    A filter whose factory has ``header_levels`` (header_mutation) adds them to
+    ``header_levels``, in chain order, for the route's MutationPlan."""
     if not http_filters:
         return ()
     by_name = {o.name: o for o in overrides}
@@ -61,10 +67,20 @@ def compile_filters(
         if f.disabled and (o is None or not (o.enabled or o.config is not None)):
             continue
         scope = stats.named(f"http.{stat_prefix}.")
+        if o is None or o.config is None:  # a route field for filters of this type (cors)
+            o = by_name.get(f.type_name, o)
         per_route = o.config if o else None
-        factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
+        maker = FACTORIES[f.type_name]
+        if getattr(maker, "takes_epoch_facts", False):  # health_check: clusters, node
+            # (FactoryMaker leaves facts out: only such factories take it.)
+            factory = cast(Any, maker)(f.name, f.config, per_route, scope, runtime, facts=facts)
+        else:
+            factory = maker(f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
+        levels = getattr(factory, "header_levels", None)
+        if levels is not None and header_levels is not None:
+            header_levels.append(levels)
     chain = tuple(out)
     for factory in chain:
         # A factory that must know the others of its chain (the compressors choose an
@@ -84,7 +100,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration",
+        "duration", "hash",
     )  # fmt: skip
 
     def __init__(
@@ -123,6 +139,9 @@ class RoutePlan:
         self.not_found_status = 503
         # RouteAction.max_stream_duration (None: the route has none; worker/durations.py).
         self.duration: RouteDuration | None = None
+        # RouteAction.hash_policy when the cluster balances by hash (RING_HASH, MAGLEV):
+        # the request's hash picks the host (None: a plain pick; manager.pick_host).
+        self.hash: HashPlan | None = None
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -215,6 +234,7 @@ class ListenerPlan:
         local_address: str,
         ids: RequestIdGenerator,
         runtime: Snapshot = EMPTY,
+        facts: EpochFacts | None = None,
     ) -> None:
         hcm = listener.hcm
         self.name = listener.name
@@ -249,6 +269,8 @@ class ListenerPlan:
                 r.name, clusters.get(cluster_name), cluster_name, route_timeout(r), r.priority
             )
             rp.not_found_status = r.cluster_not_found_status
+            if r.hash_policy and rp.cluster is not None and rp.cluster.hashing is not None:
+                rp.hash = HashPlan(r.hash_policy)
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
                 rp.duration = RouteDuration(r.max_stream_duration_s, hcm_stream_s)
                 filter_headers.add("content-type")
@@ -259,6 +281,28 @@ class ListenerPlan:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
             if r.redirect is not None or r.direct_response is not None:
                 rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+            filter_levels: list[Any] = []
+            rp.filters = compile_filters(
+                hcm.http_filters,
+                filter_configs,
+                hcm.stat_prefix,
+                stats,
+                runtime,
+                filter_levels,
+                facts,
+            )
+            for f in rp.filters:
+                filter_headers |= f.wanted_headers
+                filter_response.update(getattr(f, "response_headers", ()))
+            if filter_levels:
+                # header_mutation: its request steps before the route's mutations (Envoy's
+                # router applies those after the filters), its response steps after them
+                # (the encoder filters run after the router's), in chain order each way.
+                mutations = (
+                    *(m for request, _ in filter_levels for m in request),
+                    *mutations,
+                    *(m for _, response in reversed(filter_levels) for m in response),
+                )
             if (
                 mutations
                 or r.prefix_rewrite is not None
@@ -273,12 +317,6 @@ class ListenerPlan:
                 rp.mutations = MutationPlan(
                     mutations, rewrite, host_rewrite, r.host_rewrite_header, r.auto_host_rewrite
                 )
-            rp.filters = compile_filters(
-                hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime
-            )
-            for f in rp.filters:
-                filter_headers |= f.wanted_headers
-                filter_response.update(getattr(f, "response_headers", ()))
             return rp
 
         def plan_for(r: Route, cluster_name: str) -> RoutePlan:
@@ -286,6 +324,8 @@ class ListenerPlan:
 
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
+                if r.hash_policy:  # the headers its hash reads, whichever cluster it gets
+                    pick_headers |= HashPlan(r.hash_policy).headers
                 if r.weighted:
                     # One plan per weighted cluster: its header mutations go first (Envoy
                     # evaluates them before the route's), its filter configs win.
@@ -316,7 +356,7 @@ class ListenerPlan:
                 self.route_plans[id(r)] = rp
         # A request no route matches still passes the filters (with their HCM config).
         self.no_route_filters = compile_filters(
-            hcm.http_filters, (), hcm.stat_prefix, stats, runtime
+            hcm.http_filters, (), hcm.stat_prefix, stats, runtime, facts=facts
         )
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
@@ -414,9 +454,16 @@ class CompiledEpoch:
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
         self.runtime = Snapshot(epoch.runtime)
+        facts = EpochFacts(
+            epoch.node_cluster,
+            {
+                name: (len(c.hosts), sum(1 for h in c.hosts if h.usable))
+                for name, c in self.clusters.items()
+            },
+        )
         self.plans = {
             lst.name: ListenerPlan(
-                lst, self.clusters, stats, writers, local_address, ids, self.runtime
+                lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
             for lst in epoch.listeners
         }

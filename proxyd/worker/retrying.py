@@ -60,6 +60,7 @@ from proxyd.worker.stream import (
 
 if TYPE_CHECKING:
     from proxyd.epoch import RetryPolicy
+    from proxyd.protocol.hash_lb import HashBalancer
     from proxyd.worker.deadlines import Deadline, Timers
     from proxyd.worker.plan import ListenerPlan, RoutePlan
     from proxyd.worker.stream import Stream
@@ -324,9 +325,12 @@ class RetryingExchange(Exchange):
         await wait_back_off(self.retry)
         cluster = self.rp.cluster
         assert cluster is not None
-        host = cluster.balancer.pick()
         picks = self.rplan.host_picks
-        if picks > 1:
+        if cluster.hashing is not None:
+            host = self._hash_pick(cluster.hashing, picks)
+        else:
+            host = cluster.balancer.pick()
+        if picks > 1 and cluster.hashing is None:
             # previous_hosts: pick again while it is a host an attempt went to (the last
             # pick stands, as in Envoy).
             tried = self.tried
@@ -342,6 +346,23 @@ class RetryingExchange(Exchange):
             host.active_requests += 1
             self.host = host
             self.stream.upstream_host = host.label
+
+    def _hash_pick(self, hashing: HashBalancer[HostState], picks: int) -> HostState | None:
+        """RING_HASH, MAGLEV: the request's hash again (a new random one when it has
+        none), and with previous_hosts Envoy's further attempts (1, 2, ...) of the same
+        hash while the host is one an attempt went to; the last stands."""
+        h = self.stream.lb_hash
+        if h is None:
+            return hashing.pick()
+        host = hashing.pick_hash(h)
+        if picks > 1:
+            tried = self.tried
+            tried.add(self.host)
+            attempt = 1
+            while host is not None and host in tried and attempt < picks:
+                host = hashing.pick_hash(h, attempt)
+                attempt += 1
+        return host
 
     async def _give_up(self, failed: _AttemptFailed) -> bool:
         stream = self.stream
