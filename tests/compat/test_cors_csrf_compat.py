@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,19 +40,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, UpstreamServer, wait_for
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import Pair, run_pair
+from tests.support import UpstreamServer, bootstrap, http_listener, static_cluster
 
 pytestmark = [
     pytest.mark.compat,
     pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
 ]
 
-HCM = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-    "HttpConnectionManager"
-)
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 CSRF = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy"
@@ -214,82 +209,24 @@ def config(upstream: int) -> str:
         ],
     }
     plain_vh = {"name": "plain", "domains": ["*"], "routes": [_route("/")]}
-    doc = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "layered_runtime": {
+    route_config = {
+        "name": "local",
+        "virtual_hosts": [cors_vh, legacy_vh, mixed_vh, csrf_vh, plain_vh],
+    }
+    http_filters = [
+        {"name": CORS_NAME, "typed_config": {"@type": CORS}},
+        {
+            "name": CSRF_NAME,
+            "typed_config": {"@type": CSRF, "filter_enabled": {"default_value": NONE}},
+        },
+    ]
+    doc = bootstrap(
+        [http_listener("ingress", 0, route_config, http_filters, stat_prefix="ingress_http")],
+        [static_cluster("svc", [upstream])],
+        layered_runtime={
             "layers": [{"name": "static", "static_layer": {"cors.test.enabled": 100}}]
         },
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": HCM,
-                                        "stat_prefix": "ingress_http",
-                                        "route_config": {
-                                            "name": "local",
-                                            "virtual_hosts": [
-                                                cors_vh,
-                                                legacy_vh,
-                                                mixed_vh,
-                                                csrf_vh,
-                                                plain_vh,
-                                            ],
-                                        },
-                                        "http_filters": [
-                                            {"name": CORS_NAME, "typed_config": {"@type": CORS}},
-                                            {
-                                                "name": CSRF_NAME,
-                                                "typed_config": {
-                                                    "@type": CSRF,
-                                                    "filter_enabled": {"default_value": NONE},
-                                                },
-                                            },
-                                            {
-                                                "name": "envoy.filters.http.router",
-                                                "typed_config": {"@type": ROUTER},
-                                            },
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "svc",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "svc",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": upstream,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
-        },
-    }
+    )
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -481,64 +418,34 @@ def filter_stats(stats: dict[str, int]) -> dict[str, int]:
     }
 
 
-def envoy_stats(admin_port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().isdigit():
-            out[name] = int(value)
-    return out
-
-
-@dataclass
-class Side:
-    replies: dict[str, dict[str, Any]]
-    stats: dict[str, int]
-
-
-@dataclass
-class Results:
-    envoy: Side
-    proxyd: Side
-
-
 def play_all(port: int) -> dict[str, dict[str, Any]]:
     return {name: play(port, case) for name, case in CASES.items()}
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     upstream = UpstreamServer("svc").start()
     try:
-        text = config(upstream.port)
-        with EnvoyRunner(text) as envoy:
-            replies = play_all(envoy.listener_port("ingress"))
-            envoy_side = Side(replies, filter_stats(envoy_stats(envoy.admin_port)))
-        with ProxydProcess(tmp_path_factory.mktemp("cors"), text, concurrency=1) as p:
-            replies = play_all(p.listener_port("ingress"))
-            # Workers report stats in batches: wait until they say what Envoy said.
-            try:
-                wait_for(lambda: filter_stats(p.stats()) == envoy_side.stats, timeout=5)
-            except TimeoutError:
-                pass  # compared (and shown) by the test
-            proxyd_side = Side(replies, filter_stats(p.stats()))
-        yield Results(envoy_side, proxyd_side)
+        yield run_pair(
+            config(upstream.port),
+            tmp_path_factory.mktemp("cors"),
+            lambda port_of: play_all(port_of("ingress")),
+            filter_stats,
+        )
     finally:
         upstream.stop()
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_proxyd_answers_like_envoy(results: Results, name: str) -> None:
+def test_proxyd_answers_like_envoy(results: Pair, name: str) -> None:
     assert results.proxyd.replies[name] == results.envoy.replies[name]
 
 
-def test_stats_like_envoy(results: Results) -> None:
+def test_stats_like_envoy(results: Pair) -> None:
     assert results.proxyd.stats == results.envoy.stats
 
 
-def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
+def test_envoy_behaves_as_the_cases_say(results: Pair) -> None:
     """The facts the cases were written from, checked on Envoy itself."""
     e = results.envoy.replies
 

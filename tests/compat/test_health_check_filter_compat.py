@@ -19,16 +19,15 @@ equal.
 from __future__ import annotations
 
 import http.client
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, UpstreamServer, free_port, wait_for
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import Pair, run_pair
+from tests.support import UpstreamServer, free_port
 
 pytestmark = [
     pytest.mark.compat,
@@ -240,50 +239,31 @@ def healthy_in_half(stats: Callable[[], dict[str, int]]) -> bool:
     )
 
 
-def envoy_stats(admin_port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().isdigit():
-            out[name] = int(value)
-    return out
-
-
-@dataclass
-class Results:
-    envoy: dict[str, Any]
-    proxyd: dict[str, Any]
-
-
 def play_all(port: int) -> dict[str, Any]:
     return {name: play(port, *case) for name, case in CASES.items()}
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     upstream = UpstreamServer("svc").start()
     try:
-        text = config(upstream.port, free_port())
-        with EnvoyRunner(text) as envoy:
-            wait_for(lambda: healthy_in_half(lambda: envoy_stats(envoy.admin_port)), timeout=10)
-            envoy_side = play_all(envoy.listener_port("ingress"))
-        with ProxydProcess(tmp_path_factory.mktemp("hc"), text, concurrency=1) as p:
-            wait_for(lambda: healthy_in_half(p.stats), timeout=10)
-            proxyd_side = play_all(p.listener_port("ingress"))
-        yield Results(envoy_side, proxyd_side)
+        yield run_pair(
+            config(upstream.port, free_port()),
+            tmp_path_factory.mktemp("hc"),
+            lambda port_of: play_all(port_of("ingress")),
+            ready=healthy_in_half,
+        )
     finally:
         upstream.stop()
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_proxyd_answers_health_checks_like_envoy(results: Results, name: str) -> None:
-    assert results.proxyd[name] == results.envoy[name]
+def test_proxyd_answers_health_checks_like_envoy(results: Pair, name: str) -> None:
+    assert results.proxyd.replies[name] == results.envoy.replies[name]
 
 
-def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
-    e = results.envoy
+def test_envoy_behaves_as_the_cases_say(results: Pair) -> None:
+    e = results.envoy.replies
     assert "upstream" in e["plain_request_not_a_check"]
     assert e["ok"]["status"] == 200 and "upstream" not in e["ok"]
     assert ("x-envoy-upstream-healthchecked-cluster", "front-proxy") in e["ok"]["headers"]
