@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +38,8 @@ import pytest
 import yaml
 
 from tests.compat.compression_upstream import CompressionUpstream, body, decode, encode
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, wait_for
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import Pair, PortOf, run_pair
 
 pytestmark = [
     pytest.mark.compat,
@@ -518,65 +517,37 @@ def _send(port: int, case: Case) -> dict[str, Any]:
         conn.close()
 
 
-def _stats(admin_port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        # Compressed sizes depend on where the body was cut into pieces (each is flushed).
-        if ".compressor." in name and name.endswith("total_compressed_bytes"):
-            continue
-        if ".compressor." in name or ".decompressor." in name:
-            out[name] = int(value)
-    return out
+def _pick(stats: dict[str, int]) -> dict[str, int]:
+    """The compression filters' stats, less the compressors' ``total_compressed_bytes``:
+    compressed sizes depend on where the body was cut into pieces (each is flushed)."""
+    return {
+        name: value
+        for name, value in stats.items()
+        if ".decompressor." in name
+        or (".compressor." in name and not name.endswith("total_compressed_bytes"))
+    }
 
 
-@dataclass
-class Side:
-    replies: dict[str, dict[str, Any]]
-    stats: dict[str, int]
-
-
-@dataclass
-class Results:
-    envoy: Side
-    proxyd: Side
-
-
-def _play(ports: dict[str, int]) -> dict[str, dict[str, Any]]:
-    return {name: _send(ports[c.listener], c) for name, c in CASES.items()}
+def _play(port_of: PortOf) -> dict[str, dict[str, Any]]:
+    return {name: _send(port_of(c.listener), c) for name, c in CASES.items()}
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     with CompressionUpstream() as up:
-        text = config(up.port)
-        with EnvoyRunner(text) as envoy:
-            replies = _play({n: envoy.listener_port(n) for n in LISTENERS})
-            envoy_side = Side(replies, _stats(envoy.admin_port))
-        with ProxydProcess(tmp_path_factory.mktemp("compressor"), text, concurrency=1) as p:
-            replies = _play({n: p.listener_port(n) for n in LISTENERS})
-            # Workers ship their counters in batches: wait until the totals settle.
-            target = envoy_side.stats
-            try:
-                wait_for(lambda: _stats(p.admin_port) == target, timeout=10)
-            except TimeoutError:
-                pass  # the comparison below shows the difference
-            proxyd_side = Side(replies, _stats(p.admin_port))
-        yield Results(envoy_side, proxyd_side)
+        yield run_pair(config(up.port), tmp_path_factory.mktemp("compressor"), _play, _pick)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_compresses_like_envoy(results: Results, name: str) -> None:
+def test_compresses_like_envoy(results: Pair, name: str) -> None:
     assert results.proxyd.replies[name] == results.envoy.replies[name]
 
 
-def test_compressor_stats_like_envoy(results: Results) -> None:
+def test_compressor_stats_like_envoy(results: Pair) -> None:
     assert results.proxyd.stats == results.envoy.stats
 
 
-def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
+def test_envoy_behaves_as_the_cases_say(results: Pair) -> None:
     """The facts the cases were written from, checked on Envoy itself."""
     e = results.envoy.replies
     plain = hashlib.sha256(body(1000)).hexdigest()
