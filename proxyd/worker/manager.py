@@ -53,7 +53,7 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     hands back the router's own coroutine, so no frame of this module sits between the
     connection and the router at the waits of every request; everything else (filters,
     local replies) is :func:`_serve`."""
-    if plan.logs:
+    if plan.stamps:  # access logs, or header values with operators
         stream.t_wall = time.time()
         stream.t0 = time.monotonic()
         if plan.log_hooks:

@@ -25,6 +25,7 @@ from proxyd.epoch import (
 )
 from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
+from proxyd.protocol.access_log import NOT_SET, LogRecord
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.http1_options import Http1Format
@@ -32,12 +33,13 @@ from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
-from proxyd.worker.accesslog_plan import LogPlan, LogPlans
+from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.durations import RouteDuration
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
+from proxyd.worker.stream import Connection, Stream
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -224,6 +226,10 @@ class ListenerPlan:
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
         filter_headers: set[str] = set()
         pick_headers: set[str] = set()
+        # Header names read by %REQ(..)% / %RESP(..)% in the routes' header values.
+        value_req: set[str] = set()
+        value_resp: set[str] = set()
+        self.stamps = False  # a header value has operators: requests get their times
         retry_headers = False
 
         def route_plan(
@@ -259,9 +265,14 @@ class ListenerPlan:
                 rewrite = PathRewrite(
                     r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
                 )
-                rp.mutations = MutationPlan(
+                m = rp.mutations = MutationPlan(
                     mutations, rewrite, host_rewrite, r.host_rewrite_header, r.auto_host_rewrite
                 )
+                if m.request_dynamic or m.response_dynamic:
+                    m.record = self.header_record
+                    value_req.update(m.request_names)
+                    value_resp.update(m.response_names)
+                    self.stamps = True
             rp.filters = compile_filters(
                 hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime
             )
@@ -322,8 +333,9 @@ class ListenerPlan:
         self.logs: tuple[LogPlan, ...] = self.access.stream_logs
         # The request hook (DownstreamStart lines, periodic lines) is wanted.
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
-        log_req = set(self.access.request_headers)
-        log_resp = set(self.access.response_headers)
+        log_req = set(self.access.request_headers) | value_req
+        log_resp = set(self.access.response_headers) | value_resp
+        self.stamps = self.stamps or bool(self.logs)
         if retry_headers:
             log_resp.add("x-envoy-overloaded")  # a response never retried
         # Header names (bytes, lower case) the request parser collects, by the key under
@@ -372,6 +384,10 @@ class ListenerPlan:
         self.durations = self.max_connection_duration != math.inf or self.stream_limits
         # The connection manager's request/response transforms; None when it sets none.
         self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
+
+    def header_record(self, stream: Stream, conn: Connection) -> LogRecord:
+        """The record a header value's operators read (proxyd.protocol.header_values)."""
+        return stream_record(stream, self, conn, NOT_SET)
 
 
 class CompiledEpoch:
