@@ -387,6 +387,21 @@ class Route:
     # connection manager's applies; 0: none for this route).
     stream_duration_set: bool = False
     max_stream_duration_s: float | None = None
+    # RouteAction.request_mirror_policies (proxyd.worker.mirror).
+    mirrors: tuple[MirrorPolicy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """One RouteAction.RequestMirrorPolicy: the shadow cluster (``cluster``, or the one
+    the ``cluster_header`` request header names, lower case), the share of requests
+    shadowed (None: all) and whether the shadow's Host gets "-shadow"
+    (disable_shadow_host_suffix_append). trace_sampled changes nothing without tracing."""
+
+    cluster: str = ""
+    cluster_header: str = ""
+    fraction: RuntimeFraction | None = None
+    host_suffix: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from proxyd.epoch import (
     FilterOverride,
     HeaderAdd,
     HeaderMutations,
+    MirrorPolicy,
     QueryMatch,
     Redirect,
     Route,
@@ -191,7 +192,51 @@ def _route(
             if action.max_stream_duration.HasField("max_stream_duration")
             else None
         ),
+        mirrors=_mirrors(action, join(path, "route.request_mirror_policies"), clusters, file),
     )
+
+
+def _mirrors(
+    action: Any, path: str, clusters: Container[str], file: str
+) -> tuple[MirrorPolicy, ...]:
+    """RouteAction.request_mirror_policies, checked as Envoy 1.40 checks them: exactly
+    one of cluster and cluster_header, a named cluster known (unless RDS)."""
+    out = []
+    for i, m in enumerate(action.request_mirror_policies):
+        here = f"{path}[{i}]"
+        if m.cluster and m.cluster_header:
+            raise ConfigError(
+                file,
+                here,
+                f"Only one of cluster '{m.cluster}' or cluster_header '{m.cluster_header}' "
+                "in request mirror policy can be specified",
+            )
+        if not m.cluster and not m.cluster_header:
+            raise ConfigError(
+                file,
+                here,
+                "Exactly one of cluster or cluster_header in request mirror policy need to be "
+                "specified",
+            )
+        if m.cluster:
+            _check_cluster(m.cluster, join(here, "cluster"), clusters, file, "shadow cluster")
+        fraction = None
+        if m.HasField("runtime_fraction"):
+            rf = m.runtime_fraction
+            fraction = RuntimeFraction(
+                runtime_key=rf.runtime_key,
+                numerator=rf.default_value.numerator,
+                denominator=DENOMINATORS[rf.default_value.denominator],
+            )
+        out.append(
+            MirrorPolicy(
+                cluster=m.cluster,
+                cluster_header=m.cluster_header.lower(),
+                fraction=fraction,
+                host_suffix=not m.disable_shadow_host_suffix_append,
+            )
+        )
+    return tuple(out)
 
 
 def _check_cluster(name: str, path: str, clusters: Container[str], file: str, what: str) -> None:

@@ -157,6 +157,17 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # grpc_timeout_header_max / _offset are refused by name: proxyd has no
                 # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
                 "max_stream_duration": {"max_stream_duration": LEAF},
+                # proxyd.worker.mirror; trace_sampled changes nothing without tracing.
+                "request_mirror_policies": {
+                    "cluster": LEAF,
+                    "cluster_header": LEAF,
+                    "runtime_fraction": {
+                        "default_value": {"numerator": LEAF, "denominator": LEAF},
+                        "runtime_key": LEAF,
+                    },
+                    "trace_sampled": LEAF,
+                    "disable_shadow_host_suffix_append": LEAF,
+                },
             },
             "redirect": {
                 "https_redirect": LEAF,

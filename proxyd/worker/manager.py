@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import accesslog_plan, durations, router
+from proxyd.worker import accesslog_plan, durations, mirror, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
@@ -102,6 +102,8 @@ def _exchange(
         head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     if plan.http1 is not None:  # preserve_case: the names as the client wrote them
         head = plan.http1.upstream_head(head, h.names)
+    if rp.mirror is not None:  # request_mirror_policies: shadows, fire and forget
+        mirror.start(stream, plan, conn, rp, head)
     if h.envoy_headers and rp.header_retry is not None:
         # An internal request's x-envoy-retry-on on a route without a retry policy.
         return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))

@@ -35,6 +35,7 @@ from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.durations import RouteDuration
+from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
@@ -78,7 +79,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration",
+        "duration", "mirror",
     )  # fmt: skip
 
     def __init__(
@@ -117,6 +118,8 @@ class RoutePlan:
         self.not_found_status = 503
         # RouteAction.max_stream_duration (None: the route has none; worker/durations.py).
         self.duration: RouteDuration | None = None
+        # RouteAction.request_mirror_policies (None: none; worker/mirror.py).
+        self.mirror: MirrorPlan | None = None
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -273,6 +276,9 @@ class ListenerPlan:
                     value_req.update(m.request_names)
                     value_resp.update(m.response_names)
                     self.stamps = True
+            if r.mirrors and rp.cluster_name:
+                rp.mirror = MirrorPlan(r.mirrors, clusters, runtime)
+                pick_headers.update(rp.mirror.headers)
             rp.filters = compile_filters(
                 hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime
             )
