@@ -389,6 +389,13 @@ class Route:
     max_stream_duration_s: float | None = None
     # RouteAction.request_mirror_policies (proxyd.worker.mirror).
     mirrors: tuple[MirrorPolicy, ...] = ()
+    # RouteAction.host_rewrite_path_regex: the pattern ("" = not set) and RE2
+    # substitution that make the Host from the path (without its query).
+    host_rewrite_regex: str = ""
+    host_rewrite_substitution: str = ""
+    # RouteAction.idle_timeout: the stream idle timeout on this route in place of the
+    # connection manager's (None: not set; 0: none).
+    idle_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +468,9 @@ class RetryPolicy:
     # host_selection_retry_max_attempts more times) while it is one already tried.
     avoid_previous_hosts: bool = False
     host_selection_retry_max_attempts: int = 1
+    # per_try_idle_timeout (0 = none): each attempt ends when nothing came from the
+    # upstream for this long, from when it has a connection.
+    per_try_idle_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,9 @@ def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPol
         retry_on=rp.retry_on,
         num_retries=wrapped_or(rp, "num_retries", 1),
         per_try_timeout_s=seconds(rp.per_try_timeout) if rp.HasField("per_try_timeout") else 0.0,
+        per_try_idle_timeout_s=(
+            seconds(rp.per_try_idle_timeout) if rp.HasField("per_try_idle_timeout") else 0.0
+        ),
         base_interval_ms=base_ms,
         max_interval_ms=max_ms or base_ms * 10,
         retriable_status_codes=codes,

@@ -167,6 +167,11 @@ def _route(
         regex, substitution = _regex_rewrite(
             action.regex_rewrite, join(path, "route.regex_rewrite"), file
         )
+    host_regex = host_substitution = ""
+    if action.HasField("host_rewrite_path_regex"):
+        host_regex, host_substitution = _regex_rewrite(
+            action.host_rewrite_path_regex, join(path, "route.host_rewrite_path_regex"), file
+        )
     return Route(
         name=r.name,
         match=match,
@@ -193,6 +198,11 @@ def _route(
             else None
         ),
         mirrors=_mirrors(action, join(path, "route.request_mirror_policies"), clusters, file),
+        host_rewrite_regex=host_regex,
+        host_rewrite_substitution=host_substitution,
+        idle_timeout_s=(
+            duration_or(action, "idle_timeout", 0.0) if action.HasField("idle_timeout") else None
+        ),
     )
 
 

@@ -98,6 +98,7 @@ RETRY_POLICY: Spec = {
     "host_selection_retry_max_attempts": LEAF,
     "num_retries": LEAF,
     "per_try_timeout": LEAF,
+    "per_try_idle_timeout": LEAF,
     "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
     "retriable_status_codes": LEAF,
 }
@@ -153,6 +154,9 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_literal": LEAF,
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
+                "host_rewrite_path_regex": {"pattern": REGEX, "substitution": LEAF},
+                # proxyd.worker.plan (RoutePlan.stream_idle).
+                "idle_timeout": LEAF,
                 "retry_policy": RETRY_POLICY,
                 # grpc_timeout_header_max / _offset are refused by name: proxyd has no
                 # gRPC (HTTP/2) upstreams. proxyd.worker.durations.

@@ -202,6 +202,7 @@ class MutationPlan:
     __slots__ = (
         "request", "response", "request_dynamic", "response_dynamic", "rewrite", "host",
         "host_header", "auto_host", "rewrites", "record", "request_names", "response_names",
+        "host_regex",
     )  # fmt: skip
 
     def __init__(
@@ -211,6 +212,7 @@ class MutationPlan:
         host: str = "",
         host_header: str = "",
         auto_host: bool = False,
+        host_regex: PathRewrite | None = None,
     ) -> None:
         # RouteAction's path rewrite and host_rewrite_literal, applied after the
         # header mutations as Envoy's finalizeRequestHeaders does.
@@ -220,7 +222,12 @@ class MutationPlan:
         # auto_host_rewrite) the picked host's DNS name when it has one.
         self.host_header = host_header.encode("latin-1", "replace")
         self.auto_host = auto_host
-        self.rewrites = bool(self.rewrite or self.host or self.host_header or auto_host)
+        # Else host_rewrite_path_regex: the Host is the path (without its query) after
+        # the regex substitution (a regex_rewrite of the path, used on the Host).
+        self.host_regex = host_regex if host_regex is not None and host_regex.rewrites else None
+        self.rewrites = bool(
+            self.rewrite or self.host or self.host_header or auto_host or self.host_regex
+        )
         self.request = _compile([(m.request_remove, m.request_add) for m in levels])
         self.response = _compile([(m.response_remove, m.response_add) for m in levels])
         self.request_dynamic = _dynamic(self.request)
@@ -308,6 +315,10 @@ class MutationPlan:
             new_host = next((ln[1][len(name) + 1 :].strip() for ln in lines if ln[0] == name), b"")
         if not new_host and hostname:
             new_host = hostname.encode("latin-1", "replace")
+        if not new_host and self.host_regex is not None:
+            path = start.partition(b" ")[2].rpartition(b" ")[0].decode("latin-1")
+            bare = path.partition("?")[0].partition("#")[0]
+            new_host = self.host_regex.apply(bare).encode("latin-1", "replace")
         if new_host:
             # Envoy 1.40 keeps the Host it replaced in x-envoy-original-host.
             was = next((ln[1][5:].strip() for ln in lines if ln[0] == b"host"), b"")

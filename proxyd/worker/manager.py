@@ -181,6 +181,8 @@ async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connec
         status, body, flag = _TIMEOUT_REPLIES.get(kind, (408, "request timeout", ResponseFlag.NONE))
     if kind is DeadlineKind.REQUEST:
         plan.http_stats.rq_timeout += 1
+    elif kind is DeadlineKind.STREAM_IDLE:
+        plan.http_stats.rq_idle_timeout += 1
     stream.flags = flag
     stream.details = kind.value
     keep = False

@@ -79,7 +79,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration", "mirror",
+        "duration", "mirror", "stream_idle",
     )  # fmt: skip
 
     def __init__(
@@ -89,6 +89,7 @@ class RoutePlan:
         cluster_name: str,
         timeout_s: float,
         priority: str = "DEFAULT",
+        stream_idle: float = math.inf,
     ):
         self.name = name
         self.cluster = cluster
@@ -120,6 +121,9 @@ class RoutePlan:
         self.duration: RouteDuration | None = None
         # RouteAction.request_mirror_policies (None: none; worker/mirror.py).
         self.mirror: MirrorPlan | None = None
+        # The stream idle timeout of the route's requests: its idle_timeout, else the
+        # connection manager's stream_idle_timeout (inf: none).
+        self.stream_idle = stream_idle
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -227,6 +231,13 @@ class ListenerPlan:
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
+        hcm_idle = hcm.stream_idle_timeout_s or math.inf
+
+        def idle_of(r: Route) -> float:
+            if r.idle_timeout_s is None:
+                return hcm_idle
+            return r.idle_timeout_s or math.inf
+
         filter_headers: set[str] = set()
         pick_headers: set[str] = set()
         # Header names read by %REQ(..)% / %RESP(..)% in the routes' header values.
@@ -244,7 +255,12 @@ class ListenerPlan:
         ) -> RoutePlan:
             nonlocal filter_headers, retry_headers
             rp = RoutePlan(
-                r.name, clusters.get(cluster_name), cluster_name, route_timeout(r), r.priority
+                r.name,
+                clusters.get(cluster_name),
+                cluster_name,
+                route_timeout(r),
+                r.priority,
+                idle_of(r),
             )
             rp.not_found_status = r.cluster_not_found_status
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
@@ -264,12 +280,23 @@ class ListenerPlan:
                 or host_rewrite
                 or r.host_rewrite_header
                 or r.auto_host_rewrite
+                or r.host_rewrite_regex
             ):
                 rewrite = PathRewrite(
                     r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
                 )
+                host_regex = (
+                    PathRewrite(r.match, None, r.host_rewrite_regex, r.host_rewrite_substitution)
+                    if r.host_rewrite_regex
+                    else None
+                )
                 m = rp.mutations = MutationPlan(
-                    mutations, rewrite, host_rewrite, r.host_rewrite_header, r.auto_host_rewrite
+                    mutations,
+                    rewrite,
+                    host_rewrite,
+                    r.host_rewrite_header,
+                    r.auto_host_rewrite,
+                    host_regex,
                 )
                 if m.request_dynamic or m.response_dynamic:
                     m.record = self.header_record
@@ -306,14 +333,14 @@ class ListenerPlan:
                         )
                         for t in r.weighted
                     )
-                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority)
+                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority, idle_of(r))
                     rp.pick = WeightedPick(
                         variants, tuple(t.weight for t in r.weighted), r.weight_header
                     )
                     if r.weight_header:
                         pick_headers.add(r.weight_header)
                 elif r.cluster_header:
-                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority)
+                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority, idle_of(r))
                     rp.pick = HeaderPick(r.cluster_header, partial(plan_for, r), clusters)
                     pick_headers.add(r.cluster_header)
                 else:

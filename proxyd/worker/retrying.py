@@ -113,6 +113,7 @@ class RetryPlan:
         "attempt_count",
         "timeout_s",
         "host_picks",
+        "per_try_idle_s",
     )
 
     def __init__(self, policy: RetryPolicy, timeout_s: float) -> None:
@@ -122,6 +123,7 @@ class RetryPlan:
         if timeout_s and per_try >= timeout_s:
             per_try = 0.0  # Envoy: a per-try timeout not below the route timeout is none
         self.per_try_s = per_try
+        self.per_try_idle_s = policy.per_try_idle_timeout_s
         self.base_ms = policy.base_interval_ms
         self.max_ms = policy.max_interval_ms
         self.status_codes = frozenset(policy.retriable_status_codes)
@@ -196,6 +198,7 @@ class RetryingExchange(Exchange):
 
     __slots__ = (
         "rplan", "retry", "per_try_s", "attempts", "body_parts", "reused", "replayable", "tried",
+        "idle_scope",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -223,6 +226,8 @@ class RetryingExchange(Exchange):
         self.replayable = True
         # The hosts attempts went to (kept for previous_hosts only).
         self.tried: set[HostState] = set()
+        # The running attempt's per_try_idle_timeout (None: the policy has none).
+        self.idle_scope: trio.CancelScope | None = None
         if rplan.attempt_count and b"x-envoy-attempt-count" in h.envoy_headers:
             self.head = _ATTEMPT_COUNT_LINE.sub(b"", self.head)
 
@@ -238,7 +243,7 @@ class RetryingExchange(Exchange):
         else:
             if self.plan.request_timeout != INF:
                 stream.request_deadline = self.timers.now() + self.plan.request_timeout
-            arm_request_phase(stream, self.plan, self.timers, self.deadline)
+            arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
         try:
             if h.has_body:
                 await self._keep_body()
@@ -353,7 +358,7 @@ class RetryingExchange(Exchange):
             return await self._reply(503, RESET_BEFORE_HEADERS + failed.reason)
         if failed.reset is Reset.PER_TRY_TIMEOUT:
             stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
-            stream.details = "upstream_per_try_timeout"
+            stream.details = failed.reason or "upstream_per_try_timeout"
             cstats.count_response(504)
             self.host.stats.rq_error += 1
             return await self._reply(504, "upstream request timeout")
@@ -390,13 +395,28 @@ class RetryingExchange(Exchange):
         self.conn = conn
         self.attempts += 1
         per_try = self.per_try_s
-        if not per_try:
+        idle = self.rplan.per_try_idle_s
+        if not per_try and not idle:
             return await self._exchange_once(conn)
-        with trio.CancelScope(deadline=trio.current_time() + per_try) as scope:
-            return await self._exchange_once(conn)
-        # The per-try timeout passed (Envoy's upstream_rq_per_try_timeout).
-        assert scope.cancelled_caught
-        pool.stats.rq_per_try_timeout += 1
+        now = trio.current_time()
+        idle_fired = False
+        with trio.CancelScope(deadline=now + per_try if per_try else INF) as scope:
+            if not idle:
+                return await self._exchange_once(conn)
+            # per_try_idle_timeout: moved on by every read from the upstream (_touch).
+            with trio.CancelScope(deadline=now + idle) as self.idle_scope:
+                return await self._exchange_once(conn)
+            idle_fired = True
+        self.idle_scope = None
+        if idle_fired:
+            # Envoy's upstream_rq_per_try_idle_timeout: a per-try timeout of its own kind.
+            pool.stats.rq_per_try_idle_timeout += 1
+            reason = "upstream_per_try_idle_timeout"
+        else:
+            # The per-try timeout passed (Envoy's upstream_rq_per_try_timeout).
+            assert scope.cancelled_caught
+            pool.stats.rq_per_try_timeout += 1
+            reason = ""
         if self.conn is not None:
             pool.destroy(self.conn)
             self.conn = None
@@ -405,7 +425,15 @@ class RetryingExchange(Exchange):
             self.stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
             raise UpstreamReset("per try timeout")
         host.outcomes.timeout()
-        raise _AttemptFailed(Reset.PER_TRY_TIMEOUT)
+        raise _AttemptFailed(Reset.PER_TRY_TIMEOUT, reason)
+
+    def _touch(self) -> None:
+        """Bytes came from the upstream: the stream idle and per-try idle timers start
+        over."""
+        super()._touch()
+        scope = self.idle_scope
+        if scope is not None:
+            scope.deadline = trio.current_time() + self.rplan.per_try_idle_s
 
     async def _exchange_once(self, conn: UpstreamConnection) -> bool:
         stream = self.stream

@@ -259,3 +259,16 @@ def test_a_plan_with_operators_asks_the_worker_for_the_record() -> None:
     static = plan(req(HeaderAdd("x-s", "100%% static")))
     assert not static.request_dynamic
     assert b"x-s: 100% static" in static.on_request(HEAD, s, "conn", b"")
+
+
+def test_host_rewrite_path_regex_uses_the_path_without_its_query() -> None:
+    from proxyd.epoch import RouteMatch
+    from proxyd.protocol.redirect import PathRewrite
+
+    match = RouteMatch(kind="prefix", value="/", case_sensitive=True, headers=())
+    m = MutationPlan((), None, host_regex=PathRewrite(match, None, "^/([a-z]+)/.*$", "\\1.up"))
+    out = m.rewrite_head(b"GET /abc/d?q=/x/y HTTP/1.1\r\nhost: h\r\n\r\n")
+    assert headers(out) == [(b"host", b"abc.up"), (b"x-envoy-original-host", b"h")]
+    # No match: the path itself, as RE2's GlobalReplace leaves it (and Envoy uses it).
+    out = m.rewrite_head(b"GET /ABC HTTP/1.1\r\nhost: h\r\n\r\n")
+    assert headers(out)[0] == (b"host", b"/ABC")

@@ -304,7 +304,6 @@ OMIT_HOST_METADATA = (
     [
         ("retry_host_predicate", [{"name": "x", "typed_config": {"@type": OMIT_HOST_METADATA}}]),
         ("retry_priority", {"name": "envoy.retry_priorities.previous_priorities"}),
-        ("per_try_idle_timeout", "1s"),
     ],
 )
 def test_unsupported_fields_are_refused_by_name(field: str, value: Any) -> None:
