@@ -471,6 +471,9 @@ class RetryPolicy:
     # per_try_idle_timeout (0 = none): each attempt ends when nothing came from the
     # upstream for this long, from when it has a connection.
     per_try_idle_timeout_s: float = 0.0
+    # retry_priority previous_priorities: its update_frequency (0 = no retry priority):
+    # every that many attempts, the priority levels attempted so far get no load.
+    priority_update_frequency: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,9 @@ HEADER_MUTATIONS: dict[str, Spec] = {
 
 # config.route.v3.RetryPolicy (proxyd.config.retries; retry_on names are checked there).
 PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+PREVIOUS_PRIORITIES_TYPE = (
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+)
 RETRY_POLICY: Spec = {
     "retry_on": LEAF,
     "retry_host_predicate": {
@@ -96,6 +99,12 @@ RETRY_POLICY: Spec = {
         "typed_config": AnyOf("retry host predicate", {PREVIOUS_HOSTS_TYPE: {}}),
     },
     "host_selection_retry_max_attempts": LEAF,
+    "retry_priority": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "retry priority", {PREVIOUS_PRIORITIES_TYPE: {"update_frequency": LEAF}}
+        ),
+    },
     "num_retries": LEAF,
     "per_try_timeout": LEAF,
     "per_try_idle_timeout": LEAF,

@@ -39,6 +39,7 @@ import trio
 
 from proxyd.errors import ProtocolError
 from proxyd.protocol.http1 import ResponseHead
+from proxyd.protocol.priority import load_without
 from proxyd.protocol.retry import (
     Decision,
     JitteredBackOff,
@@ -114,6 +115,7 @@ class RetryPlan:
         "timeout_s",
         "host_picks",
         "per_try_idle_s",
+        "priority_update",
     )
 
     def __init__(self, policy: RetryPolicy, timeout_s: float) -> None:
@@ -124,6 +126,8 @@ class RetryPlan:
             per_try = 0.0  # Envoy: a per-try timeout not below the route timeout is none
         self.per_try_s = per_try
         self.per_try_idle_s = policy.per_try_idle_timeout_s
+        # retry_priority previous_priorities: update_frequency (0: none).
+        self.priority_update = policy.priority_update_frequency
         self.base_ms = policy.base_interval_ms
         self.max_ms = policy.max_interval_ms
         self.status_codes = frozenset(policy.retriable_status_codes)
@@ -198,7 +202,7 @@ class RetryingExchange(Exchange):
 
     __slots__ = (
         "rplan", "retry", "per_try_s", "attempts", "body_parts", "reused", "replayable", "tried",
-        "idle_scope",
+        "idle_scope", "attempted", "excluded",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -228,6 +232,10 @@ class RetryingExchange(Exchange):
         self.tried: set[HostState] = set()
         # The running attempt's per_try_idle_timeout (None: the policy has none).
         self.idle_scope: trio.CancelScope | None = None
+        # previous_priorities: the priority level of each attempt's host, and the levels
+        # a retry's pick leaves out.
+        self.attempted: list[int] = []
+        self.excluded: frozenset[int] = frozenset()
         if rplan.attempt_count and b"x-envoy-attempt-count" in h.envoy_headers:
             self.head = _ATTEMPT_COUNT_LINE.sub(b"", self.head)
 
@@ -329,7 +337,10 @@ class RetryingExchange(Exchange):
         await wait_back_off(self.retry)
         cluster = self.rp.cluster
         assert cluster is not None
-        host = cluster.balancer.pick()
+        balancer = cluster.balancer
+        if self.rplan.priority_update:
+            balancer = self._priority_balancer(cluster)
+        host = balancer.pick()
         picks = self.rplan.host_picks
         if picks > 1:
             # previous_hosts: pick again while it is a host an attempt went to (the last
@@ -338,7 +349,7 @@ class RetryingExchange(Exchange):
             tried.add(self.host)
             while host is not None and host in tried and picks > 1:
                 picks -= 1
-                host = cluster.balancer.pick()
+                host = balancer.pick()
         if host is not None and host is not self.host:
             self.host.active_requests -= 1
             if self.attached:
@@ -347,6 +358,28 @@ class RetryingExchange(Exchange):
             host.active_requests += 1
             self.host = host
             self.stream.upstream_host = host.label
+
+    def _priority_balancer(self, cluster: Any) -> Any:
+        """retry_priority previous_priorities (Envoy's PreviousPrioritiesRetryPriority):
+        every update_frequency attempts, the levels attempted so far are left out of the
+        priority load; once every level is, Envoy forgets them and the original load
+        applies again."""
+        n = len(self.attempted)
+        every = self.rplan.priority_update
+        if n < every:
+            return cluster.balancer
+        if n % every == 0:
+            excluded = self.excluded | frozenset(self.attempted)
+            hosts = cluster.hosts
+            counts = [(0, 0)] * (max((h.priority for h in hosts), default=0) + 1)
+            for h in hosts:
+                usable, total = counts[h.priority]
+                counts[h.priority] = (usable + (1 if h.usable else 0), total + 1)
+            factor = cluster.cluster.overprovisioning_factor
+            if load_without(counts, excluded, factor) is None:
+                excluded = frozenset()  # nothing left: Envoy starts over
+            self.excluded = excluded
+        return cluster.balancer_without(self.excluded) if self.excluded else cluster.balancer
 
     async def _give_up(self, failed: _AttemptFailed) -> bool:
         stream = self.stream
@@ -372,6 +405,8 @@ class RetryingExchange(Exchange):
     async def _attempt(self) -> bool:
         pool = self.pool
         host = self.host
+        if self.rplan.priority_update:
+            self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
         conn = pool.take_idle(host)
         self.reused = conn is not None
