@@ -418,6 +418,28 @@ class Route:
     # RouteAction.hash_policy, in order (empty: none; used by RING_HASH and MAGLEV
     # clusters only).
     hash_policy: tuple[HashPolicy, ...] = ()
+    # RouteAction.request_mirror_policies (proxyd.worker.mirror).
+    mirrors: tuple[MirrorPolicy, ...] = ()
+    # RouteAction.host_rewrite_path_regex: the pattern ("" = not set) and RE2
+    # substitution that make the Host from the path (without its query).
+    host_rewrite_regex: str = ""
+    host_rewrite_substitution: str = ""
+    # RouteAction.idle_timeout: the stream idle timeout on this route in place of the
+    # connection manager's (None: not set; 0: none).
+    idle_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """One RouteAction.RequestMirrorPolicy: the shadow cluster (``cluster``, or the one
+    the ``cluster_header`` request header names, lower case), the share of requests
+    shadowed (None: all) and whether the shadow's Host gets "-shadow"
+    (disable_shadow_host_suffix_append). trace_sampled changes nothing without tracing."""
+
+    cluster: str = ""
+    cluster_header: str = ""
+    fraction: RuntimeFraction | None = None
+    host_suffix: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +499,12 @@ class RetryPolicy:
     # host_selection_retry_max_attempts more times) while it is one already tried.
     avoid_previous_hosts: bool = False
     host_selection_retry_max_attempts: int = 1
+    # per_try_idle_timeout (0 = none): each attempt ends when nothing came from the
+    # upstream for this long, from when it has a connection.
+    per_try_idle_timeout_s: float = 0.0
+    # retry_priority previous_priorities: its update_frequency (0 = no retry priority):
+    # every that many attempts, the priority levels attempted so far get no load.
+    priority_update_frequency: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,9 @@ HEADER_MUTATIONS: dict[str, Spec] = {
 
 # config.route.v3.RetryPolicy (proxyd.config.retries; retry_on names are checked there).
 PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+PREVIOUS_PRIORITIES_TYPE = (
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+)
 RETRY_POLICY: Spec = {
     "retry_on": LEAF,
     "retry_host_predicate": {
@@ -98,8 +101,15 @@ RETRY_POLICY: Spec = {
         "typed_config": AnyOf("retry host predicate", {PREVIOUS_HOSTS_TYPE: {}}),
     },
     "host_selection_retry_max_attempts": LEAF,
+    "retry_priority": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "retry priority", {PREVIOUS_PRIORITIES_TYPE: {"update_frequency": LEAF}}
+        ),
+    },
     "num_retries": LEAF,
     "per_try_timeout": LEAF,
+    "per_try_idle_timeout": LEAF,
     "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
     "retriable_status_codes": LEAF,
 }
@@ -155,6 +165,9 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_literal": LEAF,
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
+                "host_rewrite_path_regex": {"pattern": REGEX, "substitution": LEAF},
+                # proxyd.worker.plan (RoutePlan.stream_idle).
+                "idle_timeout": LEAF,
                 "retry_policy": RETRY_POLICY,
                 # grpc_timeout_header_max / _offset are refused by name: proxyd has no
                 # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
@@ -163,6 +176,17 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "cors": cors_config.ROUTE_FIELD_SPEC,
                 # proxyd.config.lb_policy; filter_state is refused by name.
                 "hash_policy": HASH_POLICY,
+                # proxyd.worker.mirror; trace_sampled changes nothing without tracing.
+                "request_mirror_policies": {
+                    "cluster": LEAF,
+                    "cluster_header": LEAF,
+                    "runtime_fraction": {
+                        "default_value": {"numerator": LEAF, "denominator": LEAF},
+                        "runtime_key": LEAF,
+                    },
+                    "trace_sampled": LEAF,
+                    "disable_shadow_host_suffix_append": LEAF,
+                },
             },
             "redirect": {
                 "https_redirect": LEAF,

@@ -401,9 +401,11 @@ class DownstreamConnection:
             if n == 0:
                 raise DownstreamReset()
             rb.commit(n)
-            if plan.stream_idle != INF and not stream.request_complete:
+            rp = stream.route_plan
+            idle = plan.stream_idle if rp is None else rp.stream_idle
+            if idle != INF and not stream.request_complete:
                 # Activity: the stream idle timer starts over (request_timeout does not).
-                arm_request_phase(stream, plan, self.worker.timers, self.deadline)
+                arm_request_phase(stream, idle, self.worker.timers, self.deadline)
             pieces = body.read(rb)
             for p in pieces:
                 stream.bytes_received += len(p)

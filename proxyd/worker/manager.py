@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import accesslog_plan, durations, router
+from proxyd.worker import accesslog_plan, durations, mirror, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
@@ -55,7 +55,7 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     hands back the router's own coroutine, so no frame of this module sits between the
     connection and the router at the waits of every request; everything else (filters,
     local replies) is :func:`_serve`."""
-    if plan.logs:
+    if plan.stamps:  # access logs, or header values with operators
         stream.t_wall = time.time()
         stream.t0 = time.monotonic()
         if plan.log_hooks:
@@ -104,6 +104,8 @@ def _exchange(
         head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     if plan.http1 is not None:  # preserve_case: the names as the client wrote them
         head = plan.http1.upstream_head(head, h.names)
+    if rp.mirror is not None:  # request_mirror_policies: shadows, fire and forget
+        mirror.start(stream, plan, conn, rp, head)
     if h.envoy_headers and rp.header_retry is not None:
         # An internal request's x-envoy-retry-on on a route without a retry policy.
         return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
@@ -216,6 +218,8 @@ async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connec
         status, body, flag = _TIMEOUT_REPLIES.get(kind, (408, "request timeout", ResponseFlag.NONE))
     if kind is DeadlineKind.REQUEST:
         plan.http_stats.rq_timeout += 1
+    elif kind is DeadlineKind.STREAM_IDLE:
+        plan.http_stats.rq_idle_timeout += 1
     stream.flags = flag
     stream.details = kind.value
     keep = False

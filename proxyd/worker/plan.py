@@ -26,6 +26,7 @@ from proxyd.epoch import (
 )
 from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
+from proxyd.protocol.access_log import NOT_SET, LogRecord
 from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
@@ -34,12 +35,14 @@ from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
-from proxyd.worker.accesslog_plan import LogPlan, LogPlans
+from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.durations import RouteDuration
+from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
+from proxyd.worker.stream import Connection, Stream
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -100,7 +103,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration", "hash",
+        "duration", "hash", "mirror", "stream_idle",
     )  # fmt: skip
 
     def __init__(
@@ -110,6 +113,7 @@ class RoutePlan:
         cluster_name: str,
         timeout_s: float,
         priority: str = "DEFAULT",
+        stream_idle: float = math.inf,
     ):
         self.name = name
         self.cluster = cluster
@@ -142,6 +146,11 @@ class RoutePlan:
         # RouteAction.hash_policy when the cluster balances by hash (RING_HASH, MAGLEV):
         # the request's hash picks the host (None: a plain pick; manager.pick_host).
         self.hash: HashPlan | None = None
+        # RouteAction.request_mirror_policies (None: none; worker/mirror.py).
+        self.mirror: MirrorPlan | None = None
+        # The stream idle timeout of the route's requests: its idle_timeout, else the
+        # connection manager's stream_idle_timeout (inf: none).
+        self.stream_idle = stream_idle
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -250,11 +259,22 @@ class ListenerPlan:
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
+        hcm_idle = hcm.stream_idle_timeout_s or math.inf
+
+        def idle_of(r: Route) -> float:
+            if r.idle_timeout_s is None:
+                return hcm_idle
+            return r.idle_timeout_s or math.inf
+
         filter_headers: set[str] = set()
         # Response header names the filters' on_response_headers read (optional on a
         # factory: FilterFactory's ``response_headers``).
         filter_response: set[str] = set()
         pick_headers: set[str] = set()
+        # Header names read by %REQ(..)% / %RESP(..)% in the routes' header values.
+        value_req: set[str] = set()
+        value_resp: set[str] = set()
+        self.stamps = False  # a header value has operators: requests get their times
         retry_headers = False
 
         def route_plan(
@@ -266,7 +286,12 @@ class ListenerPlan:
         ) -> RoutePlan:
             nonlocal filter_headers, retry_headers
             rp = RoutePlan(
-                r.name, clusters.get(cluster_name), cluster_name, route_timeout(r), r.priority
+                r.name,
+                clusters.get(cluster_name),
+                cluster_name,
+                route_timeout(r),
+                r.priority,
+                idle_of(r),
             )
             rp.not_found_status = r.cluster_not_found_status
             if r.hash_policy and rp.cluster is not None and rp.cluster.hashing is not None:
@@ -310,13 +335,32 @@ class ListenerPlan:
                 or host_rewrite
                 or r.host_rewrite_header
                 or r.auto_host_rewrite
+                or r.host_rewrite_regex
             ):
                 rewrite = PathRewrite(
                     r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
                 )
-                rp.mutations = MutationPlan(
-                    mutations, rewrite, host_rewrite, r.host_rewrite_header, r.auto_host_rewrite
+                host_regex = (
+                    PathRewrite(r.match, None, r.host_rewrite_regex, r.host_rewrite_substitution)
+                    if r.host_rewrite_regex
+                    else None
                 )
+                m = rp.mutations = MutationPlan(
+                    mutations,
+                    rewrite,
+                    host_rewrite,
+                    r.host_rewrite_header,
+                    r.auto_host_rewrite,
+                    host_regex,
+                )
+                if m.request_dynamic or m.response_dynamic:
+                    m.record = self.header_record
+                    value_req.update(m.request_names)
+                    value_resp.update(m.response_names)
+                    self.stamps = True
+            if r.mirrors and rp.cluster_name:
+                rp.mirror = MirrorPlan(r.mirrors, clusters, runtime)
+                pick_headers.update(rp.mirror.headers)
             return rp
 
         def plan_for(r: Route, cluster_name: str) -> RoutePlan:
@@ -341,14 +385,14 @@ class ListenerPlan:
                         )
                         for t in r.weighted
                     )
-                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority)
+                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority, idle_of(r))
                     rp.pick = WeightedPick(
                         variants, tuple(t.weight for t in r.weighted), r.weight_header
                     )
                     if r.weight_header:
                         pick_headers.add(r.weight_header)
                 elif r.cluster_header:
-                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority)
+                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority, idle_of(r))
                     rp.pick = HeaderPick(r.cluster_header, partial(plan_for, r), clusters)
                     pick_headers.add(r.cluster_header)
                 else:
@@ -375,8 +419,9 @@ class ListenerPlan:
         self.logs: tuple[LogPlan, ...] = self.access.stream_logs
         # The request hook (DownstreamStart lines, periodic lines) is wanted.
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
-        log_req = set(self.access.request_headers)
-        log_resp = set(self.access.response_headers)
+        log_req = set(self.access.request_headers) | value_req
+        log_resp = set(self.access.response_headers) | value_resp
+        self.stamps = self.stamps or bool(self.logs)
         if retry_headers:
             log_resp.add("x-envoy-overloaded")  # a response never retried
         # Header names (bytes, lower case) the request parser collects, by the key under
@@ -425,6 +470,10 @@ class ListenerPlan:
         self.durations = self.max_connection_duration != math.inf or self.stream_limits
         # The connection manager's request/response transforms; None when it sets none.
         self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
+
+    def header_record(self, stream: Stream, conn: Connection) -> LogRecord:
+        """The record a header value's operators read (proxyd.protocol.header_values)."""
+        return stream_record(stream, self, conn, NOT_SET)
 
 
 class CompiledEpoch:

@@ -125,10 +125,31 @@ class ClusterState:
                 locality_weighted=cluster.locality_weighted_lb,
                 stats=self.stats,
             )
+        # Balancers that leave some priority levels out (retry_priority
+        # previous_priorities), made when a retry first needs one.
+        self._without: dict[frozenset[int], Balancer[HostState]] = {}
         # One pool per routing priority, indexed as PRIORITIES.
         self.pools = tuple(ConnPool(self, p) for p in range(len(PRIORITIES)))
         # The newest state of the cluster reports the *_open gauges.
         self.stats.breakers = self
+
+    def balancer_without(self, excluded: frozenset[int]) -> Balancer[HostState]:
+        """The balancer with the ``excluded`` priority levels' load given to the others
+        (:func:`proxyd.protocol.priority.load_without`)."""
+        b = self._without.get(excluded)
+        if b is None:
+            c = self.cluster
+            b = self._without[excluded] = make_priority_balancer(
+                c.lb_policy,
+                self.hosts,
+                choice_count=c.choice_count,
+                overprovisioning_factor=c.overprovisioning_factor,
+                panic_threshold=c.healthy_panic_threshold,
+                locality_weighted=c.locality_weighted_lb,
+                stats=self.stats,
+                excluded=excluded,
+            )
+        return b
 
     def pool(self, priority: str) -> ConnPool:
         """The pool of a route's priority ("DEFAULT" or "HIGH")."""
