@@ -556,6 +556,54 @@ class VirtualHost:
     # carry a port ("example.com:8080"); Envoy matches that against the full Host.
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
+    # VirtualHost.matcher (the generic matching API in place of the route list): the
+    # tree, whose actions name routes by their index in ``routes`` (None: the routes
+    # are tried in order). proxyd.protocol.route_tree.
+    matcher: RouteMatcher | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePredicate:
+    """A matcher_list predicate: ``kind`` "single" (the ``input`` header's value against
+    ``match``; ":path" and ":authority" are the request's), or "and", "or", "not" over
+    ``children``."""
+
+    kind: str
+    input: str = ""
+    match: StringMatch | None = None
+    children: tuple[RoutePredicate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOnMatch:
+    """What a matcher gives on a match: a nested ``matcher``, or the indexes (in the
+    virtual host's ``routes``) of a Route action (one) or a RouteList's routes (tried in
+    order, each with its own match)."""
+
+    matcher: RouteMatcher | None = None
+    routes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatchEntry:
+    """A map key (``exact``/``prefix`` trees) or a predicate (``list``) and its OnMatch."""
+
+    key: str
+    predicate: RoutePredicate | None
+    on_match: RouteOnMatch
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatcher:
+    """xds.type.matcher.v3.Matcher over a request: ``kind`` "exact" or "prefix" (a
+    matcher_tree's exact_match_map / prefix_match_map on the ``input`` header) or
+    "list" (a matcher_list, first matching predicate wins); ``on_no_match`` when
+    nothing matched."""
+
+    kind: str
+    input: str
+    entries: tuple[RouteMatchEntry, ...]
+    on_no_match: RouteOnMatch | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,6 +225,68 @@ ROUTE_CONFIG: dict[str, Spec] = {
     "internal_only_headers": LEAF,
 }
 
+
+def _route_matcher_spec(depth: int) -> Spec:
+    """VirtualHost.matcher (proxyd.config.route_matcher), nested matchers at most
+    ``depth`` levels below this one; its actions are Routes and RouteLists with the
+    allow-list of the virtual host's routes."""
+    route = ROUTE_CONFIG["virtual_hosts"]["routes"]  # type: ignore[index]
+    on_match: dict[str, Spec] = {
+        "action": {
+            "name": LEAF,
+            "typed_config": AnyOf(
+                "route action",
+                {
+                    "envoy.config.route.v3.Route": route,
+                    "envoy.config.route.v3.RouteList": {"routes": route},
+                },
+            ),
+        }
+    }
+    if depth > 0:
+        on_match["matcher"] = _route_matcher_spec(depth - 1)
+    header_input: Spec = {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "matcher input", {"envoy.type.matcher.v3.HttpRequestHeaderMatchInput": LEAF}
+        ),
+    }
+    return {
+        "matcher_tree": {
+            "input": header_input,
+            "exact_match_map": {"map": on_match},
+            "prefix_match_map": {"map": on_match},
+        },
+        "matcher_list": {
+            "matchers": {"predicate": _predicate_spec(header_input, 3), "on_match": on_match}
+        },
+        "on_no_match": on_match,
+    }
+
+
+XDS_STRING_MATCHER: dict[str, Spec] = dict(STRING_MATCHER)  # type: ignore[arg-type]
+
+
+def _predicate_spec(header_input: Spec, depth: int) -> Spec:
+    spec: dict[str, Spec] = {
+        # xds.type.matcher.v3.StringMatcher: its RegexMatcher requires the google_re2
+        # engine (Envoy's own StringMatcher made it optional).
+        "single_predicate": {
+            "input": header_input,
+            "value_match": {**XDS_STRING_MATCHER, "safe_regex": {"google_re2": {}, "regex": LEAF}},
+        },
+    }
+    if depth > 0:
+        inner = _predicate_spec(header_input, depth - 1)
+        spec["or_matcher"] = {"predicate": inner}
+        spec["and_matcher"] = {"predicate": inner}
+        spec["not_matcher"] = inner
+    return spec
+
+
+# Nested matchers: four levels below the virtual host's (Envoy's examples use three).
+ROUTE_CONFIG["virtual_hosts"]["matcher"] = _route_matcher_spec(4)  # type: ignore[index]
+
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).
 API_CONFIG_SOURCE: Spec = {
     "api_type": LEAF,
