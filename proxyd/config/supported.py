@@ -617,7 +617,8 @@ BOOTSTRAP: dict[str, Spec] = {
         "extensions": LEAF,
         "client_features": LEAF,
     },
-    # proxyd.config.runtime and proxyd.master.runtime; rtds_layer is refused.
+    # proxyd.config.runtime and proxyd.master.runtime; rtds_layer's Runtime resources
+    # come through proxyd.master.xds.
     "layered_runtime": {
         "layers": {
             "name": LEAF,
@@ -628,6 +629,7 @@ BOOTSTRAP: dict[str, Spec] = {
                 "append_service_cluster": LEAF,
             },
             "admin_layer": {},
+            "rtds_layer": {"name": LEAF, "rtds_config": CONFIG_SOURCE},
         },
     },
     "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},
