@@ -387,6 +387,16 @@ class Route:
     # connection manager's applies; 0: none for this route).
     stream_duration_set: bool = False
     max_stream_duration_s: float | None = None
+    # max_stream_duration.grpc_timeout_header_max (None: not set; 0: no cap) and
+    # grpc_timeout_header_offset (0: none): a grpc-timeout header's timeout replaces
+    # the stream limit (proxyd.worker.durations).
+    grpc_timeout_header_max_s: float | None = None
+    grpc_timeout_header_offset_s: float = 0.0
+    # The deprecated RouteAction.max_grpc_timeout (None: not set) and
+    # grpc_timeout_offset, used only without max_stream_duration: a gRPC request's
+    # router timeout from its grpc-timeout header.
+    max_grpc_timeout_s: float | None = None
+    grpc_timeout_offset_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,9 +154,16 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
                 "retry_policy": RETRY_POLICY,
-                # grpc_timeout_header_max / _offset are refused by name: proxyd has no
-                # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
-                "max_stream_duration": {"max_stream_duration": LEAF},
+                # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.
+                "max_stream_duration": {
+                    "max_stream_duration": LEAF,
+                    "grpc_timeout_header_max": LEAF,
+                    "grpc_timeout_header_offset": LEAF,
+                },
+                # Deprecated, with their own meaning in Envoy 1.40 (the router's timeout
+                # of a gRPC request), used without max_stream_duration: durations.py.
+                "max_grpc_timeout": LEAF,
+                "grpc_timeout_offset": LEAF,
             },
             "redirect": {
                 "https_redirect": LEAF,

@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import accesslog_plan, durations, router
+from proxyd.worker import accesslog_plan, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
@@ -79,8 +79,10 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
         rp = rp.pick(h.headers)
     stream.route_plan = rp
     stream.route_name = rp.name
-    if rp.duration is not None:  # RouteAction.max_stream_duration
-        durations.route_matched(conn, stream, rp.duration)
+    if rp.duration is not None:  # max_stream_duration, max_grpc_timeout (durations.py)
+        rp = stream.route_plan = rp.duration.matched(conn, stream, rp)
+        if stream.timed_out is not None:  # a grpc-timeout that left no time
+            return duration_over(stream)
     stream.upstream_cluster = rp.cluster_name
     if rp.filters or rp.cluster is None:
         return _serve(stream, plan, conn, rp, rp.filters)
@@ -190,6 +192,19 @@ async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connec
             pass
     finish(stream, plan, conn)
     return keep
+
+
+async def duration_over(stream: Stream) -> bool:
+    """The stream's max_stream_duration was over when it was routed: answered as
+    :func:`finish_after_deadline` answers its deadline (the caller finishes it)."""
+    stream.details = DeadlineKind.STREAM_DURATION.value
+    status = 504 if stream.request_complete else 408
+    try:
+        await stream.sink.send_local_reply(status, "downstream duration timeout")
+    except DownstreamReset:
+        stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+        return False
+    return True
 
 
 def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:

@@ -9,6 +9,7 @@ swap never changes a request in flight.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans
-from proxyd.worker.durations import RouteDuration
+from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
@@ -113,8 +114,25 @@ class RoutePlan:
         self.pick: WeightedPick | HeaderPick | None = None
         # The answer when the cluster does not exist (cluster_not_found_response_code).
         self.not_found_status = 503
-        # RouteAction.max_stream_duration (None: the route has none; worker/durations.py).
-        self.duration: RouteDuration | None = None
+        # RouteAction.max_stream_duration, or the deprecated max_grpc_timeout (None: the
+        # route has neither; worker/durations.py): what a request on the route is timed by.
+        self.duration: RouteDuration | GrpcRouteTimeout | None = None
+
+    def with_timeout(self, timeout_s: float) -> RoutePlan:
+        """This plan with another router timeout (a gRPC request's, from its
+        grpc-timeout header: GrpcRouteTimeout), x-envoy-expected-rq-timeout-ms with it."""
+        rp = copy.copy(self)
+        rp.timeout_s = timeout_s
+        if self.retry is not None:
+            rp.retry = retry = copy.copy(self.retry)
+            retry.timeout_s = timeout_s
+            if timeout_s and retry.per_try_s >= timeout_s:
+                retry.per_try_s = 0.0
+            ms = retry.expected_timeout_ms()
+        else:
+            ms = int(round(timeout_s * 1000))
+        rp.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
+        return rp
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -239,8 +257,18 @@ class ListenerPlan:
             )
             rp.not_found_status = r.cluster_not_found_status
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
-                rp.duration = RouteDuration(r.max_stream_duration_s, hcm_stream_s)
+                rp.duration = RouteDuration(
+                    r.max_stream_duration_s,
+                    hcm_stream_s,
+                    r.grpc_timeout_header_max_s,
+                    r.grpc_timeout_header_offset_s,
+                )
                 filter_headers.add("content-type")
+                if r.grpc_timeout_header_max_s is not None:
+                    filter_headers.add("grpc-timeout")
+            elif r.max_grpc_timeout_s is not None:  # deprecated: the router's timeout
+                rp.duration = GrpcRouteTimeout(r.max_grpc_timeout_s, r.grpc_timeout_offset_s)
+                filter_headers.update(("content-type", "grpc-timeout"))
             if r.retry is not None and rp.cluster_name:
                 rp.set_retry(r.retry)
                 retry_headers = True

@@ -414,10 +414,19 @@ def test_header_value_append_means_append_action() -> None:
     assert "Both append and append_action" in err.reason
 
 
-def test_route_fields_without_an_implemented_replacement() -> None:
+def test_deprecated_grpc_timeouts_keep_their_meaning_unless_max_stream_duration() -> None:
     d = base()
     route(d)["route"]["max_grpc_timeout"] = "10s"
-    assert reject(d).path == f"{HCM}.route_config.virtual_hosts[0].routes[0].route.max_grpc_timeout"  # noqa: E501
+    route(d)["route"]["grpc_timeout_offset"] = "0.1s"
+    r = compile_bootstrap(d, "f.yaml").epoch_template.listeners[0].hcm.route_config
+    action = r.virtual_hosts[0].routes[0]
+    assert (action.max_grpc_timeout_s, action.grpc_timeout_offset_s) == (10.0, 0.1)
+    assert action.grpc_timeout_header_max_s is None and not action.stream_duration_set
+    route(d)["route"]["max_stream_duration"] = {"grpc_timeout_header_max": "2s"}
+    r = compile_bootstrap(d, "f.yaml").epoch_template.listeners[0].hcm.route_config
+    action = r.virtual_hosts[0].routes[0]
+    assert action.max_grpc_timeout_s is None  # unused by Envoy then
+    assert action.grpc_timeout_header_max_s == 2.0
 
 
 def test_deprecations_are_logged_with_field_and_replacement() -> None:
@@ -550,8 +559,8 @@ def test_errors_in_a_single_value_name_it_as_the_file_has_it() -> None:
     vhosts[0]["routes"] = {"match": {"prefix": "/"}, "route": {"cluster": "nowhere"}}
     assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.cluster"
     vhosts[0]["routes"] = {"match": {"prefix": "/", "headers": {"name": "x", "exact_match": "y"}}}
-    vhosts[0]["routes"]["route"] = {"cluster": "web", "max_grpc_timeout": "1s"}
-    assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.max_grpc_timeout"
+    vhosts[0]["routes"]["route"] = {"cluster": "web", "internal_redirect_policy": {}}
+    assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.internal_redirect_policy"  # noqa: E501
     wrapped = {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct", "type_url": HCM_T}
     wrapped["value"] = {"stat_prefix": "s", "http_filters": {"name": "x"}, "route_config": {}}
     hcm(d).clear()
