@@ -207,6 +207,10 @@ class Cluster:
     # explicit_http_config.http2_protocol_options: only xDS gRPC streams use such a
     # cluster (routes may not name it), so workers never see HTTP/2 upstreams.
     http2: bool = False
+    # explicit_http_config.http_protocol_options.header_key_format: "" (request header
+    # names go upstream lower case), "proper_case_words" (in Proper-Case) or
+    # "preserve_case" (no change for requests; a listener's preserve_case wins over both).
+    header_key_format: str = ""
     eds_source: ConfigSource | None = None
     # STRICT_DNS and LOGICAL_DNS: TTLs, failure backoff and the resolver (master only;
     # None = Envoy's defaults, see proxyd.master.dns).

@@ -397,7 +397,26 @@ LISTENER: dict[str, Spec] = {
 
 UPSTREAM_HTTP: Spec = {
     # HTTP/2 only for the clusters xDS gRPC streams use (proxyd.config.dynamic checks).
-    "explicit_http_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+    # http_protocol_options.header_key_format: how request header names are written
+    # upstream (proxyd.config.clusters, proxyd.protocol.http1_options). preserve_case's
+    # formatter_type_on_envoy_headers (the response's added names) is refused by name.
+    "explicit_http_config": {
+        "http_protocol_options": {
+            "header_key_format": {
+                "proper_case_words": {},
+                "stateful_formatter": {
+                    "name": LEAF,
+                    "typed_config": AnyOf(
+                        "stateful header formatter",
+                        # forward_reason_phrase: proxyd forwards an upstream's reason
+                        # phrase as it came in any case (docs: Known differences).
+                        {PRESERVE_CASE_TYPE: {"forward_reason_phrase": LEAF}},
+                    ),
+                },
+            },
+        },
+        "http2_protocol_options": {},
+    },
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
 }
 

@@ -21,6 +21,12 @@ them (checked against it in tests/compat/test_http1_options_compat.py).
   (the response's names belong to the cluster's codec, whose options proxyd does not
   take).
 
+A cluster's ``http_protocol_options.header_key_format`` (its codec's):
+``proper_case_words`` writes the request header names upstream in Proper-Case
+(:func:`proper_case_head`), unless the listener has ``preserve_case``, whose names win
+(Envoy's request carries the listener's formatter); ``preserve_case`` changes no request
+name (a response's names already go downstream as the upstream wrote them).
+
 The worker keeps one :class:`Http1Format` per listener that sets any of these (None
 otherwise), so a listener without them pays one ``is None`` per response.
 """
@@ -82,6 +88,12 @@ def _recase(head: bytes, rename: dict[bytes, bytes], proper_rest: bool) -> bytes
         if new != name:
             lines[i] = new + line[colon:]
     return b"\r\n".join(lines) + head[end:]
+
+
+def proper_case_head(head: bytes) -> bytes:
+    """A request head (perhaps followed by body bytes) with every header name in
+    Proper-Case, as a cluster's ``proper_case_words`` codec writes it."""
+    return _recase(head, {}, True)
 
 
 class Http1Format:

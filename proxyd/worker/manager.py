@@ -18,10 +18,12 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
+from proxyd.protocol.http1_options import proper_case_head
 from proxyd.worker import accesslog_plan, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
+from proxyd.worker.plan import ProperCaseExchange
 from proxyd.worker.retrying import header_retry_exchange
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
@@ -106,6 +108,8 @@ def _exchange(
         head = plan.http1.upstream_head(head, h.names)
     if h.envoy_headers and rp.header_retry is not None:
         # An internal request's x-envoy-retry-on on a route without a retry policy.
+        if isinstance(rp.exchange, ProperCaseExchange):  # the cluster's header names
+            head = proper_case_head(head)
         return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
     return rp.exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
 

@@ -14,6 +14,7 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from proxyd.epoch import (
     Epoch,
@@ -28,7 +29,7 @@ from proxyd.filters.api import FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
-from proxyd.protocol.http1_options import Http1Format
+from proxyd.protocol.http1_options import Http1Format, proper_case_head
 from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
@@ -105,7 +106,7 @@ class RoutePlan:
         # The route's retry policy (proxyd.worker.retrying), and the router class that
         # forwards its requests: Exchange, or RetryingExchange with a policy.
         self.retry: RetryPlan | None = None
-        self.exchange: type[Exchange] = Exchange
+        self.exchange: Callable[..., Exchange] = Exchange
         # With internal_address_config, and no retry policy: the retry plan an internal
         # request's x-envoy-retry-on asks for (None: no such requests).
         self.header_retry: RetryPlan | None = None
@@ -139,6 +140,20 @@ class RoutePlan:
         self.exchange = RetryingExchange
         ms = plan.expected_timeout_ms()
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
+
+
+class ProperCaseExchange:
+    """``RoutePlan.exchange`` for a cluster whose codec writes request header names in
+    Proper-Case (``header_key_format.proper_case_words``): the head is rewritten once,
+    then the route's own exchange class runs (only such routes pay for it)."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange: Callable[..., Exchange]) -> None:
+        self.exchange = exchange
+
+    def __call__(self, stream: Any, plan: Any, rp: Any, host: Any, head: bytes, timers: Any) -> Exchange:  # fmt: skip
+        return self.exchange(stream, plan, rp, host, proper_case_head(head), timers)
 
 
 def route_timeout(r: Route) -> float:
@@ -240,6 +255,9 @@ class ListenerPlan:
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
+        # The listener's preserve_case formatter travels with the request and wins over
+        # a cluster's header_key_format.
+        preserve_case = hcm.http1 is not None and hcm.http1.header_key_format == "preserve_case"
         filter_headers: set[str] = set()
         pick_headers: set[str] = set()
         retry_headers = False
@@ -274,6 +292,12 @@ class ListenerPlan:
                 retry_headers = True
             elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
+            if (
+                rp.cluster is not None
+                and rp.cluster.cluster.header_key_format == "proper_case_words"
+                and not preserve_case
+            ):  # the cluster's codec: request names in Proper-Case
+                rp.exchange = ProperCaseExchange(rp.exchange)
             if r.redirect is not None or r.direct_response is not None:
                 rp.local = LocalAction(r.match, r.redirect, r.direct_response)
             if (

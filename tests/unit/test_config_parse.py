@@ -260,6 +260,37 @@ def test_cluster_http_options_mean_http_protocol_options() -> None:
     assert loaded.bootstrap_json["static_resources"]["clusters"][0]["http_protocol_options"] == {}
 
 
+def test_cluster_header_key_format() -> None:
+    d = base()
+    cluster(d)["http_protocol_options"] = {"header_key_format": {"proper_case_words": {}}}
+    assert load(d).epoch_template.clusters[0].header_key_format == "proper_case_words"
+    del cluster(d)["http_protocol_options"]
+    preserve = {
+        "name": "preserve_case",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.header_formatters."
+            "preserve_case.v3.PreserveCaseFormatterConfig",
+            "forward_reason_phrase": True,
+        },
+    }
+    typed = {
+        "@type": f"type.googleapis.com/{UPSTREAM_HTTP}",
+        "explicit_http_config": {
+            "http_protocol_options": {"header_key_format": {"stateful_formatter": preserve}}
+        },
+    }
+    cluster(d)["typed_extension_protocol_options"] = {UPSTREAM_HTTP: typed}
+    assert load(d).epoch_template.clusters[0].header_key_format == "preserve_case"
+    preserve["typed_config"]["formatter_type_on_envoy_headers"] = "PROPER_CASE"
+    assert reject(d).path.endswith(
+        "stateful_formatter.typed_config.formatter_type_on_envoy_headers"
+    )
+    typed["explicit_http_config"] = {"http_protocol_options": {"header_key_format": {}}}
+    assert "one of its fields is required" in reject(d).reason  # as Envoy's PGV rule
+    typed["explicit_http_config"] = {"http_protocol_options": {}}
+    assert load(d).epoch_template.clusters[0].header_key_format == ""
+
+
 def test_cluster_http2_options_make_an_http2_cluster() -> None:
     d = base()
     cluster(d)["http2_protocol_options"] = {}
@@ -560,7 +591,8 @@ def test_errors_in_a_single_value_name_it_as_the_file_has_it() -> None:
     assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.cluster"
     vhosts[0]["routes"] = {"match": {"prefix": "/", "headers": {"name": "x", "exact_match": "y"}}}
     vhosts[0]["routes"]["route"] = {"cluster": "web", "internal_redirect_policy": {}}
-    assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.internal_redirect_policy"  # noqa: E501
+    where = f"{HCM}.route_config.virtual_hosts.routes.route"
+    assert reject(d).path == f"{where}.internal_redirect_policy"
     wrapped = {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct", "type_url": HCM_T}
     wrapped["value"] = {"stat_prefix": "s", "http_filters": {"name": "x"}, "route_config": {}}
     hcm(d).clear()
