@@ -20,10 +20,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import http_filters, overload, rules
+from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
 from proxyd.errors import ConfigError
+from proxyd.filters.cors import config as cors_config
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -89,6 +91,9 @@ HEADER_MUTATIONS: dict[str, Spec] = {
 
 # config.route.v3.RetryPolicy (proxyd.config.retries; retry_on names are checked there).
 PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+PREVIOUS_PRIORITIES_TYPE = (
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+)
 RETRY_POLICY: Spec = {
     "retry_on": LEAF,
     "retry_host_predicate": {
@@ -96,8 +101,15 @@ RETRY_POLICY: Spec = {
         "typed_config": AnyOf("retry host predicate", {PREVIOUS_HOSTS_TYPE: {}}),
     },
     "host_selection_retry_max_attempts": LEAF,
+    "retry_priority": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "retry priority", {PREVIOUS_PRIORITIES_TYPE: {"update_frequency": LEAF}}
+        ),
+    },
     "num_retries": LEAF,
     "per_try_timeout": LEAF,
+    "per_try_idle_timeout": LEAF,
     "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
     "retriable_status_codes": LEAF,
 }
@@ -153,6 +165,9 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_literal": LEAF,
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
+                "host_rewrite_path_regex": {"pattern": REGEX, "substitution": LEAF},
+                # proxyd.worker.plan (RoutePlan.stream_idle).
+                "idle_timeout": LEAF,
                 "retry_policy": RETRY_POLICY,
                 # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.
                 "max_stream_duration": {
@@ -164,6 +179,21 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # of a gRPC request), used without max_stream_duration: durations.py.
                 "max_grpc_timeout": LEAF,
                 "grpc_timeout_offset": LEAF,
+                # Deprecated; read by the CORS filter when no level has a CorsPolicy.
+                "cors": cors_config.ROUTE_FIELD_SPEC,
+                # proxyd.config.lb_policy; filter_state is refused by name.
+                "hash_policy": HASH_POLICY,
+                # proxyd.worker.mirror; trace_sampled changes nothing without tracing.
+                "request_mirror_policies": {
+                    "cluster": LEAF,
+                    "cluster_header": LEAF,
+                    "runtime_fraction": {
+                        "default_value": {"numerator": LEAF, "denominator": LEAF},
+                        "runtime_key": LEAF,
+                    },
+                    "trace_sampled": LEAF,
+                    "disable_shadow_host_suffix_append": LEAF,
+                },
             },
             "redirect": {
                 "https_redirect": LEAF,
@@ -193,6 +223,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
         "retry_policy": RETRY_POLICY,
         "include_request_attempt_count": LEAF,
         "metadata": METADATA,
+        # Deprecated; read by the CORS filter when no level has a CorsPolicy.
+        "cors": cors_config.ROUTE_FIELD_SPEC,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
     **HEADER_MUTATIONS,
@@ -523,6 +555,8 @@ CLUSTER: dict[str, Spec] = {
     "connect_timeout": LEAF,
     "lb_policy": LEAF,
     "least_request_lb_config": {"choice_count": LEAF},
+    # proxyd.config.lb_policy, proxyd.protocol.hash_lb.
+    **LB_POLICY_SPEC,
     "load_assignment": CLUSTER_LOAD_ASSIGNMENT,
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},
