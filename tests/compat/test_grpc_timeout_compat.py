@@ -1,9 +1,9 @@
 """A ``grpc-timeout`` header and the routes that read it, real Envoy vs proxyd (HTTP/1.1).
 
-One bootstrap, one Envoy and one proxyd: a route per configuration (below), each
+One bootstrap, one Envoy then one proxyd (``tests.compat.pair``): a route per configuration (below), each
 rewriting its prefix away so the demo upstream's ``/echo`` tells the headers it got and
 ``/delay/600/echo`` answers after 0.6 s. Every case (route, content type, grpc-timeout
-value, path) is sent to both, all at once, and compared: what the upstream received
+value, path) is sent to each, all at once, and compared: what the upstream received
 (``grpc-timeout``, ``x-envoy-expected-rq-timeout-ms``), or the local reply.
 
 * ``max_stream_duration.grpc_timeout_header_max`` / ``_offset``: a valid header's timeout
@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, UpstreamServer, free_port, http_config
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import PortOf, run_pair
+from tests.support import UpstreamServer, http_config
 
 pytestmark = [
     pytest.mark.compat,
@@ -116,39 +115,24 @@ def send(port: int, case: tuple[str, str, str | None, str]) -> tuple[Any, ...]:
     )
 
 
-@contextmanager
-def proxies(tmp_path: Path, upstream: UpstreamServer) -> Iterator[dict[str, int]]:
-    def config(listen: int, admin: int) -> str:
-        return http_config(listen, admin, {"up": [upstream.port]}, routes_yaml())
-
-    envoy_port = free_port()
-    with EnvoyRunner(config(envoy_port, 0)):
-        proxyd_port, proxyd_admin = free_port(), free_port()
-        with ProxydProcess(tmp_path, config(proxyd_port, proxyd_admin), proxyd_admin):
-            yield {"envoy": envoy_port, "proxyd": proxyd_port}
-
-
 def test_grpc_timeout_header_routes_match_envoy(tmp_path: Path) -> None:
+    all_cases = cases()
+
+    def play(port_of: PortOf) -> dict[Any, Any]:
+        port = port_of("ingress")
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return dict(zip(all_cases, pool.map(lambda c: send(port, c), all_cases), strict=True))
+
     upstream = UpstreamServer("up").start()
     try:
-        with proxies(tmp_path, upstream) as ports:
-            all_cases = cases()
-            jobs = [(name, case) for case in all_cases for name in ports]
-            with ThreadPoolExecutor(max_workers=16) as pool:
-                results = list(pool.map(lambda job: send(ports[job[0]], job[1]), jobs))
+        text = http_config(0, 0, {"up": [upstream.port]}, routes_yaml())
+        pair = run_pair(text, tmp_path, play)
     finally:
         upstream.stop()
-    seen: dict[str, dict[Any, Any]] = {"envoy": {}, "proxyd": {}}
-    for (name, case), result in zip(jobs, results, strict=True):
-        seen[name][case] = result
-    differ = {
-        case: (seen["envoy"][case], seen["proxyd"][case])
-        for case in all_cases
-        if seen["envoy"][case] != seen["proxyd"][case]
-    }
+    envoy, proxyd = pair.envoy.replies, pair.proxyd.replies
+    differ = {c: (envoy[c], proxyd[c]) for c in all_cases if envoy[c] != proxyd[c]}
     assert not differ, "\n".join(f"{c}: envoy {e} proxyd {p}" for c, (e, p) in differ.items())
     # The scenario shows what it means to: rewrites, the deprecated headers, timeouts.
-    envoy = seen["envoy"]
     assert envoy[("new", GRPC, "1S", "/echo")] == ("upstream", "300m", None)
     assert envoy[("newoff", GRPC, "200m", "/echo")] == ("upstream", "100m", None)
     assert envoy[("old", GRPC, None, "/echo")] == ("upstream", "300m", "300")

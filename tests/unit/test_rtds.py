@@ -19,6 +19,7 @@ from proxyd.errors import ConfigError
 from proxyd.master.runtime import RuntimeLoader
 from proxyd.master.xds import resources as rs
 from proxyd.master.xds.client import Hooks, XdsClient
+from proxyd.master.xds.sources import Subscription
 from proxyd.stats import StatsStore
 from tests.unit.test_config_errors import BASE
 
@@ -143,8 +144,6 @@ def run_client(kind: str, names: tuple[str, ...], deliveries: list[list[Any]]) -
         client.configure(Epoch(0, (), ()), DynamicResources(rtds=tuple((n, source) for n in names)), Node())  # fmt: skip
         wanted = client._wanted()
         assert list(wanted) == [(rs.RUNTIME, source.kind, source.path, source.cluster)]
-        from proxyd.master.xds.sources import Subscription
-
         sub = Subscription(client, rs.RUNTIME, source, next(iter(wanted.values()))[1])
         for i, resources in enumerate(deliveries):
             errors.append(client.deliver(sub, str(i), resources, "test"))
@@ -196,3 +195,22 @@ def test_a_grpc_update_reaches_only_the_layers_that_asked() -> None:
     assert errors == ["", "", ""]
     assert layers == [{"a": ("1",)}, {"a": ("1",)}, {"a": ("1",), "b": ("2",)}]
     assert stats.counter("runtime.update_attempt") == 2
+
+
+def test_a_hot_restart_hands_the_runtime_layers_over() -> None:
+    source = ConfigSource(kind="ads")
+    dynamic = DynamicResources(ads=ConfigSource(kind="grpc", cluster="xds"), rtds=(("rt", source),))
+    seen: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        old = XdsClient(StatsStore(), Hooks(lambda _: None, lambda _: None, lambda: None, seen.append))  # fmt: skip
+        old.configure(Epoch(0, (), ()), dynamic, Node())
+        sub = Subscription(old, rs.RUNTIME, source, frozenset({"rt"}))
+        assert old.deliver(sub, "7", [packed("rt", {"k": "v"})], "test") == ""
+        new = XdsClient(StatsStore(), Hooks(lambda _: None, lambda _: None, lambda: None, seen.append))  # fmt: skip
+        new.configure(Epoch(0, (), ()), dynamic, Node())
+        seen.clear()
+        new.seed(old.export())
+
+    trio.run(main)
+    assert [{n: tuple(v.raw for v in vs) for n, vs in s.items()} for s in seen] == [{"rt": ("v",)}]
