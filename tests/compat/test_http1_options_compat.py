@@ -79,6 +79,7 @@ CLUSTER_OF = {
     "l_preserve_c_proper": "echo_proper",
     "l_proper_c_proper": "echo_proper",
     "c_preserve": "echo_preserve",
+    "l_proper_c_preserve": "echo_preserve",
 }
 
 H10 = {"accept_http_10": True}
@@ -108,6 +109,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "l_preserve_c_proper": {"http_protocol_options": preserve()},
     "l_proper_c_proper": {"http_protocol_options": PROPER},
     "c_preserve": {},
+    "l_proper_c_preserve": {"http_protocol_options": PROPER},
 }
 
 # (name, request template, play it twice on one connection): {case} is the case id.
@@ -159,12 +161,14 @@ CASES: list[tuple[str, str, bool]] = [
 # Cases only some scenarios play: an upstream's mixed-case response names go downstream
 # as written with the cluster's preserve_case (Envoy lower-cases them otherwise, proxyd
 # does not: docs, Known differences).
+UP_MIXED = [
+    ("up_mixed", "GET / HTTP/1.1\r\nHost: example.com\r\nX-Case: {case}\r\n"
+     "x-up-reply: X-Up-One=1;x-Up_TWO=2\r\n\r\n", False),
+]  # fmt: skip
 EXTRA_CASES: dict[str, list[tuple[str, str, bool]]] = {
-    "c_preserve": [
-        ("up_mixed", "GET / HTTP/1.1\r\nHost: example.com\r\nX-Case: {case}\r\n"
-         "x-up-reply: X-Up-One=1;x-Up_TWO=2\r\n\r\n", False),
-    ],
-}  # fmt: skip
+    "c_preserve": UP_MIXED,
+    "l_proper_c_preserve": UP_MIXED,
+}
 
 
 def cases() -> list[tuple[str, str, str, bool]]:
