@@ -214,6 +214,20 @@ def _route(
             if action.max_stream_duration.HasField("max_stream_duration")
             else None
         ),
+        grpc_timeout_header_max_s=(
+            duration_or(action.max_stream_duration, "grpc_timeout_header_max", 0.0)
+            if action.max_stream_duration.HasField("grpc_timeout_header_max")
+            else None
+        ),
+        grpc_timeout_header_offset_s=duration_or(
+            action.max_stream_duration, "grpc_timeout_header_offset", 0.0
+        ),
+        max_grpc_timeout_s=(
+            duration_or(action, "max_grpc_timeout", 0.0)
+            if action.HasField("max_grpc_timeout")
+            else None
+        ),
+        grpc_timeout_offset_s=duration_or(action, "grpc_timeout_offset", 0.0),
         hash_policy=_hash_policies(action, join(path, "route.hash_policy"), file),
         mirrors=_mirrors(action, join(path, "route.request_mirror_policies"), clusters, file),
         host_rewrite_regex=host_regex,

@@ -169,9 +169,16 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # proxyd.worker.plan (RoutePlan.stream_idle).
                 "idle_timeout": LEAF,
                 "retry_policy": RETRY_POLICY,
-                # grpc_timeout_header_max / _offset are refused by name: proxyd has no
-                # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
-                "max_stream_duration": {"max_stream_duration": LEAF},
+                # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.
+                "max_stream_duration": {
+                    "max_stream_duration": LEAF,
+                    "grpc_timeout_header_max": LEAF,
+                    "grpc_timeout_header_offset": LEAF,
+                },
+                # Deprecated, with their own meaning in Envoy 1.40 (the router's timeout
+                # of a gRPC request), used without max_stream_duration: durations.py.
+                "max_grpc_timeout": LEAF,
+                "grpc_timeout_offset": LEAF,
                 # Deprecated; read by the CORS filter when no level has a CorsPolicy.
                 "cors": cors_config.ROUTE_FIELD_SPEC,
                 # proxyd.config.lb_policy; filter_state is refused by name.
@@ -484,7 +491,26 @@ LISTENER: dict[str, Spec] = {
 
 UPSTREAM_HTTP: Spec = {
     # HTTP/2 only for the clusters xDS gRPC streams use (proxyd.config.dynamic checks).
-    "explicit_http_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+    # http_protocol_options.header_key_format: how request header names are written
+    # upstream (proxyd.config.clusters, proxyd.protocol.http1_options). preserve_case's
+    # formatter_type_on_envoy_headers (the response's added names) is refused by name.
+    "explicit_http_config": {
+        "http_protocol_options": {
+            "header_key_format": {
+                "proper_case_words": {},
+                "stateful_formatter": {
+                    "name": LEAF,
+                    "typed_config": AnyOf(
+                        "stateful header formatter",
+                        # forward_reason_phrase: proxyd forwards an upstream's reason
+                        # phrase as it came in any case (docs: Known differences).
+                        {PRESERVE_CASE_TYPE: {"forward_reason_phrase": LEAF}},
+                    ),
+                },
+            },
+        },
+        "http2_protocol_options": {},
+    },
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
 }
 
@@ -713,7 +739,8 @@ BOOTSTRAP: dict[str, Spec] = {
         "extensions": LEAF,
         "client_features": LEAF,
     },
-    # proxyd.config.runtime and proxyd.master.runtime; rtds_layer is refused.
+    # proxyd.config.runtime and proxyd.master.runtime; rtds_layer's Runtime resources
+    # come through proxyd.master.xds.
     "layered_runtime": {
         "layers": {
             "name": LEAF,
@@ -724,6 +751,7 @@ BOOTSTRAP: dict[str, Spec] = {
                 "append_service_cluster": LEAF,
             },
             "admin_layer": {},
+            "rtds_layer": {"name": LEAF, "rtds_config": CONFIG_SOURCE},
         },
     },
     "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},

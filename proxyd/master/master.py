@@ -136,7 +136,13 @@ class Master:
         # Publishing, checking, and what a refused epoch does (proxyd.master.epochs).
         self.epochs = EpochPublisher(self)
         self.xds = XdsClient(
-            self.stats, Hooks(self._xds_address, self._bind_xds_listeners, self._on_xds_change)
+            self.stats,
+            Hooks(
+                self._xds_address,
+                self._bind_xds_listeners,
+                self._on_xds_change,
+                self.runtime.set_rtds,
+            ),
         )
         self._xds_changed = trio.Event()
         self._static_resolved = self.epoch  # the static clusters, resolved at start
