@@ -17,6 +17,17 @@ def _seconds(v: float | None) -> str:
     return "none" if v is None else f"{v:g}s"
 
 
+def _edits(level: dict[str, Any]) -> str:
+    """One level of header edits: "request add x-a: 1 (APPEND_IF_EXISTS_OR_ADD), ..."."""
+    parts = []
+    for side in ("request", "response"):
+        for add in level.get(f"{side}_add", ()):
+            parts.append(f"{side} add {add['name']}: {add['value']} ({add['action']})")
+        for name in level.get(f"{side}_remove", ()):
+            parts.append(f"{side} remove {name}")
+    return ", ".join(parts)
+
+
 def format_explain(doc: dict[str, Any]) -> str:
     req = doc["request"]
     lst = doc["listener"]
@@ -81,7 +92,7 @@ def format_explain(doc: dict[str, Any]) -> str:
         else:
             lines.append("  retry: none")
         for level in doc.get("header_mutations", ()):
-            lines.append(f"  header edits: {level}")
+            lines.append(f"  header edits: {_edits(level)}")
         if route.get("hash_policy"):
             lines.append(f"  hash policy: {route['hash_policy']}")
         if route.get("request_mirror_policies"):
@@ -108,6 +119,8 @@ def format_explain(doc: dict[str, Any]) -> str:
             else:
                 head += f": {c['lb_policy']}"
             lines.append(head)
+            if c.get("header_mutations"):
+                lines.append(f"      header edits: {'; '.join(_edits(m) for m in c['header_mutations'])}")  # fmt: skip
             for ep in c.get("hosts", ()):
                 lines.append(
                     f"      {ep['address']}  {ep['health']}  priority {ep['priority']}  weight {ep['weight']}"
