@@ -1,0 +1,107 @@
+"""``proxyctl explain`` against a real master: the answer it prints for several requests,
+and that each request, when it is then really sent, reaches the cluster explain named."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.explain_scenario import CLUSTERS, config
+from tests.support import ProxydProcess, UpstreamServer
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxydProcess]:
+    ups = [UpstreamServer(name).start() for name in (*CLUSTERS, "web")]
+    ports: dict[str, list[int]] = {}
+    for u in ups:
+        ports.setdefault(u.name, []).append(u.port)
+    text = yaml.safe_dump(config(ports), sort_keys=False)
+    try:
+        with ProxydProcess(tmp_path_factory.mktemp("explain"), text, concurrency=1) as p:
+            yield p
+    finally:
+        for u in ups:
+            u.stop()
+
+
+def send(port: int, method: str, path: str, headers: dict[str, str]) -> tuple[int, str | None]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("x-upstream-name")
+    finally:
+        conn.close()
+
+
+REQUESTS = [
+    # (method, path, headers, route, cluster)
+    ("GET", "/users/42", {"Host": "api.example.com", "x-env": "prod"}, "users", "api"),
+    ("GET", "/users/42", {"Host": "a.api.example.com", "x-env": "dev"}, "api_rest", "api"),
+    ("GET", "/search?q=x", {"Host": "api.example.com"}, "search", "api"),
+    (
+        "POST",
+        "/rpc/m",
+        {"Host": "api.example.com", "content-type": "application/grpc"},
+        "rpc",
+        "api",
+    ),  # fmt: skip
+    ("GET", "/split", {"Host": "x", "x-split": "2"}, "split", "blue"),
+    ("GET", "/split", {"Host": "x", "x-split": "7"}, "split", "green"),
+    ("GET", "/pick", {"Host": "x", "x-cluster": "green"}, "by_header", "green"),
+    ("GET", "/canary", {"Host": "x"}, "web_rest", "web"),
+]
+
+
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: f"{r[0]} {r[2]['Host']}{r[1]}")
+def test_explain_names_where_the_request_goes(proxy: ProxydProcess, req: tuple) -> None:
+    method, path, headers, route, cluster = req
+    port = proxy.listener_port("edge")
+    lines = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    res = proxy.ctl("explain", "--json", method, f"http://127.0.0.1:{port}{path}", *lines)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["listener"]["port"] == port
+    assert (doc["result"]["route"], doc["result"]["cluster"]) == (route, cluster)
+    assert send(port, method, path, headers) == (200, cluster)
+
+
+def test_text_output(proxy: ProxydProcess) -> None:
+    res = proxy.ctl(
+        "explain", "GET", "http://a.api.example.com/users/9", "-H", "x-env: dev", "--listener", "edge"
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "listener  edge (127.0.0.1:" in out
+    assert "suffix   '*.api.example.com': -> virtual host 'api_host'" in out
+    assert "[0] users: no - safe_regex '/users/[0-9]+' matches, but header 'x-env': exact 'prod' fails on 'dev'" in out  # fmt: skip
+    assert "[3] api_rest: MATCH - prefix '/' matches" in out
+    assert "fault (HTTPFault): runs" in out
+    assert "'api': ROUND_ROBIN" in out and "next pick: 127.0.0.1:" in out
+    assert out.rstrip().endswith("result: route 'api_rest', cluster 'api' (forwarded upstream)")
+
+
+def test_direct_response_and_weighted_odds(proxy: ProxydProcess) -> None:
+    res = proxy.ctl("explain", "GET", "http://x/hello")
+    assert "route taken: hello (direct_response)" in res.stdout
+    assert "result: route 'hello', status 200 (direct_response)" in res.stdout
+    res = proxy.ctl("explain", "GET", "http://x/split")
+    assert "'blue' weight 3 (75.0%)" in res.stdout and "'green' weight 1 (25.0%)" in res.stdout
+
+
+def test_unknown_listener_is_refused_with_the_listeners_named(proxy: ProxydProcess) -> None:
+    res = proxy.ctl("explain", "--listener", "nope", "GET", "http://x/")
+    assert res.returncode == 1
+    assert "no listener 'nope'; the listeners are: edge (port" in res.stderr
+
+
+def test_explain_needs_a_master(tmp_path: Path) -> None:
+    res = ProxydProcess(tmp_path, "").ctl("explain", "GET", "http://x/")
+    assert res.returncode == 2 and "no control socket" in res.stderr
