@@ -12,7 +12,7 @@ from tests.support import bootstrap, http_listener, static_cluster
 
 FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
-CLUSTERS = ("web", "api", "blue", "green")
+CLUSTERS = ("web", "api", "blue", "green", "ring")
 
 
 def routes() -> dict[str, Any]:
@@ -103,6 +103,14 @@ def routes() -> dict[str, Any]:
                         "route": {"cluster_header": "x-cluster"},
                     },
                     {
+                        "name": "sticky",
+                        "match": {"prefix": "/sticky"},
+                        "route": {
+                            "cluster": "ring",
+                            "hash_policy": [{"header": {"header_name": "x-user"}}],
+                        },
+                    },
+                    {
                         "name": "hello",
                         "match": {"path": "/hello"},
                         "direct_response": {"status": 200, "body": {"inline_string": "hi"}},
@@ -118,7 +126,6 @@ def config(ports: dict[str, list[int]], listen_port: int = 0) -> dict[str, Any]:
     """The bootstrap: one listener ("edge") and one STATIC cluster per name in
     ``CLUSTERS`` with the given upstream ports."""
     fault = {"name": "fault", "typed_config": {"@type": FAULT}}
-    return bootstrap(
-        [http_listener("edge", listen_port, routes(), [fault])],
-        [static_cluster(name, ports[name]) for name in CLUSTERS],
-    )
+    clusters = [static_cluster(name, ports[name]) for name in CLUSTERS]
+    clusters[-1]["lb_policy"] = "RING_HASH"
+    return bootstrap([http_listener("edge", listen_port, routes(), [fault])], clusters)

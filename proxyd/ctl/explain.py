@@ -43,6 +43,9 @@ def format_explain(doc: dict[str, Any]) -> str:
     pn = doc.get("path_normalization")
     if pn:
         lines.append(f"path      normalized to {pn['path']!r} ({pn['action']})")
+    hs = doc.get("host_port_stripped")
+    if hs:
+        lines.append(f"host      port stripped ({hs['mode']}): {hs['host']!r}")
     for note in doc.get("notes", ()):
         lines.append(f"note      {note}")
     match = doc.get("match")

@@ -3,7 +3,7 @@
     proxyctl [--control-socket PATH] status [--json]
     proxyctl [--control-socket PATH] reload [--dry-run [--config FILE] [--json]]
     proxyctl [--control-socket PATH] hot-restart [--config FILE] [--timeout S]
-    proxyctl [--control-socket PATH] explain [--listener NAME|PORT] [--json] METHOD URL [-H 'Name: value']...
+    proxyctl [--control-socket PATH] explain [--listener NAME|PORT] [--source-ip IP] [--json] METHOD URL [-H 'Name: value']...
     proxyctl [--control-socket PATH] stop [--fast]
 
 ``explain`` asks the master how the running epoch would serve a request, without
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("url", metavar="URL", help="http://host[:port]/path?query, or /path with -H 'Host: ...'")  # fmt: skip
     explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'", help="a request header (repeatable)")  # fmt: skip
     explain.add_argument("--listener", default="", metavar="NAME|PORT", help="the listener (default: the only one, or the URL's port)")  # fmt: skip
+    explain.add_argument("--source-ip", default="", metavar="IP", help="the client's address (for source_ip hash policies)")  # fmt: skip
     explain.add_argument("--json", action="store_true", help="print the JSON document")
     stop = sub.add_parser("stop", help="graceful stop (workers drain first)")
     stop.add_argument("--fast", action="store_true", help="stop at once, without draining")
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in ("hot-restart", "reload-dry-run") and args.config:
         call_args["config"] = os.path.abspath(args.config)
     if command == "explain":
-        call_args = {"method": args.method, "url": args.url, "headers": list(args.header), "listener": args.listener}  # fmt: skip
+        call_args = {"method": args.method, "url": args.url, "headers": list(args.header), "listener": args.listener, "source_ip": args.source_ip}  # fmt: skip
     if command == "hot-restart" and args.timeout:
         call_args["timeout_s"] = args.timeout
     try:

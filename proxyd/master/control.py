@@ -16,7 +16,8 @@ connection carries ``ipc.ControlRequest`` frames, each answered with one
   (``args: {"config": FILE}`` to use another config file, ``{"timeout_s": S}`` to bound
   the handoff) took the sockets over and this one drains; not ok with the reason (an
   invalid config, a crash, a timeout) when it did not, and this master goes on serving;
-* ``explain`` → ``args: {method, url, headers: ["Name: value", ...], listener}``: how
+* ``explain`` → ``args: {method, url, headers: ["Name: value", ...], listener,
+  source_ip}``: how
   the running epoch would route that request, without sending it
   (:mod:`proxyd.master.explain`);
 * ``stop`` → graceful stop (``args: {"fast": true}`` for a fast one); answered first.
@@ -222,6 +223,7 @@ class ControlServer:
                 [str(h) for h in raw_headers] if isinstance(raw_headers, list) else [],
                 str(args.get("listener") or ""),
                 ports,
+                str(args.get("source_ip") or ""),
             )
         except ExplainError as exc:
             return ipc.ControlReply(False, str(exc))

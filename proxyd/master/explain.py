@@ -13,13 +13,14 @@ their health, priority and weight.
 "Next pick" is the pick of the balancer compiled here, fresh for this question: each
 worker keeps its own balancer state (round-robin position, active requests) and the
 kernel chooses which worker accepts a connection, so a real request may get another
-host. Nothing a worker holds is consumed.
+host. Nothing a worker holds is consumed. With a hash policy on a RING_HASH or MAGLEV
+cluster the pick is exact: the ring depends on the hosts alone.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from proxyd.epoch import Epoch, HeaderMutations, Listener, Route
@@ -29,6 +30,7 @@ from proxyd.protocol.path_normalize import PathAction
 from proxyd.protocol.route_explain import explain_match
 from proxyd.worker.accesslog import prepare_writers
 from proxyd.worker.plan import CompiledEpoch, HeaderPick, ListenerPlan, RoutePlan, WeightedPick
+from proxyd.worker.request_transforms import _strip_port as strip_port
 from proxyd.worker.stats import StatsStore
 from proxyd.worker.upstream import ClusterState
 
@@ -105,8 +107,11 @@ def explain(
     header_lines: list[str],
     selector: str = "",
     ports: dict[str, int] | None = None,
+    source_ip: str = "",
 ) -> dict[str, Any]:
-    """The explanation document (plain data) of one request on ``epoch``."""
+    """The explanation document (plain data) of one request on ``epoch``; ``source_ip``
+    is the client's address as the connection would see it ("" unknown), for hash
+    policies on source_ip."""
     ports = ports or {}
     host, target, headers = parse_request(url, header_lines)
     listener, how = choose_listener(epoch, selector, ports, url)
@@ -143,7 +148,11 @@ def explain(
             return doc
         path = new
     if transforms is not None and transforms.strip:
-        doc["notes"].append(f"strip_*_host_port ({transforms.strip}) is not applied here: the Host is matched as given")  # fmt: skip
+        port = ports.get(listener.name, listener.port)
+        stripped = strip_port(host, transforms.strip, cast(Any, _Local(f"{listener.address}:{port}")))
+        if stripped is not None:
+            doc["host_port_stripped"] = {"host": stripped, "mode": transforms.strip}
+            host = stripped
     if plan.internal_only:
         doc["notes"].append("internal_only_headers are kept (as for an internal client)")
     if method.upper() == "CONNECT":
@@ -167,7 +176,8 @@ def explain(
         return doc
     rp = plan.route_plans[id(route)]
     doc["route"] = _route_doc(route, rp, plan, path)
-    doc["clusters"], chosen = _clusters(route, rp, headers, compiled.clusters)
+    req = _Request(headers, path, source_ip)
+    doc["clusters"], chosen = _clusters(route, rp, req, compiled.clusters)
     target_plan = chosen if chosen is not None else rp
     if chosen is None and _variants(rp):
         target_plan = _variants(rp)[0]
@@ -269,7 +279,63 @@ def _hosts(cluster: ClusterState) -> list[dict[str, Any]]:
     return out
 
 
-def _cluster_doc(name: str, clusters: dict[str, ClusterState], rp: RoutePlan | None) -> dict[str, Any]:  # fmt: skip
+class _Local:
+    """The listener's address, where strip_port reads the connection's local address."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+
+    def local_address(self) -> str:
+        return self._address
+
+
+class _Request:
+    """What a pick may read of the request: its headers, target and client address."""
+
+    def __init__(self, headers: dict[str, str], path: str, source_ip: str) -> None:
+        self.headers, self.path, self.source_ip = headers, path, source_ip
+
+
+def _hash_pick(
+    out: dict[str, Any], rp: RoutePlan, state: ClusterState, req: _Request
+) -> dict[str, Any]:
+    """RING_HASH, MAGLEV with a hash policy: the request's hash, as the worker computes
+    it (proxyd.worker.manager.pick_host), picks the host. The ring or table depends on
+    the hosts alone, so every worker picks the same one."""
+    assert rp.hash is not None and state.hashing is not None
+    generated: list[str] = []
+
+    def make_cookie(policy: Any) -> str:
+        generated.append(policy.name)
+        return ""
+
+    value = rp.hash.hash(req.headers, req.path, req.source_ip, make_cookie)
+    if generated:
+        out["next_pick"] = None
+        out["next_pick_note"] = (
+            f"cookie {generated[0]!r} would be generated from the connection's addresses; "
+            "the host depends on it"
+        )
+    elif value is None:
+        out["next_pick"] = None
+        out["next_pick_note"] = "no hash policy gives this request a hash: a random host" + (
+            "" if req.source_ip else " (give --source-ip for a source_ip policy)"
+        )
+    else:
+        host = state.hashing.pick_hash(value)
+        out["request_hash"] = value
+        out["next_pick"] = host.label if host is not None else None
+        out["next_pick_note"] = (
+            "chosen by the request's hash; every worker picks the same host"
+            if host is not None
+            else "no healthy upstream: the request gets 503"
+        )
+    return out
+
+
+def _cluster_doc(
+    name: str, clusters: dict[str, ClusterState], rp: RoutePlan | None, req: _Request
+) -> dict[str, Any]:
     state = clusters.get(name)
     out: dict[str, Any] = {"name": name, "exists": state is not None}
     if state is None:
@@ -277,10 +343,10 @@ def _cluster_doc(name: str, clusters: dict[str, ClusterState], rp: RoutePlan | N
     out["lb_policy"] = state.cluster.lb_policy
     out["hosts"] = _hosts(state)
     if rp is not None and rp.hash is not None and state.hashing is not None:
-        out["next_pick"] = None
-        out["next_pick_note"] = "chosen by the request's hash (hash_policy); not computed here"
-        return out
+        out["no_healthy_upstream"] = state.hashing.pick() is None  # a random pick, no state
+        return _hash_pick(out, rp, state, req)
     host = state.balancer.pick()
+    out["no_healthy_upstream"] = host is None
     out["next_pick"] = host.label if host is not None else None
     out["next_pick_note"] = (
         "the pick of a freshly compiled balancer; each worker keeps its own balancer "
@@ -292,12 +358,13 @@ def _cluster_doc(name: str, clusters: dict[str, ClusterState], rp: RoutePlan | N
 
 
 def _clusters(
-    route: Route, rp: RoutePlan, headers: dict[str, str], clusters: dict[str, ClusterState]
+    route: Route, rp: RoutePlan, req: _Request, clusters: dict[str, ClusterState]
 ) -> tuple[list[dict[str, Any]], RoutePlan | None]:
     """Each cluster the route may lead to, and the plan of the one chosen (None: a
     random weighted pick, or no cluster)."""
     if route.redirect is not None or route.direct_response is not None:
         return [], None
+    headers = req.headers
     pick = rp.pick
     if isinstance(pick, WeightedPick):
         decided: RoutePlan | None = None
@@ -307,7 +374,7 @@ def _clusters(
         out = []
         start = 0
         for plan, end in zip(pick.plans, pick.bounds, strict=True):
-            doc = _cluster_doc(plan.cluster_name, clusters, plan)
+            doc = _cluster_doc(plan.cluster_name, clusters, plan, req)
             doc["weight"] = end - start
             doc["odds"] = (end - start) / pick.total if pick.total else 0.0
             doc["chosen"] = decided is plan if decided is not None else None
@@ -322,11 +389,11 @@ def _clusters(
         if name is None:
             return [{"name": None, "exists": False, "from_header": pick.header, "chosen": True}], pick.none  # fmt: skip
         plan = pick(headers)
-        doc = _cluster_doc(name, clusters, plan)
+        doc = _cluster_doc(name, clusters, plan, req)
         doc["from_header"] = pick.header
         doc["chosen"] = True
         return [doc], plan
-    doc = _cluster_doc(rp.cluster_name, clusters, rp)
+    doc = _cluster_doc(rp.cluster_name, clusters, rp, req)
     doc["chosen"] = True
     return [doc], rp
 
@@ -409,9 +476,7 @@ def _result(route: Route, rp: RoutePlan, chosen: RoutePlan | None, clusters: lis
     if chosen.cluster is None:
         out["status"] = chosen.not_found_status
         out["reason"] = "the cluster does not exist"
-    elif not any(c.get("next_pick") for c in clusters if c.get("chosen")) and not any(
-        c.get("next_pick_note", "").startswith("chosen by") for c in clusters
-    ):
+    elif any(c.get("no_healthy_upstream") for c in clusters if c.get("chosen")):
         out["status"] = 503
         out["reason"] = "no healthy upstream"
     else:

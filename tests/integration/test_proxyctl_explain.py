@@ -7,6 +7,7 @@ import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -15,19 +16,33 @@ from tests.explain_scenario import CLUSTERS, config
 from tests.support import ProxydProcess, UpstreamServer
 
 
+class Scenario(NamedTuple):
+    proxy: ProxydProcess
+    ring_ports: dict[str, int]  # upstream name -> port, for the RING_HASH cluster
+
+
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxydProcess]:
-    ups = [UpstreamServer(name).start() for name in (*CLUSTERS, "web")]
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    names = (*CLUSTERS[:-1], "web", *RING_HOSTS)
+    ups = [UpstreamServer(name).start() for name in names]
     ports: dict[str, list[int]] = {}
     for u in ups:
-        ports.setdefault(u.name, []).append(u.port)
+        ports.setdefault(u.name.split("_")[0], []).append(u.port)
     text = yaml.safe_dump(config(ports), sort_keys=False)
     try:
         with ProxydProcess(tmp_path_factory.mktemp("explain"), text, concurrency=1) as p:
-            yield p
+            yield Scenario(p, {u.name: u.port for u in ups if u.name in RING_HOSTS})
     finally:
         for u in ups:
             u.stop()
+
+
+RING_HOSTS = ("ring_a", "ring_b", "ring_c")
+
+
+@pytest.fixture
+def proxy(scenario: Scenario) -> ProxydProcess:
+    return scenario.proxy
 
 
 def send(port: int, method: str, path: str, headers: dict[str, str]) -> tuple[int, str | None]:
@@ -71,6 +86,25 @@ def test_explain_names_where_the_request_goes(proxy: ProxydProcess, req: tuple) 
     assert doc["listener"]["port"] == port
     assert (doc["result"]["route"], doc["result"]["cluster"]) == (route, cluster)
     assert send(port, method, path, headers) == (200, cluster)
+
+
+@pytest.mark.parametrize("user", ["alice", "bob", "carol", "dave"])
+def test_hash_policy_host_is_the_one_that_answers(scenario: Scenario, user: str) -> None:
+    """RING_HASH by header: explain names the host, and the request reaches that host."""
+    proxy = scenario.proxy
+    port = proxy.listener_port("edge")
+    res = proxy.ctl("explain", "--json", "GET", "http://x/sticky", "-H", f"x-user: {user}")
+    assert res.returncode == 0, res.stderr
+    (cluster,) = json.loads(res.stdout)["clusters"]
+    picked = cluster["next_pick"]
+    hosts = {h["address"]: h for h in cluster["hosts"]}
+    assert picked in hosts
+    status, name = send(port, "GET", "/sticky", {"Host": "x", "x-user": user})
+    assert status == 200
+    upstream_ports = {h.split(":")[1]: h for h in hosts}
+    # The upstream that answered is the one listening on the port explain named.
+    answered = scenario.ring_ports[name]
+    assert upstream_ports[str(answered)] == picked
 
 
 def test_text_output(proxy: ProxydProcess) -> None:

@@ -20,7 +20,7 @@ from proxyd.protocol.routing import RouteTable
 from tests.compat.routing_cases import CASES, epoch_route_config
 from tests.explain_scenario import config
 
-PORTS = {"web": [9001, 9002], "api": [9003], "blue": [9004], "green": [9005]}
+PORTS = {"web": [9001, 9002], "api": [9003], "blue": [9004], "green": [9005], "ring": [9006, 9007, 9008]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +229,42 @@ def test_requests_and_listeners_that_cannot_be_explained(epoch: Epoch) -> None:
         "/a?b=1",
         {"a": "1,2"},
     )
+
+
+def test_hash_policy_pick_is_the_workers(epoch: Epoch) -> None:
+    from proxyd.master.explain import compile_epoch
+    from proxyd.worker.plan import CompiledEpoch  # noqa: F401 - the worker's compile
+
+    # The worker's own pick for the same request: its plan's hash, its ring.
+    compiled = compile_epoch(epoch)
+    plan = compiled.plans["edge"]
+    route = plan.routes.match("x", "/sticky", {"x-user": "alice"})
+    assert route is not None
+    rp = plan.route_plans[id(route)]
+    assert rp.hash is not None and rp.cluster is not None and rp.cluster.hashing is not None
+    value = rp.hash.hash({"x-user": "alice"}, "/sticky", "", lambda p: "")
+    assert value is not None
+    expected = rp.cluster.hashing.pick_hash(value)
+    assert expected is not None
+    doc = explain(epoch, "GET", "http://x/sticky", ["x-user: alice"])
+    (cluster,) = doc["clusters"]
+    assert cluster["request_hash"] == value
+    assert cluster["next_pick"] == expected.label
+    assert "every worker picks the same host" in cluster["next_pick_note"]
+    doc = explain(epoch, "GET", "http://x/sticky", [])
+    assert doc["clusters"][0]["next_pick"] is None
+    assert "no hash policy gives this request a hash" in doc["clusters"][0]["next_pick_note"]
+
+
+def test_strip_matching_host_port(epoch: Epoch) -> None:
+    from proxyd.epoch import HcmTransforms
+
+    (lst,) = epoch.listeners
+    hcm = dataclasses.replace(lst.hcm, transforms=HcmTransforms(strip_host_port="matching"))
+    stripped = dataclasses.replace(epoch, listeners=(dataclasses.replace(lst, hcm=hcm),))
+    doc = explain(stripped, "GET", "http://api.example.com:8080/", [], ports={"edge": 8080})
+    assert doc["host_port_stripped"] == {"host": "api.example.com", "mode": "matching"}
+    assert doc["match"]["virtual_host"] == "api_host"
+    # Another port than the listener's stays, and the domain does not match.
+    doc = explain(stripped, "GET", "http://api.example.com:9/", [], ports={"edge": 8080})
+    assert "host_port_stripped" not in doc and doc["match"]["virtual_host"] == "default"
