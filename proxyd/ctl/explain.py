@@ -132,6 +132,8 @@ def format_explain(doc: dict[str, Any]) -> str:
             if c.get("exists"):
                 pick = c.get("next_pick")
                 lines.append(f"      next pick: {pick or '-'} ({c['next_pick_note']})")
+                for worker, host in (c.get("worker_picks") or {}).items():
+                    lines.append(f"        worker {worker}: {host or '(no host)'}")
     res = doc.get("result", {})
     lines.append("")
     parts = []

@@ -195,7 +195,7 @@ class ControlServer:
             }
             return ipc.ControlReply(restart.ok, restart.error, info)
         if request.command == "explain":
-            return self._explain(request.args)
+            return await self._explain(request.args)
         if request.command == "stop":
             fast = bool(request.args.get("fast", False))
             m.request_stop(graceful=not fast)
@@ -205,9 +205,15 @@ class ControlServer:
             f"unknown command {request.command!r} (status, reload, reload-dry-run, hot-restart, explain, stop)",
         )
 
-    def _explain(self, args: dict[str, object]) -> ipc.ControlReply:
-        """Match a request against the running epoch (proxyd.master.explain)."""
-        from proxyd.master.explain import ExplainError, explain  # not for proxyctl's import
+    async def _explain(self, args: dict[str, object]) -> ipc.ControlReply:
+        """Match a request against the running epoch (proxyd.master.explain), then ask
+        the workers which host they would pick next."""
+        from proxyd.master.explain import (  # not for proxyctl's import
+            ExplainError,
+            add_worker_picks,
+            clusters_to_peek,
+            explain,
+        )
 
         m = self.master
         ports = {}
@@ -227,6 +233,9 @@ class ControlServer:
             )
         except ExplainError as exc:
             return ipc.ControlReply(False, str(exc))
+        clusters = clusters_to_peek(doc)
+        if clusters:
+            add_worker_picks(doc, await m.peeks.ask(m.workers, clusters))
         return ipc.ControlReply(True, result=doc)
 
     def close(self) -> None:

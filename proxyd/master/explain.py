@@ -10,11 +10,13 @@ retry policy, the HTTP filters that run and their per-route config), the cluster
 (weighted_clusters with each cluster's odds, or cluster_header), and the hosts with
 their health, priority and weight.
 
-"Next pick" is the pick of the balancer compiled here, fresh for this question: each
-worker keeps its own balancer state (round-robin position, active requests) and the
-kernel chooses which worker accepts a connection, so a real request may get another
-host. Nothing a worker holds is consumed. With a hash policy on a RING_HASH or MAGLEV
-cluster the pick is exact: the ring depends on the hosts alone.
+"Next pick": each worker keeps its own balancer state (round-robin position, EDF
+schedule, active requests), so the control socket asks every worker which host it would
+pick next, from a copy of its balancer (:mod:`proxyd.master.peeks`,
+:mod:`proxyd.worker.peek`; nothing is taken), and :func:`add_worker_picks` puts the
+answers in. Until then (or when no worker answers) it is the pick of the balancer
+compiled here. With a hash policy on a RING_HASH or MAGLEV cluster the pick is exact
+without asking: the ring depends on the hosts alone.
 """
 
 from __future__ import annotations
@@ -149,7 +151,9 @@ def explain(
         path = new
     if transforms is not None and transforms.strip:
         port = ports.get(listener.name, listener.port)
-        stripped = strip_port(host, transforms.strip, cast(Any, _Local(f"{listener.address}:{port}")))
+        stripped = strip_port(
+            host, transforms.strip, cast(Any, _Local(f"{listener.address}:{port}"))
+        )
         if stripped is not None:
             doc["host_port_stripped"] = {"host": stripped, "mode": transforms.strip}
             host = stripped
@@ -347,10 +351,11 @@ def _cluster_doc(
         return _hash_pick(out, rp, state, req)
     host = state.balancer.pick()
     out["no_healthy_upstream"] = host is None
+    out["next_pick_source"] = "balancer"
     out["next_pick"] = host.label if host is not None else None
     out["next_pick_note"] = (
-        "the pick of a freshly compiled balancer; each worker keeps its own balancer "
-        "state, so the worker that accepts the request may pick another host"
+        "the pick of a balancer compiled by the master (no worker answered); each worker "
+        "keeps its own balancer state, so the worker that accepts the request may pick another host"
         if host is not None
         else "no healthy upstream: the request gets 503"
     )
@@ -482,3 +487,45 @@ def _result(route: Route, rp: RoutePlan, chosen: RoutePlan | None, clusters: lis
     else:
         out["reason"] = "forwarded upstream"
     return out
+
+
+def clusters_to_peek(doc: dict[str, Any]) -> tuple[str, ...]:
+    """The clusters of ``doc`` whose next host the workers should be asked for: those
+    picked by the balancer's own state (not by the request's hash)."""
+    return tuple(
+        c["name"]
+        for c in doc.get("clusters", ())
+        if c.get("exists") and "request_hash" not in c and c.get("next_pick_source") == "balancer"
+    )
+
+
+def add_worker_picks(doc: dict[str, Any], answers: dict[int, Any]) -> None:
+    """Put the workers' answers (worker id → ``ipc.PicksPeeked``) into ``doc``'s
+    clusters: ``worker_picks`` (worker id → host), and ``next_pick`` when they agree."""
+    if not answers:
+        return
+    for c in doc.get("clusters", ()):
+        if c.get("next_pick_source") != "balancer":
+            continue
+        picks = {
+            str(wid): a.picks[c["name"]]
+            for wid, a in sorted(answers.items())
+            if c["name"] in a.picks
+        }
+        if not picks:
+            continue
+        c["worker_picks"] = picks
+        c["next_pick_source"] = "workers"
+        stale = sorted(str(w) for w, a in answers.items() if a.epoch != doc["epoch"])
+        labels = set(picks.values())
+        if len(labels) == 1:
+            c["next_pick"] = labels.pop() or None
+            c["next_pick_note"] = "what every worker's balancer would pick next (nothing was taken)"
+        else:
+            c["next_pick"] = None
+            c["next_pick_note"] = (
+                "each worker's balancer would pick another host (nothing was taken); the "
+                "kernel chooses the worker that accepts the connection"
+            )
+        if stale:
+            c["next_pick_note"] += f"; worker(s) {', '.join(stale)} still run another epoch"

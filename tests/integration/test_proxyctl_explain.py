@@ -18,12 +18,12 @@ from tests.support import ProxydProcess, UpstreamServer
 
 class Scenario(NamedTuple):
     proxy: ProxydProcess
-    ring_ports: dict[str, int]  # upstream name -> port, for the RING_HASH cluster
+    ports: dict[str, int]  # upstream name -> port
 
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    names = (*CLUSTERS[:-1], "web", *RING_HOSTS)
+    names = ("web_a", "web_b", *CLUSTERS[1:-1], *RING_HOSTS)
     ups = [UpstreamServer(name).start() for name in names]
     ports: dict[str, list[int]] = {}
     for u in ups:
@@ -31,7 +31,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     text = yaml.safe_dump(config(ports), sort_keys=False)
     try:
         with ProxydProcess(tmp_path_factory.mktemp("explain"), text, concurrency=1) as p:
-            yield Scenario(p, {u.name: u.port for u in ups if u.name in RING_HOSTS})
+            yield Scenario(p, {u.name: u.port for u in ups})
     finally:
         for u in ups:
             u.stop()
@@ -85,7 +85,8 @@ def test_explain_names_where_the_request_goes(proxy: ProxydProcess, req: tuple) 
     doc = json.loads(res.stdout)
     assert doc["listener"]["port"] == port
     assert (doc["result"]["route"], doc["result"]["cluster"]) == (route, cluster)
-    assert send(port, method, path, headers) == (200, cluster)
+    status, name = send(port, method, path, headers)
+    assert (status, (name or "").split("_")[0]) == (200, cluster)
 
 
 @pytest.mark.parametrize("user", ["alice", "bob", "carol", "dave"])
@@ -103,8 +104,32 @@ def test_hash_policy_host_is_the_one_that_answers(scenario: Scenario, user: str)
     assert status == 200
     upstream_ports = {h.split(":")[1]: h for h in hosts}
     # The upstream that answered is the one listening on the port explain named.
-    answered = scenario.ring_ports[name]
+    answered = scenario.ports[name]
     assert upstream_ports[str(answered)] == picked
+
+
+def test_next_pick_is_the_workers_and_is_not_taken(scenario: Scenario) -> None:
+    """ROUND_ROBIN: explain asks the worker; asking twice gives the same host (nothing is
+    taken), the request then goes to that host, and the next explain names the other."""
+    proxy = scenario.proxy
+    port = proxy.listener_port("edge")
+    by_port = {p: name for name, p in scenario.ports.items()}
+
+    def next_pick() -> dict:
+        res = proxy.ctl("explain", "--json", "GET", "http://x/anything")
+        assert res.returncode == 0, res.stderr
+        (cluster,) = json.loads(res.stdout)["clusters"]
+        assert cluster["next_pick_source"] == "workers"
+        assert list(cluster["worker_picks"]) == ["0"]
+        return cluster
+
+    first = next_pick()
+    assert next_pick()["next_pick"] == first["next_pick"]
+    expected = by_port[int(first["next_pick"].rsplit(":", 1)[1])]
+    assert send(port, "GET", "/anything", {"Host": "x"}) == (200, expected)
+    second = next_pick()["next_pick"]
+    assert second != first["next_pick"]
+    assert send(port, "GET", "/anything", {"Host": "x"}) == (200, by_port[int(second.rsplit(":", 1)[1])])  # fmt: skip
 
 
 def test_text_output(proxy: ProxydProcess) -> None:

@@ -268,3 +268,31 @@ def test_strip_matching_host_port(epoch: Epoch) -> None:
     # Another port than the listener's stays, and the domain does not match.
     doc = explain(stripped, "GET", "http://api.example.com:9/", [], ports={"edge": 8080})
     assert "host_port_stripped" not in doc and doc["match"]["virtual_host"] == "default"
+
+
+def test_worker_answers_fill_in_the_next_pick(epoch: Epoch) -> None:
+    from proxyd import ipc
+    from proxyd.master.explain import add_worker_picks, clusters_to_peek
+
+    doc = explain(epoch, "GET", "http://x/anything", [])
+    assert clusters_to_peek(doc) == ("web",)
+    # Hash-picked clusters are exact already: the workers are not asked.
+    assert clusters_to_peek(explain(epoch, "GET", "http://x/sticky", ["x-user: a"])) == ()
+    add_worker_picks(
+        doc,
+        {
+            0: ipc.PicksPeeked(0, 1, 0, {"web": "127.0.0.1:9001"}),
+            1: ipc.PicksPeeked(1, 1, 0, {"web": "127.0.0.1:9002"}),
+        },
+    )
+    (web,) = doc["clusters"]
+    assert web["worker_picks"] == {"0": "127.0.0.1:9001", "1": "127.0.0.1:9002"}
+    assert web["next_pick"] is None and "each worker's balancer" in web["next_pick_note"]
+    doc = explain(epoch, "GET", "http://x/anything", [])
+    add_worker_picks(doc, {3: ipc.PicksPeeked(3, 1, 5, {"web": "127.0.0.1:9002"})})
+    (web,) = doc["clusters"]
+    assert web["next_pick"] == "127.0.0.1:9002"
+    assert web["next_pick_note"].endswith("worker(s) 3 still run another epoch")
+    text = format_explain(doc)
+    assert "next pick: 127.0.0.1:9002 (what every worker's balancer would pick next" in text
+    assert "worker 3: 127.0.0.1:9002" in text
