@@ -32,7 +32,7 @@ from proxyd.protocol.path_normalize import PathAction
 from proxyd.protocol.route_explain import explain_match
 from proxyd.worker.accesslog import prepare_writers
 from proxyd.worker.plan import CompiledEpoch, HeaderPick, ListenerPlan, RoutePlan, WeightedPick
-from proxyd.worker.request_transforms import _strip_port as strip_port
+from proxyd.worker.request_transforms import strip_port
 from proxyd.worker.stats import StatsStore
 from proxyd.worker.upstream import ClusterState
 
