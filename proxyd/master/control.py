@@ -33,6 +33,7 @@ import errno
 import os
 import socket
 import stat
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -216,21 +217,25 @@ class ControlServer:
         )
 
         m = self.master
+        epoch = m.epoch
         ports = {}
-        for lst in m.epoch.listeners:
+        for lst in epoch.listeners:
             if lst.name in m.sockets:
                 ports[lst.name] = m.sockets.address_of(lst.name)[1]
         raw_headers = args.get("headers") or []
+        question = partial(
+            explain,
+            epoch,
+            str(args.get("method") or "GET"),
+            str(args.get("url") or "/"),
+            [str(h) for h in raw_headers] if isinstance(raw_headers, list) else [],
+            str(args.get("listener") or ""),
+            ports,
+            str(args.get("source_ip") or ""),
+        )
         try:
-            doc = explain(
-                m.epoch,
-                str(args.get("method") or "GET"),
-                str(args.get("url") or "/"),
-                [str(h) for h in raw_headers] if isinstance(raw_headers, list) else [],
-                str(args.get("listener") or ""),
-                ports,
-                str(args.get("source_ip") or ""),
-            )
+            # Compiling a large route table takes a while: not on the master's loop.
+            doc = await trio.to_thread.run_sync(question)
         except ExplainError as exc:
             return ipc.ControlReply(False, str(exc))
         clusters = clusters_to_peek(doc)
