@@ -296,3 +296,20 @@ def test_worker_answers_fill_in_the_next_pick(epoch: Epoch) -> None:
     text = format_explain(doc)
     assert "next pick: 127.0.0.1:9002 (what every worker's balancer would pick next" in text
     assert "worker 3: 127.0.0.1:9002" in text
+
+
+def test_listener_by_name_port_or_the_urls_port(epoch: Epoch) -> None:
+    (edge,) = epoch.listeners
+    two = dataclasses.replace(epoch, listeners=(edge, dataclasses.replace(edge, name="side")))
+    ports = {"edge": 8080, "side": 8081}
+    with pytest.raises(ExplainError, match=r"several listeners: choose one with --listener"):
+        explain(two, "GET", "http://x/", [], ports=ports)
+    assert explain(two, "GET", "http://x:8081/", [], ports=ports)["listener"]["name"] == "side"
+    doc = explain(two, "GET", "http://x/", [], selector="8080", ports=ports)
+    assert doc["listener"] == {
+        "name": "edge",
+        "address": "127.0.0.1",
+        "port": 8080,
+        "chosen": "by port 8080 (--listener)",
+    }
+    assert explain(two, "GET", "/", ["Host: x"], selector="side", ports=ports)["listener"]["name"] == "side"  # fmt: skip
