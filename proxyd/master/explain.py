@@ -31,6 +31,7 @@ from proxyd.protocol.http1_headers import RequestIdGenerator
 from proxyd.protocol.path_normalize import PathAction
 from proxyd.protocol.route_explain import explain_match
 from proxyd.worker.accesslog import prepare_writers
+from proxyd.worker.durations import RouteDuration
 from proxyd.worker.plan import CompiledEpoch, HeaderPick, ListenerPlan, RoutePlan, WeightedPick
 from proxyd.worker.request_transforms import strip_port
 from proxyd.worker.stats import StatsStore
@@ -245,7 +246,7 @@ def _route_doc(route: Route, rp: RoutePlan, plan: ListenerPlan, path: str) -> di
         "route_timeout_s": _seconds(rp.timeout_s),
         "idle_timeout_s": _seconds(rp.stream_idle),
         "max_stream_duration_s": _seconds(rp.duration.limit)
-        if rp.duration is not None
+        if isinstance(rp.duration, RouteDuration)
         else None,  # fmt: skip
         "per_try_timeout_s": _seconds(route.retry.per_try_timeout_s) if route.retry else None,
     }

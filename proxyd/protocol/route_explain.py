@@ -178,6 +178,15 @@ def explain_match(
     if "#" in bare:
         bare = bare[: bare.find("#")]
     for index, (kind, value, rx, tests, route) in enumerate(cvh.routes):
+        if kind == r._TREE:
+            # VirtualHost.matcher: the worker's own tree picks the route (its steps
+            # inside the tree are not itemized).
+            out["routes"].append(_tree_entry(cvh.vhost, rx.match(host, path, bare, headers)))
+            chosen = out["routes"][-1]
+            if chosen["verdict"] == "yes":
+                out["route"], out["route_index"] = chosen["name"], chosen["index"]
+                out["_route"] = cvh.vhost.routes[chosen["index"]]
+            break
         entry: dict[str, Any] = {"index": index, "name": route.name}
         verdict = "yes"
         if kind == r._GUARDED:
@@ -206,6 +215,23 @@ def explain_match(
             out["route"], out["route_index"], out["_route"] = route.name, index, route
             break
     return out
+
+
+def _tree_entry(vhost: Any, route: Any) -> dict[str, Any]:
+    if route is None:
+        return {
+            "index": 0,
+            "name": "(matcher)",
+            "verdict": "no",
+            "reason": "the virtual host's matcher leads to no route (404)",
+        }
+    index = next(i for i, x in enumerate(vhost.routes) if x is route)
+    return {
+        "index": index,
+        "name": route.name,
+        "verdict": "yes",
+        "reason": "chosen by the virtual host's matcher (and its own match holds)",
+    }
 
 
 def _reason(entry: dict[str, Any]) -> str:

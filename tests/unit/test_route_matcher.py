@@ -21,6 +21,7 @@ from proxyd.epoch import (
     VirtualHost,
 )
 from proxyd.errors import ConfigError
+from proxyd.protocol.route_explain import explain_match
 from proxyd.protocol.routing import RouteTable
 from tests.unit.test_config_errors import BASE, hcm
 
@@ -176,3 +177,18 @@ def test_list_predicates_and_or_not() -> None:
     assert table.match("h", "/", {"x-a": "1"}).name == "both"  # type: ignore[union-attr]
     assert table.match("h", "/", {"x-a": "1", "x-b": "no"}).name == "else"  # type: ignore[union-attr]
     assert table.match("h", "/", {}).name == "else"  # type: ignore[union-attr]
+
+
+def test_explain_names_the_route_the_tree_chose() -> None:
+    m = RouteMatcher(
+        "exact",
+        "x-k",
+        (RouteMatchEntry("yes", None, RouteOnMatch(routes=(1,))),),
+        on_no_match=RouteOnMatch(routes=(0,)),
+    )
+    table = _table(m, (_route("fallback", "/only"), _route("keyed")))
+    got = explain_match(table, "h", "/p", {"x-k": "yes"})
+    assert (got["route"], got["route_index"]) == ("keyed", 1)
+    assert "matcher" in got["routes"][0]["reason"]
+    missed = explain_match(table, "h", "/p", {})
+    assert missed["route"] is None and missed["routes"][0]["verdict"] == "no"
