@@ -16,9 +16,10 @@ from typing import Any
 
 from proxyd.config.http_filters import compile_per_filter_config, merge_overrides
 from proxyd.config.matchers import header_match, string_match
-from proxyd.config.proto import join
+from proxyd.config.proto import join, unpack
 from proxyd.config.retries import with_retry_policies
 from proxyd.config.route_matcher import compile_matcher
+from proxyd.config.uri_template import TemplateError, match_regex, rewrite_substitution
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
@@ -174,6 +175,29 @@ def _route(
     elif specifier != "cluster_header":  # the coverage tree refused the plugins by name
         raise ConfigError(file, join(path, "route.cluster"), "a cluster is required")
     regex = substitution = ""
+    if action.HasField("path_rewrite_policy"):
+        here = join(path, "route.path_rewrite_policy")
+        if action.prefix_rewrite or action.HasField("regex_rewrite"):
+            raise ConfigError(
+                file,
+                join(path, "route"),
+                "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy",
+            )
+        if not r.match.HasField("path_match_policy"):
+            raise ConfigError(
+                file, here, "path_rewrite_policy needs the route's match to be a path_match_policy"
+            )
+        pattern, names = _template_regex(r.match, join(path, "match"), file)
+        rewrite_config = unpack(action.path_rewrite_policy.typed_config)
+        assert rewrite_config is not None  # the allow-list took only the uri_template one
+        template = rewrite_config.path_template_rewrite
+        try:
+            substitution = rewrite_substitution(template, names)
+        except TemplateError as exc:
+            raise ConfigError(
+                file, join(here, "typed_config.path_template_rewrite"), str(exc)
+            ) from None
+        regex = f"^{pattern}$"
     if action.HasField("regex_rewrite"):
         if action.prefix_rewrite:
             raise ConfigError(
@@ -475,6 +499,11 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         value = m.safe_regex.regex
         check_regex(value, join(path, "safe_regex.regex"), file)
         case_sensitive = True  # Envoy ignores case_sensitive for safe_regex
+    elif kind == "path_match_policy":
+        # The uri_template matcher (the allow-list took no other): a full match of the
+        # path without its query, as a safe_regex route (proxyd.config.uri_template).
+        value = _template_regex(m, path, file)[0]
+        kind, case_sensitive = "safe_regex", True
     elif kind in ("prefix", "path", "path_separated_prefix"):
         value = getattr(m, kind)
     else:  # the coverage tree refused the others by name
@@ -505,6 +534,17 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         query=query,
         grpc=m.HasField("grpc"),
     )
+
+
+def _template_regex(m: Any, path: str, file: str) -> tuple[str, tuple[str, ...]]:
+    config = unpack(m.path_match_policy.typed_config)
+    assert config is not None  # the allow-list took only the uri_template matcher
+    try:
+        return match_regex(config.path_template)
+    except TemplateError as exc:
+        raise ConfigError(
+            file, join(path, "path_match_policy.typed_config.path_template"), str(exc)
+        ) from None
 
 
 def _query_match(q: Any, path: str, file: str) -> QueryMatch:

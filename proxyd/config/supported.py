@@ -132,6 +132,18 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "path": LEAF,
                 "safe_regex": REGEX,
                 "path_separated_prefix": LEAF,
+                # proxyd.config.uri_template
+                "path_match_policy": {
+                    "name": LEAF,
+                    "typed_config": AnyOf(
+                        "path matcher",
+                        {
+                            "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig": {
+                                "path_template": LEAF
+                            }
+                        },
+                    ),
+                },
                 "grpc": {},
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
@@ -168,6 +180,17 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "priority": LEAF,
                 "prefix_rewrite": LEAF,
                 "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
+                "path_rewrite_policy": {
+                    "name": LEAF,
+                    "typed_config": AnyOf(
+                        "path rewriter",
+                        {
+                            "envoy.extensions.path.rewrite.uri_template.v3.UriTemplateRewriteConfig": {  # noqa: E501
+                                "path_template_rewrite": LEAF
+                            }
+                        },
+                    ),
+                },
                 "host_rewrite_literal": LEAF,
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
