@@ -51,6 +51,7 @@ DOWNSTREAM_END = "DownstreamEnd"
 DOWNSTREAM_START = "DownstreamStart"
 DOWNSTREAM_PERIODIC = "DownstreamPeriodic"
 NOT_SET = "NotSet"  # a listener's connection log
+TCP_CONNECTION_END = "TcpConnectionEnd"  # a TCP proxy's line at the connection's end
 
 
 class LogRecord:

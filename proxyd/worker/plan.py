@@ -38,6 +38,7 @@ from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
+from proxyd.worker.tcp_proxy import TcpListenerPlan
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -209,6 +210,7 @@ class ListenerPlan:
         runtime: Snapshot = EMPTY,
     ) -> None:
         hcm = listener.hcm
+        assert hcm is not None  # a TCP proxy listener has a TcpListenerPlan
         self.name = listener.name
         self.listener = listener
         # Connections accepted under one generation of a listener's config get
@@ -386,6 +388,7 @@ class CompiledEpoch:
         local_address: str,
         ids: RequestIdGenerator,
         old_plans: dict[str, ListenerPlan] | None = None,
+        old_tcp_plans: dict[str, TcpListenerPlan] | None = None,
     ) -> None:
         self.epoch = epoch
         self.clusters: dict[str, ClusterState] = {}
@@ -401,11 +404,19 @@ class CompiledEpoch:
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
         self.runtime = Snapshot(epoch.runtime)
+        # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
+        # TCP proxy listeners' (proxyd.worker.tcp_proxy).
         self.plans = {
             lst.name: ListenerPlan(
                 lst, self.clusters, stats, writers, local_address, ids, self.runtime
             )
             for lst in epoch.listeners
+            if lst.hcm is not None
+        }
+        self.tcp_plans = {
+            lst.name: TcpListenerPlan(lst, self.clusters, stats, writers, self.runtime)
+            for lst in epoch.listeners
+            if lst.hcm is None
         }
         for name, plan in self.plans.items():
             if plan.transforms is not None:
@@ -413,6 +424,10 @@ class CompiledEpoch:
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation
+        for name, tcp_plan in self.tcp_plans.items():
+            old_tcp = (old_tcp_plans or {}).get(name)
+            if old_tcp is not None and old_tcp.listener == tcp_plan.listener:
+                tcp_plan.generation = old_tcp.generation
 
     def retire_replaced(self, old_clusters: dict[str, ClusterState]) -> None:
         """Retire the old clusters this epoch did not keep (after it is in place)."""
