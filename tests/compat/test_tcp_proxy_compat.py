@@ -3,8 +3,8 @@
 One bootstrap, several listeners whose one network filter is ``tcp_proxy``, each with
 an access log (one file per side; the format is the same) and its own stat_prefix:
 
-* ``echo`` -> cluster ``echo``: a TCP echo server of this test, which after the
-  client's end of stream sends ``<eof>`` and closes (so the client sees a half-close
+* ``echo`` -> cluster ``echo``: a TCP echo server (``tests.support.TcpEchoServer``),
+  which after the client's end of stream sends ``<eof>`` and closes (so the client sees a half-close
   passed on both ways);
 * ``dead`` (max_connect_attempts 2) and ``dead1`` (the default, 1) -> a port nothing
   listens on: the connection is closed (flags UF,URX);
@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, UpstreamServer, free_port, wait_for
+from tests.support import ProxydProcess, TcpEchoServer, UpstreamServer, free_port, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -57,43 +57,6 @@ BIG = 3 * 1024 * 1024
 SPREAD_CONNECTIONS = 200
 SPREAD_TOLERANCE = 0.1
 TIMEOUT_S = 10.0
-
-
-class EchoServer:
-    """A TCP echo server: echoes what arrives; after the client's end of stream it
-    sends ``<eof>`` and closes."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> EchoServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed: the test is over
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _serve(conn: socket.socket) -> None:
-        with conn:
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-                conn.sendall(b"<eof>")
-            except OSError:
-                pass  # the proxy closed it (a timeout case): nothing more to do
 
 
 def _listener(name: str, log_path: str, **tcp: Any) -> dict[str, Any]:
@@ -378,7 +341,7 @@ def _log_lines(path: Path) -> list[str]:
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     work = tmp_path_factory.mktemp("tcp_proxy")
     dead = free_port()
-    with EchoServer() as echo, UpstreamServer("a") as a, UpstreamServer("b") as b:
+    with TcpEchoServer() as echo, UpstreamServer("a") as a, UpstreamServer("b") as b:
         envoy_log = work / "envoy_access.log"
         with EnvoyRunner(config(str(envoy_log), echo.port, dead, a.port, b.port)) as envoy:
             envoy_side = play({n: envoy.listener_port(n) for n in LISTENERS})
