@@ -176,8 +176,11 @@ class TcpConnection:
         if not self.local:
             try:
                 local = self.sock.getsockname()
-                self.local = f"{local[0]}:{local[1]}"
             except OSError:
+                local = None
+            if isinstance(local, tuple):
+                self.local = f"{local[0]}:{local[1]}"
+            else:  # closed, or an unnamed Unix socket (a pipe listener sets ``local``)
                 self.local = "-"
         return self.local
 
@@ -215,17 +218,20 @@ class TcpConnection:
             note_unexpected(worker.stats, exc, "tcp proxy connection")
         finally:
             self.scope = None
-            if accesslog_plan.OPEN:
-                accesslog_plan.connection_closed(self)
             if upstream is not None and self._cluster is not None:
                 self._cluster.pools[0].destroy(upstream)
-            if plan.access.tcp_logs:
-                self.local_address()  # while the socket is open
-            io.close(self.sock)
-            if plan.access.tcp_logs:
-                self._log(plan, t_wall, t0)
             lstats.cx_active -= 1
             worker.connections.discard(self)
+            try:
+                if accesslog_plan.OPEN:
+                    accesslog_plan.connection_closed(self)
+                if plan.access.tcp_logs:
+                    self.local_address()  # while the socket is open
+                    io.close(self.sock)
+                    self._log(plan, t_wall, t0)
+            except Exception as exc:  # a bug: the connection is closed regardless
+                note_unexpected(worker.stats, exc, "tcp proxy access log")
+            io.close(self.sock)
             worker.connection_closed()
 
     async def _connect(self, plan: TcpListenerPlan) -> UpstreamConnection | None:
