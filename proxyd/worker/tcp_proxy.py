@@ -21,7 +21,8 @@ accept to close, as Envoy's ``TcpProxy::Filter`` does:
   writer (backpressure) and proxyd holds a bounded amount per connection;
 * an end of stream from one side is passed on as a half-close (``shutdown(SHUT_WR)``)
   to the other, and the connection ends when both directions have ended; a reset or
-  a failed write on either side closes both;
+  a failed write on either side closes both (an upstream reset resets the client's
+  connection, flag UR);
 * ``idle_timeout`` (no byte either way for that long: ``idle_timeout``) and
   ``max_downstream_connection_duration`` (flag DT) close both sides;
 * at the end, the ``access_log`` line (ACCESS_LOG_TYPE ``TcpConnectionEnd``).
@@ -133,7 +134,12 @@ class WorkerContext(Protocol):
 
 
 class Ended(Exception):
-    """One side reset the connection, or a write to it failed: close both."""
+    """One side reset the connection, or a write to it failed: close both.
+    ``upstream``: that side was the upstream one."""
+
+    def __init__(self, upstream: bool) -> None:
+        super().__init__("upstream" if upstream else "downstream")
+        self.upstream = upstream
 
 
 class TcpConnection:
@@ -142,7 +148,7 @@ class TcpConnection:
     __slots__ = (
         "worker", "listener_name", "sock", "remote_ip", "remote", "local", "generation",
         "scope", "drained", "flags", "cluster_name", "host_label", "connected",
-        "failure", "rx", "tx", "idle_scope", "_idle_timeout", "_cluster",
+        "failure", "rx", "tx", "idle_scope", "reset_client", "_idle_timeout", "_cluster",
     )  # fmt: skip
 
     # For the worker's drain of a changed listener: a TCP connection may be closed at
@@ -169,6 +175,8 @@ class TcpConnection:
         self.failure: str | None = None
         self.rx = 0  # bytes read from the client
         self.tx = 0  # bytes written to the client
+        # The upstream reset its connection: the client's is reset too (Envoy's UR).
+        self.reset_client = False
         self._idle_timeout = math.inf
         self._cluster: ClusterState | None = None
 
@@ -227,11 +235,17 @@ class TcpConnection:
                     accesslog_plan.connection_closed(self)
                 if plan.access.tcp_logs:
                     self.local_address()  # while the socket is open
-                    io.close(self.sock)
-                    self._log(plan, t_wall, t0)
             except Exception as exc:  # a bug: the connection is closed regardless
                 note_unexpected(worker.stats, exc, "tcp proxy access log")
-            io.close(self.sock)
+            if self.reset_client:
+                io.abort(self.sock)
+            else:
+                io.close(self.sock)
+            try:
+                if plan.access.tcp_logs:
+                    self._log(plan, t_wall, t0)
+            except Exception as exc:  # a bug: counted, logged once
+                note_unexpected(worker.stats, exc, "tcp proxy access log")
             worker.connection_closed()
 
     async def _connect(self, plan: TcpListenerPlan) -> UpstreamConnection | None:
@@ -281,8 +295,12 @@ class TcpConnection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump, self.sock, usock, plan, True)
                     await self._pump(usock, self.sock, plan, False)
-            except* Ended:
-                pass  # one side is gone: both are closed by serve
+            except* Ended as group:
+                # One side is gone: both are closed by serve. An upstream reset is
+                # passed on to the client as a reset, as Envoy does (flag UR).
+                if any(isinstance(e, Ended) and e.upstream for e in group.exceptions):
+                    self.flags.append("UR")
+                    self.reset_client = True
         self.idle_scope = None
         if idle.cancelled_caught:
             plan.stats.idle_timeout += 1
@@ -309,12 +327,12 @@ class TcpConnection:
                     await io.wait_readable(src)
                     continue
                 except OSError:
-                    raise Ended() from None  # reset by the peer
+                    raise Ended(not downstream) from None  # reset by the peer
                 if n == 0:  # end of stream: a half-close, passed on
                     try:
                         dst.shutdown(socket.SHUT_WR)
                     except OSError:
-                        raise Ended() from None  # the other side is gone too
+                        raise Ended(downstream) from None  # the other side is gone too
                     return
                 if downstream:
                     self.rx += n
@@ -327,7 +345,7 @@ class TcpConnection:
                 try:
                     await io.send_all(dst, view[:n])
                 except OSError:
-                    raise Ended() from None
+                    raise Ended(downstream) from None
                 if not downstream:
                     self.tx += n
                     stats.tx_bytes += n

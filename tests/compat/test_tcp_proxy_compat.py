@@ -13,7 +13,11 @@ an access log (one file per side; the format is the same) and its own stat_prefi
 * ``nocl`` -> a cluster that does not exist (flag NC, downstream_cx_no_route);
 * ``cb`` -> ``echo_cb`` (the echo server, circuit breaker max_connections 1): a second
   connection while the first is open is closed (flag UO);
-* ``http`` -> the demo HTTP upstream ``a``; ``split`` -> weighted_clusters a:1, b:3.
+* ``http`` -> the demo HTTP upstream ``a``; ``split`` -> weighted_clusters a:1, b:3;
+* ``greet`` -> an upstream that says ``hi`` and half-closes at once, then records what
+  the client still sends; ``rst`` -> an upstream that answers ``bye``, waits for the
+  client's ``ack`` and resets the connection (Envoy resets the client's connection
+  too, flag UR); a client that resets its own connection after a round trip.
 
 Every case runs through Envoy and then proxyd (concurrency 1 each) and what the client
 saw must be equal; then the stats of both admin endpoints and the access log lines
@@ -26,6 +30,7 @@ import hashlib
 import http.client
 import os
 import socket
+import struct
 import threading
 import time
 import urllib.request
@@ -108,10 +113,62 @@ def _cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-LISTENERS = ("echo", "dead", "dead1", "idle", "dur", "nocl", "cb", "http", "split")
+LISTENERS = (
+    "echo", "dead", "dead1", "idle", "dur", "nocl", "cb", "http", "split", "greet", "rst",
+)  # fmt: skip
 
 
-def config(log_path: str, echo: int, dead: int, a: int, b: int) -> str:
+class ScriptedServer:
+    """A TCP upstream that plays one script per connection: ``greet`` sends ``hi``,
+    half-closes, then keeps what arrives until the end of stream in ``received``;
+    ``reset`` reads the first bytes, answers ``bye``, reads ``ack`` and resets."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.received: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # wakes the accepting thread where it can
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed: the test is over
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT_S)
+        try:
+            if self.script == "greet":
+                conn.sendall(b"hi")
+                conn.shutdown(socket.SHUT_WR)
+                got = b""
+                while data := conn.recv(65536):
+                    got += data
+                self.received.append(got)
+                conn.close()
+            else:
+                conn.recv(100)
+                conn.sendall(b"bye")
+                conn.recv(100)  # the client's ack: it has the bye
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # with SO_LINGER 0: a reset
+        except OSError:
+            conn.close()
+
+
+def config(log_path: str, echo: int, dead: int, a: int, b: int, greet: int, rst: int) -> str:
     listeners = [
         _listener("echo", log_path, cluster="echo"),
         _listener("dead", log_path, cluster="dead", max_connect_attempts=2),
@@ -121,6 +178,8 @@ def config(log_path: str, echo: int, dead: int, a: int, b: int) -> str:
         _listener("nocl", log_path, cluster="nope"),
         _listener("cb", log_path, cluster="echo_cb"),
         _listener("http", log_path, cluster="a"),
+        _listener("greet", log_path, cluster="greet"),
+        _listener("rst", log_path, cluster="rst"),
         {
             **_listener(
                 "split",
@@ -145,6 +204,8 @@ def config(log_path: str, echo: int, dead: int, a: int, b: int) -> str:
                     circuit_breakers={"thresholds": [{"max_connections": 1}]},
                 ),
                 _cluster("a", a),
+                _cluster("greet", greet),
+                _cluster("rst", rst),
                 _cluster("b", b),
             ],
         },
@@ -236,6 +297,38 @@ def overflow(echo_port: int, cb_port: int) -> dict[str, Any]:
     return {"held": held, "second": (got, end), "first_rest": rest}
 
 
+def client_resets(port: int) -> dict[str, Any]:
+    """The client resets its connection after a round trip (the access log tells the
+    rest)."""
+    s = _connect(port)
+    s.sendall(b"x")
+    got = s.recv(1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    return {"got": got}
+
+
+def greeted(port: int) -> dict[str, Any]:
+    """The upstream half-closes first; the client then still sends, and half-closes."""
+    with _connect(port) as s:
+        got, end = _read_to_end(s)
+        s.sendall(b"more after your end")
+        s.shutdown(socket.SHUT_WR)
+        after, _ = _read_to_end(s)
+    return {"got": got, "end": end, "after": after}
+
+
+def reset_by_upstream(port: int) -> dict[str, Any]:
+    with _connect(port) as s:
+        s.sendall(b"x")
+        bye = b""
+        while len(bye) < 3:
+            bye += s.recv(3 - len(bye))
+        s.sendall(b"ack")
+        rest, end = _read_to_end(s)
+    return {"bye": bye, "rest": rest, "end": end}
+
+
 def http_through(port: int) -> dict[str, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
     try:
@@ -263,6 +356,9 @@ CASES: dict[str, Callable[[dict[str, int]], dict[str, Any]]] = {
     "max_duration": lambda p: timed_out(p["dur"]),
     "circuit_breaker": lambda p: overflow(p["echo"], p["cb"]),
     "http_through": lambda p: http_through(p["http"]),
+    "upstream_half_closes_first": lambda p: greeted(p["greet"]),
+    "upstream_resets": lambda p: reset_by_upstream(p["rst"]),
+    "client_resets": lambda p: client_resets(p["echo"]),
 }
 
 # Counters compared from both admin endpoints (the split listener's clusters a and b
@@ -297,6 +393,8 @@ class Side:
 class Results:
     envoy: Side
     proxyd: Side
+    # What the greet upstream received after its half-close, per side.
+    greet_received: dict[str, list[bytes]] = field(default_factory=dict)
 
 
 def play(ports: dict[str, int]) -> Side:
@@ -327,7 +425,7 @@ def _picked(stats: dict[str, int]) -> dict[str, int]:
 
 
 # Lines each side logs: every case's connection, and one per HTTP exchange.
-EXPECTED_LINES = 10
+EXPECTED_LINES = 13
 
 
 def _log_lines(path: Path) -> list[str]:
@@ -341,17 +439,21 @@ def _log_lines(path: Path) -> list[str]:
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     work = tmp_path_factory.mktemp("tcp_proxy")
     dead = free_port()
+    greet, rst = ScriptedServer("greet"), ScriptedServer("reset")
+    received: dict[str, list[bytes]] = {}
     with TcpEchoServer() as echo, UpstreamServer("a") as a, UpstreamServer("b") as b:
+        ports = (echo.port, dead, a.port, b.port, greet.port, rst.port)
         envoy_log = work / "envoy_access.log"
-        with EnvoyRunner(config(str(envoy_log), echo.port, dead, a.port, b.port)) as envoy:
+        with EnvoyRunner(config(str(envoy_log), *ports)) as envoy:
             envoy_side = play({n: envoy.listener_port(n) for n in LISTENERS})
             envoy_side.log = wait_for(
                 lambda: (lines := _log_lines(envoy_log)) and len(lines) >= EXPECTED_LINES and lines
             )
             envoy_side.stats = _picked(_stats_text(envoy.admin_port))
+            received["envoy"] = wait_for(lambda: greet.received and list(greet.received))
+            greet.received.clear()
         proxyd_log = work / "proxyd_access.log"
-        text = config(str(proxyd_log), echo.port, dead, a.port, b.port)
-        with ProxydProcess(work, text, concurrency=1) as p:
+        with ProxydProcess(work, config(str(proxyd_log), *ports), concurrency=1) as p:
             proxyd_side = play({n: p.listener_port(n) for n in LISTENERS})
             # Workers report stats each second and flush logs as often: wait for both.
             proxyd_side.stats = wait_for(
@@ -368,7 +470,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
                     and lines
                 )
             )
-        yield Results(envoy_side, proxyd_side)
+            received["proxyd"] = wait_for(lambda: greet.received and list(greet.received))
+    greet.close()
+    rst.close()
+    yield Results(envoy_side, proxyd_side, received)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -388,6 +493,14 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert e["circuit_breaker"]["second"] == (b"", "eof")
     assert e["circuit_breaker"]["first_rest"] == b"<eof>"
     assert e["http_through"]["status"] == 200 and e["http_through"]["upstream"] == "a"
+    assert e["upstream_half_closes_first"] == {"got": b"hi", "end": "eof", "after": b""}
+    assert e["upstream_resets"] == {"bye": b"bye", "rest": b"", "end": "reset"}
+    assert any(" UR " in line for line in results.envoy.log)
+
+
+def test_upstream_gets_what_follows_its_half_close(results: Results) -> None:
+    assert results.greet_received["envoy"] == [b"more after your end"]
+    assert results.greet_received["proxyd"] == results.greet_received["envoy"]
 
 
 def test_weighted_clusters_spread(results: Results) -> None:

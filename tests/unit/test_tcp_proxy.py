@@ -6,6 +6,7 @@ max_downstream_connection_duration on trio's clock, the access log record)."""
 from __future__ import annotations
 
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -434,3 +435,28 @@ async def _drain_closes_without_a_flag() -> None:
     assert setup.log.lines == ["TcpConnectionEnd c - 3 0 -"]
     for s in (peer, client, upstream):
         s.close()
+
+
+def test_upstream_reset_resets_the_client() -> None:
+    trio.run(_upstream_reset_resets_the_client)
+
+
+async def _upstream_reset_resets_the_client() -> None:
+    upstream = listening()
+    setup = Setup(upstream.getsockname()[1])
+    conn, client = setup.connection()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.serve, setup.plan)
+        await trio.lowlevel.wait_readable(upstream)
+        peer, _ = upstream.accept()
+        client.sendall(b"hi")
+        await trio.lowlevel.wait_readable(peer)
+        assert peer.recv(2) == b"hi"
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # a reset
+        await trio.lowlevel.wait_readable(client)
+        with pytest.raises(ConnectionResetError):
+            client.recv(10)
+    assert setup.log.lines == ["TcpConnectionEnd c UR 2 0 -"]
+    client.close()
+    upstream.close()
