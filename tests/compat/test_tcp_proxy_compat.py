@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import socket
 import struct
 import threading
@@ -386,6 +387,7 @@ class Side:
     replies: dict[str, dict[str, Any]] = field(default_factory=dict)
     shares: dict[str, float] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    prometheus: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
 
 
@@ -414,6 +416,22 @@ def _stats_text(admin_port: int) -> dict[str, int]:
         if value.isdigit():
             out[name] = int(value)
     return out
+
+
+# The tcp counters in /stats/prometheus: Envoy's tag extraction names them
+# envoy_tcp_<stat>{envoy_tcp_prefix="<stat_prefix>"}.
+PROMETHEUS_TCP = re.compile(
+    r"^envoy_tcp_(downstream_cx_total|downstream_cx_no_route|downstream_cx_rx_bytes_total|"
+    r"downstream_cx_tx_bytes_total|idle_timeout|max_downstream_connection_duration)"
+    r'\{envoy_tcp_prefix="(?!split")[^"]*"\} \d+$'
+)
+
+
+def _prometheus(admin_port: int) -> list[str]:
+    url = f"http://127.0.0.1:{admin_port}/stats/prometheus"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    return sorted(line for line in text.splitlines() if PROMETHEUS_TCP.match(line))
 
 
 def _picked(stats: dict[str, int]) -> dict[str, int]:
@@ -450,6 +468,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
                 lambda: (lines := _log_lines(envoy_log)) and len(lines) >= EXPECTED_LINES and lines
             )
             envoy_side.stats = _picked(_stats_text(envoy.admin_port))
+            envoy_side.prometheus = _prometheus(envoy.admin_port)
             received["envoy"] = wait_for(lambda: greet.received and list(greet.received))
             greet.received.clear()
         proxyd_log = work / "proxyd_access.log"
@@ -463,6 +482,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
                     and s
                 )
             )
+            proxyd_side.prometheus = _prometheus(p.admin_port)
             proxyd_side.log = wait_for(
                 lambda: (
                     (lines := _log_lines(proxyd_log))
@@ -509,6 +529,11 @@ def test_weighted_clusters_spread(results: Results) -> None:
         assert set(side.shares) == set(expected), side.shares
         for name, share in expected.items():
             assert abs(side.shares[name] - share) <= SPREAD_TOLERANCE, side.shares
+
+
+def test_prometheus_tcp_stats_agree(results: Results) -> None:
+    assert len(results.envoy.prometheus) == 6 * (len(LISTENERS) - 1)
+    assert results.proxyd.prometheus == results.envoy.prometheus
 
 
 def test_stats_agree(results: Results) -> None:
