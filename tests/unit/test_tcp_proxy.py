@@ -22,6 +22,7 @@ from proxyd.epoch import (
     Endpoint,
     Epoch,
     Listener,
+    OutlierDetection,
     TcpCluster,
     TcpProxy,
     from_wire,
@@ -32,6 +33,7 @@ from proxyd.protocol.epoch_check import EpochChecker
 from proxyd.protocol.epoch_summary import format_summary, summarize
 from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import DeadlineKind
+from proxyd.worker.outcomes import CONNECT_FAILED
 from proxyd.worker.stats import StatsStore
 from proxyd.worker.tcp_proxy import ClusterPick, TcpConnection, TcpListenerPlan
 from proxyd.worker.upstream import ClusterState
@@ -238,7 +240,14 @@ LOG = (
 
 
 class Setup:
-    def __init__(self, port: int, cluster: str = "c", max_connections: int = 1024, **tcp: Any):
+    def __init__(
+        self,
+        port: int,
+        cluster: str = "c",
+        max_connections: int = 1024,
+        outlier: OutlierDetection | None = None,
+        **tcp: Any,
+    ):
         self.worker = FakeWorker()
         self.log = Lines()
         c = Cluster(
@@ -246,8 +255,9 @@ class Setup:
             "STATIC",
             1.0,
             "ROUND_ROBIN",
-            (Endpoint("127.0.0.1", port),),
+            (Endpoint("127.0.0.1", port),) if port else (),
             cb_max_connections=max_connections,
+            outlier_detection=outlier,
         )
         self.cluster = ClusterState(c, self.worker.stats)
         lst = Listener(
@@ -345,10 +355,12 @@ async def _refused_upstream_closes_the_client() -> None:
     gone = listening()
     port = gone.getsockname()[1]
     gone.close()  # nothing listens there now
-    setup = Setup(port, max_connect_attempts=2)
+    setup = Setup(port, outlier=OutlierDetection(), max_connect_attempts=2)
     conn, client = setup.connection()
     await conn.serve(setup.plan)
     assert client.recv(10) == b""
+    # Both failures go to outlier detection, as an HTTP request's connect failures do.
+    assert setup.worker.stats.outcomes.report() == {"c": {f"127.0.0.1:{port}": [CONNECT_FAILED, 2]}}
     counters = setup.counters()
     assert counters["cluster.c.upstream_cx_connect_fail"] == 2
     assert counters["cluster.c.upstream_cx_connect_attempts_exceeded"] == 1
@@ -358,11 +370,11 @@ async def _refused_upstream_closes_the_client() -> None:
     client.close()
 
 
-def test_no_cluster_and_overflow() -> None:
-    trio.run(_no_cluster_and_overflow)
+def test_no_cluster_overflow_and_no_host() -> None:
+    trio.run(_no_cluster_overflow_and_no_host)
 
 
-async def _no_cluster_and_overflow() -> None:
+async def _no_cluster_overflow_and_no_host() -> None:
     setup = Setup(9, cluster="nope")
     conn, client = setup.connection()
     await conn.serve(setup.plan)
@@ -375,6 +387,12 @@ async def _no_cluster_and_overflow() -> None:
     await conn.serve(full.plan)
     assert full.counters()["cluster.c.upstream_cx_overflow"] == 1
     assert full.log.lines == ["TcpConnectionEnd c UO 0 0 -"]
+    client.close()
+    empty = Setup(0)  # a cluster with no hosts
+    conn, client = empty.connection()
+    await conn.serve(empty.plan)
+    assert empty.counters()["cluster.c.upstream_cx_none_healthy"] == 1
+    assert empty.log.lines == ["TcpConnectionEnd c UH 0 0 -"]
     client.close()
 
 
