@@ -706,6 +706,8 @@ class TcpProxy:
     max_connect_attempts: int = 1
     max_downstream_connection_duration_s: float = 0.0
     access_logs: tuple[AccessLog, ...] = ()
+    # access_log_options.flush_access_log_on_connected: a TcpUpstreamConnected line too.
+    log_on_connected: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,7 @@ def compile_tcp_proxy(msg: Any, path: str, file: str) -> TcpProxy:
             msg, "max_downstream_connection_duration", 0.0
         ),
         access_logs=compile_access_logs(msg.access_log, join(path, "access_log"), file),
+        log_on_connected=msg.access_log_options.flush_access_log_on_connected,
     )
 
 

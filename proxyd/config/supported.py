@@ -353,13 +353,15 @@ HCM: Spec = {
 
 # envoy.filters.network.tcp_proxy (proxyd.config.listeners.compile_tcp_proxy,
 # proxyd.worker.tcp_proxy); tunneling_config, on_demand, hash_policy, metadata_match,
-# backoff_options and the access log options are refused by name.
+# backoff_options and periodic access logs are refused by name.
 TCP_PROXY: Spec = {
     "stat_prefix": LEAF,
     "cluster": LEAF,
     "weighted_clusters": {"clusters": {"name": LEAF, "weight": LEAF}},
     "idle_timeout": LEAF,
     "access_log": ACCESS_LOG,
+    # access_log_flush_interval (periodic lines) is refused by name.
+    "access_log_options": {"flush_access_log_on_connected": LEAF},
     "max_connect_attempts": LEAF,
     "max_downstream_connection_duration": LEAF,
 }

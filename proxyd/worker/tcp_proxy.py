@@ -25,7 +25,9 @@ accept to close, as Envoy's ``TcpProxy::Filter`` does:
   connection, flag UR);
 * ``idle_timeout`` (no byte either way for that long: ``idle_timeout``) and
   ``max_downstream_connection_duration`` (flag DT) close both sides;
-* at the end, the ``access_log`` line (ACCESS_LOG_TYPE ``TcpConnectionEnd``).
+* at the end, the ``access_log`` line (ACCESS_LOG_TYPE ``TcpConnectionEnd``), and with
+  ``access_log_options.flush_access_log_on_connected`` one when the upstream connection
+  is made (``TcpUpstreamConnected``).
 
 The HTTP path is untouched: the accept loop looks a TCP plan up only for a listener
 that has no HTTP plan.
@@ -42,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from proxyd.epoch import Listener
-from proxyd.protocol.access_log import TCP_CONNECTION_END, LogRecord
+from proxyd.protocol.access_log import TCP_CONNECTION_END, TCP_UPSTREAM_CONNECTED, LogRecord
 from proxyd.protocol.access_log_filters import NO_RUNTIME, Runtime
 from proxyd.worker import accesslog_plan, io
 from proxyd.worker.accesslog import AccessLogWriter
@@ -121,6 +123,7 @@ class TcpListenerPlan:
         self.max_duration = tcp.max_downstream_connection_duration_s or math.inf
         self.max_attempts = max(tcp.max_connect_attempts, 1)
         self.chunk = max(min(listener.per_connection_buffer_limit_bytes, MAX_CHUNK), 1024)
+        self.log_on_connected = tcp.log_on_connected and bool(self.access.tcp_logs)
 
 
 class WorkerContext(Protocol):
@@ -148,7 +151,8 @@ class TcpConnection:
     __slots__ = (
         "worker", "listener_name", "sock", "remote_ip", "remote", "local", "generation",
         "scope", "drained", "flags", "cluster_name", "host_label", "connected",
-        "failure", "rx", "tx", "idle_scope", "reset_client", "_idle_timeout", "_cluster",
+        "failure", "rx", "tx", "idle_scope", "reset_client", "t_wall", "t0", "_idle_timeout",
+        "_cluster",
     )  # fmt: skip
 
     # For the worker's drain of a changed listener: a TCP connection may be closed at
@@ -177,6 +181,7 @@ class TcpConnection:
         self.tx = 0  # bytes written to the client
         # The upstream reset its connection: the client's is reset too (Envoy's UR).
         self.reset_client = False
+        self.t_wall = self.t0 = 0.0  # when it was accepted (wall clock, monotonic)
         self._idle_timeout = math.inf
         self._cluster: ClusterState | None = None
 
@@ -209,7 +214,7 @@ class TcpConnection:
         plan.stats.cx_total += 1
         self.generation = plan.generation
         self._idle_timeout = plan.idle_timeout
-        t_wall, t0 = time.time(), time.monotonic()
+        self.t_wall, self.t0 = time.time(), time.monotonic()
         if plan.access.connection_logs:
             accesslog_plan.connection_opened(self, plan)
         upstream: UpstreamConnection | None = None
@@ -243,7 +248,7 @@ class TcpConnection:
                 io.close(self.sock)
             try:
                 if plan.access.tcp_logs:
-                    self._log(plan, t_wall, t0)
+                    self._log(plan, TCP_CONNECTION_END)
             except Exception as exc:  # a bug: counted, logged once
                 note_unexpected(worker.stats, exc, "tcp proxy access log")
             worker.connection_closed()
@@ -280,6 +285,9 @@ class TcpConnection:
                 continue
             host.outcomes.add(OK)
             self.connected = True
+            if plan.log_on_connected:
+                self.local_address()
+                self._log(plan, TCP_UPSTREAM_CONNECTED)
             return conn
         cluster.stats.cx_connect_attempts_exceeded += 1
         self.flags += ("UF", "URX")
@@ -356,12 +364,12 @@ class TcpConnection:
 
     # -- the access log ---------------------------------------------------------------
 
-    def _log(self, plan: TcpListenerPlan, t_wall: float, t0: float) -> None:
+    def _log(self, plan: TcpListenerPlan, log_type: str) -> None:
         rec = LogRecord()
-        rec.log_type = TCP_CONNECTION_END
+        rec.log_type = log_type
         rec.listener_name = plan.name
-        rec.start_time = t_wall
-        rec.duration_ms = int((time.monotonic() - t0) * 1000)
+        rec.start_time = self.t_wall
+        rec.duration_ms = int((time.monotonic() - self.t0) * 1000)
         rec.protocol = rec.scheme = None
         rec.response_flags = ",".join(self.flags) or "-"
         rec.bytes_received = self.rx

@@ -13,7 +13,8 @@ an access log (one file per side; the format is the same) and its own stat_prefi
 * ``nocl`` -> a cluster that does not exist (flag NC, downstream_cx_no_route);
 * ``cb`` -> ``echo_cb`` (the echo server, circuit breaker max_connections 1): a second
   connection while the first is open is closed (flag UO);
-* ``http`` -> the demo HTTP upstream ``a``; ``split`` -> weighted_clusters a:1, b:3;
+* ``http`` -> the demo HTTP upstream ``a``, with a ``TcpUpstreamConnected`` line too
+  (``flush_access_log_on_connected``); ``split`` -> weighted_clusters a:1, b:3;
 * ``greet`` -> an upstream that says ``hi`` and half-closes at once, then records what
   the client still sends; ``rst`` -> an upstream that answers ``bye``, waits for the
   client's ``ack`` and resets the connection (Envoy resets the client's connection
@@ -178,7 +179,12 @@ def config(log_path: str, echo: int, dead: int, a: int, b: int, greet: int, rst:
         _listener("dur", log_path, cluster="echo", max_downstream_connection_duration="0.5s"),
         _listener("nocl", log_path, cluster="nope"),
         _listener("cb", log_path, cluster="echo_cb"),
-        _listener("http", log_path, cluster="a"),
+        _listener(
+            "http",
+            log_path,
+            cluster="a",
+            access_log_options={"flush_access_log_on_connected": True},
+        ),
         _listener("greet", log_path, cluster="greet"),
         _listener("rst", log_path, cluster="rst"),
         {
@@ -443,7 +449,7 @@ def _picked(stats: dict[str, int]) -> dict[str, int]:
 
 
 # Lines each side logs: every case's connection, and one per HTTP exchange.
-EXPECTED_LINES = 13
+EXPECTED_LINES = 14
 
 
 def _log_lines(path: Path) -> list[str]:
@@ -516,6 +522,7 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert e["upstream_half_closes_first"] == {"got": b"hi", "end": "eof", "after": b""}
     assert e["upstream_resets"] == {"bye": b"bye", "rest": b"", "end": "reset"}
     assert any(" UR " in line for line in results.envoy.log)
+    assert any(line.startswith("TcpUpstreamConnected a - 0 0 ") for line in results.envoy.log)
 
 
 def test_upstream_gets_what_follows_its_half_close(results: Results) -> None:

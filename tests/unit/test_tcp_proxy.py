@@ -111,6 +111,7 @@ def test_fields(tmp_path: Path) -> None:
         idle_timeout="0s",
         max_connect_attempts=3,
         max_downstream_connection_duration="2.5s",
+        access_log_options={"flush_access_log_on_connected": True},
         access_log=[
             {
                 "name": "envoy.access_loggers.stdout",
@@ -126,6 +127,7 @@ def test_fields(tmp_path: Path) -> None:
     assert (tcp.idle_timeout_s, tcp.max_connect_attempts) == (0.0, 3)
     assert tcp.max_downstream_connection_duration_s == 2.5
     assert [al.sink for al in tcp.access_logs] == ["stdout"]
+    assert tcp.log_on_connected
 
 
 def test_weighted_clusters(tmp_path: Path) -> None:
@@ -148,7 +150,10 @@ def test_weighted_clusters(tmp_path: Path) -> None:
         ({"hash_policy": [{"source_ip": {}}]}, "typed_config.hash_policy"),
         ({"on_demand": {}}, "typed_config.on_demand"),
         ({"metadata_match": {}}, "typed_config.metadata_match"),
-        ({"access_log_options": {}}, "typed_config.access_log_options"),
+        (
+            {"access_log_options": {"access_log_flush_interval": "1s"}},
+            "typed_config.access_log_options.access_log_flush_interval",
+        ),
         ({"upstream_idle_timeout": "1s"}, "typed_config.upstream_idle_timeout"),
     ],
 )
