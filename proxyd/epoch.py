@@ -50,6 +50,9 @@ class Endpoint:
     endpoint_hostname: str = ""
     hc_port: int = 0
     hc_hostname: str = ""
+    # The lb_endpoint's metadata filter_metadata["envoy.lb"]["hash_key"] (a string): what
+    # RING_HASH and MAGLEV hash the host by in place of its address ("" = not set).
+    hash_key: str = ""
 
     @property
     def usable(self) -> bool:
@@ -179,7 +182,7 @@ class Cluster:
     # "STATIC" or "STRICT_DNS" (the master resolves names; workers see addresses).
     type: str
     connect_timeout_s: float
-    # "ROUND_ROBIN", "LEAST_REQUEST" or "RANDOM".
+    # "ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH" or "MAGLEV".
     lb_policy: str
     endpoints: tuple[Endpoint, ...]
     # LEAST_REQUEST: how many hosts are sampled (Envoy's choice_count, default 2).
@@ -240,6 +243,12 @@ class Cluster:
     keepalive_probes: int = 0
     keepalive_time_s: int = 0
     keepalive_interval_s: int = 0
+    # RING_HASH (ring_hash_lb_config: minimum/maximum_ring_size, hash_function "XX_HASH"
+    # or "MURMUR_HASH_2") and MAGLEV (maglev_lb_config.table_size), Envoy's defaults.
+    ring_min_size: int = 1024
+    ring_max_size: int = 8388608
+    ring_hash_function: str = "XX_HASH"
+    maglev_table_size: int = 65537
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +349,25 @@ class QueryMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """One RouteAction.HashPolicy (proxyd.protocol.hash_policy): ``kind`` is "header"
+    (``name`` the lower-case header, with an optional regex rewrite of its values),
+    "cookie" (``name``; ``ttl_s`` -1 when the policy has no ttl, else a cookie is made
+    when the request has none, with ``path`` and ``attributes``), "source_ip" or
+    "query_parameter" (``name``)."""
+
+    kind: str
+    name: str = ""
+    terminal: bool = False
+    regex: str = ""
+    substitution: str = ""
+    ttl_s: int = -1
+    path: str = ""
+    # Cookie attributes as (name, value) pairs ("" value: the name alone).
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: RouteMatch
@@ -387,6 +415,31 @@ class Route:
     # connection manager's applies; 0: none for this route).
     stream_duration_set: bool = False
     max_stream_duration_s: float | None = None
+    # RouteAction.hash_policy, in order (empty: none; used by RING_HASH and MAGLEV
+    # clusters only).
+    hash_policy: tuple[HashPolicy, ...] = ()
+    # RouteAction.request_mirror_policies (proxyd.worker.mirror).
+    mirrors: tuple[MirrorPolicy, ...] = ()
+    # RouteAction.host_rewrite_path_regex: the pattern ("" = not set) and RE2
+    # substitution that make the Host from the path (without its query).
+    host_rewrite_regex: str = ""
+    host_rewrite_substitution: str = ""
+    # RouteAction.idle_timeout: the stream idle timeout on this route in place of the
+    # connection manager's (None: not set; 0: none).
+    idle_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """One RouteAction.RequestMirrorPolicy: the shadow cluster (``cluster``, or the one
+    the ``cluster_header`` request header names, lower case), the share of requests
+    shadowed (None: all) and whether the shadow's Host gets "-shadow"
+    (disable_shadow_host_suffix_append). trace_sampled changes nothing without tracing."""
+
+    cluster: str = ""
+    cluster_header: str = ""
+    fraction: RuntimeFraction | None = None
+    host_suffix: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +499,12 @@ class RetryPolicy:
     # host_selection_retry_max_attempts more times) while it is one already tried.
     avoid_previous_hosts: bool = False
     host_selection_retry_max_attempts: int = 1
+    # per_try_idle_timeout (0 = none): each attempt ends when nothing came from the
+    # upstream for this long, from when it has a connection.
+    per_try_idle_timeout_s: float = 0.0
+    # retry_priority previous_priorities: its update_frequency (0 = no retry priority):
+    # every that many attempts, the priority levels attempted so far get no load.
+    priority_update_frequency: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,17 +277,23 @@ def static_cluster(name: str, ports: list[int]) -> dict[str, Any]:
 
 
 def http_listener(
-    name: str, port: int, route_config: dict[str, Any], **hcm_fields: Any
+    name: str,
+    port: int,
+    route_config: dict[str, Any],
+    http_filters: list[dict[str, Any]] | None = None,
+    **hcm_fields: Any,
 ) -> dict[str, Any]:
-    """A listener on 127.0.0.1 with one connection manager (stat_prefix = name) and the
-    router, as bootstrap data; ``hcm_fields`` are added to the connection manager."""
+    """A listener on 127.0.0.1 with one connection manager (stat_prefix = name unless
+    ``hcm_fields`` name one), ``http_filters`` and then the router, as bootstrap data;
+    ``hcm_fields`` are added to the connection manager."""
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": name,
         **hcm_fields,
         "route_config": route_config,
         "http_filters": [
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+            *(http_filters or []),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
     }
     return {
@@ -300,6 +306,18 @@ def http_listener(
                 ]
             }
         ],
+    }
+
+
+def bootstrap(
+    listeners: list[dict[str, Any]], clusters: list[dict[str, Any]], **fields: Any
+) -> dict[str, Any]:
+    """A bootstrap with an admin on 127.0.0.1 (port 0: the kernel picks one), the given
+    static listeners and clusters, and ``fields`` (layered_runtime, …) at the top."""
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        **fields,
+        "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
 

@@ -18,6 +18,7 @@ from proxyd.config.endpoints import (
     compile_load_assignment,
 )
 from proxyd.config.health_checks import compile_health_checks
+from proxyd.config.lb_policy import compile_lb_policy
 from proxyd.config.outlier import compile_outlier_detection
 from proxyd.config.proto import join
 from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
@@ -30,12 +31,10 @@ from proxyd.epoch import CircuitBreakerThresholds, Cluster
 from proxyd.errors import ConfigError
 
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
-LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 
 # Envoy's defaults (cluster.proto and upstreams/http/v3/http_protocol_options.proto).
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DNS_REFRESH_RATE_S = 5.0
-DEFAULT_CHOICE_COUNT = 2
 DEFAULT_UPSTREAM_IDLE_TIMEOUT_S = 3600.0
 # circuit_breaker.proto: CircuitBreakers.Thresholds (and RetryBudget). Beyond
 # max_connections a request waits in the cluster's pending queue, up to
@@ -70,17 +69,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         )
     if kind == "LOGICAL_DNS":
         check_logical_dns(c, path, file)
-    lb_policy = enum_name(c, "lb_policy")
-    if lb_policy not in LB_POLICIES:
-        raise ConfigError(
-            file,
-            join(path, "lb_policy"),
-            f"lb_policy {lb_policy} not supported by proxyd (supported: {', '.join(LB_POLICIES)})",
-        )
-    choice_count = DEFAULT_CHOICE_COUNT
-    if c.HasField("least_request_lb_config"):
-        choice_count = wrapped_or(c.least_request_lb_config, "choice_count", DEFAULT_CHOICE_COUNT)
-
+    lb = compile_lb_policy(c, path, file)
     _check_host_update_fields(c, path, file)
     idle_timeout_s, max_requests, http2 = _upstream_http_options(c, path, file)
     if c.HasField("max_requests_per_connection"):
@@ -100,9 +89,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         name=c.name,
         type=kind,
         connect_timeout_s=duration_or(c, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S),
-        lb_policy=lb_policy,
         endpoints=assignment.endpoints,
-        choice_count=choice_count,
         max_requests_per_connection=max_requests or 0,
         idle_timeout_s=idle_timeout_s,
         dns_lookup_family=enum_name(c, "dns_lookup_family"),
@@ -124,6 +111,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         overprovisioning_factor=assignment.overprovisioning_factor,
         healthy_panic_threshold=panic_threshold,
         locality_weighted_lb=locality_weighted,
+        **lb,
         **breakers,
         **_tcp_keepalive(c),
     )

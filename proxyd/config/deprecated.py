@@ -84,6 +84,8 @@ REPLACEMENTS: dict[str, str] = {
     "envoy.config.route.v3.RouteAction.max_grpc_timeout": "max_stream_duration.grpc_timeout_header_max",  # noqa: E501
     "envoy.config.route.v3.RouteAction.grpc_timeout_offset": "max_stream_duration.grpc_timeout_header_offset",  # noqa: E501
     "envoy.config.route.v3.VirtualHost.per_request_buffer_limit_bytes": "request_body_buffer_limit",  # noqa: E501
+    "envoy.config.route.v3.VirtualHost.cors": "typed_per_filter_config envoy.filters.http.cors (envoy.extensions.filters.http.cors.v3.CorsPolicy)",  # noqa: E501
+    "envoy.config.route.v3.RouteAction.cors": "the route's typed_per_filter_config envoy.filters.http.cors (envoy.extensions.filters.http.cors.v3.CorsPolicy)",  # noqa: E501
     "envoy.config.route.v3.Route.per_request_buffer_limit_bytes": "request_body_buffer_limit",
     "envoy.config.core.v3.HealthCheck.event_log_path": "event_logger",
 }

@@ -64,6 +64,7 @@ def compile_load_assignment(cla: Any, kind: str, path: str, file: str) -> LoadAs
             endpoint_hostname=e.endpoint_hostname,
             hc_port=e.hc_port,
             hc_hostname=e.hc_hostname,
+            hash_key=e.hash_key,
         )
         for priority, locality, e in found
     )
@@ -95,7 +96,12 @@ def _endpoint(lb: Any, kind: str, path: str, file: str) -> Endpoint:
                 f"a pipe endpoint in a {kind} cluster not supported by proxyd (only "
                 f"{' and '.join(IP_ONLY_KINDS)} clusters take pipe endpoints)",
             )
-        return Endpoint(address=address, port=0, weight=wrapped_or(lb, "load_balancing_weight", 1))
+        return Endpoint(
+            address=address,
+            port=0,
+            weight=wrapped_or(lb, "load_balancing_weight", 1),
+            hash_key=_hash_key(lb),
+        )
     addr_path = join(path, "endpoint.address.socket_address")
     if port == 0:
         raise ConfigError(
@@ -115,7 +121,22 @@ def _endpoint(lb: Any, kind: str, path: str, file: str) -> Endpoint:
         endpoint_hostname=lb.endpoint.hostname,
         hc_port=hc.port_value,
         hc_hostname=hc.hostname,
+        hash_key=_hash_key(lb),
     )
+
+
+def _hash_key(lb: Any) -> str:
+    """``metadata.filter_metadata["envoy.lb"]["hash_key"]`` when it is a string, which
+    RING_HASH and MAGLEV hash the host by (Envoy ignores a value of another kind)."""
+    if not lb.HasField("metadata"):
+        return ""
+    fields = lb.metadata.filter_metadata
+    if "envoy.lb" not in fields:
+        return ""
+    value = fields["envoy.lb"].fields.get("hash_key")
+    if value is None or value.WhichOneof("kind") != "string_value":
+        return ""
+    return str(value.string_value)
 
 
 def compile_common_lb_config(c: Any) -> tuple[int, bool]:

@@ -6,6 +6,14 @@ Each filter other than the terminal router is compiled by its own package's
 name, as in Envoy, and the most specific level wins: route, then virtual host, then
 route configuration. ``envoy.config.route.v3.FilterConfig`` wraps an entry to enable or
 disable the filter on a route (``disabled``), with or without a config of its own.
+
+A filter whose config module sets ``PER_ROUTE_LEVELS`` reads every level, not only the
+most specific (Envoy's ``getAllPerFilterConfig``: the CORS and header mutation
+filters): its per-route config in the epoch is ``{"levels": [config, ...]}``, least
+specific first. A module with ``compile_route_field(holder, path, file)`` also takes a
+field of the route or virtual host itself (the deprecated ``cors``); that config is kept
+the same way under the filter's type name, and the worker gives it to a filter of that
+type that has no per-route config by name (:func:`proxyd.worker.plan.compile_filters`).
 """
 
 from __future__ import annotations
@@ -26,14 +34,14 @@ FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
 def compile_http_filters(
     http_filters: Sequence[Any], path: str, file: str
 ) -> tuple[HttpFilter, ...]:
-    """The filters before the router, in order; the router must be last, once."""
+    """The filters before the router, in order; the router must be last, once.
+
+    Two filters may share a name, as Envoy allows (its compressor example has two
+    ``envoy.filters.http.compressor``); a route's ``typed_per_filter_config`` entry for
+    that name then applies to both."""
     out: list[HttpFilter] = []
-    names: set[str] = set()
     for i, f in enumerate(http_filters):
         here = f"{path}[{i}]"
-        if f.name in names:
-            raise ConfigError(file, join(here, "name"), f"duplicate HTTP filter name '{f.name}'")
-        names.add(f.name)
         if not f.HasField("typed_config"):
             if f.name != ROUTER_NAME:
                 raise ConfigError(file, here, f"HTTP filter '{f.name}' not supported by proxyd")
@@ -106,7 +114,15 @@ def compile_per_filter_config(holder: Any, path: str, file: str) -> dict[str, Fi
                 file, here, f"per-route filter config {type_name} not supported by proxyd"
             )
         config = module.compile_per_route(unpack(any_msg), here, file)
+        if getattr(module, "PER_ROUTE_LEVELS", False):
+            config = {"levels": [config]}
         out[key] = FilterOverride(key, config, disabled=disabled, enabled=enabled)
+    for module in COMPILERS.values():
+        route_field = getattr(module, "compile_route_field", None)
+        if route_field is not None:
+            config = route_field(holder, path, file)
+            if config is not None:
+                out[module.TYPE] = FilterOverride(module.TYPE, {"levels": [config]})
     return out
 
 
@@ -138,5 +154,29 @@ def merge_overrides(*levels: dict[str, FilterOverride]) -> tuple[FilterOverride,
     """The most specific entry per filter name; ``levels`` from least to most specific."""
     merged: dict[str, FilterOverride] = {}
     for level in levels:
-        merged.update(level)
+        for name, o in level.items():
+            outer = merged.get(name)
+            merged[name] = o if outer is None else _stacked(outer, o)
     return tuple(merged[k] for k in sorted(merged))
+
+
+def _stacked(outer: FilterOverride, inner: FilterOverride) -> FilterOverride:
+    """``inner`` over ``outer``; the levels of a ``PER_ROUTE_LEVELS`` filter add up
+    (an inner entry that only enables the filter keeps the outer levels)."""
+    levels = _levels_of(outer)
+    if levels is None or inner.disabled:
+        return inner
+    if inner.config is None:
+        return FilterOverride(inner.name, outer.config, enabled=inner.enabled)
+    more = _levels_of(inner)
+    if more is None:
+        return inner
+    return FilterOverride(
+        inner.name, {"levels": levels + more}, disabled=False, enabled=inner.enabled
+    )
+
+
+def _levels_of(o: FilterOverride) -> list[Any] | None:
+    if isinstance(o.config, dict) and isinstance(o.config.get("levels"), list):
+        return list(o.config["levels"])
+    return None

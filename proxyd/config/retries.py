@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from proxyd.config.proto import join
+from proxyd.config.proto import join, unpack
 from proxyd.config.values import seconds, wrapped_or
 from proxyd.epoch import RetryPolicy, Route
 from proxyd.errors import ConfigError
@@ -58,6 +58,25 @@ def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPol
                 f"Didn't find a registered implementation for '{pred.name}' with type URL: ''",
             )
     avoid_previous = len(rp.retry_host_predicate) > 0
+    update_frequency = 0
+    if rp.HasField("retry_priority"):
+        here = join(path, "retry_priority")
+        prio = rp.retry_priority
+        config = unpack(prio.typed_config) if prio.HasField("typed_config") else None
+        if config is None:
+            raise ConfigError(
+                file,
+                here,
+                f"Didn't find a registered implementation for '{prio.name}' with type URL: ''",
+            )
+        update_frequency = config.update_frequency
+        if update_frequency <= 0:
+            # Envoy's proto says gt 0 (checked only when a retry uses it).
+            raise ConfigError(
+                file,
+                join(here, "typed_config.update_frequency"),
+                "value must be greater than 0",
+            )
     return RetryPolicy(
         avoid_previous_hosts=avoid_previous,
         # Envoy: "if unspecified, this will default to retrying once".
@@ -65,10 +84,14 @@ def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPol
         retry_on=rp.retry_on,
         num_retries=wrapped_or(rp, "num_retries", 1),
         per_try_timeout_s=seconds(rp.per_try_timeout) if rp.HasField("per_try_timeout") else 0.0,
+        per_try_idle_timeout_s=(
+            seconds(rp.per_try_idle_timeout) if rp.HasField("per_try_idle_timeout") else 0.0
+        ),
         base_interval_ms=base_ms,
         max_interval_ms=max_ms or base_ms * 10,
         retriable_status_codes=codes,
         include_attempt_count=attempt_count,
+        priority_update_frequency=update_frequency,
     )
 
 

@@ -22,8 +22,10 @@ from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
     FilterOverride,
+    HashPolicy,
     HeaderAdd,
     HeaderMutations,
+    MirrorPolicy,
     QueryMatch,
     Redirect,
     Route,
@@ -166,6 +168,11 @@ def _route(
         regex, substitution = _regex_rewrite(
             action.regex_rewrite, join(path, "route.regex_rewrite"), file
         )
+    host_regex = host_substitution = ""
+    if action.HasField("host_rewrite_path_regex"):
+        host_regex, host_substitution = _regex_rewrite(
+            action.host_rewrite_path_regex, join(path, "route.host_rewrite_path_regex"), file
+        )
     return Route(
         name=r.name,
         match=match,
@@ -191,7 +198,102 @@ def _route(
             if action.max_stream_duration.HasField("max_stream_duration")
             else None
         ),
+        hash_policy=_hash_policies(action, join(path, "route.hash_policy"), file),
+        mirrors=_mirrors(action, join(path, "route.request_mirror_policies"), clusters, file),
+        host_rewrite_regex=host_regex,
+        host_rewrite_substitution=host_substitution,
+        idle_timeout_s=(
+            duration_or(action, "idle_timeout", 0.0) if action.HasField("idle_timeout") else None
+        ),
     )
+
+
+def _hash_policies(action: Any, path: str, file: str) -> tuple[HashPolicy, ...]:
+    """RouteAction.hash_policy in order (proxyd.protocol.hash_policy). As in Envoy, a
+    connection_properties policy with source_ip false hashes nothing and is left out."""
+    out: list[HashPolicy] = []
+    for i, hp in enumerate(action.hash_policy):
+        here = f"{path}[{i}]"
+        kind = hp.WhichOneof("policy_specifier")
+        terminal = hp.terminal
+        if kind == "header":
+            regex = substitution = ""
+            if hp.header.HasField("regex_rewrite"):
+                regex, substitution = _regex_rewrite(
+                    hp.header.regex_rewrite, join(here, "header.regex_rewrite"), file
+                )
+            out.append(
+                HashPolicy(
+                    "header",
+                    hp.header.header_name.lower(),
+                    terminal,
+                    regex=regex,
+                    substitution=substitution,
+                )
+            )
+        elif kind == "cookie":
+            ck = hp.cookie
+            out.append(
+                HashPolicy(
+                    "cookie",
+                    ck.name,
+                    terminal,
+                    ttl_s=ck.ttl.seconds if ck.HasField("ttl") else -1,
+                    path=ck.path,
+                    attributes=tuple((a.name, a.value) for a in ck.attributes),
+                )
+            )
+        elif kind == "connection_properties":
+            if hp.connection_properties.source_ip:
+                out.append(HashPolicy("source_ip", "", terminal))
+        elif kind == "query_parameter":
+            out.append(HashPolicy("query_parameter", hp.query_parameter.name, terminal))
+        else:  # unset (the proto rules require one); filter_state is refused by name
+            raise ConfigError(file, here, "a hash policy needs a policy specifier")
+    return tuple(out)
+
+
+def _mirrors(
+    action: Any, path: str, clusters: Container[str], file: str
+) -> tuple[MirrorPolicy, ...]:
+    """RouteAction.request_mirror_policies, checked as Envoy 1.40 checks them: exactly
+    one of cluster and cluster_header, a named cluster known (unless RDS)."""
+    out = []
+    for i, m in enumerate(action.request_mirror_policies):
+        here = f"{path}[{i}]"
+        if m.cluster and m.cluster_header:
+            raise ConfigError(
+                file,
+                here,
+                f"Only one of cluster '{m.cluster}' or cluster_header '{m.cluster_header}' "
+                "in request mirror policy can be specified",
+            )
+        if not m.cluster and not m.cluster_header:
+            raise ConfigError(
+                file,
+                here,
+                "Exactly one of cluster or cluster_header in request mirror policy need to be "
+                "specified",
+            )
+        if m.cluster:
+            _check_cluster(m.cluster, join(here, "cluster"), clusters, file, "shadow cluster")
+        fraction = None
+        if m.HasField("runtime_fraction"):
+            rf = m.runtime_fraction
+            fraction = RuntimeFraction(
+                runtime_key=rf.runtime_key,
+                numerator=rf.default_value.numerator,
+                denominator=DENOMINATORS[rf.default_value.denominator],
+            )
+        out.append(
+            MirrorPolicy(
+                cluster=m.cluster,
+                cluster_header=m.cluster_header.lower(),
+                fraction=fraction,
+                host_suffix=not m.disable_shadow_host_suffix_append,
+            )
+        )
+    return tuple(out)
 
 
 def _check_cluster(name: str, path: str, clusters: Container[str], file: str, what: str) -> None:

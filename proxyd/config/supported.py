@@ -20,10 +20,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import http_filters, overload, rules
+from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
 from proxyd.errors import ConfigError
+from proxyd.filters.cors import config as cors_config
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -90,6 +92,9 @@ HEADER_MUTATIONS: dict[str, Spec] = {
 
 # config.route.v3.RetryPolicy (proxyd.config.retries; retry_on names are checked there).
 PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+PREVIOUS_PRIORITIES_TYPE = (
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+)
 RETRY_POLICY: Spec = {
     "retry_on": LEAF,
     "retry_host_predicate": {
@@ -97,8 +102,15 @@ RETRY_POLICY: Spec = {
         "typed_config": AnyOf("retry host predicate", {PREVIOUS_HOSTS_TYPE: {}}),
     },
     "host_selection_retry_max_attempts": LEAF,
+    "retry_priority": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "retry priority", {PREVIOUS_PRIORITIES_TYPE: {"update_frequency": LEAF}}
+        ),
+    },
     "num_retries": LEAF,
     "per_try_timeout": LEAF,
+    "per_try_idle_timeout": LEAF,
     "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
     "retriable_status_codes": LEAF,
 }
@@ -154,10 +166,28 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_literal": LEAF,
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
+                "host_rewrite_path_regex": {"pattern": REGEX, "substitution": LEAF},
+                # proxyd.worker.plan (RoutePlan.stream_idle).
+                "idle_timeout": LEAF,
                 "retry_policy": RETRY_POLICY,
                 # grpc_timeout_header_max / _offset are refused by name: proxyd has no
                 # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
                 "max_stream_duration": {"max_stream_duration": LEAF},
+                # Deprecated; read by the CORS filter when no level has a CorsPolicy.
+                "cors": cors_config.ROUTE_FIELD_SPEC,
+                # proxyd.config.lb_policy; filter_state is refused by name.
+                "hash_policy": HASH_POLICY,
+                # proxyd.worker.mirror; trace_sampled changes nothing without tracing.
+                "request_mirror_policies": {
+                    "cluster": LEAF,
+                    "cluster_header": LEAF,
+                    "runtime_fraction": {
+                        "default_value": {"numerator": LEAF, "denominator": LEAF},
+                        "runtime_key": LEAF,
+                    },
+                    "trace_sampled": LEAF,
+                    "disable_shadow_host_suffix_append": LEAF,
+                },
             },
             "redirect": {
                 "https_redirect": LEAF,
@@ -187,6 +217,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
         "retry_policy": RETRY_POLICY,
         "include_request_attempt_count": LEAF,
         "metadata": METADATA,
+        # Deprecated; read by the CORS filter when no level has a CorsPolicy.
+        "cors": cors_config.ROUTE_FIELD_SPEC,
     },
     "typed_per_filter_config": PER_FILTER_CONFIG,
     **HEADER_MUTATIONS,
@@ -513,6 +545,8 @@ CLUSTER: dict[str, Spec] = {
     "connect_timeout": LEAF,
     "lb_policy": LEAF,
     "least_request_lb_config": {"choice_count": LEAF},
+    # proxyd.config.lb_policy, proxyd.protocol.hash_lb.
+    **LB_POLICY_SPEC,
     "load_assignment": CLUSTER_LOAD_ASSIGNMENT,
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},

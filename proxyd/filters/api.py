@@ -13,6 +13,12 @@ and the encoder side in reverse order:
 * ``on_response_headers(stream, response, end_stream)``, ``on_response_data(stream,
   data, end_stream)``.
 
+Body ``data`` is a ``bytearray`` the filter may change in place (Envoy's filters drain
+and refill the buffer they are given): what it holds when the filter returns goes on.
+A filter that changes a body's length removes the ``content-length`` header
+(``stream.remove_response_header`` / ``stream.set_request_chunked``), and the body then
+goes out chunked, as Envoy's codec frames a body without a length.
+
 Each returns a :class:`FilterStatus` or a :class:`LocalReply`:
 
 * ``CONTINUE``: what it was given goes on to the next filter;
@@ -35,7 +41,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -115,8 +121,22 @@ class FilterStream(Protocol):
         """The request body goes upstream with this content-length (no chunking)."""
         ...
 
+    filter_state: dict[str, object] | None
+    """Per-stream state the filters share (Envoy's ``StreamInfo::FilterState``);
+    None until a filter sets it."""
+
+    def set_request_chunked(self) -> None:
+        """The request body goes upstream chunked, without its content-length (a filter
+        that changes the body's length)."""
+        ...
+
     def set_response_header(self, name: str, value: str) -> None:
         """Replace (or add) a response header on its way downstream."""
+        ...
+
+    def remove_response_header(self, name: str) -> None:
+        """Remove a response header (the upstream's, or one a filter set); removing
+        ``content-length`` makes the body go out chunked."""
         ...
 
     def set_buffer_limit(self, limit: int) -> None:
@@ -137,7 +157,9 @@ class HttpFilter:
     async def on_request_headers(self, stream: FilterStream, end_stream: bool) -> Result:
         return CONTINUE
 
-    async def on_request_data(self, stream: FilterStream, data: bytes, end_stream: bool) -> Result:
+    async def on_request_data(
+        self, stream: FilterStream, data: bytearray, end_stream: bool
+    ) -> Result:
         return CONTINUE
 
     async def on_request_trailers(self, stream: FilterStream) -> Result:
@@ -148,7 +170,9 @@ class HttpFilter:
     ) -> Result:
         return CONTINUE
 
-    async def on_response_data(self, stream: FilterStream, data: bytes, end_stream: bool) -> Result:
+    async def on_response_data(
+        self, stream: FilterStream, data: bytearray, end_stream: bool
+    ) -> Result:
         return CONTINUE
 
     def on_stream_complete(self, stream: FilterStream) -> None:
@@ -174,12 +198,24 @@ class StatsScope(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class EpochFacts:
+    """What a filter may know of its epoch beyond its config, given (as ``facts=``) to
+    a factory whose class sets ``takes_epoch_facts``: the bootstrap's ``node.cluster``
+    and, per cluster, (hosts, hosts able to take traffic: healthy and not ejected)."""
+
+    node_cluster: str = ""
+    membership: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
 class FilterFactory(Protocol):
     """Compiled once per epoch and route: makes a filter per stream.
 
     ``wanted_headers`` are the lower-case request header names the filter reads from
-    ``stream.head.headers``; ``encodes`` / ``decodes`` say which sides it has, so the
-    chain skips the other."""
+    ``stream.head.headers``; a factory may also have ``response_headers``, the response
+    header names its ``on_response_headers`` reads from ``response.headers`` (optional:
+    the plan reads it with ``getattr``, so filters that read none need not say so);
+    ``encodes`` / ``decodes`` say which sides it has, so the chain skips the other."""
 
     name: str
     wanted_headers: frozenset[str]

@@ -23,6 +23,7 @@ from proxyd.epoch import Cluster, Epoch, Listener, RouteConfig
 from proxyd.errors import ProxydError
 from proxyd.protocol.access_log import make_format
 from proxyd.protocol.access_log_filters import compile_filter
+from proxyd.protocol.hash_lb import HASH_POLICIES, make_hash_balancer
 from proxyd.protocol.http1_headers import server_line
 from proxyd.protocol.priority import make_priority_balancer
 from proxyd.protocol.routing import RouteTable
@@ -84,16 +85,39 @@ class _Host:
     locality_weight: int
     usable: bool
     active_requests: int = 0
+    address: str = ""
+    port: int = 0
+    hash_key: str = ""
 
 
 def check_cluster(cluster: Cluster) -> None:
     """What :class:`proxyd.worker.upstream.ClusterState` compiles: its balancer."""
     hosts = [
-        _Host(max(ep.weight, 1), ep.priority, ep.locality, ep.locality_weight, ep.usable)
+        _Host(
+            max(ep.weight, 1),
+            ep.priority,
+            ep.locality,
+            ep.locality_weight,
+            ep.usable,
+            address=ep.address,
+            port=ep.port,
+            hash_key=ep.hash_key,
+        )
         for ep in cluster.endpoints
     ]
 
     def balancer(c: Cluster) -> object:
+        if c.lb_policy in HASH_POLICIES:
+            return make_hash_balancer(
+                c.lb_policy,
+                hosts,
+                min_ring_size=c.ring_min_size,
+                max_ring_size=c.ring_max_size,
+                hash_function=c.ring_hash_function,
+                table_size=c.maglev_table_size,
+                overprovisioning_factor=c.overprovisioning_factor,
+                panic_threshold=c.healthy_panic_threshold,
+            )
         return make_priority_balancer(
             c.lb_policy,
             hosts,

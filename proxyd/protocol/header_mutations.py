@@ -19,8 +19,10 @@ Each level, in turn (Envoy 1.40):
    lines of the name with one, ``OVERWRITE_IF_EXISTS`` does so only when it is present;
 3. the overwrites are applied, then the additions (each at the end of the head).
 
-Header values may use a few of Envoy's ``%OPERATOR%`` substitutions (:data:`OPERATORS`)
-and ``%%`` for a percent sign; any other operator is refused when the config loads.
+Header values may use Envoy's ``%OPERATOR%`` substitutions and ``%%`` for a percent
+sign (:mod:`proxyd.protocol.header_values`: the access log's operators, evaluated over
+the record the worker's ``record`` hook makes for the stream, only for a value that has
+an operator); an operator proxyd does not print is refused when the config loads.
 
 Some header lines are the proxy's own and are never touched by a mutation (``protected``:
 the message's framing, and on responses the ``server`` and ``date`` Envoy's connection
@@ -29,25 +31,13 @@ manager sets after the router); the config refuses mutations of the framing head
 
 from __future__ import annotations
 
-import re
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from proxyd.epoch import HeaderMutations
+from proxyd.protocol.header_values import ValueFormat, compile_value
 from proxyd.protocol.http1 import ResponseHead
 from proxyd.protocol.redirect import PathRewrite
-
-# The substitutions proxyd evaluates in header values (without Envoy's full formatter).
-OPERATORS = (
-    "DOWNSTREAM_REMOTE_ADDRESS",
-    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
-    "DOWNSTREAM_LOCAL_ADDRESS",
-    "PROTOCOL",
-    "HOSTNAME",
-)
-# Envoy's formatter: "%NAME%", "%NAME(arg)%" or "%NAME(arg):len%".
-_COMMAND = re.compile(r"%([A-Z0-9_]+)(\([^)]*\))?(:[0-9]+)?%")
 
 # Header names whose lines carry the message's framing: proxyd frames each message
 # itself, so a mutation may not name them (refused at load).
@@ -98,80 +88,16 @@ ACTIONS = {
     "OVERWRITE_IF_EXISTS": OVERWRITE_IF_EXISTS,
 }
 
-Value = tuple[str, ...]  # literal pieces and operator names ("%NAME" marks an operator)
+
+def parse_value(value: str) -> bytes | ValueFormat:
+    """A header value, compiled (:func:`proxyd.protocol.header_values.compile_value`);
+    ValueError with Envoy's reason (or proxyd's, for an operator it refuses)."""
+    return compile_value(value)
 
 
-def parse_value(value: str) -> Value:
-    """A header value → its pieces; ValueError with Envoy's reason (or proxyd's, for
-    an operator it does not evaluate)."""
-    pieces: list[str] = []
-    literal: list[str] = []
-    i = 0
-    while i < len(value):
-        c = value[i]
-        if c != "%":
-            literal.append(c)
-            i += 1
-            continue
-        if value.startswith("%%", i):
-            literal.append("%")
-            i += 2
-            continue
-        m = _COMMAND.match(value, i)
-        if m is None:
-            raise ValueError(
-                f"Incorrect configuration: {value}. Couldn't find valid command at position {i}"
-            )
-        name = m.group(1)
-        if name not in OPERATORS:
-            raise ValueError(
-                f"%{name}% is not supported by proxyd in header values (it evaluates "
-                + ", ".join(f"%{n}%" for n in OPERATORS)
-                + " and %%)"
-            )
-        if m.group(2) is not None or m.group(3) is not None:
-            raise ValueError(f"{name} does not take any parameters or length")
-        if literal:
-            pieces.append("".join(literal))
-            literal = []
-        pieces.append("%" + name)
-        i = m.end()
-    if literal:
-        pieces.append("".join(literal))
-    return tuple(pieces)
-
-
-class Facts:
-    """What the operators of one stream read: given by the worker, read lazily."""
-
-    __slots__ = ("remote", "remote_ip", "local")
-
-    def __init__(self, remote: str, remote_ip: str, local: Callable[[], str]) -> None:
-        self.remote = remote
-        self.remote_ip = remote_ip
-        self.local = local
-
-
-_HOSTNAME: list[str] = []
-
-
-def _operator(name: str, facts: Facts) -> str:
-    if name == "DOWNSTREAM_REMOTE_ADDRESS":
-        return facts.remote
-    if name == "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
-        return facts.remote_ip
-    if name == "DOWNSTREAM_LOCAL_ADDRESS":
-        return facts.local()
-    if name == "PROTOCOL":
-        return "HTTP/1.1"  # proxyd's downstream codec; Envoy refuses HTTP/1.0 (426)
-    if not _HOSTNAME:
-        _HOSTNAME.append(socket.gethostname())
-    return _HOSTNAME[0]
-
-
-# One compiled addition: name (bytes, lower case), value (bytes when static, else the
-# pieces), action, keep_empty_value.
-_Add = tuple[bytes, bytes | Value, int, bool]
+# One compiled addition: name (bytes, lower case), value (bytes when static, else its
+# format), action, keep_empty_value.
+_Add = tuple[bytes, bytes | ValueFormat, int, bool]
 # One level: the names to remove, then the additions.
 _Level = tuple[frozenset[bytes], tuple[_Add, ...]]
 
@@ -183,12 +109,7 @@ def _compile(levels: list[tuple[tuple[str, ...], tuple[Any, ...]]]) -> tuple[_Le
             continue
         compiled: list[_Add] = []
         for a in adds:
-            pieces = parse_value(a.value)
-            value: bytes | Value = (
-                "".join(pieces).encode("latin-1", "replace")
-                if not any(p.startswith("%") for p in pieces)
-                else pieces
-            )
+            value = compile_value(a.value)
             compiled.append(
                 (a.name.encode("latin-1", "replace"), value, ACTIONS[a.action], a.keep_empty)
             )
@@ -196,13 +117,11 @@ def _compile(levels: list[tuple[tuple[str, ...], tuple[Any, ...]]]) -> tuple[_Le
     return tuple(out)
 
 
-def _evaluate(value: bytes | Value, facts: Facts | None) -> bytes:
+def _evaluate(value: bytes | ValueFormat, rec: Any) -> bytes:
     if isinstance(value, bytes):
         return value
-    assert facts is not None
-    return "".join(_operator(p[1:], facts) if p.startswith("%") else p for p in value).encode(
-        "latin-1", "replace"
-    )
+    assert rec is not None
+    return value(rec).encode("latin-1", "replace")
 
 
 # A header line: (lower-case name, the whole line without its CRLF).
@@ -212,7 +131,7 @@ Line = tuple[bytes, bytes]
 def apply_levels(
     lines: list[Line],
     levels: tuple[_Level, ...],
-    facts: Facts | None,
+    rec: Any,
     protected: frozenset[bytes],
     joined: frozenset[bytes] = frozenset(),
 ) -> list[Line]:
@@ -229,7 +148,7 @@ def apply_levels(
         for name, value, action, keep_empty in adds:
             if name in protected:
                 continue
-            v = _evaluate(value, facts)
+            v = _evaluate(value, rec)
             if not v and not keep_empty:
                 continue
             line = (name, name + b": " + v)
@@ -282,7 +201,8 @@ class MutationPlan:
 
     __slots__ = (
         "request", "response", "request_dynamic", "response_dynamic", "rewrite", "host",
-        "host_header", "auto_host", "rewrites",
+        "host_header", "auto_host", "rewrites", "record", "request_names", "response_names",
+        "host_regex",
     )  # fmt: skip
 
     def __init__(
@@ -292,6 +212,7 @@ class MutationPlan:
         host: str = "",
         host_header: str = "",
         auto_host: bool = False,
+        host_regex: PathRewrite | None = None,
     ) -> None:
         # RouteAction's path rewrite and host_rewrite_literal, applied after the
         # header mutations as Envoy's finalizeRequestHeaders does.
@@ -301,34 +222,50 @@ class MutationPlan:
         # auto_host_rewrite) the picked host's DNS name when it has one.
         self.host_header = host_header.encode("latin-1", "replace")
         self.auto_host = auto_host
-        self.rewrites = bool(self.rewrite or self.host or self.host_header or auto_host)
+        # Else host_rewrite_path_regex: the Host is the path (without its query) after
+        # the regex substitution (a regex_rewrite of the path, used on the Host).
+        self.host_regex = host_regex if host_regex is not None and host_regex.rewrites else None
+        self.rewrites = bool(
+            self.rewrite or self.host or self.host_header or auto_host or self.host_regex
+        )
         self.request = _compile([(m.request_remove, m.request_add) for m in levels])
         self.response = _compile([(m.response_remove, m.response_add) for m in levels])
         self.request_dynamic = _dynamic(self.request)
         self.response_dynamic = _dynamic(self.response)
+        # The header names the values read (the worker's parsers collect them).
+        self.request_names: set[str] = set()
+        self.response_names: set[str] = set()
+        for levels_ in (self.request, self.response):
+            for _, adds in levels_:
+                for a in adds:
+                    v = a[1]
+                    if isinstance(v, ValueFormat):
+                        self.request_names |= v.request_headers
+                        self.response_names |= v.response_headers
+        # (stream, connection) -> the stream's LogRecord; the worker sets it when a
+        # value has operators (proxyd.worker.plan).
+        self.record: Callable[[Any, Any], Any] = _no_record
 
-    def request_head(self, head: bytes, facts: Facts | None, timeout_header: bool = False) -> bytes:
+    def request_head(self, head: bytes, rec: Any, timeout_header: bool = False) -> bytes:
         """The upstream request head after the route's request mutations
         (x-envoy-expected-rq-timeout-ms, set after them by Envoy's router, stays)."""
         if not self.request:
             return head
         start, lines, rest = split_head(head)
         protected = _TIMEOUT_HEADER if timeout_header else frozenset()
-        lines = apply_levels(lines, self.request, facts, protected, JOINED_REQUEST)
+        lines = apply_levels(lines, self.request, rec, protected, JOINED_REQUEST)
         return join_head(start, lines, rest)
 
-    def response_lines(self, head: bytes, facts: Facts | None) -> bytes:
+    def response_lines(self, head: bytes, rec: Any) -> bytes:
         """A response head (a local reply with its body, or an upstream head) after
         the route's response mutations."""
         if not self.response:
             return head
         start, lines, rest = split_head(head)
-        lines = apply_levels(lines, self.response, facts, _RESPONSE_PROTECTED, JOINED_RESPONSE)
+        lines = apply_levels(lines, self.response, rec, _RESPONSE_PROTECTED, JOINED_RESPONSE)
         return join_head(start, lines, rest)
 
-    def upstream_response(
-        self, r: ResponseHead, facts: Facts | None, service_ms: int = -1
-    ) -> ResponseHead:
+    def upstream_response(self, r: ResponseHead, rec: Any, service_ms: int = -1) -> ResponseHead:
         """Upstream response head ``r`` after the route's response mutations (its cut
         lines cut first; ``x-envoy-upstream-service-time`` added first unless -1)."""
         raw = r.raw
@@ -343,7 +280,7 @@ class MutationPlan:
         if service_ms >= 0:
             raw = raw[:-2] + b"x-envoy-upstream-service-time: %d\r\n\r\n" % service_ms
         new = ResponseHead()
-        new.raw = self.response_lines(raw, facts)
+        new.raw = self.response_lines(raw, rec)
         new.status = r.status
         new.content_length = r.content_length
         new.chunked = r.chunked
@@ -360,8 +297,8 @@ class MutationPlan:
         """The upstream head of ``stream`` after the route's request mutations and
         rewrites (``upstream``: the picked host, for auto_host_rewrite)."""
         if self.request:
-            facts = facts_of(stream, conn) if self.request_dynamic else None
-            head = self.request_head(head, facts, bool(timeout_header))
+            rec = self.record(stream, conn) if self.request_dynamic else None
+            head = self.request_head(head, rec, bool(timeout_header))
         if self.rewrites:
             hostname = getattr(upstream, "hostname", "") if self.auto_host else ""
             head = self.rewrite_head(head, stream.head, hostname)
@@ -378,6 +315,10 @@ class MutationPlan:
             new_host = next((ln[1][len(name) + 1 :].strip() for ln in lines if ln[0] == name), b"")
         if not new_host and hostname:
             new_host = hostname.encode("latin-1", "replace")
+        if not new_host and self.host_regex is not None:
+            path = start.partition(b" ")[2].rpartition(b" ")[0].decode("latin-1")
+            bare = path.partition("?")[0].partition("#")[0]
+            new_host = self.host_regex.apply(bare).encode("latin-1", "replace")
         if new_host:
             # Envoy 1.40 keeps the Host it replaced in x-envoy-original-host.
             was = next((ln[1][5:].strip() for ln in lines if ln[0] == b"host"), b"")
@@ -405,20 +346,21 @@ class MutationPlan:
         the head already, where a mutation could remove or append to it)."""
         if not self.response:
             return r, service_ms
-        facts = facts_of(stream, conn) if self.response_dynamic else None
-        return self.upstream_response(r, facts, service_ms), -1
+        rec = self.record(stream, conn) if self.response_dynamic else None
+        return self.upstream_response(r, rec, service_ms), -1
 
     def on_local_reply(self, data: bytes, stream: Any, conn: Any) -> bytes:
-        facts = facts_of(stream, conn) if self.response_dynamic else None
-        return self.response_lines(data, facts)
+        rec = None
+        if self.response_dynamic:
+            # Envoy evaluates a local reply's mutations before it sets the code and
+            # the body's headers: only :status is there (proxyd.protocol.header_values).
+            rec = self.record(stream, conn)
+            rec.resp_headers = {":status": str(stream.status)}
+        return self.response_lines(data, rec)
 
 
-def facts_of(stream: Any, conn: Any) -> Facts:
-    """The operators' facts for a stream (the client address Envoy trusts, as the
-    access log shows it)."""
-    trusted = stream.trusted_address
-    remote = conn.remote if not trusted or trusted == conn.remote_ip else f"{trusted}:0"
-    return Facts(remote, trusted or conn.remote_ip, conn.local_address)
+def _no_record(stream: Any, conn: Any) -> Any:
+    raise AssertionError("a plan with operators in its values needs the worker's record hook")
 
 
 def _dynamic(levels: tuple[_Level, ...]) -> bool:

@@ -131,6 +131,33 @@ def priority_load(
     return PriorityLoad(tuple(health), tuple(load), panic)
 
 
+def load_without(
+    counts: Sequence[tuple[int, int]],
+    excluded: frozenset[int],
+    overprovisioning_factor: int = DEFAULT_OVERPROVISIONING_FACTOR,
+) -> tuple[int, ...] | None:
+    """The priority load with the ``excluded`` levels' health taken as 0 (Envoy's
+    ``PreviousPrioritiesRetryPriority::adjustForAttemptedPriorities``), or None when
+    nothing is left (Envoy then forgets the excluded levels and uses the original load).
+    """
+    health = [
+        0 if i in excluded or not total else min(100, overprovisioning_factor * usable // total)
+        for i, (usable, total) in enumerate(counts)
+    ]
+    # As Envoy's LoadBalancerBase: shares of the health capped at 100, in level order,
+    # the rounding remainder to the first level with health.
+    total_health = min(100, sum(health))
+    if not total_health:
+        return None
+    load = [0] * len(health)
+    left = 100
+    for i, h in enumerate(health):
+        load[i] = min(left, h * 100 // total_health)
+        left -= load[i]
+    load[next(i for i, h in enumerate(health) if h)] += left
+    return tuple(load)
+
+
 # -- the balancer ---------------------------------------------------------------------
 
 
@@ -199,10 +226,13 @@ def make_priority_balancer(
     locality_weighted: bool = False,
     stats: PanicCounter | None = None,
     rng: RandomSource | None = None,
+    excluded: frozenset[int] = frozenset(),
 ) -> Balancer[H]:
     """A balancer over all of a cluster's ``hosts`` (usable or not) with Envoy's
     priority, panic and locality semantics; ``pick()`` gives None when no host may be
-    used ("no healthy upstream")."""
+    used ("no healthy upstream"). With ``excluded`` levels (a retry's previous_priorities),
+    the load is :func:`load_without` them (the levels' panic states stay the original's),
+    or the original when nothing would be left."""
     gen: RandomSource = rng if rng is not None else random  # type: ignore[assignment]
     levels: list[list[H]] = [[] for _ in range(max((h.priority for h in hosts), default=0) + 1)]
     for h in hosts:
@@ -212,8 +242,12 @@ def make_priority_balancer(
         overprovisioning_factor,
         panic_threshold,
     )
+    loads = state.load
+    if excluded:
+        counts = [(sum(1 for h in level if h.usable), len(level)) for level in levels]
+        loads = load_without(counts, excluded, overprovisioning_factor) or state.load
     sources: list[Balancer[H]] = []
-    for level, load, panic in zip(levels, state.load, state.panic, strict=True):
+    for level, load, panic in zip(levels, loads, state.panic, strict=True):
         if not load:
             sources.append(make_balancer(policy, ()))
         elif panic:
@@ -227,9 +261,9 @@ def make_priority_balancer(
                 else None
             )
             sources.append(picker or make_balancer(policy, usable, choice_count, rng=gen))
-    if 100 in state.load:
-        return sources[state.load.index(100)]
-    table = [src for src, load in zip(sources, state.load, strict=True) for _ in range(load)]
+    if 100 in loads:
+        return sources[loads.index(100)]
+    table = [src for src, load in zip(sources, loads, strict=True) for _ in range(load)]
     return _Priorities(table, gen)
 
 

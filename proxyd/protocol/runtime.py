@@ -57,5 +57,17 @@ class Snapshot:
             return entry.uint
         return default
 
+    def boolean(self, key: str, default: bool) -> bool:
+        """Envoy's ``getBoolean`` (a ``RuntimeFeatureFlag``): the key's value when it
+        is "true" or "false" (any case), else ``default``."""
+        entry = self.values.get(key)
+        if entry is not None:
+            text = entry.raw.strip(" \t\n\v\f\r").lower()
+            if text == "true":
+                return True
+            if text == "false":
+                return False
+        return default
+
 
 EMPTY = Snapshot()

@@ -402,9 +402,11 @@ class DownstreamConnection:
             if n == 0:
                 raise DownstreamReset()
             rb.commit(n)
-            if plan.stream_idle != INF and not stream.request_complete:
+            rp = stream.route_plan
+            idle = plan.stream_idle if rp is None else rp.stream_idle
+            if idle != INF and not stream.request_complete:
                 # Activity: the stream idle timer starts over (request_timeout does not).
-                arm_request_phase(stream, plan, self.worker.timers, self.deadline)
+                arm_request_phase(stream, idle, self.worker.timers, self.deadline)
             pieces = body.read(rb)
             for p in pieces:
                 stream.bytes_received += len(p)
@@ -447,14 +449,8 @@ class DownstreamConnection:
             return await self._send_headers_http1(
                 http1, r, service_ms, close, chunked, first, end_stream
             )
-        if close:
-            self.closing = True
-        self.chunked_out = chunked
-        rp = stream.route_plan
-        if rp is not None and rp.mutations is not None:
-            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
+        r, service_ms = self._start_response(stream, r, service_ms, close, chunked)
         server = self.plan.server
-        stream.response_started = True
         try:
             if not first:
                 out = response_head(r, server, service_ms, chunked, close, stream.response_added)
@@ -484,6 +480,20 @@ class DownstreamConnection:
         except OSError:
             raise DownstreamReset() from None
 
+    def _start_response(
+        self, stream: Stream, r: ResponseHead, service_ms: int, close: bool, chunked: bool
+    ) -> tuple[ResponseHead, int]:
+        """The response is going out: how it is framed and whether the connection ends
+        after it, and the route's response header mutations applied."""
+        if close:
+            self.closing = True
+        self.chunked_out = chunked
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
+        stream.response_started = True
+        return r, service_ms
+
     async def _send_headers_http1(
         self,
         http1: Http1Format,
@@ -502,13 +512,7 @@ class DownstreamConnection:
             # HTTP/1.0 has no chunked framing: the body ends with the connection.
             chunked = False
             close = True
-        if close:
-            self.closing = True
-        self.chunked_out = chunked
-        rp = stream.route_plan
-        if rp is not None and rp.mutations is not None:
-            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
-        stream.response_started = True
+        r, service_ms = self._start_response(stream, r, service_ms, close, chunked)
         out = response_head(r, self.plan.server, service_ms, chunked, close, stream.response_added)
         parts: list = [http1.downstream_head(out, http10, not close)]
         if first:
@@ -551,7 +555,9 @@ class DownstreamConnection:
                 stream.bytes_sent += len(p)
                 out.append(p)
 
-    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
+    async def send_local_reply(
+        self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
+    ) -> None:
         stream = self.stream
         assert stream is not None and self.plan is not None
         if stream.response_started:
@@ -574,6 +580,7 @@ class DownstreamConnection:
             close=close,
             head_request=h is not None and h.method == "HEAD",
             extra=extra,
+            chunked=chunked and not (h is not None and h.http10),
         )
         rp = stream.route_plan
         if rp is not None and rp.mutations is not None:

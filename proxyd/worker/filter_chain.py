@@ -15,8 +15,12 @@ and the head goes on when it returns ``CONTINUE``; ``STOP_AND_BUFFER`` keeps dat
 chain, bounded by the listener's buffer limit (413 beyond, as Envoy answers); a
 :class:`~proxyd.filters.api.LocalReply` answers the stream and passes through the
 encoder filters. Limits of this version: request trailers are not surfaced by the
-HTTP/1 codec (``on_request_trailers`` is not called), and encoder filters can add
-headers and see or hold body data but not replace it.
+HTTP/1 codec (``on_request_trailers`` is not called).
+
+Body data passes the filters as one ``bytearray`` per piece, which a filter may change
+in place (the compressor and decompressor filters do). Response header names a filter
+removed (``Stream.response_removed``) are cut from the upstream's head here; without a
+``content-length`` the body goes out chunked.
 """
 
 from __future__ import annotations
@@ -72,6 +76,28 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
             extra += b"grpc-message: " + reply.body.encode("latin-1") + b"\r\n"
         return 200, "", extra
     return reply.status, reply.body, extra
+
+
+def cut_lines(r: ResponseHead, names: list[bytes]) -> None:
+    """Leave the lines named ``names`` (lower case) out of response head ``r``: a filter
+    replaced them (``FilterStream.set_response_header``)."""
+    low = r.raw.lower()
+    cuts = set(r.cuts)
+    for name in names:
+        needle = b"\r\n" + name + b":"
+        i = low.find(needle)
+        while i >= 0:
+            j = low.find(b"\r\n", i + 2)
+            cuts.add((i, j))
+            i = low.find(needle, j)
+        r.headers.pop(name.decode("latin-1"), None)
+    r.cuts = sorted(cuts)
+
+
+def without_lines(extra: bytes, names: list[bytes]) -> bytes:
+    """Header lines ``extra`` (each ending in CRLF) without those named ``names``."""
+    kept = [ln for ln in extra.split(b"\r\n") if ln and ln[: ln.find(b":")].lower() not in names]
+    return b"".join(ln + b"\r\n" for ln in kept)
 
 
 @cache
@@ -197,10 +223,11 @@ class FilterChain:
         return await self.inner.recv_body()
 
     async def _run_data(
-        self, data: bytes, end: bool, lo: int, hi: int
+        self, piece: bytes, end: bool, lo: int, hi: int
     ) -> bytes | LocalReply | None:
-        """``data`` through decoders[lo:hi]: what comes out, or None while kept."""
+        """``piece`` through decoders[lo:hi]: what comes out, or None while kept."""
         decoders = self.decoders
+        data = bytearray(piece)  # filters may change it in place
         for j in range(lo, hi):
             res: Result = await decoders[j].on_request_data(self.fs, data, end)
             if isinstance(res, LocalReply):
@@ -209,7 +236,7 @@ class FilterChain:
             if res is CONTINUE:
                 if kept is not None:
                     kept += data
-                    data = bytes(kept)
+                    data = kept
                     del self.kept[j]
                 continue
             # STOP / STOP_AND_BUFFER: the chain keeps it until the filter continues.
@@ -220,11 +247,11 @@ class FilterChain:
                 return self._too_large()
             if end:
                 # Nothing more will come: what the filter kept goes on.
-                data = bytes(kept)
+                data = kept
                 del self.kept[j]
                 continue
             return None
-        return data
+        return bytes(data)
 
     def _too_large(self) -> LocalReply:
         """A filter's buffer overflowed: Envoy's connection manager answers 413, counts
@@ -301,19 +328,25 @@ class FilterChain:
     async def _encode_data(self, parts: list, end_stream: bool) -> list:
         if not self.data_encoders:
             return parts
-        data = b"".join(parts)
+        data = bytearray().join(parts)  # filters may change it in place
         for f in self.encoders:
             res = await f.on_response_data(self.fs, data, end_stream)
             if isinstance(res, LocalReply):
                 raise LocalReplied(res.details or str(res.status))  # too late to answer
-        return parts
+        return [data] if data else []
 
     async def send_headers(
         self, r: ResponseHead, service_ms: int, length: int, first: list, end_stream: bool
     ) -> None:
-        reply = await self._encode_headers(r.status, r.headers, end_stream and not first)
+        head_ends = end_stream and not first
+        reply = await self._encode_headers(r.status, r.headers, head_ends)
         if reply is not None:
             await self._reply_mid_stream(reply)
+        removed = self.stream.response_removed
+        if removed:
+            cut_lines(r, removed)
+            if b"content-length" in removed and not head_ends:
+                length = -1  # a filter changes the body's length: it goes out chunked
         if first:
             first = await self._encode_data(first, end_stream)
         await self.inner.send_headers(r, service_ms, length, first, end_stream)
@@ -322,12 +355,30 @@ class FilterChain:
         parts = await self._encode_data(parts, end_stream)
         await self.inner.send_data(parts, end_stream)
 
-    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
-        reply = await self._encode_headers(status, {}, not body)
+    async def send_local_reply(
+        self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
+    ) -> None:
+        data = body.encode() if isinstance(body, str) else body
+        # The head the filters see, as Envoy's sendLocalReply makes it: a body brings its
+        # content-length and content-type; without one the codec adds the length later.
+        headers = {"content-length": str(len(data)), "content-type": "text/plain"} if data else {}
+        reply = await self._encode_headers(status, headers, not data)
         if reply is not None:
             await self.send_filter_reply(reply, encode=False)
             return
-        await self.inner.send_local_reply(status, body, extra)
+        removed = self.stream.response_removed
+        if extra and removed:
+            extra = without_lines(extra, removed)
+        if data and removed and b"content-length" in removed:
+            # A filter transforms the body (compression): the reply carries the result,
+            # chunked, as Envoy's codec frames a body whose length was removed.
+            data = b"".join(bytes(p) for p in await self._encode_data([data], True))
+            body = data
+            chunked = True
+        if chunked:
+            await self.inner.send_local_reply(status, body, extra, chunked=True)
+        else:
+            await self.inner.send_local_reply(status, body, extra)
 
     async def send_filter_reply(self, reply: LocalReply, encode: bool = True) -> None:
         """Answer with a filter's local reply, through the encoder filters."""

@@ -17,8 +17,9 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import accesslog_plan, durations, router
+from proxyd.worker import accesslog_plan, durations, mirror, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
@@ -26,6 +27,7 @@ from proxyd.worker.retrying import header_retry_exchange
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
 if TYPE_CHECKING:
+    from proxyd.epoch import HashPolicy
     from proxyd.filters.api import FilterFactory
     from proxyd.worker.plan import ListenerPlan, RoutePlan
     from proxyd.worker.upstream import HostState
@@ -53,7 +55,7 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     hands back the router's own coroutine, so no frame of this module sits between the
     connection and the router at the waits of every request; everything else (filters,
     local replies) is :func:`_serve`."""
-    if plan.logs:
+    if plan.stamps:  # access logs, or header values with operators
         stream.t_wall = time.time()
         stream.t0 = time.monotonic()
         if plan.log_hooks:
@@ -82,7 +84,7 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     if rp.duration is not None:  # RouteAction.max_stream_duration
         durations.route_matched(conn, stream, rp.duration)
     stream.upstream_cluster = rp.cluster_name
-    if rp.filters or rp.cluster is None:
+    if rp.filters or rp.cluster is None or rp.hash is not None:
         return _serve(stream, plan, conn, rp, rp.filters)
     host = rp.cluster.balancer.pick()
     if host is None:
@@ -102,6 +104,8 @@ def _exchange(
         head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     if plan.http1 is not None:  # preserve_case: the names as the client wrote them
         head = plan.http1.upstream_head(head, h.names)
+    if rp.mirror is not None:  # request_mirror_policies: shadows, fire and forget
+        mirror.start(stream, plan, conn, rp, head)
     if h.envoy_headers and rp.header_retry is not None:
         # An internal request's x-envoy-retry-on on a route without a retry policy.
         return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
@@ -156,7 +160,7 @@ async def _serve(
             stream.flags = ResponseFlag.NO_CLUSTER
             await stream.sink.send_local_reply(rp.not_found_status, "")
         else:
-            host = rp.cluster.balancer.pick()
+            host = pick_host(stream, plan, conn, rp)
             if host is None:
                 return await _no_healthy_upstream(stream, rp)
             return await _exchange(stream, plan, conn, rp, host).run()
@@ -164,6 +168,41 @@ async def _serve(
         stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
         return False
     return True
+
+
+def pick_host(
+    stream: Stream, plan: ListenerPlan, conn: Connection, rp: RoutePlan
+) -> HostState | None:
+    """The host of a request to ``rp``'s cluster: by the request's hash when the route
+    has a hash policy and the cluster balances by hash (proxyd.protocol.hash_policy),
+    else the balancer's plain pick. A cookie the hash policy makes goes out as a
+    Set-Cookie line of the response."""
+    cluster = rp.cluster
+    assert cluster is not None
+    hp = rp.hash
+    if hp is None or cluster.hashing is None:
+        return cluster.balancer.pick()
+    h = stream.head
+    assert h is not None
+    source_ip = plan.policy.trusted_address(h, conn.remote_ip)
+
+    def make_cookie(policy: HashPolicy) -> str:
+        # Envoy hashes the downstream remote and local addresses (address:port).
+        remote = conn.remote if source_ip == conn.remote_ip else _with_port(source_ip, 0)
+        value = generated_cookie(remote, conn.local_address())
+        line = set_cookie_value(policy.name, value, policy.path, policy.ttl_s, policy.attributes)
+        stream.set_response_header("set-cookie", line)
+        return value
+
+    value = hp.hash(h.headers, h.path, source_ip, make_cookie)
+    stream.lb_hash = value
+    if value is None:
+        return cluster.hashing.pick()
+    return cluster.hashing.pick_hash(value)
+
+
+def _with_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connection) -> bool:
@@ -179,6 +218,8 @@ async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connec
         status, body, flag = _TIMEOUT_REPLIES.get(kind, (408, "request timeout", ResponseFlag.NONE))
     if kind is DeadlineKind.REQUEST:
         plan.http_stats.rq_timeout += 1
+    elif kind is DeadlineKind.STREAM_IDLE:
+        plan.http_stats.rq_idle_timeout += 1
     stream.flags = flag
     stream.details = kind.value
     keep = False

@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import Any, cast
 
 from proxyd.epoch import (
     Epoch,
@@ -23,8 +24,10 @@ from proxyd.epoch import (
     RetryPolicy,
     Route,
 )
-from proxyd.filters.api import FilterFactory
+from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
+from proxyd.protocol.access_log import NOT_SET, LogRecord
+from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
 from proxyd.protocol.http1_options import Http1Format
@@ -32,12 +35,14 @@ from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
-from proxyd.worker.accesslog_plan import LogPlan, LogPlans
+from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.durations import RouteDuration
+from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
+from proxyd.worker.stream import Connection, Stream
 from proxyd.worker.tcp_proxy import TcpListenerPlan
 from proxyd.worker.upstream import ClusterState, ConnPool
 
@@ -48,9 +53,13 @@ def compile_filters(
     stat_prefix: str,
     stats: StatsStore,
     runtime: Snapshot = EMPTY,
+    header_levels: list[Any] | None = None,
+    facts: EpochFacts | None = None,
 ) -> tuple[FilterFactory, ...]:
     """The factories of a route's filters, with its per-route config resolved; those
-    disabled on the route (or in the HCM and not enabled by the route) are left out."""
+    disabled on the route (or in the HCM and not enabled by the route) are left out.
+    A filter whose factory has ``header_levels`` (header_mutation) adds them to
+    ``header_levels``, in chain order, for the route's MutationPlan."""
     if not http_filters:
         return ()
     by_name = {o.name: o for o in overrides}
@@ -62,11 +71,29 @@ def compile_filters(
         if f.disabled and (o is None or not (o.enabled or o.config is not None)):
             continue
         scope = stats.named(f"http.{stat_prefix}.")
+        if o is None or o.config is None:  # a route field for filters of this type (cors)
+            o = by_name.get(f.type_name, o)
         per_route = o.config if o else None
-        factory = FACTORIES[f.type_name](f.name, f.config, per_route, scope, runtime)
+        maker = FACTORIES[f.type_name]
+        if getattr(maker, "takes_epoch_facts", False):  # health_check: clusters, node
+            # (FactoryMaker leaves facts out: only such factories take it.)
+            factory = cast(Any, maker)(f.name, f.config, per_route, scope, runtime, facts=facts)
+        else:
+            factory = maker(f.name, f.config, per_route, scope, runtime)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
-    return tuple(out)
+        levels = getattr(factory, "header_levels", None)
+        if levels is not None and header_levels is not None:
+            header_levels.append(levels)
+    chain = tuple(out)
+    for factory in chain:
+        # A factory that must know the others of its chain (the compressors choose an
+        # encoding together, as Envoy's register in the stream's filter state) says so
+        # with ``link_chain``.
+        link = getattr(factory, "link_chain", None)
+        if link is not None:
+            link(chain)
+    return chain
 
 
 class RoutePlan:
@@ -77,7 +104,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration",
+        "duration", "hash", "mirror", "stream_idle",
     )  # fmt: skip
 
     def __init__(
@@ -87,6 +114,7 @@ class RoutePlan:
         cluster_name: str,
         timeout_s: float,
         priority: str = "DEFAULT",
+        stream_idle: float = math.inf,
     ):
         self.name = name
         self.cluster = cluster
@@ -116,6 +144,14 @@ class RoutePlan:
         self.not_found_status = 503
         # RouteAction.max_stream_duration (None: the route has none; worker/durations.py).
         self.duration: RouteDuration | None = None
+        # RouteAction.hash_policy when the cluster balances by hash (RING_HASH, MAGLEV):
+        # the request's hash picks the host (None: a plain pick; manager.pick_host).
+        self.hash: HashPlan | None = None
+        # RouteAction.request_mirror_policies (None: none; worker/mirror.py).
+        self.mirror: MirrorPlan | None = None
+        # The stream idle timeout of the route's requests: its idle_timeout, else the
+        # connection manager's stream_idle_timeout (inf: none).
+        self.stream_idle = stream_idle
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
@@ -208,6 +244,7 @@ class ListenerPlan:
         local_address: str,
         ids: RequestIdGenerator,
         runtime: Snapshot = EMPTY,
+        facts: EpochFacts | None = None,
     ) -> None:
         hcm = listener.hcm
         assert hcm is not None  # a TCP proxy listener has a TcpListenerPlan
@@ -224,8 +261,22 @@ class ListenerPlan:
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
+        hcm_idle = hcm.stream_idle_timeout_s or math.inf
+
+        def idle_of(r: Route) -> float:
+            if r.idle_timeout_s is None:
+                return hcm_idle
+            return r.idle_timeout_s or math.inf
+
         filter_headers: set[str] = set()
+        # Response header names the filters' on_response_headers read (optional on a
+        # factory: FilterFactory's ``response_headers``).
+        filter_response: set[str] = set()
         pick_headers: set[str] = set()
+        # Header names read by %REQ(..)% / %RESP(..)% in the routes' header values.
+        value_req: set[str] = set()
+        value_resp: set[str] = set()
+        self.stamps = False  # a header value has operators: requests get their times
         retry_headers = False
 
         def route_plan(
@@ -237,9 +288,16 @@ class ListenerPlan:
         ) -> RoutePlan:
             nonlocal filter_headers, retry_headers
             rp = RoutePlan(
-                r.name, clusters.get(cluster_name), cluster_name, route_timeout(r), r.priority
+                r.name,
+                clusters.get(cluster_name),
+                cluster_name,
+                route_timeout(r),
+                r.priority,
+                idle_of(r),
             )
             rp.not_found_status = r.cluster_not_found_status
+            if r.hash_policy and rp.cluster is not None and rp.cluster.hashing is not None:
+                rp.hash = HashPlan(r.hash_policy)
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
                 rp.duration = RouteDuration(r.max_stream_duration_s, hcm_stream_s)
                 filter_headers.add("content-type")
@@ -250,6 +308,28 @@ class ListenerPlan:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
             if r.redirect is not None or r.direct_response is not None:
                 rp.local = LocalAction(r.match, r.redirect, r.direct_response)
+            filter_levels: list[Any] = []
+            rp.filters = compile_filters(
+                hcm.http_filters,
+                filter_configs,
+                hcm.stat_prefix,
+                stats,
+                runtime,
+                filter_levels,
+                facts,
+            )
+            for f in rp.filters:
+                filter_headers |= f.wanted_headers
+                filter_response.update(getattr(f, "response_headers", ()))
+            if filter_levels:
+                # header_mutation: its request steps before the route's mutations (Envoy's
+                # router applies those after the filters), its response steps after them
+                # (the encoder filters run after the router's), in chain order each way.
+                mutations = (
+                    *(m for request, _ in filter_levels for m in request),
+                    *mutations,
+                    *(m for _, response in reversed(filter_levels) for m in response),
+                )
             if (
                 mutations
                 or r.prefix_rewrite is not None
@@ -257,18 +337,32 @@ class ListenerPlan:
                 or host_rewrite
                 or r.host_rewrite_header
                 or r.auto_host_rewrite
+                or r.host_rewrite_regex
             ):
                 rewrite = PathRewrite(
                     r.match, r.prefix_rewrite, r.regex_rewrite, r.regex_substitution
                 )
-                rp.mutations = MutationPlan(
-                    mutations, rewrite, host_rewrite, r.host_rewrite_header, r.auto_host_rewrite
+                host_regex = (
+                    PathRewrite(r.match, None, r.host_rewrite_regex, r.host_rewrite_substitution)
+                    if r.host_rewrite_regex
+                    else None
                 )
-            rp.filters = compile_filters(
-                hcm.http_filters, filter_configs, hcm.stat_prefix, stats, runtime
-            )
-            for f in rp.filters:
-                filter_headers |= f.wanted_headers
+                m = rp.mutations = MutationPlan(
+                    mutations,
+                    rewrite,
+                    host_rewrite,
+                    r.host_rewrite_header,
+                    r.auto_host_rewrite,
+                    host_regex,
+                )
+                if m.request_dynamic or m.response_dynamic:
+                    m.record = self.header_record
+                    value_req.update(m.request_names)
+                    value_resp.update(m.response_names)
+                    self.stamps = True
+            if r.mirrors and rp.cluster_name:
+                rp.mirror = MirrorPlan(r.mirrors, clusters, runtime)
+                pick_headers.update(rp.mirror.headers)
             return rp
 
         def plan_for(r: Route, cluster_name: str) -> RoutePlan:
@@ -276,6 +370,8 @@ class ListenerPlan:
 
         for vh in hcm.route_config.virtual_hosts:
             for r in vh.routes:
+                if r.hash_policy:  # the headers its hash reads, whichever cluster it gets
+                    pick_headers |= HashPlan(r.hash_policy).headers
                 if r.weighted:
                     # One plan per weighted cluster: its header mutations go first (Envoy
                     # evaluates them before the route's), its filter configs win.
@@ -291,14 +387,14 @@ class ListenerPlan:
                         )
                         for t in r.weighted
                     )
-                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority)
+                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority, idle_of(r))
                     rp.pick = WeightedPick(
                         variants, tuple(t.weight for t in r.weighted), r.weight_header
                     )
                     if r.weight_header:
                         pick_headers.add(r.weight_header)
                 elif r.cluster_header:
-                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority)
+                    rp = RoutePlan(r.name, None, "", route_timeout(r), r.priority, idle_of(r))
                     rp.pick = HeaderPick(r.cluster_header, partial(plan_for, r), clusters)
                     pick_headers.add(r.cluster_header)
                 else:
@@ -306,10 +402,11 @@ class ListenerPlan:
                 self.route_plans[id(r)] = rp
         # A request no route matches still passes the filters (with their HCM config).
         self.no_route_filters = compile_filters(
-            hcm.http_filters, (), hcm.stat_prefix, stats, runtime
+            hcm.http_filters, (), hcm.stat_prefix, stats, runtime, facts=facts
         )
         for f in self.no_route_filters:
             filter_headers |= f.wanted_headers
+            filter_response.update(getattr(f, "response_headers", ()))
         if (
             filter_headers
             or self.no_route_filters
@@ -324,8 +421,9 @@ class ListenerPlan:
         self.logs: tuple[LogPlan, ...] = self.access.stream_logs
         # The request hook (DownstreamStart lines, periodic lines) is wanted.
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
-        log_req = set(self.access.request_headers)
-        log_resp = set(self.access.response_headers)
+        log_req = set(self.access.request_headers) | value_req
+        log_resp = set(self.access.response_headers) | value_resp
+        self.stamps = self.stamps or bool(self.logs)
         if retry_headers:
             log_resp.add("x-envoy-overloaded")  # a response never retried
         # Header names (bytes, lower case) the request parser collects, by the key under
@@ -337,7 +435,7 @@ class ListenerPlan:
         self.internal_only = tuple(
             (n, n.encode("latin-1")) for n in hcm.route_config.internal_only_headers
         )
-        self.response_wanted = {n.encode("latin-1"): n for n in log_resp}
+        self.response_wanted = {n.encode("latin-1"): n for n in log_resp | filter_response}
         self.policy = RequestHeaderPolicy(
             hcm.use_remote_address,
             hcm.xff_num_trusted_hops,
@@ -375,6 +473,10 @@ class ListenerPlan:
         # The connection manager's request/response transforms; None when it sets none.
         self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
 
+    def header_record(self, stream: Stream, conn: Connection) -> LogRecord:
+        """The record a header value's operators read (proxyd.protocol.header_values)."""
+        return stream_record(stream, self, conn, NOT_SET)
+
 
 class CompiledEpoch:
     """Plans by listener name and cluster states by name for one epoch."""
@@ -404,11 +506,18 @@ class CompiledEpoch:
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
         self.runtime = Snapshot(epoch.runtime)
+        facts = EpochFacts(
+            epoch.node_cluster,
+            {
+                name: (len(c.hosts), sum(1 for h in c.hosts if h.usable))
+                for name, c in self.clusters.items()
+            },
+        )
         # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
         # TCP proxy listeners' (proxyd.worker.tcp_proxy).
         self.plans = {
             lst.name: ListenerPlan(
-                lst, self.clusters, stats, writers, local_address, ids, self.runtime
+                lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
             for lst in epoch.listeners
             if lst.hcm is not None

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 import psutil
 import structlog
@@ -339,6 +340,19 @@ class Worker:
                 if batch >= ACCEPT_BATCH:
                     batch = 0
                     await io.checkpoint()
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run ``task`` beside the connections (a request's shadow, worker/mirror.py):
+        nobody waits for it, the worker's stop cancels it, and an exception escaping it
+        is counted and logged like one escaping a request, never ending the worker."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._guarded, task)
+
+    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the worker
+            note_unexpected(self.stats, exc, "background task")
 
     async def _serve_counted(self, conn: DownstreamConnection, plan: ListenerPlan) -> None:
         """A connection the global limit counts: its slot is given back when it ends."""

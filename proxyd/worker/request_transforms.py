@@ -325,7 +325,9 @@ class ResponseEdits:
                 stream.response_added.extend(added)
         await self.inner.send_headers(r, service_ms, length, first, end_stream)
 
-    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
+    async def send_local_reply(
+        self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
+    ) -> None:
         t = self.t
         if t.server_mode == "APPEND_IF_ABSENT":
             extra += t.server
@@ -335,7 +337,10 @@ class ResponseEdits:
             rid = self._request_id()
             if rid:
                 extra += b"x-request-id: " + rid.encode("latin-1") + b"\r\n"
-        await self.inner.send_local_reply(status, body, extra)
+        if chunked:
+            await self.inner.send_local_reply(status, body, extra, chunked=True)
+        else:
+            await self.inner.send_local_reply(status, body, extra)
 
     def _request_id(self) -> str:
         """The request's x-request-id as Envoy has it when it answers: set by the

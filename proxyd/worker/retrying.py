@@ -39,6 +39,7 @@ import trio
 
 from proxyd.errors import ProtocolError
 from proxyd.protocol.http1 import ResponseHead
+from proxyd.protocol.priority import load_without
 from proxyd.protocol.retry import (
     Decision,
     JitteredBackOff,
@@ -60,6 +61,7 @@ from proxyd.worker.stream import (
 
 if TYPE_CHECKING:
     from proxyd.epoch import RetryPolicy
+    from proxyd.protocol.hash_lb import HashBalancer
     from proxyd.worker.deadlines import Deadline, Timers
     from proxyd.worker.plan import ListenerPlan, RoutePlan
     from proxyd.worker.stream import Stream
@@ -113,6 +115,8 @@ class RetryPlan:
         "attempt_count",
         "timeout_s",
         "host_picks",
+        "per_try_idle_s",
+        "priority_update",
     )
 
     def __init__(self, policy: RetryPolicy, timeout_s: float) -> None:
@@ -122,6 +126,9 @@ class RetryPlan:
         if timeout_s and per_try >= timeout_s:
             per_try = 0.0  # Envoy: a per-try timeout not below the route timeout is none
         self.per_try_s = per_try
+        self.per_try_idle_s = policy.per_try_idle_timeout_s
+        # retry_priority previous_priorities: update_frequency (0: none).
+        self.priority_update = policy.priority_update_frequency
         self.base_ms = policy.base_interval_ms
         self.max_ms = policy.max_interval_ms
         self.status_codes = frozenset(policy.retriable_status_codes)
@@ -196,6 +203,7 @@ class RetryingExchange(Exchange):
 
     __slots__ = (
         "rplan", "retry", "per_try_s", "attempts", "body_parts", "reused", "replayable", "tried",
+        "idle_scope", "attempted", "excluded",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -223,6 +231,12 @@ class RetryingExchange(Exchange):
         self.replayable = True
         # The hosts attempts went to (kept for previous_hosts only).
         self.tried: set[HostState] = set()
+        # The running attempt's per_try_idle_timeout (None: the policy has none).
+        self.idle_scope: trio.CancelScope | None = None
+        # previous_priorities: the priority level of each attempt's host, and the levels
+        # a retry's pick leaves out.
+        self.attempted: list[int] = []
+        self.excluded: frozenset[int] = frozenset()
         if rplan.attempt_count and b"x-envoy-attempt-count" in h.envoy_headers:
             self.head = _ATTEMPT_COUNT_LINE.sub(b"", self.head)
 
@@ -238,7 +252,7 @@ class RetryingExchange(Exchange):
         else:
             if self.plan.request_timeout != INF:
                 stream.request_deadline = self.timers.now() + self.plan.request_timeout
-            arm_request_phase(stream, self.plan, self.timers, self.deadline)
+            arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
         try:
             if h.has_body:
                 await self._keep_body()
@@ -324,16 +338,22 @@ class RetryingExchange(Exchange):
         await wait_back_off(self.retry)
         cluster = self.rp.cluster
         assert cluster is not None
-        host = cluster.balancer.pick()
         picks = self.rplan.host_picks
-        if picks > 1:
+        balancer = cluster.balancer
+        if cluster.hashing is not None:
+            host = self._hash_pick(cluster.hashing, picks)
+        else:
+            if self.rplan.priority_update:
+                balancer = self._priority_balancer(cluster)
+            host = balancer.pick()
+        if picks > 1 and cluster.hashing is None:
             # previous_hosts: pick again while it is a host an attempt went to (the last
             # pick stands, as in Envoy).
             tried = self.tried
             tried.add(self.host)
             while host is not None and host in tried and picks > 1:
                 picks -= 1
-                host = cluster.balancer.pick()
+                host = balancer.pick()
         if host is not None and host is not self.host:
             self.host.active_requests -= 1
             if self.attached:
@@ -342,6 +362,45 @@ class RetryingExchange(Exchange):
             host.active_requests += 1
             self.host = host
             self.stream.upstream_host = host.label
+
+    def _hash_pick(self, hashing: HashBalancer[HostState], picks: int) -> HostState | None:
+        """RING_HASH, MAGLEV: the request's hash again (a new random one when it has
+        none), and with previous_hosts Envoy's further attempts (1, 2, ...) of the same
+        hash while the host is one an attempt went to; the last stands."""
+        h = self.stream.lb_hash
+        if h is None:
+            return hashing.pick()
+        host = hashing.pick_hash(h)
+        if picks > 1:
+            tried = self.tried
+            tried.add(self.host)
+            attempt = 1
+            while host is not None and host in tried and attempt < picks:
+                host = hashing.pick_hash(h, attempt)
+                attempt += 1
+        return host
+
+    def _priority_balancer(self, cluster: Any) -> Any:
+        """retry_priority previous_priorities (Envoy's PreviousPrioritiesRetryPriority):
+        every update_frequency attempts, the levels attempted so far are left out of the
+        priority load; once every level is, Envoy forgets them and the original load
+        applies again."""
+        n = len(self.attempted)
+        every = self.rplan.priority_update
+        if n < every:
+            return cluster.balancer
+        if n % every == 0:
+            excluded = self.excluded | frozenset(self.attempted)
+            hosts = cluster.hosts
+            counts = [(0, 0)] * (max((h.priority for h in hosts), default=0) + 1)
+            for h in hosts:
+                usable, total = counts[h.priority]
+                counts[h.priority] = (usable + (1 if h.usable else 0), total + 1)
+            factor = cluster.cluster.overprovisioning_factor
+            if load_without(counts, excluded, factor) is None:
+                excluded = frozenset()  # nothing left: Envoy starts over
+            self.excluded = excluded
+        return cluster.balancer_without(self.excluded) if self.excluded else cluster.balancer
 
     async def _give_up(self, failed: _AttemptFailed) -> bool:
         stream = self.stream
@@ -353,7 +412,7 @@ class RetryingExchange(Exchange):
             return await self._reply(503, RESET_BEFORE_HEADERS + failed.reason)
         if failed.reset is Reset.PER_TRY_TIMEOUT:
             stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
-            stream.details = "upstream_per_try_timeout"
+            stream.details = failed.reason or "upstream_per_try_timeout"
             cstats.count_response(504)
             self.host.stats.rq_error += 1
             return await self._reply(504, "upstream request timeout")
@@ -367,6 +426,8 @@ class RetryingExchange(Exchange):
     async def _attempt(self) -> bool:
         pool = self.pool
         host = self.host
+        if self.rplan.priority_update:
+            self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
         conn = pool.take_idle(host)
         self.reused = conn is not None
@@ -390,13 +451,28 @@ class RetryingExchange(Exchange):
         self.conn = conn
         self.attempts += 1
         per_try = self.per_try_s
-        if not per_try:
+        idle = self.rplan.per_try_idle_s
+        if not per_try and not idle:
             return await self._exchange_once(conn)
-        with trio.CancelScope(deadline=trio.current_time() + per_try) as scope:
-            return await self._exchange_once(conn)
-        # The per-try timeout passed (Envoy's upstream_rq_per_try_timeout).
-        assert scope.cancelled_caught
-        pool.stats.rq_per_try_timeout += 1
+        now = trio.current_time()
+        idle_fired = False
+        with trio.CancelScope(deadline=now + per_try if per_try else INF) as scope:
+            if not idle:
+                return await self._exchange_once(conn)
+            # per_try_idle_timeout: moved on by every read from the upstream (_touch).
+            with trio.CancelScope(deadline=now + idle) as self.idle_scope:
+                return await self._exchange_once(conn)
+            idle_fired = True
+        self.idle_scope = None
+        if idle_fired:
+            # Envoy's upstream_rq_per_try_idle_timeout: a per-try timeout of its own kind.
+            pool.stats.rq_per_try_idle_timeout += 1
+            reason = "upstream_per_try_idle_timeout"
+        else:
+            # The per-try timeout passed (Envoy's upstream_rq_per_try_timeout).
+            assert scope.cancelled_caught
+            pool.stats.rq_per_try_timeout += 1
+            reason = ""
         if self.conn is not None:
             pool.destroy(self.conn)
             self.conn = None
@@ -405,7 +481,15 @@ class RetryingExchange(Exchange):
             self.stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
             raise UpstreamReset("per try timeout")
         host.outcomes.timeout()
-        raise _AttemptFailed(Reset.PER_TRY_TIMEOUT)
+        raise _AttemptFailed(Reset.PER_TRY_TIMEOUT, reason)
+
+    def _touch(self) -> None:
+        """Bytes came from the upstream: the stream idle and per-try idle timers start
+        over."""
+        super()._touch()
+        scope = self.idle_scope
+        if scope is not None:
+            scope.deadline = trio.current_time() + self.rplan.per_try_idle_s
 
     async def _exchange_once(self, conn: UpstreamConnection) -> bool:
         stream = self.stream

@@ -77,10 +77,11 @@ class PumpEnd(enum.Enum):
     UPSTREAM_STOPPED_READING = "upstream stopped reading"
 
 
-def arm_request_phase(stream: Stream, plan: ListenerPlan, timers: Timers, d: Deadline) -> None:
+def arm_request_phase(stream: Stream, stream_idle: float, timers: Timers, d: Deadline) -> None:
     """The request body is still arriving: request_timeout (from the start of the
-    request) or stream_idle_timeout (from the last activity), whichever is first."""
-    idle_at = timers.now() + plan.stream_idle if plan.stream_idle != INF else INF
+    request) or the stream idle timeout (``stream_idle``: the route's idle_timeout, else
+    the connection manager's; from the last activity), whichever is first."""
+    idle_at = timers.now() + stream_idle if stream_idle != INF else INF
     req_at = stream.request_deadline
     if req_at <= idle_at:
         timers.set_at(d, DeadlineKind.REQUEST, req_at)
@@ -174,7 +175,7 @@ class Exchange:
         else:
             if self.plan.request_timeout != INF:
                 stream.request_deadline = self.timers.now() + self.plan.request_timeout
-            arm_request_phase(stream, self.plan, self.timers, self.deadline)
+            arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
         try:
             retried = False
             while True:
@@ -275,7 +276,7 @@ class Exchange:
         """The request is complete: the route timeout runs from now (0 = none, and then
         only the stream idle timeout applies)."""
         timeout = self.rp.timeout_s
-        stream_idle = self.plan.stream_idle
+        stream_idle = self.rp.stream_idle
         if timeout and timeout <= stream_idle:
             self.timers.set(self.deadline, _ROUTE, timeout)
         else:
@@ -509,5 +510,5 @@ class Exchange:
     def _touch(self) -> None:
         """Bytes moved: with no route timeout, the stream idle timer starts over."""
         d = self.deadline
-        if d.kind is _STREAM_IDLE and self.plan.stream_idle != INF:
-            self.timers.set(d, _STREAM_IDLE, self.plan.stream_idle)
+        if d.kind is _STREAM_IDLE and self.rp.stream_idle != INF:
+            self.timers.set(d, _STREAM_IDLE, self.rp.stream_idle)

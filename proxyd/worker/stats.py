@@ -97,6 +97,7 @@ class ClusterStats(_Scope):
         "rq_retry_limit_exceeded",
         "rq_retry_backoff_exponential",
         "rq_per_try_timeout",
+        "rq_per_try_idle_timeout",
         "retry_or_shadow_abandoned",
         "cx_rx_bytes_total",
         "cx_tx_bytes_total",
@@ -129,6 +130,7 @@ class ClusterStats(_Scope):
         ("rq_retry_limit_exceeded", "upstream_rq_retry_limit_exceeded"),
         ("rq_retry_backoff_exponential", "upstream_rq_retry_backoff_exponential"),
         ("rq_per_try_timeout", "upstream_rq_per_try_timeout"),
+        ("rq_per_try_idle_timeout", "upstream_rq_per_try_idle_timeout"),
         ("retry_or_shadow_abandoned", "retry_or_shadow_abandoned"),
         # Counted by the TCP proxy (proxyd.worker.tcp_proxy).
         ("cx_rx_bytes_total", "upstream_cx_rx_bytes_total"),
@@ -163,6 +165,7 @@ class ClusterStats(_Scope):
     rq_retry_limit_exceeded: int
     rq_retry_backoff_exponential: int
     rq_per_try_timeout: int
+    rq_per_try_idle_timeout: int
     retry_or_shadow_abandoned: int
     cx_rx_bytes_total: int
     cx_tx_bytes_total: int
@@ -219,6 +222,7 @@ class HttpStats(_Scope):
         "by_class",
         "_last_classes",
         "rq_timeout",
+        "rq_idle_timeout",
         "header_overflow",
         "cx_protocol_error",
         "rq_too_large",
@@ -231,6 +235,8 @@ class HttpStats(_Scope):
         ("cx_total", "downstream_cx_total"),
         ("cx_destroy", "downstream_cx_destroy"),
         ("rq_timeout", "downstream_rq_timeout"),
+        # The stream idle timeout (the connection manager's, or a route's idle_timeout).
+        ("rq_idle_timeout", "downstream_rq_idle_timeout"),
         ("header_overflow", "downstream_cx_header_overflow"),
         ("cx_protocol_error", "downstream_cx_protocol_error"),
         ("rq_too_large", "downstream_rq_too_large"),
@@ -246,6 +252,7 @@ class HttpStats(_Scope):
     cx_total: int
     cx_destroy: int
     rq_timeout: int
+    rq_idle_timeout: int
     header_overflow: int
     cx_protocol_error: int
     rq_too_large: int

@@ -129,10 +129,12 @@ class Stream:
         "extra_flags",
         "request_added",
         "response_added",
+        "response_removed",
         "request_deadline",
         "buffer_limit",
         "close_connection",
         "connection",
+        "lb_hash",
     )
 
     def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:
@@ -167,6 +169,8 @@ class Stream:
         # Header lines filters add to the request / response (each ending in CRLF).
         self.request_added: list[bytes] | None = None
         self.response_added: list[bytes] | None = None
+        # Names (lower case) whose lines a filter removed or replaced in the response head.
+        self.response_removed: list[bytes] | None = None
         # request_timeout: when the whole request must have arrived (trio's clock).
         self.request_deadline = INF
         # A filter's buffer limit for this stream (0: the listener's).
@@ -177,6 +181,9 @@ class Stream:
         # The connection, for filters that read its addresses (set when the route has
         # filters; None otherwise).
         self.connection: Connection | None = None
+        # The request's hash when its route hashes (RouteAction.hash_policy), for the
+        # hosts of its retries (None: no hash policy, or none gave a hash).
+        self.lb_hash: int | None = None
 
     def flag_text(self) -> str:
         """%RESPONSE_FLAGS%: every flag set, comma-separated, or "-"."""
@@ -247,11 +254,36 @@ class Stream:
         self.set_request_header("content-length", str(length))
 
     def set_response_header(self, name: str, value: str) -> None:
+        lname = name.lower().encode("latin-1")
         if self.response_added is None:
             self.response_added = []
-        self.response_added.append(
-            name.lower().encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
-        )
+        else:
+            prefix = lname + b":"
+            self.response_added = [x for x in self.response_added if not x.startswith(prefix)]
+        # The response's own lines of this name go (FilterChain.send_headers cuts them).
+        if self.response_removed is None:
+            self.response_removed = []
+        if lname not in self.response_removed:
+            self.response_removed.append(lname)
+        self.response_added.append(lname + b": " + value.encode("latin-1") + b"\r\n")
+
+    def remove_response_header(self, name: str) -> None:
+        lname = name.lower().encode("latin-1")
+        if self.response_removed is None:
+            self.response_removed = []
+        if lname not in self.response_removed:
+            self.response_removed.append(lname)
+        if self.response_added:
+            prefix = lname + b":"
+            self.response_added = [x for x in self.response_added if not x.startswith(prefix)]
+
+    def set_request_chunked(self) -> None:
+        h = self.head
+        assert h is not None
+        h.chunked = True
+        h.content_length = -1
+        h.has_body = True
+        self.remove_request_header("content-length")  # transfer-encoding is added back
 
     def set_buffer_limit(self, limit: int) -> None:
         self.buffer_limit = limit
@@ -295,8 +327,11 @@ class DownstreamSink(Protocol):
         """More response body pieces; ``end_stream`` ends the response."""
         ...
 
-    async def send_local_reply(self, status: int, body: str | bytes, extra: bytes = b"") -> None:
-        """A response made by the proxy (Envoy's shape); ``extra`` is header lines."""
+    async def send_local_reply(
+        self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
+    ) -> None:
+        """A response made by the proxy (Envoy's shape); ``extra`` is header lines;
+        ``chunked``: the body goes chunked, without a content-length."""
         ...
 
     def wants_close(self) -> bool:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from proxyd import pipes
 from proxyd.epoch import Cluster, Endpoint
+from proxyd.protocol.balancers import Balancer
 from proxyd.protocol.circuit_breakers import PRIORITIES, STAT_NAMES
+from proxyd.protocol.hash_lb import HASH_POLICIES, HashBalancer, make_hash_balancer
 from proxyd.protocol.priority import make_priority_balancer
 from proxyd.worker.outcomes import NO_LOG, OutcomeLog
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
@@ -37,7 +39,7 @@ class HostState:
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
         "outcomes", "priority", "locality", "locality_weight", "usable", "connections",
-        "hostname",
+        "hostname", "hash_key",
     )  # fmt: skip
 
     def __init__(
@@ -60,6 +62,7 @@ class HostState:
         self.locality_weight = ep.locality_weight
         self.usable = ep.usable
         self.hostname = ep.hostname  # a STRICT_DNS host's name (auto_host_rewrite)
+        self.hash_key = ep.hash_key  # RING_HASH, MAGLEV: the key in place of the address
         self.active_requests = 0
         # Per routing priority (the index of ConnPool.priority): the pool's
         # connections to the host, open or being opened, and its idle ones.
@@ -94,19 +97,59 @@ class ClusterState:
             HostState(ep.address, ep.port, max(ep.weight, 1), self, store, ep)
             for ep in cluster.endpoints
         ]
-        self.balancer = make_priority_balancer(
-            cluster.lb_policy,
-            self.hosts,
-            choice_count=cluster.choice_count,
-            overprovisioning_factor=cluster.overprovisioning_factor,
-            panic_threshold=cluster.healthy_panic_threshold,
-            locality_weighted=cluster.locality_weighted_lb,
-            stats=self.stats,
-        )
+        # RING_HASH and MAGLEV: the ring or table of each priority level, built here
+        # (once per host-set change: health and membership changes make a new
+        # ClusterState); ``hashing`` is that balancer, whose pick_hash takes a
+        # request's hash (a plain ``pick()`` uses a random one).
+        self.hashing: HashBalancer[HostState] | None = None
+        if cluster.lb_policy in HASH_POLICIES:
+            self.hashing = make_hash_balancer(
+                cluster.lb_policy,
+                self.hosts,
+                min_ring_size=cluster.ring_min_size,
+                max_ring_size=cluster.ring_max_size,
+                hash_function=cluster.ring_hash_function,
+                table_size=cluster.maglev_table_size,
+                overprovisioning_factor=cluster.overprovisioning_factor,
+                panic_threshold=cluster.healthy_panic_threshold,
+                stats=self.stats,
+            )
+            self.balancer: Balancer[HostState] = self.hashing
+        else:
+            self.balancer = make_priority_balancer(
+                cluster.lb_policy,
+                self.hosts,
+                choice_count=cluster.choice_count,
+                overprovisioning_factor=cluster.overprovisioning_factor,
+                panic_threshold=cluster.healthy_panic_threshold,
+                locality_weighted=cluster.locality_weighted_lb,
+                stats=self.stats,
+            )
+        # Balancers that leave some priority levels out (retry_priority
+        # previous_priorities), made when a retry first needs one.
+        self._without: dict[frozenset[int], Balancer[HostState]] = {}
         # One pool per routing priority, indexed as PRIORITIES.
         self.pools = tuple(ConnPool(self, p) for p in range(len(PRIORITIES)))
         # The newest state of the cluster reports the *_open gauges.
         self.stats.breakers = self
+
+    def balancer_without(self, excluded: frozenset[int]) -> Balancer[HostState]:
+        """The balancer with the ``excluded`` priority levels' load given to the others
+        (:func:`proxyd.protocol.priority.load_without`)."""
+        b = self._without.get(excluded)
+        if b is None:
+            c = self.cluster
+            b = self._without[excluded] = make_priority_balancer(
+                c.lb_policy,
+                self.hosts,
+                choice_count=c.choice_count,
+                overprovisioning_factor=c.overprovisioning_factor,
+                panic_threshold=c.healthy_panic_threshold,
+                locality_weighted=c.locality_weighted_lb,
+                stats=self.stats,
+                excluded=excluded,
+            )
+        return b
 
     def pool(self, priority: str) -> ConnPool:
         """The pool of a route's priority ("DEFAULT" or "HIGH")."""

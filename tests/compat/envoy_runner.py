@@ -106,6 +106,10 @@ class EnvoyRunner:
 
         return int(wait_for(port, timeout=timeout))
 
+    def stats(self) -> dict[str, int]:
+        """Every counter and gauge of admin ``/stats`` (histograms left out)."""
+        return envoy_stats(self.admin_port)
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -189,3 +193,16 @@ class EnvoyRunner:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+
+def envoy_stats(admin_port: int) -> dict[str, int]:
+    """The counters and gauges an admin endpoint's ``/stats`` lists (Envoy's text form,
+    which proxyd's admin writes too), by name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            out[name] = int(value)
+    return out

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.compat.envoy_runner import envoy_stats as _envoy_stats
 from tests.integration.test_circuit_breakers import (
     DEFAULT_1_HIGH_5,
     HIGH_ROUTE,
@@ -74,17 +75,6 @@ PRIORITY_STATS = (
 
 def _seen(answers: list[Answer]) -> list[tuple[int, str | None, bytes]]:
     return [(status, h.get("x-envoy-overloaded"), body) for status, h, body, _ in answers]
-
-
-def _envoy_stats(admin_port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.isdigit():
-            out[name] = int(value)
-    return out
 
 
 def _pick(stats: dict[str, int], names: tuple[str, ...] = STATS) -> dict[str, int]:

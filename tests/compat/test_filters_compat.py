@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.compat.envoy_runner import EnvoyRunner, envoy_available, envoy_stats
 from tests.compat.test_errors_vs_envoy import described
 from tests.integration.test_proxy_errors import exchange
 from tests.support import ProxydProcess, UpstreamServer, wait_for
@@ -433,17 +432,6 @@ def fault_stats(stats: dict[str, int]) -> dict[str, dict[str, int]]:
             here = f"http.{p}."
             if name.startswith(here + "fault.") or name == here + "downstream_rq_too_large":
                 out[p][name] = value
-    return out
-
-
-def envoy_stats(admin_port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().isdigit():
-            out[name] = int(value)
     return out
 
 

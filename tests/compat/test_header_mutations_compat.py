@@ -267,6 +267,26 @@ def rewrites() -> list[dict[str, Any]]:
             request_headers_to_add=[add("x-added-host", "added.example")],
         ),
         case("autohost", route={"cluster": "dns", "auto_host_rewrite": True}),
+        case(
+            "hostregex",
+            route={
+                "cluster": "svc",
+                "host_rewrite_path_regex": {
+                    "pattern": {"regex": "^/(ec)ho$"},
+                    "substitution": "\\1.example",
+                },
+            },
+        ),
+        case(
+            "hostregexnomatch",
+            route={
+                "cluster": "svc",
+                "host_rewrite_path_regex": {
+                    "pattern": {"regex": "^/nomatch/(.*)$"},
+                    "substitution": "\\1",
+                },
+            },
+        ),
         case("autohoststatic", route={"cluster": "svc", "auto_host_rewrite": True}),
     ]
 
@@ -406,6 +426,8 @@ def get(path: str, *headers: str, host: str = "x", method: str = "GET") -> bytes
 
 # name → (listener, request)
 CASES: dict[str, tuple[str, bytes]] = {
+    "host_rewrite_path_regex": ("ingress", get("/echo?q=1", "x-case: hostregex")),
+    "host_rewrite_path_regex_no_match": ("ingress", get("/echo", "x-case: hostregexnomatch")),
     "levels_on_catch_all_route": ("ingress", get("/echo")),
     "levels_route_without_own": ("ingress", get("/echo", "x-case: plainroute")),
     "rc_only_on_plain_vhost": ("ingress", get("/echo", host="plain.example")),
@@ -628,6 +650,7 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert saw("auto_host_rewrite_dns_cluster")["x-envoy-original-host"] == ["x"]
     assert saw("auto_host_rewrite_static_cluster")["host"] == ["x"]
     assert saw("host_rewrite_header_first_value")["host"] == ["one.example"]
+    assert saw("host_rewrite_path_regex")["host"] == ["ec.example"]
     assert saw("host_rewrite_header_empty")["host"] == ["x"]
     assert saw("host_rewrite_header_added_by_mutation")["host"] == ["added.example"]
     assert e["prefix_rewrite_to_slash"]["upstream_saw"]["path"] == "/echo?q=1"

@@ -56,9 +56,7 @@ H10 = {"accept_http_10": True}
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
     "h10": {"http_protocol_options": H10},
-    "h10_host": {
-        "http_protocol_options": {**H10, "default_host_for_http_10": "example.com"}
-    },
+    "h10_host": {"http_protocol_options": {**H10, "default_host_for_http_10": "example.com"}},
     "proper": {"http_protocol_options": PROPER},
     "h10_proper": {"http_protocol_options": {**H10, **PROPER}},
     "preserve": {"http_protocol_options": preserve()},

@@ -14,18 +14,17 @@ last.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import Pair, run_pair
 from tests.compat.test_errors_vs_envoy import described
-from tests.compat.test_filters_compat import envoy_stats
 from tests.integration.test_proxy_errors import exchange
-from tests.support import ProxydProcess, UpstreamServer, wait_for
+from tests.support import UpstreamServer, bootstrap, http_listener, static_cluster
 
 pytestmark = [
     pytest.mark.compat,
@@ -83,60 +82,40 @@ def config(upstream: int) -> str:
                                            "default_value": {"numerator": 100}})),
         route("/"),
     ]  # fmt: skip
-    doc = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "layered_runtime": {
-            "layers": [{"name": "static", "static_layer": {"rl.rt_enabled": 0}}]
-        },
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                            "http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "ingress_http",
-                            "route_config": {"name": "local", "virtual_hosts": [
-                                {
-                                    "name": "shared",
-                                    "domains": ["shared.example"],
-                                    "typed_per_filter_config": {NAME: limit(
-                                        "vh_rl", 2, filter_enabled=ALWAYS,
-                                        filter_enforced=ALWAYS)},
-                                    "routes": [route("/a"), route("/b")],
-                                },
-                                {"name": "main", "domains": ["*"], "routes": routes},
-                            ]},
-                            "http_filters": [
-                                {"name": NAME, "typed_config": limit(
-                                    "hcm_rl", 3, filter_enabled=ALWAYS, filter_enforced=ALWAYS,
-                                    enable_x_ratelimit_headers="DRAFT_VERSION_03",
-                                    response_headers_to_add=[
-                                        {"header": {"key": "x-rl", "value": "yes"}},
-                                        {"header": {"key": "x-rl", "value": "twice"},
-                                         "append_action": "ADD_IF_ABSENT"},
-                                        {"header": {"key": "x-empty", "value": ""}},
-                                    ])},
-                                {"name": "envoy.filters.http.router", "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters."
-                                    "http.router.v3.Router"}},
-                            ],
-                        },
-                    }]}],
-                }
+    route_config = {
+        "name": "local",
+        "virtual_hosts": [
+            {
+                "name": "shared",
+                "domains": ["shared.example"],
+                "typed_per_filter_config": {
+                    NAME: limit("vh_rl", 2, filter_enabled=ALWAYS, filter_enforced=ALWAYS)
+                },
+                "routes": [route("/a"), route("/b")],
+            },
+            {"name": "main", "domains": ["*"], "routes": routes},
+        ],
+    }
+    rate_limit = {
+        "name": NAME,
+        "typed_config": limit(
+            "hcm_rl",
+            3,
+            filter_enabled=ALWAYS,
+            filter_enforced=ALWAYS,
+            enable_x_ratelimit_headers="DRAFT_VERSION_03",
+            response_headers_to_add=[
+                {"header": {"key": "x-rl", "value": "yes"}},
+                {"header": {"key": "x-rl", "value": "twice"}, "append_action": "ADD_IF_ABSENT"},
+                {"header": {"key": "x-empty", "value": ""}},
             ],
-            "clusters": [{
-                "name": "svc",
-                "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {
-                        "address": "127.0.0.1", "port_value": upstream}}}}]}]},
-            }],
-        },
-    }  # fmt: skip
+        ),
+    }
+    doc = bootstrap(
+        [http_listener("ingress", 0, route_config, [rate_limit], stat_prefix="ingress_http")],
+        [static_cluster("svc", [upstream])],
+        layered_runtime={"layers": [{"name": "static", "static_layer": {"rl.rt_enabled": 0}}]},
+    )  # fmt: skip
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -194,45 +173,26 @@ def rl_stats(stats: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in stats.items() if k.startswith(prefixes)}
 
 
-@dataclass
-class Side:
-    replies: dict[str, Any]
-    stats: dict[str, int]
-
-
-@dataclass
-class Results:
-    envoy: Side
-    proxyd: Side
-
-
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     upstream = UpstreamServer("svc").start()
     try:
-        text = config(upstream.port)
-        with EnvoyRunner(text) as envoy:
-            replies = play_all(envoy.listener_port("ingress"))
-            envoy_side = Side(replies, rl_stats(envoy_stats(envoy.admin_port)))
-        with ProxydProcess(tmp_path_factory.mktemp("lrl"), text, concurrency=1) as p:
-            replies = play_all(p.listener_port("ingress"))
-            stats: Callable[[], dict[str, int]] = lambda: rl_stats(p.stats())  # noqa: E731
-            try:  # workers report stats in batches
-                wait_for(lambda: stats() == envoy_side.stats, timeout=5)
-            except TimeoutError:
-                pass  # compared (and shown) by the test
-            proxyd_side = Side(replies, stats())
-        yield Results(envoy_side, proxyd_side)
+        yield run_pair(
+            config(upstream.port),
+            tmp_path_factory.mktemp("lrl"),
+            lambda port_of: play_all(port_of("ingress")),
+            rl_stats,
+        )
     finally:
         upstream.stop()
 
 
 @pytest.mark.parametrize("name", [name for name, _ in CASES])
-def test_same_answer(results: Results, name: str) -> None:
+def test_same_answer(results: Pair, name: str) -> None:
     assert results.proxyd.replies[name] == results.envoy.replies[name]
 
 
-def test_the_fourth_request_is_the_first_limited(results: Results) -> None:
+def test_the_fourth_request_is_the_first_limited(results: Pair) -> None:
     statuses = [results.envoy.replies[f"hcm_{i}"]["status"] for i in range(1, 5)]
     assert statuses == [200, 200, 200, 429]
     assert [results.envoy.replies[f"route_503_{i}"]["status"] for i in (1, 2, 3)] == [
@@ -240,6 +200,6 @@ def test_the_fourth_request_is_the_first_limited(results: Results) -> None:
     ]  # fmt: skip
 
 
-def test_same_stats(results: Results) -> None:
+def test_same_stats(results: Pair) -> None:
     assert results.envoy.stats, "Envoy showed no local rate limit stats"
     assert results.proxyd.stats == results.envoy.stats

@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.compat.envoy_runner import EnvoyRunner, envoy_available, envoy_stats
 from tests.compat.test_errors_vs_envoy import described
-from tests.compat.test_filters_compat import envoy_stats
 from tests.integration.test_proxy_errors import exchange
 from tests.support import ProxydProcess, UpstreamServer, wait_for
 

@@ -14,14 +14,13 @@ and upstream_rq_total) from both ``/stats`` are compared last.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.compat.envoy_runner import EnvoyRunner, envoy_available, envoy_stats
 from tests.integration.retry_cases import CASES, Case, Outcome, play, retries_config, retry_stats
 from tests.integration.scripted_upstream import scripted_upstream
 from tests.support import ProxydProcess, free_port, wait_for
@@ -30,17 +29,6 @@ pytestmark = [
     pytest.mark.compat,
     pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
 ]
-
-
-def envoy_stats(admin: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().isdigit():
-            out[name] = int(value)
-    return out
 
 
 @dataclass

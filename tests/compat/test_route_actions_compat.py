@@ -13,7 +13,6 @@ The access log (flags, status, the path as logged) and the ``rq_direct_response`
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.compat.envoy_runner import EnvoyRunner, envoy_available, envoy_stats
 from tests.compat.test_errors_vs_envoy import described
 from tests.integration.test_proxy_errors import RawConnection, exchange
 from tests.support import ProxydProcess, UpstreamServer, free_port, wait_for
@@ -407,17 +406,6 @@ def action_stats(stats: dict[str, int]) -> dict[str, int]:
     """rq_direct_response and downstream_rq_Nxx by HCM stat prefix (0 when absent)."""
     names = ["rq_direct_response"] + [f"downstream_rq_{i}xx" for i in range(2, 6)]
     return {f"http.{p}.{n}": stats.get(f"http.{p}.{n}", 0) for p in PREFIXES for n in names}
-
-
-def envoy_stats(admin_port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().isdigit():
-            out[name] = int(value)
-    return out
 
 
 def read_log(path: Path) -> dict[str, list[str]]:

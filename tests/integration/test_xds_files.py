@@ -219,10 +219,10 @@ def test_bad_file_keeps_the_last_good_config(tmp_path, upstream):
         ]
         assert errors and "JSON syntax error" in errors[0]["details"]
         # A cluster with a field proxyd does not implement is refused by name.
-        bad = eds_cluster("a", eds) | {"lb_policy": "MAGLEV"}
+        bad = eds_cluster("a", eds) | {"lb_policy": "CLUSTER_PROVIDED"}
         write(cds, "c2", [bad])
         wait_for(lambda: p.stats().get("cluster_manager.cds.update_rejected", 0) >= 2, timeout=10)
-        assert "lb_policy MAGLEV not supported by proxyd" in p.log()
+        assert "lb_policy CLUSTER_PROVIDED not supported by proxyd" in p.log()
         assert upstream_of(url) == "a"
 
 

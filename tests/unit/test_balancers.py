@@ -40,8 +40,8 @@ def test_single_host(policy: str) -> None:
 
 
 def test_unknown_policy() -> None:
-    with pytest.raises(ValueError, match="MAGLEV"):
-        make_balancer("MAGLEV", hosts(1))
+    with pytest.raises(ValueError, match="CLUSTER_PROVIDED"):
+        make_balancer("CLUSTER_PROVIDED", hosts(1))
 
 
 def test_round_robin_equal_weights_rotates_from_a_random_start() -> None:

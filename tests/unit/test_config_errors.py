@@ -119,10 +119,10 @@ def test_unsupported_bootstrap_field() -> None:
 
 def test_unsupported_filter_named_without_typed_config() -> None:
     d = base()
-    hcm(d)["http_filters"].insert(0, {"name": "envoy.filters.http.cors"})
+    hcm(d)["http_filters"].insert(0, {"name": "envoy.filters.http.lua"})
     err = reject(d)
     assert err.path == f"{HCM_PATH}.http_filters[0]"
-    assert "'envoy.filters.http.cors' not supported by proxyd" in err.reason
+    assert "'envoy.filters.http.lua' not supported by proxyd" in err.reason
 
 
 def test_unsupported_network_filter() -> None:

@@ -77,7 +77,7 @@ REFUSED = {
         "listener 'ingress': server_name 'sn☃w' cannot be sent as a header value "
         "(character '☃' is not ISO-8859-1)",
     ),
-    "lb policy": (epoch(cluster={"lb_policy": "MAGLEV"}), "cluster 'up': unsupported lb_policy"),
+    "lb policy": (epoch(cluster={"lb_policy": "CLUSTER_PROVIDED"}), "cluster 'up': unsupported lb_policy"),
 }
 
 
@@ -112,4 +112,4 @@ def test_checker_checks_only_what_changed() -> None:
     # A refused epoch is not remembered: the good one still passes, the bad one fails.
     checker.check(dataclasses.replace(good, number=2))
     with pytest.raises(EpochRejected, match="lb_policy"):
-        checker.check(epoch(cluster={"lb_policy": "MAGLEV"}))
+        checker.check(epoch(cluster={"lb_policy": "CLUSTER_PROVIDED"}))

@@ -8,11 +8,15 @@ from __future__ import annotations
 import pytest
 
 from proxyd.epoch import HeaderAdd, HeaderMutations
-from proxyd.protocol.header_mutations import Facts, MutationPlan, parse_value, split_head
+from proxyd.protocol.access_log import LogRecord
+from proxyd.protocol.header_mutations import MutationPlan, parse_value, split_head
+from proxyd.protocol.header_values import ValueFormat
 from proxyd.protocol.http1 import ResponseHead
 
 HEAD = b"GET /p HTTP/1.1\r\nhost: x\r\nx-a: client\r\nuser-agent: ua\r\n\r\n"
-FACTS = Facts("10.0.0.1:5555", "10.0.0.1", lambda: "127.0.0.1:80")
+FACTS = LogRecord(
+    downstream_remote_address="10.0.0.1:5555", downstream_local_address="127.0.0.1:80"
+)
 
 
 def headers(head: bytes) -> list[tuple[bytes, bytes]]:
@@ -28,10 +32,11 @@ def req(*adds: HeaderAdd, remove: tuple[str, ...] = ()) -> HeaderMutations:
 
 
 def test_parse_value_literals_operators_and_escapes() -> None:
-    assert parse_value("plain") == ("plain",)
-    assert parse_value("100%% sure") == ("100% sure",)
-    assert parse_value("a-%PROTOCOL%-b") == ("a-", "%PROTOCOL", "-b")
-    assert parse_value("") == ()
+    assert parse_value("plain") == b"plain"
+    assert parse_value("100%% sure") == b"100% sure"
+    v = parse_value("a-%PROTOCOL%-b")
+    assert isinstance(v, ValueFormat) and v(LogRecord()) == "a-HTTP/1.1-b"
+    assert parse_value("") == b""
 
 
 @pytest.mark.parametrize(
@@ -39,8 +44,10 @@ def test_parse_value_literals_operators_and_escapes() -> None:
     [
         ("50%", "Couldn't find valid command at position 2"),
         ("%PROTOCOL", "Couldn't find valid command at position 0"),
-        ("%FOO%", "%FOO% is not supported by proxyd"),
-        ("%REQ(x)%", "%REQ% is not supported by proxyd"),
+        ("%FOO%", "Not supported field in StreamInfo: FOO"),
+        ("%CEL(x)%", "%CEL% is not supported by proxyd"),
+        ("%REQ()%", "REQ requires parameters"),
+        ("%REQ(x)%", None),
         ("%PROTOCOL(x)%", "PROTOCOL does not take any parameters or length"),
         ("%HOSTNAME%:3", None),
     ],
@@ -205,3 +212,63 @@ def test_regex_rewrite_keeps_the_query() -> None:
 def test_text_outside_latin_1_never_breaks_the_worker() -> None:
     m = plan(req(HeaderAdd("x-€", "€ %PROTOCOL%"), remove=("x-€€",)))
     assert b"x-?: ? HTTP/1.1" in m.request_head(HEAD, FACTS)
+
+
+def test_operator_values_read_the_record_with_envoys_header_value_rules() -> None:
+    m = plan(
+        HeaderMutations(
+            request_add=(
+                HeaderAdd("x-req", "%REQ(x-missing?x-in):3%"),
+                HeaderAdd("x-none", "%REQ(x-missing)%"),
+                HeaderAdd("x-none-kept", "%REQ(x-missing)%", keep_empty=True),
+                HeaderAdd("x-env", "%ENVIRONMENT(PROXYD_UNIT_NO_SUCH_VARIABLE)%"),
+                HeaderAdd("x-flags", "%RESPONSE_FLAGS%|%RESPONSE_CODE%"),
+            ),
+            response_add=(HeaderAdd("x-code", "%RESPONSE_CODE%/%RESP(:status)%/%RESP(x-up)%"),),
+        )
+    )
+    assert m.request_names == {"x-in", "x-missing"} and m.response_names == {"x-up"}
+    rec = LogRecord(req_headers={"x-in": "value"})
+    out = dict(headers(m.request_head(HEAD, rec)))
+    assert out[b"x-req"] == b"val" and out[b"x-none-kept"] == b"" and b"x-none" not in out
+    assert out[b"x-env"] == b"-" and out[b"x-flags"] == b"-|0"
+    # An upstream's response, then a local reply (its code is not set yet, as in Envoy).
+    up = LogRecord(response_code=200, resp_headers={"x-up": "u"})
+    data = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+    assert b"x-code: 200/200/u" in m.response_lines(data, up)
+    local = LogRecord(response_code=503, resp_headers={":status": "503"})
+    assert b"x-code: 0/503/\r\n" in m.response_lines(data, local)
+
+
+def test_a_plan_with_operators_asks_the_worker_for_the_record() -> None:
+    m = plan(req(HeaderAdd("x-p", "%PROTOCOL%")))
+    seen = []
+
+    def record(stream: object, conn: object) -> LogRecord:
+        seen.append((stream, conn))
+        return LogRecord()
+
+    m.record = record
+
+    class Stream:
+        head = None
+
+    s = Stream()
+    assert b"x-p: HTTP/1.1" in m.on_request(HEAD, s, "conn", b"")
+    assert seen == [(s, "conn")]
+    static = plan(req(HeaderAdd("x-s", "100%% static")))
+    assert not static.request_dynamic
+    assert b"x-s: 100% static" in static.on_request(HEAD, s, "conn", b"")
+
+
+def test_host_rewrite_path_regex_uses_the_path_without_its_query() -> None:
+    from proxyd.epoch import RouteMatch
+    from proxyd.protocol.redirect import PathRewrite
+
+    match = RouteMatch(kind="prefix", value="/", case_sensitive=True, headers=())
+    m = MutationPlan((), None, host_regex=PathRewrite(match, None, "^/([a-z]+)/.*$", "\\1.up"))
+    out = m.rewrite_head(b"GET /abc/d?q=/x/y HTTP/1.1\r\nhost: h\r\n\r\n")
+    assert headers(out) == [(b"host", b"abc.up"), (b"x-envoy-original-host", b"h")]
+    # No match: the path itself, as RE2's GlobalReplace leaves it (and Envoy uses it).
+    out = m.rewrite_head(b"GET /ABC HTTP/1.1\r\nhost: h\r\n\r\n")
+    assert headers(out)[0] == (b"host", b"/ABC")

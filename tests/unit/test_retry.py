@@ -303,8 +303,6 @@ OMIT_HOST_METADATA = (
     ("field", "value"),
     [
         ("retry_host_predicate", [{"name": "x", "typed_config": {"@type": OMIT_HOST_METADATA}}]),
-        ("retry_priority", {"name": "envoy.retry_priorities.previous_priorities"}),
-        ("per_try_idle_timeout", "1s"),
     ],
 )
 def test_unsupported_fields_are_refused_by_name(field: str, value: Any) -> None:
@@ -365,3 +363,39 @@ def test_retry_headers_change_the_policy() -> None:
 )
 def test_header_int(text: str, value: int | None) -> None:
     assert header_int(text) == value
+
+
+PREVIOUS_PRIORITIES = (
+    "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3."
+    "PreviousPrioritiesConfig"
+)
+
+
+def test_previous_priorities_compile_and_refusals() -> None:
+    prio = {
+        "name": "envoy.retry_priorities.previous_priorities",
+        "typed_config": {"@type": PREVIOUS_PRIORITIES, "update_frequency": 2},
+    }
+    (r,) = routes_of([route(retry_policy={"retry_on": "5xx", "retry_priority": prio})])
+    assert r.retry is not None and r.retry.priority_update_frequency == 2
+    zero = {**prio, "typed_config": {"@type": PREVIOUS_PRIORITIES}}
+    err = reject([route(retry_policy={"retry_on": "5xx", "retry_priority": zero})])
+    assert err.path.endswith("retry_priority.typed_config.update_frequency")
+    assert "greater than 0" in err.reason
+    bare = {"name": "envoy.retry_priorities.previous_priorities"}
+    err = reject([route(retry_policy={"retry_on": "5xx", "retry_priority": bare})])
+    assert "Didn't find a registered implementation" in err.reason
+
+
+def test_load_without_the_attempted_levels() -> None:
+    from proxyd.protocol.priority import load_without
+
+    counts = [(2, 2), (1, 1), (0, 3)]
+    assert load_without(counts, frozenset({0})) == (0, 100, 0)
+    # Levels take load in order, up to their health (the total capped at 100).
+    assert load_without([(2, 2), (1, 1), (1, 1)], frozenset({0})) == (0, 100, 0)
+    # Nothing usable left: None (Envoy forgets the excluded levels).
+    assert load_without(counts, frozenset({0, 1})) is None
+    # Partial health: P1 at 70 % (140 * 1 // 2), the rest to P2.
+    assert load_without([(2, 2), (1, 2), (1, 1)], frozenset({0})) == (0, 70, 30)
+    assert load_without([(1, 4), (1, 4), (1, 3)], frozenset({0})) == (0, 44, 56)

@@ -200,10 +200,10 @@ def test_bad_regex_pattern() -> None:
 def test_unsupported_redirect_field_refused_by_name() -> None:
     with pytest.raises(ConfigError) as info:
         compile_bootstrap(
-            bootstrap({"match": ANY, "route": {"cluster": "x", "host_rewrite_path_regex": {}}}),
+            bootstrap({"match": ANY, "route": {"cluster": "x", "include_vh_rate_limits": True}}),
             "conf.yaml",
         )
-    assert info.value.path == f"{ROUTE_PATH}.route.host_rewrite_path_regex"
+    assert info.value.path == f"{ROUTE_PATH}.route.include_vh_rate_limits"
 
 
 # -- the location -------------------------------------------------------------------------
@@ -311,3 +311,56 @@ def test_routes_cross_the_wire() -> None:
     ):
         data = msgpack.unpackb(msgpack.packb(to_wire(route), use_bin_type=True), raw=False)
         assert from_wire(Route, data) == route
+
+
+def test_idle_timeouts_and_host_rewrite_path_regex_compile() -> None:
+    def with_cluster(route: dict[str, Any]) -> Route:
+        data = bootstrap(route)
+        data["static_resources"]["clusters"] = [
+            {
+                "name": "c",
+                "load_assignment": {
+                    "cluster_name": "c",
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {
+                                                "address": "127.0.0.1",
+                                                "port_value": 1,
+                                            }
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+            }
+        ]
+        epoch = compile_bootstrap(data, "conf.yaml").epoch_template
+        return epoch.listeners[0].hcm.route_config.virtual_hosts[0].routes[0]
+
+    r = with_cluster(
+        {
+            "match": {"prefix": "/"},
+            "route": {
+                "cluster": "c",
+                "idle_timeout": "0.25s",
+                "host_rewrite_path_regex": {
+                    "pattern": {"regex": "^/([a-z]+)/.*$"},
+                    "substitution": "\\1.example",
+                },
+                "retry_policy": {"retry_on": "5xx", "per_try_idle_timeout": "1.5s"},
+            },
+        }
+    )
+    assert r.idle_timeout_s == 0.25
+    assert (r.host_rewrite_regex, r.host_rewrite_substitution) == ("^/([a-z]+)/.*$", "\\1.example")
+    assert r.retry is not None and r.retry.per_try_idle_timeout_s == 1.5
+    off = with_cluster({"match": {"prefix": "/"}, "route": {"cluster": "c", "idle_timeout": "0s"}})
+    assert off.idle_timeout_s == 0.0
+    unset = with_cluster({"match": {"prefix": "/"}, "route": {"cluster": "c"}})
+    assert unset.idle_timeout_s is None and unset.host_rewrite_regex == ""

@@ -70,7 +70,9 @@ class BufferFilter(HttpFilter):
         stream.set_buffer_limit(self.factory.max_request_bytes)
         return STOP
 
-    async def on_request_data(self, stream: FilterStream, data: bytes, end_stream: bool) -> Result:
+    async def on_request_data(
+        self, stream: FilterStream, data: bytearray, end_stream: bool
+    ) -> Result:
         if not self.factory.decodes:
             return CONTINUE
         self.received += len(data)

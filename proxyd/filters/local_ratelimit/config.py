@@ -131,10 +131,10 @@ def _headers(msg: Any, field: str, path: str, file: str) -> list[list[Any]]:
                 file, join(here, "header.key"), f"header '{name}' may not be added by proxyd"
             )
         try:
-            pieces = parse_value(opt.header.value)
+            value = parse_value(opt.header.value)
         except ValueError as exc:
             raise ConfigError(file, join(here, "header.value"), str(exc)) from None
-        if any(p.startswith("%") for p in pieces):
+        if not isinstance(value, bytes):
             raise ConfigError(
                 file,
                 join(here, "header.value"),
@@ -143,5 +143,5 @@ def _headers(msg: Any, field: str, path: str, file: str) -> list[list[Any]]:
         action = enum_name(opt, "append_action")
         if action not in ACTIONS:
             raise ConfigError(file, join(here, "append_action"), f"unknown append_action {action}")
-        out.append([name, "".join(pieces), action, opt.keep_empty_value])
+        out.append([name, value.decode("latin-1"), action, opt.keep_empty_value])
     return out
