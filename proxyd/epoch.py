@@ -767,6 +767,8 @@ class TcpProxy:
     access_logs: tuple[AccessLog, ...] = ()
     # access_log_options.flush_access_log_on_connected: a TcpUpstreamConnected line too.
     log_on_connected: bool = False
+    # hash_policy [source_ip]: a RING_HASH or MAGLEV cluster's host by the client's IP.
+    hash_source_ip: bool = False
 
 
 @dataclass(frozen=True, slots=True)

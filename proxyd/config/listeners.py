@@ -155,6 +155,7 @@ def compile_tcp_proxy(msg: Any, path: str, file: str) -> TcpProxy:
         ),
         access_logs=compile_access_logs(msg.access_log, join(path, "access_log"), file),
         log_on_connected=msg.access_log_options.flush_access_log_on_connected,
+        hash_source_ip=any(p.HasField("source_ip") for p in msg.hash_policy),
     )
 
 

@@ -384,8 +384,8 @@ HCM: Spec = {
 }
 
 # envoy.filters.network.tcp_proxy (proxyd.config.listeners.compile_tcp_proxy,
-# proxyd.worker.tcp_proxy); tunneling_config, on_demand, hash_policy, metadata_match,
-# backoff_options and periodic access logs are refused by name.
+# proxyd.worker.tcp_proxy); tunneling_config, on_demand, hash_policy's filter_state,
+# metadata_match, backoff_options and periodic access logs are refused by name.
 TCP_PROXY: Spec = {
     "stat_prefix": LEAF,
     "cluster": LEAF,
@@ -394,6 +394,8 @@ TCP_PROXY: Spec = {
     "access_log": ACCESS_LOG,
     # access_log_flush_interval (periodic lines) is refused by name.
     "access_log_options": {"flush_access_log_on_connected": LEAF},
+    # At most one (Envoy's rule): the client's IP for a RING_HASH or MAGLEV cluster.
+    "hash_policy": {"source_ip": {}},
     "max_connect_attempts": LEAF,
     "max_downstream_connection_duration": LEAF,
 }

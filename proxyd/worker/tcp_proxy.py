@@ -12,7 +12,8 @@ accept to close, as Envoy's ``TcpProxy::Filter`` does:
   flag UO;
 * up to ``max_connect_attempts`` connects, each to a host the cluster's balancer picks
   (its health and outlier ejections as for HTTP; the outcome goes to outlier
-  detection); none healthy: ``upstream_cx_none_healthy``, flag UH; every attempt
+  detection), by the client's IP with ``hash_policy`` ``source_ip`` on a RING_HASH or
+  MAGLEV cluster; none healthy: ``upstream_cx_none_healthy``, flag UH; every attempt
   failed: ``upstream_cx_connect_attempts_exceeded``, flags UF,URX, and the client's
   connection is closed;
 * then bytes are pumped both ways, one receive buffer per direction (from the
@@ -46,6 +47,7 @@ import trio
 from proxyd.epoch import Listener
 from proxyd.protocol.access_log import TCP_CONNECTION_END, TCP_UPSTREAM_CONNECTED, LogRecord
 from proxyd.protocol.access_log_filters import NO_RUNTIME, Runtime
+from proxyd.protocol.hash_lb import xxh64
 from proxyd.worker import accesslog_plan, io
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlans
@@ -124,6 +126,7 @@ class TcpListenerPlan:
         self.max_attempts = max(tcp.max_connect_attempts, 1)
         self.chunk = max(min(listener.per_connection_buffer_limit_bytes, MAX_CHUNK), 1024)
         self.log_on_connected = tcp.log_on_connected and bool(self.access.tcp_logs)
+        self.hash_source_ip = tcp.hash_source_ip
 
 
 class WorkerContext(Protocol):
@@ -268,8 +271,18 @@ class TcpConnection:
             cluster.stats.cx_overflow += 1
             self.flags.append("UO")
             return None
+        # hash_policy source_ip, on a cluster that balances by hash: Envoy's hash of the
+        # client's IP (none for a pipe listener's client, whose remote is its path).
+        lb_hash = (
+            xxh64(self.remote_ip.encode("latin-1"))
+            if plan.hash_source_ip and cluster.hashing is not None and self.remote != self.remote_ip
+            else None
+        )
         for _ in range(plan.max_attempts):
-            host = cluster.balancer.pick()
+            if lb_hash is not None and cluster.hashing is not None:
+                host = cluster.hashing.pick_hash(lb_hash)
+            else:
+                host = cluster.balancer.pick()
             if host is None:
                 cluster.stats.cx_none_healthy += 1
                 self.flags.append("UH")

@@ -63,6 +63,7 @@ LOG_FORMAT = (
 BIG = 3 * 1024 * 1024
 SPREAD_CONNECTIONS = 200
 SPREAD_TOLERANCE = 0.1
+HASHED = 6  # connections through the source_ip hash listener
 TIMEOUT_S = 10.0
 
 
@@ -117,6 +118,7 @@ def _cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
 
 LISTENERS = (
     "echo", "dead", "dead1", "idle", "dur", "nocl", "cb", "http", "split", "greet", "rst",
+    "hash",
 )  # fmt: skip
 
 
@@ -170,7 +172,9 @@ class ScriptedServer:
             conn.close()
 
 
-def config(log_path: str, echo: int, dead: int, a: int, b: int, greet: int, rst: int) -> str:
+def config(
+    log_path: str, echo: int, dead: int, a: int, b: int, greet: int, rst: int, c: int
+) -> str:
     listeners = [
         _listener("echo", log_path, cluster="echo"),
         _listener("dead", log_path, cluster="dead", max_connect_attempts=2),
@@ -187,6 +191,7 @@ def config(log_path: str, echo: int, dead: int, a: int, b: int, greet: int, rst:
         ),
         _listener("greet", log_path, cluster="greet"),
         _listener("rst", log_path, cluster="rst"),
+        _listener("hash", log_path, cluster="ring", hash_policy=[{"source_ip": {}}]),
         {
             **_listener(
                 "split",
@@ -213,6 +218,30 @@ def config(log_path: str, echo: int, dead: int, a: int, b: int, greet: int, rst:
                 _cluster("a", a),
                 _cluster("greet", greet),
                 _cluster("rst", rst),
+                {
+                    **_cluster("ring", a),
+                    "lb_policy": "RING_HASH",
+                    "load_assignment": {
+                        "cluster_name": "ring",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                    for port in (a, b, c)
+                                ]
+                            }
+                        ],
+                    },
+                },
                 _cluster("b", b),
             ],
         },
@@ -366,6 +395,9 @@ CASES: dict[str, Callable[[dict[str, int]], dict[str, Any]]] = {
     "upstream_half_closes_first": lambda p: greeted(p["greet"]),
     "upstream_resets": lambda p: reset_by_upstream(p["rst"]),
     "client_resets": lambda p: client_resets(p["echo"]),
+    "hash_source_ip": lambda p: {
+        "upstreams": [http_through(p["hash"])["upstream"] for _ in range(HASHED)]
+    },
 }
 
 # Counters compared from both admin endpoints (the split listener's clusters a and b
@@ -380,7 +412,7 @@ STATS = tuple(
     if name != "split" or stat == "downstream_cx_total"
 ) + tuple(
     f"cluster.{c}.{stat}"
-    for c in ("echo", "dead", "echo_cb")
+    for c in ("echo", "dead", "echo_cb", "ring")
     for stat in (
         "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_attempts_exceeded",
         "upstream_cx_overflow", "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
@@ -449,7 +481,7 @@ def _picked(stats: dict[str, int]) -> dict[str, int]:
 
 
 # Lines each side logs: every case's connection, and one per HTTP exchange.
-EXPECTED_LINES = 14
+EXPECTED_LINES = 14 + HASHED
 
 
 def _log_lines(path: Path) -> list[str]:
@@ -465,8 +497,13 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     dead = free_port()
     greet, rst = ScriptedServer("greet"), ScriptedServer("reset")
     received: dict[str, list[bytes]] = {}
-    with TcpEchoServer() as echo, UpstreamServer("a") as a, UpstreamServer("b") as b:
-        ports = (echo.port, dead, a.port, b.port, greet.port, rst.port)
+    with (
+        TcpEchoServer() as echo,
+        UpstreamServer("a") as a,
+        UpstreamServer("b") as b,
+        UpstreamServer("c") as c,
+    ):
+        ports = (echo.port, dead, a.port, b.port, greet.port, rst.port, c.port)
         envoy_log = work / "envoy_access.log"
         with EnvoyRunner(config(str(envoy_log), *ports)) as envoy:
             envoy_side = play({n: envoy.listener_port(n) for n in LISTENERS})
@@ -523,6 +560,8 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert e["upstream_resets"] == {"bye": b"bye", "rest": b"", "end": "reset"}
     assert any(" UR " in line for line in results.envoy.log)
     assert any(line.startswith("TcpUpstreamConnected a - 0 0 ") for line in results.envoy.log)
+    # Every connection comes from 127.0.0.1: one host of the ring takes them all.
+    assert len(set(e["hash_source_ip"]["upstreams"])) == 1
 
 
 def test_upstream_gets_what_follows_its_half_close(results: Results) -> None:

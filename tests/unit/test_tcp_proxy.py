@@ -128,6 +128,15 @@ def test_fields(tmp_path: Path) -> None:
     assert tcp.max_downstream_connection_duration_s == 2.5
     assert [al.sink for al in tcp.access_logs] == ["stdout"]
     assert tcp.log_on_connected
+    assert not tcp.hash_source_ip
+
+
+def test_hash_policy_source_ip(tmp_path: Path) -> None:
+    tcp = compile_tcp(tmp_path, bootstrap(hash_policy=[{"source_ip": {}}])).tcp_proxy
+    assert tcp is not None and tcp.hash_source_ip
+    with pytest.raises(ConfigError) as info:  # Envoy's rule: at most one
+        compile_tcp(tmp_path, bootstrap(hash_policy=[{"source_ip": {}}, {"source_ip": {}}]))
+    assert "hash_policy" in info.value.path
 
 
 def test_weighted_clusters(tmp_path: Path) -> None:
@@ -147,7 +156,10 @@ def test_weighted_clusters(tmp_path: Path) -> None:
     ("extra", "where"),
     [
         ({"tunneling_config": {"hostname": "h"}}, "typed_config.tunneling_config"),
-        ({"hash_policy": [{"source_ip": {}}]}, "typed_config.hash_policy"),
+        (
+            {"hash_policy": [{"filter_state": {"key": "k"}}]},
+            "typed_config.hash_policy[0].filter_state",
+        ),
         ({"on_demand": {}}, "typed_config.on_demand"),
         ({"metadata_match": {}}, "typed_config.metadata_match"),
         (
