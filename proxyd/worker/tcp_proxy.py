@@ -17,9 +17,10 @@ accept to close, as Envoy's ``TcpProxy::Filter`` does:
   failed: ``upstream_cx_connect_attempts_exceeded``, flags UF,URX, and the client's
   connection is closed;
 * then bytes are pumped both ways, one receive buffer per direction (from the
-  worker's pool, at most ``per_connection_buffer_limit_bytes``): a direction reads
-  again only when the other side took what it read, so a slow reader stops the
-  writer (backpressure) and proxyd holds a bounded amount per connection;
+  worker's pool, at most ``per_connection_buffer_limit_bytes``, given back while the
+  direction waits for bytes): a direction reads again only when the other side took
+  what it read, so a slow reader stops the writer (backpressure) and proxyd holds a
+  bounded amount per connection;
 * an end of stream from one side is passed on as a half-close (``shutdown(SHUT_WR)``)
   to the other, and the connection ends when both directions have ended; a reset or
   a failed write on either side closes both (an upstream reset resets the client's
@@ -332,19 +333,26 @@ class TcpConnection:
         """One direction: what ``src`` sends goes to ``dst`` (``downstream``: from the
         client to the upstream). Raises :class:`Ended` when a side broke."""
         buffers = self.worker.buffers
-        buf, whole = buffers.take()
-        view = whole[: min(plan.chunk, len(buf))]
+        chunk = plan.chunk
         stats = plan.stats
         cluster = self._cluster
         assert cluster is not None
         cstats = cluster.stats
         idle = self.idle_scope
         idle_s = self._idle_timeout
+        # The receive buffer is held only while bytes are on their way: a connection
+        # waiting for its peer gives it back, so an idle one holds none.
+        held: tuple[bytearray, memoryview] | None = None
         try:
             while True:
+                if held is None:
+                    held = buffers.take()
+                    view = held[1][: min(chunk, len(held[0]))]
                 try:
                     n = src.recv_into(view)
                 except BlockingIOError:
+                    buffers.give(*held)
+                    held = None
                     await io.wait_readable(src)
                     continue
                 except OSError:
@@ -373,7 +381,8 @@ class TcpConnection:
                 if idle is not None and idle_s != math.inf:
                     idle.deadline = trio.current_time() + idle_s
         finally:
-            buffers.give(buf, whole)
+            if held is not None:
+                buffers.give(*held)
 
     # -- the access log ---------------------------------------------------------------
 

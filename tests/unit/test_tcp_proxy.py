@@ -239,9 +239,25 @@ class Lines:
         self.lines.append(line)
 
 
+class CountingPool(BufferPool):
+    """The worker's buffer pool, counting the buffers taken and not given back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+
+    def take(self) -> tuple[bytearray, memoryview]:
+        self.held += 1
+        return super().take()
+
+    def give(self, buf: bytearray, view: memoryview) -> None:
+        self.held -= 1
+        super().give(buf, view)
+
+
 class FakeWorker:
     def __init__(self) -> None:
-        self.buffers = BufferPool()
+        self.buffers = CountingPool()
         self.stats = StatsStore()
         self.connections: set[Any] = set()
         self.closed = 0
@@ -465,9 +481,12 @@ async def _drain_closes_without_a_flag() -> None:
         peer.setblocking(False)
         client.sendall(b"abc")
         assert await trio.lowlevel.wait_readable(peer) is None and peer.recv(3) == b"abc"
+        await trio.testing.wait_all_tasks_blocked()
+        assert setup.worker.buffers.held == 0  # both directions wait: no buffer held
         conn.set_deadline(DeadlineKind.DRAIN, 0.0)
         assert await read_to_end(client) == b""
     assert setup.log.lines == ["TcpConnectionEnd c - 3 0 -"]
+    assert setup.worker.buffers.held == 0
     for s in (peer, client, upstream):
         s.close()
 
