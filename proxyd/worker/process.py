@@ -52,7 +52,7 @@ from proxyd.worker.downstream import DownstreamConnection
 from proxyd.worker.overload import COUNTED, FREE, REFUSED, WorkerOverload
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
 from proxyd.worker.stats import StatsStore, note_unexpected
-from proxyd.worker.tcp_proxy import TcpConnection, TcpListenerPlan
+from proxyd.worker.tcp_proxy import TcpConnection, TcpListenerPlan, buffer_pool
 from proxyd.worker.upstream import ClusterState
 
 log = structlog.get_logger()
@@ -116,8 +116,10 @@ class Worker:
         self.exit_code = EXIT_OK
         # Every deadline of the request path, fired by one task (no periodic scan).
         self.timers = Timers()
-        # Receive buffers, taken by a connection while bytes arrive.
+        # Receive buffers, taken by a connection while bytes arrive (HTTP; the TCP
+        # proxy's are larger).
         self.buffers = BufferPool()
+        self.tcp_buffers = buffer_pool()
         # Request heads are parsed whole and at once: one parser serves every connection.
         self.head_parser = RequestHeadParser()
         self._failures_scheduled = False

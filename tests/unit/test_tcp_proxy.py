@@ -35,7 +35,7 @@ from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.outcomes import CONNECT_FAILED
 from proxyd.worker.stats import StatsStore
-from proxyd.worker.tcp_proxy import ClusterPick, TcpConnection, TcpListenerPlan
+from proxyd.worker.tcp_proxy import MAX_CHUNK, ClusterPick, TcpConnection, TcpListenerPlan
 from proxyd.worker.upstream import ClusterState
 
 TCP_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -240,10 +240,10 @@ class Lines:
 
 
 class CountingPool(BufferPool):
-    """The worker's buffer pool, counting the buffers taken and not given back."""
+    """The worker's TCP buffer pool, counting the buffers taken and not given back."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(MAX_CHUNK)
         self.held = 0
 
     def take(self) -> tuple[bytearray, memoryview]:
@@ -257,7 +257,7 @@ class CountingPool(BufferPool):
 
 class FakeWorker:
     def __init__(self) -> None:
-        self.buffers = CountingPool()
+        self.tcp_buffers = CountingPool()
         self.stats = StatsStore()
         self.connections: set[Any] = set()
         self.closed = 0
@@ -482,11 +482,11 @@ async def _drain_closes_without_a_flag() -> None:
         client.sendall(b"abc")
         assert await trio.lowlevel.wait_readable(peer) is None and peer.recv(3) == b"abc"
         await trio.testing.wait_all_tasks_blocked()
-        assert setup.worker.buffers.held == 0  # both directions wait: no buffer held
+        assert setup.worker.tcp_buffers.held == 0  # both directions wait: no buffer held
         conn.set_deadline(DeadlineKind.DRAIN, 0.0)
         assert await read_to_end(client) == b""
     assert setup.log.lines == ["TcpConnectionEnd c - 3 0 -"]
-    assert setup.worker.buffers.held == 0
+    assert setup.worker.tcp_buffers.held == 0
     for s in (peer, client, upstream):
         s.close()
 
