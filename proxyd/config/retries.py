@@ -96,10 +96,11 @@ def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPol
 
 
 def with_retry_policies(
-    vh: Any, path: str, routes: tuple[Route, ...], file: str
+    vh: Any, path: str, sources: list[tuple[Any, str]], routes: tuple[Route, ...], file: str
 ) -> tuple[Route, ...]:
     """The virtual host's routes with their retry policy (the route's or the virtual
-    host's) resolved onto them."""
+    host's) resolved onto them; ``sources`` is each route's message and config path
+    (its place in ``routes``, or in the virtual host's matcher)."""
     attempt_count = bool(vh.include_request_attempt_count)
     vh_policy = None
     if vh.HasField("retry_policy"):
@@ -107,13 +108,13 @@ def with_retry_policies(
     elif attempt_count:
         vh_policy = RetryPolicy(retry_on="", include_attempt_count=True)
     out = []
-    for k, (r, route) in enumerate(zip(vh.routes, routes, strict=True)):
+    for (r, route_path), route in zip(sources, routes, strict=True):
         if r.WhichOneof("action") != "route":
             out.append(route)
             continue
         policy = vh_policy
         if r.route.HasField("retry_policy"):
-            here = join(f"{join(path, 'routes')}[{k}]", "route.retry_policy")
+            here = join(route_path, "route.retry_policy")
             policy = retry_policy(r.route.retry_policy, here, file, attempt_count)
         if policy is not None:
             route = _replace_retry(route, policy)

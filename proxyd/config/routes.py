@@ -18,6 +18,7 @@ from proxyd.config.http_filters import compile_per_filter_config, merge_override
 from proxyd.config.matchers import header_match, string_match
 from proxyd.config.proto import join
 from proxyd.config.retries import with_retry_policies
+from proxyd.config.route_matcher import compile_matcher
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
@@ -99,19 +100,34 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
             domains.append(d)
         vh_filters = compile_per_filter_config(vh, here, file)
         vh_headers = header_mutations(vh, here, file)
-        routes = []
-        for k, r in enumerate(vh.routes):
-            route_path = f"{join(here, 'routes')}[{k}]"
-            route = _route(r, route_path, clusters, file, (rc_filters, vh_filters))
-            levels = [rc_headers, vh_headers, header_mutations(r, route_path, file)]
+        routes: list[Route] = []
+        sources: list[tuple[Any, str]] = []
+
+        def add_route(r: Any, route_path: str) -> int:
+            route = _route(r, route_path, clusters, file, (rc_filters, vh_filters))  # noqa: B023
+            levels = [rc_headers, vh_headers, header_mutations(r, route_path, file)]  # noqa: B023
             if not most_specific_wins:
                 levels.reverse()  # Envoy evaluates the route's first: the outermost wins
             kept = tuple(m for m in levels if m is not None)
             if kept:
                 route = dataclasses.replace(route, header_mutations=kept)
-            routes.append(route)
-        kept_routes = with_retry_policies(vh, here, tuple(routes), file)
-        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes))
+            routes.append(route)  # noqa: B023
+            sources.append((r, route_path))  # noqa: B023
+            return len(routes) - 1  # noqa: B023
+
+        for k, r in enumerate(vh.routes):
+            add_route(r, f"{join(here, 'routes')}[{k}]")
+        matcher = None
+        if vh.HasField("matcher"):
+            if vh.routes:
+                raise ConfigError(
+                    file, join(here, "matcher"), "only one of routes or matcher can be specified"
+                )
+            matcher = compile_matcher(vh.matcher, join(here, "matcher"), file, add_route)
+        kept_routes = with_retry_policies(vh, here, sources, tuple(routes), file)
+        vhosts.append(
+            VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes, matcher=matcher)
+        )
     return RouteConfig(
         name=rc.name,
         virtual_hosts=tuple(vhosts),
@@ -198,6 +214,20 @@ def _route(
             if action.max_stream_duration.HasField("max_stream_duration")
             else None
         ),
+        grpc_timeout_header_max_s=(
+            duration_or(action.max_stream_duration, "grpc_timeout_header_max", 0.0)
+            if action.max_stream_duration.HasField("grpc_timeout_header_max")
+            else None
+        ),
+        grpc_timeout_header_offset_s=duration_or(
+            action.max_stream_duration, "grpc_timeout_header_offset", 0.0
+        ),
+        max_grpc_timeout_s=(
+            duration_or(action, "max_grpc_timeout", 0.0)
+            if action.HasField("max_grpc_timeout")
+            else None
+        ),
+        grpc_timeout_offset_s=duration_or(action, "grpc_timeout_offset", 0.0),
         hash_policy=_hash_policies(action, join(path, "route.hash_policy"), file),
         mirrors=_mirrors(action, join(path, "route.request_mirror_policies"), clusters, file),
         host_rewrite_regex=host_regex,
