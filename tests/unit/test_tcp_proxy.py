@@ -21,14 +21,17 @@ from proxyd.epoch import (
     Cluster,
     Endpoint,
     Epoch,
+    HttpConnectionManager,
     Listener,
     OutlierDetection,
+    RouteConfig,
     TcpCluster,
     TcpProxy,
     from_wire,
     to_wire,
 )
 from proxyd.errors import ConfigError, ProxydError
+from proxyd.master.explain import ExplainError, choose_listener
 from proxyd.protocol.epoch_check import EpochChecker
 from proxyd.protocol.epoch_summary import format_summary, summarize
 from proxyd.worker.buffers import BufferPool
@@ -514,3 +517,15 @@ async def _upstream_reset_resets_the_client() -> None:
     assert setup.log.lines == ["TcpConnectionEnd c UR 2 0 -"]
     client.close()
     upstream.close()
+
+
+def test_explain_chooses_among_http_listeners() -> None:
+    http = Listener(
+        "web", "127.0.0.1", 80, HttpConnectionManager("w", "AUTO", RouteConfig("r", ()))
+    )
+    epoch = Epoch(1, (http, tcp_listener(cluster="c")), ())
+    assert choose_listener(epoch, "", {}, "http://example/")[0] is http
+    with pytest.raises(ExplainError, match="runs the TCP proxy"):
+        choose_listener(epoch, "l", {}, "/")
+    with pytest.raises(ExplainError, match="no HTTP listeners"):
+        choose_listener(Epoch(2, (tcp_listener(cluster="c"),), ()), "", {}, "/")
