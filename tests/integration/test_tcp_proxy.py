@@ -6,6 +6,8 @@
 * A reload that leaves the listener as it was leaves its connections alone.
 * A hot restart hands the listening socket to the new master: an established
   connection stays with the old master (and keeps working), new ones go to the new.
+* Connect failures reach outlier detection: a dead host is ejected and connections stop
+  trying it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import yaml
 
 from tests.integration.test_hot_restart import MasterLine
-from tests.support import ProxydProcess, TcpEchoServer
+from tests.support import ProxydProcess, TcpEchoServer, free_port, wait_for
 
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
@@ -33,34 +35,28 @@ def _listener(name: str, **tcp: Any) -> dict[str, Any]:
     }
 
 
-def tcp_config(echo_port: int, other: dict[str, Any] | None = None, **tcp: Any) -> str:
+def tcp_config(
+    echo_port: int,
+    other: dict[str, Any] | None = None,
+    more_ports: tuple[int, ...] = (),
+    cluster_extra: dict[str, Any] | None = None,
+    **tcp: Any,
+) -> str:
     """Listener ``tcp`` (TcpProxy fields ``tcp``) and, with ``other``, a second one
-    named ``other`` with those fields, both to cluster ``echo``."""
+    named ``other`` with those fields, both to cluster ``echo`` (``echo_port`` and
+    ``more_ports``, with ``cluster_extra`` fields)."""
     listeners = [_listener("tcp", **tcp)]
     if other is not None:
         listeners.append(_listener("other", **other))
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+        for p in (echo_port, *more_ports)
+    ]
     cluster = {
         "name": "echo",
         "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "echo",
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": "127.0.0.1",
-                                        "port_value": echo_port,
-                                    }
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
+        "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": endpoints}]},
+        **(cluster_extra or {}),
     }
     doc = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -154,3 +150,43 @@ def test_hot_restart_keeps_established_tcp_connections(tmp_path: Path) -> None:
                 assert old.recv(100) == b"<eof>"
         finally:
             line.stop()
+
+
+def test_connect_failures_eject_a_dead_host(tmp_path: Path) -> None:
+    with TcpEchoServer() as echo:
+        dead = free_port()
+        outlier = {
+            "consecutive_5xx": 2,
+            "interval": "1s",
+            "base_ejection_time": "30s",
+            "max_ejection_percent": 50,
+        }
+        config = tcp_config(
+            echo.port,
+            more_ports=(dead,),
+            cluster_extra={"outlier_detection": outlier},
+            max_connect_attempts=2,
+        )
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            port = p.listener_port("tcp")
+
+            def round_trips(n: int) -> None:
+                for _ in range(n):  # round robin: every other one tries the dead host first
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                        assert echoes(s, b"ping")  # the second attempt reaches the echo
+
+            def flags() -> str:
+                text = p.admin("/clusters")[1]
+                key = f"echo::127.0.0.1:{dead}::health_flags::"
+                return next(x for x in text.splitlines() if key in x).rsplit("::", 1)[1]
+
+            round_trips(6)
+            wait_for(lambda: flags() == "/failed_outlier_check")
+            stats = wait_for(lambda: (s := p.stats())["tcp.tcp.downstream_cx_total"] == 6 and s)
+            failed = stats["cluster.echo.upstream_cx_connect_fail"]
+            assert failed >= 2
+            round_trips(6)
+            stats = wait_for(lambda: (s := p.stats())["tcp.tcp.downstream_cx_total"] == 12 and s)
+            # Ejected: no connection tried the dead host again.
+            assert stats["cluster.echo.upstream_cx_connect_fail"] == failed
+            assert stats["cluster.echo.upstream_cx_total"] == 6 + failed + 6
