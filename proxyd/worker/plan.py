@@ -44,7 +44,7 @@ from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.stream import Connection, Stream
-from proxyd.worker.tcp_proxy import TcpListenerPlan
+from proxyd.worker.tcp_proxy import TcpListenerPlan, tcp_plans
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -573,21 +573,15 @@ class CompiledEpoch:
             for lst in epoch.listeners
             if lst.hcm is not None
         }
-        self.tcp_plans = {
-            lst.name: TcpListenerPlan(lst, self.clusters, stats, writers, self.runtime)
-            for lst in epoch.listeners
-            if lst.hcm is None
-        }
+        self.tcp_plans = tcp_plans(
+            epoch, self.clusters, stats, writers, self.runtime, old_tcp_plans
+        )
         for name, plan in self.plans.items():
             if plan.transforms is not None:
                 plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation
-        for name, tcp_plan in self.tcp_plans.items():
-            old_tcp = (old_tcp_plans or {}).get(name)
-            if old_tcp is not None and old_tcp.listener == tcp_plan.listener:
-                tcp_plan.generation = old_tcp.generation
 
     def retire_replaced(self, old_clusters: dict[str, ClusterState]) -> None:
         """Retire the old clusters this epoch did not keep (after it is in place)."""

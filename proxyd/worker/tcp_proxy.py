@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from proxyd.epoch import Listener
+from proxyd.epoch import Epoch, Listener
 from proxyd.protocol.access_log import TCP_CONNECTION_END, TCP_UPSTREAM_CONNECTED, LogRecord
 from proxyd.protocol.access_log_filters import NO_RUNTIME, Runtime
 from proxyd.protocol.hash_lb import xxh64
@@ -138,6 +138,28 @@ class TcpListenerPlan:
         self.chunk = max(min(listener.per_connection_buffer_limit_bytes, MAX_CHUNK), 1024)
         self.log_on_connected = tcp.log_on_connected and bool(self.access.tcp_logs)
         self.hash_source_ip = tcp.hash_source_ip
+
+
+def tcp_plans(
+    epoch: Epoch,
+    clusters: dict[str, ClusterState],
+    stats: StatsStore,
+    writers: dict[str, AccessLogWriter],
+    runtime: Runtime,
+    old: dict[str, TcpListenerPlan] | None,
+) -> dict[str, TcpListenerPlan]:
+    """The plans of ``epoch``'s TCP proxy listeners; one whose listener did not change
+    keeps the generation of its plan in ``old``."""
+    plans = {
+        lst.name: TcpListenerPlan(lst, clusters, stats, writers, runtime)
+        for lst in epoch.listeners
+        if lst.tcp_proxy is not None
+    }
+    for name, plan in plans.items():
+        before = (old or {}).get(name)
+        if before is not None and before.listener == plan.listener:
+            plan.generation = before.generation
+    return plans
 
 
 class WorkerContext(Protocol):
