@@ -419,8 +419,10 @@ def connection_opened(conn: Any, plan: ListenerPlan | TcpListenerPlan) -> None:
     OPEN[id(conn)] = (time.time(), time.monotonic(), plan)
 
 
-def connection_closed(conn: Any) -> None:
-    """The connection is about to be closed: its listener's connection lines."""
+def connection_closed(conn: Any, counted: tuple[int, int] | None = None) -> None:
+    """The connection is about to be closed: its listener's connection lines. Its
+    bytes (received, sent) are ``counted`` when the caller knows them (the TCP proxy),
+    else read from the kernel."""
     opened = OPEN.pop(id(conn), None)
     if opened is None:
         return
@@ -430,7 +432,7 @@ def connection_closed(conn: Any) -> None:
     rec.listener_name = plan.name
     rec.start_time = t_wall
     rec.duration_ms = int((time.monotonic() - t0) * 1000)
-    received, sent = wire_bytes(conn.sock)
+    received, sent = counted if counted is not None else wire_bytes(conn.sock)
     rec.bytes_received = received
     rec.bytes_sent = sent
     # The HTTP codec starts on the first bytes; a TCP proxy has no protocol to name.

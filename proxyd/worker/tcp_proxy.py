@@ -273,7 +273,7 @@ class TcpConnection:
             worker.connections.discard(self)
             try:
                 if accesslog_plan.OPEN:
-                    accesslog_plan.connection_closed(self)
+                    accesslog_plan.connection_closed(self, (self.rx, self.tx))
                 if plan.access.tcp_logs:
                     self.local_address()  # while the socket is open
             except Exception as exc:  # a bug: the connection is closed regardless

@@ -4,7 +4,8 @@ One bootstrap, several listeners whose one network filter is ``tcp_proxy``, each
 an access log (one file per side; the format is the same) and its own stat_prefix:
 
 * ``echo`` -> cluster ``echo``: a TCP echo server (``tests.support.TcpEchoServer``),
-  which after the client's end of stream sends ``<eof>`` and closes (so the client sees a half-close
+  which after the client's end of stream sends ``<eof>`` and closes; this listener has
+  its own access log too (one line per connection, the bytes the TCP proxy moved) (so the client sees a half-close
   passed on both ways);
 * ``dead`` (max_connect_attempts 2) and ``dead1`` (the default, 1) -> a port nothing
   listens on: the connection is closed (flags UF,URX);
@@ -60,6 +61,7 @@ LOG_FORMAT = (
     "%PROTOCOL% %RESPONSE_CODE% %UPSTREAM_HOST% %UPSTREAM_REMOTE_ADDRESS% "
     "%UPSTREAM_TRANSPORT_FAILURE_REASON% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\n"
 )
+LISTENER_LOG_FORMAT = "listener %ACCESS_LOG_TYPE% %BYTES_RECEIVED% %BYTES_SENT% %PROTOCOL%\n"
 BIG = 3 * 1024 * 1024
 SPREAD_CONNECTIONS = 200
 SPREAD_TOLERANCE = 0.1
@@ -83,13 +85,25 @@ def _listener(name: str, log_path: str, **tcp: Any) -> dict[str, Any]:
         ],
         **tcp,
     }
-    return {
+    out = {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": config}]}
         ],
     }
+    if name == "echo":  # the listener's own access log too (one line per connection)
+        out["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": FILE_LOG,
+                    "path": log_path,
+                    "log_format": {"text_format_source": {"inline_string": LISTENER_LOG_FORMAT}},
+                },
+            }
+        ]
+    return out
 
 
 def _cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
@@ -481,7 +495,7 @@ def _picked(stats: dict[str, int]) -> dict[str, int]:
 
 
 # Lines each side logs: every case's connection, and one per HTTP exchange.
-EXPECTED_LINES = 14 + HASHED
+EXPECTED_LINES = 14 + HASHED + 3  # and the echo listener's own lines
 
 
 def _log_lines(path: Path) -> list[str]:
