@@ -519,6 +519,14 @@ class RetryPolicy:
     # retry_priority previous_priorities: its update_frequency (0 = no retry priority):
     # every that many attempts, the priority levels attempted so far get no load.
     priority_update_frequency: int = 0
+    # retriable_headers (retry_on retriable-headers: a response matching any is retried)
+    # and retriable_request_headers (a request matching none is never retried).
+    retriable_headers: tuple[HeaderMatch, ...] = ()
+    retriable_request_headers: tuple[HeaderMatch, ...] = ()
+    # rate_limited_retry_back_off: the response headers that say when to retry (lower-case
+    # name, "SECONDS" or "UNIX_TIMESTAMP") and the longest such wait (ms).
+    reset_headers: tuple[tuple[str, str], ...] = ()
+    reset_max_interval_ms: int = 300_000
 
 
 @dataclass(frozen=True, slots=True)

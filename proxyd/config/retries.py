@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from proxyd.config.matchers import header_match
 from proxyd.config.proto import join, unpack
 from proxyd.config.values import seconds, wrapped_or
 from proxyd.epoch import RetryPolicy, Route
@@ -77,7 +78,32 @@ def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPol
                 join(here, "typed_config.update_frequency"),
                 "value must be greater than 0",
             )
+    reset_headers: tuple[tuple[str, str], ...] = ()
+    reset_max_ms = 300_000
+    if rp.HasField("rate_limited_retry_back_off"):
+        rl = rp.rate_limited_retry_back_off
+        here = join(path, "rate_limited_retry_back_off")
+        reset_headers = tuple(
+            (h.name.lower(), "UNIX_TIMESTAMP" if h.format == 1 else "SECONDS")
+            for h in rl.reset_headers
+        )
+        if rl.HasField("max_interval"):
+            reset_max_ms = int(seconds(rl.max_interval) * 1000)
+            if reset_max_ms < 1:
+                raise ConfigError(
+                    file, join(here, "max_interval"), "max_interval must be at least 1ms"
+                )
     return RetryPolicy(
+        retriable_headers=tuple(
+            header_match(h, f"{join(path, 'retriable_headers')}[{i}]", file)
+            for i, h in enumerate(rp.retriable_headers)
+        ),
+        retriable_request_headers=tuple(
+            header_match(h, f"{join(path, 'retriable_request_headers')}[{i}]", file)
+            for i, h in enumerate(rp.retriable_request_headers)
+        ),
+        reset_headers=reset_headers,
+        reset_max_interval_ms=reset_max_ms,
         avoid_previous_hosts=avoid_previous,
         # Envoy: "if unspecified, this will default to retrying once".
         host_selection_retry_max_attempts=rp.host_selection_retry_max_attempts or 1,

@@ -112,6 +112,12 @@ RETRY_POLICY: Spec = {
     "per_try_timeout": LEAF,
     "per_try_idle_timeout": LEAF,
     "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
+    "rate_limited_retry_back_off": {
+        "reset_headers": {"name": LEAF, "format": LEAF},
+        "max_interval": LEAF,
+    },
+    "retriable_headers": HEADER_MATCHER,
+    "retriable_request_headers": HEADER_MATCHER,
     "retriable_status_codes": LEAF,
 }
 

@@ -349,6 +349,9 @@ class ListenerPlan:
             if r.retry is not None and rp.cluster_name:
                 rp.set_retry(r.retry)
                 retry_headers = True
+                assert rp.retry is not None
+                filter_headers.update(rp.retry.request_names())
+                filter_response.update(rp.retry.response_names())
             elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
             if (
