@@ -44,6 +44,7 @@ from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.stream import Connection, Stream
+from proxyd.worker.tcp_proxy import TcpListenerPlan, tcp_plans
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -278,6 +279,7 @@ class ListenerPlan:
         facts: EpochFacts | None = None,
     ) -> None:
         hcm = listener.hcm
+        assert hcm is not None  # a TCP proxy listener has a TcpListenerPlan
         self.name = listener.name
         self.listener = listener
         # Connections accepted under one generation of a listener's config get
@@ -542,6 +544,7 @@ class CompiledEpoch:
         local_address: str,
         ids: RequestIdGenerator,
         old_plans: dict[str, ListenerPlan] | None = None,
+        old_tcp_plans: dict[str, TcpListenerPlan] | None = None,
     ) -> None:
         self.epoch = epoch
         self.clusters: dict[str, ClusterState] = {}
@@ -564,12 +567,18 @@ class CompiledEpoch:
                 for name, c in self.clusters.items()
             },
         )
+        # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
+        # TCP proxy listeners' (proxyd.worker.tcp_proxy).
         self.plans = {
             lst.name: ListenerPlan(
                 lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
             for lst in epoch.listeners
+            if lst.hcm is not None
         }
+        self.tcp_plans = tcp_plans(
+            epoch, self.clusters, stats, writers, self.runtime, old_tcp_plans
+        )
         for name, plan in self.plans.items():
             if plan.transforms is not None:
                 plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
