@@ -82,6 +82,7 @@ class LogRecord:
         "upstream_protocol",
         "upstream_cluster",
         "attempt_count",
+        "hosts_attempted",
         "transport_failure",
         "downstream_remote_address",
         "downstream_direct_remote_address",
@@ -117,6 +118,8 @@ class LogRecord:
         self.upstream_protocol: str | None = None
         self.upstream_cluster: str | None = None
         self.attempt_count: int = 0
+        # The hosts that got the request (None: the one in upstream_host).
+        self.hosts_attempted: list[str] | None = None
         self.transport_failure: str | None = None
         self.downstream_remote_address: str | None = None
         self.downstream_direct_remote_address: str | None = None
