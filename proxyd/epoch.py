@@ -189,6 +189,9 @@ class Cluster:
     choice_count: int = 2
     # Envoy's per-cluster limit on requests per upstream connection; 0 = unlimited.
     max_requests_per_connection: int = 0
+    # per_connection_buffer_limit_bytes: the most of a response body read from one of
+    # the cluster's connections before it is passed on (Envoy's default 1 MiB).
+    buffer_limit: int = 1024 * 1024
     # Upstream idle connection timeout (common_http_protocol_options.idle_timeout);
     # Envoy's default is 1 hour. 0 = disabled.
     idle_timeout_s: float = 3600.0

@@ -659,6 +659,8 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
 }
 
 CLUSTER: dict[str, Spec] = {
+    # proxyd.worker.router: the most of a response body read at once from its hosts.
+    "per_connection_buffer_limit_bytes": LEAF,
     "name": LEAF,
     "type": LEAF,
     "connect_timeout": LEAF,
