@@ -192,6 +192,9 @@ class Cluster:
     # per_connection_buffer_limit_bytes: the most of a response body read from one of
     # the cluster's connections before it is passed on (Envoy's default 1 MiB).
     buffer_limit: int = 1024 * 1024
+    # close_connections_on_host_health_failure: a host that fails active health checking
+    # has its TCP proxy connections closed (HTTP pools are replaced on any health change).
+    close_on_health_failure: bool = False
     # Upstream idle connection timeout (common_http_protocol_options.idle_timeout);
     # Envoy's default is 1 hour. 0 = disabled.
     idle_timeout_s: float = 3600.0
