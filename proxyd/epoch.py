@@ -427,6 +427,8 @@ class Route:
     # RouteAction.idle_timeout: the stream idle timeout on this route in place of the
     # connection manager's (None: not set; 0: none).
     idle_timeout_s: float | None = None
+    # Route.decorator.operation: the name of a traced request's span ("" = not set).
+    decorator_operation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,6 +635,40 @@ class HttpFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomTag:
+    """HttpConnectionManager.tracing.custom_tags: a tag every span of the listener gets;
+    ``kind`` is "literal" (``value``), "request_header" (``value`` is the lower-case
+    header name) or "environment" (resolved by the master: a literal then)."""
+
+    tag: str
+    kind: str
+    value: str
+    default: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """HttpConnectionManager.tracing with the Zipkin provider (proxyd.config.tracing,
+    proxyd.worker.tracing). Samplings are numerators over 10,000 (Envoy's Percent)."""
+
+    collector_cluster: str
+    collector_endpoint: str
+    collector_hostname: str
+    trace_id_128bit: bool = False
+    shared_span_context: bool = True
+    # "SERVER" for an INBOUND (or unspecified) listener, "CLIENT" for OUTBOUND.
+    kind: str = "SERVER"
+    random_sampling: int = 10000
+    client_sampling: int = 10000
+    overall_sampling: int = 10000
+    custom_tags: tuple[CustomTag, ...] = ()
+    max_path_tag_length: int = 256
+    # Tracing.operation: the span's name when the route has no decorator ("" = the
+    # request's Host, Envoy's default).
+    operation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
     # "AUTO" or "HTTP1" (HTTP2 arrives with its own issue).
@@ -680,6 +716,8 @@ class HttpConnectionManager:
     max_connection_duration_s: float = 0.0
     max_stream_duration_s: float = 0.0
     drain_timeout_s: float = 5.0
+    # tracing (None: none; the request path then pays nothing for it).
+    tracing: Tracing | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,6 +177,7 @@ def _route(
         name=r.name,
         match=match,
         cluster=action.cluster,
+        decorator_operation=r.decorator.operation,
         cluster_header=action.cluster_header.lower(),
         cluster_not_found_status=_NOT_FOUND_CODES[
             enum_name(action, "cluster_not_found_response_code")

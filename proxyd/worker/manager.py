@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import accesslog_plan, durations, mirror, router
+from proxyd.worker import accesslog_plan, durations, mirror, router, tracing
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
@@ -60,6 +60,8 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
         stream.t0 = time.monotonic()
         if plan.log_hooks:
             accesslog_plan.stream_started(stream, plan, conn)
+        if plan.tracer is not None:
+            tracing.start(stream, plan)
     plan.http_stats.rq_total += 1
     plan.http_stats.rq_active += 1
     h = stream.head
@@ -100,6 +102,8 @@ def _exchange(
     head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
         h, conn.remote_ip, rp.timeout_header, stream.request_added
     )
+    if plan.tracer is not None:  # the request's trace reason and B3 context
+        head = tracing.on_upstream(stream, plan, head)
     if rp.mutations is not None:
         head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     if plan.http1 is not None:  # preserve_case: the names as the client wrote them
@@ -245,6 +249,8 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
         sink.complete()  # type: ignore[attr-defined]  # the filter chain
     if plan.logs:
         write_log(stream, plan, conn)
+    if plan.tracer is not None:
+        tracing.finish(stream, plan, conn)
 
 
 # -- access log ---------------------------------------------------------------------------

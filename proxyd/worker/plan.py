@@ -43,6 +43,7 @@ from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.stream import Connection, Stream
+from proxyd.worker.tracing import Tracer
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -103,7 +104,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration", "hash", "mirror", "stream_idle",
+        "duration", "hash", "mirror", "stream_idle", "decorator",
     )  # fmt: skip
 
     def __init__(
@@ -116,6 +117,8 @@ class RoutePlan:
         stream_idle: float = math.inf,
     ):
         self.name = name
+        # Route.decorator.operation: a traced request's span name ("" = not set).
+        self.decorator = ""
         self.cluster = cluster
         self.pool: ConnPool | None = cluster.pool(priority) if cluster is not None else None
         self.cluster_name = cluster_name
@@ -294,6 +297,7 @@ class ListenerPlan:
                 idle_of(r),
             )
             rp.not_found_status = r.cluster_not_found_status
+            rp.decorator = r.decorator_operation
             if r.hash_policy and rp.cluster is not None and rp.cluster.hashing is not None:
                 rp.hash = HashPlan(r.hash_policy)
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
@@ -421,7 +425,16 @@ class ListenerPlan:
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
         log_req = set(self.access.request_headers) | value_req
         log_resp = set(self.access.response_headers) | value_resp
-        self.stamps = self.stamps or bool(self.logs)
+        # HttpConnectionManager.tracing (proxyd.worker.tracing; None: a request pays
+        # nothing for it). A traced request needs its times.
+        self.tracer = (
+            Tracer(hcm.tracing, clusters, stats, local_address)
+            if hcm.tracing is not None
+            else None
+        )
+        if self.tracer is not None:
+            log_req |= self.tracer.wanted
+        self.stamps = self.stamps or bool(self.logs) or self.tracer is not None
         if retry_headers:
             log_resp.add("x-envoy-overloaded")  # a response never retried
         # Header names (bytes, lower case) the request parser collects, by the key under
@@ -519,6 +532,8 @@ class CompiledEpoch:
         for name, plan in self.plans.items():
             if plan.transforms is not None:
                 plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
+            if plan.tracer is not None:
+                plan.tracer.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation

@@ -135,6 +135,9 @@ class Stream:
         "close_connection",
         "connection",
         "lb_hash",
+        # proxyd.worker.tracing.SpanState, set (and read) only on a listener with
+        # tracing: left unset here so that other requests pay nothing for it.
+        "trace",
     )
 
     def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:

@@ -1,0 +1,118 @@
+"""HttpConnectionManager.tracing → :class:`proxyd.epoch.Tracing` (Zipkin provider).
+
+What the coverage tree (``proxyd.config.supported``) lets through is compiled here; the
+values proxyd does not implement are refused by path: ``verbose: true``,
+``spawn_upstream_span: true``, ``operation`` / ``upstream_operation`` with command
+operators, a ``collector_endpoint_version`` other than HTTP_JSON, a
+``trace_context_option`` other than USE_B3. The worker's side is proxyd.worker.tracing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Container
+from typing import Any
+
+from proxyd.config.proto import join, unpack
+from proxyd.config.values import enum_name, wrapped_or
+from proxyd.epoch import CustomTag, Tracing
+from proxyd.errors import ConfigError
+
+ZIPKIN_TYPE = "envoy.config.trace.v3.ZipkinConfig"
+ZIPKIN_NAME = "envoy.tracers.zipkin"
+DEFAULT_MAX_PATH_TAG_LENGTH = 256
+
+
+def _percent(tracing: Any, field: str) -> int:
+    """A Percent (0..100, default 100) as a numerator over 10,000, as Envoy keeps it."""
+    if not tracing.HasField(field):
+        return 10000
+    value = getattr(tracing, field).value
+    return max(0, min(10000, int(round(value * 100))))
+
+
+def compile_tracing(
+    hcm: Any, direction: str, path: str, clusters: Container[str], file: str
+) -> Tracing | None:
+    """The HCM's tracing, or None when it has none. ``direction`` is the listener's
+    traffic_direction ("UNSPECIFIED", "INBOUND", "OUTBOUND")."""
+    if not hcm.HasField("tracing"):
+        return None
+    t = hcm.tracing
+    path = join(path, "tracing")
+    if not t.HasField("provider"):
+        # Envoy 1.40: a tracing block without a provider traces nothing.
+        return None
+    if t.verbose:
+        raise ConfigError(file, join(path, "verbose"), "verbose tracing not supported by proxyd")
+    if wrapped_or(t, "spawn_upstream_span", False):
+        raise ConfigError(
+            file, join(path, "spawn_upstream_span"), "spawn_upstream_span not supported by proxyd"
+        )
+    for name in ("operation", "upstream_operation"):
+        if "%" in getattr(t, name):
+            raise ConfigError(
+                file, join(path, name), "command operators in span names not supported by proxyd"
+            )
+    ppath = join(path, "provider")
+    payload = unpack(t.provider.typed_config) if t.provider.HasField("typed_config") else None
+    if payload is None or payload.DESCRIPTOR.full_name != ZIPKIN_TYPE:
+        raise ConfigError(file, ppath, f"tracer '{t.provider.name}' not supported by proxyd")
+    z = payload
+    zpath = join(ppath, "typed_config")
+    version = enum_name(z, "collector_endpoint_version")
+    if version not in ("HTTP_JSON", "DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE"):
+        raise ConfigError(
+            file,
+            join(zpath, "collector_endpoint_version"),
+            f"collector_endpoint_version {version} not supported by proxyd (HTTP_JSON only)",
+        )
+    if enum_name(z, "trace_context_option") != "USE_B3":
+        raise ConfigError(
+            file, join(zpath, "trace_context_option"), "only USE_B3 is supported by proxyd"
+        )
+    if z.split_spans_for_request:
+        raise ConfigError(
+            file, join(zpath, "split_spans_for_request"), "not supported by proxyd"
+        )
+    if not z.collector_cluster:
+        raise ConfigError(file, join(zpath, "collector_cluster"), "a collector_cluster is required")
+    if z.collector_cluster not in clusters:
+        # Envoy: "collector_cluster 'x' ... is not defined" at load.
+        raise ConfigError(
+            file,
+            join(zpath, "collector_cluster"),
+            f"{z.collector_cluster} collector cluster is not defined on cluster manager level",
+        )
+    return Tracing(
+        collector_cluster=z.collector_cluster,
+        collector_endpoint=z.collector_endpoint or "/api/v2/spans",
+        collector_hostname=z.collector_hostname or z.collector_cluster,
+        trace_id_128bit=z.trace_id_128bit,
+        shared_span_context=wrapped_or(z, "shared_span_context", True),
+        kind="CLIENT" if direction == "OUTBOUND" else "SERVER",
+        random_sampling=_percent(t, "random_sampling"),
+        client_sampling=_percent(t, "client_sampling"),
+        overall_sampling=_percent(t, "overall_sampling"),
+        custom_tags=tuple(
+            _custom_tag(c, join(path, f"custom_tags[{i}]"), file)
+            for i, c in enumerate(t.custom_tags)
+        ),
+        operation=t.operation,
+        max_path_tag_length=wrapped_or(t, "max_path_tag_length", DEFAULT_MAX_PATH_TAG_LENGTH),
+    )
+
+
+def _custom_tag(c: Any, path: str, file: str) -> CustomTag:
+    kind = c.WhichOneof("type")
+    if kind == "literal":
+        return CustomTag(c.tag, "literal", c.literal.value)
+    if kind == "request_header":
+        return CustomTag(
+            c.tag, "request_header", c.request_header.name.lower(), c.request_header.default_value
+        )
+    if kind == "environment":
+        # Read once at load, as Envoy reads it when the config is loaded.
+        env = c.environment
+        return CustomTag(c.tag, "literal", os.environ.get(env.name, env.default_value))
+    raise ConfigError(file, join(path, kind or "type"), f"custom tag {kind} not supported by proxyd")

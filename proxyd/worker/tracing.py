@@ -1,0 +1,324 @@
+"""HttpConnectionManager.tracing in the worker: Zipkin spans and B3 propagation.
+
+* :class:`Tracer` is a listener's tracing for one epoch (``ListenerPlan.tracer``;
+  None on a listener without tracing, whose requests then pay nothing for it).
+* :func:`start` (when the request head is routed) reads the incoming B3 context and
+  takes the incoming B3 lines out of the upstream head; :func:`on_upstream` (once the
+  upstream head is built, its x-request-id known) makes Envoy's sampling decision,
+  writes the trace reason into x-request-id and adds the B3 lines of the request's
+  span; :func:`finish` (at stream end) appends the span's small record to the
+  worker's :class:`ZipkinExporter` when the request is sampled.
+* :class:`ZipkinExporter` (one per collector, per worker process) holds at most
+  ``MAX_QUEUED`` records (more are dropped and counted in
+  ``tracing.zipkin.spans_dropped``) and posts them as Zipkin v2 JSON to a host of the
+  collector cluster from a task of the worker's nursery, when ``MIN_FLUSH_SPANS``
+  wait or every ``FLUSH_INTERVAL_S`` (Envoy's defaults), never on the request path.
+  Its stats are Envoy's: ``tracing.zipkin.spans_sent``, ``reports_sent``,
+  ``reports_dropped`` (the collector answered other than 2xx), ``reports_failed``,
+  ``reports_skipped_no_cluster``, ``timer_flushed``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from proxyd.protocol.runtime import RANDOM
+from proxyd.protocol.zipkin import (
+    B3_KEYS,
+    B3_NAMES,
+    Incoming,
+    extract_b3,
+    inject_b3,
+    new_id,
+    span_json,
+    trace_decision,
+)
+
+if TYPE_CHECKING:
+    from proxyd.epoch import Tracing
+    from proxyd.worker.plan import ListenerPlan
+    from proxyd.worker.stats import NamedStats, StatsStore
+    from proxyd.worker.stream import Connection, Stream
+    from proxyd.worker.upstream import ClusterState
+
+MAX_QUEUED = 1000
+MIN_FLUSH_SPANS = 5
+FLUSH_INTERVAL_S = 5.0
+POST_TIMEOUT_S = 5.0
+
+
+class SpanState:
+    """The trace context of one stream (``stream.trace``)."""
+
+    __slots__ = ("incoming", "decided", "trace_id", "span_id", "parent_id", "sampled", "single")
+
+    def __init__(self, incoming: Incoming | None) -> None:
+        self.incoming = incoming
+        self.decided = False
+        self.trace_id = self.span_id = self.parent_id = ""
+        self.sampled = False
+        self.single = False
+
+
+class Tracer:
+    """A listener's tracing for one epoch."""
+
+    __slots__ = ("t", "exporter", "node_id", "wanted", "header_tags", "literal_tags")
+
+    def __init__(
+        self,
+        t: Tracing,
+        clusters: dict[str, ClusterState],
+        stats: StatsStore,
+        local_address: str,
+    ) -> None:
+        self.t = t
+        self.exporter = exporter_for(t, stats)
+        self.exporter.cluster = clusters.get(t.collector_cluster)
+        self.exporter.local_ip = local_address
+        self.node_id = ""
+        self.header_tags = tuple(
+            (c.tag, c.value, c.default) for c in t.custom_tags if c.kind == "request_header"
+        )
+        self.literal_tags = tuple((c.tag, c.value) for c in t.custom_tags if c.kind == "literal")
+        # The request headers the parser collects for tracing.
+        self.wanted = {
+            *B3_KEYS,
+            "x-client-trace-id",
+            "x-envoy-force-trace",
+            "x-envoy-downstream-service-cluster",
+            "user-agent",
+            *(name for _, name, _ in self.header_tags),
+        }
+
+    def set_node(self, node_id: str, node_cluster: str) -> None:
+        self.node_id = node_id
+        self.exporter.service_name = node_cluster
+
+
+def start(stream: Stream, plan: ListenerPlan) -> None:
+    """The request head has arrived: its incoming context; the incoming B3 lines leave
+    the upstream head (:func:`on_upstream` writes the span's own)."""
+    h = stream.head
+    assert h is not None
+    headers = h.headers
+    for key, name in zip(B3_KEYS, B3_NAMES, strict=True):
+        if key in headers:
+            h.remove.append(name)
+    stream.trace = SpanState(extract_b3(headers))
+
+
+def _decide(stream: Stream, tracer: Tracer) -> SpanState:
+    state: SpanState = stream.trace
+    if state.decided:
+        return state
+    state.decided = True
+    t = tracer.t
+    h = stream.head
+    assert h is not None
+    headers = h.headers
+    rid, traced = trace_decision(
+        stream.request_id,
+        "x-client-trace-id" in headers,
+        "x-envoy-force-trace" in headers,
+        t.random_sampling,
+        t.client_sampling,
+        t.overall_sampling,
+        RANDOM.getrandbits(32),
+    )
+    stream.request_id = rid
+    inc = state.incoming
+    if inc is not None and inc.trace_id:
+        state.trace_id = inc.trace_id
+        if t.shared_span_context and t.kind == "SERVER":
+            state.span_id, state.parent_id = inc.span_id, inc.parent_id
+        else:
+            state.span_id, state.parent_id = new_id(), inc.span_id
+    else:
+        state.span_id = new_id()
+        state.trace_id = new_id() + state.span_id if t.trace_id_128bit else state.span_id
+    state.sampled = inc.sampled if inc is not None and inc.sampled is not None else traced
+    state.single = inc.single if inc is not None else False
+    return state
+
+
+def on_upstream(stream: Stream, plan: ListenerPlan, head: bytes) -> bytes:
+    """The upstream head with the trace reason in x-request-id and the B3 lines."""
+    tracer = plan.tracer
+    assert tracer is not None
+    before = stream.request_id
+    state = _decide(stream, tracer)
+    if stream.request_id != before and before:
+        head = _replace_request_id(head, stream.request_id.encode("latin-1"))
+    lines = inject_b3(state.trace_id, state.span_id, state.parent_id, state.sampled, state.single)
+    return head[:-2] + lines + b"\r\n"
+
+
+def _replace_request_id(head: bytes, value: bytes) -> bytes:
+    i = head.lower().find(b"\r\nx-request-id:")
+    if i < 0:
+        return head
+    start = head.index(b":", i) + 1
+    end = head.index(b"\r\n", start)
+    return head[:start] + b" " + value + head[end:]
+
+
+def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
+    """The stream ended: its span's record goes to the exporter when sampled."""
+    tracer = plan.tracer
+    assert tracer is not None
+    if getattr(stream, "trace", None) is None:
+        return  # refused by the codec before it was routed
+    state = _decide(stream, tracer)
+    if not state.sampled:
+        return
+    t = tracer.t
+    h = stream.head
+    assert h is not None
+    headers = h.headers
+    rp = stream.route_plan
+    name = (rp.decorator if rp is not None else "") or t.operation or h.host
+    status = stream.status
+    path = h.path
+    if len(path) > t.max_path_tag_length:
+        path = path[: t.max_path_tag_length]
+    tags = [
+        ("component", "proxy"),
+        ("node_id", tracer.node_id),
+        ("guid:x-request-id", stream.request_id),
+        ("http.url", f"http://{h.host}{path}"),
+        ("http.method", h.method),
+        ("downstream_cluster", headers.get("x-envoy-downstream-service-cluster", "-")),
+        ("user_agent", headers.get("user-agent", "-")),
+        ("http.protocol", "HTTP/1.0" if h.http10 else "HTTP/1.1"),
+        ("peer.address", conn.remote_ip),
+        ("request_size", str(stream.bytes_received)),
+        ("response_size", str(stream.bytes_sent)),
+        ("response_flags", stream.flag_text()),
+        ("http.status_code", str(status)),
+    ]
+    cluster = stream.upstream_cluster
+    if cluster:
+        tags.append(("upstream_cluster", cluster))
+        tags.append(("upstream_cluster.name", cluster))
+    if not status or status >= 500:
+        tags.append(("error", "true"))
+    client_id = headers.get("x-client-trace-id")
+    if client_id is not None:
+        tags.append(("guid:x-client-trace-id", client_id))
+    tags.extend(tracer.literal_tags)
+    for tag, header, default in tracer.header_tags:
+        value = headers.get(header, default)
+        if value:
+            tags.append((tag, value))
+    start_us = int(stream.t_wall * 1_000_000)
+    duration_us = int((time.monotonic() - stream.t0) * 1_000_000)
+    shared = t.shared_span_context and t.kind == "SERVER"
+    record = (
+        state.trace_id, state.span_id, state.parent_id, name, t.kind, shared,
+        start_us, duration_us, tags,
+    )  # fmt: skip
+    tracer.exporter.add(record, getattr(conn, "worker", None))
+
+
+# -- export -------------------------------------------------------------------------------
+
+# This worker process's exporters, by collector (cluster, endpoint, hostname).
+_EXPORTERS: dict[tuple[str, str, str], ZipkinExporter] = {}
+
+
+def exporter_for(t: Tracing, stats: StatsStore) -> ZipkinExporter:
+    key = (t.collector_cluster, t.collector_endpoint, t.collector_hostname)
+    exporter = _EXPORTERS.get(key)
+    if exporter is None:
+        exporter = _EXPORTERS[key] = ZipkinExporter(
+            t.collector_endpoint, t.collector_hostname, stats.named("tracing.zipkin.")
+        )
+    return exporter
+
+
+class ZipkinExporter:
+    """Spans waiting for one collector, and the task that posts them."""
+
+    def __init__(self, endpoint: str, hostname: str, stats: NamedStats) -> None:
+        self.endpoint = endpoint
+        self.hostname = hostname
+        self.stats = stats
+        self.cluster: ClusterState | None = None
+        self.service_name = ""
+        self.local_ip = ""
+        self.queue: list[tuple[Any, ...]] = []
+        self.wake = trio.Event()
+        self.running = False
+
+    def add(self, record: tuple[Any, ...], worker: Any) -> None:
+        if len(self.queue) >= MAX_QUEUED:
+            self.stats.inc("spans_dropped")
+            return
+        self.queue.append(record)
+        if not self.running and worker is not None:
+            self.running = True
+            worker.spawn(self.run)
+        if len(self.queue) >= MIN_FLUSH_SPANS:
+            self.wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                with trio.move_on_after(FLUSH_INTERVAL_S) as scope:
+                    await self.wake.wait()
+                if scope.cancelled_caught:
+                    self.stats.inc("timer_flushed")
+                self.wake = trio.Event()
+                if self.queue:
+                    batch, self.queue = self.queue, []
+                    await self.post(batch)
+        finally:
+            self.running = False
+
+    def body(self, batch: list[tuple[Any, ...]]) -> bytes:
+        spans = [span_json(r, self.service_name, self.local_ip) for r in batch]
+        return json.dumps(spans, separators=(",", ":")).encode()
+
+    async def post(self, batch: list[tuple[Any, ...]]) -> None:
+        cluster = self.cluster
+        host = cluster.balancer.pick() if cluster is not None else None
+        if host is None:
+            self.stats.inc("reports_skipped_no_cluster")
+            return
+        body = self.body(batch)
+        head = (
+            f"POST {self.endpoint} HTTP/1.1\r\nhost: {self.hostname}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n"
+        ).encode()
+        self.stats.inc("spans_sent", len(batch))
+        try:
+            with trio.fail_after(POST_TIMEOUT_S):
+                conn = await trio.open_tcp_stream(host.address, host.port)
+                async with conn:
+                    await conn.send_all(head + body)
+                    status = await _read_status(conn)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError):
+            # The collector is down or slow: the spans are lost, never a request.
+            self.stats.inc("reports_failed")
+            return
+        if 200 <= status < 300:
+            self.stats.inc("reports_sent")
+        else:
+            self.stats.inc("reports_dropped")
+
+
+async def _read_status(conn: trio.SocketStream) -> int:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = await conn.receive_some(4096)
+        if not chunk:
+            raise ValueError("collector closed before answering")
+        data += chunk
+    parts = data.split(b"\r\n", 1)[0].split(b" ", 2)
+    return int(parts[1])
