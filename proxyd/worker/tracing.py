@@ -112,7 +112,9 @@ def start(stream: Stream, plan: ListenerPlan) -> None:
     stream.trace = SpanState(extract_b3(headers))
 
 
-def _decide(stream: Stream, tracer: Tracer) -> SpanState:
+def _decide(stream: Stream, tracer: Tracer, internal: bool = False) -> SpanState:
+    """Envoy's decision for the stream, once; ``internal``: the request is internal
+    (x-envoy-force-trace counts only then, as in Envoy)."""
     state: SpanState = stream.trace
     if state.decided:
         return state
@@ -124,7 +126,7 @@ def _decide(stream: Stream, tracer: Tracer) -> SpanState:
     rid, traced = trace_decision(
         stream.request_id,
         "x-client-trace-id" in headers,
-        "x-envoy-force-trace" in headers,
+        internal and "x-envoy-force-trace" in headers,
         t.random_sampling,
         t.client_sampling,
         t.overall_sampling,
@@ -151,7 +153,7 @@ def on_upstream(stream: Stream, plan: ListenerPlan, head: bytes) -> bytes:
     tracer = plan.tracer
     assert tracer is not None
     before = stream.request_id
-    state = _decide(stream, tracer)
+    state = _decide(stream, tracer, b"\r\nx-envoy-internal: true\r\n" in head)
     if stream.request_id != before and before:
         head = _replace_request_id(head, stream.request_id.encode("latin-1"))
     lines = inject_b3(state.trace_id, state.span_id, state.parent_id, state.sampled, state.single)
