@@ -99,8 +99,11 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
     hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
     tracing = compile_tracing(
-        hcm_msg, enum_name(lst, "traffic_direction"), join(filter_path, "typed_config"),
-        clusters, file,
+        hcm_msg,
+        enum_name(lst, "traffic_direction"),
+        join(filter_path, "typed_config"),
+        clusters,
+        file,
     )
     if tracing is not None:
         hcm = dataclasses.replace(hcm, tracing=tracing)

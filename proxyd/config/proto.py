@@ -34,13 +34,13 @@ from functools import cache
 from typing import Any, TypeVar
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.trace.v3 import zipkin_pb2  # noqa: F401 - registers the type
 from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401 - registers the type
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401 - registers the types
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
-from envoy.config.trace.v3 import zipkin_pb2  # noqa: F401 - registers the type
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor

@@ -72,9 +72,7 @@ def compile_tracing(
             file, join(zpath, "trace_context_option"), "only USE_B3 is supported by proxyd"
         )
     if z.split_spans_for_request:
-        raise ConfigError(
-            file, join(zpath, "split_spans_for_request"), "not supported by proxyd"
-        )
+        raise ConfigError(file, join(zpath, "split_spans_for_request"), "not supported by proxyd")
     if not z.collector_cluster:
         raise ConfigError(file, join(zpath, "collector_cluster"), "a collector_cluster is required")
     if z.collector_cluster not in clusters:
@@ -115,4 +113,6 @@ def _custom_tag(c: Any, path: str, file: str) -> CustomTag:
         # Read once at load, as Envoy reads it when the config is loaded.
         env = c.environment
         return CustomTag(c.tag, "literal", os.environ.get(env.name, env.default_value))
-    raise ConfigError(file, join(path, kind or "type"), f"custom tag {kind} not supported by proxyd")
+    raise ConfigError(
+        file, join(path, kind or "type"), f"custom tag {kind} not supported by proxyd"
+    )

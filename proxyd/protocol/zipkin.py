@@ -18,7 +18,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-B3_NAMES = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3")
+B3_NAMES = (
+    b"x-b3-traceid",
+    b"x-b3-spanid",
+    b"x-b3-parentspanid",
+    b"x-b3-sampled",
+    b"x-b3-flags",
+    b"b3",
+)
 B3_KEYS = tuple(n.decode() for n in B3_NAMES)
 
 NOT_TRACED, SAMPLED, SERVICE_FORCED, CLIENT_FORCED = "4", "9", "a", "b"
@@ -67,8 +74,10 @@ def extract_b3(headers: dict[str, str]) -> Incoming | None:
             return Incoming(parts[0].lower(), parts[1].lower(), parent.lower(), s, True)
         return None
     flags = headers.get("x-b3-flags")
-    sampled = True if flags is not None and flags.strip() == "1" else _sampled(
-        headers.get("x-b3-sampled")
+    sampled = (
+        True
+        if flags is not None and flags.strip() == "1"
+        else _sampled(headers.get("x-b3-sampled"))
     )
     trace_id = headers.get("x-b3-traceid", "").strip()
     span_id = headers.get("x-b3-spanid", "").strip()
@@ -131,9 +140,7 @@ def trace_decision(
     return request_id, reason in _TRACED
 
 
-def span_json(
-    record: tuple[Any, ...], service_name: str, local_ip: str
-) -> dict[str, Any]:
+def span_json(record: tuple[Any, ...], service_name: str, local_ip: str) -> dict[str, Any]:
     """One span record (see proxyd.worker.tracing.SPAN_FIELDS) as Zipkin v2 JSON."""
     trace_id, span_id, parent_id, name, kind, shared, start_us, duration_us, tags = record
     span: dict[str, Any] = {"traceId": trace_id, "id": span_id}

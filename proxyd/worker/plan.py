@@ -428,9 +428,7 @@ class ListenerPlan:
         # HttpConnectionManager.tracing (proxyd.worker.tracing; None: a request pays
         # nothing for it). A traced request needs its times.
         self.tracer = (
-            Tracer(hcm.tracing, clusters, stats, local_address)
-            if hcm.tracing is not None
-            else None
+            Tracer(hcm.tracing, clusters, stats, local_address) if hcm.tracing is not None else None
         )
         if self.tracer is not None:
             log_req |= self.tracer.wanted

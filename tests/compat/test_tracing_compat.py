@@ -56,7 +56,11 @@ CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
         "joined, decorated route",
         "ingress",
         "/dec/joined",
-        {"x-b3-traceid": "0000000000000001", "x-b3-spanid": "0000000000000002", "x-b3-sampled": "1"},
+        {
+            "x-b3-traceid": "0000000000000001",
+            "x-b3-spanid": "0000000000000002",
+            "x-b3-sampled": "1",
+        },
         True,
     ),
     (
@@ -85,14 +89,24 @@ CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
         {"b3": "00000000000000060000000000000007-0000000000000008-1-0000000000000009"},
         True,
     ),
-    ("trace id alone: a new trace", "ingress", "/partial", {"x-b3-traceid": "0000000000000001"}, True),
+    (
+        "trace id alone: a new trace",
+        "ingress",
+        "/partial",
+        {"x-b3-traceid": "0000000000000001"},
+        True,
+    ),
     ("upstream 503: error tag", "ingress", "/status/503", {}, True),
     ("egress new 128-bit trace", "egress", "/e/new", {}, True),
     (
         "egress joined: a child span",
         "egress",
         "/e/joined",
-        {"x-b3-traceid": "0000000000000021", "x-b3-spanid": "0000000000000022", "x-b3-sampled": "1"},
+        {
+            "x-b3-traceid": "0000000000000021",
+            "x-b3-spanid": "0000000000000022",
+            "x-b3-sampled": "1",
+        },
         True,
     ),
     ("random_sampling 0", "unsampled", "/u/plain", {}, False),
@@ -169,7 +183,13 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
                     ]
                 }
             ],
@@ -179,7 +199,11 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
 
 def _listener(name: str, direction: str, tracing: dict[str, Any]) -> dict[str, Any]:
     routes = [
-        {"match": {"prefix": "/dec"}, "route": {"cluster": "up"}, "decorator": {"operation": "decorated"}},
+        {
+            "match": {"prefix": "/dec"},
+            "route": {"cluster": "up"},
+            "decorator": {"operation": "decorated"},
+        },
         {"match": {"prefix": "/"}, "route": {"cluster": "up"}},
     ]
     return {
@@ -196,10 +220,15 @@ def _listener(name: str, direction: str, tracing: dict[str, Any]) -> dict[str, A
                             "stat_prefix": name,
                             "tracing": tracing,
                             "route_config": {
-                                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]
+                                "virtual_hosts": [
+                                    {"name": "all", "domains": ["*"], "routes": routes}
+                                ]
                             },
                             "http_filters": [
-                                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {"@type": ROUTER},
+                                }
                             ],
                         },
                     }
@@ -227,7 +256,10 @@ def config(up_port: int, collector_port: int) -> str:
         "custom_tags": [
             {"tag": "lit", "literal": {"value": "v1"}},
             {"tag": "hdr", "request_header": {"name": "x-foo", "default_value": "none"}},
-            {"tag": "env", "environment": {"name": "PROXYD_TEST_UNSET_VAR", "default_value": "dflt"}},
+            {
+                "tag": "env",
+                "environment": {"name": "PROXYD_TEST_UNSET_VAR", "default_value": "dflt"},
+            },
         ],
     }
     egress = {"provider": provider(trace_id_128bit=True, shared_span_context=False)}
@@ -308,7 +340,9 @@ def _play(recorder: _Recorder, port_of: Callable[[str], int]) -> dict[str, Any]:
     ports = {name: port_of(name) for name in ("ingress", "egress", "unsampled")}
     for _, listener, path, headers, _ in CASES:
         conn = http.client.HTTPConnection("127.0.0.1", ports[listener], timeout=10)
-        conn.request("GET", path, headers={"host": "traced.example", "user-agent": "compat", **headers})
+        conn.request(
+            "GET", path, headers={"host": "traced.example", "user-agent": "compat", **headers}
+        )
         resp = conn.getresponse()
         resp.read()
         conn.close()
