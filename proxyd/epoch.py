@@ -429,6 +429,10 @@ class Route:
     idle_timeout_s: float | None = None
     # Route.decorator.operation: the name of a traced request's span ("" = not set).
     decorator_operation: str = ""
+    # Route.decorator.propagate: the operation goes to the other party in
+    # x-envoy-decorator-operation (the response of an ingress span, the upstream
+    # request of an egress one).
+    decorator_propagate: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,7 @@ def _route(
         match=match,
         cluster=action.cluster,
         decorator_operation=r.decorator.operation,
+        decorator_propagate=wrapped_or(r.decorator, "propagate", True),
         cluster_header=action.cluster_header.lower(),
         cluster_not_found_status=_NOT_FOUND_CODES[
             enum_name(action, "cluster_not_found_response_code")

@@ -19,6 +19,7 @@ from proxyd.epoch import CustomTag, Tracing
 from proxyd.errors import ConfigError
 
 ZIPKIN_TYPE = "envoy.config.trace.v3.ZipkinConfig"
+ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 ZIPKIN_NAME = "envoy.tracers.zipkin"
 DEFAULT_MAX_PATH_TAG_LENGTH = 256
 
@@ -40,6 +41,15 @@ def compile_tracing(
         return None
     t = hcm.tracing
     path = join(path, "tracing")
+    for i, f in enumerate(hcm.http_filters):
+        if f.typed_config.type_url.endswith("/" + ROUTER_TYPE):
+            router = unpack(f.typed_config)
+            if router is not None and router.start_child_span:
+                raise ConfigError(
+                    file,
+                    join(path[: -len(".tracing")], f"http_filters[{i}].typed_config.start_child_span"),
+                    "start_child_span (a child span per upstream request) not supported by proxyd",
+                )
     if not t.HasField("provider"):
         # Envoy 1.40: a tracing block without a provider traces nothing.
         return None

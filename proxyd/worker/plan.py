@@ -105,6 +105,7 @@ class RoutePlan:
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
         "duration", "hash", "mirror", "stream_idle", "decorator",
+        "decorator_line",
     )  # fmt: skip
 
     def __init__(
@@ -119,6 +120,8 @@ class RoutePlan:
         self.name = name
         # Route.decorator.operation: a traced request's span name ("" = not set).
         self.decorator = ""
+        # Its x-envoy-decorator-operation line when the decorator propagates (b"": none).
+        self.decorator_line = b""
         self.cluster = cluster
         self.pool: ConnPool | None = cluster.pool(priority) if cluster is not None else None
         self.cluster_name = cluster_name
@@ -298,6 +301,10 @@ class ListenerPlan:
             )
             rp.not_found_status = r.cluster_not_found_status
             rp.decorator = r.decorator_operation
+            if r.decorator_operation and r.decorator_propagate:
+                rp.decorator_line = b"x-envoy-decorator-operation: %s\r\n" % (
+                    r.decorator_operation.encode("latin-1")
+                )
             if r.hash_policy and rp.cluster is not None and rp.cluster.hashing is not None:
                 rp.hash = HashPlan(r.hash_policy)
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout

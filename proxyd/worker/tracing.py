@@ -157,6 +157,16 @@ def on_upstream(stream: Stream, plan: ListenerPlan, head: bytes) -> bytes:
     if stream.request_id != before and before:
         head = _replace_request_id(head, stream.request_id.encode("latin-1"))
     lines = inject_b3(state.trace_id, state.span_id, state.parent_id, state.sampled, state.single)
+    rp = stream.route_plan
+    if rp is not None and rp.decorator_line:
+        # Route.decorator.propagate: the egress span's upstream gets the operation, the
+        # ingress span's client (Envoy 1.40).
+        if tracer.t.kind == "CLIENT":
+            lines += rp.decorator_line
+        elif stream.response_added is None:
+            stream.response_added = [rp.decorator_line]
+        else:
+            stream.response_added.append(rp.decorator_line)
     return head[:-2] + lines + b"\r\n"
 
 

@@ -48,6 +48,7 @@ HCM = (
 )
 ZIPKIN = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
 B3 = ("x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3")
+DECORATOR = "x-envoy-decorator-operation"
 
 # (case name, listener, path, request headers, whether a span is expected)
 CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
@@ -109,6 +110,7 @@ CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
         },
         True,
     ),
+    ("egress decorated route", "egress", "/dec/e", {}, True),
     ("random_sampling 0", "unsampled", "/u/plain", {}, False),
     # x-envoy-force-trace counts only on an internal request (this one is not).
     ("x-envoy-force-trace", "unsampled", "/u/forced", {"x-envoy-force-trace": "1"}, False),
@@ -316,6 +318,8 @@ def _normalize(
                 seen[name] = upstream[name]
             else:
                 seen[name] = sym(upstream[name])
+    if DECORATOR in upstream:
+        seen[DECORATOR] = upstream[DECORATOR]
     rid = upstream.get("x-request-id", "")
     out: dict[str, Any] = {"upstream": seen, "trace_reason": rid[14:15]}
     if span is not None:
@@ -338,6 +342,7 @@ def _normalize(
 def _play(recorder: _Recorder, port_of: Callable[[str], int]) -> dict[str, Any]:
     recorder.clear()
     ports = {name: port_of(name) for name in ("ingress", "egress", "unsampled")}
+    decorated: dict[str, str | None] = {}
     for _, listener, path, headers, _ in CASES:
         conn = http.client.HTTPConnection("127.0.0.1", ports[listener], timeout=10)
         conn.request(
@@ -345,6 +350,7 @@ def _play(recorder: _Recorder, port_of: Callable[[str], int]) -> dict[str, Any]:
         )
         resp = conn.getresponse()
         resp.read()
+        decorated[path] = resp.getheader(DECORATOR)
         conn.close()
     expected = sum(1 for case in CASES if case[4])
     # Envoy posts every 5 spans or every 5 s: wait for all of them (and a little for
@@ -360,6 +366,7 @@ def _play(recorder: _Recorder, port_of: Callable[[str], int]) -> dict[str, Any]:
     out = {}
     for name, _, path, headers, _ in CASES:
         out[name] = _normalize(headers, requests.get(path, {}), by_path.get(path))
+        out[name]["response " + DECORATOR] = decorated[path]
     out["span count"] = len(spans)
     return out
 

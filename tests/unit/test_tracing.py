@@ -115,6 +115,22 @@ def test_refused_zipkin_fields(field: str, value: Any) -> None:
     assert reject(d).path == f"{HCM}.tracing.provider.typed_config.{field}"
 
 
+def test_router_start_child_span_is_refused_with_tracing() -> None:
+    d = base()
+    traced(d)
+    hcm(d)["http_filters"][-1]["typed_config"]["start_child_span"] = True
+    assert reject(d).path == f"{HCM}.http_filters[0].typed_config.start_child_span"
+    del hcm(d)["tracing"]
+    load(d)  # without tracing it changes nothing, as in Envoy
+
+
+def test_decorator_propagate() -> None:
+    d = base()
+    route(d)["decorator"] = {"operation": "op", "propagate": False}
+    r = load(d).epoch_template.listeners[0].hcm.route_config.virtual_hosts[0].routes[0]
+    assert (r.decorator_operation, r.decorator_propagate) == ("op", False)
+
+
 def test_metadata_custom_tag_is_refused() -> None:
     d = base()
     traced(d)["custom_tags"] = [
