@@ -185,6 +185,18 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     assert tracer is not None
     if getattr(stream, "trace", None) is None:
         return  # refused by the codec before it was routed
+    if not stream.request_id:
+        # Answered without an upstream (no upstream head, so no x-request-id made yet):
+        # the id Envoy's connection manager would have given the request.
+        h = stream.head
+        assert h is not None
+        policy = plan.policy
+        if h.request_id and not policy.use_remote_address:
+            stream.request_id = h.request_id.decode("latin-1")
+        elif policy.generate_request_id:
+            stream.request_id = policy.ids.next()[0]
+        elif h.request_id:
+            stream.request_id = h.request_id.decode("latin-1")
     state = _decide(stream, tracer)
     if not state.sampled:
         return

@@ -111,6 +111,7 @@ CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
         True,
     ),
     ("egress decorated route", "egress", "/dec/e", {}, True),
+    ("direct response (no upstream)", "ingress", "/local", {}, True),
     ("random_sampling 0", "unsampled", "/u/plain", {}, False),
     # x-envoy-force-trace counts only on an internal request (this one is not).
     ("x-envoy-force-trace", "unsampled", "/u/forced", {"x-envoy-force-trace": "1"}, False),
@@ -206,6 +207,7 @@ def _listener(name: str, direction: str, tracing: dict[str, Any]) -> dict[str, A
             "route": {"cluster": "up"},
             "decorator": {"operation": "decorated"},
         },
+        {"match": {"prefix": "/local"}, "direct_response": {"status": 204}},
         {"match": {"prefix": "/"}, "route": {"cluster": "up"}},
     ]
     return {
