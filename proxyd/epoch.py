@@ -433,6 +433,8 @@ class Route:
     # x-envoy-decorator-operation (the response of an ingress span, the upstream
     # request of an egress one).
     decorator_propagate: bool = True
+    # Route.tracing (None: not set).
+    tracing: RouteTracing | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,9 +653,21 @@ class CustomTag:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteTracing:
+    """Route.tracing: the samplings (numerator, denominator) that replace the
+    connection manager's for the route's requests (None: not set), and custom tags
+    added to the connection manager's."""
+
+    client_sampling: tuple[int, int] | None = None
+    random_sampling: tuple[int, int] | None = None
+    overall_sampling: tuple[int, int] | None = None
+    custom_tags: tuple[CustomTag, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Tracing:
     """HttpConnectionManager.tracing with the Zipkin provider (proxyd.config.tracing,
-    proxyd.worker.tracing). Samplings are numerators over 10,000 (Envoy's Percent)."""
+    proxyd.worker.tracing)."""
 
     collector_cluster: str
     collector_endpoint: str
@@ -662,9 +676,10 @@ class Tracing:
     shared_span_context: bool = True
     # "SERVER" for an INBOUND (or unspecified) listener, "CLIENT" for OUTBOUND.
     kind: str = "SERVER"
-    random_sampling: int = 10000
-    client_sampling: int = 10000
-    overall_sampling: int = 10000
+    # (numerator, denominator) of each sampling (Envoy's Percent is over 10,000).
+    random_sampling: tuple[int, int] = (10000, 10000)
+    client_sampling: tuple[int, int] = (10000, 10000)
+    overall_sampling: tuple[int, int] = (10000, 10000)
     custom_tags: tuple[CustomTag, ...] = ()
     max_path_tag_length: int = 256
     # Tracing.operation: the span's name when the route has no decorator ("" = the

@@ -18,6 +18,7 @@ from proxyd.config.http_filters import compile_per_filter_config, merge_override
 from proxyd.config.matchers import header_match, string_match
 from proxyd.config.proto import join
 from proxyd.config.retries import with_retry_policies
+from proxyd.config.tracing import compile_route_tracing
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
@@ -179,6 +180,7 @@ def _route(
         cluster=action.cluster,
         decorator_operation=r.decorator.operation,
         decorator_propagate=wrapped_or(r.decorator, "propagate", True),
+        tracing=compile_route_tracing(r, path, file),
         cluster_header=action.cluster_header.lower(),
         cluster_not_found_status=_NOT_FOUND_CODES[
             enum_name(action, "cluster_not_found_response_code")

@@ -30,6 +30,13 @@ from proxyd.filters.cors import config as cors_config
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 ZIPKIN_TYPE = "envoy.config.trace.v3.ZipkinConfig"
+# type.tracing.v3.CustomTag (proxyd.config.tracing; metadata tags are refused).
+CUSTOM_TAGS: Spec = {
+    "tag": LEAF,
+    "literal": {"value": LEAF},
+    "environment": {"name": LEAF, "default_value": LEAF},
+    "request_header": {"name": LEAF, "default_value": LEAF},
+}
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
@@ -210,6 +217,15 @@ ROUTE_CONFIG: dict[str, Spec] = {
             # Names a traced request's span (proxyd.worker.tracing); the
             # x-envoy-decorator-operation header propagate asks for is not sent (see docs).
             "decorator": {"operation": LEAF, "propagate": LEAF},
+            # Sampling overrides and custom tags of a traced request (proxyd.config.tracing).
+            "tracing": {
+                "client_sampling": {"numerator": LEAF, "denominator": LEAF},
+                "random_sampling": {"numerator": LEAF, "denominator": LEAF},
+                "overall_sampling": {"numerator": LEAF, "denominator": LEAF},
+                "custom_tags": CUSTOM_TAGS,
+                "operation": LEAF,
+                "upstream_operation": LEAF,
+            },
             **HEADER_MUTATIONS,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
@@ -344,12 +360,7 @@ HCM: Spec = {
         "spawn_upstream_span": LEAF,
         "operation": LEAF,
         "upstream_operation": LEAF,
-        "custom_tags": {
-            "tag": LEAF,
-            "literal": {"value": LEAF},
-            "environment": {"name": LEAF, "default_value": LEAF},
-            "request_header": {"name": LEAF, "default_value": LEAF},
-        },
+        "custom_tags": CUSTOM_TAGS,
     },
     # flush_log_on_tunnel_successfully_established is refused: proxyd has no tunnels.
     "access_log_options": {

@@ -15,7 +15,7 @@ from typing import Any
 
 from proxyd.config.proto import join, unpack
 from proxyd.config.values import enum_name, wrapped_or
-from proxyd.epoch import CustomTag, Tracing
+from proxyd.epoch import CustomTag, RouteTracing, Tracing
 from proxyd.errors import ConfigError
 
 ZIPKIN_TYPE = "envoy.config.trace.v3.ZipkinConfig"
@@ -24,12 +24,44 @@ ZIPKIN_NAME = "envoy.tracers.zipkin"
 DEFAULT_MAX_PATH_TAG_LENGTH = 256
 
 
-def _percent(tracing: Any, field: str) -> int:
-    """A Percent (0..100, default 100) as a numerator over 10,000, as Envoy keeps it."""
+# type.v3.FractionalPercent.DenominatorType, by number.
+_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
+
+
+def _percent(tracing: Any, field: str) -> tuple[int, int]:
+    """A Percent (0..100, default 100) over 10,000, as Envoy keeps it."""
     if not tracing.HasField(field):
-        return 10000
+        return (10000, 10000)
     value = getattr(tracing, field).value
-    return max(0, min(10000, int(round(value * 100))))
+    return (max(0, min(10000, int(round(value * 100)))), 10000)
+
+
+def _fraction(msg: Any, field: str) -> tuple[int, int] | None:
+    if not msg.HasField(field):
+        return None
+    f = getattr(msg, field)
+    return (f.numerator, _DENOMINATORS[f.denominator])
+
+
+def compile_route_tracing(route: Any, path: str, file: str) -> RouteTracing | None:
+    """Route.tracing: sampling overrides and custom tags; ``operation`` and
+    ``upstream_operation`` are refused (proxyd names spans by decorator and HCM)."""
+    if not route.HasField("tracing"):
+        return None
+    t = route.tracing
+    path = join(path, "tracing")
+    for name in ("operation", "upstream_operation"):
+        if getattr(t, name):
+            raise ConfigError(file, join(path, name), "not supported by proxyd")
+    return RouteTracing(
+        client_sampling=_fraction(t, "client_sampling"),
+        random_sampling=_fraction(t, "random_sampling"),
+        overall_sampling=_fraction(t, "overall_sampling"),
+        custom_tags=tuple(
+            _custom_tag(c, join(path, f"custom_tags[{i}]"), file)
+            for i, c in enumerate(t.custom_tags)
+        ),
+    )
 
 
 def compile_tracing(
@@ -47,7 +79,9 @@ def compile_tracing(
             if router is not None and router.start_child_span:
                 raise ConfigError(
                     file,
-                    join(path[: -len(".tracing")], f"http_filters[{i}].typed_config.start_child_span"),
+                    join(
+                        path[: -len(".tracing")], f"http_filters[{i}].typed_config.start_child_span"
+                    ),
                     "start_child_span (a child span per upstream request) not supported by proxyd",
                 )
     if not t.HasField("provider"):

@@ -114,26 +114,28 @@ def trace_decision(
     request_id: str,
     client_trace_id: bool,
     force_trace: bool,
-    random_sampling: int,
-    client_sampling: int,
-    overall_sampling: int,
+    random_sampling: tuple[int, int],
+    client_sampling: tuple[int, int],
+    overall_sampling: tuple[int, int],
     rand: int,
 ) -> tuple[str, bool]:
     """``(request_id, traced)``: the x-request-id with its trace reason set as Envoy
     sets it, and whether the request is traced. ``rand`` is a random integer (for
-    client_sampling, which Envoy draws at random); samplings are over 10,000."""
+    client_sampling, which Envoy draws at random); samplings are (numerator,
+    denominator), evaluated as Envoy's FractionalPercent: ``value % denominator <
+    numerator``."""
     if len(request_id) != 36 or not _is_hex(request_id[:8], (8,)):
         return request_id, False  # Envoy leaves a corrupt or missing id alone
     result = int(request_id[:8], 16) % 10000
     reason = request_id[14]
     if reason not in _TRACED:
-        if client_trace_id and rand % 10000 < client_sampling:
+        if client_trace_id and rand % client_sampling[1] < client_sampling[0]:
             reason = CLIENT_FORCED
         elif force_trace:
             reason = SERVICE_FORCED
-        elif result < random_sampling:
+        elif result % random_sampling[1] < random_sampling[0]:
             reason = SAMPLED
-    if result >= overall_sampling:
+    if result % overall_sampling[1] >= overall_sampling[0]:
         reason = NOT_TRACED
     if reason != request_id[14] and (reason in _TRACED or request_id[14] in _TRACED):
         request_id = request_id[:14] + reason + request_id[15:]

@@ -23,6 +23,7 @@ from proxyd.epoch import (
     Listener,
     RetryPolicy,
     Route,
+    RouteTracing,
 )
 from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
@@ -105,7 +106,7 @@ class RoutePlan:
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
         "duration", "hash", "mirror", "stream_idle", "decorator",
-        "decorator_line",
+        "decorator_line", "tracing",
     )  # fmt: skip
 
     def __init__(
@@ -122,6 +123,8 @@ class RoutePlan:
         self.decorator = ""
         # Its x-envoy-decorator-operation line when the decorator propagates (b"": none).
         self.decorator_line = b""
+        # Route.tracing (None: not set).
+        self.tracing: RouteTracing | None = None
         self.cluster = cluster
         self.pool: ConnPool | None = cluster.pool(priority) if cluster is not None else None
         self.cluster_name = cluster_name
@@ -301,6 +304,7 @@ class ListenerPlan:
             )
             rp.not_found_status = r.cluster_not_found_status
             rp.decorator = r.decorator_operation
+            rp.tracing = r.tracing
             if r.decorator_operation and r.decorator_propagate:
                 rp.decorator_line = b"x-envoy-decorator-operation: %s\r\n" % (
                     r.decorator_operation.encode("latin-1")
@@ -439,6 +443,14 @@ class ListenerPlan:
         )
         if self.tracer is not None:
             log_req |= self.tracer.wanted
+            log_req |= {  # Route.tracing's request-header tags
+                c.value
+                for vh in hcm.route_config.virtual_hosts
+                for r in vh.routes
+                if r.tracing is not None
+                for c in r.tracing.custom_tags
+                if c.kind == "request_header"
+            }
         self.stamps = self.stamps or bool(self.logs) or self.tracer is not None
         if retry_headers:
             log_resp.add("x-envoy-overloaded")  # a response never retried

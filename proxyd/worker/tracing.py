@@ -123,13 +123,20 @@ def _decide(stream: Stream, tracer: Tracer, internal: bool = False) -> SpanState
     h = stream.head
     assert h is not None
     headers = h.headers
+    random_s, client_s, overall_s = t.random_sampling, t.client_sampling, t.overall_sampling
+    rp = stream.route_plan
+    rt = rp.tracing if rp is not None else None
+    if rt is not None:  # Route.tracing replaces the samplings it sets
+        random_s = rt.random_sampling or random_s
+        client_s = rt.client_sampling or client_s
+        overall_s = rt.overall_sampling or overall_s
     rid, traced = trace_decision(
         stream.request_id,
         "x-client-trace-id" in headers,
         internal and "x-envoy-force-trace" in headers,
-        t.random_sampling,
-        t.client_sampling,
-        t.overall_sampling,
+        random_s,
+        client_s,
+        overall_s,
         RANDOM.getrandbits(32),
     )
     stream.request_id = rid
@@ -239,6 +246,12 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
         value = headers.get(header, default)
         if value:
             tags.append((tag, value))
+    rt = rp.tracing if rp is not None else None
+    if rt is not None:
+        for c in rt.custom_tags:
+            value = headers.get(c.value, c.default) if c.kind == "request_header" else c.value
+            if value:
+                tags.append((c.tag, value))
     start_us = int(stream.t_wall * 1_000_000)
     duration_us = int((time.monotonic() - stream.t0) * 1_000_000)
     shared = t.shared_span_context and t.kind == "SERVER"

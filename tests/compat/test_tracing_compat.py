@@ -115,6 +115,7 @@ CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
     ("random_sampling 0", "unsampled", "/u/plain", {}, False),
     # x-envoy-force-trace counts only on an internal request (this one is not).
     ("x-envoy-force-trace", "unsampled", "/u/forced", {"x-envoy-force-trace": "1"}, False),
+    ("route tracing samples it", "unsampled", "/u/route", {"x-route": "yes"}, True),
     ("x-client-trace-id", "unsampled", "/u/client", {"x-client-trace-id": "abc"}, True),
 ]
 
@@ -208,6 +209,17 @@ def _listener(name: str, direction: str, tracing: dict[str, Any]) -> dict[str, A
             "decorator": {"operation": "decorated"},
         },
         {"match": {"prefix": "/local"}, "direct_response": {"status": 204}},
+        {
+            "match": {"prefix": "/u/route"},
+            "route": {"cluster": "up"},
+            "tracing": {
+                "random_sampling": {"numerator": 100, "denominator": "HUNDRED"},
+                "custom_tags": [
+                    {"tag": "route_tag", "literal": {"value": "r1"}},
+                    {"tag": "route_hdr", "request_header": {"name": "x-route"}},
+                ],
+            },
+        },
         {"match": {"prefix": "/"}, "route": {"cluster": "up"}},
     ]
     return {

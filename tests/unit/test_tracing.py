@@ -46,7 +46,7 @@ def test_zipkin_config_defaults() -> None:
         "web", "/api/v2/spans", "web",
     )  # fmt: skip
     assert t.shared_span_context and not t.trace_id_128bit
-    assert (t.random_sampling, t.client_sampling, t.overall_sampling) == (10000, 10000, 10000)
+    assert (t.random_sampling, t.client_sampling, t.overall_sampling) == ((10000, 10000),) * 3
     assert t.kind == "SERVER" and t.max_path_tag_length == 256
 
 
@@ -74,7 +74,9 @@ def test_sampling_tags_direction_and_decorator(monkeypatch: pytest.MonkeyPatch) 
     assert t is not None
     assert t.kind == "CLIENT" and t.trace_id_128bit and not t.shared_span_context
     assert t.collector_hostname == "zk"
-    assert (t.random_sampling, t.overall_sampling, t.client_sampling) == (1250, 5000, 10000)
+    assert (t.random_sampling, t.overall_sampling, t.client_sampling) == (
+        (1250, 10000), (5000, 10000), (10000, 10000),
+    )  # fmt: skip
     assert t.max_path_tag_length == 10
     assert t.custom_tags == (
         CustomTag("a", "literal", "1"),
@@ -129,6 +131,29 @@ def test_decorator_propagate() -> None:
     route(d)["decorator"] = {"operation": "op", "propagate": False}
     r = load(d).epoch_template.listeners[0].hcm.route_config.virtual_hosts[0].routes[0]
     assert (r.decorator_operation, r.decorator_propagate) == ("op", False)
+
+
+def test_route_tracing_overrides() -> None:
+    d = base()
+    route(d)["tracing"] = {
+        "random_sampling": {"numerator": 5, "denominator": "HUNDRED"},
+        "overall_sampling": {"numerator": 7, "denominator": "MILLION"},
+        "custom_tags": [{"tag": "r", "literal": {"value": "x"}}],
+    }
+    rt = load(d).epoch_template.listeners[0].hcm.route_config.virtual_hosts[0].routes[0].tracing
+    assert rt is not None
+    assert (rt.random_sampling, rt.overall_sampling, rt.client_sampling) == (
+        (5, 100), (7, 1_000_000), None,
+    )  # fmt: skip
+    assert rt.custom_tags == (CustomTag("r", "literal", "x"),)
+    route(d)["tracing"] = {"operation": "op"}
+    assert reject(d).path.endswith("routes[0].tracing.operation")
+
+
+def test_fractions_use_their_denominator() -> None:
+    # 100 % 100 = 0 < 1: sampled at 1 % over HUNDRED, not at 1 over 10,000.
+    assert trace_decision(RID, False, False, (1, 100), (10000, 10000), (10000, 10000), 0)[1]
+    assert not trace_decision(RID, False, False, (1, 10000), (10000, 10000), (10000, 10000), 0)[1]
 
 
 def test_metadata_custom_tag_is_refused() -> None:
@@ -243,35 +268,52 @@ RID = "00000064-1111-4222-8333-444444444444"  # first 8 hex digits: 100 → 100 
 
 
 def test_random_sampling_sets_the_sampled_reason() -> None:
-    assert trace_decision(RID, False, False, 10000, 10000, 10000, 0) == (
+    assert trace_decision(RID, False, False, (10000, 10000), (10000, 10000), (10000, 10000), 0) == (
         "00000064-1111-9222-8333-444444444444", True,
     )  # fmt: skip
     # 100 % 10000 = 100: sampled when random_sampling > 100 (over 10,000).
-    assert trace_decision(RID, False, False, 101, 10000, 10000, 0)[1] is True
-    assert trace_decision(RID, False, False, 100, 10000, 10000, 0) == (RID, False)
+    assert (
+        trace_decision(RID, False, False, (101, 10000), (10000, 10000), (10000, 10000), 0)[1]
+        is True
+    )
+    assert trace_decision(RID, False, False, (100, 10000), (10000, 10000), (10000, 10000), 0) == (
+        RID,
+        False,
+    )
 
 
 def test_overall_sampling_undoes_any_reason() -> None:
     sampled = "00000064-1111-9222-8333-444444444444"
-    assert trace_decision(sampled, False, False, 10000, 10000, 100, 0) == (RID, False)
+    assert trace_decision(
+        sampled, False, False, (10000, 10000), (10000, 10000), (100, 10000), 0
+    ) == (RID, False)
 
 
 def test_forced_reasons() -> None:
-    client = trace_decision(RID, True, False, 0, 10000, 10000, 5)
+    client = trace_decision(RID, True, False, (0, 10000), (10000, 10000), (10000, 10000), 5)
     assert client == ("00000064-1111-b222-8333-444444444444", True)
-    assert trace_decision(RID, True, False, 0, 0, 10000, 5) == (RID, False)  # client_sampling 0
-    forced = trace_decision(RID, False, True, 0, 10000, 10000, 0)
+    assert trace_decision(RID, True, False, (0, 10000), (0, 10000), (10000, 10000), 5) == (
+        RID,
+        False,
+    )  # client_sampling 0
+    forced = trace_decision(RID, False, True, (0, 10000), (10000, 10000), (10000, 10000), 0)
     assert forced == ("00000064-1111-a222-8333-444444444444", True)
 
 
 def test_an_id_already_traced_keeps_its_reason() -> None:
     forced = "00000064-1111-a222-8333-444444444444"
-    assert trace_decision(forced, False, False, 0, 10000, 10000, 0) == (forced, True)
+    assert trace_decision(forced, False, False, (0, 10000), (10000, 10000), (10000, 10000), 0) == (
+        forced,
+        True,
+    )
 
 
 @pytest.mark.parametrize("rid", ["", "abc", "zzzzzzzz-1111-4222-8333-444444444444"])
 def test_a_missing_or_corrupt_id_is_not_traced_and_left_alone(rid: str) -> None:
-    assert trace_decision(rid, False, False, 10000, 10000, 10000, 0) == (rid, False)
+    assert trace_decision(rid, False, False, (10000, 10000), (10000, 10000), (10000, 10000), 0) == (
+        rid,
+        False,
+    )
 
 
 # -- Zipkin JSON --------------------------------------------------------------------------
