@@ -102,8 +102,6 @@ def _exchange(
     head, stream.request_id, stream.trusted_address, stream.xff = plan.policy.apply(
         h, conn.remote_ip, rp.timeout_header, stream.request_added
     )
-    if plan.tracer is not None:  # the request's trace reason and B3 context
-        head = tracing.on_upstream(stream, plan, head)
     if rp.mutations is not None:
         head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     if plan.http1 is not None:  # preserve_case: the names as the client wrote them
@@ -247,10 +245,11 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     sink = stream.sink
     if sink is not conn:
         sink.complete()  # type: ignore[attr-defined]  # the filter chain
-    if plan.logs:
-        write_log(stream, plan, conn)
-    if plan.tracer is not None:
-        tracing.finish(stream, plan, conn)
+    if plan.stamps:  # access logs, tracing (and header values with operators)
+        if plan.logs:
+            write_log(stream, plan, conn)
+        if plan.tracer is not None:
+            tracing.finish(stream, plan, conn)
 
 
 # -- access log ---------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.stream import Connection, Stream
-from proxyd.worker.tracing import Tracer
+from proxyd.worker.tracing import Tracer, TracingHeaderPolicy
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -464,13 +464,17 @@ class ListenerPlan:
             (n, n.encode("latin-1")) for n in hcm.route_config.internal_only_headers
         )
         self.response_wanted = {n.encode("latin-1"): n for n in log_resp | filter_response}
-        self.policy = RequestHeaderPolicy(
+        policy_class = TracingHeaderPolicy if self.tracer is not None else RequestHeaderPolicy
+        self.policy = policy_class(
             hcm.use_remote_address,
             hcm.xff_num_trusted_hops,
             hcm.generate_request_id,
             local_address,
             ids,
         )
+        if isinstance(self.policy, TracingHeaderPolicy):
+            assert self.tracer is not None
+            self.policy.tracer = self.tracer
         self.server = server_line(hcm.server_name)
         # The router sees x-forwarded-proto "http" when the edge overwrote the client's
         # (the scheme of a redirect's location comes from it).

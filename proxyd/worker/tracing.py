@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from proxyd.protocol.http1_headers import RequestHeaderPolicy
 from proxyd.protocol.runtime import RANDOM
 from proxyd.protocol.zipkin import (
     B3_KEYS,
@@ -40,6 +41,7 @@ from proxyd.protocol.zipkin import (
 
 if TYPE_CHECKING:
     from proxyd.epoch import Tracing
+    from proxyd.protocol.http1 import RequestHead
     from proxyd.worker.plan import ListenerPlan
     from proxyd.worker.stats import NamedStats, StatsStore
     from proxyd.worker.stream import Connection, Stream
@@ -52,11 +54,15 @@ POST_TIMEOUT_S = 5.0
 
 
 class SpanState:
-    """The trace context of one stream (``stream.trace``)."""
+    """The trace context of one stream (``stream.trace``, and ``head.trace`` for
+    :class:`TracingHeaderPolicy`, which sees the head only)."""
 
-    __slots__ = ("incoming", "decided", "trace_id", "span_id", "parent_id", "sampled", "single")
+    __slots__ = (
+        "stream", "incoming", "decided", "trace_id", "span_id", "parent_id", "sampled", "single",
+    )  # fmt: skip
 
-    def __init__(self, incoming: Incoming | None) -> None:
+    def __init__(self, stream: Stream, incoming: Incoming | None) -> None:
+        self.stream = stream
         self.incoming = incoming
         self.decided = False
         self.trace_id = self.span_id = self.parent_id = ""
@@ -109,7 +115,7 @@ def start(stream: Stream, plan: ListenerPlan) -> None:
     for key, name in zip(B3_KEYS, B3_NAMES, strict=True):
         if key in headers:
             h.remove.append(name)
-    stream.trace = SpanState(extract_b3(headers))
+    stream.trace = h.trace = SpanState(stream, extract_b3(headers))
 
 
 def _decide(stream: Stream, tracer: Tracer, internal: bool = False) -> SpanState:
@@ -155,10 +161,31 @@ def _decide(stream: Stream, tracer: Tracer, internal: bool = False) -> SpanState
     return state
 
 
-def on_upstream(stream: Stream, plan: ListenerPlan, head: bytes) -> bytes:
+class TracingHeaderPolicy(RequestHeaderPolicy):
+    """The request header policy of a listener with tracing: the upstream head it
+    makes carries the trace reason in x-request-id and the span's B3 lines (a listener
+    without tracing has the plain policy, and its requests pay nothing for tracing)."""
+
+    __slots__ = ("tracer",)
+
+    tracer: Tracer
+
+    def apply(
+        self,
+        h: RequestHead,
+        remote_ip: str,
+        timeout_header: bytes,
+        added: list[bytes] | None = None,
+    ) -> tuple[bytes, str, str, bytes]:
+        head, request_id, trusted, xff = super().apply(h, remote_ip, timeout_header, added)
+        stream = h.trace.stream
+        stream.request_id = request_id
+        head = on_upstream(stream, self.tracer, head)
+        return head, stream.request_id, trusted, xff
+
+
+def on_upstream(stream: Stream, tracer: Tracer, head: bytes) -> bytes:
     """The upstream head with the trace reason in x-request-id and the B3 lines."""
-    tracer = plan.tracer
-    assert tracer is not None
     before = stream.request_id
     state = _decide(stream, tracer, b"\r\nx-envoy-internal: true\r\n" in head)
     if stream.request_id != before and before:
