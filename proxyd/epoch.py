@@ -666,8 +666,10 @@ class RouteTracing:
 
 @dataclass(frozen=True, slots=True)
 class Tracing:
-    """HttpConnectionManager.tracing with the Zipkin provider (proxyd.config.tracing,
-    proxyd.worker.tracing)."""
+    """HttpConnectionManager.tracing with the Zipkin or the OpenTelemetry provider
+    (proxyd.config.tracing, proxyd.worker.tracing). For OpenTelemetry the collector
+    fields come from ``http_service.http_uri`` (endpoint: the uri's path, hostname: its
+    authority)."""
 
     collector_cluster: str
     collector_endpoint: str
@@ -685,6 +687,13 @@ class Tracing:
     # Tracing.operation: the span's name when the route has no decorator ("" = the
     # request's Host, Envoy's default).
     operation: str = ""
+    # "zipkin" or "opentelemetry".
+    provider: str = "zipkin"
+    # OpenTelemetry: service_name, http_service.request_headers_to_add (name, value)
+    # and http_uri.timeout.
+    service_name: str = ""
+    collector_headers: tuple[tuple[str, str], ...] = ()
+    collector_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from proxyd.filters.cors import config as cors_config
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 ZIPKIN_TYPE = "envoy.config.trace.v3.ZipkinConfig"
+OTEL_TYPE = "envoy.config.trace.v3.OpenTelemetryConfig"
 # type.tracing.v3.CustomTag (proxyd.config.tracing; metadata tags are refused).
 CUSTOM_TAGS: Spec = {
     "tag": LEAF,
@@ -348,7 +349,18 @@ HCM: Spec = {
                         "collector_hostname": LEAF,
                         "split_spans_for_request": LEAF,
                         "trace_context_option": LEAF,
-                    }
+                    },
+                    # OTLP/HTTP only (proxyd.config.tracing refuses grpc_service).
+                    OTEL_TYPE: {
+                        "http_service": {
+                            "http_uri": {"uri": LEAF, "cluster": LEAF, "timeout": LEAF},
+                            "request_headers_to_add": {
+                                "header": {"key": LEAF, "value": LEAF},
+                            },
+                        },
+                        "grpc_service": LEAF,
+                        "service_name": LEAF,
+                    },
                 },
             ),
         },

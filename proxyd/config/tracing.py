@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 from collections.abc import Container
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxyd.config.proto import join, unpack
-from proxyd.config.values import enum_name, wrapped_or
+from proxyd.config.values import duration_or, enum_name, wrapped_or
 from proxyd.epoch import CustomTag, RouteTracing, Tracing
 from proxyd.errors import ConfigError
 
 ZIPKIN_TYPE = "envoy.config.trace.v3.ZipkinConfig"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 ZIPKIN_NAME = "envoy.tracers.zipkin"
+OTEL_TYPE = "envoy.config.trace.v3.OpenTelemetryConfig"
 DEFAULT_MAX_PATH_TAG_LENGTH = 256
 
 
@@ -100,6 +102,20 @@ def compile_tracing(
             )
     ppath = join(path, "provider")
     payload = unpack(t.provider.typed_config) if t.provider.HasField("typed_config") else None
+    common = dict(
+        kind="CLIENT" if direction == "OUTBOUND" else "SERVER",
+        random_sampling=_percent(t, "random_sampling"),
+        client_sampling=_percent(t, "client_sampling"),
+        overall_sampling=_percent(t, "overall_sampling"),
+        custom_tags=tuple(
+            _custom_tag(c, join(path, f"custom_tags[{i}]"), file)
+            for i, c in enumerate(t.custom_tags)
+        ),
+        operation=t.operation,
+        max_path_tag_length=wrapped_or(t, "max_path_tag_length", DEFAULT_MAX_PATH_TAG_LENGTH),
+    )
+    if payload is not None and payload.DESCRIPTOR.full_name == OTEL_TYPE:
+        return _opentelemetry(payload, join(ppath, "typed_config"), clusters, file, common)
     if payload is None or payload.DESCRIPTOR.full_name != ZIPKIN_TYPE:
         raise ConfigError(file, ppath, f"tracer '{t.provider.name}' not supported by proxyd")
     z = payload
@@ -132,16 +148,54 @@ def compile_tracing(
         collector_hostname=z.collector_hostname or z.collector_cluster,
         trace_id_128bit=z.trace_id_128bit,
         shared_span_context=wrapped_or(z, "shared_span_context", True),
-        kind="CLIENT" if direction == "OUTBOUND" else "SERVER",
-        random_sampling=_percent(t, "random_sampling"),
-        client_sampling=_percent(t, "client_sampling"),
-        overall_sampling=_percent(t, "overall_sampling"),
-        custom_tags=tuple(
-            _custom_tag(c, join(path, f"custom_tags[{i}]"), file)
-            for i, c in enumerate(t.custom_tags)
-        ),
-        operation=t.operation,
-        max_path_tag_length=wrapped_or(t, "max_path_tag_length", DEFAULT_MAX_PATH_TAG_LENGTH),
+        **common,
+    )
+
+
+def _opentelemetry(
+    o: Any, path: str, clusters: Container[str], file: str, common: dict[str, Any]
+) -> Tracing:
+    """OpenTelemetryConfig with an ``http_service`` (OTLP/HTTP, binary protobuf)."""
+    for name in ("resource_detectors", "sampler"):
+        if (name == "resource_detectors" and o.resource_detectors) or (
+            name == "sampler" and o.HasField("sampler")
+        ):
+            raise ConfigError(file, join(path, name), "not supported by proxyd")
+    if o.HasField("grpc_service"):
+        raise ConfigError(
+            file,
+            join(path, "grpc_service"),
+            "OTLP over gRPC not supported by proxyd yet (http_service, OTLP/HTTP, is)",
+        )
+    if not o.HasField("http_service"):
+        raise ConfigError(file, path, "an http_service is required by proxyd")
+    hs = o.http_service
+    hpath = join(path, "http_service")
+    uri = urlsplit(hs.http_uri.uri)
+    if uri.scheme not in ("http", "") or not uri.netloc:
+        raise ConfigError(file, join(hpath, "http_uri.uri"), "an http:// uri is required")
+    cluster = hs.http_uri.cluster
+    if cluster not in clusters:
+        raise ConfigError(
+            file, join(hpath, "http_uri.cluster"), f"cluster '{cluster}' is not defined"
+        )
+    headers = []
+    for i, h in enumerate(hs.request_headers_to_add):
+        if h.header.raw_value or h.HasField("append") or h.append_action:
+            raise ConfigError(
+                file, join(hpath, f"request_headers_to_add[{i}]"), "only key and value"
+            )
+        headers.append((h.header.key, h.header.value))
+    timeout = duration_or(hs.http_uri, "timeout", 0.0)
+    return Tracing(
+        collector_cluster=cluster,
+        collector_endpoint=(uri.path or "/") + (f"?{uri.query}" if uri.query else ""),
+        collector_hostname=uri.netloc,
+        provider="opentelemetry",
+        service_name=o.service_name or "unknown_service:envoy",
+        collector_headers=tuple(headers),
+        collector_timeout_s=timeout or 5.0,
+        **common,
     )
 
 

@@ -144,7 +144,7 @@ def trace_decision(
 
 def span_json(record: tuple[Any, ...], service_name: str, local_ip: str) -> dict[str, Any]:
     """One span record (see proxyd.worker.tracing.SPAN_FIELDS) as Zipkin v2 JSON."""
-    trace_id, span_id, parent_id, name, kind, shared, start_us, duration_us, tags = record
+    trace_id, span_id, parent_id, name, kind, shared, start_us, duration_us, tags = record[:9]
     span: dict[str, Any] = {"traceId": trace_id, "id": span_id}
     if parent_id:
         span["parentId"] = parent_id

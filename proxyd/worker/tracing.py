@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from proxyd import __version__
 from proxyd.protocol.http1_headers import RequestHeaderPolicy
+from proxyd.protocol.otlp import (
+    Traceparent,
+    export_request,
+    extract_traceparent,
+    inject_traceparent,
+)
 from proxyd.protocol.runtime import RANDOM
 from proxyd.protocol.zipkin import (
     B3_KEYS,
@@ -47,6 +54,8 @@ if TYPE_CHECKING:
     from proxyd.worker.stream import Connection, Stream
     from proxyd.worker.upstream import ClusterState
 
+W3C_KEYS = ("traceparent", "tracestate")
+PROXYD_VERSION = __version__
 MAX_QUEUED = 1000
 MIN_FLUSH_SPANS = 5
 FLUSH_INTERVAL_S = 5.0
@@ -59,13 +68,14 @@ class SpanState:
 
     __slots__ = (
         "stream", "incoming", "decided", "trace_id", "span_id", "parent_id", "sampled", "single",
+        "trace_state",
     )  # fmt: skip
 
-    def __init__(self, stream: Stream, incoming: Incoming | None) -> None:
+    def __init__(self, stream: Stream, incoming: Incoming | Traceparent | None) -> None:
         self.stream = stream
         self.incoming = incoming
         self.decided = False
-        self.trace_id = self.span_id = self.parent_id = ""
+        self.trace_id = self.span_id = self.parent_id = self.trace_state = ""
         self.sampled = False
         self.single = False
 
@@ -73,7 +83,7 @@ class SpanState:
 class Tracer:
     """A listener's tracing for one epoch."""
 
-    __slots__ = ("t", "exporter", "node_id", "wanted", "header_tags", "literal_tags")
+    __slots__ = ("t", "otel", "exporter", "node_id", "wanted", "header_tags", "literal_tags")
 
     def __init__(
         self,
@@ -83,6 +93,8 @@ class Tracer:
         local_address: str,
     ) -> None:
         self.t = t
+        # envoy.tracers.opentelemetry: W3C propagation and OTLP/HTTP; else Zipkin and B3.
+        self.otel = t.provider == "opentelemetry"
         self.exporter = exporter_for(t, stats)
         self.exporter.cluster = clusters.get(t.collector_cluster)
         self.exporter.local_ip = local_address
@@ -93,7 +105,7 @@ class Tracer:
         self.literal_tags = tuple((c.tag, c.value) for c in t.custom_tags if c.kind == "literal")
         # The request headers the parser collects for tracing.
         self.wanted = {
-            *B3_KEYS,
+            *(W3C_KEYS if self.otel else B3_KEYS),
             "x-client-trace-id",
             "x-envoy-force-trace",
             "x-envoy-downstream-service-cluster",
@@ -103,7 +115,8 @@ class Tracer:
 
     def set_node(self, node_id: str, node_cluster: str) -> None:
         self.node_id = node_id
-        self.exporter.service_name = node_cluster
+        if not self.otel:  # OpenTelemetry's service name is its own config's
+            self.exporter.service_name = node_cluster
 
 
 def start(stream: Stream, plan: ListenerPlan) -> None:
@@ -112,6 +125,12 @@ def start(stream: Stream, plan: ListenerPlan) -> None:
     h = stream.head
     assert h is not None
     headers = h.headers
+    if plan.tracer is not None and plan.tracer.otel:
+        for key in W3C_KEYS:
+            if key in headers:
+                h.remove.append(key.encode())
+        stream.trace = h.trace = SpanState(stream, extract_traceparent(headers))
+        return
     for key, name in zip(B3_KEYS, B3_NAMES, strict=True):
         if key in headers:
             h.remove.append(name)
@@ -147,6 +166,16 @@ def _decide(stream: Stream, tracer: Tracer, internal: bool = False) -> SpanState
     )
     stream.request_id = rid
     inc = state.incoming
+    if isinstance(inc, Traceparent):  # OpenTelemetry: always a child of the client's
+        state.trace_id, state.parent_id, state.span_id = inc.trace_id, inc.span_id, new_id()
+        state.sampled = inc.sampled
+        state.trace_state = inc.tracestate
+        return state
+    if tracer.otel:
+        state.span_id = new_id()
+        state.trace_id = new_id() + new_id()
+        state.sampled = traced
+        return state
     if inc is not None and inc.trace_id:
         state.trace_id = inc.trace_id
         if t.shared_span_context and t.kind == "SERVER":
@@ -190,7 +219,12 @@ def on_upstream(stream: Stream, tracer: Tracer, head: bytes) -> bytes:
     state = _decide(stream, tracer, b"\r\nx-envoy-internal: true\r\n" in head)
     if stream.request_id != before and before:
         head = _replace_request_id(head, stream.request_id.encode("latin-1"))
-    lines = inject_b3(state.trace_id, state.span_id, state.parent_id, state.sampled, state.single)
+    if tracer.otel:
+        lines = inject_traceparent(state.trace_id, state.span_id, state.sampled, state.trace_state)
+    else:
+        lines = inject_b3(
+            state.trace_id, state.span_id, state.parent_id, state.sampled, state.single
+        )
     rp = stream.route_plan
     if rp is not None and rp.decorator_line:
         # Route.decorator.propagate: the egress span's upstream gets the operation, the
@@ -239,7 +273,8 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     assert h is not None
     headers = h.headers
     rp = stream.route_plan
-    name = (rp.decorator if rp is not None else "") or t.operation or h.host
+    default_name = ("egress" if t.kind == "CLIENT" else "ingress") if tracer.otel else h.host
+    name = (rp.decorator if rp is not None else "") or t.operation or default_name
     status = stream.status
     path = h.path
     if len(path) > t.max_path_tag_length:
@@ -247,6 +282,7 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     tags = [
         ("component", "proxy"),
         ("node_id", tracer.node_id),
+        *((("zone", ""),) if tracer.otel else ()),
         ("guid:x-request-id", stream.request_id),
         ("http.url", f"http://{h.host}{path}"),
         ("http.method", h.method),
@@ -284,7 +320,7 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     shared = t.shared_span_context and t.kind == "SERVER"
     record = (
         state.trace_id, state.span_id, state.parent_id, name, t.kind, shared,
-        start_us, duration_us, tags,
+        start_us, duration_us, tags, state.trace_state,
     )  # fmt: skip
     tracer.exporter.add(record, getattr(conn, "worker", None))
 
@@ -292,16 +328,26 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
 # -- export -------------------------------------------------------------------------------
 
 # This worker process's exporters, by collector (cluster, endpoint, hostname).
-_EXPORTERS: dict[tuple[str, str, str], ZipkinExporter] = {}
+_EXPORTERS: dict[tuple[str, str, str, str], ZipkinExporter] = {}
 
 
 def exporter_for(t: Tracing, stats: StatsStore) -> ZipkinExporter:
-    key = (t.collector_cluster, t.collector_endpoint, t.collector_hostname)
+    key = (t.provider, t.collector_cluster, t.collector_endpoint, t.collector_hostname)
     exporter = _EXPORTERS.get(key)
     if exporter is None:
-        exporter = _EXPORTERS[key] = ZipkinExporter(
-            t.collector_endpoint, t.collector_hostname, stats.named("tracing.zipkin.")
-        )
+        if t.provider == "opentelemetry":
+            exporter = OtlpHttpExporter(
+                t.collector_endpoint, t.collector_hostname, stats.named("tracing.opentelemetry.")
+            )
+        else:
+            exporter = ZipkinExporter(
+                t.collector_endpoint, t.collector_hostname, stats.named("tracing.zipkin.")
+            )
+        _EXPORTERS[key] = exporter
+    if isinstance(exporter, OtlpHttpExporter):
+        exporter.service_name = t.service_name
+        exporter.extra_headers = "".join(f"{k}: {v}\r\n" for k, v in t.collector_headers)
+        exporter.timeout_s = t.collector_timeout_s
     return exporter
 
 
@@ -344,6 +390,10 @@ class ZipkinExporter:
         finally:
             self.running = False
 
+    content_type = "application/json"
+    extra_headers = ""
+    timeout_s = POST_TIMEOUT_S
+
     def body(self, batch: list[tuple[Any, ...]]) -> bytes:
         spans = [span_json(r, self.service_name, self.local_ip) for r in batch]
         return json.dumps(spans, separators=(",", ":")).encode()
@@ -357,12 +407,12 @@ class ZipkinExporter:
         body = self.body(batch)
         head = (
             f"POST {self.endpoint} HTTP/1.1\r\nhost: {self.hostname}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n"
-        ).encode()
+            f"content-type: {self.content_type}\r\ncontent-length: {len(body)}\r\n"
+            f"{self.extra_headers}connection: close\r\n\r\n"
+        ).encode("latin-1")
         self.stats.inc("spans_sent", len(batch))
         try:
-            with trio.fail_after(POST_TIMEOUT_S):
+            with trio.fail_after(self.timeout_s):
                 conn = await trio.open_tcp_stream(host.address, host.port)
                 async with conn:
                     await conn.send_all(head + body)
@@ -375,6 +425,22 @@ class ZipkinExporter:
             self.stats.inc("reports_sent")
         else:
             self.stats.inc("reports_dropped")
+
+
+class OtlpHttpExporter(ZipkinExporter):
+    """The OpenTelemetry tracer's OTLP/HTTP export (binary protobuf, as Envoy's
+    http_service posts it); its stats are under ``tracing.opentelemetry.``."""
+
+    content_type = "application/x-protobuf"
+
+    def body(self, batch: list[tuple[Any, ...]]) -> bytes:
+        resource = (
+            ("service.name", self.service_name),
+            ("telemetry.sdk.name", "proxyd"),
+            ("telemetry.sdk.language", "python"),
+            ("telemetry.sdk.version", PROXYD_VERSION),
+        )
+        return export_request(batch, resource, ("proxyd", PROXYD_VERSION))
 
 
 async def _read_status(conn: trio.SocketStream) -> int:
