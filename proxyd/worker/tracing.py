@@ -68,7 +68,7 @@ class SpanState:
 
     __slots__ = (
         "stream", "incoming", "decided", "trace_id", "span_id", "parent_id", "sampled", "single",
-        "trace_state",
+        "trace_state", "off",
     )  # fmt: skip
 
     def __init__(self, stream: Stream, incoming: Incoming | Traceparent | None) -> None:
@@ -76,6 +76,7 @@ class SpanState:
         self.incoming = incoming
         self.decided = False
         self.trace_id = self.span_id = self.parent_id = self.trace_state = ""
+        self.off = False  # no span, and the trace context headers left as they came
         self.sampled = False
         self.single = False
 
@@ -126,10 +127,16 @@ def start(stream: Stream, plan: ListenerPlan) -> None:
     assert h is not None
     headers = h.headers
     if plan.tracer is not None and plan.tracer.otel:
+        incoming = extract_traceparent(headers)
+        state = stream.trace = h.trace = SpanState(stream, incoming)
+        if incoming is None and "traceparent" in headers:
+            # Envoy 1.40: a traceparent it cannot read leaves the request untraced, its
+            # trace context headers going upstream as they came.
+            state.off = True
+            return
         for key in W3C_KEYS:
             if key in headers:
                 h.remove.append(key.encode())
-        stream.trace = h.trace = SpanState(stream, extract_traceparent(headers))
         return
     for key, name in zip(B3_KEYS, B3_NAMES, strict=True):
         if key in headers:
@@ -166,6 +173,8 @@ def _decide(stream: Stream, tracer: Tracer, internal: bool = False) -> SpanState
     )
     stream.request_id = rid
     inc = state.incoming
+    if state.off:
+        return state
     if isinstance(inc, Traceparent):  # OpenTelemetry: always a child of the client's
         state.trace_id, state.parent_id, state.span_id = inc.trace_id, inc.span_id, new_id()
         state.sampled = inc.sampled
@@ -219,6 +228,8 @@ def on_upstream(stream: Stream, tracer: Tracer, head: bytes) -> bytes:
     state = _decide(stream, tracer, b"\r\nx-envoy-internal: true\r\n" in head)
     if stream.request_id != before and before:
         head = _replace_request_id(head, stream.request_id.encode("latin-1"))
+    if state.off:
+        return head
     if tracer.otel:
         lines = inject_traceparent(state.trace_id, state.span_id, state.sampled, state.trace_state)
     else:
@@ -273,7 +284,11 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     assert h is not None
     headers = h.headers
     rp = stream.route_plan
-    default_name = ("egress" if t.kind == "CLIENT" else "ingress") if tracer.otel else h.host
+    # Envoy 1.40's defaults: the Host for Zipkin; "ingress", or "egress <host>", for
+    # OpenTelemetry.
+    default_name = h.host
+    if tracer.otel:
+        default_name = f"egress {h.host}" if t.kind == "CLIENT" else "ingress"
     name = (rp.decorator if rp is not None else "") or t.operation or default_name
     status = stream.status
     path = h.path

@@ -174,15 +174,16 @@ def test_other_tracers_are_refused_by_name() -> None:
     d = base()
     hcm(d)["tracing"] = {
         "provider": {
-            "name": "envoy.tracers.opentelemetry",
+            "name": "envoy.tracers.datadog",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "@type": "type.googleapis.com/envoy.config.trace.v3.DatadogConfig",
+                "collector_cluster": "web",
                 "service_name": "x",
             },
         }
     }
     err = reject(d)
-    assert "OpenTelemetryConfig" in str(err)
+    assert "DatadogConfig" in str(err)
 
 
 # -- B3 -----------------------------------------------------------------------------------
