@@ -694,6 +694,10 @@ class Tracing:
     service_name: str = ""
     collector_headers: tuple[tuple[str, str], ...] = ()
     collector_timeout_s: float = 5.0
+    # OpenTelemetry over grpc_service.envoy_grpc: unary TraceService/Export calls to
+    # the collector cluster (collector_endpoint is the method, collector_hostname the
+    # :authority, collector_headers the initial_metadata).
+    collector_grpc: bool = False
 
 
 @dataclass(frozen=True, slots=True)

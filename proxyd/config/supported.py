@@ -358,7 +358,11 @@ HCM: Spec = {
                                 "header": {"key": LEAF, "value": LEAF},
                             },
                         },
-                        "grpc_service": LEAF,
+                        "grpc_service": {
+                            "envoy_grpc": {"cluster_name": LEAF, "authority": LEAF},
+                            "timeout": LEAF,
+                            "initial_metadata": {"key": LEAF, "value": LEAF},
+                        },
                         "service_name": LEAF,
                     },
                 },

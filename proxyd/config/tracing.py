@@ -162,11 +162,7 @@ def _opentelemetry(
         ):
             raise ConfigError(file, join(path, name), "not supported by proxyd")
     if o.HasField("grpc_service"):
-        raise ConfigError(
-            file,
-            join(path, "grpc_service"),
-            "OTLP over gRPC not supported by proxyd yet (http_service, OTLP/HTTP, is)",
-        )
+        return _otlp_grpc(o, join(path, "grpc_service"), clusters, file, common)
     if not o.HasField("http_service"):
         raise ConfigError(file, path, "an http_service is required by proxyd")
     hs = o.http_service
@@ -195,6 +191,33 @@ def _opentelemetry(
         service_name=o.service_name or "unknown_service:envoy",
         collector_headers=tuple(headers),
         collector_timeout_s=timeout or 5.0,
+        **common,
+    )
+
+
+def _otlp_grpc(
+    o: Any, path: str, clusters: Container[str], file: str, common: dict[str, Any]
+) -> Tracing:
+    """OpenTelemetryConfig.grpc_service with envoy_grpc (google_grpc is refused)."""
+    g = o.grpc_service
+    if g.WhichOneof("target_specifier") != "envoy_grpc":
+        raise ConfigError(file, join(path, "google_grpc"), "google_grpc not supported by proxyd")
+    if g.HasField("retry_policy") or g.envoy_grpc.HasField("retry_policy"):
+        raise ConfigError(file, join(path, "retry_policy"), "not supported by proxyd")
+    cluster = g.envoy_grpc.cluster_name
+    if cluster not in clusters and cluster not in getattr(clusters, "grpc_only", ()):
+        raise ConfigError(
+            file, join(path, "envoy_grpc.cluster_name"), f"cluster '{cluster}' is not defined"
+        )
+    return Tracing(
+        collector_cluster=cluster,
+        collector_endpoint="/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        collector_hostname=g.envoy_grpc.authority or cluster,
+        provider="opentelemetry",
+        service_name=o.service_name or "unknown_service:envoy",
+        collector_headers=tuple((m.key, m.value) for m in g.initial_metadata),
+        collector_timeout_s=duration_or(g, "timeout", 0.0) or 5.0,
+        collector_grpc=True,
         **common,
     )
 

@@ -45,6 +45,7 @@ from proxyd.protocol.zipkin import (
     span_json,
     trace_decision,
 )
+from proxyd.worker.grpc_unary import GrpcCallError, unary_call
 
 if TYPE_CHECKING:
     from proxyd.epoch import Tracing
@@ -350,7 +351,11 @@ def exporter_for(t: Tracing, stats: StatsStore) -> ZipkinExporter:
     key = (t.provider, t.collector_cluster, t.collector_endpoint, t.collector_hostname)
     exporter = _EXPORTERS.get(key)
     if exporter is None:
-        if t.provider == "opentelemetry":
+        if t.collector_grpc:
+            exporter = OtlpGrpcExporter(
+                t.collector_endpoint, t.collector_hostname, stats.named("tracing.opentelemetry.")
+            )
+        elif t.provider == "opentelemetry":
             exporter = OtlpHttpExporter(
                 t.collector_endpoint, t.collector_hostname, stats.named("tracing.opentelemetry.")
             )
@@ -456,6 +461,37 @@ class OtlpHttpExporter(ZipkinExporter):
             ("telemetry.sdk.version", PROXYD_VERSION),
         )
         return export_request(batch, resource, ("proxyd", PROXYD_VERSION))
+
+
+class OtlpGrpcExporter(OtlpHttpExporter):
+    """The OpenTelemetry tracer's OTLP export over gRPC (``grpc_service.envoy_grpc``):
+    one unary ``TraceService/Export`` call per batch."""
+
+    async def post(self, batch: list[tuple[Any, ...]]) -> None:
+        cluster = self.cluster
+        host = cluster.balancer.pick() if cluster is not None else None
+        if host is None:
+            self.stats.inc("reports_skipped_no_cluster")
+            return
+        message = self.body(batch)
+        metadata = tuple(
+            tuple(line.split(": ", 1)) for line in self.extra_headers.split("\r\n") if line
+        )
+        self.stats.inc("spans_sent", len(batch))
+        try:
+            with trio.fail_after(self.timeout_s):
+                status = await unary_call(
+                    host.address,
+                    host.port,
+                    self.hostname,
+                    self.endpoint,
+                    message,
+                    metadata,  # type: ignore[arg-type]
+                )
+        except (OSError, trio.TooSlowError, GrpcCallError):
+            self.stats.inc("reports_failed")
+            return
+        self.stats.inc("reports_sent" if status == 0 else "reports_dropped")
 
 
 async def _read_status(conn: trio.SocketStream) -> int:

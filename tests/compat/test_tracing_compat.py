@@ -458,22 +458,23 @@ OTEL_CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
 W3C = ("traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", DECORATOR)
 
 
-def otel_config(up_port: int, collector_port: int) -> str:
+def otel_config(up_port: int, collector_port: int, grpc: bool = False) -> str:
     def tracing(**extra: Any) -> dict[str, Any]:
+        service: dict[str, Any] = {
+            "http_service": {
+                "http_uri": {
+                    "uri": f"http://127.0.0.1:{collector_port}/v1/traces",
+                    "cluster": "otel",
+                    "timeout": "1s",
+                }
+            }
+        }
+        if grpc:
+            service = {"grpc_service": {"envoy_grpc": {"cluster_name": "otel"}, "timeout": "1s"}}
         return {
             "provider": {
                 "name": "envoy.tracers.opentelemetry",
-                "typed_config": {
-                    "@type": OTEL,
-                    "service_name": "svc-otel",
-                    "http_service": {
-                        "http_uri": {
-                            "uri": f"http://127.0.0.1:{collector_port}/v1/traces",
-                            "cluster": "otel",
-                            "timeout": "1s",
-                        }
-                    },
-                },
+                "typed_config": {"@type": OTEL, "service_name": "svc-otel", **service},
             },
             **extra,
         }
@@ -492,6 +493,13 @@ def otel_config(up_port: int, collector_port: int) -> str:
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
     }
+    if grpc:
+        doc["static_resources"]["clusters"][1]["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -530,8 +538,14 @@ def _otel_normalize(
     return out
 
 
-def _otel_play(recorder: _Recorder, port_of: Callable[[str], int]) -> dict[str, Any]:
+def _otel_play(
+    recorder: _Recorder, port_of: Callable[[str], int], collector: Any = None
+) -> dict[str, Any]:
+    """``collector``: where the spans arrive when not at ``recorder`` (the gRPC one)."""
     recorder.clear()
+    sink = collector or recorder
+    if collector is not None:
+        collector.clear()
     ports = {name: port_of(name) for name in ("ingress", "egress")}
     for _, listener, path, headers, _ in OTEL_CASES:
         conn = http.client.HTTPConnection("127.0.0.1", ports[listener], timeout=10)
@@ -542,12 +556,13 @@ def _otel_play(recorder: _Recorder, port_of: Callable[[str], int]) -> dict[str, 
         conn.close()
     expected = sum(1 for case in OTEL_CASES if case[4])
     try:
-        wait_for(lambda: len(recorder.spans) >= expected, timeout=12)
+        wait_for(lambda: len(sink.spans) >= expected, timeout=12)
     except TimeoutError:
         pass  # compared (and shown) by the tests
     with recorder.lock:
         requests = dict(recorder.requests)
-        spans = list(recorder.spans)
+    with sink.lock:
+        spans = list(sink.spans)
     by_path = {s["attributes"]["http.url"].split("traced.example", 1)[1]: s for s in spans}
     out: dict[str, Any] = {
         name: _otel_normalize(headers, requests.get(path, {}), by_path.get(path))
@@ -580,3 +595,72 @@ def test_otel_case_matches_envoy(otel_replies: dict[str, dict[str, Any]], case: 
 def test_otel_span_count_matches_envoy(otel_replies: dict[str, dict[str, Any]]) -> None:
     assert otel_replies["proxyd"]["span count"] == otel_replies["envoy"]["span count"]
     assert otel_replies["envoy"]["span count"] == sum(1 for c in OTEL_CASES if c[4])
+
+
+# -- OpenTelemetry over gRPC (grpc_service.envoy_grpc) ---------------------------------------
+
+
+class _GrpcCollector:
+    """An OTLP gRPC receiver (grpcio, messages kept as bytes and read by field number)."""
+
+    METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc  # grpcio comes with xds-protos
+
+        self.spans: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+        def export(request: bytes, context: Any) -> bytes:
+            with self.lock:
+                self.spans.extend(export_request(request))
+            return b""  # an empty ExportTraceServiceResponse
+
+        handler = grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            {"Export": grpc.unary_unary_rpc_method_handler(export)},
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.spans.clear()
+
+    def close(self) -> None:
+        self.server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def otel_grpc_replies(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, dict[str, Any]]]:
+    recorder = _Recorder()
+    collector = _GrpcCollector()
+    try:
+        text = otel_config(recorder.server_address[1], collector.port, grpc=True)
+        with EnvoyRunner(text) as envoy:
+            envoy_side = _otel_play(recorder, envoy.listener_port, collector)
+        workdir: Path = tmp_path_factory.mktemp("otel-grpc")
+        with ProxydProcess(workdir, text, concurrency=1) as p:
+            proxyd_side = _otel_play(recorder, p.listener_port, collector)
+        yield {"envoy": envoy_side, "proxyd": proxyd_side}
+    finally:
+        collector.close()
+        recorder.close()
+
+
+@pytest.mark.parametrize("case", [c[0] for c in OTEL_CASES if c[4]])
+def test_otel_grpc_case_matches_envoy(
+    otel_grpc_replies: dict[str, dict[str, Any]], case: str
+) -> None:
+    assert otel_grpc_replies["proxyd"][case] == otel_grpc_replies["envoy"][case]
+
+
+def test_otel_grpc_span_count_matches_envoy(otel_grpc_replies: dict[str, dict[str, Any]]) -> None:
+    assert otel_grpc_replies["proxyd"]["span count"] == otel_grpc_replies["envoy"]["span count"]
+    assert otel_grpc_replies["envoy"]["span count"] == sum(1 for c in OTEL_CASES if c[4])
