@@ -140,10 +140,30 @@ def test_http_service_config() -> None:
     assert t.collector_headers == (("authorization", "Bearer x"),)
 
 
-def test_grpc_service_is_refused_for_now() -> None:
+def test_grpc_service_config() -> None:
     d = base()
-    otel(d, grpc_service={"envoy_grpc": {"cluster_name": "web"}})
-    assert reject(d).path == f"{HCM}.tracing.provider.typed_config.grpc_service"
+    otel(
+        d,
+        grpc_service={
+            "envoy_grpc": {"cluster_name": "web", "authority": "otel.example"},
+            "timeout": "0.25s",
+            "initial_metadata": [{"key": "x-token", "value": "t"}],
+        },
+    )
+    t = load(d).epoch_template.listeners[0].hcm.tracing
+    assert t is not None and t.collector_grpc
+    assert (t.collector_cluster, t.collector_hostname, t.collector_timeout_s) == (
+        "web", "otel.example", 0.25,
+    )  # fmt: skip
+    assert t.collector_endpoint == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    assert t.collector_headers == (("x-token", "t"),)
+    assert t.service_name == "unknown_service:envoy"
+
+
+def test_google_grpc_is_refused() -> None:
+    d = base()
+    otel(d, grpc_service={"google_grpc": {"target_uri": "x:1", "stat_prefix": "s"}})
+    assert reject(d).path.startswith(f"{HCM}.tracing.provider.typed_config.grpc_service")
 
 
 def test_unknown_http_service_cluster_is_refused() -> None:
