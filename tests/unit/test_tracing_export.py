@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from proxyd.worker.stats import NamedStats
-from proxyd.worker.tracing import MAX_QUEUED, MIN_FLUSH_SPANS, ZipkinExporter
+from proxyd.worker.trace_export import MAX_QUEUED, MIN_FLUSH_SPANS, ZipkinExporter
 
 
 class _Host:
