@@ -37,6 +37,10 @@ MAX_QUEUED = 1000
 MIN_FLUSH_SPANS = 5
 FLUSH_INTERVAL_S = 5.0
 POST_TIMEOUT_S = 5.0
+STAT_NAMES = (
+    "spans_sent", "timer_flushed", "reports_skipped_no_cluster", "reports_sent",
+    "reports_dropped", "reports_failed",
+)  # fmt: skip
 
 # This worker process's exporters, by collector (cluster, endpoint, hostname).
 _EXPORTERS: dict[tuple[str, str, str, str], ZipkinExporter] = {}
@@ -73,6 +77,8 @@ class ZipkinExporter:
         self.endpoint = endpoint
         self.hostname = hostname
         self.stats = stats
+        for name in STAT_NAMES:  # shown at 0 from the start, as Envoy shows them
+            stats.inc(name, 0)
         self.cluster: ClusterState | None = None
         self.service_name = ""
         self.local_ip = ""

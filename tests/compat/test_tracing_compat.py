@@ -358,7 +358,9 @@ def _normalize(
     return out
 
 
-def _play(recorder: _Recorder, port_of: Callable[[str], int]) -> dict[str, Any]:
+def _play(
+    recorder: _Recorder, port_of: Callable[[str], int], stats: Callable[[], dict[str, int]]
+) -> dict[str, Any]:
     recorder.clear()
     ports = {name: port_of(name) for name in ("ingress", "egress", "unsampled")}
     decorated: dict[str, str | None] = {}
@@ -387,6 +389,16 @@ def _play(recorder: _Recorder, port_of: Callable[[str], int]) -> dict[str, Any]:
         out[name] = _normalize(headers, requests.get(path, {}), by_path.get(path))
         out[name]["response " + DECORATOR] = decorated[path]
     out["span count"] = len(spans)
+    # proxyd's workers report stats in batches: wait for them to show the spans sent.
+    try:
+        wait_for(lambda: stats().get("tracing.zipkin.spans_sent", 0) >= len(spans), timeout=5)
+    except TimeoutError:
+        pass  # compared (and shown) by the test
+    out["stats"] = {
+        k: v
+        for k, v in stats().items()
+        if k in ("tracing.zipkin.spans_sent", "tracing.zipkin.reports_failed")
+    }
     return out
 
 
@@ -396,10 +408,10 @@ def replies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict
     try:
         text = config(recorder.server_address[1], recorder.server_address[1])
         with EnvoyRunner(text) as envoy:
-            envoy_side = _play(recorder, envoy.listener_port)
+            envoy_side = _play(recorder, envoy.listener_port, envoy.stats)
         workdir: Path = tmp_path_factory.mktemp("tracing")
         with ProxydProcess(workdir, text, concurrency=1) as p:
-            proxyd_side = _play(recorder, p.listener_port)
+            proxyd_side = _play(recorder, p.listener_port, p.stats)
         yield {"envoy": envoy_side, "proxyd": proxyd_side}
     finally:
         recorder.close()
@@ -408,6 +420,11 @@ def replies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_case_matches_envoy(replies: dict[str, dict[str, Any]], case: str) -> None:
     assert replies["proxyd"][case] == replies["envoy"][case]
+
+
+def test_stats_match_envoy(replies: dict[str, dict[str, Any]]) -> None:
+    assert replies["proxyd"]["stats"] == replies["envoy"]["stats"]
+    assert replies["envoy"]["stats"]["tracing.zipkin.spans_sent"] == replies["envoy"]["span count"]
 
 
 def test_span_count_matches_envoy(replies: dict[str, dict[str, Any]]) -> None:

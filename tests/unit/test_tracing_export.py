@@ -83,7 +83,7 @@ def test_a_batch_is_posted_when_enough_spans_wait() -> None:
             with trio.fail_after(10):
                 await answered.wait()
                 await trio.testing.wait_all_tasks_blocked()
-            e_stats.update(e.stats.counters)
+            e_stats.update((k, v) for k, v in e.stats.counters.items() if v)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -115,7 +115,11 @@ def test_a_collector_that_is_down_costs_the_report_only() -> None:
         await e.post([_record(1)])
         none = _exporter(None)
         await none.post([_record(2)])
-        return e if none.stats.counters == {"reports_skipped_no_cluster": 1} else none
+        skipped = {k: v for k, v in none.stats.counters.items() if v}
+        return e if skipped == {"reports_skipped_no_cluster": 1} else none
 
     e = trio.run(main)
-    assert e.stats.counters == {"spans_sent": 1, "reports_failed": 1}
+    assert {k: v for k, v in e.stats.counters.items() if v} == {
+        "spans_sent": 1,
+        "reports_failed": 1,
+    }
