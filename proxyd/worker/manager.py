@@ -246,10 +246,10 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     if sink is not conn:
         sink.complete()  # type: ignore[attr-defined]  # the filter chain
     if plan.stamps:  # access logs, tracing (and header values with operators)
+        if plan.tracer is not None:  # before the log, which reads the trace decision
+            tracing.finish(stream, plan, conn)
         if plan.logs:
             write_log(stream, plan, conn)
-        if plan.tracer is not None:
-            tracing.finish(stream, plan, conn)
 
 
 # -- access log ---------------------------------------------------------------------------
