@@ -9,8 +9,12 @@ it received:
   with a ``decorator``;
 * ``egress`` (OUTBOUND): ``trace_id_128bit``, ``shared_span_context: false``: a joined
   trace gets a child span;
-* ``unsampled``: ``random_sampling: 0``: traced only when forced (x-envoy-force-trace,
-  x-client-trace-id).
+* ``unsampled``: ``random_sampling: 0``, loopback clients internal: traced only when
+  forced (x-envoy-force-trace on an internal request, x-client-trace-id) or by the
+  route's own ``tracing`` sampling.
+
+Every listener also logs ``%TRACE_ID%``, the request id's trace reason, and a line for
+requests ``traceable_filter`` keeps.
 
 For each case the test compares, between the two proxies, the B3 headers the upstream
 received, the trace reason in its x-request-id (the uuid's version digit), and the span
@@ -114,9 +118,14 @@ CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
     ("egress decorated route", "egress", "/dec/e", {}, True),
     ("direct response (no upstream)", "ingress", "/local", {}, True),
     ("random_sampling 0", "unsampled", "/u/plain", {}, False),
-    # x-envoy-force-trace counts only on an internal request (this one is not).
-    ("x-envoy-force-trace", "unsampled", "/u/forced", {"x-envoy-force-trace": "1"}, False),
     ("route tracing samples it", "unsampled", "/u/route", {"x-route": "yes"}, True),
+    (
+        "x-envoy-force-trace, internal",
+        "unsampled",
+        "/u/forced-internal",
+        {"x-envoy-force-trace": "1"},
+        True,
+    ),
     ("x-client-trace-id", "unsampled", "/u/client", {"x-client-trace-id": "abc"}, True),
 ]
 
@@ -206,7 +215,13 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
     }
 
 
-def _listener(name: str, direction: str, tracing: dict[str, Any]) -> dict[str, Any]:
+def _listener(
+    name: str,
+    direction: str,
+    tracing: dict[str, Any],
+    log_path: str = "",
+    hcm_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     routes = [
         {
             "match": {"prefix": "/dec"},
@@ -240,6 +255,8 @@ def _listener(name: str, direction: str, tracing: dict[str, Any]) -> dict[str, A
                             "@type": HCM,
                             "stat_prefix": name,
                             "tracing": tracing,
+                            "access_log": _access_logs(log_path) if log_path else [],
+                            **(hcm_extra or {}),
                             "route_config": {
                                 "virtual_hosts": [
                                     {"name": "all", "domains": ["*"], "routes": routes}
@@ -259,7 +276,30 @@ def _listener(name: str, direction: str, tracing: dict[str, Any]) -> dict[str, A
     }
 
 
-def config(up_port: int, collector_port: int) -> str:
+INTERNAL = {
+    "use_remote_address": True,
+    "internal_address_config": {"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]},
+}
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+
+def _access_logs(path: str) -> list[dict[str, Any]]:
+    """%TRACE_ID% and the trace reason for every request, and traceable_filter."""
+
+    def log(fmt: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {"@type": FILE_LOG, "path": path, "log_format": {"text_format": fmt}},
+            **extra,
+        }
+
+    return [
+        log("LOG %REQ(:PATH)% %TRACE_ID% %REQ(X-REQUEST-ID)%\n"),
+        log("TRACEABLE %REQ(:PATH)%\n", filter={"traceable_filter": {}}),
+    ]
+
+
+def config(up_port: int, collector_port: int, log_path: str = "") -> str:
     def provider(**extra: Any) -> dict[str, Any]:
         return {
             "name": "envoy.tracers.zipkin",
@@ -289,9 +329,10 @@ def config(up_port: int, collector_port: int) -> str:
         "node": {"id": "node-a", "cluster": "svc-a"},
         "static_resources": {
             "listeners": [
-                _listener("ingress", "INBOUND", ingress),
-                _listener("egress", "OUTBOUND", egress),
-                _listener("unsampled", "INBOUND", unsampled),
+                _listener("ingress", "INBOUND", ingress, log_path),
+                _listener("egress", "OUTBOUND", egress, log_path),
+                # Loopback clients are internal here: x-envoy-force-trace counts.
+                _listener("unsampled", "INBOUND", unsampled, log_path, INTERNAL),
             ],
             "clusters": [_cluster("up", up_port), _cluster("zipkin", collector_port)],
         },
@@ -389,6 +430,15 @@ def _play(
         out[name] = _normalize(headers, requests.get(path, {}), by_path.get(path))
         out[name]["response " + DECORATOR] = decorated[path]
     out["span count"] = len(spans)
+    # The trace ids each request's upstream got or its span has (for %TRACE_ID%).
+    traces: dict[str, set[str]] = {}
+    for _, _, path, _, _ in CASES:
+        got = requests.get(path, {})
+        ids = {got.get("x-b3-traceid", ""), got.get("b3", "").split("-")[0]}
+        if path in by_path:
+            ids.add(by_path[path]["traceId"])
+        traces[path] = ids - {""}
+    out["traces"] = traces
     # proxyd's workers report stats in batches: wait for them to show the spans sent.
     try:
         wait_for(lambda: stats().get("tracing.zipkin.spans_sent", 0) >= len(spans), timeout=5)
@@ -402,16 +452,45 @@ def _play(
     return out
 
 
+def _read_log(side: dict[str, Any], path: Path) -> None:
+    """Each case's %TRACE_ID% (as what it is: "-", the trace its upstream or span has,
+    or another), its logged trace reason, and whether traceable_filter logged it;
+    then the log is emptied for the other proxy."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    path.unlink(missing_ok=True)
+    traces = side.pop("traces")
+    logged: dict[str, dict[str, Any]] = {}
+    traceable = {line.split()[1] for line in lines if line.startswith("TRACEABLE ")}
+    for line in lines:
+        if line.startswith("LOG "):
+            _, req_path, trace_id, rid = line.split()
+            what = (
+                "-"
+                if trace_id == "-"
+                else ("its trace" if trace_id in traces[req_path] else "other")
+            )
+            logged[req_path] = {
+                "TRACE_ID": what,
+                "reason": rid[14:15],
+                "traceable": req_path in traceable,
+            }
+    for name, _, req_path, _, _ in CASES:
+        side[name]["access log"] = logged.get(req_path)
+
+
 @pytest.fixture(scope="module")
 def replies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
     recorder = _Recorder()
     try:
-        text = config(recorder.server_address[1], recorder.server_address[1])
+        workdir: Path = tmp_path_factory.mktemp("tracing")
+        log_path = workdir / "access.log"
+        text = config(recorder.server_address[1], recorder.server_address[1], str(log_path))
         with EnvoyRunner(text) as envoy:
             envoy_side = _play(recorder, envoy.listener_port, envoy.stats)
-        workdir: Path = tmp_path_factory.mktemp("tracing")
+        _read_log(envoy_side, log_path)  # written whole once Envoy has stopped
         with ProxydProcess(workdir, text, concurrency=1) as p:
             proxyd_side = _play(recorder, p.listener_port, p.stats)
+        _read_log(proxyd_side, log_path)
         yield {"envoy": envoy_side, "proxyd": proxyd_side}
     finally:
         recorder.close()
@@ -425,6 +504,12 @@ def test_case_matches_envoy(replies: dict[str, dict[str, Any]], case: str) -> No
 def test_stats_match_envoy(replies: dict[str, dict[str, Any]]) -> None:
     assert replies["proxyd"]["stats"] == replies["envoy"]["stats"]
     assert replies["envoy"]["stats"]["tracing.zipkin.spans_sent"] == replies["envoy"]["span count"]
+
+
+def test_the_access_logs_were_read(replies: dict[str, dict[str, Any]]) -> None:
+    for side in ("envoy", "proxyd"):
+        assert all(replies[side][c[0]]["access log"] is not None for c in CASES), side
+    assert replies["envoy"]["x-envoy-force-trace, internal"]["access log"]["traceable"]
 
 
 def test_span_count_matches_envoy(replies: dict[str, dict[str, Any]]) -> None:
