@@ -15,7 +15,7 @@ from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
 from proxyd.config.socket_options import socket_options
-from proxyd.config.supported import HCM_TYPE, unpack
+from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tracing import compile_tracing
 from proxyd.config.values import (
     compile_address,
@@ -24,10 +24,11 @@ from proxyd.config.values import (
     require_ip,
     wrapped_or,
 )
-from proxyd.epoch import HttpConnectionManager, Listener, RouteConfig
+from proxyd.epoch import HttpConnectionManager, Listener, RouteConfig, TcpCluster, TcpProxy
 from proxyd.errors import ConfigError
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 FILE_LOG_NAME = "envoy.access_loggers.file"
 CODEC_TYPES = ("AUTO", "HTTP1")
 
@@ -93,21 +94,31 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         raise ConfigError(
             file,
             join(chain_path, "filters"),
-            f"exactly one network filter ({HCM_NAME}) is supported by proxyd, got {len(filters)}",
+            f"exactly one network filter ({HCM_NAME} or {TCP_PROXY_NAME}) is supported by "
+            f"proxyd, got {len(filters)}",
         )
     filter_path = join(chain_path, "filters[0]")
-    hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
-    hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
-    tracing = compile_tracing(
-        hcm_msg,
-        enum_name(lst, "traffic_direction"),
-        join(filter_path, "typed_config"),
-        clusters,
-        file,
-    )
-    if tracing is not None:
-        hcm = dataclasses.replace(hcm, tracing=tracing)
-    if where.pipe and hcm.use_remote_address:
+    hcm: HttpConnectionManager | None = None
+    tcp_proxy: TcpProxy | None = None
+    payload = filters[0].typed_config if filters[0].HasField("typed_config") else None
+    if payload is not None and payload.type_url.endswith("/" + TCP_PROXY_TYPE):
+        msg = typed_config(
+            filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
+        )
+        tcp_proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    else:
+        hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
+        hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
+        tracing = compile_tracing(
+            hcm_msg,
+            enum_name(lst, "traffic_direction"),
+            join(filter_path, "typed_config"),
+            clusters,
+            file,
+        )
+        if tracing is not None:
+            hcm = dataclasses.replace(hcm, tracing=tracing)
+    if where.pipe and hcm is not None and hcm.use_remote_address:
         raise ConfigError(
             file,
             join(filter_path, "typed_config.use_remote_address"),
@@ -129,6 +140,33 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         freebind=wrapped_or(lst, "freebind", False),
         tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
         socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
+        tcp_proxy=tcp_proxy,
+    )
+
+
+def compile_tcp_proxy(msg: Any, path: str, file: str) -> TcpProxy:
+    """TcpProxy (supported.TCP_PROXY has refused the fields proxyd lacks, and the proto
+    rules have been checked: a stat_prefix, a cluster specifier, weights >= 1, at least
+    one connect attempt). A cluster that does not exist is not an error: Envoy closes
+    each connection then (``downstream_cx_no_route``, flag NC)."""
+    which = msg.WhichOneof("cluster_specifier")
+    weighted: tuple[TcpCluster, ...] = ()
+    if which == "weighted_clusters":
+        weighted = tuple(TcpCluster(c.name, c.weight) for c in msg.weighted_clusters.clusters)
+    elif which != "cluster":
+        raise ConfigError(file, path, "a cluster or weighted_clusters is required")
+    return TcpProxy(
+        stat_prefix=msg.stat_prefix,
+        cluster=msg.cluster if which == "cluster" else "",
+        weighted=weighted,
+        idle_timeout_s=duration_or(msg, "idle_timeout", DEFAULT_IDLE_TIMEOUT_S),
+        max_connect_attempts=wrapped_or(msg, "max_connect_attempts", 1),
+        max_downstream_connection_duration_s=duration_or(
+            msg, "max_downstream_connection_duration", 0.0
+        ),
+        access_logs=compile_access_logs(msg.access_log, join(path, "access_log"), file),
+        log_on_connected=msg.access_log_options.flush_access_log_on_connected,
+        hash_source_ip=any(p.HasField("source_ip") for p in msg.hash_policy),
     )
 
 

@@ -51,6 +51,8 @@ DOWNSTREAM_END = "DownstreamEnd"
 DOWNSTREAM_START = "DownstreamStart"
 DOWNSTREAM_PERIODIC = "DownstreamPeriodic"
 NOT_SET = "NotSet"  # a listener's connection log
+TCP_CONNECTION_END = "TcpConnectionEnd"  # a TCP proxy's line at the connection's end
+TCP_UPSTREAM_CONNECTED = "TcpUpstreamConnected"  # ... and when its upstream connected
 
 
 class LogRecord:
@@ -80,6 +82,7 @@ class LogRecord:
         "upstream_protocol",
         "upstream_cluster",
         "attempt_count",
+        "hosts_attempted",
         "transport_failure",
         "downstream_remote_address",
         "downstream_direct_remote_address",
@@ -116,6 +119,8 @@ class LogRecord:
         self.upstream_protocol: str | None = None
         self.upstream_cluster: str | None = None
         self.attempt_count: int = 0
+        # The hosts that got the request (None: the one in upstream_host).
+        self.hosts_attempted: list[str] | None = None
         self.transport_failure: str | None = None
         self.downstream_remote_address: str | None = None
         self.downstream_direct_remote_address: str | None = None

@@ -274,6 +274,27 @@ _PLAIN["UPSTREAM_HOST_NAME"] = _host_name
 _PLAIN["UPSTREAM_HOST_NAME_WITHOUT_PORT"] = _host_name_without_port
 
 
+def _hosts_attempted(rec: Any) -> Value:
+    """The hosts that got the request, comma-separated, each once (a refused connection
+    is not one, as in Envoy 1.40); ``hosts_attempted`` None means the one picked host."""
+    hosts = rec.hosts_attempted
+    if hosts is None:
+        return rec.upstream_host
+    return ",".join(hosts) or None
+
+
+def _hosts_attempted_without_port(rec: Any) -> Value:
+    hosts = rec.hosts_attempted
+    if hosts is None:
+        hosts = [rec.upstream_host] if rec.upstream_host is not None else []
+    return ",".join(split_host_port(h)[0] or "" for h in hosts) or None
+
+
+_PLAIN["UPSTREAM_REQUEST_ATTEMPT_COUNT"] = _int("attempt_count")
+_PLAIN["UPSTREAM_HOSTS_ATTEMPTED"] = _hosts_attempted
+_PLAIN["UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT"] = _hosts_attempted_without_port
+
+
 def _upstream_endpoint_id(rec: Any) -> Value:
     # Endpoint ids belong to internal addresses, which proxyd has none of: Envoy prints
     # nothing for a connected IP upstream, and "-" when there is no upstream.
@@ -329,13 +350,10 @@ _UNTRACKED = (
 )  # fmt: skip
 REFUSED: dict[str, str] = {
     **{n: _NOT_TRACKED for n in _UNTRACKED},
-    # Retries (retry_policy) count their attempts in the router, not on the stream yet.
+    # The hosts' DNS names per attempt are not kept (their addresses are).
     **{
-        n: "attempts of retried requests are not counted for the access log yet"
+        n: "the host names of each attempt are not kept by proxyd"
         for n in (
-            "UPSTREAM_REQUEST_ATTEMPT_COUNT",
-            "UPSTREAM_HOSTS_ATTEMPTED",
-            "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT",
             "UPSTREAM_HOST_NAMES_ATTEMPTED",
             "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
         )

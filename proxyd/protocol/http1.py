@@ -11,8 +11,9 @@ tests/compat/http1_corpus runs through both):
   chunked), connection semantics, the names of headers that must be removed on the
   way through (hop-by-hop ones), and the values of the few headers routing and
   logging asked for. It writes the head the way Envoy's encoder sends it upstream
-  (``RequestHead.raw``). :class:`ResponseHeadParser` does the same for a response, whose
-  head is forwarded as the bytes that arrived, less the lines that must go;
+  (``RequestHead.raw``). :class:`ResponseHeadParser`
+  (:mod:`proxyd.protocol.http1_response`) does the same for a response, whose head is
+  forwarded as the bytes that arrived, less the lines that must go;
 * :class:`ChunkedDecoder` (:mod:`proxyd.protocol.http1_chunked`) frames a chunked body
   strictly and hands back where its data is.
 
@@ -40,6 +41,13 @@ from proxyd.protocol.http1_request_line import (
     METHODS,
     check_request_line,
     is_http10,
+)
+from proxyd.protocol.http1_response import (
+    ResponseHead,
+    ResponseHeadParser,
+    connection_tokens,
+    parse_content_length,
+    response_has_body,
 )
 
 if TYPE_CHECKING:
@@ -206,43 +214,6 @@ class RequestHead:
         self.names: dict[bytes, bytes] | None = None
 
 
-class ResponseHead:
-    __slots__ = (
-        "raw",
-        "status",
-        "content_length",
-        "chunked",
-        "keep_alive",
-        "cuts",
-        "has_date",
-        "headers",
-    )
-
-    def __init__(self) -> None:
-        self.raw = b""
-        self.status = 0
-        self.content_length = -1
-        self.chunked = False
-        self.keep_alive = True
-        # Spans of ``raw`` (each "CRLF name: value") that must not go downstream.
-        self.cuts: list[tuple[int, int]] = []
-        self.has_date = False
-        self.headers: dict[str, str] = {}
-
-
-def _connection_tokens(value: bytes) -> list[bytes]:
-    return [t.strip().lower() for t in value.split(b",") if t.strip()]
-
-
-def _parse_content_length(value: bytes) -> int:
-    # llhttp already rejects other characters and duplicates; optional whitespace
-    # around the value is allowed (RFC 9110 §5.5); this also bounds the size.
-    value = value.strip(b" \t")
-    if not value.isdigit() or len(value) > 18:
-        raise ProtocolError("invalid content-length", 400)
-    return int(value)
-
-
 # The common request line, parsed by llhttp as it is: a target with none of what Envoy
 # refuses in one (BAD_TARGET) and no "#" (a fragment, refused with its own answer once
 # the head is parsed; excluding it here costs less than ``b"#" in target``, which
@@ -319,7 +290,7 @@ class RequestHeadParser:
                 self._host += b"," + value
         else:
             if kind == _H_CL:
-                h.content_length = _parse_content_length(value)
+                h.content_length = parse_content_length(value)
             elif kind == _H_TE:
                 h.remove.append(lname)
                 coding = value.lower()
@@ -333,7 +304,7 @@ class RequestHeadParser:
                 return  # written back at the end of the head, as Envoy does
             elif kind == _H_CONNECTION:
                 h.remove.append(lname)
-                self._conn_tokens.extend(_connection_tokens(value))
+                self._conn_tokens.extend(connection_tokens(value))
             elif kind == _H_EXPECT:
                 if value.lower() == b"100-continue":
                     h.expect_continue = True
@@ -584,102 +555,3 @@ class RequestHeadParser:
             path += b"?" + parsed.query
         h.path = path.decode("latin-1")
         return parsed.host + (b":%d" % parsed.port if parsed.port else b"")
-
-
-# The response header lines the proxy looks at, found in one scan of the lower-cased
-# head: framing, the hop-by-hop ones it drops, server (overwritten) and date.
-_RESPONSE_LINES = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
-    rb"|upgrade|te|server|date):([^\r]*)"
-)
-
-
-class ResponseHeadParser:
-    """Parses one upstream response head: ``parse(view, wanted)``.
-
-    llhttp validates the head; the few facts the proxy needs are then found by one
-    regex scan of the lower-cased head for ``CRLF name:`` (llhttp guarantees there is
-    no whitespace before a colon and no obs-fold, so that finds exactly the header
-    lines). That costs less than one Python callback per header, and it yields the
-    spans of the lines to drop, ready for splicing.
-    """
-
-    __slots__ = ("_done",)
-
-    # httptools asks its protocol object for each callback with getattr(..., None); a
-    # missing one costs an AttributeError (its message formatted) per new llhttp
-    # parser, that is per response. None says "no callback" without one.
-    on_message_begin = on_header = on_status = on_body = None
-    on_message_complete = on_chunk_header = on_chunk_complete = None
-
-    def __init__(self) -> None:
-        self._done = False
-
-    def on_headers_complete(self) -> None:
-        self._done = True
-
-    def parse(self, view: memoryview | bytes, wanted: dict[bytes, str]) -> ResponseHead:
-        # A fresh llhttp parser per head: a response's framing depends on the request
-        # (HEAD), which llhttp is not told, so its state after the head is not reused.
-        self._done = False
-        parser = httptools.HttpResponseParser(self)
-        try:
-            parser.feed_data(view)
-        except httptools.HttpParserError as exc:
-            raise ProtocolError(str(exc), 502) from None
-        except httptools.HttpParserUpgrade:
-            pass  # a 101 is treated like any other head; the caller refuses it
-        if not self._done:
-            raise ProtocolError("incomplete response head", 502)
-        h = ResponseHead()
-        raw = h.raw = bytes(view)
-        h.status = parser.get_status_code()
-        if raw[5:8] != b"1.1":
-            h.keep_alive = parser.should_keep_alive()
-        low = raw.lower()
-        cuts = h.cuts
-        tokens: list[bytes] | None = None
-        # Each match is one whole line but its CRLF: (name, value) and its span.
-        for m in _RESPONSE_LINES.finditer(low):
-            name = m[1]
-            if name == b"content-length":
-                h.content_length = _parse_content_length(m[2])
-            elif name == b"date":
-                h.has_date = True
-            else:
-                cuts.append(m.span())
-                if name == b"connection":
-                    value = m[2].strip()
-                    if value != b"keep-alive":
-                        tokens = (tokens or []) + _connection_tokens(value)
-                elif name == b"transfer-encoding":
-                    h.chunked = m[2].strip().endswith(b"chunked")
-        if tokens:
-            if b"close" in tokens:
-                h.keep_alive = False
-            for t in tokens:
-                if t not in (b"close", b"keep-alive"):
-                    pat = b"\r\n" + t + b":"
-                    i = low.find(pat)
-                    while i >= 0:
-                        j = low.find(b"\r\n", i + 2)
-                        cuts.append((i, j))
-                        i = low.find(pat, j)
-        if wanted:
-            for name, key in wanted.items():
-                pat = b"\r\n" + name + b":"
-                i = low.find(pat)
-                while i >= 0:
-                    j = low.find(b"\r\n", i + 2)
-                    v = raw[i + len(pat) : j].strip().decode("latin-1")
-                    old = h.headers.get(key)
-                    h.headers[key] = v if old is None else old + "," + v
-                    i = low.find(pat, j)
-        if len(cuts) > 1:
-            cuts.sort()
-        return h
-
-
-def response_has_body(status: int, head_request: bool) -> bool:
-    """RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 have no body."""
-    return not (head_request or status < 200 or status == 204 or status == 304)

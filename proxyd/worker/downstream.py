@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from proxyd.worker.deadlines import Timers
     from proxyd.worker.plan import ListenerPlan
     from proxyd.worker.stats import StatsStore
+    from proxyd.worker.tcp_proxy import TcpConnection
 
 log = structlog.get_logger()
 
@@ -75,7 +76,7 @@ class WorkerContext(Protocol):
     head_parser: RequestHeadParser
     stats: StatsStore
     plans: dict[str, ListenerPlan]
-    connections: set[DownstreamConnection]
+    connections: set[DownstreamConnection | TcpConnection]
     draining: bool
 
     def connection_closed(self) -> None: ...
@@ -448,14 +449,8 @@ class DownstreamConnection:
             return await self._send_headers_http1(
                 http1, r, service_ms, close, chunked, first, end_stream
             )
-        if close:
-            self.closing = True
-        self.chunked_out = chunked
-        rp = stream.route_plan
-        if rp is not None and rp.mutations is not None:
-            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
+        r, service_ms = self._start_response(stream, r, service_ms, close, chunked)
         server = self.plan.server
-        stream.response_started = True
         try:
             if not first:
                 out = response_head(r, server, service_ms, chunked, close, stream.response_added)
@@ -485,6 +480,20 @@ class DownstreamConnection:
         except OSError:
             raise DownstreamReset() from None
 
+    def _start_response(
+        self, stream: Stream, r: ResponseHead, service_ms: int, close: bool, chunked: bool
+    ) -> tuple[ResponseHead, int]:
+        """The response is going out: how it is framed and whether the connection ends
+        after it, and the route's response header mutations applied."""
+        if close:
+            self.closing = True
+        self.chunked_out = chunked
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
+        stream.response_started = True
+        return r, service_ms
+
     async def _send_headers_http1(
         self,
         http1: Http1Format,
@@ -503,15 +512,17 @@ class DownstreamConnection:
             # HTTP/1.0 has no chunked framing: the body ends with the connection.
             chunked = False
             close = True
-        if close:
-            self.closing = True
-        self.chunked_out = chunked
-        rp = stream.route_plan
-        if rp is not None and rp.mutations is not None:
-            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
-        stream.response_started = True
+        r, service_ms = self._start_response(stream, r, service_ms, close, chunked)
         out = response_head(r, self.plan.server, service_ms, chunked, close, stream.response_added)
-        parts: list = [http1.downstream_head(out, http10, not close)]
+        # A cluster with preserve_case writes its responses' names (Envoy's response
+        # carries the cluster's formatter, which wins over the listener's format).
+        rp = stream.route_plan
+        preserved = (
+            rp is not None
+            and rp.cluster is not None
+            and rp.cluster.cluster.header_key_format == "preserve_case"
+        )
+        parts: list = [http1.downstream_head(out, http10, not close, proper=not preserved)]
         if first:
             self._frame(first, end_stream, parts)
         elif chunked and end_stream:
