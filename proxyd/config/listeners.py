@@ -4,6 +4,7 @@ manager each), with the checks Envoy makes in code and proxyd's narrower choices
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Container, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
+from proxyd.config.tracing import compile_tracing
 from proxyd.config.values import (
     compile_address,
     duration_or,
@@ -107,6 +109,15 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     else:
         hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
         hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
+        tracing = compile_tracing(
+            hcm_msg,
+            enum_name(lst, "traffic_direction"),
+            join(filter_path, "typed_config"),
+            clusters,
+            file,
+        )
+        if tracing is not None:
+            hcm = dataclasses.replace(hcm, tracing=tracing)
     if where.pipe and hcm is not None and hcm.use_remote_address:
         raise ConfigError(
             file,

@@ -97,6 +97,7 @@ class LogRecord:
         "listener_name",
         "log_type",
         "server",
+        "trace_id",
     )
 
     def __init__(self, **fields: Any) -> None:
@@ -133,6 +134,8 @@ class LogRecord:
         self.route_name: str | None = None
         self.listener_name: str | None = None
         self.log_type: str = DOWNSTREAM_END
+        # The request's trace id on a listener with tracing (%TRACE_ID%), else None.
+        self.trace_id: str | None = None
         # The server header the client got (the HCM's server_name), None: no response.
         self.server: str | None = None
         for name, value in fields.items():

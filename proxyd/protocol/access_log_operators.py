@@ -13,10 +13,11 @@ operators below, or in :data:`REFUSED` with the reason proxyd gives at config ti
 name Envoy does not know gets Envoy's own message ("Not supported field in StreamInfo").
 
 Values that proxyd knows to be absent for every config it accepts are implemented as
-absent: proxyd has no TLS on either side (``transport_socket`` is refused), no tracing
-(``tracing`` is refused), no virtual clusters and no filter-chain names, so the TLS
-operators, ``TRACE_ID``, ``VIRTUAL_CLUSTER_NAME`` and ``FILTER_CHAIN_NAME`` print ``-``
-exactly as Envoy does for the same config. When one of those features arrives, its
+absent: proxyd has no TLS on either side (``transport_socket`` is refused), no virtual
+clusters and no filter-chain names, so the TLS operators, ``VIRTUAL_CLUSTER_NAME`` and
+``FILTER_CHAIN_NAME`` print ``-`` exactly as Envoy does for the same config.
+``TRACE_ID`` is the request's trace id on a listener with tracing (``-`` elsewhere);
+``SPAN_ID`` still prints ``-``. When one of those features arrives, its
 operators must move out of :data:`_ABSENT`.
 """
 
@@ -237,6 +238,7 @@ _PLAIN: dict[str, Getter] = {
     "LISTENER_NAME": _field("listener_name"),
     "ACCESS_LOG_TYPE": _field("log_type"),
     "STREAM_ID": _field("request_id"),
+    "TRACE_ID": _field("trace_id"),
     "UNIQUE_ID": _unique_id,
     "HOSTNAME": _const(_HOSTNAME),
     "QUERY_PARAMS": _query_string,
@@ -305,7 +307,7 @@ _PLAIN["DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID"] = _const("")
 
 # Absent for every config proxyd accepts (see the module docstring): Envoy prints "-".
 _ABSENT = (
-    "REQUESTED_SERVER_NAME", "TRACE_ID", "SPAN_ID", "VIRTUAL_CLUSTER_NAME",
+    "REQUESTED_SERVER_NAME", "SPAN_ID", "VIRTUAL_CLUSTER_NAME",
     "FILTER_CHAIN_NAME", "DOWNSTREAM_HANDSHAKE_DURATION", "UPSTREAM_SERVER_NAME",
     "DOWNSTREAM_LOCAL_URI_SAN", "DOWNSTREAM_LOCAL_DNS_SAN", "DOWNSTREAM_LOCAL_IP_SAN",
     "DOWNSTREAM_LOCAL_EMAIL_SAN", "DOWNSTREAM_LOCAL_OTHERNAME_SAN", "DOWNSTREAM_LOCAL_SUBJECT",

@@ -296,6 +296,10 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
         rec.resp_headers = _local_reply_headers(stream, access.response_headers)
     else:
         rec.resp_headers = {}
+    # %TRACE_ID% and traceable_filter: the request's trace on a listener with tracing
+    # (its decision is made before the log is written: manager.finish).
+    trace = getattr(stream, "trace", None) if plan.tracer is not None else None
+    rec.trace_id = (trace.trace_id or None) if trace is not None and not trace.off else None
     return rec
 
 

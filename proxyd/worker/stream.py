@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from proxyd.worker.deadlines import Deadline, DeadlineKind, Timers
     from proxyd.worker.durations import ConnectionDurations
     from proxyd.worker.plan import RoutePlan
+    from proxyd.worker.tracing import SpanState
 
 
 class BodyMode(enum.Enum):
@@ -137,7 +138,12 @@ class Stream:
         "hosts_tried",
         "connection",
         "lb_hash",
+        # proxyd.worker.tracing.SpanState, set (and read) only on a listener with
+        # tracing: left unset here so that other requests pay nothing for it.
+        "trace",
     )
+
+    trace: SpanState  # see __slots__: only on a listener with tracing
 
     def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:
         self.head = head
