@@ -13,6 +13,7 @@ from proxyd.filters.csrf.filter import Factory as CsrfFactory
 from proxyd.filters.decompressor.filter import Factory as DecompressorFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
 from proxyd.filters.header_mutation.filter import Factory as HeaderMutationFactory
+from proxyd.filters.header_to_metadata.filter import Factory as HeaderToMetadataFactory
 from proxyd.filters.health_check.filter import Factory as HealthCheckFactory
 from proxyd.filters.local_ratelimit.filter import Factory as LocalRateLimitFactory
 from proxyd.filters.rbac.filter import Factory as RbacFactory
@@ -25,6 +26,7 @@ FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": CsrfFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation": HeaderMutationFactory,
+    "envoy.extensions.filters.http.header_to_metadata.v3.Config": HeaderToMetadataFactory,
     "envoy.extensions.filters.http.health_check.v3.HealthCheck": HealthCheckFactory,
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": LocalRateLimitFactory,
     "envoy.extensions.filters.http.rbac.v3.RBAC": RbacFactory,

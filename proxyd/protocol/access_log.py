@@ -83,6 +83,7 @@ class LogRecord:
         "upstream_cluster",
         "attempt_count",
         "hosts_attempted",
+        "dynamic_metadata",
         "transport_failure",
         "downstream_remote_address",
         "downstream_direct_remote_address",
@@ -121,6 +122,8 @@ class LogRecord:
         self.attempt_count: int = 0
         # The hosts that got the request (None: the one in upstream_host).
         self.hosts_attempted: list[str] | None = None
+        # Dynamic metadata filters set (namespace -> key -> value; None: none).
+        self.dynamic_metadata: dict[str, Any] | None = None
         self.transport_failure: str | None = None
         self.downstream_remote_address: str | None = None
         self.downstream_direct_remote_address: str | None = None

@@ -23,6 +23,7 @@ operators must move out of :data:`_ABSENT`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -363,7 +364,6 @@ REFUSED: dict[str, str] = {
     "RESPONSE_TRAILER": "response trailers are not kept by proxyd",
     # Metadata and filter state: no proxyd filter sets them, and route/cluster/host
     # metadata does not reach the workers.
-    "DYNAMIC_METADATA": "dynamic metadata is not implemented by proxyd",
     "CLUSTER_METADATA": "cluster metadata is not implemented by proxyd",
     "UPSTREAM_METADATA": "upstream host metadata is not implemented by proxyd",
     "METADATA": "metadata is not implemented by proxyd",
@@ -381,6 +381,7 @@ REFUSED: dict[str, str] = {
 PARAMETER_OPERATORS = (
     "REQ", "REQUEST_HEADER", "RESP", "RESPONSE_HEADER", "START_TIME", "START_TIME_LOCAL",
     "EMIT_TIME", "EMIT_TIME_LOCAL", "ENVIRONMENT", "QUERY_PARAM", "PATH", "GRPC_STATUS",
+    "DYNAMIC_METADATA",
 )  # fmt: skip
 
 
@@ -547,6 +548,37 @@ def _truncate(getter: Getter, length: int) -> Getter:
 _COMMAND = re.compile(r"%([A-Z0-9_]+)(?:\(([^)]*)\))?(?::([0-9]+))?%")
 
 
+def _metadata_text(value: object) -> str:
+    """A metadata value as Envoy prints it in a text log: a string as it is, a number
+    without a fraction when it has none, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _dynamic_metadata_getter(param: str | None) -> Getter:
+    """%DYNAMIC_METADATA(NAMESPACE:KEY*)%: what filters set on the stream (the
+    header_to_metadata filter), a key's value or the namespace's whole object."""
+    if not param:
+        raise OperatorError("DYNAMIC_METADATA requires parameters")
+    namespace, *keys = param.split(":")
+
+    def get(rec: Any) -> Value:
+        metadata = rec.dynamic_metadata
+        value: object = None if metadata is None else metadata.get(namespace)
+        for key in keys:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        return None if value is None else _metadata_text(value)
+
+    return get
+
+
 def compile_operator(
     name: str, param: str | None, length: str | None, req: set[str], resp: set[str]
 ) -> Getter:
@@ -571,6 +603,8 @@ def compile_operator(
         getter = _query_param_getter(param)
     elif name == "PATH":
         getter = _path_getter(param, req)
+    elif name == "DYNAMIC_METADATA":
+        getter = _dynamic_metadata_getter(param)
     elif name == "GRPC_STATUS":
         if limit is not None:
             raise OperatorError(f"{name} does not take any parameters or length")

@@ -256,6 +256,8 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
         rec.upstream_protocol = "HTTP/1.1"
     else:
         rec.upstream_remote_address = rec.upstream_protocol = None
+    state = stream.filter_state
+    rec.dynamic_metadata = state.get("dynamic_metadata") if state is not None else None  # type: ignore[assignment]
     rec.details = _details(stream)
     trusted = stream.trusted_address
     remote = conn.remote

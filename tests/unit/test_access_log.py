@@ -162,7 +162,8 @@ def test_literal_percent_and_plain_text() -> None:
     [
         ("%REQUEST_DURATION%", "REQUEST_DURATION"),
         ("%FOO%", "FOO"),
-        ("x %DYNAMIC_METADATA(a:b)% y", "DYNAMIC_METADATA"),
+        ("x %CLUSTER_METADATA(a:b)% y", "CLUSTER_METADATA"),
+        ("%DYNAMIC_METADATA%", "DYNAMIC_METADATA requires parameters"),
         ("%PROTOCOL:4%", "PROTOCOL"),
         ("%START_TIME:3%", "START_TIME"),
         ("%DURATION(X)%", "DURATION"),

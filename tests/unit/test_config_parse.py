@@ -237,10 +237,10 @@ def test_errors_inside_a_typed_struct_name_its_value() -> None:
     wrapped["value"] = {"pth": "/dev/null"}
     assert reject(d).path == f"{HCM}.access_log[0].typed_config.value.pth"
     # Refused later (by the allow-list), after a deprecated field moved: the same path.
-    wrapped["value"] = {"path": "/dev/null", "json_format": {"a": "%DYNAMIC_METADATA(x)%"}}
+    wrapped["value"] = {"path": "/dev/null", "json_format": {"a": "%CLUSTER_METADATA(x)%"}}
     err = reject(d)
     assert err.path == f"{HCM}.access_log[0].typed_config.value.json_format"
-    assert "%DYNAMIC_METADATA% is not supported by proxyd" in err.reason
+    assert "%CLUSTER_METADATA% is not supported by proxyd" in err.reason
     wrapped["type_url"] = "type.googleapis.com/example.Nothing"
     assert reject(d).path == f"{HCM}.access_log[0].typed_config.type_url"
 
@@ -570,10 +570,10 @@ def test_typed_json_format_is_the_json_log_format() -> None:
     hcm(d)["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": log}]
     al = load(d).epoch_template.listeners[0].hcm.access_logs[0]
     assert json.loads(al.json_format) == {"code": "%RESPONSE_CODE%"}
-    log["typed_json_format"] = {"code": "%DYNAMIC_METADATA(x)%"}
+    log["typed_json_format"] = {"code": "%CLUSTER_METADATA(x)%"}
     err = reject(d)
     assert err.path == f"{HCM}.access_log[0].typed_config.typed_json_format"
-    assert "DYNAMIC_METADATA" in err.reason
+    assert "CLUSTER_METADATA" in err.reason
 
 
 def test_errors_in_a_single_value_name_it_as_the_file_has_it() -> None:
