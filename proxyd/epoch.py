@@ -743,6 +743,49 @@ class SocketOption:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """One certificate of a DownstreamTlsContext: PEM bytes read by the master (from the
+    file or inline value), so workers never open config files."""
+
+    certificate_chain: bytes
+    private_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SanMatch:
+    """Envoy's SubjectAltNameMatcher: a SAN of ``san_type`` ("DNS", "URI", "EMAIL",
+    "IP_ADDRESS") that ``matcher`` accepts."""
+
+    san_type: str
+    matcher: StringMatch
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamTls:
+    """A filter chain's ``envoy.transport_sockets.tls`` (DownstreamTlsContext)."""
+
+    certificates: tuple[TlsCertificate, ...]
+    # "TLSv1_0" .. "TLSv1_3"; Envoy's downstream defaults are TLSv1_2 and TLSv1_3.
+    min_version: str = "TLSv1_2"
+    max_version: str = "TLSv1_3"
+    # OpenSSL cipher names for TLS 1.2 and below ("" entries never; () = default).
+    cipher_suites: tuple[str, ...] = ()
+    # One OpenSSL curve name (CPython's ssl sets one), "" = OpenSSL's default list.
+    ecdh_curve: str = ""
+    # ALPN protocols offered, in preference order (() = no ALPN).
+    alpn: tuple[str, ...] = ()
+    # validation_context.trusted_ca as PEM (b"": client certificates are not asked for).
+    trusted_ca: bytes = b""
+    require_client_certificate: bool = False
+    san_matchers: tuple[SanMatch, ...] = ()
+    # session_timeout (0: OpenSSL's default) and disable_stateless_session_resumption.
+    session_timeout_s: float = 0.0
+    session_tickets: bool = True
+    # FilterChain.transport_socket_connect_timeout (0: the HCM's idle timeout bounds it).
+    handshake_timeout_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: str
@@ -764,6 +807,8 @@ class Listener:
     freebind: bool = False
     tcp_backlog_size: int = 0
     socket_options: tuple[SocketOption, ...] = ()
+    # The filter chain's TLS termination (None: plaintext).
+    tls: DownstreamTls | None = None
 
     @property
     def stat_name(self) -> str:

@@ -15,6 +15,7 @@ from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, unpack
+from proxyd.config.tls import check_listener_filters, compile_transport_socket
 from proxyd.config.values import (
     compile_address,
     duration_or,
@@ -94,6 +95,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             f"exactly one network filter ({HCM_NAME}) is supported by proxyd, got {len(filters)}",
         )
     filter_path = join(chain_path, "filters[0]")
+    check_listener_filters(lst, path, file)
+    tls = compile_transport_socket(lst.filter_chains[0], chain_path, file)
     hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
     hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
     if where.pipe and hcm.use_remote_address:
@@ -118,6 +121,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         freebind=wrapped_or(lst, "freebind", False),
         tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
         socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
+        tls=tls,
     )
 
 

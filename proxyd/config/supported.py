@@ -32,6 +32,9 @@ ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+DOWNSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+RAW_BUFFER_TYPE = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+TLS_INSPECTOR_TYPE = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PRESERVE_CASE_TYPE = (
     "envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"
@@ -382,6 +385,28 @@ HCM: Spec = {
     },
 }
 
+DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LEAF}
+
+# extensions.transport_sockets.tls.v3.DownstreamTlsContext (proxyd.config.tls).
+DOWNSTREAM_TLS: Spec = {
+    "common_tls_context": {
+        "tls_certificates": {"certificate_chain": DATA_SOURCE, "private_key": DATA_SOURCE},
+        "tls_params": {
+            "tls_minimum_protocol_version": LEAF,
+            "tls_maximum_protocol_version": LEAF,
+            "cipher_suites": LEAF,
+            "ecdh_curves": LEAF,
+        },
+        "alpn_protocols": LEAF,
+        "validation_context": {
+            "trusted_ca": DATA_SOURCE,
+            "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
+        },
+    },
+    "require_client_certificate": LEAF,
+    "disable_stateless_session_resumption": LEAF,
+}
+
 LISTENER: dict[str, Spec] = {
     "name": LEAF,
     "address": ADDRESS_OR_PIPE,
@@ -403,7 +428,7 @@ LISTENER: dict[str, Spec] = {
         "state": LEAF,
         "type": {"stream": {}, "datagram": {}},
     },
-    # Without listener_filters (refused) the timeout has nothing to time, as in Envoy.
+    # The only listener filter is the TLS inspector, whose work proxyd's handshake does.
     "listener_filters_timeout": LEAF,
     "continue_on_listener_filters_timeout": LEAF,
     # Envoy uses it for tracing and Windows original_dst only: no effect in proxyd.
@@ -417,6 +442,20 @@ LISTENER: dict[str, Spec] = {
         },
         # A label (/config_dump); with one filter chain per listener nothing refers to it.
         "name": LEAF,
+        # TLS termination (proxyd.config.tls, proxyd.worker.tls).
+        "transport_socket": {
+            "name": LEAF,
+            "typed_config": AnyOf(
+                "transport socket",
+                {DOWNSTREAM_TLS_TYPE: DOWNSTREAM_TLS, RAW_BUFFER_TYPE: {}},
+            ),
+        },
+        "transport_socket_connect_timeout": LEAF,
+    },
+    # The TLS inspector: proxyd reads the SNI in the handshake itself (nothing to set).
+    "listener_filters": {
+        "name": LEAF,
+        "typed_config": AnyOf("listener filter", {TLS_INSPECTOR_TYPE: {}}),
     },
 }
 

@@ -94,6 +94,7 @@ class LogRecord:
         "listener_name",
         "log_type",
         "server",
+        "tls",
     )
 
     def __init__(self, **fields: Any) -> None:
@@ -128,6 +129,9 @@ class LogRecord:
         self.route_name: str | None = None
         self.listener_name: str | None = None
         self.log_type: str = DOWNSTREAM_END
+        # The downstream TLS session (proxyd.worker.tls.TlsSocket: version, cipher, sni,
+        # peer, ssl), None on a plaintext connection.
+        self.tls: Any = None
         # The server header the client got (the HCM's server_name), None: no response.
         self.server: str | None = None
         for name, value in fields.items():

@@ -47,13 +47,15 @@ from proxyd.worker.durations import ConnectionDurations
 from proxyd.worker.router import arm_request_phase
 from proxyd.worker.stats import note_unexpected
 from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
+from proxyd.worker.tls import TlsSocket
+from proxyd.worker.tls import handshake as tls_handshake
 
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import RequestHeadParser
     from proxyd.protocol.http1_options import Http1Format
     from proxyd.worker.deadlines import Timers
     from proxyd.worker.plan import ListenerPlan
-    from proxyd.worker.stats import StatsStore
+    from proxyd.worker.stats import HttpStats, ListenerStats, NamedStats, StatsStore
 
 log = structlog.get_logger()
 
@@ -107,6 +109,9 @@ class DownstreamConnection:
         "body",
         "continue_sent",
         "chunked_out",
+        # TLS termination: the established session (None on a plaintext connection).
+        "tls",
+        "tls_http_stats",
     )
 
     def __init__(
@@ -143,6 +148,8 @@ class DownstreamConnection:
         self.body = NO_BODY
         self.continue_sent = False
         self.chunked_out = False
+        self.tls: TlsSocket | None = None
+        self.tls_http_stats: NamedStats | None = None
 
     # -- deadlines --------------------------------------------------------------------
 
@@ -175,6 +182,9 @@ class DownstreamConnection:
             accesslog_plan.connection_opened(self, plan)
         if plan.durations:
             self.durations = ConnectionDurations(self, plan)
+        if plan.tls is not None and not await self._handshake(plan):
+            self._closed(lstats, hstats)
+            return
         if plan.http1 is not None and plan.http1.accept_http_10:
             # (A listener update closes the connection after its response, so the
             # plan it was accepted under decides for all its requests.)
@@ -250,17 +260,39 @@ class DownstreamConnection:
         finally:
             if accesslog_plan.OPEN:
                 accesslog_plan.connection_closed(self)
-            worker.timers.clear(self.deadline)
-            if self.durations is not None:
-                self.durations.close()
-            worker.connections.discard(self)
-            io.close(self.sock)
-            self.rb.start = self.rb.end
-            self.rb.release()
-            lstats.cx_active -= 1
-            hstats.cx_active -= 1
-            hstats.cx_destroy += 1
-            worker.connection_closed()
+            self._closed(lstats, hstats)
+
+    def _closed(self, lstats: ListenerStats, hstats: HttpStats) -> None:
+        worker = self.worker
+        worker.timers.clear(self.deadline)
+        if self.durations is not None:
+            self.durations.close()
+        worker.connections.discard(self)
+        io.close(self.sock)
+        self.rb.start = self.rb.end
+        self.rb.release()
+        lstats.cx_active -= 1
+        hstats.cx_active -= 1
+        hstats.cx_destroy += 1
+        if self.tls_http_stats is not None:
+            self.tls_http_stats.gauge_add("downstream_cx_ssl_active", -1)
+        worker.connection_closed()
+
+    async def _handshake(self, plan: ListenerPlan) -> bool:
+        """TLS termination before the codec starts (proxyd.worker.tls); False when the
+        handshake failed (the socket is closed by then)."""
+        assert plan.tls is not None
+        # Counted from the start, as Envoy counts them (its handshake runs after the
+        # connection manager is made).
+        self.tls_http_stats = named = plan.tls.http_stats
+        named.inc("downstream_cx_ssl_total")
+        named.gauge_add("downstream_cx_ssl_active", 1)
+        conn = await tls_handshake(self.sock, plan.tls)
+        if conn is None:  # (the SSLSocket took the descriptor, and closed it)
+            return False
+        self.sock = conn  # type: ignore[assignment]  # the request path's socket methods
+        self.tls = conn
+        return True
 
     async def _after_deadline(self) -> bool:
         """The connection's deadline fired; True when the connection goes on."""

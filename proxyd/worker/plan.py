@@ -43,6 +43,7 @@ from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.stream import Connection, Stream
+from proxyd.worker.tls import TlsPlan
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -441,9 +442,24 @@ class ListenerPlan:
             local_address,
             ids,
         )
+        # TLS termination (proxyd.worker.tls): None on a plaintext filter chain.
+        self.tls = (
+            TlsPlan(
+                listener.tls,
+                stats,
+                listener.stat_name,
+                hcm.stat_prefix,
+                hcm.idle_timeout_s or math.inf,
+            )
+            if listener.tls is not None
+            else None
+        )
+        self.scheme = "http" if self.tls is None else "https"
+        if self.tls is not None:
+            self.policy.scheme_xfp = b"x-forwarded-proto: https\r\n"
         self.server = server_line(hcm.server_name)
-        # The router sees x-forwarded-proto "http" when the edge overwrote the client's
-        # (the scheme of a redirect's location comes from it).
+        # The router sees x-forwarded-proto as the connection's scheme when the edge
+        # overwrote the client's (the scheme of a redirect's location comes from it).
         self.overwrite_xfp = hcm.use_remote_address and hcm.xff_num_trusted_hops == 0
         # The header lines of a reply to a request that could not be parsed (the
         # transforms add via, and choose the server line).

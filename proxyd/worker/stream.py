@@ -23,7 +23,7 @@ reading a status code back.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxyd.errors import ProxydError
 from proxyd.worker.deadlines import INF
@@ -349,5 +349,7 @@ class Connection(Protocol):
     deadline: Deadline
     timers: Timers
     durations: ConnectionDurations | None
+    # The TLS session (proxyd.worker.tls.TlsSocket), None on a plaintext connection.
+    tls: Any
 
     def local_address(self) -> str: ...

@@ -1,0 +1,270 @@
+"""Downstream TLS termination: one real Envoy and one proxyd on the same YAML.
+
+Listeners (each on its own loopback address, so its ``listener.<addr>_0.ssl.*`` stats
+are its own):
+
+* ``tls`` (127.0.0.2): certificate for example.com and *.example.org, ALPN h2 and
+  http/1.1 (proxyd offers http/1.1 only: a client offering both gets http/1.1 from both);
+* ``tls12`` (127.0.0.3): TLS 1.2 at most, one cipher suite;
+* ``mtls`` (127.0.0.4): client certificate required, from the test CA, with the SAN URI
+  spiffe://test/client;
+* ``mtls_san`` (127.0.0.5): client certificate required, SAN URI spiffe://test/other
+  (the client's certificate does not have it).
+
+Cases look at what a Python ``ssl`` client sees (refused or answered, TLS version,
+ALPN) and what the upstream sees (x-forwarded-proto), and the ssl stats are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import PortOf, run_pair
+from tests.support import UpstreamServer
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
+]
+
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+ADDRESSES = {"tls": "127.0.0.2", "tls12": "127.0.0.3", "mtls": "127.0.0.4", "mtls_san": "127.0.0.5"}
+
+
+def listener(name: str, tls: dict[str, Any]) -> dict[str, Any]:
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": name,
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
+                }
+            ]
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": ADDRESSES[name], "port_value": 0}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ],
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {"@type": TLS, **tls},
+                },
+            }
+        ],
+    }
+
+
+def config(certs: Any, upstream: int) -> str:
+    server = {
+        "certificate_chain": {"filename": certs.server},
+        "private_key": {"filename": certs.server_key},
+    }
+    inline = {
+        "certificate_chain": {"inline_string": Path(certs.server).read_text()},
+        "private_key": {"inline_string": Path(certs.server_key).read_text()},
+    }
+
+    def mtls(uri: str) -> dict[str, Any]:
+        return {
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_certificates": [server],
+                "validation_context": {
+                    "trusted_ca": {"filename": certs.ca},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": uri}}
+                    ],
+                },
+            },
+        }
+
+    listeners = [
+        listener(
+            "tls",
+            {
+                "common_tls_context": {
+                    "tls_certificates": [server],
+                    "alpn_protocols": ["h2", "http/1.1"],
+                }
+            },
+        ),
+        listener(
+            "tls12",
+            {
+                "common_tls_context": {
+                    "tls_certificates": [inline],
+                    "tls_params": {
+                        "tls_maximum_protocol_version": "TLSv1_2",
+                        "cipher_suites": ["ECDHE-ECDSA-AES256-GCM-SHA384"],
+                    },
+                }
+            },
+        ),
+        listener("mtls", mtls("spiffe://test/client")),
+        listener("mtls_san", mtls("spiffe://test/other")),
+    ]
+    doc = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": [
+                {
+                    "name": "up",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "up",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": upstream,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+    return yaml.safe_dump(doc)
+
+
+def client_context(
+    certs: Any,
+    alpn: list[str] | None = None,
+    cert: tuple[str, str] | None = None,
+    min_version: ssl.TLSVersion | None = None,
+    max_version: ssl.TLSVersion | None = None,
+) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=certs.ca)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    if cert:
+        ctx.load_cert_chain(*cert)
+    if min_version:
+        ctx.minimum_version = min_version
+    if max_version:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+def exchange(address: str, port: int, ctx: ssl.SSLContext, sni: str) -> dict[str, Any]:
+    """One request over a new TLS connection: what the client saw."""
+    raw = socket.create_connection((address, port), timeout=5)
+    try:
+        try:
+            s = ctx.wrap_socket(raw, server_hostname=sni)
+        except (ssl.SSLError, OSError) as exc:
+            return {"outcome": "handshake refused", "error": type(exc).__name__}
+        seen = {"version": s.version(), "alpn": s.selected_alpn_protocol()}
+        try:
+            s.sendall(f"GET /echo HTTP/1.1\r\nhost: {sni}\r\nconnection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (ssl.SSLError, OSError):
+            data = b""
+        finally:
+            s.close()
+        if not data:
+            return {"outcome": "closed after handshake"}
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        headers = dict(json.loads(body)["headers"]) if status == 200 else {}
+        return {**seen, "status": status, "xfp": headers.get("x-forwarded-proto")}
+    finally:
+        raw.close()
+
+
+def test_tls_termination_matches_envoy(tmp_path, certs):
+    up = UpstreamServer("up")
+    up.start()
+    client = (certs.client, certs.client_key)
+    stranger = (certs.stranger, certs.stranger_key)
+    v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+    cases: dict[str, tuple[str, str, ssl.SSLContext]] = {
+        "tls example.com": ("tls", "example.com", client_context(certs)),
+        "tls wildcard SAN": ("tls", "www.example.org", client_context(certs)),
+        "tls alpn h2+http/1.1": ("tls", "example.com", client_context(certs, ["h2", "http/1.1"])),
+        "tls alpn http/1.1": ("tls", "example.com", client_context(certs, ["http/1.1"])),
+        "tls client 1.2 only": ("tls", "example.com", client_context(certs, max_version=v12)),
+        "tls12 default": ("tls12", "example.com", client_context(certs)),
+        "tls12 client 1.3 only": ("tls12", "example.com", client_context(certs, min_version=v13)),
+        "mtls good cert": ("mtls", "example.com", client_context(certs, cert=client)),
+        "mtls no cert": ("mtls", "example.com", client_context(certs)),
+        "mtls wrong CA": ("mtls", "example.com", client_context(certs, cert=stranger)),
+        "mtls 1.2 no cert": ("mtls", "example.com", client_context(certs, max_version=v12)),
+        "mtls_san SAN mismatch": ("mtls_san", "example.com", client_context(certs, cert=client)),
+    }
+
+    def play(port_of: PortOf) -> dict[str, Any]:
+        ports = {name: port_of(name) for name in ADDRESSES}
+        return {
+            label: exchange(ADDRESSES[lst], ports[lst], ctx, sni)
+            for label, (lst, sni, ctx) in cases.items()
+        }
+
+    def pick(stats: dict[str, int]) -> dict[str, int]:
+        out = {}
+        for k, v in stats.items():
+            if ".ssl." in k and k.startswith("listener.127.0.0."):
+                if any(x in k for x in (".ciphers.", ".curves.", ".sigalgs.", ".certificate.")):
+                    continue  # BoringSSL's names, certificate gauges: known differences
+                if v:
+                    out[k] = v
+            elif k.endswith("downstream_cx_ssl_total") and k.startswith("http.") and v:
+                out[k] = v
+        return out
+
+    try:
+        pair = run_pair(config(certs, up.port), tmp_path, play, pick)
+    finally:
+        up.stop()
+    # Known difference: proxyd does not speak HTTP/2 yet, so it leaves h2 out of the
+    # ALPN offer; Envoy picks h2, and this HTTP/1.1 client's request then fails there.
+    h2 = "tls alpn h2+http/1.1"
+    assert pair.envoy.replies.pop(h2) == {"outcome": "closed after handshake"}
+    assert pair.proxyd.replies.pop(h2)["alpn"] == "http/1.1"
+    assert pair.proxyd.replies == pair.envoy.replies
+    assert pair.proxyd.stats == pair.envoy.stats
+    # What the cases are about, so a change on both sides is noticed too.
+    r = pair.proxyd.replies
+    assert r["tls example.com"]["xfp"] == "https"
+    assert r["tls example.com"]["version"] == "TLSv1.3"
+    assert r["tls client 1.2 only"]["version"] == "TLSv1.2"
+    assert r["mtls good cert"]["status"] == 200
+    assert "status" not in r["mtls no cert"]
