@@ -786,6 +786,19 @@ class DownstreamTls:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterChain:
+    """One of a listener's filter chains, with its ``filter_chain_match`` (the fields
+    proxyd supports: ``server_names``, exact or ``*.``-wildcard, and
+    ``transport_protocol``, "tls" / "raw_buffer" / "" for any)."""
+
+    hcm: HttpConnectionManager
+    tls: DownstreamTls | None = None
+    name: str = ""
+    server_names: tuple[str, ...] = ()
+    transport_protocol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: str
@@ -809,6 +822,23 @@ class Listener:
     socket_options: tuple[SocketOption, ...] = ()
     # The filter chain's TLS termination (None: plaintext).
     tls: DownstreamTls | None = None
+    # Several filter chains, or match criteria: every chain in config order (``hcm``
+    # and ``tls`` above are the first one's), and the default_filter_chain. Empty when
+    # the listener has one chain that matches every connection (no selection to make).
+    chains: tuple[FilterChain, ...] = ()
+    default_chain: FilterChain | None = None
+    # How long choosing a chain may wait for the client's first bytes (Envoy's
+    # listener_filters_timeout), and whether to choose without them after it.
+    listener_filters_timeout_s: float = 15.0
+    continue_on_listener_filters_timeout: bool = False
+
+    @property
+    def hcms(self) -> tuple[HttpConnectionManager, ...]:
+        """Every filter chain's connection manager (``hcm`` first)."""
+        if not self.chains:
+            return (self.hcm,)
+        extra = (self.default_chain,) if self.default_chain is not None else ()
+        return (self.hcm, *(c.hcm for c in (*self.chains[1:], *extra)))
 
     @property
     def stat_name(self) -> str:

@@ -1,5 +1,5 @@
-"""static_resources.listeners → epoch Listeners (one filter chain, one HTTP connection
-manager each), with the checks Envoy makes in code and proxyd's narrower choices.
+"""static_resources.listeners → epoch Listeners (filter chains, each with one HTTP
+connection manager), with the checks Envoy makes in code and proxyd's narrower choices.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from proxyd.config.values import (
     require_ip,
     wrapped_or,
 )
-from proxyd.epoch import HttpConnectionManager, Listener, RouteConfig
+from proxyd.epoch import FilterChain, HttpConnectionManager, Listener, RouteConfig
 from proxyd.errors import ConfigError
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -38,6 +38,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 5.0  # HttpConnectionManager.drain_timeout
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_SERVER_NAME = "envoy"
 DEFAULT_MAX_HEADERS_COUNT = 100
+DEFAULT_LISTENER_FILTERS_TIMEOUT_S = 15.0
 
 
 def compile_listeners(
@@ -80,32 +81,59 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "enable_reuse_port false not supported by proxyd (each worker accepts on its "
             "own SO_REUSEPORT socket)",
         )
-    if len(lst.filter_chains) != 1:
+    check_listener_filters(lst, path, file)
+    chains = [
+        compile_filter_chain(c, join(path, f"filter_chains[{i}]"), clusters, file)
+        for i, c in enumerate(lst.filter_chains)
+    ]
+    default = (
+        compile_filter_chain(
+            lst.default_filter_chain, join(path, "default_filter_chain"), clusters, file
+        )
+        if lst.HasField("default_filter_chain")
+        else None
+    )
+    if default is not None and (default.server_names or default.transport_protocol):
+        raise ConfigError(
+            file,
+            join(path, "default_filter_chain.filter_chain_match"),
+            "the default filter chain has no filter_chain_match",
+        )
+    if not chains and default is None:
+        raise ConfigError(file, join(path, "filter_chains"), "a filter chain is required")
+    seen: dict[tuple[tuple[str, ...], str], int] = {}
+    for i, c in enumerate(chains):
+        key = (tuple(sorted(c.server_names)), c.transport_protocol)
+        if key in seen:
+            raise ConfigError(
+                file,
+                join(path, f"filter_chains[{i}].filter_chain_match"),
+                f"filter_chains[{seen[key]}] has the same matching rules "
+                "(Envoy: multiple filter chains with the same matching rules are defined)",
+            )
+        seen[key] = i
+    first = chains[0] if chains else default
+    assert first is not None
+    selecting = any(c.server_names or c.transport_protocol for c in chains)
+    if selecting and any(
+        c.hcm.rds_source is not None for c in (*chains, *([default] if default else []))
+    ):
         raise ConfigError(
             file,
             join(path, "filter_chains"),
-            f"exactly one filter chain is supported by proxyd, got {len(lst.filter_chains)}",
+            "rds in a listener with several filter chains is not supported by proxyd "
+            "(use route_config)",
         )
-    chain_path = join(path, "filter_chains[0]")
-    filters = lst.filter_chains[0].filters
-    if len(filters) != 1:
-        raise ConfigError(
-            file,
-            join(chain_path, "filters"),
-            f"exactly one network filter ({HCM_NAME}) is supported by proxyd, got {len(filters)}",
-        )
-    filter_path = join(chain_path, "filters[0]")
-    check_listener_filters(lst, path, file)
-    tls = compile_transport_socket(lst.filter_chains[0], chain_path, file)
-    hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
-    hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
-    if where.pipe and hcm.use_remote_address:
-        raise ConfigError(
-            file,
-            join(filter_path, "typed_config.use_remote_address"),
-            "use_remote_address on a pipe listener not supported by proxyd (a Unix socket "
-            "peer has no IP address to trust)",
-        )
+    hcm = first.hcm
+    for i, c in enumerate(chains if chains else [first]):
+        if where.pipe and c.hcm.use_remote_address:
+            chain_path = f"filter_chains[{i}]" if chains else "default_filter_chain"
+            raise ConfigError(
+                file,
+                join(path, f"{chain_path}.filters[0].typed_config.use_remote_address"),
+                "use_remote_address on a pipe listener not supported by proxyd (a Unix "
+                "socket peer has no IP address to trust)",
+            )
     return Listener(
         name=lst.name or (address if where.pipe else f"{address}_{port}"),
         address=address,
@@ -121,7 +149,54 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         freebind=wrapped_or(lst, "freebind", False),
         tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
         socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
-        tls=tls,
+        tls=first.tls,
+        chains=tuple(chains) if selecting else (),
+        default_chain=default if selecting else None,
+        listener_filters_timeout_s=duration_or(
+            lst, "listener_filters_timeout", DEFAULT_LISTENER_FILTERS_TIMEOUT_S
+        ),
+        continue_on_listener_filters_timeout=lst.continue_on_listener_filters_timeout,
+    )
+
+
+def compile_filter_chain(chain: Any, path: str, clusters: Container[str], file: str) -> FilterChain:
+    filters = chain.filters
+    if len(filters) != 1:
+        raise ConfigError(
+            file,
+            join(path, "filters"),
+            f"exactly one network filter ({HCM_NAME}) is supported by proxyd, got {len(filters)}",
+        )
+    filter_path = join(path, "filters[0]")
+    hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
+    hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
+    server_names: tuple[str, ...] = ()
+    transport = ""
+    if chain.HasField("filter_chain_match"):
+        m = chain.filter_chain_match
+        mpath = join(path, "filter_chain_match")
+        for i, name in enumerate(m.server_names):
+            if not name or "*" in name[1:] or (name.startswith("*") and not name.startswith("*.")):
+                raise ConfigError(
+                    file,
+                    join(mpath, f"server_names[{i}]"),
+                    f"'{name}': a server name is exact or a '*.' wildcard prefix",
+                )
+        server_names = tuple(n.lower() for n in m.server_names)
+        transport = m.transport_protocol
+        if transport not in ("", "tls", "raw_buffer"):
+            raise ConfigError(
+                file,
+                join(mpath, "transport_protocol"),
+                f"transport_protocol '{transport}' never matches in proxyd "
+                "(it knows 'tls' and 'raw_buffer')",
+            )
+    return FilterChain(
+        hcm=hcm,
+        tls=compile_transport_socket(chain, path, file),
+        name=chain.name,
+        server_names=server_names,
+        transport_protocol=transport,
     )
 
 

@@ -407,6 +407,26 @@ DOWNSTREAM_TLS: Spec = {
     "disable_stateless_session_resumption": LEAF,
 }
 
+FILTER_CHAIN: Spec = {
+    "filters": {
+        "name": LEAF,
+        "typed_config": AnyOf("network filter", {HCM_TYPE: HCM}),
+    },
+    # A label (/config_dump).
+    "name": LEAF,
+    # Chosen per connection by proxyd.protocol.chain_match (SNI from the ClientHello).
+    "filter_chain_match": {"server_names": LEAF, "transport_protocol": LEAF},
+    # TLS termination (proxyd.config.tls, proxyd.worker.tls).
+    "transport_socket": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "transport socket",
+            {DOWNSTREAM_TLS_TYPE: DOWNSTREAM_TLS, RAW_BUFFER_TYPE: {}},
+        ),
+    },
+    "transport_socket_connect_timeout": LEAF,
+}
+
 LISTENER: dict[str, Spec] = {
     "name": LEAF,
     "address": ADDRESS_OR_PIPE,
@@ -435,23 +455,8 @@ LISTENER: dict[str, Spec] = {
     "traffic_direction": LEAF,
     # exact_balance: each worker accepts from its own SO_REUSEPORT socket (see docs).
     "connection_balance_config": {"exact_balance": {}},
-    "filter_chains": {
-        "filters": {
-            "name": LEAF,
-            "typed_config": AnyOf("network filter", {HCM_TYPE: HCM}),
-        },
-        # A label (/config_dump); with one filter chain per listener nothing refers to it.
-        "name": LEAF,
-        # TLS termination (proxyd.config.tls, proxyd.worker.tls).
-        "transport_socket": {
-            "name": LEAF,
-            "typed_config": AnyOf(
-                "transport socket",
-                {DOWNSTREAM_TLS_TYPE: DOWNSTREAM_TLS, RAW_BUFFER_TYPE: {}},
-            ),
-        },
-        "transport_socket_connect_timeout": LEAF,
-    },
+    "filter_chains": FILTER_CHAIN,
+    "default_filter_chain": FILTER_CHAIN,
     # The TLS inspector: proxyd reads the SNI in the handshake itself (nothing to set).
     "listener_filters": {
         "name": LEAF,

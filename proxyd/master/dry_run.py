@@ -134,7 +134,7 @@ def _access_log_paths(epoch: Epoch) -> set[str]:
     return {
         path
         for lst in epoch.listeners
-        for al in (*lst.hcm.access_logs, *lst.access_logs)
+        for al in (*(a for hcm in lst.hcms for a in hcm.access_logs), *lst.access_logs)
         if (path := getattr(al, "path", ""))  # "" for stdout / stderr
     }
 

@@ -70,8 +70,9 @@ class ServerStats:
                 store.add_counter("listener_manager.listener_modified")
             scope = f"listener.{listener.stat_name}"
             store.ensure_counters([f"{scope}.{c}" for c in _LISTENER_COUNTERS])
-            prefix = listener.hcm.stat_prefix
-            store.ensure_counters([f"http.{prefix}.{c}" for c in _HCM_COUNTERS])
+            for hcm in listener.hcms:
+                prefix = hcm.stat_prefix
+                store.ensure_counters([f"http.{prefix}.{c}" for c in _HCM_COUNTERS])
         for _name in old_listeners.keys() - new_listeners.keys():
             store.add_counter("listener_manager.listener_removed")
         store.set_gauge("listener_manager.total_listeners_active", len(new_listeners))

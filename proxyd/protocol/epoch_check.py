@@ -15,6 +15,7 @@ health checks that cluster only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,12 @@ def check_epoch(epoch: Epoch) -> None:
 
 
 def check_listener(listener: Listener) -> None:
-    """What :class:`proxyd.worker.plan.ListenerPlan` compiles from a listener."""
+    """What :class:`proxyd.worker.plan.ListenerPlan` compiles from a listener (for each
+    of its filter chains)."""
+    if listener.chains:
+        for hcm in listener.hcms:
+            check_listener(dataclasses.replace(listener, hcm=hcm, chains=(), default_chain=None))
+        return
     where = f"listener '{listener.name}'"
     hcm = listener.hcm
     check_route_config(hcm.route_config, where)

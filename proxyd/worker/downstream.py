@@ -168,6 +168,16 @@ class DownstreamConnection:
     # -- life cycle -------------------------------------------------------------------
 
     async def serve(self, plan: ListenerPlan) -> None:
+        if plan.chooser is not None:  # a listener with several filter chains
+            chosen = await plan.chooser.choose(self.sock)
+            if chosen is None:
+                worker = self.worker
+                io.close(self.sock)
+                worker.connections.discard(self)
+                worker.connection_closed()
+                return
+            plan = chosen
+            self.listener_name = chosen.key
         lstats = plan.listener_stats
         hstats = plan.http_stats
         lstats.cx_total += 1

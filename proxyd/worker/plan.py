@@ -9,6 +9,7 @@ swap never changes a request in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from proxyd.epoch import (
 from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import NOT_SET, LogRecord
+from proxyd.protocol.chain_match import ChainSelector
 from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
@@ -36,6 +38,7 @@ from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
+from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.durations import RouteDuration
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
@@ -249,6 +252,12 @@ class ListenerPlan:
         hcm = listener.hcm
         self.name = listener.name
         self.listener = listener
+        # The key of this plan in the worker's plans: the listener's name, or for one of
+        # its filter chains proxyd.worker.chains.chain_key (set by CompiledEpoch).
+        self.key = listener.name
+        # Several chains: picks one per connection before anything else (set by
+        # CompiledEpoch); None for a listener whose one chain takes every connection.
+        self.chooser: ChainChooser | None = None
         # Connections accepted under one generation of a listener's config get
         # "connection: close" once an epoch changes that listener (Envoy drains the
         # connections of an updated listener); an unchanged listener keeps its
@@ -526,12 +535,38 @@ class CompiledEpoch:
                 for name, c in self.clusters.items()
             },
         )
-        self.plans = {
-            lst.name: ListenerPlan(
+        self.plans: dict[str, ListenerPlan] = {}
+        for lst in epoch.listeners:
+            plan = ListenerPlan(
                 lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
-            for lst in epoch.listeners
-        }
+            self.plans[lst.name] = plan
+            if lst.chains:
+                # One plan per filter chain (keyed beside the listener's own, so a
+                # connection finds its chain's plan again on each request).
+                chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
+                chain_plans = []
+                for i, chain in enumerate(chains):
+                    one = dataclasses.replace(lst, hcm=chain.hcm, tls=chain.tls, chains=())
+                    one = dataclasses.replace(one, default_chain=None)
+                    sub = ListenerPlan(
+                        one, self.clusters, stats, writers, local_address, ids, self.runtime, facts
+                    )
+                    sub.key = chain_key(lst.name, i)
+                    self.plans[sub.key] = sub
+                    chain_plans.append(sub)
+                selector = ChainSelector(
+                    [(c.server_names, c.transport_protocol) for c in lst.chains],
+                    len(lst.chains) if lst.default_chain is not None else None,
+                )
+                plan.chooser = ChainChooser(
+                    selector,
+                    chain_plans,
+                    lst.listener_filters_timeout_s or math.inf,
+                    lst.continue_on_listener_filters_timeout,
+                    stats.named(f"listener.{lst.stat_name}."),
+                    stats.named("tls_inspector."),
+                )
         for name, plan in self.plans.items():
             if plan.transforms is not None:
                 plan.transforms.set_node(epoch.node_id, epoch.node_cluster)

@@ -197,10 +197,8 @@ class Worker:
         """Check and compile ``epoch``, open its new access-log files and put it in
         place. When any step fails, raise :class:`EpochNotApplied` with the reason:
         nothing was opened or closed and the running epoch stays."""
-        paths = {
-            al.writer_key
-            for lst in epoch.listeners
-            for al in (*lst.hcm.access_logs, *lst.access_logs)
+        paths = {al.writer_key for lst in epoch.listeners for al in lst.access_logs} | {
+            al.writer_key for lst in epoch.listeners for hcm in lst.hcms for al in hcm.access_logs
         }
         old_clusters = self.compiled.clusters if self.compiled is not None else {}
         try:

@@ -1,4 +1,5 @@
-"""Downstream TLS termination: one real Envoy and one proxyd on the same YAML.
+"""Downstream TLS termination and filter chain choice: one real Envoy and one proxyd
+on the same YAML.
 
 Listeners (each on its own loopback address, so its ``listener.<addr>_0.ssl.*`` stats
 are its own):
@@ -9,7 +10,12 @@ are its own):
 * ``mtls`` (127.0.0.4): client certificate required, from the test CA, with the SAN URI
   spiffe://test/client;
 * ``mtls_san`` (127.0.0.5): client certificate required, SAN URI spiffe://test/other
-  (the client's certificate does not have it).
+  (the client's certificate does not have it);
+* ``sni`` (127.0.0.6): chains chosen by server name (exact, wildcard, exact with
+  transport "tls"), one with another certificate, a plaintext one for raw_buffer, and a
+  default chain; each answers with its own label;
+* ``sni_only`` (127.0.0.7): one chain for example.com and no default (other names,
+  no SNI and plaintext find no chain).
 
 Cases look at what a Python ``ssl`` client sees (refused or answered, TLS version,
 ALPN) and what the upstream sees (x-forwarded-proto), and the ssl stats are compared.
@@ -41,7 +47,49 @@ HCM = (
     "HttpConnectionManager"
 )
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-ADDRESSES = {"tls": "127.0.0.2", "tls12": "127.0.0.3", "mtls": "127.0.0.4", "mtls_san": "127.0.0.5"}
+ADDRESSES = {
+    "tls": "127.0.0.2",
+    "tls12": "127.0.0.3",
+    "mtls": "127.0.0.4",
+    "mtls_san": "127.0.0.5",
+    "sni": "127.0.0.6",
+    "sni_only": "127.0.0.7",
+}
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+
+
+def answering_chain(
+    label: str, tls: dict[str, Any] | None, match: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A filter chain whose every request is answered with ``label`` (direct_response)."""
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": f"chain_{label}",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": label}},
+                        }
+                    ],
+                }
+            ]
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    chain: dict[str, Any] = {"filters": [{"name": HCM_NAME, "typed_config": hcm}]}
+    if match is not None:
+        chain["filter_chain_match"] = match
+    if tls is not None:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {"@type": TLS, **tls},
+        }
+    return chain
 
 
 def listener(name: str, tls: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +173,55 @@ def config(certs: Any, upstream: int) -> str:
         listener("mtls", mtls("spiffe://test/client")),
         listener("mtls_san", mtls("spiffe://test/other")),
     ]
+    plain_tls = {"common_tls_context": {"tls_certificates": [server]}}
+    other_tls = {
+        "common_tls_context": {
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": certs.other},
+                    "private_key": {"filename": certs.other_key},
+                }
+            ]
+        }
+    }
+    inspector = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener."
+                "tls_inspector.v3.TlsInspector"
+            },
+        }
+    ]
+    listeners.append(
+        {
+            "name": "sni",
+            "address": {"socket_address": {"address": ADDRESSES["sni"], "port_value": 0}},
+            "listener_filters": inspector,
+            "filter_chains": [
+                answering_chain("A", plain_tls, {"server_names": ["example.com"]}),
+                answering_chain("B", plain_tls, {"server_names": ["*.example.org"]}),
+                answering_chain(
+                    "C",
+                    plain_tls,
+                    {"server_names": ["www.example.org"], "transport_protocol": "tls"},
+                ),
+                answering_chain("D", other_tls, {"server_names": ["other.test"]}),
+                answering_chain("E", None, {"transport_protocol": "raw_buffer"}),
+            ],
+            "default_filter_chain": answering_chain("default", plain_tls, None),
+        }
+    )
+    listeners.append(
+        {
+            "name": "sni_only",
+            "address": {"socket_address": {"address": ADDRESSES["sni_only"], "port_value": 0}},
+            "listener_filters": inspector,
+            "filter_chains": [
+                answering_chain("only", plain_tls, {"server_names": ["example.com"]})
+            ],
+        }
+    )
     doc = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -179,7 +276,7 @@ def client_context(
     return ctx
 
 
-def exchange(address: str, port: int, ctx: ssl.SSLContext, sni: str) -> dict[str, Any]:
+def exchange(address: str, port: int, ctx: ssl.SSLContext, sni: str | None) -> dict[str, Any]:
     """One request over a new TLS connection: what the client saw."""
     raw = socket.create_connection((address, port), timeout=5)
     try:
@@ -189,7 +286,9 @@ def exchange(address: str, port: int, ctx: ssl.SSLContext, sni: str) -> dict[str
             return {"outcome": "handshake refused", "error": type(exc).__name__}
         seen = {"version": s.version(), "alpn": s.selected_alpn_protocol()}
         try:
-            s.sendall(f"GET /echo HTTP/1.1\r\nhost: {sni}\r\nconnection: close\r\n\r\n".encode())
+            s.sendall(
+                f"GET /echo HTTP/1.1\r\nhost: {sni or 'x'}\r\nconnection: close\r\n\r\n".encode()
+            )
             data = b""
             while True:
                 chunk = s.recv(65536)
@@ -204,10 +303,27 @@ def exchange(address: str, port: int, ctx: ssl.SSLContext, sni: str) -> dict[str
             return {"outcome": "closed after handshake"}
         head, _, body = data.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        headers = dict(json.loads(body)["headers"]) if status == 200 else {}
+        headers = dict(json.loads(body)["headers"]) if body.startswith(b"{") else {}
+        if status == 200 and not headers:
+            return {**seen, "status": status, "body": body.decode()}
         return {**seen, "status": status, "xfp": headers.get("x-forwarded-proto")}
     finally:
         raw.close()
+
+
+def plain_exchange(address: str, port: int) -> dict[str, Any]:
+    with socket.create_connection((address, port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+    if not data:
+        return {"outcome": "closed"}
+    head, _, body = data.partition(b"\r\n\r\n")
+    return {"status": int(head.split(b" ", 2)[1]), "body": body.decode()}
 
 
 def test_tls_termination_matches_envoy(tmp_path, certs):
@@ -231,12 +347,32 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         "mtls_san SAN mismatch": ("mtls_san", "example.com", client_context(certs, cert=client)),
     }
 
+    no_sni = client_context(certs)
+    no_sni.check_hostname = False
+    sni_cases: dict[str, tuple[str, str | None, ssl.SSLContext]] = {
+        "sni exact": ("sni", "example.com", client_context(certs)),
+        "sni wildcard": ("sni", "a.example.org", client_context(certs)),
+        "sni wildcard, two labels": ("sni", "x.y.example.org", no_sni),
+        "sni exact beats wildcard": ("sni", "www.example.org", client_context(certs)),
+        "sni other certificate": ("sni", "other.test", client_context(certs)),
+        "sni unknown: default": ("sni", "unknown.example.net", no_sni),
+        "no sni: default": ("sni", None, no_sni),
+        "sni_only match": ("sni_only", "example.com", client_context(certs)),
+        "sni_only no match": ("sni_only", "other.test", no_sni),
+        "sni_only no sni": ("sni_only", None, no_sni),
+    }
+
     def play(port_of: PortOf) -> dict[str, Any]:
         ports = {name: port_of(name) for name in ADDRESSES}
-        return {
+        out = {
             label: exchange(ADDRESSES[lst], ports[lst], ctx, sni)
             for label, (lst, sni, ctx) in cases.items()
         }
+        for label, (lst, host, ctx) in sni_cases.items():
+            out[label] = exchange(ADDRESSES[lst], ports[lst], ctx, host)
+        out["sni plaintext"] = plain_exchange(ADDRESSES["sni"], ports["sni"])
+        out["sni_only plaintext"] = plain_exchange(ADDRESSES["sni_only"], ports["sni_only"])
+        return out
 
     def pick(stats: dict[str, int]) -> dict[str, int]:
         out = {}
@@ -248,6 +384,9 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
                     out[k] = v
             elif k.endswith("downstream_cx_ssl_total") and k.startswith("http.") and v:
                 out[k] = v
+            elif k.startswith("tls_inspector.") or k.endswith(".no_filter_chain_match"):
+                if v:
+                    out[k] = v
         return out
 
     try:
@@ -268,3 +407,17 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
     assert r["tls client 1.2 only"]["version"] == "TLSv1.2"
     assert r["mtls good cert"]["status"] == 200
     assert "status" not in r["mtls no cert"]
+    chosen = {label: r[label].get("body") for label in (*sni_cases, "sni plaintext")}
+    assert chosen == {
+        "sni exact": "A",
+        "sni wildcard": "B",
+        "sni wildcard, two labels": "B",
+        "sni exact beats wildcard": "C",
+        "sni other certificate": "D",
+        "sni unknown: default": "default",
+        "no sni: default": "default",
+        "sni_only match": "only",
+        "sni_only no match": None,
+        "sni_only no sni": None,
+        "sni plaintext": "E",
+    }
