@@ -831,6 +831,10 @@ class Listener:
     # listener_filters_timeout), and whether to choose without them after it.
     listener_filters_timeout_s: float = 15.0
     continue_on_listener_filters_timeout: bool = False
+    # The TLS inspector runs (configured, or needed by filter_chain_match): only then
+    # does a connection have a requested server name (the access log's, RBAC's), as in
+    # Envoy, where the TLS inspector is what records it.
+    tls_inspector: bool = False
 
     @property
     def hcms(self) -> tuple[HttpConnectionManager, ...]:

@@ -81,7 +81,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "enable_reuse_port false not supported by proxyd (each worker accepts on its "
             "own SO_REUSEPORT socket)",
         )
-    check_listener_filters(lst, path, file)
+    inspector = check_listener_filters(lst, path, file)
     chains = [
         compile_filter_chain(c, join(path, f"filter_chains[{i}]"), clusters, file)
         for i, c in enumerate(lst.filter_chains)
@@ -156,6 +156,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             lst, "listener_filters_timeout", DEFAULT_LISTENER_FILTERS_TIMEOUT_S
         ),
         continue_on_listener_filters_timeout=lst.continue_on_listener_filters_timeout,
+        tls_inspector=inspector or selecting,
     )
 
 

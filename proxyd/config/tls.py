@@ -26,8 +26,9 @@ SPOKEN_ALPN = ("http/1.1", "http/1.0")
 UNSPOKEN_ALPN = ("h2", "h2c", "h3")
 
 
-def check_listener_filters(lst: Any, path: str, file: str) -> None:
-    """Only the TLS inspector: proxyd reads the SNI during its own handshake."""
+def check_listener_filters(lst: Any, path: str, file: str) -> bool:
+    """Only the TLS inspector (proxyd inspects the ClientHello itself): True when the
+    listener has it."""
     for i, lf in enumerate(lst.listener_filters):
         if lf.HasField("typed_config"):
             continue  # the spec walk allowed only TlsInspector
@@ -36,6 +37,7 @@ def check_listener_filters(lst: Any, path: str, file: str) -> None:
                 file, join(path, f"listener_filters[{i}]"),
                 f"listener filter '{lf.name}' not supported by proxyd",
             )  # fmt: skip
+    return bool(lst.listener_filters)
 
 
 def compile_transport_socket(chain: Any, path: str, file: str) -> DownstreamTls | None:

@@ -459,6 +459,7 @@ class ListenerPlan:
                 listener.stat_name,
                 hcm.stat_prefix,
                 hcm.idle_timeout_s or math.inf,
+                listener.tls_inspector,
             )
             if listener.tls is not None
             else None

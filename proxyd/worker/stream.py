@@ -245,6 +245,10 @@ class Stream:
             int(port) if port.isdigit() else 0,
         )
 
+    def downstream_tls(self) -> Any:
+        conn = self.connection
+        return conn.tls if conn is not None else None
+
     def set_request_length(self, length: int) -> None:
         h = self.head
         assert h is not None

@@ -75,9 +75,13 @@ class TlsPlan:
         listener_stat: str,
         http_prefix: str,
         idle_timeout: float,
+        sni_known: bool = True,
     ) -> None:
         self.context = server_context(tls)
-        self.context.sni_callback = _remember_sni
+        # The requested server name is recorded only where Envoy's TLS inspector runs
+        # (the listener has it); the handshake itself does not record it in Envoy.
+        if sni_known:
+            self.context.sni_callback = _remember_sni
         self.sans = SanChecker(tls.san_matchers)
         self.timeout = tls.handshake_timeout_s or idle_timeout
         self.stats: NamedStats = stats.named(f"listener.{listener_stat}.ssl.")

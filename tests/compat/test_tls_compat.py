@@ -92,6 +92,43 @@ def answering_chain(
     return chain
 
 
+RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+# On the mtls listener: /echo for the client certificate's URI SAN only; /subject for
+# a certificate whose subject is CN=client,O=proxyd tests; /plain-tls for any TLS
+# connection; everything else denied.
+RBAC_FILTER = {
+    "name": "envoy.filters.http.rbac",
+    "typed_config": {
+        "@type": RBAC,
+        "rules": {
+            "action": "ALLOW",
+            "policies": {
+                "client": {
+                    "permissions": [{"url_path": {"path": {"exact": "/echo"}}}],
+                    "principals": [
+                        {"authenticated": {"principal_name": {"exact": "spiffe://test/client"}}}
+                    ],
+                },
+                "subject": {
+                    "permissions": [{"url_path": {"path": {"exact": "/subject"}}}],
+                    "principals": [
+                        {"authenticated": {"principal_name": {"exact": "CN=client,O=proxyd tests"}}}
+                    ],
+                },
+                "any tls": {
+                    "permissions": [{"url_path": {"path": {"exact": "/plain-tls"}}}],
+                    "principals": [{"authenticated": {}}],
+                },
+                "sni": {
+                    "permissions": [{"requested_server_name": {"exact": "example.com"}}],
+                    "principals": [{"header": {"name": "x-sni-check", "present_match": True}}],
+                },
+            },
+        },
+    },
+}
+
+
 def listener(name: str, tls: dict[str, Any]) -> dict[str, Any]:
     hcm = {
         "@type": HCM,
@@ -105,7 +142,10 @@ def listener(name: str, tls: dict[str, Any]) -> dict[str, Any]:
                 }
             ]
         },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": [
+            *([RBAC_FILTER] if name == "mtls" else []),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
     }
     return {
         "name": name,
@@ -276,7 +316,14 @@ def client_context(
     return ctx
 
 
-def exchange(address: str, port: int, ctx: ssl.SSLContext, sni: str | None) -> dict[str, Any]:
+def exchange(
+    address: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    sni: str | None,
+    path: str = "/echo",
+    extra: str = "",
+) -> dict[str, Any]:
     """One request over a new TLS connection: what the client saw."""
     raw = socket.create_connection((address, port), timeout=5)
     try:
@@ -287,7 +334,8 @@ def exchange(address: str, port: int, ctx: ssl.SSLContext, sni: str | None) -> d
         seen = {"version": s.version(), "alpn": s.selected_alpn_protocol()}
         try:
             s.sendall(
-                f"GET /echo HTTP/1.1\r\nhost: {sni or 'x'}\r\nconnection: close\r\n\r\n".encode()
+                f"GET {path} HTTP/1.1\r\nhost: {sni or 'x'}\r\n{extra}"
+                "connection: close\r\n\r\n".encode()
             )
             data = b""
             while True:
@@ -362,6 +410,15 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         "sni_only no sni": ("sni_only", None, no_sni),
     }
 
+    rbac_cases = {
+        "rbac URI SAN": ("example.com", "/echo", ""),
+        "rbac subject": ("example.com", "/subject", ""),
+        "rbac any TLS": ("example.com", "/plain-tls", ""),
+        "rbac SNI matches": ("example.com", "/sni", "x-sni-check: 1\r\n"),
+        "rbac SNI differs": ("www.example.org", "/sni", "x-sni-check: 1\r\n"),
+        "rbac no policy": ("example.com", "/other", ""),
+    }
+
     def play(port_of: PortOf) -> dict[str, Any]:
         ports = {name: port_of(name) for name in ADDRESSES}
         out = {
@@ -370,6 +427,9 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         }
         for label, (lst, host, ctx) in sni_cases.items():
             out[label] = exchange(ADDRESSES[lst], ports[lst], ctx, host)
+        mtls = (ADDRESSES["mtls"], ports["mtls"], client_context(certs, cert=client))
+        for label, (sni, path, extra) in rbac_cases.items():
+            out[label] = exchange(*mtls, sni, path, extra)
         out["sni plaintext"] = plain_exchange(ADDRESSES["sni"], ports["sni"])
         out["sni_only plaintext"] = plain_exchange(ADDRESSES["sni_only"], ports["sni_only"])
         return out
@@ -407,6 +467,15 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
     assert r["tls client 1.2 only"]["version"] == "TLSv1.2"
     assert r["mtls good cert"]["status"] == 200
     assert "status" not in r["mtls no cert"]
+    assert {label: r[label]["status"] for label in rbac_cases} == {
+        "rbac URI SAN": 200,
+        "rbac subject": 200,
+        "rbac any TLS": 200,
+        # No TLS inspector on this listener: no requested server name, in Envoy too.
+        "rbac SNI matches": 403,
+        "rbac SNI differs": 403,
+        "rbac no policy": 403,
+    }
     chosen = {label: r[label].get("body") for label in (*sni_cases, "sni plaintext")}
     assert chosen == {
         "sni exact": "A",

@@ -71,6 +71,8 @@ def config(certs: Any, upstream: int, log_path: Path) -> str:
         },
     }
     tls["filter_chains"][0]["transport_socket_connect_timeout"] = "0.5s"
+    # The inspector records the requested server name (%REQUESTED_SERVER_NAME%).
+    tls["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector"}]
     plain = http_listener("plain", 0, route)
     doc = bootstrap([tls, plain], [static_cluster("up", [upstream])])
     return yaml.safe_dump(doc)
