@@ -749,6 +749,9 @@ class TlsCertificate:
 
     certificate_chain: bytes
     private_key: bytes
+    # The certificate's DNS SANs (lower case; its CN when it has none): which SNI
+    # chooses it when a chain has several certificates.
+    dns_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from proxyd.config.supported import DOWNSTREAM_TLS_TYPE, RAW_BUFFER_TYPE, unpack
 from proxyd.config.values import duration_or, enum_name, wrapped_or
 from proxyd.epoch import DownstreamTls, SanMatch, TlsCertificate
 from proxyd.errors import ConfigError
-from proxyd.protocol.tls_context import CURVES, TlsSetupError, server_context
+from proxyd.protocol.tls_context import CURVES, TlsSetupError, certificate_names, server_contexts
 
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
 # What proxyd's HTTP/1.1 codec speaks of the ALPN protocols a listener may offer.
@@ -61,7 +61,7 @@ def compile_transport_socket(chain: Any, path: str, file: str) -> DownstreamTls 
     if timeout:
         tls = replace(tls, handshake_timeout_s=timeout)
     try:
-        server_context(tls)
+        server_contexts(tls)
     except TlsSetupError as exc:
         raise ConfigError(file, join(join(here, "typed_config"), exc.field), exc.reason) from None
     return tls
@@ -79,12 +79,12 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
             )
         if not c.HasField("private_key"):
             raise ConfigError(file, join(cert_path, "private_key"), "a private key is required")
+        chain = data_source(c.certificate_chain, join(cert_path, "certificate_chain"), file)
         certs.append(
             TlsCertificate(
-                certificate_chain=data_source(
-                    c.certificate_chain, join(cert_path, "certificate_chain"), file
-                ),
+                certificate_chain=chain,
                 private_key=data_source(c.private_key, join(cert_path, "private_key"), file),
+                dns_names=certificate_names(chain),
             )
         )
     if not certs:
@@ -93,11 +93,11 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
             join(cpath, "tls_certificates"),
             "a server needs a certificate (tls_certificates is empty)",
         )
-    if len(certs) > 1:
+    if len(certs) > 1 and any(not c.dns_names for c in certs):
         raise ConfigError(
             file,
             join(cpath, "tls_certificates"),
-            f"one certificate per filter chain is supported by proxyd, got {len(certs)}",
+            "with several certificates each needs a DNS name (SAN or CN) to be chosen by",
         )
     params = common.tls_params
     ppath = join(cpath, "tls_params")

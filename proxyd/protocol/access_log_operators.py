@@ -26,7 +26,6 @@ print ``-`` on a TLS connection (docs/configuration.md lists it as a difference)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -36,7 +35,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from proxyd.protocol.access_log_time import time_getter
-from proxyd.protocol.tls_context import peer_sans, peer_subject
+from proxyd.protocol.access_log_tls import TLS_OPERATORS
 
 Value = str | int | None
 Getter = Callable[[Any], Value]
@@ -310,48 +309,7 @@ for _name in _ABSENT:
     _PLAIN[_name] = _const(None)
 
 
-# The downstream TLS session's (rec.tls: proxyd.worker.tls.TlsSocket; None on plaintext).
-def _tls_attr(attr: str) -> Getter:
-    def get(rec: Any) -> Value:
-        tls = rec.tls
-        return (getattr(tls, attr) or None) if tls is not None else None
-
-    return get
-
-
-def _peer(fn: Callable[[dict[str, Any]], str]) -> Getter:
-    def get(rec: Any) -> Value:
-        tls = rec.tls
-        if tls is None or not tls.peer:
-            return None
-        return fn(tls.peer) or None
-
-    return get
-
-
-def _peer_der(digest: str) -> Getter:
-    def get(rec: Any) -> Value:
-        tls = rec.tls
-        if tls is None or not tls.peer:
-            return None
-        der = tls.ssl.getpeercert(binary_form=True)
-        return hashlib.new(digest, der).hexdigest() if der else None
-
-    return get
-
-
-_PLAIN["REQUESTED_SERVER_NAME"] = _tls_attr("sni")
-_PLAIN["DOWNSTREAM_TLS_VERSION"] = _tls_attr("version")
-_PLAIN["DOWNSTREAM_TLS_CIPHER"] = _tls_attr("cipher")
-_PLAIN["DOWNSTREAM_PEER_SUBJECT"] = _peer(peer_subject)
-_PLAIN["DOWNSTREAM_PEER_ISSUER"] = _peer(lambda p: peer_subject(p, "issuer"))
-_PLAIN["DOWNSTREAM_PEER_URI_SAN"] = _peer(lambda p: peer_sans(p, "URI"))
-_PLAIN["DOWNSTREAM_PEER_DNS_SAN"] = _peer(lambda p: peer_sans(p, "DNS"))
-_PLAIN["DOWNSTREAM_PEER_IP_SAN"] = _peer(lambda p: peer_sans(p, "IP Address"))
-_PLAIN["DOWNSTREAM_PEER_EMAIL_SAN"] = _peer(lambda p: peer_sans(p, "email"))
-_PLAIN["DOWNSTREAM_PEER_SERIAL"] = _peer(lambda p: str(p.get("serialNumber", "")).lower())
-_PLAIN["DOWNSTREAM_PEER_FINGERPRINT_256"] = _peer_der("sha256")
-_PLAIN["DOWNSTREAM_PEER_FINGERPRINT_1"] = _peer_der("sha1")
+_PLAIN.update(TLS_OPERATORS)  # the downstream TLS session's (access_log_tls)
 
 # Envoy 1.40 operators proxyd refuses, with the reason given at config time.
 _NOT_TRACKED = "proxyd does not track this value yet"

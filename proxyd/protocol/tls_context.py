@@ -79,8 +79,45 @@ def split_ciphers(names: tuple[str, ...]) -> list[str]:
     return out
 
 
-def server_context(tls: DownstreamTls) -> ssl.SSLContext:
-    """The server-side SSLContext for ``tls``; raises :class:`TlsSetupError`."""
+def certificate_names(chain_pem: bytes) -> tuple[str, ...]:
+    """The DNS SANs of the first certificate in ``chain_pem`` (lower case), or its CN
+    when it has none; () when OpenSSL cannot read it (loading reports that)."""
+    try:
+        with pem_path(chain_pem) as path:
+            # CPython's certificate decoder (what getpeercert() returns), for a file.
+            info = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    except (ssl.SSLError, OSError, AttributeError):
+        return ()
+    names = tuple(v.lower() for k, v in info.get("subjectAltName", ()) if k == "DNS")
+    if names:
+        return names
+    return tuple(v.lower() for rdn in info.get("subject", ()) for k, v in rdn if k == "commonName")
+
+
+def pick_certificate(names: list[tuple[str, ...]], sni: str) -> int:
+    """Which of several certificates an SNI gets, as Envoy chooses: one with the exact
+    name, else one with a ``*.`` wildcard covering it, else the first."""
+    if sni:
+        sni = sni.lower()
+        for i, ns in enumerate(names):
+            if sni in ns:
+                return i
+        parent = sni.partition(".")[2]
+        if parent:
+            for i, ns in enumerate(names):
+                if "*." + parent in ns:
+                    return i
+    return 0
+
+
+def server_contexts(tls: DownstreamTls) -> list[ssl.SSLContext]:
+    """One SSLContext per certificate (all with the same settings), in order."""
+    return [server_context(tls, i) for i in range(len(tls.certificates))]
+
+
+def server_context(tls: DownstreamTls, only: int | None = None) -> ssl.SSLContext:
+    """The server-side SSLContext for ``tls`` (with certificate ``only``, or all of
+    them); raises :class:`TlsSetupError`."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         ctx.minimum_version = VERSIONS[tls.min_version]
@@ -102,6 +139,8 @@ def server_context(tls: DownstreamTls) -> ssl.SSLContext:
         except (ValueError, ssl.SSLError) as exc:
             raise TlsSetupError("common_tls_context.tls_params.ecdh_curves", str(exc)) from None
     for i, cert in enumerate(tls.certificates):
+        if only is not None and i != only:
+            continue
         field = f"common_tls_context.tls_certificates[{i}]"
         with pem_path(cert.certificate_chain) as chain, pem_path(cert.private_key) as key:
             try:

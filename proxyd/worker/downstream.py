@@ -48,7 +48,7 @@ from proxyd.worker.router import arm_request_phase
 from proxyd.worker.stats import note_unexpected
 from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
 from proxyd.worker.tls import TlsSocket
-from proxyd.worker.tls import handshake as tls_handshake
+from proxyd.worker.tls import terminate as terminate_tls
 
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import RequestHeadParser
@@ -170,11 +170,10 @@ class DownstreamConnection:
     async def serve(self, plan: ListenerPlan) -> None:
         if plan.chooser is not None:  # a listener with several filter chains
             chosen = await plan.chooser.choose(self.sock)
-            if chosen is None:
-                worker = self.worker
+            if chosen is None:  # no chain for it: closed before anything counted it
                 io.close(self.sock)
-                worker.connections.discard(self)
-                worker.connection_closed()
+                self.worker.connections.discard(self)
+                self.worker.connection_closed()
                 return
             plan = chosen
             self.listener_name = chosen.key
@@ -192,7 +191,7 @@ class DownstreamConnection:
             accesslog_plan.connection_opened(self, plan)
         if plan.durations:
             self.durations = ConnectionDurations(self, plan)
-        if plan.tls is not None and not await self._handshake(plan):
+        if plan.tls is not None and not await terminate_tls(self, plan.tls):
             self._closed(lstats, hstats)
             return
         if plan.http1 is not None and plan.http1.accept_http_10:
@@ -287,22 +286,6 @@ class DownstreamConnection:
         if self.tls_http_stats is not None:
             self.tls_http_stats.gauge_add("downstream_cx_ssl_active", -1)
         worker.connection_closed()
-
-    async def _handshake(self, plan: ListenerPlan) -> bool:
-        """TLS termination before the codec starts (proxyd.worker.tls); False when the
-        handshake failed (the socket is closed by then)."""
-        assert plan.tls is not None
-        # Counted from the start, as Envoy counts them (its handshake runs after the
-        # connection manager is made).
-        self.tls_http_stats = named = plan.tls.http_stats
-        named.inc("downstream_cx_ssl_total")
-        named.gauge_add("downstream_cx_ssl_active", 1)
-        conn = await tls_handshake(self.sock, plan.tls)
-        if conn is None:  # (the SSLSocket took the descriptor, and closed it)
-            return False
-        self.sock = conn  # type: ignore[assignment]  # the request path's socket methods
-        self.tls = conn
-        return True
 
     async def _after_deadline(self) -> bool:
         """The connection's deadline fired; True when the connection goes on."""

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from proxyd.protocol.tls_context import SanChecker, server_context
+from proxyd.protocol.tls_context import SanChecker, pick_certificate, server_contexts
 from proxyd.worker import io
 
 if TYPE_CHECKING:
@@ -77,10 +77,23 @@ class TlsPlan:
         idle_timeout: float,
         sni_known: bool = True,
     ) -> None:
-        self.context = server_context(tls)
+        contexts = server_contexts(tls)
+        self.context = contexts[0]
         # The requested server name is recorded only where Envoy's TLS inspector runs
         # (the listener has it); the handshake itself does not record it in Envoy.
-        if sni_known:
+        # Several certificates: the SNI chooses one (its context) during the handshake.
+        if len(contexts) > 1:
+            names = [c.dns_names for c in tls.certificates]
+
+            def choose(ssock: Any, server_name: str | None, ctx: Any) -> None:
+                i = pick_certificate(names, server_name or "")
+                if i:
+                    ssock.context = contexts[i]
+                if sni_known and server_name:
+                    setattr(ssock, SNI_ATTRIBUTE, server_name)
+
+            self.context.sni_callback = choose
+        elif sni_known:
             self.context.sni_callback = _remember_sni
         self.sans = SanChecker(tls.san_matchers)
         self.timeout = tls.handshake_timeout_s or idle_timeout
@@ -172,6 +185,29 @@ class TlsSocket:
         # No close_notify: Envoy closes the TCP connection without waiting for one
         # either, and an unread alert must never block the worker.
         self.ssl.close()
+
+
+class TlsConnection(Protocol):
+    """What :func:`terminate` sets on a downstream connection."""
+
+    sock: Any
+    tls: TlsSocket | None
+    tls_http_stats: NamedStats | None
+
+
+async def terminate(conn: TlsConnection, plan: TlsPlan) -> bool:
+    """TLS termination before the codec starts: the handshake on ``conn.sock``, which
+    becomes the :class:`TlsSocket`; False when it failed (the socket is closed then)."""
+    # Counted from the start, as Envoy counts them (its handshake runs after the
+    # connection manager is made); the connection takes ssl_active off when it closes.
+    conn.tls_http_stats = named = plan.http_stats
+    named.inc("downstream_cx_ssl_total")
+    named.gauge_add("downstream_cx_ssl_active", 1)
+    session = await handshake(conn.sock, plan)
+    if session is None:  # (the SSLSocket took the descriptor, and closed it)
+        return False
+    conn.sock = conn.tls = session  # the request path's socket methods
+    return True
 
 
 async def handshake(sock: socket.socket, plan: TlsPlan) -> TlsSocket | None:

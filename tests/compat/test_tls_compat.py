@@ -54,6 +54,7 @@ ADDRESSES = {
     "mtls_san": "127.0.0.5",
     "sni": "127.0.0.6",
     "sni_only": "127.0.0.7",
+    "multi": "127.0.0.8",
 }
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 
@@ -169,6 +170,10 @@ def config(certs: Any, upstream: int) -> str:
         "certificate_chain": {"filename": certs.server},
         "private_key": {"filename": certs.server_key},
     }
+    other = {
+        "certificate_chain": {"filename": certs.other},
+        "private_key": {"filename": certs.other_key},
+    }
     inline = {
         "certificate_chain": {"inline_string": Path(certs.server).read_text()},
         "private_key": {"inline_string": Path(certs.server_key).read_text()},
@@ -212,18 +217,10 @@ def config(certs: Any, upstream: int) -> str:
         ),
         listener("mtls", mtls("spiffe://test/client")),
         listener("mtls_san", mtls("spiffe://test/other")),
+        listener("multi", {"common_tls_context": {"tls_certificates": [server, other]}}),
     ]
     plain_tls = {"common_tls_context": {"tls_certificates": [server]}}
-    other_tls = {
-        "common_tls_context": {
-            "tls_certificates": [
-                {
-                    "certificate_chain": {"filename": certs.other},
-                    "private_key": {"filename": certs.other_key},
-                }
-            ]
-        }
-    }
+    other_tls = {"common_tls_context": {"tls_certificates": [other]}}
     inspector = [
         {
             "name": "envoy.filters.listener.tls_inspector",
@@ -331,7 +328,8 @@ def exchange(
             s = ctx.wrap_socket(raw, server_hostname=sni)
         except (ssl.SSLError, OSError) as exc:
             return {"outcome": "handshake refused", "error": type(exc).__name__}
-        seen = {"version": s.version(), "alpn": s.selected_alpn_protocol()}
+        cn = [v for rdn in s.getpeercert().get("subject", ()) for k, v in rdn if k == "commonName"]
+        seen = {"version": s.version(), "alpn": s.selected_alpn_protocol(), "cert": cn[0]}
         try:
             s.sendall(
                 f"GET {path} HTTP/1.1\r\nhost: {sni or 'x'}\r\n{extra}"
@@ -357,6 +355,21 @@ def exchange(
         return {**seen, "status": status, "xfp": headers.get("x-forwarded-proto")}
     finally:
         raw.close()
+
+
+def resumed(address: str, port: int, ctx: ssl.SSLContext) -> list[bool]:
+    """Two connections, the second offering the first one's session (ticket)."""
+    session = None
+    out = []
+    for _ in range(2):
+        with socket.create_connection((address, port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="example.com", session=session) as s:
+                s.sendall(b"GET /echo HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+                while s.recv(65536):
+                    pass
+                out.append(s.session_reused)
+                session = s.session
+    return out
 
 
 def plain_exchange(address: str, port: int) -> dict[str, Any]:
@@ -408,6 +421,11 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         "sni_only match": ("sni_only", "example.com", client_context(certs)),
         "sni_only no match": ("sni_only", "other.test", no_sni),
         "sni_only no sni": ("sni_only", None, no_sni),
+        "multi example.com": ("multi", "example.com", client_context(certs)),
+        "multi wildcard": ("multi", "a.example.org", client_context(certs)),
+        "multi other.test": ("multi", "other.test", client_context(certs)),
+        "multi unknown: first": ("multi", "unknown.test", no_sni),
+        "multi no sni: first": ("multi", None, no_sni),
     }
 
     rbac_cases = {
@@ -430,6 +448,7 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         mtls = (ADDRESSES["mtls"], ports["mtls"], client_context(certs, cert=client))
         for label, (sni, path, extra) in rbac_cases.items():
             out[label] = exchange(*mtls, sni, path, extra)
+        out["tls session resumed"] = resumed(ADDRESSES["tls"], ports["tls"], client_context(certs))
         out["sni plaintext"] = plain_exchange(ADDRESSES["sni"], ports["sni"])
         out["sni_only plaintext"] = plain_exchange(ADDRESSES["sni_only"], ports["sni_only"])
         return out
@@ -476,7 +495,16 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         "rbac SNI differs": 403,
         "rbac no policy": 403,
     }
-    chosen = {label: r[label].get("body") for label in (*sni_cases, "sni plaintext")}
+    assert r["tls session resumed"] == [False, True]
+    assert [r[f"multi {x}"]["cert"] for x in ("other.test", "unknown: first")] == [
+        "other.test",
+        "example.com",
+    ]
+    chosen = {
+        label: r[label].get("body")
+        for label in (*sni_cases, "sni plaintext")
+        if not label.startswith("multi")
+    }
     assert chosen == {
         "sni exact": "A",
         "sni wildcard": "B",

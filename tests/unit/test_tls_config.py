@@ -14,7 +14,14 @@ import yaml
 from proxyd.config import compile_bootstrap
 from proxyd.epoch import DownstreamTls, Epoch, SanMatch, StringMatch, from_wire, to_wire
 from proxyd.errors import ConfigError
-from proxyd.protocol.tls_context import SanChecker, peer_subject, server_context, split_ciphers
+from proxyd.protocol.tls_context import (
+    SanChecker,
+    certificate_names,
+    peer_subject,
+    pick_certificate,
+    server_context,
+    split_ciphers,
+)
 
 BASE: dict[str, Any] = yaml.safe_load(
     (Path(__file__).parent / "config_corpus" / "good-full.yaml").read_text()
@@ -223,3 +230,37 @@ def test_san_matchers(san_type, match, ok) -> None:
 def test_peer_subject_is_printed_as_envoy_does() -> None:
     assert peer_subject(PEER) == "CN=client,O=proxyd\\, tests"
     assert peer_subject(None) == ""
+
+
+def test_several_certificates_are_chosen_by_their_names(certs) -> None:
+    tls = tls_of(
+        with_tls(
+            certs,
+            common={
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": certs.server},
+                        "private_key": {"filename": certs.server_key},
+                    },
+                    {
+                        "certificate_chain": {"filename": certs.other},
+                        "private_key": {"filename": certs.other_key},
+                    },
+                ]
+            },
+        )
+    )
+    names = [c.dns_names for c in tls.certificates]
+    assert names == [("example.com", "*.example.org"), ("other.test",)]
+    assert pick_certificate(names, "other.test") == 1
+    assert pick_certificate(names, "OTHER.test") == 1
+    assert pick_certificate(names, "a.example.org") == 0
+    assert pick_certificate(names, "a.b.example.org") == 0  # no match: the first
+    assert pick_certificate(names, "") == 0
+    # A wildcard loses to an exact name in a later certificate.
+    assert pick_certificate([("*.example.org",), ("www.example.org",)], "www.example.org") == 1
+
+
+def test_certificate_names_fall_back_to_the_common_name(certs) -> None:
+    assert certificate_names(Path(certs.ca).read_bytes()) == ("ca",)
+    assert certificate_names(b"not a certificate") == ()
