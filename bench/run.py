@@ -35,6 +35,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 BODY = "x" * 99 + "\n"  # 100 bytes
@@ -130,19 +133,66 @@ http {{
 """
 
 
+# --route-table: a route table shaped like a real edge's. 200 virtual hosts of 20 routes
+# each (even routes: a prefix and a header matcher; odd ones: an anchored regex), every
+# route with a retry policy and one request header added per level (route configuration,
+# virtual host, route). The benchmarked request matches the last route of the last
+# virtual host, so every route of its virtual host is tried first.
+ROUTE_TABLE_HOSTS = 200
+ROUTE_TABLE_ROUTES = 20
+ROUTE_TABLE_HOST = f"svc{ROUTE_TABLE_HOSTS - 1}.example.com"
+ROUTE_TABLE_PATH = f"/items/12345/v{ROUTE_TABLE_ROUTES - 1}"
+
+
+def route_table(upstream_cluster: str = "nginx") -> dict[str, Any]:
+    def route(i: int) -> dict[str, Any]:
+        if i % 2 == 0:
+            match: dict[str, Any] = {
+                "prefix": f"/api/v{i}/",
+                "headers": [{"name": "x-tenant", "string_match": {"exact": f"t{i}"}}],
+            }
+        else:
+            match = {"safe_regex": {"regex": f"^/items/[0-9]+/v{i}$"}}
+        return {
+            "match": match,
+            "route": {
+                "cluster": upstream_cluster,
+                "retry_policy": {"retry_on": "5xx,reset", "num_retries": 2},
+            },
+            "request_headers_to_add": [{"header": {"key": "x-route", "value": f"r{i}"}}],
+        }
+
+    return {
+        "name": "local_route",
+        "request_headers_to_add": [{"header": {"key": "x-edge", "value": "bench"}}],
+        "virtual_hosts": [
+            {
+                "name": f"svc{v}",
+                "domains": [f"svc{v}.example.com", f"svc{v}.example.com:*"],
+                "request_headers_to_add": [{"header": {"key": "x-vhost", "value": f"v{v}"}}],
+                "routes": [route(i) for i in range(ROUTE_TABLE_ROUTES)],
+            }
+            for v in range(ROUTE_TABLE_HOSTS)
+        ],
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30, host: str = ""
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with {proc.returncode}")
+        request = urllib.request.Request(url, headers={"Host": host} if host else {})
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(request, timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -161,9 +211,13 @@ def parse_wrk(out: str) -> tuple[float, float]:
     return rps, float(m.group(1)) * scale
 
 
-def run_wrk(port: int, duration: int, connections: int) -> tuple[float, float]:
+def run_wrk(
+    port: int, duration: int, connections: int, path: str = "/", host: str = ""
+) -> tuple[float, float]:
+    headers = ["-H", f"Host: {host}"] if host else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *headers,
+         f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return parse_wrk(out)
@@ -181,7 +235,15 @@ def main() -> int:
         help="run the buffer and fault (0%%) filters on the benchmarked route; by default "
         "they are in the HTTP filter chain but disabled on it",
     )
+    ap.add_argument(
+        "--route-table",
+        action="store_true",
+        help=f"a realistic route table ({ROUTE_TABLE_HOSTS} virtual hosts of "
+        f"{ROUTE_TABLE_ROUTES} routes with header and regex matchers, retries and header "
+        "edits); the request matches the last route of the last virtual host",
+    )
     args = ap.parse_args()
+    path, host = (ROUTE_TABLE_PATH, ROUTE_TABLE_HOST) if args.route_table else ("/", "")
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(
@@ -208,14 +270,18 @@ def main() -> int:
         for name in ("proxyd", "envoy"):
             listen, admin = free_port(), free_port()
             cfg = tmp / f"{name}.yaml"
-            cfg.write_text(
-                PROXY_CONFIG.format(
-                    admin=admin,
-                    listen=listen,
-                    upstream=up,
-                    route_filters="" if args.filters_on_route else ROUTE_FILTERS_OFF,
-                )
+            text = PROXY_CONFIG.format(
+                admin=admin,
+                listen=listen,
+                upstream=up,
+                route_filters="" if args.filters_on_route else ROUTE_FILTERS_OFF,
             )
+            if args.route_table:
+                doc = yaml.safe_load(text)
+                hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                hcm["typed_config"]["route_config"] = route_table()
+                text = yaml.safe_dump(doc, sort_keys=False)
+            cfg.write_text(text)
             if name == "proxyd":
                 cmd = [sys.executable, "-m", "proxyd", "-c", str(cfg), "--concurrency", "1",
                        "--control-socket", str(tmp / "ctl.sock"), "--log-level", "warning"]  # fmt: skip
@@ -225,16 +291,16 @@ def main() -> int:
             log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
             wait_http(f"http://127.0.0.1:{admin}/ready", procs[-1], name)
-            wait_http(f"http://127.0.0.1:{listen}/", procs[-1], name)
+            wait_http(f"http://127.0.0.1:{listen}{path}", procs[-1], name, host=host)
             targets[name] = listen
 
         results: dict[str, dict[str, list[float]]] = {n: {"rps": [], "p99_ms": []} for n in targets}
         for port in targets.values():  # warm-up, not recorded
-            run_wrk(port, args.warmup, args.connections)
+            run_wrk(port, args.warmup, args.connections, path, host)
         for r in range(args.rounds):
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
             for name in order:
-                rps, p99 = run_wrk(targets[name], args.duration, args.connections)
+                rps, p99 = run_wrk(targets[name], args.duration, args.connections, path, host)
                 results[name]["rps"].append(rps)
                 results[name]["p99_ms"].append(p99)
                 print(f"round {r + 1} {name:7s} {rps:10.0f} req/s  p99 {p99:8.2f} ms", flush=True)
@@ -244,17 +310,23 @@ def main() -> int:
         p99_ratio = med["proxyd"]["p99_ms"] / med["envoy"]["p99_ms"]
         print()
         print(f"{'':8s} {'req/s':>10s} {'p99 ms':>8s}   (medians of {args.rounds} rounds, "
-              f"wrk -t1 -c{args.connections} -d{args.duration}s, 100-byte responses, 1 worker)")  # fmt: skip
+              f"wrk -t1 -c{args.connections} -d{args.duration}s, 100-byte responses, 1 worker"
+              f"{', route table' if args.route_table else ''})")  # fmt: skip
         for n in ("proxyd", "envoy"):
             print(f"{n:8s} {med[n]['rps']:10.0f} {med[n]['p99_ms']:8.2f}")
         print(f"ratio proxyd/envoy: throughput {rps_ratio:.2f}, p99 {p99_ratio:.2f}")
+        # proxyd's figures depend on how its interpreter was built (docs/performance.md).
+        print(f"proxyd's interpreter: {sys.executable} (Python {platform.python_version()})")
 
         out_dir = HERE / "results"
         out_dir.mkdir(exist_ok=True)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        (out_dir / f"http1-{stamp}.json").write_text(json.dumps({
+        mode = "-route-table" if args.route_table else "-filters" if args.filters_on_route else ""
+        (out_dir / f"http1{mode}-{stamp}.json").write_text(json.dumps({
             "date": stamp, "host": platform.node(), "cpus": os.cpu_count(),
             "args": vars(args), "rounds": results, "median": med,
+            "python": {"executable": sys.executable, "version": platform.python_version(),
+                       "base": os.path.realpath(sys._base_executable)},
             "ratio": {"throughput": rps_ratio, "p99": p99_ratio},
         }, indent=2))  # fmt: skip
         return 0

@@ -210,6 +210,10 @@ class Cluster:
     # explicit_http_config.http2_protocol_options: only xDS gRPC streams use such a
     # cluster (routes may not name it), so workers never see HTTP/2 upstreams.
     http2: bool = False
+    # explicit_http_config.http_protocol_options.header_key_format: "" (request header
+    # names go upstream lower case), "proper_case_words" (in Proper-Case) or
+    # "preserve_case" (no change for requests; a listener's preserve_case wins over both).
+    header_key_format: str = ""
     eds_source: ConfigSource | None = None
     # STRICT_DNS and LOGICAL_DNS: TTLs, failure backoff and the resolver (master only;
     # None = Envoy's defaults, see proxyd.master.dns).
@@ -415,6 +419,16 @@ class Route:
     # connection manager's applies; 0: none for this route).
     stream_duration_set: bool = False
     max_stream_duration_s: float | None = None
+    # max_stream_duration.grpc_timeout_header_max (None: not set; 0: no cap) and
+    # grpc_timeout_header_offset (0: none): a grpc-timeout header's timeout replaces
+    # the stream limit (proxyd.worker.durations).
+    grpc_timeout_header_max_s: float | None = None
+    grpc_timeout_header_offset_s: float = 0.0
+    # The deprecated RouteAction.max_grpc_timeout (None: not set) and
+    # grpc_timeout_offset, used only without max_stream_duration: a gRPC request's
+    # router timeout from its grpc-timeout header.
+    max_grpc_timeout_s: float | None = None
+    grpc_timeout_offset_s: float = 0.0
     # RouteAction.hash_policy, in order (empty: none; used by RING_HASH and MAGLEV
     # clusters only).
     hash_policy: tuple[HashPolicy, ...] = ()
@@ -505,6 +519,14 @@ class RetryPolicy:
     # retry_priority previous_priorities: its update_frequency (0 = no retry priority):
     # every that many attempts, the priority levels attempted so far get no load.
     priority_update_frequency: int = 0
+    # retriable_headers (retry_on retriable-headers: a response matching any is retried)
+    # and retriable_request_headers (a request matching none is never retried).
+    retriable_headers: tuple[HeaderMatch, ...] = ()
+    retriable_request_headers: tuple[HeaderMatch, ...] = ()
+    # rate_limited_retry_back_off: the response headers that say when to retry (lower-case
+    # name, "SECONDS" or "UNIX_TIMESTAMP") and the longest such wait (ms).
+    reset_headers: tuple[tuple[str, str], ...] = ()
+    reset_max_interval_ms: int = 300_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +578,54 @@ class VirtualHost:
     # carry a port ("example.com:8080"); Envoy matches that against the full Host.
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
+    # VirtualHost.matcher (the generic matching API in place of the route list): the
+    # tree, whose actions name routes by their index in ``routes`` (None: the routes
+    # are tried in order). proxyd.protocol.route_tree.
+    matcher: RouteMatcher | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePredicate:
+    """A matcher_list predicate: ``kind`` "single" (the ``input`` header's value against
+    ``match``; ":path" and ":authority" are the request's), or "and", "or", "not" over
+    ``children``."""
+
+    kind: str
+    input: str = ""
+    match: StringMatch | None = None
+    children: tuple[RoutePredicate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOnMatch:
+    """What a matcher gives on a match: a nested ``matcher``, or the indexes (in the
+    virtual host's ``routes``) of a Route action (one) or a RouteList's routes (tried in
+    order, each with its own match)."""
+
+    matcher: RouteMatcher | None = None
+    routes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatchEntry:
+    """A map key (``exact``/``prefix`` trees) or a predicate (``list``) and its OnMatch."""
+
+    key: str
+    predicate: RoutePredicate | None
+    on_match: RouteOnMatch
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatcher:
+    """xds.type.matcher.v3.Matcher over a request: ``kind`` "exact" or "prefix" (a
+    matcher_tree's exact_match_map / prefix_match_map on the ``input`` header) or
+    "list" (a matcher_list, first matching predicate wins); ``on_no_match`` when
+    nothing matched."""
+
+    kind: str
+    input: str
+    entries: tuple[RouteMatchEntry, ...]
+    on_no_match: RouteOnMatch | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,6 +162,29 @@ class ControlReply:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+# -- proxyctl explain: the host each worker's balancer would pick next ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeekPicks:
+    """master → worker: the host each of ``clusters`` would pick next, without taking
+    the pick (proxyd.worker.peek); answered with :class:`PicksPeeked`."""
+
+    token: int
+    clusters: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PicksPeeked:
+    """worker → master: cluster → host label ("" when no host) for each cluster of the
+    worker's epoch ``epoch`` that :class:`PeekPicks` named."""
+
+    worker_id: int
+    token: int
+    epoch: int
+    picks: dict[str, str] = field(default_factory=dict)
+
+
 # -- new master ↔ old master (hot restart) ----------------------------------------------
 #
 # On the old master's hot-restart socket, in this order (see proxyd.master.hot_restart):
@@ -279,6 +302,9 @@ MESSAGES: tuple[type, ...] = (
     # Appended for the overload manager and the watchdog (tags above unchanged).
     OverloadActions,
     Heartbeat,
+    # Appended for proxyctl explain (tags above unchanged).
+    PeekPicks,
+    PicksPeeked,
 )
 _TAG_OF = {cls: i for i, cls in enumerate(MESSAGES)}
 

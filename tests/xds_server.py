@@ -3,16 +3,17 @@
 ``XdsServer`` serves Envoy's v3 xDS APIs on loopback, state-of-the-world only:
 
 * gRPC on ``grpc_port``: ``AggregatedDiscoveryService/StreamAggregatedResources`` and the
-  per-type ``StreamClusters``, ``StreamEndpoints``, ``StreamListeners``, ``StreamRoutes``;
+  per-type ``StreamClusters``, ``StreamEndpoints``, ``StreamListeners``, ``StreamRoutes``,
+  ``StreamRuntime``;
 * REST-JSON on ``rest_port`` (HTTP/1.1): ``POST /v3/discovery:clusters`` (``:endpoints``,
-  ``:listeners``, ``:routes``) with a DiscoveryRequest as JSON, answered with a
+  ``:listeners``, ``:routes``, ``:runtime``) with a DiscoveryRequest as JSON, answered with a
   DiscoveryResponse as JSON, or ``304 Not Modified`` when the request's ``version_info``
   is the current version (Envoy's REST fetcher treats 304 as "nothing new", any other
   non-200 as a connection failure).
 
 A test holds one snapshot per type (``set_resources``); pushing one sends it at once to
 every open stream subscribed to that type. Clusters and listeners are wildcard (the whole
-snapshot); endpoints and routes are filtered by the ``resource_names`` the client asked
+snapshot); endpoints, routes and runtimes are filtered by the ``resource_names`` the client asked
 for, and nothing is sent while none of those names is known. A stream gets a response when
 it first asks for a type, when its ``resource_names`` change, and on every push; an ACK
 or NACK gets none. A request whose ``response_nonce`` is not the last one sent on that
@@ -59,6 +60,8 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
+from envoy.service.runtime.v3 import rtds_pb2_grpc
+from envoy.service.runtime.v3.rtds_pb2 import Runtime
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
@@ -71,6 +74,7 @@ __all__ = [
     "ENDPOINT",
     "LISTENER",
     "ROUTE",
+    "RUNTIME",
     "XdsServer",
     "SeenRequest",
     "SentResponse",
@@ -88,12 +92,14 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+RUNTIME = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
 
 MESSAGE_CLASS: dict[str, type[Message]] = {
     CLUSTER: Cluster,
     ENDPOINT: ClusterLoadAssignment,
     LISTENER: Listener,
     ROUTE: RouteConfiguration,
+    RUNTIME: Runtime,
 }
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 REST_PATHS = {
@@ -101,6 +107,7 @@ REST_PATHS = {
     "/v3/discovery:endpoints": ENDPOINT,
     "/v3/discovery:listeners": LISTENER,
     "/v3/discovery:routes": ROUTE,
+    "/v3/discovery:runtime": RUNTIME,
 }
 
 
@@ -182,6 +189,7 @@ class XdsServer:
         eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(_Eds(self), self._grpc)
         lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(_Lds(self), self._grpc)
         rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(_Rds(self), self._grpc)
+        rtds_pb2_grpc.add_RuntimeDiscoveryServiceServicer_to_server(_Rtds(self), self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{grpc_port}")
         if grpc_pipe:  # gRPC on a Unix socket too ("@name": abstract namespace)
             where = (
@@ -504,6 +512,14 @@ class _Rds(rds_pb2_grpc.RouteDiscoveryServiceServicer):
 
     def StreamRoutes(self, request_iterator, context):  # noqa: N802 - gRPC name
         return self._server._serve_stream(request_iterator, context, ROUTE)
+
+
+class _Rtds(rtds_pb2_grpc.RuntimeDiscoveryServiceServicer):
+    def __init__(self, server: XdsServer) -> None:
+        self._server = server
+
+    def StreamRuntime(self, request_iterator, context):  # noqa: N802 - gRPC name
+        return self._server._serve_stream(request_iterator, context, RUNTIME)
 
 
 class _RestHandler(BaseHTTPRequestHandler):

@@ -71,7 +71,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         check_logical_dns(c, path, file)
     lb = compile_lb_policy(c, path, file)
     _check_host_update_fields(c, path, file)
-    idle_timeout_s, max_requests, http2 = _upstream_http_options(c, path, file)
+    idle_timeout_s, max_requests, http2, key_format = _upstream_http_options(c, path, file)
     if c.HasField("max_requests_per_connection"):
         if max_requests is not None:
             raise ConfigError(
@@ -106,6 +106,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
             else None
         ),
         http2=http2,
+        header_key_format=key_format,
         outlier_detection=compile_outlier_detection(c, join(path, "outlier_detection"), file),
         dns=compile_dns(c, path, file),
         overprovisioning_factor=assignment.overprovisioning_factor,
@@ -223,27 +224,34 @@ def _thresholds(t: Any) -> dict[str, Any]:
     return out
 
 
-def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | None, bool]:
-    """(idle timeout, max requests per connection or None, HTTP/2) from the protocol
-    options."""
+def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | None, bool, str]:
+    """(idle timeout, max requests per connection or None, HTTP/2, header key format)
+    from the protocol options."""
     options = c.typed_extension_protocol_options
     idle_timeout_s = DEFAULT_UPSTREAM_IDLE_TIMEOUT_S
     max_requests: int | None = None
     http2 = False
+    key_format = ""
     for key in sorted(options):
         here = f"{join(path, 'typed_extension_protocol_options')}[{key!r}]"
         if key != UPSTREAM_HTTP_TYPE:
             raise ConfigError(file, here, f"protocol options for '{key}' not supported by proxyd")
         opts = unpack(options[key])
         if opts is not None and opts.HasField("explicit_http_config"):
-            http2 = opts.explicit_http_config.HasField("http2_protocol_options")
+            explicit = opts.explicit_http_config
+            http2 = explicit.HasField("http2_protocol_options")
+            http1 = explicit.http_protocol_options
+            if explicit.HasField("http_protocol_options") and http1.HasField("header_key_format"):
+                # (the coverage tree lets only proper_case_words and preserve_case in)
+                which = http1.header_key_format.WhichOneof("header_format")
+                key_format = {"proper_case_words": "proper_case_words", "stateful_formatter": "preserve_case"}.get(which or "", "")  # fmt: skip
         if opts is None or not opts.HasField("common_http_protocol_options"):
             continue
         common = opts.common_http_protocol_options
         idle_timeout_s = duration_or(common, "idle_timeout", DEFAULT_UPSTREAM_IDLE_TIMEOUT_S)
         if common.HasField("max_requests_per_connection"):
             max_requests = common.max_requests_per_connection.value
-    return idle_timeout_s, max_requests, http2
+    return idle_timeout_s, max_requests, http2, key_format
 
 
 def _load_assignment(c: Any, kind: str, path: str, file: str) -> LoadAssignment:

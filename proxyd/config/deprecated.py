@@ -329,19 +329,15 @@ def _header_value_option(option: Any, path: str, t: Translation) -> None:
 
 
 def _route_action(action: Any, path: str, t: Translation) -> None:
-    for old, new in (
-        ("max_grpc_timeout", "grpc_timeout_header_max"),
-        ("grpc_timeout_offset", "grpc_timeout_header_offset"),
-    ):
-        if not action.HasField(old):
-            continue
-        if action.max_stream_duration.HasField(new):
-            t.ignored(join(path, old), f"max_stream_duration.{new} is set")
-        else:
-            getattr(action.max_stream_duration, new).CopyFrom(getattr(action, old))
-            t.moved(join(path, f"max_stream_duration.{new}"), join(path, old))
-            t.moved(join(path, "max_stream_duration"), join(path, old))
-        action.ClearField(old)
+    """max_grpc_timeout and grpc_timeout_offset keep their own meaning in Envoy 1.40 (a
+    gRPC request's router timeout: proxyd.worker.durations), used only on a route
+    without max_stream_duration; with it, they are unused."""
+    if not action.HasField("max_stream_duration"):
+        return
+    for old in ("max_grpc_timeout", "grpc_timeout_offset"):
+        if action.HasField(old):
+            t.ignored(join(path, old), "max_stream_duration is set")
+            action.ClearField(old)
 
 
 def _buffer_limit(holder: Any, path: str, t: Translation) -> None:

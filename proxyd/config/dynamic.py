@@ -41,15 +41,18 @@ class DynamicResources:
     cds: ConfigSource | None = None
     # ads_config as a source of kind "grpc" (its cluster); None when there is none.
     ads: ConfigSource | None = None
+    # layered_runtime's rtds_layer entries: (Runtime resource name, where it comes from).
+    rtds: tuple[tuple[str, ConfigSource], ...] = ()
 
     @property
     def empty(self) -> bool:
-        return self.lds is None and self.cds is None
+        return self.lds is None and self.cds is None and not self.rtds
 
 
 def compile_dynamic_resources(bootstrap: Any, file: str) -> DynamicResources:
+    rtds = tuple(_rtds_sources(bootstrap, file))
     if not bootstrap.HasField("dynamic_resources"):
-        return DynamicResources()
+        return DynamicResources(rtds=rtds)
     dyn = bootstrap.dynamic_resources
     path = "dynamic_resources"
     ads = None
@@ -64,7 +67,40 @@ def compile_dynamic_resources(bootstrap: Any, file: str) -> DynamicResources:
         lds = compile_config_source(dyn.lds_config, join(path, "lds_config"), file)
     if dyn.HasField("cds_config"):
         cds = compile_config_source(dyn.cds_config, join(path, "cds_config"), file)
-    return DynamicResources(lds=lds, cds=cds, ads=ads)
+    return DynamicResources(lds=lds, cds=cds, ads=ads, rtds=rtds)
+
+
+RTDS_SOURCE_PATH = "layered_runtime.layers[{}].rtds_layer.rtds_config"
+
+
+def _rtds_sources(bootstrap: Any, file: str) -> Iterable[tuple[str, ConfigSource]]:
+    """Each ``rtds_layer``: the Runtime resource it names and its ``rtds_config``."""
+    for i, layer in enumerate(bootstrap.layered_runtime.layers):
+        if layer.WhichOneof("layer_specifier") != "rtds_layer":
+            continue
+        path = RTDS_SOURCE_PATH.format(i)
+        if not layer.rtds_layer.HasField("rtds_config"):
+            raise ConfigError(
+                file,
+                path,
+                "Missing config source specifier in envoy::config::core::v3::ConfigSource",
+            )
+        yield layer.rtds_layer.name, compile_config_source(layer.rtds_layer.rtds_config, path, file)
+
+
+def rtds_source_paths(
+    bootstrap: Any, dynamic: DynamicResources
+) -> list[tuple[str, ConfigSource | None]]:
+    """(field path, source) of each rtds_layer's rtds_config, for :func:`check_source`."""
+    indexes = [
+        i
+        for i, layer in enumerate(bootstrap.layered_runtime.layers)
+        if layer.WhichOneof("layer_specifier") == "rtds_layer"
+    ]
+    return [
+        (RTDS_SOURCE_PATH.format(i), source)
+        for i, (_, source) in zip(indexes, dynamic.rtds, strict=True)
+    ]
 
 
 def compile_config_source(cs: Any, path: str, file: str) -> ConfigSource:

@@ -27,6 +27,7 @@ from proxyd.config.dynamic import (
     check_source,
     compile_dynamic_resources,
     epoch_sources,
+    rtds_source_paths,
 )
 from proxyd.config.feature_check import unsupported_instead
 from proxyd.config.listeners import FILE_LOG_NAME, compile_listeners, typed_config
@@ -137,6 +138,7 @@ def _compile(
     sources += epoch_sources(template, "static_resources.listeners", "static_resources.clusters")
     if dynamic.ads is not None:
         sources.append(("dynamic_resources.ads_config", dynamic.ads))
+    sources += rtds_source_paths(bootstrap, dynamic)
     if any(s is not None for _, s in sources) and not (
         bootstrap.node.id and bootstrap.node.cluster
     ):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from proxyd.config.matchers import header_match
 from proxyd.config.proto import join, unpack
 from proxyd.config.values import seconds, wrapped_or
 from proxyd.epoch import RetryPolicy, Route
@@ -77,7 +78,32 @@ def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPol
                 join(here, "typed_config.update_frequency"),
                 "value must be greater than 0",
             )
+    reset_headers: tuple[tuple[str, str], ...] = ()
+    reset_max_ms = 300_000
+    if rp.HasField("rate_limited_retry_back_off"):
+        rl = rp.rate_limited_retry_back_off
+        here = join(path, "rate_limited_retry_back_off")
+        reset_headers = tuple(
+            (h.name.lower(), "UNIX_TIMESTAMP" if h.format == 1 else "SECONDS")
+            for h in rl.reset_headers
+        )
+        if rl.HasField("max_interval"):
+            reset_max_ms = int(seconds(rl.max_interval) * 1000)
+            if reset_max_ms < 1:
+                raise ConfigError(
+                    file, join(here, "max_interval"), "max_interval must be at least 1ms"
+                )
     return RetryPolicy(
+        retriable_headers=tuple(
+            header_match(h, f"{join(path, 'retriable_headers')}[{i}]", file)
+            for i, h in enumerate(rp.retriable_headers)
+        ),
+        retriable_request_headers=tuple(
+            header_match(h, f"{join(path, 'retriable_request_headers')}[{i}]", file)
+            for i, h in enumerate(rp.retriable_request_headers)
+        ),
+        reset_headers=reset_headers,
+        reset_max_interval_ms=reset_max_ms,
         avoid_previous_hosts=avoid_previous,
         # Envoy: "if unspecified, this will default to retrying once".
         host_selection_retry_max_attempts=rp.host_selection_retry_max_attempts or 1,
@@ -96,10 +122,11 @@ def retry_policy(rp: Any, path: str, file: str, attempt_count: bool) -> RetryPol
 
 
 def with_retry_policies(
-    vh: Any, path: str, routes: tuple[Route, ...], file: str
+    vh: Any, path: str, sources: list[tuple[Any, str]], routes: tuple[Route, ...], file: str
 ) -> tuple[Route, ...]:
     """The virtual host's routes with their retry policy (the route's or the virtual
-    host's) resolved onto them."""
+    host's) resolved onto them; ``sources`` is each route's message and config path
+    (its place in ``routes``, or in the virtual host's matcher)."""
     attempt_count = bool(vh.include_request_attempt_count)
     vh_policy = None
     if vh.HasField("retry_policy"):
@@ -107,13 +134,13 @@ def with_retry_policies(
     elif attempt_count:
         vh_policy = RetryPolicy(retry_on="", include_attempt_count=True)
     out = []
-    for k, (r, route) in enumerate(zip(vh.routes, routes, strict=True)):
+    for (r, route_path), route in zip(sources, routes, strict=True):
         if r.WhichOneof("action") != "route":
             out.append(route)
             continue
         policy = vh_policy
         if r.route.HasField("retry_policy"):
-            here = join(f"{join(path, 'routes')}[{k}]", "route.retry_policy")
+            here = join(route_path, "route.retry_policy")
             policy = retry_policy(r.route.retry_policy, here, file, attempt_count)
         if policy is not None:
             route = _replace_retry(route, policy)

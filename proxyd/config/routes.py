@@ -16,8 +16,10 @@ from typing import Any
 
 from proxyd.config.http_filters import compile_per_filter_config, merge_overrides
 from proxyd.config.matchers import header_match, string_match
-from proxyd.config.proto import join
+from proxyd.config.proto import join, unpack
 from proxyd.config.retries import with_retry_policies
+from proxyd.config.route_matcher import compile_matcher
+from proxyd.config.uri_template import TemplateError, match_regex, rewrite_substitution
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
     DirectResponse,
@@ -99,19 +101,34 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
             domains.append(d)
         vh_filters = compile_per_filter_config(vh, here, file)
         vh_headers = header_mutations(vh, here, file)
-        routes = []
-        for k, r in enumerate(vh.routes):
-            route_path = f"{join(here, 'routes')}[{k}]"
-            route = _route(r, route_path, clusters, file, (rc_filters, vh_filters))
-            levels = [rc_headers, vh_headers, header_mutations(r, route_path, file)]
+        routes: list[Route] = []
+        sources: list[tuple[Any, str]] = []
+
+        def add_route(r: Any, route_path: str) -> int:
+            route = _route(r, route_path, clusters, file, (rc_filters, vh_filters))  # noqa: B023
+            levels = [rc_headers, vh_headers, header_mutations(r, route_path, file)]  # noqa: B023
             if not most_specific_wins:
                 levels.reverse()  # Envoy evaluates the route's first: the outermost wins
             kept = tuple(m for m in levels if m is not None)
             if kept:
                 route = dataclasses.replace(route, header_mutations=kept)
-            routes.append(route)
-        kept_routes = with_retry_policies(vh, here, tuple(routes), file)
-        vhosts.append(VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes))
+            routes.append(route)  # noqa: B023
+            sources.append((r, route_path))  # noqa: B023
+            return len(routes) - 1  # noqa: B023
+
+        for k, r in enumerate(vh.routes):
+            add_route(r, f"{join(here, 'routes')}[{k}]")
+        matcher = None
+        if vh.HasField("matcher"):
+            if vh.routes:
+                raise ConfigError(
+                    file, join(here, "matcher"), "only one of routes or matcher can be specified"
+                )
+            matcher = compile_matcher(vh.matcher, join(here, "matcher"), file, add_route)
+        kept_routes = with_retry_policies(vh, here, sources, tuple(routes), file)
+        vhosts.append(
+            VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes, matcher=matcher)
+        )
     return RouteConfig(
         name=rc.name,
         virtual_hosts=tuple(vhosts),
@@ -158,6 +175,29 @@ def _route(
     elif specifier != "cluster_header":  # the coverage tree refused the plugins by name
         raise ConfigError(file, join(path, "route.cluster"), "a cluster is required")
     regex = substitution = ""
+    if action.HasField("path_rewrite_policy"):
+        here = join(path, "route.path_rewrite_policy")
+        if action.prefix_rewrite or action.HasField("regex_rewrite"):
+            raise ConfigError(
+                file,
+                join(path, "route"),
+                "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy",
+            )
+        if not r.match.HasField("path_match_policy"):
+            raise ConfigError(
+                file, here, "path_rewrite_policy needs the route's match to be a path_match_policy"
+            )
+        pattern, names = _template_regex(r.match, join(path, "match"), file)
+        rewrite_config = unpack(action.path_rewrite_policy.typed_config)
+        assert rewrite_config is not None  # the allow-list took only the uri_template one
+        template = rewrite_config.path_template_rewrite
+        try:
+            substitution = rewrite_substitution(template, names)
+        except TemplateError as exc:
+            raise ConfigError(
+                file, join(here, "typed_config.path_template_rewrite"), str(exc)
+            ) from None
+        regex = f"^{pattern}$"
     if action.HasField("regex_rewrite"):
         if action.prefix_rewrite:
             raise ConfigError(
@@ -198,6 +238,20 @@ def _route(
             if action.max_stream_duration.HasField("max_stream_duration")
             else None
         ),
+        grpc_timeout_header_max_s=(
+            duration_or(action.max_stream_duration, "grpc_timeout_header_max", 0.0)
+            if action.max_stream_duration.HasField("grpc_timeout_header_max")
+            else None
+        ),
+        grpc_timeout_header_offset_s=duration_or(
+            action.max_stream_duration, "grpc_timeout_header_offset", 0.0
+        ),
+        max_grpc_timeout_s=(
+            duration_or(action, "max_grpc_timeout", 0.0)
+            if action.HasField("max_grpc_timeout")
+            else None
+        ),
+        grpc_timeout_offset_s=duration_or(action, "grpc_timeout_offset", 0.0),
         hash_policy=_hash_policies(action, join(path, "route.hash_policy"), file),
         mirrors=_mirrors(action, join(path, "route.request_mirror_policies"), clusters, file),
         host_rewrite_regex=host_regex,
@@ -445,6 +499,11 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         value = m.safe_regex.regex
         check_regex(value, join(path, "safe_regex.regex"), file)
         case_sensitive = True  # Envoy ignores case_sensitive for safe_regex
+    elif kind == "path_match_policy":
+        # The uri_template matcher (the allow-list took no other): a full match of the
+        # path without its query, as a safe_regex route (proxyd.config.uri_template).
+        value = _template_regex(m, path, file)[0]
+        kind, case_sensitive = "safe_regex", True
     elif kind in ("prefix", "path", "path_separated_prefix"):
         value = getattr(m, kind)
     else:  # the coverage tree refused the others by name
@@ -475,6 +534,17 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         query=query,
         grpc=m.HasField("grpc"),
     )
+
+
+def _template_regex(m: Any, path: str, file: str) -> tuple[str, tuple[str, ...]]:
+    config = unpack(m.path_match_policy.typed_config)
+    assert config is not None  # the allow-list took only the uri_template matcher
+    try:
+        return match_regex(config.path_template)
+    except TemplateError as exc:
+        raise ConfigError(
+            file, join(path, "path_match_policy.typed_config.path_template"), str(exc)
+        ) from None
 
 
 def _query_match(q: Any, path: str, file: str) -> QueryMatch:

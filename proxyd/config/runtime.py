@@ -1,9 +1,10 @@
 """``layered_runtime`` → the runtime layers, and runtime values parsed as Envoy parses them.
 
 A layer is one of ``static_layer`` (a Struct in the bootstrap), ``disk_layer`` (a
-directory tree read by the master, ``proxyd.master.runtime``) or ``admin_layer`` (what
-``/runtime_modify`` sets); ``rtds_layer`` is refused by name (the coverage tree leaves
-it out). Envoy's checks: layer names are unique ("Duplicate layer name: a"), at most one
+directory tree read by the master, ``proxyd.master.runtime``) ``admin_layer`` (what
+``/runtime_modify`` sets) or ``rtds_layer`` (a Runtime resource from the Runtime
+Discovery Service, read as a static layer: ``proxyd.master.xds``; empty until one
+arrives). Envoy's checks: layer names are unique ("Duplicate layer name: a"), at most one
 admin layer, a static value may not be a list or null ("Invalid runtime entry value
 for k"), and a disk layer's ``symlink_root`` must be in a directory that exists (Envoy
 watches that directory: "unable to add filesystem watch for file ...").
@@ -41,7 +42,8 @@ _UINT64_MAX = 2**64 - 1
 
 @dataclass(frozen=True)
 class RuntimeLayer:
-    """One entry of ``layered_runtime.layers``. ``kind`` is "static", "disk" or "admin".
+    """One entry of ``layered_runtime.layers``. ``kind`` is "static", "disk", "admin"
+    or "rtds" (``rtds_name``: the Runtime resource it takes).
 
     disk: ``symlink_root`` is watched for a swap (Envoy reloads when it is replaced);
     the layer's keys are the files under ``directory`` (symlink_root/subdirectory, plus
@@ -52,6 +54,7 @@ class RuntimeLayer:
     static: tuple[RuntimeValue, ...] = ()
     symlink_root: str = ""
     directory: str = ""
+    rtds_name: str = ""
 
 
 def compile_layered_runtime(bootstrap: Any, file: str) -> tuple[RuntimeLayer, ...]:
@@ -92,7 +95,9 @@ def compile_layered_runtime(bootstrap: Any, file: str) -> tuple[RuntimeLayer, ..
                     "specified",
                 )
             layers.append(RuntimeLayer(layer.name, "admin"))
-        else:  # rtds_layer is outside the coverage tree; the proto requires one of them
+        elif kind == "rtds_layer":  # its source: proxyd.config.dynamic
+            layers.append(RuntimeLayer(layer.name, "rtds", rtds_name=layer.rtds_layer.name))
+        else:  # the proto requires one of them
             raise ConfigError(file, path, f"runtime layer {kind} not supported by proxyd")
     return tuple(layers)
 

@@ -114,6 +114,12 @@ RETRY_POLICY: Spec = {
     "per_try_timeout": LEAF,
     "per_try_idle_timeout": LEAF,
     "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
+    "rate_limited_retry_back_off": {
+        "reset_headers": {"name": LEAF, "format": LEAF},
+        "max_interval": LEAF,
+    },
+    "retriable_headers": HEADER_MATCHER,
+    "retriable_request_headers": HEADER_MATCHER,
     "retriable_status_codes": LEAF,
 }
 
@@ -129,6 +135,18 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "path": LEAF,
                 "safe_regex": REGEX,
                 "path_separated_prefix": LEAF,
+                # proxyd.config.uri_template
+                "path_match_policy": {
+                    "name": LEAF,
+                    "typed_config": AnyOf(
+                        "path matcher",
+                        {
+                            "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig": {
+                                "path_template": LEAF
+                            }
+                        },
+                    ),
+                },
                 "grpc": {},
                 "case_sensitive": LEAF,
                 "headers": HEADER_MATCHER,
@@ -165,6 +183,17 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "priority": LEAF,
                 "prefix_rewrite": LEAF,
                 "regex_rewrite": {"pattern": REGEX, "substitution": LEAF},
+                "path_rewrite_policy": {
+                    "name": LEAF,
+                    "typed_config": AnyOf(
+                        "path rewriter",
+                        {
+                            "envoy.extensions.path.rewrite.uri_template.v3.UriTemplateRewriteConfig": {  # noqa: E501
+                                "path_template_rewrite": LEAF
+                            }
+                        },
+                    ),
+                },
                 "host_rewrite_literal": LEAF,
                 "host_rewrite_header": LEAF,
                 "auto_host_rewrite": LEAF,
@@ -172,9 +201,16 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # proxyd.worker.plan (RoutePlan.stream_idle).
                 "idle_timeout": LEAF,
                 "retry_policy": RETRY_POLICY,
-                # grpc_timeout_header_max / _offset are refused by name: proxyd has no
-                # gRPC (HTTP/2) upstreams. proxyd.worker.durations.
-                "max_stream_duration": {"max_stream_duration": LEAF},
+                # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.
+                "max_stream_duration": {
+                    "max_stream_duration": LEAF,
+                    "grpc_timeout_header_max": LEAF,
+                    "grpc_timeout_header_offset": LEAF,
+                },
+                # Deprecated, with their own meaning in Envoy 1.40 (the router's timeout
+                # of a gRPC request), used without max_stream_duration: durations.py.
+                "max_grpc_timeout": LEAF,
+                "grpc_timeout_offset": LEAF,
                 # Deprecated; read by the CORS filter when no level has a CorsPolicy.
                 "cors": cors_config.ROUTE_FIELD_SPEC,
                 # proxyd.config.lb_policy; filter_state is refused by name.
@@ -227,6 +263,68 @@ ROUTE_CONFIG: dict[str, Spec] = {
     "most_specific_header_mutations_wins": LEAF,
     "internal_only_headers": LEAF,
 }
+
+
+def _route_matcher_spec(depth: int) -> Spec:
+    """VirtualHost.matcher (proxyd.config.route_matcher), nested matchers at most
+    ``depth`` levels below this one; its actions are Routes and RouteLists with the
+    allow-list of the virtual host's routes."""
+    route = ROUTE_CONFIG["virtual_hosts"]["routes"]  # type: ignore[index]
+    on_match: dict[str, Spec] = {
+        "action": {
+            "name": LEAF,
+            "typed_config": AnyOf(
+                "route action",
+                {
+                    "envoy.config.route.v3.Route": route,
+                    "envoy.config.route.v3.RouteList": {"routes": route},
+                },
+            ),
+        }
+    }
+    if depth > 0:
+        on_match["matcher"] = _route_matcher_spec(depth - 1)
+    header_input: Spec = {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "matcher input", {"envoy.type.matcher.v3.HttpRequestHeaderMatchInput": LEAF}
+        ),
+    }
+    return {
+        "matcher_tree": {
+            "input": header_input,
+            "exact_match_map": {"map": on_match},
+            "prefix_match_map": {"map": on_match},
+        },
+        "matcher_list": {
+            "matchers": {"predicate": _predicate_spec(header_input, 3), "on_match": on_match}
+        },
+        "on_no_match": on_match,
+    }
+
+
+XDS_STRING_MATCHER: dict[str, Spec] = dict(STRING_MATCHER)  # type: ignore[arg-type]
+
+
+def _predicate_spec(header_input: Spec, depth: int) -> Spec:
+    spec: dict[str, Spec] = {
+        # xds.type.matcher.v3.StringMatcher: its RegexMatcher requires the google_re2
+        # engine (Envoy's own StringMatcher made it optional).
+        "single_predicate": {
+            "input": header_input,
+            "value_match": {**XDS_STRING_MATCHER, "safe_regex": {"google_re2": {}, "regex": LEAF}},
+        },
+    }
+    if depth > 0:
+        inner = _predicate_spec(header_input, depth - 1)
+        spec["or_matcher"] = {"predicate": inner}
+        spec["and_matcher"] = {"predicate": inner}
+        spec["not_matcher"] = inner
+    return spec
+
+
+# Nested matchers: four levels below the virtual host's (Envoy's examples use three).
+ROUTE_CONFIG["virtual_hosts"]["matcher"] = _route_matcher_spec(4)  # type: ignore[index]
 
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).
 API_CONFIG_SOURCE: Spec = {
@@ -466,7 +564,26 @@ LISTENER: dict[str, Spec] = {
 
 UPSTREAM_HTTP: Spec = {
     # HTTP/2 only for the clusters xDS gRPC streams use (proxyd.config.dynamic checks).
-    "explicit_http_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+    # http_protocol_options.header_key_format: how request header names are written
+    # upstream (proxyd.config.clusters, proxyd.protocol.http1_options). preserve_case's
+    # formatter_type_on_envoy_headers (the response's added names) is refused by name.
+    "explicit_http_config": {
+        "http_protocol_options": {
+            "header_key_format": {
+                "proper_case_words": {},
+                "stateful_formatter": {
+                    "name": LEAF,
+                    "typed_config": AnyOf(
+                        "stateful header formatter",
+                        # forward_reason_phrase: proxyd forwards an upstream's reason
+                        # phrase as it came in any case (docs: Known differences).
+                        {PRESERVE_CASE_TYPE: {"forward_reason_phrase": LEAF}},
+                    ),
+                },
+            },
+        },
+        "http2_protocol_options": {},
+    },
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
 }
 
@@ -695,7 +812,8 @@ BOOTSTRAP: dict[str, Spec] = {
         "extensions": LEAF,
         "client_features": LEAF,
     },
-    # proxyd.config.runtime and proxyd.master.runtime; rtds_layer is refused.
+    # proxyd.config.runtime and proxyd.master.runtime; rtds_layer's Runtime resources
+    # come through proxyd.master.xds.
     "layered_runtime": {
         "layers": {
             "name": LEAF,
@@ -706,6 +824,7 @@ BOOTSTRAP: dict[str, Spec] = {
                 "append_service_cluster": LEAF,
             },
             "admin_layer": {},
+            "rtds_layer": {"name": LEAF, "rtds_config": CONFIG_SOURCE},
         },
     },
     "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},

@@ -3,7 +3,13 @@
     proxyctl [--control-socket PATH] status [--json]
     proxyctl [--control-socket PATH] reload [--dry-run [--config FILE] [--json]]
     proxyctl [--control-socket PATH] hot-restart [--config FILE] [--timeout S]
+    proxyctl [--control-socket PATH] explain [--listener NAME|PORT] [--source-ip IP] [--json] METHOD URL [-H 'Name: value']...
     proxyctl [--control-socket PATH] stop [--fast]
+
+``explain`` asks the master how the running epoch would serve a request, without
+sending it: the listener, each virtual host and route tried and why it matched or not,
+the route taken (rewrites, header edits, timeouts, retry policy), the HTTP filters, the
+clusters and hosts (:mod:`proxyd.master.explain`, :mod:`proxyd.ctl.explain`).
 
 ``reload --dry-run`` checks the config file (the running one, or ``--config FILE``) the
 way a reload would and prints what the reload would change, changing nothing
@@ -28,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxyd import ipc
+from proxyd.ctl.explain import format_explain
 from proxyd.master.control import default_control_socket
 from proxyd.protocol.epoch_diff import format_diff, show
 from proxyd.protocol.epoch_summary import format_counts
@@ -159,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, metavar="S",
         help="give up (and keep the old master serving) when the new one has not taken over by then (default: 60)",
     )  # fmt: skip
+    explain = sub.add_parser("explain", help="how the running config would route a request (nothing is sent)")  # fmt: skip
+    explain.add_argument("method", metavar="METHOD")
+    explain.add_argument("url", metavar="URL", help="http://host[:port]/path?query, or /path with -H 'Host: ...'")  # fmt: skip
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'", help="a request header (repeatable)")  # fmt: skip
+    explain.add_argument("--listener", default="", metavar="NAME|PORT", help="the listener (default: the only one, or the URL's port)")  # fmt: skip
+    explain.add_argument("--source-ip", default="", metavar="IP", help="the client's address (for source_ip hash policies)")  # fmt: skip
+    explain.add_argument("--json", action="store_true", help="print the JSON document")
     stop = sub.add_parser("stop", help="graceful stop (workers drain first)")
     stop.add_argument("--fast", action="store_true", help="stop at once, without draining")
     return parser
@@ -209,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "reload-dry-run"
     if command in ("hot-restart", "reload-dry-run") and args.config:
         call_args["config"] = os.path.abspath(args.config)
+    if command == "explain":
+        call_args = {"method": args.method, "url": args.url, "headers": list(args.header), "listener": args.listener, "source_ip": args.source_ip}  # fmt: skip
     if command == "hot-restart" and args.timeout:
         call_args["timeout_s"] = args.timeout
     try:
@@ -235,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"hot restart: new master pid {result['pid']} (restart epoch {result['restart_epoch']}); "
             f"old master pid {result['old_pid']} drains for up to {result['drain_time_s']:g} s"
+        )
+    elif args.command == "explain":
+        sys.stdout.write(
+            json.dumps(result, indent=2) + "\n" if args.json else format_explain(result)
         )
     elif args.command == "stop":
         print(f"stopping proxyd (pid {result['pid']}, {'graceful' if result.get('graceful') else 'fast'})")  # fmt: skip

@@ -16,6 +16,10 @@ connection carries ``ipc.ControlRequest`` frames, each answered with one
   (``args: {"config": FILE}`` to use another config file, ``{"timeout_s": S}`` to bound
   the handoff) took the sockets over and this one drains; not ok with the reason (an
   invalid config, a crash, a timeout) when it did not, and this master goes on serving;
+* ``explain`` → ``args: {method, url, headers: ["Name: value", ...], listener,
+  source_ip}``: how
+  the running epoch would route that request, without sending it
+  (:mod:`proxyd.master.explain`);
 * ``stop`` → graceful stop (``args: {"fast": true}`` for a fast one); answered first.
 
 After a hot restart the listening control socket belongs to the new master: the old
@@ -29,6 +33,7 @@ import errno
 import os
 import socket
 import stat
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -190,14 +195,53 @@ class ControlServer:
                 "drain_time_s": m.options.drain_time_s,
             }
             return ipc.ControlReply(restart.ok, restart.error, info)
+        if request.command == "explain":
+            return await self._explain(request.args)
         if request.command == "stop":
             fast = bool(request.args.get("fast", False))
             m.request_stop(graceful=not fast)
             return ipc.ControlReply(True, result={"pid": os.getpid(), "graceful": not fast})
         return ipc.ControlReply(
             False,
-            f"unknown command {request.command!r} (status, reload, reload-dry-run, hot-restart, stop)",
+            f"unknown command {request.command!r} (status, reload, reload-dry-run, hot-restart, explain, stop)",
         )
+
+    async def _explain(self, args: dict[str, object]) -> ipc.ControlReply:
+        """Match a request against the running epoch (proxyd.master.explain), then ask
+        the workers which host they would pick next."""
+        from proxyd.master.explain import (  # not for proxyctl's import
+            ExplainError,
+            add_worker_picks,
+            clusters_to_peek,
+            explain,
+        )
+
+        m = self.master
+        epoch = m.epoch
+        ports = {}
+        for lst in epoch.listeners:
+            if lst.name in m.sockets:
+                ports[lst.name] = m.sockets.address_of(lst.name)[1]
+        raw_headers = args.get("headers") or []
+        question = partial(
+            explain,
+            epoch,
+            str(args.get("method") or "GET"),
+            str(args.get("url") or "/"),
+            [str(h) for h in raw_headers] if isinstance(raw_headers, list) else [],
+            str(args.get("listener") or ""),
+            ports,
+            str(args.get("source_ip") or ""),
+        )
+        try:
+            # Compiling a large route table takes a while: not on the master's loop.
+            doc = await trio.to_thread.run_sync(question)
+        except ExplainError as exc:
+            return ipc.ControlReply(False, str(exc))
+        clusters = clusters_to_peek(doc)
+        if clusters:
+            add_worker_picks(doc, await m.peeks.ask(m.workers, clusters))
+        return ipc.ControlReply(True, result=doc)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -50,6 +50,7 @@ from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.outlier import OutlierDetector
 from proxyd.master.overload import OverloadManager
+from proxyd.master.peeks import PickPeeks
 from proxyd.master.runtime import RuntimeLoader
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
@@ -121,6 +122,8 @@ class Master:
         self.epoch = Epoch(0, (), ())
         self.sockets = ListenerSockets(options.concurrency)
         self.workers = WorkerPool(self, options.concurrency)
+        # proxyctl explain asks the workers which host they would pick next.
+        self.peeks = PickPeeks()
         self.error = ""
         self.exit_code = 0
         self.stopping = False
@@ -136,7 +139,13 @@ class Master:
         # Publishing, checking, and what a refused epoch does (proxyd.master.epochs).
         self.epochs = EpochPublisher(self)
         self.xds = XdsClient(
-            self.stats, Hooks(self._xds_address, self._bind_xds_listeners, self._on_xds_change)
+            self.stats,
+            Hooks(
+                self._xds_address,
+                self._bind_xds_listeners,
+                self._on_xds_change,
+                self.runtime.set_rtds,
+            ),
         )
         self._xds_changed = trio.Event()
         self._static_resolved = self.epoch  # the static clusters, resolved at start

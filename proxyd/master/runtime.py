@@ -17,6 +17,9 @@ runtime change as they see any other.
   cannot be read keeps the layer's previous values (``runtime.load_error``).
 * **admin_layer**: what ``POST /runtime_modify?key=value`` sets (an empty value removes
   the key); kept across reloads while the config has an admin layer.
+* **rtds_layer**: the Runtime resource of that name as the xDS client last accepted it
+  (:meth:`RuntimeLoader.set_rtds`), read as a static layer; empty until one arrives.
+  A change flows to the workers as an admin change does.
 
 Stats, with Envoy's names: ``runtime.load_success``, ``runtime.load_error``,
 ``runtime.num_keys``, ``runtime.num_layers``, ``runtime.admin_overrides_active``.
@@ -52,6 +55,9 @@ class RuntimeLoader:
         # Each layer's values by key, in layer order (the admin layer's is self.admin).
         self._layer_values: list[dict[str, RuntimeValue]] = []
         self.admin: dict[str, RuntimeValue] = {}
+        # What RTDS delivered, by Runtime resource name (kept across reloads: the xDS
+        # client says when its subscriptions start afresh).
+        self._rtds: dict[str, tuple[RuntimeValue, ...]] = {}
         self.values: tuple[RuntimeValue, ...] = ()
         self._signatures: dict[str, Any] = {}  # symlink_root → what it pointed at
         self._changed = trio.Event()
@@ -94,6 +100,8 @@ class RuntimeLoader:
             return {v.key: v for v in layer.static}
         if layer.kind == "admin":
             return self.admin
+        if layer.kind == "rtds":
+            return {v.key: v for v in self._rtds.get(layer.rtds_name, ())}
         try:
             values = read_disk_layer(layer.directory)
         except RuntimeLoadError as exc:
@@ -114,6 +122,17 @@ class RuntimeLoader:
         if values != self.values:
             self.values = values
             self._changed.set()
+
+    # -- RTDS ---------------------------------------------------------------------------
+
+    def set_rtds(self, layers: dict[str, tuple[RuntimeValue, ...]]) -> None:
+        """The Runtime resources the xDS client holds now, by name."""
+        self._rtds = dict(layers)
+        self._layer_values = [
+            self._load_layer(layer, values) if layer.kind == "rtds" else values
+            for layer, values in zip(self.layers, self._layer_values, strict=True)
+        ]
+        self._merge()
 
     # -- the admin layer ----------------------------------------------------------------
 

@@ -410,6 +410,8 @@ class WorkerSupervisor:
                         self._nursery.start_soon(self.pool.send, slot, actions)
                 self.master.epochs.applied()
                 self.pool.notify()
+            elif isinstance(msg, ipc.PicksPeeked):
+                self.master.peeks.deliver(msg)
             elif isinstance(msg, ipc.EpochRefused):
                 slot.refused_epoch, slot.refused_reason = msg.epoch, msg.reason
                 slot.refused_at = time.time()

@@ -21,6 +21,14 @@ them (checked against it in tests/compat/test_http1_options_compat.py).
   (the response's names belong to the cluster's codec, whose options proxyd does not
   take).
 
+A cluster's ``http_protocol_options.header_key_format`` (its codec's):
+``proper_case_words`` writes the request header names upstream in Proper-Case
+(:func:`proper_case_head`), unless the listener has ``preserve_case``, whose names win
+(Envoy's request carries the listener's formatter); ``preserve_case`` changes no request
+name (a response's names already go downstream as the upstream wrote them, and the
+listener's ``proper_case_words`` is not applied to them: Envoy's response carries the
+cluster's formatter, which wins).
+
 The worker keeps one :class:`Http1Format` per listener that sets any of these (None
 otherwise), so a listener without them pays one ``is None`` per response.
 """
@@ -84,6 +92,12 @@ def _recase(head: bytes, rename: dict[bytes, bytes], proper_rest: bool) -> bytes
     return b"\r\n".join(lines) + head[end:]
 
 
+def proper_case_head(head: bytes) -> bytes:
+    """A request head (perhaps followed by body bytes) with every header name in
+    Proper-Case, as a cluster's ``proper_case_words`` codec writes it."""
+    return _recase(head, {}, True)
+
+
 class Http1Format:
     """One listener's :class:`~proxyd.epoch.Http1Options`, compiled for the worker."""
 
@@ -110,15 +124,18 @@ class Http1Format:
             return raw
         return _recase(raw, names, self.envoy_headers_proper_case)
 
-    def downstream_head(self, data: bytes, http10: bool, keep_alive: bool) -> bytes:
+    def downstream_head(
+        self, data: bytes, http10: bool, keep_alive: bool, proper: bool = True
+    ) -> bytes:
         """A response head (perhaps followed by body bytes) as written downstream: an
         ``HTTP/1.0`` status line for an HTTP/1.0 request, ``connection: keep-alive``
-        when such a request asked to keep the connection, names in Proper-Case."""
+        when such a request asked to keep the connection, names in Proper-Case (not
+        when ``proper`` is false: a response from a cluster with ``preserve_case``)."""
         if http10:
             data = b"HTTP/1.0" + data[8:]
             if keep_alive:
                 end = data.find(CRLF2) + 2
                 data = data[:end] + b"connection: keep-alive\r\n" + data[end:]
-        if self.proper_case_responses:
+        if self.proper_case_responses and proper:
             data = _recase(data, {}, True)
         return data

@@ -26,6 +26,8 @@ RETRY_RETRIABLE_4XX = 0x8
 RETRY_REFUSED_STREAM = 0x10
 RETRY_RETRIABLE_STATUS_CODES = 0x20
 RETRY_RESET = 0x40
+RETRY_RETRIABLE_HEADERS = 0x80
+RETRY_ENVOY_RATE_LIMITED = 0x100
 
 # The conditions proxyd implements, by their retry_on name.
 RETRY_ON = {
@@ -38,6 +40,10 @@ RETRY_ON = {
     "refused-stream": RETRY_REFUSED_STREAM,
     "retriable-status-codes": RETRY_RETRIABLE_STATUS_CODES,
     "reset": RETRY_RESET,
+    # Both read response headers (RetryingExchange: retriable_headers, and a response
+    # with x-envoy-ratelimited).
+    "retriable-headers": RETRY_RETRIABLE_HEADERS,
+    "envoy-ratelimited": RETRY_ENVOY_RATE_LIMITED,
 }
 
 # Envoy's other retry_on names: refused in configuration by name; ignored in a
@@ -45,8 +51,6 @@ RETRY_ON = {
 NOT_IMPLEMENTED = frozenset(
     {
         "reset-before-request",
-        "envoy-ratelimited",
-        "retriable-headers",
         "http3-post-connect-failure",
         "cancelled",
         "deadline-exceeded",

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxyd.epoch import HeaderMatch, QueryMatch, Route, RouteConfig, StringMatch, VirtualHost
+from proxyd.protocol.route_tree import RouteTree
 from proxyd.protocol.runtime import EMPTY, RANDOM, Snapshot
 
 # Host values repeat; after this many distinct ones the cache starts over.
@@ -52,6 +53,8 @@ _VHOST_CACHE_LIMIT = 1024
 # with a runtime_fraction; its third element is a _Guard with the path matcher.
 # _SEP, _SEP_NOCASE: path_separated_prefix.
 _PREFIX, _PREFIX_NOCASE, _PATH, _PATH_NOCASE, _REGEX, _GUARDED, _SEP, _SEP_NOCASE = range(8)
+# A virtual host with a matcher: its one entry holds the RouteTree (route_tree.py).
+_TREE = 8
 
 # Envoy lower-cases with absl::AsciiStrToLower: only A-Z change.
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
@@ -270,13 +273,34 @@ def headers_match(
 
 
 class _CompiledVirtualHost:
-    __slots__ = ("vhost", "routes")
+    __slots__ = ("vhost", "routes", "tree_inputs")
 
     def __init__(self, vhost: VirtualHost, runtime: Snapshot = EMPTY) -> None:
         self.vhost = vhost
-        self.routes: tuple[_CompiledRoute, ...] = tuple(
+        routes: tuple[_CompiledRoute, ...] = tuple(
             _compile_route(r, runtime, i) for i, r in enumerate(vhost.routes)
         )
+        self.tree_inputs: frozenset[str] = frozenset()
+        if vhost.matcher is not None:
+            # The tree picks the routes; the route list is only what it points into.
+            tree = RouteTree(vhost.matcher, _route_at(routes), compile_string_match)
+            self.tree_inputs = tree.inputs
+            needed = [t for r in routes for t in r[3]]
+            routes = ((_TREE, "", tree, tuple(needed), None),)  # type: ignore[assignment]
+        self.routes = routes
+
+
+def _route_at(
+    routes: tuple[_CompiledRoute, ...],
+) -> Callable[[int, str, str, str, dict[str, str]], Route | None]:
+    """The tree's check of the route it chose: the route's own match must hold."""
+
+    def route_at(
+        index: int, host: str, path: str, bare: str, headers: dict[str, str]
+    ) -> Route | None:
+        return _match_guarded(routes[index : index + 1], 0, host, path, bare, headers)
+
+    return route_at
 
 
 class RouteTable:
@@ -294,6 +318,7 @@ class RouteTable:
             cvh = _CompiledVirtualHost(vh, runtime)
             for _kind, _value, _rx, tests, _route in cvh.routes:
                 needed.update(t[0] for t in tests if t[0][0] != "?")
+            needed.update(cvh.tree_inputs)
             for raw in vh.domains:
                 domain = ascii_lower(raw)
                 if domain == "*":
@@ -394,6 +419,8 @@ class RouteTable:
             else:
                 if kind == _GUARDED:
                     return _match_guarded(cvh.routes, rx.index, host, path, bare, headers)
+                if kind == _TREE:
+                    return rx.match(host, path, bare, headers)
                 if kind == _SEP:
                     if not _separated(bare, value):
                         continue

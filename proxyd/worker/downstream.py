@@ -538,7 +538,15 @@ class DownstreamConnection:
             close = True
         r, service_ms = self._start_response(stream, r, service_ms, close, chunked)
         out = response_head(r, self.plan.server, service_ms, chunked, close, stream.response_added)
-        parts: list = [http1.downstream_head(out, http10, not close)]
+        # A cluster with preserve_case writes its responses' names (Envoy's response
+        # carries the cluster's formatter, which wins over the listener's format).
+        rp = stream.route_plan
+        preserved = (
+            rp is not None
+            and rp.cluster is not None
+            and rp.cluster.cluster.header_key_format == "preserve_case"
+        )
+        parts: list = [http1.downstream_head(out, http10, not close, proper=not preserved)]
         if first:
             self._frame(first, end_stream, parts)
         elif chunked and end_stream:

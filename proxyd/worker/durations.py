@@ -22,6 +22,19 @@ What Envoy 1.40 does on HTTP/1, and so proxyd (compared with real Envoy by
   milliseconds (removed when the route's ``0s`` switches the connection manager's off),
   and the route has no route ``timeout`` (Envoy 1.40 uses the message in its place:
   :func:`proxyd.worker.plan.route_timeout`).
+* **grpc_timeout_header_max** (with ``grpc_timeout_header_offset``) in the route's
+  message: a request with a valid ``grpc-timeout`` header (any content type) gets that
+  timeout in place of the stream limit, capped by the max (0: no cap), less the offset
+  (0 when the offset is not below it: the limit passes at once); a gRPC request's
+  ``grpc-timeout`` then says that timeout in milliseconds. Without a valid header the
+  route's limit applies as above; the offset alone changes nothing.
+* The deprecated **RouteAction.max_grpc_timeout** (with ``grpc_timeout_offset``), on a
+  route without the message: for a gRPC request the router's timeout (not the stream
+  limit: its expiry is the route timeout's 504 ``upstream request timeout``) is the
+  header's timeout (none without a valid header), less the offset when the offset is
+  below it, capped by the max (0: no cap; a request without a timeout gets the max);
+  upstream, ``grpc-timeout`` and ``x-envoy-expected-rq-timeout-ms`` say it. With no
+  timeout at all the route's ``timeout`` does not apply either (:class:`GrpcRouteTimeout`).
 
 A connection whose listener sets none of these has no :class:`ConnectionDurations`
 (its ``durations`` is None) and a route without the message has no
@@ -38,7 +51,7 @@ from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 
 if TYPE_CHECKING:
     from proxyd.worker.downstream import DownstreamConnection
-    from proxyd.worker.plan import ListenerPlan
+    from proxyd.worker.plan import ListenerPlan, RoutePlan
     from proxyd.worker.stream import Connection, Stream
 
 _CONNECTION = DeadlineKind.CONNECTION_DURATION
@@ -47,6 +60,37 @@ _STREAM = DeadlineKind.STREAM_DURATION
 
 # The largest number a grpc-timeout value may have (8 digits).
 _GRPC_MAX = 99_999_999
+# A grpc-timeout unit's length in milliseconds (u and n: rounded up).
+_GRPC_UNITS_MS = {"H": 3_600_000, "M": 60_000, "S": 1000, "m": 1}
+_GRPC_SUB_MS = {"u": 1000, "n": 1_000_000}
+_ABSL_SPACE = " \t\n\v\f\r"
+
+
+def grpc_timeout_ms(value: str) -> int | None:
+    """A ``grpc-timeout`` header's value in milliseconds, as Envoy's
+    ``Grpc::Common::getGrpcTimeout`` reads it (None: not a valid value). The number is
+    read by ``absl::SimpleAtoi`` (spaces around it and a sign allowed) and must be 0 to
+    99999999; the unit is the last character: H, M, S, m, u or n."""
+    if not value:
+        return None
+    unit = value[-1]
+    number = value[:-1].strip(_ABSL_SPACE)
+    if number[:1] in ("+", "-"):
+        sign, number = number[0], number[1:]
+    else:
+        sign = "+"
+    if not number or not number.isascii() or not number.isdigit():
+        return None
+    n = int(number)
+    if (sign == "-" and n) or n > _GRPC_MAX:
+        return None
+    per = _GRPC_UNITS_MS.get(unit)
+    if per is not None:
+        return n * per
+    sub = _GRPC_SUB_MS.get(unit)
+    if sub is None:
+        return None
+    return -(-n // sub)  # rounded up
 
 
 def grpc_timeout_value(ms: int) -> str:
@@ -73,30 +117,20 @@ def is_grpc(content_type: str) -> bool:
     )
 
 
-def route_matched(conn: Connection, stream: Stream, rd: RouteDuration) -> None:
-    """The stream's route has a max_stream_duration message: its limit replaces the
-    connection manager's, counted from the stream's start, and a gRPC request's
-    grpc-timeout says so. (A connection accepted under an epoch whose routes had no
-    limit has no deadline for one: it keeps that epoch's limits, as it keeps its
-    connection manager's; its responses close it, its listener having changed.)"""
-    d = conn.durations
-    if d is not None and d.limit is not None:
-        conn.timers.set_at(d.limit, _STREAM, d.started + rd.limit)
-    h = stream.head
-    if h is not None and is_grpc(h.headers.get("content-type", "")):
-        if rd.grpc_value:
-            stream.set_request_header("grpc-timeout", rd.grpc_value)
-        elif rd.remove_grpc:
-            stream.remove_request_header("grpc-timeout")
-
-
 class RouteDuration:
     """A route's ``max_stream_duration`` message, with its connection manager's value
-    (``hcm_s``, INF when none) already folded in: the stream's limit on this route."""
+    (``hcm_s``, INF when none) already folded in: the stream's limit on this route, and
+    what a ``grpc-timeout`` header makes of it (``header_max_ms`` None: nothing)."""
 
-    __slots__ = ("limit", "grpc_value", "remove_grpc")
+    __slots__ = ("limit", "grpc_value", "remove_grpc", "header_max_ms", "offset_ms")
 
-    def __init__(self, route_s: float | None, hcm_s: float) -> None:
+    def __init__(
+        self,
+        route_s: float | None,
+        hcm_s: float,
+        header_max_s: float | None = None,
+        offset_s: float = 0.0,
+    ) -> None:
         if route_s is None:
             limit = hcm_s
         else:
@@ -108,6 +142,73 @@ class RouteDuration:
         # Envoy drops a gRPC request's grpc-timeout when the route switches off a limit
         # the connection manager set (its timer exists then), and only then.
         self.remove_grpc = limit == INF and hcm_s != INF
+        self.header_max_ms = None if header_max_s is None else int(round(header_max_s * 1000))
+        self.offset_ms = int(round(offset_s * 1000))
+
+    def matched(self, conn: Connection, stream: Stream, rp: RoutePlan) -> RoutePlan:
+        """The stream's route has the message: its limit (or the grpc-timeout header's,
+        with grpc_timeout_header_max) replaces the connection manager's, counted from
+        the stream's start, and a gRPC request's grpc-timeout says so. (A connection
+        accepted under an epoch whose routes had no limit has no deadline for one: it
+        keeps that epoch's limits, as it keeps its connection manager's; its responses
+        close it, its listener having changed.)"""
+        h = stream.head
+        assert h is not None
+        limit = self.limit
+        grpc_value = self.grpc_value
+        if self.header_max_ms is not None:
+            ms = grpc_timeout_ms(h.headers.get("grpc-timeout", ""))
+            if ms is not None:  # Envoy's refreshDurationTimeout
+                cap = self.header_max_ms
+                if cap and ms > cap:
+                    ms = cap
+                if ms and self.offset_ms:
+                    ms = ms - self.offset_ms if self.offset_ms < ms else 0
+                limit = ms / 1000
+                grpc_value = grpc_timeout_value(ms)
+        d = conn.durations
+        if d is not None and d.limit is not None:
+            if limit > 0:
+                conn.timers.set_at(d.limit, _STREAM, d.started + limit)
+            else:  # no time left (Envoy's timer of 0 fires before the request moves on)
+                d.limit_passed_now(stream)
+        if is_grpc(h.headers.get("content-type", "")):
+            if grpc_value:
+                stream.set_request_header("grpc-timeout", grpc_value)
+            elif self.remove_grpc:
+                stream.remove_request_header("grpc-timeout")
+        return rp
+
+
+class GrpcRouteTimeout:
+    """The deprecated ``RouteAction.max_grpc_timeout`` / ``grpc_timeout_offset`` on a
+    route without ``max_stream_duration`` (Envoy's ``FilterUtility::finalTimeout``): a
+    gRPC request's router timeout comes from its grpc-timeout header."""
+
+    __slots__ = ("max_ms", "offset_ms", "_no_timeout")
+
+    def __init__(self, max_s: float, offset_s: float) -> None:
+        self.max_ms = int(round(max_s * 1000))
+        self.offset_ms = int(round(offset_s * 1000))
+        self._no_timeout: RoutePlan | None = None
+
+    def matched(self, conn: Connection, stream: Stream, rp: RoutePlan) -> RoutePlan:
+        """The plan the request runs with: the route's own unless it is gRPC."""
+        h = stream.head
+        assert h is not None
+        if not is_grpc(h.headers.get("content-type", "")):
+            return rp
+        ms = grpc_timeout_ms(h.headers.get("grpc-timeout", "")) or 0
+        if self.offset_ms and self.offset_ms < ms:
+            ms -= self.offset_ms
+        if self.max_ms and (ms == 0 or ms > self.max_ms):
+            ms = self.max_ms
+        if not ms:  # no timeout at all (not the route's either), no headers said
+            if self._no_timeout is None:
+                self._no_timeout = rp.with_timeout(0.0)
+            return self._no_timeout
+        stream.set_request_header("grpc-timeout", grpc_timeout_value(ms))
+        return rp.with_timeout(ms / 1000)
 
 
 class ConnectionDurations:
@@ -169,6 +270,15 @@ class ConnectionDurations:
         if limit is not None:
             self.conn.timers.clear(limit)
             self.started = INF
+
+    def limit_passed_now(self, stream: Stream) -> None:
+        """The current stream's limit is over already (a grpc-timeout with no time
+        left): counted, and the stream marked; the caller answers it
+        (``manager.duration_over``), as the deadline's firing would."""
+        assert self.limit is not None
+        self.conn.timers.clear(self.limit)
+        self.plan.http_stats.rq_max_duration_reached += 1
+        stream.timed_out = _STREAM
 
     def _limit_passed(self, d: Deadline) -> None:
         conn = self.conn

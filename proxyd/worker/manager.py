@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 
 from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
-from proxyd.worker import accesslog_plan, durations, mirror, router
+from proxyd.protocol.http1_options import proper_case_head
+from proxyd.worker import accesslog_plan, mirror, router
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
+from proxyd.worker.plan import ProperCaseExchange
 from proxyd.worker.retrying import header_retry_exchange
 from proxyd.worker.stream import Connection, DownstreamReset, ResponseFlag, Stream
 
@@ -81,8 +83,10 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
         rp = rp.pick(h.headers)
     stream.route_plan = rp
     stream.route_name = rp.name
-    if rp.duration is not None:  # RouteAction.max_stream_duration
-        durations.route_matched(conn, stream, rp.duration)
+    if rp.duration is not None:  # max_stream_duration, max_grpc_timeout (durations.py)
+        rp = stream.route_plan = rp.duration.matched(conn, stream, rp)
+        if stream.timed_out is not None:  # a grpc-timeout that left no time
+            return duration_over(stream)
     stream.upstream_cluster = rp.cluster_name
     if rp.filters or rp.cluster is None or rp.hash is not None:
         return _serve(stream, plan, conn, rp, rp.filters)
@@ -108,6 +112,8 @@ def _exchange(
         mirror.start(stream, plan, conn, rp, head)
     if h.envoy_headers and rp.header_retry is not None:
         # An internal request's x-envoy-retry-on on a route without a retry policy.
+        if isinstance(rp.exchange, ProperCaseExchange):  # the cluster's header names
+            head = proper_case_head(head)
         return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
     return rp.exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
 
@@ -231,6 +237,19 @@ async def finish_after_deadline(stream: Stream, plan: ListenerPlan, conn: Connec
             pass
     finish(stream, plan, conn)
     return keep
+
+
+async def duration_over(stream: Stream) -> bool:
+    """The stream's max_stream_duration was over when it was routed: answered as
+    :func:`finish_after_deadline` answers its deadline (the caller finishes it)."""
+    stream.details = DeadlineKind.STREAM_DURATION.value
+    status = 504 if stream.request_complete else 408
+    try:
+        await stream.sink.send_local_reply(status, "downstream duration timeout")
+    except DownstreamReset:
+        stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+        return False
+    return True
 
 
 def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:

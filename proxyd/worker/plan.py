@@ -9,6 +9,7 @@ swap never changes a request in flight.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -32,14 +33,14 @@ from proxyd.protocol.chain_match import ChainSelector
 from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
-from proxyd.protocol.http1_options import Http1Format
+from proxyd.protocol.http1_options import Http1Format, proper_case_head
 from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.chains import ChainChooser, chain_key
-from proxyd.worker.durations import RouteDuration
+from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
@@ -136,7 +137,7 @@ class RoutePlan:
         # The route's retry policy (proxyd.worker.retrying), and the router class that
         # forwards its requests: Exchange, or RetryingExchange with a policy.
         self.retry: RetryPlan | None = None
-        self.exchange: type[Exchange] = Exchange
+        self.exchange: Callable[..., Exchange] = Exchange
         # With internal_address_config, and no retry policy: the retry plan an internal
         # request's x-envoy-retry-on asks for (None: no such requests).
         self.header_retry: RetryPlan | None = None
@@ -145,8 +146,9 @@ class RoutePlan:
         self.pick: WeightedPick | HeaderPick | None = None
         # The answer when the cluster does not exist (cluster_not_found_response_code).
         self.not_found_status = 503
-        # RouteAction.max_stream_duration (None: the route has none; worker/durations.py).
-        self.duration: RouteDuration | None = None
+        # RouteAction.max_stream_duration, or the deprecated max_grpc_timeout (None: the
+        # route has neither; worker/durations.py): what a request on the route is timed by.
+        self.duration: RouteDuration | GrpcRouteTimeout | None = None
         # RouteAction.hash_policy when the cluster balances by hash (RING_HASH, MAGLEV):
         # the request's hash picks the host (None: a plain pick; manager.pick_host).
         self.hash: HashPlan | None = None
@@ -156,11 +158,41 @@ class RoutePlan:
         # connection manager's stream_idle_timeout (inf: none).
         self.stream_idle = stream_idle
 
+    def with_timeout(self, timeout_s: float) -> RoutePlan:
+        """This plan with another router timeout (a gRPC request's, from its
+        grpc-timeout header: GrpcRouteTimeout), x-envoy-expected-rq-timeout-ms with it."""
+        rp = copy.copy(self)
+        rp.timeout_s = timeout_s
+        if self.retry is not None:
+            rp.retry = retry = copy.copy(self.retry)
+            retry.timeout_s = timeout_s
+            if timeout_s and retry.per_try_s >= timeout_s:
+                retry.per_try_s = 0.0
+            ms = retry.expected_timeout_ms()
+        else:
+            ms = int(round(timeout_s * 1000))
+        rp.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
+        return rp
+
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
         self.exchange = RetryingExchange
         ms = plan.expected_timeout_ms()
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
+
+
+class ProperCaseExchange:
+    """``RoutePlan.exchange`` for a cluster whose codec writes request header names in
+    Proper-Case (``header_key_format.proper_case_words``): the head is rewritten once,
+    then the route's own exchange class runs (only such routes pay for it)."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange: Callable[..., Exchange]) -> None:
+        self.exchange = exchange
+
+    def __call__(self, stream: Any, plan: Any, rp: Any, host: Any, head: bytes, timers: Any) -> Exchange:  # fmt: skip
+        return self.exchange(stream, plan, rp, host, proper_case_head(head), timers)
 
 
 def route_timeout(r: Route) -> float:
@@ -269,6 +301,9 @@ class ListenerPlan:
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
+        # The listener's preserve_case formatter travels with the request and wins over
+        # a cluster's header_key_format.
+        preserve_case = hcm.http1 is not None and hcm.http1.header_key_format == "preserve_case"
         hcm_idle = hcm.stream_idle_timeout_s or math.inf
 
         def idle_of(r: Route) -> float:
@@ -307,13 +342,32 @@ class ListenerPlan:
             if r.hash_policy and rp.cluster is not None and rp.cluster.hashing is not None:
                 rp.hash = HashPlan(r.hash_policy)
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
-                rp.duration = RouteDuration(r.max_stream_duration_s, hcm_stream_s)
+                rp.duration = RouteDuration(
+                    r.max_stream_duration_s,
+                    hcm_stream_s,
+                    r.grpc_timeout_header_max_s,
+                    r.grpc_timeout_header_offset_s,
+                )
                 filter_headers.add("content-type")
+                if r.grpc_timeout_header_max_s is not None:
+                    filter_headers.add("grpc-timeout")
+            elif r.max_grpc_timeout_s is not None:  # deprecated: the router's timeout
+                rp.duration = GrpcRouteTimeout(r.max_grpc_timeout_s, r.grpc_timeout_offset_s)
+                filter_headers.update(("content-type", "grpc-timeout"))
             if r.retry is not None and rp.cluster_name:
                 rp.set_retry(r.retry)
                 retry_headers = True
+                assert rp.retry is not None
+                filter_headers.update(rp.retry.request_names())
+                filter_response.update(rp.retry.response_names())
             elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
+            if (
+                rp.cluster is not None
+                and rp.cluster.cluster.header_key_format == "proper_case_words"
+                and not preserve_case
+            ):  # the cluster's codec: request names in Proper-Case
+                rp.exchange = ProperCaseExchange(rp.exchange)
             if r.redirect is not None or r.direct_response is not None:
                 rp.local = LocalAction(r.match, r.redirect, r.direct_response)
             filter_levels: list[Any] = []

@@ -50,6 +50,7 @@ from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import DeadlineKind, Timers
 from proxyd.worker.downstream import DownstreamConnection
 from proxyd.worker.overload import COUNTED, FREE, REFUSED, WorkerOverload
+from proxyd.worker.peek import peek_pick
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
 from proxyd.worker.stats import StatsStore, note_unexpected
 from proxyd.worker.upstream import ClusterState
@@ -263,6 +264,20 @@ class Worker:
         if sock is not None:
             io.close(sock)
 
+    async def _send_peeked(self, msg: ipc.PeekPicks) -> None:
+        """proxyctl explain: the host each named cluster would pick next (nothing is
+        taken: proxyd.worker.peek)."""
+        compiled = self.compiled
+        picks: dict[str, str] = {}
+        if compiled is not None:
+            for name in msg.clusters:
+                cluster = compiled.clusters.get(name)
+                if cluster is not None:
+                    host = peek_pick(cluster)
+                    picks[name] = host.label if host is not None else ""
+        epoch = compiled.epoch.number if compiled is not None else 0
+        await self.channel.send(ipc.PicksPeeked(self.worker_id, msg.token, epoch, picks))
+
     async def _send_ready(self) -> None:
         assert self.compiled is not None
         await self.channel.send(ipc.Ready(self.worker_id, os.getpid(), self.compiled.epoch.number))
@@ -388,6 +403,8 @@ class Worker:
             elif isinstance(msg, ipc.OverloadActions):
                 self.overload.apply_actions(msg)
                 self.draining = self.drain_started or self.overload.disable_keepalive
+            elif isinstance(msg, ipc.PeekPicks):
+                await self._send_peeked(msg)
             elif isinstance(msg, ipc.Stop):
                 return
             else:

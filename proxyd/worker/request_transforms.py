@@ -151,7 +151,7 @@ class Transforms:
             if path != h.path:
                 _set_path(h, path)
         if self.strip and h.method != "CONNECT":
-            host = _strip_port(h.host, self.strip, conn)
+            host = strip_port(h.host, self.strip, conn)
             if host is not None:
                 _set_host(h, host)
         if self.user_agent is not None:
@@ -219,7 +219,7 @@ def _set_host(h: RequestHead, host: str) -> None:
     h.raw = raw[:start] + b"host: " + host.encode("latin-1") + raw[end:]
 
 
-def _strip_port(host: str, mode: str, conn: Connection) -> str | None:
+def strip_port(host: str, mode: str, conn: Connection) -> str | None:
     """``host`` without its port (Envoy's ``HeaderUtility::stripPortFromHost``), or None
     to leave it: no port, a port that is not a number, or (``matching``) a port other
     than the listener's."""

@@ -41,12 +41,16 @@ from proxyd.errors import ProtocolError
 from proxyd.protocol.http1 import ResponseHead
 from proxyd.protocol.priority import load_without
 from proxyd.protocol.retry import (
+    RETRY_ENVOY_RATE_LIMITED,
+    RETRY_RETRIABLE_HEADERS,
     Decision,
     JitteredBackOff,
     Reset,
     RetryState,
     parse_retry_on,
 )
+from proxyd.protocol.routing import compile_headers, headers_match
+from proxyd.protocol.runtime import RANDOM
 from proxyd.worker import io
 from proxyd.worker.deadlines import INF, DeadlineKind
 from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
@@ -117,6 +121,10 @@ class RetryPlan:
         "host_picks",
         "per_try_idle_s",
         "priority_update",
+        "response_tests",
+        "request_tests",
+        "reset_headers",
+        "reset_max_ms",
     )
 
     def __init__(self, policy: RetryPolicy, timeout_s: float) -> None:
@@ -139,6 +147,39 @@ class RetryPlan:
         self.host_picks = (
             1 + policy.host_selection_retry_max_attempts if policy.avoid_previous_hosts else 1
         )
+        # retriable_headers / retriable_request_headers: one test each (any may match).
+        self.response_tests = tuple((t,) for t in compile_headers(policy.retriable_headers))
+        self.request_tests = tuple((t,) for t in compile_headers(policy.retriable_request_headers))
+        # rate_limited_retry_back_off: (name, format) in order, and the longest wait.
+        self.reset_headers = policy.reset_headers
+        self.reset_max_ms = policy.reset_max_interval_ms
+
+    def response_names(self) -> set[str]:
+        """The response header names the policy reads (the parser collects them)."""
+        # (x-envoy-ratelimited also for an internal request's x-envoy-retry-on.)
+        names = {t[0][0] for t in self.response_tests} | {n for n, _ in self.reset_headers}
+        return names | {"x-envoy-ratelimited"}
+
+    def request_names(self) -> set[str]:
+        return {t[0][0] for t in self.request_tests}
+
+    def reset_interval_ms(self, headers: dict[str, str]) -> int:
+        """rate_limited_retry_back_off: the wait the first usable reset header names
+        (0: none; a value over max_interval is passed over, as Envoy does)."""
+        for name, fmt in self.reset_headers:
+            value = headers.get(name)
+            if value is None:
+                continue
+            value = value.split(",", 1)[0].strip()
+            if not value.isascii() or not value.isdigit():
+                continue
+            if fmt == "UNIX_TIMESTAMP":
+                ms = int((int(value) - time.time()) * 1000)
+            else:
+                ms = int(value) * 1000
+            if 0 < ms <= self.reset_max_ms:
+                return ms
+        return 0
 
     def state(self, headers: dict[str, str] | None = None) -> tuple[RetryState, float]:
         """A new request's retry state and per-try timeout (0: none), with an internal
@@ -203,7 +244,7 @@ class RetryingExchange(Exchange):
 
     __slots__ = (
         "rplan", "retry", "per_try_s", "attempts", "body_parts", "reused", "replayable", "tried",
-        "idle_scope", "attempted", "excluded",
+        "idle_scope", "attempted", "excluded", "reset_ms",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -215,6 +256,12 @@ class RetryingExchange(Exchange):
         assert h is not None
         headers = internal_retry_headers(h.raw, self.head) if h.envoy_headers else None
         self.retry, self.per_try_s = rplan.state(headers)
+        if rplan.request_tests and not any(
+            headers_match(t, h.headers, h.host, h.path) for t in rplan.request_tests
+        ):
+            self.retry.retry_on = 0  # retriable_request_headers: this one is never retried
+        # rate_limited_retry_back_off: the wait the response to retry asked for (0: none).
+        self.reset_ms = 0
         if self.per_try_s != rplan.per_try_s:
             # x-envoy-expected-rq-timeout-ms says the request's per-try timeout.
             ms = rplan.expected_timeout_ms(self.per_try_s)
@@ -334,8 +381,14 @@ class RetryingExchange(Exchange):
 
     async def _back_off(self) -> None:
         """Envoy's jittered back-off, then a host for the retry (the balancer's pick)."""
-        self.pool.stats.rq_retry_backoff_exponential += 1
-        await wait_back_off(self.retry)
+        reset_ms, self.reset_ms = self.reset_ms, 0
+        if reset_ms:
+            # rate_limited_retry_back_off: Envoy's jittered lower bound, [ms, 1.5 ms).
+            self.pool.stats.rq_retry_backoff_ratelimited += 1
+            await trio.sleep((reset_ms + RANDOM.randrange(max(reset_ms // 2, 1))) / 1000)
+        else:
+            self.pool.stats.rq_retry_backoff_exponential += 1
+            await wait_back_off(self.retry)
         cluster = self.rp.cluster
         assert cluster is not None
         picks = self.rplan.host_picks
@@ -516,7 +569,12 @@ class RetryingExchange(Exchange):
             self.conn = None
             self.host.outcomes.reset()
             raise _AttemptFailed(Reset.CONNECTION_TERMINATION)
+        on = self.retry.retry_on
         would = self.retry.would_retry_status(r.status, _overloaded(r))
+        if not would and on & _BY_HEADERS and not _overloaded(r):
+            would = self._retriable_by_headers(r, on)
+        if would and self.rplan.reset_headers:
+            self.reset_ms = self.rplan.reset_interval_ms(r.headers)
         if self.retrying:
             self.retrying = False
             pool.retry_done(success=not would)
@@ -528,6 +586,15 @@ class RetryingExchange(Exchange):
             self.conn = None
             raise _Retry()
         return await self._relay(conn, r)
+
+    def _retriable_by_headers(self, r: ResponseHead, on: int) -> bool:
+        """retry_on envoy-ratelimited (the response says x-envoy-ratelimited) and
+        retriable-headers (it matches one of retriable_headers)."""
+        if on & RETRY_ENVOY_RATE_LIMITED and "x-envoy-ratelimited" in r.headers:
+            return True
+        return bool(on & RETRY_RETRIABLE_HEADERS) and any(
+            headers_match(t, r.headers, "", "") for t in self.rplan.response_tests
+        )
 
     def _expected_timeout_now(self, head: bytes) -> bytes:
         """A retry's x-envoy-expected-rq-timeout-ms: the per-try timeout or what is left
@@ -567,6 +634,9 @@ class RetryingExchange(Exchange):
         # Over the limit: no retry (the upstream gets what was read, then the rest).
         self.pool.stats.retry_or_shadow_abandoned += 1
         self.replayable = False
+
+
+_BY_HEADERS = RETRY_RETRIABLE_HEADERS | RETRY_ENVOY_RATE_LIMITED
 
 
 class _Retry(Exception):

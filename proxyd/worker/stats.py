@@ -96,6 +96,7 @@ class ClusterStats(_Scope):
         "rq_retry_overflow",
         "rq_retry_limit_exceeded",
         "rq_retry_backoff_exponential",
+        "rq_retry_backoff_ratelimited",
         "rq_per_try_timeout",
         "rq_per_try_idle_timeout",
         "retry_or_shadow_abandoned",
@@ -125,6 +126,7 @@ class ClusterStats(_Scope):
         # Route retry policies (proxyd.worker.retrying).
         ("rq_retry_limit_exceeded", "upstream_rq_retry_limit_exceeded"),
         ("rq_retry_backoff_exponential", "upstream_rq_retry_backoff_exponential"),
+        ("rq_retry_backoff_ratelimited", "upstream_rq_retry_backoff_ratelimited"),
         ("rq_per_try_timeout", "upstream_rq_per_try_timeout"),
         ("rq_per_try_idle_timeout", "upstream_rq_per_try_idle_timeout"),
         ("retry_or_shadow_abandoned", "retry_or_shadow_abandoned"),
@@ -155,6 +157,7 @@ class ClusterStats(_Scope):
     rq_retry_overflow: int
     rq_retry_limit_exceeded: int
     rq_retry_backoff_exponential: int
+    rq_retry_backoff_ratelimited: int
     rq_per_try_timeout: int
     rq_per_try_idle_timeout: int
     retry_or_shadow_abandoned: int

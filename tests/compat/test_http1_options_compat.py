@@ -2,8 +2,8 @@
 
 One bootstrap holds one listener per scenario (:data:`SCENARIOS`: ``accept_http_10``,
 ``default_host_for_http_10``, ``header_key_format`` with ``proper_case_words`` or the
-``preserve_case`` stateful formatter), each routing to the same
-:class:`~tests.compat.hcm_wire.EchoUpstream`. Envoy, then proxyd, run it; every case
+``preserve_case`` stateful formatter, and a cluster's ``header_key_format``: CLUSTERS),
+each routing to the same :class:`~tests.compat.hcm_wire.EchoUpstream`. Envoy, then proxyd, run it; every case
 (raw request bytes, tagged with ``x-case``) is played on each scenario's listener on a
 fresh connection. What the client got (the status line, every header line as written,
 letter case included, the body, whether the connection stayed open for a second
@@ -52,6 +52,36 @@ def preserve(**fields: Any) -> dict[str, Any]:
     }
 
 
+def upstream_http(http1: dict[str, Any]) -> dict[str, Any]:
+    """A cluster's typed HttpProtocolOptions with these HTTP/1 options."""
+    return {
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": http1},
+            }
+        }
+    }
+
+
+# Clusters (all to the same upstream) by name: what each adds to a static cluster.
+CLUSTERS: dict[str, dict[str, Any]] = {
+    "echo": {},
+    "echo_proper": upstream_http(PROPER),
+    "echo_proper_legacy": {"http_protocol_options": PROPER},  # deprecated field
+    "echo_preserve": upstream_http(preserve(forward_reason_phrase=True)),
+}
+# The cluster a scenario routes to ("echo" when not named here).
+CLUSTER_OF = {
+    "c_proper": "echo_proper",
+    "c_proper_legacy": "echo_proper_legacy",
+    "l_preserve_c_proper": "echo_proper",
+    "l_proper_c_proper": "echo_proper",
+    "c_preserve": "echo_preserve",
+    "l_proper_c_preserve": "echo_preserve",
+}
+
 H10 = {"accept_http_10": True}
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -73,6 +103,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             **preserve(formatter_type_on_envoy_headers="PROPER_CASE"),
         }
     },
+    # The cluster's header_key_format (CLUSTER_OF): how request names go upstream.
+    "c_proper": {},
+    "c_proper_legacy": {"http_protocol_options": H10},
+    "l_preserve_c_proper": {"http_protocol_options": preserve()},
+    "l_proper_c_proper": {"http_protocol_options": PROPER},
+    "c_preserve": {},
+    "l_proper_c_preserve": {"http_protocol_options": PROPER},
 }
 
 # (name, request template, play it twice on one connection): {case} is the case id.
@@ -121,12 +158,25 @@ CASES: list[tuple[str, str, bool]] = [
 ]  # fmt: skip
 
 
+# Cases only some scenarios play: an upstream's mixed-case response names go downstream
+# as written with the cluster's preserve_case (Envoy lower-cases them otherwise, proxyd
+# does not: docs, Known differences).
+UP_MIXED = [
+    ("up_mixed", "GET / HTTP/1.1\r\nHost: example.com\r\nX-Case: {case}\r\n"
+     "x-up-reply: X-Up-One=1;x-Up_TWO=2\r\n\r\n", False),
+]  # fmt: skip
+EXTRA_CASES: dict[str, list[tuple[str, str, bool]]] = {
+    "c_preserve": UP_MIXED,
+    "l_proper_c_preserve": UP_MIXED,
+}
+
+
 def cases() -> list[tuple[str, str, str, bool]]:
     """(scenario, case id, request, twice)."""
     return [
         (scenario, f"{scenario}:{name}", template.replace("{case}", f"{scenario}:{name}"), twice)
         for scenario in SCENARIOS
-        for name, template, twice in CASES
+        for name, template, twice in CASES + EXTRA_CASES.get(scenario, [])
     ]
 
 
@@ -139,7 +189,12 @@ def bootstrap(admin: int, ports: dict[str, int], upstream: int) -> str:
                 {
                     "name": "all",
                     "domains": ["example.com"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": CLUSTER_OF.get(name, "echo")},
+                        }
+                    ],
                 }
             ],
         }
@@ -148,7 +203,9 @@ def bootstrap(admin: int, ports: dict[str, int], upstream: int) -> str:
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": listeners,
-            "clusters": [static_cluster("echo", [upstream])],
+            "clusters": [
+                {**static_cluster(name, [upstream]), **extra} for name, extra in CLUSTERS.items()
+            ],
         },
     }
     return yaml.safe_dump(boot, sort_keys=False)

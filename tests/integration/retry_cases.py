@@ -55,6 +55,25 @@ ROUTES = "".join(
         ),
         _route("overflow", "retry_on: 5xx, num_retries: 3", cluster="tight"),
         _route("mixed", "retry_on: 'connect-failure,retriable-4xx,gateway-error', num_retries: 4"),
+        _route(
+            "hdrs",
+            "retry_on: retriable-headers, num_retries: 2, "
+            "retriable_headers: [{name: x-retry, string_match: {exact: 'yes'}}, "
+            "{name: x-also, present_match: true}]",
+        ),
+        _route(
+            "reqhdrs",
+            "retry_on: 5xx, num_retries: 2, "
+            "retriable_request_headers: [{name: x-allow-retry, present_match: true}]",
+        ),
+        _route("ratelimited", "retry_on: envoy-ratelimited, num_retries: 2"),
+        _route(
+            "rlbackoff",
+            "retry_on: 5xx, num_retries: 2, rate_limited_retry_back_off: {reset_headers: "
+            "[{name: retry-after}, {name: x-reset, format: UNIX_TIMESTAMP}], max_interval: 2s}",
+            # (no route timeout: x-envoy-expected-rq-timeout-ms would carry the jitter)
+            extra=", timeout: 0s",
+        ),
     ]
 )
 
@@ -178,6 +197,21 @@ CASES = [
     # The cluster's max_retries is 0: the retry overflows, the client gets the 503.
     Case("breaker-overflow", "overflow", "503,200", 503, 1),
     Case("mixed-409-503", "mixed", "409,503,500", 500, 3),
+    # retriable-headers: any response whose headers match one of retriable_headers.
+    Case("hdrs-then-ok", "hdrs", "503+x-retry=yes,200", 200, 2),
+    Case("hdrs-present", "hdrs", "404+x-also=1,200", 200, 2),
+    Case("hdrs-no-match", "hdrs", "503+x-retry=no", 503, 1),
+    Case("hdrs-on-a-200", "hdrs", "200+x-retry=yes,200", 200, 2),
+    Case("hdrs-limit", "hdrs", "500+x-retry=yes", 500, 3),
+    # retriable_request_headers: a request matching none is never retried.
+    Case("reqhdrs-allowed", "reqhdrs", "503,200", 200, 2, headers=(("x-allow-retry", "1"),)),
+    Case("reqhdrs-not-allowed", "reqhdrs", "503,200", 503, 1),
+    Case("ratelimited-then-ok", "ratelimited", "429+x-envoy-ratelimited=true,200", 200, 2),
+    Case("ratelimited-no-header", "ratelimited", "429,200", 429, 1),
+    # rate_limited_retry_back_off: a reset header within max_interval sets the wait (a
+    # second here); one over it, or not a number, is passed over (the usual back-off).
+    Case("ratelimit-reset-1s", "rlbackoff", "503+retry-after=1,200", 200, 2),
+    Case("ratelimit-reset-too-long", "rlbackoff", "503+retry-after=9,503+x-reset=abc,200", 200, 3),
     # Envoy 1.40 acts on a request's x-envoy-retry-on, x-envoy-max-retries and
     # x-envoy-upstream-rq-per-try-timeout-ms only when the request is internal, which
     # takes an internal_address_config: on these listeners it ignores them (and so
@@ -290,6 +324,8 @@ RETRY_STATS = (
     "upstream_rq_per_try_timeout",
     "upstream_rq_total",
     "retry_or_shadow_abandoned",
+    "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_backoff_ratelimited",
 )
 
 

@@ -4,7 +4,8 @@ A request carries ``x-script: 503,reset,200`` and a ``x-key``: the n-th request 
 server sees for that key does the n-th step of the script (the last step repeats):
 
 * a status (``200``, ``409``, ``503``, ...): answered with that status and a short body
-  (``x-attempt: n`` tells the client which attempt answered);
+  (``x-attempt: n`` tells the client which attempt answered); ``503+name=value`` adds
+  response headers (``+`` between them);
 * ``reset``: the connection is closed without a response;
 * ``hang``: nothing is sent until the peer closes the connection (a per-try timeout),
   or 10 s pass.
@@ -54,8 +55,12 @@ class _Scripted(BaseHTTPRequestHandler):
             select.select([self.connection], [], [], 10.0)
             return
         out = b"attempt %d\n" % n
-        self.send_response(int(step))
+        status, *extra = step.split("+")
+        self.send_response(int(status))
         self.send_header("x-attempt", str(n))
+        for pair in extra:  # "503+retry-after=1": response headers with the status
+            name, _, value = pair.partition("=")
+            self.send_header(name, value)
         self.send_header("content-length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)

@@ -96,6 +96,7 @@ def test_retry_stats_count(setup: Setup) -> None:
         "svc.upstream_rq_retry_success": 1,
         "svc.upstream_rq_retry_limit_exceeded": 1,
         "svc.upstream_rq_total": 6,
+        "svc.upstream_rq_retry_backoff_exponential": 4,
     }
     try:
         wait_for(lambda: delta() == want, timeout=5)

@@ -260,6 +260,37 @@ def test_cluster_http_options_mean_http_protocol_options() -> None:
     assert loaded.bootstrap_json["static_resources"]["clusters"][0]["http_protocol_options"] == {}
 
 
+def test_cluster_header_key_format() -> None:
+    d = base()
+    cluster(d)["http_protocol_options"] = {"header_key_format": {"proper_case_words": {}}}
+    assert load(d).epoch_template.clusters[0].header_key_format == "proper_case_words"
+    del cluster(d)["http_protocol_options"]
+    preserve = {
+        "name": "preserve_case",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.header_formatters."
+            "preserve_case.v3.PreserveCaseFormatterConfig",
+            "forward_reason_phrase": True,
+        },
+    }
+    typed = {
+        "@type": f"type.googleapis.com/{UPSTREAM_HTTP}",
+        "explicit_http_config": {
+            "http_protocol_options": {"header_key_format": {"stateful_formatter": preserve}}
+        },
+    }
+    cluster(d)["typed_extension_protocol_options"] = {UPSTREAM_HTTP: typed}
+    assert load(d).epoch_template.clusters[0].header_key_format == "preserve_case"
+    preserve["typed_config"]["formatter_type_on_envoy_headers"] = "PROPER_CASE"
+    assert reject(d).path.endswith(
+        "stateful_formatter.typed_config.formatter_type_on_envoy_headers"
+    )
+    typed["explicit_http_config"] = {"http_protocol_options": {"header_key_format": {}}}
+    assert "one of its fields is required" in reject(d).reason  # as Envoy's PGV rule
+    typed["explicit_http_config"] = {"http_protocol_options": {}}
+    assert load(d).epoch_template.clusters[0].header_key_format == ""
+
+
 def test_cluster_http2_options_make_an_http2_cluster() -> None:
     d = base()
     cluster(d)["http2_protocol_options"] = {}
@@ -414,10 +445,19 @@ def test_header_value_append_means_append_action() -> None:
     assert "Both append and append_action" in err.reason
 
 
-def test_route_fields_without_an_implemented_replacement() -> None:
+def test_deprecated_grpc_timeouts_keep_their_meaning_unless_max_stream_duration() -> None:
     d = base()
     route(d)["route"]["max_grpc_timeout"] = "10s"
-    assert reject(d).path == f"{HCM}.route_config.virtual_hosts[0].routes[0].route.max_grpc_timeout"  # noqa: E501
+    route(d)["route"]["grpc_timeout_offset"] = "0.1s"
+    r = compile_bootstrap(d, "f.yaml").epoch_template.listeners[0].hcm.route_config
+    action = r.virtual_hosts[0].routes[0]
+    assert (action.max_grpc_timeout_s, action.grpc_timeout_offset_s) == (10.0, 0.1)
+    assert action.grpc_timeout_header_max_s is None and not action.stream_duration_set
+    route(d)["route"]["max_stream_duration"] = {"grpc_timeout_header_max": "2s"}
+    r = compile_bootstrap(d, "f.yaml").epoch_template.listeners[0].hcm.route_config
+    action = r.virtual_hosts[0].routes[0]
+    assert action.max_grpc_timeout_s is None  # unused by Envoy then
+    assert action.grpc_timeout_header_max_s == 2.0
 
 
 def test_deprecations_are_logged_with_field_and_replacement() -> None:
@@ -550,8 +590,9 @@ def test_errors_in_a_single_value_name_it_as_the_file_has_it() -> None:
     vhosts[0]["routes"] = {"match": {"prefix": "/"}, "route": {"cluster": "nowhere"}}
     assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.cluster"
     vhosts[0]["routes"] = {"match": {"prefix": "/", "headers": {"name": "x", "exact_match": "y"}}}
-    vhosts[0]["routes"]["route"] = {"cluster": "web", "max_grpc_timeout": "1s"}
-    assert reject(d).path == f"{HCM}.route_config.virtual_hosts.routes.route.max_grpc_timeout"
+    vhosts[0]["routes"]["route"] = {"cluster": "web", "internal_redirect_policy": {}}
+    where = f"{HCM}.route_config.virtual_hosts.routes.route"
+    assert reject(d).path == f"{where}.internal_redirect_policy"
     wrapped = {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct", "type_url": HCM_T}
     wrapped["value"] = {"stat_prefix": "s", "http_filters": {"name": "x"}, "route_config": {}}
     hcm(d).clear()

@@ -14,10 +14,11 @@ import trio.testing
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind, Timers
 from proxyd.worker.durations import (
     ConnectionDurations,
+    GrpcRouteTimeout,
     RouteDuration,
+    grpc_timeout_ms,
     grpc_timeout_value,
     is_grpc,
-    route_matched,
 )
 from proxyd.worker.stream import Stream
 
@@ -143,8 +144,10 @@ def test_an_ended_stream_leaves_nothing_armed() -> None:
     scenario(body)
 
 
-def _stream(content_type: str | None) -> Stream:
+def _stream(content_type: str | None, grpc_timeout: str | None = None) -> Stream:
     headers = {"content-type": content_type} if content_type is not None else {}
+    if grpc_timeout is not None:
+        headers["grpc-timeout"] = grpc_timeout
     head = SimpleNamespace(headers=headers, remove=[], has_body=False)
     return Stream(head, None)  # type: ignore[arg-type]
 
@@ -168,7 +171,7 @@ def test_route_limit(route_s: float | None, hcm_s: float, fires_at: float | None
         conn.stream = stream
         conn.idle = False
         d.stream_started()
-        route_matched(conn, stream, RouteDuration(route_s, hcm_s))
+        RouteDuration(route_s, hcm_s).matched(conn, stream, None)  # type: ignore[arg-type]
         await trio.sleep(10)
         if fires_at is None:
             assert conn.ended == []
@@ -200,7 +203,7 @@ def test_grpc_timeout_only_for_grpc_requests() -> None:
         ]:
             stream = _stream(ct)
             d.stream_started()
-            route_matched(conn, stream, RouteDuration(1.0, INF))
+            RouteDuration(1.0, INF).matched(conn, stream, None)  # type: ignore[arg-type]
             assert bool(stream.request_added) is edited, ct
             d.stream_ended()
 
@@ -224,8 +227,115 @@ def test_a_connection_without_durations_still_gets_the_grpc_timeout() -> None:
     async def body(timers: Timers, t0: float) -> None:
         conn = FakeConnection(timers)
         stream = _stream("application/grpc")
-        route_matched(conn, stream, RouteDuration(0.25, INF))  # type: ignore[arg-type]
+        RouteDuration(0.25, INF).matched(conn, stream, None)  # type: ignore[arg-type]  # type: ignore[arg-type]
         assert stream.request_added == [b"grpc-timeout: 250m\r\n"]
         assert timers.statistics()["armed"] == 0
 
     scenario(body)
+
+
+# -- grpc-timeout headers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [
+        ("200m", 200), ("1S", 1000), ("2M", 120_000), ("1H", 3_600_000), ("0m", 0),
+        ("1500u", 2), ("1n", 1), ("0n", 0), ("99999999n", 100), ("+5m", 5), (" 5m", 5),
+        ("5 m", 5), ("\t5m", 5), ("05m", 5), ("99999999m", 99_999_999),
+        ("100000000m", None), ("-1m", None), ("-0m", 0), ("5", None), ("m", None),
+        ("", None), ("1.5S", None), ("5mm", None), ("1x", None), ("1 5m", None),
+        ("\u0665m", None),
+    ],
+)  # fmt: skip
+def test_grpc_timeout_header_is_read_as_envoy_reads_it(value: str, ms: int | None) -> None:
+    assert grpc_timeout_ms(value) == ms
+
+
+@pytest.mark.parametrize(
+    ("header", "route_s", "cap_s", "offset_s", "fires_at", "written"),
+    [
+        ("200m", None, 0.3, 0.0, 0.2, "200m"),  # under the cap
+        ("1S", None, 0.3, 0.0, 0.3, "300m"),  # capped
+        ("1S", None, 0.0, 0.0, 1.0, "1000m"),  # 0: no cap
+        ("1S", None, 0.3, 0.1, 0.2, "200m"),  # capped, then the offset
+        ("1S", 2.0, 0.3, 0.0, 0.3, "300m"),  # replaces the route's own limit
+        (None, 2.0, 0.3, 0.0, 2.0, "2000m"),  # no header: the route's limit
+        ("bad", None, 0.3, 0.0, None, None),  # not a timeout: as without one
+        ("50m", None, 0.3, 0.1, 0.0, None),  # the offset leaves nothing: over at once
+        ("0m", None, 0.3, 0.0, 0.0, None),
+    ],
+)
+def test_grpc_timeout_header_max(
+    header: str | None,
+    route_s: float | None,
+    cap_s: float,
+    offset_s: float,
+    fires_at: float | None,
+    written: str | None,
+) -> None:
+    async def body(timers: Timers, t0: float) -> None:
+        conn = FakeConnection(timers)
+        d = conn.durations = ConnectionDurations(conn, plan(route_limits=True))  # type: ignore[arg-type]
+        stream = _stream("application/grpc", header)
+        conn.stream = stream
+        conn.idle = False
+        d.stream_started()
+        rd = RouteDuration(route_s, INF, cap_s, offset_s)
+        assert rd.matched(conn, stream, "plan") == "plan"  # type: ignore[arg-type]
+        await trio.sleep(10)
+        if fires_at == 0.0:  # marked for the manager to answer, nothing armed
+            assert stream.timed_out is DeadlineKind.STREAM_DURATION and conn.ended == []
+            assert d.plan.http_stats.rq_max_duration_reached == 1
+        elif fires_at is None:
+            assert conn.ended == []
+        else:
+            assert conn.ended == [(t0 + fires_at, DeadlineKind.STREAM_DURATION)]
+        added = stream.request_added or []
+        if written is not None:
+            assert added == [b"grpc-timeout: %s\r\n" % written.encode()]
+        elif fires_at is None:
+            assert added == []
+
+    scenario(body)
+
+
+class _Plan:
+    """What GrpcRouteTimeout asks of a RoutePlan."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    def with_timeout(self, timeout_s: float) -> _Plan:
+        return _Plan(timeout_s)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "header", "max_s", "offset_s", "timeout_s", "written"),
+    [
+        ("application/grpc", "200m", 0.3, 0.0, 0.2, "200m"),
+        ("application/grpc", "1S", 0.3, 0.0, 0.3, "300m"),  # capped
+        ("application/grpc", None, 0.3, 0.0, 0.3, "300m"),  # none: the max
+        ("application/grpc", "bad", 0.3, 0.0, 0.3, "300m"),
+        ("application/grpc", "200m", 0.3, 0.1, 0.1, "100m"),  # the offset
+        ("application/grpc", "50m", 0.3, 0.1, 0.05, "50m"),  # an offset not below: unused
+        ("application/grpc", "1S", 0.0, 0.0, 1.0, "1000m"),  # 0: no cap
+        ("application/grpc", None, 0.0, 0.0, 0.0, None),  # no timeout at all
+        ("application/grpc", "0m", 0.0, 0.0, 0.0, None),
+        ("application/json", "200m", 0.3, 0.0, 15.0, None),  # not gRPC: the route's
+    ],
+)
+def test_deprecated_max_grpc_timeout_sets_the_router_timeout(
+    content_type: str,
+    header: str | None,
+    max_s: float,
+    offset_s: float,
+    timeout_s: float,
+    written: str | None,
+) -> None:
+    stream = _stream(content_type, header)
+    route = _Plan(15.0)
+    rp = GrpcRouteTimeout(max_s, offset_s).matched(None, stream, route)  # type: ignore[arg-type]
+    assert rp.timeout_s == timeout_s
+    added = stream.request_added or []
+    assert added == ([b"grpc-timeout: %s\r\n" % written.encode()] if written else [])

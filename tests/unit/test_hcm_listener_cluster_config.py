@@ -149,9 +149,10 @@ def test_durations_compile() -> None:
     route["max_stream_duration"] = {}
     r = compiled(d).listeners[0].hcm.route_config.virtual_hosts[0].routes[0]
     assert r.stream_duration_set and r.max_stream_duration_s is None
-    route["max_stream_duration"] = {"grpc_timeout_header_max": "1s"}
-    err = reject(d)
-    assert err.path.endswith("route.max_stream_duration.grpc_timeout_header_max")
+    route["max_stream_duration"] = {"grpc_timeout_header_max": "1s", "grpc_timeout_header_offset": "0.2s"}  # fmt: skip
+    r = compiled(d).listeners[0].hcm.route_config.virtual_hosts[0].routes[0]
+    assert (r.grpc_timeout_header_max_s, r.grpc_timeout_header_offset_s) == (1.0, 0.2)
+    assert r.max_stream_duration_s is None
 
 
 def test_listener_socket_settings() -> None:

@@ -38,8 +38,25 @@ def test_epoch_refused_is_appended_and_older_tags_are_unchanged() -> None:
 
 
 def test_overload_and_heartbeat_messages_are_appended_and_round_trip() -> None:
-    assert ipc.MESSAGES[-2:] == (ipc.OverloadActions, ipc.Heartbeat)
+    assert ipc.MESSAGES[20:22] == (ipc.OverloadActions, ipc.Heartbeat)
     msgs = [ipc.OverloadActions(True, False, True), ipc.Heartbeat(1), ipc.OverloadActions()]
+    data = b"".join(_frames(m) for m in msgs)
+    one = ipc.FrameDecoder()
+    got = []
+    for i in range(len(data)):
+        one.feed(data[i : i + 1])
+        while (m := one.next_message()) is not None:
+            got.append(m)
+    assert got == msgs
+
+
+def test_explain_peek_messages_are_appended_and_round_trip() -> None:
+    assert ipc.MESSAGES[22:] == (ipc.PeekPicks, ipc.PicksPeeked)
+    msgs = [
+        ipc.PeekPicks(7, ("web", "api")),
+        ipc.PicksPeeked(1, 7, 12, {"web": "127.0.0.1:9001", "api": ""}),
+        ipc.PicksPeeked(0, 8, 12),
+    ]
     data = b"".join(_frames(m) for m in msgs)
     one = ipc.FrameDecoder()
     got = []

@@ -278,7 +278,7 @@ def test_unknown_names_are_ignored_as_envoy_does() -> None:
     assert r.retry is not None and parse_retry_on(r.retry.retry_on)[0] == RETRY_5XX
 
 
-@pytest.mark.parametrize("name", ["retriable-headers", "envoy-ratelimited", "reset-before-request"])
+@pytest.mark.parametrize("name", ["reset-before-request", "unavailable"])
 def test_unimplemented_conditions_are_refused_by_name(name: str) -> None:
     err = reject([route(retry_policy={"retry_on": f"5xx,{name}"})])
     assert err.path == f"{VH_PATH}.routes[0].route.retry_policy.retry_on"
@@ -399,3 +399,47 @@ def test_load_without_the_attempted_levels() -> None:
     # Partial health: P1 at 70 % (140 * 1 // 2), the rest to P2.
     assert load_without([(2, 2), (1, 2), (1, 1)], frozenset({0})) == (0, 70, 30)
     assert load_without([(1, 4), (1, 4), (1, 3)], frozenset({0})) == (0, 44, 56)
+
+
+def test_header_conditions_and_rate_limited_back_off_compile() -> None:
+    policy = {
+        "retry_on": "retriable-headers,envoy-ratelimited",
+        "retriable_headers": [{"name": "X-Retry", "string_match": {"exact": "yes"}}],
+        "retriable_request_headers": [{"name": "x-allow", "present_match": True}],
+        "rate_limited_retry_back_off": {
+            "reset_headers": [
+                {"name": "Retry-After"},
+                {"name": "x-reset", "format": "UNIX_TIMESTAMP"},
+            ],
+            "max_interval": "3s",
+        },
+    }
+    (r,) = routes_of([route(retry_policy=policy)])
+    assert r.retry is not None
+    assert [h.name for h in r.retry.retriable_headers] == ["x-retry"]
+    assert [h.name for h in r.retry.retriable_request_headers] == ["x-allow"]
+    assert r.retry.reset_headers == (("retry-after", "SECONDS"), ("x-reset", "UNIX_TIMESTAMP"))
+    assert r.retry.reset_max_interval_ms == 3000
+
+
+def test_reset_interval_takes_the_first_usable_header() -> None:
+    import time
+
+    from proxyd.epoch import RetryPolicy
+    from proxyd.worker.retrying import RetryPlan
+
+    plan = RetryPlan(
+        RetryPolicy(
+            retry_on="5xx",
+            reset_headers=(("retry-after", "SECONDS"), ("x-reset", "UNIX_TIMESTAMP")),
+            reset_max_interval_ms=10_000,
+        ),
+        15.0,
+    )
+    assert plan.reset_interval_ms({"retry-after": "2"}) == 2000
+    # Over max_interval, or not a number: passed over for the next header.
+    soon = str(int(time.time()) + 5)
+    assert 3000 <= plan.reset_interval_ms({"retry-after": "60", "x-reset": soon}) <= 5000
+    assert plan.reset_interval_ms({"retry-after": "soon"}) == 0
+    assert plan.reset_interval_ms({"x-reset": str(int(time.time()) - 5)}) == 0
+    assert plan.reset_interval_ms({}) == 0

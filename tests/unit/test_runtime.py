@@ -107,15 +107,6 @@ def test_duplicate_layer_names_and_two_admin_layers_are_refused() -> None:
     assert "at most one may be specified" in err.reason
 
 
-def test_rtds_layer_is_refused_by_name() -> None:
-    data = bootstrap(layered_runtime={"layers": [{"name": "r", "rtds_layer": {"name": "rt"}}]})
-    err = refused(data)
-    assert (err.path, err.reason) == (
-        "layered_runtime.layers[0].rtds_layer",
-        "field not supported by proxyd",
-    )
-
-
 def test_a_layer_needs_a_name() -> None:
     err = refused(bootstrap(layered_runtime={"layers": [{"static_layer": {}}]}))
     assert err.path == "layered_runtime.layers[0].name"

@@ -2,7 +2,8 @@
 
 The bootstrap's ``dynamic_resources`` name where listeners (LDS) and clusters (CDS)
 come from; the resources name where their route configurations (RDS) and endpoints
-(EDS) come from. :class:`XdsClient` keeps one :class:`~proxyd.master.xds.sources.Subscription`
+(EDS) come from; each ``layered_runtime`` rtds_layer names where its Runtime resource
+(RTDS) comes from. :class:`XdsClient` keeps one :class:`~proxyd.master.xds.sources.Subscription`
 per resource type and source, asks each for the names currently needed (RDS and EDS
 interest follows the listeners and clusters in place and warming), and runs it over
 its transport (``sources``): a watched file, REST polling, a gRPC stream per type, or
@@ -16,7 +17,7 @@ and composes a new epoch template (``compose``); it publishes when the result di
 
 Stats, with Envoy's names and scopes: ``cluster_manager.cds.``, ``listener_manager.lds.``,
 ``http.<stat_prefix>.rds.<route config>.`` (each listener using it) and
-``cluster.<cluster>.`` (EDS), each with update_attempt, update_success,
+``cluster.<cluster>.`` (EDS), ``runtime.`` (RTDS, every layer), each with update_attempt, update_success,
 update_rejected, update_failure, the version_text readout and the update_time gauge;
 ``control_plane.connected_state`` (1 while every gRPC stream is up).
 """
@@ -34,7 +35,7 @@ from google.protobuf import any_pb2
 from proxyd.config.dynamic import DynamicResources, check_source
 from proxyd.config.node import Node
 from proxyd.config.routes import route_targets
-from proxyd.epoch import ConfigSource, Epoch, Listener
+from proxyd.epoch import ConfigSource, Epoch, Listener, RuntimeValue
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
 from proxyd.master.xds import resources as rs
@@ -51,8 +52,13 @@ RESTART_AFTER_FAILURE_S = 1.0
 # A subscription: (type URL, source kind, path, cluster).
 SubKey = tuple[str, str, str, str]
 
-# Stat scopes of the two wildcard types, as Envoy names them.
-_SCOPES = {rs.CLUSTER: "cluster_manager.cds", rs.LISTENER: "listener_manager.lds"}
+# Stat scopes of the wildcard types and of RTDS, as Envoy names them.
+_SCOPES = {
+    rs.CLUSTER: "cluster_manager.cds",
+    rs.LISTENER: "listener_manager.lds",
+    rs.RUNTIME: "runtime",
+}
+_UPDATE_COUNTERS = ("update_attempt", "update_success", "update_rejected", "update_failure")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class Hooks:
     bind_listeners: Callable[[tuple[Listener, ...]], None]
     # An update was accepted: compose and publish.
     changed: Callable[[], None]
+    # The RTDS resources changed: the runtime layers by Runtime resource name.
+    runtime_changed: Callable[[dict[str, tuple[RuntimeValue, ...]]], None]
 
 
 class XdsClient:
@@ -115,6 +123,7 @@ class XdsClient:
                 self._ads, self._ads_scope = None, None
             if self._subs or not self.dynamic.empty:
                 self.state = XdsState()
+                self.hooks.runtime_changed({})
             self._subs.clear()
             self._seeded.clear()
             self._clusters_initialized = False
@@ -126,6 +135,8 @@ class XdsClient:
             if ts.type_url in rs.WILDCARD:
                 scope = _SCOPES[ts.type_url]
                 self.stats.ensure_counters([f"{scope}.{k}" for k in ts.counts])
+        if dynamic.rtds:
+            self.stats.ensure_counters([f"runtime.{k}" for k in _UPDATE_COUNTERS])
         self._rethink.set()
 
     # -- hot restart ------------------------------------------------------------------
@@ -162,6 +173,12 @@ class XdsClient:
             self._seeded[type_url] = version
         if self._seeded:
             log.info("xds_seeded", types=[rs.SHORT[t] for t in self._seeded])
+        if rs.RUNTIME in self._seeded:
+            self.hooks.runtime_changed(self.runtime_layers())
+
+    def runtime_layers(self) -> dict[str, tuple[RuntimeValue, ...]]:
+        """The Runtime resources delivered, by name (what the rtds layers hold)."""
+        return {n: r.value for n, r in self.state.types[rs.RUNTIME].resources.items()}
 
     def compose(self) -> Epoch:
         """The epoch template for the static config plus what xDS delivered."""
@@ -245,6 +262,10 @@ class XdsClient:
             wanted[_key(rs.CLUSTER, self.dynamic.cds)] = (self.dynamic.cds, None)
         if self.dynamic.lds is not None and self._check_clusters_initialized():
             wanted[_key(rs.LISTENER, self.dynamic.lds)] = (self.dynamic.lds, None)
+        for name, source in self.dynamic.rtds:
+            key = _key(rs.RUNTIME, source)
+            _, have = wanted.get(key, (source, frozenset()))
+            wanted[key] = (source, frozenset(have or ()) | {name})
         for type_url in (rs.ENDPOINT, rs.ROUTE):
             for source, names in self.state.wanted(self.static, type_url).items():
                 key = _key(type_url, source)
@@ -326,6 +347,13 @@ class XdsClient:
         """Apply one response for ``sub``; "" when accepted, else the NACK reason."""
         type_url = sub.type_url
         sub.responded.set()
+        if type_url == rs.RUNTIME:
+            resources, refusal = _runtime_resources(sub, resources)
+            if refusal:
+                self.unreadable(sub, version, refusal, origin)
+                return refusal
+            if not resources:  # none it asked for: Envoy's mux calls no layer
+                return ""
         check = self._check_listeners if type_url == rs.LISTENER else None
         if type_url == rs.CLUSTER:
             check = self._check_clusters
@@ -337,7 +365,10 @@ class XdsClient:
             error = str(exc)
         scopes = self._scopes(type_url, applied.names if applied is not None else ())
         if applied is not None and applied.changed:
-            self.hooks.changed()
+            if type_url == rs.RUNTIME:
+                self.hooks.runtime_changed(self.runtime_layers())
+            else:
+                self.hooks.changed()
             self._rethink.set()
         if error:
             self._count(scopes, "update_rejected", "update_attempt")
@@ -361,13 +392,16 @@ class XdsClient:
         self._signal_progress()
         return ""
 
-    def unreadable(self, sub: sources.Subscription, version: str, details: str) -> None:
-        """A file or REST body that could not be read at all: reported, nothing changes."""
+    def unreadable(
+        self, sub: sources.Subscription, version: str, details: str, origin: str = ""
+    ) -> None:
+        """A file or REST body that could not be read at all (or an RTDS update of the
+        wrong shape): reported, nothing changes."""
         self.state.reject_unreadable(sub.type_url, version, details)
         self._count(
             self._scopes(sub.type_url, sub.names or ()), "update_rejected", "update_attempt"
         )
-        log.error("xds_update_rejected", type=sub.short, version=version, error=details)
+        log.error("xds_update_rejected", type=sub.short, version=version, origin=origin, error=details)  # fmt: skip
         sub.responded.set()
         self._signal_progress()
 
@@ -456,3 +490,34 @@ class XdsClient:
 
 def _key(type_url: str, source: ConfigSource) -> SubKey:
     return (type_url, source.kind, source.path, source.cluster)
+
+
+def _runtime_resources(sub: sources.Subscription, resources: list[Any]) -> tuple[list[Any], str]:
+    """The Runtime resources of one RTDS response that reach a layer, or why the
+    response is refused, as Envoy's ``RtdsSubscription`` and its transports decide.
+
+    A file or REST response goes to the layer whole: it must hold exactly one resource,
+    named as the layer asks. On a gRPC stream (per-type or ADS) Envoy's mux hands each
+    layer only the resources it asked for by name and ignores the rest."""
+    names = sub.names or frozenset()
+    if sub.source.kind in ("path", "rest"):
+        if len(resources) != 1:
+            return [], (
+                f"Unexpected RTDS resource length, number of added resources {len(resources)}, "
+                "number of removed resources 0"
+            )
+        name = _runtime_name(resources[0])
+        if name is not None and name not in names:
+            expecting = ", ".join(sorted(names))
+            return [], f"Unexpected RTDS runtime (expecting {expecting}): {name}"
+        return resources, ""
+    return [r for r in resources if _runtime_name(r) in (None, *names)], ""
+
+
+def _runtime_name(any_msg: Any) -> str | None:
+    """A Runtime resource's name; None when it is not one (the update refuses it)."""
+    try:
+        message = rs.decode(rs.RUNTIME, any_msg, "", "")
+    except ConfigError:
+        return None
+    return rs.name_of(rs.RUNTIME, message)

@@ -25,12 +25,14 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.service.runtime.v3 import rtds_pb2
 from google.protobuf.message import DecodeError, Message
 
 from proxyd.config import supported
 from proxyd.config.clusters import compile_cluster
 from proxyd.config.listeners import compile_listener
 from proxyd.config.routes import AnyCluster, compile_route_config
+from proxyd.config.runtime import flatten_struct
 from proxyd.config.translate import log_deprecations, translate
 from proxyd.errors import ConfigError
 from proxyd.protocol.epoch_check import (
@@ -45,12 +47,14 @@ LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+RUNTIME = _PREFIX + "envoy.service.runtime.v3.Runtime"
 
 # Short names, as Envoy's stats and logs call the types.
-SHORT = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+SHORT = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", RUNTIME: "RTDS"}
 # The order an aggregated stream asks in, and Envoy's make-before-break order for
-# applying: clusters before the endpoints they need, listeners before their routes.
-ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# applying: the runtime first (Envoy starts RTDS before CDS), clusters before the
+# endpoints they need, listeners before their routes.
+ORDER = (RUNTIME, CLUSTER, ENDPOINT, LISTENER, ROUTE)
 # LDS and CDS are wildcard subscriptions: a response holds the whole set, and a
 # resource missing from it is removed. RDS and EDS ask for names.
 WILDCARD = frozenset({LISTENER, CLUSTER})
@@ -60,8 +64,9 @@ _MESSAGES: dict[str, type[Message]] = {
     ROUTE: route_pb2.RouteConfiguration,
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    RUNTIME: rtds_pb2.Runtime,
 }
-_KIND = {LISTENER: "listener", ROUTE: "route configuration", CLUSTER: "cluster", ENDPOINT: "endpoints"}  # fmt: skip
+_KIND = {LISTENER: "listener", ROUTE: "route configuration", CLUSTER: "cluster", ENDPOINT: "endpoints", RUNTIME: "runtime"}  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +80,8 @@ class Resource:
     message: Message
     # Serialized bytes as delivered: an unchanged resource is not compiled again.
     raw: bytes
-    # proxyd.epoch.Cluster / Listener / RouteConfig, or a tuple of Endpoints (EDS).
+    # proxyd.epoch.Cluster / Listener / RouteConfig, a LoadAssignment (EDS), or a
+    # tuple of RuntimeValues (RTDS: the layer's Struct as a static layer reads it).
     value: Any
 
 
@@ -150,6 +156,8 @@ def _compile(type_url: str, message: Message, path: str, file: str, ctx: Context
         assert isinstance(load_assignment, dict)  # a message spec, not a leaf
         supported.check_message(message, load_assignment, path, file)
         value = compile_endpoints(message, path, file)
+    elif type_url == RUNTIME:
+        return flatten_struct(message.layer, f"{path}.layer", file)  # type: ignore[attr-defined]
     elif type_url == LISTENER:
         supported.check_message(message, supported.LISTENER, path, file)
         value = compile_listener(message, path, ctx.route_targets, file)

@@ -53,6 +53,7 @@ GRPC_METHODS = {
     rs.ENDPOINT: "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints",
     rs.LISTENER: "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners",
     rs.ROUTE: "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
+    rs.RUNTIME: "/envoy.service.runtime.v3.RuntimeDiscoveryService/StreamRuntime",
 }
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 REST_PATHS = {
@@ -60,6 +61,7 @@ REST_PATHS = {
     rs.ENDPOINT: "/v3/discovery:endpoints",
     rs.LISTENER: "/v3/discovery:listeners",
     rs.ROUTE: "/v3/discovery:routes",
+    rs.RUNTIME: "/v3/discovery:runtime",
 }
 
 log = get_logger("proxyd.master.xds")
@@ -289,7 +291,7 @@ class Stream:
         async def ask_for_changes() -> None:
             while True:
                 self.changed = trio.Event()
-                for type_url in rs.ORDER:  # Envoy's order: CDS, EDS, LDS, RDS
+                for type_url in rs.ORDER:  # Envoy's order: RTDS, CDS, EDS, LDS, RDS
                     sub = self.subs.get(type_url)
                     if sub is None:
                         continue
