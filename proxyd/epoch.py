@@ -872,11 +872,42 @@ class FilterChain:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpCluster:
+    """One entry of TcpProxy.weighted_clusters."""
+
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxy:
+    """Envoy's ``envoy.filters.network.tcp_proxy`` (TcpProxy) with its defaults
+    resolved; the worker side is :mod:`proxyd.worker.tcp_proxy`."""
+
+    stat_prefix: str
+    # ``cluster``, or () when ``weighted`` names the clusters (with their weights).
+    cluster: str = ""
+    weighted: tuple[TcpCluster, ...] = ()
+    # idle_timeout (Envoy's default 1 h; 0 = none) and max_downstream_connection_duration
+    # (0 = none).
+    idle_timeout_s: float = 3600.0
+    max_connect_attempts: int = 1
+    max_downstream_connection_duration_s: float = 0.0
+    access_logs: tuple[AccessLog, ...] = ()
+    # access_log_options.flush_access_log_on_connected: a TcpUpstreamConnected line too.
+    log_on_connected: bool = False
+    # hash_policy [source_ip]: a RING_HASH or MAGLEV cluster's host by the client's IP.
+    hash_source_ip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: str
     port: int
-    hcm: HttpConnectionManager
+    # The listener's one network filter: an HTTP connection manager, or (hcm None) the
+    # TCP proxy in ``tcp_proxy``.
+    hcm: HttpConnectionManager | None
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     # The listener's own access_log: one line per downstream connection, at close.
     access_logs: tuple[AccessLog, ...] = ()
@@ -893,6 +924,7 @@ class Listener:
     freebind: bool = False
     tcp_backlog_size: int = 0
     socket_options: tuple[SocketOption, ...] = ()
+    tcp_proxy: TcpProxy | None = None
     # The filter chain's TLS termination (None: plaintext).
     tls: DownstreamTls | None = None
     # Several filter chains, or match criteria: every chain in config order (``hcm``
@@ -911,11 +943,25 @@ class Listener:
 
     @property
     def hcms(self) -> tuple[HttpConnectionManager, ...]:
-        """Every filter chain's connection manager (``hcm`` first)."""
+        """Every filter chain's connection manager (``hcm`` first; none for a TCP proxy
+        listener)."""
+        if self.hcm is None:
+            return ()
         if not self.chains:
             return (self.hcm,)
         extra = (self.default_chain,) if self.default_chain is not None else ()
         return (self.hcm, *(c.hcm for c in (*self.chains[1:], *extra)))
+
+    @property
+    def access_log_keys(self) -> set[str]:
+        """The writer keys of every access log of the listener and its network filters
+        (every filter chain's)."""
+        logs = [*self.access_logs]
+        for hcm in self.hcms:
+            logs += hcm.access_logs
+        if self.tcp_proxy is not None:
+            logs += self.tcp_proxy.access_logs
+        return {al.writer_key for al in logs}
 
     @property
     def stat_name(self) -> str:

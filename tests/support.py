@@ -28,6 +28,7 @@ from proxyd.demo import _Server
 __all__ = [
     "UpstreamServer",
     "PipeUpstreamServer",
+    "TcpEchoServer",
     "free_port",
     "wait_for",
     "ProxydProcess",
@@ -124,6 +125,47 @@ class PipeUpstreamServer(UpstreamServer):
         self.host = path
         self.port = 0
         self._thread = _serving_thread(self._server)
+
+
+class TcpEchoServer:
+    """A TCP echo server: echoes what arrives; after the client's end of stream it
+    sends ``<eof>`` and closes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> TcpEchoServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass  # not connected: Linux still wakes accept() on shutdown of a listener
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed: the test is over
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+                conn.sendall(b"<eof>")
+            except OSError:
+                pass  # the proxy closed it (a timeout case): nothing more to do
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

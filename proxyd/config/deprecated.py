@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _CLUSTER = "envoy.config.cluster.v3.Cluster"
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _FILE_LOG = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+_TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 _UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _CARES = "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
 _CARES_NAME = "envoy.network.dns_resolver.cares"
@@ -66,6 +67,8 @@ REPLACEMENTS: dict[str, str] = {
     "envoy.config.listener.v3.FilterChain.use_proxy_proto": "the envoy.filters.listener.proxy_protocol listener filter",  # noqa: E501
     f"{_HCM}.access_log_flush_interval": "access_log_options.access_log_flush_interval",
     f"{_HCM}.flush_access_log_on_new_request": "access_log_options.flush_access_log_on_new_request",  # noqa: E501
+    f"{_TCP_PROXY}.access_log_flush_interval": "access_log_options.access_log_flush_interval",
+    f"{_TCP_PROXY}.flush_access_log_on_connected": "access_log_options.flush_access_log_on_connected",  # noqa: E501
     "envoy.config.core.v3.ConfigSource.path": "path_config_source.path",
     f"{_FILE_LOG}.format": "log_format.text_format_source.inline_string",
     f"{_FILE_LOG}.json_format": "log_format.json_format",
@@ -240,6 +243,25 @@ def _hcm(hcm: Any, path: str, t: Translation) -> None:
 _ONLY_ONE = "Only one of {0} or access_log_options.{0} can be specified."
 
 
+def _tcp_proxy(tcp: Any, path: str, t: Translation) -> None:
+    """Envoy: the two deprecated access-log fields are access_log_options', and neither
+    may be set beside access_log_options."""
+    had_options = tcp.HasField("access_log_options")
+    for name in ("flush_access_log_on_connected", "access_log_flush_interval"):
+        is_set = tcp.HasField(name) if name == "access_log_flush_interval" else getattr(tcp, name)
+        if not is_set:
+            continue
+        if had_options:
+            raise ConfigError(t.file, join(path, name), f"Only one of {name} or access_log_options can be specified.")  # fmt: skip
+        if name == "access_log_flush_interval":
+            tcp.access_log_options.access_log_flush_interval.CopyFrom(tcp.access_log_flush_interval)
+        else:
+            tcp.access_log_options.flush_access_log_on_connected = True
+        t.moved(join(path, f"access_log_options.{name}"), join(path, name))
+        t.moved(join(path, "access_log_options"), join(path, name))
+        tcp.ClearField(name)
+
+
 def _moved_to_options(hcm: Any, name: str, had_options: bool, path: str, t: Translation) -> None:
     t.moved(join(path, f"access_log_options.{name}"), join(path, name))
     if not had_options:
@@ -359,6 +381,7 @@ FIXES: dict[str, Callable[[Any, str, Translation], None]] = {
     "envoy.config.bootstrap.v3.Bootstrap": _bootstrap,
     "envoy.config.listener.v3.Listener": _listener,
     _HCM: _hcm,
+    _TCP_PROXY: _tcp_proxy,
     "envoy.config.core.v3.ConfigSource": _config_source,
     _FILE_LOG: _file_log,
     "envoy.config.core.v3.SubstitutionFormatString": _format_string,

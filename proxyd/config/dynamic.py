@@ -200,7 +200,7 @@ def epoch_sources(
         if c.eds_source is not None:
             yield f"{clusters}[{i}].{EDS_SOURCE_PATH}", c.eds_source
     for i, lst in enumerate(epoch.listeners):
-        if lst.hcm.rds_source is not None:
+        if lst.hcm is not None and lst.hcm.rds_source is not None:
             yield f"{listeners}[{i}].{RDS_SOURCE_PATH}", lst.hcm.rds_source
 
 

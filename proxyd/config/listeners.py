@@ -14,7 +14,7 @@ from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
 from proxyd.config.socket_options import socket_options
-from proxyd.config.supported import HCM_TYPE, unpack
+from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tls import check_listener_filters, compile_transport_socket
 from proxyd.config.values import (
     compile_address,
@@ -23,10 +23,18 @@ from proxyd.config.values import (
     require_ip,
     wrapped_or,
 )
-from proxyd.epoch import FilterChain, HttpConnectionManager, Listener, RouteConfig
+from proxyd.epoch import (
+    FilterChain,
+    HttpConnectionManager,
+    Listener,
+    RouteConfig,
+    TcpCluster,
+    TcpProxy,
+)
 from proxyd.errors import ConfigError
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 FILE_LOG_NAME = "envoy.access_loggers.file"
 CODEC_TYPES = ("AUTO", "HTTP1")
 
@@ -82,6 +90,25 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "own SO_REUSEPORT socket)",
         )
     inspector = check_listener_filters(lst, path, file)
+    tcp = _tcp_proxy_listener(lst, path, file)
+    if tcp is not None:
+        return Listener(
+            name=lst.name or (address if where.pipe else f"{address}_{port}"),
+            address=address,
+            port=port,
+            hcm=None,
+            per_connection_buffer_limit_bytes=wrapped_or(
+                lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
+            ),
+            access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
+            ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
+            pipe=where.pipe,
+            pipe_mode=where.mode,
+            freebind=wrapped_or(lst, "freebind", False),
+            tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
+            socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
+            tcp_proxy=tcp,
+        )
     chains = [
         compile_filter_chain(c, join(path, f"filter_chains[{i}]"), clusters, file)
         for i, c in enumerate(lst.filter_chains)
@@ -160,13 +187,59 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     )
 
 
+def _is_tcp_proxy(chain: Any) -> bool:
+    filters = chain.filters
+    return (
+        len(filters) == 1
+        and filters[0].HasField("typed_config")
+        and filters[0].typed_config.type_url.endswith("/" + TCP_PROXY_TYPE)
+    )
+
+
+def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
+    """The listener's TCP proxy, when its filter chain has one: a single chain without
+    match criteria or TLS (the TCP proxy behind TLS or among several chains is not
+    supported yet)."""
+    chains = list(lst.filter_chains)
+    if lst.HasField("default_filter_chain"):
+        chains.append(lst.default_filter_chain)
+    tcp = [i for i, c in enumerate(chains) if _is_tcp_proxy(c)]
+    if not tcp:
+        return None
+    i = tcp[0]
+    here = join(
+        path, f"filter_chains[{i}]" if i < len(lst.filter_chains) else "default_filter_chain"
+    )
+    if len(chains) != 1:
+        raise ConfigError(
+            file,
+            join(here, "filters[0]"),
+            f"{TCP_PROXY_NAME} in a listener with several filter chains is not supported by "
+            "proxyd yet",
+        )
+    chain = chains[0]
+    for field in ("filter_chain_match", "transport_socket"):
+        if chain.HasField(field):
+            raise ConfigError(
+                file,
+                join(here, field),
+                f"{field} with {TCP_PROXY_NAME} is not supported by proxyd yet",
+            )
+    filter_path = join(here, "filters[0]")
+    msg = typed_config(
+        chain.filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
+    )
+    return compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+
+
 def compile_filter_chain(chain: Any, path: str, clusters: Container[str], file: str) -> FilterChain:
     filters = chain.filters
     if len(filters) != 1:
         raise ConfigError(
             file,
             join(path, "filters"),
-            f"exactly one network filter ({HCM_NAME}) is supported by proxyd, got {len(filters)}",
+            f"exactly one network filter ({HCM_NAME} or {TCP_PROXY_NAME}) is supported by "
+            f"proxyd, got {len(filters)}",
         )
     filter_path = join(path, "filters[0]")
     hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
@@ -198,6 +271,32 @@ def compile_filter_chain(chain: Any, path: str, clusters: Container[str], file: 
         name=chain.name,
         server_names=server_names,
         transport_protocol=transport,
+    )
+
+
+def compile_tcp_proxy(msg: Any, path: str, file: str) -> TcpProxy:
+    """TcpProxy (supported.TCP_PROXY has refused the fields proxyd lacks, and the proto
+    rules have been checked: a stat_prefix, a cluster specifier, weights >= 1, at least
+    one connect attempt). A cluster that does not exist is not an error: Envoy closes
+    each connection then (``downstream_cx_no_route``, flag NC)."""
+    which = msg.WhichOneof("cluster_specifier")
+    weighted: tuple[TcpCluster, ...] = ()
+    if which == "weighted_clusters":
+        weighted = tuple(TcpCluster(c.name, c.weight) for c in msg.weighted_clusters.clusters)
+    elif which != "cluster":
+        raise ConfigError(file, path, "a cluster or weighted_clusters is required")
+    return TcpProxy(
+        stat_prefix=msg.stat_prefix,
+        cluster=msg.cluster if which == "cluster" else "",
+        weighted=weighted,
+        idle_timeout_s=duration_or(msg, "idle_timeout", DEFAULT_IDLE_TIMEOUT_S),
+        max_connect_attempts=wrapped_or(msg, "max_connect_attempts", 1),
+        max_downstream_connection_duration_s=duration_or(
+            msg, "max_downstream_connection_duration", 0.0
+        ),
+        access_logs=compile_access_logs(msg.access_log, join(path, "access_log"), file),
+        log_on_connected=msg.access_log_options.flush_access_log_on_connected,
+        hash_source_ip=any(p.HasField("source_ip") for p in msg.hash_policy),
     )
 
 

@@ -28,6 +28,7 @@ from proxyd.errors import ConfigError
 from proxyd.filters.cors import config as cors_config
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
@@ -483,6 +484,23 @@ HCM: Spec = {
     },
 }
 
+# envoy.filters.network.tcp_proxy (proxyd.config.listeners.compile_tcp_proxy,
+# proxyd.worker.tcp_proxy); tunneling_config, on_demand, hash_policy's filter_state,
+# metadata_match, backoff_options and periodic access logs are refused by name.
+TCP_PROXY: Spec = {
+    "stat_prefix": LEAF,
+    "cluster": LEAF,
+    "weighted_clusters": {"clusters": {"name": LEAF, "weight": LEAF}},
+    "idle_timeout": LEAF,
+    "access_log": ACCESS_LOG,
+    # access_log_flush_interval (periodic lines) is refused by name.
+    "access_log_options": {"flush_access_log_on_connected": LEAF},
+    # At most one (Envoy's rule): the client's IP for a RING_HASH or MAGLEV cluster.
+    "hash_policy": {"source_ip": {}},
+    "max_connect_attempts": LEAF,
+    "max_downstream_connection_duration": LEAF,
+}
+
 DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LEAF}
 
 # extensions.transport_sockets.tls.v3.DownstreamTlsContext (proxyd.config.tls).
@@ -508,7 +526,7 @@ DOWNSTREAM_TLS: Spec = {
 FILTER_CHAIN: Spec = {
     "filters": {
         "name": LEAF,
-        "typed_config": AnyOf("network filter", {HCM_TYPE: HCM}),
+        "typed_config": AnyOf("network filter", {HCM_TYPE: HCM, TCP_PROXY_TYPE: TCP_PROXY}),
     },
     # A label (/config_dump).
     "name": LEAF,

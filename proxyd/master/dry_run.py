@@ -132,10 +132,10 @@ def _bootstrap_changes(running: Any, new: Any) -> list[dict[str, Any]]:
 
 def _access_log_paths(epoch: Epoch) -> set[str]:
     return {
-        path
+        key
         for lst in epoch.listeners
-        for al in (*(a for hcm in lst.hcms for a in hcm.access_logs), *lst.access_logs)
-        if (path := getattr(al, "path", ""))  # "" for stdout / stderr
+        for key in lst.access_log_keys
+        if not key.endswith(":")  # "stdout:" / "stderr:" are not files
     }
 
 

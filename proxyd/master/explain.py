@@ -75,9 +75,16 @@ def choose_listener(
 ) -> tuple[Listener, str]:
     """The listener a request is explained on, and how it was chosen: ``selector`` (a
     name or a port), else the one whose port the URL names, else the only one."""
-    listeners = epoch.listeners
+    for lst in epoch.listeners:
+        if lst.tcp_proxy is not None and selector in (lst.name, str(ports.get(lst.name, lst.port))):
+            raise ExplainError(
+                f"listener {lst.name!r} runs the TCP proxy (envoy.filters.network.tcp_proxy): "
+                f"it has no routes to explain"
+            )
+    # A TCP proxy listener has no routes: requests are explained on the HTTP ones.
+    listeners = tuple(lst for lst in epoch.listeners if lst.hcm is not None)
     if not listeners:
-        raise ExplainError(f"epoch {epoch.number} has no listeners")
+        raise ExplainError(f"epoch {epoch.number} has no HTTP listeners")
     names = ", ".join(f"{lst.name} (port {ports.get(lst.name, lst.port)})" for lst in listeners)
     if selector:
         for lst in listeners:
@@ -99,9 +106,7 @@ def choose_listener(
 
 def compile_epoch(epoch: Epoch) -> CompiledEpoch:
     """The worker's compile of ``epoch`` (no file or socket is opened)."""
-    paths = {al.writer_key for lst in epoch.listeners for al in lst.access_logs} | {
-        al.writer_key for lst in epoch.listeners for hcm in lst.hcms for al in hcm.access_logs
-    }
+    paths = {key for lst in epoch.listeners for key in lst.access_log_keys}
     return CompiledEpoch(epoch, {}, StatsStore(), prepare_writers({}, paths), "127.0.0.1", RequestIdGenerator())  # fmt: skip
 
 
@@ -123,6 +128,7 @@ def explain(
     compiled = compile_epoch(epoch)
     plan = compiled.plans[listener.name]
     hcm = listener.hcm
+    assert hcm is not None  # choose_listener chooses HTTP listeners only
     doc: dict[str, Any] = {
         "epoch": epoch.number,
         "request": {"method": method.upper(), "host": host, "path": target, "headers": headers},
@@ -415,6 +421,7 @@ def _filters(plan: ListenerPlan, rp: RoutePlan | None) -> list[dict[str, Any]]:
     """Each HTTP filter of the connection manager: whether it runs for the request
     (the route's compiled chain), and the per-route config it runs with."""
     hcm = plan.listener.hcm
+    assert hcm is not None
     running = {f.name for f in (rp.filters if rp is not None else plan.no_route_filters)}
     route_overrides: dict[str, Any] = {}
     if rp is not None:
@@ -445,7 +452,9 @@ def _filters(plan: ListenerPlan, rp: RoutePlan | None) -> list[dict[str, Any]]:
 
 
 def _overrides_of(plan: ListenerPlan, rp: RoutePlan) -> dict[str, Any]:
-    for vh in plan.listener.hcm.route_config.virtual_hosts:
+    hcm = plan.listener.hcm
+    assert hcm is not None
+    for vh in hcm.route_config.virtual_hosts:
         for r in vh.routes:
             top = plan.route_plans.get(id(r))
             if top is rp:

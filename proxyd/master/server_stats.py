@@ -31,6 +31,11 @@ _HCM_COUNTERS = (
     "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_completed",
     "no_route", "no_cluster", "rq_total",
 )  # fmt: skip
+# tcp.<stat_prefix>.* of a TCP proxy (proxyd.worker.tcp_proxy counts them).
+_TCP_COUNTERS = (
+    "downstream_cx_total", "downstream_cx_no_route", "downstream_cx_rx_bytes_total",
+    "downstream_cx_tx_bytes_total", "idle_timeout", "max_downstream_connection_duration",
+)  # fmt: skip
 
 
 class ServerStats:
@@ -73,6 +78,9 @@ class ServerStats:
             for hcm in listener.hcms:
                 prefix = hcm.stat_prefix
                 store.ensure_counters([f"http.{prefix}.{c}" for c in _HCM_COUNTERS])
+            if listener.tcp_proxy is not None:
+                prefix = listener.tcp_proxy.stat_prefix
+                store.ensure_counters([f"tcp.{prefix}.{c}" for c in _TCP_COUNTERS])
         for _name in old_listeners.keys() - new_listeners.keys():
             store.add_counter("listener_manager.listener_removed")
         store.set_gauge("listener_manager.total_listeners_active", len(new_listeners))

@@ -51,6 +51,8 @@ DOWNSTREAM_END = "DownstreamEnd"
 DOWNSTREAM_START = "DownstreamStart"
 DOWNSTREAM_PERIODIC = "DownstreamPeriodic"
 NOT_SET = "NotSet"  # a listener's connection log
+TCP_CONNECTION_END = "TcpConnectionEnd"  # a TCP proxy's line at the connection's end
+TCP_UPSTREAM_CONNECTED = "TcpUpstreamConnected"  # ... and when its upstream connected
 
 
 class LogRecord:

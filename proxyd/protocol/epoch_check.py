@@ -47,21 +47,26 @@ def check_listener(listener: Listener) -> None:
     """What :class:`proxyd.worker.plan.ListenerPlan` compiles from a listener (for each
     of its filter chains)."""
     if listener.chains:
-        for hcm in listener.hcms:
-            check_listener(dataclasses.replace(listener, hcm=hcm, chains=(), default_chain=None))
+        for chain_hcm in listener.hcms:
+            one = dataclasses.replace(listener, hcm=chain_hcm, chains=(), default_chain=None)
+            check_listener(one)
         return
     where = f"listener '{listener.name}'"
     hcm = listener.hcm
-    check_route_config(hcm.route_config, where)
-    for kind, logs in (
-        ("access_logs", hcm.access_logs),
-        ("listener access_logs", listener.access_logs),
-    ):
+    groups = [("listener access_logs", listener.access_logs)]
+    if hcm is not None:
+        check_route_config(hcm.route_config, where)
+        groups.append(("access_logs", hcm.access_logs))
+    if listener.tcp_proxy is not None:
+        groups.append(("tcp_proxy access_logs", listener.tcp_proxy.access_logs))
+    for kind, logs in groups:
         for i, al in enumerate(logs):
             label = f"{where}: {kind}[{i}] ({al.path or al.sink})"
             _run(lambda a: make_format(a.format, a.json_format, a.omit_empty_values), al, label)
             if al.filter is not None:
                 _run(compile_filter, al.filter, where=label)
+    if hcm is None:
+        return
     try:
         server_line(hcm.server_name)
     except UnicodeEncodeError as exc:

@@ -58,7 +58,8 @@ def diff_epochs(old: Epoch, new: Epoch) -> dict[str, Any]:
         lambda key: {"name": key}, skip=frozenset({"hcm.route_config"}),
     )  # fmt: skip
     for key, (a, b) in listeners.items():
-        _diff_route_config(out, key, a.hcm.route_config, b.hcm.route_config)
+        if a.hcm is not None and b.hcm is not None:
+            _diff_route_config(out, key, a.hcm.route_config, b.hcm.route_config)
     clusters = _compare(
         out["clusters"], _keyed(old.clusters, _name), _keyed(new.clusters, _name),
         lambda key: {"name": key}, skip=frozenset({"endpoints"}),

@@ -30,10 +30,11 @@ COUNTS = ("listeners", "route_configs", "virtual_hosts", "routes", "clusters", "
 def summarize(epoch: Epoch) -> dict[str, Any]:
     listeners = [_listener(lst) for lst in epoch.listeners]
     clusters = [_cluster(c) for c in epoch.clusters]
-    vhosts = [vh for lst in listeners for vh in lst["route_config"]["virtual_hosts"]]
+    http = [lst for lst in listeners if "route_config" in lst]
+    vhosts = [vh for lst in http for vh in lst["route_config"]["virtual_hosts"]]
     counts = {
         "listeners": len(listeners),
-        "route_configs": len(listeners),
+        "route_configs": len(http),
         "virtual_hosts": len(vhosts),
         "routes": sum(len(vh["routes"]) for vh in vhosts),
         "clusters": len(clusters),
@@ -45,6 +46,19 @@ def summarize(epoch: Epoch) -> dict[str, Any]:
 
 def _listener(lst: Listener) -> dict[str, Any]:
     hcm = lst.hcm
+    if hcm is None:
+        tcp = lst.tcp_proxy
+        assert tcp is not None
+        return {
+            "name": lst.name,
+            "address": lst.address,
+            "port": lst.port,
+            "http_filters": [],
+            "tcp_proxy": {
+                "stat_prefix": tcp.stat_prefix,
+                "clusters": [tcp.cluster] if tcp.cluster else [c.name for c in tcp.weighted],
+            },
+        }
     rc = hcm.route_config
     return {
         "name": lst.name,
@@ -101,6 +115,13 @@ def format_summary(summary: Mapping[str, Any]) -> list[str]:
     lines = [format_counts(summary["counts"])]
     for lst in summary["listeners"]:
         address = f"[{lst['address']}]" if ":" in lst["address"] else lst["address"]
+        if "tcp_proxy" in lst:
+            tcp = lst["tcp_proxy"]
+            lines.append(
+                f"listener '{lst['name']}' {address}:{lst['port']}: tcp proxy "
+                f"'{tcp['stat_prefix']}' -> cluster {', '.join(repr(c) for c in tcp['clusters'])}"
+            )
+            continue
         filters = ", ".join(lst["http_filters"])
         lines.append(
             f"listener '{lst['name']}' {address}:{lst['port']}: "

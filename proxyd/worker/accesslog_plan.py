@@ -51,6 +51,7 @@ from proxyd.worker.stream import ResponseFlag
 if TYPE_CHECKING:
     from proxyd.worker.plan import ListenerPlan
     from proxyd.worker.stream import Connection, Stream
+    from proxyd.worker.tcp_proxy import TcpListenerPlan
 
 
 class LogPlan:
@@ -97,7 +98,7 @@ class LogPlans:
     """A listener's access logs for one epoch."""
 
     __slots__ = (
-        "stream_logs", "connection_logs", "flush_interval", "log_on_new_request",
+        "stream_logs", "connection_logs", "tcp_logs", "flush_interval", "log_on_new_request",
         "request_headers", "response_headers", "listener_name", "server_name",
         "wants_hostname", "server_mode",
     )  # fmt: skip
@@ -109,10 +110,27 @@ class LogPlans:
         runtime: Runtime = NO_RUNTIME,
     ) -> None:
         hcm = listener.hcm
+        tcp = getattr(listener, "tcp_proxy", None)
         req: set[str] = set()
         resp: set[str] = set()
-        self.stream_logs = _compile(hcm.access_logs, writers, runtime, req, resp)
+        self.stream_logs = (
+            _compile(hcm.access_logs, writers, runtime, req, resp) if hcm is not None else ()
+        )
         self.connection_logs = _compile(listener.access_logs, writers, runtime, set(), set())
+        # A TCP proxy's access_log: one line per connection (proxyd.worker.tcp_proxy).
+        self.tcp_logs = (
+            _compile(tcp.access_logs, writers, runtime, set(), set()) if tcp is not None else ()
+        )
+        if hcm is None:
+            self.flush_interval = 0.0
+            self.log_on_new_request = False
+            self.server_mode = "OVERWRITE"
+            self.request_headers: frozenset[str] = frozenset()
+            self.response_headers: frozenset[str] = frozenset()
+            self.listener_name = listener.name
+            self.wants_hostname = False
+            self.server_name = ""
+            return
         self.flush_interval = hcm.access_log_flush_interval_s if self.stream_logs else 0.0
         self.log_on_new_request = bool(hcm.flush_access_log_on_new_request and self.stream_logs)
         if self.stream_logs:
@@ -369,7 +387,7 @@ PERIODIC = PeriodicLogs()
 
 # Open connections of listeners with connection logs: id(conn) -> (wall start,
 # monotonic start, the plan they were accepted under).
-OPEN: dict[int, tuple[float, float, ListenerPlan]] = {}
+OPEN: dict[int, tuple[float, float, ListenerPlan | TcpListenerPlan]] = {}
 
 # TCP states after the peer's FIN arrived and before ours went out: CLOSE_WAIT,
 # LAST_ACK, CLOSING.
@@ -398,12 +416,14 @@ def wire_bytes(sock: socket.socket) -> tuple[int, int]:
     return received, acked
 
 
-def connection_opened(conn: Any, plan: ListenerPlan) -> None:
+def connection_opened(conn: Any, plan: ListenerPlan | TcpListenerPlan) -> None:
     OPEN[id(conn)] = (time.time(), time.monotonic(), plan)
 
 
-def connection_closed(conn: Any) -> None:
-    """The connection is about to be closed: its listener's connection lines."""
+def connection_closed(conn: Any, counted: tuple[int, int] | None = None) -> None:
+    """The connection is about to be closed: its listener's connection lines. Its
+    bytes (received, sent) are ``counted`` when the caller knows them (the TCP proxy),
+    else read from the kernel."""
     opened = OPEN.pop(id(conn), None)
     if opened is None:
         return
@@ -413,14 +433,15 @@ def connection_closed(conn: Any) -> None:
     rec.listener_name = plan.name
     rec.start_time = t_wall
     rec.duration_ms = int((time.monotonic() - t0) * 1000)
-    received, sent = wire_bytes(conn.sock)
+    received, sent = counted if counted is not None else wire_bytes(conn.sock)
     rec.bytes_received = received
     rec.bytes_sent = sent
-    rec.protocol = "HTTP/1.1" if received else None  # the codec starts on the first bytes
+    # The HTTP codec starts on the first bytes; a TCP proxy has no protocol to name.
+    rec.protocol = "HTTP/1.1" if received and plan.listener.hcm is not None else None
     rec.scheme = None
     rec.downstream_remote_address = conn.remote
     rec.downstream_direct_remote_address = conn.remote
     rec.downstream_local_address = conn.local_address()
-    rec.tls = conn.tls
+    rec.tls = getattr(conn, "tls", None)  # (a TCP proxy connection has no TLS yet)
     for lp in plan.access.connection_logs:
         lp.write(rec)

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from proxyd.worker.deadlines import Timers
     from proxyd.worker.plan import ListenerPlan
     from proxyd.worker.stats import HttpStats, ListenerStats, NamedStats, StatsStore
+    from proxyd.worker.tcp_proxy import TcpConnection
 
 log = structlog.get_logger()
 
@@ -77,7 +78,7 @@ class WorkerContext(Protocol):
     head_parser: RequestHeadParser
     stats: StatsStore
     plans: dict[str, ListenerPlan]
-    connections: set[DownstreamConnection]
+    connections: set[DownstreamConnection | TcpConnection]
     draining: bool
 
     def connection_closed(self) -> None: ...

@@ -26,6 +26,7 @@ from proxyd.cx_limit import SharedConnectionCount
 from proxyd.epoch import Epoch
 from proxyd.worker.plan import ListenerPlan
 from proxyd.worker.stats import StatsStore
+from proxyd.worker.tcp_proxy import TcpListenerPlan
 
 REFUSED, COUNTED, FREE = 0, 1, 2
 MONITOR_STATS = "overload.envoy.resource_monitors.global_downstream_max_connections."
@@ -68,7 +69,7 @@ class WorkerOverload:
         """Until stop_accepting_connections is no longer active."""
         await self._accepting.wait()
 
-    def admit(self, plan: ListenerPlan) -> int:
+    def admit(self, plan: ListenerPlan | TcpListenerPlan) -> int:
         """REFUSED (close it), COUNTED (give it back when it closes) or FREE."""
         counts = self.counts
         verdict = FREE

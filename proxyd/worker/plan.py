@@ -47,6 +47,7 @@ from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.stream import Connection, Stream
+from proxyd.worker.tcp_proxy import TcpListenerPlan, tcp_plans
 from proxyd.worker.tls import TlsPlan
 from proxyd.worker.upstream import ClusterState, ConnPool
 
@@ -282,6 +283,7 @@ class ListenerPlan:
         facts: EpochFacts | None = None,
     ) -> None:
         hcm = listener.hcm
+        assert hcm is not None  # a TCP proxy listener has a TcpListenerPlan
         self.name = listener.name
         self.listener = listener
         # The key of this plan in the worker's plans: the listener's name, or for one of
@@ -568,6 +570,7 @@ class CompiledEpoch:
         local_address: str,
         ids: RequestIdGenerator,
         old_plans: dict[str, ListenerPlan] | None = None,
+        old_tcp_plans: dict[str, TcpListenerPlan] | None = None,
     ) -> None:
         self.epoch = epoch
         self.clusters: dict[str, ClusterState] = {}
@@ -590,8 +593,12 @@ class CompiledEpoch:
                 for name, c in self.clusters.items()
             },
         )
+        # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
+        # TCP proxy listeners' (proxyd.worker.tcp_proxy).
         self.plans: dict[str, ListenerPlan] = {}
         for lst in epoch.listeners:
+            if lst.hcm is None:
+                continue
             plan = ListenerPlan(
                 lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
@@ -622,6 +629,9 @@ class CompiledEpoch:
                     stats.named(f"listener.{lst.stat_name}."),
                     stats.named("tls_inspector."),
                 )
+        self.tcp_plans = tcp_plans(
+            epoch, self.clusters, stats, writers, self.runtime, old_tcp_plans
+        )
         for name, plan in self.plans.items():
             if plan.transforms is not None:
                 plan.transforms.set_node(epoch.node_id, epoch.node_cluster)

@@ -23,6 +23,7 @@ about once a second, so a closed upstream does not leave sockets in CLOSE_WAIT.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections import deque
@@ -71,9 +72,12 @@ PEEK_AFTER_S = 0.05
 class ConnectFailure(Exception):
     """Connecting to an upstream host failed; ``reason`` is Envoy's reset reason."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        # The system's words for a refused or failed connect ("Connection refused"),
+        # "" for a timeout (the TCP proxy's UPSTREAM_TRANSPORT_FAILURE_REASON).
+        self.detail = detail
 
 
 class Overflow(Exception):
@@ -261,11 +265,12 @@ class ConnPool(ResourceManager):
             hstats.cx_connect_fail += 1
             self._unreserve(host)
             raise ConnectFailure("connection timeout") from None
-        except OSError:
+        except OSError as exc:
             stats.cx_connect_fail += 1
             hstats.cx_connect_fail += 1
             self._unreserve(host)
-            raise ConnectFailure("remote connection failure") from None
+            detail = os.strerror(exc.errno) if exc.errno else ""
+            raise ConnectFailure("remote connection failure", detail) from None
         except BaseException:
             self._unreserve(host)
             raise

@@ -53,6 +53,7 @@ from proxyd.worker.overload import COUNTED, FREE, REFUSED, WorkerOverload
 from proxyd.worker.peek import peek_pick
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
 from proxyd.worker.stats import StatsStore, note_unexpected
+from proxyd.worker.tcp_proxy import TcpConnection, TcpListenerPlan, buffer_pool
 from proxyd.worker.upstream import ClusterState
 
 log = structlog.get_logger()
@@ -100,10 +101,13 @@ class Worker:
         self.listen_socks: dict[str, socket.socket] = {}
         self.accepting: dict[str, trio.CancelScope] = {}
         self.plans: dict[str, ListenerPlan] = {}
+        # TCP proxy listeners' plans (proxyd.worker.tcp_proxy): a listener has a plan in
+        # one of the two.
+        self.tcp_plans: dict[str, TcpListenerPlan] = {}
         self.compiled: CompiledEpoch | None = None
         self.checker = EpochChecker()
         self.writers: dict[str, AccessLogWriter] = {}
-        self.connections: set[DownstreamConnection] = set()
+        self.connections: set[DownstreamConnection | TcpConnection] = set()
         # Responses say "connection: close" (downstream.wants_close) while this is set:
         # the worker drains, or the overload manager disabled HTTP keep-alive.
         self.draining = False
@@ -113,8 +117,10 @@ class Worker:
         self.exit_code = EXIT_OK
         # Every deadline of the request path, fired by one task (no periodic scan).
         self.timers = Timers()
-        # Receive buffers, taken by a connection while bytes arrive.
+        # Receive buffers, taken by a connection while bytes arrive (HTTP; the TCP
+        # proxy's are larger).
         self.buffers = BufferPool()
+        self.tcp_buffers = buffer_pool()
         # Request heads are parsed whole and at once: one parser serves every connection.
         self.head_parser = RequestHeadParser()
         self._failures_scheduled = False
@@ -198,16 +204,15 @@ class Worker:
         """Check and compile ``epoch``, open its new access-log files and put it in
         place. When any step fails, raise :class:`EpochNotApplied` with the reason:
         nothing was opened or closed and the running epoch stays."""
-        paths = {al.writer_key for lst in epoch.listeners for al in lst.access_logs} | {
-            al.writer_key for lst in epoch.listeners for hcm in lst.hcms for al in hcm.access_logs
-        }
+        paths = {key for lst in epoch.listeners for key in lst.access_log_keys}
         old_clusters = self.compiled.clusters if self.compiled is not None else {}
         try:
             self.checker.check(epoch)
             writers = prepare_writers(self.writers, paths)  # opens nothing
             compiled = CompiledEpoch(
-                epoch, old_clusters, self.stats, writers, self.local_address, self.ids, self.plans
-            )
+                epoch, old_clusters, self.stats, writers, self.local_address, self.ids,
+                self.plans, self.tcp_plans,
+            )  # fmt: skip
             open_writers(self.writers, writers)  # only now: the epoch compiled
         except Exception as exc:
             if not isinstance(exc, ProxydError):  # the checker passed it: a bug
@@ -221,10 +226,11 @@ class Worker:
         self.writers = writers
         self.compiled = compiled
         self.overload.apply_epoch(epoch)
-        old_plans, self.plans = self.plans, compiled.plans
+        old_plans: dict[str, ListenerPlan | TcpListenerPlan] = {**self.plans, **self.tcp_plans}
+        self.plans, self.tcp_plans = compiled.plans, compiled.tcp_plans
         compiled.retire_replaced(old_clusters)
         for name, old in old_plans.items():
-            new = self.plans.get(name)
+            new = self.plans.get(name) or self.tcp_plans.get(name)
             if (new is None or new.generation is not old.generation) and self._nursery is not None:
                 self._nursery.start_soon(
                     self._drain_old_connections, name, old.generation, epoch.drain_time_s
@@ -249,10 +255,10 @@ class Worker:
         if self.drain_started:
             return
         for name in list(self.accepting):
-            if name not in self.plans:
+            if name not in self.plans and name not in self.tcp_plans:
                 self._stop_listener(name, self.listen_socks.pop(name, None))
         for name, sock in self.listen_socks.items():
-            if name in self.plans and name not in self.accepting:
+            if (name in self.plans or name in self.tcp_plans) and name not in self.accepting:
                 scope = trio.CancelScope()
                 self.accepting[name] = scope
                 nursery.start_soon(self._accept_loop, name, sock, scope)
@@ -310,7 +316,11 @@ class Worker:
                     continue
                 plan = self.plans.get(name)
                 if plan is None:
-                    sock.close()
+                    tcp_plan = self.tcp_plans.get(name)
+                    if tcp_plan is None:
+                        sock.close()
+                    else:
+                        self._accept_tcp(tcp_plan, sock, peer, pipe)
                     continue
                 verdict = overload.admit(plan) if overload.checks else FREE
                 if verdict == REFUSED:
@@ -367,6 +377,35 @@ class Worker:
             await conn.serve(plan)
         finally:
             self.overload.give()
+
+    def _accept_tcp(
+        self, plan: TcpListenerPlan, sock: socket.socket, peer: tuple, pipe: str | None
+    ) -> None:
+        """A connection of a TCP proxy listener (proxyd.worker.tcp_proxy): the global
+        limit and the overload actions as for HTTP, then its own task."""
+        overload = self.overload
+        verdict = overload.admit(plan) if overload.checks else FREE
+        if verdict == REFUSED:
+            io.close(sock)
+            return
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a unix listener): no Nagle to turn off
+        conn = TcpConnection(self, plan.name, sock, peer if pipe is None else (pipe, 0))
+        if pipe is not None:
+            conn.remote = conn.remote_ip = conn.local = pipe
+        self.connections.add(conn)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_tcp, conn, plan, verdict == COUNTED)
+
+    async def _serve_tcp(self, conn: TcpConnection, plan: TcpListenerPlan, counted: bool) -> None:
+        try:
+            await conn.serve(plan)
+        finally:
+            if counted:
+                self.overload.give()
 
     # -- the master's messages ----------------------------------------------------------
 

@@ -391,7 +391,9 @@ class InternalAddresses:
 
 def compile_transforms(plan: ListenerPlan, stats: NamedStats) -> Transforms | None:
     """The listener's transforms, or None when its connection manager sets none."""
-    t = plan.listener.hcm.transforms
+    hcm = plan.listener.hcm
+    assert hcm is not None
+    t = hcm.transforms
     if t is None:
         return None
     return Transforms(t, plan, stats)

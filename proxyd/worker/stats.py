@@ -100,6 +100,10 @@ class ClusterStats(_Scope):
         "rq_per_try_timeout",
         "rq_per_try_idle_timeout",
         "retry_or_shadow_abandoned",
+        "cx_rx_bytes_total",
+        "cx_tx_bytes_total",
+        "cx_connect_attempts_exceeded",
+        "cx_none_healthy",
         "breakers",
         "by_class",
         "by_code",
@@ -130,6 +134,11 @@ class ClusterStats(_Scope):
         ("rq_per_try_timeout", "upstream_rq_per_try_timeout"),
         ("rq_per_try_idle_timeout", "upstream_rq_per_try_idle_timeout"),
         ("retry_or_shadow_abandoned", "retry_or_shadow_abandoned"),
+        # Counted by the TCP proxy (proxyd.worker.tcp_proxy).
+        ("cx_rx_bytes_total", "upstream_cx_rx_bytes_total"),
+        ("cx_tx_bytes_total", "upstream_cx_tx_bytes_total"),
+        ("cx_connect_attempts_exceeded", "upstream_cx_connect_attempts_exceeded"),
+        ("cx_none_healthy", "upstream_cx_none_healthy"),
     )
     GAUGES = (
         ("cx_active", "upstream_cx_active"),
@@ -161,6 +170,10 @@ class ClusterStats(_Scope):
     rq_per_try_timeout: int
     rq_per_try_idle_timeout: int
     retry_or_shadow_abandoned: int
+    cx_rx_bytes_total: int
+    cx_tx_bytes_total: int
+    cx_connect_attempts_exceeded: int
+    cx_none_healthy: int
     cx_active: int
     rq_active: int
     rq_pending_active: int
@@ -288,6 +301,30 @@ class ListenerStats(_Scope):
         super().__init__(f"listener.{stat_name}.")
 
 
+class TcpStats(_Scope):
+    """``tcp.<stat_prefix>.*``: one TCP proxy's downstream stats (Envoy's names)."""
+
+    __slots__ = ("cx_total", "cx_no_route", "rx_bytes", "tx_bytes", "idle_timeout", "max_duration")
+    COUNTERS = (
+        ("cx_total", "downstream_cx_total"),
+        ("cx_no_route", "downstream_cx_no_route"),
+        ("rx_bytes", "downstream_cx_rx_bytes_total"),
+        ("tx_bytes", "downstream_cx_tx_bytes_total"),
+        ("idle_timeout", "idle_timeout"),
+        ("max_duration", "max_downstream_connection_duration"),
+    )
+    # The COUNTERS attributes, set to 0 in _Scope.__init__.
+    cx_total: int
+    cx_no_route: int
+    rx_bytes: int
+    tx_bytes: int
+    idle_timeout: int
+    max_duration: int
+
+    def __init__(self, stat_prefix: str) -> None:
+        super().__init__(f"tcp.{stat_prefix}.")
+
+
 class HostStats(_Scope):
     """``<cluster>::<host>::*``: one upstream host of a cluster, for ``/clusters``.
 
@@ -413,6 +450,9 @@ class StatsStore:
 
     def http(self, stat_prefix: str) -> HttpStats:
         return self._get(HttpStats, "http." + stat_prefix, stat_prefix)
+
+    def tcp(self, stat_prefix: str) -> TcpStats:
+        return self._get(TcpStats, "tcp." + stat_prefix, stat_prefix)
 
     def host(self, cluster: str, host: str) -> HostStats:
         """``host`` as /clusters prints it: ``ip:port``, or ``[ip6]:port``."""

@@ -128,16 +128,12 @@ def test_unsupported_filter_named_without_typed_config() -> None:
 def test_unsupported_network_filter() -> None:
     d = base()
     d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0] = {
-        "name": "envoy.filters.network.tcp_proxy",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-            "stat_prefix": "tcp",
-            "cluster": "api",
-        },
+        "name": "envoy.filters.network.echo",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo"},
     }
     err = reject(d)
     assert err.path == "static_resources.listeners[0].filter_chains[0].filters[0]"
-    assert "network filter 'envoy.filters.network.tcp_proxy'" in err.reason
+    assert "network filter 'envoy.filters.network.echo'" in err.reason
 
 
 def test_unsupported_protocol_options_key() -> None:

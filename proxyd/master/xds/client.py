@@ -107,7 +107,7 @@ class XdsClient:
             if c.eds_source is not None:
                 yield c
         for lst in self.static.listeners:
-            if lst.hcm.rds_source is not None:
+            if lst.hcm is not None and lst.hcm.rds_source is not None:
                 yield lst
 
     # -- configuration ----------------------------------------------------------------
@@ -435,7 +435,7 @@ class XdsClient:
         out: list[str] = []
         if type_url == rs.ROUTE:
             for lst in self.state.listeners_in_use(self.static):
-                if lst.hcm.rds_route_config_name in wanted:
+                if lst.hcm is not None and lst.hcm.rds_route_config_name in wanted:
                     out.append(f"http.{lst.hcm.stat_prefix}.rds.{lst.hcm.rds_route_config_name}")
         else:
             for c in self.state.clusters_in_use(self.static):

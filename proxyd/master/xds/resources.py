@@ -161,7 +161,7 @@ def _compile(type_url: str, message: Message, path: str, file: str, ctx: Context
     elif type_url == LISTENER:
         supported.check_message(message, supported.LISTENER, path, file)
         value = compile_listener(message, path, ctx.route_targets, file)
-        if value.hcm.rds_source is not None:
+        if value.hcm is not None and value.hcm.rds_source is not None:
             where = f"{path}.filter_chains[0].filters[0].typed_config.rds.config_source"
             ctx.check_source(value.hcm.rds_source, where, file)
     else:

@@ -175,7 +175,7 @@ class XdsState:
         elif type_url == rs.ROUTE:
             for lst in self._all_listeners(static):
                 hcm = lst.hcm
-                if hcm.rds_source is not None:
+                if hcm is not None and hcm.rds_source is not None:
                     out.setdefault(hcm.rds_source, set()).add(hcm.rds_route_config_name)
         return out
 
@@ -264,6 +264,8 @@ class XdsState:
             c: Cluster = res.value
             return c.eds_service_name, c.eds_source
         hcm = res.value.hcm
+        if hcm is None:  # a TCP proxy listener waits for nothing
+            return "", None
         return hcm.rds_route_config_name, hcm.rds_source
 
     def _warm_or_previous(
@@ -303,14 +305,19 @@ class XdsState:
         return composed
 
     def _rds_filled(self, lst: Listener, routes: dict[str, Resource]) -> Listener:
-        if lst.hcm.rds_source is None:
+        if lst.hcm is None or lst.hcm.rds_source is None:
             return lst
         rc = routes.get(lst.hcm.rds_route_config_name)
         return lst if rc is None else _with_routes(lst, rc.value)
 
     def _composed_listener(self, res: Resource, routes: dict[str, Resource]) -> Listener:
         lst: Listener = res.value
-        rc = routes.get(lst.hcm.rds_route_config_name) if lst.hcm.rds_source is not None else None
+        hcm = lst.hcm
+        rc = (
+            routes.get(hcm.rds_route_config_name)
+            if hcm is not None and hcm.rds_source is not None
+            else None
+        )
         cached = self._listeners.get(res.name)
         if cached is not None and cached[0] is res and cached[1] is rc:
             return cached[2]
@@ -329,4 +336,5 @@ def _with_endpoints(c: Cluster, value: Any) -> Cluster:
 
 
 def _with_routes(lst: Listener, route_config: Any) -> Listener:
+    assert lst.hcm is not None
     return dataclasses.replace(lst, hcm=dataclasses.replace(lst.hcm, route_config=route_config))
