@@ -170,7 +170,11 @@ class DownstreamConnection:
 
     async def serve(self, plan: ListenerPlan) -> None:
         if plan.chooser is not None:  # a listener with several filter chains
-            chosen = await plan.chooser.choose(self.sock)
+            try:
+                chosen = await plan.chooser.choose(self.sock)
+            except Exception as exc:  # a bug: counted, logged once, only this connection
+                note_unexpected(self.worker.stats, exc, "filter chain choice")
+                chosen = None
             if chosen is None:  # no chain for it: closed before anything counted it
                 io.close(self.sock)
                 self.worker.connections.discard(self)
@@ -192,14 +196,13 @@ class DownstreamConnection:
             accesslog_plan.connection_opened(self, plan)
         if plan.durations:
             self.durations = ConnectionDurations(self, plan)
-        if plan.tls is not None and not await terminate_tls(self, plan.tls):
-            self._closed(lstats, hstats)
-            return
         if plan.http1 is not None and plan.http1.accept_http_10:
             # (A listener update closes the connection after its response, so the
             # plan it was accepted under decides for all its requests.)
             self.rb.check_first_line = check_http10_request_line
         try:
+            if plan.tls is not None and not await terminate_tls(self, plan.tls):
+                return  # the handshake failed (the finally below logs and counts)
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request. It runs in one cancel scope
             # until a deadline cancels it; then the stream is ended and a new scope
