@@ -189,6 +189,12 @@ class Cluster:
     choice_count: int = 2
     # Envoy's per-cluster limit on requests per upstream connection; 0 = unlimited.
     max_requests_per_connection: int = 0
+    # per_connection_buffer_limit_bytes: the most of a response body read from one of
+    # the cluster's connections before it is passed on (Envoy's default 1 MiB).
+    buffer_limit: int = 1024 * 1024
+    # close_connections_on_host_health_failure: a host that fails active health checking
+    # has its TCP proxy connections closed (HTTP pools are replaced on any health change).
+    close_on_health_failure: bool = False
     # Upstream idle connection timeout (common_http_protocol_options.idle_timeout);
     # Envoy's default is 1 hour. 0 = disabled.
     idle_timeout_s: float = 3600.0
@@ -441,6 +447,14 @@ class Route:
     # RouteAction.idle_timeout: the stream idle timeout on this route in place of the
     # connection manager's (None: not set; 0: none).
     idle_timeout_s: float | None = None
+    # Route.decorator.operation: the name of a traced request's span ("" = not set).
+    decorator_operation: str = ""
+    # Route.decorator.propagate: the operation goes to the other party in
+    # x-envoy-decorator-operation (the response of an ingress span, the upstream
+    # request of an egress one).
+    decorator_propagate: bool = True
+    # Route.tracing (None: not set).
+    tracing: RouteTracing | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,6 +717,66 @@ class HttpFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomTag:
+    """HttpConnectionManager.tracing.custom_tags: a tag every span of the listener gets;
+    ``kind`` is "literal" (``value``), "request_header" (``value`` is the lower-case
+    header name) or "environment" (resolved by the master: a literal then)."""
+
+    tag: str
+    kind: str
+    value: str
+    default: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTracing:
+    """Route.tracing: the samplings (numerator, denominator) that replace the
+    connection manager's for the route's requests (None: not set), and custom tags
+    added to the connection manager's."""
+
+    client_sampling: tuple[int, int] | None = None
+    random_sampling: tuple[int, int] | None = None
+    overall_sampling: tuple[int, int] | None = None
+    custom_tags: tuple[CustomTag, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """HttpConnectionManager.tracing with the Zipkin or the OpenTelemetry provider
+    (proxyd.config.tracing, proxyd.worker.tracing). For OpenTelemetry the collector
+    fields come from ``http_service.http_uri`` (endpoint: the uri's path, hostname: its
+    authority)."""
+
+    collector_cluster: str
+    collector_endpoint: str
+    collector_hostname: str
+    trace_id_128bit: bool = False
+    shared_span_context: bool = True
+    # "SERVER" for an INBOUND (or unspecified) listener, "CLIENT" for OUTBOUND.
+    kind: str = "SERVER"
+    # (numerator, denominator) of each sampling (Envoy's Percent is over 10,000).
+    random_sampling: tuple[int, int] = (10000, 10000)
+    client_sampling: tuple[int, int] = (10000, 10000)
+    overall_sampling: tuple[int, int] = (10000, 10000)
+    custom_tags: tuple[CustomTag, ...] = ()
+    max_path_tag_length: int = 256
+    # Tracing.operation: the span's name when the route has no decorator ("" = the
+    # request's Host, Envoy's default).
+    operation: str = ""
+    # "zipkin" or "opentelemetry".
+    provider: str = "zipkin"
+    # OpenTelemetry: service_name, http_service.request_headers_to_add (name, value)
+    # and http_uri.timeout.
+    service_name: str = ""
+    collector_headers: tuple[tuple[str, str], ...] = ()
+    collector_timeout_s: float = 5.0
+    # OpenTelemetry over grpc_service.envoy_grpc: unary TraceService/Export calls to
+    # the collector cluster (collector_endpoint is the method, collector_hostname the
+    # :authority, collector_headers the initial_metadata).
+    collector_grpc: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
     # "AUTO" or "HTTP1" (HTTP2 arrives with its own issue).
@@ -750,6 +824,8 @@ class HttpConnectionManager:
     max_connection_duration_s: float = 0.0
     max_stream_duration_s: float = 0.0
     drain_timeout_s: float = 5.0
+    # tracing (None: none; the request path then pays nothing for it).
+    tracing: Tracing | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,8 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         connect_timeout_s=duration_or(c, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S),
         endpoints=assignment.endpoints,
         max_requests_per_connection=max_requests or 0,
+        buffer_limit=wrapped_or(c, "per_connection_buffer_limit_bytes", 1024 * 1024),
+        close_on_health_failure=c.close_connections_on_host_health_failure,
         idle_timeout_s=idle_timeout_s,
         dns_lookup_family=enum_name(c, "dns_lookup_family"),
         dns_refresh_rate_s=duration_or(c, "dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE_S),

@@ -4,6 +4,7 @@ connection manager), with the checks Envoy makes in code and proxyd's narrower c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Container, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from proxyd.config.routes import compile_route_config
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tls import check_listener_filters, compile_transport_socket
+from proxyd.config.tracing import compile_tracing
 from proxyd.config.values import (
     compile_address,
     duration_or,
@@ -109,13 +111,14 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
             tcp_proxy=tcp,
         )
+    direction = enum_name(lst, "traffic_direction")
     chains = [
-        compile_filter_chain(c, join(path, f"filter_chains[{i}]"), clusters, file)
+        compile_filter_chain(c, join(path, f"filter_chains[{i}]"), clusters, file, direction)
         for i, c in enumerate(lst.filter_chains)
     ]
     default = (
         compile_filter_chain(
-            lst.default_filter_chain, join(path, "default_filter_chain"), clusters, file
+            lst.default_filter_chain, join(path, "default_filter_chain"), clusters, file, direction
         )
         if lst.HasField("default_filter_chain")
         else None
@@ -232,7 +235,11 @@ def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
     return compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
 
 
-def compile_filter_chain(chain: Any, path: str, clusters: Container[str], file: str) -> FilterChain:
+def compile_filter_chain(
+    chain: Any, path: str, clusters: Container[str], file: str, direction: str = "UNSPECIFIED"
+) -> FilterChain:
+    """One HTTP filter chain (``direction``: the listener's traffic_direction, which
+    tracing reads)."""
     filters = chain.filters
     if len(filters) != 1:
         raise ConfigError(
@@ -244,6 +251,9 @@ def compile_filter_chain(chain: Any, path: str, clusters: Container[str], file: 
     filter_path = join(path, "filters[0]")
     hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
     hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
+    tracing = compile_tracing(hcm_msg, direction, join(filter_path, "typed_config"), clusters, file)
+    if tracing is not None:
+        hcm = dataclasses.replace(hcm, tracing=tracing)
     server_names: tuple[str, ...] = ()
     transport = ""
     if chain.HasField("filter_chain_match"):

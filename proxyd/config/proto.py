@@ -34,6 +34,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2, zipkin_pb2  # noqa: F401 - registers the types
 from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401 - registers the type
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401 - registers the types
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type

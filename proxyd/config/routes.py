@@ -19,6 +19,7 @@ from proxyd.config.matchers import header_match, string_match
 from proxyd.config.proto import join, unpack
 from proxyd.config.retries import with_retry_policies
 from proxyd.config.route_matcher import compile_matcher
+from proxyd.config.tracing import compile_route_tracing
 from proxyd.config.uri_template import TemplateError, match_regex, rewrite_substitution
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
 from proxyd.epoch import (
@@ -217,6 +218,9 @@ def _route(
         name=r.name,
         match=match,
         cluster=action.cluster,
+        decorator_operation=r.decorator.operation,
+        decorator_propagate=wrapped_or(r.decorator, "propagate", True),
+        tracing=compile_route_tracing(r, path, file),
         cluster_header=action.cluster_header.lower(),
         cluster_not_found_status=_NOT_FOUND_CODES[
             enum_name(action, "cluster_not_found_response_code")

@@ -30,6 +30,15 @@ from proxyd.filters.cors import config as cors_config
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
+ZIPKIN_TYPE = "envoy.config.trace.v3.ZipkinConfig"
+OTEL_TYPE = "envoy.config.trace.v3.OpenTelemetryConfig"
+# type.tracing.v3.CustomTag (proxyd.config.tracing; metadata tags are refused).
+CUSTOM_TAGS: Spec = {
+    "tag": LEAF,
+    "literal": {"value": LEAF},
+    "environment": {"name": LEAF, "default_value": LEAF},
+    "request_header": {"name": LEAF, "default_value": LEAF},
+}
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
@@ -246,9 +255,18 @@ ROUTE_CONFIG: dict[str, Spec] = {
             },
             "typed_per_filter_config": PER_FILTER_CONFIG,
             "metadata": METADATA,
-            # Names a traced request's span; with no tracing (HCM tracing is refused) it
-            # changes nothing, in Envoy as here.
+            # Names a traced request's span (proxyd.worker.tracing); the
+            # x-envoy-decorator-operation header propagate asks for is not sent (see docs).
             "decorator": {"operation": LEAF, "propagate": LEAF},
+            # Sampling overrides and custom tags of a traced request (proxyd.config.tracing).
+            "tracing": {
+                "client_sampling": {"numerator": LEAF, "denominator": LEAF},
+                "random_sampling": {"numerator": LEAF, "denominator": LEAF},
+                "overall_sampling": {"numerator": LEAF, "denominator": LEAF},
+                "custom_tags": CUSTOM_TAGS,
+                "operation": LEAF,
+                "upstream_operation": LEAF,
+            },
             **HEADER_MUTATIONS,
         },
         "typed_per_filter_config": PER_FILTER_CONFIG,
@@ -408,7 +426,7 @@ HCM: Spec = {
         "typed_config": AnyOf(
             "HTTP filter",
             {
-                # start_child_span only matters with tracing (refused); dynamic_stats
+                # start_child_span: refused when true (proxyd.config.tracing); dynamic_stats
                 # true is what proxyd does (false is refused by http_filters).
                 ROUTER_TYPE: {"start_child_span": LEAF, "dynamic_stats": LEAF},
                 **http_filters.filter_types(),
@@ -417,6 +435,51 @@ HCM: Spec = {
         "disabled": LEAF,
     },
     "access_log": ACCESS_LOG,
+    # proxyd.config.tracing (Zipkin), proxyd.worker.tracing.
+    "tracing": {
+        "provider": {
+            "name": LEAF,
+            "typed_config": AnyOf(
+                "tracer",
+                {
+                    ZIPKIN_TYPE: {
+                        "collector_cluster": LEAF,
+                        "collector_endpoint": LEAF,
+                        "collector_endpoint_version": LEAF,
+                        "trace_id_128bit": LEAF,
+                        "shared_span_context": LEAF,
+                        "collector_hostname": LEAF,
+                        "split_spans_for_request": LEAF,
+                        "trace_context_option": LEAF,
+                    },
+                    # OTLP/HTTP only (proxyd.config.tracing refuses grpc_service).
+                    OTEL_TYPE: {
+                        "http_service": {
+                            "http_uri": {"uri": LEAF, "cluster": LEAF, "timeout": LEAF},
+                            "request_headers_to_add": {
+                                "header": {"key": LEAF, "value": LEAF},
+                            },
+                        },
+                        "grpc_service": {
+                            "envoy_grpc": {"cluster_name": LEAF, "authority": LEAF},
+                            "timeout": LEAF,
+                            "initial_metadata": {"key": LEAF, "value": LEAF},
+                        },
+                        "service_name": LEAF,
+                    },
+                },
+            ),
+        },
+        "random_sampling": {"value": LEAF},
+        "client_sampling": {"value": LEAF},
+        "overall_sampling": {"value": LEAF},
+        "verbose": LEAF,
+        "max_path_tag_length": LEAF,
+        "spawn_upstream_span": LEAF,
+        "operation": LEAF,
+        "upstream_operation": LEAF,
+        "custom_tags": CUSTOM_TAGS,
+    },
     # flush_log_on_tunnel_successfully_established is refused: proxyd has no tunnels.
     "access_log_options": {
         "access_log_flush_interval": LEAF,
@@ -703,6 +766,8 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
 }
 
 CLUSTER: dict[str, Spec] = {
+    # proxyd.worker.router: the most of a response body read at once from its hosts.
+    "per_connection_buffer_limit_bytes": LEAF,
     "name": LEAF,
     "type": LEAF,
     "connect_timeout": LEAF,

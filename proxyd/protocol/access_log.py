@@ -82,6 +82,7 @@ class LogRecord:
         "upstream_protocol",
         "upstream_cluster",
         "attempt_count",
+        "hosts_attempted",
         "transport_failure",
         "downstream_remote_address",
         "downstream_direct_remote_address",
@@ -97,6 +98,7 @@ class LogRecord:
         "log_type",
         "server",
         "tls",
+        "trace_id",
     )
 
     def __init__(self, **fields: Any) -> None:
@@ -118,6 +120,8 @@ class LogRecord:
         self.upstream_protocol: str | None = None
         self.upstream_cluster: str | None = None
         self.attempt_count: int = 0
+        # The hosts that got the request (None: the one in upstream_host).
+        self.hosts_attempted: list[str] | None = None
         self.transport_failure: str | None = None
         self.downstream_remote_address: str | None = None
         self.downstream_direct_remote_address: str | None = None
@@ -134,6 +138,8 @@ class LogRecord:
         # The downstream TLS session (proxyd.worker.tls.TlsSocket: version, cipher, sni,
         # peer, ssl), None on a plaintext connection.
         self.tls: Any = None
+        # The request's trace id on a listener with tracing (%TRACE_ID%), else None.
+        self.trace_id: str | None = None
         # The server header the client got (the HCM's server_name), None: no response.
         self.server: str | None = None
         for name, value in fields.items():

@@ -8,8 +8,8 @@ Each kind means what it means in Envoy 1.40:
   the runtime has one, else with ``default_value``.
 * ``not_health_check``: true unless the request is a health check answered by the
   health_check HTTP filter; proxyd has no such filter, so always true.
-* ``traceable``: true only for a request traced with reason "service forced"; proxyd
-  has no tracing, so always false.
+* ``traceable``: true only for a request traced with reason "service forced" (the
+  ``a`` in its x-request-id) on a listener with tracing.
 * ``runtime``: samples ``percent_sampled`` (the runtime key's value overrides it: an
   integer is a percentage, over 100 always true). Unless ``use_independent_randomness``
   the sample is stable per request: the first 8 hex digits of x-request-id as an
@@ -119,7 +119,9 @@ def compile_filter(
     if kind == "not_health_check":
         return lambda rec: True
     if kind == "traceable":
-        return lambda rec: False
+        # Envoy's: traced with reason "service forced" (x-envoy-force-trace on an
+        # internal request), the ``a`` in x-request-id; never without tracing.
+        return lambda rec: rec.trace_id is not None and (rec.request_id or "")[14:15] == "a"
     if kind == "runtime":
         return _runtime_filter(f, runtime, rng or random.Random())
     if kind in ("and", "or"):

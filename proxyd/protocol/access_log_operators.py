@@ -14,14 +14,16 @@ name Envoy does not know gets Envoy's own message ("Not supported field in Strea
 
 Values that proxyd knows to be absent for every config it accepts are implemented as
 absent: proxyd has no upstream TLS (a cluster's ``transport_socket`` is refused), no
-tracing (``tracing`` is refused), no virtual clusters and no filter-chain names, so the
-upstream TLS operators, ``TRACE_ID``, ``VIRTUAL_CLUSTER_NAME`` and ``FILTER_CHAIN_NAME``
-print ``-`` exactly as Envoy does for the same config. When one of those features
-arrives, its operators must move out of :data:`_ABSENT`. Downstream TLS termination
-exists: the requested server name, TLS version and cipher and the peer certificate's
-subject, issuer, SANs, serial and fingerprints are printed; the other downstream TLS
-operators (local certificate, session id, group, peer chain, handshake duration) still
-print ``-`` on a TLS connection (docs/configuration.md lists it as a difference).
+virtual clusters and no filter-chain names, so the upstream TLS operators,
+``VIRTUAL_CLUSTER_NAME`` and ``FILTER_CHAIN_NAME`` print ``-`` exactly as Envoy does for
+the same config. ``TRACE_ID`` is the request's trace id on a listener with tracing
+(``-`` elsewhere); ``SPAN_ID`` still prints ``-``. When one of those features arrives,
+its operators must move out of :data:`_ABSENT`. Downstream TLS termination exists: the
+requested server name, TLS version and cipher and the peer certificate's subject,
+issuer, SANs, serial and fingerprints are printed (:mod:`.access_log_tls`); the other
+downstream TLS operators (local certificate, session id, group, peer chain, handshake
+duration) still print ``-`` on a TLS connection (docs/configuration.md lists it as a
+difference).
 """
 
 from __future__ import annotations
@@ -242,6 +244,7 @@ _PLAIN: dict[str, Getter] = {
     "LISTENER_NAME": _field("listener_name"),
     "ACCESS_LOG_TYPE": _field("log_type"),
     "STREAM_ID": _field("request_id"),
+    "TRACE_ID": _field("trace_id"),
     "UNIQUE_ID": _unique_id,
     "HOSTNAME": _const(_HOSTNAME),
     "QUERY_PARAMS": _query_string,
@@ -277,6 +280,27 @@ _PLAIN["UPSTREAM_HOST_NAME"] = _host_name
 _PLAIN["UPSTREAM_HOST_NAME_WITHOUT_PORT"] = _host_name_without_port
 
 
+def _hosts_attempted(rec: Any) -> Value:
+    """The hosts that got the request, comma-separated, each once (a refused connection
+    is not one, as in Envoy 1.40); ``hosts_attempted`` None means the one picked host."""
+    hosts = rec.hosts_attempted
+    if hosts is None:
+        return rec.upstream_host
+    return ",".join(hosts) or None
+
+
+def _hosts_attempted_without_port(rec: Any) -> Value:
+    hosts = rec.hosts_attempted
+    if hosts is None:
+        hosts = [rec.upstream_host] if rec.upstream_host is not None else []
+    return ",".join(split_host_port(h)[0] or "" for h in hosts) or None
+
+
+_PLAIN["UPSTREAM_REQUEST_ATTEMPT_COUNT"] = _int("attempt_count")
+_PLAIN["UPSTREAM_HOSTS_ATTEMPTED"] = _hosts_attempted
+_PLAIN["UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT"] = _hosts_attempted_without_port
+
+
 def _upstream_endpoint_id(rec: Any) -> Value:
     # Endpoint ids belong to internal addresses, which proxyd has none of: Envoy prints
     # nothing for a connected IP upstream, and "-" when there is no upstream.
@@ -290,7 +314,7 @@ _PLAIN["DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID"] = _const("")
 # Absent for every config proxyd accepts (see the module docstring): Envoy prints "-".
 # (The downstream TLS ones here print "-" on a TLS connection too: not tracked yet.)
 _ABSENT = (
-    "TRACE_ID", "SPAN_ID", "VIRTUAL_CLUSTER_NAME", "FILTER_CHAIN_NAME",
+    "SPAN_ID", "VIRTUAL_CLUSTER_NAME", "FILTER_CHAIN_NAME",
     "DOWNSTREAM_HANDSHAKE_DURATION", "UPSTREAM_SERVER_NAME", "DOWNSTREAM_LOCAL_URI_SAN",
     "DOWNSTREAM_LOCAL_DNS_SAN", "DOWNSTREAM_LOCAL_IP_SAN", "DOWNSTREAM_LOCAL_EMAIL_SAN",
     "DOWNSTREAM_LOCAL_OTHERNAME_SAN", "DOWNSTREAM_LOCAL_SUBJECT",
@@ -333,13 +357,10 @@ _UNTRACKED = (
 )  # fmt: skip
 REFUSED: dict[str, str] = {
     **{n: _NOT_TRACKED for n in _UNTRACKED},
-    # Retries (retry_policy) count their attempts in the router, not on the stream yet.
+    # The hosts' DNS names per attempt are not kept (their addresses are).
     **{
-        n: "attempts of retried requests are not counted for the access log yet"
+        n: "the host names of each attempt are not kept by proxyd"
         for n in (
-            "UPSTREAM_REQUEST_ATTEMPT_COUNT",
-            "UPSTREAM_HOSTS_ATTEMPTED",
-            "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT",
             "UPSTREAM_HOST_NAMES_ATTEMPTED",
             "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
         )

@@ -27,7 +27,7 @@ Bad input raises :class:`proxyd.errors.ProtocolError` with the status the peer g
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -175,7 +175,12 @@ class RequestHead:
         "has_body",
         "http10",
         "names",
+        # The request's trace context (proxyd.worker.tracing.SpanState): set only on a
+        # listener with tracing, left unset here so that other requests pay nothing.
+        "trace",
     )
+
+    trace: Any  # see __slots__
 
     def __init__(self) -> None:
         self.raw = b""

@@ -239,15 +239,22 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
     rec.transport_failure = None
     host = stream.upstream_host
     rec.upstream_host = host
-    if host is not None:
+    # A retried request's attempts and hosts (else: the one attempt a picked host means;
+    # an overflow counts one, as in Envoy).
+    if stream.attempts:
+        rec.attempt_count = stream.attempts
+        rec.hosts_attempted = stream.hosts_tried or []
+    elif host is not None:
         rec.attempt_count = 1
-        if flags is _NONE or flags not in _NOT_CONNECTED:
-            rec.upstream_remote_address = host
-            rec.upstream_protocol = "HTTP/1.1"
-        else:
-            rec.upstream_remote_address = rec.upstream_protocol = None
+        # None: the host (access_log_operators); none when its connection was refused.
+        rec.hosts_attempted = [] if flags is ResponseFlag.UPSTREAM_CONNECTION_FAILURE else None
     else:
         rec.attempt_count = 1 if flags is ResponseFlag.UPSTREAM_OVERFLOW else 0
+        rec.hosts_attempted = []
+    if host is not None and (flags is _NONE or flags not in _NOT_CONNECTED):
+        rec.upstream_remote_address = host
+        rec.upstream_protocol = "HTTP/1.1"
+    else:
         rec.upstream_remote_address = rec.upstream_protocol = None
     rec.details = _details(stream)
     trusted = stream.trusted_address
@@ -290,6 +297,10 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
         rec.resp_headers = _local_reply_headers(stream, access.response_headers)
     else:
         rec.resp_headers = {}
+    # %TRACE_ID% and traceable_filter: the request's trace on a listener with tracing
+    # (its decision is made before the log is written: manager.finish).
+    trace = getattr(stream, "trace", None) if plan.tracer is not None else None
+    rec.trace_id = (trace.trace_id or None) if trace is not None and not trace.off else None
     return rec
 
 

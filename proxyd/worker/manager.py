@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
 from proxyd.protocol.http1_options import proper_case_head
-from proxyd.worker import accesslog_plan, mirror, router
+from proxyd.worker import accesslog_plan, mirror, router, tracing
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
 from proxyd.worker.local_action import answer_locally
@@ -62,6 +62,8 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
         stream.t0 = time.monotonic()
         if plan.log_hooks:
             accesslog_plan.stream_started(stream, plan, conn)
+        if plan.tracer is not None:
+            tracing.start(stream, plan)
     plan.http_stats.rq_total += 1
     plan.http_stats.rq_active += 1
     h = stream.head
@@ -262,8 +264,11 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     sink = stream.sink
     if sink is not conn:
         sink.complete()  # type: ignore[attr-defined]  # the filter chain
-    if plan.logs:
-        write_log(stream, plan, conn)
+    if plan.stamps:  # access logs, tracing (and header values with operators)
+        if plan.tracer is not None:  # before the log, which reads the trace decision
+            tracing.finish(stream, plan, conn)
+        if plan.logs:
+            write_log(stream, plan, conn)
 
 
 # -- access log ---------------------------------------------------------------------------

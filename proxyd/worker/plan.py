@@ -25,6 +25,7 @@ from proxyd.epoch import (
     Listener,
     RetryPolicy,
     Route,
+    RouteTracing,
 )
 from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
@@ -49,6 +50,7 @@ from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.stream import Connection, Stream
 from proxyd.worker.tcp_proxy import TcpListenerPlan, tcp_plans
 from proxyd.worker.tls import TlsPlan
+from proxyd.worker.tracing import Tracer, TracingHeaderPolicy
 from proxyd.worker.upstream import ClusterState, ConnPool
 
 
@@ -109,7 +111,8 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration", "hash", "mirror", "stream_idle",
+        "duration", "hash", "mirror", "stream_idle", "decorator",
+        "decorator_line", "tracing",
     )  # fmt: skip
 
     def __init__(
@@ -122,6 +125,12 @@ class RoutePlan:
         stream_idle: float = math.inf,
     ):
         self.name = name
+        # Route.decorator.operation: a traced request's span name ("" = not set).
+        self.decorator = ""
+        # Its x-envoy-decorator-operation line when the decorator propagates (b"": none).
+        self.decorator_line = b""
+        # Route.tracing (None: not set).
+        self.tracing: RouteTracing | None = None
         self.cluster = cluster
         self.pool: ConnPool | None = cluster.pool(priority) if cluster is not None else None
         self.cluster_name = cluster_name
@@ -341,6 +350,12 @@ class ListenerPlan:
                 idle_of(r),
             )
             rp.not_found_status = r.cluster_not_found_status
+            rp.decorator = r.decorator_operation
+            rp.tracing = r.tracing
+            if r.decorator_operation and r.decorator_propagate:
+                rp.decorator_line = b"x-envoy-decorator-operation: %s\r\n" % (
+                    r.decorator_operation.encode("latin-1")
+                )
             if r.hash_policy and rp.cluster is not None and rp.cluster.hashing is not None:
                 rp.hash = HashPlan(r.hash_policy)
             if r.stream_duration_set:  # its limit, and a gRPC request's grpc-timeout
@@ -487,7 +502,22 @@ class ListenerPlan:
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
         log_req = set(self.access.request_headers) | value_req
         log_resp = set(self.access.response_headers) | value_resp
-        self.stamps = self.stamps or bool(self.logs)
+        # HttpConnectionManager.tracing (proxyd.worker.tracing; None: a request pays
+        # nothing for it). A traced request needs its times.
+        self.tracer = (
+            Tracer(hcm.tracing, clusters, stats, local_address) if hcm.tracing is not None else None
+        )
+        if self.tracer is not None:
+            log_req |= self.tracer.wanted
+            log_req |= {  # Route.tracing's request-header tags
+                c.value
+                for vh in hcm.route_config.virtual_hosts
+                for r in vh.routes
+                if r.tracing is not None
+                for c in r.tracing.custom_tags
+                if c.kind == "request_header"
+            }
+        self.stamps = self.stamps or bool(self.logs) or self.tracer is not None
         if retry_headers:
             log_resp.add("x-envoy-overloaded")  # a response never retried
         # Header names (bytes, lower case) the request parser collects, by the key under
@@ -500,7 +530,8 @@ class ListenerPlan:
             (n, n.encode("latin-1")) for n in hcm.route_config.internal_only_headers
         )
         self.response_wanted = {n.encode("latin-1"): n for n in log_resp | filter_response}
-        self.policy = RequestHeaderPolicy(
+        policy_class = TracingHeaderPolicy if self.tracer is not None else RequestHeaderPolicy
+        self.policy = policy_class(
             hcm.use_remote_address,
             hcm.xff_num_trusted_hops,
             hcm.generate_request_id,
@@ -523,6 +554,9 @@ class ListenerPlan:
         self.scheme = "http" if self.tls is None else "https"
         if self.tls is not None:
             self.policy.scheme_xfp = b"x-forwarded-proto: https\r\n"
+        if isinstance(self.policy, TracingHeaderPolicy):
+            assert self.tracer is not None
+            self.policy.tracer = self.tracer
         self.server = server_line(hcm.server_name)
         # The router sees x-forwarded-proto as the connection's scheme when the edge
         # overwrote the client's (the scheme of a redirect's location comes from it).
@@ -635,6 +669,8 @@ class CompiledEpoch:
         for name, plan in self.plans.items():
             if plan.transforms is not None:
                 plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
+            if plan.tracer is not None:
+                plan.tracer.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation

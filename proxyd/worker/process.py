@@ -229,6 +229,7 @@ class Worker:
         old_plans: dict[str, ListenerPlan | TcpListenerPlan] = {**self.plans, **self.tcp_plans}
         self.plans, self.tcp_plans = compiled.plans, compiled.tcp_plans
         compiled.retire_replaced(old_clusters)
+        self._close_on_health_failure(compiled)
         for name, old in old_plans.items():
             new = self.plans.get(name) or self.tcp_plans.get(name)
             if (new is None or new.generation is not old.generation) and self._nursery is not None:
@@ -236,6 +237,22 @@ class Worker:
                     self._drain_old_connections, name, old.generation, epoch.drain_time_s
                 )
         log.debug("epoch applied", worker_id=self.worker_id, epoch=epoch.number)
+
+    def _close_on_health_failure(self, compiled: CompiledEpoch) -> None:
+        """close_connections_on_host_health_failure: TCP proxy connections to a host that
+        active health checking now finds unhealthy are closed."""
+        clusters = compiled.clusters
+        for conn in list(self.connections):
+            if not isinstance(conn, TcpConnection) or conn.host_label is None:
+                continue
+            cluster = clusters.get(conn.cluster_name or "")
+            if cluster is None or not cluster.cluster.close_on_health_failure:
+                continue
+            for host in cluster.hosts:
+                if host.label == conn.host_label:
+                    if not host.healthy:
+                        conn.close_for_health()
+                    break
 
     async def _send_refused(self, epoch: Epoch, reason: str) -> None:
         """Tell the master (which logs it) that ``epoch`` was refused, and why."""

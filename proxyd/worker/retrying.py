@@ -373,6 +373,7 @@ class RetryingExchange(Exchange):
             return False
         if decision is Decision.LIMIT_EXCEEDED:
             self.pool.stats.rq_retry_limit_exceeded += 1
+            self.stream.set_flag("URX")  # UpstreamRetryLimitExceeded, beside the outcome's
             return False
         if not self.pool.retry_allowed():
             return False
@@ -479,6 +480,7 @@ class RetryingExchange(Exchange):
     async def _attempt(self) -> bool:
         pool = self.pool
         host = self.host
+        self.stream.attempts += 1  # %UPSTREAM_REQUEST_ATTEMPT_COUNT%
         if self.rplan.priority_update:
             self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
@@ -503,6 +505,13 @@ class RetryingExchange(Exchange):
         host.stats.rq_total += 1
         self.conn = conn
         self.attempts += 1
+        # %UPSTREAM_HOSTS_ATTEMPTED%: each host that got the request, once (Envoy 1.40
+        # lists neither a refused connection nor a host twice).
+        stream = self.stream
+        if stream.hosts_tried is None:
+            stream.hosts_tried = [host.label]
+        elif host.label not in stream.hosts_tried:
+            stream.hosts_tried.append(host.label)
         per_try = self.per_try_s
         idle = self.rplan.per_try_idle_s
         if not per_try and not idle:

@@ -483,7 +483,9 @@ class Exchange:
             try:
                 pieces = body.read(rb)
                 await sink.send_headers(r, service_ms, length, pieces, body.done)
-                limit = self.plan.buffer_limit
+                # The listener's limit and the cluster's (per_connection_buffer_limit_bytes
+                # on each side), whichever is less: one read is at most that much.
+                limit = min(self.plan.buffer_limit, self.pool.cluster.cluster.buffer_limit)
                 while not body.done:
                     room = rb.space(min(limit, body.left) if mode is _LENGTH else limit)
                     n = await io.recv_into(conn.sock, room)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from proxyd.worker.deadlines import Deadline, DeadlineKind, Timers
     from proxyd.worker.durations import ConnectionDurations
     from proxyd.worker.plan import RoutePlan
+    from proxyd.worker.tracing import SpanState
 
 
 class BodyMode(enum.Enum):
@@ -133,9 +134,16 @@ class Stream:
         "request_deadline",
         "buffer_limit",
         "close_connection",
+        "attempts",
+        "hosts_tried",
         "connection",
         "lb_hash",
+        # proxyd.worker.tracing.SpanState, set (and read) only on a listener with
+        # tracing: left unset here so that other requests pay nothing for it.
+        "trace",
     )
+
+    trace: SpanState  # see __slots__: only on a listener with tracing
 
     def __init__(self, head: RequestHead | None, sink: DownstreamSink) -> None:
         self.head = head
@@ -178,6 +186,10 @@ class Stream:
         # The connection must close after this stream (e.g. a filter answered before
         # the request body was read).
         self.close_connection = False
+        # A retried request's attempts and the host of each (0 / None: no retry policy;
+        # the access log then counts the one attempt a picked host means).
+        self.attempts = 0
+        self.hosts_tried: list[str] | None = None
         # The connection, for filters that read its addresses (set when the route has
         # filters; None otherwise).
         self.connection: Connection | None = None

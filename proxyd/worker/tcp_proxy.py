@@ -240,6 +240,13 @@ class TcpConnection:
         if self.scope is not None:
             self.scope.cancel()
 
+    def close_for_health(self) -> None:
+        """Its host failed active health checking on a cluster with
+        close_connections_on_host_health_failure: the connection ends (Envoy closes it)."""
+        self.drained = True  # not a duration timeout
+        if self.scope is not None:
+            self.scope.cancel()
+
     # -- life cycle -----------------------------------------------------------------
 
     async def serve(self, plan: TcpListenerPlan) -> None:

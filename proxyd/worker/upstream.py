@@ -38,7 +38,7 @@ class HostState:
 
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
-        "outcomes", "priority", "locality", "locality_weight", "usable", "connections",
+        "outcomes", "priority", "locality", "locality_weight", "usable", "healthy", "connections",
         "hostname", "hash_key",
     )  # fmt: skip
 
@@ -61,6 +61,7 @@ class HostState:
         self.locality = ep.locality
         self.locality_weight = ep.locality_weight
         self.usable = ep.usable
+        self.healthy = ep.healthy  # by active health checking (outlier ejection aside)
         self.hostname = ep.hostname  # a STRICT_DNS host's name (auto_host_rewrite)
         self.hash_key = ep.hash_key  # RING_HASH, MAGLEV: the key in place of the address
         self.active_requests = 0

@@ -62,6 +62,8 @@ FIELDS = (
     "DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID",
     "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID",
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT", "UPSTREAM_HOSTS_ATTEMPTED",
+    "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT",
 )  # fmt: skip
 TIMING = (
     "START_TIME", "START_TIME(%s.%3f)", "START_TIME(%E3S)", "EMIT_TIME", "DURATION",
@@ -71,8 +73,14 @@ TIMING = (
 # Where proxyd differs from Envoy, and says so in docs/configuration.md: a refused
 # upstream connection's transport failure reason (Envoy: "delayed_connect_error:_
 # Connection_refused", also in its local reply body and so in BYTES_SENT).
-KNOWN = {("/dead", "RESPONSE_CODE_DETAILS"), ("/dead", "BYTES_SENT"),
-         ("/dead", "RESP(CONTENT-LENGTH)"), ("/dead", "UPSTREAM_TRANSPORT_FAILURE_REASON")}  # fmt: skip
+KNOWN = {
+    (path, field)
+    for path in ("/dead", "/retrydead")
+    for field in (
+        "RESPONSE_CODE_DETAILS", "BYTES_SENT", "RESP(CONTENT-LENGTH)",
+        "UPSTREAM_TRANSPORT_FAILURE_REASON",
+    )
+}  # fmt: skip
 
 SHAPES = {
     "START_TIME": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
@@ -180,6 +188,9 @@ FILTERS: dict[str, dict] = {
 }
 
 
+FAST_BACK_OFF = {"retry_back_off": {"base_interval": "0.001s", "max_interval": "0.002s"}}
+
+
 def make_config(
     ports: tuple[int, int, int], admin: int, upstream: int, dead: int, logdir: str
 ) -> str:
@@ -231,6 +242,26 @@ def make_config(
         {"match": {"prefix": "/status"}, "route": {"cluster": "up"}},
         {"match": {"prefix": "/delay"}, "route": {"cluster": "up"}},
         {"match": {"prefix": "/dns"}, "route": {"cluster": "dns"}},
+        # Retried requests: each attempt's host is logged.
+        {
+            "match": {"prefix": "/retry503"},
+            "route": {
+                "cluster": "up",
+                "prefix_rewrite": "/status/503",
+                "retry_policy": {"retry_on": "5xx", "num_retries": 2, **FAST_BACK_OFF},
+            },
+        },
+        {
+            "match": {"prefix": "/retrydead"},
+            "route": {
+                "cluster": "dead",
+                "retry_policy": {"retry_on": "connect-failure", "num_retries": 1, **FAST_BACK_OFF},
+            },
+        },
+        {
+            "match": {"prefix": "/retryok"},
+            "route": {"cluster": "up", "retry_policy": {"retry_on": "5xx", **FAST_BACK_OFF}},
+        },
     ]
 
     def hcm(stat: str, access_log: list, extra: dict) -> dict:
@@ -391,6 +422,9 @@ def requests() -> list[Request]:
         Request("GET", "/zzz/second", _rid(13), port=2),
         Request("DELETE", "/status/500", _rid(14), (("x-log", "3"),)),
         Request("GET", "/dns/name", _rid(17)),  # UPSTREAM_HOST_NAME: the DNS name
+        Request("GET", "/retry503", _rid(18)),  # three attempts, each logged
+        Request("GET", "/retrydead", _rid(19)),
+        Request("GET", "/retryok/a", _rid(20)),
         # In flight for 600 ms: the 100 ms flush interval logs it while it lasts.
         Request("GET", "/delay/600/slow", _rid(15), port=3),
         Request("GET", "/a/fast", _rid(16), port=3),
@@ -532,7 +566,7 @@ def test_json_logs_agree(runs: dict[str, Run], name: str) -> None:
     ours = load(runs["proxyd"].logs[name])
     assert set(ours) == set(envoy)
     for rid, e in envoy.items():
-        if rid == _rid(5):  # the refused connection's local reply body (see KNOWN)
+        if rid in (_rid(5), _rid(19)):  # a refused connection's reply body (see KNOWN)
             e["bytes"].pop("out")
             ours[rid]["bytes"].pop("out")
             e.pop("details", None)

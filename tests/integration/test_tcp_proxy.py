@@ -190,3 +190,48 @@ def test_connect_failures_eject_a_dead_host(tmp_path: Path) -> None:
             # Ejected: no connection tried the dead host again.
             assert stats["cluster.echo.upstream_cx_connect_fail"] == failed
             assert stats["cluster.echo.upstream_cx_total"] == 6 + failed + 6
+
+
+def _health_checked(echo_port: int, hc_port: int, close: bool) -> str:
+    """Cluster ``echo`` whose one host is health checked by connecting to ``hc_port``
+    (the endpoint's health_check_config), with close_connections_on_host_health_failure."""
+    doc = yaml.safe_load(tcp_config(echo_port))
+    cluster = doc["static_resources"]["clusters"][0]
+    (ep,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ep["endpoint"]["health_check_config"] = {"port_value": hc_port}
+    cluster["close_connections_on_host_health_failure"] = close
+    cluster["health_checks"] = [
+        {
+            "timeout": "0.5s",
+            "interval": "0.2s",
+            "no_traffic_interval": "0.2s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "tcp_health_check": {},
+        }
+    ]
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_a_host_failing_health_checks_loses_its_connections_when_asked(tmp_path: Path) -> None:
+    """close_connections_on_host_health_failure: true closes the TCP proxy connections of
+    a host once active health checking finds it unhealthy; false leaves them open."""
+    for close in (True, False):
+        hc = socket.create_server(("127.0.0.1", 0))
+        hc_port = hc.getsockname()[1]
+        with TcpEchoServer() as echo:
+            config = _health_checked(echo.port, hc_port, close)
+            workdir = tmp_path / str(close)
+            workdir.mkdir()
+            with ProxydProcess(workdir, config, concurrency=1) as p:
+                wait_for(lambda: p.stats().get("cluster.echo.membership_healthy") == 1)
+                conn = socket.create_connection(("127.0.0.1", p.listener_port("tcp")), timeout=10)
+                with conn:
+                    assert echoes(conn, b"healthy")
+                    hc.close()  # the health check's port now refuses: the host fails
+                    wait_for(lambda: p.stats().get("cluster.echo.membership_healthy") == 0)
+                    if close:
+                        conn.settimeout(5)
+                        assert ended(conn)
+                    else:
+                        assert echoes(conn, b"still served")

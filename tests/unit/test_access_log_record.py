@@ -18,7 +18,7 @@ ACCESS = NS(
     wants_hostname=True,
     server_mode="OVERWRITE",
 )
-PLAN = NS(name="main", access=ACCESS, scheme="http")
+PLAN = NS(name="main", access=ACCESS, scheme="http", tracer=None)
 CONN = NS(
     remote="10.0.0.2:5555", remote_ip="10.0.0.2", local_address=lambda: "10.0.0.1:80", tls=None
 )

@@ -255,7 +255,6 @@ def test_host_update_fields() -> None:
     ("field", "value"),
     [
         ("track_cluster_stats", {"request_response_sizes": True}),
-        ("per_connection_buffer_limit_bytes", 32768),
     ],
 )
 def test_cluster_fields_left_out_are_refused_by_name(field: str, value: Any) -> None:

@@ -1,0 +1,120 @@
+"""A protobuf wire-format reader for the tests: OTLP export requests decoded by field
+number (the numbers of opentelemetry-proto's trace.proto, collector/trace/v1,
+common.proto and resource.proto), so that what Envoy and proxyd post can be compared
+without the OTLP message classes (the opentelemetry protos that xds-protos installs are
+an old copy, without ``scope_spans``)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+
+def fields(data: bytes) -> list[tuple[int, int, Any]]:
+    """(field number, wire type, value) in order: varints as int, fixed64/32 as int,
+    length-delimited as bytes."""
+    out = []
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(data, i)
+        elif wire == 1:
+            value = struct.unpack_from("<Q", data, i)[0]
+            i += 8
+        elif wire == 2:
+            size, i = _varint(data, i)
+            value = data[i : i + size]
+            i += size
+        elif wire == 5:
+            value = struct.unpack_from("<I", data, i)[0]
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        out.append((number, wire, value))
+    return out
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _attributes(kvs: list[bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        f = {n: v for n, _, v in fields(kv)}
+        key = f[1].decode()
+        any_value = fields(f.get(2, b""))
+        value: Any = ""
+        for n, _, v in any_value:
+            if n == 1:
+                value = v.decode()  # string_value
+            elif n in (2, 3):
+                value = v  # bool_value, int_value
+        out[key] = value
+    return out
+
+
+def export_request(data: bytes) -> list[dict[str, Any]]:
+    """ExportTraceServiceRequest → one dict per span, with its resource and scope."""
+    spans = []
+    for n, _, rs in fields(data):
+        if n != 1:  # resource_spans
+            continue
+        rs_fields = fields(rs)
+        resource: dict[str, Any] = {}
+        for m, _, v in rs_fields:
+            if m == 1:
+                resource = _attributes([a for k, _, a in fields(v) if k == 1])
+        for m, _, ss in rs_fields:
+            if m != 2:  # scope_spans (field 2 in OTLP 1.x)
+                continue
+            scope: dict[str, str] = {}
+            for k, _, v in fields(ss):
+                if k == 1:
+                    sf = {a: b for a, _, b in fields(v)}
+                    scope = {"name": sf.get(1, b"").decode(), "version": sf.get(2, b"").decode()}
+            for k, _, v in fields(ss):
+                if k == 2:
+                    spans.append(_span(v, resource, scope))
+    return spans
+
+
+def _span(data: bytes, resource: dict[str, Any], scope: dict[str, str]) -> dict[str, Any]:
+    span: dict[str, Any] = {"resource": resource, "scope": scope, "attributes": {}}
+    attrs = []
+    for n, _, v in fields(data):
+        if n == 1:
+            span["trace_id"] = v.hex()
+        elif n == 2:
+            span["span_id"] = v.hex()
+        elif n == 3:
+            span["trace_state"] = v.decode()
+        elif n == 4:
+            span["parent_span_id"] = v.hex()
+        elif n == 5:
+            span["name"] = v.decode()
+        elif n == 6:
+            span["kind"] = v
+        elif n == 7:
+            span["start"] = v
+        elif n == 8:
+            span["end"] = v
+        elif n == 9:
+            attrs.append(v)
+        elif n == 15:
+            span["status"] = {a: b for a, _, b in fields(v)}
+        elif n == 16:
+            span["flags"] = v
+        else:
+            span[f"field{n}"] = v
+    span["attributes"] = _attributes(attrs)
+    return span
