@@ -1003,9 +1003,10 @@ class Listener:
     tcp_proxy: TcpProxy | None = None
     # The filter chain's TLS termination (None: plaintext).
     tls: DownstreamTls | None = None
-    # Several filter chains, or match criteria: every chain in config order (``hcm``
-    # and ``tls`` above are the first one's), and the default_filter_chain. Empty when
-    # the listener has one chain that matches every connection (no selection to make).
+    # Several filter chains, match criteria or the TLS inspector: every chain in config
+    # order (``hcm`` and ``tls`` above are the first one's), and the
+    # default_filter_chain. Empty when the listener has one chain that matches every
+    # connection and no inspector (nothing to look at before the chain starts).
     chains: tuple[FilterChain, ...] = ()
     default_chain: FilterChain | None = None
     # How long choosing a chain may wait for the client's first bytes (Envoy's

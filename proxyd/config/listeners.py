@@ -145,9 +145,12 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     first = chains[0] if chains else default
     assert first is not None
     selecting = any(c.server_names or c.transport_protocol for c in chains)
-    if selecting and any(
-        c.hcm.rds_source is not None for c in (*chains, *([default] if default else []))
-    ):
+    rds = any(c.hcm.rds_source is not None for c in (*chains, *([default] if default else [])))
+    # The configured TLS inspector looks at every connection, as in Envoy (its stats),
+    # through the same chain choice (one chain: always that one); not with rds, whose
+    # updates reach the listener's first connection manager only.
+    inspecting = selecting or (inspector and not rds)
+    if selecting and rds:
         raise ConfigError(
             file,
             join(path, "filter_chains"),
@@ -180,8 +183,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
         socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
         tls=first.tls,
-        chains=tuple(chains) if selecting else (),
-        default_chain=default if selecting else None,
+        chains=tuple(chains) if inspecting else (),
+        default_chain=default if inspecting else None,
         listener_filters_timeout_s=duration_or(
             lst, "listener_filters_timeout", DEFAULT_LISTENER_FILTERS_TIMEOUT_S
         ),

@@ -32,11 +32,12 @@ def check_listener_filters(lst: Any, path: str, file: str) -> bool:
     for i, lf in enumerate(lst.listener_filters):
         if lf.HasField("typed_config"):
             continue  # the spec walk allowed only TlsInspector
-        if lf.name != TLS_INSPECTOR_NAME:
-            raise ConfigError(
-                file, join(path, f"listener_filters[{i}]"),
-                f"listener filter '{lf.name}' not supported by proxyd",
-            )  # fmt: skip
+        # Envoy 1.40 finds listener filters by their typed_config only.
+        raise ConfigError(
+            file, join(path, f"listener_filters[{i}]"),
+            f"listener filter '{lf.name}' needs a typed_config (Envoy: no registered "
+            "implementation for it with type URL '')",
+        )  # fmt: skip
     return bool(lst.listener_filters)
 
 

@@ -34,7 +34,7 @@ import yaml
 
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import PortOf, run_pair
-from tests.support import UpstreamServer
+from tests.support import UpstreamServer, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -55,8 +55,37 @@ ADDRESSES = {
     "sni": "127.0.0.6",
     "sni_only": "127.0.0.7",
     "multi": "127.0.0.8",
+    "logged": "127.0.0.9",
 }
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+# The TLS operators, "|"-separated (subjects have spaces in them).
+TLS_LOG_FORMAT = (
+    "|".join(
+        f"%{op}%"
+        for op in (
+            "REQUESTED_SERVER_NAME",
+            "DOWNSTREAM_TLS_VERSION",
+            "DOWNSTREAM_PEER_SUBJECT",
+            "DOWNSTREAM_PEER_ISSUER",
+            "DOWNSTREAM_PEER_URI_SAN",
+            "DOWNSTREAM_PEER_DNS_SAN",
+            "DOWNSTREAM_PEER_SERIAL",
+            "DOWNSTREAM_PEER_FINGERPRINT_256",
+            "DOWNSTREAM_PEER_FINGERPRINT_1",
+            "REQ(X-CASE)",
+        )
+    )
+    + "\n"
+)
 HCM_NAME = "envoy.filters.network.http_connection_manager"
+
+TLS_INSPECTOR = {
+    "name": "envoy.filters.listener.tls_inspector",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3."
+        "TlsInspector"
+    },
+}
 
 
 def answering_chain(
@@ -165,7 +194,7 @@ def listener(name: str, tls: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def config(certs: Any, upstream: int) -> str:
+def config(certs: Any, upstream: int, log_path: str) -> str:
     server = {
         "certificate_chain": {"filename": certs.server},
         "private_key": {"filename": certs.server_key},
@@ -218,6 +247,28 @@ def config(certs: Any, upstream: int) -> str:
         listener("mtls", mtls("spiffe://test/client")),
         listener("mtls_san", mtls("spiffe://test/other")),
         listener("multi", {"common_tls_context": {"tls_certificates": [server, other]}}),
+        listener(
+            "logged",
+            {
+                "common_tls_context": {
+                    "tls_certificates": [server],
+                    "validation_context": {"trusted_ca": {"filename": certs.ca}},
+                }
+            },
+        ),
+    ]
+    # The TLS operators in an access log; the inspector records the server name.
+    logged = listeners[-1]
+    logged["listener_filters"] = [TLS_INSPECTOR]
+    logged["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": FILE_LOG,
+                "path": log_path,
+                "log_format": {"text_format_source": {"inline_string": TLS_LOG_FORMAT}},
+            },
+        }
     ]
     plain_tls = {"common_tls_context": {"tls_certificates": [server]}}
     other_tls = {"common_tls_context": {"tls_certificates": [other]}}
@@ -372,6 +423,17 @@ def resumed(address: str, port: int, ctx: ssl.SSLContext) -> list[bool]:
     return out
 
 
+def _log_lines(path: str, n: int) -> list[str] | None:
+    """The access log's lines sorted (by case), once there are ``n``."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    if len(lines) < n:
+        return None
+    return sorted(lines, key=lambda line: line.rsplit("|", 1)[-1])
+
+
 def plain_exchange(address: str, port: int) -> dict[str, Any]:
     with socket.create_connection((address, port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
@@ -448,6 +510,11 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         mtls = (ADDRESSES["mtls"], ports["mtls"], client_context(certs, cert=client))
         for label, (sni, path, extra) in rbac_cases.items():
             out[label] = exchange(*mtls, sni, path, extra)
+        logged = (ADDRESSES["logged"], ports["logged"])
+        for case, ctx in (("cert", client_context(certs, cert=client)), ("none", no_sni)):
+            exchange(*logged, ctx, "a.example.org", extra=f"x-case: {case}\r\n")
+        out["access log"] = wait_for(lambda: _log_lines(log_path, 2), timeout=10)
+        Path(log_path).write_text("")  # the next proxy starts from an empty log
         out["tls session resumed"] = resumed(ADDRESSES["tls"], ports["tls"], client_context(certs))
         out["sni plaintext"] = plain_exchange(ADDRESSES["sni"], ports["sni"])
         out["sni_only plaintext"] = plain_exchange(ADDRESSES["sni_only"], ports["sni_only"])
@@ -469,7 +536,8 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         return out
 
     try:
-        pair = run_pair(config(certs, up.port), tmp_path, play, pick)
+        log_path = str(tmp_path / "tls_access.log")
+        pair = run_pair(config(certs, up.port, log_path), tmp_path, play, pick)
     finally:
         up.stop()
     # Known difference: proxyd does not speak HTTP/2 yet, so it leaves h2 out of the
@@ -496,6 +564,10 @@ def test_tls_termination_matches_envoy(tmp_path, certs):
         "rbac no policy": 403,
     }
     assert r["tls session resumed"] == [False, True]
+    with_cert, without = (line.split("|") for line in r["access log"])
+    assert with_cert[0] == "a.example.org" and with_cert[2] == "CN=client,O=proxyd tests"
+    assert with_cert[4] == "spiffe://test/client" and with_cert[-1] == "cert"
+    assert without[2:-1] == ["-"] * 7 and without[-1] == "none"
     assert [r[f"multi {x}"]["cert"] for x in ("other.test", "unknown: first")] == [
         "other.test",
         "example.com",

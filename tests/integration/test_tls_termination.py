@@ -32,6 +32,14 @@ LOG_FORMAT = (
     "%PROTOCOL%\n"
 )
 
+TLS_INSPECTOR = {
+    "name": "envoy.filters.listener.tls_inspector",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3."
+        "TlsInspector"
+    },
+}
+
 
 def config(certs: Any, upstream: int, log_path: Path) -> str:
     route = {
@@ -72,7 +80,7 @@ def config(certs: Any, upstream: int, log_path: Path) -> str:
     }
     tls["filter_chains"][0]["transport_socket_connect_timeout"] = "0.5s"
     # The inspector records the requested server name (%REQUESTED_SERVER_NAME%).
-    tls["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector"}]
+    tls["listener_filters"] = [TLS_INSPECTOR]
     plain = http_listener("plain", 0, route)
     doc = bootstrap([tls, plain], [static_cluster("up", [upstream])])
     return yaml.safe_dump(doc)

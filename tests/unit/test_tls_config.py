@@ -187,11 +187,25 @@ def test_settings_that_compile(certs) -> None:
 def test_tls_inspector_is_accepted_and_other_listener_filters_are_not(certs) -> None:
     d = with_tls(certs)
     lst = d["static_resources"]["listeners"][0]
-    lst["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector"}]
+    inspector = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3."
+    lst["listener_filters"] = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": inspector + "TlsInspector"},
+        }
+    ]
     assert tls_of(d)
-    lst["listener_filters"] = [{"name": "envoy.filters.listener.original_dst"}]
+    lst["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector"}]  # no type
     err = reject(d)
     assert err.path == "static_resources.listeners[0].listener_filters[0]"
+    assert "typed_config" in err.reason
+    original_dst = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3."
+    lst["listener_filters"] = [
+        {"name": "dst", "typed_config": {"@type": original_dst + "OriginalDst"}}
+    ]
+    err = reject(d)
+    assert err.path.startswith("static_resources.listeners[0].listener_filters[0]")
+    assert "not supported" in err.reason
 
 
 def test_cipher_groups_are_flattened() -> None:
