@@ -889,6 +889,65 @@ class SocketOption:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """One certificate of a DownstreamTlsContext: PEM bytes read by the master (from the
+    file or inline value), so workers never open config files."""
+
+    certificate_chain: bytes
+    private_key: bytes
+    # The certificate's DNS SANs (lower case; its CN when it has none): which SNI
+    # chooses it when a chain has several certificates.
+    dns_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SanMatch:
+    """Envoy's SubjectAltNameMatcher: a SAN of ``san_type`` ("DNS", "URI", "EMAIL",
+    "IP_ADDRESS") that ``matcher`` accepts."""
+
+    san_type: str
+    matcher: StringMatch
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamTls:
+    """A filter chain's ``envoy.transport_sockets.tls`` (DownstreamTlsContext)."""
+
+    certificates: tuple[TlsCertificate, ...]
+    # "TLSv1_0" .. "TLSv1_3"; Envoy's downstream defaults are TLSv1_2 and TLSv1_3.
+    min_version: str = "TLSv1_2"
+    max_version: str = "TLSv1_3"
+    # OpenSSL cipher names for TLS 1.2 and below ("" entries never; () = default).
+    cipher_suites: tuple[str, ...] = ()
+    # One OpenSSL curve name (CPython's ssl sets one), "" = OpenSSL's default list.
+    ecdh_curve: str = ""
+    # ALPN protocols offered, in preference order (() = no ALPN).
+    alpn: tuple[str, ...] = ()
+    # validation_context.trusted_ca as PEM (b"": client certificates are not asked for).
+    trusted_ca: bytes = b""
+    require_client_certificate: bool = False
+    san_matchers: tuple[SanMatch, ...] = ()
+    # session_timeout (0: OpenSSL's default) and disable_stateless_session_resumption.
+    session_timeout_s: float = 0.0
+    session_tickets: bool = True
+    # FilterChain.transport_socket_connect_timeout (0: the HCM's idle timeout bounds it).
+    handshake_timeout_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChain:
+    """One of a listener's filter chains, with its ``filter_chain_match`` (the fields
+    proxyd supports: ``server_names``, exact or ``*.``-wildcard, and
+    ``transport_protocol``, "tls" / "raw_buffer" / "" for any)."""
+
+    hcm: HttpConnectionManager
+    tls: DownstreamTls | None = None
+    name: str = ""
+    server_names: tuple[str, ...] = ()
+    transport_protocol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TcpCluster:
     """One entry of TcpProxy.weighted_clusters."""
 
@@ -942,13 +1001,41 @@ class Listener:
     tcp_backlog_size: int = 0
     socket_options: tuple[SocketOption, ...] = ()
     tcp_proxy: TcpProxy | None = None
+    # The filter chain's TLS termination (None: plaintext).
+    tls: DownstreamTls | None = None
+    # Several filter chains, match criteria or the TLS inspector: every chain in config
+    # order (``hcm`` and ``tls`` above are the first one's), and the
+    # default_filter_chain. Empty when the listener has one chain that matches every
+    # connection and no inspector (nothing to look at before the chain starts).
+    chains: tuple[FilterChain, ...] = ()
+    default_chain: FilterChain | None = None
+    # How long choosing a chain may wait for the client's first bytes (Envoy's
+    # listener_filters_timeout), and whether to choose without them after it.
+    listener_filters_timeout_s: float = 15.0
+    continue_on_listener_filters_timeout: bool = False
+    # The TLS inspector runs (configured, or needed by filter_chain_match): only then
+    # does a connection have a requested server name (the access log's, RBAC's), as in
+    # Envoy, where the TLS inspector is what records it.
+    tls_inspector: bool = False
+
+    @property
+    def hcms(self) -> tuple[HttpConnectionManager, ...]:
+        """Every filter chain's connection manager (``hcm`` first; none for a TCP proxy
+        listener)."""
+        if self.hcm is None:
+            return ()
+        if not self.chains:
+            return (self.hcm,)
+        extra = (self.default_chain,) if self.default_chain is not None else ()
+        return (self.hcm, *(c.hcm for c in (*self.chains[1:], *extra)))
 
     @property
     def access_log_keys(self) -> set[str]:
-        """The writer keys of every access log of the listener and its network filter."""
+        """The writer keys of every access log of the listener and its network filters
+        (every filter chain's)."""
         logs = [*self.access_logs]
-        if self.hcm is not None:
-            logs += self.hcm.access_logs
+        for hcm in self.hcms:
+            logs += hcm.access_logs
         if self.tcp_proxy is not None:
             logs += self.tcp_proxy.access_logs
         return {al.writer_key for al in logs}

@@ -55,3 +55,11 @@ def upstream():
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    """Test certificates (tests/tls_certs.py), made once per session."""
+    from tests.tls_certs import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("certs"))

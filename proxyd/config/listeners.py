@@ -1,5 +1,5 @@
-"""static_resources.listeners → epoch Listeners (one filter chain, one HTTP connection
-manager each), with the checks Envoy makes in code and proxyd's narrower choices.
+"""static_resources.listeners → epoch Listeners (filter chains, each with one HTTP
+connection manager), with the checks Envoy makes in code and proxyd's narrower choices.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
+from proxyd.config.tls import check_listener_filters, compile_transport_socket
 from proxyd.config.tracing import compile_tracing
 from proxyd.config.values import (
     compile_address,
@@ -24,7 +25,14 @@ from proxyd.config.values import (
     require_ip,
     wrapped_or,
 )
-from proxyd.epoch import HttpConnectionManager, Listener, RouteConfig, TcpCluster, TcpProxy
+from proxyd.epoch import (
+    FilterChain,
+    HttpConnectionManager,
+    Listener,
+    RouteConfig,
+    TcpCluster,
+    TcpProxy,
+)
 from proxyd.errors import ConfigError
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -40,6 +48,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 5.0  # HttpConnectionManager.drain_timeout
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_SERVER_NAME = "envoy"
 DEFAULT_MAX_HEADERS_COUNT = 100
+DEFAULT_LISTENER_FILTERS_TIMEOUT_S = 15.0
 
 
 def compile_listeners(
@@ -82,49 +91,82 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "enable_reuse_port false not supported by proxyd (each worker accepts on its "
             "own SO_REUSEPORT socket)",
         )
-    if len(lst.filter_chains) != 1:
+    inspector = check_listener_filters(lst, path, file)
+    tcp = _tcp_proxy_listener(lst, path, file)
+    if tcp is not None:
+        return Listener(
+            name=lst.name or (address if where.pipe else f"{address}_{port}"),
+            address=address,
+            port=port,
+            hcm=None,
+            per_connection_buffer_limit_bytes=wrapped_or(
+                lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
+            ),
+            access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
+            ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
+            pipe=where.pipe,
+            pipe_mode=where.mode,
+            freebind=wrapped_or(lst, "freebind", False),
+            tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
+            socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
+            tcp_proxy=tcp,
+        )
+    direction = enum_name(lst, "traffic_direction")
+    chains = [
+        compile_filter_chain(c, join(path, f"filter_chains[{i}]"), clusters, file, direction)
+        for i, c in enumerate(lst.filter_chains)
+    ]
+    default = (
+        compile_filter_chain(
+            lst.default_filter_chain, join(path, "default_filter_chain"), clusters, file, direction
+        )
+        if lst.HasField("default_filter_chain")
+        else None
+    )
+    if default is not None and (default.server_names or default.transport_protocol):
+        raise ConfigError(
+            file,
+            join(path, "default_filter_chain.filter_chain_match"),
+            "the default filter chain has no filter_chain_match",
+        )
+    if not chains and default is None:
+        raise ConfigError(file, join(path, "filter_chains"), "a filter chain is required")
+    seen: dict[tuple[tuple[str, ...], str], int] = {}
+    for i, c in enumerate(chains):
+        key = (tuple(sorted(c.server_names)), c.transport_protocol)
+        if key in seen:
+            raise ConfigError(
+                file,
+                join(path, f"filter_chains[{i}].filter_chain_match"),
+                f"filter_chains[{seen[key]}] has the same matching rules "
+                "(Envoy: multiple filter chains with the same matching rules are defined)",
+            )
+        seen[key] = i
+    first = chains[0] if chains else default
+    assert first is not None
+    selecting = any(c.server_names or c.transport_protocol for c in chains)
+    rds = any(c.hcm.rds_source is not None for c in (*chains, *([default] if default else [])))
+    # The configured TLS inspector looks at every connection, as in Envoy (its stats),
+    # through the same chain choice (one chain: always that one); not with rds, whose
+    # updates reach the listener's first connection manager only.
+    inspecting = selecting or (inspector and not rds)
+    if selecting and rds:
         raise ConfigError(
             file,
             join(path, "filter_chains"),
-            f"exactly one filter chain is supported by proxyd, got {len(lst.filter_chains)}",
+            "rds in a listener with several filter chains is not supported by proxyd "
+            "(use route_config)",
         )
-    chain_path = join(path, "filter_chains[0]")
-    filters = lst.filter_chains[0].filters
-    if len(filters) != 1:
-        raise ConfigError(
-            file,
-            join(chain_path, "filters"),
-            f"exactly one network filter ({HCM_NAME} or {TCP_PROXY_NAME}) is supported by "
-            f"proxyd, got {len(filters)}",
-        )
-    filter_path = join(chain_path, "filters[0]")
-    hcm: HttpConnectionManager | None = None
-    tcp_proxy: TcpProxy | None = None
-    payload = filters[0].typed_config if filters[0].HasField("typed_config") else None
-    if payload is not None and payload.type_url.endswith("/" + TCP_PROXY_TYPE):
-        msg = typed_config(
-            filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
-        )
-        tcp_proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
-    else:
-        hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
-        hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
-        tracing = compile_tracing(
-            hcm_msg,
-            enum_name(lst, "traffic_direction"),
-            join(filter_path, "typed_config"),
-            clusters,
-            file,
-        )
-        if tracing is not None:
-            hcm = dataclasses.replace(hcm, tracing=tracing)
-    if where.pipe and hcm is not None and hcm.use_remote_address:
-        raise ConfigError(
-            file,
-            join(filter_path, "typed_config.use_remote_address"),
-            "use_remote_address on a pipe listener not supported by proxyd (a Unix socket "
-            "peer has no IP address to trust)",
-        )
+    hcm = first.hcm
+    for i, c in enumerate(chains if chains else [first]):
+        if where.pipe and c.hcm.use_remote_address:
+            chain_path = f"filter_chains[{i}]" if chains else "default_filter_chain"
+            raise ConfigError(
+                file,
+                join(path, f"{chain_path}.filters[0].typed_config.use_remote_address"),
+                "use_remote_address on a pipe listener not supported by proxyd (a Unix "
+                "socket peer has no IP address to trust)",
+            )
     return Listener(
         name=lst.name or (address if where.pipe else f"{address}_{port}"),
         address=address,
@@ -140,7 +182,108 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         freebind=wrapped_or(lst, "freebind", False),
         tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
         socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
-        tcp_proxy=tcp_proxy,
+        tls=first.tls,
+        chains=tuple(chains) if inspecting else (),
+        default_chain=default if inspecting else None,
+        listener_filters_timeout_s=duration_or(
+            lst, "listener_filters_timeout", DEFAULT_LISTENER_FILTERS_TIMEOUT_S
+        ),
+        continue_on_listener_filters_timeout=lst.continue_on_listener_filters_timeout,
+        tls_inspector=inspector or selecting,
+    )
+
+
+def _is_tcp_proxy(chain: Any) -> bool:
+    filters = chain.filters
+    return (
+        len(filters) == 1
+        and filters[0].HasField("typed_config")
+        and filters[0].typed_config.type_url.endswith("/" + TCP_PROXY_TYPE)
+    )
+
+
+def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
+    """The listener's TCP proxy, when its filter chain has one: a single chain without
+    match criteria or TLS (the TCP proxy behind TLS or among several chains is not
+    supported yet)."""
+    chains = list(lst.filter_chains)
+    if lst.HasField("default_filter_chain"):
+        chains.append(lst.default_filter_chain)
+    tcp = [i for i, c in enumerate(chains) if _is_tcp_proxy(c)]
+    if not tcp:
+        return None
+    i = tcp[0]
+    here = join(
+        path, f"filter_chains[{i}]" if i < len(lst.filter_chains) else "default_filter_chain"
+    )
+    if len(chains) != 1:
+        raise ConfigError(
+            file,
+            join(here, "filters[0]"),
+            f"{TCP_PROXY_NAME} in a listener with several filter chains is not supported by "
+            "proxyd yet",
+        )
+    chain = chains[0]
+    for field in ("filter_chain_match", "transport_socket"):
+        if chain.HasField(field):
+            raise ConfigError(
+                file,
+                join(here, field),
+                f"{field} with {TCP_PROXY_NAME} is not supported by proxyd yet",
+            )
+    filter_path = join(here, "filters[0]")
+    msg = typed_config(
+        chain.filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
+    )
+    return compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+
+
+def compile_filter_chain(
+    chain: Any, path: str, clusters: Container[str], file: str, direction: str = "UNSPECIFIED"
+) -> FilterChain:
+    """One HTTP filter chain (``direction``: the listener's traffic_direction, which
+    tracing reads)."""
+    filters = chain.filters
+    if len(filters) != 1:
+        raise ConfigError(
+            file,
+            join(path, "filters"),
+            f"exactly one network filter ({HCM_NAME} or {TCP_PROXY_NAME}) is supported by "
+            f"proxyd, got {len(filters)}",
+        )
+    filter_path = join(path, "filters[0]")
+    hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
+    hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
+    tracing = compile_tracing(hcm_msg, direction, join(filter_path, "typed_config"), clusters, file)
+    if tracing is not None:
+        hcm = dataclasses.replace(hcm, tracing=tracing)
+    server_names: tuple[str, ...] = ()
+    transport = ""
+    if chain.HasField("filter_chain_match"):
+        m = chain.filter_chain_match
+        mpath = join(path, "filter_chain_match")
+        for i, name in enumerate(m.server_names):
+            if not name or "*" in name[1:] or (name.startswith("*") and not name.startswith("*.")):
+                raise ConfigError(
+                    file,
+                    join(mpath, f"server_names[{i}]"),
+                    f"'{name}': a server name is exact or a '*.' wildcard prefix",
+                )
+        server_names = tuple(n.lower() for n in m.server_names)
+        transport = m.transport_protocol
+        if transport not in ("", "tls", "raw_buffer"):
+            raise ConfigError(
+                file,
+                join(mpath, "transport_protocol"),
+                f"transport_protocol '{transport}' never matches in proxyd "
+                "(it knows 'tls' and 'raw_buffer')",
+            )
+    return FilterChain(
+        hcm=hcm,
+        tls=compile_transport_socket(chain, path, file),
+        name=chain.name,
+        server_names=server_names,
+        transport_protocol=transport,
     )
 
 

@@ -42,6 +42,9 @@ CUSTOM_TAGS: Spec = {
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+DOWNSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+RAW_BUFFER_TYPE = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+TLS_INSPECTOR_TYPE = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PRESERVE_CASE_TYPE = (
     "envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"
@@ -561,6 +564,48 @@ TCP_PROXY: Spec = {
     "max_downstream_connection_duration": LEAF,
 }
 
+DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LEAF}
+
+# extensions.transport_sockets.tls.v3.DownstreamTlsContext (proxyd.config.tls).
+DOWNSTREAM_TLS: Spec = {
+    "common_tls_context": {
+        "tls_certificates": {"certificate_chain": DATA_SOURCE, "private_key": DATA_SOURCE},
+        "tls_params": {
+            "tls_minimum_protocol_version": LEAF,
+            "tls_maximum_protocol_version": LEAF,
+            "cipher_suites": LEAF,
+            "ecdh_curves": LEAF,
+        },
+        "alpn_protocols": LEAF,
+        "validation_context": {
+            "trusted_ca": DATA_SOURCE,
+            "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
+        },
+    },
+    "require_client_certificate": LEAF,
+    "disable_stateless_session_resumption": LEAF,
+}
+
+FILTER_CHAIN: Spec = {
+    "filters": {
+        "name": LEAF,
+        "typed_config": AnyOf("network filter", {HCM_TYPE: HCM, TCP_PROXY_TYPE: TCP_PROXY}),
+    },
+    # A label (/config_dump).
+    "name": LEAF,
+    # Chosen per connection by proxyd.protocol.chain_match (SNI from the ClientHello).
+    "filter_chain_match": {"server_names": LEAF, "transport_protocol": LEAF},
+    # TLS termination (proxyd.config.tls, proxyd.worker.tls).
+    "transport_socket": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "transport socket",
+            {DOWNSTREAM_TLS_TYPE: DOWNSTREAM_TLS, RAW_BUFFER_TYPE: {}},
+        ),
+    },
+    "transport_socket_connect_timeout": LEAF,
+}
+
 LISTENER: dict[str, Spec] = {
     "name": LEAF,
     "address": ADDRESS_OR_PIPE,
@@ -582,20 +627,19 @@ LISTENER: dict[str, Spec] = {
         "state": LEAF,
         "type": {"stream": {}, "datagram": {}},
     },
-    # Without listener_filters (refused) the timeout has nothing to time, as in Envoy.
+    # The only listener filter is the TLS inspector, whose work proxyd's handshake does.
     "listener_filters_timeout": LEAF,
     "continue_on_listener_filters_timeout": LEAF,
     # Envoy uses it for tracing and Windows original_dst only: no effect in proxyd.
     "traffic_direction": LEAF,
     # exact_balance: each worker accepts from its own SO_REUSEPORT socket (see docs).
     "connection_balance_config": {"exact_balance": {}},
-    "filter_chains": {
-        "filters": {
-            "name": LEAF,
-            "typed_config": AnyOf("network filter", {HCM_TYPE: HCM, TCP_PROXY_TYPE: TCP_PROXY}),
-        },
-        # A label (/config_dump); with one filter chain per listener nothing refers to it.
+    "filter_chains": FILTER_CHAIN,
+    "default_filter_chain": FILTER_CHAIN,
+    # The TLS inspector: proxyd reads the SNI in the handshake itself (nothing to set).
+    "listener_filters": {
         "name": LEAF,
+        "typed_config": AnyOf("listener filter", {TLS_INSPECTOR_TYPE: {}}),
     },
 }
 

@@ -117,6 +117,11 @@ class FilterStream(Protocol):
         address, and the local address and port the connection came to)."""
         ...
 
+    def downstream_tls(self) -> Any:
+        """The connection's TLS session (``sni``, ``peer``: the verified client
+        certificate as ``ssl.getpeercert()`` gives it, or None), None on plaintext."""
+        ...
+
     def set_request_length(self, length: int) -> None:
         """The request body goes upstream with this content-length (no chunking)."""
         ...

@@ -139,7 +139,12 @@ def explain(
             "chosen": how,
         },
         "filter_chain": {
-            "chosen": "the listener's only filter chain (proxyd listeners have one)",
+            "chosen": (
+                "the listener's first filter chain (a connection's SNI and transport "
+                "choose among its chains; explain does not)"
+                if listener.chains
+                else "the listener's only filter chain"
+            ),
             "network_filter": "envoy.filters.network.http_connection_manager",
             "stat_prefix": hcm.stat_prefix,
             "route_config": hcm.route_config.name,

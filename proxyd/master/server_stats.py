@@ -75,8 +75,8 @@ class ServerStats:
                 store.add_counter("listener_manager.listener_modified")
             scope = f"listener.{listener.stat_name}"
             store.ensure_counters([f"{scope}.{c}" for c in _LISTENER_COUNTERS])
-            if listener.hcm is not None:
-                prefix = listener.hcm.stat_prefix
+            for hcm in listener.hcms:
+                prefix = hcm.stat_prefix
                 store.ensure_counters([f"http.{prefix}.{c}" for c in _HCM_COUNTERS])
             if listener.tcp_proxy is not None:
                 prefix = listener.tcp_proxy.stat_prefix

@@ -98,6 +98,7 @@ class LogRecord:
         "listener_name",
         "log_type",
         "server",
+        "tls",
         "trace_id",
     )
 
@@ -137,6 +138,9 @@ class LogRecord:
         self.route_name: str | None = None
         self.listener_name: str | None = None
         self.log_type: str = DOWNSTREAM_END
+        # The downstream TLS session (proxyd.worker.tls.TlsSocket: version, cipher, sni,
+        # peer, ssl), None on a plaintext connection.
+        self.tls: Any = None
         # The request's trace id on a listener with tracing (%TRACE_ID%), else None.
         self.trace_id: str | None = None
         # The server header the client got (the HCM's server_name), None: no response.

@@ -13,12 +13,17 @@ operators below, or in :data:`REFUSED` with the reason proxyd gives at config ti
 name Envoy does not know gets Envoy's own message ("Not supported field in StreamInfo").
 
 Values that proxyd knows to be absent for every config it accepts are implemented as
-absent: proxyd has no TLS on either side (``transport_socket`` is refused), no virtual
-clusters and no filter-chain names, so the TLS operators, ``VIRTUAL_CLUSTER_NAME`` and
-``FILTER_CHAIN_NAME`` print ``-`` exactly as Envoy does for the same config.
-``TRACE_ID`` is the request's trace id on a listener with tracing (``-`` elsewhere);
-``SPAN_ID`` still prints ``-``. When one of those features arrives, its
-operators must move out of :data:`_ABSENT`.
+absent: proxyd has no upstream TLS (a cluster's ``transport_socket`` is refused), no
+virtual clusters and no filter-chain names, so the upstream TLS operators,
+``VIRTUAL_CLUSTER_NAME`` and ``FILTER_CHAIN_NAME`` print ``-`` exactly as Envoy does for
+the same config. ``TRACE_ID`` is the request's trace id on a listener with tracing
+(``-`` elsewhere); ``SPAN_ID`` still prints ``-``. When one of those features arrives,
+its operators must move out of :data:`_ABSENT`. Downstream TLS termination exists: the
+requested server name, TLS version and cipher and the peer certificate's subject,
+issuer, SANs, serial and fingerprints are printed (:mod:`.access_log_tls`); the other
+downstream TLS operators (local certificate, session id, group, peer chain, handshake
+duration) still print ``-`` on a TLS connection (docs/configuration.md lists it as a
+difference).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from proxyd.protocol.access_log_time import time_getter
+from proxyd.protocol.access_log_tls import TLS_OPERATORS
 
 Value = str | int | None
 Getter = Callable[[Any], Value]
@@ -307,27 +313,28 @@ _PLAIN["DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID"] = _const("")
 _PLAIN["DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID"] = _const("")
 
 # Absent for every config proxyd accepts (see the module docstring): Envoy prints "-".
+# (The downstream TLS ones here print "-" on a TLS connection too: not tracked yet.)
 _ABSENT = (
-    "REQUESTED_SERVER_NAME", "SPAN_ID", "VIRTUAL_CLUSTER_NAME",
-    "FILTER_CHAIN_NAME", "DOWNSTREAM_HANDSHAKE_DURATION", "UPSTREAM_SERVER_NAME",
-    "DOWNSTREAM_LOCAL_URI_SAN", "DOWNSTREAM_LOCAL_DNS_SAN", "DOWNSTREAM_LOCAL_IP_SAN",
-    "DOWNSTREAM_LOCAL_EMAIL_SAN", "DOWNSTREAM_LOCAL_OTHERNAME_SAN", "DOWNSTREAM_LOCAL_SUBJECT",
-    "DOWNSTREAM_PEER_URI_SAN", "DOWNSTREAM_PEER_DNS_SAN", "DOWNSTREAM_PEER_IP_SAN",
-    "DOWNSTREAM_PEER_EMAIL_SAN", "DOWNSTREAM_PEER_OTHERNAME_SAN", "DOWNSTREAM_PEER_SUBJECT",
-    "DOWNSTREAM_PEER_ISSUER", "DOWNSTREAM_TLS_SESSION_ID", "DOWNSTREAM_TLS_CIPHER",
-    "DOWNSTREAM_TLS_VERSION", "DOWNSTREAM_TLS_GROUP", "DOWNSTREAM_PEER_FINGERPRINT_256",
-    "DOWNSTREAM_PEER_FINGERPRINT_1", "DOWNSTREAM_PEER_SERIAL", "DOWNSTREAM_PEER_CERT",
-    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256", "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1",
-    "DOWNSTREAM_PEER_CHAIN_SERIALS", "DOWNSTREAM_PEER_ISSUER_FINGERPRINT_256",
-    "DOWNSTREAM_PEER_ISSUER_SERIAL", "UPSTREAM_PEER_SUBJECT", "UPSTREAM_PEER_ISSUER",
-    "UPSTREAM_TLS_SESSION_ID", "UPSTREAM_TLS_CIPHER", "UPSTREAM_TLS_VERSION",
-    "UPSTREAM_TLS_GROUP", "UPSTREAM_PEER_CERT", "UPSTREAM_PEER_URI_SAN",
-    "UPSTREAM_PEER_DNS_SAN", "UPSTREAM_PEER_IP_SAN", "UPSTREAM_LOCAL_URI_SAN",
-    "UPSTREAM_LOCAL_DNS_SAN", "UPSTREAM_LOCAL_IP_SAN", "TLS_JA3_FINGERPRINT",
-    "TLS_JA4_FINGERPRINT", "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
+    "SPAN_ID", "VIRTUAL_CLUSTER_NAME", "FILTER_CHAIN_NAME",
+    "DOWNSTREAM_HANDSHAKE_DURATION", "UPSTREAM_SERVER_NAME", "DOWNSTREAM_LOCAL_URI_SAN",
+    "DOWNSTREAM_LOCAL_DNS_SAN", "DOWNSTREAM_LOCAL_IP_SAN", "DOWNSTREAM_LOCAL_EMAIL_SAN",
+    "DOWNSTREAM_LOCAL_OTHERNAME_SAN", "DOWNSTREAM_LOCAL_SUBJECT",
+    "DOWNSTREAM_PEER_OTHERNAME_SAN", "DOWNSTREAM_TLS_SESSION_ID", "DOWNSTREAM_TLS_GROUP",
+    "DOWNSTREAM_PEER_CERT", "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
+    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1", "DOWNSTREAM_PEER_CHAIN_SERIALS",
+    "DOWNSTREAM_PEER_ISSUER_FINGERPRINT_256", "DOWNSTREAM_PEER_ISSUER_SERIAL",
+    "UPSTREAM_PEER_SUBJECT", "UPSTREAM_PEER_ISSUER", "UPSTREAM_TLS_SESSION_ID",
+    "UPSTREAM_TLS_CIPHER", "UPSTREAM_TLS_VERSION", "UPSTREAM_TLS_GROUP",
+    "UPSTREAM_PEER_CERT", "UPSTREAM_PEER_URI_SAN", "UPSTREAM_PEER_DNS_SAN",
+    "UPSTREAM_PEER_IP_SAN", "UPSTREAM_LOCAL_URI_SAN", "UPSTREAM_LOCAL_DNS_SAN",
+    "UPSTREAM_LOCAL_IP_SAN", "TLS_JA3_FINGERPRINT", "TLS_JA4_FINGERPRINT",
+    "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
 )  # fmt: skip
 for _name in _ABSENT:
     _PLAIN[_name] = _const(None)
+
+
+_PLAIN.update(TLS_OPERATORS)  # the downstream TLS session's (access_log_tls)
 
 # Envoy 1.40 operators proxyd refuses, with the reason given at config time.
 _NOT_TRACKED = "proxyd does not track this value yet"

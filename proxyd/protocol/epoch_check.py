@@ -15,6 +15,7 @@ health checks that cluster only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,13 @@ def check_epoch(epoch: Epoch) -> None:
 
 
 def check_listener(listener: Listener) -> None:
-    """What :class:`proxyd.worker.plan.ListenerPlan` compiles from a listener."""
+    """What :class:`proxyd.worker.plan.ListenerPlan` compiles from a listener (for each
+    of its filter chains)."""
+    if listener.chains:
+        for chain_hcm in listener.hcms:
+            one = dataclasses.replace(listener, hcm=chain_hcm, chains=(), default_chain=None)
+            check_listener(one)
+        return
     where = f"listener '{listener.name}'"
     hcm = listener.hcm
     groups = [("listener access_logs", listener.access_logs)]

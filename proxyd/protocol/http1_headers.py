@@ -206,6 +206,7 @@ class RequestHeaderPolicy:
         "preserve_external_request_id",
         "forced_xfp",
         "internal",
+        "scheme_xfp",
     )
 
     def __init__(
@@ -228,6 +229,9 @@ class RequestHeaderPolicy:
         # scheme_header_transformation.scheme_to_overwrite: the x-forwarded-proto line
         # every request gets (b"": none forced).
         self.forced_xfp = b""
+        # The line a request without a trusted x-forwarded-proto gets: the scheme of
+        # the connection (https on a TLS filter chain).
+        self.scheme_xfp = b"x-forwarded-proto: http\r\n"
         # internal_address_config: whether a client address is internal (None: no
         # address is, Envoy's default).
         self.internal: Callable[[str], bool] | None = None
@@ -263,7 +267,7 @@ class RequestHeaderPolicy:
         if forced or not h.xfp or (edge and hops == 0):
             if h.xfp:
                 remove.append(b"x-forwarded-proto")
-            add.append(forced or b"x-forwarded-proto: http\r\n")
+            add.append(forced or self.scheme_xfp)
         envoy_headers = h.envoy_headers
         if edge_request:
             for name in envoy_headers:

@@ -266,6 +266,7 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
         remote if not trusted or trusted == conn.remote_ip else f"{trusted}:0"
     )
     rec.downstream_local_address = conn.local_address()
+    rec.tls = conn.tls
     rec.route_name = stream.route_name or None
     rp = stream.route_plan
     rec.upstream_cluster = rec.upstream_hostname = None
@@ -276,7 +277,7 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
     h = stream.head
     if h is not None:
         rec.protocol = "HTTP/1.1"
-        rec.scheme = "http"
+        rec.scheme = plan.scheme
         rec.method = h.method
         rec.path = h.path
         rec.authority = h.host
@@ -454,5 +455,6 @@ def connection_closed(conn: Any, counted: tuple[int, int] | None = None) -> None
     rec.downstream_remote_address = conn.remote
     rec.downstream_direct_remote_address = conn.remote
     rec.downstream_local_address = conn.local_address()
+    rec.tls = getattr(conn, "tls", None)  # (a TCP proxy connection has no TLS yet)
     for lp in plan.access.connection_logs:
         lp.write(rec)

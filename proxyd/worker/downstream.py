@@ -47,13 +47,15 @@ from proxyd.worker.durations import ConnectionDurations
 from proxyd.worker.router import arm_request_phase
 from proxyd.worker.stats import note_unexpected
 from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
+from proxyd.worker.tls import TlsSocket
+from proxyd.worker.tls import terminate as terminate_tls
 
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import RequestHeadParser
     from proxyd.protocol.http1_options import Http1Format
     from proxyd.worker.deadlines import Timers
     from proxyd.worker.plan import ListenerPlan
-    from proxyd.worker.stats import StatsStore
+    from proxyd.worker.stats import HttpStats, ListenerStats, NamedStats, StatsStore
     from proxyd.worker.tcp_proxy import TcpConnection
 
 log = structlog.get_logger()
@@ -108,6 +110,9 @@ class DownstreamConnection:
         "body",
         "continue_sent",
         "chunked_out",
+        # TLS termination: the established session (None on a plaintext connection).
+        "tls",
+        "tls_http_stats",
     )
 
     def __init__(
@@ -144,6 +149,8 @@ class DownstreamConnection:
         self.body = NO_BODY
         self.continue_sent = False
         self.chunked_out = False
+        self.tls: TlsSocket | None = None
+        self.tls_http_stats: NamedStats | None = None
 
     # -- deadlines --------------------------------------------------------------------
 
@@ -162,6 +169,19 @@ class DownstreamConnection:
     # -- life cycle -------------------------------------------------------------------
 
     async def serve(self, plan: ListenerPlan) -> None:
+        if plan.chooser is not None:  # a listener with several filter chains
+            try:
+                chosen = await plan.chooser.choose(self.sock)
+            except Exception as exc:  # a bug: counted, logged once, only this connection
+                note_unexpected(self.worker.stats, exc, "filter chain choice")
+                chosen = None
+            if chosen is None:  # no chain for it: closed before anything counted it
+                io.close(self.sock)
+                self.worker.connections.discard(self)
+                self.worker.connection_closed()
+                return
+            plan = chosen
+            self.listener_name = chosen.key
         lstats = plan.listener_stats
         hstats = plan.http_stats
         lstats.cx_total += 1
@@ -181,6 +201,8 @@ class DownstreamConnection:
             # plan it was accepted under decides for all its requests.)
             self.rb.check_first_line = check_http10_request_line
         try:
+            if plan.tls is not None and not await terminate_tls(self, plan.tls):
+                return  # the handshake failed (the finally below logs and counts)
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request. It runs in one cancel scope
             # until a deadline cancels it; then the stream is ended and a new scope
@@ -251,17 +273,23 @@ class DownstreamConnection:
         finally:
             if accesslog_plan.OPEN:
                 accesslog_plan.connection_closed(self)
-            worker.timers.clear(self.deadline)
-            if self.durations is not None:
-                self.durations.close()
-            worker.connections.discard(self)
-            io.close(self.sock)
-            self.rb.start = self.rb.end
-            self.rb.release()
-            lstats.cx_active -= 1
-            hstats.cx_active -= 1
-            hstats.cx_destroy += 1
-            worker.connection_closed()
+            self._closed(lstats, hstats)
+
+    def _closed(self, lstats: ListenerStats, hstats: HttpStats) -> None:
+        worker = self.worker
+        worker.timers.clear(self.deadline)
+        if self.durations is not None:
+            self.durations.close()
+        worker.connections.discard(self)
+        io.close(self.sock)
+        self.rb.start = self.rb.end
+        self.rb.release()
+        lstats.cx_active -= 1
+        hstats.cx_active -= 1
+        hstats.cx_destroy += 1
+        if self.tls_http_stats is not None:
+            self.tls_http_stats.gauge_add("downstream_cx_ssl_active", -1)
+        worker.connection_closed()
 
     async def _after_deadline(self) -> bool:
         """The connection's deadline fired; True when the connection goes on."""

@@ -29,7 +29,7 @@ async def answer_locally(stream: Stream, plan: ListenerPlan, action: LocalAction
             # old one in x-envoy-original-path (the access log shows both).
             h.headers["x-envoy-original-path"] = path
             path = h.path = action.rewritten_path(path)
-        xfp = "http" if plan.overwrite_xfp or not h.xfp else h.xfp.decode("latin-1")
+        xfp = plan.scheme if plan.overwrite_xfp or not h.xfp else h.xfp.decode("latin-1")
         location = action.location(h.host, path, xfp)
         extra = b"location: " + location.encode("latin-1", "replace") + b"\r\n"
     await stream.sink.send_local_reply(action.status, action.body, extra)

@@ -10,6 +10,7 @@ swap never changes a request in flight.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from proxyd.epoch import (
 from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import NOT_SET, LogRecord
+from proxyd.protocol.chain_match import ChainSelector
 from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
@@ -38,6 +40,7 @@ from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
+from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
@@ -46,6 +49,7 @@ from proxyd.worker.router import Exchange
 from proxyd.worker.stats import HttpStats, ListenerStats, StatsStore
 from proxyd.worker.stream import Connection, Stream
 from proxyd.worker.tcp_proxy import TcpListenerPlan, tcp_plans
+from proxyd.worker.tls import TlsPlan
 from proxyd.worker.tracing import Tracer, TracingHeaderPolicy
 from proxyd.worker.upstream import ClusterState, ConnPool
 
@@ -291,6 +295,12 @@ class ListenerPlan:
         assert hcm is not None  # a TCP proxy listener has a TcpListenerPlan
         self.name = listener.name
         self.listener = listener
+        # The key of this plan in the worker's plans: the listener's name, or for one of
+        # its filter chains proxyd.worker.chains.chain_key (set by CompiledEpoch).
+        self.key = listener.name
+        # Several chains: picks one per connection before anything else (set by
+        # CompiledEpoch); None for a listener whose one chain takes every connection.
+        self.chooser: ChainChooser | None = None
         # Connections accepted under one generation of a listener's config get
         # "connection: close" once an epoch changes that listener (Envoy drains the
         # connections of an updated listener); an unchanged listener keeps its
@@ -528,12 +538,28 @@ class ListenerPlan:
             local_address,
             ids,
         )
+        # TLS termination (proxyd.worker.tls): None on a plaintext filter chain.
+        self.tls = (
+            TlsPlan(
+                listener.tls,
+                stats,
+                listener.stat_name,
+                hcm.stat_prefix,
+                hcm.idle_timeout_s or math.inf,
+                listener.tls_inspector,
+            )
+            if listener.tls is not None
+            else None
+        )
+        self.scheme = "http" if self.tls is None else "https"
+        if self.tls is not None:
+            self.policy.scheme_xfp = b"x-forwarded-proto: https\r\n"
         if isinstance(self.policy, TracingHeaderPolicy):
             assert self.tracer is not None
             self.policy.tracer = self.tracer
         self.server = server_line(hcm.server_name)
-        # The router sees x-forwarded-proto "http" when the edge overwrote the client's
-        # (the scheme of a redirect's location comes from it).
+        # The router sees x-forwarded-proto as the connection's scheme when the edge
+        # overwrote the client's (the scheme of a redirect's location comes from it).
         self.overwrite_xfp = hcm.use_remote_address and hcm.xff_num_trusted_hops == 0
         # The header lines of a reply to a request that could not be parsed (the
         # transforms add via, and choose the server line).
@@ -603,13 +629,40 @@ class CompiledEpoch:
         )
         # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
         # TCP proxy listeners' (proxyd.worker.tcp_proxy).
-        self.plans = {
-            lst.name: ListenerPlan(
+        self.plans: dict[str, ListenerPlan] = {}
+        for lst in epoch.listeners:
+            if lst.hcm is None:
+                continue
+            plan = ListenerPlan(
                 lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
-            for lst in epoch.listeners
-            if lst.hcm is not None
-        }
+            self.plans[lst.name] = plan
+            if lst.chains:
+                # One plan per filter chain (keyed beside the listener's own, so a
+                # connection finds its chain's plan again on each request).
+                chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
+                chain_plans = []
+                for i, chain in enumerate(chains):
+                    one = dataclasses.replace(lst, hcm=chain.hcm, tls=chain.tls, chains=())
+                    one = dataclasses.replace(one, default_chain=None)
+                    sub = ListenerPlan(
+                        one, self.clusters, stats, writers, local_address, ids, self.runtime, facts
+                    )
+                    sub.key = chain_key(lst.name, i)
+                    self.plans[sub.key] = sub
+                    chain_plans.append(sub)
+                selector = ChainSelector(
+                    [(c.server_names, c.transport_protocol) for c in lst.chains],
+                    len(lst.chains) if lst.default_chain is not None else None,
+                )
+                plan.chooser = ChainChooser(
+                    selector,
+                    chain_plans,
+                    lst.listener_filters_timeout_s or math.inf,
+                    lst.continue_on_listener_filters_timeout,
+                    stats.named(f"listener.{lst.stat_name}."),
+                    stats.named("tls_inspector."),
+                )
         self.tcp_plans = tcp_plans(
             epoch, self.clusters, stats, writers, self.runtime, old_tcp_plans
         )

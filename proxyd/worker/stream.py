@@ -23,7 +23,7 @@ reading a status code back.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxyd.errors import ProxydError
 from proxyd.worker.deadlines import INF
@@ -257,6 +257,10 @@ class Stream:
             int(port) if port.isdigit() else 0,
         )
 
+    def downstream_tls(self) -> Any:
+        conn = self.connection
+        return conn.tls if conn is not None else None
+
     def set_request_length(self, length: int) -> None:
         h = self.head
         assert h is not None
@@ -361,5 +365,7 @@ class Connection(Protocol):
     deadline: Deadline
     timers: Timers
     durations: ConnectionDurations | None
+    # The TLS session (proxyd.worker.tls.TlsSocket), None on a plaintext connection.
+    tls: Any
 
     def local_address(self) -> str: ...

@@ -9,6 +9,7 @@ each body piece, then trailers) and returns how it ended and what would go upstr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxyd.filters.api import CONTINUE, STOP, STOP_AND_BUFFER, HttpFilter, LocalReply
 from proxyd.filters.api import FilterStatus as Status
@@ -43,6 +44,8 @@ class MemoryStream:
     added_request_headers: list[tuple[str, str]] = field(default_factory=list)
     # downstream_addresses(): (trusted client, peer, local ip, local port).
     addresses: tuple[str, str, str, int] = ("127.0.0.1", "127.0.0.1", "127.0.0.1", 8000)
+    # downstream_tls(): the TLS session (sni, peer), None for a plaintext connection.
+    tls: Any = None
 
     def set_request_header(self, name: str, value: str) -> None:
         self.request_headers[name] = value
@@ -55,6 +58,9 @@ class MemoryStream:
 
     def downstream_addresses(self) -> tuple[str, str, str, int]:
         return self.addresses
+
+    def downstream_tls(self) -> Any:
+        return self.tls
 
     def set_request_length(self, length: int) -> None:
         self.request_length = length

@@ -18,8 +18,10 @@ ACCESS = NS(
     wants_hostname=True,
     server_mode="OVERWRITE",
 )
-PLAN = NS(name="main", access=ACCESS, tracer=None)
-CONN = NS(remote="10.0.0.2:5555", remote_ip="10.0.0.2", local_address=lambda: "10.0.0.1:80")
+PLAN = NS(name="main", access=ACCESS, scheme="http", tracer=None)
+CONN = NS(
+    remote="10.0.0.2:5555", remote_ip="10.0.0.2", local_address=lambda: "10.0.0.1:80", tls=None
+)
 ROUTE = NS(
     cluster=NS(cluster=NS(endpoints=(NS(address="10.0.0.9", port=80, hostname="svc.local"),))),
     cluster_name="svc",

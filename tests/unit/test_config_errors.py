@@ -153,12 +153,13 @@ def test_unsupported_socket_address_field() -> None:
     assert err.path == "static_resources.listeners[0].address.socket_address.protocol"
 
 
-def test_two_filter_chains() -> None:
+def test_two_filter_chains_with_the_same_matching_rules() -> None:
     d = base()
     chains = d["static_resources"]["listeners"][0]["filter_chains"]
     chains.append(copy.deepcopy(chains[0]))
     err = reject(d)
-    assert "exactly one filter chain" in err.reason
+    assert err.path == "static_resources.listeners[0].filter_chains[1].filter_chain_match"
+    assert "multiple filter chains with the same matching rules" in err.reason
 
 
 def test_listener_address_must_be_an_ip() -> None:

@@ -131,11 +131,11 @@ def test_refusals_list_every_feature_set_and_skip_values_protobuf_leaves_unset()
     listener["address"]["socket_address"]["protocol"] = "tcp"  # the default: not set
     listener["listener_filters"] = []  # empty: not set
     listener["tcp_fast_open_queue_length"] = 5
-    listener["filter_chains"][0]["transport_socket"] = {"name": "tls"}
+    listener["filter_chains"][0]["metadata"] = {"filter_metadata": {"a": {"b": 1}}}
     paths = [path for path, _reason in refusals(data, BOOTSTRAP_DESC, BOOTSTRAP)]
     assert paths == [
         f"{HCM}.http_filters[0]",  # an HttpConnectionManager is no HTTP filter
-        "static_resources.listeners[0].filter_chains[0].transport_socket",
+        "static_resources.listeners[0].filter_chains[0].metadata",
         "static_resources.listeners[0].tcp_fast_open_queue_length",
         "enable_dispatcher_stats",
     ]

@@ -3,6 +3,7 @@ what is refused by name), and its decisions driven through an in-memory FilterSt
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -81,7 +82,6 @@ def test_per_route_without_rbac_turns_the_filter_off() -> None:
     [
         ({"policies": {"p": policy([{"metadata": {"filter": "f", "path": [{"key": "k"}],
           "value": {"present_match": True}}}])}}, "permissions[0].metadata"),
-        ({"policies": {"p": policy([ANY], [{"authenticated": {}}])}}, "principals[0].authenticated"),
         ({"policies": {"p": policy([{"requested_server_name": {"exact": "a"}}],
           [{"filter_state": {"key": "k", "string_match": {"exact": "v"}}}])}},
          "principals[0].filter_state"),
@@ -239,6 +239,53 @@ def test_address_rules(
     s = stream()
     s.addresses = addresses
     assert (decide(f, s) is CONTINUE) is matches
+
+
+def tls_stream(sni_: str, peer: dict[str, Any] | None) -> MemoryStream:
+    s = stream()
+    s.tls = SimpleNamespace(sni=sni_, peer=peer)
+    return s
+
+
+PEER = {
+    "subject": ((("commonName", "client"),),),
+    "subjectAltName": (("URI", "spiffe://test/client"), ("DNS", "client.test")),
+}
+
+
+def authenticated(kind: str | None = None, value: str = "") -> list[Any]:
+    return ["authenticated", None if kind is None else to_wire(StringMatch(kind, value))]
+
+
+@pytest.mark.parametrize(
+    ("rule", "sent", "matches"),
+    [
+        (sni("exact", "a.test"), tls_stream("a.test", None), True),
+        (sni("exact", ""), tls_stream("a.test", None), False),
+        (sni("exact", ""), tls_stream("", None), True),  # TLS without SNI
+        (authenticated(), stream(), False),  # plaintext
+        (authenticated(), tls_stream("", None), True),  # any TLS connection
+        (authenticated("exact", "spiffe://test/client"), tls_stream("", PEER), True),
+        (authenticated("exact", "client.test"), tls_stream("", PEER), True),  # DNS SAN
+        (authenticated("exact", "CN=client"), tls_stream("", PEER), True),  # the subject
+        (authenticated("exact", "other"), tls_stream("", PEER), False),
+        (authenticated("exact", "client.test"), tls_stream("", None), False),  # no certificate
+        (header(":scheme", "https"), tls_stream("", None), True),
+    ],
+)
+def test_tls_rules(rule: list[Any], sent: MemoryStream, matches: bool) -> None:
+    f, _ = make(settings(rules("ALLOW", ("p", [["any"]], [rule]))))
+    assert (decide(f, sent) is CONTINUE) is matches
+
+
+def test_authenticated_compiles() -> None:
+    named = {"authenticated": {"principal_name": {"exact": "spiffe://test/client"}}}
+    policies = {"p": policy([ANY], [named, {"authenticated": {}}])}
+    config = compiled(with_filter(rules={"policies": policies})).http_filters[0].config
+    assert config["rules"]["policies"][0][2] == [
+        authenticated("exact", "spiffe://test/client"),
+        authenticated(),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -529,3 +529,27 @@ def test_explain_chooses_among_http_listeners() -> None:
         choose_listener(epoch, "l", {}, "/")
     with pytest.raises(ExplainError, match="no HTTP listeners"):
         choose_listener(Epoch(2, (tcp_listener(cluster="c"),), ()), "", {}, "/")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("transport_socket", {"name": "envoy.transport_sockets.raw_buffer"}),
+        ("filter_chain_match", {"server_names": ["a.test"]}),
+    ],
+)
+def test_tls_and_chain_matching_in_front_of_it_are_refused_for_now(
+    tmp_path: Path, field: str, value: dict[str, Any]
+) -> None:
+    doc = bootstrap()
+    doc["static_resources"]["listeners"][0]["filter_chains"][0][field] = value
+    with pytest.raises(ConfigError) as info:
+        compile_tcp(tmp_path, doc)
+    assert info.value.path == f"static_resources.listeners[0].filter_chains[0].{field}"
+    assert "not supported by proxyd yet" in info.value.reason
+    chains = doc["static_resources"]["listeners"][0]["filter_chains"]
+    del chains[0][field]
+    chains.append(dict(chains[0]))
+    with pytest.raises(ConfigError) as info:
+        compile_tcp(tmp_path, doc)
+    assert "several filter chains" in info.value.reason

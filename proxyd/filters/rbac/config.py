@@ -18,14 +18,16 @@ on that route. A rule is a tagged list, the tag first:
 * ``["destination_ip", cidr]``, ``["destination_port", n]``,
   ``["destination_port_range", start, end]``;
 * ``["remote_ip", cidr]``, ``["direct_remote_ip", cidr]`` (``source_ip``, deprecated,
-  is the connection's peer as ``direct_remote_ip``).
+  is the connection's peer as ``direct_remote_ip``);
+* ``["authenticated", StringMatch wire | None]``: a TLS connection (with a verified
+  client certificate whose URI SANs, DNS SANs or subject the matcher accepts, when it
+  has one).
 
 What proxyd does not implement is left out of :data:`SPEC` and refused by name:
 ``matcher`` and ``shadow_matcher`` (the generic matcher API), ``track_per_rule_stats``,
 ``audit_logging_options``, a policy's ``condition``, ``checked_condition`` and
 ``cel_config`` (CEL), and the ``metadata``, ``sourced_metadata``, ``matcher``,
-``uri_template``, ``authenticated`` (needs TLS, which proxyd does not terminate),
-``filter_state`` and ``custom`` rules.
+``uri_template``, ``filter_state`` and ``custom`` rules.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ PRINCIPAL: dict[str, Spec] = {
     "remote_ip": _CIDR,
     "direct_remote_ip": _CIDR,
     "source_ip": _CIDR,
+    "authenticated": {"principal_name": STRING_MATCHER},
 }
 PRINCIPAL.update({"and_ids": {"ids": PRINCIPAL}, "or_ids": {"ids": PRINCIPAL}, "not_id": PRINCIPAL})
 RULES: Spec = {
@@ -157,6 +160,12 @@ def _principal(p: Any, path: str, file: str) -> list[Any]:
         return ["remote_ip", _cidr(p.remote_ip, here, file)]
     if which in ("direct_remote_ip", "source_ip"):
         return ["direct_remote_ip", _cidr(getattr(p, which), here, file)]
+    if which == "authenticated":
+        a = p.authenticated
+        if not a.HasField("principal_name"):
+            return ["authenticated", None]
+        name = string_match(a.principal_name, join(here, "principal_name"), file)
+        return ["authenticated", to_wire(name)]
     if which in ("and_ids", "or_ids"):
         ids = getattr(p, which).ids
         return [

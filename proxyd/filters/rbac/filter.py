@@ -26,7 +26,8 @@ What a rule reads (Envoy 1.40 on an HTTP/1 connection without TLS):
   and ``xff_num_trusted_hops``, or the peer with ``use_remote_address``);
   ``direct_remote_ip`` (and the deprecated ``source_ip``): the connection's peer;
 * ``destination_ip`` / ``destination_port`` / ``destination_port_range``: the
-  address and port the connection came to; ``requested_server_name``: "" (no TLS).
+  address and port the connection came to; ``requested_server_name``: the SNI of a TLS
+  connection ("" on plaintext); ``authenticated``: the verified client certificate.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from proxyd.epoch import HeaderMatch, StringMatch, from_wire
 from proxyd.filters.api import CONTINUE, FilterStream, HttpFilter, LocalReply, Result, StatsScope
 from proxyd.protocol.routing import compile_headers, compile_string_match, headers_match
 from proxyd.protocol.runtime import EMPTY, Snapshot
+from proxyd.protocol.tls_context import peer_subject
 
 BODY = "RBAC: access denied"
 STATUS = 403
@@ -57,15 +59,17 @@ def _ip(text: str) -> IpAddress | None:
 class Request:
     """What the rules of one request read; the addresses only when a rule needs them."""
 
-    __slots__ = ("headers", "host", "path", "remote", "direct", "local_ip", "local_port")
+    __slots__ = ("headers", "host", "path", "remote", "direct", "local_ip", "local_port", "tls")
 
     def __init__(self, stream: FilterStream, addresses: bool, pseudo: bool) -> None:
         h = stream.head
         headers = h.headers
+        # The connection's TLS session (SNI, peer certificate), None on plaintext.
+        self.tls = stream.downstream_tls()
         if pseudo:
             headers = dict(headers)
             headers[":method"] = h.method
-            headers[":scheme"] = "http"
+            headers[":scheme"] = "http" if self.tls is None else "https"
         self.headers = headers
         self.host = h.host
         self.path = h.path
@@ -79,6 +83,17 @@ class Request:
 
 
 Rule = Callable[[Request], bool]
+
+
+def _authenticated(test: Callable[[str], bool], peer: dict[str, Any] | None) -> bool:
+    """Envoy's AuthenticatedMatcher: the peer certificate's URI SANs, then its DNS SANs,
+    then its subject."""
+    sans = (peer or {}).get("subjectAltName", ())
+    for kind in ("URI", "DNS"):
+        for k, value in sans:
+            if k == kind and test(value):
+                return True
+    return bool(test(peer_subject(peer)))
 
 
 class Needs:
@@ -112,8 +127,14 @@ def compile_rule(data: list[Any], needs: Needs) -> Rule:
         test = compile_string_match(from_wire(StringMatch, data[1]))
         return lambda r: bool(test(_bare(r.path)))
     if tag == "sni":
-        sni = bool(compile_string_match(from_wire(StringMatch, data[1]))(""))
-        return lambda r: sni
+        sni_test = compile_string_match(from_wire(StringMatch, data[1]))
+        plain = bool(sni_test(""))  # a plaintext connection's requested server name
+        return lambda r: plain if r.tls is None else bool(sni_test(r.tls.sni))
+    if tag == "authenticated":
+        if data[1] is None:
+            return lambda r: r.tls is not None
+        name_test = compile_string_match(from_wire(StringMatch, data[1]))
+        return lambda r: r.tls is not None and _authenticated(name_test, r.tls.peer)
     if tag in ("destination_ip", "remote_ip", "direct_remote_ip"):
         net = ipaddress.ip_network(data[1])
         needs.addresses = True

@@ -1,0 +1,209 @@
+"""A filter chain's ``transport_socket`` (``envoy.transport_sockets.tls`` with a
+DownstreamTlsContext) → the epoch's :class:`~proxyd.epoch.DownstreamTls`.
+
+Certificates, keys and CA bundles are read here, in the master, when the epoch is
+compiled: a file that cannot be read, or a key OpenSSL refuses, is a config error that
+names the field. Workers get the PEM bytes and never open a config file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from proxyd.config.matchers import string_match
+from proxyd.config.proto import join
+from proxyd.config.supported import DOWNSTREAM_TLS_TYPE, RAW_BUFFER_TYPE, unpack
+from proxyd.config.values import duration_or, enum_name, wrapped_or
+from proxyd.epoch import DownstreamTls, SanMatch, TlsCertificate
+from proxyd.errors import ConfigError
+from proxyd.protocol.tls_context import CURVES, TlsSetupError, certificate_names, server_contexts
+
+TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
+# What proxyd's HTTP/1.1 codec speaks of the ALPN protocols a listener may offer.
+SPOKEN_ALPN = ("http/1.1", "http/1.0")
+# ALPN names of protocols proxyd does not speak yet: dropped from the offer.
+UNSPOKEN_ALPN = ("h2", "h2c", "h3")
+
+
+def check_listener_filters(lst: Any, path: str, file: str) -> bool:
+    """Only the TLS inspector (proxyd inspects the ClientHello itself): True when the
+    listener has it."""
+    for i, lf in enumerate(lst.listener_filters):
+        if lf.HasField("typed_config"):
+            continue  # the spec walk allowed only TlsInspector
+        # Envoy 1.40 finds listener filters by their typed_config only.
+        raise ConfigError(
+            file, join(path, f"listener_filters[{i}]"),
+            f"listener filter '{lf.name}' needs a typed_config (Envoy: no registered "
+            "implementation for it with type URL '')",
+        )  # fmt: skip
+    return bool(lst.listener_filters)
+
+
+def compile_transport_socket(chain: Any, path: str, file: str) -> DownstreamTls | None:
+    """The chain's TLS termination, or None for a plaintext chain (no transport_socket,
+    or ``envoy.transport_sockets.raw_buffer``)."""
+    if not chain.HasField("transport_socket"):
+        return None
+    ts = chain.transport_socket
+    here = join(path, "transport_socket")
+    if not ts.HasField("typed_config"):
+        if ts.name == "envoy.transport_sockets.raw_buffer":
+            return None
+        raise ConfigError(file, here, f"transport socket '{ts.name}' not supported by proxyd")
+    ctx = unpack(ts.typed_config)
+    if ctx is None or ctx.DESCRIPTOR.full_name != DOWNSTREAM_TLS_TYPE:
+        if ctx is not None and ctx.DESCRIPTOR.full_name == RAW_BUFFER_TYPE:
+            return None
+        raise ConfigError(file, here, f"transport socket '{ts.name}' not supported by proxyd")
+    tls = compile_downstream_tls(ctx, join(here, "typed_config"), file)
+    timeout = duration_or(chain, "transport_socket_connect_timeout", 0.0)
+    if timeout:
+        tls = replace(tls, handshake_timeout_s=timeout)
+    try:
+        server_contexts(tls)
+    except TlsSetupError as exc:
+        raise ConfigError(file, join(join(here, "typed_config"), exc.field), exc.reason) from None
+    return tls
+
+
+def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
+    common = ctx.common_tls_context
+    cpath = join(path, "common_tls_context")
+    certs = []
+    for i, c in enumerate(common.tls_certificates):
+        cert_path = join(cpath, f"tls_certificates[{i}]")
+        if not c.HasField("certificate_chain"):
+            raise ConfigError(
+                file, join(cert_path, "certificate_chain"), "a certificate is required"
+            )
+        if not c.HasField("private_key"):
+            raise ConfigError(file, join(cert_path, "private_key"), "a private key is required")
+        chain = data_source(c.certificate_chain, join(cert_path, "certificate_chain"), file)
+        certs.append(
+            TlsCertificate(
+                certificate_chain=chain,
+                private_key=data_source(c.private_key, join(cert_path, "private_key"), file),
+                dns_names=certificate_names(chain),
+            )
+        )
+    if not certs:
+        raise ConfigError(
+            file,
+            join(cpath, "tls_certificates"),
+            "a server needs a certificate (tls_certificates is empty)",
+        )
+    if len(certs) > 1 and any(not c.dns_names for c in certs):
+        raise ConfigError(
+            file,
+            join(cpath, "tls_certificates"),
+            "with several certificates each needs a DNS name (SAN or CN) to be chosen by",
+        )
+    params = common.tls_params
+    ppath = join(cpath, "tls_params")
+    min_v = enum_name(params, "tls_minimum_protocol_version")
+    max_v = enum_name(params, "tls_maximum_protocol_version")
+    min_v = "TLSv1_2" if min_v == "TLS_AUTO" else min_v
+    max_v = "TLSv1_3" if max_v == "TLS_AUTO" else max_v
+    if min_v > max_v:
+        raise ConfigError(
+            file, ppath, f"tls_minimum_protocol_version {min_v} is above the maximum {max_v}"
+        )
+    curve = ""
+    if params.ecdh_curves:
+        if len(params.ecdh_curves) > 1:
+            raise ConfigError(
+                file,
+                join(ppath, "ecdh_curves"),
+                "one curve is supported by proxyd (CPython's ssl sets a single ECDH curve), "
+                f"got {len(params.ecdh_curves)}",
+            )
+        name = params.ecdh_curves[0]
+        if name not in CURVES:
+            raise ConfigError(
+                file,
+                join(ppath, "ecdh_curves[0]"),
+                f"curve '{name}' not supported by proxyd (supported: {', '.join(CURVES)})",
+            )
+        curve = CURVES[name]
+    alpn = _alpn(tuple(common.alpn_protocols), join(cpath, "alpn_protocols"), file)
+    trusted = b""
+    sans: list[SanMatch] = []
+    if common.HasField("validation_context"):
+        vc = common.validation_context
+        vpath = join(cpath, "validation_context")
+        if not vc.HasField("trusted_ca"):
+            raise ConfigError(
+                file,
+                join(vpath, "trusted_ca"),
+                "a trusted_ca is required by proxyd (a validation context without one "
+                "would accept any client certificate)",
+            )
+        trusted = data_source(vc.trusted_ca, join(vpath, "trusted_ca"), file)
+        for i, m in enumerate(vc.match_typed_subject_alt_names):
+            mpath = join(vpath, f"match_typed_subject_alt_names[{i}]")
+            san_type = enum_name(m, "san_type")
+            if san_type not in ("DNS", "URI", "EMAIL", "IP_ADDRESS"):
+                raise ConfigError(
+                    file, join(mpath, "san_type"), f"san_type {san_type} not supported by proxyd"
+                )
+            sans.append(SanMatch(san_type, string_match(m.matcher, join(mpath, "matcher"), file)))
+    require = wrapped_or(ctx, "require_client_certificate", False)
+    if require and not trusted:
+        raise ConfigError(
+            file,
+            join(path, "require_client_certificate"),
+            "require_client_certificate needs common_tls_context.validation_context.trusted_ca",
+        )
+    return DownstreamTls(
+        certificates=tuple(certs),
+        min_version=min_v,
+        max_version=max_v,
+        cipher_suites=tuple(params.cipher_suites),
+        ecdh_curve=curve,
+        alpn=alpn,
+        trusted_ca=trusted,
+        require_client_certificate=require,
+        san_matchers=tuple(sans),
+        session_tickets=not ctx.disable_stateless_session_resumption,
+    )
+
+
+def _alpn(offered: tuple[str, ...], path: str, file: str) -> tuple[str, ...]:
+    """The ALPN list with the protocols proxyd does not speak yet (h2) left out: a
+    client that offers h2 and http/1.1 gets http/1.1. A list with nothing proxyd
+    speaks is refused (its clients could not talk to proxyd)."""
+    if not offered:
+        return ()
+    kept = tuple(p for p in offered if p not in UNSPOKEN_ALPN)
+    if not kept or any(p not in SPOKEN_ALPN for p in kept):
+        raise ConfigError(
+            file,
+            path,
+            f"ALPN {list(offered)}: proxyd speaks only {', '.join(SPOKEN_ALPN)} over TLS "
+            "(HTTP/2 is not implemented yet)",
+        )
+    return kept
+
+
+def data_source(ds: Any, path: str, file: str) -> bytes:
+    """A core.v3.DataSource's bytes: the file read now, or the inline value."""
+    which = ds.WhichOneof("specifier")
+    if which == "filename":
+        try:
+            with open(ds.filename, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ConfigError(
+                file, join(path, "filename"), f"cannot read '{ds.filename}': {exc.strerror}"
+            ) from None
+    elif which == "inline_string":
+        data = ds.inline_string.encode()
+    elif which == "inline_bytes":
+        data = bytes(ds.inline_bytes)
+    else:
+        raise ConfigError(file, path, f"{which or 'a value'} not supported by proxyd")
+    if not data.strip():
+        raise ConfigError(file, path, "is empty")
+    return data

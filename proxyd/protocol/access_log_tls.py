@@ -1,0 +1,61 @@
+"""The access log's downstream TLS operators (:mod:`proxyd.protocol.access_log_operators`
+registers them): values of ``rec.tls``, the connection's
+:class:`proxyd.worker.tls.TlsSocket` (``sni``, ``version``, ``cipher``, ``peer``: the
+verified client certificate as ``getpeercert()`` gives it, ``ssl``), None (``-``) on a
+plaintext connection or when the value is not there."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from proxyd.protocol.tls_context import peer_sans, peer_subject
+
+Value = str | int | None
+Getter = Callable[[Any], Value]
+TLS_OPERATORS: dict[str, Getter] = {}
+
+
+# The downstream TLS session's (rec.tls: proxyd.worker.tls.TlsSocket; None on plaintext).
+def _tls_attr(attr: str) -> Getter:
+    def get(rec: Any) -> Value:
+        tls = rec.tls
+        return (getattr(tls, attr) or None) if tls is not None else None
+
+    return get
+
+
+def _peer(fn: Callable[[dict[str, Any]], str]) -> Getter:
+    def get(rec: Any) -> Value:
+        tls = rec.tls
+        if tls is None or not tls.peer:
+            return None
+        return fn(tls.peer) or None
+
+    return get
+
+
+def _peer_der(digest: str) -> Getter:
+    def get(rec: Any) -> Value:
+        tls = rec.tls
+        if tls is None or not tls.peer:
+            return None
+        der = tls.ssl.getpeercert(binary_form=True)
+        return hashlib.new(digest, der).hexdigest() if der else None
+
+    return get
+
+
+TLS_OPERATORS["REQUESTED_SERVER_NAME"] = _tls_attr("sni")
+TLS_OPERATORS["DOWNSTREAM_TLS_VERSION"] = _tls_attr("version")
+TLS_OPERATORS["DOWNSTREAM_TLS_CIPHER"] = _tls_attr("cipher")
+TLS_OPERATORS["DOWNSTREAM_PEER_SUBJECT"] = _peer(peer_subject)
+TLS_OPERATORS["DOWNSTREAM_PEER_ISSUER"] = _peer(lambda p: peer_subject(p, "issuer"))
+TLS_OPERATORS["DOWNSTREAM_PEER_URI_SAN"] = _peer(lambda p: peer_sans(p, "URI"))
+TLS_OPERATORS["DOWNSTREAM_PEER_DNS_SAN"] = _peer(lambda p: peer_sans(p, "DNS"))
+TLS_OPERATORS["DOWNSTREAM_PEER_IP_SAN"] = _peer(lambda p: peer_sans(p, "IP Address"))
+TLS_OPERATORS["DOWNSTREAM_PEER_EMAIL_SAN"] = _peer(lambda p: peer_sans(p, "email"))
+TLS_OPERATORS["DOWNSTREAM_PEER_SERIAL"] = _peer(lambda p: str(p.get("serialNumber", "")).lower())
+TLS_OPERATORS["DOWNSTREAM_PEER_FINGERPRINT_256"] = _peer_der("sha256")
+TLS_OPERATORS["DOWNSTREAM_PEER_FINGERPRINT_1"] = _peer_der("sha1")
