@@ -9,12 +9,15 @@ with ``yaml.safe_load`` semantics, changed where Envoy's YAML reader (yaml-cpp) 
 * a YAML merge key ``<<`` is an ordinary key, so Envoy's parser refuses it as an
   unknown field, and so does proxyd's;
 * a key given twice in one mapping takes the last value, as in Envoy; proxyd also
-  logs a warning naming the key and both lines.
+  logs a warning naming the key and both lines;
+* ``y``, ``Y``, ``n`` and ``N`` are booleans, as yaml-cpp reads them (so a string field
+  refuses them, as Envoy's loader does).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import typing
 from typing import Any
 
@@ -76,6 +79,11 @@ _EnvoyLoader.add_constructor(
     _construct_mapping,
 )
 _EnvoyLoader.add_multi_constructor("!", _construct_local_tag)
+# yaml-cpp's booleans include the one-letter forms (YAML 1.1 lists them; PyYAML does not).
+_EnvoyLoader.bool_values = {**_EnvoyLoader.bool_values, "y": True, "n": False}
+_EnvoyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN")
+)
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -82,10 +82,10 @@ def test_the_rules_are_covered() -> None:
     for rule in (
         "enum", "single-value", "duration-object", "yaml-anchors", "yaml-ignore",
         "yaml-merge-key", "typed-struct-udpa", "typed-struct-xds", "unknown-field",
-        "wrong-type", "v2-type-url", "deprecated",
+        "wrong-type", "v2-type-url", "deprecated", "yaml-one-letter-booleans",
     ):  # fmt: skip
         assert rule in names, rule
-    assert 30 <= len(CASES) <= 50
+    assert 30 <= len(CASES) <= 80
     # A case that Envoy accepts and proxyd refuses must say it is a missing feature.
     for c in CASES:
         assert c.envoy_accepts == (c.proxyd != "rejects"), c.path.name
