@@ -11,7 +11,8 @@ with ``yaml.safe_load`` semantics, changed where Envoy's YAML reader (yaml-cpp) 
 * a key given twice in one mapping takes the last value, as in Envoy; proxyd also
   logs a warning naming the key and both lines;
 * ``y``, ``Y``, ``n`` and ``N`` are booleans, as yaml-cpp reads them (so a string field
-  refuses them, as Envoy's loader does).
+  refuses them, as Envoy's loader does); a mapping key is always text (``y:``,
+  ``true:``), as it is in the JSON Envoy makes of the YAML.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 IGNORE_TAG = "!ignore"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 
 
 class _EnvoyLoader(_SafeLoader):
@@ -50,6 +52,8 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) 
     node.value = [(k, v) for k, v in node.value if k.tag != IGNORE_TAG]
     for key_node, _value_node in node.value:
         if key_node.tag == _MERGE_TAG:  # '<<' is a plain key to Envoy (no merging)
+            key_node.tag = _STR_TAG
+        elif key_node.tag == _BOOL_TAG:  # a key is text to Envoy (JSON keys): "y", "on"
             key_node.tag = _STR_TAG
     seen: dict[Any, yaml.Node] = {}
     for key_node, _value_node in node.value:

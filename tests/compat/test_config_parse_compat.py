@@ -82,7 +82,7 @@ def test_the_rules_are_covered() -> None:
     for rule in (
         "enum", "single-value", "duration-object", "yaml-anchors", "yaml-ignore",
         "yaml-merge-key", "typed-struct-udpa", "typed-struct-xds", "unknown-field",
-        "wrong-type", "v2-type-url", "deprecated", "yaml-one-letter-booleans",
+        "wrong-type", "v2-type-url", "deprecated", "yaml-one-letter-booleans", "yaml-boolean-looking-keys",
     ):  # fmt: skip
         assert rule in names, rule
     assert 30 <= len(CASES) <= 80
