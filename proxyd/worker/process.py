@@ -28,6 +28,7 @@ worker goes on.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -236,6 +237,13 @@ class Worker:
                 self._nursery.start_soon(
                     self._drain_old_connections, name, old.generation, epoch.drain_time_s
                 )
+        # The compiled epoch (route tables, plans, balancers: many objects on a large
+        # config) lives until the next one: out of the collector's reach, so that its
+        # full collections do not walk it under traffic. The previous epoch's cycles are
+        # collected first (its objects were frozen with it).
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         log.debug("epoch applied", worker_id=self.worker_id, epoch=epoch.number)
 
     def _close_on_health_failure(self, compiled: CompiledEpoch) -> None:
