@@ -15,6 +15,7 @@ from proxyd.filters.header_to_metadata import config as header_to_metadata_confi
 from proxyd.filters.health_check import config as health_check_config
 from proxyd.filters.local_ratelimit import config as local_ratelimit_config
 from proxyd.filters.rbac import config as rbac_config
+from proxyd.filters.set_metadata import config as set_metadata_config
 
 COMPILERS: dict[str, ModuleType] = {
     m.TYPE: m
@@ -30,6 +31,7 @@ COMPILERS: dict[str, ModuleType] = {
         health_check_config,
         local_ratelimit_config,
         rbac_config,
+        set_metadata_config,
     )
 }
 

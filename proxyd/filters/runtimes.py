@@ -17,6 +17,7 @@ from proxyd.filters.header_to_metadata.filter import Factory as HeaderToMetadata
 from proxyd.filters.health_check.filter import Factory as HealthCheckFactory
 from proxyd.filters.local_ratelimit.filter import Factory as LocalRateLimitFactory
 from proxyd.filters.rbac.filter import Factory as RbacFactory
+from proxyd.filters.set_metadata.filter import Factory as SetMetadataFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
@@ -30,4 +31,5 @@ FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.health_check.v3.HealthCheck": HealthCheckFactory,
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": LocalRateLimitFactory,
     "envoy.extensions.filters.http.rbac.v3.RBAC": RbacFactory,
+    "envoy.extensions.filters.http.set_metadata.v3.Config": SetMetadataFactory,
 }
