@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from proxyd.filters.buffer import config as buffer_config
+from proxyd.filters.composite import config as composite_config
 from proxyd.filters.compressor import config as compressor_config
 from proxyd.filters.cors import config as cors_config
 from proxyd.filters.csrf import config as csrf_config
@@ -21,6 +22,7 @@ COMPILERS: dict[str, ModuleType] = {
     m.TYPE: m
     for m in (
         buffer_config,
+        composite_config,
         compressor_config,
         cors_config,
         csrf_config,
