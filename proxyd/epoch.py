@@ -438,6 +438,9 @@ class Route:
     # RouteAction.hash_policy, in order (empty: none; used by RING_HASH and MAGLEV
     # clusters only).
     hash_policy: tuple[HashPolicy, ...] = ()
+    # RouteAction.upgrade_configs: (lower-case upgrade type, enabled) overriding the
+    # connection manager's default for the type on this route.
+    upgrades: tuple[tuple[str, bool], ...] = ()
     # RouteAction.request_mirror_policies (proxyd.worker.mirror).
     mirrors: tuple[MirrorPolicy, ...] = ()
     # RouteAction.host_rewrite_path_regex: the pattern ("" = not set) and RE2
@@ -848,6 +851,9 @@ class HttpConnectionManager:
     drain_timeout_s: float = 5.0
     # tracing (None: none; the request path then pays nothing for it).
     tracing: Tracing | None = None
+    # upgrade_configs: (lower-case upgrade type, enabled by default), e.g. ("websocket",
+    # True). A type not listed is refused (403), whatever a route says.
+    upgrades: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from proxyd.config.dynamic import compile_config_source
 from proxyd.config.hcm_transforms import compile_http1_options, compile_transforms
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
-from proxyd.config.routes import compile_route_config
+from proxyd.config.routes import compile_route_config, compile_upgrades
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tls import check_listener_filters, compile_transport_socket
@@ -378,6 +378,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         ),
         flush_access_log_on_new_request=hcm.access_log_options.flush_access_log_on_new_request,
         transforms=compile_transforms(hcm, path, file),
+        upgrades=compile_upgrades(hcm.upgrade_configs, join(path, "upgrade_configs"), file),
         max_headers_count=max_headers,
         http1=compile_http1_options(hcm, path, file),
         max_connection_duration_s=max_connection_duration_s,

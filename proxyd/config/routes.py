@@ -265,7 +265,26 @@ def _route(
         idle_timeout_s=(
             duration_or(action, "idle_timeout", 0.0) if action.HasField("idle_timeout") else None
         ),
+        upgrades=compile_upgrades(
+            action.upgrade_configs, join(path, "route.upgrade_configs"), file
+        ),
     )
+
+
+def compile_upgrades(configs: Any, path: str, file: str) -> tuple[tuple[str, bool], ...]:
+    """upgrade_configs of a connection manager or a route: (lower-case type, enabled;
+    unset is true). CONNECT (a tunnel, not an upgrade of HTTP/1.1) is not built, nor an
+    upgrade's own ``filters`` (the allow-list refuses them)."""
+    out: list[tuple[str, bool]] = []
+    for i, uc in enumerate(configs):
+        here = f"{path}[{i}]"
+        kind = uc.upgrade_type.lower()
+        if kind == "connect":
+            raise ConfigError(
+                file, join(here, "upgrade_type"), "upgrade_type CONNECT is not supported by proxyd"
+            )
+        out.append((kind, uc.enabled.value if uc.HasField("enabled") else True))
+    return tuple(out)
 
 
 def _hash_policies(action: Any, path: str, file: str) -> tuple[HashPolicy, ...]:

@@ -210,6 +210,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_path_regex": {"pattern": REGEX, "substitution": LEAF},
                 # proxyd.worker.plan (RoutePlan.stream_idle).
                 "idle_timeout": LEAF,
+                # proxyd.config.routes.compile_upgrades (websocket and the like).
+                "upgrade_configs": {"upgrade_type": LEAF, "enabled": LEAF},
                 "retry_policy": RETRY_POLICY,
                 # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.
                 "max_stream_duration": {
@@ -506,6 +508,8 @@ HCM: Spec = {
     "request_timeout": LEAF,
     "stream_idle_timeout": LEAF,
     "request_headers_timeout": LEAF,
+    # proxyd.config.routes.compile_upgrades; proxyd.worker.router (the tunnel).
+    "upgrade_configs": {"upgrade_type": LEAF, "enabled": LEAF},
     "common_http_protocol_options": {
         "idle_timeout": LEAF,
         "headers_with_underscores_action": LEAF,

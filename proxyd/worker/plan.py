@@ -127,7 +127,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration", "hash", "mirror", "stream_idle", "decorator",
+        "duration", "hash", "mirror", "stream_idle", "decorator", "upgrades",
         "decorator_line", "tracing",
     )  # fmt: skip
 
@@ -183,6 +183,9 @@ class RoutePlan:
         # The stream idle timeout of the route's requests: its idle_timeout, else the
         # connection manager's stream_idle_timeout (inf: none).
         self.stream_idle = stream_idle
+        # The upgrade types (lower case) the route takes: the connection manager's
+        # upgrade_configs with the route's own enabled flags (proxyd.worker.router).
+        self.upgrades: frozenset[str] = frozenset()
 
     def with_timeout(self, timeout_s: float) -> RoutePlan:
         """This plan with another router timeout (a gRPC request's, from its
@@ -366,6 +369,11 @@ class ListenerPlan:
                 idle_of(r),
             )
             rp.not_found_status = r.cluster_not_found_status
+            if hcm.upgrades:
+                overrides = dict(r.upgrades)
+                rp.upgrades = frozenset(
+                    kind for kind, enabled in hcm.upgrades if overrides.get(kind, enabled)
+                )
             rp.decorator = r.decorator_operation
             rp.tracing = r.tracing
             if r.decorator_operation and r.decorator_propagate:
@@ -590,6 +598,9 @@ class ListenerPlan:
         self.request_timeout = hcm.request_timeout_s or math.inf
         self.headers_timeout = hcm.request_headers_timeout_s or math.inf
         self.stream_idle = hcm.stream_idle_timeout_s or math.inf
+        # Upgrade types a request may ask for when no route matches it (it then gets the
+        # router's 404; any other type gets 403, as in Envoy).
+        self.upgrades = frozenset(kind for kind, enabled in hcm.upgrades if enabled)
         self.idle_timeout = hcm.idle_timeout_s or math.inf
         # max_connection_duration with drain_timeout, max_stream_duration (the connection
         # manager's, or any route's): a connection then has ConnectionDurations.
