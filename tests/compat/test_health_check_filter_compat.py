@@ -27,7 +27,14 @@ import yaml
 
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import Pair, run_pair
-from tests.support import UpstreamServer, bootstrap, free_port, http_listener, static_cluster
+from tests.support import (
+    FAST_HEALTH_CHECK,
+    UpstreamServer,
+    bootstrap,
+    free_port,
+    http_listener,
+    static_cluster,
+)
 
 pytestmark = [
     pytest.mark.compat,
@@ -44,18 +51,6 @@ def _check(name: str, path: str | None, **fields: Any) -> dict[str, Any]:
         else [{"name": "x-hc", "string_match": {"exact": "yes"}}]
     )
     return {"name": name, "typed_config": {"@type": HC, "headers": headers, **fields}}
-
-
-# Active health checking that marks the dead host of ``half`` within a few tenths of a
-# second.
-HEALTH_CHECK = {
-    "timeout": "0.5s",
-    "interval": "0.2s",
-    "no_traffic_interval": "0.2s",
-    "unhealthy_threshold": 1,
-    "healthy_threshold": 1,
-    "http_health_check": {"path": "/echo/hc"},
-}
 
 
 def config(live: int, dead: int) -> str:
@@ -108,7 +103,7 @@ def config(live: int, dead: int) -> str:
     listener = http_listener("ingress", 0, route_config, filters, stat_prefix="ingress_http")
     clusters = [
         static_cluster("svc", [live]),
-        {**static_cluster("half", [live, dead]), "health_checks": [HEALTH_CHECK]},
+        {**static_cluster("half", [live, dead]), "health_checks": [FAST_HEALTH_CHECK]},
         static_cluster("empty", []),
     ]
     doc = bootstrap([listener], clusters, node={"id": "n1", "cluster": "front-proxy"})
