@@ -19,6 +19,7 @@ from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tls import check_listener_filters, compile_transport_socket
 from proxyd.config.tracing import compile_tracing
 from proxyd.config.values import (
+    Address,
     compile_address,
     duration_or,
     enum_name,
@@ -81,9 +82,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     if not lst.HasField("address"):
         raise ConfigError(file, join(path, "address"), "an address is required")
     where = compile_address(lst.address, join(path, "address"), file)
-    address, port = where.address, where.port
     if not where.pipe:
-        require_ip(address, join(path, "address.socket_address"), file)
+        require_ip(where.address, join(path, "address.socket_address"), file)
     if not wrapped_or(lst, "enable_reuse_port", True):
         raise ConfigError(
             file,
@@ -94,23 +94,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     inspector = check_listener_filters(lst, path, file)
     tcp = _tcp_proxy_listener(lst, path, file)
     if tcp is not None:
-        return Listener(
-            name=lst.name or (address if where.pipe else f"{address}_{port}"),
-            address=address,
-            port=port,
-            hcm=None,
-            per_connection_buffer_limit_bytes=wrapped_or(
-                lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
-            ),
-            access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
-            ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
-            pipe=where.pipe,
-            pipe_mode=where.mode,
-            freebind=wrapped_or(lst, "freebind", False),
-            tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
-            socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
-            tcp_proxy=tcp,
-        )
+        return Listener(**_common_fields(lst, path, file, where), hcm=None, tcp_proxy=tcp)
     direction = enum_name(lst, "traffic_direction")
     chains = [
         compile_filter_chain(c, join(path, f"filter_chains[{i}]"), clusters, file, direction)
@@ -168,20 +152,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
                 "socket peer has no IP address to trust)",
             )
     return Listener(
-        name=lst.name or (address if where.pipe else f"{address}_{port}"),
-        address=address,
-        port=port,
+        **_common_fields(lst, path, file, where),
         hcm=hcm,
-        per_connection_buffer_limit_bytes=wrapped_or(
-            lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
-        ),
-        access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
-        ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
-        pipe=where.pipe,
-        pipe_mode=where.mode,
-        freebind=wrapped_or(lst, "freebind", False),
-        tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
-        socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
         tls=first.tls,
         chains=tuple(chains) if inspecting else (),
         default_chain=default if inspecting else None,
@@ -191,6 +163,26 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         continue_on_listener_filters_timeout=lst.continue_on_listener_filters_timeout,
         tls_inspector=inspector or selecting,
     )
+
+
+def _common_fields(lst: Any, path: str, file: str, where: Address) -> dict[str, Any]:
+    """The Listener fields an HTTP and a TCP proxy listener compile alike."""
+    address, port = where.address, where.port
+    return {
+        "name": lst.name or (address if where.pipe else f"{address}_{port}"),
+        "address": address,
+        "port": port,
+        "per_connection_buffer_limit_bytes": wrapped_or(
+            lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
+        ),
+        "access_logs": compile_access_logs(lst.access_log, join(path, "access_log"), file),
+        "ignore_global_conn_limit": bool(lst.ignore_global_conn_limit),
+        "pipe": where.pipe,
+        "pipe_mode": where.mode,
+        "freebind": wrapped_or(lst, "freebind", False),
+        "tcp_backlog_size": wrapped_or(lst, "tcp_backlog_size", 0),
+        "socket_options": socket_options(lst.socket_options, join(path, "socket_options"), file),
+    }
 
 
 def _is_tcp_proxy(chain: Any) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
+from typing import Any
 
 from proxyd.epoch import RuntimeFraction, RuntimeValue
 
@@ -56,6 +57,12 @@ class Snapshot:
         if entry is not None and entry.uint is not None:
             return entry.uint
         return default
+
+    def feature_flag(self, flag: dict[str, Any]) -> bool:
+        """A ``RuntimeFeatureFlag`` compiled to ``{"default": bool, "runtime_key": str}``
+        (proxyd.config.values.feature_flag): the key's boolean when it has a key."""
+        key: str = flag["runtime_key"]
+        return self.boolean(key, flag["default"]) if key else bool(flag["default"])
 
     def boolean(self, key: str, default: bool) -> bool:
         """Envoy's ``getBoolean`` (a ``RuntimeFeatureFlag``): the key's value when it

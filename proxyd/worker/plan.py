@@ -128,7 +128,7 @@ class RoutePlan:
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
         "duration", "hash", "mirror", "stream_idle", "decorator", "upgrades",
-        "decorator_line", "tracing",
+        "decorator_line", "tracing", "read_limit",
     )  # fmt: skip
 
     def __init__(
@@ -186,6 +186,9 @@ class RoutePlan:
         # The upgrade types (lower case) the route takes: the connection manager's
         # upgrade_configs with the route's own enabled flags (proxyd.worker.router).
         self.upgrades: frozenset[str] = frozenset()
+        # One read of a streamed response at most: the listener's and the cluster's
+        # per_connection_buffer_limit_bytes, whichever is less (set with a cluster).
+        self.read_limit = 0
 
     def with_timeout(self, timeout_s: float) -> RoutePlan:
         """This plan with another router timeout (a gRPC request's, from its
@@ -330,6 +333,9 @@ class ListenerPlan:
         # The epoch's runtime resolves the routes' runtime_fraction.
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
+        # Bytes read from one side before they are written to the other (Envoy's soft
+        # per-connection limit; the receive buffers themselves are smaller still).
+        self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
         # The listener's preserve_case formatter travels with the request and wins over
         # a cluster's header_key_format.
@@ -368,6 +374,8 @@ class ListenerPlan:
                 r.priority,
                 idle_of(r),
             )
+            if rp.cluster is not None:
+                rp.read_limit = min(self.buffer_limit, rp.cluster.cluster.buffer_limit)
             rp.not_found_status = r.cluster_not_found_status
             if hcm.upgrades:
                 overrides = dict(r.upgrades)
@@ -592,9 +600,6 @@ class ListenerPlan:
         self.max_headers = hcm.max_headers_count
         # http_protocol_options (HTTP/1.0, header name case); None when it sets none.
         self.http1 = Http1Format(hcm.http1) if hcm.http1 is not None else None
-        # Bytes read from one side before they are written to the other (Envoy's soft
-        # per-connection limit; the receive buffers themselves are smaller still).
-        self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
         self.request_timeout = hcm.request_timeout_s or math.inf
         self.headers_timeout = hcm.request_headers_timeout_s or math.inf
         self.stream_idle = hcm.stream_idle_timeout_s or math.inf

@@ -485,9 +485,7 @@ class Exchange:
             try:
                 pieces = body.read(rb)
                 await sink.send_headers(r, service_ms, length, pieces, body.done)
-                # The listener's limit and the cluster's (per_connection_buffer_limit_bytes
-                # on each side), whichever is less: one read is at most that much.
-                limit = min(self.plan.buffer_limit, self.pool.cluster.cluster.buffer_limit)
+                limit = self.rp.read_limit  # the listener's and cluster's, the lesser
                 while not body.done:
                     room = rb.space(min(limit, body.left) if mode is _LENGTH else limit)
                     n = await io.recv_into(conn.sock, room)
