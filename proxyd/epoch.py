@@ -541,6 +541,10 @@ class RetryPolicy:
     # name, "SECONDS" or "UNIX_TIMESTAMP") and the longest such wait (ms).
     reset_headers: tuple[tuple[str, str], ...] = ()
     reset_max_interval_ms: int = 300_000
+    # hedge_policy hedge_on_per_try_timeout (the route's, else its virtual host's): a
+    # per-try timeout does not end the attempt; a retry runs beside it and the first
+    # usable response wins (proxyd.worker.hedging).
+    hedge_on_per_try_timeout: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,15 @@ RETRY_POLICY: Spec = {
     "retriable_status_codes": LEAF,
 }
 
+# config.route.v3.HedgePolicy (proxyd.config.retries; proxyd.worker.hedging).
+# initial_requests and additional_request_chance: Envoy 1.40 accepts them and does not
+# act on them (they are not implemented there); proxyd does the same (see docs).
+HEDGE_POLICY: Spec = {
+    "hedge_on_per_try_timeout": LEAF,
+    "initial_requests": LEAF,
+    "additional_request_chance": {"numerator": LEAF, "denominator": LEAF},
+}
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -211,6 +220,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # proxyd.worker.plan (RoutePlan.stream_idle).
                 "idle_timeout": LEAF,
                 "retry_policy": RETRY_POLICY,
+                "hedge_policy": HEDGE_POLICY,
                 # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.
                 "max_stream_duration": {
                     "max_stream_duration": LEAF,
@@ -272,6 +282,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
         "typed_per_filter_config": PER_FILTER_CONFIG,
         **HEADER_MUTATIONS,
         "retry_policy": RETRY_POLICY,
+        "hedge_policy": HEDGE_POLICY,
         "include_request_attempt_count": LEAF,
         "metadata": METADATA,
         # Deprecated; read by the CORS filter when no level has a CorsPolicy.

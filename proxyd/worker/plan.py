@@ -43,6 +43,7 @@ from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
+from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
@@ -202,7 +203,8 @@ class RoutePlan:
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
-        self.exchange = RetryingExchange
+        # hedge_policy hedge_on_per_try_timeout: attempts run side by side.
+        self.exchange = HedgingExchange if policy.hedge_on_per_try_timeout else RetryingExchange
         ms = plan.expected_timeout_ms()
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
 
