@@ -20,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import filter_matcher, http_filters, overload, rules
-from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
+from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC, SLOW_START_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
@@ -801,7 +801,7 @@ CLUSTER: dict[str, Spec] = {
     "type": LEAF,
     "connect_timeout": LEAF,
     "lb_policy": LEAF,
-    "least_request_lb_config": {"choice_count": LEAF},
+    "least_request_lb_config": {"choice_count": LEAF, "slow_start_config": SLOW_START_SPEC},
     # proxyd.config.lb_policy, proxyd.protocol.hash_lb.
     **LB_POLICY_SPEC,
     "load_assignment": CLUSTER_LOAD_ASSIGNMENT,

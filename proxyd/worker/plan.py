@@ -626,18 +626,23 @@ class CompiledEpoch:
     ) -> None:
         self.epoch = epoch
         self.clusters: dict[str, ClusterState] = {}
+        self.runtime = Snapshot(epoch.runtime)
         for c in epoch.clusters:
             old = old_clusters.get(c.name)
+            # slow_start_config aggression: its runtime key's value, else its default.
+            aggression = c.slow_start_aggression
+            if c.slow_start_aggression_key:
+                aggression = self.runtime.double(c.slow_start_aggression_key, aggression)
             if (
                 old is not None
                 and old.cluster == c
                 and old.worker_count == epoch.worker_count
+                and old.aggression == aggression
                 and not old.retired
             ):
                 self.clusters[c.name] = old
             else:
-                self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
-        self.runtime = Snapshot(epoch.runtime)
+                self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count, aggression)
         facts = EpochFacts(
             epoch.node_cluster,
             {
