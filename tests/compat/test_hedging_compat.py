@@ -2,7 +2,7 @@
 
 Routes (by the ``x-case`` header) with a per-try timeout of 0.2 s in front of the
 scripted upstream (:mod:`tests.integration.scripted_upstream`): an attempt that is slow
-(``200@0.6``) or never answers (``hang``) is not ended by its per-try timeout when the
+(``200@1.0``) or never answers (``hang``) is not ended by its per-try timeout when the
 route hedges; a retry runs beside it and the first usable response wins. Each case is
 played through Envoy, then through proxyd (one worker each), and compared: the status,
 which attempt answered and how many requests the upstream saw. The cluster's retry stats
@@ -40,9 +40,9 @@ def _route(case: str, policy: str, extra: str = "") -> str:
 ROUTES = "".join(
     [
         _route("hedge", "retry_on: 5xx, num_retries: 1", ", " + _HEDGE),
-        _route("hedge-2", "retry_on: 5xx, num_retries: 2", ", timeout: 1s, " + _HEDGE),
+        _route("hedge-2", "retry_on: 5xx, num_retries: 2", ", timeout: 1.5s, " + _HEDGE),
         _route("plain", "retry_on: 5xx, num_retries: 1"),
-        _route("hedge-reset", "retry_on: reset, num_retries: 1", ", timeout: 1s, " + _HEDGE),
+        _route("hedge-reset", "retry_on: reset, num_retries: 1", ", timeout: 2s, " + _HEDGE),
     ]
 )
 
@@ -96,21 +96,21 @@ CASES = [
     # The first attempt never answers: the hedged retry's response wins.
     Case("slow-first", "hedge", "hang,200", 200, 2),
     # The first attempt answers late: it wins over the retry that hangs...
-    Case("first-wins", "hedge", "200@0.6,hang", 200, 2),
+    Case("first-wins", "hedge", "200@1.0,hang", 200, 2),
     # ... which, without hedging, ends the first attempt and times out itself.
-    Case("plain-first-ends", "plain", "200@0.6,hang", 504, 2),
+    Case("plain-first-ends", "plain", "200@1.0,hang", 504, 2),
     # The retry's 503 cannot be retried (no retry left): dropped, the first one wins.
-    Case("retry-503-dropped", "hedge", "200@0.6,503", 200, 2),
+    Case("retry-503-dropped", "hedge", "200@1.0,503", 200, 2),
     # A retry's 503 with a retry left is retried (beside the first attempt).
-    Case("retry-503-retried", "hedge-2", "200@0.6,503,hang", 200, 3),
+    Case("retry-503-retried", "hedge-2", "200@1.0,503,hang", 200, 3),
     # Nothing answers: only the route timeout ends the request.
     Case("all-hang", "hedge-2", "hang", 504, 3),
     # The first attempt resets after its per-try timeout while the retry is out.
-    Case("timed-out-reset", "hedge-reset", "reset@0.3,200@0.6", 200, 2),
-    Case("timed-out-reset-last", "hedge-reset", "reset@0.3,hang", 504, 2),
+    Case("timed-out-reset", "hedge-reset", "reset@0.5,200@1.0", 200, 2),
+    Case("timed-out-reset-last", "hedge-reset", "reset@0.5,hang", 504, 2),
     # A virtual host's hedge_policy, and a route's that turns it off.
-    Case("vh-hedge", "", "200@0.6,hang", 200, 2, host="vh.example"),
-    Case("route-off", "", "200@0.6,hang", 504, 2, host="vh.example", path="/off"),
+    Case("vh-hedge", "", "200@1.0,hang", 200, 2, host="vh.example"),
+    Case("route-off", "", "200@1.0,hang", 504, 2, host="vh.example", path="/off"),
 ]
 
 
