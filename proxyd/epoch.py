@@ -53,6 +53,10 @@ class Endpoint:
     # The lb_endpoint's metadata filter_metadata["envoy.lb"]["hash_key"] (a string): what
     # RING_HASH and MAGLEV hash the host by in place of its address ("" = not set).
     hash_key: str = ""
+    # Slow start (a cluster with slow_start_config): when the host joined the cluster
+    # or, with active health checks, last turned healthy (CLOCK_MONOTONIC seconds,
+    # stamped by the master: proxyd.master.slow_start; 0 = not stamped).
+    active_since: float = 0.0
 
     @property
     def usable(self) -> bool:
@@ -187,6 +191,14 @@ class Cluster:
     endpoints: tuple[Endpoint, ...]
     # LEAST_REQUEST: how many hosts are sampled (Envoy's choice_count, default 2).
     choice_count: int = 2
+    # ROUND_ROBIN and LEAST_REQUEST slow_start_config (proxyd.protocol.slow_start):
+    # slow_start_window (0 = no slow start), aggression (its default_value, and its
+    # runtime_key: the master writes the runtime's value into slow_start_aggression)
+    # and min_weight_percent as a fraction.
+    slow_start_window_s: float = 0.0
+    slow_start_aggression: float = 1.0
+    slow_start_aggression_key: str = ""
+    slow_start_min_weight: float = 0.1
     # Envoy's per-cluster limit on requests per upstream connection; 0 = unlimited.
     max_requests_per_connection: int = 0
     # per_connection_buffer_limit_bytes: the most of a response body read from one of
@@ -544,6 +556,10 @@ class RetryPolicy:
     # name, "SECONDS" or "UNIX_TIMESTAMP") and the longest such wait (ms).
     reset_headers: tuple[tuple[str, str], ...] = ()
     reset_max_interval_ms: int = 300_000
+    # hedge_policy hedge_on_per_try_timeout (the route's, else its virtual host's): a
+    # per-try timeout does not end the attempt; a retry runs beside it and the first
+    # usable response wins (proxyd.worker.hedging).
+    hedge_on_per_try_timeout: bool = False
 
 
 @dataclass(frozen=True, slots=True)

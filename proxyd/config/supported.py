@@ -20,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proxyd.config import filter_matcher, http_filters, overload, rules
-from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
+from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC, SLOW_START_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
@@ -133,6 +133,15 @@ RETRY_POLICY: Spec = {
     "retriable_status_codes": LEAF,
 }
 
+# config.route.v3.HedgePolicy (proxyd.config.retries; proxyd.worker.hedging).
+# initial_requests and additional_request_chance: Envoy 1.40 accepts them and does not
+# act on them (they are not implemented there); proxyd does the same (see docs).
+HEDGE_POLICY: Spec = {
+    "hedge_on_per_try_timeout": LEAF,
+    "initial_requests": LEAF,
+    "additional_request_chance": {"numerator": LEAF, "denominator": LEAF},
+}
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -213,6 +222,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # proxyd.config.routes.compile_upgrades (websocket and the like).
                 "upgrade_configs": {"upgrade_type": LEAF, "enabled": LEAF},
                 "retry_policy": RETRY_POLICY,
+                "hedge_policy": HEDGE_POLICY,
                 # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.
                 "max_stream_duration": {
                     "max_stream_duration": LEAF,
@@ -274,6 +284,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
         "typed_per_filter_config": PER_FILTER_CONFIG,
         **HEADER_MUTATIONS,
         "retry_policy": RETRY_POLICY,
+        "hedge_policy": HEDGE_POLICY,
         "include_request_attempt_count": LEAF,
         "metadata": METADATA,
         # Deprecated; read by the CORS filter when no level has a CorsPolicy.
@@ -794,7 +805,7 @@ CLUSTER: dict[str, Spec] = {
     "type": LEAF,
     "connect_timeout": LEAF,
     "lb_policy": LEAF,
-    "least_request_lb_config": {"choice_count": LEAF},
+    "least_request_lb_config": {"choice_count": LEAF, "slow_start_config": SLOW_START_SPEC},
     # proxyd.config.lb_policy, proxyd.protocol.hash_lb.
     **LB_POLICY_SPEC,
     "load_assignment": CLUSTER_LOAD_ASSIGNMENT,

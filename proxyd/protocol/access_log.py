@@ -83,6 +83,7 @@ class LogRecord:
         "upstream_cluster",
         "attempt_count",
         "hosts_attempted",
+        "host_names_attempted",
         "dynamic_metadata",
         "transport_failure",
         "downstream_remote_address",
@@ -123,6 +124,9 @@ class LogRecord:
         self.attempt_count: int = 0
         # The hosts that got the request (None: the one in upstream_host).
         self.hosts_attempted: list[str] | None = None
+        # Their host names (a DNS name, else the address), when a format prints them
+        # (None: the one host's, upstream_hostname or upstream_host).
+        self.host_names_attempted: list[str] | None = None
         # Dynamic metadata filters set (namespace -> key -> value; None: none).
         self.dynamic_metadata: dict[str, Any] | None = None
         self.transport_failure: str | None = None

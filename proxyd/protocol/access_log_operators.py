@@ -297,7 +297,31 @@ def _hosts_attempted_without_port(rec: Any) -> Value:
     return ",".join(split_host_port(h)[0] or "" for h in hosts) or None
 
 
+def _host_names_attempted(rec: Any) -> Value:
+    """The host names of the hosts that got the request, as UPSTREAM_HOST_NAME gives
+    each (a DNS name, else the address), comma-separated."""
+    names = rec.host_names_attempted
+    if names is None:
+        if rec.hosts_attempted is not None:
+            names = rec.hosts_attempted
+        else:
+            return _host_name(rec)
+    return ",".join(names) or None
+
+
+def _host_names_attempted_without_port(rec: Any) -> Value:
+    names = rec.host_names_attempted
+    if names is None:
+        if rec.hosts_attempted is not None:
+            names = rec.hosts_attempted
+        else:
+            return _host_name_without_port(rec)
+    return ",".join(split_host_port(n)[0] or "" for n in names) or None
+
+
 _PLAIN["UPSTREAM_REQUEST_ATTEMPT_COUNT"] = _int("attempt_count")
+_PLAIN["UPSTREAM_HOST_NAMES_ATTEMPTED"] = _host_names_attempted
+_PLAIN["UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT"] = _host_names_attempted_without_port
 _PLAIN["UPSTREAM_HOSTS_ATTEMPTED"] = _hosts_attempted
 _PLAIN["UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT"] = _hosts_attempted_without_port
 
@@ -358,14 +382,6 @@ _UNTRACKED = (
 )  # fmt: skip
 REFUSED: dict[str, str] = {
     **{n: _NOT_TRACKED for n in _UNTRACKED},
-    # The hosts' DNS names per attempt are not kept (their addresses are).
-    **{
-        n: "the host names of each attempt are not kept by proxyd"
-        for n in (
-            "UPSTREAM_HOST_NAMES_ATTEMPTED",
-            "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
-        )
-    },
     # Response trailers: proxyd does not keep them.
     "TRAILER": "response trailers are not kept by proxyd",
     "RESPONSE_TRAILER": "response trailers are not kept by proxyd",

@@ -64,6 +64,17 @@ class Snapshot:
         key: str = flag["runtime_key"]
         return self.boolean(key, flag["default"]) if key else bool(flag["default"])
 
+    def double(self, key: str, default: float) -> float:
+        """Envoy's ``getDouble``: the key's value when it reads as a number, else
+        ``default``."""
+        entry = self.values.get(key)
+        if entry is not None and "_" not in entry.raw:
+            try:
+                return float(entry.raw.strip())
+            except ValueError:
+                pass
+        return default
+
     def boolean(self, key: str, default: bool) -> bool:
         """Envoy's ``getBoolean`` (a ``RuntimeFeatureFlag``): the key's value when it
         is "true" or "false" (any case), else ``default``."""

@@ -43,6 +43,7 @@ from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
+from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
@@ -208,7 +209,8 @@ class RoutePlan:
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
-        self.exchange = RetryingExchange
+        # hedge_policy hedge_on_per_try_timeout: attempts run side by side.
+        self.exchange = HedgingExchange if policy.hedge_on_per_try_timeout else RetryingExchange
         ms = plan.expected_timeout_ms()
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
 
@@ -640,18 +642,23 @@ class CompiledEpoch:
     ) -> None:
         self.epoch = epoch
         self.clusters: dict[str, ClusterState] = {}
+        self.runtime = Snapshot(epoch.runtime)
         for c in epoch.clusters:
             old = old_clusters.get(c.name)
+            # slow_start_config aggression: its runtime key's value, else its default.
+            aggression = c.slow_start_aggression
+            if c.slow_start_aggression_key:
+                aggression = self.runtime.double(c.slow_start_aggression_key, aggression)
             if (
                 old is not None
                 and old.cluster == c
                 and old.worker_count == epoch.worker_count
+                and old.aggression == aggression
                 and not old.retired
             ):
                 self.clusters[c.name] = old
             else:
-                self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
-        self.runtime = Snapshot(epoch.runtime)
+                self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count, aggression)
         facts = EpochFacts(
             epoch.node_cluster,
             {

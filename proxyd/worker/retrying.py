@@ -390,6 +390,18 @@ class RetryingExchange(Exchange):
         else:
             self.pool.stats.rq_retry_backoff_exponential += 1
             await wait_back_off(self.retry)
+        host = self._retry_host()
+        if host is not None and host is not self.host:
+            self.host.active_requests -= 1
+            if self.attached:
+                self.host.stats.rq_active -= 1
+                host.stats.rq_active += 1
+            host.active_requests += 1
+            self.host = host
+            self.stream.upstream_host = host.label
+
+    def _retry_host(self) -> HostState | None:
+        """A retry's host: the balancer's pick (None: no host is usable)."""
         cluster = self.rp.cluster
         assert cluster is not None
         picks = self.rplan.host_picks
@@ -408,14 +420,7 @@ class RetryingExchange(Exchange):
             while host is not None and host in tried and picks > 1:
                 picks -= 1
                 host = balancer.pick()
-        if host is not None and host is not self.host:
-            self.host.active_requests -= 1
-            if self.attached:
-                self.host.stats.rq_active -= 1
-                host.stats.rq_active += 1
-            host.active_requests += 1
-            self.host = host
-            self.stream.upstream_host = host.label
+        return host
 
     def _hash_pick(self, hashing: HashBalancer[HostState], picks: int) -> HostState | None:
         """RING_HASH, MAGLEV: the request's hash again (a new random one when it has

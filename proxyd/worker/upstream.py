@@ -18,6 +18,7 @@ from proxyd.protocol.balancers import Balancer
 from proxyd.protocol.circuit_breakers import PRIORITIES, STAT_NAMES
 from proxyd.protocol.hash_lb import HASH_POLICIES, HashBalancer, make_hash_balancer
 from proxyd.protocol.priority import make_priority_balancer
+from proxyd.protocol.slow_start import SlowStart
 from proxyd.worker.outcomes import NO_LOG, OutcomeLog
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
 from proxyd.worker.stats import ClusterStats, HostStats, StatsStore
@@ -39,7 +40,7 @@ class HostState:
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
         "outcomes", "priority", "locality", "locality_weight", "usable", "healthy", "connections",
-        "hostname", "hash_key",
+        "hostname", "hash_key", "active_since",
     )  # fmt: skip
 
     def __init__(
@@ -64,6 +65,7 @@ class HostState:
         self.healthy = ep.healthy  # by active health checking (outlier ejection aside)
         self.hostname = ep.hostname  # a STRICT_DNS host's name (auto_host_rewrite)
         self.hash_key = ep.hash_key  # RING_HASH, MAGLEV: the key in place of the address
+        self.active_since = ep.active_since  # slow start: when its window began
         self.active_requests = 0
         # Per routing priority (the index of ConnPool.priority): the pool's
         # connections to the host, open or being opened, and its idle ones.
@@ -84,7 +86,9 @@ class HostState:
 class ClusterState:
     """A cluster compiled for this worker: its hosts, balancer, pools and stats."""
 
-    def __init__(self, cluster: Cluster, store: StatsStore, worker_count: int = 1) -> None:
+    def __init__(
+        self, cluster: Cluster, store: StatsStore, worker_count: int = 1, aggression: float = 1.0
+    ) -> None:
         self.cluster = cluster
         # Circuit breakers: the proxy-wide limits, split evenly over the workers
         # (proxyd.protocol.circuit_breakers).
@@ -103,6 +107,13 @@ class ClusterState:
         # ClusterState); ``hashing`` is that balancer, whose pick_hash takes a
         # request's hash (a plain ``pick()`` uses a random one).
         self.hashing: HashBalancer[HostState] | None = None
+        # slow_start_config (None: the cluster has none, and its balancer pays nothing).
+        self.aggression = aggression  # slow start's, the runtime's value resolved
+        self.slow_start = (
+            SlowStart(cluster.slow_start_window_s, aggression, cluster.slow_start_min_weight)
+            if cluster.slow_start_window_s
+            else None
+        )
         if cluster.lb_policy in HASH_POLICIES:
             self.hashing = make_hash_balancer(
                 cluster.lb_policy,
@@ -125,6 +136,7 @@ class ClusterState:
                 panic_threshold=cluster.healthy_panic_threshold,
                 locality_weighted=cluster.locality_weighted_lb,
                 stats=self.stats,
+                slow_start=self.slow_start,
             )
         # Balancers that leave some priority levels out (retry_priority
         # previous_priorities), made when a retry first needs one.
@@ -149,6 +161,7 @@ class ClusterState:
                 locality_weighted=c.locality_weighted_lb,
                 stats=self.stats,
                 excluded=excluded,
+                slow_start=self.slow_start,
             )
         return b
 
