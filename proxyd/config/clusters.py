@@ -22,6 +22,7 @@ from proxyd.config.lb_policy import compile_lb_policy
 from proxyd.config.outlier import compile_outlier_detection
 from proxyd.config.proto import join
 from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
+from proxyd.config.upstream_tls import compile_upstream_transport_socket
 from proxyd.config.values import (
     duration_or,
     enum_name,
@@ -117,6 +118,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         **lb,
         **breakers,
         **_tcp_keepalive(c),
+        tls=compile_upstream_transport_socket(c, path, file),
     )
 
 

@@ -28,7 +28,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -36,6 +36,7 @@ from proxyd.protocol.circuit_breakers import DEFAULT, ResourceManager, threshold
 from proxyd.protocol.http1 import ResponseHeadParser
 from proxyd.protocol.http1_framing import ReceiveBuffer
 from proxyd.worker import io
+from proxyd.worker.upstream_tls import HandshakeFailed, UpstreamTlsPlan, originate, remember_session
 
 if TYPE_CHECKING:
     from proxyd.epoch import Cluster
@@ -51,6 +52,7 @@ class HostState(Protocol):
     stats: HostStats
     connections: list[int]
     idle: tuple[list[UpstreamConnection], ...]
+    tls_session: Any
 
 
 class ClusterState(Protocol):
@@ -60,6 +62,7 @@ class ClusterState(Protocol):
     name: str
     stats: ClusterStats
     worker_count: int
+    tls: UpstreamTlsPlan | None
 
     @property
     def hosts(self) -> Sequence[HostState]: ...
@@ -143,6 +146,8 @@ class ConnPool(ResourceManager):
         self.keepalive = keepalive_options(c)
         self.idle_timeout = c.idle_timeout_s
         self.max_requests = c.max_requests_per_connection
+        # TLS to the hosts (None: plaintext, nothing more to do after the connect).
+        self.tls = cluster.tls
         self.open: set[UpstreamConnection] = set()
         # Requests waiting for a connection beyond max_connections, oldest first.
         self.waiters: deque[_Waiter] = deque()
@@ -258,7 +263,10 @@ class ConnPool(ResourceManager):
         stats.cx_total += 1
         hstats.cx_total += 1
         try:
-            sock = await io.connect(host.address, host.port, self.connect_timeout)
+            if self.tls is None:
+                sock = await io.connect(host.address, host.port, self.connect_timeout)
+            else:
+                sock = await self._connect_tls(host)
         except io.Timeout:
             stats.cx_connect_fail += 1
             stats.cx_connect_timeout += 1
@@ -271,6 +279,18 @@ class ConnPool(ResourceManager):
             self._unreserve(host)
             detail = os.strerror(exc.errno) if exc.errno else ""
             raise ConnectFailure("remote connection failure", detail) from None
+        except HandshakeFailed as exc:
+            # Envoy counts a failed TLS handshake as a connect failure (its transport
+            # socket never says "connected"), a timed-out one as a connect timeout.
+            stats.cx_connect_fail += 1
+            hstats.cx_connect_fail += 1
+            if exc.timeout:
+                stats.cx_connect_timeout += 1
+            self._unreserve(host)
+            raise ConnectFailure(
+                "connection timeout" if exc.timeout else "remote connection failure",
+                f"TLS_error:{exc.detail}" if exc.detail else "",
+            ) from None
         except BaseException:
             self._unreserve(host)
             raise
@@ -282,6 +302,18 @@ class ConnPool(ResourceManager):
         hstats.cx_active += 1
         self.open.add(conn)
         return conn
+
+    async def _connect_tls(self, host: HostState) -> Any:
+        """TCP connect, then the TLS handshake, both within the connect timeout."""
+        tls = self.tls
+        assert tls is not None
+        limit = self.connect_timeout
+        start = trio.current_time()
+        sock = await io.connect(host.address, host.port, limit)
+        if limit > 0:
+            # (at least a moment: 0 would mean no limit)
+            limit = max(limit - (trio.current_time() - start), 1e-3)
+        return await originate(sock, tls, host, limit)
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         """Give a connection back after a complete exchange (or destroy it)."""
@@ -323,6 +355,8 @@ class ConnPool(ResourceManager):
             self.stats.cx_destroy += 1
             conn.host.stats.cx_active -= 1
             self._unreserve(conn.host)
+        if self.tls is not None:
+            remember_session(self.tls, conn.sock, conn.host)  # type: ignore[arg-type]
         io.close(conn.sock)
 
     # -- life cycle -------------------------------------------------------------------
