@@ -310,3 +310,94 @@ def test_upstream_tls_matches_envoy(tmp_path, certs):
     assert r["min13"]["status"] == 503
     assert r["tcp_proxy"]["sni"] == "example.com"
     assert r["verified again"]["request_on_connection"] == 2  # the pooled connection
+
+
+HEALTH_CHECK_BASE = {
+    "timeout": "0.5s",
+    "interval": "0.2s",
+    "no_traffic_interval": "0.2s",
+    "unhealthy_threshold": 1,
+    "healthy_threshold": 1,
+}
+
+
+def test_health_checks_of_a_tls_cluster_go_over_tls(tmp_path, certs):
+    """HTTP and TCP health checks of TLS clusters: over TLS they pass (a plaintext
+    check of a TLS server would fail); with the wrong CA they fail (fail_verify_error)
+    and the host is unhealthy (a request, routed in panic mode, gets the 503 of a
+    failed handshake)."""
+    ca = {"common_tls_context": {"validation_context": {"trusted_ca": {"filename": certs.ca}}}}
+    wrong = {
+        "common_tls_context": {
+            "validation_context": {"trusted_ca": {"filename": certs.path("stranger-ca.pem")}}
+        }
+    }
+    http_check = {**HEALTH_CHECK_BASE, "http_health_check": {"path": "/healthz"}}
+    tcp_check = {**HEALTH_CHECK_BASE, "tcp_health_check": {}}
+    with TlsUpstream(certs, "main") as main:
+        clusters = [
+            {**tls_cluster("hc_http", main.port, ca), "health_checks": [http_check]},
+            {**tls_cluster("hc_tcp", main.port, ca), "health_checks": [tcp_check]},
+            {**tls_cluster("hc_wrong", main.port, wrong), "health_checks": [http_check]},
+        ]
+        names = [c["name"] for c in clusters]
+        routes = [{"match": {"prefix": f"/{n}"}, "route": {"cluster": n}} for n in names]
+        hcm = {
+            "@type": HCM,
+            "stat_prefix": "front",
+            "route_config": {
+                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]
+            },
+            "http_filters": [
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
+            ],
+        }
+        doc = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {
+                "listeners": [
+                    {
+                        "name": "front",
+                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                        "filter_chains": [
+                            {
+                                "filters": [
+                                    {
+                                        "name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm,
+                                    }
+                                ]
+                            }
+                        ],
+                    }
+                ],
+                "clusters": clusters,
+            },
+        }
+
+        def checked(stats: Any) -> bool:
+            s = stats()
+            return all(s.get(f"cluster.{n}.health_check.attempt", 0) >= 2 for n in names)
+
+        def play(port_of: PortOf) -> dict[str, Any]:
+            front = port_of("front")
+            return {n: _seen(get(front, f"/{n}/x")) for n in names}
+
+        def pick(stats: dict[str, int]) -> dict[str, int]:
+            out = {}
+            for n in names:
+                out[f"{n} healthy"] = stats.get(f"cluster.{n}.membership_healthy", -1)
+                for c in ("handshake", "fail_verify_error"):
+                    out[f"{n} ssl.{c} > 0"] = int(stats.get(f"cluster.{n}.ssl.{c}", 0) > 0)
+                out[f"{n} health_check.failure > 0"] = int(
+                    stats.get(f"cluster.{n}.health_check.failure", 0) > 0
+                )
+            return out
+
+        pair = run_pair(yaml.safe_dump(doc), tmp_path, play, pick, ready=checked)
+    assert pair.proxyd.replies == pair.envoy.replies
+    assert pair.proxyd.stats == pair.envoy.stats
+    r = pair.envoy.replies
+    assert r["hc_http"]["status"] == 200 and r["hc_tcp"]["status"] == 200
+    assert r["hc_wrong"]["status"] == 503
+    assert pair.envoy.stats["hc_wrong healthy"] == 0 and pair.envoy.stats["hc_http healthy"] == 1
