@@ -959,6 +959,12 @@ class UpstreamTls:
     allow_renegotiation: bool = False
     # max_session_keys: 0 = no session resumption, else one session kept per host.
     max_session_keys: int = 1
+    # The cluster's HttpProtocolOptions.upstream_http_protocol_options: the SNI is the
+    # request's Host (auto_sni), the upstream's certificate must have it as a DNS SAN
+    # (auto_san_validation); override_auto_sni_header names another request header.
+    auto_sni: bool = False
+    auto_san_validation: bool = False
+    sni_header: str = ""
 
 
 @dataclass(frozen=True, slots=True)

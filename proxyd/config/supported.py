@@ -690,6 +690,13 @@ UPSTREAM_HTTP: Spec = {
         "http2_protocol_options": {},
     },
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
+    # With a TLS transport_socket (proxyd.config.upstream_tls): the SNI and the SAN
+    # checked come from each request's Host (or the named header).
+    "upstream_http_protocol_options": {
+        "auto_sni": LEAF,
+        "auto_san_validation": LEAF,
+        "override_auto_sni_header": LEAF,
+    },
 }
 
 PAYLOAD: Spec = {"text": LEAF, "binary": LEAF}

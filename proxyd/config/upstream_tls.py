@@ -8,11 +8,17 @@ so what OpenSSL refuses is a config error naming the field.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from proxyd.config.matchers import string_match
 from proxyd.config.proto import join
-from proxyd.config.supported import RAW_BUFFER_TYPE, UPSTREAM_TLS_TYPE, unpack
+from proxyd.config.supported import (
+    RAW_BUFFER_TYPE,
+    UPSTREAM_HTTP_TYPE,
+    UPSTREAM_TLS_TYPE,
+    unpack,
+)
 from proxyd.config.tls import data_source
 from proxyd.config.values import enum_name, wrapped_or
 from proxyd.epoch import SanMatch, TlsCertificate, UpstreamTls
@@ -43,6 +49,17 @@ def compile_upstream_transport_socket(c: Any, path: str, file: str) -> UpstreamT
         raise ConfigError(file, here, f"transport socket '{ts.name}' not supported by proxyd")
     tpath = join(here, "typed_config")
     tls = compile_upstream_tls(ctx, tpath, file)
+    options = c.typed_extension_protocol_options
+    if UPSTREAM_HTTP_TYPE in options:
+        opts = unpack(options[UPSTREAM_HTTP_TYPE])
+        if opts is not None and opts.HasField("upstream_http_protocol_options"):
+            u = opts.upstream_http_protocol_options
+            tls = replace(
+                tls,
+                auto_sni=u.auto_sni,
+                auto_san_validation=u.auto_san_validation,
+                sni_header=u.override_auto_sni_header.lower(),
+            )
     try:
         client_context(tls)
     except TlsSetupError as exc:

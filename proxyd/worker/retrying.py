@@ -484,11 +484,13 @@ class RetryingExchange(Exchange):
         if self.rplan.priority_update:
             self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
-        conn = pool.take_idle(host)
+        # auto_sni / auto_san_validation: the request's Host keys its connection.
+        key = pool.tls.key_of(self.head) if pool.keyed else None  # type: ignore[union-attr]
+        conn = pool.take_idle(host, key)
         self.reused = conn is not None
         if conn is None:
             try:
-                conn = await pool.acquire(host)
+                conn = await pool.acquire(host, key)
             except ConnectFailure as exc:
                 host.outcomes.connect_failed()
                 raise _AttemptFailed(Reset.CONNECT_FAILURE, exc.reason) from None

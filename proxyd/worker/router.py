@@ -178,14 +178,16 @@ class Exchange:
             arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
         try:
             retried = False
+            # auto_sni / auto_san_validation: the request's Host keys its connection.
+            key = pool.tls.key_of(self.head) if pool.keyed else None  # type: ignore[union-attr]
             while True:
                 # Envoy's upstream service time includes the wait for a connection.
                 self.t_sent = time.monotonic()
-                conn = pool.take_idle(host)
+                conn = pool.take_idle(host, key)
                 reused = conn is not None
                 if conn is None:
                     try:
-                        conn = await pool.acquire(host)
+                        conn = await pool.acquire(host, key)
                     except ConnectFailure as exc:
                         stream.flags = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
                         cstats.count_response(503)

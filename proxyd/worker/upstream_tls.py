@@ -15,11 +15,17 @@ failure is a connect failure (503 ``UF``, retried as connect-failure, counted by
 outlier detection as a connect failure).
 
 Session resumption: the most recent session of each host is offered on the next
-connection to it (``max_session_keys`` 0 turns it off).
+connection to it with the same SNI (``max_session_keys`` 0 turns it off).
+
+``auto_sni`` / ``auto_san_validation``: the pool keeps a connection with the Host it was
+opened for (:meth:`UpstreamTlsPlan.key_of` reads it from the upstream head, once per
+request and only in such a cluster), and reuses it only for a request with that Host,
+as Envoy keeps one pool per transport socket options.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -27,7 +33,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from proxyd.protocol.tls_context import SanChecker
-from proxyd.protocol.upstream_tls_context import client_context, peer_certificate
+from proxyd.protocol.upstream_tls_context import (
+    client_context,
+    dns_san_accepts,
+    peer_certificate,
+)
 from proxyd.worker import io
 from proxyd.worker.tls import TlsSocket
 
@@ -48,6 +58,15 @@ _SSL_COUNTERS = (
 )
 
 
+def host_name(authority: str) -> str:
+    """The host of a Host header value, without its port (and an IPv6 literal's
+    brackets)."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    name, colon, port = authority.rpartition(":")
+    return name if colon and port.isdigit() else authority
+
+
 class HandshakeFailed(Exception):
     """The TLS handshake with an upstream host failed or timed out; ``detail`` is
     OpenSSL's reason ("" for a timeout)."""
@@ -61,28 +80,50 @@ class HandshakeFailed(Exception):
 class UpstreamTlsPlan:
     """One TLS cluster compiled for a worker: its SSLContext, SNI, SAN checks, stats."""
 
-    __slots__ = ("context", "sni", "sans", "stats", "resume")
+    __slots__ = (
+        "context", "sni", "sans", "stats", "resume", "keyed", "auto_sni", "auto_san", "_key_re",
+    )  # fmt: skip
 
     def __init__(self, tls: UpstreamTls, cluster_name: str, stats: StatsStore) -> None:
         self.context = client_context(tls)
         self.sni = tls.sni or None
         self.sans = SanChecker(tls.san_matchers)
         self.resume = tls.max_session_keys > 0
+        # auto_sni / auto_san_validation: each request's Host (or sni_header) is the
+        # key its connection is opened and pooled by.
+        self.auto_sni = tls.auto_sni
+        self.auto_san = tls.auto_san_validation
+        self.keyed = tls.auto_sni or tls.auto_san_validation
+        header = (tls.sni_header or "host").encode()
+        self._key_re = re.compile(
+            rb"\r\n" + re.escape(header) + rb"[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r\n", re.IGNORECASE
+        )
         self.stats: NamedStats = stats.named(f"cluster.{cluster_name}.ssl.")
         for name in _SSL_COUNTERS:
             self.stats.inc(name, 0)
 
+    def key_of(self, head: bytes) -> str | None:
+        """The request's Host (without port) from its upstream head, or None."""
+        m = self._key_re.search(head)
+        if m is None:
+            return None
+        return host_name(m.group(1).decode("latin-1")) or None
+
 
 async def originate(
-    sock: socket.socket, plan: UpstreamTlsPlan, host: Any, limit_s: float
+    sock: socket.socket, plan: UpstreamTlsPlan, host: Any, limit_s: float, key: str | None = None
 ) -> TlsSocket:
     """The client handshake on the connected ``sock``; raises :class:`HandshakeFailed`
-    (the socket is closed then). ``limit_s`` 0 = no time limit."""
+    (the socket is closed then). ``limit_s`` 0 = no time limit; ``key``: the
+    request's Host in a keyed (auto_sni / auto_san_validation) pool."""
     stats = plan.stats
-    session = host.tls_session if plan.resume else None
+    sni = key if plan.auto_sni and key else plan.sni
+    session = None
+    if plan.resume and host.tls_session is not None and host.tls_session[0] == sni:
+        session = host.tls_session[1]
     try:
         ssock = plan.context.wrap_socket(
-            sock, server_side=False, do_handshake_on_connect=False, server_hostname=plan.sni,
+            sock, server_side=False, do_handshake_on_connect=False, server_hostname=sni,
             session=session,
         )  # fmt: skip
     except (ssl.SSLError, ValueError, OSError) as exc:
@@ -103,11 +144,17 @@ async def originate(
                     await io.wait_writable(ssock)
         if not ok:
             raise HandshakeFailed("", timeout=True)
-        if plan.sans and not plan.sans.accepts(peer_certificate(ssock)):
+        if plan.auto_san and key:
+            # (Envoy's auto_san_validation replaces the configured SAN matchers.)
+            if not dns_san_accepts(peer_certificate(ssock), key):
+                ok = False
+                stats.inc("fail_verify_san")
+                raise HandshakeFailed("CERTIFICATE_VERIFY_FAILED")
+        elif plan.sans and not plan.sans.accepts(peer_certificate(ssock)):
             ok = False
             stats.inc("fail_verify_san")
             raise HandshakeFailed("CERTIFICATE_VERIFY_FAILED")
-        conn = TlsSocket(ssock, plan.sni or "")
+        conn = TlsSocket(ssock, sni or "")
         stats.inc("handshake")
         if ssock.session_reused:
             stats.inc("session_reused")
@@ -115,7 +162,7 @@ async def originate(
         if conn.cipher:
             stats.inc(f"ciphers.{conn.cipher}")
         if plan.resume:
-            host.tls_session = ssock.session
+            host.tls_session = (sni, ssock.session)
         return conn
     except ssl.SSLError as exc:
         ok = False
@@ -140,4 +187,4 @@ def remember_session(plan: UpstreamTlsPlan, conn: TlsSocket, host: Any) -> None:
     if plan.resume:
         session = conn.ssl.session if conn.ssl.fileno() >= 0 else None
         if session is not None:
-            host.tls_session = session
+            host.tls_session = (conn.sni or None, session)

@@ -19,6 +19,10 @@ One HTTP listener routes by path prefix to one cluster per case:
   to ``old`` (→ 503 UF);
 * ``/alpn`` → ``alpn``: ALPN http/1.1.
 
+``/auto`` → ``auto``: auto_sni and auto_san_validation (the SNI and the SAN checked
+are the request's Host, without its port; a connection is reused only for its Host);
+``/autosni`` → ``autosni``: auto_sni over a configured sni, nothing verified.
+
 A TCP proxy listener forwards to ``tcp_tls`` (TLS, SNI example.com, verified). The
 access log lines (path, status, flags) and the clusters' ``ssl.*`` and connect-failure
 stats are compared.
@@ -80,6 +84,35 @@ def tls_cluster(name: str, port: int, ctx: dict[str, Any]) -> dict[str, Any]:
             "typed_config": {"@type": UPSTREAM_TLS, **ctx},
         },
     }
+
+
+HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+AUTO_NAMES = ("autosni", "auto")  # (routes by prefix: the longer one first)
+# (cluster, Host) of the auto_sni requests, in order.
+AUTO_CASES = (
+    ("auto", "example.com"),
+    ("auto", "www.example.org:8443"),
+    ("auto", "other.test"),
+    ("auto", "example.com"),
+    ("autosni", "other.test"),
+)
+
+
+def auto_cluster(
+    name: str, port: int, ctx: dict[str, Any], auto_sni: bool, auto_san: bool
+) -> dict[str, Any]:
+    c = tls_cluster(name, port, ctx)
+    c["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": HTTP_OPTIONS,
+            "explicit_http_config": {"http_protocol_options": {}},
+            "upstream_http_protocol_options": {
+                "auto_sni": auto_sni,
+                "auto_san_validation": auto_san,
+            },
+        }
+    }
+    return c
 
 
 def config(certs: Any, main: int, old: int, log_path: str) -> tuple[str, list[str]]:
@@ -173,9 +206,13 @@ def config(certs: Any, main: int, old: int, log_path: str) -> tuple[str, list[st
             main,
             {"sni": "example.com", "common_tls_context": {"validation_context": ca}},
         ),
+        auto_cluster("auto", main, {"common_tls_context": {"validation_context": ca}}, True, True),
+        auto_cluster("autosni", main, {"sni": "configured.test"}, True, False),
     ]
-    names = [c["name"] for c in clusters if c["name"] != "tcp_tls"]
-    routes = [{"match": {"prefix": f"/{n}"}, "route": {"cluster": n}} for n in names]
+    names = [c["name"] for c in clusters if c["name"] not in ("tcp_tls", "auto", "autosni")]
+    routes = [
+        {"match": {"prefix": f"/{n}"}, "route": {"cluster": n}} for n in (*AUTO_NAMES, *names)
+    ]
     hcm = {
         "@type": HCM,
         "stat_prefix": "front",
@@ -273,14 +310,21 @@ def test_upstream_tls_matches_envoy(tmp_path, certs):
             again = get(front, "/verified/again")
             out["verified again"] = _seen(again)
             out["tcp_proxy"] = _seen(get(port_of("tcp"), "/through-tcp"))
-            out["access log"] = wait_for(lambda: _log_lines(log_path, len(names) + 1), timeout=10)
+            for i, (cluster, host) in enumerate(AUTO_CASES):
+                out[f"{i} {cluster} {host}"] = _seen(get(front, f"/{cluster}/{i}", host=host))
+            expected = len(names) + 1 + len(AUTO_CASES)
+            out["access log"] = wait_for(lambda: _log_lines(log_path, expected), timeout=10)
             Path(log_path).write_text("")
             return out
 
         def pick(stats: dict[str, int]) -> dict[str, int]:
             out = {}
             for k, v in stats.items():
-                if not k.startswith("cluster.") or k.split(".")[1] not in (*names, "tcp_tls"):
+                if not k.startswith("cluster.") or k.split(".")[1] not in (
+                    *names,
+                    *AUTO_NAMES,
+                    "tcp_tls",
+                ):
                     continue
                 if ".ssl." in k:
                     if any(x in k for x in (".ciphers.", ".curves.", ".sigalgs.", ".certificate.")):
@@ -310,6 +354,11 @@ def test_upstream_tls_matches_envoy(tmp_path, certs):
     assert r["min13"]["status"] == 503
     assert r["tcp_proxy"]["sni"] == "example.com"
     assert r["verified again"]["request_on_connection"] == 2  # the pooled connection
+    assert r["0 auto example.com"]["sni"] == "example.com"
+    assert r["1 auto www.example.org:8443"]["sni"] == "www.example.org"
+    assert r["2 auto other.test"]["status"] == 503  # auto_san_validation
+    assert r["3 auto example.com"]["request_on_connection"] == 2
+    assert r["4 autosni other.test"]["sni"] == "other.test"
 
 
 HEALTH_CHECK_BASE = {
