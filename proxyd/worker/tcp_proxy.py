@@ -332,9 +332,11 @@ class TcpConnection:
                 conn = await pool.connect(host)
             except ConnectFailure as exc:
                 host.outcomes.connect_failed()
-                self.failure = (
-                    f"delayed_connect_error:_{exc.detail.replace(' ', '_')}" if exc.detail else None
-                )
+                detail = exc.detail.replace(" ", "_")
+                if detail.startswith("TLS_error:"):
+                    self.failure = detail  # a failed handshake (OpenSSL's reason)
+                else:
+                    self.failure = f"delayed_connect_error:_{detail}" if detail else None
                 continue
             host.outcomes.add(OK)
             self.connected = True

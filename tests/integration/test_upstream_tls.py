@@ -1,0 +1,141 @@
+"""Upstream TLS with a real proxyd and real TLS upstreams (tests.tls_upstream): what
+the compat test with Envoy does not reach.
+
+* a handshake failure is a connect failure to the retry policy: a cluster with a
+  plaintext host (the handshake fails) and a TLS host, retry_on connect-failure, gets
+  every request answered by the TLS host, and ``ssl.connection_error`` and
+  ``upstream_cx_connect_fail`` count the failures;
+* sessions are resumed: with one request per connection each new connection offers
+  the host's last session, and ``ssl.session_reused`` counts the resumed ones;
+  ``max_session_keys: 0`` turns that off;
+* the configured ``sni`` reaches the upstream over many pooled connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tests.support import ProxydProcess, UpstreamServer, wait_for
+from tests.tls_upstream import TlsUpstream, get
+
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+
+
+def cluster(name: str, ports: list[int], ctx: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+        for p in ports
+    ]
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {"@type": UPSTREAM_TLS, **ctx},
+        },
+        # One request per connection: every request makes a new TLS connection.
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_OPTIONS,
+                "explicit_http_config": {"http_protocol_options": {}},
+                "common_http_protocol_options": {"max_requests_per_connection": 1},
+            }
+        },
+        **extra,
+    }
+
+
+def config(certs: Any, tls_port: int, plain_port: int) -> str:
+    ca = {"validation_context": {"trusted_ca": {"filename": certs.ca}}}
+    clusters = [
+        cluster("mixed", [plain_port, tls_port], {"common_tls_context": ca}),
+        cluster("resume", [tls_port], {"sni": "example.com", "common_tls_context": ca}),
+        cluster("noresume", [tls_port], {"max_session_keys": 0}),
+    ]
+    routes = [
+        {
+            "match": {"prefix": "/mixed"},
+            "route": {
+                "cluster": "mixed",
+                "retry_policy": {"retry_on": "connect-failure", "num_retries": 3},
+            },
+        },
+        {"match": {"prefix": "/resume"}, "route": {"cluster": "resume"}},
+        {"match": {"prefix": "/noresume"}, "route": {"cluster": "noresume"}},
+    ]
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": "front",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    doc = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "front",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+    return yaml.safe_dump(doc)
+
+
+def test_handshake_failures_are_retried_and_sessions_resumed(tmp_path, certs):
+    plain = UpstreamServer("plain")
+    plain.start()
+    try:
+        with TlsUpstream(certs, "tls") as tls:
+            text = config(certs, tls.port, plain.port)
+            with ProxydProcess(tmp_path, text, concurrency=1) as p:
+                port = p.listener_port("front")
+                mixed = [get(port, f"/mixed/{i}") for i in range(6)]
+                resume = [get(port, f"/resume/{i}") for i in range(4)]
+                noresume = [get(port, f"/noresume/{i}") for i in range(3)]
+
+                def counted() -> dict[str, int] | None:
+                    s = p.stats()
+                    return s if s.get("cluster.noresume.ssl.handshake") == 3 else None
+
+                stats = wait_for(counted, timeout=10)
+    finally:
+        plain.stop()
+    # Every request reached the TLS host, after a retry when the plaintext one was picked.
+    assert [r["status"] for r in mixed] == [200] * 6
+    assert {r["json"]["server"] for r in mixed} == {"tls"}
+    assert stats["cluster.mixed.ssl.connection_error"] >= 1
+    assert (
+        stats["cluster.mixed.upstream_cx_connect_fail"]
+        == stats["cluster.mixed.ssl.connection_error"]
+    )
+    assert stats["cluster.mixed.upstream_rq_retry"] >= 1
+    # The configured SNI on every connection; the sessions after the first resumed.
+    assert [r["json"]["sni"] for r in resume] == ["example.com"] * 4
+    assert [r["json"]["request_on_connection"] for r in resume] == [1] * 4
+    assert stats["cluster.resume.ssl.handshake"] == 4
+    assert stats["cluster.resume.ssl.session_reused"] >= 2
+    assert [r["status"] for r in noresume] == [200] * 3
+    assert stats.get("cluster.noresume.ssl.session_reused", 0) == 0
