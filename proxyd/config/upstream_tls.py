@@ -8,6 +8,7 @@ so what OpenSSL refuses is a config error naming the field.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +22,15 @@ from proxyd.config.supported import (
 )
 from proxyd.config.tls import data_source
 from proxyd.config.values import enum_name, wrapped_or
-from proxyd.epoch import SanMatch, TlsCertificate, UpstreamTls
+from proxyd.epoch import (
+    Cluster,
+    ConfigSource,
+    FilterChain,
+    Listener,
+    SanMatch,
+    TlsCertificate,
+    UpstreamTls,
+)
 from proxyd.errors import ConfigError
 from proxyd.protocol.tls_context import TlsSetupError
 from proxyd.protocol.upstream_tls_context import client_context
@@ -146,3 +155,44 @@ def compile_upstream_tls(ctx: Any, path: str, file: str) -> UpstreamTls:
         allow_renegotiation=ctx.allow_renegotiation,
         max_session_keys=wrapped_or(ctx, "max_session_keys", 1),
     )
+
+
+def check_tls_cluster_uses(
+    clusters: Sequence[Cluster],
+    listeners: Sequence[Listener],
+    sink_clusters: Sequence[str],
+    sources: Sequence[tuple[str, ConfigSource | None]],
+    file: str,
+) -> None:
+    """The clients that are not the worker's pools (xDS in the master, the statsd TCP
+    sink, trace export) connect in plaintext: a TLS cluster named by one is refused by
+    name rather than spoken to in plaintext."""
+    tls = {c.name for c in clusters if c.tls is not None}
+    if not tls:
+        return
+    why = "has a TLS transport_socket, which is supported by proxyd only for routes, the TCP proxy and health checks"  # noqa: E501
+    for where, source in sources:
+        if source is not None and source.cluster in tls:
+            raise ConfigError(
+                file,
+                where,
+                f"xDS over TLS is not supported by proxyd: cluster '{source.cluster}' {why}",
+            )
+    for i, name in enumerate(sink_clusters):
+        if name in tls:
+            raise ConfigError(
+                file,
+                f"stats_sinks[{i}].typed_config.tcp_cluster_name",
+                f"a statsd TCP sink over TLS is not supported by proxyd: cluster '{name}' {why}",
+            )
+    for i, lst in enumerate(listeners):
+        for chain in lst.chains or ((lst.hcm,) if lst.hcm else ()):
+            hcm = chain.hcm if isinstance(chain, FilterChain) else chain
+            t = hcm.tracing if hcm is not None else None
+            if t is not None and t.collector_cluster in tls:
+                raise ConfigError(
+                    file,
+                    f"static_resources.listeners[{i}]",
+                    "trace export over TLS is not supported by proxyd: cluster "
+                    f"'{t.collector_cluster}' {why}",
+                )

@@ -268,3 +268,25 @@ def test_auto_san_validation_matches_dns_sans_and_wildcards() -> None:
     assert not dns_san_accepts(peer, "a.b.example.org")
     assert not dns_san_accepts(peer, "x")
     assert not dns_san_accepts(None, "example.com")
+
+
+def test_clients_outside_the_pools_refuse_a_tls_cluster() -> None:
+    """The statsd TCP sink (as xDS and trace export) would speak plaintext: refused."""
+    d = copy.deepcopy(BASE)
+    d["static_resources"]["clusters"][1]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": TLS_TYPE},
+    }
+    name = d["static_resources"]["clusters"][1]["name"]
+    d["stats_sinks"] = [
+        {
+            "name": "envoy.stat_sinks.statsd",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.metrics.v3.StatsdSink",
+                "tcp_cluster_name": name,
+            },
+        }
+    ]
+    err = reject(d)
+    assert err.path == "stats_sinks[0].typed_config.tcp_cluster_name"
+    assert "not supported by proxyd" in err.reason
