@@ -506,6 +506,8 @@ class RetryingExchange(Exchange):
         pool.stats.rq_total += 1
         host.stats.rq_total += 1
         self.conn = conn
+        if pool.tls is not None:
+            self.stream.upstream_tls = conn.sock
         self.attempts += 1
         # %UPSTREAM_HOSTS_ATTEMPTED%: each host that got the request, once (Envoy 1.40
         # lists neither a refused connection nor a host twice).

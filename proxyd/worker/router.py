@@ -207,6 +207,8 @@ class Exchange:
                 cstats.rq_total += 1
                 hstats.rq_total += 1
                 self.conn = conn
+                if pool.tls is not None:
+                    stream.upstream_tls = conn.sock
                 r: ResponseHead | None
                 try:
                     if has_body:

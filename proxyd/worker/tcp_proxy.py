@@ -188,7 +188,7 @@ class TcpConnection:
         "worker", "listener_name", "sock", "remote_ip", "remote", "local", "generation",
         "scope", "drained", "flags", "cluster_name", "host_label", "connected",
         "failure", "rx", "tx", "idle_scope", "reset_client", "t_wall", "t0", "_idle_timeout",
-        "_cluster",
+        "_cluster", "upstream_tls",
     )  # fmt: skip
 
     # For the worker's drain of a changed listener: a TCP connection may be closed at
@@ -220,6 +220,8 @@ class TcpConnection:
         self.t_wall = self.t0 = 0.0  # when it was accepted (wall clock, monotonic)
         self._idle_timeout = math.inf
         self._cluster: ClusterState | None = None
+        # The TLS session to a TLS cluster's host (%UPSTREAM_TLS_*%), else None.
+        self.upstream_tls: Any = None
 
     def local_address(self) -> str:
         if not self.local:
@@ -340,6 +342,8 @@ class TcpConnection:
                 continue
             host.outcomes.add(OK)
             self.connected = True
+            if pool.tls is not None:
+                self.upstream_tls = conn.sock
             if plan.log_on_connected:
                 self.local_address()
                 self._log(plan, TCP_UPSTREAM_CONNECTED)
@@ -441,6 +445,7 @@ class TcpConnection:
         rec.upstream_host = self.host_label
         rec.upstream_remote_address = self.host_label if self.connected else None
         rec.transport_failure = self.failure
+        rec.upstream_tls = self.upstream_tls
         rec.attempt_count = 0
         rec.downstream_remote_address = self.remote
         rec.downstream_direct_remote_address = self.remote

@@ -67,6 +67,9 @@ def host_name(authority: str) -> str:
     return name if colon and port.isdigit() else authority
 
 
+_UNREAD = object()  # the peer certificate not read yet
+
+
 class HandshakeFailed(Exception):
     """The TLS handshake with an upstream host failed or timed out; ``detail`` is
     OpenSSL's reason ("" for a timeout)."""
@@ -144,17 +147,22 @@ async def originate(
                     await io.wait_writable(ssock)
         if not ok:
             raise HandshakeFailed("", timeout=True)
+        peer: Any = _UNREAD
         if plan.auto_san and key:
             # (Envoy's auto_san_validation replaces the configured SAN matchers.)
-            if not dns_san_accepts(peer_certificate(ssock), key):
+            peer = peer_certificate(ssock)
+            if not dns_san_accepts(peer, key):
                 ok = False
                 stats.inc("fail_verify_san")
                 raise HandshakeFailed("CERTIFICATE_VERIFY_FAILED")
-        elif plan.sans and not plan.sans.accepts(peer_certificate(ssock)):
+        elif plan.sans and not plan.sans.accepts(peer := peer_certificate(ssock)):
             ok = False
             stats.inc("fail_verify_san")
             raise HandshakeFailed("CERTIFICATE_VERIFY_FAILED")
         conn = TlsSocket(ssock, sni or "")
+        # The host's certificate, for the access log's UPSTREAM_PEER_* (read now: the
+        # socket may be closed when the line is written).
+        conn.peer = peer if peer is not _UNREAD else peer_certificate(ssock)
         stats.inc("handshake")
         if ssock.session_reused:
             stats.inc("session_reused")

@@ -24,8 +24,8 @@ are the request's Host, without its port; a connection is reused only for its Ho
 ``/autosni`` → ``autosni``: auto_sni over a configured sni, nothing verified.
 
 A TCP proxy listener forwards to ``tcp_tls`` (TLS, SNI example.com, verified). The
-access log lines (path, status, flags) and the clusters' ``ssl.*`` and connect-failure
-stats are compared.
+access log lines (path, status, flags and the upstream TLS operators) and the clusters'
+``ssl.*`` and connect-failure stats are compared.
 """
 
 from __future__ import annotations
@@ -55,7 +55,11 @@ HCM = (
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
-LOG_FORMAT = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n"
+LOG_FORMAT = (
+    "%REQ(:PATH)%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%UPSTREAM_TLS_VERSION%|"
+    "%UPSTREAM_TLS_CIPHER%|%UPSTREAM_PEER_SUBJECT%|%UPSTREAM_PEER_ISSUER%|"
+    "%UPSTREAM_PEER_DNS_SAN%|%UPSTREAM_PEER_URI_SAN%\n"
+)
 
 
 def tls_cluster(name: str, port: int, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -359,6 +363,9 @@ def test_upstream_tls_matches_envoy(tmp_path, certs):
     assert r["2 auto other.test"]["status"] == 503  # auto_san_validation
     assert r["3 auto example.com"]["request_on_connection"] == 2
     assert r["4 autosni other.test"]["sni"] == "other.test"
+    verified = [line for line in r["access log"] if line.startswith("/verified/x|")]
+    assert verified[0].startswith("/verified/x|200|-|TLSv1.2|")
+    assert "CN=example.com" in verified[0] and "*.example.org" in verified[0]
 
 
 HEALTH_CHECK_BASE = {
