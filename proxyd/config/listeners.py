@@ -26,6 +26,7 @@ from proxyd.config.values import (
     wrapped_or,
 )
 from proxyd.epoch import (
+    DownstreamTls,
     FilterChain,
     HttpConnectionManager,
     Listener,
@@ -92,8 +93,9 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "own SO_REUSEPORT socket)",
         )
     inspector = check_listener_filters(lst, path, file)
-    tcp = _tcp_proxy_listener(lst, path, file)
-    if tcp is not None:
+    tcp_chain = _tcp_proxy_listener(lst, path, file)
+    if tcp_chain is not None:
+        tcp, tls = tcp_chain
         return Listener(
             name=lst.name or (address if where.pipe else f"{address}_{port}"),
             address=address,
@@ -110,6 +112,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
             socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
             tcp_proxy=tcp,
+            tls=tls,
+            tls_inspector=inspector,
         )
     direction = enum_name(lst, "traffic_direction")
     chains = [
@@ -202,9 +206,11 @@ def _is_tcp_proxy(chain: Any) -> bool:
     )
 
 
-def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
-    """The listener's TCP proxy, when its filter chain has one: a single chain without
-    match criteria or TLS (the TCP proxy behind TLS or among several chains is not
+def _tcp_proxy_listener(
+    lst: Any, path: str, file: str
+) -> tuple[TcpProxy, DownstreamTls | None] | None:
+    """The listener's TCP proxy and its TLS termination, when its filter chain has one:
+    a single chain without match criteria (the TCP proxy among several chains is not
     supported yet)."""
     chains = list(lst.filter_chains)
     if lst.HasField("default_filter_chain"):
@@ -224,18 +230,20 @@ def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
             "proxyd yet",
         )
     chain = chains[0]
-    for field in ("filter_chain_match", "transport_socket"):
-        if chain.HasField(field):
-            raise ConfigError(
-                file,
-                join(here, field),
-                f"{field} with {TCP_PROXY_NAME} is not supported by proxyd yet",
-            )
+    if chain.HasField("filter_chain_match"):
+        raise ConfigError(
+            file,
+            join(here, "filter_chain_match"),
+            f"filter_chain_match with {TCP_PROXY_NAME} is not supported by proxyd yet",
+        )
     filter_path = join(here, "filters[0]")
     msg = typed_config(
         chain.filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
     )
-    return compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    # TLS termination in front of it (the chain path: compile_transport_socket adds
+    # "transport_socket").
+    return proxy, compile_transport_socket(chain, here, file)
 
 
 def compile_filter_chain(
