@@ -485,7 +485,8 @@ class RetryingExchange(Exchange):
             self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
         # auto_sni / auto_san_validation: the request's Host keys its connection.
-        key = pool.tls.key_of(self.head) if pool.keyed else None  # type: ignore[union-attr]
+        tls = pool.tls
+        key = tls.key_of(self.head) if tls is not None and tls.keyed else None
         conn = pool.take_idle(host, key)
         self.reused = conn is not None
         if conn is None:
@@ -506,7 +507,7 @@ class RetryingExchange(Exchange):
         pool.stats.rq_total += 1
         host.stats.rq_total += 1
         self.conn = conn
-        if pool.tls is not None:
+        if tls is not None:
             self.stream.upstream_tls = conn.sock
         self.attempts += 1
         # %UPSTREAM_HOSTS_ATTEMPTED%: each host that got the request, once (Envoy 1.40

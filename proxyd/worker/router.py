@@ -178,8 +178,10 @@ class Exchange:
             arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
         try:
             retried = False
-            # auto_sni / auto_san_validation: the request's Host keys its connection.
-            key = pool.tls.key_of(self.head) if pool.keyed else None  # type: ignore[union-attr]
+            # A TLS cluster: auto_sni / auto_san_validation key its connections by the
+            # request's Host; the access log reads the session.
+            tls = pool.tls
+            key = tls.key_of(self.head) if tls is not None and tls.keyed else None
             while True:
                 # Envoy's upstream service time includes the wait for a connection.
                 self.t_sent = time.monotonic()
@@ -207,7 +209,7 @@ class Exchange:
                 cstats.rq_total += 1
                 hstats.rq_total += 1
                 self.conn = conn
-                if pool.tls is not None:
+                if tls is not None:
                     stream.upstream_tls = conn.sock
                 r: ResponseHead | None
                 try:

@@ -8,11 +8,13 @@ the compat test with Envoy does not reach.
 * sessions are resumed: with one request per connection each new connection offers
   the host's last session, and ``ssl.session_reused`` counts the resumed ones;
   ``max_session_keys: 0`` turns that off;
-* the configured ``sni`` reaches the upstream over many pooled connections.
+* the configured ``sni`` reaches the upstream over many pooled connections;
+* a kept-alive TLS connection survives the pool's idle checks and is reused.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import yaml
@@ -29,7 +31,9 @@ HCM = (
 )
 
 
-def cluster(name: str, ports: list[int], ctx: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def cluster(
+    name: str, ports: list[int], ctx: dict[str, Any], per_connection: int = 1
+) -> dict[str, Any]:
     endpoints = [
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
         for p in ports
@@ -43,15 +47,14 @@ def cluster(name: str, ports: list[int], ctx: dict[str, Any], **extra: Any) -> d
             "name": "envoy.transport_sockets.tls",
             "typed_config": {"@type": UPSTREAM_TLS, **ctx},
         },
-        # One request per connection: every request makes a new TLS connection.
+        # One request per connection (by default): every request makes a new one.
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTIONS,
                 "explicit_http_config": {"http_protocol_options": {}},
-                "common_http_protocol_options": {"max_requests_per_connection": 1},
+                "common_http_protocol_options": {"max_requests_per_connection": per_connection},
             }
         },
-        **extra,
     }
 
 
@@ -61,6 +64,12 @@ def config(certs: Any, tls_port: int, plain_port: int) -> str:
         cluster("mixed", [plain_port, tls_port], {"common_tls_context": ca}),
         cluster("resume", [tls_port], {"sni": "example.com", "common_tls_context": ca}),
         cluster("noresume", [tls_port], {"max_session_keys": 0}),
+        cluster(
+            "keep",
+            [tls_port],
+            {"common_tls_context": {"tls_params": {"tls_maximum_protocol_version": "TLSv1_3"}}},
+            per_connection=0,
+        ),
     ]
     routes = [
         {
@@ -72,6 +81,7 @@ def config(certs: Any, tls_port: int, plain_port: int) -> str:
         },
         {"match": {"prefix": "/resume"}, "route": {"cluster": "resume"}},
         {"match": {"prefix": "/noresume"}, "route": {"cluster": "noresume"}},
+        {"match": {"prefix": "/keep"}, "route": {"cluster": "keep"}},
     ]
     hcm = {
         "@type": HCM,
@@ -115,6 +125,14 @@ def test_handshake_failures_are_retried_and_sessions_resumed(tmp_path, certs):
                 mixed = [get(port, f"/mixed/{i}") for i in range(6)]
                 resume = [get(port, f"/resume/{i}") for i in range(4)]
                 noresume = [get(port, f"/noresume/{i}") for i in range(3)]
+                # A kept-alive TLS 1.3 connection (its session tickets read with the
+                # first response) is reused after the pool's idle checks: peeked before
+                # reuse (over 50 ms idle) and by the sweep (about once a second).
+                keep = [get(port, "/keep/0")]
+                time.sleep(0.3)
+                keep.append(get(port, "/keep/1"))
+                time.sleep(1.2)
+                keep.append(get(port, "/keep/2"))
 
                 def counted() -> dict[str, int] | None:
                     s = p.stats()
@@ -139,3 +157,6 @@ def test_handshake_failures_are_retried_and_sessions_resumed(tmp_path, certs):
     assert stats["cluster.resume.ssl.session_reused"] >= 2
     assert [r["status"] for r in noresume] == [200] * 3
     assert stats.get("cluster.noresume.ssl.session_reused", 0) == 0
+    assert [r["json"]["request_on_connection"] for r in keep] == [1, 2, 3]
+    assert {r["json"]["version"] for r in keep} == {"TLSv1.3"}
+    assert stats["cluster.keep.ssl.handshake"] == 1
