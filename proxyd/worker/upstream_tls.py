@@ -124,6 +124,13 @@ async def originate(
     session = None
     if plan.resume and host.tls_session is not None and host.tls_session[0] == sni:
         session = host.tls_session[1]
+    if sni is not None:
+        try:
+            sni.encode("idna")  # (ssl's check, made before the socket is handed over)
+        except UnicodeError:
+            io.close(sock)
+            stats.inc("connection_error")
+            raise HandshakeFailed("invalid server name") from None
     try:
         ssock = plan.context.wrap_socket(
             sock, server_side=False, do_handshake_on_connect=False, server_hostname=sni,

@@ -70,7 +70,12 @@ def config(certs: Any, tls_port: int, plain_port: int) -> str:
             {"common_tls_context": {"tls_params": {"tls_maximum_protocol_version": "TLSv1_3"}}},
             per_connection=0,
         ),
+        cluster("auto", [tls_port], {}, per_connection=0),
     ]
+    options = clusters[-1]["typed_extension_protocol_options"]
+    options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
+        "upstream_http_protocol_options"
+    ] = {"auto_sni": True}
     routes = [
         {
             "match": {"prefix": "/mixed"},
@@ -82,6 +87,7 @@ def config(certs: Any, tls_port: int, plain_port: int) -> str:
         {"match": {"prefix": "/resume"}, "route": {"cluster": "resume"}},
         {"match": {"prefix": "/noresume"}, "route": {"cluster": "noresume"}},
         {"match": {"prefix": "/keep"}, "route": {"cluster": "keep"}},
+        {"match": {"prefix": "/auto"}, "route": {"cluster": "auto"}},
     ]
     hcm = {
         "@type": HCM,
@@ -133,6 +139,9 @@ def test_handshake_failures_are_retried_and_sessions_resumed(tmp_path, certs):
                 keep.append(get(port, "/keep/1"))
                 time.sleep(1.2)
                 keep.append(get(port, "/keep/2"))
+                # auto_sni with a Host that is no server name: a connect failure, and
+                # the worker goes on.
+                auto = [get(port, "/auto/0", host=h) for h in ("..", "a.test", "x" * 300)]
 
                 def counted() -> dict[str, int] | None:
                     s = p.stats()
@@ -160,3 +169,5 @@ def test_handshake_failures_are_retried_and_sessions_resumed(tmp_path, certs):
     assert [r["json"]["request_on_connection"] for r in keep] == [1, 2, 3]
     assert {r["json"]["version"] for r in keep} == {"TLSv1.3"}
     assert stats["cluster.keep.ssl.handshake"] == 1
+    assert [r["status"] for r in auto] == [503, 200, 503]
+    assert auto[1]["json"]["sni"] == "a.test"
