@@ -1,10 +1,11 @@
 """Upstream TLS with a real proxyd and real TLS upstreams (tests.tls_upstream): what
 the compat test with Envoy does not reach.
 
-* a handshake failure is a connect failure to the retry policy: a cluster with a
-  plaintext host (the handshake fails) and a TLS host, retry_on connect-failure, gets
-  every request answered by the TLS host, and ``ssl.connection_error`` and
-  ``upstream_cx_connect_fail`` count the failures;
+* a handshake failure is a connect failure to the retry policy and to outlier
+  detection: a cluster with a plaintext host (the handshake fails) and a TLS host,
+  retry_on connect-failure, gets every request answered by the TLS host,
+  ``ssl.connection_error`` and ``upstream_cx_connect_fail`` count the failures, and the
+  plaintext host is ejected;
 * sessions are resumed: with one request per connection each new connection offers
   the host's last session, and ``ssl.session_reused`` counts the resumed ones;
   ``max_session_keys: 0`` turns that off;
@@ -61,7 +62,16 @@ def cluster(
 def config(certs: Any, tls_port: int, plain_port: int) -> str:
     ca = {"validation_context": {"trusted_ca": {"filename": certs.ca}}}
     clusters = [
-        cluster("mixed", [plain_port, tls_port], {"common_tls_context": ca}),
+        {
+            **cluster("mixed", [plain_port, tls_port], {"common_tls_context": ca}),
+            # A failed handshake is a connect failure to outlier detection too.
+            "outlier_detection": {
+                "consecutive_5xx": 2,
+                "interval": "0.1s",
+                "base_ejection_time": "30s",
+                "max_ejection_percent": 50,
+            },
+        },
         cluster("resume", [tls_port], {"sni": "example.com", "common_tls_context": ca}),
         cluster("noresume", [tls_port], {"max_session_keys": 0}),
         cluster(
@@ -145,7 +155,8 @@ def test_handshake_failures_are_retried_and_sessions_resumed(tmp_path, certs):
 
                 def counted() -> dict[str, int] | None:
                     s = p.stats()
-                    return s if s.get("cluster.noresume.ssl.handshake") == 3 else None
+                    ejected = s.get("cluster.mixed.outlier_detection.ejections_enforced_total")
+                    return s if s.get("cluster.noresume.ssl.handshake") == 3 and ejected else None
 
                 stats = wait_for(counted, timeout=10)
     finally:
