@@ -271,6 +271,9 @@ class Cluster:
     ring_max_size: int = 8388608
     ring_hash_function: str = "XX_HASH"
     maglev_table_size: int = 65537
+    # transport_socket envoy.transport_sockets.tls (UpstreamTlsContext): TLS to the
+    # hosts (proxyd.worker.upstream_tls); None = plaintext.
+    tls: UpstreamTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -976,6 +979,36 @@ class DownstreamTls:
     session_tickets: bool = True
     # FilterChain.transport_socket_connect_timeout (0: the HCM's idle timeout bounds it).
     handshake_timeout_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """A cluster's ``envoy.transport_sockets.tls`` (UpstreamTlsContext): how proxyd
+    originates TLS to the cluster's hosts. PEM bytes read by the master."""
+
+    # The SNI sent ("" = none).
+    sni: str = ""
+    # A client certificate (mTLS to the upstream), or None.
+    certificate: TlsCertificate | None = None
+    # Envoy's upstream defaults: TLSv1_2 .. TLSv1_2.
+    min_version: str = "TLSv1_2"
+    max_version: str = "TLSv1_2"
+    cipher_suites: tuple[str, ...] = ()
+    alpn: tuple[str, ...] = ()
+    # validation_context.trusted_ca (b"": the chain is not verified, as in Envoy).
+    trusted_ca: bytes = b""
+    # match_typed_subject_alt_names (and the deprecated match_subject_alt_names as
+    # DNS matchers): the upstream certificate must have a SAN one of them accepts.
+    san_matchers: tuple[SanMatch, ...] = ()
+    allow_renegotiation: bool = False
+    # max_session_keys: 0 = no session resumption, else one session kept per host.
+    max_session_keys: int = 1
+    # The cluster's HttpProtocolOptions.upstream_http_protocol_options: the SNI is the
+    # request's Host (auto_sni), the upstream's certificate must have it as a DNS SAN
+    # (auto_san_validation); override_auto_sni_header names another request header.
+    auto_sni: bool = False
+    auto_san_validation: bool = False
+    sni_header: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from proxyd.config.values import (
     wrapped_or,
 )
 from proxyd.epoch import (
+    DownstreamTls,
     FilterChain,
     HttpConnectionManager,
     Listener,
@@ -92,9 +93,16 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "own SO_REUSEPORT socket)",
         )
     inspector = check_listener_filters(lst, path, file)
-    tcp = _tcp_proxy_listener(lst, path, file)
-    if tcp is not None:
-        return Listener(**_common_fields(lst, path, file, where), hcm=None, tcp_proxy=tcp)
+    tcp_chain = _tcp_proxy_listener(lst, path, file)
+    if tcp_chain is not None:
+        tcp, tls = tcp_chain
+        return Listener(
+            **_common_fields(lst, path, file, where),
+            hcm=None,
+            tcp_proxy=tcp,
+            tls=tls,
+            tls_inspector=inspector,
+        )
     direction = enum_name(lst, "traffic_direction")
     chains = [
         compile_filter_chain(c, join(path, f"filter_chains[{i}]"), clusters, file, direction)
@@ -194,9 +202,11 @@ def _is_tcp_proxy(chain: Any) -> bool:
     )
 
 
-def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
-    """The listener's TCP proxy, when its filter chain has one: a single chain without
-    match criteria or TLS (the TCP proxy behind TLS or among several chains is not
+def _tcp_proxy_listener(
+    lst: Any, path: str, file: str
+) -> tuple[TcpProxy, DownstreamTls | None] | None:
+    """The listener's TCP proxy and its TLS termination, when its filter chain has one:
+    a single chain without match criteria (the TCP proxy among several chains is not
     supported yet)."""
     chains = list(lst.filter_chains)
     if lst.HasField("default_filter_chain"):
@@ -216,18 +226,20 @@ def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
             "proxyd yet",
         )
     chain = chains[0]
-    for field in ("filter_chain_match", "transport_socket"):
-        if chain.HasField(field):
-            raise ConfigError(
-                file,
-                join(here, field),
-                f"{field} with {TCP_PROXY_NAME} is not supported by proxyd yet",
-            )
+    if chain.HasField("filter_chain_match"):
+        raise ConfigError(
+            file,
+            join(here, "filter_chain_match"),
+            f"filter_chain_match with {TCP_PROXY_NAME} is not supported by proxyd yet",
+        )
     filter_path = join(here, "filters[0]")
     msg = typed_config(
         chain.filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
     )
-    return compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    # TLS termination in front of it (the chain path: compile_transport_socket adds
+    # "transport_socket").
+    return proxy, compile_transport_socket(chain, here, file)
 
 
 def compile_filter_chain(

@@ -44,6 +44,7 @@ STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 DOWNSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 RAW_BUFFER_TYPE = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+UPSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 TLS_INSPECTOR_TYPE = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PRESERVE_CASE_TYPE = (
@@ -619,6 +620,29 @@ DOWNSTREAM_TLS: Spec = {
     "disable_stateless_session_resumption": LEAF,
 }
 
+# extensions.transport_sockets.tls.v3.UpstreamTlsContext (proxyd.config.upstream_tls,
+# proxyd.worker.upstream_tls): TLS to a cluster's hosts.
+UPSTREAM_TLS: Spec = {
+    "sni": LEAF,
+    "common_tls_context": {
+        "tls_certificates": {"certificate_chain": DATA_SOURCE, "private_key": DATA_SOURCE},
+        "tls_params": {
+            "tls_minimum_protocol_version": LEAF,
+            "tls_maximum_protocol_version": LEAF,
+            "cipher_suites": LEAF,
+        },
+        # http/1.1 only (h2 is refused by name in proxyd.config.upstream_tls).
+        "alpn_protocols": LEAF,
+        "validation_context": {
+            "trusted_ca": DATA_SOURCE,
+            "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
+            "match_subject_alt_names": STRING_MATCHER,
+        },
+    },
+    "allow_renegotiation": LEAF,
+    "max_session_keys": LEAF,
+}
+
 FILTER_CHAIN: Spec = {
     "filters": {
         "name": LEAF,
@@ -699,6 +723,13 @@ UPSTREAM_HTTP: Spec = {
         "http2_protocol_options": {},
     },
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
+    # With a TLS transport_socket (proxyd.config.upstream_tls): the SNI and the SAN
+    # checked come from each request's Host (or the named header).
+    "upstream_http_protocol_options": {
+        "auto_sni": LEAF,
+        "auto_san_validation": LEAF,
+        "override_auto_sni_header": LEAF,
+    },
 }
 
 PAYLOAD: Spec = {"text": LEAF, "binary": LEAF}
@@ -851,6 +882,13 @@ CLUSTER: dict[str, Spec] = {
         },
     },
     "metadata": METADATA,
+    # TLS to the hosts (proxyd.config.upstream_tls); transport_socket_matches is refused.
+    "transport_socket": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "transport socket", {UPSTREAM_TLS_TYPE: UPSTREAM_TLS, RAW_BUFFER_TYPE: {}}
+        ),
+    },
 }
 
 # metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats);

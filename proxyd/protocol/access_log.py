@@ -100,6 +100,7 @@ class LogRecord:
         "log_type",
         "server",
         "tls",
+        "upstream_tls",
         "trace_id",
     )
 
@@ -145,6 +146,9 @@ class LogRecord:
         # The downstream TLS session (proxyd.worker.tls.TlsSocket: version, cipher, sni,
         # peer, ssl), None on a plaintext connection.
         self.tls: Any = None
+        # The upstream TLS session the request (or TCP connection) went over
+        # (proxyd.worker.tls.TlsSocket), None to a plaintext cluster.
+        self.upstream_tls: Any = None
         # The request's trace id on a listener with tracing (%TRACE_ID%), else None.
         self.trace_id: str | None = None
         # The server header the client got (the HCM's server_name), None: no response.

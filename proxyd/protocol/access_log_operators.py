@@ -13,10 +13,11 @@ operators below, or in :data:`REFUSED` with the reason proxyd gives at config ti
 name Envoy does not know gets Envoy's own message ("Not supported field in StreamInfo").
 
 Values that proxyd knows to be absent for every config it accepts are implemented as
-absent: proxyd has no upstream TLS (a cluster's ``transport_socket`` is refused), no
-virtual clusters and no filter-chain names, so the upstream TLS operators,
+absent: proxyd has no virtual clusters and no filter-chain names, so
 ``VIRTUAL_CLUSTER_NAME`` and ``FILTER_CHAIN_NAME`` print ``-`` exactly as Envoy does for
-the same config. ``TRACE_ID`` is the request's trace id on a listener with tracing
+the same config. Upstream TLS exists: its version, cipher and the host certificate's
+subject, issuer and SANs are logged (access_log_tls); the session id, group, the PEM
+certificate and the local SANs still print ``-``. ``TRACE_ID`` is the request's trace id on a listener with tracing
 (``-`` elsewhere); ``SPAN_ID`` still prints ``-``. When one of those features arrives,
 its operators must move out of :data:`_ABSENT`. Downstream TLS termination exists: the
 requested server name, TLS version and cipher and the peer certificate's subject,
@@ -347,10 +348,8 @@ _ABSENT = (
     "DOWNSTREAM_PEER_CERT", "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
     "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1", "DOWNSTREAM_PEER_CHAIN_SERIALS",
     "DOWNSTREAM_PEER_ISSUER_FINGERPRINT_256", "DOWNSTREAM_PEER_ISSUER_SERIAL",
-    "UPSTREAM_PEER_SUBJECT", "UPSTREAM_PEER_ISSUER", "UPSTREAM_TLS_SESSION_ID",
-    "UPSTREAM_TLS_CIPHER", "UPSTREAM_TLS_VERSION", "UPSTREAM_TLS_GROUP",
-    "UPSTREAM_PEER_CERT", "UPSTREAM_PEER_URI_SAN", "UPSTREAM_PEER_DNS_SAN",
-    "UPSTREAM_PEER_IP_SAN", "UPSTREAM_LOCAL_URI_SAN", "UPSTREAM_LOCAL_DNS_SAN",
+    "UPSTREAM_TLS_SESSION_ID", "UPSTREAM_TLS_GROUP",
+    "UPSTREAM_PEER_CERT", "UPSTREAM_LOCAL_URI_SAN", "UPSTREAM_LOCAL_DNS_SAN",
     "UPSTREAM_LOCAL_IP_SAN", "TLS_JA3_FINGERPRINT", "TLS_JA4_FINGERPRINT",
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
 )  # fmt: skip

@@ -267,6 +267,7 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
     )
     rec.downstream_local_address = conn.local_address()
     rec.tls = conn.tls
+    rec.upstream_tls = stream.upstream_tls
     rec.route_name = stream.route_name or None
     rp = stream.route_plan
     rec.upstream_cluster = rec.upstream_hostname = None

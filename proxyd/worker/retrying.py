@@ -489,11 +489,14 @@ class RetryingExchange(Exchange):
         if self.rplan.priority_update:
             self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
-        conn = pool.take_idle(host)
+        # auto_sni / auto_san_validation: the request's Host keys its connection.
+        tls = pool.tls
+        key = tls.key_of(self.head) if tls is not None and tls.keyed else None
+        conn = pool.take_idle(host, key)
         self.reused = conn is not None
         if conn is None:
             try:
-                conn = await pool.acquire(host)
+                conn = await pool.acquire(host, key)
             except ConnectFailure as exc:
                 host.outcomes.connect_failed()
                 raise _AttemptFailed(Reset.CONNECT_FAILURE, exc.reason) from None
@@ -509,6 +512,8 @@ class RetryingExchange(Exchange):
         pool.stats.rq_total += 1
         host.stats.rq_total += 1
         self.conn = conn
+        if tls is not None:
+            self.stream.upstream_tls = conn.sock
         self.attempts += 1
         # %UPSTREAM_HOSTS_ATTEMPTED%: each host that got the request, once (Envoy 1.40
         # lists neither a refused connection nor a host twice).

@@ -178,14 +178,18 @@ class Exchange:
             arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
         try:
             retried = False
+            # A TLS cluster: auto_sni / auto_san_validation key its connections by the
+            # request's Host; the access log reads the session.
+            tls = pool.tls
+            key = tls.key_of(self.head) if tls is not None and tls.keyed else None
             while True:
                 # Envoy's upstream service time includes the wait for a connection.
                 self.t_sent = time.monotonic()
-                conn = pool.take_idle(host)
+                conn = pool.take_idle(host, key)
                 reused = conn is not None
                 if conn is None:
                     try:
-                        conn = await pool.acquire(host)
+                        conn = await pool.acquire(host, key)
                     except ConnectFailure as exc:
                         stream.flags = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
                         cstats.count_response(503)
@@ -205,6 +209,8 @@ class Exchange:
                 cstats.rq_total += 1
                 hstats.rq_total += 1
                 self.conn = conn
+                if tls is not None:
+                    stream.upstream_tls = conn.sock
                 r: ResponseHead | None
                 try:
                     if has_body:

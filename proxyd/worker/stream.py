@@ -115,6 +115,7 @@ class Stream:
         "bytes_received",
         "bytes_sent",
         "upstream_host",
+        "upstream_tls",
         "upstream_cluster",
         "service_ms",
         "resp_headers",
@@ -158,6 +159,9 @@ class Stream:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.upstream_host: str | None = None
+        # The TLS session to a TLS cluster's host (worker.tls.TlsSocket) for the access
+        # log's UPSTREAM_TLS_* operators; None to a plaintext cluster.
+        self.upstream_tls: Any = None
         self.upstream_cluster: str | None = None
         self.service_ms: int | None = None
         self.resp_headers: dict[str, str] | None = None

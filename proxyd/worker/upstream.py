@@ -22,6 +22,7 @@ from proxyd.protocol.slow_start import SlowStart
 from proxyd.worker.outcomes import NO_LOG, OutcomeLog
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
 from proxyd.worker.stats import ClusterStats, HostStats, StatsStore
+from proxyd.worker.upstream_tls import UpstreamTlsPlan
 
 # ConnectFailure, Overflow and UpstreamConnection are the pool's, re-exported.
 __all__ = [
@@ -40,7 +41,7 @@ class HostState:
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
         "outcomes", "priority", "locality", "locality_weight", "usable", "healthy", "connections",
-        "hostname", "hash_key", "active_since",
+        "hostname", "hash_key", "active_since", "tls_session",
     )  # fmt: skip
 
     def __init__(
@@ -67,6 +68,8 @@ class HostState:
         self.hash_key = ep.hash_key  # RING_HASH, MAGLEV: the key in place of the address
         self.active_since = ep.active_since  # slow start: when its window began
         self.active_requests = 0
+        # A TLS cluster's last session with the host, offered to resume (upstream_tls).
+        self.tls_session = None
         # Per routing priority (the index of ConnPool.priority): the pool's
         # connections to the host, open or being opened, and its idle ones.
         self.connections = [0] * len(PRIORITIES)
@@ -95,6 +98,8 @@ class ClusterState:
         self.worker_count = worker_count
         self.name = cluster.name
         self.stats: ClusterStats = store.cluster(cluster.name)
+        # TLS to the hosts (transport_socket), or None for plaintext.
+        self.tls = UpstreamTlsPlan(cluster.tls, cluster.name, store) if cluster.tls else None
         self.retired = False
         # Every host, usable or not: a priority level in panic routes to all of its hosts
         # (proxyd.protocol.priority decides which ones a pick may use).

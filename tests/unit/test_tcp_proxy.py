@@ -534,12 +534,9 @@ def test_explain_chooses_among_http_listeners() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [
-        ("transport_socket", {"name": "envoy.transport_sockets.raw_buffer"}),
-        ("filter_chain_match", {"server_names": ["a.test"]}),
-    ],
+    [("filter_chain_match", {"server_names": ["a.test"]})],
 )
-def test_tls_and_chain_matching_in_front_of_it_are_refused_for_now(
+def test_chain_matching_in_front_of_it_is_refused_for_now(
     tmp_path: Path, field: str, value: dict[str, Any]
 ) -> None:
     doc = bootstrap()
