@@ -111,6 +111,11 @@ class FilterStream(Protocol):
         """Add a request header line, keeping those the request has of that name."""
         ...
 
+    def set_request_path(self, path: str) -> None:
+        """Replace the request's path (with its query) on its way upstream; the route
+        stays the one the old path chose."""
+        ...
+
     def downstream_addresses(self) -> tuple[str, str, str, int]:
         """(the client address the connection manager trusts (x-forwarded-for and
         xff_num_trusted_hops, Envoy's downstream remote address), the connection's peer

@@ -13,6 +13,7 @@ from proxyd.filters.fault import config as fault_config
 from proxyd.filters.header_mutation import config as header_mutation_config
 from proxyd.filters.header_to_metadata import config as header_to_metadata_config
 from proxyd.filters.health_check import config as health_check_config
+from proxyd.filters.jwt_authn import config as jwt_authn_config
 from proxyd.filters.local_ratelimit import config as local_ratelimit_config
 from proxyd.filters.rbac import config as rbac_config
 
@@ -27,6 +28,7 @@ COMPILERS: dict[str, ModuleType] = {
         fault_config,
         header_mutation_config,
         header_to_metadata_config,
+        jwt_authn_config,
         health_check_config,
         local_ratelimit_config,
         rbac_config,

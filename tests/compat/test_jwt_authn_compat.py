@@ -1,0 +1,326 @@
+"""The jwt_authn filter, proxyd beside real Envoy on the same YAML. Tokens are minted
+here with PyJWT (every algorithm family, valid, expired, not yet valid, wrong audience,
+wrong issuer, bad signature, a key not in the JWKS, malformed, missing), sent in a
+header, a query parameter and a cookie, under rules with each kind of requirement and
+per-route configs; compared: status, body, ``www-authenticate``, what the upstream saw
+(forwarded or removed token, payload header, claim headers), the access log's
+details and ``%DYNAMIC_METADATA%`` of the payload, and the filter's stats."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import Pair, PortOf, run_pair
+from tests.support import UpstreamServer, bootstrap, http_listener, static_cluster, wait_for
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
+]
+
+JWT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
+ISS = "https://issuer.example"
+OTHER_ISS = "https://other.example"
+HS_SECRET = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+LOG = (
+    "%REQ(X-ID)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%"
+    " sub=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:sub)%"
+    " other=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:other:sub)%\n"
+)
+SEEN = (
+    "authorization", "x-token", "cookie", "x-jwt-payload", "x-other-payload", "x-jwt-sub",
+    "x-jwt-tenant", "x-jwt-admin", "x-jwt-level", "x-jwt-missing",
+)  # fmt: skip
+
+RSA1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+RSA2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # rotated away
+EC256 = ec.generate_private_key(ec.SECP256R1())
+EC384 = ec.generate_private_key(ec.SECP384R1())
+EC521 = ec.generate_private_key(ec.SECP521R1())
+ED = ed25519.Ed25519PrivateKey.generate()
+
+
+def _jwk(algo: Any, key: Any, kid: str, **extra: str) -> dict[str, Any]:
+    return {**json.loads(algo.to_jwk(key.public_key())), "kid": kid, **extra}
+
+
+JWKS = {
+    "keys": [
+        _jwk(RSAAlgorithm, RSA1, "rsa1"),
+        _jwk(ECAlgorithm, EC256, "ec256"),
+        _jwk(ECAlgorithm, EC384, "ec384"),
+        _jwk(ECAlgorithm, EC521, "ec521"),
+        _jwk(OKPAlgorithm, ED, "ed1"),
+        {"kty": "oct", "kid": "hs1", "k": jwt.utils.base64url_encode(HS_SECRET).decode()},
+    ]
+}
+OTHER_JWKS = {"keys": [_jwk(RSAAlgorithm, RSA1, "rsa1", alg="RS256")]}
+
+SIGNERS: dict[str, tuple[Any, str]] = {
+    "RS256": (RSA1, "rsa1"), "RS384": (RSA1, "rsa1"), "RS512": (RSA1, "rsa1"),
+    "PS256": (RSA1, "rsa1"), "PS384": (RSA1, "rsa1"), "PS512": (RSA1, "rsa1"),
+    "ES256": (EC256, "ec256"), "ES384": (EC384, "ec384"), "ES512": (EC521, "ec521"),
+    "EdDSA": (ED, "ed1"),
+    "HS256": (HS_SECRET, "hs1"), "HS384": (HS_SECRET, "hs1"), "HS512": (HS_SECRET, "hs1"),
+}  # fmt: skip
+
+NOW = int(time.time())
+
+
+def mint(alg: str = "RS256", key: Any = None, kid: str | None = None, **claims: Any) -> str:
+    signer, default_kid = SIGNERS[alg]
+    payload = {"iss": ISS, "sub": "alice", "aud": "api.example", "exp": NOW + 3600}
+    payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    headers = {"kid": default_kid if kid is None else kid}
+    return jwt.encode(payload, signer if key is None else key, algorithm=alg, headers=headers)
+
+
+def relabel(token: str, alg: str) -> str:
+    """``token`` with its header's alg changed (the signature left as it was)."""
+    _, payload, signature = token.split(".")
+    header = json.dumps({"alg": alg, "kid": jwt.get_unverified_header(token)["kid"]})
+    return ".".join((jwt.utils.base64url_encode(header.encode()).decode(), payload, signature))
+
+
+GOOD = mint(org={"tenant": "acme"}, admin=True, level=7)
+OTHER = mint(iss=OTHER_ISS, sub="bob", aud="special")
+BEARER = {"authorization": f"Bearer {GOOD}"}
+
+CASES: dict[str, tuple[str, dict[str, str]]] = {
+    "valid": ("/api", BEARER),
+    "missing": ("/api", {}),
+    "expired": ("/api", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+    "expired_within_skew": ("/api", {"authorization": "Bearer " + mint(exp=NOW - 20)}),
+    "not_yet_valid": ("/api", {"authorization": "Bearer " + mint(nbf=NOW + 3600)}),
+    "nbf_within_skew": ("/api", {"authorization": "Bearer " + mint(nbf=NOW + 20)}),
+    "no_exp": ("/api", {"authorization": "Bearer " + mint(exp=None)}),
+    "wrong_audience": ("/api", {"authorization": "Bearer " + mint(aud="elsewhere")}),
+    "audience_list": ("/api", {"authorization": "Bearer " + mint(aud=["x", "api.example"])}),
+    "no_audience": ("/api", {"authorization": "Bearer " + mint(aud=None)}),
+    "wrong_issuer": ("/api", {"authorization": "Bearer " + mint(iss="https://evil.example")}),
+    "bad_signature": ("/api", {"authorization": "Bearer " + GOOD[:-6] + "AAAAAA"}),
+    "signed_by_other_key": ("/api", {"authorization": "Bearer " + mint(key=RSA2)}),
+    "rotated_key": ("/api", {"authorization": "Bearer " + mint(key=RSA2, kid="rsa2")}),
+    "no_kid": ("/api", {"authorization": "Bearer " + mint(kid="")}),
+    "malformed": ("/api", {"authorization": "Bearer not-a-jwt"}),
+    "bad_header_b64": ("/api", {"authorization": "Bearer e30.e30.sig"}),
+    "bad_header_json": ("/api", {"authorization": "Bearer bm90anNvbg.e30.c2ln"}),
+    "alg_none": ("/api", {"authorization": "Bearer eyJhbGciOiJub25lIn0.e30."}),
+    "exp_not_int": ("/api", {"authorization": "Bearer " + mint(exp="soon")}),
+    "lower_bearer": ("/api", {"authorization": f"bearer {GOOD}"}),
+    "no_prefix": ("/api", {"authorization": GOOD}),
+    "access_token_param": (f"/api?x=1&access_token={GOOD}", {}),
+    "two_tokens_one_bad": (f"/api?access_token={mint(exp=NOW - 3600)}", BEARER),
+    "spoofed_claim_header": ("/api", {**BEARER, "x-jwt-sub": "mallory"}),
+    **{f"alg_{a}": ("/api", {"authorization": "Bearer " + mint(a)}) for a in SIGNERS},
+    "es384_header_on_es256_key": ("/api", {"authorization": "Bearer " + relabel(mint("ES256"), "ES384")}),
+    "public_rule": ("/public/x", {}),
+    "skip_header_rule": ("/api", {"x-skip-auth": "1"}),
+    "hdr_in_header": ("/hdr", {"x-token": f"Tok {OTHER}"}),
+    "hdr_in_param": (f"/hdr?tok={OTHER}", {}),
+    "hdr_in_cookie": ("/hdr", {"cookie": f"a=1; session={OTHER}"}),
+    "hdr_bearer_ignored": ("/hdr", {"authorization": f"Bearer {OTHER}"}),
+    "hdr_skew_5s": ("/hdr", {"x-token": "Tok " + mint(iss=OTHER_ISS, aud="special", exp=NOW - 30)}),
+    "any_first": ("/any", BEARER),
+    "any_second": ("/any", {"x-token": f"Tok {OTHER}"}),
+    "any_none": ("/any", {}),
+    "any_bad": ("/any", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+    "all_both": ("/all", {**BEARER, "x-token": f"Tok {OTHER}"}),
+    "all_one": ("/all", BEARER),
+    "all_wrong_aud": ("/all", {**BEARER, "x-token": "Tok " + mint(iss=OTHER_ISS, aud="api.example")}),
+    "optional_none": ("/optional", {}),
+    "optional_good": ("/optional", BEARER),
+    "optional_bad": ("/optional", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+    "optional_unknown_iss": ("/optional", {"authorization": "Bearer " + mint(iss="https://x")}),
+    "lenient_bad": ("/lenient", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+    "lenient_good": ("/lenient", {"x-token": f"Tok {OTHER}"}),
+    "named_rule": ("/named", {"x-token": f"Tok {OTHER}"}),
+    "named_rule_missing": ("/named", {}),
+    "route_disabled": ("/route-disabled", {}),
+    "route_named": ("/route-named", {"x-token": f"Tok {OTHER}"}),
+    "route_named_missing": ("/route-named", {}),
+    "route_wrong_name": ("/route-wrong", BEARER),
+}  # fmt: skip
+
+
+def _requires(name: str) -> dict[str, Any]:
+    return {"provider_name": name}
+
+
+def config(upstream: int, log_path: str, jwks_file: str) -> str:
+    providers = {
+        "main": {
+            "issuer": ISS,
+            "audiences": ["api.example"],
+            "local_jwks": {"inline_string": json.dumps(JWKS)},
+            "forward_payload_header": "x-jwt-payload",
+            "payload_in_metadata": "payload",
+            "claim_to_headers": [
+                {"header_name": "x-jwt-sub", "claim_name": "sub"},
+                {"header_name": "x-jwt-tenant", "claim_name": "org.tenant"},
+                {"header_name": "x-jwt-admin", "claim_name": "admin"},
+                {"header_name": "x-jwt-level", "claim_name": "level"},
+                {"header_name": "x-jwt-missing", "claim_name": "nope"},
+            ],
+        },
+        "hdr": {
+            "issuer": OTHER_ISS,
+            "local_jwks": {"filename": jwks_file},
+            "from_headers": [{"name": "x-token", "value_prefix": "Tok "}],
+            "from_params": ["tok"],
+            "from_cookies": ["session"],
+            "forward": True,
+            "forward_payload_header": "x-other-payload",
+            "pad_forward_payload_header": True,
+            "payload_in_metadata": "other",
+            "clock_skew_seconds": 5,
+        },
+    }
+    rules = [
+        {"match": {"prefix": "/public"}},
+        {"match": {"prefix": "/", "headers": [{"name": "x-skip-auth", "present_match": True}]}},
+        {"match": {"path": "/hdr"}, "requires": _requires("hdr")},
+        {"match": {"prefix": "/any"}, "requires": {"requires_any": {"requirements": [_requires("main"), _requires("hdr")]}}},
+        {
+            "match": {"prefix": "/all"},
+            "requires": {
+                "requires_all": {
+                    "requirements": [
+                        _requires("main"),
+                        {"provider_and_audiences": {"provider_name": "hdr", "audiences": ["special"]}},
+                    ]
+                }
+            },
+        },
+        {"match": {"prefix": "/optional"}, "requires": {"allow_missing": {}}},
+        {"match": {"prefix": "/lenient"}, "requires": {"allow_missing_or_failed": {}}},
+        {"match": {"safe_regex": {"regex": "/nam[e]d"}}, "requirement_name": "need_hdr"},
+        {"match": {"prefix": "/"}, "requires": _requires("main")},
+    ]  # fmt: skip
+
+    def route(path: str, per_route: dict[str, Any] | None = None) -> dict[str, Any]:
+        r: dict[str, Any] = {"match": {"path": path}, "route": {"cluster": "svc"}}
+        if per_route is not None:
+            r["typed_per_filter_config"] = {
+                "envoy.filters.http.jwt_authn": {"@type": PER_ROUTE, **per_route}
+            }
+        return r
+
+    route_config = {
+        "name": "local",
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [
+                    route("/route-disabled", {"disabled": True}),
+                    route("/route-named", {"requirement_name": "need_hdr"}),
+                    route("/route-wrong", {"requirement_name": "nope"}),
+                    {"match": {"prefix": "/"}, "route": {"cluster": "svc"}},
+                ],
+            }
+        ],
+    }
+    filt = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": JWT_TYPE,
+            "providers": providers,
+            "rules": rules,
+            "requirement_map": {"need_hdr": _requires("hdr"), "need_main": _requires("main")},
+        },
+    }
+    listener = http_listener(
+        "ingress",
+        0,
+        route_config,
+        [filt],
+        stat_prefix="ingress_http",
+        access_log=[
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": log_path,
+                    "log_format": {"text_format_source": {"inline_string": LOG}},
+                },
+            }
+        ],
+    )
+    return yaml.safe_dump(
+        bootstrap([listener], [static_cluster("svc", [upstream])]), sort_keys=False
+    )
+
+
+def play_all(port_of: PortOf, log: Path) -> dict[str, Any]:
+    port = port_of("ingress")
+    out: dict[str, Any] = {}
+    for name, (path, headers) in CASES.items():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path, headers={"host": "jwt.test", "x-id": name, **headers})
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        upstream = r.status == 200 and body.startswith(b"{")
+        seen = dict(json.loads(body)["headers"]) if upstream else {}
+        out[name] = {
+            "status": r.status,
+            "body": "" if upstream else body.decode(),
+            "www-authenticate": r.getheader("www-authenticate"),
+            "upstream": {h: seen.get(h) for h in SEEN} if upstream else None,
+        }
+    lines = wait_for(
+        lambda: (t := log.read_text() if log.exists() else "").count("\n") >= len(CASES) and t,
+        timeout=10,
+    )
+    log.write_text("")
+    for line in lines.splitlines():
+        name, _, rest = line.partition(" ")
+        out[name]["log"] = rest
+    return out
+
+
+def pick(stats: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in stats.items() if ".jwt_authn." in k}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    upstream = UpstreamServer("svc").start()
+    work = tmp_path_factory.mktemp("jwt")
+    log = work / "access.log"
+    jwks_file = work / "other.jwks"
+    jwks_file.write_text(json.dumps(OTHER_JWKS))
+    try:
+        yield run_pair(
+            config(upstream.port, str(log), str(jwks_file)),
+            tmp_path_factory.mktemp("jwt-proxyd"),
+            lambda port_of: play_all(port_of, log),
+            pick,
+        )
+    finally:
+        upstream.stop()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_jwt_authn_like_envoy(results: Pair, name: str) -> None:
+    assert results.proxyd.replies[name] == results.envoy.replies[name]
+
+
+def test_stats_like_envoy(results: Pair) -> None:
+    assert results.envoy.stats["http.ingress_http.jwt_authn.denied"] > 0
+    assert results.proxyd.stats == results.envoy.stats
