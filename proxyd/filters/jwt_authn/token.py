@@ -33,6 +33,9 @@ _ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
+_TO_STANDARD = str.maketrans("-_", "+/")
+
+
 class Jwt:
     __slots__ = ("header_b64", "payload_b64", "signature", "alg", "kid", "payload", "iss", "aud")
 
@@ -46,8 +49,11 @@ class Jwt:
 
 def _b64(segment: str) -> bytes | None:
     """Base64url as jwt_verify_lib decodes it: padding optional."""
+    if "+" in segment or "/" in segment:
+        return None
+    text = segment.rstrip("=").translate(_TO_STANDARD)
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         return None
 
