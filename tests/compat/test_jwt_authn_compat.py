@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +327,166 @@ def test_jwt_authn_like_envoy(results: Pair, name: str) -> None:
 def test_stats_like_envoy(results: Pair) -> None:
     assert results.envoy.stats["http.ingress_http.jwt_authn.denied"] > 0
     assert results.proxyd.stats == results.envoy.stats
+
+
+# -- remote_jwks ----------------------------------------------------------------------------
+
+K2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+JWKS_K1 = {"keys": [_jwk(RSAAlgorithm, RSA1, "k1")]}
+JWKS_K2 = {"keys": [_jwk(RSAAlgorithm, K2, "k2")]}
+
+
+class JwksServer:
+    """Serves the JWKS it is given at /keys (and a 500 at any other path), and records
+    each request it gets (path and Host)."""
+
+    def __init__(self) -> None:
+        self.jwks: dict[str, Any] = JWKS_K1
+        self.seen: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.seen.append((self.path, self.headers.get("host")))
+                body = json.dumps(server.jwks).encode() if self.path == "/keys" else b"no"
+                self.send_response(200 if self.path == "/keys" else 500)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _remote(path: str, cluster: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "http_uri": {"uri": f"http://jwks.test{path}", "cluster": cluster, "timeout": "1s"},
+        **extra,
+    }
+
+
+def remote_config(upstream: int, jwks_port: int, dead_port: int) -> str:
+    providers = {
+        "remote": {"issuer": ISS, "remote_jwks": _remote("/keys", "jwks", cache_duration="1s")},
+        "broken": {"issuer": "https://broken", "remote_jwks": _remote("/broken", "jwks")},
+        "dead": {"issuer": "https://dead", "remote_jwks": _remote("/keys", "dead")},
+    }
+    rules = [{"match": {"prefix": f"/{name}"}, "requires": _requires(name)} for name in providers]
+    route_config = {
+        "name": "local",
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}],
+            }
+        ],
+    }
+    filt = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {"@type": JWT_TYPE, "providers": providers, "rules": rules},
+    }
+    listener = http_listener("ingress", 0, route_config, [filt], stat_prefix="ingress_http")
+    clusters = [
+        static_cluster("svc", [upstream]),
+        static_cluster("jwks", [jwks_port]),
+        static_cluster("dead", [dead_port]),
+    ]
+    return yaml.safe_dump(bootstrap([listener], clusters), sort_keys=False)
+
+
+def k1(**claims: Any) -> str:
+    return mint(key=RSA1, kid="k1", **claims)
+
+
+def k2(**claims: Any) -> str:
+    return mint(key=K2, kid="k2", **claims)
+
+
+def play_remote(port_of: PortOf, server: JwksServer) -> dict[str, Any]:
+    port = port_of("ingress")
+    server.jwks, server.seen = JWKS_K1, []
+    out: dict[str, Any] = {}
+
+    def ask(name: str, path: str, token: str | None) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"host": "jwt.test"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        conn.request("GET", path, headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        out[name] = {
+            "status": r.status,
+            "body": "" if r.status == 200 else body.decode(),
+            "www-authenticate": r.getheader("www-authenticate"),
+            "fetches": len(server.seen),
+        }
+
+    ask("missing_no_fetch", "/remote", None)
+    ask("k1", "/remote", k1())
+    ask("k1_cached", "/remote", k1())
+    ask("expired_cached", "/remote", k1(exp=NOW - 3600))
+    server.jwks = JWKS_K2  # the key is rotated; the cached set still has k1 only
+    ask("k2_before_expiry", "/remote", k2())
+    time.sleep(1.2)  # the 1 s cache_duration passes
+    ask("k2_after_expiry", "/remote", k2())
+    ask("k1_rotated_out", "/remote", k1())
+    ask("broken", "/broken", mint(iss="https://broken"))
+    ask("broken_again", "/broken", mint(iss="https://broken"))
+    ask("dead", "/dead", mint(iss="https://dead"))
+    out["seen"] = sorted(set(server.seen))
+    return out
+
+
+@pytest.fixture(scope="module")
+def remote_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    upstream = UpstreamServer("svc").start()
+    server = JwksServer()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # closed again: nothing listens there
+    try:
+        yield run_pair(
+            remote_config(upstream.port, server.port, dead_port),
+            tmp_path_factory.mktemp("jwt-remote"),
+            lambda port_of: play_remote(port_of, server),
+            pick,
+        )
+    finally:
+        server.stop()
+        upstream.stop()
+
+
+REMOTE_CASES = [
+    "missing_no_fetch", "k1", "k1_cached", "expired_cached", "k2_before_expiry",
+    "k2_after_expiry", "k1_rotated_out", "broken", "broken_again", "dead", "seen",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", REMOTE_CASES)
+def test_remote_jwks_like_envoy(remote_results: Pair, name: str) -> None:
+    assert remote_results.proxyd.replies[name] == remote_results.envoy.replies[name]
+
+
+def test_remote_jwks_rotation_is_seen_after_the_cache_expires(remote_results: Pair) -> None:
+    replies = remote_results.proxyd.replies
+    assert replies["k1"]["status"] == replies["k2_after_expiry"]["status"] == 200
+    assert replies["k2_before_expiry"]["status"] == replies["k1_rotated_out"]["status"] == 401
+    assert replies["k1_cached"]["fetches"] == 1 and replies["k2_after_expiry"]["fetches"] == 2
+
+
+def test_remote_jwks_stats_like_envoy(remote_results: Pair) -> None:
+    assert remote_results.envoy.stats["http.ingress_http.jwt_authn.jwks_fetch_success"] == 2
+    assert remote_results.proxyd.stats == remote_results.envoy.stats

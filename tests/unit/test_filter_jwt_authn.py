@@ -14,7 +14,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from proxyd.filters.api import CONTINUE, LocalReply
+from proxyd.filters.api import CONTINUE, EpochFacts, LocalReply
 from proxyd.filters.jwt_authn import token as tk
 from proxyd.filters.jwt_authn.filter import Factory
 from proxyd.filters.jwt_authn.jwks import JwksError, parse_jwks
@@ -34,6 +34,7 @@ JWKS = {
     ]
 }
 ISS = "https://iss"
+REMOTE = {"http_uri": {"uri": "http://k.example/jwks", "cluster": "c", "timeout": "2s"}}
 
 
 def provider(**fields: Any) -> dict[str, Any]:
@@ -90,6 +91,31 @@ def test_local_jwks_is_read_from_its_file(tmp_path: Any) -> None:
     assert json.loads(config["providers"]["p"]["jwks"]) == JWKS
 
 
+def test_remote_jwks_compiles() -> None:
+    config = config_of(providers={"p": {"remote_jwks": {**REMOTE, "cache_duration": "30s"}}})
+    assert config["providers"]["p"]["jwks"] == ""
+    assert config["providers"]["p"]["remote"] == {
+        "cluster": "c", "authority": "k.example", "path": "/jwks", "timeout_s": 2.0, "cache_s": 30.0,
+    }  # fmt: skip
+    config = config_of(
+        providers={"p": {"remote_jwks": {"http_uri": {**REMOTE["http_uri"], "uri": "http://k"}}}}
+    )
+    assert config["providers"]["p"]["remote"]["path"] == "/"
+    assert config["providers"]["p"]["remote"]["cache_s"] == 600.0
+
+
+def test_a_remote_fetch_that_fails_fails_the_token() -> None:
+    async def refused(cluster: str, authority: str, path: str, timeout_s: float) -> Any:
+        raise OSError("refused")
+
+    config = config_of(providers={"p": {"issuer": ISS, "remote_jwks": REMOTE}})
+    store = StatsStore()
+    f = Factory("jwt", config, None, store.named("http.x."), facts=EpochFacts(http_get=refused))
+    f.rules = ((lambda s: True, ["provider", "p", None]),)
+    result, _ = run(f, authorization="Bearer " + mint())
+    assert isinstance(result, LocalReply) and result.body == "Jwks remote fetch is failed"
+
+
 def test_per_route_config_compiles() -> None:
     d = with_filter(requirement_map={"m": {"provider_name": "p"}})
     route(d, 0)["typed_per_filter_config"] = {"jwt": {"@type": PER_ROUTE, "disabled": True}}
@@ -112,6 +138,10 @@ def test_per_route_config_compiles() -> None:
         ({"providers": {"p": provider(clear_route_cache=True)}}, "clear_route_cache"),
         ({"filter_state_rules": {"name": "n", "requires": {"a": {"provider_name": "p"}}}},
          "filter_state_rules"),
+        ({"providers": {"p": {"remote_jwks": {**REMOTE, "async_fetch": {}}}}},
+         "remote_jwks.async_fetch"),
+        ({"providers": {"p": {"remote_jwks": {**REMOTE, "retry_policy": {"num_retries": 1}}}}},
+         "remote_jwks.retry_policy"),
         ({"bypass_cors_preflight": True}, "bypass_cors_preflight"),
         ({"strip_failure_response": True}, "strip_failure_response"),
         ({"stat_prefix": "s"}, "stat_prefix"),

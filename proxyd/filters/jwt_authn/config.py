@@ -5,7 +5,8 @@ The epoch carries, for the filter::
 
     {"providers": {name: Provider}, "rules": [[RouteMatch wire, Requirement | None]],
      "requirement_map": {name: Requirement}}
-    Provider = {"issuer": str, "audiences": [str], "jwks": JWKS JSON text,
+    Provider = {"issuer": str, "audiences": [str], "jwks": JWKS JSON text (local_jwks)
+                or "", "remote": Remote | None,
                 "headers": [[lower-case name, value_prefix]], "params": [str],
                 "cookies": [str], "forward": bool, "forward_payload_header": str,
                 "pad_forward_payload_header": bool, "claim_to_headers": [[header, claim]],
@@ -19,10 +20,13 @@ A provider without token locations reads Envoy's defaults: ``Authorization: Bear
 <token>`` and the ``access_token`` query parameter. ``local_jwks`` is read (inline or
 from its file) by the master and checked here; a JWKS proxyd cannot use is refused.
 
+``remote_jwks`` is ``Remote = {"cluster": str, "authority": str, "path": str,
+"timeout_s": float, "cache_s": float}`` (:mod:`.remote` fetches it in the worker).
+
 A route's ``PerRouteConfig`` is ``{"disabled": True}`` or ``{"requirement_name": str}``.
 
-Not implemented, so left out of :data:`SPEC` and refused by name: ``remote_jwks``,
-``subjects``, ``require_expiration``, ``max_lifetime``, ``normalize_payload_in_metadata``,
+Not implemented, so left out of :data:`SPEC` and refused by name: ``remote_jwks``'s
+``async_fetch`` and ``retry_policy``, ``subjects``, ``require_expiration``, ``max_lifetime``, ``normalize_payload_in_metadata``,
 ``header_in_metadata``, ``failed_status_in_metadata``, ``jwt_cache_config``,
 ``clear_route_cache``, ``filter_state_rules``, ``bypass_cors_preflight``,
 ``strip_failure_response``, ``stat_prefix``; the route matches' ``runtime_fraction``, ``grpc``,
@@ -49,6 +53,10 @@ _PROVIDER: Spec = {
     "issuer": LEAF,
     "audiences": LEAF,
     "local_jwks": _DATA_SOURCE,
+    "remote_jwks": {
+        "http_uri": {"uri": LEAF, "cluster": LEAF, "timeout": LEAF},
+        "cache_duration": LEAF,
+    },
     "forward": LEAF,
     "from_headers": {"name": LEAF, "value_prefix": LEAF},
     "from_params": LEAF,
@@ -137,17 +145,21 @@ def compile_per_route(msg: Any, path: str, file: str) -> dict[str, Any]:
 
 
 def _provider(p: Any, path: str, file: str) -> dict[str, Any]:
-    if p.WhichOneof("jwks_source_specifier") != "local_jwks":
-        raise ConfigError(
-            file, path, "a provider needs local_jwks (remote_jwks is not supported by proxyd)"
-        )
-    text = _data_source(p.local_jwks, join(path, "local_jwks"), file)
-    try:
-        parse_jwks(text)
-    except JwksError as exc:
-        raise ConfigError(
-            file, join(path, "local_jwks"), f"{exc}: a JWKS proxyd cannot use is refused"
-        ) from None
+    which = p.WhichOneof("jwks_source_specifier")
+    text = ""
+    remote = None
+    if which == "local_jwks":
+        text = _data_source(p.local_jwks, join(path, "local_jwks"), file)
+        try:
+            parse_jwks(text)
+        except JwksError as exc:
+            raise ConfigError(
+                file, join(path, "local_jwks"), f"{exc}: a JWKS proxyd cannot use is refused"
+            ) from None
+    elif which == "remote_jwks":
+        remote = _remote(p.remote_jwks, join(path, "remote_jwks"), file)
+    else:
+        raise ConfigError(file, path, "one of remote_jwks or local_jwks is required")
     headers = [[h.name.lower(), h.value_prefix] for h in p.from_headers]
     for i, h in enumerate(p.from_headers):
         if not h.name:
@@ -170,6 +182,7 @@ def _provider(p: Any, path: str, file: str) -> dict[str, Any]:
         "issuer": p.issuer,
         "audiences": list(p.audiences),
         "jwks": text,
+        "remote": remote,
         "headers": headers,
         "params": params,
         "cookies": cookies,
@@ -179,6 +192,31 @@ def _provider(p: Any, path: str, file: str) -> dict[str, Any]:
         "claim_to_headers": claims,
         "payload_in_metadata": p.payload_in_metadata,
         "clock_skew_seconds": p.clock_skew_seconds if p.clock_skew_seconds else 60,
+    }
+
+
+def _remote(r: Any, path: str, file: str) -> dict[str, Any]:
+    here = join(path, "http_uri")
+    if not r.HasField("http_uri"):
+        raise ConfigError(file, here, "value is required")
+    u = r.http_uri
+    if not u.cluster:
+        raise ConfigError(file, join(here, "cluster"), "value length must be at least 1 characters")
+    if not u.HasField("timeout"):
+        raise ConfigError(file, join(here, "timeout"), "value is required")
+    # Envoy's extractHostPathFromUri: the authority after "scheme://", then the path.
+    rest = u.uri.split("://", 1)[1] if "://" in u.uri else u.uri
+    slash = rest.find("/")
+    authority, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    cache_s = (
+        r.cache_duration.ToTimedelta().total_seconds() if r.HasField("cache_duration") else 600.0
+    )
+    return {
+        "cluster": u.cluster,
+        "authority": authority,
+        "path": target,
+        "timeout_s": u.timeout.ToTimedelta().total_seconds(),
+        "cache_s": cache_s,
     }
 
 

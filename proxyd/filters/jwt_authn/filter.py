@@ -33,9 +33,18 @@ from collections.abc import Callable
 from typing import Any
 
 from proxyd.epoch import RouteMatch, from_wire
-from proxyd.filters.api import CONTINUE, FilterStream, HttpFilter, LocalReply, Result, StatsScope
+from proxyd.filters.api import (
+    CONTINUE,
+    EpochFacts,
+    FilterStream,
+    HttpFilter,
+    LocalReply,
+    Result,
+    StatsScope,
+)
 from proxyd.filters.jwt_authn import token as tk
 from proxyd.filters.jwt_authn.jwks import Key, parse_jwks
+from proxyd.filters.jwt_authn.remote import FETCH_FAILED, HttpGet, RemoteJwks
 from proxyd.protocol.routing import ascii_lower, compile_headers, header_names, headers_match
 
 NAMESPACE = "envoy.filters.http.jwt_authn"
@@ -47,14 +56,16 @@ STATS = ("allowed", "denied", "cors_preflight_bypassed", "jwks_fetch_success",
 class Provider:
     __slots__ = (
         "name", "issuer", "audiences", "keys", "headers", "params", "cookies", "forward",
-        "payload_header", "pad", "claims", "metadata_key", "skew",
+        "payload_header", "pad", "claims", "metadata_key", "skew", "remote",
     )  # fmt: skip
 
     def __init__(self, name: str, p: dict[str, Any]) -> None:
         self.name = name
         self.issuer: str = p["issuer"]
         self.audiences: tuple[str, ...] = tuple(p["audiences"])
-        self.keys: tuple[Key, ...] = parse_jwks(p["jwks"])
+        # local_jwks: the keys; remote_jwks: fetched when a token needs them.
+        self.keys: tuple[Key, ...] = parse_jwks(p["jwks"]) if p["jwks"] else ()
+        self.remote = RemoteJwks(p["remote"]) if p.get("remote") else None
         self.headers: tuple[tuple[str, str], ...] = tuple((n, v) for n, v in p["headers"])
         self.params: tuple[str, ...] = tuple(p["params"])
         self.cookies: tuple[str, ...] = tuple(p["cookies"])
@@ -140,14 +151,19 @@ class Check:
     """One request's verification: reads its tokens and applies what verified tokens
     do to the request."""
 
-    __slots__ = ("stream", "providers", "stats", "query", "cookies", "now")
+    __slots__ = ("stream", "providers", "stats", "http_get", "query", "cookies", "now")
 
     def __init__(
-        self, stream: FilterStream, providers: dict[str, Provider], stats: StatsScope
+        self,
+        stream: FilterStream,
+        providers: dict[str, Provider],
+        stats: StatsScope,
+        http_get: HttpGet | None = None,
     ) -> None:
         self.stream = stream
         self.providers = providers
         self.stats = stats
+        self.http_get = http_get
         self.query: dict[str, str] | None = None
         self.cookies: dict[str, str] | None = None
         self.now = int(time.time())
@@ -176,7 +192,7 @@ class Check:
             found.extend((self.cookies[c], "") for c in cookies if c in self.cookies)
         return found
 
-    def verify(self, found: Found, provider: Provider | None, audiences: Any) -> str:
+    async def verify(self, found: Found, provider: Provider | None, audiences: Any) -> str:
         status, jwt = tk.parse(found[0])
         if status != tk.OK:
             return status
@@ -193,7 +209,13 @@ class Check:
         allowed = provider.audiences if audiences is None else audiences
         if not tk.audiences_allowed(allowed, jwt):
             return tk.AUDIENCE_NOT_ALLOWED
-        status = tk.signature_status(jwt, provider.keys)
+        keys = provider.keys
+        if provider.remote is not None:
+            fetched = await provider.remote.keys(self.http_get, self.stats)
+            if fetched is None:
+                return FETCH_FAILED
+            keys = fetched
+        status = tk.signature_status(jwt, keys)
         if status == tk.OK:
             self._good(found, provider, jwt)
         return status
@@ -231,7 +253,7 @@ class Check:
             metadata: Any = state.setdefault(METADATA, {})
             metadata.setdefault(NAMESPACE, {})[p.metadata_key] = jwt.payload
 
-    def requirement(self, req: list[Any]) -> str:
+    async def requirement(self, req: list[Any]) -> str:
         tag = req[0]
         if tag == "provider":
             p = self.providers[req[1]]
@@ -239,14 +261,14 @@ class Check:
             if not found:
                 return tk.MISSING
             for f in reversed(found):  # Envoy verifies the last found first
-                status = self.verify(f, p, req[2])
+                status = await self.verify(f, p, req[2])
                 if status != tk.OK:
                     return status
             return tk.OK
         if tag == "any":
             final = tk.MISSING
             for sub in req[1]:
-                status = self.requirement(sub)
+                status = await self.requirement(sub)
                 if status == tk.OK:
                     return status
                 if status not in (tk.MISSING, tk.UNKNOWN_ISSUER) or final == tk.MISSING:
@@ -254,7 +276,7 @@ class Check:
             return final
         if tag == "all":
             for sub in req[1]:
-                status = self.requirement(sub)
+                status = await self.requirement(sub)
                 if status != tk.OK:
                     return status
             return tk.OK
@@ -271,7 +293,7 @@ class Check:
             return tk.OK
         result = tk.OK
         for f in reversed(found):
-            status = self.verify(f, None, None)
+            status = await self.verify(f, None, None)
             if status != tk.OK and result == tk.OK:
                 result = status
         return tk.OK if tag == "allow_missing_or_failed" else result
@@ -325,18 +347,27 @@ def _rule_test(match: RouteMatch, names: set[str]) -> RuleTest:
 
 
 class Factory:
-    """One per epoch and route."""
+    """One per epoch and route (the epoch's facts give ``remote_jwks`` its fetches)."""
+
+    takes_epoch_facts = True
 
     __slots__ = (
         "name", "wanted_headers", "decodes", "encodes", "stats", "providers", "rules",
-        "fixed", "wrong",
+        "fixed", "wrong", "http_get",
     )  # fmt: skip
 
     def __init__(
-        self, name: str, config: Any, per_route: Any, stats: StatsScope, runtime: Any = None
+        self,
+        name: str,
+        config: Any,
+        per_route: Any,
+        stats: StatsScope,
+        runtime: Any = None,
+        facts: EpochFacts | None = None,
     ) -> None:
         self.name = name
         self.stats = stats
+        self.http_get = facts.http_get if facts is not None else None
         for stat in STATS:
             stats.inc("jwt_authn." + stat, 0)  # shown at 0 from the start, as Envoy does
         self.providers = {n: Provider(n, p) for n, p in config["providers"].items()}
@@ -398,7 +429,7 @@ class JwtAuthnFilter(HttpFilter):
                     requirement = req
                     break
         if requirement is not None:
-            status = Check(stream, f.providers, f.stats).requirement(requirement)
+            status = await Check(stream, f.providers, f.stats, f.http_get).requirement(requirement)
             if status != tk.OK:
                 f.stats.inc("jwt_authn.denied")
                 return _denied(stream, status)
