@@ -108,12 +108,20 @@ def _query(path: str) -> dict[str, str]:
 
 
 def _without_param(path: str, name: str) -> str:
-    """``path`` without the query parameter ``name`` (Envoy takes a token that is not
-    forwarded out of the query)."""
+    """``path`` without the query parameter ``name``, the query rebuilt as Envoy
+    rebuilds it (Envoy takes a token that is not forwarded out of the query): the
+    parameters decoded, sorted by name (each name's values in order), ``name=value``."""
     base, sep, query = path.partition("?")
     if not sep:
         return path
-    kept = [p for p in query.split("&") if urllib.parse.unquote(p.partition("=")[0]) != name]
+    params: dict[str, list[str]] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        params.setdefault(urllib.parse.unquote(key), []).append(urllib.parse.unquote(value))
+    params.pop(name, None)
+    kept = [f"{k}={v}" for k in sorted(params) for v in params[k]]
     return base + "?" + "&".join(kept) if kept else base
 
 
