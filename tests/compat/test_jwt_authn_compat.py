@@ -45,7 +45,7 @@ LOG = (
 )
 SEEN = (
     "authorization", "x-token", "cookie", "x-jwt-payload", "x-other-payload", "x-jwt-sub",
-    "x-jwt-tenant", "x-jwt-admin", "x-jwt-level", "x-jwt-missing",
+    "x-jwt-tenant", "x-jwt-admin", "x-jwt-level", "x-jwt-missing", "x-jwt-roles",
 )  # fmt: skip
 
 RSA1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -135,6 +135,9 @@ CASES: dict[str, tuple[str, dict[str, str]]] = {
     "cookie_not_forwarded": ("/echo/cookie", {"cookie": f"a=1; jwt={CK}; b=2"}),
     "cookie_bad": ("/echo/cookie", {"cookie": "jwt=" + mint(iss="https://ck.example", exp=NOW - 3600)}),
     "two_tokens_one_bad": (f"/echo/api?access_token={mint(exp=NOW - 3600)}", BEARER),
+    "utf8_claim": ("/echo/api", {"authorization": "Bearer " + mint(sub="Zoë")}),
+    "float_and_list_claims": ("/echo/api", {"authorization": "Bearer " + mint(level=7.5, roles=["a", "b"])}),
+    "object_claim": ("/echo/api", {"authorization": "Bearer " + mint(org={"tenant": {"x": 1}})}),
     "spoofed_claim_header": ("/echo/api", {**BEARER, "x-jwt-sub": "mallory"}),
     **{f"alg_{a}": ("/echo/api", {"authorization": "Bearer " + mint(a)}) for a in SIGNERS},
     "es384_header_on_es256_key": ("/echo/api", {"authorization": "Bearer " + relabel(mint("ES256"), "ES384")}),
@@ -185,6 +188,7 @@ def config(upstream: int, log_path: str, jwks_file: str) -> str:
                 {"header_name": "x-jwt-admin", "claim_name": "admin"},
                 {"header_name": "x-jwt-level", "claim_name": "level"},
                 {"header_name": "x-jwt-missing", "claim_name": "nope"},
+                {"header_name": "x-jwt-roles", "claim_name": "roles"},
             ],
         },
         "ck": {

@@ -192,6 +192,10 @@ def test_parse_jwks_skips_unknown_key_types() -> None:
         parse_jwks("[]")
 
 
+def B64(raw: bytes) -> str:  # noqa: N802 (reads as the encoding's name)
+    return jwt.utils.base64url_encode(raw).decode()
+
+
 # -- the token parser ----------------------------------------------------------------------------
 
 
@@ -209,6 +213,9 @@ def test_parse_jwks_skips_unknown_key_types() -> None:
         ("eyJhbGciOiJSUzI1NiJ9.eyJleHAiOiJ4In0.c2ln", "Jwt payload [exp] field is not an integer"),
         ("eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOjF9.c2ln", "Jwt payload [aud] field is not a string or string list"),
         ("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjF9.c2ln", "Jwt payload [iss] field is not a string"),
+        ("eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjFlNDAwfQ.c2ln", "Jwt payload [exp] field is not a positive 64 bit integer"),
+        ("eyJhbGciOiJSUzI1NiJ9.eyJuYmYiOi0xfQ.c2ln", "Jwt payload [nbf] field is not a positive 64 bit integer"),
+        ("eyJhbGciOiJSUzI1NiJ9." + B64(b"[" * 100_000) + ".c2ln", "Jwt payload is an invalid JSON"),
         ("eyJhbGciOiJSUzI1NiJ9.e30.c2ln", tk.OK),
     ],
 )  # fmt: skip
@@ -253,6 +260,20 @@ def test_a_good_token_passes_and_its_header_goes() -> None:
         json.loads(jwt.utils.base64url_decode(stream.request_headers["x-payload"]))["sub"]
         == "alice"
     )
+
+
+def test_claims_go_upstream_as_utf8_and_unsafe_ones_are_left_out() -> None:
+    f = factory({"provider_name": "p"}, claim_to_headers=[
+        {"header_name": "x-name", "claim_name": "name"},
+        {"header_name": "x-evil", "claim_name": "evil"},
+        {"header_name": "x-obj", "claim_name": "obj"}])  # fmt: skip
+    token = mint(name="Zoë", evil="a\r\nx-injected: 1", obj={"a": 1})
+    result, stream = run(f, authorization="Bearer " + token)
+    assert result is CONTINUE
+    assert stream.request_headers == {
+        "x-name": "Zoë".encode().decode("latin-1"),
+        "x-obj": "eyJhIjoxfQ==",  # {"a":1}
+    }
 
 
 def test_a_token_in_the_query_is_taken_out_of_it() -> None:

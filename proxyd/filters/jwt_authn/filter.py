@@ -26,6 +26,8 @@ details ``jwt_authn_access_denied{<status with _ for spaces>}``.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 import urllib.parse
@@ -81,6 +83,8 @@ class Provider:
 # query parameter, or "" for a cookie).
 Found = tuple[str, str]
 
+# Characters a header value cannot carry: a claim with one sets no header.
+_UNSAFE = re.compile(r"[\r\n\x00]")
 _JWT_CHARS = re.compile(r"[A-Za-z0-9_\-.=+/]+")
 
 
@@ -135,14 +139,20 @@ def _cookies(header: str | None) -> dict[str, str]:
 
 
 def _claim_text(value: object) -> str | None:
+    """A claim as Envoy puts it in a header: a string as it is, ``true``/``false``, a
+    whole number without a fraction and another number with six decimals (C++'s
+    ``std::to_string``), a list or an object as its JSON in base64 (with padding)."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, (int, float)):
+        if value == value and abs(value) < 2**63 and value == int(value):
+            return str(int(value))
+        return f"{value:f}"
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        return base64.b64encode(text.encode()).decode()
     return None
 
 
@@ -252,8 +262,9 @@ class Check:
                 s.remove_request_header(where)
         for header, claim in p.claims:
             text = _claim_text(_claim(jwt.payload, claim))
-            if text is not None:
-                s.set_request_header(header, text)
+            if text is not None and not _UNSAFE.search(text):
+                # The claim's UTF-8 bytes go upstream as they are (the head is latin-1).
+                s.set_request_header(header, text.encode("utf-8").decode("latin-1"))
         if p.metadata_key:
             state = s.filter_state
             if state is None:

@@ -63,7 +63,7 @@ def _object(raw: bytes | None) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         return None
     return value if isinstance(value, dict) else None
 
@@ -74,7 +74,7 @@ def _int_claim(payload: dict[str, Any], name: str) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"Jwt payload [{name}] field is not an integer"
-    if value < 0 or value != int(value):
+    if not 0 <= value < 2**63 or value != int(value):  # (inf and nan fail the range)
         return f"Jwt payload [{name}] field is not a positive 64 bit integer"
     return ""
 
