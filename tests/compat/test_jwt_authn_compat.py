@@ -356,8 +356,8 @@ JWKS_K2 = {"keys": [_jwk(RSAAlgorithm, K2, "k2")]}
 
 
 class JwksServer:
-    """Serves the JWKS it is given at /keys (and a 500 at any other path), and records
-    each request it gets (path and Host)."""
+    """Serves the JWKS it is given at /keys (and a 500 at any other path, after 0.6 s at
+    /slow), and records each request it gets (path and Host)."""
 
     def __init__(self) -> None:
         self.jwks: dict[str, Any] = JWKS_K1
@@ -367,6 +367,8 @@ class JwksServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 server.seen.append((self.path, self.headers.get("host")))
+                if self.path == "/slow":
+                    time.sleep(0.6)  # longer than the provider's 0.3 s timeout
                 body = json.dumps(server.jwks).encode() if self.path == "/keys" else b"no"
                 self.send_response(200 if self.path == "/keys" else 500)
                 self.send_header("content-type", "application/json")
@@ -387,9 +389,9 @@ class JwksServer:
         self.httpd.server_close()
 
 
-def _remote(path: str, cluster: str, **extra: Any) -> dict[str, Any]:
+def _remote(path: str, cluster: str, timeout: str = "1s", **extra: Any) -> dict[str, Any]:
     return {
-        "http_uri": {"uri": f"http://jwks.test{path}", "cluster": cluster, "timeout": "1s"},
+        "http_uri": {"uri": f"http://jwks.test{path}", "cluster": cluster, "timeout": timeout},
         **extra,
     }
 
@@ -399,6 +401,7 @@ def remote_config(upstream: int, jwks_port: int, dead_port: int) -> str:
         "remote": {"issuer": ISS, "remote_jwks": _remote("/keys", "jwks", cache_duration="1s")},
         "broken": {"issuer": "https://broken", "remote_jwks": _remote("/broken", "jwks")},
         "dead": {"issuer": "https://dead", "remote_jwks": _remote("/keys", "dead")},
+        "slow": {"issuer": "https://slow", "remote_jwks": _remote("/slow", "jwks", timeout="0.3s")},
     }
     rules = [{"match": {"prefix": f"/{name}"}, "requires": _requires(name)} for name in providers]
     route_config = {
@@ -465,6 +468,7 @@ def play_remote(port_of: PortOf, server: JwksServer) -> dict[str, Any]:
     ask("broken", "/broken", mint(iss="https://broken"))
     ask("broken_again", "/broken", mint(iss="https://broken"))
     ask("dead", "/dead", mint(iss="https://dead"))
+    ask("slow", "/slow", mint(iss="https://slow"))
     out["seen"] = sorted(set(server.seen))
     return out
 
@@ -490,7 +494,7 @@ def remote_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 REMOTE_CASES = [
     "missing_no_fetch", "k1", "k1_cached", "expired_cached", "k2_before_expiry",
-    "k2_after_expiry", "k1_rotated_out", "broken", "broken_again", "dead", "seen",
+    "k2_after_expiry", "k1_rotated_out", "broken", "broken_again", "dead", "slow", "seen",
 ]  # fmt: skip
 
 

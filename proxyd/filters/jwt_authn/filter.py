@@ -108,13 +108,15 @@ def _query(path: str) -> dict[str, str]:
     for part in query.split("&"):
         key, _, value = part.partition("=")
         out.setdefault(urllib.parse.unquote(key), urllib.parse.unquote(value))
-    return out
+    return out  # (a token is ASCII: a value with other bytes fails to parse)
 
 
 def _without_param(path: str, name: str) -> str:
     """``path`` without the query parameter ``name``, the query rebuilt as Envoy
     rebuilds it (Envoy takes a token that is not forwarded out of the query): the
-    parameters decoded, sorted by name (each name's values in order), ``name=value``."""
+    parameters percent-decoded, sorted by name (each name's values in order),
+    ``name=value``. Decoded bytes stay bytes (the head is latin-1), and control
+    characters are encoded again, so that no CR or LF reaches the request line."""
     base, sep, query = path.partition("?")
     if not sep:
         return path
@@ -123,10 +125,18 @@ def _without_param(path: str, name: str) -> str:
         if not part:
             continue
         key, _, value = part.partition("=")
-        params.setdefault(urllib.parse.unquote(key), []).append(urllib.parse.unquote(value))
+        params.setdefault(_decoded(key), []).append(_decoded(value))
     params.pop(name, None)
     kept = [f"{k}={v}" for k in sorted(params) for v in params[k]]
     return base + "?" + "&".join(kept) if kept else base
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _decoded(text: str) -> str:
+    raw = urllib.parse.unquote_to_bytes(text).decode("latin-1")
+    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", raw)
 
 
 def _cookies(header: str | None) -> dict[str, str]:
@@ -321,13 +331,15 @@ class Check:
 MAX_REALM_PATH = 256  # Envoy cuts the path in the realm to this length
 
 
-def _realm(stream: FilterStream) -> str:
+def _realm(stream: FilterStream, path: str) -> str:
     scheme = "http" if stream.downstream_tls() is None else "https"
-    return f"{scheme}://{stream.head.host}{stream.head.path[:MAX_REALM_PATH]}"
+    return f"{scheme}://{stream.head.host}{path[:MAX_REALM_PATH]}"
 
 
-def _denied(stream: FilterStream, status: str) -> LocalReply:
-    value = f'Bearer realm="{_realm(stream)}"'
+def _denied(stream: FilterStream, path: str, status: str) -> LocalReply:
+    """The reply to a request that failed; ``path`` is the request's as it came (a
+    verified token may have left the query since)."""
+    value = f'Bearer realm="{_realm(stream, path)}"'
     if status != tk.MISSING:
         value += ', error="invalid_token"'
     code = 403 if status == tk.AUDIENCE_NOT_ALLOWED else 401
@@ -448,9 +460,10 @@ class JwtAuthnFilter(HttpFilter):
                     requirement = req
                     break
         if requirement is not None:
+            path = stream.head.path
             status = await Check(stream, f.providers, f.stats, f.http_get).requirement(requirement)
             if status != tk.OK:
                 f.stats.inc("jwt_authn.denied")
-                return _denied(stream, status)
+                return _denied(stream, path, status)
         f.stats.inc("jwt_authn.allowed")
         return CONTINUE
