@@ -1,8 +1,12 @@
 """One HTTP/1.1 GET from a worker to a host of a cluster, for filters that fetch
-something through a cluster (the jwt_authn filter's ``remote_jwks``): the host is the
-one the cluster's balancer picks, the connection a new one (``connection: close``; such
-fetches are rare: once per cache period), the response read whole with llhttp up to
-:data:`MAX_BODY`. Given to filters as :attr:`proxyd.filters.api.EpochFacts.http_get`."""
+something through a cluster (the jwt_authn filter's ``remote_jwks``).
+
+The request goes the way a routed one does, less the filters: the host the cluster's
+balancer picks, a connection of the cluster's ``DEFAULT`` pool in this worker (an idle
+keep-alive one, else a new one, within the circuit breakers), counted in the cluster's
+and the host's ``upstream_rq_*`` stats; the response is read whole with llhttp (up to
+:data:`MAX_BODY`) and the connection goes back to the pool when the exchange ended
+cleanly. Given to filters as :attr:`proxyd.filters.api.EpochFacts.http_get`."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import httptools
 import trio
 
 from proxyd.worker import io
+from proxyd.worker.pool import ConnectFailure, Overflow
 from proxyd.worker.upstream import ClusterState
 
 MAX_BODY = 1 << 20
@@ -22,14 +27,21 @@ class FetchError(Exception):
 
 
 class _Response:
-    """httptools' callbacks: the status, the body, and whether the message ended."""
+    """httptools' callbacks: the body, and whether the message (and only it) came."""
 
-    on_message_begin = on_header = on_status = on_chunk_header = on_chunk_complete = None
+    on_header = on_status = on_chunk_header = on_chunk_complete = None
 
     def __init__(self) -> None:
         self.body = bytearray()
         self.head_done = False
         self.done = False
+        self.keep_alive = False  # llhttp says so only until the message is complete
+        self.extra = False  # bytes after the response: the connection is not reused
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
 
     def on_headers_complete(self) -> None:
         self.head_done = True
@@ -41,6 +53,7 @@ class _Response:
 
     def on_message_complete(self) -> None:
         self.done = True
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 async def http_get(
@@ -54,32 +67,48 @@ async def http_get(
     host = state.balancer.pick()
     if host is None:
         raise FetchError(f"no host in cluster {cluster!r}")
-    request = (f"GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n").encode(
-        "latin-1", "replace"
-    )
-    response = _Response()
-    parser = httptools.HttpResponseParser(response)
-    with trio.move_on_after(timeout_s) as scope:
+    pool = state.pool("DEFAULT")
+    request = (f"GET {path} HTTP/1.1\r\nhost: {authority}\r\n\r\n").encode("latin-1", "replace")
+    with trio.move_on_after(timeout_s):
+        conn = pool.take_idle(host)
+        if conn is None:
+            try:
+                conn = await pool.acquire(host)
+            except (ConnectFailure, Overflow) as exc:
+                raise FetchError(f"no connection to {host.label}: {exc!r}") from None
+        if not pool.attach():
+            pool.put_back(conn)
+            raise FetchError(f"cluster {cluster!r} is at max_requests")
+        pool.stats.rq_total += 1
+        host.stats.rq_total += 1
+        pool.stats.rq_active += 1
+        host.stats.rq_active += 1
+        response = _Response()
+        parser = response.parser
+        clean = False
         try:
-            sock = await io.connect(host.address, host.port, state.cluster.connect_timeout_s)
-        except (OSError, io.Timeout) as exc:
-            raise FetchError(f"connect to {host.label} failed: {exc!r}") from None
-        try:
-            await io.send_all(sock, request)
-            buf = bytearray(65536)
-            view = memoryview(buf)
+            await io.send_all(conn.sock, request)
+            view = memoryview(bytearray(65536))
             while not response.done:
-                n = await io.recv_into(sock, view)
+                n = await io.recv_into(conn.sock, view)
                 if n == 0:
                     break
                 parser.feed_data(bytes(view[:n]))
+            clean = response.done and not response.extra and response.keep_alive
         except (OSError, httptools.HttpParserError) as exc:
             raise FetchError(f"fetch from {host.label} failed: {exc!r}") from None
         finally:
-            io.close(sock)
-    if scope.cancelled_caught:
-        raise FetchError("timed out")
-    if not response.head_done:
-        raise FetchError("the connection closed before a response")
-    # Without a length the body ends with the connection (the loop's EOF).
-    return parser.get_status_code(), bytes(response.body)
+            pool.detach()
+            pool.stats.rq_active -= 1
+            host.stats.rq_active -= 1
+            if clean:
+                pool.release(conn, True)
+            else:
+                pool.destroy(conn)
+        if not response.head_done:
+            raise FetchError("the connection closed before a response")
+        status = parser.get_status_code()
+        pool.stats.count_response(status)
+        # Without a length the body ends with the connection (the loop's EOF).
+        return status, bytes(response.body)
+    raise FetchError("timed out")

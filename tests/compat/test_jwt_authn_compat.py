@@ -357,7 +357,7 @@ JWKS_K2 = {"keys": [_jwk(RSAAlgorithm, K2, "k2")]}
 
 class JwksServer:
     """Serves the JWKS it is given at /keys (and a 500 at any other path, after 0.6 s at
-    /slow), and records each request it gets (path and Host)."""
+    /slow) on keep-alive connections, and records each request it gets (path and Host)."""
 
     def __init__(self) -> None:
         self.jwks: dict[str, Any] = JWKS_K1
@@ -365,6 +365,8 @@ class JwksServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: the proxies may reuse a connection
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 server.seen.append((self.path, self.headers.get("host")))
                 if self.path == "/slow":
@@ -473,6 +475,18 @@ def play_remote(port_of: PortOf, server: JwksServer) -> dict[str, Any]:
     return out
 
 
+FETCH_STATS = (
+    "cluster.jwks.upstream_rq_total", "cluster.jwks.upstream_rq_200",
+    "cluster.jwks.upstream_rq_500", "cluster.jwks.upstream_cx_total",
+    "cluster.dead.upstream_cx_connect_fail",
+)  # fmt: skip
+
+
+def pick_remote(stats: dict[str, int]) -> dict[str, int]:
+    """The filter's stats, and the JWKS fetches as the clusters counted them."""
+    return {**pick(stats), **{k: stats.get(k, 0) for k in FETCH_STATS}}
+
+
 @pytest.fixture(scope="module")
 def remote_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     upstream = UpstreamServer("svc").start()
@@ -485,7 +499,7 @@ def remote_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             remote_config(upstream.port, server.port, dead_port),
             tmp_path_factory.mktemp("jwt-remote"),
             lambda port_of: play_remote(port_of, server),
-            pick,
+            pick_remote,
         )
     finally:
         server.stop()
@@ -512,4 +526,5 @@ def test_remote_jwks_rotation_is_seen_after_the_cache_expires(remote_results: Pa
 
 def test_remote_jwks_stats_like_envoy(remote_results: Pair) -> None:
     assert remote_results.envoy.stats["http.ingress_http.jwt_authn.jwks_fetch_success"] == 2
+    assert remote_results.envoy.stats["cluster.jwks.upstream_rq_200"] == 2
     assert remote_results.proxyd.stats == remote_results.envoy.stats
