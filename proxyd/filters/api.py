@@ -214,13 +214,13 @@ class EpochFacts:
     a factory whose class sets ``takes_epoch_facts``: the bootstrap's ``node.cluster``
     and, per cluster, (hosts, hosts able to take traffic: healthy and not ejected).
 
-    ``http_get(cluster, authority, path, timeout_s)`` GETs ``path`` from a host of a
-    cluster of the epoch and returns (status, body), raising an exception for a fetch
-    that failed (:mod:`proxyd.worker.cluster_fetch`); None outside a worker."""
+    ``http_get(cluster, authority, path, timeout_s, retry=None)`` GETs ``path`` from a
+    host of a cluster of the epoch and returns (status, body), raising an exception for
+    a fetch that failed (:mod:`proxyd.worker.cluster_fetch`); None outside a worker."""
 
     node_cluster: str = ""
     membership: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-    http_get: Callable[[str, str, str, float], Awaitable[tuple[int, bytes]]] | None = None
+    http_get: Callable[..., Awaitable[tuple[int, bytes]]] | None = None
 
 
 class FilterFactory(Protocol):

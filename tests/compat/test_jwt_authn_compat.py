@@ -362,6 +362,7 @@ class JwksServer:
     def __init__(self) -> None:
         self.jwks: dict[str, Any] = JWKS_K1
         self.seen: list[tuple[str, str | None]] = []
+        self.flaky_failures = 0  # /flaky answers 503 this many more times
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -371,8 +372,12 @@ class JwksServer:
                 server.seen.append((self.path, self.headers.get("host")))
                 if self.path == "/slow":
                     time.sleep(0.6)  # longer than the provider's 0.3 s timeout
-                body = json.dumps(server.jwks).encode() if self.path == "/keys" else b"no"
-                self.send_response(200 if self.path == "/keys" else 500)
+                ok = self.path == "/keys"
+                if self.path == "/flaky":
+                    ok = server.flaky_failures <= 0
+                    server.flaky_failures -= 1
+                body = json.dumps(server.jwks).encode() if ok else b"no"
+                self.send_response(200 if ok else (503 if self.path == "/flaky" else 500))
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -391,6 +396,9 @@ class JwksServer:
         self.httpd.server_close()
 
 
+RETRY = {"num_retries": 2, "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.02s"}}
+
+
 def _remote(path: str, cluster: str, timeout: str = "1s", **extra: Any) -> dict[str, Any]:
     return {
         "http_uri": {"uri": f"http://jwks.test{path}", "cluster": cluster, "timeout": timeout},
@@ -403,9 +411,17 @@ def remote_config(upstream: int, jwks_port: int, dead_port: int) -> str:
         "remote": {"issuer": ISS, "remote_jwks": _remote("/keys", "jwks", cache_duration="1s")},
         "broken": {"issuer": "https://broken", "remote_jwks": _remote("/broken", "jwks")},
         "dead": {"issuer": "https://dead", "remote_jwks": _remote("/keys", "dead")},
+        "retried": {
+            "issuer": "https://retried",
+            "remote_jwks": _remote("/flaky", "jwks", retry_policy=RETRY),
+        },
+        "retried_dead": {
+            "issuer": "https://retried-dead",
+            "remote_jwks": _remote("/keys", "dead", retry_policy=RETRY),
+        },
         "slow": {"issuer": "https://slow", "remote_jwks": _remote("/slow", "jwks", timeout="0.3s")},
     }
-    rules = [{"match": {"prefix": f"/{name}"}, "requires": _requires(name)} for name in providers]
+    rules = [{"match": {"path": f"/{name}"}, "requires": _requires(name)} for name in providers]
     route_config = {
         "name": "local",
         "virtual_hosts": [
@@ -471,6 +487,11 @@ def play_remote(port_of: PortOf, server: JwksServer) -> dict[str, Any]:
     ask("broken_again", "/broken", mint(iss="https://broken"))
     ask("dead", "/dead", mint(iss="https://dead"))
     ask("slow", "/slow", mint(iss="https://slow"))
+    server.flaky_failures = 5  # more than the retries
+    ask("retried_out", "/retried", mint(iss="https://retried", kid="k2", key=K2))
+    server.flaky_failures = 2  # two 503s, then the keys: the second retry gets them
+    ask("retried", "/retried", mint(iss="https://retried", kid="k2", key=K2))
+    ask("retried_dead", "/retried_dead", mint(iss="https://retried-dead"))
     out["seen"] = sorted(set(server.seen))
     return out
 
@@ -479,6 +500,9 @@ FETCH_STATS = (
     "cluster.jwks.upstream_rq_total", "cluster.jwks.upstream_rq_200",
     "cluster.jwks.upstream_rq_500", "cluster.jwks.upstream_cx_total",
     "cluster.dead.upstream_cx_connect_fail",
+    "cluster.jwks.upstream_rq_503", "cluster.jwks.upstream_rq_retry",
+    "cluster.jwks.upstream_rq_retry_success", "cluster.dead.upstream_rq_retry",
+    "cluster.jwks.upstream_rq_retry_backoff_exponential",
 )  # fmt: skip
 
 
@@ -508,7 +532,8 @@ def remote_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 REMOTE_CASES = [
     "missing_no_fetch", "k1", "k1_cached", "expired_cached", "k2_before_expiry",
-    "k2_after_expiry", "k1_rotated_out", "broken", "broken_again", "dead", "slow", "seen",
+    "k2_after_expiry", "k1_rotated_out", "broken", "broken_again", "dead", "slow",
+    "retried_out", "retried", "retried_dead", "seen",
 ]  # fmt: skip
 
 
@@ -525,6 +550,6 @@ def test_remote_jwks_rotation_is_seen_after_the_cache_expires(remote_results: Pa
 
 
 def test_remote_jwks_stats_like_envoy(remote_results: Pair) -> None:
-    assert remote_results.envoy.stats["http.ingress_http.jwt_authn.jwks_fetch_success"] == 2
-    assert remote_results.envoy.stats["cluster.jwks.upstream_rq_200"] == 2
+    assert remote_results.envoy.stats["http.ingress_http.jwt_authn.jwks_fetch_success"] == 3
+    assert remote_results.envoy.stats["cluster.jwks.upstream_rq_retry"] > 0
     assert remote_results.proxyd.stats == remote_results.envoy.stats

@@ -102,6 +102,10 @@ def test_remote_jwks_compiles() -> None:
     )
     assert config["providers"]["p"]["remote"]["path"] == "/"
     assert config["providers"]["p"]["remote"]["cache_s"] == 600.0
+    assert config["providers"]["p"]["remote"]["retry"] is None
+    retry = {"retry_back_off": {"base_interval": "0.1s"}}
+    config = config_of(providers={"p": {"remote_jwks": {**REMOTE, "retry_policy": retry}}})
+    assert config["providers"]["p"]["remote"]["retry"] == [1, 0.1, 1.0]
 
 
 def test_a_remote_fetch_that_fails_fails_the_token() -> None:
@@ -140,8 +144,8 @@ def test_per_route_config_compiles() -> None:
          "filter_state_rules"),
         ({"providers": {"p": {"remote_jwks": {**REMOTE, "async_fetch": {}}}}},
          "remote_jwks.async_fetch"),
-        ({"providers": {"p": {"remote_jwks": {**REMOTE, "retry_policy": {"num_retries": 1}}}}},
-         "remote_jwks.retry_policy"),
+        ({"providers": {"p": {"remote_jwks": {**REMOTE, "retry_policy": {"retry_on": "5xx"}}}}},
+         "remote_jwks.retry_policy.retry_on"),
         ({"bypass_cors_preflight": True}, "bypass_cors_preflight"),
         ({"strip_failure_response": True}, "strip_failure_response"),
         ({"stat_prefix": "s"}, "stat_prefix"),

@@ -21,12 +21,13 @@ A provider without token locations reads Envoy's defaults: ``Authorization: Bear
 from its file) by the master and checked here; a JWKS proxyd cannot use is refused.
 
 ``remote_jwks`` is ``Remote = {"cluster": str, "authority": str, "path": str,
-"timeout_s": float, "cache_s": float}`` (:mod:`.remote` fetches it in the worker).
+"timeout_s": float, "cache_s": float, "retry": [retries, base_s, max_s] | None}`` (:mod:`.remote` fetches it in the worker).
 
 A route's ``PerRouteConfig`` is ``{"disabled": True}`` or ``{"requirement_name": str}``.
 
 Not implemented, so left out of :data:`SPEC` and refused by name: ``remote_jwks``'s
-``async_fetch`` and ``retry_policy``, ``subjects``, ``require_expiration``, ``max_lifetime``, ``normalize_payload_in_metadata``,
+``async_fetch`` and the ``retry_policy`` fields other than ``num_retries`` and
+``retry_back_off``, ``subjects``, ``require_expiration``, ``max_lifetime``, ``normalize_payload_in_metadata``,
 ``header_in_metadata``, ``failed_status_in_metadata``, ``jwt_cache_config``,
 ``clear_route_cache``, ``filter_state_rules``, ``bypass_cors_preflight``,
 ``strip_failure_response``, ``stat_prefix``; the route matches' ``runtime_fraction``, ``grpc``,
@@ -56,6 +57,10 @@ _PROVIDER: Spec = {
     "remote_jwks": {
         "http_uri": {"uri": LEAF, "cluster": LEAF, "timeout": LEAF},
         "cache_duration": LEAF,
+        "retry_policy": {
+            "num_retries": LEAF,
+            "retry_back_off": {"base_interval": LEAF, "max_interval": LEAF},
+        },
     },
     "forward": LEAF,
     "from_headers": {"name": LEAF, "value_prefix": LEAF},
@@ -211,7 +216,35 @@ def _remote(r: Any, path: str, file: str) -> dict[str, Any]:
     cache_s = (
         r.cache_duration.ToTimedelta().total_seconds() if r.HasField("cache_duration") else 600.0
     )
+    retry = None
+    if r.HasField("retry_policy"):
+        rp = r.retry_policy
+        # Envoy's defaults (Http::Utility::convertCoreToRouteRetryPolicy): one retry,
+        # a base back-off of 1 s and a maximum of 10 times the base.
+        retries = rp.num_retries.value if rp.HasField("num_retries") else 1
+        base_s, max_s = 1.0, 10.0
+        if rp.HasField("retry_back_off"):
+            b = rp.retry_back_off
+            here = join(join(path, "retry_policy"), "retry_back_off")
+            base_s = b.base_interval.ToTimedelta().total_seconds()
+            if base_s <= 0:
+                raise ConfigError(
+                    file, join(here, "base_interval"), "value must be greater than 0s"
+                )
+            max_s = (
+                b.max_interval.ToTimedelta().total_seconds()
+                if b.HasField("max_interval")
+                else 10 * base_s
+            )
+            if max_s < base_s:
+                raise ConfigError(
+                    file,
+                    join(here, "max_interval"),
+                    "max_interval must be greater than or equal to the base_interval",
+                )
+        retry = [retries, base_s, max_s]
     return {
+        "retry": retry,
         "cluster": u.cluster,
         "authority": authority,
         "path": target,

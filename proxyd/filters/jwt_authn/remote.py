@@ -19,14 +19,14 @@ from proxyd.filters.api import StatsScope
 from proxyd.filters.jwt_authn.jwks import JwksError, Key, parse_jwks
 
 FETCH_FAILED = "Jwks remote fetch is failed"
-HttpGet = Callable[[str, str, str, float], Awaitable[tuple[int, bytes]]]
+HttpGet = Callable[..., Awaitable[tuple[int, bytes]]]
 
 # (cluster, authority, path, cache seconds) → (keys, when they expire: monotonic s).
 _CACHE: dict[tuple[str, str, str, float], tuple[tuple[Key, ...], float]] = {}
 
 
 class RemoteJwks:
-    __slots__ = ("cluster", "authority", "path", "timeout_s", "cache_s", "key")
+    __slots__ = ("cluster", "authority", "path", "timeout_s", "cache_s", "retry", "key")
 
     def __init__(self, remote: dict[str, Any]) -> None:
         self.cluster: str = remote["cluster"]
@@ -34,6 +34,8 @@ class RemoteJwks:
         self.path: str = remote["path"]
         self.timeout_s: float = remote["timeout_s"]
         self.cache_s: float = remote["cache_s"]
+        # retry_policy: (retries, base back-off s, max back-off s), or None.
+        self.retry = tuple(remote["retry"]) if remote.get("retry") else None
         self.key = (self.cluster, self.authority, self.path, self.cache_s)
 
     async def keys(self, http_get: HttpGet | None, stats: StatsScope) -> tuple[Key, ...] | None:
@@ -46,7 +48,7 @@ class RemoteJwks:
         if http_get is not None:
             try:
                 status, body = await http_get(
-                    self.cluster, self.authority, self.path, self.timeout_s
+                    self.cluster, self.authority, self.path, self.timeout_s, self.retry
                 )
                 if status == 200:
                     keys = parse_jwks(body.decode("utf-8", "replace"))
