@@ -95,7 +95,7 @@ def test_remote_jwks_compiles() -> None:
     config = config_of(providers={"p": {"remote_jwks": {**REMOTE, "cache_duration": "30s"}}})
     assert config["providers"]["p"]["jwks"] == ""
     assert config["providers"]["p"]["remote"] == {
-        "cluster": "c", "authority": "k.example", "path": "/jwks", "timeout_s": 2.0, "cache_s": 30.0,
+        "cluster": "c", "authority": "k.example", "path": "/jwks", "timeout_s": 2.0, "cache_s": 30.0, "retry": None,
     }  # fmt: skip
     config = config_of(
         providers={"p": {"remote_jwks": {"http_uri": {**REMOTE["http_uri"], "uri": "http://k"}}}}
