@@ -9,7 +9,8 @@ and counts ``allowed``, as in Envoy.
 Requirements (:meth:`Check.requirement`): a provider needs every token found in its
 locations to verify (no token: ``Jwt is missing``); ``requires_any`` passes with the
 first child that passes, else fails with the children's most telling status (one
-other than missing and unknown issuer, else unknown issuer, else missing);
+other than missing and unknown issuer, else unknown issuer, else missing), unless an
+``allow_missing_or_failed`` child (or, for a missing token, ``allow_missing``) allows it;
 ``requires_all`` fails with the first child that fails; ``allow_missing`` and
 ``allow_missing_or_failed`` read the tokens of every provider's locations, each verified
 by the provider of its issuer. A verified token, per its provider: the token's header
@@ -53,6 +54,9 @@ NAMESPACE = "envoy.filters.http.jwt_authn"
 METADATA = "dynamic_metadata"
 STATS = ("allowed", "denied", "cors_preflight_bypassed", "jwks_fetch_success",
          "jwks_fetch_failed", "jwt_cache_hit", "jwt_cache_miss")  # fmt: skip
+
+# The requirements that allow a request without a verified token.
+_ALLOWS = frozenset({"allow_missing", "allow_missing_or_failed"})
 
 
 class Provider:
@@ -295,13 +299,21 @@ class Check:
                     return status
             return tk.OK
         if tag == "any":
+            # As Envoy's AnyVerifier: allow_missing(_or_failed) among the children are
+            # not verified themselves but decide what the others' failure means.
+            allows = {sub[0] for sub in req[1] if sub[0] in _ALLOWS}
+            subs = [sub for sub in req[1] if sub[0] not in _ALLOWS] or req[1]
             final = tk.MISSING
-            for sub in req[1]:
+            for sub in subs:
                 status = await self.requirement(sub)
                 if status == tk.OK:
                     return status
                 if status not in (tk.MISSING, tk.UNKNOWN_ISSUER) or final == tk.MISSING:
                     final = status
+            if "allow_missing_or_failed" in allows or (
+                "allow_missing" in allows and final == tk.MISSING
+            ):
+                return tk.OK
             return final
         if tag == "all":
             for sub in req[1]:
