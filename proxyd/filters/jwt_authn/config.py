@@ -21,17 +21,19 @@ A provider without token locations reads Envoy's defaults: ``Authorization: Bear
 from its file) by the master and checked here; a JWKS proxyd cannot use is refused.
 
 ``remote_jwks`` is ``Remote = {"cluster": str, "authority": str, "path": str,
-"timeout_s": float, "cache_s": float, "retry": [retries, base_s, max_s] | None}`` (:mod:`.remote` fetches it in the worker).
+"timeout_s": float, "cache_s": float, "retry": [retries, base_s, max_s] | None}``
+(:mod:`.remote` fetches it in the worker).
 
 A route's ``PerRouteConfig`` is ``{"disabled": True}`` or ``{"requirement_name": str}``.
 
 Not implemented, so left out of :data:`SPEC` and refused by name: ``remote_jwks``'s
 ``async_fetch`` and the ``retry_policy`` fields other than ``num_retries`` and
-``retry_back_off``, ``subjects``, ``require_expiration``, ``max_lifetime``, ``normalize_payload_in_metadata``,
-``header_in_metadata``, ``failed_status_in_metadata``, ``jwt_cache_config``,
-``clear_route_cache``, ``filter_state_rules``, ``bypass_cors_preflight``,
-``strip_failure_response``, ``stat_prefix``; the route matches' ``runtime_fraction``, ``grpc``,
-``query_parameters``, ``path_match_policy``, ``connect_matcher`` and ``tls_context``.
+``retry_back_off``, ``subjects``, ``require_expiration``, ``max_lifetime``,
+``normalize_payload_in_metadata``, ``header_in_metadata``, ``failed_status_in_metadata``,
+``jwt_cache_config``, ``clear_route_cache``, ``filter_state_rules``,
+``bypass_cors_preflight``, ``strip_failure_response``, ``stat_prefix``; the rule
+matches' ``runtime_fraction``, ``grpc``, ``query_parameters``, ``path_match_policy``,
+``connect_matcher``, ``dynamic_metadata``, ``filter_state`` and ``tls_context``.
 """
 
 from __future__ import annotations
