@@ -614,7 +614,8 @@ class RoutePredicate:
 class RouteOnMatch:
     """What a matcher gives on a match: a nested ``matcher``, or the indexes (in the
     virtual host's ``routes``) of a Route action (one) or a RouteList's routes (tried in
-    order, each with its own match)."""
+    order, each with its own match); in a filter's matcher (:class:`FilterMatcher`), the
+    index of its action."""
 
     matcher: RouteMatcher | None = None
     routes: tuple[int, ...] = ()
@@ -703,6 +704,25 @@ class AccessLog:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterAction:
+    """An action of a filter's matcher: ``kind`` "skip" (SkipFilter: the filter sits
+    out the stream) or "execute" (the composite filter's ExecuteFilterAction: ``filter``
+    runs in the composite's place for the stream)."""
+
+    kind: str
+    filter: HttpFilter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilterMatcher:
+    """ExtensionWithMatcher's ``xds_matcher`` around a filter: ``tree`` over the request
+    headers, whose actions are indexes into ``actions``."""
+
+    tree: RouteMatcher
+    actions: tuple[FilterAction, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class HttpFilter:
     """One entry of the HCM's http_filters other than the terminal router.
 
@@ -714,6 +734,8 @@ class HttpFilter:
     type_name: str
     config: Any
     disabled: bool = False
+    # ExtensionWithMatcher around the filter (None: the filter takes every stream).
+    matcher: FilterMatcher | None = None
 
 
 @dataclass(frozen=True, slots=True)

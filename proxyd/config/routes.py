@@ -18,7 +18,7 @@ from proxyd.config.http_filters import compile_per_filter_config, merge_override
 from proxyd.config.matchers import header_match, string_match
 from proxyd.config.proto import join, unpack
 from proxyd.config.retries import with_retry_policies
-from proxyd.config.route_matcher import compile_matcher
+from proxyd.config.route_matcher import compile_matcher, route_actions
 from proxyd.config.tracing import compile_route_tracing
 from proxyd.config.uri_template import TemplateError, match_regex, rewrite_substitution
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
@@ -125,7 +125,9 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
                 raise ConfigError(
                     file, join(here, "matcher"), "only one of routes or matcher can be specified"
                 )
-            matcher = compile_matcher(vh.matcher, join(here, "matcher"), file, add_route)
+            matcher = compile_matcher(
+                vh.matcher, join(here, "matcher"), file, route_actions(add_route, file)
+            )
         kept_routes = with_retry_policies(vh, here, sources, tuple(routes), file)
         vhosts.append(
             VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes, matcher=matcher)

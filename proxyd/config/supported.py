@@ -19,7 +19,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from proxyd.config import http_filters, overload, rules
+from proxyd.config import filter_matcher, http_filters, overload, rules
 from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
@@ -284,25 +284,12 @@ ROUTE_CONFIG: dict[str, Spec] = {
 }
 
 
-def _route_matcher_spec(depth: int) -> Spec:
-    """VirtualHost.matcher (proxyd.config.route_matcher), nested matchers at most
-    ``depth`` levels below this one; its actions are Routes and RouteLists with the
-    allow-list of the virtual host's routes."""
-    route = ROUTE_CONFIG["virtual_hosts"]["routes"]  # type: ignore[index]
-    on_match: dict[str, Spec] = {
-        "action": {
-            "name": LEAF,
-            "typed_config": AnyOf(
-                "route action",
-                {
-                    "envoy.config.route.v3.Route": route,
-                    "envoy.config.route.v3.RouteList": {"routes": route},
-                },
-            ),
-        }
-    }
+def _matcher_spec(depth: int, actions: AnyOf) -> Spec:
+    """An xds.type.matcher.v3.Matcher over the request headers (proxyd.config.route_matcher),
+    nested matchers at most ``depth`` levels below this one, with ``actions``."""
+    on_match: dict[str, Spec] = {"action": {"name": LEAF, "typed_config": actions}}
     if depth > 0:
-        on_match["matcher"] = _route_matcher_spec(depth - 1)
+        on_match["matcher"] = _matcher_spec(depth - 1, actions)
     header_input: Spec = {
         "name": LEAF,
         "typed_config": AnyOf(
@@ -342,8 +329,20 @@ def _predicate_spec(header_input: Spec, depth: int) -> Spec:
     return spec
 
 
-# Nested matchers: four levels below the virtual host's (Envoy's examples use three).
-ROUTE_CONFIG["virtual_hosts"]["matcher"] = _route_matcher_spec(4)  # type: ignore[index]
+# VirtualHost.matcher: its actions are Routes and RouteLists with the allow-list of the
+# virtual host's routes. Nested matchers: four levels below the virtual host's (Envoy's
+# examples use three).
+_ROUTE: Spec = ROUTE_CONFIG["virtual_hosts"]["routes"]  # type: ignore[index]
+ROUTE_CONFIG["virtual_hosts"]["matcher"] = _matcher_spec(  # type: ignore[index]
+    4,
+    AnyOf(
+        "route action",
+        {
+            "envoy.config.route.v3.Route": _ROUTE,
+            "envoy.config.route.v3.RouteList": {"routes": _ROUTE},
+        },
+    ),
+)
 
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).
 API_CONFIG_SOURCE: Spec = {
@@ -416,6 +415,9 @@ ACCESS_LOG: Spec = {
     ),
 }
 
+# The filters a matcher may wrap or a composite filter may run (not the router).
+_FILTERS = AnyOf("HTTP filter", http_filters.filter_types())
+
 HCM: Spec = {
     "stat_prefix": LEAF,
     "codec_type": LEAF,
@@ -430,6 +432,22 @@ HCM: Spec = {
                 # true is what proxyd does (false is refused by http_filters).
                 ROUTER_TYPE: {"start_child_span": LEAF, "dynamic_stats": LEAF},
                 **http_filters.filter_types(),
+                # proxyd.config.filter_matcher: a filter with a matcher around it.
+                filter_matcher.TYPE: {
+                    "extension_config": {"name": LEAF, "typed_config": _FILTERS},
+                    "xds_matcher": _matcher_spec(
+                        4,
+                        AnyOf(
+                            "filter matcher action",
+                            {
+                                filter_matcher.SKIP_FILTER_TYPE: {},
+                                filter_matcher.EXECUTE_FILTER_TYPE: {
+                                    "typed_config": {"name": LEAF, "typed_config": _FILTERS}
+                                },
+                            },
+                        ),
+                    ),
+                },
             },
         ),
         "disabled": LEAF,

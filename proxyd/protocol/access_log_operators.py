@@ -560,6 +560,8 @@ def _metadata_text(value: object) -> str:
     without a fraction when it has none, anything else as JSON."""
     if isinstance(value, str):
         return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, (int, float)):

@@ -43,6 +43,7 @@ from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
+from proxyd.worker.filter_matching import MatchingFactory
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
@@ -82,12 +83,13 @@ def compile_filters(
         if o is None or o.config is None:  # a route field for filters of this type (cors)
             o = by_name.get(f.type_name, o)
         per_route = o.config if o else None
-        maker = FACTORIES[f.type_name]
-        if getattr(maker, "takes_epoch_facts", False):  # health_check: clusters, node
-            # (FactoryMaker leaves facts out: only such factories take it.)
-            factory = cast(Any, maker)(f.name, f.config, per_route, scope, runtime, facts=facts)
-        else:
-            factory = maker(f.name, f.config, per_route, scope, runtime)
+        factory = _factory(f, per_route, scope, runtime, facts)
+        if f.matcher is not None:  # ExtensionWithMatcher (proxyd.worker.filter_matching)
+            delegates = tuple(
+                _factory(a.filter, None, scope, runtime, facts) if a.filter is not None else None
+                for a in f.matcher.actions
+            )
+            factory = MatchingFactory(factory, f.matcher, delegates)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
         levels = getattr(factory, "header_levels", None)
@@ -102,6 +104,20 @@ def compile_filters(
         if link is not None:
             link(chain)
     return chain
+
+
+def _factory(
+    f: HttpFilter,
+    per_route: Any,
+    scope: Any,
+    runtime: Snapshot,
+    facts: EpochFacts | None,
+) -> FilterFactory:
+    maker = FACTORIES[f.type_name]
+    if getattr(maker, "takes_epoch_facts", False):  # health_check: clusters, node
+        # (FactoryMaker leaves facts out: only such factories take it.)
+        return cast(Any, maker)(f.name, f.config, per_route, scope, runtime, facts=facts)
+    return maker(f.name, f.config, per_route, scope, runtime)
 
 
 class RoutePlan:
