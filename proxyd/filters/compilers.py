@@ -14,6 +14,7 @@ from proxyd.filters.fault import config as fault_config
 from proxyd.filters.header_mutation import config as header_mutation_config
 from proxyd.filters.header_to_metadata import config as header_to_metadata_config
 from proxyd.filters.health_check import config as health_check_config
+from proxyd.filters.jwt_authn import config as jwt_authn_config
 from proxyd.filters.local_ratelimit import config as local_ratelimit_config
 from proxyd.filters.rbac import config as rbac_config
 from proxyd.filters.set_metadata import config as set_metadata_config
@@ -31,6 +32,7 @@ COMPILERS: dict[str, ModuleType] = {
         header_mutation_config,
         header_to_metadata_config,
         health_check_config,
+        jwt_authn_config,
         local_ratelimit_config,
         rbac_config,
         set_metadata_config,

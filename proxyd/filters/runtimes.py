@@ -16,6 +16,7 @@ from proxyd.filters.fault.filter import Factory as FaultFactory
 from proxyd.filters.header_mutation.filter import Factory as HeaderMutationFactory
 from proxyd.filters.header_to_metadata.filter import Factory as HeaderToMetadataFactory
 from proxyd.filters.health_check.filter import Factory as HealthCheckFactory
+from proxyd.filters.jwt_authn.filter import Factory as JwtAuthnFactory
 from proxyd.filters.local_ratelimit.filter import Factory as LocalRateLimitFactory
 from proxyd.filters.rbac.filter import Factory as RbacFactory
 from proxyd.filters.set_metadata.filter import Factory as SetMetadataFactory
@@ -31,6 +32,7 @@ FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation": HeaderMutationFactory,
     "envoy.extensions.filters.http.header_to_metadata.v3.Config": HeaderToMetadataFactory,
     "envoy.extensions.filters.http.health_check.v3.HealthCheck": HealthCheckFactory,
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": JwtAuthnFactory,
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": LocalRateLimitFactory,
     "envoy.extensions.filters.http.rbac.v3.RBAC": RbacFactory,
     "envoy.extensions.filters.http.set_metadata.v3.Config": SetMetadataFactory,

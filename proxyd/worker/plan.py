@@ -41,6 +41,7 @@ from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.chains import ChainChooser, chain_key
+from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
 from proxyd.worker.hedging import HedgingExchange
@@ -665,6 +666,7 @@ class CompiledEpoch:
                 name: (len(c.hosts), sum(1 for h in c.hosts if h.usable))
                 for name, c in self.clusters.items()
             },
+            partial(http_get, self.clusters),
         )
         # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
         # TCP proxy listeners' (proxyd.worker.tcp_proxy).

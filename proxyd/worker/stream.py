@@ -249,6 +249,18 @@ class Stream:
         old = h.headers.get(lname)
         h.headers[lname] = value if old is None else f"{old},{value}"
 
+    def set_request_path(self, path: str) -> None:
+        h = self.head
+        assert h is not None
+        raw = h.raw
+        h.path = path
+        h.raw = (
+            h.method.encode("ascii")
+            + b" "
+            + path.encode("latin-1")
+            + raw[raw.find(b" HTTP/1.1\r\n") :]
+        )
+
     def downstream_addresses(self) -> tuple[str, str, str, int]:
         conn = self.connection
         assert conn is not None
