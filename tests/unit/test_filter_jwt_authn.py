@@ -333,3 +333,23 @@ def test_per_route_disabled_and_wrong_name() -> None:
         result.body
         == "Failed JWT authentication: Wrong requirement_name: zzz. It should be one of [m]"
     )
+
+
+def test_a_jwks_folded_over_lines_is_read_as_envoy_reads_it() -> None:
+    # A JWKS in a YAML folded scalar keeps line breaks inside its base64url values (four
+    # public configs have one); Envoy reads it, and so must proxyd, whitespace skipped.
+    import json as _json
+
+    import jwt as _jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from proxyd.filters.jwt_authn.jwks import parse_jwks
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = _json.loads(_jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    n = jwk["n"]
+    e, head, tail = jwk["e"], n[:40], n[40:]
+    text = f'{{"keys": [{{"kty": "RSA", "e": "{e}",\n "n": "{head}\n        {tail}"}}]}}'
+    (key,) = parse_jwks(text)
+    token = _jwt.encode({"iss": "a"}, private, algorithm="RS256")
+    assert _jwt.decode(token, key.key, algorithms=["RS256"])["iss"] == "a"

@@ -51,7 +51,16 @@ class Key:
         return alg == "EdDSA"  # OKP, Ed25519
 
 
+_B64_FIELDS = ("n", "e", "x", "y", "k")
+
+
 def _key(jwk: dict[str, Any]) -> Key | None:
+    # Whitespace inside a base64url value (a JWKS folded over lines in YAML) is skipped,
+    # as Envoy's decoder skips it.
+    jwk = {
+        name: "".join(v.split()) if name in _B64_FIELDS and isinstance(v, str) else v
+        for name, v in jwk.items()
+    }
     kty = jwk.get("kty")
     kid = jwk.get("kid", "")
     alg = jwk.get("alg", "")
@@ -90,7 +99,9 @@ def _key(jwk: dict[str, Any]) -> Key | None:
 def parse_jwks(text: str) -> tuple[Key, ...]:
     """The usable keys of a JWKS document (cached: the routes of an epoch share one)."""
     try:
-        doc = json.loads(text)
+        # (Control characters inside strings are taken, as Envoy's JSON reader takes a
+        # line break inside a value.)
+        doc = json.loads(text, strict=False)
     except ValueError:
         raise JwksError("Jwks is an invalid JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
