@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from wsproto import ConnectionType, WSConnection
@@ -135,15 +136,18 @@ def ws_session(
     headers: dict[str, str] | None = None,
     pause_s: float = 0.0,
     big: int = 0,
+    wrap: Callable[[socket.socket], socket.socket] | None = None,
 ) -> dict[str, Any]:
     """Open a WebSocket through ``port``, send ``messages`` (text, ``pause_s`` apart), a
     ping, and with ``big`` a binary message of that many bytes; then close. What came
     back: the handshake status, the replies in order, whether the pong came, the
-    close code, or where it ended early."""
+    close code, or where it ended early. ``wrap`` makes the TCP connection something
+    else (a TLS client socket)."""
     out: dict[str, Any] = {"status": None, "replies": [], "pong": False, "close": None}
     ws = WSConnection(ConnectionType.CLIENT)
     extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with wrap(raw) if wrap is not None else raw as sock:
         sock.sendall(ws.send(Request(host="ws.test", target=path, extra_headers=extra)))
 
         def events() -> list[Any]:
