@@ -1012,6 +1012,17 @@ class UpstreamTls:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkRbac:
+    """``envoy.filters.network.rbac`` before a chain's connection manager or TCP proxy:
+    ``stat_prefix`` (Envoy's ``<stat_prefix>rbac.``) and ``config``, the HTTP RBAC
+    filter's plain rules (:mod:`proxyd.filters.rbac.config`), judged once per connection
+    on its first bytes (proxyd.worker.network_rbac)."""
+
+    stat_prefix: str
+    config: Any
+
+
+@dataclass(frozen=True, slots=True)
 class FilterChain:
     """One of a listener's filter chains, with its ``filter_chain_match`` (the fields
     proxyd supports: ``server_names``, exact or ``*.``-wildcard, and
@@ -1022,6 +1033,8 @@ class FilterChain:
     name: str = ""
     server_names: tuple[str, ...] = ()
     transport_protocol: str = ""
+    # Network RBAC filters before the connection manager, in order.
+    network_rbac: tuple[NetworkRbac, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1051,6 +1064,8 @@ class TcpProxy:
     log_on_connected: bool = False
     # hash_policy [source_ip]: a RING_HASH or MAGLEV cluster's host by the client's IP.
     hash_source_ip: bool = False
+    # Network RBAC filters before the TCP proxy, in order.
+    network_rbac: tuple[NetworkRbac, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1094,6 +1109,9 @@ class Listener:
     # does a connection have a requested server name (the access log's, RBAC's), as in
     # Envoy, where the TLS inspector is what records it.
     tls_inspector: bool = False
+    # The (first) filter chain's network RBAC filters before its connection manager
+    # (a TCP proxy listener's are on its TcpProxy).
+    network_rbac: tuple[NetworkRbac, ...] = ()
 
     @property
     def hcms(self) -> tuple[HttpConnectionManager, ...]:

@@ -12,6 +12,7 @@ from proxyd.config.access_logs import compile_access_logs
 from proxyd.config.dynamic import compile_config_source
 from proxyd.config.hcm_transforms import compile_http1_options, compile_transforms
 from proxyd.config.http_filters import compile_http_filters
+from proxyd.config.network_rbac import compile_network_rbac
 from proxyd.config.proto import join
 from proxyd.config.routes import compile_route_config, compile_upgrades
 from proxyd.config.socket_options import socket_options
@@ -163,6 +164,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         **_common_fields(lst, path, file, where),
         hcm=hcm,
         tls=first.tls,
+        network_rbac=first.network_rbac,
         chains=tuple(chains) if inspecting else (),
         default_chain=default if inspecting else None,
         listener_filters_timeout_s=duration_or(
@@ -194,11 +196,12 @@ def _common_fields(lst: Any, path: str, file: str, where: Address) -> dict[str, 
 
 
 def _is_tcp_proxy(chain: Any) -> bool:
+    """The chain ends in the TCP proxy (network RBAC filters may come before it)."""
     filters = chain.filters
     return (
-        len(filters) == 1
-        and filters[0].HasField("typed_config")
-        and filters[0].typed_config.type_url.endswith("/" + TCP_PROXY_TYPE)
+        len(filters) >= 1
+        and filters[-1].HasField("typed_config")
+        and filters[-1].typed_config.type_url.endswith("/" + TCP_PROXY_TYPE)
     )
 
 
@@ -232,11 +235,15 @@ def _tcp_proxy_listener(
             join(here, "filter_chain_match"),
             f"filter_chain_match with {TCP_PROXY_NAME} is not supported by proxyd yet",
         )
-    filter_path = join(here, "filters[0]")
+    last = len(chain.filters) - 1
+    filter_path = join(here, f"filters[{last}]")
     msg = typed_config(
-        chain.filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
+        chain.filters[last], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
     )
     proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    rbac = compile_network_rbac(chain.filters, join(here, "filters"), file)
+    if rbac:
+        proxy = dataclasses.replace(proxy, network_rbac=rbac)
     # TLS termination in front of it (the chain path: compile_transport_socket adds
     # "transport_socket").
     return proxy, compile_transport_socket(chain, here, file)
@@ -248,15 +255,16 @@ def compile_filter_chain(
     """One HTTP filter chain (``direction``: the listener's traffic_direction, which
     tracing reads)."""
     filters = chain.filters
-    if len(filters) != 1:
+    if not filters:
         raise ConfigError(
             file,
             join(path, "filters"),
-            f"exactly one network filter ({HCM_NAME} or {TCP_PROXY_NAME}) is supported by "
-            f"proxyd, got {len(filters)}",
+            f"a filter chain needs a network filter ({HCM_NAME} or {TCP_PROXY_NAME})",
         )
-    filter_path = join(path, "filters[0]")
-    hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
+    last = len(filters) - 1
+    rbac = compile_network_rbac(filters, join(path, "filters"), file)
+    filter_path = join(path, f"filters[{last}]")
+    hcm_msg = typed_config(filters[last], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
     hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
     tracing = compile_tracing(hcm_msg, direction, join(filter_path, "typed_config"), clusters, file)
     if tracing is not None:
@@ -288,6 +296,7 @@ def compile_filter_chain(
         name=chain.name,
         server_names=server_names,
         transport_protocol=transport,
+        network_rbac=rbac,
     )
 
 

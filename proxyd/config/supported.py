@@ -19,7 +19,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from proxyd.config import filter_matcher, http_filters, overload, rules
+from proxyd.config import filter_matcher, http_filters, network_rbac, overload, rules
 from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC, SLOW_START_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
@@ -646,7 +646,10 @@ UPSTREAM_TLS: Spec = {
 FILTER_CHAIN: Spec = {
     "filters": {
         "name": LEAF,
-        "typed_config": AnyOf("network filter", {HCM_TYPE: HCM, TCP_PROXY_TYPE: TCP_PROXY}),
+        "typed_config": AnyOf(
+            "network filter",
+            {HCM_TYPE: HCM, TCP_PROXY_TYPE: TCP_PROXY, network_rbac.TYPE: network_rbac.SPEC},
+        ),
     },
     # A label (/config_dump).
     "name": LEAF,

@@ -203,6 +203,10 @@ class DownstreamConnection:
         try:
             if plan.tls is not None and not await terminate_tls(self, plan.tls):
                 return  # the handshake failed (the finally below logs and counts)
+            if plan.network_rbac is not None and not await plan.network_rbac.admit(
+                self.sock, self.tls
+            ):
+                return  # a network RBAC filter denied the connection
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request. It runs in one cancel scope
             # until a deadline cancels it; then the stream is ended and a new scope

@@ -46,6 +46,7 @@ from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
+from proxyd.worker.network_rbac import NetworkRbacPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
@@ -333,6 +334,10 @@ class ListenerPlan:
         self.generation = object()
         self.listener_stats: ListenerStats = stats.listener(listener.stat_name)
         self.http_stats: HttpStats = stats.http(hcm.stat_prefix)
+        # Network RBAC filters before the connection manager (None: none).
+        self.network_rbac = (
+            NetworkRbacPlan(listener.network_rbac, stats) if listener.network_rbac else None
+        )
         # The epoch's runtime resolves the routes' runtime_fraction.
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
@@ -684,7 +689,13 @@ class CompiledEpoch:
                 chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
                 chain_plans = []
                 for i, chain in enumerate(chains):
-                    one = dataclasses.replace(lst, hcm=chain.hcm, tls=chain.tls, chains=())
+                    one = dataclasses.replace(
+                        lst,
+                        hcm=chain.hcm,
+                        tls=chain.tls,
+                        network_rbac=chain.network_rbac,
+                        chains=(),
+                    )
                     one = dataclasses.replace(one, default_chain=None)
                     sub = ListenerPlan(
                         one, self.clusters, stats, writers, local_address, ids, self.runtime, facts

@@ -54,6 +54,7 @@ from proxyd.worker import accesslog_plan, io
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlans
 from proxyd.worker.buffers import BufferPool
+from proxyd.worker.network_rbac import NetworkRbacPlan
 from proxyd.worker.outcomes import OK
 from proxyd.worker.pool import ConnectFailure, UpstreamConnection
 from proxyd.worker.stats import ListenerStats, StatsStore, TcpStats, note_unexpected
@@ -140,6 +141,8 @@ class TcpListenerPlan:
         self.chunk = max(min(listener.per_connection_buffer_limit_bytes, MAX_CHUNK), 1024)
         self.log_on_connected = tcp.log_on_connected and bool(self.access.tcp_logs)
         self.hash_source_ip = tcp.hash_source_ip
+        # Network RBAC filters before the proxy (None: none).
+        self.network_rbac = NetworkRbacPlan(tcp.network_rbac, stats) if tcp.network_rbac else None
         # TLS termination in front of the proxy (transport_socket), None: plaintext.
         # The handshake is bounded by transport_socket_connect_timeout, else the idle
         # timeout.
@@ -289,6 +292,15 @@ class TcpConnection:
                 # (Envoy's TCP proxy connects as the connection is accepted, before
                 # the client's TLS handshake, which only the data waits for.)
                 if plan.tls is not None and not await self._handshake(plan.tls):
+                    self._give_up(upstream)
+                    upstream = None
+                if (
+                    upstream is not None
+                    and plan.network_rbac is not None
+                    and not await plan.network_rbac.admit(self.sock, self.tls)
+                ):
+                    # Denied on the first bytes, after the proxy connected, as in
+                    # Envoy (the proxy connects when the connection is accepted).
                     self._give_up(upstream)
                     upstream = None
                 if upstream is not None:

@@ -105,9 +105,11 @@ PER_ROUTE_SPEC: Spec = {"rbac": SPEC}
 
 def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
     return {
-        "rules": _rules(msg.rules, join(path, "rules"), file) if msg.HasField("rules") else None,
+        "rules": compile_rules(msg.rules, join(path, "rules"), file)
+        if msg.HasField("rules")
+        else None,
         "shadow": (
-            _rules(msg.shadow_rules, join(path, "shadow_rules"), file)
+            compile_rules(msg.shadow_rules, join(path, "shadow_rules"), file)
             if msg.HasField("shadow_rules")
             else None
         ),
@@ -122,7 +124,7 @@ def compile_per_route(msg: Any, path: str, file: str) -> dict[str, Any]:
     return {"rbac": compile(msg.rbac, join(path, "rbac"), file)}
 
 
-def _rules(rules: Any, path: str, file: str) -> dict[str, Any]:
+def compile_rules(rules: Any, path: str, file: str) -> dict[str, Any]:
     policies = []
     for name in sorted(rules.policies):
         p = rules.policies[name]
