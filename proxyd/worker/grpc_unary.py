@@ -1,8 +1,8 @@
 """One unary gRPC call from a worker (the OpenTelemetry tracer's OTLP export over
-``grpc_service.envoy_grpc``): a new HTTP/2 connection (h2, sans-IO) per call, the
+``grpc_service.envoy_grpc``, the ext_authz filter's ``Authorization/Check``): a new HTTP/2 connection (h2, sans-IO) per call, the
 request framed as gRPC (``0`` + 4-byte length + message), sent within the peer's flow
 control windows, and the call's ``grpc-status`` read from the trailers (or from a
-trailers-only response). The worker's own counterpart of the master's xDS client
+trailers-only response), with the response message when the caller wants it. The worker's own counterpart of the master's xDS client
 (``proxyd.master.xds.grpc``), which workers must not import."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import h2.config
 import h2.connection
 import h2.events
 import trio
+
+MAX_MESSAGE = 4 << 20  # gRPC's default maximum receive size
 
 
 class GrpcCallError(Exception):
@@ -30,6 +32,21 @@ async def unary_call(
 ) -> int:
     """The grpc-status of calling ``method`` with ``message`` (the caller bounds the
     time with a cancel scope). Raises OSError, GrpcCallError."""
+    status, _ = await unary_call_message(host, port, authority, method, message, metadata)
+    return status
+
+
+async def unary_call_message(
+    host: str,
+    port: int,
+    authority: str,
+    method: str,
+    message: bytes,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> tuple[int, bytes]:
+    """(grpc-status, the response message, b"" when none came) of calling ``method``
+    with ``message``. Raises OSError, GrpcCallError (also for a response message that
+    is compressed or not framed as gRPC)."""
     sock = await trio.open_tcp_stream(host, port)
     async with sock:
         conn = h2.connection.H2Connection(
@@ -50,6 +67,7 @@ async def unary_call(
         body = memoryview(b"\x00" + struct.pack(">I", len(message)) + message)
         status: int | None = None
         ended = False
+        received = bytearray()
         while True:
             # Send what the windows allow; the rest waits for WINDOW_UPDATE frames.
             while body:
@@ -72,6 +90,9 @@ async def unary_call(
                         if name == b"grpc-status":
                             status = int(value)
                 elif isinstance(event, h2.events.DataReceived):
+                    received += event.data
+                    if len(received) > MAX_MESSAGE:
+                        raise GrpcCallError("response message too large")
                     conn.acknowledge_received_data(event.flow_controlled_length, sid)
                 elif isinstance(event, h2.events.StreamEnded):
                     ended = True
@@ -79,4 +100,11 @@ async def unary_call(
                     raise GrpcCallError(f"call ended by the peer: {event}")
         if status is None:
             raise GrpcCallError("no grpc-status")
-        return status
+        if not received:
+            return status, b""
+        if len(received) < 5 or received[0] != 0:
+            raise GrpcCallError("response message not framed as uncompressed gRPC")
+        (length,) = struct.unpack(">I", received[1:5])
+        if len(received) < 5 + length:
+            raise GrpcCallError("response message truncated")
+        return status, bytes(received[5 : 5 + length])

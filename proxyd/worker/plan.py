@@ -40,6 +40,7 @@ from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
+from proxyd.worker.async_client import AsyncClient
 from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.mirror import MirrorPlan
@@ -626,6 +627,7 @@ class CompiledEpoch:
                 name: (len(c.hosts), sum(1 for h in c.hosts if h.usable))
                 for name, c in self.clusters.items()
             },
+            AsyncClient(self.clusters),  # filters' calls to clusters (ext_authz)
         )
         # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
         # TCP proxy listeners' (proxyd.worker.tcp_proxy).
