@@ -74,7 +74,7 @@ def check_request(
     context_extensions: Mapping[str, str] = {},  # noqa: B006 - read only
 ) -> bytes:
     """A CheckRequest: attributes {source, destination, request {time, http},
-    context_extensions, metadata_context (empty)}. A header repeated in ``headers``
+    context_extensions, metadata_context and route_metadata_context (empty)}. A header repeated in ``headers``
     is sent once, its values joined with "," (as Envoy joins them in the map)."""
     joined: dict[str, str] = {}
     for k, v in http.headers:
@@ -103,7 +103,8 @@ def check_request(
         attrs.append(_len(2, _len(1, _address(*destination))))
     attrs.append(_len(4, request))
     attrs.append(_map(10, sorted(context_extensions.items())))
-    attrs.append(_len(11, b""))
+    attrs.append(_len(11, b""))  # metadata_context and route_metadata_context: empty,
+    attrs.append(_len(13, b""))  # as Envoy sends them without metadata namespaces
     return _len(1, b"".join(attrs))
 
 

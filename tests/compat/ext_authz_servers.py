@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -104,3 +107,98 @@ class AuthHttpServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _Authorization:
+    """The grpcio servicer (``external_auth_pb2_grpc.AuthorizationServicer``)."""
+
+    def __init__(self, owner: AuthGrpcServer) -> None:
+        self.owner = owner
+
+    def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - the RPC's name
+        from envoy.service.auth.v3 import external_auth_pb2 as pb
+        from google.protobuf.json_format import MessageToDict
+
+        self.owner.record(
+            {
+                "request": MessageToDict(request),
+                "metadata": sorted(
+                    [k, v] for k, v in context.invocation_metadata() if not k.startswith("grpc-")
+                ),
+            }
+        )
+        path = request.attributes.request.http.path
+        if "slow" in path:
+            time.sleep(SLOW_S)
+        if "grpcerror" in path:
+            context.abort(grpc_status("UNAVAILABLE"), "authz down")
+        resp = pb.CheckResponse()
+        if "deny" in path:
+            resp.status.code = 7  # PERMISSION_DENIED
+            if "deny401" in path:
+                resp.denied_response.status.code = 401
+            h = resp.denied_response.headers.add()
+            h.header.key, h.header.value = "x-deny-reason", "nope"
+            h = resp.denied_response.headers.add()
+            h.header.key, h.header.value = "content-type", "text/x-authz"
+            resp.denied_response.body = DENY_BODY.decode()
+            return resp
+        ok = resp.ok_response
+        h = ok.headers.add()
+        h.header.key, h.header.value = "x-auth-user", "alice"
+        h = ok.headers.add()
+        h.header.key, h.header.value = "x-auth-append", "from-authz"
+        h.append.value = True
+        h = ok.headers.add()
+        h.header.key, h.header.value = "x-auth-replace", "from-authz"
+        h.append.value = False
+        ok.headers_to_remove.append("x-remove-me")
+        h = ok.response_headers_to_add.add()
+        h.header.key, h.header.value = "x-client-ok", "yes"
+        return resp
+
+
+def grpc_status(name: str) -> Any:
+    import grpc
+
+    return getattr(grpc.StatusCode, name)
+
+
+class AuthGrpcServer:
+    """A grpcio ``envoy.service.auth.v3.Authorization`` server:
+    ``with AuthGrpcServer() as a: a.port``; ``a.take()`` the checks it got, each the
+    CheckRequest as ``MessageToDict`` gives it and the call's metadata."""
+
+    def __init__(self) -> None:
+        import grpc
+        from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+        self.checks: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            _Authorization(self), self._server
+        )
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+
+    def record(self, check: dict[str, Any]) -> None:
+        with self._lock:
+            self.checks.append(check)
+
+    def take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out, self.checks = self.checks, []
+        return out
+
+    def __enter__(self) -> AuthGrpcServer:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop(None)
+
+
+@contextmanager
+def both() -> Iterator[tuple[AuthHttpServer, AuthGrpcServer]]:
+    with AuthHttpServer() as http, AuthGrpcServer() as grpc_server:
+        yield http, grpc_server

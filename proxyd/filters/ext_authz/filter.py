@@ -144,6 +144,23 @@ class _Prefixed:
         self.scope.inc(self.prefix + name, by)
 
 
+def _join(stream: FilterStream, pairs: tuple[tuple[str, str], ...]) -> None:
+    """Append each value to the request's header of that name, joined with "," into
+    one line (a gRPC ok_response header with ``append``), or add the header."""
+    current: dict[str, str] = {}
+    for name, value in stream.request_header_lines():
+        old = current.get(name)
+        current[name] = value if old is None else f"{old},{value}"
+    for name, value in pairs:
+        old = current.get(name)
+        if old is None:
+            current[name] = value
+            stream.add_request_header(name, value)
+        else:
+            current[name] = f"{old},{value}"
+            stream.set_request_header(name, current[name])
+
+
 def _fires(fraction: tuple[int, int]) -> bool:
     numerator, denominator = fraction
     if numerator <= 0:
@@ -176,7 +193,7 @@ class ExtAuthzFilter(HttpFilter):
                 stream.set_buffer_limit(max_bytes)
             self.buffered = bytearray()
             return STOP
-        return await self._check(stream, b"")
+        return await self._check(stream, b"", False)
 
     async def on_request_data(
         self, stream: FilterStream, data: bytearray, end_stream: bool
@@ -189,16 +206,16 @@ class ExtAuthzFilter(HttpFilter):
         if end_stream or (partial and len(buffered) >= max_bytes):
             body = bytes(buffered[:max_bytes]) if partial else bytes(buffered)
             self.buffered = None
-            result = await self._check(stream, body)
+            result = await self._check(stream, body, True)
             if result is CONTINUE and not end_stream:
                 return CONTINUE
             return result
         return STOP_AND_BUFFER
 
-    async def _check(self, stream: FilterStream, body: bytes) -> Result:
+    async def _check(self, stream: FilterStream, body: bytes, with_body: bool) -> Result:
         f = self.factory
         self.checked = True
-        outcome = await f.service.check(stream, body, f.body is not None)
+        outcome = await f.service.check(stream, body, with_body)
         if isinstance(outcome, Allowed):
             f.count(stream, "ok")
             for name in outcome.remove:
@@ -207,6 +224,8 @@ class ExtAuthzFilter(HttpFilter):
                 stream.set_request_header(name, value)
             for name, value in outcome.append:
                 stream.add_request_header(name, value)
+            if outcome.join:
+                _join(stream, outcome.join)
             if outcome.client:
                 self.response_headers = outcome.client
             return CONTINUE

@@ -37,8 +37,11 @@ from proxyd.epoch import StringMatch, from_wire
 from proxyd.filters.api import AsyncClient, CallFailed, FilterStream
 from proxyd.protocol import ext_authz_grpc as pb
 from proxyd.protocol.routing import compile_string_match
+from proxyd.protocol.runtime import RANDOM
 
 Matcher = Callable[[str], bool]
+# The address Envoy's async client gives as its own (x-forwarded-for of its calls).
+ASYNC_CLIENT_ADDRESS = "192.0.2.2"
 # Headers of the check Envoy makes itself, never copied from the request.
 _OWN = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
                   "te", "upgrade", "proxy-connection", "expect"})  # fmt: skip
@@ -53,6 +56,8 @@ class Allowed:
     append: tuple[tuple[str, str], ...] = ()
     remove: tuple[str, ...] = ()
     client: tuple[tuple[str, str], ...] = ()
+    # Values appended to the request's header of that name, in one line (gRPC).
+    join: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +211,14 @@ class GrpcService(Service):
         self.timeout_s = config["timeout_ms"] / 1000
         self.allowed = _matcher(config["allowed_headers"])
         self.extensions = extensions
-        self.metadata = tuple((n, v) for n, v in config["metadata"])
+        # The call's metadata: the configured initial_metadata, then what Envoy's
+        # async client adds to each call.
+        self.metadata = (
+            *((n, v) for n, v in config["metadata"]),
+            ("x-envoy-internal", "true"),
+            ("x-forwarded-for", ASYNC_CLIENT_ADDRESS),
+            ("x-envoy-expected-rq-timeout-ms", str(config["timeout_ms"])),
+        )
         self.raw_body = bool(config["body"] and config["body"][2])
 
     def message(self, stream: FilterStream, body: bytes, with_body: bool) -> bytes:
@@ -216,24 +228,25 @@ class GrpcService(Service):
         path = h.path
         headers = [(":authority", h.host), (":path", path), (":method", h.method),
                    (":scheme", scheme)]  # fmt: skip
-        allowed = self.allowed
+        xfp = False
         for name, value in stream.request_header_lines():
             if name == "host":
                 continue
-            if allowed is None or allowed(name):
-                headers.append((name, value))
-        if allowed is not None:
-            headers = [(n, v) for n, v in headers if not n.startswith(":") or allowed(n)]
-        size = h.content_length if h.content_length >= 0 else (len(body) if with_body else -1)
+            xfp = xfp or name == "x-forwarded-proto"
+            headers.append((name, value))
+        if not xfp:  # the connection manager has set it by the time Envoy's filters run
+            headers.append(("x-forwarded-proto", scheme))
+        size = h.content_length if h.content_length >= 0 else 0
         if with_body:
-            headers.append(
-                ("x-envoy-auth-partial-body", "true" if 0 <= len(body) < size else "false")
-            )
-        remote, _, local_ip, local_port = stream.downstream_addresses()
+            partial = len(body) < size if h.content_length >= 0 else False
+            headers.append(("x-envoy-auth-partial-body", "true" if partial else "false"))
+        allowed = self.allowed
+        if allowed is not None:
+            headers = [(n, v) for n, v in headers if allowed(n)]
+        remote, direct, local_ip, local_port = stream.downstream_addresses()
         peer_port = stream.downstream_peer_port()
-        _, direct, _, _ = stream.downstream_addresses()
         http = pb.HttpAttributes(
-            id="",
+            id=str(RANDOM.getrandbits(64)),
             method=h.method,
             headers=headers,
             path=path,
@@ -282,7 +295,12 @@ class GrpcService(Service):
                 for n in result.headers_to_remove
                 if n and not n.startswith(":") and n.lower() != "host"
             )
-            return Allowed(tuple(to_set), tuple(to_append), remove, (*client_set, *client_append))
+            return Allowed(
+                set=tuple(to_set),
+                remove=remove,
+                client=(*client_set, *client_append),
+                join=tuple(to_append),
+            )
         status = result.status or 403
         to_set, to_append = _options(result.denied_headers)
         return Denied(status, result.body, (*to_set, *to_append))
