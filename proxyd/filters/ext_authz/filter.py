@@ -25,7 +25,7 @@ The answer (:mod:`.service` makes the call and reads it):
 
 Stats are Envoy's ``http.<hcm prefix>.ext_authz.[<stat_prefix>.]{ok,denied,error,
 disabled,failure_mode_allowed}``, and with ``charge_cluster_response_stats`` (the
-default) ``cluster.<the route's cluster>.ext_authz.{ok,denied,error,
+default) ``cluster.<the route's cluster>.ext_authz.[<stat_prefix>.]{ok,denied,error,
 failure_mode_allowed}``.
 """
 
@@ -76,7 +76,7 @@ class Factory:
     __slots__ = (
         "name", "wanted_headers", "decodes", "encodes", "stats", "service", "enabled",
         "body", "failure_mode_allow", "failure_header", "status_on_error", "cluster_stats",
-        "root",
+        "root", "sub",
     )  # fmt: skip
 
     def __init__(
@@ -90,7 +90,8 @@ class Factory:
     ) -> None:
         self.name = name
         prefix = config["stat_prefix"]
-        self.stats = _Prefixed(stats, "ext_authz." + (prefix + "." if prefix else ""))
+        self.sub = "ext_authz." + (prefix + "." if prefix else "")
+        self.stats = _Prefixed(stats, self.sub)
         for stat in STATS:
             self.stats.inc(stat, 0)  # shown at 0 from the start, as Envoy does
         self.root = stats if config["charge_cluster"] else None
@@ -124,7 +125,7 @@ class Factory:
             return
         scope = self.cluster_stats.get(cluster)
         if scope is None:
-            scope = self.cluster_stats[cluster] = root.root(f"cluster.{cluster}.ext_authz.")
+            scope = self.cluster_stats[cluster] = root.root(f"cluster.{cluster}.{self.sub}")
         scope.inc(stat)
 
     def create(self) -> ExtAuthzFilter:

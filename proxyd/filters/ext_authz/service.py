@@ -102,6 +102,11 @@ def make_service(config: dict[str, Any], extensions: dict[str, str], client: Any
     return HttpService(config, client)
 
 
+def _partial(h: Any, body: bytes) -> str:
+    """x-envoy-auth-partial-body: the check has less than the whole body."""
+    return "true" if 0 <= len(body) < h.content_length else "false"
+
+
 def _text(body: bytes) -> str:
     return body.decode("utf-8", "replace")
 
@@ -133,7 +138,7 @@ class HttpService(Service):
             + "x-envoy-internal: true\r\n\r\n"
         )
 
-    def head(self, stream: FilterStream, body: bytes) -> bytes:
+    def head(self, stream: FilterStream, body: bytes, with_body: bool) -> bytes:
         h = stream.head
         added = {n for n, _ in self.to_add}
         lines = [f"{h.method} {self.prefix}{h.path} HTTP/1.1\r\nhost: {h.host}\r\n"]
@@ -144,6 +149,8 @@ class HttpService(Service):
             if name == "authorization" or allowed(name):
                 lines.append(f"{name}: {value}\r\n")
         lines.append(f"content-length: {len(body)}\r\n")
+        if with_body:
+            lines.append(f"x-envoy-auth-partial-body: {_partial(h, body)}\r\n")
         lines.append(self.trailer)
         return "".join(lines).encode("latin-1", "replace")
 
@@ -152,7 +159,7 @@ class HttpService(Service):
             return Failed("no async client")
         try:
             answer = await self.client.http_call(
-                self.cluster, self.head(stream, body), body, self.timeout_s
+                self.cluster, self.head(stream, body, with_body), body, self.timeout_s
             )
         except CallFailed as exc:
             return Failed(str(exc))
@@ -237,12 +244,11 @@ class GrpcService(Service):
         if not xfp:  # the connection manager has set it by the time Envoy's filters run
             headers.append(("x-forwarded-proto", scheme))
         size = h.content_length if h.content_length >= 0 else 0
-        if with_body:
-            partial = len(body) < size if h.content_length >= 0 else False
-            headers.append(("x-envoy-auth-partial-body", "true" if partial else "false"))
         allowed = self.allowed
         if allowed is not None:
             headers = [(n, v) for n, v in headers if allowed(n)]
+        if with_body:  # added after allowed_headers chose, as Envoy adds it
+            headers.append(("x-envoy-auth-partial-body", _partial(h, body)))
         remote, direct, local_ip, local_port = stream.downstream_addresses()
         peer_port = stream.downstream_peer_port()
         http = pb.HttpAttributes(
