@@ -62,6 +62,9 @@ class AsyncClient:
         state = self.clusters.get(cluster)
         if state is None:
             raise CallFailed(f"cluster '{cluster}' is not defined")
+        if state.cluster.http2:
+            # proxyd's upstream pools speak HTTP/1.1 (docs/configuration.md, ext_authz).
+            raise CallFailed(f"cluster '{cluster}' is an HTTP/2 cluster")
         pool = state.pool("DEFAULT")
         cstats = pool.stats
         host = state.balancer.pick()

@@ -6,7 +6,8 @@ Two scenarios, one Envoy + proxyd pair each, many cases each:
 * the HTTP service: listeners with every ``http_service`` option (allowed request
   headers, headers_to_add, path_prefix, upstream / append / client / on-success header
   lists, a buffered body up to 64 bytes, ``stat_prefix``), with none of them
-  (``failure_mode_allow`` with its header), pointed at a server that is down
+  (``failure_mode_allow`` with its header), with the top-level ``allowed_headers``,
+  pointed at a server that is down
   (``status_on_error``), and with ``filter_enabled`` at 0%; a route disables the
   filter;
 * the gRPC service: a CheckRequest with a partial body and context extensions from the
@@ -215,6 +216,7 @@ def http_config(up: int, auth: int) -> str:
         http_service={"server_uri": {"uri": "http://d", "cluster": "down", "timeout": "0.5s"}},
         status_on_error={"code": 503},
     )
+    top = ext_authz(http_service=http_service(), allowed_headers=patterns({"exact": "x-pass"}))
     sampled = ext_authz(
         http_service=http_service(),
         filter_enabled={"default_value": {"numerator": 0, "denominator": "HUNDRED"}},
@@ -227,6 +229,7 @@ def http_config(up: int, auth: int) -> str:
             http_listener("bare", 0, routes(), [bare]),
             http_listener("down", 0, routes(), [down]),
             http_listener("sampled", 0, routes(), [sampled]),
+            http_listener("top", 0, routes(), [top]),
         ],
         [
             static_cluster("up", [up]),
@@ -257,6 +260,7 @@ HTTP_CASES: list[Case] = [
     ("bare", "GET", "/echo/authz500", {}, None),
     ("down", "GET", "/echo/x", {}, None),
     ("sampled", "GET", "/echo/deny", {}, None),
+    ("top", "GET", "/echo/top", ASKING, None),
 ]
 
 

@@ -133,6 +133,29 @@ def test_transport_api_version_v2_is_refused() -> None:
     assert "not supported by proxyd" in str(err)
 
 
+def test_allowed_headers_in_two_places_are_refused_as_envoy_does() -> None:
+    err = reject(
+        with_filter(
+            http_service={
+                **HTTP_SERVICE,
+                "authorization_request": {"allowed_headers": {"patterns": [{"exact": "a"}]}},
+            },
+            allowed_headers={"patterns": [{"exact": "b"}]},
+        )
+    )
+    assert "duplicate configuration for allowed_headers" in str(err)
+
+
+def test_the_top_level_allowed_headers_serve_an_http_service() -> None:
+    d = with_filter(http_service=HTTP_SERVICE, allowed_headers={"patterns": [{"exact": "b"}]})
+    assert compiled(d).http_filters[0].config["allowed_headers"] == [["exact", "b", False]]
+
+
+def test_an_http_service_needs_a_timeout() -> None:
+    err = reject(with_filter(http_service={"server_uri": {"uri": "http://a", "cluster": "c"}}))
+    assert err.path.endswith("server_uri.timeout")
+
+
 def test_a_per_route_service_override_is_refused() -> None:
     d = with_filter(grpc_service=GRPC_SERVICE)
     route(d, 0)["typed_per_filter_config"] = {

@@ -26,10 +26,14 @@ What proxyd does not implement is left out of :data:`SPEC` and refused by name
 (``clear_route_cache``, ``include_peer_certificate``, ``include_tls_session``,
 ``metadata_context_namespaces`` and the other metadata fields, ``filter_enabled_metadata``,
 ``deny_at_disable``, ``disallowed_headers``, ``validate_mutations``,
-``decoder_header_mutation_rules``, ``encode_raw_headers``, ``http_service.retry_policy``,
+``decoder_header_mutation_rules``, ``encode_raw_headers``,
+``max_denied_response_body_bytes``, ``enforce_response_header_limits``,
+``emit_filter_state_stats``, ``http_service.retry_policy``,
 ``authorization_response.dynamic_metadata_from_headers``, ``google_grpc``, and a
 per-route ``check_settings`` that overrides the service or the body settings);
-``transport_api_version`` other than V3 is refused.
+``transport_api_version`` other than V3 is refused, and so are ``allowed_headers`` both at
+the top and in ``authorization_request`` (as Envoy refuses them) and an ``http_service``
+without ``server_uri.timeout``.
 """
 
 from __future__ import annotations
@@ -151,6 +155,8 @@ def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
         uri = h.server_uri
         if not uri.cluster:
             raise ConfigError(file, join(here, "server_uri.cluster"), "a cluster is required")
+        if not uri.HasField("timeout"):
+            raise ConfigError(file, join(here, "server_uri.timeout"), "a timeout is required")
         out["cluster"] = uri.cluster
         out["timeout_ms"] = round(duration_or(uri, "timeout", 0.0) * 1000)
         out["authority"] = urlsplit(uri.uri).netloc or uri.cluster
@@ -185,6 +191,13 @@ def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
                 resp.allowed_client_headers, join(rhere, "allowed_client_headers"), file
             )
     if msg.HasField("allowed_headers"):
+        if out["allowed_headers"] is not None:
+            raise ConfigError(
+                file,
+                join(path, "allowed_headers"),
+                "Invalid duplicate configuration for allowed_headers (also in "
+                "http_service.authorization_request)",
+            )
         out["allowed_headers"] = _matchers(msg.allowed_headers, join(path, "allowed_headers"), file)
     if msg.HasField("with_request_body"):
         b = msg.with_request_body
