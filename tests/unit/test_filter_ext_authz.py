@@ -430,3 +430,34 @@ def test_the_grpc_check_carries_the_request_and_the_merged_extensions() -> None:
     }
     assert stream.request_headers == {"x-app": "a,b"}  # appended in the same line, as Envoy
     assert stream.removed_headers == ["x-gone"]
+
+
+def test_headers_that_cannot_go_on_the_wire_are_dropped() -> None:
+    ok = external_auth_pb2.CheckResponse()
+    ok.ok_response.headers.add(header={"key": "x-evil", "value": "a\r\nx-injected: 1"})
+    ok.ok_response.headers.add(header={"key": "bad name", "value": "v"})
+    ok.ok_response.headers.add(header={"key": "x-wide", "value": "\u2603"})
+    ok.ok_response.headers.add(header={"key": "X-Good", "value": "v"})
+    service = Service(grpc_answer=ok.SerializeToString())
+    f, _ = factory(service, grpc_service=GRPC_SERVICE)
+    stream = Stream()
+    assert trio.run(f.create().on_request_headers, stream, True) is CONTINUE
+    assert stream.request_headers == {"x-good": "v"}
+
+
+def test_a_denial_with_a_status_out_of_range_answers_403() -> None:
+    denied = external_auth_pb2.CheckResponse()
+    denied.status.code = 7
+    denied.denied_response.status.code = 99
+    service = Service(grpc_answer=denied.SerializeToString())
+    f, store = factory(service, grpc_service=GRPC_SERVICE)
+    reply = trio.run(f.create().on_request_headers, Stream(), True)
+    assert isinstance(reply, LocalReply) and reply.status == 403 and reply.flag == "UAEX"
+    assert counters(store)["http.s.ext_authz.denied"] == 1
+
+
+def test_a_malformed_check_response_is_an_error() -> None:
+    f, store = factory(Service(grpc_answer=b"\x0a\x7f"), grpc_service=GRPC_SERVICE)
+    reply = trio.run(f.create().on_request_headers, Stream(), True)
+    assert isinstance(reply, LocalReply) and reply.status == 403
+    assert counters(store)["http.s.ext_authz.error"] == 1

@@ -28,6 +28,7 @@ an error.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ _OWN = frozenset({"host", "content-length", "transfer-encoding", "connection", "
 _DENIED_DEFAULTS = frozenset({":status", "content-length", "www-authenticate", "location"})
 # Not copied from a denial's headers: the local reply frames its own body.
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+# A header name (RFC 9110 token) and the characters a header value cannot carry.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +209,11 @@ def _options(
     to_append: list[tuple[str, str]] = []
     for o in options:
         name = o.key.lower()
-        if not name or name.startswith(":") or name == "host" or name in _FRAMING:
+        if name.startswith(":") or name == "host" or name in _FRAMING:
+            continue
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(o.value):
+            continue  # a header that cannot be written on the wire is dropped
+        if not o.value.isascii() and not _latin1(o.value):
             continue
         (to_append if o.append else to_set).append((name, o.value))
     return to_set, to_append
@@ -307,6 +325,6 @@ class GrpcService(Service):
                 client=(*client_set, *client_append),
                 join=tuple(to_append),
             )
-        status = result.status or 403
+        status = result.status if 200 <= result.status <= 599 else 403
         to_set, to_append = _options(result.denied_headers)
         return Denied(status, result.body, (*to_set, *to_append))
