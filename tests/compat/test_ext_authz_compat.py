@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -286,9 +287,31 @@ HTTP_CASES: list[Case] = [
 ]
 
 
+def expect_continue(port: int) -> dict[str, Any]:
+    """A client that sends its body only after ``100 Continue``: the filter buffering
+    the body must not leave it waiting (Envoy answers Expect before its filters)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(
+            b"POST /echo/expect HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n"
+            b"expect: 100-continue\r\n\r\n"
+        )
+        interim = sock.recv(4096)  # times out (an error) if nobody says to go on
+        sock.sendall(b"abcdef")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+    return {"interim": interim.split(b"\r\n")[0].decode(), "final": data.split(b"\r\n")[0].decode()}
+
+
 def test_http_service_vs_envoy(tmp_path: Path) -> None:
     with UpstreamServer("up") as up, AuthHttpServer() as auth:
-        play = play_cases(HTTP_CASES, auth.take, http_checks)
+        cases = play_cases(HTTP_CASES, auth.take, http_checks)
+
+        def play(port_of: PortOf) -> dict[str, Any]:
+            out = cases(port_of)
+            out["expect"] = {"client": expect_continue(port_of("full")), "authz": auth.take()}
+            return out
+
         pair = run_pair(http_config(up.port, auth.port), tmp_path, play, stats_of)
     # The cases did what they are about (on Envoy; proxyd must then say the same).
     seen = pair.envoy.replies
@@ -297,6 +320,10 @@ def test_http_service_vs_envoy(tmp_path: Path) -> None:
     assert seen["down GET /echo/x []"]["client"]["status"] == 503
     assert seen["full GET /off/echo " + str(sorted(ASKING))]["authz"] == []
     assert pair.envoy.stats["http.sampled.ext_authz.disabled"] == 1
+    assert seen["expect"]["client"] == {
+        "interim": "HTTP/1.1 100 Continue",
+        "final": "HTTP/1.1 200 OK",
+    }
     assert_same(pair)
 
 
