@@ -253,6 +253,12 @@ def http_config(up: int, auth: int) -> str:
             http_listener("down", 0, routes(), [down]),
             http_listener("sampled", 0, routes(), [sampled]),
             http_listener("top", 0, routes(), [top]),
+            http_listener(
+                "noroute",
+                0,
+                {"virtual_hosts": [{"name": "v", "domains": ["elsewhere.example"], "routes": []}]},
+                [bare],
+            ),
         ],
         [
             static_cluster("up", [up]),
@@ -284,6 +290,8 @@ HTTP_CASES: list[Case] = [
     ("down", "GET", "/echo/x", {}, None),
     ("sampled", "GET", "/echo/deny", {}, None),
     ("top", "GET", "/echo/top", ASKING, None),
+    ("noroute", "GET", "/echo/deny", {}, None),
+    ("noroute", "GET", "/echo/allowed", {}, None),
 ]
 
 

@@ -461,3 +461,17 @@ def test_a_malformed_check_response_is_an_error() -> None:
     reply = trio.run(f.create().on_request_headers, Stream(), True)
     assert isinstance(reply, LocalReply) and reply.status == 403
     assert counters(store)["http.s.ext_authz.error"] == 1
+
+
+def test_a_request_no_route_matched_is_not_checked() -> None:
+    service = Service(HttpAnswer(403, (), b""))
+    f, store = factory(service)
+    assert trio.run(f.create().on_request_headers, Stream(route_name=None), True) is CONTINUE
+    assert service.heads == [] and counters(store)["http.s.ext_authz.denied"] == 0
+
+
+def test_charge_cluster_response_stats_false_keeps_the_cluster_out() -> None:
+    f, store = factory(Service(HttpAnswer(200, (), b"")), charge_cluster_response_stats=False)
+    trio.run(f.create().on_request_headers, Stream(), True)
+    c = counters(store)
+    assert c["http.s.ext_authz.ok"] == 1 and "cluster.svc.ext_authz.ok" not in c

@@ -1,10 +1,11 @@
 """The external authorization filter on a stream: Envoy 1.40's ``ext_authz``.
 
-A request of a route where the filter is on (not ``disabled`` by the route's
-``ExtAuthzPerRoute``, and drawn by ``filter_enabled`` when that is set; a request not
-drawn counts ``disabled`` and goes on unchecked) is held while the authorization
-service is asked, through the epoch's async client (:class:`proxyd.filters.api.
-AsyncClient`: the worker's own pools for an HTTP service, a unary call for gRPC).
+A request is held while the authorization service is asked, unless no route matched
+it (Envoy's filter checks nothing then), its route's ``ExtAuthzPerRoute`` says
+``disabled``, or ``filter_enabled`` (when set) did not draw it (counted as
+``disabled``). The service is asked through the epoch's async client
+(:class:`proxyd.filters.api.AsyncClient`: the worker's own pools for an HTTP service, a
+unary call for gRPC).
 
 With ``with_request_body`` the body is buffered first, up to ``max_request_bytes``:
 the check is made when the body ended or, with ``allow_partial_message``, when that
@@ -184,6 +185,9 @@ class ExtAuthzFilter(HttpFilter):
 
     async def on_request_headers(self, stream: FilterStream, end_stream: bool) -> Result:
         f = self.factory
+        if stream.route_name is None:  # no route: Envoy's filter checks nothing
+            self.checked = True
+            return CONTINUE
         if f.enabled is not None and not _fires(f.enabled):
             f.count(stream, "disabled")
             self.checked = True
