@@ -130,7 +130,9 @@ class Factory:
         scope.inc(stat)
 
     def create(self) -> ExtAuthzFilter:
-        return ExtAuthzFilter(self)
+        # Only a filter that buffers the body has a data hook: the chain passes the
+        # body of the others' streams on without calling them (filter_chain._overrides).
+        return ExtAuthzBodyFilter(self) if self.body is not None else ExtAuthzFilter(self)
 
 
 class _Prefixed:
@@ -200,23 +202,6 @@ class ExtAuthzFilter(HttpFilter):
             return STOP
         return await self._check(stream, b"", False)
 
-    async def on_request_data(
-        self, stream: FilterStream, data: bytearray, end_stream: bool
-    ) -> Result:
-        buffered = self.buffered
-        if buffered is None or self.checked:
-            return CONTINUE
-        max_bytes, partial, _ = self.factory.body  # type: ignore[misc]
-        buffered += data
-        if end_stream or (partial and len(buffered) >= max_bytes):
-            body = bytes(buffered[:max_bytes]) if partial else bytes(buffered)
-            self.buffered = None
-            result = await self._check(stream, body, True)
-            if result is CONTINUE and not end_stream:
-                return CONTINUE
-            return result
-        return STOP_AND_BUFFER
-
     async def _check(self, stream: FilterStream, body: bytes, with_body: bool) -> Result:
         f = self.factory
         self.checked = True
@@ -258,3 +243,23 @@ class ExtAuthzFilter(HttpFilter):
         for name, value in self.response_headers:
             stream.set_response_header(name, value)
         return CONTINUE
+
+
+class ExtAuthzBodyFilter(ExtAuthzFilter):
+    """The filter with ``with_request_body``: it takes the body for the check."""
+
+    __slots__ = ()
+
+    async def on_request_data(
+        self, stream: FilterStream, data: bytearray, end_stream: bool
+    ) -> Result:
+        buffered = self.buffered
+        if buffered is None or self.checked:
+            return CONTINUE
+        max_bytes, partial, _ = self.factory.body  # type: ignore[misc]
+        buffered += data
+        if end_stream or (partial and len(buffered) >= max_bytes):
+            body = bytes(buffered[:max_bytes]) if partial else bytes(buffered)
+            self.buffered = None
+            return await self._check(stream, body, True)
+        return STOP_AND_BUFFER
