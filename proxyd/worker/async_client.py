@@ -4,7 +4,8 @@ worker and epoch, given to filters as ``EpochFacts.client``
 
 * :meth:`AsyncClient.http_call` sends one HTTP/1.1 request through the cluster's
   connection pool (``DEFAULT`` priority: its circuit breakers, keep-alive connections
-  and stats are the cluster's, as for any request) and reads the whole response.
+  and stats are the cluster's, as for any request) and reads the whole response, to
+  whose headers it adds ``x-envoy-upstream-service-time`` as Envoy's router does.
 * :meth:`AsyncClient.grpc_call` makes one unary gRPC call to a host of the cluster
   (:mod:`proxyd.worker.grpc_unary`, a new HTTP/2 connection per call).
 
@@ -98,8 +99,9 @@ class AsyncClient:
                 host.stats.rq_active += 1
                 cstats.rq_total += 1
                 host.stats.rq_total += 1
+                sent = trio.current_time()
                 await io.send_all(conn.sock, head + body if body else head)
-                answer, reusable = await _read_response(conn, head.startswith(b"HEAD "))
+                answer, reusable = await _read_response(conn, head.startswith(b"HEAD "), sent)
                 cstats.count_response(answer.status)
                 if answer.status < 500:
                     host.stats.rq_success += 1
@@ -147,7 +149,9 @@ class AsyncClient:
             raise CallFailed(f"gRPC call failed: {exc!r}") from None
 
 
-async def _read_response(conn: UpstreamConnection, head_request: bool) -> tuple[HttpAnswer, bool]:
+async def _read_response(
+    conn: UpstreamConnection, head_request: bool, sent: float
+) -> tuple[HttpAnswer, bool]:
     rb = conn.rb
     while True:
         view = rb.next_head() if rb.start != rb.end else None
@@ -157,7 +161,9 @@ async def _read_response(conn: UpstreamConnection, head_request: bool) -> tuple[
                 continue
             break
         await _receive(conn)
-    headers = header_lines(r.raw)
+    # Envoy's async client has a router, which adds the upstream's service time.
+    service_ms = int((trio.current_time() - sent) * 1000)
+    headers = (*header_lines(r.raw), ("x-envoy-upstream-service-time", str(service_ms)))
     if not response_has_body(r.status, head_request):
         return HttpAnswer(r.status, headers, b""), r.keep_alive
     if r.chunked:

@@ -49,6 +49,8 @@ _OWN = frozenset({"host", "content-length", "transfer-encoding", "connection", "
 _DENIED_DEFAULTS = frozenset({":status", "content-length", "www-authenticate", "location"})
 # Not copied from a denial's headers: the local reply frames its own body.
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+# Nor these: the proxy's own replace them, as Envoy's connection manager sets them.
+_REPLY_OWN = _FRAMING | {"date", "server"}
 
 
 # A header name (RFC 9110 token) and the characters a header value cannot carry.
@@ -186,16 +188,16 @@ class HttpService(Service):
             return Allowed(
                 set=tuple((n, v) for n, v in headers if up(n) and n not in _OWN),
                 append=tuple((n, v) for n, v in headers if app(n) and n not in _OWN),
-                client=tuple((n, v) for n, v in headers if cl(n) and n not in _FRAMING),
+                client=tuple((n, v) for n, v in headers if cl(n) and n not in _REPLY_OWN),
             )
         to_client = self.to_client
         if to_client is None:
-            kept = tuple((n, v) for n, v in headers if n != "host" and n not in _FRAMING)
+            kept = tuple((n, v) for n, v in headers if n != "host" and n not in _REPLY_OWN)
         else:
             kept = tuple(
                 (n, v)
                 for n, v in headers
-                if (to_client(n) or n in _DENIED_DEFAULTS) and n not in _FRAMING
+                if (to_client(n) or n in _DENIED_DEFAULTS) and n not in _REPLY_OWN
             )
         return Denied(status, _text(answer.body), kept)
 
@@ -327,4 +329,5 @@ class GrpcService(Service):
             )
         status = result.status if 200 <= result.status <= 599 else 403
         to_set, to_append = _options(result.denied_headers)
-        return Denied(status, result.body, (*to_set, *to_append))
+        kept = tuple((n, v) for n, v in (*to_set, *to_append) if n not in _REPLY_OWN)
+        return Denied(status, result.body, kept)
