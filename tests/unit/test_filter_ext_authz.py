@@ -475,3 +475,20 @@ def test_charge_cluster_response_stats_false_keeps_the_cluster_out() -> None:
     trio.run(f.create().on_request_headers, Stream(), True)
     c = counters(store)
     assert c["http.s.ext_authz.ok"] == 1 and "cluster.svc.ext_authz.ok" not in c
+
+
+@pytest.mark.parametrize(
+    ("header", "where"),
+    [
+        ({"key": "x-a", "value": "a\r\nx-b: 1"}, "value"),
+        ({"key": "bad name", "value": "v"}, "key"),
+        ({"key": "content-length", "value": "1"}, "key"),
+    ],
+)
+def test_headers_to_add_must_be_writable(header: dict[str, str], where: str) -> None:
+    err = reject(
+        with_filter(
+            http_service={**HTTP_SERVICE, "authorization_request": {"headers_to_add": [header]}}
+        )
+    )
+    assert err.path.endswith(f"headers_to_add[0].{where}")

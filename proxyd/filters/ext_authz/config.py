@@ -38,6 +38,7 @@ without ``server_uri.timeout``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,6 +54,10 @@ PER_ROUTE_TYPE = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 PER_ROUTE_LEVELS = True
 
 DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+# Headers the check sets itself.
+_OWN = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 GRPC_DEFAULT_TIMEOUT_MS = 200  # Envoy's ext_authz default for grpc_service
 
 _LIST: Spec = {"patterns": STRING_MATCHER}
@@ -170,12 +175,13 @@ def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
             )
         for i, hv in enumerate(req.headers_to_add):
             name = hv.key.lower()
-            if not name or name.startswith(":"):
+            where = f"{join(here, 'authorization_request.headers_to_add')}[{i}]"
+            if not _TOKEN.fullmatch(name) or name in _OWN:
                 raise ConfigError(
-                    file,
-                    f"{join(here, 'authorization_request.headers_to_add')}[{i}].key",
-                    f"header '{name}' may not be added by proxyd",
+                    file, join(where, "key"), f"header '{name}' may not be added by proxyd"
                 )
+            if _BAD_VALUE.search(hv.value):
+                raise ConfigError(file, join(where, "value"), "invalid header value")
             out["headers_to_add"].append([name, hv.value])
         resp = h.authorization_response
         rhere = join(here, "authorization_response")
