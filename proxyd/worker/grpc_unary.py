@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import trio
 
 MAX_MESSAGE = 4 << 20  # gRPC's default maximum receive size
@@ -47,6 +48,20 @@ async def unary_call_message(
     """(grpc-status, the response message, b"" when none came) of calling ``method``
     with ``message``. Raises OSError, GrpcCallError (also for a response message that
     is compressed or not framed as gRPC)."""
+    try:
+        return await _call(host, port, authority, method, message, metadata)
+    except trio.BrokenResourceError as exc:  # the peer reset the connection mid-call
+        raise GrpcCallError(f"connection broken: {exc!r}") from None
+
+
+async def _call(
+    host: str,
+    port: int,
+    authority: str,
+    method: str,
+    message: bytes,
+    metadata: Sequence[tuple[str, str]],
+) -> tuple[int, bytes]:
     sock = await trio.open_tcp_stream(host, port)
     async with sock:
         conn = h2.connection.H2Connection(
@@ -84,10 +99,16 @@ async def unary_call_message(
             data = await sock.receive_some(65536)
             if not data:
                 raise GrpcCallError("connection closed before the call's status")
-            for event in conn.receive_data(data):
+            try:
+                events = conn.receive_data(data)
+            except h2.exceptions.H2Error as exc:
+                raise GrpcCallError(f"HTTP/2 protocol error from the peer: {exc}") from None
+            for event in events:
                 if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                     for name, value in event.headers:
                         if name == b"grpc-status":
+                            if not value.isdigit():
+                                raise GrpcCallError(f"malformed grpc-status {value!r}")
                             status = int(value)
                 elif isinstance(event, h2.events.DataReceived):
                     received += event.data
