@@ -7,7 +7,8 @@ worker and epoch, given to filters as ``EpochFacts.client``
   and stats are the cluster's, as for any request) and reads the whole response, to
   whose headers it adds ``x-envoy-upstream-service-time`` as Envoy's router does.
 * :meth:`AsyncClient.grpc_call` makes one unary gRPC call to a host of the cluster
-  (:mod:`proxyd.worker.grpc_unary`, a new HTTP/2 connection per call).
+  (:mod:`proxyd.worker.grpc_unary`: on a kept HTTP/2 connection to the host, one call
+  at a time on each).
 
 Either raises :class:`~proxyd.filters.api.CallFailed` when no answer came within the
 time given: no such cluster, no healthy host, connect failure, overflow, reset,
@@ -25,13 +26,15 @@ from proxyd.filters.api import CallFailed, HttpAnswer
 from proxyd.protocol.http1 import response_has_body
 from proxyd.protocol.http1_framing import BodyReader
 from proxyd.worker import io
-from proxyd.worker.grpc_unary import GrpcCallError, unary_call_message
+from proxyd.worker.grpc_unary import GrpcCallError, GrpcConnections
 from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
 
 if TYPE_CHECKING:
     from proxyd.worker.upstream import ClusterState
 
 MAX_BODY = 1 << 20  # a side call's response body beyond this is a failure
+# This worker's kept gRPC connections (the epochs' clients share them).
+GRPC_CONNECTIONS = GrpcConnections()
 
 
 class _Closed(Exception):
@@ -142,7 +145,7 @@ class AsyncClient:
             raise CallFailed("no healthy upstream")
         try:
             with trio.fail_after(timeout_s):
-                return await unary_call_message(
+                return await GRPC_CONNECTIONS.call(
                     host.address, host.port, authority, method, message, metadata
                 )
         except (OSError, trio.TooSlowError, GrpcCallError) as exc:
