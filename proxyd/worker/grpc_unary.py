@@ -11,7 +11,7 @@ must not import.
   (a worker's callers take an idle connection of the host, or open one, and give it
   back when the call went well). A kept connection the peer closed meanwhile fails
   before the peer said anything of the call: the call is then made once more on a new
-  connection. Idle connections are closed after :data:`IDLE_S`.
+  connection. A connection idle for :data:`IDLE_S` is closed by a later call's sweep.
 
 A peer that breaks HTTP/2, sends a malformed ``grpc-status`` or resets the connection
 makes a :class:`GrpcCallError`.
