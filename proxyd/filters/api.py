@@ -122,6 +122,10 @@ class FilterStream(Protocol):
         address, and the local address and port the connection came to)."""
         ...
 
+    def downstream_peer_port(self) -> int:
+        """The port of the connection's peer (0 on a Unix socket)."""
+        ...
+
     def downstream_tls(self) -> Any:
         """The connection's TLS session (``sni``, ``peer``: the verified client
         certificate as ``ssl.getpeercert()`` gives it, or None), None on plaintext."""
@@ -156,6 +160,12 @@ class FilterStream(Protocol):
 
     def set_flag(self, flag: str) -> None:
         """Add Envoy's response flag ``flag`` (e.g. "DI") for the access log."""
+        ...
+
+    def request_header_lines(self) -> list[tuple[str, str]]:
+        """Every request header as it stands (lower-case names, one pair per line, in
+        order, with the filters' changes), for a filter that must see them all
+        (ext_authz); costs a parse of the head, so only such filters call it."""
         ...
 
 
@@ -208,6 +218,45 @@ class StatsScope(Protocol):
         ...
 
 
+class CallFailed(Exception):
+    """A side call (:class:`AsyncClient`) got no answer: no such cluster, no healthy
+    host, connect failure, reset, timeout, or a broken response."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """An HTTP side call's response: status, header lines (lower-case names, in
+    order), body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+class AsyncClient(Protocol):
+    """Calls a filter makes to a cluster of the epoch (Envoy's async client), through
+    the worker's own upstream pools; each raises :class:`CallFailed` when there is no
+    answer within ``timeout_s``."""
+
+    async def http_call(
+        self, cluster: str, head: bytes, body: bytes, timeout_s: float
+    ) -> HttpAnswer:
+        """``head`` is a whole HTTP/1.1 request head (CRLF CRLF ended)."""
+        ...
+
+    async def grpc_call(
+        self,
+        cluster: str,
+        authority: str,
+        method: str,
+        message: bytes,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> tuple[int, bytes]:
+        """(grpc-status, the response message: b"" when none came)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class EpochFacts:
     """What a filter may know of its epoch beyond its config, given (as ``facts=``) to
@@ -216,11 +265,14 @@ class EpochFacts:
 
     ``http_get(cluster, authority, path, timeout_s, retry=None)`` GETs ``path`` from a
     host of a cluster of the epoch and returns (status, body), raising an exception for
-    a fetch that failed (:mod:`proxyd.worker.cluster_fetch`); None outside a worker."""
+    a fetch that failed (:mod:`proxyd.worker.cluster_fetch`); None outside a worker.
+    ``client`` makes calls to the epoch's clusters (:class:`AsyncClient`, ext_authz's
+    HTTP checks and unary gRPC calls); None outside a worker."""
 
     node_cluster: str = ""
     membership: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     http_get: Callable[..., Awaitable[tuple[int, bytes]]] | None = None
+    client: AsyncClient | None = None
 
 
 class FilterFactory(Protocol):

@@ -10,6 +10,7 @@ from proxyd.filters.compressor import config as compressor_config
 from proxyd.filters.cors import config as cors_config
 from proxyd.filters.csrf import config as csrf_config
 from proxyd.filters.decompressor import config as decompressor_config
+from proxyd.filters.ext_authz import config as ext_authz_config
 from proxyd.filters.fault import config as fault_config
 from proxyd.filters.header_mutation import config as header_mutation_config
 from proxyd.filters.header_to_metadata import config as header_to_metadata_config
@@ -28,6 +29,7 @@ COMPILERS: dict[str, ModuleType] = {
         cors_config,
         csrf_config,
         decompressor_config,
+        ext_authz_config,
         fault_config,
         header_mutation_config,
         header_to_metadata_config,

@@ -12,6 +12,7 @@ from proxyd.filters.compressor.filter import Factory as CompressorFactory
 from proxyd.filters.cors.filter import Factory as CorsFactory
 from proxyd.filters.csrf.filter import Factory as CsrfFactory
 from proxyd.filters.decompressor.filter import Factory as DecompressorFactory
+from proxyd.filters.ext_authz.filter import Factory as ExtAuthzFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
 from proxyd.filters.header_mutation.filter import Factory as HeaderMutationFactory
 from proxyd.filters.header_to_metadata.filter import Factory as HeaderToMetadataFactory
@@ -27,6 +28,7 @@ FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.compressor.v3.Compressor": CompressorFactory,
     "envoy.extensions.filters.http.decompressor.v3.Decompressor": DecompressorFactory,
     "envoy.extensions.filters.http.cors.v3.Cors": CorsFactory,
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": ExtAuthzFactory,
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": CsrfFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation": HeaderMutationFactory,

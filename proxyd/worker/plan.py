@@ -40,6 +40,7 @@ from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
+from proxyd.worker.async_client import AsyncClient
 from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
@@ -672,6 +673,7 @@ class CompiledEpoch:
                 for name, c in self.clusters.items()
             },
             partial(http_get, self.clusters),
+            AsyncClient(self.clusters),  # filters' calls to clusters (ext_authz)
         )
         # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
         # TCP proxy listeners' (proxyd.worker.tcp_proxy).

@@ -273,6 +273,12 @@ class Stream:
             int(port) if port.isdigit() else 0,
         )
 
+    def downstream_peer_port(self) -> int:
+        conn = self.connection
+        assert conn is not None
+        port = conn.remote.rpartition(":")[2]
+        return int(port) if port.isdigit() else 0
+
     def downstream_tls(self) -> Any:
         conn = self.connection
         return conn.tls if conn is not None else None
@@ -325,6 +331,26 @@ class Stream:
             self.extra_flags = []
         if flag not in self.extra_flags:
             self.extra_flags.append(flag)
+
+    def request_header_lines(self) -> list[tuple[str, str]]:
+        h = self.head
+        assert h is not None
+        raw = h.raw
+        end = raw.find(b"\r\n\r\n")
+        removed = set(h.remove)
+        out = []
+        for line in raw[: end if end >= 0 else len(raw)].split(b"\r\n")[1:]:
+            i = line.find(b":")
+            if i <= 0:
+                continue
+            name = line[:i].lower()
+            if name in removed:
+                continue
+            out.append((name.decode("latin-1"), line[i + 1 :].strip().decode("latin-1")))
+        for line in self.request_added or ():
+            i = line.find(b":")
+            out.append((line[:i].decode("latin-1"), line[i + 1 :].strip().decode("latin-1")))
+        return out
 
 
 class DownstreamSink(Protocol):
