@@ -779,7 +779,7 @@ class Tracing:
 @dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
-    # "AUTO" or "HTTP1" (HTTP2 arrives with its own issue).
+    # "AUTO", "HTTP1" or "HTTP2" (proxyd.worker.h2_downstream).
     codec_type: str
     route_config: RouteConfig
     access_logs: tuple[AccessLog, ...] = ()
@@ -826,6 +826,18 @@ class HttpConnectionManager:
     drain_timeout_s: float = 5.0
     # tracing (None: none; the request path then pays nothing for it).
     tracing: Tracing | None = None
+    # http2_protocol_options (None: Envoy's defaults, Http2Options()).
+    http2: Http2Options | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Options:
+    """The connection manager's ``http2_protocol_options`` proxyd implements
+    (core.v3.Http2ProtocolOptions; the downstream HTTP/2 codec sends them as SETTINGS)."""
+
+    max_concurrent_streams: int = 2147483647
+    initial_stream_window_size: int = 268435456
+    initial_connection_window_size: int = 268435456
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,7 +276,7 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
             rec.upstream_hostname = _hostname(rp.cluster.cluster.endpoints, host)
     h = stream.head
     if h is not None:
-        rec.protocol = "HTTP/1.1"
+        rec.protocol = conn.protocol
         rec.scheme = plan.scheme
         rec.method = h.method
         rec.path = h.path

@@ -21,6 +21,7 @@ from proxyd.epoch import (
     Epoch,
     FilterOverride,
     HeaderMutations,
+    Http2Options,
     HttpFilter,
     Listener,
     RetryPolicy,
@@ -31,6 +32,7 @@ from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import NOT_SET, LogRecord
 from proxyd.protocol.chain_match import ChainSelector
+from proxyd.protocol.h2_translate import H2Plan
 from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
@@ -586,6 +588,12 @@ class ListenerPlan:
         self.durations = self.max_connection_duration != math.inf or self.stream_limits
         # The connection manager's request/response transforms; None when it sets none.
         self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
+        # Downstream HTTP/2 (proxyd.worker.h2_downstream): None when the listener speaks
+        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with stream
+        # or connection durations, which proxyd runs for HTTP/1.1 only).
+        self.h2: H2Plan | None = None
+        if hcm.codec_type == "HTTP2" or (hcm.codec_type == "AUTO" and not self.durations):
+            self.h2 = H2Plan(hcm.codec_type == "HTTP2", hcm.http2 or Http2Options())
 
     def header_record(self, stream: Stream, conn: Connection) -> LogRecord:
         """The record a header value's operators read (proxyd.protocol.header_values)."""

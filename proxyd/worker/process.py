@@ -479,6 +479,11 @@ class Worker:
         self._all_closed = trio.Event()
         for name in list(self.accepting):
             self._stop_listener(name, self.listen_socks.pop(name, None))
+        # HTTP/2 connections are told at once (GOAWAY); their streams finish.
+        for conn in list(self.connections):
+            session = getattr(conn, "h2", None)
+            if session is not None:
+                session.drain()
         # A busy connection ends after its response, which carries "connection: close".
         # An idle keep-alive connection is left open: closing it now would race a
         # request the client may already be sending. Its next request is answered with

@@ -367,5 +367,7 @@ class Connection(Protocol):
     durations: ConnectionDurations | None
     # The TLS session (proxyd.worker.tls.TlsSocket), None on a plaintext connection.
     tls: Any
+    # %PROTOCOL%: "HTTP/1.1" or "HTTP/2".
+    protocol: str
 
     def local_address(self) -> str: ...
