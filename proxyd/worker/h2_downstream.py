@@ -162,6 +162,12 @@ class H2Session:
     async def _protocol_error(self, exc: Exception) -> None:
         """The client broke HTTP/2: GOAWAY with its error code, then the end."""
         self.plan.http_stats.cx_protocol_error += 1
+        self.broken = True
+        if "preamble" in str(exc):
+            # Not HTTP/2 at all (no client preface): closed without a word, as Envoy
+            # closes it.
+            return
+        self.broken = False
         code = getattr(exc, "error_code", None) or PROTOCOL_ERROR
         try:
             self.h2.close_connection(error_code=code)

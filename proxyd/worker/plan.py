@@ -540,17 +540,30 @@ class ListenerPlan:
             local_address,
             ids,
         )
+        # Downstream HTTP/2 (proxyd.worker.h2_downstream): None when the listener speaks
+        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with stream
+        # or connection durations, which proxyd runs for HTTP/1.1 only).
+        self.h2: H2Plan | None = None
+        timed = hcm.max_connection_duration_s or hcm_stream_s != math.inf or any(
+            r.stream_duration_set for vh in hcm.route_config.virtual_hosts for r in vh.routes
+        )
+        if hcm.codec_type == "HTTP2" or (hcm.codec_type == "AUTO" and not timed):
+            self.h2 = H2Plan(hcm.codec_type == "HTTP2", hcm.http2 or Http2Options())
+        tls = listener.tls
+        if tls is not None and self.h2 is None and "h2" in tls.alpn:
+            # This connection manager speaks HTTP/1.1 only: ALPN never chooses h2.
+            tls = dataclasses.replace(tls, alpn=tuple(p for p in tls.alpn if p != "h2"))
         # TLS termination (proxyd.worker.tls): None on a plaintext filter chain.
         self.tls = (
             TlsPlan(
-                listener.tls,
+                tls,
                 stats,
                 listener.stat_name,
                 hcm.stat_prefix,
                 hcm.idle_timeout_s or math.inf,
                 listener.tls_inspector,
             )
-            if listener.tls is not None
+            if tls is not None
             else None
         )
         self.scheme = "http" if self.tls is None else "https"
@@ -588,12 +601,6 @@ class ListenerPlan:
         self.durations = self.max_connection_duration != math.inf or self.stream_limits
         # The connection manager's request/response transforms; None when it sets none.
         self.transforms = compile_transforms(self, stats.named(f"http.{hcm.stat_prefix}."))
-        # Downstream HTTP/2 (proxyd.worker.h2_downstream): None when the listener speaks
-        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with stream
-        # or connection durations, which proxyd runs for HTTP/1.1 only).
-        self.h2: H2Plan | None = None
-        if hcm.codec_type == "HTTP2" or (hcm.codec_type == "AUTO" and not self.durations):
-            self.h2 = H2Plan(hcm.codec_type == "HTTP2", hcm.http2 or Http2Options())
 
     def header_record(self, stream: Stream, conn: Connection) -> LogRecord:
         """The record a header value's operators read (proxyd.protocol.header_values)."""
