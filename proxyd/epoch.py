@@ -835,9 +835,10 @@ class Http2Options:
     """The connection manager's ``http2_protocol_options`` proxyd implements
     (core.v3.Http2ProtocolOptions; the downstream HTTP/2 codec sends them as SETTINGS)."""
 
-    max_concurrent_streams: int = 2147483647
-    initial_stream_window_size: int = 268435456
-    initial_connection_window_size: int = 268435456
+    # Envoy 1.40's defaults.
+    max_concurrent_streams: int = 1024
+    initial_stream_window_size: int = 16 * 1024 * 1024
+    initial_connection_window_size: int = 24 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

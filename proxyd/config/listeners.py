@@ -393,6 +393,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
 # Envoy's bounds of Http2ProtocolOptions' window sizes.
 _MIN_WINDOW = 65535
 _MAX_WINDOW = 2147483647
+_H2_DEFAULTS = Http2Options()
 
 
 def compile_http2_options(hcm: Any, codec: str, path: str, file: str) -> Http2Options | None:
@@ -417,9 +418,13 @@ def compile_http2_options(hcm: Any, codec: str, path: str, file: str) -> Http2Op
     opath = join(path, "http2_protocol_options")
     values: dict[str, int] = {}
     for name, low, default in (
-        ("max_concurrent_streams", 1, 2147483647),
-        ("initial_stream_window_size", _MIN_WINDOW, 268435456),
-        ("initial_connection_window_size", _MIN_WINDOW, 268435456),
+        ("max_concurrent_streams", 1, _H2_DEFAULTS.max_concurrent_streams),
+        ("initial_stream_window_size", _MIN_WINDOW, _H2_DEFAULTS.initial_stream_window_size),
+        (
+            "initial_connection_window_size",
+            _MIN_WINDOW,
+            _H2_DEFAULTS.initial_connection_window_size,
+        ),
     ):
         value = wrapped_or(o, name, default)
         if not low <= value <= _MAX_WINDOW:

@@ -47,12 +47,14 @@ class H2Plan:
 
 
 def local_settings(options: Http2Options) -> dict[int, int]:
-    """The SETTINGS proxyd announces (h2.settings.SettingCodes values as keys)."""
+    """The SETTINGS proxyd announces, as Envoy announces them (h2.settings.SettingCodes
+    values as keys, in Envoy's order): HEADER_TABLE_SIZE, ENABLE_CONNECT_PROTOCOL 0,
+    MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE."""
     return {
-        # MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE; ENABLE_PUSH 0 as Envoy sends it.
+        0x1: 4096,
+        0x8: 0,
         0x3: options.max_concurrent_streams,
         0x4: options.initial_stream_window_size,
-        0x2: 0,
     }
 
 

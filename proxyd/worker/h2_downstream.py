@@ -35,7 +35,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import trio
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from proxyd.errors import ProtocolError
 from proxyd.protocol.h2_translate import local_settings, request_head, response_headers
@@ -99,7 +99,9 @@ class H2Session:
         self.remote_goaway = False
         self.broken = False
         self.idle = Deadline(self._idle_passed)
-        # Frames written after h2's output (a graceful GOAWAY).
+        # Frames written before h2's output (the first SETTINGS), and after it (a
+        # graceful GOAWAY).
+        self.first_out = b""
         self.extra_out: list[bytes] = []
 
     # -- life cycle -------------------------------------------------------------------
@@ -114,6 +116,14 @@ class H2Session:
         stats.cx_http2_active += 1
         try:
             h2c.initiate_connection()
+            # h2's SETTINGS frame names every setting; Envoy's names four: the frame
+            # that goes out is written here, with the same values h2 now expects to
+            # see acknowledged.
+            h2c.data_to_send()
+            settings = SettingsFrame(0)
+            for code, value in local_settings(self.options).items():
+                settings.settings[code] = value
+            self.first_out = settings.serialize()
             extra = self.options.initial_connection_window_size - 65535
             if extra > 0:
                 h2c.increment_flow_control_window(extra)
@@ -220,6 +230,9 @@ class H2Session:
             raise DownstreamReset()
         async with self.send_lock:
             data = self.h2.data_to_send()
+            if self.first_out:
+                data = self.first_out + data
+                self.first_out = b""
             extra = self.extra_out
             if extra:
                 data = data + b"".join(extra)
@@ -346,7 +359,8 @@ class H2Stream:
         self.body_ended = not has_body
         self.body_wake: trio.Event | None = None
         self.window_wake: trio.Event | None = None
-        self.peer_reset = False
+        self.peer_reset = False  # the client reset it, or the connection is gone
+        self.rst_by_peer = False  # the client's RST_STREAM
         self.ended_out = False  # END_STREAM (or RST_STREAM) sent
         self.done = False
 
@@ -375,6 +389,7 @@ class H2Stream:
         self._wake_body()
 
     def reset_by_peer(self) -> None:
+        self.rst_by_peer = True
         self.peer_reset = True
         self.ended_out = True
         self.scope.cancel()
@@ -382,6 +397,8 @@ class H2Stream:
         self.wake_window()
 
     def end_peer_gone(self) -> None:
+        if self.ended_out:
+            return  # its response is all out (or it was reset): it ends on its own
         self.peer_reset = True
         self.scope.cancel()
         self._wake_body()
@@ -414,7 +431,10 @@ class H2Stream:
                 finished = True
             timers.clear(self.deadline)
             if not finished:
-                if self.peer_reset or session.broken:
+                if self.rst_by_peer:
+                    stream.flags = ResponseFlag.DOWNSTREAM_REMOTE_RESET
+                    manager.finish(stream, plan, self)
+                elif self.peer_reset or session.broken:
                     if stream.flags is ResponseFlag.NONE:
                         stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
                     manager.finish(stream, plan, self)
@@ -534,7 +554,16 @@ class H2Stream:
             raise DownstreamReset() from None
         if end_stream:
             self.ended_out = True
-        await self.session.flush()
+        await self._flush_end(end_stream)
+
+    async def _flush_end(self, ended: bool) -> None:
+        """Flush; once END_STREAM is handed to h2 the stream is complete, whatever
+        becomes of the connection after (another stream's flush may have sent it)."""
+        try:
+            await self.session.flush()
+        except DownstreamReset:
+            if not ended:
+                raise
 
     async def send_data(self, parts: list, end_stream: bool) -> None:
         session = self.session
@@ -558,7 +587,7 @@ class H2Stream:
             except h2.exceptions.ProtocolError:
                 raise DownstreamReset() from None
             self.ended_out = True
-            await session.flush()
+            await self._flush_end(True)
 
     async def _window(self, want: int) -> int:
         """How much of ``want`` may go out now, waiting for the client's windows."""
@@ -593,10 +622,11 @@ class H2Stream:
             data = rp.mutations.on_local_reply(data, stream, self)
         split = data.find(CRLF2) + 4
         headers = response_headers(data[:split])
-        if chunked:
-            # (Envoy's HTTP/2 reply of a body of unknown length has no content-length.)
-            headers = [x for x in headers if x[0] != b"content-length"]
         payload = b"" if head_request else data[split:]
+        if chunked or not data[split:]:
+            # Envoy's HTTP/2 reply of an empty body (or of one of unknown length) has
+            # no content-length.
+            headers = [x for x in headers if x[0] != b"content-length"]
         await self._send_head(headers, not payload)
         if payload:
             await self.send_data([payload], True)
