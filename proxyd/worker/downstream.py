@@ -348,6 +348,8 @@ class DownstreamConnection:
             self.scope = scope
             self.idle = True
             self.set_deadline(_IDLE, plan.idle_timeout)
+            # The client's first bytes are usually on their way: let others run first.
+            await io.yield_now()
             while True:
                 n = rb.receive(sock.recv_into)
                 if n < 0:

@@ -503,8 +503,12 @@ class Worker:
         listener's connections."""
         await trio.sleep(max(after_s, 0.0))
         for conn in list(self.connections):
-            if conn.listener_name == name and conn.generation is generation and conn.idle:
-                conn.set_deadline(DeadlineKind.DRAIN, 0.0)  # closes it quietly
+            if conn.listener_name == name and conn.generation is generation:
+                session = getattr(conn, "h2", None)
+                if session is not None:
+                    session.drain()  # HTTP/2: GOAWAY; its streams finish
+                elif conn.idle:
+                    conn.set_deadline(DeadlineKind.DRAIN, 0.0)  # closes it quietly
 
     def connection_closed(self) -> None:
         if self._all_closed is not None and not self.connections:
