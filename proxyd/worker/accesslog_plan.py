@@ -290,6 +290,8 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
         rec.req_headers = headers
     else:
         rec.protocol = rec.scheme = rec.method = rec.path = rec.authority = None
+        if conn.protocol == "HTTP/2":  # a stream reset before its head was taken
+            rec.protocol = "HTTP/2"
         rec.request_id = rec.x_forwarded_for = rec.user_agent = None
         rec.req_headers = {}
     resp = stream.resp_headers

@@ -151,7 +151,7 @@ class H2Session:
                 if data:
                     try:
                         events = h2c.receive_data(data)
-                    except h2.exceptions.ProtocolError as exc:
+                    except h2.exceptions.H2Error as exc:
                         await self._protocol_error(exc)
                         return
                     self._dispatch(events)
@@ -300,21 +300,28 @@ class H2Session:
         worker = self.worker
         plan = worker.plans.get(self.dc.listener_name) or self.plan
         stats = plan.http_stats
+        stats.rq_http2_total += 1
         try:
             raw, has_body = request_head(ev.headers, ev.stream_ended is not None)
+            if len(raw) > plan.max_head:  # max_request_headers_kb
+                raise ProtocolError("headers too large", 431)
             head = worker.head_parser.parse(raw, plan.request_wanted, plan.max_headers, None)
         except ProtocolError as exc:
-            # A request HTTP/1.1 cannot carry: the stream is refused on its own (Envoy
-            # resets a malformed stream; too many headers get 431).
+            # A request HTTP/1.1 cannot carry: the stream is reset on its own, as
+            # Envoy's codec resets it (PROTOCOL_ERROR for a malformed one; more header
+            # fields than max_headers_count, or more bytes than max_request_headers_kb:
+            # INTERNAL_ERROR, logged with DR and no request, as Envoy logs it).
+            stats.cx_protocol_error += exc.status != 431
             stats.rq_total += 1
-            if exc.status == 431:
-                stats.by_class[4] += 1
-                h2c.send_headers(sid, [(b":status", b"431")], end_stream=True)
-            else:
-                stats.cx_protocol_error += 1
-                h2c.reset_stream(sid, PROTOCOL_ERROR)
+            code = INTERNAL_ERROR if exc.status == 431 else PROTOCOL_ERROR
+            h2c.reset_stream(sid, code)
+            if plan.logs:
+                refused = H2Stream(self, sid, plan, None, False)
+                stream = refused.stream
+                stream.t_wall, stream.t0 = manager.clock_now(plan)
+                stream.flags = ResponseFlag.DOWNSTREAM_REMOTE_RESET
+                manager.write_log(stream, plan, refused)
             return
-        stats.rq_http2_total += 1
         s = H2Stream(self, sid, plan, head, has_body)
         self.streams[sid] = s
         self.worker.timers.clear(self.idle)

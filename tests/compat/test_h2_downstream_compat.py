@@ -295,7 +295,9 @@ class RawH2:
         self.streams: dict[int, dict[str, Any]] = {}
         self.goaway: int | None = None
 
-    def request(self, path: str, port: int, end: bool = True) -> int:
+    def request(
+        self, path: str, port: int, end: bool = True, extra: list[tuple[bytes, bytes]] = ()
+    ) -> int:
         sid = self.c.get_next_available_stream_id()
         self.c.send_headers(
             sid,
@@ -304,6 +306,7 @@ class RawH2:
                 (b":path", path.encode()),
                 (b":scheme", b"http"),
                 (b":authority", f"127.0.0.1:{port}".encode()),
+                *extra,
             ],
             end_stream=end,
         )
@@ -383,11 +386,16 @@ def raw_cases(port_of: PortOf) -> dict[str, Any]:
             raw.streams[s]["ended"] or raw.streams[s]["reset"] is not None for s in (cut, late)
         )
     )
+    # More header fields than max_headers_count (100).
+    crowded = raw.request("/bytes/5", auto, extra=[(b"x-h%d" % i, b"v") for i in range(120)])
+    raw.run_until(
+        lambda: raw.streams[crowded]["ended"] or raw.streams[crowded]["reset"] is not None
+    )
     more = raw.request("/bytes/30", auto)
     raw.run_until(lambda: raw.streams[more]["ended"])
     out["upstream reset, timeout, then"] = [
         (raw.streams[s]["status"], len(raw.streams[s]["body"]), raw.streams[s]["reset"])
-        for s in (cut, late, more)
+        for s in (cut, late, crowded, more)
     ]
     raw.close()
     # max_concurrent_streams 7 is what the client is told; 7 at once go through.
@@ -421,7 +429,7 @@ def test_h2_downstream_matches_envoy(tmp_path, certs):
             out["h2only GET"] = seen(c.get(f"http://127.0.0.1:{h2only}/echo"), h2only)
         out.update(raw_cases(port_of))
         out["tls alpn h2"] = tls_case(certs, port_of("tls"))
-        lines = wait_for(lambda: _log_lines(log_path, 72), timeout=10)
+        lines = wait_for(lambda: _log_lines(log_path, 73), timeout=10)
         out["access log"] = sorted(set(lines))
         Path(log_path).write_text("")  # the next proxy starts from an empty log
         return out
