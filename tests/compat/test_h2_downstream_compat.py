@@ -4,7 +4,8 @@ Listeners:
 
 * ``auto`` (codec_type AUTO): h2c with prior knowledge, and HTTP/1.1 beside it;
 * ``h2only`` (codec_type HTTP2) with http2_protocol_options (max_concurrent_streams 7,
-  a 64 KiB stream window, a 1 MiB connection window);
+  a 64 KiB stream window, a 1 MiB connection window) and an RBAC filter that refuses
+  /denied (a filter's local reply);
 * ``tls``: TLS with ALPN h2 and http/1.1.
 
 Routes: /echo, /bytes, /chunked, /delay, /status to the demo upstream; /missing to a
@@ -52,6 +53,22 @@ HCM = (
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 LOG_FORMAT = "%PROTOCOL% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n"
+# On the h2only listener: /denied is refused by a filter (its local reply).
+RBAC_DENY = {
+    "name": "envoy.filters.http.rbac",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {
+            "action": "DENY",
+            "policies": {
+                "denied": {
+                    "permissions": [{"url_path": {"path": {"prefix": "/denied"}}}],
+                    "principals": [{"any": True}],
+                }
+            },
+        },
+    },
+}
 # What differs between two runs, not between the proxies.
 VOLATILE = {"date", "x-request-id", "x-envoy-upstream-service-time"}
 
@@ -105,7 +122,10 @@ def listener(name: str, log_path: str, **hcm_fields: Any) -> dict[str, Any]:
                 },
             }
         ],
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": [
+            *([RBAC_DENY] if name == "h2only" else []),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
     }
     chain: dict[str, Any] = {
         "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
@@ -427,9 +447,12 @@ def test_h2_downstream_matches_envoy(tmp_path, certs):
         h2only = port_of("h2only")
         with httpx.Client(http1=False, http2=True, timeout=10) as c:
             out["h2only GET"] = seen(c.get(f"http://127.0.0.1:{h2only}/echo"), h2only)
+            out["h2only filter's reply"] = seen(
+                c.post(f"http://127.0.0.1:{h2only}/denied", content=b"d" * 1000), h2only
+            )
         out.update(raw_cases(port_of))
         out["tls alpn h2"] = tls_case(certs, port_of("tls"))
-        lines = wait_for(lambda: _log_lines(log_path, 73), timeout=10)
+        lines = wait_for(lambda: _log_lines(log_path, 74), timeout=10)
         out["access log"] = sorted(set(lines))
         Path(log_path).write_text("")  # the next proxy starts from an empty log
         return out
@@ -467,6 +490,7 @@ def test_h2_downstream_matches_envoy(tmp_path, certs):
     assert p["tls alpn h2"]["version"] == "HTTP/2"
     assert p["no route 404"]["status"] == 404
     assert p["dead host 503"]["status"] == 503
+    assert p["h2only filter's reply"]["status"] == 403
     assert p["POST large"]["upstream"]["body_bytes"] == 3_000_000
     assert p["40 streams"] == sorted((200, 1000 + i) for i in range(40))
     assert p["settings h2only"][3] == 7
