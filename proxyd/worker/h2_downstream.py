@@ -132,6 +132,10 @@ class H2Session:
                 self._arm_idle()
                 with self.reader:
                     await self._read_loop(initial)
+                if self.extra_out and not self.broken:
+                    # A GOAWAY queued as the reader was stopped (idle_timeout, a drain).
+                    with trio.move_on_after(1.0):
+                        await self._flush_quietly()
                 # The client left, the connection broke, or it is over: streams still
                 # running end as reset by the client.
                 for s in list(self.streams.values()):

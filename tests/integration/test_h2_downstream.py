@@ -8,6 +8,7 @@
   window than the upstream took (the client's sending stops far below the body's
   size), another stream completes meanwhile, and the body arrives whole once the
   upstream reads.
+* idle_timeout: an HTTP/2 connection without streams gets GOAWAY and is closed.
 * A drain (SIGTERM): the client gets GOAWAY with the last stream it sent, a stream
   opened after it is refused (REFUSED_STREAM), the one before still gets its response,
   and the connection then closes.
@@ -366,3 +367,18 @@ def test_drain_sends_goaway_and_lets_the_stream_finish(tmp_path: Path):
                     assert client.pump(), "the connection stayed open"
         finally:
             p.stop()
+
+
+def test_an_idle_connection_gets_goaway_and_closes(tmp_path: Path):
+    with UpstreamServer("up") as up:
+        lst = http_listener(
+            "ingress", 0, ROUTES, common_http_protocol_options={"idle_timeout": "0.3s"}
+        )
+        config = dump_yaml(bootstrap([lst], [static_cluster("up", [up.port])]))
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            with Client(p.listener_port()) as client:
+                sid = client.request("GET", "/bytes/3")
+                client.until(lambda: sid in client.ended)
+                while not client.closed:
+                    assert client.pump(), "the idle connection stayed open"
+                assert client.goaway == (0, sid)
