@@ -59,11 +59,8 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 REFUSED_STREAM = 0x7
-CANCEL = 0x8
 # What one read of the socket takes at most.
 READ_SIZE = 64 * 1024
-# The last stream id a graceful GOAWAY names before the real one (RFC 9113 §6.8).
-_MAX_STREAM_ID = 2**31 - 1
 
 
 class H2Session:
@@ -170,8 +167,8 @@ class H2Session:
                 if n == 0:
                     return
                 data = bytes(view[:n])
-        except (OSError, trio.ClosedResourceError):
-            return
+        except (OSError, trio.ClosedResourceError, DownstreamReset):
+            return  # the client is gone (or the socket broke under a write)
 
     async def _protocol_error(self, exc: Exception) -> None:
         """The client broke HTTP/2: GOAWAY with its error code, then the end."""
@@ -249,6 +246,12 @@ class H2Session:
                 self.broken = True
                 self.reader.cancel()
                 raise DownstreamReset() from None
+            except trio.Cancelled:
+                # A stream's deadline passed while the client was not reading: part of
+                # a frame may be out, so nothing more can follow on this connection.
+                self.broken = True
+                self.reader.cancel()
+                raise
 
     # -- events -------------------------------------------------------------------------
 
