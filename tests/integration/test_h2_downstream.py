@@ -37,6 +37,7 @@ from tests.support import (
     dump_yaml,
     http_listener,
     static_cluster,
+    wait_for,
 )
 
 ROUTES = {
@@ -382,3 +383,43 @@ def test_an_idle_connection_gets_goaway_and_closes(tmp_path: Path):
                 while not client.closed:
                     assert client.pump(), "the idle connection stayed open"
                 assert client.goaway == (0, sid)
+
+
+def test_broken_http2_gets_goaway_and_the_worker_goes_on(tmp_path: Path):
+    """Frames that break HTTP/2 end their connection with GOAWAY (or, without the
+    client preface, a close); the worker counts no exception and serves the next one."""
+    with UpstreamServer("up") as up:
+        config = dump_yaml(
+            bootstrap(
+                [http_listener("ingress", 0, ROUTES, codec_type="HTTP2")],
+                [static_cluster("up", [up.port])],
+            )
+        )
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            port = p.listener_port()
+            preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+            cases = {
+                # DATA on stream 0, a PING of 3 bytes, a HEADERS block that is not HPACK,
+                # a WINDOW_UPDATE that overflows the window.
+                "data on stream 0": bytes.fromhex("000003000100000000") + b"abc",
+                "short ping": bytes.fromhex("000003060000000000") + b"abc",
+                "bad hpack": bytes.fromhex("000004010500000001") + b"\xff\xff\xff\xff",
+                "window overflow": bytes.fromhex("0000040800000000007fffffff"),
+            }
+            for name, frames in cases.items():
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(preface + frames)
+                    data = b""
+                    while chunk := s.recv(65536):
+                        data += chunk
+                    # The server's frames end with a GOAWAY carrying an error code.
+                    assert b"\x07\x00\x00\x00\x00\x00" in data, name
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert s.recv(65536) == b"", "not HTTP/2: closed without a word"
+            with Client(port) as client:
+                sid = client.request("GET", "/bytes/4")
+                client.until(lambda: sid in client.ended)
+                assert (client.status[sid], client.body[sid]) == (200, 4)
+            wait_for(lambda: p.stats().get("http.ingress.downstream_cx_protocol_error") == 5)
+            assert p.stats().get("server.proxyd.worker_exceptions", 0) == 0
