@@ -343,6 +343,15 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         raise ConfigError(
             file, path, f"a route_config or rds is required ({which} not supported by proxyd)"
         )
+    if codec == "HTTP2" and any(
+        r.stream_duration_set for vh in route_config.virtual_hosts for r in vh.routes
+    ):
+        # (An RDS route config is checked when it arrives: proxyd.protocol.epoch_check.)
+        raise ConfigError(
+            file,
+            join(path, "route_config"),
+            "a route's max_stream_duration with codec_type HTTP2 is not supported by proxyd",
+        )
     http_filters = compile_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
     max_headers = DEFAULT_MAX_HEADERS_COUNT
