@@ -8,7 +8,9 @@
   window than the upstream took (the client's sending stops far below the body's
   size), another stream completes meanwhile, and the body arrives whole once the
   upstream reads.
-* idle_timeout: an HTTP/2 connection without streams gets GOAWAY and is closed.
+* idle_timeout: an HTTP/2 connection without streams gets GOAWAY and is closed; so
+  does one accepted under a listener a reload changed, after the drain time.
+* Broken frames: GOAWAY with an error code; the worker counts no exception.
 * A drain (SIGTERM): the client gets GOAWAY with the last stream it sent, a stream
   opened after it is refused (REFUSED_STREAM), the one before still gets its response,
   and the connection then closes.
@@ -423,3 +425,33 @@ def test_broken_http2_gets_goaway_and_the_worker_goes_on(tmp_path: Path):
                 assert (client.status[sid], client.body[sid]) == (200, 4)
             wait_for(lambda: p.stats().get("http.ingress.downstream_cx_protocol_error") == 5)
             assert p.stats().get("server.proxyd.worker_exceptions", 0) == 0
+
+
+def test_a_reload_that_changes_the_listener_sends_goaway(tmp_path: Path):
+    with UpstreamServer("up") as up:
+
+        def config(prefix: str) -> str:
+            routes = {
+                "virtual_hosts": [
+                    {
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": prefix}, "route": {"cluster": "up"}}],
+                    }
+                ]
+            }
+            lst = http_listener("ingress", 0, routes)
+            return dump_yaml(bootstrap([lst], [static_cluster("up", [up.port])]))
+
+        extra = ("--drain-time-s", "0.3")
+        with ProxydProcess(tmp_path, config("/"), concurrency=1, extra_args=extra) as p:
+            with Client(p.listener_port()) as client:
+                sid = client.request("GET", "/bytes/2")
+                client.until(lambda: sid in client.ended)
+                p.config_path.write_text(config("/bytes/"))
+                assert p.ctl("reload").returncode == 0
+                # Accepted under the old listener: GOAWAY after the drain time, then
+                # the close (no stream is left).
+                while not client.closed:
+                    assert client.pump(), "the connection stayed open"
+                assert client.goaway == (0, sid)
