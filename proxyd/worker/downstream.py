@@ -343,27 +343,30 @@ class DownstreamConnection:
             return b"" if self.tls.alpn == "h2" else None
         rb = self.rb
         sock = self.sock
-        state: bool | None = None
-        with trio.CancelScope() as scope:
-            self.scope = scope
-            self.idle = True
-            self.set_deadline(_IDLE, plan.idle_timeout)
-            # The client's first bytes are usually on their way: let others run first.
-            await io.yield_now()
-            while True:
-                n = rb.receive(sock.recv_into)
-                if n < 0:
-                    await io.wait_readable(sock)
-                    continue
-                if n == 0:
-                    break  # closed: the request loop sees the end of stream too
-                state = preface_state(rb.view[rb.start : rb.end])
-                if state is not None:
-                    break
-        self.scope = None
-        self.idle = False
-        if scope.cancelled_caught:
-            return _CLOSE
+        # The client's first bytes are usually on their way: let others run first, and
+        # when they are here decide without arming anything.
+        await io.yield_now()
+        n = rb.receive(sock.recv_into)
+        state = preface_state(rb.view[rb.start : rb.end]) if n > 0 else None
+        if state is None and n != 0:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                self.idle = True
+                self.set_deadline(_IDLE, plan.idle_timeout)
+                while True:
+                    n = rb.receive(sock.recv_into)
+                    if n < 0:
+                        await io.wait_readable(sock)
+                        continue
+                    if n == 0:
+                        break  # closed: the request loop sees the end of stream too
+                    state = preface_state(rb.view[rb.start : rb.end])
+                    if state is not None:
+                        break
+            self.scope = None
+            self.idle = False
+            if scope.cancelled_caught:
+                return _CLOSE
         if not state:
             return None
         initial = bytes(rb.view[rb.start : rb.end])
