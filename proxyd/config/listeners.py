@@ -13,12 +13,13 @@ from proxyd.config.dynamic import compile_config_source
 from proxyd.config.hcm_transforms import compile_http1_options, compile_transforms
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.proto import join
-from proxyd.config.routes import compile_route_config
+from proxyd.config.routes import compile_route_config, compile_upgrades
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tls import check_listener_filters, compile_transport_socket
 from proxyd.config.tracing import compile_tracing
 from proxyd.config.values import (
+    Address,
     compile_address,
     duration_or,
     enum_name,
@@ -26,6 +27,7 @@ from proxyd.config.values import (
     wrapped_or,
 )
 from proxyd.epoch import (
+    DownstreamTls,
     FilterChain,
     Http2Options,
     HttpConnectionManager,
@@ -82,9 +84,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     if not lst.HasField("address"):
         raise ConfigError(file, join(path, "address"), "an address is required")
     where = compile_address(lst.address, join(path, "address"), file)
-    address, port = where.address, where.port
     if not where.pipe:
-        require_ip(address, join(path, "address.socket_address"), file)
+        require_ip(where.address, join(path, "address.socket_address"), file)
     if not wrapped_or(lst, "enable_reuse_port", True):
         raise ConfigError(
             file,
@@ -93,24 +94,15 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "own SO_REUSEPORT socket)",
         )
     inspector = check_listener_filters(lst, path, file)
-    tcp = _tcp_proxy_listener(lst, path, file)
-    if tcp is not None:
+    tcp_chain = _tcp_proxy_listener(lst, path, file)
+    if tcp_chain is not None:
+        tcp, tls = tcp_chain
         return Listener(
-            name=lst.name or (address if where.pipe else f"{address}_{port}"),
-            address=address,
-            port=port,
+            **_common_fields(lst, path, file, where),
             hcm=None,
-            per_connection_buffer_limit_bytes=wrapped_or(
-                lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
-            ),
-            access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
-            ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
-            pipe=where.pipe,
-            pipe_mode=where.mode,
-            freebind=wrapped_or(lst, "freebind", False),
-            tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
-            socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
             tcp_proxy=tcp,
+            tls=tls,
+            tls_inspector=inspector,
         )
     direction = enum_name(lst, "traffic_direction")
     chains = [
@@ -169,20 +161,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
                 "socket peer has no IP address to trust)",
             )
     return Listener(
-        name=lst.name or (address if where.pipe else f"{address}_{port}"),
-        address=address,
-        port=port,
+        **_common_fields(lst, path, file, where),
         hcm=hcm,
-        per_connection_buffer_limit_bytes=wrapped_or(
-            lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
-        ),
-        access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
-        ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
-        pipe=where.pipe,
-        pipe_mode=where.mode,
-        freebind=wrapped_or(lst, "freebind", False),
-        tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
-        socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
         tls=first.tls,
         chains=tuple(chains) if inspecting else (),
         default_chain=default if inspecting else None,
@@ -194,6 +174,26 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     )
 
 
+def _common_fields(lst: Any, path: str, file: str, where: Address) -> dict[str, Any]:
+    """The Listener fields an HTTP and a TCP proxy listener compile alike."""
+    address, port = where.address, where.port
+    return {
+        "name": lst.name or (address if where.pipe else f"{address}_{port}"),
+        "address": address,
+        "port": port,
+        "per_connection_buffer_limit_bytes": wrapped_or(
+            lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
+        ),
+        "access_logs": compile_access_logs(lst.access_log, join(path, "access_log"), file),
+        "ignore_global_conn_limit": bool(lst.ignore_global_conn_limit),
+        "pipe": where.pipe,
+        "pipe_mode": where.mode,
+        "freebind": wrapped_or(lst, "freebind", False),
+        "tcp_backlog_size": wrapped_or(lst, "tcp_backlog_size", 0),
+        "socket_options": socket_options(lst.socket_options, join(path, "socket_options"), file),
+    }
+
+
 def _is_tcp_proxy(chain: Any) -> bool:
     filters = chain.filters
     return (
@@ -203,9 +203,11 @@ def _is_tcp_proxy(chain: Any) -> bool:
     )
 
 
-def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
-    """The listener's TCP proxy, when its filter chain has one: a single chain without
-    match criteria or TLS (the TCP proxy behind TLS or among several chains is not
+def _tcp_proxy_listener(
+    lst: Any, path: str, file: str
+) -> tuple[TcpProxy, DownstreamTls | None] | None:
+    """The listener's TCP proxy and its TLS termination, when its filter chain has one:
+    a single chain without match criteria (the TCP proxy among several chains is not
     supported yet)."""
     chains = list(lst.filter_chains)
     if lst.HasField("default_filter_chain"):
@@ -225,18 +227,20 @@ def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
             "proxyd yet",
         )
     chain = chains[0]
-    for field in ("filter_chain_match", "transport_socket"):
-        if chain.HasField(field):
-            raise ConfigError(
-                file,
-                join(here, field),
-                f"{field} with {TCP_PROXY_NAME} is not supported by proxyd yet",
-            )
+    if chain.HasField("filter_chain_match"):
+        raise ConfigError(
+            file,
+            join(here, "filter_chain_match"),
+            f"filter_chain_match with {TCP_PROXY_NAME} is not supported by proxyd yet",
+        )
     filter_path = join(here, "filters[0]")
     msg = typed_config(
         chain.filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
     )
-    return compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    # TLS termination in front of it (the chain path: compile_transport_socket adds
+    # "transport_socket").
+    return proxy, compile_transport_socket(chain, here, file)
 
 
 def compile_filter_chain(
@@ -388,6 +392,7 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         ),
         flush_access_log_on_new_request=hcm.access_log_options.flush_access_log_on_new_request,
         transforms=compile_transforms(hcm, path, file),
+        upgrades=compile_upgrades(hcm.upgrade_configs, join(path, "upgrade_configs"), file),
         max_headers_count=max_headers,
         http1=compile_http1_options(hcm, path, file),
         max_connection_duration_s=max_connection_duration_s,

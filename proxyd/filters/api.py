@@ -40,7 +40,7 @@ The filter modules import nothing from ``proxyd.worker``: what they see of a str
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,6 +109,11 @@ class FilterStream(Protocol):
 
     def add_request_header(self, name: str, value: str) -> None:
         """Add a request header line, keeping those the request has of that name."""
+        ...
+
+    def set_request_path(self, path: str) -> None:
+        """Replace the request's path (with its query) on its way upstream; the route
+        stays the one the old path chose."""
         ...
 
     def downstream_addresses(self) -> tuple[str, str, str, int]:
@@ -207,10 +212,15 @@ class StatsScope(Protocol):
 class EpochFacts:
     """What a filter may know of its epoch beyond its config, given (as ``facts=``) to
     a factory whose class sets ``takes_epoch_facts``: the bootstrap's ``node.cluster``
-    and, per cluster, (hosts, hosts able to take traffic: healthy and not ejected)."""
+    and, per cluster, (hosts, hosts able to take traffic: healthy and not ejected).
+
+    ``http_get(cluster, authority, path, timeout_s, retry=None)`` GETs ``path`` from a
+    host of a cluster of the epoch and returns (status, body), raising an exception for
+    a fetch that failed (:mod:`proxyd.worker.cluster_fetch`); None outside a worker."""
 
     node_cluster: str = ""
     membership: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    http_get: Callable[..., Awaitable[tuple[int, bytes]]] | None = None
 
 
 class FilterFactory(Protocol):

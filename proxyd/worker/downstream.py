@@ -26,7 +26,7 @@ connection holds no buffer.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
@@ -655,6 +655,35 @@ class DownstreamConnection:
             for p in parts:
                 stream.bytes_sent += len(p)
                 out.append(p)
+
+    # -- an upgraded connection (websocket): proxyd.worker.router.Exchange._tunnel --------
+
+    async def send_upgrade_response(self, r: ResponseHead, service_ms: int, upgrade: str) -> None:
+        """The upstream's 101, with its connection and upgrade lines (which a response
+        head otherwise loses as hop-by-hop)."""
+        stream = self.stream
+        assert stream is not None and self.plan is not None
+        r, service_ms = self._start_response(stream, r, service_ms, False, False)
+        self.closing = True  # no request follows a tunnel on this connection
+        added = [
+            *(stream.response_added or ()),
+            b"connection: upgrade\r\nupgrade: " + upgrade.encode("latin-1") + b"\r\n",
+        ]
+        out = response_head(r, self.plan.server, service_ms, False, False, added)
+        try:
+            await io.send_all(self.sock, out)
+        except OSError:
+            raise DownstreamReset() from None
+
+    def tunnel_socket(self) -> Any:
+        return self.sock
+
+    def tunnel_buffered(self) -> bytes:
+        """What the client sent after the upgrade request's head (already read)."""
+        rb = self.rb
+        data = bytes(rb.view[rb.start : rb.end])
+        rb.start = rb.end
+        return data
 
     async def send_local_reply(
         self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False

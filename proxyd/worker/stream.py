@@ -116,6 +116,7 @@ class Stream:
         "bytes_received",
         "bytes_sent",
         "upstream_host",
+        "upstream_tls",
         "upstream_cluster",
         "service_ms",
         "resp_headers",
@@ -159,6 +160,9 @@ class Stream:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.upstream_host: str | None = None
+        # The TLS session to a TLS cluster's host (worker.tls.TlsSocket) for the access
+        # log's UPSTREAM_TLS_* operators; None to a plaintext cluster.
+        self.upstream_tls: Any = None
         self.upstream_cluster: str | None = None
         self.service_ms: int | None = None
         self.resp_headers: dict[str, str] | None = None
@@ -245,6 +249,18 @@ class Stream:
         )
         old = h.headers.get(lname)
         h.headers[lname] = value if old is None else f"{old},{value}"
+
+    def set_request_path(self, path: str) -> None:
+        h = self.head
+        assert h is not None
+        raw = h.raw
+        h.path = path
+        h.raw = (
+            h.method.encode("ascii")
+            + b" "
+            + path.encode("latin-1")
+            + raw[raw.find(b" HTTP/1.1\r\n") :]
+        )
 
     def downstream_addresses(self) -> tuple[str, str, str, int]:
         conn = self.connection
