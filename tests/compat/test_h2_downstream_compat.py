@@ -406,6 +406,28 @@ def raw_cases(port_of: PortOf) -> dict[str, Any]:
             raw.streams[s]["ended"] or raw.streams[s]["reset"] is not None for s in (cut, late)
         )
     )
+    # A request body that ends with trailers (without a content-length).
+    sid = raw.c.get_next_available_stream_id()
+    raw.c.send_headers(
+        sid,
+        [
+            (b":method", b"POST"),
+            (b":path", b"/echo"),
+            (b":scheme", b"http"),
+            (b":authority", f"127.0.0.1:{auto}".encode()),
+        ],
+    )
+    raw.c.send_data(sid, b"t" * 1000)
+    raw.c.send_headers(sid, [(b"x-trailer", b"1")], end_stream=True)
+    raw.sock.sendall(raw.c.data_to_send())
+    raw.streams[sid] = {"status": None, "body": b"", "ended": False, "reset": None}
+    raw.run_until(lambda: raw.streams[sid]["ended"])
+    echoed = json.loads(raw.streams[sid]["body"])
+    out["request trailers"] = {
+        "status": raw.streams[sid]["status"],
+        "body_bytes": echoed["body_bytes"],
+        "headers": [h for h in echoed["headers"] if h[0] not in VOLATILE and h[0] != "host"],
+    }
     # More header fields than max_headers_count (100).
     crowded = raw.request("/bytes/5", auto, extra=[(b"x-h%d" % i, b"v") for i in range(120)])
     raw.run_until(
@@ -452,7 +474,7 @@ def test_h2_downstream_matches_envoy(tmp_path, certs):
             )
         out.update(raw_cases(port_of))
         out["tls alpn h2"] = tls_case(certs, port_of("tls"))
-        lines = wait_for(lambda: _log_lines(log_path, 74), timeout=10)
+        lines = wait_for(lambda: _log_lines(log_path, 75), timeout=10)
         out["access log"] = sorted(set(lines))
         Path(log_path).write_text("")  # the next proxy starts from an empty log
         return out
