@@ -11,6 +11,7 @@
 * idle_timeout: an HTTP/2 connection without streams gets GOAWAY and is closed; so
   does one accepted under a listener a reload changed, after the drain time.
 * Broken frames: GOAWAY with an error code; the worker counts no exception.
+* The preface and a request a byte per write: answered as usual.
 * A drain (SIGTERM): the client gets GOAWAY with the last stream it sent, a stream
   opened after it is refused (REFUSED_STREAM), the one before still gets its response,
   and the connection then closes.
@@ -455,3 +456,45 @@ def test_a_reload_that_changes_the_listener_sends_goaway(tmp_path: Path):
                 while not client.closed:
                     assert client.pump(), "the connection stayed open"
                 assert client.goaway == (0, sid)
+
+
+def test_a_request_sent_one_byte_at_a_time(tmp_path: Path):
+    """AUTO on plaintext: the preface and the request come a byte per write (the
+    codec choice waits for enough of them), and the response comes as usual."""
+    with UpstreamServer("up") as up:
+        config = dump_yaml(
+            bootstrap([http_listener("ingress", 0, ROUTES)], [static_cluster("up", [up.port])])
+        )
+        with ProxydProcess(tmp_path, config, concurrency=1) as p:
+            c = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding=None)
+            )
+            c.initiate_connection()
+            c.send_headers(
+                1,
+                [
+                    (b":method", b"GET"),
+                    (b":path", b"/bytes/6"),
+                    (b":scheme", b"http"),
+                    (b":authority", b"example.com"),
+                ],
+                end_stream=True,
+            )
+            data = c.data_to_send()
+            with socket.create_connection(("127.0.0.1", p.listener_port()), timeout=10) as s:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for i in range(len(data)):
+                    s.sendall(data[i : i + 1])
+                status, body, ended = 0, b"", False
+                while not ended:
+                    chunk = s.recv(65536)
+                    assert chunk, "closed before the response ended"
+                    for ev in c.receive_data(chunk):
+                        if isinstance(ev, h2.events.ResponseReceived):
+                            status = int(dict(ev.headers)[b":status"])
+                        elif isinstance(ev, h2.events.DataReceived):
+                            body += ev.data
+                        elif isinstance(ev, h2.events.StreamEnded):
+                            ended = True
+                    s.sendall(c.data_to_send())
+                assert (status, body) == (200, b"x" * 6)
