@@ -96,6 +96,8 @@ class H2Session:
         self.remote_goaway = False
         self.broken = False
         self.idle = Deadline(self._idle_passed)
+        # Envoy's HTTP/2 codec stats (http2.rx_reset, tx_reset, header_overflow, trailers).
+        self.codec_stats = dc.worker.stats.named("http2.")
         # Frames written before h2's output (the first SETTINGS), and after it (a
         # graceful GOAWAY).
         self.first_out = b""
@@ -272,6 +274,7 @@ class H2Session:
                 if s is not None:
                     s.request_ended()
             elif isinstance(ev, h2.events.StreamReset):
+                self.codec_stats.inc("rx_reset")
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     s.reset_by_peer()
@@ -288,6 +291,8 @@ class H2Session:
                     s.wake_window()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.remote_goaway = True
+            elif isinstance(ev, h2.events.TrailersReceived):
+                self.codec_stats.inc("trailers")
             # TrailersReceived: request trailers are not forwarded to the HTTP/1.1
             # upstream (their StreamEnded follows); pings and settings acks are h2's.
 
@@ -300,9 +305,8 @@ class H2Session:
 
     def _start_stream(self, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id
-        h2c = self.h2
         if self.goaway_id >= 0 and sid > self.goaway_id:
-            h2c.reset_stream(sid, REFUSED_STREAM)
+            self.reset_stream(sid, REFUSED_STREAM)
             return
         worker = self.worker
         plan = worker.plans.get(self.dc.listener_name) or self.plan
@@ -320,8 +324,9 @@ class H2Session:
             # INTERNAL_ERROR, logged with DR and no request, as Envoy logs it).
             stats.cx_protocol_error += exc.status != 431
             stats.rq_total += 1
-            code = INTERNAL_ERROR if exc.status == 431 else PROTOCOL_ERROR
-            h2c.reset_stream(sid, code)
+            if exc.status == 431:
+                self.codec_stats.inc("header_overflow")
+            self.reset_stream(sid, INTERNAL_ERROR if exc.status == 431 else PROTOCOL_ERROR)
             if plan.logs:
                 refused = H2Stream(self, sid, plan, None, False)
                 stream = refused.stream
@@ -334,6 +339,14 @@ class H2Session:
         self.worker.timers.clear(self.idle)
         assert self.nursery is not None
         self.nursery.start_soon(s.run)
+
+    def reset_stream(self, sid: int, code: int) -> None:
+        """RST_STREAM ``code`` on stream ``sid`` (counted in http2.tx_reset)."""
+        try:
+            self.h2.reset_stream(sid, code)
+        except h2.exceptions.ProtocolError:
+            return  # already closed on h2's side: nothing to reset
+        self.codec_stats.inc("tx_reset")
 
     def stream_done(self, s: H2Stream) -> None:
         self.streams.pop(s.sid, None)
@@ -483,10 +496,7 @@ class H2Stream:
 
     def _reset(self, code: int) -> None:
         self.ended_out = True
-        try:
-            self.session.h2.reset_stream(self.sid, code)
-        except h2.exceptions.ProtocolError:
-            pass  # already closed on h2's side: nothing to reset
+        self.session.reset_stream(self.sid, code)
 
     def complete(self) -> None:
         """The stream ended (called when no filter wrapped this sink: nothing to do)."""
