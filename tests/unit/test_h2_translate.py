@@ -84,4 +84,3 @@ def test_preface_whole_and_one_byte_at_a_time() -> None:
 def test_settings_are_envoys_four() -> None:
     assert local_settings(Http2Options()) == {1: 4096, 8: 0, 3: 1024, 4: 16 * 1024 * 1024}
     assert local_settings(Http2Options(max_concurrent_streams=7))[3] == 7
-
