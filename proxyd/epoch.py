@@ -823,7 +823,7 @@ class Tracing:
 @dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
-    # "AUTO" or "HTTP1" (HTTP2 arrives with its own issue).
+    # "AUTO", "HTTP1" or "HTTP2" (proxyd.worker.h2_downstream).
     codec_type: str
     route_config: RouteConfig
     access_logs: tuple[AccessLog, ...] = ()
@@ -873,6 +873,19 @@ class HttpConnectionManager:
     # upgrade_configs: (lower-case upgrade type, enabled by default), e.g. ("websocket",
     # True). A type not listed is refused (403), whatever a route says.
     upgrades: tuple[tuple[str, bool], ...] = ()
+    # http2_protocol_options (None: Envoy's defaults, Http2Options()).
+    http2: Http2Options | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Options:
+    """The connection manager's ``http2_protocol_options`` proxyd implements
+    (core.v3.Http2ProtocolOptions; the downstream HTTP/2 codec sends them as SETTINGS)."""
+
+    # Envoy 1.40's defaults.
+    max_concurrent_streams: int = 1024
+    initial_stream_window_size: int = 16 * 1024 * 1024
+    initial_connection_window_size: int = 24 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

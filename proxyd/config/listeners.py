@@ -30,6 +30,7 @@ from proxyd.config.values import (
 from proxyd.epoch import (
     DownstreamTls,
     FilterChain,
+    Http2Options,
     HttpConnectionManager,
     Listener,
     RouteConfig,
@@ -41,7 +42,7 @@ from proxyd.errors import ConfigError
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 FILE_LOG_NAME = "envoy.access_loggers.file"
-CODEC_TYPES = ("AUTO", "HTTP1")
+CODEC_TYPES = ("AUTO", "HTTP1", "HTTP2")
 
 # Envoy's defaults (listener.proto, http_connection_manager.proto, protocol.proto).
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
@@ -355,6 +356,15 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         raise ConfigError(
             file, path, f"a route_config or rds is required ({which} not supported by proxyd)"
         )
+    if codec == "HTTP2" and any(
+        r.stream_duration_set for vh in route_config.virtual_hosts for r in vh.routes
+    ):
+        # (An RDS route config is checked when it arrives: proxyd.protocol.epoch_check.)
+        raise ConfigError(
+            file,
+            join(path, "route_config"),
+            "a route's max_stream_duration with codec_type HTTP2 is not supported by proxyd",
+        )
     http_filters = compile_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
     max_headers = DEFAULT_MAX_HEADERS_COUNT
@@ -397,7 +407,55 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         max_connection_duration_s=max_connection_duration_s,
         max_stream_duration_s=max_stream_duration_s,
         drain_timeout_s=duration_or(hcm, "drain_timeout", DEFAULT_DRAIN_TIMEOUT_S),
+        http2=compile_http2_options(hcm, codec, path, file),
     )
+
+
+# -- downstream HTTP/2 (proxyd.worker.h2_downstream) ---------------------------------------
+
+# Envoy's bounds of Http2ProtocolOptions' window sizes.
+_MIN_WINDOW = 65535
+_MAX_WINDOW = 2147483647
+_H2_DEFAULTS = Http2Options()
+
+
+def compile_http2_options(hcm: Any, codec: str, path: str, file: str) -> Http2Options | None:
+    """``hcm.http2_protocol_options`` (the fields proxyd lacks were refused by name by
+    supported.HCM). A connection manager that limits stream or connection durations
+    takes no HTTP/2 with codec_type HTTP2 (refused here); with AUTO its listener stays
+    HTTP/1.1 (proxyd.worker.plan), as docs/configuration.md says."""
+    common = (
+        hcm.common_http_protocol_options if hcm.HasField("common_http_protocol_options") else None
+    )
+    if codec == "HTTP2" and common is not None:
+        for name in ("max_connection_duration", "max_stream_duration"):
+            if common.HasField(name):
+                raise ConfigError(
+                    file,
+                    join(join(path, "common_http_protocol_options"), name),
+                    f"{name} with codec_type HTTP2 is not supported by proxyd",
+                )
+    if not hcm.HasField("http2_protocol_options"):
+        return None
+    o = hcm.http2_protocol_options
+    opath = join(path, "http2_protocol_options")
+    values: dict[str, int] = {}
+    for name, low, default in (
+        ("max_concurrent_streams", 1, _H2_DEFAULTS.max_concurrent_streams),
+        ("initial_stream_window_size", _MIN_WINDOW, _H2_DEFAULTS.initial_stream_window_size),
+        (
+            "initial_connection_window_size",
+            _MIN_WINDOW,
+            _H2_DEFAULTS.initial_connection_window_size,
+        ),
+    ):
+        value = wrapped_or(o, name, default)
+        if not low <= value <= _MAX_WINDOW:
+            raise ConfigError(
+                file, join(opath, name), f"must be between {low} and {_MAX_WINDOW}, got {value}"
+            )
+        values[name] = value
+    return Http2Options(**values)
 
 
 def typed_config(

@@ -435,6 +435,13 @@ _FILTERS = AnyOf("HTTP filter", http_filters.filter_types())
 HCM: Spec = {
     "stat_prefix": LEAF,
     "codec_type": LEAF,
+    # Downstream HTTP/2 (proxyd.config.listeners.compile_http2_options); the other
+    # Http2ProtocolOptions fields are refused by name.
+    "http2_protocol_options": {
+        "max_concurrent_streams": LEAF,
+        "initial_stream_window_size": LEAF,
+        "initial_connection_window_size": LEAF,
+    },
     "route_config": ROUTE_CONFIG,
     "rds": {"config_source": CONFIG_SOURCE, "route_config_name": LEAF},
     "http_filters": {

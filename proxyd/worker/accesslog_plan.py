@@ -286,7 +286,7 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
         rec.host_names_attempted = rec.hosts_attempted
     h = stream.head
     if h is not None:
-        rec.protocol = "HTTP/1.1"
+        rec.protocol = conn.protocol
         rec.scheme = plan.scheme
         rec.method = h.method
         rec.path = h.path
@@ -300,6 +300,8 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
         rec.req_headers = headers
     else:
         rec.protocol = rec.scheme = rec.method = rec.path = rec.authority = None
+        if conn.protocol == "HTTP/2":  # a stream reset before its head was taken
+            rec.protocol = "HTTP/2"
         rec.request_id = rec.x_forwarded_for = rec.user_agent = None
         rec.req_headers = {}
     resp = stream.resp_headers

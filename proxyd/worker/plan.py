@@ -21,6 +21,7 @@ from proxyd.epoch import (
     Epoch,
     FilterOverride,
     HeaderMutations,
+    Http2Options,
     HttpFilter,
     Listener,
     RetryPolicy,
@@ -31,6 +32,7 @@ from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import NOT_SET, LogRecord
 from proxyd.protocol.chain_match import ChainSelector
+from proxyd.protocol.h2_translate import H2Plan
 from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
@@ -579,17 +581,34 @@ class ListenerPlan:
             local_address,
             ids,
         )
+        # Downstream HTTP/2 (proxyd.worker.h2_downstream): None when the listener speaks
+        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with stream
+        # or connection durations, which proxyd runs for HTTP/1.1 only).
+        self.h2: H2Plan | None = None
+        timed = (
+            hcm.max_connection_duration_s
+            or hcm_stream_s != math.inf
+            or any(
+                r.stream_duration_set for vh in hcm.route_config.virtual_hosts for r in vh.routes
+            )
+        )
+        if hcm.codec_type == "HTTP2" or (hcm.codec_type == "AUTO" and not timed):
+            self.h2 = H2Plan(hcm.codec_type == "HTTP2", hcm.http2 or Http2Options())
+        tls = listener.tls
+        if tls is not None and self.h2 is None and "h2" in tls.alpn:
+            # This connection manager speaks HTTP/1.1 only: ALPN never chooses h2.
+            tls = dataclasses.replace(tls, alpn=tuple(p for p in tls.alpn if p != "h2"))
         # TLS termination (proxyd.worker.tls): None on a plaintext filter chain.
         self.tls = (
             TlsPlan(
-                listener.tls,
+                tls,
                 stats,
                 listener.stat_name,
                 hcm.stat_prefix,
                 hcm.idle_timeout_s or math.inf,
                 listener.tls_inspector,
             )
-            if listener.tls is not None
+            if tls is not None
             else None
         )
         self.scheme = "http" if self.tls is None else "https"

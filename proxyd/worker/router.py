@@ -16,7 +16,7 @@ upstream head is already built, and
 
 The router never touches the downstream connection: it works on the stream's
 :class:`~proxyd.worker.stream.DownstreamSink`, so it cannot tell the HTTP/1 codec from
-the filter chain (or, later, HTTP/2).
+the filter chain or an HTTP/2 stream.
 
 A reused connection that fails before any response byte is retried once on a new
 connection when the request had no body, if the max_retries (or retry_budget) breaker

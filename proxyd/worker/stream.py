@@ -4,15 +4,16 @@ A :class:`Stream` holds everything that belongs to one request — its head, whe
 request body has all arrived, the response's state, the byte counts, the upstream host,
 the timings and the response flags the access log prints — so nothing about a request
 lives on the connection it happens to use. HTTP/1 has one stream at a time per
-connection; HTTP/2 will have many.
+connection; HTTP/2 has many (:mod:`proxyd.worker.h2_downstream`).
 
 The router never touches a socket of the downstream side. It talks to the stream's
 :class:`DownstreamSink`: the request body as data pieces with backpressure (nothing more
 is read from the client until the router asked for it), and the response as a head,
 data pieces, or a local reply. The HTTP/1 connection (:mod:`proxyd.worker.downstream`)
 is one sink; the HTTP filter chain (:mod:`proxyd.worker.filter_chain`) is another, which
-wraps the codec's and runs the filters on what passes through; an HTTP/2 codec will be a
-third. The router cannot tell them apart.
+wraps the codec's and runs the filters on what passes through; an HTTP/2 stream
+(:class:`proxyd.worker.h2_downstream.H2Stream`) is a third. The router cannot tell them
+apart.
 
 How a stream ends early is a typed exception (:class:`StreamError` and its subclasses)
 or, for a deadline, the :class:`~proxyd.worker.deadlines.DeadlineKind` recorded in
@@ -59,6 +60,7 @@ class ResponseFlag(enum.Enum):
     UPSTREAM_PROTOCOL_ERROR = "UPE"
     STREAM_IDLE_TIMEOUT = "SI"
     DOWNSTREAM_CONNECTION_TERMINATION = "DC"
+    DOWNSTREAM_REMOTE_RESET = "DR"  # an HTTP/2 client reset its stream (RST_STREAM)
     DOWNSTREAM_PROTOCOL_ERROR = "DPE"
     FAULT_INJECTED = "FI"
     DELAY_INJECTED = "DI"
@@ -409,5 +411,7 @@ class Connection(Protocol):
     durations: ConnectionDurations | None
     # The TLS session (proxyd.worker.tls.TlsSocket), None on a plaintext connection.
     tls: Any
+    # %PROTOCOL%: "HTTP/1.1" or "HTTP/2".
+    protocol: str
 
     def local_address(self) -> str: ...
