@@ -46,6 +46,8 @@ class MemoryStream:
     addresses: tuple[str, str, str, int] = ("127.0.0.1", "127.0.0.1", "127.0.0.1", 8000)
     # downstream_tls(): the TLS session (sni, peer), None for a plaintext connection.
     tls: Any = None
+    # The filters' shared state (dynamic metadata under "dynamic_metadata"), as Stream's.
+    filter_state: dict[str, object] | None = None
 
     def set_request_header(self, name: str, value: str) -> None:
         self.request_headers[name] = value

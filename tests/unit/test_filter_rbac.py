@@ -80,8 +80,9 @@ def test_per_route_without_rbac_turns_the_filter_off() -> None:
 @pytest.mark.parametrize(
     ("rules", "where"),
     [
-        ({"policies": {"p": policy([{"metadata": {"filter": "f", "path": [{"key": "k"}],
-          "value": {"present_match": True}}}])}}, "permissions[0].metadata"),
+        ({"policies": {"p": policy([{"sourced_metadata": {"metadata_source": "ROUTE",
+          "metadata_matcher": {"filter": "f", "path": [{"key": "k"}],
+          "value": {"present_match": True}}}}])}}, "permissions[0].sourced_metadata.metadata_source"),
         ({"policies": {"p": policy([{"requested_server_name": {"exact": "a"}}],
           [{"filter_state": {"key": "k", "string_match": {"exact": "v"}}}])}},
          "principals[0].filter_state"),
