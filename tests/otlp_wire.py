@@ -7,6 +7,7 @@ an old copy, without ``scope_spans``)."""
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any
 
 
@@ -118,3 +119,38 @@ def _span(data: bytes, resource: dict[str, Any], scope: dict[str, str]) -> dict[
             span[f"field{n}"] = v
     span["attributes"] = _attributes(attrs)
     return span
+
+
+class GrpcCollector:
+    """An OTLP gRPC receiver (grpcio, messages kept as bytes and read by field number)."""
+
+    METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc  # grpcio comes with xds-protos
+
+        self.spans: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+        def export(request: bytes, context: Any) -> bytes:
+            with self.lock:
+                self.spans.extend(export_request(request))
+            return b""  # an empty ExportTraceServiceResponse
+
+        handler = grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            {"Export": grpc.unary_unary_rpc_method_handler(export)},
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.spans.clear()
+
+    def close(self) -> None:
+        self.server.stop(None)

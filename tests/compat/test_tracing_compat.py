@@ -42,6 +42,7 @@ import pytest
 import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.otlp_wire import GrpcCollector as _GrpcCollector
 from tests.otlp_wire import export_request
 from tests.support import ProxydProcess, wait_for
 
@@ -737,41 +738,6 @@ def test_otel_span_count_matches_envoy(otel_replies: dict[str, dict[str, Any]]) 
 
 
 # -- OpenTelemetry over gRPC (grpc_service.envoy_grpc) ---------------------------------------
-
-
-class _GrpcCollector:
-    """An OTLP gRPC receiver (grpcio, messages kept as bytes and read by field number)."""
-
-    METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-    def __init__(self) -> None:
-        from concurrent import futures
-
-        import grpc  # grpcio comes with xds-protos
-
-        self.spans: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-        def export(request: bytes, context: Any) -> bytes:
-            with self.lock:
-                self.spans.extend(export_request(request))
-            return b""  # an empty ExportTraceServiceResponse
-
-        handler = grpc.method_handlers_generic_handler(
-            "opentelemetry.proto.collector.trace.v1.TraceService",
-            {"Export": grpc.unary_unary_rpc_method_handler(export)},
-        )
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def clear(self) -> None:
-        with self.lock:
-            self.spans.clear()
-
-    def close(self) -> None:
-        self.server.stop(None)
 
 
 @pytest.fixture(scope="module")
