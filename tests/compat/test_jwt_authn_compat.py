@@ -109,6 +109,12 @@ CASES: dict[str, tuple[str, dict[str, str]]] = {
     "missing": ("/echo/api", {}),
     "expired": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
     "expired_within_skew": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW - 20)}),
+    # A fractional NumericDate is taken (jwt_verify_lib casts it).
+    "fractional_exp": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW + 3600.75)}),
+    "fractional_exp_expired": (
+        "/echo/api",
+        {"authorization": "Bearer " + mint(exp=NOW - 3600.25)},
+    ),
     "not_yet_valid": ("/echo/api", {"authorization": "Bearer " + mint(nbf=NOW + 3600)}),
     "nbf_within_skew": ("/echo/api", {"authorization": "Bearer " + mint(nbf=NOW + 20)}),
     "no_exp": ("/echo/api", {"authorization": "Bearer " + mint(exp=None)}),

@@ -74,9 +74,9 @@ def _int_claim(payload: dict[str, Any], name: str) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"Jwt payload [{name}] field is not an integer"
-    if not 0 <= value < 2**63 or value != int(value):  # (inf and nan fail the range)
+    if not 0 <= value < 2**63:  # (inf and nan fail the range)
         return f"Jwt payload [{name}] field is not a positive 64 bit integer"
-    return ""
+    return ""  # a fraction is cut off, as jwt_verify_lib casts the number
 
 
 def parse(token: str) -> tuple[str, Jwt]:
@@ -147,10 +147,10 @@ def audiences_allowed(allowed: Sequence[str], jwt: Jwt) -> bool:
 
 
 def time_status(jwt: Jwt, now: int, skew: int) -> str:
-    nbf = jwt.payload.get("nbf")
+    nbf = int(jwt.payload.get("nbf") or 0)
     if nbf and now + skew < nbf:
         return NOT_YET_VALID
-    exp = jwt.payload.get("exp")
+    exp = int(jwt.payload.get("exp") or 0)
     if exp and now > exp + skew:
         return EXPIRED
     return OK
