@@ -718,11 +718,35 @@ class AccessLog:
     json_format: str = ""
     omit_empty_values: bool = False
     filter: AccessLogFilter | None = None
+    # sink "otel": the OpenTelemetry access logger's settings.
+    otel: OtelLog | None = None
 
     @property
     def writer_key(self) -> str:
-        """The key of the worker's writer: the file path, or "stdout:" / "stderr:"."""
+        """The key of the worker's writer: the file path, or "stdout:" / "stderr:"
+        ("" for an OpenTelemetry log, which has an exporter instead)."""
+        if self.sink == "otel":
+            return ""
         return self.path if self.sink == "file" else f"{self.sink}:"
+
+
+@dataclass(frozen=True, slots=True)
+class OtelLog:
+    """``envoy.access_loggers.open_telemetry`` (OpenTelemetryAccessLogConfig): OTLP log
+    records exported over gRPC to ``cluster`` (proxyd.worker.otel_access_log). ``body``
+    and each attribute value are access-log text formats ("": no body); the resource
+    has Envoy's built-in labels (log_name, zone_name, cluster_name, node_name) unless
+    ``builtin_labels`` is false, then ``resource_attributes``."""
+
+    log_name: str
+    cluster: str
+    timeout_s: float = 0.0
+    flush_interval_s: float = 1.0
+    buffer_size_bytes: int = 16384
+    body: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    builtin_labels: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -1140,13 +1164,13 @@ class Listener:
     @property
     def access_log_keys(self) -> set[str]:
         """The writer keys of every access log of the listener and its network filters
-        (every filter chain's)."""
+        (every filter chain's); an OpenTelemetry log has none (it has an exporter)."""
         logs = [*self.access_logs]
         for hcm in self.hcms:
             logs += hcm.access_logs
         if self.tcp_proxy is not None:
             logs += self.tcp_proxy.access_logs
-        return {al.writer_key for al in logs}
+        return {al.writer_key for al in logs if al.otel is None}
 
     @property
     def stat_name(self) -> str:

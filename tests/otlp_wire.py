@@ -154,3 +154,73 @@ class GrpcCollector:
 
     def close(self) -> None:
         self.server.stop(None)
+
+
+def export_logs_request(data: bytes) -> list[dict[str, Any]]:
+    """The log records of an ``ExportLogsServiceRequest`` (collector/logs/v1), each with
+    its resource's attributes: body (a string), attributes, whether it has a time and a
+    trace id."""
+    out = []
+    for n, _, resource_logs in fields(data):
+        if n != 1:
+            continue
+        rl = fields(resource_logs)
+        resource: dict[str, Any] = {}
+        for m, _, v in rl:
+            if m == 1:
+                resource = _attributes([a for k, _, a in fields(v) if k == 1])
+        for m, _, scope_logs in rl:
+            if m != 2:
+                continue
+            for k, _, record in fields(scope_logs):
+                if k != 2:
+                    continue
+                f = fields(record)
+                body = None
+                for j, _, v in f:
+                    if j == 5:
+                        body = next((x.decode() for i, _, x in fields(v) if i == 1), "")
+                out.append(
+                    {
+                        "resource": resource,
+                        "body": body,
+                        "attributes": _attributes([v for j, _, v in f if j == 6]),
+                        "has_time": any(j == 1 and v > 0 for j, _, v in f),
+                        "has_trace_id": any(j == 9 for j, _, _ in f),
+                    }
+                )
+    return out
+
+
+class GrpcLogsCollector:
+    """An OTLP logs gRPC receiver (grpcio; messages read by field number)."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        self.records: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+        def export(request: bytes, context: Any) -> bytes:
+            with self.lock:
+                self.records.extend(export_logs_request(request))
+            return b""  # an empty ExportLogsServiceResponse
+
+        handler = grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.logs.v1.LogsService",
+            {"Export": grpc.unary_unary_rpc_method_handler(export)},
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def take(self) -> list[dict[str, Any]]:
+        with self.lock:
+            out, self.records = self.records, []
+        return out
+
+    def close(self) -> None:
+        self.server.stop(None)

@@ -23,8 +23,14 @@ from google.protobuf import json_format
 
 from proxyd.config.matchers import header_match
 from proxyd.config.proto import join, unpack
-from proxyd.config.supported import FILE_LOG_TYPE, STDERR_LOG_TYPE, STDOUT_LOG_TYPE
-from proxyd.epoch import AccessLog, AccessLogFilter
+from proxyd.config.supported import (
+    FILE_LOG_TYPE,
+    OTEL_LOG_TYPE,
+    STDERR_LOG_TYPE,
+    STDOUT_LOG_TYPE,
+)
+from proxyd.config.values import duration_or, enum_name, wrapped_or
+from proxyd.epoch import AccessLog, AccessLogFilter, OtelLog
 from proxyd.errors import ConfigError
 from proxyd.protocol.access_log import make_format
 from proxyd.protocol.access_log_operators import LONG_FLAGS
@@ -34,6 +40,7 @@ LOGGERS = {
     FILE_LOG_TYPE: ("file", "envoy.access_loggers.file"),
     STDOUT_LOG_TYPE: ("stdout", "envoy.access_loggers.stdout"),
     STDERR_LOG_TYPE: ("stderr", "envoy.access_loggers.stderr"),
+    OTEL_LOG_TYPE: ("otel", "envoy.access_loggers.open_telemetry"),
 }
 _BY_NAME = {name: type_name for type_name, (_, name) in LOGGERS.items()}
 
@@ -48,6 +55,13 @@ def compile_access_log(entry: Any, path: str, file: str) -> AccessLog:
     log, type_name = _typed_config(entry, path, file)
     sink, _name = LOGGERS[type_name]
     here = join(path, "typed_config")
+    if sink == "otel":
+        flt = (
+            compile_filter(entry.filter, join(path, "filter"), file)
+            if entry.HasField("filter")
+            else None
+        )
+        return AccessLog(path="", sink="otel", filter=flt, otel=_otel(log, here, file))
     text, json_text, omit = "", "", False
     if log.HasField("log_format"):
         text, json_text, omit = _log_format(log.log_format, join(here, "log_format"), file)
@@ -107,6 +121,16 @@ def _log_format(fmt: Any, path: str, file: str) -> tuple[str, str, bool]:
     except ValueError as exc:
         raise ConfigError(file, where, str(exc)) from exc
     return text, json_text, fmt.omit_empty_values
+
+
+def compile_text_format(text: str, path: str, file: str) -> None:
+    """Check an access-log text format ("" is an empty value, not the default format)."""
+    if not text:
+        return
+    try:
+        make_format(text, "", False)
+    except ValueError as exc:
+        raise ConfigError(file, path, str(exc)) from exc
 
 
 def _data_source(ds: Any, path: str, file: str) -> str:
@@ -207,3 +231,45 @@ def compile_filter(f: Any, path: str, file: str) -> AccessLogFilter:
         names = tuple(enum.values_by_number[t].name for t in msg.types)
         return AccessLogFilter(kind=kind, names=names, exclude=msg.exclude)
     return AccessLogFilter(kind=kind)  # not_health_check, traceable
+
+
+def _otel(log: Any, path: str, file: str) -> OtelLog:
+    """OpenTelemetryAccessLogConfig (the allow-list took string values only)."""
+    common = log.common_config
+    here = join(path, "common_config")
+    if not common.log_name:
+        raise ConfigError(
+            file, join(here, "log_name"), "value length must be at least 1 characters"
+        )
+    if not common.grpc_service.HasField("envoy_grpc"):
+        raise ConfigError(
+            file,
+            join(here, "grpc_service"),
+            "an OpenTelemetry access log needs grpc_service.envoy_grpc (its collector cluster)",
+        )
+    if enum_name(common, "transport_api_version") != "V3":
+        raise ConfigError(
+            file, join(here, "transport_api_version"), "only transport_api_version V3 is valid"
+        )
+    body = ""
+    if log.HasField("body"):
+        body = log.body.string_value
+        compile_text_format(body, join(path, "body.string_value"), file)
+    attributes = []
+    for i, kv in enumerate(log.attributes.values):
+        fmt = kv.value.string_value
+        compile_text_format(fmt, f"{join(path, 'attributes.values')}[{i}].value", file)
+        attributes.append((kv.key, fmt))
+    return OtelLog(
+        log_name=common.log_name,
+        cluster=common.grpc_service.envoy_grpc.cluster_name,
+        timeout_s=duration_or(common.grpc_service, "timeout", 0.0),
+        flush_interval_s=duration_or(common, "buffer_flush_interval", 1.0),
+        buffer_size_bytes=wrapped_or(common, "buffer_size_bytes", 16384),
+        body=body,
+        attributes=tuple(attributes),
+        resource_attributes=tuple(
+            (kv.key, kv.value.string_value) for kv in log.resource_attributes.values
+        ),
+        builtin_labels=not log.disable_builtin_labels,
+    )

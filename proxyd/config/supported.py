@@ -42,6 +42,22 @@ CUSTOM_TAGS: Spec = {
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+OTEL_LOG_TYPE = "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig"
+# proxyd.config.access_logs (OtelLog), proxyd.worker.otel_access_log: string values only.
+_OTEL_KV: Spec = {"values": {"key": LEAF, "value": {"string_value": LEAF}}}
+OTEL_ACCESS_LOG: Spec = {
+    "common_config": {
+        "log_name": LEAF,
+        "grpc_service": {"envoy_grpc": {"cluster_name": LEAF}, "timeout": LEAF},
+        "transport_api_version": LEAF,
+        "buffer_flush_interval": LEAF,
+        "buffer_size_bytes": LEAF,
+    },
+    "disable_builtin_labels": LEAF,
+    "resource_attributes": _OTEL_KV,
+    "body": {"string_value": LEAF},
+    "attributes": _OTEL_KV,
+}
 DOWNSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 RAW_BUFFER_TYPE = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 UPSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -425,6 +441,7 @@ ACCESS_LOG: Spec = {
             FILE_LOG_TYPE: FILE_ACCESS_LOG,
             STDOUT_LOG_TYPE: {"log_format": LOG_FORMAT},
             STDERR_LOG_TYPE: {"log_format": LOG_FORMAT},
+            OTEL_LOG_TYPE: OTEL_ACCESS_LOG,
         },
     ),
 }

@@ -123,3 +123,28 @@ def export_request(
     resource_msg = _attributes(1, resource)
     resource_spans = _len(1, resource_msg) + _len(2, scope_spans)
     return _len(1, resource_spans)
+
+
+# -- logs (the OpenTelemetry access logger) -----------------------------------------------
+
+
+def encode_log_record(
+    time_ns: int, body: str | None, attributes: Sequence[tuple[str, str]], trace_id: str | None
+) -> bytes:
+    """logs.v1.LogRecord: time_unix_nano, a string body (None: none), string
+    attributes, and the trace id of a traced request (32 hex digits)."""
+    out = [_varint(1 << 3 | 1) + struct.pack("<Q", time_ns)]
+    if body is not None:
+        out.append(_len(5, _str(1, body)))
+    out.append(_attributes(6, attributes))
+    if trace_id and len(trace_id) == 32:
+        out.append(_len(9, bytes.fromhex(trace_id)))
+    return b"".join(out)
+
+
+def export_logs_request(records: Sequence[bytes], resource: Sequence[tuple[str, str]]) -> bytes:
+    """collector.logs.v1.ExportLogsServiceRequest with one ResourceLogs holding one
+    ScopeLogs (no scope, as Envoy sends it) of the encoded ``records``."""
+    scope_logs = b"".join(_len(2, r) for r in records)
+    resource_logs = _len(1, _attributes(1, resource)) + _len(2, scope_logs)
+    return _len(1, resource_logs)

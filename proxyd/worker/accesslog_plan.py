@@ -45,7 +45,9 @@ from proxyd.protocol.access_log_filters import (
     filter_header_names,
     filter_reads_grpc_status,
 )
+from proxyd.worker import otel_access_log
 from proxyd.worker.accesslog import AccessLogWriter
+from proxyd.worker.otel_access_log import OtelLogPlan
 from proxyd.worker.stream import ResponseFlag
 
 if TYPE_CHECKING:
@@ -78,9 +80,25 @@ def _compile(
     runtime: Runtime,
     req: set[str],
     resp: set[str],
-) -> tuple[LogPlan, ...]:
-    out = []
+    otel: tuple[Any, Any] | None = None,
+) -> tuple[LogPlan | OtelLogPlan, ...]:
+    """``otel``: (the worker's stats store, the epoch's cluster states), for the
+    OpenTelemetry access logs' exporters."""
+    out: list[LogPlan | OtelLogPlan] = []
     for al in logs:
+        if al.otel is not None:
+            assert otel is not None  # ListenerPlan and TcpListenerPlan give it
+            test = compile_filter(al.filter, runtime) if al.filter is not None else None
+            if al.filter is not None:
+                req |= filter_header_names(al.filter)
+            stats, clusters = otel
+            plan = OtelLogPlan(
+                al.otel, test, otel_access_log.exporter_for(al.otel, stats, clusters)
+            )
+            req |= plan.request_headers
+            resp |= plan.response_headers
+            out.append(plan)
+            continue
         fmt = make_format(al.format, al.json_format, al.omit_empty_values)
         req |= fmt.request_headers
         resp |= fmt.response_headers
@@ -108,18 +126,21 @@ class LogPlans:
         listener: Any,
         writers: dict[str, AccessLogWriter],
         runtime: Runtime = NO_RUNTIME,
+        otel: tuple[Any, Any] | None = None,
     ) -> None:
         hcm = listener.hcm
         tcp = getattr(listener, "tcp_proxy", None)
         req: set[str] = set()
         resp: set[str] = set()
         self.stream_logs = (
-            _compile(hcm.access_logs, writers, runtime, req, resp) if hcm is not None else ()
+            _compile(hcm.access_logs, writers, runtime, req, resp, otel) if hcm is not None else ()
         )
-        self.connection_logs = _compile(listener.access_logs, writers, runtime, set(), set())
+        self.connection_logs = _compile(listener.access_logs, writers, runtime, set(), set(), otel)
         # A TCP proxy's access_log: one line per connection (proxyd.worker.tcp_proxy).
         self.tcp_logs = (
-            _compile(tcp.access_logs, writers, runtime, set(), set()) if tcp is not None else ()
+            _compile(tcp.access_logs, writers, runtime, set(), set(), otel)
+            if tcp is not None
+            else ()
         )
         if hcm is None:
             self.flush_interval = 0.0

@@ -40,6 +40,7 @@ from proxyd.protocol.http1_options import Http1Format, proper_case_head
 from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
+from proxyd.worker import otel_access_log
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
 from proxyd.worker.async_client import AsyncClient
@@ -50,6 +51,7 @@ from proxyd.worker.filter_matching import MatchingFactory
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.network_rbac import NetworkRbacPlan
+from proxyd.worker.otel_access_log import OtelLogPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
@@ -539,8 +541,8 @@ class ListenerPlan:
         # The access logs (proxyd.worker.accesslog_plan); ``logs`` is empty when the
         # HCM has none, and then a request pays nothing for them.
         # Runtime-keyed access-log filters (runtime_filter) read the epoch's runtime.
-        self.access = LogPlans(listener, writers, runtime=runtime)
-        self.logs: tuple[LogPlan, ...] = self.access.stream_logs
+        self.access = LogPlans(listener, writers, runtime=runtime, otel=(stats, clusters))
+        self.logs: tuple[LogPlan | OtelLogPlan, ...] = self.access.stream_logs
         # The request hook (DownstreamStart lines, periodic lines) is wanted.
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
         log_req = set(self.access.request_headers) | value_req
@@ -685,6 +687,8 @@ class CompiledEpoch:
                 self.clusters[c.name] = old
             else:
                 self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count, aggression)
+        # The OpenTelemetry access logs' built-in labels (the node has no zone here).
+        otel_access_log.NODE = (epoch.node_id, epoch.node_cluster, "")
         facts = EpochFacts(
             epoch.node_cluster,
             {

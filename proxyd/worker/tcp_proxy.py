@@ -127,7 +127,7 @@ class TcpListenerPlan:
         self.generation = object()
         self.listener_stats: ListenerStats = stats.listener(listener.stat_name)
         self.stats: TcpStats = stats.tcp(tcp.stat_prefix)
-        self.access = LogPlans(listener, writers, runtime)
+        self.access = LogPlans(listener, writers, runtime, otel=(stats, clusters))
         self.clusters = clusters
         if tcp.weighted:
             self.pick = ClusterPick(
