@@ -259,6 +259,10 @@ class Cluster:
     ring_max_size: int = 8388608
     ring_hash_function: str = "XX_HASH"
     maglev_table_size: int = 65537
+    # track_cluster_stats: the timeout budget and request/response size histograms
+    # (proxyd.worker.router.track_cluster_stats).
+    track_timeout_budgets: bool = False
+    track_request_response_sizes: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -818,6 +818,8 @@ CLUSTER: dict[str, Spec] = {
         },
     },
     "metadata": METADATA,
+    # Histograms (proxyd.worker.stats.ClusterStats); per_endpoint_stats is refused.
+    "track_cluster_stats": {"timeout_budgets": LEAF, "request_response_sizes": LEAF},
 }
 
 # metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats);

@@ -163,7 +163,11 @@ class Worker:
         counters, gauges = self.stats.report()
         with trio.move_on_after(1.0):
             try:
-                await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))
+                await self.channel.send(
+                    ipc.StatsReport(
+                        self.worker_id, counters, gauges, self.stats.report_histograms()
+                    )
+                )
                 await self._send_outcomes()
             except OSError:
                 pass  # the master is gone: nobody is left to count them
@@ -534,7 +538,11 @@ class Worker:
             await trio.sleep_until(next_tick)
             counters, gauges = self.stats.report()
             try:
-                await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))
+                await self.channel.send(
+                    ipc.StatsReport(
+                        self.worker_id, counters, gauges, self.stats.report_histograms()
+                    )
+                )
                 await self._send_outcomes()
             except OSError:
                 return  # the control loop sees the closed channel and ends the worker

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from proxyd.errors import ProtocolError
+from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import ResponseHead
 from proxyd.protocol.priority import load_without
 from proxyd.protocol.retry import (
@@ -534,6 +535,8 @@ class RetryingExchange(Exchange):
             # The per-try timeout passed (Envoy's upstream_rq_per_try_timeout).
             assert scope.cancelled_caught
             pool.stats.rq_per_try_timeout += 1
+            if "budgets" in pool.stats.tracked:  # all of the try's budget was used
+                record(pool.stats.h_budget_per_try, 100)
             reason = ""
         if self.conn is not None:
             pool.destroy(self.conn)

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from proxyd.errors import ProtocolError
+from proxyd.protocol.header_sizes import request_map_size, response_map_size
+from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import LAST_CHUNK, ResponseHead, chunk_header, response_has_body
 from proxyd.protocol.http1_framing import BodyReader
 from proxyd.worker import io
@@ -122,6 +124,7 @@ class Exchange:
         "pump_end",
         "pump_error",
         "t_sent",
+        "t_done",
         "attached",
         "retrying",
         "chunked_up",
@@ -151,6 +154,7 @@ class Exchange:
         self.pump_end: PumpEnd | None = None
         self.pump_error: ProtocolError | None = None
         self.t_sent = 0.0
+        self.t_done = 0.0  # when the request was complete (upstream_rq_time's start)
         # Counted in upstream_rq_active (max_requests) once it has a connection; a retry
         # outstanding (max_retries) until its attempt gets a response or fails.
         self.attached = False
@@ -275,6 +279,7 @@ class Exchange:
     def arm_route(self) -> None:
         """The request is complete: the route timeout runs from now (0 = none, and then
         only the stream idle timeout applies)."""
+        self.t_done = time.monotonic()
         timeout = self.rp.timeout_s
         stream_idle = self.rp.stream_idle
         if timeout and timeout <= stream_idle:
@@ -295,6 +300,8 @@ class Exchange:
                 self.host.outcomes.timeout()  # connected, no response head yet
             if not stream.response_started:
                 cstats.count_response(504)
+            if "budgets" in cstats.tracked:  # all of the budget was used
+                record(cstats.h_budget, 100)
 
     # -- outcomes made here -------------------------------------------------------------
 
@@ -507,6 +514,11 @@ class Exchange:
             conn,
             r.keep_alive and mode is not _UNTIL_CLOSE and self.pump_end is None,
         )
+        cstats = pool.stats
+        now = time.monotonic()
+        record(cstats.h_rq_time, int((now - self.t_done) * 1000))
+        if cstats.tracked:
+            track_cluster_stats(self, r, now)
         return True
 
     def _touch(self) -> None:
@@ -514,3 +526,28 @@ class Exchange:
         d = self.deadline
         if d.kind is _STREAM_IDLE and self.rp.stream_idle != INF:
             self.timers.set(d, _STREAM_IDLE, self.rp.stream_idle)
+
+
+def track_cluster_stats(x: Exchange, r: ResponseHead, now: float) -> None:
+    """A response completed on a cluster with ``track_cluster_stats``: its timeout
+    budget use (percent of the route timeout, and of the per-try timeout, 0 when there
+    is none) and the request's and response's sizes (header map sizes as Envoy counts
+    them, body bytes as the stream moved them)."""
+    cstats = x.pool.stats
+    if "budgets" in cstats.tracked:
+        timeout_ms = int(x.rp.timeout_s * 1000)
+        rq_ms = int((now - x.t_done) * 1000)
+        record(cstats.h_budget, rq_ms * 100 // timeout_ms if timeout_ms else 0)
+        per_try_ms = int(getattr(x, "per_try_s", 0.0) * 1000)
+        try_ms = int((now - max(x.t_sent, x.t_done)) * 1000)
+        record(cstats.h_budget_per_try, try_ms * 100 // per_try_ms if per_try_ms else 0)
+    if "sizes" in cstats.tracked:
+        stream = x.stream
+        size, count = request_map_size(x.head, tls=False)  # plaintext upstreams: :scheme http
+        record(cstats.h_rq_headers_size, size)
+        record(cstats.h_rq_headers_count, count)
+        record(cstats.h_rq_body_size, stream.bytes_received)
+        size, count = response_map_size(r.raw)
+        record(cstats.h_rs_headers_size, size)
+        record(cstats.h_rs_headers_count, count)
+        record(cstats.h_rs_body_size, stream.bytes_sent)

@@ -91,6 +91,8 @@ class ClusterState:
         self.worker_count = worker_count
         self.name = cluster.name
         self.stats: ClusterStats = store.cluster(cluster.name)
+        if cluster.track_timeout_budgets or cluster.track_request_response_sizes:
+            self.stats.track(cluster.track_timeout_budgets, cluster.track_request_response_sizes)
         self.retired = False
         # Every host, usable or not: a priority level in panic routes to all of its hosts
         # (proxyd.protocol.priority decides which ones a pick may use).
