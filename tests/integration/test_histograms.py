@@ -67,8 +67,10 @@ def test_histograms_through_a_worker(tmp_path: Path, upstream) -> None:
 
             # The worker reports once a second; connections close after their response.
             wait_for(
-                lambda: prom_count(prometheus(), "envoy_listener_downstream_cx_length_ms") == N
-                and prom_count(prometheus(), "envoy_cluster_upstream_rq_time") == N
+                lambda: (
+                    prom_count(prometheus(), "envoy_listener_downstream_cx_length_ms") == N
+                    and prom_count(prometheus(), "envoy_cluster_upstream_rq_time") == N
+                )
             )
             prom = prometheus()
             assert "# TYPE envoy_cluster_upstream_rq_time histogram" in prom
@@ -98,9 +100,7 @@ def test_histograms_through_a_worker(tmp_path: Path, upstream) -> None:
             assert "P50(" in body and body.endswith(",108.57142857142857)")
             assert "P0(" in body and ",101.42857142857143) " in body
             assert lines["cluster.up.upstream_cx_length_ms"] == "No recorded values"
-            assert lines["cluster.up.upstream_rq_timeout_budget_percent_used"].startswith(
-                "P0("
-            )
+            assert lines["cluster.up.upstream_rq_timeout_budget_percent_used"].startswith("P0(")
             # histograms come after the counters and gauges
             names = [line.split(": ", 1)[0] for line in stats.splitlines()]
             first = names.index("cluster.up.upstream_cx_connect_ms")
@@ -117,17 +117,20 @@ def test_histograms_through_a_worker(tmp_path: Path, upstream) -> None:
 
             # statsd: each sample a timer line (below 100 the sample itself)
             wait_for(
-                lambda: len(statsd.timer_samples().get("envoy.cluster.up.upstream_rq_time", []))
-                == N
+                lambda: (
+                    len(statsd.timer_samples().get("envoy.cluster.up.upstream_rq_time", [])) == N
+                )
             )
             timers = statsd.timer_samples()
             assert timers["envoy.cluster.up.upstream_rq_body_size"] == [105] * N
             assert len(timers["envoy.http.ingress_http.downstream_rq_time"]) == N
             wait_for(
-                lambda: len(
-                    dog.timer_samples().get(
-                        "envoy.cluster.upstream_rq_time|#envoy.cluster_name:up", []
+                lambda: (
+                    len(
+                        dog.timer_samples().get(
+                            "envoy.cluster.upstream_rq_time|#envoy.cluster_name:up", []
+                        )
                     )
+                    == N
                 )
-                == N
             )
