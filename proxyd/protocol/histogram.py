@@ -14,9 +14,9 @@ the bin's key is the sample with all but its two leading digits zeroed (``1234``
   ``c`` samples of a bin taken as evenly spread inside it (the ``j``-th at
   ``lo + width·j/(c+1)``): Envoy's ``P50`` of five samples of 100 is 105, its ``P0``
   101.67;
-* a Prometheus bucket ``le=b`` counts the samples of the bins that end at or below
-  ``b``; ``_sum`` adds each bin's count times the harmonic mean of its bounds (both as
-  Envoy's circllhist computes them).
+* a Prometheus bucket ``le=b`` counts the samples of the bins that start at or below
+  ``b`` (so an integer sample ``b`` is under ``le=b``); ``_sum`` adds each bin's count times a point about the harmonic mean of its
+  bounds (both as Envoy's circllhist computes them).
 """
 
 from __future__ import annotations
@@ -100,23 +100,24 @@ def quantiles(bins: Mapping[int, int], qs: Iterable[float] = QUANTILES) -> list[
 
 def approx_sum(bins: Mapping[int, int]) -> float:
     total = 0.0
-    for key, count in bins.items():
+    for key, count in sorted(bins.items()):
         if key and count:
             lo, width = bounds(key)
-            hi = lo + width
-            total += count * (2 * lo * hi / (lo + hi))
+            # Nearer the bottom than the middle (about the harmonic mean of the bounds),
+            # computed as circllhist does, so the sum agrees with Envoy's to the last bit.
+            total += (lo + width * (lo / (lo + lo + width))) * count
     return total
 
 
 def cumulative_buckets(bins: Mapping[int, int], limits: Iterable[float]) -> list[int]:
-    """For each bound ``b`` (ascending), the samples of the bins that end at or below it."""
+    """For each bound ``b`` (ascending), the samples of the bins that start at or below
+    it (Envoy's count: a sample of 100, in ``[100, 110)``, is under ``le="100"``)."""
     items = sorted(bins.items())
     out: list[int] = []
     for limit in limits:
         below = 0
         for key, count in items:
-            lo, width = bounds(key)
-            if lo + width > limit:
+            if key > limit:
                 break
             below += count
         out.append(below)
@@ -158,5 +159,5 @@ def bucket_summary(interval: Mapping[int, int], cumulative: Mapping[int, int]) -
     inner = cumulative_buckets(interval, DEFAULT_BUCKETS)
     outer = cumulative_buckets(cumulative, DEFAULT_BUCKETS)
     return " ".join(
-        f"B{number(b)}({i},{c})" for b, i, c in zip(DEFAULT_BUCKETS, inner, outer, strict=True)
+        f"B{b:g}({i},{c})" for b, i, c in zip(DEFAULT_BUCKETS, inner, outer, strict=True)
     )

@@ -74,8 +74,12 @@ def test_prometheus_buckets_sum_and_count() -> None:
     assert hist.cumulative_buckets(times, hist.DEFAULT_BUCKETS)[:3] == [4, 4, 5]
     # Envoy: envoy_cluster_upstream_rq_time_sum{...} 2.0487804878048780921062643756159
     assert f"{hist.approx_sum(times):.32g}" == "2.0487804878048780921062643756159"
-    # a sample of 1 lies in [1, 1.1): not under le="1"
-    assert hist.cumulative_buckets(bins_of(1), (0.5, 1, 5)) == [0, 0, 1]
+    # and for one sample of 14 (server.initialization_time_ms) and eight of 6
+    assert f"{hist.approx_sum(bins_of(14)):.32g}" == "14.482758620689654804891688399948"
+    assert f"{hist.approx_sum(bins_of(*[6] * 8)):.32g}" == "48.396694214876035289307765197009"
+    # a sample of 1 lies in [1, 1.1): Envoy counts it under le="1" (the bin's start)
+    assert hist.cumulative_buckets(bins_of(1), (0.5, 1, 5)) == [0, 1, 1]
+    assert hist.cumulative_buckets(bins_of(100, 109, 110), (50, 100, 105, 110)) == [0, 2, 2, 3]
 
 
 def test_merge_adds_bins() -> None:
@@ -108,7 +112,7 @@ def test_store_renders_text_after_counters() -> None:
     assert "P100(nan,2.05)" in store.render_text()
     buckets = store.render_text("upstream_rq_time", buckets=True)
     assert buckets.startswith("cluster.up.upstream_rq_time: B0.5(0,1) B1(0,1) B5(0,2) ")
-    assert "B3600000(0,2)" in buckets
+    assert buckets.endswith(" B1.8e+06(0,2) B3.6e+06(0,2)\n")
 
 
 def test_store_renders_prometheus_with_tags() -> None:

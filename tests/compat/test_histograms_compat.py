@@ -1,0 +1,232 @@
+"""Histograms against real Envoy: the same bootstrap and the same requests, then which
+histograms each admin lists and how many samples each holds.
+
+One bootstrap: listener ``ingress`` → cluster ``up`` (a demo upstream) with
+``track_cluster_stats`` (timeout budgets and request/response sizes), a route timeout
+of 10 s. Each proxy gets the same requests, one connection each: POSTs with a
+100-byte body and GETs with none. Then, from ``/stats`` and ``/stats/prometheus``:
+
+* the histogram names are the same, but for the few Envoy keeps that proxyd does not
+  (:data:`ENVOY_ONLY`);
+* each histogram of the proxy's own listener, connection manager and cluster holds the
+  same number of samples (the admin's own depend on how often the test polled);
+* the size histograms (``upstream_rq_body_size``, ``upstream_rs_body_size``,
+  ``upstream_rq_headers_size``, ``upstream_rs_headers_size`` and the header counts)
+  have the same quantiles, to the last digit: the samples are deterministic and the
+  bins and the quantile rule are Envoy's;
+* the timing ones have plausible quantiles (ascending, within the test's run time) and
+  the timeout budgets 0 % on both (a few milliseconds of a 10 s timeout).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.support import ProxydProcess, UpstreamServer, http_config, wait_for
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
+]
+
+POSTS = 5
+GETS = 3
+TRACK = "    track_cluster_stats: {timeout_budgets: true, request_response_sizes: true}"
+ROUTE = ", timeout: 10s"
+
+# Envoy's histograms proxyd does not keep (see docs/configuration.md, stats).
+ENVOY_ONLY = {
+    "cluster.up.external.upstream_rq_time",
+    "listener.127.0.0.1_{port}.connections_accepted_per_socket_event",
+    "listener.admin.connections_accepted_per_socket_event",
+    "overload.refresh_interval_delay",
+    "server.initialization_time_ms",
+}
+SIZES = (
+    "cluster.up.upstream_rq_body_size",
+    "cluster.up.upstream_rs_body_size",
+    "cluster.up.upstream_rq_headers_size",
+    "cluster.up.upstream_rs_headers_size",
+    "cluster.up.upstream_rq_headers_count",
+    "cluster.up.upstream_rs_headers_count",
+)
+TIMES = (
+    "cluster.up.upstream_rq_time",
+    "cluster.up.upstream_cx_connect_ms",
+    "http.ingress_http.downstream_rq_time",
+    "http.ingress_http.downstream_cx_length_ms",
+    "listener.127.0.0.1_{port}.downstream_cx_length_ms",
+)
+BUDGETS = (
+    "cluster.up.upstream_rq_timeout_budget_percent_used",
+    "cluster.up.upstream_rq_timeout_budget_per_try_percent_used",
+)
+
+
+@dataclass
+class Side:
+    stats: str
+    prometheus: str
+    # /stats?histogram_buckets=cumulative for the body sizes
+    buckets: str = ""
+
+    def histograms(self) -> dict[str, str]:
+        out = {}
+        for line in self.stats.splitlines():
+            name, _, value = line.partition(": ")
+            if value.startswith("P0(") or value == "No recorded values":
+                out[name] = value
+        return out
+
+    def cumulative(self, name: str) -> list[float]:
+        """The cumulative quantiles P0 .. P100 of one histogram."""
+        value = self.histograms()[name]
+        return [float(c) for c in re.findall(r"P[\d.]+\([^,]+,([^)]+)\)", value)]
+
+    def counts(self) -> dict[str, int]:
+        """``_count`` of every histogram series but the admin's, by metric and labels."""
+        families = set(re.findall(r"^# TYPE (\w+) histogram$", self.prometheus, re.M))
+        out = {}
+        for m in re.finditer(r"^(envoy_\w+)_count(\{[^}]*\}) (\d+)$", self.prometheus, re.M):
+            if m[1] in families and "_admin_" not in m[1] and '"admin"' not in m[2]:
+                out[m[1] + m[2]] = int(m[3])
+        return out
+
+
+def _send(port: int) -> None:
+    for i in range(POSTS):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", f"/post/{i}", body=b"p" * 100, headers={"x-test": "histograms"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.read()
+        conn.close()
+    for i in range(GETS):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", f"/get/{i}")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.read()
+        conn.close()
+
+
+def _settled(page: Callable[[str], str]) -> Side:
+    """The admin pages once every connection's and request's samples are in (proxyd's
+    worker reports once a second) and a flush closed an interval."""
+    listener = 'envoy_listener_downstream_cx_length_ms{envoy_listener_address="127.0.0.1_0"}'
+    rq_time = 'envoy_cluster_upstream_rq_time{envoy_cluster_name="up"}'
+    total = POSTS + GETS
+
+    def done() -> bool:
+        counts = Side("", page("/stats/prometheus")).counts()
+        return counts.get(listener) == total and counts.get(rq_time) == total
+
+    wait_for(done, timeout=15)
+    buckets = page("/stats?histogram_buckets=cumulative&filter=upstream_r._body_size")
+    return Side(page("/stats"), page("/stats/prometheus"), buckets)
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side, int]]:
+    up = UpstreamServer("up").start()
+    try:
+        text = http_config(0, 0, {"up": [up.port]}, cluster_extra=TRACK, route_extra=ROUTE)
+        text += "stats_flush_interval: 0.2s\n"
+        with EnvoyRunner(text) as envoy:
+            port = envoy.listener_port("ingress")
+
+            def envoy_page(path: str) -> str:
+                url = f"http://127.0.0.1:{envoy.admin_port}{path}"
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    return resp.read().decode()
+
+            _send(port)
+            envoy_side = _settled(envoy_page)
+        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, concurrency=1) as p:
+            proxyd_port = p.listener_port("ingress")
+            assert proxyd_port != 0
+            _send(proxyd_port)
+            proxyd_side = _settled(lambda path: p.admin(path)[1])
+        # Both listeners are configured on port 0: their stat names say 127.0.0.1_0.
+        yield envoy_side, proxyd_side, 0
+    finally:
+        up.stop()
+
+
+def _names(names: tuple[str, ...] | set[str], port: int) -> set[str]:
+    return {n.format(port=port) for n in names}
+
+
+def test_same_histogram_names(sides: tuple[Side, Side, int]) -> None:
+    envoy, proxyd, port = sides
+    e, p = set(envoy.histograms()), set(proxyd.histograms())
+    assert e - p == _names(ENVOY_ONLY, port)
+    assert p - e == set()
+    assert _names(SIZES + TIMES + BUDGETS, port) <= p
+    # Prometheus: the same histogram families.
+    families = r"^# TYPE (\w+) histogram$"
+    e_families = set(re.findall(families, envoy.prometheus, re.M))
+    p_families = set(re.findall(families, proxyd.prometheus, re.M))
+    assert e_families - p_families == {
+        "envoy_cluster_external_upstream_rq_time",
+        "envoy_listener_connections_accepted_per_socket_event",
+        "envoy_listener_admin_connections_accepted_per_socket_event",
+        "envoy_overload_refresh_interval_delay",
+        "envoy_server_initialization_time_ms",
+    }
+    assert p_families <= e_families
+
+
+def test_same_sample_counts(sides: tuple[Side, Side, int]) -> None:
+    envoy, proxyd, _ = sides
+    e, p = envoy.counts(), proxyd.counts()
+    common = e.keys() & p.keys()
+    assert len(common) == 15, (sorted(e.keys() - p.keys()), sorted(p.keys() - e.keys()))
+    assert {k: e[k] for k in common} == {k: p[k] for k in common}
+    assert p['envoy_cluster_upstream_rq_body_size{envoy_cluster_name="up"}'] == POSTS + GETS
+    assert p['envoy_cluster_upstream_rq_per_cx{envoy_cluster_name="up"}'] == 0  # still open
+
+
+def test_sizes_match_exactly(sides: tuple[Side, Side, int]) -> None:
+    envoy, proxyd, _ = sides
+    for name in SIZES:
+        assert len(proxyd.cumulative(name)) == 10, name
+        assert proxyd.cumulative(name) == envoy.cumulative(name), name
+    # histogram_buckets=cumulative: Envoy's default bounds, (interval,cumulative) counts
+    # (the interval column depends on when each flush ran: compared without it)
+    assert re.sub(r"\(\d+,", "(", proxyd.buckets) == re.sub(r"\(\d+,", "(", envoy.buckets)
+    assert "B100(" in proxyd.buckets and "B3.6e+06(" in proxyd.buckets
+    assert proxyd.buckets.startswith("cluster.up.upstream_rq_body_size: B0.5(")
+    # /stats/prometheus: the same buckets, _sum (to the last digit) and _count
+    for name in SIZES:
+        metric = "envoy_" + name.replace(".up.", ".").replace(".", "_")
+        lines = [rf"^{metric}_(bucket|sum|count)\{{.*$"]
+        e_lines = re.findall(lines[0], envoy.prometheus, re.M)
+        assert len(e_lines) == 22, metric
+        assert [m.group(0) for m in re.finditer(lines[0], proxyd.prometheus, re.M)] == [
+            m.group(0) for m in re.finditer(lines[0], envoy.prometheus, re.M)
+        ], metric
+    # The quantiles say what was sent: 3 empty GET bodies, then five of 100 bytes.
+    body = proxyd.cumulative("cluster.up.upstream_rq_body_size")
+    assert body[0] == 0 and 100 <= body[-1] < 110
+
+
+def test_timings_plausible(sides: tuple[Side, Side, int]) -> None:
+    envoy, proxyd, port = sides
+    for side in (envoy, proxyd):
+        for name in _names(TIMES, port):
+            values = side.cumulative(name)
+            assert len(values) == 10, name
+            assert values == sorted(values), name
+            assert 0 <= values[0] and values[-1] < 10_000, name
+        for name in BUDGETS:
+            assert side.cumulative(name) == [0.0] * 10, name
+    assert proxyd.histograms()["cluster.up.upstream_cx_length_ms"] == "No recorded values"
+    assert envoy.histograms()["cluster.up.upstream_cx_length_ms"] == "No recorded values"
