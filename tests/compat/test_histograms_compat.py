@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
+from tests.statsd_receiver import StatsdReceiver
 from tests.support import ProxydProcess, UpstreamServer, http_config, wait_for
 
 pytestmark = [
@@ -64,6 +65,12 @@ TIMES = (
     "http.ingress_http.downstream_cx_length_ms",
     "listener.127.0.0.1_{port}.downstream_cx_length_ms",
 )
+SINK = """stats_sinks:
+- name: envoy.stat_sinks.statsd
+  typed_config:
+    "@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}
+"""
 BUDGETS = (
     "cluster.up.upstream_rq_timeout_budget_percent_used",
     "cluster.up.upstream_rq_timeout_budget_per_try_percent_used",
@@ -76,6 +83,8 @@ class Side:
     prometheus: str
     # /stats?histogram_buckets=cumulative for the body sizes
     buckets: str = ""
+    # the statsd sink's timer samples, by name
+    timers: dict[str, list[int]] | None = None
 
     def histograms(self) -> dict[str, str]:
         out = {}
@@ -117,7 +126,7 @@ def _send(port: int) -> None:
         conn.close()
 
 
-def _settled(page: Callable[[str], str]) -> Side:
+def _settled(page: Callable[[str], str], statsd: StatsdReceiver) -> Side:
     """The admin pages once every connection's and request's samples are in (proxyd's
     worker reports once a second) and a flush closed an interval."""
     listener = 'envoy_listener_downstream_cx_length_ms{envoy_listener_address="127.0.0.1_0"}'
@@ -129,17 +138,19 @@ def _settled(page: Callable[[str], str]) -> Side:
         return counts.get(listener) == total and counts.get(rq_time) == total
 
     wait_for(done, timeout=15)
+    key = "envoy.cluster.up.upstream_rq_headers_count"
+    wait_for(lambda: len(statsd.timer_samples().get(key, [])) == total, timeout=15)
     buckets = page("/stats?histogram_buckets=cumulative&filter=upstream_r._body_size")
-    return Side(page("/stats"), page("/stats/prometheus"), buckets)
+    return Side(page("/stats"), page("/stats/prometheus"), buckets, statsd.timer_samples())
 
 
 @pytest.fixture(scope="module")
 def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side, int]]:
     up = UpstreamServer("up").start()
     try:
-        text = http_config(0, 0, {"up": [up.port]}, cluster_extra=TRACK, route_extra=ROUTE)
-        text += "stats_flush_interval: 0.2s\n"
-        with EnvoyRunner(text) as envoy:
+        base = http_config(0, 0, {"up": [up.port]}, cluster_extra=TRACK, route_extra=ROUTE)
+        base += "stats_flush_interval: 0.2s\n"
+        with StatsdReceiver() as statsd, EnvoyRunner(base + SINK.format(statsd.port)) as envoy:
             port = envoy.listener_port("ingress")
 
             def envoy_page(path: str) -> str:
@@ -148,12 +159,16 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side
                     return resp.read().decode()
 
             _send(port)
-            envoy_side = _settled(envoy_page)
-        with ProxydProcess(tmp_path_factory.mktemp("proxyd"), text, concurrency=1) as p:
+            envoy_side = _settled(envoy_page, statsd)
+        tmp = tmp_path_factory.mktemp("proxyd")
+        with (
+            StatsdReceiver() as statsd,
+            ProxydProcess(tmp, base + SINK.format(statsd.port), concurrency=1) as p,
+        ):
             proxyd_port = p.listener_port("ingress")
             assert proxyd_port != 0
             _send(proxyd_port)
-            proxyd_side = _settled(lambda path: p.admin(path)[1])
+            proxyd_side = _settled(lambda path: p.admin(path)[1], statsd)
         # Both listeners are configured on port 0: their stat names say 127.0.0.1_0.
         yield envoy_side, proxyd_side, 0
     finally:
@@ -230,3 +245,24 @@ def test_timings_plausible(sides: tuple[Side, Side, int]) -> None:
             assert side.cumulative(name) == [0.0] * 10, name
     assert proxyd.histograms()["cluster.up.upstream_cx_length_ms"] == "No recorded values"
     assert envoy.histograms()["cluster.up.upstream_cx_length_ms"] == "No recorded values"
+
+
+def test_statsd_timers(sides: tuple[Side, Side, int]) -> None:
+    """Envoy sends each sample as a timer line; proxyd one line per sample of the
+    interval, the sample itself below 100 (the bin's middle above)."""
+    envoy, proxyd, port = sides
+    assert envoy.timers is not None and proxyd.timers is not None
+    total = POSTS + GETS
+    for name in ("cluster.up.upstream_rq_headers_count", "cluster.up.upstream_rs_headers_count"):
+        key = "envoy." + name
+        assert sorted(proxyd.timers[key]) == sorted(envoy.timers[key]), key
+        assert len(proxyd.timers[key]) == total
+    for name in _names(TIMES + SIZES + BUDGETS, port):
+        key = "envoy." + name
+        if name.endswith("connect_ms"):
+            assert len(proxyd.timers[key]) == len(envoy.timers[key]) == 1
+        else:
+            assert len(proxyd.timers[key]) == len(envoy.timers[key]) == total, key
+    # 100-byte bodies: Envoy sends 100, proxyd the middle of [100, 110)
+    assert sorted(envoy.timers["envoy.cluster.up.upstream_rq_body_size"]) == [0] * GETS + [100] * POSTS  # fmt: skip
+    assert sorted(proxyd.timers["envoy.cluster.up.upstream_rq_body_size"]) == [0] * GETS + [105] * POSTS  # fmt: skip
