@@ -516,7 +516,12 @@ class Exchange:
         )
         cstats = pool.stats
         now = time.monotonic()
-        record(cstats.h_rq_time, int((now - self.t_done) * 1000))
+        ms = int((now - self.t_done) * 1000)  # upstream_rq_time
+        bins = cstats.h_rq_time
+        if ms < 100:  # histogram.record, inline for the common case
+            bins[ms] = bins.get(ms, 0) + 1
+        else:
+            record(bins, ms)
         if cstats.tracked:
             track_cluster_stats(self, r, now)
         return True
