@@ -262,8 +262,11 @@ class StatsStore:
             if used_only and not hist.sample_count(total):
                 continue
             recent = interval.get(name, {})
-            summary = hist.bucket_summary if buckets else hist.summary
-            lines.append(f"{name}: {summary(recent, total)}\n")
+            if buckets:
+                text = hist.bucket_summary(recent, total, self._buckets(name))
+            else:
+                text = hist.summary(recent, total)
+            lines.append(f"{name}: {text}\n")
         return "".join(lines)
 
     def render_json(self, filter_regex: str | None = None) -> dict[str, list[dict[str, object]]]:
@@ -318,23 +321,28 @@ class StatsStore:
         self._render_prometheus_histograms(out)
         return "".join(out)
 
+    def _buckets(self, name: str) -> tuple[float, ...]:
+        """``histogram_bucket_settings``' bounds for ``name``, else Envoy's default."""
+        configured = self.view.buckets_for(name)
+        return hist.DEFAULT_BUCKETS if configured is None else configured
+
     def _render_prometheus_histograms(self, out: list[str]) -> None:
         """``# TYPE <name> histogram``: cumulative ``_bucket`` lines at Envoy's default
         bounds and ``+Inf``, then ``_sum`` and ``_count``, per tag set."""
         produce = self.view.tags.produce
         accepts = self.view.matcher.accepts
-        families: dict[str, list[tuple[tuple[tuple[str, str], ...], hist.Bins]]] = defaultdict(list)
+        families: dict[str, list[tuple[tuple[tuple[str, str], ...], hist.Bins, tuple[float, ...]]]]
+        families = defaultdict(list)
         for name, bins in self._hist_total.items():
             if accepts(name):
                 base, tags = produce(name)
-                families[prometheus_name(base)].append((tags, bins))
-        bounds = [hist.number(b) for b in hist.DEFAULT_BUCKETS]
+                families[prometheus_name(base)].append((tags, bins, self._buckets(name)))
         for metric in sorted(families):
             out.append(f"# TYPE {metric} histogram\n")
-            for tags, bins in sorted(families[metric], key=lambda item: _labels(item[0])):
-                counts = hist.cumulative_buckets(bins, hist.DEFAULT_BUCKETS)
-                for bound, count in zip(bounds, counts, strict=True):
-                    labels = _labels((*tags, ("le", bound)))
+            for tags, bins, limits in sorted(families[metric], key=lambda item: _labels(item[0])):
+                counts = hist.cumulative_buckets(bins, limits)
+                for bound, count in zip(limits, counts, strict=True):
+                    labels = _labels((*tags, ("le", hist.number(bound))))
                     out.append(f"{metric}_bucket{labels} {count}\n")
                 total = hist.sample_count(bins)
                 out.append(f"{metric}_bucket{_labels((*tags, ('le', '+Inf')))} {total}\n")

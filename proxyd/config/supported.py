@@ -822,8 +822,8 @@ CLUSTER: dict[str, Spec] = {
     "track_cluster_stats": {"timeout_budgets": LEAF, "request_response_sizes": LEAF},
 }
 
-# metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats);
-# histogram_bucket_settings is refused by name. A UDP sink's socket_address may say
+# metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats); a histogram bucket
+# rule's ``bins`` (circllhist's initial size) is refused by name. A UDP sink's socket_address may say
 # "protocol: UDP" (or TCP, which Envoy ignores there too: the sink sends datagrams).
 SINK_ADDRESS: Spec = {
     "socket_address": {"address": LEAF, "port_value": LEAF, "protocol": LEAF},
@@ -836,6 +836,7 @@ STATS_CONFIG: Spec = {
         "exclusion_list": {"patterns": STRING_MATCHER},
         "inclusion_list": {"patterns": STRING_MATCHER},
     },
+    "histogram_bucket_settings": {"match": STRING_MATCHER, "buckets": LEAF},
 }
 STATS_SINK: Spec = {
     "name": LEAF,

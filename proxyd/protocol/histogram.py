@@ -153,11 +153,13 @@ def summary(interval: Mapping[int, int], cumulative: Mapping[int, int]) -> str:
     )
 
 
-def bucket_summary(interval: Mapping[int, int], cumulative: Mapping[int, int]) -> str:
+def bucket_summary(
+    interval: Mapping[int, int],
+    cumulative: Mapping[int, int],
+    limits: tuple[float, ...] = DEFAULT_BUCKETS,
+) -> str:
     """``/stats?histogram_buckets=cumulative``: ``B<bound>(interval,cumulative)`` for
-    Envoy's default bounds."""
-    inner = cumulative_buckets(interval, DEFAULT_BUCKETS)
-    outer = cumulative_buckets(cumulative, DEFAULT_BUCKETS)
-    return " ".join(
-        f"B{b:g}({i},{c})" for b, i, c in zip(DEFAULT_BUCKETS, inner, outer, strict=True)
-    )
+    each bound (Envoy's default ones unless ``histogram_bucket_settings`` says)."""
+    inner = cumulative_buckets(interval, limits)
+    outer = cumulative_buckets(cumulative, limits)
+    return " ".join(f"B{b:g}({i},{c})" for b, i, c in zip(limits, inner, outer, strict=True))

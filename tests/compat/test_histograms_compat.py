@@ -3,7 +3,7 @@ histograms each admin lists and how many samples each holds.
 
 One bootstrap: listener ``ingress`` → cluster ``up`` (a demo upstream) with
 ``track_cluster_stats`` (timeout budgets and request/response sizes), a route timeout
-of 10 s. Each proxy gets the same requests, one connection each: POSTs with a
+of 10 s, ``histogram_bucket_settings`` for the size histograms. Each proxy gets the same requests, one connection each: POSTs with a
 100-byte body and GETs with none. Then, from ``/stats`` and ``/stats/prometheus``:
 
 * the histogram names are the same, but for the few Envoy keeps that proxyd does not
@@ -65,6 +65,14 @@ TIMES = (
     "http.ingress_http.downstream_cx_length_ms",
     "listener.127.0.0.1_{port}.downstream_cx_length_ms",
 )
+# Envoy sorts a rule's buckets; the first rule that matches a name wins.
+BUCKET_SETTINGS = """stats_config:
+  histogram_bucket_settings:
+  - match: {suffix: _body_size}
+    buckets: [1000, 7, 100.5, 50]
+  - match: {prefix: cluster.up.upstream_r}
+    buckets: [3, 9.5]
+"""
 SINK = """stats_sinks:
 - name: envoy.stat_sinks.statsd
   typed_config:
@@ -149,7 +157,7 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side
     up = UpstreamServer("up").start()
     try:
         base = http_config(0, 0, {"up": [up.port]}, cluster_extra=TRACK, route_extra=ROUTE)
-        base += "stats_flush_interval: 0.2s\n"
+        base += "stats_flush_interval: 0.2s\n" + BUCKET_SETTINGS
         with StatsdReceiver() as statsd, EnvoyRunner(base + SINK.format(statsd.port)) as envoy:
             port = envoy.listener_port("ingress")
 
@@ -214,17 +222,18 @@ def test_sizes_match_exactly(sides: tuple[Side, Side, int]) -> None:
     for name in SIZES:
         assert len(proxyd.cumulative(name)) == 10, name
         assert proxyd.cumulative(name) == envoy.cumulative(name), name
-    # histogram_buckets=cumulative: Envoy's default bounds, (interval,cumulative) counts
+    # histogram_buckets=cumulative: the configured bounds, (interval,cumulative) counts
     # (the interval column depends on when each flush ran: compared without it)
     assert re.sub(r"\(\d+,", "(", proxyd.buckets) == re.sub(r"\(\d+,", "(", envoy.buckets)
-    assert "B100(" in proxyd.buckets and "B3.6e+06(" in proxyd.buckets
-    assert proxyd.buckets.startswith("cluster.up.upstream_rq_body_size: B0.5(")
+    assert proxyd.buckets.startswith("cluster.up.upstream_rq_body_size: B7(")
+    assert ",3) B100.5(" in proxyd.buckets and ",8) B1000(" in proxyd.buckets
     # /stats/prometheus: the same buckets, _sum (to the last digit) and _count
     for name in SIZES:
         metric = "envoy_" + name.replace(".up.", ".").replace(".", "_")
         lines = [rf"^{metric}_(bucket|sum|count)\{{.*$"]
         e_lines = re.findall(lines[0], envoy.prometheus, re.M)
-        assert len(e_lines) == 22, metric
+        # histogram_bucket_settings: 4 bounds for the body sizes, 2 for the others
+        assert len(e_lines) == (7 if "body" in metric else 5), metric
         assert [m.group(0) for m in re.finditer(lines[0], proxyd.prometheus, re.M)] == [
             m.group(0) for m in re.finditer(lines[0], envoy.prometheus, re.M)
         ], metric

@@ -219,3 +219,22 @@ def test_header_map_sizes() -> None:
     assert request_map_size(head, tls=True) == (203, 10)
     response = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length:  3 \r\n\r\n"
     assert response_map_size(response) == (len(":status200") + 7 + 15, 3)
+
+
+def test_histogram_bucket_settings_choose_the_bounds() -> None:
+    from proxyd.epoch import StringMatch
+    from proxyd.protocol.routing import compile_string_match
+
+    rules = (
+        (compile_string_match(StringMatch("suffix", "_rq_time")), (2.5, 10.0)),
+        (compile_string_match(StringMatch("prefix", "cluster.")), (1.0,)),
+    )
+    store = store_with({"cluster.up.upstream_rq_time": [2, 3], "cluster.up.upstream_cx_length_ms": [0], "http.in.downstream_cx_length_ms": [7]})  # fmt: skip
+    store.configure(StatsView(TagProducer((), True), StatsMatcher(), rules))
+    text = store.render_prometheus()
+    assert 'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="up",le="2.5"} 1\n' in text
+    assert 'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="up",le="10"} 2\n' in text
+    assert 'envoy_cluster_upstream_cx_length_ms_bucket{envoy_cluster_name="up",le="1"} 1\n' in text
+    assert text.count("envoy_cluster_upstream_cx_length_ms_bucket") == 2  # 1 and +Inf
+    assert text.count("envoy_http_downstream_cx_length_ms_bucket") == 20  # the default ones
+    assert "cluster.up.upstream_rq_time: B2.5(0,1) B10(0,2)\n" in store.render_text(buckets=True)
