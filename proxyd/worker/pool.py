@@ -328,7 +328,8 @@ class ConnPool(ResourceManager):
             stats.cx_active -= 1
             stats.cx_destroy += 1
             record(stats.h_cx_length_ms, int((time.monotonic() - conn.opened) * 1000))
-            record(stats.h_rq_per_cx, conn.requests)
+            if conn.requests:  # an HTTP connection (the TCP proxy's carry none)
+                record(stats.h_rq_per_cx, conn.requests)
             conn.host.stats.cx_active -= 1
             self._unreserve(conn.host)
         io.close(conn.sock)

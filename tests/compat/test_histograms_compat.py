@@ -15,22 +15,28 @@ of 10 s, ``histogram_bucket_settings`` for the size histograms. Each proxy gets 
   have the same quantiles, to the last digit: the samples are deterministic and the
   bins and the quantile rule are Envoy's;
 * the timing ones have plausible quantiles (ascending, within the test's run time) and
-  the timeout budgets 0 % on both (a few milliseconds of a 10 s timeout).
+  the timeout budgets 0 % on both (a few milliseconds of a 10 s timeout);
+* the statsd sink's timer lines: as many per histogram, the same values below 100.
+
+A second scenario, a TCP proxy listener, compares the listener's and the cluster's
+connection histograms.
 """
 
 from __future__ import annotations
 
 import http.client
 import re
+import socket
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.statsd_receiver import StatsdReceiver
-from tests.support import ProxydProcess, UpstreamServer, http_config, wait_for
+from tests.support import ProxydProcess, TcpEchoServer, UpstreamServer, http_config, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -275,3 +281,77 @@ def test_statsd_timers(sides: tuple[Side, Side, int]) -> None:
     # 100-byte bodies: Envoy sends 100, proxyd the middle of [100, 110)
     assert sorted(envoy.timers["envoy.cluster.up.upstream_rq_body_size"]) == [0] * GETS + [100] * POSTS  # fmt: skip
     assert sorted(proxyd.timers["envoy.cluster.up.upstream_rq_body_size"]) == [0] * GETS + [105] * POSTS  # fmt: skip
+
+
+TCP = """admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+stats_flush_interval: 0.2s
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: echo
+  clusters:
+  - name: echo
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: echo
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"""
+TCP_CONNECTIONS = 3
+
+
+def _echo_round_trips(port: int) -> None:
+    for _ in range(TCP_CONNECTIONS):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"hi")
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(100):
+                pass
+
+
+def test_tcp_proxy_histograms(tmp_path: Path) -> None:
+    """A TCP proxy listener: the listener's connection lengths and the cluster's connect
+    and connection-length samples, one per connection, on both; no upstream_rq_per_cx."""
+    sides: list[Side] = []
+    with TcpEchoServer() as echo:
+        text = TCP.format(port=echo.port)
+        listener = 'envoy_listener_downstream_cx_length_ms{envoy_listener_address="127.0.0.1_0"}'
+        with EnvoyRunner(text) as envoy:
+            _echo_round_trips(envoy.listener_port("tcp"))
+
+            def envoy_page(path: str) -> str:
+                url = f"http://127.0.0.1:{envoy.admin_port}{path}"
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    return resp.read().decode()
+
+            wait_for(lambda: Side("", envoy_page("/stats/prometheus")).counts().get(listener) == TCP_CONNECTIONS)  # fmt: skip
+            sides.append(Side(envoy_page("/stats"), envoy_page("/stats/prometheus")))
+        with ProxydProcess(tmp_path, text, concurrency=1) as p:
+            _echo_round_trips(p.listener_port("tcp"))
+            page = p.admin
+            wait_for(lambda: Side("", page("/stats/prometheus")[1]).counts().get(listener) == TCP_CONNECTIONS)  # fmt: skip
+            sides.append(Side(page("/stats")[1], page("/stats/prometheus")[1]))
+    envoy, proxyd = sides
+    e, p = envoy.counts(), proxyd.counts()
+    cluster = '{envoy_cluster_name="echo"}'
+    for key in (
+        listener,
+        "envoy_cluster_upstream_cx_connect_ms" + cluster,
+        "envoy_cluster_upstream_cx_length_ms" + cluster,
+    ):
+        assert p[key] == e[key] == TCP_CONNECTIONS, key
+    assert p["envoy_cluster_upstream_rq_per_cx" + cluster] == e["envoy_cluster_upstream_rq_per_cx" + cluster] == 0  # fmt: skip
+    assert set(envoy.histograms()) - set(proxyd.histograms()) == _names(ENVOY_ONLY, 0) - {
+        "cluster.up.external.upstream_rq_time"
+    }
+    assert set(proxyd.histograms()) <= set(envoy.histograms())
