@@ -25,6 +25,7 @@ connection histograms.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import socket
 import urllib.request
@@ -99,6 +100,8 @@ class Side:
     buckets: str = ""
     # the statsd sink's timer samples, by name
     timers: dict[str, list[int]] | None = None
+    # /stats?format=json for the size histograms
+    json_sizes: str = ""
 
     def histograms(self) -> dict[str, str]:
         out = {}
@@ -155,7 +158,10 @@ def _settled(page: Callable[[str], str], statsd: StatsdReceiver) -> Side:
     key = "envoy.cluster.up.upstream_rq_headers_count"
     wait_for(lambda: len(statsd.timer_samples().get(key, [])) == total, timeout=15)
     buckets = page("/stats?histogram_buckets=cumulative&filter=upstream_r._body_size")
-    return Side(page("/stats"), page("/stats/prometheus"), buckets, statsd.timer_samples())
+    json_sizes = page("/stats?format=json&filter=_size$")
+    return Side(
+        page("/stats"), page("/stats/prometheus"), buckets, statsd.timer_samples(), json_sizes
+    )
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +239,16 @@ def test_sizes_match_exactly(sides: tuple[Side, Side, int]) -> None:
     assert re.sub(r"\(\d+,", "(", proxyd.buckets) == re.sub(r"\(\d+,", "(", envoy.buckets)
     assert proxyd.buckets.startswith("cluster.up.upstream_rq_body_size: B7(")
     assert ",3) B100.5(" in proxyd.buckets and ",8) B1000(" in proxyd.buckets
+    # /stats?format=json: the same histograms entry, cumulative values equal
+    e_json, p_json = json.loads(envoy.json_sizes), json.loads(proxyd.json_sizes)
+    e_hist, p_hist = e_json["stats"][-1]["histograms"], p_json["stats"][-1]["histograms"]
+    assert p_hist["supported_quantiles"] == e_hist["supported_quantiles"]
+    assert [h["name"] for h in p_hist["computed_quantiles"]] == [
+        h["name"] for h in e_hist["computed_quantiles"]
+    ]
+    for ph, eh in zip(p_hist["computed_quantiles"], e_hist["computed_quantiles"], strict=True):
+        assert [v["cumulative"] for v in ph["values"]] == [v["cumulative"] for v in eh["values"]]
+        assert all(set(v) == {"interval", "cumulative"} for v in ph["values"])
     # /stats/prometheus: the same buckets, _sum (to the last digit) and _count
     for name in SIZES:
         metric = "envoy_" + name.replace(".up.", ".").replace(".", "_")
