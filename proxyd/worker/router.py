@@ -514,16 +514,18 @@ class Exchange:
             conn,
             r.keep_alive and mode is not _UNTIL_CLOSE and self.pump_end is None,
         )
-        cstats = pool.stats
-        now = time.monotonic()
-        ms = int((now - self.t_done) * 1000)  # upstream_rq_time
-        bins = cstats.h_rq_time
-        if ms < 100:  # histogram.record, inline for the common case
-            bins[ms] = bins.get(ms, 0) + 1
-        else:
-            record(bins, ms)
-        if cstats.tracked:
-            track_cluster_stats(self, r, now)
+        t_done = self.t_done
+        if t_done:  # Envoy times a response only when its request was complete
+            cstats = pool.stats
+            now = time.monotonic()
+            ms = int((now - t_done) * 1000)  # upstream_rq_time
+            bins = cstats.h_rq_time
+            if ms < 100:  # histogram.record, inline for the common case
+                bins[ms] = bins.get(ms, 0) + 1
+            else:
+                record(bins, ms)
+            if cstats.tracked:
+                track_cluster_stats(self, r, now)
         return True
 
     def _touch(self) -> None:
