@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from proxyd.errors import ProtocolError
-from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import ResponseHead
 from proxyd.protocol.priority import load_without
 from proxyd.protocol.retry import (
@@ -55,7 +54,14 @@ from proxyd.protocol.runtime import RANDOM
 from proxyd.worker import io
 from proxyd.worker.deadlines import INF, DeadlineKind
 from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
-from proxyd.worker.router import RESET_BEFORE_HEADERS, Exchange, arm_request_phase, frame_request
+from proxyd.worker.router import (
+    RESET_BEFORE_HEADERS,
+    Exchange,
+    arm_request_phase,
+    frame_request,
+    record_budget,
+    record_try_budget,
+)
 from proxyd.worker.stream import (
     DownstreamReset,
     LocalReplied,
@@ -311,6 +317,8 @@ class RetryingExchange(Exchange):
                 except _Retry:
                     pass
                 except _AttemptFailed as failed:
+                    if "budgets" in pool.stats.tracked:
+                        record_try_budget(self, time.monotonic())
                     would = self.retry.would_retry_reset(failed.reset)
                     if self.retrying:
                         self.retrying = False
@@ -354,6 +362,8 @@ class RetryingExchange(Exchange):
             return False
         finally:
             self.host.active_requests -= 1
+            if self.t_sent and "budgets" in pool.stats.tracked:
+                record_try_budget(self, time.monotonic())  # an attempt that failed
             if self.attached:
                 pool.requests -= 1  # ResourceManager.detach(), inline
                 pool.stats.rq_active -= 1
@@ -466,6 +476,8 @@ class RetryingExchange(Exchange):
             self.host.stats.rq_error += 1
             return await self._reply(503, RESET_BEFORE_HEADERS + failed.reason)
         if failed.reset is Reset.PER_TRY_TIMEOUT:
+            if "budgets" in cstats.tracked:  # Envoy's onUpstreamTimeoutAbort
+                record_budget(self, time.monotonic())
             stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
             stream.details = failed.reason or "upstream_per_try_timeout"
             cstats.count_response(504)
@@ -535,8 +547,6 @@ class RetryingExchange(Exchange):
             # The per-try timeout passed (Envoy's upstream_rq_per_try_timeout).
             assert scope.cancelled_caught
             pool.stats.rq_per_try_timeout += 1
-            if "budgets" in pool.stats.tracked:  # all of the try's budget was used
-                record(pool.stats.h_budget_per_try, 100)
             reason = ""
         if self.conn is not None:
             pool.destroy(self.conn)

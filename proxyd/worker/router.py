@@ -266,6 +266,8 @@ class Exchange:
             return False  # a filter answered (its reply went out already)
         finally:
             host.active_requests -= 1
+            if cstats.tracked and self.t_sent and "budgets" in cstats.tracked:
+                record_try_budget(self, time.monotonic())  # an attempt that failed
             if self.attached:
                 pool.requests -= 1  # ResourceManager.detach(), inline
                 cstats.rq_active -= 1
@@ -300,8 +302,8 @@ class Exchange:
                 self.host.outcomes.timeout()  # connected, no response head yet
             if not stream.response_started:
                 cstats.count_response(504)
-            if "budgets" in cstats.tracked:  # all of the budget was used
-                record(cstats.h_budget, 100)
+            if "budgets" in cstats.tracked:
+                record_budget(self, time.monotonic())
 
     # -- outcomes made here -------------------------------------------------------------
 
@@ -542,12 +544,8 @@ def track_cluster_stats(x: Exchange, r: ResponseHead, now: float) -> None:
     them, body bytes as the stream moved them)."""
     cstats = x.pool.stats
     if "budgets" in cstats.tracked:
-        timeout_ms = int(x.rp.timeout_s * 1000)
-        rq_ms = int((now - x.t_done) * 1000)
-        record(cstats.h_budget, rq_ms * 100 // timeout_ms if timeout_ms else 0)
-        per_try_ms = int(getattr(x, "per_try_s", 0.0) * 1000)
-        try_ms = int((now - max(x.t_sent, x.t_done)) * 1000)
-        record(cstats.h_budget_per_try, try_ms * 100 // per_try_ms if per_try_ms else 0)
+        record_budget(x, now)
+        record_try_budget(x, now)
     if "sizes" in cstats.tracked:
         stream = x.stream
         size, count = request_map_size(x.head, tls=False)  # plaintext upstreams: :scheme http
@@ -558,3 +556,22 @@ def track_cluster_stats(x: Exchange, r: ResponseHead, now: float) -> None:
         record(cstats.h_rs_headers_size, size)
         record(cstats.h_rs_headers_count, count)
         record(cstats.h_rs_body_size, stream.bytes_sent)
+
+
+def record_budget(x: Exchange, now: float) -> None:
+    """``upstream_rq_timeout_budget_percent_used``: the time since the request was
+    complete, in whole percent of the route timeout (0 without one), as Envoy records it
+    when a response completes or a timeout ends the request."""
+    timeout_ms = int(x.rp.timeout_s * 1000)
+    used_ms = int((now - x.t_done) * 1000) if x.t_done else 0
+    record(x.pool.stats.h_budget, used_ms * 100 // timeout_ms if timeout_ms else 0)
+
+
+def record_try_budget(x: Exchange, now: float) -> None:
+    """``upstream_rq_timeout_budget_per_try_percent_used``: one attempt's time in whole
+    percent of the per-try timeout (0 without one), as Envoy records it at the end of
+    every attempt; ``x.t_sent`` is cleared so the attempt is recorded once."""
+    per_try_ms = int(getattr(x, "per_try_s", 0.0) * 1000)
+    try_ms = int((now - x.t_sent) * 1000)
+    record(x.pool.stats.h_budget_per_try, try_ms * 100 // per_try_ms if per_try_ms else 0)
+    x.t_sent = 0.0

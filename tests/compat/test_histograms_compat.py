@@ -371,3 +371,66 @@ def test_tcp_proxy_histograms(tmp_path: Path) -> None:
         "cluster.up.external.upstream_rq_time"
     }
     assert set(proxyd.histograms()) <= set(envoy.histograms())
+
+
+BUDGET_ROUTES = """
+              - match: { prefix: "/" }
+                route:
+                  cluster: up
+                  timeout: 1s
+                  retry_policy: {retry_on: "5xx", num_retries: 1, per_try_timeout: 0.4s}"""
+
+
+def _budget_requests(port: int) -> list[int]:
+    statuses = []
+    for path in ("/delay/100/a", "/delay/100/b", "/delay/600/c"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        statuses.append(resp.status)
+        conn.close()
+    return statuses
+
+
+def test_timeout_budgets(tmp_path: Path) -> None:
+    """Route timeout 1 s, per-try timeout 0.4 s, one retry: two answers after 100 ms
+    use about 10 % of the budget and 25 % of a try's; one that takes 600 ms runs out
+    both of its tries (about 100 % each) and is answered 504 after about 80 % of the
+    route timeout. Envoy records a try's sample when the try ends, and the request's
+    when it completes or a timeout ends it."""
+    up = UpstreamServer("up").start()
+    sides: list[Side] = []
+    try:
+        text = http_config(
+            0, 0, {"up": [up.port]}, routes=BUDGET_ROUTES,
+            cluster_extra="    track_cluster_stats: {timeout_budgets: true}",
+        ) + "stats_flush_interval: 0.2s\n"  # fmt: skip
+        per_try = 'envoy_cluster_upstream_rq_timeout_budget_per_try_percent_used{envoy_cluster_name="up"}'  # fmt: skip
+        with EnvoyRunner(text) as envoy:
+            assert _budget_requests(envoy.listener_port("ingress")) == [200, 200, 504]
+
+            def envoy_page(path: str) -> str:
+                url = f"http://127.0.0.1:{envoy.admin_port}{path}"
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    return resp.read().decode()
+
+            wait_for(lambda: Side("", envoy_page("/stats/prometheus")).counts().get(per_try) == 4)
+            sides.append(Side(envoy_page("/stats"), envoy_page("/stats/prometheus")))
+        with ProxydProcess(tmp_path, text, concurrency=1) as p:
+            assert _budget_requests(p.listener_port("ingress")) == [200, 200, 504]
+            page = p.admin
+            wait_for(lambda: Side("", page("/stats/prometheus")[1]).counts().get(per_try) == 4)
+            sides.append(Side(page("/stats")[1], page("/stats/prometheus")[1]))
+    finally:
+        up.stop()
+    envoy, proxyd = sides
+    budget = 'envoy_cluster_upstream_rq_timeout_budget_percent_used{envoy_cluster_name="up"}'
+    assert proxyd.counts()[budget] == envoy.counts()[budget] == 3
+    for side in (envoy, proxyd):
+        whole = side.cumulative("cluster.up.upstream_rq_timeout_budget_percent_used")
+        assert 10 <= whole[0] < 20, whole  # 100 ms of 1 s
+        assert 80 <= whole[-1] < 90, whole  # two tries of 400 ms
+        tries = side.cumulative("cluster.up.upstream_rq_timeout_budget_per_try_percent_used")
+        assert 25 <= tries[0] < 40, tries  # 100 ms of 400 ms
+        assert 99 <= tries[-1] < 110, tries  # the tries that ran out
