@@ -6,6 +6,10 @@ the life of the worker, so a request bumps an attribute and never formats a stat
 whole store into ``(counter deltas since the last report, absolute gauges)`` with the
 full Envoy stat names, which is what :class:`proxyd.ipc.StatsReport` carries.
 
+Histograms are ``dict`` attributes of the same scopes, ``{bin: count}``
+(:func:`proxyd.protocol.histogram.record` adds a sample); :meth:`StatsStore.report_histograms`
+hands over the bins recorded since the previous report and empties them.
+
 Per-host values for the admin ``/clusters`` page (:class:`HostStats`) travel in the same
 report under ``<cluster>::<ip>:<port>::<stat>``, which the master keeps out of ``/stats``
 (see :mod:`proxyd.stats`).
