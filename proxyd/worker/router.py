@@ -182,9 +182,13 @@ class Exchange:
             arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
         try:
             retried = False
+            # A complete request goes out now: arm_route's clock reading serves (0: the
+            # request is still arriving).
+            t_sent = self.t_done
             while True:
                 # Envoy's upstream service time includes the wait for a connection.
-                self.t_sent = time.monotonic()
+                self.t_sent = t_sent or time.monotonic()
+                t_sent = 0.0
                 conn = pool.take_idle(host)
                 reused = conn is not None
                 if conn is None:
@@ -455,7 +459,8 @@ class Exchange:
         if status == 204 and (r.content_length > 0 or r.chunked):
             # A 204 that announces a body is refused, as Envoy's codec does.
             raise UpstreamProtocolError("204 response with a body")
-        service_ms = int((time.monotonic() - self.t_sent) * 1000)
+        now = time.monotonic()  # also the response's end when the body came with the head
+        service_ms = int((now - self.t_sent) * 1000)
         stream.service_ms = service_ms
         stream.status = status
         pool.stats.count_response(status)
@@ -509,6 +514,7 @@ class Exchange:
                     pieces = body.read(rb)
                     if pieces or body.done:
                         await sink.send_data(pieces, body.done)
+                now = time.monotonic()
             except ProtocolError:
                 raise UpstreamReset("bad chunk framing") from None
         self.conn = None
@@ -519,10 +525,9 @@ class Exchange:
         t_done = self.t_done
         if t_done:  # Envoy times a response only when its request was complete
             cstats = pool.stats
-            now = time.monotonic()
             ms = int((now - t_done) * 1000)  # upstream_rq_time
             bins = cstats.h_rq_time
-            if ms < 100:  # histogram.record, inline for the common case
+            if 0 <= ms < 100:  # histogram.record, inline for the common case
                 bins[ms] = bins.get(ms, 0) + 1
             else:
                 record(bins, ms)
