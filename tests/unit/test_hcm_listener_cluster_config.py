@@ -254,7 +254,11 @@ def test_host_update_fields() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "path"),
     [
-        ("track_cluster_stats", {"per_endpoint_stats": True}, "track_cluster_stats.per_endpoint_stats"),  # fmt: skip
+        (
+            "track_cluster_stats",
+            {"per_endpoint_stats": True},
+            "track_cluster_stats.per_endpoint_stats",
+        ),
     ],
 )
 def test_cluster_fields_left_out_are_refused_by_name(field: str, value: Any, path: str) -> None:
