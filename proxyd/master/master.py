@@ -62,6 +62,8 @@ from proxyd.master.xds.client import Hooks, XdsClient
 from proxyd.protocol.epoch_check import EpochRejected
 from proxyd.stats import StatsStore
 
+INITIALIZATION_TIME_STAT = "server.initialization_time_ms"
+
 log = get_logger("proxyd.master")
 
 
@@ -113,6 +115,7 @@ class Master:
     def __init__(self, options: MasterOptions) -> None:
         self.options = options
         self.stats = StatsStore()
+        self.stats.ensure_histograms((INITIALIZATION_TIME_STAT,))
         self.state = self.PRE_INITIALIZING
         self.started_at = time.monotonic()
         self.started_wall = time.time()
@@ -308,6 +311,9 @@ class Master:
             mainpid = os.getpid()
         if self.state == self.INITIALIZING:
             self.state = self.LIVE
+            # Envoy's: from the start until the workers accept connections.
+            ms = int((time.monotonic() - self.started_at) * 1000)
+            self.stats.record(INITIALIZATION_TIME_STAT, ms)
             log.info("master_live", epoch=self.epoch.number, workers=[s.pid for s in self.slots])
             self.notifier.ready(self.status_line(), mainpid=mainpid)
 
