@@ -49,7 +49,7 @@ from proxyd.master.hot_restart import (
 from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.outlier import OutlierDetector
-from proxyd.master.overload import OverloadManager
+from proxyd.master.overload import REFRESH_DELAY_STAT, OverloadManager
 from proxyd.master.peeks import PickPeeks
 from proxyd.master.runtime import RuntimeLoader
 from proxyd.master.sd_notify import Notifier
@@ -115,7 +115,8 @@ class Master:
     def __init__(self, options: MasterOptions) -> None:
         self.options = options
         self.stats = StatsStore()
-        self.stats.ensure_histograms((INITIALIZATION_TIME_STAT,))
+        # Made at start, as Envoy's server and overload manager make them.
+        self.stats.ensure_histograms((INITIALIZATION_TIME_STAT, REFRESH_DELAY_STAT))
         self.state = self.PRE_INITIALIZING
         self.started_at = time.monotonic()
         self.started_wall = time.time()

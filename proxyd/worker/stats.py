@@ -404,8 +404,13 @@ class ListenerStats(_Scope):
         "global_cx_overflow",
         "cx_overload_reject",
         "h_cx_length_ms",
+        "h_accepted",
     )
-    HISTOGRAMS = (("h_cx_length_ms", "downstream_cx_length_ms"),)
+    HISTOGRAMS = (
+        ("h_cx_length_ms", "downstream_cx_length_ms"),
+        # Connections accepted before the listening socket had none left (the accept loop).
+        ("h_accepted", "connections_accepted_per_socket_event"),
+    )
     COUNTERS = (
         ("cx_total", "downstream_cx_total"),
         # Refused at accept: the global connection limit, an overload action
@@ -420,6 +425,7 @@ class ListenerStats(_Scope):
     global_cx_overflow: int
     cx_overload_reject: int
     h_cx_length_ms: dict[int, int]
+    h_accepted: dict[int, int]
 
     def __init__(self, stat_name: str) -> None:
         super().__init__(f"listener.{stat_name}.")

@@ -39,6 +39,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 # The admin listener's histograms, shown from its first connection as Envoy shows them.
 ADMIN_HISTOGRAMS = (
+    "listener.admin.connections_accepted_per_socket_event",
     "listener.admin.downstream_cx_length_ms",
     "http.admin.downstream_cx_length_ms",
     "http.admin.downstream_rq_time",
@@ -234,6 +235,8 @@ class AdminServer:
         stats.add_counter("listener.admin.downstream_cx_total")
         stats.add_counter("http.admin.downstream_cx_total")
         stats.ensure_histograms(ADMIN_HISTOGRAMS)
+        # trio's listener accepts one connection per wait-and-accept: one an event.
+        stats.record("listener.admin.connections_accepted_per_socket_event", 1)
         opened = time.monotonic()
         request = _Request()
         parser = httptools.HttpRequestParser(request)
