@@ -53,6 +53,10 @@ class Endpoint:
     # The lb_endpoint's metadata filter_metadata["envoy.lb"]["hash_key"] (a string): what
     # RING_HASH and MAGLEV hash the host by in place of its address ("" = not set).
     hash_key: str = ""
+    # Slow start (a cluster with slow_start_config): when the host joined the cluster
+    # or, with active health checks, last turned healthy (CLOCK_MONOTONIC seconds,
+    # stamped by the master: proxyd.master.slow_start; 0 = not stamped).
+    active_since: float = 0.0
 
     @property
     def usable(self) -> bool:
@@ -187,6 +191,14 @@ class Cluster:
     endpoints: tuple[Endpoint, ...]
     # LEAST_REQUEST: how many hosts are sampled (Envoy's choice_count, default 2).
     choice_count: int = 2
+    # ROUND_ROBIN and LEAST_REQUEST slow_start_config (proxyd.protocol.slow_start):
+    # slow_start_window (0 = no slow start), aggression (its default_value, and its
+    # runtime_key: the master writes the runtime's value into slow_start_aggression)
+    # and min_weight_percent as a fraction.
+    slow_start_window_s: float = 0.0
+    slow_start_aggression: float = 1.0
+    slow_start_aggression_key: str = ""
+    slow_start_min_weight: float = 0.1
     # Envoy's per-cluster limit on requests per upstream connection; 0 = unlimited.
     max_requests_per_connection: int = 0
     # per_connection_buffer_limit_bytes: the most of a response body read from one of
@@ -263,6 +275,9 @@ class Cluster:
     # (proxyd.worker.router.track_cluster_stats).
     track_timeout_budgets: bool = False
     track_request_response_sizes: bool = False
+    # transport_socket envoy.transport_sockets.tls (UpstreamTlsContext): TLS to the
+    # hosts (proxyd.worker.upstream_tls); None = plaintext.
+    tls: UpstreamTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +457,9 @@ class Route:
     # RouteAction.hash_policy, in order (empty: none; used by RING_HASH and MAGLEV
     # clusters only).
     hash_policy: tuple[HashPolicy, ...] = ()
+    # RouteAction.upgrade_configs: (lower-case upgrade type, enabled) overriding the
+    # connection manager's default for the type on this route.
+    upgrades: tuple[tuple[str, bool], ...] = ()
     # RouteAction.request_mirror_policies (proxyd.worker.mirror).
     mirrors: tuple[MirrorPolicy, ...] = ()
     # RouteAction.host_rewrite_path_regex: the pattern ("" = not set) and RE2
@@ -545,6 +563,10 @@ class RetryPolicy:
     # name, "SECONDS" or "UNIX_TIMESTAMP") and the longest such wait (ms).
     reset_headers: tuple[tuple[str, str], ...] = ()
     reset_max_interval_ms: int = 300_000
+    # hedge_policy hedge_on_per_try_timeout (the route's, else its virtual host's): a
+    # per-try timeout does not end the attempt; a retry runs beside it and the first
+    # usable response wins (proxyd.worker.hedging).
+    hedge_on_per_try_timeout: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,7 +640,8 @@ class RoutePredicate:
 class RouteOnMatch:
     """What a matcher gives on a match: a nested ``matcher``, or the indexes (in the
     virtual host's ``routes``) of a Route action (one) or a RouteList's routes (tried in
-    order, each with its own match)."""
+    order, each with its own match); in a filter's matcher (:class:`FilterMatcher`), the
+    index of its action."""
 
     matcher: RouteMatcher | None = None
     routes: tuple[int, ...] = ()
@@ -707,6 +730,25 @@ class AccessLog:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterAction:
+    """An action of a filter's matcher: ``kind`` "skip" (SkipFilter: the filter sits
+    out the stream) or "execute" (the composite filter's ExecuteFilterAction: ``filter``
+    runs in the composite's place for the stream)."""
+
+    kind: str
+    filter: HttpFilter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilterMatcher:
+    """ExtensionWithMatcher's ``xds_matcher`` around a filter: ``tree`` over the request
+    headers, whose actions are indexes into ``actions``."""
+
+    tree: RouteMatcher
+    actions: tuple[FilterAction, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class HttpFilter:
     """One entry of the HCM's http_filters other than the terminal router.
 
@@ -718,6 +760,8 @@ class HttpFilter:
     type_name: str
     config: Any
     disabled: bool = False
+    # ExtensionWithMatcher around the filter (None: the filter takes every stream).
+    matcher: FilterMatcher | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -783,7 +827,7 @@ class Tracing:
 @dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
-    # "AUTO" or "HTTP1" (HTTP2 arrives with its own issue).
+    # "AUTO", "HTTP1" or "HTTP2" (proxyd.worker.h2_downstream).
     codec_type: str
     route_config: RouteConfig
     access_logs: tuple[AccessLog, ...] = ()
@@ -830,6 +874,22 @@ class HttpConnectionManager:
     drain_timeout_s: float = 5.0
     # tracing (None: none; the request path then pays nothing for it).
     tracing: Tracing | None = None
+    # upgrade_configs: (lower-case upgrade type, enabled by default), e.g. ("websocket",
+    # True). A type not listed is refused (403), whatever a route says.
+    upgrades: tuple[tuple[str, bool], ...] = ()
+    # http2_protocol_options (None: Envoy's defaults, Http2Options()).
+    http2: Http2Options | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Options:
+    """The connection manager's ``http2_protocol_options`` proxyd implements
+    (core.v3.Http2ProtocolOptions; the downstream HTTP/2 codec sends them as SETTINGS)."""
+
+    # Envoy 1.40's defaults.
+    max_concurrent_streams: int = 1024
+    initial_stream_window_size: int = 16 * 1024 * 1024
+    initial_connection_window_size: int = 24 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -939,6 +999,47 @@ class DownstreamTls:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """A cluster's ``envoy.transport_sockets.tls`` (UpstreamTlsContext): how proxyd
+    originates TLS to the cluster's hosts. PEM bytes read by the master."""
+
+    # The SNI sent ("" = none).
+    sni: str = ""
+    # A client certificate (mTLS to the upstream), or None.
+    certificate: TlsCertificate | None = None
+    # Envoy's upstream defaults: TLSv1_2 .. TLSv1_2.
+    min_version: str = "TLSv1_2"
+    max_version: str = "TLSv1_2"
+    cipher_suites: tuple[str, ...] = ()
+    alpn: tuple[str, ...] = ()
+    # validation_context.trusted_ca (b"": the chain is not verified, as in Envoy).
+    trusted_ca: bytes = b""
+    # match_typed_subject_alt_names (and the deprecated match_subject_alt_names as
+    # DNS matchers): the upstream certificate must have a SAN one of them accepts.
+    san_matchers: tuple[SanMatch, ...] = ()
+    allow_renegotiation: bool = False
+    # max_session_keys: 0 = no session resumption, else one session kept per host.
+    max_session_keys: int = 1
+    # The cluster's HttpProtocolOptions.upstream_http_protocol_options: the SNI is the
+    # request's Host (auto_sni), the upstream's certificate must have it as a DNS SAN
+    # (auto_san_validation); override_auto_sni_header names another request header.
+    auto_sni: bool = False
+    auto_san_validation: bool = False
+    sni_header: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRbac:
+    """``envoy.filters.network.rbac`` before a chain's connection manager or TCP proxy:
+    ``stat_prefix`` (Envoy's ``<stat_prefix>rbac.``) and ``config``, the HTTP RBAC
+    filter's plain rules (:mod:`proxyd.filters.rbac.config`), judged once per connection
+    on its first bytes (proxyd.worker.network_rbac)."""
+
+    stat_prefix: str
+    config: Any
+
+
+@dataclass(frozen=True, slots=True)
 class FilterChain:
     """One of a listener's filter chains, with its ``filter_chain_match`` (the fields
     proxyd supports: ``server_names``, exact or ``*.``-wildcard, and
@@ -949,6 +1050,8 @@ class FilterChain:
     name: str = ""
     server_names: tuple[str, ...] = ()
     transport_protocol: str = ""
+    # Network RBAC filters before the connection manager, in order.
+    network_rbac: tuple[NetworkRbac, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -978,6 +1081,8 @@ class TcpProxy:
     log_on_connected: bool = False
     # hash_policy [source_ip]: a RING_HASH or MAGLEV cluster's host by the client's IP.
     hash_source_ip: bool = False
+    # Network RBAC filters before the TCP proxy, in order.
+    network_rbac: tuple[NetworkRbac, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1021,6 +1126,9 @@ class Listener:
     # does a connection have a requested server name (the access log's, RBAC's), as in
     # Envoy, where the TLS inspector is what records it.
     tls_inspector: bool = False
+    # The (first) filter chain's network RBAC filters before its connection manager
+    # (a TCP proxy listener's are on its TcpProxy).
+    network_rbac: tuple[NetworkRbac, ...] = ()
 
     @property
     def hcms(self) -> tuple[HttpConnectionManager, ...]:

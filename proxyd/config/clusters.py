@@ -22,6 +22,7 @@ from proxyd.config.lb_policy import compile_lb_policy
 from proxyd.config.outlier import compile_outlier_detection
 from proxyd.config.proto import join
 from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
+from proxyd.config.upstream_tls import compile_upstream_transport_socket
 from proxyd.config.values import (
     duration_or,
     enum_name,
@@ -82,6 +83,16 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
             )
         max_requests = c.max_requests_per_connection.value
 
+    tls = compile_upstream_transport_socket(c, path, file)
+    if tls is not None:
+        for i, hc in enumerate(c.health_checks):
+            if hc.HasField("grpc_health_check"):
+                raise ConfigError(
+                    file,
+                    join(path, f"health_checks[{i}].grpc_health_check"),
+                    "a gRPC health check over TLS (the cluster's transport_socket) is not "
+                    "supported by proxyd (HTTP/2 over TLS upstream is not implemented)",
+                )
     breakers = _circuit_breakers(c, join(path, "circuit_breakers"), file)
     assignment = _load_assignment(c, kind, join(path, "load_assignment"), file)
     panic_threshold, locality_weighted = compile_common_lb_config(c)
@@ -119,6 +130,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         **_tcp_keepalive(c),
         track_timeout_budgets=c.track_cluster_stats.timeout_budgets,
         track_request_response_sizes=c.track_cluster_stats.request_response_sizes,
+        tls=tls,
     )
 
 

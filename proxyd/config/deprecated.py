@@ -43,6 +43,7 @@ _DNS_CLUSTER = "cluster_type envoy.cluster.dns (envoy.extensions.clusters.dns.v3
 
 # Deprecated field (full proto name) -> what replaces it.
 REPLACEMENTS: dict[str, str] = {
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest.allowed_headers": "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz.allowed_headers",  # noqa: E501
     f"{_CLUSTER}.http_protocol_options": f"typed_extension_protocol_options {_UPSTREAM_HTTP} explicit_http_config.http_protocol_options",  # noqa: E501
     f"{_CLUSTER}.http2_protocol_options": f"typed_extension_protocol_options {_UPSTREAM_HTTP} explicit_http_config.http2_protocol_options",  # noqa: E501
     f"{_CLUSTER}.common_http_protocol_options": f"typed_extension_protocol_options {_UPSTREAM_HTTP} common_http_protocol_options",  # noqa: E501

@@ -18,9 +18,11 @@ type that has no per-route config by name (:func:`proxyd.worker.plan.compile_fil
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from proxyd.config import filter_matcher
 from proxyd.config.proto import join, unpack
 from proxyd.epoch import FilterOverride, HttpFilter
 from proxyd.errors import ConfigError
@@ -76,14 +78,24 @@ def compile_http_filters(
                 here,
                 f"non-terminal filter '{f.name}' is the last filter in an HTTP filter chain",
             )
-        module = compiler(type_name)
-        if module is None:
-            raise ConfigError(
-                file, here, f"HTTP filter '{f.name}' ({type_name}) not supported by proxyd"
+
+        def compile_filter(name: str, any_msg: Any, at: str) -> HttpFilter:
+            kind = any_msg.type_url.rsplit("/", 1)[-1]
+            module = compiler(kind)
+            if module is None:
+                raise ConfigError(
+                    file, at, f"HTTP filter '{name}' ({kind}) not supported by proxyd"
+                )
+            config = module.compile(unpack(any_msg), join(at, "typed_config"), file)
+            return HttpFilter(name, kind, config)
+
+        if type_name == filter_matcher.TYPE:
+            entry = filter_matcher.compile_with_matcher(
+                unpack(f.typed_config), f.name, join(here, "typed_config"), file, compile_filter
             )
-        msg = unpack(f.typed_config)
-        config = module.compile(msg, join(here, "typed_config"), file)
-        out.append(HttpFilter(f.name, type_name, config, disabled=f.disabled))
+        else:
+            entry = compile_filter(f.name, f.typed_config, here)
+        out.append(dataclasses.replace(entry, disabled=f.disabled))
     return tuple(out)
 
 

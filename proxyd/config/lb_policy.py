@@ -3,7 +3,8 @@
 Two forms, as Envoy 1.40 takes them:
 
 * ``lb_policy`` (ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV) with its
-  ``least_request_lb_config``, ``ring_hash_lb_config`` or ``maglev_lb_config``; a config
+  ``round_robin_lb_config``, ``least_request_lb_config`` (their ``slow_start_config``),
+  ``ring_hash_lb_config`` or ``maglev_lb_config``; a config
   of another policy than the one named is ignored, as Envoy ignores it;
 * ``load_balancing_policy`` (the typed extensions): its first policy is used and
   ``lb_policy`` is then ignored. The allow-list (:data:`LB_POLICY_SPEC`) takes the
@@ -20,7 +21,7 @@ from typing import Any
 
 from proxyd.config.proto import join, unpack
 from proxyd.config.spec import LEAF, REGEX, AnyOf, Spec
-from proxyd.config.values import enum_name, wrapped_or
+from proxyd.config.values import enum_name, seconds, wrapped_or
 from proxyd.errors import ConfigError
 from proxyd.protocol.hash_lb import (
     DEFAULT_MAGLEV_TABLE_SIZE,
@@ -41,7 +42,16 @@ LB_MAGLEV_TYPE = _LB + "maglev.v3.Maglev"
 # The coverage tree's part for these (proxyd.config.supported takes them in): a
 # Cluster's policy fields, and RouteAction.hash_policy (proxyd.protocol.hash_policy;
 # filter_state is refused by name: proxyd has no filter state objects to hash).
+# RoundRobin / LeastRequest slow_start_config (the cluster's *_lb_config and the typed
+# policies alike; proxyd.protocol.slow_start).
+SLOW_START_SPEC: Spec = {
+    "slow_start_window": LEAF,
+    "aggression": {"default_value": LEAF, "runtime_key": LEAF},
+    "min_weight_percent": {"value": LEAF},
+}
+
 LB_POLICY_SPEC: dict[str, Spec] = {
+    "round_robin_lb_config": {"slow_start_config": SLOW_START_SPEC},
     "ring_hash_lb_config": {
         "minimum_ring_size": LEAF,
         "maximum_ring_size": LEAF,
@@ -55,8 +65,11 @@ LB_POLICY_SPEC: dict[str, Spec] = {
                 "typed_config": AnyOf(
                     "load balancing policy",
                     {
-                        LB_ROUND_ROBIN_TYPE: {},
-                        LB_LEAST_REQUEST_TYPE: {"choice_count": LEAF},
+                        LB_ROUND_ROBIN_TYPE: {"slow_start_config": SLOW_START_SPEC},
+                        LB_LEAST_REQUEST_TYPE: {
+                            "choice_count": LEAF,
+                            "slow_start_config": SLOW_START_SPEC,
+                        },
                         LB_RANDOM_TYPE: {},
                         LB_RING_HASH_TYPE: {
                             "hash_function": LEAF,
@@ -111,6 +124,11 @@ def compile_lb_policy(c: Any, path: str, file: str) -> dict[str, Any]:
         out["choice_count"] = wrapped_or(
             c.least_request_lb_config, "choice_count", DEFAULT_CHOICE_COUNT
         )
+        here = join(path, "least_request_lb_config")
+        out.update(_slow_start(c.least_request_lb_config, here, file))
+    elif lb_policy == "ROUND_ROBIN" and c.HasField("round_robin_lb_config"):
+        here = join(path, "round_robin_lb_config")
+        out.update(_slow_start(c.round_robin_lb_config, here, file))
     elif lb_policy == "RING_HASH":
         ring = c.ring_hash_lb_config  # the defaults when not set
         out.update(
@@ -133,6 +151,9 @@ def _typed_policy(c: Any, path: str, file: str) -> dict[str, Any]:
         return out
     if policy == "LEAST_REQUEST":
         out["choice_count"] = wrapped_or(msg, "choice_count", DEFAULT_CHOICE_COUNT)
+        out.update(_slow_start(msg, here, file))
+    elif policy == "ROUND_ROBIN":
+        out.update(_slow_start(msg, here, file))
     elif policy == "RING_HASH":
         # ring_hash.v3.RingHash.HashFunction: DEFAULT_HASH (xxHash), XX_HASH, MURMUR_HASH_2.
         name = enum_name(msg, "hash_function")
@@ -140,6 +161,30 @@ def _typed_policy(c: Any, path: str, file: str) -> dict[str, Any]:
     elif policy == "MAGLEV":
         out.update(_maglev(msg, here, file))
     _check_locality_weighted(c, policy, path, file)
+    return out
+
+
+def _slow_start(msg: Any, path: str, file: str) -> dict[str, Any]:
+    """A RoundRobin / LeastRequest config's slow_start_config (none, or a window of 0:
+    no slow start, as in Envoy); min_weight_percent defaults to 10, aggression to 1.0."""
+    if not msg.HasField("slow_start_config"):
+        return {}
+    ss = msg.slow_start_config
+    window = seconds(ss.slow_start_window) if ss.HasField("slow_start_window") else 0.0
+    if window < 0:
+        raise ConfigError(
+            file,
+            join(path, "slow_start_config.slow_start_window"),
+            "Invalid duration: Expected positive duration",
+        )
+    if not window:
+        return {}
+    out: dict[str, Any] = {"slow_start_window_s": window}
+    if ss.HasField("aggression"):
+        out["slow_start_aggression"] = ss.aggression.default_value
+        out["slow_start_aggression_key"] = ss.aggression.runtime_key
+    if ss.HasField("min_weight_percent"):
+        out["slow_start_min_weight"] = ss.min_weight_percent.value / 100.0
     return out
 
 

@@ -12,13 +12,15 @@ from proxyd.config.access_logs import compile_access_logs
 from proxyd.config.dynamic import compile_config_source
 from proxyd.config.hcm_transforms import compile_http1_options, compile_transforms
 from proxyd.config.http_filters import compile_http_filters
+from proxyd.config.network_rbac import compile_network_rbac
 from proxyd.config.proto import join
-from proxyd.config.routes import compile_route_config
+from proxyd.config.routes import compile_route_config, compile_upgrades
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tls import check_listener_filters, compile_transport_socket
 from proxyd.config.tracing import compile_tracing
 from proxyd.config.values import (
+    Address,
     compile_address,
     duration_or,
     enum_name,
@@ -26,7 +28,9 @@ from proxyd.config.values import (
     wrapped_or,
 )
 from proxyd.epoch import (
+    DownstreamTls,
     FilterChain,
+    Http2Options,
     HttpConnectionManager,
     Listener,
     RouteConfig,
@@ -38,7 +42,7 @@ from proxyd.errors import ConfigError
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 FILE_LOG_NAME = "envoy.access_loggers.file"
-CODEC_TYPES = ("AUTO", "HTTP1")
+CODEC_TYPES = ("AUTO", "HTTP1", "HTTP2")
 
 # Envoy's defaults (listener.proto, http_connection_manager.proto, protocol.proto).
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
@@ -81,9 +85,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     if not lst.HasField("address"):
         raise ConfigError(file, join(path, "address"), "an address is required")
     where = compile_address(lst.address, join(path, "address"), file)
-    address, port = where.address, where.port
     if not where.pipe:
-        require_ip(address, join(path, "address.socket_address"), file)
+        require_ip(where.address, join(path, "address.socket_address"), file)
     if not wrapped_or(lst, "enable_reuse_port", True):
         raise ConfigError(
             file,
@@ -92,24 +95,15 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "own SO_REUSEPORT socket)",
         )
     inspector = check_listener_filters(lst, path, file)
-    tcp = _tcp_proxy_listener(lst, path, file)
-    if tcp is not None:
+    tcp_chain = _tcp_proxy_listener(lst, path, file)
+    if tcp_chain is not None:
+        tcp, tls = tcp_chain
         return Listener(
-            name=lst.name or (address if where.pipe else f"{address}_{port}"),
-            address=address,
-            port=port,
+            **_common_fields(lst, path, file, where),
             hcm=None,
-            per_connection_buffer_limit_bytes=wrapped_or(
-                lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
-            ),
-            access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
-            ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
-            pipe=where.pipe,
-            pipe_mode=where.mode,
-            freebind=wrapped_or(lst, "freebind", False),
-            tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
-            socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
             tcp_proxy=tcp,
+            tls=tls,
+            tls_inspector=inspector,
         )
     direction = enum_name(lst, "traffic_direction")
     chains = [
@@ -168,21 +162,10 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
                 "socket peer has no IP address to trust)",
             )
     return Listener(
-        name=lst.name or (address if where.pipe else f"{address}_{port}"),
-        address=address,
-        port=port,
+        **_common_fields(lst, path, file, where),
         hcm=hcm,
-        per_connection_buffer_limit_bytes=wrapped_or(
-            lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
-        ),
-        access_logs=compile_access_logs(lst.access_log, join(path, "access_log"), file),
-        ignore_global_conn_limit=bool(lst.ignore_global_conn_limit),
-        pipe=where.pipe,
-        pipe_mode=where.mode,
-        freebind=wrapped_or(lst, "freebind", False),
-        tcp_backlog_size=wrapped_or(lst, "tcp_backlog_size", 0),
-        socket_options=socket_options(lst.socket_options, join(path, "socket_options"), file),
         tls=first.tls,
+        network_rbac=first.network_rbac,
         chains=tuple(chains) if inspecting else (),
         default_chain=default if inspecting else None,
         listener_filters_timeout_s=duration_or(
@@ -193,18 +176,41 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     )
 
 
+def _common_fields(lst: Any, path: str, file: str, where: Address) -> dict[str, Any]:
+    """The Listener fields an HTTP and a TCP proxy listener compile alike."""
+    address, port = where.address, where.port
+    return {
+        "name": lst.name or (address if where.pipe else f"{address}_{port}"),
+        "address": address,
+        "port": port,
+        "per_connection_buffer_limit_bytes": wrapped_or(
+            lst, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
+        ),
+        "access_logs": compile_access_logs(lst.access_log, join(path, "access_log"), file),
+        "ignore_global_conn_limit": bool(lst.ignore_global_conn_limit),
+        "pipe": where.pipe,
+        "pipe_mode": where.mode,
+        "freebind": wrapped_or(lst, "freebind", False),
+        "tcp_backlog_size": wrapped_or(lst, "tcp_backlog_size", 0),
+        "socket_options": socket_options(lst.socket_options, join(path, "socket_options"), file),
+    }
+
+
 def _is_tcp_proxy(chain: Any) -> bool:
+    """The chain ends in the TCP proxy (network RBAC filters may come before it)."""
     filters = chain.filters
     return (
-        len(filters) == 1
-        and filters[0].HasField("typed_config")
-        and filters[0].typed_config.type_url.endswith("/" + TCP_PROXY_TYPE)
+        len(filters) >= 1
+        and filters[-1].HasField("typed_config")
+        and filters[-1].typed_config.type_url.endswith("/" + TCP_PROXY_TYPE)
     )
 
 
-def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
-    """The listener's TCP proxy, when its filter chain has one: a single chain without
-    match criteria or TLS (the TCP proxy behind TLS or among several chains is not
+def _tcp_proxy_listener(
+    lst: Any, path: str, file: str
+) -> tuple[TcpProxy, DownstreamTls | None] | None:
+    """The listener's TCP proxy and its TLS termination, when its filter chain has one:
+    a single chain without match criteria (the TCP proxy among several chains is not
     supported yet)."""
     chains = list(lst.filter_chains)
     if lst.HasField("default_filter_chain"):
@@ -224,18 +230,24 @@ def _tcp_proxy_listener(lst: Any, path: str, file: str) -> TcpProxy | None:
             "proxyd yet",
         )
     chain = chains[0]
-    for field in ("filter_chain_match", "transport_socket"):
-        if chain.HasField(field):
-            raise ConfigError(
-                file,
-                join(here, field),
-                f"{field} with {TCP_PROXY_NAME} is not supported by proxyd yet",
-            )
-    filter_path = join(here, "filters[0]")
+    if chain.HasField("filter_chain_match"):
+        raise ConfigError(
+            file,
+            join(here, "filter_chain_match"),
+            f"filter_chain_match with {TCP_PROXY_NAME} is not supported by proxyd yet",
+        )
+    last = len(chain.filters) - 1
+    filter_path = join(here, f"filters[{last}]")
     msg = typed_config(
-        chain.filters[0], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
+        chain.filters[last], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
     )
-    return compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    rbac = compile_network_rbac(chain.filters, join(here, "filters"), file)
+    if rbac:
+        proxy = dataclasses.replace(proxy, network_rbac=rbac)
+    # TLS termination in front of it (the chain path: compile_transport_socket adds
+    # "transport_socket").
+    return proxy, compile_transport_socket(chain, here, file)
 
 
 def compile_filter_chain(
@@ -244,15 +256,16 @@ def compile_filter_chain(
     """One HTTP filter chain (``direction``: the listener's traffic_direction, which
     tracing reads)."""
     filters = chain.filters
-    if len(filters) != 1:
+    if not filters:
         raise ConfigError(
             file,
             join(path, "filters"),
-            f"exactly one network filter ({HCM_NAME} or {TCP_PROXY_NAME}) is supported by "
-            f"proxyd, got {len(filters)}",
+            f"a filter chain needs a network filter ({HCM_NAME} or {TCP_PROXY_NAME})",
         )
-    filter_path = join(path, "filters[0]")
-    hcm_msg = typed_config(filters[0], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
+    last = len(filters) - 1
+    rbac = compile_network_rbac(filters, join(path, "filters"), file)
+    filter_path = join(path, f"filters[{last}]")
+    hcm_msg = typed_config(filters[last], HCM_TYPE, HCM_NAME, "network filter", filter_path, file)
     hcm = compile_hcm(hcm_msg, join(filter_path, "typed_config"), clusters, file)
     tracing = compile_tracing(hcm_msg, direction, join(filter_path, "typed_config"), clusters, file)
     if tracing is not None:
@@ -284,6 +297,7 @@ def compile_filter_chain(
         name=chain.name,
         server_names=server_names,
         transport_protocol=transport,
+        network_rbac=rbac,
     )
 
 
@@ -342,6 +356,15 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         raise ConfigError(
             file, path, f"a route_config or rds is required ({which} not supported by proxyd)"
         )
+    if codec == "HTTP2" and any(
+        r.stream_duration_set for vh in route_config.virtual_hosts for r in vh.routes
+    ):
+        # (An RDS route config is checked when it arrives: proxyd.protocol.epoch_check.)
+        raise ConfigError(
+            file,
+            join(path, "route_config"),
+            "a route's max_stream_duration with codec_type HTTP2 is not supported by proxyd",
+        )
     http_filters = compile_http_filters(hcm.http_filters, join(path, "http_filters"), file)
     idle_timeout_s = DEFAULT_IDLE_TIMEOUT_S
     max_headers = DEFAULT_MAX_HEADERS_COUNT
@@ -378,12 +401,61 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         ),
         flush_access_log_on_new_request=hcm.access_log_options.flush_access_log_on_new_request,
         transforms=compile_transforms(hcm, path, file),
+        upgrades=compile_upgrades(hcm.upgrade_configs, join(path, "upgrade_configs"), file),
         max_headers_count=max_headers,
         http1=compile_http1_options(hcm, path, file),
         max_connection_duration_s=max_connection_duration_s,
         max_stream_duration_s=max_stream_duration_s,
         drain_timeout_s=duration_or(hcm, "drain_timeout", DEFAULT_DRAIN_TIMEOUT_S),
+        http2=compile_http2_options(hcm, codec, path, file),
     )
+
+
+# -- downstream HTTP/2 (proxyd.worker.h2_downstream) ---------------------------------------
+
+# Envoy's bounds of Http2ProtocolOptions' window sizes.
+_MIN_WINDOW = 65535
+_MAX_WINDOW = 2147483647
+_H2_DEFAULTS = Http2Options()
+
+
+def compile_http2_options(hcm: Any, codec: str, path: str, file: str) -> Http2Options | None:
+    """``hcm.http2_protocol_options`` (the fields proxyd lacks were refused by name by
+    supported.HCM). A connection manager that limits stream or connection durations
+    takes no HTTP/2 with codec_type HTTP2 (refused here); with AUTO its listener stays
+    HTTP/1.1 (proxyd.worker.plan), as docs/configuration.md says."""
+    common = (
+        hcm.common_http_protocol_options if hcm.HasField("common_http_protocol_options") else None
+    )
+    if codec == "HTTP2" and common is not None:
+        for name in ("max_connection_duration", "max_stream_duration"):
+            if common.HasField(name):
+                raise ConfigError(
+                    file,
+                    join(join(path, "common_http_protocol_options"), name),
+                    f"{name} with codec_type HTTP2 is not supported by proxyd",
+                )
+    if not hcm.HasField("http2_protocol_options"):
+        return None
+    o = hcm.http2_protocol_options
+    opath = join(path, "http2_protocol_options")
+    values: dict[str, int] = {}
+    for name, low, default in (
+        ("max_concurrent_streams", 1, _H2_DEFAULTS.max_concurrent_streams),
+        ("initial_stream_window_size", _MIN_WINDOW, _H2_DEFAULTS.initial_stream_window_size),
+        (
+            "initial_connection_window_size",
+            _MIN_WINDOW,
+            _H2_DEFAULTS.initial_connection_window_size,
+        ),
+    ):
+        value = wrapped_or(o, name, default)
+        if not low <= value <= _MAX_WINDOW:
+            raise ConfigError(
+                file, join(opath, name), f"must be between {low} and {_MAX_WINDOW}, got {value}"
+            )
+        values[name] = value
+    return Http2Options(**values)
 
 
 def typed_config(

@@ -46,6 +46,7 @@ from proxyd.config.source import read_config_file
 from proxyd.config.stats import StatsSettings, compile_stats
 from proxyd.config.supported import FILE_LOG_TYPE, STDOUT_LOG_TYPE, check_bootstrap
 from proxyd.config.translate import Translation, log_deprecations, translate
+from proxyd.config.upstream_tls import check_tls_cluster_uses
 from proxyd.config.values import require_ip, socket_address
 from proxyd.epoch import Epoch
 from proxyd.errors import ConfigError
@@ -150,6 +151,7 @@ def _compile(
     for where, source in sources:
         if source is not None:
             check_source(source, static_clusters, dynamic, where, file)
+    check_tls_cluster_uses(clusters, listeners, [s.cluster for s in stats.sinks], sources, file)
     local_cluster = check_local_cluster(bootstrap, static_clusters, file)
     return LoadedConfig(
         epoch_template=template,

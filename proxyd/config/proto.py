@@ -83,6 +83,23 @@ _WRAPPERS = frozenset(
 )  # fmt: skip
 # A bool in quotes, as Envoy's parser reads one (any letter case).
 _TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+_FLOAT_TYPES = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
+_DECIMAL_RE = re.compile(r"[-+]?[0-9]+")
+_HEX_RE = re.compile(r"\s*([-+]?)0[xX]([0-9a-fA-F]+)\s*")
 _FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
 _DURATION_MAX_SECONDS = 315_576_000_000  # protobuf's bound, about 10,000 years
 # json_format appends ' at "Bootstrap.a.b"' or ' at Bootstrap.a.b' to its reasons.
@@ -325,6 +342,28 @@ def _scalar(item: Any, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
                 f"expected true or false (or in quotes: yes, y, 1, ...), got {_kind(item)}",
             )
         return word in _TRUE_WORDS
+    elif isinstance(item, str) and (
+        field.type in _INTEGER_TYPES or field.type in _FLOAT_TYPES
+    ):
+        return _numeric_text(item, field, path, ctx)
+    return item
+
+
+def _numeric_text(item: str, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
+    """A number field given text (a YAML float or a big integer is text, as in Envoy):
+    the forms C++'s number parsing takes and Python's would not (hexadecimal, ``-0`` for
+    an unsigned field) become numbers here, and Python's extra (``1_000``) is refused."""
+    if "_" in item:
+        kind = "an integer" if field.type in _INTEGER_TYPES else "a number"
+        raise ConfigError(ctx.file, path, f"expected {kind}, got the string {item!r}")
+    hexadecimal = _HEX_RE.fullmatch(item)
+    if field.type in _INTEGER_TYPES:
+        if _DECIMAL_RE.fullmatch(item):
+            return int(item)
+        if hexadecimal and not item[:1].isspace() and not item[-1:].isspace():
+            return int(hexadecimal[1] + hexadecimal[2], 16)
+    elif hexadecimal:
+        return float(int(hexadecimal[1] + hexadecimal[2], 16))
     return item
 
 

@@ -133,6 +133,7 @@ def with_retry_policies(
         vh_policy = retry_policy(vh.retry_policy, join(path, "retry_policy"), file, attempt_count)
     elif attempt_count:
         vh_policy = RetryPolicy(retry_on="", include_attempt_count=True)
+    vh_hedge = vh.hedge_policy.hedge_on_per_try_timeout if vh.HasField("hedge_policy") else False
     out = []
     for (r, route_path), route in zip(sources, routes, strict=True):
         if r.WhichOneof("action") != "route":
@@ -142,6 +143,21 @@ def with_retry_policies(
         if r.route.HasField("retry_policy"):
             here = join(route_path, "route.retry_policy")
             policy = retry_policy(r.route.retry_policy, here, file, attempt_count)
+        # Envoy: the route's hedge_policy, when it has one, else the virtual host's.
+        hedge = vh_hedge
+        if r.route.HasField("hedge_policy"):
+            hedge = r.route.hedge_policy.hedge_on_per_try_timeout
+        if policy is not None and hedge:
+            if policy.per_try_idle_timeout_s:
+                raise ConfigError(
+                    file,
+                    join(route_path, "route.hedge_policy")
+                    if r.route.HasField("hedge_policy")
+                    else join(path, "hedge_policy"),
+                    "hedge_on_per_try_timeout with a per_try_idle_timeout is not supported "
+                    "by proxyd",
+                )
+            policy = dataclasses.replace(policy, hedge_on_per_try_timeout=True)
         if policy is not None:
             route = _replace_retry(route, policy)
         out.append(route)

@@ -1,11 +1,15 @@
-"""VirtualHost.matcher (xds.type.matcher.v3.Matcher) → proxyd.epoch.RouteMatcher.
+"""An xds.type.matcher.v3.Matcher over a request → proxyd.epoch.RouteMatcher.
 
-The allow-list (proxyd.config.supported, ``route_matcher_spec``) has already refused
-every field this does not read: matcher_tree on HttpRequestHeaderMatchInput with
-exact_match_map or prefix_match_map, matcher_list with single/and/or/not predicates
-whose value_match is a StringMatcher, on_no_match, nested matchers, and Route /
-RouteList actions. Each route of an action is compiled by the caller's ``add_route``
-(the same code as the virtual host's ``routes``), which returns its index.
+Two users: VirtualHost.matcher, whose actions are routes, and the HTTP filters'
+ExtensionWithMatcher (proxyd.config.http_filters), whose actions are SkipFilter and the
+composite filter's ExecuteFilterAction. The allow-list (proxyd.config.supported,
+``matcher_spec``) has already refused every field this does not read: matcher_tree on
+HttpRequestHeaderMatchInput with exact_match_map or prefix_match_map, matcher_list with
+single/and/or/not predicates whose value_match is a StringMatcher, on_no_match, nested
+matchers, and the user's action types. Each action is compiled by the caller's
+``on_action(type_name, message, path)``, which returns the indexes the epoch keeps for it
+(the routes of a Route or RouteList action, compiled by the same code as the virtual
+host's ``routes``; a filter action's place in the filter's action table).
 """
 
 from __future__ import annotations
@@ -25,11 +29,27 @@ HEADER_INPUT_TYPE = "envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 _PSEUDO = (":path", ":authority")
 
 AddRoute = Callable[[Any, str], int]
+OnAction = Callable[[str, Any, str], tuple[int, ...]]
 
 
-def compile_matcher(m: Any, path: str, file: str, add_route: AddRoute) -> RouteMatcher:
+def route_actions(add_route: AddRoute, file: str) -> OnAction:
+    """VirtualHost.matcher's actions: a Route, or a RouteList's routes (tried in order)."""
+
+    def on_action(type_name: str, action: Any, here: str) -> tuple[int, ...]:
+        if type_name == ROUTE_TYPE:
+            return (add_route(action, here),)
+        if type_name == ROUTE_LIST_TYPE:
+            return tuple(
+                add_route(r, f"{join(here, 'routes')}[{i}]") for i, r in enumerate(action.routes)
+            )
+        raise ConfigError(file, here, f"route action {type_name} not supported by proxyd")
+
+    return on_action
+
+
+def compile_matcher(m: Any, path: str, file: str, on_action: OnAction) -> RouteMatcher:
     on_no_match = (
-        _on_match(m.on_no_match, join(path, "on_no_match"), file, add_route)
+        _on_match(m.on_no_match, join(path, "on_no_match"), file, on_action)
         if m.HasField("on_no_match")
         else None
     )
@@ -47,7 +67,7 @@ def compile_matcher(m: Any, path: str, file: str, add_route: AddRoute) -> RouteM
             )
         entries = tuple(
             RouteMatchEntry(
-                key, None, _on_match(table[key], f"{join(here, where)}[{key!r}]", file, add_route)
+                key, None, _on_match(table[key], f"{join(here, where)}[{key!r}]", file, on_action)
             )
             for key in sorted(table)
         )
@@ -60,17 +80,17 @@ def compile_matcher(m: Any, path: str, file: str, add_route: AddRoute) -> RouteM
             predicate = _predicate(fm.predicate, join(at, "predicate"), file)
             items.append(
                 RouteMatchEntry(
-                    "", predicate, _on_match(fm.on_match, join(at, "on_match"), file, add_route)
+                    "", predicate, _on_match(fm.on_match, join(at, "on_match"), file, on_action)
                 )
             )
         return RouteMatcher("list", "", tuple(items), on_no_match)
     raise ConfigError(file, path, "a matcher needs matcher_tree or matcher_list")
 
 
-def _on_match(om: Any, path: str, file: str, add_route: AddRoute) -> RouteOnMatch:
+def _on_match(om: Any, path: str, file: str, on_action: OnAction) -> RouteOnMatch:
     if om.HasField("matcher"):
         return RouteOnMatch(
-            matcher=compile_matcher(om.matcher, join(path, "matcher"), file, add_route)
+            matcher=compile_matcher(om.matcher, join(path, "matcher"), file, on_action)
         )
     if not om.HasField("action"):
         raise ConfigError(file, path, "an on_match needs a matcher or an action")
@@ -78,15 +98,7 @@ def _on_match(om: Any, path: str, file: str, add_route: AddRoute) -> RouteOnMatc
     action = unpack(om.action.typed_config)
     assert action is not None  # the allow-list took only the two known types
     type_name = om.action.typed_config.type_url.rsplit("/", 1)[-1]
-    if type_name == ROUTE_TYPE:
-        return RouteOnMatch(routes=(add_route(action, here),))
-    if type_name == ROUTE_LIST_TYPE:
-        return RouteOnMatch(
-            routes=tuple(
-                add_route(r, f"{join(here, 'routes')}[{i}]") for i, r in enumerate(action.routes)
-            )
-        )
-    raise ConfigError(file, here, f"route action {type_name} not supported by proxyd")
+    return RouteOnMatch(routes=on_action(type_name, action, here))
 
 
 def _input(inp: Any, path: str, file: str) -> str:

@@ -18,7 +18,7 @@ from proxyd.config.http_filters import compile_per_filter_config, merge_override
 from proxyd.config.matchers import header_match, string_match
 from proxyd.config.proto import join, unpack
 from proxyd.config.retries import with_retry_policies
-from proxyd.config.route_matcher import compile_matcher
+from proxyd.config.route_matcher import compile_matcher, route_actions
 from proxyd.config.tracing import compile_route_tracing
 from proxyd.config.uri_template import TemplateError, match_regex, rewrite_substitution
 from proxyd.config.values import check_regex, duration_or, enum_name, wrapped_or
@@ -125,7 +125,9 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
                 raise ConfigError(
                     file, join(here, "matcher"), "only one of routes or matcher can be specified"
                 )
-            matcher = compile_matcher(vh.matcher, join(here, "matcher"), file, add_route)
+            matcher = compile_matcher(
+                vh.matcher, join(here, "matcher"), file, route_actions(add_route, file)
+            )
         kept_routes = with_retry_policies(vh, here, sources, tuple(routes), file)
         vhosts.append(
             VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes, matcher=matcher)
@@ -263,7 +265,26 @@ def _route(
         idle_timeout_s=(
             duration_or(action, "idle_timeout", 0.0) if action.HasField("idle_timeout") else None
         ),
+        upgrades=compile_upgrades(
+            action.upgrade_configs, join(path, "route.upgrade_configs"), file
+        ),
     )
+
+
+def compile_upgrades(configs: Any, path: str, file: str) -> tuple[tuple[str, bool], ...]:
+    """upgrade_configs of a connection manager or a route: (lower-case type, enabled;
+    unset is true). CONNECT (a tunnel, not an upgrade of HTTP/1.1) is not built, nor an
+    upgrade's own ``filters`` (the allow-list refuses them)."""
+    out: list[tuple[str, bool]] = []
+    for i, uc in enumerate(configs):
+        here = f"{path}[{i}]"
+        kind = uc.upgrade_type.lower()
+        if kind == "connect":
+            raise ConfigError(
+                file, join(here, "upgrade_type"), "upgrade_type CONNECT is not supported by proxyd"
+            )
+        out.append((kind, uc.enabled.value if uc.HasField("enabled") else True))
+    return tuple(out)
 
 
 def _hash_policies(action: Any, path: str, file: str) -> tuple[HashPolicy, ...]:

@@ -12,7 +12,14 @@ with ``yaml.safe_load`` semantics, changed where Envoy's YAML reader (yaml-cpp) 
   logs a warning naming the key and both lines;
 * ``y``, ``Y``, ``n`` and ``N`` are booleans, as yaml-cpp reads them (so a string field
   refuses them, as Envoy's loader does); a mapping key is always text (``y:``,
-  ``true:``), as it is in the JSON Envoy makes of the YAML.
+  ``true:``, ``1:``), as it is in the JSON Envoy makes of the YAML;
+* a plain scalar is a number only when it is an integer as C++ streams read one: decimal,
+  octal with a leading ``0`` (``017``) or hexadecimal (``0x1F``), with a sign or not.
+  Envoy turns only a value that fits in 32 bits into a JSON number; a larger one that fits
+  in 64 bits becomes its decimal text, and anything else (``1.5``, ``.5``, ``.inf``,
+  ``1e3``, ``1_000``, ``0b11``, ``190:20:30``) stays text, which protobuf's JSON parser
+  then reads as a number where the field is one. So ``name: 1.5`` is the string "1.5",
+  as in Envoy.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ IGNORE_TAG = "!ignore"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# A key is text in the JSON Envoy makes of the YAML, whatever it looks like.
+_TEXT_KEY_TAGS = frozenset({_BOOL_TAG, _INT_TAG, _FLOAT_TAG})
+# The integers yaml-cpp's int64 conversion takes (a C++ stream with the base unset).
+_INT_RE = re.compile(r"^[-+]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
+_INT32 = range(-(2**31), 2**31)
+_INT64 = range(-(2**63), 2**63)
 
 
 class _EnvoyLoader(_SafeLoader):
@@ -53,7 +68,7 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) 
     for key_node, _value_node in node.value:
         if key_node.tag == _MERGE_TAG:  # '<<' is a plain key to Envoy (no merging)
             key_node.tag = _STR_TAG
-        elif key_node.tag == _BOOL_TAG:  # a key is text to Envoy (JSON keys): "y", "on"
+        elif key_node.tag in _TEXT_KEY_TAGS:  # a key is text to Envoy (JSON keys): "y", "1"
             key_node.tag = _STR_TAG
     seen: dict[Any, yaml.Node] = {}
     for key_node, _value_node in node.value:
@@ -78,16 +93,39 @@ def _construct_local_tag(loader: Any, _suffix: str, node: yaml.Node) -> Any:
     return loader.yaml_constructors[tag](loader, node)
 
 
+def _construct_int(loader: Any, node: yaml.ScalarNode) -> int | str:
+    """An integer as Envoy's YAML-to-JSON step gives it: a number within 32 bits, else
+    its decimal text (protobuf's JSON parser takes that for 64-bit fields)."""
+    text = loader.construct_scalar(node)
+    sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+    if digits[:2] in ("0x", "0X"):
+        value = sign * int(digits[2:], 16)
+    elif len(digits) > 1 and digits[0] == "0":
+        value = sign * int(digits, 8)
+    else:
+        value = sign * int(digits)
+    if value in _INT32:
+        return value
+    return str(value) if value in _INT64 else text
+
+
 _EnvoyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+_EnvoyLoader.add_constructor(_INT_TAG, _construct_int)
 _EnvoyLoader.add_multi_constructor("!", _construct_local_tag)
 # yaml-cpp's booleans include the one-letter forms (YAML 1.1 lists them; PyYAML does not).
 _EnvoyLoader.bool_values = {**_EnvoyLoader.bool_values, "y": True, "n": False}
 _EnvoyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN")
 )
+# Floats are text to yaml-cpp, and its integers are fewer than YAML 1.1's (no 0b, no _).
+_EnvoyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in _EnvoyLoader.yaml_implicit_resolvers.items()
+}
+_EnvoyLoader.add_implicit_resolver(_INT_TAG, _INT_RE, list("-+0123456789"))
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from proxyd.config import http_filters, overload, rules
-from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC
+from proxyd.config import filter_matcher, http_filters, network_rbac, overload, rules
+from proxyd.config.lb_policy import HASH_POLICY, LB_POLICY_SPEC, SLOW_START_SPEC
 from proxyd.config.proto import is_v2_type, join, unknown_type_reason
 from proxyd.config.proto import unpack as unpack  # re-exported: the compilers use it
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, STRING_MATCHER, AnyOf, Spec
@@ -44,6 +44,7 @@ STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 DOWNSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 RAW_BUFFER_TYPE = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+UPSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 TLS_INSPECTOR_TYPE = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 UPSTREAM_HTTP_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PRESERVE_CASE_TYPE = (
@@ -133,6 +134,15 @@ RETRY_POLICY: Spec = {
     "retriable_status_codes": LEAF,
 }
 
+# config.route.v3.HedgePolicy (proxyd.config.retries; proxyd.worker.hedging).
+# initial_requests and additional_request_chance: Envoy 1.40 accepts them and does not
+# act on them (they are not implemented there); proxyd does the same (see docs).
+HEDGE_POLICY: Spec = {
+    "hedge_on_per_try_timeout": LEAF,
+    "initial_requests": LEAF,
+    "additional_request_chance": {"numerator": LEAF, "denominator": LEAF},
+}
+
 ROUTE_CONFIG: dict[str, Spec] = {
     "name": LEAF,
     "virtual_hosts": {
@@ -210,7 +220,10 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 "host_rewrite_path_regex": {"pattern": REGEX, "substitution": LEAF},
                 # proxyd.worker.plan (RoutePlan.stream_idle).
                 "idle_timeout": LEAF,
+                # proxyd.config.routes.compile_upgrades (websocket and the like).
+                "upgrade_configs": {"upgrade_type": LEAF, "enabled": LEAF},
                 "retry_policy": RETRY_POLICY,
+                "hedge_policy": HEDGE_POLICY,
                 # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.
                 "max_stream_duration": {
                     "max_stream_duration": LEAF,
@@ -272,6 +285,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
         "typed_per_filter_config": PER_FILTER_CONFIG,
         **HEADER_MUTATIONS,
         "retry_policy": RETRY_POLICY,
+        "hedge_policy": HEDGE_POLICY,
         "include_request_attempt_count": LEAF,
         "metadata": METADATA,
         # Deprecated; read by the CORS filter when no level has a CorsPolicy.
@@ -284,25 +298,12 @@ ROUTE_CONFIG: dict[str, Spec] = {
 }
 
 
-def _route_matcher_spec(depth: int) -> Spec:
-    """VirtualHost.matcher (proxyd.config.route_matcher), nested matchers at most
-    ``depth`` levels below this one; its actions are Routes and RouteLists with the
-    allow-list of the virtual host's routes."""
-    route = ROUTE_CONFIG["virtual_hosts"]["routes"]  # type: ignore[index]
-    on_match: dict[str, Spec] = {
-        "action": {
-            "name": LEAF,
-            "typed_config": AnyOf(
-                "route action",
-                {
-                    "envoy.config.route.v3.Route": route,
-                    "envoy.config.route.v3.RouteList": {"routes": route},
-                },
-            ),
-        }
-    }
+def _matcher_spec(depth: int, actions: AnyOf) -> Spec:
+    """An xds.type.matcher.v3.Matcher over the request headers (proxyd.config.route_matcher),
+    nested matchers at most ``depth`` levels below this one, with ``actions``."""
+    on_match: dict[str, Spec] = {"action": {"name": LEAF, "typed_config": actions}}
     if depth > 0:
-        on_match["matcher"] = _route_matcher_spec(depth - 1)
+        on_match["matcher"] = _matcher_spec(depth - 1, actions)
     header_input: Spec = {
         "name": LEAF,
         "typed_config": AnyOf(
@@ -342,8 +343,20 @@ def _predicate_spec(header_input: Spec, depth: int) -> Spec:
     return spec
 
 
-# Nested matchers: four levels below the virtual host's (Envoy's examples use three).
-ROUTE_CONFIG["virtual_hosts"]["matcher"] = _route_matcher_spec(4)  # type: ignore[index]
+# VirtualHost.matcher: its actions are Routes and RouteLists with the allow-list of the
+# virtual host's routes. Nested matchers: four levels below the virtual host's (Envoy's
+# examples use three).
+_ROUTE: Spec = ROUTE_CONFIG["virtual_hosts"]["routes"]  # type: ignore[index]
+ROUTE_CONFIG["virtual_hosts"]["matcher"] = _matcher_spec(  # type: ignore[index]
+    4,
+    AnyOf(
+        "route action",
+        {
+            "envoy.config.route.v3.Route": _ROUTE,
+            "envoy.config.route.v3.RouteList": {"routes": _ROUTE},
+        },
+    ),
+)
 
 # core.v3.ConfigSource: where an xDS resource type comes from (proxyd.config.dynamic).
 API_CONFIG_SOURCE: Spec = {
@@ -416,9 +429,19 @@ ACCESS_LOG: Spec = {
     ),
 }
 
+# The filters a matcher may wrap or a composite filter may run (not the router).
+_FILTERS = AnyOf("HTTP filter", http_filters.filter_types())
+
 HCM: Spec = {
     "stat_prefix": LEAF,
     "codec_type": LEAF,
+    # Downstream HTTP/2 (proxyd.config.listeners.compile_http2_options); the other
+    # Http2ProtocolOptions fields are refused by name.
+    "http2_protocol_options": {
+        "max_concurrent_streams": LEAF,
+        "initial_stream_window_size": LEAF,
+        "initial_connection_window_size": LEAF,
+    },
     "route_config": ROUTE_CONFIG,
     "rds": {"config_source": CONFIG_SOURCE, "route_config_name": LEAF},
     "http_filters": {
@@ -430,6 +453,22 @@ HCM: Spec = {
                 # true is what proxyd does (false is refused by http_filters).
                 ROUTER_TYPE: {"start_child_span": LEAF, "dynamic_stats": LEAF},
                 **http_filters.filter_types(),
+                # proxyd.config.filter_matcher: a filter with a matcher around it.
+                filter_matcher.TYPE: {
+                    "extension_config": {"name": LEAF, "typed_config": _FILTERS},
+                    "xds_matcher": _matcher_spec(
+                        4,
+                        AnyOf(
+                            "filter matcher action",
+                            {
+                                filter_matcher.SKIP_FILTER_TYPE: {},
+                                filter_matcher.EXECUTE_FILTER_TYPE: {
+                                    "typed_config": {"name": LEAF, "typed_config": _FILTERS}
+                                },
+                            },
+                        ),
+                    ),
+                },
             },
         ),
         "disabled": LEAF,
@@ -488,6 +527,8 @@ HCM: Spec = {
     "request_timeout": LEAF,
     "stream_idle_timeout": LEAF,
     "request_headers_timeout": LEAF,
+    # proxyd.config.routes.compile_upgrades; proxyd.worker.router (the tunnel).
+    "upgrade_configs": {"upgrade_type": LEAF, "enabled": LEAF},
     "common_http_protocol_options": {
         "idle_timeout": LEAF,
         "headers_with_underscores_action": LEAF,
@@ -586,10 +627,36 @@ DOWNSTREAM_TLS: Spec = {
     "disable_stateless_session_resumption": LEAF,
 }
 
+# extensions.transport_sockets.tls.v3.UpstreamTlsContext (proxyd.config.upstream_tls,
+# proxyd.worker.upstream_tls): TLS to a cluster's hosts.
+UPSTREAM_TLS: Spec = {
+    "sni": LEAF,
+    "common_tls_context": {
+        "tls_certificates": {"certificate_chain": DATA_SOURCE, "private_key": DATA_SOURCE},
+        "tls_params": {
+            "tls_minimum_protocol_version": LEAF,
+            "tls_maximum_protocol_version": LEAF,
+            "cipher_suites": LEAF,
+        },
+        # http/1.1 only (h2 is refused by name in proxyd.config.upstream_tls).
+        "alpn_protocols": LEAF,
+        "validation_context": {
+            "trusted_ca": DATA_SOURCE,
+            "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
+            "match_subject_alt_names": STRING_MATCHER,
+        },
+    },
+    "allow_renegotiation": LEAF,
+    "max_session_keys": LEAF,
+}
+
 FILTER_CHAIN: Spec = {
     "filters": {
         "name": LEAF,
-        "typed_config": AnyOf("network filter", {HCM_TYPE: HCM, TCP_PROXY_TYPE: TCP_PROXY}),
+        "typed_config": AnyOf(
+            "network filter",
+            {HCM_TYPE: HCM, TCP_PROXY_TYPE: TCP_PROXY, network_rbac.TYPE: network_rbac.SPEC},
+        ),
     },
     # A label (/config_dump).
     "name": LEAF,
@@ -666,6 +733,13 @@ UPSTREAM_HTTP: Spec = {
         "http2_protocol_options": {},
     },
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
+    # With a TLS transport_socket (proxyd.config.upstream_tls): the SNI and the SAN
+    # checked come from each request's Host (or the named header).
+    "upstream_http_protocol_options": {
+        "auto_sni": LEAF,
+        "auto_san_validation": LEAF,
+        "override_auto_sni_header": LEAF,
+    },
 }
 
 PAYLOAD: Spec = {"text": LEAF, "binary": LEAF}
@@ -772,7 +846,7 @@ CLUSTER: dict[str, Spec] = {
     "type": LEAF,
     "connect_timeout": LEAF,
     "lb_policy": LEAF,
-    "least_request_lb_config": {"choice_count": LEAF},
+    "least_request_lb_config": {"choice_count": LEAF, "slow_start_config": SLOW_START_SPEC},
     # proxyd.config.lb_policy, proxyd.protocol.hash_lb.
     **LB_POLICY_SPEC,
     "load_assignment": CLUSTER_LOAD_ASSIGNMENT,
@@ -820,6 +894,13 @@ CLUSTER: dict[str, Spec] = {
     "metadata": METADATA,
     # Histograms (proxyd.worker.stats.ClusterStats); per_endpoint_stats is refused.
     "track_cluster_stats": {"timeout_budgets": LEAF, "request_response_sizes": LEAF},
+    # TLS to the hosts (proxyd.config.upstream_tls); transport_socket_matches is refused.
+    "transport_socket": {
+        "name": LEAF,
+        "typed_config": AnyOf(
+            "transport socket", {UPSTREAM_TLS_TYPE: UPSTREAM_TLS, RAW_BUFFER_TYPE: {}}
+        ),
+    },
 }
 
 # metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats); a histogram bucket

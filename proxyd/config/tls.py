@@ -20,10 +20,10 @@ from proxyd.errors import ConfigError
 from proxyd.protocol.tls_context import CURVES, TlsSetupError, certificate_names, server_contexts
 
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
-# What proxyd's HTTP/1.1 codec speaks of the ALPN protocols a listener may offer.
-SPOKEN_ALPN = ("http/1.1", "http/1.0")
-# ALPN names of protocols proxyd does not speak yet: dropped from the offer.
-UNSPOKEN_ALPN = ("h2", "h2c", "h3")
+# What proxyd speaks of the ALPN protocols a listener may offer.
+SPOKEN_ALPN = ("h2", "http/1.1", "http/1.0")
+# ALPN names of protocols proxyd does not speak: dropped from the offer.
+UNSPOKEN_ALPN = ("h2c", "h3")
 
 
 def check_listener_filters(lst: Any, path: str, file: str) -> bool:
@@ -171,9 +171,9 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
 
 
 def _alpn(offered: tuple[str, ...], path: str, file: str) -> tuple[str, ...]:
-    """The ALPN list with the protocols proxyd does not speak yet (h2) left out: a
-    client that offers h2 and http/1.1 gets http/1.1. A list with nothing proxyd
-    speaks is refused (its clients could not talk to proxyd)."""
+    """The ALPN list with the protocols proxyd does not speak (h2c, h3) left out. A
+    list with nothing proxyd speaks is refused (its clients could not talk to proxyd).
+    (h2 is offered only where the connection manager speaks HTTP/2: proxyd.worker.plan.)"""
     if not offered:
         return ()
     kept = tuple(p for p in offered if p not in UNSPOKEN_ALPN)
@@ -182,7 +182,7 @@ def _alpn(offered: tuple[str, ...], path: str, file: str) -> tuple[str, ...]:
             file,
             path,
             f"ALPN {list(offered)}: proxyd speaks only {', '.join(SPOKEN_ALPN)} over TLS "
-            "(HTTP/2 is not implemented yet)",
+            "(not supported by proxyd)",
         )
     return kept
 

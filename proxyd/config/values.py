@@ -38,6 +38,15 @@ def wrapped_or(msg: Message, field: str, default: Any) -> Any:
     return default
 
 
+def feature_flag(msg: Message, field: str) -> dict[str, Any]:
+    """A ``RuntimeFeatureFlag`` field as ``{"default": bool, "runtime_key": str}``
+    (unset: enabled, no key), for ``Snapshot.feature_flag`` on the worker."""
+    if not msg.HasField(field):
+        return {"default": True, "runtime_key": ""}
+    flag = getattr(msg, field)
+    return {"default": wrapped_or(flag, "default_value", True), "runtime_key": flag.runtime_key}
+
+
 def enum_name(msg: Message, field: str) -> str:
     desc = msg.DESCRIPTOR.fields_by_name[field].enum_type
     assert desc is not None, f"{field} is not an enum field"

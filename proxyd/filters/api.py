@@ -40,7 +40,7 @@ The filter modules import nothing from ``proxyd.worker``: what they see of a str
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,10 +111,19 @@ class FilterStream(Protocol):
         """Add a request header line, keeping those the request has of that name."""
         ...
 
+    def set_request_path(self, path: str) -> None:
+        """Replace the request's path (with its query) on its way upstream; the route
+        stays the one the old path chose."""
+        ...
+
     def downstream_addresses(self) -> tuple[str, str, str, int]:
         """(the client address the connection manager trusts (x-forwarded-for and
         xff_num_trusted_hops, Envoy's downstream remote address), the connection's peer
         address, and the local address and port the connection came to)."""
+        ...
+
+    def downstream_peer_port(self) -> int:
+        """The port of the connection's peer (0 on a Unix socket)."""
         ...
 
     def downstream_tls(self) -> Any:
@@ -151,6 +160,12 @@ class FilterStream(Protocol):
 
     def set_flag(self, flag: str) -> None:
         """Add Envoy's response flag ``flag`` (e.g. "DI") for the access log."""
+        ...
+
+    def request_header_lines(self) -> list[tuple[str, str]]:
+        """Every request header as it stands (lower-case names, one pair per line, in
+        order, with the filters' changes), for a filter that must see them all
+        (ext_authz); costs a parse of the head, so only such filters call it."""
         ...
 
 
@@ -203,14 +218,61 @@ class StatsScope(Protocol):
         ...
 
 
+class CallFailed(Exception):
+    """A side call (:class:`AsyncClient`) got no answer: no such cluster, no healthy
+    host, connect failure, reset, timeout, or a broken response."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """An HTTP side call's response: status, header lines (lower-case names, in
+    order), body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+class AsyncClient(Protocol):
+    """Calls a filter makes to a cluster of the epoch (Envoy's async client), through
+    the worker's own upstream pools; each raises :class:`CallFailed` when there is no
+    answer within ``timeout_s``."""
+
+    async def http_call(
+        self, cluster: str, head: bytes, body: bytes, timeout_s: float
+    ) -> HttpAnswer:
+        """``head`` is a whole HTTP/1.1 request head (CRLF CRLF ended)."""
+        ...
+
+    async def grpc_call(
+        self,
+        cluster: str,
+        authority: str,
+        method: str,
+        message: bytes,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> tuple[int, bytes]:
+        """(grpc-status, the response message: b"" when none came)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class EpochFacts:
     """What a filter may know of its epoch beyond its config, given (as ``facts=``) to
     a factory whose class sets ``takes_epoch_facts``: the bootstrap's ``node.cluster``
-    and, per cluster, (hosts, hosts able to take traffic: healthy and not ejected)."""
+    and, per cluster, (hosts, hosts able to take traffic: healthy and not ejected).
+
+    ``http_get(cluster, authority, path, timeout_s, retry=None)`` GETs ``path`` from a
+    host of a cluster of the epoch and returns (status, body), raising an exception for
+    a fetch that failed (:mod:`proxyd.worker.cluster_fetch`); None outside a worker.
+    ``client`` makes calls to the epoch's clusters (:class:`AsyncClient`, ext_authz's
+    HTTP checks and unary gRPC calls); None outside a worker."""
 
     node_cluster: str = ""
     membership: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    http_get: Callable[..., Awaitable[tuple[int, bytes]]] | None = None
+    client: AsyncClient | None = None
 
 
 class FilterFactory(Protocol):

@@ -54,6 +54,7 @@ from proxyd.master.peeks import PickPeeks
 from proxyd.master.runtime import RuntimeLoader
 from proxyd.master.sd_notify import Notifier
 from proxyd.master.server_stats import ServerStats
+from proxyd.master.slow_start import SlowStartStamps
 from proxyd.master.stats_sinks import StatsFlusher
 from proxyd.master.watchdog import MainThreadWatchdog, WorkerWatchdog
 from proxyd.master.worker_pool import WorkerPool
@@ -136,6 +137,8 @@ class Master:
         self._dns = dns.DnsRefresher()
         self.health = HealthChecker(self.stats, self._has_traffic)
         self.outlier = OutlierDetector(self.stats)
+        # slow_start_config: when each host entered slow start (stamped in set_epoch).
+        self.slow_start = SlowStartStamps()
         # layered_runtime: merged in the master, sent in every epoch (set_epoch).
         self.runtime = RuntimeLoader(self.stats)
         # successful_active_health_check_uneject_host: a passing check ends an ejection.
@@ -454,7 +457,7 @@ class Master:
         # Workers split the proxy-wide circuit breaker limits by this count.
         overload, watchdogs = self.loaded.overload, self.loaded.watchdogs
         epoch = dataclasses.replace(
-            epoch,
+            self.slow_start.stamp(epoch),
             worker_count=self.options.concurrency,
             drain_time_s=self.options.drain_time_s,
             runtime=self.runtime.values,
@@ -563,7 +566,7 @@ class Master:
             async with self.epochs.lock:
                 if self.stopping:
                     return
-                built = await build()
+                built = self.slow_start.stamp(await build())
                 if built.clusters != self.epoch.clusters:
                     epoch = dataclasses.replace(built, number=self.epoch.number + 1)
                     try:

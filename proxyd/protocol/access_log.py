@@ -83,6 +83,7 @@ class LogRecord:
         "upstream_cluster",
         "attempt_count",
         "hosts_attempted",
+        "host_names_attempted",
         "dynamic_metadata",
         "transport_failure",
         "downstream_remote_address",
@@ -99,6 +100,7 @@ class LogRecord:
         "log_type",
         "server",
         "tls",
+        "upstream_tls",
         "trace_id",
     )
 
@@ -123,6 +125,9 @@ class LogRecord:
         self.attempt_count: int = 0
         # The hosts that got the request (None: the one in upstream_host).
         self.hosts_attempted: list[str] | None = None
+        # Their host names (a DNS name, else the address), when a format prints them
+        # (None: the one host's, upstream_hostname or upstream_host).
+        self.host_names_attempted: list[str] | None = None
         # Dynamic metadata filters set (namespace -> key -> value; None: none).
         self.dynamic_metadata: dict[str, Any] | None = None
         self.transport_failure: str | None = None
@@ -141,6 +146,9 @@ class LogRecord:
         # The downstream TLS session (proxyd.worker.tls.TlsSocket: version, cipher, sni,
         # peer, ssl), None on a plaintext connection.
         self.tls: Any = None
+        # The upstream TLS session the request (or TCP connection) went over
+        # (proxyd.worker.tls.TlsSocket), None to a plaintext cluster.
+        self.upstream_tls: Any = None
         # The request's trace id on a listener with tracing (%TRACE_ID%), else None.
         self.trace_id: str | None = None
         # The server header the client got (the HCM's server_name), None: no response.

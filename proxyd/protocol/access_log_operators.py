@@ -13,10 +13,11 @@ operators below, or in :data:`REFUSED` with the reason proxyd gives at config ti
 name Envoy does not know gets Envoy's own message ("Not supported field in StreamInfo").
 
 Values that proxyd knows to be absent for every config it accepts are implemented as
-absent: proxyd has no upstream TLS (a cluster's ``transport_socket`` is refused), no
-virtual clusters and no filter-chain names, so the upstream TLS operators,
+absent: proxyd has no virtual clusters and no filter-chain names, so
 ``VIRTUAL_CLUSTER_NAME`` and ``FILTER_CHAIN_NAME`` print ``-`` exactly as Envoy does for
-the same config. ``TRACE_ID`` is the request's trace id on a listener with tracing
+the same config. Upstream TLS exists: its version, cipher and the host certificate's
+subject, issuer and SANs are logged (access_log_tls); the session id, group, the PEM
+certificate and the local SANs still print ``-``. ``TRACE_ID`` is the request's trace id on a listener with tracing
 (``-`` elsewhere); ``SPAN_ID`` still prints ``-``. When one of those features arrives,
 its operators must move out of :data:`_ABSENT`. Downstream TLS termination exists: the
 requested server name, TLS version and cipher and the peer certificate's subject,
@@ -297,7 +298,31 @@ def _hosts_attempted_without_port(rec: Any) -> Value:
     return ",".join(split_host_port(h)[0] or "" for h in hosts) or None
 
 
+def _host_names_attempted(rec: Any) -> Value:
+    """The host names of the hosts that got the request, as UPSTREAM_HOST_NAME gives
+    each (a DNS name, else the address), comma-separated."""
+    names = rec.host_names_attempted
+    if names is None:
+        if rec.hosts_attempted is not None:
+            names = rec.hosts_attempted
+        else:
+            return _host_name(rec)
+    return ",".join(names) or None
+
+
+def _host_names_attempted_without_port(rec: Any) -> Value:
+    names = rec.host_names_attempted
+    if names is None:
+        if rec.hosts_attempted is not None:
+            names = rec.hosts_attempted
+        else:
+            return _host_name_without_port(rec)
+    return ",".join(split_host_port(n)[0] or "" for n in names) or None
+
+
 _PLAIN["UPSTREAM_REQUEST_ATTEMPT_COUNT"] = _int("attempt_count")
+_PLAIN["UPSTREAM_HOST_NAMES_ATTEMPTED"] = _host_names_attempted
+_PLAIN["UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT"] = _host_names_attempted_without_port
 _PLAIN["UPSTREAM_HOSTS_ATTEMPTED"] = _hosts_attempted
 _PLAIN["UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT"] = _hosts_attempted_without_port
 
@@ -323,10 +348,8 @@ _ABSENT = (
     "DOWNSTREAM_PEER_CERT", "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
     "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1", "DOWNSTREAM_PEER_CHAIN_SERIALS",
     "DOWNSTREAM_PEER_ISSUER_FINGERPRINT_256", "DOWNSTREAM_PEER_ISSUER_SERIAL",
-    "UPSTREAM_PEER_SUBJECT", "UPSTREAM_PEER_ISSUER", "UPSTREAM_TLS_SESSION_ID",
-    "UPSTREAM_TLS_CIPHER", "UPSTREAM_TLS_VERSION", "UPSTREAM_TLS_GROUP",
-    "UPSTREAM_PEER_CERT", "UPSTREAM_PEER_URI_SAN", "UPSTREAM_PEER_DNS_SAN",
-    "UPSTREAM_PEER_IP_SAN", "UPSTREAM_LOCAL_URI_SAN", "UPSTREAM_LOCAL_DNS_SAN",
+    "UPSTREAM_TLS_SESSION_ID", "UPSTREAM_TLS_GROUP",
+    "UPSTREAM_PEER_CERT", "UPSTREAM_LOCAL_URI_SAN", "UPSTREAM_LOCAL_DNS_SAN",
     "UPSTREAM_LOCAL_IP_SAN", "TLS_JA3_FINGERPRINT", "TLS_JA4_FINGERPRINT",
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
 )  # fmt: skip
@@ -358,14 +381,6 @@ _UNTRACKED = (
 )  # fmt: skip
 REFUSED: dict[str, str] = {
     **{n: _NOT_TRACKED for n in _UNTRACKED},
-    # The hosts' DNS names per attempt are not kept (their addresses are).
-    **{
-        n: "the host names of each attempt are not kept by proxyd"
-        for n in (
-            "UPSTREAM_HOST_NAMES_ATTEMPTED",
-            "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
-        )
-    },
     # Response trailers: proxyd does not keep them.
     "TRAILER": "response trailers are not kept by proxyd",
     "RESPONSE_TRAILER": "response trailers are not kept by proxyd",
@@ -560,6 +575,8 @@ def _metadata_text(value: object) -> str:
     without a fraction when it has none, anything else as JSON."""
     if isinstance(value, str):
         return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, (int, float)):

@@ -47,6 +47,33 @@ def _peer_der(digest: str) -> Getter:
     return get
 
 
+# The upstream TLS session's (rec.upstream_tls: proxyd.worker.tls.TlsSocket, its peer the
+# host's certificate, read at the handshake; None to a plaintext cluster).
+def _upstream_attr(attr: str) -> Getter:
+    def get(rec: Any) -> Value:
+        tls = rec.upstream_tls
+        return (getattr(tls, attr) or None) if tls is not None else None
+
+    return get
+
+
+def _upstream_peer(fn: Callable[[dict[str, Any]], str]) -> Getter:
+    def get(rec: Any) -> Value:
+        tls = rec.upstream_tls
+        if tls is None or not tls.peer:
+            return None
+        return fn(tls.peer) or None
+
+    return get
+
+
+TLS_OPERATORS["UPSTREAM_TLS_VERSION"] = _upstream_attr("version")
+TLS_OPERATORS["UPSTREAM_TLS_CIPHER"] = _upstream_attr("cipher")
+TLS_OPERATORS["UPSTREAM_PEER_SUBJECT"] = _upstream_peer(peer_subject)
+TLS_OPERATORS["UPSTREAM_PEER_ISSUER"] = _upstream_peer(lambda p: peer_subject(p, "issuer"))
+TLS_OPERATORS["UPSTREAM_PEER_URI_SAN"] = _upstream_peer(lambda p: peer_sans(p, "URI"))
+TLS_OPERATORS["UPSTREAM_PEER_DNS_SAN"] = _upstream_peer(lambda p: peer_sans(p, "DNS"))
+TLS_OPERATORS["UPSTREAM_PEER_IP_SAN"] = _upstream_peer(lambda p: peer_sans(p, "IP Address"))
 TLS_OPERATORS["REQUESTED_SERVER_NAME"] = _tls_attr("sni")
 TLS_OPERATORS["DOWNSTREAM_TLS_VERSION"] = _tls_attr("version")
 TLS_OPERATORS["DOWNSTREAM_TLS_CIPHER"] = _tls_attr("cipher")

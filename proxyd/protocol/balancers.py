@@ -16,14 +16,22 @@ never changes it. As in Envoy (``source/extensions/load_balancing_policies``):
   (``hosts_to_use[random % size]``), and so does this one.
 
 ``pick()`` is O(1) for rotation and random choice and O(log n) for EDF.
+
+With ``slow_start`` (ROUND_ROBIN and LEAST_REQUEST; :mod:`proxyd.protocol.slow_start`)
+and a host in its window when the balancer is made, EDF is used whatever the weights,
+and a host's weight (the static one, or LEAST_REQUEST's) is scaled by its slow start
+factor each time it is scheduled, as in Envoy. Hosts then need ``active_since``.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
+
+from proxyd.protocol.slow_start import SlowStart
 
 
 class Host(Protocol):
@@ -153,17 +161,33 @@ def _least_request_weight(h: Host) -> float:
     return max(1, h.weight) / (h.active_requests + 1)
 
 
+def _slow_start_weight(
+    base: Callable[[H], float], slow: SlowStart, clock: Callable[[], float]
+) -> Callable[[H], float]:
+    def weight(h: H) -> float:
+        since: float = h.active_since  # type: ignore[attr-defined]
+        if not since:
+            return base(h)
+        return base(h) * slow.factor(clock() - since)
+
+    return weight
+
+
 def make_balancer(
     policy: str,
     hosts: Sequence[H],
     choice_count: int = 2,
     *,
     rng: RandomSource | None = None,
+    slow_start: SlowStart | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Balancer[H]:
     """A balancer for ``hosts`` with Envoy's ``lb_policy`` name ``policy``.
 
     ``rng`` defaults to the ``random`` module's shared generator (so ``random.seed``
     makes tests repeatable); pass a ``random.Random`` to isolate one balancer.
+    ``slow_start``: the cluster's (None: none); ``clock`` is what hosts'
+    ``active_since`` is read against.
     """
     if policy not in POLICIES:
         raise ValueError(f"unsupported lb_policy {policy!r}; expected one of {POLICIES}")
@@ -173,6 +197,11 @@ def make_balancer(
     equal = len({h.weight for h in hosts}) == 1
     if policy == "RANDOM":
         return _Uniform(hosts, gen)
+    if slow_start is not None and policy in ("ROUND_ROBIN", "LEAST_REQUEST"):
+        now = clock()
+        if any(slow_start.in_window(h.active_since, now) for h in hosts):  # type: ignore[attr-defined]
+            base = _static_weight if policy == "ROUND_ROBIN" else _least_request_weight
+            return _Edf(hosts, _slow_start_weight(base, slow_start, clock), gen)
     if policy == "ROUND_ROBIN":
         if equal:
             return _Rotation(hosts, gen)

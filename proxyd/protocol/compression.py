@@ -29,6 +29,17 @@ ZSTD = "zstd"
 CONTENT_ENCODING = {GZIP: "gzip", BROTLI: "br", ZSTD: "zstd"}
 
 # The error stats of each decompressor library (``decompressor_library.<name>``).
+
+
+def library_setup(kind: str, config: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """A compressor or decompressor filter's (``kind``) compiled config → its library
+    settings, the content-coding it makes or reads, and its stats prefix
+    ``<kind>.<library name>.<gzip|brotli|zstd>.``."""
+    library: dict[str, Any] = config["library"]
+    lib = library["library"]
+    return library, CONTENT_ENCODING[lib], f"{kind}.{config['library_name']}.{lib}."
+
+
 DECOMPRESSOR_STATS = {
     GZIP: (
         "zlib_buf_error",

@@ -67,6 +67,15 @@ def check_listener(listener: Listener) -> None:
                 _run(compile_filter, al.filter, where=label)
     if hcm is None:
         return
+    if hcm.codec_type == "HTTP2" and any(
+        r.stream_duration_set for vh in hcm.route_config.virtual_hosts for r in vh.routes
+    ):
+        # proxyd runs stream durations on HTTP/1.1 connections only (with AUTO such a
+        # listener stays HTTP/1.1; HTTP2 has no HTTP/1.1 to stay with).
+        raise EpochRejected(
+            f"{where}: a route's max_stream_duration with codec_type HTTP2 is not "
+            "supported by proxyd"
+        )
     try:
         server_line(hcm.server_name)
     except UnicodeEncodeError as exc:

@@ -178,12 +178,15 @@ class RequestHead:
         # The request's trace context (proxyd.worker.tracing.SpanState): set only on a
         # listener with tracing, left unset here so that other requests pay nothing.
         "trace",
+        # The lower-case protocol an upgrade request asks for ("websocket"), "" for none.
+        "upgrade",
     )
 
     trace: Any  # see __slots__
 
     def __init__(self) -> None:
         self.raw = b""
+        self.upgrade = ""
         self.method = ""
         self.url = b""
         # The path as routing sees it (str; the query string included).
@@ -496,10 +499,15 @@ class RequestHeadParser:
             if b"close" in tokens:
                 h.keep_alive = False
             if b"upgrade" in tokens and self._upgrade and self._upgrade.lower() != b"h2c":
-                # Envoy without upgrade_configs for it answers 403 and closes.
-                raise ProtocolError("upgrade not configured", 403, body="")
+                # An upgrade (websocket): the connection manager decides whether the
+                # route takes it (else 403, as Envoy); both lines go upstream.
+                # The connection and upgrade lines stay as they came.
+                h.upgrade = self._upgrade.strip().lower().decode("latin-1")
+                h.remove = [n for n in h.remove if n not in (b"connection", b"upgrade")]
             for t in tokens:
                 if t in (b"close", b"keep-alive") or t in h.remove:
+                    continue
+                if t == b"upgrade" and h.upgrade:
                     continue
                 if t == b"te" and self._te_kept:
                     continue  # "te: trailers" stays, as Envoy keeps it

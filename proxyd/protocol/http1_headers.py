@@ -290,10 +290,10 @@ class RequestHeaderPolicy:
             add.append(line)
         else:
             request_id = rid.decode("latin-1")
-        if timeout_header:
-            add.append(timeout_header)
         if added:
             add.extend(added)  # filters' request header edits
+        if timeout_header:
+            add.append(timeout_header)  # Envoy's router adds it, after every filter
         if h.chunked:
             add.append(b"transfer-encoding: chunked\r\n")
         add.append(b"\r\n")
@@ -395,6 +395,10 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
+def _has_content_type(extra: bytes) -> bool:
+    return (b"\n" + extra.lower()).find(b"\ncontent-type:") >= 0
+
+
 def local_reply(
     status: int,
     body: str | bytes,
@@ -419,12 +423,14 @@ def local_reply(
     """
     data = body if isinstance(body, bytes) else body.encode()
     out = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Unknown").encode()), extra]
+    # A content-type among ``extra`` (an ext_authz denial's) replaces text/plain.
+    ctype = b"" if extra and _has_content_type(extra) else b"content-type: text/plain\r\n"
     if data and chunked:
-        out.append(b"transfer-encoding: chunked\r\ncontent-type: text/plain\r\n")
+        out.append(b"transfer-encoding: chunked\r\n" + ctype)
         out.append(b"date: " + http_date() + b"\r\n" + server)
         data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
     elif data:
-        out.append(b"content-length: %d\r\ncontent-type: text/plain\r\n" % len(data))
+        out.append(b"content-length: %d\r\n" % len(data) + ctype)
         out.append(b"date: " + http_date() + b"\r\n" + server)
     elif status == 204 or status == 304:
         out.append(b"date: " + http_date() + b"\r\n" + server)

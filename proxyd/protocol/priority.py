@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from proxyd.protocol.balancers import Balancer, RandomSource, make_balancer
+from proxyd.protocol.slow_start import SlowStart
 
 DEFAULT_OVERPROVISIONING_FACTOR = 140
 DEFAULT_PANIC_THRESHOLD = 50
@@ -227,6 +228,7 @@ def make_priority_balancer(
     stats: PanicCounter | None = None,
     rng: RandomSource | None = None,
     excluded: frozenset[int] = frozenset(),
+    slow_start: SlowStart | None = None,
 ) -> Balancer[H]:
     """A balancer over all of a cluster's ``hosts`` (usable or not) with Envoy's
     priority, panic and locality semantics; ``pick()`` gives None when no host may be
@@ -251,16 +253,21 @@ def make_priority_balancer(
         if not load:
             sources.append(make_balancer(policy, ()))
         elif panic:
-            inner = make_balancer(policy, level, choice_count, rng=gen)
+            inner = make_balancer(policy, level, choice_count, rng=gen, slow_start=slow_start)
             sources.append(inner if stats is None else _Panic(inner, stats))
         else:
             usable = [h for h in level if h.usable]
             picker = (
-                _locality_picker(policy, usable, level, choice_count, overprovisioning_factor, gen)
+                _locality_picker(
+                    policy, usable, level, choice_count, overprovisioning_factor, gen, slow_start
+                )
                 if locality_weighted
                 else None
             )
-            sources.append(picker or make_balancer(policy, usable, choice_count, rng=gen))
+            sources.append(
+                picker
+                or make_balancer(policy, usable, choice_count, rng=gen, slow_start=slow_start)
+            )
     if 100 in loads:
         return sources[loads.index(100)]
     table = [src for src, load in zip(sources, loads, strict=True) for _ in range(load)]
@@ -274,6 +281,7 @@ def _locality_picker(
     choice_count: int,
     overprovisioning_factor: int,
     rng: RandomSource,
+    slow_start: SlowStart | None = None,
 ) -> Balancer[H] | None:
     """The level's locality schedule, or None when no locality has a positive
     effective weight (then Envoy balances over the level's usable hosts)."""
@@ -290,7 +298,9 @@ def _locality_picker(
         availability = min(1.0, overprovisioning_factor / 100.0 * len(eligible) / len(members))
         weight = max(h.locality_weight for h in members) * availability
         if weight > 0:
-            balancers.append(make_balancer(policy, eligible, choice_count, rng=rng))
+            balancers.append(
+                make_balancer(policy, eligible, choice_count, rng=rng, slow_start=slow_start)
+            )
             weights.append(weight)
     if not weights:
         return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
+from typing import Any
 
 from proxyd.epoch import RuntimeFraction, RuntimeValue
 
@@ -55,6 +56,23 @@ class Snapshot:
         entry = self.values.get(key)
         if entry is not None and entry.uint is not None:
             return entry.uint
+        return default
+
+    def feature_flag(self, flag: dict[str, Any]) -> bool:
+        """A ``RuntimeFeatureFlag`` compiled to ``{"default": bool, "runtime_key": str}``
+        (proxyd.config.values.feature_flag): the key's boolean when it has a key."""
+        key: str = flag["runtime_key"]
+        return self.boolean(key, flag["default"]) if key else bool(flag["default"])
+
+    def double(self, key: str, default: float) -> float:
+        """Envoy's ``getDouble``: the key's value when it reads as a number, else
+        ``default``."""
+        entry = self.values.get(key)
+        if entry is not None and "_" not in entry.raw:
+            try:
+                return float(entry.raw.strip())
+            except ValueError:
+                pass
         return default
 
     def boolean(self, key: str, default: bool) -> bool:

@@ -267,16 +267,26 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
     )
     rec.downstream_local_address = conn.local_address()
     rec.tls = conn.tls
+    rec.upstream_tls = stream.upstream_tls
     rec.route_name = stream.route_name or None
     rp = stream.route_plan
     rec.upstream_cluster = rec.upstream_hostname = None
+    rec.host_names_attempted = None
     if rp is not None and rp.cluster is not None:
         rec.upstream_cluster = rp.cluster_name
         if host is not None and access.wants_hostname:
-            rec.upstream_hostname = _hostname(rp.cluster.cluster.endpoints, host)
+            endpoints = rp.cluster.cluster.endpoints
+            rec.upstream_hostname = _hostname(endpoints, host)
+            if rec.hosts_attempted is not None:
+                # %UPSTREAM_HOST_NAMES_ATTEMPTED%: each attempt's, as UPSTREAM_HOST_NAME.
+                rec.host_names_attempted = [
+                    _hostname(endpoints, label) or label for label in rec.hosts_attempted
+                ]
+    elif rec.hosts_attempted is not None:
+        rec.host_names_attempted = rec.hosts_attempted
     h = stream.head
     if h is not None:
-        rec.protocol = "HTTP/1.1"
+        rec.protocol = conn.protocol
         rec.scheme = plan.scheme
         rec.method = h.method
         rec.path = h.path
@@ -290,6 +300,8 @@ def stream_record(stream: Stream, plan: ListenerPlan, conn: Connection, log_type
         rec.req_headers = headers
     else:
         rec.protocol = rec.scheme = rec.method = rec.path = rec.authority = None
+        if conn.protocol == "HTTP/2":  # a stream reset before its head was taken
+            rec.protocol = "HTTP/2"
         rec.request_id = rec.x_forwarded_for = rec.user_agent = None
         rec.req_headers = {}
     resp = stream.resp_headers

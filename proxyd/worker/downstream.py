@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
 
 from proxyd.errors import ProtocolError
+from proxyd.protocol.h2_translate import preface_state
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import CRLF2, LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader, ReceiveBuffer
@@ -46,6 +47,7 @@ from proxyd.worker import accesslog_plan, io, manager
 from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind
 from proxyd.worker.durations import ConnectionDurations
+from proxyd.worker.h2_downstream import H2Session
 from proxyd.worker.router import arm_request_phase
 from proxyd.worker.stats import note_unexpected
 from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
@@ -53,6 +55,7 @@ from proxyd.worker.tls import TlsSocket
 from proxyd.worker.tls import terminate as terminate_tls
 
 if TYPE_CHECKING:
+    from proxyd.protocol.h2_translate import H2Plan
     from proxyd.protocol.http1 import RequestHeadParser
     from proxyd.protocol.http1_options import Http1Format
     from proxyd.worker.deadlines import Timers
@@ -70,6 +73,8 @@ DURATION_TIMEOUT = ProtocolError("max_duration_timeout", 408, "downstream durati
 
 
 NO_BODY = BodyReader()
+# _choose_h2: the connection closes (its idle timeout passed before a byte came).
+_CLOSE = b"close"
 
 
 class WorkerContext(Protocol):
@@ -115,7 +120,12 @@ class DownstreamConnection:
         # TLS termination: the established session (None on a plaintext connection).
         "tls",
         "tls_http_stats",
+        # The HTTP/2 session when the connection speaks HTTP/2 (proxyd.worker.h2_downstream).
+        "h2",
     )
+
+    # Read by the access log (%PROTOCOL%).
+    protocol = "HTTP/1.1"
 
     def __init__(
         self, worker: WorkerContext, listener_name: str, sock: socket.socket, peer: tuple
@@ -153,6 +163,7 @@ class DownstreamConnection:
         self.chunked_out = False
         self.tls: TlsSocket | None = None
         self.tls_http_stats: NamedStats | None = None
+        self.h2: H2Session | None = None
 
     # -- deadlines --------------------------------------------------------------------
 
@@ -206,6 +217,18 @@ class DownstreamConnection:
         try:
             if plan.tls is not None and not await terminate_tls(self, plan.tls):
                 return  # the handshake failed (the finally below logs and counts)
+            if plan.network_rbac is not None and not await plan.network_rbac.admit(
+                self.sock, self.tls
+            ):
+                return  # a network RBAC filter denied the connection
+            if plan.h2 is not None:
+                # HTTP/2 may come (codec_type AUTO or HTTP2): decided once, here.
+                initial = await self._choose_h2(plan, plan.h2)
+                if initial is not None:
+                    if initial is not _CLOSE:
+                        self.h2 = H2Session(self, plan, plan.h2)
+                        await self.h2.serve(initial)
+                    return
             # The request loop lives here rather than in a helper: every await level
             # is paid again at each wait of every request. It runs in one cancel scope
             # until a deadline cancels it; then the stream is ended and a new scope
@@ -315,6 +338,52 @@ class DownstreamConnection:
         if self.durations is not None:
             self.durations.stream_ended()
         return keep and not self.closing
+
+    # -- HTTP/2 -------------------------------------------------------------------------
+
+    async def _choose_h2(self, plan: ListenerPlan, h2plan: H2Plan) -> bytes | None:
+        """The bytes that start an HTTP/2 connection (``b""``: none yet), None when it
+        is HTTP/1.1 (what arrived stays in the receive buffer), or ``_CLOSE`` when the
+        idle timeout passed before anything came. codec_type HTTP2 is HTTP/2 always;
+        AUTO is HTTP/2 when TLS chose ``h2`` by ALPN, or on plaintext when the client
+        starts with the HTTP/2 preface (prior knowledge)."""
+        if h2plan.prior_knowledge:
+            return b""
+        if self.tls is not None:
+            return b"" if self.tls.alpn == "h2" else None
+        rb = self.rb
+        sock = self.sock
+        # The client's first bytes are usually on their way: let others run first, and
+        # when they are here decide without arming anything.
+        await io.yield_now()
+        n = rb.receive(sock.recv_into)
+        state = preface_state(rb.view[rb.start : rb.end]) if n > 0 else None
+        if state is None and n != 0:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                self.idle = True
+                self.set_deadline(_IDLE, plan.idle_timeout)
+                while True:
+                    n = rb.receive(sock.recv_into)
+                    if n < 0:
+                        await io.wait_readable(sock)
+                        continue
+                    if n == 0:
+                        break  # closed: the request loop sees the end of stream too
+                    state = preface_state(rb.view[rb.start : rb.end])
+                    if state is not None:
+                        break
+            self.scope = None
+            self.idle = False
+            if scope.cancelled_caught:
+                return _CLOSE
+        if not state:
+            return None
+        initial = bytes(rb.view[rb.start : rb.end])
+        rb.start = rb.end
+        rb.release()
+        self.worker.timers.clear(self.deadline)
+        return initial
 
     # -- request head -------------------------------------------------------------------
 
@@ -596,6 +665,35 @@ class DownstreamConnection:
             for p in parts:
                 stream.bytes_sent += len(p)
                 out.append(p)
+
+    # -- an upgraded connection (websocket): proxyd.worker.router.Exchange._tunnel --------
+
+    async def send_upgrade_response(self, r: ResponseHead, service_ms: int, upgrade: str) -> None:
+        """The upstream's 101, with its connection and upgrade lines (which a response
+        head otherwise loses as hop-by-hop)."""
+        stream = self.stream
+        assert stream is not None and self.plan is not None
+        r, service_ms = self._start_response(stream, r, service_ms, False, False)
+        self.closing = True  # no request follows a tunnel on this connection
+        added = [
+            *(stream.response_added or ()),
+            b"connection: upgrade\r\nupgrade: " + upgrade.encode("latin-1") + b"\r\n",
+        ]
+        out = response_head(r, self.plan.server, service_ms, False, False, added)
+        try:
+            await io.send_all(self.sock, out)
+        except OSError:
+            raise DownstreamReset() from None
+
+    def tunnel_socket(self) -> Any:
+        return self.sock
+
+    def tunnel_buffered(self) -> bytes:
+        """What the client sent after the upgrade request's head (already read)."""
+        rb = self.rb
+        data = bytes(rb.view[rb.start : rb.end])
+        rb.start = rb.end
+        return data
 
     async def send_local_reply(
         self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False

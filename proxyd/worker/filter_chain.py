@@ -187,7 +187,12 @@ class FilterChain:
                 continue
             # The head waits at filter i-1: the body goes through filters [0, i) until
             # data comes out of filter i-1 (it continued), or the body ends. What
-            # arrives meanwhile is held, up to the stream's buffer limit.
+            # arrives meanwhile is held, up to the stream's buffer limit. A client that
+            # waits for 100-continue is told to send it (Envoy's connection manager
+            # answers Expect itself, before its filters).
+            h = stream.head
+            if h is not None and h.expect_continue:
+                await self.inner.send_continue()
             held = 0
             while True:
                 pieces = await self._next_pieces()

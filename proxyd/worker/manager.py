@@ -80,10 +80,14 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
             h.remove.append(raw_name)
     route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
     if route is None:
+        if h.upgrade and h.upgrade not in plan.upgrades:
+            return _upgrade_refused(stream)
         return _serve(stream, plan, conn, None, plan.no_route_filters)
     rp = plan.route_plans[id(route)]
     if rp.pick is not None:  # weighted_clusters, cluster_header: the cluster's plan
         rp = rp.pick(h.headers)
+    if h.upgrade and h.upgrade not in rp.upgrades:
+        return _upgrade_refused(stream)
     stream.route_plan = rp
     stream.route_name = rp.name
     if rp.duration is not None:  # max_stream_duration, max_grpc_timeout (durations.py)
@@ -111,6 +115,10 @@ def _exchange(
         head = rp.mutations.on_request(head, stream, conn, rp.timeout_header, host)
     if plan.http1 is not None:  # preserve_case: the names as the client wrote them
         head = plan.http1.upstream_head(head, h.names)
+    if h.upgrade:
+        # A websocket (or other upgrade): one attempt, then a tunnel (router.Exchange).
+        stream.connection = conn
+        return router.Exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
     if rp.mirror is not None:  # request_mirror_policies: shadows, fire and forget
         mirror.start(stream, plan, conn, rp, head)
     if h.envoy_headers and rp.header_retry is not None:
@@ -119,6 +127,18 @@ def _exchange(
             head = proper_case_head(head)
         return header_retry_exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
     return rp.exchange(stream, plan, rp, host, head, (conn.timers, conn.deadline))
+
+
+async def _upgrade_refused(stream: Stream) -> bool:
+    """An upgrade the connection manager (or the route) does not take: Envoy's 403 with
+    no body, and the connection closes."""
+    stream.details = "upgrade_failed"
+    stream.close_connection = True
+    try:
+        await stream.sink.send_local_reply(403, "")
+    except DownstreamReset:
+        stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+    return False
 
 
 async def _no_healthy_upstream(stream: Stream, rp: RoutePlan) -> bool:

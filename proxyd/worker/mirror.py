@@ -312,10 +312,13 @@ class Shadow:
         host.active_requests += 1
         try:
             with scope:
-                conn = pool.take_idle(host)
+                # auto_sni: the shadow's Host (with its -shadow suffix) keys it.
+                tls = pool.tls
+                key = tls.key_of(self.head) if tls is not None and tls.keyed else None
+                conn = pool.take_idle(host, key)
                 if conn is None:
                     try:
-                        conn = await pool.acquire(host)
+                        conn = await pool.acquire(host, key)
                     except ConnectFailure:
                         cstats.count_response(503)
                         host.stats.rq_error += 1

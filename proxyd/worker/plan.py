@@ -21,6 +21,7 @@ from proxyd.epoch import (
     Epoch,
     FilterOverride,
     HeaderMutations,
+    Http2Options,
     HttpFilter,
     Listener,
     RetryPolicy,
@@ -31,6 +32,7 @@ from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import NOT_SET, LogRecord
 from proxyd.protocol.chain_match import ChainSelector
+from proxyd.protocol.h2_translate import H2Plan
 from proxyd.protocol.hash_policy import HashPlan
 from proxyd.protocol.header_mutations import MutationPlan
 from proxyd.protocol.http1_headers import RequestHeaderPolicy, RequestIdGenerator, server_line
@@ -40,9 +42,14 @@ from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
+from proxyd.worker.async_client import AsyncClient
 from proxyd.worker.chains import ChainChooser, chain_key
+from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
+from proxyd.worker.filter_matching import MatchingFactory
+from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
+from proxyd.worker.network_rbac import NetworkRbacPlan
 from proxyd.worker.request_transforms import compile_transforms
 from proxyd.worker.retrying import RetryingExchange, RetryPlan
 from proxyd.worker.router import Exchange
@@ -81,12 +88,13 @@ def compile_filters(
         if o is None or o.config is None:  # a route field for filters of this type (cors)
             o = by_name.get(f.type_name, o)
         per_route = o.config if o else None
-        maker = FACTORIES[f.type_name]
-        if getattr(maker, "takes_epoch_facts", False):  # health_check: clusters, node
-            # (FactoryMaker leaves facts out: only such factories take it.)
-            factory = cast(Any, maker)(f.name, f.config, per_route, scope, runtime, facts=facts)
-        else:
-            factory = maker(f.name, f.config, per_route, scope, runtime)
+        factory = _factory(f, per_route, scope, runtime, facts)
+        if f.matcher is not None:  # ExtensionWithMatcher (proxyd.worker.filter_matching)
+            delegates = tuple(
+                _factory(a.filter, None, scope, runtime, facts) if a.filter is not None else None
+                for a in f.matcher.actions
+            )
+            factory = MatchingFactory(factory, f.matcher, delegates)
         if factory.decodes or factory.encodes:  # a filter with nothing to do costs nothing
             out.append(factory)
         levels = getattr(factory, "header_levels", None)
@@ -103,6 +111,20 @@ def compile_filters(
     return chain
 
 
+def _factory(
+    f: HttpFilter,
+    per_route: Any,
+    scope: Any,
+    runtime: Snapshot,
+    facts: EpochFacts | None,
+) -> FilterFactory:
+    maker = FACTORIES[f.type_name]
+    if getattr(maker, "takes_epoch_facts", False):  # health_check: clusters, node
+        # (FactoryMaker leaves facts out: only such factories take it.)
+        return cast(Any, maker)(f.name, f.config, per_route, scope, runtime, facts=facts)
+    return maker(f.name, f.config, per_route, scope, runtime)
+
+
 class RoutePlan:
     """What a matched route leads to (``cluster`` and ``pool`` are None when it names no
     cluster). ``pool`` is the cluster's connection pool for the route's priority, with
@@ -111,8 +133,8 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration", "hash", "mirror", "stream_idle", "decorator",
-        "decorator_line", "tracing",
+        "duration", "hash", "mirror", "stream_idle", "decorator", "upgrades",
+        "decorator_line", "tracing", "read_limit",
     )  # fmt: skip
 
     def __init__(
@@ -167,6 +189,12 @@ class RoutePlan:
         # The stream idle timeout of the route's requests: its idle_timeout, else the
         # connection manager's stream_idle_timeout (inf: none).
         self.stream_idle = stream_idle
+        # The upgrade types (lower case) the route takes: the connection manager's
+        # upgrade_configs with the route's own enabled flags (proxyd.worker.router).
+        self.upgrades: frozenset[str] = frozenset()
+        # One read of a streamed response at most: the listener's and the cluster's
+        # per_connection_buffer_limit_bytes, whichever is less (set with a cluster).
+        self.read_limit = 0
 
     def with_timeout(self, timeout_s: float) -> RoutePlan:
         """This plan with another router timeout (a gRPC request's, from its
@@ -186,7 +214,8 @@ class RoutePlan:
 
     def set_retry(self, policy: RetryPolicy) -> None:
         self.retry = plan = RetryPlan(policy, self.timeout_s)
-        self.exchange = RetryingExchange
+        # hedge_policy hedge_on_per_try_timeout: attempts run side by side.
+        self.exchange = HedgingExchange if policy.hedge_on_per_try_timeout else RetryingExchange
         ms = plan.expected_timeout_ms()
         self.timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms else b""
 
@@ -308,9 +337,16 @@ class ListenerPlan:
         self.generation = object()
         self.listener_stats: ListenerStats = stats.listener(listener.stat_name)
         self.http_stats: HttpStats = stats.http(hcm.stat_prefix)
+        # Network RBAC filters before the connection manager (None: none).
+        self.network_rbac = (
+            NetworkRbacPlan(listener.network_rbac, stats) if listener.network_rbac else None
+        )
         # The epoch's runtime resolves the routes' runtime_fraction.
         self.routes = RouteTable(hcm.route_config, runtime)
         self.route_plans: dict[int, RoutePlan] = {}
+        # Bytes read from one side before they are written to the other (Envoy's soft
+        # per-connection limit; the receive buffers themselves are smaller still).
+        self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
         hcm_stream_s = hcm.max_stream_duration_s or math.inf
         # The listener's preserve_case formatter travels with the request and wins over
         # a cluster's header_key_format.
@@ -349,7 +385,14 @@ class ListenerPlan:
                 r.priority,
                 idle_of(r),
             )
+            if rp.cluster is not None:
+                rp.read_limit = min(self.buffer_limit, rp.cluster.cluster.buffer_limit)
             rp.not_found_status = r.cluster_not_found_status
+            if hcm.upgrades:
+                overrides = dict(r.upgrades)
+                rp.upgrades = frozenset(
+                    kind for kind, enabled in hcm.upgrades if overrides.get(kind, enabled)
+                )
             rp.decorator = r.decorator_operation
             rp.tracing = r.tracing
             if r.decorator_operation and r.decorator_propagate:
@@ -538,17 +581,34 @@ class ListenerPlan:
             local_address,
             ids,
         )
+        # Downstream HTTP/2 (proxyd.worker.h2_downstream): None when the listener speaks
+        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with stream
+        # or connection durations, which proxyd runs for HTTP/1.1 only).
+        self.h2: H2Plan | None = None
+        timed = (
+            hcm.max_connection_duration_s
+            or hcm_stream_s != math.inf
+            or any(
+                r.stream_duration_set for vh in hcm.route_config.virtual_hosts for r in vh.routes
+            )
+        )
+        if hcm.codec_type == "HTTP2" or (hcm.codec_type == "AUTO" and not timed):
+            self.h2 = H2Plan(hcm.codec_type == "HTTP2", hcm.http2 or Http2Options())
+        tls = listener.tls
+        if tls is not None and self.h2 is None and "h2" in tls.alpn:
+            # This connection manager speaks HTTP/1.1 only: ALPN never chooses h2.
+            tls = dataclasses.replace(tls, alpn=tuple(p for p in tls.alpn if p != "h2"))
         # TLS termination (proxyd.worker.tls): None on a plaintext filter chain.
         self.tls = (
             TlsPlan(
-                listener.tls,
+                tls,
                 stats,
                 listener.stat_name,
                 hcm.stat_prefix,
                 hcm.idle_timeout_s or math.inf,
                 listener.tls_inspector,
             )
-            if listener.tls is not None
+            if tls is not None
             else None
         )
         self.scheme = "http" if self.tls is None else "https"
@@ -568,12 +628,12 @@ class ListenerPlan:
         self.max_headers = hcm.max_headers_count
         # http_protocol_options (HTTP/1.0, header name case); None when it sets none.
         self.http1 = Http1Format(hcm.http1) if hcm.http1 is not None else None
-        # Bytes read from one side before they are written to the other (Envoy's soft
-        # per-connection limit; the receive buffers themselves are smaller still).
-        self.buffer_limit = max(listener.per_connection_buffer_limit_bytes, 1024)
         self.request_timeout = hcm.request_timeout_s or math.inf
         self.headers_timeout = hcm.request_headers_timeout_s or math.inf
         self.stream_idle = hcm.stream_idle_timeout_s or math.inf
+        # Upgrade types a request may ask for when no route matches it (it then gets the
+        # router's 404; any other type gets 403, as in Envoy).
+        self.upgrades = frozenset(kind for kind, enabled in hcm.upgrades if enabled)
         self.idle_timeout = hcm.idle_timeout_s or math.inf
         # max_connection_duration with drain_timeout, max_stream_duration (the connection
         # manager's, or any route's): a connection then has ConnectionDurations.
@@ -608,24 +668,31 @@ class CompiledEpoch:
     ) -> None:
         self.epoch = epoch
         self.clusters: dict[str, ClusterState] = {}
+        self.runtime = Snapshot(epoch.runtime)
         for c in epoch.clusters:
             old = old_clusters.get(c.name)
+            # slow_start_config aggression: its runtime key's value, else its default.
+            aggression = c.slow_start_aggression
+            if c.slow_start_aggression_key:
+                aggression = self.runtime.double(c.slow_start_aggression_key, aggression)
             if (
                 old is not None
                 and old.cluster == c
                 and old.worker_count == epoch.worker_count
+                and old.aggression == aggression
                 and not old.retired
             ):
                 self.clusters[c.name] = old
             else:
-                self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count)
-        self.runtime = Snapshot(epoch.runtime)
+                self.clusters[c.name] = ClusterState(c, stats, epoch.worker_count, aggression)
         facts = EpochFacts(
             epoch.node_cluster,
             {
                 name: (len(c.hosts), sum(1 for h in c.hosts if h.usable))
                 for name, c in self.clusters.items()
             },
+            partial(http_get, self.clusters),
+            AsyncClient(self.clusters),  # filters' calls to clusters (ext_authz)
         )
         # HTTP listeners' plans, and (separately, so the HTTP path never meets one) the
         # TCP proxy listeners' (proxyd.worker.tcp_proxy).
@@ -643,7 +710,13 @@ class CompiledEpoch:
                 chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
                 chain_plans = []
                 for i, chain in enumerate(chains):
-                    one = dataclasses.replace(lst, hcm=chain.hcm, tls=chain.tls, chains=())
+                    one = dataclasses.replace(
+                        lst,
+                        hcm=chain.hcm,
+                        tls=chain.tls,
+                        network_rbac=chain.network_rbac,
+                        chains=(),
+                    )
                     one = dataclasses.replace(one, default_chain=None)
                     sub = ListenerPlan(
                         one, self.clusters, stats, writers, local_address, ids, self.runtime, facts

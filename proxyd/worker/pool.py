@@ -28,7 +28,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -37,6 +37,7 @@ from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import ResponseHeadParser
 from proxyd.protocol.http1_framing import ReceiveBuffer
 from proxyd.worker import io
+from proxyd.worker.upstream_tls import HandshakeFailed, UpstreamTlsPlan, originate, remember_session
 
 if TYPE_CHECKING:
     from proxyd.epoch import Cluster
@@ -52,6 +53,7 @@ class HostState(Protocol):
     stats: HostStats
     connections: list[int]
     idle: tuple[list[UpstreamConnection], ...]
+    tls_session: Any
 
 
 class ClusterState(Protocol):
@@ -61,6 +63,7 @@ class ClusterState(Protocol):
     name: str
     stats: ClusterStats
     worker_count: int
+    tls: UpstreamTlsPlan | None
 
     @property
     def hosts(self) -> Sequence[HostState]: ...
@@ -103,11 +106,14 @@ def keepalive_options(c: Cluster) -> list[tuple[int, int, int]]:
 class UpstreamConnection:
     """One HTTP/1.1 connection to a host, with its receive buffer and head parser."""
 
-    __slots__ = ("sock", "host", "requests", "idle_since", "rb", "parser", "opened")
+    __slots__ = ("sock", "host", "requests", "idle_since", "rb", "parser", "key", "opened")
 
-    def __init__(self, sock: socket.socket, host: HostState) -> None:
+    def __init__(self, sock: socket.socket, host: HostState, key: str | None = None) -> None:
         self.sock = sock
         self.host = host
+        # auto_sni / auto_san_validation: the Host it was opened for (its SNI, the SAN
+        # checked); only a request for the same Host reuses it. None otherwise.
+        self.key = key
         self.requests = 0
         self.idle_since = 0.0
         self.opened = 0.0  # when it connected (upstream_cx_length_ms)
@@ -122,10 +128,11 @@ class _Waiter:
     """A pending request in the queue: woken with a released connection (``conn``) or
     with a reserved connection slot (``conn`` None) to open one itself."""
 
-    __slots__ = ("host", "conn", "event")
+    __slots__ = ("host", "key", "conn", "event")
 
-    def __init__(self, host: HostState) -> None:
+    def __init__(self, host: HostState, key: str | None) -> None:
         self.host = host
+        self.key = key
         self.conn: UpstreamConnection | None = None
         self.event = trio.Event()
 
@@ -145,13 +152,18 @@ class ConnPool(ResourceManager):
         self.keepalive = keepalive_options(c)
         self.idle_timeout = c.idle_timeout_s
         self.max_requests = c.max_requests_per_connection
+        # TLS to the hosts (None: plaintext, nothing more to do after the connect).
+        self.tls = cluster.tls
+        # auto_sni / auto_san_validation: connections are kept apart by the request's
+        # Host (UpstreamTlsPlan.key_of finds it in the upstream head).
+        self.keyed = cluster.tls is not None and cluster.tls.keyed
         self.open: set[UpstreamConnection] = set()
         # Requests waiting for a connection beyond max_connections, oldest first.
         self.waiters: deque[_Waiter] = deque()
 
     # -- the pending queue --------------------------------------------------------------
 
-    async def acquire(self, host: HostState) -> UpstreamConnection:
+    async def acquire(self, host: HostState, key: str | None = None) -> UpstreamConnection:
         """A connection to ``host`` for a request that found no idle one.
 
         As in Envoy's pools, the request is *pending* until it has one: while a new
@@ -172,13 +184,16 @@ class ConnPool(ResourceManager):
             if self.connections >= self.cb_max_connections:
                 stats.cx_overflow += 1
                 # Envoy opens one anyway to a host with none, so every waiter has a
-                # connection of its host that will wake it.
+                # connection of its host that will wake it. In a keyed pool an idle
+                # connection for another Host could never wake it: one is closed.
+                if self.keyed and self._close_idle_other(host, key):
+                    return await self.connect(host, key=key)
                 if host.connections[self.priority]:
-                    conn = await self._wait(host)
+                    conn = await self._wait(host, key)
                     if conn is not None:
                         return conn
-                    return await self.connect(host, reserved=True)
-            return await self.connect(host)
+                    return await self.connect(host, reserved=True, key=key)
+            return await self.connect(host, key=key)
         except ConnectFailure:
             raise
         except BaseException:
@@ -188,9 +203,9 @@ class ConnPool(ResourceManager):
             stats.rq_pending_active -= 1
             self.pending -= 1
 
-    async def _wait(self, host: HostState) -> UpstreamConnection | None:
+    async def _wait(self, host: HostState, key: str | None) -> UpstreamConnection | None:
         """Queue up; a released connection, or None for a reserved slot to connect."""
-        w = _Waiter(host)
+        w = _Waiter(host, key)
         self.waiters.append(w)
         try:
             await w.event.wait()
@@ -215,6 +230,15 @@ class ConnPool(ResourceManager):
                 return w
         return None
 
+    def _first_waiter_for(self, conn: UpstreamConnection) -> _Waiter | None:
+        """The oldest waiter that may take ``conn`` (its host, and its Host if keyed)."""
+        host = conn.host
+        key = conn.key
+        for w in self.waiters:
+            if w.host is host and w.key == key:
+                return w
+        return None
+
     def _slot_freed(self, host: HostState) -> None:
         """A connection to ``host`` closed (or was never opened): the oldest waiter for
         that host, else the oldest waiter, may open one if the limit allows."""
@@ -234,9 +258,12 @@ class ConnPool(ResourceManager):
 
     # -- connections ------------------------------------------------------------------
 
-    def take_idle(self, host: HostState) -> UpstreamConnection | None:
-        """The most recently used live idle connection to ``host``, or None."""
+    def take_idle(self, host: HostState, key: str | None = None) -> UpstreamConnection | None:
+        """The most recently used live idle connection to ``host`` (for ``key``, in a
+        keyed pool), or None."""
         idle = host.idle[self.priority]
+        if self.keyed:
+            return self._take_idle_keyed(idle, key)
         while idle:
             conn = idle.pop()
             idle_for = time.monotonic() - conn.idle_since
@@ -250,8 +277,39 @@ class ConnPool(ResourceManager):
             return conn
         return None
 
-    async def connect(self, host: HostState, reserved: bool = False) -> UpstreamConnection:
-        """Open a connection to ``host`` (its slot counted here unless ``reserved``)."""
+    def _close_idle_other(self, host: HostState, key: str | None) -> bool:
+        """Close the coldest idle connection of ``host`` opened for another Host."""
+        idle = host.idle[self.priority]
+        for i, conn in enumerate(idle):
+            if conn.key != key:
+                del idle[i]
+                self.destroy(conn)
+                return True
+        return False
+
+    def _take_idle_keyed(
+        self, idle: list[UpstreamConnection], key: str | None
+    ) -> UpstreamConnection | None:
+        now = time.monotonic()
+        for i in range(len(idle) - 1, -1, -1):
+            conn = idle[i]
+            if conn.key != key:
+                continue
+            del idle[i]
+            idle_for = now - conn.idle_since
+            if idle_for > PEEK_AFTER_S and (
+                (self.idle_timeout and idle_for > self.idle_timeout) or io.peer_closed(conn.sock)
+            ):
+                self.destroy(conn)
+                return self._take_idle_keyed(idle, key)
+            return conn
+        return None
+
+    async def connect(
+        self, host: HostState, reserved: bool = False, key: str | None = None
+    ) -> UpstreamConnection:
+        """Open a connection to ``host`` (its slot counted here unless ``reserved``);
+        ``key``: the request's Host in a keyed pool."""
         if not reserved:
             self.connections += 1
             host.connections[self.priority] += 1
@@ -261,7 +319,10 @@ class ConnPool(ResourceManager):
         hstats.cx_total += 1
         started = time.monotonic()
         try:
-            sock = await io.connect(host.address, host.port, self.connect_timeout)
+            if self.tls is None:
+                sock = await io.connect(host.address, host.port, self.connect_timeout)
+            else:
+                sock = await self._connect_tls(host, key)
         except io.Timeout:
             stats.cx_connect_fail += 1
             stats.cx_connect_timeout += 1
@@ -274,19 +335,43 @@ class ConnPool(ResourceManager):
             self._unreserve(host)
             detail = os.strerror(exc.errno) if exc.errno else ""
             raise ConnectFailure("remote connection failure", detail) from None
+        except HandshakeFailed as exc:
+            # Envoy counts a failed TLS handshake as a connect failure (its transport
+            # socket never says "connected"), a timed-out one as a connect timeout.
+            stats.cx_connect_fail += 1
+            hstats.cx_connect_fail += 1
+            if exc.timeout:
+                stats.cx_connect_timeout += 1
+            self._unreserve(host)
+            raise ConnectFailure(
+                "connection timeout" if exc.timeout else "remote connection failure",
+                f"TLS_error:{exc.detail}" if exc.detail else "",
+            ) from None
         except BaseException:
             self._unreserve(host)
             raise
         if self.keepalive:
             for level, name, value in self.keepalive:
                 sock.setsockopt(level, name, value)
-        conn = UpstreamConnection(sock, host)
+        conn = UpstreamConnection(sock, host, key)
         conn.opened = now = time.monotonic()
         record(stats.h_cx_connect_ms, int((now - started) * 1000))
         stats.cx_active += 1
         hstats.cx_active += 1
         self.open.add(conn)
         return conn
+
+    async def _connect_tls(self, host: HostState, key: str | None) -> Any:
+        """TCP connect, then the TLS handshake, both within the connect timeout."""
+        tls = self.tls
+        assert tls is not None
+        limit = self.connect_timeout
+        start = trio.current_time()
+        sock = await io.connect(host.address, host.port, limit)
+        if limit > 0:
+            # (at least a moment: 0 would mean no limit)
+            limit = max(limit - (trio.current_time() - start), 1e-3)
+        return await originate(sock, tls, host, limit, key)
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         """Give a connection back after a complete exchange (or destroy it)."""
@@ -312,7 +397,7 @@ class ConnPool(ResourceManager):
             self.destroy(conn)
             return
         if self.waiters:
-            w = self._first_waiter(conn.host)
+            w = self._first_waiter_for(conn)
             if w is not None:
                 self.waiters.remove(w)
                 w.conn = conn
@@ -332,6 +417,8 @@ class ConnPool(ResourceManager):
                 record(stats.h_rq_per_cx, conn.requests)
             conn.host.stats.cx_active -= 1
             self._unreserve(conn.host)
+        if self.tls is not None:
+            remember_session(self.tls, conn.sock, conn.host)  # type: ignore[arg-type]
         io.close(conn.sock)
 
     # -- life cycle -------------------------------------------------------------------

@@ -494,6 +494,11 @@ class Worker:
         self._all_closed = trio.Event()
         for name in list(self.accepting):
             self._stop_listener(name, self.listen_socks.pop(name, None))
+        # HTTP/2 connections are told at once (GOAWAY); their streams finish.
+        for conn in list(self.connections):
+            session = getattr(conn, "h2", None)
+            if session is not None:
+                session.drain()
         # A busy connection ends after its response, which carries "connection: close".
         # An idle keep-alive connection is left open: closing it now would race a
         # request the client may already be sending. Its next request is answered with
@@ -513,8 +518,12 @@ class Worker:
         listener's connections."""
         await trio.sleep(max(after_s, 0.0))
         for conn in list(self.connections):
-            if conn.listener_name == name and conn.generation is generation and conn.idle:
-                conn.set_deadline(DeadlineKind.DRAIN, 0.0)  # closes it quietly
+            if conn.listener_name == name and conn.generation is generation:
+                session = getattr(conn, "h2", None)
+                if session is not None:
+                    session.drain()  # HTTP/2: GOAWAY; its streams finish
+                elif conn.idle:
+                    conn.set_deadline(DeadlineKind.DRAIN, 0.0)  # closes it quietly
 
     def connection_closed(self) -> None:
         if self._all_closed is not None and not self.connections:

@@ -401,6 +401,18 @@ class RetryingExchange(Exchange):
         else:
             self.pool.stats.rq_retry_backoff_exponential += 1
             await wait_back_off(self.retry)
+        host = self._retry_host()
+        if host is not None and host is not self.host:
+            self.host.active_requests -= 1
+            if self.attached:
+                self.host.stats.rq_active -= 1
+                host.stats.rq_active += 1
+            host.active_requests += 1
+            self.host = host
+            self.stream.upstream_host = host.label
+
+    def _retry_host(self) -> HostState | None:
+        """A retry's host: the balancer's pick (None: no host is usable)."""
         cluster = self.rp.cluster
         assert cluster is not None
         picks = self.rplan.host_picks
@@ -419,14 +431,7 @@ class RetryingExchange(Exchange):
             while host is not None and host in tried and picks > 1:
                 picks -= 1
                 host = balancer.pick()
-        if host is not None and host is not self.host:
-            self.host.active_requests -= 1
-            if self.attached:
-                self.host.stats.rq_active -= 1
-                host.stats.rq_active += 1
-            host.active_requests += 1
-            self.host = host
-            self.stream.upstream_host = host.label
+        return host
 
     def _hash_pick(self, hashing: HashBalancer[HostState], picks: int) -> HostState | None:
         """RING_HASH, MAGLEV: the request's hash again (a new random one when it has
@@ -497,11 +502,14 @@ class RetryingExchange(Exchange):
         if self.rplan.priority_update:
             self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
-        conn = pool.take_idle(host)
+        # auto_sni / auto_san_validation: the request's Host keys its connection.
+        tls = pool.tls
+        key = tls.key_of(self.head) if tls is not None and tls.keyed else None
+        conn = pool.take_idle(host, key)
         self.reused = conn is not None
         if conn is None:
             try:
-                conn = await pool.acquire(host)
+                conn = await pool.acquire(host, key)
             except ConnectFailure as exc:
                 host.outcomes.connect_failed()
                 raise _AttemptFailed(Reset.CONNECT_FAILURE, exc.reason) from None
@@ -517,6 +525,8 @@ class RetryingExchange(Exchange):
         pool.stats.rq_total += 1
         host.stats.rq_total += 1
         self.conn = conn
+        if tls is not None:
+            self.stream.upstream_tls = conn.sock
         self.attempts += 1
         # %UPSTREAM_HOSTS_ATTEMPTED%: each host that got the request, once (Envoy 1.40
         # lists neither a refused connection nor a host twice).

@@ -16,7 +16,7 @@ upstream head is already built, and
 
 The router never touches the downstream connection: it works on the stream's
 :class:`~proxyd.worker.stream.DownstreamSink`, so it cannot tell the HTTP/1 codec from
-the filter chain (or, later, HTTP/2).
+the filter chain or an HTTP/2 stream.
 
 A reused connection that fails before any response byte is retried once on a new
 connection when the request had no body, if the max_retries (or retry_budget) breaker
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -182,6 +182,10 @@ class Exchange:
             arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
         try:
             retried = False
+            # A TLS cluster: auto_sni / auto_san_validation key its connections by the
+            # request's Host; the access log reads the session.
+            tls = pool.tls
+            key = tls.key_of(self.head) if tls is not None and tls.keyed else None
             # A complete request goes out now: arm_route's clock reading serves (0: the
             # request is still arriving).
             t_sent = self.t_done
@@ -189,11 +193,11 @@ class Exchange:
                 # Envoy's upstream service time includes the wait for a connection.
                 self.t_sent = t_sent or time.monotonic()
                 t_sent = 0.0
-                conn = pool.take_idle(host)
+                conn = pool.take_idle(host, key)
                 reused = conn is not None
                 if conn is None:
                     try:
-                        conn = await pool.acquire(host)
+                        conn = await pool.acquire(host, key)
                     except ConnectFailure as exc:
                         stream.flags = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
                         cstats.count_response(503)
@@ -213,6 +217,8 @@ class Exchange:
                 cstats.rq_total += 1
                 hstats.rq_total += 1
                 self.conn = conn
+                if tls is not None:
+                    stream.upstream_tls = conn.sock
                 r: ResponseHead | None
                 try:
                     if has_body:
@@ -235,6 +241,8 @@ class Exchange:
                     if self.retrying:
                         self.retrying = False
                         pool.retry_done(success=True)
+                    if r.status == 101:
+                        return await self._tunnel(conn, r)
                     return await self._relay(conn, r)
                 # The connection died before any response byte (writing the head, or
                 # closed by the upstream): a reused one is retried once on a new
@@ -433,7 +441,7 @@ class Exchange:
                         raise UpstreamProtocolError(exc.reason) from None
                     if 100 <= r.status < 200 and r.status != 101:
                         continue  # 100 Continue and other interim heads are not forwarded
-                    if r.status == 101:
+                    if r.status == 101 and not self.stream.head.upgrade:  # type: ignore[union-attr]
                         raise UpstreamProtocolError("unexpected 101 from upstream")
                     return r
             elif not waited:
@@ -497,9 +505,7 @@ class Exchange:
             try:
                 pieces = body.read(rb)
                 await sink.send_headers(r, service_ms, length, pieces, body.done)
-                # The listener's limit and the cluster's (per_connection_buffer_limit_bytes
-                # on each side), whichever is less: one read is at most that much.
-                limit = min(self.plan.buffer_limit, self.pool.cluster.cluster.buffer_limit)
+                limit = self.rp.read_limit  # the listener's and cluster's, the lesser
                 while not body.done:
                     room = rb.space(min(limit, body.left) if mode is _LENGTH else limit)
                     n = await io.recv_into(conn.sock, room)
@@ -534,6 +540,73 @@ class Exchange:
             if cstats.tracked:
                 track_cluster_stats(self, r, now)
         return True
+
+    async def _tunnel(self, conn: UpstreamConnection, r: ResponseHead) -> bool:
+        """The upstream took the upgrade (101): the client gets the 101, then bytes go
+        both ways unchanged until either side closes; both connections then close (the
+        upstream one is never pooled again). The route timeout ends with the 101; the
+        stream idle timeout (the route's idle_timeout, else the connection manager's
+        stream_idle_timeout) runs from each write."""
+        stream = self.stream
+        down: Any = stream.connection  # the DownstreamConnection (manager._exchange)
+        assert down is not None
+        service_ms = int((time.monotonic() - self.t_sent) * 1000)
+        stream.service_ms = service_ms
+        stream.status = 101
+        self.pool.stats.count_response(101)
+        self.host.stats.rq_success += 1
+        self.host.outcomes.response(101)
+        if self.plan.response_wanted:
+            stream.resp_headers = r.headers
+        h = stream.head
+        assert h is not None
+        await down.send_upgrade_response(r, service_ms, h.upgrade)
+        stream.close_connection = True
+        self.timers.set(self.deadline, _STREAM_IDLE, self.rp.stream_idle)
+        rb = conn.rb
+        from_upstream = bytes(rb.view[rb.start : rb.end])
+        rb.start = rb.end
+        try:
+            async with trio.open_nursery() as nursery:
+                cancel = nursery.cancel_scope
+                nursery.start_soon(
+                    self._copy, conn.sock, down.tunnel_socket(), from_upstream, cancel, True
+                )
+                nursery.start_soon(
+                    self._copy,
+                    down.tunnel_socket(),
+                    conn.sock,
+                    down.tunnel_buffered(),
+                    cancel,
+                    False,
+                )
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        return False
+
+    async def _copy(
+        self, src: Any, dst: Any, first: bytes, cancel: trio.CancelScope, downstream: bool
+    ) -> None:
+        """One direction of a tunnel: ``first`` (what was read already), then what
+        ``src`` sends, until it closes or either side fails; then the tunnel ends."""
+        stream = self.stream
+        buf = memoryview(bytearray(16384))
+        try:
+            if first:
+                await io.send_all(dst, first)
+            while True:
+                n = await io.recv_into(src, buf)
+                if n == 0:
+                    break
+                await io.send_all(dst, buf[:n])
+                if downstream:
+                    stream.bytes_sent += n
+                else:
+                    stream.bytes_received += n
+                self._touch()
+        except OSError:
+            pass
+        cancel.cancel()
 
     def _touch(self) -> None:
         """Bytes moved: with no route timeout, the stream idle timer starts over."""

@@ -340,6 +340,9 @@ class HttpStats(_Scope):
         "rq_direct_response",
         "cx_max_duration_reached",
         "rq_max_duration_reached",
+        "cx_http2_total",
+        "cx_http2_active",
+        "rq_http2_total",
         "h_rq_time",
         "h_cx_length_ms",
     )
@@ -362,8 +365,15 @@ class HttpStats(_Scope):
         # max_connection_duration and max_stream_duration (proxyd.worker.durations).
         ("cx_max_duration_reached", "downstream_cx_max_duration_reached"),
         ("rq_max_duration_reached", "downstream_rq_max_duration_reached"),
+        # Downstream HTTP/2 connections and requests (proxyd.worker.h2_downstream).
+        ("cx_http2_total", "downstream_cx_http2_total"),
+        ("rq_http2_total", "downstream_rq_http2_total"),
     )
-    GAUGES = (("cx_active", "downstream_cx_active"), ("rq_active", "downstream_rq_active"))
+    GAUGES = (
+        ("cx_active", "downstream_cx_active"),
+        ("rq_active", "downstream_rq_active"),
+        ("cx_http2_active", "downstream_cx_http2_active"),
+    )
     # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
     rq_total: int
     cx_total: int
@@ -376,8 +386,11 @@ class HttpStats(_Scope):
     rq_direct_response: int
     cx_max_duration_reached: int
     rq_max_duration_reached: int
+    cx_http2_total: int
+    rq_http2_total: int
     cx_active: int
     rq_active: int
+    cx_http2_active: int
     h_rq_time: dict[int, int]
     h_cx_length_ms: dict[int, int]
 

@@ -4,15 +4,16 @@ A :class:`Stream` holds everything that belongs to one request — its head, whe
 request body has all arrived, the response's state, the byte counts, the upstream host,
 the timings and the response flags the access log prints — so nothing about a request
 lives on the connection it happens to use. HTTP/1 has one stream at a time per
-connection; HTTP/2 will have many.
+connection; HTTP/2 has many (:mod:`proxyd.worker.h2_downstream`).
 
 The router never touches a socket of the downstream side. It talks to the stream's
 :class:`DownstreamSink`: the request body as data pieces with backpressure (nothing more
 is read from the client until the router asked for it), and the response as a head,
 data pieces, or a local reply. The HTTP/1 connection (:mod:`proxyd.worker.downstream`)
 is one sink; the HTTP filter chain (:mod:`proxyd.worker.filter_chain`) is another, which
-wraps the codec's and runs the filters on what passes through; an HTTP/2 codec will be a
-third. The router cannot tell them apart.
+wraps the codec's and runs the filters on what passes through; an HTTP/2 stream
+(:class:`proxyd.worker.h2_downstream.H2Stream`) is a third. The router cannot tell them
+apart.
 
 How a stream ends early is a typed exception (:class:`StreamError` and its subclasses)
 or, for a deadline, the :class:`~proxyd.worker.deadlines.DeadlineKind` recorded in
@@ -59,6 +60,7 @@ class ResponseFlag(enum.Enum):
     UPSTREAM_PROTOCOL_ERROR = "UPE"
     STREAM_IDLE_TIMEOUT = "SI"
     DOWNSTREAM_CONNECTION_TERMINATION = "DC"
+    DOWNSTREAM_REMOTE_RESET = "DR"  # an HTTP/2 client reset its stream (RST_STREAM)
     DOWNSTREAM_PROTOCOL_ERROR = "DPE"
     FAULT_INJECTED = "FI"
     DELAY_INJECTED = "DI"
@@ -115,6 +117,7 @@ class Stream:
         "bytes_received",
         "bytes_sent",
         "upstream_host",
+        "upstream_tls",
         "upstream_cluster",
         "service_ms",
         "resp_headers",
@@ -158,6 +161,9 @@ class Stream:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.upstream_host: str | None = None
+        # The TLS session to a TLS cluster's host (worker.tls.TlsSocket) for the access
+        # log's UPSTREAM_TLS_* operators; None to a plaintext cluster.
+        self.upstream_tls: Any = None
         self.upstream_cluster: str | None = None
         self.service_ms: int | None = None
         self.resp_headers: dict[str, str] | None = None
@@ -245,6 +251,18 @@ class Stream:
         old = h.headers.get(lname)
         h.headers[lname] = value if old is None else f"{old},{value}"
 
+    def set_request_path(self, path: str) -> None:
+        h = self.head
+        assert h is not None
+        raw = h.raw
+        h.path = path
+        h.raw = (
+            h.method.encode("ascii")
+            + b" "
+            + path.encode("latin-1")
+            + raw[raw.find(b" HTTP/1.1\r\n") :]
+        )
+
     def downstream_addresses(self) -> tuple[str, str, str, int]:
         conn = self.connection
         assert conn is not None
@@ -256,6 +274,12 @@ class Stream:
             ip.strip("[]"),
             int(port) if port.isdigit() else 0,
         )
+
+    def downstream_peer_port(self) -> int:
+        conn = self.connection
+        assert conn is not None
+        port = conn.remote.rpartition(":")[2]
+        return int(port) if port.isdigit() else 0
 
     def downstream_tls(self) -> Any:
         conn = self.connection
@@ -309,6 +333,26 @@ class Stream:
             self.extra_flags = []
         if flag not in self.extra_flags:
             self.extra_flags.append(flag)
+
+    def request_header_lines(self) -> list[tuple[str, str]]:
+        h = self.head
+        assert h is not None
+        raw = h.raw
+        end = raw.find(b"\r\n\r\n")
+        removed = set(h.remove)
+        out = []
+        for line in raw[: end if end >= 0 else len(raw)].split(b"\r\n")[1:]:
+            i = line.find(b":")
+            if i <= 0:
+                continue
+            name = line[:i].lower()
+            if name in removed:
+                continue
+            out.append((name.decode("latin-1"), line[i + 1 :].strip().decode("latin-1")))
+        for line in self.request_added or ():
+            i = line.find(b":")
+            out.append((line[:i].decode("latin-1"), line[i + 1 :].strip().decode("latin-1")))
+        return out
 
 
 class DownstreamSink(Protocol):
@@ -367,5 +411,7 @@ class Connection(Protocol):
     durations: ConnectionDurations | None
     # The TLS session (proxyd.worker.tls.TlsSocket), None on a plaintext connection.
     tls: Any
+    # %PROTOCOL%: "HTTP/1.1" or "HTTP/2".
+    protocol: str
 
     def local_address(self) -> str: ...

@@ -55,9 +55,12 @@ from proxyd.worker import accesslog_plan, io
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlans
 from proxyd.worker.buffers import BufferPool
+from proxyd.worker.network_rbac import NetworkRbacPlan
 from proxyd.worker.outcomes import OK
 from proxyd.worker.pool import ConnectFailure, UpstreamConnection
 from proxyd.worker.stats import ListenerStats, StatsStore, TcpStats, note_unexpected
+from proxyd.worker.tls import TlsPlan, TlsSocket
+from proxyd.worker.tls import handshake as tls_handshake
 
 if TYPE_CHECKING:
     from proxyd.worker.deadlines import DeadlineKind
@@ -139,6 +142,23 @@ class TcpListenerPlan:
         self.chunk = max(min(listener.per_connection_buffer_limit_bytes, MAX_CHUNK), 1024)
         self.log_on_connected = tcp.log_on_connected and bool(self.access.tcp_logs)
         self.hash_source_ip = tcp.hash_source_ip
+        # Network RBAC filters before the proxy (None: none).
+        self.network_rbac = NetworkRbacPlan(tcp.network_rbac, stats) if tcp.network_rbac else None
+        # TLS termination in front of the proxy (transport_socket), None: plaintext.
+        # The handshake is bounded by transport_socket_connect_timeout, else the idle
+        # timeout.
+        self.tls = (
+            TlsPlan(
+                listener.tls,
+                stats,
+                listener.stat_name,
+                tcp.stat_prefix,
+                tcp.idle_timeout_s or math.inf,
+                listener.tls_inspector,
+            )
+            if listener.tls is not None
+            else None
+        )
 
 
 def tcp_plans(
@@ -189,7 +209,7 @@ class TcpConnection:
         "worker", "listener_name", "sock", "remote_ip", "remote", "local", "generation",
         "scope", "drained", "flags", "cluster_name", "host_label", "connected",
         "failure", "rx", "tx", "idle_scope", "reset_client", "t_wall", "t0", "_idle_timeout",
-        "_cluster",
+        "_cluster", "upstream_tls", "tls",
     )  # fmt: skip
 
     # For the worker's drain of a changed listener: a TCP connection may be closed at
@@ -221,6 +241,10 @@ class TcpConnection:
         self.t_wall = self.t0 = 0.0  # when it was accepted (wall clock, monotonic)
         self._idle_timeout = math.inf
         self._cluster: ClusterState | None = None
+        # The TLS session to a TLS cluster's host (%UPSTREAM_TLS_*%), else None.
+        self.upstream_tls: Any = None
+        # The downstream TLS session (a TLS listener's, after the handshake), else None.
+        self.tls: TlsSocket | None = None
 
     def local_address(self) -> str:
         if not self.local:
@@ -266,6 +290,20 @@ class TcpConnection:
             with trio.CancelScope(deadline=trio.current_time() + plan.max_duration) as scope:
                 self.scope = scope
                 upstream = await self._connect(plan)
+                # (Envoy's TCP proxy connects as the connection is accepted, before
+                # the client's TLS handshake, which only the data waits for.)
+                if plan.tls is not None and not await self._handshake(plan.tls):
+                    self._give_up(upstream)
+                    upstream = None
+                if (
+                    upstream is not None
+                    and plan.network_rbac is not None
+                    and not await plan.network_rbac.admit(self.sock, self.tls)
+                ):
+                    # Denied on the first bytes, after the proxy connected, as in
+                    # Envoy (the proxy connects when the connection is accepted).
+                    self._give_up(upstream)
+                    upstream = None
                 if upstream is not None:
                     await self._relay(plan, upstream)
             if scope.cancelled_caught and not self.drained:
@@ -334,12 +372,16 @@ class TcpConnection:
                 conn = await pool.connect(host)
             except ConnectFailure as exc:
                 host.outcomes.connect_failed()
-                self.failure = (
-                    f"delayed_connect_error:_{exc.detail.replace(' ', '_')}" if exc.detail else None
-                )
+                detail = exc.detail.replace(" ", "_")
+                if detail.startswith("TLS_error:"):
+                    self.failure = detail  # a failed handshake (OpenSSL's reason)
+                else:
+                    self.failure = f"delayed_connect_error:_{detail}" if detail else None
                 continue
             host.outcomes.add(OK)
             self.connected = True
+            if pool.tls is not None:
+                self.upstream_tls = conn.sock
             if plan.log_on_connected:
                 self.local_address()
                 self._log(plan, TCP_UPSTREAM_CONNECTED)
@@ -347,6 +389,20 @@ class TcpConnection:
         cluster.stats.cx_connect_attempts_exceeded += 1
         self.flags += ("UF", "URX")
         return None
+
+    async def _handshake(self, tls: TlsPlan) -> bool:
+        """TLS termination: the client's handshake; False when it failed (the client's
+        socket is closed then)."""
+        session = await tls_handshake(self.sock, tls)
+        if session is None:
+            return False
+        self.sock = self.tls = session  # type: ignore[assignment]  # the pumps' socket methods
+        return True
+
+    def _give_up(self, upstream: UpstreamConnection | None) -> None:
+        """The client's handshake failed: its upstream connection goes too."""
+        if upstream is not None and self._cluster is not None:
+            self._cluster.pools[0].destroy(upstream)
 
     async def _relay(self, plan: TcpListenerPlan, upstream: UpstreamConnection) -> None:
         """Bytes both ways until both directions ended, one side broke, or the idle
@@ -441,6 +497,8 @@ class TcpConnection:
         rec.upstream_host = self.host_label
         rec.upstream_remote_address = self.host_label if self.connected else None
         rec.transport_failure = self.failure
+        rec.tls = self.tls
+        rec.upstream_tls = self.upstream_tls
         rec.attempt_count = 0
         rec.downstream_remote_address = self.remote
         rec.downstream_direct_remote_address = self.remote

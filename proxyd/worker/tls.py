@@ -175,6 +175,19 @@ class TlsSocket:
     def getsockname(self) -> Any:
         return self.ssl.getsockname()
 
+    def recv(self, n: int, flags: int = 0) -> bytes:
+        """The raw socket's recv (io.peer_closed peeks with it): stray bytes on an idle
+        TLS connection (an alert, a close_notify) mean it is done, as in plaintext."""
+        if self.ssl.pending():
+            return b"x"
+        return socket.socket.recv(self.ssl, n, flags)
+
+    def shutdown(self, how: int) -> None:
+        """Half-close the TCP connection (the TCP proxy passes an end of stream on);
+        ``SSLSocket.shutdown`` would drop the TLS state the other direction still
+        reads with."""
+        socket.socket.shutdown(self.ssl, how)
+
     def getsockopt(self, *args: Any) -> Any:
         return self.ssl.getsockopt(*args)
 

@@ -18,9 +18,11 @@ from proxyd.protocol.balancers import Balancer
 from proxyd.protocol.circuit_breakers import PRIORITIES, STAT_NAMES
 from proxyd.protocol.hash_lb import HASH_POLICIES, HashBalancer, make_hash_balancer
 from proxyd.protocol.priority import make_priority_balancer
+from proxyd.protocol.slow_start import SlowStart
 from proxyd.worker.outcomes import NO_LOG, OutcomeLog
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
 from proxyd.worker.stats import ClusterStats, HostStats, StatsStore
+from proxyd.worker.upstream_tls import UpstreamTlsPlan
 
 # ConnectFailure, Overflow and UpstreamConnection are the pool's, re-exported.
 __all__ = [
@@ -39,7 +41,7 @@ class HostState:
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
         "outcomes", "priority", "locality", "locality_weight", "usable", "healthy", "connections",
-        "hostname", "hash_key",
+        "hostname", "hash_key", "active_since", "tls_session",
     )  # fmt: skip
 
     def __init__(
@@ -64,7 +66,10 @@ class HostState:
         self.healthy = ep.healthy  # by active health checking (outlier ejection aside)
         self.hostname = ep.hostname  # a STRICT_DNS host's name (auto_host_rewrite)
         self.hash_key = ep.hash_key  # RING_HASH, MAGLEV: the key in place of the address
+        self.active_since = ep.active_since  # slow start: when its window began
         self.active_requests = 0
+        # A TLS cluster's last session with the host, offered to resume (upstream_tls).
+        self.tls_session = None
         # Per routing priority (the index of ConnPool.priority): the pool's
         # connections to the host, open or being opened, and its idle ones.
         self.connections = [0] * len(PRIORITIES)
@@ -84,7 +89,9 @@ class HostState:
 class ClusterState:
     """A cluster compiled for this worker: its hosts, balancer, pools and stats."""
 
-    def __init__(self, cluster: Cluster, store: StatsStore, worker_count: int = 1) -> None:
+    def __init__(
+        self, cluster: Cluster, store: StatsStore, worker_count: int = 1, aggression: float = 1.0
+    ) -> None:
         self.cluster = cluster
         # Circuit breakers: the proxy-wide limits, split evenly over the workers
         # (proxyd.protocol.circuit_breakers).
@@ -93,6 +100,8 @@ class ClusterState:
         self.stats: ClusterStats = store.cluster(cluster.name)
         if cluster.track_timeout_budgets or cluster.track_request_response_sizes:
             self.stats.track(cluster.track_timeout_budgets, cluster.track_request_response_sizes)
+        # TLS to the hosts (transport_socket), or None for plaintext.
+        self.tls = UpstreamTlsPlan(cluster.tls, cluster.name, store) if cluster.tls else None
         self.retired = False
         # Every host, usable or not: a priority level in panic routes to all of its hosts
         # (proxyd.protocol.priority decides which ones a pick may use).
@@ -105,6 +114,13 @@ class ClusterState:
         # ClusterState); ``hashing`` is that balancer, whose pick_hash takes a
         # request's hash (a plain ``pick()`` uses a random one).
         self.hashing: HashBalancer[HostState] | None = None
+        # slow_start_config (None: the cluster has none, and its balancer pays nothing).
+        self.aggression = aggression  # slow start's, the runtime's value resolved
+        self.slow_start = (
+            SlowStart(cluster.slow_start_window_s, aggression, cluster.slow_start_min_weight)
+            if cluster.slow_start_window_s
+            else None
+        )
         if cluster.lb_policy in HASH_POLICIES:
             self.hashing = make_hash_balancer(
                 cluster.lb_policy,
@@ -127,6 +143,7 @@ class ClusterState:
                 panic_threshold=cluster.healthy_panic_threshold,
                 locality_weighted=cluster.locality_weighted_lb,
                 stats=self.stats,
+                slow_start=self.slow_start,
             )
         # Balancers that leave some priority levels out (retry_priority
         # previous_priorities), made when a retry first needs one.
@@ -151,6 +168,7 @@ class ClusterState:
                 locality_weighted=c.locality_weighted_lb,
                 stats=self.stats,
                 excluded=excluded,
+                slow_start=self.slow_start,
             )
         return b
 

@@ -103,9 +103,17 @@ def envoy_outcomes(paths: list[Path]) -> dict[str, Outcome]:
 
 
 def proxyd_outcomes(paths: list[Path]) -> dict[str, Outcome]:
-    """``proxyd --mode validate`` on every file, in one process (tests.compat.validate_batch)."""
+    """``proxyd --mode validate`` on every file, in one process (tests.compat.validate_batch),
+    reading relative files from the corpus folder as Envoy does (certs/)."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.compat.validate_batch", *(str(p) for p in paths)],
+        [
+            sys.executable,
+            "-m",
+            "tests.compat.validate_batch",
+            "--cwd",
+            str(CORPUS),
+            *(str(p) for p in paths),
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=300,

@@ -63,7 +63,8 @@ FIELDS = (
     "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID",
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
     "UPSTREAM_REQUEST_ATTEMPT_COUNT", "UPSTREAM_HOSTS_ATTEMPTED",
-    "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT",
+    "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT", "UPSTREAM_HOST_NAMES_ATTEMPTED",
+    "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
 )  # fmt: skip
 TIMING = (
     "START_TIME", "START_TIME(%s.%3f)", "START_TIME(%E3S)", "EMIT_TIME", "DURATION",
@@ -259,6 +260,14 @@ def make_config(
             },
         },
         {
+            "match": {"prefix": "/retrydns"},
+            "route": {
+                "cluster": "dns",
+                "prefix_rewrite": "/status/503",
+                "retry_policy": {"retry_on": "5xx", "num_retries": 1, **FAST_BACK_OFF},
+            },
+        },
+        {
             "match": {"prefix": "/retryok"},
             "route": {"cluster": "up", "retry_policy": {"retry_on": "5xx", **FAST_BACK_OFF}},
         },
@@ -425,6 +434,7 @@ def requests() -> list[Request]:
         Request("GET", "/retry503", _rid(18)),  # three attempts, each logged
         Request("GET", "/retrydead", _rid(19)),
         Request("GET", "/retryok/a", _rid(20)),
+        Request("GET", "/retrydns", _rid(21)),  # UPSTREAM_HOST_NAMES_ATTEMPTED: DNS names
         # In flight for 600 ms: the 100 ms flush interval logs it while it lasts.
         Request("GET", "/delay/600/slow", _rid(15), port=3),
         Request("GET", "/a/fast", _rid(16), port=3),
@@ -726,3 +736,15 @@ def test_upstream_host_name_of_a_dns_endpoint(runs: dict[str, Run]) -> None:
             "localhost",
             "localhost",
         ), who
+
+
+def test_upstream_host_names_attempted_of_a_dns_endpoint(runs: dict[str, Run]) -> None:
+    for who in ("envoy", "proxyd"):
+        line = _by_id(runs[who].logs["text"])[_rid(21)]
+        assert line["UPSTREAM_REQUEST_ATTEMPT_COUNT"] == "2", who
+        names = (
+            line["UPSTREAM_HOST_NAMES_ATTEMPTED"],
+            line["UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT"],
+        )
+        assert names == ("localhost", "localhost"), (who, names)
+        assert line["UPSTREAM_HOSTS_ATTEMPTED"].startswith("127.0.0.1:"), who

@@ -120,10 +120,8 @@ def test_pipes_port_zero_and_admin_address_file_as_envoy(tmp_path: Path, sock_di
             log_path = tmp_path / f"{name}-access.log"
             config = bootstrap(sock_dir, f"{tag}-{name}", log_path)
             if name == "envoy":
-                # Envoy writes its access log out every --file-flush-interval-msec
-                # (10 s by default, as long as the wait below allows): 100 ms here.
-                flush = ("--file-flush-interval-msec", "100")
-                with EnvoyRunner(yaml.safe_dump(config), extra_args=flush) as envoy:
+                # (EnvoyRunner has Envoy write its access log out every 100 ms.)
+                with EnvoyRunner(yaml.safe_dump(config)) as envoy:
                     address = envoy.admin_address_path.read_text()
                     seen[name] = observe(envoy.admin_port, address, sock_dir, f"{tag}-{name}", log_path)  # fmt: skip
             else:

@@ -27,18 +27,20 @@ import yaml
 
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import Pair, run_pair
-from tests.support import UpstreamServer, free_port
+from tests.support import (
+    FAST_HEALTH_CHECK,
+    UpstreamServer,
+    bootstrap,
+    free_port,
+    http_listener,
+    static_cluster,
+)
 
 pytestmark = [
     pytest.mark.compat,
     pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
 ]
 
-HCM = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-    "HttpConnectionManager"
-)
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HC = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
 
 
@@ -49,44 +51,6 @@ def _check(name: str, path: str | None, **fields: Any) -> dict[str, Any]:
         else [{"name": "x-hc", "string_match": {"exact": "yes"}}]
     )
     return {"name": name, "typed_config": {"@type": HC, "headers": headers, **fields}}
-
-
-def _cluster(name: str, ports: list[int], checked: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": name,
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": p}
-                                }
-                            }
-                        }
-                        for p in ports
-                    ]
-                }
-            ]
-            if ports
-            else [],
-        },
-    }
-    if checked:
-        out["health_checks"] = [
-            {
-                "timeout": "0.5s",
-                "interval": "0.2s",
-                "no_traffic_interval": "0.2s",
-                "unhealthy_threshold": 1,
-                "healthy_threshold": 1,
-                "http_health_check": {"path": "/echo/hc"},
-            }
-        ]
-    return out
 
 
 def config(live: int, dead: int) -> str:
@@ -132,54 +96,17 @@ def config(live: int, dead: int) -> str:
         _check("cached", "/echo/cached", pass_through_mode=True, cache_time="60s"),
         _check("cached404", "/status/404", pass_through_mode=True, cache_time="60s"),
         _check("byheader", None, pass_through_mode=False),
-        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
     ]
-    doc = {
-        "node": {"id": "n1", "cluster": "front-proxy"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": HCM,
-                                        "stat_prefix": "ingress_http",
-                                        "route_config": {
-                                            "name": "local",
-                                            "virtual_hosts": [
-                                                {
-                                                    "name": "all",
-                                                    "domains": ["*"],
-                                                    "routes": [
-                                                        {
-                                                            "match": {"prefix": "/"},
-                                                            "route": {"cluster": "svc"},
-                                                        }
-                                                    ],
-                                                }
-                                            ],
-                                        },
-                                        "http_filters": filters,
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                _cluster("svc", [live]),
-                _cluster("half", [live, dead], checked=True),
-                _cluster("empty", []),
-            ],
-        },
-    }
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]
+    vhost = {"name": "all", "domains": ["*"], "routes": routes}
+    route_config = {"name": "local", "virtual_hosts": [vhost]}
+    listener = http_listener("ingress", 0, route_config, filters, stat_prefix="ingress_http")
+    clusters = [
+        static_cluster("svc", [live]),
+        {**static_cluster("half", [live, dead]), "health_checks": [FAST_HEALTH_CHECK]},
+        static_cluster("empty", []),
+    ]
+    doc = bootstrap([listener], clusters, node={"id": "n1", "cluster": "front-proxy"})
     return yaml.safe_dump(doc, sort_keys=False)
 
 

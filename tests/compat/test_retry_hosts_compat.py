@@ -14,25 +14,20 @@ from __future__ import annotations
 import http.client
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, UpstreamServer, free_port
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import Pair, PortOf, run_pair
+from tests.support import UpstreamServer, bootstrap, free_port, http_listener, static_cluster
 
 pytestmark = [
     pytest.mark.compat,
     pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
 ]
 
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-HCM = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-    "HttpConnectionManager"
-)
 PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
@@ -40,13 +35,6 @@ REQUESTS = 60
 
 
 def config(dead: int, live: int) -> str:
-    def endpoint(port: int) -> dict[str, Any]:
-        return {
-            "endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-            }
-        }
-
     retry: dict[str, Any] = {"retry_on": "connect-failure", "num_retries": 1}
     with_predicate = {
         **retry,
@@ -62,57 +50,15 @@ def config(dead: int, live: int) -> str:
         {"match": {"prefix": "/p/"}, "route": {"cluster": "rnd", "retry_policy": with_predicate}},
         {"match": {"prefix": "/n/"}, "route": {"cluster": "rnd", "retry_policy": retry}},
     ]
-    doc = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": HCM,
-                                        "stat_prefix": "ingress_http",
-                                        "route_config": {
-                                            "name": "local",
-                                            "virtual_hosts": [
-                                                {"name": "all", "domains": ["*"], "routes": routes}
-                                            ],
-                                        },
-                                        "http_filters": [
-                                            {
-                                                "name": "envoy.filters.http.router",
-                                                "typed_config": {"@type": ROUTER},
-                                            }
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "rnd",
-                    "connect_timeout": "1s",
-                    "lb_policy": "RANDOM",
-                    "load_assignment": {
-                        "cluster_name": "rnd",
-                        "endpoints": [{"lb_endpoints": [endpoint(dead), endpoint(live)]}],
-                    },
-                }
-            ],
-        },
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
+    vhost = {"name": "all", "domains": ["*"], "routes": routes}
+    route_config = {"name": "local", "virtual_hosts": [vhost]}
+    listener = http_listener("ingress", 0, route_config, stat_prefix="ingress_http")
+    cluster = {**static_cluster("rnd", [dead, live]), "lb_policy": "RANDOM"}
+    return yaml.safe_dump(bootstrap([listener], [cluster]), sort_keys=False)
 
 
-def play_all(port: int) -> dict[str, Counter[int]]:
+def play_all(port_of: PortOf) -> dict[str, Counter[int]]:
+    port = port_of("ingress")
     out: dict[str, Counter[int]] = {}
     for prefix in ("/p/", "/n/"):
         got: Counter[int] = Counter()
@@ -129,31 +75,21 @@ def play_all(port: int) -> dict[str, Counter[int]]:
     return out
 
 
-@dataclass
-class Results:
-    envoy: dict[str, Counter[int]]
-    proxyd: dict[str, Counter[int]]
-
-
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     live = UpstreamServer("live").start()
     try:
         text = config(free_port(), live.port)
-        with EnvoyRunner(text) as envoy:
-            envoy_side = play_all(envoy.listener_port("ingress"))
-        with ProxydProcess(tmp_path_factory.mktemp("retry-hosts"), text, concurrency=1) as p:
-            proxyd_side = play_all(p.listener_port("ingress"))
-        yield Results(envoy_side, proxyd_side)
+        yield run_pair(text, tmp_path_factory.mktemp("retry-hosts"), play_all)
     finally:
         live.stop()
 
 
-def test_previous_hosts_retries_on_another_host(results: Results) -> None:
-    for side in (results.envoy, results.proxyd):
+def test_previous_hosts_retries_on_another_host(results: Pair) -> None:
+    for side in (results.envoy.replies, results.proxyd.replies):
         assert side["/p/"] == Counter({200: REQUESTS}), side
 
 
-def test_without_the_predicate_some_retries_fail(results: Results) -> None:
-    for side in (results.envoy, results.proxyd):
+def test_without_the_predicate_some_retries_fail(results: Pair) -> None:
+    for side in (results.envoy.replies, results.proxyd.replies):
         assert set(side["/n/"]) == {200, 503}, side

@@ -4,6 +4,8 @@ One bootstrap for both: a route with ``runtime_fraction`` (key ``routing.to_b``)
 cluster "b" before a catch-all route to "a", and ``layered_runtime`` with a static, a
 disk (symlink_root + subdirectory + append_service_cluster) and an admin layer. The
 upstreams answer with ``x-upstream-name``, so each answer says which route matched.
+The cases that only read static values share one pair (``routing``: a path prefix per
+case, each with its own runtime keys).
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ pytestmark = [
 KEY = "routing.to_b"
 
 
-def routes(default: int = 0) -> str:
+def routes() -> str:
     return f"""
               - match:
                   prefix: "/"
                   runtime_fraction:
-                    default_value: {{ numerator: {default} }}
+                    default_value: {{ numerator: 0 }}
                     runtime_key: {KEY}
                 route: {{ cluster: b }}
               - match: {{ prefix: "/" }}
@@ -50,10 +52,10 @@ def routes(default: int = 0) -> str:
 
 def bootstrap(
     listen: int, admin: int, ups: dict[str, UpstreamServer], static: dict[str, Any],
-    disk_root: Path | None = None, route_yaml: str | None = None,
+    disk_root: Path | None = None,
 ) -> str:  # fmt: skip
     data = yaml.safe_load(
-        http_config(listen, admin, {n: [u.port] for n, u in ups.items()}, route_yaml or routes())
+        http_config(listen, admin, {n: [u.port] for n, u in ups.items()}, routes())
     )
     data["node"] = {"id": "runtime-node", "cluster": "edge"}
     layers: list[dict[str, Any]] = [{"name": "base", "static_layer": static}]
@@ -119,26 +121,74 @@ def ups() -> Iterator[dict[str, UpstreamServer]]:
         s.stop()
 
 
+# Routing by runtime values that do not change, one pair for all: under /<case>/, routes
+# with runtime_fraction (runtime key, default numerator, cluster), then a catch-all to "a".
+ROUTING_STATIC = {"static.zero": 0, "static.hundred": 100, "nested": {"to_b": 100}}
+ROUTING: dict[str, list[tuple[str, int, str]]] = {
+    "static-0": [("static.zero", 0, "b")],
+    "static-100": [("static.hundred", 0, "b")],
+    "static-nested-100": [("nested.to_b", 0, "b")],
+    "no-key-default-0": [("static.unset", 0, "b")],
+    "no-key-default-100": [("static.unset", 100, "b")],
+    # Two routes at 50 %: the second never matches, since the request's draw that failed
+    # the first fails it too (Envoy draws once per stream).
+    "one-draw": [("k1", 50, "b"), ("k2", 50, "c")],
+}
+
+
+def routing_routes() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for case, fractions in ROUTING.items():
+        prefix = f"/{case}/"
+        for key, default, cluster in fractions:
+            fraction = {"default_value": {"numerator": default}, "runtime_key": key}
+            match = {"prefix": prefix, "runtime_fraction": fraction}
+            out.append({"match": match, "route": {"cluster": cluster}})
+        out.append({"match": {"prefix": prefix}, "route": {"cluster": "a"}})
+    return out
+
+
+@pytest.fixture(scope="module")
+def routing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, dict[str, Counter[str]]]]:
+    servers = {n: UpstreamServer(n).start() for n in ("a", "b", "c")}
+    try:
+
+        def config(p: int, a: int) -> str:
+            data = yaml.safe_load(bootstrap(p, a, servers, ROUTING_STATIC))
+            hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = routing_routes()
+            return yaml.safe_dump(data, sort_keys=False)
+
+        with both(tmp_path_factory.mktemp("routing"), config) as proxies:
+            yield {
+                proxy.name: {
+                    case: proxy.upstreams(80 if case == "one-draw" else 20, f"/{case}/")
+                    for case in ROUTING
+                }
+                for proxy in proxies
+            }
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
 @pytest.mark.parametrize(
-    ("static", "expected"),
-    [({KEY: 0}, "a"), ({KEY: 100}, "b"), ({"routing": {"to_b": 100}}, "b"), ({}, "a")],
-    ids=["static-0", "static-100", "static-nested-100", "no-key-default-0"],
+    ("case", "expected"),
+    [
+        ("static-0", "a"),
+        ("static-100", "b"),
+        ("static-nested-100", "b"),
+        ("no-key-default-0", "a"),
+        ("no-key-default-100", "b"),
+    ],
 )
 def test_static_layer_value_picks_the_route(
-    tmp_path: Path, ups: dict[str, UpstreamServer], static: dict[str, Any], expected: str
+    routing: dict[str, dict[str, Counter[str]]], case: str, expected: str
 ) -> None:
-    with both(tmp_path, lambda p, a: bootstrap(p, a, ups, static)) as proxies:
-        for proxy in proxies:
-            assert proxy.upstreams() == Counter({expected: 20}), proxy.name
-
-
-def test_default_value_applies_without_a_runtime_value(
-    tmp_path: Path, ups: dict[str, UpstreamServer]
-) -> None:
-    config = lambda p, a: bootstrap(p, a, ups, {}, route_yaml=routes(default=100))  # noqa: E731
-    with both(tmp_path, config) as proxies:
-        for proxy in proxies:
-            assert proxy.upstreams() == Counter({"b": 20}), proxy.name
+    for name, seen in routing.items():
+        assert seen[case] == Counter({expected: 20}), name
 
 
 # Values set with /runtime_modify, and where the route then sends every request.
@@ -177,22 +227,10 @@ def test_runtime_modify_changes_routing(tmp_path: Path, ups: dict[str, UpstreamS
 
 
 def test_one_random_value_per_request_for_every_route(
-    tmp_path: Path, ups: dict[str, UpstreamServer]
+    routing: dict[str, dict[str, Counter[str]]],
 ) -> None:
-    """Two routes at 50 %: the second never matches, since the request's draw that
-    failed the first fails it too (Envoy draws once per stream)."""
-    route_yaml = """
-              - match: { prefix: "/", runtime_fraction: { default_value: { numerator: 50 }, runtime_key: k1 } }
-                route: { cluster: b }
-              - match: { prefix: "/", runtime_fraction: { default_value: { numerator: 50 }, runtime_key: k2 } }
-                route: { cluster: c }
-              - match: { prefix: "/" }
-                route: { cluster: a }"""  # fmt: skip
-    config = lambda p, a: bootstrap(p, a, ups, {}, route_yaml=route_yaml)  # noqa: E731
-    with both(tmp_path, config) as proxies:
-        for proxy in proxies:
-            seen = proxy.upstreams(80)
-            assert set(seen) == {"a", "b"}, (proxy.name, seen)  # 2**-80 to miss one
+    for name, seen in routing.items():
+        assert set(seen["one-draw"]) == {"a", "b"}, (name, seen)  # 2**-80 to miss one
 
 
 def swap(root: Path, target: Path) -> None:

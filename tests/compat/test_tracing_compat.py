@@ -1,8 +1,10 @@
-"""HCM tracing with the Zipkin tracer: real Envoy and real proxyd on the same YAML.
+"""HCM tracing (Zipkin, OpenTelemetry over HTTP and over gRPC): real Envoy and real
+proxyd on the same YAML.
 
-One bootstrap, three listeners that trace to one Zipkin collector run by the test (an
-HTTP server keeping the posted JSON), in front of one upstream that keeps the headers
-it received:
+One bootstrap for all three tracers (one Envoy and one proxyd in all; each tracer's
+listeners have their own upstream and collector). Three listeners trace to one Zipkin
+collector run by the test (an HTTP server keeping the posted JSON), in front of one
+upstream that keeps the headers it received:
 
 * ``ingress`` (INBOUND): Envoy's defaults (shared span context, 64-bit ids), custom
   tags (literal, request header with a default, environment with a default), a route
@@ -21,7 +23,9 @@ received, the trace reason in its x-request-id (the uuid's version digit), and t
 the collector got (name, kind, shared, parent link, tags), with the ids replaced by
 what they are (the incoming ones kept, the new ones numbered in order of appearance),
 so that "trace id kept, span id new, parent = incoming span" is what is compared, never
-the random values or timestamps.
+the random values or timestamps. The OpenTelemetry listeners (``o_ingress``,
+``o_egress`` over OTLP/HTTP, ``g_ingress``, ``g_egress`` over gRPC) are compared the
+same way on the W3C headers and OTLP spans.
 """
 
 from __future__ import annotations
@@ -221,17 +225,18 @@ def _listener(
     tracing: dict[str, Any],
     log_path: str = "",
     hcm_extra: dict[str, Any] | None = None,
+    up: str = "up",
 ) -> dict[str, Any]:
     routes = [
         {
             "match": {"prefix": "/dec"},
-            "route": {"cluster": "up"},
+            "route": {"cluster": up},
             "decorator": {"operation": "decorated"},
         },
         {"match": {"prefix": "/local"}, "direct_response": {"status": 204}},
         {
             "match": {"prefix": "/u/route"},
-            "route": {"cluster": "up"},
+            "route": {"cluster": up},
             "tracing": {
                 "random_sampling": {"numerator": 100, "denominator": "HUNDRED"},
                 "custom_tags": [
@@ -240,7 +245,7 @@ def _listener(
                 ],
             },
         },
-        {"match": {"prefix": "/"}, "route": {"cluster": "up"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": up}},
     ]
     return {
         "name": name,
@@ -299,7 +304,11 @@ def _access_logs(path: str) -> list[dict[str, Any]]:
     ]
 
 
-def config(up_port: int, collector_port: int, log_path: str = "") -> str:
+def zipkin_resources(
+    up_port: int, collector_port: int, log_path: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Zipkin listeners (ingress, egress, unsampled) and their clusters."""
+
     def provider(**extra: Any) -> dict[str, Any]:
         return {
             "name": "envoy.tracers.zipkin",
@@ -325,20 +334,13 @@ def config(up_port: int, collector_port: int, log_path: str = "") -> str:
     }
     egress = {"provider": provider(trace_id_128bit=True, shared_span_context=False)}
     unsampled = {"provider": provider(), "random_sampling": {"value": 0}}
-    doc = {
-        "node": {"id": "node-a", "cluster": "svc-a"},
-        "static_resources": {
-            "listeners": [
-                _listener("ingress", "INBOUND", ingress, log_path),
-                _listener("egress", "OUTBOUND", egress, log_path),
-                # Loopback clients are internal here: x-envoy-force-trace counts.
-                _listener("unsampled", "INBOUND", unsampled, log_path, INTERNAL),
-            ],
-            "clusters": [_cluster("up", up_port), _cluster("zipkin", collector_port)],
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
+    listeners = [
+        _listener("ingress", "INBOUND", ingress, log_path),
+        _listener("egress", "OUTBOUND", egress, log_path),
+        # Loopback clients are internal here: x-envoy-force-trace counts.
+        _listener("unsampled", "INBOUND", unsampled, log_path, INTERNAL),
+    ]
+    return listeners, [_cluster("up", up_port), _cluster("zipkin", collector_port)]
 
 
 class _Symbols:
@@ -399,13 +401,16 @@ def _normalize(
     return out
 
 
-def _play(
-    recorder: _Recorder, port_of: Callable[[str], int], stats: Callable[[], dict[str, int]]
-) -> dict[str, Any]:
-    recorder.clear()
-    ports = {name: port_of(name) for name in ("ingress", "egress", "unsampled")}
+def _send(
+    cases: list[tuple[str, str, str, dict[str, str], bool]],
+    port_of: Callable[[str], int],
+    prefix: str = "",
+) -> dict[str, str | None]:
+    """Each case's request, to listener ``prefix + its listener``; the decorator header
+    of each response, by path."""
+    ports = {listener: port_of(prefix + listener) for listener in {c[1] for c in cases}}
     decorated: dict[str, str | None] = {}
-    for _, listener, path, headers, _ in CASES:
+    for _, listener, path, headers, _ in cases:
         conn = http.client.HTTPConnection("127.0.0.1", ports[listener], timeout=10)
         conn.request(
             "GET", path, headers={"host": "traced.example", "user-agent": "compat", **headers}
@@ -414,6 +419,12 @@ def _play(
         resp.read()
         decorated[path] = resp.getheader(DECORATOR)
         conn.close()
+    return decorated
+
+
+def _collect(
+    recorder: _Recorder, decorated: dict[str, str | None], stats: Callable[[], dict[str, int]]
+) -> dict[str, Any]:
     expected = sum(1 for case in CASES if case[4])
     # Envoy posts every 5 spans or every 5 s: wait for all of them (and a little for
     # any that should not be there).
@@ -478,22 +489,70 @@ def _read_log(side: dict[str, Any], path: Path) -> None:
         side[name]["access log"] = logged.get(req_path)
 
 
+def _bootstrap(*resources: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> str:
+    doc = {
+        "node": {"id": "node-a", "cluster": "svc-a"},
+        "static_resources": {
+            "listeners": [lst for listeners, _ in resources for lst in listeners],
+            "clusters": [c for _, clusters in resources for c in clusters],
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+Sides = dict[str, dict[str, dict[str, Any]]]
+
+
 @pytest.fixture(scope="module")
-def replies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
-    recorder = _Recorder()
+def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
+    """One Envoy, then one proxyd, on one bootstrap with the Zipkin listeners, the
+    OTLP/HTTP ones (prefix ``o_``) and the OTLP/gRPC ones (prefix ``g_``), each family
+    with its own upstream and collector. All the requests go out first, then the spans
+    are collected: the exporters' 5 s flush timers run at the same time."""
+    zipkin, otel, grpc_up = _Recorder(), _Recorder(), _Recorder()
+    collector = _GrpcCollector()
     try:
         workdir: Path = tmp_path_factory.mktemp("tracing")
         log_path = workdir / "access.log"
-        text = config(recorder.server_address[1], recorder.server_address[1], str(log_path))
+        text = _bootstrap(
+            zipkin_resources(zipkin.server_address[1], zipkin.server_address[1], str(log_path)),
+            otel_resources("o_", otel.server_address[1], otel.server_address[1]),
+            otel_resources("g_", grpc_up.server_address[1], collector.port, grpc=True),
+        )
+
+        def play(port_of: Callable[[str], int], stats: Callable[[], dict[str, int]]) -> Sides:
+            for sink in (zipkin, otel, grpc_up, collector):
+                sink.clear()
+            decorated = _send(CASES, port_of)
+            _send(OTEL_CASES, port_of, "o_")
+            _send(OTEL_CASES, port_of, "g_")
+            return {
+                "zipkin": _collect(zipkin, decorated, stats),
+                "otel": _otel_collect(otel),
+                "otel_grpc": _otel_collect(grpc_up, collector),
+            }
+
         with EnvoyRunner(text) as envoy:
-            envoy_side = _play(recorder, envoy.listener_port, envoy.stats)
-        _read_log(envoy_side, log_path)  # written whole once Envoy has stopped
+            envoy_side = play(envoy.listener_port, envoy.stats)
+        _read_log(envoy_side["zipkin"], log_path)  # written whole once Envoy has stopped
         with ProxydProcess(workdir, text, concurrency=1) as p:
-            proxyd_side = _play(recorder, p.listener_port, p.stats)
-        _read_log(proxyd_side, log_path)
+            proxyd_side = play(p.listener_port, p.stats)
+        _read_log(proxyd_side["zipkin"], log_path)
         yield {"envoy": envoy_side, "proxyd": proxyd_side}
     finally:
-        recorder.close()
+        collector.close()
+        for recorder in (zipkin, otel, grpc_up):
+            recorder.close()
+
+
+def _family(sides: Sides, name: str) -> dict[str, dict[str, Any]]:
+    return {side: sides[side][name] for side in ("envoy", "proxyd")}
+
+
+@pytest.fixture(scope="module")
+def replies(sides: Sides) -> dict[str, dict[str, Any]]:
+    return _family(sides, "zipkin")
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
@@ -560,19 +619,25 @@ OTEL_CASES: list[tuple[str, str, str, dict[str, str], bool]] = [
 W3C = ("traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", DECORATOR)
 
 
-def otel_config(up_port: int, collector_port: int, grpc: bool = False) -> str:
+def otel_resources(
+    prefix: str, up_port: int, collector_port: int, grpc: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The OpenTelemetry listeners ``<prefix>ingress`` and ``<prefix>egress``, with their
+    own upstream and collector clusters (``<prefix>up``, ``<prefix>otel``)."""
+    collector = f"{prefix}otel"
+
     def tracing(**extra: Any) -> dict[str, Any]:
         service: dict[str, Any] = {
             "http_service": {
                 "http_uri": {
                     "uri": f"http://127.0.0.1:{collector_port}/v1/traces",
-                    "cluster": "otel",
+                    "cluster": collector,
                     "timeout": "1s",
                 }
             }
         }
         if grpc:
-            service = {"grpc_service": {"envoy_grpc": {"cluster_name": "otel"}, "timeout": "1s"}}
+            service = {"grpc_service": {"envoy_grpc": {"cluster_name": collector}, "timeout": "1s"}}
         return {
             "provider": {
                 "name": "envoy.tracers.opentelemetry",
@@ -584,25 +649,20 @@ def otel_config(up_port: int, collector_port: int, grpc: bool = False) -> str:
     ingress = tracing(
         custom_tags=[{"tag": "hdr", "request_header": {"name": "x-foo", "default_value": "none"}}]
     )
-    doc = {
-        "node": {"id": "node-a", "cluster": "svc-a"},
-        "static_resources": {
-            "listeners": [
-                _listener("ingress", "INBOUND", ingress),
-                _listener("egress", "OUTBOUND", tracing()),
-            ],
-            "clusters": [_cluster("up", up_port), _cluster("otel", collector_port)],
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-    }
+    up = f"{prefix}up"
+    listeners = [
+        _listener(f"{prefix}ingress", "INBOUND", ingress, up=up),
+        _listener(f"{prefix}egress", "OUTBOUND", tracing(), up=up),
+    ]
+    clusters = [_cluster(up, up_port), _cluster(collector, collector_port)]
     if grpc:
-        doc["static_resources"]["clusters"][1]["typed_extension_protocol_options"] = {
+        clusters[1]["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
-    return yaml.safe_dump(doc, sort_keys=False)
+    return listeners, clusters
 
 
 def _otel_normalize(
@@ -640,22 +700,9 @@ def _otel_normalize(
     return out
 
 
-def _otel_play(
-    recorder: _Recorder, port_of: Callable[[str], int], collector: Any = None
-) -> dict[str, Any]:
+def _otel_collect(recorder: _Recorder, collector: Any = None) -> dict[str, Any]:
     """``collector``: where the spans arrive when not at ``recorder`` (the gRPC one)."""
-    recorder.clear()
     sink = collector or recorder
-    if collector is not None:
-        collector.clear()
-    ports = {name: port_of(name) for name in ("ingress", "egress")}
-    for _, listener, path, headers, _ in OTEL_CASES:
-        conn = http.client.HTTPConnection("127.0.0.1", ports[listener], timeout=10)
-        conn.request(
-            "GET", path, headers={"host": "traced.example", "user-agent": "compat", **headers}
-        )
-        conn.getresponse().read()
-        conn.close()
     expected = sum(1 for case in OTEL_CASES if case[4])
     try:
         wait_for(lambda: len(sink.spans) >= expected, timeout=12)
@@ -675,18 +722,8 @@ def _otel_play(
 
 
 @pytest.fixture(scope="module")
-def otel_replies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
-    recorder = _Recorder()
-    try:
-        text = otel_config(recorder.server_address[1], recorder.server_address[1])
-        with EnvoyRunner(text) as envoy:
-            envoy_side = _otel_play(recorder, envoy.listener_port)
-        workdir: Path = tmp_path_factory.mktemp("otel")
-        with ProxydProcess(workdir, text, concurrency=1) as p:
-            proxyd_side = _otel_play(recorder, p.listener_port)
-        yield {"envoy": envoy_side, "proxyd": proxyd_side}
-    finally:
-        recorder.close()
+def otel_replies(sides: Sides) -> dict[str, dict[str, Any]]:
+    return _family(sides, "otel")
 
 
 @pytest.mark.parametrize("case", [c[0] for c in OTEL_CASES])
@@ -738,22 +775,8 @@ class _GrpcCollector:
 
 
 @pytest.fixture(scope="module")
-def otel_grpc_replies(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, dict[str, Any]]]:
-    recorder = _Recorder()
-    collector = _GrpcCollector()
-    try:
-        text = otel_config(recorder.server_address[1], collector.port, grpc=True)
-        with EnvoyRunner(text) as envoy:
-            envoy_side = _otel_play(recorder, envoy.listener_port, collector)
-        workdir: Path = tmp_path_factory.mktemp("otel-grpc")
-        with ProxydProcess(workdir, text, concurrency=1) as p:
-            proxyd_side = _otel_play(recorder, p.listener_port, collector)
-        yield {"envoy": envoy_side, "proxyd": proxyd_side}
-    finally:
-        collector.close()
-        recorder.close()
+def otel_grpc_replies(sides: Sides) -> dict[str, dict[str, Any]]:
+    return _family(sides, "otel_grpc")
 
 
 @pytest.mark.parametrize("case", [c[0] for c in OTEL_CASES if c[4]])

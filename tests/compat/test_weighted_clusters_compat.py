@@ -26,25 +26,20 @@ import http.client
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.compat.envoy_runner import EnvoyRunner, envoy_available
-from tests.support import ProxydProcess, UpstreamServer
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import Pair, PortOf, run_pair
+from tests.support import UpstreamServer, bootstrap, http_listener, static_cluster
 
 pytestmark = [
     pytest.mark.compat,
     pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
 ]
 
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-HCM = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-    "HttpConnectionManager"
-)
 UPSTREAMS = ("a", "b", "c")
 # Random picks per side for the /echo/s/ shares (a:1, b:1, c:2): at this count the share of
 # one cluster has a standard deviation under 0.021, and the tolerance is 0.09.
@@ -57,31 +52,6 @@ def _add(key: str, value: str, action: str = "APPEND_IF_EXISTS_OR_ADD") -> dict[
 
 
 def config(ports: dict[str, int]) -> str:
-    def cluster(name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {
-                                            "address": "127.0.0.1",
-                                            "port_value": ports[name],
-                                        }
-                                    }
-                                }
-                            }
-                        ]
-                    }
-                ],
-            },
-        }
-
     routes = [
         {
             "match": {"prefix": "/echo/w/"},
@@ -151,44 +121,12 @@ def config(ports: dict[str, int]) -> str:
             },
         },
     ]
-    doc = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": HCM,
-                                        "stat_prefix": "ingress_http",
-                                        "route_config": {
-                                            "name": "local",
-                                            "virtual_hosts": [
-                                                {"name": "all", "domains": ["*"], "routes": routes}
-                                            ],
-                                        },
-                                        "http_filters": [
-                                            {
-                                                "name": "envoy.filters.http.router",
-                                                "typed_config": {"@type": ROUTER},
-                                            }
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [cluster(n) for n in UPSTREAMS],
-        },
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
+    vhost = {"name": "all", "domains": ["*"], "routes": routes}
+    listener = http_listener(
+        "ingress", 0, {"name": "local", "virtual_hosts": [vhost]}, stat_prefix="ingress_http"
+    )
+    clusters = [static_cluster(n, [ports[n]]) for n in UPSTREAMS]
+    return yaml.safe_dump(bootstrap([listener], clusters), sort_keys=False)
 
 
 # name -> (path, request headers)
@@ -262,46 +200,34 @@ def spread(port: int) -> dict[str, float]:
     return {k: v / SPREAD_REQUESTS for k, v in got.items()}
 
 
-@dataclass
-class Side:
-    replies: dict[str, dict[str, Any]]
-    shares: dict[str, float]
-
-
-@dataclass
-class Results:
-    envoy: Side
-    proxyd: Side
-
-
-def play_all(port: int) -> Side:
-    return Side({name: play(port, *case) for name, case in CASES.items()}, spread(port))
+def play_all(port_of: PortOf) -> dict[str, Any]:
+    port = port_of("ingress")
+    return {
+        "cases": {name: play(port, *case) for name, case in CASES.items()},
+        "shares": spread(port),
+    }
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     upstreams = {n: UpstreamServer(n).start() for n in UPSTREAMS}
     try:
         text = config({n: u.port for n, u in upstreams.items()})
-        with EnvoyRunner(text) as envoy:
-            envoy_side = play_all(envoy.listener_port("ingress"))
-        with ProxydProcess(tmp_path_factory.mktemp("weighted"), text, concurrency=1) as p:
-            proxyd_side = play_all(p.listener_port("ingress"))
-        yield Results(envoy_side, proxyd_side)
+        yield run_pair(text, tmp_path_factory.mktemp("weighted"), play_all)
     finally:
         for u in upstreams.values():
             u.stop()
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_proxyd_routes_like_envoy(results: Results, name: str) -> None:
-    assert results.proxyd.replies[name] == results.envoy.replies[name]
+def test_proxyd_routes_like_envoy(results: Pair, name: str) -> None:
+    assert results.proxyd.replies["cases"][name] == results.envoy.replies["cases"][name]
 
 
-def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
+def test_envoy_behaves_as_the_cases_say(results: Pair) -> None:
     """The facts the cases were written from, checked on Envoy itself (so the equality
     above compares something that varies)."""
-    e = results.envoy.replies
+    e = results.envoy.replies["cases"]
 
     def upstream(name: str) -> str:
         return str(e[name]["upstream"]["name"])
@@ -331,9 +257,10 @@ def test_envoy_behaves_as_the_cases_say(results: Results) -> None:
     assert "x-envoy-decorator-operation" not in e["decorator_no_header"]["upstream"]["headers"]
 
 
-def test_random_picks_follow_the_weights(results: Results) -> None:
+def test_random_picks_follow_the_weights(results: Pair) -> None:
     expected = {"a": 0.25, "b": 0.25, "c": 0.5}
     for side in (results.envoy, results.proxyd):
-        assert set(side.shares) == set(expected), side.shares
+        shares = side.replies["shares"]
+        assert set(shares) == set(expected), shares
         for name, share in expected.items():
-            assert abs(side.shares[name] - share) <= SPREAD_TOLERANCE, side.shares
+            assert abs(shares[name] - share) <= SPREAD_TOLERANCE, shares

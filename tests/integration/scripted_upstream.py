@@ -8,7 +8,9 @@ server sees for that key does the n-th step of the script (the last step repeats
   response headers (``+`` between them);
 * ``reset``: the connection is closed without a response;
 * ``hang``: nothing is sent until the peer closes the connection (a per-try timeout),
-  or 10 s pass.
+  or 10 s pass;
+* ``200@0.5``, ``reset@0.5``: the step after that many seconds (unless the peer
+  closes first).
 
 ``.requests[key]`` counts the requests seen per key, ``.seen[key]`` keeps their headers
 (lower-case names) and bodies.
@@ -46,6 +48,11 @@ class _Scripted(BaseHTTPRequestHandler):
             )
             server.changed.notify_all()
         step = script[min(n, len(script)) - 1]
+        if "@" in step:
+            step, _, delay = step.partition("@")
+            if select.select([self.connection], [], [], float(delay))[0]:
+                self.close_connection = True  # the peer closed (or sent more): no answer
+                return
         if step == "reset":
             self.close_connection = True
             self.connection.close()

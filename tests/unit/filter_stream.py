@@ -56,6 +56,9 @@ class MemoryStream:
     def add_request_header(self, name: str, value: str) -> None:
         self.added_request_headers.append((name, value))
 
+    def set_request_path(self, path: str) -> None:
+        self.head.path = path
+
     def downstream_addresses(self) -> tuple[str, str, str, int]:
         return self.addresses
 

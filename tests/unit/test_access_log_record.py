@@ -20,7 +20,11 @@ ACCESS = NS(
 )
 PLAN = NS(name="main", access=ACCESS, scheme="http", tracer=None)
 CONN = NS(
-    remote="10.0.0.2:5555", remote_ip="10.0.0.2", local_address=lambda: "10.0.0.1:80", tls=None
+    remote="10.0.0.2:5555",
+    remote_ip="10.0.0.2",
+    local_address=lambda: "10.0.0.1:80",
+    tls=None,
+    protocol="HTTP/1.1",
 )
 ROUTE = NS(
     cluster=NS(cluster=NS(endpoints=(NS(address="10.0.0.9", port=80, hostname="svc.local"),))),

@@ -319,10 +319,10 @@ def test_legacy_http_options_are_ignored_beside_typed_ones() -> None:
 
 def test_unsupported_replacement_is_refused_by_the_deprecated_name() -> None:
     d = base()
-    cluster(d)["upstream_http_protocol_options"] = {"auto_sni": True}
+    cluster(d)["common_http_protocol_options"] = {"max_headers_count": 10}
     err = reject(d)
     assert (err.path, err.reason) == (
-        f"{CLUSTER0}.upstream_http_protocol_options",
+        f"{CLUSTER0}.common_http_protocol_options.max_headers_count",
         "field not supported by proxyd",
     )
     d = base()
@@ -502,15 +502,15 @@ def test_xds_cluster_with_deprecated_fields() -> None:
             "name": "grpc",
             "type": "STATIC",
             "http2_protocol_options": {},
-            "upstream_http_protocol_options": {"auto_sni": True},
+            "common_http_protocol_options": {"max_headers_count": 10},
         },
         message,
     )
     ctx = Context(route_targets=frozenset(), check_source=lambda *a: None)
     with pytest.raises(ConfigError) as info:
         compile_resource(CLUSTER, message, b"", "1", "resources[0]", "CDS update", ctx)
-    assert info.value.path == "resources[0].upstream_http_protocol_options"
-    message.ClearField("upstream_http_protocol_options")
+    assert info.value.path == "resources[0].common_http_protocol_options.max_headers_count"
+    message.ClearField("common_http_protocol_options")
     resource = compile_resource(CLUSTER, message, b"", "1", "resources[0]", "CDS update", ctx)
     assert resource.value.http2 is True
     assert message.HasField("http2_protocol_options")  # /config_dump shows it as delivered

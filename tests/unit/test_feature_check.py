@@ -26,7 +26,9 @@ BOOTSTRAP_DESC = bootstrap_pb2.Bootstrap.DESCRIPTOR
 def bootstrap(http_filter: dict[str, Any], **top: Any) -> dict[str, Any]:
     router = {
         "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},  # noqa: E501
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+        },  # noqa: E501
     }
     hcm = {
         "@type": HCM_T,
@@ -51,7 +53,9 @@ def refusal(data: dict[str, Any]) -> ConfigError:
 def test_a_type_newer_than_the_descriptors_is_refused_as_the_filter() -> None:
     newer = {
         "name": "sse",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"},  # noqa: E501
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
+        },  # noqa: E501
     }
     err = refusal(bootstrap(newer))
     assert err.path == f"{HCM}.http_filters[0]"
@@ -67,16 +71,21 @@ def test_an_unknown_field_in_an_unsupported_top_level_field_names_the_field() ->
         "field_from_the_future": 1,
     }}]}  # fmt: skip
     data = bootstrap({"name": "x", "typed_config": {"@type": HCM_T}}, **sinks)
-    found = unsupported_around(data, BOOTSTRAP_DESC, {"static_resources": {}}, "stats_sinks[0].typed_config.field_from_the_future")  # noqa: E501
+    found = unsupported_around(
+        data,
+        BOOTSTRAP_DESC,
+        {"static_resources": {}},
+        "stats_sinks[0].typed_config.field_from_the_future",
+    )  # noqa: E501
     assert found == ("stats_sinks", "field not supported by proxyd")
 
 
 def test_a_camel_case_key_and_a_single_value_for_a_list_are_walked() -> None:
-    data = {"staticResources": {"clusters": {"name": "c", "transportSocket": {"x": 1}}}}
+    data = {"staticResources": {"clusters": {"name": "c", "lrsServer": {"x": 1}}}}
     found = unsupported_around(
-        data, BOOTSTRAP_DESC, BOOTSTRAP, "staticResources.clusters.transportSocket.x"
+        data, BOOTSTRAP_DESC, BOOTSTRAP, "staticResources.clusters.lrsServer.x"
     )
-    assert found == ("staticResources.clusters.transportSocket", "field not supported by proxyd")
+    assert found == ("staticResources.clusters.lrsServer", "field not supported by proxyd")
 
 
 def test_an_error_outside_any_unsupported_feature_stays_a_parse_error() -> None:

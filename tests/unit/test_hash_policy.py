@@ -238,8 +238,8 @@ def test_typed_load_balancing_policies() -> None:
     c = cluster_of(typed("least_request.v3.LeastRequest", choice_count=3))
     assert (c.lb_policy, c.choice_count) == ("LEAST_REQUEST", 3)
     assert "must be prime" in str(reject(typed("maglev.v3.Maglev", table_size=100)))
-    err = reject(typed("round_robin.v3.RoundRobin", slow_start_config={}))
-    assert "slow_start_config" in str(err)
+    err = reject(typed("round_robin.v3.RoundRobin", locality_lb_config={}))
+    assert "locality_lb_config" in str(err)
 
 
 def test_route_hash_policies_compile() -> None:

@@ -112,7 +112,11 @@ def test_via_must_be_latin1() -> None:
             {"enable_trailers": True},
             "http_protocol_options.enable_trailers",
         ),
-        ("http2_protocol_options", {}, "http2_protocol_options"),
+        (
+            "http2_protocol_options",
+            {"hpack_table_size": 100},
+            "http2_protocol_options.hpack_table_size",
+        ),
         ("http1_safe_max_connection_duration", True, "http1_safe_max_connection_duration"),
     ],
 )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +344,31 @@ async def read_to_end(s: socket.socket) -> bytes:
         out += data
 
 
+@asynccontextmanager
+async def serving(
+    **tcp: Any,
+) -> AsyncIterator[tuple[Setup, TcpConnection, socket.socket, socket.socket]]:
+    """One proxied connection being served (TcpProxy fields ``tcp``): the set-up, the
+    proxy's connection, the client's socket and the upstream's end of its connection
+    (accepted, non-blocking). Leaving waits for the proxy to end the connection, then
+    closes the sockets."""
+    upstream = listening()
+    setup = Setup(upstream.getsockname()[1], **tcp)
+    conn, client = setup.connection()
+    peer: socket.socket | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.serve, setup.plan)
+            await trio.lowlevel.wait_readable(upstream)
+            peer, _ = upstream.accept()
+            peer.setblocking(False)
+            yield setup, conn, client, peer
+    finally:
+        for s in (peer, client, upstream):
+            if s is not None:
+                s.close()
+
+
 def test_half_close_both_ways_and_counts() -> None:
     trio.run(_half_close_both_ways_and_counts)
 
@@ -451,22 +478,13 @@ def test_timeouts_close_both_sides(tcp: dict[str, Any], stat: str, flags: str) -
 
 
 async def _timeouts_close_both_sides(tcp: dict[str, Any], stat: str, flags: str) -> None:
-    upstream = listening()
-    setup = Setup(upstream.getsockname()[1], **tcp)
-    conn, client = setup.connection()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(conn.serve, setup.plan)
-        await trio.lowlevel.wait_readable(upstream)
-        peer, _ = upstream.accept()
-        peer.setblocking(False)
+    async with serving(**tcp) as (setup, _, client, peer):
         client.sendall(b"x")
         assert await read_to_end(peer) == b"x"  # closed by the proxy after the timeout
         assert await read_to_end(client) == b""
     assert trio.current_time() >= 30.0
     assert setup.counters()[stat] == 1
     assert setup.log.lines == [f"TcpConnectionEnd c {flags} 1 0 -"]
-    for s in (peer, client, upstream):
-        s.close()
 
 
 def test_drain_closes_without_a_flag() -> None:
@@ -474,14 +492,7 @@ def test_drain_closes_without_a_flag() -> None:
 
 
 async def _drain_closes_without_a_flag() -> None:
-    upstream = listening()
-    setup = Setup(upstream.getsockname()[1])
-    conn, client = setup.connection()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(conn.serve, setup.plan)
-        await trio.lowlevel.wait_readable(upstream)
-        peer, _ = upstream.accept()
-        peer.setblocking(False)
+    async with serving() as (setup, conn, client, peer):
         client.sendall(b"abc")
         assert await trio.lowlevel.wait_readable(peer) is None and peer.recv(3) == b"abc"
         await trio.testing.wait_all_tasks_blocked()
@@ -490,8 +501,6 @@ async def _drain_closes_without_a_flag() -> None:
         assert await read_to_end(client) == b""
     assert setup.log.lines == ["TcpConnectionEnd c - 3 0 -"]
     assert setup.worker.tcp_buffers.held == 0
-    for s in (peer, client, upstream):
-        s.close()
 
 
 def test_upstream_reset_resets_the_client() -> None:
@@ -499,13 +508,7 @@ def test_upstream_reset_resets_the_client() -> None:
 
 
 async def _upstream_reset_resets_the_client() -> None:
-    upstream = listening()
-    setup = Setup(upstream.getsockname()[1])
-    conn, client = setup.connection()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(conn.serve, setup.plan)
-        await trio.lowlevel.wait_readable(upstream)
-        peer, _ = upstream.accept()
+    async with serving() as (setup, _, client, peer):
         client.sendall(b"hi")
         await trio.lowlevel.wait_readable(peer)
         assert peer.recv(2) == b"hi"
@@ -515,8 +518,6 @@ async def _upstream_reset_resets_the_client() -> None:
         with pytest.raises(ConnectionResetError):
             client.recv(10)
     assert setup.log.lines == ["TcpConnectionEnd c UR 2 0 -"]
-    client.close()
-    upstream.close()
 
 
 def test_explain_chooses_among_http_listeners() -> None:
@@ -533,12 +534,9 @@ def test_explain_chooses_among_http_listeners() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [
-        ("transport_socket", {"name": "envoy.transport_sockets.raw_buffer"}),
-        ("filter_chain_match", {"server_names": ["a.test"]}),
-    ],
+    [("filter_chain_match", {"server_names": ["a.test"]})],
 )
-def test_tls_and_chain_matching_in_front_of_it_are_refused_for_now(
+def test_chain_matching_in_front_of_it_is_refused_for_now(
     tmp_path: Path, field: str, value: dict[str, Any]
 ) -> None:
     doc = bootstrap()

@@ -129,7 +129,11 @@ def test_unreadable_file_and_mismatched_key_name_the_field(certs, tmp_path) -> N
             "common_tls_context.tls_params",
             "above the maximum",
         ),
-        ({"common": {"alpn_protocols": ["h2"]}}, "common_tls_context.alpn_protocols", "HTTP/2"),
+        (
+            {"common": {"alpn_protocols": ["h3"]}},
+            "common_tls_context.alpn_protocols",
+            "not supported by proxyd",
+        ),
         ({"require_client_certificate": True}, "require_client_certificate", "trusted_ca"),
         (
             {"common": {"validation_context": {"match_typed_subject_alt_names": []}}},
@@ -174,7 +178,7 @@ def test_settings_that_compile(certs) -> None:
             },
         )
     )
-    assert tls.alpn == ("http/1.1",)  # h2 left out until proxyd speaks it
+    assert tls.alpn == ("h2", "http/1.1")
     assert tls.min_version == "TLSv1_3" and tls.ecdh_curve == "prime256v1"
     assert tls.trusted_ca == Path(certs.ca).read_bytes() and tls.require_client_certificate
     assert tls.san_matchers == (SanMatch("URI", StringMatch("prefix", "spiffe://test/")),)

@@ -30,6 +30,7 @@ from typing import Any
 
 from proxyd.config.proto import unpack
 from proxyd.config.spec import LEAF, AnyOf, Spec
+from proxyd.config.values import feature_flag, wrapped_or
 from proxyd.protocol import compression
 
 TYPE = "envoy.extensions.filters.http.compressor.v3.Compressor"
@@ -119,23 +120,13 @@ DEFAULT_CONTENT_TYPES = (
 )
 
 
-def _wrapped(msg: Any, name: str, default: Any) -> Any:
-    return getattr(msg, name).value if msg.HasField(name) else default
-
-
-def _flag(msg: Any, name: str) -> dict[str, Any]:
-    """A ``RuntimeFeatureFlag`` (unset: enabled, no key)."""
-    if not msg.HasField(name):
-        return {"default": True, "runtime_key": ""}
-    flag = getattr(msg, name)
-    return {"default": _wrapped(flag, "default_value", True), "runtime_key": flag.runtime_key}
-
-
-def _common(flag: dict[str, Any], length: int, types: Any) -> dict[str, Any]:
+def _common(msg: Any, flag: str, length: str) -> dict[str, Any]:
+    """A ``CommonDirectionConfig`` (or the deprecated top-level fields: ``flag`` and
+    ``length`` name the fields)."""
     return {
-        "enabled": flag,
-        "min_content_length": length or DEFAULT_MIN_CONTENT_LENGTH,
-        "content_type": list(types) or list(DEFAULT_CONTENT_TYPES),
+        "enabled": feature_flag(msg, flag),
+        "min_content_length": wrapped_or(msg, length, 0) or DEFAULT_MIN_CONTENT_LENGTH,
+        "content_type": list(msg.content_type) or list(DEFAULT_CONTENT_TYPES),
     }
 
 
@@ -151,59 +142,49 @@ def library(any_msg: Any) -> dict[str, Any]:
             "library": compression.GZIP,
             "compression_level": level if level else d["compression_level"],
             "compression_strategy": msg.compression_strategy,
-            "memory_level": _wrapped(msg, "memory_level", d["memory_level"]),
-            "window_bits": _wrapped(msg, "window_bits", d["window_bits"]),
-            "chunk_size": _wrapped(msg, "chunk_size", d["chunk_size"]),
+            "memory_level": wrapped_or(msg, "memory_level", d["memory_level"]),
+            "window_bits": wrapped_or(msg, "window_bits", d["window_bits"]),
+            "chunk_size": wrapped_or(msg, "chunk_size", d["chunk_size"]),
         }
     if type_name == BROTLI_TYPE:
         d = compression.BROTLI_DEFAULTS
         return {
             "library": compression.BROTLI,
-            "quality": _wrapped(msg, "quality", d["quality"]),
+            "quality": wrapped_or(msg, "quality", d["quality"]),
             "encoder_mode": msg.encoder_mode,
-            "window_bits": _wrapped(msg, "window_bits", d["window_bits"]),
-            "input_block_bits": _wrapped(msg, "input_block_bits", d["input_block_bits"]),
-            "chunk_size": _wrapped(msg, "chunk_size", d["chunk_size"]),
+            "window_bits": wrapped_or(msg, "window_bits", d["window_bits"]),
+            "input_block_bits": wrapped_or(msg, "input_block_bits", d["input_block_bits"]),
+            "chunk_size": wrapped_or(msg, "chunk_size", d["chunk_size"]),
         }
     d = compression.ZSTD_DEFAULTS
     return {
         "library": compression.ZSTD,
         # No bound in the proto; zstd takes levels above its maximum as the maximum.
         "compression_level": min(
-            _wrapped(msg, "compression_level", d["compression_level"]), ZSTD_MAX_LEVEL
+            wrapped_or(msg, "compression_level", d["compression_level"]), ZSTD_MAX_LEVEL
         ),
         "enable_checksum": msg.enable_checksum,
         "strategy": msg.strategy,
-        "chunk_size": _wrapped(msg, "chunk_size", d["chunk_size"]),
+        "chunk_size": wrapped_or(msg, "chunk_size", d["chunk_size"]),
     }
 
 
 def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
     if msg.HasField("response_direction_config"):
         rd = msg.response_direction_config
-        cc = rd.common_config
-        response = _common(
-            _flag(cc, "enabled"),
-            _wrapped(cc, "min_content_length", 0),
-            cc.content_type,
-        )
-        response["disable_on_etag_header"] = rd.disable_on_etag_header
-        response["remove_accept_encoding_header"] = rd.remove_accept_encoding_header
-        response["uncompressible_response_codes"] = list(rd.uncompressible_response_codes)
-    else:
-        response = _common(
-            _flag(msg, "runtime_enabled"),
-            _wrapped(msg, "content_length", 0),
-            msg.content_type,
-        )
-        response["disable_on_etag_header"] = msg.disable_on_etag_header
-        response["remove_accept_encoding_header"] = msg.remove_accept_encoding_header
-        response["uncompressible_response_codes"] = []
+        response = _common(rd.common_config, "enabled", "min_content_length")
+        codes = list(rd.uncompressible_response_codes)
+    else:  # the deprecated top-level fields
+        rd = msg
+        response = _common(msg, "runtime_enabled", "content_length")
+        codes = []
+    response["disable_on_etag_header"] = rd.disable_on_etag_header
+    response["remove_accept_encoding_header"] = rd.remove_accept_encoding_header
+    response["uncompressible_response_codes"] = codes
     request = None
     if msg.HasField("request_direction_config"):
-        cc = msg.request_direction_config.common_config
         request = _common(
-            _flag(cc, "enabled"), _wrapped(cc, "min_content_length", 0), cc.content_type
+            msg.request_direction_config.common_config, "enabled", "min_content_length"
         )
     return {
         "library_name": msg.compressor_library.name,

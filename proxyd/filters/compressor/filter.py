@@ -53,7 +53,7 @@ from proxyd.filters.compressor.negotiation import (
     choose,
     media_type,
 )
-from proxyd.protocol.compression import CONTENT_ENCODING, Compressor
+from proxyd.protocol.compression import Compressor, library_setup
 from proxyd.protocol.runtime import EMPTY, Snapshot
 
 # Envoy's StreamInfo filter state key of the stream's decision.
@@ -114,12 +114,7 @@ class Direction:
     __slots__ = ("enabled", "min_length", "content_types", "prefix")
 
     def __init__(self, settings: dict[str, Any], runtime: Snapshot, prefix: str) -> None:
-        flag = settings["enabled"]
-        self.enabled: bool = (
-            runtime.boolean(flag["runtime_key"], flag["default"])
-            if flag["runtime_key"]
-            else flag["default"]
-        )
+        self.enabled = runtime.feature_flag(settings["enabled"])
         self.min_length: int = settings["min_content_length"]
         self.content_types = frozenset(t.lower() for t in settings["content_type"])
         self.prefix = prefix
@@ -163,10 +158,7 @@ class Factory:
     ) -> None:
         self.name = name
         self.stats = stats
-        library = config["library"]
-        self.library: dict[str, Any] = library
-        self.encoding: str = CONTENT_ENCODING[library["library"]]
-        self.prefix = f"compressor.{config['library_name']}.{library['library']}."
+        self.library, self.encoding, self.prefix = library_setup("compressor", config)
         resp = config["response"]
         self.response = Direction(
             resp, runtime, self.prefix + ("response." if config["has_response"] else "")

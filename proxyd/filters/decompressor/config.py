@@ -22,6 +22,7 @@ from typing import Any
 
 from proxyd.config.proto import unpack
 from proxyd.config.spec import LEAF, AnyOf, Spec
+from proxyd.config.values import feature_flag, wrapped_or
 from proxyd.protocol import compression
 
 TYPE = "envoy.extensions.filters.http.decompressor.v3.Decompressor"
@@ -52,20 +53,12 @@ DEFAULT_WINDOW_BITS = 15
 DEFAULT_MAX_INFLATE_RATIO = 100
 
 
-def _wrapped(msg: Any, name: str, default: Any) -> Any:
-    return getattr(msg, name).value if msg.HasField(name) else default
-
-
 def _common(direction: Any) -> dict[str, Any]:
     common = direction.common_config
-    enabled = {"default": True, "runtime_key": ""}
-    if common.HasField("enabled"):
-        flag = common.enabled
-        enabled = {
-            "default": _wrapped(flag, "default_value", True),
-            "runtime_key": flag.runtime_key,
-        }
-    return {"enabled": enabled, "ignore_no_transform_header": common.ignore_no_transform_header}
+    return {
+        "enabled": feature_flag(common, "enabled"),
+        "ignore_no_transform_header": common.ignore_no_transform_header,
+    }
 
 
 def library(any_msg: Any) -> dict[str, Any]:
@@ -75,8 +68,8 @@ def library(any_msg: Any) -> dict[str, Any]:
     if type_name == GZIP_TYPE:
         return {
             "library": compression.GZIP,
-            "window_bits": _wrapped(msg, "window_bits", DEFAULT_WINDOW_BITS),
-            "max_inflate_ratio": _wrapped(msg, "max_inflate_ratio", DEFAULT_MAX_INFLATE_RATIO),
+            "window_bits": wrapped_or(msg, "window_bits", DEFAULT_WINDOW_BITS),
+            "max_inflate_ratio": wrapped_or(msg, "max_inflate_ratio", DEFAULT_MAX_INFLATE_RATIO),
         }
     name = compression.BROTLI if type_name == BROTLI_TYPE else compression.ZSTD
     return {"library": name, "window_bits": 0, "max_inflate_ratio": None}
@@ -84,7 +77,7 @@ def library(any_msg: Any) -> dict[str, Any]:
 
 def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
     request = _common(msg.request_direction_config)
-    request["advertise_accept_encoding"] = _wrapped(
+    request["advertise_accept_encoding"] = wrapped_or(
         msg.request_direction_config, "advertise_accept_encoding", True
     )
     return {

@@ -26,10 +26,12 @@ sends none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from proxyd.filters.api import CONTINUE, FilterStream, HttpFilter, ResponseView, Result, StatsScope
-from proxyd.protocol.compression import CONTENT_ENCODING, DECOMPRESSOR_STATS, Decompressor
+from proxyd.protocol.compression import DECOMPRESSOR_STATS, Decompressor, library_setup
 from proxyd.protocol.runtime import EMPTY, Snapshot
 
 STATS = ("decompressed", "not_decompressed", "total_compressed_bytes", "total_uncompressed_bytes")
@@ -70,12 +72,7 @@ class Direction:
     __slots__ = ("enabled", "ignore_no_transform", "prefix")
 
     def __init__(self, settings: dict[str, Any], runtime: Snapshot, prefix: str) -> None:
-        flag = settings["enabled"]
-        self.enabled: bool = (
-            runtime.boolean(flag["runtime_key"], flag["default"])
-            if flag["runtime_key"]
-            else flag["default"]
-        )
+        self.enabled = runtime.feature_flag(settings["enabled"])
         self.ignore_no_transform = bool(settings["ignore_no_transform_header"])
         self.prefix = prefix
 
@@ -114,10 +111,7 @@ class Factory:
     ) -> None:
         self.name = name
         self.stats = stats
-        self.library: dict[str, Any] = config["library"]
-        lib = self.library["library"]
-        self.encoding = CONTENT_ENCODING[lib]
-        prefix = f"decompressor.{config['library_name']}.{lib}."
+        self.library, self.encoding, prefix = library_setup("decompressor", config)
         self.library_prefix = prefix + "decompressor_library."
         self.library_shown = False  # Envoy makes the library's stats with a decompressor
         self.request = Direction(config["request"], runtime, prefix + "request.")
@@ -135,6 +129,32 @@ class Factory:
 
     def create(self) -> DecompressorFilter:
         return DecompressorFilter(self)
+
+    def begin(
+        self,
+        direction: Direction,
+        headers: Any,
+        unframe: Callable[[], None],
+        set_header: Callable[[str, str], None],
+        remove_header: Callable[[str], None],
+    ) -> Decompressor | None:
+        """A message with a body, request or response: its decompressor when it is to be
+        decoded, with its framing dropped (``unframe``: it goes chunked) and its first
+        coding taken off ``content-encoding``; else None. Counted either way."""
+        coding = headers.get("content-encoding")
+        if not (direction.applies(headers) and first_coding_matches(coding, self.encoding)):
+            self.stats.inc(direction.prefix + "not_decompressed")
+            return None
+        assert coding is not None
+        self.stats.inc(direction.prefix + "decompressed")
+        codec = self.decompressor()
+        unframe()
+        rest = remaining_codings(coding)
+        if rest is None:
+            remove_header("content-encoding")
+        else:
+            set_header("content-encoding", rest)
+        return codec
 
     def decompressor(self) -> Decompressor:
         if not self.library_shown:
@@ -158,21 +178,14 @@ class DecompressorFilter(HttpFilter):
         if f.advertise:
             value = add_encoding(headers.get("accept-encoding", ""), f.encoding)
             stream.set_request_header("accept-encoding", value)
-        if end_stream:
-            return CONTINUE
-        coding = headers.get("content-encoding")
-        if f.request.applies(headers) and first_coding_matches(coding, f.encoding):
-            assert coding is not None
-            f.stats.inc(f.request.prefix + "decompressed")
-            self.request_codec = f.decompressor()
-            stream.set_request_chunked()
-            rest = remaining_codings(coding)
-            if rest is None:
-                stream.remove_request_header("content-encoding")
-            else:
-                stream.set_request_header("content-encoding", rest)
-        else:
-            f.stats.inc(f.request.prefix + "not_decompressed")
+        if not end_stream:
+            self.request_codec = f.begin(
+                f.request,
+                headers,
+                stream.set_request_chunked,
+                stream.set_request_header,
+                stream.remove_request_header,
+            )
         return CONTINUE
 
     async def on_request_data(
@@ -185,23 +198,14 @@ class DecompressorFilter(HttpFilter):
     async def on_response_headers(
         self, stream: FilterStream, response: ResponseView, end_stream: bool
     ) -> Result:
-        if end_stream:
-            return CONTINUE
-        f = self.factory
-        headers = response.headers
-        coding = headers.get("content-encoding")
-        if f.response.applies(headers) and first_coding_matches(coding, f.encoding):
-            assert coding is not None
-            f.stats.inc(f.response.prefix + "decompressed")
-            self.response_codec = f.decompressor()
-            stream.remove_response_header("content-length")
-            rest = remaining_codings(coding)
-            if rest is None:
-                stream.remove_response_header("content-encoding")
-            else:
-                stream.set_response_header("content-encoding", rest)
-        else:
-            f.stats.inc(f.response.prefix + "not_decompressed")
+        if not end_stream:
+            self.response_codec = self.factory.begin(
+                self.factory.response,
+                response.headers,
+                partial(stream.remove_response_header, "content-length"),
+                stream.set_response_header,
+                stream.remove_response_header,
+            )
         return CONTINUE
 
     async def on_response_data(

@@ -1,11 +1,12 @@
 """``envoy.extensions.filters.http.header_to_metadata.v3.Config`` → plain data.
 
-Request rules only (``response_rules`` are refused by name, as are the ``PROTOBUF_VALUE``
-type and ``BASE64`` encoding). The epoch carries, for the filter and for a route (the
-same message per route: the most specific replaces the filter's)::
+Request and response rules (the ``PROTOBUF_VALUE`` type and ``BASE64`` encoding are
+refused by name). The epoch carries, for the filter and for a route (the same message
+per route: the most specific replaces the filter's)::
 
-    {"rules": [{"header": lower-case name or "", "cookie": name or "",
-                "present": kv or None, "missing": kv or None, "remove": bool}]}
+    {"rules": [rule, ...], "response_rules": [rule, ...]}
+    rule = {"header": lower-case name or "", "cookie": name or "",
+            "present": kv or None, "missing": kv or None, "remove": bool}
 
 with ``kv`` = ``{"namespace": str, "key": str, "value": str, "type": "STRING" |
 "NUMBER", "regex": pattern or "", "substitution": str}``.
@@ -32,23 +33,29 @@ _KV: Spec = {
     "type": LEAF,
     "encode": LEAF,
 }
-SPEC: Spec = {
-    "request_rules": {
-        "header": LEAF,
-        "cookie": LEAF,
-        "on_header_present": _KV,
-        "on_header_missing": _KV,
-        "remove": LEAF,
-    }
+_RULE: Spec = {
+    "header": LEAF,
+    "cookie": LEAF,
+    "on_header_present": _KV,
+    "on_header_missing": _KV,
+    "remove": LEAF,
 }
+SPEC: Spec = {"request_rules": _RULE, "response_rules": _RULE}
 PER_ROUTE_TYPE = TYPE
 PER_ROUTE_SPEC = SPEC
 
 
 def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
+    return {
+        "rules": _rules(msg.request_rules, join(path, "request_rules"), file),
+        "response_rules": _rules(msg.response_rules, join(path, "response_rules"), file),
+    }
+
+
+def _rules(rules_msg: Any, path: str, file: str) -> list[dict[str, Any]]:
     rules = []
-    for i, r in enumerate(msg.request_rules):
-        here = f"{join(path, 'request_rules')}[{i}]"
+    for i, r in enumerate(rules_msg):
+        here = f"{path}[{i}]"
         if bool(r.header) == bool(r.cookie):
             raise ConfigError(file, here, "One of Cookie or Header option needs to be specified")
         if r.cookie and r.remove:
@@ -66,7 +73,7 @@ def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
                 "remove": r.remove,
             }
         )
-    return {"rules": rules}
+    return rules
 
 
 compile_per_route = compile

@@ -1,5 +1,7 @@
 """The header_to_metadata filter on a stream: request headers (or cookies) become
-dynamic metadata, as Envoy's ``HeaderToMetadataFilter`` makes them.
+dynamic metadata, as Envoy's ``HeaderToMetadataFilter`` makes them, and so do response
+headers with ``response_rules`` (the same rules on the response head; a cookie rule
+reads the response's ``cookie`` header, as Envoy's does, and ``:status`` is the status).
 
 For each rule, in order: when the request has the header (or the cookie),
 ``on_header_present`` sets its key to its ``value`` or else to the
@@ -16,7 +18,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from proxyd.filters.api import CONTINUE, FilterStream, HttpFilter, Result, StatsScope
+from proxyd.filters.api import (
+    CONTINUE,
+    FilterStream,
+    HttpFilter,
+    ResponseView,
+    Result,
+    StatsScope,
+)
 from proxyd.protocol.redirect import re2_substitution
 
 METADATA = "dynamic_metadata"
@@ -74,7 +83,10 @@ def _cookie(header: str | None, name: str) -> str | None:
 class Factory:
     """One per epoch and route (the route's Config replaces the filter's)."""
 
-    __slots__ = ("name", "wanted_headers", "decodes", "encodes", "rules")
+    __slots__ = (
+        "name", "wanted_headers", "decodes", "encodes", "rules", "response_rules",
+        "response_headers",
+    )  # fmt: skip
 
     def __init__(
         self, name: str, config: Any, per_route: Any, stats: StatsScope, runtime: Any = None
@@ -83,8 +95,12 @@ class Factory:
         self.name = name
         self.rules = tuple(_Rule(r) for r in settings["rules"])
         self.wanted_headers = frozenset(r.header if r.header else "cookie" for r in self.rules)
+        self.response_rules = tuple(_Rule(r) for r in settings.get("response_rules", ()))
+        self.response_headers = frozenset(
+            r.header if r.header else "cookie" for r in self.response_rules
+        ) - {":status"}
         self.decodes = bool(self.rules)
-        self.encodes = False
+        self.encodes = bool(self.response_rules)
 
     def create(self) -> HeaderToMetadataFilter:
         return HeaderToMetadataFilter(self)
@@ -98,23 +114,58 @@ class HeaderToMetadataFilter(HttpFilter):
 
     async def on_request_headers(self, stream: FilterStream, end_stream: bool) -> Result:
         headers = stream.head.headers
-        state = stream.filter_state
-        if state is None:
-            state = stream.filter_state = {}
-        metadata: Any = state.setdefault(METADATA, {})
+        metadata = _metadata(stream)
         value: str | None
+        # Headers a rule removed: missing for the rules after it, as in Envoy.
+        removed: set[str] | None = None
         for rule in self.factory.rules:
             if rule.header == ":path":
                 value = stream.head.path
             elif rule.header:
                 value = headers.get(rule.header)
+                if removed is not None and rule.header in removed:
+                    value = None
             else:
                 value = _cookie(headers.get("cookie"), rule.cookie)
-            if value is not None:  # (an empty value is present: it sets nothing)
-                if rule.present is not None:
-                    rule.present.set(metadata, value)
-            elif rule.missing is not None:
-                rule.missing.set(metadata, "")
-            if rule.remove and rule.header and value is not None:
+            if _apply(rule, value, metadata):
                 stream.remove_request_header(rule.header)
+                removed = (removed or set()) | {rule.header}
         return CONTINUE
+
+    async def on_response_headers(
+        self, stream: FilterStream, response: ResponseView, end_stream: bool
+    ) -> Result:
+        headers = response.headers
+        metadata = _metadata(stream)
+        value: str | None
+        removed: set[str] | None = None
+        for rule in self.factory.response_rules:
+            if rule.header == ":status":
+                value = str(response.status)
+            elif rule.header:
+                value = headers.get(rule.header)
+                if removed is not None and rule.header in removed:
+                    value = None
+            else:
+                value = _cookie(headers.get("cookie"), rule.cookie)
+            if _apply(rule, value, metadata):
+                stream.remove_response_header(rule.header)
+                removed = (removed or set()) | {rule.header}
+        return CONTINUE
+
+
+def _metadata(stream: FilterStream) -> Any:
+    state = stream.filter_state
+    if state is None:
+        state = stream.filter_state = {}
+    return state.setdefault(METADATA, {})
+
+
+def _apply(rule: _Rule, value: str | None, metadata: Any) -> bool:
+    """One rule on the header's ``value`` (None: missing); whether to remove it."""
+    if value is not None:  # (an empty value is present: it sets nothing)
+        if rule.present is not None:
+            rule.present.set(metadata, value)
+    elif rule.missing is not None:
+        rule.missing.set(metadata, "")
+    return rule.remove and bool(rule.header) and value is not None

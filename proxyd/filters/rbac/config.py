@@ -21,13 +21,19 @@ on that route. A rule is a tagged list, the tag first:
   is the connection's peer as ``direct_remote_ip``);
 * ``["authenticated", StringMatch wire | None]``: a TLS connection (with a verified
   client certificate whose URI SANs, DNS SANs or subject the matcher accepts, when it
-  has one).
+  has one);
+* ``["metadata", namespace, [key, ...], Value, invert]``: the stream's dynamic metadata
+  (``metadata``, and ``sourced_metadata`` with the DYNAMIC source: what jwt_authn's
+  ``payload_in_metadata``, set_metadata or header_to_metadata set) at that path, tested
+  by a value matcher: ``["null"]``, ``["double", exact | None, start, end]``,
+  ``["string", StringMatch wire]``, ``["bool", b]``, ``["present", b]``,
+  ``["list", Value]`` (one_of) or ``["or", [Value]]``.
 
 What proxyd does not implement is left out of :data:`SPEC` and refused by name:
 ``matcher`` and ``shadow_matcher`` (the generic matcher API), ``track_per_rule_stats``,
 ``audit_logging_options``, a policy's ``condition``, ``checked_condition`` and
-``cel_config`` (CEL), and the ``metadata``, ``sourced_metadata``, ``matcher``,
-``uri_template``, ``filter_state`` and ``custom`` rules.
+``cel_config`` (CEL), ``sourced_metadata`` from the ROUTE source (proxyd keeps no route
+metadata), and the ``matcher``, ``uri_template``, ``filter_state`` and ``custom`` rules.
 """
 
 from __future__ import annotations
@@ -47,6 +53,17 @@ PER_ROUTE_TYPE = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 
 _CIDR: Spec = {"address_prefix": LEAF, "prefix_len": LEAF}
 _PATH: Spec = {"path": STRING_MATCHER}
+_VALUE: dict[str, Spec] = {
+    "null_match": {},
+    "double_match": {"range": {"start": LEAF, "end": LEAF}, "exact": LEAF},
+    "string_match": STRING_MATCHER,
+    "bool_match": LEAF,
+    "present_match": LEAF,
+}
+_VALUE["list_match"] = {"one_of": _VALUE}
+_VALUE["or_match"] = {"value_matchers": _VALUE}
+METADATA: Spec = {"filter": LEAF, "path": {"key": LEAF}, "value": _VALUE, "invert": LEAF}
+SOURCED_METADATA: Spec = {"metadata_matcher": METADATA, "metadata_source": LEAF}
 PERMISSION: dict[str, Spec] = {
     "any": LEAF,
     "header": HEADER_MATCHER,
@@ -55,6 +72,8 @@ PERMISSION: dict[str, Spec] = {
     "destination_port": LEAF,
     "destination_port_range": {"start": LEAF, "end": LEAF},
     "requested_server_name": STRING_MATCHER,
+    "metadata": METADATA,
+    "sourced_metadata": SOURCED_METADATA,
 }
 PERMISSION.update(
     {"and_rules": {"rules": PERMISSION}, "or_rules": {"rules": PERMISSION}, "not_rule": PERMISSION}
@@ -67,6 +86,8 @@ PRINCIPAL: dict[str, Spec] = {
     "direct_remote_ip": _CIDR,
     "source_ip": _CIDR,
     "authenticated": {"principal_name": STRING_MATCHER},
+    "metadata": METADATA,
+    "sourced_metadata": SOURCED_METADATA,
 }
 PRINCIPAL.update({"and_ids": {"ids": PRINCIPAL}, "or_ids": {"ids": PRINCIPAL}, "not_id": PRINCIPAL})
 RULES: Spec = {
@@ -84,9 +105,11 @@ PER_ROUTE_SPEC: Spec = {"rbac": SPEC}
 
 def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
     return {
-        "rules": _rules(msg.rules, join(path, "rules"), file) if msg.HasField("rules") else None,
+        "rules": compile_rules(msg.rules, join(path, "rules"), file)
+        if msg.HasField("rules")
+        else None,
         "shadow": (
-            _rules(msg.shadow_rules, join(path, "shadow_rules"), file)
+            compile_rules(msg.shadow_rules, join(path, "shadow_rules"), file)
             if msg.HasField("shadow_rules")
             else None
         ),
@@ -101,7 +124,7 @@ def compile_per_route(msg: Any, path: str, file: str) -> dict[str, Any]:
     return {"rbac": compile(msg.rbac, join(path, "rbac"), file)}
 
 
-def _rules(rules: Any, path: str, file: str) -> dict[str, Any]:
+def compile_rules(rules: Any, path: str, file: str) -> dict[str, Any]:
     policies = []
     for name in sorted(rules.policies):
         p = rules.policies[name]
@@ -144,6 +167,8 @@ def _permission(p: Any, path: str, file: str) -> list[Any]:
         ]
     if which == "not_rule":
         return ["not", _permission(p.not_rule, here, file)]
+    if which in ("metadata", "sourced_metadata"):
+        return _metadata(p, which, here, file)
     raise ConfigError(file, path, "a permission needs one rule")  # the walk refused others
 
 
@@ -174,6 +199,8 @@ def _principal(p: Any, path: str, file: str) -> list[Any]:
         ]
     if which == "not_id":
         return ["not", _principal(p.not_id, here, file)]
+    if which in ("metadata", "sourced_metadata"):
+        return _metadata(p, which, here, file)
     raise ConfigError(file, path, "a principal needs one identifier")
 
 
@@ -184,3 +211,51 @@ def _cidr(r: Any, path: str, file: str) -> str:
     except ValueError as exc:
         raise ConfigError(file, path, f"malformed CIDR range: {exc}") from None
     return str(net)
+
+
+def _metadata(p: Any, which: str, path: str, file: str) -> list[Any]:
+    """A metadata rule (``metadata``, or ``sourced_metadata`` from DYNAMIC)."""
+    if which == "sourced_metadata":
+        sm = p.sourced_metadata
+        if enum_name(sm, "metadata_source") != "DYNAMIC":
+            raise ConfigError(
+                file,
+                join(path, "metadata_source"),
+                "metadata_source ROUTE (route metadata) is not supported by proxyd",
+            )
+        m, path = sm.metadata_matcher, join(path, "metadata_matcher")
+    else:
+        m = p.metadata
+    if not m.HasField("value"):
+        raise ConfigError(file, join(path, "value"), "value: value is required")
+    keys = [seg.key for seg in m.path]
+    return ["metadata", m.filter, keys, _value(m.value, join(path, "value"), file), m.invert]
+
+
+def _value(v: Any, path: str, file: str) -> list[Any]:
+    which = v.WhichOneof("match_pattern")
+    here = join(path, which or "match_pattern")
+    if which == "null_match":
+        return ["null"]
+    if which == "double_match":
+        d = v.double_match
+        if d.HasField("range"):
+            return ["double", None, d.range.start, d.range.end]
+        return ["double", d.exact, 0.0, 0.0]
+    if which == "string_match":
+        return ["string", to_wire(string_match(v.string_match, here, file))]
+    if which == "bool_match":
+        return ["bool", v.bool_match]
+    if which == "present_match":
+        return ["present", v.present_match]
+    if which == "list_match":
+        return ["list", _value(v.list_match.one_of, join(here, "one_of"), file)]
+    if which == "or_match":
+        return [
+            "or",
+            [
+                _value(x, f"{join(here, 'value_matchers')}[{i}]", file)
+                for i, x in enumerate(v.or_match.value_matchers)
+            ],
+        ]
+    raise ConfigError(file, path, "a value matcher needs one match_pattern")

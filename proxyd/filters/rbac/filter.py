@@ -27,7 +27,11 @@ What a rule reads (Envoy 1.40 on an HTTP/1 connection without TLS):
   ``direct_remote_ip`` (and the deprecated ``source_ip``): the connection's peer;
 * ``destination_ip`` / ``destination_port`` / ``destination_port_range``: the
   address and port the connection came to; ``requested_server_name``: the SNI of a TLS
-  connection ("" on plaintext); ``authenticated``: the verified client certificate.
+  connection ("" on plaintext); ``authenticated``: the verified client certificate;
+* ``metadata`` / ``sourced_metadata``: the stream's dynamic metadata as the filters
+  before this one left it (jwt_authn's payload, set_metadata, header_to_metadata),
+  matched as Envoy's ``MetadataMatcher`` (a missing value matches only an inverted
+  matcher; a string matcher takes strings only, a double matcher numbers only).
 """
 
 from __future__ import annotations
@@ -59,7 +63,10 @@ def _ip(text: str) -> IpAddress | None:
 class Request:
     """What the rules of one request read; the addresses only when a rule needs them."""
 
-    __slots__ = ("headers", "host", "path", "remote", "direct", "local_ip", "local_port", "tls")
+    __slots__ = (
+        "headers", "host", "path", "remote", "direct", "local_ip", "local_port", "tls",
+        "metadata",
+    )  # fmt: skip
 
     def __init__(self, stream: FilterStream, addresses: bool, pseudo: bool) -> None:
         h = stream.head
@@ -73,6 +80,9 @@ class Request:
         self.headers = headers
         self.host = h.host
         self.path = h.path
+        state = stream.filter_state
+        # namespace → its object (Envoy's dynamic metadata), {} when no filter set any.
+        self.metadata: Any = (state.get("dynamic_metadata") if state else None) or {}
         self.remote: IpAddress | None = None
         self.direct: IpAddress | None = None
         self.local_ip: IpAddress | None = None
@@ -114,11 +124,58 @@ def _bare(path: str) -> str:
     return path
 
 
+_MISSING = object()
+ValueTest = Callable[[Any], bool]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def compile_value(data: list[Any]) -> ValueTest:
+    """Envoy's ``ValueMatcher`` over a metadata value (``_MISSING`` when there is none)."""
+    tag = data[0]
+    if tag == "null":
+        return lambda v: v is None
+    if tag == "double":
+        exact, start, end = data[1], data[2], data[3]
+        if exact is not None:
+            return lambda v: _number(v) and v == exact
+        return lambda v: _number(v) and start <= v < end
+    if tag == "string":
+        test = compile_string_match(from_wire(StringMatch, data[1]))
+        return lambda v: isinstance(v, str) and bool(test(v))
+    if tag == "bool":
+        want = data[1]
+        return lambda v: isinstance(v, bool) and v == want
+    if tag == "present":
+        present = data[1]
+        return lambda v: present and v is not _MISSING
+    if tag == "list":
+        inner = compile_value(data[1])
+        return lambda v: isinstance(v, list) and any(inner(x) for x in v)
+    tests = [compile_value(x) for x in data[1]]  # "or"
+    return lambda v: any(t(v) for t in tests)
+
+
+def _metadata_value(metadata: Any, namespace: str, keys: list[str]) -> Any:
+    value: Any = metadata.get(namespace, _MISSING)
+    for key in keys:
+        if not isinstance(value, dict):
+            return _MISSING
+        value = value.get(key, _MISSING)
+    return value if keys else _MISSING  # (a namespace alone is a struct: no match)
+
+
 def compile_rule(data: list[Any], needs: Needs) -> Rule:
     """One permission or principal (:mod:`.config`'s tagged lists) as a predicate."""
     tag = data[0]
     if tag == "any":
         return lambda r: True
+    if tag == "metadata":
+        namespace, keys, invert = data[1], list(data[2]), bool(data[4])
+        value_test = compile_value(data[3])
+        return lambda r: value_test(_metadata_value(r.metadata, namespace, keys)) != invert
     if tag == "header":
         tests = compile_headers((from_wire(HeaderMatch, data[1]),))
         needs.headers.add(tests[0][0])

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import trio
 
 from proxyd import pipes
-from proxyd.epoch import Cluster, Endpoint, Epoch, HealthCheck
+from proxyd.epoch import Cluster, Endpoint, Epoch, HealthCheck, UpstreamTls
 from proxyd.log import get_logger
 from proxyd.master.health import grpc_check
 from proxyd.master.health.probes import HttpResponseReader, http_request, tcp_match
@@ -40,6 +40,7 @@ from proxyd.master.health.state import (
     initial_delay,
     next_interval,
 )
+from proxyd.master.health.tls import tls_handshake
 from proxyd.master.xds.grpc import GrpcError, GrpcStream, open_stream
 from proxyd.stats import StatsStore
 
@@ -51,12 +52,13 @@ _COUNTERS = ("attempt", "success", "failure", "network_failure", "passive_failur
 HostKey = tuple[str, str, int]  # (cluster, address, port)
 
 
-def _peer_closed(stream: trio.SocketStream) -> bool:
+def _peer_closed(stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> bool:
     """True when an idle kept connection has something to read: the host closed or
     reset it (or sent bytes nobody asked for); either way it is not reused. (A
     trio socket's recv is a coroutine, so readiness is asked of poll instead.)"""
+    sock = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
     poller = select.poll()
-    poller.register(stream.socket.fileno(), select.POLLIN)
+    poller.register(sock.socket.fileno(), select.POLLIN)
     return bool(poller.poll(0))
 
 
@@ -77,14 +79,18 @@ def for_endpoint(hc: HealthCheck, e: Endpoint) -> HealthCheck:
 class _Session:
     """Checks one host forever; its state is read by the HealthChecker."""
 
-    def __init__(self, owner: HealthChecker, key: HostKey, hc: HealthCheck) -> None:
+    def __init__(
+        self, owner: HealthChecker, key: HostKey, hc: HealthCheck, tls: UpstreamTls | None = None
+    ) -> None:
         self.owner = owner
         self.key = key
         self.hc = hc
+        # The cluster's transport socket: HTTP and TCP checks go over TLS, as Envoy's.
+        self.tls = tls
         self.health = HostHealth()
         self.first_done = trio.Event()
         self.cancel_scope = trio.CancelScope()
-        self._stream: trio.SocketStream | None = None
+        self._stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
 
     async def run(self) -> None:
         with self.cancel_scope:
@@ -117,13 +123,17 @@ class _Session:
             await self._close()
         return result
 
-    async def _connect(self) -> trio.SocketStream:
+    async def _connect(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
         if self._stream is not None and _peer_closed(self._stream):
             await self._close()  # an idle connection the host closed: not a failure
         if self._stream is None:
-            _cluster, address, port = self.key
+            cluster, address, port = self.key
             # health_check_config.port_value moves a TCP check only (a pipe has no port).
-            self._stream = await pipes.open_stream(address, (self.hc.port or port) if port else 0)
+            stream = await pipes.open_stream(address, (self.hc.port or port) if port else 0)
+            if self.tls is None:
+                self._stream = stream
+            else:
+                self._stream = await tls_handshake(stream, self.tls, self.owner.stats, cluster)
         return self._stream
 
     async def _probe(self) -> Result:
@@ -240,19 +250,20 @@ class HealthChecker:
         """Check ``epoch``'s hosts: start sessions for new ones, stop those gone, wait
         for each new host's first check; the epoch with their health applied."""
         assert self._nursery is not None, "HealthChecker.run is not running"
-        wanted: dict[HostKey, HealthCheck] = {}
+        wanted: dict[HostKey, tuple[HealthCheck, UpstreamTls | None]] = {}
         for c in epoch.clusters:
             if c.health_checks:
                 for e in c.endpoints:
-                    wanted[(c.name, e.address, e.port)] = for_endpoint(c.health_checks[0], e)
+                    hc = for_endpoint(c.health_checks[0], e)
+                    wanted[(c.name, e.address, e.port)] = (hc, c.tls)
         for key, session in list(self._sessions.items()):
-            if wanted.get(key) != session.hc:
+            if wanted.get(key) != (session.hc, session.tls):
                 session.cancel_scope.cancel()
                 del self._sessions[key]
         new: list[_Session] = []
-        for key, hc in wanted.items():
+        for key, (hc, tls) in wanted.items():
             if key not in self._sessions:
-                session = self._sessions[key] = _Session(self, key, hc)
+                session = self._sessions[key] = _Session(self, key, hc, tls)
                 self._nursery.start_soon(session.run)
                 new.append(session)
         self._update_gauges(epoch)

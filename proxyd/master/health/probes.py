@@ -88,7 +88,7 @@ class HttpResponseReader:
         self._complete = True
         self.keep_alive = self._parser.should_keep_alive()
 
-    def feed(self, data: bytes) -> Result | None:
+    def feed(self, data: bytes | bytearray) -> Result | None:
         """Bytes from the host (``b""`` at EOF); the result once there is one."""
         if self.result is not None:
             return self.result

@@ -1,0 +1,1 @@
+"""envoy.filters.http.composite: runs the filter its matcher's ExecuteFilterAction names."""

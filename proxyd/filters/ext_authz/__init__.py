@@ -1,0 +1,1 @@
+"""``envoy.filters.http.ext_authz``: the external authorization filter."""
