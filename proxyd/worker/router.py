@@ -626,7 +626,8 @@ def track_cluster_stats(x: Exchange, r: ResponseHead, now: float) -> None:
         record_try_budget(x, now)
     if "sizes" in cstats.tracked:
         stream = x.stream
-        size, count = request_map_size(x.head, tls=False)  # plaintext upstreams: :scheme http
+        # :scheme is the downstream's (https behind TLS termination), as Envoy keeps it
+        size, count = request_map_size(x.head, tls=x.plan.tls is not None)
         record(cstats.h_rq_headers_size, size)
         record(cstats.h_rq_headers_count, count)
         record(cstats.h_rq_body_size, stream.bytes_received)
