@@ -271,6 +271,10 @@ class Cluster:
     ring_max_size: int = 8388608
     ring_hash_function: str = "XX_HASH"
     maglev_table_size: int = 65537
+    # track_cluster_stats: the timeout budget and request/response size histograms
+    # (proxyd.worker.router.track_cluster_stats).
+    track_timeout_budgets: bool = False
+    track_request_response_sizes: bool = False
     # transport_socket envoy.transport_sockets.tls (UpstreamTlsContext): TLS to the
     # hosts (proxyd.worker.upstream_tls); None = plaintext.
     tls: UpstreamTls | None = None

@@ -114,12 +114,15 @@ class StatsReport:
     """Counter deltas since the last report, and gauges as absolute values.
 
     Keys are Envoy stat names ("cluster.up.upstream_rq_total"). Sent about once a
-    second; it doubles as the worker's heartbeat.
+    second; it doubles as the worker's heartbeat. ``histograms`` (appended last, so an
+    older peer reads the rest) holds each histogram's bins recorded since the last
+    report, ``{bin key: count}`` (:mod:`proxyd.protocol.histogram`).
     """
 
     worker_id: int
     counters: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, int] = field(default_factory=dict)
+    histograms: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,13 @@ Names are Envoy's ("cluster.up.upstream_rq_total"). A key of the form
 ``<cluster>::<ip>:<port>::<stat>`` is a per-host value for ``/clusters`` (Envoy keeps
 those outside the stats tree too) and is never listed by ``/stats``.
 
+Histograms arrive as bins (:mod:`proxyd.protocol.histogram`) recorded since the
+worker's last report; the store adds them to a cumulative total and to the current
+interval, which :meth:`StatsStore.latch_histograms` closes at every stats flush (as
+Envoy merges its histograms at each ``stats_flush_interval``): ``/stats`` shows each
+histogram's quantiles for the last closed interval and for all time, and the sinks get
+the closed interval's samples.
+
 Rendering is sans-IO: :meth:`StatsStore.render_text` is Envoy's ``/stats`` ("name: value"
 lines sorted by name) and :meth:`StatsStore.render_prometheus` is ``/stats/prometheus``
 with Envoy's tag extraction. Both show only the stats ``stats_config.stats_matcher``
@@ -26,6 +33,7 @@ import re
 from collections import defaultdict
 from functools import cache
 
+from proxyd.protocol import histogram as hist
 from proxyd.protocol.stats_tags import StatsView
 
 HOST_SEP = "::"
@@ -63,6 +71,13 @@ def _labels(tags: tuple[tuple[str, str], ...]) -> str:
     return "{" + inner + "}"
 
 
+def _json_number(value: float) -> float | int | None:
+    """A quantile in ``/stats?format=json``: integral values as integers, as Envoy's."""
+    if value != value:  # NaN: no sample in the interval
+        return None
+    return int(value) if value == int(value) else value
+
+
 # -- the store ------------------------------------------------------------------------
 
 
@@ -85,6 +100,10 @@ class StatsStore:
         # Master gauges set at least once, and worker gauges seen non-zero: Envoy's
         # "used" gauges, the ones a sink flush sends.
         self._used_gauges: set[str] = set()
+        # Histogram bins: for all time, since the last latch, in the last closed interval.
+        self._hist_total: dict[str, hist.Bins] = {}
+        self._hist_pending: dict[str, hist.Bins] = {}
+        self._hist_interval: dict[str, hist.Bins] = {}
 
     def configure(self, view: StatsView) -> None:
         """Use ``stats_config``'s tags and matcher from now on."""
@@ -101,6 +120,35 @@ class StatsStore:
         hosts = self._worker_host_gauges.setdefault(worker_id, {})
         for name, value in gauges.items():
             (hosts if HOST_SEP in name else plain)[name] = int(value)
+
+    def add_histograms(self, histograms: dict[str, dict[int, int]]) -> None:
+        """A worker's histogram bins since its last report (a name with no bins makes
+        the histogram known: Envoy lists it as "No recorded values")."""
+        total = self._hist_total
+        pending = self._hist_pending
+        for name, bins in histograms.items():
+            hist.merge(total.setdefault(name, {}), bins)
+            hist.merge(pending.setdefault(name, {}), bins)
+
+    def record(self, name: str, value: int) -> None:
+        """A sample the master takes itself (its admin listener's histograms)."""
+        hist.record(self._hist_total.setdefault(name, {}), value)
+        hist.record(self._hist_pending.setdefault(name, {}), value)
+
+    def ensure_histograms(self, names: tuple[str, ...]) -> None:
+        """Make histograms visible ("No recorded values") before any sample."""
+        for name in names:
+            self._hist_total.setdefault(name, {})
+
+    def latch_histograms(self) -> dict[str, hist.Bins]:
+        """Close the current interval (a stats flush): its bins become what ``/stats``
+        shows as the interval values, and are returned for the sinks."""
+        self._hist_interval, self._hist_pending = self._hist_pending, {}
+        return self._hist_interval
+
+    def histogram(self, name: str) -> hist.Bins:
+        """The cumulative bins of one histogram (empty when unknown)."""
+        return dict(self._hist_total.get(name, {}))
 
     def drop_worker(self, worker_id: int) -> None:
         """A worker exited: its gauges no longer describe anything; counters stay."""
@@ -182,11 +230,15 @@ class StatsStore:
 
     # -- rendering --------------------------------------------------------------------
 
-    def render_text(self, filter_regex: str | None = None, used_only: bool = False) -> str:
-        """Envoy's ``/stats``: "name: value" lines sorted by name.
+    def render_text(
+        self, filter_regex: str | None = None, used_only: bool = False, buckets: bool = False
+    ) -> str:
+        """Envoy's ``/stats``: "name: value" lines sorted by name, then the histograms
+        sorted by name.
 
         ``filter_regex`` and ``used_only`` are Envoy's ``filter`` and ``usedonly`` query
-        parameters (usedonly: counters that are non-zero; gauges are always listed).
+        parameters (usedonly: counters that are non-zero and histograms with a sample;
+        gauges are always listed); ``buckets`` is ``histogram_buckets=cumulative``.
         """
         values: dict[str, int] = {}
         for name, value in self._counters.items():
@@ -202,6 +254,19 @@ class StatsStore:
             for name in sorted(shown)
             if (pattern is None or pattern.search(name)) and accepts(name)
         ]
+        interval = self._hist_interval
+        for name in sorted(self._hist_total):
+            if (pattern is not None and not pattern.search(name)) or not accepts(name):
+                continue
+            total = self._hist_total[name]
+            if used_only and not hist.sample_count(total):
+                continue
+            recent = interval.get(name, {})
+            if buckets:
+                text = hist.bucket_summary(recent, total, self._buckets(name))
+            else:
+                text = hist.summary(recent, total)
+            lines.append(f"{name}: {text}\n")
         return "".join(lines)
 
     def render_json(self, filter_regex: str | None = None) -> dict[str, list[dict[str, object]]]:
@@ -209,13 +274,32 @@ class StatsStore:
         values: dict[str, object] = {**self._counters, **self.gauges(), **self._texts}
         pattern = re.compile(filter_regex) if filter_regex else None
         accepts = self.view.matcher.accepts
-        return {
-            "stats": [
-                {"name": name, "value": values[name]}
-                for name in sorted(values)
-                if (pattern is None or pattern.search(name)) and accepts(name)
-            ]
-        }
+        stats: list[dict[str, object]] = [
+            {"name": name, "value": values[name]}
+            for name in sorted(values)
+            if (pattern is None or pattern.search(name)) and accepts(name)
+        ]
+        computed = []
+        for name in sorted(self._hist_total):
+            if (pattern is not None and not pattern.search(name)) or not accepts(name):
+                continue
+            total = self._hist_total[name]
+            if hist.sample_count(total):
+                inner = hist.quantiles(self._hist_interval.get(name, {}))
+                outer = hist.quantiles(total)
+                entries = [
+                    {"interval": _json_number(i), "cumulative": _json_number(c)}
+                    for i, c in zip(inner, outer, strict=True)
+                ]
+            else:
+                entries = [{"interval": None, "cumulative": None} for _ in hist.QUANTILES]
+            computed.append({"name": name, "values": entries})
+        if computed:
+            quantiles = [float(label) if "." in label else int(label) for label in hist.QUANTILE_LABELS]  # fmt: skip
+            stats.append(
+                {"histograms": {"supported_quantiles": quantiles, "computed_quantiles": computed}}
+            )
+        return {"stats": stats}
 
     def render_prometheus(self) -> str:
         """Envoy's ``/stats/prometheus``: counters, then gauges, each family sorted;
@@ -234,7 +318,37 @@ class StatsStore:
                 out.append(f"# TYPE {metric} {kind}\n")
                 for labels, value in sorted(families[metric]):
                     out.append(f"{metric}{labels} {value}\n")
+        self._render_prometheus_histograms(out)
         return "".join(out)
+
+    def _buckets(self, name: str) -> tuple[float, ...]:
+        """``histogram_bucket_settings``' bounds for ``name``, else Envoy's default."""
+        configured = self.view.buckets_for(name)
+        return hist.DEFAULT_BUCKETS if configured is None else configured
+
+    def _render_prometheus_histograms(self, out: list[str]) -> None:
+        """``# TYPE <name> histogram``: cumulative ``_bucket`` lines at Envoy's default
+        bounds and ``+Inf``, then ``_sum`` and ``_count``, per tag set."""
+        produce = self.view.tags.produce
+        accepts = self.view.matcher.accepts
+        families: dict[str, list[tuple[tuple[tuple[str, str], ...], hist.Bins, tuple[float, ...]]]]
+        families = defaultdict(list)
+        for name, bins in self._hist_total.items():
+            if accepts(name):
+                base, tags = produce(name)
+                families[prometheus_name(base)].append((tags, bins, self._buckets(name)))
+        for metric in sorted(families):
+            out.append(f"# TYPE {metric} histogram\n")
+            for tags, bins, limits in sorted(families[metric], key=lambda item: _labels(item[0])):
+                counts = hist.cumulative_buckets(bins, limits)
+                for bound, count in zip(limits, counts, strict=True):
+                    labels = _labels((*tags, ("le", hist.number(bound))))
+                    out.append(f"{metric}_bucket{labels} {count}\n")
+                total = hist.sample_count(bins)
+                out.append(f"{metric}_bucket{_labels((*tags, ('le', '+Inf')))} {total}\n")
+                plain = _labels(tags)
+                out.append(f"{metric}_sum{plain} {hist.approx_sum(bins):.32g}\n")
+                out.append(f"{metric}_count{plain} {total}\n")
 
     # -- sinks ------------------------------------------------------------------------
 

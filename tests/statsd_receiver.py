@@ -10,8 +10,11 @@ import time
 from collections import defaultdict
 from typing import Any
 
-# name:value|type, then DogStatsD tags "|#k:v,k:v".
-LINE = re.compile(r"^(?P<name>[^:|]+):(?P<value>-?\d+)\|(?P<type>c|g|ms|h)(?:\|#(?P<tags>.*))?$")
+# name:value|type, a sample rate "|@0.5" (timers), then DogStatsD tags "|#k:v,k:v".
+LINE = re.compile(
+    r"^(?P<name>[^:|]+):(?P<value>-?\d+)\|(?P<type>c|g|ms|h)"
+    r"(?:\|@(?P<rate>[0-9.e-]+))?(?:\|#(?P<tags>.*))?$"
+)
 
 
 class StatsdReceiver:
@@ -78,6 +81,17 @@ class StatsdReceiver:
             if p["type"] == "g":
                 out[p["name"] + (f"|#{p['tags']}" if p["tags"] else "")] = int(p["value"])
         return out
+
+    def timer_samples(self) -> dict[str, list[int]]:
+        """Each timer's samples (keyed as in :meth:`counter_sums`); a line with a sample
+        rate ``@r`` stands for ``round(1/r)`` samples of its value."""
+        out: dict[str, list[int]] = defaultdict(list)
+        for p in self.parsed():
+            if p["type"] == "ms":
+                times = round(1 / float(p["rate"])) if p["rate"] else 1
+                key = p["name"] + (f"|#{p['tags']}" if p["tags"] else "")
+                out[key].extend([int(p["value"])] * times)
+        return dict(out)
 
     def wait_counter(self, key: str, total: int, timeout: float = 20.0) -> None:
         """Until the deltas of ``key`` add up to ``total``."""

@@ -128,6 +128,8 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         **lb,
         **breakers,
         **_tcp_keepalive(c),
+        track_timeout_budgets=c.track_cluster_stats.timeout_budgets,
+        track_request_response_sizes=c.track_cluster_stats.request_response_sizes,
         tls=tls,
     )
 

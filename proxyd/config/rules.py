@@ -6,7 +6,8 @@ greater than 0s", ...). proxyd checks the same annotations, read from the descri
 so a config one rejects the other rejects too. The rule kinds that Envoy's supported
 fields use are implemented: required messages and oneofs, numeric bounds (also on
 wrapper types), string lengths and header-name/value patterns, enum ``defined_only``,
-duration bounds, a bool's ``const``, repeated and map sizes, and rules on repeated items.
+duration bounds, a bool's ``const``, repeated and map sizes, rules on repeated items and
+their uniqueness.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ def _check_field(msg: Message, field: FieldDescriptor, rules: Any) -> Iterator[t
             for i, item in enumerate(value):
                 for reason in _check_value(item, r.items):
                     yield f"{name}[{i}]", reason
+        if r.unique:  # scalars only, in protoc-gen-validate
+            seen: set[Any] = set()
+            for i, item in enumerate(value):
+                if item in seen:
+                    yield f"{name}[{i}]", "repeated value must contain unique items"
+                seen.add(item)
         return
     if kind == "map":
         r = rules.map

@@ -2,7 +2,7 @@
 
 * ``stats_config``: ``stats_tags`` (regex, fixed value, or a default tag's name),
   ``use_all_default_tags``, ``stats_matcher`` (reject_all, exclusion_list,
-  inclusion_list); :func:`build_view` turns them into the
+  inclusion_list), ``histogram_bucket_settings`` (match, buckets); :func:`build_view` turns them into the
   :class:`proxyd.protocol.stats_tags.StatsView` the master renders and flushes with;
 * ``stats_sinks``: ``envoy.stat_sinks.statsd`` (UDP ``address`` or ``tcp_cluster_name``,
   ``prefix``) and
@@ -61,6 +61,8 @@ class StatsSettings:
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
     # stats_flush_on_admin: flush when /stats or /stats/prometheus is read, no timer.
     flush_on_admin: bool = False
+    # histogram_bucket_settings: (match, bucket bounds ascending), first match wins.
+    bucket_settings: tuple[tuple[StringMatch, tuple[float, ...]], ...] = ()
 
 
 def build_view(settings: StatsSettings) -> StatsView:
@@ -71,6 +73,7 @@ def build_view(settings: StatsSettings) -> StatsView:
             settings.matcher_mode,
             tuple(compile_string_match(p) for p in settings.matcher_patterns),
         ),
+        tuple((compile_string_match(m), b) for m, b in settings.bucket_settings),
     )
 
 
@@ -123,6 +126,15 @@ def compile_stats(bootstrap: Any, static_clusters: set[str], file: str) -> Stats
         sinks=sinks,
         flush_interval_s=interval,
         flush_on_admin=bootstrap.stats_flush_on_admin,
+        bucket_settings=tuple(
+            (
+                string_match(
+                    rule.match, f"stats_config.histogram_bucket_settings[{i}].match", file
+                ),
+                tuple(sorted(rule.buckets)),  # Envoy sorts them
+            )
+            for i, rule in enumerate(config.histogram_bucket_settings)
+        ),
     )
 
 

@@ -909,6 +909,8 @@ CLUSTER: dict[str, Spec] = {
         },
     },
     "metadata": METADATA,
+    # Histograms (proxyd.worker.stats.ClusterStats); per_endpoint_stats is refused.
+    "track_cluster_stats": {"timeout_budgets": LEAF, "request_response_sizes": LEAF},
     # TLS to the hosts (proxyd.config.upstream_tls); transport_socket_matches is refused.
     "transport_socket": {
         "name": LEAF,
@@ -918,8 +920,8 @@ CLUSTER: dict[str, Spec] = {
     },
 }
 
-# metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats);
-# histogram_bucket_settings is refused by name. A UDP sink's socket_address may say
+# metrics.v3.StatsConfig and the statsd sinks (proxyd.config.stats); a histogram bucket
+# rule's ``bins`` (circllhist's initial size) is refused by name. A UDP sink's socket_address may say
 # "protocol: UDP" (or TCP, which Envoy ignores there too: the sink sends datagrams).
 SINK_ADDRESS: Spec = {
     "socket_address": {"address": LEAF, "port_value": LEAF, "protocol": LEAF},
@@ -932,6 +934,7 @@ STATS_CONFIG: Spec = {
         "exclusion_list": {"patterns": STRING_MATCHER},
         "inclusion_list": {"patterns": STRING_MATCHER},
     },
+    "histogram_bucket_settings": {"match": STRING_MATCHER, "buckets": LEAF},
 }
 STATS_SINK: Spec = {
     "name": LEAF,

@@ -49,7 +49,7 @@ from proxyd.master.hot_restart import (
 from proxyd.master.hot_restart_protocol import HotRestartError
 from proxyd.master.listeners import BindError, ListenerSockets
 from proxyd.master.outlier import OutlierDetector
-from proxyd.master.overload import OverloadManager
+from proxyd.master.overload import REFRESH_DELAY_STAT, OverloadManager
 from proxyd.master.peeks import PickPeeks
 from proxyd.master.runtime import RuntimeLoader
 from proxyd.master.sd_notify import Notifier
@@ -62,6 +62,8 @@ from proxyd.master.workers import WorkerSlot, WorkerSupervisor
 from proxyd.master.xds.client import Hooks, XdsClient
 from proxyd.protocol.epoch_check import EpochRejected
 from proxyd.stats import StatsStore
+
+INITIALIZATION_TIME_STAT = "server.initialization_time_ms"
 
 log = get_logger("proxyd.master")
 
@@ -114,6 +116,8 @@ class Master:
     def __init__(self, options: MasterOptions) -> None:
         self.options = options
         self.stats = StatsStore()
+        # Made at start, as Envoy's server and overload manager make them.
+        self.stats.ensure_histograms((INITIALIZATION_TIME_STAT, REFRESH_DELAY_STAT))
         self.state = self.PRE_INITIALIZING
         self.started_at = time.monotonic()
         self.started_wall = time.time()
@@ -311,6 +315,9 @@ class Master:
             mainpid = os.getpid()
         if self.state == self.INITIALIZING:
             self.state = self.LIVE
+            # Envoy's: from the start until the workers accept connections.
+            ms = int((time.monotonic() - self.started_at) * 1000)
+            self.stats.record(INITIALIZATION_TIME_STAT, ms)
             log.info("master_live", epoch=self.epoch.number, workers=[s.pid for s in self.slots])
             self.notifier.ready(self.status_line(), mainpid=mainpid)
 

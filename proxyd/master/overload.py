@@ -43,6 +43,9 @@ log = get_logger("proxyd.master.overload")
 IDLE_RECHECK_S = 1.0  # no regular monitor: how often to look whether a reload added one
 
 
+REFRESH_DELAY_STAT = "overload.refresh_interval_delay"
+
+
 class OverloadManager:
     def __init__(self, master: Master) -> None:
         self.master = master
@@ -77,7 +80,11 @@ class OverloadManager:
                 if self._active:  # a reload removed the monitor: nothing stays active
                     await self._publish(config, {})
                 continue
+            due = trio.current_time() + config.refresh_interval_s
             await trio.sleep(config.refresh_interval_s)
+            # Envoy's overload.refresh_interval_delay: how late the refresh ran.
+            late_ms = int((trio.current_time() - due) * 1000)
+            self.master.stats.record(REFRESH_DELAY_STAT, max(late_ms, 0))
             await self._publish(config, self.pressures(config))
 
     def pressures(self, config: OverloadConfig) -> dict[str, float]:

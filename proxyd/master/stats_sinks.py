@@ -2,9 +2,11 @@
 with ``stats_flush_on_admin``) it sends the stats totals it aggregated over the workers
 to the ``stats_sinks``, as Envoy's main thread does.
 
-A flush takes one snapshot (:meth:`proxyd.stats.StatsStore.sink_snapshot`: the used
-counters with their change since the previous flush, the used gauges) and each sink
-writes it in its format (:mod:`proxyd.protocol.statsd`):
+A flush closes the histograms' interval (:meth:`proxyd.stats.StatsStore.latch_histograms`,
+also with no sink configured: ``/stats`` shows the interval values), takes one snapshot
+(:meth:`proxyd.stats.StatsStore.sink_snapshot`: the used counters with their change
+since the previous flush, the used gauges) and each sink writes it, with the interval's
+histogram samples as timers, in its format (:mod:`proxyd.protocol.statsd`):
 
 * UDP sinks (statsd, DogStatsD) send datagrams from a non-blocking socket. A datagram
   that cannot be sent (no route, nobody listening and the kernel said so) is dropped, as
@@ -95,15 +97,19 @@ class StatsFlusher:
             self.flush()
 
     def flush(self) -> None:
+        """Close the histograms' interval, then send the snapshot to the sinks."""
+        m = self.master
+        interval = m.stats.latch_histograms()
         sinks = self.settings.sinks
         if not sinks:
             return
-        m = self.master
         m.refresh_server_stats()
         counters, gauges = m.stats.sink_snapshot()
+        accepts = m.stats.view.matcher.accepts
+        histograms = [(n, b) for n, b in sorted(interval.items()) if b and accepts(n)]
         produce = m.stats.view.tags.produce
         for sink in sinks:
-            lines = flush_lines(sink.format, counters, gauges, produce)
+            lines = flush_lines(sink.format, counters, gauges, produce, histograms)
             if sink.kind == "tcp_statsd":
                 writer = self._tcp.get(sink)
                 if writer is not None and lines:

@@ -396,6 +396,8 @@ class WorkerSupervisor:
             slot.last_heard = trio.current_time()
             if isinstance(msg, ipc.StatsReport):
                 self.master.stats.add_report(proc.pid, msg.counters, msg.gauges)
+                if msg.histograms:
+                    self.master.stats.add_histograms(msg.histograms)
             elif isinstance(msg, ipc.HostOutcomes):
                 self.master.outlier.add_report(msg.outcomes)
             elif isinstance(msg, ipc.Heartbeat):

@@ -453,10 +453,25 @@ class StatsMatcher:
 
 
 class StatsView:
-    """The tag producer and the matcher one configuration gives."""
+    """The tag producer and the matcher one configuration gives, and the histogram
+    bucket bounds (``histogram_bucket_settings``: the first rule whose matcher takes
+    the name, else ``default_buckets``)."""
 
     def __init__(
-        self, tags: TagProducer | None = None, matcher: StatsMatcher | None = None
+        self,
+        tags: TagProducer | None = None,
+        matcher: StatsMatcher | None = None,
+        bucket_rules: tuple[tuple[Callable[[str], bool], tuple[float, ...]], ...] = (),
+        default_buckets: tuple[float, ...] = (),
     ) -> None:
         self.tags = tags if tags is not None else TagProducer()
         self.matcher = matcher if matcher is not None else StatsMatcher()
+        self.bucket_rules = bucket_rules
+        self.default_buckets = default_buckets
+
+    def buckets_for(self, name: str) -> tuple[float, ...] | None:
+        """The bucket bounds of histogram ``name``; None: the default ones."""
+        for matches, buckets in self.bucket_rules:
+            if matches(name):
+                return buckets
+        return None

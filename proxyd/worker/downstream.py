@@ -26,6 +26,7 @@ connection holds no buffer.
 from __future__ import annotations
 
 import socket
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -33,6 +34,7 @@ import trio
 
 from proxyd.errors import ProtocolError
 from proxyd.protocol.h2_translate import preface_state
+from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import CRLF2, LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader, ReceiveBuffer
 from proxyd.protocol.http1_headers import CONTINUE_100, REASONS, local_reply, response_head
@@ -195,6 +197,7 @@ class DownstreamConnection:
             self.listener_name = chosen.key
         lstats = plan.listener_stats
         hstats = plan.http_stats
+        opened = time.monotonic()  # downstream_cx_length_ms
         lstats.cx_total += 1
         lstats.cx_active += 1
         hstats.cx_total += 1
@@ -296,9 +299,9 @@ class DownstreamConnection:
         finally:
             if accesslog_plan.OPEN:
                 accesslog_plan.connection_closed(self)
-            self._closed(lstats, hstats)
+            self._closed(lstats, hstats, opened)
 
-    def _closed(self, lstats: ListenerStats, hstats: HttpStats) -> None:
+    def _closed(self, lstats: ListenerStats, hstats: HttpStats, opened: float) -> None:
         worker = self.worker
         worker.timers.clear(self.deadline)
         if self.durations is not None:
@@ -310,6 +313,9 @@ class DownstreamConnection:
         lstats.cx_active -= 1
         hstats.cx_active -= 1
         hstats.cx_destroy += 1
+        length_ms = int((time.monotonic() - opened) * 1000)
+        record(lstats.h_cx_length_ms, length_ms)
+        record(hstats.h_cx_length_ms, length_ms)
         if self.tls_http_stats is not None:
             self.tls_http_stats.gauge_add("downstream_cx_ssl_active", -1)
         worker.connection_closed()

@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
+from proxyd.protocol.histogram import record
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
 from proxyd.protocol.http1_options import proper_case_head
 from proxyd.worker import accesslog_plan, mirror, router, tracing
@@ -57,9 +58,9 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     hands back the router's own coroutine, so no frame of this module sits between the
     connection and the router at the waits of every request; everything else (filters,
     local replies) is :func:`_serve`."""
+    stream.t0 = time.monotonic()  # downstream_rq_time, and the access log's times
     if plan.stamps:  # access logs, or header values with operators
         stream.t_wall = time.time()
-        stream.t0 = time.monotonic()
         if plan.log_hooks:
             accesslog_plan.stream_started(stream, plan, conn)
         if plan.tracer is not None:
@@ -278,6 +279,12 @@ def finish(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
     """The stream is over: its counters, its filters' clean-up, its access log."""
     stats = plan.http_stats
     stats.rq_active -= 1
+    ms = int((time.monotonic() - stream.t0) * 1000)  # downstream_rq_time
+    bins = stats.h_rq_time
+    if ms < 100:  # histogram.record, inline for the common case
+        bins[ms] = bins.get(ms, 0) + 1
+    else:
+        record(bins, ms)
     status = stream.status
     if status:
         stats.by_class[status // 100 if status < 600 else 5] += 1

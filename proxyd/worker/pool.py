@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from proxyd.protocol.circuit_breakers import DEFAULT, ResourceManager, thresholds
+from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import ResponseHeadParser
 from proxyd.protocol.http1_framing import ReceiveBuffer
 from proxyd.worker import io
@@ -105,7 +106,7 @@ def keepalive_options(c: Cluster) -> list[tuple[int, int, int]]:
 class UpstreamConnection:
     """One HTTP/1.1 connection to a host, with its receive buffer and head parser."""
 
-    __slots__ = ("sock", "host", "requests", "idle_since", "rb", "parser", "key")
+    __slots__ = ("sock", "host", "requests", "idle_since", "rb", "parser", "key", "opened")
 
     def __init__(self, sock: socket.socket, host: HostState, key: str | None = None) -> None:
         self.sock = sock
@@ -115,6 +116,7 @@ class UpstreamConnection:
         self.key = key
         self.requests = 0
         self.idle_since = 0.0
+        self.opened = 0.0  # when it connected (upstream_cx_length_ms)
         # Received, unconsumed bytes; a response head over 64 KiB is a 502.
         self.rb = ReceiveBuffer(
             UPSTREAM_BUFFER, too_large_status=502, skip_crlf=False, size=UPSTREAM_BUFFER
@@ -315,6 +317,7 @@ class ConnPool(ResourceManager):
         hstats = host.stats
         stats.cx_total += 1
         hstats.cx_total += 1
+        started = time.monotonic()
         try:
             if self.tls is None:
                 sock = await io.connect(host.address, host.port, self.connect_timeout)
@@ -351,6 +354,8 @@ class ConnPool(ResourceManager):
             for level, name, value in self.keepalive:
                 sock.setsockopt(level, name, value)
         conn = UpstreamConnection(sock, host, key)
+        conn.opened = now = time.monotonic()
+        record(stats.h_cx_connect_ms, int((now - started) * 1000))
         stats.cx_active += 1
         hstats.cx_active += 1
         self.open.add(conn)
@@ -404,8 +409,12 @@ class ConnPool(ResourceManager):
     def destroy(self, conn: UpstreamConnection) -> None:
         if conn in self.open:
             self.open.discard(conn)
-            self.stats.cx_active -= 1
-            self.stats.cx_destroy += 1
+            stats = self.stats
+            stats.cx_active -= 1
+            stats.cx_destroy += 1
+            record(stats.h_cx_length_ms, int((time.monotonic() - conn.opened) * 1000))
+            if conn.requests:  # an HTTP connection (the TCP proxy's carry none)
+                record(stats.h_rq_per_cx, conn.requests)
             conn.host.stats.cx_active -= 1
             self._unreserve(conn.host)
         if self.tls is not None:

@@ -43,6 +43,7 @@ from proxyd.cx_limit import SharedConnectionCount
 from proxyd.epoch import Epoch
 from proxyd.errors import ProxydError
 from proxyd.protocol.epoch_check import EpochChecker
+from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
 from proxyd.worker import accesslog_plan, io
@@ -53,7 +54,7 @@ from proxyd.worker.downstream import DownstreamConnection
 from proxyd.worker.overload import COUNTED, FREE, REFUSED, WorkerOverload
 from proxyd.worker.peek import peek_pick
 from proxyd.worker.plan import CompiledEpoch, ListenerPlan
-from proxyd.worker.stats import StatsStore, note_unexpected
+from proxyd.worker.stats import ListenerStats, StatsStore, note_unexpected
 from proxyd.worker.tcp_proxy import TcpConnection, TcpListenerPlan, buffer_pool
 from proxyd.worker.upstream import ClusterState
 
@@ -163,7 +164,11 @@ class Worker:
         counters, gauges = self.stats.report()
         with trio.move_on_after(1.0):
             try:
-                await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))
+                await self.channel.send(
+                    ipc.StatsReport(
+                        self.worker_id, counters, gauges, self.stats.report_histograms()
+                    )
+                )
                 await self._send_outcomes()
             except OSError:
                 pass  # the master is gone: nobody is left to count them
@@ -324,6 +329,10 @@ class Worker:
         pipe = pipes.text(lsock.getsockname()) if lsock.family == socket.AF_UNIX else None
         with scope:
             batch = 0
+            # connections_accepted_per_socket_event: accepted since the last wait, and
+            # the listener's stats (from the last plan seen).
+            accepted = 0
+            lstats: ListenerStats | None = None
             while True:
                 if overload.stop_accepting:  # connections wait in the backlog meanwhile
                     await overload.wait_accepting()
@@ -331,6 +340,9 @@ class Worker:
                     sock, peer = lsock.accept()
                 except BlockingIOError:
                     batch = 0
+                    if accepted and lstats is not None:
+                        record(lstats.h_accepted, accepted)
+                    accepted = 0
                     await io.wait_readable(lsock)
                     continue
                 except OSError as exc:
@@ -339,14 +351,17 @@ class Worker:
                     log.warning("accept failed", listener=name, error=str(exc))
                     await trio.sleep(0.05)
                     continue
+                accepted += 1
                 plan = self.plans.get(name)
                 if plan is None:
                     tcp_plan = self.tcp_plans.get(name)
                     if tcp_plan is None:
                         sock.close()
                     else:
+                        lstats = tcp_plan.listener_stats
                         self._accept_tcp(tcp_plan, sock, peer, pipe)
                     continue
+                lstats = plan.listener_stats
                 verdict = overload.admit(plan) if overload.checks else FREE
                 if verdict == REFUSED:
                     io.close(sock)  # closed at accept, as Envoy does
@@ -543,7 +558,11 @@ class Worker:
             await trio.sleep_until(next_tick)
             counters, gauges = self.stats.report()
             try:
-                await self.channel.send(ipc.StatsReport(self.worker_id, counters, gauges))
+                await self.channel.send(
+                    ipc.StatsReport(
+                        self.worker_id, counters, gauges, self.stats.report_histograms()
+                    )
+                )
                 await self._send_outcomes()
             except OSError:
                 return  # the control loop sees the closed channel and ends the worker

@@ -54,7 +54,14 @@ from proxyd.protocol.runtime import RANDOM
 from proxyd.worker import io
 from proxyd.worker.deadlines import INF, DeadlineKind
 from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
-from proxyd.worker.router import RESET_BEFORE_HEADERS, Exchange, arm_request_phase, frame_request
+from proxyd.worker.router import (
+    RESET_BEFORE_HEADERS,
+    Exchange,
+    arm_request_phase,
+    frame_request,
+    record_budget,
+    record_try_budget,
+)
 from proxyd.worker.stream import (
     DownstreamReset,
     LocalReplied,
@@ -310,6 +317,8 @@ class RetryingExchange(Exchange):
                 except _Retry:
                     pass
                 except _AttemptFailed as failed:
+                    if "budgets" in pool.stats.tracked:
+                        record_try_budget(self, time.monotonic())
                     would = self.retry.would_retry_reset(failed.reset)
                     if self.retrying:
                         self.retrying = False
@@ -353,6 +362,8 @@ class RetryingExchange(Exchange):
             return False
         finally:
             self.host.active_requests -= 1
+            if self.t_sent and "budgets" in pool.stats.tracked:
+                record_try_budget(self, time.monotonic())  # an attempt that failed
             if self.attached:
                 pool.requests -= 1  # ResourceManager.detach(), inline
                 pool.stats.rq_active -= 1
@@ -470,6 +481,8 @@ class RetryingExchange(Exchange):
             self.host.stats.rq_error += 1
             return await self._reply(503, RESET_BEFORE_HEADERS + failed.reason)
         if failed.reset is Reset.PER_TRY_TIMEOUT:
+            if "budgets" in cstats.tracked:  # Envoy's onUpstreamTimeoutAbort
+                record_budget(self, time.monotonic())
             stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
             stream.details = failed.reason or "upstream_per_try_timeout"
             cstats.count_response(504)

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from proxyd.errors import ProtocolError
+from proxyd.protocol.header_sizes import request_map_size, response_map_size
+from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import LAST_CHUNK, ResponseHead, chunk_header, response_has_body
 from proxyd.protocol.http1_framing import BodyReader
 from proxyd.worker import io
@@ -122,6 +124,7 @@ class Exchange:
         "pump_end",
         "pump_error",
         "t_sent",
+        "t_done",
         "attached",
         "retrying",
         "chunked_up",
@@ -151,6 +154,7 @@ class Exchange:
         self.pump_end: PumpEnd | None = None
         self.pump_error: ProtocolError | None = None
         self.t_sent = 0.0
+        self.t_done = 0.0  # when the request was complete (upstream_rq_time's start)
         # Counted in upstream_rq_active (max_requests) once it has a connection; a retry
         # outstanding (max_retries) until its attempt gets a response or fails.
         self.attached = False
@@ -182,9 +186,13 @@ class Exchange:
             # request's Host; the access log reads the session.
             tls = pool.tls
             key = tls.key_of(self.head) if tls is not None and tls.keyed else None
+            # A complete request goes out now: arm_route's clock reading serves (0: the
+            # request is still arriving).
+            t_sent = self.t_done
             while True:
                 # Envoy's upstream service time includes the wait for a connection.
-                self.t_sent = time.monotonic()
+                self.t_sent = t_sent or time.monotonic()
+                t_sent = 0.0
                 conn = pool.take_idle(host, key)
                 reused = conn is not None
                 if conn is None:
@@ -270,6 +278,8 @@ class Exchange:
             return False  # a filter answered (its reply went out already)
         finally:
             host.active_requests -= 1
+            if cstats.tracked and self.t_sent and "budgets" in cstats.tracked:
+                record_try_budget(self, time.monotonic())  # an attempt that failed
             if self.attached:
                 pool.requests -= 1  # ResourceManager.detach(), inline
                 cstats.rq_active -= 1
@@ -283,6 +293,7 @@ class Exchange:
     def arm_route(self) -> None:
         """The request is complete: the route timeout runs from now (0 = none, and then
         only the stream idle timeout applies)."""
+        self.t_done = time.monotonic()
         timeout = self.rp.timeout_s
         stream_idle = self.rp.stream_idle
         if timeout and timeout <= stream_idle:
@@ -303,6 +314,8 @@ class Exchange:
                 self.host.outcomes.timeout()  # connected, no response head yet
             if not stream.response_started:
                 cstats.count_response(504)
+            if "budgets" in cstats.tracked:
+                record_budget(self, time.monotonic())
 
     # -- outcomes made here -------------------------------------------------------------
 
@@ -454,7 +467,8 @@ class Exchange:
         if status == 204 and (r.content_length > 0 or r.chunked):
             # A 204 that announces a body is refused, as Envoy's codec does.
             raise UpstreamProtocolError("204 response with a body")
-        service_ms = int((time.monotonic() - self.t_sent) * 1000)
+        now = time.monotonic()  # also the response's end when the body came with the head
+        service_ms = int((now - self.t_sent) * 1000)
         stream.service_ms = service_ms
         stream.status = status
         pool.stats.count_response(status)
@@ -506,6 +520,7 @@ class Exchange:
                     pieces = body.read(rb)
                     if pieces or body.done:
                         await sink.send_data(pieces, body.done)
+                now = time.monotonic()
             except ProtocolError:
                 raise UpstreamReset("bad chunk framing") from None
         self.conn = None
@@ -513,6 +528,17 @@ class Exchange:
             conn,
             r.keep_alive and mode is not _UNTIL_CLOSE and self.pump_end is None,
         )
+        t_done = self.t_done
+        if t_done:  # Envoy times a response only when its request was complete
+            cstats = pool.stats
+            ms = int((now - t_done) * 1000)  # upstream_rq_time
+            bins = cstats.h_rq_time
+            if 0 <= ms < 100:  # histogram.record, inline for the common case
+                bins[ms] = bins.get(ms, 0) + 1
+            else:
+                record(bins, ms)
+            if cstats.tracked:
+                track_cluster_stats(self, r, now)
         return True
 
     async def _tunnel(self, conn: UpstreamConnection, r: ResponseHead) -> bool:
@@ -587,3 +613,44 @@ class Exchange:
         d = self.deadline
         if d.kind is _STREAM_IDLE and self.rp.stream_idle != INF:
             self.timers.set(d, _STREAM_IDLE, self.rp.stream_idle)
+
+
+def track_cluster_stats(x: Exchange, r: ResponseHead, now: float) -> None:
+    """A response completed on a cluster with ``track_cluster_stats``: its timeout
+    budget use (percent of the route timeout, and of the per-try timeout, 0 when there
+    is none) and the request's and response's sizes (header map sizes as Envoy counts
+    them, body bytes as the stream moved them)."""
+    cstats = x.pool.stats
+    if "budgets" in cstats.tracked:
+        record_budget(x, now)
+        record_try_budget(x, now)
+    if "sizes" in cstats.tracked:
+        stream = x.stream
+        # :scheme is the downstream's (https behind TLS termination), as Envoy keeps it
+        size, count = request_map_size(x.head, tls=x.plan.tls is not None)
+        record(cstats.h_rq_headers_size, size)
+        record(cstats.h_rq_headers_count, count)
+        record(cstats.h_rq_body_size, stream.bytes_received)
+        size, count = response_map_size(r.raw)
+        record(cstats.h_rs_headers_size, size)
+        record(cstats.h_rs_headers_count, count)
+        record(cstats.h_rs_body_size, stream.bytes_sent)
+
+
+def record_budget(x: Exchange, now: float) -> None:
+    """``upstream_rq_timeout_budget_percent_used``: the time since the request was
+    complete, in whole percent of the route timeout (0 without one), as Envoy records it
+    when a response completes or a timeout ends the request."""
+    timeout_ms = int(x.rp.timeout_s * 1000)
+    used_ms = int((now - x.t_done) * 1000) if x.t_done else 0
+    record(x.pool.stats.h_budget, used_ms * 100 // timeout_ms if timeout_ms else 0)
+
+
+def record_try_budget(x: Exchange, now: float) -> None:
+    """``upstream_rq_timeout_budget_per_try_percent_used``: one attempt's time in whole
+    percent of the per-try timeout (0 without one), as Envoy records it at the end of
+    every attempt; ``x.t_sent`` is cleared so the attempt is recorded once."""
+    per_try_ms = int(getattr(x, "per_try_s", 0.0) * 1000)
+    try_ms = int((now - x.t_sent) * 1000)
+    record(x.pool.stats.h_budget_per_try, try_ms * 100 // per_try_ms if per_try_ms else 0)
+    x.t_sent = 0.0

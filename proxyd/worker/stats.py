@@ -6,6 +6,10 @@ the life of the worker, so a request bumps an attribute and never formats a stat
 whole store into ``(counter deltas since the last report, absolute gauges)`` with the
 full Envoy stat names, which is what :class:`proxyd.ipc.StatsReport` carries.
 
+Histograms are ``dict`` attributes of the same scopes, ``{bin: count}``
+(:func:`proxyd.protocol.histogram.record` adds a sample); :meth:`StatsStore.report_histograms`
+hands over the bins recorded since the previous report and empties them.
+
 Per-host values for the admin ``/clusters`` page (:class:`HostStats`) travel in the same
 report under ``<cluster>::<ip>:<port>::<stat>``, which the master keeps out of ``/stats``
 (see :mod:`proxyd.stats`).
@@ -31,19 +35,45 @@ WORKER_EXCEPTIONS_STAT = "server.proxyd.worker_exceptions"
 
 
 class _Scope:
-    """Subclasses list their counter and gauge attributes with their Envoy suffixes."""
+    """Subclasses list their counter, gauge and histogram attributes with their Envoy
+    suffixes. A histogram attribute is a ``dict`` of bins
+    (:func:`proxyd.protocol.histogram.record` adds a sample); one listed in
+    ``HISTOGRAMS`` is reported from the start (Envoy shows it as "No recorded values"),
+    one in ``LAZY_HISTOGRAMS`` only once it has a sample (Envoy makes it on first use)."""
 
-    __slots__ = ("prefix", "_last")
+    __slots__ = ("prefix", "_last", "_announced")
     COUNTERS: tuple[tuple[str, str], ...] = ()
     GAUGES: tuple[tuple[str, str], ...] = ()
+    HISTOGRAMS: tuple[tuple[str, str], ...] = ()
+    LAZY_HISTOGRAMS: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self._last: dict[str, int] = {}
+        self._announced = False
         for attr, _ in self.COUNTERS:
             setattr(self, attr, 0)
         for attr, _ in self.GAUGES:
             setattr(self, attr, 0)
+        for attr, _ in self.HISTOGRAMS + self.LAZY_HISTOGRAMS:
+            setattr(self, attr, {})
+
+    def collect_histograms(self, out: dict[str, dict[int, int]]) -> None:
+        """The bins recorded since the previous call (the dicts are emptied, not
+        replaced: a request path may hold one)."""
+        announce = not self._announced
+        self._announced = True
+        prefix = self.prefix
+        for attr, suffix in self.HISTOGRAMS:
+            bins = getattr(self, attr)
+            if bins or announce:
+                out[prefix + suffix] = dict(bins)
+                bins.clear()
+        for attr, suffix in self.LAZY_HISTOGRAMS:
+            bins = getattr(self, attr)
+            if bins:
+                out[prefix + suffix] = dict(bins)
+                bins.clear()
 
     def collect(self, counters: dict[str, int], gauges: dict[str, int]) -> None:
         last = self._last
@@ -108,6 +138,39 @@ class ClusterStats(_Scope):
         "by_class",
         "by_code",
         "_last_codes",
+        "h_rq_time",
+        "h_cx_connect_ms",
+        "h_cx_length_ms",
+        "h_rq_per_cx",
+        "tracked",
+        "h_budget",
+        "h_budget_per_try",
+        "h_rq_headers_size",
+        "h_rq_body_size",
+        "h_rs_headers_size",
+        "h_rs_body_size",
+        "h_rq_headers_count",
+        "h_rs_headers_count",
+    )
+    HISTOGRAMS = (
+        ("h_cx_connect_ms", "upstream_cx_connect_ms"),
+        ("h_cx_length_ms", "upstream_cx_length_ms"),
+        ("h_rq_per_cx", "upstream_rq_per_cx"),
+    )
+    # Envoy makes upstream_rq_time when the first response is timed.
+    LAZY_HISTOGRAMS = (("h_rq_time", "upstream_rq_time"),)
+    # track_cluster_stats (reported from the start once a cluster of this name asked).
+    TIMEOUT_BUDGET_HISTOGRAMS = (
+        ("h_budget", "upstream_rq_timeout_budget_percent_used"),
+        ("h_budget_per_try", "upstream_rq_timeout_budget_per_try_percent_used"),
+    )
+    SIZE_HISTOGRAMS = (
+        ("h_rq_headers_size", "upstream_rq_headers_size"),
+        ("h_rq_body_size", "upstream_rq_body_size"),
+        ("h_rs_headers_size", "upstream_rs_headers_size"),
+        ("h_rs_body_size", "upstream_rs_body_size"),
+        ("h_rq_headers_count", "upstream_rq_headers_count"),
+        ("h_rs_headers_count", "upstream_rs_headers_count"),
     )
     COUNTERS = (
         ("rq_total", "upstream_rq_total"),
@@ -177,6 +240,19 @@ class ClusterStats(_Scope):
     cx_active: int
     rq_active: int
     rq_pending_active: int
+    # The histograms' bins (proxyd.protocol.histogram.record).
+    h_rq_time: dict[int, int]
+    h_cx_connect_ms: dict[int, int]
+    h_cx_length_ms: dict[int, int]
+    h_rq_per_cx: dict[int, int]
+    h_budget: dict[int, int]
+    h_budget_per_try: dict[int, int]
+    h_rq_headers_size: dict[int, int]
+    h_rq_body_size: dict[int, int]
+    h_rs_headers_size: dict[int, int]
+    h_rs_body_size: dict[int, int]
+    h_rq_headers_count: dict[int, int]
+    h_rs_headers_count: dict[int, int]
 
     def __init__(self, name: str) -> None:
         super().__init__(f"cluster.{name}.")
@@ -185,6 +261,38 @@ class ClusterStats(_Scope):
         self.by_code: dict[int, int] = {}
         self._last_codes: dict[str, int] = {}
         self.breakers: BreakerState | None = None
+        # track_cluster_stats: which groups are reported (set per epoch by track()).
+        self.tracked: set[str] = set()
+        for attr, _ in self.TIMEOUT_BUDGET_HISTOGRAMS + self.SIZE_HISTOGRAMS:
+            setattr(self, attr, {})
+
+    def track(self, timeout_budgets: bool, request_response_sizes: bool) -> None:
+        """A cluster of this name has ``track_cluster_stats``: its histograms are
+        reported from now on (a later epoch without it does not take them back, as
+        Envoy's stats outlive a cluster update)."""
+        if timeout_budgets and "budgets" not in self.tracked:
+            self.tracked.add("budgets")
+            self._announced = False
+        if request_response_sizes and "sizes" not in self.tracked:
+            self.tracked.add("sizes")
+            self._announced = False
+
+    def collect_histograms(self, out: dict[str, dict[int, int]]) -> None:
+        announce = not self._announced
+        super().collect_histograms(out)
+        if not self.tracked:
+            return
+        prefix = self.prefix
+        groups: tuple[tuple[str, str], ...] = ()
+        if "budgets" in self.tracked:
+            groups += self.TIMEOUT_BUDGET_HISTOGRAMS
+        if "sizes" in self.tracked:
+            groups += self.SIZE_HISTOGRAMS
+        for attr, suffix in groups:
+            bins = getattr(self, attr)
+            if bins or announce:
+                out[prefix + suffix] = dict(bins)
+                bins.clear()
 
     def count_response(self, status: int) -> None:
         self.by_class[status // 100 if status < 600 else 5] += 1
@@ -235,6 +343,12 @@ class HttpStats(_Scope):
         "cx_http2_total",
         "cx_http2_active",
         "rq_http2_total",
+        "h_rq_time",
+        "h_cx_length_ms",
+    )
+    HISTOGRAMS = (
+        ("h_rq_time", "downstream_rq_time"),
+        ("h_cx_length_ms", "downstream_cx_length_ms"),
     )
     COUNTERS = (
         ("rq_total", "downstream_rq_total"),
@@ -277,6 +391,8 @@ class HttpStats(_Scope):
     cx_active: int
     rq_active: int
     cx_http2_active: int
+    h_rq_time: dict[int, int]
+    h_cx_length_ms: dict[int, int]
 
     def __init__(self, stat_prefix: str) -> None:
         super().__init__(f"http.{stat_prefix}.")
@@ -295,7 +411,19 @@ class HttpStats(_Scope):
 class ListenerStats(_Scope):
     """``listener.<address>_<port>.*``."""
 
-    __slots__ = ("cx_total", "cx_active", "global_cx_overflow", "cx_overload_reject")
+    __slots__ = (
+        "cx_total",
+        "cx_active",
+        "global_cx_overflow",
+        "cx_overload_reject",
+        "h_cx_length_ms",
+        "h_accepted",
+    )
+    HISTOGRAMS = (
+        ("h_cx_length_ms", "downstream_cx_length_ms"),
+        # Connections accepted before the listening socket had none left (the accept loop).
+        ("h_accepted", "connections_accepted_per_socket_event"),
+    )
     COUNTERS = (
         ("cx_total", "downstream_cx_total"),
         # Refused at accept: the global connection limit, an overload action
@@ -309,6 +437,8 @@ class ListenerStats(_Scope):
     cx_active: int
     global_cx_overflow: int
     cx_overload_reject: int
+    h_cx_length_ms: dict[int, int]
+    h_accepted: dict[int, int]
 
     def __init__(self, stat_name: str) -> None:
         super().__init__(f"listener.{stat_name}.")
@@ -487,6 +617,13 @@ class StatsStore:
         for scope in self._scopes.values():
             scope.collect(counters, gauges)
         return counters, gauges
+
+    def report_histograms(self) -> dict[str, dict[int, int]]:
+        """The histogram bins recorded since the previous call, by full name."""
+        out: dict[str, dict[int, int]] = {}
+        for scope in self._scopes.values():
+            scope.collect_histograms(out)
+        return out
 
 
 def note_unexpected(stats: StatsStore, exc: BaseException, where: str) -> None:

@@ -50,6 +50,7 @@ from proxyd.epoch import Epoch, Listener
 from proxyd.protocol.access_log import TCP_CONNECTION_END, TCP_UPSTREAM_CONNECTED, LogRecord
 from proxyd.protocol.access_log_filters import NO_RUNTIME, Runtime
 from proxyd.protocol.hash_lb import xxh64
+from proxyd.protocol.histogram import record
 from proxyd.worker import accesslog_plan, io
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlans
@@ -315,6 +316,7 @@ class TcpConnection:
             if upstream is not None and self._cluster is not None:
                 self._cluster.pools[0].destroy(upstream)
             lstats.cx_active -= 1
+            record(lstats.h_cx_length_ms, int((time.monotonic() - self.t0) * 1000))
             worker.connections.discard(self)
             try:
                 if accesslog_plan.OPEN:

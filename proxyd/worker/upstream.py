@@ -98,6 +98,8 @@ class ClusterState:
         self.worker_count = worker_count
         self.name = cluster.name
         self.stats: ClusterStats = store.cluster(cluster.name)
+        if cluster.track_timeout_budgets or cluster.track_request_response_sizes:
+            self.stats.track(cluster.track_timeout_budgets, cluster.track_request_response_sizes)
         # TLS to the hosts (transport_socket), or None for plaintext.
         self.tls = UpstreamTlsPlan(cluster.tls, cluster.name, store) if cluster.tls else None
         self.retired = False

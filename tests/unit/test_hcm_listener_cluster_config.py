@@ -256,16 +256,32 @@ def test_host_update_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "path"),
     [
-        ("track_cluster_stats", {"request_response_sizes": True}),
+        (
+            "track_cluster_stats",
+            {"per_endpoint_stats": True},
+            "track_cluster_stats.per_endpoint_stats",
+        ),
     ],
 )
-def test_cluster_fields_left_out_are_refused_by_name(field: str, value: Any) -> None:
+def test_cluster_fields_left_out_are_refused_by_name(field: str, value: Any, path: str) -> None:
     d = base()
     cluster(d)[field] = value
     err = reject(d)
-    assert err.path == f"static_resources.clusters[0].{field}"
+    assert err.path == f"static_resources.clusters[0].{path}"
+    assert "not supported by proxyd" in err.reason
+
+
+def test_track_cluster_stats_rides_in_the_epoch() -> None:
+    d = base()
+    cluster(d)["track_cluster_stats"] = {"timeout_budgets": True}
+    c = compiled(d).clusters[0]
+    assert (c.track_timeout_budgets, c.track_request_response_sizes) == (True, False)
+    assert not compiled(d).clusters[1].track_timeout_budgets
+    cluster(d)["track_cluster_stats"] = {"request_response_sizes": True}
+    c = compiled(d).clusters[0]
+    assert (c.track_timeout_budgets, c.track_request_response_sizes) == (False, True)
 
 
 def test_node_rides_in_the_epoch() -> None:

@@ -203,9 +203,16 @@ class AdminPages:
                 re.compile(pattern)
             except re.error as exc:
                 return _text(400, f"Invalid regex: {exc}\n")
+        buckets = (q.get("histogram_buckets") or ["summary"])[0]
+        if buckets not in ("summary", "cumulative", "none"):
+            # Envoy's disjoint and detailed forms are not written by proxyd.
+            return _text(400, f"histogram_buckets={buckets} not supported by proxyd\n")
         if fmt == "json":
             return _json(store.render_json(pattern))
-        return _text(200, store.render_text(pattern, used_only="usedonly" in q))
+        text = store.render_text(
+            pattern, used_only="usedonly" in q, buckets=buckets == "cumulative"
+        )
+        return _text(200, text)
 
     def prometheus(self, _q: dict[str, list[str]]) -> Response:
         self.master.stats_flusher.flush_on_admin()

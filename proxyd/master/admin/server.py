@@ -37,6 +37,13 @@ MAX_HEAD = 64 * 1024
 MAX_FORM = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
+# The admin listener's histograms, shown from its first connection as Envoy shows them.
+ADMIN_HISTOGRAMS = (
+    "listener.admin.connections_accepted_per_socket_event",
+    "listener.admin.downstream_cx_length_ms",
+    "http.admin.downstream_cx_length_ms",
+    "http.admin.downstream_rq_time",
+)
 log = get_logger("proxyd.master.admin")
 STDOUT_LOG = "-"  # AdminConfig.access_log_path of Envoy's stdout access logger
 
@@ -227,6 +234,10 @@ class AdminServer:
         stats = self.master.stats
         stats.add_counter("listener.admin.downstream_cx_total")
         stats.add_counter("http.admin.downstream_cx_total")
+        stats.ensure_histograms(ADMIN_HISTOGRAMS)
+        # trio's listener accepts one connection per wait-and-accept: one an event.
+        stats.record("listener.admin.connections_accepted_per_socket_event", 1)
+        opened = time.monotonic()
         request = _Request()
         parser = httptools.HttpRequestParser(request)
         request.parser = parser
@@ -262,6 +273,9 @@ class AdminServer:
             return  # the client went away
         finally:
             await stream.aclose()
+            length_ms = int((time.monotonic() - opened) * 1000)
+            stats.record("listener.admin.downstream_cx_length_ms", length_ms)
+            stats.record("http.admin.downstream_cx_length_ms", length_ms)
 
     def _handle(self, method: str, url: str, form: str = "") -> Response:
         try:
@@ -291,6 +305,7 @@ class AdminServer:
         stats = self.master.stats
         stats.add_counter("http.admin.downstream_rq_total")
         stats.add_counter(f"http.admin.downstream_rq_{response.status // 100}xx")
+        stats.record("http.admin.downstream_rq_time", int((time.time() - started) * 1000))
         if self._access_log is not None:
             self._write_access_log(method, url, protocol, response, headers, received, len(payload), started)  # fmt: skip
 
