@@ -1,0 +1,85 @@
+"""Epoch values of TLS: certificates (PEM bytes read by the master), SAN matchers,
+and the downstream and upstream TLS contexts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxyd.epoch_types.routes import StringMatch
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """One certificate of a DownstreamTlsContext: PEM bytes read by the master (from the
+    file or inline value), so workers never open config files."""
+
+    certificate_chain: bytes
+    private_key: bytes
+    # The certificate's DNS SANs (lower case; its CN when it has none): which SNI
+    # chooses it when a chain has several certificates.
+    dns_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SanMatch:
+    """Envoy's SubjectAltNameMatcher: a SAN of ``san_type`` ("DNS", "URI", "EMAIL",
+    "IP_ADDRESS") that ``matcher`` accepts."""
+
+    san_type: str
+    matcher: StringMatch
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamTls:
+    """A filter chain's ``envoy.transport_sockets.tls`` (DownstreamTlsContext)."""
+
+    certificates: tuple[TlsCertificate, ...]
+    # "TLSv1_0" .. "TLSv1_3"; Envoy's downstream defaults are TLSv1_2 and TLSv1_3.
+    min_version: str = "TLSv1_2"
+    max_version: str = "TLSv1_3"
+    # OpenSSL cipher names for TLS 1.2 and below ("" entries never; () = default).
+    cipher_suites: tuple[str, ...] = ()
+    # One OpenSSL curve name (CPython's ssl sets one), "" = OpenSSL's default list.
+    ecdh_curve: str = ""
+    # ALPN protocols offered, in preference order (() = no ALPN).
+    alpn: tuple[str, ...] = ()
+    # validation_context.trusted_ca as PEM (b"": client certificates are not asked for).
+    trusted_ca: bytes = b""
+    require_client_certificate: bool = False
+    san_matchers: tuple[SanMatch, ...] = ()
+    # session_timeout (0: OpenSSL's default) and disable_stateless_session_resumption.
+    session_timeout_s: float = 0.0
+    session_tickets: bool = True
+    # FilterChain.transport_socket_connect_timeout (0: the HCM's idle timeout bounds it).
+    handshake_timeout_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """A cluster's ``envoy.transport_sockets.tls`` (UpstreamTlsContext): how proxyd
+    originates TLS to the cluster's hosts. PEM bytes read by the master."""
+
+    # The SNI sent ("" = none).
+    sni: str = ""
+    # A client certificate (mTLS to the upstream), or None.
+    certificate: TlsCertificate | None = None
+    # Envoy's upstream defaults: TLSv1_2 .. TLSv1_2.
+    min_version: str = "TLSv1_2"
+    max_version: str = "TLSv1_2"
+    cipher_suites: tuple[str, ...] = ()
+    alpn: tuple[str, ...] = ()
+    # validation_context.trusted_ca (b"": the chain is not verified, as in Envoy).
+    trusted_ca: bytes = b""
+    # match_typed_subject_alt_names (and the deprecated match_subject_alt_names as
+    # DNS matchers): the upstream certificate must have a SAN one of them accepts.
+    san_matchers: tuple[SanMatch, ...] = ()
+    allow_renegotiation: bool = False
+    # max_session_keys: 0 = no session resumption, else one session kept per host.
+    max_session_keys: int = 1
+    # The cluster's HttpProtocolOptions.upstream_http_protocol_options: the SNI is the
+    # request's Host (auto_sni), the upstream's certificate must have it as a DNS SAN
+    # (auto_san_validation); override_auto_sni_header names another request header.
+    auto_sni: bool = False
+    auto_san_validation: bool = False
+    sni_header: str = ""
