@@ -184,13 +184,21 @@ def free_port() -> int:
 
 
 def wait_http(
-    url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30, host: str = ""
+    url: str,
+    proc: subprocess.Popen[bytes],
+    what: str,
+    timeout: float = 30,
+    host: str = "",
+    token: str = "",
 ) -> None:
     deadline = time.monotonic() + timeout
+    headers = {"Host": host} if host else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with {proc.returncode}")
-        request = urllib.request.Request(url, headers={"Host": host} if host else {})
+        request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=1) as r:
                 if r.status == 200:
@@ -211,10 +219,50 @@ def parse_wrk(out: str) -> tuple[float, float]:
     return rps, float(m.group(1)) * scale
 
 
+def jwt_setup() -> tuple[dict[str, Any], str]:
+    """--jwt: a jwt_authn filter (an RS256 key in local_jwks, every request must carry a
+    token of its provider) and a valid token for it."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "bench"}
+    token = jwt.encode(
+        {"iss": "https://bench.example", "aud": "bench", "sub": "client",
+         "exp": int(time.time()) + 86400},
+        key, algorithm="RS256", headers={"kid": "bench"},
+    )  # fmt: skip
+    filt = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3."
+            "JwtAuthentication",
+            "providers": {
+                "bench": {
+                    "issuer": "https://bench.example",
+                    "audiences": ["bench"],
+                    "local_jwks": {"inline_string": json.dumps({"keys": [jwk]})},
+                    "forward": True,
+                }
+            },
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+        },
+    }
+    return filt, token
+
+
 def run_wrk(
-    port: int, duration: int, connections: int, path: str = "/", host: str = ""
+    port: int,
+    duration: int,
+    connections: int,
+    path: str = "/",
+    host: str = "",
+    extra: tuple[str, ...] = (),
 ) -> tuple[float, float]:
     headers = ["-H", f"Host: {host}"] if host else []
+    for line in extra:
+        headers += ["-H", line]
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *headers,
          f"http://127.0.0.1:{port}{path}"],
@@ -242,8 +290,16 @@ def main() -> int:
         f"{ROUTE_TABLE_ROUTES} routes with header and regex matchers, retries and header "
         "edits); the request matches the last route of the last virtual host",
     )
+    ap.add_argument(
+        "--jwt",
+        action="store_true",
+        help="a jwt_authn filter before the router: every request carries an RS256 token "
+        "both proxies verify",
+    )
     args = ap.parse_args()
     path, host = (ROUTE_TABLE_PATH, ROUTE_TABLE_HOST) if args.route_table else ("/", "")
+    jwt_filter, token = jwt_setup() if args.jwt else (None, "")
+    extra = (f"Authorization: Bearer {token}",) if args.jwt else ()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(
@@ -276,10 +332,13 @@ def main() -> int:
                 upstream=up,
                 route_filters="" if args.filters_on_route else ROUTE_FILTERS_OFF,
             )
-            if args.route_table:
+            if args.route_table or args.jwt:
                 doc = yaml.safe_load(text)
                 hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-                hcm["typed_config"]["route_config"] = route_table()
+                if args.route_table:
+                    hcm["typed_config"]["route_config"] = route_table()
+                if args.jwt:
+                    hcm["typed_config"]["http_filters"].insert(0, jwt_filter)
                 text = yaml.safe_dump(doc, sort_keys=False)
             cfg.write_text(text)
             if name == "proxyd":
@@ -291,16 +350,18 @@ def main() -> int:
             log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
             wait_http(f"http://127.0.0.1:{admin}/ready", procs[-1], name)
-            wait_http(f"http://127.0.0.1:{listen}{path}", procs[-1], name, host=host)
+            wait_http(f"http://127.0.0.1:{listen}{path}", procs[-1], name, host=host, token=token)
             targets[name] = listen
 
         results: dict[str, dict[str, list[float]]] = {n: {"rps": [], "p99_ms": []} for n in targets}
         for port in targets.values():  # warm-up, not recorded
-            run_wrk(port, args.warmup, args.connections, path, host)
+            run_wrk(port, args.warmup, args.connections, path, host, extra)
         for r in range(args.rounds):
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
             for name in order:
-                rps, p99 = run_wrk(targets[name], args.duration, args.connections, path, host)
+                rps, p99 = run_wrk(
+                    targets[name], args.duration, args.connections, path, host, extra
+                )
                 results[name]["rps"].append(rps)
                 results[name]["p99_ms"].append(p99)
                 print(f"round {r + 1} {name:7s} {rps:10.0f} req/s  p99 {p99:8.2f} ms", flush=True)
@@ -311,7 +372,8 @@ def main() -> int:
         print()
         print(f"{'':8s} {'req/s':>10s} {'p99 ms':>8s}   (medians of {args.rounds} rounds, "
               f"wrk -t1 -c{args.connections} -d{args.duration}s, 100-byte responses, 1 worker"
-              f"{', route table' if args.route_table else ''})")  # fmt: skip
+              f"{', route table' if args.route_table else ''}"
+              f"{', jwt_authn' if args.jwt else ''})")  # fmt: skip
         for n in ("proxyd", "envoy"):
             print(f"{n:8s} {med[n]['rps']:10.0f} {med[n]['p99_ms']:8.2f}")
         print(f"ratio proxyd/envoy: throughput {rps_ratio:.2f}, p99 {p99_ratio:.2f}")
@@ -321,7 +383,12 @@ def main() -> int:
         out_dir = HERE / "results"
         out_dir.mkdir(exist_ok=True)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        mode = "-route-table" if args.route_table else "-filters" if args.filters_on_route else ""
+        mode = (
+            "-route-table" if args.route_table
+            else "-jwt" if args.jwt
+            else "-filters" if args.filters_on_route
+            else ""
+        )  # fmt: skip
         (out_dir / f"http1{mode}-{stamp}.json").write_text(json.dumps({
             "date": stamp, "host": platform.node(), "cpus": os.cpu_count(),
             "args": vars(args), "rounds": results, "median": med,
