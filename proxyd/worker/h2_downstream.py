@@ -61,6 +61,13 @@ INTERNAL_ERROR = 0x2
 REFUSED_STREAM = 0x7
 # What one read of the socket takes at most.
 READ_SIZE = 64 * 1024
+# Envoy's defence against rapid resets (CVE-2023-44487), with its default runtime values
+# (overload.premature_reset_total_stream_count, ..._min_stream_lifetime_seconds): a
+# stream the client resets within a second of opening it is a premature reset; once
+# half of the connection's closed streams are (counting from the first 500 streams,
+# and before that once there are 250), the connection is aborted.
+PREMATURE_RESET_TOTAL = 500
+PREMATURE_RESET_LIFETIME_S = 1.0
 
 
 class H2Session:
@@ -102,6 +109,9 @@ class H2Session:
         # graceful GOAWAY).
         self.first_out = b""
         self.extra_out: list[bytes] = []
+        # Streams closed, and how many of them the client reset prematurely.
+        self.closed_streams = 0
+        self.premature_resets = 0
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -340,6 +350,24 @@ class H2Session:
         assert self.nursery is not None
         self.nursery.start_soon(s.run)
 
+    def _check_premature_resets(self) -> None:
+        """Envoy's ``maybeDrainDueToPrematureResets``: abort a connection whose client
+        resets most of its streams right after opening them (rapid reset)."""
+        closed, premature = self.closed_streams, self.premature_resets
+        if closed < PREMATURE_RESET_TOTAL:
+            if premature * 2 < PREMATURE_RESET_TOTAL:
+                return
+        elif premature * 2 < closed:
+            return
+        if self.broken:
+            return
+        self.broken = True
+        hcm = self.plan.listener.hcm
+        assert hcm is not None  # an HTTP listener's plan
+        stats = self.worker.stats.named(f"http.{hcm.stat_prefix}.")
+        stats.inc("downstream_rq_too_many_premature_resets")
+        self.reader.cancel()  # the connection closes without another frame
+
     def reset_stream(self, sid: int, code: int) -> None:
         """RST_STREAM ``code`` on stream ``sid`` (counted in http2.tx_reset)."""
         try:
@@ -350,6 +378,10 @@ class H2Session:
 
     def stream_done(self, s: H2Stream) -> None:
         self.streams.pop(s.sid, None)
+        self.closed_streams += 1
+        if s.rst_by_peer and trio.current_time() - s.t_open < PREMATURE_RESET_LIFETIME_S:
+            self.premature_resets += 1
+            self._check_premature_resets()
         if not self.streams:
             self._arm_idle()
             if self.goaway_id >= 0 or self.remote_goaway or self.broken:
@@ -390,6 +422,7 @@ class H2Stream:
         self.rst_by_peer = False  # the client's RST_STREAM
         self.ended_out = False  # END_STREAM (or RST_STREAM) sent
         self.done = False
+        self.t_open = trio.current_time()
 
     # -- the connection side (proxyd.worker.stream.Connection) -------------------------
 
