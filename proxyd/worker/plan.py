@@ -390,10 +390,16 @@ class ListenerPlan:
             if rp.cluster is not None:
                 rp.read_limit = min(self.buffer_limit, rp.cluster.cluster.buffer_limit)
             rp.not_found_status = r.cluster_not_found_status
-            if hcm.upgrades:
+            if hcm.upgrades or r.upgrades:
+                # The route's flag for a type wins; a type only the connection manager
+                # lists takes its default; one only the route lists is on when the
+                # route enables it (Envoy's createUpgradeFilterChain).
                 overrides = dict(r.upgrades)
+                defaults = dict(hcm.upgrades)
                 rp.upgrades = frozenset(
-                    kind for kind, enabled in hcm.upgrades if overrides.get(kind, enabled)
+                    kind
+                    for kind in {*defaults, *overrides}
+                    if overrides.get(kind, defaults.get(kind, False))
                 )
             rp.decorator = r.decorator_operation
             rp.tracing = r.tracing

@@ -49,6 +49,13 @@ def config(upstream: int) -> str:
                             "match": {"prefix": "/short"},
                             "route": {"cluster": "ws", "timeout": "1s"},
                         },
+                        {
+                            "match": {"prefix": "/route-on"},
+                            "route": {
+                                "cluster": "ws",
+                                "upgrade_configs": [{"upgrade_type": "websocket"}],
+                            },
+                        },
                         {"match": {"prefix": "/"}, "route": {"cluster": "ws"}},
                     ],
                 }
@@ -72,6 +79,8 @@ CASES: dict[str, tuple[str, str, list[str], float, int]] = {
     "route_disables": ("ws", "/off", ["x"], 0.0, 0),
     "upstream_rejects": ("ws", "/chat/reject", ["x"], 0.0, 0),
     "not_configured": ("plain", "/chat", ["x"], 0.0, 0),
+    # Only the route lists websocket: it is on there (Envoy's per-route upgrade map).
+    "route_enables_it_alone": ("plain", "/route-on", ["x"], 0.0, 0),
 }
 SEEN = ("path", "connection", "upgrade", "sec-websocket-version", "x-forwarded-proto", "host")
 
@@ -126,3 +135,4 @@ def test_envoy_behaves_as_the_cases_say(results: Pair) -> None:
     assert e["outlives_route_timeout"]["close"] == 1000
     assert e["route_disables"]["status"] == 403 and e["not_configured"]["status"] == 403
     assert e["upstream_rejects"]["status"] == 403
+    assert e["route_enables_it_alone"]["status"] == 101
