@@ -342,9 +342,7 @@ def _scalar(item: Any, field: FieldDescriptor, path: str, ctx: _Forms) -> Any:
                 f"expected true or false (or in quotes: yes, y, 1, ...), got {_kind(item)}",
             )
         return word in _TRUE_WORDS
-    elif isinstance(item, str) and (
-        field.type in _INTEGER_TYPES or field.type in _FLOAT_TYPES
-    ):
+    elif isinstance(item, str) and (field.type in _INTEGER_TYPES or field.type in _FLOAT_TYPES):
         return _numeric_text(item, field, path, ctx)
     return item
 

@@ -102,6 +102,8 @@ ROUTE_CONFIG: dict[str, Spec] = {
             "match": {
                 "prefix": LEAF,
                 "path": LEAF,
+                # CONNECT requests only (proxyd.protocol.routing.RouteTable.match_connect).
+                "connect_matcher": {},
                 "safe_regex": REGEX,
                 "path_separated_prefix": LEAF,
                 # proxyd.config.uri_template
@@ -170,7 +172,7 @@ ROUTE_CONFIG: dict[str, Spec] = {
                 # proxyd.worker.plan (RoutePlan.stream_idle).
                 "idle_timeout": LEAF,
                 # proxyd.config.routes.compile_upgrades (websocket and the like).
-                "upgrade_configs": {"upgrade_type": LEAF, "enabled": LEAF},
+                "upgrade_configs": {"upgrade_type": LEAF, "enabled": LEAF, "connect_config": {}},
                 "retry_policy": RETRY_POLICY,
                 "hedge_policy": HEDGE_POLICY,
                 # proxyd.worker.durations: the stream limit, and a grpc-timeout header's.

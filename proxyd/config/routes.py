@@ -268,20 +268,34 @@ def _route(
         upgrades=compile_upgrades(
             action.upgrade_configs, join(path, "route.upgrade_configs"), file
         ),
+        connect_terminate=connect_terminates(action.upgrade_configs),
+    )
+
+
+def connect_terminates(configs: Any) -> bool:
+    """A route's upgrade_configs has CONNECT with a connect_config: proxyd answers the
+    CONNECT itself and tunnels to a host of the route's cluster."""
+    return any(
+        uc.upgrade_type.lower() == "connect" and uc.HasField("connect_config") for uc in configs
     )
 
 
 def compile_upgrades(configs: Any, path: str, file: str) -> tuple[tuple[str, bool], ...]:
     """upgrade_configs of a connection manager or a route: (lower-case type, enabled;
-    unset is true). CONNECT (a tunnel, not an upgrade of HTTP/1.1) is not built, nor an
-    upgrade's own ``filters`` (the allow-list refuses them)."""
+    unset is true). CONNECT is one of them ("connect"); a route's ``connect_config``
+    (terminate the CONNECT here) is read by :func:`connect_terminates`. An upgrade's own
+    ``filters`` are refused by the allow-list."""
     out: list[tuple[str, bool]] = []
     for i, uc in enumerate(configs):
         here = f"{path}[{i}]"
         kind = uc.upgrade_type.lower()
-        if kind == "connect":
+        # (connect_config is a route's: the connection manager's UpgradeConfig has none.)
+        takes_connect_config = "connect_config" in uc.DESCRIPTOR.fields_by_name
+        if kind != "connect" and takes_connect_config and uc.HasField("connect_config"):
             raise ConfigError(
-                file, join(here, "upgrade_type"), "upgrade_type CONNECT is not supported by proxyd"
+                file,
+                join(here, "connect_config"),
+                "connect_config is only for upgrade_type CONNECT",
             )
         out.append((kind, uc.enabled.value if uc.HasField("enabled") else True))
     return tuple(out)
@@ -531,6 +545,15 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         kind, case_sensitive = "safe_regex", True
     elif kind in ("prefix", "path", "path_separated_prefix"):
         value = getattr(m, kind)
+    elif kind == "connect_matcher":
+        # CONNECT requests only (their target is an authority, not a path).
+        kind, value = "connect", ""
+        if m.HasField("runtime_fraction"):
+            raise ConfigError(
+                file,
+                join(path, "runtime_fraction"),
+                "runtime_fraction with connect_matcher is not supported by proxyd",
+            )
     else:  # the coverage tree refused the others by name
         raise ConfigError(
             file, path, "one of prefix, path, safe_regex or path_separated_prefix is required"

@@ -153,6 +153,9 @@ class Route:
     # RouteAction.upgrade_configs: (lower-case upgrade type, enabled) overriding the
     # connection manager's default for the type on this route.
     upgrades: tuple[tuple[str, bool], ...] = ()
+    # upgrade_configs CONNECT with connect_config: proxyd answers a CONNECT itself (200)
+    # and tunnels to a host of the cluster (else the CONNECT goes upstream as it came).
+    connect_terminate: bool = False
     # RouteAction.request_mirror_policies (proxyd.worker.mirror).
     mirrors: tuple[MirrorPolicy, ...] = ()
     # RouteAction.host_rewrite_path_regex: the pattern ("" = not set) and RE2

@@ -468,14 +468,15 @@ class RequestHeadParser:
         h.url = target
         host = self._host
         if smethod == "CONNECT":
-            # CONNECT tunnels are not supported: no route matches one (Envoy answers
-            # 404 without a connect_matcher route) and the connection ends after it.
+            # Only connect_matcher routes take a CONNECT (Envoy answers 404 without
+            # one), and the connection ends after it, or becomes its tunnel.
             # Its target must be host:port (Envoy: 400 otherwise).
             name, _, port = target.rpartition(b":")
             if not name or not port.isdigit() or BAD_AUTHORITY.search(target):
                 raise ProtocolError("CONNECT target is not host:port", 400)
             h.path = target.decode("latin-1")
             h.keep_alive = False
+            h.upgrade = "connect"  # routed by connect_matcher; a tunnel when taken
             self._parser = None
             path = target
         elif target[:1] == b"/":

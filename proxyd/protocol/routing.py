@@ -55,6 +55,8 @@ _VHOST_CACHE_LIMIT = 1024
 _PREFIX, _PREFIX_NOCASE, _PATH, _PATH_NOCASE, _REGEX, _GUARDED, _SEP, _SEP_NOCASE = range(8)
 # A virtual host with a matcher: its one entry holds the RouteTree (route_tree.py).
 _TREE = 8
+# A connect_matcher route: CONNECT requests only (RouteTable.match_connect).
+_CONNECT = 9
 
 # Envoy lower-cases with absl::AsciiStrToLower: only A-Z change.
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
@@ -173,6 +175,8 @@ def _compile_route(route: Route, runtime: Snapshot = EMPTY, index: int = 0) -> _
         rx = re.compile(value)
     elif m.kind == "path_separated_prefix":
         kind = _SEP if m.case_sensitive else _SEP_NOCASE
+    elif m.kind == "connect":
+        kind = _CONNECT
     else:
         raise ValueError(f"route {route.name!r}: unknown path match kind {m.kind!r}")
     if kind in (_PREFIX_NOCASE, _PATH_NOCASE, _SEP_NOCASE):
@@ -189,6 +193,8 @@ def _compile_route(route: Route, runtime: Snapshot = EMPTY, index: int = 0) -> _
 
 
 def _path_matches(kind: int, value: str, rx: re.Pattern[str] | None, bare: str) -> bool:
+    if kind == _CONNECT:
+        return False  # a CONNECT route takes CONNECT requests only
     if kind == _PREFIX:
         return bare.startswith(value)
     if kind == _PATH:
@@ -388,6 +394,18 @@ class RouteTable:
 
     # -- routes ---------------------------------------------------------------------
 
+    def match_connect(self, host: str, headers: dict[str, str]) -> Route | None:
+        """A CONNECT request's route: the first connect_matcher route of the selected
+        virtual host whose header matchers hold (a CONNECT has no path, so no other
+        route matches it, as in Envoy), or None (404)."""
+        cvh = self._lookup(host)
+        if cvh is None:
+            return None
+        for kind, _value, _rx, tests, route in cvh.routes:
+            if kind == _CONNECT and (not tests or headers_match(tests, headers, host, "")):
+                return route
+        return None
+
     def match(self, host: str, path: str, headers: dict[str, str]) -> Route | None:
         """The first route of the selected virtual host that matches, or None (404).
 
@@ -421,6 +439,8 @@ class RouteTable:
                     return _match_guarded(cvh.routes, rx.index, host, path, bare, headers)
                 if kind == _TREE:
                     return rx.match(host, path, bare, headers)
+                if kind == _CONNECT:
+                    continue  # a CONNECT route takes CONNECT requests only
                 if kind == _SEP:
                     if not _separated(bare, value):
                         continue

@@ -37,7 +37,13 @@ from proxyd.protocol.h2_translate import preface_state
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import CRLF2, LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader, ReceiveBuffer
-from proxyd.protocol.http1_headers import CONTINUE_100, REASONS, local_reply, response_head
+from proxyd.protocol.http1_headers import (
+    CONTINUE_100,
+    REASONS,
+    http_date,
+    local_reply,
+    response_head,
+)
 from proxyd.protocol.http1_request_line import (
     check_http10_request_line,
     check_request_line,
@@ -675,13 +681,24 @@ class DownstreamConnection:
         assert stream is not None and self.plan is not None
         r, service_ms = self._start_response(stream, r, service_ms, False, False)
         self.closing = True  # no request follows a tunnel on this connection
-        added = [
-            *(stream.response_added or ()),
-            b"connection: upgrade\r\nupgrade: " + upgrade.encode("latin-1") + b"\r\n",
-        ]
+        added = list(stream.response_added or ())
+        if upgrade != "connect":  # (a CONNECT's 2xx has no upgrade lines)
+            added.append(b"connection: upgrade\r\nupgrade: " + upgrade.encode("latin-1") + b"\r\n")
         out = response_head(r, self.plan.server, service_ms, False, False, added)
         try:
             await io.send_all(self.sock, out)
+        except OSError:
+            raise DownstreamReset() from None
+
+    async def send_connect_established(self) -> None:
+        """The 200 of a CONNECT proxyd terminates, as Envoy writes it."""
+        stream = self.stream
+        assert stream is not None and self.plan is not None
+        stream.response_started = True
+        self.closing = True
+        head = b"HTTP/1.1 200 OK\r\n" + self.plan.server + b"date: " + http_date() + b"\r\n\r\n"
+        try:
+            await io.send_all(self.sock, head)
         except OSError:
             raise DownstreamReset() from None
 

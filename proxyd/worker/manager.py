@@ -78,10 +78,13 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
         for name, raw_name in plan.internal_only:
             h.headers.pop(name, None)
             h.remove.append(raw_name)
-    route = plan.routes.match(h.host, h.path, h.headers) if h.method != "CONNECT" else None
+    if h.method != "CONNECT":
+        route = plan.routes.match(h.host, h.path, h.headers)
+    else:
+        route = plan.routes.match_connect(h.host, h.headers)
     if route is None:
-        if h.upgrade and h.upgrade not in plan.upgrades:
-            return _upgrade_refused(stream)
+        if h.upgrade and h.upgrade not in plan.upgrades and h.upgrade != "connect":
+            return _upgrade_refused(stream)  # (a CONNECT without a route gets the 404)
         return _serve(stream, plan, conn, None, plan.no_route_filters)
     rp = plan.route_plans[id(route)]
     if rp.pick is not None:  # weighted_clusters, cluster_header: the cluster's plan

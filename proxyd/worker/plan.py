@@ -135,7 +135,7 @@ class RoutePlan:
     __slots__ = (
         "name", "cluster", "pool", "cluster_name", "timeout_s", "timeout_header", "filters",
         "local", "mutations", "retry", "exchange", "header_retry", "pick", "not_found_status",
-        "duration", "hash", "mirror", "stream_idle", "decorator", "upgrades",
+        "duration", "hash", "mirror", "stream_idle", "decorator", "upgrades", "connect_terminate",
         "decorator_line", "tracing", "read_limit",
     )  # fmt: skip
 
@@ -194,6 +194,9 @@ class RoutePlan:
         # The upgrade types (lower case) the route takes: the connection manager's
         # upgrade_configs with the route's own enabled flags (proxyd.worker.router).
         self.upgrades: frozenset[str] = frozenset()
+        # upgrade_configs CONNECT with connect_config: a CONNECT is answered here (200)
+        # and tunneled to a host of the cluster (router.Exchange._connect_terminated).
+        self.connect_terminate = False
         # One read of a streamed response at most: the listener's and the cluster's
         # per_connection_buffer_limit_bytes, whichever is less (set with a cluster).
         self.read_limit = 0
@@ -390,6 +393,7 @@ class ListenerPlan:
             if rp.cluster is not None:
                 rp.read_limit = min(self.buffer_limit, rp.cluster.cluster.buffer_limit)
             rp.not_found_status = r.cluster_not_found_status
+            rp.connect_terminate = r.connect_terminate
             if hcm.upgrades or r.upgrades:
                 # The route's flag for a type wins; a type only the connection manager
                 # lists takes its default; one only the route lists is on when the

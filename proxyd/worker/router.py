@@ -217,6 +217,8 @@ class Exchange:
                 cstats.rq_total += 1
                 hstats.rq_total += 1
                 self.conn = conn
+                if h.upgrade == "connect" and self.rp.connect_terminate:
+                    return await self._connect_terminated(conn)
                 if tls is not None:
                     stream.upstream_tls = conn.sock
                 r: ResponseHead | None
@@ -241,7 +243,7 @@ class Exchange:
                     if self.retrying:
                         self.retrying = False
                         pool.retry_done(success=True)
-                    if r.status == 101:
+                    if r.status == 101 or (h.upgrade == "connect" and 200 <= r.status < 300):
                         return await self._tunnel(conn, r)
                     return await self._relay(conn, r)
                 # The connection died before any response byte (writing the head, or
@@ -560,7 +562,28 @@ class Exchange:
             stream.resp_headers = r.headers
         h = stream.head
         assert h is not None
-        await down.send_upgrade_response(r, service_ms, h.upgrade)
+        # (Envoy's 2xx to a CONNECT has no x-envoy-upstream-service-time.)
+        await down.send_upgrade_response(r, -1 if h.upgrade == "connect" else service_ms, h.upgrade)
+        return await self._tunnel_bytes(conn, down)
+
+    async def _connect_terminated(self, conn: UpstreamConnection) -> bool:
+        """A CONNECT this route terminates (connect_config): the TCP connection to the
+        host is up, so the client gets Envoy's 200 and the bytes are tunneled."""
+        stream = self.stream
+        down: Any = stream.connection  # the DownstreamConnection (manager._exchange)
+        assert down is not None
+        service_ms = int((time.monotonic() - self.t_sent) * 1000)
+        stream.service_ms = service_ms
+        stream.status = 200
+        self.pool.stats.count_response(200)
+        self.host.stats.rq_success += 1
+        self.host.outcomes.response(200)
+        await down.send_connect_established()
+        return await self._tunnel_bytes(conn, down)
+
+    async def _tunnel_bytes(self, conn: UpstreamConnection, down: Any) -> bool:
+        """Bytes both ways between the client and ``conn`` until either side closes."""
+        stream = self.stream
         stream.close_connection = True
         self.timers.set(self.deadline, _STREAM_IDLE, self.rp.stream_idle)
         rb = conn.rb
