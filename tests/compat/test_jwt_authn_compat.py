@@ -104,83 +104,92 @@ OTHER = mint(iss=OTHER_ISS, sub="bob", aud="special")
 BEARER = {"authorization": f"Bearer {GOOD}"}
 CK = mint(iss="https://ck.example", sub="carol")
 
-CASES: dict[str, tuple[str, dict[str, str]]] = {
-    "valid": ("/echo/api", BEARER),
-    "missing": ("/echo/api", {}),
-    "expired": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
-    "expired_within_skew": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW - 20)}),
-    # A fractional NumericDate is taken (jwt_verify_lib casts it).
-    "fractional_exp": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW + 3600.75)}),
-    "fractional_exp_expired": (
-        "/echo/api",
-        {"authorization": "Bearer " + mint(exp=NOW - 3600.25)},
-    ),
-    "not_yet_valid": ("/echo/api", {"authorization": "Bearer " + mint(nbf=NOW + 3600)}),
-    "nbf_within_skew": ("/echo/api", {"authorization": "Bearer " + mint(nbf=NOW + 20)}),
-    "no_exp": ("/echo/api", {"authorization": "Bearer " + mint(exp=None)}),
-    "wrong_audience": ("/echo/api", {"authorization": "Bearer " + mint(aud="elsewhere")}),
-    "audience_list": ("/echo/api", {"authorization": "Bearer " + mint(aud=["x", "api.example"])}),
-    "no_audience": ("/echo/api", {"authorization": "Bearer " + mint(aud=None)}),
-    "wrong_issuer": ("/echo/api", {"authorization": "Bearer " + mint(iss="https://evil.example")}),
-    "bad_signature": ("/echo/api", {"authorization": "Bearer " + GOOD[:-6] + "AAAAAA"}),
-    "signed_by_other_key": ("/echo/api", {"authorization": "Bearer " + mint(key=RSA2)}),
-    "rotated_key": ("/echo/api", {"authorization": "Bearer " + mint(key=RSA2, kid="rsa2")}),
-    "no_kid": ("/echo/api", {"authorization": "Bearer " + mint(kid="")}),
-    "malformed": ("/echo/api", {"authorization": "Bearer not-a-jwt"}),
-    "bad_header_b64": ("/echo/api", {"authorization": "Bearer e30.e30.sig"}),
-    "bad_header_json": ("/echo/api", {"authorization": "Bearer bm90anNvbg.e30.c2ln"}),
-    "alg_none": ("/echo/api", {"authorization": "Bearer eyJhbGciOiJub25lIn0.e30."}),
-    "exp_not_int": ("/echo/api", {"authorization": "Bearer " + mint(exp="soon")}),
-    "lower_bearer": ("/echo/api", {"authorization": f"bearer {GOOD}"}),
-    "no_prefix": ("/echo/api", {"authorization": GOOD}),
-    "access_token_param": (f"/echo/api?x=1&access_token={GOOD}", {}),
-    "access_token_only_param": (f"/echo/api?access_token={GOOD}", {}),
-    "access_token_first_param": (f"/echo/api?access_token={GOOD}&y=2&z", {}),
-    "access_token_among_params": (f"/echo/api?z=1&access_token={GOOD}&a=%41&z=2", {}),
-    "access_token_encoded_params": (f"/echo/api?b=%26%20x+y%3D&access_token={GOOD}&%61=1", {}),
-    "cookie_not_forwarded": ("/echo/cookie", {"cookie": f"a=1; jwt={CK}; b=2"}),
-    "cookie_bad": ("/echo/cookie", {"cookie": "jwt=" + mint(iss="https://ck.example", exp=NOW - 3600)}),
-    "two_tokens_one_bad": (f"/echo/api?access_token={mint(exp=NOW - 3600)}", BEARER),
-    "utf8_claim": ("/echo/api", {"authorization": "Bearer " + mint(sub="Zoë")}),
-    "float_and_list_claims": ("/echo/api", {"authorization": "Bearer " + mint(level=7.5, roles=["a", "b"])}),
-    "object_claim": ("/echo/api", {"authorization": "Bearer " + mint(org={"tenant": {"x": 1}})}),
-    "spoofed_claim_header": ("/echo/api", {**BEARER, "x-jwt-sub": "mallory"}),
-    **{f"alg_{a}": ("/echo/api", {"authorization": "Bearer " + mint(a)}) for a in SIGNERS},
-    "es384_header_on_es256_key": ("/echo/api", {"authorization": "Bearer " + relabel(mint("ES256"), "ES384")}),
-    "public_rule": ("/echo/public/x", {}),
-    "skip_header_rule": ("/echo/api", {"x-skip-auth": "1"}),
-    "hdr_in_header": ("/echo/hdr", {"x-token": f"Tok {OTHER}"}),
-    "hdr_in_param": (f"/echo/hdr?tok={OTHER}", {}),
-    "hdr_in_cookie": ("/echo/hdr", {"cookie": f"a=1; session={OTHER}"}),
-    "hdr_bearer_ignored": ("/echo/hdr", {"authorization": f"Bearer {OTHER}"}),
-    "hdr_skew_5s": ("/echo/hdr", {"x-token": "Tok " + mint(iss=OTHER_ISS, aud="special", exp=NOW - 30)}),
-    "any_first": ("/echo/any", BEARER),
-    "any_second": ("/echo/any", {"x-token": f"Tok {OTHER}"}),
-    "any_none": ("/echo/any", {}),
-    "any_bad": ("/echo/any", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
-    "all_both": ("/echo/all", {**BEARER, "x-token": f"Tok {OTHER}"}),
-    "all_one": ("/echo/all", BEARER),
-    "all_wrong_aud": ("/echo/all", {**BEARER, "x-token": "Tok " + mint(iss=OTHER_ISS, aud="api.example")}),
-    "any_or_missing_none": ("/echo/anymiss", {}),
-    "any_or_missing_good": ("/echo/anymiss", BEARER),
-    "any_or_missing_expired": ("/echo/anymiss", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
-    "any_or_missing_unknown_iss": ("/echo/anymiss", {"authorization": "Bearer " + mint(iss="https://x")}),
-    "any_or_failed_expired": ("/echo/anyfail", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
-    "all_with_missing_none": ("/echo/allmiss", {}),
-    "all_with_missing_bad": ("/echo/allmiss", {"x-token": "Tok " + mint(iss=OTHER_ISS, exp=NOW - 3600)}),
-    "optional_none": ("/echo/optional", {}),
-    "optional_good": ("/echo/optional", BEARER),
-    "optional_bad": ("/echo/optional", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
-    "optional_unknown_iss": ("/echo/optional", {"authorization": "Bearer " + mint(iss="https://x")}),
-    "lenient_bad": ("/echo/lenient", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
-    "lenient_good": ("/echo/lenient", {"x-token": f"Tok {OTHER}"}),
-    "named_rule": ("/echo/named", {"x-token": f"Tok {OTHER}"}),
-    "named_rule_missing": ("/echo/named", {}),
-    "route_disabled": ("/echo/route-disabled", {}),
-    "route_named": ("/echo/route-named", {"x-token": f"Tok {OTHER}"}),
-    "route_named_missing": ("/echo/route-named", {}),
-    "route_wrong_name": ("/echo/route-wrong", BEARER),
-}  # fmt: skip
+
+def build_cases() -> dict[str, tuple[str, dict[str, str]]]:
+    """The cases, their tokens minted now: the ones near a time limit (within the clock
+    skew) keep their meaning however long after the import they are sent."""
+    global NOW
+    NOW = int(time.time())
+    return {
+        "valid": ("/echo/api", BEARER),
+        "missing": ("/echo/api", {}),
+        "expired": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+        "expired_within_skew": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW - 20)}),
+        # A fractional NumericDate is taken (jwt_verify_lib casts it).
+        "fractional_exp": ("/echo/api", {"authorization": "Bearer " + mint(exp=NOW + 3600.75)}),
+        "fractional_exp_expired": (
+            "/echo/api",
+            {"authorization": "Bearer " + mint(exp=NOW - 3600.25)},
+        ),
+        "not_yet_valid": ("/echo/api", {"authorization": "Bearer " + mint(nbf=NOW + 3600)}),
+        "nbf_within_skew": ("/echo/api", {"authorization": "Bearer " + mint(nbf=NOW + 20)}),
+        "no_exp": ("/echo/api", {"authorization": "Bearer " + mint(exp=None)}),
+        "wrong_audience": ("/echo/api", {"authorization": "Bearer " + mint(aud="elsewhere")}),
+        "audience_list": ("/echo/api", {"authorization": "Bearer " + mint(aud=["x", "api.example"])}),
+        "no_audience": ("/echo/api", {"authorization": "Bearer " + mint(aud=None)}),
+        "wrong_issuer": ("/echo/api", {"authorization": "Bearer " + mint(iss="https://evil.example")}),
+        "bad_signature": ("/echo/api", {"authorization": "Bearer " + GOOD[:-6] + "AAAAAA"}),
+        "signed_by_other_key": ("/echo/api", {"authorization": "Bearer " + mint(key=RSA2)}),
+        "rotated_key": ("/echo/api", {"authorization": "Bearer " + mint(key=RSA2, kid="rsa2")}),
+        "no_kid": ("/echo/api", {"authorization": "Bearer " + mint(kid="")}),
+        "malformed": ("/echo/api", {"authorization": "Bearer not-a-jwt"}),
+        "bad_header_b64": ("/echo/api", {"authorization": "Bearer e30.e30.sig"}),
+        "bad_header_json": ("/echo/api", {"authorization": "Bearer bm90anNvbg.e30.c2ln"}),
+        "alg_none": ("/echo/api", {"authorization": "Bearer eyJhbGciOiJub25lIn0.e30."}),
+        "exp_not_int": ("/echo/api", {"authorization": "Bearer " + mint(exp="soon")}),
+        "lower_bearer": ("/echo/api", {"authorization": f"bearer {GOOD}"}),
+        "no_prefix": ("/echo/api", {"authorization": GOOD}),
+        "access_token_param": (f"/echo/api?x=1&access_token={GOOD}", {}),
+        "access_token_only_param": (f"/echo/api?access_token={GOOD}", {}),
+        "access_token_first_param": (f"/echo/api?access_token={GOOD}&y=2&z", {}),
+        "access_token_among_params": (f"/echo/api?z=1&access_token={GOOD}&a=%41&z=2", {}),
+        "access_token_encoded_params": (f"/echo/api?b=%26%20x+y%3D&access_token={GOOD}&%61=1", {}),
+        "cookie_not_forwarded": ("/echo/cookie", {"cookie": f"a=1; jwt={CK}; b=2"}),
+        "cookie_bad": ("/echo/cookie", {"cookie": "jwt=" + mint(iss="https://ck.example", exp=NOW - 3600)}),
+        "two_tokens_one_bad": (f"/echo/api?access_token={mint(exp=NOW - 3600)}", BEARER),
+        "utf8_claim": ("/echo/api", {"authorization": "Bearer " + mint(sub="Zoë")}),
+        "float_and_list_claims": ("/echo/api", {"authorization": "Bearer " + mint(level=7.5, roles=["a", "b"])}),
+        "object_claim": ("/echo/api", {"authorization": "Bearer " + mint(org={"tenant": {"x": 1}})}),
+        "spoofed_claim_header": ("/echo/api", {**BEARER, "x-jwt-sub": "mallory"}),
+        **{f"alg_{a}": ("/echo/api", {"authorization": "Bearer " + mint(a)}) for a in SIGNERS},
+        "es384_header_on_es256_key": ("/echo/api", {"authorization": "Bearer " + relabel(mint("ES256"), "ES384")}),
+        "public_rule": ("/echo/public/x", {}),
+        "skip_header_rule": ("/echo/api", {"x-skip-auth": "1"}),
+        "hdr_in_header": ("/echo/hdr", {"x-token": f"Tok {OTHER}"}),
+        "hdr_in_param": (f"/echo/hdr?tok={OTHER}", {}),
+        "hdr_in_cookie": ("/echo/hdr", {"cookie": f"a=1; session={OTHER}"}),
+        "hdr_bearer_ignored": ("/echo/hdr", {"authorization": f"Bearer {OTHER}"}),
+        "hdr_skew_5s": ("/echo/hdr", {"x-token": "Tok " + mint(iss=OTHER_ISS, aud="special", exp=NOW - 30)}),
+        "any_first": ("/echo/any", BEARER),
+        "any_second": ("/echo/any", {"x-token": f"Tok {OTHER}"}),
+        "any_none": ("/echo/any", {}),
+        "any_bad": ("/echo/any", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+        "all_both": ("/echo/all", {**BEARER, "x-token": f"Tok {OTHER}"}),
+        "all_one": ("/echo/all", BEARER),
+        "all_wrong_aud": ("/echo/all", {**BEARER, "x-token": "Tok " + mint(iss=OTHER_ISS, aud="api.example")}),
+        "any_or_missing_none": ("/echo/anymiss", {}),
+        "any_or_missing_good": ("/echo/anymiss", BEARER),
+        "any_or_missing_expired": ("/echo/anymiss", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+        "any_or_missing_unknown_iss": ("/echo/anymiss", {"authorization": "Bearer " + mint(iss="https://x")}),
+        "any_or_failed_expired": ("/echo/anyfail", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+        "all_with_missing_none": ("/echo/allmiss", {}),
+        "all_with_missing_bad": ("/echo/allmiss", {"x-token": "Tok " + mint(iss=OTHER_ISS, exp=NOW - 3600)}),
+        "optional_none": ("/echo/optional", {}),
+        "optional_good": ("/echo/optional", BEARER),
+        "optional_bad": ("/echo/optional", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+        "optional_unknown_iss": ("/echo/optional", {"authorization": "Bearer " + mint(iss="https://x")}),
+        "lenient_bad": ("/echo/lenient", {"authorization": "Bearer " + mint(exp=NOW - 3600)}),
+        "lenient_good": ("/echo/lenient", {"x-token": f"Tok {OTHER}"}),
+        "named_rule": ("/echo/named", {"x-token": f"Tok {OTHER}"}),
+        "named_rule_missing": ("/echo/named", {}),
+        "route_disabled": ("/echo/route-disabled", {}),
+        "route_named": ("/echo/route-named", {"x-token": f"Tok {OTHER}"}),
+        "route_named_missing": ("/echo/route-named", {}),
+        "route_wrong_name": ("/echo/route-wrong", BEARER),
+    }  # fmt: skip
+
+
+CASES = build_cases()  # (their names, for the parametrization)
 
 
 def _requires(name: str) -> dict[str, Any]:
@@ -303,10 +312,12 @@ def config(upstream: int, log_path: str, jwks_file: str) -> str:
     )
 
 
-def play_all(port_of: PortOf, log: Path) -> dict[str, Any]:
+def play_all(
+    port_of: PortOf, log: Path, cases: dict[str, tuple[str, dict[str, str]]]
+) -> dict[str, Any]:
     port = port_of("ingress")
     out: dict[str, Any] = {}
-    for name, (path, headers) in CASES.items():
+    for name, (path, headers) in cases.items():
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", path, headers={"host": "jwt.test", "x-id": name, **headers})
         r = conn.getresponse()
@@ -343,11 +354,12 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     log = work / "access.log"
     jwks_file = work / "other.jwks"
     jwks_file.write_text(json.dumps(OTHER_JWKS))
+    cases = build_cases()  # minted now, the same tokens for both proxies
     try:
         yield run_pair(
             config(upstream.port, str(log), str(jwks_file)),
             tmp_path_factory.mktemp("jwt-proxyd"),
-            lambda port_of: play_all(port_of, log),
+            lambda port_of: play_all(port_of, log, cases),
             pick,
         )
     finally:
