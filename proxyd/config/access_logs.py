@@ -29,7 +29,7 @@ from proxyd.config.supported import (
     STDERR_LOG_TYPE,
     STDOUT_LOG_TYPE,
 )
-from proxyd.config.values import duration_or, enum_name, wrapped_or
+from proxyd.config.values import data_source_text, duration_or, enum_name, wrapped_or
 from proxyd.epoch import AccessLog, AccessLogFilter, OtelLog
 from proxyd.errors import ConfigError
 from proxyd.protocol.access_log import make_format
@@ -110,7 +110,7 @@ def _log_format(fmt: Any, path: str, file: str) -> tuple[str, str, bool]:
     elif which == "text_format_source":
         source = fmt.text_format_source
         where = join(path, "text_format_source")
-        text = _data_source(source, where, file)
+        text = data_source_text(source, where, file)
         where = join(where, source.WhichOneof("specifier") or "")
         if not text:
             raise ConfigError(file, where, "a text format must not be empty")
@@ -131,23 +131,6 @@ def compile_text_format(text: str, path: str, file: str) -> None:
         make_format(text, "", False)
     except ValueError as exc:
         raise ConfigError(file, path, str(exc)) from exc
-
-
-def _data_source(ds: Any, path: str, file: str) -> str:
-    which = ds.WhichOneof("specifier")
-    if which == "inline_string":
-        return str(ds.inline_string)
-    if which == "inline_bytes":
-        return bytes(ds.inline_bytes).decode("utf-8", "replace")
-    if which == "filename":
-        try:
-            with open(ds.filename, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError as exc:
-            raise ConfigError(
-                file, join(path, "filename"), f"cannot read {ds.filename!r}: {exc.strerror or exc}"
-            ) from exc
-    raise ConfigError(file, path, "one of inline_string, inline_bytes or filename is required")
 
 
 # -- filters ----------------------------------------------------------------------------

@@ -157,3 +157,22 @@ def _push_subpatterns(arg: Any, stack: list[Any]) -> None:
     elif isinstance(arg, (list, tuple)):
         for item in arg:
             _push_subpatterns(item, stack)
+
+
+def data_source_text(ds: Any, path: str, file: str) -> str:
+    """A core.v3.DataSource as text (inline, or the file read now, undecodable bytes
+    replaced); a file that cannot be read is a ConfigError naming it."""
+    which = ds.WhichOneof("specifier")
+    if which == "inline_string":
+        return str(ds.inline_string)
+    if which == "inline_bytes":
+        return bytes(ds.inline_bytes).decode("utf-8", "replace")
+    if which == "filename":
+        try:
+            with open(ds.filename, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError as exc:
+            raise ConfigError(
+                file, join(path, "filename"), f"cannot read {ds.filename!r}: {exc.strerror or exc}"
+            ) from exc
+    raise ConfigError(file, path, "one of inline_string, inline_bytes or filename is required")

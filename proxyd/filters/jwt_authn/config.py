@@ -43,7 +43,7 @@ from typing import Any
 from proxyd.config.matchers import header_match
 from proxyd.config.proto import join
 from proxyd.config.spec import HEADER_MATCHER, LEAF, REGEX, Spec
-from proxyd.config.values import check_regex, wrapped_or
+from proxyd.config.values import check_regex, data_source_text, wrapped_or
 from proxyd.epoch import RouteMatch, to_wire
 from proxyd.errors import ConfigError
 from proxyd.filters.jwt_authn.jwks import JwksError, parse_jwks
@@ -156,7 +156,7 @@ def _provider(p: Any, path: str, file: str) -> dict[str, Any]:
     text = ""
     remote = None
     if which == "local_jwks":
-        text = _data_source(p.local_jwks, join(path, "local_jwks"), file)
+        text = data_source_text(p.local_jwks, join(path, "local_jwks"), file)
         try:
             parse_jwks(text)
         except JwksError as exc:
@@ -306,20 +306,3 @@ def _route_match(m: Any, path: str, file: str) -> RouteMatch:
         header_match(h, f"{join(path, 'headers')}[{i}]", file) for i, h in enumerate(m.headers)
     )
     return RouteMatch(kind=kind, value=value, case_sensitive=case_sensitive, headers=headers)
-
-
-def _data_source(ds: Any, path: str, file: str) -> str:
-    which = ds.WhichOneof("specifier")
-    if which == "inline_string":
-        return str(ds.inline_string)
-    if which == "inline_bytes":
-        return bytes(ds.inline_bytes).decode("utf-8", "replace")
-    if which == "filename":
-        try:
-            with open(ds.filename, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError as exc:
-            raise ConfigError(
-                file, join(path, "filename"), f"cannot read {ds.filename!r}: {exc.strerror or exc}"
-            ) from exc
-    raise ConfigError(file, path, "one of inline_string, inline_bytes or filename is required")
