@@ -104,6 +104,20 @@ class TlsPlan:
         self.http_stats: NamedStats = stats.named(f"http.{http_prefix}.")
 
 
+async def drive_handshake(ssock: ssl.SSLSocket) -> None:
+    """Run a non-blocking socket's TLS handshake, waiting as OpenSSL asks (ssl.SSLError
+    goes to the caller, which bounds it in time). Both sides use it: the downstream
+    termination here, the upstream connections in proxyd.worker.upstream_tls."""
+    while True:
+        try:
+            ssock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            await io.wait_readable(ssock)
+        except ssl.SSLWantWriteError:
+            await io.wait_writable(ssock)
+
+
 class TlsSocket:
     """An established server-side ``SSLSocket`` with the raw socket's non-blocking
     behaviour: "would block" is ``BlockingIOError``, end of stream is 0."""
@@ -233,15 +247,8 @@ async def handshake(sock: socket.socket, plan: TlsPlan) -> TlsSocket | None:
     ok = False
     try:
         with trio.move_on_after(plan.timeout):
-            while True:
-                try:
-                    ssock.do_handshake()
-                    ok = True
-                    break
-                except ssl.SSLWantReadError:
-                    await io.wait_readable(ssock)
-                except ssl.SSLWantWriteError:
-                    await io.wait_writable(ssock)
+            await drive_handshake(ssock)
+            ok = True
         if not ok:
             return None  # timed out: Envoy closes without counting an ssl error
         conn = TlsSocket(ssock, getattr(ssock, SNI_ATTRIBUTE, ""))

@@ -39,7 +39,7 @@ from proxyd.protocol.upstream_tls_context import (
     peer_certificate,
 )
 from proxyd.worker import io
-from proxyd.worker.tls import TlsSocket
+from proxyd.worker.tls import TlsSocket, drive_handshake
 
 if TYPE_CHECKING:
     from proxyd.epoch import UpstreamTls
@@ -143,15 +143,8 @@ async def originate(
     ok = False
     try:
         with trio.move_on_after(limit_s if limit_s > 0 else float("inf")):
-            while True:
-                try:
-                    ssock.do_handshake()
-                    ok = True
-                    break
-                except ssl.SSLWantReadError:
-                    await io.wait_readable(ssock)
-                except ssl.SSLWantWriteError:
-                    await io.wait_writable(ssock)
+            await drive_handshake(ssock)
+            ok = True
         if not ok:
             raise HandshakeFailed("", timeout=True)
         peer: Any = _UNREAD
