@@ -41,7 +41,7 @@ from proxyd.worker.retrying import (
     _AttemptFailed,
     _overloaded,
 )
-from proxyd.worker.router import RESET_BEFORE_HEADERS, arm_request_phase
+from proxyd.worker.router import RESET_BEFORE_HEADERS
 from proxyd.worker.stream import (
     DownstreamReset,
     LocalReplied,
@@ -94,12 +94,7 @@ class HedgingExchange(RetryingExchange):
         h = stream.head
         assert h is not None
         stream.upstream_host = self.host.label
-        if stream.request_complete:
-            self.arm_route()
-        else:
-            if self.plan.request_timeout != INF:
-                stream.request_deadline = self.timers.now() + self.plan.request_timeout
-            arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
+        self.arm_start()
         try:
             if h.has_body:
                 await self._keep_body()

@@ -57,7 +57,6 @@ from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
 from proxyd.worker.router import (
     RESET_BEFORE_HEADERS,
     Exchange,
-    arm_request_phase,
     frame_request,
     record_budget,
     record_try_budget,
@@ -301,12 +300,7 @@ class RetryingExchange(Exchange):
         assert h is not None
         self.host.active_requests += 1
         stream.upstream_host = self.host.label
-        if stream.request_complete:
-            self.arm_route()
-        else:
-            if self.plan.request_timeout != INF:
-                stream.request_deadline = self.timers.now() + self.plan.request_timeout
-            arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
+        self.arm_start()
         try:
             if h.has_body:
                 await self._keep_body()

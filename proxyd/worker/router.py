@@ -174,12 +174,7 @@ class Exchange:
         h = stream.head
         assert h is not None
         has_body = h.has_body
-        if stream.request_complete:
-            self.arm_route()
-        else:
-            if self.plan.request_timeout != INF:
-                stream.request_deadline = self.timers.now() + self.plan.request_timeout
-            arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
+        self.arm_start()
         try:
             retried = False
             # A TLS cluster: auto_sni / auto_san_validation key its connections by the
@@ -217,7 +212,7 @@ class Exchange:
                 cstats.rq_total += 1
                 hstats.rq_total += 1
                 self.conn = conn
-                if h.upgrade == "connect" and self.rp.connect_terminate:
+                if h.upgrade and h.upgrade == "connect" and self.rp.connect_terminate:
                     return await self._connect_terminated(conn)
                 if tls is not None:
                     stream.upstream_tls = conn.sock
@@ -291,6 +286,17 @@ class Exchange:
             if self.conn is not None:
                 pool.destroy(self.conn)
                 self.conn = None
+
+    def arm_start(self) -> None:
+        """The stream's first deadline: the route timeout when the request is all here,
+        else the request phase's (request_timeout, stream idle)."""
+        stream = self.stream
+        if stream.request_complete:
+            self.arm_route()
+        else:
+            if self.plan.request_timeout != INF:
+                stream.request_deadline = self.timers.now() + self.plan.request_timeout
+            arm_request_phase(stream, self.rp.stream_idle, self.timers, self.deadline)
 
     def arm_route(self) -> None:
         """The request is complete: the route timeout runs from now (0 = none, and then
