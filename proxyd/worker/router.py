@@ -188,7 +188,10 @@ class Exchange:
                 # Envoy's upstream service time includes the wait for a connection.
                 self.t_sent = t_sent or time.monotonic()
                 t_sent = 0.0
-                conn = pool.take_idle(host, key)
+                if h.upgrade and h.upgrade == "connect" and self.rp.connect_terminate:
+                    conn = None  # a terminated CONNECT gets a connection of its own
+                else:
+                    conn = pool.take_idle(host, key)
                 reused = conn is not None
                 if conn is None:
                     try:
