@@ -46,6 +46,7 @@ from proxyd.epoch_types.listeners import (
     SocketOption,
     TcpCluster,
     TcpProxy,
+    TcpTunnel,
     Tracing,
 )
 from proxyd.epoch_types.model import (
@@ -137,6 +138,7 @@ __all__ = [
     "StringMatch",
     "TcpCluster",
     "TcpProxy",
+    "TcpTunnel",
     "TlsCertificate",
     "Tracing",
     "UpstreamTls",

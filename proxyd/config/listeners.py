@@ -14,7 +14,7 @@ from proxyd.config.hcm_transforms import compile_http1_options, compile_transfor
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.network_rbac import compile_network_rbac
 from proxyd.config.proto import join
-from proxyd.config.routes import compile_route_config, compile_upgrades
+from proxyd.config.routes import compile_route_config, compile_upgrades, header_adds
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tls import check_listener_filters, compile_transport_socket
@@ -36,8 +36,10 @@ from proxyd.epoch import (
     RouteConfig,
     TcpCluster,
     TcpProxy,
+    TcpTunnel,
 )
 from proxyd.errors import ConfigError
+from proxyd.protocol.header_values import compile_value
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
@@ -95,7 +97,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "own SO_REUSEPORT socket)",
         )
     inspector = check_listener_filters(lst, path, file)
-    tcp_chain = _tcp_proxy_listener(lst, path, file)
+    tcp_chain = _tcp_proxy_listener(lst, path, clusters, file)
     if tcp_chain is not None:
         tcp, tls = tcp_chain
         return Listener(
@@ -207,7 +209,7 @@ def _is_tcp_proxy(chain: Any) -> bool:
 
 
 def _tcp_proxy_listener(
-    lst: Any, path: str, file: str
+    lst: Any, path: str, clusters: Container[str], file: str
 ) -> tuple[TcpProxy, DownstreamTls | None] | None:
     """The listener's TCP proxy and its TLS termination, when its filter chain has one:
     a single chain without match criteria (the TCP proxy among several chains is not
@@ -242,6 +244,7 @@ def _tcp_proxy_listener(
         chain.filters[last], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
     )
     proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    _check_tunnel_clusters(proxy, clusters, join(filter_path, "typed_config"), file)
     rbac = compile_network_rbac(chain.filters, join(here, "filters"), file)
     if rbac:
         proxy = dataclasses.replace(proxy, network_rbac=rbac)
@@ -324,6 +327,47 @@ def compile_tcp_proxy(msg: Any, path: str, file: str) -> TcpProxy:
         access_logs=compile_access_logs(msg.access_log, join(path, "access_log"), file),
         log_on_connected=msg.access_log_options.flush_access_log_on_connected,
         hash_source_ip=any(p.HasField("source_ip") for p in msg.hash_policy),
+        tunneling=(
+            _tunneling(msg.tunneling_config, join(path, "tunneling_config"), file)
+            if msg.HasField("tunneling_config")
+            else None
+        ),
+    )
+
+
+def _check_tunnel_clusters(proxy: TcpProxy, clusters: Container[str], path: str, file: str) -> None:
+    """proxyd tunnels over HTTP/1.1 only: a tunnel to a cluster that speaks HTTP/2 to
+    its hosts (where Envoy would tunnel over HTTP/2) is refused."""
+    if proxy.tunneling is None:
+        return
+    http2: frozenset[str] = getattr(clusters, "grpc_only", frozenset())
+    names = [c.name for c in proxy.weighted] or [proxy.cluster]
+    for name in names:
+        if name in http2:
+            raise ConfigError(
+                file,
+                join(path, "tunneling_config"),
+                f"tunneling to cluster '{name}', which speaks HTTP/2 to its hosts, "
+                "is not supported by proxyd (it tunnels over HTTP/1.1 only)",
+            )
+
+
+def _tunneling(msg: Any, path: str, file: str) -> TcpTunnel:
+    """TcpProxy.tunneling_config, with Envoy's checks (the hostname is a format string;
+    a post_path only with use_post)."""
+    try:
+        compile_value(msg.hostname)
+    except ValueError as exc:
+        raise ConfigError(file, join(path, "hostname"), str(exc)) from exc
+    if msg.post_path and not msg.use_post:
+        raise ConfigError(
+            file, join(path, "post_path"), "Can't set a post path when POST method isn't used"
+        )
+    return TcpTunnel(
+        hostname=msg.hostname,
+        use_post=msg.use_post,
+        post_path=msg.post_path or "/",
+        headers=header_adds(msg, "headers_to_add", path, file),
     )
 
 

@@ -311,8 +311,9 @@ HCM: Spec = {
 }
 
 # envoy.filters.network.tcp_proxy (proxyd.config.listeners.compile_tcp_proxy,
-# proxyd.worker.tcp_proxy); tunneling_config, on_demand, hash_policy's filter_state,
-# metadata_match, backoff_options and periodic access logs are refused by name.
+# proxyd.worker.tcp_proxy); on_demand, hash_policy's filter_state, metadata_match,
+# backoff_options, periodic access logs and the tunnel's response-header propagation
+# (filter state no proxyd filter reads) are refused by name.
 TCP_PROXY: Spec = {
     "stat_prefix": LEAF,
     "cluster": LEAF,
@@ -325,6 +326,17 @@ TCP_PROXY: Spec = {
     "hash_policy": {"source_ip": {}},
     "max_connect_attempts": LEAF,
     "max_downstream_connection_duration": LEAF,
+    # Over HTTP/1.1 CONNECT or POST (proxyd.worker.tcp_tunnel).
+    "tunneling_config": {
+        "hostname": LEAF,
+        "use_post": LEAF,
+        "post_path": LEAF,
+        "headers_to_add": {
+            "header": {"key": LEAF, "value": LEAF},
+            "append_action": LEAF,
+            "keep_empty_value": LEAF,
+        },
+    },
 }
 
 DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LEAF}

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxyd.epoch_types.clusters import ConfigSource
-from proxyd.epoch_types.routes import CustomTag, HeaderMatch, RouteConfig, RouteMatcher
+from proxyd.epoch_types.routes import (
+    CustomTag,
+    HeaderAdd,
+    HeaderMatch,
+    RouteConfig,
+    RouteMatcher,
+)
 from proxyd.epoch_types.tls import DownstreamTls
 
 
@@ -318,6 +324,19 @@ class TcpCluster:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpTunnel:
+    """TcpProxy.tunneling_config: the client's bytes go upstream inside an HTTP/1.1
+    ``CONNECT hostname`` (or ``POST post_path`` with ``use_post``, the bytes then
+    chunked) request. ``hostname`` and the header values may use ``%OPERATOR%``
+    substitutions (checked at load)."""
+
+    hostname: str
+    use_post: bool = False
+    post_path: str = "/"
+    headers: tuple[HeaderAdd, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TcpProxy:
     """Envoy's ``envoy.filters.network.tcp_proxy`` (TcpProxy) with its defaults
     resolved; the worker side is :mod:`proxyd.worker.tcp_proxy`."""
@@ -338,6 +357,8 @@ class TcpProxy:
     hash_source_ip: bool = False
     # Network RBAC filters before the TCP proxy, in order.
     network_rbac: tuple[NetworkRbac, ...] = ()
+    # tunneling_config: the bytes go inside an HTTP request to the cluster (None: raw).
+    tunneling: TcpTunnel | None = None
 
 
 @dataclass(frozen=True, slots=True)
