@@ -30,8 +30,10 @@ from proxyd.epoch_types.clusters import (
     StatusRange,
 )
 from proxyd.epoch_types.listeners import (
+    ANY_CHAIN,
     AccessLog,
     AccessLogFilter,
+    ChainMatch,
     FilterAction,
     FilterChain,
     FilterMatcher,
@@ -100,6 +102,8 @@ __all__ = [
     "Epoch",
     "EpochWire",
     "FilterAction",
+    "ANY_CHAIN",
+    "ChainMatch",
     "FilterChain",
     "FilterMatcher",
     "FilterOverride",

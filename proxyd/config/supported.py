@@ -395,7 +395,17 @@ FILTER_CHAIN: Spec = {
     # A label (/config_dump).
     "name": LEAF,
     # Chosen per connection by proxyd.protocol.chain_match (SNI from the ClientHello).
-    "filter_chain_match": {"server_names": LEAF, "transport_protocol": LEAF},
+    "filter_chain_match": {
+        "destination_port": LEAF,
+        "prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "server_names": LEAF,
+        "transport_protocol": LEAF,
+        "application_protocols": LEAF,
+        "direct_source_prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "source_type": LEAF,
+        "source_prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "source_ports": LEAF,
+    },
     # TLS termination (proxyd.config.tls, proxyd.worker.tls).
     "transport_socket": {
         "name": LEAF,
