@@ -73,7 +73,7 @@ class StatefulSessionFilter(HttpFilter):
             if covers is not None and not covers(stream.head.path):
                 return CONTINUE
             value = cookie_value(headers.get("cookie", ""), f.cookie)
-            address = cookie_address(value, int(time.monotonic())) if value else None
+            address = cookie_address(value, int(time.time())) if value else None
         else:
             value = headers.get(f.header, "")
             address = header_address(value) if value else None
@@ -93,7 +93,7 @@ class StatefulSessionFilter(HttpFilter):
             return CONTINUE
         f = self.factory
         if f.cookie:
-            expires = int(time.monotonic() + f.ttl) if f.ttl else 0
+            expires = int(time.time()) + f.ttl if f.ttl else 0
             line = set_cookie_value(f.cookie, encode_cookie(host, expires), f.path, f.ttl, ())
             stream.add_response_header("set-cookie", line)
         else:

@@ -4,9 +4,8 @@
   (``ip:port``, ``[v6]:port``, or a pipe's path).
 * Cookie (``CookieBasedSessionState``): the value is the base64 of a small protobuf
   message, Envoy's internal ``envoy.Cookie { string address = 1; uint64 expires = 2; }``.
-  ``expires`` (only with a ttl) is CLOCK_MONOTONIC seconds (Envoy's steady clock, the
-  same clock for every process of the machine) plus the ttl; a cookie past it is
-  ignored. A value that is not such a message is read as the address itself (Envoy's
+  ``expires`` (only with a ttl) is the wall clock's Unix time in whole seconds plus
+  the ttl (checked against Envoy 1.40); a cookie past it is ignored. A value that is not such a message is read as the address itself (Envoy's
   old format, still accepted).
 
 Base64 is Envoy's strict decoder: padded to a multiple of 4, canonical; anything else
@@ -134,8 +133,8 @@ def parse_cookie_message(data: bytes) -> tuple[str, int] | None:
 
 
 def cookie_address(value: str, now_s: int) -> str | None:
-    """The host a session cookie's value names (None: no session): ``now_s`` is
-    CLOCK_MONOTONIC in whole seconds."""
+    """The host a session cookie's value names (None: no session): ``now_s`` is the
+    Unix time in whole seconds."""
     decoded = b64decode(value)
     if not decoded:
         return None
