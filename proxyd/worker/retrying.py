@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from proxyd.errors import ProtocolError
-from proxyd.filters.stateful_session import override as session_override
 from proxyd.protocol.http1 import ResponseHead
 from proxyd.protocol.priority import load_without
 from proxyd.protocol.retry import (
@@ -407,14 +406,9 @@ class RetryingExchange(Exchange):
             self.stream.upstream_host = host.label
 
     def _retry_host(self) -> HostState | None:
-        """A retry's host: the balancer's pick (None: no host is usable), or the host
-        a stateful session named."""
+        """A retry's host: the balancer's pick (None: no host is usable)."""
         cluster = self.rp.cluster
         assert cluster is not None
-        if self.stream.override_host is not None:
-            host, decided = session_override.pick(cluster, self.stream.override_host)
-            if decided:
-                return host
         picks = self.rplan.host_picks
         balancer = cluster.balancer
         if cluster.hashing is not None:

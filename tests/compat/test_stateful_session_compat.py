@@ -10,9 +10,11 @@ ttl 60s), then the router. Its routes:
   unhealthy; ``/hcany``: cluster ``hc_any``, the same with ``override_host_status``
   UNKNOWN and UNHEALTHY; ``/healthy-only``: cluster ``only_healthy`` (no health
   checks) whose ``override_host_status`` is HEALTHY alone;
+* ``/status/``: cluster ``svc`` with retries on 5xx that avoid the hosts tried;
 * ``/off``: the filter disabled per route; ``/strict``: a per-route session with
   ``strict``; ``/hdr``: a per-route header-based session (``x-session``);
-  ``/scoped``: a per-route cookie ``scoped`` with path ``/scoped`` and no ttl.
+  ``/scoped``: a per-route cookie ``scoped`` with path ``/scoped`` and no ttl;
+  ``/attrs``: a per-route cookie with attributes and a ttl of 1.9s (whole seconds count).
 
 Each case sends requests with and without session cookies (made here in Envoy's
 format, or taken from a response) and records which upstream answered and what the
@@ -48,6 +50,9 @@ PER_ROUTE = (
 )
 COOKIE = (
     "type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState"
+)
+PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
 HEADER = (
     "type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState"
@@ -127,6 +132,36 @@ def config(ports: list[int], dead: int) -> str:
             "svc",
             {"stateful_session": {"session_state": _cookie_state("scoped", path="/scoped")}},
         ),
+        _route(
+            "/attrs",
+            "svc",
+            {
+                "stateful_session": {
+                    "session_state": _cookie_state(
+                        "sticky",
+                        ttl="1.9s",
+                        attributes=[{"name": "SameSite", "value": "Strict"}, {"name": "Secure"}],
+                    )
+                }
+            },
+        ),
+        {
+            "match": {"prefix": "/status/"},
+            "route": {
+                "cluster": "svc",
+                "retry_policy": {
+                    "retry_on": "5xx",
+                    "num_retries": 2,
+                    "retry_host_predicate": [
+                        {
+                            "name": "envoy.retry_host_predicates.previous_hosts",
+                            "typed_config": {"@type": PREVIOUS_HOSTS},
+                        }
+                    ],
+                    "host_selection_retry_max_attempts": 5,
+                },
+            },
+        },
     ]
     filters = [
         {
@@ -300,6 +335,16 @@ def play(port_of: PortOf, names: Names) -> dict[str, Any]:
     out["scoped_query"] = len(_one(port, "/scoped?q", names)["cookies"])
     out["scoped_other"] = _one(port, "/scopedx", names)["cookies"]
     out["scoped_to_b"] = _many(port, "/scoped/z", names, 3, cookie=cookie("b", name="scoped"))
+    attrs = _one(port, "/attrs", names)
+    out["attrs"] = (attrs["cookies"][0][1] == attrs["upstream"], attrs["cookies"][0][2:])
+    # Only the first attempt goes to the session's host: Envoy's retries are the
+    # balancer's (and here avoid the hosts tried), so the last 503 is not c's.
+    retried = _many(port, "/status/503", names, 3, cookie=cookie("c"))
+    out["retry_c"] = (
+        "c" in retried["upstreams"],
+        retried["statuses"],
+        retried["cookie_names_answerer"],
+    )
     out["scoped_sticky_elsewhere"] = _many(
         port, "/scopedx", names, 6, cookie=cookie("b", name="scoped")
     )

@@ -3,13 +3,14 @@
 
 The session state is one of two extensions, compiled to::
 
-    {"kind": "cookie", "name": str, "path": str, "ttl": int (whole seconds), "strict": bool}
+    {"kind": "cookie", "name": str, "path": str, "ttl": int (whole seconds),
+     "attributes": [[name, value], ...], "strict": bool}
     {"kind": "header", "name": str (lower case), "strict": bool}
     {"kind": "", "strict": bool}      # no session_state: the filter does nothing
 
 A per-route config is ``{"disabled": True}`` or ``{"disabled": False, "config": <the
 above>}`` (its own ``stateful_session`` replaces the filter's whole, as in Envoy).
-``stat_prefix`` and the cookie's ``attributes`` are refused by the allow-list.
+``stat_prefix`` (the filter's stats) is refused by the allow-list.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ COOKIE_TYPE = "envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessi
 HEADER_TYPE = "envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState"
 
 SESSION_STATES: dict[str, Spec] = {
-    COOKIE_TYPE: {"cookie": {"name": LEAF, "path": LEAF, "ttl": LEAF}},
+    COOKIE_TYPE: {
+        "cookie": {
+            "name": LEAF,
+            "path": LEAF,
+            "ttl": LEAF,
+            "attributes": {"name": LEAF, "value": LEAF},
+        }
+    },
     HEADER_TYPE: {"name": LEAF},
 }
 SPEC: Spec = {
@@ -53,7 +61,13 @@ def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
                 join(here, "cookie.name"),
                 "Cookie key cannot be empty for cookie based stateful sessions",
             )
-        out.update(kind="cookie", name=cookie.name, path=cookie.path, ttl=cookie.ttl.seconds)
+        out.update(
+            kind="cookie",
+            name=cookie.name,
+            path=cookie.path,
+            ttl=cookie.ttl.seconds,
+            attributes=[[a.name, a.value] for a in cookie.attributes],
+        )
     else:
         out.update(kind="header", name=state.name.lower())
     return out

@@ -9,7 +9,7 @@ Else the host the request names (:mod:`.session`) becomes the stream's
 
 On the response of a stream with a session: when an upstream host was chosen and it
 is not the one the request named, the response names it: a ``Set-Cookie`` line
-``name="value"; Max-Age=ttl; Path=path; HttpOnly`` added (the upstream's own cookies
+``name="value"; Max-Age=ttl; Path=path; <attributes>; HttpOnly`` added (the upstream's own cookies
 stay), or the header set to the base64 of its address.
 """
 
@@ -33,7 +33,7 @@ class Factory:
     """One per epoch and route."""
 
     __slots__ = ("name", "wanted_headers", "decodes", "encodes", "cookie", "header", "path",
-                 "ttl", "strict", "covers")  # fmt: skip
+                 "ttl", "attributes", "strict", "covers")  # fmt: skip
 
     def __init__(
         self, name: str, config: Any, per_route: Any, stats: StatsScope, runtime: Any = None
@@ -47,6 +47,8 @@ class Factory:
         self.header = state["name"] if kind == "header" else ""
         self.path = state.get("path", "") if state is not None else ""
         self.ttl = state.get("ttl", 0) if state is not None else 0
+        attributes = state.get("attributes", ()) if state is not None else ()
+        self.attributes = tuple((n, v) for n, v in attributes)
         self.strict = bool(state["strict"]) if state is not None else False
         self.covers = path_matcher(self.path) if kind == "cookie" else None
         self.decodes = self.encodes = bool(kind)
@@ -94,7 +96,9 @@ class StatefulSessionFilter(HttpFilter):
         f = self.factory
         if f.cookie:
             expires = int(time.time()) + f.ttl if f.ttl else 0
-            line = set_cookie_value(f.cookie, encode_cookie(host, expires), f.path, f.ttl, ())
+            line = set_cookie_value(
+                f.cookie, encode_cookie(host, expires), f.path, f.ttl, f.attributes
+            )
             stream.add_response_header("set-cookie", line)
         else:
             stream.set_response_header(f.header, b64encode(host.encode("latin-1")))
