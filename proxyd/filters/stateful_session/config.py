@@ -19,7 +19,6 @@ from typing import Any
 
 from proxyd.config.proto import join, unpack
 from proxyd.config.spec import LEAF, AnyOf, Spec
-from proxyd.errors import ConfigError
 
 TYPE = "envoy.extensions.filters.http.stateful_session.v3.StatefulSession"
 PER_ROUTE_TYPE = "envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute"
@@ -48,19 +47,12 @@ def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": "", "strict": msg.strict}
     if not msg.HasField("session_state"):
         return out
-    here = join(path, "session_state.typed_config")
     any_msg = msg.session_state.typed_config
     kind = any_msg.type_url.rsplit("/", 1)[-1]
     state = unpack(any_msg)
     assert state is not None  # the allow-list walk resolved every type URL
     if kind == COOKIE_TYPE:
-        cookie = state.cookie
-        if not cookie.name:
-            raise ConfigError(
-                file,
-                join(here, "cookie.name"),
-                "Cookie key cannot be empty for cookie based stateful sessions",
-            )
+        cookie = state.cookie  # required, with a name (Envoy's proto rules, checked)
         out.update(
             kind="cookie",
             name=cookie.name,

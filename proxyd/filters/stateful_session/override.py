@@ -1,8 +1,9 @@
 """Host selection with an override host (Envoy's ``HostUtility::selectOverrideHost``).
 
 A stream whose stateful session named a host carries ``override_host`` = (address,
-strict). The router asks :func:`pick` before its balancer (for the first
-attempt and for each retry): the cluster's host of that address (``ip:port``, as
+strict). The connection manager asks :func:`pick` before the balancer for the first
+attempt (a retry's host is the balancer's: Envoy's router gives no override host to a
+retry): the cluster's host of that address (``ip:port``, as
 ``%UPSTREAM_HOST%`` prints it) is taken when its health status is one of the cluster's
 ``common_lb_config.override_host_status`` (default UNKNOWN, HEALTHY, DEGRADED). Else
 the balancer picks, unless the session is strict: then there is no host (503, "no
