@@ -208,10 +208,16 @@ def envoy_cookie(address: str, expires: int = 0) -> str:
     return base64.b64encode(msg).decode()
 
 
-def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, str, list[tuple[str, str]]]:
+def _get(
+    port: int, path: str, headers: dict[str, str] | list[tuple[str, str]]
+) -> tuple[int, str, list[tuple[str, str]]]:
+    """GET ``path``; ``headers`` as a list may repeat a name (one line each)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", path, headers=headers)
+        conn.putrequest("GET", path)
+        for name, value in headers.items() if isinstance(headers, dict) else headers:
+            conn.putheader(name, value)
+        conn.endheaders()
         r = conn.getresponse()
         body = r.read().decode()
         return r.status, body, [(k.lower(), v) for k, v in r.getheaders()]
@@ -311,6 +317,16 @@ def play(port_of: PortOf, names: Names) -> dict[str, Any]:
     out["unknown"] = _many(port, "/svc", names, 6, cookie=cookie("dead"))
     for i, bad in enumerate(["!!!", "YWJj", "YWJjZA", "", '""', "YQ==YQ=="]):
         out[f"garbage{i}"] = _many(port, "/svc", names, 3, cookie=f"sticky={bad}")
+    two = [("cookie", "a=1"), ("cookie", cookie("b")), ("cookie", cookie("c"))]
+    out["cookie_lines"] = [_get(port, "/svc", two)[2] for _ in "xyz"]
+    hdr_b, hdr_c = (base64.b64encode(names.address[u].encode()).decode() for u in "bc")
+    lines = [("x-session", hdr_b), ("x-session", hdr_c)]
+    out["header_lines"] = [_get(port, "/hdr", lines)[2] for _ in "xyz"]
+    for key in ("cookie_lines", "header_lines"):
+        out[key] = sorted(
+            {(v, any(k in ("set-cookie", "x-session") for k, _ in r)) for r in out[key]
+             for k, v in r if k == "x-upstream-name"}
+        )  # fmt: skip
     out["other_name"] = _many(port, "/svc", names, 3, cookie=cookie("b", name="stick"))
     # Health: c fails its checks in hc and hc_any.
     out["hc_to_c"] = _many(port, "/hc", names, 6, cookie=cookie("c"))

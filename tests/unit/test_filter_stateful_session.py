@@ -152,6 +152,19 @@ def test_cookie_session_names_the_host_and_the_response_names_a_new_one() -> Non
     assert made == "127.0.0.1:2"
 
 
+def test_repeated_lines() -> None:
+    f = Factory("ss", COOKIE_CONFIG, None, _Stats())
+    value = encode_cookie("127.0.0.1:1", 0)
+    s = SessionStream(head=Head(path="/app", headers={"cookie": f"a=1,b=2; s={value}"}))
+    _run(f, s, "127.0.0.1:1")
+    assert s.override_host == ("127.0.0.1:1", True)
+    h = Factory("ss", HEADER_CONFIG, None, _Stats())
+    first, second = (base64.b64encode(a).decode() for a in (b"10.0.0.1:5", b"10.0.0.2:5"))
+    s = SessionStream(head=Head(headers={"x-s": f"{first},{second}"}))
+    _run(h, s, "10.0.0.1:5")
+    assert s.override_host == ("10.0.0.1:5", False) and s.response_headers == {}
+
+
 def test_the_same_host_sets_nothing_and_no_host_sets_nothing() -> None:
     f = Factory("ss", COOKIE_CONFIG, None, _Stats())
     value = encode_cookie("127.0.0.1:1", 0)

@@ -74,10 +74,12 @@ class StatefulSessionFilter(HttpFilter):
             covers = f.covers
             if covers is not None and not covers(stream.head.path):
                 return CONTINUE
-            value = cookie_value(headers.get("cookie", ""), f.cookie)
+            value = _cookie(headers.get("cookie", ""), f.cookie)
             address = cookie_address(value, int(time.time())) if value else None
         else:
-            value = headers.get(f.header, "")
+            # The first line's value (the parser joins repeated lines with ",", which
+            # base64 never holds), as Envoy reads the header's first value.
+            value = headers.get(f.header, "").partition(",")[0]
             address = header_address(value) if value else None
         self.session = True
         if address is not None:
@@ -103,3 +105,15 @@ class StatefulSessionFilter(HttpFilter):
         else:
             stream.set_response_header(f.header, b64encode(host.encode("latin-1")))
         return CONTINUE
+
+
+def _cookie(header: str, name: str) -> str:
+    """The cookie's value; the parser joins several ``cookie`` lines of an HTTP/1.1
+    request with "," (Envoy searches each line), which a session value never holds."""
+    if "," not in header:
+        return cookie_value(header, name)
+    for line in header.split(","):
+        value = cookie_value(line, name)
+        if value:
+            return value
+    return ""
