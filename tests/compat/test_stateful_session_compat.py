@@ -11,6 +11,7 @@ ttl 60s), then the router. Its routes:
   UNKNOWN and UNHEALTHY; ``/healthy-only``: cluster ``only_healthy`` (no health
   checks) whose ``override_host_status`` is HEALTHY alone;
 * ``/status/``: cluster ``svc`` with retries on 5xx that avoid the hosts tried;
+* ``/dead``: cluster ``dead``, one host that refuses connections;
 * ``/off``: the filter disabled per route; ``/strict``: a per-route session with
   ``strict``; ``/hdr``: a per-route header-based session (``x-session``);
   ``/scoped``: a per-route cookie ``scoped`` with path ``/scoped`` and no ttl;
@@ -104,6 +105,7 @@ def config(ports: list[int], dead: int) -> str:
         _route("/hcany", "hc_any"),
         _route("/hc", "hc"),
         _route("/healthy-only", "only_healthy"),
+        _route("/dead", "dead"),
         _route("/off", "svc", {"disabled": True}),
         _route(
             "/strict",
@@ -188,6 +190,7 @@ def config(ports: list[int], dead: int) -> str:
             common_lb_config={"override_host_status": {"statuses": ["HEALTHY"]}},
         ),
     ]
+    clusters.append(_cluster("dead", [dead]))
     doc = bootstrap([http_listener("ingress", 0, route_config, filters)], clusters)
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -327,6 +330,9 @@ def play(port_of: PortOf, names: Names) -> dict[str, Any]:
             {(v, any(k in ("set-cookie", "x-session") for k, _ in r)) for r in out[key]
              for k, v in r if k == "x-upstream-name"}
         )  # fmt: skip
+    # A host that refuses connections: the 503 names no host, or names the one tried.
+    out["dead"] = _one(port, "/dead", names)
+    out["dead_named"] = _one(port, "/dead", names, cookie=cookie("dead"))
     out["other_name"] = _many(port, "/svc", names, 3, cookie=cookie("b", name="stick"))
     # Health: c fails its checks in hc and hc_any.
     out["hc_to_c"] = _many(port, "/hc", names, 6, cookie=cookie("c"))
