@@ -40,16 +40,17 @@ class Factory:
     ) -> None:
         self.name = name
         state = config
-        if per_route is not None:
+        if per_route is not None:  # the route's: disabled, or a whole config of its own
             state = None if per_route["disabled"] else per_route["config"]
-        kind = state["kind"] if state is not None else ""
+        if state is None:
+            state = {"kind": ""}
+        kind = state["kind"]
         self.cookie = state["name"] if kind == "cookie" else ""
         self.header = state["name"] if kind == "header" else ""
-        self.path = state.get("path", "") if state is not None else ""
-        self.ttl = state.get("ttl", 0) if state is not None else 0
-        attributes = state.get("attributes", ()) if state is not None else ()
-        self.attributes = tuple((n, v) for n, v in attributes)
-        self.strict = bool(state["strict"]) if state is not None else False
+        self.path = state.get("path", "")
+        self.ttl = state.get("ttl", 0)
+        self.attributes = tuple((n, v) for n, v in state.get("attributes", ()))
+        self.strict = bool(state.get("strict", False))
         self.covers = path_matcher(self.path) if kind == "cookie" else None
         self.decodes = self.encodes = bool(kind)
         wanted = "cookie" if kind == "cookie" else self.header
