@@ -11,7 +11,8 @@ ttl 60s), then the router. Its routes:
   UNKNOWN and UNHEALTHY; ``/healthy-only``: cluster ``only_healthy`` (no health
   checks) whose ``override_host_status`` is HEALTHY alone;
 * ``/status/``: cluster ``svc`` with retries on 5xx that avoid the hosts tried;
-* ``/dead``: cluster ``dead``, one host that refuses connections;
+* ``/dead``: cluster ``dead``, one host that refuses connections; ``/ring``: cluster
+  ``ring`` (RING_HASH) with a route hash policy that makes a cookie;
 * ``/off``: the filter disabled per route; ``/strict``: a per-route session with
   ``strict``; ``/hdr``: a per-route header-based session (``x-session``);
   ``/scoped``: a per-route cookie ``scoped`` with path ``/scoped`` and no ttl;
@@ -106,6 +107,13 @@ def config(ports: list[int], dead: int) -> str:
         _route("/hc", "hc"),
         _route("/healthy-only", "only_healthy"),
         _route("/dead", "dead"),
+        {
+            "match": {"prefix": "/ring"},
+            "route": {
+                "cluster": "ring",
+                "hash_policy": [{"cookie": {"name": "h", "ttl": "100s", "path": "/"}}],
+            },
+        },
         _route("/off", "svc", {"disabled": True}),
         _route(
             "/strict",
@@ -191,6 +199,7 @@ def config(ports: list[int], dead: int) -> str:
         ),
     ]
     clusters.append(_cluster("dead", [dead]))
+    clusters.append({**_cluster("ring", ports), "lb_policy": "RING_HASH"})
     doc = bootstrap([http_listener("ingress", 0, route_config, filters)], clusters)
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -266,6 +275,12 @@ def _one(port: int, path: str, names: Names, **headers: str) -> dict[str, Any]:
     return out
 
 
+def _names(lines: list[tuple[str, str]], header: str) -> list[str]:
+    """The values of ``header`` (for set-cookie: the cookies' names)."""
+    values = [v for k, v in lines if k == header]
+    return [v.split("=", 1)[0] for v in values] if header == "set-cookie" else values
+
+
 def _many(port: int, path: str, names: Names, n: int, **headers: str) -> dict[str, Any]:
     """``n`` requests: the upstreams that answered, and whether each response's cookie
     (if any) names the upstream that answered it."""
@@ -333,6 +348,14 @@ def play(port_of: PortOf, names: Names) -> dict[str, Any]:
     # A host that refuses connections: the 503 names no host, or names the one tried.
     out["dead"] = _one(port, "/dead", names)
     out["dead_named"] = _one(port, "/dead", names, cookie=cookie("dead"))
+    # A hashing cluster: the session's host comes first, and no hash (so no hash
+    # cookie) is made for it; without a session cookie both cookies are made.
+    ring = [_get(port, "/ring", {"cookie": cookie(u)}) for u in "abc"]
+    out["ring_sticky"] = [
+        (_names(r[2], "x-upstream-name"), _names(r[2], "set-cookie")) for r in ring
+    ]
+    fresh = _get(port, "/ring", {})
+    out["ring_fresh"] = sorted(v.split("=", 1)[0] for k, v in fresh[2] if k == "set-cookie")
     out["other_name"] = _many(port, "/svc", names, 3, cookie=cookie("b", name="stick"))
     # Health: c fails its checks in hc and hc_any.
     out["hc_to_c"] = _many(port, "/hc", names, 6, cookie=cookie("c"))
