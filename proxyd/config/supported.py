@@ -597,6 +597,8 @@ CLUSTER: dict[str, Spec] = {
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},
         "locality_weighted_lb_config": {},
+        # proxyd.filters.stateful_session.override: the statuses a session may pick.
+        "override_host_status": {"statuses": LEAF},
         # 0s only (proxyd.config.clusters): updates are applied at once.
         "update_merge_window": LEAF,
     },
