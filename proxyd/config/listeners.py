@@ -148,7 +148,8 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
     first = chains[0] if chains else default
     assert first is not None
     selecting = any(c.match != ANY_CHAIN for c in chains)
-    rds = any(c.hcm.rds_source is not None for c in (*chains, *([default] if default else [])))
+    every = (*chains, *([default] if default else []))
+    rds = any(c.hcm is not None and c.hcm.rds_source is not None for c in every)
     # The configured TLS inspector looks at every connection, as in Envoy (its stats),
     # through the same chain choice (one chain: always that one); not with rds, whose
     # updates reach the listener's first connection manager only.
@@ -163,9 +164,14 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "rds in a listener with several filter chains is not supported by proxyd "
             "(use route_config)",
         )
-    hcm = first.hcm
+    # The listener's own connection manager (the first chain's that has one): None when
+    # every chain is a TCP proxy, the first of which the listener then names.
+    http = next((c for c in every if c.hcm is not None), None)
+    tcp_lead = next(c for c in every if c.tcp_proxy is not None) if http is None else None
+    if tcp_lead is not None:  # chosen per connection, even as the one chain
+        inspecting = True
     for i, c in enumerate(chains if chains else [first]):
-        if where.pipe and c.hcm.use_remote_address:
+        if where.pipe and c.hcm is not None and c.hcm.use_remote_address:
             chain_path = f"filter_chains[{i}]" if chains else "default_filter_chain"
             raise ConfigError(
                 file,
@@ -173,11 +179,13 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
                 "use_remote_address on a pipe listener not supported by proxyd (a Unix "
                 "socket peer has no IP address to trust)",
             )
+    lead = http or tcp_lead or first
     return Listener(
         **_common_fields(lst, path, file, where),
-        hcm=hcm,
-        tls=first.tls,
-        network_rbac=first.network_rbac,
+        hcm=http.hcm if http is not None else None,
+        tcp_proxy=tcp_lead.tcp_proxy if tcp_lead is not None else None,
+        tls=lead.tls,
+        network_rbac=lead.network_rbac,
         chains=tuple(chains) if inspecting else (),
         default_chain=default if inspecting else None,
         listener_filters_timeout_s=duration_or(
@@ -221,33 +229,27 @@ def _is_tcp_proxy(chain: Any) -> bool:
 def _tcp_proxy_listener(
     lst: Any, path: str, clusters: Container[str], file: str
 ) -> tuple[TcpProxy, DownstreamTls | None] | None:
-    """The listener's TCP proxy and its TLS termination, when its filter chain has one:
-    a single chain without match criteria (the TCP proxy among several chains is not
-    supported yet)."""
+    """The listener's TCP proxy and its TLS termination, when its one filter chain is a
+    TCP proxy without match criteria (a TCP proxy among several chains, or with
+    criteria, is a chain like the HTTP ones: compile_filter_chain)."""
     chains = list(lst.filter_chains)
     if lst.HasField("default_filter_chain"):
         chains.append(lst.default_filter_chain)
     tcp = [i for i, c in enumerate(chains) if _is_tcp_proxy(c)]
     if not tcp:
         return None
-    i = tcp[0]
-    here = join(
-        path, f"filter_chains[{i}]" if i < len(lst.filter_chains) else "default_filter_chain"
-    )
-    if len(chains) != 1:
-        raise ConfigError(
-            file,
-            join(here, "filters[0]"),
-            f"{TCP_PROXY_NAME} in a listener with several filter chains is not supported by "
-            "proxyd yet",
-        )
+    if len(chains) != 1 or chains[0].HasField("filter_chain_match"):
+        return None  # chosen among several, as the HTTP chains are (compile_filter_chain)
+    here = join(path, "filter_chains[0]" if lst.filter_chains else "default_filter_chain")
     chain = chains[0]
-    if chain.HasField("filter_chain_match"):
-        raise ConfigError(
-            file,
-            join(here, "filter_chain_match"),
-            f"filter_chain_match with {TCP_PROXY_NAME} is not supported by proxyd yet",
-        )
+    proxy = _chain_tcp_proxy(chain, here, clusters, file)
+    # TLS termination in front of it (the chain path: compile_transport_socket adds
+    # "transport_socket").
+    return proxy, compile_transport_socket(chain, here, file)
+
+
+def _chain_tcp_proxy(chain: Any, here: str, clusters: Container[str], file: str) -> TcpProxy:
+    """The TcpProxy a chain ends in, with the network RBAC filters before it."""
     last = len(chain.filters) - 1
     filter_path = join(here, f"filters[{last}]")
     msg = typed_config(
@@ -258,22 +260,33 @@ def _tcp_proxy_listener(
     rbac = compile_network_rbac(chain.filters, join(here, "filters"), file)
     if rbac:
         proxy = dataclasses.replace(proxy, network_rbac=rbac)
-    # TLS termination in front of it (the chain path: compile_transport_socket adds
-    # "transport_socket").
-    return proxy, compile_transport_socket(chain, here, file)
+    return proxy
 
 
 def compile_filter_chain(
     chain: Any, path: str, clusters: Container[str], file: str, direction: str = "UNSPECIFIED"
 ) -> FilterChain:
-    """One HTTP filter chain (``direction``: the listener's traffic_direction, which
-    tracing reads)."""
+    """One filter chain, ending in a connection manager or a TCP proxy (``direction``:
+    the listener's traffic_direction, which tracing reads)."""
     filters = chain.filters
     if not filters:
         raise ConfigError(
             file,
             join(path, "filters"),
             f"a filter chain needs a network filter ({HCM_NAME} or {TCP_PROXY_NAME})",
+        )
+    match = (
+        _chain_match(chain.filter_chain_match, join(path, "filter_chain_match"), file)
+        if chain.HasField("filter_chain_match")
+        else ANY_CHAIN
+    )
+    if _is_tcp_proxy(chain):
+        return FilterChain(
+            hcm=None,
+            tcp_proxy=_chain_tcp_proxy(chain, path, clusters, file),
+            tls=compile_transport_socket(chain, path, file),
+            name=chain.name,
+            match=match,
         )
     last = len(filters) - 1
     rbac = compile_network_rbac(filters, join(path, "filters"), file)
@@ -283,11 +296,6 @@ def compile_filter_chain(
     tracing = compile_tracing(hcm_msg, direction, join(filter_path, "typed_config"), clusters, file)
     if tracing is not None:
         hcm = dataclasses.replace(hcm, tracing=tracing)
-    match = (
-        _chain_match(chain.filter_chain_match, join(path, "filter_chain_match"), file)
-        if chain.HasField("filter_chain_match")
-        else ANY_CHAIN
-    )
     return FilterChain(
         hcm=hcm,
         tls=compile_transport_socket(chain, path, file),

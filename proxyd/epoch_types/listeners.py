@@ -329,9 +329,11 @@ ANY_CHAIN = ChainMatch()
 
 @dataclass(frozen=True, slots=True)
 class FilterChain:
-    """One of a listener's filter chains, with its ``filter_chain_match``."""
+    """One of a listener's filter chains, with its ``filter_chain_match``: it ends in
+    a connection manager (``hcm``) or a TCP proxy (``tcp_proxy``)."""
 
-    hcm: HttpConnectionManager
+    hcm: HttpConnectionManager | None
+    tcp_proxy: TcpProxy | None = None
     tls: DownstreamTls | None = None
     name: str = ""
     match: ChainMatch = ANY_CHAIN
@@ -434,12 +436,22 @@ class Listener:
     def hcms(self) -> tuple[HttpConnectionManager, ...]:
         """Every filter chain's connection manager (``hcm`` first; none for a TCP proxy
         listener)."""
-        if self.hcm is None:
-            return ()
         if not self.chains:
-            return (self.hcm,)
+            return () if self.hcm is None else (self.hcm,)
+        return tuple(c.hcm for c in self.every_chain if c.hcm is not None)
+
+    @property
+    def tcp_proxies(self) -> tuple[TcpProxy, ...]:
+        """Every filter chain's TCP proxy (``tcp_proxy`` first)."""
+        if not self.chains:
+            return () if self.tcp_proxy is None else (self.tcp_proxy,)
+        return tuple(c.tcp_proxy for c in self.every_chain if c.tcp_proxy is not None)
+
+    @property
+    def every_chain(self) -> tuple[FilterChain, ...]:
+        """``chains`` and the default chain (when the listener chooses among them)."""
         extra = (self.default_chain,) if self.default_chain is not None else ()
-        return (self.hcm, *(c.hcm for c in (*self.chains[1:], *extra)))
+        return (*self.chains, *extra)
 
     @property
     def access_log_keys(self) -> set[str]:
@@ -448,8 +460,8 @@ class Listener:
         logs = [*self.access_logs]
         for hcm in self.hcms:
             logs += hcm.access_logs
-        if self.tcp_proxy is not None:
-            logs += self.tcp_proxy.access_logs
+        for tcp in self.tcp_proxies:
+            logs += tcp.access_logs
         return {al.writer_key for al in logs if al.otel is None}
 
     @property

@@ -35,6 +35,7 @@ from proxyd.worker import io
 if TYPE_CHECKING:
     from proxyd.worker.plan import ListenerPlan
     from proxyd.worker.stats import NamedStats
+    from proxyd.worker.tcp_proxy import TcpListenerPlan
 
 
 def chain_key(listener_name: str, index: int) -> str:
@@ -46,7 +47,7 @@ class ChainChooser:
     def __init__(
         self,
         selector: ChainSelector,
-        plans: list[ListenerPlan],
+        plans: list[ListenerPlan | TcpListenerPlan],
         timeout: float,
         continue_on_timeout: bool,
         listener_stats: NamedStats,
@@ -65,7 +66,7 @@ class ChainChooser:
         listener_stats.inc("no_filter_chain_match", 0)
         listener_stats.inc("downstream_pre_cx_timeout", 0)
 
-    async def choose(self, sock: socket.socket) -> ListenerPlan | None:
+    async def choose(self, sock: socket.socket) -> ListenerPlan | TcpListenerPlan | None:
         """The chain's plan for the connection on ``sock``, or None to close it."""
         found = NOT_TLS
         if self.inspect:

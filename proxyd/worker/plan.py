@@ -314,6 +314,9 @@ class HeaderPick:
 
 
 class ListenerPlan:
+    # Beside TcpListenerPlan's True: which kind a listener's chain choice found.
+    is_tcp = False
+
     def __init__(
         self,
         listener: Listener,
@@ -714,46 +717,15 @@ class CompiledEpoch:
         for lst in epoch.listeners:
             if lst.hcm is None:
                 continue
-            plan = ListenerPlan(
+            self.plans[lst.name] = ListenerPlan(
                 lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
-            self.plans[lst.name] = plan
-            if lst.chains:
-                # One plan per filter chain (keyed beside the listener's own, so a
-                # connection finds its chain's plan again on each request).
-                chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
-                chain_plans = []
-                for i, chain in enumerate(chains):
-                    one = dataclasses.replace(
-                        lst,
-                        hcm=chain.hcm,
-                        tls=chain.tls,
-                        network_rbac=chain.network_rbac,
-                        chains=(),
-                    )
-                    one = dataclasses.replace(one, default_chain=None)
-                    sub = ListenerPlan(
-                        one, self.clusters, stats, writers, local_address, ids, self.runtime, facts
-                    )
-                    sub.key = chain_key(lst.name, i)
-                    self.plans[sub.key] = sub
-                    chain_plans.append(sub)
-                selector = ChainSelector(
-                    [c.match for c in lst.chains],
-                    len(lst.chains) if lst.default_chain is not None else None,
-                )
-                plan.chooser = ChainChooser(
-                    selector,
-                    chain_plans,
-                    lst.listener_filters_timeout_s or math.inf,
-                    lst.continue_on_listener_filters_timeout,
-                    stats.named(f"listener.{lst.stat_name}."),
-                    stats.named("tls_inspector."),
-                    lst.tls_inspector,
-                )
         self.tcp_plans = tcp_plans(
             epoch, self.clusters, stats, writers, self.runtime, old_tcp_plans
         )
+        for lst in epoch.listeners:
+            if lst.chains:
+                self._chain_plans(lst, stats, writers, local_address, ids, facts, old_tcp_plans)
         for name, plan in self.plans.items():
             if plan.transforms is not None:
                 plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
@@ -762,6 +734,62 @@ class CompiledEpoch:
             old_plan = (old_plans or {}).get(name)
             if old_plan is not None and old_plan.listener == plan.listener:
                 plan.generation = old_plan.generation
+
+    def _chain_plans(
+        self,
+        lst: Listener,
+        stats: StatsStore,
+        writers: dict[str, AccessLogWriter],
+        local_address: str,
+        ids: RequestIdGenerator,
+        facts: EpochFacts,
+        old_tcp_plans: dict[str, TcpListenerPlan] | None,
+    ) -> None:
+        """One plan per filter chain of ``lst`` (keyed beside the listener's own, so a
+        connection finds its chain's plan again on each request): a ListenerPlan for a
+        connection manager's, a TcpListenerPlan for a TCP proxy's; and the chooser,
+        on the listener's own plan."""
+        chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
+        chain_plans: list[ListenerPlan | TcpListenerPlan] = []
+        for i, chain in enumerate(chains):
+            key = chain_key(lst.name, i)
+            if chain.hcm is None:
+                one = dataclasses.replace(
+                    lst, hcm=None, tcp_proxy=chain.tcp_proxy, tls=chain.tls, chains=(),
+                    default_chain=None, network_rbac=(),
+                )  # fmt: skip
+                tcp = TcpListenerPlan(one, self.clusters, stats, writers, self.runtime)
+                tcp.key = key
+                before = (old_tcp_plans or {}).get(key)
+                if before is not None and before.listener == tcp.listener:
+                    tcp.generation = before.generation
+                self.tcp_plans[key] = tcp
+                chain_plans.append(tcp)
+                continue
+            one = dataclasses.replace(
+                lst, hcm=chain.hcm, tcp_proxy=None, tls=chain.tls,
+                network_rbac=chain.network_rbac, chains=(), default_chain=None,
+            )  # fmt: skip
+            sub = ListenerPlan(
+                one, self.clusters, stats, writers, local_address, ids, self.runtime, facts
+            )
+            sub.key = key
+            self.plans[key] = sub
+            chain_plans.append(sub)
+        chooser = ChainChooser(
+            ChainSelector(
+                [c.match for c in lst.chains],
+                len(lst.chains) if lst.default_chain is not None else None,
+            ),
+            chain_plans,
+            lst.listener_filters_timeout_s or math.inf,
+            lst.continue_on_listener_filters_timeout,
+            stats.named(f"listener.{lst.stat_name}."),
+            stats.named("tls_inspector."),
+            lst.tls_inspector,
+        )
+        main = self.plans.get(lst.name) or self.tcp_plans[lst.name]
+        main.chooser = chooser
 
     def retire_replaced(self, old_clusters: dict[str, ClusterState]) -> None:
         """Retire the old clusters this epoch did not keep (after it is in place)."""

@@ -76,6 +76,7 @@ from proxyd.worker.tls import TlsPlan, TlsSocket
 from proxyd.worker.tls import handshake as tls_handshake
 
 if TYPE_CHECKING:
+    from proxyd.worker.chains import ChainChooser
     from proxyd.worker.deadlines import DeadlineKind
     from proxyd.worker.upstream import ClusterState
 
@@ -122,7 +123,10 @@ class ClusterPick:
 
 
 class TcpListenerPlan:
-    """A TCP proxy listener compiled for one epoch."""
+    """A TCP proxy listener (or one TCP proxy filter chain of a listener with several)
+    compiled for one epoch."""
+
+    is_tcp = True
 
     def __init__(
         self,
@@ -135,6 +139,12 @@ class TcpListenerPlan:
         tcp = listener.tcp_proxy
         assert tcp is not None
         self.name = listener.name
+        # The worker's key of this plan: the listener's name, or for one of its filter
+        # chains proxyd.worker.chains.chain_key; and, on a listener with several
+        # chains that are all TCP proxies, the chooser of the chain (the plan then is
+        # the first chain's and serves no connection itself).
+        self.key = listener.name
+        self.chooser: ChainChooser | None = None
         self.listener = listener
         # As ListenerPlan.generation: kept across epochs while the listener is unchanged;
         # a changed or removed listener's connections are closed after the drain time.
@@ -294,6 +304,11 @@ class TcpConnection:
     # -- life cycle -----------------------------------------------------------------
 
     async def serve(self, plan: TcpListenerPlan) -> None:
+        if plan.chooser is not None:  # a listener with several filter chains
+            chosen = await self._choose(plan.chooser)
+            if chosen is None:
+                return
+            plan = chosen
         worker = self.worker
         lstats = plan.listener_stats
         lstats.cx_total += 1
@@ -354,6 +369,22 @@ class TcpConnection:
             except Exception as exc:  # a bug: counted, logged once
                 note_unexpected(worker.stats, exc, "tcp proxy access log")
             worker.connection_closed()
+
+    async def _choose(self, chooser: ChainChooser) -> TcpListenerPlan | None:
+        """The filter chain's plan (every chain of this listener is a TCP proxy); None:
+        no chain took the connection, which is closed."""
+        try:
+            chosen = await chooser.choose(self.sock)
+        except Exception as exc:  # a bug: counted, logged once, only this connection
+            note_unexpected(self.worker.stats, exc, "filter chain choice")
+            chosen = None
+        if chosen is None or not isinstance(chosen, TcpListenerPlan):
+            io.close(self.sock)
+            self.worker.connections.discard(self)
+            self.worker.connection_closed()
+            return None
+        self.listener_name = chosen.key
+        return chosen
 
     async def _connect(self, plan: TcpListenerPlan) -> UpstreamConnection | None:
         """A connection to a host of the cluster, or None (the flags say why)."""
