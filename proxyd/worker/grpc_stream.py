@@ -123,6 +123,8 @@ class ClientStreamCall:
             self._end(f"connection broken: {exc!r}")
         except h2.exceptions.H2Error as exc:
             self._end(f"HTTP/2 protocol error from the peer: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a system task that raised would end the worker
+            self._end(f"unexpected from the peer: {exc!r}")
         finally:
             with trio.CancelScope(shield=True):
                 await self.sock.aclose()
