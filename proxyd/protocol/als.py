@@ -10,12 +10,13 @@ envoy/config/core/v3/base.proto and address.proto, google/protobuf/struct.proto)
   ``TCPAccessLogEntry``. What proxyd knows of a request goes in, as Envoy fills it:
   addresses, start time and duration, the upstream cluster and host, the attempt
   count, the response flags, the route name, the stream id (the request id), the
-  downstream TLS properties (version, cipher suite, SNI, the peer certificate's
-  subject, issuer and URI SANs, else its DNS SANs), dynamic metadata; the request's
+  downstream TLS properties (version, cipher suite, SNI, the local certificate's
+  subject and URI SANs, the peer certificate's subject, issuer and URI SANs: Envoy
+  logs no DNS SANs), dynamic metadata; the request's
   method, scheme, authority, path, user agent, referer, x-forwarded-for, request id,
   body bytes and the additional headers; the response's code, details, body bytes and
   additional headers. What proxyd does not measure (the byte-level times, header and
-  wire byte counts, the upstream local address, the local certificate) is left out.
+  wire byte counts, the upstream local address) is left out.
 """
 
 from __future__ import annotations
@@ -147,19 +148,21 @@ def cipher_id(name: str) -> int:
 
 
 def _tls_properties(tls: Any) -> bytes:
-    """TLSProperties of the downstream session (rec.tls: proxyd.worker.tls.TlsSocket)."""
+    """TLSProperties of the downstream session (rec.tls: proxyd.worker.tls.TlsSocket,
+    ``local`` the certificate it presented, ``peer`` the client's)."""
     out = [_uint(1, TLS_VERSIONS.get(tls.version, 0))]
     cid = cipher_id(tls.cipher) if tls.cipher else 0
     if cid:
         out.append(_len(2, _uint(1, cid)))
     out.append(_opt_str(3, tls.sni))
+    local = tls.local
+    if local is not None:
+        props = [_len(1, _str(1, s)) for s in local.uri_sans]
+        props.append(_opt_str(2, local.subject))
+        out.append(_len(4, b"".join(props)))
     peer = tls.peer
     if peer:
-        sans = peer_sans(peer, "URI")
-        kind = 1
-        if not sans:
-            sans, kind = peer_sans(peer, "DNS"), 2
-        props = [_len(1, _str(kind, s)) for s in sans.split(",") if s]
+        props = [_len(1, _str(1, s)) for s in peer_sans(peer, "URI").split(",") if s]
         props.append(_opt_str(2, peer_subject(peer)))
         props.append(_opt_str(3, peer_subject(peer, "issuer")))
         out.append(_len(5, b"".join(props)))

@@ -62,10 +62,15 @@ def _record() -> LogRecord:
     peer = {
         "subject": ((("commonName", "client"),),),
         "issuer": ((("commonName", "ca"),),),
-        "subjectAltName": (("DNS", "a.test"), ("DNS", "b.test")),
+        "subjectAltName": (("DNS", "a.test"), ("URI", "spiffe://a"), ("URI", "spiffe://b")),
     }
+    local = SimpleNamespace(subject="CN=server", uri_sans=("spiffe://s",), dns_sans=("s.test",))
     rec.tls = SimpleNamespace(
-        version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256", sni="example.com", peer=peer
+        version="TLSv1.3",
+        cipher="TLS_AES_128_GCM_SHA256",
+        sni="example.com",
+        peer=peer,
+        local=local,
     )
     return rec
 
@@ -95,8 +100,12 @@ def test_http_entry_decodes_with_the_protos() -> None:
     assert tls.tls_cipher_suite.value == 0x1301
     assert tls.tls_sni_hostname == "example.com"
     peer = tls.peer_certificate_properties
-    assert [s.dns for s in peer.subject_alt_name] == ["a.test", "b.test"]
+    # URI SANs only, as Envoy logs them
+    assert [s.uri for s in peer.subject_alt_name] == ["spiffe://a", "spiffe://b"]
     assert peer.subject == "CN=client" and peer.issuer == "CN=ca"
+    own = tls.local_certificate_properties
+    assert [s.uri for s in own.subject_alt_name] == ["spiffe://s"]
+    assert own.subject == "CN=server" and not own.issuer
     assert entry.protocol_version == accesslog_pb2.HTTPAccessLogEntry.HTTP2
     r = entry.request
     assert r.request_method == base_pb2.PATCH and r.scheme == "https"
