@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -179,6 +180,9 @@ PLAIN_CASES: list[tuple[str, str, dict[str, str], bytes | None]] = [
 ]  # fmt: skip
 
 
+N_PLAIN = len(PLAIN_CASES) + 1  # and the HTTP/2 one
+
+
 def _request(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None,
              ctx: ssl.SSLContext | None = None) -> None:  # fmt: skip
     if ctx is None:
@@ -194,6 +198,12 @@ def play(port_of: PortOf, server: AccessLogServer, certs: Certs) -> dict[str, An
     server.reset()
     for method, path, headers, body in PLAIN_CASES:
         _request(port_of("plain"), method, path, headers, body)
+    # HTTP/2 (prior knowledge): protocol_version HTTP2, :authority as the authority.
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        client.get(
+            f"http://127.0.0.1:{port_of('plain')}/echo/h2",
+            headers={"x-tenant": "h2", "host": "example.com"},
+        )
     ctx = ssl.create_default_context(cafile=certs.ca)
     ctx.load_cert_chain(certs.client, certs.client_key)
     ctx.check_hostname = False
@@ -205,7 +215,7 @@ def play(port_of: PortOf, server: AccessLogServer, certs: Certs) -> dict[str, An
         s.shutdown(socket.SHUT_WR)
         while s.recv(100):
             pass
-    want_http = len(PLAIN_CASES) + 2 + 1  # every request, the two errors again, the TLS one
+    want_http = N_PLAIN + 2 + 1  # every request, the two errors again, the TLS one
 
     def arrived() -> bool:
         return len(server.http_entries()) >= want_http and len(server.tcp_entries()) >= 1
@@ -318,7 +328,20 @@ def test_each_log_streams_entries_like_envoy(results: Pair) -> None:
     envoy, proxyd = by_log(results.envoy.replies), by_log(results.proxyd.replies)
     assert sorted(envoy) == ["errors", "plain", "tcp", "tls"]
     for name in envoy:
-        assert proxyd.get(name) == envoy[name], name
+        mine = proxyd.get(name, [])
+        assert len(mine) == len(envoy[name]), name
+        for a, b in zip(mine, envoy[name], strict=True):
+            assert a == b, (name, _differences(a, b))
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two decoded entries differ (proxyd's value, then Envoy's)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted({*a, *b}):
+            out += _differences(a.get(k), b.get(k), f"{path}.{k}")
+        return out
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
 def test_identifier_on_the_first_message_of_each_stream(results: Pair) -> None:
@@ -341,8 +364,11 @@ def test_envoy_sends_what_the_cases_say(results: Pair) -> None:
     logs = by_log(results.envoy.replies)
     plain = logs["plain"]
     assert [e["request"]["path"] for e in plain] == sorted(
-        (p for _, p, _, _ in PLAIN_CASES), key=repr
+        [*(p for _, p, _, _ in PLAIN_CASES), "/echo/h2"], key=repr
     )
+    h2 = [e for e in plain if e["request"]["path"] == "/echo/h2"][0]
+    assert h2["protocol_version"] == "HTTP2"
+    assert h2["request"]["request_headers"] == {"x-tenant": "h2"}
     tenant = [e for e in plain if e["request"]["path"] == "/echo/a"][0]
     assert tenant["request"]["request_headers"] == {"x-tenant": "acme"}
     assert tenant["response"]["response_headers"] == {"content-type": "application/json"}
@@ -361,5 +387,5 @@ def test_stats_like_envoy(results: Pair) -> None:
     assert results.proxyd.stats == results.envoy.stats
     envoy = results.envoy.stats
     # Every HTTP entry (plain, errors, lost, tls); not the TCP one (Envoy does not count it).
-    assert envoy["access_logs.grpc_access_log.logs_written"] == 2 * len(PLAIN_CASES) + 2 + 1
-    assert envoy["access_logs.grpc_access_log.flushed_or_failed"] == 2 * len(PLAIN_CASES) + 2 + 2
+    assert envoy["access_logs.grpc_access_log.logs_written"] == 2 * N_PLAIN + 2 + 1
+    assert envoy["access_logs.grpc_access_log.flushed_or_failed"] == 2 * N_PLAIN + 2 + 2
