@@ -21,16 +21,19 @@ class AccessLogServer:
     def __init__(self, port: int = 0) -> None:
         self.lock = threading.Lock()
         # One dict per stream: {"identifiers": [...], "http": [...], "tcp": [...],
-        # "messages": n}.
+        # "messages": n, "sizes": [each message's size]}.
         self.streams: list[dict[str, Any]] = []
 
         def stream_logs(requests: Any, context: Any) -> Any:
-            got: dict[str, Any] = {"identifiers": [], "http": [], "tcp": [], "messages": 0}
+            got: dict[str, Any] = {
+                "identifiers": [], "http": [], "tcp": [], "messages": 0, "sizes": []
+            }  # fmt: skip
             with self.lock:
                 self.streams.append(got)
             for message in requests:
                 with self.lock:
                     got["messages"] += 1
+                    got["sizes"].append(message.ByteSize())
                     if message.HasField("identifier"):
                         got["identifiers"].append(_dict(message.identifier))
                     for entry in message.http_logs.log_entry:

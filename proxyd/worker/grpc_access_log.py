@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 DEFAULT_TIMEOUT_S = 5.0
 # The exporters of this worker process, kept across epochs (their buffers and calls with
-# them), by (log name, collector cluster, kind, node).
+# them), by (log name, collector cluster, kind, node): a reload that changes only the
+# batching settings keeps the call.
 _EXPORTERS: dict[tuple[Any, ...], AlsExporter] = {}
 
 
@@ -87,7 +88,7 @@ class AlsExporter(LogExporter):
 def exporter_for(log: GrpcAccessLog, stats: Any, clusters: dict[str, Any]) -> AlsExporter:
     """This worker's exporter for ``log``, pointed at the epoch's cluster state."""
     node_id, node_cluster, _zone = otel_access_log.NODE
-    key = (log, node_id, node_cluster)
+    key = (log.log_name, log.cluster, log.tcp, node_id, node_cluster)
     exporter = _EXPORTERS.get(key)
     if exporter is None:
         exporter = AlsExporter(
@@ -96,6 +97,9 @@ def exporter_for(log: GrpcAccessLog, stats: Any, clusters: dict[str, Any]) -> Al
             stats.named("access_logs.grpc_access_log."),
         )
         _EXPORTERS[key] = exporter
+    exporter.log = log
+    exporter.flush_interval_s = log.flush_interval_s
+    exporter.buffer_size_bytes = log.buffer_size_bytes
     exporter.cluster = clusters.get(log.cluster)
     return exporter
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,14 +27,15 @@ H2 = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
 PREFIX = "access_logs.grpc_access_log."
 
 
-def config(upstream: int, collector: int) -> str:
+def config(upstream: int, collector: int, common: dict[str, Any] | None = None,
+           **extra: Any) -> str:  # fmt: skip
     routes = {
         "virtual_hosts": [
             {"name": "all", "domains": ["*"],
              "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]}
         ]
     }  # fmt: skip
-    logger = {
+    logger: dict[str, Any] = {
         "name": "envoy.access_loggers.http_grpc",
         "typed_config": {
             "@type": HTTP_GRPC,
@@ -45,6 +47,8 @@ def config(upstream: int, collector: int) -> str:
             },
         },
     }
+    logger["typed_config"]["common_config"].update(common or {})
+    logger["typed_config"].update(extra)
     als = static_cluster("als", [collector])
     als["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -58,9 +62,9 @@ def config(upstream: int, collector: int) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def get(port: int, path: str) -> int:
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path)
+    conn.request("GET", path, headers=headers or {})
     status = conn.getresponse().status
     conn.close()
     return status
@@ -95,6 +99,34 @@ def test_collector_gone_and_back(tmp_path: Path) -> None:
             assert stats[PREFIX + "logs_written"] == 6
             assert stats[PREFIX + "grpc_entries_flush_failed"] == 2
             assert stats[PREFIX + "logs_dropped"] == 0
+    finally:
+        server.close()
+        upstream.stop()
+
+
+def test_a_batch_larger_than_the_flow_control_window(tmp_path: Path) -> None:
+    """A message of ~150 KB (more than HTTP/2's initial 64 KiB window) goes out whole,
+    sent as the collector opens its window."""
+    upstream = UpstreamServer("svc").start()
+    server = AccessLogServer()
+    text = config(
+        upstream.port,
+        server.port,
+        common={"buffer_flush_interval": "2s", "buffer_size_bytes": 150_000},
+        additional_request_headers_to_log=["x-big"],
+    )
+    big = "b" * 5000
+    try:
+        with ProxydProcess(tmp_path, text, concurrency=1) as p:
+            ingress = p.listener_port("ingress")
+            statuses = [get(ingress, f"/echo/{i}", {"x-big": big}) for i in range(30)]
+            assert statuses == [200] * 30
+            wait_for(lambda: len(server.http_entries()) == 30)
+            entries = server.http_entries()
+            assert {e["request"]["request_headers"]["x-big"] for e in entries} == {big}
+            (stream,) = server.snapshot()
+            assert max(stream["sizes"]) > 65535  # a batch the initial window could not take
+            wait_for(lambda: p.stats()[PREFIX + "grpc_entries_flushed"] == 30)
     finally:
         server.close()
         upstream.stop()
