@@ -31,6 +31,7 @@ from proxyd.config.supported import (
     STDOUT_LOG_TYPE,
     TCP_GRPC_LOG_TYPE,
 )
+from proxyd.config.tracing import custom_tag
 from proxyd.config.values import data_source_text, duration_or, enum_name, wrapped_or
 from proxyd.epoch import AccessLog, AccessLogFilter, GrpcAccessLog, OtelLog
 from proxyd.errors import ConfigError
@@ -265,6 +266,10 @@ def _grpc_log(log: Any, path: str, file: str, tcp: bool) -> GrpcAccessLog:
         buffer_size_bytes=wrapped_or(common, "buffer_size_bytes", 16384),
         request_headers=request,
         response_headers=response,
+        custom_tags=tuple(
+            custom_tag(c, f"{join(path, 'common_config.custom_tags')}[{i}]", file)
+            for i, c in enumerate(common.custom_tags)
+        ),
     )
 
 

@@ -38,7 +38,7 @@ STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 OTEL_LOG_TYPE = "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig"
 # proxyd.config.access_logs (OtelLog), proxyd.worker.otel_access_log: string values only.
 _OTEL_KV: Spec = {"values": {"key": LEAF, "value": {"string_value": LEAF}}}
-_GRPC_LOG_COMMON_CONFIG: Spec = {
+_GRPC_LOG_COMMON_CONFIG: dict[str, Spec] = {
     "log_name": LEAF,
     "grpc_service": {"envoy_grpc": {"cluster_name": LEAF}, "timeout": LEAF},
     "transport_api_version": LEAF,
@@ -55,9 +55,11 @@ OTEL_ACCESS_LOG: Spec = {
 # proxyd.config.access_logs (GrpcAccessLog), proxyd.worker.grpc_access_log.
 HTTP_GRPC_LOG_TYPE = "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 TCP_GRPC_LOG_TYPE = "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig"
-_GRPC_LOG_COMMON: Spec = {"common_config": _GRPC_LOG_COMMON_CONFIG}
+_GRPC_LOG_COMMON: dict[str, Spec] = {
+    "common_config": {**_GRPC_LOG_COMMON_CONFIG, "custom_tags": CUSTOM_TAGS}
+}
 HTTP_GRPC_ACCESS_LOG: Spec = {
-    "common_config": _GRPC_LOG_COMMON_CONFIG,
+    **_GRPC_LOG_COMMON,
     "additional_request_headers_to_log": LEAF,
     "additional_response_headers_to_log": LEAF,
 }

@@ -91,7 +91,9 @@ class GrpcAccessLog:
     """``envoy.access_loggers.http_grpc`` (HttpGrpcAccessLogConfig) or, when ``tcp``,
     ``envoy.access_loggers.tcp_grpc``: entries streamed to the AccessLogService of
     ``cluster`` (proxyd.worker.grpc_access_log); ``request_headers`` /
-    ``response_headers`` are the additional headers to log (lower-case)."""
+    ``response_headers`` are the additional headers to log (lower-case);
+    ``custom_tags`` are common_config's (literal, environment: a literal then,
+    request_header)."""
 
     log_name: str
     cluster: str
@@ -101,6 +103,7 @@ class GrpcAccessLog:
     buffer_size_bytes: int = 16384
     request_headers: tuple[str, ...] = ()
     response_headers: tuple[str, ...] = ()
+    custom_tags: tuple[CustomTag, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

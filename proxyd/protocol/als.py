@@ -169,9 +169,11 @@ def _tls_properties(tls: Any) -> bytes:
     return _len(4, b"".join(out))
 
 
-def _common(rec: Any, stream_id: str | None, tcp: bool = False) -> bytes:
+def _common(
+    rec: Any, stream_id: str | None, tcp: bool = False, tags: Sequence[tuple[str, str]] = ()
+) -> bytes:
     """AccessLogCommon (``tcp``: of a TCP proxy's connection, whose one upstream
-    connection is its one attempt)."""
+    connection is its one attempt; ``tags`` the custom tags)."""
     out = [
         _address(2, rec.downstream_remote_address),
         _address(3, rec.downstream_local_address),
@@ -186,6 +188,7 @@ def _common(rec: Any, stream_id: str | None, tcp: bool = False) -> bytes:
     out.append(_opt_str(18, rec.transport_failure))
     out.append(_opt_str(19, rec.route_name))
     out.append(_address(20, rec.downstream_direct_remote_address))
+    out.append(_map(22, tags))
     out.append(_seconds(23, rec.duration_ms / 1000))
     attempts = rec.attempt_count
     if tcp and not attempts and rec.upstream_host:
@@ -200,9 +203,11 @@ def http_entry(
     rec: Any,
     request_headers: Sequence[str] = (),
     response_headers: Sequence[str] = (),
+    tags: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """HTTPAccessLogEntry of ``rec``; ``request_headers`` / ``response_headers`` are the
-    additional headers to log (lower-case names; a header the message lacks is left out)."""
+    additional headers to log (lower-case names; a header the message lacks is left
+    out), ``tags`` the custom tags (tag, value)."""
     req_headers = rec.req_headers
     request = [
         _uint(1, METHODS.get(rec.method or "", 0)),
@@ -225,7 +230,7 @@ def http_entry(
     response.append(_opt_str(6, rec.details))
     return b"".join(
         (
-            _len(1, _common(rec, rec.request_id)),
+            _len(1, _common(rec, rec.request_id, tags=tags)),
             _uint(2, HTTP_VERSIONS.get(rec.protocol or "", 0)),
             _len(3, b"".join(request)),
             _len(4, b"".join(response)),
@@ -233,10 +238,10 @@ def http_entry(
     )
 
 
-def tcp_entry(rec: Any, stream_id: str) -> bytes:
+def tcp_entry(rec: Any, stream_id: str, tags: Sequence[tuple[str, str]] = ()) -> bytes:
     """TCPAccessLogEntry of ``rec`` (a TCP proxy's connection)."""
     connection = _uint(1, rec.bytes_received) + _uint(2, rec.bytes_sent)
-    return _len(1, _common(rec, stream_id, tcp=True)) + _len(2, connection)
+    return _len(1, _common(rec, stream_id, tcp=True, tags=tags)) + _len(2, connection)
 
 
 def identifier(node_id: str, node_cluster: str, log_name: str) -> bytes:

@@ -107,22 +107,39 @@ def exporter_for(log: GrpcAccessLog, stats: Any, clusters: dict[str, Any]) -> Al
 class GrpcLogPlan:
     """One gRPC access log of an epoch (``LogPlan``'s counterpart)."""
 
-    __slots__ = ("test", "log", "exporter", "request_headers", "response_headers")
+    __slots__ = (
+        "test", "log", "exporter", "request_headers", "response_headers", "literal_tags",
+        "header_tags",
+    )  # fmt: skip
 
     def __init__(self, log: GrpcAccessLog, test: Predicate | None, exporter: AlsExporter) -> None:
         self.test = test
         self.log = log
         self.exporter = exporter
-        # What the record must carry: the additional headers, and the referer.
-        self.request_headers = {*log.request_headers, "referer"}
+        self.literal_tags = tuple((c.tag, c.value) for c in log.custom_tags if c.kind == "literal")
+        self.header_tags = tuple(
+            (c.tag, c.value, c.default) for c in log.custom_tags if c.kind == "request_header"
+        )
+        # What the record must carry: the additional headers, the referer, the tags'.
+        self.request_headers = {
+            *log.request_headers, "referer", *(name for _, name, _ in self.header_tags)
+        }  # fmt: skip
         self.response_headers = set(log.response_headers)
 
     def write(self, rec: LogRecord) -> None:
         if self.test is not None and not self.test(rec):
             return
         log = self.log
+        tags = self.literal_tags
+        if self.header_tags:
+            headers = rec.req_headers
+            tags += tuple(
+                (tag, value)
+                for tag, name, default in self.header_tags
+                if (value := headers.get(name, default))
+            )
         if log.tcp:
-            entry = tcp_entry(rec, rec.request_id or str(uuid.uuid4()))
+            entry = tcp_entry(rec, rec.request_id or str(uuid.uuid4()), tags)
         else:
-            entry = http_entry(rec, log.request_headers, log.response_headers)
+            entry = http_entry(rec, log.request_headers, log.response_headers, tags)
         self.exporter.add(entry)

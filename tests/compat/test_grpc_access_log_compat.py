@@ -60,9 +60,12 @@ def common(log_name: str) -> dict[str, Any]:
     }
 
 
-def http_logger(log_name: str, cluster: str = "als", **extra: Any) -> dict[str, Any]:
+def http_logger(log_name: str, cluster: str = "als", tags: Any = None,
+                **extra: Any) -> dict[str, Any]:  # fmt: skip
     config = common(log_name)
     config["grpc_service"] = {"envoy_grpc": {"cluster_name": cluster}}
+    if tags:
+        config["custom_tags"] = tags
     return {
         "name": "envoy.access_loggers.http_grpc",
         "typed_config": {"@type": HTTP_GRPC, "common_config": config, **extra},
@@ -84,12 +87,21 @@ ROUTES = {
 }
 
 
+TAGS = [
+    {"tag": "fixed", "literal": {"value": "one"}},
+    {"tag": "env", "environment": {"name": "PROXYD_ALS_TEST_UNSET", "default_value": "dflt"}},
+    {"tag": "tenant", "request_header": {"name": "X-Tenant", "default_value": "nobody"}},
+    {"tag": "agent", "request_header": {"name": "user-agent"}},
+]
+
+
 def config(certs: Certs, upstream: int, echo: int, collector: int) -> str:
     logs = [
         http_logger(
             "plain",
             additional_request_headers_to_log=["x-tenant", "x-missing", "referer"],
             additional_response_headers_to_log=["content-type", "x-nothing"],
+            tags=TAGS,
         ),
         {
             **http_logger("errors"),
@@ -137,7 +149,10 @@ def config(certs: Certs, upstream: int, echo: int, collector: int) -> str:
                                     "name": "envoy.access_loggers.tcp_grpc",
                                     "typed_config": {
                                         "@type": TCP_GRPC,
-                                        "common_config": common("tcp"),
+                                        "common_config": {
+                                            **common("tcp"),
+                                            "custom_tags": TAGS[:2],
+                                        },
                                     },
                                 }
                             ],
@@ -371,6 +386,9 @@ def test_envoy_sends_what_the_cases_say(results: Pair) -> None:
     assert h2["request"]["request_headers"] == {"x-tenant": "h2"}
     tenant = [e for e in plain if e["request"]["path"] == "/echo/a"][0]
     assert tenant["request"]["request_headers"] == {"x-tenant": "acme"}
+    assert tenant["common_properties"]["custom_tags"] == {
+        "fixed": "one", "env": "dflt", "tenant": "acme", "agent": "test-agent/1"
+    }  # fmt: skip
     assert tenant["response"]["response_headers"] == {"content-type": "application/json"}
     failed = [e for e in plain if e["request"]["path"] == "/none"][0]
     assert failed["common_properties"]["response_flags"] == {"upstream_connection_failure": True}
@@ -381,6 +399,7 @@ def test_envoy_sends_what_the_cases_say(results: Pair) -> None:
     assert tls["tls_version"] == "TLSv1_2"
     assert tls["local_certificate_properties"] == {"subject": "CN=example.com,O=proxyd tests"}
     assert logs["tcp"][0]["connection_properties"] == {"received_bytes": "9", "sent_bytes": "14"}
+    assert logs["tcp"][0]["common_properties"]["custom_tags"] == {"fixed": "one", "env": "dflt"}
 
 
 def test_stats_like_envoy(results: Pair) -> None:

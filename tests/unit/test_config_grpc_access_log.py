@@ -44,6 +44,7 @@ def test_http_and_tcp_loggers() -> None:
     assert (g.flush_interval_s, g.buffer_size_bytes) == (0.2, 100)
     assert g.request_headers == ("x-tenant",) and g.response_headers == ("content-type",)
     assert second.grpc is not None and second.grpc.tcp
+    assert first.grpc.custom_tags == ()
     assert second.grpc.flush_interval_s == 1.0 and second.grpc.buffer_size_bytes == 16384
 
 
@@ -51,7 +52,8 @@ def test_refused_fields_are_named() -> None:
     for field, value in (
         ("additional_response_trailers_to_log", ["grpc-status"]),
         ("common_config", common(filter_state_objects_to_log=["k"])),
-        ("common_config", common(custom_tags=[{"tag": "t", "literal": {"value": "v"}}])),
+        ("common_config", common(custom_tags=[{"tag": "t", "metadata": {"kind": {"route": {}}}}])),
+        ("common_config", common(grpc_stream_retry_policy={"retry_back_off": {}})),
     ):
         d = base()
         hcm(d)["access_log"] = [logger(**{field: value})]
