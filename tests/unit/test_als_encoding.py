@@ -77,8 +77,9 @@ def _record() -> LogRecord:
 
 def test_http_entry_decodes_with_the_protos() -> None:
     entry = accesslog_pb2.HTTPAccessLogEntry.FromString(
-        als.http_entry(_record(), ("x-a", "x-none"), ("x-b",))
+        als.http_entry(_record(), ("x-a", "x-none"), ("x-b",), (("t1", "v1"), ("t2", "v2")))
     )
+    assert dict(entry.common_properties.custom_tags) == {"t1": "v1", "t2": "v2"}
     c = entry.common_properties
     assert c.start_time.seconds == 1_700_000_000 and c.start_time.nanos == 250_000_000
     assert c.duration.seconds == 1 and c.duration.nanos == 500_000_000
