@@ -10,8 +10,9 @@ from typing import Any
 
 from envoy.service.auth.v3 import external_auth_pb2
 
-from proxyd.filters.ext_authz.service import tls_peers, url_encode
+from proxyd.filters.ext_authz.service import tls_peers
 from proxyd.protocol import ext_authz_grpc as pb
+from proxyd.protocol.access_log_tls import url_encode
 
 
 def _tls(peer: dict[str, Any] | None, local: Any = None, sni: str = "") -> Any:

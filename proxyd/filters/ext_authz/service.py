@@ -29,7 +29,6 @@ an error.
 from __future__ import annotations
 
 import re
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 from proxyd.epoch import StringMatch, from_wire
 from proxyd.filters.api import AsyncClient, CallFailed, FilterStream
 from proxyd.protocol import ext_authz_grpc as pb
+from proxyd.protocol.access_log_tls import url_encoded_peer_certificate
 from proxyd.protocol.routing import compile_string_match
 from proxyd.protocol.runtime import RANDOM
 from proxyd.protocol.tls_context import peer_sans, peer_subject, principal
@@ -234,24 +234,13 @@ def tls_peers(tls: Any, with_certificate: bool, with_session: bool) -> pb.TlsPee
         dns = [s for s in peer_sans(peer, "DNS").split(",") if s]
         peers.source_principal = principal(peer_subject(peer), uris, dns)
         if with_certificate:
-            der = tls.ssl.getpeercert(binary_form=True)
-            if der:
-                peers.source_certificate = url_encode(ssl.DER_cert_to_PEM_cert(der))
+            peers.source_certificate = url_encoded_peer_certificate(tls)
     local = tls.local
     if local is not None:
         peers.destination_principal = principal(local.subject, local.uri_sans, local.dns_sans)
     if with_session:
         peers.sni = tls.sni or ""
     return peers
-
-
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-
-
-def url_encode(text: str) -> str:
-    """Percent-encoding of everything but the unreserved characters (RFC 3986), as
-    Envoy encodes a PEM certificate for ext_authz and the access log."""
-    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
 
 
 class GrpcService(Service):
