@@ -18,7 +18,8 @@ SERVICE = "envoy.service.accesslog.v3.AccessLogService"
 
 
 class AccessLogServer:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, end_after: int = 0) -> None:
+        """``end_after``: answer (ending the call) after that many messages (0: never)."""
         self.lock = threading.Lock()
         # One dict per stream: {"identifiers": [...], "http": [...], "tcp": [...],
         # "messages": n, "sizes": [each message's size]}.
@@ -40,6 +41,8 @@ class AccessLogServer:
                         got["http"].append(_dict(entry))
                     for entry in message.tcp_logs.log_entry:
                         got["tcp"].append(_dict(entry))
+                    if end_after and got["messages"] >= end_after:
+                        break
             return als_pb2.StreamAccessLogsResponse()
 
         handler = grpc.method_handlers_generic_handler(

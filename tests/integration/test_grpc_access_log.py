@@ -94,7 +94,7 @@ def test_collector_gone_and_back(tmp_path: Path) -> None:
             assert [i["log_name"] for i in stream["identifiers"]] == ["edge"]
             assert server.http_entries()[0]["request"]["path"] == "/echo/back"
             # (the worker reports its counters in batches)
-            wait_for(lambda: p.stats()[PREFIX + "grpc_entries_flushed"] == 4)
+            wait_for(lambda: p.stats().get(PREFIX + "grpc_entries_flushed") == 4)
             stats = p.stats()
             assert stats[PREFIX + "logs_written"] == 6
             assert stats[PREFIX + "grpc_entries_flush_failed"] == 2
@@ -126,7 +126,28 @@ def test_a_batch_larger_than_the_flow_control_window(tmp_path: Path) -> None:
             assert {e["request"]["request_headers"]["x-big"] for e in entries} == {big}
             (stream,) = server.snapshot()
             assert max(stream["sizes"]) > 65535  # a batch the initial window could not take
-            wait_for(lambda: p.stats()[PREFIX + "grpc_entries_flushed"] == 30)
+            wait_for(lambda: p.stats().get(PREFIX + "grpc_entries_flushed") == 30)
+    finally:
+        server.close()
+        upstream.stop()
+
+
+def test_a_call_the_collector_ends_is_opened_again(tmp_path: Path) -> None:
+    """The collector answers (ending the call) after each message: the next batch goes on
+    a new call, which opens with the identifier again; nothing is lost."""
+    upstream = UpstreamServer("svc").start()
+    server = AccessLogServer(end_after=1)
+    try:
+        with ProxydProcess(tmp_path, config(upstream.port, server.port), concurrency=1) as p:
+            ingress = p.listener_port("ingress")
+            for i in range(3):
+                assert get(ingress, f"/echo/{i}") == 200
+                wait_for(lambda n=i + 1: len(server.http_entries()) == n)
+            streams = server.snapshot()
+            assert len(streams) == 3
+            assert all([i["log_name"] for i in s["identifiers"]] == ["edge"] for s in streams)
+            wait_for(lambda: p.stats().get(PREFIX + "grpc_entries_flushed") == 3)
+            assert p.stats()[PREFIX + "grpc_entries_flush_failed"] == 0
     finally:
         server.close()
         upstream.stop()
