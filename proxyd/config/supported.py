@@ -38,18 +38,30 @@ STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 OTEL_LOG_TYPE = "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig"
 # proxyd.config.access_logs (OtelLog), proxyd.worker.otel_access_log: string values only.
 _OTEL_KV: Spec = {"values": {"key": LEAF, "value": {"string_value": LEAF}}}
+_GRPC_LOG_COMMON_CONFIG: dict[str, Spec] = {
+    "log_name": LEAF,
+    "grpc_service": {"envoy_grpc": {"cluster_name": LEAF}, "timeout": LEAF},
+    "transport_api_version": LEAF,
+    "buffer_flush_interval": LEAF,
+    "buffer_size_bytes": LEAF,
+}
 OTEL_ACCESS_LOG: Spec = {
-    "common_config": {
-        "log_name": LEAF,
-        "grpc_service": {"envoy_grpc": {"cluster_name": LEAF}, "timeout": LEAF},
-        "transport_api_version": LEAF,
-        "buffer_flush_interval": LEAF,
-        "buffer_size_bytes": LEAF,
-    },
+    "common_config": _GRPC_LOG_COMMON_CONFIG,
     "disable_builtin_labels": LEAF,
     "resource_attributes": _OTEL_KV,
     "body": {"string_value": LEAF},
     "attributes": _OTEL_KV,
+}
+# proxyd.config.access_logs (GrpcAccessLog), proxyd.worker.grpc_access_log.
+HTTP_GRPC_LOG_TYPE = "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+TCP_GRPC_LOG_TYPE = "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig"
+_GRPC_LOG_COMMON: dict[str, Spec] = {
+    "common_config": {**_GRPC_LOG_COMMON_CONFIG, "custom_tags": CUSTOM_TAGS}
+}
+HTTP_GRPC_ACCESS_LOG: Spec = {
+    **_GRPC_LOG_COMMON,
+    "additional_request_headers_to_log": LEAF,
+    "additional_response_headers_to_log": LEAF,
 }
 DOWNSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 RAW_BUFFER_TYPE = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
@@ -147,6 +159,8 @@ ACCESS_LOG: Spec = {
             STDOUT_LOG_TYPE: {"log_format": LOG_FORMAT},
             STDERR_LOG_TYPE: {"log_format": LOG_FORMAT},
             OTEL_LOG_TYPE: OTEL_ACCESS_LOG,
+            HTTP_GRPC_LOG_TYPE: HTTP_GRPC_ACCESS_LOG,
+            TCP_GRPC_LOG_TYPE: _GRPC_LOG_COMMON,
         },
     ),
 }

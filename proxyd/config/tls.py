@@ -17,7 +17,13 @@ from proxyd.config.supported import DOWNSTREAM_TLS_TYPE, RAW_BUFFER_TYPE, unpack
 from proxyd.config.values import duration_or, enum_name, wrapped_or
 from proxyd.epoch import DownstreamTls, SanMatch, TlsCertificate
 from proxyd.errors import ConfigError
-from proxyd.protocol.tls_context import CURVES, TlsSetupError, certificate_names, server_contexts
+from proxyd.protocol.tls_context import (
+    CURVES,
+    TlsSetupError,
+    certificate_identity,
+    certificate_names,
+    server_contexts,
+)
 
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
 # What proxyd speaks of the ALPN protocols a listener may offer.
@@ -81,11 +87,15 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
         if not c.HasField("private_key"):
             raise ConfigError(file, join(cert_path, "private_key"), "a private key is required")
         chain = data_source(c.certificate_chain, join(cert_path, "certificate_chain"), file)
+        subject, uri_sans, dns_sans = certificate_identity(chain)
         certs.append(
             TlsCertificate(
                 certificate_chain=chain,
                 private_key=data_source(c.private_key, join(cert_path, "private_key"), file),
                 dns_names=certificate_names(chain),
+                subject=subject,
+                uri_sans=uri_sans,
+                dns_sans=dns_sans,
             )
         )
     if not certs:

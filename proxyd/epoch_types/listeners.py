@@ -61,12 +61,14 @@ class AccessLog:
     filter: AccessLogFilter | None = None
     # sink "otel": the OpenTelemetry access logger's settings.
     otel: OtelLog | None = None
+    # sink "grpc": the gRPC access log service's (http_grpc / tcp_grpc).
+    grpc: GrpcAccessLog | None = None
 
     @property
     def writer_key(self) -> str:
         """The key of the worker's writer: the file path, or "stdout:" / "stderr:"
         ("" for an OpenTelemetry log, which has an exporter instead)."""
-        if self.sink == "otel":
+        if self.sink in ("otel", "grpc"):
             return ""
         return self.path if self.sink == "file" else f"{self.sink}:"
 
@@ -88,6 +90,26 @@ class OtelLog:
     attributes: tuple[tuple[str, str], ...] = ()
     resource_attributes: tuple[tuple[str, str], ...] = ()
     builtin_labels: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcAccessLog:
+    """``envoy.access_loggers.http_grpc`` (HttpGrpcAccessLogConfig) or, when ``tcp``,
+    ``envoy.access_loggers.tcp_grpc``: entries streamed to the AccessLogService of
+    ``cluster`` (proxyd.worker.grpc_access_log); ``request_headers`` /
+    ``response_headers`` are the additional headers to log (lower-case);
+    ``custom_tags`` are common_config's (literal, environment: a literal then,
+    request_header)."""
+
+    log_name: str
+    cluster: str
+    tcp: bool = False
+    timeout_s: float = 0.0
+    flush_interval_s: float = 1.0
+    buffer_size_bytes: int = 16384
+    request_headers: tuple[str, ...] = ()
+    response_headers: tuple[str, ...] = ()
+    custom_tags: tuple[CustomTag, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,13 +478,13 @@ class Listener:
     @property
     def access_log_keys(self) -> set[str]:
         """The writer keys of every access log of the listener and its network filters
-        (every filter chain's); an OpenTelemetry log has none (it has an exporter)."""
+        (every filter chain's); an OpenTelemetry or gRPC log has none (it has an exporter)."""
         logs = [*self.access_logs]
         for hcm in self.hcms:
             logs += hcm.access_logs
         for tcp in self.tcp_proxies:
             logs += tcp.access_logs
-        return {al.writer_key for al in logs if al.otel is None}
+        return {al.writer_key for al in logs if al.otel is None and al.grpc is None}
 
     @property
     def stat_name(self) -> str:

@@ -19,6 +19,12 @@ class TlsCertificate:
     # The certificate's DNS SANs (lower case; its CN when it has none): which SNI
     # chooses it when a chain has several certificates.
     dns_names: tuple[str, ...] = ()
+    # Its subject (as Envoy prints it), URI and DNS SANs: the local certificate's
+    # identity (ext_authz's destination principal, the gRPC access log's
+    # local_certificate_properties).
+    subject: str = ""
+    uri_sans: tuple[str, ...] = ()
+    dns_sans: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

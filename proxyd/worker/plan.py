@@ -48,6 +48,7 @@ from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
+from proxyd.worker.grpc_access_log import GrpcLogPlan
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.network_rbac import NetworkRbacPlan
@@ -555,7 +556,7 @@ class ListenerPlan:
         # HCM has none, and then a request pays nothing for them.
         # Runtime-keyed access-log filters (runtime_filter) read the epoch's runtime.
         self.access = LogPlans(listener, writers, runtime=runtime, otel=(stats, clusters))
-        self.logs: tuple[LogPlan | OtelLogPlan, ...] = self.access.stream_logs
+        self.logs: tuple[LogPlan | OtelLogPlan | GrpcLogPlan, ...] = self.access.stream_logs
         # The request hook (DownstreamStart lines, periodic lines) is wanted.
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
         log_req = set(self.access.request_headers) | value_req

@@ -33,7 +33,7 @@ from proxyd.protocol.tls_context import SanChecker, pick_certificate, server_con
 from proxyd.worker import io
 
 if TYPE_CHECKING:
-    from proxyd.epoch import DownstreamTls
+    from proxyd.epoch import DownstreamTls, TlsCertificate
     from proxyd.worker.stats import NamedStats, StatsStore
 
 # Envoy's names for the versions (ssl.versions.<name> and %DOWNSTREAM_TLS_VERSION%).
@@ -58,6 +58,8 @@ _SSL_COUNTERS = (
 
 # Where the SNI callback leaves the name a client asked for, on its SSLSocket.
 SNI_ATTRIBUTE = "proxyd_sni"
+# ... and the index of the certificate it chose, when there are several.
+CERT_ATTRIBUTE = "proxyd_cert"
 
 
 def _remember_sni(ssock: Any, server_name: str | None, ctx: Any) -> None:
@@ -79,6 +81,8 @@ class TlsPlan:
     ) -> None:
         contexts = server_contexts(tls)
         self.context = contexts[0]
+        # The certificates, by context: the connection's local certificate.
+        self.certificates = tls.certificates
         # The requested server name is recorded only where Envoy's TLS inspector runs
         # (the listener has it); the handshake itself does not record it in Envoy.
         # Several certificates: the SNI chooses one (its context) during the handshake.
@@ -89,6 +93,7 @@ class TlsPlan:
                 i = pick_certificate(names, server_name or "")
                 if i:
                     ssock.context = contexts[i]
+                    setattr(ssock, CERT_ATTRIBUTE, i)
                 if sni_known and server_name:
                     setattr(ssock, SNI_ATTRIBUTE, server_name)
 
@@ -122,7 +127,7 @@ class TlsSocket:
     """An established server-side ``SSLSocket`` with the raw socket's non-blocking
     behaviour: "would block" is ``BlockingIOError``, end of stream is 0."""
 
-    __slots__ = ("ssl", "_kept", "_credit", "version", "cipher", "alpn", "sni", "peer")
+    __slots__ = ("ssl", "_kept", "_credit", "version", "cipher", "alpn", "sni", "peer", "local")
 
     def __init__(self, ssock: ssl.SSLSocket, sni: str) -> None:
         self.ssl = ssock
@@ -134,6 +139,8 @@ class TlsSocket:
         self.alpn = ssock.selected_alpn_protocol() or ""
         self.sni = sni
         self.peer: dict[str, Any] | None = None
+        # The local certificate the handshake presented (its identity fields).
+        self.local: TlsCertificate | None = None
 
     def fileno(self) -> int:
         return self.ssl.fileno()
@@ -258,6 +265,7 @@ async def handshake(sock: socket.socket, plan: TlsPlan) -> TlsSocket | None:
             stats.inc("fail_verify_san")  # (Envoy counts no connection_error for these)
             return None
         conn.peer = peer
+        conn.local = plan.certificates[getattr(ssock, CERT_ATTRIBUTE, 0)]
         stats.inc("handshake")
         if ssock.session_reused:
             stats.inc("session_reused")
