@@ -80,6 +80,7 @@ from proxyd.epoch_types.routes import (
 from proxyd.epoch_types.tls import (
     DownstreamTls,
     SanMatch,
+    SdsSecret,
     TlsCertificate,
     UpstreamTls,
 )
@@ -132,6 +133,7 @@ __all__ = [
     "RuntimeFraction",
     "RuntimeValue",
     "SanMatch",
+    "SdsSecret",
     "SocketOption",
     "StatusRange",
     "StringMatch",
