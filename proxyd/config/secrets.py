@@ -20,6 +20,7 @@ the last good secret stays).
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -212,8 +213,15 @@ def sds_reference(cfg: Any, path: str, file: str) -> CompiledSecret | SdsSecret:
             f"SDS from {what.get(which or '', which or 'this source')} is not supported by "
             "proxyd (SDS from files, path_config_source, is)",
         )
-    if not cs.path_config_source.path:
+    where = cs.path_config_source.path
+    if not where:
         raise ConfigError(file, join(spath, "path_config_source.path"), "a path is required")
+    if not os.path.exists(where):  # Envoy checks when it makes the subscription
+        raise ConfigError(
+            file,
+            join(spath, "path_config_source.path"),
+            f"paths must refer to an existing path in the system: '{where}' does not exist",
+        )
     initial = duration_or(cs, "initial_fetch_timeout", DEFAULT_INITIAL_FETCH_TIMEOUT_S)
     return SdsSecret(cfg.name, cs.path_config_source.path, initial)
 

@@ -1,7 +1,7 @@
 """SDS from files through a real proxyd: a listener's certificate (and its client CA)
 come from a DiscoveryResponse file; replacing a certificate file, or the SDS file,
 rotates the certificate for new handshakes while an established connection goes on
-serving; a listener whose secret file is missing closes its connections until the file
+serving; a listener whose secret file holds no secret yet closes its connections until the file
 appears; a cluster's client certificate comes from SDS too."""
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ def setup(tmp_path_factory, certs):
         "late",
         {"tls_certificate_sds_secret_configs": [sds_config("late", files / "late.yaml", "0.3s")]},
     )
+    sds_file(files / "late.yaml", version="0")  # no secret yet (the file must exist)
     static = tls_listener("static", {"tls_certificate_sds_secret_configs": [{"name": "fixed"}]})
     up = UpstreamServer("up")
     up.start()
