@@ -279,3 +279,46 @@ def test_cluster_client_certificate_from_sds(tmp_path, certs) -> None:
             got = upstream_get(p.listener_port("plain"), "/echo")
     assert got["status"] == 200
     assert "spiffe://test/client" in got["json"]["client_sans"]
+
+
+LISTENER_T = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def test_lds_listener_warms_until_its_secret_arrives(tmp_path, certs) -> None:
+    """A listener delivered by LDS whose secret is not there yet is not added (Envoy
+    warms it) until the secret arrives; then it serves with it."""
+    sds = tmp_path / "secret.yaml"
+    sds_file(sds, version="0")  # no secret yet
+    lds = tmp_path / "lds.yaml"
+    lst = tls_listener(
+        "warming", {"tls_certificate_sds_secret_configs": [sds_config("web", sds, "60s")]}
+    )
+    write_atomically(
+        lds, yaml.safe_dump({"version_info": "1", "resources": [{"@type": LISTENER_T, **lst}]})
+    )
+    up = UpstreamServer("up")
+    up.start()
+    doc = bootstrap(
+        [],
+        [static_cluster("up", [up.port])],
+        node={"id": "node-1", "cluster": "test"},
+        dynamic_resources={
+            "lds_config": {
+                "path_config_source": {"path": str(lds)},
+                "initial_fetch_timeout": "0.2s",
+            }
+        },
+    )
+    try:
+        with ProxydProcess(tmp_path, yaml.safe_dump(doc), concurrency=1) as p:
+            wait_for(lambda: p.stats().get("listener_manager.lds.update_success", 0) >= 1)
+            status, body = p.admin("/listeners?format=json")
+            assert status == 200 and "warming" not in body, body
+            sds_file(sds, cert_secret("web", certs.server, certs.server_key), version="1")
+            port = p.listener_port("warming")
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with client(certs).wrap_socket(raw, server_hostname="example.com") as s:
+                assert get(s) == 200
+                assert s.getpeercert()["serialNumber"] == serial_of(certs.server)  # type: ignore[index]
+    finally:
+        up.stop()
