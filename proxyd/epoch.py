@@ -28,6 +28,8 @@ from proxyd.epoch_types.clusters import (
     HealthCheck,
     OutlierDetection,
     StatusRange,
+    TlsMatch,
+    transport_for,
 )
 from proxyd.epoch_types.listeners import (
     AccessLog,
@@ -87,6 +89,7 @@ from proxyd.epoch_types.tls import (
 from proxyd.epoch_types.wire import EpochWire, from_wire, to_wire
 
 __all__ = [
+    "transport_for",
     "AccessLog",
     "AccessLogFilter",
     "CircuitBreakerThresholds",
@@ -140,6 +143,7 @@ __all__ = [
     "TcpCluster",
     "TcpProxy",
     "TlsCertificate",
+    "TlsMatch",
     "Tracing",
     "UpstreamTls",
     "VirtualHost",

@@ -591,8 +591,17 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
         },
         "load_balancing_weight": LEAF,
         "priority": LEAF,
+        # filter_metadata["envoy.transport_socket_match"] (transport_socket_matches).
+        "metadata": METADATA,
     },
     "policy": {"overprovisioning_factor": LEAF},
+}
+
+_UPSTREAM_TRANSPORT_SOCKET: Spec = {
+    "name": LEAF,
+    "typed_config": AnyOf(
+        "transport socket", {UPSTREAM_TLS_TYPE: UPSTREAM_TLS, RAW_BUFFER_TYPE: {}}
+    ),
 }
 
 CLUSTER: dict[str, Spec] = {
@@ -650,12 +659,14 @@ CLUSTER: dict[str, Spec] = {
     "metadata": METADATA,
     # Histograms (proxyd.worker.stats.ClusterStats); per_endpoint_stats is refused.
     "track_cluster_stats": {"timeout_budgets": LEAF, "request_response_sizes": LEAF},
-    # TLS to the hosts (proxyd.config.upstream_tls); transport_socket_matches is refused.
-    "transport_socket": {
+    # TLS to the hosts (proxyd.config.upstream_tls).
+    "transport_socket": _UPSTREAM_TRANSPORT_SOCKET,
+    # A transport socket per host, chosen by endpoint/locality metadata (Envoy's
+    # envoy.transport_socket_match); transport_socket_matcher is refused by name.
+    "transport_socket_matches": {
         "name": LEAF,
-        "typed_config": AnyOf(
-            "transport socket", {UPSTREAM_TLS_TYPE: UPSTREAM_TLS, RAW_BUFFER_TYPE: {}}
-        ),
+        "match": LEAF,
+        "transport_socket": _UPSTREAM_TRANSPORT_SOCKET,
     },
 }
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from proxyd.config.endpoints import struct_labels
 from proxyd.config.matchers import string_match
 from proxyd.config.proto import join
 from proxyd.config.secrets import certificate, sds_reference
@@ -30,6 +31,7 @@ from proxyd.epoch import (
     Listener,
     SanMatch,
     SdsSecret,
+    TlsMatch,
     UpstreamTls,
 )
 from proxyd.errors import ConfigError
@@ -46,8 +48,22 @@ def compile_upstream_transport_socket(c: Any, path: str, file: str) -> UpstreamT
     ``envoy.transport_sockets.raw_buffer``)."""
     if not c.HasField("transport_socket"):
         return None
-    ts = c.transport_socket
-    here = join(path, "transport_socket")
+    return _transport_socket(c, c.transport_socket, join(path, "transport_socket"), file)
+
+
+def compile_transport_socket_matches(c: Any, path: str, file: str) -> tuple[TlsMatch, ...]:
+    """``transport_socket_matches``: each match's labels and transport socket."""
+    out = []
+    for i, m in enumerate(c.transport_socket_matches):
+        here = join(path, f"transport_socket_matches[{i}]")
+        tls = None
+        if m.HasField("transport_socket"):
+            tls = _transport_socket(c, m.transport_socket, join(here, "transport_socket"), file)
+        out.append(TlsMatch(m.name, struct_labels(m.match), tls))
+    return tuple(out)
+
+
+def _transport_socket(c: Any, ts: Any, here: str, file: str) -> UpstreamTls | None:
     if not ts.HasField("typed_config"):
         if ts.name == "envoy.transport_sockets.raw_buffer":
             return None
@@ -163,7 +179,7 @@ def check_tls_cluster_uses(
     """The clients that are not the worker's pools (xDS in the master, the statsd TCP
     sink, trace export) connect in plaintext: a TLS cluster named by one is refused by
     name rather than spoken to in plaintext."""
-    tls = {c.name for c in clusters if c.tls is not None}
+    tls = {c.name for c in clusters if c.tls is not None or any(m.tls for m in c.tls_matches)}
     if not tls:
         return
     why = "has a TLS transport_socket, which is supported by proxyd only for routes, the TCP proxy and health checks"  # noqa: E501

@@ -381,7 +381,7 @@ class TcpConnection:
                 continue
             host.outcomes.add(OK)
             self.connected = True
-            if pool.tls is not None:
+            if host.tls is not None:
                 self.upstream_tls = conn.sock
             if plan.log_on_connected:
                 self.local_address()

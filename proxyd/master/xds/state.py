@@ -40,6 +40,7 @@ from proxyd.epoch import (
     Epoch,
     Listener,
     SdsSecret,
+    UpstreamTls,
 )
 from proxyd.errors import ConfigError
 from proxyd.master.xds import resources as rs
@@ -276,12 +277,7 @@ class XdsState:
         """The SDS secrets' values put into the TLS contexts that name them."""
         secrets = self._secrets
         listeners = tuple(fill_listener(x, secrets) for x in epoch.listeners)
-        clusters = tuple(
-            dataclasses.replace(c, tls=fill_upstream(c.tls, secrets))
-            if c.tls is not None and has_sds(c.tls)
-            else c
-            for c in epoch.clusters
-        )
+        clusters = tuple(fill_cluster(c, secrets) for c in epoch.clusters)
         return dataclasses.replace(epoch, listeners=listeners, clusters=clusters)
 
     def warming(self) -> tuple[list[Resource], list[Resource]]:
@@ -378,8 +374,14 @@ class XdsState:
 def secret_refs(value: Listener | Cluster) -> list[SdsSecret]:
     """The SDS secrets a listener's or cluster's TLS contexts name."""
     if isinstance(value, Cluster):
-        t = value.tls
-        return [r for r in (t.sds_certificate, t.sds_validation) if r is not None] if t else []
+        contexts = [value.tls, *(m.tls for m in value.tls_matches)]
+        return [
+            r
+            for t in contexts
+            if t is not None
+            for r in (t.sds_certificate, t.sds_validation)
+            if r is not None
+        ]
     out: list[SdsSecret] = []
     chains = (*value.chains, *((value.default_chain,) if value.default_chain else ()))
     for tls in (value.tls, *(c.tls for c in chains)):
@@ -388,6 +390,21 @@ def secret_refs(value: Listener | Cluster) -> list[SdsSecret]:
             if tls.sds_validation is not None:
                 out.append(tls.sds_validation)
     return out
+
+
+def fill_cluster(c: Cluster, secrets: dict[str, CompiledSecret]) -> Cluster:
+    """``c`` with SDS values in its TLS contexts (the same object when it has none)."""
+
+    def fill(tls: UpstreamTls | None) -> UpstreamTls | None:
+        return fill_upstream(tls, secrets) if tls is not None and has_sds(tls) else tls
+
+    if not secret_refs(c):
+        return c
+    return dataclasses.replace(
+        c,
+        tls=fill(c.tls),
+        tls_matches=tuple(dataclasses.replace(m, tls=fill(m.tls)) for m in c.tls_matches),
+    )
 
 
 def fill_listener(lst: Listener, secrets: dict[str, CompiledSecret]) -> Listener:
