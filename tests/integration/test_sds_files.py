@@ -198,6 +198,21 @@ def test_certificate_file_replaced_rotates_new_handshakes_only(setup, certs) -> 
     assert p.stats().get("sds.server.update_success", 0) >= 2
 
 
+def test_a_reload_keeps_the_delivered_secret_and_the_connections(setup, certs) -> None:
+    p, _ = setup
+    ctx = client(certs, with_cert=True)
+    before = seen_serial(p, "rotating", ctx)
+    with connect(p, "rotating", ctx) as old:
+        assert get(old) == 200
+        dry = p.ctl("reload", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        res = p.ctl("reload")
+        assert res.returncode == 0, res.stderr
+        # (get asserts the answer does not say "connection: close": no drain)
+        assert get(old) == 200 and get(old) == 200
+    assert seen_serial(p, "rotating", ctx) == before
+
+
 def test_sds_file_replaced_points_at_other_files(setup, certs) -> None:
     p, files = setup
     ctx = client(certs, with_cert=True)
