@@ -42,7 +42,12 @@ from proxyd.config.overload import (
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
 from proxyd.config.runtime import RuntimeLayer, compile_layered_runtime
-from proxyd.config.secrets import CompiledSecret, compile_static_secrets, static_secrets
+from proxyd.config.secrets import (
+    CompiledSecret,
+    compile_static_secrets,
+    secret_refs,
+    static_secrets,
+)
 from proxyd.config.source import read_config_file
 from proxyd.config.stats import StatsSettings, compile_stats
 from proxyd.config.supported import FILE_LOG_TYPE, STDOUT_LOG_TYPE, check_bootstrap
@@ -145,7 +150,9 @@ def _compile(
     if dynamic.ads is not None:
         sources.append(("dynamic_resources.ads_config", dynamic.ads))
     sources += rtds_source_paths(bootstrap, dynamic)
-    if any(s is not None for _, s in sources) and not (
+    sds = [r for lst in listeners for r in secret_refs(lst)]
+    sds += [r for c in clusters for r in secret_refs(c)]
+    if (any(s is not None for _, s in sources) or sds) and not (
         bootstrap.node.id and bootstrap.node.cluster
     ):
         raise ConfigError(

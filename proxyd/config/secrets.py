@@ -31,7 +31,15 @@ from typing import Any
 from proxyd.config.matchers import string_match
 from proxyd.config.proto import join
 from proxyd.config.values import duration_or, enum_name
-from proxyd.epoch import DownstreamTls, SanMatch, SdsSecret, TlsCertificate, UpstreamTls
+from proxyd.epoch import (
+    Cluster,
+    DownstreamTls,
+    Listener,
+    SanMatch,
+    SdsSecret,
+    TlsCertificate,
+    UpstreamTls,
+)
 from proxyd.errors import ConfigError
 from proxyd.protocol.tls_context import certificate_names, pem_path
 
@@ -278,3 +286,24 @@ def has_sds(tls: DownstreamTls | UpstreamTls | None) -> bool:
     if isinstance(tls, DownstreamTls):
         return bool(tls.sds_certificates) or tls.sds_validation is not None
     return tls.sds_certificate is not None or tls.sds_validation is not None
+
+
+def secret_refs(value: Listener | Cluster) -> list[SdsSecret]:
+    """The SDS secrets a listener's or cluster's TLS contexts name."""
+    if isinstance(value, Cluster):
+        contexts = [value.tls, *(m.tls for m in value.tls_matches)]
+        return [
+            r
+            for t in contexts
+            if t is not None
+            for r in (t.sds_certificate, t.sds_validation)
+            if r is not None
+        ]
+    out: list[SdsSecret] = []
+    chains = (*value.chains, *((value.default_chain,) if value.default_chain else ()))
+    for tls in (value.tls, *(c.tls for c in chains)):
+        if tls is not None:
+            out += tls.sds_certificates
+            if tls.sds_validation is not None:
+                out.append(tls.sds_validation)
+    return out

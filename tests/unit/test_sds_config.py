@@ -279,3 +279,11 @@ def test_duplicate_and_unsupported_static_secrets(certs) -> None:
     )
     assert exc.path == "static_resources.secrets[0].generic_secret"
     assert "not supported by proxyd" in exc.reason
+
+
+def test_sds_from_a_file_needs_the_node_identity(sds_path) -> None:
+    # Envoy: "TlsCertificateSdsApi: node 'id' and 'cluster' are required".
+    data = with_common({"tls_certificate_sds_secret_configs": [sds("web", sds_path)]})
+    data.pop("node", None)
+    exc = reject(data)
+    assert exc.path == "node" and "'id' and 'cluster' are required" in exc.reason

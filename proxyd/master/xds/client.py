@@ -35,14 +35,14 @@ from google.protobuf import any_pb2
 from proxyd.config.dynamic import DynamicResources, check_source
 from proxyd.config.node import Node
 from proxyd.config.routes import route_targets
-from proxyd.config.secrets import CompiledSecret, static_secrets
+from proxyd.config.secrets import CompiledSecret, secret_refs, static_secrets
 from proxyd.epoch import ConfigSource, Epoch, Listener, RuntimeValue
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
 from proxyd.master.xds import resources as rs
 from proxyd.master.xds import sources
 from proxyd.master.xds.resources import Context, Resource
-from proxyd.master.xds.state import Applied, XdsState, secret_refs
+from proxyd.master.xds.state import Applied, XdsState
 from proxyd.stats import StatsStore
 
 log = get_logger("proxyd.master.xds")

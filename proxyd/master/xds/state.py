@@ -31,7 +31,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxyd.config.secrets import CompiledSecret, fill_downstream, fill_upstream, has_sds
+from proxyd.config.secrets import (
+    CompiledSecret,
+    fill_downstream,
+    fill_upstream,
+    has_sds,
+    secret_refs,
+)
 from proxyd.epoch import (
     Cluster,
     ConfigSource,
@@ -39,7 +45,6 @@ from proxyd.epoch import (
     Endpoint,
     Epoch,
     Listener,
-    SdsSecret,
     UpstreamTls,
 )
 from proxyd.errors import ConfigError
@@ -369,27 +374,6 @@ class XdsState:
         composed = lst if rc is None else _with_routes(lst, rc.value)
         self._listeners[res.name] = (res, rc, composed)
         return composed
-
-
-def secret_refs(value: Listener | Cluster) -> list[SdsSecret]:
-    """The SDS secrets a listener's or cluster's TLS contexts name."""
-    if isinstance(value, Cluster):
-        contexts = [value.tls, *(m.tls for m in value.tls_matches)]
-        return [
-            r
-            for t in contexts
-            if t is not None
-            for r in (t.sds_certificate, t.sds_validation)
-            if r is not None
-        ]
-    out: list[SdsSecret] = []
-    chains = (*value.chains, *((value.default_chain,) if value.default_chain else ()))
-    for tls in (value.tls, *(c.tls for c in chains)):
-        if tls is not None:
-            out += tls.sds_certificates
-            if tls.sds_validation is not None:
-                out.append(tls.sds_validation)
-    return out
 
 
 def fill_cluster(c: Cluster, secrets: dict[str, CompiledSecret]) -> Cluster:
