@@ -41,3 +41,15 @@ def test_an_empty_match_takes_every_host_and_none_is_plaintext() -> None:
     c = cluster(TlsMatch("plain", (), None))
     assert transport_for(c, host()) is None
     assert transport_for(cluster(TlsMatch("a", (("k", '"v"'),), A), tls=None), host()) is None
+
+
+def test_matches_and_labels_travel_in_the_epoch() -> None:
+    from proxyd.epoch import Epoch, from_wire, to_wire
+
+    c = Cluster(
+        "c", "STATIC", 1.0, "ROUND_ROBIN",
+        (host([("k", '"v"')], [("zone", '"a"')]),),
+        tls=DEFAULT, tls_matches=(TlsMatch("a", (("k", '"v"'),), A), TlsMatch("p", (), None)),
+    )  # fmt: skip
+    epoch = Epoch(1, (), (c,))
+    assert from_wire(Epoch, to_wire(epoch)) == epoch
