@@ -32,8 +32,10 @@ from proxyd.epoch_types.clusters import (
     transport_for,
 )
 from proxyd.epoch_types.listeners import (
+    ANY_CHAIN,
     AccessLog,
     AccessLogFilter,
+    ChainMatch,
     FilterAction,
     FilterChain,
     FilterMatcher,
@@ -48,6 +50,7 @@ from proxyd.epoch_types.listeners import (
     SocketOption,
     TcpCluster,
     TcpProxy,
+    TcpTunnel,
     Tracing,
 )
 from proxyd.epoch_types.model import (
@@ -103,6 +106,8 @@ __all__ = [
     "Epoch",
     "EpochWire",
     "FilterAction",
+    "ANY_CHAIN",
+    "ChainMatch",
     "FilterChain",
     "FilterMatcher",
     "FilterOverride",
@@ -142,6 +147,7 @@ __all__ = [
     "StringMatch",
     "TcpCluster",
     "TcpProxy",
+    "TcpTunnel",
     "TlsCertificate",
     "TlsMatch",
     "Tracing",

@@ -129,6 +129,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         overprovisioning_factor=assignment.overprovisioning_factor,
         healthy_panic_threshold=panic_threshold,
         locality_weighted_lb=locality_weighted,
+        override_host_status=_override_host_status(c),
         **lb,
         **breakers,
         **_tcp_keepalive(c),
@@ -137,6 +138,17 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         tls=tls,
         tls_matches=tls_matches,
     )
+
+
+def _override_host_status(c: Any) -> tuple[str, ...]:
+    """common_lb_config.override_host_status: the statuses by name (Envoy's default
+    when the set is absent: UNKNOWN, HEALTHY, DEGRADED)."""
+    common = c.common_lb_config
+    if not common.HasField("override_host_status"):
+        return ("UNKNOWN", "HEALTHY", "DEGRADED")
+    field = common.override_host_status.DESCRIPTOR.fields_by_name["statuses"]
+    names = field.enum_type.values_by_number
+    return tuple(sorted({names[s].name for s in common.override_host_status.statuses}))
 
 
 def _check_host_update_fields(c: Any, path: str, file: str) -> None:

@@ -311,8 +311,9 @@ HCM: Spec = {
 }
 
 # envoy.filters.network.tcp_proxy (proxyd.config.listeners.compile_tcp_proxy,
-# proxyd.worker.tcp_proxy); tunneling_config, on_demand, hash_policy's filter_state,
-# metadata_match, backoff_options and periodic access logs are refused by name.
+# proxyd.worker.tcp_proxy); on_demand, hash_policy's filter_state, metadata_match,
+# backoff_options, periodic access logs and the tunnel's response-header propagation
+# (filter state no proxyd filter reads) are refused by name.
 TCP_PROXY: Spec = {
     "stat_prefix": LEAF,
     "cluster": LEAF,
@@ -325,6 +326,17 @@ TCP_PROXY: Spec = {
     "hash_policy": {"source_ip": {}},
     "max_connect_attempts": LEAF,
     "max_downstream_connection_duration": LEAF,
+    # Over HTTP/1.1 CONNECT or POST (proxyd.worker.tcp_tunnel).
+    "tunneling_config": {
+        "hostname": LEAF,
+        "use_post": LEAF,
+        "post_path": LEAF,
+        "headers_to_add": {
+            "header": {"key": LEAF, "value": LEAF},
+            "append_action": LEAF,
+            "keep_empty_value": LEAF,
+        },
+    },
 }
 
 DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LEAF}
@@ -417,7 +429,17 @@ FILTER_CHAIN: Spec = {
     # A label (/config_dump).
     "name": LEAF,
     # Chosen per connection by proxyd.protocol.chain_match (SNI from the ClientHello).
-    "filter_chain_match": {"server_names": LEAF, "transport_protocol": LEAF},
+    "filter_chain_match": {
+        "destination_port": LEAF,
+        "prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "server_names": LEAF,
+        "transport_protocol": LEAF,
+        "application_protocols": LEAF,
+        "direct_source_prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "source_type": LEAF,
+        "source_prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "source_ports": LEAF,
+    },
     # TLS termination (proxyd.config.tls, proxyd.worker.tls).
     "transport_socket": {
         "name": LEAF,
@@ -618,6 +640,8 @@ CLUSTER: dict[str, Spec] = {
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},
         "locality_weighted_lb_config": {},
+        # proxyd.filters.stateful_session.override: the statuses a session may pick.
+        "override_host_status": {"statuses": LEAF},
         # 0s only (proxyd.config.clusters): updates are applied at once.
         "update_merge_window": LEAF,
     },

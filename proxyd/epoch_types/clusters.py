@@ -237,6 +237,9 @@ class Cluster:
     overprovisioning_factor: int = 140
     healthy_panic_threshold: int = 50
     locality_weighted_lb: bool = False
+    # common_lb_config.override_host_status: the health statuses of a host a stateful
+    # session may name (proxyd.filters.stateful_session.override).
+    override_host_status: tuple[str, ...] = ("UNKNOWN", "HEALTHY", "DEGRADED")
     # Circuit breakers, continued: max_pending_requests, max_retries and retry_budget
     # (budget_percent, min_retry_concurrency); a budget percent below 0 = no
     # retry_budget (max_retries applies), else it replaces max_retries.

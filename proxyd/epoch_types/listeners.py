@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxyd.epoch_types.clusters import ConfigSource
-from proxyd.epoch_types.routes import CustomTag, HeaderMatch, RouteConfig, RouteMatcher
+from proxyd.epoch_types.routes import (
+    CustomTag,
+    HeaderAdd,
+    HeaderMatch,
+    RouteConfig,
+    RouteMatcher,
+)
 from proxyd.epoch_types.tls import DownstreamTls
 
 
@@ -296,16 +302,40 @@ class NetworkRbac:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainMatch:
+    """A filter chain's ``filter_chain_match`` (proxyd.protocol.chain_match applies it
+    in Envoy's order). Empty criteria match anything; address ranges are CIDR texts
+    with the host bits cleared ("10.0.0.0/8"); ``server_names`` are lower case, exact or
+    ``*.``-wildcard; ``transport_protocol`` "tls", "raw_buffer" or "" (any);
+    ``source_type`` "ANY", "SAME_IP_OR_LOOPBACK" or "EXTERNAL"; port 0 is any."""
+
+    destination_port: int = 0
+    prefix_ranges: tuple[str, ...] = ()
+    server_names: tuple[str, ...] = ()
+    transport_protocol: str = ""
+    application_protocols: tuple[str, ...] = ()
+    direct_source_prefix_ranges: tuple[str, ...] = ()
+    source_type: str = "ANY"
+    source_prefix_ranges: tuple[str, ...] = ()
+    source_ports: tuple[int, ...] = ()
+
+    @property
+    def needs_client_hello(self) -> bool:
+        """Matching needs the TLS inspector's view of the first bytes."""
+        return bool(self.server_names or self.transport_protocol or self.application_protocols)
+
+
+ANY_CHAIN = ChainMatch()
+
+
+@dataclass(frozen=True, slots=True)
 class FilterChain:
-    """One of a listener's filter chains, with its ``filter_chain_match`` (the fields
-    proxyd supports: ``server_names``, exact or ``*.``-wildcard, and
-    ``transport_protocol``, "tls" / "raw_buffer" / "" for any)."""
+    """One of a listener's filter chains, with its ``filter_chain_match``."""
 
     hcm: HttpConnectionManager
     tls: DownstreamTls | None = None
     name: str = ""
-    server_names: tuple[str, ...] = ()
-    transport_protocol: str = ""
+    match: ChainMatch = ANY_CHAIN
     # Network RBAC filters before the connection manager, in order.
     network_rbac: tuple[NetworkRbac, ...] = ()
 
@@ -316,6 +346,19 @@ class TcpCluster:
 
     name: str
     weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpTunnel:
+    """TcpProxy.tunneling_config: the client's bytes go upstream inside an HTTP/1.1
+    ``CONNECT hostname`` (or ``POST post_path`` with ``use_post``, the bytes then
+    chunked) request. ``hostname`` and the header values may use ``%OPERATOR%``
+    substitutions (checked at load)."""
+
+    hostname: str
+    use_post: bool = False
+    post_path: str = "/"
+    headers: tuple[HeaderAdd, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +382,8 @@ class TcpProxy:
     hash_source_ip: bool = False
     # Network RBAC filters before the TCP proxy, in order.
     network_rbac: tuple[NetworkRbac, ...] = ()
+    # tunneling_config: the bytes go inside an HTTP request to the cluster (None: raw).
+    tunneling: TcpTunnel | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from proxyd.protocol.chain_match import (
     NOT_TLS,
     ChainSelector,
     ClientHelloTooLarge,
+    Connection,
     Inspected,
     inspect_client_hello,
 )
@@ -50,8 +51,12 @@ class ChainChooser:
         continue_on_timeout: bool,
         listener_stats: NamedStats,
         inspector_stats: NamedStats,
+        inspect: bool = True,
     ) -> None:
         self.selector = selector
+        # The listener has a TLS inspector (configured, or added for a chain that
+        # matches on the ClientHello): else the first bytes are not looked at.
+        self.inspect = inspect
         self.plans = plans
         self.timeout = timeout
         self.continue_on_timeout = continue_on_timeout
@@ -62,17 +67,26 @@ class ChainChooser:
 
     async def choose(self, sock: socket.socket) -> ListenerPlan | None:
         """The chain's plan for the connection on ``sock``, or None to close it."""
-        found: Inspected | None = None
-        with trio.move_on_after(self.timeout):
-            found = await self._inspect(sock)
-            if found is None:
-                return None  # closed (or too large a ClientHello)
-        if found is None:  # the listener filter timeout
-            if not self.continue_on_timeout:
+        found = NOT_TLS
+        if self.inspect:
+            seen: Inspected | None = None
+            with trio.move_on_after(self.timeout):
+                seen = await self._inspect(sock)
+                if seen is None:
+                    return None  # closed (or too large a ClientHello)
+            if seen is not None:
+                found = seen
+            elif not self.continue_on_timeout:  # the listener filter timeout
                 self.stats.inc("downstream_pre_cx_timeout")
                 return None
-            found = NOT_TLS
-        index = self.selector.select(found.sni, found.transport)
+        try:
+            local = sock.getsockname()
+            peer = sock.getpeername()
+        except OSError:
+            return None  # the client is gone
+        if not isinstance(local, tuple):  # a pipe listener: no addresses to match
+            local, peer = ("", 0), ("", 0)
+        index = self.selector.select(Connection(local[0], local[1], peer[0], peer[1], found))
         if index is None:
             self.stats.inc("no_filter_chain_match")
             return None

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from proxyd.filters.stateful_session import override as session_override
 from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
@@ -208,9 +209,14 @@ def pick_host(
     """The host of a request to ``rp``'s cluster: by the request's hash when the route
     has a hash policy and the cluster balances by hash (proxyd.protocol.hash_policy),
     else the balancer's plain pick. A cookie the hash policy makes goes out as a
-    Set-Cookie line of the response."""
+    Set-Cookie line of the response. A host a stateful session named comes first
+    (:mod:`proxyd.filters.stateful_session.override`)."""
     cluster = rp.cluster
     assert cluster is not None
+    if stream.override_host is not None:
+        host, decided = session_override.pick(cluster, stream.override_host)
+        if decided:
+            return host
     hp = rp.hash
     if hp is None or cluster.hashing is None:
         return cluster.balancer.pick()

@@ -740,7 +740,7 @@ class CompiledEpoch:
                     self.plans[sub.key] = sub
                     chain_plans.append(sub)
                 selector = ChainSelector(
-                    [(c.server_names, c.transport_protocol) for c in lst.chains],
+                    [c.match for c in lst.chains],
                     len(lst.chains) if lst.default_chain is not None else None,
                 )
                 plan.chooser = ChainChooser(
@@ -750,6 +750,7 @@ class CompiledEpoch:
                     lst.continue_on_listener_filters_timeout,
                     stats.named(f"listener.{lst.stat_name}."),
                     stats.named("tls_inspector."),
+                    lst.tls_inspector,
                 )
         self.tcp_plans = tcp_plans(
             epoch, self.clusters, stats, writers, self.runtime, old_tcp_plans

@@ -155,6 +155,9 @@ class ClusterState:
         # Balancers that leave some priority levels out (retry_priority
         # previous_priorities), made when a retry first needs one.
         self._without: dict[frozenset[int], Balancer[HostState]] = {}
+        # The hosts a stateful session may name, by address: built at the first use
+        # (proxyd.filters.stateful_session.override), None until then.
+        self.session_hosts: dict[str, HostState] | None = None
         # One pool per routing priority, indexed as PRIORITIES.
         self.pools = tuple(ConnPool(self, p) for p in range(len(PRIORITIES)))
         # The newest state of the cluster reports the *_open gauges.

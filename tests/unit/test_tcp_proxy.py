@@ -160,7 +160,10 @@ def test_weighted_clusters(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "where"),
     [
-        ({"tunneling_config": {"hostname": "h"}}, "typed_config.tunneling_config"),
+        (
+            {"tunneling_config": {"hostname": "h", "propagate_response_headers": True}},
+            "typed_config.tunneling_config.propagate_response_headers",
+        ),
         (
             {"hash_policy": [{"filter_state": {"key": "k"}}]},
             "typed_config.hash_policy[0].filter_state",
