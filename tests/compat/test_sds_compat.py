@@ -6,18 +6,22 @@ Listeners (each on its own loopback address):
   files, and its client CA from another SDS file, client certificates required;
 * ``late`` (127.0.0.3): its secret's file holds no secret at start (the update is
   refused; initial_fetch_timeout 1 s); the secret is written while the proxy runs;
-* ``static`` (127.0.0.4): a static secret of ``static_resources.secrets`` by name.
+* ``static`` (127.0.0.4): a static secret of ``static_resources.secrets`` by name;
+* ``origin`` (127.0.0.5, plaintext) to the cluster ``mtls_up``, whose client
+  certificate (to a TLS upstream that asks for one) comes from an SDS file.
 
 The cases, played on each proxy in turn (the files are put back between them): which
 certificate serial a new connection sees; a connection opened before a rotation goes
 on serving with the old certificate; replacing the certificate files, then the SDS file
 itself, rotates new handshakes; an SDS update whose key does not match its certificate
 is refused and the last good certificate stays; the late listener refuses handshakes,
-then serves once its file appears.
+then serves once its file appears; the upstream sees the cluster's client certificate
+change when its SDS file is replaced.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -31,6 +35,8 @@ import yaml
 
 from tests.compat.envoy_runner import EnvoyRunner, envoy_available
 from tests.support import ProxydProcess, UpstreamServer, wait_for
+from tests.tls_certs import _leaf
+from tests.tls_upstream import TlsUpstream
 
 pytestmark = [
     pytest.mark.compat,
@@ -44,7 +50,8 @@ HCM = (
 )
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-ADDRESSES = {"sds": "127.0.0.2", "late": "127.0.0.3", "static": "127.0.0.4"}
+ADDRESSES = {"sds": "127.0.0.2", "late": "127.0.0.3", "static": "127.0.0.4", "origin": "127.0.0.5"}
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:
@@ -75,7 +82,7 @@ def sds_config(name: str, path: Path, timeout: str = "15s") -> dict[str, Any]:
     }
 
 
-def listener(name: str, tls: dict[str, Any]) -> dict[str, Any]:
+def listener(name: str, tls: dict[str, Any] | None, cluster: str = "up") -> dict[str, Any]:
     hcm = {
         "@type": HCM,
         "stat_prefix": name,
@@ -84,30 +91,67 @@ def listener(name: str, tls: dict[str, Any]) -> dict[str, Any]:
                 {
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
                 }
             ]
         },
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if tls is not None:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {"@type": TLS, **tls},
+        }
     return {
         "name": name,
         "address": {"socket_address": {"address": ADDRESSES[name], "port_value": 0}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ],
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {"@type": TLS, **tls},
-                },
-            }
-        ],
+        "filter_chains": [chain],
     }
 
 
-def config(certs: Any, files: Path, upstream: int) -> str:
+def mtls_cluster(certs: Any, files: Path, port: int) -> dict[str, Any]:
+    """A cluster whose client certificate comes from SDS (one request per connection,
+    so each request shows the certificate of the moment)."""
+    return {
+        "name": "mtls_up",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "max_requests_per_connection": 1,
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": UPSTREAM_TLS,
+                "common_tls_context": {
+                    "tls_certificate_sds_secret_configs": [
+                        sds_config("client", files / "client.yaml")
+                    ],
+                    "validation_context": {"trusted_ca": {"filename": certs.ca}},
+                },
+            },
+        },
+        "load_assignment": {
+            "cluster_name": "mtls_up",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def config(certs: Any, files: Path, upstream: int, mtls_upstream: int) -> str:
     static_secret = cert_secret("fixed", certs.other, certs.other_key)
     del static_secret["@type"]
     doc = {
@@ -140,6 +184,7 @@ def config(certs: Any, files: Path, upstream: int) -> str:
                         }
                     },
                 ),
+                listener("origin", None, cluster="mtls_up"),
                 listener(
                     "static",
                     {
@@ -150,6 +195,7 @@ def config(certs: Any, files: Path, upstream: int) -> str:
                 ),
             ],
             "clusters": [
+                mtls_cluster(certs, files, mtls_upstream),
                 {
                     "name": "up",
                     "type": "STATIC",
@@ -173,7 +219,7 @@ def config(certs: Any, files: Path, upstream: int) -> str:
                             }
                         ],
                     },
-                }
+                },
             ],
         },
     }
@@ -195,6 +241,7 @@ def reset_files(certs: Any, files: Path) -> None:
     sds_file(files / "ca.yaml", ca, "1")
     # (The file must exist: Envoy refuses a path_config_source that does not.)
     write_atomically(files / "late.yaml", yaml.safe_dump({"version_info": "0", "resources": []}))
+    sds_file(files / "client.yaml", cert_secret("client", certs.client, certs.client_key), "1")
 
 
 def client(certs: Any) -> ssl.SSLContext:
@@ -292,25 +339,54 @@ def play(
     out["after the mismatched key"] = seen("sds")
     sds_file(files / "late.yaml", cert_secret("late", certs.server, certs.server_key), "1")
     out["late after its file"] = until("late", "server")
+    # The cluster's client certificate, from SDS, rotated.
+    out["upstream client certificate"] = origin_sans(port_of("origin"))
+    client2 = Path(certs.path("client2.pem")), Path(certs.path("client2.key"))
+    sds_file(files / "client.yaml", cert_secret("client", *client2), "2")
+    want = ["spiffe://test/client2"]
+    try:
+        wait_for(lambda: origin_sans(port_of("origin")) == want, timeout=10)
+    except TimeoutError:
+        pass
+    out["upstream client certificate rotated"] = origin_sans(port_of("origin"))
     return out
+
+
+def origin_sans(port: int) -> list[str] | str:
+    """The URI SANs of the client certificate the TLS upstream saw (through the
+    plaintext listener "origin"), or the status."""
+    with socket.create_connection((ADDRESSES["origin"], port), timeout=5) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        return head.split(b"\r\n")[0].decode()
+    return sorted(v for v in json.loads(body)["client_sans"] if v.startswith("spiffe:"))
 
 
 def test_sds_files_rotate_as_in_envoy(tmp_path: Path, certs) -> None:
     files = tmp_path / "files"
     files.mkdir()
     (tmp_path / "proxyd").mkdir()
+    if not Path(certs.path("client2.pem")).exists():  # a second client certificate
+        _leaf("client2", "ca", "client2", "URI:spiffe://test/client2", "clientAuth", certs.dir)
     up = UpstreamServer("up")
     up.start()
     try:
-        text = config(certs, files, up.port)
-        reset_files(certs, files)
-        with EnvoyRunner(text) as envoy:
-            envoy_side = play(certs, files, envoy.listener_port, envoy.stats)
-        reset_files(certs, files)
-        with ProxydProcess(tmp_path / "proxyd", text, concurrency=1) as p:
-            proxyd_side = play(certs, files, p.listener_port, p.stats)
+        with TlsUpstream(certs, verify_clients=True) as mtls:
+            text = config(certs, files, up.port, mtls.port)
+            reset_files(certs, files)
+            with EnvoyRunner(text) as envoy:
+                envoy_side = play(certs, files, envoy.listener_port, envoy.stats)
+            reset_files(certs, files)
+            with ProxydProcess(tmp_path / "proxyd", text, concurrency=1) as p:
+                proxyd_side = play(certs, files, p.listener_port, p.stats)
     finally:
         up.stop()
     assert envoy_side["start"]["serial"] == "server"
     assert envoy_side["certificate files replaced"]["serial"] == "other"
+    assert envoy_side["upstream client certificate"] == ["spiffe://test/client"]
+    assert envoy_side["upstream client certificate rotated"] == ["spiffe://test/client2"]
     assert proxyd_side == envoy_side
