@@ -337,3 +337,17 @@ def test_lds_listener_warms_until_its_secret_arrives(tmp_path, certs) -> None:
                 assert s.getpeercert()["serialNumber"] == serial_of(certs.server)  # type: ignore[index]
     finally:
         up.stop()
+
+
+def test_config_dump_shows_the_secrets(setup, certs) -> None:
+    p, _ = setup
+    status, body = p.admin("/config_dump")
+    assert status == 200
+    dump = json.loads(body)
+    (secrets,) = [c for c in dump["configs"] if c["@type"].endswith("SecretsConfigDump")]
+    assert [s["name"] for s in secrets["static_secrets"]] == ["fixed"]
+    dynamic = {s["name"]: s for s in secrets["dynamic_active_secrets"]}
+    assert {"server", "ca"} <= set(dynamic)
+    cert = dynamic["server"]["secret"]["tls_certificate"]
+    assert cert["private_key"]["filename"].endswith("key.pem")  # a file name is shown
+    assert dynamic["server"]["version_info"]

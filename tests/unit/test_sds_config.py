@@ -287,3 +287,19 @@ def test_sds_from_a_file_needs_the_node_identity(sds_path) -> None:
     data.pop("node", None)
     exc = reject(data)
     assert exc.path == "node" and "'id' and 'cluster' are required" in exc.reason
+
+
+def test_config_dump_redacts_an_inline_private_key() -> None:
+    from proxyd.master.admin.config_dump import redacted_secret
+
+    secret = {
+        "name": "s",
+        "tls_certificate": {
+            "certificate_chain": {"inline_string": "CERT"},
+            "private_key": {"inline_string": "KEY"},
+        },
+    }
+    out = redacted_secret(secret)
+    assert out["tls_certificate"]["private_key"] == {"inline_string": "[redacted]"}
+    assert out["tls_certificate"]["certificate_chain"] == {"inline_string": "CERT"}
+    assert secret["tls_certificate"]["private_key"] == {"inline_string": "KEY"}  # a copy
