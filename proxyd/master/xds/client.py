@@ -110,7 +110,7 @@ class XdsClient:
             if c.eds_source is not None or secret_refs(c):
                 yield c
         for lst in self.static.listeners:
-            if lst.hcm is not None and lst.hcm.rds_source is not None or secret_refs(lst):
+            if (lst.hcm is not None and lst.hcm.rds_source is not None) or secret_refs(lst):
                 yield lst
 
     # -- configuration ----------------------------------------------------------------
