@@ -28,6 +28,8 @@ from proxyd.epoch_types.clusters import (
     HealthCheck,
     OutlierDetection,
     StatusRange,
+    TlsMatch,
+    transport_for,
 )
 from proxyd.epoch_types.listeners import (
     ANY_CHAIN,
@@ -84,12 +86,14 @@ from proxyd.epoch_types.routes import (
 from proxyd.epoch_types.tls import (
     DownstreamTls,
     SanMatch,
+    SdsSecret,
     TlsCertificate,
     UpstreamTls,
 )
 from proxyd.epoch_types.wire import EpochWire, from_wire, to_wire
 
 __all__ = [
+    "transport_for",
     "AccessLog",
     "AccessLogFilter",
     "CircuitBreakerThresholds",
@@ -139,6 +143,7 @@ __all__ = [
     "RuntimeFraction",
     "RuntimeValue",
     "SanMatch",
+    "SdsSecret",
     "SocketOption",
     "StatusRange",
     "StringMatch",
@@ -146,6 +151,7 @@ __all__ = [
     "TcpProxy",
     "TcpTunnel",
     "TlsCertificate",
+    "TlsMatch",
     "Tracing",
     "UpstreamTls",
     "VirtualHost",

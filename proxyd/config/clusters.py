@@ -22,7 +22,10 @@ from proxyd.config.lb_policy import compile_lb_policy
 from proxyd.config.outlier import compile_outlier_detection
 from proxyd.config.proto import join
 from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
-from proxyd.config.upstream_tls import compile_upstream_transport_socket
+from proxyd.config.upstream_tls import (
+    compile_transport_socket_matches,
+    compile_upstream_transport_socket,
+)
 from proxyd.config.values import (
     duration_or,
     enum_name,
@@ -84,7 +87,8 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         max_requests = c.max_requests_per_connection.value
 
     tls = compile_upstream_transport_socket(c, path, file)
-    if tls is not None:
+    tls_matches = compile_transport_socket_matches(c, path, file)
+    if tls is not None or any(m.tls is not None for m in tls_matches):
         for i, hc in enumerate(c.health_checks):
             if hc.HasField("grpc_health_check"):
                 raise ConfigError(
@@ -132,6 +136,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         track_timeout_budgets=c.track_cluster_stats.timeout_budgets,
         track_request_response_sizes=c.track_cluster_stats.request_response_sizes,
         tls=tls,
+        tls_matches=tls_matches,
     )
 
 

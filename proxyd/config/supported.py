@@ -355,6 +355,38 @@ TCP_PROXY: Spec = {
 
 DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LEAF}
 
+# -- SDS (proxyd.config.secrets, proxyd.master.xds): secrets from files -------------
+# An SdsSecretConfig's sds_config: a watched file (watched_directory is accepted: the
+# file is polled by inode, size and time, so a directory swap is seen as well); a
+# management server (api_config_source, ads) is refused by name in the compiler.
+SDS_CONFIG_SOURCE: Spec = {
+    "path_config_source": {"path": LEAF, "watched_directory": {"path": LEAF}},
+    "api_config_source": LEAF,
+    "ads": LEAF,
+    "resource_api_version": LEAF,
+    "initial_fetch_timeout": LEAF,
+}
+SDS_SECRET_CONFIG: Spec = {"name": LEAF, "sds_config": SDS_CONFIG_SOURCE}
+_SECRET_VALIDATION: Spec = {
+    "trusted_ca": DATA_SOURCE,
+    "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
+}
+# extensions.transport_sockets.tls.v3.Secret: static_resources.secrets and SDS files.
+SECRET: dict[str, Spec] = {
+    "name": LEAF,
+    "tls_certificate": {"certificate_chain": DATA_SOURCE, "private_key": DATA_SOURCE},
+    "validation_context": _SECRET_VALIDATION,
+}
+_SDS_COMMON: dict[str, Spec] = {
+    "tls_certificate_sds_secret_configs": SDS_SECRET_CONFIG,
+    "validation_context_sds_secret_config": SDS_SECRET_CONFIG,
+    "combined_validation_context": {
+        "default_validation_context": _SECRET_VALIDATION,
+        "validation_context_sds_secret_config": SDS_SECRET_CONFIG,
+    },
+}
+# -- end SDS --------------------------------------------------------------------------
+
 # extensions.transport_sockets.tls.v3.DownstreamTlsContext (proxyd.config.tls).
 DOWNSTREAM_TLS: Spec = {
     "common_tls_context": {
@@ -370,6 +402,7 @@ DOWNSTREAM_TLS: Spec = {
             "trusted_ca": DATA_SOURCE,
             "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
         },
+        **_SDS_COMMON,
     },
     "require_client_certificate": LEAF,
     "disable_stateless_session_resumption": LEAF,
@@ -393,6 +426,7 @@ UPSTREAM_TLS: Spec = {
             "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
             "match_subject_alt_names": STRING_MATCHER,
         },
+        **_SDS_COMMON,
     },
     "allow_renegotiation": LEAF,
     "max_session_keys": LEAF,
@@ -593,8 +627,17 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
         },
         "load_balancing_weight": LEAF,
         "priority": LEAF,
+        # filter_metadata["envoy.transport_socket_match"] (transport_socket_matches).
+        "metadata": METADATA,
     },
     "policy": {"overprovisioning_factor": LEAF},
+}
+
+_UPSTREAM_TRANSPORT_SOCKET: Spec = {
+    "name": LEAF,
+    "typed_config": AnyOf(
+        "transport socket", {UPSTREAM_TLS_TYPE: UPSTREAM_TLS, RAW_BUFFER_TYPE: {}}
+    ),
 }
 
 CLUSTER: dict[str, Spec] = {
@@ -654,12 +697,14 @@ CLUSTER: dict[str, Spec] = {
     "metadata": METADATA,
     # Histograms (proxyd.worker.stats.ClusterStats); per_endpoint_stats is refused.
     "track_cluster_stats": {"timeout_budgets": LEAF, "request_response_sizes": LEAF},
-    # TLS to the hosts (proxyd.config.upstream_tls); transport_socket_matches is refused.
-    "transport_socket": {
+    # TLS to the hosts (proxyd.config.upstream_tls).
+    "transport_socket": _UPSTREAM_TRANSPORT_SOCKET,
+    # A transport socket per host, chosen by endpoint/locality metadata (Envoy's
+    # envoy.transport_socket_match); transport_socket_matcher is refused by name.
+    "transport_socket_matches": {
         "name": LEAF,
-        "typed_config": AnyOf(
-            "transport socket", {UPSTREAM_TLS_TYPE: UPSTREAM_TLS, RAW_BUFFER_TYPE: {}}
-        ),
+        "match": LEAF,
+        "transport_socket": _UPSTREAM_TRANSPORT_SOCKET,
     },
 }
 
@@ -754,7 +799,7 @@ BOOTSTRAP: dict[str, Spec] = {
             "rtds_layer": {"name": LEAF, "rtds_config": CONFIG_SOURCE},
         },
     },
-    "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},
+    "static_resources": {"listeners": LISTENER, "clusters": CLUSTER, "secrets": SECRET},
     "dynamic_resources": {
         "lds_config": CONFIG_SOURCE,
         "cds_config": CONFIG_SOURCE,

@@ -43,6 +43,11 @@ class Endpoint:
     # or, with active health checks, last turned healthy (CLOCK_MONOTONIC seconds,
     # stamped by the master: proxyd.master.slow_start; 0 = not stamped).
     active_since: float = 0.0
+    # filter_metadata["envoy.transport_socket_match"] of the lb_endpoint and of its
+    # locality, as (key, canonical JSON value) pairs: what the cluster's
+    # transport_socket_matches choose its transport socket by (transport_for).
+    tls_labels: tuple[tuple[str, str], ...] = ()
+    locality_tls_labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -267,6 +272,34 @@ class Cluster:
     # transport_socket envoy.transport_sockets.tls (UpstreamTlsContext): TLS to the
     # hosts (proxyd.worker.upstream_tls); None = plaintext.
     tls: UpstreamTls | None = None
+    # transport_socket_matches: a host whose metadata a match selects gets its
+    # transport socket instead of ``tls`` (transport_for).
+    tls_matches: tuple[TlsMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMatch:
+    """One of a cluster's ``transport_socket_matches``: the labels a host's
+    ``envoy.transport_socket_match`` metadata must all have (key, canonical JSON value),
+    and the transport socket it then uses (None: plaintext, ``raw_buffer``)."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    tls: UpstreamTls | None
+
+
+def transport_for(cluster: Cluster, endpoint: Endpoint) -> UpstreamTls | None:
+    """The transport socket of ``endpoint`` in ``cluster``, as Envoy chooses: the first
+    match whose labels the endpoint's metadata has, else the first its locality's
+    metadata has, else the cluster's ``transport_socket``."""
+    if not cluster.tls_matches:
+        return cluster.tls
+    for labels in (endpoint.tls_labels, endpoint.locality_tls_labels):
+        have = set(labels)
+        for m in cluster.tls_matches:
+            if all(label in have for label in m.labels):
+                return m.tls
+    return cluster.tls
 
 
 @dataclass(frozen=True, slots=True)

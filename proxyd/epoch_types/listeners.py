@@ -4,6 +4,7 @@ manager and its options, network filters, filter chains and the listener itself.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -496,3 +497,42 @@ class Listener:
     def address_text(self) -> str:
         """The configured address as Envoy writes it in messages: "ip:port" or a path."""
         return self.address if self.pipe else f"{self.address}:{self.port}"
+
+
+def same_but_secrets(a: Listener, b: Listener) -> bool:
+    """``a`` and ``b`` are the same listener but for what SDS filled into their TLS
+    contexts (a rotated certificate): its connections are not drained, as Envoy
+    updates a TLS context in place."""
+    if a == b:
+        return True
+    if not any(
+        t is not None and t.sds_certificates or t is not None and t.sds_validation
+        for t in _tls_of(a)
+    ):
+        return False
+    return _without_secrets(a) == _without_secrets(b)
+
+
+def _tls_of(lst: Listener) -> list[DownstreamTls | None]:
+    chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
+    return [lst.tls, *(c.tls for c in chains)]
+
+
+def _without_secrets(lst: Listener) -> Listener:
+    def strip(tls: DownstreamTls | None) -> DownstreamTls | None:
+        if tls is None or not (tls.sds_certificates or tls.sds_validation):
+            return tls
+        return dataclasses.replace(
+            tls, certificates=(), trusted_ca=b"", san_matchers=(), sds_missing=()
+        )
+
+    return dataclasses.replace(
+        lst,
+        tls=strip(lst.tls),
+        chains=tuple(dataclasses.replace(c, tls=strip(c.tls)) for c in lst.chains),
+        default_chain=(
+            dataclasses.replace(lst.default_chain, tls=strip(lst.default_chain.tls))
+            if lst.default_chain is not None
+            else None
+        ),
+    )

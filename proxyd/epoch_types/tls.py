@@ -28,6 +28,17 @@ class TlsCertificate:
 
 
 @dataclass(frozen=True, slots=True)
+class SdsSecret:
+    """A secret a TLS context takes from SDS (``*_sds_secret_config`` with
+    ``sds_config.path_config_source``): the master watches the file and fills the
+    context's certificates or validation values from it (proxyd.master.secrets)."""
+
+    name: str
+    path: str
+    initial_fetch_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
 class SanMatch:
     """Envoy's SubjectAltNameMatcher: a SAN of ``san_type`` ("DNS", "URI", "EMAIL",
     "IP_ADDRESS") that ``matcher`` accepts."""
@@ -59,6 +70,13 @@ class DownstreamTls:
     session_tickets: bool = True
     # FilterChain.transport_socket_connect_timeout (0: the HCM's idle timeout bounds it).
     handshake_timeout_s: float = 0.0
+    # SDS: the secrets whose certificates follow ``certificates`` (in order), and the
+    # one that holds the validation context; the master fills the values in, and
+    # ``sds_missing`` names those not delivered yet (a chain with any is not ready:
+    # its connections are closed, as Envoy's handshake fails without the secret).
+    sds_certificates: tuple[SdsSecret, ...] = ()
+    sds_validation: SdsSecret | None = None
+    sds_missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +107,8 @@ class UpstreamTls:
     auto_sni: bool = False
     auto_san_validation: bool = False
     sni_header: str = ""
+    # SDS, as on DownstreamTls: the client certificate's secret, the validation
+    # context's, and those not delivered yet (a connection to a host fails then).
+    sds_certificate: SdsSecret | None = None
+    sds_validation: SdsSecret | None = None
+    sds_missing: tuple[str, ...] = ()

@@ -28,6 +28,7 @@ from proxyd.epoch import (
     Route,
     RouteTracing,
 )
+from proxyd.epoch_types.listeners import same_but_secrets
 from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import NOT_SET, LogRecord
@@ -733,7 +734,7 @@ class CompiledEpoch:
             if plan.tracer is not None:
                 plan.tracer.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
-            if old_plan is not None and old_plan.listener == plan.listener:
+            if old_plan is not None and same_but_secrets(old_plan.listener, plan.listener):
                 plan.generation = old_plan.generation
 
     def _chain_plans(

@@ -497,7 +497,7 @@ class RetryingExchange(Exchange):
             self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
         # auto_sni / auto_san_validation: the request's Host keys its connection.
-        tls = pool.tls
+        tls = host.tls
         key = tls.key_of(self.head) if tls is not None and tls.keyed else None
         conn = pool.take_idle(host, key)
         self.reused = conn is not None

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from proxyd.epoch import Epoch, Listener
+from proxyd.epoch_types.listeners import same_but_secrets
 from proxyd.errors import ProtocolError
 from proxyd.protocol.access_log import TCP_CONNECTION_END, TCP_UPSTREAM_CONNECTED, LogRecord
 from proxyd.protocol.access_log_filters import NO_RUNTIME, Runtime
@@ -203,7 +204,7 @@ def tcp_plans(
     }
     for name, plan in plans.items():
         before = (old or {}).get(name)
-        if before is not None and before.listener == plan.listener:
+        if before is not None and same_but_secrets(before.listener, plan.listener):
             plan.generation = before.generation
     return plans
 
@@ -433,7 +434,7 @@ class TcpConnection:
                 pool.destroy(conn)
                 continue
             self.connected = True
-            if pool.tls is not None:
+            if host.tls is not None:
                 self.upstream_tls = conn.sock
             if plan.log_on_connected:
                 self.local_address()

@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from proxyd.protocol.tls_context import SanChecker, pick_certificate, server_contexts
+from proxyd.protocol.tls_context import (
+    SanChecker,
+    pick_certificate,
+    server_context,
+    server_contexts,
+)
 from proxyd.worker import io
 
 if TYPE_CHECKING:
@@ -79,7 +84,10 @@ class TlsPlan:
         idle_timeout: float,
         sni_known: bool = True,
     ) -> None:
-        contexts = server_contexts(tls)
+        # False while an SDS secret the chain needs is not delivered: its connections
+        # are closed at once (Envoy's handshake fails without the secret).
+        self.ready = not tls.sds_missing
+        contexts = server_contexts(tls) if self.ready else [server_context(tls)]
         self.context = contexts[0]
         # The certificates, by context: the connection's local certificate.
         self.certificates = tls.certificates
@@ -249,6 +257,10 @@ async def handshake(sock: socket.socket, plan: TlsPlan) -> TlsSocket | None:
     handshake failed or timed out (counted in ``listener.<name>.ssl.``, the socket
     closed)."""
     stats = plan.stats
+    if not plan.ready:
+        stats.inc("connection_error")
+        io.close(sock)
+        return None
     ctx = plan.context
     ssock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     ok = False
