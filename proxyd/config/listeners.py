@@ -43,6 +43,7 @@ from proxyd.epoch import (
 )
 from proxyd.errors import ConfigError
 from proxyd.protocol.header_values import compile_value
+from proxyd.protocol.xfcc import DETAILS as XFCC_DETAILS
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
@@ -422,6 +423,16 @@ def _tunneling(msg: Any, path: str, file: str) -> TcpTunnel:
     )
 
 
+def _client_cert_details(details: Any) -> tuple[str, ...]:
+    """set_current_client_cert_details: the fields set true (``subject`` is a BoolValue,
+    the others plain bools)."""
+    return tuple(
+        d
+        for d in XFCC_DETAILS
+        if (wrapped_or(details, d, False) if d == "subject" else getattr(details, d))
+    )
+
+
 def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> HttpConnectionManager:
     codec = enum_name(hcm, "codec_type")
     if codec not in CODEC_TYPES:
@@ -477,6 +488,8 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         access_logs=compile_access_logs(hcm.access_log, join(path, "access_log"), file),
         use_remote_address=wrapped_or(hcm, "use_remote_address", False),
         xff_num_trusted_hops=hcm.xff_num_trusted_hops,
+        forward_client_cert=enum_name(hcm, "forward_client_cert_details"),
+        client_cert_details=_client_cert_details(hcm.set_current_client_cert_details),
         max_request_headers_kb=wrapped_or(
             hcm, "max_request_headers_kb", DEFAULT_MAX_REQUEST_HEADERS_KB
         ),

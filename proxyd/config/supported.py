@@ -276,6 +276,10 @@ HCM: Spec = {
     # The grace a connection past max_connection_duration gets (proxyd.worker.durations).
     "drain_timeout": LEAF,
     "use_remote_address": LEAF,
+    # x-forwarded-client-cert (proxyd.protocol.xfcc); set_current_client_cert_details
+    # chain is refused: CPython's ssl does not give the chain a client sent.
+    "forward_client_cert_details": LEAF,
+    "set_current_client_cert_details": {"subject": LEAF, "cert": LEAF, "dns": LEAF, "uri": LEAF},
     "xff_num_trusted_hops": LEAF,
     "max_request_headers_kb": LEAF,
     "server_name": LEAF,

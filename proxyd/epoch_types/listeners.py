@@ -193,6 +193,10 @@ class HttpConnectionManager:
     access_logs: tuple[AccessLog, ...] = ()
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
+    # forward_client_cert_details (proxyd.protocol.xfcc.MODES) and the fields of
+    # set_current_client_cert_details that are true (proxyd.protocol.xfcc.DETAILS).
+    forward_client_cert: str = "SANITIZE"
+    client_cert_details: tuple[str, ...] = ()
     max_request_headers_kb: int = 60
     # Envoy's defaults: request_timeout disabled (0), stream_idle_timeout 5 min,
     # request_headers_timeout disabled, idle_timeout (downstream keep-alive) 1 h.

@@ -41,6 +41,7 @@ from proxyd.protocol.http1_options import Http1Format, proper_case_head
 from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
+from proxyd.protocol.xfcc import XfccPlan
 from proxyd.worker import otel_access_log
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
@@ -586,6 +587,12 @@ class ListenerPlan:
         self.request_wanted = {n.encode("latin-1"): n for n in wanted}
         # RouteConfiguration.internal_only_headers (empty: none, and nothing to do).
         # (name, its bytes for the upstream head's removal list)
+        # forward_client_cert_details (None: SANITIZE, the header only goes).
+        self.xfcc = (
+            XfccPlan(hcm.forward_client_cert, hcm.client_cert_details)
+            if hcm.forward_client_cert != "SANITIZE"
+            else None
+        )
         self.internal_only = tuple(
             (n, n.encode("latin-1")) for n in hcm.route_config.internal_only_headers
         )
