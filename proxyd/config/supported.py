@@ -405,6 +405,11 @@ DOWNSTREAM_TLS: Spec = {
         "validation_context": {
             "trusted_ca": DATA_SOURCE,
             "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
+            # proxyd.config.tls.revocation_and_pins (in a listener's own context only).
+            "crl": DATA_SOURCE,
+            "only_verify_leaf_cert_crl": LEAF,
+            "verify_certificate_hash": LEAF,
+            "verify_certificate_spki": LEAF,
         },
         **_SDS_COMMON,
     },

@@ -8,6 +8,8 @@ names the field. Workers get the PEM bytes and never open a config file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import replace
 from typing import Any
 
@@ -138,8 +140,17 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
             join(path, "require_client_certificate"),
             "require_client_certificate needs common_tls_context.validation_context.trusted_ca",
         )
+    crl, crl_leaf_only, hash_pins, spki_pins = (
+        revocation_and_pins(common.validation_context, join(cpath, "validation_context"), file)
+        if common.HasField("validation_context")
+        else (b"", False, (), ())
+    )
     return DownstreamTls(
         certificates=tuple(certs),
+        crl=crl,
+        crl_leaf_only=crl_leaf_only,
+        hash_pins=hash_pins,
+        spki_pins=spki_pins,
         min_version=min_v,
         max_version=max_v,
         cipher_suites=tuple(params.cipher_suites),
@@ -153,6 +164,47 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
         sds_validation=sds_validation,
         sds_missing=tuple(r.name for r in (*sds_certs, sds_validation) if r is not None),
     )
+
+
+def revocation_and_pins(
+    vc: Any, path: str, file: str
+) -> tuple[bytes, bool, tuple[bytes, ...], tuple[bytes, ...]]:
+    """A listener's validation_context ``crl`` (checked by OpenSSL), and its certificate
+    pins, checked as Envoy checks them: hex SHA-256 digests (colons allowed) and base64
+    SHA-256 digests of a SubjectPublicKeyInfo."""
+    crl = b""
+    if vc.HasField("crl"):
+        crl = data_source(vc.crl, join(path, "crl"), file)
+        if b"-----BEGIN X509 CRL-----" not in crl:
+            raise ConfigError(file, join(path, "crl"), "Failed to load CRL from the data source")
+    hashes = []
+    for i, h in enumerate(vc.verify_certificate_hash):
+        text = h.replace(":", "")
+        try:
+            digest = bytes.fromhex(text)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise ConfigError(
+                file,
+                join(path, f"verify_certificate_hash[{i}]"),
+                f"Invalid hex-encoded SHA-256 {h}",
+            )
+        hashes.append(digest)
+    spkis = []
+    for i, b64 in enumerate(vc.verify_certificate_spki):
+        try:
+            digest = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            digest = b""
+        if len(digest) != 32:
+            raise ConfigError(
+                file,
+                join(path, f"verify_certificate_spki[{i}]"),
+                f"Invalid base64-encoded SHA-256 {b64}",
+            )
+        spkis.append(digest)
+    return crl, vc.only_verify_leaf_cert_crl, tuple(hashes), tuple(spkis)
 
 
 def validation(

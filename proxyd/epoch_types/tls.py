@@ -65,6 +65,14 @@ class DownstreamTls:
     trusted_ca: bytes = b""
     require_client_certificate: bool = False
     san_matchers: tuple[SanMatch, ...] = ()
+    # validation_context.crl as PEM (b"": none), only_verify_leaf_cert_crl, and the
+    # certificate pins: SHA-256 digests of the client certificate (verify_certificate_hash)
+    # and of its SubjectPublicKeyInfo (verify_certificate_spki); either kind passing is
+    # enough, as in Envoy.
+    crl: bytes = b""
+    crl_leaf_only: bool = False
+    hash_pins: tuple[bytes, ...] = ()
+    spki_pins: tuple[bytes, ...] = ()
     # session_timeout (0: OpenSSL's default) and disable_stateless_session_resumption.
     session_timeout_s: float = 0.0
     session_tickets: bool = True

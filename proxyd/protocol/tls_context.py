@@ -10,6 +10,7 @@ memory file (``memfd_create``), never a file on disk.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -183,6 +184,19 @@ def server_context(tls: DownstreamTls, only: int | None = None) -> ssl.SSLContex
                 "common_tls_context.validation_context.trusted_ca", _reason(exc, "CA bundle")
             ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+        if tls.crl:
+            # Every certificate of the chain needs its CRL, unless only_verify_leaf_cert_crl
+            # (Envoy's rule, OpenSSL's CRL_CHECK_ALL).
+            with pem_path(tls.crl) as crl:
+                try:
+                    ctx.load_verify_locations(cafile=crl)
+                except (ssl.SSLError, ValueError) as exc:
+                    raise TlsSetupError(
+                        "common_tls_context.validation_context.crl", _reason(exc, "CRL")
+                    ) from None
+            ctx.verify_flags |= (
+                ssl.VERIFY_CRL_CHECK_LEAF if tls.crl_leaf_only else ssl.VERIFY_CRL_CHECK_CHAIN
+            )
     if not tls.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
@@ -198,6 +212,30 @@ def _reason(exc: Exception, what: str) -> str:
 
 # getpeercert()'s subjectAltName type names → Envoy's SanType.
 _SAN_TYPES = {"DNS": "DNS", "URI": "URI", "email": "EMAIL", "IP Address": "IP_ADDRESS"}
+
+
+class PinChecker:
+    """verify_certificate_hash / verify_certificate_spki: a client certificate passes
+    when its SHA-256 digest, or its SubjectPublicKeyInfo's, is one of the pins."""
+
+    def __init__(self, hashes: tuple[bytes, ...], spkis: tuple[bytes, ...]) -> None:
+        self.hashes = frozenset(hashes)
+        self.spkis = frozenset(spkis)
+
+    def accepts(self, der: bytes) -> bool:
+        if hashlib.sha256(der).digest() in self.hashes:
+            return True
+        if not self.spkis:
+            return False
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        try:
+            key = x509.load_der_x509_certificate(der).public_key()
+        except ValueError:
+            return False
+        spki = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return hashlib.sha256(spki).digest() in self.spkis
 
 
 class SanChecker:

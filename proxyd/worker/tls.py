@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from proxyd.protocol.tls_context import (
+    PinChecker,
     SanChecker,
     pick_certificate,
     server_context,
@@ -109,6 +110,10 @@ class TlsPlan:
         elif sni_known:
             self.context.sni_callback = _remember_sni
         self.sans = SanChecker(tls.san_matchers)
+        # verify_certificate_hash / _spki (None: no pins).
+        self.pins = (
+            PinChecker(tls.hash_pins, tls.spki_pins) if tls.hash_pins or tls.spki_pins else None
+        )
         self.timeout = tls.handshake_timeout_s or idle_timeout
         self.stats: NamedStats = stats.named(f"listener.{listener_stat}.ssl.")
         for name in _SSL_COUNTERS:
@@ -276,6 +281,12 @@ async def handshake(sock: socket.socket, plan: TlsPlan) -> TlsSocket | None:
             ok = False
             stats.inc("fail_verify_san")  # (Envoy counts no connection_error for these)
             return None
+        if plan.pins is not None:  # (pins ask for a certificate, as in Envoy)
+            der = ssock.getpeercert(binary_form=True) if peer else None
+            if not der or not plan.pins.accepts(der):
+                ok = False
+                stats.inc("fail_verify_cert_hash" if der else "fail_verify_no_cert")
+                return None
         conn.peer = peer
         conn.local = plan.certificates[getattr(ssock, CERT_ATTRIBUTE, 0)]
         stats.inc("handshake")
