@@ -8,6 +8,7 @@ from __future__ import annotations
 from proxyd.filters.api import FactoryMaker
 from proxyd.filters.buffer.filter import Factory as BufferFactory
 from proxyd.filters.composite.filter import Factory as CompositeFactory
+from proxyd.filters.cache.filter import Factory as CacheFactory
 from proxyd.filters.compressor.filter import Factory as CompressorFactory
 from proxyd.filters.cors.filter import Factory as CorsFactory
 from proxyd.filters.csrf.filter import Factory as CsrfFactory
@@ -24,6 +25,8 @@ from proxyd.filters.set_metadata.filter import Factory as SetMetadataFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
+    "envoy.extensions.filters.http.cache.v3.CacheConfig": CacheFactory,
+    "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config": CacheFactory,
     "envoy.extensions.filters.http.composite.v3.Composite": CompositeFactory,
     "envoy.extensions.filters.http.compressor.v3.Compressor": CompressorFactory,
     "envoy.extensions.filters.http.decompressor.v3.Decompressor": DecompressorFactory,

@@ -1,0 +1,352 @@
+"""The cache filter on a stream: Envoy's ``CacheFilter`` (``cache`` and ``cache_v2``,
+which behave the same but for ``vary``).
+
+**Request** (``on_request_headers``). A GET or HEAD with a host, no ``authorization``
+and no ``if-none-match`` / ``if-modified-since`` / ``if-range`` is looked up by (scheme,
+host, path with query) (``key_creator_params`` may leave out the scheme or the host;
+the scheme is the request's ``x-forwarded-proto``, else the connection's):
+
+* *fresh* (:func:`.rules.needs_validation` says no): answered here, without the router,
+  with the stored status, header lines and body, and ``age``; a single satisfiable
+  ``range`` gets 206 with that part of the body (416 when nothing is satisfiable); a
+  HEAD gets the head only;
+* *stale* (or ``no-cache`` either side): a GET goes upstream with ``if-none-match`` (the
+  stored ``etag``) and ``if-modified-since`` (the stored ``last-modified``, else its
+  ``date``); a 304 refreshes the entry's header lines (all but the framing and
+  validator ones) and the client gets the stored response with them (no ``age``); any
+  other answer goes on and is stored as a miss's would be;
+* *absent*: a GET goes upstream and its response is stored when cacheable
+  (:func:`.rules.cacheable_response`), its body is whole and at most ``max_body_bytes``
+  and the request had no ``cache-control: no-store``. A HEAD goes upstream untouched.
+
+The request's ``cache-control`` / ``pragma`` count unless
+``ignore_request_cache_control_header``. ``vary``: ``cache`` (v3) keeps one response
+per value of the varying headers when every one of them matches
+``allowed_vary_headers`` (else the response is not stored; ``*`` never is);
+``cache_v2`` stores no response that has a ``vary`` line, as Envoy 1.40 does.
+
+**Stats** (``cache_v2`` only, as Envoy): ``cache.event.cache_label.<label>.event_type.``
+``hit``, ``miss``, ``validate`` (a 304 refreshed an entry), ``uncacheable`` (a request
+the cache cannot answer), ``failed_validation``, ``lookup_error``, ``upstream_reset``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proxyd.epoch import StringMatch, from_wire
+from proxyd.filters.api import (
+    CONTINUE,
+    FilterResponse,
+    FilterStream,
+    HttpFilter,
+    ResponseView,
+    Result,
+    StatsScope,
+)
+from proxyd.filters.cache.config import SIMPLE_V2_LABEL
+from proxyd.filters.cache.rules import (
+    CONDITIONAL,
+    NO_REQUEST_RULES,
+    age_of,
+    byte_range,
+    cacheable_response,
+    needs_validation,
+    request_rules,
+    response_rules,
+)
+from proxyd.filters.cache.store import Entry, Key, Store, Variant, store_of
+from proxyd.protocol.routing import compile_string_match
+from proxyd.protocol.runtime import EMPTY, Snapshot
+
+EVENTS = (
+    "hit",
+    "miss",
+    "validate",
+    "uncacheable",
+    "failed_validation",
+    "lookup_error",
+    "upstream_reset",
+)
+RESPONSE_HEADERS = frozenset(("cache-control", "date", "expires", "vary"))
+# Lines a 304 does not change in the stored response (its framing and identity).
+_NOT_UPDATED = frozenset(("content-length", "content-range", "etag", "vary", "transfer-encoding"))
+_SPACE = " \t"
+
+
+class Mode(enum.Enum):
+    PASS = "pass"  # nothing to do with this stream
+    INSERT = "insert"  # a miss: store the response if it may be
+    VALIDATE = "validate"  # a stale entry: the upstream was asked whether it changed
+
+
+class Factory:
+    """One per epoch and route; the store is the worker's (``store_of``)."""
+
+    __slots__ = (
+        "name",
+        "wanted_headers",
+        "response_headers",
+        "decodes",
+        "encodes",
+        "store",
+        "allowed_vary",
+        "exclude_scheme",
+        "exclude_host",
+        "max_body",
+        "ignore_request_cc",
+        "v2",
+        "stats",
+        "event_prefix",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        config: Any,
+        per_route: Any,
+        stats: StatsScope,
+        runtime: Snapshot = EMPTY,
+    ) -> None:
+        self.name = name
+        self.store: Store = store_of(config["store"])
+        self.allowed_vary: tuple[Callable[[str], bool], ...] = tuple(
+            compile_string_match(from_wire(StringMatch, w)) for w in config["allowed_vary"]
+        )
+        self.exclude_scheme = bool(config["exclude_scheme"])
+        self.exclude_host = bool(config["exclude_host"])
+        self.max_body: int = config["max_body_bytes"]
+        self.ignore_request_cc = bool(config["ignore_request_cache_control"])
+        self.v2 = bool(config["v2"])
+        on = not config["disabled"]
+        self.decodes = on
+        self.encodes = on
+        self.wanted_headers = frozenset(
+            ("cache-control", "pragma", "authorization", "range", "x-forwarded-proto") + CONDITIONAL
+        )
+        self.response_headers = RESPONSE_HEADERS
+        self.stats: StatsScope | None = None
+        self.event_prefix = f"cache.event.cache_label.{SIMPLE_V2_LABEL}.event_type."
+        if self.v2 and on:
+            self.stats = stats.root("")
+            for event in EVENTS:
+                self.stats.inc(self.event_prefix + event, 0)
+
+    def create(self) -> CacheFilter:
+        return CacheFilter(self)
+
+    def count(self, event: str) -> None:
+        if self.stats is not None:
+            self.stats.inc(self.event_prefix + event)
+
+    def vary_allowed(self, names: tuple[str, ...]) -> bool:
+        return all(any(m(n) for m in self.allowed_vary) for n in names)
+
+
+def _vary_names(value: str) -> tuple[str, ...]:
+    return tuple(sorted({t.strip(_SPACE).lower() for t in value.split(",") if t.strip(_SPACE)}))
+
+
+def _request_values(stream: FilterStream, names: tuple[str, ...]) -> Variant:
+    """The request's values of header ``names`` (repeated lines joined with ",")."""
+    found: dict[str, str] = {}
+    for n, v in stream.request_header_lines():
+        if n in names:
+            found[n] = v if n not in found else found[n] + "," + v
+    return tuple(found.get(n) for n in names)
+
+
+class CacheFilter(HttpFilter):
+    __slots__ = (
+        "factory",
+        "mode",
+        "key",
+        "variant",
+        "entry",
+        "status",
+        "lines",
+        "vary",
+        "body",
+        "head",
+    )
+
+    def __init__(self, factory: Factory) -> None:
+        self.factory = factory
+        self.mode = Mode.PASS
+        self.key: Key = ("", "", "")
+        self.variant: Variant | None = None
+        self.entry: Entry | None = None
+        self.status = 0
+        self.lines: tuple[tuple[str, str], ...] = ()
+        self.vary: tuple[str, ...] = ()
+        self.body: bytearray | None = None
+        self.head = False
+
+    # -- request ------------------------------------------------------------------------
+
+    async def on_request_headers(self, stream: FilterStream, end_stream: bool) -> Result:
+        f = self.factory
+        h = stream.head
+        hd = h.headers
+        method = h.method
+        if (
+            (method != "GET" and method != "HEAD")
+            or not h.host
+            or "authorization" in hd
+            or any(c in hd for c in CONDITIONAL)
+        ):
+            f.count("uncacheable")
+            return CONTINUE
+        self.head = method == "HEAD"
+        scheme = ""
+        if not f.exclude_scheme:
+            scheme = hd.get("x-forwarded-proto") or (
+                "https" if stream.downstream_tls() is not None else "http"
+            )
+        key = self.key = (scheme, "" if f.exclude_host else h.host, h.path)
+        req = (
+            NO_REQUEST_RULES
+            if f.ignore_request_cc
+            else request_rules(hd.get("cache-control"), hd.get("pragma"))
+        )
+        entry, self.variant = f.store.lookup(key, lambda names: _request_values(stream, names))
+        if entry is None:
+            if self.head:
+                f.count("uncacheable")
+                return CONTINUE
+            f.count("miss")
+            if not req.no_store:
+                self.mode = Mode.INSERT
+            return CONTINUE
+        now = time.time()
+        date = entry.rules.date if entry.rules.date is not None else entry.response_time
+        age = age_of(date, now)
+        if not needs_validation(entry.rules, req, age):
+            f.count("hit")
+            return self._hit(entry, age, hd.get("range"))
+        if self.head:
+            f.count("uncacheable")
+            return CONTINUE
+        f.count("miss")
+        self.mode = Mode.VALIDATE
+        self.entry = entry
+        etag = entry.header("etag")
+        if etag is not None:
+            stream.set_request_header("if-none-match", etag)
+        since = entry.header("last-modified") or entry.header("date")
+        if since is not None:
+            stream.set_request_header("if-modified-since", since)
+        return CONTINUE
+
+    def _hit(self, entry: Entry, age: int, range_value: str | None) -> FilterResponse:
+        body = entry.body
+        lines = [(n, v) for n, v in entry.lines if n != "content-length"]
+        status = entry.status
+        part = None if self.head or status != 200 else byte_range(range_value, len(body))
+        if part is True:
+            status = 416
+            lines = [(n, v) for n, v in lines if n != "content-range"]
+            lines.append(("content-range", f"bytes */{len(body)}"))
+            body = b""
+        elif isinstance(part, tuple):
+            a, b = part
+            status = 206
+            lines.append(("content-range", f"bytes {a}-{b}/{len(body)}"))
+            body = body[a : b + 1]
+        if status not in (204, 304):
+            lines.append(("content-length", str(len(body))))
+        lines.append(("age", str(age)))
+        return FilterResponse(status, tuple(lines), body)
+
+    # -- response -----------------------------------------------------------------------
+
+    async def on_response_headers(
+        self, stream: FilterStream, response: ResponseView, end_stream: bool
+    ) -> Result:
+        mode = self.mode
+        if mode is Mode.PASS:
+            return CONTINUE
+        f = self.factory
+        if mode is Mode.VALIDATE:
+            entry = self.entry
+            assert entry is not None
+            if response.status == 304:
+                self.mode = Mode.PASS
+                return self._refreshed(entry, response.header_lines())
+            self.mode = Mode.INSERT
+        headers = response.headers
+        status = response.status
+        rules = response_rules(
+            headers.get("cache-control"), headers.get("date"), headers.get("expires")
+        )
+        vary: tuple[str, ...] = ()
+        vary_value = headers.get("vary")
+        if vary_value is not None:
+            vary = _vary_names(vary_value)
+            if f.v2 or "*" in vary or not f.vary_allowed(vary):
+                self.mode = Mode.PASS
+                return CONTINUE
+            if self.variant is None:
+                self.variant = _request_values(stream, vary)
+        if not cacheable_response(status, rules):
+            self.mode = Mode.PASS
+            return CONTINUE
+        self.status = status
+        self.lines = tuple(response.header_lines())
+        self.vary = vary
+        self.body = bytearray()
+        if end_stream:
+            self._insert()
+        return CONTINUE
+
+    async def on_response_data(
+        self, stream: FilterStream, data: bytearray, end_stream: bool
+    ) -> Result:
+        body = self.body
+        if body is not None:
+            body += data
+            limit = self.factory.max_body
+            if limit and len(body) > limit:
+                self.body = None
+            elif end_stream:
+                self._insert()
+        return CONTINUE
+
+    def _insert(self) -> None:
+        body = self.body
+        self.body = None
+        self.mode = Mode.PASS
+        if body is None:
+            return
+        lines = self.lines
+        get = dict(lines).get
+        rules = response_rules(get("cache-control"), get("date"), get("expires"))
+        entry = Entry(self.status, lines, bytes(body), rules, time.time())
+        f = self.factory
+        variant = self.variant if self.vary else None
+        if self.vary and (variant is None or len(variant) != len(self.vary)):
+            return
+        f.store.insert(self.key, entry, self.vary, variant)
+
+    def _refreshed(self, entry: Entry, fresh: list[tuple[str, str]]) -> FilterResponse:
+        """A 304 answered the validation: the entry takes the 304's header lines (but
+        the framing and validator ones) and the client gets it, without ``age``."""
+        f = self.factory
+        f.count("validate")
+        updated = {n for n, _ in fresh if n not in _NOT_UPDATED}
+        lines = [(n, v) for n, v in entry.lines if n not in updated]
+        lines += [(n, v) for n, v in fresh if n in updated]
+        get = dict(lines).get
+        rules = response_rules(get("cache-control"), get("date"), get("expires"))
+        new = Entry(entry.status, tuple(lines), entry.body, rules, time.time())
+        names = self.vary_names_of(new)
+        f.store.insert(self.key, new, names, self.variant if names else None)
+        return FilterResponse(entry.status, new.lines, new.body)
+
+    @staticmethod
+    def vary_names_of(entry: Entry) -> tuple[str, ...]:
+        value = entry.header("vary")
+        return _vary_names(value) if value is not None else ()

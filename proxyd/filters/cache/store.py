@@ -1,0 +1,91 @@
+"""The simple cache: stored responses in this worker's memory.
+
+Envoy's ``SimpleHttpCache`` is one map per process, shared by every filter that names it
+and kept across config updates; proxyd's workers share nothing, so each worker has its
+own (:func:`store_of`): a response cached by one worker is a miss in another until that
+one has fetched it too. Like Envoy's, it has no size limit and no eviction: an entry is
+replaced when a newer response for its key is stored. With ``vary`` (``cache`` v3
+only), one key holds a response per value of the varying request headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxyd.filters.cache.rules import ResponseRules
+
+Key = tuple[str, str, str]
+Variant = tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored response: its status, its header lines as they went downstream (no
+    hop-by-hop lines, no ``age``), its body, and what its headers say."""
+
+    status: int
+    lines: tuple[tuple[str, str], ...]
+    body: bytes
+    rules: ResponseRules
+    response_time: float
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.lines:
+            if n == name:
+                return v
+        return None
+
+
+@dataclass(slots=True)
+class Variants:
+    """The responses of one key that varied on ``names``."""
+
+    names: tuple[str, ...]
+    entries: dict[Variant, Entry]
+
+
+class Store:
+    """One cache's entries, by (scheme, host, path with query)."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: dict[Key, Entry | Variants] = {}
+
+    def lookup(
+        self, key: Key, values: Callable[[tuple[str, ...]], Variant]
+    ) -> tuple[Entry | None, Variant | None]:
+        """The entry for ``key`` (and its variant key: ``values(names)`` gives the
+        request's values of the varying headers)."""
+        found = self.entries.get(key)
+        if found is None or isinstance(found, Entry):
+            return found, None
+        variant = values(found.names)
+        return found.entries.get(variant), variant
+
+    def insert(
+        self, key: Key, entry: Entry, vary: tuple[str, ...], variant: Variant | None
+    ) -> None:
+        if not vary:
+            self.entries[key] = entry
+            return
+        found = self.entries.get(key)
+        if not isinstance(found, Variants) or found.names != vary:
+            found = self.entries[key] = Variants(vary, {})
+        assert variant is not None
+        found.entries[variant] = entry
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+_STORES: dict[str, Store] = {}
+
+
+def store_of(label: str) -> Store:
+    """This worker's cache of storage ``label`` (one per process, as Envoy's singleton)."""
+    store = _STORES.get(label)
+    if store is None:
+        store = _STORES[label] = Store()
+    return store
