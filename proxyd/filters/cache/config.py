@@ -27,9 +27,6 @@ TYPE = "envoy.extensions.filters.http.cache.v3.CacheConfig"
 SIMPLE_TYPE = "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
 SIMPLE_V2_TYPE = "envoy.extensions.http.cache_v2.simple_http_cache.v3.SimpleHttpCacheV2Config"
 
-# The label Envoy's cache_v2 stats carry for its simple cache.
-SIMPLE_V2_LABEL = "envoy_extensions_http_cache_v2_simple"
-
 
 def spec(storage_type: str) -> Spec:
     return {

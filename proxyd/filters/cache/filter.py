@@ -47,7 +47,6 @@ from proxyd.filters.api import (
     Result,
     StatsScope,
 )
-from proxyd.filters.cache.config import SIMPLE_V2_LABEL
 from proxyd.filters.cache.rules import (
     CONDITIONAL,
     NO_REQUEST_RULES,
@@ -62,6 +61,8 @@ from proxyd.filters.cache.store import Entry, Key, Store, Variant, store_of
 from proxyd.protocol.routing import compile_string_match
 from proxyd.protocol.runtime import EMPTY, Snapshot
 
+# The label Envoy's cache_v2 stats carry for its simple cache.
+SIMPLE_V2_LABEL = "envoy_extensions_http_cache_v2_simple"
 EVENTS = (
     "hit",
     "miss",

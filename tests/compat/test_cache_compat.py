@@ -1,0 +1,305 @@
+"""The cache filter (``cache`` v3 and ``cache_v2``, simple in-memory storage): real Envoy
+and real proxyd on the same YAML, against one scripted upstream
+(:mod:`tests.compat.cache_upstream`, whose query string says what it answers).
+
+Listeners: ``v1`` (``CacheConfig``), ``v2`` (``CacheV2Config``), ``opts`` (``CacheConfig``
+with ``ignore_request_cache_control_header``, ``max_body_bytes: 20`` and
+``key_creator_params.exclude_host``). Each case is a sequence of requests to one path;
+for every request the client's view (status, body, ``age`` present, the header names
+and the caching header values) and what the upstream saw (how many requests reached
+it, the conditional headers of the last) must be the same on both proxies. The v2
+``cache.event.*`` stats are compared last.
+
+``vary`` is not compared on ``cache`` v3: Envoy 1.40 crashes on a response whose
+``vary`` names an allowed header (tests/integration/test_cache.py covers proxyd's
+variants); on ``cache_v2`` such a response is not stored, on both.
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.compat.cache_upstream import CacheUpstream
+from tests.compat.envoy_runner import envoy_available
+from tests.compat.pair import Pair, run_pair
+from tests.support import bootstrap, dump_yaml, http_listener, static_cluster
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not envoy_available(), reason="the envoy binary is not installed"),
+]
+
+V1 = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig"
+V1_SIMPLE = (
+    "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
+)
+V2 = "type.googleapis.com/envoy.extensions.filters.http.cache_v2.v3.CacheV2Config"
+V2_SIMPLE = "type.googleapis.com/envoy.extensions.http.cache_v2.simple_http_cache.v3.SimpleHttpCacheV2Config"
+VARY_ALLOWED = [{"exact": "x-variant"}]
+
+
+def config(upstream: int) -> str:
+    rc = {
+        "name": "local",
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}],
+            }
+        ],
+    }
+    v1 = {
+        "name": "envoy.filters.http.cache",
+        "typed_config": {
+            "@type": V1,
+            "typed_config": {"@type": V1_SIMPLE},
+            "allowed_vary_headers": VARY_ALLOWED,
+        },
+    }
+    v2 = {
+        "name": "envoy.filters.http.cache_v2",
+        "typed_config": {
+            "@type": V2,
+            "typed_config": {"@type": V2_SIMPLE},
+            "allowed_vary_headers": VARY_ALLOWED,
+        },
+    }
+    opts = {
+        "name": "envoy.filters.http.cache",
+        "typed_config": {
+            "@type": V1,
+            "typed_config": {"@type": V1_SIMPLE},
+            "ignore_request_cache_control_header": True,
+            "max_body_bytes": 20,
+            "key_creator_params": {"exclude_host": True},
+        },
+    }
+    doc = bootstrap(
+        [
+            http_listener("v1", 0, rc, [v1]),
+            http_listener("v2", 0, rc, [v2]),
+            http_listener("opts", 0, rc, [opts]),
+        ],
+        [static_cluster("svc", [upstream])],
+    )
+    return dump_yaml(doc)
+
+
+Step = tuple[str, dict[str, str]]  # (method, request headers)
+GET: Step = ("GET", {})
+HEAD: Step = ("HEAD", {})
+
+# name → (query of the path, the requests); every case runs on v1 and v2 unless named
+# for one listener.
+STALE = "cc=max-age=5&date=-10"
+CASES: dict[str, tuple[str, list[Step]]] = {
+    "fresh_hit": ("cc=max-age=60", [GET, GET, HEAD]),
+    "head_miss_not_stored": ("cc=max-age=60", [HEAD, GET, HEAD, GET]),
+    "stale_etag_304": (STALE + "&etag=%22e1%22&revalidate=304", [GET, GET, GET]),
+    "stale_last_modified_304": (STALE + "&lm=-100&revalidate=304", [GET, GET]),
+    "stale_replaced_by_200": (STALE + "&etag=%22e3%22", [GET, GET, GET]),
+    "stale_no_validator": (STALE, [GET, GET]),
+    "stale_head": (STALE + "&revalidate=304", [GET, HEAD, GET]),
+    "no_store": ("cc=no-store", [GET, GET]),
+    "private": ("cc=private", [GET, GET]),
+    "private_with_max_age": ("cc=max-age=60,private", [GET, GET]),
+    "private_field": ('cc=private="x",max-age=60', [GET, GET]),
+    "no_cache_response": ("cc=no-cache", [GET, GET]),
+    "no_cache_with_max_age": ("cc=max-age=60,no-cache&revalidate=304", [GET, GET, GET]),
+    "public_only": ("cc=public", [GET, GET]),
+    "s_maxage": ("cc=s-maxage=60", [GET, GET]),
+    "s_maxage_over_max_age": ("cc=max-age=60,s-maxage=0&date=-2", [GET, GET]),
+    "must_revalidate_fresh": ("cc=max-age=60,must-revalidate", [GET, GET]),
+    "max_age_zero_now": ("cc=max-age=0&date=5", [GET, GET]),
+    "max_age_zero_past": ("cc=max-age=0&date=-2", [GET, GET]),
+    "bad_max_age": ("cc=max-age=abc", [GET, GET]),
+    "no_store_with_max_age": ("cc=max-age=60,no-store", [GET, GET]),
+    "expires_future": ("expires=60", [GET, GET]),
+    "expires_past": ("expires=-5", [GET, GET]),
+    "expires_without_date": ("expires=60&date=none", [GET, GET]),
+    "no_freshness": ("status=200", [GET, GET]),
+    "age_from_date": ("cc=max-age=60&date=-7", [GET, GET]),
+    "date_in_future": ("cc=max-age=60&date=30", [GET, GET]),
+    "request_no_cache": ("cc=max-age=60", [GET, ("GET", {"cache-control": "no-cache"}), GET]),
+    "request_pragma": ("cc=max-age=60", [GET, ("GET", {"pragma": "no-cache"}), GET]),
+    "request_max_age_0": ("cc=max-age=60&date=-3", [GET, ("GET", {"cache-control": "max-age=0"})]),
+    "request_max_age_big": (
+        "cc=max-age=60&date=-3",
+        [GET, ("GET", {"cache-control": "max-age=100"})],
+    ),
+    "request_no_store_hit": ("cc=max-age=60", [GET, ("GET", {"cache-control": "no-store"})]),
+    "request_no_store_miss": ("cc=max-age=60", [("GET", {"cache-control": "no-store"}), GET]),
+    "authorization": ("cc=max-age=60", [GET, ("GET", {"authorization": "Basic eA=="})]),
+    "if_none_match": ("cc=max-age=60&etag=%22e5%22", [GET, ("GET", {"if-none-match": '"e5"'})]),
+    "if_modified_since": (
+        "cc=max-age=60",
+        [GET, ("GET", {"if-modified-since": "Fri, 04 Dec 2026 20:45:55 GMT"})],
+    ),
+    "post_then_get": ("cc=max-age=60", [GET, ("POST", {}), GET]),
+    "range_hit": ("cc=max-age=60&body=0123456789abcdef", [GET, ("GET", {"range": "bytes=2-5"})]),
+    "range_suffix": ("cc=max-age=60&body=0123456789abcdef", [GET, ("GET", {"range": "bytes=-4"})]),
+    "range_open": ("cc=max-age=60&body=0123456789abcdef", [GET, ("GET", {"range": "bytes=10-"})]),
+    "range_whole": (
+        "cc=max-age=60&body=0123456789abcdef",
+        [GET, ("GET", {"range": "bytes=0-100"})],
+    ),
+    "range_unsatisfiable": (
+        "cc=max-age=60&body=0123456789abcdef",
+        [GET, ("GET", {"range": "bytes=50-60"})],
+    ),
+    "range_many": (
+        "cc=max-age=60&body=0123456789abcdef",
+        [GET, ("GET", {"range": "bytes=0-1,4-5"})],
+    ),
+    "range_miss": ("cc=max-age=60&body=0123456789abcdef", [("GET", {"range": "bytes=2-5"}), GET]),
+    "host_in_key": (
+        "cc=max-age=60",
+        [
+            ("GET", {"host": "a.example"}),
+            ("GET", {"host": "b.example"}),
+            ("GET", {"host": "a.example"}),
+        ],
+    ),
+    "scheme_in_key": (
+        "cc=max-age=60",
+        [GET, ("GET", {"x-forwarded-proto": "https"}), ("GET", {"x-forwarded-proto": "https"})],
+    ),
+    "vary_disallowed": ("cc=max-age=60&vary=x-other", [GET, GET]),
+    "vary_star": ("cc=max-age=60&vary=*", [GET, GET]),
+}
+for status in (203, 204, 301, 302, 404, 410, 500, 501):
+    CASES[f"status_{status}"] = (f"cc=max-age=60&status={status}", [GET, GET])
+
+# Cases only on the listeners they name.
+V2_ONLY: dict[str, tuple[str, list[Step]]] = {
+    "vary_allowed": (
+        "cc=max-age=60&vary=x-variant",
+        [("GET", {"x-variant": "a"}), ("GET", {"x-variant": "a"}), ("GET", {"x-variant": "b"})],
+    ),
+}
+OPTS: dict[str, tuple[str, list[Step]]] = {
+    "ignored_request_no_cache": ("cc=max-age=60", [GET, ("GET", {"cache-control": "no-cache"})]),
+    "ignored_request_no_store": ("cc=max-age=60", [("GET", {"cache-control": "no-store"}), GET]),
+    "ignored_pragma": ("cc=max-age=60", [GET, ("GET", {"pragma": "no-cache"})]),
+    "body_at_limit": ("cc=max-age=60&body=01234567890123456789", [GET, GET]),
+    "body_over_limit": ("cc=max-age=60&body=012345678901234567890", [GET, GET]),
+    "host_left_out": (
+        "cc=max-age=60",
+        [("GET", {"host": "a.example"}), ("GET", {"host": "b.example"})],
+    ),
+}
+
+COMPARED = ("cache-control", "etag", "content-range", "content-length", "x-upstream-count", "vary")
+
+
+def request(port: int, method: str, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+        names = sorted({k.lower() for k, _ in r.getheaders()})
+        got: dict[str, Any] = {
+            "status": r.status,
+            "body": body.decode("latin-1"),
+            "names": names,
+            "values": sorted((k.lower(), v) for k, v in r.getheaders() if k.lower() in COMPARED),
+        }
+        age = r.getheader("age")
+        if age is not None:
+            got["age"] = min(int(age), 1)  # 0 or "some": exact ages are checked below
+        return got
+    finally:
+        conn.close()
+
+
+def play_listener(
+    up: CacheUpstream, port: int, listener: str, cases: dict[str, tuple[str, list[Step]]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (query, steps) in cases.items():
+        path = f"/{listener}/{name}?{query}"
+        seen = []
+        for method, headers in steps:
+            got = request(port, method, path, headers)
+            last = up.last(path)
+            got["upstream"] = up.count(path)
+            got["conditional"] = sorted(
+                (k, v if k == "if-none-match" else "present")
+                for k, v in last.items()
+                if k.startswith("if-")
+            )
+            seen.append(got)
+        out[f"{listener}:{name}"] = seen
+    return out
+
+
+def play_all(up: CacheUpstream, port_of: Any) -> dict[str, Any]:
+    up.clear()
+    out: dict[str, Any] = {}
+    out.update(play_listener(up, port_of("v1"), "v1", CASES))
+    out.update(play_listener(up, port_of("v2"), "v2", {**CASES, **V2_ONLY}))
+    out.update(play_listener(up, port_of("opts"), "opts", OPTS))
+    return out
+
+
+def cache_stats(stats: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in stats.items() if k.startswith("cache.event.")}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with CacheUpstream() as up:
+        yield run_pair(
+            config(up.port),
+            tmp_path_factory.mktemp("cache"),
+            lambda port_of: play_all(up, port_of),
+            cache_stats,
+        )
+
+
+ALL_NAMES = (
+    [f"v1:{n}" for n in CASES]
+    + [f"v2:{n}" for n in {**CASES, **V2_ONLY}]
+    + [f"opts:{n}" for n in OPTS]
+)
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_proxyd_answers_like_envoy(results: Pair, name: str) -> None:
+    assert results.proxyd.replies[name] == results.envoy.replies[name]
+
+
+def test_stats_like_envoy(results: Pair) -> None:
+    assert results.envoy.stats  # cache_v2 has them
+    assert results.proxyd.stats == results.envoy.stats
+
+
+def test_envoy_behaves_as_the_cases_say(results: Pair) -> None:
+    """The facts the cases were written from, checked on Envoy itself."""
+    e = results.envoy.replies
+    hit = e["v1:fresh_hit"]
+    assert [s["upstream"] for s in hit] == [1, 1, 1] and "age" in hit[1] and not hit[2]["body"]
+    assert [s["upstream"] for s in e["v1:stale_etag_304"]] == [1, 2, 3]
+    assert e["v1:stale_etag_304"][1]["body"] == e["v1:stale_etag_304"][0]["body"]
+    assert "age" not in e["v1:stale_etag_304"][1]
+    assert e["v1:stale_etag_304"][1]["conditional"] == [
+        ("if-modified-since", "present"),
+        ("if-none-match", '"e1"'),
+    ]
+    assert [s["upstream"] for s in e["v1:no_store"]] == [1, 2]
+    assert [s["upstream"] for s in e["v1:private"]] == [1, 2]
+    assert [s["upstream"] for s in e["v1:s_maxage"]] == [1, 1]
+    assert e["v1:range_hit"][1]["status"] == 206
+    assert [s["upstream"] for s in e["v2:vary_allowed"]] == [1, 2, 3]
+
+
+def test_age_counts_from_date(results: Pair) -> None:
+    for side in (results.envoy, results.proxyd):
+        second = side.replies["v1:age_from_date"][1]
+        assert second["upstream"] == 1 and second["age"] == 1
