@@ -2,9 +2,13 @@
 ``cache_v2.v3.CacheV2Config``) → plain data::
 
     {"disabled": bool, "store": str (the storage's label),
-     "allowed_vary": [StringMatch wire], "exclude_scheme": bool, "exclude_host": bool,
-     "max_body_bytes": int (0: no limit), "ignore_request_cache_control": bool,
+     "allowed_vary": [StringMatch wire], "ignore_request_cache_control": bool,
      "v2": bool}
+
+``key_creator_params.exclude_scheme`` / ``exclude_host`` and ``max_body_bytes`` are
+accepted and change nothing: Envoy 1.40 keys by scheme and host with them set, and
+stores responses longer than ``max_body_bytes`` (tests/compat/test_cache_compat.py
+holds both to it).
 
 The storage is the in-memory simple cache (``SimpleHttpCacheConfig``,
 ``SimpleHttpCacheV2Config``); the file-system caches and
@@ -48,7 +52,6 @@ def compile_config(msg: Any, path: str, file: str, v2: bool) -> dict[str, Any]:
         raise ConfigError(
             file, join(path, "typed_config"), "at least one of typed_config or disabled must be set"
         )
-    kp = msg.key_creator_params
     return {
         "disabled": bool(disabled),
         "store": "simple_v2" if v2 else "simple",
@@ -56,9 +59,6 @@ def compile_config(msg: Any, path: str, file: str, v2: bool) -> dict[str, Any]:
             to_wire(string_match(m, f"{join(path, 'allowed_vary_headers')}[{i}]", file))
             for i, m in enumerate(msg.allowed_vary_headers)
         ],
-        "exclude_scheme": kp.exclude_scheme,
-        "exclude_host": kp.exclude_host,
-        "max_body_bytes": msg.max_body_bytes,
         "ignore_request_cache_control": msg.ignore_request_cache_control_header,
         "v2": v2,
     }

@@ -3,8 +3,9 @@ which behave the same but for ``vary``).
 
 **Request** (``on_request_headers``). A GET or HEAD with a host, no ``authorization``
 and no ``if-none-match`` / ``if-modified-since`` / ``if-range`` is looked up by (scheme,
-host, path with query) (``key_creator_params`` may leave out the scheme or the host;
-the scheme is the request's ``x-forwarded-proto``, else the connection's):
+host, path with query); the scheme is the request's ``x-forwarded-proto``, else the
+connection's. ``key_creator_params.exclude_scheme`` / ``exclude_host`` are accepted and,
+as in Envoy 1.40, leave the key as it is:
 
 * *fresh* (:func:`.rules.needs_validation` says no): answered here, without the router,
   with the stored status, header lines and body, and ``age``; a single satisfiable
@@ -15,9 +16,11 @@ the scheme is the request's ``x-forwarded-proto``, else the connection's):
   ``date``); a 304 refreshes the entry's header lines (all but the framing and
   validator ones) and the client gets the stored response with them (no ``age``); any
   other answer goes on and is stored as a miss's would be;
-* *absent*: a GET goes upstream and its response is stored when cacheable
-  (:func:`.rules.cacheable_response`), its body is whole and at most ``max_body_bytes``
-  and the request had no ``cache-control: no-store``. A HEAD goes upstream untouched.
+* *absent*: a GET goes upstream and its whole response is stored when cacheable
+  (:func:`.rules.cacheable_response`) and the request had no ``cache-control:
+  no-store`` (``max_body_bytes`` changes nothing, as in Envoy 1.40). A HEAD goes
+  upstream untouched. With ``cache_v2`` a key whose request or response could not be
+  stored lets its next request go upstream unstored too (Envoy 1.40's cache sessions).
 
 The request's ``cache-control`` / ``pragma`` count unless
 ``ignore_request_cache_control_header``. ``vary``: ``cache`` (v3) keeps one response
@@ -43,6 +46,7 @@ from proxyd.filters.api import (
     FilterResponse,
     FilterStream,
     HttpFilter,
+    LocalReply,
     ResponseView,
     Result,
     StatsScope,
@@ -95,9 +99,6 @@ class Factory:
         "encodes",
         "store",
         "allowed_vary",
-        "exclude_scheme",
-        "exclude_host",
-        "max_body",
         "ignore_request_cc",
         "v2",
         "stats",
@@ -117,9 +118,6 @@ class Factory:
         self.allowed_vary: tuple[Callable[[str], bool], ...] = tuple(
             compile_string_match(from_wire(StringMatch, w)) for w in config["allowed_vary"]
         )
-        self.exclude_scheme = bool(config["exclude_scheme"])
-        self.exclude_host = bool(config["exclude_host"])
-        self.max_body: int = config["max_body_bytes"]
         self.ignore_request_cc = bool(config["ignore_request_cache_control"])
         self.v2 = bool(config["v2"])
         on = not config["disabled"]
@@ -202,12 +200,10 @@ class CacheFilter(HttpFilter):
             f.count("uncacheable")
             return CONTINUE
         self.head = method == "HEAD"
-        scheme = ""
-        if not f.exclude_scheme:
-            scheme = hd.get("x-forwarded-proto") or (
-                "https" if stream.downstream_tls() is not None else "http"
-            )
-        key = self.key = (scheme, "" if f.exclude_host else h.host, h.path)
+        scheme = hd.get("x-forwarded-proto") or (
+            "https" if stream.downstream_tls() is not None else "http"
+        )
+        key = self.key = (scheme, h.host, h.path)
         req = (
             NO_REQUEST_RULES
             if f.ignore_request_cc
@@ -218,9 +214,13 @@ class CacheFilter(HttpFilter):
             if self.head:
                 f.count("uncacheable")
                 return CONTINUE
-            f.count("miss")
-            if not req.no_store:
-                self.mode = Mode.INSERT
+            if req.no_store or (f.v2 and f.store.take_mark(key)):
+                if f.v2 and req.no_store:
+                    f.store.marks.add(key)
+                f.count("uncacheable")
+                return CONTINUE
+            # Counted with the response: a miss when it may be stored, else uncacheable.
+            self.mode = Mode.INSERT
             return CONTINUE
         now = time.time()
         date = entry.rules.date if entry.rules.date is not None else entry.response_time
@@ -228,10 +228,9 @@ class CacheFilter(HttpFilter):
         if not needs_validation(entry.rules, req, age):
             f.count("hit")
             return self._hit(entry, age, hd.get("range"))
-        if self.head:
+        if self.head and f.v2:
             f.count("uncacheable")
             return CONTINUE
-        f.count("miss")
         self.mode = Mode.VALIDATE
         self.entry = entry
         etag = entry.header("etag")
@@ -242,11 +241,13 @@ class CacheFilter(HttpFilter):
             stream.set_request_header("if-modified-since", since)
         return CONTINUE
 
-    def _hit(self, entry: Entry, age: int, range_value: str | None) -> FilterResponse:
+    def _hit(self, entry: Entry, age: int, range_value: str | None) -> FilterResponse | LocalReply:
         body = entry.body
         lines = [(n, v) for n, v in entry.lines if n != "content-length"]
         status = entry.status
         part = None if self.head or status != 200 else byte_range(range_value, len(body))
+        if part is True and self.factory.v2:
+            return LocalReply(416, "")
         if part is True:
             status = 416
             lines = [(n, v) for n, v in lines if n != "content-range"]
@@ -278,23 +279,18 @@ class CacheFilter(HttpFilter):
                 self.mode = Mode.PASS
                 return self._refreshed(entry, response.header_lines())
             self.mode = Mode.INSERT
-        headers = response.headers
-        status = response.status
-        rules = response_rules(
-            headers.get("cache-control"), headers.get("date"), headers.get("expires")
-        )
-        vary: tuple[str, ...] = ()
-        vary_value = headers.get("vary")
-        if vary_value is not None:
-            vary = _vary_names(vary_value)
-            if f.v2 or "*" in vary or not f.vary_allowed(vary):
-                self.mode = Mode.PASS
-                return CONTINUE
-            if self.variant is None:
-                self.variant = _request_values(stream, vary)
-        if not cacheable_response(status, rules):
+        if not self._cacheable(response):
+            f.count("uncacheable")
             self.mode = Mode.PASS
+            if f.v2:
+                f.store.marks.add(self.key)
             return CONTINUE
+        f.count("miss")
+        vary_value = response.headers.get("vary")
+        vary = _vary_names(vary_value) if vary_value is not None else ()
+        if vary and self.variant is None:
+            self.variant = _request_values(stream, vary)
+        status = response.status
         self.status = status
         self.lines = tuple(response.header_lines())
         self.vary = vary
@@ -303,16 +299,25 @@ class CacheFilter(HttpFilter):
             self._insert()
         return CONTINUE
 
+    def _cacheable(self, response: ResponseView) -> bool:
+        headers = response.headers
+        rules = response_rules(
+            headers.get("cache-control"), headers.get("date"), headers.get("expires")
+        )
+        vary_value = headers.get("vary")
+        if vary_value is not None:
+            vary = _vary_names(vary_value)
+            if self.factory.v2 or "*" in vary or not self.factory.vary_allowed(vary):
+                return False
+        return cacheable_response(response.status, rules)
+
     async def on_response_data(
         self, stream: FilterStream, data: bytearray, end_stream: bool
     ) -> Result:
         body = self.body
         if body is not None:
             body += data
-            limit = self.factory.max_body
-            if limit and len(body) > limit:
-                self.body = None
-            elif end_stream:
+            if end_stream:
                 self._insert()
         return CONTINUE
 

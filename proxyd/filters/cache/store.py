@@ -48,10 +48,19 @@ class Variants:
 class Store:
     """One cache's entries, by (scheme, host, path with query)."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "marks")
 
     def __init__(self) -> None:
         self.entries: dict[Key, Entry | Variants] = {}
+        # cache_v2: keys whose last request could not be stored; the next request for
+        # one goes upstream without being stored either (Envoy 1.40's cache sessions).
+        self.marks: set[Key] = set()
+
+    def take_mark(self, key: Key) -> bool:
+        if key in self.marks:
+            self.marks.discard(key)
+            return True
+        return False
 
     def lookup(
         self, key: Key, values: Callable[[tuple[str, ...]], Variant]
