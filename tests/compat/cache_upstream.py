@@ -8,6 +8,7 @@ own cache key):
   (seconds from now, may be negative; ``none``: no date line), ``status=...``;
 * ``body=...``: the body (else ``body of <path>``, with the request's count in it so a
   client can tell a cached answer from a fresh one);
+* ``chunked=1``: the body goes chunked, in two chunks;
 * ``revalidate=304``: a request carrying ``if-none-match`` / ``if-modified-since`` is
   answered 304 (with the same validators and cache-control).
 
@@ -83,6 +84,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         self.send_header("content-type", "text/plain")
+        if q.get("chunked"):
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            if with_body:
+                half = len(body) // 2
+                for piece in (body[:half], body[half:]):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         if with_body:

@@ -84,6 +84,7 @@ _SPACE = " \t"
 
 class Mode(enum.Enum):
     PASS = "pass"  # nothing to do with this stream
+    COUNT = "count"  # a miss whose response is not stored: only counted
     INSERT = "insert"  # a miss: store the response if it may be
     VALIDATE = "validate"  # a stale entry: the upstream was asked whether it changed
 
@@ -220,7 +221,8 @@ class CacheFilter(HttpFilter):
                 f.count("uncacheable")
                 return CONTINUE
             # Counted with the response: a miss when it may be stored, else uncacheable.
-            self.mode = Mode.INSERT
+            # A range request goes upstream as it is: its answer may be a part only.
+            self.mode = Mode.INSERT if "range" not in hd else Mode.COUNT
             return CONTINUE
         now = time.time()
         date = entry.rules.date if entry.rules.date is not None else entry.response_time
@@ -272,6 +274,10 @@ class CacheFilter(HttpFilter):
         if mode is Mode.PASS:
             return CONTINUE
         f = self.factory
+        if mode is Mode.COUNT:
+            self.mode = Mode.PASS
+            f.count("miss" if self._cacheable(response) else "uncacheable")
+            return CONTINUE
         if mode is Mode.VALIDATE:
             entry = self.entry
             assert entry is not None
@@ -279,6 +285,9 @@ class CacheFilter(HttpFilter):
                 self.mode = Mode.PASS
                 return self._refreshed(entry, response.header_lines())
             self.mode = Mode.INSERT
+            if self.head:  # the answer to a HEAD has no body to store
+                self.mode = Mode.PASS
+                return CONTINUE
         if not self._cacheable(response):
             f.count("uncacheable")
             self.mode = Mode.PASS
