@@ -19,7 +19,8 @@ as in Envoy 1.40, leave the key as it is:
 * *absent*: a GET goes upstream and its whole response is stored when cacheable
   (:func:`.rules.cacheable_response`) and the request had no ``cache-control:
   no-store`` (``max_body_bytes`` changes nothing, as in Envoy 1.40). A HEAD goes
-  upstream untouched. With ``cache_v2`` a key whose request or response could not be
+  upstream untouched; a range request goes upstream with its ``range`` and only a
+  whole (non-206) answer is stored. With ``cache_v2`` a key whose request or response could not be
   stored lets its next request go upstream unstored too (Envoy 1.40's cache sessions).
 
 The request's ``cache-control`` / ``pragma`` count unless
@@ -84,7 +85,7 @@ _SPACE = " \t"
 
 class Mode(enum.Enum):
     PASS = "pass"  # nothing to do with this stream
-    COUNT = "count"  # a miss whose response is not stored: only counted
+    INSERT_WHOLE = "insert_whole"  # a range request's miss: store a whole answer only
     INSERT = "insert"  # a miss: store the response if it may be
     VALIDATE = "validate"  # a stale entry: the upstream was asked whether it changed
 
@@ -221,8 +222,8 @@ class CacheFilter(HttpFilter):
                 f.count("uncacheable")
                 return CONTINUE
             # Counted with the response: a miss when it may be stored, else uncacheable.
-            # A range request goes upstream as it is: its answer may be a part only.
-            self.mode = Mode.INSERT if "range" not in hd else Mode.COUNT
+            # A range request goes upstream as it is: a 206 answer is not stored.
+            self.mode = Mode.INSERT if "range" not in hd else Mode.INSERT_WHOLE
             return CONTINUE
         now = time.time()
         date = entry.rules.date if entry.rules.date is not None else entry.response_time
@@ -274,9 +275,9 @@ class CacheFilter(HttpFilter):
         if mode is Mode.PASS:
             return CONTINUE
         f = self.factory
-        if mode is Mode.COUNT:
+        if mode is Mode.INSERT_WHOLE and response.status == 206:
             self.mode = Mode.PASS
-            f.count("miss" if self._cacheable(response) else "uncacheable")
+            f.count("uncacheable")
             return CONTINUE
         if mode is Mode.VALIDATE:
             entry = self.entry
