@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from proxyd.config.spec import Spec
-from proxyd.filters.cache.config import SIMPLE_V2_TYPE, compile_config, spec
+from proxyd.filters.cache.config import FS_V2_TYPE, SIMPLE_V2_TYPE, compile_config, spec
 
 TYPE = "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config"
-SPEC: Spec = spec(SIMPLE_V2_TYPE)
+SPEC: Spec = spec(SIMPLE_V2_TYPE, FS_V2_TYPE)
 
 
 def compile(msg: Any, path: str, file: str) -> dict[str, Any]:

@@ -62,12 +62,10 @@ from proxyd.filters.cache.rules import (
     request_rules,
     response_rules,
 )
-from proxyd.filters.cache.store import Entry, Key, Store, Variant, store_of
+from proxyd.filters.cache.store import CacheStore, Entry, Key, Variant, store_of
 from proxyd.protocol.routing import compile_string_match
 from proxyd.protocol.runtime import EMPTY, Snapshot
 
-# The label Envoy's cache_v2 stats carry for its simple cache.
-SIMPLE_V2_LABEL = "envoy_extensions_http_cache_v2_simple"
 EVENTS = (
     "hit",
     "miss",
@@ -116,7 +114,7 @@ class Factory:
         runtime: Snapshot = EMPTY,
     ) -> None:
         self.name = name
-        self.store: Store = store_of(config["store"])
+        self.store: CacheStore = store_of(config["store"])
         self.allowed_vary: tuple[Callable[[str], bool], ...] = tuple(
             compile_string_match(from_wire(StringMatch, w)) for w in config["allowed_vary"]
         )
@@ -130,7 +128,7 @@ class Factory:
         )
         self.response_headers = RESPONSE_HEADERS
         self.stats: StatsScope | None = None
-        self.event_prefix = f"cache.event.cache_label.{SIMPLE_V2_LABEL}.event_type."
+        self.event_prefix = f"cache.event.cache_label.{config['label']}.event_type."
         if self.v2 and on:
             self.stats = stats.root("")
             for event in EVENTS:
@@ -211,7 +209,9 @@ class CacheFilter(HttpFilter):
             if f.ignore_request_cc
             else request_rules(hd.get("cache-control"), hd.get("pragma"))
         )
-        entry, self.variant = f.store.lookup(key, lambda names: _request_values(stream, names))
+        entry, self.variant = await f.store.lookup(
+            key, lambda names: _request_values(stream, names)
+        )
         if entry is None:
             if self.head:
                 f.count("uncacheable")
@@ -284,7 +284,7 @@ class CacheFilter(HttpFilter):
             assert entry is not None
             if response.status == 304:
                 self.mode = Mode.PASS
-                return self._refreshed(entry, response.header_lines())
+                return await self._refreshed(entry, response.header_lines())
             self.mode = Mode.INSERT
             if self.head:  # the answer to a HEAD has no body to store
                 self.mode = Mode.PASS
@@ -306,7 +306,7 @@ class CacheFilter(HttpFilter):
         self.vary = vary
         self.body = bytearray()
         if end_stream:
-            self._insert()
+            await self._insert()
         return CONTINUE
 
     def _cacheable(self, response: ResponseView) -> bool:
@@ -328,10 +328,10 @@ class CacheFilter(HttpFilter):
         if body is not None:
             body += data
             if end_stream:
-                self._insert()
+                await self._insert()
         return CONTINUE
 
-    def _insert(self) -> None:
+    async def _insert(self) -> None:
         body = self.body
         self.body = None
         self.mode = Mode.PASS
@@ -345,9 +345,9 @@ class CacheFilter(HttpFilter):
         variant = self.variant if self.vary else None
         if self.vary and (variant is None or len(variant) != len(self.vary)):
             return
-        f.store.insert(self.key, entry, self.vary, variant)
+        await f.store.insert(self.key, entry, self.vary, variant)
 
-    def _refreshed(self, entry: Entry, fresh: list[tuple[str, str]]) -> FilterResponse:
+    async def _refreshed(self, entry: Entry, fresh: list[tuple[str, str]]) -> FilterResponse:
         """A 304 answered the validation: the entry takes the 304's header lines (but
         the framing and validator ones) and the client gets it, without ``age``."""
         f = self.factory
@@ -359,7 +359,7 @@ class CacheFilter(HttpFilter):
         rules = response_rules(get("cache-control"), get("date"), get("expires"))
         new = Entry(entry.status, tuple(lines), entry.body, rules, time.time())
         names = self.vary_names_of(new)
-        f.store.insert(self.key, new, names, self.variant if names else None)
+        await f.store.insert(self.key, new, names, self.variant if names else None)
         return FilterResponse(entry.status, new.lines, new.body)
 
     @staticmethod

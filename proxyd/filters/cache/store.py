@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from proxyd.filters.cache.rules import ResponseRules
 
@@ -62,7 +63,7 @@ class Store:
             return True
         return False
 
-    def lookup(
+    async def lookup(
         self, key: Key, values: Callable[[tuple[str, ...]], Variant]
     ) -> tuple[Entry | None, Variant | None]:
         """The entry for ``key`` (and its variant key: ``values(names)`` gives the
@@ -73,7 +74,7 @@ class Store:
         variant = values(found.names)
         return found.entries.get(variant), variant
 
-    def insert(
+    async def insert(
         self, key: Key, entry: Entry, vary: tuple[str, ...], variant: Variant | None
     ) -> None:
         if not vary:
@@ -89,12 +90,40 @@ class Store:
         return len(self.entries)
 
 
-_STORES: dict[str, Store] = {}
+class CacheStore(Protocol):
+    """What the filter asks of a storage (:class:`Store`, :class:`.disk.DiskStore`)."""
+
+    marks: set[Key]
+
+    async def lookup(
+        self, key: Key, values: Callable[[tuple[str, ...]], Variant]
+    ) -> tuple[Entry | None, Variant | None]: ...
+
+    async def insert(
+        self, key: Key, entry: Entry, vary: tuple[str, ...], variant: Variant | None
+    ) -> None: ...
+
+    def take_mark(self, key: Key) -> bool: ...
 
 
-def store_of(label: str) -> Store:
-    """This worker's cache of storage ``label`` (one per process, as Envoy's singleton)."""
-    store = _STORES.get(label)
+_STORES: dict[str, CacheStore] = {}
+
+
+def store_of(storage: Any) -> CacheStore:
+    """This worker's cache for the plain ``storage`` config: ``"simple"`` /
+    ``"simple_v2"``, or a file-system cache's settings (by its ``cache_path``, as Envoy
+    names its instances): one per process, as Envoy's are."""
+    if isinstance(storage, str):
+        name = storage
+    else:
+        name = "fs:" + storage["path"]
+    store = _STORES.get(name)
     if store is None:
-        store = _STORES[label] = Store()
+        if isinstance(storage, str):
+            store = Store()
+        else:
+            from proxyd.filters.cache.disk import DiskStore
+
+            store = DiskStore(storage)
+        _STORES[name] = store
     return store
