@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.compat.cache_upstream import CacheUpstream
-from tests.support import ProxydProcess, bootstrap, dump_yaml, http_listener, static_cluster
+from tests.support import (
+    ProxydProcess,
+    bootstrap,
+    dump_yaml,
+    http_listener,
+    static_cluster,
+    wait_for,
+)
 
 V1 = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig"
 V1_SIMPLE = (
@@ -108,3 +115,108 @@ def test_vary_chunked_and_filters_before_the_cache(tmp_path: Path) -> None:
         assert miss["headers"]["x-seen-by-mutation"] == "yes"
         assert hit["headers"]["x-seen-by-mutation"] == "yes"
         assert hit["headers"]["server"] == miss["headers"]["server"]
+
+
+V2 = "type.googleapis.com/envoy.extensions.filters.http.cache_v2.v3.CacheV2Config"
+V2_FS = (
+    "type.googleapis.com/envoy.extensions.http.cache_v2.file_system_http_cache.v3"
+    ".FileSystemHttpCacheV2Config"
+)
+
+
+def _fs_config(upstream: int, path: Path, **limits: Any) -> str:
+    rc = {
+        "name": "local",
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}],
+            }
+        ],
+    }
+    cache = {
+        "name": "envoy.filters.http.cache_v2",
+        "typed_config": {
+            "@type": V2,
+            "typed_config": {
+                "@type": V2_FS,
+                "manager_config": {"thread_pool": {"thread_count": 2}},
+                "cache_path": str(path),
+                **limits,
+            },
+        },
+    }
+    doc = bootstrap([http_listener("ingress", 0, rc, [cache])], [static_cluster("svc", [upstream])])
+    return dump_yaml(doc)
+
+
+def _workdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _files(path: Path) -> list[Path]:
+    return [p for p in path.iterdir() if p.name.startswith("cache-")]
+
+
+def test_file_cache_outlives_a_restart_and_is_shared_by_workers(tmp_path: Path) -> None:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    path = "/kept?cc=max-age=600"
+    # The host is part of the key: the same one on both runs (their ports differ).
+    host = {"host": "files.example"}
+    with CacheUpstream() as up:
+        config = _fs_config(up.port, folder)
+        with ProxydProcess(_workdir(tmp_path / "a"), config, concurrency=2) as p:
+            port = p.listener_port("ingress")
+            first = _get(port, path, host)
+            # Each request on its own connection: the kernel spreads them over both
+            # workers, and every one reads the file the first one wrote.
+            for _ in range(8):
+                again = _get(port, path, host)
+                assert again["body"] == first["body"] and "age" in again["headers"]
+            assert up.count(path) == 1
+        assert len(_files(folder)) == 1
+        with ProxydProcess(_workdir(tmp_path / "b"), config, concurrency=1) as p:
+            hit = _get(p.listener_port("ingress"), path, host)
+        assert hit["body"] == first["body"] and up.count(path) == 1
+
+
+def test_file_cache_evicts_the_least_recently_used(tmp_path: Path) -> None:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    with CacheUpstream() as up:
+        config = _fs_config(up.port, folder, max_cache_entry_count=2)
+        with ProxydProcess(_workdir(tmp_path / "p"), config, concurrency=1) as p:
+            port = p.listener_port("ingress")
+            a, b, c = ("/a?cc=max-age=600", "/b?cc=max-age=600", "/c?cc=max-age=600")
+            _get(port, a)
+            _get(port, b)
+            _get(port, a)  # a hit: a is now the more recently used
+            assert up.count(a) == 1
+            _get(port, c)  # a third file: b, the least recently used, goes
+            assert len(_files(folder)) == 2
+            _get(port, a)
+            _get(port, c)
+            _get(port, b)
+            assert (up.count(a), up.count(b), up.count(c)) == (1, 2, 1)
+
+
+def test_file_cache_without_its_directory(tmp_path: Path) -> None:
+    """A missing cache_path: every lookup fails (lookup_error) and nothing is stored,
+    as in Envoy 1.40."""
+    with CacheUpstream() as up:
+        config = _fs_config(up.port, tmp_path / "missing")
+        with ProxydProcess(_workdir(tmp_path / "p"), config, concurrency=1) as p:
+            port = p.listener_port("ingress")
+            path = "/x?cc=max-age=600"
+            assert _get(port, path)["status"] == 200
+            assert _get(port, path)["status"] == 200
+            assert up.count(path) == 2
+            name = (
+                "cache.event.cache_label.envoy_extensions_http_cache_v2_file_system_http_cache"
+                ".event_type.lookup_error"
+            )
+            wait_for(lambda: p.stats().get(name) == 2, timeout=5)
+        assert not (tmp_path / "missing").exists()

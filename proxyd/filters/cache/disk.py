@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ import msgpack
 import trio
 
 from proxyd.filters.cache.rules import response_rules
-from proxyd.filters.cache.store import Entry, Key, Variant
+from proxyd.filters.cache.store import Entry, Key, LookupFailed, Variant
 
 FORMAT = 1
 PREFIX = "cache-"
@@ -84,6 +85,14 @@ def decode_entry(data: bytes, key: Key, variant: Variant | None) -> Entry | tupl
         return None
 
 
+def _touch(path: str) -> None:
+    """Set ``path``'s modification time to now, to the nanosecond (``os.utime`` with no
+    times takes the file system's coarser clock, which ties files used within a few
+    milliseconds of each other)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
 class DiskStore:
     """One ``cache_path`` as this worker sees it."""
 
@@ -124,9 +133,13 @@ class DiskStore:
                 data = f.read()
             found = decode_entry(data, key, variant)
             if isinstance(found, Entry):
-                os.utime(path)  # recently used
+                _touch(path)  # recently used
             return found
-        except OSError:  # absent (a miss), removed meanwhile, or the directory is missing
+        except FileNotFoundError:  # a miss, unless the directory itself is missing
+            if not os.path.isdir(self.path):
+                raise LookupFailed(self.path) from None
+            return None
+        except OSError:  # unreadable: a miss
             return None
 
     async def insert(
@@ -150,6 +163,7 @@ class DiskStore:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
+                _touch(tmp)
                 os.replace(tmp, os.path.join(self.path, name))
             except OSError:  # no directory, disk full: the response is not stored
                 try:

@@ -62,7 +62,7 @@ from proxyd.filters.cache.rules import (
     request_rules,
     response_rules,
 )
-from proxyd.filters.cache.store import CacheStore, Entry, Key, Variant, store_of
+from proxyd.filters.cache.store import CacheStore, Entry, Key, LookupFailed, Variant, store_of
 from proxyd.protocol.routing import compile_string_match
 from proxyd.protocol.runtime import EMPTY, Snapshot
 
@@ -209,9 +209,13 @@ class CacheFilter(HttpFilter):
             if f.ignore_request_cc
             else request_rules(hd.get("cache-control"), hd.get("pragma"))
         )
-        entry, self.variant = await f.store.lookup(
-            key, lambda names: _request_values(stream, names)
-        )
+        try:
+            entry, self.variant = await f.store.lookup(
+                key, lambda names: _request_values(stream, names)
+            )
+        except LookupFailed:  # the request goes upstream, and nothing is stored
+            f.count("lookup_error")
+            return CONTINUE
         if entry is None:
             if self.head:
                 f.count("uncacheable")

@@ -17,6 +17,12 @@ from typing import Any, Protocol
 from proxyd.filters.cache.rules import ResponseRules
 
 Key = tuple[str, str, str]
+
+
+class LookupFailed(Exception):
+    """The storage could not be read (a file cache whose directory is missing)."""
+
+
 Variant = tuple[str | None, ...]
 
 
