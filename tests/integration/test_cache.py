@@ -6,6 +6,7 @@ cache seeing the hit as it sees an upstream response."""
 from __future__ import annotations
 
 import http.client
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,26 @@ def test_vary_chunked_and_filters_before_the_cache(tmp_path: Path) -> None:
         assert miss["headers"]["x-seen-by-mutation"] == "yes"
         assert hit["headers"]["x-seen-by-mutation"] == "yes"
         assert hit["headers"]["server"] == miss["headers"]["server"]
+
+        # A hit over HTTP/2 (curl, prior knowledge): the same response, and a HEAD gets
+        # the head only.
+        url = f"http://127.0.0.1:{port}{path}"
+        out = subprocess.run(
+            ["curl", "-s", "-i", "--http2-prior-knowledge", url],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        assert out.startswith("HTTP/2 200") and out.endswith("0123456789abcdef")
+        assert "\nage: " in out and "\ncontent-length: 16" in out
+        out = subprocess.run(
+            ["curl", "-s", "-I", "--http2-prior-knowledge", url],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        assert out.startswith("HTTP/2 200") and "\nage: " in out and "0123" not in out
+        assert up.count(path) == 1
 
 
 V2 = "type.googleapis.com/envoy.extensions.filters.http.cache_v2.v3.CacheV2Config"

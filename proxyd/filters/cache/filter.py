@@ -250,7 +250,7 @@ class CacheFilter(HttpFilter):
 
     def _hit(self, entry: Entry, age: int, range_value: str | None) -> FilterResponse | LocalReply:
         body = entry.body
-        lines = [(n, v) for n, v in entry.lines if n != "content-length"]
+        lines = list(entry.lines)
         status = entry.status
         part = None if self.head or status != 200 else byte_range(range_value, len(body))
         if part is True and self.factory.v2:
@@ -266,7 +266,13 @@ class CacheFilter(HttpFilter):
             lines.append(("content-range", f"bytes {a}-{b}/{len(body)}"))
             body = body[a : b + 1]
         if status not in (204, 304):
-            lines.append(("content-length", str(len(body))))
+            length = ("content-length", str(len(body)))
+            at = next((i for i, (n, _) in enumerate(lines) if n == "content-length"), -1)
+            if at < 0:
+                lines.append(length)
+            else:  # in its place, once
+                lines = [ln for ln in lines if ln[0] != "content-length"]
+                lines.insert(at, length)
         lines.append(("age", str(age)))
         return FilterResponse(status, tuple(lines), body)
 
