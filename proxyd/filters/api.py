@@ -184,6 +184,11 @@ class FilterStream(Protocol):
         """Add Envoy's response flag ``flag`` (e.g. "DI") for the access log."""
         ...
 
+    def set_details(self, details: str) -> None:
+        """Set the stream's response code details (``%RESPONSE_CODE_DETAILS%``), e.g. a
+        filter's own for a response that still comes from the upstream."""
+        ...
+
     def request_header_lines(self) -> list[tuple[str, str]]:
         """Every request header as it stands (lower-case names, one pair per line, in
         order, with the filters' changes), for a filter that must see them all

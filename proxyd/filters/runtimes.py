@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from proxyd.filters.api import FactoryMaker
 from proxyd.filters.buffer.filter import Factory as BufferFactory
-from proxyd.filters.composite.filter import Factory as CompositeFactory
 from proxyd.filters.cache.filter import Factory as CacheFactory
+from proxyd.filters.composite.filter import Factory as CompositeFactory
 from proxyd.filters.compressor.filter import Factory as CompressorFactory
 from proxyd.filters.cors.filter import Factory as CorsFactory
 from proxyd.filters.csrf.filter import Factory as CsrfFactory

@@ -29,6 +29,10 @@ per value of the varying headers when every one of them matches
 ``allowed_vary_headers`` (else the response is not stored; ``*`` never is);
 ``cache_v2`` stores no response that has a ``vary`` line, as Envoy 1.40 does.
 
+**Access log**: an answer from the cache has Envoy's response flag ``RFCF`` and details
+``cache.response_from_cache_filter``; ``cache_v2`` marks a response it stores with
+``RFCF`` and ``cache.insert_via_upstream``.
+
 **Stats** (``cache_v2`` only, as Envoy): ``cache.event.cache_label.<label>.event_type.``
 ``hit``, ``miss``, ``validate`` (a 304 refreshed an entry), ``uncacheable`` (a request
 the cache cannot answer), ``failed_validation``, ``lookup_error``, ``upstream_reset``.
@@ -66,6 +70,11 @@ from proxyd.filters.cache.store import CacheStore, Entry, Key, LookupFailed, Var
 from proxyd.protocol.routing import compile_string_match
 from proxyd.protocol.runtime import EMPTY, Snapshot
 
+# Envoy's response flag and details of a response the cache answered (or, cache_v2, that
+# it stores as it goes out).
+FROM_CACHE_FLAG = "RFCF"
+FROM_CACHE = "cache.response_from_cache_filter"
+INSERTED = "cache.insert_via_upstream"
 EVENTS = (
     "hit",
     "miss",
@@ -234,6 +243,7 @@ class CacheFilter(HttpFilter):
         age = age_of(date, now)
         if not needs_validation(entry.rules, req, age):
             f.count("hit")
+            stream.set_flag(FROM_CACHE_FLAG)
             return self._hit(entry, age, hd.get("range"))
         if self.head and f.v2:
             f.count("uncacheable")
@@ -254,7 +264,7 @@ class CacheFilter(HttpFilter):
         status = entry.status
         part = None if self.head or status != 200 else byte_range(range_value, len(body))
         if part is True and self.factory.v2:
-            return LocalReply(416, "")
+            return LocalReply(416, "", flag=FROM_CACHE_FLAG, details=FROM_CACHE)
         if part is True:
             status = 416
             lines = [(n, v) for n, v in lines if n != "content-range"]
@@ -274,7 +284,7 @@ class CacheFilter(HttpFilter):
                 lines = [ln for ln in lines if ln[0] != "content-length"]
                 lines.insert(at, length)
         lines.append(("age", str(age)))
-        return FilterResponse(status, tuple(lines), body)
+        return FilterResponse(status, tuple(lines), body, details=FROM_CACHE)
 
     # -- response -----------------------------------------------------------------------
 
@@ -294,6 +304,7 @@ class CacheFilter(HttpFilter):
             assert entry is not None
             if response.status == 304:
                 self.mode = Mode.PASS
+                stream.set_flag(FROM_CACHE_FLAG)
                 return await self._refreshed(entry, response.header_lines())
             self.mode = Mode.INSERT
             if self.head:  # the answer to a HEAD has no body to store
@@ -306,6 +317,9 @@ class CacheFilter(HttpFilter):
                 f.store.marks.add(self.key)
             return CONTINUE
         f.count("miss")
+        if f.v2:  # cache_v2 marks the responses it stores
+            stream.set_flag(FROM_CACHE_FLAG)
+            stream.set_details(INSERTED)
         vary_value = response.headers.get("vary")
         vary = _vary_names(vary_value) if vary_value is not None else ()
         if vary and self.variant is None:
@@ -370,7 +384,7 @@ class CacheFilter(HttpFilter):
         new = Entry(entry.status, tuple(lines), entry.body, rules, time.time())
         names = self.vary_names_of(new)
         await f.store.insert(self.key, new, names, self.variant if names else None)
-        return FilterResponse(entry.status, new.lines, new.body)
+        return FilterResponse(entry.status, new.lines, new.body, details=FROM_CACHE)
 
     @staticmethod
     def vary_names_of(entry: Entry) -> tuple[str, ...]:
