@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxyd.filters.cache.rules import (
     ANY_STALE,
@@ -37,6 +39,8 @@ def test_http_time() -> None:
     assert T is not None
     assert http_time("not a date") is None and http_time(None) is None
     assert http_time("Fri, 04 Dec 2026 20:00:00") is None  # no zone
+    assert http_time("1 Jan 10000000000 00:00:00 GMT") is None  # beyond datetime
+    assert http_time("Fri, 99 Dec 2026 20:00:00 GMT") is None
 
 
 @pytest.mark.parametrize(
@@ -102,3 +106,15 @@ def test_lifetime_and_validation() -> None:
 )
 def test_byte_range(value: str | None, length: int, expected: object) -> None:
     assert byte_range(value, length) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=40), st.integers(0, 10**6))
+def test_no_header_value_raises(cc: str, date: str, other: str, age: int) -> None:
+    """Whatever an upstream or a client sends, the rules answer (a worker never
+    crashes on a header value)."""
+    r = response_rules(cc, date, other)
+    cacheable_response(200, r)
+    needs_validation(r, request_rules(other, cc), age)
+    byte_range(other, age)
+    http_time(other)

@@ -76,11 +76,11 @@ def http_time(value: str | None) -> float | None:
         return None
     try:
         t = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if t is None or t.tzinfo is None:
+            return None
+        return t.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if t is None or t.tzinfo is None:
-        return None
-    return t.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
