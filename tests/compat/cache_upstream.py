@@ -3,7 +3,7 @@
 Each request's path says what to answer (the query is the script, so every case is its
 own cache key):
 
-* ``cc=...``: a ``cache-control`` line; ``etag=...``, ``lm=...`` (last-modified),
+* ``cc=...``: a ``cache-control`` line; ``age=...``, ``etag=...``, ``lm=...`` (last-modified),
   ``vary=...``, ``expires=...`` (seconds from now, may be negative), ``date=...``
   (seconds from now, may be negative; ``none``: no date line), ``status=...``;
 * ``body=...``: the body (else ``body of <path>``, with the request's count in it so a
@@ -67,7 +67,12 @@ class _Handler(BaseHTTPRequestHandler):
         date = q.get("date", "0")
         if date != "none":
             lines.append(("date", email.utils.formatdate(now + int(date), usegmt=True)))
-        for key, name in (("cc", "cache-control"), ("etag", "etag"), ("vary", "vary")):
+        for key, name in (
+            ("cc", "cache-control"),
+            ("etag", "etag"),
+            ("vary", "vary"),
+            ("age", "age"),
+        ):
             if key in q:
                 lines.append((name, q[key]))
         if "lm" in q:

@@ -31,8 +31,7 @@ from typing import Any
 import msgpack
 import trio
 
-from proxyd.filters.cache.rules import response_rules
-from proxyd.filters.cache.store import Entry, Key, LookupFailed, Variant
+from proxyd.filters.cache.store import Entry, Key, LookupFailed, Variant, rules_of
 
 FORMAT = 1
 PREFIX = "cache-"
@@ -57,6 +56,7 @@ def encode_entry(key: Key, variant: Variant | None, entry: Entry) -> bytes:
                 [list(line) for line in entry.lines],
                 entry.body,
                 entry.response_time,
+                entry.initial_age,
             ]
         )
     )
@@ -74,13 +74,18 @@ def decode_entry(data: bytes, key: Key, variant: Variant | None) -> Entry | tupl
     try:
         if len(record) == 3 and record[1] == list(key):  # an index of variants
             return tuple(str(n) for n in record[2])
-        _, k, v, status, lines, body, response_time = record
+        _, k, v, status, lines, body, response_time, initial_age = record
         if k != list(key) or v != (None if variant is None else list(variant)):
             return None
         pairs = tuple((str(n), str(val)) for n, val in lines)
-        get = dict(pairs).get
-        rules = response_rules(get("cache-control"), get("date"), get("expires"))
-        return Entry(int(status), pairs, bytes(body), rules, float(response_time))
+        return Entry(
+            int(status),
+            pairs,
+            bytes(body),
+            rules_of(pairs),
+            float(response_time),
+            float(initial_age),
+        )
     except (TypeError, ValueError):
         return None
 

@@ -59,14 +59,21 @@ from proxyd.filters.api import (
 from proxyd.filters.cache.rules import (
     CONDITIONAL,
     NO_REQUEST_RULES,
-    age_of,
     byte_range,
     cacheable_response,
     needs_validation,
     request_rules,
     response_rules,
 )
-from proxyd.filters.cache.store import CacheStore, Entry, Key, LookupFailed, Variant, store_of
+from proxyd.filters.cache.store import (
+    CacheStore,
+    Entry,
+    Key,
+    LookupFailed,
+    Variant,
+    new_entry,
+    store_of,
+)
 from proxyd.protocol.routing import compile_string_match
 from proxyd.protocol.runtime import EMPTY, Snapshot
 
@@ -84,7 +91,7 @@ EVENTS = (
     "lookup_error",
     "upstream_reset",
 )
-RESPONSE_HEADERS = frozenset(("cache-control", "date", "expires", "vary"))
+RESPONSE_HEADERS = frozenset(("cache-control", "date", "expires", "vary", "age"))
 # Lines a 304 does not change in the stored response (its framing and identity).
 _NOT_UPDATED = frozenset(("content-length", "content-range", "etag", "vary", "transfer-encoding"))
 _SPACE = " \t"
@@ -238,9 +245,7 @@ class CacheFilter(HttpFilter):
             # A range request goes upstream as it is: a 206 answer is not stored.
             self.mode = Mode.INSERT if "range" not in hd else Mode.INSERT_WHOLE
             return CONTINUE
-        now = time.time()
-        date = entry.rules.date if entry.rules.date is not None else entry.response_time
-        age = age_of(date, now)
+        age = entry.age(time.time())
         if not needs_validation(entry.rules, req, age):
             f.count("hit")
             stream.set_flag(FROM_CACHE_FLAG)
@@ -317,16 +322,17 @@ class CacheFilter(HttpFilter):
                 f.store.marks.add(self.key)
             return CONTINUE
         f.count("miss")
-        if f.v2:  # cache_v2 marks the responses it stores
+        self.lines = tuple(response.header_lines())
+        if f.v2:  # cache_v2 marks the responses it stores, and drops their age
             stream.set_flag(FROM_CACHE_FLAG)
             stream.set_details(INSERTED)
+            if "age" in response.headers:
+                stream.remove_response_header("age")
         vary_value = response.headers.get("vary")
         vary = _vary_names(vary_value) if vary_value is not None else ()
         if vary and self.variant is None:
             self.variant = _request_values(stream, vary)
-        status = response.status
-        self.status = status
-        self.lines = tuple(response.header_lines())
+        self.status = response.status
         self.vary = vary
         self.body = bytearray()
         if end_stream:
@@ -361,10 +367,7 @@ class CacheFilter(HttpFilter):
         self.mode = Mode.PASS
         if body is None:
             return
-        lines = self.lines
-        get = dict(lines).get
-        rules = response_rules(get("cache-control"), get("date"), get("expires"))
-        entry = Entry(self.status, lines, bytes(body), rules, time.time())
+        entry = new_entry(self.status, self.lines, bytes(body), time.time())
         f = self.factory
         variant = self.variant if self.vary else None
         if self.vary and (variant is None or len(variant) != len(self.vary)):
@@ -373,18 +376,18 @@ class CacheFilter(HttpFilter):
 
     async def _refreshed(self, entry: Entry, fresh: list[tuple[str, str]]) -> FilterResponse:
         """A 304 answered the validation: the entry takes the 304's header lines (but
-        the framing and validator ones) and the client gets it, without ``age``."""
+        the framing and validator ones) and the client gets it, without the cache's
+        ``age`` (cache v3 passes on the 304's own ``age`` line; cache_v2 drops it)."""
         f = self.factory
         f.count("validate")
         updated = {n for n, _ in fresh if n not in _NOT_UPDATED}
         lines = [(n, v) for n, v in entry.lines if n not in updated]
         lines += [(n, v) for n, v in fresh if n in updated]
-        get = dict(lines).get
-        rules = response_rules(get("cache-control"), get("date"), get("expires"))
-        new = Entry(entry.status, tuple(lines), entry.body, rules, time.time())
+        new = new_entry(entry.status, lines, entry.body, time.time())
         names = self.vary_names_of(new)
         await f.store.insert(self.key, new, names, self.variant if names else None)
-        return FilterResponse(entry.status, new.lines, new.body, details=FROM_CACHE)
+        served = new.lines if f.v2 else tuple(lines)
+        return FilterResponse(entry.status, served, new.body, details=FROM_CACHE)
 
     @staticmethod
     def vary_names_of(entry: Entry) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from proxyd.filters.cache.rules import ResponseRules
+from proxyd.filters.cache.rules import ResponseRules, response_rules
 
 Key = tuple[str, str, str]
 
@@ -29,19 +29,53 @@ Variant = tuple[str | None, ...]
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A stored response: its status, its header lines as they went downstream (no
-    hop-by-hop lines, no ``age``), its body, and what its headers say."""
+    hop-by-hop lines, no ``age``), its body, what its headers say, when it was
+    received, and its age then (RFC 9111 §4.2.3's corrected initial age: the larger of
+    the time since its ``date`` and its ``age`` line)."""
 
     status: int
     lines: tuple[tuple[str, str], ...]
     body: bytes
     rules: ResponseRules
     response_time: float
+    initial_age: float = 0.0
+
+    def age(self, now: float) -> int:
+        """Its age at ``now``, in whole seconds."""
+        return int(self.initial_age + max(0.0, now - self.response_time))
 
     def header(self, name: str) -> str | None:
         for n, v in self.lines:
             if n == name:
                 return v
         return None
+
+
+def new_entry(
+    status: int, lines: tuple[tuple[str, str], ...] | list[tuple[str, str]], body: bytes, now: float
+) -> Entry:
+    """The entry of a response received at ``now``: its ``age`` line (a value that is not
+    a number counts as none) goes into its initial age, not into its lines."""
+    age_value = 0
+    kept = []
+    for name, value in lines:
+        if name == "age":
+            v = value.strip(" \t")
+            if v.isascii() and v.isdigit():
+                age_value = max(age_value, int(v))
+            continue
+        kept.append((name, value))
+    rules = rules_of(kept)
+    apparent = max(0.0, now - rules.date) if rules.date is not None else 0.0
+    return Entry(status, tuple(kept), body, rules, now, max(apparent, float(age_value)))
+
+
+def rules_of(lines: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> ResponseRules:
+    def joined(name: str) -> str | None:
+        values = [v for n, v in lines if n == name]
+        return ",".join(values) if values else None
+
+    return response_rules(joined("cache-control"), joined("date"), joined("expires"))
 
 
 @dataclass(slots=True)
