@@ -69,6 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
             lines.append(("date", email.utils.formatdate(now + int(date), usegmt=True)))
         for key, name in (
             ("cc", "cache-control"),
+            ("cc2", "cache-control"),
             ("etag", "etag"),
             ("vary", "vary"),
             ("age", "age"),

@@ -179,6 +179,29 @@ CASES: dict[str, tuple[str, list[Step]]] = {
         "cc=max-age=60&date=-3",
         [GET, ("GET", {"cache-control": "max-age=100"})],
     ),
+    "request_min_fresh": (
+        "cc=max-age=60&date=-3",
+        [GET, ("GET", {"cache-control": "min-fresh=58"})],
+    ),
+    "request_min_fresh_ok": (
+        "cc=max-age=60&date=-3",
+        [GET, ("GET", {"cache-control": "min-fresh=5"})],
+    ),
+    "request_max_stale": (STALE, [GET, ("GET", {"cache-control": "max-stale=100"})]),
+    "request_max_stale_short": (STALE, [GET, ("GET", {"cache-control": "max-stale=1"})]),
+    "request_max_stale_any": (STALE, [GET, ("GET", {"cache-control": "max-stale"})]),
+    "request_max_stale_must_revalidate": (
+        "cc=max-age=5,must-revalidate&date=-10",
+        [GET, ("GET", {"cache-control": "max-stale=100"})],
+    ),
+    "request_only_if_cached_miss": (
+        "cc=max-age=60",
+        [("GET", {"cache-control": "only-if-cached"})],
+    ),
+    "request_pragma_with_cache_control": (
+        "cc=max-age=60",
+        [GET, ("GET", {"pragma": "no-cache", "cache-control": "max-age=100"})],
+    ),
     "request_no_store_hit": ("cc=max-age=60", [GET, ("GET", {"cache-control": "no-store"})]),
     "request_no_store_miss": (
         "cc=max-age=60",
@@ -229,6 +252,15 @@ CASES: dict[str, tuple[str, list[Step]]] = {
 }
 for status in (203, 204, 301, 302, 404, 410, 500, 501):
     CASES[f"status_{status}"] = (f"cc=max-age=60&status={status}", [GET, GET])
+
+# Two cache-control lines: read as one. Envoy 1.40 with a cache filter also sends them
+# to the client joined in one line (the filter makes cache-control one of Envoy's inline
+# headers); proxyd passes them as they came, so only what reached the upstream and
+# whether the answer came from the cache are compared.
+TWO_LINES: dict[str, tuple[str, list[Step]]] = {
+    "two_cache_control_lines": ("cc=max-age=60&cc2=no-store", [GET, GET]),
+    "two_cache_control_lines_stored": ("cc=public&cc2=max-age=60", [GET, GET]),
+}
 
 # Cases only on the listeners they name. A range request that misses: cache v3 sends it
 # upstream as it is and stores nothing; cache_v2 fetches the whole response, stores it
@@ -342,7 +374,7 @@ def play_all(up: CacheUpstream, port_of: Any, cache_dir: Path) -> dict[str, Any]
     for name in LOGGED:
         (cache_dir / f"{name}.log").write_text("")
     out: dict[str, Any] = {}
-    out.update(play_listener(up, port_of("v1"), "v1", {**CASES, **V1_ONLY}))
+    out.update(play_listener(up, port_of("v1"), "v1", {**CASES, **V1_ONLY, **TWO_LINES}))
     out.update(play_listener(up, port_of("v2"), "v2", {**CASES, **V2_ONLY}))
     out.update(play_listener(up, port_of("opts"), "opts", OPTS))
     out.update(play_listener(up, port_of("fs1"), "fs1", FS_CASES, cache_dir / "fs1"))
@@ -404,6 +436,14 @@ def test_file_cache_v3_like_envoys_memory_cache(results: Pair, name: str) -> Non
     same (and which Envoy's file storage follows when it does not miss)."""
     proxyd = _as_v1(results.proxyd.replies[f"fs1:{name}"], "fs1")
     assert proxyd == _as_v1(results.envoy.replies[f"v1:{name}"], "v1")
+
+
+@pytest.mark.parametrize("name", list(TWO_LINES))
+def test_two_cache_control_lines(results: Pair, name: str) -> None:
+    def seen(side: Any) -> list[tuple[int, bool]]:
+        return [(s["upstream"], "age" in s) for s in side.replies[f"v1:{name}"]]
+
+    assert seen(results.proxyd) == seen(results.envoy)
 
 
 @pytest.mark.parametrize("name", LOGGED)
