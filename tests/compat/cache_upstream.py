@@ -8,6 +8,7 @@ own cache key):
   (seconds from now, may be negative; ``none``: no date line), ``status=...``;
 * ``body=...``: the body (else ``body of <path>``, with the request's count in it so a
   client can tell a cached answer from a fresh one);
+* ``delay=S``: the answer waits S seconds;
 * ``chunked=1``: the body goes chunked, in two chunks;
 * ``revalidate=304``: a request carrying ``if-none-match`` / ``if-modified-since`` is
   answered 304 (with the same validators and cache-control).
@@ -58,6 +59,8 @@ class _Handler(BaseHTTPRequestHandler):
         seen = {h: self.headers[h] for h in SEEN_HEADERS if self.headers[h] is not None}
         count = server.record(self.command, self.path, seen)
         q = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
+        if "delay" in q:
+            time.sleep(float(q["delay"]))
         status = int(q.get("status", "200"))
         conditional = "if-none-match" in seen or "if-modified-since" in seen
         if q.get("revalidate") == "304" and conditional:

@@ -107,6 +107,7 @@ class DiskStore:
         self.max_count: int = settings["max_count"]
         self.limiter = trio.CapacityLimiter(max(1, settings["threads"]))
         self.marks: set[Key] = set()
+        self.inflight: dict[Key, trio.Event] = {}
         # What this worker knows of the directory: file sizes by name (None until
         # first scanned) and their sum.
         self.sizes: dict[str, int] | None = None

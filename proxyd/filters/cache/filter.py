@@ -45,6 +45,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from proxyd.epoch import StringMatch, from_wire
 from proxyd.filters.api import (
     CONTINUE,
@@ -186,6 +188,7 @@ class CacheFilter(HttpFilter):
         "vary",
         "body",
         "head",
+        "fetching",
     )
 
     def __init__(self, factory: Factory) -> None:
@@ -199,6 +202,8 @@ class CacheFilter(HttpFilter):
         self.vary: tuple[str, ...] = ()
         self.body: bytearray | None = None
         self.head = False
+        # cache_v2: this stream fetches its key for the requests that wait (inflight).
+        self.fetching = False
 
     # -- request ------------------------------------------------------------------------
 
@@ -225,10 +230,18 @@ class CacheFilter(HttpFilter):
             if f.ignore_request_cc
             else request_rules(hd.get("cache-control"), hd.get("pragma"))
         )
+        store = f.store
+
+        def values(names: tuple[str, ...]) -> Variant:
+            return _request_values(stream, names)
+
         try:
-            entry, self.variant = await f.store.lookup(
-                key, lambda names: _request_values(stream, names)
-            )
+            entry, self.variant = await store.lookup(key, values)
+            if entry is None and f.v2 and not self.head:
+                fetching = store.inflight.get(key)
+                if fetching is not None:  # another request is fetching it: wait for it
+                    await fetching.wait()
+                    entry, self.variant = await store.lookup(key, values)
         except LookupFailed:  # the request goes upstream, and nothing is stored
             f.count("lookup_error")
             return CONTINUE
@@ -244,6 +257,9 @@ class CacheFilter(HttpFilter):
             # Counted with the response: a miss when it may be stored, else uncacheable.
             # A range request goes upstream as it is: a 206 answer is not stored.
             self.mode = Mode.INSERT if "range" not in hd else Mode.INSERT_WHOLE
+            if f.v2 and key not in store.inflight:
+                store.inflight[key] = trio.Event()
+                self.fetching = True
             return CONTINUE
         age = entry.age(time.time())
         if not needs_validation(entry.rules, req, age):
@@ -303,6 +319,7 @@ class CacheFilter(HttpFilter):
         if mode is Mode.INSERT_WHOLE and response.status == 206:
             self.mode = Mode.PASS
             f.count("uncacheable")
+            self._fetched()
             return CONTINUE
         if mode is Mode.VALIDATE:
             entry = self.entry
@@ -320,6 +337,7 @@ class CacheFilter(HttpFilter):
             self.mode = Mode.PASS
             if f.v2:
                 f.store.marks.add(self.key)
+            self._fetched()
             return CONTINUE
         f.count("miss")
         self.lines = tuple(response.header_lines())
@@ -338,6 +356,18 @@ class CacheFilter(HttpFilter):
         if end_stream:
             await self._insert()
         return CONTINUE
+
+    def _fetched(self) -> None:
+        """This stream's fetch is over (stored or not): the requests that waited for it
+        look again."""
+        if self.fetching:
+            self.fetching = False
+            event = self.factory.store.inflight.pop(self.key, None)
+            if event is not None:
+                event.set()
+
+    def on_stream_complete(self, stream: FilterStream) -> None:
+        self._fetched()
 
     def _cacheable(self, response: ResponseView) -> bool:
         headers = response.headers
@@ -362,6 +392,12 @@ class CacheFilter(HttpFilter):
         return CONTINUE
 
     async def _insert(self) -> None:
+        try:
+            await self._store_body()
+        finally:
+            self._fetched()
+
+    async def _store_body(self) -> None:
         body = self.body
         self.body = None
         self.mode = Mode.PASS

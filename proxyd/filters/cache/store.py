@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import trio
+
 from proxyd.filters.cache.rules import ResponseRules, response_rules
 
 Key = tuple[str, str, str]
@@ -89,10 +91,12 @@ class Variants:
 class Store:
     """One cache's entries, by (scheme, host, path with query)."""
 
-    __slots__ = ("entries", "marks")
+    __slots__ = ("entries", "marks", "inflight")
 
     def __init__(self) -> None:
         self.entries: dict[Key, Entry | Variants] = {}
+        # cache_v2: the keys a request is fetching; others that miss wait for it.
+        self.inflight: dict[Key, trio.Event] = {}
         # cache_v2: keys whose last request could not be stored; the next request for
         # one goes upstream without being stored either (Envoy 1.40's cache sessions).
         self.marks: set[Key] = set()
@@ -134,6 +138,7 @@ class CacheStore(Protocol):
     """What the filter asks of a storage (:class:`Store`, :class:`.disk.DiskStore`)."""
 
     marks: set[Key]
+    inflight: dict[Key, trio.Event]
 
     async def lookup(
         self, key: Key, values: Callable[[tuple[str, ...]], Variant]
