@@ -29,6 +29,9 @@ per value of the varying headers when every one of them matches
 ``allowed_vary_headers`` (else the response is not stored; ``*`` never is);
 ``cache_v2`` stores no response that has a ``vary`` line, as Envoy 1.40 does.
 
+**Concurrent misses** (``cache_v2``): a request that misses a key another request of
+this worker is fetching waits for that response (``Store.inflight``) and looks again.
+
 **Access log**: an answer from the cache has Envoy's response flag ``RFCF`` and details
 ``cache.response_from_cache_filter``; ``cache_v2`` marks a response it stores with
 ``RFCF`` and ``cache.insert_via_upstream``.
