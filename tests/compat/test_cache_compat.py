@@ -132,6 +132,7 @@ def config(upstream: int, cache_dir: Path) -> str:
             http_listener("opts", 0, rc, [opts]),
             http_listener("fs1", 0, rc, [fs1]),
             logged("fs2", [fs2]),
+            http_listener("edge", 0, rc, [v1], use_remote_address=True),
         ],
         [static_cluster("svc", [upstream])],
     )
@@ -307,6 +308,15 @@ FS_STORES: dict[str, tuple[int, ...]] = {
 }
 FS_CASES = {name: CASES[name] for name in FS_STORES}
 
+# An edge listener (use_remote_address): the connection manager has replaced a client's
+# x-forwarded-proto with the connection's scheme before the cache reads it.
+EDGE: dict[str, tuple[str, list[Step]]] = {
+    "client_scheme_ignored": (
+        "cc=max-age=60",
+        [GET, ("GET", {"x-forwarded-proto": "https"}), ("GET", {"x-forwarded-proto": "http"})],
+    ),
+}
+
 COMPARED = ("cache-control", "etag", "content-range", "content-length", "x-upstream-count", "vary")
 
 
@@ -380,6 +390,7 @@ def play_all(up: CacheUpstream, port_of: Any, cache_dir: Path) -> dict[str, Any]
     out.update(play_listener(up, port_of("v1"), "v1", {**CASES, **V1_ONLY, **TWO_LINES}))
     out.update(play_listener(up, port_of("v2"), "v2", {**CASES, **V2_ONLY}))
     out.update(play_listener(up, port_of("opts"), "opts", OPTS))
+    out.update(play_listener(up, port_of("edge"), "edge", EDGE))
     out.update(play_listener(up, port_of("fs1"), "fs1", FS_CASES, cache_dir / "fs1"))
     out.update(play_listener(up, port_of("fs2"), "fs2", FS_CASES, cache_dir / "fs2"))
     for name in LOGGED:
@@ -446,6 +457,7 @@ ALL_NAMES = (
     [f"v1:{n}" for n in {**CASES, **V1_ONLY}]
     + [f"v2:{n}" for n in {**CASES, **V2_ONLY}]
     + [f"opts:{n}" for n in OPTS]
+    + [f"edge:{n}" for n in EDGE]
     + [f"fs2:{n}" for n in FS_CASES]
 )
 
