@@ -26,6 +26,7 @@ removed (``Stream.response_removed``) are cut from the upstream's head here; wit
 from __future__ import annotations
 
 from functools import cache
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from proxyd.filters.api import (
@@ -110,10 +111,21 @@ def head_lines(r: ResponseHead) -> list[tuple[str, str]]:
     return out
 
 
+def _reason(status: int) -> bytes:
+    """The reason phrase Envoy's codec writes for ``status``."""
+    reason = REASONS.get(status)
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+    return reason.encode()
+
+
 def response_head_of(status: int, lines: tuple[tuple[str, str], ...]) -> ResponseHead:
     """A response head made of a filter's header lines (a FilterResponse)."""
     r = ResponseHead()
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Unknown").encode())]
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
     headers = r.headers
     for name, value in lines:
         parts.append(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n")

@@ -329,6 +329,7 @@ def request(port: int, method: str, path: str, headers: dict[str, str]) -> dict[
         names = sorted({k.lower() for k, _ in r.getheaders()})
         got: dict[str, Any] = {
             "status": r.status,
+            "reason": r.reason,
             "body": body.decode("latin-1"),
             "names": names,
             "values": sorted((k.lower(), v) for k, v in r.getheaders() if k.lower() in COMPARED),
