@@ -11,7 +11,7 @@ import trio
 
 from proxyd.filters.cache.disk import DiskStore, decode_entry, encode_entry, file_name
 from proxyd.filters.cache.rules import response_rules
-from proxyd.filters.cache.store import Entry, LookupFailed, Store
+from proxyd.filters.cache.store import Entry, LookupFailed, Store, new_entry
 
 KEY = ("http", "h.example", "/p?q=1")
 
@@ -81,3 +81,16 @@ def test_disk_store_evicts_by_size(tmp_path: Path) -> None:
         assert names == {file_name(("http", "h", f"/{i}")) for i in (2, 3, 4)}
 
     trio.run(main)
+
+
+def test_age() -> None:
+    """The larger of (date to receipt) and the age line, plus the time stored."""
+    date = "Fri, 04 Dec 2026 20:00:00 GMT"
+    t = 1796414400.0  # that date
+    lines = (("date", date), ("cache-control", "max-age=60"))
+    assert new_entry(200, lines, b"", t + 7.9).age(t + 7.9) == 7
+    assert new_entry(200, lines, b"", t - 5).age(t - 5) == 0  # a date in the future
+    aged = new_entry(200, (*lines, ("age", "100")), b"", t + 10)
+    assert aged.age(t + 12) == 102 and ("age", "100") not in aged.lines
+    assert new_entry(200, (*lines, ("age", "x")), b"", t + 3).age(t + 3) == 3
+    assert new_entry(200, (("cache-control", "max-age=60"),), b"", t).age(t + 4.5) == 4

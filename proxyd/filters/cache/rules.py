@@ -6,7 +6,7 @@
 * a response may be stored when its status is one of :data:`CACHEABLE_STATUS`, its
   ``cache-control`` has no ``no-store`` and no ``private``, and it says how long it is
   fresh: ``no-cache``, ``max-age`` / ``s-maxage``, or both ``date`` and ``expires``;
-* a stored response is fresh while its age (now − ``date``, never negative) is at most its
+* a stored response is fresh while its age (:meth:`.store.Entry.age`) is at most its
   lifetime (``s-maxage``, else ``max-age``, else ``expires`` − ``date``); ``no-cache``
   makes every use a validation. A request's ``no-cache`` (or ``pragma: no-cache`` with no
   ``cache-control``) validates too, its ``max-age`` / ``min-fresh`` tighten freshness and
@@ -154,13 +154,6 @@ def request_rules(cache_control: str | None, pragma: str | None) -> RequestRules
         min_fresh=seconds_arg(d, "min-fresh"),
         max_stale=max_stale,
     )
-
-
-def age_of(date: float | None, now: float) -> int:
-    """Whole seconds since ``date`` (0 for a date in the future or none)."""
-    if date is None:
-        return 0
-    return max(0, int(now - date))
 
 
 def needs_validation(r: ResponseRules, req: RequestRules, age: int) -> bool:
