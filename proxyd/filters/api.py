@@ -70,7 +70,23 @@ class LocalReply:
     grpc_status: int | None = None
 
 
-Result = FilterStatus | LocalReply
+@dataclass(frozen=True, slots=True)
+class FilterResponse:
+    """Answer the stream with a whole response the filter has (a cache hit: Envoy's
+    ``encodeHeaders`` / ``encodeData`` from a decoder filter), not a local reply: the
+    ``headers`` lines go out as they are (no content-type or body of the proxy's own),
+    and the response passes the encoder filters as an upstream response does. From
+    ``on_response_headers`` it replaces the upstream's response (whose body is then
+    dropped) and passes the encoder filters after this one. The body of a response to
+    HEAD, and of 204 and 304, is not sent."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+    details: str = ""
+
+
+Result = FilterStatus | LocalReply | FilterResponse
 
 
 class RequestView(Protocol):
@@ -92,6 +108,12 @@ class RequestView(Protocol):
 class ResponseView(Protocol):
     status: int
     headers: Mapping[str, str]
+
+    def header_lines(self) -> list[tuple[str, str]]:
+        """Every response header line as it goes downstream (lower-case names, in order,
+        without the hop-by-hop ones, with ``x-envoy-upstream-service-time``), for a
+        filter that keeps the whole head (the cache); costs a scan of the head."""
+        ...
 
 
 class FilterStream(Protocol):
@@ -169,6 +191,11 @@ class FilterStream(Protocol):
 
     def set_flag(self, flag: str) -> None:
         """Add Envoy's response flag ``flag`` (e.g. "DI") for the access log."""
+        ...
+
+    def set_details(self, details: str) -> None:
+        """Set the stream's response code details (``%RESPONSE_CODE_DETAILS%``), e.g. a
+        filter's own for a response that still comes from the upstream."""
         ...
 
     def request_header_lines(self) -> list[tuple[str, str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import ModuleType
 
 from proxyd.filters.buffer import config as buffer_config
+from proxyd.filters.cache import config as cache_config
+from proxyd.filters.cache import config_v2 as cache_v2_config
 from proxyd.filters.composite import config as composite_config
 from proxyd.filters.compressor import config as compressor_config
 from proxyd.filters.cors import config as cors_config
@@ -25,6 +27,8 @@ COMPILERS: dict[str, ModuleType] = {
     m.TYPE: m
     for m in (
         buffer_config,
+        cache_config,
+        cache_v2_config,
         composite_config,
         compressor_config,
         cors_config,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from proxyd.filters.api import FactoryMaker
 from proxyd.filters.buffer.filter import Factory as BufferFactory
+from proxyd.filters.cache.filter import Factory as CacheFactory
 from proxyd.filters.composite.filter import Factory as CompositeFactory
 from proxyd.filters.compressor.filter import Factory as CompressorFactory
 from proxyd.filters.cors.filter import Factory as CorsFactory
@@ -25,6 +26,8 @@ from proxyd.filters.stateful_session.filter import Factory as StatefulSessionFac
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
+    "envoy.extensions.filters.http.cache.v3.CacheConfig": CacheFactory,
+    "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config": CacheFactory,
     "envoy.extensions.filters.http.composite.v3.Composite": CompositeFactory,
     "envoy.extensions.filters.http.compressor.v3.Compressor": CompressorFactory,
     "envoy.extensions.filters.http.decompressor.v3.Decompressor": DecompressorFactory,

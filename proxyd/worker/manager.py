@@ -198,6 +198,9 @@ async def _serve(
                 # its filters run (the upstream head loses them in policy.apply).
                 for name in EDGE_STRIPPED_NAMES:
                     h.headers.pop(name, None)
+                if plan.overwrite_xfp and "x-forwarded-proto" in h.headers:
+                    # ... and has set x-forwarded-proto to the connection's scheme.
+                    h.headers["x-forwarded-proto"] = plan.scheme
             # What the filters read of the connection (RBAC's addresses): the client
             # address Envoy's connection manager has set by the time its filters run.
             stream.connection = conn

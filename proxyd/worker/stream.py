@@ -339,6 +339,9 @@ class Stream:
     def set_buffer_limit(self, limit: int) -> None:
         self.buffer_limit = limit
 
+    def set_details(self, details: str) -> None:
+        self.details = details
+
     def set_flag(self, flag: str) -> None:
         if self.extra_flags is None:
             self.extra_flags = []
