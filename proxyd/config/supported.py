@@ -427,6 +427,7 @@ UPSTREAM_TLS: Spec = {
             "tls_minimum_protocol_version": LEAF,
             "tls_maximum_protocol_version": LEAF,
             "cipher_suites": LEAF,
+            "ecdh_curves": LEAF,
         },
         # http/1.1 only (h2 is refused by name in proxyd.config.upstream_tls).
         "alpn_protocols": LEAF,

@@ -19,7 +19,13 @@ from proxyd.config.supported import DOWNSTREAM_TLS_TYPE, RAW_BUFFER_TYPE, unpack
 from proxyd.config.values import duration_or, enum_name, wrapped_or
 from proxyd.epoch import DownstreamTls, SanMatch, SdsSecret
 from proxyd.errors import ConfigError
-from proxyd.protocol.tls_context import CURVES, TlsSetupError, server_context, server_contexts
+from proxyd.protocol.tls_context import (
+    CURVES,
+    TlsSetupError,
+    curve_list,
+    server_context,
+    server_contexts,
+)
 
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
 # What proxyd speaks of the ALPN protocols a listener may offer.
@@ -116,21 +122,7 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
         )
     curve = ""
     if params.ecdh_curves:
-        if len(params.ecdh_curves) > 1:
-            raise ConfigError(
-                file,
-                join(ppath, "ecdh_curves"),
-                "one curve is supported by proxyd (CPython's ssl sets a single ECDH curve), "
-                f"got {len(params.ecdh_curves)}",
-            )
-        name = params.ecdh_curves[0]
-        if name not in CURVES:
-            raise ConfigError(
-                file,
-                join(ppath, "ecdh_curves[0]"),
-                f"curve '{name}' not supported by proxyd (supported: {', '.join(CURVES)})",
-            )
-        curve = CURVES[name]
+        curve = ecdh_groups(params.ecdh_curves, join(ppath, "ecdh_curves"), file)
     alpn = _alpn(tuple(common.alpn_protocols), join(cpath, "alpn_protocols"), file)
     trusted, sans, sds_validation = validation(common, cpath, file, require_ca=True)
     require = wrapped_or(ctx, "require_client_certificate", False)
@@ -164,6 +156,19 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
         sds_validation=sds_validation,
         sds_missing=tuple(r.name for r in (*sds_certs, sds_validation) if r is not None),
     )
+
+
+def ecdh_groups(entries: Any, path: str, file: str) -> str:
+    """tls_params.ecdh_curves as an OpenSSL group list (each entry may be a
+    ``:``-separated list, as Envoy joins them)."""
+    groups, unknown = curve_list(list(entries))
+    if unknown:
+        raise ConfigError(
+            file,
+            path,
+            f"curve '{unknown[0]}' not supported by proxyd (supported: {', '.join(CURVES)})",
+        )
+    return groups
 
 
 def revocation_and_pins(

@@ -22,7 +22,7 @@ from proxyd.config.supported import (
     UPSTREAM_TLS_TYPE,
     unpack,
 )
-from proxyd.config.tls import validation
+from proxyd.config.tls import ecdh_groups, validation
 from proxyd.config.values import enum_name, wrapped_or
 from proxyd.epoch import (
     Cluster,
@@ -158,6 +158,11 @@ def compile_upstream_tls(ctx: Any, path: str, file: str) -> UpstreamTls:
         min_version=min_v,
         max_version=max_v,
         cipher_suites=tuple(params.cipher_suites),
+        ecdh_curve=(
+            ecdh_groups(params.ecdh_curves, join(ppath, "ecdh_curves"), file)
+            if params.ecdh_curves
+            else ""
+        ),
         alpn=alpn,
         trusted_ca=trusted,
         san_matchers=tuple(sans),

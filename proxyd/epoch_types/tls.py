@@ -57,7 +57,8 @@ class DownstreamTls:
     max_version: str = "TLSv1_3"
     # OpenSSL cipher names for TLS 1.2 and below ("" entries never; () = default).
     cipher_suites: tuple[str, ...] = ()
-    # One OpenSSL curve name (CPython's ssl sets one), "" = OpenSSL's default list.
+    # The OpenSSL group list in preference order ("X25519:prime256v1"), "" = OpenSSL's
+    # defaults (proxyd.protocol.tls_context.set_groups).
     ecdh_curve: str = ""
     # ALPN protocols offered, in preference order (() = no ALPN).
     alpn: tuple[str, ...] = ()
@@ -100,6 +101,8 @@ class UpstreamTls:
     min_version: str = "TLSv1_2"
     max_version: str = "TLSv1_2"
     cipher_suites: tuple[str, ...] = ()
+    # tls_params.ecdh_curves as an OpenSSL group list ("": OpenSSL's defaults).
+    ecdh_curve: str = ""
     alpn: tuple[str, ...] = ()
     # validation_context.trusted_ca (b"": the chain is not verified, as in Envoy).
     trusted_ca: bytes = b""

@@ -10,6 +10,8 @@ memory file (``memfd_create``), never a file on disk.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import ipaddress
 import os
@@ -47,6 +49,53 @@ CURVES = {
     "P-384": "secp384r1",
     "P-521": "secp521r1",
 }
+
+
+def curve_list(entries: Sequence[str]) -> tuple[str, list[str]]:
+    """``tls_params.ecdh_curves`` (each entry may itself be a ``:``-separated list, as
+    Envoy joins them): (the OpenSSL group list, the names proxyd does not know)."""
+    names = [n for e in entries for n in e.split(":") if n]
+    return ":".join(CURVES.get(n, n) for n in names), [n for n in names if n not in CURVES]
+
+
+def set_groups(ctx: ssl.SSLContext, groups: str) -> None:
+    """The context's key-exchange groups, in preference order (``X25519:prime256v1``).
+
+    CPython's ``ssl`` sets a single ECDH curve; a list is given to OpenSSL's
+    ``SSL_CTX_set1_groups_list`` through the ``SSL_CTX`` the SSLContext object holds
+    (its first field) in the libssl the ``_ssl`` module runs on. ValueError when
+    OpenSSL refuses the list."""
+    lib = _libssl()
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if lib is None or not ptr:
+        if ":" not in groups:
+            ctx.set_ecdh_curve(groups)  # one curve: CPython's own call will do
+            return
+        raise ValueError("the libssl of CPython's ssl module was not found")
+    if lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
+        raise ValueError(f"OpenSSL refused the groups {groups}")
+
+
+_SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list is a macro over SSL_CTX_ctrl
+
+
+@functools.cache
+def _libssl() -> Any:
+    """The libssl loaded with CPython's _ssl module (from this process's mappings)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libssl" in line and "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        return lib
+    return None
 
 
 class TlsSetupError(Exception):
@@ -162,7 +211,7 @@ def server_context(tls: DownstreamTls, only: int | None = None) -> ssl.SSLContex
     ctx.set_ciphers(":".join(split_ciphers(tls.cipher_suites or DEFAULT_CIPHERS)))
     if tls.ecdh_curve:
         try:
-            ctx.set_ecdh_curve(tls.ecdh_curve)
+            set_groups(ctx, tls.ecdh_curve)
         except (ValueError, ssl.SSLError) as exc:
             raise TlsSetupError("common_tls_context.tls_params.ecdh_curves", str(exc)) from None
     for i, cert in enumerate(tls.certificates):

@@ -108,13 +108,13 @@ def test_unreadable_file_and_mismatched_key_name_the_field(certs, tmp_path) -> N
             "NO-SUCH-CIPHER",
         ),
         (
-            {"common": {"tls_params": {"ecdh_curves": ["X25519", "P-256"]}}},
+            {"common": {"tls_params": {"ecdh_curves": ["X25519:P-224", "P-256"]}}},
             "common_tls_context.tls_params.ecdh_curves",
-            "one curve",
+            "curve 'P-224'",
         ),
         (
             {"common": {"tls_params": {"ecdh_curves": ["P-224"]}}},
-            "common_tls_context.tls_params.ecdh_curves[0]",
+            "common_tls_context.tls_params.ecdh_curves",
             "P-224",
         ),
         (

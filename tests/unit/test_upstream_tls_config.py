@@ -154,9 +154,9 @@ def test_raw_buffer_is_plaintext() -> None:
             "NO-SUCH-CIPHER",
         ),
         (
-            {"common_tls_context": {"tls_params": {"ecdh_curves": ["X25519"]}}},
+            {"common_tls_context": {"tls_params": {"ecdh_curves": ["X25519:brainpool"]}}},
             f"{CTX}.common_tls_context.tls_params.ecdh_curves",
-            "not supported by proxyd",
+            "curve 'brainpool' not supported by proxyd",
         ),
         (
             {
