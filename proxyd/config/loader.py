@@ -150,8 +150,16 @@ def _compile(
     if dynamic.ads is not None:
         sources.append(("dynamic_resources.ads_config", dynamic.ads))
     sources += rtds_source_paths(bootstrap, dynamic)
-    sds = [r for lst in listeners for r in secret_refs(lst)]
-    sds += [r for c in clusters for r in secret_refs(c)]
+    sds = [
+        (f"static_resources.listeners[{i}] (SDS secret '{r.name}')", r)
+        for i, lst in enumerate(listeners)
+        for r in secret_refs(lst)
+    ]
+    sds += [
+        (f"static_resources.clusters[{i}] (SDS secret '{r.name}')", r)
+        for i, c in enumerate(clusters)
+        for r in secret_refs(c)
+    ]
     if (any(s is not None for _, s in sources) or sds) and not (
         bootstrap.node.id and bootstrap.node.cluster
     ):
@@ -160,6 +168,8 @@ def _compile(
             "node",
             "node 'id' and 'cluster' are required when resources come from config sources",
         )
+    # SDS from a management server names its cluster as the other sources do.
+    sources += [(where, r.source) for where, r in sds]
     for where, source in sources:
         if source is not None:
             check_source(source, static_clusters, dynamic, where, file)

@@ -11,7 +11,8 @@ A TLS context names a secret with an ``SdsSecretConfig``:
   certificate files the secret names) and fills the values in before it publishes an
   epoch (:func:`fill_downstream`, :func:`fill_upstream`).
 
-SDS from a management server (``api_config_source``, ``ads``) is refused by name.
+SDS from a management server (``api_config_source`` over gRPC or REST, or ADS) is
+subscribed like any other xDS type (proxyd.master.xds).
 A secret's certificate and key are read and loaded when it is compiled: an unreadable
 file, a bad PEM or a key that does not match its certificate is refused naming the
 field and the file (a static secret refuses the config; an SDS delivery is rejected and
@@ -28,9 +29,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proxyd.config.dynamic import compile_config_source
 from proxyd.config.matchers import string_match
 from proxyd.config.proto import join
-from proxyd.config.values import duration_or, enum_name
+from proxyd.config.values import enum_name
 from proxyd.epoch import (
     Cluster,
     DownstreamTls,
@@ -203,7 +205,7 @@ def read_data_source(ds: Any, path: str, file: str, files: list[str]) -> bytes:
 
 def sds_reference(cfg: Any, path: str, file: str) -> CompiledSecret | SdsSecret:
     """An SdsSecretConfig: the static secret it names (no ``sds_config``), or the
-    reference to an SDS file."""
+    reference to the secret its ``sds_config`` delivers."""
     if not cfg.name:
         raise ConfigError(file, join(path, "name"), "a secret name is required")
     if not cfg.HasField("sds_config"):
@@ -213,33 +215,15 @@ def sds_reference(cfg: Any, path: str, file: str) -> CompiledSecret | SdsSecret:
         return static
     cs = cfg.sds_config
     spath = join(path, "sds_config")
-    version = enum_name(cs, "resource_api_version")
-    if version not in ("AUTO", "V3"):
-        raise ConfigError(
-            file,
-            join(spath, "resource_api_version"),
-            f"only V3 is supported by proxyd, not {version}",
-        )
-    which = cs.WhichOneof("config_source_specifier")
-    if which != "path_config_source":
-        what = {"api_config_source": "a management server (api_config_source)", "ads": "ADS"}
-        raise ConfigError(
-            file,
-            join(spath, which or ""),
-            f"SDS from {what.get(which or '', which or 'this source')} is not supported by "
-            "proxyd (SDS from files, path_config_source, is)",
-        )
-    where = cs.path_config_source.path
-    if not where:
-        raise ConfigError(file, join(spath, "path_config_source.path"), "a path is required")
-    if not os.path.exists(where):  # Envoy checks when it makes the subscription
+    source = compile_config_source(cs, spath, file)
+    if source.kind == "path" and not os.path.exists(source.path):
+        # Envoy checks when it makes the subscription.
         raise ConfigError(
             file,
             join(spath, "path_config_source.path"),
-            f"paths must refer to an existing path in the system: '{where}' does not exist",
+            f"paths must refer to an existing path in the system: '{source.path}' does not exist",
         )
-    initial = duration_or(cs, "initial_fetch_timeout", DEFAULT_INITIAL_FETCH_TIMEOUT_S)
-    return SdsSecret(cfg.name, cs.path_config_source.path, initial)
+    return SdsSecret(cfg.name, source)
 
 
 # -- filling a context's SDS values (the master, when it composes an epoch) -------------

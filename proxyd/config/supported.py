@@ -361,11 +361,11 @@ DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LE
 
 # -- SDS (proxyd.config.secrets, proxyd.master.xds): secrets from files -------------
 # An SdsSecretConfig's sds_config: a watched file (watched_directory is accepted: the
-# file is polled by inode, size and time, so a directory swap is seen as well); a
-# management server (api_config_source, ads) is refused by name in the compiler.
+# file is polled by inode, size and time, so a directory swap is seen as well), or a
+# management server (api_config_source over gRPC or REST, or ADS).
 SDS_CONFIG_SOURCE: Spec = {
     "path_config_source": {"path": LEAF, "watched_directory": {"path": LEAF}},
-    "api_config_source": LEAF,
+    "api_config_source": API_CONFIG_SOURCE,
     "ads": LEAF,
     "resource_api_version": LEAF,
     "initial_fetch_timeout": LEAF,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from proxyd.epoch_types.sources import ConfigSource
 from proxyd.epoch_types.tls import UpstreamTls
 
 
@@ -114,25 +115,6 @@ class HealthCheck:
     # The port checks connect to (an endpoint's health_check_config.port_value; 0: the
     # endpoint's own). Set per host by the master's health checker.
     port: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigSource:
-    """Envoy's core.v3.ConfigSource: where the master fetches an xDS resource type.
-
-    Only the master reads it (``proxyd.master.xds``); it rides in the epoch with the
-    listener or cluster that names it."""
-
-    # "path" (a watched file), "rest" (REST-JSON polling), "grpc" (a per-type gRPC
-    # stream) or "ads" (the bootstrap's aggregated stream).
-    kind: str
-    path: str = ""
-    # rest/grpc: the static cluster of the management server.
-    cluster: str = ""
-    refresh_delay_s: float = 0.0
-    request_timeout_s: float = 1.0
-    initial_fetch_timeout_s: float = 15.0
-    node_on_first_message_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

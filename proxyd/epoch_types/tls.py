@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxyd.epoch_types.routes import StringMatch
+from proxyd.epoch_types.sources import ConfigSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +30,17 @@ class TlsCertificate:
 
 @dataclass(frozen=True, slots=True)
 class SdsSecret:
-    """A secret a TLS context takes from SDS (``*_sds_secret_config`` with
-    ``sds_config.path_config_source``): the master watches the file and fills the
-    context's certificates or validation values from it (proxyd.master.secrets)."""
+    """A secret a TLS context takes from SDS (``*_sds_secret_config`` with an
+    ``sds_config``): the master subscribes to it from ``source`` (a watched file, a
+    management server over gRPC or REST, or ADS) and fills the context's certificates
+    or validation values from it (proxyd.config.secrets.fill_downstream)."""
 
     name: str
-    path: str
-    initial_fetch_timeout_s: float = 15.0
+    source: ConfigSource
+
+    @property
+    def initial_fetch_timeout_s(self) -> float:
+        return self.source.initial_fetch_timeout_s
 
 
 @dataclass(frozen=True, slots=True)

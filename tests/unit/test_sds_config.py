@@ -13,7 +13,7 @@ import yaml
 
 from proxyd.config import compile_bootstrap
 from proxyd.config.secrets import CompiledSecret, fill_downstream, fill_upstream
-from proxyd.epoch import DownstreamTls, Epoch, SdsSecret, UpstreamTls, from_wire, to_wire
+from proxyd.epoch import ConfigSource, DownstreamTls, Epoch, SdsSecret, UpstreamTls, from_wire, to_wire
 from proxyd.epoch_types.listeners import same_but_secrets
 from proxyd.errors import ConfigError
 
@@ -112,8 +112,8 @@ def test_an_sds_file_reference_waits_to_be_filled(certs, sds_path) -> None:
     )
     tls = tls_of(data)
     assert tls.certificates == () and tls.sds_missing == ("web", "ca")
-    assert tls.sds_certificates == (SdsSecret("web", str(sds_path), 2.0),)
-    assert tls.sds_validation == SdsSecret("ca", str(sds_path), 15.0)
+    assert tls.sds_certificates == (SdsSecret("web", _file(sds_path, 2.0)),)
+    assert tls.sds_validation == SdsSecret("ca", _file(sds_path, 15.0))
     epoch = compile_bootstrap(data, "conf.yaml").epoch_template
     assert from_wire(Epoch, to_wire(epoch)).listeners[0].tls == tls
     # The master fills it in when both secrets are there.
@@ -167,6 +167,10 @@ def test_upstream_sds_references(certs, sds_path) -> None:
     assert fill_upstream(tls, {"ca": ca}).sds_missing == ("client",)
 
 
+def _file(path: Any, initial: float) -> ConfigSource:
+    return ConfigSource(kind="path", path=str(path), initial_fetch_timeout_s=initial)
+
+
 @pytest.mark.parametrize(
     ("source", "where", "text"),
     [
@@ -177,10 +181,10 @@ def test_upstream_sds_references(certs, sds_path) -> None:
                     "grpc_services": [{"envoy_grpc": {"cluster_name": "x"}}],
                 }
             },
-            "sds_config.api_config_source",
-            "SDS from a management server (api_config_source) is not supported by proxyd",
+            "",
+            "the management server cluster 'x' must be a static cluster",
         ),
-        ({"ads": {}}, "sds_config.ads", "SDS from ADS is not supported by proxyd"),
+        ({"ads": {}}, "", "an 'ads' config source needs dynamic_resources.ads_config"),
         (
             {"path_config_source": {"path": "/nonexistent/sds.yaml"}},
             "sds_config.path_config_source.path",
@@ -192,7 +196,10 @@ def test_sds_sources_refused(source: dict[str, Any], where: str, text: str) -> N
     exc = reject(
         with_common({"tls_certificate_sds_secret_configs": [{"name": "web", "sds_config": source}]})
     )
-    assert exc.path == f"{COMMON}.tls_certificate_sds_secret_configs[0].{where}"
+    if where:
+        assert exc.path == f"{COMMON}.tls_certificate_sds_secret_configs[0].{where}"
+    else:  # checked with the other management-server sources, by listener
+        assert exc.path == "static_resources.listeners[0] (SDS secret 'web')"
     assert text in exc.reason
 
 
@@ -206,7 +213,7 @@ def test_the_older_path_form_is_read_as_path_config_source(sds_path) -> None:
             }
         )
     )
-    assert tls.sds_certificates == (SdsSecret("web", str(sds_path), 15.0),)
+    assert tls.sds_certificates == (SdsSecret("web", _file(sds_path, 15.0)),)
 
 
 def test_unknown_static_secret() -> None:

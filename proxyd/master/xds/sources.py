@@ -54,6 +54,7 @@ GRPC_METHODS = {
     rs.LISTENER: "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners",
     rs.ROUTE: "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
     rs.RUNTIME: "/envoy.service.runtime.v3.RuntimeDiscoveryService/StreamRuntime",
+    rs.SECRET: "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
 }
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 REST_PATHS = {
@@ -62,6 +63,7 @@ REST_PATHS = {
     rs.LISTENER: "/v3/discovery:listeners",
     rs.ROUTE: "/v3/discovery:routes",
     rs.RUNTIME: "/v3/discovery:runtime",
+    rs.SECRET: "/v3/discovery:secrets",
 }
 
 log = get_logger("proxyd.master.xds")
@@ -300,7 +302,7 @@ class Stream:
         async def ask_for_changes() -> None:
             while True:
                 self.changed = trio.Event()
-                for type_url in rs.ORDER:  # Envoy's order: RTDS, CDS, EDS, LDS, RDS
+                for type_url in rs.TYPES:  # SDS, then Envoy's order: RTDS, CDS, EDS, LDS, RDS
                     sub = self.subs.get(type_url)
                     if sub is None:
                         continue

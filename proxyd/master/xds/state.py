@@ -190,12 +190,7 @@ class XdsState:
             values: list[Any] = [*self._all_clusters(static), *self._all_listeners(static)]
             for value in values:
                 for ref in secret_refs(value):
-                    source = ConfigSource(
-                        kind="path",
-                        path=ref.path,
-                        initial_fetch_timeout_s=ref.initial_fetch_timeout_s,
-                    )
-                    out.setdefault(source, set()).add(ref.name)
+                    out.setdefault(ref.source, set()).add(ref.name)
         elif type_url == rs.ENDPOINT:
             for c in self._all_clusters(static):
                 if c.eds_source is not None:
