@@ -50,17 +50,17 @@ DEFAULT_ROUTE_TIMEOUT_S = 15.0
 
 
 class RouteTargets(frozenset[str]):
-    """The cluster names a route may name; ``grpc_only`` are HTTP/2 clusters that exist
-    for xDS gRPC streams only (proxyd forwards HTTP/1.1 upstream)."""
+    """The cluster names a route may name; ``http2`` are those that speak HTTP/2 to
+    their hosts (proxyd.worker.h2_upstream: no retry policy on their routes)."""
 
-    grpc_only: frozenset[str] = frozenset()
+    http2: frozenset[str] = frozenset()
 
 
 class AnyCluster:
     """RDS routes are not checked against the clusters (Envoy's validate_clusters
     defaults to false there): a missing cluster answers 503 at request time."""
 
-    grpc_only: frozenset[str] = frozenset()
+    http2: frozenset[str] = frozenset()
 
     def __contains__(self, name: object) -> bool:
         return True
@@ -68,8 +68,8 @@ class AnyCluster:
 
 def route_targets(clusters: Any) -> RouteTargets:
     """RouteTargets for compiled epoch Clusters."""
-    targets = RouteTargets(c.name for c in clusters if not c.http2)
-    targets.grpc_only = frozenset(c.name for c in clusters if c.http2)
+    targets = RouteTargets(c.name for c in clusters)
+    targets.http2 = frozenset(c.name for c in clusters if c.http2)
     return targets
 
 
@@ -129,6 +129,7 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
                 vh.matcher, join(here, "matcher"), file, route_actions(add_route, file)
             )
         kept_routes = with_retry_policies(vh, here, sources, tuple(routes), file)
+        _check_http2_retries(kept_routes, sources, getattr(clusters, "http2", ()), file)
         vhosts.append(
             VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes, matcher=matcher)
         )
@@ -389,15 +390,27 @@ def _mirrors(
     return tuple(out)
 
 
+def _check_http2_retries(
+    routes: tuple[Route, ...], sources: list[tuple[Any, str]], http2: Container[str], file: str
+) -> None:
+    """A retry policy (the route's or its virtual host's) on a route to an HTTP/2
+    cluster is refused: proxyd's HTTP/2 upstream router makes one attempt."""
+    for route, (_, route_path) in zip(routes, sources, strict=True):
+        if route.retry is None:
+            continue
+        names = [route.cluster, *(w.name for w in route.weighted)]
+        for name in names:
+            if name and name in http2:
+                raise ConfigError(
+                    file,
+                    join(route_path, "route.retry_policy"),
+                    f"a retry policy on a route to the HTTP/2 cluster '{name}' is not "
+                    "supported by proxyd",
+                )
+
+
 def _check_cluster(name: str, path: str, clusters: Container[str], file: str, what: str) -> None:
-    """A cluster a route names must exist (unless RDS) and not be an xDS-only one."""
-    if name in getattr(clusters, "grpc_only", ()):
-        raise ConfigError(
-            file,
-            path,
-            f"cluster '{name}' is an HTTP/2 cluster: HTTP/2 upstreams for routes are not "
-            "supported by proxyd (it uses HTTP/2 clusters only for xDS gRPC)",
-        )
+    """A cluster a route names must exist (unless RDS)."""
     if name not in clusters:
         raise ConfigError(file, path, f"unknown {what} '{name}'")
 

@@ -433,7 +433,8 @@ LISTENER: dict[str, Spec] = {
 }
 
 UPSTREAM_HTTP: Spec = {
-    # HTTP/2 only for the clusters xDS gRPC streams use (proxyd.config.dynamic checks).
+    # http2_protocol_options {}: HTTP/2 to the hosts (proxyd.worker.h2_upstream; its
+    # fields are refused by name: proxyd's own defaults apply).
     # http_protocol_options.header_key_format: how request header names are written
     # upstream (proxyd.config.clusters, proxyd.protocol.http1_options). preserve_case's
     # formatter_type_on_envoy_headers (the response's added names) is refused by name.

@@ -360,6 +360,18 @@ class FilterChain:
         parts = await self._encode_data(parts, end_stream)
         await self.inner.send_data(parts, end_stream)
 
+    async def send_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The response ends with trailers (an HTTP/2 upstream's): the data
+        encoders end first; a codec that cannot carry trailers ends the body."""
+        parts = await self._encode_data([], True) if self.data_encoders else []
+        send = getattr(self.inner, "send_trailers", None)
+        if send is None:
+            await self.inner.send_data(parts, True)
+            return
+        if parts:
+            await self.inner.send_data(parts, False)
+        await send(trailers)
+
     async def send_local_reply(
         self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
     ) -> None:

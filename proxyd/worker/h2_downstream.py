@@ -646,6 +646,13 @@ class H2Stream:
             self.ended_out = True
             await self._flush_end(True)
 
+    async def send_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The response ends with trailers (an HTTP/2 upstream's)."""
+        if not trailers:
+            await self.send_data([], True)
+            return
+        await self._send_head(trailers, True)
+
     async def _window(self, want: int) -> int:
         """How much of ``want`` may go out now, waiting for the client's windows."""
         h2c = self.session.h2

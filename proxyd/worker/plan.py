@@ -48,6 +48,7 @@ from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
+from proxyd.worker.h2_upstream import H2Exchange
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.network_rbac import NetworkRbacPlan
@@ -434,7 +435,12 @@ class ListenerPlan:
                 filter_response.update(rp.retry.response_names())
             elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
-            if (
+            if rp.cluster is not None and rp.cluster.h2pools:
+                # HTTP/2 to the hosts (worker/h2_upstream.py); retry policies on such
+                # routes are refused by the config, internal retry headers unused.
+                rp.exchange = H2Exchange
+                rp.header_retry = None
+            elif (
                 rp.cluster is not None
                 and rp.cluster.cluster.header_key_format == "proper_case_words"
                 and not preserve_case

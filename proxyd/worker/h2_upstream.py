@@ -1,0 +1,311 @@
+"""The router for a route whose cluster speaks HTTP/2 to its hosts.
+
+A cluster with ``explicit_http_config.http2_protocol_options`` (or the deprecated
+cluster-level ``http2_protocol_options``) has, beside its HTTP/1 pools (which the TCP
+proxy keeps using), one :class:`~proxyd.worker.h2_pool.H2Pool` per routing priority
+(``ClusterState.h2pools``), and the routes to it forward with :class:`H2Exchange`
+(``RoutePlan.exchange``, chosen when the epoch is compiled: the HTTP/1 path is not
+touched).
+
+:class:`H2Exchange` is the router for one stream: the upstream head (HTTP/1.1 bytes,
+as for an HTTP/1 cluster, with every edit of the connection manager, the filters and
+the route) becomes a header block (:mod:`proxyd.protocol.h2_upstream`), the body goes
+out within the peer's windows while the response is awaited, and the response goes to
+the sink as the HTTP/1.1 head it stands for, its DATA acknowledged only once the sink
+took it, and its trailers passed on to a downstream HTTP/2 stream
+(:func:`end_with_trailers`). A stream reset before the response head is Envoy's 503
+with the reset reason; one reset after it is reset downstream (HTTP/2) or ends the
+client's connection (HTTP/1.1).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import h2.exceptions
+import trio
+
+from proxyd.errors import ProtocolError
+from proxyd.protocol.h2_upstream import request_headers, reset_reason, response_head, trailer_block
+from proxyd.protocol.histogram import record
+from proxyd.protocol.http1 import response_has_body
+from proxyd.worker.h2_pool import H2Conn, StreamGone, UpStream
+from proxyd.worker.pool import ConnectFailure, Overflow
+from proxyd.worker.router import RESET_BEFORE_HEADERS, Exchange, PumpEnd, track_cluster_stats
+from proxyd.worker.stream import (
+    DownstreamReset,
+    LocalReplied,
+    ResponseFlag,
+    UpstreamProtocolError,
+    UpstreamReset,
+)
+
+
+async def end_with_trailers(sink: Any, trailers: list[tuple[bytes, bytes]]) -> None:
+    """End the response with ``trailers`` where the downstream can carry them (an
+    HTTP/2 stream, through the filter chain); an HTTP/1.1 client gets the end of the
+    body without them, as Envoy sends it by default."""
+    send = getattr(sink, "send_trailers", None)
+    if send is None:
+        await sink.send_data([], True)
+    else:
+        await send(trailers)
+
+
+class H2Exchange(Exchange):
+    """The router for a route whose cluster speaks HTTP/2 (see the module's
+    docstring); the outcomes, stats and deadlines are :class:`Exchange`'s."""
+
+    __slots__ = ("h2pool", "up", "h2conn")
+
+    async def run(self) -> bool:
+        stream = self.stream
+        cluster = self.rp.cluster
+        assert cluster is not None
+        pool = self.h2pool = cluster.h2pools[self.pool.priority]
+        self.pool = pool
+        self.up: UpStream | None = None
+        self.h2conn: H2Conn | None = None
+        cstats = pool.stats
+        host = self.host
+        hstats = host.stats
+        host.active_requests += 1
+        stream.upstream_host = host.label
+        h = stream.head
+        assert h is not None
+        self.arm_start()
+        try:
+            headers = request_headers(self.head, pool.scheme)
+            self.t_sent = self.t_done or time.monotonic()
+            while True:
+                try:
+                    conn = await pool.acquire_stream(host)
+                except ConnectFailure as exc:
+                    stream.flags = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+                    cstats.count_response(503)
+                    hstats.rq_error += 1
+                    host.outcomes.connect_failed()
+                    return await self._reply(503, RESET_BEFORE_HEADERS + exc.reason)
+                except Overflow:
+                    return await self._overflow()
+                if not self.attached:
+                    if not pool.attach():
+                        pool.stream_done(conn)
+                        return await self._overflow()
+                    self.attached = True
+                    cstats.rq_active += 1
+                    hstats.rq_active += 1
+                self.h2conn = conn
+                pieces = self.sink.take_buffered_body()
+                end = stream.request_complete and not any(len(p) for p in pieces)
+                try:
+                    self.up = conn.open_stream(headers, end)
+                except StreamGone:
+                    self.h2conn = None
+                    pool.stream_done(conn)
+                    continue  # GOAWAY or the peer's limit meanwhile: another connection
+                break
+            cstats.rq_total += 1
+            hstats.rq_total += 1
+            self.conn = conn.uc  # (Exchange._deadline_fired reads whether it has one)
+            if self.pool.tls is not None:
+                stream.upstream_tls = conn.sock
+            return await self._forward(conn, self.up, pieces, end)
+        except trio.Cancelled:
+            self._deadline_fired()
+            raise
+        except UpstreamProtocolError:
+            stream.flags = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
+            cstats.count_response(502)
+            hstats.rq_error += 1
+            host.outcomes.reset()
+            return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
+        except ProtocolError as exc:
+            stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
+            return await self._reply(exc.status, "Bad Request")
+        except DownstreamReset:
+            stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+            return False
+        except UpstreamReset:
+            stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+            return False
+        except LocalReplied:
+            return False
+        finally:
+            host.active_requests -= 1
+            self.conn = None
+            if self.attached:
+                pool.requests -= 1
+                cstats.rq_active -= 1
+                hstats.rq_active -= 1
+            conn_ = self.h2conn
+            if conn_ is not None:
+                up = self.up
+                if up is None:
+                    pool.stream_done(conn_)
+                else:
+                    conn_.finish(up, reset=True)
+                    if not conn_.closed:
+                        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                            try:
+                                await conn_.flush()
+                            except StreamGone:
+                                pass  # the connection broke: its reader ends it
+
+    async def _forward(self, conn: H2Conn, up: UpStream, pieces: list, end: bool) -> bool:
+        stream = self.stream
+        try:
+            if pieces:
+                await self._send_body(conn, up, pieces, stream.request_complete)
+            else:
+                await conn.flush()
+        except StreamGone:
+            pass  # the response side tells what became of it
+        if stream.request_complete:
+            self.arm_route()
+            return await self._respond(conn, up)
+        h = stream.head
+        assert h is not None
+        if h.expect_continue:
+            await self.sink.send_continue()
+        result = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_h2, conn, up, nursery.cancel_scope)
+                result = await self._respond(conn, up)
+                if not stream.request_complete:
+                    nursery.cancel_scope.cancel()  # answered: the rest is not wanted
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        if self.pump_end is PumpEnd.DOWNSTREAM_RESET:
+            raise DownstreamReset()
+        if self.pump_end is PumpEnd.BAD_REQUEST_BODY:
+            assert self.pump_error is not None
+            raise self.pump_error
+        return result
+
+    async def _send_body(self, conn: H2Conn, up: UpStream, pieces: list, last: bool) -> None:
+        c = conn.h2
+        for p in pieces:
+            view = memoryview(p)
+            while view:
+                n = await conn.window(up, len(view))
+                try:
+                    c.send_data(up.sid, bytes(view[:n]))
+                except h2.exceptions.ProtocolError:
+                    raise StreamGone() from None
+                view = view[n:]
+                await conn.flush()
+        if last:
+            try:
+                c.end_stream(up.sid)
+            except h2.exceptions.ProtocolError:
+                raise StreamGone() from None
+            up.closed_out = True
+            await conn.flush()
+
+    async def _pump_h2(self, conn: H2Conn, up: UpStream, cancel: trio.CancelScope) -> None:
+        stream = self.stream
+        sink = self.sink
+        try:
+            while not stream.request_complete:
+                pieces = await sink.recv_body()
+                await self._send_body(conn, up, pieces, stream.request_complete)
+        except DownstreamReset:
+            self.pump_end = PumpEnd.DOWNSTREAM_RESET
+            cancel.cancel()
+            return
+        except ProtocolError as exc:
+            self.pump_end = PumpEnd.BAD_REQUEST_BODY
+            self.pump_error = exc
+            cancel.cancel()
+            return
+        except StreamGone:
+            self.pump_end = PumpEnd.UPSTREAM_STOPPED_READING
+            return
+        self.arm_route()
+
+    async def _respond(self, conn: H2Conn, up: UpStream) -> bool:
+        stream = self.stream
+        sink = self.sink
+        h = stream.head
+        assert h is not None
+        pool = self.pool
+        while up.headers is None:
+            if up.gone:
+                return await self._reset_before(up)
+            await up.wait()
+        try:
+            status, raw = response_head(up.headers)
+            r = conn.parser.parse(raw, self.plan.response_wanted)
+        except ProtocolError as exc:
+            raise UpstreamProtocolError(exc.reason) from None
+        now = time.monotonic()
+        service_ms = int((now - self.t_sent) * 1000)
+        stream.service_ms = service_ms
+        stream.status = status
+        pool.stats.count_response(status)
+        if status < 500:
+            self.host.stats.rq_success += 1
+        else:
+            self.host.stats.rq_error += 1
+        self.host.outcomes.response(status)
+        if self.plan.response_wanted:
+            stream.resp_headers = r.headers
+        if not response_has_body(status, h.method == "HEAD"):
+            length = 0
+        else:
+            length = r.content_length
+        pieces, n = self._take(up)
+        ended = up.ended and up.trailers is None
+        await sink.send_headers(r, service_ms, length, pieces, ended)
+        conn.ack(up, n)
+        try:
+            while True:
+                if up.data:
+                    pieces, n = self._take(up)
+                    ended = up.ended and up.trailers is None
+                    await sink.send_data(pieces, ended)
+                    conn.ack(up, n)
+                    self._touch()
+                    continue
+                if up.ended:
+                    break
+                if up.gone:
+                    raise UpstreamReset(reset_reason(up.reset_code)[0])
+                await conn.flush()  # the window the sink freed
+                await up.wait()
+        except StreamGone:
+            raise UpstreamReset("connection termination") from None
+        if not ended:
+            if up.trailers is not None:
+                await end_with_trailers(sink, trailer_block(up.trailers))
+            else:
+                await sink.send_data([], True)
+        now = time.monotonic()
+        if self.t_done:
+            ms = int((now - self.t_done) * 1000)
+            record(pool.stats.h_rq_time, ms)
+            if pool.stats.tracked:
+                track_cluster_stats(self, r, now)
+        return True
+
+    def _take(self, up: UpStream) -> tuple[list, int]:
+        pieces = up.data
+        n = up.data_len
+        up.data = []
+        up.data_len = 0
+        return pieces, n
+
+    async def _reset_before(self, up: UpStream) -> bool:
+        """The stream was reset (or its connection went away) before a response
+        head: Envoy's 503 with the reset reason."""
+        stream = self.stream
+        reason, detail = reset_reason(up.reset_code)
+        stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        stream.details = f"upstream_reset_before_response_started{{{detail}}}"
+        self.pool.stats.count_response(503)
+        self.host.stats.rq_error += 1
+        self.host.outcomes.reset()
+        return await self._reply(503, RESET_BEFORE_HEADERS + reason)
