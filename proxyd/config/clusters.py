@@ -7,6 +7,7 @@ enum values) are here. Envoy's defaults apply to what is not set.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +86,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
 
     tls = compile_upstream_transport_socket(c, path, file)
     if tls is not None:
+        tls = _alpn_for_codec(tls, http2, path, file)
         for i, hc in enumerate(c.health_checks):
             if hc.HasField("grpc_health_check"):
                 raise ConfigError(
@@ -268,6 +270,23 @@ def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | N
         if common.HasField("max_requests_per_connection"):
             max_requests = common.max_requests_per_connection.value
     return idle_timeout_s, max_requests, http2, key_format
+
+
+def _alpn_for_codec(tls: Any, http2: bool, path: str, file: str) -> Any:
+    """The ALPN a TLS cluster offers matches the codec it speaks: an HTTP/2 cluster
+    offers ``h2`` when the context names no protocol (as Envoy does); a protocol the
+    codec does not speak is refused (proxyd picks no codec by ALPN yet)."""
+    speaks = "h2" if http2 else "http/1.1"
+    if not tls.alpn:
+        return dataclasses.replace(tls, alpn=("h2",)) if http2 else tls
+    if speaks not in tls.alpn or len(set(tls.alpn)) > 1:
+        raise ConfigError(
+            file,
+            join(path, "transport_socket.typed_config.common_tls_context.alpn_protocols"),
+            f"ALPN {list(tls.alpn)} on a cluster that speaks {speaks} is not supported by "
+            "proxyd (only the cluster's own protocol may be offered)",
+        )
+    return tls
 
 
 def _load_assignment(c: Any, kind: str, path: str, file: str) -> LoadAssignment:

@@ -77,10 +77,13 @@ class H2Exchange(Exchange):
         self.arm_start()
         try:
             headers = request_headers(self.head, pool.scheme)
+            # auto_sni / auto_san_validation: connections kept apart by the Host.
+            tls = pool.tls
+            key = tls.key_of(self.head) if tls is not None and tls.keyed else None
             self.t_sent = self.t_done or time.monotonic()
             while True:
                 try:
-                    conn = await pool.acquire_stream(host)
+                    conn = await pool.acquire_stream(host, key)
                 except ConnectFailure as exc:
                     stream.flags = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
                     cstats.count_response(503)
