@@ -56,7 +56,7 @@ class _Response:
 
 
 # Envoy's Grpc::Utility::httpToGrpcStatus, for local replies to gRPC requests.
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 
 
 def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, bytes]:
@@ -70,7 +70,7 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
     if grpc_request:
         code = reply.grpc_status
         if code is None:
-            code = _HTTP_TO_GRPC.get(reply.status, 2)
+            code = HTTP_TO_GRPC.get(reply.status, 2)
         extra += b"content-type: application/grpc\r\ngrpc-status: %d\r\n" % code
         if reply.body:
             extra += b"grpc-message: " + reply.body.encode("latin-1") + b"\r\n"

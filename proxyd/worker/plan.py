@@ -600,16 +600,11 @@ class ListenerPlan:
             ids,
         )
         # Downstream HTTP/2 (proxyd.worker.h2_downstream): None when the listener speaks
-        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with stream
-        # or connection durations, which proxyd runs for HTTP/1.1 only).
+        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with its own
+        # stream or connection durations, which proxyd runs for HTTP/1.1 only; a route's
+        # max_stream_duration is timed per HTTP/2 stream).
         self.h2: H2Plan | None = None
-        timed = (
-            hcm.max_connection_duration_s
-            or hcm_stream_s != math.inf
-            or any(
-                r.stream_duration_set for vh in hcm.route_config.virtual_hosts for r in vh.routes
-            )
-        )
+        timed = hcm.max_connection_duration_s or hcm_stream_s != math.inf
         if hcm.codec_type == "HTTP2" or (hcm.codec_type == "AUTO" and not timed):
             self.h2 = H2Plan(hcm.codec_type == "HTTP2", hcm.http2 or Http2Options())
         tls = listener.tls
