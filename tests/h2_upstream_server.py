@@ -1,7 +1,7 @@
 """A small HTTP/2 (prior knowledge, h2c) upstream for tests, on the ``h2`` library.
 
 One thread per connection. Every request is recorded (its header block, body, and the
-connection it came on) and answered by its path:
+connection it came on) and answered by its path's end:
 
 * a path with ``/hold`` in it: the response waits until :meth:`H2Upstream.release` (to keep streams
   open); then as ``/`` below;
@@ -10,6 +10,7 @@ connection it came on) and answered by its path:
 * ``/goaway``: the response, then GOAWAY (last stream id = this one);
 * ``/trailers``: 200, a body without content-length, and trailers ``x-t: done``;
 * ``/reset-after``: a response head and some body, then RST_STREAM;
+* an HTTP/1.1 request (not the h2 preface): 200 ``h1``, recorded with ``:protocol`` h1;
 * anything else: 200, ``content-type: text/plain``, the body ``<path> <n>`` where n is
   the request body's length, with ``content-length``.
 """
@@ -74,6 +75,10 @@ class H2Upstream:
             threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
 
     def _serve(self, s: socket.socket, n: int) -> None:
+        first = s.recv(65536)
+        if first and not first.startswith(b"PRI * HTTP/2.0"):
+            self._serve_http1(s, first, n)
+            return
         c = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding="latin-1")
         )
@@ -87,6 +92,8 @@ class H2Upstream:
         streams: dict[int, Seen] = {}
         held: list[int] = []
         try:
+            for ev in c.receive_data(first):
+                self._event(c, ev, streams, held, n)
             while not self._stop:
                 try:
                     data = s.recv(65536)
@@ -110,6 +117,19 @@ class H2Upstream:
             with self.lock:
                 self.closed_connections += 1
             s.close()
+
+    def _serve_http1(self, s: socket.socket, data: bytes, n: int) -> None:
+        """An HTTP/1.1 request (one per connection): recorded with ``:protocol`` h1."""
+        with s:
+            while b"\r\n\r\n" not in data:
+                more = s.recv(65536)
+                if not more:
+                    return
+                data += more
+            line = data.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            with self.lock:
+                self.requests.append(Seen({":path": line[1], ":protocol": "h1"}, conn=n))
+            s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nh1")
 
     def _event(self, c: h2.connection.H2Connection, ev: object, streams: dict[int, Seen], held: list[int], n: int) -> None:  # fmt: skip
         if isinstance(ev, h2.events.RequestReceived):
@@ -135,18 +155,18 @@ class H2Upstream:
 
     def _answer(self, c: h2.connection.H2Connection, sid: int, seen: Seen) -> None:
         path = seen.headers[":path"]
-        if path == "/reset":
+        if path.endswith("/reset"):
             c.reset_stream(sid, 2)
             return
-        if path == "/refuse":
+        if path.endswith("/refuse"):
             c.reset_stream(sid, 7)
             return
-        if path == "/trailers":
+        if path.endswith("/trailers"):
             c.send_headers(sid, [(":status", "200"), ("content-type", "text/plain")])
             c.send_data(sid, b"with trailers")
             c.send_headers(sid, [("x-t", "done")], end_stream=True)
             return
-        if path == "/reset-after":
+        if path.endswith("/reset-after"):
             c.send_headers(sid, [(":status", "200")])
             c.send_data(sid, b"partial")
             c.reset_stream(sid, 2)
@@ -161,5 +181,5 @@ class H2Upstream:
             ],
         )
         c.send_data(sid, body, end_stream=True)
-        if path == "/goaway":
+        if path.endswith("/goaway"):
             c.close_connection(last_stream_id=sid)

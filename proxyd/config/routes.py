@@ -69,7 +69,7 @@ class AnyCluster:
 def route_targets(clusters: Any) -> RouteTargets:
     """RouteTargets for compiled epoch Clusters."""
     targets = RouteTargets(c.name for c in clusters)
-    targets.http2 = frozenset(c.name for c in clusters if c.http2)
+    targets.http2 = frozenset(c.name for c in clusters if c.http2 or c.http2_downstream)
     return targets
 
 
@@ -371,6 +371,12 @@ def _mirrors(
             )
         if m.cluster:
             _check_cluster(m.cluster, join(here, "cluster"), clusters, file, "shadow cluster")
+            if m.cluster in getattr(clusters, "http2", ()):
+                raise ConfigError(
+                    file,
+                    join(here, "cluster"),
+                    f"a shadow to the HTTP/2 cluster '{m.cluster}' is not supported by proxyd",
+                )
         fraction = None
         if m.HasField("runtime_fraction"):
             rf = m.runtime_fraction

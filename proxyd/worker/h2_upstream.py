@@ -53,6 +53,18 @@ async def end_with_trailers(sink: Any, trailers: list[tuple[bytes, bytes]]) -> N
         await send(trailers)
 
 
+def by_downstream_protocol(
+    stream: Any, plan: Any, rp: Any, host: Any, head: bytes, timers: Any
+) -> Exchange:
+    """``RoutePlan.exchange`` for a cluster with use_downstream_protocol_config: a
+    request that came over HTTP/2 goes to the host over HTTP/2, others over HTTP/1.1."""
+    sink = stream.sink
+    while not hasattr(sink, "protocol"):  # the filter chain, ResponseEdits: inward
+        sink = sink.inner
+    cls = H2Exchange if sink.protocol == "HTTP/2" else Exchange
+    return cls(stream, plan, rp, host, head, timers)
+
+
 class H2Exchange(Exchange):
     """The router for a route whose cluster speaks HTTP/2 (see the module's
     docstring); the outcomes, stats and deadlines are :class:`Exchange`'s."""

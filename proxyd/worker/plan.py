@@ -48,7 +48,7 @@ from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
-from proxyd.worker.h2_upstream import H2Exchange
+from proxyd.worker.h2_upstream import H2Exchange, by_downstream_protocol
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.network_rbac import NetworkRbacPlan
@@ -438,7 +438,7 @@ class ListenerPlan:
             if rp.cluster is not None and rp.cluster.h2pools:
                 # HTTP/2 to the hosts (worker/h2_upstream.py); retry policies on such
                 # routes are refused by the config, internal retry headers unused.
-                rp.exchange = H2Exchange
+                rp.exchange = H2Exchange if rp.cluster.cluster.http2 else by_downstream_protocol
                 rp.header_retry = None
             elif (
                 rp.cluster is not None

@@ -154,7 +154,7 @@ class ClusterState:
         # HTTP/2 to the hosts (explicit_http_config.http2_protocol_options): the routes'
         # pools (proxyd.worker.h2_upstream; the TCP proxy keeps the ones above).
         self.h2pools: tuple[H2Pool, ...] = ()
-        if cluster.http2:
+        if cluster.http2 or cluster.http2_downstream:
             named = store.named(f"cluster.{cluster.name}.")
             self.h2pools = tuple(H2Pool(self, p, named) for p in range(len(PRIORITIES)))
         # The newest state of the cluster reports the *_open gauges.
