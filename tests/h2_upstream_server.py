@@ -7,6 +7,7 @@ connection it came on) and answered by its path's end:
   open); then as ``/`` below;
 * ``/reset``: RST_STREAM (INTERNAL_ERROR) before any response head;
 * ``/refuse``: RST_STREAM (REFUSED_STREAM) before any response head;
+* ``/flaky``: REFUSED_STREAM the 1st, 3rd, ... time, then as below;
 * ``/goaway``: the response, then GOAWAY (last stream id = this one);
 * ``/trailers``: 200, a body without content-length, and trailers ``x-t: done``;
 * ``/reset-after``: a response head and some body, then RST_STREAM;
@@ -49,6 +50,7 @@ class H2Upstream:
         self.closed_connections = 0
         self.lock = threading.Lock()
         self.released = threading.Event()
+        self.flaky: dict[str, int] = {}
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -155,6 +157,13 @@ class H2Upstream:
 
     def _answer(self, c: h2.connection.H2Connection, sid: int, seen: Seen) -> None:
         path = seen.headers[":path"]
+        if path.endswith("/flaky"):
+            with self.lock:
+                self.flaky[path] = self.flaky.get(path, 0) + 1
+                refuse = self.flaky[path] % 2 == 1
+            if refuse:
+                c.reset_stream(sid, 7)
+                return
         if path.endswith("/reset"):
             c.reset_stream(sid, 2)
             return

@@ -54,6 +54,7 @@ class RouteTargets(frozenset[str]):
     their hosts (proxyd.worker.h2_upstream: no retry policy on their routes)."""
 
     http2: frozenset[str] = frozenset()
+    http2_downstream: frozenset[str] = frozenset()
 
 
 class AnyCluster:
@@ -61,6 +62,7 @@ class AnyCluster:
     defaults to false there): a missing cluster answers 503 at request time."""
 
     http2: frozenset[str] = frozenset()
+    http2_downstream: frozenset[str] = frozenset()
 
     def __contains__(self, name: object) -> bool:
         return True
@@ -70,6 +72,7 @@ def route_targets(clusters: Any) -> RouteTargets:
     """RouteTargets for compiled epoch Clusters."""
     targets = RouteTargets(c.name for c in clusters)
     targets.http2 = frozenset(c.name for c in clusters if c.http2 or c.http2_downstream)
+    targets.http2_downstream = frozenset(c.name for c in clusters if c.http2_downstream)
     return targets
 
 
@@ -129,7 +132,7 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
                 vh.matcher, join(here, "matcher"), file, route_actions(add_route, file)
             )
         kept_routes = with_retry_policies(vh, here, sources, tuple(routes), file)
-        _check_http2_retries(kept_routes, sources, getattr(clusters, "http2", ()), file)
+        _check_http2_retries(kept_routes, sources, clusters, file)
         vhosts.append(
             VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes, matcher=matcher)
         )
@@ -397,22 +400,30 @@ def _mirrors(
 
 
 def _check_http2_retries(
-    routes: tuple[Route, ...], sources: list[tuple[Any, str]], http2: Container[str], file: str
+    routes: tuple[Route, ...], sources: list[tuple[Any, str]], clusters: Any, file: str
 ) -> None:
-    """A retry policy (the route's or its virtual host's) on a route to an HTTP/2
-    cluster is refused: proxyd's HTTP/2 upstream router makes one attempt."""
+    """Retries on a route to an HTTP/2 cluster run on its streams
+    (proxyd.worker.h2_retrying); hedging there, and any retry policy on a route to a
+    use_downstream_protocol_config cluster, are refused."""
+    http2 = getattr(clusters, "http2", ())
+    downstream = getattr(clusters, "http2_downstream", ())
     for route, (_, route_path) in zip(routes, sources, strict=True):
         if route.retry is None:
             continue
-        names = [route.cluster, *(w.name for w in route.weighted)]
-        for name in names:
-            if name and name in http2:
-                raise ConfigError(
-                    file,
-                    join(route_path, "route.retry_policy"),
-                    f"a retry policy on a route to the HTTP/2 cluster '{name}' is not "
-                    "supported by proxyd",
-                )
+        for name in (route.cluster, *(w.name for w in route.weighted)):
+            if not name or name not in http2:
+                continue
+            if name in downstream:
+                what = "a retry policy on a route to the use_downstream_protocol_config"
+            elif route.retry.hedge_on_per_try_timeout:
+                what = "hedge_on_per_try_timeout on a route to the HTTP/2"
+            else:
+                continue
+            raise ConfigError(
+                file,
+                join(route_path, "route.retry_policy"),
+                f"{what} cluster '{name}' is not supported by proxyd",
+            )
 
 
 def _check_cluster(name: str, path: str, clusters: Container[str], file: str, what: str) -> None:

@@ -29,7 +29,7 @@ import trio
 from proxyd.errors import ProtocolError
 from proxyd.protocol.h2_upstream import request_headers, reset_reason, response_head, trailer_block
 from proxyd.protocol.histogram import record
-from proxyd.protocol.http1 import response_has_body
+from proxyd.protocol.http1 import ResponseHead, response_has_body
 from proxyd.worker.h2_pool import H2Conn, StreamGone, UpStream
 from proxyd.worker.pool import ConnectFailure, Overflow
 from proxyd.worker.router import RESET_BEFORE_HEADERS, Exchange, PumpEnd, track_cluster_stats
@@ -65,7 +65,212 @@ def by_downstream_protocol(
     return cls(stream, plan, rp, host, head, timers)
 
 
-class H2Exchange(Exchange):
+class H2Streaming:
+    """What both HTTP/2 routers do with one upstream stream (a mixin without state of
+    its own: the classes below hold ``h2pool``, ``h2conn`` and ``up``)."""
+
+    __slots__ = ()
+    # (declared by the classes that use it)
+    pump_end: PumpEnd | None
+    pump_error: ProtocolError | None
+    up: UpStream | None
+    h2conn: H2Conn | None
+
+    async def _open_stream(self: Any, conn: H2Conn, head: bytes, pieces: list) -> UpStream:
+        """The request's header block on a new stream of ``conn``, and the body
+        pieces already here; StreamGone when the connection could not take it."""
+        stream = self.stream
+        end = stream.request_complete and not any(len(p) for p in pieces)
+        up = self.up = conn.open_stream(request_headers(head, self.pool.scheme), end)
+        try:
+            if pieces and not end:
+                await self._send_body(conn, up, pieces, stream.request_complete)
+            else:
+                await conn.flush()
+        except StreamGone:
+            pass  # the response side tells what became of it
+        return up
+
+    async def _send_body(self: Any, conn: H2Conn, up: UpStream, pieces: list, last: bool) -> None:
+        c = conn.h2
+        for p in pieces:
+            view = memoryview(p)
+            while view:
+                n = await conn.window(up, len(view))
+                try:
+                    c.send_data(up.sid, bytes(view[:n]))
+                except h2.exceptions.ProtocolError:
+                    raise StreamGone() from None
+                view = view[n:]
+                await conn.flush()
+        if last:
+            try:
+                c.end_stream(up.sid)
+            except h2.exceptions.ProtocolError:
+                raise StreamGone() from None
+            up.closed_out = True
+            await conn.flush()
+
+    async def _pump_h2(self: Any, conn: H2Conn, up: UpStream, cancel: trio.CancelScope) -> None:
+        """The rest of the request body, from the sink to the stream."""
+        stream = self.stream
+        sink = self.sink
+        try:
+            while not stream.request_complete:
+                pieces = await sink.recv_body()
+                await self._send_body(conn, up, pieces, stream.request_complete)
+        except DownstreamReset:
+            self.pump_end = PumpEnd.DOWNSTREAM_RESET
+            cancel.cancel()
+            return
+        except ProtocolError as exc:
+            self.pump_end = PumpEnd.BAD_REQUEST_BODY
+            self.pump_error = exc
+            cancel.cancel()
+            return
+        except StreamGone:
+            self.pump_end = PumpEnd.UPSTREAM_STOPPED_READING
+            return
+        self.arm_route()
+
+    async def _duplex_h2(self: Any, conn: H2Conn, up: UpStream, continued: bool = False) -> bool:
+        """The response, while the rest of the request body streams up (``continued``:
+        the client got its 100 Continue already)."""
+        stream = self.stream
+        h = stream.head
+        assert h is not None
+        if h.expect_continue and not continued:
+            await self.sink.send_continue()
+        result = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_h2, conn, up, nursery.cancel_scope)
+                r = await self._response_head(conn, up)
+                if r is None:
+                    nursery.cancel_scope.cancel()
+                    result = await self._reset_before(up)
+                else:
+                    result = await self._relay_h2(conn, up, r)
+                    if not stream.request_complete:
+                        nursery.cancel_scope.cancel()  # answered: the rest is not wanted
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        if self.pump_end is PumpEnd.DOWNSTREAM_RESET:
+            raise DownstreamReset()
+        if self.pump_end is PumpEnd.BAD_REQUEST_BODY:
+            assert self.pump_error is not None
+            raise self.pump_error
+        return result
+
+    async def _response_head(self: Any, conn: H2Conn, up: UpStream) -> ResponseHead | None:
+        """The response head; None when the stream was reset (or its connection went
+        away) before one."""
+        while up.headers is None:
+            if up.gone:
+                return None
+            await up.wait()
+        try:
+            _, raw = response_head(up.headers)
+            return conn.parser.parse(raw, self.plan.response_wanted)
+        except ProtocolError as exc:
+            raise UpstreamProtocolError(exc.reason) from None
+
+    async def _relay_h2(self: Any, conn: H2Conn, up: UpStream, r: ResponseHead) -> bool:
+        """The response to the sink: DATA acknowledged once the sink took it, the
+        trailers passed on (:func:`end_with_trailers`)."""
+        stream = self.stream
+        sink = self.sink
+        h = stream.head
+        assert h is not None
+        pool = self.pool
+        status = r.status
+        now = time.monotonic()
+        service_ms = int((now - self.t_sent) * 1000)
+        stream.service_ms = service_ms
+        stream.status = status
+        pool.stats.count_response(status)
+        if status < 500:
+            self.host.stats.rq_success += 1
+        else:
+            self.host.stats.rq_error += 1
+        self.host.outcomes.response(status)
+        if self.plan.response_wanted:
+            stream.resp_headers = r.headers
+        length = r.content_length if response_has_body(status, h.method == "HEAD") else 0
+        pieces, n = _take(up)
+        ended = up.ended and up.trailers is None
+        await sink.send_headers(r, service_ms, length, pieces, ended)
+        conn.ack(up, n)
+        try:
+            while True:
+                if up.data:
+                    pieces, n = _take(up)
+                    ended = up.ended and up.trailers is None
+                    await sink.send_data(pieces, ended)
+                    conn.ack(up, n)
+                    self._touch()
+                    continue
+                if up.ended:
+                    break
+                if up.gone:
+                    raise UpstreamReset(reset_reason(up.reset_code)[0])
+                await conn.flush()  # the window the sink freed
+                await up.wait()
+        except StreamGone:
+            raise UpstreamReset("connection termination") from None
+        if not ended:
+            if up.trailers is not None:
+                await end_with_trailers(sink, trailer_block(up.trailers))
+            else:
+                await sink.send_data([], True)
+        now = time.monotonic()
+        if self.t_done:
+            record(pool.stats.h_rq_time, int((now - self.t_done) * 1000))
+            if pool.stats.tracked:
+                track_cluster_stats(self, r, now)
+        return True
+
+    async def _reset_before(self: Any, up: UpStream) -> bool:
+        """The stream was reset (or its connection went away) before a response
+        head: Envoy's 503 with the reset reason."""
+        stream = self.stream
+        reason, detail = reset_reason(up.reset_code)
+        stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        stream.details = f"upstream_reset_before_response_started{{{detail}}}"
+        self.pool.stats.count_response(503)
+        self.host.stats.rq_error += 1
+        self.host.outcomes.reset()
+        return await self._reply(503, RESET_BEFORE_HEADERS + reason)
+
+    async def _end_stream(self: Any) -> None:
+        """The exchange is done with its stream: reset when unfinished, its slot
+        freed, and what that wrote flushed."""
+        conn = self.h2conn
+        if conn is None:
+            return
+        self.h2conn = None
+        up, self.up = self.up, None
+        if up is None:
+            self.pool.stream_done(conn)
+            return
+        conn.finish(up, reset=True)
+        if not conn.closed:
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                try:
+                    await conn.flush()
+                except StreamGone:
+                    pass  # the connection broke: its reader ends it
+
+
+def _take(up: UpStream) -> tuple[list, int]:
+    pieces = up.data
+    n = up.data_len
+    up.data = []
+    up.data_len = 0
+    return pieces, n
+
+
+class H2Exchange(H2Streaming, Exchange):
     """The router for a route whose cluster speaks HTTP/2 (see the module's
     docstring); the outcomes, stats and deadlines are :class:`Exchange`'s."""
 
@@ -77,22 +282,20 @@ class H2Exchange(Exchange):
         assert cluster is not None
         pool = self.h2pool = cluster.h2pools[self.pool.priority]
         self.pool = pool
-        self.up: UpStream | None = None
-        self.h2conn: H2Conn | None = None
+        self.up = None
+        self.h2conn = None
         cstats = pool.stats
         host = self.host
         hstats = host.stats
         host.active_requests += 1
         stream.upstream_host = host.label
-        h = stream.head
-        assert h is not None
         self.arm_start()
         try:
-            headers = request_headers(self.head, pool.scheme)
             # auto_sni / auto_san_validation: connections kept apart by the Host.
             tls = pool.tls
             key = tls.key_of(self.head) if tls is not None and tls.keyed else None
             self.t_sent = self.t_done or time.monotonic()
+            pieces = self.sink.take_buffered_body()
             while True:
                 try:
                     conn = await pool.acquire_stream(host, key)
@@ -112,10 +315,8 @@ class H2Exchange(Exchange):
                     cstats.rq_active += 1
                     hstats.rq_active += 1
                 self.h2conn = conn
-                pieces = self.sink.take_buffered_body()
-                end = stream.request_complete and not any(len(p) for p in pieces)
                 try:
-                    self.up = conn.open_stream(headers, end)
+                    up = await self._open_stream(conn, self.head, pieces)
                 except StreamGone:
                     self.h2conn = None
                     pool.stream_done(conn)
@@ -124,9 +325,15 @@ class H2Exchange(Exchange):
             cstats.rq_total += 1
             hstats.rq_total += 1
             self.conn = conn.uc  # (Exchange._deadline_fired reads whether it has one)
-            if self.pool.tls is not None:
+            if pool.tls is not None:
                 stream.upstream_tls = conn.sock
-            return await self._forward(conn, self.up, pieces, end)
+            if not stream.request_complete:
+                return await self._duplex_h2(conn, up)
+            self.arm_route()
+            r = await self._response_head(conn, up)
+            if r is None:
+                return await self._reset_before(up)
+            return await self._relay_h2(conn, up, r)
         except trio.Cancelled:
             self._deadline_fired()
             raise
@@ -154,173 +361,4 @@ class H2Exchange(Exchange):
                 pool.requests -= 1
                 cstats.rq_active -= 1
                 hstats.rq_active -= 1
-            conn_ = self.h2conn
-            if conn_ is not None:
-                up = self.up
-                if up is None:
-                    pool.stream_done(conn_)
-                else:
-                    conn_.finish(up, reset=True)
-                    if not conn_.closed:
-                        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                            try:
-                                await conn_.flush()
-                            except StreamGone:
-                                pass  # the connection broke: its reader ends it
-
-    async def _forward(self, conn: H2Conn, up: UpStream, pieces: list, end: bool) -> bool:
-        stream = self.stream
-        try:
-            if pieces:
-                await self._send_body(conn, up, pieces, stream.request_complete)
-            else:
-                await conn.flush()
-        except StreamGone:
-            pass  # the response side tells what became of it
-        if stream.request_complete:
-            self.arm_route()
-            return await self._respond(conn, up)
-        h = stream.head
-        assert h is not None
-        if h.expect_continue:
-            await self.sink.send_continue()
-        result = False
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump_h2, conn, up, nursery.cancel_scope)
-                result = await self._respond(conn, up)
-                if not stream.request_complete:
-                    nursery.cancel_scope.cancel()  # answered: the rest is not wanted
-        except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
-        if self.pump_end is PumpEnd.DOWNSTREAM_RESET:
-            raise DownstreamReset()
-        if self.pump_end is PumpEnd.BAD_REQUEST_BODY:
-            assert self.pump_error is not None
-            raise self.pump_error
-        return result
-
-    async def _send_body(self, conn: H2Conn, up: UpStream, pieces: list, last: bool) -> None:
-        c = conn.h2
-        for p in pieces:
-            view = memoryview(p)
-            while view:
-                n = await conn.window(up, len(view))
-                try:
-                    c.send_data(up.sid, bytes(view[:n]))
-                except h2.exceptions.ProtocolError:
-                    raise StreamGone() from None
-                view = view[n:]
-                await conn.flush()
-        if last:
-            try:
-                c.end_stream(up.sid)
-            except h2.exceptions.ProtocolError:
-                raise StreamGone() from None
-            up.closed_out = True
-            await conn.flush()
-
-    async def _pump_h2(self, conn: H2Conn, up: UpStream, cancel: trio.CancelScope) -> None:
-        stream = self.stream
-        sink = self.sink
-        try:
-            while not stream.request_complete:
-                pieces = await sink.recv_body()
-                await self._send_body(conn, up, pieces, stream.request_complete)
-        except DownstreamReset:
-            self.pump_end = PumpEnd.DOWNSTREAM_RESET
-            cancel.cancel()
-            return
-        except ProtocolError as exc:
-            self.pump_end = PumpEnd.BAD_REQUEST_BODY
-            self.pump_error = exc
-            cancel.cancel()
-            return
-        except StreamGone:
-            self.pump_end = PumpEnd.UPSTREAM_STOPPED_READING
-            return
-        self.arm_route()
-
-    async def _respond(self, conn: H2Conn, up: UpStream) -> bool:
-        stream = self.stream
-        sink = self.sink
-        h = stream.head
-        assert h is not None
-        pool = self.pool
-        while up.headers is None:
-            if up.gone:
-                return await self._reset_before(up)
-            await up.wait()
-        try:
-            status, raw = response_head(up.headers)
-            r = conn.parser.parse(raw, self.plan.response_wanted)
-        except ProtocolError as exc:
-            raise UpstreamProtocolError(exc.reason) from None
-        now = time.monotonic()
-        service_ms = int((now - self.t_sent) * 1000)
-        stream.service_ms = service_ms
-        stream.status = status
-        pool.stats.count_response(status)
-        if status < 500:
-            self.host.stats.rq_success += 1
-        else:
-            self.host.stats.rq_error += 1
-        self.host.outcomes.response(status)
-        if self.plan.response_wanted:
-            stream.resp_headers = r.headers
-        if not response_has_body(status, h.method == "HEAD"):
-            length = 0
-        else:
-            length = r.content_length
-        pieces, n = self._take(up)
-        ended = up.ended and up.trailers is None
-        await sink.send_headers(r, service_ms, length, pieces, ended)
-        conn.ack(up, n)
-        try:
-            while True:
-                if up.data:
-                    pieces, n = self._take(up)
-                    ended = up.ended and up.trailers is None
-                    await sink.send_data(pieces, ended)
-                    conn.ack(up, n)
-                    self._touch()
-                    continue
-                if up.ended:
-                    break
-                if up.gone:
-                    raise UpstreamReset(reset_reason(up.reset_code)[0])
-                await conn.flush()  # the window the sink freed
-                await up.wait()
-        except StreamGone:
-            raise UpstreamReset("connection termination") from None
-        if not ended:
-            if up.trailers is not None:
-                await end_with_trailers(sink, trailer_block(up.trailers))
-            else:
-                await sink.send_data([], True)
-        now = time.monotonic()
-        if self.t_done:
-            ms = int((now - self.t_done) * 1000)
-            record(pool.stats.h_rq_time, ms)
-            if pool.stats.tracked:
-                track_cluster_stats(self, r, now)
-        return True
-
-    def _take(self, up: UpStream) -> tuple[list, int]:
-        pieces = up.data
-        n = up.data_len
-        up.data = []
-        up.data_len = 0
-        return pieces, n
-
-    async def _reset_before(self, up: UpStream) -> bool:
-        """The stream was reset (or its connection went away) before a response
-        head: Envoy's 503 with the reset reason."""
-        stream = self.stream
-        reason, detail = reset_reason(up.reset_code)
-        stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
-        stream.details = f"upstream_reset_before_response_started{{{detail}}}"
-        self.pool.stats.count_response(503)
-        self.host.stats.rq_error += 1
-        self.host.outcomes.reset()
-        return await self._reply(503, RESET_BEFORE_HEADERS + reason)
+            await self._end_stream()

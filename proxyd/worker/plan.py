@@ -48,6 +48,7 @@ from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
+from proxyd.worker.h2_retrying import H2RetryingExchange
 from proxyd.worker.h2_upstream import H2Exchange, by_downstream_protocol
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
@@ -438,7 +439,12 @@ class ListenerPlan:
             if rp.cluster is not None and rp.cluster.h2pools:
                 # HTTP/2 to the hosts (worker/h2_upstream.py); retry policies on such
                 # routes are refused by the config, internal retry headers unused.
-                rp.exchange = H2Exchange if rp.cluster.cluster.http2 else by_downstream_protocol
+                if not rp.cluster.cluster.http2:
+                    rp.exchange = by_downstream_protocol
+                elif rp.retry is not None:
+                    rp.exchange = H2RetryingExchange
+                else:
+                    rp.exchange = H2Exchange
                 rp.header_retry = None
             elif (
                 rp.cluster is not None

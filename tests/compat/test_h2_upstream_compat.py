@@ -6,8 +6,9 @@ from an HTTP/1.1 client (http.client) and, where it matters, an HTTP/2 client (h
 a socket): the header block the upstream received (``:authority``, ``:scheme``, the
 hop-by-hop lines and ``te``), a chunked upload, a response without a length (chunked
 to HTTP/1.1, its trailers dropped; to HTTP/2 with its trailers), a stream the upstream
-resets before the head (RST_STREAM INTERNAL_ERROR and REFUSED_STREAM) or after it, and
-a GOAWAY followed by another request. What each client saw, what the upstream got, and
+resets before the head (RST_STREAM INTERNAL_ERROR and REFUSED_STREAM) or after it, a
+GOAWAY followed by another request, and a route with ``retry_on: refused-stream``
+(a stream refused once, one refused every time, one reset otherwise). What each client saw, what the upstream got, and
 the cluster's stats must be the same.
 """
 
@@ -51,13 +52,24 @@ def config(port: int) -> str:
             "explicit_http_config": {"http2_protocol_options": {}},
         }
     }
+    retry = {
+        "retry_on": "refused-stream",
+        "num_retries": 2,
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.02s"},
+    }
     routes = {
         "virtual_hosts": [
             {
                 "name": "all",
                 "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
-            }  # fmt: skip
+                "routes": [
+                    {
+                        "match": {"prefix": "/retry/"},
+                        "route": {"cluster": "up", "retry_policy": retry},
+                    },
+                    {"match": {"prefix": "/"}, "route": {"cluster": "up"}},
+                ],
+            }
         ]
     }
     return yaml.safe_dump(bootstrap([http_listener("ingress", 0, routes)], [c]))
@@ -135,10 +147,15 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
             out["goaway"] = h1(port, "GET", "/goaway", {"Host": "app.test"})
             out["after_goaway"] = h1(port, "GET", "/after", {"Host": "app.test"})
             out["new_connection"] = up.requests[-1].conn != up.requests[-2].conn
+            # retry_on refused-stream: retried, until the retries run out.
+            out["retry_flaky"] = h1(port, "GET", "/retry/flaky", {"Host": "app.test"})
+            out["retry_flaky_h2"] = h2_get(port, "/retry/x/flaky")
+            out["retry_refused"] = h1(port, "GET", "/retry/refuse", {"Host": "app.test"})
+            out["retry_not_on_reset"] = h1(port, "GET", "/retry/reset", {"Host": "app.test"})
             return out
 
         def pick(stats: dict[str, int]) -> dict[str, int]:
-            names = ("upstream_rq_200", "upstream_rq_503", "upstream_rq_total", "upstream_cx_http2_total", "upstream_cx_close_notify", "http2.rx_reset")  # fmt: skip
+            names = ("upstream_rq_200", "upstream_rq_503", "upstream_rq_total", "upstream_cx_http2_total", "upstream_cx_close_notify", "http2.rx_reset", "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded")  # fmt: skip
             return {n: stats.get(f"cluster.up.{n}", -1) for n in names}
 
         yield run_pair(config(up.port), tmp_path_factory.mktemp("h2up"), play, pick)
@@ -148,6 +165,7 @@ CASES = (
     "plain", "plain_seen", "upload", "upload_seen", "trailers_h1", "trailers_h2",
     "trailers_h2_seen", "reset_h1", "refuse_h1", "reset_h2", "reset_after_h1",
     "reset_after_h2", "goaway", "after_goaway", "new_connection",
+    "retry_flaky", "retry_flaky_h2", "retry_refused", "retry_not_on_reset",
 )  # fmt: skip
 
 
@@ -158,4 +176,3 @@ def test_h2_upstream_case(pair: Any, case: str) -> None:
 
 def test_h2_upstream_stats(pair: Any) -> None:
     assert pair.proxyd.stats == pair.envoy.stats
-

@@ -1,7 +1,7 @@
 """HTTP/2 to upstreams as proxyd loads it: explicit_http_config.http2_protocol_options
 (and the deprecated cluster field), use_downstream_protocol_config, auto_config
 (refused: on plaintext with Envoy's words), ALPN of TLS clusters, and what routes to
-an HTTP/2 cluster may not have (a retry policy, a shadow to it)."""
+an HTTP/2 cluster may not have (hedging, a shadow to it)."""
 
 from __future__ import annotations
 
@@ -97,16 +97,20 @@ def test_tls_http2_cluster_offers_h2() -> None:
     assert "on a cluster that speaks h2 is not supported by proxyd" in str(err)
 
 
-def test_retry_policy_and_shadow_to_an_http2_cluster_are_refused() -> None:
+def test_retries_hedging_and_shadows_to_http2_clusters() -> None:
     d = with_protocol(explicit_http_config={"http2_protocol_options": {}})
-    routes(d)[0]["route"]["retry_policy"] = {"retry_on": "5xx"}
+    routes(d)[0]["route"]["retry_policy"] = {"retry_on": "refused-stream"}
+    assert api(d).http2  # retries run on HTTP/2 streams
+    routes(d)[0]["route"]["hedge_policy"] = {"hedge_on_per_try_timeout": True}
     err = reject(d)
     assert err.path == f"{VH0}.routes[0].route.retry_policy"
-    assert "a retry policy on a route to the HTTP/2 cluster 'api'" in str(err)
-    d = with_protocol(explicit_http_config={"http2_protocol_options": {}})
+    assert "hedge_on_per_try_timeout on a route to the HTTP/2 cluster 'api'" in str(err)
+    both = {"http_protocol_options": {}, "http2_protocol_options": {}}
+    d = with_protocol(use_downstream_protocol_config=both)
     vh = d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     vh["typed_config"]["route_config"]["virtual_hosts"][0]["retry_policy"] = {"retry_on": "5xx"}
-    assert "not supported by proxyd" in str(reject(d))
+    err = reject(d)
+    assert "use_downstream_protocol_config cluster 'api' is not supported by proxyd" in str(err)
     d = with_protocol(explicit_http_config={"http2_protocol_options": {}})
     routes(d)[2]["route"]["request_mirror_policies"] = [{"cluster": "api"}]
     err = reject(d)
