@@ -31,7 +31,7 @@ from proxyd.protocol.h2_upstream import request_headers, reset_reason, response_
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import ResponseHead, response_has_body
 from proxyd.worker.h2_pool import H2Conn, StreamGone, UpStream
-from proxyd.worker.pool import ConnectFailure, Overflow
+from proxyd.worker.pool import UPSTREAM_BUFFER, ConnectFailure, Overflow
 from proxyd.worker.router import RESET_BEFORE_HEADERS, Exchange, PumpEnd, track_cluster_stats
 from proxyd.worker.stream import (
     DownstreamReset,
@@ -171,6 +171,8 @@ class H2Streaming:
             await up.wait()
         try:
             _, raw = response_head(up.headers)
+            if len(raw) > UPSTREAM_BUFFER:  # as an HTTP/1.1 upstream's head over 64 KiB
+                raise UpstreamProtocolError("response headers too large")
             return conn.parser.parse(raw, self.plan.response_wanted)
         except ProtocolError as exc:
             raise UpstreamProtocolError(exc.reason) from None
