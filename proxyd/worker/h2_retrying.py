@@ -83,6 +83,7 @@ class H2RetryingExchange(H2Streaming, RetryingExchange):
                     Reset.REFUSED_STREAM if refused else Reset.CONNECTION_TERMINATION,
                     reason,
                     f"upstream_reset_before_response_started{{{detail}}}",
+                    remote=up.reset_code is not None,
                 )
             if self._retry_response(r):
                 raise _Retry()

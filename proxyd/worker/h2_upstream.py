@@ -215,7 +215,11 @@ class H2Streaming:
                 if up.ended:
                     break
                 if up.gone:
-                    raise UpstreamReset(reset_reason(up.reset_code)[0])
+                    reason, detail = reset_reason(up.reset_code)
+                    if up.reset_code is not None:
+                        stream.flags = ResponseFlag.UPSTREAM_REMOTE_RESET
+                    stream.details = f"upstream_reset_after_response_started{{{detail}}}"
+                    raise UpstreamReset(reason)
                 await conn.flush()  # the window the sink freed
                 await up.wait()
         except StreamGone:
@@ -237,7 +241,11 @@ class H2Streaming:
         head: Envoy's 503 with the reset reason."""
         stream = self.stream
         reason, detail = reset_reason(up.reset_code)
-        stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        stream.flags = (
+            ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+            if up.reset_code is None
+            else ResponseFlag.UPSTREAM_REMOTE_RESET
+        )
         stream.details = f"upstream_reset_before_response_started{{{detail}}}"
         self.pool.stats.count_response(503)
         self.host.stats.rq_error += 1
@@ -352,7 +360,8 @@ class H2Exchange(H2Streaming, Exchange):
             stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
             return False
         except UpstreamReset:
-            stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+            if stream.flags is not ResponseFlag.UPSTREAM_REMOTE_RESET:
+                stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
             return False
         except LocalReplied:
             return False

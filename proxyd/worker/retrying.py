@@ -239,11 +239,14 @@ def header_retry_exchange(
 class _AttemptFailed(Exception):
     """An attempt ended without a response head (internal to :class:`RetryingExchange`)."""
 
-    def __init__(self, reset: Reset, reason: str = "", details: str = "") -> None:
+    def __init__(
+        self, reset: Reset, reason: str = "", details: str = "", remote: bool = False
+    ) -> None:
         super().__init__(reset.value)
         self.reset = reset
         self.reason = reason
         self.details = details  # %RESPONSE_CODE_DETAILS% ("": the flag's)
+        self.remote = remote  # an HTTP/2 upstream's RST_STREAM (flag UR, not UC)
 
 
 class RetryingExchange(Exchange):
@@ -350,7 +353,7 @@ class RetryingExchange(Exchange):
             stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
             return False
         except UpstreamReset:
-            if stream.flags is not ResponseFlag.UPSTREAM_REQUEST_TIMEOUT:
+            if stream.flags not in _KEPT_ON_RESET:
                 stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
             return False
         except LocalReplied:
@@ -485,7 +488,11 @@ class RetryingExchange(Exchange):
             cstats.count_response(504)
             self.host.stats.rq_error += 1
             return await self._reply(504, "upstream request timeout")
-        self.stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        self.stream.flags = (
+            ResponseFlag.UPSTREAM_REMOTE_RESET
+            if failed.remote
+            else ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        )
         if failed.details:  # an HTTP/2 stream's reset (worker/h2_retrying.py)
             stream.details = failed.details
         cstats.count_response(503)
@@ -692,6 +699,8 @@ class RetryingExchange(Exchange):
 
 
 _BY_HEADERS = RETRY_RETRIABLE_HEADERS | RETRY_ENVOY_RATE_LIMITED
+# Flags an UpstreamReset keeps (a per-try timeout's; an HTTP/2 upstream's RST_STREAM).
+_KEPT_ON_RESET = (ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, ResponseFlag.UPSTREAM_REMOTE_RESET)
 RETRIED_RESET_BEFORE_HEADERS = (
     "upstream connect error or disconnect/reset before headers. retried and the latest "
     "reset reason: "

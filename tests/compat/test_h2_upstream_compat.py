@@ -27,7 +27,7 @@ import yaml
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import run_pair
 from tests.h2_upstream_server import H2Upstream
-from tests.support import bootstrap, http_listener, static_cluster
+from tests.support import bootstrap, http_listener, static_cluster, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -44,7 +44,10 @@ VOLATILE = {
 }
 
 
-def config(port: int) -> str:
+LOG_FORMAT = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%\n"  # fmt: skip
+
+
+def config(port: int, log: str) -> str:
     c = static_cluster("up", [port])
     c["typed_extension_protocol_options"] = {
         UPSTREAM_HTTP: {
@@ -72,7 +75,18 @@ def config(port: int) -> str:
             }
         ]
     }
-    return yaml.safe_dump(bootstrap([http_listener("ingress", 0, routes)], [c]))
+    access_log = [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": log,
+                "log_format": {"text_format_source": {"inline_string": LOG_FORMAT}},
+            },
+        }
+    ]
+    listener = http_listener("ingress", 0, routes, access_log=access_log)
+    return yaml.safe_dump(bootstrap([listener], [c]))
 
 
 def h1(port: int, method: str, path: str, headers: dict[str, str], body: Any = None) -> dict[str, Any]:  # fmt: skip
@@ -127,10 +141,13 @@ def seen(up: H2Upstream) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    log = tmp_path_factory.mktemp("h2up-log") / "access.log"
+    log.touch()
     with H2Upstream() as up:
 
         def play(port_of: Any) -> dict[str, Any]:
             port = port_of("ingress")
+            logged = len(log.read_text().splitlines())
             out: dict[str, Any] = {}
             out["plain"] = h1(port, "GET", "/plain?q=1", {"Host": "app.test", "TE": "trailers", "Connection": "te, x-hop", "X-Hop": "1", "X-Keep": "k", "Keep-Alive": "5"})  # fmt: skip
             out["plain_seen"] = seen(up)
@@ -152,20 +169,24 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
             out["retry_flaky_h2"] = h2_get(port, "/retry/x/flaky")
             out["retry_refused"] = h1(port, "GET", "/retry/refuse", {"Host": "app.test"})
             out["retry_not_on_reset"] = h1(port, "GET", "/retry/reset", {"Host": "app.test"})
+            # Every request's access log line (path, status, flags, details, attempts),
+            # once both proxies flushed them.
+            wait_for(lambda: len(log.read_text().splitlines()) - logged >= 15)
+            out["access_log"] = sorted(log.read_text().splitlines()[logged:])
             return out
 
         def pick(stats: dict[str, int]) -> dict[str, int]:
             names = ("upstream_rq_200", "upstream_rq_503", "upstream_rq_total", "upstream_cx_http2_total", "upstream_cx_close_notify", "http2.rx_reset", "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded")  # fmt: skip
             return {n: stats.get(f"cluster.up.{n}", -1) for n in names}
 
-        yield run_pair(config(up.port), tmp_path_factory.mktemp("h2up"), play, pick)
+        yield run_pair(config(up.port, str(log)), tmp_path_factory.mktemp("h2up"), play, pick)
 
 
 CASES = (
     "plain", "plain_seen", "upload", "upload_seen", "trailers_h1", "trailers_h2",
     "trailers_h2_seen", "reset_h1", "refuse_h1", "reset_h2", "reset_after_h1",
     "reset_after_h2", "goaway", "after_goaway", "new_connection",
-    "retry_flaky", "retry_flaky_h2", "retry_refused", "retry_not_on_reset",
+    "retry_flaky", "retry_flaky_h2", "retry_refused", "retry_not_on_reset", "access_log",
 )  # fmt: skip
 
 
