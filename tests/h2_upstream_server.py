@@ -7,6 +7,7 @@ connection it came on) and answered by its path's end:
   open); then as ``/`` below;
 * ``/reset``: RST_STREAM (INTERNAL_ERROR) before any response head;
 * ``/refuse``: RST_STREAM (REFUSED_STREAM) before any response head;
+* ``/big``: an 8 MiB body, sent as proxyd's windows allow (``big_sent`` counts it);
 * ``/flaky``: REFUSED_STREAM the 1st, 3rd, ... time, then as below;
 * ``/goaway``: the response, then GOAWAY (last stream id = this one);
 * ``/trailers``: 200, a body without content-length, and trailers ``x-t: done``;
@@ -36,6 +37,10 @@ class Seen:
     conn: int = 0
     ended: bool = False
     reset: int | None = None  # the RST_STREAM code proxyd sent
+    big_left: int = 0  # /big: body bytes still to send (as the windows allow)
+
+
+BIG = 8 * 1024 * 1024
 
 
 class H2Upstream:
@@ -51,6 +56,7 @@ class H2Upstream:
         self.lock = threading.Lock()
         self.released = threading.Event()
         self.flaky: dict[str, int] = {}
+        self.big_sent = 0  # /big body bytes sent, all streams
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -110,6 +116,9 @@ class H2Upstream:
                     for sid in held:
                         self._answer(c, sid, streams[sid])
                     held.clear()
+                for sid, seen in streams.items():
+                    if seen.big_left and seen.reset is None:
+                        self._send_big(c, sid, seen)
                 out = c.data_to_send()
                 if out:
                     s.sendall(out)
@@ -155,8 +164,24 @@ class H2Upstream:
             else:
                 self._answer(c, ev.stream_id, seen)
 
+    def _send_big(self, c: h2.connection.H2Connection, sid: int, seen: Seen) -> None:
+        """As much of /big's body as proxyd's windows allow."""
+        while seen.big_left:
+            n = min(seen.big_left, c.local_flow_control_window(sid), c.max_outbound_frame_size)
+            if n <= 0:
+                return
+            seen.big_left -= n
+            c.send_data(sid, b"x" * n, end_stream=not seen.big_left)
+            with self.lock:
+                self.big_sent += n
+
     def _answer(self, c: h2.connection.H2Connection, sid: int, seen: Seen) -> None:
         path = seen.headers[":path"]
+        if path.endswith("/big"):
+            c.send_headers(sid, [(":status", "200"), ("content-length", str(BIG))])
+            seen.big_left = BIG
+            self._send_big(c, sid, seen)
+            return
         if path.endswith("/flaky"):
             with self.lock:
                 self.flaky[path] = self.flaky.get(path, 0) + 1

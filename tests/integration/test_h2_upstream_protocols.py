@@ -3,6 +3,7 @@
 * A cluster with ``use_downstream_protocol_config`` (with ``http2_protocol_options``):
   an HTTP/1.1 client's request reaches the host over HTTP/1.1, an HTTP/2 client's over
   HTTP/2 (the upstream, tests/h2_upstream_server.py, tells which it got).
+* Backpressure from an HTTP/2 client that does not read to the HTTP/2 upstream.
 * A gRPC request whose route's ``max_stream_duration`` passes while the host holds it:
   the client gets Envoy's trailers-only reply, HTTP 200 with grpc-status 4
   (DEADLINE_EXCEEDED) and ``grpc-message: downstream duration timeout``; one whose
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from tests.support import (
     free_port,
     http_listener,
     static_cluster,
+    wait_for,
 )
 
 UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -129,3 +132,65 @@ def test_downstream_protocol_and_grpc_local_replies(tmp_path: Path) -> None:
             headers, body = h2_request(port, "/h2/reset")
             assert headers[":status"] == "503"
             assert body.endswith(b"reset reason: remote reset")
+
+
+def test_a_client_that_does_not_read_holds_the_upstream_stream(tmp_path: Path) -> None:
+    """Backpressure from the client to the HTTP/2 upstream: an HTTP/2 client that does
+    not open its stream window gets 64 KiB; proxyd takes at most its own stream window
+    (256 KiB) more from the upstream, far below the 8 MiB body; once the client reads,
+    the whole body arrives."""
+    port = free_port()
+    with H2Upstream() as up:
+        routes = {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "h2"}}],
+                }  # fmt: skip
+            ]
+        }
+        c = cluster("h2", up.port, {"explicit_http_config": {"http2_protocol_options": {}}})
+        text = dump_yaml(bootstrap([http_listener("ingress", port, routes)], [c]))
+        with ProxydProcess(tmp_path, text, concurrency=1):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.settimeout(5)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="latin-1"))
+            conn.initiate_connection()
+            conn.send_headers(1, [(":method", "GET"), (":path", "/big"), (":scheme", "http"), (":authority", "h2.test")], end_stream=True)  # fmt: skip
+            s.sendall(conn.data_to_send())
+            got = 0
+            ended = False
+
+            def read(ack: bool) -> None:
+                nonlocal got, ended
+                data = s.recv(1 << 20)
+                assert data
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        got += len(ev.data)
+                        if ack:
+                            conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        ended = True
+                s.sendall(conn.data_to_send())
+
+            with s:
+                while got < 65535:  # the client's initial window, not given back
+                    read(ack=False)
+                # The upstream's progress stops: proxyd holds one window of it.
+                wait_for(lambda: stable(lambda: up.big_sent))
+                assert 65535 <= up.big_sent <= 65535 + 256 * 1024 + 64 * 1024
+                conn.acknowledge_received_data(got, 1)  # the client reads now
+                s.sendall(conn.data_to_send())
+                while not ended:
+                    read(ack=True)
+            assert got == 8 * 1024 * 1024
+            assert up.big_sent == got
+
+
+def stable(value: Any) -> bool:
+    """``value()`` is the same now as a moment ago (progress stopped)."""
+    first = value()
+    time.sleep(0.2)
+    return bool(value() == first)
