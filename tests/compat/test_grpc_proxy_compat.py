@@ -6,11 +6,14 @@ Listener ``ingress`` (codec AUTO: the grpcio client speaks prior-knowledge h2c) 
 ``/test.Slow/`` to the same cluster with a 0.3 s route timeout, ``/test.Deadline/``
 with ``max_stream_duration.grpc_timeout_header_max``, ``/test.Legacy/`` with the
 deprecated ``max_grpc_timeout``, and ``/test.Dead/`` to cluster ``dead`` (a port
-nobody serves). Cases: unary (initial and trailing metadata), an error status with its
-message and custom trailing metadata, server, client and bidirectional streaming, a
-3 MiB message each way, a client deadline shorter than the call, a route timeout, and a
-call to the dead cluster: what the client saw (status code, details, messages,
-metadata) must be the same through both, and the ``cluster.grpc.*`` request stats.
+nobody serves), ``/test.Empty/`` to cluster ``empty`` (no hosts). Cases: unary (initial
+and trailing metadata), an error status with its message and custom trailing metadata,
+server, client and bidirectional streaming, a 3 MiB message each way, a client
+deadline shorter than the call, a route timeout, the timeout the upstream is told
+with grpc_timeout_header_max and max_grpc_timeout, a call to the dead cluster and
+one to the empty one (proxyd's own trailers-only replies): what the client saw
+(status code, details, messages, metadata) must be the same through both, and the
+``cluster.grpc.*`` request stats.
 """
 
 from __future__ import annotations
@@ -122,14 +125,15 @@ def config(grpc_port: int) -> str:
                     ),
                     route("/test.Legacy/", "grpc", max_grpc_timeout="0.25s"),
                     route("/test.Dead/", "dead"),
+                    route("/test.Empty/", "empty"),
                     route("/", "grpc"),
                 ],
             }
         ]
     }
     clusters = []
-    for name, port in (("grpc", grpc_port), ("dead", free_port())):
-        c = static_cluster(name, [port])
+    for name, port in (("grpc", grpc_port), ("dead", free_port()), ("empty", 0)):
+        c = static_cluster(name, [port] if port else [])
         c["typed_extension_protocol_options"] = {
             UPSTREAM_HTTP: {
                 "@type": f"type.googleapis.com/{UPSTREAM_HTTP}",
@@ -196,6 +200,7 @@ def play(port_of: Any) -> dict[str, Any]:
         dead = unary("/test.Dead/Unary", b"x")
         dead["details"] = dead.get("details", "")[:60]
         out["no_upstream"] = dead
+        out["no_healthy_upstream"] = unary("/test.Empty/Unary", b"x")
     return out
 
 
@@ -218,7 +223,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
 CASES = (
     "unary", "error", "large", "server_stream", "client_stream", "bidi", "client_deadline",
     "route_timeout", "header_max", "header_under_max", "legacy_max", "legacy_no_timeout",
-    "no_upstream",
+    "no_upstream", "no_healthy_upstream",
 )  # fmt: skip
 
 
