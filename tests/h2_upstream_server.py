@@ -38,6 +38,7 @@ class Seen:
     ended: bool = False
     reset: int | None = None  # the RST_STREAM code proxyd sent
     big_left: int = 0  # /big: body bytes still to send (as the windows allow)
+    trailers: dict[str, str] | None = None  # the request's trailers
 
 
 BIG = 8 * 1024 * 1024
@@ -151,6 +152,8 @@ class H2Upstream:
         elif isinstance(ev, h2.events.DataReceived):
             streams[ev.stream_id].body += ev.data
             c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            streams[ev.stream_id].trailers = dict(ev.headers)
         elif isinstance(ev, h2.events.StreamReset):
             if ev.stream_id in streams:
                 streams[ev.stream_id].reset = ev.error_code

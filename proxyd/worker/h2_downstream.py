@@ -316,8 +316,12 @@ class H2Session:
                 self.remote_goaway = True
             elif isinstance(ev, h2.events.TrailersReceived):
                 self.codec_stats.inc("trailers")
-            # TrailersReceived: request trailers are not forwarded to the HTTP/1.1
-            # upstream (their StreamEnded follows); pings and settings acks are h2's.
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    # Kept for an HTTP/2 upstream (worker/h2_upstream.py); an HTTP/1.1
+                    # upstream does not get them. Their StreamEnded follows.
+                    s.request_trailers = ev.headers
+            # Pings and settings acks are h2's.
 
     def _ack(self, stream_id: int, n: int) -> None:
         if n:
@@ -455,6 +459,8 @@ class H2Stream:
         self.body_len = 0
         self.unacked = 0
         self.body_ended = not has_body
+        # The request's trailers (an HTTP/2 upstream gets them), None: none came.
+        self.request_trailers: list[tuple[bytes, bytes]] | None = None
         self.body_wake: trio.Event | None = None
         self.window_wake: trio.Event | None = None
         self.peer_reset = False  # the client reset it, or the connection is gone

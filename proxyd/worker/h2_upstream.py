@@ -80,11 +80,12 @@ class H2Streaming:
         """The request's header block on a new stream of ``conn``, and the body
         pieces already here; StreamGone when the connection could not take it."""
         stream = self.stream
-        end = stream.request_complete and not any(len(p) for p in pieces)
+        complete = stream.request_complete
+        end = complete and not any(len(p) for p in pieces) and not request_trailers(self.sink)
         up = self.up = conn.open_stream(request_headers(head, self.pool.scheme), end)
         try:
-            if pieces and not end:
-                await self._send_body(conn, up, pieces, stream.request_complete)
+            if not end and (pieces or complete):
+                await self._send_body(conn, up, pieces, complete)
             else:
                 await conn.flush()
         except StreamGone:
@@ -104,8 +105,12 @@ class H2Streaming:
                 view = view[n:]
                 await conn.flush()
         if last:
+            trailers = request_trailers(self.sink)
             try:
-                c.end_stream(up.sid)
+                if trailers:
+                    c.send_headers(up.sid, trailers, end_stream=True)
+                else:
+                    c.end_stream(up.sid)
             except h2.exceptions.ProtocolError:
                 raise StreamGone() from None
             up.closed_out = True
@@ -270,6 +275,15 @@ class H2Streaming:
                     await conn.flush()
                 except StreamGone:
                     pass  # the connection broke: its reader ends it
+
+
+def request_trailers(sink: Any) -> list[tuple[bytes, bytes]] | None:
+    """The request trailers an HTTP/2 client sent (the codec's sink, under the filter
+    chain), as they go upstream (pseudo-headers and connection-specific lines out)."""
+    while not hasattr(sink, "protocol"):  # the filter chain, ResponseEdits: inward
+        sink = sink.inner
+    trailers = getattr(sink, "request_trailers", None)
+    return trailer_block(trailers) if trailers else None
 
 
 def _take(up: UpStream) -> tuple[list, int]:
