@@ -437,8 +437,8 @@ class ListenerPlan:
             elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
             if rp.cluster is not None and rp.cluster.h2pools:
-                # HTTP/2 to the hosts (worker/h2_upstream.py); retry policies on such
-                # routes are refused by the config, internal retry headers unused.
+                # HTTP/2 to the hosts (worker/h2_upstream.py, with a retry policy
+                # worker/h2_retrying.py); an internal request's retry headers unused.
                 if not rp.cluster.cluster.http2:
                     rp.exchange = by_downstream_protocol
                 elif rp.retry is not None:

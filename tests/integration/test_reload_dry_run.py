@@ -53,21 +53,18 @@ def test_dry_run_prints_the_diff_and_changes_nothing(setup, upstream) -> None:
     candidate.write_text(new)
     res = p.ctl("reload", "--dry-run", "--config", str(candidate))
     assert res.returncode == 0, res.stderr
-    assert (
-        res.stdout.splitlines()
-        == [
-            f"configuration '{candidate}' OK",
-            "a reload would change (running epoch 1; nothing was changed):",
-            "  ~ route 'prefix /b' (listener 'ingress', route config 'local_route', virtual host 'all')",  # fmt: skip
-            '      cluster: "b" -> "c"',
-            "      timeout_s: 15.0 -> 5.0",
-            "  - cluster 'b'",
-            "  + cluster 'c'",
-            f"  + endpoint '127.0.0.1:{c.port}' (cluster 'a')",
-            "after the reload: 1 listener, 1 route config, 1 virtual host, 2 routes, 2 clusters, "
-            "3 endpoints, 0 http filters before the router",
-        ]
-    )
+    assert res.stdout.splitlines() == [
+        f"configuration '{candidate}' OK",
+        "a reload would change (running epoch 1; nothing was changed):",
+        "  ~ route 'prefix /b' (listener 'ingress', route config 'local_route', virtual host 'all')",  # fmt: skip
+        '      cluster: "b" -> "c"',
+        "      timeout_s: 15.0 -> 5.0",
+        "  - cluster 'b'",
+        "  + cluster 'c'",
+        f"  + endpoint '127.0.0.1:{c.port}' (cluster 'a')",
+        "after the reload: 1 listener, 1 route config, 1 virtual host, 2 routes, 2 clusters, "
+        "3 endpoints, 0 http filters before the router",
+    ]
     # Nothing changed: not the epoch, not the workers, not where requests go, not the file.
     unchanged(p, port)
     assert p.config_path.read_text() == before
@@ -86,13 +83,7 @@ def test_dry_run_of_the_running_file_and_json(setup) -> None:
     assert res.stdout.splitlines()[1] == "a reload would change nothing (running epoch 1)"
     # An edited file, as --json: the document scripts read.
     p.config_path.write_text(
-        http_config(
-            port,
-            admin,
-            clusters,
-            ROUTES.format(timeout="15s"),
-            hcm_extra="          server_name: edge",
-        )  # fmt: skip
+        http_config(port, admin, clusters, ROUTES.format(timeout="15s"), hcm_extra="          server_name: edge")  # fmt: skip
     )
     res = p.ctl("reload", "--dry-run", "--json")
     assert res.returncode == 0, res.stderr
@@ -102,10 +93,7 @@ def test_dry_run_of_the_running_file_and_json(setup) -> None:
     assert doc["epoch"] == 1
     assert doc["warnings"] == [] and doc["bootstrap"] == []
     assert doc["diff"]["listeners"]["changed"] == [
-        {
-            "name": "ingress",
-            "fields": [{"field": "hcm.server_name", "old": "envoy", "new": "edge"}],
-        }  # fmt: skip
+        {"name": "ingress", "fields": [{"field": "hcm.server_name", "old": "envoy", "new": "edge"}]}  # fmt: skip
     ]
     for section in ("route_configs", "virtual_hosts", "routes", "clusters", "endpoints"):
         assert doc["diff"][section] == {"added": [], "removed": [], "changed": []}
@@ -145,7 +133,9 @@ def test_dry_run_refuses_what_a_worker_would_refuse(setup) -> None:
     )
     res = p.ctl("reload", "--dry-run")
     assert res.returncode == 1
-    assert f"{p.config_path}: listener 'ingress': server_name 'sn☃w' cannot be sent" in res.stderr
+    assert (
+        f"{p.config_path}: listener 'ingress': server_name 'sn☃w' cannot be sent" in res.stderr
+    )
     unchanged(p, port)
 
 
@@ -223,22 +213,7 @@ def test_dry_run_with_xds_shows_the_reloads_changes_only(tmp_path: Path, upstrea
             "connect_timeout": "1s",
             "load_assignment": {
                 "cluster_name": "static_extra",
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {
-                                            "address": "127.0.0.1",
-                                            "port_value": a.port,
-                                        }
-                                    }
-                                }
-                            }
-                        ]
-                    }
-                ],  # fmt: skip
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": a.port}}}}]}],  # fmt: skip
             },
         }
         candidate = tmp_path / "candidate.json"
