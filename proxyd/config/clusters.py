@@ -23,7 +23,10 @@ from proxyd.config.lb_policy import compile_lb_policy
 from proxyd.config.outlier import compile_outlier_detection
 from proxyd.config.proto import join
 from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
-from proxyd.config.upstream_tls import compile_upstream_transport_socket
+from proxyd.config.upstream_tls import (
+    compile_transport_socket_matches,
+    compile_upstream_transport_socket,
+)
 from proxyd.config.values import (
     duration_or,
     enum_name,
@@ -86,8 +89,17 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         max_requests = c.max_requests_per_connection.value
 
     tls = compile_upstream_transport_socket(c, path, file)
+    tls_matches = compile_transport_socket_matches(c, path, file)
     if tls is not None:
         tls = _alpn_for_codec(tls, http2, path, file)
+    if http2 and tls_matches:
+        tls_matches = tuple(
+            dataclasses.replace(m, tls=_alpn_for_codec(m.tls, http2, path, file))
+            if m.tls is not None
+            else m
+            for m in tls_matches
+        )
+    if tls is not None or any(m.tls is not None for m in tls_matches):
         for i, hc in enumerate(c.health_checks):
             if hc.HasField("grpc_health_check"):
                 raise ConfigError(
@@ -129,13 +141,26 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         overprovisioning_factor=assignment.overprovisioning_factor,
         healthy_panic_threshold=panic_threshold,
         locality_weighted_lb=locality_weighted,
+        override_host_status=_override_host_status(c),
         **lb,
         **breakers,
         **_tcp_keepalive(c),
         track_timeout_budgets=c.track_cluster_stats.timeout_budgets,
         track_request_response_sizes=c.track_cluster_stats.request_response_sizes,
         tls=tls,
+        tls_matches=tls_matches,
     )
+
+
+def _override_host_status(c: Any) -> tuple[str, ...]:
+    """common_lb_config.override_host_status: the statuses by name (Envoy's default
+    when the set is absent: UNKNOWN, HEALTHY, DEGRADED)."""
+    common = c.common_lb_config
+    if not common.HasField("override_host_status"):
+        return ("UNKNOWN", "HEALTHY", "DEGRADED")
+    field = common.override_host_status.DESCRIPTOR.fields_by_name["statuses"]
+    names = field.enum_type.values_by_number
+    return tuple(sorted({names[s].name for s in common.override_host_status.statuses}))
 
 
 def _check_host_update_fields(c: Any, path: str, file: str) -> None:

@@ -646,9 +646,9 @@ def header_mutations(msg: Any, path: str, file: str) -> HeaderMutations | None:
     ):
         return None
     return HeaderMutations(
-        request_add=_header_adds(msg, "request_headers_to_add", path, file),
+        request_add=header_adds(msg, "request_headers_to_add", path, file),
         request_remove=_header_removes(msg, "request_headers_to_remove", path, file),
-        response_add=_header_adds(msg, "response_headers_to_add", path, file),
+        response_add=header_adds(msg, "response_headers_to_add", path, file),
         response_remove=_header_removes(msg, "response_headers_to_remove", path, file),
     )
 
@@ -666,7 +666,8 @@ def _check_name(name: str, where: str, file: str, verb: str) -> str:
     return low
 
 
-def _header_adds(msg: Any, field: str, path: str, file: str) -> tuple[HeaderAdd, ...]:
+def header_adds(msg: Any, field: str, path: str, file: str) -> tuple[HeaderAdd, ...]:
+    """The HeaderValueOptions of ``msg.<field>``, checked as Envoy's HeaderParser does."""
     out = []
     for i, opt in enumerate(getattr(msg, field)):
         here = f"{join(path, field)}[{i}]"

@@ -19,6 +19,23 @@ class TlsCertificate:
     # The certificate's DNS SANs (lower case; its CN when it has none): which SNI
     # chooses it when a chain has several certificates.
     dns_names: tuple[str, ...] = ()
+    # Its subject (as Envoy prints it), URI and DNS SANs: the local certificate's
+    # identity (ext_authz's destination principal, the gRPC access log's
+    # local_certificate_properties).
+    subject: str = ""
+    uri_sans: tuple[str, ...] = ()
+    dns_sans: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SdsSecret:
+    """A secret a TLS context takes from SDS (``*_sds_secret_config`` with
+    ``sds_config.path_config_source``): the master watches the file and fills the
+    context's certificates or validation values from it (proxyd.master.secrets)."""
+
+    name: str
+    path: str
+    initial_fetch_timeout_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +70,13 @@ class DownstreamTls:
     session_tickets: bool = True
     # FilterChain.transport_socket_connect_timeout (0: the HCM's idle timeout bounds it).
     handshake_timeout_s: float = 0.0
+    # SDS: the secrets whose certificates follow ``certificates`` (in order), and the
+    # one that holds the validation context; the master fills the values in, and
+    # ``sds_missing`` names those not delivered yet (a chain with any is not ready:
+    # its connections are closed, as Envoy's handshake fails without the secret).
+    sds_certificates: tuple[SdsSecret, ...] = ()
+    sds_validation: SdsSecret | None = None
+    sds_missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +107,8 @@ class UpstreamTls:
     auto_sni: bool = False
     auto_san_validation: bool = False
     sni_header: str = ""
+    # SDS, as on DownstreamTls: the client certificate's secret, the validation
+    # context's, and those not delivered yet (a connection to a host fails then).
+    sds_certificate: SdsSecret | None = None
+    sds_validation: SdsSecret | None = None
+    sds_missing: tuple[str, ...] = ()

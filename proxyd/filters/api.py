@@ -100,6 +100,11 @@ class FilterStream(Protocol):
     head: RequestView
     route_name: str | None
     upstream_cluster: str | None
+    upstream_host: str | None
+    """The host the router chose (``ip:port``, as ``%UPSTREAM_HOST%``), once it has."""
+    override_host: tuple[str, bool] | None
+    """(address, strict): the host the router's selection takes first when the cluster
+    has it and may use it (a stateful session; strict: no other host)."""
 
     def set_request_header(self, name: str, value: str) -> None:
         """Replace (or add) a request header on its way upstream."""
@@ -146,6 +151,10 @@ class FilterStream(Protocol):
 
     def set_response_header(self, name: str, value: str) -> None:
         """Replace (or add) a response header on its way downstream."""
+        ...
+
+    def add_response_header(self, name: str, value: str) -> None:
+        """Add a response header line, keeping those the response has of that name."""
         ...
 
     def remove_response_header(self, name: str) -> None:

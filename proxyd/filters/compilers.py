@@ -19,6 +19,7 @@ from proxyd.filters.jwt_authn import config as jwt_authn_config
 from proxyd.filters.local_ratelimit import config as local_ratelimit_config
 from proxyd.filters.rbac import config as rbac_config
 from proxyd.filters.set_metadata import config as set_metadata_config
+from proxyd.filters.stateful_session import config as stateful_session_config
 
 COMPILERS: dict[str, ModuleType] = {
     m.TYPE: m
@@ -38,6 +39,7 @@ COMPILERS: dict[str, ModuleType] = {
         local_ratelimit_config,
         rbac_config,
         set_metadata_config,
+        stateful_session_config,
     )
 }
 

@@ -21,6 +21,7 @@ from proxyd.filters.jwt_authn.filter import Factory as JwtAuthnFactory
 from proxyd.filters.local_ratelimit.filter import Factory as LocalRateLimitFactory
 from proxyd.filters.rbac.filter import Factory as RbacFactory
 from proxyd.filters.set_metadata.filter import Factory as SetMetadataFactory
+from proxyd.filters.stateful_session.filter import Factory as StatefulSessionFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
@@ -38,4 +39,5 @@ FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": LocalRateLimitFactory,
     "envoy.extensions.filters.http.rbac.v3.RBAC": RbacFactory,
     "envoy.extensions.filters.http.set_metadata.v3.Config": SetMetadataFactory,
+    "envoy.extensions.filters.http.stateful_session.v3.StatefulSession": StatefulSessionFactory,
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -92,6 +92,32 @@ def certificate_names(chain_pem: bytes) -> tuple[str, ...]:
     if names:
         return names
     return tuple(v.lower() for rdn in info.get("subject", ()) for k, v in rdn if k == "commonName")
+
+
+def certificate_identity(chain_pem: bytes) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(subject as Envoy prints it, URI SANs, DNS SANs) of the first certificate in
+    ``chain_pem``; ("", (), ()) when OpenSSL cannot read it (loading reports that)."""
+    try:
+        with pem_path(chain_pem) as path:
+            info = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    except (ssl.SSLError, OSError, AttributeError):
+        return "", (), ()
+    sans = info.get("subjectAltName", ())
+    return (
+        peer_subject(info),
+        tuple(v for k, v in sans if k == "URI"),
+        tuple(v for k, v in sans if k == "DNS"),
+    )
+
+
+def principal(subject: str, uri_sans: Sequence[str], dns_sans: Sequence[str]) -> str:
+    """A certificate's principal as Envoy's ext_authz names a peer: the first URI SAN,
+    else the first DNS SAN, else the subject."""
+    if uri_sans:
+        return uri_sans[0]
+    if dns_sans:
+        return dns_sans[0]
+    return subject
 
 
 def pick_certificate(names: list[tuple[str, ...]], sni: str) -> int:

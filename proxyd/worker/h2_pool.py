@@ -382,7 +382,6 @@ class H2Pool(ConnPool):
     def __init__(self, cluster: ClusterState, priority: int, named: NamedStats) -> None:
         super().__init__(cluster, priority)
         self.named = named
-        self.scheme = b"https" if cluster.tls is not None else b"http"
         self.conns: dict[int, list[H2Conn]] = {}  # by id(host)
         self.connecting: dict[int, int] = {}  # connections being opened, by id(host)
         self.rooms: deque[_Room] = deque()

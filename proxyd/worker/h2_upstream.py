@@ -82,7 +82,8 @@ class H2Streaming:
         stream = self.stream
         complete = stream.request_complete
         end = complete and not any(len(p) for p in pieces) and not request_trailers(self.sink)
-        up = self.up = conn.open_stream(request_headers(head, self.pool.scheme), end)
+        scheme = b"http" if conn.host.tls is None else b"https"
+        up = self.up = conn.open_stream(request_headers(head, scheme), end)
         try:
             if not end and (pieces or complete):
                 await self._send_body(conn, up, pieces, complete)
@@ -316,7 +317,7 @@ class H2Exchange(H2Streaming, Exchange):
         self.arm_start()
         try:
             # auto_sni / auto_san_validation: connections kept apart by the Host.
-            tls = pool.tls
+            tls = host.tls
             key = tls.key_of(self.head) if tls is not None and tls.keyed else None
             self.t_sent = self.t_done or time.monotonic()
             pieces = self.sink.take_buffered_body()
@@ -349,7 +350,7 @@ class H2Exchange(H2Streaming, Exchange):
             cstats.rq_total += 1
             hstats.rq_total += 1
             self.conn = conn.uc  # (Exchange._deadline_fired reads whether it has one)
-            if pool.tls is not None:
+            if tls is not None:
                 stream.upstream_tls = conn.sock
             if not stream.request_complete:
                 return await self._duplex_h2(conn, up)

@@ -441,6 +441,15 @@ class Worker:
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_tcp, conn, plan, verdict == COUNTED)
 
+    async def serve_tcp_chain(self, conn: DownstreamConnection, plan: TcpListenerPlan) -> None:
+        """A connection whose filter chain is a TCP proxy, on a listener whose chains are
+        chosen per connection (and whose own plan is HTTP): served by the TCP proxy from
+        here, in the task that chose."""
+        tcp = TcpConnection(self, plan.key, conn.sock, (conn.remote_ip, 0))
+        tcp.remote, tcp.local = conn.remote, conn.local
+        self.connections.add(tcp)
+        await tcp.serve(plan)
+
     async def _serve_tcp(self, conn: TcpConnection, plan: TcpListenerPlan, counted: bool) -> None:
         try:
             await conn.serve(plan)

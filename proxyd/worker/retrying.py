@@ -509,7 +509,7 @@ class RetryingExchange(Exchange):
             self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
         # auto_sni / auto_san_validation: the request's Host keys its connection.
-        tls = pool.tls
+        tls = host.tls
         key = tls.key_of(self.head) if tls is not None and tls.keyed else None
         try:
             conn = await self._attempt_connection(host, key)

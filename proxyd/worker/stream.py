@@ -142,6 +142,7 @@ class Stream:
         "hosts_tried",
         "connection",
         "lb_hash",
+        "override_host",
         # proxyd.worker.tracing.SpanState, set (and read) only on a listener with
         # tracing: left unset here so that other requests pay nothing for it.
         "trace",
@@ -203,6 +204,9 @@ class Stream:
         # The request's hash when its route hashes (RouteAction.hash_policy), for the
         # hosts of its retries (None: no hash policy, or none gave a hash).
         self.lb_hash: int | None = None
+        # The host a stateful session named, (address, strict), which host selection
+        # takes first (proxyd.filters.stateful_session.override); None: none.
+        self.override_host: tuple[str, bool] | None = None
 
     def flag_text(self) -> str:
         """%RESPONSE_FLAGS%: every flag set, comma-separated, or "-"."""
@@ -307,6 +311,13 @@ class Stream:
         if lname not in self.response_removed:
             self.response_removed.append(lname)
         self.response_added.append(lname + b": " + value.encode("latin-1") + b"\r\n")
+
+    def add_response_header(self, name: str, value: str) -> None:
+        line = name.lower().encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        if self.response_added is None:
+            self.response_added = [line]
+        else:
+            self.response_added.append(line)
 
     def remove_response_header(self, name: str) -> None:
         lname = name.lower().encode("latin-1")

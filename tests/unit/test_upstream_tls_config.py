@@ -210,14 +210,29 @@ def test_client_certificate_errors_name_the_field(certs, tmp_path) -> None:
     assert err.path == f"{CTX}.common_tls_context.tls_certificates"
 
 
-def test_transport_socket_matches_is_refused_by_name() -> None:
+def test_transport_socket_matches_and_the_matcher_api() -> None:
     d = with_tls()
     cluster = d["static_resources"]["clusters"][0]
     cluster["transport_socket_matches"] = [
         {"name": "m", "match": {"tls": "yes"}, "transport_socket": cluster["transport_socket"]}
     ]
+    compiled = compile_bootstrap(d, "conf.yaml").epoch_template.clusters[0]
+    (m,) = compiled.tls_matches
+    assert (m.name, m.labels, m.tls) == ("m", (("tls", '"yes"'),), compiled.tls)
+    # The newer matcher-based choice (transport_socket_matcher) is refused by name.
+    cluster["transport_socket_matcher"] = {
+        "on_no_match": {
+            "action": {
+                "name": "x",
+                "typed_config": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": "m",
+                },
+            }
+        }
+    }
     err = reject(d)
-    assert err.path == f"{CLUSTER}.transport_socket_matches"
+    assert err.path == f"{CLUSTER}.transport_socket_matcher"
     assert "not supported by proxyd" in err.reason
 
 

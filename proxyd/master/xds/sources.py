@@ -121,18 +121,27 @@ class Subscription:
 
 
 async def run_file(sub: Subscription) -> None:
+    """Read the file whenever it (or a file its secrets were read from: SDS) changes."""
     path = sub.source.path
-    seen: tuple[int, int, int] | None = None
+    seen: tuple[Any, ...] | None = None
     while True:
-        try:
-            st = os.stat(path)
-            signature: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            signature = None
-        if signature is not None and signature != seen:
-            seen = signature
-            _read_file(sub, path)
+        main = _file_signature(path)
+        if main is not None:
+            signature = (main, *map(_file_signature, sub.client.watched_files(sub)))
+            if signature != seen:
+                _read_file(sub, path)
+                # Taken again: what was just read decides which files count.
+                main = _file_signature(path)
+                seen = (main, *map(_file_signature, sub.client.watched_files(sub)))
         await trio.sleep(FILE_POLL_S)
+
+
+def _file_signature(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read_file(sub: Subscription, path: str) -> None:
