@@ -13,6 +13,8 @@ clients (h2 over a socket).
 * GOAWAY from the upstream: the next request goes on a new connection.
 * max_requests circuit breaker: 503 UO; route timeout: 504 and RST_STREAM upstream;
   idle_timeout: the connection is closed.
+* max_connections 1: a request beyond the peer's stream limit waits (pending) for a
+  slot on the one connection; max_pending_requests: one more is refused.
 """
 
 from __future__ import annotations
@@ -236,3 +238,50 @@ def test_h2_upstream(tmp_path: Path, upstream: H2Upstream) -> None:
         # idle_timeout 1s: every connection without streams is closed by proxyd.
         wait_for(lambda: upstream.closed_connections == upstream.connections, timeout=5)
         wait_for(lambda: p.stats()["cluster.up.upstream_cx_active"] == 0, timeout=5)
+
+
+def test_max_connections_and_pending(tmp_path: Path) -> None:
+    """max_connections 1 with a peer limit of 2 streams: a third request waits (pending)
+    for a stream slot on the one connection; max_pending_requests 1: a fourth at once
+    is refused (503 UO). When the held streams end, the waiting one goes out on the same
+    connection."""
+    port = free_port()
+    with H2Upstream(max_concurrent_streams=2) as upstream:
+        cluster = h2_cluster(upstream.port)
+        cluster["circuit_breakers"] = {
+            "thresholds": [{"max_connections": 1, "max_pending_requests": 1}]
+        }
+        with ProxydProcess(tmp_path, config(port, cluster), concurrency=1) as p:
+            base = f"http://127.0.0.1:{port}"
+            upstream.released.clear()
+            results: dict[str, int] = {}
+
+            def get(path: str) -> None:
+                with httpx.Client(base_url=base, timeout=10) as c:
+                    results[path] = c.get(path).status_code
+
+            # (one at a time: a request is pending while the connection opens)
+            threads = []
+            for i in range(2):
+                threads.append(threading.Thread(target=get, args=(f"/hold{i}",)))
+                threads[-1].start()
+                wait_for(lambda i=i: len(upstream.requests) == i + 1)
+            waiting = threading.Thread(target=get, args=("/waits",))
+            waiting.start()
+            wait_for(lambda: p.stats().get("cluster.up.upstream_rq_pending_active") == 1)
+            with httpx.Client(base_url=base, timeout=5) as c:
+                r = c.get("/refused")
+            assert r.status_code == 503
+            assert r.headers["x-envoy-overloaded"] == "true"
+            upstream.release()
+            for t in [*threads, waiting]:
+                t.join()
+            assert results == {"/hold0": 200, "/hold1": 200, "/waits": 200}
+            assert upstream.connections == 1
+            assert [r.conn for r in upstream.requests] == [1, 1, 1]
+            stats = wait_for(
+                lambda: (st := p.stats()).get("cluster.up.upstream_rq_pending_overflow") and st
+            )
+            assert stats["cluster.up.upstream_rq_pending_overflow"] == 1
+            assert stats["cluster.up.upstream_cx_overflow"] >= 1
+            assert stats["cluster.up.upstream_rq_pending_total"] >= 2
