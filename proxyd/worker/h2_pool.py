@@ -34,6 +34,7 @@ from proxyd.protocol.h2_upstream import CANCEL, NO_ERROR, PROTOCOL_ERROR, REFUSE
 from proxyd.protocol.http1 import ResponseHeadParser
 from proxyd.worker import io
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
+from proxyd.worker.stats import note_unexpected
 
 if TYPE_CHECKING:
     from proxyd.worker.pool import ClusterState, HostState
@@ -273,6 +274,10 @@ class H2Conn:
                     await self.flush()
         except (OSError, StreamGone):
             pass  # the connection broke: its streams are told below
+        except Exception as exc:  # a bug: counted, logged once; only this connection ends
+            store = self.pool.named.store
+            if store is not None:
+                note_unexpected(store, exc, "upstream HTTP/2 connection")
         finally:
             if not self.closed:
                 # Closed by proxyd (idle, drained, retired): GOAWAY first, if it fits.
