@@ -486,6 +486,12 @@ class H2Pool(ConnPool):
                 del self.connecting[hid]
         conn.reserve()
         self.room_changed(conn)
+        if self.rooms and self.connections < self.cb_max_connections:
+            # The new connection is full (the peer's limit): the host's other waiters
+            # open their own rather than wait for its streams to end.
+            for room in [r for r in self.rooms if r.host is host]:
+                self.rooms.remove(room)
+                room.event.set()
         return conn
 
     def _fail_waiters(self, host: HostState, exc: ConnectFailure) -> None:
