@@ -204,19 +204,22 @@ class H2Streaming:
         self.host.outcomes.response(status)
         if self.plan.response_wanted:
             stream.resp_headers = r.headers
-        length = r.content_length if response_has_body(status, h.method == "HEAD") else 0
+        body = response_has_body(status, h.method == "HEAD")
+        length = r.content_length if body else 0
         pieces, n = _take(up)
         ended = up.ended and up.trailers is None
-        await sink.send_headers(r, service_ms, length, pieces, ended)
+        await sink.send_headers(r, service_ms, length, pieces if body else [], ended)
         conn.ack(up, n)
         try:
             while True:
                 if up.data:
                     pieces, n = _take(up)
-                    ended = up.ended and up.trailers is None
-                    await sink.send_data(pieces, ended)
-                    conn.ack(up, n)
-                    self._touch()
+                    if body:
+                        ended = up.ended and up.trailers is None
+                        await sink.send_data(pieces, ended)
+                        self._touch()
+                    # (else a HEAD's, 204's or 304's DATA is dropped)
+                    conn.ack(up, n)  # only now: what the sink took, the host may resend
                     continue
                 if up.ended:
                     break
