@@ -513,7 +513,8 @@ LISTENER: dict[str, Spec] = {
 }
 
 UPSTREAM_HTTP: Spec = {
-    # HTTP/2 only for the clusters xDS gRPC streams use (proxyd.config.dynamic checks).
+    # http2_protocol_options {}: HTTP/2 to the hosts (proxyd.worker.h2_upstream; its
+    # fields are refused by name: proxyd's own defaults apply).
     # http_protocol_options.header_key_format: how request header names are written
     # upstream (proxyd.config.clusters, proxyd.protocol.http1_options). preserve_case's
     # formatter_type_on_envoy_headers (the response's added names) is refused by name.
@@ -534,6 +535,10 @@ UPSTREAM_HTTP: Spec = {
         },
         "http2_protocol_options": {},
     },
+    # HTTP/2 upstream for HTTP/2 clients, HTTP/1.1 for the others (proxyd.config.
+    # clusters._downstream_protocol); auto_config is refused there, with its reason.
+    "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+    "auto_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
     # With a TLS transport_socket (proxyd.config.upstream_tls): the SNI and the SAN
     # checked come from each request's Host (or the named header).

@@ -39,7 +39,7 @@ from proxyd.protocol.tls_context import TlsSetupError
 from proxyd.protocol.upstream_tls_context import client_context
 
 # What proxyd's upstream HTTP/1.1 codec speaks of the ALPN protocols a cluster offers.
-UPSTREAM_ALPN = ("http/1.1",)
+UPSTREAM_ALPN = ("http/1.1", "h2")
 SAN_TYPES = ("DNS", "URI", "EMAIL", "IP_ADDRESS")
 
 
@@ -138,8 +138,7 @@ def compile_upstream_tls(ctx: Any, path: str, file: str) -> UpstreamTls:
                 file,
                 join(cpath, f"alpn_protocols[{i}]"),
                 f"ALPN protocol '{p}' not supported by proxyd upstream (it speaks "
-                f"{', '.join(UPSTREAM_ALPN)} to upstream hosts; HTTP/2 upstream is not "
-                "implemented)",
+                f"{', '.join(UPSTREAM_ALPN)} to upstream hosts)",
             )
     trusted, sans, sds_validation = validation(common, cpath, file, require_ca=False)
     if common.HasField("validation_context"):

@@ -198,8 +198,8 @@ class Cluster:
     # EDS: the ClusterLoadAssignment name (eds_cluster_config.service_name, else the
     # cluster's name); the master fills ``endpoints`` from it.
     eds_service_name: str = ""
-    # explicit_http_config.http2_protocol_options: only xDS gRPC streams use such a
-    # cluster (routes may not name it), so workers never see HTTP/2 upstreams.
+    # explicit_http_config.http2_protocol_options: HTTP/2 to the hosts (routes forward
+    # with proxyd.worker.h2_upstream; xDS gRPC streams and gRPC health checks need it).
     http2: bool = False
     # explicit_http_config.http_protocol_options.header_key_format: "" (request header
     # names go upstream lower case), "proper_case_words" (in Proper-Case) or
@@ -257,6 +257,9 @@ class Cluster:
     # transport_socket_matches: a host whose metadata a match selects gets its
     # transport socket instead of ``tls`` (transport_for).
     tls_matches: tuple[TlsMatch, ...] = ()
+    # use_downstream_protocol_config with http2_protocol_options: HTTP/2 to the hosts
+    # for requests that came over HTTP/2, HTTP/1.1 for the others.
+    http2_downstream: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,6 +230,8 @@ def _details(stream: Stream) -> str | None:
     if stream.head is None:
         return None  # refused by the codec: Envoy's codec details are not known here
     if flag is ResponseFlag.UPSTREAM_CONNECTION_TERMINATION:
+        if stream.details:  # an HTTP/2 upstream's reset reason (worker/h2_upstream.py)
+            return stream.details
         started = stream.service_ms is not None
         return (
             "upstream_reset_after_response_started{connection_termination}"

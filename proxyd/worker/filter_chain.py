@@ -140,7 +140,7 @@ def response_head_of(status: int, lines: tuple[tuple[str, str], ...]) -> Respons
 
 
 # Envoy's Grpc::Utility::httpToGrpcStatus, for local replies to gRPC requests.
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 
 
 def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, bytes]:
@@ -154,7 +154,7 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
     if grpc_request:
         code = reply.grpc_status
         if code is None:
-            code = _HTTP_TO_GRPC.get(reply.status, 2)
+            code = HTTP_TO_GRPC.get(reply.status, 2)
         extra += b"content-type: application/grpc\r\ngrpc-status: %d\r\n" % code
         if reply.body:
             extra += b"grpc-message: " + reply.body.encode("latin-1") + b"\r\n"
@@ -464,6 +464,18 @@ class FilterChain:
             return
         parts = await self._encode_data(parts, end_stream)
         await self.inner.send_data(parts, end_stream)
+
+    async def send_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The response ends with trailers (an HTTP/2 upstream's): the data
+        encoders end first; a codec that cannot carry trailers ends the body."""
+        parts = await self._encode_data([], True) if self.data_encoders else []
+        send = getattr(self.inner, "send_trailers", None)
+        if send is None:
+            await self.inner.send_data(parts, True)
+            return
+        if parts:
+            await self.inner.send_data(parts, False)
+        await send(trailers)
 
     async def send_local_reply(
         self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False

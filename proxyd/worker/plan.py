@@ -51,6 +51,8 @@ from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
 from proxyd.worker.grpc_access_log import GrpcLogPlan
+from proxyd.worker.h2_retrying import H2RetryingExchange
+from proxyd.worker.h2_upstream import H2Exchange, by_downstream_protocol
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.network_rbac import NetworkRbacPlan
@@ -440,7 +442,17 @@ class ListenerPlan:
                 filter_response.update(rp.retry.response_names())
             elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
-            if (
+            if rp.cluster is not None and rp.cluster.h2pools:
+                # HTTP/2 to the hosts (worker/h2_upstream.py, with a retry policy
+                # worker/h2_retrying.py); an internal request's retry headers unused.
+                if not rp.cluster.cluster.http2:
+                    rp.exchange = by_downstream_protocol
+                elif rp.retry is not None:
+                    rp.exchange = H2RetryingExchange
+                else:
+                    rp.exchange = H2Exchange
+                rp.header_retry = None
+            elif (
                 rp.cluster is not None
                 and rp.cluster.cluster.header_key_format == "proper_case_words"
                 and not preserve_case
@@ -606,16 +618,11 @@ class ListenerPlan:
             ids,
         )
         # Downstream HTTP/2 (proxyd.worker.h2_downstream): None when the listener speaks
-        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with stream
-        # or connection durations, which proxyd runs for HTTP/1.1 only).
+        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with its own
+        # stream or connection durations, which proxyd runs for HTTP/1.1 only; a route's
+        # max_stream_duration is timed per HTTP/2 stream).
         self.h2: H2Plan | None = None
-        timed = (
-            hcm.max_connection_duration_s
-            or hcm_stream_s != math.inf
-            or any(
-                r.stream_duration_set for vh in hcm.route_config.virtual_hosts for r in vh.routes
-            )
-        )
+        timed = hcm.max_connection_duration_s or hcm_stream_s != math.inf
         if hcm.codec_type == "HTTP2" or (hcm.codec_type == "AUTO" and not timed):
             self.h2 = H2Plan(hcm.codec_type == "HTTP2", hcm.http2 or Http2Options())
         tls = listener.tls

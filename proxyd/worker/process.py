@@ -46,7 +46,7 @@ from proxyd.protocol.epoch_check import EpochChecker
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
-from proxyd.worker import accesslog_plan, io
+from proxyd.worker import accesslog_plan, h2_pool, io
 from proxyd.worker.accesslog import AccessLogWriter, open_writers, prepare_writers
 from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import DeadlineKind, Timers
@@ -150,6 +150,7 @@ class Worker:
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(accesslog_plan.PERIODIC.run)
+                nursery.start_soon(h2_pool.READERS.run)  # upstream HTTP/2 readers
                 nursery.start_soon(self.timers.run)
                 self.stats.outcomes.on_failure = self._failure_recorded
                 await self._control_loop()

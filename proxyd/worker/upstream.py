@@ -19,6 +19,7 @@ from proxyd.protocol.circuit_breakers import PRIORITIES, STAT_NAMES
 from proxyd.protocol.hash_lb import HASH_POLICIES, HashBalancer, make_hash_balancer
 from proxyd.protocol.priority import make_priority_balancer
 from proxyd.protocol.slow_start import SlowStart
+from proxyd.worker.h2_pool import H2Pool
 from proxyd.worker.outcomes import NO_LOG, OutcomeLog
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
 from proxyd.worker.stats import ClusterStats, HostStats, StatsStore
@@ -160,6 +161,12 @@ class ClusterState:
         self.session_hosts: dict[str, HostState] | None = None
         # One pool per routing priority, indexed as PRIORITIES.
         self.pools = tuple(ConnPool(self, p) for p in range(len(PRIORITIES)))
+        # HTTP/2 to the hosts (explicit_http_config.http2_protocol_options): the routes'
+        # pools (proxyd.worker.h2_upstream; the TCP proxy keeps the ones above).
+        self.h2pools: tuple[H2Pool, ...] = ()
+        if cluster.http2 or cluster.http2_downstream:
+            named = store.named(f"cluster.{cluster.name}.")
+            self.h2pools = tuple(H2Pool(self, p, named) for p in range(len(PRIORITIES)))
         # The newest state of the cluster reports the *_open gauges.
         self.stats.breakers = self
 
@@ -200,22 +207,23 @@ class ClusterState:
 
     def open_gauges(self) -> tuple[tuple[str, tuple[int, int, int, int]], ...]:
         """Each priority's ``circuit_breakers.<priority>.*_open`` gauges, by stat name."""
-        return tuple((STAT_NAMES[p.priority], p.open_gauges()) for p in self.pools)
+        pools = self.h2pools or self.pools
+        return tuple((STAT_NAMES[p.priority], p.open_gauges()) for p in pools)
 
     # -- life cycle -------------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
         """Close idle connections that timed out or that the upstream closed."""
-        for pool in self.pools:
+        for pool in (*self.pools, *self.h2pools):
             pool.sweep(now)
 
     def retire(self) -> None:
         """The cluster left the epoch or changed: close idle connections now, busy ones
         when their request ends."""
         self.retired = True
-        for pool in self.pools:
+        for pool in (*self.pools, *self.h2pools):
             pool.retire()
 
     def close_all(self) -> None:
-        for pool in self.pools:
+        for pool in (*self.pools, *self.h2pools):
             pool.close_all()
