@@ -392,7 +392,7 @@ def _check_tunnel_clusters(proxy: TcpProxy, clusters: Container[str], path: str,
     its hosts (where Envoy would tunnel over HTTP/2) is refused."""
     if proxy.tunneling is None:
         return
-    http2: frozenset[str] = getattr(clusters, "grpc_only", frozenset())
+    http2: frozenset[str] = getattr(clusters, "http2", frozenset())
     names = [c.name for c in proxy.weighted] or [proxy.cluster]
     for name in names:
         if name in http2:

@@ -205,7 +205,7 @@ def _otlp_grpc(
     if g.HasField("retry_policy") or g.envoy_grpc.HasField("retry_policy"):
         raise ConfigError(file, join(path, "retry_policy"), "not supported by proxyd")
     cluster = g.envoy_grpc.cluster_name
-    if cluster not in clusters and cluster not in getattr(clusters, "grpc_only", ()):
+    if cluster not in clusters:
         raise ConfigError(
             file, join(path, "envoy_grpc.cluster_name"), f"cluster '{cluster}' is not defined"
         )

@@ -230,6 +230,8 @@ class H2Streaming:
                     stream.details = f"upstream_reset_after_response_started{{{detail}}}"
                     raise UpstreamReset(reason)
                 await conn.flush()  # the window the sink freed
+                if up.data or up.ended or up.gone:
+                    continue  # it came while flushing (notify found no waiter)
                 await up.wait()
         except StreamGone:
             raise UpstreamReset("connection termination") from None

@@ -13,7 +13,15 @@ import yaml
 
 from proxyd.config import compile_bootstrap
 from proxyd.config.secrets import CompiledSecret, fill_downstream, fill_upstream
-from proxyd.epoch import ConfigSource, DownstreamTls, Epoch, SdsSecret, UpstreamTls, from_wire, to_wire
+from proxyd.epoch import (
+    ConfigSource,
+    DownstreamTls,
+    Epoch,
+    SdsSecret,
+    UpstreamTls,
+    from_wire,
+    to_wire,
+)
 from proxyd.epoch_types.listeners import same_but_secrets
 from proxyd.errors import ConfigError
 
