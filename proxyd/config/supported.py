@@ -163,6 +163,7 @@ HCM: Spec = {
         "max_concurrent_streams": LEAF,
         "initial_stream_window_size": LEAF,
         "initial_connection_window_size": LEAF,
+        "allow_connect": LEAF,
     },
     "route_config": ROUTE_CONFIG,
     "rds": {"config_source": CONFIG_SOURCE, "route_config_name": LEAF},

@@ -27,6 +27,7 @@ and lets the streams already started finish.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -38,7 +39,12 @@ import trio
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from proxyd.errors import ProtocolError
-from proxyd.protocol.h2_translate import local_settings, request_head, response_headers
+from proxyd.protocol.h2_translate import (
+    ExtendedConnectRefused,
+    local_settings,
+    request_head,
+    response_headers,
+)
 from proxyd.protocol.http1_headers import local_reply, response_head
 from proxyd.worker import io, manager
 from proxyd.worker.deadlines import Deadline, DeadlineKind
@@ -59,6 +65,10 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 REFUSED_STREAM = 0x7
+CONNECT_ERROR = 0xA
+# A GOAWAY's last stream id when it only announces that the connection will close
+# (Envoy's shutdown notice before its final GOAWAY).
+SHUTDOWN_NOTICE_ID = 2**31 - 1
 # What one read of the socket takes at most.
 READ_SIZE = 64 * 1024
 # Envoy's defence against rapid resets (CVE-2023-44487), with its default runtime values
@@ -112,6 +122,8 @@ class H2Session:
         # Streams closed, and how many of them the client reset prematurely.
         self.closed_streams = 0
         self.premature_resets = 0
+        # A shutdown notice went out: the connection drains when its streams are done.
+        self.closing = False
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -225,6 +237,16 @@ class H2Session:
         if not self.streams:
             self.reader.cancel()
 
+    async def shutdown_notice(self) -> None:
+        """The connection will close once the streams now open are done (a refused
+        upgrade): Envoy's first GOAWAY (last stream id 2^31-1) goes out now, the
+        final one when the last stream ends (:meth:`stream_done`)."""
+        if self.closing or self.goaway_id >= 0:
+            return
+        self.closing = True
+        self._queue_goaway(SHUTDOWN_NOTICE_ID)
+        await self.flush()
+
     def _queue_goaway(self, last_stream_id: int) -> None:
         # Written beside h2's own output: h2's close_connection would close its state
         # machine, and the streams below last_stream_id must still be served.
@@ -323,10 +345,20 @@ class H2Session:
         stats = plan.http_stats
         stats.rq_http2_total += 1
         try:
-            raw, has_body = request_head(ev.headers, ev.stream_ended is not None)
+            raw, has_body = request_head(
+                ev.headers, ev.stream_ended is not None, self.options.allow_connect
+            )
             if len(raw) > plan.max_head:  # max_request_headers_kb
                 raise ProtocolError("headers too large", 431)
             head = worker.head_parser.parse(raw, plan.request_wanted, plan.max_headers, None)
+        except ExtendedConnectRefused:
+            # Envoy's codec takes it as a messaging error of the connection: closed
+            # without a frame.
+            self.codec_stats.inc("rx_messaging_error")
+            stats.cx_protocol_error += 1
+            self.broken = True
+            self.reader.cancel()
+            return
         except ProtocolError as exc:
             # A request HTTP/1.1 cannot carry: the stream is reset on its own, as
             # Envoy's codec resets it (PROTOCOL_ERROR for a malformed one; more header
@@ -383,6 +415,8 @@ class H2Session:
             self.premature_resets += 1
             self._check_premature_resets()
         if not self.streams:
+            if self.closing:
+                self.drain()
             self._arm_idle()
             if self.goaway_id >= 0 or self.remote_goaway or self.broken:
                 self.reader.cancel()
@@ -393,6 +427,9 @@ class H2Stream:
 
     # Read by the access log (%PROTOCOL%).
     protocol = "HTTP/2"
+    # One of many streams on its connection: a tunnel through it is DATA frames
+    # (proxyd.worker.router.Exchange._tunnel_bytes calls :meth:`tunnel`).
+    multiplexed = True
     # max_*_duration: listeners with them take no HTTP/2 (proxyd.worker.plan).
     durations: ConnectionDurations | None = None
 
@@ -501,7 +538,7 @@ class H2Stream:
                 else:
                     # A deadline: answered as Envoy answers it, if nothing went out yet.
                     await manager.finish_after_deadline(stream, plan, self)
-            if not self.ended_out and not session.broken:
+            if not self.ended_out and not session.broken and not self.peer_reset:
                 # The response did not end (an upstream reset, a deadline after the
                 # head went out, a filter's reset): this stream is reset, only it.
                 self._reset(INTERNAL_ERROR)
@@ -593,6 +630,10 @@ class H2Stream:
         self, r: ResponseHead, service_ms: int, length: int, first: list, end_stream: bool
     ) -> None:
         stream = self.stream
+        if not self.body_ended and stream.head is not None and stream.head.upgrade:
+            # (Envoy's router times only a request that is complete; an upgrade's
+            # never is, so its answer has no x-envoy-upstream-service-time.)
+            service_ms = -2
         rp = stream.route_plan
         if rp is not None and rp.mutations is not None:
             r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
@@ -667,6 +708,10 @@ class H2Stream:
         stream = self.stream
         if stream.response_started:
             raise DownstreamReset()  # a head went out already: all that is left is a reset
+        if stream.close_connection and stream.head is not None and stream.head.upgrade:
+            # A refused upgrade (403) closes the connection, here as Envoy's HTTP/2
+            # codec closes it: a shutdown notice first, the final GOAWAY after.
+            await self.session.shutdown_notice()
         stream.status = status
         stream.response_started = True
         if stream.response_added:
@@ -687,3 +732,81 @@ class H2Stream:
         await self._send_head(headers, not payload)
         if payload:
             await self.send_data([payload], True)
+
+    # -- a tunnel (extended CONNECT, RFC 8441) ------------------------------------------------
+
+    async def send_upgrade_response(self, r: ResponseHead, service_ms: int, upgrade: str) -> None:
+        """The upstream's 101 to the upgrade an extended CONNECT stood for: a 200 on
+        this stream without the connection and upgrade lines (Envoy's
+        transformUpgradeResponseFromH1toH2), and no upstream service time."""
+        stream = self.stream
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, -2)
+        stream.response_started = True
+        head = response_head(r, self.plan.server, -2, False, False, stream.response_added)
+        headers = response_headers(head)
+        headers[0] = (b":status", b"200")
+        await self._send_head(headers, False)
+
+    async def tunnel(self, sock: Any, first: bytes, touch: Callable[[], None]) -> None:
+        """Bytes both ways between this stream's DATA frames and the upstream socket
+        ``sock`` (``first``: what the upstream sent after its 101), until the upstream
+        closes (the stream is reset with CONNECT_ERROR, as Envoy resets it), the client
+        resets the stream, or either side breaks. The client's END_STREAM ends only
+        its direction: the upstream is not half-closed (nor is it by Envoy)."""
+        async with trio.open_nursery() as nursery:
+            cancel = nursery.cancel_scope
+            nursery.start_soon(self._from_upstream, sock, first, cancel, touch)
+            nursery.start_soon(self._to_upstream, sock, cancel, touch)
+
+    async def _from_upstream(
+        self, sock: Any, first: bytes, cancel: trio.CancelScope, touch: Callable[[], None]
+    ) -> None:
+        buf = memoryview(bytearray(16384))
+        try:
+            if first:
+                await self.send_data([first], False)
+            while True:
+                n = await io.recv_into(sock, buf)
+                if n == 0:
+                    if not self.ended_out and not self.session.broken:
+                        self._reset(CONNECT_ERROR)
+                        await self.session.flush()
+                    break
+                # (send_data copies what it frames: the buffer is free again after it)
+                await self.send_data([buf[:n]], False)
+                touch()
+        except (OSError, DownstreamReset):
+            pass  # either side is gone: the tunnel ends
+        cancel.cancel()
+
+    async def _to_upstream(
+        self, sock: Any, cancel: trio.CancelScope, touch: Callable[[], None]
+    ) -> None:
+        session = self.session
+        stream = self.stream
+        try:
+            while True:
+                if self.unacked:  # what went upstream: the client may send more
+                    session._ack(self.sid, self.unacked)
+                    self.unacked = 0
+                    await session.flush()
+                while not self.body and not self.body_ended and not self.peer_reset:
+                    self.body_wake = wake = trio.Event()
+                    await wake.wait()
+                if self.peer_reset:
+                    break
+                if not self.body:
+                    return  # END_STREAM: the other direction carries on
+                pieces, n = self.body, self.body_len
+                self.body = []
+                self.body_len = 0
+                self.unacked += n
+                stream.bytes_received += n
+                for p in pieces:
+                    await io.send_all(sock, p)
+                touch()
+        except (OSError, DownstreamReset):
+            pass
+        cancel.cancel()
