@@ -34,11 +34,13 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import trio
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from proxyd.errors import ProtocolError
+from proxyd.protocol.h2_flood import EMPTY_FRAMES_FLOOD, FloodGuard
 from proxyd.protocol.h2_translate import (
     ExtendedConnectRefused,
     local_settings,
@@ -78,6 +80,14 @@ READ_SIZE = 64 * 1024
 # and before that once there are 250), the connection is aborted.
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME_S = 1.0
+# h2 refuses a header block of more than 64 CONTINUATION frames; Envoy takes any number
+# and bounds the block's size instead (H2Session._check_open_block), so h2's count is
+# lifted to what that size allows at one byte a frame.
+h2.frame_buffer.CONTINUATION_BACKLOG = 1 << 20
+# h2 enforces the MAX_CONCURRENT_STREAMS it announced by closing the connection;
+# Envoy refuses the stream beyond it (REFUSED_STREAM), as H2Session._start_stream does,
+# so h2's own limit is set out of reach.
+_H2_STREAM_LIMIT = 2**31 - 1
 
 
 class H2Session:
@@ -98,12 +108,20 @@ class H2Session:
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config)
+        # hpack refuses (ENHANCE_YOUR_CALM) a header list of more than 64 KiB decoded;
+        # Envoy resets the stream of a list over max_request_headers_kb
+        # (http2.header_overflow, _start_stream), so hpack's bound is set beyond it.
+        self.h2.decoder.max_header_list_size = 2 * plan.max_head + 65536
+        values = local_settings(self.options)
+        values[0x3] = _H2_STREAM_LIMIT
         self.h2.local_settings = h2.settings.Settings(
             client=False,
-            initial_values={
-                h2.settings.SettingCodes(k): v for k, v in local_settings(self.options).items()
-            },
+            initial_values={h2.settings.SettingCodes(k): v for k, v in values.items()},
         )
+        # Envoy's flood limits (proxyd.protocol.h2_flood).
+        self.guard = FloodGuard(self.options)
+        # Bytes a write left unsent while the read loop goes on (see _send_nowait).
+        self.backlog = b""
         self.streams: dict[int, H2Stream] = {}
         self.send_lock = trio.Lock()
         self.nursery: trio.Nursery | None = None
@@ -180,9 +198,19 @@ class H2Session:
                         await self._protocol_error(exc)
                         return
                     self._dispatch(events)
-                    await self.flush()
+                    if h2c.incoming_buffer._headers_buffer:  # a header block still open
+                        self._check_open_block(h2c.incoming_buffer._headers_buffer)
                     if self.broken:
                         return
+                    flood = self.guard.check_outbound()
+                    if flood is not None:
+                        self._flood(flood)
+                        return
+                    if not self.send_lock.locked():
+                        self._send_nowait()
+                    # (else a write waits for the client to read: what this read
+                    # produced is sent after it, within the flood limits)
+                    await io.checkpoint()  # the streams this read started run first
                 if self.goaway_id >= 0 and not self.streams:
                     return  # drained: every stream it let through has finished
                 if self.remote_goaway and not self.streams:
@@ -259,40 +287,113 @@ class H2Session:
         except DownstreamReset:
             pass  # the client is gone: the read loop sees it too
 
+    def _output(self) -> bytes:
+        """What is to be written, in order: what a write left, the first SETTINGS,
+        h2's frames, and GOAWAYs written beside h2."""
+        data = self.h2.data_to_send()
+        if self.first_out:
+            data = self.first_out + data
+            self.first_out = b""
+        if self.backlog:
+            data = self.backlog + data
+            self.backlog = b""
+        extra = self.extra_out
+        if extra:
+            data = data + b"".join(extra)
+            extra.clear()
+        return data
+
+    def _send_nowait(self) -> None:
+        """The read loop's write: what the socket takes now; the rest is left to a
+        writer task, and the read loop reads on meanwhile (a client that does not read
+        makes proxyd queue frames, which the flood limits bound, as in Envoy)."""
+        data = self._output()
+        if not data:
+            self.guard.written()
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            return
+        if sent == len(data):
+            self.guard.written()
+            return
+        self.backlog = data[sent:]
+        assert self.nursery is not None
+        self.nursery.start_soon(self._flush_quietly)
+
     async def flush(self) -> None:
-        """Everything h2 has to send, in order; DownstreamReset when the socket broke."""
+        """Everything there is to send, in order, until nothing is left (what others
+        queued meanwhile included); DownstreamReset when the socket broke or a flood
+        limit closed the connection."""
         if self.broken:
             raise DownstreamReset()
+        flood = self.guard.check_outbound()
+        if flood is not None:
+            self._flood(flood)
+            raise DownstreamReset()
         async with self.send_lock:
-            data = self.h2.data_to_send()
-            if self.first_out:
-                data = self.first_out + data
-                self.first_out = b""
-            extra = self.extra_out
-            if extra:
-                data = data + b"".join(extra)
-                extra.clear()
-            if not data:
-                return
-            try:
-                await io.send_all(self.sock, data)
-            except (OSError, trio.ClosedResourceError):
-                self.broken = True
-                self.reader.cancel()
-                raise DownstreamReset() from None
-            except trio.Cancelled:
-                # A stream's deadline passed while the client was not reading: part of
-                # a frame may be out, so nothing more can follow on this connection.
-                self.broken = True
-                self.reader.cancel()
-                raise
+            while True:
+                data = self._output()
+                if not data:
+                    self.guard.written()
+                    return
+                try:
+                    await io.send_all(self.sock, data)
+                except (OSError, trio.ClosedResourceError):
+                    self.broken = True
+                    self.reader.cancel()
+                    raise DownstreamReset() from None
+                except trio.Cancelled:
+                    # A stream's deadline passed while the client was not reading: part
+                    # of a frame may be out, so nothing more can follow on it.
+                    self.broken = True
+                    self.reader.cancel()
+                    raise
+                if self.broken:
+                    raise DownstreamReset()
+
+    def _flood(self, stat: str) -> None:
+        """A flood limit passed: counted in ``http2.<stat>``, and the connection is
+        closed without another frame, as Envoy closes it."""
+        if self.broken:
+            return
+        self.codec_stats.inc(stat)
+        self.broken = True
+        self.reader.cancel()
+
+    def _check_open_block(self, frames: list) -> None:
+        """A header block whose CONTINUATION frames have not ended: more bytes than
+        max_request_headers_kb (a CONTINUATION flood: http2.header_overflow) or more
+        empty frames than max_consecutive_inbound_frames_with_empty_payload close the
+        connection."""
+        size = empty = 0
+        for f in frames:
+            n = len(f.data)
+            size += n
+            empty = 0 if n else empty + 1
+        if size > self.plan.max_head:
+            self._flood("header_overflow")
+        elif empty > self.options.max_consecutive_inbound_frames_with_empty_payload:
+            self._flood(EMPTY_FRAMES_FLOOD)
 
     # -- events -------------------------------------------------------------------------
 
     def _dispatch(self, events: list[Any]) -> None:
         streams = self.streams
+        guard = self.guard
         for ev in events:
             if isinstance(ev, h2.events.DataReceived):
+                if not ev.data and ev.stream_ended is None:
+                    flood = guard.empty_frame()
+                    if flood is not None:
+                        self._flood(flood)
+                        return
+                else:
+                    guard.empty_run = 0
                 s = streams.get(ev.stream_id)
                 if s is None or s.done:
                     # Nobody will read it: the connection's window gets it back now.
@@ -300,6 +401,9 @@ class H2Session:
                 else:
                     s.data_received(ev.data, ev.flow_controlled_length)
             elif isinstance(ev, h2.events.RequestReceived):
+                guard.headers_frame()
+                if ev.priority_updated is not None:
+                    guard.priority -= 1  # (a HEADERS frame's priority: not a PRIORITY frame)
                 self._start_stream(ev)
             elif isinstance(ev, h2.events.StreamEnded):
                 s = streams.get(ev.stream_id)
@@ -311,6 +415,10 @@ class H2Session:
                 if s is not None:
                     s.reset_by_peer()
             elif isinstance(ev, h2.events.WindowUpdated):
+                flood = guard.window_update_frame()
+                if flood is not None:
+                    self._flood(flood)
+                    return
                 if ev.stream_id == 0:
                     for s in streams.values():
                         s.wake_window()
@@ -319,11 +427,20 @@ class H2Session:
                     if s is not None:
                         s.wake_window()
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                guard.control_frame()  # its acknowledgement
                 for s in streams.values():
                     s.wake_window()
+            elif isinstance(ev, h2.events.PingReceived):
+                guard.control_frame()  # its acknowledgement
+            elif isinstance(ev, h2.events.PriorityUpdated):
+                flood = guard.priority_frame()
+                if flood is not None:
+                    self._flood(flood)
+                    return
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.remote_goaway = True
             elif isinstance(ev, h2.events.TrailersReceived):
+                guard.empty_run = 0
                 self.codec_stats.inc("trailers")
             # TrailersReceived: request trailers are not forwarded to the HTTP/1.1
             # upstream (their StreamEnded follows); pings and settings acks are h2's.
@@ -333,22 +450,30 @@ class H2Session:
             try:
                 self.h2.acknowledge_received_data(n, stream_id)
             except h2.exceptions.ProtocolError:
-                pass  # the connection is closing; no window to give back
+                return  # the connection is closing; no window to give back
+            self.guard.out_frames += 1  # (a WINDOW_UPDATE, when h2 sends one)
 
     def _start_stream(self, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id
         if self.goaway_id >= 0 and sid > self.goaway_id:
             self.reset_stream(sid, REFUSED_STREAM)
             return
+        if len(self.streams) >= self.options.max_concurrent_streams and self._at_stream_limit():
+            # Beyond the MAX_CONCURRENT_STREAMS announced: refused, as Envoy refuses it.
+            self.codec_stats.inc("stream_refused_errors")
+            self.reset_stream(sid, REFUSED_STREAM)
+            return
         worker = self.worker
         plan = worker.plans.get(self.dc.listener_name) or self.plan
         stats = plan.http_stats
         stats.rq_http2_total += 1
+        oversized = False
         try:
             raw, has_body = request_head(
                 ev.headers, ev.stream_ended is not None, self.options.allow_connect
             )
             if len(raw) > plan.max_head:  # max_request_headers_kb
+                oversized = True
                 raise ProtocolError("headers too large", 431)
             head = worker.head_parser.parse(raw, plan.request_wanted, plan.max_headers, None)
         except ExtendedConnectRefused:
@@ -366,7 +491,9 @@ class H2Session:
             # INTERNAL_ERROR, logged with DR and no request, as Envoy logs it).
             stats.cx_protocol_error += exc.status != 431
             stats.rq_total += 1
-            if exc.status == 431:
+            if oversized:
+                self.codec_stats.inc("header_list_size_too_large")
+            elif exc.status == 431:  # more fields than max_headers_count
                 self.codec_stats.inc("header_overflow")
             self.reset_stream(sid, INTERNAL_ERROR if exc.status == 431 else PROTOCOL_ERROR)
             if plan.logs:
@@ -381,6 +508,18 @@ class H2Session:
         self.worker.timers.clear(self.idle)
         assert self.nursery is not None
         self.nursery.start_soon(s.run)
+
+    def _at_stream_limit(self) -> bool:
+        """Whether the streams still open in HTTP/2's terms (a stream reset or ended
+        both ways is not, though its task may not have finished) fill
+        MAX_CONCURRENT_STREAMS. Counted only when the cheap count says it may."""
+        h2_streams = self.h2.streams
+        open_now = 0
+        for sid in self.streams:
+            st = h2_streams.get(sid)
+            if st is not None and not st.closed:
+                open_now += 1
+        return open_now >= self.options.max_concurrent_streams
 
     def _check_premature_resets(self) -> None:
         """Envoy's ``maybeDrainDueToPrematureResets``: abort a connection whose client
@@ -406,6 +545,7 @@ class H2Session:
             self.h2.reset_stream(sid, code)
         except h2.exceptions.ProtocolError:
             return  # already closed on h2's side: nothing to reset
+        self.guard.control_frame()
         self.codec_stats.inc("tx_reset")
 
     def stream_done(self, s: H2Stream) -> None:
@@ -646,10 +786,12 @@ class H2Stream:
     async def _send_head(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         if self.peer_reset:
             raise DownstreamReset()
+        session = self.session
         try:
-            self.session.h2.send_headers(self.sid, headers, end_stream=end_stream)
+            session.h2.send_headers(self.sid, headers, end_stream=end_stream)
         except h2.exceptions.ProtocolError:
             raise DownstreamReset() from None
+        session.guard.out_frames += 1
         if end_stream:
             self.ended_out = True
         await self._flush_end(end_stream)
@@ -676,6 +818,9 @@ class H2Stream:
                     h2c.send_data(sid, bytes(view[:n]))
                 except h2.exceptions.ProtocolError:
                     raise DownstreamReset() from None
+                guard = session.guard
+                guard.out_frames += 1
+                guard.data_sent += 1
                 stream.bytes_sent += n
                 view = view[n:]
                 await session.flush()
