@@ -196,6 +196,15 @@ def h2_ws_session(
         if out["status"] != 200:
             while pump() != [None]:
                 pass
+            if state["ended"] == "end_stream":
+                # The RST_STREAM a server sends after a response it ended early may
+                # come in a later read.
+                sock.settimeout(0.3)
+                try:
+                    while state["ended"] == "end_stream":
+                        read_once()
+                except TimeoutError:
+                    pass
             if isinstance(out.get("body"), bytes):
                 out["body"] = out["body"].decode()
             out["ended"] = state["ended"]

@@ -43,6 +43,10 @@ def config(upstream: int) -> str:
                             "upgrade_configs": [{"upgrade_type": "websocket", "enabled": False}],
                         },
                     },
+                    {
+                        "match": {"prefix": "/idle"},
+                        "route": {"cluster": "ws", "idle_timeout": "0.5s"},
+                    },
                     {"match": {"prefix": "/"}, "route": {"cluster": "ws"}},
                 ],
             }
@@ -78,6 +82,8 @@ def config(upstream: int) -> str:
 # name: (listener, path, messages, big binary message size, how the client ends)
 CASES: dict[str, tuple[str, str, list[str], int, str]] = {
     "echo": ("ws", "/chat", ["hello", "world"], 0, "close"),
+    # The route's idle_timeout (0.5 s) passes between the two messages (1 s apart).
+    "idle_timeout": ("ws", "/idle", ["one", "two"], 0, "close"),
     "large_message": ("ws", "/chat", ["a" * 70000], 1 << 20, "close"),
     "client_ends_stream": ("ws", "/chat", ["x"], 0, "end_stream"),
     "client_resets": ("ws", "/chat", ["x"], 0, "reset"),
@@ -96,7 +102,10 @@ def play_all(port_of: PortOf, server: WsEchoServer) -> dict[str, Any]:
     }
     for name, (listener, path, messages, big, how) in CASES.items():
         before = len(server.heads)
-        result = h2_ws_session(port_of(listener), path, messages, big=big, close_how=how)
+        pause = 1.0 if name == "idle_timeout" else 0.0
+        result = h2_ws_session(
+            port_of(listener), path, messages, big=big, close_how=how, pause_s=pause
+        )
         heads = server.heads[before:]
         result["upstream saw"] = [{k: h.get(k) for k in SEEN} for h in heads]
         out[name] = result
