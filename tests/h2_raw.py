@@ -4,7 +4,9 @@ frames (not through a state machine that would stop at the first oddity)."""
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import termios
 import time
 from typing import Any
 
@@ -118,6 +120,23 @@ class RawH2:
     @staticmethod
     def rst(sid: int, code: int = 8) -> bytes:
         return RstStreamFrame(sid, error_code=code).serialize()
+
+    def wait_stalled(self, timeout: float = 10.0) -> None:
+        """Wait until the bytes waiting unread in this socket stop growing (for 0.3 s):
+        the server's writes to it are blocked."""
+        last, since = -1, time.monotonic()
+        deadline = since + timeout
+        while time.monotonic() < deadline:
+            waiting = int.from_bytes(
+                fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"), "little"
+            )
+            now = time.monotonic()
+            if waiting != last:
+                last, since = waiting, now
+            elif waiting and now - since >= 0.3:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the server kept writing")
 
     # -- frames in ------------------------------------------------------------------
 

@@ -84,9 +84,10 @@ def request_head(
     their rules). An extended CONNECT (RFC 8441: ``:method CONNECT`` with ``:protocol``,
     taken with ``allow_connect``) stands for the upgrade request Envoy makes of it: a
     GET with ``connection: upgrade`` and ``upgrade: <protocol>`` and no body framing
-    (what the client sends after it is the tunnel's). Raises :class:`ProtocolError`
-    (400) for what an HTTP/1.1 head cannot carry: a missing ``:method``/``:path`` (a
-    plain CONNECT included), a CR, LF or NUL in a name or value;
+    (what the client sends after it is the tunnel's); a plain CONNECT, the HTTP/1.1
+    CONNECT to its ``:authority``. Raises :class:`ProtocolError`
+    (400) for what an HTTP/1.1 head cannot carry: a missing ``:method``/``:path`` (or
+    a CONNECT's ``:authority``), a CR, LF or NUL in a name or value;
     :class:`ExtendedConnectRefused` for a ``:protocol`` without ``allow_connect``.
     """
     method = path = authority = b""
@@ -118,14 +119,18 @@ def request_head(
             length = True
         lines.append(name + b": " + value + b"\r\n")
     upgrade = b""
+    authority = authority or host
     if protocol:
         if not allow_connect:
             raise ExtendedConnectRefused()
         if method == b"CONNECT" and path:
             method, upgrade = b"GET", protocol
-    if not method or not path or method == b"CONNECT":
+    elif method == b"CONNECT" and not path and authority:
+        # A plain CONNECT (RFC 9113 §8.5): the HTTP/1.1 CONNECT to the same authority
+        # (routed by connect_matcher; what the client sends after it is the tunnel's).
+        path = authority
+    if not method or not path or method == b"CONNECT" and not authority:
         raise ProtocolError("missing required header: :method or :path", 400)
-    authority = authority or host
     out = [method, b" ", path, b" HTTP/1.1\r\n"]
     if authority:
         out.append(b"host: " + authority + b"\r\n")
@@ -133,7 +138,9 @@ def request_head(
     if cookies:
         out.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
     has_body = not end_stream
-    if upgrade:
+    if method == b"CONNECT":
+        has_body = True  # the tunnel's bytes follow
+    elif upgrade:
         out.append(b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n")
     elif has_body and not length:
         # A body of unknown length: chunked upstream, as Envoy's HTTP/1 encoder sends it.

@@ -27,6 +27,7 @@ and lets the streams already started finish.
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ from proxyd.protocol.h2_translate import (
     request_head,
     response_headers,
 )
-from proxyd.protocol.http1_headers import local_reply, response_head
+from proxyd.protocol.http1_headers import http_date, local_reply, response_head
 from proxyd.worker import io, manager
 from proxyd.worker.deadlines import Deadline, DeadlineKind
 from proxyd.worker.router import arm_request_phase
@@ -881,9 +882,10 @@ class H2Stream:
     # -- a tunnel (extended CONNECT, RFC 8441) ------------------------------------------------
 
     async def send_upgrade_response(self, r: ResponseHead, service_ms: int, upgrade: str) -> None:
-        """The upstream's 101 to the upgrade an extended CONNECT stood for: a 200 on
-        this stream without the connection and upgrade lines (Envoy's
-        transformUpgradeResponseFromH1toH2), and no upstream service time."""
+        """The upstream's 101 to the upgrade an extended CONNECT stood for, or its 2xx
+        to a forwarded CONNECT: a 101 becomes a 200 (Envoy's
+        transformUpgradeResponseFromH1toH2), without the connection and upgrade lines,
+        and with no upstream service time."""
         stream = self.stream
         rp = stream.route_plan
         if rp is not None and rp.mutations is not None:
@@ -891,15 +893,26 @@ class H2Stream:
         stream.response_started = True
         head = response_head(r, self.plan.server, -2, False, False, stream.response_added)
         headers = response_headers(head)
-        headers[0] = (b":status", b"200")
+        if r.status == 101:
+            headers[0] = (b":status", b"200")
+        await self._send_head(headers, False)
+
+    async def send_connect_established(self) -> None:
+        """The 200 of a CONNECT this route terminates (connect_config)."""
+        self.stream.response_started = True
+        server = self.plan.server  # "server: name\r\n"
+        name = server[server.find(b":") + 1 :].strip()
+        headers = [(b":status", b"200"), (b"server", name), (b"date", http_date())]
         await self._send_head(headers, False)
 
     async def tunnel(self, sock: Any, first: bytes, touch: Callable[[], None]) -> None:
         """Bytes both ways between this stream's DATA frames and the upstream socket
-        ``sock`` (``first``: what the upstream sent after its 101), until the upstream
-        closes (the stream is reset with CONNECT_ERROR, as Envoy resets it), the client
-        resets the stream, or either side breaks. The client's END_STREAM ends only
-        its direction: the upstream is not half-closed (nor is it by Envoy)."""
+        ``sock`` (``first``: what the upstream sent after its 101 or 2xx), until
+        either side ends it, as Envoy ends it: the upstream's close resets the stream
+        with CONNECT_ERROR, but ends it (END_STREAM) for a CONNECT terminated here
+        (a TCP half-close); the client's END_STREAM half-closes the upstream for a
+        CONNECT, and ends nothing for an upgrade (websocket); the client's reset
+        closes the upstream."""
         async with trio.open_nursery() as nursery:
             cancel = nursery.cancel_scope
             nursery.start_soon(self._from_upstream, sock, first, cancel, touch)
@@ -915,7 +928,14 @@ class H2Stream:
             while True:
                 n = await io.recv_into(sock, buf)
                 if n == 0:
-                    if not self.ended_out and not self.session.broken:
+                    if self.ended_out or self.session.broken:
+                        break
+                    rp = self.stream.route_plan
+                    if rp is not None and rp.connect_terminate:
+                        await self.send_data([], True)  # a half-close: END_STREAM
+                        if not self.body_ended:
+                            return  # the client's direction may go on
+                    else:
                         self._reset(CONNECT_ERROR)
                         await self.session.flush()
                     break
@@ -943,7 +963,12 @@ class H2Stream:
                 if self.peer_reset:
                     break
                 if not self.body:
-                    return  # END_STREAM: the other direction carries on
+                    # END_STREAM: a CONNECT's upstream is half-closed; an upgrade's
+                    # is not (as Envoy). The other direction carries on.
+                    h = stream.head
+                    if h is not None and h.upgrade == "connect":
+                        sock.shutdown(socket.SHUT_WR)
+                    return
                 pieces, n = self.body, self.body_len
                 self.body = []
                 self.body_len = 0

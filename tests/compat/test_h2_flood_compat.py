@@ -10,7 +10,6 @@ case."""
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +112,7 @@ def _unread_then(port: int, flood: bytes) -> RawH2:
     ``flood``."""
     c = RawH2(port, window=1 << 30, rcvbuf=4096)
     c.send(c.headers(1, request_headers(BIG)))
-    time.sleep(1.0)  # the response fills the socket buffers between the two
+    c.wait_stalled()  # the response fills the socket buffers between the two
     c.send(flood)
     return c
 
@@ -147,7 +146,7 @@ def cases(edge: int, tight: int) -> dict[str, Any]:
     out["SETTINGS not read"] = c.outcome(4.0)
     c = RawH2(tight, window=1 << 30, rcvbuf=4096)
     c.send(c.headers(1, request_headers(BIG)))
-    time.sleep(1.0)
+    c.wait_stalled()
     # (max_concurrent_streams 2: one at a time besides the big one; each answer queued)
     for i in range(150):
         sid = 3 + 2 * i

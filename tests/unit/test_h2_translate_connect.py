@@ -30,10 +30,16 @@ def test_extended_connect_without_allow_connect_is_refused():
         request_head(WS, False)
 
 
-def test_a_plain_connect_is_still_refused_as_malformed():
-    plain = [(b":method", b"CONNECT"), (b":authority", b"example.com:443")]
+def test_a_plain_connect_is_the_http1_connect_to_its_authority():
+    plain = [(b":method", b"CONNECT"), (b":authority", b"example.com:443"), (b"x-a", b"1")]
+    raw, has_body = request_head(plain, False)
+    assert raw == b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nx-a: 1\r\n\r\n"
+    assert has_body  # the tunnel's bytes follow, unframed
+
+
+def test_a_connect_without_authority_is_malformed():
     with pytest.raises(ProtocolError) as e:
-        request_head(plain, False, allow_connect=True)
+        request_head([(b":method", b"CONNECT")], False, allow_connect=True)
     assert e.value.status == 400 and not isinstance(e.value, ExtendedConnectRefused)
 
 
