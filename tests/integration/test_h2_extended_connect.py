@@ -1,5 +1,6 @@
-"""WebSocket over HTTP/2 (RFC 8441 extended CONNECT) with real processes: an HTTP/2
-client, proxyd, and a real HTTP/1.1 WebSocket server (wsproto).
+"""WebSocket over HTTP/2 (RFC 8441 extended CONNECT) and CONNECT tunnels with real
+processes: an HTTP/2 client, proxyd, a real HTTP/1.1 WebSocket server (wsproto) and a
+TCP echo server.
 
 * ``allow_connect`` announces SETTINGS_ENABLE_CONNECT_PROTOCOL 1; a ``:protocol
   websocket`` stream gets a 200 and carries messages both ways (one of 4 MiB, more than
@@ -9,6 +10,8 @@ client, proxyd, and a real HTTP/1.1 WebSocket server (wsproto).
   while the WebSocket is open, and the WebSocket still echoes after it.
 * Without ``allow_connect`` the setting is 0 and such a stream closes the connection
   (``http2.rx_messaging_error``); the worker serves the next client.
+* A plain CONNECT terminated here (``connect_config``) carries 2 MiB each way through
+  the same small windows, and END_STREAM half-closes the upstream.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from wsproto.events import TextMessage
 from tests.h2_ws_client import h2_ws_session, server_connect_protocol
 from tests.support import (
     ProxydProcess,
+    TcpEchoServer,
     UpstreamServer,
     bootstrap,
     dump_yaml,
@@ -47,6 +51,15 @@ def routes() -> dict:
                 "name": "all",
                 "domains": ["*"],
                 "routes": [
+                    {
+                        "match": {"connect_matcher": {}},
+                        "route": {
+                            "cluster": "echo",
+                            "upgrade_configs": [
+                                {"upgrade_type": "CONNECT", "connect_config": {}}
+                            ],
+                        },
+                    },
                     {"match": {"prefix": "/plain"}, "route": {"cluster": "up"}},
                     {"match": {"prefix": "/"}, "route": {"cluster": "ws"}},
                 ],
@@ -59,6 +72,7 @@ def routes() -> dict:
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxydProcess]:
     ws = WsEchoServer().start()
     up = UpstreamServer("up").start()
+    echo = TcpEchoServer().__enter__()
     listeners = [
         http_listener(
             "ingress",
@@ -75,12 +89,17 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxydProcess]:
         ),
         http_listener("noconnect", 0, routes(), upgrade_configs=[{"upgrade_type": "websocket"}]),
     ]
-    clusters = [static_cluster("ws", [ws.port]), static_cluster("up", [up.port])]
+    clusters = [
+        static_cluster("ws", [ws.port]),
+        static_cluster("up", [up.port]),
+        static_cluster("echo", [echo.port]),
+    ]
     config = dump_yaml(bootstrap(listeners, clusters))
     try:
         with ProxydProcess(tmp_path_factory.mktemp("h2ws"), config, concurrency=1) as p:
             yield p
     finally:
+        echo.__exit__()
         up.stop()
         ws.stop()
 
@@ -152,3 +171,53 @@ def test_without_allow_connect_the_connection_closes(proxy: ProxydProcess):
     # The worker goes on.
     again = h2_ws_session(proxy.listener_port("ingress"), "/chat", ["y"])
     assert again["replies"] == ["echo:y"]
+
+
+def test_a_terminated_connect_tunnels_2_mib_each_way_and_half_closes(proxy: ProxydProcess):
+    """A plain CONNECT to a TCP echo server (connect_config): 2 MiB through the 64 KiB
+    windows and back; the client's END_STREAM half-closes the upstream, whose
+    ``<eof>`` and close end the stream."""
+    sock = socket.create_connection(("127.0.0.1", proxy.listener_port("ingress")), timeout=10)
+    c = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    c.initiate_connection()
+    sock.sendall(c.data_to_send())
+    got = {"status": 0, "data": bytearray(), "ended": False}
+
+    def read_once() -> None:
+        data = sock.recv(65536)
+        assert data, "the connection closed"
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                got["status"] = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                got["data"] += ev.data
+            elif isinstance(ev, h2.events.StreamEnded):
+                got["ended"] = True
+            elif isinstance(ev, h2.events.StreamReset):
+                raise AssertionError(f"reset {ev.error_code}")
+        sock.sendall(c.data_to_send())
+
+    with sock:
+        c.send_headers(1, [(b":method", b"CONNECT"), (b":authority", b"echo.test:7")])
+        sock.sendall(c.data_to_send())
+        while not got["status"]:
+            read_once()
+        assert got["status"] == 200
+        payload = os.urandom(2 * MIB)
+        view = memoryview(payload)
+        while view:
+            room = min(c.local_flow_control_window(1), c.max_outbound_frame_size, len(view))
+            if room <= 0:
+                read_once()
+                continue
+            c.send_data(1, bytes(view[:room]))
+            sock.sendall(c.data_to_send())
+            view = view[room:]
+        c.end_stream(1)
+        sock.sendall(c.data_to_send())
+        while not got["ended"]:
+            read_once()
+        assert bytes(got["data"]) == payload + b"<eof>"
