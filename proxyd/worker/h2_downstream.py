@@ -22,12 +22,17 @@ Deadlines are per stream (one :class:`~proxyd.worker.deadlines.Deadline` and one
 scope each); a stream that ends early is reset (RST_STREAM) on its own. A protocol
 error ends the connection with GOAWAY; a drain (:meth:`H2Session.drain`) sends GOAWAY
 and lets the streams already started finish.
+
+Writes: the read loop writes what the socket takes at once and reads on while the rest
+waits for the client (a writer task sends it); what is queued meanwhile is bounded by
+Envoy's flood limits (:mod:`proxyd.protocol.h2_flood`), which close the connection
+without a frame when passed. A CONNECT or extended CONNECT stream the route takes
+becomes a tunnel on its stream (:mod:`proxyd.worker.h2_tunnel`).
 """
 
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +53,8 @@ from proxyd.protocol.h2_translate import (
     request_head,
     response_headers,
 )
-from proxyd.protocol.http1_headers import http_date, local_reply, response_head
-from proxyd.worker import io, manager
+from proxyd.protocol.http1_headers import local_reply, response_head
+from proxyd.worker import h2_tunnel, io, manager
 from proxyd.worker.deadlines import Deadline, DeadlineKind
 from proxyd.worker.router import arm_request_phase
 from proxyd.worker.stats import note_unexpected
@@ -68,7 +73,6 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 REFUSED_STREAM = 0x7
-CONNECT_ERROR = 0xA
 # A GOAWAY's last stream id when it only announces that the connection will close
 # (Envoy's shutdown notice before its final GOAWAY).
 SHUTDOWN_NOTICE_ID = 2**31 - 1
@@ -879,104 +883,13 @@ class H2Stream:
         if payload:
             await self.send_data([payload], True)
 
-    # -- a tunnel (extended CONNECT, RFC 8441) ------------------------------------------------
+    # -- a tunnel (CONNECT, extended CONNECT): proxyd.worker.h2_tunnel ----------------------
 
     async def send_upgrade_response(self, r: ResponseHead, service_ms: int, upgrade: str) -> None:
-        """The upstream's 101 to the upgrade an extended CONNECT stood for, or its 2xx
-        to a forwarded CONNECT: a 101 becomes a 200 (Envoy's
-        transformUpgradeResponseFromH1toH2), without the connection and upgrade lines,
-        and with no upstream service time."""
-        stream = self.stream
-        rp = stream.route_plan
-        if rp is not None and rp.mutations is not None:
-            r, service_ms = rp.mutations.on_response(r, stream, self, -2)
-        stream.response_started = True
-        head = response_head(r, self.plan.server, -2, False, False, stream.response_added)
-        headers = response_headers(head)
-        if r.status == 101:
-            headers[0] = (b":status", b"200")
-        await self._send_head(headers, False)
+        await h2_tunnel.send_upgrade_response(self, r)
 
     async def send_connect_established(self) -> None:
-        """The 200 of a CONNECT this route terminates (connect_config)."""
-        self.stream.response_started = True
-        server = self.plan.server  # "server: name\r\n"
-        name = server[server.find(b":") + 1 :].strip()
-        headers = [(b":status", b"200"), (b"server", name), (b"date", http_date())]
-        await self._send_head(headers, False)
+        await h2_tunnel.send_connect_established(self)
 
     async def tunnel(self, sock: Any, first: bytes, touch: Callable[[], None]) -> None:
-        """Bytes both ways between this stream's DATA frames and the upstream socket
-        ``sock`` (``first``: what the upstream sent after its 101 or 2xx), until
-        either side ends it, as Envoy ends it: the upstream's close resets the stream
-        with CONNECT_ERROR, but ends it (END_STREAM) for a CONNECT terminated here
-        (a TCP half-close); the client's END_STREAM half-closes the upstream for a
-        CONNECT, and ends nothing for an upgrade (websocket); the client's reset
-        closes the upstream."""
-        async with trio.open_nursery() as nursery:
-            cancel = nursery.cancel_scope
-            nursery.start_soon(self._from_upstream, sock, first, cancel, touch)
-            nursery.start_soon(self._to_upstream, sock, cancel, touch)
-
-    async def _from_upstream(
-        self, sock: Any, first: bytes, cancel: trio.CancelScope, touch: Callable[[], None]
-    ) -> None:
-        buf = memoryview(bytearray(16384))
-        try:
-            if first:
-                await self.send_data([first], False)
-            while True:
-                n = await io.recv_into(sock, buf)
-                if n == 0:
-                    if self.ended_out or self.session.broken:
-                        break
-                    rp = self.stream.route_plan
-                    if rp is not None and rp.connect_terminate:
-                        await self.send_data([], True)  # a half-close: END_STREAM
-                        if not self.body_ended:
-                            return  # the client's direction may go on
-                    else:
-                        self._reset(CONNECT_ERROR)
-                        await self.session.flush()
-                    break
-                # (send_data copies what it frames: the buffer is free again after it)
-                await self.send_data([buf[:n]], False)
-                touch()
-        except (OSError, DownstreamReset):
-            pass  # either side is gone: the tunnel ends
-        cancel.cancel()
-
-    async def _to_upstream(
-        self, sock: Any, cancel: trio.CancelScope, touch: Callable[[], None]
-    ) -> None:
-        session = self.session
-        stream = self.stream
-        try:
-            while True:
-                if self.unacked:  # what went upstream: the client may send more
-                    session._ack(self.sid, self.unacked)
-                    self.unacked = 0
-                    await session.flush()
-                while not self.body and not self.body_ended and not self.peer_reset:
-                    self.body_wake = wake = trio.Event()
-                    await wake.wait()
-                if self.peer_reset:
-                    break
-                if not self.body:
-                    # END_STREAM: a CONNECT's upstream is half-closed; an upgrade's
-                    # is not (as Envoy). The other direction carries on.
-                    h = stream.head
-                    if h is not None and h.upgrade == "connect":
-                        sock.shutdown(socket.SHUT_WR)
-                    return
-                pieces, n = self.body, self.body_len
-                self.body = []
-                self.body_len = 0
-                self.unacked += n
-                stream.bytes_received += n
-                for p in pieces:
-                    await io.send_all(sock, p)
-                touch()
-        except (OSError, DownstreamReset):
-            pass
-        cancel.cancel()
+        await h2_tunnel.run(self, sock, first, touch)
