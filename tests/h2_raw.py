@@ -86,7 +86,7 @@ class RawH2:
         if not rest and end:
             out.flags.add("END_HEADERS")
         parts = [out.serialize()]
-        while rest:
+        while rest and step:
             c = ContinuationFrame(sid, rest[:step])
             rest = rest[step:]
             if not rest and end:

@@ -43,7 +43,7 @@ import h2.exceptions
 import h2.frame_buffer
 import h2.settings
 import trio
-from hyperframe.frame import GoAwayFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, SettingsFrame
 
 from proxyd.errors import ProtocolError
 from proxyd.protocol.h2_flood import EMPTY_FRAMES_FLOOD, FloodGuard
@@ -85,14 +85,71 @@ READ_SIZE = 64 * 1024
 # and before that once there are 250), the connection is aborted.
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME_S = 1.0
-# h2 refuses a header block of more than 64 CONTINUATION frames; Envoy takes any number
-# and bounds the block's size instead (H2Session._check_open_block), so h2's count is
-# lifted to what that size allows at one byte a frame.
-h2.frame_buffer.CONTINUATION_BACKLOG = 1 << 20
+# The CONTINUATION frames a header block may have (Envoy's nghttp2 max_continuations).
+MAX_CONTINUATIONS = 512
 # h2 enforces the MAX_CONCURRENT_STREAMS it announced by closing the connection;
 # Envoy refuses the stream beyond it (REFUSED_STREAM), as H2Session._start_stream does,
 # so h2's own limit is set out of reach.
 _H2_STREAM_LIMIT = 2**31 - 1
+
+
+class _NextFrame(Exception):
+    """h2's frame buffer took a frame into a header block and asks for the next one."""
+
+
+class _FrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer without its cap of 64 CONTINUATION frames a header block:
+    Envoy takes any number and bounds the block's size instead
+    (H2Session._check_open_block). The frames of a long block are merged into one as
+    it grows, so h2's count stays under its cap and the bytes stay what they were.
+    Empty CONTINUATION frames in a row are counted here (``flooded``: more than
+    max_consecutive_inbound_frames_with_empty_payload), and a block's CONTINUATION
+    frames (``too_many``: more than Envoy's 512, its nghttp2 max_continuations)."""
+
+    def __init__(self, max_empty: int) -> None:
+        super().__init__(server=True)
+        self.max_empty = max_empty
+        self.empty_run = 0
+        self.flooded = False
+        self.too_many = False
+        self.continuations = 0
+        self.nested = False
+
+    def __next__(self) -> Any:
+        # h2 asks for the frame after one it took into a header block by calling
+        # __next__ again from inside itself: one level of recursion per CONTINUATION
+        # frame, which a read of many small ones would take past Python's limit. The
+        # inner call is turned back into a loop here (the frame it follows is
+        # consumed by then).
+        if self.nested:
+            raise _NextFrame()
+        self.nested = True
+        try:
+            while True:
+                try:
+                    return super().__next__()
+                except _NextFrame:
+                    continue
+        finally:
+            self.nested = False
+
+    def _update_header_buffer(self, f: Any) -> Any:
+        buf = self._headers_buffer
+        if buf and isinstance(f, ContinuationFrame):
+            self.continuations += 1
+            self.too_many = self.continuations > MAX_CONTINUATIONS
+            if f.data:
+                self.empty_run = 0
+            else:
+                self.empty_run += 1
+                self.flooded = self.empty_run > self.max_empty
+            if len(buf) >= 32:
+                merged = ContinuationFrame(buf[0].stream_id, b"".join(x.data for x in buf[1:]))
+                del buf[1:]
+                buf.append(merged)
+        elif not buf:
+            self.continuations = 0  # (a new block, if f starts one)
+        return super()._update_header_buffer(f)
 
 
 class H2Session:
@@ -113,6 +170,10 @@ class H2Session:
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config)
+        self.frames_in = _FrameBuffer(
+            self.options.max_consecutive_inbound_frames_with_empty_payload
+        )
+        self.h2.incoming_buffer = self.frames_in
         # hpack refuses (ENHANCE_YOUR_CALM) a header list of more than 64 KiB decoded;
         # Envoy resets the stream of a list over max_request_headers_kb
         # (http2.header_overflow, _start_stream), so hpack's bound is set beyond it.
@@ -203,8 +264,9 @@ class H2Session:
                         await self._protocol_error(exc)
                         return
                     self._dispatch(events)
-                    if h2c.incoming_buffer._headers_buffer:  # a header block still open
-                        self._check_open_block(h2c.incoming_buffer._headers_buffer)
+                    frames_in = self.frames_in
+                    if frames_in._headers_buffer or frames_in.flooded or frames_in.too_many:
+                        self._check_open_block(frames_in)
                     if self.broken:
                         return
                     flood = self.guard.check_outbound()
@@ -370,20 +432,22 @@ class H2Session:
         self.broken = True
         self.reader.cancel()
 
-    def _check_open_block(self, frames: list) -> None:
-        """A header block whose CONTINUATION frames have not ended: more bytes than
-        max_request_headers_kb (a CONTINUATION flood: http2.header_overflow) or more
-        empty frames than max_consecutive_inbound_frames_with_empty_payload close the
-        connection."""
-        size = empty = 0
-        for f in frames:
-            n = len(f.data)
-            size += n
-            empty = 0 if n else empty + 1
-        if size > self.plan.max_head:
-            self._flood("header_overflow")
-        elif empty > self.options.max_consecutive_inbound_frames_with_empty_payload:
+    def _check_open_block(self, frames_in: _FrameBuffer) -> None:
+        """A header block: more empty CONTINUATION frames in a row than
+        max_consecutive_inbound_frames_with_empty_payload, more than 512 CONTINUATION
+        frames (a CONTINUATION flood of small frames, CVE-2024-27919), or, while it
+        has not ended, more bytes than max_request_headers_kb
+        (http2.header_list_size_too_large) close the connection."""
+        if frames_in.flooded:
             self._flood(EMPTY_FRAMES_FLOOD)
+        elif sum(len(f.data) for f in frames_in._headers_buffer) > self.plan.max_head:
+            # (Envoy resets the stream as it decodes past the limit and goes on; h2
+            # decodes a block only once it ends, so the connection ends instead)
+            self._flood("header_list_size_too_large")
+        elif frames_in.too_many:
+            # (Envoy closes it without a frame and without a stat of its own)
+            self.broken = True
+            self.reader.cancel()
 
     # -- events -------------------------------------------------------------------------
 

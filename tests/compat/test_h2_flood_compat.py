@@ -17,8 +17,10 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 import pytest
 import yaml
+from hyperframe.frame import ContinuationFrame
 
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import Pair, PortOf, run_pair
@@ -117,10 +119,20 @@ def _unread_then(port: int, flood: bytes) -> RawH2:
     return c
 
 
+def _padded(size: int) -> list:
+    """/echo's headers, padded so that their block (HPACK, a fresh encoder) is ``size``
+    bytes long."""
+    for n in range(2 * size):
+        for k in range(1, 9):
+            hdrs = request_headers("/echo", extra=[("x-pad", "v" * n), ("x-" + "q" * k, "1")])
+            if len(hpack.Encoder().encode(hdrs)) == size:
+                return hdrs
+    raise ValueError(size)
+
+
 def cases(edge: int, tight: int) -> dict[str, Any]:
     r = RawH2  # frame builders
     post = request_headers("/echo", "POST")
-    many = [(f"x-{i}", "v" * 100) for i in range(800)]
     small = [(f"x-{i}", "v" * 10) for i in range(90)]
     out: dict[str, Any] = {}
 
@@ -154,9 +166,17 @@ def cases(edge: int, tight: int) -> dict[str, Any]:
             break
     out["responses not read, max_outbound_frames 100"] = c.outcome(4.0)
     run("CONTINUATION without end", edge,
-        lambda c: c.headers_split(1, c.block(request_headers("/echo", extra=many)), 100, 100, end=False))  # fmt: skip
+        lambda c: c.headers_split(1, c.block(_padded(1000)), 1, 1, end=False))  # fmt: skip
     run("300 fields, more than max_headers_count", edge,
         lambda c: c.headers_split(1, c.block(request_headers("/echo", extra=small * 3 + small[:30])), 16384, 16384))  # fmt: skip
+    run("empty CONTINUATION frames", edge,
+        lambda c: c.headers_split(1, c.block(request_headers("/echo")), 10, 0, end=False)
+        + b"".join(ContinuationFrame(1, b"").serialize() for _ in range(3)))  # fmt: skip
+    run("a block in 1-byte CONTINUATION frames", edge,
+        lambda c: c.headers_split(1, c.block(request_headers("/echo", extra=small)), 1, 1), 2.0)  # fmt: skip
+    for n in (512, 513):  # CONTINUATION frames of one byte after a 1-byte HEADERS
+        hdrs = _padded(n + 1)
+        run(f"{n} CONTINUATION frames", edge, lambda c, h=hdrs: c.headers_split(1, c.block(h), 1, 1), 1.5)  # fmt: skip
     run("150 small CONTINUATION frames", edge,
         lambda c: c.headers_split(1, c.block(request_headers("/echo", extra=small)), 10, 10), 1.0)  # fmt: skip
     # 70 KiB of header list from a 4 KiB block: HPACK's dynamic table repeats a field.
@@ -194,6 +214,8 @@ CASE_NAMES = [
     "6 WINDOW_UPDATE", "900 PINGs at once", "5000 PINGs at once", "PINGs not read",
     "SETTINGS not read", "responses not read, max_outbound_frames 100",
     "CONTINUATION without end", "300 fields, more than max_headers_count",
+    "empty CONTINUATION frames", "a block in 1-byte CONTINUATION frames",
+    "512 CONTINUATION frames", "513 CONTINUATION frames",
     "150 small CONTINUATION frames", "oversized header list",
     "a stream beyond the limit", "bystander",
 ]  # fmt: skip
@@ -212,12 +234,15 @@ def test_envoy_behaves_as_the_cases_say(results: Pair) -> None:
     e = results.envoy.replies
     for name in ("two empty DATA", "four empty DATA, limit 3", "101 PRIORITY",
                  "6 WINDOW_UPDATE", "5000 PINGs at once", "PINGs not read",
-                 "SETTINGS not read", "CONTINUATION without end"):  # fmt: skip
+                 "SETTINGS not read", "CONTINUATION without end",
+                 "empty CONTINUATION frames", "a block in 1-byte CONTINUATION frames",
+                 "513 CONTINUATION frames"):  # fmt: skip
         assert e[name]["closed"] and e[name]["goaway"] == [], name
     for name in ("one empty DATA", "three empty DATA, limit 3", "100 PRIORITY",
-                 "5 WINDOW_UPDATE", "900 PINGs at once", "150 small CONTINUATION frames"):  # fmt: skip
+                 "5 WINDOW_UPDATE", "900 PINGs at once", "150 small CONTINUATION frames",
+                 "512 CONTINUATION frames"):  # fmt: skip
         assert not e[name]["closed"], name
     assert e["a stream beyond the limit"]["reset"] == [(5, 7)]
     assert e["bystander"] == [200, 200, 200]
     s = results.envoy.stats
-    assert s["http2.outbound_control_flood"] == 3 and s["http2.inbound_empty_frames_flood"] == 2
+    assert s["http2.outbound_control_flood"] == 3 and s["http2.inbound_empty_frames_flood"] == 3

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.compat.test_h2_flood_compat import Bystander
+from tests.compat.test_h2_flood_compat import Bystander, _padded
 from tests.h2_raw import RawH2, request_headers
 from tests.support import (
     ProxydProcess,
@@ -77,6 +77,15 @@ def test_floods_close_their_connection_and_spare_the_others(proxy: ProxydProcess
     time.sleep(0.3)
     out = c.outcome(0.5)
     assert not out["closed"] and c.frames.count(("PING_ACK", 0, "")) == 40
+    assert bystander.get() == 200
+    # A header block in 500 one-byte CONTINUATION frames (one read) is taken; 600 are
+    # a CONTINUATION flood: the connection closes without a frame.
+    for frames, closed in ((500, False), (600, True)):
+        c = RawH2(port)
+        c.send(c.headers_split(1, c.block(_padded(frames + 1)), 1, 1))
+        out = c.outcome(1.0)
+        assert out["closed"] is closed and out["goaway"] == [], frames
+        assert out["statuses"] == ([] if closed else [(1, "200")]), frames
     assert bystander.get() == 200
     assert proxy.stats().get("server.proxyd.worker_exceptions", 0) == 0
     bystander.sock.close()
