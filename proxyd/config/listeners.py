@@ -563,7 +563,18 @@ def compile_http2_options(hcm: Any, codec: str, path: str, file: str) -> Http2Op
                 file, join(opath, name), f"must be between {low} and {_MAX_WINDOW}, got {value}"
             )
         values[name] = value
-    return Http2Options(**values)
+    # The flood limits (Envoy's proto validation has checked their lower bounds).
+    flood = {
+        name: wrapped_or(o, name, getattr(_H2_DEFAULTS, name))
+        for name in (
+            "max_outbound_frames",
+            "max_outbound_control_frames",
+            "max_consecutive_inbound_frames_with_empty_payload",
+            "max_inbound_priority_frames_per_stream",
+            "max_inbound_window_update_frames_per_data_frame_sent",
+        )
+    }
+    return Http2Options(**values, allow_connect=o.allow_connect, **flood)
 
 
 def typed_config(

@@ -177,6 +177,13 @@ HCM: Spec = {
         "max_concurrent_streams": LEAF,
         "initial_stream_window_size": LEAF,
         "initial_connection_window_size": LEAF,
+        "allow_connect": LEAF,
+        # Envoy's flood limits (proxyd.protocol.h2_flood).
+        "max_outbound_frames": LEAF,
+        "max_outbound_control_frames": LEAF,
+        "max_consecutive_inbound_frames_with_empty_payload": LEAF,
+        "max_inbound_priority_frames_per_stream": LEAF,
+        "max_inbound_window_update_frames_per_data_frame_sent": LEAF,
     },
     "route_config": ROUTE_CONFIG,
     "rds": {"config_source": CONFIG_SOURCE, "route_config_name": LEAF},

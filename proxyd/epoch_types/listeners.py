@@ -254,6 +254,15 @@ class Http2Options:
     max_concurrent_streams: int = 1024
     initial_stream_window_size: int = 16 * 1024 * 1024
     initial_connection_window_size: int = 24 * 1024 * 1024
+    # allow_connect: SETTINGS_ENABLE_CONNECT_PROTOCOL 1, and extended CONNECT streams
+    # (RFC 8441, ``:protocol websocket``) taken as upgrades.
+    allow_connect: bool = False
+    # The flood limits (proxyd.protocol.h2_flood), with Envoy's defaults.
+    max_outbound_frames: int = 10000
+    max_outbound_control_frames: int = 1000
+    max_consecutive_inbound_frames_with_empty_payload: int = 1
+    max_inbound_priority_frames_per_stream: int = 100
+    max_inbound_window_update_frames_per_data_frame_sent: int = 10
 
 
 @dataclass(frozen=True, slots=True)

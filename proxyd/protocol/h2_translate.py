@@ -46,13 +46,21 @@ class H2Plan:
     options: Http2Options
 
 
+class ExtendedConnectRefused(ProtocolError):
+    """A ``:protocol`` request on a connection that did not announce
+    SETTINGS_ENABLE_CONNECT_PROTOCOL: Envoy's codec closes the connection for it."""
+
+    def __init__(self) -> None:
+        super().__init__(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL", 400)
+
+
 def local_settings(options: Http2Options) -> dict[int, int]:
     """The SETTINGS proxyd announces, as Envoy announces them (h2.settings.SettingCodes
-    values as keys, in Envoy's order): HEADER_TABLE_SIZE, ENABLE_CONNECT_PROTOCOL 0,
-    MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE."""
+    values as keys, in Envoy's order): HEADER_TABLE_SIZE, ENABLE_CONNECT_PROTOCOL (1 with
+    allow_connect), MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE."""
     return {
         0x1: 4096,
-        0x8: 0,
+        0x8: 1 if options.allow_connect else 0,
         0x3: options.max_concurrent_streams,
         0x4: options.initial_stream_window_size,
     }
@@ -67,16 +75,23 @@ def preface_state(data: bytes | memoryview) -> bool | None:
     return True if n == len(PREFACE) else None
 
 
-def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> tuple[bytes, bool]:
+def request_head(
+    headers: list[tuple[bytes, bytes]], end_stream: bool, allow_connect: bool = False
+) -> tuple[bytes, bool]:
     """The HTTP/1.1 head of an HTTP/2 request, and whether it has a body.
 
     ``headers`` is the block as h2 decoded it (pseudo-headers first, h2 has checked
-    their rules). Raises :class:`ProtocolError` (400) for what an HTTP/1.1 head cannot
-    carry: a missing ``:method``/``:path`` (CONNECT included: proxyd has no tunnels), a
-    CR, LF or NUL in a name or value.
+    their rules). An extended CONNECT (RFC 8441: ``:method CONNECT`` with ``:protocol``,
+    taken with ``allow_connect``) stands for the upgrade request Envoy makes of it: a
+    GET with ``connection: upgrade`` and ``upgrade: <protocol>`` and no body framing
+    (what the client sends after it is the tunnel's); a plain CONNECT, the HTTP/1.1
+    CONNECT to its ``:authority``. Raises :class:`ProtocolError`
+    (400) for what an HTTP/1.1 head cannot carry: a missing ``:method``/``:path`` (or
+    a CONNECT's ``:authority``), a CR, LF or NUL in a name or value;
+    :class:`ExtendedConnectRefused` for a ``:protocol`` without ``allow_connect``.
     """
     method = path = authority = b""
-    host = b""
+    host = protocol = b""
     lines: list[bytes] = []
     cookies: list[bytes] = []
     length = False
@@ -91,6 +106,8 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> tuple[
                 path = value
             elif name == b":authority":
                 authority = value
+            elif name == b":protocol":
+                protocol = value
             continue  # :scheme: the connection's scheme is what Envoy forwards
         if name == b"host":
             host = value
@@ -101,9 +118,19 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> tuple[
         if name == b"content-length":
             length = True
         lines.append(name + b": " + value + b"\r\n")
-    if not method or not path or method == b"CONNECT":
-        raise ProtocolError("missing required header: :method or :path", 400)
+    upgrade = b""
     authority = authority or host
+    if protocol:
+        if not allow_connect:
+            raise ExtendedConnectRefused()
+        if method == b"CONNECT" and path:
+            method, upgrade = b"GET", protocol
+    elif method == b"CONNECT" and not path and authority:
+        # A plain CONNECT (RFC 9113 §8.5): the HTTP/1.1 CONNECT to the same authority
+        # (routed by connect_matcher; what the client sends after it is the tunnel's).
+        path = authority
+    if not method or not path or method == b"CONNECT" and not authority:
+        raise ProtocolError("missing required header: :method or :path", 400)
     out = [method, b" ", path, b" HTTP/1.1\r\n"]
     if authority:
         out.append(b"host: " + authority + b"\r\n")
@@ -111,7 +138,11 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> tuple[
     if cookies:
         out.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
     has_body = not end_stream
-    if has_body and not length:
+    if method == b"CONNECT":
+        has_body = True  # the tunnel's bytes follow
+    elif upgrade:
+        out.append(b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n")
+    elif has_body and not length:
         # A body of unknown length: chunked upstream, as Envoy's HTTP/1 encoder sends it.
         out.append(b"transfer-encoding: chunked\r\n")
     out.append(b"\r\n")

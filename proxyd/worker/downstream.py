@@ -136,6 +136,8 @@ class DownstreamConnection:
 
     # Read by the access log (%PROTOCOL%).
     protocol = "HTTP/1.1"
+    # One stream at a time: a tunnel is the socket itself (proxyd.worker.router).
+    multiplexed = False
 
     def __init__(
         self, worker: WorkerContext, listener_name: str, sock: socket.socket, peer: tuple

@@ -22,25 +22,39 @@ Deadlines are per stream (one :class:`~proxyd.worker.deadlines.Deadline` and one
 scope each); a stream that ends early is reset (RST_STREAM) on its own. A protocol
 error ends the connection with GOAWAY; a drain (:meth:`H2Session.drain`) sends GOAWAY
 and lets the streams already started finish.
+
+Writes: the read loop writes what the socket takes at once and reads on while the rest
+waits for the client (a writer task sends it); what is queued meanwhile is bounded by
+Envoy's flood limits (:mod:`proxyd.protocol.h2_flood`), which close the connection
+without a frame when passed. A CONNECT or extended CONNECT stream the route takes
+becomes a tunnel on its stream (:mod:`proxyd.worker.h2_tunnel`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import trio
-from hyperframe.frame import GoAwayFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, SettingsFrame
 
 from proxyd.errors import ProtocolError
-from proxyd.protocol.h2_translate import local_settings, request_head, response_headers
+from proxyd.protocol.h2_flood import EMPTY_FRAMES_FLOOD, FloodGuard
+from proxyd.protocol.h2_translate import (
+    ExtendedConnectRefused,
+    local_settings,
+    request_head,
+    response_headers,
+)
 from proxyd.protocol.http1_headers import local_reply, response_head
-from proxyd.worker import io, manager
+from proxyd.worker import h2_tunnel, io, manager
 from proxyd.worker.deadlines import Deadline, DeadlineKind
 from proxyd.worker.filter_chain import HTTP_TO_GRPC
 from proxyd.worker.router import arm_request_phase
@@ -72,6 +86,9 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 REFUSED_STREAM = 0x7
+# A GOAWAY's last stream id when it only announces that the connection will close
+# (Envoy's shutdown notice before its final GOAWAY).
+SHUTDOWN_NOTICE_ID = 2**31 - 1
 # What one read of the socket takes at most.
 READ_SIZE = 64 * 1024
 # Envoy's defence against rapid resets (CVE-2023-44487), with its default runtime values
@@ -81,6 +98,71 @@ READ_SIZE = 64 * 1024
 # and before that once there are 250), the connection is aborted.
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME_S = 1.0
+# The CONTINUATION frames a header block may have (Envoy's nghttp2 max_continuations).
+MAX_CONTINUATIONS = 512
+# h2 enforces the MAX_CONCURRENT_STREAMS it announced by closing the connection;
+# Envoy refuses the stream beyond it (REFUSED_STREAM), as H2Session._start_stream does,
+# so h2's own limit is set out of reach.
+_H2_STREAM_LIMIT = 2**31 - 1
+
+
+class _NextFrame(Exception):
+    """h2's frame buffer took a frame into a header block and asks for the next one."""
+
+
+class _FrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer without its cap of 64 CONTINUATION frames a header block:
+    Envoy takes any number and bounds the block's size instead
+    (H2Session._check_open_block). The frames of a long block are merged into one as
+    it grows, so h2's count stays under its cap and the bytes stay what they were.
+    Empty CONTINUATION frames in a row are counted here (``flooded``: more than
+    max_consecutive_inbound_frames_with_empty_payload), and a block's CONTINUATION
+    frames (``too_many``: more than Envoy's 512, its nghttp2 max_continuations)."""
+
+    def __init__(self, max_empty: int) -> None:
+        super().__init__(server=True)
+        self.max_empty = max_empty
+        self.empty_run = 0
+        self.flooded = False
+        self.too_many = False
+        self.continuations = 0
+        self.nested = False
+
+    def __next__(self) -> Any:
+        # h2 asks for the frame after one it took into a header block by calling
+        # __next__ again from inside itself: one level of recursion per CONTINUATION
+        # frame, which a read of many small ones would take past Python's limit. The
+        # inner call is turned back into a loop here (the frame it follows is
+        # consumed by then).
+        if self.nested:
+            raise _NextFrame()
+        self.nested = True
+        try:
+            while True:
+                try:
+                    return super().__next__()
+                except _NextFrame:
+                    continue
+        finally:
+            self.nested = False
+
+    def _update_header_buffer(self, f: Any) -> Any:
+        buf = self._headers_buffer
+        if buf and isinstance(f, ContinuationFrame):
+            self.continuations += 1
+            self.too_many = self.continuations > MAX_CONTINUATIONS
+            if f.data:
+                self.empty_run = 0
+            else:
+                self.empty_run += 1
+                self.flooded = self.empty_run > self.max_empty
+            if len(buf) >= 32:
+                merged = ContinuationFrame(buf[0].stream_id, b"".join(x.data for x in buf[1:]))
+                del buf[1:]
+                buf.append(merged)
+        elif not buf:
+            self.continuations = 0  # (a new block, if f starts one)
+        return super()._update_header_buffer(f)
 
 
 class H2Session:
@@ -101,12 +183,24 @@ class H2Session:
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config)
+        self.frames_in = _FrameBuffer(
+            self.options.max_consecutive_inbound_frames_with_empty_payload
+        )
+        self.h2.incoming_buffer = self.frames_in
+        # hpack refuses (ENHANCE_YOUR_CALM) a header list of more than 64 KiB decoded;
+        # Envoy resets the stream of a list over max_request_headers_kb
+        # (http2.header_overflow, _start_stream), so hpack's bound is set beyond it.
+        self.h2.decoder.max_header_list_size = 2 * plan.max_head + 65536
+        values = local_settings(self.options)
+        values[0x3] = _H2_STREAM_LIMIT
         self.h2.local_settings = h2.settings.Settings(
             client=False,
-            initial_values={
-                h2.settings.SettingCodes(k): v for k, v in local_settings(self.options).items()
-            },
+            initial_values={h2.settings.SettingCodes(k): v for k, v in values.items()},
         )
+        # Envoy's flood limits (proxyd.protocol.h2_flood).
+        self.guard = FloodGuard(self.options)
+        # Bytes a write left unsent while the read loop goes on (see _send_nowait).
+        self.backlog = b""
         self.streams: dict[int, H2Stream] = {}
         self.send_lock = trio.Lock()
         self.nursery: trio.Nursery | None = None
@@ -125,6 +219,8 @@ class H2Session:
         # Streams closed, and how many of them the client reset prematurely.
         self.closed_streams = 0
         self.premature_resets = 0
+        # A shutdown notice went out: the connection drains when its streams are done.
+        self.closing = False
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -181,9 +277,20 @@ class H2Session:
                         await self._protocol_error(exc)
                         return
                     self._dispatch(events)
-                    await self.flush()
+                    frames_in = self.frames_in
+                    if frames_in._headers_buffer or frames_in.flooded or frames_in.too_many:
+                        self._check_open_block(frames_in)
                     if self.broken:
                         return
+                    flood = self.guard.check_outbound()
+                    if flood is not None:
+                        self._flood(flood)
+                        return
+                    if not self.send_lock.locked():
+                        self._send_nowait()
+                    # (else a write waits for the client to read: what this read
+                    # produced is sent after it, within the flood limits)
+                    await io.checkpoint()  # the streams this read started run first
                 if self.goaway_id >= 0 and not self.streams:
                     return  # drained: every stream it let through has finished
                 if self.remote_goaway and not self.streams:
@@ -238,6 +345,16 @@ class H2Session:
         if not self.streams:
             self.reader.cancel()
 
+    async def shutdown_notice(self) -> None:
+        """The connection will close once the streams now open are done (a refused
+        upgrade): Envoy's first GOAWAY (last stream id 2^31-1) goes out now, the
+        final one when the last stream ends (:meth:`stream_done`)."""
+        if self.closing or self.goaway_id >= 0:
+            return
+        self.closing = True
+        self._queue_goaway(SHUTDOWN_NOTICE_ID)
+        await self.flush()
+
     def _queue_goaway(self, last_stream_id: int) -> None:
         # Written beside h2's own output: h2's close_connection would close its state
         # machine, and the streams below last_stream_id must still be served.
@@ -250,40 +367,115 @@ class H2Session:
         except DownstreamReset:
             pass  # the client is gone: the read loop sees it too
 
+    def _output(self) -> bytes:
+        """What is to be written, in order: what a write left, the first SETTINGS,
+        h2's frames, and GOAWAYs written beside h2."""
+        data = self.h2.data_to_send()
+        if self.first_out:
+            data = self.first_out + data
+            self.first_out = b""
+        if self.backlog:
+            data = self.backlog + data
+            self.backlog = b""
+        extra = self.extra_out
+        if extra:
+            data = data + b"".join(extra)
+            extra.clear()
+        return data
+
+    def _send_nowait(self) -> None:
+        """The read loop's write: what the socket takes now; the rest is left to a
+        writer task, and the read loop reads on meanwhile (a client that does not read
+        makes proxyd queue frames, which the flood limits bound, as in Envoy)."""
+        data = self._output()
+        if not data:
+            self.guard.written()
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            return
+        if sent == len(data):
+            self.guard.written()
+            return
+        self.backlog = data[sent:]
+        assert self.nursery is not None
+        self.nursery.start_soon(self._flush_quietly)
+
     async def flush(self) -> None:
-        """Everything h2 has to send, in order; DownstreamReset when the socket broke."""
+        """Everything there is to send, in order, until nothing is left (what others
+        queued meanwhile included); DownstreamReset when the socket broke or a flood
+        limit closed the connection."""
         if self.broken:
             raise DownstreamReset()
+        flood = self.guard.check_outbound()
+        if flood is not None:
+            self._flood(flood)
+            raise DownstreamReset()
         async with self.send_lock:
-            data = self.h2.data_to_send()
-            if self.first_out:
-                data = self.first_out + data
-                self.first_out = b""
-            extra = self.extra_out
-            if extra:
-                data = data + b"".join(extra)
-                extra.clear()
-            if not data:
-                return
-            try:
-                await io.send_all(self.sock, data)
-            except (OSError, trio.ClosedResourceError):
-                self.broken = True
-                self.reader.cancel()
-                raise DownstreamReset() from None
-            except trio.Cancelled:
-                # A stream's deadline passed while the client was not reading: part of
-                # a frame may be out, so nothing more can follow on this connection.
-                self.broken = True
-                self.reader.cancel()
-                raise
+            while True:
+                data = self._output()
+                if not data:
+                    self.guard.written()
+                    return
+                try:
+                    await io.send_all(self.sock, data)
+                except (OSError, trio.ClosedResourceError):
+                    self.broken = True
+                    self.reader.cancel()
+                    raise DownstreamReset() from None
+                except trio.Cancelled:
+                    # A stream's deadline passed while the client was not reading: part
+                    # of a frame may be out, so nothing more can follow on it.
+                    self.broken = True
+                    self.reader.cancel()
+                    raise
+                if self.broken:
+                    raise DownstreamReset()
+
+    def _flood(self, stat: str) -> None:
+        """A flood limit passed: counted in ``http2.<stat>``, and the connection is
+        closed without another frame, as Envoy closes it."""
+        if self.broken:
+            return
+        self.codec_stats.inc(stat)
+        self.broken = True
+        self.reader.cancel()
+
+    def _check_open_block(self, frames_in: _FrameBuffer) -> None:
+        """A header block: more empty CONTINUATION frames in a row than
+        max_consecutive_inbound_frames_with_empty_payload, more than 512 CONTINUATION
+        frames (a CONTINUATION flood of small frames, CVE-2024-27919), or, while it
+        has not ended, more bytes than max_request_headers_kb
+        (http2.header_list_size_too_large) close the connection."""
+        if frames_in.flooded:
+            self._flood(EMPTY_FRAMES_FLOOD)
+        elif sum(len(f.data) for f in frames_in._headers_buffer) > self.plan.max_head:
+            # (Envoy resets the stream as it decodes past the limit and goes on; h2
+            # decodes a block only once it ends, so the connection ends instead)
+            self._flood("header_list_size_too_large")
+        elif frames_in.too_many:
+            # (Envoy closes it without a frame and without a stat of its own)
+            self.broken = True
+            self.reader.cancel()
 
     # -- events -------------------------------------------------------------------------
 
     def _dispatch(self, events: list[Any]) -> None:
         streams = self.streams
+        guard = self.guard
         for ev in events:
             if isinstance(ev, h2.events.DataReceived):
+                if not ev.data and ev.stream_ended is None:
+                    flood = guard.empty_frame()
+                    if flood is not None:
+                        self._flood(flood)
+                        return
+                else:
+                    guard.empty_run = 0
                 s = streams.get(ev.stream_id)
                 if s is None or s.done:
                     # Nobody will read it: the connection's window gets it back now.
@@ -291,6 +483,9 @@ class H2Session:
                 else:
                     s.data_received(ev.data, ev.flow_controlled_length)
             elif isinstance(ev, h2.events.RequestReceived):
+                guard.headers_frame()
+                if ev.priority_updated is not None:
+                    guard.priority -= 1  # (a HEADERS frame's priority: not a PRIORITY frame)
                 self._start_stream(ev)
             elif isinstance(ev, h2.events.StreamEnded):
                 s = streams.get(ev.stream_id)
@@ -302,6 +497,10 @@ class H2Session:
                 if s is not None:
                     s.reset_by_peer()
             elif isinstance(ev, h2.events.WindowUpdated):
+                flood = guard.window_update_frame()
+                if flood is not None:
+                    self._flood(flood)
+                    return
                 if ev.stream_id == 0:
                     for s in streams.values():
                         s.wake_window()
@@ -310,11 +509,20 @@ class H2Session:
                     if s is not None:
                         s.wake_window()
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                guard.control_frame()  # its acknowledgement
                 for s in streams.values():
                     s.wake_window()
+            elif isinstance(ev, h2.events.PingReceived):
+                guard.control_frame()  # its acknowledgement
+            elif isinstance(ev, h2.events.PriorityUpdated):
+                flood = guard.priority_frame()
+                if flood is not None:
+                    self._flood(flood)
+                    return
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.remote_goaway = True
             elif isinstance(ev, h2.events.TrailersReceived):
+                guard.empty_run = 0
                 self.codec_stats.inc("trailers")
                 s = streams.get(ev.stream_id)
                 if s is not None:
@@ -328,22 +536,40 @@ class H2Session:
             try:
                 self.h2.acknowledge_received_data(n, stream_id)
             except h2.exceptions.ProtocolError:
-                pass  # the connection is closing; no window to give back
+                return  # the connection is closing; no window to give back
+            self.guard.out_frames += 1  # (a WINDOW_UPDATE, when h2 sends one)
 
     def _start_stream(self, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id
         if self.goaway_id >= 0 and sid > self.goaway_id:
             self.reset_stream(sid, REFUSED_STREAM)
             return
+        if len(self.streams) >= self.options.max_concurrent_streams and self._at_stream_limit():
+            # Beyond the MAX_CONCURRENT_STREAMS announced: refused, as Envoy refuses it.
+            self.codec_stats.inc("stream_refused_errors")
+            self.reset_stream(sid, REFUSED_STREAM)
+            return
         worker = self.worker
         plan = worker.plans.get(self.dc.listener_name) or self.plan
         stats = plan.http_stats
         stats.rq_http2_total += 1
+        oversized = False
         try:
-            raw, has_body = request_head(ev.headers, ev.stream_ended is not None)
+            raw, has_body = request_head(
+                ev.headers, ev.stream_ended is not None, self.options.allow_connect
+            )
             if len(raw) > plan.max_head:  # max_request_headers_kb
+                oversized = True
                 raise ProtocolError("headers too large", 431)
             head = worker.head_parser.parse(raw, plan.request_wanted, plan.max_headers, None)
+        except ExtendedConnectRefused:
+            # Envoy's codec takes it as a messaging error of the connection: closed
+            # without a frame.
+            self.codec_stats.inc("rx_messaging_error")
+            stats.cx_protocol_error += 1
+            self.broken = True
+            self.reader.cancel()
+            return
         except ProtocolError as exc:
             # A request HTTP/1.1 cannot carry: the stream is reset on its own, as
             # Envoy's codec resets it (PROTOCOL_ERROR for a malformed one; more header
@@ -351,7 +577,9 @@ class H2Session:
             # INTERNAL_ERROR, logged with DR and no request, as Envoy logs it).
             stats.cx_protocol_error += exc.status != 431
             stats.rq_total += 1
-            if exc.status == 431:
+            if oversized:
+                self.codec_stats.inc("header_list_size_too_large")
+            elif exc.status == 431:  # more fields than max_headers_count
                 self.codec_stats.inc("header_overflow")
             self.reset_stream(sid, INTERNAL_ERROR if exc.status == 431 else PROTOCOL_ERROR)
             if plan.logs:
@@ -366,6 +594,18 @@ class H2Session:
         self.worker.timers.clear(self.idle)
         assert self.nursery is not None
         self.nursery.start_soon(s.run)
+
+    def _at_stream_limit(self) -> bool:
+        """Whether the streams still open in HTTP/2's terms (a stream reset or ended
+        both ways is not, though its task may not have finished) fill
+        MAX_CONCURRENT_STREAMS. Counted only when the cheap count says it may."""
+        h2_streams = self.h2.streams
+        open_now = 0
+        for sid in self.streams:
+            st = h2_streams.get(sid)
+            if st is not None and not st.closed:
+                open_now += 1
+        return open_now >= self.options.max_concurrent_streams
 
     def _check_premature_resets(self) -> None:
         """Envoy's ``maybeDrainDueToPrematureResets``: abort a connection whose client
@@ -391,6 +631,7 @@ class H2Session:
             self.h2.reset_stream(sid, code)
         except h2.exceptions.ProtocolError:
             return  # already closed on h2's side: nothing to reset
+        self.guard.control_frame()
         self.codec_stats.inc("tx_reset")
 
     def stream_done(self, s: H2Stream) -> None:
@@ -400,6 +641,8 @@ class H2Session:
             self.premature_resets += 1
             self._check_premature_resets()
         if not self.streams:
+            if self.closing:
+                self.drain()
             self._arm_idle()
             if self.goaway_id >= 0 or self.remote_goaway or self.broken:
                 self.reader.cancel()
@@ -433,6 +676,9 @@ class H2Stream:
 
     # Read by the access log (%PROTOCOL%).
     protocol = "HTTP/2"
+    # One of many streams on its connection: a tunnel through it is DATA frames
+    # (proxyd.worker.router.Exchange._tunnel_bytes calls :meth:`tunnel`).
+    multiplexed = True
     # The connection manager's max_*_duration: listeners with them take no HTTP/2
     # (proxyd.worker.plan); a route's max_stream_duration: a StreamLimit per stream.
     # (StreamLimit has what RouteDuration.matched reads of ConnectionDurations.)
@@ -549,7 +795,7 @@ class H2Stream:
                 else:
                     # A deadline: answered as Envoy answers it, if nothing went out yet.
                     await manager.finish_after_deadline(stream, plan, self)
-            if not self.ended_out and not session.broken:
+            if not self.ended_out and not session.broken and not self.peer_reset:
                 # The response did not end (an upstream reset, a deadline after the
                 # head went out, a filter's reset): this stream is reset, only it.
                 self._reset(INTERNAL_ERROR)
@@ -643,6 +889,10 @@ class H2Stream:
         self, r: ResponseHead, service_ms: int, length: int, first: list, end_stream: bool
     ) -> None:
         stream = self.stream
+        if not self.body_ended and stream.head is not None and stream.head.upgrade:
+            # (Envoy's router times only a request that is complete; an upgrade's
+            # never is, so its answer has no x-envoy-upstream-service-time.)
+            service_ms = -2
         rp = stream.route_plan
         if rp is not None and rp.mutations is not None:
             r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
@@ -655,10 +905,12 @@ class H2Stream:
     async def _send_head(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         if self.peer_reset:
             raise DownstreamReset()
+        session = self.session
         try:
-            self.session.h2.send_headers(self.sid, headers, end_stream=end_stream)
+            session.h2.send_headers(self.sid, headers, end_stream=end_stream)
         except h2.exceptions.ProtocolError:
             raise DownstreamReset() from None
+        session.guard.out_frames += 1
         if end_stream:
             self.ended_out = True
         await self._flush_end(end_stream)
@@ -685,6 +937,9 @@ class H2Stream:
                     h2c.send_data(sid, bytes(view[:n]))
                 except h2.exceptions.ProtocolError:
                     raise DownstreamReset() from None
+                guard = session.guard
+                guard.out_frames += 1
+                guard.data_sent += 1
                 stream.bytes_sent += n
                 view = view[n:]
                 await session.flush()
@@ -741,6 +996,10 @@ class H2Stream:
         h = stream.head
         if h is not None and status != 200 and _GRPC_LINE in h.raw and b"grpc-status" not in extra:
             status, body, extra = self._grpc_reply(status, body, extra)
+        if stream.close_connection and h is not None and h.upgrade:
+            # A refused upgrade (403) closes the connection, here as Envoy's HTTP/2
+            # codec closes it: a shutdown notice first, the final GOAWAY after.
+            await self.session.shutdown_notice()
         stream.status = status
         stream.response_started = True
         if stream.response_added:
@@ -760,3 +1019,14 @@ class H2Stream:
         await self._send_head(headers, not payload)
         if payload:
             await self.send_data([payload], True)
+
+    # -- a tunnel (CONNECT, extended CONNECT): proxyd.worker.h2_tunnel ----------------------
+
+    async def send_upgrade_response(self, r: ResponseHead, service_ms: int, upgrade: str) -> None:
+        await h2_tunnel.send_upgrade_response(self, r)
+
+    async def send_connect_established(self) -> None:
+        await h2_tunnel.send_connect_established(self)
+
+    async def tunnel(self, sock: Any, first: bytes, touch: Callable[[], None]) -> None:
+        await h2_tunnel.run(self, sock, first, touch)

@@ -598,6 +598,9 @@ class Exchange:
         rb = conn.rb
         from_upstream = bytes(rb.view[rb.start : rb.end])
         rb.start = rb.end
+        if down.multiplexed:  # an HTTP/2 stream: DATA frames (proxyd.worker.h2_downstream)
+            await down.tunnel(conn.sock, from_upstream, self._touch)
+            return False
         try:
             async with trio.open_nursery() as nursery:
                 cancel = nursery.cancel_scope

@@ -57,8 +57,13 @@ def test_codec_types_and_options_compile() -> None:
     [
         ({"initial_stream_window_size": 1000}, "initial_stream_window_size", "65535"),
         ({"hpack_table_size": 10}, "hpack_table_size", "not supported by proxyd"),
-        ({"allow_connect": True}, "allow_connect", "not supported by proxyd"),
-        ({"max_outbound_frames": 10}, "max_outbound_frames", "not supported by proxyd"),
+        ({"allow_metadata": True}, "allow_metadata", "not supported by proxyd"),
+        ({"max_outbound_frames": 0}, "max_outbound_frames", "greater than or equal to 1"),
+        (
+            {"max_inbound_window_update_frames_per_data_frame_sent": 0},
+            "max_inbound_window_update_frames_per_data_frame_sent",
+            "greater than or equal to 1",
+        ),
     ],
 )
 def test_options_proxyd_lacks_or_out_of_range_are_refused_by_name(
