@@ -46,7 +46,7 @@ from proxyd.protocol.epoch_check import EpochChecker
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
-from proxyd.worker import accesslog_plan, io
+from proxyd.worker import accesslog_plan, io, scheduling
 from proxyd.worker.accesslog import AccessLogWriter, open_writers, prepare_writers
 from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import DeadlineKind, Timers
@@ -132,6 +132,8 @@ class Worker:
     # -- start --------------------------------------------------------------------------
 
     async def run(self) -> int:
+        # trio's run loop tests its instruments three times a task step: in a dict.
+        scheduling.use_dict_instruments()
         try:
             epoch = await self._handshake()
             try:
