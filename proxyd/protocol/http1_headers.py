@@ -359,7 +359,7 @@ def response_head(
         out.append(raw[pos:i])
         pos = j
     out.append(raw[pos:-2])
-    if raw[5:8] == b"1.0":
+    if raw[7] == 48 and raw[5] == 49:  # "HTTP/1.0" (llhttp checked the version)
         out[0] = b"HTTP/1.1" + out[0][8:]
     out.append(server)
     if 0 <= service_time_ms < _SERVICE_TIME_CACHED:
