@@ -110,12 +110,12 @@ def find_head_end(buf: bytes | bytearray, start: int, end: int) -> int:
     The empty line is CRLF or a bare LF, after a line that ends with either (Envoy
     accepts bare LFs too: such a head is rewritten with CRLF by :func:`normalize_head`).
     """
-    m = _HEAD_END.search(buf, start, end)
+    m = HEAD_END.search(buf, start, end)
     return -1 if m is None else m.end()
 
 
 # The first empty line: after CRLF or a bare LF, a line end of its own (CRLF or LF).
-_HEAD_END = re.compile(rb"\n\r?\n")
+HEAD_END = re.compile(rb"\n\r?\n")
 
 
 def normalize_head(head: bytes) -> bytes | None:
