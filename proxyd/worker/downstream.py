@@ -550,16 +550,33 @@ class DownstreamConnection:
         self, r: ResponseHead, service_ms: int, length: int, first: list, end_stream: bool
     ) -> None:
         stream = self.stream
-        assert stream is not None and self.plan is not None
-        close = self.wants_close()
+        plan = self.plan
+        assert stream is not None and plan is not None
+        h = stream.head
+        # (wants_close, inline)
+        close = (
+            h is None
+            or not h.keep_alive
+            or not stream.request_complete
+            or stream.close_connection
+            or self.worker.draining
+            or self.listener_updated
+        )
         chunked = length < 0
-        http1 = self.plan.http1
+        http1 = plan.http1
         if http1 is not None:
             return await self._send_headers_http1(
                 http1, r, service_ms, close, chunked, first, end_stream
             )
-        r, service_ms = self._start_response(stream, r, service_ms, close, chunked)
-        server = self.plan.server
+        # (_start_response, inline)
+        if close:
+            self.closing = True
+        self.chunked_out = chunked
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
+        stream.response_started = True
+        server = plan.server
         try:
             if not first:
                 out = response_head(r, server, service_ms, chunked, close, stream.response_added)

@@ -38,10 +38,11 @@ import trio
 from proxyd.errors import ProtocolError
 from proxyd.protocol.header_sizes import request_map_size, response_map_size
 from proxyd.protocol.histogram import record
-from proxyd.protocol.http1 import LAST_CHUNK, ResponseHead, chunk_header, response_has_body
+from proxyd.protocol.http1 import LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader
 from proxyd.worker import io
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind, Timers
+from proxyd.worker.outcomes import NO_LOG
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
 from proxyd.worker.stream import (
     BodyMode,
@@ -483,14 +484,17 @@ class Exchange:
         stream.service_ms = service_ms
         stream.status = status
         pool.stats.count_response(status)
+        host = self.host
         if status < 500:
-            self.host.stats.rq_success += 1
+            host.stats.rq_success += 1
         else:
-            self.host.stats.rq_error += 1
-        self.host.outcomes.response(status)
+            host.stats.rq_error += 1
+        if host.outcomes is not NO_LOG:  # outlier detection
+            host.outcomes.response(status)
         if self.plan.response_wanted:
             stream.resp_headers = r.headers
-        if not response_has_body(status, h.method == "HEAD"):
+        # (response_has_body, inline: HEAD, 1xx, 204 and 304 have none)
+        if status < 200 or status == 204 or status == 304 or h.method == "HEAD":
             mode = _NO_BODY
         elif r.chunked:
             mode = _CHUNKED
