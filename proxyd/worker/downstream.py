@@ -249,7 +249,28 @@ class DownstreamConnection:
                         # their response.
                         plan = worker.plans.get(self.listener_name) or plan
                         try:
-                            head = await self._read_head(plan)
+                            rb = self.rb
+                            if rb.start == rb.end:
+                                # Idle (the common case, inline: _read_head's first
+                                # steps): the client sends once it has read our last
+                                # answer; let the other connections run first, by then
+                                # it often has.
+                                self.idle = True
+                                worker.timers.set(self.deadline, _IDLE, plan.idle_timeout)
+                                await io.yield_now()
+                                n = rb.receive(self.sock.recv_into)
+                                if n > 0:
+                                    self.idle = False
+                                    rb.max_head = plan.max_head
+                                    head = rb.next_head()
+                                    if head is None:
+                                        head = await self._read_head(plan)
+                                elif n < 0:
+                                    head = await self._read_head(plan, idle=True)
+                                else:
+                                    head = None
+                            else:
+                                head = await self._read_head(plan)
                             if head is None:
                                 closed = True
                                 break
@@ -393,9 +414,11 @@ class DownstreamConnection:
 
     # -- request head -------------------------------------------------------------------
 
-    async def _read_head(self, plan: ListenerPlan) -> memoryview | None:
+    async def _read_head(self, plan: ListenerPlan, idle: bool = False) -> memoryview | None:
         """Wait for a complete head (the view is valid until the next read), or None
-        when the connection should close."""
+        when the connection should close. ``idle``: the connection is idle, its idle
+        deadline set, and a read after the first yield found nothing (serve's inline
+        start)."""
         rb = self.rb
         rb.max_head = plan.max_head
         sock = self.sock
@@ -403,6 +426,11 @@ class DownstreamConnection:
         timers = self.worker.timers
         head_armed = False
         waited = False
+        if idle:
+            # Idle for real: the buffer goes back until bytes arrive.
+            rb.release()
+            await io.wait_readable(sock)
+            waited = True
         while True:
             if rb.start != rb.end:
                 head = rb.next_head()
