@@ -175,7 +175,10 @@ class Exchange:
         h = stream.head
         assert h is not None
         has_body = h.has_body
-        self.arm_start()
+        if stream.request_complete:  # (arm_start's common case)
+            self.arm_route()
+        else:
+            self.arm_start()
         try:
             retried = False
             # A TLS cluster: auto_sni / auto_san_validation key its connections by the
@@ -192,7 +195,7 @@ class Exchange:
                 if h.upgrade and h.upgrade == "connect" and self.rp.connect_terminate:
                     conn = None  # a terminated CONNECT gets a connection of its own
                 else:
-                    conn = pool.take_idle(host, key)
+                    conn = pool.take_idle(host, key, self.t_sent)
                 reused = conn is not None
                 if conn is None:
                     try:
@@ -206,9 +209,12 @@ class Exchange:
                     except Overflow:
                         return await self._overflow()
                 if not self.attached:
-                    if not pool.attach():
+                    # (pool.attach(), inline: max_requests of the route's priority)
+                    if pool.requests >= pool.cb_max_requests:
+                        pool.counters.rq_active_overflow += 1
                         pool.put_back(conn)
                         return await self._overflow()
+                    pool.requests += 1
                     self.attached = True
                     cstats.rq_active += 1
                     hstats.rq_active += 1
@@ -542,6 +548,7 @@ class Exchange:
         pool.release(
             conn,
             r.keep_alive and mode is not _UNTIL_CLOSE and self.pump_end is None,
+            now,
         )
         t_done = self.t_done
         if t_done:  # Envoy times a response only when its request was complete
