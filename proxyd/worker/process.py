@@ -582,6 +582,7 @@ class Worker:
         """A Heartbeat every half watchdog interval (Epoch.heartbeat_interval_s; the
         master's worker watchdog counts the misses): sent by this loop, so a worker
         whose loop is stuck sends none."""
+        frame = ipc.encode(ipc.Heartbeat(self.worker_id))  # the same bytes every time
         while True:
             interval = self.compiled.epoch.heartbeat_interval_s if self.compiled else 0.0
             if interval <= 0:
@@ -589,7 +590,7 @@ class Worker:
                 continue
             await trio.sleep(interval)
             try:
-                await self.channel.send(ipc.Heartbeat(self.worker_id))
+                await self.channel.send_frame(frame)
             except OSError:
                 return  # the control loop sees the closed channel and ends the worker
 
