@@ -28,13 +28,18 @@ from proxyd.epoch_types.clusters import (
     HealthCheck,
     OutlierDetection,
     StatusRange,
+    TlsMatch,
+    transport_for,
 )
 from proxyd.epoch_types.listeners import (
+    ANY_CHAIN,
     AccessLog,
     AccessLogFilter,
+    ChainMatch,
     FilterAction,
     FilterChain,
     FilterMatcher,
+    GrpcAccessLog,
     HcmTransforms,
     Http1Options,
     Http2Options,
@@ -46,6 +51,7 @@ from proxyd.epoch_types.listeners import (
     SocketOption,
     TcpCluster,
     TcpProxy,
+    TcpTunnel,
     Tracing,
 )
 from proxyd.epoch_types.model import (
@@ -80,12 +86,14 @@ from proxyd.epoch_types.routes import (
 from proxyd.epoch_types.tls import (
     DownstreamTls,
     SanMatch,
+    SdsSecret,
     TlsCertificate,
     UpstreamTls,
 )
 from proxyd.epoch_types.wire import EpochWire, from_wire, to_wire
 
 __all__ = [
+    "transport_for",
     "AccessLog",
     "AccessLogFilter",
     "CircuitBreakerThresholds",
@@ -99,8 +107,11 @@ __all__ = [
     "Epoch",
     "EpochWire",
     "FilterAction",
+    "ANY_CHAIN",
+    "ChainMatch",
     "FilterChain",
     "FilterMatcher",
+    "GrpcAccessLog",
     "FilterOverride",
     "HashPolicy",
     "HcmTransforms",
@@ -132,12 +143,15 @@ __all__ = [
     "RuntimeFraction",
     "RuntimeValue",
     "SanMatch",
+    "SdsSecret",
     "SocketOption",
     "StatusRange",
     "StringMatch",
     "TcpCluster",
     "TcpProxy",
+    "TcpTunnel",
     "TlsCertificate",
+    "TlsMatch",
     "Tracing",
     "UpstreamTls",
     "VirtualHost",

@@ -4,9 +4,9 @@
 
 * gRPC on ``grpc_port``: ``AggregatedDiscoveryService/StreamAggregatedResources`` and the
   per-type ``StreamClusters``, ``StreamEndpoints``, ``StreamListeners``, ``StreamRoutes``,
-  ``StreamRuntime``;
+  ``StreamRuntime``, ``StreamSecrets``;
 * REST-JSON on ``rest_port`` (HTTP/1.1): ``POST /v3/discovery:clusters`` (``:endpoints``,
-  ``:listeners``, ``:routes``, ``:runtime``) with a DiscoveryRequest as JSON, answered with a
+  ``:listeners``, ``:routes``, ``:runtime``, ``:secrets``) with a DiscoveryRequest as JSON, answered with a
   DiscoveryResponse as JSON, or ``304 Not Modified`` when the request's ``version_info``
   is the current version (Envoy's REST fetcher treats 304 as "nothing new", any other
   non-200 as a connection failure).
@@ -54,6 +54,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
@@ -62,6 +63,7 @@ from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
 from envoy.service.runtime.v3 import rtds_pb2_grpc
 from envoy.service.runtime.v3.rtds_pb2 import Runtime
+from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
@@ -75,6 +77,7 @@ __all__ = [
     "LISTENER",
     "ROUTE",
     "RUNTIME",
+    "SECRET",
     "XdsServer",
     "SeenRequest",
     "SentResponse",
@@ -93,6 +96,7 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 RUNTIME = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 MESSAGE_CLASS: dict[str, type[Message]] = {
     CLUSTER: Cluster,
@@ -100,6 +104,7 @@ MESSAGE_CLASS: dict[str, type[Message]] = {
     LISTENER: Listener,
     ROUTE: RouteConfiguration,
     RUNTIME: Runtime,
+    SECRET: Secret,
 }
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 REST_PATHS = {
@@ -108,6 +113,7 @@ REST_PATHS = {
     "/v3/discovery:listeners": LISTENER,
     "/v3/discovery:routes": ROUTE,
     "/v3/discovery:runtime": RUNTIME,
+    "/v3/discovery:secrets": SECRET,
 }
 
 
@@ -190,6 +196,7 @@ class XdsServer:
         lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(_Lds(self), self._grpc)
         rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(_Rds(self), self._grpc)
         rtds_pb2_grpc.add_RuntimeDiscoveryServiceServicer_to_server(_Rtds(self), self._grpc)
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(_Sds(self), self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{grpc_port}")
         if grpc_pipe:  # gRPC on a Unix socket too ("@name": abstract namespace)
             where = (
@@ -520,6 +527,14 @@ class _Rtds(rtds_pb2_grpc.RuntimeDiscoveryServiceServicer):
 
     def StreamRuntime(self, request_iterator, context):  # noqa: N802 - gRPC name
         return self._server._serve_stream(request_iterator, context, RUNTIME)
+
+
+class _Sds(sds_pb2_grpc.SecretDiscoveryServiceServicer):
+    def __init__(self, server: XdsServer) -> None:
+        self._server = server
+
+    def StreamSecrets(self, request_iterator, context):  # noqa: N802 - gRPC name
+        return self._server._serve_stream(request_iterator, context, SECRET)
 
 
 class _RestHandler(BaseHTTPRequestHandler):

@@ -25,12 +25,15 @@ from proxyd.config.matchers import header_match
 from proxyd.config.proto import join, unpack
 from proxyd.config.supported import (
     FILE_LOG_TYPE,
+    HTTP_GRPC_LOG_TYPE,
     OTEL_LOG_TYPE,
     STDERR_LOG_TYPE,
     STDOUT_LOG_TYPE,
+    TCP_GRPC_LOG_TYPE,
 )
+from proxyd.config.tracing import custom_tag
 from proxyd.config.values import data_source_text, duration_or, enum_name, wrapped_or
-from proxyd.epoch import AccessLog, AccessLogFilter, OtelLog
+from proxyd.epoch import AccessLog, AccessLogFilter, GrpcAccessLog, OtelLog
 from proxyd.errors import ConfigError
 from proxyd.protocol.access_log import make_format
 from proxyd.protocol.access_log_operators import LONG_FLAGS
@@ -41,6 +44,8 @@ LOGGERS = {
     STDOUT_LOG_TYPE: ("stdout", "envoy.access_loggers.stdout"),
     STDERR_LOG_TYPE: ("stderr", "envoy.access_loggers.stderr"),
     OTEL_LOG_TYPE: ("otel", "envoy.access_loggers.open_telemetry"),
+    HTTP_GRPC_LOG_TYPE: ("grpc", "envoy.access_loggers.http_grpc"),
+    TCP_GRPC_LOG_TYPE: ("grpc", "envoy.access_loggers.tcp_grpc"),
 }
 _BY_NAME = {name: type_name for type_name, (_, name) in LOGGERS.items()}
 
@@ -62,6 +67,14 @@ def compile_access_log(entry: Any, path: str, file: str) -> AccessLog:
             else None
         )
         return AccessLog(path="", sink="otel", filter=flt, otel=_otel(log, here, file))
+    if sink == "grpc":
+        flt = (
+            compile_filter(entry.filter, join(path, "filter"), file)
+            if entry.HasField("filter")
+            else None
+        )
+        grpc = _grpc_log(log, here, file, tcp=type_name == TCP_GRPC_LOG_TYPE)
+        return AccessLog(path="", sink="grpc", filter=flt, grpc=grpc)
     text, json_text, omit = "", "", False
     if log.HasField("log_format"):
         text, json_text, omit = _log_format(log.log_format, join(here, "log_format"), file)
@@ -216,10 +229,8 @@ def compile_filter(f: Any, path: str, file: str) -> AccessLogFilter:
     return AccessLogFilter(kind=kind)  # not_health_check, traceable
 
 
-def _otel(log: Any, path: str, file: str) -> OtelLog:
-    """OpenTelemetryAccessLogConfig (the allow-list took string values only)."""
-    common = log.common_config
-    here = join(path, "common_config")
+def _common_config(common: Any, here: str, file: str, what: str) -> None:
+    """Check a CommonGrpcAccessLogConfig as Envoy does."""
     if not common.log_name:
         raise ConfigError(
             file, join(here, "log_name"), "value length must be at least 1 characters"
@@ -228,12 +239,45 @@ def _otel(log: Any, path: str, file: str) -> OtelLog:
         raise ConfigError(
             file,
             join(here, "grpc_service"),
-            "an OpenTelemetry access log needs grpc_service.envoy_grpc (its collector cluster)",
+            f"{what} needs grpc_service.envoy_grpc (its collector cluster)",
         )
     if enum_name(common, "transport_api_version") != "V3":
         raise ConfigError(
             file, join(here, "transport_api_version"), "only transport_api_version V3 is valid"
         )
+
+
+def _grpc_log(log: Any, path: str, file: str, tcp: bool) -> GrpcAccessLog:
+    """HttpGrpcAccessLogConfig / TcpGrpcAccessLogConfig (the allow-list refused the
+    rest by name)."""
+    common = log.common_config
+    _common_config(common, join(path, "common_config"), file, "a gRPC access log")
+    request: tuple[str, ...] = ()
+    response: tuple[str, ...] = ()
+    if not tcp:
+        request = tuple(h.lower() for h in log.additional_request_headers_to_log)
+        response = tuple(h.lower() for h in log.additional_response_headers_to_log)
+    return GrpcAccessLog(
+        log_name=common.log_name,
+        cluster=common.grpc_service.envoy_grpc.cluster_name,
+        tcp=tcp,
+        timeout_s=duration_or(common.grpc_service, "timeout", 0.0),
+        flush_interval_s=duration_or(common, "buffer_flush_interval", 1.0),
+        buffer_size_bytes=wrapped_or(common, "buffer_size_bytes", 16384),
+        request_headers=request,
+        response_headers=response,
+        custom_tags=tuple(
+            custom_tag(c, f"{join(path, 'common_config.custom_tags')}[{i}]", file)
+            for i, c in enumerate(common.custom_tags)
+        ),
+    )
+
+
+def _otel(log: Any, path: str, file: str) -> OtelLog:
+    """OpenTelemetryAccessLogConfig (the allow-list took string values only)."""
+    common = log.common_config
+    here = join(path, "common_config")
+    _common_config(common, here, file, "an OpenTelemetry access log")
     body = ""
     if log.HasField("body"):
         body = log.body.string_value

@@ -7,6 +7,7 @@ enum values) are here. Envoy's defaults apply to what is not set.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,10 @@ from proxyd.config.lb_policy import compile_lb_policy
 from proxyd.config.outlier import compile_outlier_detection
 from proxyd.config.proto import join
 from proxyd.config.supported import UPSTREAM_HTTP_TYPE, unpack
-from proxyd.config.upstream_tls import compile_upstream_transport_socket
+from proxyd.config.upstream_tls import (
+    compile_transport_socket_matches,
+    compile_upstream_transport_socket,
+)
 from proxyd.config.values import (
     duration_or,
     enum_name,
@@ -73,6 +77,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
     lb = compile_lb_policy(c, path, file)
     _check_host_update_fields(c, path, file)
     idle_timeout_s, max_requests, http2, key_format = _upstream_http_options(c, path, file)
+    http2_downstream = _downstream_protocol(c, path, file)
     if c.HasField("max_requests_per_connection"):
         if max_requests is not None:
             raise ConfigError(
@@ -84,7 +89,17 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         max_requests = c.max_requests_per_connection.value
 
     tls = compile_upstream_transport_socket(c, path, file)
+    tls_matches = compile_transport_socket_matches(c, path, file)
     if tls is not None:
+        tls = _alpn_for_codec(tls, http2, path, file)
+    if http2 and tls_matches:
+        tls_matches = tuple(
+            dataclasses.replace(m, tls=_alpn_for_codec(m.tls, http2, path, file))
+            if m.tls is not None
+            else m
+            for m in tls_matches
+        )
+    if tls is not None or any(m.tls is not None for m in tls_matches):
         for i, hc in enumerate(c.health_checks):
             if hc.HasField("grpc_health_check"):
                 raise ConfigError(
@@ -119,19 +134,33 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
             else None
         ),
         http2=http2,
+        http2_downstream=http2_downstream,
         header_key_format=key_format,
         outlier_detection=compile_outlier_detection(c, join(path, "outlier_detection"), file),
         dns=compile_dns(c, path, file),
         overprovisioning_factor=assignment.overprovisioning_factor,
         healthy_panic_threshold=panic_threshold,
         locality_weighted_lb=locality_weighted,
+        override_host_status=_override_host_status(c),
         **lb,
         **breakers,
         **_tcp_keepalive(c),
         track_timeout_budgets=c.track_cluster_stats.timeout_budgets,
         track_request_response_sizes=c.track_cluster_stats.request_response_sizes,
         tls=tls,
+        tls_matches=tls_matches,
     )
+
+
+def _override_host_status(c: Any) -> tuple[str, ...]:
+    """common_lb_config.override_host_status: the statuses by name (Envoy's default
+    when the set is absent: UNKNOWN, HEALTHY, DEGRADED)."""
+    common = c.common_lb_config
+    if not common.HasField("override_host_status"):
+        return ("UNKNOWN", "HEALTHY", "DEGRADED")
+    field = common.override_host_status.DESCRIPTOR.fields_by_name["statuses"]
+    names = field.enum_type.values_by_number
+    return tuple(sorted({names[s].name for s in common.override_host_status.statuses}))
 
 
 def _check_host_update_fields(c: Any, path: str, file: str) -> None:
@@ -268,6 +297,49 @@ def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | N
         if common.HasField("max_requests_per_connection"):
             max_requests = common.max_requests_per_connection.value
     return idle_timeout_s, max_requests, http2, key_format
+
+
+def _downstream_protocol(c: Any, path: str, file: str) -> bool:
+    """``use_downstream_protocol_config``: whether HTTP/2 clients' requests go to the
+    hosts over HTTP/2 (its http2_protocol_options is set; else all is HTTP/1.1).
+    ``auto_config`` (ALPN chooses): refused, on plaintext with Envoy's words."""
+    opts = unpack(c.typed_extension_protocol_options[UPSTREAM_HTTP_TYPE]) if UPSTREAM_HTTP_TYPE in c.typed_extension_protocol_options else None  # fmt: skip
+    if opts is None:
+        return False
+    here = f"{join(path, 'typed_extension_protocol_options')}[{UPSTREAM_HTTP_TYPE!r}]"
+    if opts.HasField("auto_config"):
+        if compile_upstream_transport_socket(c, path, file) is None:
+            raise ConfigError(
+                file,
+                join(here, "auto_config"),
+                f"ALPN configured for cluster {c.name} which has a non-ALPN transport socket",
+            )
+        raise ConfigError(
+            file,
+            join(here, "auto_config"),
+            "auto_config (the protocol chosen by ALPN per connection) is not supported by "
+            "proxyd: use explicit_http_config",
+        )
+    if opts.HasField("use_downstream_protocol_config"):
+        return opts.use_downstream_protocol_config.HasField("http2_protocol_options")
+    return False
+
+
+def _alpn_for_codec(tls: Any, http2: bool, path: str, file: str) -> Any:
+    """The ALPN a TLS cluster offers matches the codec it speaks: an HTTP/2 cluster
+    offers ``h2`` when the context names no protocol (as Envoy does); a protocol the
+    codec does not speak is refused (proxyd picks no codec by ALPN yet)."""
+    speaks = "h2" if http2 else "http/1.1"
+    if not tls.alpn:
+        return dataclasses.replace(tls, alpn=("h2",)) if http2 else tls
+    if speaks not in tls.alpn or len(set(tls.alpn)) > 1:
+        raise ConfigError(
+            file,
+            join(path, "transport_socket.typed_config.common_tls_context.alpn_protocols"),
+            f"ALPN {list(tls.alpn)} on a cluster that speaks {speaks} is not supported by "
+            "proxyd (only the cluster's own protocol may be offered)",
+        )
+    return tls
 
 
 def _load_assignment(c: Any, kind: str, path: str, file: str) -> LoadAssignment:

@@ -15,8 +15,11 @@ written on every endpoint of that (priority, locality), so workers read it from 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from google.protobuf import json_format
 
 from proxyd.config.proto import join
 from proxyd.config.values import compile_address, is_ip_literal, require_ip, wrapped_or
@@ -42,16 +45,16 @@ def compile_load_assignment(cla: Any, kind: str, path: str, file: str) -> LoadAs
     """``cla`` (a ClusterLoadAssignment, at ``path`` in ``file``) for a cluster of type
     ``kind`` ("STATIC", "STRICT_DNS", "EDS", ...)."""
     weights: dict[tuple[int, str], int] = {}
-    found: list[tuple[int, str, Endpoint]] = []
+    found: list[tuple[int, str, Endpoint, tuple[tuple[str, str], ...]]] = []
     for i, group in enumerate(cla.endpoints):
         here = f"{join(path, 'endpoints')}[{i}]"
         locality = _locality(group)
         if group.HasField("locality") and group.HasField("load_balancing_weight"):
             weights[(group.priority, locality)] = group.load_balancing_weight.value
+        group_labels = tls_labels(group)
         for j, lb in enumerate(group.lb_endpoints):
-            found.append(
-                (group.priority, locality, _endpoint(lb, kind, f"{here}.lb_endpoints[{j}]", file))
-            )
+            e = _endpoint(lb, kind, f"{here}.lb_endpoints[{j}]", file)
+            found.append((group.priority, locality, e, group_labels))
     endpoints = tuple(
         Endpoint(
             address=e.address,
@@ -65,8 +68,10 @@ def compile_load_assignment(cla: Any, kind: str, path: str, file: str) -> LoadAs
             hc_port=e.hc_port,
             hc_hostname=e.hc_hostname,
             hash_key=e.hash_key,
+            tls_labels=e.tls_labels,
+            locality_tls_labels=group_labels,
         )
-        for priority, locality, e in found
+        for priority, locality, e, group_labels in found
     )
     factor = DEFAULT_OVERPROVISIONING_FACTOR
     if cla.HasField("policy"):
@@ -101,6 +106,7 @@ def _endpoint(lb: Any, kind: str, path: str, file: str) -> Endpoint:
             port=0,
             weight=wrapped_or(lb, "load_balancing_weight", 1),
             hash_key=_hash_key(lb),
+            tls_labels=tls_labels(lb),
         )
     addr_path = join(path, "endpoint.address.socket_address")
     if port == 0:
@@ -122,6 +128,32 @@ def _endpoint(lb: Any, kind: str, path: str, file: str) -> Endpoint:
         hc_port=hc.port_value,
         hc_hostname=hc.hostname,
         hash_key=_hash_key(lb),
+        tls_labels=tls_labels(lb),
+    )
+
+
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
+
+
+def tls_labels(holder: Any) -> tuple[tuple[str, str], ...]:
+    """``metadata.filter_metadata["envoy.transport_socket_match"]`` of an lb_endpoint
+    or a LocalityLbEndpoints as (key, canonical JSON value) pairs, sorted."""
+    if not holder.HasField("metadata"):
+        return ()
+    fields = holder.metadata.filter_metadata
+    if TRANSPORT_SOCKET_MATCH not in fields:
+        return ()
+    return struct_labels(fields[TRANSPORT_SOCKET_MATCH])
+
+
+def struct_labels(struct: Any) -> tuple[tuple[str, str], ...]:
+    """A Struct's fields as (key, canonical JSON value): two values are equal when
+    their texts are (Envoy compares protobuf Values)."""
+    return tuple(
+        sorted(
+            (k, json.dumps(json_format.MessageToDict(v), sort_keys=True))
+            for k, v in struct.fields.items()
+        )
     )
 
 

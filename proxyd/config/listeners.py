@@ -5,6 +5,7 @@ connection manager), with the checks Envoy makes in code and proxyd's narrower c
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Container, Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from proxyd.config.hcm_transforms import compile_http1_options, compile_transfor
 from proxyd.config.http_filters import compile_http_filters
 from proxyd.config.network_rbac import compile_network_rbac
 from proxyd.config.proto import join
-from proxyd.config.routes import compile_route_config, compile_upgrades
+from proxyd.config.routes import compile_route_config, compile_upgrades, header_adds
 from proxyd.config.socket_options import socket_options
 from proxyd.config.supported import HCM_TYPE, TCP_PROXY_TYPE, unpack
 from proxyd.config.tls import check_listener_filters, compile_transport_socket
@@ -28,6 +29,8 @@ from proxyd.config.values import (
     wrapped_or,
 )
 from proxyd.epoch import (
+    ANY_CHAIN,
+    ChainMatch,
     DownstreamTls,
     FilterChain,
     Http2Options,
@@ -36,8 +39,11 @@ from proxyd.epoch import (
     RouteConfig,
     TcpCluster,
     TcpProxy,
+    TcpTunnel,
 )
 from proxyd.errors import ConfigError
+from proxyd.protocol.header_values import compile_value
+from proxyd.protocol.xfcc import DETAILS as XFCC_DETAILS
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
@@ -95,7 +101,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "own SO_REUSEPORT socket)",
         )
     inspector = check_listener_filters(lst, path, file)
-    tcp_chain = _tcp_proxy_listener(lst, path, file)
+    tcp_chain = _tcp_proxy_listener(lst, path, clusters, file)
     if tcp_chain is not None:
         tcp, tls = tcp_chain
         return Listener(
@@ -117,7 +123,7 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         if lst.HasField("default_filter_chain")
         else None
     )
-    if default is not None and (default.server_names or default.transport_protocol):
+    if default is not None and default.match != ANY_CHAIN:
         raise ConfigError(
             file,
             join(path, "default_filter_chain.filter_chain_match"),
@@ -125,9 +131,13 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         )
     if not chains and default is None:
         raise ConfigError(file, join(path, "filter_chains"), "a filter chain is required")
-    seen: dict[tuple[tuple[str, ...], str], int] = {}
+    seen: dict[ChainMatch, int] = {}
     for i, c in enumerate(chains):
-        key = (tuple(sorted(c.server_names)), c.transport_protocol)
+        key = dataclasses.replace(
+            c.match,
+            server_names=tuple(sorted(set(c.match.server_names))),
+            application_protocols=tuple(sorted(set(c.match.application_protocols))),
+        )
         if key in seen:
             raise ConfigError(
                 file,
@@ -138,12 +148,16 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
         seen[key] = i
     first = chains[0] if chains else default
     assert first is not None
-    selecting = any(c.server_names or c.transport_protocol for c in chains)
-    rds = any(c.hcm.rds_source is not None for c in (*chains, *([default] if default else [])))
+    selecting = any(c.match != ANY_CHAIN for c in chains)
+    every = (*chains, *([default] if default else []))
+    rds = any(c.hcm is not None and c.hcm.rds_source is not None for c in every)
     # The configured TLS inspector looks at every connection, as in Envoy (its stats),
     # through the same chain choice (one chain: always that one); not with rds, whose
     # updates reach the listener's first connection manager only.
     inspecting = selecting or (inspector and not rds)
+    # Envoy adds a TLS inspector itself when a chain matches on what only the
+    # ClientHello says.
+    hello = any(c.match.needs_client_hello for c in chains)
     if selecting and rds:
         raise ConfigError(
             file,
@@ -151,9 +165,14 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
             "rds in a listener with several filter chains is not supported by proxyd "
             "(use route_config)",
         )
-    hcm = first.hcm
+    # The listener's own connection manager (the first chain's that has one): None when
+    # every chain is a TCP proxy, the first of which the listener then names.
+    http = next((c for c in every if c.hcm is not None), None)
+    tcp_lead = next(c for c in every if c.tcp_proxy is not None) if http is None else None
+    if tcp_lead is not None:  # chosen per connection, even as the one chain
+        inspecting = True
     for i, c in enumerate(chains if chains else [first]):
-        if where.pipe and c.hcm.use_remote_address:
+        if where.pipe and c.hcm is not None and c.hcm.use_remote_address:
             chain_path = f"filter_chains[{i}]" if chains else "default_filter_chain"
             raise ConfigError(
                 file,
@@ -161,18 +180,20 @@ def compile_listener(lst: Any, path: str, clusters: Container[str], file: str) -
                 "use_remote_address on a pipe listener not supported by proxyd (a Unix "
                 "socket peer has no IP address to trust)",
             )
+    lead = http or tcp_lead or first
     return Listener(
         **_common_fields(lst, path, file, where),
-        hcm=hcm,
-        tls=first.tls,
-        network_rbac=first.network_rbac,
+        hcm=http.hcm if http is not None else None,
+        tcp_proxy=tcp_lead.tcp_proxy if tcp_lead is not None else None,
+        tls=lead.tls,
+        network_rbac=lead.network_rbac,
         chains=tuple(chains) if inspecting else (),
         default_chain=default if inspecting else None,
         listener_filters_timeout_s=duration_or(
             lst, "listener_filters_timeout", DEFAULT_LISTENER_FILTERS_TIMEOUT_S
         ),
         continue_on_listener_filters_timeout=lst.continue_on_listener_filters_timeout,
-        tls_inspector=inspector or selecting,
+        tls_inspector=inspector or hello,
     )
 
 
@@ -207,60 +228,66 @@ def _is_tcp_proxy(chain: Any) -> bool:
 
 
 def _tcp_proxy_listener(
-    lst: Any, path: str, file: str
+    lst: Any, path: str, clusters: Container[str], file: str
 ) -> tuple[TcpProxy, DownstreamTls | None] | None:
-    """The listener's TCP proxy and its TLS termination, when its filter chain has one:
-    a single chain without match criteria (the TCP proxy among several chains is not
-    supported yet)."""
+    """The listener's TCP proxy and its TLS termination, when its one filter chain is a
+    TCP proxy without match criteria (a TCP proxy among several chains, or with
+    criteria, is a chain like the HTTP ones: compile_filter_chain)."""
     chains = list(lst.filter_chains)
     if lst.HasField("default_filter_chain"):
         chains.append(lst.default_filter_chain)
     tcp = [i for i, c in enumerate(chains) if _is_tcp_proxy(c)]
     if not tcp:
         return None
-    i = tcp[0]
-    here = join(
-        path, f"filter_chains[{i}]" if i < len(lst.filter_chains) else "default_filter_chain"
-    )
-    if len(chains) != 1:
-        raise ConfigError(
-            file,
-            join(here, "filters[0]"),
-            f"{TCP_PROXY_NAME} in a listener with several filter chains is not supported by "
-            "proxyd yet",
-        )
+    if len(chains) != 1 or chains[0].HasField("filter_chain_match"):
+        return None  # chosen among several, as the HTTP chains are (compile_filter_chain)
+    here = join(path, "filter_chains[0]" if lst.filter_chains else "default_filter_chain")
     chain = chains[0]
-    if chain.HasField("filter_chain_match"):
-        raise ConfigError(
-            file,
-            join(here, "filter_chain_match"),
-            f"filter_chain_match with {TCP_PROXY_NAME} is not supported by proxyd yet",
-        )
+    proxy = _chain_tcp_proxy(chain, here, clusters, file)
+    # TLS termination in front of it (the chain path: compile_transport_socket adds
+    # "transport_socket").
+    return proxy, compile_transport_socket(chain, here, file)
+
+
+def _chain_tcp_proxy(chain: Any, here: str, clusters: Container[str], file: str) -> TcpProxy:
+    """The TcpProxy a chain ends in, with the network RBAC filters before it."""
     last = len(chain.filters) - 1
     filter_path = join(here, f"filters[{last}]")
     msg = typed_config(
         chain.filters[last], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
     )
     proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
+    _check_tunnel_clusters(proxy, clusters, join(filter_path, "typed_config"), file)
     rbac = compile_network_rbac(chain.filters, join(here, "filters"), file)
     if rbac:
         proxy = dataclasses.replace(proxy, network_rbac=rbac)
-    # TLS termination in front of it (the chain path: compile_transport_socket adds
-    # "transport_socket").
-    return proxy, compile_transport_socket(chain, here, file)
+    return proxy
 
 
 def compile_filter_chain(
     chain: Any, path: str, clusters: Container[str], file: str, direction: str = "UNSPECIFIED"
 ) -> FilterChain:
-    """One HTTP filter chain (``direction``: the listener's traffic_direction, which
-    tracing reads)."""
+    """One filter chain, ending in a connection manager or a TCP proxy (``direction``:
+    the listener's traffic_direction, which tracing reads)."""
     filters = chain.filters
     if not filters:
         raise ConfigError(
             file,
             join(path, "filters"),
             f"a filter chain needs a network filter ({HCM_NAME} or {TCP_PROXY_NAME})",
+        )
+    match = (
+        _chain_match(chain.filter_chain_match, join(path, "filter_chain_match"), file)
+        if chain.HasField("filter_chain_match")
+        else ANY_CHAIN
+    )
+    if _is_tcp_proxy(chain):
+        return FilterChain(
+            hcm=None,
+            tcp_proxy=_chain_tcp_proxy(chain, path, clusters, file),
+            tls=compile_transport_socket(chain, path, file),
+            name=chain.name,
+            match=match,
         )
     last = len(filters) - 1
     rbac = compile_network_rbac(filters, join(path, "filters"), file)
@@ -270,35 +297,63 @@ def compile_filter_chain(
     tracing = compile_tracing(hcm_msg, direction, join(filter_path, "typed_config"), clusters, file)
     if tracing is not None:
         hcm = dataclasses.replace(hcm, tracing=tracing)
-    server_names: tuple[str, ...] = ()
-    transport = ""
-    if chain.HasField("filter_chain_match"):
-        m = chain.filter_chain_match
-        mpath = join(path, "filter_chain_match")
-        for i, name in enumerate(m.server_names):
-            if not name or "*" in name[1:] or (name.startswith("*") and not name.startswith("*.")):
-                raise ConfigError(
-                    file,
-                    join(mpath, f"server_names[{i}]"),
-                    f"'{name}': a server name is exact or a '*.' wildcard prefix",
-                )
-        server_names = tuple(n.lower() for n in m.server_names)
-        transport = m.transport_protocol
-        if transport not in ("", "tls", "raw_buffer"):
-            raise ConfigError(
-                file,
-                join(mpath, "transport_protocol"),
-                f"transport_protocol '{transport}' never matches in proxyd "
-                "(it knows 'tls' and 'raw_buffer')",
-            )
     return FilterChain(
         hcm=hcm,
         tls=compile_transport_socket(chain, path, file),
         name=chain.name,
-        server_names=server_names,
-        transport_protocol=transport,
+        match=match,
         network_rbac=rbac,
     )
+
+
+SOURCE_TYPES = ("ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL")
+
+
+def _chain_match(m: Any, path: str, file: str) -> ChainMatch:
+    """A ``filter_chain_match``, with Envoy's checks."""
+    for i, name in enumerate(m.server_names):
+        if not name or "*" in name[1:] or (name.startswith("*") and not name.startswith("*.")):
+            raise ConfigError(
+                file,
+                join(path, f"server_names[{i}]"),
+                f"'{name}': a server name is exact or a '*.' wildcard prefix",
+            )
+    transport = m.transport_protocol
+    if transport not in ("", "tls", "raw_buffer"):
+        raise ConfigError(
+            file,
+            join(path, "transport_protocol"),
+            f"transport_protocol '{transport}' never matches in proxyd "
+            "(it knows 'tls' and 'raw_buffer')",
+        )
+    return ChainMatch(
+        destination_port=m.destination_port.value if m.HasField("destination_port") else 0,
+        prefix_ranges=_cidrs(m.prefix_ranges, join(path, "prefix_ranges"), file),
+        server_names=tuple(n.lower() for n in m.server_names),
+        transport_protocol=transport,
+        application_protocols=tuple(m.application_protocols),
+        direct_source_prefix_ranges=_cidrs(
+            m.direct_source_prefix_ranges, join(path, "direct_source_prefix_ranges"), file
+        ),
+        source_type=enum_name(m, "source_type"),
+        source_prefix_ranges=_cidrs(
+            m.source_prefix_ranges, join(path, "source_prefix_ranges"), file
+        ),
+        source_ports=tuple(sorted(set(m.source_ports))),
+    )
+
+
+def _cidrs(ranges: Any, path: str, file: str) -> tuple[str, ...]:
+    """CidrRanges as CIDR texts with the host bits cleared, as Envoy masks them."""
+    out = []
+    for i, r in enumerate(ranges):
+        plen = r.prefix_len.value if r.HasField("prefix_len") else 0
+        try:
+            net = ipaddress.ip_network(f"{r.address_prefix}/{plen}", strict=False)
+        except ValueError as exc:
+            raise ConfigError(file, f"{path}[{i}]", f"not a CIDR range: {exc}") from None
+        out.append(str(net))
+    return tuple(sorted(set(out)))
 
 
 def compile_tcp_proxy(msg: Any, path: str, file: str) -> TcpProxy:
@@ -324,6 +379,57 @@ def compile_tcp_proxy(msg: Any, path: str, file: str) -> TcpProxy:
         access_logs=compile_access_logs(msg.access_log, join(path, "access_log"), file),
         log_on_connected=msg.access_log_options.flush_access_log_on_connected,
         hash_source_ip=any(p.HasField("source_ip") for p in msg.hash_policy),
+        tunneling=(
+            _tunneling(msg.tunneling_config, join(path, "tunneling_config"), file)
+            if msg.HasField("tunneling_config")
+            else None
+        ),
+    )
+
+
+def _check_tunnel_clusters(proxy: TcpProxy, clusters: Container[str], path: str, file: str) -> None:
+    """proxyd tunnels over HTTP/1.1 only: a tunnel to a cluster that speaks HTTP/2 to
+    its hosts (where Envoy would tunnel over HTTP/2) is refused."""
+    if proxy.tunneling is None:
+        return
+    http2: frozenset[str] = getattr(clusters, "grpc_only", frozenset())
+    names = [c.name for c in proxy.weighted] or [proxy.cluster]
+    for name in names:
+        if name in http2:
+            raise ConfigError(
+                file,
+                join(path, "tunneling_config"),
+                f"tunneling to cluster '{name}', which speaks HTTP/2 to its hosts, "
+                "is not supported by proxyd (it tunnels over HTTP/1.1 only)",
+            )
+
+
+def _tunneling(msg: Any, path: str, file: str) -> TcpTunnel:
+    """TcpProxy.tunneling_config, with Envoy's checks (the hostname is a format string;
+    a post_path only with use_post)."""
+    try:
+        compile_value(msg.hostname)
+    except ValueError as exc:
+        raise ConfigError(file, join(path, "hostname"), str(exc)) from exc
+    if msg.post_path and not msg.use_post:
+        raise ConfigError(
+            file, join(path, "post_path"), "Can't set a post path when POST method isn't used"
+        )
+    return TcpTunnel(
+        hostname=msg.hostname,
+        use_post=msg.use_post,
+        post_path=msg.post_path or "/",
+        headers=header_adds(msg, "headers_to_add", path, file),
+    )
+
+
+def _client_cert_details(details: Any) -> tuple[str, ...]:
+    """set_current_client_cert_details: the fields set true (``subject`` is a BoolValue,
+    the others plain bools)."""
+    return tuple(
+        d
+        for d in XFCC_DETAILS
+        if (wrapped_or(details, d, False) if d == "subject" else getattr(details, d))
     )
 
 
@@ -382,6 +488,8 @@ def compile_hcm(hcm: Any, path: str, clusters: Container[str], file: str) -> Htt
         access_logs=compile_access_logs(hcm.access_log, join(path, "access_log"), file),
         use_remote_address=wrapped_or(hcm, "use_remote_address", False),
         xff_num_trusted_hops=hcm.xff_num_trusted_hops,
+        forward_client_cert=enum_name(hcm, "forward_client_cert_details"),
+        client_cert_details=_client_cert_details(hcm.set_current_client_cert_details),
         max_request_headers_kb=wrapped_or(
             hcm, "max_request_headers_kb", DEFAULT_MAX_REQUEST_HEADERS_KB
         ),

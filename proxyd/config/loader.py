@@ -42,6 +42,12 @@ from proxyd.config.overload import (
 from proxyd.config.proto import parse_bootstrap
 from proxyd.config.routes import route_targets
 from proxyd.config.runtime import RuntimeLayer, compile_layered_runtime
+from proxyd.config.secrets import (
+    CompiledSecret,
+    compile_static_secrets,
+    secret_refs,
+    static_secrets,
+)
 from proxyd.config.source import read_config_file
 from proxyd.config.stats import StatsSettings, compile_stats
 from proxyd.config.supported import FILE_LOG_TYPE, STDOUT_LOG_TYPE, check_bootstrap
@@ -88,6 +94,8 @@ class LoadedConfig:
     stats: StatsSettings = field(default_factory=StatsSettings)
     # layered_runtime (proxyd.master.runtime reads the disk layers and keeps the admin one).
     runtime_layers: tuple[RuntimeLayer, ...] = ()
+    # static_resources.secrets by name (what delivered listeners and clusters may name).
+    secrets: dict[str, CompiledSecret] = field(default_factory=dict)
 
 
 def load(path: str) -> LoadedConfig:
@@ -120,10 +128,12 @@ def _compile(
 ) -> LoadedConfig:
     check_bootstrap(bootstrap, file)
     static = bootstrap.static_resources
-    clusters = compile_clusters(static.clusters, "static_resources.clusters", file)
-    listeners = compile_listeners(
-        static.listeners, "static_resources.listeners", route_targets(clusters), file
-    )
+    secrets = compile_static_secrets(static.secrets, "static_resources.secrets", file)
+    with static_secrets(secrets):
+        clusters = compile_clusters(static.clusters, "static_resources.clusters", file)
+        listeners = compile_listeners(
+            static.listeners, "static_resources.listeners", route_targets(clusters), file
+        )
     admin = _admin(bootstrap, file) if bootstrap.HasField("admin") else None
     stats = compile_stats(bootstrap, {c.name for c in clusters}, file)
     dynamic = compile_dynamic_resources(bootstrap, file)
@@ -140,7 +150,17 @@ def _compile(
     if dynamic.ads is not None:
         sources.append(("dynamic_resources.ads_config", dynamic.ads))
     sources += rtds_source_paths(bootstrap, dynamic)
-    if any(s is not None for _, s in sources) and not (
+    sds = [
+        (f"static_resources.listeners[{i}] (SDS secret '{r.name}')", r)
+        for i, lst in enumerate(listeners)
+        for r in secret_refs(lst)
+    ]
+    sds += [
+        (f"static_resources.clusters[{i}] (SDS secret '{r.name}')", r)
+        for i, c in enumerate(clusters)
+        for r in secret_refs(c)
+    ]
+    if (any(s is not None for _, s in sources) or sds) and not (
         bootstrap.node.id and bootstrap.node.cluster
     ):
         raise ConfigError(
@@ -148,6 +168,8 @@ def _compile(
             "node",
             "node 'id' and 'cluster' are required when resources come from config sources",
         )
+    # SDS from a management server names its cluster as the other sources do.
+    sources += [(where, r.source) for where, r in sds]
     for where, source in sources:
         if source is not None:
             check_source(source, static_clusters, dynamic, where, file)
@@ -166,6 +188,7 @@ def _compile(
         local_cluster_name=local_cluster,
         stats=stats,
         runtime_layers=compile_layered_runtime(bootstrap, file),
+        secrets=secrets,
     )
 
 

@@ -50,17 +50,19 @@ DEFAULT_ROUTE_TIMEOUT_S = 15.0
 
 
 class RouteTargets(frozenset[str]):
-    """The cluster names a route may name; ``grpc_only`` are HTTP/2 clusters that exist
-    for xDS gRPC streams only (proxyd forwards HTTP/1.1 upstream)."""
+    """The cluster names a route may name; ``http2`` are those that speak HTTP/2 to
+    their hosts (proxyd.worker.h2_upstream: no retry policy on their routes)."""
 
-    grpc_only: frozenset[str] = frozenset()
+    http2: frozenset[str] = frozenset()
+    http2_downstream: frozenset[str] = frozenset()
 
 
 class AnyCluster:
     """RDS routes are not checked against the clusters (Envoy's validate_clusters
     defaults to false there): a missing cluster answers 503 at request time."""
 
-    grpc_only: frozenset[str] = frozenset()
+    http2: frozenset[str] = frozenset()
+    http2_downstream: frozenset[str] = frozenset()
 
     def __contains__(self, name: object) -> bool:
         return True
@@ -68,8 +70,9 @@ class AnyCluster:
 
 def route_targets(clusters: Any) -> RouteTargets:
     """RouteTargets for compiled epoch Clusters."""
-    targets = RouteTargets(c.name for c in clusters if not c.http2)
-    targets.grpc_only = frozenset(c.name for c in clusters if c.http2)
+    targets = RouteTargets(c.name for c in clusters)
+    targets.http2 = frozenset(c.name for c in clusters if c.http2 or c.http2_downstream)
+    targets.http2_downstream = frozenset(c.name for c in clusters if c.http2_downstream)
     return targets
 
 
@@ -129,6 +132,7 @@ def compile_route_config(rc: Any, path: str, clusters: Container[str], file: str
                 vh.matcher, join(here, "matcher"), file, route_actions(add_route, file)
             )
         kept_routes = with_retry_policies(vh, here, sources, tuple(routes), file)
+        _check_http2_retries(kept_routes, sources, clusters, file)
         vhosts.append(
             VirtualHost(name=vh.name, domains=tuple(domains), routes=kept_routes, matcher=matcher)
         )
@@ -370,6 +374,12 @@ def _mirrors(
             )
         if m.cluster:
             _check_cluster(m.cluster, join(here, "cluster"), clusters, file, "shadow cluster")
+            if m.cluster in getattr(clusters, "http2", ()):
+                raise ConfigError(
+                    file,
+                    join(here, "cluster"),
+                    f"a shadow to the HTTP/2 cluster '{m.cluster}' is not supported by proxyd",
+                )
         fraction = None
         if m.HasField("runtime_fraction"):
             rf = m.runtime_fraction
@@ -389,15 +399,35 @@ def _mirrors(
     return tuple(out)
 
 
+def _check_http2_retries(
+    routes: tuple[Route, ...], sources: list[tuple[Any, str]], clusters: Any, file: str
+) -> None:
+    """Retries on a route to an HTTP/2 cluster run on its streams
+    (proxyd.worker.h2_retrying); hedging there, and any retry policy on a route to a
+    use_downstream_protocol_config cluster, are refused."""
+    http2 = getattr(clusters, "http2", ())
+    downstream = getattr(clusters, "http2_downstream", ())
+    for route, (_, route_path) in zip(routes, sources, strict=True):
+        if route.retry is None:
+            continue
+        for name in (route.cluster, *(w.name for w in route.weighted)):
+            if not name or name not in http2:
+                continue
+            if name in downstream:
+                what = "a retry policy on a route to the use_downstream_protocol_config"
+            elif route.retry.hedge_on_per_try_timeout:
+                what = "hedge_on_per_try_timeout on a route to the HTTP/2"
+            else:
+                continue
+            raise ConfigError(
+                file,
+                join(route_path, "route.retry_policy"),
+                f"{what} cluster '{name}' is not supported by proxyd",
+            )
+
+
 def _check_cluster(name: str, path: str, clusters: Container[str], file: str, what: str) -> None:
-    """A cluster a route names must exist (unless RDS) and not be an xDS-only one."""
-    if name in getattr(clusters, "grpc_only", ()):
-        raise ConfigError(
-            file,
-            path,
-            f"cluster '{name}' is an HTTP/2 cluster: HTTP/2 upstreams for routes are not "
-            "supported by proxyd (it uses HTTP/2 clusters only for xDS gRPC)",
-        )
+    """A cluster a route names must exist (unless RDS)."""
     if name not in clusters:
         raise ConfigError(file, path, f"unknown {what} '{name}'")
 
@@ -616,9 +646,9 @@ def header_mutations(msg: Any, path: str, file: str) -> HeaderMutations | None:
     ):
         return None
     return HeaderMutations(
-        request_add=_header_adds(msg, "request_headers_to_add", path, file),
+        request_add=header_adds(msg, "request_headers_to_add", path, file),
         request_remove=_header_removes(msg, "request_headers_to_remove", path, file),
-        response_add=_header_adds(msg, "response_headers_to_add", path, file),
+        response_add=header_adds(msg, "response_headers_to_add", path, file),
         response_remove=_header_removes(msg, "response_headers_to_remove", path, file),
     )
 
@@ -636,7 +666,8 @@ def _check_name(name: str, where: str, file: str, verb: str) -> str:
     return low
 
 
-def _header_adds(msg: Any, field: str, path: str, file: str) -> tuple[HeaderAdd, ...]:
+def header_adds(msg: Any, field: str, path: str, file: str) -> tuple[HeaderAdd, ...]:
+    """The HeaderValueOptions of ``msg.<field>``, checked as Envoy's HeaderParser does."""
     out = []
     for i, opt in enumerate(getattr(msg, field)):
         here = f"{join(path, field)}[{i}]"

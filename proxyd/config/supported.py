@@ -38,18 +38,30 @@ STDERR_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 OTEL_LOG_TYPE = "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig"
 # proxyd.config.access_logs (OtelLog), proxyd.worker.otel_access_log: string values only.
 _OTEL_KV: Spec = {"values": {"key": LEAF, "value": {"string_value": LEAF}}}
+_GRPC_LOG_COMMON_CONFIG: dict[str, Spec] = {
+    "log_name": LEAF,
+    "grpc_service": {"envoy_grpc": {"cluster_name": LEAF}, "timeout": LEAF},
+    "transport_api_version": LEAF,
+    "buffer_flush_interval": LEAF,
+    "buffer_size_bytes": LEAF,
+}
 OTEL_ACCESS_LOG: Spec = {
-    "common_config": {
-        "log_name": LEAF,
-        "grpc_service": {"envoy_grpc": {"cluster_name": LEAF}, "timeout": LEAF},
-        "transport_api_version": LEAF,
-        "buffer_flush_interval": LEAF,
-        "buffer_size_bytes": LEAF,
-    },
+    "common_config": _GRPC_LOG_COMMON_CONFIG,
     "disable_builtin_labels": LEAF,
     "resource_attributes": _OTEL_KV,
     "body": {"string_value": LEAF},
     "attributes": _OTEL_KV,
+}
+# proxyd.config.access_logs (GrpcAccessLog), proxyd.worker.grpc_access_log.
+HTTP_GRPC_LOG_TYPE = "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+TCP_GRPC_LOG_TYPE = "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig"
+_GRPC_LOG_COMMON: dict[str, Spec] = {
+    "common_config": {**_GRPC_LOG_COMMON_CONFIG, "custom_tags": CUSTOM_TAGS}
+}
+HTTP_GRPC_ACCESS_LOG: Spec = {
+    **_GRPC_LOG_COMMON,
+    "additional_request_headers_to_log": LEAF,
+    "additional_response_headers_to_log": LEAF,
 }
 DOWNSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 RAW_BUFFER_TYPE = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
@@ -147,6 +159,8 @@ ACCESS_LOG: Spec = {
             STDOUT_LOG_TYPE: {"log_format": LOG_FORMAT},
             STDERR_LOG_TYPE: {"log_format": LOG_FORMAT},
             OTEL_LOG_TYPE: OTEL_ACCESS_LOG,
+            HTTP_GRPC_LOG_TYPE: HTTP_GRPC_ACCESS_LOG,
+            TCP_GRPC_LOG_TYPE: _GRPC_LOG_COMMON,
         },
     ),
 }
@@ -262,6 +276,10 @@ HCM: Spec = {
     # The grace a connection past max_connection_duration gets (proxyd.worker.durations).
     "drain_timeout": LEAF,
     "use_remote_address": LEAF,
+    # x-forwarded-client-cert (proxyd.protocol.xfcc); set_current_client_cert_details
+    # chain is refused: CPython's ssl does not give the chain a client sent.
+    "forward_client_cert_details": LEAF,
+    "set_current_client_cert_details": {"subject": LEAF, "cert": LEAF, "dns": LEAF, "uri": LEAF},
     "xff_num_trusted_hops": LEAF,
     "max_request_headers_kb": LEAF,
     "server_name": LEAF,
@@ -311,8 +329,9 @@ HCM: Spec = {
 }
 
 # envoy.filters.network.tcp_proxy (proxyd.config.listeners.compile_tcp_proxy,
-# proxyd.worker.tcp_proxy); tunneling_config, on_demand, hash_policy's filter_state,
-# metadata_match, backoff_options and periodic access logs are refused by name.
+# proxyd.worker.tcp_proxy); on_demand, hash_policy's filter_state, metadata_match,
+# backoff_options, periodic access logs and the tunnel's response-header propagation
+# (filter state no proxyd filter reads) are refused by name.
 TCP_PROXY: Spec = {
     "stat_prefix": LEAF,
     "cluster": LEAF,
@@ -325,9 +344,52 @@ TCP_PROXY: Spec = {
     "hash_policy": {"source_ip": {}},
     "max_connect_attempts": LEAF,
     "max_downstream_connection_duration": LEAF,
+    # Over HTTP/1.1 CONNECT or POST (proxyd.worker.tcp_tunnel).
+    "tunneling_config": {
+        "hostname": LEAF,
+        "use_post": LEAF,
+        "post_path": LEAF,
+        "headers_to_add": {
+            "header": {"key": LEAF, "value": LEAF},
+            "append_action": LEAF,
+            "keep_empty_value": LEAF,
+        },
+    },
 }
 
 DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LEAF}
+
+# -- SDS (proxyd.config.secrets, proxyd.master.xds): secrets from files -------------
+# An SdsSecretConfig's sds_config: a watched file (watched_directory is accepted: the
+# file is polled by inode, size and time, so a directory swap is seen as well), or a
+# management server (api_config_source over gRPC or REST, or ADS).
+SDS_CONFIG_SOURCE: Spec = {
+    "path_config_source": {"path": LEAF, "watched_directory": {"path": LEAF}},
+    "api_config_source": API_CONFIG_SOURCE,
+    "ads": LEAF,
+    "resource_api_version": LEAF,
+    "initial_fetch_timeout": LEAF,
+}
+SDS_SECRET_CONFIG: Spec = {"name": LEAF, "sds_config": SDS_CONFIG_SOURCE}
+_SECRET_VALIDATION: Spec = {
+    "trusted_ca": DATA_SOURCE,
+    "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
+}
+# extensions.transport_sockets.tls.v3.Secret: static_resources.secrets and SDS files.
+SECRET: dict[str, Spec] = {
+    "name": LEAF,
+    "tls_certificate": {"certificate_chain": DATA_SOURCE, "private_key": DATA_SOURCE},
+    "validation_context": _SECRET_VALIDATION,
+}
+_SDS_COMMON: dict[str, Spec] = {
+    "tls_certificate_sds_secret_configs": SDS_SECRET_CONFIG,
+    "validation_context_sds_secret_config": SDS_SECRET_CONFIG,
+    "combined_validation_context": {
+        "default_validation_context": _SECRET_VALIDATION,
+        "validation_context_sds_secret_config": SDS_SECRET_CONFIG,
+    },
+}
+# -- end SDS --------------------------------------------------------------------------
 
 # extensions.transport_sockets.tls.v3.DownstreamTlsContext (proxyd.config.tls).
 DOWNSTREAM_TLS: Spec = {
@@ -343,7 +405,13 @@ DOWNSTREAM_TLS: Spec = {
         "validation_context": {
             "trusted_ca": DATA_SOURCE,
             "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
+            # proxyd.config.tls.revocation_and_pins (in a listener's own context only).
+            "crl": DATA_SOURCE,
+            "only_verify_leaf_cert_crl": LEAF,
+            "verify_certificate_hash": LEAF,
+            "verify_certificate_spki": LEAF,
         },
+        **_SDS_COMMON,
     },
     "require_client_certificate": LEAF,
     "disable_stateless_session_resumption": LEAF,
@@ -359,6 +427,7 @@ UPSTREAM_TLS: Spec = {
             "tls_minimum_protocol_version": LEAF,
             "tls_maximum_protocol_version": LEAF,
             "cipher_suites": LEAF,
+            "ecdh_curves": LEAF,
         },
         # http/1.1 only (h2 is refused by name in proxyd.config.upstream_tls).
         "alpn_protocols": LEAF,
@@ -367,6 +436,7 @@ UPSTREAM_TLS: Spec = {
             "match_typed_subject_alt_names": {"san_type": LEAF, "matcher": STRING_MATCHER},
             "match_subject_alt_names": STRING_MATCHER,
         },
+        **_SDS_COMMON,
     },
     "allow_renegotiation": LEAF,
     "max_session_keys": LEAF,
@@ -383,7 +453,17 @@ FILTER_CHAIN: Spec = {
     # A label (/config_dump).
     "name": LEAF,
     # Chosen per connection by proxyd.protocol.chain_match (SNI from the ClientHello).
-    "filter_chain_match": {"server_names": LEAF, "transport_protocol": LEAF},
+    "filter_chain_match": {
+        "destination_port": LEAF,
+        "prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "server_names": LEAF,
+        "transport_protocol": LEAF,
+        "application_protocols": LEAF,
+        "direct_source_prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "source_type": LEAF,
+        "source_prefix_ranges": {"address_prefix": LEAF, "prefix_len": LEAF},
+        "source_ports": LEAF,
+    },
     # TLS termination (proxyd.config.tls, proxyd.worker.tls).
     "transport_socket": {
         "name": LEAF,
@@ -433,7 +513,8 @@ LISTENER: dict[str, Spec] = {
 }
 
 UPSTREAM_HTTP: Spec = {
-    # HTTP/2 only for the clusters xDS gRPC streams use (proxyd.config.dynamic checks).
+    # http2_protocol_options {}: HTTP/2 to the hosts (proxyd.worker.h2_upstream; its
+    # fields are refused by name: proxyd's own defaults apply).
     # http_protocol_options.header_key_format: how request header names are written
     # upstream (proxyd.config.clusters, proxyd.protocol.http1_options). preserve_case's
     # formatter_type_on_envoy_headers (the response's added names) is refused by name.
@@ -454,6 +535,10 @@ UPSTREAM_HTTP: Spec = {
         },
         "http2_protocol_options": {},
     },
+    # HTTP/2 upstream for HTTP/2 clients, HTTP/1.1 for the others (proxyd.config.
+    # clusters._downstream_protocol); auto_config is refused there, with its reason.
+    "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+    "auto_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
     # With a TLS transport_socket (proxyd.config.upstream_tls): the SNI and the SAN
     # checked come from each request's Host (or the named header).
@@ -557,8 +642,17 @@ CLUSTER_LOAD_ASSIGNMENT: Spec = {
         },
         "load_balancing_weight": LEAF,
         "priority": LEAF,
+        # filter_metadata["envoy.transport_socket_match"] (transport_socket_matches).
+        "metadata": METADATA,
     },
     "policy": {"overprovisioning_factor": LEAF},
+}
+
+_UPSTREAM_TRANSPORT_SOCKET: Spec = {
+    "name": LEAF,
+    "typed_config": AnyOf(
+        "transport socket", {UPSTREAM_TLS_TYPE: UPSTREAM_TLS, RAW_BUFFER_TYPE: {}}
+    ),
 }
 
 CLUSTER: dict[str, Spec] = {
@@ -575,6 +669,8 @@ CLUSTER: dict[str, Spec] = {
     "common_lb_config": {
         "healthy_panic_threshold": {"value": LEAF},
         "locality_weighted_lb_config": {},
+        # proxyd.filters.stateful_session.override: the statuses a session may pick.
+        "override_host_status": {"statuses": LEAF},
         # 0s only (proxyd.config.clusters): updates are applied at once.
         "update_merge_window": LEAF,
     },
@@ -616,12 +712,14 @@ CLUSTER: dict[str, Spec] = {
     "metadata": METADATA,
     # Histograms (proxyd.worker.stats.ClusterStats); per_endpoint_stats is refused.
     "track_cluster_stats": {"timeout_budgets": LEAF, "request_response_sizes": LEAF},
-    # TLS to the hosts (proxyd.config.upstream_tls); transport_socket_matches is refused.
-    "transport_socket": {
+    # TLS to the hosts (proxyd.config.upstream_tls).
+    "transport_socket": _UPSTREAM_TRANSPORT_SOCKET,
+    # A transport socket per host, chosen by endpoint/locality metadata (Envoy's
+    # envoy.transport_socket_match); transport_socket_matcher is refused by name.
+    "transport_socket_matches": {
         "name": LEAF,
-        "typed_config": AnyOf(
-            "transport socket", {UPSTREAM_TLS_TYPE: UPSTREAM_TLS, RAW_BUFFER_TYPE: {}}
-        ),
+        "match": LEAF,
+        "transport_socket": _UPSTREAM_TRANSPORT_SOCKET,
     },
 }
 
@@ -716,7 +814,7 @@ BOOTSTRAP: dict[str, Spec] = {
             "rtds_layer": {"name": LEAF, "rtds_config": CONFIG_SOURCE},
         },
     },
-    "static_resources": {"listeners": LISTENER, "clusters": CLUSTER},
+    "static_resources": {"listeners": LISTENER, "clusters": CLUSTER, "secrets": SECRET},
     "dynamic_resources": {
         "lds_config": CONFIG_SOURCE,
         "cds_config": CONFIG_SOURCE,

@@ -8,16 +8,24 @@ names the field. Workers get the PEM bytes and never open a config file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import replace
 from typing import Any
 
-from proxyd.config.matchers import string_match
 from proxyd.config.proto import join
+from proxyd.config.secrets import certificate, sds_reference, validation_values
 from proxyd.config.supported import DOWNSTREAM_TLS_TYPE, RAW_BUFFER_TYPE, unpack
 from proxyd.config.values import duration_or, enum_name, wrapped_or
-from proxyd.epoch import DownstreamTls, SanMatch, TlsCertificate
+from proxyd.epoch import DownstreamTls, SanMatch, SdsSecret
 from proxyd.errors import ConfigError
-from proxyd.protocol.tls_context import CURVES, TlsSetupError, certificate_names, server_contexts
+from proxyd.protocol.tls_context import (
+    CURVES,
+    TlsSetupError,
+    curve_list,
+    server_context,
+    server_contexts,
+)
 
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
 # What proxyd speaks of the ALPN protocols a listener may offer.
@@ -62,7 +70,10 @@ def compile_transport_socket(chain: Any, path: str, file: str) -> DownstreamTls 
     if timeout:
         tls = replace(tls, handshake_timeout_s=timeout)
     try:
-        server_contexts(tls)
+        if tls.sds_missing:  # the settings now, the certificates when SDS brings them
+            server_context(tls)
+        else:
+            server_contexts(tls)
     except TlsSetupError as exc:
         raise ConfigError(file, join(join(here, "typed_config"), exc.field), exc.reason) from None
     return tls
@@ -71,24 +82,23 @@ def compile_transport_socket(chain: Any, path: str, file: str) -> DownstreamTls 
 def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
     common = ctx.common_tls_context
     cpath = join(path, "common_tls_context")
-    certs = []
-    for i, c in enumerate(common.tls_certificates):
-        cert_path = join(cpath, f"tls_certificates[{i}]")
-        if not c.HasField("certificate_chain"):
+    certs = [
+        certificate(c, join(cpath, f"tls_certificates[{i}]"), file, [])
+        for i, c in enumerate(common.tls_certificates)
+    ]
+    sds_certs: list[SdsSecret] = []
+    for i, sc in enumerate(common.tls_certificate_sds_secret_configs):
+        spath = join(cpath, f"tls_certificate_sds_secret_configs[{i}]")
+        got = sds_reference(sc, spath, file)
+        if isinstance(got, SdsSecret):
+            sds_certs.append(got)
+        elif got.certificate is None:
             raise ConfigError(
-                file, join(cert_path, "certificate_chain"), "a certificate is required"
+                file, join(spath, "name"), f"secret '{sc.name}' holds no tls_certificate"
             )
-        if not c.HasField("private_key"):
-            raise ConfigError(file, join(cert_path, "private_key"), "a private key is required")
-        chain = data_source(c.certificate_chain, join(cert_path, "certificate_chain"), file)
-        certs.append(
-            TlsCertificate(
-                certificate_chain=chain,
-                private_key=data_source(c.private_key, join(cert_path, "private_key"), file),
-                dns_names=certificate_names(chain),
-            )
-        )
-    if not certs:
+        else:
+            certs.append(got.certificate)
+    if not certs and not sds_certs:
         raise ConfigError(
             file,
             join(cpath, "tls_certificates"),
@@ -112,52 +122,27 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
         )
     curve = ""
     if params.ecdh_curves:
-        if len(params.ecdh_curves) > 1:
-            raise ConfigError(
-                file,
-                join(ppath, "ecdh_curves"),
-                "one curve is supported by proxyd (CPython's ssl sets a single ECDH curve), "
-                f"got {len(params.ecdh_curves)}",
-            )
-        name = params.ecdh_curves[0]
-        if name not in CURVES:
-            raise ConfigError(
-                file,
-                join(ppath, "ecdh_curves[0]"),
-                f"curve '{name}' not supported by proxyd (supported: {', '.join(CURVES)})",
-            )
-        curve = CURVES[name]
+        curve = ecdh_groups(params.ecdh_curves, join(ppath, "ecdh_curves"), file)
     alpn = _alpn(tuple(common.alpn_protocols), join(cpath, "alpn_protocols"), file)
-    trusted = b""
-    sans: list[SanMatch] = []
-    if common.HasField("validation_context"):
-        vc = common.validation_context
-        vpath = join(cpath, "validation_context")
-        if not vc.HasField("trusted_ca"):
-            raise ConfigError(
-                file,
-                join(vpath, "trusted_ca"),
-                "a trusted_ca is required by proxyd (a validation context without one "
-                "would accept any client certificate)",
-            )
-        trusted = data_source(vc.trusted_ca, join(vpath, "trusted_ca"), file)
-        for i, m in enumerate(vc.match_typed_subject_alt_names):
-            mpath = join(vpath, f"match_typed_subject_alt_names[{i}]")
-            san_type = enum_name(m, "san_type")
-            if san_type not in ("DNS", "URI", "EMAIL", "IP_ADDRESS"):
-                raise ConfigError(
-                    file, join(mpath, "san_type"), f"san_type {san_type} not supported by proxyd"
-                )
-            sans.append(SanMatch(san_type, string_match(m.matcher, join(mpath, "matcher"), file)))
+    trusted, sans, sds_validation = validation(common, cpath, file, require_ca=True)
     require = wrapped_or(ctx, "require_client_certificate", False)
-    if require and not trusted:
+    if require and not trusted and sds_validation is None:
         raise ConfigError(
             file,
             join(path, "require_client_certificate"),
             "require_client_certificate needs common_tls_context.validation_context.trusted_ca",
         )
+    crl, crl_leaf_only, hash_pins, spki_pins = (
+        revocation_and_pins(common.validation_context, join(cpath, "validation_context"), file)
+        if common.HasField("validation_context")
+        else (b"", False, (), ())
+    )
     return DownstreamTls(
         certificates=tuple(certs),
+        crl=crl,
+        crl_leaf_only=crl_leaf_only,
+        hash_pins=hash_pins,
+        spki_pins=spki_pins,
         min_version=min_v,
         max_version=max_v,
         cipher_suites=tuple(params.cipher_suites),
@@ -167,7 +152,107 @@ def compile_downstream_tls(ctx: Any, path: str, file: str) -> DownstreamTls:
         require_client_certificate=require,
         san_matchers=tuple(sans),
         session_tickets=not ctx.disable_stateless_session_resumption,
+        sds_certificates=tuple(sds_certs),
+        sds_validation=sds_validation,
+        sds_missing=tuple(r.name for r in (*sds_certs, sds_validation) if r is not None),
     )
+
+
+def ecdh_groups(entries: Any, path: str, file: str) -> str:
+    """tls_params.ecdh_curves as an OpenSSL group list (each entry may be a
+    ``:``-separated list, as Envoy joins them)."""
+    groups, unknown = curve_list(list(entries))
+    if unknown:
+        raise ConfigError(
+            file,
+            path,
+            f"curve '{unknown[0]}' not supported by proxyd (supported: {', '.join(CURVES)})",
+        )
+    return groups
+
+
+def revocation_and_pins(
+    vc: Any, path: str, file: str
+) -> tuple[bytes, bool, tuple[bytes, ...], tuple[bytes, ...]]:
+    """A listener's validation_context ``crl`` (checked by OpenSSL), and its certificate
+    pins, checked as Envoy checks them: hex SHA-256 digests (colons allowed) and base64
+    SHA-256 digests of a SubjectPublicKeyInfo."""
+    crl = b""
+    if vc.HasField("crl"):
+        crl = data_source(vc.crl, join(path, "crl"), file)
+        if b"-----BEGIN X509 CRL-----" not in crl:
+            raise ConfigError(file, join(path, "crl"), "Failed to load CRL from the data source")
+    hashes = []
+    for i, h in enumerate(vc.verify_certificate_hash):
+        text = h.replace(":", "")
+        try:
+            digest = bytes.fromhex(text)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise ConfigError(
+                file,
+                join(path, f"verify_certificate_hash[{i}]"),
+                f"Invalid hex-encoded SHA-256 {h}",
+            )
+        hashes.append(digest)
+    spkis = []
+    for i, b64 in enumerate(vc.verify_certificate_spki):
+        try:
+            digest = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            digest = b""
+        if len(digest) != 32:
+            raise ConfigError(
+                file,
+                join(path, f"verify_certificate_spki[{i}]"),
+                f"Invalid base64-encoded SHA-256 {b64}",
+            )
+        spkis.append(digest)
+    return crl, vc.only_verify_leaf_cert_crl, tuple(hashes), tuple(spkis)
+
+
+def validation(
+    common: Any, cpath: str, file: str, require_ca: bool
+) -> tuple[bytes, tuple[SanMatch, ...], SdsSecret | None]:
+    """A CommonTlsContext's validation: (trusted CA, SAN matchers, the SDS secret that
+    brings the rest) from ``validation_context``, ``validation_context_sds_secret_config``
+    or ``combined_validation_context`` (its default context, and the SDS secret whose
+    values are merged over it when they arrive)."""
+    which = common.WhichOneof("validation_context_type")
+    if which is None:
+        return b"", (), None
+    vpath = join(cpath, which)
+    if which == "validation_context":
+        vc = common.validation_context
+        if require_ca and not vc.HasField("trusted_ca"):
+            raise ConfigError(
+                file,
+                join(vpath, "trusted_ca"),
+                "a trusted_ca is required by proxyd (a validation context without one "
+                "would accept any client certificate)",
+            )
+        trusted, sans = validation_values(vc, vpath, file, [])
+        return trusted, sans, None
+    if which == "validation_context_sds_secret_config":
+        cfg, default = common.validation_context_sds_secret_config, None
+    else:
+        combined = common.combined_validation_context
+        cfg = combined.validation_context_sds_secret_config
+        vpath = join(vpath, "validation_context_sds_secret_config")
+        default = combined.default_validation_context
+    trusted, sans = b"", ()
+    if default is not None:
+        dpath = join(cpath, "combined_validation_context.default_validation_context")
+        trusted, sans = validation_values(default, dpath, file, [])
+    got = sds_reference(cfg, vpath, file)
+    if isinstance(got, SdsSecret):
+        return trusted, sans, got
+    if not got.validation:
+        raise ConfigError(
+            file, join(vpath, "name"), f"secret '{cfg.name}' holds no validation_context"
+        )
+    return got.trusted_ca, sans + got.san_matchers, None
 
 
 def _alpn(offered: tuple[str, ...], path: str, file: str) -> tuple[str, ...]:

@@ -60,7 +60,7 @@ def compile_route_tracing(route: Any, path: str, file: str) -> RouteTracing | No
         random_sampling=_fraction(t, "random_sampling"),
         overall_sampling=_fraction(t, "overall_sampling"),
         custom_tags=tuple(
-            _custom_tag(c, join(path, f"custom_tags[{i}]"), file)
+            custom_tag(c, join(path, f"custom_tags[{i}]"), file)
             for i, c in enumerate(t.custom_tags)
         ),
     )
@@ -108,7 +108,7 @@ def compile_tracing(
         client_sampling=_percent(t, "client_sampling"),
         overall_sampling=_percent(t, "overall_sampling"),
         custom_tags=tuple(
-            _custom_tag(c, join(path, f"custom_tags[{i}]"), file)
+            custom_tag(c, join(path, f"custom_tags[{i}]"), file)
             for i, c in enumerate(t.custom_tags)
         ),
         operation=t.operation,
@@ -222,7 +222,8 @@ def _otlp_grpc(
     )
 
 
-def _custom_tag(c: Any, path: str, file: str) -> CustomTag:
+def custom_tag(c: Any, path: str, file: str) -> CustomTag:
+    """A ``type.tracing.v3.CustomTag`` (tracing's, and the gRPC access log's)."""
     kind = c.WhichOneof("type")
     if kind == "literal":
         return CustomTag(c.tag, "literal", c.literal.value)

@@ -12,15 +12,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from proxyd.config.endpoints import struct_labels
 from proxyd.config.matchers import string_match
 from proxyd.config.proto import join
+from proxyd.config.secrets import certificate, sds_reference
 from proxyd.config.supported import (
     RAW_BUFFER_TYPE,
     UPSTREAM_HTTP_TYPE,
     UPSTREAM_TLS_TYPE,
     unpack,
 )
-from proxyd.config.tls import data_source
+from proxyd.config.tls import ecdh_groups, validation
 from proxyd.config.values import enum_name, wrapped_or
 from proxyd.epoch import (
     Cluster,
@@ -28,7 +30,8 @@ from proxyd.epoch import (
     FilterChain,
     Listener,
     SanMatch,
-    TlsCertificate,
+    SdsSecret,
+    TlsMatch,
     UpstreamTls,
 )
 from proxyd.errors import ConfigError
@@ -36,7 +39,7 @@ from proxyd.protocol.tls_context import TlsSetupError
 from proxyd.protocol.upstream_tls_context import client_context
 
 # What proxyd's upstream HTTP/1.1 codec speaks of the ALPN protocols a cluster offers.
-UPSTREAM_ALPN = ("http/1.1",)
+UPSTREAM_ALPN = ("http/1.1", "h2")
 SAN_TYPES = ("DNS", "URI", "EMAIL", "IP_ADDRESS")
 
 
@@ -45,8 +48,22 @@ def compile_upstream_transport_socket(c: Any, path: str, file: str) -> UpstreamT
     ``envoy.transport_sockets.raw_buffer``)."""
     if not c.HasField("transport_socket"):
         return None
-    ts = c.transport_socket
-    here = join(path, "transport_socket")
+    return _transport_socket(c, c.transport_socket, join(path, "transport_socket"), file)
+
+
+def compile_transport_socket_matches(c: Any, path: str, file: str) -> tuple[TlsMatch, ...]:
+    """``transport_socket_matches``: each match's labels and transport socket."""
+    out = []
+    for i, m in enumerate(c.transport_socket_matches):
+        here = join(path, f"transport_socket_matches[{i}]")
+        tls = None
+        if m.HasField("transport_socket"):
+            tls = _transport_socket(c, m.transport_socket, join(here, "transport_socket"), file)
+        out.append(TlsMatch(m.name, struct_labels(m.match), tls))
+    return tuple(out)
+
+
+def _transport_socket(c: Any, ts: Any, here: str, file: str) -> UpstreamTls | None:
     if not ts.HasField("typed_config"):
         if ts.name == "envoy.transport_sockets.raw_buffer":
             return None
@@ -80,7 +97,9 @@ def compile_upstream_tls(ctx: Any, path: str, file: str) -> UpstreamTls:
     common = ctx.common_tls_context
     cpath = join(path, "common_tls_context")
     cert = None
-    if len(common.tls_certificates) > 1:
+    sds_cert = None
+    count = len(common.tls_certificates) + len(common.tls_certificate_sds_secret_configs)
+    if count > 1:
         raise ConfigError(
             file,
             join(cpath, "tls_certificates"),
@@ -88,19 +107,18 @@ def compile_upstream_tls(ctx: Any, path: str, file: str) -> UpstreamTls:
             "TLS certificates are not supported for client contexts)",
         )
     for c in common.tls_certificates:
-        cert_path = join(cpath, "tls_certificates[0]")
-        if not c.HasField("certificate_chain"):
+        cert = certificate(c, join(cpath, "tls_certificates[0]"), file, [])
+    for sc in common.tls_certificate_sds_secret_configs:
+        spath = join(cpath, "tls_certificate_sds_secret_configs[0]")
+        got = sds_reference(sc, spath, file)
+        if isinstance(got, SdsSecret):
+            sds_cert = got
+        elif got.certificate is None:
             raise ConfigError(
-                file, join(cert_path, "certificate_chain"), "a certificate is required"
+                file, join(spath, "name"), f"secret '{sc.name}' holds no tls_certificate"
             )
-        if not c.HasField("private_key"):
-            raise ConfigError(file, join(cert_path, "private_key"), "a private key is required")
-        cert = TlsCertificate(
-            certificate_chain=data_source(
-                c.certificate_chain, join(cert_path, "certificate_chain"), file
-            ),
-            private_key=data_source(c.private_key, join(cert_path, "private_key"), file),
-        )
+        else:
+            cert = got.certificate
     params = common.tls_params
     ppath = join(cpath, "tls_params")
     min_v = enum_name(params, "tls_minimum_protocol_version")
@@ -120,40 +138,38 @@ def compile_upstream_tls(ctx: Any, path: str, file: str) -> UpstreamTls:
                 file,
                 join(cpath, f"alpn_protocols[{i}]"),
                 f"ALPN protocol '{p}' not supported by proxyd upstream (it speaks "
-                f"{', '.join(UPSTREAM_ALPN)} to upstream hosts; HTTP/2 upstream is not "
-                "implemented)",
+                f"{', '.join(UPSTREAM_ALPN)} to upstream hosts)",
             )
-    trusted = b""
-    sans: list[SanMatch] = []
+    trusted, sans, sds_validation = validation(common, cpath, file, require_ca=False)
     if common.HasField("validation_context"):
         vc = common.validation_context
         vpath = join(cpath, "validation_context")
-        if vc.HasField("trusted_ca"):
-            trusted = data_source(vc.trusted_ca, join(vpath, "trusted_ca"), file)
-        for i, m in enumerate(vc.match_typed_subject_alt_names):
-            mpath = join(vpath, f"match_typed_subject_alt_names[{i}]")
-            san_type = enum_name(m, "san_type")
-            if san_type not in SAN_TYPES:
-                raise ConfigError(
-                    file, join(mpath, "san_type"), f"san_type {san_type} not supported by proxyd"
-                )
-            sans.append(SanMatch(san_type, string_match(m.matcher, join(mpath, "matcher"), file)))
+        deprecated: list[SanMatch] = []
         for i, m in enumerate(vc.match_subject_alt_names):
             # The deprecated field: Envoy matches it against DNS, URI, EMAIL and IP SANs.
             mpath = join(vpath, f"match_subject_alt_names[{i}]")
             sm = string_match(m, mpath, file)
-            sans.extend(SanMatch(t, sm) for t in SAN_TYPES)
+            deprecated.extend(SanMatch(t, sm) for t in SAN_TYPES)
+        sans = sans + tuple(deprecated)
     return UpstreamTls(
         sni=ctx.sni,
         certificate=cert,
         min_version=min_v,
         max_version=max_v,
         cipher_suites=tuple(params.cipher_suites),
+        ecdh_curve=(
+            ecdh_groups(params.ecdh_curves, join(ppath, "ecdh_curves"), file)
+            if params.ecdh_curves
+            else ""
+        ),
         alpn=alpn,
         trusted_ca=trusted,
         san_matchers=tuple(sans),
         allow_renegotiation=ctx.allow_renegotiation,
         max_session_keys=wrapped_or(ctx, "max_session_keys", 1),
+        sds_certificate=sds_cert,
+        sds_validation=sds_validation,
+        sds_missing=tuple(r.name for r in (sds_cert, sds_validation) if r is not None),
     )
 
 
@@ -167,7 +183,7 @@ def check_tls_cluster_uses(
     """The clients that are not the worker's pools (xDS in the master, the statsd TCP
     sink, trace export) connect in plaintext: a TLS cluster named by one is refused by
     name rather than spoken to in plaintext."""
-    tls = {c.name for c in clusters if c.tls is not None}
+    tls = {c.name for c in clusters if c.tls is not None or any(m.tls for m in c.tls_matches)}
     if not tls:
         return
     why = "has a TLS transport_socket, which is supported by proxyd only for routes, the TCP proxy and health checks"  # noqa: E501

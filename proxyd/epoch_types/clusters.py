@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from proxyd.epoch_types.sources import ConfigSource
 from proxyd.epoch_types.tls import UpstreamTls
 
 
@@ -43,6 +44,11 @@ class Endpoint:
     # or, with active health checks, last turned healthy (CLOCK_MONOTONIC seconds,
     # stamped by the master: proxyd.master.slow_start; 0 = not stamped).
     active_since: float = 0.0
+    # filter_metadata["envoy.transport_socket_match"] of the lb_endpoint and of its
+    # locality, as (key, canonical JSON value) pairs: what the cluster's
+    # transport_socket_matches choose its transport socket by (transport_for).
+    tls_labels: tuple[tuple[str, str], ...] = ()
+    locality_tls_labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -109,25 +115,6 @@ class HealthCheck:
     # The port checks connect to (an endpoint's health_check_config.port_value; 0: the
     # endpoint's own). Set per host by the master's health checker.
     port: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigSource:
-    """Envoy's core.v3.ConfigSource: where the master fetches an xDS resource type.
-
-    Only the master reads it (``proxyd.master.xds``); it rides in the epoch with the
-    listener or cluster that names it."""
-
-    # "path" (a watched file), "rest" (REST-JSON polling), "grpc" (a per-type gRPC
-    # stream) or "ads" (the bootstrap's aggregated stream).
-    kind: str
-    path: str = ""
-    # rest/grpc: the static cluster of the management server.
-    cluster: str = ""
-    refresh_delay_s: float = 0.0
-    request_timeout_s: float = 1.0
-    initial_fetch_timeout_s: float = 15.0
-    node_on_first_message_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +198,8 @@ class Cluster:
     # EDS: the ClusterLoadAssignment name (eds_cluster_config.service_name, else the
     # cluster's name); the master fills ``endpoints`` from it.
     eds_service_name: str = ""
-    # explicit_http_config.http2_protocol_options: only xDS gRPC streams use such a
-    # cluster (routes may not name it), so workers never see HTTP/2 upstreams.
+    # explicit_http_config.http2_protocol_options: HTTP/2 to the hosts (routes forward
+    # with proxyd.worker.h2_upstream; xDS gRPC streams and gRPC health checks need it).
     http2: bool = False
     # explicit_http_config.http_protocol_options.header_key_format: "" (request header
     # names go upstream lower case), "proper_case_words" (in Proper-Case) or
@@ -232,6 +219,9 @@ class Cluster:
     overprovisioning_factor: int = 140
     healthy_panic_threshold: int = 50
     locality_weighted_lb: bool = False
+    # common_lb_config.override_host_status: the health statuses of a host a stateful
+    # session may name (proxyd.filters.stateful_session.override).
+    override_host_status: tuple[str, ...] = ("UNKNOWN", "HEALTHY", "DEGRADED")
     # Circuit breakers, continued: max_pending_requests, max_retries and retry_budget
     # (budget_percent, min_retry_concurrency); a budget percent below 0 = no
     # retry_budget (max_retries applies), else it replaces max_retries.
@@ -264,6 +254,37 @@ class Cluster:
     # transport_socket envoy.transport_sockets.tls (UpstreamTlsContext): TLS to the
     # hosts (proxyd.worker.upstream_tls); None = plaintext.
     tls: UpstreamTls | None = None
+    # transport_socket_matches: a host whose metadata a match selects gets its
+    # transport socket instead of ``tls`` (transport_for).
+    tls_matches: tuple[TlsMatch, ...] = ()
+    # use_downstream_protocol_config with http2_protocol_options: HTTP/2 to the hosts
+    # for requests that came over HTTP/2, HTTP/1.1 for the others.
+    http2_downstream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMatch:
+    """One of a cluster's ``transport_socket_matches``: the labels a host's
+    ``envoy.transport_socket_match`` metadata must all have (key, canonical JSON value),
+    and the transport socket it then uses (None: plaintext, ``raw_buffer``)."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    tls: UpstreamTls | None
+
+
+def transport_for(cluster: Cluster, endpoint: Endpoint) -> UpstreamTls | None:
+    """The transport socket of ``endpoint`` in ``cluster``, as Envoy chooses: the first
+    match whose labels the endpoint's metadata has, else the first its locality's
+    metadata has, else the cluster's ``transport_socket``."""
+    if not cluster.tls_matches:
+        return cluster.tls
+    for labels in (endpoint.tls_labels, endpoint.locality_tls_labels):
+        have = set(labels)
+        for m in cluster.tls_matches:
+            if all(label in have for label in m.labels):
+                return m.tls
+    return cluster.tls
 
 
 @dataclass(frozen=True, slots=True)

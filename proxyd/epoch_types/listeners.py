@@ -4,11 +4,18 @@ manager and its options, network filters, filter chains and the listener itself.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from proxyd.epoch_types.clusters import ConfigSource
-from proxyd.epoch_types.routes import CustomTag, HeaderMatch, RouteConfig, RouteMatcher
+from proxyd.epoch_types.routes import (
+    CustomTag,
+    HeaderAdd,
+    HeaderMatch,
+    RouteConfig,
+    RouteMatcher,
+)
 from proxyd.epoch_types.tls import DownstreamTls
 
 
@@ -55,12 +62,14 @@ class AccessLog:
     filter: AccessLogFilter | None = None
     # sink "otel": the OpenTelemetry access logger's settings.
     otel: OtelLog | None = None
+    # sink "grpc": the gRPC access log service's (http_grpc / tcp_grpc).
+    grpc: GrpcAccessLog | None = None
 
     @property
     def writer_key(self) -> str:
         """The key of the worker's writer: the file path, or "stdout:" / "stderr:"
         ("" for an OpenTelemetry log, which has an exporter instead)."""
-        if self.sink == "otel":
+        if self.sink in ("otel", "grpc"):
             return ""
         return self.path if self.sink == "file" else f"{self.sink}:"
 
@@ -82,6 +91,26 @@ class OtelLog:
     attributes: tuple[tuple[str, str], ...] = ()
     resource_attributes: tuple[tuple[str, str], ...] = ()
     builtin_labels: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcAccessLog:
+    """``envoy.access_loggers.http_grpc`` (HttpGrpcAccessLogConfig) or, when ``tcp``,
+    ``envoy.access_loggers.tcp_grpc``: entries streamed to the AccessLogService of
+    ``cluster`` (proxyd.worker.grpc_access_log); ``request_headers`` /
+    ``response_headers`` are the additional headers to log (lower-case);
+    ``custom_tags`` are common_config's (literal, environment: a literal then,
+    request_header)."""
+
+    log_name: str
+    cluster: str
+    tcp: bool = False
+    timeout_s: float = 0.0
+    flush_interval_s: float = 1.0
+    buffer_size_bytes: int = 16384
+    request_headers: tuple[str, ...] = ()
+    response_headers: tuple[str, ...] = ()
+    custom_tags: tuple[CustomTag, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +193,10 @@ class HttpConnectionManager:
     access_logs: tuple[AccessLog, ...] = ()
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
+    # forward_client_cert_details (proxyd.protocol.xfcc.MODES) and the fields of
+    # set_current_client_cert_details that are true (proxyd.protocol.xfcc.DETAILS).
+    forward_client_cert: str = "SANITIZE"
+    client_cert_details: tuple[str, ...] = ()
     max_request_headers_kb: int = 60
     # Envoy's defaults: request_timeout disabled (0), stream_idle_timeout 5 min,
     # request_headers_timeout disabled, idle_timeout (downstream keep-alive) 1 h.
@@ -295,16 +328,42 @@ class NetworkRbac:
 
 
 @dataclass(frozen=True, slots=True)
-class FilterChain:
-    """One of a listener's filter chains, with its ``filter_chain_match`` (the fields
-    proxyd supports: ``server_names``, exact or ``*.``-wildcard, and
-    ``transport_protocol``, "tls" / "raw_buffer" / "" for any)."""
+class ChainMatch:
+    """A filter chain's ``filter_chain_match`` (proxyd.protocol.chain_match applies it
+    in Envoy's order). Empty criteria match anything; address ranges are CIDR texts
+    with the host bits cleared ("10.0.0.0/8"); ``server_names`` are lower case, exact or
+    ``*.``-wildcard; ``transport_protocol`` "tls", "raw_buffer" or "" (any);
+    ``source_type`` "ANY", "SAME_IP_OR_LOOPBACK" or "EXTERNAL"; port 0 is any."""
 
-    hcm: HttpConnectionManager
-    tls: DownstreamTls | None = None
-    name: str = ""
+    destination_port: int = 0
+    prefix_ranges: tuple[str, ...] = ()
     server_names: tuple[str, ...] = ()
     transport_protocol: str = ""
+    application_protocols: tuple[str, ...] = ()
+    direct_source_prefix_ranges: tuple[str, ...] = ()
+    source_type: str = "ANY"
+    source_prefix_ranges: tuple[str, ...] = ()
+    source_ports: tuple[int, ...] = ()
+
+    @property
+    def needs_client_hello(self) -> bool:
+        """Matching needs the TLS inspector's view of the first bytes."""
+        return bool(self.server_names or self.transport_protocol or self.application_protocols)
+
+
+ANY_CHAIN = ChainMatch()
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChain:
+    """One of a listener's filter chains, with its ``filter_chain_match``: it ends in
+    a connection manager (``hcm``) or a TCP proxy (``tcp_proxy``)."""
+
+    hcm: HttpConnectionManager | None
+    tcp_proxy: TcpProxy | None = None
+    tls: DownstreamTls | None = None
+    name: str = ""
+    match: ChainMatch = ANY_CHAIN
     # Network RBAC filters before the connection manager, in order.
     network_rbac: tuple[NetworkRbac, ...] = ()
 
@@ -315,6 +374,19 @@ class TcpCluster:
 
     name: str
     weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpTunnel:
+    """TcpProxy.tunneling_config: the client's bytes go upstream inside an HTTP/1.1
+    ``CONNECT hostname`` (or ``POST post_path`` with ``use_post``, the bytes then
+    chunked) request. ``hostname`` and the header values may use ``%OPERATOR%``
+    substitutions (checked at load)."""
+
+    hostname: str
+    use_post: bool = False
+    post_path: str = "/"
+    headers: tuple[HeaderAdd, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +410,8 @@ class TcpProxy:
     hash_source_ip: bool = False
     # Network RBAC filters before the TCP proxy, in order.
     network_rbac: tuple[NetworkRbac, ...] = ()
+    # tunneling_config: the bytes go inside an HTTP request to the cluster (None: raw).
+    tunneling: TcpTunnel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,23 +463,33 @@ class Listener:
     def hcms(self) -> tuple[HttpConnectionManager, ...]:
         """Every filter chain's connection manager (``hcm`` first; none for a TCP proxy
         listener)."""
-        if self.hcm is None:
-            return ()
         if not self.chains:
-            return (self.hcm,)
+            return () if self.hcm is None else (self.hcm,)
+        return tuple(c.hcm for c in self.every_chain if c.hcm is not None)
+
+    @property
+    def tcp_proxies(self) -> tuple[TcpProxy, ...]:
+        """Every filter chain's TCP proxy (``tcp_proxy`` first)."""
+        if not self.chains:
+            return () if self.tcp_proxy is None else (self.tcp_proxy,)
+        return tuple(c.tcp_proxy for c in self.every_chain if c.tcp_proxy is not None)
+
+    @property
+    def every_chain(self) -> tuple[FilterChain, ...]:
+        """``chains`` and the default chain (when the listener chooses among them)."""
         extra = (self.default_chain,) if self.default_chain is not None else ()
-        return (self.hcm, *(c.hcm for c in (*self.chains[1:], *extra)))
+        return (*self.chains, *extra)
 
     @property
     def access_log_keys(self) -> set[str]:
         """The writer keys of every access log of the listener and its network filters
-        (every filter chain's); an OpenTelemetry log has none (it has an exporter)."""
+        (every filter chain's); an OpenTelemetry or gRPC log has none (it has an exporter)."""
         logs = [*self.access_logs]
         for hcm in self.hcms:
             logs += hcm.access_logs
-        if self.tcp_proxy is not None:
-            logs += self.tcp_proxy.access_logs
-        return {al.writer_key for al in logs if al.otel is None}
+        for tcp in self.tcp_proxies:
+            logs += tcp.access_logs
+        return {al.writer_key for al in logs if al.otel is None and al.grpc is None}
 
     @property
     def stat_name(self) -> str:
@@ -417,3 +501,42 @@ class Listener:
     def address_text(self) -> str:
         """The configured address as Envoy writes it in messages: "ip:port" or a path."""
         return self.address if self.pipe else f"{self.address}:{self.port}"
+
+
+def same_but_secrets(a: Listener, b: Listener) -> bool:
+    """``a`` and ``b`` are the same listener but for what SDS filled into their TLS
+    contexts (a rotated certificate): its connections are not drained, as Envoy
+    updates a TLS context in place."""
+    if a == b:
+        return True
+    if not any(
+        t is not None and t.sds_certificates or t is not None and t.sds_validation
+        for t in _tls_of(a)
+    ):
+        return False
+    return _without_secrets(a) == _without_secrets(b)
+
+
+def _tls_of(lst: Listener) -> list[DownstreamTls | None]:
+    chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
+    return [lst.tls, *(c.tls for c in chains)]
+
+
+def _without_secrets(lst: Listener) -> Listener:
+    def strip(tls: DownstreamTls | None) -> DownstreamTls | None:
+        if tls is None or not (tls.sds_certificates or tls.sds_validation):
+            return tls
+        return dataclasses.replace(
+            tls, certificates=(), trusted_ca=b"", san_matchers=(), sds_missing=()
+        )
+
+    return dataclasses.replace(
+        lst,
+        tls=strip(lst.tls),
+        chains=tuple(dataclasses.replace(c, tls=strip(c.tls)) for c in lst.chains),
+        default_chain=(
+            dataclasses.replace(lst.default_chain, tls=strip(lst.default_chain.tls))
+            if lst.default_chain is not None
+            else None
+        ),
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxyd.epoch_types.routes import StringMatch
+from proxyd.epoch_types.sources import ConfigSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,27 @@ class TlsCertificate:
     # The certificate's DNS SANs (lower case; its CN when it has none): which SNI
     # chooses it when a chain has several certificates.
     dns_names: tuple[str, ...] = ()
+    # Its subject (as Envoy prints it), URI and DNS SANs: the local certificate's
+    # identity (ext_authz's destination principal, the gRPC access log's
+    # local_certificate_properties).
+    subject: str = ""
+    uri_sans: tuple[str, ...] = ()
+    dns_sans: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SdsSecret:
+    """A secret a TLS context takes from SDS (``*_sds_secret_config`` with an
+    ``sds_config``): the master subscribes to it from ``source`` (a watched file, a
+    management server over gRPC or REST, or ADS) and fills the context's certificates
+    or validation values from it (proxyd.config.secrets.fill_downstream)."""
+
+    name: str
+    source: ConfigSource
+
+    @property
+    def initial_fetch_timeout_s(self) -> float:
+        return self.source.initial_fetch_timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +62,8 @@ class DownstreamTls:
     max_version: str = "TLSv1_3"
     # OpenSSL cipher names for TLS 1.2 and below ("" entries never; () = default).
     cipher_suites: tuple[str, ...] = ()
-    # One OpenSSL curve name (CPython's ssl sets one), "" = OpenSSL's default list.
+    # The OpenSSL group list in preference order ("X25519:prime256v1"), "" = OpenSSL's
+    # defaults (proxyd.protocol.tls_context.set_groups).
     ecdh_curve: str = ""
     # ALPN protocols offered, in preference order (() = no ALPN).
     alpn: tuple[str, ...] = ()
@@ -48,11 +71,26 @@ class DownstreamTls:
     trusted_ca: bytes = b""
     require_client_certificate: bool = False
     san_matchers: tuple[SanMatch, ...] = ()
+    # validation_context.crl as PEM (b"": none), only_verify_leaf_cert_crl, and the
+    # certificate pins: SHA-256 digests of the client certificate (verify_certificate_hash)
+    # and of its SubjectPublicKeyInfo (verify_certificate_spki); either kind passing is
+    # enough, as in Envoy.
+    crl: bytes = b""
+    crl_leaf_only: bool = False
+    hash_pins: tuple[bytes, ...] = ()
+    spki_pins: tuple[bytes, ...] = ()
     # session_timeout (0: OpenSSL's default) and disable_stateless_session_resumption.
     session_timeout_s: float = 0.0
     session_tickets: bool = True
     # FilterChain.transport_socket_connect_timeout (0: the HCM's idle timeout bounds it).
     handshake_timeout_s: float = 0.0
+    # SDS: the secrets whose certificates follow ``certificates`` (in order), and the
+    # one that holds the validation context; the master fills the values in, and
+    # ``sds_missing`` names those not delivered yet (a chain with any is not ready:
+    # its connections are closed, as Envoy's handshake fails without the secret).
+    sds_certificates: tuple[SdsSecret, ...] = ()
+    sds_validation: SdsSecret | None = None
+    sds_missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +106,8 @@ class UpstreamTls:
     min_version: str = "TLSv1_2"
     max_version: str = "TLSv1_2"
     cipher_suites: tuple[str, ...] = ()
+    # tls_params.ecdh_curves as an OpenSSL group list ("": OpenSSL's defaults).
+    ecdh_curve: str = ""
     alpn: tuple[str, ...] = ()
     # validation_context.trusted_ca (b"": the chain is not verified, as in Envoy).
     trusted_ca: bytes = b""
@@ -83,3 +123,8 @@ class UpstreamTls:
     auto_sni: bool = False
     auto_san_validation: bool = False
     sni_header: str = ""
+    # SDS, as on DownstreamTls: the client certificate's secret, the validation
+    # context's, and those not delivered yet (a connection to a host fails then).
+    sds_certificate: SdsSecret | None = None
+    sds_validation: SdsSecret | None = None
+    sds_missing: tuple[str, ...] = ()

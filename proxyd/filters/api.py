@@ -70,7 +70,23 @@ class LocalReply:
     grpc_status: int | None = None
 
 
-Result = FilterStatus | LocalReply
+@dataclass(frozen=True, slots=True)
+class FilterResponse:
+    """Answer the stream with a whole response the filter has (a cache hit: Envoy's
+    ``encodeHeaders`` / ``encodeData`` from a decoder filter), not a local reply: the
+    ``headers`` lines go out as they are (no content-type or body of the proxy's own),
+    and the response passes the encoder filters as an upstream response does. From
+    ``on_response_headers`` it replaces the upstream's response (whose body is then
+    dropped) and passes the encoder filters after this one. The body of a response to
+    HEAD, and of 204 and 304, is not sent."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+    details: str = ""
+
+
+Result = FilterStatus | LocalReply | FilterResponse
 
 
 class RequestView(Protocol):
@@ -93,6 +109,12 @@ class ResponseView(Protocol):
     status: int
     headers: Mapping[str, str]
 
+    def header_lines(self) -> list[tuple[str, str]]:
+        """Every response header line as it goes downstream (lower-case names, in order,
+        without the hop-by-hop ones, with ``x-envoy-upstream-service-time``), for a
+        filter that keeps the whole head (the cache); costs a scan of the head."""
+        ...
+
 
 class FilterStream(Protocol):
     """What a filter may read and change of its stream."""
@@ -100,6 +122,11 @@ class FilterStream(Protocol):
     head: RequestView
     route_name: str | None
     upstream_cluster: str | None
+    upstream_host: str | None
+    """The host the router chose (``ip:port``, as ``%UPSTREAM_HOST%``), once it has."""
+    override_host: tuple[str, bool] | None
+    """(address, strict): the host the router's selection takes first when the cluster
+    has it and may use it (a stateful session; strict: no other host)."""
 
     def set_request_header(self, name: str, value: str) -> None:
         """Replace (or add) a request header on its way upstream."""
@@ -148,6 +175,10 @@ class FilterStream(Protocol):
         """Replace (or add) a response header on its way downstream."""
         ...
 
+    def add_response_header(self, name: str, value: str) -> None:
+        """Add a response header line, keeping those the response has of that name."""
+        ...
+
     def remove_response_header(self, name: str) -> None:
         """Remove a response header (the upstream's, or one a filter set); removing
         ``content-length`` makes the body go out chunked."""
@@ -160,6 +191,11 @@ class FilterStream(Protocol):
 
     def set_flag(self, flag: str) -> None:
         """Add Envoy's response flag ``flag`` (e.g. "DI") for the access log."""
+        ...
+
+    def set_details(self, details: str) -> None:
+        """Set the stream's response code details (``%RESPONSE_CODE_DETAILS%``), e.g. a
+        filter's own for a response that still comes from the upstream."""
         ...
 
     def request_header_lines(self) -> list[tuple[str, str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import ModuleType
 
 from proxyd.filters.buffer import config as buffer_config
+from proxyd.filters.cache import config as cache_config
+from proxyd.filters.cache import config_v2 as cache_v2_config
 from proxyd.filters.composite import config as composite_config
 from proxyd.filters.compressor import config as compressor_config
 from proxyd.filters.cors import config as cors_config
@@ -19,11 +21,14 @@ from proxyd.filters.jwt_authn import config as jwt_authn_config
 from proxyd.filters.local_ratelimit import config as local_ratelimit_config
 from proxyd.filters.rbac import config as rbac_config
 from proxyd.filters.set_metadata import config as set_metadata_config
+from proxyd.filters.stateful_session import config as stateful_session_config
 
 COMPILERS: dict[str, ModuleType] = {
     m.TYPE: m
     for m in (
         buffer_config,
+        cache_config,
+        cache_v2_config,
         composite_config,
         compressor_config,
         cors_config,
@@ -38,6 +43,7 @@ COMPILERS: dict[str, ModuleType] = {
         local_ratelimit_config,
         rbac_config,
         set_metadata_config,
+        stateful_session_config,
     )
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from proxyd.filters.api import FactoryMaker
 from proxyd.filters.buffer.filter import Factory as BufferFactory
+from proxyd.filters.cache.filter import Factory as CacheFactory
 from proxyd.filters.composite.filter import Factory as CompositeFactory
 from proxyd.filters.compressor.filter import Factory as CompressorFactory
 from proxyd.filters.cors.filter import Factory as CorsFactory
@@ -21,9 +22,12 @@ from proxyd.filters.jwt_authn.filter import Factory as JwtAuthnFactory
 from proxyd.filters.local_ratelimit.filter import Factory as LocalRateLimitFactory
 from proxyd.filters.rbac.filter import Factory as RbacFactory
 from proxyd.filters.set_metadata.filter import Factory as SetMetadataFactory
+from proxyd.filters.stateful_session.filter import Factory as StatefulSessionFactory
 
 FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.buffer.v3.Buffer": BufferFactory,
+    "envoy.extensions.filters.http.cache.v3.CacheConfig": CacheFactory,
+    "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config": CacheFactory,
     "envoy.extensions.filters.http.composite.v3.Composite": CompositeFactory,
     "envoy.extensions.filters.http.compressor.v3.Compressor": CompressorFactory,
     "envoy.extensions.filters.http.decompressor.v3.Decompressor": DecompressorFactory,
@@ -38,4 +42,5 @@ FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": LocalRateLimitFactory,
     "envoy.extensions.filters.http.rbac.v3.RBAC": RbacFactory,
     "envoy.extensions.filters.http.set_metadata.v3.Config": SetMetadataFactory,
+    "envoy.extensions.filters.http.stateful_session.v3.StatefulSession": StatefulSessionFactory,
 }

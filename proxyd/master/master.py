@@ -196,6 +196,7 @@ class Master:
             self.runtime.configure(self.loaded.runtime_layers)
             self._check_file(self.template)
             self.sockets.bind_all(self.template.listeners)
+            self.xds.static_secrets = self.loaded.secrets
             self.xds.configure(self.template, self.loaded.dynamic, self.loaded.node)
             self.xds.seed(self.xds_seed)
             self.stats_flusher.configure(self.loaded.stats)
@@ -529,6 +530,7 @@ class Master:
     async def _apply(self, loaded: Any) -> ReloadResult:
         before = (self.loaded, self.config_loaded_wall, self.xds.static, self.xds.dynamic, self.xds.node, self.runtime.state())  # fmt: skip
         added = self.sockets.bind_all(loaded.epoch_template.listeners)  # all or none
+        self.xds.static_secrets = loaded.secrets
         self.xds.configure(loaded.epoch_template, loaded.dynamic, loaded.node)
         self.runtime.configure(loaded.runtime_layers)
         self.loaded = loaded
@@ -550,6 +552,7 @@ class Master:
     def _restore(self, before: tuple[Any, ...]) -> None:
         """The config in place before a reload that was refused (see _apply)."""
         self.loaded, self.config_loaded_wall, static, dynamic, node, runtime = before
+        self.xds.static_secrets = self.loaded.secrets
         self.xds.configure(static, dynamic, node)
         self.runtime.restore(runtime)
 

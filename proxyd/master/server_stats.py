@@ -78,9 +78,8 @@ class ServerStats:
             for hcm in listener.hcms:
                 prefix = hcm.stat_prefix
                 store.ensure_counters([f"http.{prefix}.{c}" for c in _HCM_COUNTERS])
-            if listener.tcp_proxy is not None:
-                prefix = listener.tcp_proxy.stat_prefix
-                store.ensure_counters([f"tcp.{prefix}.{c}" for c in _TCP_COUNTERS])
+            for tcp in listener.tcp_proxies:
+                store.ensure_counters([f"tcp.{tcp.stat_prefix}.{c}" for c in _TCP_COUNTERS])
         for _name in old_listeners.keys() - new_listeners.keys():
             store.add_counter("listener_manager.listener_removed")
         store.set_gauge("listener_manager.total_listeners_active", len(new_listeners))

@@ -1,12 +1,14 @@
 """The access log's downstream TLS operators (:mod:`proxyd.protocol.access_log_operators`
 registers them): values of ``rec.tls``, the connection's
 :class:`proxyd.worker.tls.TlsSocket` (``sni``, ``version``, ``cipher``, ``peer``: the
-verified client certificate as ``getpeercert()`` gives it, ``ssl``), None (``-``) on a
-plaintext connection or when the value is not there."""
+verified client certificate as ``getpeercert()`` gives it, ``ssl``, ``local``: the
+epoch's TlsCertificate the listener presented), None (``-``) on a plaintext connection
+or when the value is not there."""
 
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +45,38 @@ def _peer_der(digest: str) -> Getter:
             return None
         der = tls.ssl.getpeercert(binary_form=True)
         return hashlib.new(digest, der).hexdigest() if der else None
+
+    return get
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def url_encode(text: str) -> str:
+    """Percent-encoding of everything but the unreserved characters (RFC 3986), as
+    Envoy encodes a PEM certificate (%DOWNSTREAM_PEER_CERT%, ext_authz)."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
+
+
+def url_encoded_peer_certificate(tls: Any) -> str:
+    """The verified client certificate of a TLS session as URL-encoded PEM ("": none)."""
+    if not tls.peer:
+        return ""
+    der = tls.ssl.getpeercert(binary_form=True)
+    return url_encode(ssl.DER_cert_to_PEM_cert(der)) if der else ""
+
+
+def _peer_cert(rec: Any) -> Value:
+    tls = rec.tls
+    return (url_encoded_peer_certificate(tls) or None) if tls is not None else None
+
+
+# The certificate the listener presented (rec.tls.local: its epoch TlsCertificate).
+def _local(fn: Callable[[Any], str]) -> Getter:
+    def get(rec: Any) -> Value:
+        tls = rec.tls
+        local = tls.local if tls is not None else None
+        return (fn(local) or None) if local is not None else None
 
     return get
 
@@ -86,3 +120,7 @@ TLS_OPERATORS["DOWNSTREAM_PEER_EMAIL_SAN"] = _peer(lambda p: peer_sans(p, "email
 TLS_OPERATORS["DOWNSTREAM_PEER_SERIAL"] = _peer(lambda p: str(p.get("serialNumber", "")).lower())
 TLS_OPERATORS["DOWNSTREAM_PEER_FINGERPRINT_256"] = _peer_der("sha256")
 TLS_OPERATORS["DOWNSTREAM_PEER_FINGERPRINT_1"] = _peer_der("sha1")
+TLS_OPERATORS["DOWNSTREAM_PEER_CERT"] = _peer_cert
+TLS_OPERATORS["DOWNSTREAM_LOCAL_SUBJECT"] = _local(lambda c: c.subject)
+TLS_OPERATORS["DOWNSTREAM_LOCAL_URI_SAN"] = _local(lambda c: ",".join(c.uri_sans))
+TLS_OPERATORS["DOWNSTREAM_LOCAL_DNS_SAN"] = _local(lambda c: ",".join(c.dns_sans))

@@ -47,8 +47,10 @@ def check_listener(listener: Listener) -> None:
     """What :class:`proxyd.worker.plan.ListenerPlan` compiles from a listener (for each
     of its filter chains)."""
     if listener.chains:
-        for chain_hcm in listener.hcms:
-            one = dataclasses.replace(listener, hcm=chain_hcm, chains=(), default_chain=None)
+        for chain in listener.every_chain:
+            one = dataclasses.replace(
+                listener, hcm=chain.hcm, tcp_proxy=chain.tcp_proxy, chains=(), default_chain=None
+            )
             check_listener(one)
         return
     where = f"listener '{listener.name}'"

@@ -66,16 +66,42 @@ class HttpAttributes:
     raw_body: bool = False
 
 
+@dataclass(slots=True)
+class TlsPeers:
+    """What a TLS connection says of its two ends: the principals (a certificate's
+    first URI SAN, else its first DNS SAN, else its subject; "" for none), the client's
+    certificate (URL-encoded PEM, "" unless asked for), and the requested server name
+    (None: no ``tls_session``)."""
+
+    source_principal: str = ""
+    source_certificate: str = ""
+    destination_principal: str = ""
+    sni: str | None = None
+
+
+def _peer(address: tuple[str, int] | None, principal: str, certificate: str) -> bytes:
+    """AttributeContext.Peer."""
+    out = _len(1, _address(*address)) if address is not None else b""
+    if principal:
+        out += _str(4, principal)
+    if certificate:
+        out += _str(5, certificate)
+    return out
+
+
 def check_request(
     source: tuple[str, int] | None,
     destination: tuple[str, int] | None,
     http: HttpAttributes,
     time_ns: int,
     context_extensions: Mapping[str, str] = {},  # noqa: B006 - read only
+    tls: TlsPeers | None = None,
 ) -> bytes:
     """A CheckRequest: attributes {source, destination, request {time, http},
-    context_extensions, metadata_context and route_metadata_context (empty)}. A header repeated in ``headers``
-    is sent once, its values joined with "," (as Envoy joins them in the map)."""
+    context_extensions, metadata_context and route_metadata_context (empty), and with
+    ``tls`` the peers' principals, the client certificate and the tls_session}. A header
+    repeated in ``headers`` is sent once, its values joined with "," (as Envoy joins
+    them in the map)."""
     joined: dict[str, str] = {}
     for k, v in http.headers:
         old = joined.get(k)
@@ -97,15 +123,21 @@ def check_request(
     timestamp = _int(1, seconds) + (_int(2, nanos) if nanos else b"")
     request = _len(1, timestamp) + _len(2, b"".join(h))
     attrs = []
-    if source is not None:
-        attrs.append(_len(1, _len(1, _address(*source))))
-    if destination is not None:
-        attrs.append(_len(2, _len(1, _address(*destination))))
+    t = tls if tls is not None else _NO_TLS
+    if source is not None or t.source_principal or t.source_certificate:
+        attrs.append(_len(1, _peer(source, t.source_principal, t.source_certificate)))
+    if destination is not None or t.destination_principal:
+        attrs.append(_len(2, _peer(destination, t.destination_principal, "")))
     attrs.append(_len(4, request))
     attrs.append(_map(10, sorted(context_extensions.items())))
     attrs.append(_len(11, b""))  # metadata_context and route_metadata_context: empty,
     attrs.append(_len(13, b""))  # as Envoy sends them without metadata namespaces
+    if t.sni is not None:
+        attrs.append(_len(12, _str(1, t.sni) if t.sni else b""))
     return _len(1, b"".join(attrs))
+
+
+_NO_TLS = TlsPeers()
 
 
 # -- decoding ---------------------------------------------------------------------------

@@ -117,6 +117,11 @@ def _compile(levels: list[tuple[tuple[str, ...], tuple[Any, ...]]]) -> tuple[_Le
     return tuple(out)
 
 
+def compile_adds(adds: tuple[Any, ...]) -> tuple[_Level, ...]:
+    """One level of additions only (the TCP proxy tunnel's ``headers_to_add``)."""
+    return _compile([((), adds)])
+
+
 def _evaluate(value: bytes | ValueFormat, rec: Any) -> bytes:
     if isinstance(value, bytes):
         return value

@@ -84,6 +84,7 @@ _H_RID = 7
 _H_XFP = 8
 _H_HOP = 9  # hop-by-hop: always removed (keep-alive, proxy-connection, upgrade)
 _H_TE_HDR = 10  # TE: removed unless it is exactly "trailers"
+_H_XFCC = 11  # x-forwarded-client-cert: kept for proxyd.protocol.xfcc
 
 _REQUEST_SPECIAL = {
     b"host": _H_HOST,
@@ -98,6 +99,7 @@ _REQUEST_SPECIAL = {
     b"proxy-connection": _H_HOP,
     b"upgrade": _H_HOP,
     b"te": _H_TE_HDR,
+    b"x-forwarded-client-cert": _H_XFCC,
 }
 
 
@@ -169,6 +171,7 @@ class RequestHead:
         "xff",
         "request_id",
         "xfp",
+        "xfcc",
         "envoy_headers",
         "headers",
         "rewrite",
@@ -202,6 +205,8 @@ class RequestHead:
         self.xff = b""
         self.request_id = b""
         self.xfp = b""
+        # x-forwarded-client-cert as the client sent it (b"": none; proxyd.protocol.xfcc).
+        self.xfcc = b""
         # Lower-case names of incoming x-envoy-* headers (removed on edge requests).
         self.envoy_headers: list[bytes] = []
         # The headers routing and logging asked for: lower-case name -> value.
@@ -325,6 +330,8 @@ class RequestHeadParser:
                 h.request_id = value
             elif kind == _H_XFP:
                 h.xfp = value
+            elif kind == _H_XFCC:
+                h.xfcc = value if not h.xfcc else h.xfcc + b"," + value
             elif kind == _H_HOP:
                 h.remove.append(lname)
                 if lname == b"upgrade":

@@ -31,11 +31,13 @@ from proxyd.protocol.http1 import RequestHead, ResponseHead
 REASONS = {
     100: "Continue",
     200: "OK",
+    206: "Partial Content",
     400: "Bad Request",
     403: "Forbidden",
     404: "Not Found",
     408: "Request Timeout",
     413: "Payload Too Large",
+    416: "Range Not Satisfiable",
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",

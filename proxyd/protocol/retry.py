@@ -35,8 +35,8 @@ RETRY_ON = {
     "gateway-error": RETRY_GATEWAY_ERROR,
     "connect-failure": RETRY_CONNECT_FAILURE,
     "retriable-4xx": RETRY_RETRIABLE_4XX,
-    # An HTTP/2 stream refused by the upstream: proxyd's upstreams are HTTP/1.1, where
-    # it cannot happen (as for Envoy with an HTTP/1.1 cluster).
+    # An HTTP/2 stream refused by the upstream (REFUSED_STREAM, or above a GOAWAY's last
+    # stream id); an HTTP/1.1 cluster never refuses one (as for Envoy).
     "refused-stream": RETRY_REFUSED_STREAM,
     "retriable-status-codes": RETRY_RETRIABLE_STATUS_CODES,
     "reset": RETRY_RESET,
@@ -111,6 +111,7 @@ class Reset(enum.Enum):
     CONNECT_FAILURE = "connect failure"
     CONNECTION_TERMINATION = "connection termination"
     PER_TRY_TIMEOUT = "per try timeout"
+    REFUSED_STREAM = "refused stream"  # an HTTP/2 upstream's REFUSED_STREAM
 
 
 class Decision(enum.Enum):
@@ -157,6 +158,8 @@ class RetryState:
         on = self.retry_on
         if on & (RETRY_5XX | RETRY_GATEWAY_ERROR | RETRY_RESET):
             return True
+        if reset is Reset.REFUSED_STREAM:
+            return bool(on & RETRY_REFUSED_STREAM)
         return bool(on & RETRY_CONNECT_FAILURE and reset is Reset.CONNECT_FAILURE)
 
     def decide(self, would_retry: bool) -> Decision:

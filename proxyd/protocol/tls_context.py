@@ -10,10 +10,13 @@ memory file (``memfd_create``), never a file on disk.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
 import ipaddress
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,6 +49,53 @@ CURVES = {
     "P-384": "secp384r1",
     "P-521": "secp521r1",
 }
+
+
+def curve_list(entries: Sequence[str]) -> tuple[str, list[str]]:
+    """``tls_params.ecdh_curves`` (each entry may itself be a ``:``-separated list, as
+    Envoy joins them): (the OpenSSL group list, the names proxyd does not know)."""
+    names = [n for e in entries for n in e.split(":") if n]
+    return ":".join(CURVES.get(n, n) for n in names), [n for n in names if n not in CURVES]
+
+
+def set_groups(ctx: ssl.SSLContext, groups: str) -> None:
+    """The context's key-exchange groups, in preference order (``X25519:prime256v1``).
+
+    CPython's ``ssl`` sets a single ECDH curve; a list is given to OpenSSL's
+    ``SSL_CTX_set1_groups_list`` through the ``SSL_CTX`` the SSLContext object holds
+    (its first field) in the libssl the ``_ssl`` module runs on. ValueError when
+    OpenSSL refuses the list."""
+    lib = _libssl()
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if lib is None or not ptr:
+        if ":" not in groups:
+            ctx.set_ecdh_curve(groups)  # one curve: CPython's own call will do
+            return
+        raise ValueError("the libssl of CPython's ssl module was not found")
+    if lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
+        raise ValueError(f"OpenSSL refused the groups {groups}")
+
+
+_SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list is a macro over SSL_CTX_ctrl
+
+
+@functools.cache
+def _libssl() -> Any:
+    """The libssl loaded with CPython's _ssl module (from this process's mappings)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libssl" in line and "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        return lib
+    return None
 
 
 class TlsSetupError(Exception):
@@ -94,6 +144,32 @@ def certificate_names(chain_pem: bytes) -> tuple[str, ...]:
     return tuple(v.lower() for rdn in info.get("subject", ()) for k, v in rdn if k == "commonName")
 
 
+def certificate_identity(chain_pem: bytes) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(subject as Envoy prints it, URI SANs, DNS SANs) of the first certificate in
+    ``chain_pem``; ("", (), ()) when OpenSSL cannot read it (loading reports that)."""
+    try:
+        with pem_path(chain_pem) as path:
+            info = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    except (ssl.SSLError, OSError, AttributeError):
+        return "", (), ()
+    sans = info.get("subjectAltName", ())
+    return (
+        peer_subject(info),
+        tuple(v for k, v in sans if k == "URI"),
+        tuple(v for k, v in sans if k == "DNS"),
+    )
+
+
+def principal(subject: str, uri_sans: Sequence[str], dns_sans: Sequence[str]) -> str:
+    """A certificate's principal as Envoy's ext_authz names a peer: the first URI SAN,
+    else the first DNS SAN, else the subject."""
+    if uri_sans:
+        return uri_sans[0]
+    if dns_sans:
+        return dns_sans[0]
+    return subject
+
+
 def pick_certificate(names: list[tuple[str, ...]], sni: str) -> int:
     """Which of several certificates an SNI gets, as Envoy chooses: one with the exact
     name, else one with a ``*.`` wildcard covering it, else the first."""
@@ -135,7 +211,7 @@ def server_context(tls: DownstreamTls, only: int | None = None) -> ssl.SSLContex
     ctx.set_ciphers(":".join(split_ciphers(tls.cipher_suites or DEFAULT_CIPHERS)))
     if tls.ecdh_curve:
         try:
-            ctx.set_ecdh_curve(tls.ecdh_curve)
+            set_groups(ctx, tls.ecdh_curve)
         except (ValueError, ssl.SSLError) as exc:
             raise TlsSetupError("common_tls_context.tls_params.ecdh_curves", str(exc)) from None
     for i, cert in enumerate(tls.certificates):
@@ -157,6 +233,19 @@ def server_context(tls: DownstreamTls, only: int | None = None) -> ssl.SSLContex
                 "common_tls_context.validation_context.trusted_ca", _reason(exc, "CA bundle")
             ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+        if tls.crl:
+            # Every certificate of the chain needs its CRL, unless only_verify_leaf_cert_crl
+            # (Envoy's rule, OpenSSL's CRL_CHECK_ALL).
+            with pem_path(tls.crl) as crl:
+                try:
+                    ctx.load_verify_locations(cafile=crl)
+                except (ssl.SSLError, ValueError) as exc:
+                    raise TlsSetupError(
+                        "common_tls_context.validation_context.crl", _reason(exc, "CRL")
+                    ) from None
+            ctx.verify_flags |= (
+                ssl.VERIFY_CRL_CHECK_LEAF if tls.crl_leaf_only else ssl.VERIFY_CRL_CHECK_CHAIN
+            )
     if not tls.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
@@ -172,6 +261,30 @@ def _reason(exc: Exception, what: str) -> str:
 
 # getpeercert()'s subjectAltName type names → Envoy's SanType.
 _SAN_TYPES = {"DNS": "DNS", "URI": "URI", "email": "EMAIL", "IP Address": "IP_ADDRESS"}
+
+
+class PinChecker:
+    """verify_certificate_hash / verify_certificate_spki: a client certificate passes
+    when its SHA-256 digest, or its SubjectPublicKeyInfo's, is one of the pins."""
+
+    def __init__(self, hashes: tuple[bytes, ...], spkis: tuple[bytes, ...]) -> None:
+        self.hashes = frozenset(hashes)
+        self.spkis = frozenset(spkis)
+
+    def accepts(self, der: bytes) -> bool:
+        if hashlib.sha256(der).digest() in self.hashes:
+            return True
+        if not self.spkis:
+            return False
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        try:
+            key = x509.load_der_x509_certificate(der).public_key()
+        except ValueError:
+            return False
+        spki = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return hashlib.sha256(spki).digest() in self.spkis
 
 
 class SanChecker:

@@ -23,6 +23,7 @@ from proxyd.protocol.tls_context import (
     VERSIONS,
     TlsSetupError,
     pem_path,
+    set_groups,
     split_ciphers,
 )
 
@@ -48,6 +49,11 @@ def client_context(tls: UpstreamTls) -> ssl.SSLContext:
                 f"cipher suite '{name}' is not known to OpenSSL",
             ) from None
     ctx.set_ciphers(":".join(names))
+    if tls.ecdh_curve:
+        try:
+            set_groups(ctx, tls.ecdh_curve)
+        except (ValueError, ssl.SSLError) as exc:
+            raise TlsSetupError("common_tls_context.tls_params.ecdh_curves", str(exc)) from None
     if tls.certificate is not None:
         cert = tls.certificate
         with pem_path(cert.certificate_chain) as chain, pem_path(cert.private_key) as key:

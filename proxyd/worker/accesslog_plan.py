@@ -45,8 +45,9 @@ from proxyd.protocol.access_log_filters import (
     filter_header_names,
     filter_reads_grpc_status,
 )
-from proxyd.worker import otel_access_log
+from proxyd.worker import grpc_access_log, otel_access_log
 from proxyd.worker.accesslog import AccessLogWriter
+from proxyd.worker.grpc_access_log import GrpcLogPlan
 from proxyd.worker.otel_access_log import OtelLogPlan
 from proxyd.worker.stream import ResponseFlag
 
@@ -81,11 +82,24 @@ def _compile(
     req: set[str],
     resp: set[str],
     otel: tuple[Any, Any] | None = None,
-) -> tuple[LogPlan | OtelLogPlan, ...]:
+) -> tuple[LogPlan | OtelLogPlan | GrpcLogPlan, ...]:
     """``otel``: (the worker's stats store, the epoch's cluster states), for the
-    OpenTelemetry access logs' exporters."""
-    out: list[LogPlan | OtelLogPlan] = []
+    OpenTelemetry and gRPC access logs' exporters."""
+    out: list[LogPlan | OtelLogPlan | GrpcLogPlan] = []
     for al in logs:
+        if al.grpc is not None:
+            assert otel is not None  # ListenerPlan and TcpListenerPlan give it
+            test = compile_filter(al.filter, runtime) if al.filter is not None else None
+            if al.filter is not None:
+                req |= filter_header_names(al.filter)
+            stats, clusters = otel
+            grpc_plan = GrpcLogPlan(
+                al.grpc, test, grpc_access_log.exporter_for(al.grpc, stats, clusters)
+            )
+            req |= grpc_plan.request_headers
+            resp |= grpc_plan.response_headers
+            out.append(grpc_plan)
+            continue
         if al.otel is not None:
             assert otel is not None  # ListenerPlan and TcpListenerPlan give it
             test = compile_filter(al.filter, runtime) if al.filter is not None else None
@@ -216,6 +230,8 @@ def _details(stream: Stream) -> str | None:
     if stream.head is None:
         return None  # refused by the codec: Envoy's codec details are not known here
     if flag is ResponseFlag.UPSTREAM_CONNECTION_TERMINATION:
+        if stream.details:  # an HTTP/2 upstream's reset reason (worker/h2_upstream.py)
+            return stream.details
         started = stream.service_ms is not None
         return (
             "upstream_reset_after_response_started{connection_termination}"

@@ -26,6 +26,7 @@ from proxyd.protocol.chain_match import (
     NOT_TLS,
     ChainSelector,
     ClientHelloTooLarge,
+    Connection,
     Inspected,
     inspect_client_hello,
 )
@@ -34,6 +35,7 @@ from proxyd.worker import io
 if TYPE_CHECKING:
     from proxyd.worker.plan import ListenerPlan
     from proxyd.worker.stats import NamedStats
+    from proxyd.worker.tcp_proxy import TcpListenerPlan
 
 
 def chain_key(listener_name: str, index: int) -> str:
@@ -45,13 +47,17 @@ class ChainChooser:
     def __init__(
         self,
         selector: ChainSelector,
-        plans: list[ListenerPlan],
+        plans: list[ListenerPlan | TcpListenerPlan],
         timeout: float,
         continue_on_timeout: bool,
         listener_stats: NamedStats,
         inspector_stats: NamedStats,
+        inspect: bool = True,
     ) -> None:
         self.selector = selector
+        # The listener has a TLS inspector (configured, or added for a chain that
+        # matches on the ClientHello): else the first bytes are not looked at.
+        self.inspect = inspect
         self.plans = plans
         self.timeout = timeout
         self.continue_on_timeout = continue_on_timeout
@@ -60,19 +66,28 @@ class ChainChooser:
         listener_stats.inc("no_filter_chain_match", 0)
         listener_stats.inc("downstream_pre_cx_timeout", 0)
 
-    async def choose(self, sock: socket.socket) -> ListenerPlan | None:
+    async def choose(self, sock: socket.socket) -> ListenerPlan | TcpListenerPlan | None:
         """The chain's plan for the connection on ``sock``, or None to close it."""
-        found: Inspected | None = None
-        with trio.move_on_after(self.timeout):
-            found = await self._inspect(sock)
-            if found is None:
-                return None  # closed (or too large a ClientHello)
-        if found is None:  # the listener filter timeout
-            if not self.continue_on_timeout:
+        found = NOT_TLS
+        if self.inspect:
+            seen: Inspected | None = None
+            with trio.move_on_after(self.timeout):
+                seen = await self._inspect(sock)
+                if seen is None:
+                    return None  # closed (or too large a ClientHello)
+            if seen is not None:
+                found = seen
+            elif not self.continue_on_timeout:  # the listener filter timeout
                 self.stats.inc("downstream_pre_cx_timeout")
                 return None
-            found = NOT_TLS
-        index = self.selector.select(found.sni, found.transport)
+        try:
+            local = sock.getsockname()
+            peer = sock.getpeername()
+        except OSError:
+            return None  # the client is gone
+        if not isinstance(local, tuple):  # a pipe listener: no addresses to match
+            local, peer = ("", 0), ("", 0)
+        index = self.selector.select(Connection(local[0], local[1], peer[0], peer[1], found))
         if index is None:
             self.stats.inc("no_filter_chain_match")
             return None

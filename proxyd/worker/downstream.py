@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 import trio
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from proxyd.worker.deadlines import Timers
     from proxyd.worker.plan import ListenerPlan
     from proxyd.worker.stats import HttpStats, ListenerStats, NamedStats, StatsStore
-    from proxyd.worker.tcp_proxy import TcpConnection
+    from proxyd.worker.tcp_proxy import TcpConnection, TcpListenerPlan
 
 log = structlog.get_logger()
 
@@ -95,6 +95,10 @@ class WorkerContext(Protocol):
     draining: bool
 
     def connection_closed(self) -> None: ...
+
+    async def serve_tcp_chain(self, conn: DownstreamConnection, plan: TcpListenerPlan) -> None:
+        """Serve ``conn``'s socket as a TCP proxy connection of ``plan`` (its chain)."""
+        ...
 
 
 class DownstreamConnection:
@@ -199,7 +203,11 @@ class DownstreamConnection:
                 self.worker.connections.discard(self)
                 self.worker.connection_closed()
                 return
-            plan = chosen
+            if chosen.is_tcp:  # a TCP proxy chain: a TCP proxy connection from here on
+                self.worker.connections.discard(self)
+                await self.worker.serve_tcp_chain(self, cast("TcpListenerPlan", chosen))
+                return
+            plan = cast("ListenerPlan", chosen)
             self.listener_name = chosen.key
         lstats = plan.listener_stats
         hstats = plan.http_stats

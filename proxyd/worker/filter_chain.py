@@ -26,37 +26,121 @@ removed (``Stream.response_removed``) are cut from the upstream's head here; wit
 from __future__ import annotations
 
 from functools import cache
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from proxyd.filters.api import (
     CONTINUE,
     FilterFactory,
+    FilterResponse,
     FilterStream,
     HttpFilter,
     LocalReply,
     Result,
 )
+from proxyd.protocol.http1 import ResponseHead, response_has_body
+from proxyd.protocol.http1_headers import REASONS
 from proxyd.worker.stream import DownstreamSink, LocalReplied, ResponseFlag, Stream
 
 if TYPE_CHECKING:
-    from proxyd.protocol.http1 import ResponseHead
     from proxyd.worker.stats import HttpStats
 
 PAYLOAD_TOO_LARGE = LocalReply(413, "Payload Too Large", details="request_payload_too_large")
 
 
 class _Response:
-    """What encoder filters see of a response head (a ResponseView)."""
+    """What encoder filters see of a response head (a ResponseView): ``r`` is the
+    upstream's head (None for a local reply), ``service_ms`` the service time that goes
+    with it (-1: none)."""
 
-    __slots__ = ("status", "headers")
+    __slots__ = ("status", "headers", "r", "service_ms", "stream")
 
-    def __init__(self, status: int, headers: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: Any,
+        r: ResponseHead | None = None,
+        service_ms: int = -1,
+        stream: Stream | None = None,
+    ) -> None:
         self.status = status
         self.headers = headers
+        self.r = r
+        self.service_ms = service_ms
+        self.stream = stream
+
+    def header_lines(self) -> list[tuple[str, str]]:
+        r = self.r
+        if r is None:
+            lines = list(self.headers.items())
+        else:
+            lines = head_lines(r)
+            if self.service_ms >= 0:
+                lines.append(("x-envoy-upstream-service-time", str(self.service_ms)))
+        stream = self.stream
+        if stream is not None:
+            removed = stream.response_removed
+            if removed:
+                gone = {n.decode("latin-1") for n in removed}
+                lines = [(n, v) for n, v in lines if n not in gone]
+            for line in stream.response_added or ():
+                name, _, value = line.decode("latin-1").partition(":")
+                lines.append((name, value.strip()))
+        return lines
+
+
+def head_lines(r: ResponseHead) -> list[tuple[str, str]]:
+    """The header lines of response head ``r`` but those cut from it (hop-by-hop),
+    as (lower-case name, value)."""
+    raw = r.raw
+    cuts = r.cuts
+    if cuts:
+        pieces = []
+        pos = 0
+        for i, j in cuts:
+            pieces.append(raw[pos:i])
+            pos = j
+        pieces.append(raw[pos:])
+        raw = b"".join(pieces)
+    out = []
+    for line in raw.split(b"\r\n")[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(b":")
+        out.append((name.decode("latin-1").lower(), value.strip(b" \t").decode("latin-1")))
+    return out
+
+
+def _reason(status: int) -> bytes:
+    """The reason phrase Envoy's codec writes for ``status``."""
+    reason = REASONS.get(status)
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+    return reason.encode()
+
+
+def response_head_of(status: int, lines: tuple[tuple[str, str], ...]) -> ResponseHead:
+    """A response head made of a filter's header lines (a FilterResponse)."""
+    r = ResponseHead()
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+    headers = r.headers
+    for name, value in lines:
+        parts.append(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n")
+        if name == "date":
+            r.has_date = True
+        old = headers.get(name)
+        headers[name] = value if old is None else old + "," + value
+    parts.append(b"\r\n")
+    r.raw = b"".join(parts)
+    r.status = status
+    return r
 
 
 # Envoy's Grpc::Utility::httpToGrpcStatus, for local replies to gRPC requests.
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 
 
 def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, bytes]:
@@ -70,7 +154,7 @@ def local_reply_of(reply: LocalReply, grpc_request: bool) -> tuple[int, str, byt
     if grpc_request:
         code = reply.grpc_status
         if code is None:
-            code = _HTTP_TO_GRPC.get(reply.status, 2)
+            code = HTTP_TO_GRPC.get(reply.status, 2)
         extra += b"content-type: application/grpc\r\ngrpc-status: %d\r\n" % code
         if reply.body:
             extra += b"grpc-message: " + reply.body.encode("latin-1") + b"\r\n"
@@ -124,6 +208,7 @@ class FilterChain:
         "ready",
         "first_taken",
         "http_stats",
+        "replaced",
     )
 
     def __init__(
@@ -168,11 +253,14 @@ class FilterChain:
         self.ready: list[bytes] = []
         self.first_taken = False
         self.http_stats = http_stats
+        # A filter replaced the upstream's response (FilterResponse from an encoder):
+        # the rest of the upstream's body is dropped.
+        self.replaced = False
 
     # -- decoding -----------------------------------------------------------------------
 
-    async def decode_headers(self) -> LocalReply | None:
-        """Run the decoder filters on the request head; a LocalReply to answer with."""
+    async def decode_headers(self) -> LocalReply | FilterResponse | None:
+        """Run the decoder filters on the request head; a reply to answer with."""
         stream = self.stream
         decoders = self.decoders
         i = 0
@@ -180,7 +268,7 @@ class FilterChain:
             res = await decoders[i].on_request_headers(
                 self.fs, stream.request_complete and not self.pending
             )
-            if isinstance(res, LocalReply):
+            if isinstance(res, (LocalReply, FilterResponse)):
                 return res
             i += 1
             if res is CONTINUE or stream.request_complete:
@@ -321,20 +409,31 @@ class FilterChain:
     # -- encoding -----------------------------------------------------------------------
 
     async def _encode_headers(
-        self, status: int, headers: Any, end_stream: bool
-    ) -> LocalReply | None:
-        view = _Response(status, headers)
-        for f in self.encoders:
-            res = await f.on_response_headers(self.fs, view, end_stream)
+        self,
+        status: int,
+        headers: Any,
+        end_stream: bool,
+        r: ResponseHead | None = None,
+        service_ms: int = -1,
+        start: int = 0,
+    ) -> LocalReply | tuple[int, FilterResponse] | None:
+        """The encoder filters from ``start`` on a response head: a LocalReply, or
+        (index of the filter, its FilterResponse) to send instead, or None."""
+        view = _Response(status, headers, r, service_ms, self.stream)
+        encoders = self.encoders
+        for k in range(start, len(encoders)):
+            res = await encoders[k].on_response_headers(self.fs, view, end_stream)
             if isinstance(res, LocalReply):
                 return res
+            if isinstance(res, FilterResponse):
+                return k, res
         return None
 
-    async def _encode_data(self, parts: list, end_stream: bool) -> list:
+    async def _encode_data(self, parts: list, end_stream: bool, start: int = 0) -> list:
         if not self.data_encoders:
             return parts
         data = bytearray().join(parts)  # filters may change it in place
-        for f in self.encoders:
+        for f in self.encoders[start:] if start else self.encoders:
             res = await f.on_response_data(self.fs, data, end_stream)
             if isinstance(res, LocalReply):
                 raise LocalReplied(res.details or str(res.status))  # too late to answer
@@ -344,7 +443,11 @@ class FilterChain:
         self, r: ResponseHead, service_ms: int, length: int, first: list, end_stream: bool
     ) -> None:
         head_ends = end_stream and not first
-        reply = await self._encode_headers(r.status, r.headers, head_ends)
+        reply = await self._encode_headers(r.status, r.headers, head_ends, r, service_ms)
+        if isinstance(reply, tuple):
+            self.replaced = True
+            await self.send_response(reply[1], reply[0] + 1)
+            return
         if reply is not None:
             await self._reply_mid_stream(reply)
         removed = self.stream.response_removed
@@ -357,8 +460,22 @@ class FilterChain:
         await self.inner.send_headers(r, service_ms, length, first, end_stream)
 
     async def send_data(self, parts: list, end_stream: bool) -> None:
+        if self.replaced:
+            return
         parts = await self._encode_data(parts, end_stream)
         await self.inner.send_data(parts, end_stream)
+
+    async def send_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The response ends with trailers (an HTTP/2 upstream's): the data
+        encoders end first; a codec that cannot carry trailers ends the body."""
+        parts = await self._encode_data([], True) if self.data_encoders else []
+        send = getattr(self.inner, "send_trailers", None)
+        if send is None:
+            await self.inner.send_data(parts, True)
+            return
+        if parts:
+            await self.inner.send_data(parts, False)
+        await send(trailers)
 
     async def send_local_reply(
         self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
@@ -368,6 +485,9 @@ class FilterChain:
         # content-length and content-type; without one the codec adds the length later.
         headers = {"content-length": str(len(data)), "content-type": "text/plain"} if data else {}
         reply = await self._encode_headers(status, headers, not data)
+        if isinstance(reply, tuple):
+            await self.send_response(reply[1], reply[0] + 1)
+            return
         if reply is not None:
             await self.send_filter_reply(reply, encode=False)
             return
@@ -385,8 +505,42 @@ class FilterChain:
         else:
             await self.inner.send_local_reply(status, body, extra)
 
-    async def send_filter_reply(self, reply: LocalReply, encode: bool = True) -> None:
+    async def send_response(self, resp: FilterResponse, start: int = 0) -> None:
+        """Answer with a filter's whole response (a cache hit), through the encoder
+        filters from ``start``, as an upstream response goes."""
+        stream = self.stream
+        if resp.details:
+            stream.details = resp.details
+        h = stream.head
+        status = resp.status
+        r = response_head_of(status, resp.headers)
+        body = resp.body
+        if (h is not None and h.method == "HEAD") or not response_has_body(status, False):
+            body = b""
+        reply = await self._encode_headers(status, r.headers, not body, r, -1, start)
+        if isinstance(reply, LocalReply):
+            await self._reply_mid_stream(reply)
+        stream.status = status
+        if stream.resp_headers is None:
+            stream.resp_headers = r.headers
+        length = len(body)
+        removed = stream.response_removed
+        if removed:
+            cut_lines(r, removed)
+            if b"content-length" in removed and body:
+                length = -1
+        first: list = [body] if body else []
+        if first:
+            first = await self._encode_data(first, True, start)
+        await self.inner.send_headers(r, -1, length, first, True)
+
+    async def send_filter_reply(
+        self, reply: LocalReply | FilterResponse, encode: bool = True
+    ) -> None:
         """Answer with a filter's local reply, through the encoder filters."""
+        if isinstance(reply, FilterResponse):
+            await self.send_response(reply)
+            return
         stream = self.stream
         if reply.flag:
             stream.set_flag(reply.flag)

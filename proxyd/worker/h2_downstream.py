@@ -42,6 +42,7 @@ from proxyd.protocol.h2_translate import local_settings, request_head, response_
 from proxyd.protocol.http1_headers import local_reply, response_head
 from proxyd.worker import io, manager
 from proxyd.worker.deadlines import Deadline, DeadlineKind
+from proxyd.worker.filter_chain import HTTP_TO_GRPC
 from proxyd.worker.router import arm_request_phase
 from proxyd.worker.stats import note_unexpected
 from proxyd.worker.stream import DownstreamReset, ResponseFlag, Stream
@@ -54,6 +55,18 @@ if TYPE_CHECKING:
     from proxyd.worker.plan import ListenerPlan
 
 CRLF2 = b"\r\n\r\n"
+# A gRPC request's head (the translated head names it so: request_head).
+_GRPC_LINE = b"\r\ncontent-type: application/grpc"
+
+
+def grpc_percent_encode(text: bytes) -> bytes:
+    """grpc-message's percent-encoding (gRPC's PROTOCOL-HTTP2: bytes outside
+    0x20-0x7E, and ``%``)."""
+    if all(0x20 <= b <= 0x7E and b != 0x25 for b in text):
+        return text
+    return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in text)
+
+
 # RFC 9113 §7 error codes proxyd sends.
 NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
@@ -303,8 +316,12 @@ class H2Session:
                 self.remote_goaway = True
             elif isinstance(ev, h2.events.TrailersReceived):
                 self.codec_stats.inc("trailers")
-            # TrailersReceived: request trailers are not forwarded to the HTTP/1.1
-            # upstream (their StreamEnded follows); pings and settings acks are h2's.
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    # Kept for an HTTP/2 upstream (worker/h2_upstream.py); an HTTP/1.1
+                    # upstream does not get them. Their StreamEnded follows.
+                    s.request_trailers = ev.headers
+            # Pings and settings acks are h2's.
 
     def _ack(self, stream_id: int, n: int) -> None:
         if n:
@@ -388,13 +405,39 @@ class H2Session:
                 self.reader.cancel()
 
 
+class StreamLimit:
+    """A route's ``max_stream_duration`` on one HTTP/2 stream (the
+    :class:`~proxyd.worker.durations.ConnectionDurations` face that
+    ``RouteDuration.matched`` arms): from the stream's start, it ends that stream
+    alone."""
+
+    __slots__ = ("h2s", "limit", "started")
+
+    def __init__(self, h2s: H2Stream) -> None:
+        self.h2s = h2s
+        self.limit = Deadline(self._passed)
+        self.started = h2s.timers.now()
+
+    def _passed(self, d: Deadline) -> None:
+        self.h2s.plan.http_stats.rq_max_duration_reached += 1
+        self.h2s._deadline_passed(d)
+
+    def limit_passed_now(self, stream: Stream) -> None:
+        self.h2s.timers.clear(self.limit)
+        self.h2s.plan.http_stats.rq_max_duration_reached += 1
+        stream.timed_out = DeadlineKind.STREAM_DURATION
+
+
 class H2Stream:
     """One HTTP/2 stream: the sink and the connection its :class:`Stream` sees."""
 
     # Read by the access log (%PROTOCOL%).
     protocol = "HTTP/2"
-    # max_*_duration: listeners with them take no HTTP/2 (proxyd.worker.plan).
+    # The connection manager's max_*_duration: listeners with them take no HTTP/2
+    # (proxyd.worker.plan); a route's max_stream_duration: a StreamLimit per stream.
+    # (StreamLimit has what RouteDuration.matched reads of ConnectionDurations.)
     durations: ConnectionDurations | None = None
+    stream_limit: StreamLimit | None = None
 
     def __init__(
         self, session: H2Session, sid: int, plan: ListenerPlan, head: Any, has_body: bool
@@ -416,6 +459,8 @@ class H2Stream:
         self.body_len = 0
         self.unacked = 0
         self.body_ended = not has_body
+        # The request's trailers (an HTTP/2 upstream gets them), None: none came.
+        self.request_trailers: list[tuple[bytes, bytes]] | None = None
         self.body_wake: trio.Event | None = None
         self.window_wake: trio.Event | None = None
         self.peer_reset = False  # the client reset it, or the connection is gone
@@ -423,6 +468,9 @@ class H2Stream:
         self.ended_out = False  # END_STREAM (or RST_STREAM) sent
         self.done = False
         self.t_open = trio.current_time()
+        if plan.stream_limits:
+            self.stream_limit = StreamLimit(self)
+            self.durations = self.stream_limit  # type: ignore[assignment]
 
     # -- the connection side (proxyd.worker.stream.Connection) -------------------------
 
@@ -514,6 +562,8 @@ class H2Stream:
                 self._reset(INTERNAL_ERROR)
         finally:
             timers.clear(self.deadline)
+            if self.stream_limit is not None:
+                timers.clear(self.stream_limit.limit)
             self.done = True
             # What it took and what was left unread go back to the connection's window.
             left = self.unacked + self.body_len
@@ -646,6 +696,13 @@ class H2Stream:
             self.ended_out = True
             await self._flush_end(True)
 
+    async def send_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The response ends with trailers (an HTTP/2 upstream's)."""
+        if not trailers:
+            await self.send_data([], True)
+            return
+        await self._send_head(trailers, True)
+
     async def _window(self, want: int) -> int:
         """How much of ``want`` may go out now, waiting for the client's windows."""
         h2c = self.session.h2
@@ -661,17 +718,33 @@ class H2Stream:
             self.window_wake = wake = trio.Event()
             await wake.wait()
 
+    def _grpc_reply(self, status: int, body: str | bytes, extra: bytes) -> tuple[int, str, bytes]:
+        """A local reply to a gRPC request, as Envoy's sendLocalReply makes it: a
+        trailers-only response (HTTP 200, ``grpc-status`` from the HTTP status, or
+        DEADLINE_EXCEEDED for max_stream_duration, and the body as ``grpc-message``)."""
+        if self.stream.timed_out is DeadlineKind.STREAM_DURATION:
+            code = 4
+        else:
+            code = HTTP_TO_GRPC.get(status, 2)
+        text = body.encode("latin-1") if isinstance(body, str) else body
+        extra += b"content-type: application/grpc\r\ngrpc-status: %d\r\n" % code
+        if text:
+            extra += b"grpc-message: " + grpc_percent_encode(text) + b"\r\n"
+        return 200, "", extra
+
     async def send_local_reply(
         self, status: int, body: str | bytes, extra: bytes = b"", chunked: bool = False
     ) -> None:
         stream = self.stream
         if stream.response_started:
             raise DownstreamReset()  # a head went out already: all that is left is a reset
+        h = stream.head
+        if h is not None and status != 200 and _GRPC_LINE in h.raw and b"grpc-status" not in extra:
+            status, body, extra = self._grpc_reply(status, body, extra)
         stream.status = status
         stream.response_started = True
         if stream.response_added:
             extra += b"".join(stream.response_added)
-        h = stream.head
         head_request = h is not None and h.method == "HEAD"
         data = local_reply(status, body, self.plan.server, head_request=head_request, extra=extra)
         rp = stream.route_plan

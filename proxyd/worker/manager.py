@@ -17,10 +17,12 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from proxyd.filters.stateful_session import override as session_override
 from proxyd.protocol.hash_policy import generated_cookie, set_cookie_value
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1_headers import EDGE_STRIPPED
 from proxyd.protocol.http1_options import proper_case_head
+from proxyd.protocol.xfcc import NAME as XFCC_NAME
 from proxyd.worker import accesslog_plan, mirror, router, tracing
 from proxyd.worker.deadlines import DeadlineKind
 from proxyd.worker.filter_chain import FilterChain
@@ -73,6 +75,8 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
         early = plan.transforms.on_request(stream, plan, conn)
         if early is not None:
             return early
+    if h.xfcc or plan.xfcc is not None:  # forward_client_cert_details (protocol/xfcc)
+        _client_cert_details(stream, plan, conn)
     if plan.internal_only and not plan.policy.is_internal(h, conn.remote_ip):
         # RouteConfiguration.internal_only_headers: gone before routing and filters.
         for name, raw_name in plan.internal_only:
@@ -104,6 +108,26 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
     if host is None:
         return _no_healthy_upstream(stream, rp)
     return _exchange(stream, plan, conn, rp, host).run()
+
+
+def _client_cert_details(stream: Stream, plan: ListenerPlan, conn: Connection) -> None:
+    """x-forwarded-client-cert as the connection manager's mode says, before routing and
+    filters see the request (Envoy edits it with the other request headers)."""
+    h = stream.head
+    assert h is not None
+    xfcc = plan.xfcc
+    if xfcc is None:  # SANITIZE
+        remove, line = True, b""
+    else:
+        remove, line = xfcc.edit(h.xfcc, conn.tls)
+    if remove:
+        h.remove.append(XFCC_NAME)
+        h.headers.pop("x-forwarded-client-cert", None)
+    if line:
+        if stream.request_added is None:
+            stream.request_added = []
+        stream.request_added.append(line)
+        h.headers["x-forwarded-client-cert"] = line[len(XFCC_NAME) + 2 : -2].decode("latin-1")
 
 
 def _exchange(
@@ -174,6 +198,9 @@ async def _serve(
                 # its filters run (the upstream head loses them in policy.apply).
                 for name in EDGE_STRIPPED_NAMES:
                     h.headers.pop(name, None)
+                if plan.overwrite_xfp and "x-forwarded-proto" in h.headers:
+                    # ... and has set x-forwarded-proto to the connection's scheme.
+                    h.headers["x-forwarded-proto"] = plan.scheme
             # What the filters read of the connection (RBAC's addresses): the client
             # address Envoy's connection manager has set by the time its filters run.
             stream.connection = conn
@@ -208,9 +235,14 @@ def pick_host(
     """The host of a request to ``rp``'s cluster: by the request's hash when the route
     has a hash policy and the cluster balances by hash (proxyd.protocol.hash_policy),
     else the balancer's plain pick. A cookie the hash policy makes goes out as a
-    Set-Cookie line of the response."""
+    Set-Cookie line of the response. A host a stateful session named comes first
+    (:mod:`proxyd.filters.stateful_session.override`)."""
     cluster = rp.cluster
     assert cluster is not None
+    if stream.override_host is not None:
+        host, decided = session_override.pick(cluster, stream.override_host)
+        if decided:
+            return host
     hp = rp.hash
     if hp is None or cluster.hashing is None:
         return cluster.balancer.pick()

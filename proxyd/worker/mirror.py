@@ -313,7 +313,7 @@ class Shadow:
         try:
             with scope:
                 # auto_sni: the shadow's Host (with its -shadow suffix) keys it.
-                tls = pool.tls
+                tls = host.tls
                 key = tls.key_of(self.head) if tls is not None and tls.keyed else None
                 conn = pool.take_idle(host, key)
                 if conn is None:

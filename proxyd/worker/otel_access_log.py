@@ -38,16 +38,22 @@ DEFAULT_TIMEOUT_S = 5.0
 _EXPORTERS: dict[tuple[Any, ...], OtelLogExporter] = {}
 
 
-class OtelLogExporter:
-    """Log records waiting for one collector, and the task that sends them."""
+class LogExporter:
+    """Encoded log entries waiting for one collector, and the task that sends them
+    (started on the first entry): a batch goes out when the buffer passes
+    ``buffer_size_bytes`` or every ``flush_interval_s``, off the request path. More
+    than ten flushes' worth waiting is dropped (``logs_dropped``). Subclasses say how a
+    batch is sent (:meth:`send`) and which stats they keep (``STATS``, shown at 0)."""
 
-    def __init__(
-        self, otel: OtelLog, resource: tuple[tuple[str, str], ...], stats: NamedStats
-    ) -> None:
-        self.otel = otel
-        self.resource = resource
+    STATS: tuple[str, ...] = ("logs_written", "logs_dropped")
+    # The counter of entries taken (None: not counted).
+    written: str | None = "logs_written"
+
+    def __init__(self, flush_interval_s: float, buffer_size_bytes: int, stats: NamedStats) -> None:
+        self.flush_interval_s = flush_interval_s
+        self.buffer_size_bytes = buffer_size_bytes
         self.stats = stats
-        for name in ("logs_written", "logs_dropped", "exports_failed"):
+        for name in self.STATS:
             stats.inc(name, 0)
         self.cluster: ClusterState | None = None
         self.queue: list[bytes] = []
@@ -56,23 +62,23 @@ class OtelLogExporter:
         self.running = False
 
     def add(self, record: bytes) -> None:
-        otel = self.otel
-        if self.size > 10 * otel.buffer_size_bytes:
+        if self.size > 10 * self.buffer_size_bytes:
             self.stats.inc("logs_dropped")
             return
         self.queue.append(record)
         self.size += len(record)
-        self.stats.inc("logs_written")
+        if self.written is not None:
+            self.stats.inc(self.written)
         if not self.running:
             self.running = True
             trio.lowlevel.spawn_system_task(self.run)
-        if self.size >= otel.buffer_size_bytes:
+        if self.size >= self.buffer_size_bytes:
             self.wake.set()
 
     async def run(self) -> None:
         try:
             while True:
-                with trio.move_on_after(self.otel.flush_interval_s):
+                with trio.move_on_after(self.flush_interval_s):
                     await self.wake.wait()
                 self.wake = trio.Event()
                 if self.queue:
@@ -80,6 +86,22 @@ class OtelLogExporter:
                     await self.send(batch)
         finally:
             self.running = False
+
+    async def send(self, batch: list[bytes]) -> None:
+        raise NotImplementedError
+
+
+class OtelLogExporter(LogExporter):
+    """OTLP log records for one collector: one unary ``LogsService/Export`` per batch."""
+
+    STATS = ("logs_written", "logs_dropped", "exports_failed")
+
+    def __init__(
+        self, otel: OtelLog, resource: tuple[tuple[str, str], ...], stats: NamedStats
+    ) -> None:
+        super().__init__(otel.flush_interval_s, otel.buffer_size_bytes, stats)
+        self.otel = otel
+        self.resource = resource
 
     async def send(self, batch: list[bytes]) -> None:
         cluster = self.cluster

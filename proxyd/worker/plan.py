@@ -28,6 +28,7 @@ from proxyd.epoch import (
     Route,
     RouteTracing,
 )
+from proxyd.epoch_types.listeners import same_but_secrets
 from proxyd.filters.api import EpochFacts, FilterFactory
 from proxyd.filters.runtimes import FACTORIES
 from proxyd.protocol.access_log import NOT_SET, LogRecord
@@ -40,6 +41,7 @@ from proxyd.protocol.http1_options import Http1Format, proper_case_head
 from proxyd.protocol.redirect import LocalAction, PathRewrite
 from proxyd.protocol.routing import RouteTable
 from proxyd.protocol.runtime import EMPTY, Snapshot
+from proxyd.protocol.xfcc import XfccPlan
 from proxyd.worker import otel_access_log
 from proxyd.worker.accesslog import AccessLogWriter
 from proxyd.worker.accesslog_plan import LogPlan, LogPlans, stream_record
@@ -48,6 +50,9 @@ from proxyd.worker.chains import ChainChooser, chain_key
 from proxyd.worker.cluster_fetch import http_get
 from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
+from proxyd.worker.grpc_access_log import GrpcLogPlan
+from proxyd.worker.h2_retrying import H2RetryingExchange
+from proxyd.worker.h2_upstream import H2Exchange, by_downstream_protocol
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.network_rbac import NetworkRbacPlan
@@ -314,6 +319,9 @@ class HeaderPick:
 
 
 class ListenerPlan:
+    # Beside TcpListenerPlan's True: which kind a listener's chain choice found.
+    is_tcp = False
+
     def __init__(
         self,
         listener: Listener,
@@ -434,7 +442,17 @@ class ListenerPlan:
                 filter_response.update(rp.retry.response_names())
             elif rp.cluster_name and hcm.transforms and hcm.transforms.internal_address_config:
                 rp.header_retry = RetryPlan(RetryPolicy(), rp.timeout_s)
-            if (
+            if rp.cluster is not None and rp.cluster.h2pools:
+                # HTTP/2 to the hosts (worker/h2_upstream.py, with a retry policy
+                # worker/h2_retrying.py); an internal request's retry headers unused.
+                if not rp.cluster.cluster.http2:
+                    rp.exchange = by_downstream_protocol
+                elif rp.retry is not None:
+                    rp.exchange = H2RetryingExchange
+                else:
+                    rp.exchange = H2Exchange
+                rp.header_retry = None
+            elif (
                 rp.cluster is not None
                 and rp.cluster.cluster.header_key_format == "proper_case_words"
                 and not preserve_case
@@ -552,7 +570,7 @@ class ListenerPlan:
         # HCM has none, and then a request pays nothing for them.
         # Runtime-keyed access-log filters (runtime_filter) read the epoch's runtime.
         self.access = LogPlans(listener, writers, runtime=runtime, otel=(stats, clusters))
-        self.logs: tuple[LogPlan | OtelLogPlan, ...] = self.access.stream_logs
+        self.logs: tuple[LogPlan | OtelLogPlan | GrpcLogPlan, ...] = self.access.stream_logs
         # The request hook (DownstreamStart lines, periodic lines) is wanted.
         self.log_hooks = self.access.log_on_new_request or bool(self.access.flush_interval)
         log_req = set(self.access.request_headers) | value_req
@@ -581,6 +599,12 @@ class ListenerPlan:
         self.request_wanted = {n.encode("latin-1"): n for n in wanted}
         # RouteConfiguration.internal_only_headers (empty: none, and nothing to do).
         # (name, its bytes for the upstream head's removal list)
+        # forward_client_cert_details (None: SANITIZE, the header only goes).
+        self.xfcc = (
+            XfccPlan(hcm.forward_client_cert, hcm.client_cert_details)
+            if hcm.forward_client_cert != "SANITIZE"
+            else None
+        )
         self.internal_only = tuple(
             (n, n.encode("latin-1")) for n in hcm.route_config.internal_only_headers
         )
@@ -594,16 +618,11 @@ class ListenerPlan:
             ids,
         )
         # Downstream HTTP/2 (proxyd.worker.h2_downstream): None when the listener speaks
-        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with stream
-        # or connection durations, which proxyd runs for HTTP/1.1 only).
+        # only HTTP/1.1 (codec_type HTTP1, or AUTO on a connection manager with its own
+        # stream or connection durations, which proxyd runs for HTTP/1.1 only; a route's
+        # max_stream_duration is timed per HTTP/2 stream).
         self.h2: H2Plan | None = None
-        timed = (
-            hcm.max_connection_duration_s
-            or hcm_stream_s != math.inf
-            or any(
-                r.stream_duration_set for vh in hcm.route_config.virtual_hosts for r in vh.routes
-            )
-        )
+        timed = hcm.max_connection_duration_s or hcm_stream_s != math.inf
         if hcm.codec_type == "HTTP2" or (hcm.codec_type == "AUTO" and not timed):
             self.h2 = H2Plan(hcm.codec_type == "HTTP2", hcm.http2 or Http2Options())
         tls = listener.tls
@@ -714,53 +733,79 @@ class CompiledEpoch:
         for lst in epoch.listeners:
             if lst.hcm is None:
                 continue
-            plan = ListenerPlan(
+            self.plans[lst.name] = ListenerPlan(
                 lst, self.clusters, stats, writers, local_address, ids, self.runtime, facts
             )
-            self.plans[lst.name] = plan
-            if lst.chains:
-                # One plan per filter chain (keyed beside the listener's own, so a
-                # connection finds its chain's plan again on each request).
-                chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
-                chain_plans = []
-                for i, chain in enumerate(chains):
-                    one = dataclasses.replace(
-                        lst,
-                        hcm=chain.hcm,
-                        tls=chain.tls,
-                        network_rbac=chain.network_rbac,
-                        chains=(),
-                    )
-                    one = dataclasses.replace(one, default_chain=None)
-                    sub = ListenerPlan(
-                        one, self.clusters, stats, writers, local_address, ids, self.runtime, facts
-                    )
-                    sub.key = chain_key(lst.name, i)
-                    self.plans[sub.key] = sub
-                    chain_plans.append(sub)
-                selector = ChainSelector(
-                    [(c.server_names, c.transport_protocol) for c in lst.chains],
-                    len(lst.chains) if lst.default_chain is not None else None,
-                )
-                plan.chooser = ChainChooser(
-                    selector,
-                    chain_plans,
-                    lst.listener_filters_timeout_s or math.inf,
-                    lst.continue_on_listener_filters_timeout,
-                    stats.named(f"listener.{lst.stat_name}."),
-                    stats.named("tls_inspector."),
-                )
         self.tcp_plans = tcp_plans(
             epoch, self.clusters, stats, writers, self.runtime, old_tcp_plans
         )
+        for lst in epoch.listeners:
+            if lst.chains:
+                self._chain_plans(lst, stats, writers, local_address, ids, facts, old_tcp_plans)
         for name, plan in self.plans.items():
             if plan.transforms is not None:
                 plan.transforms.set_node(epoch.node_id, epoch.node_cluster)
             if plan.tracer is not None:
                 plan.tracer.set_node(epoch.node_id, epoch.node_cluster)
             old_plan = (old_plans or {}).get(name)
-            if old_plan is not None and old_plan.listener == plan.listener:
+            if old_plan is not None and same_but_secrets(old_plan.listener, plan.listener):
                 plan.generation = old_plan.generation
+
+    def _chain_plans(
+        self,
+        lst: Listener,
+        stats: StatsStore,
+        writers: dict[str, AccessLogWriter],
+        local_address: str,
+        ids: RequestIdGenerator,
+        facts: EpochFacts,
+        old_tcp_plans: dict[str, TcpListenerPlan] | None,
+    ) -> None:
+        """One plan per filter chain of ``lst`` (keyed beside the listener's own, so a
+        connection finds its chain's plan again on each request): a ListenerPlan for a
+        connection manager's, a TcpListenerPlan for a TCP proxy's; and the chooser,
+        on the listener's own plan."""
+        chains = (*lst.chains, *((lst.default_chain,) if lst.default_chain else ()))
+        chain_plans: list[ListenerPlan | TcpListenerPlan] = []
+        for i, chain in enumerate(chains):
+            key = chain_key(lst.name, i)
+            if chain.hcm is None:
+                one = dataclasses.replace(
+                    lst, hcm=None, tcp_proxy=chain.tcp_proxy, tls=chain.tls, chains=(),
+                    default_chain=None, network_rbac=(),
+                )  # fmt: skip
+                tcp = TcpListenerPlan(one, self.clusters, stats, writers, self.runtime)
+                tcp.key = key
+                before = (old_tcp_plans or {}).get(key)
+                if before is not None and before.listener == tcp.listener:
+                    tcp.generation = before.generation
+                self.tcp_plans[key] = tcp
+                chain_plans.append(tcp)
+                continue
+            one = dataclasses.replace(
+                lst, hcm=chain.hcm, tcp_proxy=None, tls=chain.tls,
+                network_rbac=chain.network_rbac, chains=(), default_chain=None,
+            )  # fmt: skip
+            sub = ListenerPlan(
+                one, self.clusters, stats, writers, local_address, ids, self.runtime, facts
+            )
+            sub.key = key
+            self.plans[key] = sub
+            chain_plans.append(sub)
+        chooser = ChainChooser(
+            ChainSelector(
+                [c.match for c in lst.chains],
+                len(lst.chains) if lst.default_chain is not None else None,
+            ),
+            chain_plans,
+            lst.listener_filters_timeout_s or math.inf,
+            lst.continue_on_listener_filters_timeout,
+            stats.named(f"listener.{lst.stat_name}."),
+            stats.named("tls_inspector."),
+            lst.tls_inspector,
+        )
+        main = self.plans.get(lst.name) or self.tcp_plans[lst.name]
+        main.chooser = chooser
 
     def retire_replaced(self, old_clusters: dict[str, ClusterState]) -> None:
         """Retire the old clusters this epoch did not keep (after it is in place)."""

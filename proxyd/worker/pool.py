@@ -54,6 +54,8 @@ class HostState(Protocol):
     connections: list[int]
     idle: tuple[list[UpstreamConnection], ...]
     tls_session: Any
+    # Its transport socket (the cluster's, or the one transport_socket_matches chose).
+    tls: UpstreamTlsPlan | None
 
 
 class ClusterState(Protocol):
@@ -156,7 +158,7 @@ class ConnPool(ResourceManager):
         self.tls = cluster.tls
         # auto_sni / auto_san_validation: connections are kept apart by the request's
         # Host (UpstreamTlsPlan.key_of finds it in the upstream head).
-        self.keyed = cluster.tls is not None and cluster.tls.keyed
+        self.keyed = any(h.tls is not None and h.tls.keyed for h in cluster.hosts)
         self.open: set[UpstreamConnection] = set()
         # Requests waiting for a connection beyond max_connections, oldest first.
         self.waiters: deque[_Waiter] = deque()
@@ -321,7 +323,7 @@ class ConnPool(ResourceManager):
         hstats.cx_total += 1
         started = time.monotonic()
         try:
-            if self.tls is None:
+            if host.tls is None:
                 sock = await io.connect(host.address, host.port, self.connect_timeout)
             else:
                 sock = await self._connect_tls(host, key)
@@ -365,7 +367,7 @@ class ConnPool(ResourceManager):
 
     async def _connect_tls(self, host: HostState, key: str | None) -> Any:
         """TCP connect, then the TLS handshake, both within the connect timeout."""
-        tls = self.tls
+        tls = host.tls
         assert tls is not None
         limit = self.connect_timeout
         start = trio.current_time()
@@ -420,8 +422,8 @@ class ConnPool(ResourceManager):
                 record(stats.h_rq_per_cx, conn.requests)
             conn.host.stats.cx_active -= 1
             self._unreserve(conn.host)
-        if self.tls is not None:
-            remember_session(self.tls, conn.sock, conn.host)  # type: ignore[arg-type]
+        if conn.host.tls is not None:
+            remember_session(conn.host.tls, conn.sock, conn.host)  # type: ignore[arg-type]
         io.close(conn.sock)
 
     # -- life cycle -------------------------------------------------------------------

@@ -46,7 +46,7 @@ from proxyd.protocol.epoch_check import EpochChecker
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
-from proxyd.worker import accesslog_plan, io, scheduling
+from proxyd.worker import accesslog_plan, h2_pool, io, scheduling
 from proxyd.worker.accesslog import AccessLogWriter, open_writers, prepare_writers
 from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import DeadlineKind, Timers
@@ -152,6 +152,7 @@ class Worker:
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(accesslog_plan.PERIODIC.run)
+                nursery.start_soon(h2_pool.READERS.run)  # upstream HTTP/2 readers
                 nursery.start_soon(self.timers.run)
                 self.stats.outcomes.on_failure = self._failure_recorded
                 await self._control_loop()
@@ -441,6 +442,15 @@ class Worker:
         self.connections.add(conn)
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_tcp, conn, plan, verdict == COUNTED)
+
+    async def serve_tcp_chain(self, conn: DownstreamConnection, plan: TcpListenerPlan) -> None:
+        """A connection whose filter chain is a TCP proxy, on a listener whose chains are
+        chosen per connection (and whose own plan is HTTP): served by the TCP proxy from
+        here, in the task that chose."""
+        tcp = TcpConnection(self, plan.key, conn.sock, (conn.remote_ip, 0))
+        tcp.remote, tcp.local = conn.remote, conn.local
+        self.connections.add(tcp)
+        await tcp.serve(plan)
 
     async def _serve_tcp(self, conn: TcpConnection, plan: TcpListenerPlan, counted: bool) -> None:
         try:

@@ -286,6 +286,13 @@ class ResponseEdits:
     async def send_data(self, parts: list, end_stream: bool) -> None:
         await self.inner.send_data(parts, end_stream)
 
+    async def send_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        send = getattr(self.inner, "send_trailers", None)
+        if send is None:
+            await self.inner.send_data([], True)
+        else:
+            await send(trailers)
+
     def complete(self) -> None:
         """The stream ended (the connection manager calls it on a sink it wrapped)."""
 

@@ -239,10 +239,14 @@ def header_retry_exchange(
 class _AttemptFailed(Exception):
     """An attempt ended without a response head (internal to :class:`RetryingExchange`)."""
 
-    def __init__(self, reset: Reset, reason: str = "") -> None:
+    def __init__(
+        self, reset: Reset, reason: str = "", details: str = "", remote: bool = False
+    ) -> None:
         super().__init__(reset.value)
         self.reset = reset
         self.reason = reason
+        self.details = details  # %RESPONSE_CODE_DETAILS% ("": the flag's)
+        self.remote = remote  # an HTTP/2 upstream's RST_STREAM (flag UR, not UC)
 
 
 class RetryingExchange(Exchange):
@@ -349,7 +353,7 @@ class RetryingExchange(Exchange):
             stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
             return False
         except UpstreamReset:
-            if stream.flags is not ResponseFlag.UPSTREAM_REQUEST_TIMEOUT:
+            if stream.flags not in _KEPT_ON_RESET:
                 stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
             return False
         except LocalReplied:
@@ -469,11 +473,13 @@ class RetryingExchange(Exchange):
     async def _give_up(self, failed: _AttemptFailed) -> bool:
         stream = self.stream
         cstats = self.pool.stats
+        # Envoy's words once the request was retried.
+        before = RETRIED_RESET_BEFORE_HEADERS if stream.attempts > 1 else RESET_BEFORE_HEADERS
         if failed.reset is Reset.CONNECT_FAILURE:
             stream.flags = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
             cstats.count_response(503)
             self.host.stats.rq_error += 1
-            return await self._reply(503, RESET_BEFORE_HEADERS + failed.reason)
+            return await self._reply(503, before + failed.reason)
         if failed.reset is Reset.PER_TRY_TIMEOUT:
             if "budgets" in cstats.tracked:  # Envoy's onUpstreamTimeoutAbort
                 record_budget(self, time.monotonic())
@@ -482,10 +488,16 @@ class RetryingExchange(Exchange):
             cstats.count_response(504)
             self.host.stats.rq_error += 1
             return await self._reply(504, "upstream request timeout")
-        self.stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        self.stream.flags = (
+            ResponseFlag.UPSTREAM_REMOTE_RESET
+            if failed.remote
+            else ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        )
+        if failed.details:  # an HTTP/2 stream's reset (worker/h2_retrying.py)
+            stream.details = failed.details
         cstats.count_response(503)
         self.host.stats.rq_error += 1
-        return await self._reply(503, RESET_BEFORE_HEADERS + "connection termination")
+        return await self._reply(503, before + (failed.reason or "connection termination"))
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -497,25 +509,12 @@ class RetryingExchange(Exchange):
             self.attempted.append(host.priority)  # Envoy's onHostAttempted
         self.t_sent = time.monotonic()
         # auto_sni / auto_san_validation: the request's Host keys its connection.
-        tls = pool.tls
+        tls = host.tls
         key = tls.key_of(self.head) if tls is not None and tls.keyed else None
-        conn = pool.take_idle(host, key)
-        self.reused = conn is not None
-        if conn is None:
-            try:
-                conn = await pool.acquire(host, key)
-            except ConnectFailure as exc:
-                host.outcomes.connect_failed()
-                raise _AttemptFailed(Reset.CONNECT_FAILURE, exc.reason) from None
-            except Overflow:
-                return await self._overflow()  # Envoy never retries an overflow
-        if not self.attached:
-            if not pool.attach():
-                pool.put_back(conn)
-                return await self._overflow()
-            self.attached = True
-            pool.stats.rq_active += 1
-            host.stats.rq_active += 1
+        try:
+            conn = await self._attempt_connection(host, key)
+        except Overflow:
+            return await self._overflow()  # Envoy never retries an overflow
         pool.stats.rq_total += 1
         host.stats.rq_total += 1
         self.conn = conn
@@ -552,15 +551,40 @@ class RetryingExchange(Exchange):
             assert scope.cancelled_caught
             pool.stats.rq_per_try_timeout += 1
             reason = ""
-        if self.conn is not None:
-            pool.destroy(self.conn)
-            self.conn = None
+        self._drop_attempt()
         if self.stream.response_started:
             # Too late to answer or retry: the client's stream is reset.
             self.stream.flags = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
             raise UpstreamReset("per try timeout")
         host.outcomes.timeout()
         raise _AttemptFailed(Reset.PER_TRY_TIMEOUT, reason)
+
+    async def _attempt_connection(self, host: HostState, key: str | None) -> UpstreamConnection:
+        """An attempt's connection (attached to the max_requests breaker); raises
+        Overflow (a breaker tripped) or _AttemptFailed (connect failure)."""
+        pool = self.pool
+        conn = pool.take_idle(host, key)
+        self.reused = conn is not None
+        if conn is None:
+            try:
+                conn = await pool.acquire(host, key)
+            except ConnectFailure as exc:
+                host.outcomes.connect_failed()
+                raise _AttemptFailed(Reset.CONNECT_FAILURE, exc.reason) from None
+        if not self.attached:
+            if not pool.attach():
+                pool.put_back(conn)
+                raise Overflow()
+            self.attached = True
+            pool.stats.rq_active += 1
+            host.stats.rq_active += 1
+        return conn
+
+    def _drop_attempt(self) -> None:
+        """The attempt's connection is given up (a per-try timeout)."""
+        if self.conn is not None:
+            self.pool.destroy(self.conn)
+            self.conn = None
 
     def _touch(self) -> None:
         """Bytes came from the upstream: the stream idle and per-try idle timers start
@@ -570,14 +594,37 @@ class RetryingExchange(Exchange):
         if scope is not None:
             scope.deadline = trio.current_time() + self.rplan.per_try_idle_s
 
-    async def _exchange_once(self, conn: UpstreamConnection) -> bool:
-        stream = self.stream
-        pool = self.pool
+    def _attempt_head(self) -> bytes:
+        """The upstream head of this attempt (its timeout and attempt count)."""
         head = self.head
         if self.attempts > 1 and self.rp.timeout_header:
             head = self._expected_timeout_now(head)
         if self.rplan.attempt_count:
             head = head[:-2] + b"x-envoy-attempt-count: %d\r\n\r\n" % self.attempts
+        return head
+
+    def _retry_response(self, r: ResponseHead) -> bool:
+        """Whether the response ``r`` is retried (the retry granted, its outcome
+        counted); False: it goes to the client."""
+        on = self.retry.retry_on
+        would = self.retry.would_retry_status(r.status, _overloaded(r))
+        if not would and on & _BY_HEADERS and not _overloaded(r):
+            would = self._retriable_by_headers(r, on)
+        if would and self.rplan.reset_headers:
+            self.reset_ms = self.rplan.reset_interval_ms(r.headers)
+        if self.retrying:
+            self.retrying = False
+            self.pool.retry_done(success=not would)
+        if would and self._retry_granted(True):
+            self.host.stats.rq_error += 1
+            self.host.outcomes.response(r.status)
+            return True
+        return False
+
+    async def _exchange_once(self, conn: UpstreamConnection) -> bool:
+        stream = self.stream
+        pool = self.pool
+        head = self._attempt_head()
         parts = self.body_parts
         try:
             if parts:
@@ -595,19 +642,8 @@ class RetryingExchange(Exchange):
             self.conn = None
             self.host.outcomes.reset()
             raise _AttemptFailed(Reset.CONNECTION_TERMINATION)
-        on = self.retry.retry_on
-        would = self.retry.would_retry_status(r.status, _overloaded(r))
-        if not would and on & _BY_HEADERS and not _overloaded(r):
-            would = self._retriable_by_headers(r, on)
-        if would and self.rplan.reset_headers:
-            self.reset_ms = self.rplan.reset_interval_ms(r.headers)
-        if self.retrying:
-            self.retrying = False
-            pool.retry_done(success=not would)
-        if would and self._retry_granted(True):
+        if self._retry_response(r):
             # The response is dropped with its connection (Envoy resets the stream).
-            self.host.stats.rq_error += 1
-            self.host.outcomes.response(r.status)
             pool.destroy(conn)
             self.conn = None
             raise _Retry()
@@ -663,6 +699,12 @@ class RetryingExchange(Exchange):
 
 
 _BY_HEADERS = RETRY_RETRIABLE_HEADERS | RETRY_ENVOY_RATE_LIMITED
+# Flags an UpstreamReset keeps (a per-try timeout's; an HTTP/2 upstream's RST_STREAM).
+_KEPT_ON_RESET = (ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, ResponseFlag.UPSTREAM_REMOTE_RESET)
+RETRIED_RESET_BEFORE_HEADERS = (
+    "upstream connect error or disconnect/reset before headers. retried and the latest "
+    "reset reason: "
+)
 
 
 class _Retry(Exception):

@@ -183,7 +183,7 @@ class Exchange:
             retried = False
             # A TLS cluster: auto_sni / auto_san_validation key its connections by the
             # request's Host; the access log reads the session.
-            tls = pool.tls
+            tls = host.tls
             key = tls.key_of(self.head) if tls is not None and tls.keyed else None
             # A complete request goes out now: arm_route's clock reading serves (0: the
             # request is still arriving).

@@ -55,6 +55,7 @@ class ResponseFlag(enum.Enum):
     NO_HEALTHY_UPSTREAM = "UH"
     UPSTREAM_CONNECTION_FAILURE = "UF"
     UPSTREAM_CONNECTION_TERMINATION = "UC"
+    UPSTREAM_REMOTE_RESET = "UR"  # an HTTP/2 upstream reset the stream (RST_STREAM)
     UPSTREAM_OVERFLOW = "UO"
     UPSTREAM_REQUEST_TIMEOUT = "UT"
     UPSTREAM_PROTOCOL_ERROR = "UPE"
@@ -165,6 +166,9 @@ class Stream:
     # The request's hash when its route hashes (RouteAction.hash_policy), for the
     # hosts of its retries (None: no hash policy, or none gave a hash).
     lb_hash: int | None = None
+    # The host a stateful session named, (address, strict), which host selection
+    # takes first (proxyd.filters.stateful_session.override); None: none.
+    override_host: tuple[str, bool] | None = None
 
     trace: SpanState  # see __slots__: only on a listener with tracing
 
@@ -198,7 +202,7 @@ class Stream:
         self.close_connection = False
         # (details, bytes_received, upstream_tls, filter_state, extra_flags,
         # response_removed, request_deadline, buffer_limit, attempts, hosts_tried,
-        # connection, lb_hash: the class defaults above until set.)
+        # connection, lb_hash, override_host: the class defaults above until set.)
 
     def flag_text(self) -> str:
         """%RESPONSE_FLAGS%: every flag set, comma-separated, or "-"."""
@@ -304,6 +308,13 @@ class Stream:
             self.response_removed.append(lname)
         self.response_added.append(lname + b": " + value.encode("latin-1") + b"\r\n")
 
+    def add_response_header(self, name: str, value: str) -> None:
+        line = name.lower().encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        if self.response_added is None:
+            self.response_added = [line]
+        else:
+            self.response_added.append(line)
+
     def remove_response_header(self, name: str) -> None:
         lname = name.lower().encode("latin-1")
         if self.response_removed is None:
@@ -324,6 +335,9 @@ class Stream:
 
     def set_buffer_limit(self, limit: int) -> None:
         self.buffer_limit = limit
+
+    def set_details(self, details: str) -> None:
+        self.details = details
 
     def set_flag(self, flag: str) -> None:
         if self.extra_flags is None:

@@ -28,6 +28,9 @@ accept to close, as Envoy's ``TcpProxy::Filter`` does:
   connection, flag UR);
 * ``idle_timeout`` (no byte either way for that long: ``idle_timeout``) and
   ``max_downstream_connection_duration`` (flag DT) close both sides;
+* with ``tunneling_config``, the bytes go inside an HTTP/1.1 CONNECT or POST request
+  to the host (:mod:`proxyd.worker.tcp_tunnel`): a tunnel the host refuses is a failed
+  connect attempt;
 * at the end, the ``access_log`` line (ACCESS_LOG_TYPE ``TcpConnectionEnd``), and with
   ``access_log_options.flush_access_log_on_connected`` one when the upstream connection
   is made (``TcpUpstreamConnected``).
@@ -38,6 +41,7 @@ that has no HTTP plan.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import socket
@@ -47,6 +51,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from proxyd.epoch import Epoch, Listener
+from proxyd.epoch_types.listeners import same_but_secrets
+from proxyd.errors import ProtocolError
 from proxyd.protocol.access_log import TCP_CONNECTION_END, TCP_UPSTREAM_CONNECTED, LogRecord
 from proxyd.protocol.access_log_filters import NO_RUNTIME, Runtime
 from proxyd.protocol.hash_lb import xxh64
@@ -59,10 +65,19 @@ from proxyd.worker.network_rbac import NetworkRbacPlan
 from proxyd.worker.outcomes import OK
 from proxyd.worker.pool import ConnectFailure, UpstreamConnection
 from proxyd.worker.stats import ListenerStats, StatsStore, TcpStats, note_unexpected
+from proxyd.worker.tcp_tunnel import (
+    LAST_CHUNK,
+    ResponseBody,
+    TunnelFailed,
+    TunnelPlan,
+    establish,
+    frame_chunk,
+)
 from proxyd.worker.tls import TlsPlan, TlsSocket
 from proxyd.worker.tls import handshake as tls_handshake
 
 if TYPE_CHECKING:
+    from proxyd.worker.chains import ChainChooser
     from proxyd.worker.deadlines import DeadlineKind
     from proxyd.worker.upstream import ClusterState
 
@@ -109,7 +124,10 @@ class ClusterPick:
 
 
 class TcpListenerPlan:
-    """A TCP proxy listener compiled for one epoch."""
+    """A TCP proxy listener (or one TCP proxy filter chain of a listener with several)
+    compiled for one epoch."""
+
+    is_tcp = True
 
     def __init__(
         self,
@@ -122,6 +140,12 @@ class TcpListenerPlan:
         tcp = listener.tcp_proxy
         assert tcp is not None
         self.name = listener.name
+        # The worker's key of this plan: the listener's name, or for one of its filter
+        # chains proxyd.worker.chains.chain_key; and, on a listener with several
+        # chains that are all TCP proxies, the chooser of the chain (the plan then is
+        # the first chain's and serves no connection itself).
+        self.key = listener.name
+        self.chooser: ChainChooser | None = None
         self.listener = listener
         # As ListenerPlan.generation: kept across epochs while the listener is unchanged;
         # a changed or removed listener's connections are closed after the drain time.
@@ -142,6 +166,8 @@ class TcpListenerPlan:
         self.chunk = max(min(listener.per_connection_buffer_limit_bytes, MAX_CHUNK), 1024)
         self.log_on_connected = tcp.log_on_connected and bool(self.access.tcp_logs)
         self.hash_source_ip = tcp.hash_source_ip
+        # tunneling_config (None: the bytes go raw).
+        self.tunnel = TunnelPlan(tcp.tunneling) if tcp.tunneling is not None else None
         # Network RBAC filters before the proxy (None: none).
         self.network_rbac = NetworkRbacPlan(tcp.network_rbac, stats) if tcp.network_rbac else None
         # TLS termination in front of the proxy (transport_socket), None: plaintext.
@@ -178,7 +204,7 @@ def tcp_plans(
     }
     for name, plan in plans.items():
         before = (old or {}).get(name)
-        if before is not None and before.listener == plan.listener:
+        if before is not None and same_but_secrets(before.listener, plan.listener):
             plan.generation = before.generation
     return plans
 
@@ -209,7 +235,7 @@ class TcpConnection:
         "worker", "listener_name", "sock", "remote_ip", "remote", "local", "generation",
         "scope", "drained", "flags", "cluster_name", "host_label", "connected",
         "failure", "rx", "tx", "idle_scope", "reset_client", "t_wall", "t0", "_idle_timeout",
-        "_cluster", "upstream_tls", "tls",
+        "_cluster", "upstream_tls", "tls", "tunnel_first", "tunnel_body",
     )  # fmt: skip
 
     # For the worker's drain of a changed listener: a TCP connection may be closed at
@@ -245,6 +271,10 @@ class TcpConnection:
         self.upstream_tls: Any = None
         # The downstream TLS session (a TLS listener's, after the handshake), else None.
         self.tls: TlsSocket | None = None
+        # A tunnel's first bytes for the client (after the response head), and a POST
+        # tunnel's response framing (None: CONNECT, or no tunnel).
+        self.tunnel_first = b""
+        self.tunnel_body: ResponseBody | None = None
 
     def local_address(self) -> str:
         if not self.local:
@@ -275,6 +305,11 @@ class TcpConnection:
     # -- life cycle -----------------------------------------------------------------
 
     async def serve(self, plan: TcpListenerPlan) -> None:
+        if plan.chooser is not None:  # a listener with several filter chains
+            chosen = await self._choose(plan.chooser)
+            if chosen is None:
+                return
+            plan = chosen
         worker = self.worker
         lstats = plan.listener_stats
         lstats.cx_total += 1
@@ -336,6 +371,22 @@ class TcpConnection:
                 note_unexpected(worker.stats, exc, "tcp proxy access log")
             worker.connection_closed()
 
+    async def _choose(self, chooser: ChainChooser) -> TcpListenerPlan | None:
+        """The filter chain's plan (every chain of this listener is a TCP proxy); None:
+        no chain took the connection, which is closed."""
+        try:
+            chosen = await chooser.choose(self.sock)
+        except Exception as exc:  # a bug: counted, logged once, only this connection
+            note_unexpected(self.worker.stats, exc, "filter chain choice")
+            chosen = None
+        if chosen is None or not isinstance(chosen, TcpListenerPlan):
+            io.close(self.sock)
+            self.worker.connections.discard(self)
+            self.worker.connection_closed()
+            return None
+        self.listener_name = chosen.key
+        return chosen
+
     async def _connect(self, plan: TcpListenerPlan) -> UpstreamConnection | None:
         """A connection to a host of the cluster, or None (the flags say why)."""
         name = plan.pick()
@@ -379,8 +430,11 @@ class TcpConnection:
                     self.failure = f"delayed_connect_error:_{detail}" if detail else None
                 continue
             host.outcomes.add(OK)
+            if plan.tunnel is not None and not await self._open_tunnel(plan, plan.tunnel, conn):
+                pool.destroy(conn)
+                continue
             self.connected = True
-            if pool.tls is not None:
+            if host.tls is not None:
                 self.upstream_tls = conn.sock
             if plan.log_on_connected:
                 self.local_address()
@@ -389,6 +443,26 @@ class TcpConnection:
         cluster.stats.cx_connect_attempts_exceeded += 1
         self.flags += ("UF", "URX")
         return None
+
+    async def _open_tunnel(
+        self, plan: TcpListenerPlan, tunnel: TunnelPlan, conn: UpstreamConnection
+    ) -> bool:
+        """tunneling_config: the HTTP request that opens the tunnel on ``conn``; False
+        when the host did not establish it (``failure`` says why)."""
+        assert self._cluster is not None
+        cstats = self._cluster.stats
+        cstats.rq_total += 1
+        cstats.rq_pending_total += 1
+        rec = self._record(plan, TCP_UPSTREAM_CONNECTED) if tunnel.needs_record else None
+        try:
+            self.tunnel_first, self.tunnel_body = await establish(conn.sock, tunnel, rec)
+        except TunnelFailed as exc:
+            self.failure = exc.reason
+            return False
+        except OSError:
+            self.failure = None
+            return False
+        return True
 
     async def _handshake(self, tls: TlsPlan) -> bool:
         """TLS termination: the client's handshake; False when it failed (the client's
@@ -411,6 +485,11 @@ class TcpConnection:
         with trio.CancelScope(deadline=trio.current_time() + plan.idle_timeout) as idle:
             self.idle_scope = idle
             try:
+                if self.tunnel_first:  # the upstream's first bytes came with its head
+                    await self._to_client(self.tunnel_first, plan)
+                if self.tunnel_body is not None and self.tunnel_body.ended:
+                    with contextlib.suppress(OSError):  # the whole response came with it
+                        self.sock.shutdown(socket.SHUT_WR)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump, self.sock, usock, plan, True)
                     await self._pump(usock, self.sock, plan, False)
@@ -456,7 +535,10 @@ class TcpConnection:
                     raise Ended(not downstream) from None  # reset by the peer
                 if n == 0:  # end of stream: a half-close, passed on
                     try:
-                        dst.shutdown(socket.SHUT_WR)
+                        if downstream and self.tunnel_body is not None:
+                            await io.send_all(dst, LAST_CHUNK)  # a POST tunnel's end
+                        else:
+                            dst.shutdown(socket.SHUT_WR)
                     except OSError:
                         raise Ended(downstream) from None  # the other side is gone too
                     return
@@ -468,6 +550,10 @@ class TcpConnection:
                     cstats.cx_rx_bytes_total += n
                 if idle is not None and idle_s != math.inf:
                     idle.deadline = trio.current_time() + idle_s
+                if self.tunnel_body is not None:  # a POST tunnel: the body's framing
+                    if await self._post_framed(dst, view[:n], plan, downstream):
+                        return
+                    continue
                 try:
                     await io.send_all(dst, view[:n])
                 except OSError:
@@ -481,9 +567,46 @@ class TcpConnection:
             if held is not None:
                 buffers.give(*held)
 
+    async def _post_framed(
+        self, dst: socket.socket, data: memoryview, plan: TcpListenerPlan, downstream: bool
+    ) -> bool:
+        """A POST tunnel's ``data`` on its way: the client's as a chunk, the upstream's
+        by its response framing. True when the response body ended (the client is then
+        half-closed, and the direction is done)."""
+        body = self.tunnel_body
+        assert body is not None
+        if downstream:
+            try:
+                await io.send_all(dst, b"".join(frame_chunk(data)))
+            except OSError:
+                raise Ended(True) from None
+            return False
+        try:
+            out, done = body.feed(bytes(data))
+        except ProtocolError:
+            raise Ended(True) from None  # bad framing: as an upstream reset
+        if out:
+            await self._to_client(out, plan)
+        if done:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                raise Ended(False) from None
+        return done
+
+    async def _to_client(self, data: bytes, plan: TcpListenerPlan) -> None:
+        try:
+            await io.send_all(self.sock, data)
+        except OSError:
+            raise Ended(False) from None
+        self.tx += len(data)
+        plan.stats.tx_bytes += len(data)
+
     # -- the access log ---------------------------------------------------------------
 
-    def _log(self, plan: TcpListenerPlan, log_type: str) -> None:
+    def _record(self, plan: TcpListenerPlan, log_type: str) -> LogRecord:
+        """The connection's access-log record as it stands (also what the tunnel's
+        hostname and headers are formatted over)."""
         rec = LogRecord()
         rec.log_type = log_type
         rec.listener_name = plan.name
@@ -502,6 +625,10 @@ class TcpConnection:
         rec.attempt_count = 0
         rec.downstream_remote_address = self.remote
         rec.downstream_direct_remote_address = self.remote
-        rec.downstream_local_address = self.local or "-"
+        rec.downstream_local_address = self.local or self.local_address()
+        return rec
+
+    def _log(self, plan: TcpListenerPlan, log_type: str) -> None:
+        rec = self._record(plan, log_type)
         for lp in plan.access.tcp_logs:
             lp.write(rec)

@@ -29,11 +29,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from proxyd.protocol.tls_context import SanChecker, pick_certificate, server_contexts
+from proxyd.protocol.tls_context import (
+    PinChecker,
+    SanChecker,
+    pick_certificate,
+    server_context,
+    server_contexts,
+)
 from proxyd.worker import io
 
 if TYPE_CHECKING:
-    from proxyd.epoch import DownstreamTls
+    from proxyd.epoch import DownstreamTls, TlsCertificate
     from proxyd.worker.stats import NamedStats, StatsStore
 
 # Envoy's names for the versions (ssl.versions.<name> and %DOWNSTREAM_TLS_VERSION%).
@@ -58,6 +64,8 @@ _SSL_COUNTERS = (
 
 # Where the SNI callback leaves the name a client asked for, on its SSLSocket.
 SNI_ATTRIBUTE = "proxyd_sni"
+# ... and the index of the certificate it chose, when there are several.
+CERT_ATTRIBUTE = "proxyd_cert"
 
 
 def _remember_sni(ssock: Any, server_name: str | None, ctx: Any) -> None:
@@ -77,8 +85,13 @@ class TlsPlan:
         idle_timeout: float,
         sni_known: bool = True,
     ) -> None:
-        contexts = server_contexts(tls)
+        # False while an SDS secret the chain needs is not delivered: its connections
+        # are closed at once (Envoy's handshake fails without the secret).
+        self.ready = not tls.sds_missing
+        contexts = server_contexts(tls) if self.ready else [server_context(tls)]
         self.context = contexts[0]
+        # The certificates, by context: the connection's local certificate.
+        self.certificates = tls.certificates
         # The requested server name is recorded only where Envoy's TLS inspector runs
         # (the listener has it); the handshake itself does not record it in Envoy.
         # Several certificates: the SNI chooses one (its context) during the handshake.
@@ -89,6 +102,7 @@ class TlsPlan:
                 i = pick_certificate(names, server_name or "")
                 if i:
                     ssock.context = contexts[i]
+                    setattr(ssock, CERT_ATTRIBUTE, i)
                 if sni_known and server_name:
                     setattr(ssock, SNI_ATTRIBUTE, server_name)
 
@@ -96,6 +110,10 @@ class TlsPlan:
         elif sni_known:
             self.context.sni_callback = _remember_sni
         self.sans = SanChecker(tls.san_matchers)
+        # verify_certificate_hash / _spki (None: no pins).
+        self.pins = (
+            PinChecker(tls.hash_pins, tls.spki_pins) if tls.hash_pins or tls.spki_pins else None
+        )
         self.timeout = tls.handshake_timeout_s or idle_timeout
         self.stats: NamedStats = stats.named(f"listener.{listener_stat}.ssl.")
         for name in _SSL_COUNTERS:
@@ -122,7 +140,7 @@ class TlsSocket:
     """An established server-side ``SSLSocket`` with the raw socket's non-blocking
     behaviour: "would block" is ``BlockingIOError``, end of stream is 0."""
 
-    __slots__ = ("ssl", "_kept", "_credit", "version", "cipher", "alpn", "sni", "peer")
+    __slots__ = ("ssl", "_kept", "_credit", "version", "cipher", "alpn", "sni", "peer", "local")
 
     def __init__(self, ssock: ssl.SSLSocket, sni: str) -> None:
         self.ssl = ssock
@@ -134,6 +152,8 @@ class TlsSocket:
         self.alpn = ssock.selected_alpn_protocol() or ""
         self.sni = sni
         self.peer: dict[str, Any] | None = None
+        # The local certificate the handshake presented (its identity fields).
+        self.local: TlsCertificate | None = None
 
     def fileno(self) -> int:
         return self.ssl.fileno()
@@ -242,6 +262,10 @@ async def handshake(sock: socket.socket, plan: TlsPlan) -> TlsSocket | None:
     handshake failed or timed out (counted in ``listener.<name>.ssl.``, the socket
     closed)."""
     stats = plan.stats
+    if not plan.ready:
+        stats.inc("connection_error")
+        io.close(sock)
+        return None
     ctx = plan.context
     ssock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     ok = False
@@ -257,7 +281,14 @@ async def handshake(sock: socket.socket, plan: TlsPlan) -> TlsSocket | None:
             ok = False
             stats.inc("fail_verify_san")  # (Envoy counts no connection_error for these)
             return None
+        if plan.pins is not None:  # (pins ask for a certificate, as in Envoy)
+            der = ssock.getpeercert(binary_form=True) if peer else None
+            if not der or not plan.pins.accepts(der):
+                ok = False
+                stats.inc("fail_verify_cert_hash" if der else "fail_verify_no_cert")
+                return None
         conn.peer = peer
+        conn.local = plan.certificates[getattr(ssock, CERT_ATTRIBUTE, 0)]
         stats.inc("handshake")
         if ssock.session_reused:
             stats.inc("session_reused")

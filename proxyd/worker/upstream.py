@@ -13,12 +13,13 @@ cluster is compiled, so a request never formats a stat name).
 from __future__ import annotations
 
 from proxyd import pipes
-from proxyd.epoch import Cluster, Endpoint
+from proxyd.epoch import Cluster, Endpoint, UpstreamTls, transport_for
 from proxyd.protocol.balancers import Balancer
 from proxyd.protocol.circuit_breakers import PRIORITIES, STAT_NAMES
 from proxyd.protocol.hash_lb import HASH_POLICIES, HashBalancer, make_hash_balancer
 from proxyd.protocol.priority import make_priority_balancer
 from proxyd.protocol.slow_start import SlowStart
+from proxyd.worker.h2_pool import H2Pool
 from proxyd.worker.outcomes import NO_LOG, OutcomeLog
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
 from proxyd.worker.stats import ClusterStats, HostStats, StatsStore
@@ -41,7 +42,7 @@ class HostState:
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
         "outcomes", "priority", "locality", "locality_weight", "usable", "healthy", "connections",
-        "hostname", "hash_key", "active_since", "tls_session",
+        "hostname", "hash_key", "active_since", "tls_session", "tls",
     )  # fmt: skip
 
     def __init__(
@@ -70,6 +71,8 @@ class HostState:
         self.active_requests = 0
         # A TLS cluster's last session with the host, offered to resume (upstream_tls).
         self.tls_session = None
+        # Its transport socket: the cluster's, or what transport_socket_matches chose.
+        self.tls = cluster.tls_for(ep)
         # Per routing priority (the index of ConnPool.priority): the pool's
         # connections to the host, open or being opened, and its idle ones.
         self.connections = [0] * len(PRIORITIES)
@@ -102,6 +105,11 @@ class ClusterState:
             self.stats.track(cluster.track_timeout_budgets, cluster.track_request_response_sizes)
         # TLS to the hosts (transport_socket), or None for plaintext.
         self.tls = UpstreamTlsPlan(cluster.tls, cluster.name, store) if cluster.tls else None
+        # transport_socket_matches: a plan per distinct transport socket they choose.
+        self._tls_plans: dict[UpstreamTls, UpstreamTlsPlan] = {}
+        if cluster.tls is not None and self.tls is not None:
+            self._tls_plans[cluster.tls] = self.tls
+        self._store = store
         self.retired = False
         # Every host, usable or not: a priority level in panic routes to all of its hosts
         # (proxyd.protocol.priority decides which ones a pick may use).
@@ -148,10 +156,31 @@ class ClusterState:
         # Balancers that leave some priority levels out (retry_priority
         # previous_priorities), made when a retry first needs one.
         self._without: dict[frozenset[int], Balancer[HostState]] = {}
+        # The hosts a stateful session may name, by address: built at the first use
+        # (proxyd.filters.stateful_session.override), None until then.
+        self.session_hosts: dict[str, HostState] | None = None
         # One pool per routing priority, indexed as PRIORITIES.
         self.pools = tuple(ConnPool(self, p) for p in range(len(PRIORITIES)))
+        # HTTP/2 to the hosts (explicit_http_config.http2_protocol_options): the routes'
+        # pools (proxyd.worker.h2_upstream; the TCP proxy keeps the ones above).
+        self.h2pools: tuple[H2Pool, ...] = ()
+        if cluster.http2 or cluster.http2_downstream:
+            named = store.named(f"cluster.{cluster.name}.")
+            self.h2pools = tuple(H2Pool(self, p, named) for p in range(len(PRIORITIES)))
         # The newest state of the cluster reports the *_open gauges.
         self.stats.breakers = self
+
+    def tls_for(self, endpoint: Endpoint) -> UpstreamTlsPlan | None:
+        """The transport socket plan of a host (compiled once per distinct socket)."""
+        if not self.cluster.tls_matches:
+            return self.tls
+        tls = transport_for(self.cluster, endpoint)
+        if tls is None:
+            return None
+        plan = self._tls_plans.get(tls)
+        if plan is None:
+            plan = self._tls_plans[tls] = UpstreamTlsPlan(tls, self.name, self._store)
+        return plan
 
     def balancer_without(self, excluded: frozenset[int]) -> Balancer[HostState]:
         """The balancer with the ``excluded`` priority levels' load given to the others
@@ -178,22 +207,23 @@ class ClusterState:
 
     def open_gauges(self) -> tuple[tuple[str, tuple[int, int, int, int]], ...]:
         """Each priority's ``circuit_breakers.<priority>.*_open`` gauges, by stat name."""
-        return tuple((STAT_NAMES[p.priority], p.open_gauges()) for p in self.pools)
+        pools = self.h2pools or self.pools
+        return tuple((STAT_NAMES[p.priority], p.open_gauges()) for p in pools)
 
     # -- life cycle -------------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
         """Close idle connections that timed out or that the upstream closed."""
-        for pool in self.pools:
+        for pool in (*self.pools, *self.h2pools):
             pool.sweep(now)
 
     def retire(self) -> None:
         """The cluster left the epoch or changed: close idle connections now, busy ones
         when their request ends."""
         self.retired = True
-        for pool in self.pools:
+        for pool in (*self.pools, *self.h2pools):
             pool.retire()
 
     def close_all(self) -> None:
-        for pool in self.pools:
+        for pool in (*self.pools, *self.h2pools):
             pool.close_all()

@@ -85,10 +85,13 @@ class UpstreamTlsPlan:
 
     __slots__ = (
         "context", "sni", "sans", "stats", "resume", "keyed", "auto_sni", "auto_san", "_key_re",
+        "ready",
     )  # fmt: skip
 
     def __init__(self, tls: UpstreamTls, cluster_name: str, stats: StatsStore) -> None:
         self.context = client_context(tls)
+        # False while an SDS secret it needs is not delivered: connections fail.
+        self.ready = not tls.sds_missing
         self.sni = tls.sni or None
         self.sans = SanChecker(tls.san_matchers)
         self.resume = tls.max_session_keys > 0
@@ -120,6 +123,10 @@ async def originate(
     (the socket is closed then). ``limit_s`` 0 = no time limit; ``key``: the
     request's Host in a keyed (auto_sni / auto_san_validation) pool."""
     stats = plan.stats
+    if not plan.ready:
+        io.close(sock)
+        stats.inc("connection_error")
+        raise HandshakeFailed("Secret is not supplied by SDS")
     sni = key if plan.auto_sni and key else plan.sni
     session = None
     if plan.resume and host.tls_session is not None and host.tls_session[0] == sni:

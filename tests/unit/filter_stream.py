@@ -39,6 +39,7 @@ class MemoryStream:
     response_headers: dict[str, str] = field(default_factory=dict)
     request_length: int | None = None
     flags: list[str] = field(default_factory=list)
+    details: str = ""
     buffer_limit: int = 0
     # Lines add_request_header added, in order (name, value).
     added_request_headers: list[tuple[str, str]] = field(default_factory=list)
@@ -75,6 +76,9 @@ class MemoryStream:
 
     def set_flag(self, flag: str) -> None:
         self.flags.append(flag)
+
+    def set_details(self, details: str) -> None:
+        self.details = details
 
     def set_buffer_limit(self, limit: int) -> None:
         self.buffer_limit = limit

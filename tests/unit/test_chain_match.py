@@ -8,10 +8,12 @@ import ssl
 
 import pytest
 
+from proxyd.epoch import ChainMatch
 from proxyd.protocol.chain_match import (
     NOT_TLS,
     ChainSelector,
     ClientHelloTooLarge,
+    Connection,
     Inspected,
     inspect_client_hello,
 )
@@ -61,14 +63,24 @@ def test_a_hello_over_the_limit_is_refused() -> None:
 
 
 CHAINS = [
-    (("example.com",), ""),  # 0
-    (("*.example.org",), ""),  # 1
-    (("www.example.org",), "tls"),  # 2
-    (("*.b.example.org",), ""),  # 3
-    ((), "raw_buffer"),  # 4
-    ((), "tls"),  # 5
-    (("plain.test",), "raw_buffer"),  # 6
+    ChainMatch(server_names=("example.com",)),  # 0
+    ChainMatch(server_names=("*.example.org",)),  # 1
+    ChainMatch(server_names=("www.example.org",), transport_protocol="tls"),  # 2
+    ChainMatch(server_names=("*.b.example.org",)),  # 3
+    ChainMatch(transport_protocol="raw_buffer"),  # 4
+    ChainMatch(transport_protocol="tls"),  # 5
+    ChainMatch(server_names=("plain.test",), transport_protocol="raw_buffer"),  # 6
 ]
+
+
+def conn(
+    sni: str = "",
+    transport: str = "raw_buffer",
+    alpn: tuple[str, ...] = (),
+    dst: tuple[str, int] = ("127.0.0.1", 10000),
+    src: tuple[str, int] = ("10.1.2.3", 40000),
+) -> Connection:
+    return Connection(dst[0], dst[1], src[0], src[1], Inspected(transport == "tls", sni, alpn))
 
 
 @pytest.mark.parametrize(
@@ -87,11 +99,56 @@ CHAINS = [
     ],
 )
 def test_envoy_match_order(sni: str, transport: str, chosen: int) -> None:
-    assert ChainSelector(CHAINS, 9).select(sni, transport) == chosen
+    assert ChainSelector(CHAINS, 9).select(conn(sni, transport)) == chosen
 
 
 def test_without_a_default_nothing_is_chosen() -> None:
-    selector = ChainSelector([(("example.com",), "")], None)
-    assert selector.select("example.com", "tls") == 0
-    assert selector.select("other.test", "tls") is None
-    assert selector.select("", "raw_buffer") is None
+    selector = ChainSelector([ChainMatch(server_names=("example.com",))], None)
+    assert selector.select(conn("example.com", "tls")) == 0
+    assert selector.select(conn("other.test", "tls")) is None
+    assert selector.select(conn("", "raw_buffer")) is None
+
+
+ADDRESS_CHAINS = [
+    ChainMatch(destination_port=8443),  # 0
+    ChainMatch(prefix_ranges=("127.0.0.0/8",)),  # 1
+    ChainMatch(prefix_ranges=("127.0.0.2/32",)),  # 2
+    ChainMatch(prefix_ranges=("127.0.0.0/8",), source_prefix_ranges=("10.0.0.0/8",)),  # 3
+    ChainMatch(
+        prefix_ranges=("127.0.0.0/8",),
+        source_prefix_ranges=("10.1.0.0/16",),
+        source_ports=(1234,),
+    ),  # 4
+    ChainMatch(prefix_ranges=("127.0.0.0/8",), source_prefix_ranges=("10.1.0.0/16",)),  # 5
+    ChainMatch(source_type="SAME_IP_OR_LOOPBACK", prefix_ranges=("192.0.2.0/24",)),  # 6
+    ChainMatch(application_protocols=("h2", "http/1.1"), prefix_ranges=("198.51.100.0/24",)),
+    ChainMatch(prefix_ranges=("198.51.100.0/24",)),  # 8
+    ChainMatch(direct_source_prefix_ranges=("172.16.0.0/12",), prefix_ranges=("::/0",)),  # 9
+    ChainMatch(prefix_ranges=("127.0.0.3/32",), source_prefix_ranges=("10.0.0.0/8",)),  # 10
+]
+
+
+@pytest.mark.parametrize(
+    ("c", "chosen"),
+    [
+        (conn(dst=("127.0.0.5", 8443)), 0),  # the port comes first, whatever the rest
+        (conn(dst=("127.0.0.5", 10000), src=("10.9.9.9", 5)), 3),  # 127/8, then 10/8
+        (conn(dst=("127.0.0.2", 10000)), 2),  # /32 beats /8
+        (conn(dst=("127.0.0.5", 10000), src=("10.1.9.9", 1234)), 4),  # the exact port
+        (conn(dst=("127.0.0.5", 10000), src=("10.1.9.9", 1235)), 5),  # longest, any port
+        (conn(dst=("127.0.0.5", 10000), src=("192.168.1.1", 5)), 1),  # no source range
+        (conn(dst=("127.0.0.3", 10000), src=("10.9.9.9", 5)), 10),
+        (conn(dst=("127.0.0.3", 10000), src=("192.168.1.1", 5)), None),  # no back-off to /8
+        (conn(dst=("192.0.2.1", 10000), src=("127.0.0.1", 5)), 6),  # loopback: local
+        (conn(dst=("192.0.2.1", 10000), src=("127.0.0.2", 5)), None),  # not 127.0.0.1
+        (conn(dst=("192.0.2.1", 10000), src=("192.0.2.1", 5)), 6),  # the same IP: local
+        (conn(dst=("192.0.2.1", 10000), src=("203.0.113.1", 5)), None),  # external
+        (conn(dst=("198.51.100.1", 1), alpn=("http/1.1",)), 7),
+        (conn(dst=("198.51.100.1", 1), alpn=("spdy", "h2")), 7),
+        (conn(dst=("198.51.100.1", 1), alpn=("spdy",)), 8),
+        (conn(dst=("198.51.100.1", 1)), 8),
+        (conn(dst=("::1", 1), src=("::1", 2)), None),  # the direct source: no match
+    ],
+)
+def test_address_criteria_in_envoy_order(c: Connection, chosen: int | None) -> None:
+    assert ChainSelector(ADDRESS_CHAINS, 99).select(c) == (99 if chosen is None else chosen)

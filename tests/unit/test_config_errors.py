@@ -129,7 +129,9 @@ def test_unsupported_network_filter() -> None:
     d = base()
     d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0] = {
         "name": "envoy.filters.network.echo",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo"},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo"
+        },
     }
     err = reject(d)
     assert err.path == "static_resources.listeners[0].filter_chains[0].filters[0]"

@@ -77,7 +77,10 @@ REFUSED = {
         "listener 'ingress': server_name 'sn☃w' cannot be sent as a header value "
         "(character '☃' is not ISO-8859-1)",
     ),
-    "lb policy": (epoch(cluster={"lb_policy": "CLUSTER_PROVIDED"}), "cluster 'up': unsupported lb_policy"),
+    "lb policy": (
+        epoch(cluster={"lb_policy": "CLUSTER_PROVIDED"}),
+        "cluster 'up': unsupported lb_policy",
+    ),
 }
 
 

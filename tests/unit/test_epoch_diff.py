@@ -83,7 +83,9 @@ def test_the_diff_is_json_data() -> None:
     old = epoch()
     new = epoch(
         listeners=(listener(routes=(route("/", timeout_s=5.0),)),),
-        clusters=(cluster(health_checks=(ep.HealthCheck("tcp", 1.0, 5.0, 2, 2, tcp_send=b"\xffping"),)),),  # fmt: skip
+        clusters=(
+            cluster(health_checks=(ep.HealthCheck("tcp", 1.0, 5.0, 2, 2, tcp_send=b"\xffping"),)),
+        ),  # fmt: skip
     )
     diff = diff_epochs(old, new)
     assert json.loads(json.dumps(diff)) == diff
@@ -183,7 +185,11 @@ def test_virtual_hosts_added_removed_changed() -> None:
     assert diff["virtual_hosts"]["added"] == [{**where, "name": "c"}]
     assert diff["virtual_hosts"]["removed"] == [{**where, "name": "a"}]
     assert diff["virtual_hosts"]["changed"] == [
-        {**where, "name": "b", "fields": [{"field": "domains", "old": ["*"], "new": ["b.example", "*"]}]}  # fmt: skip
+        {
+            **where,
+            "name": "b",
+            "fields": [{"field": "domains", "old": ["*"], "new": ["b.example", "*"]}],
+        }  # fmt: skip
     ]
     assert diff["routes"] == {"added": [], "removed": [], "changed": []}
     assert diff["listeners"]["changed"] == []  # the route levels are not repeated above
@@ -216,7 +222,12 @@ def test_routes_added_removed_changed_by_name_or_match() -> None:
                 {"field": "timeout_s", "old": 15.0, "new": 5.0},
             ],
         },
-        {**where, "name": "prefix /", "index": 2, "fields": [{"field": "cluster", "old": "up", "new": "b"}]},  # fmt: skip
+        {
+            **where,
+            "name": "prefix /",
+            "index": 2,
+            "fields": [{"field": "cluster", "old": "up", "new": "b"}],
+        },  # fmt: skip
     ]
     assert diff["virtual_hosts"]["changed"] == []  # the order of the kept routes is the same
 
@@ -227,7 +238,11 @@ def test_routes_reordered_is_a_virtual_host_change() -> None:
     new = epoch(listeners=(listener(routes=(b, a)),))
     (entry,) = only(diff_epochs(old, new), "virtual_hosts", "changed")
     assert entry["fields"] == [
-        {"field": "route_order", "old": ["prefix /a", "prefix /b"], "new": ["prefix /b", "prefix /a"]}  # fmt: skip
+        {
+            "field": "route_order",
+            "old": ["prefix /a", "prefix /b"],
+            "new": ["prefix /b", "prefix /a"],
+        }  # fmt: skip
     ]
 
 
@@ -259,7 +274,12 @@ def test_clusters_added_removed_changed() -> None:
     old = epoch(clusters=(cluster("a"), cluster("b")))
     new = epoch(
         clusters=(
-            cluster("b", lb_policy="LEAST_REQUEST", connect_timeout_s=0.25, cb_high=ep.CircuitBreakerThresholds(max_requests=10)),  # fmt: skip
+            cluster(
+                "b",
+                lb_policy="LEAST_REQUEST",
+                connect_timeout_s=0.25,
+                cb_high=ep.CircuitBreakerThresholds(max_requests=10),
+            ),  # fmt: skip
             cluster("c"),
         )
     )
@@ -377,9 +397,15 @@ def test_summary_counts_and_names() -> None:
     e = epoch(
         listeners=(
             listener("a", 1, http_filters=(fault,), routes=(route("/x", "b"), route("/"))),
-            listener("b", 2, rds_route_config_name="rds_r", rds_source=ep.ConfigSource("ads"), vhosts=()),  # fmt: skip
+            listener(
+                "b", 2, rds_route_config_name="rds_r", rds_source=ep.ConfigSource("ads"), vhosts=()
+            ),  # fmt: skip
         ),
-        clusters=(cluster("up"), cluster("b", ports=(9000,)), cluster("eds", ports=(), eds_source=ep.ConfigSource("ads"), eds_service_name="svc")),  # fmt: skip
+        clusters=(
+            cluster("up"),
+            cluster("b", ports=(9000,)),
+            cluster("eds", ports=(), eds_source=ep.ConfigSource("ads"), eds_service_name="svc"),
+        ),  # fmt: skip
     )
     s = summarize(e)
     assert s["counts"] == {

@@ -46,7 +46,9 @@ class MemorySink:
     async def send_continue(self) -> None:
         self.sent.append(("continue", None))
 
-    async def send_headers(self, r: Any, service_ms: int, length: int, first: list, end: bool) -> None:
+    async def send_headers(
+        self, r: Any, service_ms: int, length: int, first: list, end: bool
+    ) -> None:
         self.sent.append(("headers", (r.status, length, b"".join(bytes(p) for p in first), end)))
 
     async def send_data(self, parts: list, end_stream: bool) -> None:

@@ -109,7 +109,7 @@ def test_per_route_settings_keep_every_level() -> None:
     ("fields", "where"),
     [
         ({"grpc_service": GRPC_SERVICE, "clear_route_cache": True}, "clear_route_cache"),
-        ({"grpc_service": GRPC_SERVICE, "include_peer_certificate": True}, "include_peer_certificate"),
+        ({"grpc_service": GRPC_SERVICE, "encode_raw_headers": True}, "encode_raw_headers"),
         ({"grpc_service": GRPC_SERVICE, "metadata_context_namespaces": ["a"]}, "metadata_context_namespaces"),
         ({"grpc_service": GRPC_SERVICE, "disallowed_headers": {"patterns": [{"exact": "a"}]}}, "disallowed_headers"),
         ({"grpc_service": {"google_grpc": {"target_uri": "x", "stat_prefix": "s"}}}, "google_grpc"),

@@ -120,7 +120,7 @@ def test_overloaded_response_is_never_retried() -> None:
         (RETRY_CONNECT_FAILURE, {Reset.CONNECT_FAILURE}),
         (RETRY_RETRIABLE_4XX, set()),
         (RETRY_RETRIABLE_STATUS_CODES, set()),
-        (RETRY_REFUSED_STREAM, set()),
+        (RETRY_REFUSED_STREAM, {Reset.REFUSED_STREAM}),
     ],
 )
 def test_reset_conditions(retry_on: int, retried: set[Reset]) -> None:

@@ -160,7 +160,10 @@ def test_weighted_clusters(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "where"),
     [
-        ({"tunneling_config": {"hostname": "h"}}, "typed_config.tunneling_config"),
+        (
+            {"tunneling_config": {"hostname": "h", "propagate_response_headers": True}},
+            "typed_config.tunneling_config.propagate_response_headers",
+        ),
         (
             {"hash_policy": [{"filter_state": {"key": "k"}}]},
             "typed_config.hash_policy[0].filter_state",
@@ -532,22 +535,19 @@ def test_explain_chooses_among_http_listeners() -> None:
         choose_listener(Epoch(2, (tcp_listener(cluster="c"),), ()), "", {}, "/")
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [("filter_chain_match", {"server_names": ["a.test"]})],
-)
-def test_chain_matching_in_front_of_it_is_refused_for_now(
-    tmp_path: Path, field: str, value: dict[str, Any]
-) -> None:
+def test_tcp_proxy_chains_are_chosen_like_any_chain(tmp_path: Path) -> None:
     doc = bootstrap()
-    doc["static_resources"]["listeners"][0]["filter_chains"][0][field] = value
-    with pytest.raises(ConfigError) as info:
-        compile_tcp(tmp_path, doc)
-    assert info.value.path == f"static_resources.listeners[0].filter_chains[0].{field}"
-    assert "not supported by proxyd yet" in info.value.reason
     chains = doc["static_resources"]["listeners"][0]["filter_chains"]
-    del chains[0][field]
-    chains.append(dict(chains[0]))
+    chains[0]["filter_chain_match"] = {"server_names": ["a.test"]}
+    listener = compile_tcp(tmp_path, doc)
+    # Chosen per connection (with the TLS inspector Envoy adds for server names); the
+    # listener names its first TCP proxy.
+    assert listener.hcm is None and listener.tcp_proxy is not None
+    assert [c.match.server_names for c in listener.chains] == [("a.test",)]
+    assert listener.tls_inspector
+    chains.append({**chains[0], "filter_chain_match": {"server_names": ["b.test"]}})
+    assert len(compile_tcp(tmp_path, doc).chains) == 2
+    chains[1]["filter_chain_match"] = {"server_names": ["a.test"]}
     with pytest.raises(ConfigError) as info:
         compile_tcp(tmp_path, doc)
-    assert "several filter chains" in info.value.reason
+    assert "same matching rules" in info.value.reason

@@ -108,13 +108,13 @@ def test_unreadable_file_and_mismatched_key_name_the_field(certs, tmp_path) -> N
             "NO-SUCH-CIPHER",
         ),
         (
-            {"common": {"tls_params": {"ecdh_curves": ["X25519", "P-256"]}}},
+            {"common": {"tls_params": {"ecdh_curves": ["X25519:P-224", "P-256"]}}},
             "common_tls_context.tls_params.ecdh_curves",
-            "one curve",
+            "curve 'P-224'",
         ),
         (
             {"common": {"tls_params": {"ecdh_curves": ["P-224"]}}},
-            "common_tls_context.tls_params.ecdh_curves[0]",
+            "common_tls_context.tls_params.ecdh_curves",
             "P-224",
         ),
         (
@@ -141,8 +141,8 @@ def test_unreadable_file_and_mismatched_key_name_the_field(certs, tmp_path) -> N
             "trusted_ca",
         ),
         (
-            {"common": {"validation_context": {"crl": {"filename": "/x"}}}},
-            "common_tls_context.validation_context.crl",
+            {"common": {"validation_context": {"allow_expired_certificate": True}}},
+            "common_tls_context.validation_context.allow_expired_certificate",
             "not supported",
         ),
         ({"session_timeout": "10s"}, "session_timeout", "not supported"),

@@ -145,8 +145,8 @@ def test_raw_buffer_is_plaintext() -> None:
     [
         (
             {"common_tls_context": {"alpn_protocols": ["h2", "http/1.1"]}},
-            f"{CTX}.common_tls_context.alpn_protocols[0]",
-            "ALPN protocol 'h2' not supported by proxyd",
+            f"{CTX}.common_tls_context.alpn_protocols",
+            "on a cluster that speaks http/1.1 is not supported by proxyd",
         ),
         (
             {"common_tls_context": {"tls_params": {"cipher_suites": ["NO-SUCH-CIPHER"]}}},
@@ -154,9 +154,9 @@ def test_raw_buffer_is_plaintext() -> None:
             "NO-SUCH-CIPHER",
         ),
         (
-            {"common_tls_context": {"tls_params": {"ecdh_curves": ["X25519"]}}},
+            {"common_tls_context": {"tls_params": {"ecdh_curves": ["X25519:brainpool"]}}},
             f"{CTX}.common_tls_context.tls_params.ecdh_curves",
-            "not supported by proxyd",
+            "curve 'brainpool' not supported by proxyd",
         ),
         (
             {
@@ -210,14 +210,29 @@ def test_client_certificate_errors_name_the_field(certs, tmp_path) -> None:
     assert err.path == f"{CTX}.common_tls_context.tls_certificates"
 
 
-def test_transport_socket_matches_is_refused_by_name() -> None:
+def test_transport_socket_matches_and_the_matcher_api() -> None:
     d = with_tls()
     cluster = d["static_resources"]["clusters"][0]
     cluster["transport_socket_matches"] = [
         {"name": "m", "match": {"tls": "yes"}, "transport_socket": cluster["transport_socket"]}
     ]
+    compiled = compile_bootstrap(d, "conf.yaml").epoch_template.clusters[0]
+    (m,) = compiled.tls_matches
+    assert (m.name, m.labels, m.tls) == ("m", (("tls", '"yes"'),), compiled.tls)
+    # The newer matcher-based choice (transport_socket_matcher) is refused by name.
+    cluster["transport_socket_matcher"] = {
+        "on_no_match": {
+            "action": {
+                "name": "x",
+                "typed_config": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": "m",
+                },
+            }
+        }
+    }
     err = reject(d)
-    assert err.path == f"{CLUSTER}.transport_socket_matches"
+    assert err.path == f"{CLUSTER}.transport_socket_matcher"
     assert "not supported by proxyd" in err.reason
 
 

@@ -11,7 +11,8 @@ The epoch carries, for the filter::
      "failure_mode_allow": bool, "failure_mode_allow_header_add": bool,
      "status_on_error": int, "body": None | [max_request_bytes, allow_partial, as_bytes],
      "enabled": None | [runtime_key, numerator, denominator], "stat_prefix": str,
-     "charge_cluster": bool, "metadata": [[name, value]]}
+     "charge_cluster": bool, "metadata": [[name, value]],
+     "peer_certificate": bool, "tls_session": bool}
 
 ``allowed_headers`` is the top-level ``allowed_headers`` (or, for the HTTP service, the
 deprecated ``authorization_request.allowed_headers``); None sends every header to a
@@ -23,8 +24,7 @@ A route's ``ExtAuthzPerRoute`` is ``{"disabled": bool, "context_extensions":
 merge, the more specific winning, as Envoy merges them.
 
 What proxyd does not implement is left out of :data:`SPEC` and refused by name
-(``clear_route_cache``, ``include_peer_certificate``, ``include_tls_session``,
-``metadata_context_namespaces`` and the other metadata fields, ``filter_enabled_metadata``,
+(``clear_route_cache``, ``metadata_context_namespaces`` and the other metadata fields, ``filter_enabled_metadata``,
 ``deny_at_disable``, ``disallowed_headers``, ``validate_mutations``,
 ``decoder_header_mutation_rules``, ``encode_raw_headers``,
 ``max_denied_response_body_bytes``, ``enforce_response_header_limits``,
@@ -92,6 +92,10 @@ SPEC: Spec = {
     "stat_prefix": LEAF,
     "allowed_headers": _LIST,
     "charge_cluster_response_stats": LEAF,
+    # The gRPC CheckRequest's client certificate and tls_session (proxyd.filters.ext_authz
+    # .service.tls_peers).
+    "include_peer_certificate": LEAF,
+    "include_tls_session": LEAF,
 }
 PER_ROUTE_SPEC: Spec = {
     "disabled": LEAF,
@@ -139,6 +143,8 @@ def compile(msg: Any, path: str, file: str) -> dict[str, Any]:
             if msg.HasField("charge_cluster_response_stats")
             else True
         ),
+        "peer_certificate": msg.include_peer_certificate,
+        "tls_session": msg.include_tls_session,
     }
     if out["status_on_error"] == 0:
         out["status_on_error"] = 403

@@ -37,8 +37,10 @@ from typing import Any
 from proxyd.epoch import StringMatch, from_wire
 from proxyd.filters.api import AsyncClient, CallFailed, FilterStream
 from proxyd.protocol import ext_authz_grpc as pb
+from proxyd.protocol.access_log_tls import url_encoded_peer_certificate
 from proxyd.protocol.routing import compile_string_match
 from proxyd.protocol.runtime import RANDOM
+from proxyd.protocol.tls_context import peer_sans, peer_subject, principal
 
 Matcher = Callable[[str], bool]
 # The address Envoy's async client gives as its own (x-forwarded-for of its calls).
@@ -221,10 +223,30 @@ def _options(
     return to_set, to_append
 
 
+def tls_peers(tls: Any, with_certificate: bool, with_session: bool) -> pb.TlsPeers:
+    """The TLS facts of a CheckRequest, as Envoy fills them, from the connection's TLS
+    session (proxyd.worker.tls.TlsSocket: ``peer`` the verified client certificate as
+    getpeercert() gives it, ``local`` the certificate the server presented)."""
+    peers = pb.TlsPeers()
+    peer = tls.peer
+    if peer:
+        uris = [s for s in peer_sans(peer, "URI").split(",") if s]
+        dns = [s for s in peer_sans(peer, "DNS").split(",") if s]
+        peers.source_principal = principal(peer_subject(peer), uris, dns)
+        if with_certificate:
+            peers.source_certificate = url_encoded_peer_certificate(tls)
+    local = tls.local
+    if local is not None:
+        peers.destination_principal = principal(local.subject, local.uri_sans, local.dns_sans)
+    if with_session:
+        peers.sni = tls.sni or ""
+    return peers
+
+
 class GrpcService(Service):
     __slots__ = (
         "client", "cluster", "authority", "timeout_s", "allowed", "extensions", "metadata",
-        "raw_body",
+        "raw_body", "peer_certificate", "tls_session",
     )  # fmt: skip
 
     client_headers = True
@@ -247,6 +269,8 @@ class GrpcService(Service):
             ("x-envoy-expected-rq-timeout-ms", str(config["timeout_ms"])),
         )
         self.raw_body = bool(config["body"] and config["body"][2])
+        self.peer_certificate: bool = config.get("peer_certificate", False)
+        self.tls_session: bool = config.get("tls_session", False)
 
     def message(self, stream: FilterStream, body: bytes, with_body: bool) -> bytes:
         h = stream.head
@@ -289,6 +313,7 @@ class GrpcService(Service):
             http,
             time.time_ns(),
             self.extensions,
+            tls_peers(tls, self.peer_certificate, self.tls_session) if tls is not None else None,
         )
 
     async def check(self, stream: FilterStream, body: bytes, with_body: bool) -> Outcome:

@@ -15,6 +15,7 @@ _ADMIN = "type.googleapis.com/envoy.admin.v3."
 _CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 _ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+_SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 def timestamp(wall: float) -> str:
@@ -58,6 +59,11 @@ def config_dump(bootstrap: dict[str, Any], loaded_wall: float) -> dict[str, Any]
     static_routes = [
         {"route_config": {"@type": _ROUTE, **rc}, "last_updated": updated} for rc in routes
     ]
+    static_secrets = [
+        {"name": x.get("name", ""), "last_updated": updated, "secret": redacted_secret(x)}
+        for x in static.get("secrets") or ()
+        if isinstance(x, dict)
+    ]
     return {
         "configs": [
             {
@@ -69,9 +75,23 @@ def config_dump(bootstrap: dict[str, Any], loaded_wall: float) -> dict[str, Any]
             _dump("ListenersConfigDump", static_listeners=static_listeners),
             {"@type": _ADMIN + "ScopedRoutesConfigDump"},
             _dump("RoutesConfigDump", static_route_configs=static_routes),
-            {"@type": _ADMIN + "SecretsConfigDump"},
+            _dump("SecretsConfigDump", static_secrets=static_secrets),
         ]
     }
+
+
+def redacted_secret(secret: dict[str, Any]) -> dict[str, Any]:
+    """A Secret as /config_dump shows it: an inline private key is "[redacted]", as
+    Envoy redacts its sensitive fields."""
+    out = {"@type": _SECRET, **secret}
+    cert = _get(out, "tls_certificate")
+    if isinstance(cert, dict):
+        key = _get(cert, "private_key")
+        if isinstance(key, dict) and any(k.startswith("inline") for k in key):
+            cert = {**cert, "private_key": {"inline_string": "[redacted]"}}
+            out["tls_certificate"] = cert
+            out.pop("tlsCertificate", None)
+    return out
 
 
 def _dump(kind: str, **lists: list[Any]) -> dict[str, Any]:
@@ -175,6 +195,19 @@ def add_dynamic(dump: dict[str, Any], state: Any, include_eds: bool) -> None:
         routes.append(item)
     if routes:
         configs["RoutesConfigDump"]["dynamic_route_configs"] = routes
+    secrets = [
+        {
+            "name": name,
+            "version_info": r.version,
+            "last_updated": timestamp(r.last_updated),
+            "secret": redacted_secret(
+                json_format.MessageToDict(r.message, preserving_proto_field_name=True)
+            ),
+        }
+        for name, r in sorted(state.types[rs.SECRET].resources.items())
+    ]
+    if secrets:
+        configs["SecretsConfigDump"]["dynamic_active_secrets"] = secrets
     if include_eds:
         eds = [
             {

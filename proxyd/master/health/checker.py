@@ -29,7 +29,7 @@ from collections.abc import Callable
 import trio
 
 from proxyd import pipes
-from proxyd.epoch import Cluster, Endpoint, Epoch, HealthCheck, UpstreamTls
+from proxyd.epoch import Cluster, Endpoint, Epoch, HealthCheck, UpstreamTls, transport_for
 from proxyd.log import get_logger
 from proxyd.master.health import grpc_check
 from proxyd.master.health.probes import HttpResponseReader, http_request, tcp_match
@@ -255,7 +255,7 @@ class HealthChecker:
             if c.health_checks:
                 for e in c.endpoints:
                     hc = for_endpoint(c.health_checks[0], e)
-                    wanted[(c.name, e.address, e.port)] = (hc, c.tls)
+                    wanted[(c.name, e.address, e.port)] = (hc, transport_for(c, e))
         for key, session in list(self._sessions.items()):
             if wanted.get(key) != (session.hc, session.tls):
                 session.cancel_scope.cancel()

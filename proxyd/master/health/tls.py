@@ -20,6 +20,10 @@ async def tls_handshake(
     """``stream`` after a client handshake with the cluster's settings; raises OSError
     (a network failure to the checker) when it fails, the stream closed."""
     prefix = f"cluster.{cluster}.ssl."
+    if tls.sds_missing:  # an SDS secret it needs is not delivered: as the workers fail
+        stats.add_counter(prefix + "connection_error")
+        await stream.aclose()
+        raise OSError("TLS handshake failed: Secret is not supplied by SDS")
     ssl_stream = trio.SSLStream(stream, client_context(tls), server_hostname=tls.sni or None)
     try:
         await ssl_stream.do_handshake()

@@ -25,7 +25,7 @@ update_rejected, update_failure, the version_text readout and the update_time ga
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from google.protobuf import any_pb2
 from proxyd.config.dynamic import DynamicResources, check_source
 from proxyd.config.node import Node
 from proxyd.config.routes import route_targets
+from proxyd.config.secrets import CompiledSecret, secret_refs, static_secrets
 from proxyd.epoch import ConfigSource, Epoch, Listener, RuntimeValue
 from proxyd.errors import ConfigError, ProxydError
 from proxyd.log import get_logger
@@ -83,6 +84,8 @@ class XdsClient:
         self.static = Epoch(0, (), ())
         self.dynamic = DynamicResources()
         self.node = Node()
+        # static_resources.secrets: what delivered listeners and clusters may name.
+        self.static_secrets: Mapping[str, CompiledSecret] = {}
         self._subs: dict[SubKey, sources.Subscription] = {}
         self._ads: sources.Stream | None = None
         self._ads_scope: trio.CancelScope | None = None
@@ -104,10 +107,10 @@ class XdsClient:
 
     def _static_needs(self) -> Any:
         for c in self.static.clusters:
-            if c.eds_source is not None:
+            if c.eds_source is not None or secret_refs(c):
                 yield c
         for lst in self.static.listeners:
-            if lst.hcm is not None and lst.hcm.rds_source is not None:
+            if (lst.hcm is not None and lst.hcm.rds_source is not None) or secret_refs(lst):
                 yield lst
 
     # -- configuration ----------------------------------------------------------------
@@ -164,7 +167,8 @@ class XdsClient:
             anys = [any_pb2.Any(type_url=type_url, value=bytes(raw)) for raw in raws]
             check = self._check_listeners if type_url == rs.LISTENER else None
             try:
-                applied = self.state.apply(type_url, version, anys, "the previous master", self._context(), check)  # fmt: skip
+                with static_secrets(self.static_secrets):
+                    applied = self.state.apply(type_url, version, anys, "the previous master", self._context(), check)  # fmt: skip
             except ConfigError as exc:
                 log.warning("xds_seed_refused", type=rs.SHORT[type_url], error=str(exc))
                 continue
@@ -266,7 +270,7 @@ class XdsClient:
             key = _key(rs.RUNTIME, source)
             _, have = wanted.get(key, (source, frozenset()))
             wanted[key] = (source, frozenset(have or ()) | {name})
-        for type_url in (rs.ENDPOINT, rs.ROUTE):
+        for type_url in (rs.SECRET, rs.ENDPOINT, rs.ROUTE):
             for source, names in self.state.wanted(self.static, type_url).items():
                 key = _key(type_url, source)
                 _, have = wanted.get(key, (source, frozenset()))
@@ -354,12 +358,18 @@ class XdsClient:
                 return refusal
             if not resources:  # none it asked for: Envoy's mux calls no layer
                 return ""
+        if type_url == rs.SECRET:
+            refusal = _secret_refusal(sub, resources)
+            if refusal:
+                self.unreadable(sub, version, refusal, origin)
+                return refusal
         check = self._check_listeners if type_url == rs.LISTENER else None
         if type_url == rs.CLUSTER:
             check = self._check_clusters
         applied: Applied | None = None
         try:
-            applied = self.state.apply(type_url, version, resources, origin, self._context(), check)  # fmt: skip
+            with static_secrets(self.static_secrets):
+                applied = self.state.apply(type_url, version, resources, origin, self._context(), check)  # fmt: skip
             error = applied.error
         except ConfigError as exc:  # the set as a whole (LDS, CDS: scoped by type)
             error = str(exc)
@@ -420,6 +430,14 @@ class XdsClient:
     def address_of(self, cluster: str) -> tuple[str, int] | None:
         return self.hooks.address_of(cluster)
 
+    def watched_files(self, sub: sources.Subscription) -> list[str]:
+        """Besides a file source itself, the files its accepted secrets were read from:
+        a certificate replaced on disk is read again (the secret is delivered anew)."""
+        if sub.type_url != rs.SECRET:
+            return []
+        secrets = self.state.types[rs.SECRET].resources
+        return [f for n in sorted(sub.names or ()) if n in secrets for f in secrets[n].value.files]
+
     def _count(self, scopes: list[str], *names: str) -> None:
         for scope in scopes:
             for name in names:
@@ -433,6 +451,8 @@ class XdsClient:
             return [_SCOPES[type_url]]
         wanted = set(names)
         out: list[str] = []
+        if type_url == rs.SECRET:
+            return [f"sds.{n}" for n in sorted(wanted)]
         if type_url == rs.ROUTE:
             for lst in self.state.listeners_in_use(self.static):
                 if lst.hcm is not None and lst.hcm.rds_route_config_name in wanted:
@@ -512,6 +532,22 @@ def _runtime_resources(sub: sources.Subscription, resources: list[Any]) -> tuple
             return [], f"Unexpected RTDS runtime (expecting {expecting}): {name}"
         return resources, ""
     return [r for r in resources if _runtime_name(r) in (None, *names)], ""
+
+
+def _secret_refusal(sub: sources.Subscription, resources: list[Any]) -> str:
+    """Why a file's SDS response is refused, as Envoy's SdsApi says ("" when it holds
+    exactly one secret, named as one asked)."""
+    if len(resources) != 1:
+        return f"Unexpected SDS secrets length: {len(resources)}"
+    try:
+        message = rs.decode(rs.SECRET, resources[0], "", "")
+    except ConfigError:
+        return ""  # the update refuses it, naming the resource
+    name = rs.name_of(rs.SECRET, message)
+    names = sub.names or frozenset()
+    if name not in names:
+        return f"Unexpected SDS secret (expecting {', '.join(sorted(names))}): {name}"
+    return ""
 
 
 def _runtime_name(any_msg: Any) -> str | None:

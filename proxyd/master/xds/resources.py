@@ -25,6 +25,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.runtime.v3 import rtds_pb2
 from google.protobuf.message import DecodeError, Message
 
@@ -33,6 +34,7 @@ from proxyd.config.clusters import compile_cluster
 from proxyd.config.listeners import compile_listener
 from proxyd.config.routes import AnyCluster, compile_route_config
 from proxyd.config.runtime import flatten_struct
+from proxyd.config.secrets import compile_secret
 from proxyd.config.translate import log_deprecations, translate
 from proxyd.errors import ConfigError
 from proxyd.protocol.epoch_check import (
@@ -48,13 +50,18 @@ ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 RUNTIME = _PREFIX + "envoy.service.runtime.v3.Runtime"
+SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
 # Short names, as Envoy's stats and logs call the types.
-SHORT = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", RUNTIME: "RTDS"}
+SHORT = {
+    LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", RUNTIME: "RTDS", SECRET: "SDS",
+}  # fmt: skip
 # The order an aggregated stream asks in, and Envoy's make-before-break order for
 # applying: the runtime first (Envoy starts RTDS before CDS), clusters before the
 # endpoints they need, listeners before their routes.
+# SDS comes from files only (proxyd.config.secrets), never from an aggregated stream.
 ORDER = (RUNTIME, CLUSTER, ENDPOINT, LISTENER, ROUTE)
+TYPES = (SECRET, *ORDER)
 # LDS and CDS are wildcard subscriptions: a response holds the whole set, and a
 # resource missing from it is removed. RDS and EDS ask for names.
 WILDCARD = frozenset({LISTENER, CLUSTER})
@@ -65,8 +72,9 @@ _MESSAGES: dict[str, type[Message]] = {
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     RUNTIME: rtds_pb2.Runtime,
+    SECRET: secret_pb2.Secret,
 }
-_KIND = {LISTENER: "listener", ROUTE: "route configuration", CLUSTER: "cluster", ENDPOINT: "endpoints", RUNTIME: "runtime"}  # fmt: skip
+_KIND = {LISTENER: "listener", ROUTE: "route configuration", CLUSTER: "cluster", ENDPOINT: "endpoints", RUNTIME: "runtime", SECRET: "secret"}  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,6 +166,9 @@ def _compile(type_url: str, message: Message, path: str, file: str, ctx: Context
         value = compile_endpoints(message, path, file)
     elif type_url == RUNTIME:
         return flatten_struct(message.layer, f"{path}.layer", file)  # type: ignore[attr-defined]
+    elif type_url == SECRET:
+        supported.check_message(message, supported.SECRET, path, file)
+        return compile_secret(message, path, file)
     elif type_url == LISTENER:
         supported.check_message(message, supported.LISTENER, path, file)
         value = compile_listener(message, path, ctx.route_targets, file)

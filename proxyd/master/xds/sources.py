@@ -54,6 +54,7 @@ GRPC_METHODS = {
     rs.LISTENER: "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners",
     rs.ROUTE: "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
     rs.RUNTIME: "/envoy.service.runtime.v3.RuntimeDiscoveryService/StreamRuntime",
+    rs.SECRET: "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
 }
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 REST_PATHS = {
@@ -62,6 +63,7 @@ REST_PATHS = {
     rs.LISTENER: "/v3/discovery:listeners",
     rs.ROUTE: "/v3/discovery:routes",
     rs.RUNTIME: "/v3/discovery:runtime",
+    rs.SECRET: "/v3/discovery:secrets",
 }
 
 log = get_logger("proxyd.master.xds")
@@ -121,18 +123,27 @@ class Subscription:
 
 
 async def run_file(sub: Subscription) -> None:
+    """Read the file whenever it (or a file its secrets were read from: SDS) changes."""
     path = sub.source.path
-    seen: tuple[int, int, int] | None = None
+    seen: tuple[Any, ...] | None = None
     while True:
-        try:
-            st = os.stat(path)
-            signature: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            signature = None
-        if signature is not None and signature != seen:
-            seen = signature
-            _read_file(sub, path)
+        main = _file_signature(path)
+        if main is not None:
+            signature = (main, *map(_file_signature, sub.client.watched_files(sub)))
+            if signature != seen:
+                _read_file(sub, path)
+                # Taken again: what was just read decides which files count.
+                main = _file_signature(path)
+                seen = (main, *map(_file_signature, sub.client.watched_files(sub)))
         await trio.sleep(FILE_POLL_S)
+
+
+def _file_signature(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read_file(sub: Subscription, path: str) -> None:
@@ -291,7 +302,7 @@ class Stream:
         async def ask_for_changes() -> None:
             while True:
                 self.changed = trio.Event()
-                for type_url in rs.ORDER:  # Envoy's order: RTDS, CDS, EDS, LDS, RDS
+                for type_url in rs.TYPES:  # SDS, then Envoy's order: RTDS, CDS, EDS, LDS, RDS
                     sub = self.subs.get(type_url)
                     if sub is None:
                         continue

@@ -31,7 +31,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxyd.epoch import Cluster, ConfigSource, Endpoint, Epoch, Listener
+from proxyd.config.secrets import (
+    CompiledSecret,
+    fill_downstream,
+    fill_upstream,
+    has_sds,
+    secret_refs,
+)
+from proxyd.epoch import (
+    Cluster,
+    ConfigSource,
+    DownstreamTls,
+    Endpoint,
+    Epoch,
+    Listener,
+    UpstreamTls,
+)
 from proxyd.errors import ConfigError
 from proxyd.master.xds import resources as rs
 from proxyd.master.xds.resources import Context, Resource
@@ -75,7 +90,7 @@ class TypeState:
 
 class XdsState:
     def __init__(self) -> None:
-        self.types = {t: TypeState(t) for t in rs.ORDER}
+        self.types = {t: TypeState(t) for t in rs.TYPES}
         # When each resource was first seen waiting (for initial_fetch_timeout).
         self._waiting_since: dict[tuple[str, str], float] = {}
         # Composed values by name, with the identities they were built from.
@@ -86,6 +101,8 @@ class XdsState:
         self.active_listeners: dict[str, Resource] = {}
         # Earliest monotonic time at which a warming resource times out (or inf).
         self.next_timeout = float("inf")
+        # The SDS secrets delivered, by name, as the last compose saw them.
+        self._secrets: dict[str, CompiledSecret] = {}
 
     # -- updates ----------------------------------------------------------------------
 
@@ -123,7 +140,8 @@ class XdsState:
                 if name in fresh:
                     raise ConfigError(file, path, f"duplicate {rs.label(type_url, name)}")
                 old = ts.resources.get(name)
-                if old is not None and old.raw == any_msg.value:
+                # (A secret is read again: the files it names may have changed.)
+                if old is not None and old.raw == any_msg.value and type_url != rs.SECRET:
                     fresh[name] = old  # unchanged: keep the compiled value and its time
                     continue
                 fresh[name] = rs.compile_resource(
@@ -166,9 +184,14 @@ class XdsState:
     # -- what is wanted ---------------------------------------------------------------
 
     def wanted(self, static: Epoch, type_url: str) -> dict[ConfigSource, set[str]]:
-        """For RDS and EDS: the names each source must deliver, by source."""
+        """For RDS, EDS and SDS: the names each source must deliver, by source."""
         out: dict[ConfigSource, set[str]] = {}
-        if type_url == rs.ENDPOINT:
+        if type_url == rs.SECRET:
+            values: list[Any] = [*self._all_clusters(static), *self._all_listeners(static)]
+            for value in values:
+                for ref in secret_refs(value):
+                    out.setdefault(ref.source, set()).add(ref.name)
+        elif type_url == rs.ENDPOINT:
             for c in self._all_clusters(static):
                 if c.eds_source is not None:
                     out.setdefault(c.eds_source, set()).add(c.eds_service_name)
@@ -208,6 +231,7 @@ class XdsState:
         self.next_timeout = float("inf")
         endpoints = self.types[rs.ENDPOINT].resources
         routes = self.types[rs.ROUTE].resources
+        self._secrets = {n: r.value for n, r in self.types[rs.SECRET].resources.items()}
 
         clusters: list[Cluster] = [self._eds_filled(c, endpoints) for c in static.clusters]
         active_clusters: dict[str, Resource] = {}
@@ -231,7 +255,9 @@ class XdsState:
         }
         for key in [k for k in self._waiting_since if k not in live]:
             del self._waiting_since[key]
-        return dataclasses.replace(static, listeners=tuple(listeners), clusters=tuple(clusters))
+        return self._secrets_filled(
+            dataclasses.replace(static, listeners=tuple(listeners), clusters=tuple(clusters))
+        )
 
     def preview(self, static: Epoch) -> Epoch:
         """What :meth:`compose` would make of ``static`` with the resources active now,
@@ -242,7 +268,17 @@ class XdsState:
         clusters += [self._eds_filled(r.value, endpoints) for r in self.active_clusters.values()]
         listeners = [self._rds_filled(lst, routes) for lst in static.listeners]
         listeners += [self._rds_filled(r.value, routes) for r in self.active_listeners.values()]
-        return dataclasses.replace(static, listeners=tuple(listeners), clusters=tuple(clusters))
+        self._secrets = {n: r.value for n, r in self.types[rs.SECRET].resources.items()}
+        return self._secrets_filled(
+            dataclasses.replace(static, listeners=tuple(listeners), clusters=tuple(clusters))
+        )
+
+    def _secrets_filled(self, epoch: Epoch) -> Epoch:
+        """The SDS secrets' values put into the TLS contexts that name them."""
+        secrets = self._secrets
+        listeners = tuple(fill_listener(x, secrets) for x in epoch.listeners)
+        clusters = tuple(fill_cluster(c, secrets) for c in epoch.clusters)
+        return dataclasses.replace(epoch, listeners=listeners, clusters=clusters)
 
     def warming(self) -> tuple[list[Resource], list[Resource]]:
         """(clusters, listeners) delivered but not in the last composed epoch as sent."""
@@ -277,14 +313,23 @@ class XdsState:
     ) -> Resource | None:
         name, source = self._needs(res)
         key = (res.type_url, res.name)
-        if source is None or name in needed:
+        # The initial_fetch_timeout of each thing it still waits for: its routes or
+        # endpoints, and the SDS secrets its TLS contexts name (Envoy warms on both).
+        waits = [source.initial_fetch_timeout_s] if source is not None and name not in needed else []  # fmt: skip
+        waits += [
+            ref.initial_fetch_timeout_s
+            for ref in secret_refs(res.value)
+            if ref.name not in self._secrets
+        ]
+        if not waits:
             self._waiting_since.pop(key, None)
             return res
         since = self._waiting_since.setdefault(key, now)
-        deadline = since + source.initial_fetch_timeout_s
-        if source.initial_fetch_timeout_s > 0 and now >= deadline:
+        timeout = 0.0 if 0.0 in waits else max(waits)  # 0: waits without a limit
+        deadline = since + timeout
+        if timeout > 0 and now >= deadline:
             return res  # waited long enough: joins without it, as Envoy's init does
-        if source.initial_fetch_timeout_s > 0:
+        if timeout > 0:
             self.next_timeout = min(self.next_timeout, deadline)
         return previous
 
@@ -324,6 +369,41 @@ class XdsState:
         composed = lst if rc is None else _with_routes(lst, rc.value)
         self._listeners[res.name] = (res, rc, composed)
         return composed
+
+
+def fill_cluster(c: Cluster, secrets: dict[str, CompiledSecret]) -> Cluster:
+    """``c`` with SDS values in its TLS contexts (the same object when it has none)."""
+
+    def fill(tls: UpstreamTls | None) -> UpstreamTls | None:
+        return fill_upstream(tls, secrets) if tls is not None and has_sds(tls) else tls
+
+    if not secret_refs(c):
+        return c
+    return dataclasses.replace(
+        c,
+        tls=fill(c.tls),
+        tls_matches=tuple(dataclasses.replace(m, tls=fill(m.tls)) for m in c.tls_matches),
+    )
+
+
+def fill_listener(lst: Listener, secrets: dict[str, CompiledSecret]) -> Listener:
+    """``lst`` with SDS values in its TLS contexts (the same object when it has none)."""
+
+    def fill(tls: DownstreamTls | None) -> DownstreamTls | None:
+        return fill_downstream(tls, secrets) if tls is not None and has_sds(tls) else tls
+
+    if not secret_refs(lst):
+        return lst
+    return dataclasses.replace(
+        lst,
+        tls=fill(lst.tls),
+        chains=tuple(dataclasses.replace(c, tls=fill(c.tls)) for c in lst.chains),
+        default_chain=(
+            dataclasses.replace(lst.default_chain, tls=fill(lst.default_chain.tls))
+            if lst.default_chain is not None
+            else None
+        ),
+    )
 
 
 def _with_endpoints(c: Cluster, value: Any) -> Cluster:
