@@ -403,7 +403,10 @@ class Channel:
         return cls(trio.socket.from_stdlib_socket(s))
 
     async def send(self, msg: Any, fds: list[int] | tuple[int, ...] = ()) -> None:
-        data = encode(msg)
+        await self.send_frame(encode(msg), fds)
+
+    async def send_frame(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+        """Send a frame :func:`encode` made (a message sent often is encoded once)."""
         async with self._send_lock:
             if fds:
                 anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]

@@ -112,12 +112,12 @@ def find_head_end(buf: bytes | bytearray, start: int, end: int) -> int:
     The empty line is CRLF or a bare LF, after a line that ends with either (Envoy
     accepts bare LFs too: such a head is rewritten with CRLF by :func:`normalize_head`).
     """
-    m = _HEAD_END.search(buf, start, end)
+    m = HEAD_END.search(buf, start, end)
     return -1 if m is None else m.end()
 
 
 # The first empty line: after CRLF or a bare LF, a line end of its own (CRLF or LF).
-_HEAD_END = re.compile(rb"\n\r?\n")
+HEAD_END = re.compile(rb"\n\r?\n")
 
 
 def normalize_head(head: bytes) -> bytes | None:
@@ -231,6 +231,13 @@ _METHOD_NAMES = {m: m.decode("ascii") for m in METHODS}
 _FAST_REQUEST_LINE = re.compile(rb"([^ \r\n]+) ([^\x00-\x20#\x7f-\xff]+) HTTP/1\.1\r\n")
 
 
+# Hosts already checked against BAD_AUTHORITY, with their str: a worker sees the same
+# few hosts again and again (bounded: cleared when full; long ones are not kept).
+_HOSTS: dict[bytes, str] = {}
+_HOSTS_CACHED = 256
+_HOST_CACHED_LENGTH = 255
+
+
 class RequestHeadParser:
     """Parses one request head at a time; one instance serves a whole connection.
 
@@ -283,9 +290,9 @@ class RequestHeadParser:
         kind = _REQUEST_SPECIAL.get(lname)
         if kind is None:
             self._lines.append(lname + b": " + value + b"\r\n")
-            if lname.startswith(_ENVOY_PREFIX):
+            if lname[0] == 120 and lname.startswith(_ENVOY_PREFIX):  # (120: "x")
                 self._head.envoy_headers.append(lname)
-            if self._wanted:
+            if lname in self._wanted:
                 self._collect(lname, value)
             return
         h = self._head
@@ -336,16 +343,16 @@ class RequestHeadParser:
                     h.remove.append(lname)
             self._lines.append(lname + b": " + value + b"\r\n")
             self._count -= 1
-        if self._wanted:
+        if lname in self._wanted:
             self._collect(lname, value)
 
     def _collect(self, lname: bytes, value: bytes) -> None:
-        key = self._wanted.get(lname)
-        if key is not None:
-            headers = self._head.headers
-            v = value.decode("latin-1")
-            old = headers.get(key)
-            headers[key] = v if old is None else old + "," + v
+        """A header routing or logging asked for (``lname`` is in ``_wanted``)."""
+        key = self._wanted[lname]
+        headers = self._head.headers
+        v = value.decode("latin-1")
+        old = headers.get(key)
+        headers[key] = v if old is None else old + "," + v
 
     def on_headers_complete(self) -> None:
         self._done = True
@@ -368,9 +375,9 @@ class RequestHeadParser:
         # check_request_line.
         m = _FAST_REQUEST_LINE.match(data)
         if m is not None:
-            method = m[1]
+            method, target = m.groups()
             if method in METHODS:
-                h = self._parse_headers(method, m[2], data, wanted, False)
+                h = self._parse_headers(method, target, data, wanted, False)
                 if http1 is not None and http1.preserve_request_case:
                     h.names = original_names(data)
                 return h
@@ -499,9 +506,16 @@ class RequestHeadParser:
             if http10 is None or not http10.default_host:
                 raise ProtocolError("missing host", 400, body="")
             host = http10.default_host  # default_host_for_http_10
-        if BAD_AUTHORITY.search(host):
-            raise ProtocolError("invalid host", 400)
-        h.host = host.decode("latin-1")
+        shost = _HOSTS.get(host)
+        if shost is None:
+            if BAD_AUTHORITY.search(host):
+                raise ProtocolError("invalid host", 400)
+            shost = host.decode("latin-1")
+            if len(host) <= _HOST_CACHED_LENGTH:
+                if len(_HOSTS) >= _HOSTS_CACHED:
+                    _HOSTS.clear()
+                _HOSTS[host] = shost
+        h.host = shost
         tokens = self._conn_tokens
         if tokens:
             if b"close" in tokens:

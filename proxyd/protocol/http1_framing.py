@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from proxyd.errors import ProtocolError
-from proxyd.protocol.http1 import ChunkedDecoder, find_head_end, skip_leading_crlf
+from proxyd.protocol.http1 import HEAD_END, ChunkedDecoder, skip_leading_crlf
 
 _EMPTY = bytearray()
 _EMPTY_VIEW = memoryview(_EMPTY)
@@ -202,8 +202,10 @@ class ReceiveBuffer:
             self.searched = max(self.searched, start)
             if start == end:
                 return None
-        he = find_head_end(buf, max(self.searched - 3, start), end)
-        if he < 0:
+        # (find_head_end, inline: next_head runs for every head of both directions.)
+        searched = self.searched - 3
+        m = HEAD_END.search(buf, searched if searched > start else start, end)
+        if m is None:
             if self.check_first_line is not None and not self._line_checked:
                 nl = buf.find(b"\n", start, end)
                 if nl >= 0:
@@ -215,6 +217,7 @@ class ReceiveBuffer:
             if end - start > self.max_head:
                 raise ProtocolError("headers too large", self.too_large_status)
             return None
+        he = m.end()
         if he - start > self.max_head:
             raise ProtocolError("headers too large", self.too_large_status)
         self.start = self.searched = he

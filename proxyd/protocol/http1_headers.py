@@ -250,7 +250,7 @@ class RequestHeaderPolicy:
         hops = self.trusted_hops
         edge = self.use_remote_address
         xff = h.xff
-        trusted = self.trusted_address(h, remote_ip)
+        trusted = self.trusted_address(h, remote_ip) if xff else remote_ip
         if edge:
             if not self.skip_xff_append:
                 hop = self.local_address if _is_loopback(remote_ip) else remote_ip
@@ -288,7 +288,12 @@ class RequestHeaderPolicy:
         ):
             if rid:
                 remove.append(b"x-request-id")
-            request_id, line = self.ids.next()
+            ids = self.ids
+            if ids._ids:  # (RequestIdGenerator.next, inline)
+                request_id = ids._ids.pop()
+                line = ids._lines.pop()
+            else:
+                request_id, line = ids.next()
             add.append(line)
         else:
             request_id = rid.decode("latin-1")
@@ -300,7 +305,8 @@ class RequestHeaderPolicy:
             add.append(b"transfer-encoding: chunked\r\n")
         add.append(b"\r\n")
         raw = h.raw  # already origin form with one host line first (RequestHeadParser)
-        return head_without(raw, remove) + b"".join(add), request_id, trusted, xff
+        head = head_without(raw, remove) if remove else raw[:-2]
+        return head + b"".join(add), request_id, trusted, xff
 
     def trusted_address(self, h: RequestHead, remote_ip: str) -> str:
         """The client address Envoy trusts: the connection's peer, or the address
@@ -361,7 +367,7 @@ def response_head(
         out.append(raw[pos:i])
         pos = j
     out.append(raw[pos:-2])
-    if raw[5:8] == b"1.0":
+    if raw[7] == 48 and raw[5] == 49:  # "HTTP/1.0" (llhttp checked the version)
         out[0] = b"HTTP/1.1" + out[0][8:]
     out.append(server)
     if 0 <= service_time_ms < _SERVICE_TIME_CACHED:

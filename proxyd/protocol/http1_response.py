@@ -61,11 +61,27 @@ def parse_content_length(value: bytes) -> int:
 
 
 # The response header lines the proxy looks at, found in one scan of the lower-cased
-# head: framing, the hop-by-hop ones it drops, server (overwritten) and date.
+# head: framing, the hop-by-hop ones it drops, server (overwritten) and date. Each
+# alternative ends with a group of its own, so ``m.lastindex`` says which one matched
+# (no name to read back and compare): 1 a content-length of 1-18 digits (optional
+# whitespace around it), 2 date, 3 server, 4 connection, 5 transfer-encoding, 6 the
+# other hop-by-hop lines, 7 any other content-length value (refused).
 _RESPONSE_LINES = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
-    rb"|upgrade|te|server|date):([^\r]*)"
+    rb"\r\n(?:content-length:[ \t]*([0-9]{1,18})[ \t]*(?=\r)"
+    rb"|date:[^\r]*()"
+    rb"|server:[^\r]*()"
+    rb"|connection:([^\r]*)"
+    rb"|transfer-encoding:([^\r]*)"
+    rb"|(?:keep-alive|proxy-connection|upgrade|te):[^\r]*()"
+    rb"|content-length:([^\r]*))"
 )
+_CONTENT_LENGTH = 1
+_DATE = 2
+_CONNECTION = 4
+_TRANSFER_ENCODING = 5
+_BAD_CONTENT_LENGTH = 7
+
+_new = object.__new__
 
 
 class ResponseHeadParser:
@@ -105,29 +121,38 @@ class ResponseHeadParser:
             pass  # a 101 is treated like any other head; the caller refuses it
         if not self._done:
             raise ProtocolError("incomplete response head", 502)
-        h = ResponseHead()
+        # (The fields of ResponseHead.__init__, set here without its call.)
+        h = _new(ResponseHead)
         raw = h.raw = bytes(view)
         h.status = parser.get_status_code()
-        if raw[5:8] != b"1.1":
-            h.keep_alive = parser.should_keep_alive()
+        # HTTP/1.1 keeps the connection unless told otherwise (llhttp checked the
+        # version's digits and dot).
+        h.keep_alive = True if raw[7] == 49 and raw[5] == 49 else parser.should_keep_alive()
+        h.content_length = -1
+        h.chunked = False
+        h.has_date = False
+        h.headers = {}
+        cuts: list[tuple[int, int]] = []
+        h.cuts = cuts
         low = raw.lower()
-        cuts = h.cuts
         tokens: list[bytes] | None = None
-        # Each match is one whole line but its CRLF: (name, value) and its span.
+        # Each match is one whole line but its CRLF; lastindex says which line.
         for m in _RESPONSE_LINES.finditer(low):
-            name = m[1]
-            if name == b"content-length":
-                h.content_length = parse_content_length(m[2])
-            elif name == b"date":
+            k = m.lastindex
+            if k == _CONTENT_LENGTH:
+                h.content_length = int(m[1])
+            elif k == _DATE:
                 h.has_date = True
+            elif k == _BAD_CONTENT_LENGTH:
+                raise ProtocolError("invalid content-length", 400)
             else:
                 cuts.append(m.span())
-                if name == b"connection":
-                    value = m[2].strip()
+                if k == _CONNECTION:
+                    value = m[4].strip()
                     if value != b"keep-alive":
                         tokens = (tokens or []) + connection_tokens(value)
-                elif name == b"transfer-encoding":
-                    h.chunked = m[2].strip().endswith(b"chunked")
+                elif k == _TRANSFER_ENCODING:
+                    h.chunked = m[5].strip().endswith(b"chunked")
         if tokens:
             if b"close" in tokens:
                 h.keep_alive = False
@@ -139,6 +164,9 @@ class ResponseHeadParser:
                         j = low.find(b"\r\n", i + 2)
                         cuts.append((i, j))
                         i = low.find(pat, j)
+            # (The scan's own cuts are in order; these come after them.)
+            if len(cuts) > 1:
+                cuts.sort()
         if wanted:
             for name, key in wanted.items():
                 pat = b"\r\n" + name + b":"
@@ -149,8 +177,6 @@ class ResponseHeadParser:
                     old = h.headers.get(key)
                     h.headers[key] = v if old is None else old + "," + v
                     i = low.find(pat, j)
-        if len(cuts) > 1:
-            cuts.sort()
         return h
 
 

@@ -78,6 +78,10 @@ _HeaderTest = tuple[str, Callable[[str], bool] | None, bool, bool]
 _CompiledRoute = tuple[int, str, Any, tuple[_HeaderTest, ...], Route]
 
 
+# RouteTable.match: a host not yet in the virtual-host cache (None is a cached answer).
+_UNCACHED: Any = object()
+
+
 class _Guard:
     """A route's runtime_fraction, resolved for the epoch, and its own path matcher;
     ``index`` is the route's place in its virtual host."""
@@ -379,6 +383,7 @@ class RouteTable:
         return None if cvh is None else cvh.vhost
 
     def _lookup(self, host: str) -> _CompiledVirtualHost | None:
+        """The virtual host for ``host`` (cached; the cache holds None too)."""
         if self._only_default:
             return self._default
         cache = self._cache
@@ -413,7 +418,13 @@ class RouteTable:
         included), ``headers`` lower-case names → values (repeats joined with ",");
         only :attr:`needed_headers` are looked at.
         """
-        cvh = self._lookup(host)
+        # (_lookup, inline: every request asks)
+        if self._only_default:
+            cvh = self._default
+        else:
+            cvh = self._cache.get(host, _UNCACHED)
+            if cvh is _UNCACHED:
+                cvh = self._lookup(host)
         if cvh is None:
             return None
         # Path matchers see the path without query string and fragment.

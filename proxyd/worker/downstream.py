@@ -259,7 +259,28 @@ class DownstreamConnection:
                         # their response.
                         plan = worker.plans.get(self.listener_name) or plan
                         try:
-                            head = await self._read_head(plan)
+                            rb = self.rb
+                            if rb.start == rb.end:
+                                # Idle (the common case, inline: _read_head's first
+                                # steps): the client sends once it has read our last
+                                # answer; let the other connections run first, by then
+                                # it often has.
+                                self.idle = True
+                                worker.timers.set(self.deadline, _IDLE, plan.idle_timeout)
+                                await io.yield_now()
+                                n = rb.receive(self.sock.recv_into)
+                                if n > 0:
+                                    self.idle = False
+                                    rb.max_head = plan.max_head
+                                    head = rb.next_head()
+                                    if head is None:
+                                        head = await self._read_head(plan)
+                                elif n < 0:
+                                    head = await self._read_head(plan, idle=True)
+                                else:
+                                    head = None
+                            else:
+                                head = await self._read_head(plan)
                             if head is None:
                                 closed = True
                                 break
@@ -403,9 +424,11 @@ class DownstreamConnection:
 
     # -- request head -------------------------------------------------------------------
 
-    async def _read_head(self, plan: ListenerPlan) -> memoryview | None:
+    async def _read_head(self, plan: ListenerPlan, idle: bool = False) -> memoryview | None:
         """Wait for a complete head (the view is valid until the next read), or None
-        when the connection should close."""
+        when the connection should close. ``idle``: the connection is idle, its idle
+        deadline set, and a read after the first yield found nothing (serve's inline
+        start)."""
         rb = self.rb
         rb.max_head = plan.max_head
         sock = self.sock
@@ -413,6 +436,11 @@ class DownstreamConnection:
         timers = self.worker.timers
         head_armed = False
         waited = False
+        if idle:
+            # Idle for real: the buffer goes back until bytes arrive.
+            rb.release()
+            await io.wait_readable(sock)
+            waited = True
         while True:
             if rb.start != rb.end:
                 head = rb.next_head()
@@ -560,16 +588,33 @@ class DownstreamConnection:
         self, r: ResponseHead, service_ms: int, length: int, first: list, end_stream: bool
     ) -> None:
         stream = self.stream
-        assert stream is not None and self.plan is not None
-        close = self.wants_close()
+        plan = self.plan
+        assert stream is not None and plan is not None
+        h = stream.head
+        # (wants_close, inline)
+        close = (
+            h is None
+            or not h.keep_alive
+            or not stream.request_complete
+            or stream.close_connection
+            or self.worker.draining
+            or self.listener_updated
+        )
         chunked = length < 0
-        http1 = self.plan.http1
+        http1 = plan.http1
         if http1 is not None:
             return await self._send_headers_http1(
                 http1, r, service_ms, close, chunked, first, end_stream
             )
-        r, service_ms = self._start_response(stream, r, service_ms, close, chunked)
-        server = self.plan.server
+        # (_start_response, inline)
+        if close:
+            self.closing = True
+        self.chunked_out = chunked
+        rp = stream.route_plan
+        if rp is not None and rp.mutations is not None:
+            r, service_ms = rp.mutations.on_response(r, stream, self, service_ms)
+        stream.response_started = True
+        server = plan.server
         try:
             if not first:
                 out = response_head(r, server, service_ms, chunked, close, stream.response_added)

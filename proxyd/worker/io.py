@@ -25,12 +25,13 @@ from typing import Any
 import trio
 
 from proxyd import pipes
+from proxyd.worker import scheduling
 
 wait_readable = trio.lowlevel.wait_readable
 # A trip through the scheduler's run queue with no I/O registration: other ready tasks
 # run first. Not a cancellation point (a deadline that fires meanwhile is seen at the
-# next wait).
-yield_now = trio.lowlevel.cancel_shielded_checkpoint
+# next wait). trio's cancel_shielded_checkpoint in one generator (scheduling.py).
+yield_now = scheduling.yield_now
 wait_writable = trio.lowlevel.wait_writable
 checkpoint = trio.lowlevel.checkpoint
 

@@ -260,15 +260,17 @@ class ConnPool(ResourceManager):
 
     # -- connections ------------------------------------------------------------------
 
-    def take_idle(self, host: HostState, key: str | None = None) -> UpstreamConnection | None:
+    def take_idle(
+        self, host: HostState, key: str | None = None, now: float = 0.0
+    ) -> UpstreamConnection | None:
         """The most recently used live idle connection to ``host`` (for ``key``, in a
-        keyed pool), or None."""
+        keyed pool), or None. ``now``: time.monotonic() when the caller just read it."""
         idle = host.idle[self.priority]
         if self.keyed:
             return self._take_idle_keyed(idle, key)
         while idle:
             conn = idle.pop()
-            idle_for = time.monotonic() - conn.idle_since
+            idle_for = (now or time.monotonic()) - conn.idle_since
             if idle_for > PEEK_AFTER_S:
                 if self.idle_timeout and idle_for > self.idle_timeout:
                     self.destroy(conn)
@@ -375,8 +377,9 @@ class ConnPool(ResourceManager):
             limit = max(limit - (trio.current_time() - start), 1e-3)
         return await originate(sock, tls, host, limit, key)
 
-    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        """Give a connection back after a complete exchange (or destroy it)."""
+    def release(self, conn: UpstreamConnection, reusable: bool, now: float = 0.0) -> None:
+        """Give a connection back after a complete exchange (or destroy it). ``now``:
+        time.monotonic() when the caller just read it (the connection is idle since)."""
         conn.requests += 1
         if (
             not reusable
@@ -389,7 +392,7 @@ class ConnPool(ResourceManager):
         if self.waiters:
             self.put_back(conn)
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now or time.monotonic()
         conn.host.idle[self.priority].append(conn)
 
     def put_back(self, conn: UpstreamConnection) -> None:

@@ -46,7 +46,7 @@ from proxyd.protocol.epoch_check import EpochChecker
 from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import RequestHeadParser
 from proxyd.protocol.http1_headers import RequestIdGenerator
-from proxyd.worker import accesslog_plan, h2_pool, io
+from proxyd.worker import accesslog_plan, h2_pool, io, scheduling
 from proxyd.worker.accesslog import AccessLogWriter, open_writers, prepare_writers
 from proxyd.worker.buffers import BufferPool
 from proxyd.worker.deadlines import DeadlineKind, Timers
@@ -132,6 +132,8 @@ class Worker:
     # -- start --------------------------------------------------------------------------
 
     async def run(self) -> int:
+        # trio's run loop tests its instruments three times a task step: in a dict.
+        scheduling.use_dict_instruments()
         try:
             epoch = await self._handshake()
             try:
@@ -590,6 +592,7 @@ class Worker:
         """A Heartbeat every half watchdog interval (Epoch.heartbeat_interval_s; the
         master's worker watchdog counts the misses): sent by this loop, so a worker
         whose loop is stuck sends none."""
+        frame = ipc.encode(ipc.Heartbeat(self.worker_id))  # the same bytes every time
         while True:
             interval = self.compiled.epoch.heartbeat_interval_s if self.compiled else 0.0
             if interval <= 0:
@@ -597,7 +600,7 @@ class Worker:
                 continue
             await trio.sleep(interval)
             try:
-                await self.channel.send(ipc.Heartbeat(self.worker_id))
+                await self.channel.send_frame(frame)
             except OSError:
                 return  # the control loop sees the closed channel and ends the worker
 

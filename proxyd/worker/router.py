@@ -38,10 +38,11 @@ import trio
 from proxyd.errors import ProtocolError
 from proxyd.protocol.header_sizes import request_map_size, response_map_size
 from proxyd.protocol.histogram import record
-from proxyd.protocol.http1 import LAST_CHUNK, ResponseHead, chunk_header, response_has_body
+from proxyd.protocol.http1 import LAST_CHUNK, ResponseHead, chunk_header
 from proxyd.protocol.http1_framing import BodyReader
 from proxyd.worker import io
 from proxyd.worker.deadlines import INF, Deadline, DeadlineKind, Timers
+from proxyd.worker.outcomes import NO_LOG
 from proxyd.worker.pool import ConnectFailure, ConnPool, Overflow, UpstreamConnection
 from proxyd.worker.stream import (
     BodyMode,
@@ -174,7 +175,10 @@ class Exchange:
         h = stream.head
         assert h is not None
         has_body = h.has_body
-        self.arm_start()
+        if stream.request_complete:  # (arm_start's common case)
+            self.arm_route()
+        else:
+            self.arm_start()
         try:
             retried = False
             # A TLS cluster: auto_sni / auto_san_validation key its connections by the
@@ -191,7 +195,7 @@ class Exchange:
                 if h.upgrade and h.upgrade == "connect" and self.rp.connect_terminate:
                     conn = None  # a terminated CONNECT gets a connection of its own
                 else:
-                    conn = pool.take_idle(host, key)
+                    conn = pool.take_idle(host, key, self.t_sent)
                 reused = conn is not None
                 if conn is None:
                     try:
@@ -205,9 +209,12 @@ class Exchange:
                     except Overflow:
                         return await self._overflow()
                 if not self.attached:
-                    if not pool.attach():
+                    # (pool.attach(), inline: max_requests of the route's priority)
+                    if pool.requests >= pool.cb_max_requests:
+                        pool.counters.rq_active_overflow += 1
                         pool.put_back(conn)
                         return await self._overflow()
+                    pool.requests += 1
                     self.attached = True
                     cstats.rq_active += 1
                     hstats.rq_active += 1
@@ -483,14 +490,17 @@ class Exchange:
         stream.service_ms = service_ms
         stream.status = status
         pool.stats.count_response(status)
+        host = self.host
         if status < 500:
-            self.host.stats.rq_success += 1
+            host.stats.rq_success += 1
         else:
-            self.host.stats.rq_error += 1
-        self.host.outcomes.response(status)
+            host.stats.rq_error += 1
+        if host.outcomes is not NO_LOG:  # outlier detection
+            host.outcomes.response(status)
         if self.plan.response_wanted:
             stream.resp_headers = r.headers
-        if not response_has_body(status, h.method == "HEAD"):
+        # (response_has_body, inline: HEAD, 1xx, 204 and 304 have none)
+        if status < 200 or status == 204 or status == 304 or h.method == "HEAD":
             mode = _NO_BODY
         elif r.chunked:
             mode = _CHUNKED
@@ -538,6 +548,7 @@ class Exchange:
         pool.release(
             conn,
             r.keep_alive and mode is not _UNTIL_CLOSE and self.pump_end is None,
+            now,
         )
         t_done = self.t_done
         if t_done:  # Envoy times a response only when its request was complete

@@ -114,11 +114,8 @@ class Stream:
         "response_started",
         "status",
         "flags",
-        "details",
-        "bytes_received",
         "bytes_sent",
         "upstream_host",
-        "upstream_tls",
         "upstream_cluster",
         "service_ms",
         "resp_headers",
@@ -130,23 +127,48 @@ class Stream:
         "t_wall",
         "t0",
         "timed_out",
-        "filter_state",
-        "extra_flags",
         "request_added",
         "response_added",
-        "response_removed",
-        "request_deadline",
-        "buffer_limit",
         "close_connection",
-        "attempts",
-        "hosts_tried",
-        "connection",
-        "lb_hash",
-        "override_host",
         # proxyd.worker.tracing.SpanState, set (and read) only on a listener with
         # tracing: left unset here so that other requests pay nothing for it.
         "trace",
+        # What a plain proxied request never sets lives here when set; until then
+        # the class attributes below are the defaults (one store less each a request).
+        "__dict__",
     )
+
+    # Defaults of what only some streams set (see the assignments in __init__'s
+    # comments). Mutable ones are never mutated in place: each is replaced on write.
+    # Envoy's %RESPONSE_CODE_DETAILS%-like reason for a local reply ("" when none).
+    details = ""
+    bytes_received = 0
+    # The TLS session to a TLS cluster's host (worker.tls.TlsSocket) for the access
+    # log's UPSTREAM_TLS_* operators; None to a plaintext cluster.
+    upstream_tls: Any = None
+    # Per-filter state a filter keeps for the access log or stats (name -> value).
+    filter_state: dict[str, object] | None = None
+    # Response flags set by filters (Envoy prints every flag, comma-separated).
+    extra_flags: list[str] | None = None
+    # Names (lower case) whose lines a filter removed or replaced in the response head.
+    response_removed: list[bytes] | None = None
+    # request_timeout: when the whole request must have arrived (trio's clock).
+    request_deadline = INF
+    # A filter's buffer limit for this stream (0: the listener's).
+    buffer_limit = 0
+    # A retried request's attempts and the host of each (0 / None: no retry policy;
+    # the access log then counts the one attempt a picked host means).
+    attempts = 0
+    hosts_tried: list[str] | None = None
+    # The connection, for filters that read its addresses (set when the route has
+    # filters; None otherwise).
+    connection: Connection | None = None
+    # The request's hash when its route hashes (RouteAction.hash_policy), for the
+    # hosts of its retries (None: no hash policy, or none gave a hash).
+    lb_hash: int | None = None
+    # The host a stateful session named, (address, strict), which host selection
+    # takes first (proxyd.filters.stateful_session.override); None: none.
+    override_host: tuple[str, bool] | None = None
 
     trace: SpanState  # see __slots__: only on a listener with tracing
 
@@ -158,14 +180,8 @@ class Stream:
         self.response_started = False
         self.status = 0
         self.flags = _NO_FLAG
-        # Envoy's %RESPONSE_CODE_DETAILS%-like reason for a local reply ("" when none).
-        self.details = ""
-        self.bytes_received = 0
         self.bytes_sent = 0
         self.upstream_host: str | None = None
-        # The TLS session to a TLS cluster's host (worker.tls.TlsSocket) for the access
-        # log's UPSTREAM_TLS_* operators; None to a plaintext cluster.
-        self.upstream_tls: Any = None
         self.upstream_cluster: str | None = None
         self.service_ms: int | None = None
         self.resp_headers: dict[str, str] | None = None
@@ -178,35 +194,15 @@ class Stream:
         self.t0 = 0.0
         # Which deadline ended this stream, when one did (set by the deadline's fire).
         self.timed_out: DeadlineKind | None = None
-        # Per-filter state a filter keeps for the access log or stats (name -> value).
-        self.filter_state: dict[str, object] | None = None
-        # Response flags set by filters (Envoy prints every flag, comma-separated).
-        self.extra_flags: list[str] | None = None
         # Header lines filters add to the request / response (each ending in CRLF).
         self.request_added: list[bytes] | None = None
         self.response_added: list[bytes] | None = None
-        # Names (lower case) whose lines a filter removed or replaced in the response head.
-        self.response_removed: list[bytes] | None = None
-        # request_timeout: when the whole request must have arrived (trio's clock).
-        self.request_deadline = INF
-        # A filter's buffer limit for this stream (0: the listener's).
-        self.buffer_limit = 0
         # The connection must close after this stream (e.g. a filter answered before
         # the request body was read).
         self.close_connection = False
-        # A retried request's attempts and the host of each (0 / None: no retry policy;
-        # the access log then counts the one attempt a picked host means).
-        self.attempts = 0
-        self.hosts_tried: list[str] | None = None
-        # The connection, for filters that read its addresses (set when the route has
-        # filters; None otherwise).
-        self.connection: Connection | None = None
-        # The request's hash when its route hashes (RouteAction.hash_policy), for the
-        # hosts of its retries (None: no hash policy, or none gave a hash).
-        self.lb_hash: int | None = None
-        # The host a stateful session named, (address, strict), which host selection
-        # takes first (proxyd.filters.stateful_session.override); None: none.
-        self.override_host: tuple[str, bool] | None = None
+        # (details, bytes_received, upstream_tls, filter_state, extra_flags,
+        # response_removed, request_deadline, buffer_limit, attempts, hosts_tried,
+        # connection, lb_hash, override_host: the class defaults above until set.)
 
     def flag_text(self) -> str:
         """%RESPONSE_FLAGS%: every flag set, comma-separated, or "-"."""
