@@ -51,6 +51,10 @@ class FilterStatus(enum.Enum):
     STOP_AND_BUFFER = "stop_and_buffer"
 
 
+# The filter_state key the gRPC-Web filter sets on its streams: the chain then answers a
+# filter's local reply with its HTTP status (the filter adds the gRPC headers).
+GRPC_WEB_STATE = "envoy.filters.http.grpc_web"
+
 CONTINUE = FilterStatus.CONTINUE
 STOP = FilterStatus.STOP
 STOP_AND_BUFFER = FilterStatus.STOP_AND_BUFFER
@@ -229,6 +233,15 @@ class HttpFilter:
     async def on_response_data(
         self, stream: FilterStream, data: bytearray, end_stream: bool
     ) -> Result:
+        return CONTINUE
+
+    async def on_response_trailers(
+        self, stream: FilterStream, trailers: list[tuple[bytes, bytes]], data: bytearray
+    ) -> Result:
+        """The response ends with ``trailers`` (an HTTP/2 upstream's): a filter may
+        change them in place (clear them: none go out) and add to ``data``, body bytes
+        that go out before the end (through the data encoders, as Envoy's
+        ``addEncodedData``)."""
         return CONTINUE
 
     def on_stream_complete(self, stream: FilterStream) -> None:

@@ -14,6 +14,7 @@ from proxyd.filters.csrf import config as csrf_config
 from proxyd.filters.decompressor import config as decompressor_config
 from proxyd.filters.ext_authz import config as ext_authz_config
 from proxyd.filters.fault import config as fault_config
+from proxyd.filters.grpc_web import config as grpc_web_config
 from proxyd.filters.header_mutation import config as header_mutation_config
 from proxyd.filters.header_to_metadata import config as header_to_metadata_config
 from proxyd.filters.health_check import config as health_check_config
@@ -36,6 +37,7 @@ COMPILERS: dict[str, ModuleType] = {
         decompressor_config,
         ext_authz_config,
         fault_config,
+        grpc_web_config,
         header_mutation_config,
         header_to_metadata_config,
         health_check_config,

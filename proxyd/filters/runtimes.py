@@ -15,6 +15,7 @@ from proxyd.filters.csrf.filter import Factory as CsrfFactory
 from proxyd.filters.decompressor.filter import Factory as DecompressorFactory
 from proxyd.filters.ext_authz.filter import Factory as ExtAuthzFactory
 from proxyd.filters.fault.filter import Factory as FaultFactory
+from proxyd.filters.grpc_web.filter import Factory as GrpcWebFactory
 from proxyd.filters.header_mutation.filter import Factory as HeaderMutationFactory
 from proxyd.filters.header_to_metadata.filter import Factory as HeaderToMetadataFactory
 from proxyd.filters.health_check.filter import Factory as HealthCheckFactory
@@ -35,6 +36,7 @@ FACTORIES: dict[str, FactoryMaker] = {
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": ExtAuthzFactory,
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": CsrfFactory,
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFactory,
+    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": GrpcWebFactory,
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation": HeaderMutationFactory,
     "envoy.extensions.filters.http.header_to_metadata.v3.Config": HeaderToMetadataFactory,
     "envoy.extensions.filters.http.health_check.v3.HealthCheck": HealthCheckFactory,

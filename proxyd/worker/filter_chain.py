@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from proxyd.filters.api import (
     CONTINUE,
+    GRPC_WEB_STATE,
     FilterFactory,
     FilterResponse,
     FilterStream,
@@ -53,7 +54,7 @@ class _Response:
     upstream's head (None for a local reply), ``service_ms`` the service time that goes
     with it (-1: none)."""
 
-    __slots__ = ("status", "headers", "r", "service_ms", "stream")
+    __slots__ = ("status", "headers", "r", "service_ms", "stream", "body")
 
     def __init__(
         self,
@@ -62,12 +63,15 @@ class _Response:
         r: ResponseHead | None = None,
         service_ms: int = -1,
         stream: Stream | None = None,
+        body: bytes = b"",
     ) -> None:
         self.status = status
         self.headers = headers
         self.r = r
         self.service_ms = service_ms
         self.stream = stream
+        # A local reply's body (b"" for an upstream's response, whose body follows).
+        self.body = body
 
     def header_lines(self) -> list[tuple[str, str]]:
         r = self.r
@@ -202,6 +206,7 @@ class FilterChain:
         "data_decoders",
         "encoders",
         "data_encoders",
+        "trailer_encoders",
         "limit",
         "kept",
         "pending",
@@ -244,6 +249,10 @@ class FilterChain:
         encoders.reverse()
         self.data_decoders = data_decoders
         self.data_encoders = data_encoders
+        # Encoders that see response trailers (on_response_trailers), in encoding order.
+        self.trailer_encoders = [
+            f for f in encoders if _overrides(cast(type, type(f)), "on_response_trailers")
+        ]
         self.limit = limit
         # Data a filter keeps (STOP_AND_BUFFER), by its index in decoders.
         self.kept: dict[int, bytearray] = {}
@@ -416,10 +425,11 @@ class FilterChain:
         r: ResponseHead | None = None,
         service_ms: int = -1,
         start: int = 0,
+        body: bytes = b"",
     ) -> LocalReply | tuple[int, FilterResponse] | None:
         """The encoder filters from ``start`` on a response head: a LocalReply, or
         (index of the filter, its FilterResponse) to send instead, or None."""
-        view = _Response(status, headers, r, service_ms, self.stream)
+        view = _Response(status, headers, r, service_ms, self.stream, body)
         encoders = self.encoders
         for k in range(start, len(encoders)):
             res = await encoders[k].on_response_headers(self.fs, view, end_stream)
@@ -468,8 +478,14 @@ class FilterChain:
     async def send_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         """The response ends with trailers (an HTTP/2 upstream's): the data
         encoders end first; a codec that cannot carry trailers ends the body."""
-        parts = await self._encode_data([], True) if self.data_encoders else []
-        send = getattr(self.inner, "send_trailers", None)
+        extra = bytearray()
+        if self.trailer_encoders:
+            trailers = list(trailers)
+            for f in self.trailer_encoders:
+                await f.on_response_trailers(self.fs, trailers, extra)
+        first = [extra] if extra else []
+        parts = await self._encode_data(first, True) if self.data_encoders else first
+        send = getattr(self.inner, "send_trailers", None) if trailers else None
         if send is None:
             await self.inner.send_data(parts, True)
             return
@@ -484,7 +500,7 @@ class FilterChain:
         # The head the filters see, as Envoy's sendLocalReply makes it: a body brings its
         # content-length and content-type; without one the codec adds the length later.
         headers = {"content-length": str(len(data)), "content-type": "text/plain"} if data else {}
-        reply = await self._encode_headers(status, headers, not data)
+        reply = await self._encode_headers(status, headers, not data, body=data)
         if isinstance(reply, tuple):
             await self.send_response(reply[1], reply[0] + 1)
             return
@@ -550,6 +566,8 @@ class FilterChain:
             stream.details = reply.details
         h = stream.head
         grpc = h is not None and h.headers.get("content-type", "").startswith("application/grpc")
+        if grpc and stream.filter_state and GRPC_WEB_STATE in stream.filter_state:
+            grpc = False  # gRPC-Web: the filter answers with the HTTP status kept
         status, body, extra = local_reply_of(reply, grpc)
         if encode:
             await self.send_local_reply(status, body, extra)
