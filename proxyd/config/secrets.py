@@ -32,7 +32,7 @@ from typing import Any
 from proxyd.config.dynamic import compile_config_source
 from proxyd.config.matchers import string_match
 from proxyd.config.proto import join
-from proxyd.config.values import enum_name
+from proxyd.config.values import data_source, enum_name
 from proxyd.epoch import (
     Cluster,
     DownstreamTls,
@@ -196,8 +196,6 @@ def validation_values(
 
 
 def read_data_source(ds: Any, path: str, file: str, files: list[str]) -> bytes:
-    from proxyd.config.tls import data_source
-
     if ds.WhichOneof("specifier") == "filename":
         files.append(ds.filename)
     return data_source(ds, path, file)

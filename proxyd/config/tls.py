@@ -16,7 +16,7 @@ from typing import Any
 from proxyd.config.proto import join
 from proxyd.config.secrets import certificate, sds_reference, validation_values
 from proxyd.config.supported import DOWNSTREAM_TLS_TYPE, RAW_BUFFER_TYPE, unpack
-from proxyd.config.values import duration_or, enum_name, wrapped_or
+from proxyd.config.values import data_source, duration_or, enum_name, wrapped_or
 from proxyd.epoch import DownstreamTls, SanMatch, SdsSecret
 from proxyd.errors import ConfigError
 from proxyd.protocol.tls_context import (
@@ -270,25 +270,3 @@ def _alpn(offered: tuple[str, ...], path: str, file: str) -> tuple[str, ...]:
             "(not supported by proxyd)",
         )
     return kept
-
-
-def data_source(ds: Any, path: str, file: str) -> bytes:
-    """A core.v3.DataSource's bytes: the file read now, or the inline value."""
-    which = ds.WhichOneof("specifier")
-    if which == "filename":
-        try:
-            with open(ds.filename, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise ConfigError(
-                file, join(path, "filename"), f"cannot read '{ds.filename}': {exc.strerror}"
-            ) from None
-    elif which == "inline_string":
-        data = ds.inline_string.encode()
-    elif which == "inline_bytes":
-        data = bytes(ds.inline_bytes)
-    else:
-        raise ConfigError(file, path, f"{which or 'a value'} not supported by proxyd")
-    if not data.strip():
-        raise ConfigError(file, path, "is empty")
-    return data

@@ -159,6 +159,28 @@ def _push_subpatterns(arg: Any, stack: list[Any]) -> None:
             _push_subpatterns(item, stack)
 
 
+def data_source(ds: Any, path: str, file: str) -> bytes:
+    """A core.v3.DataSource's bytes: the file read now, or the inline value."""
+    which = ds.WhichOneof("specifier")
+    if which == "filename":
+        try:
+            with open(ds.filename, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ConfigError(
+                file, join(path, "filename"), f"cannot read '{ds.filename}': {exc.strerror}"
+            ) from None
+    elif which == "inline_string":
+        data = ds.inline_string.encode()
+    elif which == "inline_bytes":
+        data = bytes(ds.inline_bytes)
+    else:
+        raise ConfigError(file, path, f"{which or 'a value'} not supported by proxyd")
+    if not data.strip():
+        raise ConfigError(file, path, "is empty")
+    return data
+
+
 def data_source_text(ds: Any, path: str, file: str) -> str:
     """A core.v3.DataSource as text (inline, or the file read now, undecodable bytes
     replaced); a file that cannot be read is a ConfigError naming it."""

@@ -75,9 +75,9 @@ from proxyd.filters.cache.store import (
     Entry,
     Key,
     LookupFailed,
+    Store,
     Variant,
     new_entry,
-    store_of,
 )
 from proxyd.protocol.routing import compile_string_match
 from proxyd.protocol.runtime import EMPTY, Snapshot
@@ -107,6 +107,29 @@ class Mode(enum.Enum):
     INSERT_WHOLE = "insert_whole"  # a range request's miss: store a whole answer only
     INSERT = "insert"  # a miss: store the response if it may be
     VALIDATE = "validate"  # a stale entry: the upstream was asked whether it changed
+
+
+_STORES: dict[str, CacheStore] = {}
+
+
+def store_of(storage: Any) -> CacheStore:
+    """This worker's cache for the plain ``storage`` config: ``"simple"`` /
+    ``"simple_v2"``, or a file-system cache's settings (by its ``cache_path``, as Envoy
+    names its instances): one per process, as Envoy's are."""
+    if isinstance(storage, str):
+        name = storage
+    else:
+        name = "fs:" + storage["path"]
+    store = _STORES.get(name)
+    if store is None:
+        if isinstance(storage, str):
+            store = Store()
+        else:
+            from proxyd.filters.cache.disk import DiskStore
+
+            store = DiskStore(storage)
+        _STORES[name] = store
+    return store
 
 
 class Factory:

@@ -2,7 +2,7 @@
 
 Envoy's ``SimpleHttpCache`` is one map per process, shared by every filter that names it
 and kept across config updates; proxyd's workers share nothing, so each worker has its
-own (:func:`store_of`): a response cached by one worker is a miss in another until that
+own (:func:`proxyd.filters.cache.filter.store_of`): a response cached by one worker is a miss in another until that
 one has fetched it too. Like Envoy's, it has no size limit and no eviction: an entry is
 replaced when a newer response for its key is stored. With ``vary`` (``cache`` v3
 only), one key holds a response per value of the varying request headers.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -149,26 +149,3 @@ class CacheStore(Protocol):
     ) -> None: ...
 
     def take_mark(self, key: Key) -> bool: ...
-
-
-_STORES: dict[str, CacheStore] = {}
-
-
-def store_of(storage: Any) -> CacheStore:
-    """This worker's cache for the plain ``storage`` config: ``"simple"`` /
-    ``"simple_v2"``, or a file-system cache's settings (by its ``cache_path``, as Envoy
-    names its instances): one per process, as Envoy's are."""
-    if isinstance(storage, str):
-        name = storage
-    else:
-        name = "fs:" + storage["path"]
-    store = _STORES.get(name)
-    if store is None:
-        if isinstance(storage, str):
-            store = Store()
-        else:
-            from proxyd.filters.cache.disk import DiskStore
-
-            store = DiskStore(storage)
-        _STORES[name] = store
-    return store
