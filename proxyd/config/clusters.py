@@ -77,7 +77,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
     lb = compile_lb_policy(c, path, file)
     _check_host_update_fields(c, path, file)
     idle_timeout_s, max_requests, http2, key_format = _upstream_http_options(c, path, file)
-    http2_downstream = _downstream_protocol(c, path, file)
+    http2_downstream, alpn_auto = _downstream_protocol(c, path, file)
     if c.HasField("max_requests_per_connection"):
         if max_requests is not None:
             raise ConfigError(
@@ -91,10 +91,15 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
     tls = compile_upstream_transport_socket(c, path, file)
     tls_matches = compile_transport_socket_matches(c, path, file)
     if tls is not None:
-        tls = _alpn_for_codec(tls, http2, path, file)
+        tls = _alpn_for_auto(tls) if alpn_auto else _alpn_for_codec(tls, http2, path, file)
     if http2 and tls_matches:
         tls_matches = tuple(
-            dataclasses.replace(m, tls=_alpn_for_codec(m.tls, http2, path, file))
+            dataclasses.replace(
+                m,
+                tls=_alpn_for_auto(m.tls)
+                if alpn_auto
+                else _alpn_for_codec(m.tls, http2, path, file),
+            )
             if m.tls is not None
             else m
             for m in tls_matches
@@ -134,7 +139,8 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
             else None
         ),
         http2=http2,
-        http2_downstream=http2_downstream,
+        http2_downstream=http2_downstream or alpn_auto,
+        alpn_auto=alpn_auto,
         header_key_format=key_format,
         outlier_detection=compile_outlier_detection(c, join(path, "outlier_detection"), file),
         dns=compile_dns(c, path, file),
@@ -299,13 +305,14 @@ def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | N
     return idle_timeout_s, max_requests, http2, key_format
 
 
-def _downstream_protocol(c: Any, path: str, file: str) -> bool:
-    """``use_downstream_protocol_config``: whether HTTP/2 clients' requests go to the
-    hosts over HTTP/2 (its http2_protocol_options is set; else all is HTTP/1.1).
-    ``auto_config`` (ALPN chooses): refused, on plaintext with Envoy's words."""
+def _downstream_protocol(c: Any, path: str, file: str) -> tuple[bool, bool]:
+    """(``use_downstream_protocol_config``: HTTP/2 clients' requests go to the hosts over
+    HTTP/2 (its http2_protocol_options is set; else all is HTTP/1.1); ``auto_config``:
+    each host's protocol is what ALPN chose on its first connection). auto_config needs
+    a TLS transport socket (refused without one, with Envoy's words)."""
     opts = unpack(c.typed_extension_protocol_options[UPSTREAM_HTTP_TYPE]) if UPSTREAM_HTTP_TYPE in c.typed_extension_protocol_options else None  # fmt: skip
     if opts is None:
-        return False
+        return False, False
     here = f"{join(path, 'typed_extension_protocol_options')}[{UPSTREAM_HTTP_TYPE!r}]"
     if opts.HasField("auto_config"):
         if compile_upstream_transport_socket(c, path, file) is None:
@@ -314,15 +321,16 @@ def _downstream_protocol(c: Any, path: str, file: str) -> bool:
                 join(here, "auto_config"),
                 f"ALPN configured for cluster {c.name} which has a non-ALPN transport socket",
             )
-        raise ConfigError(
-            file,
-            join(here, "auto_config"),
-            "auto_config (the protocol chosen by ALPN per connection) is not supported by "
-            "proxyd: use explicit_http_config",
-        )
+        return False, True
     if opts.HasField("use_downstream_protocol_config"):
-        return opts.use_downstream_protocol_config.HasField("http2_protocol_options")
-    return False
+        return opts.use_downstream_protocol_config.HasField("http2_protocol_options"), False
+    return False, False
+
+
+def _alpn_for_auto(tls: Any) -> Any:
+    """auto_config: the connections offer h2 and http/1.1 (Envoy's offer) unless the
+    context names its own list."""
+    return tls if tls.alpn else dataclasses.replace(tls, alpn=("h2", "http/1.1"))
 
 
 def _alpn_for_codec(tls: Any, http2: bool, path: str, file: str) -> Any:

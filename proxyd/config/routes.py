@@ -414,7 +414,9 @@ def _check_http2_retries(
             if not name or name not in http2:
                 continue
             if name in downstream:
-                what = "a retry policy on a route to the use_downstream_protocol_config"
+                what = (
+                    "a retry policy on a route to the use_downstream_protocol_config or auto_config"
+                )
             elif route.retry.hedge_on_per_try_timeout:
                 what = "hedge_on_per_try_timeout on a route to the HTTP/2"
             else:

@@ -543,7 +543,8 @@ UPSTREAM_HTTP: Spec = {
         "http2_protocol_options": {},
     },
     # HTTP/2 upstream for HTTP/2 clients, HTTP/1.1 for the others (proxyd.config.
-    # clusters._downstream_protocol); auto_config is refused there, with its reason.
+    # clusters._downstream_protocol); auto_config (TLS only) picks each host's protocol
+    # by ALPN.
     "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
     "auto_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},

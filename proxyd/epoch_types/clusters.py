@@ -260,6 +260,9 @@ class Cluster:
     # use_downstream_protocol_config with http2_protocol_options: HTTP/2 to the hosts
     # for requests that came over HTTP/2, HTTP/1.1 for the others.
     http2_downstream: bool = False
+    # auto_config (with TLS): each host speaks what ALPN chose on its first connection
+    # (proxyd.worker.h2_upstream.by_alpn); http2_downstream is set too (both pools).
+    alpn_auto: bool = False
 
 
 @dataclass(frozen=True, slots=True)

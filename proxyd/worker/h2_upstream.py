@@ -65,6 +65,53 @@ def by_downstream_protocol(
     return cls(stream, plan, rp, host, head, timers)
 
 
+def by_alpn(stream: Any, plan: Any, rp: Any, host: Any, head: bytes, timers: Any) -> Any:
+    """``RoutePlan.exchange`` for an auto_config cluster: the host's requests go over
+    the protocol ALPN chose on its first connection (:class:`AlpnProbe` finds it out)."""
+    alpn = host.alpn
+    if alpn == "h2":
+        return H2Exchange(stream, plan, rp, host, head, timers)
+    if alpn is not None:
+        return Exchange(stream, plan, rp, host, head, timers)
+    return AlpnProbe(stream, plan, rp, host, head, timers)
+
+
+class AlpnProbe:
+    """auto_config, a host whose protocol is not known yet: one TLS connection through
+    the HTTP/1.1 pool tells (the ALPN the host chose, offered h2 and http/1.1 as Envoy
+    offers them). An http/1.1 connection stays in that pool for the request; an h2 one
+    is closed and the request goes to the HTTP/2 pool, which opens its own (one
+    handshake more, once per host and worker). A failed connect leaves the protocol
+    unknown: the request's exchange meets the failure and answers it as usual."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    async def run(self) -> bool:
+        stream, plan, rp, host, head, timers = self.args
+        if host.alpn is None:
+            pool = rp.pool
+            tls = host.tls
+            key = tls.key_of(head) if tls is not None and tls.keyed else None
+            try:
+                uc = await pool.connect(host, key=key)
+            except (ConnectFailure, Overflow):
+                uc = None
+            if uc is not None:
+                chosen = getattr(uc.sock, "alpn", "")
+                if host.alpn is None:
+                    host.alpn = "h2" if chosen == "h2" else "http/1.1"
+                if chosen != "h2" and host.alpn == "http/1.1":
+                    pool.put_back(uc)  # the exchange takes it from the idle list
+                else:
+                    pool.destroy(uc)
+        cls = H2Exchange if host.alpn == "h2" else Exchange
+        result: bool = await cls(stream, plan, rp, host, head, timers).run()
+        return result
+
+
 class H2Streaming:
     """What both HTTP/2 routers do with one upstream stream (a mixin without state of
     its own: the classes below hold ``h2pool``, ``h2conn`` and ``up``)."""

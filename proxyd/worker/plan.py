@@ -52,7 +52,7 @@ from proxyd.worker.durations import GrpcRouteTimeout, RouteDuration
 from proxyd.worker.filter_matching import MatchingFactory
 from proxyd.worker.grpc_access_log import GrpcLogPlan
 from proxyd.worker.h2_retrying import H2RetryingExchange
-from proxyd.worker.h2_upstream import H2Exchange, by_downstream_protocol
+from proxyd.worker.h2_upstream import H2Exchange, by_alpn, by_downstream_protocol
 from proxyd.worker.hedging import HedgingExchange
 from proxyd.worker.mirror import MirrorPlan
 from proxyd.worker.network_rbac import NetworkRbacPlan
@@ -445,7 +445,9 @@ class ListenerPlan:
             if rp.cluster is not None and rp.cluster.h2pools:
                 # HTTP/2 to the hosts (worker/h2_upstream.py, with a retry policy
                 # worker/h2_retrying.py); an internal request's retry headers unused.
-                if not rp.cluster.cluster.http2:
+                if rp.cluster.cluster.alpn_auto:
+                    rp.exchange = by_alpn
+                elif not rp.cluster.cluster.http2:
                     rp.exchange = by_downstream_protocol
                 elif rp.retry is not None:
                     rp.exchange = H2RetryingExchange

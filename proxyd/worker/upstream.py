@@ -42,7 +42,7 @@ class HostState:
     __slots__ = (
         "address", "port", "weight", "active_requests", "idle", "cluster", "label", "stats",
         "outcomes", "priority", "locality", "locality_weight", "usable", "healthy", "connections",
-        "hostname", "hash_key", "active_since", "tls_session", "tls",
+        "hostname", "hash_key", "active_since", "tls_session", "tls", "alpn",
     )  # fmt: skip
 
     def __init__(
@@ -71,6 +71,9 @@ class HostState:
         self.active_requests = 0
         # A TLS cluster's last session with the host, offered to resume (upstream_tls).
         self.tls_session = None
+        # auto_config: the protocol ALPN chose on the host's first connection ("h2",
+        # "http/1.1"; None: not known yet; proxyd.worker.h2_upstream.by_alpn).
+        self.alpn: str | None = None
         # Its transport socket: the cluster's, or what transport_socket_matches chose.
         self.tls = cluster.tls_for(ep)
         # Per routing priority (the index of ConnPool.priority): the pool's
@@ -164,7 +167,7 @@ class ClusterState:
         # HTTP/2 to the hosts (explicit_http_config.http2_protocol_options): the routes'
         # pools (proxyd.worker.h2_upstream; the TCP proxy keeps the ones above).
         self.h2pools: tuple[H2Pool, ...] = ()
-        if cluster.http2 or cluster.http2_downstream:
+        if cluster.http2 or cluster.http2_downstream:  # (auto_config sets the latter)
             named = store.named(f"cluster.{cluster.name}.")
             self.h2pools = tuple(H2Pool(self, p, named) for p in range(len(PRIORITIES)))
         # The newest state of the cluster reports the *_open gauges.

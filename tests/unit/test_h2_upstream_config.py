@@ -70,7 +70,7 @@ def test_use_downstream_protocol_config() -> None:
     assert (c.http2, c.http2_downstream) == (False, False)  # HTTP/1.1 whatever the client
 
 
-def test_auto_config_is_refused() -> None:
+def test_auto_config_needs_tls_and_offers_h2_and_http11() -> None:
     err = reject(with_protocol(auto_config={"http2_protocol_options": {}}))
     assert err.path == f"{OPTS}.auto_config"
     assert "ALPN configured for cluster api which has a non-ALPN transport socket" in str(err)
@@ -79,9 +79,9 @@ def test_auto_config_is_refused() -> None:
         "name": "envoy.transport_sockets.tls",
         "typed_config": {"@type": TLS_TYPE},
     }
-    err = reject(d)
-    assert err.path == f"{OPTS}.auto_config"
-    assert "not supported by proxyd" in str(err)
+    c = api(d)
+    assert c.alpn_auto and c.http2_downstream and not c.http2
+    assert c.tls is not None and c.tls.alpn == ("h2", "http/1.1")
 
 
 def test_tls_http2_cluster_offers_h2() -> None:
@@ -110,7 +110,7 @@ def test_retries_hedging_and_shadows_to_http2_clusters() -> None:
     vh = d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     vh["typed_config"]["route_config"]["virtual_hosts"][0]["retry_policy"] = {"retry_on": "5xx"}
     err = reject(d)
-    assert "use_downstream_protocol_config cluster 'api' is not supported by proxyd" in str(err)
+    assert "use_downstream_protocol_config or auto_config cluster 'api' is not supported by proxyd" in str(err)
     d = with_protocol(explicit_http_config={"http2_protocol_options": {}})
     routes(d)[2]["route"]["request_mirror_policies"] = [{"cluster": "api"}]
     err = reject(d)
