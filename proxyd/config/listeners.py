@@ -257,7 +257,6 @@ def _chain_tcp_proxy(chain: Any, here: str, clusters: Container[str], file: str)
         chain.filters[last], TCP_PROXY_TYPE, TCP_PROXY_NAME, "network filter", filter_path, file
     )
     proxy = compile_tcp_proxy(msg, join(filter_path, "typed_config"), file)
-    _check_tunnel_clusters(proxy, clusters, join(filter_path, "typed_config"), file)
     rbac = compile_network_rbac(chain.filters, join(here, "filters"), file)
     if rbac:
         proxy = dataclasses.replace(proxy, network_rbac=rbac)
@@ -385,23 +384,6 @@ def compile_tcp_proxy(msg: Any, path: str, file: str) -> TcpProxy:
             else None
         ),
     )
-
-
-def _check_tunnel_clusters(proxy: TcpProxy, clusters: Container[str], path: str, file: str) -> None:
-    """proxyd tunnels over HTTP/1.1 only: a tunnel to a cluster that speaks HTTP/2 to
-    its hosts (where Envoy would tunnel over HTTP/2) is refused."""
-    if proxy.tunneling is None:
-        return
-    http2: frozenset[str] = getattr(clusters, "http2", frozenset())
-    names = [c.name for c in proxy.weighted] or [proxy.cluster]
-    for name in names:
-        if name in http2:
-            raise ConfigError(
-                file,
-                join(path, "tunneling_config"),
-                f"tunneling to cluster '{name}', which speaks HTTP/2 to its hosts, "
-                "is not supported by proxyd (it tunnels over HTTP/1.1 only)",
-            )
 
 
 def _tunneling(msg: Any, path: str, file: str) -> TcpTunnel:

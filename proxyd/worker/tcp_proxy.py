@@ -63,7 +63,7 @@ from proxyd.worker.accesslog_plan import LogPlans
 from proxyd.worker.buffers import BufferPool
 from proxyd.worker.network_rbac import NetworkRbacPlan
 from proxyd.worker.outcomes import OK
-from proxyd.worker.pool import ConnectFailure, UpstreamConnection
+from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
 from proxyd.worker.stats import ListenerStats, StatsStore, TcpStats, note_unexpected
 from proxyd.worker.tcp_tunnel import (
     LAST_CHUNK,
@@ -72,6 +72,12 @@ from proxyd.worker.tcp_tunnel import (
     TunnelPlan,
     establish,
     frame_chunk,
+)
+from proxyd.worker.tcp_tunnel_h2 import (
+    H2Tunnel,
+    client_to_stream,
+    open_h2_tunnel,
+    stream_to_client,
 )
 from proxyd.worker.tls import TlsPlan, TlsSocket
 from proxyd.worker.tls import handshake as tls_handshake
@@ -320,7 +326,7 @@ class TcpConnection:
         self.t_wall, self.t0 = time.time(), time.monotonic()
         if plan.access.connection_logs:
             accesslog_plan.connection_opened(self, plan)
-        upstream: UpstreamConnection | None = None
+        upstream: UpstreamConnection | H2Tunnel | None = None
         try:
             with trio.CancelScope(deadline=trio.current_time() + plan.max_duration) as scope:
                 self.scope = scope
@@ -328,7 +334,7 @@ class TcpConnection:
                 # (Envoy's TCP proxy connects as the connection is accepted, before
                 # the client's TLS handshake, which only the data waits for.)
                 if plan.tls is not None and not await self._handshake(plan.tls):
-                    self._give_up(upstream)
+                    await self._give_up(upstream)
                     upstream = None
                 if (
                     upstream is not None
@@ -337,7 +343,7 @@ class TcpConnection:
                 ):
                     # Denied on the first bytes, after the proxy connected, as in
                     # Envoy (the proxy connects when the connection is accepted).
-                    self._give_up(upstream)
+                    await self._give_up(upstream)
                     upstream = None
                 if upstream is not None:
                     await self._relay(plan, upstream)
@@ -348,7 +354,9 @@ class TcpConnection:
             note_unexpected(worker.stats, exc, "tcp proxy connection")
         finally:
             self.scope = None
-            if upstream is not None and self._cluster is not None:
+            if isinstance(upstream, H2Tunnel):
+                await upstream.close()
+            elif upstream is not None and self._cluster is not None:
                 self._cluster.pools[0].destroy(upstream)
             lstats.cx_active -= 1
             record(lstats.h_cx_length_ms, int((time.monotonic() - self.t0) * 1000))
@@ -387,7 +395,7 @@ class TcpConnection:
         self.listener_name = chosen.key
         return chosen
 
-    async def _connect(self, plan: TcpListenerPlan) -> UpstreamConnection | None:
+    async def _connect(self, plan: TcpListenerPlan) -> UpstreamConnection | H2Tunnel | None:
         """A connection to a host of the cluster, or None (the flags say why)."""
         name = plan.pick()
         cluster = plan.clusters.get(name)
@@ -419,6 +427,28 @@ class TcpConnection:
                 self.flags.append("UH")
                 return None
             self.host_label = host.label
+            if plan.tunnel is not None and cluster.h2pools:  # over HTTP/2
+                try:
+                    cluster.stats.rq_total += 1
+                    rec = self._record(plan, TCP_UPSTREAM_CONNECTED) if plan.tunnel.needs_record else None  # fmt: skip
+                    tunnel = await open_h2_tunnel(cluster.h2pools[0], host, plan.tunnel, rec)
+                except Overflow:
+                    self.flags.append("UO")
+                    return None
+                except ConnectFailure as exc:
+                    host.outcomes.connect_failed()
+                    detail = exc.detail.replace(" ", "_")
+                    self.failure = f"delayed_connect_error:_{detail}" if detail else None
+                    continue
+                except TunnelFailed as exc:
+                    self.failure = exc.reason
+                    continue
+                host.outcomes.add(OK)
+                self.connected = True
+                if plan.log_on_connected:
+                    self.local_address()
+                    self._log(plan, TCP_UPSTREAM_CONNECTED)
+                return tunnel
             try:
                 conn = await pool.connect(host)
             except ConnectFailure as exc:
@@ -473,14 +503,19 @@ class TcpConnection:
         self.sock = self.tls = session  # type: ignore[assignment]  # the pumps' socket methods
         return True
 
-    def _give_up(self, upstream: UpstreamConnection | None) -> None:
+    async def _give_up(self, upstream: UpstreamConnection | H2Tunnel | None) -> None:
         """The client's handshake failed: its upstream connection goes too."""
-        if upstream is not None and self._cluster is not None:
+        if isinstance(upstream, H2Tunnel):
+            await upstream.close()
+        elif upstream is not None and self._cluster is not None:
             self._cluster.pools[0].destroy(upstream)
 
-    async def _relay(self, plan: TcpListenerPlan, upstream: UpstreamConnection) -> None:
+    async def _relay(self, plan: TcpListenerPlan, upstream: UpstreamConnection | H2Tunnel) -> None:
         """Bytes both ways until both directions ended, one side broke, or the idle
         timeout passed."""
+        if isinstance(upstream, H2Tunnel):
+            await self._relay_h2(plan, upstream)
+            return
         usock = upstream.sock
         with trio.CancelScope(deadline=trio.current_time() + plan.idle_timeout) as idle:
             self.idle_scope = idle
@@ -566,6 +601,40 @@ class TcpConnection:
         finally:
             if held is not None:
                 buffers.give(*held)
+
+    async def _relay_h2(self, plan: TcpListenerPlan, t: H2Tunnel) -> None:
+        """tunneling_config over HTTP/2: the bytes as the stream's DATA."""
+        stats = plan.stats
+        idle_s = self._idle_timeout
+
+        def touch() -> None:
+            if self.idle_scope is not None and idle_s != math.inf:
+                self.idle_scope.deadline = trio.current_time() + idle_s
+
+        def read(n: int) -> None:
+            self.rx += n
+            stats.rx_bytes += n
+            touch()
+
+        def wrote(n: int) -> None:
+            self.tx += n
+            stats.tx_bytes += n
+            touch()
+
+        with trio.CancelScope(deadline=trio.current_time() + plan.idle_timeout) as idle:
+            self.idle_scope = idle
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client_to_stream, t, self.sock, plan.chunk, read)
+                    await stream_to_client(t, self.sock, wrote)
+            except* ConnectionAbortedError:
+                self.flags.append("UR")  # the upstream reset its stream: so is the client
+                self.reset_client = True
+            except* ConnectionResetError:
+                pass  # the client is gone: both are closed by serve
+        self.idle_scope = None
+        if idle.cancelled_caught:
+            stats.idle_timeout += 1
 
     async def _post_framed(
         self, dst: socket.socket, data: memoryview, plan: TcpListenerPlan, downstream: bool

@@ -74,6 +74,22 @@ class TunnelPlan:
             lines = apply_levels(lines, self.levels, rec, _HOST)
         return b"\r\n".join([start + b" HTTP/1.1", *(ln[1] for ln in lines)]) + b"\r\n\r\n"
 
+    def h2_headers(self, rec: Any) -> list[tuple[bytes, bytes]]:
+        """The request's header block over HTTP/2 (Envoy's: CONNECT with :authority,
+        or POST with :scheme http and :path), with the headers_to_add."""
+        host = self.hostname
+        if isinstance(host, ValueFormat):
+            host = host(rec).encode("latin-1", "replace")
+        if self.use_post:
+            path = self.start[len(b"POST ") :]
+            out = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", host), (b":path", path)]  # fmt: skip
+        else:
+            out = [(b":method", b"CONNECT"), (b":authority", host)]
+        if self.levels:
+            for name, line in apply_levels([], self.levels, rec, _HOST):
+                out.append((name, line[len(name) + 2 :]))
+        return out
+
 
 class ResponseBody:
     """The POST tunnel's response body framing: ``feed`` turns received bytes into the

@@ -32,6 +32,7 @@ import yaml
 
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import PortOf, run_pair
+from tests.h2_tunnel_server import H2TunnelServer
 from tests.support import wait_for
 
 pytestmark = [
@@ -348,5 +349,72 @@ def test_tcp_tunnel_over_http1_matches_envoy(tmp_path: Path) -> None:
     assert envoy["deny"] == {"got": b"", "end": "eof"}
     assert any(h.startswith(b"POST /up HTTP/1.1") for h in envoy["heads"])
     for case in ("connect", "early", "created", "deny", "mute", "post", "fmt", "heads", "log"):
+        assert proxyd[case] == envoy[case], case
+    assert pair.proxyd.stats == pair.envoy.stats
+
+
+# -- over HTTP/2 --------------------------------------------------------------------------
+
+
+def h2_config(log_path: str, port: int) -> str:
+    doc = yaml.safe_load(config(log_path, port))
+    names = ("connect", "deny", "post")
+    doc["static_resources"]["listeners"] = [
+        lst for lst in doc["static_resources"]["listeners"] if lst["name"] in names
+    ]
+    for lst in doc["static_resources"]["listeners"]:
+        tcp = lst["filter_chains"][0]["filters"][0]["typed_config"]
+        if lst["name"] == "connect":
+            tcp["tunneling_config"]["hostname"] = "ok.example:443"
+        if lst["name"] == "post":
+            tcp["tunneling_config"]["hostname"] = "ok:1"
+    options = doc["static_resources"]["clusters"][0]["typed_extension_protocol_options"]
+    options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"] = {
+        "http2_protocol_options": {}
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_tcp_tunnel_over_http2_matches_envoy(tmp_path: Path) -> None:
+    server = H2TunnelServer()
+    log = tmp_path / "access.log"
+    try:
+
+        def play(port_of: PortOf) -> dict[str, Any]:
+            server.heads.clear()
+            before = len(log.read_text().splitlines()) if log.exists() else 0
+            ports = {name: port_of(name) for name in ("connect", "deny", "post")}
+            out: dict[str, Any] = {
+                "connect": _exchange(ports["connect"], [b"hello", b"big" * 20000], 5),
+                "deny": _refused(ports["deny"]),
+                "post": _exchange(ports["post"], [b"one", b"two"], 5),
+            }
+            wait_for(
+                lambda: log.exists() and len(log.read_text().splitlines()) >= before + 3,
+                timeout=5,
+            )
+            out["heads"] = sorted(
+                [(n, v.replace(str(ports["connect"]), "PORT")) for n, v in h] for h in server.heads
+            )
+            out["log"] = sorted(log.read_text().splitlines()[before:])
+            return out
+
+        def pick(stats: dict[str, int]) -> dict[str, int]:
+            keep = ("cluster.tunnel.upstream_cx_http2_total",
+                    "cluster.tunnel.upstream_cx_connect_attempts_exceeded")  # fmt: skip
+            out = {k: v for k, v in stats.items() if k in keep}
+            for name in ("connect", "post"):
+                for stat in ("downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total"):
+                    out[f"tcp.{name}.{stat}"] = stats.get(f"tcp.{name}.{stat}", 0)
+            return out
+
+        pair = run_pair(h2_config(str(log), server.port), tmp_path, play, pick)
+    finally:
+        server.close()
+    envoy, proxyd = pair.envoy.replies, pair.proxyd.replies
+    assert envoy["connect"]["got"] == b"hello" + b"big" * 20000
+    assert envoy["deny"] == {"got": b"", "end": "eof"}
+    assert any((":method", "POST") in h for h in envoy["heads"])
+    for case in ("connect", "deny", "post", "heads", "log"):
         assert proxyd[case] == envoy[case], case
     assert pair.proxyd.stats == pair.envoy.stats
