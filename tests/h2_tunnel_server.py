@@ -7,7 +7,6 @@ its side when the client ends its own."""
 from __future__ import annotations
 
 import socket
-import threading
 from typing import Any
 
 import h2.config
@@ -15,30 +14,13 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
+from tests.support import ThreadedTcpServer
 
-class H2TunnelServer:
+
+class H2TunnelServer(ThreadedTcpServer):
     def __init__(self) -> None:
         self.heads: list[list[tuple[str, str]]] = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, s: socket.socket) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")

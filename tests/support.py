@@ -127,6 +127,37 @@ class PipeUpstreamServer(UpstreamServer):
         self._thread = _serving_thread(self._server)
 
 
+class ThreadedTcpServer:
+    """A loopback TCP server for tests: one thread accepts, one thread per connection
+    runs :meth:`_serve` (what a subclass does with it), from construction until
+    :meth:`close`. A subclass sets its own attributes before calling ``__init__``."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed: the test is over
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
 class TcpEchoServer:
     """A TCP echo server: echoes what arrives; after the client's end of stream it
     sends ``<eof>`` and closes."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import PortOf, run_pair
 from tests.compat.test_chain_match_compat import _read_all
 from tests.compat.test_tls_compat import TLS_INSPECTOR, answering_chain
+from tests.support import ThreadedTcpServer
 
 pytestmark = [
     pytest.mark.compat,
@@ -41,31 +41,12 @@ ADDRESSES = {"sni": "127.0.0.45", "alpn": "127.0.0.46", "mixed": "127.0.0.47"}
 TIMEOUT_S = 5.0
 
 
-class TaggedEcho:
+class TaggedEcho(ThreadedTcpServer):
     """Says its tag when a client connects, then echoes until the client's end."""
 
     def __init__(self, tag: bytes) -> None:
         self.tag = tag
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(TIMEOUT_S)

@@ -23,7 +23,6 @@ same for both proxies. Nothing here measures speed.
 from __future__ import annotations
 
 import socket
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import yaml
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import PortOf, run_pair
 from tests.h2_tunnel_server import H2TunnelServer
-from tests.support import wait_for
+from tests.support import ThreadedTcpServer, wait_for
 
 pytestmark = [
     pytest.mark.compat,
@@ -50,31 +49,12 @@ LOG_FORMAT = (
 TIMEOUT_S = 5.0
 
 
-class TunnelServer:
+class TunnelServer(ThreadedTcpServer):
     """An HTTP/1.1 upstream that opens (or refuses) tunnels, see the module docstring."""
 
     def __init__(self) -> None:
         self.heads: list[bytes] = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(TIMEOUT_S)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import yaml
 from tests.compat.envoy_runner import envoy_available
 from tests.compat.pair import PortOf, run_pair
 from tests.compat.test_chain_match_compat import _read_all
+from tests.support import ThreadedTcpServer
 from tests.tls_certs import _leaf
 
 pytestmark = [
@@ -53,30 +53,11 @@ LISTENERS = [
 ]
 
 
-class HeadEcho:
+class HeadEcho(ThreadedTcpServer):
     """An HTTP/1.1 upstream whose response body is the request head it got."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(TIMEOUT_S)
