@@ -83,6 +83,8 @@ class OverloadActions:
     stop_accepting_connections: bool = False
     reject_incoming_connections: bool = False
     disable_http_keepalive: bool = False
+    stop_accepting_requests: bool = False
+    shrink_heap: bool = False
 
 
 # -- worker → master ------------------------------------------------------------------

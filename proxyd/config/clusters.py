@@ -78,6 +78,7 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
     _check_host_update_fields(c, path, file)
     idle_timeout_s, max_requests, http2, key_format = _upstream_http_options(c, path, file)
     http2_downstream, alpn_auto = _downstream_protocol(c, path, file)
+    h2_limits = upstream_http2(c, path, file)
     if c.HasField("max_requests_per_connection"):
         if max_requests is not None:
             raise ConfigError(
@@ -141,6 +142,9 @@ def compile_cluster(c: Any, path: str, file: str) -> Cluster:
         http2=http2,
         http2_downstream=http2_downstream or alpn_auto,
         alpn_auto=alpn_auto,
+        h2_max_streams=h2_limits[0],
+        h2_stream_window=h2_limits[1],
+        h2_connection_window=h2_limits[2],
         header_key_format=key_format,
         outlier_detection=compile_outlier_detection(c, join(path, "outlier_detection"), file),
         dns=compile_dns(c, path, file),
@@ -303,6 +307,43 @@ def _upstream_http_options(c: Any, path: str, file: str) -> tuple[float, int | N
         if common.HasField("max_requests_per_connection"):
             max_requests = common.max_requests_per_connection.value
     return idle_timeout_s, max_requests, http2, key_format
+
+
+_MAX_H2 = 2**31 - 1
+
+
+def upstream_http2(c: Any, path: str, file: str) -> tuple[int, int, int]:
+    """The cluster's Http2ProtocolOptions fields proxyd honours (explicit, or under
+    use_downstream_protocol_config / auto_config): (max_concurrent_streams, initial
+    stream window, initial connection window), 0 where not set; bounds as Envoy's."""
+    options = c.typed_extension_protocol_options
+    if UPSTREAM_HTTP_TYPE not in options:
+        return 0, 0, 0
+    opts = unpack(options[UPSTREAM_HTTP_TYPE])
+    if opts is None:
+        return 0, 0, 0
+    here = f"{join(path, 'typed_extension_protocol_options')}[{UPSTREAM_HTTP_TYPE!r}]"
+    which = opts.WhichOneof("upstream_protocol_options")
+    if which is None:
+        return 0, 0, 0
+    holder = getattr(opts, which)
+    if not holder.HasField("http2_protocol_options"):
+        return 0, 0, 0
+    o = holder.http2_protocol_options
+    opath = join(here, f"{which}.http2_protocol_options")
+    out = []
+    for name, low in (
+        ("max_concurrent_streams", 1),
+        ("initial_stream_window_size", 65535),
+        ("initial_connection_window_size", 65535),
+    ):
+        value = wrapped_or(o, name, 0)
+        if value and not low <= value <= _MAX_H2:
+            raise ConfigError(
+                file, join(opath, name), f"must be between {low} and {_MAX_H2}, got {value}"
+            )
+        out.append(value)
+    return out[0], out[1], out[2]
 
 
 def _downstream_protocol(c: Any, path: str, file: str) -> tuple[bool, bool]:

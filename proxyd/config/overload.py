@@ -44,16 +44,18 @@ RUNTIME_KEY = "overload.global_downstream_max_connections"
 STOP_ACCEPTING_CONNECTIONS = "envoy.overload_actions.stop_accepting_connections"
 REJECT_INCOMING_CONNECTIONS = "envoy.overload_actions.reject_incoming_connections"
 DISABLE_HTTP_KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
+STOP_ACCEPTING_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
+SHRINK_HEAP = "envoy.overload_actions.shrink_heap"
 SUPPORTED_ACTIONS = (
     STOP_ACCEPTING_CONNECTIONS,
     REJECT_INCOMING_CONNECTIONS,
     DISABLE_HTTP_KEEPALIVE,
+    STOP_ACCEPTING_REQUESTS,
+    SHRINK_HEAP,
 )
 # Envoy 1.40's well-known actions; a name outside these is unknown to Envoy too.
 WELL_KNOWN_ACTIONS = (
     *SUPPORTED_ACTIONS,
-    "envoy.overload_actions.stop_accepting_requests",
-    "envoy.overload_actions.shrink_heap",
     "envoy.overload_actions.reduce_timeouts",
     "envoy.overload_actions.reset_high_memory_stream",
 )

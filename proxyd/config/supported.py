@@ -364,6 +364,14 @@ TCP_PROXY: Spec = {
     },
 }
 
+# A cluster's Http2ProtocolOptions (proxyd.config.clusters.upstream_http2): the
+# windows proxyd's HTTP/2 connections to the hosts advertise, and its own stream limit.
+UPSTREAM_H2: Spec = {
+    "max_concurrent_streams": LEAF,
+    "initial_stream_window_size": LEAF,
+    "initial_connection_window_size": LEAF,
+}
+
 DATA_SOURCE: Spec = {"filename": LEAF, "inline_string": LEAF, "inline_bytes": LEAF}
 
 # -- SDS (proxyd.config.secrets, proxyd.master.xds): secrets from files -------------
@@ -540,13 +548,16 @@ UPSTREAM_HTTP: Spec = {
                 },
             },
         },
-        "http2_protocol_options": {},
+        "http2_protocol_options": UPSTREAM_H2,
     },
     # HTTP/2 upstream for HTTP/2 clients, HTTP/1.1 for the others (proxyd.config.
     # clusters._downstream_protocol); auto_config (TLS only) picks each host's protocol
     # by ALPN.
-    "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
-    "auto_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+    "use_downstream_protocol_config": {
+        "http_protocol_options": {},
+        "http2_protocol_options": UPSTREAM_H2,
+    },
+    "auto_config": {"http_protocol_options": {}, "http2_protocol_options": UPSTREAM_H2},
     "common_http_protocol_options": {"idle_timeout": LEAF, "max_requests_per_connection": LEAF},
     # With a TLS transport_socket (proxyd.config.upstream_tls): the SNI and the SAN
     # checked come from each request's Host (or the named header).

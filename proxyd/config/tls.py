@@ -259,6 +259,8 @@ def _alpn(offered: tuple[str, ...], path: str, file: str) -> tuple[str, ...]:
     """The ALPN list with the protocols proxyd does not speak (h2c, h3) left out. A
     list with nothing proxyd speaks is refused (its clients could not talk to proxyd).
     (h2 is offered only where the connection manager speaks HTTP/2: proxyd.worker.plan.)"""
+    # Envoy joins the entries with "," and splits the result: an entry may list several.
+    offered = tuple(p for entry in offered for p in entry.split(",") if p)
     if not offered:
         return ()
     kept = tuple(p for p in offered if p not in UNSPOKEN_ALPN)

@@ -131,7 +131,8 @@ def compile_upstream_tls(ctx: Any, path: str, file: str) -> UpstreamTls:
         raise ConfigError(
             file, ppath, f"tls_minimum_protocol_version {min_v} is above the maximum {max_v}"
         )
-    alpn = tuple(common.alpn_protocols)
+    # (Envoy joins the entries with "," and splits the result: an entry may list several.)
+    alpn = tuple(p for entry in common.alpn_protocols for p in entry.split(",") if p)
     for i, p in enumerate(alpn):
         if p not in UPSTREAM_ALPN:
             raise ConfigError(

@@ -260,6 +260,12 @@ class Cluster:
     # use_downstream_protocol_config with http2_protocol_options: HTTP/2 to the hosts
     # for requests that came over HTTP/2, HTTP/1.1 for the others.
     http2_downstream: bool = False
+    # Its Http2ProtocolOptions: max_concurrent_streams (streams proxyd opens on one
+    # connection, besides the peer's limit), the windows its connections advertise
+    # (0: proxyd's own, proxyd.worker.h2_pool).
+    h2_max_streams: int = 0
+    h2_stream_window: int = 0
+    h2_connection_window: int = 0
     # auto_config (with TLS): each host speaks what ALPN chose on its first connection
     # (proxyd.worker.h2_upstream.by_alpn); http2_downstream is set too (both pools).
     alpn_auto: bool = False

@@ -31,7 +31,9 @@ from proxyd.config.overload import (
     DISABLE_HTTP_KEEPALIVE,
     HEAP_MONITOR,
     REJECT_INCOMING_CONNECTIONS,
+    SHRINK_HEAP,
     STOP_ACCEPTING_CONNECTIONS,
+    STOP_ACCEPTING_REQUESTS,
     OverloadConfig,
 )
 from proxyd.log import get_logger
@@ -118,6 +120,8 @@ class OverloadManager:
             stop_accepting_connections=active.get(STOP_ACCEPTING_CONNECTIONS, False),
             reject_incoming_connections=active.get(REJECT_INCOMING_CONNECTIONS, False),
             disable_http_keepalive=active.get(DISABLE_HTTP_KEEPALIVE, False),
+            stop_accepting_requests=active.get(STOP_ACCEPTING_REQUESTS, False),
+            shrink_heap=active.get(SHRINK_HEAP, False),
         )
         if actions != self.actions:
             self.actions = actions

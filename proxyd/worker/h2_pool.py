@@ -135,15 +135,21 @@ class H2Conn:
         self.host = uc.host
         self.key = uc.key
         c = self.h2 = h2.connection.H2Connection(_CONFIG)
+        cluster = pool.cluster.cluster  # its Http2ProtocolOptions, else proxyd's own
         c.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (
+                    cluster.h2_stream_window or STREAM_WINDOW
+                ),
             },
         )
         c.initiate_connection()
-        c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        grow = (cluster.h2_connection_window or CONNECTION_WINDOW) - 65535
+        if grow > 0:
+            c.increment_flow_control_window(grow)
+        self.max_streams = cluster.h2_max_streams or MAX_STREAM_ID
         self.streams: dict[int, UpStream] = {}
         # Stream slots taken (streams open, or promised to a request about to open one).
         self.reserved = 0
@@ -162,7 +168,7 @@ class H2Conn:
     def has_room(self) -> bool:
         if self.closed or self.goaway or not self.settled:
             return False
-        if self.reserved >= self.h2.remote_settings.max_concurrent_streams:
+        if self.reserved >= min(self.h2.remote_settings.max_concurrent_streams, self.max_streams):
             return False
         limit = self.pool.max_requests
         if limit and self.started >= limit:

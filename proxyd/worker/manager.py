@@ -52,6 +52,31 @@ def clock_now(plan: ListenerPlan) -> tuple[float, float]:
     return (time.time(), time.monotonic()) if plan.logs else (0.0, 0.0)
 
 
+class _Overload:
+    """The overload actions a request meets (set by proxyd.worker.overload)."""
+
+    __slots__ = ("stop_requests",)
+
+    def __init__(self) -> None:
+        self.stop_requests = False  # envoy.overload_actions.stop_accepting_requests
+
+
+OVERLOAD = _Overload()
+
+
+async def _overloaded(stream: Stream, plan: ListenerPlan) -> bool:
+    """stop_accepting_requests: Envoy's 503 before routing."""
+    plan.http_stats.rq_overload_close += 1
+    stream.flags = ResponseFlag.OVERLOAD_MANAGER
+    stream.details = "overload"
+    try:
+        await stream.sink.send_local_reply(503, "envoy overloaded")
+    except DownstreamReset:
+        stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+        return False
+    return True
+
+
 def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bool]:
     """Start serving one stream: what to await for it (True when its connection can
     carry another request); the caller then calls :func:`finish`.
@@ -69,6 +94,8 @@ def handle(stream: Stream, plan: ListenerPlan, conn: Connection) -> Awaitable[bo
             tracing.start(stream, plan)
     plan.http_stats.rq_total += 1
     plan.http_stats.rq_active += 1
+    if OVERLOAD.stop_requests:
+        return _overloaded(stream, plan)
     h = stream.head
     assert h is not None
     if plan.transforms is not None:  # the HCM's path/host/header transforms

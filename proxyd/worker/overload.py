@@ -14,21 +14,44 @@ Envoy's order (``TcpListenerImpl::onSocketEvent``):
 
 ``stop_accepting_connections`` pauses the accept loops (connections wait in the
 kernel's backlog, as with Envoy's disabled listeners); ``disable_http_keepalive`` makes
-every response say ``connection: close`` (:attr:`Worker.draining`).
+every response say ``connection: close`` (:attr:`Worker.draining`);
+``stop_accepting_requests`` answers each new request 503 ``envoy overloaded`` (flag
+``OM``, ``http.<prefix>.downstream_rq_overload_close``; :mod:`proxyd.worker.manager`);
+``shrink_heap``, when it comes on, collects garbage and gives the C heap's free memory
+back to the system (``malloc_trim``), as Envoy's releases tcmalloc's.
 """
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
 
 import trio
 
 from proxyd import ipc
 from proxyd.cx_limit import SharedConnectionCount
 from proxyd.epoch import Epoch
+from proxyd.worker import manager
 from proxyd.worker.plan import ListenerPlan
 from proxyd.worker.stats import StatsStore
 from proxyd.worker.tcp_proxy import TcpListenerPlan
 
 REFUSED, COUNTED, FREE = 0, 1, 2
+
+
+def shrink_heap() -> None:
+    """envoy.overload_actions.shrink_heap: Python's garbage collected, and the C
+    allocator's free memory returned to the system (glibc's malloc_trim; a C library
+    without it just skips that part)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
 MONITOR_STATS = "overload.envoy.resource_monitors.global_downstream_max_connections."
 
 
@@ -41,6 +64,7 @@ class WorkerOverload:
         self.stop_accepting = False
         self.reject_incoming = False
         self.disable_keepalive = False
+        self.shrinking = False
         # Anything to decide at accept (else the accept loop skips admit()).
         self.checks = False
         self._accepting = trio.Event()
@@ -54,6 +78,10 @@ class WorkerOverload:
     def apply_actions(self, msg: ipc.OverloadActions) -> None:
         self.reject_incoming = msg.reject_incoming_connections
         self.disable_keepalive = msg.disable_http_keepalive
+        manager.OVERLOAD.stop_requests = msg.stop_accepting_requests
+        if msg.shrink_heap and not self.shrinking:
+            shrink_heap()
+        self.shrinking = msg.shrink_heap
         if msg.stop_accepting_connections != self.stop_accepting:
             self.stop_accepting = msg.stop_accepting_connections
             if self.stop_accepting:

@@ -343,6 +343,7 @@ class HttpStats(_Scope):
         "cx_http2_total",
         "cx_http2_active",
         "rq_http2_total",
+        "rq_overload_close",
         "h_rq_time",
         "h_cx_length_ms",
     )
@@ -368,6 +369,8 @@ class HttpStats(_Scope):
         # Downstream HTTP/2 connections and requests (proxyd.worker.h2_downstream).
         ("cx_http2_total", "downstream_cx_http2_total"),
         ("rq_http2_total", "downstream_rq_http2_total"),
+        # envoy.overload_actions.stop_accepting_requests (proxyd.worker.manager).
+        ("rq_overload_close", "downstream_rq_overload_close"),
     )
     GAUGES = (
         ("cx_active", "downstream_cx_active"),
@@ -375,6 +378,7 @@ class HttpStats(_Scope):
         ("cx_http2_active", "downstream_cx_http2_active"),
     )
     # The COUNTERS and GAUGES attributes, set to 0 in _Scope.__init__.
+    rq_overload_close: int
     rq_total: int
     cx_total: int
     cx_destroy: int

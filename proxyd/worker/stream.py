@@ -65,6 +65,7 @@ class ResponseFlag(enum.Enum):
     DOWNSTREAM_PROTOCOL_ERROR = "DPE"
     FAULT_INJECTED = "FI"
     DELAY_INJECTED = "DI"
+    OVERLOAD_MANAGER = "OM"
 
 
 # -- how a stream ends early -------------------------------------------------------------

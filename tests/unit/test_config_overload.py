@@ -86,9 +86,9 @@ def test_actions_with_threshold_triggers_compile() -> None:
             "Unknown Overload Manager Action envoy.overload_actions.foo",
         ),  # noqa: E501
         (
-            {"resource_monitors": monitors(heap=10), "actions": [action("shrink_heap")]},
+            {"resource_monitors": monitors(heap=10), "actions": [action("reduce_timeouts")]},
             "overload_manager.actions[0].name",
-            "overload action envoy.overload_actions.shrink_heap not supported by proxyd",
+            "overload action envoy.overload_actions.reduce_timeouts not supported by proxyd",
         ),  # noqa: E501
         (
             {
