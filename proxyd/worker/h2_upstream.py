@@ -32,10 +32,15 @@ from proxyd.protocol.histogram import record
 from proxyd.protocol.http1 import ResponseHead, response_has_body
 from proxyd.worker.h2_pool import H2Conn, StreamGone, UpStream
 from proxyd.worker.pool import UPSTREAM_BUFFER, ConnectFailure, Overflow
-from proxyd.worker.router import RESET_BEFORE_HEADERS, Exchange, PumpEnd, track_cluster_stats
+from proxyd.worker.router import (
+    ENDINGS,
+    RESET_BEFORE_HEADERS,
+    Exchange,
+    PumpEnd,
+    track_cluster_stats,
+)
 from proxyd.worker.stream import (
     DownstreamReset,
-    LocalReplied,
     ResponseFlag,
     UpstreamProtocolError,
     UpstreamReset,
@@ -414,24 +419,8 @@ class H2Exchange(H2Streaming, Exchange):
         except trio.Cancelled:
             self._deadline_fired()
             raise
-        except UpstreamProtocolError:
-            stream.flags = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
-            cstats.count_response(502)
-            hstats.rq_error += 1
-            host.outcomes.reset()
-            return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
-        except ProtocolError as exc:
-            stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
-            return await self._reply(exc.status, "Bad Request")
-        except DownstreamReset:
-            stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
-            return False
-        except UpstreamReset:
-            if stream.flags is not ResponseFlag.UPSTREAM_REMOTE_RESET:
-                stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
-            return False
-        except LocalReplied:
-            return False
+        except ENDINGS as exc:
+            return await self._ended_by(exc)
         finally:
             host.active_requests -= 1
             self.conn = None

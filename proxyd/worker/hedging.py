@@ -41,11 +41,9 @@ from proxyd.worker.retrying import (
     _AttemptFailed,
     _overloaded,
 )
-from proxyd.worker.router import RESET_BEFORE_HEADERS
 from proxyd.worker.stream import (
     DownstreamReset,
     LocalReplied,
-    ResponseFlag,
     UpstreamProtocolError,
     UpstreamReset,
 )
@@ -113,21 +111,8 @@ class HedgingExchange(RetryingExchange):
         except trio.Cancelled:
             self._deadline_fired()
             raise
-        except UpstreamProtocolError:
-            stream.flags = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
-            pool.stats.count_response(502)
-            self.host.stats.rq_error += 1
-            self.host.outcomes.reset()
-            return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
-        except DownstreamReset:
-            stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
-            return False
-        except UpstreamReset:
-            if stream.flags is not ResponseFlag.UPSTREAM_REQUEST_TIMEOUT:
-                stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
-            return False
-        except LocalReplied:
-            return False
+        except (UpstreamProtocolError, DownstreamReset, UpstreamReset, LocalReplied) as exc:
+            return await self._ended_by(exc)
         finally:
             for t in self.tries:
                 t.host.active_requests -= 1

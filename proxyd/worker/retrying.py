@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from proxyd.errors import ProtocolError
 from proxyd.protocol.http1 import ResponseHead
 from proxyd.protocol.priority import load_without
 from proxyd.protocol.retry import (
@@ -55,6 +54,7 @@ from proxyd.worker import io
 from proxyd.worker.deadlines import INF, DeadlineKind
 from proxyd.worker.pool import ConnectFailure, Overflow, UpstreamConnection
 from proxyd.worker.router import (
+    ENDINGS,
     RESET_BEFORE_HEADERS,
     Exchange,
     frame_request,
@@ -62,10 +62,7 @@ from proxyd.worker.router import (
     record_try_budget,
 )
 from proxyd.worker.stream import (
-    DownstreamReset,
-    LocalReplied,
     ResponseFlag,
-    UpstreamProtocolError,
     UpstreamReset,
 )
 
@@ -340,24 +337,8 @@ class RetryingExchange(Exchange):
         except trio.Cancelled:
             self._deadline_fired()
             raise
-        except UpstreamProtocolError:
-            stream.flags = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
-            pool.stats.count_response(502)
-            self.host.stats.rq_error += 1
-            self.host.outcomes.reset()
-            return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
-        except ProtocolError as exc:
-            stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
-            return await self._reply(exc.status, "Bad Request")
-        except DownstreamReset:
-            stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
-            return False
-        except UpstreamReset:
-            if stream.flags not in _KEPT_ON_RESET:
-                stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
-            return False
-        except LocalReplied:
-            return False
+        except ENDINGS as exc:
+            return await self._ended_by(exc)
         finally:
             self.host.active_requests -= 1
             if self.t_sent and "budgets" in pool.stats.tracked:
@@ -700,7 +681,6 @@ class RetryingExchange(Exchange):
 
 _BY_HEADERS = RETRY_RETRIABLE_HEADERS | RETRY_ENVOY_RATE_LIMITED
 # Flags an UpstreamReset keeps (a per-try timeout's; an HTTP/2 upstream's RST_STREAM).
-_KEPT_ON_RESET = (ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, ResponseFlag.UPSTREAM_REMOTE_RESET)
 RETRIED_RESET_BEFORE_HEADERS = (
     "upstream connect error or disconnect/reset before headers. retried and the latest "
     "reset reason: "

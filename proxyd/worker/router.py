@@ -72,6 +72,13 @@ CRLF = b"\r\n"
 OVERLOADED = b"x-envoy-overloaded: true\r\n"
 
 
+# What ends an exchange without an upstream response to relay (Exchange._ended_by).
+ENDINGS = (UpstreamProtocolError, ProtocolError, DownstreamReset, UpstreamReset, LocalReplied)
+# Flags an attempt set that an upstream reset does not replace (a per-try timeout, an
+# HTTP/2 stream the upstream reset).
+KEPT_ON_RESET = (ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, ResponseFlag.UPSTREAM_REMOTE_RESET)
+
+
 class PumpEnd(enum.Enum):
     """How the request body pump stopped early."""
 
@@ -265,24 +272,8 @@ class Exchange:
         except trio.Cancelled:
             self._deadline_fired()
             raise
-        except UpstreamProtocolError:
-            stream.flags = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
-            cstats.count_response(502)
-            hstats.rq_error += 1
-            host.outcomes.reset()
-            return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
-        except ProtocolError as exc:
-            # A malformed request body: ours to answer.
-            stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
-            return await self._reply(exc.status, "Bad Request")
-        except DownstreamReset:
-            stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
-            return False
-        except UpstreamReset:
-            stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
-            return False
-        except LocalReplied:
-            return False  # a filter answered (its reply went out already)
+        except ENDINGS as exc:
+            return await self._ended_by(exc)
         finally:
             host.active_requests -= 1
             if cstats.tracked and self.t_sent and "budgets" in cstats.tracked:
@@ -296,6 +287,25 @@ class Exchange:
             if self.conn is not None:
                 pool.destroy(self.conn)
                 self.conn = None
+
+    async def _ended_by(self, exc: Exception) -> bool:
+        """An exchange (any of the routers': plain, retrying, hedging, HTTP/2) ended by
+        one of ENDINGS: Envoy's response flag, and the reply when one is still owed."""
+        stream = self.stream
+        if isinstance(exc, UpstreamProtocolError):
+            stream.flags = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
+            self.pool.stats.count_response(502)
+            self.host.stats.rq_error += 1
+            self.host.outcomes.reset()
+            return await self._reply(502, RESET_BEFORE_HEADERS + "protocol error")
+        if isinstance(exc, ProtocolError):  # a malformed request body: ours to answer
+            stream.flags = ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
+            return await self._reply(exc.status, "Bad Request")
+        if isinstance(exc, DownstreamReset):
+            stream.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+        elif isinstance(exc, UpstreamReset) and stream.flags not in KEPT_ON_RESET:
+            stream.flags = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        return False  # (LocalReplied: a filter answered, its reply went out already)
 
     def arm_start(self) -> None:
         """The stream's first deadline: the route timeout when the request is all here,
