@@ -25,7 +25,7 @@ from proxyd.worker.stream import DownstreamReset
 
 if TYPE_CHECKING:
     from proxyd.protocol.http1 import ResponseHead
-    from proxyd.worker.h2_downstream import H2Stream
+    from proxyd.worker.h2_stream import H2Stream
 
 CONNECT_ERROR = 0xA  # RFC 9113 §7
 READ_SIZE = 16384

@@ -12,7 +12,7 @@ is read from the client until the router asked for it), and the response as a he
 data pieces, or a local reply. The HTTP/1 connection (:mod:`proxyd.worker.downstream`)
 is one sink; the HTTP filter chain (:mod:`proxyd.worker.filter_chain`) is another, which
 wraps the codec's and runs the filters on what passes through; an HTTP/2 stream
-(:class:`proxyd.worker.h2_downstream.H2Stream`) is a third. The router cannot tell them
+(:class:`proxyd.worker.h2_stream.H2Stream`) is a third. The router cannot tell them
 apart.
 
 How a stream ends early is a typed exception (:class:`StreamError` and its subclasses)
